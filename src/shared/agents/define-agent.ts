@@ -1,0 +1,51 @@
+import { z } from 'zod';
+
+export type ModelTier = 'fast' | 'pro';
+
+export interface Prompt {
+  system?: string;
+  user: string;
+}
+
+/** Things a prompt builder may use; injected so agents stay plain data + functions. */
+export interface PromptContext {
+  orgId: string;
+  /** Retrieval over the knowledge tables (RAG); only agents that need it call it. */
+  search?: (query: string, opts?: { tables?: string[]; limit?: number; threshold?: number }) => Promise<
+    Array<{ table: string; id: string; content: string; similarity: number; metadata?: Record<string, unknown> }>
+  >;
+}
+
+export interface AgentAction<I extends z.ZodType = z.ZodType, O extends z.ZodType = z.ZodType> {
+  description: string;
+  input: I;
+  output: O;
+  /** Bump when the prompt changes meaningfully: it is part of the result-cache key. */
+  promptVersion: number;
+  model: ModelTier;
+  /** Builds the prompt. May return `extras` that `finalize` receives (e.g. retrieved sources). */
+  prompt: (input: z.infer<I>, ctx: PromptContext) => (Prompt & { extras?: unknown }) | Promise<Prompt & { extras?: unknown }>;
+  /** Adjusts the validated model output, e.g. attaches sources the model did not produce. */
+  finalize?: (output: z.infer<O>, extras: unknown) => z.infer<O>;
+  /**
+   * Opt-in to the pgvector semantic cache: returns the free text to embed. Only free-text questions
+   * qualify; structured actions must not be semantically cached, since two inputs that read alike can
+   * differ in a number that changes the answer.
+   */
+  semanticKey?: (input: z.infer<I>) => string;
+}
+
+export interface AgentDefinition<A extends Record<string, AgentAction<any, any>> = Record<string, AgentAction<any, any>>> {
+  name: string;
+  description: string;
+  actions: A;
+}
+
+/** Identity function that keeps the literal types of an agent for the typed client. */
+export function defineAgent<const A extends Record<string, AgentAction<any, any>>>(def: AgentDefinition<A>): AgentDefinition<A> {
+  return def;
+}
+
+export function defineAction<I extends z.ZodType, O extends z.ZodType>(action: AgentAction<I, O>): AgentAction<I, O> {
+  return action;
+}

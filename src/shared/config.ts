@@ -1,0 +1,91 @@
+import { z } from 'zod';
+
+const bool = z
+  .enum(['true', 'false', '1', '0', 'yes', 'no'])
+  .transform((v) => v === 'true' || v === '1' || v === 'yes');
+const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v && v.length > 0 ? v : undefined));
+
+/**
+ * Every environment variable agentq reads. `.env.example` lists the same names with their defaults;
+ * keep the two in step.
+ */
+export const configSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+
+  HOST: z.string().default('127.0.0.1'),
+  PORT: int(3000),
+  BODY_LIMIT_BYTES: int(1024 * 1024, 1),
+  ADMIN_TOKEN: optionalString,
+  BULL_BOARD_READ_ONLY: bool.default(false),
+
+  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  REDIS_AUTOSTART: bool.default(true),
+  QUEUE_PREFIX: z.string().min(1).default('{agentq}'),
+  DATA_DIR: z.string().default('.data'),
+
+  DATABASE_URL: optionalString.pipe(z.string().url().optional()),
+  PGLITE_PORT: int(0),
+
+  GEMINI_API_KEY: optionalString,
+  GEMINI_MODEL_FAST: z.string().default('gemini-2.5-flash'),
+  GEMINI_MODEL_PRO: z.string().default('gemini-2.5-pro'),
+  GEMINI_EMBEDDING_MODEL: z.string().default('gemini-embedding-001'),
+  LLM_TIMEOUT_MS: int(60_000, 1),
+
+  WORKER_CONCURRENCY: int(10, 1),
+  JOB_ATTEMPTS: int(3, 1),
+  BACKOFF_BASE_MS: int(1000, 1),
+  BACKOFF_MAX_MS: int(60_000, 1),
+  SHUTDOWN_GRACE_MS: int(30_000, 0),
+  LOCK_DURATION_MS: int(30_000, 1000),
+  STALLED_INTERVAL_MS: int(30_000, 500),
+  KEEP_COMPLETED_COUNT: int(10_000),
+  KEEP_COMPLETED_AGE_S: int(24 * 3600),
+  KEEP_FAILED_COUNT: int(50_000),
+  KEEP_FAILED_AGE_S: int(14 * 24 * 3600),
+
+  RATE_LIMIT_PLAN_DEFAULT: z.enum(['ai_pro', 'ai_flash', 'general']).default('general'),
+  CACHE_TTL_S: int(3600, 1),
+  CACHE_L1_MAX_ENTRIES: int(10_000, 1),
+  CACHE_L1_TTL_MS: int(60_000, 1),
+  SEMANTIC_CACHE_THRESHOLD: z.coerce.number().min(0).max(1).default(0.95),
+  SEMANTIC_CACHE_TTL_S: int(7 * 24 * 3600, 1),
+  BREAKER_FAILURE_THRESHOLD: int(5, 1),
+  BREAKER_SUCCESS_THRESHOLD: int(2, 1),
+  BREAKER_TIMEOUT_MS: int(30_000, 1),
+
+  DLQ_REPROCESS_EVERY_MS: int(5 * 60_000, 1000),
+  DLQ_MAX_RETRIES: int(3, 0),
+  DLQ_BATCH: int(50, 1),
+
+  OTEL_EXPORTER_OTLP_ENDPOINT: optionalString,
+});
+
+export type Config = z.infer<typeof configSchema>;
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+/** Parses once; a bad value throws a ConfigError whose message is one line naming the variable. */
+export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const result = configSchema.safeParse(env);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0];
+  const name = issue.path.join('.');
+  const value = env[name];
+  const shown = name.includes('KEY') || name.includes('TOKEN') || name.includes('URL') ? '(hidden)' : JSON.stringify(value);
+  throw new ConfigError(`Invalid environment variable ${name}=${shown}: ${issue.message}`);
+}
+
+let cached: Config | undefined;
+/** The process-wide config, parsed on first use. */
+export function config(): Config {
+  cached ??= parseConfig();
+  return cached;
+}

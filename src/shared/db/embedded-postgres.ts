@@ -1,0 +1,36 @@
+import { mkdirSync } from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import { vector } from '@electric-sql/pglite-pgvector';
+import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+
+export interface EmbeddedPostgres {
+  /** A `postgres://` URL that `pg` (in this or any other process on the machine) connects to. */
+  url: string;
+  db: PGlite;
+  stop(): Promise<void>;
+}
+
+/**
+ * Real Postgres (compiled to WASM) with the real pgvector, served over the Postgres wire protocol so the
+ * one `pg`-based data layer serves both this and a real DATABASE_URL. This process owns the data dir;
+ * others reach it through the socket. Connections are multiplexed over one session, so a transaction
+ * held open on one connection blocks the rest: keep transactions short and never await other queries
+ * inside one.
+ */
+export async function startEmbeddedPostgres(opts: { dataDir?: string; port?: number; maxConnections?: number } = {}): Promise<EmbeddedPostgres> {
+  if (opts.dataDir) mkdirSync(opts.dataDir, { recursive: true });
+  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector } });
+  await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
+  const server = new PGLiteSocketServer({ db, port: opts.port ?? 0, host: '127.0.0.1', maxConnections: opts.maxConnections ?? 64 });
+  await server.start();
+  const conn = server.getServerConn();
+  const port = Number(conn.split(':').pop());
+  return {
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres?sslmode=disable`,
+    db,
+    async stop() {
+      await server.stop();
+      await db.close();
+    },
+  };
+}

@@ -1,0 +1,44 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestProject } from 'vitest/node';
+import { startEmbeddedPostgres } from '../../src/shared/db/embedded-postgres.js';
+import { startRedisServer } from '../../src/shared/redis/redis-server.js';
+
+declare module 'vitest' {
+  export interface ProvidedContext {
+    redisUrl: string;
+    databaseUrl: string;
+  }
+}
+
+/**
+ * One redis-server on a free port and one PGlite (temp dir) for the whole run, unless REDIS_URL /
+ * DATABASE_URL are given. Test files isolate themselves with random queue prefixes and org ids.
+ */
+export default async function setup(project: TestProject) {
+  const stops: Array<() => Promise<void>> = [];
+  let redisUrl = process.env.REDIS_URL;
+  if (!redisUrl) {
+    const redis = await startRedisServer();
+    redisUrl = redis.url;
+    stops.push(redis.stop);
+  }
+  let databaseUrl = process.env.DATABASE_URL;
+  if (!databaseUrl) {
+    const dir = mkdtempSync(join(tmpdir(), 'agentq-pg-'));
+    const pg = await startEmbeddedPostgres({ dataDir: dir });
+    databaseUrl = pg.url;
+    stops.push(async () => {
+      await pg.stop();
+      rmSync(dir, { recursive: true, force: true });
+    });
+  }
+  process.env.REDIS_URL = redisUrl;
+  process.env.DATABASE_URL = databaseUrl;
+  project.provide('redisUrl', redisUrl);
+  project.provide('databaseUrl', databaseUrl);
+  return async () => {
+    for (const stop of stops.reverse()) await stop();
+  };
+}
