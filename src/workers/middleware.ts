@@ -1,0 +1,53 @@
+import type { Job } from 'bullmq';
+import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
+import type { Logger } from '../shared/logger.js';
+import type { AgentJobData, AgentResult } from '../shared/types.js';
+
+/** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
+export interface JobContext {
+  job: Job<AgentJobData, AgentResult>;
+  /** The lock token of this attempt (needed by `job.moveToDelayed`). */
+  token?: string;
+  orgId: string;
+  agent: AgentDefinition;
+  agentName: string;
+  actionName: string;
+  action: AgentAction;
+  /** Input already validated against the action's schema. */
+  input: unknown;
+  /** Concrete model name this attempt calls (may be switched by routing to the fallback). */
+  model: string;
+  /** Aborted on timeout, cancellation or shutdown; pass it to every I/O call. */
+  signal: AbortSignal;
+  logger: Logger;
+  /** Estimated tokens charged up front by the rate limiter; corrected with real usage afterwards. */
+  estimatedTokens: number;
+}
+
+export type Next = () => Promise<AgentResult>;
+export type Middleware = (ctx: JobContext, next: Next) => Promise<AgentResult>;
+
+/** Onion composition: `compose([a, b, c], call)` runs a(b(c(call))). */
+export function compose(middlewares: Middleware[], terminal: (ctx: JobContext) => Promise<AgentResult>) {
+  return (ctx: JobContext): Promise<AgentResult> => {
+    const dispatch = (i: number): Promise<AgentResult> => {
+      if (i === middlewares.length) return terminal(ctx);
+      return middlewares[i](ctx, () => dispatch(i + 1));
+    };
+    return dispatch(0);
+  };
+}
+
+/**
+ * Thrown by a guard that wants the job to wait without using an attempt (empty bucket, open breaker).
+ * The processor turns it into `job.moveToDelayed` + BullMQ's `DelayedError`.
+ */
+export class DelayJobError extends Error {
+  override name = 'DelayJobError';
+  constructor(
+    readonly delayMs: number,
+    readonly reason: 'rate_limited' | 'breaker_open' | 'quota',
+  ) {
+    super(`job delayed ${delayMs} ms: ${reason}`);
+  }
+}
