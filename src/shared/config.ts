@@ -21,6 +21,8 @@ export const configSchema = z.object({
   PORT: int(3000),
   BODY_LIMIT_BYTES: int(1024 * 1024, 1),
   ADMIN_TOKEN: optionalString,
+  AUTH_CACHE_TTL_MS: int(5000),
+  LONG_POLL_MAX_MS: int(60_000, 0),
   BULL_BOARD_READ_ONLY: bool.default(false),
 
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),

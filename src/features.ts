@@ -1,0 +1,7 @@
+import type { FeatureFactory } from './runtime.js';
+
+/**
+ * Every feature the product ships, in the order their routes register. `main.ts` and the test stack both
+ * use this list, so what is tested is what runs.
+ */
+export const defaultFeatures: FeatureFactory[] = [];

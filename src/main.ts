@@ -1,0 +1,81 @@
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { defaultFeatures } from './features.js';
+import { listen } from './producers/server.js';
+import { startRuntime } from './runtime.js';
+import { defaultRegistry } from './shared/agents/registry.js';
+import { ConfigError, parseConfig, type Config } from './shared/config.js';
+import { createApiKeyStore } from './shared/db/api-keys.js';
+import { openInfra, type Infra } from './shared/infra.js';
+import { startGeminiRuntime } from './shared/llm/gemini-runtime.js';
+import { rootLogger as logger } from './shared/logger.js';
+
+type Role = 'all' | 'api' | 'worker' | 'migrate';
+
+/** First start on embedded defaults: a dev org and key, printed once and kept in `<DATA_DIR>/dev-api-key`. */
+async function ensureDevKey(cfg: Config, infra: Infra) {
+  const file = join(cfg.DATA_DIR, 'dev-api-key');
+  if (cfg.DATABASE_URL || existsSync(file)) return;
+  const { key } = await createApiKeyStore({ pool: infra.db.pool }).create({ orgId: 'dev', role: 'admin' });
+  mkdirSync(cfg.DATA_DIR, { recursive: true });
+  writeFileSync(file, key + '\n', { mode: 0o600 });
+  // Printed to the terminal once, on purpose, and never through the logger.
+  process.stdout.write(`\n  Dev API key (org "dev", also saved to ${file}):\n  ${key}\n\n`);
+}
+
+async function main(role: Role) {
+  const cfg = parseConfig();
+  const infra = await openInfra(cfg, logger);
+  if (role === 'migrate') {
+    logger.info('migrations up to date');
+    await infra.close();
+    return;
+  }
+  const gemini = await startGeminiRuntime({
+    apiKey: cfg.GEMINI_API_KEY,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
+    timeoutMs: cfg.LLM_TIMEOUT_MS,
+    logger,
+  });
+  const runtime = await startRuntime({
+    cfg,
+    infra,
+    logger,
+    registry: defaultRegistry(),
+    llm: gemini.llm,
+    api: role !== 'worker',
+    worker: role !== 'api',
+    features: defaultFeatures,
+  });
+  if (runtime.app) {
+    await ensureDevKey(cfg, infra);
+    logger.info({ address: await listen(runtime.app, cfg.HOST, cfg.PORT) }, 'API listening');
+  }
+  if (role !== 'api') logger.info({ concurrency: cfg.WORKER_CONCURRENCY }, 'worker started');
+
+  let stopping = false;
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal, graceMs: cfg.SHUTDOWN_GRACE_MS }, 'shutting down: no new jobs, finishing in-flight ones');
+    await runtime.close(cfg.SHUTDOWN_GRACE_MS).catch((err) => logger.error({ err }, 'error during shutdown'));
+    await gemini.close().catch(() => {});
+    await infra.close().catch((err) => logger.error({ err }, 'error closing infrastructure'));
+    logger.info('stopped');
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+}
+
+const role = (process.argv[2] ?? 'all') as Role;
+if (!['all', 'api', 'worker', 'migrate'].includes(role)) {
+  console.error(`usage: main.ts all|api|worker|migrate (got "${role}")`);
+  process.exit(2);
+}
+main(role).catch((err) => {
+  // Start-up failures are one readable line, not a stack trace.
+  const message = err instanceof ConfigError ? err.message : `agentq failed to start: ${err instanceof Error ? err.message : String(err)}`;
+  console.error(message);
+  process.exit(1);
+});

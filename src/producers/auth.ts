@@ -1,0 +1,35 @@
+import { LRUCache } from 'lru-cache';
+
+export interface Principal {
+  keyId: string;
+  orgId: string;
+  role: 'member' | 'admin';
+}
+
+export interface KeyVerifier {
+  verify(key: string): Promise<Principal | null>;
+}
+
+/**
+ * Remembers successful verifications for `ttlMs` so the hot enqueue path does not hit Postgres on every
+ * request. A revoked key therefore stops working within `ttlMs` on every API process (0 disables this).
+ */
+export function cachedVerifier(inner: KeyVerifier, ttlMs: number): KeyVerifier {
+  if (ttlMs <= 0) return inner;
+  const cache = new LRUCache<string, Principal>({ max: 10_000, ttl: ttlMs });
+  return {
+    async verify(key) {
+      const hit = cache.get(key);
+      if (hit) return hit;
+      const principal = await inner.verify(key);
+      if (principal) cache.set(key, principal);
+      return principal;
+    },
+  };
+}
+
+export function bearerToken(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  const match = /^Bearer\s+(\S{1,512})$/i.exec(header.trim());
+  return match?.[1];
+}

@@ -1,0 +1,34 @@
+import { AgentqError } from '../shared/errors.js';
+
+/** An error that maps to one HTTP status with a JSON body `{ error, ...extra }`. */
+export class HttpError extends AgentqError {
+  constructor(
+    readonly statusCode: number,
+    message: string,
+    readonly extra: Record<string, unknown> = {},
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message, `E${statusCode}`);
+  }
+}
+
+const REDIS_DOWN = [/Stream isn't writeable/i, /Connection is closed/i, /ECONNREFUSED/, /max retries per request/i, /Command timed out/i, /ECONNRESET/, /Redis is down/];
+
+/** True for errors that mean "Redis is unreachable right now": the API answers 503, never hangs. */
+export function isRedisUnavailable(err: unknown): boolean {
+  const message = err instanceof Error ? err.message : String(err);
+  return REDIS_DOWN.some((re) => re.test(message));
+}
+
+/** Rejects with a 503 HttpError when `promise` takes longer than `ms`. */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, what = 'queue'): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new HttpError(503, `${what} unavailable`, {}, { 'retry-after': '1' })), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

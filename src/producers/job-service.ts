@@ -1,0 +1,124 @@
+import { Job, type QueueEvents } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { AgentqError, NotFoundError } from '../shared/errors.js';
+import type { AgentQueue } from '../shared/queue/agent-queue.js';
+import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/queue/cancel.js';
+import type { AgentJobData, AgentResult } from '../shared/types.js';
+
+export interface JobView {
+  id: string;
+  agent: string;
+  action: string;
+  state: string;
+  progress: unknown;
+  result?: AgentResult;
+  error?: string;
+  attempts: number;
+  createdAt: string;
+  finishedAt?: string;
+}
+
+export class ConflictError extends AgentqError {
+  constructor(message: string) {
+    super(message, 'ECONFLICT');
+  }
+}
+
+const FINISHED = new Set(['completed', 'failed', 'cancelled']);
+export const isFinished = (state: string) => FINISHED.has(state);
+
+export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string): JobView {
+  const cancelled = rawState === 'failed' && job.failedReason === CANCELLED_REASON;
+  return {
+    id: job.id!,
+    agent: job.data.agent,
+    action: job.data.action,
+    state: cancelled ? 'cancelled' : rawState,
+    progress: job.progress,
+    ...(job.returnvalue ? { result: job.returnvalue } : {}),
+    ...(job.failedReason ? { error: job.failedReason } : {}),
+    attempts: job.attemptsMade,
+    createdAt: new Date(job.timestamp).toISOString(),
+    ...(job.finishedOn ? { finishedAt: new Date(job.finishedOn).toISOString() } : {}),
+  };
+}
+
+/**
+ * Reads, waits for and cancels jobs on behalf of one org. A job of another org is reported exactly like a
+ * missing one, so ids cannot be probed across tenants.
+ */
+export function createJobService(deps: { queue: AgentQueue; queueEvents: () => QueueEvents; redis: Redis; prefix: string; cancelledTtlS: number }) {
+  const { queue, redis, prefix } = deps;
+
+  async function load(orgId: string, id: string): Promise<Job<AgentJobData, AgentResult>> {
+    const job = await Job.fromId<AgentJobData, AgentResult>(queue, id);
+    if (!job || job.data?.orgId !== orgId) throw new NotFoundError('job not found');
+    return job;
+  }
+
+  async function tombstone(orgId: string, id: string): Promise<JobView | undefined> {
+    const raw = await redis.get(cancelledKey(prefix, id));
+    if (!raw) return undefined;
+    const view = JSON.parse(raw) as JobView & { orgId: string };
+    if (view.orgId !== orgId) return undefined;
+    const { orgId: _omit, ...rest } = view;
+    return rest;
+  }
+
+  async function get(orgId: string, id: string): Promise<JobView> {
+    try {
+      const job = await load(orgId, id);
+      return toJobView(job, await job.getState());
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+      const view = await tombstone(orgId, id);
+      if (view) return view;
+      throw err;
+    }
+  }
+
+  return {
+    get,
+
+    /** Long poll: returns as soon as the job finishes, or its current view after `waitMs`. */
+    async wait(orgId: string, id: string, waitMs: number): Promise<JobView> {
+      const view = await get(orgId, id);
+      if (isFinished(view.state) || waitMs <= 0) return view;
+      const job = await load(orgId, id);
+      try {
+        await job.waitUntilFinished(deps.queueEvents(), waitMs);
+      } catch {
+        // A failure or the timeout both end the wait; the view below says which.
+      }
+      return get(orgId, id);
+    },
+
+    /**
+     * Waiting or delayed jobs are removed and leave a "cancelled" tombstone; an active job is aborted by the
+     * worker that holds it (it ends failed with reason "cancelled" and is not retried).
+     */
+    async cancel(orgId: string, id: string): Promise<JobView> {
+      const job = await load(orgId, id).catch(async (err) => {
+        if (err instanceof NotFoundError && (await tombstone(orgId, id))) throw new ConflictError('job is already cancelled');
+        throw err;
+      });
+      const state = await job.getState();
+      if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
+      if (state !== 'active') {
+        try {
+          await job.remove();
+          const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', finishedAt: new Date().toISOString() };
+          await redis.set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          return view;
+        } catch (err) {
+          // It was picked up between getState and remove: cancel it as an active job instead.
+          if ((await job.getState()) !== 'active') throw err;
+        }
+      }
+      await redis.publish(cancelChannel(prefix), id);
+      return { ...toJobView(job, 'active'), state: 'cancelling' };
+    },
+  };
+}
+
+export type JobService = ReturnType<typeof createJobService>;

@@ -1,0 +1,21 @@
+import type { FastifyInstance } from 'fastify';
+
+export function healthRoutes(app: FastifyInstance, checks: Record<string, () => Promise<unknown>>) {
+  app.get('/healthz', async () => ({ status: 'ok' }));
+
+  /** Ready only when every dependency answers within a second; otherwise 503 naming the ones that did not. */
+  app.get('/readyz', async (_req, reply) => {
+    const results = await Promise.all(
+      Object.entries(checks).map(async ([name, check]) => {
+        try {
+          await Promise.race([check(), new Promise((_, reject) => setTimeout(() => reject(new Error('timeout')), 1000))]);
+          return [name, 'ok'] as const;
+        } catch (err) {
+          return [name, err instanceof Error ? err.message : 'failed'] as const;
+        }
+      }),
+    );
+    const ready = results.every(([, status]) => status === 'ok');
+    return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', checks: Object.fromEntries(results) });
+  });
+}

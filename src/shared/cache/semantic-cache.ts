@@ -1,0 +1,61 @@
+import type pg from 'pg';
+import { embedChecked, toVectorSql, type EmbedFn } from '../rag/embedding.js';
+
+/** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
+export interface SemanticScope {
+  orgId: string;
+  agent: string;
+  action: string;
+  model: string;
+  promptVersion: number;
+}
+
+export type SemanticLookup<R = unknown> =
+  | { hit: true; response: R; similarity: number }
+  | { hit: false; embedding: number[] };
+
+/**
+ * pgvector cache of responses to free-text questions. The similarity threshold only ranks inside a
+ * scope; the scope (tenant, agent, action, model, prompt version) is an equality filter, so identical
+ * text from another org can never hit.
+ */
+export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { pool: pg.Pool; embed: EmbedFn; threshold?: number; ttlS: number }) {
+  if (!(threshold > 0 && threshold <= 1)) throw new RangeError('threshold must be in (0, 1]');
+  if (!(ttlS > 0)) throw new RangeError('ttlS must be > 0');
+  return {
+    threshold,
+
+    async lookup<R = unknown>(q: SemanticScope & { text: string }): Promise<SemanticLookup<R>> {
+      const [embedding] = await embedChecked(embed, [q.text]);
+      const { rows } = await pool.query<{ response: R; similarity: number }>(
+        `SELECT response, 1 - (embedding <=> $1::vector) AS similarity
+         FROM semantic_cache
+         WHERE org_id = $2 AND agent = $3 AND action = $4 AND model = $5 AND prompt_version = $6 AND expires_at > now()
+         ORDER BY embedding <=> $1::vector
+         LIMIT 1`,
+        [toVectorSql(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion],
+      );
+      const best = rows[0];
+      if (best && Number(best.similarity) >= threshold) return { hit: true, response: best.response, similarity: Number(best.similarity) };
+      return { hit: false, embedding };
+    },
+
+    /** Pass the embedding a miss returned to avoid embedding the same text twice. */
+    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[] }): Promise<void> {
+      const [embedding] = e.embedding ? [e.embedding] : await embedChecked(embed, [e.text]);
+      await pool.query(
+        `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9))`,
+        [e.orgId, e.agent, e.action, e.model, e.promptVersion, e.text, toVectorSql(embedding), JSON.stringify(e.response), ttlS],
+      );
+    },
+
+    /** Deletes expired rows; returns how many. Lookups already ignore them, this only reclaims space. */
+    async purgeExpired(): Promise<number> {
+      const res = await pool.query('DELETE FROM semantic_cache WHERE expires_at <= now()');
+      return res.rowCount ?? 0;
+    },
+  };
+}
+
+export type SemanticCache = ReturnType<typeof createSemanticCache>;

@@ -1,0 +1,104 @@
+export type CallKind = 'generate' | 'stream' | 'embed' | 'count';
+
+export interface FaultMatch {
+  kind?: CallKind;
+  /** Model name with or without the `models/` prefix. */
+  model?: string;
+  /** Substring of the request's text (system instruction + contents, or the texts to embed). */
+  promptIncludes?: string;
+}
+
+/**
+ * One scripted misbehaviour. Exactly one effect is expected (`latencyMs` may accompany another):
+ * - `status`: answer with Gemini's error JSON (429 carries RetryInfo + Retry-After when `retryAfterS` is set);
+ * - `latencyMs`: wait, then answer (normally, or with the other effect);
+ * - `hang`: never answer; the socket stays open until the client gives up or the server closes;
+ * - `malformed`: a 200 whose candidate text is truncated JSON;
+ * - `reset`: destroy the socket (for streams, after `afterChunks` chunks, default 0).
+ * `times` defaults to 1; -1 or Infinity keeps it until cleared.
+ */
+export interface EmulatorFault {
+  status?: number;
+  retryAfterS?: number;
+  message?: string;
+  latencyMs?: number;
+  hang?: boolean;
+  malformed?: boolean;
+  reset?: boolean;
+  afterChunks?: number;
+  match?: FaultMatch;
+  times?: number;
+}
+
+export interface RequestFacts {
+  kind: CallKind;
+  model: string;
+  text: string;
+}
+
+export class FaultScriptError extends Error {
+  readonly code = 'EFAULTSCRIPT';
+}
+
+const bareModel = (m: string): string => m.replace(/^models\//, '');
+
+export function describeFault(f: EmulatorFault): string {
+  if (f.reset) return 'reset';
+  if (f.hang) return 'hang';
+  if (f.malformed) return 'malformed';
+  if (f.status !== undefined) return `status:${f.status}`;
+  return `latency:${f.latencyMs}`;
+}
+
+function validate(f: EmulatorFault): EmulatorFault {
+  if (!f || typeof f !== 'object') throw new FaultScriptError('a fault must be an object');
+  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true].filter(Boolean).length;
+  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset');
+  if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
+    throw new FaultScriptError('a fault needs status, hang, malformed, reset or latencyMs');
+  }
+  if (f.status !== undefined && !(Number.isInteger(f.status) && f.status >= 400 && f.status <= 599)) {
+    throw new FaultScriptError('fault status must be an HTTP error status (400-599)');
+  }
+  const times = f.times === undefined ? 1 : f.times === -1 || f.times === null ? Infinity : f.times;
+  if (!(times === Infinity || (Number.isInteger(times) && times > 0))) throw new FaultScriptError('fault times must be a positive integer, -1 or Infinity');
+  return { ...f, times };
+}
+
+/** Scripted faults, consumed first-in first-out by the first request each one matches. */
+export class FaultQueue {
+  private faults: EmulatorFault[] = [];
+
+  add(fault: EmulatorFault | EmulatorFault[]): number {
+    const list = (Array.isArray(fault) ? fault : [fault]).map(validate);
+    this.faults.push(...list);
+    return list.length;
+  }
+
+  clear(): void {
+    this.faults = [];
+  }
+
+  /** Pending faults, JSON-safe (unbounded `times` shown as -1). */
+  list(): EmulatorFault[] {
+    return this.faults.map((f) => ({ ...f, times: f.times === Infinity ? -1 : f.times }));
+  }
+
+  take(req: RequestFacts): EmulatorFault | undefined {
+    const i = this.faults.findIndex((f) => matches(f.match, req));
+    if (i < 0) return undefined;
+    const fault = this.faults[i];
+    const left = (fault.times ?? 1) - 1;
+    if (left <= 0) this.faults.splice(i, 1);
+    else this.faults[i] = { ...fault, times: left };
+    return fault;
+  }
+}
+
+function matches(m: FaultMatch | undefined, req: RequestFacts): boolean {
+  if (!m) return true;
+  if (m.kind !== undefined && m.kind !== req.kind) return false;
+  if (m.model !== undefined && bareModel(m.model) !== bareModel(req.model)) return false;
+  if (m.promptIncludes !== undefined && !req.text.includes(m.promptIncludes)) return false;
+  return true;
+}

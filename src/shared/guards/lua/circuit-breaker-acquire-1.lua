@@ -1,0 +1,31 @@
+-- Asks a breaker whether a call may go through; moves OPEN -> HALF_OPEN once its timeout has passed
+-- and grants at most one probe at a time (a lease that expires, so a crashed prober cannot wedge it).
+-- KEYS[1]: breaker hash {st, cf, ou, ps, pl, window slots}; a missing key is a closed breaker
+-- ARGV[1]: probe lease ms, ARGV[2]: how long a caller refused during a probe should wait at most,
+-- ARGV[3]: key ttl ms
+-- Returns {allowed (0|1), probe (0|1), state, retryAtMs (0 if allowed), now ms, event ('' | 'halfOpen' | 'reject')}
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local s = redis.call('HMGET', KEYS[1], 'st', 'ou', 'pl')
+local st = s[1] or 'closed'
+if st == 'closed' then
+  return {1, 0, 'closed', 0, now, ''}
+end
+local event = ''
+local pl = tonumber(s[3]) or 0
+if st == 'open' then
+  local ou = tonumber(s[2]) or 0
+  if now < ou then
+    return {0, 0, 'open', ou, now, 'reject'}
+  end
+  event = 'halfOpen'
+  pl = 0
+  redis.call('HSET', KEYS[1], 'st', 'halfOpen', 'ps', 0)
+end
+if pl > now then
+  -- The probe's outcome is unknown until it reports; ask again soon rather than at lease expiry.
+  return {0, 0, 'halfOpen', math.min(pl, now + tonumber(ARGV[2])), now, 'reject'}
+end
+redis.call('HSET', KEYS[1], 'pl', now + tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]))
+return {1, 1, 'halfOpen', 0, now, event}

@@ -1,0 +1,151 @@
+export type LlmErrorCode = 'ERATELIMIT' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EABORTED';
+
+/** Every failure of an LLM call, classified once so retry, breaker and backoff logic read one shape. */
+export class LlmError extends Error {
+  override name = 'LlmError';
+  readonly code: LlmErrorCode;
+  readonly retryable: boolean;
+  readonly status?: number;
+  readonly retryAfterMs?: number;
+
+  constructor(code: LlmErrorCode, message: string, opts: { retryable?: boolean; status?: number; retryAfterMs?: number; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.code = code;
+    this.retryable = opts.retryable ?? DEFAULT_RETRYABLE[code];
+    if (opts.status !== undefined) this.status = opts.status;
+    if (opts.retryAfterMs !== undefined) this.retryAfterMs = opts.retryAfterMs;
+  }
+}
+
+const DEFAULT_RETRYABLE: Record<LlmErrorCode, boolean> = {
+  ERATELIMIT: true,
+  ETIMEDOUT: true,
+  EPROVIDER: true,
+  ENETWORK: true,
+  EBADREQUEST: false,
+  EBADOUTPUT: true,
+  EABORTED: false,
+};
+
+const NETWORK_CODES = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENETDOWN',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CLOSED',
+  'UND_ERR_DESTROYED',
+]);
+const TIMEOUT_CODES = new Set(['ETIMEDOUT', 'ESOCKETTIMEDOUT', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT']);
+
+/** google.protobuf.Duration as JSON ("3s", "1.5s") to milliseconds. */
+export function parseDuration(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)s\s*$/.exec(text);
+  return m ? Math.round(Number(m[1]) * 1000) : undefined;
+}
+
+/** Retry-After is either delta-seconds or an HTTP date. */
+export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
+  if (!value) return undefined;
+  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) return Math.round(Number(value) * 1000);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
+}
+
+interface RpcStatus {
+  code?: number;
+  status?: string;
+  message?: string;
+  details?: Array<{ '@type'?: string; retryDelay?: string }>;
+}
+
+/** The SDK's ApiError message is the JSON error body; pull google.rpc.Status out of it when it parses. */
+function rpcStatusOf(message: string): RpcStatus | undefined {
+  const start = message.indexOf('{');
+  if (start < 0) return undefined;
+  try {
+    const body = JSON.parse(message.slice(start)) as { error?: RpcStatus } | RpcStatus[];
+    const first = Array.isArray(body) ? (body[0] as { error?: RpcStatus }) : body;
+    return first?.error;
+  } catch {
+    return undefined;
+  }
+}
+
+function headerOf(err: Record<string, unknown>, name: string): string | undefined {
+  const holders = [err.headers, (err.response as Record<string, unknown> | undefined)?.headers];
+  for (const h of holders) {
+    if (!h) continue;
+    if (typeof (h as Headers).get === 'function') {
+      const v = (h as Headers).get(name);
+      if (v) return v;
+    } else if (typeof h === 'object') {
+      const v = (h as Record<string, unknown>)[name] ?? (h as Record<string, unknown>)[name.toLowerCase()];
+      if (typeof v === 'string') return v;
+    }
+  }
+  return undefined;
+}
+
+function causeChain(err: unknown): Array<Record<string, unknown>> {
+  const out: Array<Record<string, unknown>> = [];
+  let cur: unknown = err;
+  while (cur && typeof cur === 'object' && out.length < 8) {
+    out.push(cur as Record<string, unknown>);
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return out;
+}
+
+const brief = (err: Record<string, unknown>): string => String(err.message ?? err.name ?? 'unknown error').slice(0, 500);
+
+/**
+ * Classifies what the @google/genai SDK (or fetch/undici underneath it) threw. 429, 5xx, timeouts and
+ * network failures are retryable; other 4xx are not; an abort is EABORTED and not retryable (the
+ * caller decided), unless the abort was a timeout (`TimeoutError`).
+ */
+export function toLlmError(err: unknown): LlmError {
+  if (err instanceof LlmError) return err;
+  const chain = causeChain(err);
+  const top = chain[0] ?? { message: String(err) };
+  const status = typeof top.status === 'number' ? top.status : typeof top.code === 'number' ? top.code : undefined;
+
+  if (top.name === 'ApiError' || (status !== undefined && status >= 400 && status < 600)) {
+    const s = status ?? 500;
+    const rpc = rpcStatusOf(String(top.message ?? ''));
+    const message = `Gemini API ${s}${rpc?.status ? ` ${rpc.status}` : ''}: ${rpc?.message ?? brief(top)}`.slice(0, 500);
+    if (s === 429) {
+      const delay = rpc?.details?.find((d) => String(d['@type']).endsWith('google.rpc.RetryInfo'))?.retryDelay;
+      const retryAfterMs = (delay ? parseDuration(delay) : undefined) ?? parseRetryAfter(headerOf(top, 'retry-after'));
+      return new LlmError('ERATELIMIT', message, { status: s, retryAfterMs, cause: err });
+    }
+    if (s === 408 || s === 504) return new LlmError('ETIMEDOUT', message, { status: s, cause: err });
+    if (s >= 500 || s === 499) return new LlmError('EPROVIDER', message, { status: s, cause: err });
+    return new LlmError('EBADREQUEST', message, { status: s, cause: err });
+  }
+
+  for (const e of chain) {
+    if (e.name === 'TimeoutError') return new LlmError('ETIMEDOUT', `Gemini call timed out: ${brief(e)}`, { cause: err });
+    if (e.name === 'AbortError') return new LlmError('EABORTED', 'Gemini call aborted by the caller', { cause: err });
+  }
+  for (const e of chain) {
+    const code = typeof e.code === 'string' ? e.code : undefined;
+    if (code && TIMEOUT_CODES.has(code)) return new LlmError('ETIMEDOUT', `Gemini call timed out (${code}): ${brief(e)}`, { cause: err });
+    if (code && NETWORK_CODES.has(code)) return new LlmError('ENETWORK', `network error talking to Gemini (${code}): ${brief(e)}`, { cause: err });
+  }
+  const msg = brief(top);
+  if (top.name === 'TypeError' && /fetch failed|terminated|network|socket/i.test(msg)) {
+    return new LlmError('ENETWORK', `network error talking to Gemini: ${msg}`, { cause: err });
+  }
+  // A cut-off stream or body that does not parse: the provider's fault, worth another try.
+  if (top.name === 'SyntaxError' || /Incomplete JSON segment|exception parsing stream chunk|Response body is empty/.test(msg)) {
+    return new LlmError('EPROVIDER', `malformed response from Gemini: ${msg}`, { cause: err });
+  }
+  // Anything else is most likely a request the SDK refused to build: retrying would fail the same way.
+  return new LlmError('EPROVIDER', `Gemini call failed: ${msg}`, { retryable: false, cause: err });
+}

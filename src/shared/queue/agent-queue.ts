@@ -1,0 +1,33 @@
+import { Queue, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { AgentJobData, AgentResult } from '../types.js';
+import { BACKOFF_TYPE } from './backoff.js';
+import { QUEUE } from './names.js';
+
+export interface RetentionOptions {
+  attempts: number;
+  keepCompletedCount: number;
+  keepCompletedAgeS: number;
+  keepFailedCount: number;
+  keepFailedAgeS: number;
+}
+
+export type AgentQueue = Queue<AgentJobData, AgentResult>;
+
+export function agentJobOptions(r: RetentionOptions): JobsOptions {
+  return {
+    attempts: r.attempts,
+    backoff: { type: BACKOFF_TYPE },
+    // Failed jobs are the dead-letter queue: kept, but bounded so Redis memory cannot grow without limit.
+    removeOnComplete: { count: r.keepCompletedCount, age: r.keepCompletedAgeS },
+    removeOnFail: { count: r.keepFailedCount, age: r.keepFailedAgeS },
+  };
+}
+
+export function createAgentQueue(opts: { connection: Redis; prefix: string; retention: RetentionOptions }): AgentQueue {
+  return new Queue<AgentJobData, AgentResult>(QUEUE.agent, {
+    connection: opts.connection,
+    prefix: opts.prefix,
+    defaultJobOptions: agentJobOptions(opts.retention),
+  });
+}

@@ -1,0 +1,79 @@
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../shared/logger.js';
+import { backoffDelay } from '../shared/queue/backoff.js';
+import { cancelChannel } from '../shared/queue/cancel.js';
+import { QUEUE } from '../shared/queue/names.js';
+import type { AgentJobData, AgentResult } from '../shared/types.js';
+
+export interface AgentWorkerOptions {
+  connection: Redis;
+  /** A separate connection for the cancel channel (a subscribed connection can do nothing else). */
+  subscriber: Redis;
+  prefix: string;
+  processor: (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal) => Promise<AgentResult>;
+  concurrency: number;
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+  backoff: { baseMs: number; maxMs: number };
+  logger: Logger;
+  /** Called once a job has failed for good: it now sits in the failed set, which is the dead-letter queue. */
+  onDeadLetter?: (job: Job<AgentJobData, AgentResult>, err: Error) => void;
+}
+
+export function createAgentWorker(opts: AgentWorkerOptions) {
+  const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, opts.processor, {
+    connection: opts.connection,
+    prefix: opts.prefix,
+    concurrency: opts.concurrency,
+    lockDuration: opts.lockDurationMs,
+    stalledInterval: opts.stalledIntervalMs,
+    maxStalledCount: 2,
+    settings: {
+      backoffStrategy: (attemptsMade, _type, err) =>
+        backoffDelay(attemptsMade, { ...opts.backoff, retryAfterMs: (err as { retryAfterMs?: number } | undefined)?.retryAfterMs }),
+    },
+  });
+
+  worker.on('failed', (job, err) => {
+    if (!job) return;
+    const final = err instanceof UnrecoverableError || err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1);
+    if (final) opts.onDeadLetter?.(job, err);
+  });
+  worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
+  worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
+
+  const channel = cancelChannel(opts.prefix);
+  const onMessage = (ch: string, jobId: string) => {
+    if (ch === channel && worker.cancelJob(jobId, 'cancelled')) opts.logger.info({ jobId }, 'cancelling active job');
+  };
+  opts.subscriber.on('message', onMessage);
+  const subscribed = opts.subscriber.subscribe(channel);
+
+  return {
+    worker,
+    ready: async () => {
+      await subscribed;
+      await worker.waitUntilReady();
+    },
+    /**
+     * Stops taking jobs and lets in-flight ones finish within `graceMs`; past that, closes anyway. Jobs cut off
+     * that way keep their lock until it expires and are then recovered by the stalled-job check elsewhere.
+     */
+    async close(graceMs: number): Promise<void> {
+      opts.subscriber.off('message', onMessage);
+      let timer: NodeJS.Timeout | undefined;
+      const graceful = worker.close().then(() => 'closed' as const);
+      const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
+      const outcome = await Promise.race([graceful, timeout]);
+      clearTimeout(timer);
+      if (outcome === 'timeout') {
+        opts.logger.warn({ graceMs }, 'shutdown grace period over; closing with jobs still running');
+        await worker.close(true);
+      }
+      await opts.subscriber.unsubscribe(channel).catch(() => {});
+    },
+  };
+}
+
+export type AgentWorker = ReturnType<typeof createAgentWorker>;

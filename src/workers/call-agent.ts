@@ -1,0 +1,70 @@
+import { z } from 'zod';
+import type { PromptContext } from '../shared/agents/define-agent.js';
+import type { AgentResult } from '../shared/types.js';
+import type { JobContext } from './middleware.js';
+
+/** The slice of the LLM client the terminal call needs (see src/shared/llm/llm-client.ts). */
+export interface GenerateFn {
+  generate(req: {
+    model: string;
+    system?: string;
+    prompt: string;
+    responseJsonSchema?: unknown;
+    signal?: AbortSignal;
+    onText?: (text: string) => void | Promise<void>;
+  }): Promise<{ text: string; json?: unknown; usage: { input: number; output: number }; model: string; costUsd: number }>;
+}
+
+/** A model answer that does not match the action's output schema: retryable, models are not deterministic. */
+export class InvalidOutputError extends Error {
+  override name = 'InvalidOutputError';
+  readonly code = 'EBADOUTPUT';
+  readonly retryable = true;
+}
+
+const schemaCache = new WeakMap<z.ZodType, unknown>();
+function jsonSchemaOf(schema: z.ZodType): unknown {
+  let json = schemaCache.get(schema);
+  if (!json) {
+    json = z.toJSONSchema(schema);
+    schemaCache.set(schema, json);
+  }
+  return json;
+}
+
+/**
+ * The innermost step of the guard chain: builds the prompt, calls the model for JSON that matches the
+ * action's output schema, validates the answer and returns it as an AgentResult.
+ */
+export function createAgentCall(deps: {
+  llm: GenerateFn;
+  /** Retrieval bound to one org, so an agent can never search another tenant's facts. */
+  searchFor?: (orgId: string) => PromptContext['search'];
+  onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined }) {
+  return async (ctx: JobContext): Promise<AgentResult> => {
+    const started = performance.now();
+    const prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: deps.searchFor?.(ctx.orgId) });
+    const res = await deps.llm.generate({
+      model: ctx.model,
+      system: prompt.system,
+      prompt: prompt.user,
+      responseJsonSchema: jsonSchemaOf(ctx.action.output),
+      signal: ctx.signal,
+      onText: deps.onText?.(ctx),
+    });
+    const parsed = ctx.action.output.safeParse(res.json);
+    if (!parsed.success) {
+      const first = parsed.error.issues[0];
+      throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`);
+    }
+    const data = ctx.action.finalize ? ctx.action.finalize(parsed.data, prompt.extras) : parsed.data;
+    return {
+      success: true,
+      data,
+      tokensUsed: res.usage,
+      costUsd: res.costUsd,
+      durationMs: Math.round(performance.now() - started),
+      model: res.model,
+    };
+  };
+}

@@ -1,0 +1,119 @@
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, type Stack } from './helpers/stack.js';
+
+/** No worker here: every job the API accepts stays in the queue, so counts are exact. */
+describe('API contract without a worker', () => {
+  let s: Stack;
+  let queue: Queue;
+  beforeAll(async () => {
+    s = await startStack({ BODY_LIMIT_BYTES: String(64 * 1024) });
+    queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
+  });
+  afterAll(async () => {
+    await queue?.close();
+    await s?.close();
+  });
+
+  const post = (payload: unknown, headers: Record<string, string> = s.auth) => s.app.inject({ method: 'POST', url: '/v1/jobs', headers, payload: payload as object });
+  const valid = { agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'st-1' } };
+
+  it('rejects missing, unknown and revoked keys with 401', async () => {
+    expect((await post(valid, {})).statusCode).toBe(401);
+    const unknown = await post(valid, { authorization: 'Bearer aq_nope_nope' });
+    expect(unknown.statusCode).toBe(401);
+    expect(unknown.json().error).toMatch(/invalid or revoked/);
+    const { createApiKeyStore } = await import('../src/shared/db/api-keys.js');
+    const store = createApiKeyStore({ pool: s.infra.db.pool });
+    const created = await store.create({ orgId: s.orgId });
+    expect((await post(valid, { authorization: `Bearer ${created.key}` })).statusCode).toBe(202);
+    await store.revoke(created.id);
+    expect((await post(valid, { authorization: `Bearer ${created.key}` })).statusCode).toBe(401);
+  });
+
+  it('hides other orgs’ jobs as 404, the same as missing ones', async () => {
+    const { id } = (await post(valid)).json();
+    const other = { authorization: `Bearer ${await s.newKey()}` };
+    const foreign = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: other });
+    const missing = await s.app.inject({ method: 'GET', url: `/v1/jobs/does-not-exist`, headers: other });
+    expect(foreign.statusCode).toBe(404);
+    expect(foreign.json()).toEqual(missing.json());
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: other })).statusCode).toBe(404);
+    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(200);
+  });
+
+  it('validates input against the agent schema with field paths, enqueueing nothing', async () => {
+    const before = await queue.count();
+    const res = await post({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { industry: 5 } } });
+    expect(res.statusCode).toBe(400);
+    const body = res.json();
+    expect(body.error).toBeTruthy();
+    const paths = body.details.map((d: { path: string }) => d.path);
+    expect(paths).toContain('input.startup.name');
+    expect(paths).toContain('input.startup.industry');
+    expect((await post({ agent: 'Nope', action: 'x', input: {} })).json().error).toMatch(/Nope/);
+    expect((await post({ agent: 'RiskAnalyzer', action: 'nope', input: {} })).statusCode).toBe(400);
+    expect((await post({ ...valid, options: { priority: 0 } })).json().details[0].path).toBe('options.priority');
+    expect((await post({ ...valid, extra: true })).statusCode).toBe(400);
+    const notJson = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'content-type': 'application/json' }, payload: '{"agent":' });
+    expect(notJson.statusCode).toBe(400);
+    expect(notJson.json().error).toBeTruthy();
+    expect(await queue.count()).toBe(before);
+  });
+
+  it('answers 413 with JSON for a body over the limit', async () => {
+    const res = await post({ ...valid, input: { startupId: 'x'.repeat(70 * 1024) } });
+    expect(res.statusCode).toBe(413);
+    expect(res.json().error).toMatch(/larger than/);
+  });
+
+  it('returns one job for 50 racing requests with the same idempotency key', async () => {
+    const before = await queue.count();
+    const payload = { ...valid, options: { idempotencyKey: 'order-123' } };
+    const results = await Promise.all(Array.from({ length: 50 }, () => post(payload)));
+    const ids = new Set(results.map((r) => r.json().id));
+    expect(results.every((r) => r.statusCode === 202)).toBe(true);
+    expect(ids.size).toBe(1);
+    expect(await queue.count()).toBe(before + 1);
+    // The same key from another org is a different job.
+    const other = await post(payload, { authorization: `Bearer ${await s.newKey()}` });
+    expect(other.json().id).not.toBe([...ids][0]);
+  });
+
+  it('bulk validation is all-or-nothing and names the bad element', async () => {
+    const before = await queue.count();
+    const jobs = Array.from({ length: 10 }, (_, i) => ({ ...valid, input: { startupId: `s-${i}` } }));
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs: [...jobs, { ...valid, input: { startupId: 42 } }] } });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().details[0].path).toBe('jobs.10.input.startupId');
+    expect(await queue.count()).toBe(before);
+    const ok = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs } });
+    expect(ok.statusCode).toBe(202);
+    expect(await queue.count()).toBe(before + 10);
+    const tooMany = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs: Array.from({ length: 1001 }, () => valid) } });
+    expect(tooMany.statusCode).toBe(400);
+    expect(tooMany.json().details[0].path).toBe('jobs');
+  });
+
+  it('cancels a waiting and a delayed job, and reports them cancelled', async () => {
+    const waiting = (await post(valid)).json();
+    const delayed = (await post({ ...valid, options: { delayMs: 60_000 } })).json();
+    expect(delayed.state).toBe('delayed');
+    for (const { id } of [waiting, delayed]) {
+      const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
+      expect(del.statusCode).toBe(200);
+      expect(del.json().state).toBe('cancelled');
+      expect(await queue.getJob(id)).toBeUndefined();
+      const view = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth });
+      expect(view.json().state).toBe('cancelled');
+      expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(409);
+    }
+  });
+
+  it('long-poll returns the current view after waitMs when nothing finishes', async () => {
+    const { id } = (await post(valid)).json();
+    const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=200`, headers: s.auth });
+    expect(res.json().state).toBe('waiting');
+    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=abc`, headers: s.auth })).statusCode).toBe(400);
+  });
+});

@@ -1,0 +1,107 @@
+import type { FastifyInstance } from 'fastify';
+import { defaultFeatures } from '../../src/features.js';
+import { startRuntime, type FeatureFactory, type Runtime } from '../../src/runtime.js';
+import { defaultRegistry } from '../../src/shared/agents/registry.js';
+import { parseConfig, type Config } from '../../src/shared/config.js';
+import { createApiKeyStore } from '../../src/shared/db/api-keys.js';
+import { migrate } from '../../src/shared/db/migrate.js';
+import { createPool } from '../../src/shared/db/pool.js';
+import { startGeminiEmulator, type GeminiEmulator } from '../../src/shared/gemini/emulator.js';
+import type { Infra } from '../../src/shared/infra.js';
+import { startGeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
+import { createLogger, type Logger } from '../../src/shared/logger.js';
+import type { WorkerRuntime } from '../../src/workers/worker-runtime.js';
+import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
+
+export interface Stack {
+  cfg: Config;
+  infra: Infra;
+  runtime: Runtime;
+  app: FastifyInstance;
+  emulator: GeminiEmulator;
+  orgId: string;
+  apiKey: string;
+  /** Authorization header for `app.inject`. */
+  auth: { authorization: string };
+  logger: Logger;
+  startWorker(): Promise<WorkerRuntime>;
+  newKey(orgId?: string, role?: 'member' | 'admin'): Promise<string>;
+  close(): Promise<void>;
+}
+
+/** Test-friendly timings; any of them can be overridden per stack. */
+export const TEST_ENV: Record<string, string> = {
+  NODE_ENV: 'test',
+  AUTH_CACHE_TTL_MS: '0',
+  LOCK_DURATION_MS: '5000',
+  STALLED_INTERVAL_MS: '2000',
+  BACKOFF_BASE_MS: '50',
+  BACKOFF_MAX_MS: '500',
+  SHUTDOWN_GRACE_MS: '5000',
+};
+
+let migrated: Promise<unknown> | undefined;
+
+/**
+ * The whole service in-process (the same composition root as `npm start`) against the suite's Redis and
+ * PGlite: a random queue prefix, a fresh org and key, and the Gemini emulator on loopback reached by the
+ * real SDK. `worker: true` also runs an agent worker and the features' background work.
+ */
+export async function startStack(
+  env: Record<string, string> = {},
+  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger } = {},
+): Promise<Stack> {
+  const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), QUEUE_PREFIX: randomPrefix(), ...env });
+  const logger = opts.logger ?? createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+  const pool = createPool(cfg.DATABASE_URL!, { max: 4 });
+  migrated ??= migrate(pool);
+  await migrated;
+  const infra: Infra = {
+    redisUrl: cfg.REDIS_URL,
+    db: { pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
+    close: () => pool.end(),
+  };
+  const emulator = await startGeminiEmulator();
+  const gemini = await startGeminiRuntime({
+    apiKey: 'emulator-key',
+    baseUrl: emulator.url,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
+    timeoutMs: cfg.LLM_TIMEOUT_MS,
+    logger,
+  });
+  const runtime = await startRuntime({
+    cfg,
+    infra,
+    logger,
+    registry: defaultRegistry(),
+    llm: gemini.llm,
+    api: true,
+    worker: Boolean(opts.worker),
+    features: opts.features ?? defaultFeatures,
+  });
+  const keys = createApiKeyStore({ pool });
+  const orgId = randomOrg();
+  const { key } = await keys.create({ orgId });
+
+  return {
+    cfg,
+    infra,
+    runtime,
+    app: runtime.app!,
+    emulator,
+    orgId,
+    apiKey: key,
+    auth: { authorization: `Bearer ${key}` },
+    logger,
+    startWorker: () => runtime.startWorker(),
+    async newKey(org = randomOrg(), role = 'member') {
+      return (await keys.create({ orgId: org, role })).key;
+    },
+    async close() {
+      await runtime.close(1000);
+      await gemini.close();
+      await emulator.close();
+      await pool.end();
+    },
+  };
+}
