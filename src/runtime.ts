@@ -6,13 +6,17 @@ import { createJobProducer } from './producers/job-producer.js';
 import { createJobService } from './producers/job-service.js';
 import type { AgentRegistry } from './shared/agents/registry.js';
 import type { Config } from './shared/config.js';
+import { createAdmission } from './producers/admission.js';
 import { createApiKeyStore } from './shared/db/api-keys.js';
+import { createOrgStore } from './shared/db/orgs.js';
+import { createQuotaChecker } from './shared/db/quotas.js';
+import { createAdmissionLimiter } from './shared/guards/admission.js';
 import type { Feature, FeatureDeps } from './shared/feature.js';
 import type { Infra } from './shared/infra.js';
 import type { Logger } from './shared/logger.js';
 import { createAgentQueue, type AgentQueue } from './shared/queue/agent-queue.js';
 import { QUEUE } from './shared/queue/names.js';
-import { createRedis } from './shared/redis/connection.js';
+import { createRedis, whenReady } from './shared/redis/connection.js';
 import { createWorkerGuards } from './workers/guards.js';
 import { createWorkerRuntime, type WorkerRuntime } from './workers/worker-runtime.js';
 
@@ -55,6 +59,7 @@ export async function startRuntime(opts: {
 }): Promise<Runtime> {
   const { cfg, infra, logger, registry } = opts;
   const redis = createRedis(infra.redisUrl, 'api');
+  await whenReady(redis);
   const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
   let events: { queueEvents: QueueEvents; connection: ReturnType<typeof createRedis> } | undefined;
   const queueEvents = () => {
@@ -73,7 +78,7 @@ export async function startRuntime(opts: {
   const guardSets: Array<{ close(): Promise<void> }> = [];
 
   async function startWorker(): Promise<WorkerRuntime> {
-    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm });
+    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
     const worker = createWorkerRuntime({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features });
     await worker.ready();
@@ -83,6 +88,8 @@ export async function startRuntime(opts: {
 
   let app: FastifyInstance | undefined;
   if (opts.api) {
+    const orgs = createOrgStore({ pool: infra.db.pool });
+    const quotas = createQuotaChecker({ pool: infra.db.pool });
     app = await buildApp({
       logger,
       bodyLimit: cfg.BODY_LIMIT_BYTES,
@@ -91,6 +98,13 @@ export async function startRuntime(opts: {
       producer,
       jobs,
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
+      admission: createAdmission({
+        limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
+        planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
+        quota: (orgId) => quotas.check(orgId),
+        defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
+        cacheMs: cfg.QUOTA_CACHE_MS,
+      }),
       readiness: {
         redis: () => redis.ping(),
         database: () => infra.db.pool.query('SELECT 1'),

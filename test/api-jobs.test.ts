@@ -21,7 +21,7 @@ describe('core job path over HTTP', () => {
     const got = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth });
     expect(got.statusCode).toBe(200);
     const view = got.json();
-    expect(view).toMatchObject({ id, agent: 'RiskAnalyzer', action: 'analyze_risks', state: 'completed', attempts: 0 });
+    expect(view).toMatchObject({ id, agent: 'RiskAnalyzer', action: 'analyze_risks', state: 'completed', attempts: 1 });
     expect(view.result.success).toBe(true);
     expect(view.result.model).toBe(s.cfg.GEMINI_MODEL_PRO);
     expect(view.result.tokensUsed.input).toBeGreaterThan(0);

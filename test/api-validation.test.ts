@@ -7,7 +7,7 @@ describe('API contract without a worker', () => {
   let s: Stack;
   let queue: Queue;
   beforeAll(async () => {
-    s = await startStack({ BODY_LIMIT_BYTES: String(64 * 1024) });
+    s = await startStack({ BODY_LIMIT_BYTES: String(150 * 1024) });
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
   });
   afterAll(async () => {
@@ -62,7 +62,7 @@ describe('API contract without a worker', () => {
   });
 
   it('answers 413 with JSON for a body over the limit', async () => {
-    const res = await post({ ...valid, input: { startupId: 'x'.repeat(70 * 1024) } });
+    const res = await post({ ...valid, input: { startupId: 'x'.repeat(200 * 1024) } });
     expect(res.statusCode).toBe(413);
     expect(res.json().error).toMatch(/larger than/);
   });

@@ -90,6 +90,7 @@ describe('typed client (compile time)', () => {
         }),
       },
     });
+    expectTypeOf(echo.actions.say.model).toEqualTypeOf<'fast' | 'pro'>();
     const custom = createAgentqClient<{ Echo: typeof echo }>({ baseUrl: 'http://127.0.0.1:1', apiKey: 'k' });
     expectTypeOf<AgentOutput<{ Echo: typeof echo }, 'Echo', 'say'>>().toEqualTypeOf<{ said: string }>();
     const typeOnly = async () => {

@@ -114,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
       timeoutMs: cfg.LLM_TIMEOUT_MS,
       logger,
     });
-    const embed: EmbedFn = (texts) => runtime!.llm.embed(texts);
+    const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     const store = createKnowledgeStore({ pool: db.pool, embed });
     progressBar(0, total);
     const r = await ingestJsonl(args, { store, total, onProgress: progressBar });

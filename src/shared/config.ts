@@ -4,6 +4,31 @@ const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
 const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+/** A JSON-valued variable, validated by `schema`; a parse error names the variable like any other. */
+const json = <T extends z.ZodType>(schema: T, def: z.input<T>) =>
+  z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (!raw) return def as unknown;
+      try {
+        return JSON.parse(raw) as unknown;
+      } catch {
+        ctx.addIssue({ code: 'custom', message: 'not valid JSON' });
+        return z.NEVER;
+      }
+    })
+    .pipe(schema);
+
+const routeSchema = z
+  .object({
+    primary: z.string().min(1),
+    fallback: z.string().min(1).optional(),
+    timeoutMs: z.number().int().positive().optional(),
+    retries: z.number().int().min(0).max(10).optional(),
+  })
+  .strict();
+
 const optionalString = z
   .string()
   .optional()
@@ -52,6 +77,16 @@ export const configSchema = z.object({
   KEEP_FAILED_AGE_S: int(14 * 24 * 3600),
 
   RATE_LIMIT_PLAN_DEFAULT: z.enum(['ai_pro', 'ai_flash', 'general']).default('general'),
+  /** Overrides of the API admission plans, e.g. {"general":{"points":1000,"durationS":1}}. */
+  RATE_LIMIT_PLANS: json(z.record(z.string(), z.object({ points: z.number().int().positive(), durationS: z.number().int().positive() }).strict()), {}),
+  /** Per-model worker limits, e.g. {"gemini-2.5-pro":{"rpm":150,"tpm":2000000,"orgRpm":30}}; unset models use built-in defaults. */
+  MODEL_LIMITS: json(
+    z.record(z.string(), z.object({ rpm: z.number().positive().optional(), tpm: z.number().positive().optional(), orgRpm: z.number().positive().optional() }).strict()),
+    {},
+  ),
+  /** Primary/fallback routes per "Agent:action" (or "Agent"), e.g. {"RiskAnalyzer:analyze_risks":{"primary":"gemini-2.5-pro","fallback":"gemini-2.5-flash","timeoutMs":30000,"retries":1}}. */
+  AGENT_ROUTES: json(z.record(z.string(), routeSchema), {}),
+  QUOTA_CACHE_MS: int(5000),
   CACHE_TTL_S: int(3600, 1),
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),
@@ -79,10 +114,11 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const result = configSchema.safeParse(env);
   if (result.success) return result.data;
   const issue = result.error.issues[0];
-  const name = issue.path.join('.');
+  const name = String(issue.path[0]);
+  const inside = issue.path.length > 1 ? ` (at ${issue.path.slice(1).join('.')})` : '';
   const value = env[name];
-  const shown = name.includes('KEY') || name.includes('TOKEN') || name.includes('URL') ? '(hidden)' : JSON.stringify(value);
-  throw new ConfigError(`Invalid environment variable ${name}=${shown}: ${issue.message}`);
+  const shown = /KEY|TOKEN|URL|PASSWORD/.test(name) ? '(hidden)' : JSON.stringify(value);
+  throw new ConfigError(`Invalid environment variable ${name}${inside}=${shown}: ${issue.message}`);
 }
 
 let cached: Config | undefined;

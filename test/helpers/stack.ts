@@ -38,6 +38,7 @@ export const TEST_ENV: Record<string, string> = {
   BACKOFF_BASE_MS: '50',
   BACKOFF_MAX_MS: '500',
   SHUTDOWN_GRACE_MS: '5000',
+  RATE_LIMIT_PLANS: JSON.stringify({ general: { points: 100_000, durationS: 1 } }),
 };
 
 let migrated: Promise<unknown> | undefined;

@@ -33,7 +33,7 @@ export interface SingleFlightOptions<T> {
 
 export interface ResultCache<T = AgentResult> {
   get(parts: CacheKeyParts): Promise<CacheHit<T> | null>;
-  /** Stores under the current namespace versions; returns false only if Redis refused (never, today). */
+  /** Stores under the namespace versions current at the time of the write (`singleFlight` uses the versions read before the call instead). */
   set(parts: CacheKeyParts, value: T): Promise<boolean>;
   invalidateOrg(orgId: string): Promise<void>;
   invalidateAgent(orgId: string, agent: string): Promise<void>;

@@ -28,11 +28,7 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
     async lookup<R = unknown>(q: SemanticScope & { text: string }): Promise<SemanticLookup<R>> {
       const [embedding] = await embedChecked(embed, [q.text]);
       const { rows } = await pool.query<{ response: R; similarity: number }>(
-        `SELECT response, 1 - (embedding <=> $1::vector) AS similarity
-         FROM semantic_cache
-         WHERE org_id = $2 AND agent = $3 AND action = $4 AND model = $5 AND prompt_version = $6 AND expires_at > now()
-         ORDER BY embedding <=> $1::vector
-         LIMIT 1`,
+        'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)',
         [toVectorSql(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion],
       );
       const best = rows[0];

@@ -3,7 +3,8 @@ const STOPWORDS = new Set(
   that these those i you he she we they me him her us them my your our their what which who whom whose when where
   why how do does did done have has had can could should would will shall may might must not no yes so than too
   very just also about into over under again all any both each few more most other some such only own same
-  please give return write tell make list json answer question following using use based`.split(/\s+/),
+  please give return write tell make list json answer question following using use based
+  explain describe summarise summarize provide show find classify extract brief short detail detailed`.split(/\s+/),
 );
 
 /** Lower-case words of the prompt worth talking about, in first-seen order, without repeats. */

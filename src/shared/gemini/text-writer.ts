@@ -32,8 +32,10 @@ export function sentence(next: () => string, rng: Rng): string {
 /** A few sentences about the prompt's own words: what a text answer from the emulator looks like. */
 export function writeAnswer(words: readonly string[], rng: Rng, sentences = rng.int(3, 5)): string {
   const next = wordSource(words, rng);
+  // Each template at most once per answer, in a seeded order, so answers do not repeat themselves.
+  const order = wordSource(SENTENCES.map((_s, i) => String(i)), rng);
   const out: string[] = [];
-  for (let i = 0; i < sentences; i++) out.push(sentence(next, rng));
+  for (let i = 0; i < sentences; i++) out.push(capitalise(SENTENCES[Number(order())](next)));
   return out.join(' ');
 }
 

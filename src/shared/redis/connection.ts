@@ -72,3 +72,19 @@ export async function assertNoEviction(redis: Redis): Promise<void> {
     );
   }
 }
+
+/** Resolves once the client is connected; fail-fast clients refuse commands until then. */
+export function whenReady(client: Redis, timeoutMs = 5000): Promise<void> {
+  if (client.status === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      client.off('ready', onReady);
+      reject(new RedisSetupError(`Redis did not become ready within ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onReady = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+    client.once('ready', onReady);
+  });
+}

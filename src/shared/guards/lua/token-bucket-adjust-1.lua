@@ -16,7 +16,7 @@ level = math.max(-cap, math.min(cap, level - tonumber(ARGV[3])))
 if level >= cap then
   redis.call('DEL', KEYS[1])
 else
-  redis.call('HSET', KEYS[1], 'tokens', tostring(level), 'ts', tostring(now))
+  redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', level), 'ts', string.format('%.3f', now))
   redis.call('PEXPIRE', KEYS[1], math.ceil((cap - level) / rate) + 1000)
 end
 return math.floor(level)

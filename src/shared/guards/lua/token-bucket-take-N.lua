@@ -3,7 +3,8 @@
 -- ARGV[3i-2], ARGV[3i-1], ARGV[3i]: capacity, refill per ms, cost of KEYS[i]
 -- Returns {allowed (0|1), msBeforeNext, limiting key index (1-based, 0 if none), now ms (integer)}
 -- Time comes from Redis TIME so every process shares one clock; effects replication (Redis >= 5)
--- makes writes after TIME safe to replicate.
+-- makes writes after TIME safe to replicate. Values are written with full precision (tostring keeps
+-- only 14 digits, which would round ts to 0.1 ms and let refill drift).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local n = #KEYS
@@ -34,7 +35,7 @@ for i = 1, n do
   local cap = tonumber(ARGV[3 * i - 2])
   local rate = tonumber(ARGV[3 * i - 1])
   local left = tokens[i] - tonumber(ARGV[3 * i])
-  redis.call('HSET', KEYS[i], 'tokens', tostring(left), 'ts', tostring(now))
+  redis.call('HSET', KEYS[i], 'tokens', string.format('%.17g', left), 'ts', string.format('%.3f', now))
   -- Once refilled the bucket is full, which is exactly what a missing key means.
   redis.call('PEXPIRE', KEYS[i], math.ceil((cap - left) / rate) + 1000)
 end

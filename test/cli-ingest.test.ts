@@ -1,0 +1,104 @@
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseIngestArgs, validateJsonl } from '../src/cli/ingest.js';
+import { migrate } from '../src/shared/db/migrate.js';
+import { createPool } from '../src/shared/db/pool.js';
+import { JsonlLineError } from '../src/shared/rag/jsonl-docs.js';
+import { databaseUrl, randomOrg } from './helpers/env.js';
+import { runCli } from './helpers/run-cli.js';
+
+describe('ingest CLI', () => {
+  let pool: pg.Pool;
+  let dir: string;
+  const file = (name: string, lines: string[]) => {
+    const path = join(dir, name);
+    writeFileSync(path, lines.join('\n') + '\n');
+    return path;
+  };
+  // GEMINI_API_KEY unset: the runtime embeds through the in-process Gemini emulator.
+  const ingest = (args: string[]) => runCli('src/cli/ingest.ts', args, { DATABASE_URL: databaseUrl(), GEMINI_API_KEY: undefined });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agentq-ingest-'));
+    pool = createPool(databaseUrl(), { max: 2 });
+    await migrate(pool);
+  });
+  afterAll(async () => {
+    await pool.end();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('ingests a JSONL file into chat_facts for the org, and re-ingesting updates without duplicates', async () => {
+    const org = randomOrg();
+    const path = file('facts.jsonl', [
+      JSON.stringify({ external_id: 'f1', content: 'Revenue grew 40% quarter over quarter', startup_id: 's1' }),
+      '',
+      JSON.stringify({ external_id: 'f2', content: 'Churn is under 2% monthly', confidence: 0.8 }),
+      JSON.stringify({ external_id: 'f3', content: 'The team is hiring two engineers', expires_at: '2099-01-01T00:00:00Z' }),
+    ]);
+    const first = await ingest([path, '--table', 'chat_facts', '--org', org, '--batch', '2']);
+    expect(first.stderr).toContain('100% 3/3');
+    expect(first.code).toBe(0);
+    expect(first.stdout).toContain('3 documents, 3 inserted, 0 updated');
+
+    const second = await ingest([path, '--table', 'chat_facts', '--org', org]);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toContain('3 documents, 0 inserted, 3 updated');
+    const { rows } = await pool.query(
+      'SELECT external_id, startup_id, vector_dims(embedding) AS dims FROM chat_facts WHERE org_id = $1 ORDER BY external_id',
+      [org],
+    );
+    expect(rows).toEqual([
+      { external_id: 'f1', startup_id: 's1', dims: 768 },
+      { external_id: 'f2', startup_id: null, dims: 768 },
+      { external_id: 'f3', startup_id: null, dims: 768 },
+    ]);
+  });
+
+  it('reports the line number and field of an invalid row, exits 1, and writes nothing', async () => {
+    const org = randomOrg();
+    const path = file('bad.jsonl', [
+      JSON.stringify({ external_id: 'ok1', content: 'fine' }),
+      JSON.stringify({ external_id: 'ok2', content: 'fine too' }),
+      '',
+      JSON.stringify({ external_id: 'bad', content: 'too sure', confidence: 7 }),
+    ]);
+    const res = await ingest([path, '--table', 'chat_facts', '--org', org]);
+    expect(res.code).toBe(1);
+    expect(res.stderr).toMatch(/line 4: field "confidence"/);
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM chat_facts WHERE org_id = $1', [org]);
+    expect(rows[0].n).toBe(0);
+  });
+
+  it('names the line of malformed JSON, a missing field, a non-object, or a repeated external_id', async () => {
+    const cases: Array<[string[], number, string | undefined]> = [
+      [['{"external_id":"a","content":"x"}', '{"external_id": oops}'], 2, undefined],
+      [['{"external_id":"a","content":"x"}', '', '{"content":"no id"}'], 3, 'external_id'],
+      [['[1,2]'], 1, undefined],
+      [['{"external_id":"a","content":"x"}', '{"external_id":"a","content":"y"}'], 2, 'external_id'],
+    ];
+    for (const [i, [lines, line, field]] of cases.entries()) {
+      const err = await validateJsonl(file(`case${i}.jsonl`, lines), 'chat_facts').catch((e) => e);
+      expect(err).toBeInstanceOf(JsonlLineError);
+      expect(err.line).toBe(line);
+      expect(err.field).toBe(field);
+      expect(err.message).toMatch(new RegExp(`^line ${line}: `));
+    }
+    expect(await validateJsonl(file('ok.jsonl', ['{"external_id":"a","industry":"x","display_name":"X"}']), 'industry_packs')).toBe(1);
+  });
+
+  it('rejects bad arguments with a usage error (exit 2)', async () => {
+    expect(() => parseIngestArgs(['f.jsonl'])).toThrow(/--table/);
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'api_keys'])).toThrow(/--table must be one of/);
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'chat_facts'])).toThrow(/--org is required/);
+    expect(() => parseIngestArgs(['--table', 'playbooks'])).toThrow(/exactly one JSONL file/);
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'playbooks', '--batch', '0'])).toThrow(/--batch/);
+    expect(parseIngestArgs(['f.jsonl', '--table', 'playbooks'])).toEqual({ file: 'f.jsonl', table: 'playbooks', orgId: undefined, batchSize: 100 });
+    const res = await ingest(['--table', 'nope']);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toContain('usage: npm run ingest');
+  });
+});

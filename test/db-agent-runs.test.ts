@@ -1,0 +1,143 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRunStore, type AgentRun } from '../src/shared/db/agent-runs.js';
+import { migrate } from '../src/shared/db/migrate.js';
+import { createOrgStore } from '../src/shared/db/orgs.js';
+import { createPool } from '../src/shared/db/pool.js';
+import { createQuotaChecker } from '../src/shared/db/quotas.js';
+import { databaseUrl, randomOrg } from './helpers/env.js';
+
+const run = (over: Partial<AgentRun> & Pick<AgentRun, 'orgId'>): AgentRun => ({
+  jobId: randomUUID(),
+  attempt: 1,
+  agent: 'knowledge',
+  action: 'ask',
+  model: 'gemini-2.5-flash',
+  state: 'completed',
+  inputTokens: 100,
+  outputTokens: 50,
+  costUsd: 0.001,
+  durationMs: 100,
+  ...over,
+});
+
+describe('agent_runs', () => {
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    pool = createPool(databaseUrl(), { max: 2 });
+    await migrate(pool);
+  });
+  afterAll(() => pool.end());
+
+  it('records each attempt once, however often it is re-delivered', async () => {
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const jobId = randomUUID();
+    expect(await runs.record(run({ orgId, jobId, attempt: 1, state: 'failed', error: 'timeout' }))).toBe(true);
+    expect(await runs.record(run({ orgId, jobId, attempt: 2 }))).toBe(true);
+    expect(await runs.record(run({ orgId, jobId, attempt: 2, costUsd: 99 }))).toBe(false);
+    expect(await runs.countSuccessful(jobId)).toBe(1);
+    const { rows } = await pool.query('SELECT attempt, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [jobId]);
+    expect(rows.map((r) => [r.attempt, Number(r.cost_usd)])).toEqual([
+      [1, 0.001],
+      [2, 0.001],
+    ]);
+  });
+
+  it('reports usage grouped by agent, model and UTC day, within the window and org', async () => {
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const day1 = new Date('2031-03-01T10:00:00Z');
+    const day2 = new Date('2031-03-02T23:30:00Z');
+    const retried = randomUUID();
+    await runs.record(run({ orgId, jobId: retried, attempt: 1, state: 'failed', durationMs: 400, costUsd: 0.002, createdAt: day1 }));
+    await runs.record(run({ orgId, jobId: retried, attempt: 2, durationMs: 200, costUsd: 0.003, createdAt: day1 }));
+    await runs.record(run({ orgId, durationMs: 10, costUsd: 0, inputTokens: 0, outputTokens: 0, cacheHit: 'l2', createdAt: day1 }));
+    for (const ms of [100, 200, 300, 400]) {
+      await runs.record(run({ orgId, agent: 'scorer', action: 'score', model: 'gemini-2.5-pro', durationMs: ms, costUsd: 0.01, createdAt: day2 }));
+    }
+    await runs.record(run({ orgId, createdAt: new Date('2031-04-01T00:00:00Z') })); // outside the window
+    await runs.record(run({ orgId: randomOrg(), createdAt: day1 })); // another org
+
+    const window = { orgId, from: new Date('2031-03-01T00:00:00Z'), to: new Date('2031-04-01T00:00:00Z') };
+    const byAgent = await runs.usage({ ...window, groupBy: 'agent' });
+    expect(byAgent.map((r) => r.key)).toEqual(['knowledge', 'scorer']);
+    const knowledge = byAgent[0];
+    expect(knowledge).toMatchObject({ jobs: 2, inputTokens: 200, outputTokens: 100 });
+    expect(knowledge.costUsd).toBeCloseTo(0.005, 8);
+    expect(knowledge.cacheHitRate).toBeCloseTo(0.5); // 1 of 2 completed attempts came from cache
+    expect(knowledge.p50Ms).toBe(200);
+    const scorer = byAgent[1];
+    expect(scorer).toMatchObject({ jobs: 4, cacheHitRate: 0, p50Ms: 250 });
+    expect(scorer.p95Ms).toBeCloseTo(385);
+    expect(scorer.costUsd).toBeCloseTo(0.04, 8);
+
+    const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    expect(byModel.map((r) => [r.key, r.jobs])).toEqual([
+      ['gemini-2.5-flash', 2],
+      ['gemini-2.5-pro', 4],
+    ]);
+    const byDay = await runs.usage({ ...window, groupBy: 'day' });
+    expect(byDay.map((r) => [r.key, r.jobs])).toEqual([
+      ['2031-03-01', 2],
+      ['2031-03-02', 4],
+    ]);
+  });
+});
+
+describe('quotas', () => {
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    pool = createPool(databaseUrl(), { max: 2 });
+    await migrate(pool);
+  });
+  afterAll(() => pool.end());
+
+  it('always allows an org without limits, and an org with no row at all', async () => {
+    const quotas = createQuotaChecker({ pool });
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: orgId });
+    for (let i = 0; i < 3; i++) await runs.record(run({ orgId, costUsd: 100 }));
+    expect(await quotas.check(orgId)).toEqual({ allowed: true });
+    expect(await quotas.check(randomOrg())).toEqual({ allowed: true });
+  });
+
+  it('refuses once today\'s distinct jobs reach the daily limit, until the next UTC midnight', async () => {
+    const quotas = createQuotaChecker({ pool });
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: orgId, dailyJobLimit: 2 });
+    const yesterday = new Date(Date.now() - 48 * 3600_000);
+    await runs.record(run({ orgId, createdAt: yesterday }));
+    const job = randomUUID();
+    await runs.record(run({ orgId, jobId: job, attempt: 1, state: 'failed' }));
+    await runs.record(run({ orgId, jobId: job, attempt: 2 }));
+    expect(await quotas.check(orgId)).toEqual({ allowed: true }); // one job today, in two attempts
+    await runs.record(run({ orgId }));
+    const refused = await quotas.check(orgId);
+    expect(refused).toMatchObject({ allowed: false, reason: expect.stringContaining('daily job limit of 2') });
+    const now = new Date();
+    const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
+    const expected = (midnight - now.getTime()) / 1000;
+    expect(refused.allowed === false && Math.abs(refused.retryAfterS - expected)).toBeLessThan(120);
+  });
+
+  it('refuses once this month\'s spend reaches the budget, until the first of next month', async () => {
+    const quotas = createQuotaChecker({ pool });
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: orgId, monthlyBudgetUsd: 1 });
+    const now = new Date();
+    const lastMonth = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() - 1, 15));
+    await runs.record(run({ orgId, costUsd: 5, createdAt: lastMonth }));
+    await runs.record(run({ orgId, costUsd: 0.6 }));
+    expect(await quotas.check(orgId)).toEqual({ allowed: true });
+    await runs.record(run({ orgId, state: 'failed', costUsd: 0.4 }));
+    const refused = await quotas.check(orgId);
+    expect(refused).toMatchObject({ allowed: false, reason: expect.stringContaining('monthly budget') });
+    const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
+    expect(refused.allowed === false && Math.abs(refused.retryAfterS - (nextMonth - now.getTime()) / 1000)).toBeLessThan(120);
+  });
+});

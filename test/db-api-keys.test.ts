@@ -1,0 +1,71 @@
+import { createHash } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createApiKeyStore } from '../src/shared/db/api-keys.js';
+import { migrate } from '../src/shared/db/migrate.js';
+import { createOrgStore } from '../src/shared/db/orgs.js';
+import { createPool } from '../src/shared/db/pool.js';
+import { databaseUrl, randomOrg } from './helpers/env.js';
+
+describe('api keys and orgs', () => {
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    pool = createPool(databaseUrl(), { max: 2 });
+    await migrate(pool);
+  });
+  afterAll(() => pool.end());
+
+  it('creates a key that verifies to its org and role, storing only its sha256', async () => {
+    const keys = createApiKeyStore({ pool });
+    const orgId = randomOrg();
+    const { id, key } = await keys.create({ orgId, role: 'admin' });
+    expect(key).toMatch(new RegExp(`^aq_${id}_[A-Za-z0-9_-]{32}$`));
+    expect(await keys.verify(key)).toEqual({ keyId: id, orgId, role: 'admin' });
+
+    const { rows } = await pool.query('SELECT * FROM api_keys WHERE id = $1', [id]);
+    expect(rows[0].key_hash).toBe(createHash('sha256').update(key).digest('hex'));
+    const secret = key.split('_').pop()!;
+    expect(JSON.stringify(rows[0])).not.toContain(secret);
+    expect(rows[0].prefix).toBe(`aq_${id}`);
+
+    // Creating a key also created the org, with defaults.
+    const org = await createOrgStore({ pool }).get(orgId);
+    expect(org).toMatchObject({ id: orgId, ratePlan: 'general', dailyJobLimit: null, monthlyBudgetUsd: null });
+  });
+
+  it('rejects unknown, malformed and tampered keys', async () => {
+    const keys = createApiKeyStore({ pool });
+    const { key } = await keys.create({ orgId: randomOrg() });
+    const last = key.at(-1) === 'A' ? 'B' : 'A';
+    expect(await keys.verify(`${key.slice(0, -1)}${last}`)).toBeNull();
+    expect(await keys.verify('aq_nope')).toBeNull();
+    expect(await keys.verify('')).toBeNull();
+  });
+
+  it('revokes a key once; a revoked key no longer verifies; list shows both states', async () => {
+    const keys = createApiKeyStore({ pool });
+    const orgId = randomOrg();
+    const a = await keys.create({ orgId });
+    const b = await keys.create({ orgId });
+    expect(await keys.revoke(a.id)).toBe(true);
+    expect(await keys.revoke(a.id)).toBe(false);
+    expect(await keys.revoke('no-such-id')).toBe(false);
+    expect(await keys.verify(a.key)).toBeNull();
+    expect(await keys.verify(b.key)).toMatchObject({ keyId: b.id, role: 'member' });
+
+    const listed = await keys.list(orgId);
+    expect(listed.map((k) => k.id).sort()).toEqual([a.id, b.id].sort());
+    expect(listed.find((k) => k.id === a.id)!.revokedAt).toBeInstanceOf(Date);
+    expect(listed.find((k) => k.id === b.id)!.revokedAt).toBeNull();
+    expect(await keys.list(randomOrg())).toEqual([]);
+  });
+
+  it('upserts orgs, changing only the fields given and clearing a limit with null', async () => {
+    const orgs = createOrgStore({ pool });
+    const id = randomOrg();
+    await orgs.upsert({ id, ratePlan: 'ai_pro', dailyJobLimit: 10, monthlyBudgetUsd: 12.5 });
+    expect(await orgs.upsert({ id, dailyJobLimit: 20 })).toMatchObject({ ratePlan: 'ai_pro', dailyJobLimit: 20, monthlyBudgetUsd: 12.5 });
+    expect(await orgs.upsert({ id, monthlyBudgetUsd: null })).toMatchObject({ dailyJobLimit: 20, monthlyBudgetUsd: null });
+    expect(await orgs.get(randomOrg())).toBeNull();
+  });
+});

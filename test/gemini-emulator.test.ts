@@ -1,0 +1,306 @@
+import { GoogleGenAI, Type } from '@google/genai';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, type GeminiEmulator } from '../src/shared/gemini/emulator.js';
+
+const MODEL = 'gemini-2.5-flash';
+
+let emu: GeminiEmulator;
+let ai: GoogleGenAI;
+
+beforeAll(async () => {
+  emu = await startGeminiEmulator();
+  ai = new GoogleGenAI({ apiKey: 'test-key', httpOptions: { baseUrl: emu.url } });
+});
+afterAll(async () => {
+  await emu.close();
+});
+beforeEach(() => {
+  emu.clearFaults();
+  emu.resetCalls();
+  emu.setStreamChunkDelay(0);
+});
+
+const Ticket = z.object({
+  title: z.string().min(3).max(60),
+  summary: z.string().min(10),
+  priority: z.enum(['low', 'medium', 'high']),
+  tags: z.array(z.string().min(1)).min(1).max(4),
+  confidence: z.number().min(0).max(1),
+  estimateHours: z.int().min(1).max(40),
+  assignee: z.email().nullable(),
+  ticketId: z.uuid(),
+  dueAt: z.iso.datetime(),
+  flags: z.object({ blocking: z.boolean(), note: z.string().max(20).optional() }),
+  counts: z.record(z.string(), z.number().int().nonnegative()),
+  kind: z.union([z.object({ type: z.literal('bug'), severity: z.int().min(1).max(5) }), z.object({ type: z.literal('feature'), votes: z.int() })]),
+});
+
+const PROMPT = 'Triage this report: the invoice export crashes when the billing currency is Swiss francs';
+
+async function generateJson(prompt: string, schema: unknown, system?: string) {
+  return ai.models.generateContent({
+    model: MODEL,
+    contents: prompt,
+    config: { systemInstruction: system, responseMimeType: 'application/json', responseJsonSchema: schema },
+  });
+}
+
+describe('gemini emulator through the real SDK', () => {
+  it('answers JSON that validates against a zod 4 schema, built from the prompt words', async () => {
+    const res = await generateJson(PROMPT, z.toJSONSchema(Ticket), 'You triage bug reports.');
+    const parsed = Ticket.parse(JSON.parse(res.text!));
+    const promptWords = new Set(PROMPT.toLowerCase().match(/[a-z]+/g));
+    const summaryWords = parsed.summary.toLowerCase().match(/[a-z]+/g) ?? [];
+    expect(summaryWords.some((w) => w.length > 3 && promptWords.has(w))).toBe(true);
+    expect(res.candidates?.[0]?.finishReason).toBe('STOP');
+  });
+
+  it('validates across many prompts, including recursive $ref schemas', async () => {
+    interface Node {
+      name: string;
+      children: Node[];
+    }
+    const NodeSchema: z.ZodType<Node> = z.lazy(() => z.object({ name: z.string(), children: z.array(NodeSchema).max(3) }));
+    const Tree = z.object({ root: NodeSchema, path: z.tuple([z.string(), z.number()]) });
+    const treeJson = z.toJSONSchema(Tree);
+    for (let i = 0; i < 12; i++) {
+      const prompt = `Case ${i}: classify the shipment ${i * 7} delayed at customs in port number ${i}`;
+      Ticket.parse(JSON.parse((await generateJson(prompt, z.toJSONSchema(Ticket))).text!));
+      Tree.parse(JSON.parse((await generateJson(prompt, treeJson)).text!));
+    }
+  });
+
+  it('supports the OpenAPI-subset responseSchema with upper-case types', async () => {
+    const res = await ai.models.generateContent({
+      model: MODEL,
+      contents: 'List three fruits with colours',
+      config: {
+        responseMimeType: 'application/json',
+        responseSchema: {
+          type: Type.OBJECT,
+          properties: {
+            fruits: {
+              type: Type.ARRAY,
+              minItems: '3',
+              maxItems: '3',
+              items: { type: Type.OBJECT, properties: { name: { type: Type.STRING }, colour: { type: Type.STRING, enum: ['red', 'green'] }, weight: { type: Type.NUMBER, nullable: true } }, required: ['name', 'colour'] },
+            },
+          },
+          required: ['fruits'],
+          propertyOrdering: ['fruits'],
+        },
+      },
+    });
+    const Fruits = z.object({ fruits: z.array(z.object({ name: z.string(), colour: z.enum(['red', 'green']), weight: z.number().nullable().optional() })).length(3) });
+    Fruits.parse(JSON.parse(res.text!));
+  });
+
+  it('is deterministic: the same request gives the same answer, another prompt another one', async () => {
+    const a = await ai.models.generateContent({ model: MODEL, contents: 'Why do queues need backpressure?' });
+    const b = await ai.models.generateContent({ model: MODEL, contents: 'Why do queues need backpressure?' });
+    const c = await ai.models.generateContent({ model: MODEL, contents: 'How does Redis persist data to disk?' });
+    expect(a.text).toBe(b.text);
+    expect(c.text).not.toBe(a.text);
+    expect(a.text!.split('. ').length).toBeGreaterThanOrEqual(3);
+    expect(a.text!.toLowerCase()).toMatch(/queues|backpressure/);
+  });
+
+  it('reports usage counted by its tokenizer on the actual prompt and answer', async () => {
+    const system = 'Answer in plain English, please.';
+    const prompt = "What's the difference between at-least-once and exactly-once delivery?";
+    const res = await ai.models.generateContent({ model: MODEL, contents: prompt, config: { systemInstruction: system } });
+    const u = res.usageMetadata!;
+    expect(u.promptTokenCount).toBe(countTokens(system) + countTokens(prompt));
+    expect(u.candidatesTokenCount).toBe(countTokens(res.text!));
+    expect(u.totalTokenCount).toBe(u.promptTokenCount! + u.candidatesTokenCount!);
+    const counted = await ai.models.countTokens({ model: MODEL, contents: prompt });
+    expect(counted.totalTokens).toBe(countTokens(prompt));
+  });
+
+  it('stops at maxOutputTokens with finishReason MAX_TOKENS', async () => {
+    const res = await ai.models.generateContent({ model: MODEL, contents: 'Describe consistent hashing in depth', config: { maxOutputTokens: 5 } });
+    expect(res.candidates?.[0]?.finishReason).toBe('MAX_TOKENS');
+    expect(countTokens(res.text!)).toBe(5);
+    expect(res.usageMetadata?.candidatesTokenCount).toBe(5);
+  });
+
+  it('streams SSE chunks that concatenate to the non-stream answer; the last carries STOP and usage', async () => {
+    const prompt = 'Explain how a circuit breaker protects a flaky upstream service';
+    const whole = await ai.models.generateContent({ model: MODEL, contents: prompt });
+    emu.setStreamChunkDelay(15);
+    const stream = await ai.models.generateContentStream({ model: MODEL, contents: prompt });
+    const pieces: string[] = [];
+    const arrivals: number[] = [];
+    let last;
+    for await (const chunk of stream) {
+      pieces.push(chunk.text ?? '');
+      arrivals.push(performance.now());
+      last = chunk;
+    }
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(pieces.join('')).toBe(whole.text);
+    expect(last?.candidates?.[0]?.finishReason).toBe('STOP');
+    expect(last?.usageMetadata).toEqual(whole.usageMetadata);
+    // The delay is a lower bound between chunks (sleep never wakes early).
+    expect(arrivals[arrivals.length - 1] - arrivals[0]).toBeGreaterThanOrEqual(10 * (pieces.length - 1));
+    expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
+  });
+
+  it('embeds deterministically into unit vectors where paraphrases are close and unrelated texts far', async () => {
+    const texts = [
+      'How do I reset my password for the billing portal?',
+      'How can I reset the password of my billing portal?',
+      'Photosynthesis converts sunlight into chemical energy in plants',
+    ];
+    const res = await ai.models.embedContent({ model: 'gemini-embedding-001', contents: texts, config: { outputDimensionality: 768, taskType: 'RETRIEVAL_QUERY' } });
+    const [a, b, c] = res.embeddings!.map((e) => e.values!);
+    for (const v of [a, b, c]) {
+      expect(v).toHaveLength(768);
+      expect(Math.hypot(...v)).toBeCloseTo(1, 9);
+    }
+    expect(cosine(a, b)).toBeGreaterThan(0.9);
+    expect(cosine(a, c)).toBeLessThan(0.3);
+    const again = await ai.models.embedContent({ model: 'gemini-embedding-001', contents: texts[0], config: { outputDimensionality: 256 } });
+    expect(again.embeddings![0].values).toHaveLength(256);
+    const same = await ai.models.embedContent({ model: 'gemini-embedding-001', contents: [texts[0]], config: { outputDimensionality: 768 } });
+    expect(same.embeddings![0].values).toEqual(a);
+  });
+
+  it('serves the single embedContent route and rejects bad requests like Gemini', async () => {
+    const post = (path: string, body: unknown, key = true) =>
+      fetch(`${emu.url}/v1beta/models/${path}`, { method: 'POST', headers: { 'content-type': 'application/json', ...(key ? { 'x-goog-api-key': 'k' } : {}) }, body: JSON.stringify(body) });
+    const one = await post('gemini-embedding-001:embedContent', { content: { parts: [{ text: 'hello world' }] } });
+    expect(((await one.json()) as { embedding: { values: number[] } }).embedding.values).toHaveLength(768);
+    expect((await post(`${MODEL}:generateContent`, { contents: [{ parts: [{ text: 'x' }] }] }, false)).status).toBe(403);
+    expect((await post(`${MODEL}:generateContent`, {})).status).toBe(400);
+    const both = await post(`${MODEL}:generateContent`, { contents: [{ parts: [{ text: 'x' }] }], generationConfig: { responseMimeType: 'application/json', responseSchema: { type: 'STRING' }, responseJsonSchema: { type: 'string' } } });
+    expect(both.status).toBe(400);
+    expect(((await both.json()) as { error: { status: string } }).error.status).toBe('INVALID_ARGUMENT');
+    expect((await post(`${MODEL}:frobnicate`, {})).status).toBe(404);
+  });
+});
+
+describe('scripted faults', () => {
+  const call = (prompt = 'ping the service', model = MODEL) => ai.models.generateContent({ model, contents: prompt });
+  const statusOf = (p: Promise<unknown>) =>
+    p.then(
+      () => 200,
+      (e: { status?: number }) => e.status ?? -1,
+    );
+
+  it('answers 429 with RetryInfo in Gemini error JSON and a Retry-After header', async () => {
+    emu.script({ status: 429, retryAfterS: 3 });
+    const res = await fetch(`${emu.url}/v1beta/models/${MODEL}:generateContent`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-goog-api-key': 'k' },
+      body: JSON.stringify({ contents: [{ parts: [{ text: 'hi' }] }] }),
+    });
+    expect(res.status).toBe(429);
+    expect(res.headers.get('retry-after')).toBe('3');
+    const body = (await res.json()) as { error: { code: number; status: string; details: Array<Record<string, string>> } };
+    expect(body.error.code).toBe(429);
+    expect(body.error.status).toBe('RESOURCE_EXHAUSTED');
+    expect(body.error.details).toContainEqual({ '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '3s' });
+  });
+
+  it('applies faults first-in first-out, `times` times, then answers normally', async () => {
+    emu.script([{ status: 503, times: 2 }, { status: 500 }]);
+    const seen = [];
+    for (let i = 0; i < 4; i++) seen.push(await statusOf(call()));
+    expect(seen).toEqual([503, 503, 500, 200]);
+    expect(emu.calls().map((c) => c.status)).toEqual([503, 503, 500, 200]);
+  });
+
+  it('keeps an unbounded fault until cleared', async () => {
+    emu.script({ status: 500, times: Infinity });
+    for (let i = 0; i < 3; i++) expect(await statusOf(call())).toBe(500);
+    emu.clearFaults();
+    expect(await statusOf(call())).toBe(200);
+  });
+
+  it('matches faults by kind, model and prompt text', async () => {
+    emu.script([{ status: 400, match: { model: 'gemini-2.5-pro' } }, { status: 503, match: { promptIncludes: 'secret sauce' } }, { status: 500, match: { kind: 'embed' } }]);
+    expect(await statusOf(call('plain question'))).toBe(200);
+    expect(await statusOf(call('what is the secret sauce?'))).toBe(503);
+    expect(await statusOf(call('plain question', 'models/gemini-2.5-pro'))).toBe(400);
+    expect(await statusOf(ai.models.embedContent({ model: 'gemini-embedding-001', contents: ['x'] }))).toBe(500);
+    expect(emu.faults()).toEqual([]);
+  });
+
+  it('adds latency before a normal answer', async () => {
+    emu.script({ latencyMs: 60 });
+    const res = await call();
+    expect(res.text).toBeTruthy();
+    expect(emu.calls()[0].durationMs).toBeGreaterThanOrEqual(55);
+  });
+
+  it('returns malformed JSON on a 200', async () => {
+    emu.script({ malformed: true });
+    const res = await generateJson(PROMPT, z.toJSONSchema(Ticket));
+    expect(res.candidates?.[0]?.finishReason).toBe('STOP');
+    expect(() => JSON.parse(res.text!)).toThrow();
+  });
+
+  it('hangs until the client aborts, and records that the socket closed', async () => {
+    emu.script({ hang: true });
+    const ac = new AbortController();
+    const hung = ai.models.generateContent({ model: MODEL, contents: 'hang please', config: { abortSignal: ac.signal } }).catch((e: Error) => e);
+    await waitFor(() => emu.calls().length === 1);
+    expect(emu.calls()[0]).toMatchObject({ status: 0, fault: 'hang' });
+    ac.abort();
+    expect(((await hung) as Error).name).toBe('AbortError');
+    await waitFor(() => emu.calls()[0].aborted === true);
+    expect(emu.calls()[0]).toMatchObject({ status: 499, fault: 'hang', aborted: true });
+  });
+
+  it('ends hung requests when it closes', async () => {
+    const other = await startGeminiEmulator();
+    other.script({ hang: true });
+    const client = new GoogleGenAI({ apiKey: 'test-key', httpOptions: { baseUrl: other.url } });
+    const hung = client.models.generateContent({ model: MODEL, contents: 'x' }).catch((e: Error) => e);
+    await waitFor(() => other.calls().length === 1);
+    await other.close();
+    expect(await hung).toBeInstanceOf(TypeError);
+  });
+
+  it('resets the socket', async () => {
+    emu.script({ reset: true });
+    const err = (await call().catch((e: unknown) => e)) as Error & { cause?: { code?: string } };
+    expect(err).toBeInstanceOf(TypeError);
+    expect(err.cause?.code).toBe('UND_ERR_SOCKET');
+    expect(emu.calls()[0]).toMatchObject({ status: 0, fault: 'reset' });
+  });
+
+  it('is scriptable from another process over its /__emulator/ HTTP routes', async () => {
+    const ctl = createEmulatorControl(emu.url);
+    await ctl.script([{ status: 503, match: { kind: 'stream' } }, { status: 429, retryAfterS: 1, times: Infinity, match: { promptIncludes: 'quota' } }]);
+    const listed = (await (await fetch(`${emu.url}/__emulator/faults`)).json()) as { faults: Array<{ times: number }> };
+    expect(listed.faults.map((f) => f.times)).toEqual([1, -1]);
+    expect(await statusOf(ai.models.generateContentStream({ model: MODEL, contents: 'streamed' }))).toBe(503);
+    expect(await statusOf(call('over quota'))).toBe(429);
+    expect(await statusOf(call('over quota'))).toBe(429);
+    expect((await ctl.calls()).map((c) => [c.kind, c.status])).toEqual([
+      ['stream', 503],
+      ['generate', 429],
+      ['generate', 429],
+    ]);
+    await ctl.clearFaults();
+    expect(await statusOf(call('over quota'))).toBe(200);
+    const bad = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ status: 200 }) });
+    expect(bad.status).toBe(400);
+    await ctl.setStreamChunkDelay(5);
+    await ctl.script({ status: 500 });
+    await ctl.reset();
+    expect(await ctl.calls()).toEqual([]);
+    expect(await statusOf(call())).toBe(200);
+  });
+});
+
+async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

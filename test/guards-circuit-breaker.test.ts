@@ -1,0 +1,234 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBreakerGuard } from '../src/shared/guards/breaker-guard.js';
+import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import { DelayJobError } from '../src/workers/middleware.js';
+import { guardContext, okResult } from './fixtures/guard-context.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+
+const clients: Redis[] = [];
+let n = 0;
+const uniqueKey = () => `gemini:model-${++n}`;
+
+/** One breaker per separate ioredis client, all on the same prefix: stand-ins for separate processes. */
+function breakers(count: number, opts: Omit<BreakerOptions, 'redis' | 'prefix'>, prefix = randomPrefix()): CircuitBreaker[] {
+  return Array.from({ length: count }, () => {
+    const redis = new Redis(redisUrl());
+    clients.push(redis);
+    return createCircuitBreaker({ redis, prefix, ...opts });
+  });
+}
+
+/** Waits (without asserting on timing) until the breaker has passed its open timeout. */
+async function waitUntilProbeable(b: CircuitBreaker, key: string) {
+  for (;;) {
+    const s = await b.state(key);
+    if (s.state !== 'open') return;
+    await sleep(Math.max(5, s.retryAtMs - Date.now()));
+  }
+}
+
+const badRequest = () => Object.assign(new Error('400 invalid argument'), { retryable: false, status: 400 });
+
+afterAll(async () => {
+  await Promise.all(clients.map((c) => c.quit()));
+});
+
+describe('circuit breaker', () => {
+  let a: CircuitBreaker;
+  let b: CircuitBreaker;
+  let c: CircuitBreaker;
+  /** Same breakers, but one that opens them for 100 ms only: the way to reach halfOpen quickly. */
+  let quick: CircuitBreaker;
+
+  beforeAll(() => {
+    const prefix = randomPrefix();
+    const opts = { failureThreshold: 4, successThreshold: 2, probeLeaseMs: 60_000 };
+    // The open timeout is fixed by whoever records the opening failure; 60 s keeps "open" stable under load.
+    [a, b, c] = breakers(3, { ...opts, timeoutMs: 60_000 }, prefix);
+    [quick] = breakers(1, { ...opts, timeoutMs: 100 }, prefix);
+  });
+
+  async function openBriefly(key: string) {
+    for (let i = 0; i < 4; i++) await quick.onFailure(key, false);
+    await waitUntilProbeable(quick, key);
+  }
+
+  it('opens after consecutive failures summed across clients, then rejects with retryAtMs', async () => {
+    const key = uniqueKey();
+    const opened: string[] = [];
+    a.on('open', (k: string) => opened.push(`a:${k}`));
+    b.on('open', (k: string) => opened.push(`b:${k}`));
+    await a.onFailure(key, false);
+    await b.onFailure(key, false);
+    await a.onFailure(key, false);
+    expect((await c.state(key)).consecutiveFailures).toBe(3);
+    expect(await c.acquire(key)).toEqual({ allowed: true, probe: false });
+    await b.onFailure(key, false);
+    expect(opened).toEqual([`b:${key}`]);
+
+    const rejected: unknown[] = [];
+    c.on('reject', (_k: string, info: unknown) => rejected.push(info));
+    const r = await c.acquire(key);
+    expect(r.allowed).toBe(false);
+    if (r.allowed) return;
+    expect(r.state).toBe('open');
+    const s = await a.state(key);
+    expect(s.state).toBe('open');
+    expect(r.retryAtMs).toBe(s.retryAtMs);
+    expect(r.msBeforeNext).toBeGreaterThan(0);
+    expect(r.msBeforeNext).toBeLessThanOrEqual(60_000);
+    expect(rejected).toHaveLength(1);
+  });
+
+  it('a success resets the consecutive count', async () => {
+    const key = uniqueKey();
+    for (let i = 0; i < 3; i++) await a.onFailure(key, false);
+    await b.onSuccess(key, false);
+    for (let i = 0; i < 3; i++) await c.onFailure(key, false);
+    expect((await a.state(key)).state).toBe('closed');
+  });
+
+  it('grants exactly one half-open probe under 50 concurrent acquires from three clients', async () => {
+    const key = uniqueKey();
+    await openBriefly(key);
+    const halfOpened: number[] = [];
+    for (const x of [a, b, c]) x.on('halfOpen', () => halfOpened.push(1));
+    const all = [a, b, c];
+    const results = await Promise.all(Array.from({ length: 50 }, (_, i) => all[i % 3].acquire(key)));
+    const granted = results.filter((r) => r.allowed);
+    expect(granted).toEqual([{ allowed: true, probe: true }]);
+    expect(halfOpened).toHaveLength(1);
+    for (const r of results.filter((x) => !x.allowed)) {
+      expect(r).toMatchObject({ allowed: false, state: 'halfOpen' });
+    }
+    expect((await b.state(key)).probeInFlight).toBe(true);
+  });
+
+  it('closes after successThreshold probe successes, each probe one at a time', async () => {
+    const key = uniqueKey();
+    const closed: string[] = [];
+    c.on('close', (k: string) => closed.push(k));
+    await openBriefly(key);
+    expect(await a.acquire(key)).toEqual({ allowed: true, probe: true });
+    expect((await b.acquire(key)).allowed).toBe(false);
+    await a.onSuccess(key, true);
+    expect((await a.state(key)).state).toBe('halfOpen');
+    // The first probe reported; a second may start, from any client.
+    expect(await b.acquire(key)).toEqual({ allowed: true, probe: true });
+    await c.onSuccess(key, true);
+    expect(closed).toEqual([key]);
+    expect(await a.state(key)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    expect(await b.acquire(key)).toEqual({ allowed: true, probe: false });
+  });
+
+  it('a probe failure reopens it for another timeout', async () => {
+    const key = uniqueKey();
+    await openBriefly(key);
+    expect(await b.acquire(key)).toMatchObject({ probe: true });
+    await b.onFailure(key, true);
+    const s = await a.state(key);
+    expect(s.state).toBe('open');
+    const r = await c.acquire(key);
+    expect(r).toMatchObject({ allowed: false, state: 'open', retryAtMs: s.retryAtMs });
+  });
+
+  it('does not count non-retryable errors', async () => {
+    const key = uniqueKey();
+    for (let i = 0; i < 10; i++) await a.onError(key, false, badRequest());
+    expect(await b.state(key)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    for (let i = 0; i < 4; i++) await a.onError(key, false, Object.assign(new Error('503'), { retryable: true, status: 503 }));
+    expect((await b.state(key)).state).toBe('open');
+  });
+
+  it('reset closes an open breaker', async () => {
+    const key = uniqueKey();
+    for (let i = 0; i < 4; i++) await a.onFailure(key, false);
+    await b.reset(key);
+    expect(await c.acquire(key)).toEqual({ allowed: true, probe: false });
+  });
+});
+
+describe('circuit breaker probe lease', () => {
+  it('lets another probe start once a silent prober lease expires', async () => {
+    const [a, b] = breakers(2, { failureThreshold: 1, timeoutMs: 50, probeLeaseMs: 1000, halfOpenRetryMs: 100 });
+    const key = uniqueKey();
+    await a.onFailure(key, false);
+    await waitUntilProbeable(a, key);
+    expect(await a.acquire(key)).toEqual({ allowed: true, probe: true });
+    // The prober "crashes": it never reports.
+    const refused = await b.acquire(key);
+    expect(refused).toMatchObject({ allowed: false, state: 'halfOpen' });
+    if (refused.allowed) return;
+    // Refused callers are told to come back soon, not at lease expiry.
+    expect(refused.msBeforeNext).toBeLessThanOrEqual(100);
+    let again = await b.acquire(key);
+    while (!again.allowed) {
+      await sleep(Math.max(5, again.msBeforeNext));
+      again = await b.acquire(key);
+    }
+    expect(again).toEqual({ allowed: true, probe: true });
+  });
+});
+
+describe('circuit breaker error rate window', () => {
+  it('opens when failures exceed the percentage with enough volume, though never consecutive', async () => {
+    const [a, b] = breakers(2, { failureThreshold: 100, errorThresholdPercentage: 50, volumeThreshold: 10, rollingWindowMs: 60_000 });
+    const key = uniqueKey();
+    // Alternate success/failure from two clients: 4 of 8 failed (not above 50%), below volume anyway.
+    for (let i = 0; i < 4; i++) {
+      await a.onSuccess(key, false);
+      await b.onFailure(key, false);
+    }
+    expect((await a.state(key)).state).toBe('closed');
+    // 10 calls, 6 failed = 60% > 50%.
+    await a.onFailure(key, false);
+    await b.onSuccess(key, false);
+    expect((await a.state(key)).state).toBe('closed');
+    await b.onFailure(key, false);
+    expect((await a.state(key)).state).toBe('open');
+  });
+});
+
+describe('breaker guard', () => {
+  let breaker: CircuitBreaker;
+  beforeAll(() => {
+    [breaker] = breakers(1, { failureThreshold: 2, timeoutMs: 60_000 });
+  });
+
+  it('records failures, rethrows them, and then refuses with OpenCircuitError', async () => {
+    const model = `m-${++n}`;
+    const guard = createBreakerGuard({ breaker, keyFor: (ctx) => `gemini:${ctx.model}` });
+    const boom = Object.assign(new Error('500'), { retryable: true });
+    let calls = 0;
+    const failing = async () => {
+      calls++;
+      throw boom;
+    };
+    await expect(guard(guardContext({ model }), failing)).rejects.toBe(boom);
+    await expect(guard(guardContext({ model }), failing)).rejects.toBe(boom);
+    const err = await guard(guardContext({ model }), failing).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenCircuitError);
+    expect(err).toMatchObject({ code: 'EOPENBREAKER', state: 'open', key: `gemini:${model}` });
+    expect((err as OpenCircuitError).retryAtMs).toBe((await breaker.state(`gemini:${model}`)).retryAtMs);
+    expect(calls).toBe(2);
+  });
+
+  it('does not count 4xx errors, caller aborts, or refusals of inner guards', async () => {
+    const model = `m-${++n}`;
+    const guard = createBreakerGuard({ breaker });
+    const key = `gemini:${model}`;
+    await expect(guard(guardContext({ model }), () => Promise.reject(badRequest()))).rejects.toThrow('400');
+    await expect(guard(guardContext({ model }), () => Promise.reject(new DelayJobError(10, 'rate_limited')))).rejects.toBeInstanceOf(DelayJobError);
+    const ac = new AbortController();
+    ac.abort(new Error('cancelled'));
+    await expect(guard(guardContext({ model, signal: ac.signal }), () => Promise.reject(new Error('aborted')))).rejects.toThrow('aborted');
+    expect(await breaker.state(key)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    // A timeout abort does count.
+    await expect(guard(guardContext({ model, signal: AbortSignal.abort(new DOMException('t', 'TimeoutError')) }), () => Promise.reject(new Error('timed out')))).rejects.toThrow();
+    expect((await breaker.state(key)).consecutiveFailures).toBe(1);
+    await expect(guard(guardContext({ model }), async () => okResult('fine'))).resolves.toMatchObject({ success: true });
+    expect((await breaker.state(key)).consecutiveFailures).toBe(0);
+  });
+});

@@ -1,0 +1,214 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRateLimitGuard } from '../src/shared/guards/rate-limit-guard.js';
+import { OpenCircuitError } from '../src/shared/guards/circuit-breaker.js';
+import { createTokenBuckets, type TokenBuckets } from '../src/shared/guards/token-bucket.js';
+import { DelayJobError } from '../src/workers/middleware.js';
+import { guardContext, okResult } from './fixtures/guard-context.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+interface Tally {
+  admitted: number;
+  refused: number;
+  firstMs: number;
+  lastMs: number;
+  lastAdmittedMs: number;
+}
+
+/** Starts a bucket worker process and resolves once it is connected and waiting for `go`. */
+async function startWorker(env: Record<string, string>): Promise<{ child: ChildProcess; result: Promise<Tally> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/guard-bucket-worker.ts'], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  const lines = createInterface({ input: child.stdout! });
+  const it = lines[Symbol.asyncIterator]();
+  const first = await it.next();
+  if (first.value !== 'ready') throw new Error(`worker did not start: ${String(first.value)}`);
+  const result = (async () => {
+    const next = await it.next();
+    await once(child, 'exit');
+    return JSON.parse(String(next.value)) as Tally;
+  })();
+  return { child, result };
+}
+
+describe('token buckets', () => {
+  let redis: Redis;
+  let buckets: TokenBuckets;
+
+  beforeAll(() => {
+    redis = new Redis(redisUrl());
+    buckets = createTokenBuckets({ redis, prefix: randomPrefix() });
+  });
+  afterAll(async () => {
+    await redis.quit();
+  });
+
+  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 60_000 }, async () => {
+    const capacity = 20;
+    const refillPerSec = 40;
+    const env = { REDIS_URL: redisUrl(), PREFIX: randomPrefix(), BUCKET: 'shared', CAPACITY: String(capacity), REFILL_PER_SEC: String(refillPerSec), DURATION_MS: '2000' };
+    const workers = await Promise.all(Array.from({ length: 4 }, () => startWorker(env)));
+    for (const w of workers) w.child.stdin!.end('go\n');
+    const tallies = await Promise.all(workers.map((w) => w.result));
+
+    const admitted = tallies.reduce((n, t) => n + t.admitted, 0);
+    const first = Math.min(...tallies.map((t) => t.firstMs));
+    const lastAdmitted = Math.max(...tallies.map((t) => t.lastAdmittedMs));
+    const last = Math.max(...tallies.map((t) => t.lastMs));
+    // Decision times are Redis TIME floored to the ms: one ms of slack on each end.
+    const upper = capacity + (refillPerSec * (lastAdmitted - first + 2)) / 1000;
+    const saturated = capacity + (refillPerSec * (last - first)) / 1000;
+    console.log(`bucket: ${admitted} admitted by 4 processes in ${last - first} ms (bound ${upper.toFixed(1)})`);
+    // Every process met a refusal: the bucket was saturated throughout.
+    expect(tallies.every((t) => t.refused > 0)).toBe(true);
+    expect(admitted).toBeLessThanOrEqual(upper);
+    expect(admitted).toBeGreaterThanOrEqual(0.9 * saturated);
+  });
+
+  it('takes from every bucket or from none', async () => {
+    const a = { key: 'a', capacity: 5, refillPerSec: 0.001, cost: 1 };
+    const b = { key: 'b', capacity: 2, refillPerSec: 0.001, cost: 1 };
+    expect((await buckets.take([a, b])).allowed).toBe(true);
+    expect((await buckets.take([a, b])).allowed).toBe(true);
+    const refused = await buckets.take([a, b]);
+    expect(refused).toMatchObject({ allowed: false, limitedBy: 'b' });
+    // 1 token at 0.001/s: ~1000 s.
+    expect(refused.msBeforeNext).toBeGreaterThan(900_000);
+    // The refused call left `a` untouched: 3 of its 5 tokens remain.
+    expect((await buckets.take([{ ...a, cost: 3 }])).allowed).toBe(true);
+    expect((await buckets.take([a])).allowed).toBe(false);
+  });
+
+  it('reports the longest wait among the buckets that lack room', async () => {
+    const slow = { key: 'slow', capacity: 1, refillPerSec: 0.01, cost: 1 };
+    const fast = { key: 'fast', capacity: 1, refillPerSec: 1, cost: 1 };
+    await buckets.take([slow, fast]);
+    const r = await buckets.take([slow, fast]);
+    expect(r.limitedBy).toBe('slow');
+    expect(r.msBeforeNext).toBeGreaterThan(90_000);
+  });
+
+  it('adjust charges and refunds, clamped to [-capacity, capacity]', async () => {
+    const bucket = { key: 'adj', capacity: 10, refillPerSec: 1, cost: 10 };
+    expect((await buckets.take([bucket])).allowed).toBe(true);
+    expect((await buckets.take([{ ...bucket, cost: 5 }])).allowed).toBe(false);
+    expect(await buckets.adjust('adj', 10, 1, -5)).toBeGreaterThanOrEqual(5);
+    expect((await buckets.take([{ ...bucket, cost: 5 }])).allowed).toBe(true);
+    // Overcharge: the level goes into debt but not below -capacity.
+    expect(await buckets.adjust('adj', 10, 1, 1000)).toBe(-10);
+    const r = await buckets.take([{ ...bucket, cost: 1 }]);
+    expect(r.allowed).toBe(false);
+    expect(r.msBeforeNext).toBeGreaterThan(10_000);
+    expect(r.msBeforeNext).toBeLessThanOrEqual(11_000);
+    // Refund past capacity: full, which is a missing key.
+    expect(await buckets.adjust('adj', 10, 1, -1000)).toBe(10);
+    expect((await buckets.take([bucket])).allowed).toBe(true);
+  });
+
+  it('admits a cost above capacity on a full bucket and makes the next take wait for the debt', async () => {
+    const big = { key: 'big', capacity: 10, refillPerSec: 1, cost: 15 };
+    expect((await buckets.take([big])).allowed).toBe(true);
+    const r = await buckets.take([{ ...big, cost: 1 }]);
+    expect(r.allowed).toBe(false);
+    expect(r.msBeforeNext).toBeGreaterThan(5_000);
+  });
+
+  it('sets a TTL so a bucket disappears once it would be full again', async () => {
+    const prefix = randomPrefix();
+    const own = createTokenBuckets({ redis, prefix });
+    await own.take([{ key: 'ttl', capacity: 100, refillPerSec: 10, cost: 50 }]);
+    const ttl = await redis.pttl(`${prefix}:tb:ttl`);
+    // 50 tokens at 10/s refill in 5 s; the key lives about that long.
+    expect(ttl).toBeGreaterThan(4_000);
+    expect(ttl).toBeLessThanOrEqual(6_000);
+  });
+
+  it('rejects malformed requests before touching Redis', async () => {
+    await expect(buckets.take([])).rejects.toThrow(RangeError);
+    await expect(buckets.take([{ key: 'x', capacity: 0, refillPerSec: 1, cost: 1 }])).rejects.toThrow(RangeError);
+    await expect(buckets.take([{ key: 'x', capacity: 1, refillPerSec: 1, cost: -1 }])).rejects.toThrow(RangeError);
+  });
+});
+
+describe('rate limit guard', () => {
+  let redis: Redis;
+  let buckets: TokenBuckets;
+  let prefix: string;
+
+  beforeAll(() => {
+    redis = new Redis(redisUrl());
+    prefix = randomPrefix();
+    buckets = createTokenBuckets({ redis, prefix });
+  });
+  afterAll(async () => {
+    await redis.quit();
+  });
+
+  it('limits each org per model separately, and delays the job when a bucket is empty', async () => {
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 2, modelRpm: () => 1000, modelTpm: () => 1_000_000 } });
+    const orgA = randomOrg();
+    const orgB = randomOrg();
+    let calls = 0;
+    const next = async () => {
+      calls++;
+      return okResult('ok');
+    };
+    await guard(guardContext({ orgId: orgA }), next);
+    await guard(guardContext({ orgId: orgA }), next);
+    const err = await guard(guardContext({ orgId: orgA }), next).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DelayJobError);
+    expect((err as DelayJobError).reason).toBe('rate_limited');
+    // 2/min: the next token comes within 30 s; jitter adds at most 250 ms.
+    expect((err as DelayJobError).delayMs).toBeGreaterThan(25_000);
+    expect((err as DelayJobError).delayMs).toBeLessThanOrEqual(30_250);
+    expect(calls).toBe(2);
+    // Org B's bucket for the same model is untouched.
+    await guard(guardContext({ orgId: orgB }), next);
+    expect(calls).toBe(3);
+  });
+
+  it('shares the model-wide buckets between orgs', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 100, modelRpm: () => 3, modelTpm: () => 1_000_000 } });
+    const next = async () => okResult('ok');
+    for (let i = 0; i < 3; i++) await guard(guardContext({ orgId: randomOrg(), model }), next);
+    await expect(guard(guardContext({ orgId: randomOrg(), model }), next)).rejects.toBeInstanceOf(DelayJobError);
+  });
+
+  it('corrects the token bucket with real usage after the call', async () => {
+    const model = `m-${randomOrg()}`;
+    // 6000 tokens/min = 100 tokens/s of refill.
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 100, modelRpm: () => 100, modelTpm: () => 6000 } });
+    const started = Date.now();
+    await guard(guardContext({ model, estimatedTokens: 1000 }), async () => okResult('ok', { input: 2500, output: 500 }));
+    const tokens = Number(await redis.hget(`${prefix}:tb:tpm:model:${model}`, 'tokens'));
+    const refilled = (100 * (Date.now() - started + 50)) / 1000;
+    expect(tokens).toBeGreaterThanOrEqual(3000);
+    expect(tokens).toBeLessThanOrEqual(3000 + refilled);
+  });
+
+  it('refunds every bucket when an inner guard refused before any call', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 1, modelTpm: () => 6000 } });
+    const open = new OpenCircuitError(`gemini:${model}`, 'open', Date.now() + 1000, 1000);
+    await expect(guard(guardContext({ model }), () => Promise.reject(open))).rejects.toBe(open);
+    // With 1 RPM the refund is the only way a second call can pass now.
+    await expect(guard(guardContext({ model }), async () => okResult('ok'))).resolves.toMatchObject({ success: true });
+  });
+
+  it('keeps the estimate charged when the call itself failed', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 100, modelTpm: () => 1_000_000 } });
+    await expect(guard(guardContext({ model }), () => Promise.reject(new Error('upstream 500')))).rejects.toThrow('upstream 500');
+    await expect(guard(guardContext({ model }), async () => okResult('ok'))).rejects.toBeInstanceOf(DelayJobError);
+  });
+});

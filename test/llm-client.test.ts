@@ -1,0 +1,270 @@
+import { Writable } from 'node:stream';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../src/shared/gemini/emulator.js';
+import { startGeminiRuntime } from '../src/shared/llm/gemini-runtime.js';
+import { createLlmClient, type LlmClient } from '../src/shared/llm/llm-client.js';
+import { LlmError, toLlmError } from '../src/shared/llm/llm-errors.js';
+import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/llm/pricing.js';
+import { createLogger } from '../src/shared/logger.js';
+
+const MODEL = 'gemini-2.5-flash';
+const Answer = z.object({ answer: z.string().min(1), sources: z.array(z.string()).max(3), confidence: z.number().min(0).max(1) });
+const schema = z.toJSONSchema(Answer);
+
+let emu: GeminiEmulator;
+let llm: LlmClient;
+
+beforeAll(async () => {
+  emu = await startGeminiEmulator();
+  llm = createLlmClient({ apiKey: 'test-key', baseUrl: emu.url, timeoutMs: 5000 });
+});
+afterAll(async () => {
+  await emu.close();
+});
+beforeEach(() => {
+  emu.clearFaults();
+  emu.resetCalls();
+  emu.setStreamChunkDelay(0);
+});
+
+async function failure(p: Promise<unknown>): Promise<LlmError> {
+  const err = await p.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(LlmError);
+  return err as LlmError;
+}
+
+async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('llm client against the emulator', () => {
+  it('generates schema-valid JSON with usage, model and cost', async () => {
+    const system = 'You answer questions about the handbook.';
+    const prompt = 'How many vacation days do new employees get in their first year?';
+    const res = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
+    expect(Answer.parse(res.json)).toEqual(JSON.parse(res.text));
+    expect(res.usage).toEqual({ input: countTokens(system) + countTokens(prompt), output: countTokens(res.text) });
+    expect(res.model).toBe(MODEL);
+    expect(res.costUsd).toBe(costUsd(MODEL, res.usage));
+    expect(res.costUsd).toBeGreaterThan(0);
+    const again = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
+    expect(again.text).toBe(res.text);
+  });
+
+  it('streams through onText in order and ends with the same text and usage as a plain call', async () => {
+    const prompt = 'Explain why idempotency keys make job retries safe';
+    const plain = await llm.generate({ model: MODEL, prompt });
+    emu.setStreamChunkDelay(5);
+    const pieces: string[] = [];
+    const streamed = await llm.generate({
+      model: MODEL,
+      prompt,
+      onText: async (t) => {
+        pieces.push(t);
+      },
+    });
+    expect(pieces.length).toBeGreaterThan(1);
+    expect(pieces.join('')).toBe(plain.text);
+    expect(streamed.text).toBe(plain.text);
+    expect(streamed.usage).toEqual(plain.usage);
+    expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
+  });
+
+  it('embeds in batches of 100 into 768-dim unit vectors, order kept', async () => {
+    const texts = Array.from({ length: 230 }, (_, i) => `document ${i} about topic ${i % 7} and shelf ${i % 13}`);
+    texts[5] = 'How do I reset my password for the billing portal?';
+    texts[6] = 'How can I reset the password of my billing portal?';
+    texts[7] = 'Photosynthesis converts sunlight into chemical energy in plants';
+    const vectors = await llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
+    expect(vectors).toHaveLength(230);
+    expect(emu.calls().map((c) => c.kind)).toEqual(['embed', 'embed', 'embed']);
+    for (const v of vectors) expect(v).toHaveLength(768);
+    expect(Math.hypot(...vectors[100])).toBeCloseTo(1, 9);
+    expect(cosine(vectors[5], vectors[6])).toBeGreaterThan(0.9);
+    expect(cosine(vectors[5], vectors[7])).toBeLessThan(0.5);
+    const [alone] = await llm.embed([texts[150]]);
+    expect(alone).toEqual(vectors[150]);
+    expect(await llm.embed([])).toEqual([]);
+  });
+});
+
+describe('llm client error classification (real SDK, real HTTP)', () => {
+  const gen = (extra: Partial<Parameters<LlmClient['generate']>[0]> = {}) => llm.generate({ model: MODEL, prompt: 'classify this', responseJsonSchema: schema, ...extra });
+
+  it('429 -> ERATELIMIT, retryable, with the server retry delay', async () => {
+    emu.script({ status: 429, retryAfterS: 3 });
+    const e = await failure(gen());
+    expect(e).toMatchObject({ code: 'ERATELIMIT', retryable: true, status: 429, retryAfterMs: 3000 });
+    emu.script({ status: 429 });
+    const bare = await failure(gen());
+    expect(bare).toMatchObject({ code: 'ERATELIMIT', retryable: true });
+    expect(bare.retryAfterMs).toBeUndefined();
+  });
+
+  it('500 and 503 -> EPROVIDER retryable; 400 -> EBADREQUEST not retryable', async () => {
+    emu.script([{ status: 500 }, { status: 503 }, { status: 400 }]);
+    expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 500 });
+    expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
+    expect(await failure(gen())).toMatchObject({ code: 'EBADREQUEST', retryable: false, status: 400 });
+  });
+
+  it('errors on a stream request are classified the same way', async () => {
+    emu.script({ status: 503, match: { kind: 'stream' } });
+    expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
+  });
+
+  it('malformed JSON -> EBADOUTPUT retryable', async () => {
+    emu.script({ malformed: true });
+    expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
+  });
+
+  it('hang + timeout -> ETIMEDOUT retryable, and the HTTP request is really cancelled', async () => {
+    emu.script({ hang: true });
+    const e = await failure(gen({ timeoutMs: 150 }));
+    expect(e).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+    await waitFor(() => emu.calls()[0]?.aborted === true);
+    expect(emu.calls()[0]).toMatchObject({ fault: 'hang', status: 499 });
+  });
+
+  it('caller abort -> EABORTED not retryable; the emulator sees the socket close', async () => {
+    emu.script({ hang: true });
+    const ac = new AbortController();
+    const pending = failure(gen({ signal: ac.signal }));
+    await waitFor(() => emu.calls().length === 1);
+    ac.abort();
+    expect(await pending).toMatchObject({ code: 'EABORTED', retryable: false });
+    await waitFor(() => emu.calls()[0].aborted === true);
+    // An already-aborted signal never reaches the network.
+    expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
+    expect(await failure(llm.embed(['x'], { signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
+    expect(emu.calls()).toHaveLength(1);
+  });
+
+  it('abort in the middle of a stream cancels it', async () => {
+    emu.setStreamChunkDelay(200);
+    const ac = new AbortController();
+    const seen: string[] = [];
+    const pending = failure(
+      llm.generate({
+        model: MODEL,
+        prompt: 'a long streamed answer about queues and workers',
+        signal: ac.signal,
+        onText: (t) => {
+          seen.push(t);
+          ac.abort();
+        },
+      }),
+    );
+    expect(await pending).toMatchObject({ code: 'EABORTED' });
+    expect(seen).toHaveLength(1);
+    await waitFor(() => emu.calls()[0]?.aborted === true);
+  });
+
+  it('an onText failure propagates unchanged and releases the stream', async () => {
+    emu.setStreamChunkDelay(200);
+    const boom = new Error('subscriber went away');
+    const err = await llm.generate({ model: MODEL, prompt: 'stream me', onText: () => Promise.reject(boom) }).catch((e: unknown) => e);
+    expect(err).toBe(boom);
+    await waitFor(() => emu.calls()[0]?.aborted === true);
+  });
+
+  it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
+    emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
+    expect(await failure(gen())).toMatchObject({ code: 'ENETWORK', retryable: true });
+    expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'ENETWORK', retryable: true });
+    expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
+  });
+
+  it('embed faults: 429 carries retryAfterMs', async () => {
+    emu.script({ status: 429, retryAfterS: 2, match: { kind: 'embed' } });
+    expect(await failure(llm.embed(['a', 'b']))).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 2000 });
+  });
+});
+
+describe('toLlmError on shapes the SDK and undici produce', () => {
+  it('classifies network, timeout and header-carried retry delays', () => {
+    const fetchFailed = new TypeError('fetch failed', { cause: Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }) });
+    expect(toLlmError(fetchFailed)).toMatchObject({ code: 'ENETWORK', retryable: true });
+    const connectTimeout = new TypeError('fetch failed', { cause: Object.assign(new Error('Connect Timeout Error'), { code: 'UND_ERR_CONNECT_TIMEOUT' }) });
+    expect(toLlmError(connectTimeout)).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+    expect(toLlmError(new DOMException('The operation timed out.', 'TimeoutError'))).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+    expect(toLlmError(new DOMException('This operation was aborted', 'AbortError'))).toMatchObject({ code: 'EABORTED', retryable: false });
+    const withHeader = Object.assign(new Error('{"error":{"code":429}}'), { name: 'ApiError', status: 429, headers: new Headers({ 'retry-after': '7' }) });
+    expect(toLlmError(withHeader)).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 7000 });
+    expect(toLlmError(Object.assign(new Error('x'), { name: 'ApiError', status: 504 }))).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+    expect(toLlmError(Object.assign(new Error('x'), { name: 'ApiError', status: 404 }))).toMatchObject({ code: 'EBADREQUEST', retryable: false });
+    const done = new LlmError('EBADOUTPUT', 'x');
+    expect(toLlmError(done)).toBe(done);
+  });
+});
+
+describe('pricing', () => {
+  it('prices known models, prefixes, long context and unknown models', () => {
+    expect(costUsd('gemini-2.5-flash', { input: 1_000_000, output: 1_000_000 })).toBeCloseTo(2.8, 10);
+    expect(costUsd('models/gemini-2.0-flash', { input: 2_000_000, output: 0 })).toBeCloseTo(0.2, 10);
+    expect(costUsd('gemini-embedding-001', { input: 1_000_000, output: 0 })).toBeCloseTo(0.15, 10);
+    expect(priceOf('gemini-2.5-flash-preview-09-2025')).toBe(priceOf('gemini-2.5-flash'));
+    expect(priceOf('gemini-2.5-flash-lite')).not.toBe(priceOf('gemini-2.5-flash'));
+    expect(priceOf('some-new-model')).toBe(DEFAULT_PRICE);
+    expect(costUsd('gemini-2.5-pro', { input: 300_000, output: 0 })).toBeCloseTo(0.75, 10);
+    expect(costUsd('gemini-3-flash-preview', { input: 0, output: 0 })).toBe(0);
+  });
+});
+
+describe('gemini runtime', () => {
+  const models = { fast: 'gemini-2.5-flash', pro: 'gemini-2.5-pro', embedding: 'gemini-embedding-001' };
+  function capture() {
+    const lines: Array<{ level: number; msg: string }> = [];
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        lines.push(JSON.parse(String(chunk)));
+        cb();
+      },
+    });
+    return { lines, logger: createLogger({ level: 'warn', destination }) };
+  }
+
+  it('without a key starts the emulator on loopback, warns loudly, and serves through it', async () => {
+    const { lines, logger } = capture();
+    const rt = await startGeminiRuntime({ models, timeoutMs: 5000, logger });
+    try {
+      expect(rt.emulator).toBeDefined();
+      expect(rt.emulator!.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
+      expect(lines.some((l) => l.level === 40 && /EMULATOR/.test(l.msg) && /SYNTHETIC/.test(l.msg))).toBe(true);
+      const res = await rt.llm.generate({ model: models.fast, prompt: 'hello there', responseJsonSchema: schema });
+      Answer.parse(res.json);
+      expect(rt.emulator!.calls()).toHaveLength(1);
+    } finally {
+      await rt.close();
+    }
+    await expect(fetch(`${rt.emulator!.url}/__emulator/calls`)).rejects.toThrow();
+  });
+
+  it('with a key never starts the emulator and uses the SDK default endpoint (GOOGLE_GEMINI_BASE_URL honoured)', async () => {
+    const upstream = await startGeminiEmulator();
+    const before = process.env.GOOGLE_GEMINI_BASE_URL;
+    process.env.GOOGLE_GEMINI_BASE_URL = upstream.url;
+    const { lines, logger } = capture();
+    try {
+      const rt = await startGeminiRuntime({ apiKey: 'real-looking-key', models, timeoutMs: 5000, logger });
+      expect(rt.emulator).toBeUndefined();
+      expect(lines).toEqual([]);
+      const res = await rt.llm.generate({ model: models.fast, prompt: 'hello' });
+      expect(res.text.length).toBeGreaterThan(0);
+      expect(upstream.calls()).toHaveLength(1);
+      await rt.close();
+    } finally {
+      if (before === undefined) delete process.env.GOOGLE_GEMINI_BASE_URL;
+      else process.env.GOOGLE_GEMINI_BASE_URL = before;
+      await upstream.close();
+    }
+  });
+});

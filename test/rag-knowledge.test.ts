@@ -1,0 +1,143 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { migrate } from '../src/shared/db/migrate.js';
+import { createPool } from '../src/shared/db/pool.js';
+import { ValidationError } from '../src/shared/errors.js';
+import { createKnowledgeStore } from '../src/shared/rag/knowledge-store.js';
+import { createVectorSearch } from '../src/shared/rag/vector-search.js';
+import { createHashEmbed } from './helpers/hash-embed.js';
+import { databaseUrl, randomOrg } from './helpers/env.js';
+
+// Shared tables: every external id and every document carries this file's tag word.
+const tag = `kq${randomUUID().slice(0, 6).replace(/[^a-z]/g, 'x')}`;
+
+describe('knowledge store and vector search', () => {
+  let pool: pg.Pool;
+  beforeAll(async () => {
+    pool = createPool(databaseUrl(), { max: 3 });
+    await migrate(pool);
+  });
+  afterAll(() => pool.end());
+
+  const countExt = async (table: string, prefix: string) =>
+    Number((await pool.query(`SELECT count(*) AS n FROM ${table} WHERE external_id LIKE $1`, [`${prefix}%`])).rows[0].n);
+
+  it('upserts by external id in batches: re-ingesting updates instead of duplicating', async () => {
+    const embed = createHashEmbed();
+    const store = createKnowledgeStore({ pool, embed });
+    const prefix = `${tag}-up-`;
+    const docs = Array.from({ length: 5 }, (_, i) => ({ external_id: `${prefix}${i}`, industry: 'saas', display_name: `${tag} pack ${i}`, description: 'v1' }));
+    const progress: number[] = [];
+    const first = await store.upsert('industry_packs', docs, { batchSize: 2, onProgress: (p) => progress.push(p.done) });
+    expect(first).toEqual({ inserted: 5, updated: 0, skipped: 0, total: 5 });
+    expect(embed.calls).toBe(3);
+    expect(progress).toEqual([2, 4, 5]);
+
+    const again = await store.upsert('industry_packs', [...docs.slice(0, 4).map((d) => ({ ...d, description: 'v2' })), { ...docs[0], external_id: `${prefix}5` }]);
+    expect(again).toEqual({ inserted: 1, updated: 4, skipped: 0, total: 5 });
+    expect(await countExt('industry_packs', prefix)).toBe(6);
+    const { rows } = await pool.query('SELECT description FROM industry_packs WHERE external_id = $1', [`${prefix}0`]);
+    expect(rows[0].description).toBe('v2');
+  });
+
+  it('keys chat facts by (org, external id), so two orgs never overwrite each other', async () => {
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed() });
+    const ext = `${tag}-fact`;
+    const [a, b] = [randomOrg(), randomOrg()];
+    await store.upsert('chat_facts', [{ external_id: ext, content: `${tag} burn rate is 50k`, startup_id: 's1', confidence: 0.9 }], { orgId: a });
+    await store.upsert('chat_facts', [{ external_id: ext, content: `${tag} burn rate is 80k` }], { orgId: b });
+    expect(await store.upsert('chat_facts', [{ external_id: ext, content: `${tag} burn rate is 55k`, startup_id: 's1' }], { orgId: a })).toMatchObject({
+      inserted: 0,
+      updated: 1,
+    });
+    const { rows } = await pool.query('SELECT org_id, content FROM chat_facts WHERE external_id = $1 ORDER BY content', [ext]);
+    expect(rows).toEqual([
+      { org_id: a, content: `${tag} burn rate is 55k` },
+      { org_id: b, content: `${tag} burn rate is 80k` },
+    ]);
+    await expect(store.upsert('chat_facts', [{ external_id: 'x', content: 'y' }])).rejects.toThrow(ValidationError);
+  });
+
+  it('does not let an org take over a global playbook id', async () => {
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed() });
+    const ext = `${tag}-pb`;
+    await store.upsert('playbooks', [{ external_id: ext, title: `${tag} global playbook` }]);
+    const r = await store.upsert('playbooks', [{ external_id: ext, title: `${tag} hijacked` }], { orgId: randomOrg() });
+    expect(r).toMatchObject({ inserted: 0, updated: 0, skipped: 1 });
+    const { rows } = await pool.query('SELECT org_id, title FROM playbooks WHERE external_id = $1', [ext]);
+    expect(rows).toEqual([{ org_id: null, title: `${tag} global playbook` }]);
+  });
+
+  it('rejects invalid documents before embedding or writing anything, naming index and field', async () => {
+    const embed = createHashEmbed();
+    const store = createKnowledgeStore({ pool, embed });
+    const prefix = `${tag}-bad-`;
+    const err = await store
+      .upsert(
+        'chat_facts',
+        [
+          { external_id: `${prefix}0`, content: 'fine' },
+          { external_id: `${prefix}1`, content: 'conf', confidence: 1.5 },
+          { content: 'no id' },
+          { external_id: `${prefix}0`, content: 'duplicate' },
+        ],
+        { orgId: randomOrg() },
+      )
+      .catch((e) => e);
+    expect(err).toBeInstanceOf(ValidationError);
+    const paths = err.details.map((d: { path: string }) => d.path);
+    expect(paths).toEqual(expect.arrayContaining(['1.confidence', '2.external_id', '3.external_id']));
+    expect(embed.calls).toBe(0);
+    expect(await countExt('chat_facts', prefix)).toBe(0);
+    await expect(store.upsert('api_keys', [{ external_id: 'x' }])).rejects.toThrow(/unknown table/);
+  });
+
+  it('searches the requested tables and merges results best-first, cut to the limit', async () => {
+    const embed = createHashEmbed();
+    const store = createKnowledgeStore({ pool, embed });
+    const orgId = randomOrg();
+    const w = `${tag}zz`;
+    await store.upsert('industry_packs', [
+      { external_id: `${w}-p1`, industry: 'climate', display_name: `${w} carbon capture`, description: 'carbon removal hardware' },
+      { external_id: `${w}-p2`, industry: 'food', display_name: `${w} restaurants`, description: 'kitchen software' },
+    ]);
+    await store.upsert('playbooks', [{ external_id: `${w}-b1`, title: `${w} carbon credits`, description: 'selling carbon credits' }], { orgId });
+    await store.upsert(
+      'chat_facts',
+      [
+        { external_id: `${w}-f1`, content: `${w} carbon capture pilot signed`, startup_id: 's1' },
+        { external_id: `${w}-f2`, content: `${w} carbon capture pilot delayed`, startup_id: 's2' },
+      ],
+      { orgId },
+    );
+    const search = createVectorSearch({ pool, embed });
+    const results = (await search.search({ query: `${w} carbon capture pilot signed`, orgId, threshold: 0.2 })).filter((r) => r.content.includes(w));
+    expect(new Set(results.map((r) => r.table))).toEqual(new Set(['industry_packs', 'playbooks', 'chat_facts']));
+    for (let i = 1; i < results.length; i++) expect(results[i - 1].similarity).toBeGreaterThanOrEqual(results[i].similarity);
+    expect(results[0].metadata.external_id).toBe(`${w}-f1`);
+    expect(results[0].similarity).toBeCloseTo(1, 5);
+    expect(results.map((r) => r.metadata.external_id)).not.toContain(`${w}-p2`);
+
+    const top2 = await search.search({ query: `${w} carbon capture`, orgId, threshold: 0.2, limit: 2 });
+    expect(top2).toHaveLength(2);
+    expect(top2[0].similarity).toBeGreaterThanOrEqual(top2[1].similarity);
+
+    const facts = await search.search({ query: `${w} carbon capture pilot`, orgId, tables: ['chat_facts'], filters: { startup_id: 's2' }, threshold: 0.2 });
+    expect(facts.map((r) => r.metadata.external_id)).toEqual([`${w}-f2`]);
+    // Another org sees the global pack but neither this org's playbook nor its facts.
+    const other = await search.search({ query: `${w} carbon capture`, orgId: randomOrg(), threshold: 0.2 });
+    expect(other.filter((r) => r.content.includes(w)).map((r) => r.table)).toEqual(['industry_packs']);
+  });
+
+  it('rejects an unknown table or bad options with a ValidationError before embedding or querying', async () => {
+    const embed = createHashEmbed();
+    const search = createVectorSearch({ pool, embed });
+    const err = await search.search({ query: 'x', orgId: 'o', tables: ['chat_facts', 'api_keys'] }).catch((e) => e);
+    expect(err).toBeInstanceOf(ValidationError);
+    expect(err.details[0].path).toBe('tables.1');
+    await expect(search.search({ query: 'x', orgId: 'o', limit: 0 })).rejects.toThrow(ValidationError);
+    await expect(search.search({ query: ' ', orgId: 'o' })).rejects.toThrow(ValidationError);
+    expect(embed.calls).toBe(0);
+  });
+});

@@ -1,0 +1,69 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createResultCache, type ResultCache } from '../src/shared/cache/result-cache.js';
+import { createResultCacheGuard } from '../src/shared/cache/result-cache-guard.js';
+import type { AgentResult } from '../src/shared/types.js';
+import type { Middleware } from '../src/workers/middleware.js';
+import { guardContext, okResult } from './fixtures/guard-context.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+
+describe('result cache guard', () => {
+  let redis: Redis;
+  let cache: ResultCache<AgentResult>;
+  let guard: Middleware;
+
+  beforeAll(() => {
+    redis = new Redis(redisUrl());
+    cache = createResultCache<AgentResult>({ redis, prefix: randomPrefix(), l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60 });
+    guard = createResultCacheGuard({ cache });
+  });
+  afterAll(async () => {
+    await redis.quit();
+  });
+
+  it('calls through on a miss, then serves the same job from cache at no cost', async () => {
+    const orgId = randomOrg();
+    let calls = 0;
+    const next = async () => {
+      calls++;
+      return okResult({ answer: 42 }, { input: 100, output: 50 });
+    };
+    const first = await guard(guardContext({ orgId, stream: true }), next);
+    expect(first).toEqual(okResult({ answer: 42 }, { input: 100, output: 50 }));
+    const second = await guard(guardContext({ orgId }), next);
+    expect(calls).toBe(1);
+    expect(second).toMatchObject({ success: true, data: { answer: 42 }, cacheHit: 'l1', tokensUsed: { input: 0, output: 0 }, costUsd: 0 });
+    expect(second.durationMs).toBeGreaterThanOrEqual(0);
+    // Another input, model or prompt version is another entry.
+    await guard(guardContext({ orgId, input: { q: 'other' } }), next);
+    await guard(guardContext({ orgId, model: 'gemini-other' }), next);
+    await guard(guardContext({ orgId, action: { promptVersion: 2 } as never }), next);
+    expect(calls).toBe(4);
+  });
+
+  it('does not cache unsuccessful results', async () => {
+    const orgId = randomOrg();
+    let calls = 0;
+    const next = async (): Promise<AgentResult> => {
+      calls++;
+      return { ...okResult(null), success: false, error: 'output failed validation' };
+    };
+    await guard(guardContext({ orgId }), next);
+    const again = await guard(guardContext({ orgId }), next);
+    expect(calls).toBe(2);
+    expect(again.cacheHit).toBeUndefined();
+  });
+
+  it('calls through uncached when the cache is unavailable', async () => {
+    const offline = new Redis(redisUrl(), { lazyConnect: true, enableOfflineQueue: false });
+    const broken = createResultCacheGuard({
+      cache: createResultCache<AgentResult>({ redis: offline, prefix: randomPrefix(), l1Max: 10, l1TtlMs: 1000, l2TtlS: 1 }),
+    });
+    await expect(broken(guardContext(), async () => okResult('direct'))).resolves.toMatchObject({ data: 'direct' });
+    offline.disconnect();
+  });
+
+  it('propagates the error of the call itself', async () => {
+    await expect(guard(guardContext({ orgId: randomOrg() }), () => Promise.reject(new Error('llm down')))).rejects.toThrow('llm down');
+  });
+});

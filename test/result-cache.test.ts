@@ -1,0 +1,210 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
+import type { AgentResult } from '../src/shared/types.js';
+import { okResult } from './fixtures/guard-context.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+
+const clients: Redis[] = [];
+const client = () => {
+  const r = new Redis(redisUrl());
+  clients.push(r);
+  return r;
+};
+afterAll(async () => {
+  await Promise.all(clients.map((c) => c.quit()));
+});
+
+/** Two cache instances on separate clients: two worker processes sharing one Redis. */
+function pair(over: Partial<Parameters<typeof createResultCache>[0]> = {}) {
+  const prefix = randomPrefix();
+  const make = () => createResultCache<AgentResult>({ redis: client(), prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, ...over });
+  return [make(), make(), prefix] as const;
+}
+
+/** A gated fn: `started` resolves once it runs (so the caller holds the lock), `release` lets it finish. */
+function gated(value: AgentResult) {
+  let release!: () => void;
+  let markStarted!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const started = new Promise<void>((r) => (markStarted = r));
+  const fn = async () => {
+    markStarted();
+    await gate;
+    return value;
+  };
+  return { fn, started, release };
+}
+
+const parts = (over: Partial<CacheKeyParts> = {}): CacheKeyParts => ({
+  orgId: randomOrg(),
+  agent: 'risk',
+  action: 'analyze',
+  model: 'gemini-2.5-flash',
+  promptVersion: 1,
+  input: { name: 'acme', sector: 'fintech' },
+  ...over,
+});
+
+describe('cache keys', () => {
+  it('canonical JSON sorts keys at every depth and drops undefined like JSON', () => {
+    expect(canonicalJson({ b: 1, a: { d: [3, { f: 1, e: undefined }], c: 'x' } })).toBe('{"a":{"c":"x","d":[3,{"f":1}]},"b":1}');
+    expect(canonicalJson(undefined)).toBe('null');
+  });
+
+  it('hashes inputs that differ only in key order alike, and every other part apart', () => {
+    const p = parts();
+    expect(resultCacheHash({ ...p, input: { sector: 'fintech', name: 'acme' } })).toBe(resultCacheHash(p));
+    for (const over of [{ orgId: 'other' }, { agent: 'x' }, { action: 'x' }, { model: 'x' }, { promptVersion: 2 }, { input: { name: 'acme' } }]) {
+      expect(resultCacheHash({ ...p, ...over })).not.toBe(resultCacheHash(p));
+    }
+  });
+});
+
+describe('result cache', () => {
+  let a: ResultCache<AgentResult>;
+  let b: ResultCache<AgentResult>;
+  beforeAll(() => {
+    [a, b] = pair();
+  });
+
+  it('serves from L1 in the process that wrote, from L2 in another, then from its L1', async () => {
+    const p = parts();
+    expect(await a.get(p)).toBeNull();
+    await a.set(p, okResult({ score: 7 }));
+    expect(await a.get(p)).toEqual({ level: 'l1', value: okResult({ score: 7 }) });
+    expect(await b.get(p)).toEqual({ level: 'l2', value: okResult({ score: 7 }) });
+    expect(await b.get(p)).toMatchObject({ level: 'l1' });
+  });
+
+  it('hands out copies, so a caller mutating a hit cannot change the cache', async () => {
+    const p = parts();
+    await a.set(p, okResult({ score: 1 }));
+    const hit = await a.get(p);
+    (hit!.value.data as { score: number }).score = 99;
+    expect((await a.get(p))!.value.data).toEqual({ score: 1 });
+  });
+
+  it('invalidateOrg from another process is seen at once by L1 and L2', async () => {
+    const p = parts();
+    const sameOrgOtherAgent = { ...p, agent: 'other' };
+    await a.set(p, okResult('v1'));
+    await a.set(sameOrgOtherAgent, okResult('v1'));
+    expect(await a.get(p)).toMatchObject({ level: 'l1' });
+    await b.invalidateOrg(p.orgId);
+    expect(await a.get(p)).toBeNull();
+    expect(await a.get(sameOrgOtherAgent)).toBeNull();
+    expect(await b.get(p)).toBeNull();
+    // New entries after the bump are served normally.
+    await b.set(p, okResult('v2'));
+    expect(await a.get(p)).toEqual({ level: 'l2', value: okResult('v2') });
+  });
+
+  it('invalidateAgent drops that agent of that org only', async () => {
+    const p = parts();
+    const otherAgent = { ...p, agent: 'other' };
+    const otherOrg = { ...p, orgId: randomOrg() };
+    for (const x of [p, otherAgent, otherOrg]) await a.set(x, okResult('v1'));
+    await b.invalidateAgent(p.orgId, p.agent);
+    expect(await a.get(p)).toBeNull();
+    expect(await a.get(otherAgent)).toMatchObject({ level: 'l1' });
+    expect(await a.get(otherOrg)).toMatchObject({ level: 'l1' });
+  });
+
+  it('expires L1 after its TTL and L2 after its TTL', async () => {
+    const [x, y, prefix] = pair({ l1TtlMs: 50, l2TtlS: 1 });
+    const p = parts();
+    await x.set(p, okResult('short'));
+    const ttl = await clients[0].pttl(`${prefix}:rc:e:${resultCacheHash(p)}`);
+    expect(ttl).toBeGreaterThan(0);
+    expect(ttl).toBeLessThanOrEqual(1000);
+    await sleep(60);
+    // L1 lapsed; the entry comes back from L2.
+    expect(await x.get(p)).toMatchObject({ level: 'l2' });
+    await sleep(1100);
+    expect(await y.get(p)).toBeNull();
+    expect(await x.get(p)).toBeNull();
+  });
+
+  it('never stores a result computed before an invalidation', async () => {
+    const p = parts();
+    const { fn, started, release } = gated(okResult('computed on old data'));
+    const flight = a.singleFlight(p, fn);
+    await started;
+    await b.invalidateOrg(p.orgId);
+    release();
+    expect((await flight).from).toBe('call');
+    expect(await b.get(p)).toBeNull();
+  });
+});
+
+describe('single flight', () => {
+  it('20 concurrent identical calls across two instances run fn once and all get its value', async () => {
+    const [a, b] = pair();
+    const p = parts();
+    let calls = 0;
+    const fn = async () => {
+      calls++;
+      await sleep(150);
+      return okResult({ n: calls });
+    };
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).singleFlight(p, fn)));
+    expect(calls).toBe(1);
+    expect(results.every((r) => (r.value.data as { n: number }).n === 1)).toBe(true);
+    expect(results.filter((r) => r.from === 'call')).toHaveLength(1);
+  });
+
+  it('when the lock holder fails, waiters proceed: one calls through and the rest share its result', async () => {
+    const [a, b] = pair();
+    const p = parts();
+    let calls = 0;
+    const fn = async () => {
+      calls++;
+      await sleep(100);
+      if (calls === 1) throw new Error('upstream blew up');
+      return okResult('second try');
+    };
+    const settled = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => (i % 2 ? a : b).singleFlight(p, fn)));
+    expect(calls).toBe(2);
+    const rejected = settled.filter((s) => s.status === 'rejected');
+    expect(rejected).toHaveLength(1);
+    expect((rejected[0] as PromiseRejectedResult).reason.message).toBe('upstream blew up');
+    const values = settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value.value.data] : []));
+    expect(values).toEqual(Array(9).fill('second try'));
+  });
+
+  it('does not cache values shouldCache refuses', async () => {
+    const [a] = pair();
+    const p = parts();
+    const failed: AgentResult = { ...okResult(null), success: false, error: 'bad output' };
+    await a.singleFlight(p, async () => failed, { shouldCache: (r) => r.success });
+    expect(await a.get(p)).toBeNull();
+  });
+
+  it('a waiter stops waiting after waitTimeoutMs and calls through itself', async () => {
+    const [a, b] = pair({ waitTimeoutMs: 100 });
+    const p = parts();
+    const { fn, started, release } = gated(okResult('holder'));
+    const holder = a.singleFlight(p, fn);
+    await started;
+    const waiter = await b.singleFlight(p, async () => okResult('waiter'));
+    expect(waiter).toMatchObject({ from: 'call', value: { data: 'waiter' } });
+    release();
+    expect((await holder).value.data).toBe('holder');
+  });
+
+  it('a waiter gives up when its signal aborts', async () => {
+    const [a, b] = pair();
+    const p = parts();
+    const { fn, started, release } = gated(okResult('holder'));
+    const holder = a.singleFlight(p, fn);
+    await started;
+    const ac = new AbortController();
+    const waiter = b.singleFlight(p, async () => okResult('waiter'), { signal: ac.signal });
+    ac.abort();
+    await expect(waiter).rejects.toThrow(/abort/i);
+    release();
+    await holder;
+  });
+});
