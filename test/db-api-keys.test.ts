@@ -24,7 +24,7 @@ describe('api keys and orgs', () => {
 
     const { rows } = await pool.query('SELECT * FROM api_keys WHERE id = $1', [id]);
     expect(rows[0].key_hash).toBe(createHash('sha256').update(key).digest('hex'));
-    const secret = key.split('_').pop()!;
+    const secret = key.slice('aq_'.length + 17);
     expect(JSON.stringify(rows[0])).not.toContain(secret);
     expect(rows[0].prefix).toBe(`aq_${id}`);
 

@@ -208,3 +208,30 @@ describe('single flight', () => {
     await holder;
   });
 });
+
+describe('single-flight lock lifetime', () => {
+  it('lets the same owner (a re-delivered job) take over the lock its dead incarnation left', async () => {
+    const [a, , prefix] = pair();
+    const p = parts();
+    await client().set(`${prefix}:rc:lock:${resultCacheHash(p)}`, 'job-7#dead-process', 'PX', 60_000);
+    let calls = 0;
+    const out = await a.singleFlight(p, async () => (calls++, okResult('fresh')), { owner: 'job-7' });
+    expect(out.from).toBe('call');
+    expect(calls).toBe(1);
+  });
+
+  it('makes another owner wait for a live holder, whose renewals keep a short lock alive', async () => {
+    const [a, b] = pair({ lockTtlMs: 300, waitTimeoutMs: 10_000 });
+    const p = parts();
+    const g = gated(okResult('slow'));
+    const first = a.singleFlight(p, g.fn, { owner: 'job-1' });
+    await g.started;
+    let otherCalled = false;
+    const second = b.singleFlight(p, async () => ((otherCalled = true), okResult('other')), { owner: 'job-2' });
+    await sleep(1000); // more than three lock TTLs: only renewal keeps the lock
+    g.release();
+    expect((await first).from).toBe('call');
+    expect((await second).from).not.toBe('call');
+    expect(otherCalled).toBe(false);
+  });
+});

@@ -51,7 +51,7 @@ describe('retries, backoff and the failed set', () => {
     expect(runs.map((r) => r.state)).toEqual(['failed', 'failed', 'failed']);
     const job = await queue.getJob(id);
     expect(await job!.getState()).toBe('failed');
-    expect(job!.stacktrace.length).toBeGreaterThan(0);
+    expect(job!.stacktrace?.length).toBeGreaterThan(0);
     expect((await queue.getFailed()).map((j) => j.id)).toContain(id);
   });
 

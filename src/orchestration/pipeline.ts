@@ -4,7 +4,7 @@ import type { z } from 'zod';
 export type StepOutputs = Record<string, unknown>;
 
 export interface PipelineStep<I = unknown> {
-  /** Unique in the pipeline; part of the step's job id (`<runId>-<id>`), so letters, digits, `_` and `-` only. */
+  /** Unique in the pipeline; part of the step's job id (`<runId>-<id>`), so letters, digits and `_` only. */
   id: string;
   agent: string;
   action: string;
@@ -12,7 +12,7 @@ export interface PipelineStep<I = unknown> {
    * Builds the step's agent input. Runs in the flows worker, possibly again after a crash before the step's
    * job was created, so it must be a pure function of its arguments. Throwing records the step as failed.
    */
-  inputMapper: (previous: StepOutputs, input: I) => unknown;
+  inputMapper(previous: StepOutputs, input: I): unknown;
   /** Where the step's `result.data` goes in `outputs`. */
   outputKey: string;
   /** When the step fails for good, go on to the next step instead of stopping the pipeline. */
@@ -43,7 +43,7 @@ export function definePipeline<S extends z.ZodType>(def: PipelineDefinition<S>):
   const ids = new Set<string>();
   const keys = new Set<string>();
   for (const step of def.steps) {
-    // `-` is kept out of step ids so `<runId>-<stepId>` can never collide with another run's or step's job id.
+    // Step ids end up in BullMQ job ids, which must not contain ':'; `-` is kept out so `<runId>-<stepId>` splits one way.
     if (!STEP_ID.test(step.id)) throw new PipelineDefinitionError(`step id "${step.id}" of "${def.name}" must match ${STEP_ID}`);
     if (ids.has(step.id)) throw new PipelineDefinitionError(`step id "${step.id}" is used twice in "${def.name}"`);
     if (keys.has(step.outputKey)) throw new PipelineDefinitionError(`outputKey "${step.outputKey}" is used twice in "${def.name}"`);
@@ -67,7 +67,7 @@ export function createPipelineRegistry(defs: PipelineDefinition[], agents?: { re
     byName.set(def.name, def);
   }
   return {
-    get: (name) => (Object.hasOwn(Object.fromEntries(byName), name) ? byName.get(name) : undefined),
+    get: (name) => byName.get(name),
     list: () => [...byName.values()],
   };
 }

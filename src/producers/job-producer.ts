@@ -1,7 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { ValidationError } from '../shared/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
+import { createOrgJobIndexWriter } from '../shared/stream/org-job-index.js';
 import type { AgentJobData } from '../shared/types.js';
 import { bulkRequestSchema, jobRequestSchema, type JobRequest } from './job-request.js';
 import { zodDetails } from './zod-details.js';
@@ -28,6 +30,11 @@ export interface EnqueuedJob {
  */
 export function createJobProducer(deps: { queue: AgentQueue; agents: InputValidator }) {
   const { queue, agents } = deps;
+  // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own (ioredis) connection. A
+  // failed index write only hides the job from listings, so it never fails the enqueue itself.
+  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<Redis>, prefix: queue.opts.prefix ?? 'bull' });
+  const indexed = (orgId: string, ps: Array<ReturnType<typeof prepare>>) =>
+    index.add(orgId, ps.map((p) => ({ id: p.opts.jobId!, at: p.data.enqueuedAt }))).catch(() => undefined);
 
   function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = '') {
     const parsed = jobRequestSchema.safeParse(raw);
@@ -75,7 +82,7 @@ export function createJobProducer(deps: { queue: AgentQueue; agents: InputValida
 
     async enqueue(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
       const p = prepare(raw, meta);
-      const job = await queue.add(p.name, p.data, p.opts);
+      const [job] = await Promise.all([queue.add(p.name, p.data, p.opts), indexed(meta.orgId, [p])]);
       return { id: job.id!, state: await stateOf(job, p.idempotent) };
     },
 
@@ -85,7 +92,7 @@ export function createJobProducer(deps: { queue: AgentQueue; agents: InputValida
       if (!shape.success) throw new ValidationError('invalid bulk request', zodDetails(shape.error));
       const list = shape.data.jobs;
       const prepared = list.map((item, i) => prepare(item, meta, `jobs.${i}.`));
-      const jobs = await queue.addBulk(prepared);
+      const [jobs] = await Promise.all([queue.addBulk(prepared), indexed(meta.orgId, prepared)]);
       return Promise.all(jobs.map((job, i) => stateOf(job, prepared[i].idempotent).then((state) => ({ id: job.id!, state }))));
     },
   };

@@ -3,7 +3,7 @@ import { migrate } from './db/migrate.js';
 import type { Database } from './db/pool.js';
 import { openSharedDatabase } from './db/shared-embedded.js';
 import type { Logger } from './logger.js';
-import { assertNoEviction, createRedis, ensureRedis } from './redis/connection.js';
+import { assertNoEviction, createRedis, ensureRedis, whenReady } from './redis/connection.js';
 
 export interface Infra {
   redisUrl: string;
@@ -16,6 +16,7 @@ export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
   const child = await ensureRedis({ url: cfg.REDIS_URL, autostart: cfg.REDIS_AUTOSTART, dataDir: cfg.DATA_DIR, logger });
   const probe = createRedis(cfg.REDIS_URL, 'api');
   try {
+    await whenReady(probe);
     await assertNoEviction(probe);
   } finally {
     probe.disconnect();

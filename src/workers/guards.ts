@@ -79,7 +79,7 @@ export function createWorkerGuards(opts: {
     l1Max: cfg.CACHE_L1_MAX_ENTRIES,
     l1TtlMs: cfg.CACHE_L1_TTL_MS,
     l2TtlS: cfg.CACHE_TTL_S,
-    lockTtlMs: cfg.LLM_TIMEOUT_MS + 30_000,
+    waitTimeoutMs: cfg.LLM_TIMEOUT_MS + 30_000,
     logger: opts.logger,
   });
   const semanticCache = createSemanticCache({

@@ -30,7 +30,7 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     };
     let outcome;
     try {
-      outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, { shouldCache: (r) => r.success === true, signal: ctx.signal });
+      outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, { shouldCache: (r) => r.success === true, signal: ctx.signal, owner: ctx.job.id });
     } catch (err) {
       if (called || ctx.signal.aborted) throw err;
       ctx.logger.warn({ err }, 'result cache unavailable; calling through');

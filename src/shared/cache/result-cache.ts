@@ -28,6 +28,11 @@ export interface SingleFlightResult<T> {
 export interface SingleFlightOptions<T> {
   /** Only values that pass are cached (default: all). Waiters on an uncached value call through themselves. */
   shouldCache?: (value: T) => boolean;
+  /**
+   * Who computes (e.g. the job id). A lock left by the same owner is taken over at once: it can only
+   * be the owner's previous, dead incarnation, and waiting it out would stall the re-run.
+   */
+  owner?: string;
   signal?: AbortSignal;
 }
 
@@ -48,9 +53,9 @@ export interface ResultCacheOptions {
   l1Max: number;
   l1TtlMs: number;
   l2TtlS: number;
-  /** A lock holder that has not finished after this long is presumed dead. Default 90 000 (above the LLM timeout). */
+  /** The lock lapses this long after its holder stops renewing it (it renews every third of this). Default 15 000. */
   lockTtlMs?: number;
-  /** Waiters give up waiting after this long and call through themselves. Default `lockTtlMs`. */
+  /** Waiters give up waiting after this long and call through themselves. Default 120 000 (above the LLM timeout). */
   waitTimeoutMs?: number;
   /** Longest pause between two polls of a waiter. Default 200. */
   maxPollMs?: number;
@@ -100,12 +105,13 @@ const luaDir = new URL('./lua/', import.meta.url);
  */
 export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): ResultCache<T> {
   const { redis, prefix } = opts;
-  const lockTtlMs = opts.lockTtlMs ?? 90_000;
-  const waitTimeoutMs = opts.waitTimeoutMs ?? lockTtlMs;
+  const lockTtlMs = opts.lockTtlMs ?? 15_000;
+  const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
   const lookupLua = defineLua(redis, luaDir, 'result-cache-lookup-4.lua');
   const setLua = defineLua(redis, luaDir, 'result-cache-set-3.lua');
   const unlockLua = defineLua(redis, luaDir, 'result-cache-unlock-1.lua');
+  const renewLua = defineLua(redis, luaDir, 'result-cache-renew-1.lua');
   const l1 = new LRUCache<string, { tag: string; value: T }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
 
   const enc = encodeURIComponent;
@@ -120,10 +126,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   };
 
   /** `lock` is a token to try to take the single-flight lock on a miss, or '' to only look. */
-  async function lookup(p: CacheKeyParts, lock: string) {
+  async function lookup(p: CacheKeyParts, lock: string, owner = '') {
     const { hash, keys } = keysFor(p);
     const local = l1.get(hash);
-    const [tag, hit, lockState, json] = (await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs])) as [string, number, number, string?];
+    const [tag, hit, lockState, json] = (await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as [string, number, number, string?];
     let found: CacheHit<T> | null = null;
     if (hit === 1 && local) {
       found = { level: 'l1', value: structuredClone(local.value) };
@@ -165,18 +171,23 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     async singleFlight(p, fn, sfOpts = {}) {
       const shouldCache = sfOpts.shouldCache ?? (() => true);
       const deadline = Date.now() + waitTimeoutMs;
-      const token = randomUUID();
+      const owner = sfOpts.owner ?? '';
+      const token = `${owner}#${randomUUID()}`;
       let pause = 10;
       for (;;) {
         sfOpts.signal?.throwIfAborted();
-        const { hash, keys, tag, found, lockState } = await lookup(p, token);
+        const { hash, keys, tag, found, lockState } = await lookup(p, token, owner);
         if (found) return { value: found.value, from: found.level };
         if (lockState === 2) {
+          const renew = setInterval(() => {
+            renewLua([keys[3]], [token, lockTtlMs]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: lock renewal failed'));
+          }, Math.max(100, Math.floor(lockTtlMs / 3)));
           try {
             const value = await fn();
             if (shouldCache(value)) await storeQuietly(keys, hash, tag, value);
             return { value, from: 'call' };
           } finally {
+            clearInterval(renew);
             // Released on error too, so waiters stop waiting and one of them calls through.
             await unlockLua([keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
           }

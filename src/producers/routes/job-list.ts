@@ -1,0 +1,106 @@
+import { Readable } from 'node:stream';
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { ValidationError } from '../../shared/errors.js';
+import type { JobRow, ListFilter, OrgJobIndexReader } from '../../shared/stream/org-job-index.js';
+import { principalOf } from '../app.js';
+import type { JobView } from '../job-service.js';
+import { zodDetails } from '../zod-details.js';
+
+export interface JobListDeps {
+  index: OrgJobIndexReader;
+  /** Agent names the `agent` filter accepts. */
+  agentExists: (name: string) => boolean;
+  pageSize: number;
+}
+
+const STATES = ['waiting', 'prioritized', 'delayed', 'waiting-children', 'active', 'completed', 'failed', 'cancelled'] as const;
+
+const since = z.union([
+  z.string().regex(/^\d{1,15}$/).transform(Number),
+  z.iso.datetime({ offset: true }).transform((s) => Date.parse(s)),
+]);
+
+const listQuery = z
+  .object({
+    state: z.enum(STATES).optional(),
+    agent: z.string().min(1).max(100).optional(),
+    since: since.optional(),
+    limit: z.coerce.number().int().min(1).max(1_000_000).optional(),
+  })
+  .strict();
+
+function parseJson(raw: string | undefined): unknown {
+  if (raw === undefined) return undefined;
+  try {
+    return JSON.parse(raw);
+  } catch {
+    return raw;
+  }
+}
+
+/** A row of the index page as the same view `GET /v1/jobs/:id` answers. */
+export function rowToView(row: JobRow, orgId: string): JobView | undefined {
+  if (row.tombstone) {
+    const t = parseJson(row.tombstone) as (JobView & { orgId?: string }) | undefined;
+    if (!t || typeof t !== 'object' || t.orgId !== orgId) return undefined;
+    const { orgId: _omit, ...view } = t;
+    return view;
+  }
+  const name = row.name ?? '';
+  const colon = name.indexOf(':');
+  const result = parseJson(row.returnvalue);
+  return {
+    id: row.id,
+    agent: colon >= 0 ? name.slice(0, colon) : name,
+    action: colon >= 0 ? name.slice(colon + 1) : '',
+    state: row.state,
+    progress: parseJson(row.progress) ?? 0,
+    ...(result !== undefined && result !== null ? { result: result as JobView['result'] } : {}),
+    ...(row.failedReason ? { error: row.failedReason } : {}),
+    attempts: Number(row.attemptsMade ?? 0),
+    createdAt: new Date(Number(row.timestamp ?? 0)).toISOString(),
+    ...(row.finishedOn ? { finishedAt: new Date(Number(row.finishedOn)).toISOString() } : {}),
+  };
+}
+
+/**
+ * `GET /v1/jobs?state=&agent=&since=&limit=`: the caller's org's jobs, newest first, as one JSON array
+ * written page by page. The body is a pull stream: a page is read from Redis only when the socket has taken
+ * the previous ones, so memory stays flat whatever the count and a slow client slows only its own reads.
+ */
+export function jobListRoutes(app: FastifyInstance, deps: JobListDeps) {
+  app.get('/v1/jobs', async (req, reply) => {
+    const { orgId } = principalOf(req);
+    const parsed = listQuery.safeParse(req.query);
+    if (!parsed.success) throw new ValidationError('invalid query', zodDetails(parsed.error, 'query.'));
+    const q = parsed.data;
+    if (q.agent !== undefined && !deps.agentExists(q.agent)) {
+      throw new ValidationError('invalid query', [{ path: 'query.agent', message: `unknown agent "${q.agent}"` }]);
+    }
+    const filter: ListFilter = { state: q.state, agent: q.agent, sinceMs: q.since };
+    const limit = q.limit ?? Infinity;
+
+    async function* body(): AsyncGenerator<string> {
+      yield '[';
+      let sent = 0;
+      for await (const rows of deps.index.pages(orgId, filter, deps.pageSize)) {
+        let chunk = '';
+        for (const row of rows) {
+          const view = rowToView(row, orgId);
+          // Tombstones are not filtered by agent in Redis (their agent is inside their JSON).
+          if (!view || (filter.agent && view.agent !== filter.agent)) continue;
+          chunk += (sent === 0 ? '' : ',') + JSON.stringify(view);
+          if (++sent >= limit) break;
+        }
+        if (chunk) yield chunk;
+        if (sent >= limit) break;
+      }
+      yield ']';
+    }
+
+    const stream = Readable.from(body(), { objectMode: false, highWaterMark: 16 * 1024 });
+    stream.on('error', (err) => req.log.error({ err }, 'job listing failed mid-stream'));
+    return reply.header('content-type', 'application/json; charset=utf-8').header('cache-control', 'no-store').send(stream);
+  });
+}

@@ -1,0 +1,148 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Redis } from 'ioredis';
+import { NotFoundError } from '../../shared/errors.js';
+import { jobStreamKey } from '../../shared/stream/keys.js';
+import { DONE_FRAME, eventFrame, PING_FRAME, SSE_HEADERS } from '../../shared/stream/sse.js';
+import { compareStreamIds, decodeEvent, isTerminal, type StreamEvent } from '../../shared/stream/stream-event.js';
+import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/stream/stream-reader.js';
+import type { StreamLease } from '../../shared/stream/stream-slots.js';
+import { isFinished, type JobService, type JobView } from '../job-service.js';
+
+export interface SessionDeps {
+  redis: Redis;
+  prefix: string;
+  jobs: JobService;
+  reader: () => StreamReader;
+  heartbeatMs: number;
+}
+
+/** The job a session serves, as found when the client connected. */
+export interface StreamTarget {
+  orgId: string;
+  id: string;
+  /** Enqueued with `stream: true`: its events are in a Redis Stream. */
+  stream: boolean;
+  /** Its view at connect time, when it was read (POST /v1/stream knows a fresh job is not finished). */
+  view?: JobView;
+}
+
+/** The final message of a job, from its view (for jobs that did not stream, or whose stream expired). */
+export function finalFromView(view: JobView): StreamEvent {
+  if (view.state === 'completed' && view.result) return { kind: 'result', result: view.result };
+  return { kind: 'error', error: view.error ?? view.state, state: view.state === 'cancelled' ? 'cancelled' : 'failed' };
+}
+
+/**
+ * One SSE response: replays a streaming job's Redis Stream from the start (or from `Last-Event-ID`) and
+ * follows it through the process's shared reader; a job that did not stream gets its final answer by long
+ * poll. Heartbeats keep proxies from closing the connection, refresh the org's stream lease and notice a
+ * job that ended without a final entry. Whatever ends the response (last message, client gone, error)
+ * releases the timer, the subscription and the lease.
+ */
+export function serveJobStream(
+  deps: SessionDeps,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  o: { target: StreamTarget; lease: StreamLease; lastEventId?: string; preface?: string },
+): void {
+  const { target, lease } = o;
+  const res = reply.raw;
+  const log = req.log.child({ jobId: target.id });
+  let closed = false;
+  let sub: StreamSubscription | undefined;
+  let heartbeat: NodeJS.Timeout | undefined;
+  /** Entries arrived since the last heartbeat (then the job is evidently alive). */
+  let lively = false;
+  /** A heartbeat found the job finished but no final entry yet: the next one answers from the job itself. */
+  let endSeen = false;
+
+  function cleanup(): void {
+    if (closed) return;
+    closed = true;
+    clearInterval(heartbeat);
+    sub?.close();
+    res.off('drain', onDrain);
+    lease.release().catch((err: unknown) => log.warn({ err }, 'could not release stream lease'));
+    if (!res.writableEnded) res.end();
+  }
+
+  function onDrain(): void {
+    sub?.resume();
+  }
+
+  function write(frame: string): void {
+    if (closed) return;
+    // A slow client stops its own reads until its socket drains; the others are not held back.
+    if (!res.write(frame)) sub?.pause();
+  }
+
+  function finish(last?: StreamEvent, id?: string): void {
+    if (closed) return;
+    if (last) write(eventFrame(last, id));
+    write(DONE_FRAME);
+    cleanup();
+  }
+
+  function fail(err: unknown): void {
+    if (closed) return;
+    if (err instanceof NotFoundError) return finish({ kind: 'error', error: 'job not found', state: 'failed' });
+    log.error({ err }, 'job stream failed');
+    finish({ kind: 'error', error: 'internal error', state: 'failed' });
+  }
+
+  function onEntries(entries: RawEntry[]): void {
+    lively = true;
+    for (const [id, fields] of entries) {
+      const event = decodeEvent(fields);
+      if (!event) continue;
+      if (isTerminal(event)) return finish(event, id);
+      write(eventFrame(event, id));
+    }
+  }
+
+  async function checkEnded(): Promise<void> {
+    const view = await deps.jobs.get(target.orgId, target.id);
+    if (closed || !isFinished(view.state)) return;
+    // The worker writes the final entry just after the job is marked finished; give it one beat.
+    if (endSeen) finish(finalFromView(view));
+    endSeen = true;
+  }
+
+  async function followStream(): Promise<void> {
+    const key = jobStreamKey(deps.prefix, target.id);
+    const finished = target.view ? isFinished(target.view.state) : false;
+    if (o.lastEventId || finished) {
+      const [last] = (await deps.redis.xrevrange(key, '+', '-', 'COUNT', 1)) as RawEntry[];
+      if (closed) return;
+      if (!last && finished) return finish(finalFromView(target.view!));
+      const event = last && decodeEvent(last[1]);
+      // Resuming after the final message: nothing is left but the end marker.
+      if (event && isTerminal(event) && o.lastEventId && compareStreamIds(last[0], o.lastEventId) <= 0) return finish();
+    }
+    sub = deps.reader().subscribe(key, o.lastEventId ?? '0-0', onEntries);
+    res.on('drain', onDrain);
+  }
+
+  async function pollFinal(): Promise<void> {
+    if (target.view && isFinished(target.view.state)) return finish(finalFromView(target.view));
+    while (!closed) {
+      const view = await deps.jobs.wait(target.orgId, target.id, deps.heartbeatMs);
+      if (isFinished(view.state)) return finish(finalFromView(view));
+    }
+  }
+
+  reply.hijack();
+  res.on('close', cleanup);
+  res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS });
+  res.flushHeaders();
+  if (o.preface) write(o.preface);
+
+  heartbeat = setInterval(() => {
+    write(PING_FRAME);
+    lease.refresh().catch((err: unknown) => log.warn({ err }, 'could not refresh stream lease'));
+    if (target.stream && !lively) checkEnded().catch(fail);
+    lively = false;
+  }, deps.heartbeatMs);
+
+  (target.stream ? followStream() : pollFinal()).catch(fail);
+}

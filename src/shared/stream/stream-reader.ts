@@ -1,0 +1,171 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from '../logger.js';
+import { compareStreamIds } from './stream-event.js';
+
+export type RawEntry = [id: string, fields: string[]];
+
+export interface StreamSubscription {
+  /** Stops reading for this subscriber (e.g. while its socket is full) without losing its position. */
+  pause(): void;
+  resume(): void;
+  close(): void;
+}
+
+interface Sub {
+  key: string;
+  /** Last entry id delivered. */
+  last: string;
+  active: boolean;
+  onEntries: (entries: RawEntry[]) => void;
+}
+
+export interface StreamReaderOptions {
+  /** Opens the reader's own connection (blocking commands need one; it must wait out outages). */
+  connect: () => Redis;
+  /** Any other connection: it sends CLIENT UNBLOCK to wake the reader when the set of streams changes. */
+  control: Redis;
+  /** Upper bound of one XREAD BLOCK; normally the reader is woken long before. */
+  blockMs: number;
+  /** Most entries read per stream per call. */
+  count: number;
+  logger: Logger;
+}
+
+/**
+ * One blocking XREAD per process for every open SSE stream: subscribers of the same job share a cursor (the
+ * lowest position among them) and each gets only the entries past its own, so a late joiner simply lowers
+ * the cursor for one read. Adding a stream wakes the blocked read with CLIENT UNBLOCK.
+ */
+export function createStreamReader(o: StreamReaderOptions) {
+  const byKey = new Map<string, Set<Sub>>();
+  let conn: Redis | undefined;
+  let readerId: number | undefined;
+  let loop: Promise<void> | undefined;
+  let closed = false;
+  /** Bumped whenever the set of streams to read grows; the read in flight knows which generation it serves. */
+  let generation = 0;
+  /** Generation of the read being prepared or in flight; undefined between reads. */
+  let reading: number | undefined;
+  let idle: (() => void) | undefined;
+
+  function cursors(): { keys: string[]; ids: string[] } {
+    const keys: string[] = [];
+    const ids: string[] = [];
+    for (const [key, subs] of byKey) {
+      let min: string | undefined;
+      for (const s of subs) if (s.active && (min === undefined || compareStreamIds(s.last, min) < 0)) min = s.last;
+      if (min !== undefined) {
+        keys.push(key);
+        ids.push(min);
+      }
+    }
+    return { keys, ids };
+  }
+
+  function dispatch(reply: Array<[string, RawEntry[]]>): void {
+    for (const [key, entries] of reply) {
+      for (const sub of [...(byKey.get(key) ?? [])]) {
+        if (!sub.active) continue;
+        const fresh = entries.filter(([id]) => compareStreamIds(id, sub.last) > 0);
+        if (fresh.length === 0) continue;
+        sub.last = fresh[fresh.length - 1][0];
+        try {
+          sub.onEntries(fresh);
+        } catch (err) {
+          o.logger.error({ err }, 'stream subscriber failed');
+        }
+      }
+    }
+  }
+
+  async function run(c: Redis): Promise<void> {
+    while (!closed) {
+      reading = generation;
+      const { keys, ids } = cursors();
+      if (keys.length === 0) {
+        reading = undefined;
+        await new Promise<void>((resolve) => (idle = resolve));
+        idle = undefined;
+        continue;
+      }
+      try {
+        readerId ??= (await c.client('ID')) as number;
+        const reply = (await c.xread('COUNT', o.count, 'BLOCK', o.blockMs, 'STREAMS', ...keys, ...ids)) as Array<[string, RawEntry[]]> | null;
+        reading = undefined;
+        if (reply) dispatch(reply);
+      } catch (err) {
+        reading = undefined;
+        if (closed) return;
+        o.logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'stream reader read failed; retrying');
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+  }
+
+  /** Cuts the blocked read short so the next one includes the new stream. */
+  async function wake(): Promise<void> {
+    generation++;
+    if (idle) return idle();
+    const want = generation;
+    // The read may not have reached Redis yet (UNBLOCK then finds nothing blocked): retry briefly.
+    for (let i = 0; i < 50 && !closed && reading !== undefined && reading < want; i++) {
+      if (readerId !== undefined && (await o.control.client('UNBLOCK', readerId).catch(() => 0)) === 1) return;
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  }
+
+  function start(): void {
+    if (conn) return;
+    const c = o.connect();
+    conn = c;
+    // A reconnect is a new client id.
+    c.on('close', () => (readerId = undefined));
+    loop = run(c);
+  }
+
+  return {
+    subscribe(key: string, fromId: string, onEntries: (entries: RawEntry[]) => void): StreamSubscription {
+      if (closed) throw new Error('stream reader is closed');
+      start();
+      const sub: Sub = { key, last: fromId, active: true, onEntries };
+      let subs = byKey.get(key);
+      if (!subs) byKey.set(key, (subs = new Set()));
+      subs.add(sub);
+      void wake();
+      const detach = () => {
+        subs.delete(sub);
+        if (subs.size === 0 && byKey.get(key) === subs) byKey.delete(key);
+      };
+      return {
+        pause: () => void (sub.active = false),
+        resume: () => {
+          if (sub.active || !subs.has(sub)) return;
+          sub.active = true;
+          void wake();
+        },
+        // A read in flight that still names this stream costs nothing: its entries find no subscriber.
+        close: () => {
+          sub.active = false;
+          detach();
+        },
+      };
+    },
+
+    /** Open subscriptions (for metrics and tests). */
+    size(): number {
+      let n = 0;
+      for (const subs of byKey.values()) n += subs.size;
+      return n;
+    },
+
+    async close(): Promise<void> {
+      closed = true;
+      byKey.clear();
+      idle?.();
+      conn?.disconnect();
+      await loop;
+    },
+  };
+}
+
+export type StreamReader = ReturnType<typeof createStreamReader>;

@@ -1,0 +1,54 @@
+import { randomUUID } from 'node:crypto';
+import type { Redis } from 'ioredis';
+import { defineLua } from '../guards/lua-script.js';
+import { openStreamsKey } from './keys.js';
+
+export interface SlotVerdict {
+  allowed: boolean;
+  /** When refused: ms until the earliest lease of the org lapses (a hint for Retry-After). */
+  msBeforeNext: number;
+  /** The lease to refresh and release; set when allowed. */
+  lease?: StreamLease;
+}
+
+export interface StreamLease {
+  refresh(): Promise<void>;
+  release(): Promise<void>;
+}
+
+const luaDir = new URL('./lua/', import.meta.url);
+
+/**
+ * A per-org cap on open SSE streams across every API process: each stream leases a ZSET member that its
+ * heartbeat refreshes; a process that dies leaves leases that lapse after `leaseMs`.
+ */
+export function createStreamSlots(o: { redis: Redis; prefix: string; maxPerOrg: number; leaseMs: number }) {
+  const acquireLua = defineLua(o.redis, luaDir, 'stream-slot-acquire-1.lua');
+  const refreshLua = defineLua(o.redis, luaDir, 'stream-slot-refresh-1.lua');
+
+  return {
+    async acquire(orgId: string): Promise<SlotVerdict> {
+      const key = openStreamsKey(o.prefix, orgId);
+      const member = randomUUID();
+      const [allowed, ms] = (await acquireLua([key], [member, o.maxPerOrg, o.leaseMs])) as [number, number];
+      if (allowed !== 1) return { allowed: false, msBeforeNext: ms };
+      let released = false;
+      return {
+        allowed: true,
+        msBeforeNext: 0,
+        lease: {
+          refresh: async () => {
+            if (!released) await refreshLua([key], [member, o.leaseMs]);
+          },
+          release: async () => {
+            if (released) return;
+            released = true;
+            await o.redis.zrem(key, member);
+          },
+        },
+      };
+    },
+  };
+}
+
+export type StreamSlots = ReturnType<typeof createStreamSlots>;

@@ -1,0 +1,139 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createOrchestrationFeature } from '../src/orchestration/feature.js';
+import { definePipeline } from '../src/orchestration/pipeline.js';
+import { wizardCompletion } from '../src/orchestration/pipelines/wizard-completion.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const RISK_PROMPT = 'Analyse the risks of this startup.';
+
+/** The wizard with its risk step allowed to fail: the plan is then built without a risk analysis. */
+const lenientWizard = definePipeline({
+  ...wizardCompletion,
+  name: 'wizard_lenient',
+  steps: wizardCompletion.steps.map((s) => (s.id === 'risks' ? { ...s, continueOnError: true } : s)),
+});
+
+const brokenMapper = definePipeline({
+  ...wizardCompletion,
+  name: 'wizard_broken_mapper',
+  steps: [
+    wizardCompletion.steps[0],
+    {
+      id: 'risks',
+      agent: 'RiskAnalyzer',
+      action: 'analyze_risks',
+      inputMapper: () => {
+        throw new Error('boom in mapper');
+      },
+      outputKey: 'risks',
+    },
+    wizardCompletion.steps[2],
+  ],
+});
+
+const wizardInput = () => ({
+  companyName: `Acme ${randomUUID().slice(0, 8)}`,
+  answers: [
+    { question: 'What do you build?', answer: 'Warehouse picking robots for mid-size retailers.' },
+    { question: 'Who are your customers?', answer: 'Regional grocery chains in the Midwest.' },
+  ],
+});
+
+describe('sequential pipelines', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: true, features: [createOrchestrationFeature({ pipelines: [wizardCompletion, lenientWizard, brokenMapper] })] });
+  });
+  afterEach(() => s.emulator.clearFaults());
+  afterAll(async () => s?.close());
+
+  async function run(name: string, input: unknown) {
+    const post = await s.app.inject({ method: 'POST', url: `/v1/pipelines/${name}`, headers: s.auth, payload: { input } });
+    expect(post.statusCode).toBe(202);
+    const { id } = post.json();
+    const res = await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}?waitMs=25000`, headers: s.auth });
+    expect(res.statusCode).toBe(200);
+    return res.json();
+  }
+  const stepJob = (id: string) => s.runtime.queue.getJob(id);
+
+  it('runs wizard_completion, each step an agent job fed by the previous outputs', async () => {
+    const input = wizardInput();
+    const view = await run('wizard_completion', input);
+    expect(view.state).toBe('completed');
+    expect(view.result).toMatchObject({ success: true, errors: {} });
+    expect(Object.keys(view.result.outputs).sort()).toEqual(['profile', 'risks', 'tasks']);
+    expect(view.result.totalCostUsd).toBeGreaterThan(0);
+    expect(view.result.totalDurationMs).toBeGreaterThan(0);
+    expect(view.steps.map((st: { id: string; state: string }) => [st.id, st.state])).toEqual([
+      ['profile', 'completed'],
+      ['risks', 'completed'],
+      ['tasks', 'completed'],
+    ]);
+    const { outputs } = view.result;
+    expect(outputs.profile.startup.name).toBe(input.companyName);
+    expect(view.steps[1].output).toEqual(outputs.risks);
+
+    // Deterministic step job ids; each step's input is built from the earlier outputs.
+    const [p, r, t] = await Promise.all(['profile', 'risks', 'tasks'].map((st) => stepJob(`${view.id}-${st}`)));
+    expect(p!.data.input).toMatchObject({ companyName: input.companyName, answers: input.answers });
+    expect(r!.data.input).toEqual({ startup: outputs.profile.startup });
+    expect(t!.data.input).toMatchObject({ startup: outputs.profile.startup, risks: outputs.risks });
+    expect([p, r, t].every((j) => j!.data.orgId === s.orgId && j!.parent?.id === view.id)).toBe(true);
+    expect(t!.returnvalue.data).toEqual(outputs.tasks);
+  });
+
+  it('stops at a step that fails for good without continueOnError', async () => {
+    s.emulator.script({ status: 400, message: 'scripted risk failure', match: { promptIncludes: RISK_PROMPT }, times: -1 });
+    const view = await run('wizard_completion', wizardInput());
+    expect(view.state).toBe('completed');
+    expect(view.result.success).toBe(false);
+    expect(Object.keys(view.result.outputs)).toEqual(['profile']);
+    expect(view.result.errors).toEqual({ risks: expect.stringContaining('scripted risk failure') });
+    expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'skipped']);
+    expect(view.steps[1].error).toContain('scripted risk failure');
+    expect(await stepJob(`${view.id}-tasks`)).toBeUndefined();
+    expect(await s.runtime.queue.getJobState(`${view.id}-risks`)).toBe('failed');
+  });
+
+  it('goes on past a failed step with continueOnError, leaving its output unset', async () => {
+    s.emulator.script({ status: 400, message: 'scripted risk failure', match: { promptIncludes: RISK_PROMPT }, times: -1 });
+    const view = await run('wizard_lenient', wizardInput());
+    expect(view.result.success).toBe(false);
+    expect(Object.keys(view.result.outputs).sort()).toEqual(['profile', 'tasks']);
+    expect(Object.keys(view.result.errors)).toEqual(['risks']);
+    expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'completed']);
+    const tasksJob = await stepJob(`${view.id}-tasks`);
+    expect(tasksJob!.data.input).toMatchObject({ startup: view.result.outputs.profile.startup });
+    expect(tasksJob!.data.input).not.toHaveProperty('risks');
+  });
+
+  it('records a throwing input mapper as that step\'s error, without creating its job', async () => {
+    const view = await run('wizard_broken_mapper', wizardInput());
+    expect(view.result.success).toBe(false);
+    expect(view.result.errors).toEqual({ risks: 'input mapping failed: boom in mapper' });
+    expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'skipped']);
+    expect(await stepJob(`${view.id}-risks`)).toBeUndefined();
+  });
+
+  it('validates input, refuses unknown pipelines and hides runs from other orgs', async () => {
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input: { answers: [] } } });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().details.map((d: { path: string }) => d.path)).toContain('input.answers');
+    const unknown = await s.app.inject({ method: 'POST', url: '/v1/pipelines/nope', headers: s.auth, payload: { input: {} } });
+    expect(unknown.statusCode).toBe(404);
+
+    const list = (await s.app.inject({ method: 'GET', url: '/v1/pipelines', headers: s.auth })).json();
+    expect(list.pipelines.map((p: { name: string }) => p.name)).toContain('wizard_completion');
+
+    const post = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input: wizardInput() } });
+    const { id } = post.json();
+    const other = { authorization: `Bearer ${await s.newKey()}` };
+    const res = await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}`, headers: other });
+    expect(res.statusCode).toBe(404);
+    expect((await s.app.inject({ method: 'GET', url: `/v1/flows/${id}`, headers: s.auth })).statusCode).toBe(404);
+    const mine = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}?waitMs=25000`, headers: s.auth })).json();
+    expect(mine.state).toBe('completed');
+  });
+});

@@ -1,0 +1,90 @@
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
+import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+
+/**
+ * Workers as separate OS processes (the real `src/main.ts worker`), sharing the test's Redis, PGlite
+ * (through its socket) and Gemini emulator (through GOOGLE_GEMINI_BASE_URL, as a gateway would be).
+ */
+describe('worker processes', () => {
+  let s: Stack;
+  let queue: Queue;
+  const children: AgentqProcess[] = [];
+  let env: Record<string, string>;
+
+  beforeAll(async () => {
+    s = await startStack({ LOCK_DURATION_MS: '2000', STALLED_INTERVAL_MS: '1000' });
+    queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
+    env = {
+      ...TEST_ENV,
+      REDIS_URL: s.cfg.REDIS_URL,
+      DATABASE_URL: s.cfg.DATABASE_URL!,
+      QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
+      GEMINI_API_KEY: 'test-key-not-real',
+      GOOGLE_GEMINI_BASE_URL: s.emulator.url,
+      LOCK_DURATION_MS: '2000',
+      STALLED_INTERVAL_MS: '1000',
+      SHUTDOWN_GRACE_MS: '10000',
+      WORKER_CONCURRENCY: '4',
+    };
+  });
+  afterAll(async () => {
+    for (const c of children) if (c.child.exitCode === null) c.kill('SIGKILL');
+    await queue?.close();
+    await s?.close();
+  });
+
+  const start = async () => {
+    const p = spawnAgentq('worker', env);
+    children.push(p);
+    await p.waitForLog((l) => l.msg === 'worker started', 30_000);
+    return p;
+  };
+  const enqueue = async (marker: string) => {
+    const res = await s.app.inject({
+      method: 'POST',
+      url: '/v1/jobs',
+      headers: s.auth,
+      payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${marker} Co`, industry: 'logistics' } } },
+    });
+    expect(res.statusCode).toBe(202);
+    return res.json().id as string;
+  };
+  const waitDone = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=30000`, headers: s.auth })).json();
+
+  it('recovers a job whose worker was SIGKILLed mid-call on another worker, with one successful run row', async () => {
+    s.emulator.script({ latencyMs: 4000, match: { promptIncludes: 'killed-mid-job' }, times: 1 });
+    const first = await start();
+    const id = await enqueue('killed-mid-job');
+    // Wait until the call is really in flight at the emulator, then kill without any chance to clean up.
+    for (let i = 0; i < 100 && (await queue.getActiveCount()) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await queue.getActiveCount()).toBe(1);
+    first.kill('SIGKILL');
+    await first.exited;
+    const second = await start();
+    const view = await waitDone(id);
+    expect(view.state).toBe('completed');
+    expect(view.result.success).toBe(true);
+    const { rows } = await s.infra.db.pool.query(`SELECT count(*)::int AS n FROM agent_runs WHERE job_id = $1 AND state = 'completed'`, [id]);
+    expect(rows[0].n).toBe(1);
+    expect(second.lines.some((l) => l.jobId === id && l.msg === 'job completed')).toBe(true);
+    second.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+  }, 60_000);
+
+  it('finishes in-flight jobs on SIGTERM and exits 0', async () => {
+    s.emulator.script({ latencyMs: 1500, match: { promptIncludes: 'graceful-' }, times: 3 });
+    const worker = await start();
+    const ids = await Promise.all(['graceful-a', 'graceful-b', 'graceful-c'].map(enqueue));
+    for (let i = 0; i < 100 && (await queue.getActiveCount()) < 3; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await queue.getActiveCount()).toBe(3);
+    worker.kill('SIGTERM');
+    expect(await worker.exited).toBe(0);
+    for (const id of ids) {
+      const job = await queue.getJob(id);
+      expect(await job!.getState()).toBe('completed');
+    }
+    expect(worker.lines.filter((l) => l.msg === 'job completed' && ids.includes(l.jobId as string))).toHaveLength(3);
+  }, 60_000);
+});
