@@ -16,8 +16,8 @@ const docs: Doc[] = [
     metadata: { title: 'Pricing your first plan' },
   },
   { table: 'industry_packs', id: 'ip_saas', content: 'SaaS benchmarks\nMedian seed ACV is $12k.', similarity: 0.71 },
-  { table: 'chat_facts', id: 'cf_1', content: 'Founder said churn is 4% monthly.', similarity: 0.66, metadata: { startupId: 'st_1' } },
-  { table: 'chat_facts', id: 'cf_2', content: 'Other startup fact.', similarity: 0.65, metadata: { startupId: 'st_2' } },
+  { table: 'chat_facts', id: 'cf_1', content: 'Founder said churn is 4% monthly.', similarity: 0.66, metadata: { startup_id: 'st_1' } },
+  { table: 'chat_facts', id: 'cf_2', content: 'Other startup fact.', similarity: 0.65, metadata: { startup_id: 'st_2' } },
 ];
 
 function searchReturning(found: Doc[]) {

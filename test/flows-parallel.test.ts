@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createAgentqClient } from '../src/producers/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const startup = (name: string) => ({ name, industry: 'logistics', stage: 'seed', description: 'Route planning for regional couriers' });
@@ -151,5 +152,24 @@ describe('parallel fan-out flows', () => {
     expect((await s.app.inject({ method: 'GET', url: '/v1/flows/flow-missing', headers: s.auth })).statusCode).toBe(404);
     // Still the owner's to read.
     expect((await getFlow(id)).json().state).toBe('completed');
+  });
+
+  it('is reachable from the typed client: runFlow waits until every task settled', async () => {
+    const baseUrl = await s.app.listen({ host: '127.0.0.1', port: 0 });
+    const client = createAgentqClient({ baseUrl, apiKey: s.apiKey });
+    const tag = randomUUID().slice(0, 8);
+    const view = await client.runFlow(
+      [
+        { agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: `cl-${tag}` } },
+        { agent: 'TaskGenerator', action: 'suggest_next_actions', input: { startupId: `cl-${tag}`, limit: 1 } },
+      ],
+      { timeoutMs: 20_000, defaults: { priority: 3 } },
+    );
+    expect(view.state).toBe('completed');
+    const results = (view.result as { results: Record<string, { success: boolean }> }).results;
+    expect(Object.keys(results).sort()).toEqual(['DealScorer:pipeline_summary', 'TaskGenerator:suggest_next_actions']);
+    expect(Object.values(results).every((r) => r.success)).toBe(true);
+    const child = await s.runtime.queue.getJob(view.children[0].id);
+    expect(child!.opts.priority).toBe(3);
   });
 });

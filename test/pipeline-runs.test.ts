@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createOrchestrationFeature } from '../src/orchestration/feature.js';
 import { definePipeline } from '../src/orchestration/pipeline.js';
 import { wizardCompletion } from '../src/orchestration/pipelines/wizard-completion.js';
+import { createAgentqClient } from '../src/producers/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const RISK_PROMPT = 'Analyse the risks of this startup.';
@@ -135,5 +136,14 @@ describe('sequential pipelines', () => {
     expect((await s.app.inject({ method: 'GET', url: `/v1/flows/${id}`, headers: s.auth })).statusCode).toBe(404);
     const mine = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}?waitMs=25000`, headers: s.auth })).json();
     expect(mine.state).toBe('completed');
+  });
+
+  it('is reachable from the typed client: runPipeline waits for the outcome', async () => {
+    const baseUrl = await s.app.listen({ host: '127.0.0.1', port: 0 });
+    const client = createAgentqClient({ baseUrl, apiKey: s.apiKey });
+    const view = await client.runPipeline('wizard_completion', wizardInput(), { timeoutMs: 25_000 });
+    expect(view.state).toBe('completed');
+    expect(view.result).toMatchObject({ success: true, errors: {} });
+    expect(view.steps.map((st) => st.state)).toEqual(['completed', 'completed', 'completed']);
   });
 });

@@ -61,7 +61,7 @@ export function createDlqStore(deps: { redis: Redis; queue: AgentQueue; prefix: 
   const claimLua = defineLua(redis, new URL('./lua/', import.meta.url), 'dlq-claim-2.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
-    const lazy: Classification | undefined = meta.class ? undefined : classifyFailedJob(job);
+    const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
     const data = job.data ?? ({} as AgentJobData);
     return {
       id: job.id!,
@@ -69,8 +69,8 @@ export function createDlqStore(deps: { redis: Redis; queue: AgentQueue; prefix: 
       agent: data.agent,
       action: data.action,
       ...(data.model ? { model: data.model } : {}),
-      class: (meta.class as DlqClass) ?? lazy!.class,
-      type: (meta.type as FailureType) ?? lazy!.type,
+      class: (meta.class as DlqClass | undefined) ?? lazy!.class,
+      type: (meta.type as FailureType | undefined) ?? lazy!.type,
       reason: job.failedReason ?? meta.reason ?? '',
       failedAt: new Date(job.finishedOn ?? Number(meta.failedAt ?? 0)).toISOString(),
       attempts: job.attemptsMade,

@@ -1,7 +1,5 @@
 import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Logger } from '../shared/logger.js';
-import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/queue/names.js';
 import { settleFanOut } from './fan-out.js';
 import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from './flow-data.js';

@@ -7,12 +7,14 @@ import type {
   AgentOutput,
   BuiltInAgents,
 } from '../shared/agents/registry.js';
+import type { FlowView, PipelineRunView } from '../orchestration/flow-service.js';
 import type { AgentResult } from '../shared/types.js';
 import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTransport, type TransportOptions } from './client-transport.js';
 
 // Type-only imports above: the client pulls no agent code, zod or Redis into the service that uses it.
 export { AgentqHttpError, AgentqTimeoutError } from './client-transport.js';
 export type { ErrorBody, FetchLike, HttpTransport, RequestOptions } from './client-transport.js';
+export type { FlowView, PipelineRunView } from '../orchestration/flow-service.js';
 
 export type JobState =
   | 'waiting'
@@ -60,6 +62,11 @@ export interface WaitOptions {
   /** Longest single long poll; the server may cap it lower. Default 20 s. */
   pollMs?: number;
   signal?: AbortSignal;
+}
+
+export interface RunFlowOptions extends WaitOptions {
+  /** Applied to every task of the flow; a task's own `options` win. */
+  defaults?: Pick<EnqueueOptions, 'priority' | 'model'>;
 }
 
 export interface JobHandle<T = unknown> {
@@ -116,18 +123,18 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
 
   const cancel = <T = unknown>(id: string) => http.json<JobView<T>>('DELETE', jobPath(id));
 
-  /** Long-polls `GET /v1/jobs/:id?waitMs=N` until the job is finished or `timeoutMs` has passed. */
-  async function waitFor<T = unknown>(id: string, wo: WaitOptions = {}): Promise<JobView<T>> {
+  /** Long-polls `GET <path>?waitMs=N` (a job, flow or pipeline run) until it is finished or `timeoutMs` has passed. */
+  async function poll<V extends { state: string }>(path: string, what: string, wo: WaitOptions = {}): Promise<V> {
     const deadline = Date.now() + (wo.timeoutMs ?? 60_000);
     const pollMs = wo.pollMs ?? 20_000;
-    let last: JobView<T> | undefined;
+    let last: V | undefined;
     for (;;) {
       const remaining = deadline - Date.now();
-      if (remaining <= 0) throw new AgentqTimeoutError(`job ${id} did not finish in time (state ${last?.state ?? 'unknown'})`, last);
+      if (remaining <= 0) throw new AgentqTimeoutError(`${what} did not finish in time (state ${last?.state ?? 'unknown'})`, last);
       const waitMs = Math.max(1, Math.min(pollMs, remaining));
       const started = Date.now();
       try {
-        last = await http.json<JobView<T>>('GET', jobPath(id), {
+        last = await http.json<V>('GET', path, {
           query: { waitMs },
           signal: wo.signal,
           timeoutMs: waitMs + http.defaultTimeoutMs,
@@ -145,6 +152,9 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
       if (early > 0) await sleep(Math.min(early, Math.max(0, deadline - Date.now())), wo.signal);
     }
   }
+
+  /** Long-polls `GET /v1/jobs/:id?waitMs=N` until the job is finished or `timeoutMs` has passed. */
+  const waitFor = <T = unknown>(id: string, wo: WaitOptions = {}) => poll<JobView<T>>(jobPath(id), `job ${id}`, wo);
 
   function handle<T>(job: { id: string; state: JobState }): JobHandle<T> {
     return {
@@ -182,6 +192,22 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
 
     async agents(): Promise<AgentInfo[]> {
       return (await http.json<{ agents: AgentInfo[] }>('GET', '/v1/agents')).agents;
+    },
+
+    /**
+     * Fan-out (`POST /v1/flows/parallel`, 1..50 tasks) and wait until every task has settled. A task that
+     * failed for good is a `success: false` entry of `result.results`, not an error.
+     */
+    async runFlow(tasks: JobSpec<M>[], opts: RunFlowOptions = {}): Promise<FlowView> {
+      const { defaults, ...wo } = opts;
+      const { id } = await http.json<{ id: string }>('POST', '/v1/flows/parallel', { body: { tasks, ...(defaults ? { options: defaults } : {}) } });
+      return poll<FlowView>(`/v1/flows/${encodeURIComponent(id)}`, `flow ${id}`, wo);
+    },
+
+    /** Runs a named pipeline (`POST /v1/pipelines/:name`) and waits for its outcome (`result.success`, outputs, errors). */
+    async runPipeline(name: string, input: unknown, wo: WaitOptions = {}): Promise<PipelineRunView> {
+      const { id } = await http.json<{ id: string }>('POST', `/v1/pipelines/${encodeURIComponent(name)}`, { body: { input } });
+      return poll<PipelineRunView>(`/v1/pipelines/runs/${encodeURIComponent(id)}`, `pipeline run ${id}`, wo);
     },
   };
 }

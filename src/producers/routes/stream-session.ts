@@ -43,14 +43,13 @@ export function serveJobStream(
   deps: SessionDeps,
   req: FastifyRequest,
   reply: FastifyReply,
-  o: { target: StreamTarget; lease: StreamLease; lastEventId?: string; preface?: string },
-): void {
+  o: { target: StreamTarget; lease: StreamLease; lastEventId?: string; preface?: string; onEnd?: () => void },
+): { close(): void } {
   const { target, lease } = o;
   const res = reply.raw;
   const log = req.log.child({ jobId: target.id });
   let closed = false;
   let sub: StreamSubscription | undefined;
-  let heartbeat: NodeJS.Timeout | undefined;
   /** Entries arrived since the last heartbeat (then the job is evidently alive). */
   let lively = false;
   /** A heartbeat found the job finished but no final entry yet: the next one answers from the job itself. */
@@ -64,6 +63,7 @@ export function serveJobStream(
     res.off('drain', onDrain);
     lease.release().catch((err: unknown) => log.warn({ err }, 'could not release stream lease'));
     if (!res.writableEnded) res.end();
+    o.onEnd?.();
   }
 
   function onDrain(): void {
@@ -132,17 +132,24 @@ export function serveJobStream(
   }
 
   reply.hijack();
-  res.on('close', cleanup);
+  // The client may have gone while the handler awaited: then 'close' has already fired.
+  if (res.destroyed || !res.socket || res.socket.destroyed) {
+    cleanup();
+    return { close: cleanup };
+  }
   res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS });
   res.flushHeaders();
   if (o.preface) write(o.preface);
 
-  heartbeat = setInterval(() => {
+  const heartbeat = setInterval(() => {
     write(PING_FRAME);
     lease.refresh().catch((err: unknown) => log.warn({ err }, 'could not refresh stream lease'));
     if (target.stream && !lively) checkEnded().catch(fail);
     lively = false;
   }, deps.heartbeatMs);
+  res.on('close', cleanup);
 
   (target.stream ? followStream() : pollFinal()).catch(fail);
+  // Ends the response without [DONE] (server shutting down): the client reconnects, with Last-Event-ID, elsewhere.
+  return { close: cleanup };
 }

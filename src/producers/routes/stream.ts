@@ -1,5 +1,5 @@
 import { Job } from 'bullmq';
-import type { FastifyInstance, FastifyRequest } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { NotFoundError, ValidationError } from '../../shared/errors.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
@@ -45,6 +45,23 @@ const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v ===
  */
 export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
   const deadline = deps.enqueueDeadlineMs ?? 1000;
+  const open = new Set<{ close(): void }>();
+  // Open streams would hold `app.close()` until their jobs end; they are cut instead and clients resume.
+  app.addHook('preClose', async () => {
+    for (const session of [...open]) session.close();
+  });
+
+  function serve(req: FastifyRequest, reply: FastifyReply, o: Parameters<typeof serveJobStream>[3]): void {
+    const entry = { close: () => {}, ended: false };
+    entry.close = serveJobStream(deps, req, reply, {
+      ...o,
+      onEnd: () => {
+        entry.ended = true;
+        open.delete(entry);
+      },
+    }).close;
+    if (!entry.ended) open.add(entry);
+  }
 
   /** The job of `orgId` with its stream flag; another org's job is a 404 exactly like a missing one. */
   async function targetOf(orgId: string, id: string): Promise<StreamTarget> {
@@ -67,7 +84,7 @@ export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
     if (!params.success) throw new ValidationError('invalid path', zodDetails(params.error));
     const lastEventId = lastEventIdOf(req);
     const target = await targetOf(orgId, params.data.id);
-    serveJobStream(deps, req, reply, { target, lease: await lease(orgId), lastEventId });
+    serve(req, reply, { target, lease: await lease(orgId), lastEventId });
   });
 
   app.post('/v1/stream', async (req, reply) => {
@@ -90,6 +107,6 @@ export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
       throw err;
     }
     reply.header('x-job-id', target.id);
-    serveJobStream(deps, req, reply, { target, lease: held, preface: progressFrame({ stage: 'queued', jobId: target.id }) });
+    serve(req, reply, { target, lease: held, preface: progressFrame({ stage: 'queued', jobId: target.id }) });
   });
 }

@@ -64,8 +64,9 @@ function tablesFor(input: z.infer<typeof answerInput>): string[] {
  */
 function inScope(doc: Doc, startupId: string | undefined): boolean {
   if (startupId === undefined || doc.table !== KNOWLEDGE_TABLES.chat_fact) return true;
-  const owner = doc.metadata?.startupId;
-  return owner === undefined || owner === startupId;
+  // match_documents reports chat facts' owner as `startup_id`.
+  const owner = doc.metadata?.startup_id;
+  return owner === undefined || owner === null || owner === startupId;
 }
 
 export const knowledgeAssistant = defineAgent({

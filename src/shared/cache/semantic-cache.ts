@@ -46,6 +46,14 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       );
     },
 
+    /** Drops an org's cached answers (of one agent, if given); returns how many. */
+    async invalidate(orgId: string, agent?: string): Promise<number> {
+      const res = agent
+        ? await pool.query('DELETE FROM semantic_cache WHERE org_id = $1 AND agent = $2', [orgId, agent])
+        : await pool.query('DELETE FROM semantic_cache WHERE org_id = $1', [orgId]);
+      return res.rowCount ?? 0;
+    },
+
     /** Deletes expired rows; returns how many. Lookups already ignore them, this only reclaims space. */
     async purgeExpired(): Promise<number> {
       const res = await pool.query('DELETE FROM semantic_cache WHERE expires_at <= now()');

@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
 import { vector } from '@electric-sql/pglite-pgvector';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { serialiseExtendedQueries } from './pglite-wire-queue.js';
 
 export interface EmbeddedPostgres {
   /** A `postgres://` URL that `pg` (in this or any other process on the machine) connects to. */
@@ -22,6 +23,7 @@ export async function startEmbeddedPostgres(opts: { dataDir?: string; port?: num
   const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector } });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
   const server = new PGLiteSocketServer({ db, port: opts.port ?? 0, host: '127.0.0.1', maxConnections: opts.maxConnections ?? 64 });
+  serialiseExtendedQueries(server);
   await server.start();
   const conn = server.getServerConn();
   const port = Number(conn.split(':').pop());

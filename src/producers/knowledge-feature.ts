@@ -1,0 +1,83 @@
+import { z } from 'zod';
+import { createResultCache } from '../shared/cache/result-cache.js';
+import { createSemanticCache } from '../shared/cache/semantic-cache.js';
+import { ValidationError } from '../shared/errors.js';
+import type { Feature, FeatureDeps } from '../shared/feature.js';
+import { createKnowledgeStore } from '../shared/rag/knowledge-store.js';
+import { KNOWLEDGE_TABLES } from '../shared/rag/knowledge-schemas.js';
+import { createVectorSearch } from '../shared/rag/vector-search.js';
+import { principalOf } from './app.js';
+import { HttpError } from './http-errors.js';
+import { zodDetails } from './zod-details.js';
+
+const tableParam = z.object({ table: z.string().max(100) });
+const ingestBody = z.object({ documents: z.array(z.unknown()).min(1).max(1000) }).strict();
+const ingestQuery = z.object({ scope: z.enum(['org', 'global']).default('org') }).strict();
+const searchBody = z
+  .object({
+    query: z.string().min(1).max(2000),
+    tables: z.array(z.enum(KNOWLEDGE_TABLES)).min(1).optional(),
+    limit: z.number().int().min(1).max(50).optional(),
+    threshold: z.number().min(0).max(1).optional(),
+    filters: z.object({ startup_id: z.string().max(200).optional() }).strict().optional(),
+  })
+  .strict();
+const cacheQuery = z.object({ agent: z.string().min(1).max(100).optional() }).strict();
+
+function parse<T extends z.ZodType>(schema: T, value: unknown, prefix = ''): z.infer<T> {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new ValidationError('invalid request', zodDetails(r.error, prefix));
+  return r.data;
+}
+
+/**
+ * Knowledge ingestion and retrieval for RAG, and cache invalidation, over HTTP. Industry packs and
+ * global playbooks are shared by every tenant, so only admin keys may write them; members write their
+ * own org's chat facts and private playbooks.
+ */
+export function createKnowledgeFeature(deps: FeatureDeps): Feature {
+  const { infra, cfg, redis } = deps;
+  const embed = (texts: string[]) => deps.llm.embed(texts);
+  const store = createKnowledgeStore({ pool: infra.db.pool, embed });
+  const search = createVectorSearch({ pool: infra.db.pool, embed });
+  const results = createResultCache({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
+  const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
+
+  return {
+    name: 'knowledge',
+    routes(app) {
+      app.post('/v1/knowledge/:table', async (req) => {
+        const { orgId, role } = principalOf(req);
+        const { table } = parse(tableParam, req.params);
+        const { scope } = parse(ingestQuery, req.query, 'query.');
+        const { documents } = parse(ingestBody, req.body);
+        const global = table === 'industry_packs' || (table === 'playbooks' && scope === 'global');
+        if (global && role !== 'admin') throw new HttpError(403, `writing shared ${table} needs an admin key`);
+        try {
+          return await store.upsert(table, documents, { orgId: global ? undefined : orgId });
+        } catch (err) {
+          if (err instanceof ValidationError) {
+            throw new ValidationError(err.message, err.details.map((d) => ({ ...d, path: d.path === 'table' ? 'table' : `documents.${d.path}` })));
+          }
+          throw err;
+        }
+      });
+
+      app.post('/v1/knowledge/search', async (req) => {
+        const { orgId } = principalOf(req);
+        const body = parse(searchBody, req.body);
+        return { results: await search.search({ ...body, orgId }) };
+      });
+
+      /** Invalidates the org's result cache (and semantic cache) entries, all or one agent's, without KEYS. */
+      app.delete('/v1/cache', async (req) => {
+        const { orgId } = principalOf(req);
+        const { agent } = parse(cacheQuery, req.query, 'query.');
+        if (agent) await results.invalidateAgent(orgId, agent);
+        else await results.invalidateOrg(orgId);
+        const semanticRemoved = await semantic.invalidate(orgId, agent);
+        return { invalidated: agent ? { orgId, agent } : { orgId }, semanticRemoved };
+      });
+    },
+  };
+}

@@ -1,0 +1,101 @@
+import { connect, type Socket } from 'node:net';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createPool } from '../src/shared/db/pool.js';
+import { databaseUrl } from './helpers/env.js';
+
+/** A raw wire-protocol connection, to misbehave in ways `pg` never does. */
+async function rawConnection(url: string): Promise<Socket> {
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
+  const params = Buffer.from('user\0postgres\0database\0postgres\0\0');
+  const startup = Buffer.alloc(8);
+  startup.writeInt32BE(8 + params.length, 0);
+  startup.writeInt32BE(196608, 4);
+  socket.write(Buffer.concat([startup, params]));
+  // Wait for ReadyForQuery ('Z').
+  await new Promise<void>((resolve) => {
+    const onData = (d: Buffer) => {
+      if (d.includes(0x5a)) {
+        socket.off('data', onData);
+        resolve();
+      }
+    };
+    socket.on('data', onData);
+  });
+  return socket;
+}
+
+function message(type: string, body: Buffer): Buffer {
+  const head = Buffer.alloc(5);
+  head.write(type, 0);
+  head.writeInt32BE(4 + body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+// The PGlite socket server multiplexes every connection into one session; these check the scheduler
+// added in pglite-wire-queue.ts (on a real DATABASE_URL they simply pass).
+describe('embedded PGlite wire protocol', () => {
+  let pools: pg.Pool[];
+  beforeAll(() => {
+    pools = Array.from({ length: 3 }, () => createPool(databaseUrl(), { max: 4 }));
+  });
+  afterAll(() => Promise.all(pools.map((p) => p.end())));
+
+  it('keeps concurrent parameterised queries and short transactions from different connections apart', async () => {
+    const wrong: unknown[] = [];
+    const check = (rows: Array<{ v: number; t?: string }>, n: number, withText: boolean) => {
+      if (rows[0]?.v !== n || (withText && rows[0].t !== `s${n}`)) wrong.push(rows[0] ?? 'no row');
+    };
+    await Promise.all(
+      pools.map(async (pool, p) => {
+        for (let round = 0; round < 15; round++) {
+          await Promise.all(
+            Array.from({ length: 6 }, async (_, i) => {
+              const n = p * 1000 + round * 10 + i;
+              if (i === 0) {
+                const client = await pool.connect();
+                try {
+                  await client.query('BEGIN');
+                  check((await client.query('SELECT $1::int AS v', [n])).rows, n, false);
+                  await client.query('COMMIT');
+                } finally {
+                  client.release();
+                }
+              } else if (i % 2) {
+                check((await pool.query('SELECT $1::int AS v, $2::text AS t', [n, `s${n}`])).rows, n, true);
+              } else {
+                check((await pool.query('SELECT $1::int + 0 AS v', [n])).rows, n, false);
+              }
+            }),
+          );
+        }
+      }),
+    );
+    expect(wrong).toEqual([]);
+  });
+
+  it('recovers when a connection disconnects mid-transaction or mid extended-query sequence', async () => {
+    const inTx = await rawConnection(databaseUrl());
+    inTx.write(message('Q', Buffer.from('BEGIN\0')));
+    await new Promise((r) => setTimeout(r, 50));
+    inTx.destroy();
+
+    const midSequence = await rawConnection(databaseUrl());
+    // A Parse that fails puts the session into "skip until Sync"; then vanish without sending Sync.
+    midSequence.write(message('P', Buffer.from('\0SELEC broken\0\0\0')));
+    await new Promise((r) => setTimeout(r, 50));
+    midSequence.destroy();
+
+    const { rows } = await pools[0].query('SELECT $1::int AS v', [42]);
+    expect(rows[0].v).toBe(42);
+    const client = await pools[1].connect();
+    try {
+      const { rows: tx } = await client.query("SELECT now() = statement_timestamp() AS fresh");
+      expect(tx[0].fresh).toBe(true); // not stuck inside the abandoned transaction
+    } finally {
+      client.release();
+    }
+  });
+});

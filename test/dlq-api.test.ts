@@ -1,0 +1,119 @@
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createRedis } from '../src/shared/redis/connection.js';
+import { randomOrg, redisUrl } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { failJobs } from './ops-fixtures.js';
+
+const OUTAGE = 'Gemini API 503 UNAVAILABLE: overloaded';
+
+describe('DLQ API', () => {
+  let s: Stack;
+  let conn: Redis;
+  const otherOrg = randomOrg();
+  let other: { authorization: string };
+  let admin: { authorization: string };
+  let ids: { a1: string; a2: string; aPoison: string; aDeal: string; b1: string; b2: string };
+
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+    conn = createRedis(redisUrl(), 'worker');
+    other = { authorization: `Bearer ${await s.newKey(otherOrg)}` };
+    admin = { authorization: `Bearer ${await s.newKey(randomOrg(), 'admin')}` };
+    const jobs = await failJobs(s.runtime.queue, conn, s.cfg.QUEUE_PREFIX, [
+      { data: { orgId: s.orgId }, reason: OUTAGE },
+      { data: { orgId: otherOrg }, reason: OUTAGE },
+      { data: { orgId: s.orgId }, reason: 'Gemini API 400 INVALID_ARGUMENT: nope', unrecoverable: true },
+      { data: { orgId: s.orgId }, reason: OUTAGE },
+      { data: { orgId: otherOrg }, reason: OUTAGE },
+      { data: { orgId: s.orgId, agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 's-1' } }, reason: OUTAGE },
+    ]);
+    ids = { a1: jobs[0].id!, b1: jobs[1].id!, aPoison: jobs[2].id!, a2: jobs[3].id!, b2: jobs[4].id!, aDeal: jobs[5].id! };
+  });
+  afterAll(async () => {
+    conn?.disconnect();
+    await s?.close();
+  });
+
+  const get = (url: string, headers = s.auth) => s.app.inject({ method: 'GET', url, headers });
+  const idsOf = (res: { json(): any }) => res.json().entries.map((e: { id: string }) => e.id);
+
+  it('needs an API key', async () => {
+    expect((await s.app.inject({ method: 'GET', url: '/v1/dlq' })).statusCode).toBe(401);
+  });
+
+  it("lists only the caller's org, oldest first, with class and DLQ counters", async () => {
+    const res = await get('/v1/dlq');
+    expect(res.statusCode).toBe(200);
+    expect(idsOf(res)).toEqual([ids.a1, ids.aPoison, ids.a2, ids.aDeal]);
+    const first = res.json().entries[0];
+    expect(first).toMatchObject({ id: ids.a1, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', class: 'retryable', reason: OUTAGE, dlqRetries: 0 });
+    expect(Date.parse(first.failedAt)).toBeGreaterThan(0);
+  });
+
+  it('pages with a cursor and filters by agent and class', async () => {
+    const page1 = await get('/v1/dlq?limit=2');
+    expect(idsOf(page1)).toEqual([ids.a1, ids.aPoison]);
+    const cursor = page1.json().nextCursor;
+    expect(typeof cursor).toBe('string');
+    const page2 = await get(`/v1/dlq?limit=2&cursor=${cursor}`);
+    expect(idsOf(page2)).toEqual([ids.a2, ids.aDeal]);
+    const rest = page2.json().nextCursor ? idsOf(await get(`/v1/dlq?limit=2&cursor=${page2.json().nextCursor}`)) : [];
+    expect(rest).toEqual([]);
+
+    expect(idsOf(await get('/v1/dlq?class=poison'))).toEqual([ids.aPoison]);
+    expect(idsOf(await get('/v1/dlq?agent=DealScorer'))).toEqual([ids.aDeal]);
+    expect(idsOf(await get('/v1/dlq?agent=RiskAnalyzer&class=retryable'))).toEqual([ids.a1, ids.a2]);
+  });
+
+  it('answers 400 naming the bad parameter', async () => {
+    const badClass = await get('/v1/dlq?class=broken');
+    expect(badClass.statusCode).toBe(400);
+    expect(badClass.json().details[0].path).toBe('query.class');
+    expect((await get('/v1/dlq?limit=0')).json().details[0].path).toBe('query.limit');
+    expect((await get('/v1/dlq?cursor=bm9wZQ')).json().details[0].path).toBe('query.cursor');
+    const bulk = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: s.auth, payload: { class: 'everything' } });
+    expect(bulk.statusCode).toBe(400);
+    expect(bulk.json().details[0].path).toBe('class');
+  });
+
+  it("answers 404 for another org's entry, whatever the verb", async () => {
+    expect((await get(`/v1/dlq/${ids.a1}`, other)).statusCode).toBe(404);
+    expect((await s.app.inject({ method: 'POST', url: `/v1/dlq/${ids.a1}/retry`, headers: other, payload: {} })).statusCode).toBe(404);
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/dlq/${ids.a1}`, headers: other })).statusCode).toBe(404);
+    expect(await s.runtime.queue.getJobState(ids.a1)).toBe('failed');
+    expect((await get(`/v1/dlq/${ids.b1}`, other)).json()).toMatchObject({ id: ids.b1, orgId: otherOrg });
+  });
+
+  it('shows an admin key every org', async () => {
+    const res = await get('/v1/dlq', admin);
+    expect(new Set(idsOf(res))).toEqual(new Set(Object.values(ids)));
+    expect((await get(`/v1/dlq/${ids.b2}`, admin)).statusCode).toBe(200);
+  });
+
+  it('bulk-retries by filter within the org only', async () => {
+    const res = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: s.auth, payload: { agent: 'RiskAnalyzer', class: 'retryable' } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toEqual({ retried: 2, more: false });
+    expect(await s.runtime.queue.getJobState(ids.a1)).toBe('waiting');
+    expect(await s.runtime.queue.getJobState(ids.a2)).toBe('waiting');
+    for (const id of [ids.aPoison, ids.aDeal, ids.b1, ids.b2]) expect(await s.runtime.queue.getJobState(id)).toBe('failed');
+    expect(idsOf(await get('/v1/dlq'))).toEqual([ids.aPoison, ids.aDeal]);
+    expect(await s.runtime.deps.redis.hget(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${ids.a1}`, 'retries')).toBe('1');
+  });
+
+  it('retries one entry by id, and a second retry of a moved entry is 404', async () => {
+    const res = await s.app.inject({ method: 'POST', url: `/v1/dlq/${ids.b1}/retry`, headers: other, payload: {} });
+    expect(res.statusCode).toBe(202);
+    expect(res.json()).toMatchObject({ id: ids.b1, state: 'waiting', dlqRetries: 1 });
+    expect(await s.runtime.queue.getJobState(ids.b1)).toBe('waiting');
+    expect((await s.app.inject({ method: 'POST', url: `/v1/dlq/${ids.b1}/retry`, headers: other, payload: {} })).statusCode).toBe(404);
+  });
+
+  it('deletes an entry', async () => {
+    const res = await s.app.inject({ method: 'DELETE', url: `/v1/dlq/${ids.aPoison}`, headers: s.auth });
+    expect(res.statusCode).toBe(204);
+    expect(await s.runtime.queue.getJob(ids.aPoison)).toBeUndefined();
+    expect((await get(`/v1/dlq/${ids.aPoison}`)).statusCode).toBe(404);
+  });
+});

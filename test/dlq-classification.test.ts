@@ -1,0 +1,125 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { classifyFailure } from '../src/ops/dlq-classify.js';
+import { LlmError } from '../src/shared/llm/llm-errors.js';
+import { InvalidOutputError } from '../src/workers/call-agent.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { captureLogs, marker, riskJob, waitFor, type CapturedLogs } from './ops-fixtures.js';
+
+const ADMIN_TOKEN = 'adm-classification-7c1f0e9b2d4a';
+
+describe('DLQ classification rules', () => {
+  it('maps error codes and unrecoverable failures to classes', () => {
+    const final = { unrecoverable: false };
+    expect(classifyFailure(new LlmError('EPROVIDER', 'Gemini API 500 INTERNAL: boom'), final)).toEqual({ class: 'retryable', type: 'provider' });
+    expect(classifyFailure(new LlmError('ERATELIMIT', 'Gemini API 429: slow down'), final)).toEqual({ class: 'retryable', type: 'rate_limit' });
+    expect(classifyFailure(new LlmError('ETIMEDOUT', 'Gemini call timed out'), final)).toEqual({ class: 'retryable', type: 'timeout' });
+    expect(classifyFailure(new LlmError('ENETWORK', 'network error talking to Gemini'), final)).toEqual({ class: 'retryable', type: 'network' });
+    expect(classifyFailure(new InvalidOutputError('model output does not match X.y schema at a: bad'), final)).toEqual({ class: 'poison', type: 'bad_output' });
+    // The processor wraps non-retryable errors in UnrecoverableError(message): only the message is left.
+    const unrecoverable = { unrecoverable: true };
+    expect(classifyFailure({ name: 'UnrecoverableError', message: 'Gemini API 400 INVALID_ARGUMENT: no' }, unrecoverable)).toEqual({ class: 'poison', type: 'bad_request' });
+    expect(classifyFailure({ name: 'UnrecoverableError', message: 'invalid job: invalid input for A.b' }, unrecoverable)).toEqual({ class: 'poison', type: 'invalid_input' });
+    expect(classifyFailure({ name: 'UnrecoverableError', message: 'cancelled' }, unrecoverable)).toEqual({ class: 'cancelled', type: 'cancelled' });
+  });
+});
+
+describe('DLQ classification of real failures', () => {
+  let s: Stack;
+  let logs: CapturedLogs;
+  const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+  beforeAll(async () => {
+    logs = captureLogs('info');
+    // A breaker that never opens and two attempts keep the persistent-500 case short.
+    s = await startStack({ ADMIN_TOKEN, JOB_ATTEMPTS: '2', BREAKER_FAILURE_THRESHOLD: '1000' }, { worker: true, logger: logs.logger });
+  });
+  afterAll(async () => s?.close());
+
+  const enqueue = async (payload: unknown) => {
+    const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload });
+    expect(res.statusCode).toBe(202);
+    return res.json().id as string;
+  };
+  const finalState = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
+  const entry = async (id: string) => {
+    // The class is stored by the worker's failed listener just after the job lands in the failed set.
+    return waitFor(async () => {
+      const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
+      return res.statusCode === 200 && (await s.runtime.deps.redis.hexists(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'class')) ? res.json() : undefined;
+    }, `DLQ entry ${id}`);
+  };
+  const deadLetterLines = (id: string) => logs.lines().filter((l) => l.jobId === id && l.msg === 'job dead-lettered');
+  const dlqMetric = async (cls: string) => {
+    const text = (await s.app.inject({ method: 'GET', url: '/metrics', headers: admin })).body;
+    const line = text.split('\n').find((l) => l.startsWith('agentq_dlq_entries_total{') && l.includes(`class="${cls}"`) && l.includes('agent="RiskAnalyzer"'));
+    return line ? Number(line.split(' ').pop()) : 0;
+  };
+
+  it('a 400 from the model is poison, logged once at error with class and reason, and counted', async () => {
+    const before = await dlqMetric('poison');
+    const m = marker();
+    s.emulator.script({ status: 400, message: 'Invalid JSON payload', match: { promptIncludes: m } });
+    const id = await enqueue(riskJob(m));
+    expect((await finalState(id)).state).toBe('failed');
+    const e = await entry(id);
+    expect(e).toMatchObject({ id, orgId: s.orgId, agent: 'RiskAnalyzer', class: 'poison', type: 'bad_request', dlqRetries: 0 });
+    expect(e.reason).toMatch(/400/);
+    const lines = deadLetterLines(id);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ level: 50, jobId: id, agent: 'RiskAnalyzer', class: 'poison' });
+    expect(lines[0].reason).toMatch(/400/);
+    expect(await dlqMetric('poison')).toBe(before + 1);
+  });
+
+  it('a persistent 500 is retryable once its attempts are used up', async () => {
+    const m = marker();
+    s.emulator.script({ status: 500, times: -1, match: { promptIncludes: m } });
+    try {
+      const id = await enqueue(riskJob(m));
+      const view = await finalState(id);
+      expect(view.state).toBe('failed');
+      expect(view.attempts).toBe(2);
+      const e = await entry(id);
+      expect(e).toMatchObject({ class: 'retryable', type: 'provider', attempts: 2 });
+      expect(deadLetterLines(id)).toHaveLength(1);
+      expect(deadLetterLines(id)[0]).toMatchObject({ level: 50, class: 'retryable' });
+    } finally {
+      s.emulator.clearFaults();
+    }
+  });
+
+  it('invalid input is poison; a retry with corrected input is validated, then runs', async () => {
+    // Written straight to the queue, as a buggy producer would; the API would have refused it.
+    const job = await s.runtime.queue.add('RiskAnalyzer:analyze_risks', { orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 42 } }, enqueuedAt: Date.now() });
+    expect((await finalState(job.id!)).state).toBe('failed');
+    expect(await entry(job.id!)).toMatchObject({ class: 'poison', type: 'invalid_input' });
+
+    const stillBad = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: s.auth, payload: { input: { startup: { name: '' } } } });
+    expect(stillBad.statusCode).toBe(400);
+    expect(stillBad.json().details.map((d: { path: string }) => d.path)).toContain('input.startup.name');
+
+    const fixed = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: s.auth, payload: { input: riskJob(marker()).input } });
+    expect(fixed.statusCode).toBe(202);
+    expect(fixed.json()).toMatchObject({ id: job.id, dlqRetries: 1 });
+    const view = await finalState(job.id!);
+    expect(view.state).toBe('completed');
+    expect((await s.runtime.queue.getJob(job.id!))!.data.input).toMatchObject({ startup: { industry: 'robotics' } });
+  });
+
+  it('a job cancelled while running is classified cancelled and not logged as an error', async () => {
+    const m = marker();
+    s.emulator.script({ latencyMs: 10_000, match: { promptIncludes: m } });
+    const id = await enqueue(riskJob(m));
+    await waitFor(async () => (await s.runtime.queue.getJobState(id)) === 'active', 'job to start');
+    // Give the worker time to reach the model call (the abort must land mid-call).
+    await waitFor(async () => s.emulator.calls().some((c) => c.fault === 'latency:10000'), 'model call');
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
+    expect(del.statusCode).toBe(202);
+    const e = await entry(id);
+    expect(e).toMatchObject({ class: 'cancelled', type: 'cancelled' });
+    const lines = deadLetterLines(id);
+    expect(lines).toHaveLength(1);
+    expect(lines[0].level).toBe(30);
+    s.emulator.clearFaults();
+  });
+});

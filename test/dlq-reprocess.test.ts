@@ -1,0 +1,142 @@
+import type { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createDlqReprocessor } from '../src/ops/dlq-reprocessor.js';
+import { createBreakerCheck } from '../src/ops/dlq-breaker-check.js';
+import { createDlqService } from '../src/ops/dlq-service.js';
+import { createDlqStore } from '../src/ops/dlq-store.js';
+import { defaultRegistry } from '../src/shared/agents/registry.js';
+import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import { createLogger } from '../src/shared/logger.js';
+import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
+import { createRedis } from '../src/shared/redis/connection.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { failJobs, failWaiting } from './ops-fixtures.js';
+
+const retention = { attempts: 3, keepCompletedCount: 1000, keepCompletedAgeS: 3600, keepFailedCount: 1000, keepFailedAgeS: 3600 };
+const silent = createLogger({ level: 'silent' });
+const OUTAGE = 'Gemini API 503 UNAVAILABLE: the model is overloaded';
+
+describe('scheduled DLQ reprocessing', () => {
+  const opened: Redis[] = [];
+  const queues: AgentQueue[] = [];
+  const connect = () => {
+    const r = createRedis(redisUrl(), 'worker');
+    opened.push(r);
+    return r;
+  };
+
+  function parts(prefix: string, opts: { batch: number; maxRetries: number }) {
+    const redis = connect();
+    const queue = createAgentQueue({ connection: redis, prefix, retention });
+    queues.push(queue);
+    const store = createDlqStore({ redis, queue, prefix, ttlS: 3600 });
+    const service = createDlqService({ store, validateInput: (_a, _b, input) => input });
+    const breaker = createCircuitBreaker({ redis, prefix: `${prefix}:agentq`, failureThreshold: 1 });
+    const check = createBreakerCheck({
+      cfg: { AGENT_ROUTES: {}, GEMINI_MODEL_FAST: 'flash-x', GEMINI_MODEL_PRO: 'pro-x' },
+      registry: defaultRegistry(),
+      state: (k) => breaker.state(k),
+    });
+    const reprocessor = createDlqReprocessor({ store, service, blocked: (e) => check.blocked(e), logger: silent, ...opts });
+    return { redis, queue, store, breaker, reprocessor };
+  }
+
+  afterAll(async () => {
+    for (const q of queues) await q.close();
+    for (const r of opened) r.disconnect();
+  });
+
+  describe('eligibility, counting and limits', () => {
+    const prefix = randomPrefix();
+    const orgId = randomOrg();
+    let p: ReturnType<typeof parts>;
+    let ids: Record<string, string>;
+
+    beforeAll(async () => {
+      p = parts(prefix, { batch: 2, maxRetries: 2 });
+      const jobs = await failJobs(p.queue, p.redis, prefix, [
+        { data: { orgId, model: 'gemini-ok' }, reason: OUTAGE },
+        { data: { orgId, model: 'gemini-down' }, reason: OUTAGE },
+        { data: { orgId, model: 'gemini-ok' }, reason: 'Gemini API 400 INVALID_ARGUMENT: bad schema', unrecoverable: true },
+        { data: { orgId, model: 'gemini-ok' }, reason: 'Gemini API 429 RESOURCE_EXHAUSTED: quota' },
+        { data: { orgId, model: 'gemini-ok' }, reason: 'cancelled', unrecoverable: true },
+        { data: { orgId, model: 'gemini-ok' }, reason: 'network error talking to Gemini (ECONNRESET): socket hang up' },
+        { data: { orgId, model: 'gemini-ok' }, reason: 'model output does not match RiskAnalyzer.analyze_risks schema at risks: too small' },
+      ]);
+      ids = { oldest: jobs[0].id!, behindOpenBreaker: jobs[1].id!, poison: jobs[2].id!, rateLimited: jobs[3].id!, cancelled: jobs[4].id!, network: jobs[5].id!, badOutput: jobs[6].id! };
+      await p.breaker.onFailure('gemini:gemini-down', false);
+      expect((await p.breaker.state('gemini:gemini-down')).state).toBe('open');
+    });
+
+    it('classifies entries it never saw fail from their failed reason', async () => {
+      const cls = async (id: string) => (await p.store.get(id))!.entry.class;
+      expect(await cls(ids.oldest)).toBe('retryable');
+      expect(await cls(ids.rateLimited)).toBe('retryable');
+      expect(await cls(ids.network)).toBe('retryable');
+      expect(await cls(ids.poison)).toBe('poison');
+      expect(await cls(ids.badOutput)).toBe('poison');
+      expect(await cls(ids.cancelled)).toBe('cancelled');
+    });
+
+    it('retries the oldest eligible entries, at most a batch per run, and records the retry', async () => {
+      const before = Date.now();
+      const first = await p.reprocessor.run();
+      expect(first.retried).toBe(2);
+      expect(first.skippedBreakerOpen).toBe(1);
+      expect(await p.queue.getJobState(ids.oldest)).toBe('waiting');
+      expect(await p.queue.getJobState(ids.rateLimited)).toBe('waiting');
+      expect(await p.queue.getJobState(ids.network)).toBe('failed');
+      const meta = await p.redis.hgetall(p.store.metaKey(ids.oldest));
+      expect(meta.retries).toBe('1');
+      expect(meta.lastError).toBe(OUTAGE);
+      expect(Number(meta.lastRetryAt)).toBeGreaterThanOrEqual(before);
+    });
+
+    it('keeps the count when a retried job fails again, and stops at DLQ_MAX_RETRIES', async () => {
+      expect(await failWaiting(p.redis, prefix, OUTAGE)).toBe(2);
+      const again = (await p.store.get(ids.oldest))!.entry;
+      expect(again).toMatchObject({ class: 'retryable', dlqRetries: 1, lastError: OUTAGE });
+
+      let runs = 1;
+      for (;;) {
+        const out = await p.reprocessor.run();
+        expect(out.retried).toBeLessThanOrEqual(2);
+        if (out.retried === 0) break;
+        runs++;
+        expect(await failWaiting(p.redis, prefix, OUTAGE)).toBe(out.retried);
+        expect(runs).toBeLessThan(10);
+      }
+      // Three retryable entries, two retries each, two per run.
+      expect(runs).toBe(3);
+      for (const id of [ids.oldest, ids.rateLimited, ids.network]) {
+        expect((await p.store.get(id))!.entry.dlqRetries).toBe(2);
+      }
+      for (const id of [ids.poison, ids.cancelled, ids.badOutput, ids.behindOpenBreaker]) {
+        const e = (await p.store.get(id))!.entry;
+        expect(e.dlqRetries).toBe(0);
+        expect(await p.queue.getJobState(id)).toBe('failed');
+      }
+    });
+
+    it('retries an entry once its breaker closes', async () => {
+      await p.breaker.reset('gemini:gemini-down');
+      const out = await p.reprocessor.run();
+      expect(out).toMatchObject({ retried: 1, skippedBreakerOpen: 0 });
+      expect(await p.queue.getJobState(ids.behindOpenBreaker)).toBe('waiting');
+      expect(await p.queue.getJobState(ids.poison)).toBe('failed');
+    });
+  });
+
+  it('reprocessors running at once (separate connections, as in separate processes) retry each entry exactly once', async () => {
+    const prefix = randomPrefix();
+    const orgId = randomOrg();
+    const [a, b, c] = [1, 2, 3].map(() => parts(prefix, { batch: 50, maxRetries: 3 }));
+    const jobs = await failJobs(a.queue, a.redis, prefix, Array.from({ length: 30 }, () => ({ data: { orgId }, reason: OUTAGE })));
+    const outs = await Promise.all([a.reprocessor.run(), b.reprocessor.run(), c.reprocessor.run()]);
+    expect(outs.reduce((n, o) => n + o.retried, 0)).toBe(30);
+    expect(await a.queue.getWaitingCount()).toBe(30);
+    expect(await a.queue.getFailedCount()).toBe(0);
+    const counts = await Promise.all(jobs.map((j) => a.redis.hget(a.store.metaKey(j.id!), 'retries')));
+    expect(counts.every((c) => c === '1')).toBe(true);
+  });
+});

@@ -1,0 +1,106 @@
+import { randomUUID } from 'node:crypto';
+import { Writable } from 'node:stream';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { createLogger, type Logger } from '../src/shared/logger.js';
+import type { AgentQueue } from '../src/shared/queue/agent-queue.js';
+import { QUEUE } from '../src/shared/queue/names.js';
+import type { AgentJobData, AgentResult } from '../src/shared/types.js';
+
+export interface CapturedLogs {
+  logger: Logger;
+  /** Every line written so far, raw (to look for secrets) and parsed. */
+  raw(): string[];
+  lines(): Array<Record<string, any>>;
+}
+
+/** A real pino logger (with the product's redaction) writing into memory. */
+export function captureLogs(level = 'info'): CapturedLogs {
+  const raw: string[] = [];
+  const stream = new Writable({
+    write(chunk, _enc, done) {
+      raw.push(...String(chunk).split('\n').filter(Boolean));
+      done();
+    },
+  });
+  return {
+    logger: createLogger({ level, destination: stream }),
+    raw: () => [...raw],
+    lines: () => raw.map((l) => JSON.parse(l) as Record<string, any>),
+  };
+}
+
+/** A RiskAnalyzer request whose prompt contains `marker`, so an emulator fault can target just this job. */
+export function riskJob(marker: string, extra: Record<string, unknown> = {}) {
+  return {
+    agent: 'RiskAnalyzer',
+    action: 'analyze_risks',
+    input: { startup: { name: `Acme ${marker}`, industry: 'robotics', stage: 'seed', description: `Warehouse robots, batch ${marker}`, ...extra } },
+  };
+}
+
+export const marker = () => `m${randomUUID().slice(0, 12)}`;
+
+export async function waitFor<T>(fn: () => Promise<T | undefined | false>, what: string, timeoutMs = 15_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export interface FailSpec {
+  data: Partial<AgentJobData> & { orgId: string };
+  reason: string;
+  unrecoverable?: boolean;
+}
+
+/**
+ * Puts jobs straight into the failed set without running a model: adds them with one attempt and fails
+ * each through a manual BullMQ worker (no processor). Returns the jobs in the order given.
+ */
+export async function failJobs(queue: AgentQueue, connection: Redis, prefix: string, specs: FailSpec[]): Promise<Array<Job<AgentJobData, AgentResult>>> {
+  const added = await queue.addBulk(
+    specs.map((s) => ({
+      name: 'RiskAnalyzer:analyze_risks',
+      data: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Acme' } }, enqueuedAt: Date.now(), ...s.data } as AgentJobData,
+      opts: { attempts: 1, jobId: randomUUID() },
+    })),
+  );
+  const byId = new Map(added.map((j, i) => [j.id!, specs[i]]));
+  const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection, prefix, autorun: false });
+  try {
+    const token = randomUUID();
+    for (let n = 0; n < specs.length; n++) {
+      const job = await worker.getNextJob(token, { block: false });
+      if (!job) throw new Error('expected a waiting job');
+      const spec = byId.get(job.id!);
+      if (!spec) throw new Error(`unexpected job ${job.id} in the queue`);
+      await job.moveToFailed(spec.unrecoverable ? new UnrecoverableError(spec.reason) : new Error(spec.reason), token);
+      // Distinct failure times, so "oldest first" has one answer.
+      await new Promise((r) => setTimeout(r, 3));
+    }
+  } finally {
+    await worker.close();
+  }
+  return Promise.all(added.map(async (j) => (await queue.getJob(j.id!))!));
+}
+
+/** Takes every waiting job (as a worker would) and fails it again; returns how many. */
+export async function failWaiting(connection: Redis, prefix: string, reason: string): Promise<number> {
+  const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection, prefix, autorun: false });
+  let n = 0;
+  try {
+    const token = randomUUID();
+    for (;;) {
+      const job = await worker.getNextJob(token, { block: false });
+      if (!job) return n;
+      await job.moveToFailed(new Error(reason), token);
+      n++;
+    }
+  } finally {
+    await worker.close();
+  }
+}

@@ -1,0 +1,126 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { randomUUID } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Job, Queue } from 'bullmq';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { QUEUE } from '../src/shared/queue/names.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+/** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */
+const STEP_PROMPTS = { profile: 'Extract the profile.', risks: 'Analyse the risks of this startup.', tasks: 'Build the plan for this startup.' } as const;
+const STEP_TAG = { profile: 'latency:1', risks: 'latency:2', tasks: 'latency:3' } as const;
+const STEPS = ['profile', 'risks', 'tasks'] as const;
+
+interface Worker {
+  child: ChildProcess;
+  lines: Array<Record<string, unknown>>;
+  waitFor(pred: (line: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 20_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+describe('pipeline run survives a killed worker process', () => {
+  let s: Stack;
+  const children: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    // API only: every worker (agent and flows) runs in the child processes below.
+    s = await startStack({}, { worker: false });
+    s.emulator.script(STEPS.map((st, i) => ({ latencyMs: i + 1, match: { promptIncludes: STEP_PROMPTS[st] }, times: -1 })));
+  });
+  afterEach(() => {
+    for (const c of children.splice(0)) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  });
+  afterAll(async () => s?.close());
+
+  function startWorker(hangAt?: string): Worker {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/flows-worker-process.ts'], {
+      env: {
+        ...process.env,
+        NODE_ENV: 'test',
+        REDIS_URL: s.cfg.REDIS_URL,
+        DATABASE_URL: s.cfg.DATABASE_URL,
+        QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
+        GEMINI_API_KEY: 'x',
+        GOOGLE_GEMINI_BASE_URL: s.emulator.url,
+        LOCK_DURATION_MS: '2000',
+        STALLED_INTERVAL_MS: '1000',
+        BACKOFF_BASE_MS: '50',
+        ...(hangAt ? { HANG_AT: hangAt } : {}),
+      },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    children.push(child);
+    const lines: Array<Record<string, unknown>> = [];
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      try {
+        lines.push(JSON.parse(l));
+      } catch {
+        // Not protocol output.
+      }
+    });
+    return {
+      child,
+      lines,
+      waitFor: (pred, ms = 30_000) => until('worker output', () => lines.find(pred), ms),
+    };
+  }
+
+  const killed = (child: ChildProcess) => new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
+
+  it.each([
+    // After step 1 completed and was checkpointed, before step 2's job exists.
+    { hangAt: 'profile:step-finished', waitForRisks: false },
+    // After step 2's job was created (and then completed by the agent worker), before the run saw it.
+    { hangAt: 'risks:child-added', waitForRisks: true },
+  ])('resumes after SIGKILL at $hangAt without re-running a finished step', async ({ hangAt, waitForRisks }) => {
+    s.emulator.resetCalls();
+    const first = startWorker(hangAt);
+    await first.waitFor((l) => l.ready === true);
+
+    const input = { companyName: `Crashco ${randomUUID().slice(0, 8)}`, answers: [{ question: 'What do you do?', answer: 'Cold-chain monitoring for pharmacies.' }] };
+    const post = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input } });
+    expect(post.statusCode).toBe(202);
+    const runId: string = post.json().id;
+    await first.waitFor((l) => (l.hanging as { runId?: string } | undefined)?.runId === runId);
+    if (waitForRisks) await until('risks step job to complete', async () => ((await s.runtime.queue.getJobState(`${runId}-risks`)) === 'completed' ? true : undefined));
+    else expect(await s.runtime.queue.getJobState(`${runId}-risks`)).toBe('unknown');
+
+    // The run is active, its lock held by the process about to die.
+    const before = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${runId}`, headers: s.auth })).json();
+    expect(before.state).toBe('active');
+    expect(before.steps[0].state).toBe('completed');
+    first.child.kill('SIGKILL');
+    await killed(first.child);
+
+    const second = startWorker();
+    await second.waitFor((l) => l.ready === true);
+    const view = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${runId}?waitMs=40000`, headers: s.auth })).json();
+    expect(view.state).toBe('completed');
+    expect(view.result.success).toBe(true);
+    expect(Object.keys(view.result.outputs).sort()).toEqual(['profile', 'risks', 'tasks']);
+    // The second process finished what the first started: it recovered the stalled run.
+    expect(second.lines.some((l) => l.runId === runId && l.stepId === 'tasks' && l.event === 'step-finished')).toBe(true);
+    const flows = new Queue(QUEUE.flows, { connection: s.runtime.deps.redis, prefix: s.cfg.QUEUE_PREFIX });
+    expect((await Job.fromId(flows, runId))?.stalledCounter).toBe(1);
+    await flows.close();
+
+    // Each step's agent job ran exactly once: one model call per step prompt, one agent_runs row per job.
+    const calls = s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream');
+    for (const st of STEPS) expect(calls.filter((c) => c.fault === STEP_TAG[st]).length, `model calls for ${st}`).toBe(1);
+    const { rows } = await s.infra.db.pool.query('SELECT job_id, state FROM agent_runs WHERE job_id = ANY($1) ORDER BY job_id', [STEPS.map((st) => `${runId}-${st}`)]);
+    expect(rows.map((r) => [r.job_id, r.state])).toEqual(STEPS.map((st) => [`${runId}-${st}`, 'completed']).sort());
+
+    second.child.kill('SIGTERM');
+    await killed(second.child);
+  }, 90_000);
+});

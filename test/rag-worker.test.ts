@@ -1,0 +1,90 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startStack, type Stack } from './helpers/stack.js';
+
+describe('RAG and the semantic cache through real jobs', () => {
+  let s: Stack;
+  let admin: { authorization: string };
+  let orgB: { authorization: string };
+  const tag = `t${Date.now()}`;
+
+  beforeAll(async () => {
+    s = await startStack({}, { worker: true });
+    admin = { authorization: `Bearer ${await s.newKey(undefined, 'admin')}` };
+    orgB = { authorization: `Bearer ${await s.newKey()}` };
+  });
+  afterAll(async () => s?.close());
+
+  const ask = async (question: string, auth = s.auth, extra: object = {}) => {
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { agent: 'KnowledgeAssistant', action: 'answer', input: { question, includeChatFacts: true, ...extra } } });
+    expect(post.statusCode).toBe(202);
+    const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: auth })).json();
+    expect(view.state).toBe('completed');
+    return view.result;
+  };
+
+  it('ingests documents, refusing unknown tables, bad rows and non-admin writes to shared tables', async () => {
+    const facts = await s.app.inject({
+      method: 'POST',
+      url: '/v1/knowledge/chat_facts',
+      headers: s.auth,
+      payload: { documents: [{ external_id: `${tag}-f1`, content: `Our ${tag} churn rate is four percent monthly among pilot customers`, fact_type: 'metric' }] },
+    });
+    expect(facts.statusCode).toBe(200);
+    expect(facts.json()).toMatchObject({ inserted: 1, total: 1 });
+    const again = await s.app.inject({
+      method: 'POST',
+      url: '/v1/knowledge/chat_facts',
+      headers: s.auth,
+      payload: { documents: [{ external_id: `${tag}-f1`, content: `Our ${tag} churn rate is four percent monthly among pilot customers`, fact_type: 'metric' }] },
+    });
+    expect(again.json()).toMatchObject({ inserted: 0, updated: 1 });
+    const playbook = await s.app.inject({
+      method: 'POST',
+      url: '/v1/knowledge/playbooks?scope=global',
+      headers: admin,
+      payload: { documents: [{ external_id: `${tag}-p1`, title: `Reducing ${tag} churn`, description: 'Interview churned customers, fix onboarding, add annual plans' }] },
+    });
+    expect(playbook.statusCode).toBe(200);
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/industry_packs', headers: s.auth, payload: { documents: [{ external_id: 'x', industry: 'a', display_name: 'b' }] } })).statusCode).toBe(403);
+    const unknown = await s.app.inject({ method: 'POST', url: '/v1/knowledge/users', headers: s.auth, payload: { documents: [{ external_id: 'x' }] } });
+    expect(unknown.statusCode).toBe(400);
+    expect(unknown.json().details[0].path).toBe('table');
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: s.auth, payload: { documents: [{ external_id: 'ok', content: 'fine' }, { external_id: 'bad', content: 'x', confidence: 7 }] } });
+    expect(bad.statusCode).toBe(400);
+    expect(bad.json().details.map((d: { path: string }) => d.path).join(' ')).toMatch(/documents\.1.*confidence/);
+  });
+
+  it('answers with numbered citations and sources, and never shows one org another org’s facts', async () => {
+    const a = await ask(`What is our ${tag} churn rate?`);
+    expect(a.data.sources.length).toBeGreaterThan(0);
+    const types = a.data.sources.map((x: { type: string }) => x.type);
+    expect(types).toContain('chat_fact');
+    expect(a.data.citations.every((n: number) => n >= 1 && n <= a.data.sources.length)).toBe(true);
+    const b = await ask(`What is our ${tag} churn rate?`, orgB);
+    expect(b.cacheHit).toBeUndefined();
+    expect(b.data.sources.map((x: { type: string }) => x.type)).not.toContain('chat_fact');
+    expect(b.data.sources.map((x: { type: string }) => x.type)).toContain('playbook');
+    const search = await s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: orgB, payload: { query: `${tag} churn rate`, tables: ['chat_facts'] } });
+    expect(search.json().results).toEqual([]);
+  });
+
+  it('says so when nothing relevant is in the context', async () => {
+    const r = await ask('zebra xylophone quantum marmalade', s.auth, { includePlaybooks: false, includeIndustryPacks: false });
+    expect(r.data.foundRelevantContext).toBe(false);
+    expect(r.data.sources).toEqual([]);
+  });
+
+  it('serves a paraphrase from the semantic cache, but not an unrelated question or another org', async () => {
+    const q = `How can we lower ${tag} customer churn in the first quarter`;
+    const first = await ask(q);
+    expect(first.cacheHit).toBeUndefined();
+    const para = await ask(`How can we lower ${tag} customer churn in the first quarter?`);
+    expect(para.cacheHit).toBe('semantic');
+    expect(para.costUsd).toBe(0);
+    expect(para.data).toEqual(first.data);
+    const unrelated = await ask(`Which ${tag} accounting software suits a hardware startup`);
+    expect(unrelated.cacheHit).toBeUndefined();
+    const other = await ask(q, orgB);
+    expect(other.cacheHit).toBeUndefined();
+  });
+});

@@ -1,0 +1,224 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { jobStreamKey } from '../src/shared/stream/keys.js';
+import { streamingFeature } from '../src/shared/stream/feature.js';
+import { createSseParser, type SseMessage } from '../src/shared/stream/sse-parser.js';
+import { compareStreamIds } from '../src/shared/stream/stream-event.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const riskInput = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } });
+
+interface SseRead {
+  status: number;
+  headers: Headers;
+  messages: SseMessage[];
+  raw: string;
+}
+
+/** Reads an SSE response to its end, or until `stopAfter` says so (then the connection is dropped). */
+async function readSse(url: string, init: RequestInit & { stopAfter?: (m: SseMessage[]) => boolean } = {}): Promise<SseRead> {
+  const ac = new AbortController();
+  const res = await fetch(url, { ...init, signal: ac.signal });
+  const messages: SseMessage[] = [];
+  let raw = '';
+  if (res.headers.get('content-type')?.startsWith('text/event-stream')) {
+    const parser = createSseParser();
+    const decoder = new TextDecoder();
+    const reader = res.body!.getReader();
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const text = decoder.decode(value, { stream: true });
+      raw += text;
+      messages.push(...parser.feed(text));
+      if (init.stopAfter?.(messages)) {
+        ac.abort();
+        break;
+      }
+    }
+  } else {
+    raw = await res.text();
+  }
+  return { status: res.status, headers: res.headers, messages, raw };
+}
+
+const texts = (ms: SseMessage[]) => ms.filter((m) => m.event === 'message' && m.data !== '[DONE]' && 'text' in JSON.parse(m.data)).map((m) => JSON.parse(m.data).text as string);
+const progress = (ms: SseMessage[]) => ms.filter((m) => m.event === 'progress').map((m) => JSON.parse(m.data));
+const last = <T>(xs: T[]) => xs[xs.length - 1];
+
+describe('SSE job streams', () => {
+  let s: Stack;
+  let base: string;
+  let auth: Record<string, string>;
+
+  beforeAll(async () => {
+    s = await startStack({ JOB_ATTEMPTS: '2' }, { worker: true, features: [streamingFeature({ heartbeatMs: 200, maxStreamsPerOrg: 3 })] });
+    await s.app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = s.app.server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+    auth = { ...s.auth, 'content-type': 'application/json' };
+    s.emulator.setStreamChunkDelay(25);
+  });
+  afterAll(async () => s?.close());
+
+  const enqueue = async (payload: unknown) => {
+    const res = await fetch(`${base}/v1/jobs`, { method: 'POST', headers: auth, body: JSON.stringify(payload) });
+    expect(res.status).toBe(202);
+    return ((await res.json()) as { id: string }).id;
+  };
+
+  it('POST /v1/stream streams chunks in order, then the result, then [DONE]', async () => {
+    const r = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Chunky') }) });
+    expect(r.status).toBe(200);
+    expect(r.headers.get('content-type')).toMatch(/^text\/event-stream/);
+    const jobId = r.headers.get('x-job-id');
+    expect(jobId).toBeTruthy();
+
+    const stages = progress(r.messages).map((p) => p.stage);
+    expect(stages.slice(0, 2)).toEqual(['queued', 'started']);
+    expect(progress(r.messages)[0].jobId).toBe(jobId);
+    const chunks = texts(r.messages);
+    expect(chunks.length).toBeGreaterThan(1);
+    expect(last(r.messages).data).toBe('[DONE]');
+    const final = JSON.parse(r.messages[r.messages.length - 2].data);
+    expect(final.result.success).toBe(true);
+    // The chunks are the model's JSON answer, in order: together they parse to what the job returned.
+    expect(JSON.parse(chunks.join(''))).toEqual(final.result.data);
+
+    // Entry ids are Redis Stream ids, strictly increasing.
+    const ids = r.messages.filter((m) => m.id).map((m) => m.id!);
+    for (let i = 1; i < ids.length; i++) expect(compareStreamIds(ids[i], ids[i - 1])).toBe(1);
+
+    const view = await (await fetch(`${base}/v1/jobs/${jobId}`, { headers: auth })).json();
+    expect(view.state).toBe('completed');
+    expect(view.result).toEqual(final.result);
+  });
+
+  it('gives clients that join mid-stream or after the end every message from the start', async () => {
+    s.emulator.setStreamChunkDelay(80);
+    try {
+      const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Latecomer'), options: { stream: true } });
+      const url = `${base}/v1/jobs/${id}/stream`;
+      // The second client joins while the first is live: they share the process's reader at different positions.
+      let midway: Promise<SseRead> | undefined;
+      const early = await readSse(url, {
+        headers: auth,
+        stopAfter: (ms) => {
+          if (texts(ms).length === 2) midway ??= readSse(url, { headers: auth });
+          return false;
+        },
+      });
+      expect(midway).toBeDefined();
+      const mid = await midway!;
+      const late = await readSse(url, { headers: auth });
+      expect(texts(early.messages).length).toBeGreaterThan(2);
+      expect(mid.messages).toEqual(early.messages);
+      expect(late.messages).toEqual(early.messages);
+      expect(progress(late.messages)[0]).toMatchObject({ stage: 'started', attempt: 1 });
+      expect(JSON.parse(late.messages[late.messages.length - 2].data).result.success).toBe(true);
+    } finally {
+      s.emulator.setStreamChunkDelay(25);
+    }
+  });
+
+  it('resumes from Last-Event-ID with no chunk lost or repeated', async () => {
+    s.emulator.setStreamChunkDelay(80);
+    try {
+      const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Resumable Robotics'), options: { stream: true } });
+      const first = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth, stopAfter: (ms) => texts(ms).length >= 2 });
+      const cut = last(first.messages.filter((m) => m.id));
+      expect(cut.id).toBeTruthy();
+      const rest = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': cut.id! } });
+      expect(rest.messages.some((m) => m.id === cut.id)).toBe(false);
+      const whole = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+      expect([...first.messages, ...rest.messages]).toEqual(whole.messages);
+
+      // Resuming after the final message gets only the end marker.
+      const finalId = whole.messages[whole.messages.length - 2].id!;
+      const after = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': finalId } });
+      expect(after.messages.map((m) => m.data)).toEqual(['[DONE]']);
+    } finally {
+      s.emulator.setStreamChunkDelay(25);
+    }
+  });
+
+  it('rejects a malformed Last-Event-ID naming it', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Bad Header'), options: { stream: true } });
+    const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': 'yesterday' } });
+    expect(res.status).toBe(400);
+    expect((await res.json()).details[0].path).toBe('headers.last-event-id');
+  });
+
+  it('answers another org exactly like a missing job', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Private'), options: { stream: true } });
+    const stranger = { authorization: `Bearer ${await s.newKey()}` };
+    const theirs = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: stranger });
+    const missing = await fetch(`${base}/v1/jobs/no-such-job/stream`, { headers: stranger });
+    expect(theirs.status).toBe(404);
+    expect(missing.status).toBe(404);
+    expect(await theirs.json()).toEqual(await missing.json());
+  });
+
+  it('serves a job enqueued without streaming: its result then [DONE], with no Redis Stream', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Quiet') });
+    const r = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+    expect(r.status).toBe(200);
+    expect(r.messages.map((m) => m.data).slice(-1)).toEqual(['[DONE]']);
+    expect(texts(r.messages)).toEqual([]);
+    const final = JSON.parse(r.messages[r.messages.length - 2].data);
+    expect(final.result.success).toBe(true);
+    expect(await s.runtime.deps.redis.exists(jobStreamKey(s.cfg.QUEUE_PREFIX, id))).toBe(0);
+  });
+
+  it('sends retrying progress, then the error and [DONE] for a job that fails for good', async () => {
+    const marker = 'Doomed Dynamics';
+    s.emulator.script({ status: 500, message: 'backend exploded', times: 2, match: { promptIncludes: marker } });
+    const r = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(marker) }) });
+    const stages = progress(r.messages).map((p) => `${p.stage}:${p.attempt ?? ''}`);
+    expect(stages).toEqual(['queued:', 'started:1', 'retrying:1', 'started:2']);
+    expect(last(r.messages).data).toBe('[DONE]');
+    const final = JSON.parse(r.messages[r.messages.length - 2].data);
+    expect(final).toMatchObject({ state: 'failed' });
+    expect(final.error).toMatch(/500/);
+    expect(r.messages.filter((m) => m.data.includes('"error"'))).toHaveLength(1);
+  });
+
+  it('sends heartbeats while waiting, and caps open streams per org with 429 + Retry-After', async () => {
+    const orgKey = { authorization: `Bearer ${await s.newKey()}`, 'content-type': 'application/json' };
+    const held: AbortController[] = [];
+    const open = async () => {
+      const post = await fetch(`${base}/v1/jobs`, {
+        method: 'POST',
+        headers: orgKey,
+        body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Later'), options: { stream: true, delayMs: 600_000 } }),
+      });
+      const { id } = (await post.json()) as { id: string };
+      const ac = new AbortController();
+      const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: orgKey, signal: ac.signal });
+      held.push(ac);
+      return res;
+    };
+    try {
+      const first = await open();
+      expect(first.status).toBe(200);
+      const reader = first.body!.getReader();
+      let raw = '';
+      while (!raw.includes(': ping')) raw += new TextDecoder().decode((await reader.read()).value);
+      expect((await open()).status).toBe(200);
+      expect((await open()).status).toBe(200);
+      const refused = await open();
+      expect(refused.status).toBe(429);
+      expect(Number(refused.headers.get('retry-after'))).toBeGreaterThanOrEqual(1);
+      expect((await refused.json()).limit).toBe(3);
+      // Closing one frees its slot.
+      held[0].abort();
+      let again: Response | undefined;
+      for (let i = 0; i < 50 && again?.status !== 200; i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        again = await open();
+      }
+      expect(again?.status).toBe(200);
+    } finally {
+      held.forEach((ac) => ac.abort());
+    }
+  });
+});
