@@ -42,7 +42,7 @@ describe('RAG and the semantic cache through real jobs', () => {
       method: 'POST',
       url: '/v1/knowledge/playbooks?scope=global',
       headers: admin,
-      payload: { documents: [{ external_id: `${tag}-p1`, title: `Reducing ${tag} churn`, description: 'Interview churned customers, fix onboarding, add annual plans' }] },
+      payload: { documents: [{ external_id: `${tag}-p1`, title: `What is our ${tag} churn rate among pilot customers`, description: 'Measure churn among pilot customers monthly and interview churned customers' }] },
     });
     expect(playbook.statusCode).toBe(200);
     expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/industry_packs', headers: s.auth, payload: { documents: [{ external_id: 'x', industry: 'a', display_name: 'b' }] } })).statusCode).toBe(403);
@@ -55,12 +55,12 @@ describe('RAG and the semantic cache through real jobs', () => {
   });
 
   it('answers with numbered citations and sources, and never shows one org another org’s facts', async () => {
-    const a = await ask(`What is our ${tag} churn rate?`);
+    const a = await ask(`What is our ${tag} churn rate among pilot customers?`);
     expect(a.data.sources.length).toBeGreaterThan(0);
     const types = a.data.sources.map((x: { type: string }) => x.type);
     expect(types).toContain('chat_fact');
     expect(a.data.citations.every((n: number) => n >= 1 && n <= a.data.sources.length)).toBe(true);
-    const b = await ask(`What is our ${tag} churn rate?`, orgB);
+    const b = await ask(`What is our ${tag} churn rate among pilot customers?`, orgB);
     expect(b.cacheHit).toBeUndefined();
     expect(b.data.sources.map((x: { type: string }) => x.type)).not.toContain('chat_fact');
     expect(b.data.sources.map((x: { type: string }) => x.type)).toContain('playbook');

@@ -66,7 +66,7 @@ export function createStreamReader(o: StreamReaderOptions) {
     for (const [key, entries] of reply) {
       for (const sub of [...(byKey.get(key) ?? [])]) {
         if (!sub.active) continue;
-        const fresh = entries.filter(([id]) => compareStreamIds(id, sub.last) > -2);
+        const fresh = entries.filter(([id]) => compareStreamIds(id, sub.last) > 0);
         if (fresh.length === 0) continue;
         sub.last = fresh[fresh.length - 1][0];
         try {

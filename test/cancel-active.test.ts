@@ -1,0 +1,89 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { streamingFeature } from '../src/shared/stream/feature.js';
+import { createSseParser } from '../src/shared/stream/sse-parser.js';
+import { randomPrefix } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const until = async <T>(what: string, probe: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> => {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+};
+
+/**
+ * DELETE of an active job across processes: the API process (no worker) publishes on the cancel channel,
+ * the worker process holding the job aborts its model call, and the job ends "cancelled" without a retry.
+ */
+describe('cancelling an active job across processes', () => {
+  let api: Stack;
+  let worker: Stack;
+  let base: string;
+
+  beforeAll(async () => {
+    const shared = { QUEUE_PREFIX: randomPrefix(), JOB_ATTEMPTS: '3' };
+    const features = [streamingFeature({ heartbeatMs: 200 })];
+    worker = await startStack(shared, { worker: true, features });
+    api = await startStack(shared, { worker: false, features });
+    await api.app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = api.app.server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  });
+  afterAll(async () => {
+    await api?.close();
+    await worker?.close();
+  });
+
+  it('aborts the model call, ends the job cancelled, does not retry it, and tells its stream', async () => {
+    const marker = 'Held Forever Inc';
+    worker.emulator.script({ hang: true, match: { promptIncludes: marker } });
+    const input = { startup: { name: marker, industry: 'robotics', stage: 'seed', description: 'A job the model never answers' } };
+    const post = await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true } } });
+    expect(post.statusCode).toBe(202);
+    const { id } = post.json();
+
+    const sse = fetch(`${base}/v1/jobs/${id}/stream`, { headers: api.auth }).then((r) => r.text());
+    await until('the model call', () => worker.emulator.calls().find((c) => c.kind === 'stream'));
+    expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json().state).toBe('active');
+
+    const del = await api.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: api.auth });
+    expect(del.statusCode).toBe(202);
+    expect(del.json().state).toBe('cancelling');
+
+    const view = (await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=10000`, headers: api.auth })).json();
+    expect(view).toMatchObject({ id, state: 'cancelled', error: 'cancelled', attempts: 1 });
+
+    // The emulator saw its one request aborted by the client.
+    const aborted = await until('the aborted call', () => worker.emulator.calls().find((c) => c.aborted));
+    expect(aborted.status).toBe(499);
+
+    // Not retried: well past the backoff, still one call, one attempt, one recorded run.
+    await new Promise((r) => setTimeout(r, 600));
+    expect(worker.emulator.calls().filter((c) => c.kind === 'stream' || c.kind === 'generate')).toHaveLength(1);
+    expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json()).toMatchObject({ state: 'cancelled', attempts: 1 });
+    const { rows } = await api.infra.db.pool.query('SELECT state, error FROM agent_runs WHERE job_id = $1', [id]);
+    expect(rows).toEqual([{ state: 'failed', error: 'cancelled' }]);
+
+    // A second DELETE is a conflict, not a second cancel.
+    expect((await api.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: api.auth })).statusCode).toBe(409);
+
+    const messages = createSseParser().feed(await sse);
+    expect(messages.map((m) => m.data).slice(-2)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
+  });
+
+  it('is a 404 for another org, and leaves the job running', async () => {
+    const marker = 'Not Yours Ltd';
+    worker.emulator.script({ latencyMs: 800, match: { promptIncludes: marker } });
+    const input = { startup: { name: marker, industry: 'fintech', stage: 'seed', description: 'Someone else tries to cancel this' } };
+    const { id } = (await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } })).json();
+    await until('the model call', () => worker.emulator.calls().find((c) => c.fault?.startsWith('latency')));
+    const stranger = { authorization: `Bearer ${await api.newKey()}` };
+    const del = await api.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: stranger });
+    expect(del.statusCode).toBe(404);
+    const view = (await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=10000`, headers: api.auth })).json();
+    expect(view.state).toBe('completed');
+  });
+});

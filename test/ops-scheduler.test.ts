@@ -1,0 +1,51 @@
+import { Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DLQ_REPROCESS_TASK } from '../src/ops/ops-feature.js';
+import { QUEUE } from '../src/shared/queue/names.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { marker, riskJob, waitFor } from './ops-fixtures.js';
+
+describe('DLQ reprocessing on the maintenance job scheduler', () => {
+  let s: Stack;
+  let maintenance: Queue;
+
+  beforeAll(async () => {
+    s = await startStack({ DLQ_REPROCESS_EVERY_MS: '1000', DLQ_MAX_RETRIES: '1', JOB_ATTEMPTS: '1', BREAKER_FAILURE_THRESHOLD: '1000' }, { worker: true });
+    maintenance = new Queue(QUEUE.maintenance, { connection: s.runtime.deps.redis, prefix: s.cfg.QUEUE_PREFIX });
+  });
+  afterAll(async () => {
+    await maintenance?.close();
+    await s?.close();
+  });
+
+  const enqueue = async (payload: unknown) => (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json().id as string;
+  const state = (id: string) => s.runtime.queue.getJobState(id);
+  const retries = async (id: string) => Number((await s.runtime.deps.redis.hget(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'retries')) ?? 0);
+
+  it('registers one scheduler at DLQ_REPROCESS_EVERY_MS', async () => {
+    const schedulers = await maintenance.getJobSchedulers();
+    expect(schedulers.map((j) => j.key)).toEqual([DLQ_REPROCESS_TASK]);
+    expect(schedulers[0].every).toBe(1000);
+  });
+
+  it('retries a retryable entry by itself and leaves poison alone', async () => {
+    const outage = marker();
+    const bad = marker();
+    s.emulator.script([
+      { status: 503, match: { promptIncludes: outage } },
+      { status: 400, match: { promptIncludes: bad } },
+    ]);
+    const retryable = await enqueue(riskJob(outage));
+    const poison = await enqueue(riskJob(bad));
+    await waitFor(async () => (await state(poison)) === 'failed', 'poison job to fail');
+    // The outage is over (its fault fired once), so the scheduled retry succeeds.
+    await waitFor(async () => (await state(retryable)) === 'completed', 'scheduled retry to complete', 20_000);
+    expect(await retries(retryable)).toBe(1);
+
+    // Two more passes after the poison entry failed, and it is still untouched.
+    const passes = await maintenance.getCompletedCount();
+    await waitFor(async () => (await maintenance.getCompletedCount()) >= passes + 2, 'two more reprocessing passes', 20_000, 200);
+    expect(await state(poison)).toBe('failed');
+    expect(await retries(poison)).toBe(0);
+  });
+});
