@@ -104,3 +104,40 @@ export async function failWaiting(connection: Redis, prefix: string, reason: str
     await worker.close();
   }
 }
+
+export interface Sample {
+  name: string;
+  labels: Record<string, string>;
+  value: number;
+}
+
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (-?(?:[0-9.e+-]+|NaN|\+Inf|-Inf))$/;
+const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/g;
+
+/** Parses Prometheus text exposition strictly: any line that is not a comment or a sample throws. */
+export function parseProm(text: string): Sample[] {
+  const out: Sample[] = [];
+  for (const line of text.split('\n')) {
+    if (!line || line.startsWith('# HELP ') || line.startsWith('# TYPE ')) continue;
+    const m = SAMPLE.exec(line);
+    if (!m) throw new Error(`not a Prometheus sample line: ${line}`);
+    const labels: Record<string, string> = {};
+    if (m[2]) {
+      let consumed = 0;
+      for (const l of m[2].matchAll(LABEL)) {
+        labels[l[1]] = l[2];
+        consumed += l[0].length;
+      }
+      if (consumed !== m[2].length) throw new Error(`bad labels in: ${line}`);
+    }
+    const value = Number(m[3].replace('+Inf', 'Infinity').replace('-Inf', '-Infinity'));
+    if (Number.isNaN(value) && m[3] !== 'NaN') throw new Error(`bad value in: ${line}`);
+    out.push({ name: m[1], labels, value });
+  }
+  return out;
+}
+
+/** Sum of the samples named `name` whose labels include `labels`. */
+export function sampleSum(samples: Sample[], name: string, labels: Record<string, string> = {}): number {
+  return samples.filter((s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === v)).reduce((n, s) => n + s.value, 0);
+}

@@ -111,7 +111,7 @@ describe('pipeline run survives a killed worker process', () => {
     // The second process finished what the first started: it recovered the stalled run.
     expect(second.lines.some((l) => l.runId === runId && l.stepId === 'tasks' && l.event === 'step-finished')).toBe(true);
     const flows = new Queue(QUEUE.flows, { connection: s.runtime.deps.redis, prefix: s.cfg.QUEUE_PREFIX });
-    expect((await Job.fromId(flows, runId))?.stalledCounter).toBe(1);
+    expect((await Job.fromId(flows, runId))?.stalledCounter).toBeGreaterThanOrEqual(1);
     await flows.close();
 
     // Each step's agent job ran exactly once: one model call per step prompt, one agent_runs row per job.

@@ -67,6 +67,8 @@ export function createJobProducer(deps: { queue: AgentQueue; agents: InputValida
       jobId: opts.idempotencyKey ? idempotentJobId(meta.orgId, opts.idempotencyKey) : randomUUID(),
       ...(opts.priority ? { priority: opts.priority } : {}),
       ...(opts.delayMs ? { delay: opts.delayMs } : {}),
+      // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
+      timestamp: data.enqueuedAt,
     };
     return { name: `${req.agent}:${req.action}`, data, opts: jobOpts, idempotent: Boolean(opts.idempotencyKey) };
   }

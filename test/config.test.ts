@@ -1,0 +1,38 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, configSchema, parseConfig } from '../src/shared/config.js';
+
+const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
+const listed = Object.fromEntries(
+  example
+    .split('\n')
+    .filter((l) => /^[A-Z0-9_]+=/.test(l))
+    .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+);
+
+describe('configuration', () => {
+  it('.env.example lists every variable, with the real defaults', () => {
+    expect(Object.keys(listed).sort()).toEqual(Object.keys(configSchema.shape).sort());
+    const defaults = parseConfig({});
+    const fromExample = parseConfig(Object.fromEntries(Object.entries(listed).filter(([, v]) => v !== '')));
+    expect(fromExample).toEqual(defaults);
+  });
+
+  it('fails with one readable line naming the variable', () => {
+    expect(() => parseConfig({ PORT: 'eighty' })).toThrow(ConfigError);
+    expect(() => parseConfig({ PORT: 'eighty' })).toThrow(/^Invalid environment variable PORT="eighty": /);
+    expect(() => parseConfig({ AGENT_ROUTES: '{oops' })).toThrow(/AGENT_ROUTES.*not valid JSON/);
+    expect(() => parseConfig({ MODEL_LIMITS: '{"m":{"rpm":-1}}' })).toThrow(/MODEL_LIMITS \(at m\.rpm\)/);
+    try {
+      parseConfig({ REDIS_URL: 'not a url with secret' });
+    } catch (err) {
+      expect((err as Error).message).not.toContain('secret');
+      expect((err as Error).message.split('\n')).toHaveLength(1);
+    }
+  });
+
+  it('parses JSON-valued variables', () => {
+    const cfg = parseConfig({ AGENT_ROUTES: '{"RiskAnalyzer":{"primary":"a","fallback":"b","retries":2}}' });
+    expect(cfg.AGENT_ROUTES.RiskAnalyzer).toEqual({ primary: 'a', fallback: 'b', retries: 2 });
+  });
+});

@@ -1,0 +1,99 @@
+import type { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createMetricsExchange } from '../src/ops/metrics-exchange.js';
+import { createOpsMetrics } from '../src/ops/metrics.js';
+import { createLogger } from '../src/shared/logger.js';
+import { createRedis } from '../src/shared/redis/connection.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+import { parseProm, sampleSum } from './ops-fixtures.js';
+
+const logger = createLogger({ level: 'silent' });
+const result = (model: string, input: number, output: number, costUsd: number, cacheHit?: 'l1' | 'l2' | 'semantic') => ({
+  success: true,
+  tokensUsed: { input, output },
+  costUsd,
+  durationMs: 10,
+  model,
+  ...(cacheHit ? { cacheHit } : {}),
+});
+
+describe('metrics across processes', () => {
+  const clients: Redis[] = [];
+  const connect = () => {
+    const r = createRedis(redisUrl(), 'worker');
+    clients.push(r);
+    return r;
+  };
+  afterAll(() => clients.forEach((r) => r.disconnect()));
+
+  it('sums the registries of several processes through Redis', async () => {
+    const prefix = randomPrefix();
+    // Two "worker processes" and one "API process", each with its own registry and connection.
+    const w1 = createOpsMetrics();
+    const w2 = createOpsMetrics();
+    const api = createOpsMetrics();
+    const x1 = createMetricsExchange({ redis: connect(), prefix, registry: w1.registry, logger });
+    const x2 = createMetricsExchange({ redis: connect(), prefix, registry: w2.registry, logger });
+    const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger });
+    expect(new Set([x1.processId, x2.processId, xa.processId]).size).toBe(3);
+
+    const job = { agent: 'RiskAnalyzer', action: 'analyze_risks', processedOn: 1000, finishedOn: 1500, enqueuedAt: 900 };
+    w1.jobCompleted(job, result('m-pro', 100, 50, 0.25));
+    w1.jobCompleted(job, result('m-pro', 10, 5, 0, 'l1'));
+    w2.jobCompleted(job, result('m-pro', 200, 70, 0.5));
+    w2.jobFailed(job, 'provider');
+    w1.jobStarted({ ...job, attemptsStarted: 1 });
+    w2.jobStarted({ ...job, attemptsStarted: 1 });
+    w2.jobStarted({ ...job, attemptsStarted: 2 });
+    api.admissionRejected('rate limit exceeded (plan general)');
+    w1.sseStreams.inc();
+    api.sseStreams.set(2);
+    await x1.publish();
+    await x2.publish();
+
+    const text = await (await xa.collect()).metrics();
+    const samples = parseProm(text);
+    expect(sampleSum(samples, 'agentq_cost_usd_total', { agent: 'RiskAnalyzer', model: 'm-pro' })).toBeCloseTo(0.75, 10);
+    expect(sampleSum(samples, 'agentq_tokens_total', { direction: 'input' })).toBe(310);
+    expect(sampleSum(samples, 'agentq_tokens_total', { direction: 'output' })).toBe(125);
+    expect(sampleSum(samples, 'agentq_job_duration_seconds_count', { outcome: 'completed' })).toBe(3);
+    expect(sampleSum(samples, 'agentq_job_duration_seconds_bucket', { outcome: 'completed', le: '0.5' })).toBe(3);
+    expect(sampleSum(samples, 'agentq_job_errors_total', { type: 'provider' })).toBe(1);
+    expect(sampleSum(samples, 'agentq_cache_hits_total', { level: 'l1' })).toBe(1);
+    expect(sampleSum(samples, 'agentq_cache_misses_total', { level: 'l1' })).toBe(2);
+    expect(sampleSum(samples, 'agentq_cache_misses_total', { level: 'semantic' })).toBe(2);
+    // Only first starts count towards enqueue-to-start latency.
+    expect(sampleSum(samples, 'agentq_job_start_latency_seconds_count')).toBe(2);
+    expect(sampleSum(samples, 'agentq_admission_rejections_total', { reason: 'rate_limit' })).toBe(1);
+    expect(sampleSum(samples, 'agentq_sse_streams_open')).toBe(3);
+
+    // Counters keep growing: a later publish replaces the process's snapshot, it does not add to it.
+    w1.jobCompleted(job, result('m-pro', 1, 1, 1));
+    await x1.publish();
+    await x1.publish();
+    const later = parseProm(await (await xa.collect()).metrics());
+    expect(sampleSum(later, 'agentq_cost_usd_total')).toBeCloseTo(1.75, 10);
+
+    // A process that stops leaves the sum.
+    await x2.close();
+    const without = parseProm(await (await xa.collect()).metrics());
+    expect(sampleSum(without, 'agentq_cost_usd_total')).toBeCloseTo(1.25, 10);
+    await x1.close();
+    await xa.close();
+  });
+
+  it('drops and deletes snapshots older than the stale limit', async () => {
+    const prefix = randomPrefix();
+    const redis = connect();
+    const dead = createOpsMetrics();
+    dead.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    await redis.hset(`${prefix}:agentq:metrics`, 'crashed-host:1:abc', JSON.stringify({ at: 1, metrics: await dead.registry.getMetricsAsJSON() }));
+    const live = createOpsMetrics();
+    live.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    const x = createMetricsExchange({ redis, prefix, registry: live.registry, logger, everyMs: 1000 });
+    const samples = parseProm(await (await x.collect()).metrics());
+    expect(sampleSum(samples, 'agentq_job_errors_total', { type: 'timeout' })).toBe(1);
+    expect(await redis.hexists(`${prefix}:agentq:metrics`, 'crashed-host:1:abc')).toBe(0);
+    await x.close();
+  });
+});

@@ -1,0 +1,111 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { opsMetricsOf } from '../src/ops/ops-metrics-hub.js';
+import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import type { JobContext } from '../src/workers/middleware.js';
+import { randomOrg } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { marker, parseProm, riskJob, sampleSum, waitFor, type Sample } from './ops-fixtures.js';
+
+const ADMIN_TOKEN = 'adm-metrics-5e8a1c77b0f3';
+
+describe('GET /metrics', () => {
+  let s: Stack;
+  const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
+
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN, BREAKER_FAILURE_THRESHOLD: '1000' }, { worker: true });
+  });
+  afterAll(async () => s?.close());
+
+  const scrape = async (): Promise<Sample[]> => {
+    const res = await s.app.inject({ method: 'GET', url: '/metrics', headers: admin });
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/plain/);
+    return parseProm(res.body);
+  };
+  const run = async (payload: unknown) => {
+    const id = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json().id;
+    return (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
+  };
+
+  it('is only served to the admin token or an admin key', async () => {
+    expect((await s.app.inject({ method: 'GET', url: '/metrics' })).statusCode).toBe(401);
+    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: s.auth })).statusCode).toBe(403);
+    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer wrong-token' } })).statusCode).toBe(401);
+    const adminKey = await s.newKey(randomOrg(), 'admin');
+    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${adminKey}` } })).statusCode).toBe(200);
+  });
+
+  it('moves as jobs run: durations, cost, tokens, cache levels, start latency, errors, DLQ entries', async () => {
+    const before = await scrape();
+    const m = marker();
+    const first = await run(riskJob(m));
+    expect(first.state).toBe('completed');
+    const again = await run(riskJob(m));
+    expect(again.result.cacheHit).toBeTruthy();
+    const bad = marker();
+    s.emulator.script({ status: 400, match: { promptIncludes: bad } });
+    expect((await run(riskJob(bad))).state).toBe('failed');
+    // The failed listener runs just after the job lands in the failed set.
+    const after = await waitFor(async () => {
+      const now = await scrape();
+      return sampleSum(now, 'agentq_dlq_entries_total', { class: 'poison' }) > sampleSum(before, 'agentq_dlq_entries_total', { class: 'poison' }) ? now : undefined;
+    }, 'dlq metric');
+
+    const delta = (name: string, labels: Record<string, string> = {}) => sampleSum(after, name, labels) - sampleSum(before, name, labels);
+    const agent = { agent: 'RiskAnalyzer' };
+    expect(delta('agentq_job_duration_seconds_count', { ...agent, outcome: 'completed' })).toBe(2);
+    expect(delta('agentq_job_duration_seconds_count', { ...agent, outcome: 'failed' })).toBe(1);
+    expect(delta('agentq_cost_usd_total', agent)).toBeCloseTo(first.result.costUsd, 10);
+    expect(delta('agentq_tokens_total', { ...agent, direction: 'input' })).toBe(first.result.tokensUsed.input);
+    expect(delta('agentq_tokens_total', { ...agent, direction: 'output' })).toBe(first.result.tokensUsed.output);
+    expect(delta('agentq_cache_hits_total', { level: again.result.cacheHit })).toBe(1);
+    // Only completed jobs say anything about caches: the first missed l1, the repeat missed l1 unless served there.
+    expect(delta('agentq_cache_misses_total', { level: 'l1' })).toBe(again.result.cacheHit === 'l1' ? 1 : 2);
+    expect(delta('agentq_job_start_latency_seconds_count', agent)).toBe(3);
+    expect(delta('agentq_job_errors_total', { ...agent, type: 'bad_request' })).toBe(1);
+    expect(delta('agentq_dlq_entries_total', { ...agent, class: 'poison' })).toBe(1);
+  });
+
+  it('reports queue depth per queue and state as BullMQ counts it, and the DLQ size', async () => {
+    for (let i = 0; i < 2; i++) {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob(marker()), options: { delayMs: 600_000 } } });
+      expect(res.statusCode).toBe(202);
+    }
+    await waitFor(async () => {
+      const c = await s.runtime.queue.getJobCounts('waiting', 'active');
+      return c.waiting + c.active === 0;
+    }, 'queue to be idle');
+    const samples = await scrape();
+    const counts = await s.runtime.queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed');
+    expect(counts.delayed).toBe(2);
+    expect(counts.failed).toBeGreaterThanOrEqual(1);
+    for (const state of ['waiting', 'prioritized', 'active', 'delayed', 'failed']) {
+      expect(sampleSum(samples, 'agentq_queue_jobs', { queue: 'agent-jobs', state })).toBe(counts[state]);
+    }
+    expect(samples.some((x) => x.name === 'agentq_queue_jobs' && x.labels.queue === 'agent-flows')).toBe(true);
+    expect(samples.some((x) => x.name === 'agentq_queue_jobs' && x.labels.queue === 'agent-maintenance')).toBe(true);
+    expect(sampleSum(samples, 'agentq_dlq_size')).toBe(counts.failed);
+  });
+
+  it('reads circuit breaker state from Redis at scrape', async () => {
+    const samples = await scrape();
+    expect(samples.find((x) => x.name === 'agentq_circuit_breaker_state' && x.labels.key === `gemini:${s.cfg.GEMINI_MODEL_PRO}`)?.value).toBe(0);
+    const breaker = createCircuitBreaker({ redis: s.runtime.deps.redis, prefix: `${s.cfg.QUEUE_PREFIX}:agentq`, failureThreshold: 1 });
+    await breaker.onFailure('gemini:metrics-test-model', false);
+    const later = await scrape();
+    expect(later.find((x) => x.name === 'agentq_circuit_breaker_state' && x.labels.key === 'gemini:metrics-test-model')?.value).toBe(2);
+  });
+
+  it('counts guard delays and exposes the SSE gauge to other features', async () => {
+    const ops = s.runtime.features.find((f) => f.name === 'ops')!;
+    const before = await scrape();
+    ops.onDelay!({} as JobContext, 'rate_limited', 1500);
+    opsMetricsOf(s.runtime.deps).sseStreams.inc();
+    opsMetricsOf(s.runtime.deps).sseStreams.inc();
+    const after = await scrape();
+    expect(sampleSum(after, 'agentq_job_delays_total', { reason: 'rate_limited' }) - sampleSum(before, 'agentq_job_delays_total', { reason: 'rate_limited' })).toBe(1);
+    expect(sampleSum(after, 'agentq_sse_streams_open') - sampleSum(before, 'agentq_sse_streams_open')).toBe(2);
+    opsMetricsOf(s.runtime.deps).sseStreams.set(0);
+  });
+});
