@@ -72,7 +72,16 @@ export async function startRuntime(opts: {
   };
   const producer = createJobProducer({ queue, agents: registry });
   const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S });
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, llm: opts.llm };
+  const orgs = createOrgStore({ pool: infra.db.pool });
+  const quotas = createQuotaChecker({ pool: infra.db.pool });
+  const admission = createAdmission({
+    limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
+    planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
+    quota: (orgId) => quotas.check(orgId),
+    defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
+    cacheMs: cfg.QUOTA_CACHE_MS,
+  });
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, admission, llm: opts.llm };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerRuntime[] = [];
   const guardSets: Array<{ close(): Promise<void> }> = [];
@@ -88,8 +97,6 @@ export async function startRuntime(opts: {
 
   let app: FastifyInstance | undefined;
   if (opts.api) {
-    const orgs = createOrgStore({ pool: infra.db.pool });
-    const quotas = createQuotaChecker({ pool: infra.db.pool });
     app = await buildApp({
       logger,
       bodyLimit: cfg.BODY_LIMIT_BYTES,
@@ -98,13 +105,7 @@ export async function startRuntime(opts: {
       producer,
       jobs,
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
-      admission: createAdmission({
-        limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
-        planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
-        quota: (orgId) => quotas.check(orgId),
-        defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
-        cacheMs: cfg.QUOTA_CACHE_MS,
-      }),
+      admission,
       readiness: {
         redis: () => redis.ping(),
         database: () => infra.db.pool.query('SELECT 1'),

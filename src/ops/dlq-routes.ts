@@ -1,10 +1,10 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { principalOf } from '../producers/app.js';
-import { zodDetails } from '../producers/zod-details.js';
 import { ValidationError } from '../shared/errors.js';
 import { DLQ_CLASSES } from './dlq-classify.js';
 import { decodeCursor, encodeCursor } from './dlq-store.js';
+import { paramDetails } from './query-details.js';
 import type { DlqScope, DlqService } from './dlq-service.js';
 
 /** Bulk retry handles at most this many entries per request; `more: true` says to call again. */
@@ -24,7 +24,7 @@ const bulkBody = z.object({ agent: z.string().min(1).max(200).optional(), class:
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, prefix: string): z.infer<T> {
   const result = schema.safeParse(value);
-  if (!result.success) throw new ValidationError(`invalid ${prefix ? prefix.slice(0, -1) : 'body'}`, zodDetails(result.error, prefix));
+  if (!result.success) throw new ValidationError(`invalid ${prefix ? prefix.slice(0, -1) : 'body'}`, paramDetails(result.error, prefix));
   return result.data;
 }
 

@@ -1,9 +1,9 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { principalOf } from '../producers/app.js';
-import { zodDetails } from '../producers/zod-details.js';
 import type { UsageRow } from '../shared/db/agent-runs.js';
 import { ValidationError } from '../shared/errors.js';
+import { paramDetails } from './query-details.js';
 
 const DAY_MS = 24 * 3600 * 1000;
 /** Wider windows are refused: the percentiles are computed over every row of the window. */
@@ -32,7 +32,7 @@ export function usageRoutes(app: FastifyInstance, deps: { runs: UsageSource }) {
   app.get('/v1/usage', async (req) => {
     const { orgId } = principalOf(req);
     const parsed = usageQuery.safeParse(req.query);
-    if (!parsed.success) throw new ValidationError('invalid query', zodDetails(parsed.error, 'query.'));
+    if (!parsed.success) throw new ValidationError('invalid query', paramDetails(parsed.error, 'query.'));
     const to = parsed.data.to ?? new Date();
     const from = parsed.data.from ?? new Date(to.getTime() - 30 * DAY_MS);
     if (from >= to) throw new ValidationError('invalid query', [{ path: 'query.from', message: 'must be before to' }]);

@@ -48,7 +48,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
 
     return {
       name: 'orchestration',
-      routes: (app) => flowRoutes(app, { flows, pipelines, longPollMaxMs: cfg.LONG_POLL_MAX_MS }),
+      routes: (app) => flowRoutes(app, { flows, pipelines, longPollMaxMs: cfg.LONG_POLL_MAX_MS, admission: deps.admission }),
       readiness: {
         flows: async () => {
           if (background && !background.worker.isRunning()) throw new Error('flows worker not running');

@@ -2,8 +2,8 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { principalOf } from '../producers/app.js';
 import { withDeadline } from '../producers/http-errors.js';
-import { zodDetails } from '../producers/zod-details.js';
-import { ValidationError } from '../shared/errors.js';
+import { parseRequest } from '../producers/zod-details.js';
+import { admitOrThrow, type AdmissionCheck } from '../producers/routes/jobs.js';
 import type { FlowService } from './flow-service.js';
 import type { PipelineRegistry } from './pipeline.js';
 
@@ -13,17 +13,14 @@ export interface FlowRouteDeps {
   longPollMaxMs: number;
   /** Starting a flow answers 503 after this long instead of hanging while Redis is down. */
   enqueueDeadlineMs?: number;
+  admission?: AdmissionCheck;
 }
 
 const idParam = z.object({ id: z.string().min(1).max(200) });
 const nameParam = z.object({ name: z.string().min(1).max(100) });
 const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() }).strict();
 
-function parse<T extends z.ZodType>(schema: T, value: unknown, where: 'path' | 'query'): z.output<T> {
-  const result = schema.safeParse(value);
-  if (!result.success) throw new ValidationError(`invalid ${where}`, zodDetails(result.error, where === 'query' ? 'query.' : ''));
-  return result.data;
-}
+const parse = parseRequest;
 
 export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   const deadline = deps.enqueueDeadlineMs ?? 5000;
@@ -31,6 +28,8 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
 
   app.post('/v1/flows/parallel', async (req, reply) => {
     const { orgId } = principalOf(req);
+    const tasks = (req.body as { tasks?: unknown })?.tasks;
+    await admitOrThrow(deps.admission, orgId, Array.isArray(tasks) ? Math.max(1, tasks.length) : 1);
     const flow = await withDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ flowId: flow.id }, 'parallel flow started');
     return reply.code(202).send(flow);
@@ -40,6 +39,7 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   app.post('/v1/flows/:name', async (req, reply) => {
     const { orgId } = principalOf(req);
     const { name } = parse(nameParam, req.params, 'path');
+    await admitOrThrow(deps.admission, orgId, 1);
     const flow = await withDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ flowId: flow.id, preset: name }, 'preset flow started');
     return reply.code(202).send(flow);
@@ -66,6 +66,7 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   app.post('/v1/pipelines/:name', async (req, reply) => {
     const { orgId } = principalOf(req);
     const { name } = parse(nameParam, req.params, 'path');
+    await admitOrThrow(deps.admission, orgId, 1);
     const run = await withDeadline(deps.flows.startPipeline(name, req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ runId: run.id, pipeline: name }, 'pipeline run started');
     return reply.code(202).send(run);

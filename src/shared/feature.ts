@@ -3,6 +3,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { JobProducer } from '../producers/job-producer.js';
 import type { JobService } from '../producers/job-service.js';
+import type { AdmissionCheck } from '../producers/routes/jobs.js';
 import type { JobContext } from '../workers/middleware.js';
 import type { AgentRegistry } from './agents/registry.js';
 import type { Config } from './config.js';
@@ -22,6 +23,8 @@ export interface FeatureDeps {
   queue: AgentQueue;
   producer: JobProducer;
   jobs: JobService;
+  /** Per-org admission (rate plan + quotas) for routes that start work; 429 via `admitOrThrow`. */
+  admission: AdmissionCheck;
   llm: {
     generate: import('../workers/call-agent.js').GenerateFn['generate'];
     embed(texts: string[], opts?: { signal?: AbortSignal }): Promise<number[][]>;

@@ -1,11 +1,10 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { ValidationError } from '../../shared/errors.js';
 import { principalOf } from '../app.js';
 import { HttpError, withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../job-producer.js';
 import type { JobService } from '../job-service.js';
-import { zodDetails } from '../zod-details.js';
+import { parseRequest } from '../zod-details.js';
 
 export interface AdmissionCheck {
   /** Per-org request admission (token bucket) and durable quotas; a refusal becomes a 429. */
@@ -24,22 +23,19 @@ export interface JobRouteDeps {
 const idParam = z.object({ id: z.string().min(1).max(200) });
 const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() }).strict();
 
-function parse<T extends z.ZodType>(schema: T, value: unknown, where: string): z.infer<T> {
-  const result = schema.safeParse(value);
-  if (!result.success) throw new ValidationError(`invalid ${where}`, zodDetails(result.error, where === 'query' ? 'query.' : ''));
-  return result.data;
+/** Spends the org's admission for `jobs` jobs; a refusal is a 429 with Retry-After. */
+export async function admitOrThrow(admission: AdmissionCheck | undefined, orgId: string, jobs: number, deadlineMs = 1000): Promise<void> {
+  if (!admission) return;
+  const verdict = await withDeadline(admission.admit(orgId, jobs), deadlineMs, 'rate limiter');
+  if (!verdict.allowed) {
+    throw new HttpError(429, verdict.reason, { retryAfter: verdict.retryAfterS }, { 'retry-after': String(verdict.retryAfterS) });
+  }
 }
 
 export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
   const deadline = deps.enqueueDeadlineMs ?? 1000;
 
-  async function admit(orgId: string, count: number) {
-    if (!deps.admission) return;
-    const verdict = await withDeadline(deps.admission.admit(orgId, count), deadline, 'rate limiter');
-    if (!verdict.allowed) {
-      throw new HttpError(429, verdict.reason, { retryAfter: verdict.retryAfterS }, { 'retry-after': String(verdict.retryAfterS) });
-    }
-  }
+  const admit = (orgId: string, count: number) => admitOrThrow(deps.admission, orgId, count, deadline);
 
   app.post('/v1/jobs', async (req, reply) => {
     const { orgId } = principalOf(req);
@@ -59,15 +55,15 @@ export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
 
   app.get('/v1/jobs/:id', async (req) => {
     const { orgId } = principalOf(req);
-    const { id } = parse(idParam, req.params, 'path');
-    const { waitMs } = parse(getQuery, req.query, 'query');
+    const { id } = parseRequest(idParam, req.params, 'path');
+    const { waitMs } = parseRequest(getQuery, req.query, 'query');
     if (waitMs) return deps.jobs.wait(orgId, id, Math.min(waitMs, deps.longPollMaxMs));
     return deps.jobs.get(orgId, id);
   });
 
   app.delete('/v1/jobs/:id', async (req, reply) => {
     const { orgId } = principalOf(req);
-    const { id } = parse(idParam, req.params, 'path');
+    const { id } = parseRequest(idParam, req.params, 'path');
     const view = await deps.jobs.cancel(orgId, id);
     return reply.code(view.state === 'cancelling' ? 202 : 200).send(view);
   });
