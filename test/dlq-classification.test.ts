@@ -35,7 +35,7 @@ describe('DLQ classification of real failures', () => {
   });
   afterAll(async () => s?.close());
 
-  const enqueue = async (payload: unknown) => {
+  const enqueue = async (payload: Record<string, unknown>) => {
     const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload });
     expect(res.statusCode).toBe(202);
     return res.json().id as string;
@@ -43,7 +43,7 @@ describe('DLQ classification of real failures', () => {
   const finalState = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
   const entry = async (id: string) => {
     // The class is stored by the worker's failed listener just after the job lands in the failed set.
-    return waitFor(async () => {
+    return waitFor<Record<string, any>>(async () => {
       const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
       return res.statusCode === 200 && (await s.runtime.deps.redis.hexists(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'class')) ? res.json() : undefined;
     }, `DLQ entry ${id}`);

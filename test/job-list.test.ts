@@ -108,7 +108,6 @@ describe('GET /v1/jobs (chunked listing)', () => {
           res.on('error', reject);
         }).on('error', reject);
       });
-      console.log({ paused, pages, heap: heapWhilePaused - heapBefore, bytes: r.bytes });
       expect(r.objects).toBe(TOTAL);
       expect(pages).toBeGreaterThanOrEqual(TOTAL / PAGE);
       // Socket buffers take some pages; without backpressure all of them would have been read by now.
@@ -118,5 +117,74 @@ describe('GET /v1/jobs (chunked listing)', () => {
     } finally {
       monitor.disconnect();
     }
+  });
+
+  it('filters by state, agent and since, skips jobs removed by retention, and is per org', async () => {
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const risk = (name: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'robotics', stage: 'seed', description: 'Listing fixture' } } });
+    const deal = (startupId: string) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId } });
+    const post = async (payload: object) => {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload });
+      expect(res.statusCode).toBe(202);
+      await sleep(5);
+      return res.json().id as string;
+    };
+    const waitDone = (id: string) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth }).then((r) => r.json());
+    s.emulator.script({ status: 400, message: 'bad request', match: { promptIncludes: 'fail-me-now' } });
+
+    const removed = await post(risk('Soon Gone'));
+    const r1 = await post(risk('Done Risk'));
+    const d1 = await post(deal('done-deal'));
+    const d2 = await post(deal('fail-me-now'));
+    const r2 = await post({ ...risk('Much Later'), options: { delayMs: 600_000 } });
+    const r3 = await post({ ...risk('Never Mind'), options: { delayMs: 600_000 } });
+    expect((await waitDone(removed)).state).toBe('completed');
+    expect((await waitDone(r1)).state).toBe('completed');
+    expect((await waitDone(d1)).state).toBe('completed');
+    expect((await waitDone(d2)).state).toBe('failed');
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${r3}`, headers: s.auth })).statusCode).toBe(200);
+    // Retention removes a finished job; its id is still in the index until a listing passes over it.
+    await s.runtime.queue.remove(removed);
+
+    const list = async (qs = '', key = s.apiKey) => {
+      const r = await request(`/v1/jobs${qs}`, key);
+      expect(r.status).toBe(200);
+      return JSON.parse(r.body) as Array<{ id: string; state: string; agent: string; createdAt: string; result?: unknown; error?: string }>;
+    };
+    const all = await list();
+    expect(all.map((j) => j.id)).toEqual([r3, r2, d2, d1, r1]);
+    expect(all.map((j) => j.state)).toEqual(['cancelled', 'delayed', 'failed', 'completed', 'completed']);
+    expect(all[3].result).toMatchObject({ success: true });
+    expect(all[2].error).toMatch(/400/);
+    expect(await s.runtime.deps.redis.zscore(orgJobsKey(s.cfg.QUEUE_PREFIX, s.orgId), removed)).toBeNull();
+
+    expect((await list('?state=completed')).map((j) => j.id)).toEqual([d1, r1]);
+    expect((await list('?state=cancelled')).map((j) => j.id)).toEqual([r3]);
+    expect((await list('?agent=DealScorer')).map((j) => j.id)).toEqual([d2, d1]);
+    expect((await list('?agent=RiskAnalyzer&state=delayed')).map((j) => j.id)).toEqual([r2]);
+    const since = all.find((j) => j.id === d2)!.createdAt;
+    expect((await list(`?since=${encodeURIComponent(since)}`)).map((j) => j.id)).toEqual([r3, r2, d2]);
+    expect((await list(`?since=${Date.parse(since)}&agent=RiskAnalyzer`)).map((j) => j.id)).toEqual([r3, r2]);
+    expect((await list('?limit=2')).map((j) => j.id)).toEqual([r3, r2]);
+
+    // Another org sees none of them.
+    expect(await list('', await s.newKey())).toEqual([]);
+  });
+
+  it('rejects bad filters with 400 naming the field', async () => {
+    for (const [qs, path] of [
+      ['?state=sleeping', 'query.state'],
+      ['?since=yesterday', 'query.since'],
+      ['?agent=NoSuchAgent', 'query.agent'],
+      ['?limit=0', 'query.limit'],
+    ]) {
+      const res = await s.app.inject({ method: 'GET', url: `/v1/jobs${qs}`, headers: s.auth });
+      expect(res.statusCode, qs).toBe(400);
+      expect(res.json().details.map((d: { path: string }) => d.path)).toContain(path);
+    }
+    const unknown = await s.app.inject({ method: 'GET', url: '/v1/jobs?colour=red', headers: s.auth });
+    expect(unknown.statusCode).toBe(400);
+    expect(unknown.json().details[0].message).toMatch(/colour/);
+    expect((await s.app.inject({ method: 'GET', url: '/v1/jobs' })).statusCode).toBe(401);
   });
 });

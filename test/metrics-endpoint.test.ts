@@ -23,7 +23,7 @@ describe('GET /metrics', () => {
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
     return parseProm(res.body);
   };
-  const run = async (payload: unknown) => {
+  const run = async (payload: Record<string, unknown>) => {
     const id = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json().id;
     return (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
   };

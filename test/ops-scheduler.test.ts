@@ -18,7 +18,7 @@ describe('DLQ reprocessing on the maintenance job scheduler', () => {
     await s?.close();
   });
 
-  const enqueue = async (payload: unknown) => (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json().id as string;
+  const enqueue = async (payload: Record<string, unknown>) => (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json().id as string;
   const state = (id: string) => s.runtime.queue.getJobState(id);
   const retries = async (id: string) => Number((await s.runtime.deps.redis.hget(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'retries')) ?? 0);
 
