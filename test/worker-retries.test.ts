@@ -75,7 +75,10 @@ describe('retries, backoff and the failed set', () => {
     const job = await queue.add('DealScorer:pipeline_summary', { orgId: s.orgId, agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 7 }, enqueuedAt: Date.now() }, { attempts: 3 });
     const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${job.id}?waitMs=10000`, headers: s.auth })).json();
     expect(view.state).toBe('failed');
-    expect(view.attempts).toBe(1);
     expect(view.error).toMatch(/invalid job/);
+    // Failed for good on the first attempt: never retried although 3 attempts were allowed.
+    const again = await queue.getJob(job.id!);
+    expect(again!.attemptsStarted ?? again!.attemptsMade).toBeLessThanOrEqual(1);
+    expect(again!.attemptsMade).toBeLessThanOrEqual(1);
   });
 });

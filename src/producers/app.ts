@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
+import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
 import { ValidationError, NotFoundError } from '../shared/errors.js';
 import type { Logger } from '../shared/logger.js';
 import { bearerToken, type KeyVerifier, type Principal } from './auth.js';
@@ -32,8 +32,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: deps.logger,
     bodyLimit: deps.bodyLimit,
-    requestIdLogLabel: 'requestId',
-    disableRequestLogging: false,
+    // Request log lines carry `requestId`, the same field the worker's job logs use.
+    logController: new LogController({ requestIdLogLabel: 'requestId' }),
     // An incoming x-request-id is kept (so callers can trace a job end to end) only if it is a sane token.
     genReqId: (req) => {
       const header = req.headers['x-request-id'];

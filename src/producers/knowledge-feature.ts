@@ -37,8 +37,8 @@ function parse<T extends z.ZodType>(schema: T, value: unknown, prefix = ''): z.i
  */
 export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const { infra, cfg, redis } = deps;
-  const embed = (texts: string[]) => deps.llm.embed(texts);
-  const store = createKnowledgeStore({ pool: infra.db.pool, embed });
+  const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
+  const store = createKnowledgeStore({ pool: infra.db.pool, embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }) });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
   const results = createResultCache({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });

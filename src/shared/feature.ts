@@ -27,7 +27,7 @@ export interface FeatureDeps {
   admission: AdmissionCheck;
   llm: {
     generate: import('../workers/call-agent.js').GenerateFn['generate'];
-    embed(texts: string[], opts?: { signal?: AbortSignal }): Promise<number[][]>;
+    embed(texts: string[], opts?: { signal?: AbortSignal; taskType?: string }): Promise<number[][]>;
   };
 }
 

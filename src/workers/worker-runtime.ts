@@ -23,7 +23,7 @@ export function createWorkerRuntime(opts: {
   infra: Infra;
   logger: Logger;
   registry: AgentRegistry;
-  llm: GenerateFn & { embed(texts: string[]): Promise<number[][]> };
+  llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: Feature[];
 }): WorkerRuntime {
@@ -32,7 +32,7 @@ export function createWorkerRuntime(opts: {
   const subscriber = createRedis(infra.redisUrl, 'worker');
   const features = opts.features ?? [];
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
-  const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts) });
+  const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
   const call = createAgentCall({
     llm: opts.llm,
     searchFor: (orgId) => (query, o) => search.search({ query, orgId, ...o }),

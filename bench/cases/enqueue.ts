@@ -1,0 +1,2 @@
+import type { BenchContext } from '../lib/context.js';
+export async function enqueueCase(_ctx: BenchContext): Promise<void> {}

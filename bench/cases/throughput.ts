@@ -1,0 +1,237 @@
+import { randomUUID } from 'node:crypto';
+import { GoogleGenAI } from '@google/genai';
+import { Queue, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { z } from 'zod';
+import { retentionOf } from '../../src/runtime.js';
+import { defaultRegistry } from '../../src/shared/agents/registry.js';
+import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { QUEUE } from '../../src/shared/queue/names.js';
+import type { AgentJobData } from '../../src/shared/types.js';
+import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
+import type { BenchContext } from '../lib/context.js';
+import { commandCalls, diffCalls } from '../lib/infra.js';
+import { round, sleep } from '../lib/stats.js';
+
+const ORG = 'bench-org';
+const WARMUP_MS = 500;
+const WINDOW_MS = 4000;
+
+export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit';
+
+export interface RunResult {
+  path: Path;
+  concurrency: number;
+  jobs: number;
+  seconds: number;
+  jobsPerS: number;
+  /** Redis commands (INFO commandstats calls, script-internal ones included) per completed job. */
+  commandsPerJob: number;
+  llmCalls: number;
+  byCommand: Record<string, number>;
+}
+
+/** A measurement window over a running worker: completions and Redis commands between two instants. */
+export function createCounter() {
+  let completed = 0;
+  let target = Infinity;
+  let wake: (() => void) | undefined;
+  return {
+    onCompleted: () => {
+      completed++;
+      if (completed >= target) wake?.();
+    },
+    get completed() {
+      return completed;
+    },
+    /** Resolves after `ms`, or as soon as `total` jobs have completed. */
+    until(total: number, ms: number): Promise<void> {
+      target = total;
+      if (completed >= total) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, ms);
+        wake = () => {
+          clearTimeout(timer);
+          resolve();
+        };
+      });
+    },
+  };
+}
+
+/** Measures a worker that is already running over a queue filled with `total` jobs. */
+async function window(ctx: BenchContext, counter: ReturnType<typeof createCounter>, total: number) {
+  await counter.until(total, WARMUP_MS);
+  const c0 = counter.completed;
+  const t0 = performance.now();
+  const s0 = await commandCalls(ctx.b.control);
+  await counter.until(total, WINDOW_MS);
+  const c1 = counter.completed;
+  const t1 = performance.now();
+  const s1 = await commandCalls(ctx.b.control);
+  const jobs = c1 - c0;
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1) };
+}
+
+function jobData(n: number): AgentJobData {
+  return { orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n), enqueuedAt: Date.now() };
+}
+
+/** The hand-written baseline call: the same request bytes agentq sends, through the same SDK, nothing around it. */
+function bareLlm(emulatorUrl: string) {
+  const ai = new GoogleGenAI({ apiKey: 'bench-not-a-real-key', vertexai: false, httpOptions: { baseUrl: emulatorUrl } });
+  const action = defaultRegistry().resolve('RiskAnalyzer', 'analyze_risks').action;
+  const { $schema: _drop, ...schema } = z.toJSONSchema(action.output) as Record<string, unknown>;
+  return async (job: Job<AgentJobData>) => {
+    const prompt = await action.prompt(job.data.input, { orgId: job.data.orgId });
+    const res = await ai.models.generateContent({
+      model: 'gemini-2.5-pro',
+      contents: prompt.user,
+      config: { systemInstruction: prompt.system, responseMimeType: 'application/json', responseJsonSchema: schema },
+    });
+    return { success: true, data: JSON.parse(res.text ?? 'null'), tokensUsed: { input: res.usageMetadata?.promptTokenCount ?? 0, output: res.usageMetadata?.candidatesTokenCount ?? 0 }, model: 'gemini-2.5-pro' };
+  };
+}
+
+async function runBare(ctx: BenchContext, path: 'bare-noop' | 'bare-llm', concurrency: number, total: number) {
+  const cfg = ctx.b.config();
+  const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
+  const queue = new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(cfg)) });
+  for (let i = 0; i < total; i += 1000) {
+    const n = Math.min(1000, total - i);
+    await queue.addBulk(Array.from({ length: n }, (_, k) => ({ name: 'RiskAnalyzer:analyze_risks', data: jobData(i + k), opts: { jobId: randomUUID() } })));
+  }
+  const counter = createCounter();
+  const processor = path === 'bare-noop' ? async () => ({ success: true }) : bareLlm(ctx.b.emulatorUrl);
+  const workerConnection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
+  // The same worker options agentq's own worker uses (src/workers/agent-worker.ts).
+  const worker = new Worker(QUEUE.agent, processor, {
+    connection: workerConnection,
+    prefix: cfg.QUEUE_PREFIX,
+    concurrency,
+    lockDuration: cfg.LOCK_DURATION_MS,
+    stalledInterval: cfg.STALLED_INTERVAL_MS,
+    maxStalledCount: 2,
+  });
+  worker.on('completed', counter.onCompleted);
+  try {
+    return await window(ctx, counter, total);
+  } finally {
+    await worker.close(true);
+    await queue.close();
+    workerConnection.disconnect();
+    connection.disconnect();
+  }
+}
+
+async function runAgentq(ctx: BenchContext, path: 'agentq-miss' | 'agentq-hit', concurrency: number, total: number) {
+  const counter = createCounter();
+  let warmed: (() => void) | undefined;
+  const q = await startAgentq(ctx.b, {
+    env: { WORKER_CONCURRENCY: String(concurrency) },
+    onCompleted: () => (warmed ? warmed() : counter.onCompleted()),
+  });
+  try {
+    const producer = q.runtime.deps.producer;
+    if (path === 'agentq-hit') {
+      // One warm-up job fills the cache; the worker then pauses (keeping its L1) while the queue fills.
+      const done = new Promise<void>((resolve) => (warmed = resolve));
+      await producer.enqueue(RISK_REQUEST('hit'), { orgId: ORG });
+      const worker = await q.startWorker();
+      await done;
+      await worker.pause(false);
+      warmed = undefined;
+    }
+    for (let i = 0; i < total; i += 1000) {
+      const n = Math.min(1000, total - i);
+      await producer.enqueueBulk({ jobs: Array.from({ length: n }, (_, k) => RISK_REQUEST(path === 'agentq-hit' ? 'hit' : i + k)) }, { orgId: ORG });
+    }
+    if (path === 'agentq-hit') q.workers[0].resume();
+    else await q.startWorker();
+    return await window(ctx, counter, total);
+  } finally {
+    await q.close();
+  }
+}
+
+/** Jobs to pre-fill: enough for warm-up plus the window at the rate expected, never fewer than 500. */
+const fillFor = (expectedPerS: number) => Math.max(500, Math.min(40_000, Math.ceil((expectedPerS * (WARMUP_MS + WINDOW_MS + 1500)) / 1000)));
+
+export async function measurePath(ctx: BenchContext, path: Path, concurrency: number, expectedPerS: number): Promise<RunResult> {
+  await ctx.b.control.flushall();
+  await ctx.b.emulator.reset();
+  const total = fillFor(expectedPerS);
+  const w = path.startsWith('bare') ? await runBare(ctx, path as 'bare-noop', concurrency, total) : await runAgentq(ctx, path as 'agentq-miss', concurrency, total);
+  const llmCalls = (await ctx.b.emulator.calls()).filter((c) => c.kind === 'generate' || c.kind === 'stream').length;
+  const result: RunResult = {
+    path,
+    concurrency,
+    jobs: w.jobs,
+    seconds: round(w.seconds),
+    jobsPerS: round(w.jobs / w.seconds, 1),
+    commandsPerJob: round(w.commands / Math.max(1, w.jobs), 2),
+    llmCalls,
+    byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
+  };
+  ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job`);
+  if (w.jobs < 100) ctx.log(`  warning: only ${w.jobs} jobs in the window`);
+  return result;
+}
+
+/** Case 1 (throughput) and the INFO-commandstats half of case 2 (commands per job), from the same runs. */
+export async function throughputCase(ctx: BenchContext): Promise<void> {
+  const guess: Record<Path, number> = { 'bare-noop': 1500, 'bare-llm': 300, 'agentq-miss': 300, 'agentq-hit': 800 };
+  const paths: Path[] = ['bare-noop', 'bare-llm', 'agentq-miss', 'agentq-hit'];
+  const results: Record<string, RunResult> = {};
+  for (const concurrency of [1, 50]) {
+    for (const path of paths) {
+      const expected = concurrency === 1 ? guess[path] : Math.max(guess[path], (results[`${path}@1`]?.jobsPerS ?? guess[path]) * 8);
+      results[`${path}@${concurrency}`] = await measurePath(ctx, path, concurrency, expected);
+    }
+  }
+  ctx.details.throughput = results;
+  ctx.shared.agentqMissMaxPerS = Math.max(results['agentq-miss@1'].jobsPerS, results['agentq-miss@50'].jobsPerS);
+
+  for (const c of [1, 50]) {
+    const r = (p: Path) => results[`${p}@${c}`];
+    const a = r('bare-noop').jobsPerS;
+    const bl = r('bare-llm').jobsPerS;
+    const miss = r('agentq-miss').jobsPerS;
+    const hit = r('agentq-hit').jobsPerS;
+    const tc = `1 throughput (c=${c})`;
+    ctx.add({ case: tc, name: '(a) bare BullMQ, no-op processor', value: a, unit: 'jobs/s' });
+    ctx.add({ case: tc, name: '(b) bare BullMQ + same SDK call to emulator', value: bl, unit: 'jobs/s' });
+    ctx.add({ case: tc, name: 'agentq full path, cache miss', value: miss, unit: 'jobs/s' });
+    ctx.add({ case: tc, name: 'agentq full path / (b)', value: round(miss / bl, 2), unit: 'x', target: '>= 0.8', met: miss / bl >= 0.8 });
+    ctx.add({ case: tc, name: 'agentq cache hit', value: hit, unit: 'jobs/s', note: `LLM calls during the hit run after warm-up: ${r('agentq-hit').llmCalls - 1}` });
+    ctx.add({ case: tc, name: 'agentq hit / (a)', value: round(hit / a, 2), unit: 'x', target: '>= 0.5', met: hit / a >= 0.5 });
+    ctx.add({ case: tc, name: 'agentq hit / (b)', value: round(hit / bl, 2), unit: 'x', target: '> 1', met: hit / bl > 1 });
+  }
+
+  const cmd = (p: Path) => results[`${p}@50`].commandsPerJob;
+  const tc = '2 Redis commands/job (INFO commandstats, c=50, worker side)';
+  ctx.add({ case: tc, name: 'raw BullMQ (b)', value: cmd('bare-llm'), unit: 'cmds/job', note: 'script-internal commands included' });
+  ctx.add({ case: tc, name: 'agentq miss path', value: cmd('agentq-miss'), unit: 'cmds/job' });
+  ctx.add({ case: tc, name: 'agentq hit path', value: cmd('agentq-hit'), unit: 'cmds/job' });
+  ctx.add({ case: tc, name: 'raw BullMQ (a), for the hit path', value: cmd('bare-noop'), unit: 'cmds/job' });
+  ctx.add({
+    case: tc,
+    name: 'added by agentq on the miss path',
+    value: round(cmd('agentq-miss') - cmd('bare-llm'), 2),
+    unit: 'cmds/job',
+    target: '<= 3',
+    met: cmd('agentq-miss') - cmd('bare-llm') <= 3,
+  });
+  const hitRun = results['agentq-hit@50'];
+  ctx.add({
+    case: tc,
+    name: 'LLM calls on the hit path (after the one warm-up call)',
+    value: hitRun.llmCalls - 1,
+    unit: 'calls',
+    target: '0',
+    met: hitRun.llmCalls - 1 === 0,
+  });
+}
+
+// The fill helpers are reused by the latency case.
+export { ORG, sleep };

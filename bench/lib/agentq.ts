@@ -1,0 +1,88 @@
+import type { Job, Worker } from 'bullmq';
+import type { FastifyInstance } from 'fastify';
+import { defaultFeatures } from '../../src/features.js';
+import { startRuntime, type FeatureFactory, type Runtime } from '../../src/runtime.js';
+import { defaultRegistry } from '../../src/shared/agents/registry.js';
+import type { Config } from '../../src/shared/config.js';
+import { startGeminiRuntime, type GeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
+import { createLogger } from '../../src/shared/logger.js';
+import type { AgentJobData, AgentResult } from '../../src/shared/types.js';
+import type { BenchInfra } from './infra.js';
+
+export interface AgentqUnderTest {
+  cfg: Config;
+  runtime: Runtime;
+  gemini: GeminiRuntime;
+  app?: FastifyInstance;
+  /** The BullMQ workers the runtime started, as features see them. */
+  workers: Array<Worker<AgentJobData, AgentResult>>;
+  startWorker(): Promise<Worker<AgentJobData, AgentResult>>;
+  close(): Promise<void>;
+}
+
+/**
+ * agentq as `npm start` composes it (the same `startRuntime`, the shipped features, the real SDK), in
+ * this process, against the bench's infrastructure. Workers are started on demand so queues can be
+ * filled first; `onCompleted` sees every completed job without any Redis command of the bench's own.
+ */
+export async function startAgentq(
+  b: BenchInfra,
+  opts: { env?: Record<string, string>; api?: boolean; onCompleted?: (job: Job<AgentJobData, AgentResult>) => void } = {},
+): Promise<AgentqUnderTest> {
+  const cfg = b.config(opts.env);
+  const logger = createLogger({ level: 'silent' });
+  const gemini = await startGeminiRuntime({
+    apiKey: cfg.GEMINI_API_KEY,
+    baseUrl: b.emulatorUrl,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
+    timeoutMs: cfg.LLM_TIMEOUT_MS,
+    logger,
+  });
+  const workers: Array<Worker<AgentJobData, AgentResult>> = [];
+  const probe: FeatureFactory = () => ({
+    name: 'bench-probe',
+    attachWorker(worker) {
+      workers.push(worker);
+      if (opts.onCompleted) worker.on('completed', opts.onCompleted);
+    },
+  });
+  const runtime = await startRuntime({
+    cfg,
+    infra: b.infra,
+    logger,
+    registry: defaultRegistry(),
+    llm: gemini.llm,
+    api: opts.api ?? false,
+    worker: false,
+    features: [...defaultFeatures, probe],
+  });
+  return {
+    cfg,
+    runtime,
+    gemini,
+    app: runtime.app,
+    workers,
+    async startWorker() {
+      await runtime.startWorker();
+      return workers[workers.length - 1];
+    },
+    async close() {
+      await runtime.close(2000);
+      await gemini.close();
+    },
+  };
+}
+
+/** A RiskAnalyzer input; `n` makes it unique (a result-cache miss), a fixed `n` repeats it (a hit). */
+export function riskInput(n: number | string) {
+  return {
+    startup: {
+      name: `Bench Co ${n}`,
+      industry: 'logistics',
+      stage: 'seed' as const,
+      description: 'Route planning software for regional parcel carriers; 12 pilots, 3 paying customers.',
+    },
+  };
+}
+
+export const RISK_REQUEST = (n: number | string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n) });

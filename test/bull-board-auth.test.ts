@@ -1,0 +1,101 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomOrg } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { failJobs } from './ops-fixtures.js';
+import { createRedis } from '../src/shared/redis/connection.js';
+import { redisUrl } from './helpers/env.js';
+
+const ADMIN_TOKEN = 'adm-board-0d6b2f94c7e1a3';
+const basic = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
+
+/** The first script the board page loads, e.g. `/admin/queues/static/js/main.<hash>.js`. */
+function assetOf(html: string): string {
+  const src = /<script defer src="([^"]+\.js)"/.exec(html)?.[1];
+  if (!src) throw new Error('no script in the board page');
+  return `/admin/queues/${src}`;
+}
+
+describe('Bull Board access', () => {
+  let s: Stack;
+  let adminKey: string;
+  let asset: string;
+  let failedId: string;
+
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN }, { worker: false });
+    adminKey = await s.newKey(randomOrg(), 'admin');
+    const page = await s.app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+    asset = assetOf(page.body);
+    const conn = createRedis(redisUrl(), 'worker');
+    try {
+      [{ id: failedId }] = (await failJobs(s.runtime.queue, conn, s.cfg.QUEUE_PREFIX, [{ data: { orgId: s.orgId, input: { startup: { name: 'Secret Robotics' } } }, reason: 'Gemini API 503: down' }])) as Array<{ id: string }>;
+    } finally {
+      conn.disconnect();
+    }
+  });
+  afterAll(async () => s?.close());
+
+  it('answers 401 with a Basic challenge and no data for the page, its API and its assets', async () => {
+    for (const url of ['/admin/queues', '/admin/queues/queue/agent-jobs', '/admin/queues/api/queues', `/admin/queues/api/queues/agent-jobs/${failedId}`, asset]) {
+      const res = await s.app.inject({ method: 'GET', url });
+      expect(res.statusCode, url).toBe(401);
+      expect(res.headers['www-authenticate'], url).toMatch(/^Basic realm=/);
+      expect(res.body, url).not.toMatch(/Secret Robotics|agent-jobs/);
+    }
+    const put = await s.app.inject({ method: 'PUT', url: `/admin/queues/api/queues/agent-jobs/${failedId}/retry` });
+    expect(put.statusCode).toBe(401);
+    expect(await s.runtime.queue.getJobState(failedId)).toBe('failed');
+  });
+
+  it('refuses wrong credentials and member keys', async () => {
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('admin', 'not-the-token') })).statusCode).toBe(401);
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('root', ADMIN_TOKEN) })).statusCode).toBe(401);
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers: s.auth })).statusCode).toBe(403);
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers: basic('admin', s.apiKey) })).statusCode).toBe(403);
+  });
+
+  it('serves page, assets and API to the admin token (bearer or basic) and admin keys', async () => {
+    for (const headers of [{ authorization: `Bearer ${ADMIN_TOKEN}` }, basic('admin', ADMIN_TOKEN), { authorization: `Bearer ${adminKey}` }, basic('admin', adminKey)]) {
+      const page = await s.app.inject({ method: 'GET', url: '/admin/queues', headers });
+      expect(page.statusCode).toBe(200);
+      expect(page.headers['content-type']).toMatch(/text\/html/);
+      expect((await s.app.inject({ method: 'GET', url: asset, headers })).statusCode).toBe(200);
+      const api = await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues?activeQueue=agent-jobs&status=failed', headers });
+      expect(api.statusCode).toBe(200);
+      const queues = api.json().queues;
+      expect(queues.map((q: { name: string }) => q.name).sort()).toEqual(['agent-flows', 'agent-jobs', 'agent-maintenance']);
+    }
+  });
+
+  it('lets an admin retry a job from the board API', async () => {
+    const res = await s.app.inject({ method: 'PUT', url: `/admin/queues/api/queues/agent-jobs/${failedId}/retry`, headers: basic('admin', ADMIN_TOKEN) });
+    expect(res.statusCode).toBe(204);
+    expect(await s.runtime.queue.getJobState(failedId)).toBe('waiting');
+  });
+});
+
+describe('Bull Board read-only, without ADMIN_TOKEN', () => {
+  let s: Stack;
+  let adminKey: string;
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN: '', BULL_BOARD_READ_ONLY: 'true' }, { worker: false });
+    adminKey = await s.newKey(randomOrg(), 'admin');
+  });
+  afterAll(async () => s?.close());
+
+  it('accepts only admin keys, and refuses every mutation', async () => {
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('admin', '') })).statusCode).toBe(401);
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: 'Bearer anything' } })).statusCode).toBe(401);
+    const headers = { authorization: `Bearer ${adminKey}` };
+    const api = await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers });
+    expect(api.statusCode).toBe(200);
+    expect(api.json().queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);
+    for (const [method, url] of [
+      ['PUT', '/admin/queues/api/queues/agent-jobs/retry/failed'],
+      ['PUT', '/admin/queues/api/queues/agent-jobs/pause'],
+      ['POST', '/admin/queues/api/queues/agent-jobs/add'],
+    ] as const) {
+      expect((await s.app.inject({ method, url, headers, payload: {} })).statusCode, url).toBe(403);
+    }
+  });
+});

@@ -1,0 +1,83 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRedisServer, type RedisServerHandle } from '../src/shared/redis/redis-server.js';
+import { openStreamsKey } from '../src/shared/stream/keys.js';
+import { streamingFeature } from '../src/shared/stream/feature.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+
+/**
+ * Connect/disconnect churn must not leak: SSE clients share one reader connection (and the long poll's
+ * QueueEvents connection), and a client that leaves frees its timer, subscription and lease. A Redis of its
+ * own, so CLIENT LIST counts only this stack's connections.
+ */
+describe('SSE connect/disconnect churn', () => {
+  let redis: RedisServerHandle;
+  let admin: Redis;
+  let s: Stack;
+  let base: string;
+
+  beforeAll(async () => {
+    redis = await startRedisServer();
+    admin = new Redis(redis.url);
+    // No worker: the jobs stay waiting, so every stream stays open until its client leaves.
+    s = await startStack({ REDIS_URL: redis.url }, { worker: false, features: [streamingFeature({ heartbeatMs: 100, maxStreamsPerOrg: 1000 })] });
+    await s.app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = s.app.server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  });
+  afterAll(async () => {
+    await s?.close();
+    admin?.disconnect();
+    await redis?.stop();
+  });
+
+  const clients = async () => (await admin.client('LIST')).split('\n').filter((l) => l.trim()).length;
+
+  it('200 cycles leave no Redis connection, lease or timer behind', async () => {
+    const headers = { ...s.auth, 'content-type': 'application/json' };
+    const enqueue = async (stream: boolean) => {
+      const input = { startup: { name: 'Churn', industry: 'robotics', stage: 'seed', description: 'Connect and leave' } };
+      const res = await fetch(`${base}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream } }) });
+      return ((await res.json()) as { id: string }).id;
+    };
+    const streaming = await enqueue(true);
+    const polled = await enqueue(false);
+    const cycle = async (id: string) => {
+      const ac = new AbortController();
+      const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: s.auth, signal: ac.signal });
+      expect(res.status).toBe(200);
+      ac.abort();
+    };
+    const leases = () => admin.zcard(openStreamsKey(s.cfg.QUEUE_PREFIX, s.orgId));
+    const settle = async (want: () => Promise<boolean>) => {
+      for (let i = 0; i < 100 && !(await want()); i++) await new Promise((r) => setTimeout(r, 50));
+    };
+
+    // Warm up: the shared reader and the long poll's event connection are made on first use.
+    await cycle(streaming);
+    await cycle(polled);
+    await settle(async () => (await leases()) === 0);
+    await new Promise((r) => setTimeout(r, 300));
+    const before = { clients: await clients(), timers: timers() };
+
+    for (let batch = 0; batch < 20; batch++) {
+      await Promise.all(Array.from({ length: 10 }, (_, i) => cycle(i % 2 ? polled : streaming)));
+    }
+
+    await settle(async () => (await leases()) === 0 && (await clients()) <= before.clients);
+    expect(await leases()).toBe(0);
+    expect(await clients()).toBe(before.clients);
+    // Long polls in flight end within one heartbeat; a leak would leave ~100 heartbeat intervals.
+    await new Promise((r) => setTimeout(r, 300));
+    expect(timers()).toBeLessThanOrEqual(before.timers + 5);
+
+    // Streams still work after the churn.
+    const ac = new AbortController();
+    const res = await fetch(`${base}/v1/jobs/${streaming}/stream`, { headers: s.auth, signal: ac.signal });
+    const reader = res.body!.getReader();
+    expect(new TextDecoder().decode((await reader.read()).value)).toContain(': ping');
+    ac.abort();
+  });
+});

@@ -1,0 +1,67 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { streamingFeature } from '../src/shared/stream/feature.js';
+import { createSseParser } from '../src/shared/stream/sse-parser.js';
+import { randomOrg, randomPrefix } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+async function listen(s: Stack): Promise<string> {
+  await s.app.listen({ port: 0, host: '127.0.0.1' });
+  const addr = s.app.server.address();
+  return `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+}
+
+/** Two API processes on one Redis and queue prefix; only the first runs a worker. */
+describe('streams across API processes', () => {
+  let one: Stack;
+  let two: Stack;
+  let baseOne: string;
+  let baseTwo: string;
+
+  beforeAll(async () => {
+    const shared = { QUEUE_PREFIX: randomPrefix() };
+    const features = [streamingFeature({ heartbeatMs: 200, maxStreamsPerOrg: 2 })];
+    one = await startStack(shared, { worker: true, features });
+    two = await startStack(shared, { worker: false, features });
+    [baseOne, baseTwo] = await Promise.all([listen(one), listen(two)]);
+    one.emulator.setStreamChunkDelay(40);
+  });
+  afterAll(async () => {
+    await two?.close();
+    await one?.close();
+  });
+
+  it('serves a job from any process: both followers see the same messages', async () => {
+    const input = { startup: { name: 'Everywhere', industry: 'logistics', stage: 'seed', description: 'Streamed by another process' } };
+    const post = await two.app.inject({ method: 'POST', url: '/v1/jobs', headers: two.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true } } });
+    const { id } = post.json();
+    const read = async (base: string) => createSseParser().feed(await (await fetch(`${base}/v1/jobs/${id}/stream`, { headers: two.auth })).text());
+    const [viaTwo, viaOne] = await Promise.all([read(baseTwo), read(baseOne)]);
+    expect(viaTwo.filter((m) => m.data.startsWith('{"text"')).length).toBeGreaterThan(1);
+    expect(viaTwo.map((m) => m.data).slice(-1)).toEqual(['[DONE]']);
+    expect(JSON.parse(viaTwo[viaTwo.length - 2].data).result.success).toBe(true);
+    expect(viaOne).toEqual(viaTwo);
+  });
+
+  it('shares the per-org cap on open streams between processes', async () => {
+    const org = randomOrg();
+    const key = await one.newKey(org);
+    const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const held: AbortController[] = [];
+    const open = async (base: string) => {
+      const input = { startup: { name: 'Capped', industry: 'robotics', stage: 'seed', description: 'Held open' } };
+      const post = await fetch(`${base}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true, delayMs: 600_000 } }) });
+      const { id } = (await post.json()) as { id: string };
+      const ac = new AbortController();
+      held.push(ac);
+      return fetch(`${base}/v1/jobs/${id}/stream`, { headers, signal: ac.signal });
+    };
+    try {
+      expect((await open(baseOne)).status).toBe(200);
+      expect((await open(baseTwo)).status).toBe(200);
+      expect((await open(baseOne)).status).toBe(429);
+      expect((await open(baseTwo)).status).toBe(429);
+    } finally {
+      held.forEach((ac) => ac.abort());
+    }
+  });
+});
