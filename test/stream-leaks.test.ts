@@ -33,7 +33,7 @@ describe('SSE connect/disconnect churn', () => {
     await redis?.stop();
   });
 
-  const clients = async () => (await admin.client('LIST')).split('\n').filter((l) => l.trim()).length;
+  const clients = async () => String(await admin.client('LIST')).split('\n').filter((l) => l.trim()).length;
 
   it('200 cycles leave no Redis connection, lease or timer behind', async () => {
     const headers = { ...s.auth, 'content-type': 'application/json' };

@@ -182,6 +182,18 @@ describe('SSE job streams', () => {
     expect(r.messages.filter((m) => m.data.includes('"error"'))).toHaveLength(1);
   });
 
+  it('ends the stream of a job cancelled before it ran', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Cancelled Early'), options: { stream: true, delayMs: 600_000 } });
+    const reading = readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+    await new Promise((r) => setTimeout(r, 100));
+    expect((await fetch(`${base}/v1/jobs/${id}`, { method: 'DELETE', headers: s.auth })).status).toBe(200);
+    const r = await reading;
+    expect(r.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
+    // Connecting afterwards answers from the cancelled tombstone at once.
+    const again = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+    expect(again.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
+  });
+
   it('sends heartbeats while waiting, and caps open streams per org with 429 + Retry-After', async () => {
     const orgKey = { authorization: `Bearer ${await s.newKey()}`, 'content-type': 'application/json' };
     const held: AbortController[] = [];

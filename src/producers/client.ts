@@ -15,6 +15,11 @@ import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTran
 export { AgentqHttpError, AgentqTimeoutError } from './client-transport.js';
 export type { ErrorBody, FetchLike, HttpTransport, RequestOptions } from './client-transport.js';
 export type { FlowView, PipelineRunView } from '../orchestration/flow-service.js';
+// Streaming: the SSE parser and reconnecting reader are dependency-free as well.
+import { streamJob, type JobStreamEvent, type StreamOptions } from '../shared/stream/stream-client.js';
+export { AgentqStreamError } from '../shared/stream/stream-client.js';
+export type { JobStreamEvent, StreamOptions } from '../shared/stream/stream-client.js';
+export type { ProgressEvent } from '../shared/stream/stream-event.js';
 
 export type JobState =
   | 'waiting'
@@ -208,6 +213,27 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
     async runPipeline(name: string, input: unknown, wo: WaitOptions = {}): Promise<PipelineRunView> {
       const { id } = await http.json<{ id: string }>('POST', `/v1/pipelines/${encodeURIComponent(name)}`, { body: { input } });
       return poll<PipelineRunView>(`/v1/pipelines/runs/${encodeURIComponent(id)}`, `pipeline run ${id}`, wo);
+    },
+
+    /**
+     * A job's events over SSE (`GET /v1/jobs/:id/stream`): text chunks as the model writes them, progress,
+     * then its result or error. A dropped connection is resumed with Last-Event-ID: nothing lost or repeated.
+     * A `retrying` or `restarted` progress event voids the text received so far.
+     */
+    stream<T = unknown>(id: string, so?: StreamOptions): AsyncGenerator<JobStreamEvent<T>> {
+      return streamJob<T>(http, { method: 'GET', path: `${jobPath(id)}/stream` }, jobPath, so);
+    },
+
+    /** Enqueues a streaming job (`POST /v1/stream`) and follows it in the same call, like `stream`. */
+    enqueueStream<N extends AgentName<M>, Act extends ActionName<M, N>>(
+      agent: N,
+      action: Act,
+      input: AgentInput<M, N, Act>,
+      options?: Omit<EnqueueOptions, 'stream'>,
+      so?: StreamOptions,
+    ): AsyncGenerator<JobStreamEvent<AgentOutput<M, N, Act>>> {
+      const body = { agent, action, input, ...(options ? { options } : {}) };
+      return streamJob<AgentOutput<M, N, Act>>(http, { method: 'POST', path: '/v1/stream', body }, jobPath, so);
     },
   };
 }

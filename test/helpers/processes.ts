@@ -9,6 +9,8 @@ export interface AgentqProcess {
   lines: Array<Record<string, unknown>>;
   waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   exited: Promise<number | null>;
+  /** What the process wrote to stderr so far (start-up failures are one line there). */
+  stderr(): string;
   kill(signal: NodeJS.Signals): void;
 }
 
@@ -51,6 +53,7 @@ export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, 
     child,
     lines,
     exited,
+    stderr: () => stderr,
     kill: (signal) => child.kill(signal),
     waitForLog(predicate, timeoutMs = 20_000) {
       const found = lines.find(predicate);

@@ -1,0 +1,98 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { assertNoEviction, RedisSetupError } from '../src/shared/redis/connection.js';
+import { freePort, startRedisServer } from '../src/shared/redis/redis-server.js';
+import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+
+/**
+ * `npm start` on embedded defaults, as a new user runs it: nothing given but a data dir and ports. It must
+ * start its own redis-server (AOF, noeviction), embedded PGlite, the Gemini emulator, create a dev key, and
+ * run a job end to end. A restart applies no migration twice and keeps the key.
+ */
+describe('quick start on embedded defaults', () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'agentq-quickstart-'));
+  const procs: AgentqProcess[] = [];
+  afterAll(async () => {
+    for (const p of procs) if (p.child.exitCode === null) p.kill('SIGKILL');
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  async function start(redisPort: number, apiPort: number) {
+    const env: Record<string, string> = { DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, PORT: String(apiPort), WORKER_CONCURRENCY: '2' };
+    const p = spawnAgentq('all', { ...env, DATABASE_URL: '', GEMINI_API_KEY: '', REDIS_AUTOSTART: 'true' });
+    procs.push(p);
+    await p.waitForLog((l) => l.msg === 'API listening', 60_000);
+    return p;
+  }
+
+  it('starts everything, runs a job with the printed dev key, and restarts cleanly', async () => {
+    const redisPort = await freePort();
+    const apiPort = await freePort();
+    const first = await start(redisPort, apiPort);
+    expect(first.lines.some((l) => /starting a local redis-server/.test(String(l.msg)))).toBe(true);
+    expect(first.lines.some((l) => /EMULATOR/.test(String(l.msg)) && l.level === 40)).toBe(true);
+    const migrations = first.lines.filter((l) => l.msg === 'migration applied').length;
+    expect(migrations).toBeGreaterThan(0);
+
+    const redis = new Redis(redisPort);
+    const [, aof] = (await redis.config('GET', 'appendonly')) as string[];
+    const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as string[];
+    expect(aof).toBe('yes');
+    expect(policy).toBe('noeviction');
+    await redis.quit();
+
+    const keyFile = join(dataDir, 'dev-api-key');
+    expect(existsSync(keyFile)).toBe(true);
+    const key = readFileSync(keyFile, 'utf8').trim();
+    expect(first.lines.some((l) => JSON.stringify(l).includes(key))).toBe(false);
+    const base = `http://127.0.0.1:${apiPort}`;
+    const headers = { authorization: `Bearer ${key}`, 'content-type': 'application/json' };
+    const posted = await fetch(`${base}/v1/jobs`, { method: 'POST', headers, body: JSON.stringify({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'qs-1' } }) });
+    expect(posted.status).toBe(202);
+    const { id } = (await posted.json()) as { id: string };
+    const view = (await (await fetch(`${base}/v1/jobs/${id}?waitMs=20000`, { headers })).json()) as { state: string; result: { success: boolean } };
+    expect(view.state).toBe('completed');
+    expect(view.result.success).toBe(true);
+    expect((await fetch(`${base}/readyz`)).status).toBe(200);
+
+    first.kill('SIGTERM');
+    expect(await first.exited).toBe(0);
+
+    // The child redis-server stopped with us; its AOF keeps the queue, and the restart finds it again.
+    const second = await start(redisPort, apiPort);
+    expect(second.lines.filter((l) => l.msg === 'migration applied')).toHaveLength(0);
+    expect(readFileSync(keyFile, 'utf8').trim()).toBe(key);
+    const again = (await (await fetch(`${base}/v1/jobs/${id}`, { headers })).json()) as { state: string };
+    expect(again.state).toBe('completed');
+    second.kill('SIGTERM');
+    expect(await second.exited).toBe(0);
+  }, 120_000);
+});
+
+describe('Redis setup checks', () => {
+  it('refuses a Redis whose maxmemory-policy is not noeviction, naming the fix', async () => {
+    const server = await startRedisServer();
+    const redis = new Redis(server.url);
+    try {
+      await redis.config('SET', 'maxmemory-policy', 'allkeys-lru');
+      const err = await assertNoEviction(redis).catch((e: Error) => e);
+      expect(err).toBeInstanceOf(RedisSetupError);
+      expect((err as Error).message).toMatch(/allkeys-lru.*noeviction/);
+      await redis.config('SET', 'maxmemory-policy', 'noeviction');
+      await expect(assertNoEviction(redis)).resolves.toBeUndefined();
+    } finally {
+      await redis.quit();
+      await server.stop();
+    }
+  });
+
+  it('exits with one line saying how to start Redis when none answers and autostart is off', async () => {
+    const p = spawnAgentq('worker', { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'false', DATABASE_URL: '' });
+    expect(await p.exited).toBe(1);
+    expect(p.stderr().trim()).toMatch(/^agentq failed to start: Nothing answers at REDIS_URL .*Start Redis 7/);
+    expect(p.stderr().trim().split('\n')).toHaveLength(1);
+  });
+});
