@@ -7,7 +7,7 @@ import { defaultRegistry } from './shared/agents/registry.js';
 import { ConfigError, parseConfig, type Config } from './shared/config.js';
 import { createApiKeyStore } from './shared/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra.js';
-import { startGeminiRuntime } from './shared/llm/gemini-runtime.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from './shared/llm/gemini-runtime.js';
 import { rootLogger as logger } from './shared/logger.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
@@ -31,12 +31,7 @@ async function main(role: Role) {
     await infra.close();
     return;
   }
-  const gemini = await startGeminiRuntime({
-    apiKey: cfg.GEMINI_API_KEY,
-    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
-    timeoutMs: cfg.LLM_TIMEOUT_MS,
-    logger,
-  });
+  const gemini = await startGeminiRuntime(geminiOptionsFromConfig(cfg, logger));
   const runtime = await startRuntime({
     cfg,
     infra,

@@ -35,7 +35,7 @@ describe('SSE connect/disconnect churn', () => {
 
   const clients = async () => String(await admin.client('LIST')).split('\n').filter((l) => l.trim()).length;
 
-  it('200 cycles leave no Redis connection, lease or timer behind', async () => {
+  it('220 cycles leave no Redis connection, lease or timer behind', async () => {
     const headers = { ...s.auth, 'content-type': 'application/json' };
     const enqueue = async (stream: boolean) => {
       const input = { startup: { name: 'Churn', industry: 'robotics', stage: 'seed', description: 'Connect and leave' } };
@@ -64,6 +64,13 @@ describe('SSE connect/disconnect churn', () => {
 
     for (let batch = 0; batch < 20; batch++) {
       await Promise.all(Array.from({ length: 10 }, (_, i) => cycle(i % 2 ? polled : streaming)));
+    }
+    // Clients that leave before any answer, some while the server is still looking the job up.
+    for (let i = 0; i < 20; i++) {
+      const ac = new AbortController();
+      const pending = fetch(`${base}/v1/jobs/${i % 2 ? polled : streaming}/stream`, { headers: s.auth, signal: ac.signal }).catch((err: Error) => err);
+      setTimeout(() => ac.abort(), i % 5);
+      await pending;
     }
 
     await settle(async () => (await leases()) === 0 && (await clients()) <= before.clients);

@@ -1,17 +1,16 @@
-import { realpathSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { config } from '../shared/config.js';
 import { migrate } from '../shared/db/migrate.js';
 import { openSharedDatabase } from '../shared/db/shared-embedded.js';
 import { AgentqError } from '../shared/errors.js';
-import { startGeminiRuntime } from '../shared/llm/gemini-runtime.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from '../shared/llm/gemini-runtime.js';
 import { createLogger } from '../shared/logger.js';
 import type { EmbedFn } from '../shared/rag/embedding.js';
 import { readJsonlDocs } from '../shared/rag/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../shared/rag/knowledge-schemas.js';
 import { createKnowledgeStore, type UpsertResult } from '../shared/rag/knowledge-store.js';
+import { runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N]
   chat_facts need --org; playbooks with --org are private to that org, without it global.`;
@@ -108,12 +107,7 @@ async function main(argv: string[]): Promise<number> {
   let runtime: Awaited<ReturnType<typeof startGeminiRuntime>> | undefined;
   try {
     await migrate(db.pool, { logger });
-    runtime = await startGeminiRuntime({
-      apiKey: cfg.GEMINI_API_KEY,
-      models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
-      timeoutMs: cfg.LLM_TIMEOUT_MS,
-      logger,
-    });
+    runtime = await startGeminiRuntime(geminiOptionsFromConfig(cfg, logger));
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     const store = createKnowledgeStore({ pool: db.pool, embed });
     progressBar(0, total);
@@ -130,13 +124,4 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href;
-if (invokedDirectly) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (err) => {
-      process.stderr.write(`${(err as Error).message}\n`);
-      process.exit(1);
-    },
-  );
-}
+runCliIfMain(import.meta.url, main);

@@ -1,5 +1,3 @@
-import { realpathSync } from 'node:fs';
-import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import { config } from '../shared/config.js';
@@ -8,6 +6,7 @@ import { migrate } from '../shared/db/migrate.js';
 import { openSharedDatabase } from '../shared/db/shared-embedded.js';
 import { AgentqError } from '../shared/errors.js';
 import { createLogger } from '../shared/logger.js';
+import { runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage:
   npm run keys -- create --org ORG [--admin]   create a key (printed once, never stored)
@@ -111,13 +110,4 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-const invokedDirectly = process.argv[1] !== undefined && import.meta.url === pathToFileURL(realpathSync(process.argv[1])).href;
-if (invokedDirectly) {
-  main(process.argv.slice(2)).then(
-    (code) => process.exit(code),
-    (err) => {
-      process.stderr.write(`${(err as Error).message}\n`);
-      process.exit(1);
-    },
-  );
-}
+runCliIfMain(import.meta.url, main);

@@ -8,7 +8,7 @@ import { migrate } from '../../src/shared/db/migrate.js';
 import { createPool } from '../../src/shared/db/pool.js';
 import { startGeminiEmulator, type GeminiEmulator } from '../../src/shared/gemini/emulator.js';
 import type { Infra } from '../../src/shared/infra.js';
-import { startGeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
 import { createLogger, type Logger } from '../../src/shared/logger.js';
 import type { WorkerRuntime } from '../../src/workers/worker-runtime.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
@@ -63,13 +63,7 @@ export async function startStack(
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();
-  const gemini = await startGeminiRuntime({
-    apiKey: 'emulator-key',
-    baseUrl: emulator.url,
-    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
-    timeoutMs: cfg.LLM_TIMEOUT_MS,
-    logger,
-  });
+  const gemini = await startGeminiRuntime({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: emulator.url });
   const runtime = await startRuntime({
     cfg,
     infra,

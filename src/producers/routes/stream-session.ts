@@ -71,7 +71,7 @@ export function serveJobStream(
   }
 
   function write(frame: string): void {
-    if (closed) return;
+    if (closed || res.destroyed || res.writableEnded) return;
     // A slow client stops its own reads until its socket drains; the others are not held back.
     if (!res.write(frame)) sub?.pause();
   }
@@ -132,15 +132,6 @@ export function serveJobStream(
   }
 
   reply.hijack();
-  // The client may have gone while the handler awaited: then 'close' has already fired.
-  if (res.destroyed || !res.socket || res.socket.destroyed) {
-    cleanup();
-    return { close: cleanup };
-  }
-  res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS });
-  res.flushHeaders();
-  if (o.preface) write(o.preface);
-
   const heartbeat = setInterval(() => {
     write(PING_FRAME);
     lease.refresh().catch((err: unknown) => log.warn({ err }, 'could not refresh stream lease'));
@@ -148,6 +139,17 @@ export function serveJobStream(
     lively = false;
   }, deps.heartbeatMs);
   res.on('close', cleanup);
+  // A write racing the client's disconnect errors the response; 'close' follows and cleans up.
+  res.on('error', (err) => log.debug({ err: err.message }, 'stream response error'));
+  // The client may have gone while the handler awaited: then 'close' has already fired.
+  console.log('DBG serve', { destroyed: res.destroyed, socket: !!res.socket, sockDestroyed: res.socket?.destroyed, closed: (res as any)._closed, reqDestroyed: req.raw.destroyed });
+  if (res.destroyed || !res.socket || res.socket.destroyed) {
+    cleanup();
+    return { close: cleanup };
+  }
+  res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS });
+  res.flushHeaders();
+  if (o.preface) write(o.preface);
 
   (target.stream ? followStream() : pollFinal()).catch(fail);
   // Ends the response without [DONE] (server shutting down): the client reconnects, with Last-Event-ID, elsewhere.

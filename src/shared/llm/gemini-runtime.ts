@@ -1,3 +1,4 @@
+import type { Config } from '../config.js';
 import { startGeminiEmulator, type GeminiEmulator, type GeminiEmulatorOptions } from '../gemini/emulator.js';
 import type { Logger } from '../logger.js';
 import { createLlmClient, type LlmClient } from './llm-client.js';
@@ -47,4 +48,17 @@ export async function startGeminiRuntime(opts: GeminiRuntimeOptions): Promise<Ge
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
   return { llm, models: opts.models, emulator, close: () => emulator.close() };
+}
+
+/** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
+export function geminiOptionsFromConfig(
+  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'>,
+  logger: Logger,
+): GeminiRuntimeOptions {
+  return {
+    apiKey: cfg.GEMINI_API_KEY,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
+    timeoutMs: cfg.LLM_TIMEOUT_MS,
+    logger,
+  };
 }

@@ -7,7 +7,7 @@ import type { AgentResult } from '../types.js';
 export interface ProgressEvent {
   stage: 'queued' | 'started' | 'retrying' | 'restarted' | 'delayed';
   jobId?: string;
-  /** 1-based attempt the event belongs to. */
+  /** 1-based attempt: the one starting (`started`, `restarted`), or the one that failed (`retrying`). */
   attempt?: number;
   /** Why the previous attempt failed (`retrying`) or why the job waits (`delayed`). */
   reason?: string;
