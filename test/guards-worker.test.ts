@@ -59,6 +59,7 @@ describe('worker guards', () => {
     s = await startStack(
       {
         WORKER_CONCURRENCY: '25',
+        QUOTA_CACHE_MS: '0',
         MODEL_LIMITS: JSON.stringify({ 'limited-model': { orgRpm: 1, rpm: 1000, tpm: 10_000_000 } }),
         BREAKER_FAILURE_THRESHOLD: '2',
         BREAKER_TIMEOUT_MS: '60000',
@@ -165,6 +166,31 @@ describe('worker guards', () => {
     expect(view.result.model).toBe('gemini-2.0-flash');
     const aborted = s.emulator.calls().filter((c) => c.model.includes('gemini-2.5-pro') && c.aborted);
     expect(aborted.length).toBe(2);
+  });
+
+  it('holds a job at start when its org is over its monthly budget (quota), using no attempt', async () => {
+    const org = `budget_${Date.now()}`;
+    const auth = { authorization: `Bearer ${await s.newKey(org)}` };
+    // Enqueued while under budget; the spend that crosses it is recorded before the job starts.
+    await queue.pause();
+    const id = await enqueue(s, risk('over-budget'), auth);
+    await createOrgStore({ pool: s.infra.db.pool }).upsert({ id: org, monthlyBudgetUsd: 1 });
+    await s.infra.db.pool.query(
+      `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens, cost_usd, duration_ms)
+       VALUES ('spent-1', 1, $1, 'RiskAnalyzer', 'analyze_risks', 'm', 'completed', 1, 1, 2.5, 1)`,
+      [org],
+    );
+    const calls = generateCalls(s);
+    await queue.resume();
+    for (let i = 0; i < 100 && (await (await queue.getJob(id))!.getState()) !== 'delayed'; i++) await new Promise((r) => setTimeout(r, 50));
+    const job = await queue.getJob(id);
+    expect(await job!.getState()).toBe('delayed');
+    expect(job!.attemptsMade).toBe(0);
+    expect(generateCalls(s)).toBe(calls);
+    // And the API now refuses new work for that org with the reason.
+    const refused = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk('over-budget-2') });
+    expect(refused.statusCode).toBe(429);
+    expect(refused.json().error).toMatch(/monthly budget/);
   });
 
   it('names both routes when primary and fallback fail', async () => {
