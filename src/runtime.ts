@@ -6,6 +6,9 @@ import { createJobProducer } from './producers/job-producer.js';
 import { createJobService } from './producers/job-service.js';
 import type { AgentRegistry } from './shared/agents/registry.js';
 import type { Config } from './shared/config.js';
+import { Registry } from 'prom-client';
+import { createOpsMetrics } from './ops/metrics.js';
+import { countingAdmission } from './ops/ops-metrics-hub.js';
 import { createAdmission } from './producers/admission.js';
 import { createApiKeyStore } from './shared/db/api-keys.js';
 import { createOrgStore } from './shared/db/orgs.js';
@@ -74,14 +77,15 @@ export async function startRuntime(opts: {
   const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S });
   const orgs = createOrgStore({ pool: infra.db.pool });
   const quotas = createQuotaChecker({ pool: infra.db.pool });
-  const admission = createAdmission({
+  const metrics = createOpsMetrics(new Registry());
+  const admission = countingAdmission(createAdmission({
     limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
     planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
     quota: (orgId) => quotas.check(orgId),
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
     cacheMs: cfg.QUOTA_CACHE_MS,
-  });
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, admission, llm: opts.llm };
+  }), () => metrics);
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, admission, metrics, llm: opts.llm };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerRuntime[] = [];
   const guardSets: Array<{ close(): Promise<void> }> = [];

@@ -69,9 +69,7 @@ describe('Bull Board in a real browser', () => {
 
       const card = page.locator('div[class*="card-"]', { has: page.getByText(failedId) }).last();
       await card.locator('button:has(svg.lucide-refresh-cw)').click();
-      await page.waitForTimeout(1000);
-      await page.screenshot({ path: '/tmp/bbx/after-click.png' });
-      require('node:fs').writeFileSync('/tmp/bbx/after-click.html', await page.content());
+      await page.getByRole('button', { name: 'Confirm' }).click();
 
       // In Redis: the job left the failed set, ran again and completed on its second attempt.
       await waitFor(async () => (await s.runtime.queue.getJobState(failedId)) === 'completed', 'retried job to complete');

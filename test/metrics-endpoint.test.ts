@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { opsMetricsOf } from '../src/ops/ops-metrics-hub.js';
+import { countingAdmission, opsMetricsOf } from '../src/ops/ops-metrics-hub.js';
 import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
@@ -107,5 +107,18 @@ describe('GET /metrics', () => {
     expect(sampleSum(after, 'agentq_job_delays_total', { reason: 'rate_limited' }) - sampleSum(before, 'agentq_job_delays_total', { reason: 'rate_limited' })).toBe(1);
     expect(sampleSum(after, 'agentq_sse_streams_open') - sampleSum(before, 'agentq_sse_streams_open')).toBe(2);
     opsMetricsOf(s.runtime.deps).sseStreams.set(0);
+  });
+
+  it('counts admission refusals through the wrapper the runtime can put around its admission', async () => {
+    let allow = true;
+    const admission = countingAdmission(
+      { admit: async () => (allow ? { allowed: true as const } : { allowed: false as const, reason: 'rate limit exceeded (plan general)', retryAfterS: 1 }) },
+      () => opsMetricsOf(s.runtime.deps),
+    );
+    const before = sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason: 'rate_limit' });
+    expect((await admission.admit(s.orgId, 1)).allowed).toBe(true);
+    allow = false;
+    expect(await admission.admit(s.orgId, 1)).toMatchObject({ allowed: false, retryAfterS: 1 });
+    expect(sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason: 'rate_limit' }) - before).toBe(1);
   });
 });

@@ -51,8 +51,12 @@ describe('SSE connect/disconnect churn', () => {
       ac.abort();
     };
     const leases = () => admin.zcard(openStreamsKey(s.cfg.QUEUE_PREFIX, s.orgId));
+    // Requests whose client left early may still be in their handler: wait for a state that holds.
     const settle = async (want: () => Promise<boolean>) => {
-      for (let i = 0; i < 100 && !(await want()); i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0, held = 0; i < 100 && held < 3; i++) {
+        held = (await want()) ? held + 1 : 0;
+        await new Promise((r) => setTimeout(r, 50));
+      }
     };
 
     // Warm up: the shared reader and the long poll's event connection are made on first use.
@@ -62,15 +66,15 @@ describe('SSE connect/disconnect churn', () => {
     await new Promise((r) => setTimeout(r, 300));
     const before = { clients: await clients(), timers: timers() };
 
-    for (let batch = 0; batch < 20; batch++) {
-      await Promise.all(Array.from({ length: 10 }, (_, i) => cycle(i % 2 ? polled : streaming)));
-    }
     // Clients that leave before any answer, some while the server is still looking the job up.
     for (let i = 0; i < 20; i++) {
       const ac = new AbortController();
       const pending = fetch(`${base}/v1/jobs/${i % 2 ? polled : streaming}/stream`, { headers: s.auth, signal: ac.signal }).catch((err: Error) => err);
       setTimeout(() => ac.abort(), i % 5);
       await pending;
+    }
+    for (let batch = 0; batch < 20; batch++) {
+      await Promise.all(Array.from({ length: 10 }, (_, i) => cycle(i % 2 ? polled : streaming)));
     }
 
     await settle(async () => (await leases()) === 0 && (await clients()) <= before.clients);

@@ -25,8 +25,9 @@ describe('streams across API processes', () => {
     [baseOne, baseTwo] = await Promise.all([listen(one), listen(two)]);
     one.emulator.setStreamChunkDelay(40);
   });
+  let twoClosed = false;
   afterAll(async () => {
-    await two?.close();
+    if (!twoClosed) await two?.close();
     await one?.close();
   });
 
@@ -63,5 +64,30 @@ describe('streams across API processes', () => {
     } finally {
       held.forEach((ac) => ac.abort());
     }
+  });
+
+  it('cuts open streams on shutdown without [DONE]; the client resumes on another process', async () => {
+    one.emulator.setStreamChunkDelay(150);
+    const input = { startup: { name: 'Shutdown Mid Stream', industry: 'logistics', stage: 'seed', description: 'Outlives its API process' } };
+    const { id } = (await one.app.inject({ method: 'POST', url: '/v1/jobs', headers: one.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true } } })).json();
+    const res = await fetch(`${baseTwo}/v1/jobs/${id}/stream`, { headers: one.auth });
+    const reader = res.body!.getReader();
+    const parser = createSseParser();
+    const before: ReturnType<typeof parser.feed> = [];
+    while (!before.some((m) => m.data.startsWith('{"text"'))) before.push(...parser.feed(new TextDecoder().decode((await reader.read()).value)));
+    const closing = two.close();
+    twoClosed = true;
+    for (;;) {
+      const { value, done } = await reader.read().catch(() => ({ value: undefined, done: true as const }));
+      if (done) break;
+      before.push(...parser.feed(new TextDecoder().decode(value)));
+    }
+    await closing;
+    expect(before.some((m) => m.data === '[DONE]')).toBe(false);
+    const lastId = before.filter((m) => m.id).pop()!.id!;
+    const rest = createSseParser().feed(await (await fetch(`${baseOne}/v1/jobs/${id}/stream`, { headers: { ...one.auth, 'last-event-id': lastId } })).text());
+    const whole = createSseParser().feed(await (await fetch(`${baseOne}/v1/jobs/${id}/stream`, { headers: one.auth })).text());
+    expect([...before, ...rest]).toEqual(whole);
+    expect(whole[whole.length - 1].data).toBe('[DONE]');
   });
 });

@@ -16,10 +16,10 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
   serverAdapter.setBasePath(basePath);
   createBullBoard({
     // readOnlyMode also turns off retries in the UI; the auth hook refuses mutations as well.
-    queues: opts.queues.map((q) => new BullMQAdapter(q as never, { readOnlyMode: opts.readOnly })),
+    queues: opts.queues.map((q) => new BullMQAdapter(q, { readOnlyMode: opts.readOnly })),
     // @bull-board/fastify pins its own copy of @bull-board/api, whose adapter type differs only nominally.
     serverAdapter: serverAdapter as never,
     options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true } },
   });
-  await scope.register(serverAdapter.registerPlugin() as never, { prefix: basePath });
+  await scope.register(serverAdapter.registerPlugin(), { prefix: basePath });
 }

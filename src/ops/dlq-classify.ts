@@ -1,8 +1,8 @@
 import { CANCELLED_REASON } from '../shared/queue/cancel.js';
 
 /** What an operator can do with a dead-lettered job. */
-export type DlqClass = 'retryable' | 'poison' | 'cancelled';
-export const DLQ_CLASSES: readonly DlqClass[] = ['retryable', 'poison', 'cancelled'];
+export const DLQ_CLASSES = ['retryable', 'poison', 'cancelled'] as const;
+export type DlqClass = (typeof DLQ_CLASSES)[number];
 
 /** A bounded set, so it can be a metric label. */
 export type FailureType =

@@ -14,13 +14,13 @@ const idParam = z.object({ id: z.string().min(1).max(200) });
 const listQuery = z
   .object({
     agent: z.string().min(1).max(200).optional(),
-    class: z.enum(DLQ_CLASSES as [string, ...string[]]).optional(),
+    class: z.enum(DLQ_CLASSES).optional(),
     cursor: z.string().min(1).max(500).optional(),
     limit: z.coerce.number().int().min(1).max(200).default(50),
   })
   .strict();
 const retryBody = z.object({ input: z.unknown() }).partial().strict();
-const bulkBody = z.object({ agent: z.string().min(1).max(200).optional(), class: z.enum(DLQ_CLASSES as [string, ...string[]]).optional() }).strict();
+const bulkBody = z.object({ agent: z.string().min(1).max(200).optional(), class: z.enum(DLQ_CLASSES).optional() }).strict();
 
 function parse<T extends z.ZodType>(schema: T, value: unknown, prefix: string): z.infer<T> {
   const result = schema.safeParse(value);
@@ -39,7 +39,7 @@ export function dlqRoutes(app: FastifyInstance, deps: { dlq: DlqService }) {
     const q = parse(listQuery, req.query, 'query.');
     const cursor = q.cursor ? decodeCursor(q.cursor) : undefined;
     if (q.cursor && !cursor) throw new ValidationError('invalid query', [{ path: 'query.cursor', message: 'not a cursor returned by this API' }]);
-    const { entries, next } = await deps.dlq.list(scopeOf(req), { agent: q.agent, class: q.class as never, cursor, limit: q.limit });
+    const { entries, next } = await deps.dlq.list(scopeOf(req), { agent: q.agent, class: q.class, cursor, limit: q.limit });
     return { entries, ...(next ? { nextCursor: encodeCursor(next) } : {}) };
   });
 
@@ -50,7 +50,7 @@ export function dlqRoutes(app: FastifyInstance, deps: { dlq: DlqService }) {
 
   app.post('/v1/dlq/retry', async (req) => {
     const filter = parse(bulkBody, req.body ?? {}, '');
-    const res = await deps.dlq.retryMany(scopeOf(req), { agent: filter.agent, class: filter.class as never }, BULK_RETRY_MAX);
+    const res = await deps.dlq.retryMany(scopeOf(req), { agent: filter.agent, class: filter.class }, BULK_RETRY_MAX);
     req.log.info({ ...filter, retried: res.retried }, 'dead-letter bulk retry');
     return res;
   });

@@ -1,18 +1,22 @@
-import { Registry } from 'prom-client';
+import type { AdmissionCheck } from '../producers/routes/jobs.js';
 import type { FeatureDeps } from '../shared/feature.js';
-import { createOpsMetrics, type OpsMetrics } from './metrics.js';
+import type { OpsMetrics } from './metrics.js';
 
-// One metrics set per runtime, keyed by that runtime's FeatureDeps: features of the same runtime share it
-// (the streaming feature sets the SSE gauge, the runtime counts admission rejections) while two runtimes
-// in one process (tests) never mix. Nothing is put on prom-client's global registry.
-const byRuntime = new WeakMap<FeatureDeps, OpsMetrics>();
-
-/** The metrics of the runtime `deps` belongs to (created, on a fresh Registry, on first use). */
+/** The metrics of the runtime `deps` belongs to: features of one runtime share one registry. */
 export function opsMetricsOf(deps: FeatureDeps): OpsMetrics {
-  let m = byRuntime.get(deps);
-  if (!m) {
-    m = createOpsMetrics(new Registry());
-    byRuntime.set(deps, m);
-  }
-  return m;
+  return deps.metrics;
+}
+
+/**
+ * Wraps an admission check so every refusal is counted in `agentq_admission_rejections_total`. `metrics`
+ * is read lazily, so the runtime can wrap its admission before its FeatureDeps exist.
+ */
+export function countingAdmission(inner: AdmissionCheck, metrics: () => OpsMetrics): AdmissionCheck {
+  return {
+    async admit(orgId, jobs) {
+      const verdict = await inner.admit(orgId, jobs);
+      if (!verdict.allowed) metrics().admissionRejected(verdict.reason);
+      return verdict;
+    },
+  };
 }

@@ -4,6 +4,7 @@ import type { Redis } from 'ioredis';
 import type { JobProducer } from '../producers/job-producer.js';
 import type { JobService } from '../producers/job-service.js';
 import type { AdmissionCheck } from '../producers/routes/jobs.js';
+import type { OpsMetrics } from '../ops/metrics.js';
 import type { JobContext } from '../workers/middleware.js';
 import type { AgentRegistry } from './agents/registry.js';
 import type { Config } from './config.js';
@@ -25,6 +26,8 @@ export interface FeatureDeps {
   jobs: JobService;
   /** Per-org admission (rate plan + quotas) for routes that start work; 429 via `admitOrThrow`. */
   admission: AdmissionCheck;
+  /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
+  metrics: OpsMetrics;
   llm: {
     generate: import('../workers/call-agent.js').GenerateFn['generate'];
     embed(texts: string[], opts?: { signal?: AbortSignal; taskType?: string }): Promise<number[][]>;

@@ -1,4 +1,4 @@
-import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../shared/logger.js';
 import { backoffDelay } from '../shared/queue/backoff.js';
@@ -17,8 +17,6 @@ export interface AgentWorkerOptions {
   stalledIntervalMs: number;
   backoff: { baseMs: number; maxMs: number };
   logger: Logger;
-  /** Called once a job has failed for good: it now sits in the failed set, which is the dead-letter queue. */
-  onDeadLetter?: (job: Job<AgentJobData, AgentResult>, err: Error) => void;
 }
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
@@ -35,11 +33,6 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
     },
   });
 
-  worker.on('failed', (job, err) => {
-    if (!job) return;
-    const final = err instanceof UnrecoverableError || err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1);
-    if (final) opts.onDeadLetter?.(job, err);
-  });
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 

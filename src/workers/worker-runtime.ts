@@ -60,8 +60,6 @@ export function createWorkerRuntime(opts: {
     stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
     backoff: { baseMs: cfg.BACKOFF_BASE_MS, maxMs: cfg.BACKOFF_MAX_MS },
     logger,
-    onDeadLetter: (job, err) =>
-      logger.error({ jobId: job.id, orgId: job.data.orgId, agent: job.data.agent, action: job.data.action, requestId: job.data.requestId, reason: err.message }, 'job moved to the dead-letter queue'),
   });
   for (const f of features) f.attachWorker?.(worker.worker);
   return {

@@ -142,7 +142,6 @@ export function serveJobStream(
   // A write racing the client's disconnect errors the response; 'close' follows and cleans up.
   res.on('error', (err) => log.debug({ err: err.message }, 'stream response error'));
   // The client may have gone while the handler awaited: then 'close' has already fired.
-  console.log('DBG serve', { destroyed: res.destroyed, socket: !!res.socket, sockDestroyed: res.socket?.destroyed, closed: (res as any)._closed, reqDestroyed: req.raw.destroyed });
   if (res.destroyed || !res.socket || res.socket.destroyed) {
     cleanup();
     return { close: cleanup };
