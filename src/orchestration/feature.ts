@@ -60,7 +60,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
         const worker = createFlowsWorker({
           connection,
           prefix: cfg.QUEUE_PREFIX,
-          concurrency: options.concurrency ?? 50,
+          concurrency: options.concurrency ?? cfg.FLOWS_CONCURRENCY,
           lockDurationMs: cfg.LOCK_DURATION_MS,
           stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
           agentQueue,

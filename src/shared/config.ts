@@ -65,6 +65,8 @@ export const configSchema = z.object({
   LLM_TIMEOUT_MS: int(60_000, 1),
 
   WORKER_CONCURRENCY: int(10, 1),
+  /** Flow parents and pipeline runs mostly wait on their children, so this can be well above WORKER_CONCURRENCY. */
+  FLOWS_CONCURRENCY: int(50, 1),
   JOB_ATTEMPTS: int(3, 1),
   BACKOFF_BASE_MS: int(1000, 1),
   BACKOFF_MAX_MS: int(60_000, 1),

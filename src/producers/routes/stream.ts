@@ -10,6 +10,7 @@ import type { AgentJobData, AgentResult } from '../../shared/types.js';
 import { principalOf } from '../app.js';
 import { HttpError, withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../job-producer.js';
+import { admitOrThrow, type AdmissionCheck } from './jobs.js';
 import { toJobView } from '../job-service.js';
 import { zodDetails } from '../zod-details.js';
 import { serveJobStream, type SessionDeps, type StreamTarget } from './stream-session.js';
@@ -19,6 +20,8 @@ export interface StreamRouteDeps extends SessionDeps {
   producer: JobProducer;
   slots: StreamSlots;
   maxStreamsPerOrg: number;
+  /** The same per-org admission as `POST /v1/jobs` (rate plan, quotas). */
+  admission?: AdmissionCheck;
   enqueueDeadlineMs?: number;
 }
 
@@ -89,6 +92,7 @@ export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
 
   app.post('/v1/stream', async (req, reply) => {
     const { orgId } = principalOf(req);
+    await admitOrThrow(deps.admission, orgId, 1, deadline);
     const body = req.body;
     // Always a streaming job; a malformed `options` is left for validation to name.
     const raw = isPlainObject(body) && (body.options === undefined || isPlainObject(body.options)) ? { ...body, options: { ...(body.options ?? {}), stream: true } } : body;

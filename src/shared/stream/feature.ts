@@ -65,6 +65,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           jobs: deps.jobs,
           queue: deps.queue,
           producer: deps.producer,
+          admission: deps.admission,
           reader: readerOf,
           heartbeatMs,
           maxStreamsPerOrg,
