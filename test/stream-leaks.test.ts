@@ -91,4 +91,22 @@ describe('SSE connect/disconnect churn', () => {
     expect(new TextDecoder().decode((await reader.read()).value)).toContain(': ping');
     ac.abort();
   });
+
+  it('counts open SSE streams in the metrics gauge', async () => {
+    const gauge = async () => (await s.runtime.deps.metrics.registry.getSingleMetric('agentq_sse_streams_open')!.get()).values[0]?.value ?? 0;
+    const res0 = await fetch(`${base}/v1/jobs`, {
+      method: 'POST',
+      headers: { ...s.auth, 'content-type': 'application/json' },
+      body: JSON.stringify({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'gauge' }, options: { stream: true } }),
+    });
+    const { id } = (await res0.json()) as { id: string };
+    const before = await gauge();
+    const ac = new AbortController();
+    const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: s.auth, signal: ac.signal });
+    expect(res.status).toBe(200);
+    expect(await gauge()).toBe(before + 1);
+    ac.abort();
+    for (let i = 0; i < 100 && (await gauge()) !== before; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await gauge()).toBe(before);
+  });
 });

@@ -234,3 +234,28 @@ describe('SSE job streams', () => {
     }
   });
 });
+
+describe('POST /v1/stream admission', () => {
+  let s: Stack;
+  let base: string;
+  beforeAll(async () => {
+    s = await startStack({ RATE_LIMIT_PLANS: JSON.stringify({ general: { points: 1, durationS: 60 } }) }, { worker: false, features: [streamingFeature({ heartbeatMs: 200 })] });
+    await s.app.listen({ port: 0, host: '127.0.0.1' });
+    const addr = s.app.server.address();
+    base = `http://127.0.0.1:${typeof addr === 'object' && addr ? addr.port : 0}`;
+  });
+  afterAll(async () => s?.close());
+
+  it('spends the org admission like POST /v1/jobs: over the plan is a 429 and nothing is enqueued', async () => {
+    const body = JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Rate Limited') });
+    const headers = { ...s.auth, 'content-type': 'application/json' };
+    const ac = new AbortController();
+    const first = await fetch(`${base}/v1/stream`, { method: 'POST', headers, body, signal: ac.signal });
+    expect(first.status).toBe(200);
+    ac.abort();
+    const second = await fetch(`${base}/v1/stream`, { method: 'POST', headers, body });
+    expect(second.status).toBe(429);
+    expect(Number(second.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(await s.runtime.queue.getJobCountByTypes('waiting', 'prioritized', 'delayed')).toBe(1);
+  });
+});

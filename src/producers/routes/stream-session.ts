@@ -14,6 +14,8 @@ export interface SessionDeps {
   jobs: JobService;
   reader: () => StreamReader;
   heartbeatMs: number;
+  /** The open-streams gauge of this process's metrics. */
+  openStreams?: { inc(): void; dec(): void };
 }
 
 /** The job a session serves, as found when the client connected. */
@@ -55,9 +57,12 @@ export function serveJobStream(
   /** A heartbeat found the job finished but no final entry yet: the next one answers from the job itself. */
   let endSeen = false;
 
+  deps.openStreams?.inc();
+
   function cleanup(): void {
     if (closed) return;
     closed = true;
+    deps.openStreams?.dec();
     clearInterval(heartbeat);
     sub?.close();
     res.off('drain', onDrain);

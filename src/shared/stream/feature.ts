@@ -69,6 +69,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           reader: readerOf,
           heartbeatMs,
           maxStreamsPerOrg,
+          openStreams: deps.metrics.sseStreams,
           // A lease outlives two missed heartbeats, so only a dead process's streams lapse.
           slots: createStreamSlots({ redis, prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),
         });
