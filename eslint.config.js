@@ -1,7 +1,7 @@
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['node_modules/', '.data/', 'dist/', 'bench/results/'] },
+  { ignores: ['node_modules/', '.data/', 'dist/', 'bench/results/', 'bench/.scratch/', '.tmp-*'] },
   ...tseslint.configs.recommended,
   {
     rules: {
