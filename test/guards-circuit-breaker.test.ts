@@ -64,7 +64,7 @@ describe('circuit breaker', () => {
     await b.onFailure(key, false);
     await a.onFailure(key, false);
     expect((await c.state(key)).consecutiveFailures).toBe(3);
-    expect(await c.acquire(key)).toEqual({ allowed: true, probe: false });
+    expect(await c.acquire(key)).toMatchObject({ allowed: true, probe: false });
     await b.onFailure(key, false);
     expect(opened).toEqual([`b:${key}`]);
 
@@ -120,7 +120,7 @@ describe('circuit breaker', () => {
     await c.onSuccess(key, true);
     expect(closed).toEqual([key]);
     expect(await a.state(key)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
-    expect(await b.acquire(key)).toEqual({ allowed: true, probe: false });
+    expect(await b.acquire(key)).toMatchObject({ allowed: true, probe: false });
   });
 
   it('a probe failure reopens it for another timeout', async () => {
@@ -146,7 +146,7 @@ describe('circuit breaker', () => {
     const key = uniqueKey();
     for (let i = 0; i < 4; i++) await a.onFailure(key, false);
     await b.reset(key);
-    expect(await c.acquire(key)).toEqual({ allowed: true, probe: false });
+    expect(await c.acquire(key)).toMatchObject({ allowed: true, probe: false });
   });
 });
 
@@ -230,5 +230,21 @@ describe('breaker guard', () => {
     expect((await breaker.state(key)).consecutiveFailures).toBe(1);
     await expect(guard(guardContext({ model }), async () => okResult('fine'))).resolves.toMatchObject({ success: true });
     expect((await breaker.state(key)).consecutiveFailures).toBe(0);
+  });
+});
+
+describe('circuit breaker round trips', () => {
+  it('marks a clean closed breaker so a success needs no write, and stops once a failure is counted', async () => {
+    const redis = new Redis(redisUrl());
+    const breaker = createCircuitBreaker({ redis, prefix: randomPrefix(), failureThreshold: 3 });
+    expect(await breaker.acquire('m')).toEqual({ allowed: true, probe: false, clean: true });
+    await breaker.onFailure('m', false);
+    expect(await breaker.acquire('m')).toEqual({ allowed: true, probe: false });
+    await breaker.onSuccess('m', false);
+    expect((await breaker.state('m')).consecutiveFailures).toBe(0);
+    expect(await breaker.acquire('m')).toEqual({ allowed: true, probe: false, clean: true });
+    const windowed = createCircuitBreaker({ redis, prefix: randomPrefix(), errorThresholdPercentage: 50 });
+    expect(await windowed.acquire('m')).toEqual({ allowed: true, probe: false });
+    await redis.quit();
   });
 });

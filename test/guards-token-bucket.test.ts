@@ -196,6 +196,17 @@ describe('rate limit guard', () => {
     expect(tokens).toBeLessThanOrEqual(3000 + refilled);
   });
 
+  it('sums corrections per bucket and writes them once per flush interval', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 100, modelRpm: () => 100, modelTpm: () => 6000 }, correctionFlushMs: 60_000 });
+    for (let i = 0; i < 3; i++) await guard(guardContext({ model, estimatedTokens: 100 }), async () => okResult('ok', { input: 900, output: 0 }));
+    const key = `${prefix}:tb:tpm:model:${model}`;
+    // Charged the estimates (3 x 100) but not yet corrected.
+    expect(Number(await redis.hget(key, 'tokens'))).toBeGreaterThan(5000);
+    await guard.flush();
+    expect(Number(await redis.hget(key, 'tokens'))).toBeLessThanOrEqual(6000 - 2700 + 100);
+  });
+
   it('refunds every bucket when an inner guard refused before any call', async () => {
     const model = `m-${randomOrg()}`;
     const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 1, modelTpm: () => 6000 } });

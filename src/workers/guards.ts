@@ -91,6 +91,17 @@ export function createWorkerGuards(opts: {
   const limits = cfg.MODEL_LIMITS;
   const quotas = createQuotaChecker({ pool: infra.db.pool });
 
+  const rateLimit = createRateLimitGuard({
+    buckets: createTokenBuckets({ redis, prefix }),
+    limits: {
+      modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
+      modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
+      perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
+    },
+    correctionFlushMs: 100,
+    onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
+  });
+
   const middlewares: Middleware[] = [
     createResultCacheGuard({ cache: resultCache }),
     createSemanticCacheGuard({ cache: semanticCache, logger: opts.logger }),
@@ -100,20 +111,14 @@ export function createWorkerGuards(opts: {
       agents: opts.agents,
       backoffBaseMs: cfg.BACKOFF_BASE_MS,
     }),
-    createRateLimitGuard({
-      buckets: createTokenBuckets({ redis, prefix }),
-      limits: {
-        modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
-        modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
-        perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
-      },
-    }),
+    rateLimit,
     createBreakerGuard({ breaker }),
   ];
   return {
     middlewares,
     breaker,
     async close() {
+      await rateLimit.flush();
       redis.disconnect();
     },
   };

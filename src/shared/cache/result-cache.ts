@@ -109,7 +109,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
   const lookupLua = defineLua(redis, luaDir, 'result-cache-lookup-4.lua');
-  const setLua = defineLua(redis, luaDir, 'result-cache-set-3.lua');
+  const setLua = defineLua(redis, luaDir, 'result-cache-set-4.lua');
   const unlockLua = defineLua(redis, luaDir, 'result-cache-unlock-1.lua');
   const renewLua = defineLua(redis, luaDir, 'result-cache-renew-1.lua');
   const l1 = new LRUCache<string, { tag: string; value: T }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
@@ -143,15 +143,22 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     return { hash, keys, tag, found, lockState };
   }
 
-  async function store(keys: string[], hash: string, tag: string, value: T): Promise<boolean> {
-    const [stored, current] = (await setLua(keys.slice(0, 3), [tag, JSON.stringify(value), opts.l2TtlS])) as [number, string];
+  /** Writes the entry (and releases `lockToken`'s lock in the same call). */
+  async function store(keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
+    const [stored, current] = (await setLua(keys, [tag, JSON.stringify(value), opts.l2TtlS, lockToken])) as [number, string];
     if (stored === 1) l1.set(hash, { tag: current, value: structuredClone(value) });
     return stored === 1;
   }
 
-  async function storeQuietly(keys: string[], hash: string, tag: string, value: T): Promise<void> {
-    // The value was paid for; failing to cache it must not fail the caller.
-    await store(keys, hash, tag, value).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: store failed'));
+  /** The value was paid for: failing to cache it must not fail the caller. False when the write failed. */
+  async function storeQuietly(keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
+    return store(keys, hash, tag, value, lockToken).then(
+      () => true,
+      (err: unknown) => {
+        opts.logger?.warn({ err }, 'result cache: store failed');
+        return false;
+      },
+    );
   }
 
   return {
@@ -182,14 +189,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           const renew = setInterval(() => {
             renewLua([keys[3]], [token, lockTtlMs]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: lock renewal failed'));
           }, Math.max(100, Math.floor(lockTtlMs / 3)));
+          let released = false;
           try {
             const value = await fn();
-            if (shouldCache(value)) await storeQuietly(keys, hash, tag, value);
+            if (shouldCache(value)) released = await storeQuietly(keys, hash, tag, value, token);
             return { value, from: 'call' };
           } finally {
             clearInterval(renew);
-            // Released on error too, so waiters stop waiting and one of them calls through.
-            await unlockLua([keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+            // Released on error (or an uncached value) too, so waiters stop waiting and one of them calls through.
+            if (!released) await unlockLua([keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
           }
         }
         if (Date.now() >= deadline) {

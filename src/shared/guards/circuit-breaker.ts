@@ -5,7 +5,7 @@ import { defineLua, guardsLuaDir, type RedisClient } from './lua-script.js';
 export type BreakerState = 'closed' | 'open' | 'halfOpen';
 
 export type AcquireResult =
-  | { allowed: true; probe: boolean }
+  | { allowed: true; probe: boolean; /** Closed with no failures counted: a success need not be recorded. */ clean?: boolean }
   | { allowed: false; state: 'open' | 'halfOpen'; retryAtMs: number; msBeforeNext: number };
 
 export interface BreakerSnapshot {
@@ -113,12 +113,13 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   return Object.assign(emitter, {
     errorFilter: opts.errorFilter ?? defaultErrorFilter,
     async acquire(key: string): Promise<AcquireResult> {
-      const [allowed, probe, state, retryAtMs, now, event] = (await acquireLua(
+      const [allowed, probe, state, retryAtMs, now, event, failures] = (await acquireLua(
         [fullKey(key)],
         [probeLeaseMs, halfOpenRetryMs, ttlMs],
-      )) as [number, number, BreakerState, number, number, string];
+      )) as [number, number, BreakerState, number, number, string, number?];
       if (event === 'halfOpen') emitter.emit('halfOpen', key);
-      if (allowed === 1) return { allowed: true, probe: probe === 1 };
+      // Without a rolling failure-rate window, a success on a clean closed breaker changes nothing.
+      if (allowed === 1) return { allowed: true, probe: probe === 1, ...(state === 'closed' && failures === 0 && pct === 0 ? { clean: true } : {}) };
       const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext: Math.max(0, retryAtMs - now) };
       emitter.emit('reject', key, result);
       return result;

@@ -33,12 +33,44 @@ const usable = (n: number) => Number.isFinite(n) && n > 0;
  * is corrected with the real usage, and when nothing was called (an inner guard refused) every
  * bucket is refunded.
  */
-export function createRateLimitGuard(opts: { buckets: TokenBuckets; limits?: Partial<ModelLimits>; maxJitterMs?: number }): Middleware {
+export function createRateLimitGuard(opts: {
+  buckets: TokenBuckets;
+  limits?: Partial<ModelLimits>;
+  maxJitterMs?: number;
+  /**
+   * Token corrections after calls are summed per bucket and written every `correctionFlushMs` (0 = after
+   * each call), so a busy model costs one bucket write per interval instead of one per job. The bucket is
+   * then up to this long behind the real usage.
+   */
+  correctionFlushMs?: number;
+  onError?: (err: unknown) => void;
+}): Middleware & { flush(): Promise<void> } {
   const limits = { ...defaultModelLimits, ...opts.limits };
   const maxJitterMs = opts.maxJitterMs ?? 250;
+  const flushMs = opts.correctionFlushMs ?? 0;
   const { buckets } = opts;
+  const pending = new Map<string, { capacity: number; refillPerSec: number; delta: number }>();
+  let timer: NodeJS.Timeout | undefined;
 
-  return async (ctx, next) => {
+  async function flush(): Promise<void> {
+    clearTimeout(timer);
+    timer = undefined;
+    const batch = [...pending.entries()];
+    pending.clear();
+    await Promise.all(
+      batch.map(([key, c]) => (c.delta === 0 ? undefined : buckets.adjust(key, c.capacity, c.refillPerSec, c.delta).catch((err: unknown) => opts.onError?.(err)))),
+    );
+  }
+
+  function later(r: BucketRequest, delta: number) {
+    const entry = pending.get(r.key) ?? { capacity: r.capacity, refillPerSec: r.refillPerSec, delta: 0 };
+    entry.delta += delta;
+    pending.set(r.key, entry);
+    // unref: a pending correction must not keep a closing process alive.
+    timer ??= setTimeout(() => void flush(), flushMs).unref();
+  }
+
+  const guard: Middleware = async (ctx, next) => {
     const { orgId, model } = ctx;
     const requests: BucketRequest[] = [];
     const perMinute = (key: string, perMin: number, cost: number) => {
@@ -77,8 +109,10 @@ export function createRateLimitGuard(opts: { buckets: TokenBuckets; limits?: Par
     }
     if (tpm) {
       const used = (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
-      await correct(tpm, used - tpm.cost);
+      if (flushMs > 0) later(tpm, used - tpm.cost);
+      else await correct(tpm, used - tpm.cost);
     }
     return result;
   };
+  return Object.assign(guard, { flush });
 }

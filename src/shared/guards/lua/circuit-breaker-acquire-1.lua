@@ -3,13 +3,14 @@
 -- KEYS[1]: breaker hash {st, cf, ou, ps, pl, window slots}; a missing key is a closed breaker
 -- ARGV[1]: probe lease ms, ARGV[2]: how long a caller refused during a probe should wait at most,
 -- ARGV[3]: key ttl ms
--- Returns {allowed (0|1), probe (0|1), state, retryAtMs (0 if allowed), now ms, event ('' | 'halfOpen' | 'reject')}
+-- Returns {allowed (0|1), probe (0|1), state, retryAtMs (0 if allowed), now ms, event ('' | 'halfOpen' | 'reject'),
+--          consecutive failures (closed only; 0 lets a success skip recording: it would change nothing)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local s = redis.call('HMGET', KEYS[1], 'st', 'ou', 'pl')
+local s = redis.call('HMGET', KEYS[1], 'st', 'ou', 'pl', 'cf')
 local st = s[1] or 'closed'
 if st == 'closed' then
-  return {1, 0, 'closed', 0, now, ''}
+  return {1, 0, 'closed', 0, now, '', tonumber(s[4]) or 0}
 end
 local event = ''
 local pl = tonumber(s[3]) or 0

@@ -1,0 +1,16 @@
+-- Stores an entry unless the namespace was invalidated since the caller read it: a result computed
+-- before a bump must never be served after it. Releases the caller's single-flight lock in the same call,
+-- so a computed miss costs one write round trip, not two.
+-- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: entry, KEYS[4]: lock
+-- ARGV[1]: tag the caller computed under ('' = whatever is current), ARGV[2]: json, ARGV[3]: ttl s,
+-- ARGV[4]: lock token to release ('' = none)
+-- Returns {stored (0|1), current tag}
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
+  redis.call('DEL', KEYS[4])
+end
+local tag = (redis.call('GET', KEYS[1]) or '0') .. '.' .. (redis.call('GET', KEYS[2]) or '0')
+if ARGV[1] ~= '' and ARGV[1] ~= tag then
+  return {0, tag}
+end
+redis.call('SET', KEYS[3], tag .. '|' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+return {1, tag}
