@@ -67,8 +67,12 @@ export function createJobService(deps: { queue: AgentQueue; queueEvents: () => Q
 
   async function get(orgId: string, id: string): Promise<JobView> {
     try {
-      const job = await load(orgId, id);
-      return toJobView(job, await job.getState());
+      let job = await load(orgId, id);
+      const state = await job.getState();
+      // The job may have finished between reading its hash and its state: read it again so the view never
+      // says "failed" without the reason (or "completed" without the result).
+      if ((state === 'completed' || state === 'failed') && !job.finishedOn) job = await load(orgId, id);
+      return toJobView(job, state);
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
       const view = await tombstone(orgId, id);
