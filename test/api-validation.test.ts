@@ -57,7 +57,11 @@ describe('API contract without a worker', () => {
     expect((await post({ ...valid, extra: true })).statusCode).toBe(400);
     const notJson = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'content-type': 'application/json' }, payload: '{"agent":' });
     expect(notJson.statusCode).toBe(400);
-    expect(notJson.json().error).toBeTruthy();
+    expect(notJson.json().error).toMatch(/not valid JSON/);
+    const badUtf8 = Buffer.concat([Buffer.from('{"agent":"DealScorer","action":"pipeline_summary","input":{"startupId":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"}}')]);
+    const invalid = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'content-type': 'application/json' }, payload: badUtf8 });
+    expect(invalid.statusCode).toBe(400);
+    expect(invalid.json().error).toMatch(/UTF-8/);
     expect(await queue.count()).toBe(before);
   });
 

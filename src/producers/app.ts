@@ -47,6 +47,23 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.decorateRequest('principal', undefined);
 
+  // Strict JSON: invalid UTF-8 is refused rather than silently turned into U+FFFD and stored.
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body: Buffer, done) => {
+    let text: string;
+    try {
+      text = utf8.decode(body);
+    } catch {
+      return done(new HttpError(400, 'request body is not valid UTF-8'));
+    }
+    if (text.trim() === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(text));
+    } catch (err) {
+      done(new HttpError(400, `request body is not valid JSON: ${(err as Error).message}`));
+    }
+  });
+
   /** Authenticates `/v1/*`; every handler below reads the org from `req.principal`, never from the body. */
   app.addHook('preHandler', async (req) => {
     if (!req.url.startsWith('/v1/')) return;

@@ -1,0 +1,49 @@
+import type pg from 'pg';
+import type { Stack } from './stack.js';
+import { TEST_ENV } from './stack.js';
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** Polls `check` every `everyMs` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
+export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000, everyMs = 50): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined && v !== false) return v as T;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(everyMs);
+  }
+}
+
+/** Environment for `spawnAgentq` pointed at a stack's Redis, database, queue prefix and emulator. */
+export function processEnv(s: Stack, extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    ...TEST_ENV,
+    REDIS_URL: s.cfg.REDIS_URL,
+    DATABASE_URL: s.cfg.DATABASE_URL!,
+    QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
+    GEMINI_API_KEY: 'test-key-not-real',
+    GOOGLE_GEMINI_BASE_URL: s.emulator.url,
+    ...extra,
+  };
+}
+
+/** A RiskAnalyzer request whose prompt contains `marker`, so emulator faults can target it. */
+export const riskJob = (marker: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${marker} Co`, industry: 'logistics' } } });
+
+/** Completed and failed agent_runs rows per job id. */
+export async function runRows(pool: pg.Pool, ids: string[]): Promise<Map<string, { completed: number; failed: number }>> {
+  const { rows } = await pool.query<{ job_id: string; completed: number; failed: number }>(
+    `SELECT job_id, count(*) FILTER (WHERE state = 'completed')::int AS completed, count(*) FILTER (WHERE state = 'failed')::int AS failed
+     FROM agent_runs WHERE job_id = ANY($1) GROUP BY job_id`,
+    [ids],
+  );
+  const out = new Map(ids.map((id) => [id, { completed: 0, failed: 0 }]));
+  for (const r of rows) out.set(r.job_id, { completed: r.completed, failed: r.failed });
+  return out;
+}
+
+/** Logs a figure so it can be quoted from the test output. */
+export function figure(name: string, value: unknown): void {
+  console.log(`[fault figure] ${name}: ${typeof value === 'number' ? Math.round(value * 10) / 10 : JSON.stringify(value)}`);
+}
