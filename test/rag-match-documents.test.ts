@@ -92,3 +92,13 @@ describe('match_documents', () => {
     expect(ids(await match('industry_packs', orgA, `${tag}`, 0.05, 10, { industry: 'biotech' }))).toEqual([`${tag}-bio`]);
   });
 });
+
+describe('HNSW search settings', () => {
+  it('raises ef_search on the similarity functions only (recall measured by npm run bench)', async () => {
+    const pool = new pg.Pool({ connectionString: databaseUrl(), max: 1 });
+    const { rows } = await pool.query(`SELECT proname, proconfig FROM pg_proc WHERE proname IN ('match_documents', 'semantic_cache_nearest')`);
+    expect(rows).toHaveLength(2);
+    for (const r of rows) expect(r.proconfig).toContain('hnsw.ef_search=100');
+    await pool.end();
+  });
+});
