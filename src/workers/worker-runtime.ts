@@ -1,6 +1,7 @@
 import type { Config } from '../shared/config.js';
 import type { Feature } from '../shared/feature.js';
 import { createRunStore } from '../shared/db/agent-runs.js';
+import { createRunWriter } from '../shared/db/run-writer.js';
 import type { Infra } from '../shared/infra.js';
 import type { Logger } from '../shared/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
@@ -45,7 +46,7 @@ export function createWorkerRuntime(opts: {
   const processor = createAgentProcessor({
     agents: opts.registry,
     chain: compose(opts.guards, call),
-    runs: createRunStore({ pool: infra.db.pool }),
+    runs: createRunWriter(createRunStore({ pool: infra.db.pool })),
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
     logger,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),

@@ -74,6 +74,42 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       return res.rowCount === 1;
     },
 
+    /**
+     * Many attempts in one INSERT (one round trip, one commit), each idempotent per (jobId, attempt) like
+     * `record`. Returns how many rows were new.
+     */
+    async recordMany(runs: AgentRun[]): Promise<number> {
+      if (runs.length === 0) return 0;
+      const col = <T>(f: (r: AgentRun) => T) => runs.map(f);
+      const res = await pool.query(
+        `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
+                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now())
+         FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+                     $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca)
+         ON CONFLICT (job_id, attempt) DO NOTHING`,
+        [
+          col((r) => r.jobId),
+          col((r) => r.attempt),
+          col((r) => r.orgId),
+          col((r) => r.agent),
+          col((r) => r.action),
+          col((r) => r.model),
+          col((r) => r.state),
+          col((r) => Math.round(r.inputTokens)),
+          col((r) => Math.round(r.outputTokens)),
+          col((r) => r.costUsd),
+          col((r) => Math.round(r.durationMs)),
+          col((r) => r.cacheHit ?? null),
+          col((r) => r.error ?? null),
+          col((r) => r.requestId ?? null),
+          col((r) => r.createdAt ?? null),
+        ],
+      );
+      return res.rowCount ?? 0;
+    },
+
     async countSuccessful(jobId: string): Promise<number> {
       const { rows } = await pool.query<{ n: string }>(
         "SELECT count(*) AS n FROM agent_runs WHERE job_id = $1 AND state = 'completed'",
