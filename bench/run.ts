@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every case in one run against one private redis-server, PGlite and emulator, so the
  * figures are ratios that hold on a noisy machine. Writes bench/results/latest.{json,md}. A missed target
- * is reported, not an error; only a crash exits non-zero. `BENCH_ONLY=throughput,guards` runs a subset.
+ * is reported, not an error; only a crash exits non-zero. `BENCH_ONLY=throughput,guards` runs a subset;
+ * `BENCH_BUDGET_S` raises the 600 s budget the vector case sizes itself against.
  */
 import { loadavg } from 'node:os';
 import { accuracyCase } from './cases/accuracy.js';
@@ -16,7 +17,8 @@ import type { BenchCase, BenchContext } from './lib/context.js';
 import { startBenchInfra } from './lib/infra.js';
 import { machineInfo, writeReport, type BenchReport, type Figure } from './lib/report.js';
 
-const BUDGET_MS = 10 * 60_000;
+/** The whole run must fit 10 minutes on 2 cores; BENCH_BUDGET_S raises it (e.g. to load 100k vectors). */
+const BUDGET_MS = Number(process.env.BENCH_BUDGET_S ?? 600) * 1000;
 /** Kept free at the end for the cases after the vector case and for shutdown. */
 const RESERVE_MS = 45_000;
 
@@ -41,6 +43,18 @@ async function main(): Promise<number> {
   const errors: Array<{ case: string; error: string }> = [];
   log('starting private redis-server, PGlite and the Gemini emulator');
   const b = await startBenchInfra(log);
+  // However this process ends, the private redis-server must not outlive it (the other children exit when
+  // their IPC channel closes).
+  process.on('exit', () => {
+    if (b.redis.process.exitCode === null) b.redis.process.kill('SIGKILL');
+  });
+  // Ctrl-C or a kill must not leave the private redis-server (or the child processes) behind.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(signal, () => {
+      log(`${signal}: stopping`);
+      void b.close().finally(() => process.exit(130));
+    });
+  }
   const ctx: BenchContext = {
     b,
     add: (f) => figures.push(f),

@@ -1,2 +1,91 @@
+import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { retentionOf } from '../../src/runtime.js';
+import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { QUEUE } from '../../src/shared/queue/names.js';
+import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
 import type { BenchContext } from '../lib/context.js';
-export async function commandsCase(_ctx: BenchContext): Promise<void> {}
+import { commandCalls } from '../lib/infra.js';
+import { round } from '../lib/stats.js';
+import { measurePath, ORG, startMonitor } from './throughput.js';
+
+const ENQUEUE_JOBS = 1000;
+
+/** Commands (INFO commandstats) and round trips (MONITOR) that enqueueing `ENQUEUE_JOBS` jobs costs. */
+async function enqueueCost(ctx: BenchContext, enqueue: () => Promise<void>) {
+  const mon = await startMonitor(ctx.b.redis.url);
+  const s0 = await commandCalls(ctx.b.control);
+  const m0 = mon.counts();
+  await enqueue();
+  const m1 = mon.counts();
+  const s1 = await commandCalls(ctx.b.control);
+  await mon.stop();
+  return {
+    commandsPerJob: round((s1.total - s0.total) / ENQUEUE_JOBS, 2),
+    sentPerJob: round((m1.sent - m0.sent) / ENQUEUE_JOBS, 2),
+  };
+}
+
+/**
+ * Case 2, second half: where the commands go. MONITOR splits worker-side commands into round trips (sent
+ * by a client) and commands Lua scripts run inside Redis; the enqueue side is measured for single adds
+ * and bulk adds, raw BullMQ vs agentq's producer.
+ */
+export async function commandsCase(ctx: BenchContext): Promise<void> {
+  const worker: Record<string, { sentPerJob?: number; inScriptsPerJob?: number; commandsPerJob: number }> = {};
+  for (const path of ['bare-llm', 'agentq-miss', 'agentq-hit'] as const) {
+    const r = await measurePath(ctx, path, 1, path === 'agentq-hit' ? 300 : 150, { monitor: true, quiet: true });
+    worker[path] = r;
+    ctx.log(`  ${path}: ${r.sentPerJob} round trips/job + ${r.inScriptsPerJob} script-internal commands/job (MONITOR)`);
+  }
+
+  await ctx.b.control.flushall();
+  const cfg = ctx.b.config();
+  const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
+  const queue = new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(cfg)) });
+  const data = (n: number) => ({ orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n), enqueuedAt: Date.now() });
+  const rawSingle = await enqueueCost(ctx, async () => {
+    for (let i = 0; i < ENQUEUE_JOBS; i++) await queue.add('RiskAnalyzer:analyze_risks', data(i), { jobId: randomUUID() });
+  });
+  const rawBulk = await enqueueCost(ctx, async () => {
+    await queue.addBulk(Array.from({ length: ENQUEUE_JOBS }, (_, i) => ({ name: 'RiskAnalyzer:analyze_risks', data: data(i), opts: { jobId: randomUUID() } })));
+  });
+  await queue.close();
+  connection.disconnect();
+  const q = await startAgentq(ctx.b);
+  let agentqSingle;
+  let agentqBulk;
+  try {
+    const producer = q.runtime.deps.producer;
+    agentqSingle = await enqueueCost(ctx, async () => {
+      for (let i = 0; i < ENQUEUE_JOBS; i++) await producer.enqueue(RISK_REQUEST(i), { orgId: ORG });
+    });
+    agentqBulk = await enqueueCost(ctx, async () => {
+      await producer.enqueueBulk({ jobs: Array.from({ length: ENQUEUE_JOBS }, (_, i) => RISK_REQUEST(i)) }, { orgId: ORG });
+    });
+  } finally {
+    await q.close();
+  }
+  ctx.details.commands = { worker, enqueue: { rawSingle, rawBulk, agentqSingle, agentqBulk } };
+
+  const tc = '2 Redis round trips/job (MONITOR, c=1)';
+  const w = (p: keyof typeof worker) => worker[p];
+  ctx.add({ case: tc, name: 'worker side: raw BullMQ (b)', value: `${w('bare-llm').sentPerJob} sent + ${w('bare-llm').inScriptsPerJob} in scripts`, unit: '' });
+  ctx.add({ case: tc, name: 'worker side: agentq miss path', value: `${w('agentq-miss').sentPerJob} sent + ${w('agentq-miss').inScriptsPerJob} in scripts`, unit: '' });
+  ctx.add({ case: tc, name: 'worker side: agentq hit path', value: `${w('agentq-hit').sentPerJob} sent + ${w('agentq-hit').inScriptsPerJob} in scripts`, unit: '' });
+  const addedTrips = round((w('agentq-miss').sentPerJob ?? 0) - (w('bare-llm').sentPerJob ?? 0), 2);
+  ctx.add({
+    case: tc,
+    name: 'round trips added by agentq on the miss path (worker side)',
+    value: addedTrips,
+    unit: 'per job',
+    target: '<= 3',
+    met: addedTrips <= 3,
+    note: 'counting only commands clients send; the INFO-based figure above also counts commands run inside Lua scripts',
+  });
+  ctx.add({ case: tc, name: 'enqueue, single: BullMQ add vs agentq producer', value: `${rawSingle.sentPerJob} vs ${agentqSingle.sentPerJob} sent; ${rawSingle.commandsPerJob} vs ${agentqSingle.commandsPerJob} total`, unit: 'per job' });
+  ctx.add({ case: tc, name: 'enqueue, bulk of 1000: addBulk vs agentq producer', value: `${rawBulk.sentPerJob} vs ${agentqBulk.sentPerJob} sent; ${rawBulk.commandsPerJob} vs ${agentqBulk.commandsPerJob} total`, unit: 'per job' });
+  const addedEnqueue = round(agentqSingle.commandsPerJob - rawSingle.commandsPerJob, 2);
+  ctx.add({ case: tc, name: 'commands added by agentq per single enqueue', value: addedEnqueue, unit: 'per job', note: 'the per-org job index' });
+}

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { connect } from 'node:net';
 import { GoogleGenAI } from '@google/genai';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -17,7 +18,7 @@ const ORG = 'bench-org';
 const WARMUP_MS = 500;
 const WINDOW_MS = 4000;
 
-export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit';
+export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit' | 'agentq-miss-norows' | 'agentq-hit-norows';
 
 export interface RunResult {
   path: Path;
@@ -29,6 +30,9 @@ export interface RunResult {
   commandsPerJob: number;
   llmCalls: number;
   byCommand: Record<string, number>;
+  /** With MONITOR: commands clients sent (round trips) and commands scripts ran inside Redis, per job. */
+  sentPerJob?: number;
+  inScriptsPerJob?: number;
 }
 
 /** A measurement window over a running worker: completions and Redis commands between two instants. */
@@ -59,18 +63,66 @@ export function createCounter() {
   };
 }
 
+/**
+ * Watches every command Redis executes (MONITOR) and splits them into those clients sent (round trips)
+ * and those Lua scripts ran inside Redis. The bench's own INFO calls are left out.
+ */
+export async function startMonitor(url: string) {
+  // A raw socket rather than ioredis's monitor(): its monitor connection intermittently throws "Command queue
+  // state error" on a late reply while closing, which no listener catches.
+  const { hostname, port } = new URL(url);
+  const socket = connect(Number(port), hostname);
+  let sent = 0;
+  let inScripts = 0;
+  let buffer = '';
+  let monitoring: (() => void) | undefined;
+  const ready = new Promise<void>((resolve, reject) => {
+    monitoring = resolve;
+    socket.once('error', reject);
+  });
+  socket.setEncoding('utf8');
+  socket.on('error', () => {});
+  socket.on('data', (chunk: string) => {
+    buffer += chunk;
+    let nl: number;
+    while ((nl = buffer.indexOf('\r\n')) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 2);
+      if (line === '+OK') monitoring?.();
+      // +1700000000.123456 [0 127.0.0.1:5555] "evalsha" ...   or   [0 lua] "GET" ...
+      const m = /^\+\d+\.\d+ \[\d+ ([^\]]+)\] "([^"]*)"/.exec(line);
+      if (!m || m[2].toLowerCase() === 'info') continue;
+      if (m[1] === 'lua') inScripts++;
+      else sent++;
+    }
+  });
+  socket.once('connect', () => socket.write('MONITOR\r\n'));
+  await ready;
+  return {
+    counts: () => ({ sent, inScripts }),
+    async stop() {
+      socket.destroy();
+    },
+  };
+}
+
 /** Measures a worker that is already running over a queue filled with `total` jobs. */
-async function window(ctx: BenchContext, counter: ReturnType<typeof createCounter>, total: number) {
+async function window(ctx: BenchContext, counter: ReturnType<typeof createCounter>, total: number, monitor: boolean) {
   await counter.until(total, WARMUP_MS);
+  const mon = monitor ? await startMonitor(ctx.b.redis.url) : undefined;
   const c0 = counter.completed;
   const t0 = performance.now();
   const s0 = await commandCalls(ctx.b.control);
-  await counter.until(total, WINDOW_MS);
+  const m0 = mon?.counts();
+  await counter.until(total, monitor ? WINDOW_MS / 2 : WINDOW_MS);
   const c1 = counter.completed;
   const t1 = performance.now();
+  const m1 = mon?.counts();
   const s1 = await commandCalls(ctx.b.control);
+  await mon?.stop();
   const jobs = c1 - c0;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1) };
+  const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split };
 }
 
 function jobData(n: number): AgentJobData {
@@ -93,7 +145,7 @@ function bareLlm(emulatorUrl: string) {
   };
 }
 
-async function runBare(ctx: BenchContext, path: 'bare-noop' | 'bare-llm', concurrency: number, total: number) {
+async function runBare(ctx: BenchContext, path: 'bare-noop' | 'bare-llm', concurrency: number, total: number, monitor: boolean) {
   const cfg = ctx.b.config();
   const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
   const queue = new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(cfg)) });
@@ -115,7 +167,7 @@ async function runBare(ctx: BenchContext, path: 'bare-noop' | 'bare-llm', concur
   });
   worker.on('completed', counter.onCompleted);
   try {
-    return await window(ctx, counter, total);
+    return await window(ctx, counter, total, monitor);
   } finally {
     await worker.close(true);
     await queue.close();
@@ -124,10 +176,12 @@ async function runBare(ctx: BenchContext, path: 'bare-noop' | 'bare-llm', concur
   }
 }
 
-async function runAgentq(ctx: BenchContext, path: 'agentq-miss' | 'agentq-hit', concurrency: number, total: number) {
+async function runAgentq(ctx: BenchContext, variant: Path, concurrency: number, total: number, monitor: boolean) {
   const counter = createCounter();
   let warmed: (() => void) | undefined;
+  const path = variant.startsWith('agentq-hit') ? 'agentq-hit' : 'agentq-miss';
   const q = await startAgentq(ctx.b, {
+    skipRunRows: variant.endsWith('-norows'),
     env: { WORKER_CONCURRENCY: String(concurrency) },
     onCompleted: () => (warmed ? warmed() : counter.onCompleted()),
   });
@@ -148,7 +202,7 @@ async function runAgentq(ctx: BenchContext, path: 'agentq-miss' | 'agentq-hit', 
     }
     if (path === 'agentq-hit') q.workers[0].resume();
     else await q.startWorker();
-    return await window(ctx, counter, total);
+    return await window(ctx, counter, total, monitor);
   } finally {
     await q.close();
   }
@@ -157,11 +211,12 @@ async function runAgentq(ctx: BenchContext, path: 'agentq-miss' | 'agentq-hit', 
 /** Jobs to pre-fill: enough for warm-up plus the window at the rate expected, never fewer than 500. */
 const fillFor = (expectedPerS: number) => Math.max(500, Math.min(40_000, Math.ceil((expectedPerS * (WARMUP_MS + WINDOW_MS + 1500)) / 1000)));
 
-export async function measurePath(ctx: BenchContext, path: Path, concurrency: number, expectedPerS: number): Promise<RunResult> {
+export async function measurePath(ctx: BenchContext, path: Path, concurrency: number, expectedPerS: number, opts: { monitor?: boolean; quiet?: boolean } = {}): Promise<RunResult> {
   await ctx.b.control.flushall();
   await ctx.b.emulator.reset();
   const total = fillFor(expectedPerS);
-  const w = path.startsWith('bare') ? await runBare(ctx, path as 'bare-noop', concurrency, total) : await runAgentq(ctx, path as 'agentq-miss', concurrency, total);
+  const monitor = opts.monitor ?? false;
+  const w = path.startsWith('bare') ? await runBare(ctx, path as 'bare-noop', concurrency, total, monitor) : await runAgentq(ctx, path, concurrency, total, monitor);
   const llmCalls = (await ctx.b.emulator.calls()).filter((c) => c.kind === 'generate' || c.kind === 'stream').length;
   const result: RunResult = {
     path,
@@ -172,7 +227,9 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     commandsPerJob: round(w.commands / Math.max(1, w.jobs), 2),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
+    ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
+  if (opts.quiet) return result;
   ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job`);
   if (w.jobs < 100) ctx.log(`  warning: only ${w.jobs} jobs in the window`);
   return result;
@@ -180,7 +237,7 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
 
 /** Case 1 (throughput) and the INFO-commandstats half of case 2 (commands per job), from the same runs. */
 export async function throughputCase(ctx: BenchContext): Promise<void> {
-  const guess: Record<Path, number> = { 'bare-noop': 1500, 'bare-llm': 300, 'agentq-miss': 300, 'agentq-hit': 800 };
+  const guess: Record<Path, number> = { 'bare-noop': 4000, 'bare-llm': 500, 'agentq-miss': 250, 'agentq-hit': 800, 'agentq-miss-norows': 300, 'agentq-hit-norows': 1500 };
   const paths: Path[] = ['bare-noop', 'bare-llm', 'agentq-miss', 'agentq-hit'];
   const results: Record<string, RunResult> = {};
   for (const concurrency of [1, 50]) {
@@ -188,6 +245,11 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
       const expected = concurrency === 1 ? guess[path] : Math.max(guess[path], (results[`${path}@1`]?.jobsPerS ?? guess[path]) * 8);
       results[`${path}@${concurrency}`] = await measurePath(ctx, path, concurrency, expected);
     }
+  }
+  // Ablation, for the record: the same full path without the per-attempt agent_runs INSERT.
+  for (const path of ['agentq-miss-norows', 'agentq-hit-norows'] as Path[]) {
+    const base = results[`${path.replace('-norows', '')}@50`].jobsPerS;
+    results[`${path}@50`] = await measurePath(ctx, path, 50, base * 1.5);
   }
   ctx.details.throughput = results;
   ctx.shared.agentqMissMaxPerS = Math.max(results['agentq-miss@1'].jobsPerS, results['agentq-miss@50'].jobsPerS);
@@ -207,6 +269,11 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     ctx.add({ case: tc, name: 'agentq hit / (a)', value: round(hit / a, 2), unit: 'x', target: '>= 0.5', met: hit / a >= 0.5 });
     ctx.add({ case: tc, name: 'agentq hit / (b)', value: round(hit / bl, 2), unit: 'x', target: '> 1', met: hit / bl > 1 });
   }
+
+  const tcA = '1 throughput (c=50), ablation';
+  const norows = (p: Path) => results[`${p}-norows@50`]?.jobsPerS;
+  ctx.add({ case: tcA, name: 'agentq miss, agent_runs INSERT skipped', value: norows('agentq-miss'), unit: 'jobs/s', note: `${round(norows('agentq-miss') / results['bare-llm@50'].jobsPerS, 2)}x (b): what the per-job Postgres write costs` });
+  ctx.add({ case: tcA, name: 'agentq hit, agent_runs INSERT skipped', value: norows('agentq-hit'), unit: 'jobs/s', note: `${round(norows('agentq-hit') / results['bare-noop@50'].jobsPerS, 2)}x (a)` });
 
   const cmd = (p: Path) => results[`${p}@50`].commandsPerJob;
   const tc = '2 Redis commands/job (INFO commandstats, c=50, worker side)';

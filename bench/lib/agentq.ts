@@ -4,6 +4,7 @@ import { defaultFeatures } from '../../src/features.js';
 import { startRuntime, type FeatureFactory, type Runtime } from '../../src/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
 import type { Config } from '../../src/shared/config.js';
+import type { Infra } from '../../src/shared/infra.js';
 import { startGeminiRuntime, type GeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
 import { createLogger } from '../../src/shared/logger.js';
 import type { AgentJobData, AgentResult } from '../../src/shared/types.js';
@@ -27,9 +28,16 @@ export interface AgentqUnderTest {
  */
 export async function startAgentq(
   b: BenchInfra,
-  opts: { env?: Record<string, string>; api?: boolean; onCompleted?: (job: Job<AgentJobData, AgentResult>) => void } = {},
+  opts: {
+    env?: Record<string, string>;
+    api?: boolean;
+    onCompleted?: (job: Job<AgentJobData, AgentResult>) => void;
+    /** Ablation only: the per-attempt `agent_runs` INSERT answers at once without reaching Postgres. */
+    skipRunRows?: boolean;
+  } = {},
 ): Promise<AgentqUnderTest> {
   const cfg = b.config(opts.env);
+  const infra = opts.skipRunRows ? withoutRunRows(b.infra) : b.infra;
   const logger = createLogger({ level: 'silent' });
   const gemini = await startGeminiRuntime({
     apiKey: cfg.GEMINI_API_KEY,
@@ -48,7 +56,7 @@ export async function startAgentq(
   });
   const runtime = await startRuntime({
     cfg,
-    infra: b.infra,
+    infra,
     logger,
     registry: defaultRegistry(),
     llm: gemini.llm,
@@ -71,6 +79,22 @@ export async function startAgentq(
       await gemini.close();
     },
   };
+}
+
+/** The same infrastructure, except that inserts into `agent_runs` resolve at once without a query. */
+function withoutRunRows(infra: Infra): Infra {
+  const real = infra.db.pool;
+  const pool = new Proxy(real, {
+    get(target, prop) {
+      if (prop === 'query') {
+        return (sql: unknown, params?: unknown[]) =>
+          typeof sql === 'string' && sql.includes('INSERT INTO agent_runs') ? Promise.resolve({ rows: [], rowCount: 1 }) : target.query(sql as string, params);
+      }
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  return { ...infra, db: { ...infra.db, pool } };
 }
 
 /** A RiskAnalyzer input; `n` makes it unique (a result-cache miss), a fixed `n` repeats it (a hit). */

@@ -15,6 +15,11 @@ export async function waitFor<T>(what: string, check: () => Promise<T | undefine
   }
 }
 
+/** Model limits far above what a fault test sends, so the rate limiter never paces the scenario being measured. */
+export const UNTHROTTLED = {
+  MODEL_LIMITS: JSON.stringify(Object.fromEntries(['gemini-2.5-pro', 'gemini-2.5-flash'].map((m) => [m, { rpm: 1e6, tpm: 1e9, orgRpm: 1e6 }]))),
+};
+
 /** Environment for `spawnAgentq` pointed at a stack's Redis, database, queue prefix and emulator. */
 export function processEnv(s: Stack, extra: Record<string, string> = {}): Record<string, string> {
   return {
@@ -24,6 +29,7 @@ export function processEnv(s: Stack, extra: Record<string, string> = {}): Record
     QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
     GEMINI_API_KEY: 'test-key-not-real',
     GOOGLE_GEMINI_BASE_URL: s.emulator.url,
+    ...UNTHROTTLED,
     ...extra,
   };
 }

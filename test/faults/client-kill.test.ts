@@ -1,0 +1,79 @@
+import { Job, Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
+import { redisClientIdsOf } from '../helpers/proc-sockets.js';
+import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+
+const JOBS = 40;
+
+/** Redis drops a worker process's connections (`CLIENT KILL`) while it is busy, three times over. */
+describe('CLIENT KILL of a worker process under load', () => {
+  let s: Stack;
+  let worker: AgentqProcess;
+  let queue: Queue;
+  let control: Redis;
+
+  beforeAll(async () => {
+    s = await startStack({ ...UNTHROTTLED, JOB_ATTEMPTS: '3' });
+    queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
+    control = new Redis(s.cfg.REDIS_URL);
+    worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '8', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000', JOB_ATTEMPTS: '3' }));
+    await worker.waitForLog((l) => l.msg === 'worker started', 40_000);
+  });
+  afterAll(async () => {
+    if (worker && worker.child.exitCode === null) {
+      worker.kill('SIGTERM');
+      await Promise.race([worker.exited, sleep(15_000)]);
+      if (worker.child.exitCode === null) worker.kill('SIGKILL');
+    }
+    control?.disconnect();
+    await queue?.close();
+    await s?.close();
+  });
+
+  it('completed + failed = added, nothing stuck in active, no job completed twice', async () => {
+    s.emulator.script({ latencyMs: 250, match: { promptIncludes: 'ckill-' }, times: -1 });
+    const ids: string[] = [];
+    for (let i = 0; i < JOBS; i++) {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: riskJob(`ckill-${i}`) });
+      expect(res.statusCode).toBe(202);
+      ids.push(res.json().id);
+    }
+    const states = async () => Promise.all(ids.map(async (id) => (await Job.fromId(queue, id))?.getState()));
+    await waitFor('a few jobs completed', async () => (await states()).filter((st) => st === 'completed').length >= 5, 30_000);
+
+    let killed = 0;
+    const firstKill = Date.now();
+    for (let round = 0; round < 3; round++) {
+      const clientIds = redisClientIdsOf(await control.client('LIST') as string, worker.child.pid!);
+      expect(clientIds.length).toBeGreaterThan(0);
+      for (const id of clientIds) killed += Number(await control.client('KILL', 'ID', id));
+      await sleep(700);
+    }
+    figure('CLIENT KILL: worker connections killed over 3 rounds', killed);
+
+    const done = await waitFor(
+      'every job completed or failed, none active',
+      async () => {
+        const st = await states();
+        return st.every((x) => x === 'completed' || x === 'failed') && (await queue.getActiveCount()) === 0 ? st : undefined;
+      },
+      45_000,
+      200,
+    );
+    figure('CLIENT KILL: time from the first kill until every job finished (ms)', Date.now() - firstKill);
+    const completed = done.filter((x) => x === 'completed').length;
+    const failed = done.filter((x) => x === 'failed').length;
+    figure('CLIENT KILL: completed / failed of added', `${completed} / ${failed} of ${JOBS}`);
+    expect(completed + failed).toBe(JOBS);
+    expect(await queue.getActiveCount()).toBe(0);
+    expect((await queue.getJobCounts('wait', 'delayed', 'active')).active).toBe(0);
+    const rows = await runRows(s.infra.db.pool, ids);
+    for (const [i, id] of ids.entries()) expect(rows.get(id)!.completed).toBe(done[i] === 'completed' ? 1 : 0);
+    expect(worker.child.exitCode).toBeNull();
+    figure('CLIENT KILL: LLM calls for 40 jobs', s.emulator.calls().filter((c) => c.kind === 'generate').length);
+    s.emulator.clearFaults();
+  }, 120_000);
+});

@@ -1,0 +1,117 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Job, Queue } from 'bullmq';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRedisServer, type RedisServerHandle } from '../../src/shared/redis/redis-server.js';
+import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
+import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
+import { startStack, type Stack } from '../helpers/stack.js';
+
+/**
+ * Redis goes away and comes back on the same port with its data (a dedicated redis-server with AOF in a
+ * temp dir), while an API (this process) and a worker process keep running: nothing is restarted.
+ */
+describe('Redis outages', () => {
+  let dir: string;
+  let redis: RedisServerHandle;
+  let s: Stack;
+  let worker: AgentqProcess;
+  let queue: Queue;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agentq-redis-outage-'));
+    redis = await startRedisServer({ dir });
+    s = await startStack({ ...UNTHROTTLED, REDIS_URL: redis.url });
+    queue = new Queue('agent-jobs', { connection: { url: redis.url, maxRetriesPerRequest: null }, prefix: s.cfg.QUEUE_PREFIX });
+    queue.on('error', () => {});
+    worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '4', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000' }));
+    await worker.waitForLog((l) => l.msg === 'worker started', 40_000);
+  });
+  afterAll(async () => {
+    if (worker && worker.child.exitCode === null) {
+      worker.kill('SIGTERM');
+      await Promise.race([worker.exited, sleep(15_000)]);
+      if (worker.child.exitCode === null) worker.kill('SIGKILL');
+    }
+    await queue?.close();
+    await s?.close();
+    await redis?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const post = (payload: object) => s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: payload as Record<string, unknown> });
+
+  async function outage(label: string, downMs: number) {
+    s.emulator.resetCalls();
+    s.emulator.script({ latencyMs: 400, match: { promptIncludes: `${label}-` }, times: -1 });
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      // A third are delayed, due during or after the outage.
+      const delayMs = i % 3 === 0 ? 500 + i * 250 : undefined;
+      const res = await post({ ...riskJob(`${label}-${i}`), ...(delayMs ? { options: { delayMs } } : {}) });
+      expect(res.statusCode).toBe(202);
+      ids.push(res.json().id);
+    }
+    await waitFor('jobs in flight', async () => (await queue.getActiveCount()) > 0, 10_000, 20);
+    const pid = worker.child.pid;
+
+    const downAt = Date.now();
+    await redis.stop();
+    const t503 = performance.now();
+    const refused = await post(riskJob(`${label}-refused`));
+    const answeredIn = performance.now() - t503;
+    expect(refused.statusCode).toBe(503);
+    expect(refused.headers['content-type']).toMatch(/application\/json/);
+    expect(refused.json().error).toBeTruthy();
+    const ready = await s.app.inject({ method: 'GET', url: '/readyz' });
+    expect(ready.statusCode).toBe(503);
+    const read = await s.app.inject({ method: 'GET', url: `/v1/jobs/${ids[0]}`, headers: s.auth });
+    expect(read.statusCode).toBe(503);
+    figure(`${label}: API answer to POST /v1/jobs while Redis is down (ms, status ${refused.statusCode})`, answeredIn);
+
+    await sleep(Math.max(0, downMs - (Date.now() - downAt)));
+    redis = await startRedisServer({ port: redis.port, dir });
+    const upAt = Date.now();
+    const accepted = await waitFor(
+      'the API to accept jobs again',
+      async () => {
+        const res = await post(riskJob(`${label}-after`));
+        return res.statusCode === 202 ? (res.json().id as string) : undefined;
+      },
+      20_000,
+      50,
+    );
+    figure(`${label}: API accepting jobs again after Redis came back (ms)`, Date.now() - upAt);
+    ids.push(accepted);
+
+    const done = await waitFor(
+      'every queued and delayed job to complete',
+      async () => {
+        const jobs = await Promise.all(ids.map((id) => Job.fromId(queue, id)));
+        const states = await Promise.all(jobs.map((j) => j?.getState()));
+        return states.every((st) => st === 'completed') ? Date.now() : undefined;
+      },
+      45_000,
+      200,
+    );
+    figure(`${label}: last job completed after Redis came back (ms)`, done - upAt);
+    expect(worker.child.exitCode).toBeNull();
+    expect(worker.child.pid).toBe(pid);
+    const rows = await runRows(s.infra.db.pool, ids);
+    for (const id of ids) expect(rows.get(id)!.completed).toBe(1);
+    const calls = s.emulator.calls().filter((c) => c.kind === 'generate').length;
+    figure(`${label}: LLM calls for ${ids.length} jobs (repeats are jobs whose completion was lost with the connection)`, calls);
+    figure(`${label}: failed attempts recorded`, [...rows.values()].reduce((n, r) => n + r.failed, 0));
+    s.emulator.clearFaults();
+    return { answeredIn };
+  }
+
+  it('a short outage (2 s): 503 while down, every job completes after, no process restarted', async () => {
+    await outage('short', 2000);
+  }, 90_000);
+
+  it('a long outage (10 s, longer than the worker drain delay): the same', async () => {
+    await outage('long', 10_000);
+  }, 120_000);
+});
