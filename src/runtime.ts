@@ -19,7 +19,7 @@ import type { Infra } from './shared/infra.js';
 import type { Logger } from './shared/logger.js';
 import { createAgentQueue, type AgentQueue } from './shared/queue/agent-queue.js';
 import { QUEUE } from './shared/queue/names.js';
-import { createRedis, whenReady } from './shared/redis/connection.js';
+import { createRedis, logConnectionErrors, whenReady } from './shared/redis/connection.js';
 import { createWorkerGuards } from './workers/guards.js';
 import { createWorkerRuntime, type WorkerRuntime } from './workers/worker-runtime.js';
 
@@ -64,12 +64,14 @@ export async function startRuntime(opts: {
   const redis = createRedis(infra.redisUrl, 'api');
   await whenReady(redis);
   const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
+  logConnectionErrors(queue, logger, 'agent queue');
   let events: { queueEvents: QueueEvents; connection: ReturnType<typeof createRedis> } | undefined;
   const queueEvents = () => {
     // Created on the first long poll: one blocking XREAD connection per process, shared by all waiters.
     if (!events) {
       const connection = createRedis(infra.redisUrl, 'worker');
       events = { connection, queueEvents: new QueueEvents(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX }) };
+      logConnectionErrors(events.queueEvents, logger, 'agent queue events');
     }
     return events.queueEvents;
   };

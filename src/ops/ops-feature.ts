@@ -19,6 +19,7 @@ import { opsMetricsOf } from './ops-metrics-hub.js';
 import { breakerKeysIn, createScrapeGauges } from './scrape-gauges.js';
 import { usageRoutes } from './usage-routes.js';
 import { attachOpsListeners } from './worker-listeners.js';
+import { logConnectionErrors } from '../shared/redis/connection.js';
 
 export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
 
@@ -34,6 +35,8 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const flows = new Queue(QUEUE.flows, { connection: deps.redis, prefix });
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
   const queues = [deps.queue as unknown as Queue, flows, maintenanceQueue];
+  logConnectionErrors(flows, log, 'flows queue');
+  logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards.ts); only read here.
   const breaker = createCircuitBreaker({ redis: deps.redis, prefix: `${prefix}:agentq` });
   // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.

@@ -43,6 +43,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
       retention,
       pipelines,
       presets,
+      logger,
     });
     let background: { worker: FlowsWorker; close(): Promise<void> } | undefined;
 

@@ -9,12 +9,13 @@ import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/errors.js';
 import { agentJobOptions, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/queue/names.js';
-import { createRedis } from '../shared/redis/connection.js';
+import { createRedis, logConnectionErrors } from '../shared/redis/connection.js';
 import { childOutcomes } from './child-outcomes.js';
 import { resultKeys } from './fan-out.js';
 import type { FlowChildRef, FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from './flow-data.js';
 import type { PipelineRegistry } from './pipeline.js';
 import type { FlowPreset } from './presets.js';
+import type { Logger } from '../shared/logger.js';
 
 export const MAX_FLOW_TASKS = 50;
 
@@ -71,6 +72,7 @@ export interface PipelineRunView {
 }
 
 export interface FlowServiceDeps {
+  logger?: Logger;
   /** The API's fail-fast connection. */
   redis: Redis;
   /** For the one blocking QueueEvents connection that long polls share, created on first use. */
@@ -99,12 +101,14 @@ export function createFlowService(deps: FlowServiceDeps) {
   // Read-only here (child states); jobs are added through the producer or the FlowProducer.
   const agentJobs = new Queue(QUEUE.agent, { connection: deps.redis, prefix: deps.prefix });
   const producer = new FlowProducer({ connection: deps.redis, prefix: deps.prefix });
+  if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)'], [producer, 'flow producer']] as const) logConnectionErrors(e, deps.logger, what);
   const presets = new Map(deps.presets.map((p) => [p.name, p]));
   let events: { queueEvents: QueueEvents; connection: Redis } | undefined;
   const queueEvents = () => {
     if (!events) {
       const connection = createRedis(deps.redisUrl, 'worker');
       events = { connection, queueEvents: new QueueEvents(QUEUE.flows, { connection, prefix: deps.prefix }) };
+      if (deps.logger) logConnectionErrors(events.queueEvents, deps.logger, 'flows queue events');
     }
     return events.queueEvents;
   };

@@ -33,6 +33,25 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
     },
   });
 
+  worker.on('completed', (job, result) => {
+    const d = job.data;
+    opts.logger.info(
+      {
+        jobId: job.id,
+        orgId: d.orgId,
+        agent: d.agent,
+        action: d.action,
+        ...(d.requestId ? { requestId: d.requestId } : {}),
+        ...(d.userId ? { userId: d.userId } : {}),
+        attempt: job.attemptsMade,
+        model: result?.model,
+        durationMs: result?.durationMs,
+        costUsd: result?.costUsd,
+        cacheHit: result?.cacheHit,
+      },
+      'job completed',
+    );
+  });
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 

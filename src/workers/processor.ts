@@ -117,7 +117,9 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         costUsd: result.costUsd,
         cacheHit: result.cacheHit ?? null,
       });
-      logger.info({ attempt, model: result.model, durationMs: result.durationMs, costUsd: result.costUsd, cacheHit: result.cacheHit }, 'job completed');
+      // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
+      // lock gets here too, but its completion is refused).
+      logger.debug({ attempt, model: result.model }, 'attempt succeeded');
       return result;
     } catch (err) {
       const delayUntil = err instanceof DelayJobError ? Date.now() + err.delayMs : retryAtOf(err);

@@ -88,3 +88,18 @@ export function whenReady(client: Redis, timeoutMs = 5000): Promise<void> {
     client.once('ready', onReady);
   });
 }
+
+/**
+ * Routes a BullMQ Queue/QueueEvents/Worker 'error' event into the JSON log, at most once per `everyMs`:
+ * without a listener BullMQ prints raw errors to stderr, and during an outage every reconnect attempt
+ * would otherwise log a line.
+ */
+export function logConnectionErrors(emitter: { on(event: 'error', fn: (err: Error) => void): unknown }, logger: Logger, what: string, everyMs = 10_000): void {
+  let last = 0;
+  emitter.on('error', (err: Error) => {
+    const now = Date.now();
+    if (now - last < everyMs) return;
+    last = now;
+    logger.warn({ err: err.message, component: what }, 'redis connection error');
+  });
+}
