@@ -35,7 +35,7 @@ const suggestInput = z.object({
     .array(
       z.object({
         title: z.string().min(1).max(200),
-        status: z.enum(['todo', 'in_progress', 'blocked', 'done']).optional(),
+        status: z.enum(['not_started', 'in_progress', 'blocked', 'done']).optional(),
         priority: taskPriority.optional(),
       }),
     )
