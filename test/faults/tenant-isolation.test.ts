@@ -45,7 +45,8 @@ describe('tenant isolation', () => {
       method,
       headers: { authorization: `Bearer ${key}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(10_000),
+      // Above the longest long poll used here (waitMs=20000), so a slow job is reported by the assertion, not an abort.
+      signal: AbortSignal.timeout(40_000),
     });
     return { status: res.status, text: await res.text() };
   };
