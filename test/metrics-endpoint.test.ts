@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countingAdmission, opsMetricsOf } from '../src/ops/ops-metrics-hub.js';
+import { countingAdmission } from '../src/ops/ops-metrics-hub.js';
 import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
@@ -101,19 +101,19 @@ describe('GET /metrics', () => {
     const ops = s.runtime.features.find((f) => f.name === 'ops')!;
     const before = await scrape();
     ops.onDelay!({} as JobContext, 'rate_limited', 1500);
-    opsMetricsOf(s.runtime.deps).sseStreams.inc();
-    opsMetricsOf(s.runtime.deps).sseStreams.inc();
+    s.runtime.deps.metrics.sseStreams.inc();
+    s.runtime.deps.metrics.sseStreams.inc();
     const after = await scrape();
     expect(sampleSum(after, 'agentq_job_delays_total', { reason: 'rate_limited' }) - sampleSum(before, 'agentq_job_delays_total', { reason: 'rate_limited' })).toBe(1);
     expect(sampleSum(after, 'agentq_sse_streams_open') - sampleSum(before, 'agentq_sse_streams_open')).toBe(2);
-    opsMetricsOf(s.runtime.deps).sseStreams.set(0);
+    s.runtime.deps.metrics.sseStreams.set(0);
   });
 
   it('counts admission refusals through the wrapper the runtime can put around its admission', async () => {
     let allow = true;
     const admission = countingAdmission(
       { admit: async () => (allow ? { allowed: true as const } : { allowed: false as const, reason: 'rate limit exceeded (plan general)', retryAfterS: 1 }) },
-      () => opsMetricsOf(s.runtime.deps),
+      () => s.runtime.deps.metrics,
     );
     const before = sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason: 'rate_limit' });
     expect((await admission.admit(s.orgId, 1)).allowed).toBe(true);

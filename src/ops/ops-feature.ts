@@ -15,7 +15,6 @@ import { dlqRoutes } from './dlq-routes.js';
 import { createDlqService } from './dlq-service.js';
 import { createMaintenance } from './maintenance.js';
 import { createMetricsExchange } from './metrics-exchange.js';
-import { opsMetricsOf } from './ops-metrics-hub.js';
 import { breakerKeysIn, createScrapeGauges } from './scrape-gauges.js';
 import { usageRoutes } from './usage-routes.js';
 import { attachOpsListeners } from './worker-listeners.js';
@@ -30,7 +29,7 @@ export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
 export function opsFeature(deps: FeatureDeps): Feature {
   const { cfg, logger, registry } = deps;
   const log = logger.child({ component: 'ops' });
-  const metrics = opsMetricsOf(deps);
+  const metrics = deps.metrics;
   const prefix = cfg.QUEUE_PREFIX;
   const flows = new Queue(QUEUE.flows, { connection: deps.redis, prefix });
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });

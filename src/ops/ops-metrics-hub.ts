@@ -1,15 +1,9 @@
 import type { AdmissionCheck } from '../producers/routes/jobs.js';
-import type { FeatureDeps } from '../shared/feature.js';
 import type { OpsMetrics } from './metrics.js';
 
-/** The metrics of the runtime `deps` belongs to: features of one runtime share one registry. */
-export function opsMetricsOf(deps: FeatureDeps): OpsMetrics {
-  return deps.metrics;
-}
-
 /**
- * Wraps an admission check so every refusal is counted in `agentq_admission_rejections_total`. `metrics`
- * is read lazily, so the runtime can wrap its admission before its FeatureDeps exist.
+ * Wraps an admission check so every refusal is counted in `agentq_admission_rejections_total`.
+ * `metrics` is read at each refusal, so a caller may hand over metrics it creates later.
  */
 export function countingAdmission(inner: AdmissionCheck, metrics: () => OpsMetrics): AdmissionCheck {
   return {

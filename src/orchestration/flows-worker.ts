@@ -5,6 +5,7 @@ import { settleFanOut } from './fan-out.js';
 import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from './flow-data.js';
 import { createPipelineRunner, type PipelineRunnerDeps } from './pipeline-runner.js';
 import type { FlowPreset } from './presets.js';
+import { workerOptions } from '../shared/queue/worker-options.js';
 
 export interface FlowsWorkerOptions extends Omit<PipelineRunnerDeps, 'redis'> {
   /** A `worker`-role connection (maxRetriesPerRequest null): BullMQ blocks on it. */
@@ -31,15 +32,8 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
       if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
       return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
     },
-    {
-      connection: opts.connection,
-      prefix: opts.prefix,
-      concurrency: opts.concurrency,
-      lockDuration: opts.lockDurationMs,
-      stalledInterval: opts.stalledIntervalMs,
-      // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
-      maxStalledCount: 2,
-    },
+    // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
+    workerOptions(opts),
   );
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'flows worker error'));
   worker.on('failed', (job, err) => {

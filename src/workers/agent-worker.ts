@@ -5,6 +5,7 @@ import { backoffDelay } from '../shared/queue/backoff.js';
 import { cancelChannel } from '../shared/queue/cancel.js';
 import { QUEUE } from '../shared/queue/names.js';
 import type { AgentJobData, AgentResult } from '../shared/types.js';
+import { workerOptions } from '../shared/queue/worker-options.js';
 
 export interface AgentWorkerOptions {
   connection: Redis;
@@ -21,12 +22,7 @@ export interface AgentWorkerOptions {
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, opts.processor, {
-    connection: opts.connection,
-    prefix: opts.prefix,
-    concurrency: opts.concurrency,
-    lockDuration: opts.lockDurationMs,
-    stalledInterval: opts.stalledIntervalMs,
-    maxStalledCount: 2,
+    ...workerOptions(opts),
     settings: {
       backoffStrategy: (attemptsMade, _type, err) =>
         backoffDelay(attemptsMade, { ...opts.backoff, retryAfterMs: (err as { retryAfterMs?: number } | undefined)?.retryAfterMs }),
