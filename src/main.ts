@@ -1,14 +1,14 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { defaultFeatures } from './features.js';
+import { defaultFeatures } from './app/features.js';
 import { listen } from './producers/server.js';
-import { startRuntime } from './runtime.js';
+import { startRuntime } from './app/runtime.js';
 import { defaultRegistry } from './shared/agents/registry.js';
-import { ConfigError, parseConfig, type Config } from './shared/config.js';
-import { createApiKeyStore } from './shared/db/api-keys.js';
-import { openInfra, type Infra } from './shared/infra.js';
-import { geminiOptionsFromConfig, startGeminiRuntime } from './shared/llm/gemini-runtime.js';
-import { rootLogger as logger } from './shared/logger.js';
+import { ConfigError, parseConfig, type Config } from './shared/core/config.js';
+import { createApiKeyStore } from './shared/infra/db/api-keys.js';
+import { openInfra, type Infra } from './shared/infra/infra.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from './app/gemini-runtime.js';
+import { rootLogger as logger } from './shared/core/logger.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 

@@ -1,9 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { AgentqHttpError, AgentqTimeoutError, createAgentqClient, type JobView } from '../src/producers/client.js';
+import { AgentqHttpError, AgentqTimeoutError, createAgentqClient, type JobView } from '../src/producers/client/client.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
-import { ValidationError } from '../src/shared/errors.js';
+import { ValidationError } from '../src/shared/core/errors.js';
 
 /**
  * A stand-in for the agentq API that follows its documented contract (status codes, bodies, Retry-After,

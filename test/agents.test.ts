@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import type { PromptContext } from '../src/shared/agents/define-agent.js';
 import { builtInAgents, createAgentRegistry, defaultRegistry } from '../src/shared/agents/registry.js';
-import { ValidationError } from '../src/shared/errors.js';
+import { ValidationError } from '../src/shared/core/errors.js';
 
 const registry = defaultRegistry();
 const ctx: PromptContext = { orgId: 'org_test' };

@@ -23,7 +23,7 @@ describe('API contract without a worker', () => {
     const unknown = await post(valid, { authorization: 'Bearer aq_nope_nope' });
     expect(unknown.statusCode).toBe(401);
     expect(unknown.json().error).toMatch(/invalid or revoked/);
-    const { createApiKeyStore } = await import('../src/shared/db/api-keys.js');
+    const { createApiKeyStore } = await import('../src/shared/infra/db/api-keys.js');
     const store = createApiKeyStore({ pool: s.infra.db.pool });
     const created = await store.create({ orgId: s.orgId });
     expect((await post(valid, { authorization: `Bearer ${created.key}` })).statusCode).toBe(202);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { backoffDelay } from '../src/shared/queue/backoff.js';
+import { backoffDelay } from '../src/shared/core/backoff.js';
 
 describe('backoff with jitter', () => {
   it('grows exponentially between half and all of the step, capped', () => {

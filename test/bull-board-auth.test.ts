@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { failJobs } from './ops-fixtures.js';
-import { createRedis } from '../src/shared/redis/connection.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { redisUrl } from './helpers/env.js';
 
 const ADMIN_TOKEN = 'adm-board-0d6b2f94c7e1a3';

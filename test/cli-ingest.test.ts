@@ -3,10 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseIngestArgs, validateJsonl } from '../src/cli/ingest.js';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
-import { JsonlLineError } from '../src/shared/rag/jsonl-docs.js';
+import { parseIngestArgs, validateJsonl } from '../src/app/cli/ingest.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { JsonlLineError } from '../src/shared/knowledge/jsonl-docs.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
@@ -19,7 +19,7 @@ describe('ingest CLI', () => {
     return path;
   };
   // GEMINI_API_KEY unset: the runtime embeds through the in-process Gemini emulator.
-  const ingest = (args: string[]) => runCli('src/cli/ingest.ts', args, { DATABASE_URL: databaseUrl(), GEMINI_API_KEY: undefined });
+  const ingest = (args: string[]) => runCli('src/app/cli/ingest.ts', args, { DATABASE_URL: databaseUrl(), GEMINI_API_KEY: undefined });
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agentq-ingest-'));

@@ -1,15 +1,15 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseKeysArgs } from '../src/cli/keys.js';
-import { createApiKeyStore } from '../src/shared/db/api-keys.js';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
+import { parseKeysArgs } from '../src/app/cli/keys.js';
+import { createApiKeyStore } from '../src/shared/infra/db/api-keys.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
 describe('keys CLI', () => {
   let pool: pg.Pool;
-  const keysCli = (args: string[]) => runCli('src/cli/keys.ts', args, { DATABASE_URL: databaseUrl() });
+  const keysCli = (args: string[]) => runCli('src/app/cli/keys.ts', args, { DATABASE_URL: databaseUrl() });
   beforeAll(async () => {
     pool = createPool(databaseUrl(), { max: 2 });
     await migrate(pool);

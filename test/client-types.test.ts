@@ -3,8 +3,8 @@ import { z } from 'zod';
 import { defineAction, defineAgent } from '../src/shared/agents/define-agent.js';
 import type { AgentInput, AgentOutput, BuiltInAgents } from '../src/shared/agents/registry.js';
 import type { RiskAnalysis } from '../src/shared/agents/risk-analyzer.js';
-import { createAgentqClient, type JobHandle, type JobView } from '../src/producers/client.js';
-import type { AgentResult } from '../src/shared/types.js';
+import { createAgentqClient, type JobHandle, type JobView } from '../src/producers/client/client.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 
 /*
  * Compile-time checks: `npx tsc --noEmit` (part of `npm test`) fails if an inference breaks or an

@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, configSchema, parseConfig } from '../src/shared/config.js';
+import { ConfigError, configSchema, parseConfig } from '../src/shared/core/config.js';
 
 const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
 const listed = Object.fromEntries(

@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, type AgentRun } from '../src/shared/db/agent-runs.js';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createOrgStore } from '../src/shared/db/orgs.js';
-import { createPool } from '../src/shared/db/pool.js';
-import { createQuotaChecker } from '../src/shared/db/quotas.js';
+import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createOrgStore } from '../src/shared/infra/db/orgs.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { createQuotaChecker } from '../src/shared/infra/db/quotas.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 
 const run = (over: Partial<AgentRun> & Pick<AgentRun, 'orgId'>): AgentRun => ({

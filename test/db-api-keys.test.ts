@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createApiKeyStore } from '../src/shared/db/api-keys.js';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createOrgStore } from '../src/shared/db/orgs.js';
-import { createPool } from '../src/shared/db/pool.js';
+import { createApiKeyStore } from '../src/shared/infra/db/api-keys.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createOrgStore } from '../src/shared/infra/db/orgs.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 
 describe('api keys and orgs', () => {

@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPool } from '../src/shared/db/pool.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
 
 /** A raw wire-protocol connection, to misbehave in ways `pg` never does. */

@@ -4,8 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrate, MigrationError, MIGRATIONS_DIR } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
+import { migrate, MigrationError, MIGRATIONS_DIR } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
 
 // The test database is shared by every test file, so these tests use temp migration dirs whose file and

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, type AgentRun } from '../src/shared/db/agent-runs.js';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
-import { createRunWriter } from '../src/shared/db/run-writer.js';
+import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { createRunWriter } from '../src/shared/infra/db/run-writer.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 
 const pool = createPool(databaseUrl(), { max: 4 });

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDirectProducer } from '../src/producers/direct-producer.js';
-import { ValidationError } from '../src/shared/errors.js';
+import { ValidationError } from '../src/shared/core/errors.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 describe('direct producer (services sharing Redis)', () => {

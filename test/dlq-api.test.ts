@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRedis } from '../src/shared/redis/connection.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { failJobs } from './ops-fixtures.js';

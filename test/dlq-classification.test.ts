@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { classifyFailure } from '../src/ops/dlq-classify.js';
-import { LlmError } from '../src/shared/llm/llm-errors.js';
+import { classifyFailure } from '../src/shared/core/dlq-classify.js';
+import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { captureLogs, marker, riskJob, waitFor, type CapturedLogs } from './ops-fixtures.js';

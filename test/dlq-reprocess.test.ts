@@ -1,14 +1,14 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createDlqReprocessor } from '../src/ops/dlq-reprocessor.js';
-import { createBreakerCheck } from '../src/ops/dlq-breaker-check.js';
-import { createDlqService } from '../src/ops/dlq-service.js';
-import { createDlqStore } from '../src/ops/dlq-store.js';
+import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
+import { createBreakerCheck } from '../src/workers/ops/dlq-breaker-check.js';
+import { createDlqService } from '../src/shared/ops/dlq-service.js';
+import { createDlqStore } from '../src/shared/ops/dlq-store.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
-import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
-import { createLogger } from '../src/shared/logger.js';
+import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
+import { createLogger } from '../src/shared/core/logger.js';
 import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
-import { createRedis } from '../src/shared/redis/connection.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { failJobs, failWaiting } from './ops-fixtures.js';
 

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createAgentqClient } from '../src/producers/client.js';
+import { createAgentqClient } from '../src/producers/client/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const startup = (name: string) => ({ name, industry: 'logistics', stage: 'seed', description: 'Route planning for regional couriers' });

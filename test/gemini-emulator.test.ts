@@ -1,7 +1,7 @@
 import { GoogleGenAI, Type } from '@google/genai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, type GeminiEmulator } from '../src/shared/gemini/emulator.js';
+import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 
 const MODEL = 'gemini-2.5-flash';
 

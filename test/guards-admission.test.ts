@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createAdmissionLimiter, defaultPlans, UnknownPlanError, type AdmissionLimiter } from '../src/shared/guards/admission.js';
+import { createAdmissionLimiter, defaultPlans, UnknownPlanError, type AdmissionLimiter } from '../src/shared/limits/admission-limiter.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 describe('admission limiter', () => {

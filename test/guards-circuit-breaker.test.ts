@@ -1,8 +1,8 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createBreakerGuard } from '../src/shared/guards/breaker-guard.js';
-import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
+import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { DelayJobError } from '../src/workers/middleware.js';
 import { guardContext, okResult } from './fixtures/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';

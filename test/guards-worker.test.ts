@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createOrgStore } from '../src/shared/db/orgs.js';
-import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import { createOrgStore } from '../src/shared/infra/db/orgs.js';
+import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const risk = (name: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'edtech' } } });

@@ -4,8 +4,8 @@ import { runInNewContext } from 'node:vm';
 import { Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { orgJobsKey } from '../src/shared/stream/keys.js';
-import { streamingFeature } from '../src/shared/stream/feature.js';
+import { orgJobsKey } from '../src/shared/core/queue-keys.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
 import { redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 

@@ -1,12 +1,12 @@
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../src/shared/gemini/emulator.js';
-import { startGeminiRuntime } from '../src/shared/llm/gemini-runtime.js';
-import { createLlmClient, type LlmClient } from '../src/shared/llm/llm-client.js';
-import { LlmError, toLlmError } from '../src/shared/llm/llm-errors.js';
-import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/llm/pricing.js';
-import { createLogger } from '../src/shared/logger.js';
+import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
+import { startGeminiRuntime } from '../src/app/gemini-runtime.js';
+import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
+import { LlmError, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
+import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
+import { createLogger } from '../src/shared/core/logger.js';
 
 const MODEL = 'gemini-2.5-flash';
 const Answer = z.object({ answer: z.string().min(1), sources: z.array(z.string()).max(3), confidence: z.number().min(0).max(1) });

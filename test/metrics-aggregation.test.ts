@@ -1,9 +1,9 @@
 import type { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createMetricsExchange } from '../src/ops/metrics-exchange.js';
-import { createOpsMetrics } from '../src/ops/metrics.js';
-import { createLogger } from '../src/shared/logger.js';
-import { createRedis } from '../src/shared/redis/connection.js';
+import { createMetricsExchange } from '../src/shared/ops/metrics-exchange.js';
+import { createOpsMetrics } from '../src/shared/ops/metrics.js';
+import { createLogger } from '../src/shared/core/logger.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { parseProm, sampleSum } from './ops-fixtures.js';
 

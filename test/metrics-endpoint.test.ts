@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { countingAdmission } from '../src/ops/ops-metrics-hub.js';
-import { createCircuitBreaker } from '../src/shared/guards/circuit-breaker.js';
+import { countingAdmission } from '../src/producers/counting-admission.js';
+import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';

@@ -2,10 +2,10 @@ import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { createLogger, type Logger } from '../src/shared/logger.js';
+import { createLogger, type Logger } from '../src/shared/core/logger.js';
 import type { AgentQueue } from '../src/shared/queue/agent-queue.js';
-import { QUEUE } from '../src/shared/queue/names.js';
-import type { AgentJobData, AgentResult } from '../src/shared/types.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 
 export interface CapturedLogs {
   logger: Logger;

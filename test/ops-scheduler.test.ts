@@ -1,7 +1,7 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DLQ_REPROCESS_TASK } from '../src/ops/ops-feature.js';
-import { QUEUE } from '../src/shared/queue/names.js';
+import { DLQ_REPROCESS_TASK } from '../src/app/features/ops.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { marker, riskJob, waitFor } from './ops-fixtures.js';
 

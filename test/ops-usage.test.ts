@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, type AgentRun } from '../src/shared/db/agent-runs.js';
+import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 

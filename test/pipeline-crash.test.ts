@@ -4,7 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Job, Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { QUEUE } from '../src/shared/queue/names.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 /** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { resultKeys } from '../src/orchestration/fan-out.js';
-import { createPipelineRegistry, definePipeline, PipelineDefinitionError } from '../src/orchestration/pipeline.js';
-import { wizardCompletion } from '../src/orchestration/pipelines/wizard-completion.js';
+import { resultKeys } from '../src/shared/orchestration/fan-out.js';
+import { createPipelineRegistry, definePipeline, PipelineDefinitionError } from '../src/shared/orchestration/pipeline.js';
+import { wizardCompletion } from '../src/shared/orchestration/pipelines/wizard-completion.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 
 const step = (id: string, outputKey = id) => ({ id, agent: 'DealScorer', action: 'pipeline_summary', inputMapper: () => ({ startupId: 's' }), outputKey });

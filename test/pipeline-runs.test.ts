@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createOrchestrationFeature } from '../src/orchestration/feature.js';
-import { definePipeline } from '../src/orchestration/pipeline.js';
-import { wizardCompletion } from '../src/orchestration/pipelines/wizard-completion.js';
-import { createAgentqClient } from '../src/producers/client.js';
+import { createOrchestrationFeature } from '../src/app/features/orchestration.js';
+import { definePipeline } from '../src/shared/orchestration/pipeline.js';
+import { wizardCompletion } from '../src/shared/orchestration/pipelines/wizard-completion.js';
+import { createAgentqClient } from '../src/producers/client/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const RISK_PROMPT = 'Analyse the risks of this startup.';

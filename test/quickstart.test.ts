@@ -3,8 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
-import { assertNoEviction, RedisSetupError } from '../src/shared/redis/connection.js';
-import { freePort, startRedisServer } from '../src/shared/redis/redis-server.js';
+import { assertNoEviction, RedisSetupError } from '../src/shared/infra/redis/connection.js';
+import { freePort, startRedisServer } from '../src/shared/infra/redis/redis-server.js';
 import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
 
 /**

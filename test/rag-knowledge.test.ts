@@ -1,11 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
-import { ValidationError } from '../src/shared/errors.js';
-import { createKnowledgeStore } from '../src/shared/rag/knowledge-store.js';
-import { createVectorSearch } from '../src/shared/rag/vector-search.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { ValidationError } from '../src/shared/core/errors.js';
+import { createKnowledgeStore } from '../src/shared/knowledge/knowledge-store.js';
+import { createVectorSearch } from '../src/shared/knowledge/vector-search.js';
 import { createHashEmbed } from './helpers/hash-embed.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 

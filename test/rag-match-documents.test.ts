@@ -2,8 +2,8 @@ import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import pgvector from 'pgvector';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrate } from '../src/shared/db/migrate.js';
-import { createPool } from '../src/shared/db/pool.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
 import { hashEmbedOne } from './helpers/hash-embed.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 

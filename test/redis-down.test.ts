@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRedisServer, type RedisServerHandle } from '../src/shared/redis/redis-server.js';
+import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 describe('Redis outage at the API', () => {

@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createResultCache, type ResultCache } from '../src/shared/cache/result-cache.js';
-import { createResultCacheGuard } from '../src/shared/cache/result-cache-guard.js';
-import type { AgentResult } from '../src/shared/types.js';
+import { createResultCacheGuard } from '../src/workers/guards/result-cache-guard.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 import type { Middleware } from '../src/workers/middleware.js';
 import { guardContext, okResult } from './fixtures/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';

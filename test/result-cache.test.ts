@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
-import type { AgentResult } from '../src/shared/types.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './fixtures/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentqHttpError, createAgentqClient, type JobStreamEvent } from '../src/producers/client.js';
-import { streamingFeature } from '../src/shared/stream/feature.js';
-import { compareStreamIds } from '../src/shared/stream/stream-event.js';
+import { AgentqHttpError, createAgentqClient, type JobStreamEvent } from '../src/producers/client/client.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
+import { compareStreamIds } from '../src/shared/core/stream-event.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const riskInput = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed' as const, description: 'Streamed through the client' } });

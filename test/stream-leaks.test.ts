@@ -1,8 +1,8 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRedisServer, type RedisServerHandle } from '../src/shared/redis/redis-server.js';
-import { openStreamsKey } from '../src/shared/stream/keys.js';
-import { streamingFeature } from '../src/shared/stream/feature.js';
+import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
+import { openStreamsKey } from '../src/shared/core/queue-keys.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;

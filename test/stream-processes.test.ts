@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { streamingFeature } from '../src/shared/stream/feature.js';
-import { createSseParser } from '../src/shared/stream/sse-parser.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
+import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { randomOrg, randomPrefix } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 

@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { jobStreamKey } from '../src/shared/stream/keys.js';
-import { streamingFeature } from '../src/shared/stream/feature.js';
-import { createSseParser, type SseMessage } from '../src/shared/stream/sse-parser.js';
-import { compareStreamIds } from '../src/shared/stream/stream-event.js';
+import { jobStreamKey } from '../src/shared/core/queue-keys.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
+import { createSseParser, type SseMessage } from '../src/producers/client/sse-parser.js';
+import { compareStreamIds } from '../src/shared/core/stream-event.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const riskInput = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } });

@@ -1,9 +1,9 @@
 import { LRUCache } from 'lru-cache';
 import { createResultCache } from '../../src/shared/cache/result-cache.js';
-import { createCircuitBreaker } from '../../src/shared/guards/circuit-breaker.js';
-import { createTokenBuckets, type BucketRequest } from '../../src/shared/guards/token-bucket.js';
-import { createRedis, whenReady } from '../../src/shared/redis/connection.js';
-import type { AgentResult } from '../../src/shared/types.js';
+import { createCircuitBreaker } from '../../src/shared/limits/circuit-breaker.js';
+import { createTokenBuckets, type BucketRequest } from '../../src/shared/limits/token-bucket.js';
+import { createRedis, whenReady } from '../../src/shared/infra/redis/connection.js';
+import type { AgentResult } from '../../src/shared/core/types.js';
 import type { BenchContext } from '../lib/context.js';
 import { percentile, round } from '../lib/stats.js';
 

@@ -1,9 +1,9 @@
 import { createSemanticCache } from '../../src/shared/cache/semantic-cache.js';
-import { createLlmClient } from '../../src/shared/llm/llm-client.js';
-import { toVectorSql } from '../../src/shared/rag/embedding.js';
-import { createVectorSearch } from '../../src/shared/rag/vector-search.js';
+import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
+import { toVectorSql } from '../../src/shared/knowledge/embedding.js';
+import { createVectorSearch } from '../../src/shared/knowledge/vector-search.js';
 import type { BenchContext } from '../lib/context.js';
-import { embedText } from '../../src/shared/gemini/emulator.js';
+import { embedText } from '../../dev/gemini-emulator/emulator.js';
 import { corpusText, queryText } from '../lib/corpus.js';
 import { percentile, round } from '../lib/stats.js';
 

@@ -4,8 +4,8 @@
  * `{ redisUrl, prefix, key, capacity, refillPerSec, startAt, durationMs, loops }`; answers
  * `{ ready: { admitted: number[] (Redis ms of each admission), refused } }`.
  */
-import { createTokenBuckets } from '../../src/shared/guards/token-bucket.js';
-import { createRedis, whenReady } from '../../src/shared/redis/connection.js';
+import { createTokenBuckets } from '../../src/shared/limits/token-bucket.js';
+import { createRedis, whenReady } from '../../src/shared/infra/redis/connection.js';
 import { toParent } from '../lib/child.js';
 import { sleep } from '../lib/stats.js';
 

@@ -2,7 +2,7 @@
  * The Gemini emulator in its own process, as a real upstream would be: its CPU does not land on the
  * event loop of the worker being measured. Controlled over HTTP (`/__emulator/*`).
  */
-import { startGeminiEmulator } from '../../src/shared/gemini/emulator.js';
+import { startGeminiEmulator } from '../../dev/gemini-emulator/emulator.js';
 import { serveParent, toParent } from '../lib/child.js';
 
 const emulator = await startGeminiEmulator({ host: '127.0.0.1' });

@@ -7,8 +7,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startEmbeddedPostgres } from '../../src/shared/db/embedded-postgres.js';
-import { embedText } from '../../src/shared/gemini/embedder.js';
+import { startEmbeddedPostgres } from '../../src/shared/infra/db/embedded-postgres.js';
+import { embedText } from '../../dev/gemini-emulator/embedder.js';
 import { serveParent, toParent } from '../lib/child.js';
 import { corpusText, vectorLiteral } from '../lib/corpus.js';
 

@@ -1,13 +1,13 @@
 import type { Job, Worker } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
-import { defaultFeatures } from '../../src/features.js';
-import { startRuntime, type FeatureFactory, type Runtime } from '../../src/runtime.js';
+import { defaultFeatures } from '../../src/app/features.js';
+import { startRuntime, type FeatureFactory, type Runtime } from '../../src/app/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
-import type { Config } from '../../src/shared/config.js';
-import type { Infra } from '../../src/shared/infra.js';
-import { startGeminiRuntime, type GeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
-import { createLogger } from '../../src/shared/logger.js';
-import type { AgentJobData, AgentResult } from '../../src/shared/types.js';
+import type { Config } from '../../src/shared/core/config.js';
+import type { Infra } from '../../src/shared/infra/infra.js';
+import { startGeminiRuntime, type GeminiRuntime } from '../../src/app/gemini-runtime.js';
+import { createLogger } from '../../src/shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../../src/shared/core/types.js';
 import type { BenchInfra } from './infra.js';
 
 export interface AgentqUnderTest {

@@ -1,11 +1,11 @@
 import { Redis } from 'ioredis';
 import type pg from 'pg';
-import { parseConfig, type Config } from '../../src/shared/config.js';
-import { migrate } from '../../src/shared/db/migrate.js';
-import { createPool } from '../../src/shared/db/pool.js';
-import { createEmulatorControl, type EmulatorControl } from '../../src/shared/gemini/emulator.js';
-import type { Infra } from '../../src/shared/infra.js';
-import { startRedisServer, type RedisServerHandle } from '../../src/shared/redis/redis-server.js';
+import { parseConfig, type Config } from '../../src/shared/core/config.js';
+import { migrate } from '../../src/shared/infra/db/migrate.js';
+import { createPool } from '../../src/shared/infra/db/pool.js';
+import { createEmulatorControl, type EmulatorControl } from '../../dev/gemini-emulator/emulator.js';
+import type { Infra } from '../../src/shared/infra/infra.js';
+import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 import { startChild, type BenchChild } from './child.js';
 
 export interface BenchInfra {

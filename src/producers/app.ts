@@ -1,10 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
-import { ValidationError, NotFoundError } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
+import Fastify, { LogController, type FastifyInstance } from 'fastify';
+import { ConflictError, ValidationError, NotFoundError } from '../shared/core/errors.js';
+import type { Logger } from '../shared/core/logger.js';
 import { bearerToken, type KeyVerifier, type Principal } from './auth.js';
 import { HttpError, isRedisUnavailable } from './http-errors.js';
-import { ConflictError } from './job-service.js';
 import { agentRoutes, type AgentCatalog } from './routes/agents.js';
 import { healthRoutes } from './routes/health.js';
 import { jobRoutes, type JobRouteDeps } from './routes/jobs.js';
@@ -105,7 +104,3 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 }
 
 /** The authenticated principal of a `/v1/*` request (set by the preHandler above). */
-export function principalOf(req: FastifyRequest): Principal {
-  if (!req.principal) throw new HttpError(401, 'unauthenticated');
-  return req.principal;
-}

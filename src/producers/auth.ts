@@ -1,4 +1,6 @@
+import type { FastifyRequest } from 'fastify';
 import { LRUCache } from 'lru-cache';
+import { HttpError } from './http-errors.js';
 
 export interface Principal {
   keyId: string;
@@ -32,4 +34,10 @@ export function bearerToken(header: string | undefined): string | undefined {
   if (!header) return undefined;
   const match = /^Bearer\s+(\S{1,512})$/i.exec(header.trim());
   return match?.[1];
+}
+
+/** The authenticated caller of a `/v1` request (set by the auth hook); 401 if there is none. */
+export function principalOf(req: FastifyRequest): Principal {
+  if (!req.principal) throw new HttpError(401, 'unauthenticated');
+  return req.principal;
 }

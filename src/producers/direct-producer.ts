@@ -1,7 +1,7 @@
 import { defaultRegistry } from '../shared/agents/registry.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
-import { createRedis, whenReady } from '../shared/redis/connection.js';
-import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from './job-producer.js';
+import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
+import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
 const DEFAULT_RETENTION: RetentionOptions = {
   attempts: 3,

@@ -1,4 +1,4 @@
-import { AgentqError } from '../shared/errors.js';
+import { AgentqError } from '../shared/core/errors.js';
 
 /** An error that maps to one HTTP status with a JSON body `{ error, ...extra }`. */
 export class HttpError extends AgentqError {

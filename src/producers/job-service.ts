@@ -1,9 +1,9 @@
 import { Job, type QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { AgentqError, NotFoundError } from '../shared/errors.js';
+import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
-import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/queue/cancel.js';
-import type { AgentJobData, AgentResult } from '../shared/types.js';
+import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/core/cancel.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 
 export interface JobView {
   id: string;
@@ -16,12 +16,6 @@ export interface JobView {
   attempts: number;
   createdAt: string;
   finishedAt?: string;
-}
-
-export class ConflictError extends AgentqError {
-  constructor(message: string) {
-    super(message, 'ECONFLICT');
-  }
 }
 
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);

@@ -1,11 +1,11 @@
 import { Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Logger } from '../shared/logger.js';
-import { backoffDelay } from '../shared/queue/backoff.js';
-import { cancelChannel } from '../shared/queue/cancel.js';
-import { QUEUE } from '../shared/queue/names.js';
-import type { AgentJobData, AgentResult } from '../shared/types.js';
-import { workerOptions } from '../shared/queue/worker-options.js';
+import type { Logger } from '../shared/core/logger.js';
+import { backoffDelay } from '../shared/core/backoff.js';
+import { cancelChannel } from '../shared/core/cancel.js';
+import { QUEUE } from '../shared/core/queue-names.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { workerOptions } from './worker-options.js';
 
 export interface AgentWorkerOptions {
   connection: Redis;

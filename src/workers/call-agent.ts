@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
-import type { AgentResult } from '../shared/types.js';
+import type { AgentResult } from '../shared/core/types.js';
 import type { JobContext } from './middleware.js';
 
 /** The slice of the LLM client the terminal call needs (see src/shared/llm/llm-client.ts). */

@@ -1,7 +1,7 @@
 import type { Job } from 'bullmq';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
-import type { Logger } from '../shared/logger.js';
-import type { AgentJobData, AgentResult } from '../shared/types.js';
+import type { Logger } from '../shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
 export interface JobContext {

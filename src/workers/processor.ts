@@ -1,10 +1,10 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
-import { ValidationError } from '../shared/errors.js';
-import type { Logger } from '../shared/logger.js';
-import { CANCELLED_REASON } from '../shared/queue/cancel.js';
-import type { AgentRun } from '../shared/db/agent-runs.js';
-import type { AgentJobData, AgentResult } from '../shared/types.js';
+import { ValidationError } from '../shared/core/errors.js';
+import type { Logger } from '../shared/core/logger.js';
+import { CANCELLED_REASON } from '../shared/core/cancel.js';
+import type { AgentRun } from '../shared/infra/db/agent-runs.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 
 export interface AgentResolver {

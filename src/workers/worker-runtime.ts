@@ -1,16 +1,16 @@
-import type { Config } from '../shared/config.js';
-import type { Feature } from '../shared/feature.js';
-import { createRunStore } from '../shared/db/agent-runs.js';
-import { createRunWriter } from '../shared/db/run-writer.js';
-import type { Infra } from '../shared/infra.js';
-import type { Logger } from '../shared/logger.js';
+import type { Config } from '../shared/core/config.js';
+import { createRunStore } from '../shared/infra/db/agent-runs.js';
+import { createRunWriter } from '../shared/infra/db/run-writer.js';
+import type { Infra } from '../shared/infra/infra.js';
+import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
-import { createVectorSearch } from '../shared/rag/vector-search.js';
-import { createRedis } from '../shared/redis/connection.js';
+import { createVectorSearch } from '../shared/knowledge/vector-search.js';
+import { createRedis } from '../shared/infra/redis/connection.js';
 import { createAgentWorker } from './agent-worker.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
 import { createAgentProcessor } from './processor.js';
+import type { WorkerHooks } from './worker-hooks.js';
 
 export interface WorkerRuntime {
   ready(): Promise<void>;
@@ -26,7 +26,7 @@ export function createWorkerRuntime(opts: {
   registry: AgentRegistry;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
-  features?: Feature[];
+  features?: WorkerHooks[];
 }): WorkerRuntime {
   const { cfg, infra, logger } = opts;
   const connection = createRedis(infra.redisUrl, 'worker');

@@ -1,7 +1,7 @@
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createCircuitBreaker } from '../../src/shared/guards/circuit-breaker.js';
-import { createRedis } from '../../src/shared/redis/connection.js';
+import { createCircuitBreaker } from '../../src/shared/limits/circuit-breaker.js';
+import { createRedis } from '../../src/shared/infra/redis/connection.js';
 import { UNTHROTTLED, figure, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 

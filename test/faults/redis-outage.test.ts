@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startRedisServer, type RedisServerHandle } from '../../src/shared/redis/redis-server.js';
+import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
 import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
 import { startStack, type Stack } from '../helpers/stack.js';

@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
-import { startEmbeddedPostgres } from '../../src/shared/db/embedded-postgres.js';
-import { startRedisServer } from '../../src/shared/redis/redis-server.js';
+import { startEmbeddedPostgres } from '../../src/shared/infra/db/embedded-postgres.js';
+import { startRedisServer } from '../../src/shared/infra/redis/redis-server.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {

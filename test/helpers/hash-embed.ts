@@ -1,4 +1,4 @@
-import { EMBEDDING_DIM, type EmbedFn } from '../../src/shared/rag/embedding.js';
+import { EMBEDDING_DIM, type EmbedFn } from '../../src/shared/knowledge/embedding.js';
 
 // A deterministic stand-in for an embedding model, for DB-layer tests: hashed word and character-trigram
 // features, normalised. Texts sharing content words score high, unrelated texts near 0; stop words and

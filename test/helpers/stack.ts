@@ -1,15 +1,15 @@
 import type { FastifyInstance } from 'fastify';
-import { defaultFeatures } from '../../src/features.js';
-import { startRuntime, type FeatureFactory, type Runtime } from '../../src/runtime.js';
+import { defaultFeatures } from '../../src/app/features.js';
+import { startRuntime, type FeatureFactory, type Runtime } from '../../src/app/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
-import { parseConfig, type Config } from '../../src/shared/config.js';
-import { createApiKeyStore } from '../../src/shared/db/api-keys.js';
-import { migrate } from '../../src/shared/db/migrate.js';
-import { createPool } from '../../src/shared/db/pool.js';
-import { startGeminiEmulator, type GeminiEmulator } from '../../src/shared/gemini/emulator.js';
-import type { Infra } from '../../src/shared/infra.js';
-import { geminiOptionsFromConfig, startGeminiRuntime } from '../../src/shared/llm/gemini-runtime.js';
-import { createLogger, type Logger } from '../../src/shared/logger.js';
+import { parseConfig, type Config } from '../../src/shared/core/config.js';
+import { createApiKeyStore } from '../../src/shared/infra/db/api-keys.js';
+import { migrate } from '../../src/shared/infra/db/migrate.js';
+import { createPool } from '../../src/shared/infra/db/pool.js';
+import { startGeminiEmulator, type GeminiEmulator } from '../../dev/gemini-emulator/emulator.js';
+import type { Infra } from '../../src/shared/infra/infra.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from '../../src/app/gemini-runtime.js';
+import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { WorkerRuntime } from '../../src/workers/worker-runtime.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
 

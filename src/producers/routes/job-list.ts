@@ -1,11 +1,11 @@
 import { Readable } from 'node:stream';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { ValidationError } from '../../shared/errors.js';
-import type { JobRow, ListFilter, OrgJobIndexReader } from '../../shared/stream/org-job-index.js';
-import { principalOf } from '../app.js';
+import { ValidationError } from '../../shared/core/errors.js';
+import type { JobRow, ListFilter, OrgJobIndexReader } from '../../shared/queue/org-job-index.js';
+import { principalOf } from '../auth.js';
 import type { JobView } from '../job-service.js';
-import { zodDetails } from '../zod-details.js';
+import { zodDetails } from '../../shared/core/zod-details.js';
 
 export interface JobListDeps {
   index: OrgJobIndexReader;

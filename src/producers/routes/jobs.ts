@@ -1,15 +1,11 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { principalOf } from '../app.js';
-import { HttpError, withDeadline } from '../http-errors.js';
-import type { JobProducer } from '../job-producer.js';
+import { principalOf } from '../auth.js';
+import { withDeadline } from '../http-errors.js';
+import type { JobProducer } from '../../shared/queue/job-producer.js';
 import type { JobService } from '../job-service.js';
-import { parseRequest } from '../zod-details.js';
-
-export interface AdmissionCheck {
-  /** Per-org request admission (token bucket) and durable quotas; a refusal becomes a 429. */
-  admit(orgId: string, jobs: number): Promise<{ allowed: true } | { allowed: false; reason: string; retryAfterS: number }>;
-}
+import { parseRequest } from '../../shared/core/zod-details.js';
+import { admitOrThrow, type AdmissionCheck } from '../admission.js';
 
 export interface JobRouteDeps {
   producer: JobProducer;
@@ -22,15 +18,6 @@ export interface JobRouteDeps {
 
 const idParam = z.object({ id: z.string().min(1).max(200) });
 const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() }).strict();
-
-/** Spends the org's admission for `jobs` jobs; a refusal is a 429 with Retry-After. */
-export async function admitOrThrow(admission: AdmissionCheck | undefined, orgId: string, jobs: number, deadlineMs = 1000): Promise<void> {
-  if (!admission) return;
-  const verdict = await withDeadline(admission.admit(orgId, jobs), deadlineMs, 'rate limiter');
-  if (!verdict.allowed) {
-    throw new HttpError(429, verdict.reason, { retryAfter: verdict.retryAfterS }, { 'retry-after': String(verdict.retryAfterS) });
-  }
-}
 
 export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
   const deadline = deps.enqueueDeadlineMs ?? 1000;

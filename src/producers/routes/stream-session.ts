@@ -1,9 +1,9 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
-import { NotFoundError } from '../../shared/errors.js';
-import { jobStreamKey } from '../../shared/stream/keys.js';
-import { DONE_FRAME, eventFrame, PING_FRAME, SSE_HEADERS } from '../../shared/stream/sse.js';
-import { compareStreamIds, decodeEvent, isTerminal, type StreamEvent } from '../../shared/stream/stream-event.js';
+import { NotFoundError } from '../../shared/core/errors.js';
+import { jobStreamKey } from '../../shared/core/queue-keys.js';
+import { DONE_FRAME, eventFrame, PING_FRAME, SSE_HEADERS } from '../sse.js';
+import { compareStreamIds, decodeEvent, isTerminal, type StreamEvent } from '../../shared/core/stream-event.js';
 import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/stream/stream-reader.js';
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';

@@ -1,18 +1,18 @@
 import { Job } from 'bullmq';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { NotFoundError, ValidationError } from '../../shared/errors.js';
+import { NotFoundError, ValidationError } from '../../shared/core/errors.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
-import { progressFrame } from '../../shared/stream/sse.js';
-import { STREAM_ID } from '../../shared/stream/stream-event.js';
+import { progressFrame } from '../sse.js';
+import { STREAM_ID } from '../../shared/core/stream-event.js';
 import type { StreamLease, StreamSlots } from '../../shared/stream/stream-slots.js';
-import type { AgentJobData, AgentResult } from '../../shared/types.js';
-import { principalOf } from '../app.js';
+import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
+import { principalOf } from '../auth.js';
 import { HttpError, withDeadline } from '../http-errors.js';
-import type { JobProducer } from '../job-producer.js';
-import { admitOrThrow, type AdmissionCheck } from './jobs.js';
+import type { JobProducer } from '../../shared/queue/job-producer.js';
+import { admitOrThrow, type AdmissionCheck } from '../admission.js';
 import { toJobView } from '../job-service.js';
-import { zodDetails } from '../zod-details.js';
+import { zodDetails } from '../../shared/core/zod-details.js';
 import { serveJobStream, type SessionDeps, type StreamTarget } from './stream-session.js';
 
 export interface StreamRouteDeps extends SessionDeps {

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ValidationError } from '../errors.js';
+import { ValidationError } from '../core/errors.js';
 import type { AgentAction, AgentDefinition, ModelTier } from './define-agent.js';
 import { dealScorer } from './deal-scorer.js';
 import { knowledgeAssistant } from './knowledge-assistant.js';

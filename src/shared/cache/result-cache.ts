@@ -1,9 +1,9 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
-import { defineLua, type RedisClient } from '../guards/lua-script.js';
-import type { Logger } from '../logger.js';
-import type { AgentResult } from '../types.js';
+import { defineLua, type RedisClient } from '../infra/lua.js';
+import type { Logger } from '../core/logger.js';
+import type { AgentResult } from '../core/types.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -90,7 +90,6 @@ export function resultCacheHash(p: CacheKeyParts): string {
   return createHash('sha256').update(material).digest('hex');
 }
 
-const luaDir = new URL('./lua/', import.meta.url);
 
 /**
  * Two-level result cache. L1 is an in-process LRU; L2 is Redis with a TTL. Invalidation bumps a
@@ -108,10 +107,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const lockTtlMs = opts.lockTtlMs ?? 15_000;
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
-  const lookupLua = defineLua(redis, luaDir, 'result-cache-lookup-4.lua');
-  const setLua = defineLua(redis, luaDir, 'result-cache-set-4.lua');
-  const unlockLua = defineLua(redis, luaDir, 'result-cache-unlock-1.lua');
-  const renewLua = defineLua(redis, luaDir, 'result-cache-renew-1.lua');
+  const lookupLua = defineLua(redis, 'result-cache-lookup-4.lua');
+  const setLua = defineLua(redis, 'result-cache-set-4.lua');
+  const unlockLua = defineLua(redis, 'result-cache-unlock-1.lua');
+  const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
   const l1 = new LRUCache<string, { tag: string; value: T }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
 
   const enc = encodeURIComponent;

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import { embedChecked, toVectorSql, type EmbedFn } from '../rag/embedding.js';
+import { embedChecked, toVectorSql, type EmbedFn } from '../knowledge/embedding.js';
 
 /** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
 export interface SemanticScope {

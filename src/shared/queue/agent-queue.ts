@@ -1,8 +1,8 @@
 import { Queue, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { AgentJobData, AgentResult } from '../types.js';
-import { BACKOFF_TYPE } from './backoff.js';
-import { QUEUE } from './names.js';
+import type { AgentJobData, AgentResult } from '../core/types.js';
+import { BACKOFF_TYPE } from '../core/backoff.js';
+import { QUEUE } from '../core/queue-names.js';
 
 export interface RetentionOptions {
   attempts: number;

@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
-import type { Logger } from '../logger.js';
-import { compareStreamIds } from './stream-event.js';
+import type { Logger } from '../core/logger.js';
+import { compareStreamIds } from '../core/stream-event.js';
 
 export type RawEntry = [id: string, fields: string[]];
 

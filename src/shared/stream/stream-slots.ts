@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
-import { defineLua } from '../guards/lua-script.js';
-import { openStreamsKey } from './keys.js';
+import { defineLua } from '../infra/lua.js';
+import { openStreamsKey } from '../core/queue-keys.js';
 
 export interface SlotVerdict {
   allowed: boolean;
@@ -16,15 +16,14 @@ export interface StreamLease {
   release(): Promise<void>;
 }
 
-const luaDir = new URL('./lua/', import.meta.url);
 
 /**
  * A per-org cap on open SSE streams across every API process: each stream leases a ZSET member that its
  * heartbeat refreshes; a process that dies leaves leases that lapse after `leaseMs`.
  */
 export function createStreamSlots(o: { redis: Redis; prefix: string; maxPerOrg: number; leaseMs: number }) {
-  const acquireLua = defineLua(o.redis, luaDir, 'stream-slot-acquire-1.lua');
-  const refreshLua = defineLua(o.redis, luaDir, 'stream-slot-refresh-1.lua');
+  const acquireLua = defineLua(o.redis, 'stream-slot-acquire-1.lua');
+  const refreshLua = defineLua(o.redis, 'stream-slot-refresh-1.lua');
 
   return {
     async acquire(orgId: string): Promise<SlotVerdict> {

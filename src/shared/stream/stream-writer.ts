@@ -1,6 +1,6 @@
 import type { Redis } from 'ioredis';
-import type { Logger } from '../logger.js';
-import { encodeEvent, isTerminal, type StreamEvent } from './stream-event.js';
+import type { Logger } from '../core/logger.js';
+import { encodeEvent, isTerminal, type StreamEvent } from '../core/stream-event.js';
 
 export interface StreamWriterOptions {
   redis: Redis;

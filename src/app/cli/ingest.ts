@@ -1,0 +1,127 @@
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { config } from '../../shared/core/config.js';
+import { migrate } from '../../shared/infra/db/migrate.js';
+import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
+import { AgentqError } from '../../shared/core/errors.js';
+import { geminiOptionsFromConfig, startGeminiRuntime } from '../gemini-runtime.js';
+import { createLogger } from '../../shared/core/logger.js';
+import type { EmbedFn } from '../../shared/knowledge/embedding.js';
+import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
+import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
+import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
+import { runCliIfMain } from './run-cli.js';
+
+const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N]
+  chat_facts need --org; playbooks with --org are private to that org, without it global.`;
+
+export class UsageError extends AgentqError {
+  constructor(message: string) {
+    super(message, 'EUSAGE');
+  }
+}
+
+export interface IngestArgs {
+  file: string;
+  table: KnowledgeTable;
+  orgId?: string;
+  batchSize: number;
+}
+
+export function parseIngestArgs(argv: string[]): IngestArgs {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: { table: { type: 'string' }, org: { type: 'string' }, batch: { type: 'string' } },
+    });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  if (positionals.length !== 1) throw new UsageError('expected exactly one JSONL file');
+  if (!values.table || !isKnowledgeTable(values.table)) throw new UsageError(`--table must be one of ${KNOWLEDGE_TABLES.join(', ')}`);
+  if (values.table === 'chat_facts' && !values.org) throw new UsageError('--org is required for chat_facts');
+  const batchSize = values.batch === undefined ? 100 : Number(values.batch);
+  if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 1000) throw new UsageError('--batch must be an integer 1..1000');
+  return { file: positionals[0], table: values.table, orgId: values.org || undefined, batchSize };
+}
+
+/** Reads the whole file once to validate it: a bad line is reported before anything is written. */
+export async function validateJsonl(file: string, table: KnowledgeTable): Promise<number> {
+  let count = 0;
+  for await (const _ of readJsonlDocs(file, table)) count++;
+  return count;
+}
+
+/** Second pass: streams the (now known good) file into the knowledge store batch by batch. */
+export async function ingestJsonl(
+  args: IngestArgs,
+  deps: { store: ReturnType<typeof createKnowledgeStore>; total: number; onProgress?: (done: number, total: number) => void },
+): Promise<UpsertResult> {
+  const sum: UpsertResult = { inserted: 0, updated: 0, skipped: 0, total: 0 };
+  let batch: KnowledgeDoc[] = [];
+  const flush = async () => {
+    const r = await deps.store.upsert(args.table, batch, { orgId: args.orgId, batchSize: args.batchSize });
+    sum.inserted += r.inserted;
+    sum.updated += r.updated;
+    sum.skipped += r.skipped;
+    sum.total += r.total;
+    batch = [];
+    deps.onProgress?.(sum.total, deps.total);
+  };
+  for await (const { doc } of readJsonlDocs(args.file, args.table)) {
+    batch.push(doc);
+    if (batch.length >= args.batchSize) await flush();
+  }
+  if (batch.length) await flush();
+  return sum;
+}
+
+function progressBar(done: number, total: number) {
+  const width = 30;
+  const ratio = total ? done / total : 1;
+  const filled = Math.round(ratio * width);
+  process.stderr.write(`\r[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(ratio * 100)).padStart(3)}% ${done}/${total}`);
+}
+
+async function main(argv: string[]): Promise<number> {
+  let args: IngestArgs;
+  try {
+    args = parseIngestArgs(argv);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const cfg = config();
+  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
+  let total: number;
+  try {
+    total = await validateJsonl(args.file, args.table);
+  } catch (err) {
+    process.stderr.write(`${args.file}: ${(err as Error).message}\n`);
+    return 1;
+  }
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
+  let runtime: Awaited<ReturnType<typeof startGeminiRuntime>> | undefined;
+  try {
+    await migrate(db.pool, { logger });
+    runtime = await startGeminiRuntime(geminiOptionsFromConfig(cfg, logger));
+    const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
+    const store = createKnowledgeStore({ pool: db.pool, embed });
+    progressBar(0, total);
+    const r = await ingestJsonl(args, { store, total, onProgress: progressBar });
+    process.stderr.write('\n');
+    process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
+    return 0;
+  } catch (err) {
+    process.stderr.write(`\ningest failed: ${(err as Error).message}\n`);
+    return 1;
+  } finally {
+    await runtime?.close();
+    await db.close();
+  }
+}
+
+runCliIfMain(import.meta.url, main);

@@ -1,0 +1,113 @@
+import { parseArgs } from 'node:util';
+import { pino } from 'pino';
+import { config } from '../../shared/core/config.js';
+import { createApiKeyStore, type ApiKeyStore } from '../../shared/infra/db/api-keys.js';
+import { migrate } from '../../shared/infra/db/migrate.js';
+import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
+import { AgentqError } from '../../shared/core/errors.js';
+import { createLogger } from '../../shared/core/logger.js';
+import { runCliIfMain } from './run-cli.js';
+
+const USAGE = `usage:
+  npm run keys -- create --org ORG [--admin]   create a key (printed once, never stored)
+  npm run keys -- revoke KEY_ID                revoke a key
+  npm run keys -- list --org ORG               list an org's keys (ids and prefixes only)`;
+
+export class UsageError extends AgentqError {
+  constructor(message: string) {
+    super(message, 'EUSAGE');
+  }
+}
+
+export type KeysCommand =
+  | { cmd: 'create'; orgId: string; admin: boolean }
+  | { cmd: 'revoke'; keyId: string }
+  | { cmd: 'list'; orgId: string };
+
+const ORG_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+export function parseKeysArgs(argv: string[]): KeysCommand {
+  const [cmd, ...rest] = argv;
+  let parsed;
+  try {
+    parsed = parseArgs({ args: rest, allowPositionals: true, options: { org: { type: 'string' }, admin: { type: 'boolean', default: false } } });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  const { values, positionals } = parsed;
+  const org = () => {
+    if (!values.org) throw new UsageError(`${cmd} needs --org ORG`);
+    if (!ORG_ID.test(values.org)) throw new UsageError('--org may only contain letters, digits and _ . : - (max 128)');
+    if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
+    return values.org;
+  };
+  switch (cmd) {
+    case 'create':
+      return { cmd, orgId: org(), admin: values.admin === true };
+    case 'list':
+      if (values.admin) throw new UsageError('--admin only applies to create');
+      return { cmd, orgId: org() };
+    case 'revoke':
+      if (positionals.length !== 1 || values.org || values.admin) throw new UsageError('revoke takes exactly one KEY_ID');
+      return { cmd, keyId: positionals[0] };
+    default:
+      throw new UsageError(cmd ? `unknown command ${cmd}` : 'missing command');
+  }
+}
+
+/** Runs one command; returns the exit code. Only `create` ever prints a key, to `out`, once. */
+export async function runKeys(c: KeysCommand, keys: ApiKeyStore, io: { out: (s: string) => void; err: (s: string) => void }): Promise<number> {
+  switch (c.cmd) {
+    case 'create': {
+      const { id, key } = await keys.create({ orgId: c.orgId, role: c.admin ? 'admin' : 'member' });
+      io.err(`created ${c.admin ? 'admin' : 'member'} key ${id} for org ${c.orgId}; store it now, it cannot be shown again\n`);
+      io.out(`${key}\n`);
+      return 0;
+    }
+    case 'revoke': {
+      const ok = await keys.revoke(c.keyId);
+      if (!ok) {
+        io.err(`no active key with id ${c.keyId}\n`);
+        return 1;
+      }
+      io.out(`revoked ${c.keyId}\n`);
+      return 0;
+    }
+    case 'list': {
+      const rows = await keys.list(c.orgId);
+      if (!rows.length) io.err(`org ${c.orgId} has no keys\n`);
+      for (const k of rows) {
+        const state = k.revokedAt ? `revoked ${k.revokedAt.toISOString()}` : 'active';
+        io.out(`${k.id}\t${k.prefix}…\t${k.role}\t${k.createdAt.toISOString()}\t${state}\n`);
+      }
+      return 0;
+    }
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  let command: KeysCommand;
+  try {
+    command = parseKeysArgs(argv);
+  } catch (err) {
+    process.stderr.write(`${(err as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  const cfg = config();
+  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
+  try {
+    await migrate(db.pool, { logger });
+    return await runKeys(command, createApiKeyStore({ pool: db.pool }), {
+      out: (s) => process.stdout.write(s),
+      err: (s) => process.stderr.write(s),
+    });
+  } catch (err) {
+    process.stderr.write(`keys ${command.cmd} failed: ${(err as Error).message}\n`);
+    return 1;
+  } finally {
+    await db.close();
+  }
+}
+
+runCliIfMain(import.meta.url, main);

@@ -1,0 +1,47 @@
+import type { FastifyInstance } from 'fastify';
+import type { Redis } from 'ioredis';
+import type { JobProducer } from '../shared/queue/job-producer.js';
+import type { JobService } from '../producers/job-service.js';
+import type { AdmissionCheck } from '../producers/admission.js';
+import type { OpsMetrics } from '../shared/ops/metrics.js';
+import type { WorkerHooks } from '../workers/worker-hooks.js';
+import type { AgentRegistry } from '../shared/agents/registry.js';
+import type { Config } from '../shared/core/config.js';
+import type { Infra } from '../shared/infra/infra.js';
+import type { Logger } from '../shared/core/logger.js';
+import type { AgentQueue } from '../shared/queue/agent-queue.js';
+
+/** What a feature is built from. Connections here are shared: a feature that blocks (XREAD, SUBSCRIBE) makes its own. */
+export interface FeatureDeps {
+  cfg: Config;
+  infra: Infra;
+  logger: Logger;
+  registry: AgentRegistry;
+  /** Fail-fast connection for request paths. */
+  redis: Redis;
+  queue: AgentQueue;
+  producer: JobProducer;
+  jobs: JobService;
+  /** Per-org admission (rate plan + quotas) for routes that start work; 429 via `admitOrThrow`. */
+  admission: AdmissionCheck;
+  /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
+  metrics: OpsMetrics;
+  llm: {
+    generate: import('../workers/call-agent.js').GenerateFn['generate'];
+    embed(texts: string[], opts?: { signal?: AbortSignal; taskType?: string }): Promise<number[][]>;
+  };
+}
+
+/**
+ * A slice of the product (streaming, orchestration, operations...) that plugs into the API process, the
+ * worker process, or both. `main.ts` and the test stack build the same list, so tests run what ships.
+ */
+export interface Feature extends WorkerHooks {
+  name: string;
+  /** Routes registered on the API (only in processes that serve HTTP). */
+  routes?: (app: FastifyInstance) => void | Promise<void>;
+  readiness?: Record<string, () => Promise<unknown>>;
+  /** Starts the feature's own background workers or schedulers (only in worker processes). */
+  startBackground?: () => Promise<void>;
+  close?: () => Promise<void>;
+}

@@ -1,0 +1,21 @@
+import { createResultCache } from '../../shared/cache/result-cache.js';
+import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
+import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
+import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
+import { knowledgeRoutes } from '../../producers/routes/knowledge.js';
+import type { Feature, FeatureDeps } from '../feature.js';
+
+/** Knowledge ingestion and search for RAG, and cache invalidation (routes in `producers/routes/knowledge.ts`). */
+export function createKnowledgeFeature(deps: FeatureDeps): Feature {
+  const { infra, cfg, redis } = deps;
+  const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
+  const store = createKnowledgeStore({ pool: infra.db.pool, embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }) });
+  const search = createVectorSearch({ pool: infra.db.pool, embed });
+  const results = createResultCache({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
+  const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
+
+  return {
+    name: 'knowledge',
+    routes: (app) => knowledgeRoutes(app, { store, search, results, semantic }),
+  };
+}

@@ -1,0 +1,104 @@
+import { Queue } from 'bullmq';
+import { cachedVerifier } from '../../producers/auth.js';
+import { createApiKeyStore } from '../../shared/infra/db/api-keys.js';
+import { createRunStore } from '../../shared/infra/db/agent-runs.js';
+import type { Feature, FeatureDeps } from '../feature.js';
+import { createCircuitBreaker } from '../../shared/limits/circuit-breaker.js';
+import { QUEUE } from '../../shared/core/queue-names.js';
+import { createRedis } from '../../shared/infra/redis/connection.js';
+import { createAdminAuth } from '../../producers/admin-auth.js';
+import { adminRoutes } from '../../producers/routes/admin.js';
+import { createBreakerCheck } from '../../workers/ops/dlq-breaker-check.js';
+import { createDlqStore } from '../../shared/ops/dlq-store.js';
+import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
+import { dlqRoutes } from '../../producers/routes/dlq.js';
+import { createDlqService } from '../../shared/ops/dlq-service.js';
+import { createMaintenance } from '../../workers/ops/maintenance.js';
+import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
+import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
+import { usageRoutes } from '../../producers/routes/usage.js';
+import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
+import { logConnectionErrors } from '../../shared/infra/redis/connection.js';
+
+export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
+
+/**
+ * Operations: the dead-letter queue (classification, API, scheduled reprocessing), Bull Board, Prometheus
+ * metrics aggregated over processes, and the usage report.
+ */
+export function opsFeature(deps: FeatureDeps): Feature {
+  const { cfg, logger, registry } = deps;
+  const log = logger.child({ component: 'ops' });
+  const metrics = deps.metrics;
+  const prefix = cfg.QUEUE_PREFIX;
+  const flows = new Queue(QUEUE.flows, { connection: deps.redis, prefix });
+  const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
+  const queues = [deps.queue as unknown as Queue, flows, maintenanceQueue];
+  logConnectionErrors(flows, log, 'flows queue');
+  logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
+  // Same prefix as the workers' guards (src/workers/guards.ts); only read here.
+  const breaker = createCircuitBreaker({ redis: deps.redis, prefix: `${prefix}:agentq` });
+  // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
+  const store = createDlqStore({ redis: deps.redis, queue: deps.queue, prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 });
+  const dlq = createDlqService({ store, validateInput: (agent, action, input) => registry.validateInput(agent, action, input) });
+  const exchange = createMetricsExchange({ redis: deps.redis, prefix, registry: metrics.registry, logger: log });
+  const configuredModels = [cfg.GEMINI_MODEL_FAST, cfg.GEMINI_MODEL_PRO];
+
+  const breakerCheck = createBreakerCheck({ cfg, registry, state: (key) => breaker.state(key) });
+
+  const reprocessor = createDlqReprocessor({
+    store,
+    service: dlq,
+    maxRetries: cfg.DLQ_MAX_RETRIES,
+    batch: cfg.DLQ_BATCH,
+    logger: log,
+    blocked: (e) => breakerCheck.blocked(e),
+  });
+
+  let maintenance: ReturnType<typeof createMaintenance> | undefined;
+  let maintenanceConnection: ReturnType<typeof createRedis> | undefined;
+
+  return {
+    name: 'ops',
+
+    async routes(app) {
+      const auth = createAdminAuth({ adminToken: cfg.ADMIN_TOKEN, keys: cachedVerifier(createApiKeyStore({ pool: deps.infra.db.pool }), cfg.AUTH_CACHE_TTL_MS) });
+      const scrape = createScrapeGauges({
+        queues,
+        breakerState: (key) => breaker.state(key),
+        breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, `${prefix}:agentq`))])],
+      });
+      dlqRoutes(app, { dlq });
+      usageRoutes(app, { runs: createRunStore({ pool: deps.infra.db.pool }) });
+      await app.register(async (admin) => adminRoutes(admin, { auth, readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
+      exchange.start();
+    },
+
+    onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
+
+    attachWorker(worker) {
+      attachOpsListeners(worker, { store, metrics, logger: log });
+      exchange.start();
+    },
+
+    async startBackground() {
+      maintenanceConnection = createRedis(deps.infra.redisUrl, 'worker');
+      maintenance = createMaintenance({
+        queue: maintenanceQueue,
+        connection: maintenanceConnection,
+        prefix,
+        logger: log,
+        tasks: [{ name: DLQ_REPROCESS_TASK, everyMs: cfg.DLQ_REPROCESS_EVERY_MS, run: () => reprocessor.run() }],
+      });
+      await maintenance.start();
+    },
+
+    async close() {
+      await maintenance?.close();
+      maintenanceConnection?.disconnect();
+      await exchange.close();
+      await flows.close();
+      await maintenanceQueue.close();
+    },
+  };
+}

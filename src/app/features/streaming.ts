@@ -1,0 +1,97 @@
+import { jobListRoutes } from '../../producers/routes/job-list.js';
+import { streamRoutes } from '../../producers/routes/stream.js';
+import type { FeatureFactory } from '../runtime.js';
+import type { Feature, FeatureDeps } from '../feature.js';
+import { createRedis } from '../../shared/infra/redis/connection.js';
+import { createOrgJobIndexReader } from '../../shared/queue/org-job-index.js';
+import { createStreamPublisher } from '../../workers/stream-publisher.js';
+import { createStreamReader, type StreamReader } from '../../shared/stream/stream-reader.js';
+import { createStreamSlots } from '../../shared/stream/stream-slots.js';
+
+export interface StreamingOptions {
+  /** Heartbeat comment interval of SSE responses; also refreshes the stream's lease. Default 15 s. */
+  heartbeatMs?: number;
+  /** Open SSE streams per org across all API processes; beyond it, 429. Default 100. */
+  maxStreamsPerOrg?: number;
+  /** Approximate cap on entries per job stream (XADD MAXLEN ~). Default 10 000. */
+  maxLen?: number;
+  /** How long a job's stream stays readable once the job ended. Default 1 h (then SSE answers from the job). */
+  endTtlS?: number;
+  /** Expiry of a stream whose job never ends (its worker died for good). Default 24 h. */
+  runningTtlS?: number;
+  /** Longest single blocking read of the shared reader. Default 5 s (it is woken before, when streams are added). */
+  readerBlockMs?: number;
+  /** Jobs read from Redis per page of `GET /v1/jobs`. Default 200. */
+  listPageSize?: number;
+}
+
+/**
+ * Streaming results to clients: SSE for job streams, `POST /v1/stream`, the chunked job listing, and the
+ * worker side that writes streaming jobs' chunks, progress and outcome to per-job Redis Streams.
+ */
+export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
+  return (deps: FeatureDeps): Feature => {
+    const { cfg, redis, logger } = deps;
+    const log = logger.child({ component: 'stream' });
+    const prefix = cfg.QUEUE_PREFIX;
+    const heartbeatMs = opts.heartbeatMs ?? 15_000;
+    const maxStreamsPerOrg = opts.maxStreamsPerOrg ?? 100;
+    const publisher = createStreamPublisher({
+      redis,
+      prefix,
+      maxLen: opts.maxLen ?? 10_000,
+      runningTtlS: opts.runningTtlS ?? 24 * 3600,
+      endTtlS: opts.endTtlS ?? 3600,
+      logger: log,
+    });
+    let reader: StreamReader | undefined;
+    const readerOf = () =>
+      (reader ??= createStreamReader({
+        connect: () => createRedis(deps.infra.redisUrl, 'worker'),
+        control: redis,
+        blockMs: opts.readerBlockMs ?? 5000,
+        count: 500,
+        logger: log,
+      }));
+
+    return {
+      name: 'streaming',
+
+      routes(app) {
+        const k = deps.queue.keys;
+        streamRoutes(app, {
+          redis,
+          prefix,
+          jobs: deps.jobs,
+          queue: deps.queue,
+          producer: deps.producer,
+          admission: deps.admission,
+          reader: readerOf,
+          heartbeatMs,
+          maxStreamsPerOrg,
+          openStreams: deps.metrics.sseStreams,
+          // A lease outlives two missed heartbeats, so only a dead process's streams lapse.
+          slots: createStreamSlots({ redis, prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),
+        });
+        jobListRoutes(app, {
+          index: createOrgJobIndexReader({
+            redis,
+            prefix,
+            keys: { job: k[''], completed: k.completed, failed: k.failed, delayed: k.delayed, prioritized: k.prioritized, waitingChildren: k['waiting-children'], active: k.active },
+          }),
+          agentExists: (name) => deps.registry.get(name) !== undefined,
+          pageSize: opts.listPageSize ?? 200,
+        });
+      },
+
+      onText: (ctx) => publisher.sink(ctx),
+      onDelay: (ctx, reason, delayMs) => publisher.delayed(ctx, reason, delayMs),
+      attachWorker: (worker) => publisher.attach(worker),
+
+      async close() {
+        await publisher.drain();
+        await reader?.close();
+      },
+    };
+  };
+}

@@ -1,0 +1,64 @@
+import type { Config } from '../shared/core/config.js';
+import { startGeminiEmulator, type GeminiEmulator, type GeminiEmulatorOptions } from '../../dev/gemini-emulator/emulator.js';
+import type { Logger } from '../shared/core/logger.js';
+import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
+
+export interface GeminiModels {
+  fast: string;
+  pro: string;
+  embedding: string;
+}
+
+export interface GeminiRuntime {
+  llm: LlmClient;
+  models: GeminiModels;
+  /** Set only when the in-process emulator is serving (no API key). */
+  emulator?: GeminiEmulator;
+  close(): Promise<void>;
+}
+
+export interface GeminiRuntimeOptions {
+  apiKey?: string;
+  /** An explicit endpoint (e.g. an emulator in another process). Unset: the SDK's default. */
+  baseUrl?: string;
+  models: GeminiModels;
+  timeoutMs: number;
+  logger: Logger;
+  emulator?: GeminiEmulatorOptions;
+}
+
+/** The key the SDK sends to an emulator; the emulator only checks that one is present. */
+const EMULATOR_KEY = 'emulator-no-real-key';
+
+/**
+ * With an API key: a client that talks to Gemini exactly as the SDK does by default. Without one:
+ * the emulator on loopback and a client pointed at it, announced loudly, because every answer is then
+ * synthetic. A key never starts the emulator; a `baseUrl` without a key uses that endpoint instead.
+ */
+export async function startGeminiRuntime(opts: GeminiRuntimeOptions): Promise<GeminiRuntime> {
+  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding };
+  if (opts.apiKey || opts.baseUrl) {
+    const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
+    return { llm, models: opts.models, close: async () => undefined };
+  }
+  const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
+  opts.logger.warn(
+    { emulator: emulator.url },
+    'GEMINI_API_KEY is not set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY for real answers.',
+  );
+  const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
+  return { llm, models: opts.models, emulator, close: () => emulator.close() };
+}
+
+/** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
+export function geminiOptionsFromConfig(
+  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'>,
+  logger: Logger,
+): GeminiRuntimeOptions {
+  return {
+    apiKey: cfg.GEMINI_API_KEY,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
+    timeoutMs: cfg.LLM_TIMEOUT_MS,
+    logger,
+  };
+}

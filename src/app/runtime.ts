@@ -1,0 +1,146 @@
+import { QueueEvents } from 'bullmq';
+import type { FastifyInstance } from 'fastify';
+import { buildApp } from '../producers/app.js';
+import { cachedVerifier } from '../producers/auth.js';
+import { createJobProducer } from '../shared/queue/job-producer.js';
+import { createJobService } from '../producers/job-service.js';
+import type { AgentRegistry } from '../shared/agents/registry.js';
+import type { Config } from '../shared/core/config.js';
+import { Registry } from 'prom-client';
+import { createOpsMetrics } from '../shared/ops/metrics.js';
+import { countingAdmission } from '../producers/counting-admission.js';
+import { createAdmission } from '../producers/admission.js';
+import { createApiKeyStore } from '../shared/infra/db/api-keys.js';
+import { createOrgStore } from '../shared/infra/db/orgs.js';
+import { createQuotaChecker } from '../shared/infra/db/quotas.js';
+import { createAdmissionLimiter } from '../shared/limits/admission-limiter.js';
+import type { Feature, FeatureDeps } from './feature.js';
+import type { Infra } from '../shared/infra/infra.js';
+import type { Logger } from '../shared/core/logger.js';
+import { createAgentQueue, type AgentQueue } from '../shared/queue/agent-queue.js';
+import { QUEUE } from '../shared/core/queue-names.js';
+import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/redis/connection.js';
+import { createWorkerGuards } from '../workers/guards/index.js';
+import { createWorkerRuntime, type WorkerRuntime } from '../workers/worker-runtime.js';
+
+export type FeatureFactory = (deps: FeatureDeps) => Feature;
+
+export function retentionOf(cfg: Config) {
+  return {
+    attempts: cfg.JOB_ATTEMPTS,
+    keepCompletedCount: cfg.KEEP_COMPLETED_COUNT,
+    keepCompletedAgeS: cfg.KEEP_COMPLETED_AGE_S,
+    keepFailedCount: cfg.KEEP_FAILED_COUNT,
+    keepFailedAgeS: cfg.KEEP_FAILED_AGE_S,
+  };
+}
+
+export interface Runtime {
+  deps: FeatureDeps;
+  queue: AgentQueue;
+  features: Feature[];
+  /** Present when the runtime serves HTTP. */
+  app?: FastifyInstance;
+  /** Starts one more agent worker in this process (the worker role starts one). */
+  startWorker(): Promise<WorkerRuntime>;
+  close(graceMs: number): Promise<void>;
+}
+
+/**
+ * The composition root shared by `main.ts` and the test stack: the queue, the producer, the API (when
+ * `api`), agent workers and feature background work (when `worker`), all from injected infrastructure.
+ */
+export async function startRuntime(opts: {
+  cfg: Config;
+  infra: Infra;
+  logger: Logger;
+  registry: AgentRegistry;
+  llm: FeatureDeps['llm'];
+  api: boolean;
+  worker: boolean;
+  features?: FeatureFactory[];
+}): Promise<Runtime> {
+  const { cfg, infra, logger, registry } = opts;
+  const redis = createRedis(infra.redisUrl, 'api');
+  await whenReady(redis);
+  const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
+  logConnectionErrors(queue, logger, 'agent queue');
+  let events: { queueEvents: QueueEvents; connection: ReturnType<typeof createRedis> } | undefined;
+  const queueEvents = () => {
+    // Created on the first long poll: one blocking XREAD connection per process, shared by all waiters.
+    if (!events) {
+      const connection = createRedis(infra.redisUrl, 'worker');
+      events = { connection, queueEvents: new QueueEvents(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX }) };
+      logConnectionErrors(events.queueEvents, logger, 'agent queue events');
+    }
+    return events.queueEvents;
+  };
+  const producer = createJobProducer({ queue, agents: registry });
+  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S });
+  const orgs = createOrgStore({ pool: infra.db.pool });
+  const quotas = createQuotaChecker({ pool: infra.db.pool });
+  const metrics = createOpsMetrics(new Registry());
+  const admission = countingAdmission(createAdmission({
+    limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
+    planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
+    quota: (orgId) => quotas.check(orgId),
+    defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
+    cacheMs: cfg.QUOTA_CACHE_MS,
+  }), () => metrics);
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, admission, metrics, llm: opts.llm };
+  const features = (opts.features ?? []).map((make) => make(deps));
+  const workers: WorkerRuntime[] = [];
+  const guardSets: Array<{ close(): Promise<void> }> = [];
+
+  async function startWorker(): Promise<WorkerRuntime> {
+    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
+    guardSets.push(guards);
+    const worker = createWorkerRuntime({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features });
+    await worker.ready();
+    workers.push(worker);
+    return worker;
+  }
+
+  let app: FastifyInstance | undefined;
+  if (opts.api) {
+    app = await buildApp({
+      logger,
+      bodyLimit: cfg.BODY_LIMIT_BYTES,
+      keys: cachedVerifier(createApiKeyStore({ pool: infra.db.pool }), cfg.AUTH_CACHE_TTL_MS),
+      agents: registry,
+      producer,
+      jobs,
+      longPollMaxMs: cfg.LONG_POLL_MAX_MS,
+      admission,
+      readiness: {
+        redis: () => redis.ping(),
+        database: () => infra.db.pool.query('SELECT 1'),
+        ...(opts.worker ? { worker: async () => workers.every((w) => w.isRunning()) || Promise.reject(new Error('worker not running')) } : {}),
+        ...Object.assign({}, ...features.map((f) => f.readiness ?? {})),
+      },
+      plugins: features.flatMap((f) => (f.routes ? [f.routes] : [])),
+    });
+  }
+  if (opts.worker) {
+    await startWorker();
+    for (const f of features) await f.startBackground?.();
+  }
+
+  return {
+    deps,
+    queue,
+    features,
+    app,
+    startWorker,
+    async close(graceMs) {
+      await app?.close();
+      await Promise.all(workers.map((w) => w.close(graceMs)));
+      for (const g of guardSets) await g.close();
+      for (const f of features) await f.close?.();
+      await events?.queueEvents.close();
+      events?.connection.disconnect();
+      await queue.close();
+      redis.disconnect();
+    },
+  };
+}

@@ -1,0 +1,125 @@
+import type { AgentResult } from '../../shared/core/types.js';
+import { createSseParser, type SseMessage } from './sse-parser.js';
+import type { ProgressEvent } from '../../shared/core/stream-event.js';
+
+// Imported by the HTTP client: type-only imports and the dependency-free SSE parser, nothing else.
+
+/** What `client.stream(id)` yields; `id` is the SSE id to resume after (absent for jobs that did not stream). */
+export type JobStreamEvent<T = unknown> =
+  | { type: 'text'; text: string; id?: string }
+  | { type: 'progress'; progress: ProgressEvent; id?: string }
+  | { type: 'result'; result: AgentResult<T>; id?: string }
+  | { type: 'error'; error: string; state: 'failed' | 'cancelled'; id?: string };
+
+export interface StreamOptions {
+  signal?: AbortSignal;
+  /** Start after this SSE id (a previous `event.id`) instead of from the beginning. */
+  lastEventId?: string;
+  /** Reconnections (with Last-Event-ID) allowed in a row without receiving anything. Default 5. */
+  maxReconnects?: number;
+  /** Pause before the n-th reconnection in a row: n times this. Default 500 ms. */
+  reconnectDelayMs?: number;
+}
+
+/** The slice of the client's HTTP transport a stream needs. */
+export interface SseTransport {
+  raw(method: string, path: string, ro: { body?: unknown; headers?: Record<string, string>; signal?: AbortSignal; timeoutMs?: number }): Promise<Response>;
+}
+
+/** The connection ended before [DONE] more times in a row than `maxReconnects` allows. */
+export class AgentqStreamError extends Error {
+  override name = 'AgentqStreamError';
+  readonly code = 'ESTREAM';
+}
+
+function toEvent<T>(m: SseMessage): JobStreamEvent<T> | undefined {
+  let data: Record<string, unknown>;
+  try {
+    data = JSON.parse(m.data) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  const id = m.id !== undefined ? { id: m.id } : {};
+  if (m.event === 'progress') return { type: 'progress', progress: data as unknown as ProgressEvent, ...id };
+  if (typeof data.text === 'string') return { type: 'text', text: data.text, ...id };
+  if (data.result) return { type: 'result', result: data.result as AgentResult<T>, ...id };
+  if (typeof data.error === 'string') return { type: 'error', error: data.error, state: data.state === 'cancelled' ? 'cancelled' : 'failed', ...id };
+  return undefined;
+}
+
+const sleep = (ms: number, signal?: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason);
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
+  });
+
+/**
+ * Follows one job's SSE stream to its `[DONE]`. `start` opens it (GET of the job's stream, or the POST
+ * that enqueues a streaming job); a connection that drops early is reopened on `GET <jobPath>/stream`
+ * with the last id seen as Last-Event-ID, so no chunk is lost or repeated. Breaking out of the loop closes
+ * the connection.
+ */
+export async function* streamJob<T = unknown>(
+  http: SseTransport,
+  start: { method: 'GET' | 'POST'; path: string; body?: unknown },
+  jobPath: (id: string) => string,
+  o: StreamOptions = {},
+): AsyncGenerator<JobStreamEvent<T>> {
+  const maxReconnects = o.maxReconnects ?? 5;
+  const delayMs = o.reconnectDelayMs ?? 500;
+  let lastId = o.lastEventId;
+  let request = start;
+  let failures = 0;
+  let connected = false;
+  for (;;) {
+    const headers: Record<string, string> = { accept: 'text/event-stream', ...(lastId ? { 'last-event-id': lastId } : {}) };
+    let res: Response;
+    try {
+      res = await http.raw(request.method, request.path, { body: request.body, headers, signal: o.signal, timeoutMs: 0 });
+    } catch (err) {
+      // The first answer is the caller's to handle (404, 429...); on a reconnection, overload and network
+      // errors are waited out like a dropped connection.
+      const e = err as { status?: number; retryAfterS?: number };
+      const transient = e.status === undefined || e.status === 429 || e.status === 503;
+      if (!connected || o.signal?.aborted || !transient || ++failures > maxReconnects) throw err;
+      await sleep(Math.max(delayMs * failures, (e.retryAfterS ?? 0) * 1000), o.signal);
+      continue;
+    }
+    connected = true;
+    if (request.method === 'POST') {
+      // Once enqueued, the job is only ever followed, never enqueued again.
+      const jobId = res.headers.get('x-job-id');
+      if (jobId) request = { method: 'GET', path: `${jobPath(jobId)}/stream` };
+    }
+    const reader = res.body!.getReader();
+    const parser = createSseParser();
+    const decoder = new TextDecoder();
+    let done = false;
+    try {
+      for (;;) {
+        const chunk = await reader.read();
+        if (chunk.done) break;
+        for (const m of parser.feed(decoder.decode(chunk.value, { stream: true }))) {
+          if (m.id) lastId = m.id;
+          if (m.data === '[DONE]') {
+            done = true;
+            return;
+          }
+          const event = toEvent<T>(m);
+          if (!event) continue;
+          failures = 0;
+          yield event;
+        }
+      }
+    } catch (err) {
+      if (o.signal?.aborted) throw err;
+      // A dropped connection: reconnect below.
+    } finally {
+      if (!done) await reader.cancel().catch(() => undefined);
+    }
+    if (request.method === 'POST') throw new AgentqStreamError('stream ended before the job id was known');
+    if (++failures > maxReconnects) throw new AgentqStreamError(`stream ended before [DONE] ${failures} times in a row`);
+    await sleep(delayMs * failures, o.signal);
+  }
+}

@@ -1,0 +1,236 @@
+import { randomUUID } from 'node:crypto';
+import { FlowProducer, Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { z } from 'zod';
+import { jobRequestSchema } from '../shared/queue/job-request.js';
+import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
+import { zodDetails } from '../shared/core/zod-details.js';
+import type { ModelTier } from '../shared/agents/define-agent.js';
+import { NotFoundError, ValidationError } from '../shared/core/errors.js';
+import { agentJobOptions, type RetentionOptions } from '../shared/queue/agent-queue.js';
+import { QUEUE } from '../shared/core/queue-names.js';
+import { createRedis, logConnectionErrors } from '../shared/infra/redis/connection.js';
+import { childOutcomes } from '../shared/orchestration/child-outcomes.js';
+import { resultKeys } from '../shared/orchestration/fan-out.js';
+import type { FlowChildRef, FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../shared/orchestration/flow-data.js';
+import type { PipelineRegistry } from '../shared/orchestration/pipeline.js';
+import type { FlowPreset } from '../shared/orchestration/presets.js';
+import type { Logger } from '../shared/core/logger.js';
+import type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
+
+export const MAX_FLOW_TASKS = 50;
+
+/** Defaults a flow applies to every task; a task's own `options` win. */
+const flowTaskDefaults = jobRequestSchema.shape.options.unwrap().pick({ priority: true, model: true }).strict();
+const parallelBody = z.object({ tasks: z.array(z.unknown()).min(1).max(MAX_FLOW_TASKS), options: flowTaskDefaults.optional() }).strict();
+const pipelineBody = z.object({ input: z.unknown() }).strict();
+
+/** Flow parents and pipeline runs retry on their own (a Redis hiccup), kept and bounded like agent jobs. */
+export function flowJobOptions(r: RetentionOptions): JobsOptions {
+  return {
+    attempts: r.attempts,
+    backoff: { type: 'exponential', delay: 1000 },
+    removeOnComplete: { count: r.keepCompletedCount, age: r.keepCompletedAgeS },
+    removeOnFail: { count: r.keepFailedCount, age: r.keepFailedAgeS },
+  };
+}
+
+export type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
+
+export interface FlowServiceDeps {
+  logger?: Logger;
+  /** The API's fail-fast connection. */
+  redis: Redis;
+  /** For the one blocking QueueEvents connection that long polls share, created on first use. */
+  redisUrl: string;
+  prefix: string;
+  producer: Pick<JobProducer, 'prepare'>;
+  agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } };
+  models: Record<ModelTier, string>;
+  retention: RetentionOptions;
+  pipelines: PipelineRegistry;
+  presets: FlowPreset[];
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const FINISHED = new Set(['completed', 'failed']);
+
+function parse<T extends z.ZodType>(schema: T, value: unknown, message: string, prefix = ''): z.output<T> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success) throw new ValidationError(message, zodDetails(parsed.error, prefix));
+  return parsed.data;
+}
+
+/** Starts fan-out flows and pipeline runs, and reads them back for one org at a time. */
+export function createFlowService(deps: FlowServiceDeps) {
+  const flows = new Queue<FlowJobData, FlowJobResult>(QUEUE.flows, { connection: deps.redis, prefix: deps.prefix });
+  // Read-only here (child states); jobs are added through the producer or the FlowProducer.
+  const agentJobs = new Queue(QUEUE.agent, { connection: deps.redis, prefix: deps.prefix });
+  const producer = new FlowProducer({ connection: deps.redis, prefix: deps.prefix });
+  if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)'], [producer, 'flow producer']] as const) logConnectionErrors(e, deps.logger, what);
+  const presets = new Map(deps.presets.map((p) => [p.name, p]));
+  let events: { queueEvents: QueueEvents; connection: Redis } | undefined;
+  const queueEvents = () => {
+    if (!events) {
+      const connection = createRedis(deps.redisUrl, 'worker');
+      events = { connection, queueEvents: new QueueEvents(QUEUE.flows, { connection, prefix: deps.prefix }) };
+      if (deps.logger) logConnectionErrors(events.queueEvents, deps.logger, 'flows queue events');
+    }
+    return events.queueEvents;
+  };
+
+  /** All-or-nothing: every task is validated (and every error reported) before anything is added. */
+  function prepareTasks(tasks: unknown[], defaults: Record<string, unknown> | undefined, meta: EnqueueMeta) {
+    const details: ValidationError['details'] = [];
+    const prepared = tasks.map((raw, i) => {
+      const task = defaults && isObject(raw) ? { ...raw, options: { ...defaults, ...(isObject(raw.options) ? raw.options : {}) } } : raw;
+      try {
+        const p = deps.producer.prepare(task, meta, `tasks.${i}.`);
+        // An idempotent job id may already belong to another parent, which would make the whole flow fail to add.
+        if (p.idempotent) details.push({ path: `tasks.${i}.options.idempotencyKey`, message: 'not supported inside a flow' });
+        return p;
+      } catch (err) {
+        if (!(err instanceof ValidationError)) throw err;
+        details.push(...err.details);
+        return undefined;
+      }
+    });
+    if (details.length) throw new ValidationError('invalid flow request', details);
+    return prepared.map((p) => p!);
+  }
+
+  async function startFanOut(tasks: unknown[], defaults: Record<string, unknown> | undefined, meta: EnqueueMeta, preset?: string) {
+    const prepared = prepareTasks(tasks, defaults, meta);
+    const keys = resultKeys(prepared.map((p) => p.name));
+    const children: FlowChildRef[] = prepared.map((p, i) => ({
+      id: p.opts.jobId!,
+      key: keys[i],
+      agent: p.data.agent,
+      action: p.data.action,
+      model: p.data.model ?? deps.models[deps.agents.resolve(p.data.agent, p.data.action).action.model],
+    }));
+    const data: ParallelFlowData = { kind: 'parallel', orgId: meta.orgId, ...(meta.requestId ? { requestId: meta.requestId } : {}), ...(preset ? { preset } : {}), children };
+    const id = `flow-${randomUUID()}`;
+    await producer.add({
+      name: preset ?? 'parallel',
+      queueName: QUEUE.flows,
+      data,
+      opts: { ...flowJobOptions(deps.retention), jobId: id },
+      // FlowProducer does not apply a queue's default job options: children get the agent queue's explicitly.
+      children: prepared.map((p) => ({
+        name: p.name,
+        queueName: QUEUE.agent,
+        data: p.data,
+        opts: { ...agentJobOptions(deps.retention), ...p.opts, ignoreDependencyOnFailure: true },
+      })),
+    });
+    return { id };
+  }
+
+  async function load(orgId: string, id: string, kind: 'flow' | 'run'): Promise<Job<FlowJobData, FlowJobResult>> {
+    const job = await Job.fromId<FlowJobData, FlowJobResult>(flows, id);
+    const matches = job?.data?.orgId === orgId && (kind === 'run') === (job.data.kind === 'pipeline');
+    if (!job || !matches) throw new NotFoundError(kind === 'run' ? 'pipeline run not found' : 'flow not found');
+    return job;
+  }
+
+  /** Long poll like `GET /v1/jobs/:id?waitMs=`: returns when the job finishes or the wait is over. */
+  async function loadSettled(orgId: string, id: string, kind: 'flow' | 'run', waitMs: number) {
+    let job = await load(orgId, id, kind);
+    let state = await job.getState();
+    if (waitMs > 0 && !FINISHED.has(state)) {
+      try {
+        await job.waitUntilFinished(queueEvents(), waitMs);
+      } catch {
+        // A failure or the timeout both end the wait; the state read below says which.
+      }
+      job = await load(orgId, id, kind);
+      state = await job.getState();
+    }
+    return { job, state };
+  }
+
+  const common = (job: Job<FlowJobData, FlowJobResult>) => ({
+    ...(job.returnvalue ? { result: job.returnvalue } : {}),
+    ...(job.failedReason ? { error: job.failedReason } : {}),
+    createdAt: new Date(job.timestamp).toISOString(),
+    ...(job.finishedOn ? { finishedAt: new Date(job.finishedOn).toISOString() } : {}),
+  });
+
+  return {
+    async startParallel(body: unknown, meta: EnqueueMeta) {
+      const req = parse(parallelBody, body, 'invalid flow request');
+      return startFanOut(req.tasks, req.options, meta);
+    },
+
+    presetNames: () => [...presets.keys()],
+
+    async startPreset(name: string, body: unknown, meta: EnqueueMeta) {
+      const preset = presets.get(name);
+      if (!preset) throw new NotFoundError(`unknown flow preset "${name}"`);
+      const input = parse(preset.input, body, `invalid ${name} request`);
+      return startFanOut(preset.tasks(input), undefined, meta, preset.name);
+    },
+
+    async startPipeline(name: string, body: unknown, meta: EnqueueMeta) {
+      const def = deps.pipelines.get(name);
+      if (!def) throw new NotFoundError(`unknown pipeline "${name}"; valid: ${deps.pipelines.list().map((p) => p.name).join(', ')}`);
+      const { input: raw } = parse(pipelineBody, body, 'invalid pipeline request');
+      const input = parse(def.input, raw, `invalid input for pipeline ${name}`, 'input.');
+      const data: PipelineRunData = {
+        kind: 'pipeline',
+        orgId: meta.orgId,
+        ...(meta.requestId ? { requestId: meta.requestId } : {}),
+        pipeline: def.name,
+        input,
+        cursor: 0,
+        steps: def.steps.map((s) => ({ id: s.id, agent: s.agent, action: s.action, outputKey: s.outputKey, state: 'pending' })),
+        outputs: {},
+        errors: {},
+      };
+      const id = `run-${randomUUID()}`;
+      await flows.add(`pipeline:${def.name}`, data, { ...flowJobOptions(deps.retention), jobId: id });
+      return { id };
+    },
+
+    async getFlow(orgId: string, id: string, waitMs = 0): Promise<FlowView> {
+      const { job, state } = await loadSettled(orgId, id, 'flow', waitMs);
+      const data = job.data as ParallelFlowData;
+      const outcomes = await childOutcomes(job, agentJobs.qualifiedName);
+      const children = await Promise.all(
+        data.children.map(async (c) => ({ id: c.id, key: c.key, state: outcomes.get(c.id)?.state ?? (await agentJobs.getJobState(c.id)) })),
+      );
+      return { id: job.id!, kind: data.preset ?? 'parallel', state, children, ...common(job) };
+    },
+
+    async getRun(orgId: string, id: string, waitMs = 0): Promise<PipelineRunView> {
+      const { job, state } = await loadSettled(orgId, id, 'run', waitMs);
+      const data = job.data as PipelineRunData;
+      const steps = await Promise.all(
+        data.steps.map(async (s) => ({
+          id: s.id,
+          agent: s.agent,
+          action: s.action,
+          state: s.state,
+          ...(s.jobId ? { jobId: s.jobId } : {}),
+          ...(s.state === 'running' && s.jobId ? { jobState: await agentJobs.getJobState(s.jobId) } : {}),
+          ...(Object.hasOwn(data.outputs, s.outputKey) ? { output: data.outputs[s.outputKey] } : {}),
+          ...(s.error ? { error: s.error } : {}),
+          ...(s.costUsd !== undefined ? { costUsd: s.costUsd } : {}),
+          ...(s.durationMs !== undefined ? { durationMs: s.durationMs } : {}),
+        })),
+      );
+      return { id: job.id!, pipeline: data.pipeline, state, steps, outputs: data.outputs, errors: data.errors, ...common(job) };
+    },
+
+    async close() {
+      await producer.close();
+      await flows.close();
+      await agentJobs.close();
+      await events?.queueEvents.close();
+      events?.connection.disconnect();
+    },
+  };
+}
+
+export type FlowService = ReturnType<typeof createFlowService>;

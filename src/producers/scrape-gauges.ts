@@ -1,0 +1,71 @@
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { Gauge, Registry } from 'prom-client';
+import type { BreakerSnapshot } from '../shared/limits/circuit-breaker.js';
+
+const QUEUE_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed'] as const;
+const BREAKER_VALUE = { closed: 0, halfOpen: 1, open: 2 } as const;
+
+const globEscape = (s: string) => s.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
+
+/** Keys of every breaker that has state in Redis (`<breakerPrefix>:cb:<key>`). */
+export async function breakerKeysIn(redis: Redis, breakerPrefix: string): Promise<string[]> {
+  const head = `${breakerPrefix}:cb:`;
+  const keys = new Set<string>();
+  let cursor = '0';
+  do {
+    const [next, batch] = await redis.scan(cursor, 'MATCH', `${globEscape(head)}*`, 'COUNT', 500);
+    for (const k of batch) keys.add(k.slice(head.length));
+    cursor = next;
+  } while (cursor !== '0');
+  return [...keys];
+}
+
+/**
+ * Gauges read from Redis when scraped, on a registry of their own: they describe shared state (queues,
+ * breakers), so they are read once by the scraping process and never summed across processes.
+ */
+export function createScrapeGauges(deps: {
+  queues: Queue[];
+  breakerState: (key: string) => Promise<Pick<BreakerSnapshot, 'state'>>;
+  /** Breaker keys to report: those in Redis plus the configured models' (shown closed when absent). */
+  breakerKeys: () => Promise<string[]>;
+}) {
+  const registry = new Registry();
+  const registers = [registry];
+  new Gauge({
+    name: 'agentq_queue_jobs',
+    help: 'Jobs per queue and state, read from Redis at scrape',
+    labelNames: ['queue', 'state'] as const,
+    registers,
+    async collect() {
+      this.reset();
+      const counts = await Promise.all(deps.queues.map((q) => q.getJobCounts(...QUEUE_STATES)));
+      deps.queues.forEach((q, i) => {
+        for (const state of QUEUE_STATES) this.set({ queue: q.name, state }, counts[i][state] ?? 0);
+      });
+    },
+  });
+  const agentQueue = deps.queues[0];
+  new Gauge({
+    name: 'agentq_dlq_size',
+    help: 'Entries in the dead-letter queue (the agent queue failed set)',
+    registers,
+    async collect() {
+      this.set(await agentQueue.getFailedCount());
+    },
+  });
+  new Gauge({
+    name: 'agentq_circuit_breaker_state',
+    help: 'Circuit breaker state per key: 0 closed, 1 half-open, 2 open',
+    labelNames: ['key'] as const,
+    registers,
+    async collect() {
+      this.reset();
+      const keys = await deps.breakerKeys();
+      const states = await Promise.all(keys.map((k) => deps.breakerState(k)));
+      keys.forEach((key, i) => this.set({ key }, BREAKER_VALUE[states[i].state] ?? 0));
+    },
+  });
+  return registry;
+}

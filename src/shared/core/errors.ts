@@ -1,0 +1,33 @@
+/** Small named errors with a stable `code`, in the style of opossum/BullMQ. */
+export class AgentqError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+  ) {
+    super(message);
+    this.name = new.target.name;
+  }
+}
+
+/** Bad input from the caller: never retried, answered 4xx. */
+export class ValidationError extends AgentqError {
+  constructor(
+    message: string,
+    readonly details: Array<{ path: string; message: string }> = [],
+  ) {
+    super(message, 'EVALIDATION');
+  }
+}
+
+export class NotFoundError extends AgentqError {
+  constructor(message = 'not found') {
+    super(message, 'ENOTFOUND');
+  }
+}
+
+/** The request conflicts with the resource's current state (already cancelled, being retried...): 409. */
+export class ConflictError extends AgentqError {
+  constructor(message: string) {
+    super(message, 'ECONFLICT');
+  }
+}

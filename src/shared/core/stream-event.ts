@@ -1,0 +1,73 @@
+import type { AgentResult } from './types.js';
+
+/**
+ * Progress of a streaming job. `retrying` and `restarted` void the text sent so far: the next attempt (or
+ * the fallback route) writes its answer from the start.
+ */
+export interface ProgressEvent {
+  stage: 'queued' | 'started' | 'retrying' | 'restarted' | 'delayed';
+  jobId?: string;
+  /** 1-based attempt: the one starting (`started`, `restarted`), or the one that failed (`retrying`). */
+  attempt?: number;
+  /** Why the previous attempt failed (`retrying`) or why the job waits (`delayed`). */
+  reason?: string;
+  delayMs?: number;
+}
+
+/** One entry of a job's Redis Stream, and one SSE message. */
+export type StreamEvent =
+  | { kind: 'text'; text: string }
+  | { kind: 'progress'; progress: ProgressEvent }
+  | { kind: 'result'; result: AgentResult }
+  | { kind: 'error'; error: string; state: 'failed' | 'cancelled' };
+
+export const isTerminal = (e: StreamEvent) => e.kind === 'result' || e.kind === 'error';
+
+/** Stream entries carry two fields: `k` (kind) and `v` (the text itself, or JSON for the other kinds). */
+export function encodeEvent(e: StreamEvent): [string, string, string, string] {
+  switch (e.kind) {
+    case 'text':
+      return ['k', 'text', 'v', e.text];
+    case 'progress':
+      return ['k', 'progress', 'v', JSON.stringify(e.progress)];
+    case 'result':
+      return ['k', 'result', 'v', JSON.stringify(e.result)];
+    case 'error':
+      return ['k', 'error', 'v', JSON.stringify({ error: e.error, state: e.state })];
+  }
+}
+
+/** The event of an entry's flat field list; undefined for an entry this version does not know. */
+export function decodeEvent(fields: string[]): StreamEvent | undefined {
+  let kind: string | undefined;
+  let value: string | undefined;
+  for (let i = 0; i + 1 < fields.length; i += 2) {
+    if (fields[i] === 'k') kind = fields[i + 1];
+    else if (fields[i] === 'v') value = fields[i + 1];
+  }
+  if (value === undefined) return undefined;
+  try {
+    if (kind === 'text') return { kind, text: value };
+    if (kind === 'progress') return { kind, progress: JSON.parse(value) as ProgressEvent };
+    if (kind === 'result') return { kind, result: JSON.parse(value) as AgentResult };
+    if (kind === 'error') {
+      const parsed = JSON.parse(value) as { error: string; state: 'failed' | 'cancelled' };
+      return { kind, error: parsed.error, state: parsed.state };
+    }
+  } catch {
+    return undefined;
+  }
+  return undefined;
+}
+
+export const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
+
+/** Orders Redis Stream ids (`<ms>-<seq>`) numerically; BigInt because both halves are 64-bit. */
+export function compareStreamIds(a: string, b: string): number {
+  const [am, as] = a.split('-');
+  const [bm, bs] = b.split('-');
+  const ms = BigInt(am) - BigInt(bm);
+  if (ms !== 0n) return ms < 0n ? -1 : 1;
+  const seq = BigInt(as ?? '0') - BigInt(bs ?? '0');
+  return seq === 0n ? 0 : seq < 0n ? -1 : 1;
+}

@@ -1,0 +1,154 @@
+import type pg from 'pg';
+import type { CacheLevel } from '../../core/types.js';
+
+/** One finished attempt of one job. */
+export interface AgentRun {
+  jobId: string;
+  attempt: number;
+  orgId: string;
+  agent: string;
+  action: string;
+  model: string;
+  state: 'completed' | 'failed';
+  inputTokens: number;
+  outputTokens: number;
+  costUsd: number;
+  durationMs: number;
+  cacheHit?: CacheLevel | null;
+  error?: string | null;
+  requestId?: string | null;
+  /** Defaults to now(); set by backfills and tests. */
+  createdAt?: Date;
+}
+
+export type UsageGroupBy = 'agent' | 'model' | 'day';
+
+export interface UsageRow {
+  /** Agent name, model name, or the UTC day as YYYY-MM-DD. */
+  key: string;
+  /** Distinct jobs with at least one recorded attempt in the window. */
+  jobs: number;
+  inputTokens: number;
+  outputTokens: number;
+  costUsd: number;
+  /** Share of completed attempts served from a cache. */
+  cacheHitRate: number;
+  p50Ms: number;
+  p95Ms: number;
+}
+
+// Fixed SQL per grouping: the caller's choice never reaches the query text.
+const GROUP_EXPR: Record<UsageGroupBy, string> = {
+  agent: 'agent',
+  model: 'model',
+  day: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+};
+
+export function createRunStore({ pool }: { pool: pg.Pool }) {
+  return {
+    /** Idempotent per (jobId, attempt): returns false when that attempt was already recorded. */
+    async record(r: AgentRun): Promise<boolean> {
+      const res = await pool.query(
+        `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
+                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()))
+         ON CONFLICT (job_id, attempt) DO NOTHING`,
+        [
+          r.jobId,
+          r.attempt,
+          r.orgId,
+          r.agent,
+          r.action,
+          r.model,
+          r.state,
+          Math.round(r.inputTokens),
+          Math.round(r.outputTokens),
+          r.costUsd,
+          Math.round(r.durationMs),
+          r.cacheHit ?? null,
+          r.error ?? null,
+          r.requestId ?? null,
+          r.createdAt ?? null,
+        ],
+      );
+      return res.rowCount === 1;
+    },
+
+    /**
+     * Many attempts in one INSERT (one round trip, one commit), each idempotent per (jobId, attempt) like
+     * `record`. Returns how many rows were new.
+     */
+    async recordMany(runs: AgentRun[]): Promise<number> {
+      if (runs.length === 0) return 0;
+      const col = <T>(f: (r: AgentRun) => T) => runs.map(f);
+      const res = await pool.query(
+        `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
+                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now())
+         FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
+                     $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca)
+         ON CONFLICT (job_id, attempt) DO NOTHING`,
+        [
+          col((r) => r.jobId),
+          col((r) => r.attempt),
+          col((r) => r.orgId),
+          col((r) => r.agent),
+          col((r) => r.action),
+          col((r) => r.model),
+          col((r) => r.state),
+          col((r) => Math.round(r.inputTokens)),
+          col((r) => Math.round(r.outputTokens)),
+          col((r) => r.costUsd),
+          col((r) => Math.round(r.durationMs)),
+          col((r) => r.cacheHit ?? null),
+          col((r) => r.error ?? null),
+          col((r) => r.requestId ?? null),
+          col((r) => r.createdAt ?? null),
+        ],
+      );
+      return res.rowCount ?? 0;
+    },
+
+    async countSuccessful(jobId: string): Promise<number> {
+      const { rows } = await pool.query<{ n: string }>(
+        "SELECT count(*) AS n FROM agent_runs WHERE job_id = $1 AND state = 'completed'",
+        [jobId],
+      );
+      return Number(rows[0].n);
+    },
+
+    /** Usage of one org in [from, to), grouped; rows sorted by key. */
+    async usage({ orgId, from, to, groupBy }: { orgId: string; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]> {
+      const expr = GROUP_EXPR[groupBy];
+      if (!expr) throw new TypeError(`unknown groupBy ${String(groupBy)}`);
+      const { rows } = await pool.query(
+        `SELECT ${expr} AS key,
+                count(DISTINCT job_id) AS jobs,
+                COALESCE(sum(input_tokens), 0) AS input_tokens,
+                COALESCE(sum(output_tokens), 0) AS output_tokens,
+                COALESCE(sum(cost_usd), 0) AS cost_usd,
+                COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed'), 0) AS cache_hit_rate,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
+         FROM agent_runs
+         WHERE org_id = $1 AND created_at >= $2 AND created_at < $3
+         GROUP BY 1
+         ORDER BY 1`,
+        [orgId, from, to],
+      );
+      return rows.map((r) => ({
+        key: String(r.key),
+        jobs: Number(r.jobs),
+        inputTokens: Number(r.input_tokens),
+        outputTokens: Number(r.output_tokens),
+        costUsd: Number(r.cost_usd),
+        cacheHitRate: Number(r.cache_hit_rate),
+        p50Ms: Number(r.p50),
+        p95Ms: Number(r.p95),
+      }));
+    },
+  };
+}
+
+export type RunStore = ReturnType<typeof createRunStore>;

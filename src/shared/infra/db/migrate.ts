@@ -1,0 +1,112 @@
+import { createHash } from 'node:crypto';
+import { readdir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type pg from 'pg';
+import { AgentqError } from '../../core/errors.js';
+import type { Logger } from '../../core/logger.js';
+
+export const MIGRATIONS_DIR = resolve(fileURLToPath(new URL('../../../../migrations', import.meta.url)));
+
+export class MigrationError extends AgentqError {
+  constructor(
+    readonly file: string,
+    message: string,
+  ) {
+    super(`migration ${file} failed: ${message}`, 'EMIGRATION');
+  }
+}
+
+const CREATE_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
+  name text PRIMARY KEY,
+  checksum text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+)`;
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/**
+ * Applies `dir/*.sql` in name order, each file in its own transaction, once. Returns the names applied.
+ *
+ * Concurrency without advisory locks (PGlite multiplexes every connection into one session, where
+ * session locks are re-entrant and exclude nothing): each transaction first claims its file with
+ * `INSERT ... ON CONFLICT DO NOTHING`. On Postgres a second claimer blocks on the uncommitted key and
+ * then sees the conflict; on PGlite an open transaction already serialises the others. Either way the
+ * loser rolls back and skips, and a failed file releases its claim with the rollback.
+ */
+export async function migrate(pool: pg.Pool, opts: { dir?: string; logger?: Logger } = {}): Promise<string[]> {
+  const dir = opts.dir ?? MIGRATIONS_DIR;
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.sql')).sort();
+  const client = await pool.connect();
+  const applied: string[] = [];
+  try {
+    await ensureTable(client);
+    const { rows } = await client.query<{ name: string; checksum: string }>('SELECT name, checksum FROM schema_migrations');
+    const known = new Map(rows.map((r) => [r.name, r.checksum]));
+    for (const file of files) {
+      const sql = await readFile(join(dir, file), 'utf8');
+      const checksum = sha256(sql);
+      const prior = known.get(file);
+      if (prior !== undefined) {
+        if (prior !== checksum) throw new MigrationError(file, 'checksum mismatch: the file changed after it was applied');
+        continue;
+      }
+      if (await applyOne(client, file, sql, checksum)) {
+        applied.push(file);
+        opts.logger?.info({ migration: file }, 'migration applied');
+      }
+    }
+  } catch (err) {
+    // Discard the connection rather than pool it: destroying it also ends any transaction it still holds.
+    client.release(true);
+    throw err;
+  }
+  client.release();
+  return applied;
+}
+
+async function ensureTable(client: pg.PoolClient) {
+  try {
+    await client.query(CREATE_TABLE);
+  } catch (err) {
+    // Two Postgres sessions racing on CREATE TABLE IF NOT EXISTS: the loser hits the catalog's unique index.
+    if ((err as { code?: string }).code !== '23505') throw err;
+    await client.query(CREATE_TABLE);
+  }
+}
+
+async function applyOne(client: pg.PoolClient, file: string, sql: string, checksum: string): Promise<boolean> {
+  await client.query('BEGIN');
+  let claimed: { checksum: string } | undefined;
+  try {
+    const claim = await client.query(
+      'INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name',
+      [file, checksum],
+    );
+    if (claim.rowCount === 0) {
+      const { rows } = await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file]);
+      claimed = rows[0];
+    } else {
+      await client.query(sql);
+    }
+  } catch (err) {
+    await rollback(client);
+    throw new MigrationError(file, (err as Error).message);
+  }
+  if (claimed) {
+    await rollback(client);
+    if (claimed.checksum !== checksum) throw new MigrationError(file, 'checksum mismatch: applied concurrently with different content');
+    return false;
+  }
+  try {
+    await client.query('COMMIT');
+  } catch (err) {
+    throw new MigrationError(file, (err as Error).message);
+  }
+  return true;
+}
+
+/** Best effort: if ROLLBACK itself fails the caller destroys the connection, which ends the transaction. */
+async function rollback(client: pg.PoolClient) {
+  await client.query('ROLLBACK').catch(() => undefined);
+}

@@ -1,0 +1,217 @@
+import { GoogleGenAI, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai';
+import type { Logger } from '../../core/logger.js';
+import type { TokenUsage } from '../../core/types.js';
+import { LlmError, toLlmError } from './llm-errors.js';
+import { costUsd } from './pricing.js';
+
+export interface GenerateRequest {
+  model: string;
+  system?: string;
+  prompt: string;
+  /** JSON Schema (e.g. `z.toJSONSchema(schema)`); asks for JSON and parses the answer into `json`. */
+  responseJsonSchema?: unknown;
+  signal?: AbortSignal;
+  /** Overrides the client's timeout for this call. */
+  timeoutMs?: number;
+  /** Streams: called with each piece of text as it arrives, awaited before the next. */
+  onText?: (text: string) => void | Promise<void>;
+  maxOutputTokens?: number;
+  temperature?: number;
+}
+
+export interface GenerateResult {
+  text: string;
+  json?: unknown;
+  usage: TokenUsage;
+  model: string;
+  costUsd: number;
+}
+
+export interface EmbedOptions {
+  signal?: AbortSignal;
+  taskType?: string;
+  model?: string;
+}
+
+export interface LlmClient {
+  generate(req: GenerateRequest): Promise<GenerateResult>;
+  /** One unit-length vector of `embeddingDims` per text, same order. */
+  embed(texts: string[], opts?: EmbedOptions): Promise<number[][]>;
+  readonly embeddingModel: string;
+  readonly embeddingDims: number;
+}
+
+export interface LlmClientOptions {
+  apiKey: string;
+  /** Only for a non-default endpoint (the emulator); otherwise the SDK's default, which honours GOOGLE_GEMINI_BASE_URL. */
+  baseUrl?: string;
+  timeoutMs: number;
+  logger?: Logger;
+  embeddingModel?: string;
+  embeddingDims?: number;
+}
+
+/** Gemini's batchEmbedContents takes at most 100 requests. */
+const EMBED_BATCH = 100;
+
+/**
+ * One AbortSignal for the SDK that fires on the caller's signal or on our own deadline, remembering
+ * which, so a timeout (retryable) is never confused with a cancellation (not retryable).
+ */
+function deadline(timeoutMs: number, caller?: AbortSignal) {
+  const ac = new AbortController();
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    ac.abort();
+  }, timeoutMs);
+  const onAbort = () => ac.abort();
+  caller?.addEventListener('abort', onAbort, { once: true });
+  return {
+    signal: ac.signal,
+    fail(err: unknown, what: string): LlmError {
+      if (timedOut) return new LlmError('ETIMEDOUT', `${what} timed out after ${timeoutMs} ms`, { cause: err });
+      if (caller?.aborted) return new LlmError('EABORTED', `${what} aborted by the caller`, { cause: err });
+      return toLlmError(err);
+    },
+    /** Always called: also aborts, so a stream left half-read does not keep its socket busy. */
+    end(): void {
+      clearTimeout(timer);
+      caller?.removeEventListener('abort', onAbort);
+      if (!ac.signal.aborted) ac.abort();
+    },
+  };
+}
+
+function textOf(res: GenerateContentResponse): string {
+  let out = '';
+  for (const part of res.candidates?.[0]?.content?.parts ?? []) {
+    if (typeof part.text === 'string' && !part.thought) out += part.text;
+  }
+  return out;
+}
+
+function withoutMetaSchema(schema: unknown): unknown {
+  if (!schema || typeof schema !== 'object' || Array.isArray(schema)) return schema;
+  const { $schema: _drop, ...rest } = schema as Record<string, unknown>;
+  return rest;
+}
+
+function unitLength(v: number[]): number[] {
+  let n = 0;
+  for (const x of v) n += x * x;
+  if (n === 0) return v;
+  const s = 1 / Math.sqrt(n);
+  return v.map((x) => x * s);
+}
+
+export function createLlmClient(opts: LlmClientOptions): LlmClient {
+  const ai = new GoogleGenAI({ apiKey: opts.apiKey, vertexai: false, ...(opts.baseUrl ? { httpOptions: { baseUrl: opts.baseUrl } } : {}) });
+  const log = opts.logger?.child({ component: 'llm' });
+  const embeddingModel = opts.embeddingModel ?? 'gemini-embedding-001';
+  const embeddingDims = opts.embeddingDims ?? 768;
+
+  async function generate(req: GenerateRequest): Promise<GenerateResult> {
+    const what = `Gemini ${req.model} generate`;
+    if (req.signal?.aborted) throw new LlmError('EABORTED', `${what} aborted by the caller`);
+    const started = performance.now();
+    const d = deadline(req.timeoutMs ?? opts.timeoutMs, req.signal);
+    const config: GenerateContentConfig = { abortSignal: d.signal };
+    if (req.system) config.systemInstruction = req.system;
+    if (req.responseJsonSchema !== undefined) {
+      config.responseMimeType = 'application/json';
+      config.responseJsonSchema = withoutMetaSchema(req.responseJsonSchema);
+    }
+    if (req.maxOutputTokens !== undefined) config.maxOutputTokens = req.maxOutputTokens;
+    if (req.temperature !== undefined) config.temperature = req.temperature;
+    const params = { model: req.model, contents: req.prompt, config };
+
+    let text = '';
+    let last: GenerateContentResponse | undefined;
+    let usageSeen: GenerateContentResponse['usageMetadata'];
+    let callbackFailed = false;
+    try {
+      if (req.onText) {
+        const stream = await ai.models.generateContentStream(params);
+        for await (const chunk of stream) {
+          last = chunk;
+          usageSeen = chunk.usageMetadata ?? usageSeen;
+          const piece = textOf(chunk);
+          if (!piece) continue;
+          text += piece;
+          try {
+            await req.onText(piece);
+          } catch (err) {
+            callbackFailed = true;
+            throw err;
+          }
+        }
+      } else {
+        last = await ai.models.generateContent(params);
+        usageSeen = last.usageMetadata;
+        text = textOf(last);
+      }
+    } catch (err) {
+      if (callbackFailed) throw err;
+      const e = d.fail(err, what);
+      // A caller's cancellation is routine (shutdown, job cancel), not worth a warning.
+      log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
+      throw e;
+    } finally {
+      d.end();
+    }
+
+    const usage: TokenUsage = {
+      input: usageSeen?.promptTokenCount ?? 0,
+      // Thinking tokens are billed as output.
+      output: (usageSeen?.candidatesTokenCount ?? 0) + (usageSeen?.thoughtsTokenCount ?? 0),
+    };
+    const blocked = last?.promptFeedback?.blockReason;
+    if (!text && blocked) throw new LlmError('EBADREQUEST', `${what}: prompt blocked (${blocked})`);
+    const result: GenerateResult = { text, usage, model: req.model, costUsd: costUsd(req.model, usage) };
+    if (req.responseJsonSchema !== undefined) {
+      try {
+        result.json = JSON.parse(text);
+      } catch (err) {
+        const finish = last?.candidates?.[0]?.finishReason;
+        throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { cause: err });
+      }
+    }
+    log?.debug({ model: req.model, input: usage.input, output: usage.output, costUsd: result.costUsd, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm call done');
+    return result;
+  }
+
+  async function embed(texts: string[], eopts: EmbedOptions = {}): Promise<number[][]> {
+    const model = eopts.model ?? embeddingModel;
+    const what = `Gemini ${model} embed`;
+    if (eopts.signal?.aborted) throw new LlmError('EABORTED', `${what} aborted by the caller`);
+    const out: number[][] = [];
+    for (let i = 0; i < texts.length; i += EMBED_BATCH) {
+      const batch = texts.slice(i, i + EMBED_BATCH);
+      const d = deadline(opts.timeoutMs, eopts.signal);
+      let vectors: Array<number[] | undefined>;
+      try {
+        const res = await ai.models.embedContent({
+          model,
+          contents: batch,
+          config: { outputDimensionality: embeddingDims, abortSignal: d.signal, ...(eopts.taskType ? { taskType: eopts.taskType } : {}) },
+        });
+        vectors = (res.embeddings ?? []).map((e) => e.values);
+      } catch (err) {
+        const e = d.fail(err, what);
+        log?.warn({ model, code: e.code, status: e.status, texts: batch.length }, 'embed call failed');
+        throw e;
+      } finally {
+        d.end();
+      }
+      if (vectors.length !== batch.length || vectors.some((v) => !v || v.length !== embeddingDims)) {
+        throw new LlmError('EBADOUTPUT', `${what} returned ${vectors.length} vectors for ${batch.length} texts (want ${embeddingDims} dims each)`);
+      }
+      // Gemini normalises only full-size (3072) vectors; truncated ones must be normalised by the caller.
+      for (const v of vectors) out.push(unitLength(v as number[]));
+    }
+    return out;
+  }
+
+  return { generate, embed, embeddingModel, embeddingDims };
+}

@@ -1,0 +1,72 @@
+import type pg from 'pg';
+import { ValidationError } from '../core/errors.js';
+import { embedChecked, toVectorSql, type EmbedFn } from './embedding.js';
+import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeTable } from './knowledge-schemas.js';
+
+export interface SearchResult {
+  table: KnowledgeTable;
+  id: string;
+  content: string;
+  similarity: number;
+  metadata: Record<string, unknown>;
+}
+
+export interface SearchOptions {
+  query: string;
+  orgId: string;
+  tables?: readonly string[];
+  limit?: number;
+  /** Minimum cosine similarity, -1..1. */
+  threshold?: number;
+  /** Equality filters passed to match_documents; each table uses the keys it knows (e.g. startup_id for chat_facts). */
+  filters?: Record<string, string>;
+}
+
+/** Embeds the query once and merges match_documents over the requested tables, best first. */
+export function createVectorSearch({ pool, embed }: { pool: pg.Pool; embed: EmbedFn }) {
+  return {
+    async search(opts: SearchOptions): Promise<SearchResult[]> {
+      const { tables, limit, threshold } = validate(opts);
+      const [vector] = await embedChecked(embed, [opts.query]);
+      const qv = toVectorSql(vector);
+      const filter = opts.filters && Object.keys(opts.filters).length ? JSON.stringify(opts.filters) : null;
+      const perTable = await Promise.all(
+        tables.map(async (table) => {
+          const { rows } = await pool.query<{ id: string; content: string; similarity: number; metadata: Record<string, unknown> }>(
+            'SELECT id, content, similarity, metadata FROM match_documents($1::vector, $2, $3, $4, $5, $6::jsonb)',
+            [qv, table, opts.orgId, threshold, limit, filter],
+          );
+          return rows.map((r) => ({ table, id: r.id, content: r.content, similarity: Number(r.similarity), metadata: r.metadata }));
+        }),
+      );
+      return perTable
+        .flat()
+        .sort((a, b) => b.similarity - a.similarity)
+        .slice(0, limit);
+    },
+  };
+}
+
+export type VectorSearch = ReturnType<typeof createVectorSearch>;
+
+function validate(opts: SearchOptions): { tables: KnowledgeTable[]; limit: number; threshold: number } {
+  const details: Array<{ path: string; message: string }> = [];
+  if (typeof opts.query !== 'string' || !opts.query.trim()) details.push({ path: 'query', message: 'must be a non-empty string' });
+  if (typeof opts.orgId !== 'string' || !opts.orgId) details.push({ path: 'orgId', message: 'required' });
+  const tables = [...new Set(opts.tables ?? KNOWLEDGE_TABLES)];
+  tables.forEach((t, i) => {
+    if (!isKnowledgeTable(t)) details.push({ path: `tables.${i}`, message: `unknown table "${t}"; expected one of ${KNOWLEDGE_TABLES.join(', ')}` });
+  });
+  if (tables.length === 0) details.push({ path: 'tables', message: 'must name at least one table' });
+  const limit = opts.limit ?? 10;
+  if (!Number.isInteger(limit) || limit < 1 || limit > 100) details.push({ path: 'limit', message: 'must be an integer 1..100' });
+  const threshold = opts.threshold ?? 0.7;
+  if (typeof threshold !== 'number' || !(threshold >= -1 && threshold <= 1)) details.push({ path: 'threshold', message: 'must be a number -1..1' });
+  if (opts.filters !== undefined) {
+    for (const [k, v] of Object.entries(opts.filters)) {
+      if (typeof v !== 'string') details.push({ path: `filters.${k}`, message: 'must be a string' });
+    }
+  }
+  if (details.length) throw new ValidationError(`invalid search: ${details.map((d) => `${d.path} ${d.message}`).join('; ')}`, details);
+  return { tables: tables as KnowledgeTable[], limit, threshold };
+}

@@ -1,0 +1,87 @@
+import { ConflictError, NotFoundError } from '../core/errors.js';
+import type { DlqClass } from '../core/dlq-classify.js';
+import type { ClaimRefusal, DlqCursor, DlqEntry, DlqItem, DlqStore } from './dlq-store.js';
+
+/** Whose entries a caller may touch: one org, or every org (admin keys). */
+export interface DlqScope {
+  orgId?: string;
+}
+
+export interface DlqFilter {
+  agent?: string;
+  class?: DlqClass;
+}
+
+const visible = (scope: DlqScope, e: DlqEntry) => scope.orgId === undefined || e.orgId === scope.orgId;
+const matches = (f: DlqFilter, e: DlqEntry) => (!f.agent || e.agent === f.agent) && (!f.class || e.class === f.class);
+
+/**
+ * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted atomically, see
+ * DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one more attempt per
+ * DLQ retry, and each attempt keeps a distinct number in agent_runs.
+ */
+export function createDlqService(deps: { store: DlqStore; validateInput: (agent: string, action: string, input: unknown) => unknown }) {
+  const { store } = deps;
+
+  async function retryItem(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown } = {}): Promise<number | ClaimRefusal> {
+    const claimed = await store.claim(item, opts);
+    if (typeof claimed !== 'number') return claimed;
+    if (opts.input !== undefined) await item.job.updateData({ ...item.job.data, input: opts.input });
+    try {
+      await item.job.retry('failed');
+    } catch {
+      // Deleted or retried through another path between the claim and here.
+      return 'not_failed';
+    }
+    return claimed;
+  }
+
+  async function find(scope: DlqScope, id: string): Promise<DlqItem> {
+    const item = await store.get(id);
+    // Another org's entry answers exactly like a missing one.
+    if (!item || !visible(scope, item.entry)) throw new NotFoundError('dead-letter entry not found');
+    return item;
+  }
+
+  return {
+    retryItem,
+
+    async list(scope: DlqScope, q: DlqFilter & { cursor?: DlqCursor; limit: number }): Promise<{ entries: DlqEntry[]; next?: DlqCursor }> {
+      const { items, next } = await store.scan({ after: q.cursor, limit: q.limit, filter: (e) => visible(scope, e) && matches(q, e) });
+      return { entries: items.map((i) => i.entry), next };
+    },
+
+    async get(scope: DlqScope, id: string): Promise<DlqEntry> {
+      return (await find(scope, id)).entry;
+    },
+
+    /** `input`, when given, replaces the job's input (already validated by the caller). */
+    async retry(scope: DlqScope, id: string, input?: unknown): Promise<{ id: string; state: 'waiting'; dlqRetries: number }> {
+      const item = await find(scope, id);
+      const parsed = input === undefined ? undefined : deps.validateInput(item.entry.agent, item.entry.action, input);
+      const res = await retryItem(item, { input: parsed });
+      if (res === 'not_failed') throw new NotFoundError('dead-letter entry not found');
+      if (typeof res !== 'number') throw new ConflictError('entry is being retried by someone else; read it again');
+      return { id, state: 'waiting', dlqRetries: res };
+    },
+
+    /** Retries up to `max` visible entries matching `filter`, oldest first; `more` when some were left. */
+    async retryMany(scope: DlqScope, filter: DlqFilter, max: number): Promise<{ retried: number; more: boolean }> {
+      let retried = 0;
+      let after: DlqCursor | undefined;
+      for (;;) {
+        const { items, next } = await store.scan({ after, limit: max - retried, filter: (e) => visible(scope, e) && matches(filter, e) });
+        for (const item of items) if (typeof (await retryItem(item)) === 'number') retried++;
+        if (!next) return { retried, more: false };
+        if (retried >= max) return { retried, more: true };
+        after = next;
+      }
+    },
+
+    async remove(scope: DlqScope, id: string): Promise<void> {
+      await store.remove(await find(scope, id));
+    },
+  };
+}
+
+export type DlqService = ReturnType<typeof createDlqService>;

@@ -1,0 +1,183 @@
+import type { Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { defineLua } from '../infra/lua.js';
+import type { AgentQueue } from '../queue/agent-queue.js';
+import type { AgentJobData, AgentResult } from '../core/types.js';
+import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
+
+type AgentJob = Job<AgentJobData, AgentResult>;
+
+/** One job of the dead-letter queue (BullMQ's failed set of the agent queue) as the API shows it. */
+export interface DlqEntry {
+  id: string;
+  orgId: string;
+  agent: string;
+  action: string;
+  model?: string;
+  class: DlqClass;
+  type: FailureType;
+  reason: string;
+  failedAt: string;
+  attempts: number;
+  /** Times the DLQ retried it (scheduled or by hand); kept when a retried job fails again. */
+  dlqRetries: number;
+  lastError?: string;
+  lastRetryAt?: string;
+  requestId?: string;
+}
+
+export interface DlqItem {
+  entry: DlqEntry;
+  job: AgentJob;
+}
+
+/** Position in the failed set: its score (failure time) and the member, since scores tie. */
+export interface DlqCursor {
+  score: number;
+  id: string;
+}
+
+export type ClaimRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class';
+const REFUSALS: Record<number, ClaimRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class' };
+
+export const encodeCursor = (c: DlqCursor) => Buffer.from(`${c.score}:${c.id}`).toString('base64url');
+export function decodeCursor(raw: string): DlqCursor | undefined {
+  const text = Buffer.from(raw, 'base64url').toString('utf8');
+  const at = text.indexOf(':');
+  const score = Number(text.slice(0, at));
+  return at > 0 && Number.isFinite(score) && at < text.length - 1 ? { score, id: text.slice(at + 1) } : undefined;
+}
+
+/**
+ * DLQ bookkeeping next to BullMQ's failed set: one small hash per entry (`<prefix>:agentq:dlq:<id>`) holds
+ * its class and the DLQ retry count, last error and last retry time, so every process reads the same
+ * numbers. The hash outlives a retry on purpose (the count must survive a job failing again) and expires
+ * with the failed-job retention.
+ */
+export function createDlqStore(deps: { redis: Redis; queue: AgentQueue; prefix: string; ttlS: number }) {
+  const { redis, queue } = deps;
+  const failedKey = queue.keys.failed;
+  const metaKey = (id: string) => `${deps.prefix}:agentq:dlq:${id}`;
+  const claimLua = defineLua(redis, 'dlq-claim-2.lua');
+
+  function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
+    const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
+    const data = job.data ?? ({} as AgentJobData);
+    return {
+      id: job.id!,
+      orgId: data.orgId,
+      agent: data.agent,
+      action: data.action,
+      ...(data.model ? { model: data.model } : {}),
+      class: (meta.class as DlqClass | undefined) ?? lazy!.class,
+      type: (meta.type as FailureType | undefined) ?? lazy!.type,
+      reason: job.failedReason ?? meta.reason ?? '',
+      failedAt: new Date(job.finishedOn ?? Number(meta.failedAt ?? 0)).toISOString(),
+      attempts: job.attemptsMade,
+      dlqRetries: Number(meta.retries ?? 0),
+      ...(meta.lastError ? { lastError: meta.lastError } : {}),
+      ...(meta.lastRetryAt ? { lastRetryAt: new Date(Number(meta.lastRetryAt)).toISOString() } : {}),
+      ...(data.requestId ? { requestId: data.requestId } : {}),
+    };
+  }
+
+  async function load(ids: string[]): Promise<Array<DlqItem | undefined>> {
+    if (ids.length === 0) return [];
+    const pipe = redis.pipeline();
+    for (const id of ids) pipe.hgetall(metaKey(id));
+    const [metas, jobs] = await Promise.all([pipe.exec(), Promise.all(ids.map((id) => queue.getJob(id)))]);
+    return ids.map((_, i) => {
+      const job = jobs[i];
+      if (!job) return undefined;
+      return { job, entry: toEntry(job, (metas?.[i]?.[1] as Record<string, string>) ?? {}) };
+    });
+  }
+
+  /**
+   * Walks the failed set oldest first from `after`, in chunks. Equal scores are ordered by member, so
+   * (score, id) is a stable position; entries removed meanwhile may shift a chunk, which only matters to
+   * a page being read while the set changes.
+   */
+  async function* walk(after?: DlqCursor, chunk = 200): AsyncGenerator<DlqCursor[]> {
+    let min = after ? String(after.score) : '-inf';
+    let offset = 0;
+    for (;;) {
+      const raw = await redis.zrange(failedKey, min, '+inf', 'BYSCORE', 'LIMIT', offset, chunk, 'WITHSCORES');
+      const page: DlqCursor[] = [];
+      for (let i = 0; i < raw.length; i += 2) page.push({ id: raw[i], score: Number(raw[i + 1]) });
+      const fresh = after ? page.filter((p) => p.score > after.score || (p.score === after.score && p.id > after.id)) : page;
+      if (fresh.length) yield fresh;
+      if (page.length < chunk) return;
+      const last = page[page.length - 1].score;
+      const ties = page.filter((p) => p.score === last).length;
+      // A chunk of one score all over: step past it with the offset, or the same chunk would come back.
+      offset = String(last) === min ? offset + ties : ties;
+      min = String(last);
+    }
+  }
+
+  return {
+    metaKey,
+    failedKey,
+
+    /** Stores the class of a job that just failed for good; returns its DLQ retry count so far. */
+    async recordFailure(job: AgentJob, c: Classification, reason: string): Promise<number> {
+      const key = metaKey(job.id!);
+      const res = await redis
+        .multi()
+        .hset(key, { class: c.class, type: c.type, reason: reason.slice(0, 2000), failedAt: String(job.finishedOn ?? Date.now()) })
+        .expire(key, deps.ttlS)
+        .hget(key, 'retries')
+        .exec();
+      return Number((res?.[2]?.[1] as string | null) ?? 0);
+    },
+
+    /** The entry of one job, or undefined when the job is not in the failed set. */
+    async get(id: string): Promise<DlqItem | undefined> {
+      if ((await redis.zscore(failedKey, id)) === null) return undefined;
+      return (await load([id]))[0];
+    },
+
+    /**
+     * Up to `limit` entries passing `filter`, oldest first after `after`, looking at no more than `maxScan`
+     * raw entries; `next` is where to continue (absent once the set is exhausted).
+     */
+    async scan(opts: { after?: DlqCursor; filter: (e: DlqEntry) => boolean; limit: number; maxScan?: number }): Promise<{ items: DlqItem[]; next?: DlqCursor }> {
+      const items: DlqItem[] = [];
+      let scanned = 0;
+      const maxScan = opts.maxScan ?? 5000;
+      for await (const positions of walk(opts.after)) {
+        const loaded = await load(positions.map((p) => p.id));
+        for (let i = 0; i < positions.length; i++) {
+          scanned++;
+          const item = loaded[i];
+          if (item && opts.filter(item.entry)) items.push(item);
+          if (items.length >= opts.limit || scanned >= maxScan) return { items, next: positions[i] };
+        }
+      }
+      return { items };
+    },
+
+    /**
+     * Counts one retry of `item` if nobody else did first (see dlq-claim-2.lua); returns the new count or
+     * why it was refused.
+     */
+    async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass }): Promise<number | ClaimRefusal> {
+      const { entry } = item;
+      const res = Number(
+        await claimLua(
+          [metaKey(entry.id), failedKey],
+          [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS],
+        ),
+      );
+      return res >= 0 ? res : REFUSALS[res];
+    },
+
+    async remove(item: DlqItem): Promise<void> {
+      await item.job.remove();
+      await redis.del(metaKey(item.entry.id));
+    },
+  };
+}
+
+export type DlqStore = ReturnType<typeof createDlqStore>;

@@ -1,0 +1,112 @@
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { AgentResult, CacheLevel } from '../core/types.js';
+import type { DlqClass, FailureType } from '../core/dlq-classify.js';
+
+/** Cache levels in lookup order: a hit at one level means a miss at every level before it. */
+const CACHE_LEVELS: CacheLevel[] = ['l1', 'l2', 'semantic'];
+
+const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
+const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+
+export interface JobFacts {
+  agent: string;
+  action: string;
+  enqueuedAt?: number;
+  processedOn?: number;
+  finishedOn?: number;
+}
+
+/** Sanitised to a few values so a free-text reason can never blow up label cardinality. */
+function admissionKind(reason: string): 'rate_limit' | 'quota' | 'other' {
+  if (/quota/i.test(reason)) return 'quota';
+  if (/rate/i.test(reason)) return 'rate_limit';
+  return 'other';
+}
+
+/**
+ * The metrics one process records, on a registry it is given (never prom-client's global one). Several
+ * processes' registries are summed at scrape time (see metrics-exchange.ts), so every metric here must
+ * make sense summed: counters, histograms, and gauges that count things in this process.
+ */
+export function createOpsMetrics(registry: Registry = new Registry()) {
+  const registers = [registry];
+  const duration = new Histogram({
+    name: 'agentq_job_duration_seconds',
+    help: 'Time from a job attempt starting to it ending, by outcome',
+    labelNames: ['agent', 'action', 'outcome'] as const,
+    buckets: DURATION_BUCKETS,
+    registers,
+  });
+  const startLatency = new Histogram({
+    name: 'agentq_job_start_latency_seconds',
+    help: 'Time from enqueue to the first start of a job',
+    labelNames: ['agent'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
+  const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model'] as const, registers });
+  const tokens = new Counter({ name: 'agentq_tokens_total', help: 'Model tokens of completed jobs', labelNames: ['agent', 'model', 'direction'] as const, registers });
+  const errors = new Counter({ name: 'agentq_job_errors_total', help: 'Failed job attempts by error type', labelNames: ['agent', 'type'] as const, registers });
+  const cacheHits = new Counter({ name: 'agentq_cache_hits_total', help: 'Completed jobs served by a cache level', labelNames: ['level'] as const, registers });
+  const cacheMisses = new Counter({ name: 'agentq_cache_misses_total', help: 'Completed jobs a cache level could not serve', labelNames: ['level'] as const, registers });
+  const delays = new Counter({ name: 'agentq_job_delays_total', help: 'Jobs delayed by a guard without using an attempt', labelNames: ['reason'] as const, registers });
+  const delaySeconds = new Counter({ name: 'agentq_job_delay_seconds_total', help: 'Delay imposed by guards, summed', labelNames: ['reason'] as const, registers });
+  const admission = new Counter({ name: 'agentq_admission_rejections_total', help: 'API requests refused by admission (rate plan or quota)', labelNames: ['reason'] as const, registers });
+  const deadLetters = new Counter({ name: 'agentq_dlq_entries_total', help: 'Jobs that entered the dead-letter queue', labelNames: ['agent', 'class'] as const, registers });
+  const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
+
+  return {
+    registry,
+
+    jobStarted(job: JobFacts & { attemptsStarted?: number }) {
+      // Only the first start: a retry or a guard's delay would otherwise count the same job again.
+      if (job.enqueuedAt && job.processedOn && (job.attemptsStarted ?? 1) <= 1) {
+        startLatency.observe({ agent: job.agent }, Math.max(0, job.processedOn - job.enqueuedAt) / 1000);
+      }
+    },
+
+    jobCompleted(job: JobFacts, result: AgentResult) {
+      const seconds = job.processedOn ? ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000 : result.durationMs / 1000;
+      duration.observe({ agent: job.agent, action: job.action, outcome: 'completed' }, Math.max(0, seconds));
+      cost.inc({ agent: job.agent, model: result.model }, result.costUsd || 0);
+      tokens.inc({ agent: job.agent, model: result.model, direction: 'input' }, result.tokensUsed?.input ?? 0);
+      tokens.inc({ agent: job.agent, model: result.model, direction: 'output' }, result.tokensUsed?.output ?? 0);
+      const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;
+      CACHE_LEVELS.forEach((level, i) => {
+        if (i < hitAt) cacheMisses.inc({ level });
+        else if (i === hitAt) cacheHits.inc({ level });
+      });
+    },
+
+    /** Every failed attempt, retried or final. */
+    jobFailed(job: JobFacts, type: FailureType) {
+      // finishedOn is only set when the attempt was the last one; a retried attempt ends now.
+      if (job.processedOn) {
+        duration.observe({ agent: job.agent, action: job.action, outcome: 'failed' }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
+      }
+      errors.inc({ agent: job.agent, type });
+    },
+
+    delayed(reason: string, delayMs: number) {
+      delays.inc({ reason });
+      delaySeconds.inc({ reason }, Math.max(0, delayMs) / 1000);
+    },
+
+    admissionRejected(reason: string) {
+      admission.inc({ reason: admissionKind(reason) });
+    },
+
+    deadLettered(agent: string, cls: DlqClass) {
+      deadLetters.inc({ agent, class: cls });
+    },
+
+    /** For the streaming feature: the number of SSE streams this process holds open. */
+    sseStreams: {
+      inc: () => sse.inc(),
+      dec: () => sse.dec(),
+      set: (n: number) => sse.set(n),
+    },
+  };
+}
+
+export type OpsMetrics = ReturnType<typeof createOpsMetrics>;

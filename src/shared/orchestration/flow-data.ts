@@ -1,0 +1,84 @@
+import type { AgentResult } from '../core/types.js';
+
+/** One child agent job of a fan-out flow, in request order. */
+export interface FlowChildRef {
+  id: string;
+  /** Where its result goes in `results`: "Agent:action", or "Agent:action#N" for the N-th repeat of that pair. */
+  key: string;
+  agent: string;
+  action: string;
+  /** The model the child asked for (explicit or its tier's default): reported when the child failed. */
+  model: string;
+}
+
+/** The parent job of `POST /v1/flows/parallel` (and of presets), in the flows queue. */
+export interface ParallelFlowData {
+  kind: 'parallel';
+  orgId: string;
+  requestId?: string;
+  /** A named preset whose result mapper adds fields to the result (see presets.ts). */
+  preset?: string;
+  children: FlowChildRef[];
+}
+
+export interface ParallelFlowResult {
+  results: Record<string, AgentResult>;
+  /** Wall-clock time from the flow's creation until every child had settled. */
+  totalDurationMs: number;
+  totalCostUsd: number;
+  [presetField: string]: unknown;
+}
+
+export type StepState = 'pending' | 'running' | 'completed' | 'failed' | 'skipped';
+
+/** The persisted progress of one pipeline step; the run job's data is the pipeline's checkpoint. */
+export interface StepRecord {
+  id: string;
+  agent: string;
+  action: string;
+  outputKey: string;
+  state: StepState;
+  /** `<runId>-<stepId>`, set (and persisted) before the job is created, so a retry finds the same job. */
+  jobId?: string;
+  /** The mapped input, persisted with `jobId` so a resumed run re-creates exactly the same job. */
+  input?: unknown;
+  error?: string;
+  costUsd?: number;
+  durationMs?: number;
+  model?: string;
+  startedAt?: number;
+  finishedAt?: number;
+}
+
+/** A pipeline run job, in the flows queue. */
+export interface PipelineRunData {
+  kind: 'pipeline';
+  orgId: string;
+  requestId?: string;
+  pipeline: string;
+  input: unknown;
+  /** Index of the step to work on next. */
+  cursor: number;
+  steps: StepRecord[];
+  outputs: Record<string, unknown>;
+  /** Step id -> error, for every step that failed (continued past or not). */
+  errors: Record<string, string>;
+}
+
+export interface PipelineRunResult {
+  /** True when every step completed. */
+  success: boolean;
+  outputs: Record<string, unknown>;
+  errors: Record<string, string>;
+  /** Wall-clock time from the run's creation to its end. */
+  totalDurationMs: number;
+  totalCostUsd: number;
+}
+
+export type FlowJobData = ParallelFlowData | PipelineRunData;
+export type FlowJobResult = ParallelFlowResult | PipelineRunResult;
+
+/** What a child that failed for good contributes to a fan-out: `Promise.allSettled` semantics. */
+export function failedChildResult(error: string, model: string): AgentResult {
+  return { success: false, error, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs: 0, model };
+}

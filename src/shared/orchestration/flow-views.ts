@@ -1,0 +1,39 @@
+import type { FlowJobResult } from './flow-data.js';
+
+/** What `GET /v1/flows/:id` and `GET /v1/pipelines/runs/:id` answer (shared with the typed client). */
+export interface FlowView {
+  id: string;
+  /** "parallel", or the preset's name. */
+  kind: string;
+  state: string;
+  result?: FlowJobResult;
+  error?: string;
+  children: Array<{ id: string; key: string; state: string }>;
+  createdAt: string;
+  finishedAt?: string;
+}
+
+export interface PipelineRunView {
+  id: string;
+  pipeline: string;
+  state: string;
+  steps: Array<{
+    id: string;
+    agent: string;
+    action: string;
+    state: string;
+    jobId?: string;
+    /** The step job's BullMQ state while the step is running. */
+    jobState?: string;
+    output?: unknown;
+    error?: string;
+    costUsd?: number;
+    durationMs?: number;
+  }>;
+  outputs: Record<string, unknown>;
+  errors: Record<string, string>;
+  result?: FlowJobResult;
+  error?: string;
+  createdAt: string;
+  finishedAt?: string;
+}

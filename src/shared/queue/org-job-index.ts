@@ -1,0 +1,121 @@
+import type { Redis } from 'ioredis';
+import { defineLua } from '../infra/lua.js';
+import { cancelledKey } from '../core/cancel.js';
+import { orgJobsKey } from '../core/queue-keys.js';
+
+/** Longest a job can matter to a listing: the longest delay (30 days) plus failed-job retention (14 days). */
+export const ORG_INDEX_AGE_S = 45 * 24 * 3600;
+/** One add in this many also trims the index by age: amortised, instead of one extra command per job. */
+const TRIM_ONE_IN = 64;
+
+export interface IndexedJob {
+  id: string;
+  /** Enqueue time (ms): the index's score and the `since` filter's reference. */
+  at: number;
+}
+
+/**
+ * Appends to an org's job index. `client` is the queue's connection: the ZADD is sent right alongside the
+ * job's own add (BullMQ does not let other commands into its add pipeline), so it costs no extra wait.
+ */
+export function createOrgJobIndexWriter(o: { client: () => Promise<Redis>; prefix: string; ageS?: number; random?: () => number }) {
+  const ageS = o.ageS ?? ORG_INDEX_AGE_S;
+  const random = o.random ?? Math.random;
+  return {
+    async add(orgId: string, jobs: IndexedJob[]): Promise<void> {
+      if (jobs.length === 0) return;
+      const client = await o.client();
+      const key = orgJobsKey(o.prefix, orgId);
+      const args: Array<string | number> = [];
+      for (const j of jobs) args.push(j.at, j.id);
+      // NX: an idempotent re-enqueue keeps the original enqueue time.
+      if (random() * TRIM_ONE_IN >= 1) {
+        await client.zadd(key, 'NX', ...args);
+        return;
+      }
+      await client
+        .multi()
+        .zadd(key, 'NX', ...args)
+        .zremrangebyscore(key, '-inf', Date.now() - ageS * 1000)
+        .exec();
+    },
+  };
+}
+
+export interface QueueKeys {
+  /** The job hash key prefix (BullMQ `queue.keys['']`). */
+  job: string;
+  completed: string;
+  failed: string;
+  delayed: string;
+  prioritized: string;
+  waitingChildren: string;
+  active: string;
+}
+
+export interface ListFilter {
+  state?: string;
+  agent?: string;
+  /** Only jobs enqueued at or after this time (ms). */
+  sinceMs?: number;
+}
+
+export interface JobRow {
+  id: string;
+  state: string;
+  name?: string;
+  progress?: string;
+  returnvalue?: string;
+  failedReason?: string;
+  attemptsMade?: string;
+  timestamp?: string;
+  finishedOn?: string;
+  /** JSON of the cancelled-job tombstone, for a job removed before it ran. */
+  tombstone?: string;
+}
+
+
+/**
+ * Reads an org's jobs newest first, one Lua call per page. The cursor is (score, members already seen at
+ * that score), so pages neither repeat nor skip jobs as new ones arrive or old ones are trimmed.
+ */
+export function createOrgJobIndexReader(o: { redis: Redis; prefix: string; keys: QueueKeys; ageS?: number }) {
+  const pageLua = defineLua(o.redis, 'job-list-page-7.lua');
+  const ageS = o.ageS ?? ORG_INDEX_AGE_S;
+  const k = o.keys;
+
+  return {
+    async *pages(orgId: string, filter: ListFilter, pageSize: number): AsyncGenerator<JobRow[]> {
+      const key = orgJobsKey(o.prefix, orgId);
+      await o.redis.zremrangebyscore(key, '-inf', Date.now() - ageS * 1000);
+      let max = '+inf';
+      let skip = 0;
+      const min = filter.sinceMs === undefined ? '-inf' : String(filter.sinceMs);
+      for (;;) {
+        const [nextMax, nextSkip, scanned, rows] = (await pageLua(
+          [key, k.completed, k.failed, k.delayed, k.prioritized, k.waitingChildren, k.active],
+          [k.job, cancelledKey(o.prefix, ''), max, min, skip, pageSize, filter.state ?? '', filter.agent ? `${filter.agent}:` : ''],
+        )) as [string, number, number, Array<Array<string | null>>];
+        if (rows.length > 0) {
+          yield rows.map((r) => ({
+            id: r[0]!,
+            state: r[1]!,
+            name: r[2] ?? undefined,
+            progress: r[3] ?? undefined,
+            returnvalue: r[4] ?? undefined,
+            failedReason: r[5] ?? undefined,
+            attemptsMade: r[6] ?? undefined,
+            timestamp: r[7] ?? undefined,
+            finishedOn: r[8] ?? undefined,
+            tombstone: r[9] ?? undefined,
+          }));
+        }
+        if (scanned < pageSize) return;
+        max = nextMax;
+        skip = nextSkip;
+      }
+    },
+  };
+}
+
+export type OrgJobIndexReader = ReturnType<typeof createOrgJobIndexReader>;

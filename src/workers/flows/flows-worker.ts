@@ -1,0 +1,51 @@
+import { Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { QUEUE } from '../../shared/core/queue-names.js';
+import { settleFanOut } from '../../shared/orchestration/fan-out.js';
+import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../../shared/orchestration/flow-data.js';
+import { createPipelineRunner, type PipelineRunnerDeps } from './pipeline-runner.js';
+import type { FlowPreset } from '../../shared/orchestration/presets.js';
+import { workerOptions } from '../worker-options.js';
+
+export interface FlowsWorkerOptions extends Omit<PipelineRunnerDeps, 'redis'> {
+  /** A `worker`-role connection (maxRetriesPerRequest null): BullMQ blocks on it. */
+  connection: Redis;
+  presets: FlowPreset[];
+  /** Flow and run jobs mostly wait on Redis, so this can be well above the agent worker's concurrency. */
+  concurrency: number;
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+}
+
+/**
+ * The worker of the flows queue: it settles fan-out parents once their children are done and drives
+ * pipeline runs step by step. Agent work itself always runs in the agent worker, as child jobs.
+ */
+export function createFlowsWorker(opts: FlowsWorkerOptions) {
+  const presets = new Map(opts.presets.map((p) => [p.name, p]));
+  const runPipeline = createPipelineRunner({ ...opts, redis: opts.connection });
+  const childQueue = opts.agentQueue.qualifiedName;
+
+  const worker = new Worker<FlowJobData, FlowJobResult>(
+    QUEUE.flows,
+    async (job, token) => {
+      if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
+      return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
+    },
+    // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
+    workerOptions(opts),
+  );
+  worker.on('error', (err) => opts.logger.error({ err: err.message }, 'flows worker error'));
+  worker.on('failed', (job, err) => {
+    if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) opts.logger.error({ flowId: job.id, kind: job.data.kind, reason: err.message }, 'flow failed');
+  });
+
+  return {
+    worker,
+    ready: () => worker.waitUntilReady(),
+    isRunning: () => worker.isRunning(),
+    close: () => worker.close(),
+  };
+}
+
+export type FlowsWorker = ReturnType<typeof createFlowsWorker>;

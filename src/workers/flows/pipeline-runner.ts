@@ -1,0 +1,157 @@
+import { UnrecoverableError, WaitingChildrenError, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { EnqueueMeta } from '../../shared/queue/job-producer.js';
+import { ValidationError } from '../../shared/core/errors.js';
+import type { Logger } from '../../shared/core/logger.js';
+import type { AgentQueue } from '../../shared/queue/agent-queue.js';
+import { CANCELLED_REASON, cancelledKey } from '../../shared/core/cancel.js';
+import type { AgentJobData } from '../../shared/core/types.js';
+import { childOutcomes, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import type { PipelineRunData, PipelineRunResult, StepRecord } from '../../shared/orchestration/flow-data.js';
+import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
+
+/** What a run reports as it goes; awaited, so an observer sees the run exactly between two persisted states. */
+export interface PipelineProgressEvent {
+  runId: string;
+  stepId: string;
+  event: 'child-added' | 'step-finished';
+  state?: StepRecord['state'];
+}
+
+export interface PipelineRunnerDeps {
+  pipelines: PipelineRegistry;
+  producer: { prepare(raw: unknown, meta: EnqueueMeta, pathPrefix?: string): { name: string; data: AgentJobData; opts: object } };
+  /** The agent queue on a blocking-safe connection: step jobs are added to it as children of the run. */
+  agentQueue: AgentQueue;
+  redis: Redis;
+  prefix: string;
+  logger: Logger;
+  onProgress?: (e: PipelineProgressEvent) => void | Promise<void>;
+}
+
+export const stepJobId = (runId: string, stepId: string) => `${runId}-${stepId}`;
+
+const messageOf = (err: unknown) => {
+  if (err instanceof ValidationError && err.details.length) return `${err.message}: ${err.details.map((d) => `${d.path}: ${d.message}`).join('; ')}`;
+  return err instanceof Error ? err.message : String(err);
+};
+
+/** The data after `step` ended with `outcome`: output or error recorded, cursor moved on (or to the end). */
+function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutcome): PipelineRunData {
+  const next: PipelineRunData = structuredClone(data);
+  const rec = next.steps[next.cursor];
+  rec.finishedAt = Date.now();
+  const failed = outcome.state === 'failed' || outcome.result.success === false;
+  if (outcome.state === 'completed') {
+    Object.assign(rec, { costUsd: outcome.result.costUsd, durationMs: outcome.result.durationMs, model: outcome.result.model });
+  }
+  if (!failed && outcome.state === 'completed') {
+    rec.state = 'completed';
+    next.outputs[step.outputKey] = outcome.result.data;
+    next.cursor += 1;
+    return next;
+  }
+  const error = outcome.state === 'failed' ? outcome.error : (outcome.result.error ?? 'step returned an unsuccessful result');
+  rec.state = 'failed';
+  rec.error = error;
+  next.errors[step.id] = error;
+  if (step.continueOnError) {
+    next.cursor += 1;
+    return next;
+  }
+  for (const later of next.steps.slice(next.cursor + 1)) later.state = 'skipped';
+  next.cursor = next.steps.length;
+  return next;
+}
+
+/**
+ * Runs one pipeline as a "step job" in the flows queue: each step is a real agent job, added as a child of
+ * the run with the deterministic id `<runId>-<stepId>`; the run then waits in `waiting-children` and is
+ * processed again when that child settles. Progress is written to the run's data before the child is
+ * created (state `running`, job id, mapped input) and after it settles (output or error), so a run picked
+ * up again after a crash at any point neither re-runs a finished step nor creates a second job for one.
+ */
+export function createPipelineRunner(deps: PipelineRunnerDeps) {
+  const childQueue = deps.agentQueue.qualifiedName;
+
+  /** A job removed by `DELETE /v1/jobs/:id` before it ran leaves only a tombstone; it must not be re-created. */
+  async function cancelledOutcome(jobId: string): Promise<ChildOutcome | undefined> {
+    return (await deps.redis.exists(cancelledKey(deps.prefix, jobId))) ? { state: 'failed', error: CANCELLED_REASON } : undefined;
+  }
+
+  async function addStep(job: Job<PipelineRunData>, rec: StepRecord): Promise<void> {
+    const p = deps.producer.prepare({ agent: rec.agent, action: rec.action, input: rec.input }, { orgId: job.data.orgId, requestId: job.data.requestId });
+    await deps.agentQueue.add(p.name, p.data, {
+      ...p.opts,
+      jobId: rec.jobId,
+      parent: { id: job.id!, queue: job.queueQualifiedName },
+      // The run decides what a failed step means (stop or continue), so a failure must not strand it.
+      ignoreDependencyOnFailure: true,
+    });
+  }
+
+  /** The step's outcome, or throws WaitingChildrenError after parking the run until the step job settles. */
+  async function settle(job: Job<PipelineRunData>, token: string, rec: StepRecord): Promise<ChildOutcome> {
+    const jobId = rec.jobId!;
+    for (let round = 0; round < 3; round++) {
+      // Existence first, outcome second: a job that did not exist and has no outcome was never created,
+      // whereas the reverse order could miss a job that finished and was removed in between.
+      const existed = (await deps.agentQueue.getJobState(jobId)) !== 'unknown';
+      const outcome = (await childOutcomes(job, childQueue)).get(jobId) ?? (await cancelledOutcome(jobId));
+      if (outcome) return outcome;
+      if (!existed) {
+        await addStep(job, rec);
+        await deps.onProgress?.({ runId: job.id!, stepId: rec.id, event: 'child-added' });
+      }
+      if (await job.moveToWaitingChildren(token, { child: { id: jobId, queue: childQueue } })) throw new WaitingChildrenError();
+      // Not parked: the step job settled in the meantime, so the next round reads its outcome.
+    }
+    throw new Error(`step job ${jobId} is neither pending nor settled`);
+  }
+
+  return async function runPipeline(job: Job<PipelineRunData>, token: string): Promise<PipelineRunResult> {
+    const def = deps.pipelines.get(job.data.pipeline);
+    if (!def) throw new UnrecoverableError(`unknown pipeline "${job.data.pipeline}"`);
+    let data: PipelineRunData = structuredClone(job.data);
+    const save = async (next: PipelineRunData) => {
+      await job.updateData(next);
+      data = next;
+    };
+    const logger = deps.logger.child({ runId: job.id, pipeline: def.name, orgId: data.orgId });
+
+    while (data.cursor < def.steps.length) {
+      const step = def.steps[data.cursor];
+      if (data.steps[data.cursor]?.id !== step.id) throw new UnrecoverableError(`pipeline "${def.name}" changed while run ${job.id} was in progress`);
+      if (data.steps[data.cursor].state === 'pending') {
+        let input: unknown;
+        try {
+          input = step.inputMapper(structuredClone(data.outputs), structuredClone(data.input));
+          // Validated here so a bad mapping is this step's error, not a job that fails in the agent worker.
+          deps.producer.prepare({ agent: step.agent, action: step.action, input }, { orgId: data.orgId });
+        } catch (err) {
+          const error = `input mapping failed: ${messageOf(err)}`;
+          logger.warn({ step: step.id, error }, 'pipeline step could not start');
+          await save(afterStep(data, step, { state: 'failed', error }));
+          await deps.onProgress?.({ runId: job.id!, stepId: step.id, event: 'step-finished', state: 'failed' });
+          continue;
+        }
+        const next = structuredClone(data);
+        Object.assign(next.steps[next.cursor], { state: 'running', jobId: stepJobId(job.id!, step.id), input, startedAt: Date.now() });
+        await save(next);
+      }
+      const outcome = await settle(job, token, data.steps[data.cursor]);
+      await save(afterStep(data, step, outcome));
+      const rec = data.steps.find((s) => s.id === step.id)!;
+      logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');
+      await deps.onProgress?.({ runId: job.id!, stepId: step.id, event: 'step-finished', state: rec.state });
+    }
+
+    return {
+      success: Object.keys(data.errors).length === 0,
+      outputs: data.outputs,
+      errors: data.errors,
+      totalDurationMs: Date.now() - job.timestamp,
+      totalCostUsd: data.steps.reduce((sum, s) => sum + (s.costUsd ?? 0), 0),
+    };
+  };
+}

@@ -1,0 +1,125 @@
+import { LRUCache } from 'lru-cache';
+import type { Config } from '../../shared/core/config.js';
+import { createResultCache } from '../../shared/cache/result-cache.js';
+import { createResultCacheGuard } from './result-cache-guard.js';
+import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
+import { createSemanticCacheGuard } from './semantic-cache-guard.js';
+import { createQuotaChecker, type QuotaDecision } from '../../shared/infra/db/quotas.js';
+import { createBreakerGuard } from './breaker-guard.js';
+import { createCircuitBreaker, type CircuitBreaker } from '../../shared/limits/circuit-breaker.js';
+import { createRateLimitGuard, defaultModelLimits } from './rate-limit-guard.js';
+import { createTokenBuckets } from '../../shared/limits/token-bucket.js';
+import type { Infra } from '../../shared/infra/infra.js';
+import type { Logger } from '../../shared/core/logger.js';
+import { createRedis } from '../../shared/infra/redis/connection.js';
+import type { AgentResult } from '../../shared/core/types.js';
+import { DelayJobError, type Middleware } from '../middleware.js';
+import { createRouteGuard } from './route-guard.js';
+
+export interface WorkerGuards {
+  middlewares: Middleware[];
+  breaker: CircuitBreaker;
+  close(): Promise<void>;
+}
+
+/**
+ * Durable per-org quotas (daily jobs, monthly USD) checked at job start. Decisions are remembered for
+ * `cacheMs`, so a burst can overshoot a quota by what starts within that window; in exchange the hot
+ * path does not query Postgres per job.
+ */
+function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number): Middleware {
+  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs) });
+  return async (ctx, next) => {
+    let decision = cacheMs > 0 ? cache.get(ctx.orgId) : undefined;
+    if (!decision) {
+      decision = await check(ctx.orgId);
+      cache.set(ctx.orgId, decision);
+    }
+    if (!decision.allowed) {
+      ctx.logger.warn({ reason: decision.reason }, 'org quota reached; job waits');
+      throw new DelayJobError(decision.retryAfterS * 1000, 'quota');
+    }
+    return next();
+  };
+}
+
+/**
+ * The guards around every model call, outermost first:
+ *
+ *   result cache -> semantic cache -> quota -> route (primary/fallback) -> rate limit -> breaker -> call
+ *
+ * Caches come first because a hit needs no model: it spends no rate-limit tokens, needs no breaker
+ * probe and costs nothing. Routing sits outside the rate limiter and breaker so each try is limited and
+ * broken per the model it actually calls, and an open primary breaker falls through to the fallback.
+ */
+export function createWorkerGuards(opts: {
+  cfg: Config;
+  infra: Infra;
+  logger: Logger;
+  llm: { embed(texts: string[]): Promise<number[][]> };
+  agents: { get(name: string): import('../../shared/agents/define-agent.js').AgentDefinition | undefined };
+}): WorkerGuards {
+  const { cfg, infra } = opts;
+  const redis = createRedis(infra.redisUrl, 'worker');
+  const prefix = `${cfg.QUEUE_PREFIX}:agentq`;
+  const breaker = createCircuitBreaker({
+    redis,
+    prefix,
+    failureThreshold: cfg.BREAKER_FAILURE_THRESHOLD,
+    successThreshold: cfg.BREAKER_SUCCESS_THRESHOLD,
+    timeoutMs: cfg.BREAKER_TIMEOUT_MS,
+    probeLeaseMs: cfg.LLM_TIMEOUT_MS + 30_000,
+  });
+  for (const event of ['open', 'halfOpen', 'close'] as const) {
+    breaker.on(event, (key: string) => opts.logger.warn({ breaker: key, event }, `circuit breaker ${event}`));
+  }
+  const resultCache = createResultCache<AgentResult>({
+    redis,
+    prefix,
+    l1Max: cfg.CACHE_L1_MAX_ENTRIES,
+    l1TtlMs: cfg.CACHE_L1_TTL_MS,
+    l2TtlS: cfg.CACHE_TTL_S,
+    waitTimeoutMs: cfg.LLM_TIMEOUT_MS + 30_000,
+    logger: opts.logger,
+  });
+  const semanticCache = createSemanticCache({
+    pool: infra.db.pool,
+    embed: (texts) => opts.llm.embed(texts),
+    threshold: cfg.SEMANTIC_CACHE_THRESHOLD,
+    ttlS: cfg.SEMANTIC_CACHE_TTL_S,
+  });
+  const limits = cfg.MODEL_LIMITS;
+  const quotas = createQuotaChecker({ pool: infra.db.pool });
+
+  const rateLimit = createRateLimitGuard({
+    buckets: createTokenBuckets({ redis, prefix }),
+    limits: {
+      modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
+      modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
+      perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
+    },
+    correctionFlushMs: 100,
+    onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
+  });
+
+  const middlewares: Middleware[] = [
+    createResultCacheGuard({ cache: resultCache }),
+    createSemanticCacheGuard({ cache: semanticCache, logger: opts.logger }),
+    createQuotaGuard((orgId) => quotas.check(orgId), cfg.QUOTA_CACHE_MS),
+    createRouteGuard({
+      routeFor: (agent, action) => cfg.AGENT_ROUTES[`${agent}:${action}`] ?? cfg.AGENT_ROUTES[agent],
+      agents: opts.agents,
+      backoffBaseMs: cfg.BACKOFF_BASE_MS,
+    }),
+    rateLimit,
+    createBreakerGuard({ breaker }),
+  ];
+  return {
+    middlewares,
+    breaker,
+    async close() {
+      await rateLimit.flush();
+      redis.disconnect();
+    },
+  };
+}

@@ -1,0 +1,118 @@
+import { DelayJobError, type Middleware } from '../middleware.js';
+import { OpenCircuitError } from '../../shared/limits/circuit-breaker.js';
+import type { BucketRequest, TokenBuckets } from '../../shared/limits/token-bucket.js';
+
+export interface ModelLimits {
+  /** Requests per minute one org may send to one model. */
+  perOrgModelRpm: (orgId: string, model: string) => number;
+  /** Requests per minute for the model across all orgs (the project's upstream quota). */
+  modelRpm: (model: string) => number;
+  /** Input + output tokens per minute for the model across all orgs. */
+  modelTpm: (model: string) => number;
+}
+
+const isPro = (model: string) => /pro/i.test(model);
+
+/**
+ * Defaults in the range of Gemini's paid tier 1 quotas: `*pro*` models 150 RPM / 2M TPM, every
+ * other model (flash, flash-lite) 1000 RPM / 1M TPM; one org may use a fifth of a model's RPM.
+ * Real quotas differ per project: pass `limits` from configuration.
+ */
+export const defaultModelLimits: ModelLimits = {
+  modelRpm: (model) => (isPro(model) ? 150 : 1000),
+  modelTpm: (model) => (isPro(model) ? 2_000_000 : 1_000_000),
+  perOrgModelRpm: (_orgId, model) => (isPro(model) ? 30 : 200),
+};
+
+/** A limit that is not a positive finite number turns its bucket off. */
+const usable = (n: number) => Number.isFinite(n) && n > 0;
+
+/**
+ * Takes [org+model RPM, model RPM, model TPM (cost = estimated tokens)] in one atomic call before
+ * the LLM call; refusal delays the job (`DelayJobError`, no attempt used). Afterwards the TPM bucket
+ * is corrected with the real usage, and when nothing was called (an inner guard refused) every
+ * bucket is refunded.
+ */
+export function createRateLimitGuard(opts: {
+  buckets: TokenBuckets;
+  limits?: Partial<ModelLimits>;
+  maxJitterMs?: number;
+  /**
+   * Token corrections after calls are summed per bucket and written every `correctionFlushMs` (0 = after
+   * each call), so a busy model costs one bucket write per interval instead of one per job. The bucket is
+   * then up to this long behind the real usage.
+   */
+  correctionFlushMs?: number;
+  onError?: (err: unknown) => void;
+}): Middleware & { flush(): Promise<void> } {
+  const limits = { ...defaultModelLimits, ...opts.limits };
+  const maxJitterMs = opts.maxJitterMs ?? 250;
+  const flushMs = opts.correctionFlushMs ?? 0;
+  const { buckets } = opts;
+  const pending = new Map<string, { capacity: number; refillPerSec: number; delta: number }>();
+  let timer: NodeJS.Timeout | undefined;
+
+  async function flush(): Promise<void> {
+    clearTimeout(timer);
+    timer = undefined;
+    const batch = [...pending.entries()];
+    pending.clear();
+    await Promise.all(
+      batch.map(([key, c]) => (c.delta === 0 ? undefined : buckets.adjust(key, c.capacity, c.refillPerSec, c.delta).catch((err: unknown) => opts.onError?.(err)))),
+    );
+  }
+
+  function later(r: BucketRequest, delta: number) {
+    const entry = pending.get(r.key) ?? { capacity: r.capacity, refillPerSec: r.refillPerSec, delta: 0 };
+    entry.delta += delta;
+    pending.set(r.key, entry);
+    // unref: a pending correction must not keep a closing process alive.
+    timer ??= setTimeout(() => void flush(), flushMs).unref();
+  }
+
+  const guard: Middleware = async (ctx, next) => {
+    const { orgId, model } = ctx;
+    const requests: BucketRequest[] = [];
+    const perMinute = (key: string, perMin: number, cost: number) => {
+      if (usable(perMin)) requests.push({ key, capacity: perMin, refillPerSec: perMin / 60, cost });
+    };
+    perMinute(`rpm:org:${orgId}:${model}`, limits.perOrgModelRpm(orgId, model), 1);
+    perMinute(`rpm:model:${model}`, limits.modelRpm(model), 1);
+    const estimate = Math.max(0, Math.ceil(ctx.estimatedTokens || 0));
+    perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
+    if (requests.length === 0) return next();
+
+    const taken = await buckets.take(requests);
+    if (!taken.allowed) {
+      // Jitter spreads the jobs that were refused together so they do not all return at once.
+      const jitter = Math.floor(Math.random() * Math.min(maxJitterMs, 1 + taken.msBeforeNext / 10));
+      ctx.logger.debug({ limitedBy: taken.limitedBy, msBeforeNext: taken.msBeforeNext }, 'rate limited');
+      throw new DelayJobError(taken.msBeforeNext + jitter, 'rate_limited');
+    }
+
+    const correct = (r: BucketRequest, delta: number) =>
+      delta === 0
+        ? Promise.resolve()
+        : buckets.adjust(r.key, r.capacity, r.refillPerSec, delta).then(
+            () => undefined,
+            (err: unknown) => ctx.logger.warn({ err, bucket: r.key }, 'rate limit: failed to correct a bucket'),
+          );
+    const tpm = requests.find((r) => r.key.startsWith('tpm:'));
+    let result;
+    try {
+      result = await next();
+    } catch (err) {
+      if (err instanceof DelayJobError || err instanceof OpenCircuitError) {
+        await Promise.all(requests.map((r) => correct(r, -r.cost)));
+      }
+      throw err;
+    }
+    if (tpm) {
+      const used = (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
+      if (flushMs > 0) later(tpm, used - tpm.cost);
+      else await correct(tpm, used - tpm.cost);
+    }
+    return result;
+  };
+  return Object.assign(guard, { flush });
+}

@@ -1,0 +1,48 @@
+import { performance } from 'node:perf_hooks';
+import type { JobContext, Middleware } from '../middleware.js';
+import type { AgentResult } from '../../shared/core/types.js';
+import type { CacheKeyParts, ResultCache } from '../../shared/cache/result-cache.js';
+
+export const cacheKeyPartsOf = (ctx: JobContext): CacheKeyParts => ({
+  orgId: ctx.orgId,
+  agent: ctx.agentName,
+  action: ctx.actionName,
+  model: ctx.model,
+  promptVersion: ctx.action.promptVersion,
+  input: ctx.input,
+});
+
+/**
+ * Serves identical jobs from the result cache and makes concurrent identical jobs share one LLM call.
+ * A hit (or a result shared from another job's call) costs nothing: tokens 0, cost 0, durationMs is
+ * this lookup or wait. Only `success: true` results are cached. Streaming jobs go through too: on a
+ * hit the processor just emits the final result. If the cache itself fails before the call, the job
+ * calls through uncached rather than failing.
+ */
+export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }): Middleware {
+  const { cache } = opts;
+  return async (ctx, next) => {
+    const started = performance.now();
+    let called = false;
+    const call = () => {
+      called = true;
+      return next();
+    };
+    let outcome;
+    try {
+      outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, { shouldCache: (r) => r.success === true, signal: ctx.signal, owner: ctx.job.id });
+    } catch (err) {
+      if (called || ctx.signal.aborted) throw err;
+      ctx.logger.warn({ err }, 'result cache unavailable; calling through');
+      return next();
+    }
+    if (outcome.from === 'call') return outcome.value;
+    return {
+      ...outcome.value,
+      cacheHit: outcome.from,
+      tokensUsed: { input: 0, output: 0 },
+      costUsd: 0,
+      durationMs: Math.round(performance.now() - started),
+    };
+  };
+}

@@ -1,0 +1,120 @@
+import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
+import { AgentqError } from '../../shared/core/errors.js';
+import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
+
+export interface Route {
+  /** A model name, or the name of an agent whose action of the same name serves the job. */
+  primary: string;
+  fallback?: string;
+  /** Hard timeout of one call; the in-flight request is aborted when it passes. */
+  timeoutMs?: number;
+  /** Retries of the primary (with exponential backoff) before the fallback runs. */
+  retries?: number;
+}
+
+export class RouteTimeoutError extends AgentqError {
+  readonly retryable = true;
+  constructor(target: string, ms: number) {
+    super(`${target} timed out after ${ms} ms`, 'ETIMEDOUT');
+  }
+}
+
+export class RouteFailedError extends AgentqError {
+  constructor(
+    message: string,
+    readonly retryable: boolean,
+  ) {
+    super(message, 'EROUTEFAILED');
+  }
+}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
+  });
+
+/** Guards that refuse before any call: switching to the fallback is right for these too. */
+const refusedBeforeCall = (err: unknown) => (err as { code?: string })?.code === 'EOPENBREAKER';
+
+/**
+ * Primary/fallback routing per agent action. Each try gets its own timeout that aborts the in-flight call
+ * (through the AbortSignal every guard and the LLM client honour); retryable failures back off
+ * exponentially; then the fallback model (or agent) runs once. The result says which route served it.
+ */
+export function createRouteGuard(opts: {
+  routeFor: (agent: string, action: string) => Route | undefined;
+  agents: { get(name: string): AgentDefinition | undefined };
+  backoffBaseMs?: number;
+}): Middleware {
+  const baseMs = opts.backoffBaseMs ?? 250;
+
+  return async (ctx, next) => {
+    const route = opts.routeFor(ctx.agentName, ctx.actionName);
+    if (!route) return next();
+    const outer = { model: ctx.model, signal: ctx.signal, agent: ctx.agent, action: ctx.action };
+
+    /** Points the context at `target` (an agent name or a model) and runs the rest of the chain once. */
+    const tryTarget = async (target: string, fallbackModel: string) => {
+      const agent = opts.agents.get(target);
+      const action: AgentAction | undefined = agent?.actions[ctx.actionName];
+      ctx.agent = agent && action ? agent : outer.agent;
+      ctx.action = agent && action ? action : outer.action;
+      ctx.model = agent && action ? fallbackModel : target;
+      const controller = new AbortController();
+      const onOuterAbort = () => controller.abort(outer.signal.reason);
+      outer.signal.addEventListener('abort', onOuterAbort, { once: true });
+      let timedOut = false;
+      const timer = route.timeoutMs
+        ? setTimeout(() => {
+            timedOut = true;
+            controller.abort(new DOMException(`route timeout ${route.timeoutMs} ms`, 'TimeoutError'));
+          }, route.timeoutMs)
+        : undefined;
+      ctx.signal = controller.signal;
+      try {
+        return await next();
+      } catch (err) {
+        if (timedOut) throw new RouteTimeoutError(target, route.timeoutMs!);
+        throw err;
+      } finally {
+        clearTimeout(timer);
+        outer.signal.removeEventListener('abort', onOuterAbort);
+        ctx.signal = outer.signal;
+      }
+    };
+
+    const primaryModel = opts.agents.get(route.primary) ? outer.model : route.primary;
+    let primaryError: unknown;
+    for (let attempt = 0; attempt <= (route.retries ?? 0); attempt++) {
+      try {
+        return { ...(await tryTarget(route.primary, primaryModel)), route: 'primary' as const };
+      } catch (err) {
+        primaryError = err;
+        if (outer.signal.aborted || err instanceof DelayJobError) throw err;
+        if (refusedBeforeCall(err) || (err as { retryable?: boolean }).retryable === false) break;
+        if (attempt < (route.retries ?? 0)) await sleep(baseMs * 2 ** attempt * (0.5 + Math.random() / 2), outer.signal);
+      }
+    }
+    if (!route.fallback) {
+      restore(ctx, outer);
+      throw primaryError;
+    }
+    ctx.logger.warn({ primary: route.primary, fallback: route.fallback, err: (primaryError as Error)?.message }, 'primary route failed; trying fallback');
+    try {
+      return { ...(await tryTarget(route.fallback, outer.model)), route: 'fallback' as const };
+    } catch (err) {
+      if (outer.signal.aborted || err instanceof DelayJobError) throw err;
+      const message = `both primary (${route.primary}) and fallback (${route.fallback}) failed: primary: ${(primaryError as Error)?.message}; fallback: ${(err as Error)?.message}`;
+      // An open breaker on both routes is an outage to wait out, not a failure: keep the breaker's delay.
+      if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;
+      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false);
+    } finally {
+      restore(ctx, outer);
+    }
+  };
+}
+
+function restore(ctx: JobContext, outer: Pick<JobContext, 'model' | 'signal' | 'agent' | 'action'>) {
+  Object.assign(ctx, outer);
+}

@@ -1,0 +1,45 @@
+import { Worker, type Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from '../../shared/core/logger.js';
+import { QUEUE } from '../../shared/core/queue-names.js';
+
+export interface MaintenanceTask {
+  /** Job scheduler id and job name. */
+  name: string;
+  everyMs: number;
+  run: () => Promise<unknown>;
+}
+
+/**
+ * Periodic housekeeping as BullMQ job schedulers on the maintenance queue: whichever worker process is
+ * free takes each run, so N worker processes still run a task once per interval. Upserting the same
+ * scheduler id from every process is idempotent (the interval of the last upsert wins).
+ */
+export function createMaintenance(deps: { queue: Queue; connection: Redis; prefix: string; tasks: MaintenanceTask[]; logger: Logger }) {
+  let worker: Worker | undefined;
+  const byName = new Map(deps.tasks.map((t) => [t.name, t]));
+
+  return {
+    async start(): Promise<void> {
+      for (const t of deps.tasks) {
+        await deps.queue.upsertJobScheduler(t.name, { every: t.everyMs }, { name: t.name, opts: { removeOnComplete: 100, removeOnFail: 100 } });
+      }
+      worker = new Worker(
+        QUEUE.maintenance,
+        async (job) => {
+          const task = byName.get(job.name);
+          if (!task) throw new Error(`no maintenance task named "${job.name}" in this process`);
+          return task.run();
+        },
+        { connection: deps.connection, prefix: deps.prefix, concurrency: 1 },
+      );
+      worker.on('failed', (job, err) => deps.logger.warn({ task: job?.name, err: err.message }, 'maintenance task failed'));
+      worker.on('error', (err) => deps.logger.warn({ err: err.message }, 'maintenance worker error'));
+      await worker.waitUntilReady();
+    },
+
+    async close(): Promise<void> {
+      await worker?.close();
+    },
+  };
+}

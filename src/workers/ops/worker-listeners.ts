@@ -1,0 +1,63 @@
+import { UnrecoverableError, type Job, type Worker } from 'bullmq';
+import type { Logger } from '../../shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
+import { classifyFailure, isUnrecoverable } from '../../shared/core/dlq-classify.js';
+import type { DlqStore } from '../../shared/ops/dlq-store.js';
+import type { OpsMetrics } from '../../shared/ops/metrics.js';
+
+type AgentJob = Job<AgentJobData, AgentResult>;
+
+const facts = (job: AgentJob) => ({
+  agent: job.data.agent,
+  action: job.data.action,
+  enqueuedAt: job.data.enqueuedAt,
+  processedOn: job.processedOn,
+  finishedOn: job.finishedOn,
+  attemptsStarted: job.attemptsStarted,
+});
+
+/**
+ * Listens to one agent worker: metrics for every start, completion and failed attempt, and for a job
+ * that failed for good, its DLQ class in Redis, one log line and a metric. That log line is the dead-letter
+ * log of record (error level; cancelled jobs, which a caller asked for, at info).
+ */
+export function attachOpsListeners(worker: Worker<AgentJobData, AgentResult>, deps: { store: DlqStore; metrics: OpsMetrics; logger: Logger }) {
+  const { metrics, store, logger } = deps;
+
+  worker.on('active', (job) => metrics.jobStarted(facts(job)));
+  worker.on('completed', (job, result) => {
+    if (result) metrics.jobCompleted(facts(job), result);
+  });
+  worker.on('failed', (job, err) => {
+    if (!job) return;
+    const unrecoverable = err instanceof UnrecoverableError || isUnrecoverable(err);
+    const c = classifyFailure(err as Error & { code?: unknown }, { unrecoverable });
+    metrics.jobFailed(facts(job), c.type);
+    // The same test BullMQ applies before retrying (see Job.shouldRetryJob).
+    const final = unrecoverable || job.attemptsMade >= (job.opts.attempts ?? 1);
+    if (!final) return;
+    metrics.deadLettered(job.data.agent, c.class);
+    void store
+      .recordFailure(job, c, err.message)
+      .then((dlqRetries) => {
+        const line = {
+          jobId: job.id,
+          orgId: job.data.orgId,
+          agent: job.data.agent,
+          action: job.data.action,
+          ...(job.data.requestId ? { requestId: job.data.requestId } : {}),
+          ...(job.data.userId ? { userId: job.data.userId } : {}),
+          class: c.class,
+          type: c.type,
+          reason: err.message.slice(0, 500),
+          attempts: job.attemptsMade,
+          dlqRetries,
+        };
+        if (c.class === 'cancelled') logger.info(line, 'job dead-lettered');
+        else logger.error(line, 'job dead-lettered');
+      })
+      .catch((recordErr: unknown) =>
+        logger.error({ jobId: job.id, agent: job.data.agent, class: c.class, reason: err.message.slice(0, 500), err: (recordErr as Error).message }, 'job dead-lettered (class not stored)'),
+      );
+  });
+}

@@ -1,0 +1,90 @@
+import type { Job, Worker } from 'bullmq';
+import type { JobContext } from './middleware.js';
+import { CANCELLED_REASON } from '../shared/core/cancel.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { jobStreamKey } from '../shared/core/queue-keys.js';
+import type { ProgressEvent, StreamEvent } from '../shared/core/stream-event.js';
+import { JobStreamWriter, type StreamWriterOptions } from '../shared/stream/stream-writer.js';
+
+type AgentJob = Job<AgentJobData, AgentResult>;
+
+interface Entry {
+  writer: JobStreamWriter;
+  /** Model calls made by the current attempt: a second one (fallback route) restarts the text. */
+  calls: number;
+}
+
+/** Same rule as the agent worker's dead-letter check: the failure is final when no attempt is left. */
+function isFinalFailure(job: AgentJob, err: Error): boolean {
+  return err.name === 'UnrecoverableError' || job.attemptsMade >= (job.opts.attempts ?? 1);
+}
+
+/**
+ * The worker side of streaming: writes the events of jobs enqueued with `stream: true` to their Redis
+ * Stream. Jobs without it cost no Redis command here.
+ */
+export function createStreamPublisher(o: StreamWriterOptions & { prefix: string }) {
+  const entries = new Map<string, Entry>();
+
+  function entryOf(jobId: string): Entry {
+    let entry = entries.get(jobId);
+    if (!entry) {
+      entry = { writer: new JobStreamWriter(jobStreamKey(o.prefix, jobId), o), calls: 0 };
+      entries.set(jobId, entry);
+    }
+    return entry;
+  }
+
+  /** Writes `last`, waits until it is in Redis, then forgets the job (unless a new attempt took it over). */
+  async function finish(jobId: string, last: StreamEvent): Promise<void> {
+    const entry = entryOf(jobId);
+    entry.writer.push(last);
+    await entry.writer.drain();
+    if (entries.get(jobId) === entry) entries.delete(jobId);
+  }
+
+  const progress = (jobId: string, p: ProgressEvent) => entryOf(jobId).writer.push({ kind: 'progress', progress: p });
+
+  return {
+    /** The `onText` sink of one model call. */
+    sink(ctx: JobContext): ((text: string) => Promise<void>) | undefined {
+      const job = ctx.job;
+      if (!job.data.stream || !job.id) return undefined;
+      const entry = entryOf(job.id);
+      if (entry.calls++ > 0) progress(job.id, { stage: 'restarted', attempt: job.attemptsMade + 1 });
+      const writer = entry.writer;
+      return async (text) => writer.push({ kind: 'text', text });
+    },
+
+    delayed(ctx: JobContext, reason: string, delayMs: number): void {
+      if (ctx.job.data.stream && ctx.job.id) progress(ctx.job.id, { stage: 'delayed', reason, delayMs: Math.max(0, Math.round(delayMs)) });
+    },
+
+    attach(worker: Worker<AgentJobData, AgentResult>): void {
+      worker.on('active', (job) => {
+        if (!job.data.stream || !job.id) return;
+        entryOf(job.id).calls = 0;
+        progress(job.id, { stage: 'started', attempt: job.attemptsMade + 1 });
+      });
+      worker.on('completed', (job, result) => {
+        if (job.data.stream && job.id) void finish(job.id, { kind: 'result', result });
+      });
+      worker.on('failed', (job, err) => {
+        if (!job?.data.stream || !job.id) return;
+        if (isFinalFailure(job, err)) {
+          void finish(job.id, { kind: 'error', error: err.message, state: err.message === CANCELLED_REASON ? 'cancelled' : 'failed' });
+        } else {
+          // The job goes back to the queue; its next attempt may run in another process.
+          void finish(job.id, { kind: 'progress', progress: { stage: 'retrying', attempt: job.attemptsMade, reason: err.message } });
+        }
+      });
+    },
+
+    /** Waits for every pending write (on shutdown). */
+    async drain(): Promise<void> {
+      await Promise.all([...entries.values()].map((e) => e.writer.drain()));
+    },
+  };
+}
+
+export type StreamPublisher = ReturnType<typeof createStreamPublisher>;

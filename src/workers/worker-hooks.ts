@@ -1,0 +1,13 @@
+import type { Worker } from 'bullmq';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import type { JobContext } from './middleware.js';
+
+/** What a feature (streaming, operations...) may plug into the agent worker. */
+export interface WorkerHooks {
+  /** Receives the model's text chunks of a job as they arrive (only for jobs with `stream: true`). */
+  onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
+  /** Called when a guard delays a job without using an attempt. */
+  onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
+  /** Sees the agent worker once it exists (to listen to completed/failed events). */
+  attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
+}
