@@ -1,21 +1,9 @@
 import { LRUCache } from 'lru-cache';
 import type { QuotaDecision } from '../shared/infra/db/quotas.js';
 import type { AdmissionLimiter } from '../shared/limits/admission-limiter.js';
-import { HttpError, withDeadline } from './http-errors.js';
+import type { AdmissionCheck } from '../shared/queue/admission-check.js';
 
-export interface AdmissionCheck {
-  /** Per-org request admission (token bucket) and durable quotas; a refusal becomes a 429. */
-  admit(orgId: string, jobs: number): Promise<{ allowed: true } | { allowed: false; reason: string; retryAfterS: number }>;
-}
-
-/** Spends the org's admission for `jobs` jobs; a refusal is a 429 with Retry-After. */
-export async function admitOrThrow(admission: AdmissionCheck | undefined, orgId: string, jobs: number, deadlineMs = 1000): Promise<void> {
-  if (!admission) return;
-  const verdict = await withDeadline(admission.admit(orgId, jobs), deadlineMs, 'rate limiter');
-  if (!verdict.allowed) {
-    throw new HttpError(429, verdict.reason, { retryAfter: verdict.retryAfterS }, { 'retry-after': String(verdict.retryAfterS) });
-  }
-}
+export type { AdmissionCheck } from '../shared/queue/admission-check.js';
 
 /** Jobs of one bulk request that cost one admission point (a request is one point). */
 export const JOBS_PER_POINT = 100;

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { LogController, type FastifyInstance } from 'fastify';
-import { ConflictError, ValidationError, NotFoundError } from '../shared/core/errors.js';
+import { ConflictError, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
 import type { Logger } from '../shared/core/logger.js';
 import { bearerToken, type KeyVerifier, type Principal } from './auth.js';
 import { HttpError, isRedisUnavailable } from './http-errors.js';
@@ -81,6 +81,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (err instanceof ValidationError) return reply.code(400).send({ error: err.message, details: err.details });
     if (err instanceof NotFoundError) return reply.code(404).send({ error: err.message });
     if (err instanceof ConflictError) return reply.code(409).send({ error: err.message });
+    if (err instanceof RateLimitedError) {
+      return reply.code(429).header('retry-after', String(err.retryAfterS)).send({ error: err.message, retryAfter: err.retryAfterS });
+    }
     if (typeof err?.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       const details = err.validation?.map((v: any) => ({ path: v.instancePath.replace(/^\//, '').replaceAll('/', '.') || v.params?.missingProperty || '(root)', message: v.message }));
       const message = err.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? `request body larger than ${deps.bodyLimit} bytes` : err.message;

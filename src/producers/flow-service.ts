@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { FlowProducer, Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
+import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import { jobRequestSchema } from '../shared/queue/job-request.js';
@@ -7,7 +7,7 @@ import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import { zodDetails } from '../shared/core/zod-details.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
-import { agentJobOptions, type RetentionOptions } from '../shared/queue/agent-queue.js';
+import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors } from '../shared/infra/redis/connection.js';
 import { childOutcomes } from '../shared/orchestration/child-outcomes.js';
@@ -44,7 +44,8 @@ export interface FlowServiceDeps {
   /** For the one blocking QueueEvents connection that long polls share, created on first use. */
   redisUrl: string;
   prefix: string;
-  producer: Pick<JobProducer, 'prepare'>;
+  /** The one enqueue path: flow children are agent jobs of the org like any other. */
+  producer: Pick<JobProducer, 'prepare' | 'enqueueFlow'>;
   agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } };
   models: Record<ModelTier, string>;
   retention: RetentionOptions;
@@ -64,10 +65,9 @@ function parse<T extends z.ZodType>(schema: T, value: unknown, message: string, 
 /** Starts fan-out flows and pipeline runs, and reads them back for one org at a time. */
 export function createFlowService(deps: FlowServiceDeps) {
   const flows = new Queue<FlowJobData, FlowJobResult>(QUEUE.flows, { connection: deps.redis, prefix: deps.prefix });
-  // Read-only here (child states); jobs are added through the producer or the FlowProducer.
+  // Read-only here (child states); jobs are added through the producer.
   const agentJobs = new Queue(QUEUE.agent, { connection: deps.redis, prefix: deps.prefix });
-  const producer = new FlowProducer({ connection: deps.redis, prefix: deps.prefix });
-  if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)'], [producer, 'flow producer']] as const) logConnectionErrors(e, deps.logger, what);
+  if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)']] as const) logConnectionErrors(e, deps.logger, what);
   const presets = new Map(deps.presets.map((p) => [p.name, p]));
   let events: { queueEvents: QueueEvents; connection: Redis } | undefined;
   const queueEvents = () => {
@@ -107,23 +107,15 @@ export function createFlowService(deps: FlowServiceDeps) {
       key: keys[i],
       agent: p.data.agent,
       action: p.data.action,
-      model: p.data.model ?? deps.models[deps.agents.resolve(p.data.agent, p.data.action).action.model],
+      model: p.lane.model,
     }));
     const data: ParallelFlowData = { kind: 'parallel', orgId: meta.orgId, ...(meta.requestId ? { requestId: meta.requestId } : {}), ...(preset ? { preset } : {}), children };
     const id = `flow-${randomUUID()}`;
-    await producer.add({
-      name: preset ?? 'parallel',
-      queueName: QUEUE.flows,
-      data,
-      opts: { ...flowJobOptions(deps.retention), jobId: id },
-      // FlowProducer does not apply a queue's default job options: children get the agent queue's explicitly.
-      children: prepared.map((p) => ({
-        name: p.name,
-        queueName: QUEUE.agent,
-        data: p.data,
-        opts: { ...agentJobOptions(deps.retention), ...p.opts, ignoreDependencyOnFailure: true },
-      })),
-    });
+    await deps.producer.enqueueFlow(
+      { name: preset ?? 'parallel', queueName: QUEUE.flows, data, opts: { ...flowJobOptions(deps.retention), jobId: id } },
+      prepared,
+      meta,
+    );
     return { id };
   }
 
@@ -224,7 +216,6 @@ export function createFlowService(deps: FlowServiceDeps) {
     },
 
     async close() {
-      await producer.close();
       await flows.close();
       await agentJobs.close();
       await events?.queueEvents.close();

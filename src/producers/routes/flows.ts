@@ -3,7 +3,6 @@ import { z } from 'zod';
 import { principalOf } from '../auth.js';
 import { withDeadline } from '../http-errors.js';
 import { parseRequest } from '../../shared/core/zod-details.js';
-import { admitOrThrow, type AdmissionCheck } from '../admission.js';
 import type { FlowService } from '../flow-service.js';
 import type { PipelineRegistry } from '../../shared/orchestration/pipeline.js';
 
@@ -13,7 +12,6 @@ export interface FlowRouteDeps {
   longPollMaxMs: number;
   /** Starting a flow answers 503 after this long instead of hanging while Redis is down. */
   enqueueDeadlineMs?: number;
-  admission?: AdmissionCheck;
 }
 
 const idParam = z.object({ id: z.string().min(1).max(200) });
@@ -28,8 +26,6 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
 
   app.post('/v1/flows/parallel', async (req, reply) => {
     const { orgId } = principalOf(req);
-    const tasks = (req.body as { tasks?: unknown })?.tasks;
-    await admitOrThrow(deps.admission, orgId, Array.isArray(tasks) ? Math.max(1, tasks.length) : 1);
     const flow = await withDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ flowId: flow.id }, 'parallel flow started');
     return reply.code(202).send(flow);
@@ -39,7 +35,6 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   app.post('/v1/flows/:name', async (req, reply) => {
     const { orgId } = principalOf(req);
     const { name } = parse(nameParam, req.params, 'path');
-    await admitOrThrow(deps.admission, orgId, 1);
     const flow = await withDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ flowId: flow.id, preset: name }, 'preset flow started');
     return reply.code(202).send(flow);
@@ -66,7 +61,6 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   app.post('/v1/pipelines/:name', async (req, reply) => {
     const { orgId } = principalOf(req);
     const { name } = parse(nameParam, req.params, 'path');
-    await admitOrThrow(deps.admission, orgId, 1);
     const run = await withDeadline(deps.flows.startPipeline(name, req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ runId: run.id, pipeline: name }, 'pipeline run started');
     return reply.code(202).send(run);

@@ -5,12 +5,10 @@ import { withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
 import type { JobService } from '../job-service.js';
 import { parseRequest } from '../../shared/core/zod-details.js';
-import { admitOrThrow, type AdmissionCheck } from '../admission.js';
 
 export interface JobRouteDeps {
   producer: JobProducer;
   jobs: JobService;
-  admission?: AdmissionCheck;
   /** Enqueue answers 503 after this long instead of hanging while Redis is down. */
   enqueueDeadlineMs?: number;
   longPollMaxMs: number;
@@ -22,11 +20,8 @@ const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() })
 export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
   const deadline = deps.enqueueDeadlineMs ?? 1000;
 
-  const admit = (orgId: string, count: number) => admitOrThrow(deps.admission, orgId, count, deadline);
-
   app.post('/v1/jobs', async (req, reply) => {
     const { orgId } = principalOf(req);
-    await admit(orgId, 1);
     const job = await withDeadline(deps.producer.enqueue(req.body, { orgId, requestId: req.id }), deadline);
     req.log.info({ jobId: job.id }, 'job enqueued');
     return reply.code(202).send(job);
@@ -34,8 +29,6 @@ export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
 
   app.post('/v1/jobs/bulk', async (req, reply) => {
     const { orgId } = principalOf(req);
-    const count = Array.isArray((req.body as { jobs?: unknown })?.jobs) ? (req.body as { jobs: unknown[] }).jobs.length : 1;
-    await admit(orgId, Math.max(1, count));
     const jobs = await withDeadline(deps.producer.enqueueBulk(req.body, { orgId, requestId: req.id }), deadline * 5);
     return reply.code(202).send({ jobs });
   });

@@ -10,7 +10,6 @@ import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
 import { principalOf } from '../auth.js';
 import { HttpError, withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
-import { admitOrThrow, type AdmissionCheck } from '../admission.js';
 import { toJobView } from '../job-service.js';
 import { zodDetails } from '../../shared/core/zod-details.js';
 import { serveJobStream, type SessionDeps, type StreamTarget } from './stream-session.js';
@@ -21,7 +20,6 @@ export interface StreamRouteDeps extends SessionDeps {
   slots: StreamSlots;
   maxStreamsPerOrg: number;
   /** The same per-org admission as `POST /v1/jobs` (rate plan, quotas). */
-  admission?: AdmissionCheck;
   enqueueDeadlineMs?: number;
 }
 
@@ -92,7 +90,6 @@ export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
 
   app.post('/v1/stream', async (req, reply) => {
     const { orgId } = principalOf(req);
-    await admitOrThrow(deps.admission, orgId, 1, deadline);
     const body = req.body;
     // Always a streaming job; a malformed `options` is left for validation to name.
     const raw = isPlainObject(body) && (body.options === undefined || isPlainObject(body.options)) ? { ...body, options: { ...(body.options ?? {}), stream: true } } : body;

@@ -31,3 +31,13 @@ export class ConflictError extends AgentqError {
     super(message, 'ECONFLICT');
   }
 }
+
+/** Over the org's request rate plan or a durable quota: 429 with Retry-After; nothing was enqueued. */
+export class RateLimitedError extends AgentqError {
+  constructor(
+    message: string,
+    readonly retryAfterS: number,
+  ) {
+    super(message, 'ERATELIMITED');
+  }
+}

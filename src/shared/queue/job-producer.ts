@@ -1,16 +1,22 @@
 import { createHash, randomUUID } from 'node:crypto';
-import type { JobsOptions } from 'bullmq';
+import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { ModelTier } from '../agents/define-agent.js';
 import { ValidationError } from '../core/errors.js';
-import type { AgentQueue } from './agent-queue.js';
-import { createOrgJobIndexWriter } from './org-job-index.js';
 import type { AgentJobData } from '../core/types.js';
-import { bulkRequestSchema, jobRequestSchema, type JobRequest } from './job-request.js';
 import { zodDetails } from '../core/zod-details.js';
+import { parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
+import { admitOrThrow, type AdmissionCheck } from './admission-check.js';
+import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
+import { estimateTokens } from './estimate-tokens.js';
+import { bulkRequestSchema, jobRequestSchema, type JobRequest } from './job-request.js';
+import { createOrgJobIndexWriter } from './org-job-index.js';
+import { QUEUE } from '../core/queue-names.js';
 
-/** What the producer needs from the agent registry: input validation that throws ValidationError. */
+/** What the producer needs from the agent registry: input validation (throws ValidationError) and tiers. */
 export interface InputValidator {
   validateInput(agent: string, action: string, input: unknown): unknown;
+  resolve(agent: string, action: string): { action: { model: ModelTier } };
 }
 
 export interface EnqueueMeta {
@@ -24,19 +30,46 @@ export interface EnqueuedJob {
   state: string;
 }
 
-/**
- * Validates and enqueues agent jobs. Used by the HTTP API and, as the "direct producer", by services that
- * share Redis: both paths run the same validation, so nothing reaches a worker that the API would refuse.
- */
-export function createJobProducer(deps: { queue: AgentQueue; agents: InputValidator }) {
-  const { queue, agents } = deps;
-  // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own (ioredis) connection. A
-  // failed index write only hides the job from listings, so it never fails the enqueue itself.
-  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<Redis>, prefix: queue.opts.prefix ?? 'bull' });
-  const indexed = (orgId: string, ps: Array<ReturnType<typeof prepare>>) =>
-    index.add(orgId, ps.map((p) => ({ id: p.opts.jobId!, at: p.data.enqueuedAt }))).catch(() => undefined);
+/** One validated job request, ready to be added (alone, in bulk, as a flow child or a pipeline step). */
+export interface PreparedJob {
+  name: string;
+  data: AgentJobData;
+  opts: JobsOptions & { jobId: string };
+  idempotent: boolean;
+  /** What the fair dispatcher needs: the model the job will call and its token estimate. */
+  lane: { model: string; estTokens: number; priority?: number; delayMs?: number };
+}
 
-  function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = '') {
+export interface JobProducerDeps {
+  queue: AgentQueue;
+  agents: InputValidator;
+  models: Record<ModelTier, string>;
+  scheduler: Pick<FairScheduler, 'enqueue'>;
+  retention: RetentionOptions;
+  /** Rate plan and quotas; absent for trusted callers (the direct producer, pipeline steps of an admitted run). */
+  admission?: AdmissionCheck;
+  /** Adds fan-out flows (parent in the flows queue, children agent jobs); absent where flows are not served. */
+  flows?: FlowProducer;
+}
+
+/**
+ * The one path by which agent jobs enter agentq: validation, job options, idempotency, admission, the per-org
+ * index, and the fair dispatcher. The HTTP API, the direct producer, flows (parent and children) and pipeline
+ * steps all come through here, so every job of an org is listed, limited and scheduled alike.
+ *
+ * Jobs are added to BullMQ parked (delayed to a far-future instant BullMQ never reaches) and then handed to
+ * the dispatcher, which promotes them when their org's share, concurrency and rate limits allow. Add first,
+ * lane second: a crash in between leaves a parked job the orphan sweep (workers' maintenance) lanes again.
+ */
+export function createJobProducer(deps: JobProducerDeps) {
+  const { queue, agents } = deps;
+  const jobDefaults = agentJobOptions(deps.retention);
+  // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own connection. A failed
+  // index write only hides the job from listings, so it never fails the enqueue itself.
+  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<Redis>, prefix: queue.opts.prefix ?? 'bull' });
+  const indexed = (orgId: string, ps: PreparedJob[]) => index.add(orgId, ps.map((p) => ({ id: p.opts.jobId, at: p.data.enqueuedAt }))).catch(() => undefined);
+
+  function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = ''): PreparedJob {
     const parsed = jobRequestSchema.safeParse(raw);
     if (!parsed.success) throw new ValidationError('invalid job request', zodDetails(parsed.error, pathPrefix));
     const req: JobRequest = parsed.data;
@@ -50,6 +83,7 @@ export function createJobProducer(deps: { queue: AgentQueue; agents: InputValida
       throw err;
     }
     const opts = req.options ?? {};
+    const now = Date.now();
     const data: AgentJobData = {
       orgId: meta.orgId,
       agent: req.agent,
@@ -59,43 +93,89 @@ export function createJobProducer(deps: { queue: AgentQueue; agents: InputValida
       ...(opts.stream ? { stream: true } : {}),
       ...(meta.requestId ? { requestId: meta.requestId } : {}),
       ...(meta.userId ? { userId: meta.userId } : {}),
-      enqueuedAt: Date.now(),
+      enqueuedAt: now,
     };
-    const jobOpts: JobsOptions = {
-      // Idempotent jobs get an id derived from (org, key): BullMQ's add is a no-op for an existing id, atomically,
-      // so racing duplicates all see the one job. Org is in the hash, so keys never collide across tenants.
-      jobId: opts.idempotencyKey ? idempotentJobId(meta.orgId, opts.idempotencyKey) : randomUUID(),
-      ...(opts.priority ? { priority: opts.priority } : {}),
-      ...(opts.delayMs ? { delay: opts.delayMs } : {}),
+    // Idempotent jobs get an id derived from (org, key): BullMQ's add is a no-op for an existing id, atomically,
+    // so racing duplicates all see the one job. Org is in the hash, so keys never collide across tenants.
+    const jobId = opts.idempotencyKey ? idempotentJobId(meta.orgId, opts.idempotencyKey) : randomUUID();
+    return {
+      name: `${req.agent}:${req.action}`,
+      data,
       // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
-      timestamp: data.enqueuedAt,
+      opts: { ...jobDefaults, ...parkedJobOptions(jobId, opts.priority, now) },
+      idempotent: Boolean(opts.idempotencyKey),
+      lane: {
+        model: opts.model ?? deps.models[agents.resolve(req.agent, req.action).action.model],
+        estTokens: estimateTokens(input),
+        ...(opts.priority ? { priority: opts.priority } : {}),
+        ...(opts.delayMs ? { delayMs: opts.delayMs } : {}),
+      },
     };
-    return { name: `${req.agent}:${req.action}`, data, opts: jobOpts, idempotent: Boolean(opts.idempotencyKey) };
   }
 
-  async function stateOf(job: { id?: string; opts: JobsOptions; getState(): Promise<string> }, idempotent: boolean): Promise<string> {
-    if (idempotent) return job.getState();
-    return job.opts.delay ? 'delayed' : job.opts.priority ? 'prioritized' : 'waiting';
+  const entryOf = (p: PreparedJob): FairEntry => ({
+    jobId: p.opts.jobId,
+    orgId: p.data.orgId,
+    model: p.lane.model,
+    estTokens: p.lane.estTokens,
+    ...(p.lane.priority ? { priority: p.lane.priority } : {}),
+    ...(p.lane.delayMs ? { notBeforeMs: p.data.enqueuedAt + p.lane.delayMs } : {}),
+  });
+
+  /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
+  const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
+
+  async function existingState(p: PreparedJob, id: string | undefined): Promise<string> {
+    if (!p.idempotent || !id) return stateOf(p);
+    return queue.getJobState(id);
+  }
+
+  /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
+  async function add(prepared: PreparedJob[], meta: EnqueueMeta, o: { parent?: ParentOptions; admitted?: boolean; ignoreDependencyOnFailure?: boolean } = {}): Promise<EnqueuedJob[]> {
+    if (prepared.length === 0) return [];
+    if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
+    const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
+    const [jobs] = await Promise.all([
+      prepared.length === 1
+        ? queue.add(prepared[0].name, prepared[0].data, { ...prepared[0].opts, ...extra }).then((j) => [j])
+        : queue.addBulk(prepared.map((p) => ({ name: p.name, data: p.data, opts: { ...p.opts, ...extra } }))),
+      indexed(meta.orgId, prepared),
+    ]);
+    await deps.scheduler.enqueue(prepared.map(entryOf));
+    return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
   }
 
   return {
-    /** Validates one job request into what `queue.add` (or a flow child) takes; throws ValidationError. */
     prepare,
+    add,
 
     async enqueue(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
-      const p = prepare(raw, meta);
-      const [job] = await Promise.all([queue.add(p.name, p.data, p.opts), indexed(meta.orgId, [p])]);
-      return { id: job.id!, state: await stateOf(job, p.idempotent) };
+      const [job] = await add([prepare(raw, meta)], meta);
+      return job;
     },
 
-    /** All-or-nothing validation, then one `addBulk` (a single MULTI round trip). */
+    /** All-or-nothing validation, then one `addBulk` (a single MULTI round trip) and one dispatcher call. */
     async enqueueBulk(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob[]> {
       const shape = bulkRequestSchema.safeParse(raw);
       if (!shape.success) throw new ValidationError('invalid bulk request', zodDetails(shape.error));
-      const list = shape.data.jobs;
-      const prepared = list.map((item, i) => prepare(item, meta, `jobs.${i}.`));
-      const [jobs] = await Promise.all([queue.addBulk(prepared), indexed(meta.orgId, prepared)]);
-      return Promise.all(jobs.map((job, i) => stateOf(job, prepared[i].idempotent).then((state) => ({ id: job.id!, state }))));
+      return add(shape.data.jobs.map((item, i) => prepare(item, meta, `jobs.${i}.`)), meta);
+    },
+
+    /**
+     * A fan-out flow: `parent` (a flows-queue job) waits for `children` (prepared agent jobs), each a job of
+     * the org, admitted, indexed and dispatched like any other. Children may fail without failing the parent.
+     */
+    async enqueueFlow(parent: Omit<FlowJob, 'children'>, children: PreparedJob[], meta: EnqueueMeta): Promise<void> {
+      if (!deps.flows) throw new Error('this producer has no flow producer');
+      await admitOrThrow(deps.admission, meta.orgId, children.length);
+      await Promise.all([
+        deps.flows.add({
+          ...parent,
+          children: children.map((p) => ({ name: p.name, queueName: QUEUE.agent, data: p.data, opts: { ...p.opts, ignoreDependencyOnFailure: true } })),
+        }),
+        indexed(meta.orgId, children),
+      ]);
+      await deps.scheduler.enqueue(children.map(entryOf));
     },
   };
 }

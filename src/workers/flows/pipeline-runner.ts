@@ -1,11 +1,10 @@
 import { UnrecoverableError, WaitingChildrenError, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { EnqueueMeta } from '../../shared/queue/job-producer.js';
+import type { JobProducer } from '../../shared/queue/job-producer.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey } from '../../shared/core/cancel.js';
-import type { AgentJobData } from '../../shared/core/types.js';
 import { childOutcomes, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import type { PipelineRunData, PipelineRunResult, StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
@@ -20,8 +19,9 @@ export interface PipelineProgressEvent {
 
 export interface PipelineRunnerDeps {
   pipelines: PipelineRegistry;
-  producer: { prepare(raw: unknown, meta: EnqueueMeta, pathPrefix?: string): { name: string; data: AgentJobData; opts: object } };
-  /** The agent queue on a blocking-safe connection: step jobs are added to it as children of the run. */
+  /** The one enqueue path: a step is an agent job of the run's org, listed and fairly dispatched like any other. */
+  producer: Pick<JobProducer, 'prepare' | 'add'>;
+  /** The agent queue on a blocking-safe connection, to read step jobs' states. */
   agentQueue: AgentQueue;
   redis: Redis;
   prefix: string;
@@ -79,12 +79,17 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
     return (await deps.redis.exists(cancelledKey(deps.prefix, jobId))) ? { state: 'failed', error: CANCELLED_REASON } : undefined;
   }
 
+  /**
+   * Adds the step job, or hands an existing one to the dispatcher again: both are idempotent by job id, so a
+   * run recovered after a crash between the add and the dispatcher's lane never strands its step.
+   */
   async function addStep(job: Job<PipelineRunData>, rec: StepRecord): Promise<void> {
-    const p = deps.producer.prepare({ agent: rec.agent, action: rec.action, input: rec.input }, { orgId: job.data.orgId, requestId: job.data.requestId });
-    await deps.agentQueue.add(p.name, p.data, {
-      ...p.opts,
-      jobId: rec.jobId,
+    const meta = { orgId: job.data.orgId, ...(job.data.requestId ? { requestId: job.data.requestId } : {}) };
+    const p = deps.producer.prepare({ agent: rec.agent, action: rec.action, input: rec.input }, meta);
+    await deps.producer.add([{ ...p, opts: { ...p.opts, jobId: rec.jobId! } }], meta, {
       parent: { id: job.id!, queue: job.queueQualifiedName },
+      // The run was admitted as a whole when it started.
+      admitted: true,
       // The run decides what a failed step means (stop or continue), so a failure must not strand it.
       ignoreDependencyOnFailure: true,
     });
@@ -99,10 +104,8 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       const existed = (await deps.agentQueue.getJobState(jobId)) !== 'unknown';
       const outcome = (await childOutcomes(job, childQueue)).get(jobId) ?? (await cancelledOutcome(jobId));
       if (outcome) return outcome;
-      if (!existed) {
-        await addStep(job, rec);
-        await deps.onProgress?.({ runId: job.id!, stepId: rec.id, event: 'child-added' });
-      }
+      await addStep(job, rec);
+      if (!existed) await deps.onProgress?.({ runId: job.id!, stepId: rec.id, event: 'child-added' });
       if (await job.moveToWaitingChildren(token, { child: { id: jobId, queue: childQueue } })) throw new WaitingChildrenError();
       // Not parked: the step job settled in the meantime, so the next round reads its outcome.
     }
