@@ -1,12 +1,14 @@
-import { Queue, Worker, type Job } from 'bullmq';
+import { DelayedError, Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
-import { isParked, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
+import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const FLASH = 'gemini-2.5-flash';
+const PRO = 'gemini-2.5-pro';
 
 interface Ctx {
   prefix: string;
@@ -15,8 +17,9 @@ interface Ctx {
   scheduler: FairScheduler;
   /** Adds parked BullMQ jobs and lanes them without dispatching; returns their ids in order. */
   add(org: string, n: number, o?: { model?: string; priority?: number; est?: number; tag?: string }): Promise<string[]>;
-  worker(processor: (job: Job) => Promise<unknown>, concurrency?: number): Worker;
-  loop(): DispatchLoop;
+  worker(processor: (job: Job, token?: string) => Promise<unknown>, concurrency?: number): Worker;
+  loop(onDispatch?: (r: DispatchResult) => void): DispatchLoop;
+  redisNow(): Promise<number>;
 }
 
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -69,8 +72,12 @@ async function setup(over: Partial<FairSchedulerOptions> = {}): Promise<Ctx> {
       });
       return w;
     },
-    loop() {
-      const l = createDispatchLoop({ scheduler, safetyPollMs: 5_000 });
+    async redisNow() {
+      const [sec, usec] = await redis.time();
+      return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    },
+    loop(onDispatch) {
+      const l = createDispatchLoop({ scheduler, safetyPollMs: 5_000, onDispatch });
       cleanups.push(() => l.close());
       return l;
     },
@@ -167,5 +174,198 @@ describe('fair scheduler', () => {
     const bCount = next.filter((id) => orgOf(id) === b).length;
     expect(bCount).toBeGreaterThanOrEqual(9);
     expect(bCount).toBeLessThanOrEqual(11);
+  });
+});
+
+describe('fair scheduler limits', () => {
+  it('keeps an org at its concurrency cap under a busy worker, and finishes everything', { timeout: 60_000 }, async () => {
+    const c = await setup({ bufferTarget: 20 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 3 });
+    const loop = c.loop();
+    let running = 0;
+    let maxRunning = 0;
+    let maxSampled = 0;
+    let done = 0;
+    const w = c.worker(async () => {
+      maxRunning = Math.max(maxRunning, ++running);
+      maxSampled = Math.max(maxSampled, await c.queue.getActiveCount());
+      await new Promise((r) => setTimeout(r, 5)); // the job's own work
+      running--;
+    }, 10);
+    const finished = (job: Job | undefined) => {
+      if (!job) return;
+      void c.scheduler.release([job.id!]).then(() => {
+        done++;
+        return loop.kick();
+      });
+    };
+    w.on('completed', finished);
+    w.on('failed', finished);
+    for (let i = 0; i < 4; i++) {
+      await c.add(org, 10);
+      void loop.kick();
+    }
+    await vi.waitFor(() => expect(done).toBe(40), { timeout: 45_000, interval: 50 });
+    expect(maxRunning).toBe(3);
+    expect(maxSampled).toBeLessThanOrEqual(3);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+    expect(await c.queue.getCompletedCount()).toBe(40);
+  });
+
+  it('dispatches a bucket-full at once, then only on wake-ups, with why() = rate_limited', { timeout: 30_000 }, async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+    const ids = await c.add(org, 100);
+    let promoted = 0;
+    const loop = c.loop((r) => (promoted += r.promoted.length));
+    await loop.kick();
+    expect(promoted).toBe(60);
+    expect(await c.queue.getDelayedCount()).toBe(40);
+    expect((await c.scheduler.orgStats(org)).waiting).toBe(40);
+    const why = await c.scheduler.why(ids[60]);
+    const now = await c.redisNow();
+    expect(why).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:${FLASH}`, position: 0 });
+    expect(why!.etaMs! - now).toBeGreaterThan(0);
+    expect(why!.etaMs! - now).toBeLessThanOrEqual(1_100);
+
+    // Count every command our connection (scheduler + queue) sends while only the wake-ups run.
+    let commands = 0;
+    const send = c.redis.sendCommand.bind(c.redis);
+    (c.redis as unknown as { sendCommand: typeof send }).sendCommand = (...a: Parameters<typeof send>) => {
+      commands++;
+      return send(...a);
+    };
+    const t0 = Date.now();
+    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(63), { timeout: 10_000, interval: 20 });
+    const elapsed = Date.now() - t0;
+    // 1 token per second: three more jobs need about three seconds, not a burst.
+    expect(elapsed).toBeGreaterThan(1_800);
+    // Each wake-up is one dispatch script plus one promote; polling would be tens of calls per second.
+    expect(commands).toBeLessThanOrEqual(12);
+  });
+
+  it('recovers slots after a crash: parked -> back to lane, finished -> freed, active -> extended', { timeout: 30_000 }, async () => {
+    const c = await setup({ leaseMs: 300 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 3 });
+    const ids = await c.add(org, 5);
+    // "Crash" between dispatch and promote: the script leased three jobs, nobody promoted them.
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 3));
+    expect(await c.queue.getDelayedCount()).toBe(5);
+    expect((await c.scheduler.why(ids[3]))?.reason).toBe('org_concurrency');
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 3)), { timeout: 5_000, interval: 50 });
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
+    expect(await c.queue.getJobCountByTypes('waiting', 'prioritized')).toBe(3);
+
+    // ids[0] finishes (no release call: the worker "died" before it), ids[1..2] stay active.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    c.worker(async (job) => {
+      if (job.id !== ids[0]) await gate;
+    }, 5);
+    cleanups.push(async () => open()); // runs before the worker's close (cleanups run in reverse)
+    await vi.waitFor(async () => {
+      expect(await c.queue.getJobState(ids[0])).toBe('completed');
+      expect(await c.queue.getActiveCount()).toBe(2);
+    }, { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual([ids[3]]), { timeout: 5_000, interval: 50 });
+    const now = await c.redisNow();
+    const leases = await c.redis.zrange(c.scheduler.keys.leases, 0, -1, 'WITHSCORES');
+    const leased = new Map<string, number>();
+    for (let i = 0; i < leases.length; i += 2) leased.set(leases[i], Number(leases[i + 1]));
+    expect([...leased.keys()].sort()).toEqual([ids[1], ids[2], ids[3]].sort());
+    for (const d of leased.values()) expect(d).toBeGreaterThan(now);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    expect((await c.scheduler.why(ids[4]))?.reason).toBe('org_concurrency');
+  });
+
+  it('repark frees the slot and brings the job back after its backoff', { timeout: 30_000 }, async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 2);
+    const loop = c.loop();
+    const runs: Array<{ id: string; at: number }> = [];
+    let reparkedAt = 0;
+    let whyDuringBackoff: unknown;
+    const w = c.worker(async (job, token) => {
+      runs.push({ id: job.id!, at: Date.now() });
+      if (job.id === ids[0] && runs.filter((r) => r.id === ids[0]).length === 1) {
+        await parkActiveJob(job, token!);
+        reparkedAt = Date.now();
+        expect(await c.scheduler.repark(job.id, reparkedAt + 400, 'retry_backoff:1')).toBe(true);
+        whyDuringBackoff = await c.scheduler.why(job.id);
+        void loop.kick();
+        throw new DelayedError();
+      }
+    }, 2);
+    const completed: string[] = [];
+    w.on('completed', (job) => {
+      completed.push(job.id!);
+      void c.scheduler.release([job.id!]).then(() => loop.kick());
+    });
+    await loop.kick();
+    await vi.waitFor(() => expect(completed).toHaveLength(2), { timeout: 10_000, interval: 20 });
+    expect(completed).toEqual([ids[1], ids[0]]);
+    expect(whyDuringBackoff).toMatchObject({ reason: 'retry_backoff', limit: 'retry_backoff:1' });
+    const second = runs.filter((r) => r.id === ids[0])[1];
+    expect(second.at).toBeGreaterThanOrEqual(reparkedAt + 390);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+  });
+
+  it('cancel removes a waiting job only', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 3);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[0]]);
+    expect(await c.scheduler.cancel(ids[2])).toBe(true);
+    expect(await c.scheduler.why(ids[2])).toBeNull();
+    expect(await c.scheduler.cancel(ids[2])).toBe(false);
+    expect(await c.scheduler.cancel(ids[0])).toBe(false);
+    expect((await c.scheduler.orgStats(org)).waiting).toBe(1);
+    expect(await c.scheduler.release([ids[0]])).toBe(1);
+    expect(await c.scheduler.release([ids[0]])).toBe(0);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[1]]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+  });
+
+  it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', { timeout: 30_000 }, async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const flash = await c.add(org, 2, { model: FLASH });
+    const pro = await c.add(org, 2, { model: PRO });
+    const until = (await c.redisNow()) + 500;
+    await c.scheduler.blockModel(PRO, until, 'breaker_open');
+    const r = await c.scheduler.dispatch();
+    expect(r.promoted).toEqual(flash);
+    expect(r.nextWakeMs).toBe(until);
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'model_blocked', limit: 'breaker_open', etaMs: until, position: 0 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    let woke: DispatchResult | undefined;
+    await vi.waitFor(async () => {
+      const d = await c.scheduler.dispatch();
+      expect(d.promoted).toEqual(pro);
+      woke = d;
+    }, { timeout: 5_000, interval: 50 });
+    expect(woke!.nowMs).toBeGreaterThanOrEqual(until);
+  });
+
+  it('applies a plan change at the next dispatch', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 10);
+    expect((await c.scheduler.dispatch()).promoted).toHaveLength(1);
+    expect((await c.scheduler.dispatch()).promoted).toHaveLength(0);
+    expect((await c.scheduler.why(ids[1]))?.reason).toBe('org_concurrency');
+    expect(await c.scheduler.getPlan(org)).toEqual({ concurrency: 1 });
+    await c.scheduler.setPlan(org, { concurrency: 5 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(1, 5));
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(5);
+    expect((await c.scheduler.orgStats(org)).plan.concurrency).toBe(5);
   });
 });
