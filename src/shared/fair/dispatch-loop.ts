@@ -1,0 +1,82 @@
+import type { FairScheduler, DispatchResult } from './fair-scheduler.js';
+
+export interface DispatchLoopLogger {
+  warn(obj: object, msg?: string): void;
+}
+
+export interface DispatchLoop {
+  /** Asks for a dispatch soon; concurrent kicks coalesce into one running call plus at most one pending. */
+  kick(): Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Runs `scheduler.dispatch()` on demand (enqueue, job finished) and at the one time the scheduler says a
+ * lane or retry becomes due, so idle and throttled lanes cost no Redis traffic. A slow safety poll covers
+ * lost kicks and sweeps expired leases (crashed workers).
+ */
+export function createDispatchLoop(opts: {
+  scheduler: Pick<FairScheduler, 'dispatch'>;
+  logger?: DispatchLoopLogger;
+  safetyPollMs?: number;
+  onDispatch?: (r: DispatchResult) => void;
+}): DispatchLoop {
+  let running: Promise<void> | undefined;
+  let pending = false;
+  let closed = false;
+  let wakeTimer: NodeJS.Timeout | undefined;
+  let wakeAt = Infinity;
+
+  const arm = (r: DispatchResult) => {
+    if (r.more) pending = true;
+    if (r.nextWakeMs === undefined || closed) return;
+    // nextWakeMs is Redis time: convert to a local deadline through the Redis `now` of the same call.
+    const at = Date.now() + Math.max(0, r.nextWakeMs - r.nowMs) + 1;
+    if (at >= wakeAt) return;
+    if (wakeTimer) clearTimeout(wakeTimer);
+    wakeAt = at;
+    wakeTimer = setTimeout(() => {
+      wakeTimer = undefined;
+      wakeAt = Infinity;
+      void kick();
+    }, at - Date.now());
+    wakeTimer.unref();
+  };
+
+  const run = async () => {
+    do {
+      pending = false;
+      try {
+        const r = await opts.scheduler.dispatch();
+        arm(r);
+        opts.onDispatch?.(r);
+      } catch (err) {
+        opts.logger?.warn({ err }, 'fair dispatch failed');
+      }
+    } while (pending && !closed);
+    running = undefined;
+  };
+
+  function kick(): Promise<void> {
+    if (closed) return Promise.resolve();
+    if (running) {
+      pending = true;
+      return running;
+    }
+    running = run();
+    return running;
+  }
+
+  const poll = setInterval(() => void kick(), opts.safetyPollMs ?? 5_000);
+  poll.unref();
+
+  return {
+    kick,
+    async close() {
+      closed = true;
+      clearInterval(poll);
+      if (wakeTimer) clearTimeout(wakeTimer);
+      await running;
+    },
+  };
+}

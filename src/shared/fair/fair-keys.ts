@@ -1,0 +1,133 @@
+/**
+ * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. Lua receives the
+ * list below as KEYS (same order for every fair script) and only appends ids to the `*Prefix` entries:
+ *   <keyPrefix>:job:<jobId>            HASH  o org, m model, p priority, e est tokens, s seq, st lane|timer|lease, r reason
+ *   <keyPrefix>:lane:<org>|<model>     ZSET  ready line: jobId -> priority * 2^31 + seq
+ *   <keyPrefix>:lanes                  ZSET  active lanes -> their org's virtual time
+ *   <keyPrefix>:olanes:<org>           SET   the org's non-empty lanes (any state)
+ *   <keyPrefix>:capblk:<org>           SET   the org's lanes waiting for an in-flight slot
+ *   <keyPrefix>:sleep                  ZSET  lanes waiting for a rate limit / model block -> wake time ms
+ *   <keyPrefix>:sleepwhy               HASH  lane -> limit name (bucket name, or model:<model>)
+ *   <keyPrefix>:timers                 ZSET  reparked jobs -> not-before ms
+ *   <keyPrefix>:otimers                HASH  org -> number of its jobs in timers
+ *   <keyPrefix>:leases                 ZSET  dispatched jobs -> lease deadline ms
+ *   <keyPrefix>:inflight               HASH  org -> slots held (always = the org's members of leases)
+ *   <keyPrefix>:vt / :gvt / :seq       HASH org -> virtual time / global virtual time / FIFO counter
+ *   <keyPrefix>:mblock / :mblockwhy    HASH  model -> blocked until ms / reason
+ *   <keyPrefix>:mlimits                HASH  rpm:<model> / tpm:<model> -> global limit per minute
+ *   <keyPrefix>:plan:<org>             HASH  weight, concurrency, rpmPro, rpmFlash, tpm
+ *   <bucketPrefix>:tb:rpm:org:<org>:<model>, :tb:tpm:org:<org>:<model>, :tb:rpm:model:<model>,
+ *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
+ *   BullMQ's wait, prioritized, delayed and job hashes: read only.
+ */
+
+/** The parts of a BullMQ Queue the keys need. */
+export interface QueueKeySource {
+  toKey(type: string): string;
+}
+
+export const FAIR_KEY_NAMES = [
+  'lanes',
+  'sleep',
+  'sleepWhy',
+  'timers',
+  'orgTimers',
+  'leases',
+  'inflight',
+  'vt',
+  'gvt',
+  'seq',
+  'modelBlock',
+  'modelBlockWhy',
+  'modelLimits',
+  'jobPrefix',
+  'lanePrefix',
+  'orgLanesPrefix',
+  'capBlockedPrefix',
+  'planPrefix',
+  'tbRpmOrgPrefix',
+  'tbTpmOrgPrefix',
+  'tbRpmModelPrefix',
+  'tbTpmModelPrefix',
+  'queueWait',
+  'queuePrioritized',
+  'queueDelayed',
+  'queueJobPrefix',
+] as const;
+
+export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
+
+export interface FairKeys {
+  named: Record<FairKeyName, string>;
+  /** KEYS for every fair Lua script, in FAIR_KEY_NAMES order. */
+  list: string[];
+  plan(org: string): string;
+  leases: string;
+  inflight: string;
+  /** The bucket name (under bucketPrefix, as token-bucket.ts takes it) of each dispatch limit. */
+  bucketName: {
+    rpmOrg(org: string, model: string): string;
+    tpmOrg(org: string, model: string): string;
+    rpmModel(model: string): string;
+    tpmModel(model: string): string;
+  };
+}
+
+const hashTag = (key: string): string | undefined => {
+  const open = key.indexOf('{');
+  if (open < 0) return undefined;
+  const close = key.indexOf('}', open + 1);
+  return close > open + 1 ? key.slice(open + 1, close) : undefined;
+};
+
+export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue: QueueKeySource }): FairKeys {
+  const p = opts.keyPrefix;
+  const b = opts.bucketPrefix;
+  const q = opts.queue;
+  // Scripts touch all of these in one call: on Redis Cluster they must hash to one slot.
+  const tags = [p, b, q.toKey('wait')].map(hashTag);
+  if (tags.some((t) => t !== tags[0])) {
+    throw new Error(`keyPrefix, bucketPrefix and the queue prefix must share one hash tag: ${p}, ${b}, ${q.toKey('wait')}`);
+  }
+  const named: Record<FairKeyName, string> = {
+    lanes: `${p}:lanes`,
+    sleep: `${p}:sleep`,
+    sleepWhy: `${p}:sleepwhy`,
+    timers: `${p}:timers`,
+    orgTimers: `${p}:otimers`,
+    leases: `${p}:leases`,
+    inflight: `${p}:inflight`,
+    vt: `${p}:vt`,
+    gvt: `${p}:gvt`,
+    seq: `${p}:seq`,
+    modelBlock: `${p}:mblock`,
+    modelBlockWhy: `${p}:mblockwhy`,
+    modelLimits: `${p}:mlimits`,
+    jobPrefix: `${p}:job:`,
+    lanePrefix: `${p}:lane:`,
+    orgLanesPrefix: `${p}:olanes:`,
+    capBlockedPrefix: `${p}:capblk:`,
+    planPrefix: `${p}:plan:`,
+    tbRpmOrgPrefix: `${b}:tb:rpm:org:`,
+    tbTpmOrgPrefix: `${b}:tb:tpm:org:`,
+    tbRpmModelPrefix: `${b}:tb:rpm:model:`,
+    tbTpmModelPrefix: `${b}:tb:tpm:model:`,
+    queueWait: q.toKey('wait'),
+    queuePrioritized: q.toKey('prioritized'),
+    queueDelayed: q.toKey('delayed'),
+    queueJobPrefix: q.toKey(''),
+  };
+  return {
+    named,
+    list: FAIR_KEY_NAMES.map((n) => named[n]),
+    plan: (org) => named.planPrefix + org,
+    leases: named.leases,
+    inflight: named.inflight,
+    bucketName: {
+      rpmOrg: (org, model) => `rpm:org:${org}:${model}`,
+      tpmOrg: (org, model) => `tpm:org:${org}:${model}`,
+      rpmModel: (model) => `rpm:model:${model}`,
+      tpmModel: (model) => `tpm:model:${model}`,
+    },
+  };
+}

@@ -1,0 +1,90 @@
+import { defineLua, type RedisClient } from '../guards/lua-script.js';
+import type { FairKeys } from './fair-keys.js';
+import { PARK_SCORE_MIN } from './park.js';
+import type { FairDefaults } from './fair-plan.js';
+
+const fairLuaDir = new URL('./lua/', import.meta.url);
+
+export interface FairLuaConfig {
+  defaults: FairDefaults;
+  leaseMs: number;
+  bufferTarget: number;
+  /** Most jobs one dispatch call hands out (bounds the script's run time). */
+  maxBatch: number;
+  /** Most due timers, sleepers and expired leases each handled per dispatch call. */
+  sweepMax: number;
+}
+
+/** What one dispatch script call decided (ids not yet promoted in BullMQ). */
+export interface RawDispatch {
+  ids: string[];
+  /** Redis time (ms) of the earliest timer or sleeping lane, if any. */
+  nextWakeMs?: number;
+  /** Redis time (ms) of the decision. */
+  nowMs: number;
+  /** True when the call stopped at its batch / scan bound with work left: call again at once. */
+  more: boolean;
+  /** Ids enqueue refused because their BullMQ job is not parked. */
+  skipped: string[];
+}
+
+export interface WhyRaw {
+  reason: string;
+  limit: string;
+  etaMs: number;
+  position: number;
+}
+
+/** The fair scripts bound to one client, key set and config: the low-level layer under the scheduler. */
+export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaConfig) {
+  const core = defineLua(redis, fairLuaDir, 'fair-core-N.lua');
+  const why = defineLua(redis, fairLuaDir, 'fair-why-N.lua');
+  const stats = defineLua(redis, fairLuaDir, 'fair-stats-N.lua');
+  const d = cfg.defaults;
+  const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
+  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch) =>
+    core(keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, ...args]);
+  const toDispatch = (r: unknown): RawDispatch => {
+    const [ids, wake, now, more, skipped] = r as [string[], string, number, number, string[]];
+    const w = Number(wake);
+    return { ids, nowMs: now, more: more === 1, skipped, ...(w > 0 ? { nextWakeMs: w } : {}) };
+  };
+  return {
+    /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
+    async dispatch(maxJobs?: number): Promise<RawDispatch> {
+      return toDispatch(await call('dispatch', [], maxJobs));
+    },
+    /** entries flattened as id, org, model, priority, est, model rpm, model tpm. */
+    async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {
+      return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
+    },
+    async release(ids: string[]): Promise<number> {
+      return ids.length === 0 ? 0 : ((await call('release', ids)) as number);
+    },
+    async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
+      return (await call('repark', [id, Math.ceil(notBeforeMs), reason])) === 1;
+    },
+    async cancel(id: string): Promise<boolean> {
+      return (await call('cancel', [id])) === 1;
+    },
+    async plan(org: string, fields: string[]): Promise<void> {
+      await call('plan', [org, ...fields]);
+    },
+    async block(model: string, untilMs: number, reason: string): Promise<void> {
+      await call('block', [model, Math.ceil(untilMs), reason]);
+    },
+    async why(id: string): Promise<WhyRaw | null> {
+      const r = (await why(keys.list, [id, d.concurrency])) as [string, string, string, number] | null;
+      if (!r) return null;
+      return { reason: r[0], limit: r[1], etaMs: Number(r[2]), position: r[3] };
+    },
+    async stats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: Record<string, string> }> {
+      const [waiting, backoff, inFlight, vt, flat] = (await stats(keys.list, [org])) as [number, number, number, string, string[]];
+      const plan: Record<string, string> = {};
+      for (let i = 0; i + 1 < flat.length; i += 2) plan[flat[i]] = flat[i + 1];
+      return { waiting, backoff, inFlight, vt: Number(vt), plan };
+    },
+  };
+}
+
+export type FairLua = ReturnType<typeof createFairLua>;

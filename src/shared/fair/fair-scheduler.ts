@@ -1,0 +1,179 @@
+import type { Queue } from 'bullmq';
+import type { RedisClient } from '../guards/lua-script.js';
+import { fairKeys, type FairKeys } from './fair-keys.js';
+import { createFairLua, type FairLua, type RawDispatch } from './fair-lua.js';
+import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
+
+export interface FairEntry {
+  jobId: string;
+  orgId: string;
+  model: string;
+  /** BullMQ priority the job was added with (0 / missing = none; lower = sooner). */
+  priority?: number;
+  /** Token estimate charged to the TPM buckets at dispatch. */
+  estTokens: number;
+}
+
+export type WaitReason = 'fair_share' | 'org_concurrency' | 'rate_limited' | 'model_blocked' | 'retry_backoff';
+
+export interface WhyResult {
+  reason: WaitReason;
+  /** Bucket name (e.g. `rpm:org:<org>:<model>`), block / retry reason, or `concurrency`. */
+  limit?: string;
+  /** Redis time (ms) at which the lane or job is due to be looked at again. */
+  etaMs?: number;
+  /** Place in its lane (0 = next of its org and model). */
+  position?: number;
+}
+
+export interface DispatchResult {
+  /** Ids promoted to BullMQ wait / prioritized by this call, in dispatch order. */
+  promoted: string[];
+  /** Redis time (ms) at which a timer or sleeping lane becomes due, if any. */
+  nextWakeMs?: number;
+  /** Redis time (ms) of the decision (compare nextWakeMs with it, not with the local clock). */
+  nowMs: number;
+  /** More work was left at a per-call bound: dispatch again now. */
+  more: boolean;
+}
+
+export interface FairSchedulerOptions {
+  /** Connection for the fair scripts (may be the queue's). */
+  redis: RedisClient;
+  queue: Queue;
+  /** Prefix of the fair state, with the queue's hash tag, e.g. `{agentq}:fq`. */
+  keyPrefix: string;
+  /** Prefix of the token buckets, as given to createTokenBuckets (same hash tag). */
+  bucketPrefix: string;
+  defaults: FairDefaults;
+  /** Global per-model limits; stored in Redis at enqueue, so any dispatching process knows them. */
+  modelLimits: (model: string) => { rpm?: number; tpm?: number };
+  leaseMs: number;
+  /** Dispatch until BullMQ's wait + prioritized hold this many jobs. */
+  bufferTarget: number;
+  maxBatch?: number;
+  sweepMax?: number;
+  /** Ids per enqueue script call (bounds the time one call blocks Redis). */
+  enqueueChunk?: number;
+}
+
+export interface FairScheduler {
+  /** Lanes jobs already added to BullMQ parked (see park.ts), then dispatches unless `dispatch: false`. */
+  enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
+  dispatch(): Promise<DispatchResult>;
+  release(jobIds: string[]): Promise<number>;
+  repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
+  cancel(jobId: string): Promise<boolean>;
+  blockModel(model: string, untilMs: number, reason: string): Promise<void>;
+  setPlan(org: string, plan: FairPlan): Promise<void>;
+  getPlan(org: string): Promise<FairPlan>;
+  why(jobId: string): Promise<WhyResult | null>;
+  orgStats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: ReturnType<typeof effectivePlan> }>;
+  /** Low-level access for tests and tools: the scripts without BullMQ promotion, and the key set. */
+  raw: FairLua;
+  keys: FairKeys;
+}
+
+const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_limited', 'model_blocked', 'retry_backoff']);
+
+export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
+  const keys = fairKeys({ keyPrefix: opts.keyPrefix, bucketPrefix: opts.bucketPrefix, queue: opts.queue });
+  const raw = createFairLua(opts.redis, keys, {
+    defaults: opts.defaults,
+    leaseMs: opts.leaseMs,
+    bufferTarget: opts.bufferTarget,
+    maxBatch: opts.maxBatch ?? 500,
+    sweepMax: opts.sweepMax ?? 100,
+  });
+  const chunk = opts.enqueueChunk ?? 500;
+  const bucketKeyPrefix = `${opts.bucketPrefix}:tb:`;
+
+  /** Promotes with BullMQ's own script; a job no longer delayed (removed, promoted elsewhere) is skipped. */
+  async function promote(ids: string[]): Promise<string[]> {
+    const results = await Promise.allSettled(ids.map((id) => opts.queue.backend.promote(id)));
+    const done: string[] = [];
+    let failure: unknown;
+    results.forEach((r, i) => {
+      if (r.status === 'fulfilled') done.push(ids[i]);
+      else if (!/not in the delayed state|Missing key/.test(String((r.reason as Error)?.message))) failure ??= r.reason;
+    });
+    // Leased but unpromoted jobs are recovered by the lease sweep, so throwing loses nothing.
+    if (failure) throw failure;
+    return done;
+  }
+
+  const finish = async (r: RawDispatch): Promise<DispatchResult> => ({
+    promoted: await promote(r.ids),
+    nowMs: r.nowMs,
+    more: r.more,
+    ...(r.nextWakeMs !== undefined ? { nextWakeMs: r.nextWakeMs } : {}),
+  });
+
+  return {
+    raw,
+    keys,
+    async enqueue(entries, eopts = {}) {
+      const limitsByModel = new Map<string, { rpm: number; tpm: number }>();
+      const flat: Array<Array<string | number>> = [];
+      for (const e of entries) {
+        if (e.model.includes('|')) throw new RangeError(`model name must not contain '|': ${e.model}`);
+        const p = e.priority ?? 0;
+        if (!Number.isInteger(p) || p < 0 || p > 2 ** 21) throw new RangeError(`priority must be an integer in [0, 2^21], got ${p}`);
+        if (!(e.estTokens >= 0) || !Number.isFinite(e.estTokens)) throw new RangeError(`estTokens must be >= 0, got ${e.estTokens}`);
+        let lim = limitsByModel.get(e.model);
+        if (!lim) {
+          const l = opts.modelLimits(e.model);
+          lim = { rpm: l.rpm ?? 0, tpm: l.tpm ?? 0 };
+          limitsByModel.set(e.model, lim);
+        }
+        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm]);
+      }
+      const skipped: string[] = [];
+      let last: RawDispatch | undefined;
+      const promoted: string[] = [];
+      for (let i = 0; i < flat.length || last === undefined; i += chunk) {
+        const part = flat.slice(i, i + chunk);
+        // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
+        const isLast = i + chunk >= flat.length;
+        const r = await raw.enqueue(part.flat(), isLast && eopts.dispatch !== false);
+        skipped.push(...r.skipped);
+        if (isLast) {
+          last = r;
+          promoted.push(...(await promote(r.ids)));
+        }
+      }
+      return { promoted, skipped, nowMs: last.nowMs, more: last.more, ...(last.nextWakeMs !== undefined ? { nextWakeMs: last.nextWakeMs } : {}) };
+    },
+    async dispatch() {
+      return finish(await raw.dispatch());
+    },
+    release: (ids) => raw.release(ids),
+    repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
+    cancel: (id) => raw.cancel(id),
+    blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),
+    async setPlan(org, plan) {
+      await raw.plan(org, planFields(plan));
+    },
+    async getPlan(org) {
+      return planFromHash(await opts.redis.hgetall(keys.plan(org)));
+    },
+    async why(id) {
+      const r = await raw.why(id);
+      if (!r || !WAIT_REASONS.has(r.reason)) return null;
+      let reason = r.reason as WaitReason;
+      let limit = r.limit;
+      if (reason === 'rate_limited' && limit.startsWith('model:')) reason = 'model_blocked';
+      if (limit.startsWith(bucketKeyPrefix)) limit = limit.slice(bucketKeyPrefix.length);
+      return {
+        reason,
+        ...(limit ? { limit } : {}),
+        ...(r.etaMs > 0 ? { etaMs: r.etaMs } : {}),
+        ...(r.position >= 0 ? { position: r.position } : {}),
+      };
+    },
+    async orgStats(org) {
+      const s = await raw.stats(org);
+      return { waiting: s.waiting, backoff: s.backoff, inFlight: s.inFlight, vt: s.vt, plan: effectivePlan(planFromHash(s.plan), opts.defaults) };
+    },
+  };
+}

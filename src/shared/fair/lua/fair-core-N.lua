@@ -1,0 +1,415 @@
+-- Weighted fair dispatcher: every state change in one script, because Redis Lua has no includes and the
+-- lane invariants (activate / sleep / cap-block / free slot) must be applied identically by every op.
+-- KEYS (see fair-keys.ts, same order for all fair scripts):
+--   1 lanes ZSET, 2 sleep ZSET, 3 sleepwhy HASH, 4 timers ZSET, 5 otimers HASH, 6 leases ZSET,
+--   7 inflight HASH, 8 vt HASH, 9 gvt STRING, 10 seq STRING, 11 mblock HASH, 12 mblockwhy HASH,
+--   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
+--   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
+--   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only)
+-- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | block
+-- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
+-- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target,
+-- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
+-- ARGV[12..] op arguments:
+--   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm
+--   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
+--   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
+--   block: model, untilMs, reason
+-- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
+--          release: slots freed; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / block: 1
+local rcall = redis.call
+local t = rcall('TIME')
+local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = math.floor(nowF)
+
+local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
+local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
+local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
+local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
+
+local op = ARGV[1]
+local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = tonumber(ARGV[4]),
+  rpmFlash = tonumber(ARGV[5]), tpm = tonumber(ARGV[6]) }
+local LEASE_MS = tonumber(ARGV[7])
+local PARK_SCORE = tonumber(ARGV[8])
+local BUFFER = tonumber(ARGV[9])
+local MAX_BATCH = tonumber(ARGV[10])
+local SWEEP_MAX = tonumber(ARGV[11])
+
+-- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
+local function fmt(x) return string.format('%.17g', x) end
+
+-- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
+local function splitLane(lane) return string.match(lane, '^(.*)|([^|]*)$') end
+local function laneOf(org, model) return org .. '|' .. model end
+
+local gvt = tonumber(rcall('GET', K_GVT)) or 0
+local gvtDirty = false
+
+local planCache = {}
+local function plan(org)
+  local p = planCache[org]
+  if p then return p end
+  local h = rcall('HMGET', P_PLAN .. org, 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm')
+  p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc,
+    rpmPro = tonumber(h[3]) or DEF.rpmPro, rpmFlash = tonumber(h[4]) or DEF.rpmFlash, tpm = tonumber(h[5]) or DEF.tpm }
+  if not (p.weight > 0) then p.weight = DEF.weight end
+  planCache[org] = p
+  return p
+end
+
+-- Sets an org's virtual time and moves all of its active lanes with it (they share one vt).
+local function setVt(org, v)
+  rcall('HSET', K_VT, org, fmt(v))
+  for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
+    rcall('ZADD', K_LANES, 'XX', fmt(v), l)
+  end
+end
+
+-- An org (re)joining the race starts at the global virtual time: it is owed nothing for the time it was
+-- idle or blocked (no burst that starves others) and owes nothing either (a newcomer is not starved).
+local function catchUpVt(org)
+  local v = tonumber(rcall('HGET', K_VT, org)) or 0
+  if v < gvt then
+    v = gvt
+    setVt(org, v)
+  end
+  return v
+end
+
+-- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
+local function activate(lane, org)
+  if rcall('ZSCORE', K_LANES, lane) or rcall('ZSCORE', K_SLEEP, lane) or rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1 then
+    return
+  end
+  local v = catchUpVt(org)
+  rcall('ZADD', K_LANES, fmt(v), lane)
+end
+
+local function dropLaneIfEmpty(lane, org)
+  if rcall('EXISTS', P_LANE .. lane) == 0 then
+    rcall('ZREM', K_LANES, lane)
+    rcall('ZREM', K_SLEEP, lane)
+    rcall('HDEL', K_SLEEPWHY, lane)
+    rcall('SREM', P_CAPBLK .. org, lane)
+    rcall('SREM', P_OLANES .. org, lane)
+  end
+end
+
+-- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
+-- global sequence (global so an org's lanes can be merged in arrival order). priority <= 2^21 and
+-- seq < 2^31 keep the score an exact double.
+local function pushJob(id, org, model, prio, seq)
+  local lane = laneOf(org, model)
+  rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
+  rcall('SADD', P_OLANES .. org, lane)
+  rcall('HSET', P_JOB .. id, 'st', 'lane')
+  activate(lane, org)
+end
+
+local function wakeCapBlocked(org)
+  local key = P_CAPBLK .. org
+  local lanes = rcall('SMEMBERS', key)
+  if #lanes > 0 then
+    rcall('DEL', key)
+    for _, l in ipairs(lanes) do activate(l, org) end
+  end
+end
+
+-- Slots are keyed by job id (the lease), so freeing twice or after a sweep never double counts.
+local function freeSlot(id, org)
+  if rcall('ZREM', K_LEASES, id) == 0 then return false end
+  if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
+  wakeCapBlocked(org)
+  return true
+end
+
+local function addTimer(id, org, at, reason)
+  if rcall('ZADD', K_TIMERS, fmt(at), id) == 1 then rcall('HINCRBY', K_OTIMERS, org, 1) end
+  rcall('HSET', P_JOB .. id, 'st', 'timer', 'r', reason)
+end
+
+local function removeTimer(id, org)
+  if rcall('ZREM', K_TIMERS, id) == 0 then return false end
+  if rcall('HINCRBY', K_OTIMERS, org, -1) <= 0 then rcall('HDEL', K_OTIMERS, org) end
+  return true
+end
+
+local function removeFromLane(id, org, model)
+  local lane = laneOf(org, model)
+  local removed = rcall('ZREM', P_LANE .. lane, id) == 1
+  dropLaneIfEmpty(lane, org)
+  return removed
+end
+
+local function sleepLane(lane, untilMs, why)
+  rcall('ZREM', K_LANES, lane)
+  rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
+  rcall('HSET', K_SLEEPWHY, lane, why)
+end
+
+-- Bucket level now, in the {tokens, ts} format of guards/lua/token-bucket-take-N.lua (missing = full).
+local function level(key, cap, rate)
+  local s = rcall('HMGET', key, 'tokens', 'ts')
+  if not s[1] then return cap end
+  return math.min(cap, tonumber(s[1]) + math.max(0, nowF - tonumber(s[2])) * rate)
+end
+
+-- The org's lane whose head job comes first (priority, then arrival), among its active lanes.
+local function bestLaneOf(org, fallback)
+  local members = rcall('SMEMBERS', P_OLANES .. org)
+  if #members < 2 then return fallback end
+  local best, bestScore = fallback, nil
+  for _, l in ipairs(members) do
+    if rcall('ZSCORE', K_LANES, l) then
+      local h = rcall('ZRANGE', P_LANE .. l, 0, 0, 'WITHSCORES')
+      if #h > 0 and (bestScore == nil or tonumber(h[2]) < bestScore) then
+        best, bestScore = l, tonumber(h[2])
+      end
+    end
+  end
+  return best
+end
+
+-- Tries to dispatch the head job of `lane`: returns its id, or nil after parking the lane where it waits.
+local function tryLane(lane, org, model, v)
+  local head = rcall('ZRANGE', P_LANE .. lane, 0, 0)
+  if #head == 0 then
+    dropLaneIfEmpty(lane, org)
+    return nil
+  end
+  local id = head[1]
+  local blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0
+  if blockedUntil > now then
+    sleepLane(lane, blockedUntil, 'model:' .. model)
+    return nil
+  end
+  local p = plan(org)
+  if p.conc > 0 and (tonumber(rcall('HGET', K_INFLIGHT, org)) or 0) >= p.conc then
+    rcall('ZREM', K_LANES, lane)
+    rcall('SADD', P_CAPBLK .. org, lane)
+    return nil
+  end
+  local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
+  local orgRpm = p.rpmFlash
+  if string.find(model, 'pro', 1, true) then orgRpm = p.rpmPro end
+  local candidates = {
+    { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1 },
+    { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est },
+    { P_TB_RPM_MODEL .. model, tonumber(rcall('HGET', K_MLIMITS, 'rpm:' .. model)) or 0, 1 },
+    { P_TB_TPM_MODEL .. model, tonumber(rcall('HGET', K_MLIMITS, 'tpm:' .. model)) or 0, est },
+  }
+  -- All or nothing: check every bucket before charging any.
+  local buckets, wait, limiting = {}, 0, nil
+  for _, c in ipairs(candidates) do
+    local cap = c[2]
+    if cap and cap > 0 then
+      local rate = cap / 60000
+      local lv = level(c[1], cap, rate)
+      -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
+      local need = math.min(c[3], cap)
+      if lv < need then
+        local w = math.ceil((need - lv) / rate)
+        if w > wait then wait, limiting = w, c[1] end
+      end
+      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3] }
+    end
+  end
+  if limiting then
+    sleepLane(lane, math.ceil(nowF + wait), limiting)
+    return nil
+  end
+  for _, b in ipairs(buckets) do
+    rcall('HSET', b[1], 'tokens', fmt(b[4]), 'ts', string.format('%.3f', nowF))
+    rcall('PEXPIRE', b[1], math.ceil((b[2] - b[4]) / b[3]) + 1000)
+  end
+  rcall('ZREM', P_LANE .. lane, id)
+  rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+  rcall('HINCRBY', K_INFLIGHT, org, 1)
+  rcall('HSET', P_JOB .. id, 'st', 'lease')
+  -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
+  if v > gvt then
+    gvt = v
+    gvtDirty = true
+  end
+  setVt(org, v + 1 / p.weight)
+  dropLaneIfEmpty(lane, org)
+  return id
+end
+
+local function jobMeta(id)
+  return rcall('HMGET', P_JOB .. id, 'o', 'm', 'p', 's', 'st')
+end
+
+local function moveDueTimers()
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+    local m = jobMeta(id)
+    if m[1] then
+      removeTimer(id, m[1])
+      pushJob(id, m[1], m[2], tonumber(m[3]), tonumber(m[4]))
+    else
+      rcall('ZREM', K_TIMERS, id)
+    end
+  end
+end
+
+local function wakeSleepers()
+  for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+    rcall('ZREM', K_SLEEP, lane)
+    rcall('HDEL', K_SLEEPWHY, lane)
+    local org = splitLane(lane)
+    if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org) else dropLaneIfEmpty(lane, org) end
+  end
+end
+
+-- Expired leases: finished or vanished -> free; still parked (crash between dispatch and promote, or
+-- between a retry and repark) -> free and back to the head of its lane; in wait / active -> extend.
+local function sweepLeases()
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+    local m = jobMeta(id)
+    local org = m[1]
+    if not org then
+      rcall('ZREM', K_LEASES, id)
+    else
+      local jk = Q_JOB .. id
+      if rcall('EXISTS', jk) == 0 or rcall('HEXISTS', jk, 'finishedOn') == 1 then
+        freeSlot(id, org)
+        rcall('DEL', P_JOB .. id)
+      else
+        local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
+        if score and score >= PARK_SCORE then
+          freeSlot(id, org)
+          pushJob(id, org, m[2], tonumber(m[3]), tonumber(m[4]))
+        else
+          rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+        end
+      end
+    end
+  end
+end
+
+local function firstScore(key)
+  local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #r == 0 then return nil end
+  return tonumber(r[2])
+end
+
+local function dispatch(skipped)
+  moveDueTimers()
+  wakeSleepers()
+  sweepLeases()
+  local out = {}
+  local more = 0
+  -- Keep BullMQ's wait short: fairness is decided as late as possible.
+  local limit = BUFFER - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
+  if limit > MAX_BATCH then limit = MAX_BATCH end
+  -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
+  local tries = 0
+  while #out < limit do
+    local top = rcall('ZRANGE', K_LANES, 0, 0, 'WITHSCORES')
+    if #top == 0 then break end
+    tries = tries + 1
+    if tries > limit + SWEEP_MAX then
+      more = 1
+      break
+    end
+    local org = splitLane(top[1])
+    local lane = bestLaneOf(org, top[1])
+    local _, model = splitLane(lane)
+    local id = tryLane(lane, org, model, tonumber(top[2]))
+    if id then out[#out + 1] = id end
+  end
+  if #out >= MAX_BATCH then more = 1 end
+  if gvtDirty then rcall('SET', K_GVT, fmt(gvt)) end
+  local wake = nil
+  for _, key in ipairs({ K_TIMERS, K_SLEEP }) do
+    local s = firstScore(key)
+    if s and (wake == nil or s < wake) then wake = s end
+  end
+  return { out, wake and fmt(wake) or '0', now, more, skipped or {} }
+end
+
+if op == 'dispatch' then
+  return dispatch()
+elseif op == 'enqueue' then
+  local skipped = {}
+  local i = 13
+  while i + 6 <= #ARGV do
+    local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
+    if rcall('EXISTS', P_JOB .. id) == 1 then
+      -- Already known: enqueue is idempotent by job id.
+    elseif not score or score < PARK_SCORE then
+      -- Only parked BullMQ jobs may enter a lane; anything else would be run twice or never.
+      skipped[#skipped + 1] = id
+    else
+      local seq = rcall('INCR', K_SEQ)
+      rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
+      rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5], 'tpm:' .. model, ARGV[i + 6])
+      pushJob(id, org, model, tonumber(ARGV[i + 3]), seq)
+    end
+    i = i + 7
+  end
+  if ARGV[12] == '1' then return dispatch(skipped) end
+  return { {}, '0', now, 0, skipped }
+elseif op == 'release' then
+  local freed = 0
+  for i = 12, #ARGV do
+    local id = ARGV[i]
+    local m = jobMeta(id)
+    if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
+    if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+  end
+  return freed
+elseif op == 'repark' then
+  local id, notBefore = ARGV[12], tonumber(ARGV[13])
+  local m = jobMeta(id)
+  local org, model = m[1], m[2]
+  if not org then return 0 end
+  freeSlot(id, org)
+  if m[5] == 'lane' then removeFromLane(id, org, model) end
+  if notBefore > now then
+    addTimer(id, org, notBefore, ARGV[14])
+  else
+    removeTimer(id, org)
+    pushJob(id, org, model, tonumber(m[3]), tonumber(m[4]))
+  end
+  return 1
+elseif op == 'cancel' then
+  local id = ARGV[12]
+  local m = jobMeta(id)
+  local done = false
+  if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
+  if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
+  if done then rcall('DEL', P_JOB .. id) end
+  return done and 1 or 0
+elseif op == 'plan' then
+  local org = ARGV[12]
+  local fields = { 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm' }
+  for k, f in ipairs(fields) do
+    local v = ARGV[12 + k]
+    if v == '' then rcall('HDEL', P_PLAN .. org, f) else rcall('HSET', P_PLAN .. org, f, v) end
+  end
+  -- Limits may have been raised: give every waiting lane of the org a fresh look at the next dispatch.
+  wakeCapBlocked(org)
+  for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
+    if rcall('ZREM', K_SLEEP, l) == 1 then
+      rcall('HDEL', K_SLEEPWHY, l)
+      activate(l, org)
+    end
+  end
+  return 1
+elseif op == 'block' then
+  local model, untilMs = ARGV[12], tonumber(ARGV[13])
+  if untilMs > now then
+    rcall('HSET', K_MBLOCK, model, fmt(untilMs))
+    rcall('HSET', K_MBLOCKWHY, model, ARGV[14])
+  else
+    rcall('HDEL', K_MBLOCK, model)
+    rcall('HDEL', K_MBLOCKWHY, model)
+  end
+  return 1
+end
+return redis.error_reply('unknown fair op ' .. tostring(op))

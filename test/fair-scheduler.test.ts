@@ -1,0 +1,371 @@
+import { DelayedError, Queue, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
+import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
+import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+
+const FLASH = 'gemini-2.5-flash';
+const PRO = 'gemini-2.5-pro';
+
+interface Ctx {
+  prefix: string;
+  redis: Redis;
+  queue: Queue;
+  scheduler: FairScheduler;
+  /** Adds parked BullMQ jobs and lanes them without dispatching; returns their ids in order. */
+  add(org: string, n: number, o?: { model?: string; priority?: number; est?: number; tag?: string }): Promise<string[]>;
+  worker(processor: (job: Job, token?: string) => Promise<unknown>, concurrency?: number): Worker;
+  loop(onDispatch?: (r: DispatchResult) => void): DispatchLoop;
+  redisNow(): Promise<number>;
+}
+
+const cleanups: Array<() => Promise<unknown>> = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+let seq = 0;
+async function setup(over: Partial<FairSchedulerOptions> = {}): Promise<Ctx> {
+  const prefix = randomPrefix();
+  const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+  const queue = new Queue('fair', { connection: redis, prefix });
+  cleanups.push(() => redis.quit());
+  cleanups.push(() => queue.close());
+  const scheduler = createFairScheduler({
+    redis,
+    queue,
+    keyPrefix: `${prefix}:fq`,
+    bucketPrefix: prefix,
+    defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 },
+    modelLimits: () => ({}),
+    leaseMs: 60_000,
+    bufferTarget: 100_000,
+    ...over,
+  });
+  return {
+    prefix,
+    redis,
+    queue,
+    scheduler,
+    async add(org, n, o = {}) {
+      const ids = Array.from({ length: n }, () => `${o.tag ?? org}-${seq++}`);
+      await queue.addBulk(ids.map((id) => ({ name: 'j', data: { org }, opts: parkedJobOptions(id, o.priority) })));
+      const r = await scheduler.enqueue(
+        ids.map((jobId) => ({ jobId, orgId: org, model: o.model ?? FLASH, priority: o.priority, estTokens: o.est ?? 0 })),
+        { dispatch: false },
+      );
+      expect(r.skipped).toEqual([]);
+      return ids;
+    },
+    worker(processor, concurrency = 1) {
+      const w = new Worker('fair', processor, {
+        connection: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+        prefix,
+        concurrency,
+      });
+      cleanups.push(async () => {
+        await w.close();
+        await (w.opts.connection as Redis).quit();
+      });
+      return w;
+    },
+    async redisNow() {
+      const [sec, usec] = await redis.time();
+      return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
+    },
+    loop(onDispatch) {
+      const l = createDispatchLoop({ scheduler, safetyPollMs: 5_000, onDispatch });
+      cleanups.push(() => l.close());
+      return l;
+    },
+  };
+}
+
+/** Dispatches until `n` ids came out (the per-call batch bound may split them), in order. */
+async function dispatchN(s: FairScheduler, n: number): Promise<string[]> {
+  const out: string[] = [];
+  while (out.length < n) {
+    const r = await s.raw.dispatch(n - out.length);
+    if (r.ids.length === 0) break;
+    out.push(...r.ids);
+  }
+  return out;
+}
+
+const orgOf = (id: string) => id.slice(0, id.lastIndexOf('-'));
+
+describe('fair scheduler', () => {
+  it('keeps jobs parked until dispatched, then hands them out by priority and FIFO', async () => {
+    const c = await setup({ bufferTarget: 1 });
+    const org = randomOrg();
+    const low = await c.add(org, 3, { priority: 5 });
+    const none = await c.add(org, 3);
+    const high = await c.add(org, 2, { priority: 1 });
+    expect(await c.queue.getDelayedCount()).toBe(8);
+    expect(await c.queue.getWaitingCount()).toBe(0);
+    const job = await c.queue.getJob(low[0]);
+    expect(isParked(job!)).toBe(true);
+    expect(Number(await c.redis.zscore(c.queue.toKey('delayed'), low[0]))).toBeGreaterThanOrEqual(PARK_SCORE_MIN);
+
+    // A live worker runs an ordinary job but none of the parked ones.
+    const ran: string[] = [];
+    const w = c.worker(async (j) => void ran.push(j.id!));
+    await c.queue.add('probe', {}, { jobId: 'probe' });
+    await vi.waitFor(() => expect(ran).toEqual(['probe']), { timeout: 10_000 });
+    expect(await c.queue.getDelayedCount()).toBe(8);
+
+    // bufferTarget 1: each dispatch hands out one job only while BullMQ's wait is empty.
+    const order: string[] = [];
+    await w.close();
+    for (let i = 0; i < 8; i++) {
+      const r = await c.scheduler.dispatch();
+      expect(r.promoted).toHaveLength(1);
+      expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+      expect(await c.queue.getJobCountByTypes('waiting', 'prioritized')).toBe(1);
+      order.push(...r.promoted);
+      await c.scheduler.release(r.promoted);
+      await c.queue.remove(r.promoted[0]);
+    }
+    expect(order).toEqual([...none, ...high, ...low]);
+    expect(ran).toEqual(['probe']);
+  });
+
+  it('shares dispatches by weight 1:1:2, in total and in every window of 40', async () => {
+    const c = await setup({ maxBatch: 400 });
+    const [a, b, heavy] = [randomOrg(), randomOrg(), randomOrg()];
+    await c.scheduler.setPlan(heavy, { weight: 2 });
+    for (const org of [a, b, heavy]) await c.add(org, 260);
+    const order = await dispatchN(c.scheduler, 400);
+    expect(order).toHaveLength(400);
+    const share = (ids: string[], org: string) => ids.filter((id) => orgOf(id) === org).length / ids.length;
+    for (const [org, want] of [[a, 0.25], [b, 0.25], [heavy, 0.5]] as const) {
+      expect(Math.abs(share(order, org) - want)).toBeLessThanOrEqual(0.05);
+      for (let i = 0; i + 40 <= order.length; i++) {
+        expect(Math.abs(share(order.slice(i, i + 40), org) - want)).toBeLessThanOrEqual(0.05);
+      }
+    }
+  });
+
+  it('gives equal weights equal shares (Jain index >= 0.99)', async () => {
+    const c = await setup();
+    const orgs = [randomOrg(), randomOrg(), randomOrg(), randomOrg()];
+    // Different backlog sizes and enqueue order must not matter while all are backlogged.
+    for (const [i, org] of orgs.entries()) await c.add(org, 150 + 50 * i);
+    const order = await dispatchN(c.scheduler, 400);
+    const x = orgs.map((o) => order.filter((id) => orgOf(id) === o).length);
+    const jain = x.reduce((s, v) => s + v, 0) ** 2 / (x.length * x.reduce((s, v) => s + v * v, 0));
+    expect(jain).toBeGreaterThanOrEqual(0.99);
+  });
+
+  it('serves a newcomer at once, and a returning org gets its share but no burst', { timeout: 60_000 }, async () => {
+    const c = await setup();
+    const [a, b] = [randomOrg(), randomOrg()];
+    await c.add(a, 5000);
+    expect(await dispatchN(c.scheduler, 100)).toHaveLength(100);
+    const [newcomer] = await c.add(b, 1);
+    expect((await dispatchN(c.scheduler, 2)).slice(0, 2)).toContain(newcomer);
+    // b was idle while a ran 100+ jobs: it must not get them back as a burst.
+    await dispatchN(c.scheduler, 50);
+    await c.add(b, 50);
+    const next = await dispatchN(c.scheduler, 20);
+    const bCount = next.filter((id) => orgOf(id) === b).length;
+    expect(bCount).toBeGreaterThanOrEqual(9);
+    expect(bCount).toBeLessThanOrEqual(11);
+  });
+});
+
+describe('fair scheduler limits', () => {
+  it('keeps an org at its concurrency cap under a busy worker, and finishes everything', { timeout: 60_000 }, async () => {
+    const c = await setup({ bufferTarget: 20 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 3 });
+    const loop = c.loop();
+    let running = 0;
+    let maxRunning = 0;
+    let maxSampled = 0;
+    let done = 0;
+    const w = c.worker(async () => {
+      maxRunning = Math.max(maxRunning, ++running);
+      maxSampled = Math.max(maxSampled, await c.queue.getActiveCount());
+      await new Promise((r) => setTimeout(r, 5)); // the job's own work
+      running--;
+    }, 10);
+    const finished = (job: Job | undefined) => {
+      if (!job) return;
+      void c.scheduler.release([job.id!]).then(() => {
+        done++;
+        return loop.kick();
+      });
+    };
+    w.on('completed', finished);
+    w.on('failed', finished);
+    for (let i = 0; i < 4; i++) {
+      await c.add(org, 10);
+      void loop.kick();
+    }
+    await vi.waitFor(() => expect(done).toBe(40), { timeout: 45_000, interval: 50 });
+    expect(maxRunning).toBe(3);
+    expect(maxSampled).toBeLessThanOrEqual(3);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+    expect(await c.queue.getCompletedCount()).toBe(40);
+  });
+
+  it('dispatches a bucket-full at once, then only on wake-ups, with why() = rate_limited', { timeout: 30_000 }, async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+    const ids = await c.add(org, 100);
+    let promoted = 0;
+    const loop = c.loop((r) => (promoted += r.promoted.length));
+    await loop.kick();
+    expect(promoted).toBe(60);
+    expect(await c.queue.getDelayedCount()).toBe(40);
+    expect((await c.scheduler.orgStats(org)).waiting).toBe(40);
+    const why = await c.scheduler.why(ids[60]);
+    const now = await c.redisNow();
+    expect(why).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:${FLASH}`, position: 0 });
+    expect(why!.etaMs! - now).toBeGreaterThan(0);
+    expect(why!.etaMs! - now).toBeLessThanOrEqual(1_100);
+
+    // Count every command our connection (scheduler + queue) sends while only the wake-ups run.
+    let commands = 0;
+    const send = c.redis.sendCommand.bind(c.redis);
+    (c.redis as unknown as { sendCommand: typeof send }).sendCommand = (...a: Parameters<typeof send>) => {
+      commands++;
+      return send(...a);
+    };
+    const t0 = Date.now();
+    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(63), { timeout: 10_000, interval: 20 });
+    const elapsed = Date.now() - t0;
+    // 1 token per second: three more jobs need about three seconds, not a burst.
+    expect(elapsed).toBeGreaterThan(1_800);
+    // Each wake-up is one dispatch script plus one promote; polling would be tens of calls per second.
+    expect(commands).toBeLessThanOrEqual(12);
+  });
+
+  it('recovers slots after a crash: parked -> back to lane, finished -> freed, active -> extended', { timeout: 30_000 }, async () => {
+    const c = await setup({ leaseMs: 300 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 3 });
+    const ids = await c.add(org, 5);
+    // "Crash" between dispatch and promote: the script leased three jobs, nobody promoted them.
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 3));
+    expect(await c.queue.getDelayedCount()).toBe(5);
+    expect((await c.scheduler.why(ids[3]))?.reason).toBe('org_concurrency');
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 3)), { timeout: 5_000, interval: 50 });
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
+    expect(await c.queue.getJobCountByTypes('waiting', 'prioritized')).toBe(3);
+
+    // ids[0] finishes (no release call: the worker "died" before it), ids[1..2] stay active.
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    c.worker(async (job) => {
+      if (job.id !== ids[0]) await gate;
+    }, 5);
+    cleanups.push(async () => open()); // runs before the worker's close (cleanups run in reverse)
+    await vi.waitFor(async () => {
+      expect(await c.queue.getJobState(ids[0])).toBe('completed');
+      expect(await c.queue.getActiveCount()).toBe(2);
+    }, { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual([ids[3]]), { timeout: 5_000, interval: 50 });
+    const now = await c.redisNow();
+    const leases = await c.redis.zrange(c.scheduler.keys.leases, 0, -1, 'WITHSCORES');
+    const leased = new Map<string, number>();
+    for (let i = 0; i < leases.length; i += 2) leased.set(leases[i], Number(leases[i + 1]));
+    expect([...leased.keys()].sort()).toEqual([ids[1], ids[2], ids[3]].sort());
+    for (const d of leased.values()) expect(d).toBeGreaterThan(now);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    expect((await c.scheduler.why(ids[4]))?.reason).toBe('org_concurrency');
+  });
+
+  it('repark frees the slot and brings the job back after its backoff', { timeout: 30_000 }, async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 2);
+    const loop = c.loop();
+    const runs: Array<{ id: string; at: number }> = [];
+    let reparkedAt = 0;
+    let whyDuringBackoff: unknown;
+    const w = c.worker(async (job, token) => {
+      runs.push({ id: job.id!, at: Date.now() });
+      if (job.id === ids[0] && runs.filter((r) => r.id === ids[0]).length === 1) {
+        await parkActiveJob(job, token!);
+        reparkedAt = Date.now();
+        expect(await c.scheduler.repark(job.id, reparkedAt + 400, 'retry_backoff:1')).toBe(true);
+        whyDuringBackoff = await c.scheduler.why(job.id);
+        void loop.kick();
+        throw new DelayedError();
+      }
+    }, 2);
+    const completed: string[] = [];
+    w.on('completed', (job) => {
+      completed.push(job.id!);
+      void c.scheduler.release([job.id!]).then(() => loop.kick());
+    });
+    await loop.kick();
+    await vi.waitFor(() => expect(completed).toHaveLength(2), { timeout: 10_000, interval: 20 });
+    expect(completed).toEqual([ids[1], ids[0]]);
+    expect(whyDuringBackoff).toMatchObject({ reason: 'retry_backoff', limit: 'retry_backoff:1' });
+    const second = runs.filter((r) => r.id === ids[0])[1];
+    expect(second.at).toBeGreaterThanOrEqual(reparkedAt + 390);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+  });
+
+  it('cancel removes a waiting job only', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 3);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[0]]);
+    expect(await c.scheduler.cancel(ids[2])).toBe(true);
+    expect(await c.scheduler.why(ids[2])).toBeNull();
+    expect(await c.scheduler.cancel(ids[2])).toBe(false);
+    expect(await c.scheduler.cancel(ids[0])).toBe(false);
+    expect((await c.scheduler.orgStats(org)).waiting).toBe(1);
+    expect(await c.scheduler.release([ids[0]])).toBe(1);
+    expect(await c.scheduler.release([ids[0]])).toBe(0);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[1]]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+  });
+
+  it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', { timeout: 30_000 }, async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const flash = await c.add(org, 2, { model: FLASH });
+    const pro = await c.add(org, 2, { model: PRO });
+    const until = (await c.redisNow()) + 500;
+    await c.scheduler.blockModel(PRO, until, 'breaker_open');
+    const r = await c.scheduler.dispatch();
+    expect(r.promoted).toEqual(flash);
+    expect(r.nextWakeMs).toBe(until);
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'model_blocked', limit: 'breaker_open', etaMs: until, position: 0 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    let woke: DispatchResult | undefined;
+    await vi.waitFor(async () => {
+      const d = await c.scheduler.dispatch();
+      expect(d.promoted).toEqual(pro);
+      woke = d;
+    }, { timeout: 5_000, interval: 50 });
+    expect(woke!.nowMs).toBeGreaterThanOrEqual(until);
+  });
+
+  it('applies a plan change at the next dispatch', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1 });
+    const ids = await c.add(org, 10);
+    expect((await c.scheduler.dispatch()).promoted).toHaveLength(1);
+    expect((await c.scheduler.dispatch()).promoted).toHaveLength(0);
+    expect((await c.scheduler.why(ids[1]))?.reason).toBe('org_concurrency');
+    expect(await c.scheduler.getPlan(org)).toEqual({ concurrency: 1 });
+    await c.scheduler.setPlan(org, { concurrency: 5 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(1, 5));
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(5);
+    expect((await c.scheduler.orgStats(org)).plan.concurrency).toBe(5);
+  });
+});
