@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import type { Redis } from 'ioredis';
 import type { JobProducer } from '../shared/queue/job-producer.js';
 import type { JobService } from '../producers/job-service.js';
-import type { AdmissionCheck } from '../producers/admission.js';
+import type { FairScheduler } from '../shared/fair/index.js';
 import type { OpsMetrics } from '../shared/ops/metrics.js';
 import type { WorkerHooks } from '../workers/worker-hooks.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
@@ -22,8 +22,8 @@ export interface FeatureDeps {
   queue: AgentQueue;
   producer: JobProducer;
   jobs: JobService;
-  /** Per-org admission (rate plan + quotas) for routes that start work; 429 via `admitOrThrow`. */
-  admission: AdmissionCheck;
+  /** The fair dispatcher: why jobs wait, org plans, per-org stats. */
+  scheduler: FairScheduler;
   /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
   metrics: OpsMetrics;
   llm: {

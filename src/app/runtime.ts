@@ -1,8 +1,11 @@
-import { QueueEvents } from 'bullmq';
+import { FlowProducer, QueueEvents } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../producers/app.js';
 import { cachedVerifier } from '../producers/auth.js';
 import { createJobProducer } from '../shared/queue/job-producer.js';
+import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
+import { createOrgPlanStore } from '../shared/infra/db/org-plans.js';
+import { syncOrgPlans } from '../shared/fair/org-plans-sync.js';
 import { createJobService } from '../producers/job-service.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import type { Config } from '../shared/core/config.js';
@@ -75,8 +78,6 @@ export async function startRuntime(opts: {
     }
     return events.queueEvents;
   };
-  const producer = createJobProducer({ queue, agents: registry });
-  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S });
   const orgs = createOrgStore({ pool: infra.db.pool });
   const quotas = createQuotaChecker({ pool: infra.db.pool });
   const metrics = createOpsMetrics(new Registry());
@@ -87,7 +88,22 @@ export async function startRuntime(opts: {
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
     cacheMs: cfg.QUOTA_CACHE_MS,
   }), () => metrics);
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, admission, metrics, llm: opts.llm };
+  const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg });
+  // Plans live in Postgres; the dispatcher reads its copy in Redis, refreshed at every start.
+  await syncOrgPlans({ plans: createOrgPlanStore({ pool: infra.db.pool }), scheduler });
+  const flowProducer = new FlowProducer({ connection: redis, prefix: cfg.QUEUE_PREFIX });
+  logConnectionErrors(flowProducer, logger, 'flow producer');
+  const producer = createJobProducer({
+    queue,
+    agents: registry,
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+    scheduler,
+    retention: retentionOf(cfg),
+    admission,
+    flows: flowProducer,
+  });
+  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler });
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerRuntime[] = [];
   const guardSets: Array<{ close(): Promise<void> }> = [];
@@ -95,7 +111,7 @@ export async function startRuntime(opts: {
   async function startWorker(): Promise<WorkerRuntime> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerRuntime({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features });
+    const worker = createWorkerRuntime({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, scheduler });
     await worker.ready();
     workers.push(worker);
     return worker;
@@ -111,7 +127,6 @@ export async function startRuntime(opts: {
       producer,
       jobs,
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
-      admission,
       readiness: {
         redis: () => redis.ping(),
         database: () => infra.db.pool.query('SELECT 1'),
@@ -139,6 +154,7 @@ export async function startRuntime(opts: {
       for (const f of features) await f.close?.();
       await events?.queueEvents.close();
       events?.connection.disconnect();
+      await flowProducer.close();
       await queue.close();
       redis.disconnect();
     },

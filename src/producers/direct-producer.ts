@@ -1,4 +1,7 @@
 import { defaultRegistry } from '../shared/agents/registry.js';
+import { parseConfig } from '../shared/core/config.js';
+import { fairKickChannel } from '../shared/core/queue-keys.js';
+import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
@@ -24,8 +27,19 @@ export async function createDirectProducer(opts: {
 }) {
   const connection = createRedis(opts.redisUrl, 'api');
   await whenReady(connection);
-  const queue = createAgentQueue({ connection, prefix: opts.prefix ?? '{agentq}', retention: { ...DEFAULT_RETENTION, ...opts.retention } });
-  const producer = createJobProducer({ queue, agents: opts.agents ?? defaultRegistry() });
+  const prefix = opts.prefix ?? '{agentq}';
+  const retention = { ...DEFAULT_RETENTION, ...opts.retention };
+  const queue = createAgentQueue({ connection, prefix, retention });
+  const cfg = parseConfig({ ...process.env, QUEUE_PREFIX: prefix });
+  const producer = createJobProducer({
+    queue,
+    agents: opts.agents ?? defaultRegistry(),
+    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+    scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg }),
+    retention,
+    // Workers dispatch with the deployment's limits; this process only asks them to.
+    kick: () => connection.publish(fairKickChannel(prefix), '1'),
+  });
   return {
     enqueue: (job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> => producer.enqueue(job, meta),
     enqueueBulk: (jobs: unknown[], meta: EnqueueMeta): Promise<EnqueuedJob[]> => producer.enqueueBulk({ jobs }, meta),

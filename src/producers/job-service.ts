@@ -4,6 +4,7 @@ import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/core/cancel.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { isParked, type FairScheduler } from '../shared/fair/index.js';
 
 export interface JobView {
   id: string;
@@ -16,6 +17,8 @@ export interface JobView {
   attempts: number;
   createdAt: string;
   finishedAt?: string;
+  /** Why a waiting job has not started (fair dispatcher): the reason, the limit's name and an ETA when known. */
+  waitingFor?: { reason: string; limit?: string; eta?: string; position?: number };
 }
 
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
@@ -23,6 +26,8 @@ export const isFinished = (state: string) => FINISHED.has(state);
 
 export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string): JobView {
   const cancelled = rawState === 'failed' && job.failedReason === CANCELLED_REASON;
+  // A parked job waits for the fair dispatcher: to the caller it is waiting, not delayed.
+  if (rawState === 'delayed' && isParked(job)) rawState = 'waiting';
   return {
     id: job.id!,
     agent: job.data.agent,
@@ -41,7 +46,14 @@ export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string)
  * Reads, waits for and cancels jobs on behalf of one org. A job of another org is reported exactly like a
  * missing one, so ids cannot be probed across tenants.
  */
-export function createJobService(deps: { queue: AgentQueue; queueEvents: () => QueueEvents; redis: Redis; prefix: string; cancelledTtlS: number }) {
+export function createJobService(deps: {
+  queue: AgentQueue;
+  queueEvents: () => QueueEvents;
+  redis: Redis;
+  prefix: string;
+  cancelledTtlS: number;
+  scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
+}) {
   const { queue, redis, prefix } = deps;
 
   async function load(orgId: string, id: string): Promise<Job<AgentJobData, AgentResult>> {
@@ -66,7 +78,19 @@ export function createJobService(deps: { queue: AgentQueue; queueEvents: () => Q
       // The job may have finished between reading its hash and its state: read it again so the view never
       // says "failed" without the reason (or "completed" without the result).
       if ((state === 'completed' || state === 'failed') && !job.finishedOn) job = await load(orgId, id);
-      return toJobView(job, state);
+      const view = toJobView(job, state);
+      if (state === 'delayed' && isParked(job)) {
+        const why = await deps.scheduler.why(id);
+        if (why) {
+          view.waitingFor = {
+            reason: why.reason,
+            ...(why.limit ? { limit: why.limit } : {}),
+            ...(why.etaMs ? { eta: new Date(why.etaMs).toISOString() } : {}),
+            ...(why.position !== undefined ? { position: why.position } : {}),
+          };
+        }
+      }
+      return view;
     } catch (err) {
       if (!(err instanceof NotFoundError)) throw err;
       const view = await tombstone(orgId, id);
@@ -104,6 +128,8 @@ export function createJobService(deps: { queue: AgentQueue; queueEvents: () => Q
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
       if (state !== 'active') {
         try {
+          // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
+          await deps.scheduler.cancel(id);
           await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', finishedAt: new Date().toISOString() };
           await redis.set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);

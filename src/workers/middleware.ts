@@ -22,6 +22,11 @@ export interface JobContext {
   logger: Logger;
   /** Estimated tokens charged up front by the rate limiter; corrected with real usage afterwards. */
   estimatedTokens: number;
+  /**
+   * Set when the fair dispatcher already charged this attempt's first call to `model` (org and model RPM,
+   * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call.
+   */
+  prepaid?: { model: string };
 }
 
 export type Next = () => Promise<AgentResult>;

@@ -4,7 +4,9 @@ import { ValidationError } from '../shared/core/errors.js';
 import type { Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
+import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import type { FairGate } from './fair-gate.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 
 export interface AgentResolver {
@@ -24,6 +26,8 @@ export interface ProcessorDeps {
   logger: Logger;
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
+  /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
+  gate?: Pick<FairGate, 'admit' | 'defer'>;
 }
 
 /** Errors such as the breaker's `OpenCircuitError` carry the Redis time of the next probe. */
@@ -39,6 +43,7 @@ function retryAtOf(err: unknown): number | undefined {
  */
 export function createAgentProcessor(deps: ProcessorDeps) {
   return async (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
+    if (deps.gate && !(await deps.gate.admit(job, token))) throw new DelayedError();
     const data = job.data;
     const logger = deps.logger.child({
       jobId: job.id,
@@ -77,7 +82,9 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       model,
       signal: controller.signal,
       logger,
-      estimatedTokens: Math.ceil(JSON.stringify(input ?? null).length / 4) + 512,
+      estimatedTokens: estimateTokens(input),
+      // Admitted by the fair dispatcher, which charged the first call to this model already.
+      ...(deps.gate ? { prepaid: { model } } : {}),
     };
     const attempt = job.attemptsMade + 1;
     const started = performance.now();
@@ -127,7 +134,8 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         const reason = err instanceof DelayJobError ? err.reason : 'breaker_open';
         deps.onDelay?.(ctx, reason, delayUntil - Date.now());
         logger.info({ reason, delayMs: delayUntil - Date.now() }, 'job delayed without using an attempt');
-        await job.moveToDelayed(Math.max(delayUntil, Date.now() + 1), token);
+        if (deps.gate) await deps.gate.defer(job, token, delayUntil, reason, ctx.model);
+        else await job.moveToDelayed(Math.max(delayUntil, Date.now() + 1), token);
         throw new DelayedError();
       }
       const message = err instanceof Error ? err.message : String(err);

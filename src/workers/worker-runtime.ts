@@ -11,6 +11,12 @@ import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
 import { createAgentProcessor } from './processor.js';
 import type { WorkerHooks } from './worker-hooks.js';
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { fairKickChannel } from '../shared/core/queue-keys.js';
+import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
+import { fairEntryOf } from '../shared/queue/fair-entry.js';
+import { createFairGate } from './fair-gate.js';
 
 export interface WorkerRuntime {
   ready(): Promise<void>;
@@ -27,10 +33,25 @@ export function createWorkerRuntime(opts: {
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: WorkerHooks[];
+  /** The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts). */
+  scheduler: FairScheduler;
 }): WorkerRuntime {
   const { cfg, infra, logger } = opts;
   const connection = createRedis(infra.redisUrl, 'worker');
   const subscriber = createRedis(infra.redisUrl, 'worker');
+  const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
+  // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers.
+  const loop = createDispatchLoop({
+    scheduler: opts.scheduler,
+    worker: { id: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, concurrency: cfg.WORKER_CONCURRENCY },
+    logger,
+  });
+  const gate = createFairGate({
+    scheduler: opts.scheduler,
+    loop,
+    logger,
+    entryOf: (job) => fairEntryOf(job, opts.registry, models),
+  });
   const features = opts.features ?? [];
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
@@ -47,8 +68,9 @@ export function createWorkerRuntime(opts: {
     agents: opts.registry,
     chain: compose(opts.guards, call),
     runs: createRunWriter(createRunStore({ pool: infra.db.pool })),
-    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+    models,
     logger,
+    gate,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });
   const worker = createAgentWorker({
@@ -63,11 +85,26 @@ export function createWorkerRuntime(opts: {
     logger,
   });
   for (const f of features) f.attachWorker?.(worker.worker);
+  // A slot goes back once BullMQ recorded the outcome; a retry re-enters its lane when BullMQ promotes it.
+  worker.worker.on('completed', (job) => gate.finished(job.id!));
+  worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
+  // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
+  const kickChannel = fairKickChannel(cfg.QUEUE_PREFIX);
+  const onKick = (ch: string) => ch === kickChannel && void loop.kick();
+  subscriber.on('message', onKick);
+  const kickSubscribed = subscriber.subscribe(kickChannel);
   return {
-    ready: () => worker.ready(),
+    ready: async () => {
+      await kickSubscribed;
+      await worker.ready();
+      await loop.kick();
+    },
     isRunning: () => worker.worker.isRunning(),
     async close(graceMs) {
       await worker.close(graceMs);
+      subscriber.off('message', onKick);
+      await gate.close();
+      await loop.close();
       connection.disconnect();
       subscriber.disconnect();
     },

@@ -65,7 +65,6 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           jobs: deps.jobs,
           queue: deps.queue,
           producer: deps.producer,
-          admission: deps.admission,
           reader: readerOf,
           heartbeatMs,
           maxStreamsPerOrg,

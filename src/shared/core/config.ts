@@ -89,6 +89,17 @@ export const configSchema = z.object({
   /** Primary/fallback routes per "Agent:action" (or "Agent"), e.g. {"RiskAnalyzer:analyze_risks":{"primary":"gemini-2.5-pro","fallback":"gemini-2.5-flash","timeoutMs":30000,"retries":1}}. */
   AGENT_ROUTES: json(z.record(z.string(), routeSchema), {}),
   QUOTA_CACHE_MS: int(5000),
+  /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
+  ORG_WEIGHT: z.coerce.number().positive().default(1),
+  ORG_CONCURRENCY: int(0),
+  /** Default per-org requests per minute per model, by tier, and estimated tokens per minute (0 = unlimited). */
+  ORG_RPM_PRO: int(30),
+  ORG_RPM_FLASH: int(200),
+  ORG_TPM: int(0),
+  /** The dispatcher keeps BullMQ's wait list at this times the live workers' total concurrency (fairness decided late). */
+  DISPATCH_BUFFER_RATIO: z.coerce.number().min(0.1).max(10).default(1),
+  /** A dispatched job's slot is checked after this long without news (crashed worker, lost promote) and recovered. */
+  FAIR_LEASE_MS: int(30_000, 1000),
   CACHE_TTL_S: int(3600, 1),
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),

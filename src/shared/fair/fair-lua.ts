@@ -1,9 +1,8 @@
-import { defineLua, type RedisClient } from '../guards/lua-script.js';
+import { defineLua, type RedisClient } from '../infra/lua.js';
 import type { FairKeys } from './fair-keys.js';
 import { PARK_SCORE_MIN } from './park.js';
 import type { FairDefaults } from './fair-plan.js';
 
-const fairLuaDir = new URL('./lua/', import.meta.url);
 
 export interface FairLuaConfig {
   defaults: FairDefaults;
@@ -37,9 +36,9 @@ export interface WhyRaw {
 
 /** The fair scripts bound to one client, key set and config: the low-level layer under the scheduler. */
 export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaConfig) {
-  const core = defineLua(redis, fairLuaDir, 'fair-core-N.lua');
-  const why = defineLua(redis, fairLuaDir, 'fair-why-N.lua');
-  const stats = defineLua(redis, fairLuaDir, 'fair-stats-N.lua');
+  const core = defineLua(redis, 'fair-core-N.lua');
+  const why = defineLua(redis, 'fair-why-N.lua');
+  const stats = defineLua(redis, 'fair-stats-N.lua');
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch) =>

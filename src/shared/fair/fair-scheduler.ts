@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { RedisClient } from '../guards/lua-script.js';
+import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys } from './fair-keys.js';
 import { createFairLua, type FairLua, type RawDispatch } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';

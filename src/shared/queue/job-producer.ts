@@ -9,6 +9,7 @@ import { parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/in
 import { admitOrThrow, type AdmissionCheck } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
+import { laneModelOf } from './fair-entry.js';
 import { bulkRequestSchema, jobRequestSchema, type JobRequest } from './job-request.js';
 import { createOrgJobIndexWriter } from './org-job-index.js';
 import { QUEUE } from '../core/queue-names.js';
@@ -50,6 +51,11 @@ export interface JobProducerDeps {
   admission?: AdmissionCheck;
   /** Adds fan-out flows (parent in the flows queue, children agent jobs); absent where flows are not served. */
   flows?: FlowProducer;
+  /**
+   * Where set, jobs are laned without dispatching and this asks the workers to dispatch (the direct producer:
+   * a process outside agentq's deployment should not make decisions with its own copy of the limits).
+   */
+  kick?: () => Promise<unknown>;
 }
 
 /**
@@ -105,7 +111,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       opts: { ...jobDefaults, ...parkedJobOptions(jobId, opts.priority, now) },
       idempotent: Boolean(opts.idempotencyKey),
       lane: {
-        model: opts.model ?? deps.models[agents.resolve(req.agent, req.action).action.model],
+        model: laneModelOf(req, agents, deps.models),
         estTokens: estimateTokens(input),
         ...(opts.priority ? { priority: opts.priority } : {}),
         ...(opts.delayMs ? { delayMs: opts.delayMs } : {}),
@@ -121,6 +127,11 @@ export function createJobProducer(deps: JobProducerDeps) {
     ...(p.lane.priority ? { priority: p.lane.priority } : {}),
     ...(p.lane.delayMs ? { notBeforeMs: p.data.enqueuedAt + p.lane.delayMs } : {}),
   });
+
+  async function lane(prepared: PreparedJob[]): Promise<void> {
+    await deps.scheduler.enqueue(prepared.map(entryOf), { dispatch: !deps.kick });
+    await deps.kick?.();
+  }
 
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
@@ -141,7 +152,7 @@ export function createJobProducer(deps: JobProducerDeps) {
         : queue.addBulk(prepared.map((p) => ({ name: p.name, data: p.data, opts: { ...p.opts, ...extra } }))),
       indexed(meta.orgId, prepared),
     ]);
-    await deps.scheduler.enqueue(prepared.map(entryOf));
+    await lane(prepared);
     return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
   }
 
@@ -175,7 +186,7 @@ export function createJobProducer(deps: JobProducerDeps) {
         }),
         indexed(meta.orgId, children),
       ]);
-      await deps.scheduler.enqueue(children.map(entryOf));
+      await lane(children);
     },
   };
 }

@@ -7,7 +7,8 @@ import { createSemanticCacheGuard } from './semantic-cache-guard.js';
 import { createQuotaChecker, type QuotaDecision } from '../../shared/infra/db/quotas.js';
 import { createBreakerGuard } from './breaker-guard.js';
 import { createCircuitBreaker, type CircuitBreaker } from '../../shared/limits/circuit-breaker.js';
-import { createRateLimitGuard, defaultModelLimits } from './rate-limit-guard.js';
+import { createRateLimitGuard } from './rate-limit-guard.js';
+import { modelLimitsFromConfig } from '../../shared/limits/model-limits.js';
 import { createTokenBuckets } from '../../shared/limits/token-bucket.js';
 import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
@@ -88,16 +89,11 @@ export function createWorkerGuards(opts: {
     threshold: cfg.SEMANTIC_CACHE_THRESHOLD,
     ttlS: cfg.SEMANTIC_CACHE_TTL_S,
   });
-  const limits = cfg.MODEL_LIMITS;
   const quotas = createQuotaChecker({ pool: infra.db.pool });
 
   const rateLimit = createRateLimitGuard({
     buckets: createTokenBuckets({ redis, prefix }),
-    limits: {
-      modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
-      modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
-      perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
-    },
+    limits: modelLimitsFromConfig(cfg.MODEL_LIMITS),
     correctionFlushMs: 100,
     onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
   });

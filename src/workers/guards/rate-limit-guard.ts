@@ -1,28 +1,9 @@
 import { DelayJobError, type Middleware } from '../middleware.js';
 import { OpenCircuitError } from '../../shared/limits/circuit-breaker.js';
-import type { BucketRequest, TokenBuckets } from '../../shared/limits/token-bucket.js';
+import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limits/token-bucket.js';
+import { defaultModelLimits, type ModelLimits } from '../../shared/limits/model-limits.js';
 
-export interface ModelLimits {
-  /** Requests per minute one org may send to one model. */
-  perOrgModelRpm: (orgId: string, model: string) => number;
-  /** Requests per minute for the model across all orgs (the project's upstream quota). */
-  modelRpm: (model: string) => number;
-  /** Input + output tokens per minute for the model across all orgs. */
-  modelTpm: (model: string) => number;
-}
-
-const isPro = (model: string) => /pro/i.test(model);
-
-/**
- * Defaults in the range of Gemini's paid tier 1 quotas: `*pro*` models 150 RPM / 2M TPM, every
- * other model (flash, flash-lite) 1000 RPM / 1M TPM; one org may use a fifth of a model's RPM.
- * Real quotas differ per project: pass `limits` from configuration.
- */
-export const defaultModelLimits: ModelLimits = {
-  modelRpm: (model) => (isPro(model) ? 150 : 1000),
-  modelTpm: (model) => (isPro(model) ? 2_000_000 : 1_000_000),
-  perOrgModelRpm: (_orgId, model) => (isPro(model) ? 30 : 200),
-};
+export { defaultModelLimits, type ModelLimits };
 
 /** A limit that is not a positive finite number turns its bucket off. */
 const usable = (n: number) => Number.isFinite(n) && n > 0;
@@ -82,7 +63,10 @@ export function createRateLimitGuard(opts: {
     perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
     if (requests.length === 0) return next();
 
-    const taken = await buckets.take(requests);
+    // The dispatcher charged these buckets when it let the job run: only the TPM correction is left to do.
+    const prepaid = ctx.prepaid?.model === model;
+    if (prepaid) ctx.prepaid = undefined;
+    const taken: TakeResult = prepaid ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
     if (!taken.allowed) {
       // Jitter spreads the jobs that were refused together so they do not all return at once.
       const jitter = Math.floor(Math.random() * Math.min(maxJitterMs, 1 + taken.msBeforeNext / 10));
@@ -102,7 +86,7 @@ export function createRateLimitGuard(opts: {
     try {
       result = await next();
     } catch (err) {
-      if (err instanceof DelayJobError || err instanceof OpenCircuitError) {
+      if (!prepaid && (err instanceof DelayJobError || err instanceof OpenCircuitError)) {
         await Promise.all(requests.map((r) => correct(r, -r.cost)));
       }
       throw err;

@@ -1,0 +1,21 @@
+import type { Queue } from 'bullmq';
+import type { Config } from '../core/config.js';
+import type { RedisClient } from '../infra/lua.js';
+import { modelLimitsFromConfig } from '../limits/model-limits.js';
+import { fairPrefixes } from '../core/queue-keys.js';
+import { createFairScheduler, type FairScheduler } from './fair-scheduler.js';
+
+/** The fair scheduler every process builds from the same configuration, so all of them decide alike. */
+export function createFairSchedulerFromConfig(opts: { redis: RedisClient; queue: Queue; cfg: Config }): FairScheduler {
+  const { cfg } = opts;
+  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS);
+  return createFairScheduler({
+    redis: opts.redis,
+    queue: opts.queue,
+    ...fairPrefixes(cfg.QUEUE_PREFIX),
+    defaults: { weight: cfg.ORG_WEIGHT, concurrency: cfg.ORG_CONCURRENCY, rpm: { pro: cfg.ORG_RPM_PRO, flash: cfg.ORG_RPM_FLASH }, tpm: cfg.ORG_TPM },
+    modelLimits: (model) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model) }),
+    leaseMs: cfg.FAIR_LEASE_MS,
+    bufferRatio: cfg.DISPATCH_BUFFER_RATIO,
+  });
+}

@@ -1,0 +1,30 @@
+export interface ModelLimits {
+  /** Requests per minute one org may send to one model. */
+  perOrgModelRpm: (orgId: string, model: string) => number;
+  /** Requests per minute for the model across all orgs (the project's upstream quota). */
+  modelRpm: (model: string) => number;
+  /** Input + output tokens per minute for the model across all orgs. */
+  modelTpm: (model: string) => number;
+}
+
+const isPro = (model: string) => /pro/i.test(model);
+
+/**
+ * Defaults in the range of Gemini's paid tier 1 quotas: `*pro*` models 150 RPM / 2M TPM, every
+ * other model (flash, flash-lite) 1000 RPM / 1M TPM; one org may use a fifth of a model's RPM.
+ * Real quotas differ per project: pass `limits` from configuration.
+ */
+export const defaultModelLimits: ModelLimits = {
+  modelRpm: (model) => (isPro(model) ? 150 : 1000),
+  modelTpm: (model) => (isPro(model) ? 2_000_000 : 1_000_000),
+  perOrgModelRpm: (_orgId, model) => (isPro(model) ? 30 : 200),
+};
+
+/** Limits from `MODEL_LIMITS` (config) over the defaults. */
+export function modelLimitsFromConfig(limits: Record<string, { rpm?: number; tpm?: number; orgRpm?: number }>): ModelLimits {
+  return {
+    modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
+    modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
+    perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
+  };
+}

@@ -1,0 +1,74 @@
+import type { Job } from 'bullmq';
+import type { Logger } from '../shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+
+type AgentJob = Job<AgentJobData, AgentResult>;
+
+/**
+ * The worker's side of fair dispatch. A job normally reaches a worker only after the dispatcher gave it a
+ * slot; anything else (a retry BullMQ promoted after its backoff, a DLQ replay, a job promoted by hand in Bull
+ * Board) is parked again and handed to the dispatcher, so no path runs a job outside its org's limits.
+ * Slots are released when BullMQ has recorded the outcome (completed / failed events), in batches.
+ */
+export function createFairGate(deps: {
+  scheduler: Pick<FairScheduler, 'claim' | 'enqueue' | 'release' | 'repark' | 'blockModel'>;
+  loop: DispatchLoop;
+  /** The fair entry of a job (org, model the dispatcher limits it by, priority, token estimate). */
+  entryOf: (job: AgentJob) => FairEntry;
+  logger: Logger;
+}) {
+  let pending: string[] = [];
+  let flushing: Promise<void> | undefined;
+
+  async function flush(): Promise<void> {
+    while (pending.length) {
+      const ids = pending;
+      pending = [];
+      try {
+        await deps.scheduler.release(ids);
+      } catch (err) {
+        // The slots' leases expire and the dispatcher's sweep frees them: slower, never lost.
+        deps.logger.warn({ err, jobs: ids.length }, 'fair: could not release slots; leases will recover them');
+      }
+    }
+    flushing = undefined;
+    void deps.loop.kick();
+  }
+
+  return {
+    /** True when the job holds a dispatcher slot and may run; otherwise it was parked again (throw DelayedError). */
+    async admit(job: AgentJob, token: string | undefined): Promise<boolean> {
+      if (await deps.scheduler.claim(job.id!)) return true;
+      if (!token) return true;
+      await parkActiveJob(job, token);
+      await deps.scheduler.enqueue([deps.entryOf(job)]);
+      deps.logger.debug({ jobId: job.id }, 'fair: job reached a worker without a slot; parked for the dispatcher');
+      return false;
+    },
+
+    /**
+     * Waits a job without using an attempt (quota, open breaker, a limit only known at run time): parked and
+     * back in its lane from `untilMs`. An open breaker also pauses the model's lanes for every org.
+     */
+    async defer(job: AgentJob, token: string | undefined, untilMs: number, reason: string, model?: string): Promise<void> {
+      if (!token) throw new Error('cannot defer a job without its lock token');
+      await parkActiveJob(job, token);
+      await deps.scheduler.repark(job.id!, untilMs, reason);
+      if (model && reason === 'breaker_open') await deps.scheduler.blockModel(model, untilMs, reason);
+      void deps.loop.kick();
+    },
+
+    /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick). */
+    finished(jobId: string): void {
+      pending.push(jobId);
+      flushing ??= Promise.resolve().then(flush);
+    },
+
+    async close(): Promise<void> {
+      await flushing;
+    },
+  };
+}
+
+export type FairGate = ReturnType<typeof createFairGate>;
