@@ -177,6 +177,32 @@ describe('fair scheduler', () => {
   });
 });
 
+describe('fair scheduler round trips', () => {
+  it('enqueue lanes and dispatches in one script call, then one promote per job', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.queue.add('j', {}, parkedJobOptions('rt-1'));
+    let commands = 0;
+    const send = c.redis.sendCommand.bind(c.redis);
+    (c.redis as unknown as { sendCommand: typeof send }).sendCommand = (...a: Parameters<typeof send>) => {
+      commands++;
+      return send(...a);
+    };
+    const r = await c.scheduler.enqueue([{ jobId: 'rt-1', orgId: org, model: FLASH, estTokens: 10 }]);
+    expect(r.promoted).toEqual(['rt-1']);
+    expect(commands).toBe(2);
+    expect(await c.queue.getJobState('rt-1')).toBe('waiting');
+  });
+
+  it('refuses to lane a job that is not parked in BullMQ', async () => {
+    const c = await setup();
+    await c.queue.add('j', {}, { jobId: 'plain' });
+    const r = await c.scheduler.enqueue([{ jobId: 'plain', orgId: randomOrg(), model: FLASH, estTokens: 1 }, { jobId: 'missing', orgId: randomOrg(), model: FLASH, estTokens: 1 }]);
+    expect(r.skipped).toEqual(['plain', 'missing']);
+    expect(r.promoted).toEqual([]);
+  });
+});
+
 describe('fair scheduler limits', () => {
   it('keeps an org at its concurrency cap under a busy worker, and finishes everything', { timeout: 60_000 }, async () => {
     const c = await setup({ bufferTarget: 20 });
