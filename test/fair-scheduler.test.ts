@@ -5,6 +5,7 @@ import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispat
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
+import { createTokenBuckets } from '../src/shared/guards/token-bucket.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const FLASH = 'gemini-2.5-flash';
@@ -174,6 +175,32 @@ describe('fair scheduler', () => {
     const bCount = next.filter((id) => orgOf(id) === b).length;
     expect(bCount).toBeGreaterThanOrEqual(9);
     expect(bCount).toBeLessThanOrEqual(11);
+  });
+});
+
+describe('fair scheduler round trips', () => {
+  it('enqueue lanes and dispatches in one script call, then one promote per job', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.queue.add('j', {}, parkedJobOptions('rt-1'));
+    let commands = 0;
+    const send = c.redis.sendCommand.bind(c.redis);
+    (c.redis as unknown as { sendCommand: typeof send }).sendCommand = (...a: Parameters<typeof send>) => {
+      commands++;
+      return send(...a);
+    };
+    const r = await c.scheduler.enqueue([{ jobId: 'rt-1', orgId: org, model: FLASH, estTokens: 10 }]);
+    expect(r.promoted).toEqual(['rt-1']);
+    expect(commands).toBe(2);
+    expect(await c.queue.getJobState('rt-1')).toBe('waiting');
+  });
+
+  it('refuses to lane a job that is not parked in BullMQ', async () => {
+    const c = await setup();
+    await c.queue.add('j', {}, { jobId: 'plain' });
+    const r = await c.scheduler.enqueue([{ jobId: 'plain', orgId: randomOrg(), model: FLASH, estTokens: 1 }, { jobId: 'missing', orgId: randomOrg(), model: FLASH, estTokens: 1 }]);
+    expect(r.skipped).toEqual(['plain', 'missing']);
+    expect(r.promoted).toEqual([]);
   });
 });
 
@@ -352,6 +379,22 @@ describe('fair scheduler limits', () => {
       woke = d;
     }, { timeout: 5_000, interval: 50 });
     expect(woke!.nowMs).toBeGreaterThanOrEqual(until);
+  });
+
+  it('charges TPM in the token-bucket format, so the guards adjust() refund is seen by the next dispatch', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { tpm: 1000 });
+    const ids = await c.add(org, 3, { est: 400 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 2));
+    expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', limit: `tpm:org:${org}:${FLASH}` });
+    // The first two used 100 tokens each, not 400: the worker refunds 600 with the existing script.
+    const buckets = createTokenBuckets({ redis: c.redis, prefix: c.prefix });
+    const level = await buckets.adjust(`tpm:org:${org}:${FLASH}`, 1000, 1000 / 60, -600);
+    expect(level).toBeGreaterThanOrEqual(800);
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    await c.scheduler.wakeOrg(org);
+    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
   });
 
   it('applies a plan change at the next dispatch', async () => {

@@ -12,7 +12,8 @@
  *   <keyPrefix>:otimers                HASH  org -> number of its jobs in timers
  *   <keyPrefix>:leases                 ZSET  dispatched jobs -> lease deadline ms
  *   <keyPrefix>:inflight               HASH  org -> slots held (always = the org's members of leases)
- *   <keyPrefix>:vt / :gvt / :seq       HASH org -> virtual time / global virtual time / FIFO counter
+ *   <keyPrefix>:vt                     HASH  org -> virtual time
+ *   <keyPrefix>:gvt, :seq              STRING global virtual time (start tag of the last dispatch), FIFO counter
  *   <keyPrefix>:mblock / :mblockwhy    HASH  model -> blocked until ms / reason
  *   <keyPrefix>:mlimits                HASH  rpm:<model> / tpm:<model> -> global limit per minute
  *   <keyPrefix>:plan:<org>             HASH  weight, concurrency, rpmPro, rpmFlash, tpm

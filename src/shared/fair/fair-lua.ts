@@ -69,6 +69,9 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async plan(org: string, fields: string[]): Promise<void> {
       await call('plan', [org, ...fields]);
     },
+    async wake(org: string): Promise<void> {
+      await call('wake', [org]);
+    },
     async block(model: string, untilMs: number, reason: string): Promise<void> {
       await call('block', [model, Math.ceil(untilMs), reason]);
     },

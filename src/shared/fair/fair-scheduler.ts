@@ -65,7 +65,13 @@ export interface FairScheduler {
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
+  /** Replaces the org's whole plan (absent fields = defaults); applies at the next dispatch. */
   setPlan(org: string, plan: FairPlan): Promise<void>;
+  /**
+   * Re-examines the org's sleeping and cap-blocked lanes at the next dispatch, e.g. after a TPM refund with
+   * token-bucket adjust(): a sleeping lane otherwise waits for the wake time its bucket math gave it.
+   */
+  wakeOrg(org: string): Promise<void>;
   getPlan(org: string): Promise<FairPlan>;
   why(jobId: string): Promise<WhyResult | null>;
   orgStats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: ReturnType<typeof effectivePlan> }>;
@@ -151,6 +157,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
     cancel: (id) => raw.cancel(id),
     blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),
+    wakeOrg: (org) => raw.wake(org),
     async setPlan(org, plan) {
       await raw.plan(org, planFields(plan));
     },

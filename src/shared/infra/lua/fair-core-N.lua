@@ -6,7 +6,7 @@
 --   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
 --   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only)
--- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | block
+-- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target,
 -- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
@@ -14,9 +14,9 @@
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm
 --   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
---   block: model, untilMs, reason
+--   wake: org;  block: model, untilMs, reason
 -- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
---          release: slots freed; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / block: 1
+--          release: slots freed; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -385,14 +385,17 @@ elseif op == 'cancel' then
   if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0
-elseif op == 'plan' then
+elseif op == 'plan' or op == 'wake' then
   local org = ARGV[12]
-  local fields = { 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm' }
-  for k, f in ipairs(fields) do
-    local v = ARGV[12 + k]
-    if v == '' then rcall('HDEL', P_PLAN .. org, f) else rcall('HSET', P_PLAN .. org, f, v) end
+  if op == 'plan' then
+    local fields = { 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm' }
+    for k, f in ipairs(fields) do
+      local v = ARGV[12 + k]
+      if v == '' then rcall('HDEL', P_PLAN .. org, f) else rcall('HSET', P_PLAN .. org, f, v) end
+    end
   end
-  -- Limits may have been raised: give every waiting lane of the org a fresh look at the next dispatch.
+  -- Limits raised or tokens refunded: give every waiting lane of the org a fresh look at the next dispatch
+  -- (a lane that still lacks room just goes back to sleep with a new wake time).
   wakeCapBlocked(org)
   for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
     if rcall('ZREM', K_SLEEP, l) == 1 then
