@@ -5,7 +5,7 @@ import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispat
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
-import { createTokenBuckets } from '../src/shared/guards/token-bucket.js';
+import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const FLASH = 'gemini-2.5-flash';
@@ -343,7 +343,7 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
   });
 
-  it('cancel removes a waiting job only', async () => {
+  it('cancel removes a waiting job, and frees the slot of one dispatched but not started', async () => {
     const c = await setup();
     const org = randomOrg();
     await c.scheduler.setPlan(org, { concurrency: 1 });
@@ -352,9 +352,11 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.cancel(ids[2])).toBe(true);
     expect(await c.scheduler.why(ids[2])).toBeNull();
     expect(await c.scheduler.cancel(ids[2])).toBe(false);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+    expect(await c.scheduler.cancel(ids[0])).toBe(true);
     expect(await c.scheduler.cancel(ids[0])).toBe(false);
     expect((await c.scheduler.orgStats(org)).waiting).toBe(1);
-    expect(await c.scheduler.release([ids[0]])).toBe(1);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
     expect(await c.scheduler.release([ids[0]])).toBe(0);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[1]]);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);

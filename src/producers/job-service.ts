@@ -82,6 +82,8 @@ export function createJobService(deps: {
       if (state === 'delayed' && isParked(job)) {
         const why = await deps.scheduler.why(id);
         if (why) {
+          // Its own `delayMs` still runs: delayed, as the caller asked.
+          if (why.reason === 'delayed') view.state = 'delayed';
           view.waitingFor = {
             reason: why.reason,
             ...(why.limit ? { limit: why.limit } : {}),

@@ -17,6 +17,8 @@ export interface AgentWorkerOptions {
   lockDurationMs: number;
   stalledIntervalMs: number;
   backoff: { baseMs: number; maxMs: number };
+  /** Turns a retry's backoff into the delay BullMQ applies (the fair gate parks it and times it itself). */
+  retryDelay?: (jobId: string, backoffMs: number) => number;
   logger: Logger;
 }
 
@@ -24,8 +26,10 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, opts.processor, {
     ...workerOptions(opts),
     settings: {
-      backoffStrategy: (attemptsMade, _type, err) =>
-        backoffDelay(attemptsMade, { ...opts.backoff, retryAfterMs: (err as { retryAfterMs?: number } | undefined)?.retryAfterMs }),
+      backoffStrategy: (attemptsMade, _type, err, job) => {
+        const ms = backoffDelay(attemptsMade, { ...opts.backoff, retryAfterMs: (err as { retryAfterMs?: number } | undefined)?.retryAfterMs });
+        return opts.retryDelay && job?.id ? opts.retryDelay(job.id, ms) : ms;
+      },
     },
   });
 

@@ -1,7 +1,7 @@
 import type { Job } from 'bullmq';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import { PARK_AT_MS, parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -20,6 +20,8 @@ export function createFairGate(deps: {
 }) {
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
+  /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
+  const retries = new Map<string, number>();
 
   async function flush(): Promise<void> {
     while (pending.length) {
@@ -59,8 +61,27 @@ export function createFairGate(deps: {
       void deps.loop.kick();
     },
 
-    /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick). */
+    /**
+     * BullMQ's backoff strategy for fair jobs: the retry is parked (BullMQ never promotes it by itself) and
+     * re-enters its lane once the real backoff is over, so it is dispatched like any other job, never bounced.
+     */
+    retryDelay(jobId: string, backoffMs: number): number {
+      retries.set(jobId, backoffMs);
+      return PARK_AT_MS - Date.now();
+    },
+
+    /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
     finished(jobId: string): void {
+      const backoffMs = retries.get(jobId);
+      if (backoffMs !== undefined) {
+        retries.delete(jobId);
+        // A crash before this repark leaves the job parked with its lease: the lease sweep lanes it again.
+        void deps.scheduler.repark(jobId, Date.now() + backoffMs, 'retry_backoff').then(
+          () => deps.loop.kick(),
+          (err: unknown) => deps.logger.warn({ err, jobId }, 'fair: could not schedule a retry; the lease sweep will'),
+        );
+        return;
+      }
       pending.push(jobId);
       flushing ??= Promise.resolve().then(flush);
     },

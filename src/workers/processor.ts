@@ -43,7 +43,6 @@ function retryAtOf(err: unknown): number | undefined {
  */
 export function createAgentProcessor(deps: ProcessorDeps) {
   return async (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
-    if (deps.gate && !(await deps.gate.admit(job, token))) throw new DelayedError();
     const data = job.data;
     const logger = deps.logger.child({
       jobId: job.id,
@@ -63,6 +62,8 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       if (err instanceof ValidationError) throw new UnrecoverableError(`invalid job: ${err.message}`);
       throw err;
     }
+    // After validation, so a job that can never run fails at once instead of waiting for a slot first.
+    if (deps.gate && !(await deps.gate.admit(job, token))) throw new DelayedError();
 
     const controller = new AbortController();
     const onCancel = () => controller.abort(new Error(CANCELLED_REASON));

@@ -82,6 +82,7 @@ export function createWorkerRuntime(opts: {
     lockDurationMs: cfg.LOCK_DURATION_MS,
     stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
     backoff: { baseMs: cfg.BACKOFF_BASE_MS, maxMs: cfg.BACKOFF_MAX_MS },
+    retryDelay: (jobId, backoffMs) => gate.retryDelay(jobId, backoffMs),
     logger,
   });
   for (const f of features) f.attachWorker?.(worker.worker);

@@ -17,6 +17,8 @@ export interface DispatchLoop {
  */
 export function createDispatchLoop(opts: {
   scheduler: Pick<FairScheduler, 'dispatch'>;
+  /** A worker's loop registers its concurrency with every call (it sizes BullMQ's wait list). */
+  worker?: { id: string; concurrency: number };
   logger?: DispatchLoopLogger;
   safetyPollMs?: number;
   onDispatch?: (r: DispatchResult) => void;
@@ -43,11 +45,15 @@ export function createDispatchLoop(opts: {
     wakeTimer.unref();
   };
 
+  const safetyPollMs = opts.safetyPollMs ?? 5_000;
+  // Outlives two missed safety polls, so only a dead (or closed) worker's share of the buffer lapses.
+  const registration = opts.worker ? { ...opts.worker, ttlMs: safetyPollMs * 3 } : undefined;
+
   const run = async () => {
     do {
       pending = false;
       try {
-        const r = await opts.scheduler.dispatch();
+        const r = await opts.scheduler.dispatch(registration);
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {
@@ -67,7 +73,7 @@ export function createDispatchLoop(opts: {
     return running;
   }
 
-  const poll = setInterval(() => void kick(), opts.safetyPollMs ?? 5_000);
+  const poll = setInterval(() => void kick(), safetyPollMs);
   poll.unref();
 
   return {

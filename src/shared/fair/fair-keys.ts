@@ -19,6 +19,7 @@
  *   <keyPrefix>:plan:<org>             HASH  weight, concurrency, rpmPro, rpmFlash, tpm
  *   <bucketPrefix>:tb:rpm:org:<org>:<model>, :tb:tpm:org:<org>:<model>, :tb:rpm:model:<model>,
  *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
+ *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
  *   BullMQ's wait, prioritized, delayed and job hashes: read only.
  */
 
@@ -54,6 +55,8 @@ export const FAIR_KEY_NAMES = [
   'queuePrioritized',
   'queueDelayed',
   'queueJobPrefix',
+  'workers',
+  'workerConc',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -81,6 +84,9 @@ const hashTag = (key: string): string | undefined => {
   return close > open + 1 ? key.slice(open + 1, close) : undefined;
 };
 
+/** Prefix of the per-job meta hashes (org, model, state): read by the job listing too. */
+export const fairJobPrefix = (keyPrefix: string) => `${keyPrefix}:job:`;
+
 export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue: QueueKeySource }): FairKeys {
   const p = opts.keyPrefix;
   const b = opts.bucketPrefix;
@@ -104,7 +110,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     modelBlock: `${p}:mblock`,
     modelBlockWhy: `${p}:mblockwhy`,
     modelLimits: `${p}:mlimits`,
-    jobPrefix: `${p}:job:`,
+    jobPrefix: fairJobPrefix(p),
     lanePrefix: `${p}:lane:`,
     orgLanesPrefix: `${p}:olanes:`,
     capBlockedPrefix: `${p}:capblk:`,
@@ -117,6 +123,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     queuePrioritized: q.toKey('prioritized'),
     queueDelayed: q.toKey('delayed'),
     queueJobPrefix: q.toKey(''),
+    workers: `${p}:workers`,
+    workerConc: `${p}:workerconc`,
   };
   return {
     named,

@@ -7,7 +7,8 @@ import type { FairDefaults } from './fair-plan.js';
 export interface FairLuaConfig {
   defaults: FairDefaults;
   leaseMs: number;
-  bufferTarget: number;
+  /** Jobs kept in BullMQ's wait list: a number, or `x<ratio>` of the live workers' total concurrency. */
+  bufferTarget: number | `x${number}`;
   /** Most jobs one dispatch call hands out (bounds the script's run time). */
   maxBatch: number;
   /** Most due timers, sleepers and expired leases each handled per dispatch call. */
@@ -50,10 +51,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   };
   return {
     /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
-    async dispatch(maxJobs?: number): Promise<RawDispatch> {
-      return toDispatch(await call('dispatch', [], maxJobs));
+    async dispatch(maxJobs?: number, worker?: { id: string; concurrency: number; ttlMs: number }): Promise<RawDispatch> {
+      return toDispatch(await call('dispatch', worker ? [worker.id, worker.concurrency, worker.ttlMs] : [], maxJobs));
     },
-    /** entries flattened as id, org, model, priority, est, model rpm, model tpm. */
+    /** entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now). */
     async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {
       return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
@@ -65,6 +66,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     async cancel(id: string): Promise<boolean> {
       return (await call('cancel', [id])) === 1;
+    },
+    async claim(id: string): Promise<boolean> {
+      return (await call('claim', [id])) === 1;
+    },
+    /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
+    async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {
+      const [ids, scanned] = (await call('orphans', [offset, count])) as [string[], number];
+      return { ids, scanned };
     },
     async plan(org: string, fields: string[]): Promise<void> {
       await call('plan', [org, ...fields]);

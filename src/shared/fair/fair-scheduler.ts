@@ -12,9 +12,14 @@ export interface FairEntry {
   priority?: number;
   /** Token estimate charged to the TPM buckets at dispatch. */
   estTokens: number;
+  /** The job waits (as `retry_backoff`-like "delayed") until this time (ms) before entering its lane. */
+  notBeforeMs?: number;
 }
 
-export type WaitReason = 'fair_share' | 'org_concurrency' | 'rate_limited' | 'model_blocked' | 'retry_backoff';
+export type WaitReason = 'fair_share' | 'org_concurrency' | 'rate_limited' | 'model_blocked' | 'breaker_open' | 'quota' | 'delayed' | 'retry_backoff';
+
+/** Reasons a job parked with a not-before time (repark, or its own `delayMs`) is reported under. */
+const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited']);
 
 export interface WhyResult {
   reason: WaitReason;
@@ -47,10 +52,12 @@ export interface FairSchedulerOptions {
   bucketPrefix: string;
   defaults: FairDefaults;
   /** Global per-model limits; stored in Redis at enqueue, so any dispatching process knows them. */
-  modelLimits: (model: string) => { rpm?: number; tpm?: number };
+  modelLimits: (model: string) => { rpm?: number; tpm?: number; orgRpm?: number };
   leaseMs: number;
-  /** Dispatch until BullMQ's wait + prioritized hold this many jobs. */
-  bufferTarget: number;
+  /** Dispatch until BullMQ's wait + prioritized hold this many jobs... */
+  bufferTarget?: number;
+  /** ...or this times the total concurrency of the workers alive now (each registers as it dispatches). */
+  bufferRatio?: number;
   maxBatch?: number;
   sweepMax?: number;
   /** Ids per enqueue script call (bounds the time one call blocks Redis). */
@@ -60,7 +67,12 @@ export interface FairSchedulerOptions {
 export interface FairScheduler {
   /** Lanes jobs already added to BullMQ parked (see park.ts), then dispatches unless `dispatch: false`. */
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
-  dispatch(): Promise<DispatchResult>;
+  /** `worker` registers the calling worker (its concurrency sizes the dispatch buffer) for `ttlMs`. */
+  dispatch(worker?: { id: string; concurrency: number; ttlMs: number }): Promise<DispatchResult>;
+  /** True when the job holds a dispatcher slot (its lease is renewed); false: it must be parked and laned. */
+  claim(jobId: string): Promise<boolean>;
+  /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
+  orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   release(jobIds: string[]): Promise<number>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
@@ -87,7 +99,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const raw = createFairLua(opts.redis, keys, {
     defaults: opts.defaults,
     leaseMs: opts.leaseMs,
-    bufferTarget: opts.bufferTarget,
+    bufferTarget: opts.bufferRatio !== undefined ? `x${opts.bufferRatio}` : (opts.bufferTarget ?? 0),
     maxBatch: opts.maxBatch ?? 500,
     sweepMax: opts.sweepMax ?? 100,
   });
@@ -119,7 +131,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     raw,
     keys,
     async enqueue(entries, eopts = {}) {
-      const limitsByModel = new Map<string, { rpm: number; tpm: number }>();
+      const limitsByModel = new Map<string, { rpm: number; tpm: number; orgRpm: number | '' }>();
       const flat: Array<Array<string | number>> = [];
       for (const e of entries) {
         if (e.model.includes('|')) throw new RangeError(`model name must not contain '|': ${e.model}`);
@@ -129,10 +141,10 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         let lim = limitsByModel.get(e.model);
         if (!lim) {
           const l = opts.modelLimits(e.model);
-          lim = { rpm: l.rpm ?? 0, tpm: l.tpm ?? 0 };
+          lim = { rpm: l.rpm ?? 0, tpm: l.tpm ?? 0, orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }
-        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm]);
+        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm]);
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;
@@ -150,9 +162,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       }
       return { promoted, skipped, nowMs: last.nowMs, more: last.more, ...(last.nextWakeMs !== undefined ? { nextWakeMs: last.nextWakeMs } : {}) };
     },
-    async dispatch() {
-      return finish(await raw.dispatch());
+    async dispatch(worker) {
+      return finish(await raw.dispatch(undefined, worker));
     },
+    claim: (id) => raw.claim(id),
+    orphans: (offset, count) => raw.orphans(offset, count),
     release: (ids) => raw.release(ids),
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
     cancel: (id) => raw.cancel(id),
@@ -170,6 +184,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       let reason = r.reason as WaitReason;
       let limit = r.limit;
       if (reason === 'rate_limited' && limit.startsWith('model:')) reason = 'model_blocked';
+      if (reason === 'model_blocked' && limit === 'breaker_open') reason = 'breaker_open';
+      if (reason === 'retry_backoff' && TIMER_REASONS.has(limit)) {
+        reason = limit as WaitReason;
+        limit = '';
+      }
       if (limit.startsWith(bucketKeyPrefix)) limit = limit.slice(bucketKeyPrefix.length);
       return {
         reason,

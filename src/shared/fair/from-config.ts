@@ -14,7 +14,7 @@ export function createFairSchedulerFromConfig(opts: { redis: RedisClient; queue:
     queue: opts.queue,
     ...fairPrefixes(cfg.QUEUE_PREFIX),
     defaults: { weight: cfg.ORG_WEIGHT, concurrency: cfg.ORG_CONCURRENCY, rpm: { pro: cfg.ORG_RPM_PRO, flash: cfg.ORG_RPM_FLASH }, tpm: cfg.ORG_TPM },
-    modelLimits: (model) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model) }),
+    modelLimits: (model) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model), orgRpm: cfg.MODEL_LIMITS[model]?.orgRpm }),
     leaseMs: cfg.FAIR_LEASE_MS,
     bufferRatio: cfg.DISPATCH_BUFFER_RATIO,
   });

@@ -1,7 +1,8 @@
 import type { Redis } from 'ioredis';
 import { defineLua } from '../infra/lua.js';
 import { cancelledKey } from '../core/cancel.js';
-import { orgJobsKey } from '../core/queue-keys.js';
+import { fairPrefixes, orgJobsKey } from '../core/queue-keys.js';
+import { fairJobPrefix } from '../fair/fair-keys.js';
 import { PARK_SCORE_MIN } from '../fair/park.js';
 
 /** Longest a job can matter to a listing: the longest delay (30 days) plus failed-job retention (14 days). */
@@ -95,7 +96,7 @@ export function createOrgJobIndexReader(o: { redis: Redis; prefix: string; keys:
       for (;;) {
         const [nextMax, nextSkip, scanned, rows] = (await pageLua(
           [key, k.completed, k.failed, k.delayed, k.prioritized, k.waitingChildren, k.active],
-          [k.job, cancelledKey(o.prefix, ''), max, min, skip, pageSize, filter.state ?? '', filter.agent ? `${filter.agent}:` : '', PARK_SCORE_MIN],
+          [k.job, cancelledKey(o.prefix, ''), max, min, skip, pageSize, filter.state ?? '', filter.agent ? `${filter.agent}:` : '', PARK_SCORE_MIN, fairJobPrefix(fairPrefixes(o.prefix).keyPrefix)],
         )) as [string, number, number, Array<Array<string | null>>];
         if (rows.length > 0) {
           yield rows.map((r) => ({

@@ -5,13 +5,18 @@
 --   7 inflight HASH, 8 vt HASH, 9 gvt STRING, 10 seq STRING, 11 mblock HASH, 12 mblockwhy HASH,
 --   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
---   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only)
--- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block
+--   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only),
+--   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency)
+-- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
--- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target,
+-- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
+--   or 'x<ratio>' for ratio x the live workers' total concurrency,
 -- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
 -- ARGV[12..] op arguments:
---   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm
+--   dispatch: worker id ('' = not a worker), its concurrency, registration ttl ms (registers the worker)
+--   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
+--     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier)
+--   claim: id (1 if the job holds a slot; its lease is renewed);  orphans: offset among parked jobs, count
 --   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
@@ -25,6 +30,7 @@ local now = math.floor(nowF)
 local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
+local K_WORKERS, K_WORKERCONC = KEYS[27], KEYS[28]
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
 local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
@@ -34,7 +40,7 @@ local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = ton
   rpmFlash = tonumber(ARGV[5]), tpm = tonumber(ARGV[6]) }
 local LEASE_MS = tonumber(ARGV[7])
 local PARK_SCORE = tonumber(ARGV[8])
-local BUFFER = tonumber(ARGV[9])
+local BUFFER_ARG = ARGV[9]
 local MAX_BATCH = tonumber(ARGV[10])
 local SWEEP_MAX = tonumber(ARGV[11])
 
@@ -53,7 +59,7 @@ local function plan(org)
   local p = planCache[org]
   if p then return p end
   local h = rcall('HMGET', P_PLAN .. org, 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm')
-  p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc,
+  p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc, ownRpmPro = tonumber(h[3]), ownRpmFlash = tonumber(h[4]),
     rpmPro = tonumber(h[3]) or DEF.rpmPro, rpmFlash = tonumber(h[4]) or DEF.rpmFlash, tpm = tonumber(h[5]) or DEF.tpm }
   if not (p.weight > 0) then p.weight = DEF.weight end
   planCache[org] = p
@@ -193,8 +199,14 @@ local function tryLane(lane, org, model, v)
     return nil
   end
   local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
-  local orgRpm = p.rpmFlash
-  if string.find(model, 'pro', 1, true) then orgRpm = p.rpmPro end
+  -- The org's own plan wins, then the model's configured per-org rpm, then the default for the model's tier.
+  local pro = string.find(model, 'pro', 1, true) ~= nil
+  local orgRpm
+  if pro then orgRpm = p.ownRpmPro else orgRpm = p.ownRpmFlash end
+  if orgRpm == nil then orgRpm = tonumber(rcall('HGET', K_MLIMITS, 'orgrpm:' .. model)) end
+  if orgRpm == nil then
+    if pro then orgRpm = p.rpmPro else orgRpm = p.rpmFlash end
+  end
   local candidates = {
     { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1 },
     { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est },
@@ -296,6 +308,21 @@ local function firstScore(key)
   return tonumber(r[2])
 end
 
+-- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
+-- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
+local function bufferTarget()
+  if string.sub(BUFFER_ARG, 1, 1) ~= 'x' then return tonumber(BUFFER_ARG) end
+  local ratio = tonumber(string.sub(BUFFER_ARG, 2))
+  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
+  if #gone > 0 then
+    rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
+    rcall('HDEL', K_WORKERCONC, unpack(gone))
+  end
+  local total = 0
+  for _, c in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(c) end
+  return math.ceil(ratio * total)
+end
+
 local function dispatch(skipped)
   moveDueTimers()
   wakeSleepers()
@@ -303,7 +330,7 @@ local function dispatch(skipped)
   local out = {}
   local more = 0
   -- Keep BullMQ's wait short: fairness is decided as late as possible.
-  local limit = BUFFER - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
+  local limit = bufferTarget() - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
   if limit > MAX_BATCH then limit = MAX_BATCH end
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
@@ -332,11 +359,15 @@ local function dispatch(skipped)
 end
 
 if op == 'dispatch' then
+  if ARGV[12] and ARGV[12] ~= '' then
+    rcall('ZADD', K_WORKERS, now + tonumber(ARGV[14]), ARGV[12])
+    rcall('HSET', K_WORKERCONC, ARGV[12], ARGV[13])
+  end
   return dispatch()
 elseif op == 'enqueue' then
   local skipped = {}
   local i = 13
-  while i + 6 <= #ARGV do
+  while i + 8 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
     if rcall('EXISTS', P_JOB .. id) == 1 then
@@ -348,9 +379,11 @@ elseif op == 'enqueue' then
       local seq = rcall('INCR', K_SEQ)
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
       rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5], 'tpm:' .. model, ARGV[i + 6])
-      pushJob(id, org, model, tonumber(ARGV[i + 3]), seq)
+      if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+      local notBefore = tonumber(ARGV[i + 7])
+      if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
     end
-    i = i + 7
+    i = i + 9
   end
   if ARGV[12] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
@@ -383,8 +416,26 @@ elseif op == 'cancel' then
   local done = false
   if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
   if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
+  -- Dispatched but not started (it sits in BullMQ's wait): the slot goes back with the job.
+  if m[1] and m[5] == 'lease' then done = freeSlot(id, m[1]) end
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0
+elseif op == 'claim' then
+  local id = ARGV[12]
+  if not rcall('ZSCORE', K_LEASES, id) then return 0 end
+  rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+  return 1
+elseif op == 'orphans' then
+  -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
+  -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
+  local base = rcall('ZCOUNT', Q_DELAYED, '-inf', '(' .. ARGV[8])
+  local from = base + tonumber(ARGV[12])
+  local page = rcall('ZRANGE', Q_DELAYED, from, from + tonumber(ARGV[13]) - 1)
+  local out = {}
+  for _, id in ipairs(page) do
+    if rcall('EXISTS', P_JOB .. id) == 0 then out[#out + 1] = id end
+  end
+  return { out, #page }
 elseif op == 'plan' or op == 'wake' then
   local org = ARGV[12]
   if op == 'plan' then

@@ -5,7 +5,8 @@
 -- ARGV[3]: max score (inclusive; "+inf" for the first page), ARGV[4]: min score ("-inf" or the `since` ms)
 -- ARGV[5]: members at the max score already returned, ARGV[6]: page size
 -- ARGV[7]: state filter ("" for any), ARGV[8]: job name prefix filter ("Agent:" or "")
--- ARGV[9]: lowest delayed score of a job parked for the fair dispatcher (listed as "waiting")
+-- ARGV[9]: lowest delayed score of a job parked for the fair dispatcher (listed as "waiting", or "delayed"
+-- while its own `delayMs` runs), ARGV[10]: the fair dispatcher's job meta key prefix
 -- Returns {next max score, next skip, members scanned, rows}; a row is
 -- {id, state, name, progress, returnvalue, failedReason, attemptsMade, timestamp, finishedOn, tombstone}.
 -- Ids whose job is gone (retention) and left no tombstone are removed from the index on the way.
@@ -33,7 +34,11 @@ for i = 1, #page, 2 do
     if h[4] == 'cancelled' then state = 'cancelled' else state = 'failed' end
   elseif rcall('ZSCORE', KEYS[4], id) then
     -- Parked jobs wait for the fair dispatcher: to the caller they are waiting, not delayed.
-    if tonumber(rcall('ZSCORE', KEYS[4], id)) >= tonumber(ARGV[9]) then state = 'waiting' else state = 'delayed' end
+    state = 'delayed'
+    if tonumber(rcall('ZSCORE', KEYS[4], id)) >= tonumber(ARGV[9]) then
+      local fm = rcall('HMGET', ARGV[10] .. id, 'st', 'r')
+      if not (fm[1] == 'timer' and fm[2] == 'delayed') then state = 'waiting' end
+    end
   elseif rcall('ZSCORE', KEYS[5], id) then
     state = 'prioritized'
   elseif rcall('ZSCORE', KEYS[6], id) then
