@@ -1,4 +1,4 @@
-import { codeOf, decodeReason, ECANCELLED, ESTALLED } from './outcomes.js';
+import { decodeReason, ECANCELLED, ESTALLED, failureCodeOf } from './outcomes.js';
 
 /** What an operator can do with a dead-lettered job. */
 export const DLQ_CLASSES = ['retryable', 'poison', 'cancelled'] as const;
@@ -55,7 +55,7 @@ export function classifyCode(code: string, opts: { unrecoverable: boolean }): Cl
  * retryable one by one.
  */
 export function classifyFailure(err: { name?: string; message?: string; code?: unknown }, opts: { unrecoverable: boolean }): Classification {
-  return classifyCode(codeOf(err), opts);
+  return classifyCode(failureCodeOf(err), opts);
 }
 
 /** For entries the failed-event hook never saw (e.g. failed by another process's stalled check). */

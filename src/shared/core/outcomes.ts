@@ -95,11 +95,19 @@ export function decodeReason(reason: string): { code: string; message: string } 
   return m ? { code: m[1], message: reason.slice(m[0].length) } : { code: EUNKNOWN, message: reason };
 }
 
-/** The stable code of an error: its `code` field, else the code its (BullMQ-stored) message carries. */
+/** The stable code a live error carries in its `code` field (EUNKNOWN without one); its message is never read. */
 export function codeOf(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown } | null | undefined;
-  if (typeof e?.code === 'string' && CODE_SHAPE.test(e.code)) return e.code;
-  return decodeReason(typeof e?.message === 'string' ? e.message : '').code;
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && CODE_SHAPE.test(code) ? code : EUNKNOWN;
+}
+
+/**
+ * The code of a failure BullMQ reported: the error's own field when the processor's error is at hand,
+ * else the code its message carries as the stored failed reason (`decodeReason`).
+ */
+export function failureCodeOf(err: { code?: unknown; message?: unknown }): string {
+  const code = codeOf(err);
+  return code !== EUNKNOWN ? code : decodeReason(typeof err.message === 'string' ? err.message : '').code;
 }
 
 /** What happens to a job whose attempt threw `err`. */
