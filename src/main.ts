@@ -8,7 +8,7 @@ import { ConfigError, parseConfig, type Config } from './shared/core/config.js';
 import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { geminiOptionsFromConfig, startGeminiRuntime } from './app/gemini-runtime.js';
-import { rootLogger as logger } from './shared/core/logger.js';
+import { createRootLogger } from './shared/core/logger.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 
@@ -25,6 +25,7 @@ async function ensureDevKey(cfg: Config, infra: Infra) {
 
 async function main(role: Role) {
   const cfg = parseConfig();
+  const logger = createRootLogger(cfg);
   const infra = await openInfra(cfg, logger);
   if (role === 'migrate') {
     logger.info('migrations up to date');

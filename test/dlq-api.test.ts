@@ -1,6 +1,7 @@
 import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { encodeReason } from '../src/shared/core/outcomes.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { failJobs } from './ops-fixtures.js';
@@ -23,7 +24,7 @@ describe('DLQ API', () => {
     const jobs = await failJobs(s.runtime.queue, conn, s.cfg.QUEUE_PREFIX, [
       { data: { orgId: s.orgId }, reason: OUTAGE },
       { data: { orgId: otherOrg }, reason: OUTAGE },
-      { data: { orgId: s.orgId }, reason: 'Gemini API 400 INVALID_ARGUMENT: nope', unrecoverable: true },
+      { data: { orgId: s.orgId }, reason: encodeReason('EBADREQUEST', 'Gemini API 400 INVALID_ARGUMENT: nope'), unrecoverable: true },
       { data: { orgId: s.orgId }, reason: OUTAGE },
       { data: { orgId: otherOrg }, reason: OUTAGE },
       { data: { orgId: s.orgId, agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 's-1' } }, reason: OUTAGE },

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classifyFailure } from '../src/shared/core/dlq-classify.js';
+import { encodeReason } from '../src/shared/core/outcomes.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -15,10 +16,11 @@ describe('DLQ classification rules', () => {
     expect(classifyFailure(new LlmError('ETIMEDOUT', 'Gemini call timed out'), final)).toEqual({ class: 'retryable', type: 'timeout' });
     expect(classifyFailure(new LlmError('ENETWORK', 'network error talking to Gemini'), final)).toEqual({ class: 'retryable', type: 'network' });
     expect(classifyFailure(new InvalidOutputError('model output does not match X.y schema at a: bad'), final)).toEqual({ class: 'poison', type: 'bad_output' });
-    // The processor wraps non-retryable errors in UnrecoverableError(message): only the message is left.
+    // The processor wraps non-retryable errors in UnrecoverableError(message): only the message is left, and
+    // it carries the code (encodeReason).
     const unrecoverable = { unrecoverable: true };
-    expect(classifyFailure({ name: 'UnrecoverableError', message: 'Gemini API 400 INVALID_ARGUMENT: no' }, unrecoverable)).toEqual({ class: 'poison', type: 'bad_request' });
-    expect(classifyFailure({ name: 'UnrecoverableError', message: 'invalid job: invalid input for A.b' }, unrecoverable)).toEqual({ class: 'poison', type: 'invalid_input' });
+    expect(classifyFailure({ name: 'UnrecoverableError', message: encodeReason('EBADREQUEST', 'Gemini API 400 INVALID_ARGUMENT: no') }, unrecoverable)).toEqual({ class: 'poison', type: 'bad_request' });
+    expect(classifyFailure({ name: 'UnrecoverableError', message: encodeReason('EVALIDATION', 'invalid job: invalid input for A.b') }, unrecoverable)).toEqual({ class: 'poison', type: 'invalid_input' });
     expect(classifyFailure({ name: 'UnrecoverableError', message: 'cancelled' }, unrecoverable)).toEqual({ class: 'cancelled', type: 'cancelled' });
   });
 });

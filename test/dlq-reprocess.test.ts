@@ -7,6 +7,7 @@ import { createDlqStore } from '../src/shared/ops/dlq-store.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { createLogger } from '../src/shared/core/logger.js';
+import { encodeReason } from '../src/shared/core/outcomes.js';
 import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -57,11 +58,11 @@ describe('scheduled DLQ reprocessing', () => {
       const jobs = await failJobs(p.queue, p.redis, prefix, [
         { data: { orgId, model: 'gemini-ok' }, reason: OUTAGE },
         { data: { orgId, model: 'gemini-down' }, reason: OUTAGE },
-        { data: { orgId, model: 'gemini-ok' }, reason: 'Gemini API 400 INVALID_ARGUMENT: bad schema', unrecoverable: true },
-        { data: { orgId, model: 'gemini-ok' }, reason: 'Gemini API 429 RESOURCE_EXHAUSTED: quota' },
+        { data: { orgId, model: 'gemini-ok' }, reason: encodeReason('EBADREQUEST', 'Gemini API 400 INVALID_ARGUMENT: bad schema'), unrecoverable: true },
+        { data: { orgId, model: 'gemini-ok' }, reason: encodeReason('ERATELIMIT', 'Gemini API 429 RESOURCE_EXHAUSTED: quota') },
         { data: { orgId, model: 'gemini-ok' }, reason: 'cancelled', unrecoverable: true },
-        { data: { orgId, model: 'gemini-ok' }, reason: 'network error talking to Gemini (ECONNRESET): socket hang up' },
-        { data: { orgId, model: 'gemini-ok' }, reason: 'model output does not match RiskAnalyzer.analyze_risks schema at risks: too small' },
+        { data: { orgId, model: 'gemini-ok' }, reason: encodeReason('ENETWORK', 'network error talking to Gemini (ECONNRESET): socket hang up') },
+        { data: { orgId, model: 'gemini-ok' }, reason: encodeReason('EBADOUTPUT', 'model output does not match RiskAnalyzer.analyze_risks schema at risks: too small') },
       ]);
       ids = { oldest: jobs[0].id!, behindOpenBreaker: jobs[1].id!, poison: jobs[2].id!, rateLimited: jobs[3].id!, cancelled: jobs[4].id!, network: jobs[5].id!, badOutput: jobs[6].id! };
       await p.breaker.onFailure('gemini:gemini-down', false);

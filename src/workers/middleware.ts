@@ -43,16 +43,5 @@ export function compose(middlewares: Middleware[], terminal: (ctx: JobContext) =
   };
 }
 
-/**
- * Thrown by a guard that wants the job to wait without using an attempt (empty bucket, open breaker).
- * The processor turns it into `job.moveToDelayed` + BullMQ's `DelayedError`.
- */
-export class DelayJobError extends Error {
-  override name = 'DelayJobError';
-  constructor(
-    readonly delayMs: number,
-    readonly reason: 'rate_limited' | 'breaker_open' | 'quota',
-  ) {
-    super(`job delayed ${delayMs} ms: ${reason}`);
-  }
-}
+/** Moved to the outcome vocabulary (shared/core/outcomes.ts); re-exported for the guards. */
+export { DelayJobError } from '../shared/core/outcomes.js';

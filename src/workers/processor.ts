@@ -6,8 +6,9 @@ import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
-import { DelayJobError, type JobContext } from './middleware.js';
+import type { JobContext } from './middleware.js';
 
 export interface AgentResolver {
   resolve(agent: string, action: string): { agent: AgentDefinition; action: AgentAction };
@@ -30,11 +31,15 @@ export interface ProcessorDeps {
   gate?: Pick<FairGate, 'admit' | 'defer'>;
 }
 
-/** Errors such as the breaker's `OpenCircuitError` carry the Redis time of the next probe. */
-function retryAtOf(err: unknown): number | undefined {
-  const e = err as { code?: string; retryAtMs?: number; msBeforeNext?: number };
-  if (e?.code !== 'EOPENBREAKER') return undefined;
-  return typeof e.msBeforeNext === 'number' ? Date.now() + e.msBeforeNext : e.retryAtMs;
+/**
+ * The error handed to BullMQ for a failed attempt. BullMQ stores only its message, so the code rides in it
+ * (`encodeReason`) for any process to read back; `code` and `retryAfterMs` on the error serve this
+ * process's listeners and the backoff strategy.
+ */
+function toBullmqError(outcome: Exclude<Outcome, { kind: 'delay' }>, message: string, cause: unknown): Error {
+  const reason = encodeReason(outcome.code, message);
+  if (outcome.kind === 'fail') return Object.assign(new UnrecoverableError(reason), { code: outcome.code });
+  return new RetryAfterError(outcome.code, reason, outcome.retryAfterMs ?? 0, { cause });
 }
 
 /**
@@ -59,7 +64,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       input = deps.agents.validateInput(data.agent, data.action, data.input);
     } catch (err) {
       // Jobs are validated at enqueue; one that still fails here was written by hand and can never succeed.
-      if (err instanceof ValidationError) throw new UnrecoverableError(`invalid job: ${err.message}`);
+      if (err instanceof ValidationError) throw toBullmqError({ kind: 'fail', code: err.code }, `invalid job: ${err.message}`, err);
       throw err;
     }
     // After validation, so a job that can never run fails at once instead of waiting for a slot first.
@@ -130,26 +135,27 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
       return result;
     } catch (err) {
-      const delayUntil = err instanceof DelayJobError ? Date.now() + err.delayMs : retryAtOf(err);
-      if (delayUntil !== undefined && !controller.signal.aborted) {
-        const reason = err instanceof DelayJobError ? err.reason : 'breaker_open';
-        deps.onDelay?.(ctx, reason, delayUntil - Date.now());
-        logger.info({ reason, delayMs: delayUntil - Date.now() }, 'job delayed without using an attempt');
-        if (deps.gate) await deps.gate.defer(job, token, delayUntil, reason, ctx.model);
-        else await job.moveToDelayed(Math.max(delayUntil, Date.now() + 1), token);
+      const outcome = classify(err);
+      if (outcome.kind === 'delay' && !controller.signal.aborted) {
+        deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
+        logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
+        const until = Date.now() + Math.max(outcome.delayMs, 1);
+        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, ctx.model);
+        else await job.moveToDelayed(until, token);
         throw new DelayedError();
       }
       const message = err instanceof Error ? err.message : String(err);
-      if (signal?.aborted) {
+      // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
+      // gets here when the job was cancelled, since `controller` aborts on cancellation only.
+      if (signal?.aborted || outcome.kind === 'delay') {
         await record({ state: 'failed', error: CANCELLED_REASON });
         logger.info('job cancelled while running');
-        throw new UnrecoverableError(CANCELLED_REASON);
+        throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
       await record({ state: 'failed', error: message.slice(0, 2000) });
-      const retryable = (err as { retryable?: boolean }).retryable !== false;
-      logger.warn({ attempt, err: message, retryable }, 'job attempt failed');
-      if (!retryable) throw new UnrecoverableError(message);
-      throw err;
+      const retryable = outcome.kind === 'retry';
+      logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
+      throw toBullmqError(outcome, message, err);
     } finally {
       signal?.removeEventListener('abort', onCancel);
     }

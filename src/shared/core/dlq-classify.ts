@@ -1,4 +1,4 @@
-import { CANCELLED_REASON } from './cancel.js';
+import { decodeReason, ECANCELLED, ESTALLED, failureCodeOf } from './outcomes.js';
 
 /** What an operator can do with a dead-lettered job. */
 export const DLQ_CLASSES = ['retryable', 'poison', 'cancelled'] as const;
@@ -23,62 +23,47 @@ export interface Classification {
   type: FailureType;
 }
 
-const TYPE_OF_CODE: Record<string, FailureType> = {
-  ERATELIMIT: 'rate_limit',
-  ETIMEDOUT: 'timeout',
-  EPROVIDER: 'provider',
-  ENETWORK: 'network',
-  EBADREQUEST: 'bad_request',
-  EBADOUTPUT: 'bad_output',
-  EABORTED: 'aborted',
+/**
+ * Stable error code (see outcomes.ts) -> metric label, and whether the job is poison: it would fail the
+ * same way however often it is replayed. Codes not listed are `other`.
+ */
+const BY_CODE: Record<string, { type: FailureType; poison?: true; cancelled?: true }> = {
+  ERATELIMIT: { type: 'rate_limit' },
+  ETIMEDOUT: { type: 'timeout' },
+  EPROVIDER: { type: 'provider' },
+  ENETWORK: { type: 'network' },
+  EBADREQUEST: { type: 'bad_request', poison: true },
+  // Retried attempt by attempt (models are not deterministic), but after all of them the model keeps answering wrong.
+  EBADOUTPUT: { type: 'bad_output', poison: true },
+  EVALIDATION: { type: 'invalid_input', poison: true },
+  EABORTED: { type: 'aborted' },
+  [ECANCELLED]: { type: 'cancelled', cancelled: true },
+  [ESTALLED]: { type: 'stalled' },
 };
 
-/**
- * The processor wraps non-retryable errors in BullMQ's `UnrecoverableError(message)`, which keeps only the
- * message; these patterns recover the kind from it (and from `failedReason` when no error object is left).
- */
-function typeOfMessage(message: string): FailureType {
-  if (message === CANCELLED_REASON) return 'cancelled';
-  if (/^invalid job\b/i.test(message)) return 'invalid_input';
-  if (/model output does not match/i.test(message)) return 'bad_output';
-  if (/stalled more than allowable limit/i.test(message)) return 'stalled';
-  const status = /Gemini API (\d{3})/.exec(message)?.[1];
-  if (status) {
-    const s = Number(status);
-    if (s === 429) return 'rate_limit';
-    if (s === 408 || s === 504) return 'timeout';
-    if (s >= 500 || s === 499) return 'provider';
-    return 'bad_request';
-  }
-  if (/timed out/i.test(message)) return 'timeout';
-  if (/network error/i.test(message)) return 'network';
-  if (/malformed response|Gemini call failed/i.test(message)) return 'provider';
-  if (/aborted by the caller/i.test(message)) return 'aborted';
-  return 'other';
+/** Classifies a job that failed for good, from its stable code only. */
+export function classifyCode(code: string, opts: { unrecoverable: boolean }): Classification {
+  const row = BY_CODE[code] ?? { type: 'other' as const };
+  if (row.cancelled) return { class: 'cancelled', type: row.type };
+  if (opts.unrecoverable || row.poison) return { class: 'poison', type: row.type };
+  return { class: 'retryable', type: row.type };
 }
-
-const POISON_TYPES = new Set<FailureType>(['bad_request', 'bad_output', 'invalid_input']);
 
 /**
  * Classifies a job that failed for good. `unrecoverable` is true when the last attempt was refused as
  * unrecoverable (not retried by BullMQ); everything else ran out of attempts on errors that were
- * retryable one by one. A schema failure after all attempts is poison: the model keeps answering wrong.
+ * retryable one by one.
  */
 export function classifyFailure(err: { name?: string; message?: string; code?: unknown }, opts: { unrecoverable: boolean }): Classification {
-  const message = String(err.message ?? '');
-  const byCode = typeof err.code === 'string' ? TYPE_OF_CODE[err.code] : undefined;
-  const type = byCode ?? typeOfMessage(message);
-  if (type === 'cancelled') return { class: 'cancelled', type };
-  if (opts.unrecoverable || POISON_TYPES.has(type)) return { class: 'poison', type };
-  return { class: 'retryable', type };
+  return classifyCode(failureCodeOf(err), opts);
 }
 
 /** For entries the failed-event hook never saw (e.g. failed by another process's stalled check). */
 export function classifyFailedJob(job: { failedReason?: string; attemptsMade: number; opts: { attempts?: number } }): Classification {
-  const reason = job.failedReason ?? '';
-  // A job that failed with attempts left was refused as unrecoverable.
-  const unrecoverable = job.attemptsMade < (job.opts.attempts ?? 1) && typeOfMessage(reason) !== 'stalled';
-  return classifyFailure({ message: reason }, { unrecoverable });
+  const { code } = decodeReason(job.failedReason ?? '');
+  // A job that failed with attempts left was refused as unrecoverable (BullMQ's stalled check aside).
+  const unrecoverable = job.attemptsMade < (job.opts.attempts ?? 1) && code !== ESTALLED;
+  return classifyCode(code, { unrecoverable });
 }
 
 export const isUnrecoverable = (err: { name?: string }) => err.name === 'UnrecoverableError';

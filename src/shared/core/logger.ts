@@ -1,4 +1,5 @@
 import { pino, type Logger } from 'pino';
+import type { Config } from './config.js';
 
 export type { Logger };
 
@@ -20,10 +21,11 @@ export const REDACT_PATHS = [
   'ADMIN_TOKEN',
 ];
 
+/** Never reads the environment: the level comes from the caller (the parsed config for the root logger). */
 export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
   return pino(
     {
-      level: opts.level ?? process.env.LOG_LEVEL ?? 'info',
+      level: opts.level ?? 'info',
       base: { service: 'agentq', pid: process.pid },
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
@@ -32,5 +34,8 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
   );
 }
 
-/** The root logger; everything else uses `.child()` of it with job or request context. */
-export const rootLogger: Logger = createLogger();
+/**
+ * The root logger; everything else uses `.child()` of it with job or request context. Built from the
+ * validated config, so a bad LOG_LEVEL is the config's one-line error naming the variable, not a pino throw.
+ */
+export const createRootLogger = (cfg: Pick<Config, 'LOG_LEVEL'>): Logger => createLogger({ level: cfg.LOG_LEVEL });

@@ -1,5 +1,6 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
 import { AgentqError } from '../../shared/core/errors.js';
+import { codeOf, EUNKNOWN } from '../../shared/core/outcomes.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 
 export interface Route {
@@ -19,12 +20,17 @@ export class RouteTimeoutError extends AgentqError {
   }
 }
 
+/**
+ * Both routes failed. Its code is the fallback failure's own (EPROVIDER, EBADOUTPUT...), so the job's
+ * outcome and DLQ class follow what actually failed; EROUTEFAILED when that error had none.
+ */
 export class RouteFailedError extends AgentqError {
   constructor(
     message: string,
     readonly retryable: boolean,
+    code = 'EROUTEFAILED',
   ) {
-    super(message, 'EROUTEFAILED');
+    super(message, code);
   }
 }
 
@@ -108,7 +114,9 @@ export function createRouteGuard(opts: {
       const message = `both primary (${route.primary}) and fallback (${route.fallback}) failed: primary: ${(primaryError as Error)?.message}; fallback: ${(err as Error)?.message}`;
       // An open breaker on both routes is an outage to wait out, not a failure: keep the breaker's delay.
       if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;
-      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false);
+      // A fallback refused by its breaker says nothing about the job: the primary's failure is the one to classify.
+      const code = codeOf(refusedBeforeCall(err) ? primaryError : err);
+      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code);
     } finally {
       restore(ctx, outer);
     }

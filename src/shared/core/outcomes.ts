@@ -1,0 +1,126 @@
+import { CANCELLED_REASON } from './cancel.js';
+
+/**
+ * The fate of a failed attempt, decided in one place from stable error codes (never from message text):
+ * retry with BullMQ's backoff (no sooner than `retryAfterMs`), delay without using an attempt, or fail
+ * for good. The code is what the DLQ class, the replay decision and the metric label are derived from.
+ */
+export type Outcome =
+  | { kind: 'retry'; code: string; retryAfterMs?: number }
+  | { kind: 'delay'; reason: DelayReason; delayMs: number }
+  | { kind: 'fail'; code: string };
+
+export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota';
+
+/** The job was cancelled while it ran. */
+export const ECANCELLED = 'ECANCELLED';
+/** BullMQ's stalled-job check gave up on the job (its process died or hung too many times). */
+export const ESTALLED = 'ESTALLED';
+/** A failure that carried no code (a bug, or an error from a library nothing wrapped). */
+export const EUNKNOWN = 'EUNKNOWN';
+
+/**
+ * Codes that can never succeed on another attempt, for errors that do not say `retryable` themselves
+ * (ValidationError, for one). An explicit `retryable` flag on the error wins over this set.
+ */
+const FAIL_CODES = new Set(['EVALIDATION', ECANCELLED, 'EBADREQUEST', 'EABORTED']);
+
+/** Fail the job now, whatever attempts it has left. */
+export class NonRetriableError extends Error {
+  readonly retryable = false;
+  constructor(
+    readonly code: string,
+    message: string,
+    opts: { cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+  }
+}
+
+/** Retry the job (using an attempt), but not before `retryAfterMs` (a floor under BullMQ's backoff). */
+export class RetryAfterError extends Error {
+  readonly retryable = true;
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly retryAfterMs: number,
+    opts: { cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = new.target.name;
+  }
+}
+
+/**
+ * Thrown by a guard that wants the job to wait without using an attempt (empty bucket, open breaker).
+ * The processor turns it into `job.moveToDelayed` + BullMQ's `DelayedError`.
+ */
+export class DelayJobError extends Error {
+  override name = 'DelayJobError';
+  readonly code = 'EDELAYED';
+  constructor(
+    readonly delayMs: number,
+    readonly reason: DelayReason,
+  ) {
+    super(`job delayed ${delayMs} ms: ${reason}`);
+  }
+}
+
+/**
+ * BullMQ's stalled-job check fails a job with this exact reason (moveStalledJobsToWait Lua script of
+ * bullmq 6.x). bullmq does not export it, so it is matched here and nowhere else.
+ */
+export const BULLMQ_STALLED_REASON = 'job stalled more than allowable limit';
+
+/** `[ECODE] message`: the code rides at the front of the failed reason BullMQ stores for the job. */
+const CODED_REASON = /^\[(E[A-Z0-9_]*)\] /;
+const CODE_SHAPE = /^E[A-Z0-9_]*$/;
+
+/**
+ * The message handed to BullMQ for a failed attempt. BullMQ keeps only the message (`failedReason`), so
+ * the code is its fixed prefix and any process can read it back with `decodeReason`. A cancellation stays
+ * the bare `CANCELLED_REASON`, which the API and the streams compare against.
+ */
+export function encodeReason(code: string, message: string): string {
+  if (code === ECANCELLED) return CANCELLED_REASON;
+  return `[${code}] ${message.replace(CODED_REASON, '')}`;
+}
+
+/** The one reader of a stored failed reason. A reason without a code is EUNKNOWN. */
+export function decodeReason(reason: string): { code: string; message: string } {
+  if (reason === CANCELLED_REASON) return { code: ECANCELLED, message: reason };
+  if (reason === BULLMQ_STALLED_REASON) return { code: ESTALLED, message: reason };
+  const m = CODED_REASON.exec(reason);
+  return m ? { code: m[1], message: reason.slice(m[0].length) } : { code: EUNKNOWN, message: reason };
+}
+
+/** The stable code a live error carries in its `code` field (EUNKNOWN without one); its message is never read. */
+export function codeOf(err: unknown): string {
+  const code = (err as { code?: unknown } | null | undefined)?.code;
+  return typeof code === 'string' && CODE_SHAPE.test(code) ? code : EUNKNOWN;
+}
+
+/**
+ * The code of a failure BullMQ reported: the error's own field when the processor's error is at hand,
+ * else the code its message carries as the stored failed reason (`decodeReason`).
+ */
+export function failureCodeOf(err: { code?: unknown; message?: unknown }): string {
+  const code = codeOf(err);
+  return code !== EUNKNOWN ? code : decodeReason(typeof err.message === 'string' ? err.message : '').code;
+}
+
+/** What happens to a job whose attempt threw `err`. */
+export function classify(err: unknown): Outcome {
+  if (err instanceof DelayJobError) return { kind: 'delay', reason: err.reason, delayMs: err.delayMs };
+  const e = (err ?? {}) as { name?: unknown; retryable?: unknown; retryAfterMs?: unknown; msBeforeNext?: unknown; retryAtMs?: unknown };
+  const code = codeOf(err);
+  // An open breaker (OpenCircuitError) is an outage to wait out; it says when the next probe may run.
+  if (code === 'EOPENBREAKER') {
+    const delayMs = typeof e.msBeforeNext === 'number' ? e.msBeforeNext : typeof e.retryAtMs === 'number' ? e.retryAtMs - Date.now() : undefined;
+    if (delayMs !== undefined) return { kind: 'delay', reason: 'breaker_open', delayMs: Math.max(0, delayMs) };
+  }
+  const fails = e.retryable === false || e.name === 'UnrecoverableError' || (e.retryable !== true && FAIL_CODES.has(code));
+  if (fails) return { kind: 'fail', code };
+  return typeof e.retryAfterMs === 'number' && e.retryAfterMs > 0 ? { kind: 'retry', code, retryAfterMs: e.retryAfterMs } : { kind: 'retry', code };
+}

@@ -1,0 +1,39 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { parseConfig } from '../src/shared/core/config.js';
+import { createLogger, createRootLogger } from '../src/shared/core/logger.js';
+import { databaseUrl, redisUrl } from './helpers/env.js';
+import { runCli } from './helpers/run-cli.js';
+
+const logLines = (stdout: string) =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { level: number; msg: string });
+
+describe('LOG_LEVEL', () => {
+  afterEach(() => vi.unstubAllEnvs());
+
+  it('the root logger takes its level from the parsed config, never from the raw environment', () => {
+    vi.stubEnv('LOG_LEVEL', 'trace');
+    expect(createRootLogger(parseConfig({ LOG_LEVEL: 'warn' })).level).toBe('warn');
+    expect(createRootLogger(parseConfig({})).level).toBe('info');
+    expect(createLogger().level).toBe('info');
+  });
+
+  it('a bad value is the one-line start-up error naming the variable, not a pino stack', async () => {
+    const run = await runCli('src/main.ts', ['migrate'], { LOG_LEVEL: 'verbose', REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), REDIS_AUTOSTART: 'false' });
+    expect(run.code).toBe(1);
+    const lines = run.stderr.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^Invalid environment variable LOG_LEVEL="verbose": /);
+    expect(run.stdout).toBe('');
+  }, 60_000);
+
+  it('the service logs at the configured level', async () => {
+    const env = { REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), REDIS_AUTOSTART: 'false' };
+    const [quiet, chatty] = await Promise.all([runCli('src/main.ts', ['migrate'], { ...env, LOG_LEVEL: 'warn' }), runCli('src/main.ts', ['migrate'], { ...env, LOG_LEVEL: 'info' })]);
+    expect([quiet.code, chatty.code]).toEqual([0, 0]);
+    expect(logLines(chatty.stdout).map((l) => l.msg)).toContain('migrations up to date');
+    expect(logLines(quiet.stdout).filter((l) => l.level < 40)).toEqual([]);
+  }, 60_000);
+});
