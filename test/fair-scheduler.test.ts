@@ -399,6 +399,19 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
   });
 
+  it('limits an org per model by the model\'s configured orgRpm unless its own plan says otherwise', async () => {
+    const c = await setup({ modelLimits: (m) => (m === 'limited-model' ? { orgRpm: 1 } : {}) });
+    const org = randomOrg();
+    const ids = await c.add(org, 2, { model: 'limited-model' });
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[0]]);
+    expect(await c.scheduler.why(ids[1])).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:limited-model` });
+    // The org's own flash rpm wins over the model's default for orgs.
+    const other = randomOrg();
+    await c.scheduler.setPlan(other, { rpm: { flash: 5 } });
+    const more = await c.add(other, 3, { model: 'limited-model' });
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(more);
+  });
+
   it('applies a plan change at the next dispatch', async () => {
     const c = await setup();
     const org = randomOrg();

@@ -14,6 +14,7 @@ import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
 import { dlqRoutes } from '../../producers/routes/dlq.js';
 import { createDlqService } from '../../shared/ops/dlq-service.js';
 import { createMaintenance } from '../../workers/ops/maintenance.js';
+import { createFairOrphanSweep } from '../../workers/ops/fair-orphans.js';
 import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
 import { usageRoutes } from '../../producers/routes/usage.js';
@@ -21,6 +22,7 @@ import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
 import { logConnectionErrors } from '../../shared/infra/redis/connection.js';
 
 export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
+export const FAIR_ORPHANS_TASK = 'fair-orphans';
 
 /**
  * Operations: the dead-letter queue (classification, API, scheduled reprocessing), Bull Board, Prometheus
@@ -88,7 +90,20 @@ export function opsFeature(deps: FeatureDeps): Feature {
         connection: maintenanceConnection,
         prefix,
         logger: log,
-        tasks: [{ name: DLQ_REPROCESS_TASK, everyMs: cfg.DLQ_REPROCESS_EVERY_MS, run: () => reprocessor.run() }],
+        tasks: [
+          { name: DLQ_REPROCESS_TASK, everyMs: cfg.DLQ_REPROCESS_EVERY_MS, run: () => reprocessor.run() },
+          {
+            name: FAIR_ORPHANS_TASK,
+            everyMs: 60_000,
+            run: createFairOrphanSweep({
+              queue: deps.queue,
+              scheduler: deps.scheduler,
+              agents: registry,
+              models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+              logger: log,
+            }),
+          },
+        ],
       });
       await maintenance.start();
     },

@@ -111,7 +111,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       opts: { ...jobDefaults, ...parkedJobOptions(jobId, opts.priority, now) },
       idempotent: Boolean(opts.idempotencyKey),
       lane: {
-        model: laneModelOf(req, agents, deps.models),
+        model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model }, agents, deps.models),
         estTokens: estimateTokens(input),
         ...(opts.priority ? { priority: opts.priority } : {}),
         ...(opts.delayMs ? { delayMs: opts.delayMs } : {}),
