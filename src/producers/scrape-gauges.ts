@@ -30,6 +30,8 @@ export function createScrapeGauges(deps: {
   breakerState: (key: string) => Promise<Pick<BreakerSnapshot, 'state'>>;
   /** Breaker keys to report: those in Redis plus the configured models' (shown closed when absent). */
   breakerKeys: () => Promise<string[]>;
+  /** The fair dispatcher's per-org state (orgs with work waiting or in flight). */
+  orgGauges?: () => Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
 }) {
   const registry = new Registry();
   const registers = [registry];
@@ -67,5 +69,27 @@ export function createScrapeGauges(deps: {
       keys.forEach((key, i) => this.set({ key }, BREAKER_VALUE[states[i].state] ?? 0));
     },
   });
+  if (deps.orgGauges) {
+    // One read serves the three gauges of a scrape: they are collected one after another.
+    let last: { at: number; rows: Awaited<ReturnType<NonNullable<typeof deps.orgGauges>>> } | undefined;
+    const rows = async () => {
+      if (!last || Date.now() - last.at > 500) last = { at: Date.now(), rows: await deps.orgGauges!() };
+      return last.rows;
+    };
+    const perOrg = (name: string, help: string, pick: (r: { waiting: number; inFlight: number; throttledS: number }) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['org'] as const,
+        registers,
+        async collect() {
+          this.reset();
+          for (const r of await rows()) this.set({ org: r.org }, pick(r));
+        },
+      });
+    perOrg('agentq_org_jobs_waiting', 'Jobs of an org waiting for the fair dispatcher (lanes and timers)', (r) => r.waiting);
+    perOrg('agentq_org_jobs_in_flight', 'Jobs of an org holding a dispatcher slot (in BullMQ wait or running)', (r) => r.inFlight);
+    perOrg('agentq_org_throttled_seconds', 'Seconds an org\'s lanes have slept on a rate limit or model block, cumulative', (r) => r.throttledS);
+  }
   return registry;
 }

@@ -14,6 +14,8 @@ import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
 import { dlqRoutes } from '../../producers/routes/dlq.js';
 import { createDlqService } from '../../shared/ops/dlq-service.js';
 import { createMaintenance } from '../../workers/ops/maintenance.js';
+import { orgPlanRoutes } from '../../producers/routes/org-plans.js';
+import { createOrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { createFairOrphanSweep } from '../../workers/ops/fair-orphans.js';
 import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
@@ -68,10 +70,12 @@ export function opsFeature(deps: FeatureDeps): Feature {
       const scrape = createScrapeGauges({
         queues,
         breakerState: (key) => breaker.state(key),
+        orgGauges: () => deps.scheduler.gauges(),
         breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, `${prefix}:agentq`))])],
       });
       dlqRoutes(app, { dlq });
       usageRoutes(app, { runs: createRunStore({ pool: deps.infra.db.pool }) });
+      await app.register(async (scope) => orgPlanRoutes(scope, { auth, plans: createOrgPlanStore({ pool: deps.infra.db.pool }), scheduler: deps.scheduler }));
       await app.register(async (admin) => adminRoutes(admin, { auth, readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
       exchange.start();
     },

@@ -20,6 +20,7 @@
  *   <bucketPrefix>:tb:rpm:org:<org>:<model>, :tb:tpm:org:<org>:<model>, :tb:rpm:model:<model>,
  *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
  *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
+ *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
  *   BullMQ's wait, prioritized, delayed and job hashes: read only.
  */
 
@@ -57,6 +58,8 @@ export const FAIR_KEY_NAMES = [
   'queueJobPrefix',
   'workers',
   'workerConc',
+  'throttled',
+  'sleepStart',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -125,6 +128,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     queueJobPrefix: q.toKey(''),
     workers: `${p}:workers`,
     workerConc: `${p}:workerconc`,
+    throttled: `${p}:throttled`,
+    sleepStart: `${p}:sleepstart`,
   };
   return {
     named,

@@ -40,6 +40,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const core = defineLua(redis, 'fair-core-N.lua');
   const why = defineLua(redis, 'fair-why-N.lua');
   const stats = defineLua(redis, 'fair-stats-N.lua');
+  const gauges = defineLua(redis, 'fair-gauges-N.lua');
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch) =>
@@ -88,6 +89,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       const r = (await why(keys.list, [id, d.concurrency])) as [string, string, string, number] | null;
       if (!r) return null;
       return { reason: r[0], limit: r[1], etaMs: Number(r[2]), position: r[3] };
+    },
+    /** Orgs with work waiting or in flight (at most `limit`), with their cumulative throttled seconds. */
+    async gauges(limit: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>> {
+      const flat = (await gauges(keys.list, [limit])) as Array<string | number>;
+      const out = [];
+      for (let i = 0; i + 3 < flat.length; i += 4) out.push({ org: String(flat[i]), waiting: Number(flat[i + 1]), inFlight: Number(flat[i + 2]), throttledS: Number(flat[i + 3]) });
+      return out;
     },
     async stats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: Record<string, string> }> {
       const [waiting, backoff, inFlight, vt, flat] = (await stats(keys.list, [org])) as [number, number, number, string, string[]];

@@ -87,6 +87,8 @@ export interface FairScheduler {
   getPlan(org: string): Promise<FairPlan>;
   why(jobId: string): Promise<WhyResult | null>;
   orgStats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: ReturnType<typeof effectivePlan> }>;
+  /** Per-org waiting / in-flight / throttled seconds for metrics (orgs with work, at most `limit`). */
+  gauges(limit?: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
   /** Low-level access for tests and tools: the scripts without BullMQ promotion, and the key set. */
   raw: FairLua;
   keys: FairKeys;
@@ -166,6 +168,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, worker));
     },
     claim: (id) => raw.claim(id),
+    gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
     release: (ids) => raw.release(ids),
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),

@@ -10,6 +10,7 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 
 export interface JobFacts {
   agent: string;
+  orgId?: string;
   action: string;
   enqueuedAt?: number;
   processedOn?: number;
@@ -44,6 +45,13 @@ export function createOpsMetrics(registry: Registry = new Registry()) {
     buckets: LATENCY_BUCKETS,
     registers,
   });
+  const dispatchLatency = new Histogram({
+    name: 'agentq_dispatch_latency_seconds',
+    help: 'Time from enqueue to the first start of a job, per org: what the fair dispatcher made it wait',
+    labelNames: ['org'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers,
+  });
   const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model'] as const, registers });
   const tokens = new Counter({ name: 'agentq_tokens_total', help: 'Model tokens of completed jobs', labelNames: ['agent', 'model', 'direction'] as const, registers });
   const errors = new Counter({ name: 'agentq_job_errors_total', help: 'Failed job attempts by error type', labelNames: ['agent', 'type'] as const, registers });
@@ -62,6 +70,7 @@ export function createOpsMetrics(registry: Registry = new Registry()) {
       // Only the first start: a retry or a guard's delay would otherwise count the same job again.
       if (job.enqueuedAt && job.processedOn && (job.attemptsStarted ?? 1) <= 1) {
         startLatency.observe({ agent: job.agent }, Math.max(0, job.processedOn - job.enqueuedAt) / 1000);
+        if (job.orgId) dispatchLatency.observe({ org: job.orgId }, Math.max(0, job.processedOn - job.enqueuedAt) / 1000);
       }
     },
 

@@ -9,6 +9,7 @@ type AgentJob = Job<AgentJobData, AgentResult>;
 
 const facts = (job: AgentJob) => ({
   agent: job.data.agent,
+  orgId: job.data.orgId,
   action: job.data.action,
   enqueuedAt: job.data.enqueuedAt,
   processedOn: job.processedOn,

@@ -6,7 +6,8 @@
 --   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
 --   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only),
---   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency)
+--   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
+--   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -30,7 +31,7 @@ local now = math.floor(nowF)
 local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
-local K_WORKERS, K_WORKERCONC = KEYS[27], KEYS[28]
+local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
 local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
@@ -94,11 +95,22 @@ local function activate(lane, org)
   rcall('ZADD', K_LANES, fmt(v), lane)
 end
 
+-- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
+local function unsleep(lane)
+  if rcall('ZREM', K_SLEEP, lane) == 0 then return false end
+  rcall('HDEL', K_SLEEPWHY, lane)
+  local since = tonumber(rcall('HGET', K_SLEEPSTART, lane))
+  if since then
+    rcall('HDEL', K_SLEEPSTART, lane)
+    rcall('HINCRBYFLOAT', K_THROTTLED, splitLane(lane), string.format('%.3f', math.max(0, now - since) / 1000))
+  end
+  return true
+end
+
 local function dropLaneIfEmpty(lane, org)
   if rcall('EXISTS', P_LANE .. lane) == 0 then
     rcall('ZREM', K_LANES, lane)
-    rcall('ZREM', K_SLEEP, lane)
-    rcall('HDEL', K_SLEEPWHY, lane)
+    unsleep(lane)
     rcall('SREM', P_CAPBLK .. org, lane)
     rcall('SREM', P_OLANES .. org, lane)
   end
@@ -154,6 +166,7 @@ local function sleepLane(lane, untilMs, why)
   rcall('ZREM', K_LANES, lane)
   rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
   rcall('HSET', K_SLEEPWHY, lane, why)
+  rcall('HSETNX', K_SLEEPSTART, lane, now)
 end
 
 -- Bucket level now, in the {tokens, ts} format of guards/lua/token-bucket-take-N.lua (missing = full).
@@ -269,8 +282,7 @@ end
 
 local function wakeSleepers()
   for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
-    rcall('ZREM', K_SLEEP, lane)
-    rcall('HDEL', K_SLEEPWHY, lane)
+    unsleep(lane)
     local org = splitLane(lane)
     if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org) else dropLaneIfEmpty(lane, org) end
   end
@@ -449,10 +461,7 @@ elseif op == 'plan' or op == 'wake' then
   -- (a lane that still lacks room just goes back to sleep with a new wake time).
   wakeCapBlocked(org)
   for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
-    if rcall('ZREM', K_SLEEP, l) == 1 then
-      rcall('HDEL', K_SLEEPWHY, l)
-      activate(l, org)
-    end
+    if unsleep(l) then activate(l, org) end
   end
   return 1
 elseif op == 'block' then
