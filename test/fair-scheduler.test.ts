@@ -372,7 +372,7 @@ describe('fair scheduler limits', () => {
     const r = await c.scheduler.dispatch();
     expect(r.promoted).toEqual(flash);
     expect(r.nextWakeMs).toBe(until);
-    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'model_blocked', limit: 'breaker_open', etaMs: until, position: 0 });
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'breaker_open', limit: 'breaker_open', etaMs: until, position: 0 });
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
     let woke: DispatchResult | undefined;
     await vi.waitFor(async () => {
