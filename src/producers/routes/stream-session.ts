@@ -2,7 +2,7 @@ import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Redis } from 'ioredis';
 import { NotFoundError } from '../../shared/core/errors.js';
 import { jobStreamKey } from '../../shared/core/queue-keys.js';
-import { DONE_FRAME, eventFrame, PING_FRAME, SSE_HEADERS } from '../sse.js';
+import { DONE_FRAME, eventFrame, PING_FRAME, progressFrame, SSE_HEADERS } from '../sse.js';
 import { compareStreamIds, decodeEvent, isTerminal, type StreamEvent } from '../../shared/core/stream-event.js';
 import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/stream/stream-reader.js';
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
@@ -95,8 +95,23 @@ export function serveJobStream(
     finish({ kind: 'error', error: 'internal error', state: 'failed' });
   }
 
+  /** Why the job has not started yet (fair dispatcher), sent when it changes; not stored in the job's stream. */
+  let heardFromWorker = false;
+  let lastWaiting = '';
+  async function reportWaiting(): Promise<void> {
+    if (heardFromWorker || closed) return;
+    const view = await deps.jobs.get(target.orgId, target.id);
+    if (closed || heardFromWorker || !view.waitingFor) return;
+    const progress = { stage: 'waiting' as const, jobId: target.id, ...view.waitingFor };
+    const key = JSON.stringify(progress);
+    if (key === lastWaiting) return;
+    lastWaiting = key;
+    write(progressFrame(progress));
+  }
+
   function onEntries(entries: RawEntry[]): void {
     lively = true;
+    heardFromWorker = true;
     for (const [id, fields] of entries) {
       const event = decodeEvent(fields);
       if (!event) continue;
@@ -141,6 +156,7 @@ export function serveJobStream(
     write(PING_FRAME);
     lease.refresh().catch((err: unknown) => log.warn({ err }, 'could not refresh stream lease'));
     if (target.stream && !lively) checkEnded().catch(fail);
+    if (!lively) reportWaiting().catch((err: unknown) => log.debug({ err }, 'could not read why the job waits'));
     lively = false;
   }, deps.heartbeatMs);
   res.on('close', cleanup);
@@ -156,6 +172,7 @@ export function serveJobStream(
   if (o.preface) write(o.preface);
 
   (target.stream ? followStream() : pollFinal()).catch(fail);
+  reportWaiting().catch((err: unknown) => log.debug({ err }, 'could not read why the job waits'));
   // Ends the response without [DONE] (server shutting down): the client reconnects, with Last-Event-ID, elsewhere.
   return { close: cleanup };
 }

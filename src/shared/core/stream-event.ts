@@ -5,13 +5,17 @@ import type { AgentResult } from './types.js';
  * the fallback route) writes its answer from the start.
  */
 export interface ProgressEvent {
-  stage: 'queued' | 'started' | 'retrying' | 'restarted' | 'delayed';
+  stage: 'queued' | 'waiting' | 'started' | 'retrying' | 'restarted' | 'delayed';
   jobId?: string;
   /** 1-based attempt: the one starting (`started`, `restarted`), or the one that failed (`retrying`). */
   attempt?: number;
   /** Why the previous attempt failed (`retrying`) or why the job waits (`delayed`). */
   reason?: string;
   delayMs?: number;
+  /** `waiting`: the limit that holds the job (e.g. `rpm:org:acme:gemini-2.5-pro`), its ETA and place in line. */
+  limit?: string;
+  eta?: string;
+  position?: number;
 }
 
 /** One entry of a job's Redis Stream, and one SSE message. */
