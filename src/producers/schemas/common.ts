@@ -27,6 +27,3 @@ export const idParam = z.object({ id: z.string().min(1).max(200) });
 
 /** `?waitMs=N` long polls until the thing finishes (capped by LONG_POLL_MAX_MS). */
 export const waitQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional().describe('Long-poll up to this many ms (capped by LONG_POLL_MAX_MS)') }).strict();
-
-/** A body that may be left out: fastify hands the validator `null` for a request without one. */
-export const optionalBody = <T extends z.ZodType>(schema: T) => schema.nullable();

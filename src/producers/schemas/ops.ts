@@ -9,6 +9,7 @@ export const dlqListQuery = z
     limit: z.coerce.number().int().min(1).max(200).default(50),
   })
   .strict();
+/** Both retry bodies may be left out: fastify hands the validator `null` for a request without one. */
 export const dlqRetryBody = z
   .object({ input: z.unknown().describe('Corrected input, validated against the agent’s schema (edit-and-retry)') })
   .partial()
