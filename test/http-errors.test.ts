@@ -49,6 +49,9 @@ describe('HTTP error shape', () => {
     expectShape(await inject('POST', '/v1/jobs', { payload: { ...valid, input: { startupId: 'x'.repeat(10_000) } } }), 413, /larger than 8192 bytes/);
     expectShape(await inject('POST', '/v1/jobs', { payload: JSON.stringify(valid), headers: { 'content-type': 'application/xml' } }), 415, /unsupported content-type/);
     expectShape(await inject('POST', '/v1/jobs', { payload: '{"agent":', headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/);
+    // The parser's own message would quote the body, which may hold a secret.
+    const quoted = expectShape(await inject('POST', '/v1/jobs', { payload: `aq_secret_${MARK}`, headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/);
+    expect(quoted.error).not.toContain('aq_secret');
     // An empty JSON body is "no body": the schema names what is missing.
     const empty = expectShape(await inject('POST', '/v1/jobs', { payload: '', headers: { 'content-type': 'application/json' } }), 400, /invalid body/);
     expect(empty.details?.[0].path).toBe('(root)');

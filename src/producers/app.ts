@@ -80,7 +80,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     try {
       done(null, JSON.parse(text));
     } catch (err) {
-      done(new HttpError(400, `request body is not valid JSON: ${(err as Error).message}`));
+      // V8's message can quote the body (`Unexpected token 'a', "aq_live_…" is not valid JSON`): only the position is kept.
+      const at = /position (\d+)/.exec((err as Error).message)?.[1];
+      done(new HttpError(400, `request body is not valid JSON${at ? ` (at position ${at})` : ''}`));
     }
   });
 
