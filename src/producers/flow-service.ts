@@ -1,10 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { z } from 'zod';
-import { jobRequestSchema } from '../shared/queue/job-request.js';
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
-import { zodDetails } from '../shared/core/zod-details.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
@@ -17,13 +14,6 @@ import type { PipelineRegistry } from '../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../shared/orchestration/presets.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
-
-export const MAX_FLOW_TASKS = 50;
-
-/** Defaults a flow applies to every task; a task's own `options` win. */
-const flowTaskDefaults = jobRequestSchema.shape.options.unwrap().pick({ priority: true, model: true }).strict();
-const parallelBody = z.object({ tasks: z.array(z.unknown()).min(1).max(MAX_FLOW_TASKS), options: flowTaskDefaults.optional() }).strict();
-const pipelineBody = z.object({ input: z.unknown() }).strict();
 
 /** Flow parents and pipeline runs retry on their own (a Redis hiccup), kept and bounded like agent jobs. */
 export function flowJobOptions(r: RetentionOptions): JobsOptions {
@@ -55,12 +45,6 @@ export interface FlowServiceDeps {
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const FINISHED = new Set(['completed', 'failed']);
-
-function parse<T extends z.ZodType>(schema: T, value: unknown, message: string, prefix = ''): z.output<T> {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) throw new ValidationError(message, zodDetails(parsed.error, prefix));
-  return parsed.data;
-}
 
 /** Starts fan-out flows and pipeline runs, and reads them back for one org at a time. */
 export function createFlowService(deps: FlowServiceDeps) {
@@ -150,25 +134,25 @@ export function createFlowService(deps: FlowServiceDeps) {
   });
 
   return {
-    async startParallel(body: unknown, meta: EnqueueMeta) {
-      const req = parse(parallelBody, body, 'invalid flow request');
-      return startFanOut(req.tasks, req.options, meta);
+    /**
+     * The request shapes (body, preset input, pipeline input) are validated by the routes' schemas; each
+     * task is then validated against its agent here, all of them before anything is added.
+     */
+    async startParallel(body: { tasks: unknown[]; options?: Record<string, unknown> }, meta: EnqueueMeta) {
+      return startFanOut(body.tasks, body.options, meta);
     },
 
     presetNames: () => [...presets.keys()],
 
-    async startPreset(name: string, body: unknown, meta: EnqueueMeta) {
+    async startPreset(name: string, input: unknown, meta: EnqueueMeta) {
       const preset = presets.get(name);
       if (!preset) throw new NotFoundError(`unknown flow preset "${name}"`);
-      const input = parse(preset.input, body, `invalid ${name} request`);
       return startFanOut(preset.tasks(input), undefined, meta, preset.name);
     },
 
-    async startPipeline(name: string, body: unknown, meta: EnqueueMeta) {
+    async startPipeline(name: string, input: unknown, meta: EnqueueMeta) {
       const def = deps.pipelines.get(name);
       if (!def) throw new NotFoundError(`unknown pipeline "${name}"; valid: ${deps.pipelines.list().map((p) => p.name).join(', ')}`);
-      const { input: raw } = parse(pipelineBody, body, 'invalid pipeline request');
-      const input = parse(def.input, raw, `invalid input for pipeline ${name}`, 'input.');
       const data: PipelineRunData = {
         kind: 'pipeline',
         orgId: meta.orgId,

@@ -2,10 +2,10 @@ import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
-import { knowledgeRoutes } from '../../producers/routes/knowledge.js';
+import { knowledgeRoutes } from '../../producers/area-routes.js';
 import type { Feature, FeatureDeps } from '../feature.js';
 
-/** Knowledge ingestion and search for RAG, and cache invalidation (routes in `producers/routes/knowledge.ts`). */
+/** Knowledge ingestion and search for RAG, and cache invalidation (routes in `producers/route-table.ts`). */
 export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const { infra, cfg, redis } = deps;
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });

@@ -7,19 +7,17 @@ import { createCircuitBreaker } from '../../shared/limits/circuit-breaker.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
 import { createAdminAuth } from '../../producers/admin-auth.js';
-import { adminRoutes } from '../../producers/routes/admin.js';
+import { adminRoutes, orgPlanRoutes, dlqRoutes, usageRoutes } from '../../producers/area-routes.js';
 import { createBreakerCheck } from '../../workers/ops/dlq-breaker-check.js';
 import { createDlqStore } from '../../shared/ops/dlq-store.js';
 import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
-import { dlqRoutes } from '../../producers/routes/dlq.js';
 import { createDlqService } from '../../shared/ops/dlq-service.js';
 import { createMaintenance } from '../../workers/ops/maintenance.js';
-import { orgPlanRoutes } from '../../producers/routes/org-plans.js';
+
 import { createOrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { createFairOrphanSweep } from '../../workers/ops/fair-orphans.js';
 import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
-import { usageRoutes } from '../../producers/routes/usage.js';
 import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
 import { logConnectionErrors } from '../../shared/infra/redis/connection.js';
 

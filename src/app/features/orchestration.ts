@@ -8,7 +8,7 @@ import { createPipelineRegistry, type PipelineDefinition } from '../../shared/or
 import type { PipelineProgressEvent } from '../../workers/flows/pipeline-runner.js';
 import { wizardCompletion } from '../../shared/orchestration/pipelines/wizard-completion.js';
 import { defaultPresets, type FlowPreset } from '../../shared/orchestration/presets.js';
-import { flowRoutes } from '../../producers/routes/flows.js';
+import { flowRoutes } from '../../producers/area-routes.js';
 
 export const defaultPipelines: PipelineDefinition[] = [wizardCompletion];
 
@@ -49,7 +49,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
 
     return {
       name: 'orchestration',
-      routes: (app) => flowRoutes(app, { flows, pipelines, longPollMaxMs: cfg.LONG_POLL_MAX_MS }),
+      routes: (app) => flowRoutes(app, { flows, pipelines, presets, longPollMaxMs: cfg.LONG_POLL_MAX_MS }),
       readiness: {
         flows: async () => {
           if (background && !background.worker.isRunning()) throw new Error('flows worker not running');

@@ -1,5 +1,4 @@
-import { jobListRoutes } from '../../producers/routes/job-list.js';
-import { streamRoutes } from '../../producers/routes/stream.js';
+import { jobListRoutes, streamRoutes } from '../../producers/area-routes.js';
 import type { FeatureFactory } from '../runtime.js';
 import type { Feature, FeatureDeps } from '../feature.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';

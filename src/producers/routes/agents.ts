@@ -1,9 +1,9 @@
-import type { FastifyInstance } from 'fastify';
+import type { Handler } from '../route-spec.js';
 
 export interface AgentCatalog {
   list(): unknown[];
 }
 
-export function agentRoutes(app: FastifyInstance, agents: AgentCatalog) {
-  app.get('/v1/agents', async () => ({ agents: agents.list() }));
-}
+export const listAgents =
+  (agents: AgentCatalog): Handler<object> =>
+  async () => ({ agents: agents.list() });

@@ -1,52 +1,56 @@
-import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { principalOf } from '../auth.js';
 import { withDeadline } from '../http-errors.js';
-import { parseRequest } from '../../shared/core/zod-details.js';
 import type { FlowService } from '../flow-service.js';
 import type { PipelineRegistry } from '../../shared/orchestration/pipeline.js';
+import type { FlowPreset } from '../../shared/orchestration/presets.js';
+import type { Handler } from '../route-spec.js';
+import type { idParam, waitQuery } from '../schemas/common.js';
+import type { parallelBody } from '../schemas/flows.js';
 
 export interface FlowRouteDeps {
   flows: FlowService;
   pipelines: PipelineRegistry;
+  /** Each preset gets its own route (`POST /v1/flows/<name>`) with its own input schema. */
+  presets: FlowPreset[];
   longPollMaxMs: number;
   /** Starting a flow answers 503 after this long instead of hanging while Redis is down. */
   enqueueDeadlineMs?: number;
 }
 
-const idParam = z.object({ id: z.string().min(1).max(200) });
-const nameParam = z.object({ name: z.string().min(1).max(100) });
-const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() }).strict();
+const deadlineOf = (deps: FlowRouteDeps) => deps.enqueueDeadlineMs ?? 5000;
+const waitOf = (deps: FlowRouteDeps, waitMs: number | undefined) => Math.min(waitMs ?? 0, deps.longPollMaxMs);
 
-const parse = parseRequest;
-
-export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
-  const deadline = deps.enqueueDeadlineMs ?? 5000;
-  const waitOf = (query: unknown) => Math.min(parse(getQuery, query, 'query').waitMs ?? 0, deps.longPollMaxMs);
-
-  app.post('/v1/flows/parallel', async (req, reply) => {
+export const startParallelFlow =
+  (deps: FlowRouteDeps): Handler<{ body: typeof parallelBody }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const flow = await withDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }), deadline);
+    const flow = await withDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
     req.log.info({ flowId: flow.id }, 'parallel flow started');
     return reply.code(202).send(flow);
-  });
+  };
 
-  // Static routes win over this one in find-my-way, so `parallel` is never taken for a preset name.
-  app.post('/v1/flows/:name', async (req, reply) => {
+/** The handler of one preset's route; its body was validated by the preset's own input schema. */
+export const startPresetFlow =
+  (name: string) =>
+  (deps: FlowRouteDeps): Handler<{ body: z.ZodType }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const { name } = parse(nameParam, req.params, 'path');
-    const flow = await withDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }), deadline);
+    const flow = await withDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }), deadlineOf(deps));
     req.log.info({ flowId: flow.id, preset: name }, 'preset flow started');
     return reply.code(202).send(flow);
-  });
+  };
 
-  app.get('/v1/flows/:id', async (req) => {
+export const getFlow =
+  (deps: FlowRouteDeps): Handler<{ params: typeof idParam; querystring: typeof waitQuery }> =>
+  async (req) => {
     const { orgId } = principalOf(req);
-    const { id } = parse(idParam, req.params, 'path');
-    return deps.flows.getFlow(orgId, id, waitOf(req.query));
-  });
+    return deps.flows.getFlow(orgId, req.params.id, waitOf(deps, req.query.waitMs));
+  };
 
-  app.get('/v1/pipelines', async (req) => {
+export const listPipelines =
+  (deps: FlowRouteDeps): Handler<object> =>
+  async (req) => {
     principalOf(req);
     return {
       pipelines: deps.pipelines.list().map((p) => ({
@@ -56,19 +60,22 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
         inputSchema: z.toJSONSchema(p.input, { io: 'input' }),
       })),
     };
-  });
+  };
 
-  app.post('/v1/pipelines/:name', async (req, reply) => {
+/** The handler of one pipeline's route; `input` was validated by the pipeline's own schema. */
+export const startPipelineRun =
+  (name: string) =>
+  (deps: FlowRouteDeps): Handler<{ body: z.ZodObject<{ input: z.ZodType }> }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const { name } = parse(nameParam, req.params, 'path');
-    const run = await withDeadline(deps.flows.startPipeline(name, req.body, { orgId, requestId: req.id }), deadline);
+    const run = await withDeadline(deps.flows.startPipeline(name, req.body.input, { orgId, requestId: req.id }), deadlineOf(deps));
     req.log.info({ runId: run.id, pipeline: name }, 'pipeline run started');
     return reply.code(202).send(run);
-  });
+  };
 
-  app.get('/v1/pipelines/runs/:id', async (req) => {
+export const getPipelineRun =
+  (deps: FlowRouteDeps): Handler<{ params: typeof idParam; querystring: typeof waitQuery }> =>
+  async (req) => {
     const { orgId } = principalOf(req);
-    const { id } = parse(idParam, req.params, 'path');
-    return deps.flows.getRun(orgId, id, waitOf(req.query));
-  });
-}
+    return deps.flows.getRun(orgId, req.params.id, waitOf(deps, req.query.waitMs));
+  };

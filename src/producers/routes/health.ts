@@ -1,10 +1,13 @@
-import type { FastifyInstance } from 'fastify';
+import type { Handler } from '../route-spec.js';
 
-export function healthRoutes(app: FastifyInstance, checks: Record<string, () => Promise<unknown>>) {
-  app.get('/healthz', async () => ({ status: 'ok' }));
+export type ReadinessChecks = Record<string, () => Promise<unknown>>;
 
-  /** Ready only when every dependency answers within a second; otherwise 503 naming the ones that did not. */
-  app.get('/readyz', async (_req, reply) => {
+export const healthz = (): Handler<object> => async () => ({ status: 'ok' });
+
+/** Ready only when every dependency answers within a second; otherwise 503 naming the ones that did not. */
+export const readyz =
+  (checks: ReadinessChecks): Handler<object> =>
+  async (_req, reply) => {
     const results = await Promise.all(
       Object.entries(checks).map(async ([name, check]) => {
         try {
@@ -17,5 +20,4 @@ export function healthRoutes(app: FastifyInstance, checks: Record<string, () => 
     );
     const ready = results.every(([, status]) => status === 'ok');
     return reply.code(ready ? 200 : 503).send({ status: ready ? 'ready' : 'unavailable', checks: Object.fromEntries(results) });
-  });
-}
+  };

@@ -1,11 +1,10 @@
 import { Readable } from 'node:stream';
-import type { FastifyInstance } from 'fastify';
-import { z } from 'zod';
 import { ValidationError } from '../../shared/core/errors.js';
 import type { JobRow, ListFilter, OrgJobIndexReader } from '../../shared/queue/org-job-index.js';
 import { principalOf } from '../auth.js';
 import type { JobView } from '../job-service.js';
-import { zodDetails } from '../../shared/core/zod-details.js';
+import type { Handler } from '../route-spec.js';
+import type { listQuery } from '../schemas/jobs.js';
 
 export interface JobListDeps {
   index: OrgJobIndexReader;
@@ -13,22 +12,6 @@ export interface JobListDeps {
   agentExists: (name: string) => boolean;
   pageSize: number;
 }
-
-const STATES = ['waiting', 'prioritized', 'delayed', 'waiting-children', 'active', 'completed', 'failed', 'cancelled'] as const;
-
-const since = z.union([
-  z.string().regex(/^\d{1,15}$/).transform(Number),
-  z.iso.datetime({ offset: true }).transform((s) => Date.parse(s)),
-]);
-
-const listQuery = z
-  .object({
-    state: z.enum(STATES).optional(),
-    agent: z.string().min(1).max(100).optional(),
-    since: since.optional(),
-    limit: z.coerce.number().int().min(1).max(1_000_000).optional(),
-  })
-  .strict();
 
 function parseJson(raw: string | undefined): unknown {
   if (raw === undefined) return undefined;
@@ -69,12 +52,11 @@ export function rowToView(row: JobRow, orgId: string): JobView | undefined {
  * written page by page. The body is a pull stream: a page is read from Redis only when the socket has taken
  * the previous ones, so memory stays flat whatever the count and a slow client slows only its own reads.
  */
-export function jobListRoutes(app: FastifyInstance, deps: JobListDeps) {
-  app.get('/v1/jobs', async (req, reply) => {
+export const listJobs =
+  (deps: JobListDeps): Handler<{ querystring: typeof listQuery }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const parsed = listQuery.safeParse(req.query);
-    if (!parsed.success) throw new ValidationError('invalid query', zodDetails(parsed.error, 'query.'));
-    const q = parsed.data;
+    const q = req.query;
     if (q.agent !== undefined && !deps.agentExists(q.agent)) {
       throw new ValidationError('invalid query', [{ path: 'query.agent', message: `unknown agent "${q.agent}"` }]);
     }
@@ -102,5 +84,4 @@ export function jobListRoutes(app: FastifyInstance, deps: JobListDeps) {
     const stream = Readable.from(body(), { objectMode: false, highWaterMark: 16 * 1024 });
     stream.on('error', (err) => req.log.error({ err }, 'job listing failed mid-stream'));
     return reply.header('content-type', 'application/json; charset=utf-8').header('cache-control', 'no-store').send(stream);
-  });
-}
+  };

@@ -1,10 +1,10 @@
-import type { FastifyInstance } from 'fastify';
-import { z } from 'zod';
 import { principalOf } from '../auth.js';
 import { withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
 import type { JobService } from '../job-service.js';
-import { parseRequest } from '../../shared/core/zod-details.js';
+import type { Handler } from '../route-spec.js';
+import type { idParam, waitQuery } from '../schemas/common.js';
+import type { bulkBody, jobRequestSchema } from '../schemas/jobs.js';
 
 export interface JobRouteDeps {
   producer: JobProducer;
@@ -14,37 +14,38 @@ export interface JobRouteDeps {
   longPollMaxMs: number;
 }
 
-const idParam = z.object({ id: z.string().min(1).max(200) });
-const getQuery = z.object({ waitMs: z.coerce.number().int().min(0).optional() }).strict();
+const deadlineOf = (deps: JobRouteDeps) => deps.enqueueDeadlineMs ?? 1000;
 
-export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
-  const deadline = deps.enqueueDeadlineMs ?? 1000;
-
-  app.post('/v1/jobs', async (req, reply) => {
+export const enqueueJob =
+  (deps: JobRouteDeps): Handler<{ body: typeof jobRequestSchema }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const job = await withDeadline(deps.producer.enqueue(req.body, { orgId, requestId: req.id }), deadline);
+    const job = await withDeadline(deps.producer.enqueue(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
     req.log.info({ jobId: job.id }, 'job enqueued');
     return reply.code(202).send(job);
-  });
+  };
 
-  app.post('/v1/jobs/bulk', async (req, reply) => {
+export const enqueueBulk =
+  (deps: JobRouteDeps): Handler<{ body: typeof bulkBody }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const jobs = await withDeadline(deps.producer.enqueueBulk(req.body, { orgId, requestId: req.id }), deadline * 5);
+    const jobs = await withDeadline(deps.producer.enqueueBulk(req.body, { orgId, requestId: req.id }), deadlineOf(deps) * 5);
     return reply.code(202).send({ jobs });
-  });
+  };
 
-  app.get('/v1/jobs/:id', async (req) => {
+export const getJob =
+  (deps: JobRouteDeps): Handler<{ params: typeof idParam; querystring: typeof waitQuery }> =>
+  async (req) => {
     const { orgId } = principalOf(req);
-    const { id } = parseRequest(idParam, req.params, 'path');
-    const { waitMs } = parseRequest(getQuery, req.query, 'query');
-    if (waitMs) return deps.jobs.wait(orgId, id, Math.min(waitMs, deps.longPollMaxMs));
-    return deps.jobs.get(orgId, id);
-  });
+    const { waitMs } = req.query;
+    if (waitMs) return deps.jobs.wait(orgId, req.params.id, Math.min(waitMs, deps.longPollMaxMs));
+    return deps.jobs.get(orgId, req.params.id);
+  };
 
-  app.delete('/v1/jobs/:id', async (req, reply) => {
+export const cancelJob =
+  (deps: JobRouteDeps): Handler<{ params: typeof idParam }> =>
+  async (req, reply) => {
     const { orgId } = principalOf(req);
-    const { id } = parseRequest(idParam, req.params, 'path');
-    const view = await deps.jobs.cancel(orgId, id);
+    const view = await deps.jobs.cancel(orgId, req.params.id);
     return reply.code(view.state === 'cancelling' ? 202 : 200).send(view);
-  });
-}
+  };

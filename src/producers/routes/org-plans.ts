@@ -1,37 +1,41 @@
-import type { FastifyInstance } from 'fastify';
-import { z } from 'zod';
-import { parseRequest } from '../../shared/core/zod-details.js';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FairScheduler } from '../../shared/fair/index.js';
-import { ORG_ID, orgPlanChangeSchema } from '../../shared/fair/org-plan-schema.js';
+import type { orgPlanChangeSchema } from '../../shared/fair/org-plan-schema.js';
 import { changeOrgPlan } from '../../shared/fair/org-plans-sync.js';
 import type { OrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import type { AdminAuth } from '../admin-auth.js';
+import type { Handler } from '../route-spec.js';
+import type { orgParam } from '../schemas/org-plans.js';
 
-const orgParam = z.object({ org: z.string().regex(ORG_ID, 'letters, digits and _ . : - (max 128)') }).strict();
-
-/**
- * Org plans for operators (the platform, not an org's own admin): weight, concurrency, RPM/TPM and quotas.
- * A change is stored in Postgres and reaches the dispatcher at its next call; no restart.
- */
-export function orgPlanRoutes(app: FastifyInstance, deps: { auth: AdminAuth; plans: OrgPlanStore; scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'> }) {
-  app.addHook('onRequest', async (req, reply) => {
-    const who = await deps.auth.identify(req.headers.authorization);
-    if (!who) return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'authentication required: the operator token' });
-    if (who.via !== 'token') return reply.code(403).send({ error: 'org plans are managed by the platform operator (ADMIN_TOKEN)' });
-  });
-
-  const view = async (org: string) => {
-    const stats = await deps.scheduler.orgStats(org);
-    return { org, own: (await deps.plans.get(org)) ?? {}, effective: stats.plan, waiting: stats.waiting + stats.backoff, inFlight: stats.inFlight };
-  };
-
-  app.get('/admin/orgs/:org/plan', async (req) => view(parseRequest(orgParam, req.params, 'path').org));
-
-  app.put('/admin/orgs/:org/plan', async (req) => {
-    const { org } = parseRequest(orgParam, req.params, 'path');
-    const change = parseRequest(orgPlanChangeSchema, req.body, 'body');
-    await changeOrgPlan(deps, org, change);
-    req.log.info({ org, change }, 'org plan changed');
-    return view(org);
-  });
+export interface OrgPlanRouteDeps {
+  auth: AdminAuth;
+  plans: OrgPlanStore;
+  scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'>;
 }
+
+/** Org plans are the platform operator's (ADMIN_TOKEN), never an org's own admin: an onRequest hook. */
+export const operatorOnly = (deps: OrgPlanRouteDeps) => async (req: FastifyRequest, reply: FastifyReply) => {
+  const who = await deps.auth.identify(req.headers.authorization);
+  if (!who) return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'authentication required: the operator token' });
+  if (who.via !== 'token') return reply.code(403).send({ error: 'org plans are managed by the platform operator (ADMIN_TOKEN)' });
+};
+
+async function view(deps: OrgPlanRouteDeps, org: string) {
+  const stats = await deps.scheduler.orgStats(org);
+  return { org, own: (await deps.plans.get(org)) ?? {}, effective: stats.plan, waiting: stats.waiting + stats.backoff, inFlight: stats.inFlight };
+}
+
+/** An org's own plan fields, the plan in force (defaults filled in), and its jobs waiting and in flight. */
+export const getOrgPlan =
+  (deps: OrgPlanRouteDeps): Handler<{ params: typeof orgParam }> =>
+  async (req) =>
+    view(deps, req.params.org);
+
+/** Stored in Postgres, then copied to the dispatcher, which applies it at its next call (no restart). */
+export const putOrgPlan =
+  (deps: OrgPlanRouteDeps): Handler<{ params: typeof orgParam; body: typeof orgPlanChangeSchema }> =>
+  async (req) => {
+    await changeOrgPlan(deps, req.params.org, req.body);
+    req.log.info({ org: req.params.org, change: req.body }, 'org plan changed');
+    return view(deps, req.params.org);
+  };

@@ -1,17 +1,21 @@
 import type { z } from 'zod';
-import { ValidationError } from './errors.js';
 
-/** Zod issues as the API's `details: [{ path, message }]`, paths dotted (`input.startup.name`). */
-export function zodDetails(error: z.ZodError, prefix = ''): Array<{ path: string; message: string }> {
-  return error.issues.map((issue) => ({
-    path: prefix + (issue.path.length ? issue.path.map(String).join('.') : '(root)'),
-    message: issue.message,
-  }));
+export interface Detail {
+  path: string;
+  message: string;
 }
 
-/** Parses one part of a request; failures are a ValidationError (HTTP 400) naming each field. */
-export function parseRequest<T extends z.ZodType>(schema: T, value: unknown, where: 'body' | 'path' | 'query'): z.output<T> {
-  const result = schema.safeParse(value);
-  if (!result.success) throw new ValidationError(`invalid ${where}`, zodDetails(result.error, where === 'query' ? 'query.' : ''));
-  return result.data;
+/**
+ * Zod issues as the API's `details: [{ path, message }]`, paths dotted (`input.startup.name`). An unknown
+ * key is named on its own path (`options.attempts`, `query.since`) rather than reported on its parent, so
+ * every detail points at the field to fix; `unknown` is the noun used for it ("field", "parameter").
+ */
+export function zodDetails(error: { issues: readonly z.core.$ZodIssue[] }, prefix = '', unknown = 'field'): Detail[] {
+  return error.issues.flatMap((issue) => {
+    const at = issue.path.map(String);
+    if (issue.code === 'unrecognized_keys') {
+      return issue.keys.map((key) => ({ path: prefix + [...at, key].join('.'), message: `unknown ${unknown} "${key}"` }));
+    }
+    return [{ path: prefix + (at.length ? at.join('.') : '(root)'), message: issue.message }];
+  });
 }

@@ -1,0 +1,69 @@
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import { BULL_BOARD_PATH, registerBullBoard } from './bull-board.js';
+import { documentation, registerRoutes } from './route-spec.js';
+import { routeTable } from './route-table.js';
+import type { AdminRouteDeps } from './routes/admin.js';
+import type { AgentCatalog } from './routes/agents.js';
+import type { DlqRouteDeps } from './routes/dlq.js';
+import type { FlowRouteDeps } from './routes/flows.js';
+import type { ReadinessChecks } from './routes/health.js';
+import type { JobListDeps } from './routes/job-list.js';
+import type { JobRouteDeps } from './routes/jobs.js';
+import type { KnowledgeRouteDeps } from './routes/knowledge.js';
+import { streamSessions, type StreamRouteDeps } from './routes/stream.js';
+import type { UsageRouteDeps } from './routes/usage.js';
+import { operatorOnly, type OrgPlanRouteDeps } from './routes/org-plans.js';
+
+/*
+ * Each area of the route table registered with its dependencies; the features in src/app/features plug
+ * these in, so a process serves exactly the areas of the features it runs.
+ */
+
+export const healthRoutes = (app: FastifyInstance, checks: ReadinessChecks) => registerRoutes(app, routeTable.health, checks);
+export const agentRoutes = (app: FastifyInstance, agents: AgentCatalog) => registerRoutes(app, routeTable.agents, agents);
+export const jobRoutes = (app: FastifyInstance, deps: JobRouteDeps) => registerRoutes(app, routeTable.jobs, deps);
+export const jobListRoutes = (app: FastifyInstance, deps: JobListDeps) => registerRoutes(app, routeTable.jobList, deps);
+export const knowledgeRoutes = (app: FastifyInstance, deps: KnowledgeRouteDeps) => registerRoutes(app, routeTable.knowledge, deps);
+export const dlqRoutes = (app: FastifyInstance, deps: DlqRouteDeps) => registerRoutes(app, routeTable.dlq, deps);
+export const usageRoutes = (app: FastifyInstance, deps: UsageRouteDeps) => registerRoutes(app, routeTable.usage, deps);
+
+export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
+  registerRoutes(app, routeTable.flows({ presets: deps.presets, pipelines: deps.pipelines.list() }), deps);
+}
+
+/** Org plans: the platform operator's, behind the admin token only. */
+export function orgPlanRoutes(app: FastifyInstance, deps: OrgPlanRouteDeps) {
+  app.addHook('onRequest', operatorOnly(deps));
+  registerRoutes(app, routeTable.orgPlans, deps);
+}
+
+/** SSE routes share this process's set of open streams, which `app.close()` cuts. */
+export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
+  registerRoutes(app, routeTable.stream, { ...deps, sessions: streamSessions(app, deps) });
+}
+
+/**
+ * Operator surfaces, each behind the admin guard (an onRequest hook of this scope): Prometheus text at
+ * /metrics and Bull Board at /admin/queues. Bull Board's routes are its own; they are documented here
+ * (its page and the JSON API the page calls), all but its static assets.
+ */
+export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps) {
+  app.addHook('onRequest', deps.auth.guard({ readOnly: deps.readOnly }));
+  app.addHook('onRoute', (opts) => {
+    if (!opts.url.startsWith(BULL_BOARD_PATH) || opts.url.startsWith(`${BULL_BOARD_PATH}/static`)) return;
+    const params = [...opts.url.matchAll(/:(\w+)/g)].map((m) => m[1]);
+    const api = opts.url.startsWith(`${BULL_BOARD_PATH}/api`);
+    opts.config = { ...opts.config, auth: 'admin' };
+    opts.schema = {
+      ...(params.length ? { params: z.object(Object.fromEntries(params.map((p) => [p, z.string()]))) } : {}),
+      ...documentation({
+        auth: 'admin',
+        tags: ['admin'],
+        summary: api ? 'Bull Board’s JSON API (called by its page; not a stable interface)' : 'Bull Board page (HTML)',
+      }),
+    };
+  });
+  await registerBullBoard(app, { queues: deps.queues, readOnly: deps.readOnly });
+  registerRoutes(app, routeTable.admin, deps);
+}

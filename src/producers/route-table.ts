@@ -1,0 +1,336 @@
+import { z } from 'zod';
+import type { FlowPreset } from '../shared/orchestration/presets.js';
+import type { PipelineDefinition } from '../shared/orchestration/pipeline.js';
+import { route, type RouteSpec } from './route-spec.js';
+import { prometheusMetrics, type AdminRouteDeps } from './routes/admin.js';
+import { listAgents, type AgentCatalog } from './routes/agents.js';
+import { deleteDeadLetter, getDeadLetter, listDeadLetters, retryDeadLetter, retryDeadLetters, type DlqRouteDeps } from './routes/dlq.js';
+import { getFlow, getPipelineRun, listPipelines, startParallelFlow, startPipelineRun, startPresetFlow, type FlowRouteDeps } from './routes/flows.js';
+import { healthz, readyz, type ReadinessChecks } from './routes/health.js';
+import { listJobs, type JobListDeps } from './routes/job-list.js';
+import { cancelJob, enqueueBulk, enqueueJob, getJob, type JobRouteDeps } from './routes/jobs.js';
+import { ingestDocuments, invalidateCache, searchKnowledge, type KnowledgeRouteDeps } from './routes/knowledge.js';
+import { enqueueAndStream, streamJob, type StreamHandlerDeps } from './routes/stream.js';
+import { usageReport, type UsageRouteDeps } from './routes/usage.js';
+import { getOrgPlan, putOrgPlan, type OrgPlanRouteDeps } from './routes/org-plans.js';
+import { orgParam, orgPlanView } from './schemas/org-plans.js';
+import { orgPlanChangeSchema } from '../shared/fair/org-plan-schema.js';
+import { errors, idParam, waitQuery } from './schemas/common.js';
+import { flowStarted, flowView, parallelBody, pipelineBody, pipelineList, runView } from './schemas/flows.js';
+import { bulkBody, enqueuedJob, jobRequestSchema, jobView, listQuery, sseResponse, streamHeaders, streamQuery } from './schemas/jobs.js';
+import { cacheInvalidated, cacheQuery, ingestBody, ingestQuery, ingestResult, searchBody, searchResult, tableParam } from './schemas/knowledge.js';
+import { dlqBulkBody, dlqBulkRetried, dlqEntry, dlqListQuery, dlqPage, dlqRetried, dlqRetryBody, usageQuery, usageReport as usageReportBody } from './schemas/ops.js';
+
+const readiness = z.object({ status: z.enum(['ready', 'unavailable']), checks: z.record(z.string(), z.string()) });
+const sse = { description: 'Server-Sent Events', content: { 'text/event-stream': { schema: sseResponse } } };
+
+/**
+ * Every public route of the API, by area: method, URL, who may call it, its zod schemas (validated by the
+ * type provider, documented at /openapi.json) and its handler. An area is registered where its feature
+ * plugs in (src/producers/area-routes.ts); flows and pipelines get one route per preset and pipeline, so
+ * each body is validated and documented by its own schema. Bull Board's own routes are documented where
+ * it is mounted (area-routes.ts), and the docs page's are the docs plugin's.
+ */
+export const routeTable = {
+  health: [
+    route({ method: 'GET', url: '/healthz', auth: 'public', tags: ['health'], summary: 'Liveness', schema: { response: { 200: z.object({ status: z.literal('ok') }) } }, handler: healthz }),
+    route({
+      method: 'GET',
+      url: '/readyz',
+      auth: 'public',
+      tags: ['health'],
+      summary: 'Readiness of Redis, the database, the worker and features',
+      schema: { response: { 200: readiness.describe('Ready'), 503: readiness.describe('Not ready: `checks` names what failed') } },
+      handler: readyz,
+    }),
+  ] satisfies RouteSpec<ReadinessChecks>[],
+
+  agents: [
+    route({
+      method: 'GET',
+      url: '/v1/agents',
+      auth: 'apiKey',
+      tags: ['agents'],
+      summary: 'Every agent, its actions, and each action’s input and output JSON Schema',
+      schema: { response: { 200: z.object({ agents: z.array(z.looseObject({ name: z.string() })) }), ...errors(401) } },
+      handler: listAgents,
+    }),
+  ] satisfies RouteSpec<AgentCatalog>[],
+
+  jobs: [
+    route({
+      method: 'POST',
+      url: '/v1/jobs',
+      auth: 'apiKey',
+      tags: ['jobs'],
+      summary: 'Enqueue an agent job',
+      description: 'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org always returns the same job.',
+      schema: { body: jobRequestSchema, response: { 202: enqueuedJob, ...errors(400, 401, 413, 415, 429, 503) } },
+      handler: enqueueJob,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/jobs/bulk',
+      auth: 'apiKey',
+      tags: ['jobs'],
+      summary: 'Enqueue up to 1000 jobs, all or nothing',
+      schema: { body: bulkBody, response: { 202: z.object({ jobs: z.array(enqueuedJob) }), ...errors(400, 401, 413, 415, 429, 503) } },
+      handler: enqueueBulk,
+    }),
+    route({
+      method: 'GET',
+      url: '/v1/jobs/:id',
+      auth: 'apiKey',
+      tags: ['jobs'],
+      summary: 'A job’s state and result; `?waitMs=` long-polls until it finishes',
+      schema: { params: idParam, querystring: waitQuery, response: { 200: jobView, ...errors(400, 401, 404) } },
+      handler: getJob,
+    }),
+    route({
+      method: 'DELETE',
+      url: '/v1/jobs/:id',
+      auth: 'apiKey',
+      tags: ['jobs'],
+      summary: 'Cancel a job',
+      description: 'A waiting or delayed job is removed (200, `cancelled`); an active one is aborted by its worker (202, `cancelling`).',
+      schema: { params: idParam, response: { 200: jobView, 202: jobView, ...errors(400, 401, 404, 409) } },
+      handler: cancelJob,
+    }),
+  ] satisfies RouteSpec<JobRouteDeps>[],
+
+  jobList: [
+    route({
+      method: 'GET',
+      url: '/v1/jobs',
+      auth: 'apiKey',
+      tags: ['jobs'],
+      summary: 'The org’s jobs, newest first, streamed as one JSON array',
+      schema: { querystring: listQuery, response: { 200: z.array(jobView), ...errors(400, 401) } },
+      handler: listJobs,
+    }),
+  ] satisfies RouteSpec<JobListDeps>[],
+
+  stream: [
+    route({
+      method: 'GET',
+      url: '/v1/jobs/:id/stream',
+      auth: 'apiKey',
+      tags: ['streaming'],
+      summary: 'A job’s events as Server-Sent Events; Last-Event-ID resumes',
+      schema: { params: idParam, querystring: streamQuery, headers: streamHeaders, response: { 200: sse, ...errors(400, 401, 404, 429, 503) } },
+      handler: streamJob,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/stream',
+      auth: 'apiKey',
+      tags: ['streaming'],
+      summary: 'Enqueue a streaming job and stream it in the same response',
+      description: 'The body is a job request (as `POST /v1/jobs`); the job id is in the `x-job-id` header.',
+      schema: { body: jobRequestSchema, response: { 200: sse, ...errors(400, 401, 409, 413, 415, 429, 503) } },
+      handler: enqueueAndStream,
+    }),
+  ] satisfies RouteSpec<StreamHandlerDeps>[],
+
+  flows: ({ presets, pipelines }: { presets: FlowPreset[]; pipelines: PipelineDefinition[] }): RouteSpec<FlowRouteDeps>[] => [
+    route({
+      method: 'POST',
+      url: '/v1/flows/parallel',
+      auth: 'apiKey',
+      tags: ['flows'],
+      summary: 'Fan out up to 50 jobs as one BullMQ flow (Promise.allSettled semantics)',
+      description: 'Flow-level `options` apply to every task unless it sets its own; `idempotencyKey` is not supported inside a flow.',
+      schema: { body: parallelBody, response: { 202: flowStarted, ...errors(400, 401, 413, 415, 429, 503) } },
+      handler: startParallelFlow,
+    }),
+    ...presets.map((p) =>
+      route({
+        method: 'POST',
+        url: `/v1/flows/${p.name}`,
+        auth: 'apiKey',
+        tags: ['flows'],
+        summary: `Start the ${p.name} preset flow`,
+        schema: { body: p.input, response: { 202: flowStarted, ...errors(400, 401, 413, 415, 429, 503) } },
+        handler: startPresetFlow(p.name),
+      }),
+    ),
+    route({
+      method: 'GET',
+      url: '/v1/flows/:id',
+      auth: 'apiKey',
+      tags: ['flows'],
+      summary: 'A flow’s state, children and merged result; `?waitMs=` long-polls',
+      schema: { params: idParam, querystring: waitQuery, response: { 200: flowView, ...errors(400, 401, 404) } },
+      handler: getFlow,
+    }),
+    route({
+      method: 'GET',
+      url: '/v1/pipelines',
+      auth: 'apiKey',
+      tags: ['pipelines'],
+      summary: 'Every pipeline, its steps and its input JSON Schema',
+      schema: { response: { 200: pipelineList, ...errors(401) } },
+      handler: listPipelines,
+    }),
+    ...pipelines.map((p) =>
+      route({
+        method: 'POST',
+        url: `/v1/pipelines/${p.name}`,
+        auth: 'apiKey',
+        tags: ['pipelines'],
+        summary: `Start a ${p.name} pipeline run`,
+        ...(p.description ? { description: p.description } : {}),
+        schema: { body: pipelineBody(p.input), response: { 202: flowStarted, ...errors(400, 401, 413, 415, 429, 503) } },
+        handler: startPipelineRun(p.name),
+      }),
+    ),
+    route({
+      method: 'GET',
+      url: '/v1/pipelines/runs/:id',
+      auth: 'apiKey',
+      tags: ['pipelines'],
+      summary: 'A pipeline run’s steps, outputs and result; `?waitMs=` long-polls',
+      schema: { params: idParam, querystring: waitQuery, response: { 200: runView, ...errors(400, 401, 404) } },
+      handler: getPipelineRun,
+    }),
+  ],
+
+  knowledge: [
+    // Static before parametric in find-my-way: `search` is never taken for a table name.
+    route({
+      method: 'POST',
+      url: '/v1/knowledge/search',
+      auth: 'apiKey',
+      tags: ['knowledge'],
+      summary: 'Vector search over the knowledge tables (the org’s own rows and shared ones)',
+      schema: { body: searchBody, response: { 200: searchResult, ...errors(400, 401, 413, 415) } },
+      handler: searchKnowledge,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/knowledge/:table',
+      auth: 'apiKey',
+      tags: ['knowledge'],
+      summary: 'Ingest documents (embedded in batches, upserted by external_id)',
+      description: 'Shared tables (`industry_packs`, `playbooks?scope=global`) need an admin key. Each document is validated against its table’s schema (400 naming `documents.N.field`).',
+      schema: { params: tableParam, querystring: ingestQuery, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415) } },
+      handler: ingestDocuments,
+    }),
+    route({
+      method: 'DELETE',
+      url: '/v1/cache',
+      auth: 'apiKey',
+      tags: ['knowledge'],
+      summary: 'Invalidate the org’s cached results (all, or one agent’s)',
+      schema: { querystring: cacheQuery, response: { 200: cacheInvalidated, ...errors(400, 401) } },
+      handler: invalidateCache,
+    }),
+  ] satisfies RouteSpec<KnowledgeRouteDeps>[],
+
+  dlq: [
+    route({
+      method: 'GET',
+      url: '/v1/dlq',
+      auth: 'apiKey',
+      tags: ['dlq'],
+      summary: 'Dead-letter entries, newest first, a page at a time (an admin key sees every org’s)',
+      schema: { querystring: dlqListQuery, response: { 200: dlqPage, ...errors(400, 401) } },
+      handler: listDeadLetters,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/dlq/retry',
+      auth: 'apiKey',
+      tags: ['dlq'],
+      summary: 'Retry up to 1000 matching entries, oldest first; `more` says to call again',
+      schema: { body: dlqBulkBody, response: { 200: dlqBulkRetried, ...errors(400, 401, 415) } },
+      handler: retryDeadLetters,
+    }),
+    route({
+      method: 'GET',
+      url: '/v1/dlq/:id',
+      auth: 'apiKey',
+      tags: ['dlq'],
+      summary: 'One dead-letter entry',
+      schema: { params: idParam, response: { 200: dlqEntry, ...errors(400, 401, 404) } },
+      handler: getDeadLetter,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/dlq/:id/retry',
+      auth: 'apiKey',
+      tags: ['dlq'],
+      summary: 'Retry one entry, optionally with a corrected input (edit-and-retry)',
+      schema: { params: idParam, body: dlqRetryBody, response: { 202: dlqRetried, ...errors(400, 401, 404, 409, 415) } },
+      handler: retryDeadLetter,
+    }),
+    route({
+      method: 'DELETE',
+      url: '/v1/dlq/:id',
+      auth: 'apiKey',
+      tags: ['dlq'],
+      summary: 'Delete an entry (and its failed job)',
+      schema: { params: idParam, response: { 204: z.undefined().describe('Deleted'), ...errors(400, 401, 404) } },
+      handler: deleteDeadLetter,
+    }),
+  ] satisfies RouteSpec<DlqRouteDeps>[],
+
+  usage: [
+    route({
+      method: 'GET',
+      url: '/v1/usage',
+      auth: 'apiKey',
+      tags: ['usage'],
+      summary: 'Jobs, tokens, cost, cache hit rate and p50/p95 duration per agent, model or day',
+      schema: { querystring: usageQuery, response: { 200: usageReportBody, ...errors(400, 401) } },
+      handler: usageReport,
+    }),
+  ] satisfies RouteSpec<UsageRouteDeps>[],
+
+  admin: [
+    route({
+      method: 'GET',
+      url: '/metrics',
+      auth: 'admin',
+      tags: ['admin'],
+      summary: 'Prometheus metrics summed over every API and worker process',
+      schema: { response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: z.string() } } }, ...errors(401, 403) } },
+      handler: prometheusMetrics,
+    }),
+  ] satisfies RouteSpec<AdminRouteDeps>[],
+
+  orgPlans: [
+    route({
+      method: 'GET',
+      url: '/admin/orgs/:org/plan',
+      auth: 'admin',
+      tags: ['admin'],
+      summary: 'An org’s scheduling plan (weight, concurrency, RPM/TPM, quotas) and its jobs waiting and in flight',
+      description: 'Operator only: the ADMIN_TOKEN.',
+      schema: { params: orgParam, response: { 200: orgPlanView, ...errors(400, 401, 403) } },
+      handler: getOrgPlan,
+    }),
+    route({
+      method: 'PUT',
+      url: '/admin/orgs/:org/plan',
+      auth: 'admin',
+      tags: ['admin'],
+      summary: 'Change an org’s plan; applies at the next dispatch, no restart',
+      description: 'Operator only: the ADMIN_TOKEN. A field left out stays as it is; `null` returns it to the configured default; rates of 0 are unlimited.',
+      schema: { params: orgParam, body: orgPlanChangeSchema, response: { 200: orgPlanView, ...errors(400, 401, 403) } },
+      handler: putOrgPlan,
+    }),
+  ] satisfies RouteSpec<OrgPlanRouteDeps>[],
+
+  docs: [
+    route({
+      method: 'GET',
+      url: '/openapi.json',
+      auth: 'public',
+      tags: ['docs'],
+      summary: 'This OpenAPI 3.1 document (also browsable at /docs)',
+      schema: { response: { 200: { description: 'OpenAPI 3.1 document', content: { 'application/json': { schema: z.looseObject({ openapi: z.string() }) } } } } },
+      handler: (d: { document(): unknown }) => async () => d.document(),
+    }),
+  ] satisfies RouteSpec<{ document(): unknown }>[],
+};

@@ -1,0 +1,71 @@
+import { z } from 'zod';
+import { DLQ_CLASSES } from '../../shared/core/dlq-classify.js';
+
+export const dlqListQuery = z
+  .object({
+    agent: z.string().min(1).max(200).optional(),
+    class: z.enum(DLQ_CLASSES).optional(),
+    cursor: z.string().min(1).max(500).optional().describe('`nextCursor` of the previous page'),
+    limit: z.coerce.number().int().min(1).max(200).default(50),
+  })
+  .strict();
+/** Both retry bodies may be left out: fastify hands the validator `null` for a request without one. */
+export const dlqRetryBody = z
+  .object({ input: z.unknown().describe('Corrected input, validated against the agent’s schema (edit-and-retry)') })
+  .partial()
+  .strict()
+  .nullable();
+export const dlqBulkBody = z.object({ agent: z.string().min(1).max(200).optional(), class: z.enum(DLQ_CLASSES).optional() }).strict().nullable();
+
+export const dlqEntry = z.looseObject({
+  id: z.string(),
+  orgId: z.string(),
+  agent: z.string(),
+  action: z.string(),
+  model: z.string().optional(),
+  class: z.enum(DLQ_CLASSES),
+  type: z.string(),
+  reason: z.string(),
+  failedAt: z.string(),
+  attempts: z.number(),
+  dlqRetries: z.number(),
+  lastError: z.string().optional(),
+  lastRetryAt: z.string().optional(),
+  requestId: z.string().optional(),
+});
+export const dlqPage = z.object({ entries: z.array(dlqEntry), nextCursor: z.string().optional() });
+export const dlqRetried = z.looseObject({ id: z.string(), state: z.string(), dlqRetries: z.number() });
+export const dlqBulkRetried = z.looseObject({ retried: z.number(), more: z.boolean() });
+
+/** Wider windows are refused: the percentiles are computed over every row of the window. */
+export const USAGE_MAX_RANGE_DAYS = 366;
+
+const isoDate = z
+  .string()
+  .max(40)
+  .refine((s) => /^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s) && !Number.isNaN(Date.parse(s)), 'expected an ISO 8601 date or date-time')
+  .transform((s) => new Date(s));
+
+export const usageQuery = z
+  .object({
+    from: isoDate.optional().describe('Default: 30 days before `to`'),
+    to: isoDate.optional().describe('Default: now'),
+    groupBy: z.enum(['agent', 'model', 'day']).default('agent'),
+  })
+  .strict();
+
+export const usageReport = z.object({
+  from: z.string(),
+  to: z.string(),
+  groupBy: z.enum(['agent', 'model', 'day']),
+  groups: z.array(
+    z.object({
+      key: z.string(),
+      jobs: z.number(),
+      tokens: z.object({ input: z.number(), output: z.number(), total: z.number() }),
+      costUsd: z.number(),
+      cacheHitRate: z.number(),
+      durationMs: z.object({ p50: z.number(), p95: z.number() }),
+    }),
+  ),
+});
