@@ -8,6 +8,8 @@ import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/st
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';
 
+const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked', 'breaker_open', 'quota']);
+
 export interface SessionDeps {
   redis: Redis;
   prefix: string;
@@ -95,13 +97,17 @@ export function serveJobStream(
     finish({ kind: 'error', error: 'internal error', state: 'failed' });
   }
 
-  /** Why the job has not started yet (fair dispatcher), sent when it changes; not stored in the job's stream. */
+  /**
+   * Why the job has not started yet, when a limit holds it (org concurrency, a rate limit, a blocked model,
+   * an open breaker, a quota), sent when it changes; not stored in the job's stream. Plain queueing for a
+   * fair share and the job's own delay are not news: `queued` / `delayed` already say so.
+   */
   let heardFromWorker = false;
   let lastWaiting = '';
   async function reportWaiting(): Promise<void> {
     if (heardFromWorker || closed) return;
     const view = await deps.jobs.get(target.orgId, target.id);
-    if (closed || heardFromWorker || !view.waitingFor) return;
+    if (closed || heardFromWorker || !view.waitingFor || !LIMIT_REASONS.has(view.waitingFor.reason)) return;
     const progress = { stage: 'waiting' as const, jobId: target.id, ...view.waitingFor };
     const key = JSON.stringify(progress);
     if (key === lastWaiting) return;
