@@ -25,6 +25,7 @@ import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
 import { createWorkerRuntime, type WorkerRuntime } from '../workers/worker-runtime.js';
+import { agentqPrefix } from '../shared/core/queue-keys.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
 
@@ -82,7 +83,7 @@ export async function startRuntime(opts: {
   const quotas = createQuotaChecker({ pool: infra.db.pool });
   const metrics = createOpsMetrics(new Registry());
   const admission = countingAdmission(createAdmission({
-    limiter: createAdmissionLimiter({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, plans: cfg.RATE_LIMIT_PLANS }),
+    limiter: createAdmissionLimiter({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX), plans: cfg.RATE_LIMIT_PLANS }),
     planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
     quota: (orgId) => quotas.check(orgId),
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,

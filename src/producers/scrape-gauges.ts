@@ -2,6 +2,7 @@ import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Gauge, Registry } from 'prom-client';
 import type { BreakerSnapshot } from '../shared/limits/circuit-breaker.js';
+import { guardKeys } from '../shared/core/queue-keys.js';
 
 const QUEUE_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed'] as const;
 const BREAKER_VALUE = { closed: 0, halfOpen: 1, open: 2 } as const;
@@ -10,7 +11,7 @@ const globEscape = (s: string) => s.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
 
 /** Keys of every breaker that has state in Redis (`<breakerPrefix>:cb:<key>`). */
 export async function breakerKeysIn(redis: Redis, breakerPrefix: string): Promise<string[]> {
-  const head = `${breakerPrefix}:cb:`;
+  const head = guardKeys.breakerHead(breakerPrefix);
   const keys = new Set<string>();
   let cursor = '0';
   do {

@@ -4,6 +4,7 @@ import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js'
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
 import { knowledgeRoutes } from '../../producers/area-routes.js';
 import type { Feature, FeatureDeps } from '../feature.js';
+import { agentqPrefix } from '../../shared/core/queue-keys.js';
 
 /** Knowledge ingestion and search for RAG, and cache invalidation (routes in `producers/route-table.ts`). */
 export function createKnowledgeFeature(deps: FeatureDeps): Feature {
@@ -11,7 +12,7 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
   const store = createKnowledgeStore({ pool: infra.db.pool, embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }) });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
-  const results = createResultCache({ redis, prefix: `${cfg.QUEUE_PREFIX}:agentq`, l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
+  const results = createResultCache({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
   return {

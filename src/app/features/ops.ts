@@ -20,6 +20,7 @@ import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
 import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
 import { logConnectionErrors } from '../../shared/infra/redis/connection.js';
+import { agentqPrefix } from '../../shared/core/queue-keys.js';
 
 export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
 export const FAIR_ORPHANS_TASK = 'fair-orphans';
@@ -39,7 +40,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
   logConnectionErrors(flows, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards.ts); only read here.
-  const breaker = createCircuitBreaker({ redis: deps.redis, prefix: `${prefix}:agentq` });
+  const breaker = createCircuitBreaker({ redis: deps.redis, prefix: agentqPrefix(prefix) });
   // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
   const store = createDlqStore({ redis: deps.redis, queue: deps.queue, prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 });
   const dlq = createDlqService({ store, validateInput: (agent, action, input) => registry.validateInput(agent, action, input) });
@@ -69,7 +70,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
         queues,
         breakerState: (key) => breaker.state(key),
         orgGauges: () => deps.scheduler.gauges(),
-        breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, `${prefix}:agentq`))])],
+        breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, agentqPrefix(prefix)))])],
       });
       dlqRoutes(app, { dlq });
       usageRoutes(app, { runs: createRunStore({ pool: deps.infra.db.pool }) });

@@ -4,6 +4,7 @@ import { LRUCache } from 'lru-cache';
 import { defineLua, type RedisClient } from '../infra/lua.js';
 import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
+import { guardKeys } from '../core/queue-keys.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -114,13 +115,13 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const l1 = new LRUCache<string, { tag: string; value: T }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
 
   const enc = encodeURIComponent;
-  const orgVersionKey = (org: string) => `${prefix}:rc:v:${enc(org)}`;
-  const agentVersionKey = (org: string, agent: string) => `${prefix}:rc:v:${enc(org)}:${enc(agent)}`;
+  const orgVersionKey = (org: string) => guardKeys.resultOrgVersion(prefix, enc(org));
+  const agentVersionKey = (org: string, agent: string) => guardKeys.resultAgentVersion(prefix, enc(org), enc(agent));
   const keysFor = (p: CacheKeyParts) => {
     const hash = resultCacheHash(p);
     return {
       hash,
-      keys: [orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), `${prefix}:rc:e:${hash}`, `${prefix}:rc:lock:${hash}`],
+      keys: [orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)],
     };
   };
 

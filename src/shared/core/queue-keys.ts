@@ -16,7 +16,34 @@ export const orgJobsKey = (prefix: string, orgId: string) => `${prefix}:agentq:o
  * The fair dispatcher's key prefix, and the prefix of the token buckets it shares with the workers' rate
  * limiter (`<bucketPrefix>:tb:<bucket>`): both under the queue's hash tag, as its scripts read BullMQ keys.
  */
-export const fairPrefixes = (prefix: string) => ({ keyPrefix: `${prefix}:fq`, bucketPrefix: `${prefix}:agentq` });
+export const fairPrefixes = (prefix: string) => ({ keyPrefix: `${prefix}:fq`, bucketPrefix: agentqPrefix(prefix) });
 
 /** Pub/sub channel on which producers that do not dispatch themselves ask workers to dispatch. */
 export const fairKickChannel = (prefix: string) => `${prefix}:fq:kick`;
+
+/** Prefix of agentq's own keys beside BullMQ's (guards, caches, DLQ meta, metrics, streams). */
+export const agentqPrefix = (prefix: string) => `${prefix}:agentq`;
+
+/** Pub/sub channel on which the API asks whichever worker holds a job to abort it. */
+export const cancelChannel = (prefix: string) => `${agentqPrefix(prefix)}:cancel`;
+
+/** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
+export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
+
+/** Per-entry DLQ metadata (class, retries, claim). */
+export const dlqMetaKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:dlq:${id}`;
+
+/** HASH where every process publishes its Prometheus registry for the API to merge. */
+export const metricsExchangeKey = (prefix: string) => `${agentqPrefix(prefix)}:metrics`;
+
+/** Keys under a guard prefix (`agentqPrefix(queuePrefix)` in production; tests pass their own). */
+export const guardKeys = {
+  tokenBucket: (guardPrefix: string, bucket: string) => `${guardPrefix}:tb:${bucket}`,
+  breaker: (guardPrefix: string, key: string) => `${guardPrefix}:cb:${key}`,
+  breakerHead: (guardPrefix: string) => `${guardPrefix}:cb:`,
+  admission: (guardPrefix: string, plan: string) => `${guardPrefix}:adm:${plan}`,
+  resultOrgVersion: (guardPrefix: string, org: string) => `${guardPrefix}:rc:v:${org}`,
+  resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,
+  resultEntry: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:e:${hash}`,
+  resultLock: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:lock:${hash}`,
+};

@@ -1,3 +1,4 @@
+import { guardKeys } from '../core/queue-keys.js';
 /**
  * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. Lua receives the
  * list below as KEYS (same order for every fair script) and only appends ids to the `*Prefix` entries:
@@ -118,10 +119,10 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     orgLanesPrefix: `${p}:olanes:`,
     capBlockedPrefix: `${p}:capblk:`,
     planPrefix: `${p}:plan:`,
-    tbRpmOrgPrefix: `${b}:tb:rpm:org:`,
-    tbTpmOrgPrefix: `${b}:tb:tpm:org:`,
-    tbRpmModelPrefix: `${b}:tb:rpm:model:`,
-    tbTpmModelPrefix: `${b}:tb:tpm:model:`,
+    tbRpmOrgPrefix: guardKeys.tokenBucket(b, 'rpm:org:'),
+    tbTpmOrgPrefix: guardKeys.tokenBucket(b, 'tpm:org:'),
+    tbRpmModelPrefix: guardKeys.tokenBucket(b, 'rpm:model:'),
+    tbTpmModelPrefix: guardKeys.tokenBucket(b, 'tpm:model:'),
     queueWait: q.toKey('wait'),
     queuePrioritized: q.toKey('prioritized'),
     queueDelayed: q.toKey('delayed'),

@@ -3,6 +3,7 @@ import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys } from './fair-keys.js';
 import { createFairLua, type FairLua, type RawDispatch } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
+import { guardKeys } from '../core/queue-keys.js';
 
 export interface FairEntry {
   jobId: string;
@@ -106,7 +107,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     sweepMax: opts.sweepMax ?? 100,
   });
   const chunk = opts.enqueueChunk ?? 500;
-  const bucketKeyPrefix = `${opts.bucketPrefix}:tb:`;
+  const bucketKeyPrefix = guardKeys.tokenBucket(opts.bucketPrefix, '');
 
   /** Promotes with BullMQ's own script; a job no longer delayed (removed, promoted elsewhere) is skipped. */
   async function promote(ids: string[]): Promise<string[]> {

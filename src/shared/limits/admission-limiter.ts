@@ -1,6 +1,7 @@
 import { RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { AgentqError } from '../core/errors.js';
 import type { RedisClient } from '../infra/lua.js';
+import { guardKeys } from '../core/queue-keys.js';
 
 export interface AdmissionPlan {
   /** Requests allowed per `durationS`. */
@@ -40,7 +41,7 @@ export function createAdmissionLimiter(opts: { redis: RedisClient; prefix: strin
   for (const [name, plan] of Object.entries(plans)) {
     limiters.set(
       name,
-      new RateLimiterRedis({ storeClient: opts.redis, keyPrefix: `${opts.prefix}:adm:${name}`, points: plan.points, duration: plan.durationS }),
+      new RateLimiterRedis({ storeClient: opts.redis, keyPrefix: guardKeys.admission(opts.prefix, name), points: plan.points, duration: plan.durationS }),
     );
   }
   return {

@@ -1,6 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { AgentqError } from '../core/errors.js';
 import { defineLua, type RedisClient } from '../infra/lua.js';
+import { guardKeys } from '../core/queue-keys.js';
 
 export type BreakerState = 'closed' | 'open' | 'halfOpen';
 
@@ -97,7 +98,7 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   const acquireLua = defineLua(opts.redis, 'circuit-breaker-acquire-1.lua');
   const recordLua = defineLua(opts.redis, 'circuit-breaker-record-1.lua');
   const stateLua = defineLua(opts.redis, 'circuit-breaker-state-1.lua');
-  const fullKey = (key: string) => `${opts.prefix}:cb:${key}`;
+  const fullKey = (key: string) => guardKeys.breaker(opts.prefix, key);
 
   const emitter = new EventEmitter() as CircuitBreaker;
 

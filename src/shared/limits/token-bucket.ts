@@ -1,4 +1,5 @@
 import { defineLua, type RedisClient } from '../infra/lua.js';
+import { guardKeys } from '../core/queue-keys.js';
 
 export interface BucketRequest {
   /** Bucket name under the factory's prefix, e.g. `rpm:model:gemini-2.5-pro`. */
@@ -42,7 +43,7 @@ function checkShape(capacity: number, refillPerSec: number): void {
 export function createTokenBuckets(opts: { redis: RedisClient; prefix: string }): TokenBuckets {
   const takeLua = defineLua(opts.redis, 'token-bucket-take-N.lua');
   const adjustLua = defineLua(opts.redis, 'token-bucket-adjust-1.lua');
-  const fullKey = (key: string) => `${opts.prefix}:tb:${key}`;
+  const fullKey = (key: string) => guardKeys.tokenBucket(opts.prefix, key);
 
   return {
     async take(requests) {

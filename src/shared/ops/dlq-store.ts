@@ -4,6 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
+import { dlqMetaKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -57,7 +58,7 @@ export function decodeCursor(raw: string): DlqCursor | undefined {
 export function createDlqStore(deps: { redis: Redis; queue: AgentQueue; prefix: string; ttlS: number }) {
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
-  const metaKey = (id: string) => `${deps.prefix}:agentq:dlq:${id}`;
+  const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
   const claimLua = defineLua(redis, 'dlq-claim-2.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {

@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import { AggregatorRegistry, type Registry } from 'prom-client';
 import type { Redis } from 'ioredis';
 import type { Logger } from '../core/logger.js';
+import { metricsExchangeKey } from '../core/queue-keys.js';
 
 /**
  * Worker processes serve no HTTP, so each process writes its registry's `getMetricsAsJSON()` into one
@@ -16,7 +17,7 @@ import type { Logger } from '../core/logger.js';
 export function createMetricsExchange(deps: { redis: Redis; prefix: string; registry: Registry; everyMs?: number; staleMs?: number; processId?: string; logger: Logger }) {
   const everyMs = deps.everyMs ?? 5000;
   const staleMs = deps.staleMs ?? everyMs * 3;
-  const key = `${deps.prefix}:agentq:metrics`;
+  const key = metricsExchangeKey(deps.prefix);
   const self = deps.processId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   let timer: NodeJS.Timeout | undefined;
   let closed = false;

@@ -16,6 +16,7 @@ import { createRedis } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import { DelayJobError, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
+import { agentqPrefix } from '../../shared/core/queue-keys.js';
 
 export interface WorkerGuards {
   middlewares: Middleware[];
@@ -62,7 +63,7 @@ export function createWorkerGuards(opts: {
 }): WorkerGuards {
   const { cfg, infra } = opts;
   const redis = createRedis(infra.redisUrl, 'worker');
-  const prefix = `${cfg.QUEUE_PREFIX}:agentq`;
+  const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
   const breaker = createCircuitBreaker({
     redis,
     prefix,
