@@ -21,24 +21,21 @@ export function createAdmission(deps: {
   cacheMs: number;
 }): AdmissionCheck {
   const ttl = Math.max(1, deps.cacheMs);
-  const plans = new LRUCache<string, { plan: string }>({ max: 10_000, ttl });
-  const quotas = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl });
+  const plans = new LRUCache<string, { plan: string }>({
+    max: 10_000,
+    ttl,
+    fetchMethod: async (orgId) => {
+      const plan = (await deps.planOf(orgId)) ?? deps.defaultPlan;
+      return { plan: plan in deps.limiter.plans ? plan : deps.defaultPlan };
+    },
+  });
+  const quotas = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl, fetchMethod: (orgId) => deps.quota(orgId) });
   return {
     async admit(orgId, jobs) {
-      let plan = plans.get(orgId)?.plan;
-      if (!plan) {
-        plan = (await deps.planOf(orgId)) ?? deps.defaultPlan;
-        if (!(plan in deps.limiter.plans)) plan = deps.defaultPlan;
-        plans.set(orgId, { plan });
-      }
+      const { plan } = (await plans.fetch(orgId))!;
       const verdict = await deps.limiter.consume(orgId, plan, Math.max(1, Math.ceil(jobs / JOBS_PER_POINT)));
       if (!verdict.allowed) return { allowed: false, reason: `rate limit exceeded (plan ${plan})`, retryAfterS: verdict.retryAfterS };
-      let quota = deps.cacheMs > 0 ? quotas.get(orgId) : undefined;
-      if (!quota) {
-        quota = await deps.quota(orgId);
-        quotas.set(orgId, quota);
-      }
-      return quota;
+      return deps.cacheMs > 0 ? (await quotas.fetch(orgId))! : deps.quota(orgId);
     },
   };
 }

@@ -18,14 +18,12 @@ export interface KeyVerifier {
  */
 export function cachedVerifier(inner: KeyVerifier, ttlMs: number): KeyVerifier {
   if (ttlMs <= 0) return inner;
-  const cache = new LRUCache<string, Principal>({ max: 10_000, ttl: ttlMs });
+  // fetchMethod also coalesces concurrent misses for one key into one lookup. Unknown keys are not cached
+  // (undefined), so a key created a moment ago works at once.
+  const cache = new LRUCache<string, Principal>({ max: 10_000, ttl: ttlMs, fetchMethod: async (key) => (await inner.verify(key)) ?? undefined });
   return {
     async verify(key) {
-      const hit = cache.get(key);
-      if (hit) return hit;
-      const principal = await inner.verify(key);
-      if (principal) cache.set(key, principal);
-      return principal;
+      return (await cache.fetch(key)) ?? null;
     },
   };
 }

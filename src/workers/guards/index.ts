@@ -30,13 +30,9 @@ export interface WorkerGuards {
  * path does not query Postgres per job.
  */
 function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number): Middleware {
-  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs) });
+  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId) });
   return async (ctx, next) => {
-    let decision = cacheMs > 0 ? cache.get(ctx.orgId) : undefined;
-    if (!decision) {
-      decision = await check(ctx.orgId);
-      cache.set(ctx.orgId, decision);
-    }
+    const decision = cacheMs > 0 ? (await cache.fetch(ctx.orgId))! : await check(ctx.orgId);
     if (!decision.allowed) {
       ctx.logger.warn({ reason: decision.reason }, 'org quota reached; job waits');
       throw new DelayJobError(decision.retryAfterS * 1000, 'quota');
