@@ -33,6 +33,9 @@ describe('parallel fan-out flows', () => {
     expect(res.statusCode).toBe(200);
     const view = res.json();
     expect(view).toMatchObject({ id, kind: 'parallel', state: 'completed' });
+    // Flow children are jobs of the org like any other: listed by GET /v1/jobs (the one enqueue path indexes them).
+    const listed = (await s.app.inject({ method: 'GET', url: '/v1/jobs', headers: s.auth })).json() as Array<{ id: string }>;
+    for (const child of view.children as Array<{ id: string }>) expect(listed.map((j) => j.id)).toContain(child.id);
     const { results, totalCostUsd, totalDurationMs } = view.result;
     expect(Object.keys(results).sort()).toEqual(['DealScorer:pipeline_summary', 'DealScorer:pipeline_summary#2', 'RiskAnalyzer:analyze_risks', 'TaskGenerator:suggest_next_actions']);
     expect(results['RiskAnalyzer:analyze_risks']).toEqual({

@@ -3,6 +3,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createOrchestrationFeature } from '../src/app/features/orchestration.js';
 import { definePipeline } from '../src/shared/orchestration/pipeline.js';
 import { wizardCompletion } from '../src/shared/orchestration/pipelines/wizard-completion.js';
+import { orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { createAgentqClient } from '../src/producers/client/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -72,6 +73,9 @@ describe('sequential pipelines', () => {
       ['risks', 'completed'],
       ['tasks', 'completed'],
     ]);
+    // Pipeline steps are agent jobs of the org: in its job index (what GET /v1/jobs lists) like any other.
+    const step = await stepJob(`${view.id}-risks`);
+    expect(await s.runtime.deps.redis.zscore(orgJobsKey(s.cfg.QUEUE_PREFIX, step!.data.orgId), step!.id!)).not.toBeNull();
     const { outputs } = view.result;
     expect(outputs.profile.startup.name).toBe(input.companyName);
     expect(view.steps[1].output).toEqual(outputs.risks);
