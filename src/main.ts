@@ -7,7 +7,7 @@ import { defaultRegistry } from './shared/agents/registry.js';
 import { ConfigError, parseConfig, type Config } from './shared/core/config.js';
 import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
-import { geminiOptionsFromConfig, startGeminiRuntime } from './app/gemini-runtime.js';
+import { geminiOptionsFromConfig, startGemini } from './app/gemini.js';
 import { createRootLogger } from './shared/core/logger.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
@@ -32,7 +32,7 @@ async function main(role: Role) {
     await infra.close();
     return;
   }
-  const gemini = await startGeminiRuntime(geminiOptionsFromConfig(cfg, logger));
+  const gemini = await startGemini(geminiOptionsFromConfig(cfg, logger));
   const runtime = await startRuntime({
     cfg,
     infra,

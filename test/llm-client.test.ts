@@ -2,7 +2,7 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
-import { startGeminiRuntime } from '../src/app/gemini-runtime.js';
+import { startGemini } from '../src/app/gemini.js';
 import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
 import { LlmError, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
@@ -234,7 +234,7 @@ describe('gemini runtime', () => {
 
   it('without a key starts the emulator on loopback, warns loudly, and serves through it', async () => {
     const { lines, logger } = capture();
-    const rt = await startGeminiRuntime({ models, timeoutMs: 5000, logger });
+    const rt = await startGemini({ models, timeoutMs: 5000, logger });
     try {
       expect(rt.emulator).toBeDefined();
       expect(rt.emulator!.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
@@ -254,7 +254,7 @@ describe('gemini runtime', () => {
     process.env.GOOGLE_GEMINI_BASE_URL = upstream.url;
     const { lines, logger } = capture();
     try {
-      const rt = await startGeminiRuntime({ apiKey: 'real-looking-key', models, timeoutMs: 5000, logger });
+      const rt = await startGemini({ apiKey: 'real-looking-key', models, timeoutMs: 5000, logger });
       expect(rt.emulator).toBeUndefined();
       expect(lines).toEqual([]);
       const res = await rt.llm.generate({ model: models.fast, prompt: 'hello' });

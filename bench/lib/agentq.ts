@@ -5,7 +5,7 @@ import { startRuntime, type FeatureFactory, type Runtime } from '../../src/app/r
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
 import type { Config } from '../../src/shared/core/config.js';
 import type { Infra } from '../../src/shared/infra/infra.js';
-import { startGeminiRuntime, type GeminiRuntime } from '../../src/app/gemini-runtime.js';
+import { startGemini, type GeminiSetup } from '../../src/app/gemini.js';
 import { createLogger } from '../../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../../src/shared/core/types.js';
 import type { BenchInfra } from './infra.js';
@@ -13,7 +13,7 @@ import type { BenchInfra } from './infra.js';
 export interface AgentqUnderTest {
   cfg: Config;
   runtime: Runtime;
-  gemini: GeminiRuntime;
+  gemini: GeminiSetup;
   app?: FastifyInstance;
   /** The BullMQ workers the runtime started, as features see them. */
   workers: Array<Worker<AgentJobData, AgentResult>>;
@@ -39,7 +39,7 @@ export async function startAgentq(
   const cfg = b.config(opts.env);
   const infra = opts.skipRunRows ? withoutRunRows(b.infra) : b.infra;
   const logger = createLogger({ level: 'silent' });
-  const gemini = await startGeminiRuntime({
+  const gemini = await startGemini({
     apiKey: cfg.GEMINI_API_KEY,
     baseUrl: b.emulatorUrl,
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },

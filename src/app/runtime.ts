@@ -24,7 +24,7 @@ import { createAgentQueue, type AgentQueue } from '../shared/queue/agent-queue.j
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
-import { createWorkerRuntime, type WorkerRuntime } from '../workers/worker-runtime.js';
+import { createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { agentqPrefix } from '../shared/core/queue-keys.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
@@ -46,7 +46,7 @@ export interface Runtime {
   /** Present when the runtime serves HTTP. */
   app?: FastifyInstance;
   /** Starts one more agent worker in this process (the worker role starts one). */
-  startWorker(): Promise<WorkerRuntime>;
+  startWorker(): Promise<WorkerService>;
   close(graceMs: number): Promise<void>;
 }
 
@@ -106,13 +106,13 @@ export async function startRuntime(opts: {
   const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler });
   const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm };
   const features = (opts.features ?? []).map((make) => make(deps));
-  const workers: WorkerRuntime[] = [];
+  const workers: WorkerService[] = [];
   const guardSets: Array<{ close(): Promise<void> }> = [];
 
-  async function startWorker(): Promise<WorkerRuntime> {
+  async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerRuntime({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, scheduler });
+    const worker = createWorkerService({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, scheduler });
     await worker.ready();
     workers.push(worker);
     return worker;

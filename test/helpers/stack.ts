@@ -8,9 +8,9 @@ import { migrate } from '../../src/shared/infra/db/migrate.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
 import { startGeminiEmulator, type GeminiEmulator } from '../../dev/gemini-emulator/emulator.js';
 import type { Infra } from '../../src/shared/infra/infra.js';
-import { geminiOptionsFromConfig, startGeminiRuntime } from '../../src/app/gemini-runtime.js';
+import { geminiOptionsFromConfig, startGemini } from '../../src/app/gemini.js';
 import { createLogger, type Logger } from '../../src/shared/core/logger.js';
-import type { WorkerRuntime } from '../../src/workers/worker-runtime.js';
+import type { WorkerService } from '../../src/workers/worker-service.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
 
 export interface Stack {
@@ -24,7 +24,7 @@ export interface Stack {
   /** Authorization header for `app.inject`. */
   auth: { authorization: string };
   logger: Logger;
-  startWorker(): Promise<WorkerRuntime>;
+  startWorker(): Promise<WorkerService>;
   newKey(orgId?: string, role?: 'member' | 'admin'): Promise<string>;
   close(): Promise<void>;
 }
@@ -63,7 +63,7 @@ export async function startStack(
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();
-  const gemini = await startGeminiRuntime({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: emulator.url });
+  const gemini = await startGemini({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: emulator.url });
   const runtime = await startRuntime({
     cfg,
     infra,

@@ -4,7 +4,7 @@ import { config } from '../../shared/core/config.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
-import { geminiOptionsFromConfig, startGeminiRuntime } from '../gemini-runtime.js';
+import { geminiOptionsFromConfig, startGemini } from '../gemini.js';
 import { createLogger } from '../../shared/core/logger.js';
 import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
@@ -104,10 +104,10 @@ async function main(argv: string[]): Promise<number> {
     return 1;
   }
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
-  let runtime: Awaited<ReturnType<typeof startGeminiRuntime>> | undefined;
+  let runtime: Awaited<ReturnType<typeof startGemini>> | undefined;
   try {
     await migrate(db.pool, { logger });
-    runtime = await startGeminiRuntime(geminiOptionsFromConfig(cfg, logger));
+    runtime = await startGemini(geminiOptionsFromConfig(cfg, logger));
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     const store = createKnowledgeStore({ pool: db.pool, embed });
     progressBar(0, total);

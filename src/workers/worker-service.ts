@@ -18,14 +18,14 @@ import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js'
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
 
-export interface WorkerRuntime {
+export interface WorkerService {
   ready(): Promise<void>;
   isRunning(): boolean;
   close(graceMs: number): Promise<void>;
 }
 
 /** Wires one BullMQ worker for agent jobs: guards (outermost first) around the model call. */
-export function createWorkerRuntime(opts: {
+export function createWorkerService(opts: {
   cfg: Config;
   infra: Infra;
   logger: Logger;
@@ -35,7 +35,7 @@ export function createWorkerRuntime(opts: {
   features?: WorkerHooks[];
   /** The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts). */
   scheduler: FairScheduler;
-}): WorkerRuntime {
+}): WorkerService {
   const { cfg, infra, logger } = opts;
   const connection = createRedis(infra.redisUrl, 'worker');
   const subscriber = createRedis(infra.redisUrl, 'worker');

@@ -9,7 +9,7 @@ export interface GeminiModels {
   embedding: string;
 }
 
-export interface GeminiRuntime {
+export interface GeminiSetup {
   llm: LlmClient;
   models: GeminiModels;
   /** Set only when the in-process emulator is serving (no API key). */
@@ -17,7 +17,7 @@ export interface GeminiRuntime {
   close(): Promise<void>;
 }
 
-export interface GeminiRuntimeOptions {
+export interface GeminiSetupOptions {
   apiKey?: string;
   /** An explicit endpoint (e.g. an emulator in another process). Unset: the SDK's default. */
   baseUrl?: string;
@@ -35,7 +35,7 @@ const EMULATOR_KEY = 'emulator-no-real-key';
  * the emulator on loopback and a client pointed at it, announced loudly, because every answer is then
  * synthetic. A key never starts the emulator; a `baseUrl` without a key uses that endpoint instead.
  */
-export async function startGeminiRuntime(opts: GeminiRuntimeOptions): Promise<GeminiRuntime> {
+export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup> {
   const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
@@ -54,7 +54,7 @@ export async function startGeminiRuntime(opts: GeminiRuntimeOptions): Promise<Ge
 export function geminiOptionsFromConfig(
   cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'>,
   logger: Logger,
-): GeminiRuntimeOptions {
+): GeminiSetupOptions {
   return {
     apiKey: cfg.GEMINI_API_KEY,
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
