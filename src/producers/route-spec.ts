@@ -47,6 +47,8 @@ export interface RouteSpec<D> {
   description?: string;
   schema: RouteSchema;
   handler: (deps: D) => Handler<any>;
+  /** Probes and scrapes log their requests at debug: they arrive every few seconds and would flood the logs. */
+  quiet?: boolean;
 }
 
 /** A typed row: the handler must accept the request its own schema produces. */
@@ -79,6 +81,7 @@ export function registerRoutes<D>(app: FastifyInstance, specs: RouteSpec<D>[], d
       method: spec.method,
       url: spec.url,
       config: { auth: spec.auth },
+      ...(spec.quiet ? { logLevel: 'debug' } : {}),
       schema: { ...spec.schema, ...documentation(spec) },
       handler: spec.handler(deps) as never,
     });

@@ -33,11 +33,12 @@ const sse = { description: 'Server-Sent Events', content: { 'text/event-stream':
  */
 export const routeTable = {
   health: [
-    route({ method: 'GET', url: '/healthz', auth: 'public', tags: ['health'], summary: 'Liveness', schema: { response: { 200: z.object({ status: z.literal('ok') }) } }, handler: healthz }),
+    route({ method: 'GET', url: '/healthz', auth: 'public', quiet: true, tags: ['health'], summary: 'Liveness', schema: { response: { 200: z.object({ status: z.literal('ok') }) } }, handler: healthz }),
     route({
       method: 'GET',
       url: '/readyz',
       auth: 'public',
+      quiet: true,
       tags: ['health'],
       summary: 'Readiness of Redis, the database, the worker and features',
       schema: { response: { 200: readiness.describe('Ready'), 503: readiness.describe('Not ready: `checks` names what failed') } },
@@ -292,6 +293,7 @@ export const routeTable = {
       method: 'GET',
       url: '/metrics',
       auth: 'admin',
+      quiet: true,
       tags: ['admin'],
       summary: 'Prometheus metrics summed over every API and worker process',
       schema: { response: { 200: { description: 'Prometheus text format', content: { 'text/plain': { schema: z.string() } } }, ...errors(401, 403) } },
