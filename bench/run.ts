@@ -8,6 +8,7 @@ import { loadavg } from 'node:os';
 import { accuracyCase } from './cases/accuracy.js';
 import { commandsCase } from './cases/commands.js';
 import { enqueueCase } from './cases/enqueue.js';
+import { fairnessCase } from './cases/fairness.js';
 import { guardCostsCase } from './cases/guard-costs.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
@@ -30,6 +31,7 @@ const CASES: BenchCase[] = [
   { name: 'latency', run: latencyCase },
   { name: 'streaming', run: streamingCase },
   { name: 'accuracy', run: accuracyCase },
+  { name: 'fairness', run: fairnessCase },
   { name: 'vectors', run: vectorsCase },
 ];
 

@@ -18,7 +18,8 @@ const ORG = 'bench-org';
 const WARMUP_MS = 500;
 const WINDOW_MS = 4000;
 
-export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit' | 'agentq-miss-norows' | 'agentq-hit-norows';
+/** `-nofair`: the runtime without the fair dispatcher (runtime `fairDispatch: false`), the fairness case's baseline. */
+export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit' | 'agentq-miss-norows' | 'agentq-hit-norows' | 'agentq-miss-nofair';
 
 export interface RunResult {
   path: Path;
@@ -182,6 +183,7 @@ async function runAgentq(ctx: BenchContext, variant: Path, concurrency: number, 
   const path = variant.startsWith('agentq-hit') ? 'agentq-hit' : 'agentq-miss';
   const q = await startAgentq(ctx.b, {
     skipRunRows: variant.endsWith('-norows'),
+    ...(variant.endsWith('-nofair') ? { fairDispatch: false } : {}),
     env: { WORKER_CONCURRENCY: String(concurrency) },
     onCompleted: () => (warmed ? warmed() : counter.onCompleted()),
   });
@@ -237,7 +239,7 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
 
 /** Case 1 (throughput) and the INFO-commandstats half of case 2 (commands per job), from the same runs. */
 export async function throughputCase(ctx: BenchContext): Promise<void> {
-  const guess: Record<Path, number> = { 'bare-noop': 4000, 'bare-llm': 500, 'agentq-miss': 250, 'agentq-hit': 800, 'agentq-miss-norows': 300, 'agentq-hit-norows': 1500 };
+  const guess: Record<Path, number> = { 'bare-noop': 4000, 'bare-llm': 500, 'agentq-miss': 250, 'agentq-hit': 800, 'agentq-miss-norows': 300, 'agentq-hit-norows': 1500, 'agentq-miss-nofair': 250 };
   const paths: Path[] = ['bare-noop', 'bare-llm', 'agentq-miss', 'agentq-hit'];
   const results: Record<string, RunResult> = {};
   for (const concurrency of [1, 50]) {

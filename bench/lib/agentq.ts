@@ -23,17 +23,19 @@ export interface AgentqUnderTest {
 
 /**
  * agentq as `npm start` composes it (the same `startRuntime`, the shipped features, the real SDK), in
- * this process, against the bench's infrastructure. Workers are started on demand so queues can be
+ * this process (or a bench child), against the bench's infrastructure. Workers are started on demand so queues can be
  * filled first; `onCompleted` sees every completed job without any Redis command of the bench's own.
  */
 export async function startAgentq(
-  b: BenchInfra,
+  b: Pick<BenchInfra, 'config' | 'infra' | 'emulatorUrl'>,
   opts: {
     env?: Record<string, string>;
     api?: boolean;
     onCompleted?: (job: Job<AgentJobData, AgentResult>) => void;
     /** Ablation only: the per-attempt `agent_runs` INSERT answers at once without reaching Postgres. */
     skipRunRows?: boolean;
+    /** Baseline only: no fair dispatcher (jobs straight to BullMQ's wait list, workers without the gate). */
+    fairDispatch?: boolean;
   } = {},
 ): Promise<AgentqUnderTest> {
   const cfg = b.config(opts.env);
@@ -63,6 +65,7 @@ export async function startAgentq(
     api: opts.api ?? false,
     worker: false,
     features: [...defaultFeatures, probe],
+    ...(opts.fairDispatch === false ? { fairDispatch: false } : {}),
   });
   return {
     cfg,

@@ -63,8 +63,15 @@ export async function startRuntime(opts: {
   api: boolean;
   worker: boolean;
   features?: FeatureFactory[];
+  /**
+   * Bench baseline only (bench/cases/fairness.ts measures what the dispatcher costs): `false` adds jobs
+   * straight to BullMQ's wait list and runs workers without the fair gate, i.e. no org share, cap or rate
+   * plan is enforced at dispatch. Never set in production.
+   */
+  fairDispatch?: boolean;
 }): Promise<Runtime> {
   const { cfg, infra, logger, registry } = opts;
+  const fair = opts.fairDispatch !== false;
   const redis = createRedis(infra.redisUrl, 'api');
   await whenReady(redis);
   const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
@@ -98,7 +105,7 @@ export async function startRuntime(opts: {
     queue,
     agents: registry,
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
-    scheduler,
+    ...(fair ? { scheduler } : {}),
     retention: retentionOf(cfg),
     admission,
     flows: flowProducer,
@@ -112,7 +119,7 @@ export async function startRuntime(opts: {
   async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerService({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, scheduler });
+    const worker = createWorkerService({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}) });
     await worker.ready();
     workers.push(worker);
     return worker;

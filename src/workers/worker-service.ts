@@ -33,25 +33,22 @@ export function createWorkerService(opts: {
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: WorkerHooks[];
-  /** The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts). */
-  scheduler: FairScheduler;
+  /**
+   * The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts). Absent
+   * only in the bench's baseline (runtime `fairDispatch: false`): no dispatch loop, no gate.
+   */
+  scheduler?: FairScheduler;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const connection = createRedis(infra.redisUrl, 'worker');
   const subscriber = createRedis(infra.redisUrl, 'worker');
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
+  const scheduler = opts.scheduler;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers.
-  const loop = createDispatchLoop({
-    scheduler: opts.scheduler,
-    worker: { id: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, concurrency: cfg.WORKER_CONCURRENCY },
-    logger,
-  });
-  const gate = createFairGate({
-    scheduler: opts.scheduler,
-    loop,
-    logger,
-    entryOf: (job) => fairEntryOf(job, opts.registry, models),
-  });
+  const loop = scheduler
+    ? createDispatchLoop({ scheduler, worker: { id: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, concurrency: cfg.WORKER_CONCURRENCY }, logger })
+    : undefined;
+  const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
@@ -82,30 +79,32 @@ export function createWorkerService(opts: {
     lockDurationMs: cfg.LOCK_DURATION_MS,
     stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
     backoff: { baseMs: cfg.BACKOFF_BASE_MS, maxMs: cfg.BACKOFF_MAX_MS },
-    retryDelay: (jobId, backoffMs) => gate.retryDelay(jobId, backoffMs),
+    ...(gate ? { retryDelay: (jobId: string, backoffMs: number) => gate.retryDelay(jobId, backoffMs) } : {}),
     logger,
   });
   for (const f of features) f.attachWorker?.(worker.worker);
   // A slot goes back once BullMQ recorded the outcome; a retry re-enters its lane when BullMQ promotes it.
-  worker.worker.on('completed', (job) => gate.finished(job.id!));
-  worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
+  if (gate) {
+    worker.worker.on('completed', (job) => gate.finished(job.id!));
+    worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
+  }
   // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
   const kickChannel = fairKickChannel(cfg.QUEUE_PREFIX);
-  const onKick = (ch: string) => ch === kickChannel && void loop.kick();
+  const onKick = (ch: string) => ch === kickChannel && void loop?.kick();
   subscriber.on('message', onKick);
   const kickSubscribed = subscriber.subscribe(kickChannel);
   return {
     ready: async () => {
       await kickSubscribed;
       await worker.ready();
-      await loop.kick();
+      await loop?.kick();
     },
     isRunning: () => worker.worker.isRunning(),
     async close(graceMs) {
       await worker.close(graceMs);
       subscriber.off('message', onKick);
-      await gate.close();
-      await loop.close();
+      await gate?.close();
+      await loop?.close();
       connection.disconnect();
       subscriber.disconnect();
     },

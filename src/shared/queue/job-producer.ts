@@ -45,7 +45,8 @@ export interface JobProducerDeps {
   queue: AgentQueue;
   agents: InputValidator;
   models: Record<ModelTier, string>;
-  scheduler: Pick<FairScheduler, 'enqueue'>;
+  /** Absent only in the bench's baseline (runtime `fairDispatch: false`): jobs go straight to BullMQ's wait list. */
+  scheduler?: Pick<FairScheduler, 'enqueue'>;
   retention: RetentionOptions;
   /** Rate plan and quotas; absent for trusted callers (the direct producer, pipeline steps of an admitted run). */
   admission?: AdmissionCheck;
@@ -108,7 +109,12 @@ export function createJobProducer(deps: JobProducerDeps) {
       name: `${req.agent}:${req.action}`,
       data,
       // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
-      opts: { ...jobDefaults, ...parkedJobOptions(jobId, opts.priority, now) },
+      opts: {
+        ...jobDefaults,
+        ...(deps.scheduler
+          ? parkedJobOptions(jobId, opts.priority, now)
+          : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) }),
+      },
       idempotent: Boolean(opts.idempotencyKey),
       lane: {
         model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model }, agents, deps.models),
@@ -129,6 +135,7 @@ export function createJobProducer(deps: JobProducerDeps) {
   });
 
   async function lane(prepared: PreparedJob[]): Promise<void> {
+    if (!deps.scheduler) return;
     await deps.scheduler.enqueue(prepared.map(entryOf), { dispatch: !deps.kick });
     await deps.kick?.();
   }
