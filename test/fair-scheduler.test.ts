@@ -412,6 +412,32 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(more);
   });
 
+  it('arms one timer per wake time, whichever process computes it', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+    await c.add(org, 61);
+    const first = await c.scheduler.raw.dispatch();
+    expect(first.ids).toHaveLength(60);
+    expect(first.nextWakeMs).toBeGreaterThan(first.nowMs);
+    // Another process dispatching before that time learns nothing new: it arms no second timer.
+    const second = await c.scheduler.raw.dispatch();
+    expect(second.ids).toEqual([]);
+    expect(second.nextWakeMs).toBeUndefined();
+  });
+
+  it('counts jobs dispatched but not yet started against the buffer, so concurrent dispatches do not overfill it', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    const ids = await c.add(org, 20);
+    // Two callers decide before either promotes: BullMQ's wait list is still empty for both.
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 5));
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+    // A job that starts (claims its slot) leaves room for one more.
+    expect(await c.scheduler.claim(ids[0])).toBe(true);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[5]]);
+  });
+
   it('applies a plan change at the next dispatch', async () => {
     const c = await setup();
     const org = randomOrg();

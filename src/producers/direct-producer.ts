@@ -6,6 +6,8 @@ import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-q
 import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
+const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS)$/;
+
 const DEFAULT_RETENTION: RetentionOptions = {
   attempts: 3,
   keepCompletedCount: 10_000,
@@ -30,7 +32,9 @@ export async function createDirectProducer(opts: {
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };
   const queue = createAgentQueue({ connection, prefix, retention });
-  const cfg = parseConfig({ ...process.env, QUEUE_PREFIX: prefix });
+  // Only the variables that shape a job's lane: the host service's other variables are not agentq's to judge.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
+  const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix });
   const producer = createJobProducer({
     queue,
     agents: opts.agents ?? defaultRegistry(),

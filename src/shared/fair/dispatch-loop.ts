@@ -33,7 +33,7 @@ export function createDispatchLoop(opts: {
     if (r.more) pending = true;
     if (r.nextWakeMs === undefined || closed) return;
     // nextWakeMs is Redis time: convert to a local deadline through the Redis `now` of the same call.
-    const at = Date.now() + Math.max(0, r.nextWakeMs - r.nowMs) + 1;
+    const at = Date.now() + Math.max(0, r.nextWakeMs - r.nowMs) + 2;
     if (at >= wakeAt) return;
     if (wakeTimer) clearTimeout(wakeTimer);
     wakeAt = at;
@@ -45,7 +45,7 @@ export function createDispatchLoop(opts: {
     wakeTimer.unref();
   };
 
-  const safetyPollMs = opts.safetyPollMs ?? 5_000;
+  const safetyPollMs = opts.safetyPollMs ?? 10_000;
   // Outlives two missed safety polls, so only a dead (or closed) worker's share of the buffer lapses.
   const registration = opts.worker ? { ...opts.worker, ttlMs: safetyPollMs * 3 } : undefined;
 

@@ -22,6 +22,7 @@ import { guardKeys } from '../core/queue-keys.js';
  *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
  *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
  *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
+ *   <keyPrefix>:wake / :promoting      STRING the wake time a caller armed / ZSET dispatched, not started -> ms
  *   BullMQ's wait, prioritized, delayed and job hashes: read only.
  */
 
@@ -61,6 +62,8 @@ export const FAIR_KEY_NAMES = [
   'workerConc',
   'throttled',
   'sleepStart',
+  'wake',
+  'promoting',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -131,6 +134,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     workerConc: `${p}:workerconc`,
     throttled: `${p}:throttled`,
     sleepStart: `${p}:sleepstart`,
+    wake: `${p}:wake`,
+    promoting: `${p}:promoting`,
   };
   return {
     named,

@@ -134,7 +134,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     raw,
     keys,
     async enqueue(entries, eopts = {}) {
-      const limitsByModel = new Map<string, { rpm: number; tpm: number; orgRpm: number | '' }>();
+      const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
       const flat: Array<Array<string | number>> = [];
       for (const e of entries) {
         if (e.model.includes('|')) throw new RangeError(`model name must not contain '|': ${e.model}`);
@@ -144,7 +144,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         let lim = limitsByModel.get(e.model);
         if (!lim) {
           const l = opts.modelLimits(e.model);
-          lim = { rpm: l.rpm ?? 0, tpm: l.tpm ?? 0, orgRpm: l.orgRpm ?? '' };
+          lim = { rpm: l.rpm ?? '', tpm: l.tpm ?? '', orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }
         flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm]);

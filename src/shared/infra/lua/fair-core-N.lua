@@ -7,7 +7,9 @@
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
 --   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only),
 --   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
---   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms)
+--   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
+--   31 wake STRING (the next wake time one caller has armed a timer for), 32 promoting ZSET (dispatched, not yet
+--   started -> dispatch ms)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -32,6 +34,9 @@ local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS
 local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
 local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
+local K_WAKE, K_PROMOTING = KEYS[31], KEYS[32]
+-- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
+local PROMOTING_MS = 2000
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
 local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
@@ -138,6 +143,7 @@ end
 
 -- Slots are keyed by job id (the lease), so freeing twice or after a sweep never double counts.
 local function freeSlot(id, org)
+  rcall('ZREM', K_PROMOTING, id)
   if rcall('ZREM', K_LEASES, id) == 0 then return false end
   if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
   wakeCapBlocked(org)
@@ -252,6 +258,7 @@ local function tryLane(lane, org, model, v)
   end
   rcall('ZREM', P_LANE .. lane, id)
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+  rcall('ZADD', K_PROMOTING, now, id)
   rcall('HINCRBY', K_INFLIGHT, org, 1)
   rcall('HSET', P_JOB .. id, 'st', 'lease')
   -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
@@ -342,7 +349,11 @@ local function dispatch(skipped)
   local out = {}
   local more = 0
   -- Keep BullMQ's wait short: fairness is decided as late as possible.
-  local limit = bufferTarget() - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
+  -- Jobs dispatched by another caller moments ago may not be promoted yet: the wait list does not show them,
+  -- the promoting set does (until they start, or for PROMOTING_MS), so concurrent dispatches do not overfill.
+  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  local limit = bufferTarget() - math.max(queued, rcall('ZCARD', K_PROMOTING))
   if limit > MAX_BATCH then limit = MAX_BATCH end
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
@@ -367,6 +378,16 @@ local function dispatch(skipped)
     local s = firstScore(key)
     if s and (wake == nil or s < wake) then wake = s end
   end
+  -- One caller arms a timer per wake time: the others would only find the work taken. A lost owner is
+  -- covered by the callers' slow safety poll.
+  if wake then
+    local armed = tonumber(rcall('GET', K_WAKE))
+    if armed == wake then
+      wake = nil
+    else
+      rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
+    end
+  end
   return { out, wake and fmt(wake) or '0', now, more, skipped or {} }
 end
 
@@ -390,7 +411,9 @@ elseif op == 'enqueue' then
     else
       local seq = rcall('INCR', K_SEQ)
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
-      rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5], 'tpm:' .. model, ARGV[i + 6])
+      -- A producer that does not know the model's limits ('') leaves the ones the deployment stored.
+      if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
+      if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
       if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
       local notBefore = tonumber(ARGV[i + 7])
       if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
@@ -436,6 +459,7 @@ elseif op == 'claim' then
   local id = ARGV[12]
   if not rcall('ZSCORE', K_LEASES, id) then return 0 end
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+  rcall('ZREM', K_PROMOTING, id)
   return 1
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
