@@ -218,7 +218,7 @@ async function starvation(ctx: BenchContext, pool: Pool) {
     await fill(q, 'starve-a', STARVE_A_JOBS);
     await startWorkers();
     await waitFor(() => pool.done.length >= 4 * SLOTS, 30_000);
-    // BullMQ's wait list, sampled: the dispatcher keeps it at DISPATCH_BUFFER_RATIO (1) x the 40 slots.
+    // BullMQ's wait list, sampled: the dispatcher keeps it at DISPATCH_BUFFER_RATIO (0.5 by default) x the 40 slots.
     const waitKey = q.runtime.queue.toKey('wait');
     const waitLen: number[] = [];
     let sampling = true;
