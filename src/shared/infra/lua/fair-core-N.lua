@@ -342,7 +342,32 @@ local function bufferTarget()
   return math.ceil(ratio * total)
 end
 
+-- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
+-- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
+local function nextWake()
+  local wake = nil
+  for _, key in ipairs({ K_TIMERS, K_SLEEP }) do
+    local s = firstScore(key)
+    if s and (wake == nil or s < wake) then wake = s end
+  end
+  if not wake then return '0' end
+  if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
+  rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
+  return fmt(wake)
+end
+
+-- Nothing to hand out and nothing due: the common call of a throttled or idle deployment, kept cheap.
+local function nothingToDo()
+  if rcall('ZCARD', K_LANES) > 0 then return false end
+  for _, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
+    local s = firstScore(key)
+    if s and s <= now then return false end
+  end
+  return true
+end
+
 local function dispatch(skipped)
+  if nothingToDo() then return { {}, nextWake(), now, 0, skipped or {} } end
   moveDueTimers()
   wakeSleepers()
   sweepLeases()
@@ -373,22 +398,7 @@ local function dispatch(skipped)
   end
   if #out >= MAX_BATCH then more = 1 end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvt)) end
-  local wake = nil
-  for _, key in ipairs({ K_TIMERS, K_SLEEP }) do
-    local s = firstScore(key)
-    if s and (wake == nil or s < wake) then wake = s end
-  end
-  -- One caller arms a timer per wake time: the others would only find the work taken. A lost owner is
-  -- covered by the callers' slow safety poll.
-  if wake then
-    local armed = tonumber(rcall('GET', K_WAKE))
-    if armed == wake then
-      wake = nil
-    else
-      rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
-    end
-  end
-  return { out, wake and fmt(wake) or '0', now, more, skipped or {} }
+  return { out, nextWake(), now, more, skipped or {} }
 end
 
 if op == 'dispatch' then
