@@ -13,7 +13,7 @@ const orgParam = z.object({ org: z.string().regex(ORG_ID, 'letters, digits and _
  * Org plans for operators (the platform, not an org's own admin): weight, concurrency, RPM/TPM and quotas.
  * A change is stored in Postgres and reaches the dispatcher at its next call; no restart.
  */
-export function orgPlanRoutes(app: FastifyInstance, deps: { auth: AdminAuth; plans: OrgPlanStore; scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'> }) {
+export function orgPlanRoutes(app: FastifyInstance, deps: { auth: AdminAuth; plans: OrgPlanStore; scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats' | 'dispatch'> }) {
   app.addHook('onRequest', async (req, reply) => {
     const who = await deps.auth.identify(req.headers.authorization);
     if (!who) return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'authentication required: the operator token' });
@@ -30,7 +30,8 @@ export function orgPlanRoutes(app: FastifyInstance, deps: { auth: AdminAuth; pla
   app.put('/admin/orgs/:org/plan', async (req) => {
     const { org } = parseRequest(orgParam, req.params, 'path');
     const change = parseRequest(orgPlanChangeSchema, req.body, 'body');
-    await changeOrgPlan(deps, org, change);
+    // Dispatched here, as an enqueue from this process is: the answer shows the change applied.
+    await changeOrgPlan({ ...deps, dispatch: () => deps.scheduler.dispatch() }, org, change);
     req.log.info({ org, change }, 'org plan changed');
     return view(org);
   });
