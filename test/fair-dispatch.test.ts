@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isParked } from '../src/shared/fair/index.js';
 import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
 import { UNTHROTTLED, figure, runRows, waitFor } from './helpers/faults.js';
-import { commandsProcessed, markedJob, openQueue, postBulk, putPlan, recordEvents, redisNow } from './helpers/fair.js';
+import { commandsProcessed, markedJob, monitorRedis, openQueue, postBulk, putPlan, recordEvents, redisNow } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const FLASH = 'gemini-2.5-flash';
@@ -55,11 +55,10 @@ describe('fair dispatch: rate-limited org waits parked, not retried', () => {
       await log.waitFor(() => completedOfA() >= RPM, { timeoutMs: 60_000 });
       // Steady state: jobs start one per refill. Each window between two starts holds one dispatch wake-up.
       // MONITOR tells which job ids any command (scripts' included) touched in each window.
-      const monitor = await probe.duplicate().monitor();
       const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;
       let touched = new Set<string>();
-      monitor.on('monitor', (_time: string, args: string[]) => {
-        for (const a of args) for (const m of String(a).match(UUID) ?? []) if (idSet.has(m)) touched.add(m);
+      const monitor = await monitorRedis(redisServer.url, (line) => {
+        for (const m of line.match(UUID) ?? []) if (idSet.has(m)) touched.add(m);
       });
       const marks: Array<{ starts: number; commands: number; touched: Set<string> }> = [];
       const windows = 4;
@@ -71,7 +70,7 @@ describe('fair dispatch: rate-limited org waits parked, not retried', () => {
         marks.push({ starts: seen, commands: await commandsProcessed(probe), touched });
         touched = new Set();
       }
-      monitor.disconnect();
+      monitor.close();
       const now = await redisNow(probe);
       const started = startsOfA().length;
       // Tokens available by `now`: the bucket's capacity plus one per second since before the bulk. A

@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
@@ -162,4 +163,34 @@ export async function putPlan(s: Stack, org: string, plan: Record<string, number
   const res = await s.app.inject({ method: 'PUT', url: `/admin/orgs/${org}/plan`, headers: { authorization: `Bearer ${s.cfg.ADMIN_TOKEN}` }, payload: plan });
   if (res.statusCode !== 200) throw new Error(`plan change answered ${res.statusCode}: ${res.body}`);
   return res.json() as { org: string; own: Record<string, number>; effective: Record<string, unknown>; waiting: number; inFlight: number };
+}
+
+/**
+ * Redis MONITOR over a plain socket (each line: one command, those run by scripts included), calling
+ * `onLine` with its text. ioredis' own monitor() can mix monitor output into its command queue under load.
+ */
+export async function monitorRedis(url: string, onLine: (line: string) => void): Promise<{ close(): void }> {
+  const u = new URL(url);
+  const socket = connect({ host: u.hostname, port: Number(u.port || 6379) });
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('error', reject);
+  });
+  let buffer = '';
+  let ok: () => void;
+  const started = new Promise<void>((r) => (ok = r));
+  socket.on('data', (chunk: Buffer) => {
+    buffer += chunk.toString('latin1');
+    let nl: number;
+    while ((nl = buffer.indexOf('\r\n')) >= 0) {
+      const line = buffer.slice(0, nl);
+      buffer = buffer.slice(nl + 2);
+      if (line === '+OK') ok();
+      else onLine(line);
+    }
+  });
+  socket.on('error', () => undefined);
+  socket.write('MONITOR\r\n');
+  await started;
+  return { close: () => socket.destroy() };
 }
