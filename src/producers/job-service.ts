@@ -4,7 +4,7 @@ import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/core/cancel.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { isParked, type FairScheduler } from '../shared/fair/index.js';
+import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 
 export interface JobView {
   id: string;
@@ -71,6 +71,17 @@ export function createJobService(deps: {
     return rest;
   }
 
+  /**
+   * Parked for the dispatcher, by its score in the delayed set (as the fair scripts decide). The job hash
+   * cannot tell for a job parked again after it started (a retry, a deferral, a DLQ replay): BullMQ then
+   * stores the delay from that moment but keeps the creation timestamp, so `isParked(job)` misses it.
+   */
+  async function parked(job: Job): Promise<boolean> {
+    if (isParked(job)) return true;
+    const score = await redis.zscore(queue.toKey('delayed'), job.id!);
+    return score !== null && Number(score) >= PARK_SCORE_MIN;
+  }
+
   async function get(orgId: string, id: string): Promise<JobView> {
     try {
       let job = await load(orgId, id);
@@ -78,8 +89,9 @@ export function createJobService(deps: {
       // The job may have finished between reading its hash and its state: read it again so the view never
       // says "failed" without the reason (or "completed" without the result).
       if ((state === 'completed' || state === 'failed') && !job.finishedOn) job = await load(orgId, id);
-      const view = toJobView(job, state);
-      if (state === 'delayed' && isParked(job)) {
+      const isParkedNow = state === 'delayed' && (await parked(job));
+      const view = toJobView(job, isParkedNow ? 'waiting' : state);
+      if (isParkedNow) {
         const why = await deps.scheduler.why(id);
         if (why) {
           // Its own `delayMs` still runs: delayed, as the caller asked.

@@ -5,6 +5,7 @@ import { config } from '../../shared/core/config.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import { createLogger } from '../../shared/core/logger.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
+import { fairKickChannel } from '../../shared/core/queue-keys.js';
 import { zodDetails } from '../../shared/core/zod-details.js';
 import { createFairSchedulerFromConfig } from '../../shared/fair/from-config.js';
 import { ORG_ID, orgPlanChangeSchema, type OrgPlanChangeInput } from '../../shared/fair/org-plan-schema.js';
@@ -81,7 +82,7 @@ export function parseOrgsArgs(argv: string[]): OrgsCommand {
 /** Runs one command; returns the exit code. Output is JSON, so scripts can read it. */
 export async function runOrgs(
   c: OrgsCommand,
-  deps: { plans: OrgPlanStore; scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'> },
+  deps: { plans: OrgPlanStore; scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'>; dispatch?: () => Promise<unknown> },
   io: { out: (s: string) => void; err: (s: string) => void },
 ): Promise<number> {
   if (c.cmd === 'set') await changeOrgPlan(deps, c.orgId, c.change);
@@ -111,7 +112,9 @@ async function main(argv: string[]): Promise<number> {
     await whenReady(redis);
     await migrate(db.pool, { logger });
     const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg });
-    return await runOrgs(command, { plans: createOrgPlanStore({ pool: db.pool }), scheduler }, {
+    // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.
+    const dispatch = () => redis.publish(fairKickChannel(cfg.QUEUE_PREFIX), '1');
+    return await runOrgs(command, { plans: createOrgPlanStore({ pool: db.pool }), scheduler, dispatch }, {
       out: (s) => process.stdout.write(s),
       err: (s) => process.stderr.write(s),
     });

@@ -10,7 +10,7 @@ import type { orgParam } from '../schemas/org-plans.js';
 export interface OrgPlanRouteDeps {
   auth: AdminAuth;
   plans: OrgPlanStore;
-  scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats'>;
+  scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats' | 'dispatch'>;
 }
 
 /** Org plans are the platform operator's (ADMIN_TOKEN), never an org's own admin: an onRequest hook. */
@@ -35,7 +35,8 @@ export const getOrgPlan =
 export const putOrgPlan =
   (deps: OrgPlanRouteDeps): Handler<{ params: typeof orgParam; body: typeof orgPlanChangeSchema }> =>
   async (req) => {
-    await changeOrgPlan(deps, req.params.org, req.body);
+    // Dispatched here, as an enqueue from this process is: the answer shows the change applied.
+    await changeOrgPlan({ ...deps, dispatch: () => deps.scheduler.dispatch() }, req.params.org, req.body);
     req.log.info({ org: req.params.org, change: req.body }, 'org plan changed');
     return view(deps, req.params.org);
   };

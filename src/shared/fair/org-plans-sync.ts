@@ -22,15 +22,17 @@ export async function syncOrgPlans(deps: { plans: Pick<OrgPlanStore, 'listCustom
 }
 
 /**
- * Changes an org's plan: Postgres first (so a restart keeps it), then the dispatcher's copy, which the next
- * dispatch reads (a change applies within one dispatch, no restart). Returns the org's stored plan.
+ * Changes an org's plan: Postgres first (so a restart keeps it), then the dispatcher's copy, then `dispatch`
+ * (a dispatch, or a kick asking the workers for one), so a raised limit lets the org's waiting jobs in now,
+ * not when one of its jobs happens to finish or the next safety poll runs. Returns the org's stored plan.
  */
 export async function changeOrgPlan(
-  deps: { plans: Pick<OrgPlanStore, 'set'>; scheduler: Pick<FairScheduler, 'setPlan'> },
+  deps: { plans: Pick<OrgPlanStore, 'set'>; scheduler: Pick<FairScheduler, 'setPlan'>; dispatch?: () => Promise<unknown> },
   orgId: string,
   change: OrgPlanChange,
 ): Promise<OrgPlanFields> {
   const stored = await deps.plans.set(orgId, change);
   await deps.scheduler.setPlan(orgId, toFairPlan(stored));
+  await deps.dispatch?.();
   return stored;
 }
