@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { failJobs } from './ops-fixtures.js';
+import { failJobs } from './helpers/ops.js';
 
 const OUTAGE = 'Gemini API 503 UNAVAILABLE: overloaded';
 

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { DelayJobError } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 
 const clients: Redis[] = [];

@@ -8,7 +8,7 @@ import { createRateLimitGuard } from '../src/workers/guards/rate-limit-guard.js'
 import { OpenCircuitError } from '../src/shared/limits/circuit-breaker.js';
 import { createTokenBuckets, type TokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { DelayJobError } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));

@@ -4,7 +4,7 @@ import { createResultCache, type ResultCache } from '../src/shared/cache/result-
 import { createResultCacheGuard } from '../src/workers/guards/result-cache-guard.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import type { Middleware } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 describe('result cache guard', () => {

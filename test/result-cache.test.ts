@@ -3,7 +3,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
-import { okResult } from './fixtures/guard-context.js';
+import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const clients: Redis[] = [];

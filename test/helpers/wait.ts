@@ -1,0 +1,14 @@
+/**
+ * Waiting in tests: poll with `vi.waitFor` (a callback that throws until the state holds) or await the real
+ * event. `within` puts a generous upper bound on an event wait so a failure names what never happened
+ * instead of ending in a bare test timeout.
+ */
+export async function within<T>(event: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Error(`not within ${ms} ms: ${what}`)), ms)));
+  try {
+    return await Promise.race([event, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
