@@ -28,13 +28,15 @@ async function startWorker(env: Record<string, string>): Promise<{ child: ChildP
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
+  // 'close': the process has ended and its whole output has been read.
+  const closed = once(child, 'close');
   const lines = createInterface({ input: child.stdout! });
   const it = lines[Symbol.asyncIterator]();
   const first = await it.next();
   if (first.value !== 'ready') throw new Error(`worker did not start: ${String(first.value)}`);
   const result = (async () => {
     const next = await it.next();
-    await once(child, 'exit');
+    await closed;
     return JSON.parse(String(next.value)) as Tally;
   })();
   return { child, result };

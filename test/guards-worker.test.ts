@@ -1,8 +1,9 @@
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 const risk = (name: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'edtech' } } });
 
@@ -152,9 +153,8 @@ describe('worker guards', () => {
       expect(v.state).toBe('failed');
     }
     const id = await enqueue(s, { ...risk('fl-3'), options: { model: 'flaky-model' } });
-    for (let i = 0; i < 100 && (await (await queue.getJob(id))!.getState()) !== 'delayed'; i++) await new Promise((r) => setTimeout(r, 50));
+    await vi.waitFor(async () => expect(await (await queue.getJob(id))!.getState()).toBe('delayed'), POLL);
     const job = await queue.getJob(id);
-    expect(await job!.getState()).toBe('delayed');
     expect(job!.attemptsMade).toBe(0);
   });
 
@@ -182,9 +182,8 @@ describe('worker guards', () => {
     );
     const calls = generateCalls(s);
     await queue.resume();
-    for (let i = 0; i < 100 && (await (await queue.getJob(id))!.getState()) !== 'delayed'; i++) await new Promise((r) => setTimeout(r, 50));
+    await vi.waitFor(async () => expect(await (await queue.getJob(id))!.getState()).toBe('delayed'), POLL);
     const job = await queue.getJob(id);
-    expect(await job!.getState()).toBe('delayed');
     expect(job!.attemptsMade).toBe(0);
     expect(generateCalls(s)).toBe(calls);
     // And the API now refuses new work for that org with the reason.

@@ -12,3 +12,6 @@ export async function within<T>(event: Promise<T>, ms: number, what: string): Pr
     clearTimeout(timer);
   }
 }
+
+/** Options for `vi.waitFor` on a state the test's own actions lead to: generous for a busy machine, within a unit test's 30 s. */
+export const POLL = { timeout: 20_000, interval: 20 } as const;
