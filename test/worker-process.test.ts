@@ -57,7 +57,7 @@ describe('worker processes', () => {
     expect(res.statusCode).toBe(202);
     return res.json().id as string;
   };
-  const waitDone = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=30000`, headers: s.auth })).json();
+  const waitDone = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=60000`, headers: s.auth })).json();
 
   it('recovers a job whose worker was SIGKILLed mid-call on another worker, with one successful run row', async () => {
     // The first call never gets an answer; the second worker's call goes through.
