@@ -20,6 +20,8 @@ interface FakeJob {
 
 const jobs = new Map<string, FakeJob>();
 let requests: Array<{ method: string; url: string; auth?: string; body?: any }> = [];
+/** Called on every request the stand-in receives (after it is recorded in `requests`). */
+let onRequest: () => void = () => undefined;
 let nextId = 1;
 let unavailableOnce = 0;
 let server: Server;
@@ -57,6 +59,7 @@ async function handle(req: IncomingMessage, res: ServerResponse) {
   const body = chunks.length ? JSON.parse(Buffer.concat(chunks).toString()) : undefined;
   const url = new URL(req.url!, 'http://x');
   requests.push({ method: req.method!, url: req.url!, auth: req.headers.authorization, body });
+  onRequest();
 
   if (req.headers.authorization !== `Bearer ${API_KEY}`) return send(res, 401, { error: 'unauthenticated' });
   if (url.pathname === '/v1/agents') return send(res, 200, { agents: registry.list() });
@@ -119,6 +122,7 @@ afterAll(async () => {
 beforeEach(() => {
   requests = [];
   unavailableOnce = 0;
+  onRequest = () => undefined;
 });
 
 const client = () => createAgentqClient({ baseUrl, apiKey: API_KEY, timeoutMs: 2000, minPollIntervalMs: 10 });
@@ -184,20 +188,26 @@ describe('agentq client over HTTP', () => {
     const c = client();
     const job = await c.enqueue('DealScorer', 'pipeline_summary', { startupId: 'st_1' });
     const summary = { startupId: 'st_1', stages: [], healthScore: 40, atRiskDeals: [], summary: 'Thin pipeline.' };
-    setTimeout(() => finish(job.id, summary), 250);
-    const view = await job.wait({ timeoutMs: 5000, pollMs: 100 });
+    // The job finishes while the client's second long poll is held open.
+    const polls = () => requests.filter((r) => r.method === 'GET').length;
+    onRequest = () => {
+      // After the handler has parked the poll (synchronously, before its first await).
+      if (polls() === 2) queueMicrotask(() => finish(job.id, summary));
+    };
+    const view = await job.wait({ timeoutMs: 20_000, pollMs: 100 });
     expect(view.state).toBe('completed');
     expect(view.result?.data).toEqual(summary);
-    const polls = requests.filter((r) => r.method === 'GET');
-    expect(polls.length).toBeGreaterThanOrEqual(2);
-    for (const p of polls) expect(p.url).toMatch(new RegExp(`^/v1/jobs/${job.id}\\?waitMs=\\d+$`));
+    const gets = requests.filter((r) => r.method === 'GET');
+    expect(gets).toHaveLength(2);
+    for (const p of gets) expect(p.url).toMatch(new RegExp(`^/v1/jobs/${job.id}\\?waitMs=\\d+$`));
   });
 
   it('waitFor rides out a 503 and gives up at its timeout with the last view', async () => {
     const c = client();
     const { id } = await c.enqueue('DealScorer', 'pipeline_summary', { startupId: 'st_2' });
     unavailableOnce = 1;
-    const err = await caught(c.waitFor(id, { timeoutMs: 300, pollMs: 100 }));
+    // A timeout that leaves room for the 503 and a long poll after it, however busy the machine.
+    const err = await caught(c.waitFor(id, { timeoutMs: 2000, pollMs: 100 }));
     expect(err).toBeInstanceOf(AgentqTimeoutError);
     expect(err.job).toMatchObject({ id, state: 'waiting' });
     expect(unavailableOnce).toBe(0);

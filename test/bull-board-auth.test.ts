@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { failJobs } from './ops-fixtures.js';
+import { failJobs } from './helpers/ops.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { redisUrl } from './helpers/env.js';
 

@@ -1,8 +1,8 @@
 import { existsSync } from 'node:fs';
 import { chromium, type Browser } from 'playwright-core';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startStack, type Stack } from './helpers/stack.js';
-import { marker, riskJob, waitFor } from './ops-fixtures.js';
+import { marker, riskJob } from './helpers/ops.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
@@ -72,7 +72,7 @@ describe('Bull Board in a real browser', () => {
       await page.getByRole('button', { name: 'Confirm' }).click();
 
       // In Redis: the job left the failed set, ran again and completed on its second attempt.
-      await waitFor(async () => (await s.runtime.queue.getJobState(failedId)) === 'completed', 'retried job to complete');
+      await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(failedId), 'retried job to complete').toBe('completed'), { timeout: 20_000, interval: 50 });
       const job = await s.runtime.queue.getJob(failedId);
       expect(job!.attemptsMade).toBe(2);
       expect(await s.runtime.deps.redis.zscore(s.runtime.queue.keys.failed, failedId)).toBeNull();

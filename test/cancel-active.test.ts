@@ -1,18 +1,17 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { randomPrefix } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
-const until = async <T>(what: string, probe: () => Promise<T | undefined> | T | undefined, ms = 10_000): Promise<T> => {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-};
+/** The first model call the worker's emulator recorded that matches, once there is one. */
+const call = (s: Stack, what: string, pred: (c: ReturnType<Stack['emulator']['calls']>[number]) => boolean | undefined) =>
+  vi.waitFor(() => {
+    const found = s.emulator.calls().find(pred);
+    expect(found, what).toBeDefined();
+    return found!;
+  }, POLL);
 
 /**
  * DELETE of an active job across processes: the API process (no worker) publishes on the cancel channel,
@@ -46,7 +45,7 @@ describe('cancelling an active job across processes', () => {
     const { id } = post.json();
 
     const sse = fetch(`${base}/v1/jobs/${id}/stream`, { headers: api.auth }).then((r) => r.text());
-    await until('the model call', () => worker.emulator.calls().find((c) => c.kind === 'stream'));
+    await call(worker, 'the model call', (c) => c.kind === 'stream');
     expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json().state).toBe('active');
 
     const del = await api.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: api.auth });
@@ -57,11 +56,12 @@ describe('cancelling an active job across processes', () => {
     expect(view).toMatchObject({ id, state: 'cancelled', error: 'cancelled', attempts: 1 });
 
     // The emulator saw its one request aborted by the client.
-    const aborted = await until('the aborted call', () => worker.emulator.calls().find((c) => c.aborted));
+    const aborted = await call(worker, 'the aborted call', (c) => c.aborted);
     expect(aborted.status).toBe(499);
 
-    // Not retried: well past the backoff, still one call, one attempt, one recorded run.
-    await new Promise((r) => setTimeout(r, 600));
+    // Not retried: the job is in BullMQ's failed set (final, no retry scheduled) after one call, one attempt,
+    // one recorded run.
+    expect(await api.runtime.queue.getJobState(id)).toBe('failed');
     expect(worker.emulator.calls().filter((c) => c.kind === 'stream' || c.kind === 'generate')).toHaveLength(1);
     expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json()).toMatchObject({ state: 'cancelled', attempts: 1 });
     const { rows } = await api.infra.db.pool.query('SELECT state, error FROM agent_runs WHERE job_id = $1', [id]);
@@ -78,11 +78,12 @@ describe('cancelling an active job across processes', () => {
     const marker = 'Not Yours Ltd';
     worker.emulator.script({ latencyMs: 800, match: { promptIncludes: marker } });
     const input = { startup: { name: marker, industry: 'fintech', stage: 'seed', description: 'Someone else tries to cancel this' } };
-    const { id } = (await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } })).json();
-    await until('the model call', () => worker.emulator.calls().find((c) => c.fault?.startsWith('latency')));
     const stranger = { authorization: `Bearer ${await api.newKey()}` };
+    const { id } = (await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } })).json();
+    await call(worker, 'the model call', (c) => c.fault?.startsWith('latency'));
     const del = await api.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: stranger });
     expect(del.statusCode).toBe(404);
+    expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json().state).toBe('active');
     const view = (await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=10000`, headers: api.auth })).json();
     expect(view.state).toBe('completed');
   });

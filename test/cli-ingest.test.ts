@@ -10,7 +10,8 @@ import { JsonlLineError } from '../src/shared/knowledge/jsonl-docs.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
-describe('ingest CLI', () => {
+// Each test starts the CLI as a process (tsx, Postgres): minutes, not seconds, on a busy machine.
+describe('ingest CLI', { timeout: 240_000 }, () => {
   let pool: pg.Pool;
   let dir: string;
   const file = (name: string, lines: string[]) => {

@@ -7,7 +7,8 @@ import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
-describe('keys CLI', () => {
+// Each test starts the CLI as a process (tsx, Postgres): minutes, not seconds, on a busy machine.
+describe('keys CLI', { timeout: 240_000 }, () => {
   let pool: pg.Pool;
   const keysCli = (args: string[]) => runCli('src/app/cli/keys.ts', args, { DATABASE_URL: databaseUrl() });
   beforeAll(async () => {

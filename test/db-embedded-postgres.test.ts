@@ -3,6 +3,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
+import { within } from './helpers/wait.js';
 
 /** A raw wire-protocol connection, to misbehave in ways `pg` never does. */
 async function rawConnection(url: string): Promise<Socket> {
@@ -25,6 +26,31 @@ async function rawConnection(url: string): Promise<Socket> {
     socket.on('data', onData);
   });
   return socket;
+}
+
+/** Resolves once the server has sent a message of this type (e.g. 'Z' ReadyForQuery, 'E' ErrorResponse). */
+function reply(socket: Socket, type: string): Promise<void> {
+  const code = type.charCodeAt(0);
+  let pending = Buffer.alloc(0);
+  return new Promise((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      pending = Buffer.concat([pending, d]);
+      while (pending.length >= 5) {
+        const length = pending.readInt32BE(1);
+        if (pending.length < 1 + length) return;
+        const t = pending[0];
+        pending = pending.subarray(1 + length);
+        if (t === code) {
+          socket.off('data', onData);
+          socket.off('close', onClose);
+          return resolve();
+        }
+      }
+    };
+    const onClose = () => reject(new Error(`connection closed before a '${type}' message`));
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  });
 }
 
 function message(type: string, body: Buffer): Buffer {
@@ -78,14 +104,16 @@ describe('embedded PGlite wire protocol', () => {
 
   it('recovers when a connection disconnects mid-transaction or mid extended-query sequence', async () => {
     const inTx = await rawConnection(databaseUrl());
+    const begun = reply(inTx, 'Z');
     inTx.write(message('Q', Buffer.from('BEGIN\0')));
-    await new Promise((r) => setTimeout(r, 50));
+    await within(begun, 20_000, 'BEGIN to be answered');
     inTx.destroy();
 
     const midSequence = await rawConnection(databaseUrl());
     // A Parse that fails puts the session into "skip until Sync"; then vanish without sending Sync.
+    const refused = reply(midSequence, 'E');
     midSequence.write(message('P', Buffer.from('\0SELEC broken\0\0\0')));
-    await new Promise((r) => setTimeout(r, 50));
+    await within(refused, 20_000, 'the bad Parse to be refused');
     midSequence.destroy();
 
     const { rows } = await pools[0].query('SELECT $1::int AS v', [42]);

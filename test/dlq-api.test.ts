@@ -4,7 +4,7 @@ import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { failJobs } from './ops-fixtures.js';
+import { failJobs } from './helpers/ops.js';
 
 const OUTAGE = 'Gemini API 503 UNAVAILABLE: overloaded';
 

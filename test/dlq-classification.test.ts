@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { classifyFailure } from '../src/shared/core/dlq-classify.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { captureLogs, marker, riskJob, waitFor, type CapturedLogs } from './ops-fixtures.js';
+import { captureLogs, DEAD_LETTERED, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-classification-7c1f0e9b2d4a';
 
@@ -45,12 +45,17 @@ describe('DLQ classification of real failures', () => {
   const finalState = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
   const entry = async (id: string) => {
     // The class is stored by the worker's failed listener just after the job lands in the failed set.
-    return waitFor<Record<string, any>>(async () => {
-      const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
-      return res.statusCode === 200 && (await s.runtime.deps.redis.hexists(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'class')) ? res.json() : undefined;
-    }, `DLQ entry ${id}`);
+    return vi.waitFor(
+      async () => {
+        const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
+        expect(res.statusCode, `DLQ entry ${id}`).toBe(200);
+        expect(await s.runtime.deps.redis.hexists(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'class'), `class of DLQ entry ${id}`).toBe(1);
+        return res.json() as Record<string, any>;
+      },
+      { timeout: 20_000, interval: 50 },
+    );
   };
-  const deadLetterLines = (id: string) => logs.lines().filter((l) => l.jobId === id && l.msg === 'job dead-lettered');
+  const deadLetterLines = (id: string) => logs.lines().filter((l) => l.jobId === id && l.msg === DEAD_LETTERED);
   const dlqMetric = async (cls: string) => {
     const text = (await s.app.inject({ method: 'GET', url: '/metrics', headers: admin })).body;
     const line = text.split('\n').find((l) => l.startsWith('agentq_dlq_entries_total{') && l.includes(`class="${cls}"`) && l.includes('agent="RiskAnalyzer"'));
@@ -110,11 +115,11 @@ describe('DLQ classification of real failures', () => {
 
   it('a job cancelled while running is classified cancelled and not logged as an error', async () => {
     const m = marker();
-    s.emulator.script({ latencyMs: 10_000, match: { promptIncludes: m } });
+    // The model never answers: the abort lands mid-call however slow the machine.
+    s.emulator.script({ hang: true, match: { promptIncludes: m } });
     const id = await enqueue(riskJob(m));
-    await waitFor(async () => (await s.runtime.queue.getJobState(id)) === 'active', 'job to start');
-    // Give the worker time to reach the model call (the abort must land mid-call).
-    await waitFor(async () => s.emulator.calls().some((c) => c.fault === 'latency:10000'), 'model call');
+    await vi.waitFor(() => expect(s.emulator.calls().filter((c) => c.fault === 'hang'), 'the model call').toHaveLength(1), { timeout: 20_000, interval: 20 });
+    expect(await s.runtime.queue.getJobState(id)).toBe('active');
     const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
     expect(del.statusCode).toBe(202);
     const e = await entry(id);

@@ -11,7 +11,7 @@ import { encodeReason } from '../src/shared/core/outcomes.js';
 import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { failJobs, failWaiting } from './ops-fixtures.js';
+import { failJobs, failWaiting } from './helpers/ops.js';
 
 const retention = { attempts: 3, keepCompletedCount: 1000, keepCompletedAgeS: 3600, keepFailedCount: 1000, keepFailedAgeS: 3600 };
 const silent = createLogger({ level: 'silent' });

@@ -3,7 +3,8 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isParked } from '../src/shared/fair/index.js';
 import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
-import { UNTHROTTLED, figure, runRows, waitFor } from './helpers/faults.js';
+import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
+import { until } from './helpers/wait.js';
 import { commandsProcessed, markedJob, monitorRedis, openQueue, postBulk, putPlan, recordEvents, redisNow } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -136,7 +137,7 @@ describe('fair dispatch: rate-limited org waits parked, not retried', () => {
       expect(Date.parse(view.waitingFor.eta)).toBeGreaterThan(t0);
 
       // The jobs that ran, ran once each.
-      const done = await waitFor('the burst completed', async () => {
+      const done = await until('the burst completed', async () => {
         const completed = log.events.filter((e) => e.event === 'completed' && idSet.has(e.jobId)).map((e) => e.jobId);
         return completed.length >= RPM ? completed : undefined;
       }, 60_000);

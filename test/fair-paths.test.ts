@@ -6,7 +6,8 @@ import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { isParked, parkedJobOptions } from '../src/shared/fair/index.js';
 import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
 import { createFairOrphanSweep } from '../src/workers/ops/fair-orphans.js';
-import { UNTHROTTLED, figure, runRows, waitFor } from './helpers/faults.js';
+import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
+import { until } from './helpers/wait.js';
 import { activeByOrg, markedJob, openQueue, postBulk, postJob, putPlan, recordEvents, sampler } from './helpers/fair.js';
 import { runCli } from './helpers/run-cli.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -49,7 +50,7 @@ describe('fair dispatch on every path', () => {
     const { org, auth } = await newOrg('plan', { concurrency: 1 });
     s.emulator.script({ latencyMs: 60_000, match: { promptIncludes: `plan${tag}-` }, times: -1 });
     const ids = await postBulk(s, auth.authorization.slice(7), Array.from({ length: 6 }, (_, i) => markedJob(`plan${tag}-${i}`)));
-    await waitFor('one job of the org running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 1);
+    await until('one job of the org running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 1);
     expect((await stats(org)).inFlight).toBe(1);
     const completedBefore = log.events.filter((e) => e.event === 'completed' && ids.includes(e.jobId)).length;
     // No job of the org finishes (each takes a minute): only the change itself can let more in.
@@ -58,12 +59,12 @@ describe('fair dispatch on every path', () => {
     expect(view.effective).toMatchObject({ concurrency: 4 });
     // Applied before the change is acknowledged: 4 slots handed out by the time the PUT answers.
     expect(view.inFlight).toBe(4);
-    await waitFor('4 of the org\'s jobs running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 4, 20_000);
+    await until('4 of the org\'s jobs running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 4, 20_000);
     expect(log.events.filter((e) => e.event === 'completed' && ids.includes(e.jobId)).length).toBe(completedBefore);
     // Back to 1: nothing new starts, the running ones are not touched.
     expect((await putPlan(s, org, { concurrency: 1 })).inFlight).toBe(4);
     for (const id of ids) await cancel(auth, id);
-    await waitFor('the org\'s slots released after cancelling', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
+    await until('the org\'s slots released after cancelling', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
   }, 60_000);
 
   it('npm run orgs -- set / show changes and shows a plan; a bad value exits 2 naming the flag', async () => {
@@ -125,7 +126,7 @@ describe('fair dispatch on every path', () => {
       const flow = (await s.app.inject({ method: 'GET', url: `/v1/flows/${post.json().id}?waitMs=60000`, headers: auth })).json();
       expect(flow.state).toBe('completed');
       for (const id of runs) {
-        const run = await waitFor('the pipeline run finished', async () => {
+        const run = await until('the pipeline run finished', async () => {
           const r = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}?waitMs=20000`, headers: auth })).json();
           return r.state === 'completed' || r.state === 'failed' ? r : undefined;
         }, 90_000);
@@ -146,7 +147,7 @@ describe('fair dispatch on every path', () => {
     const { org, auth } = await newOrg('cancel', { concurrency: 1 });
     s.emulator.script({ latencyMs: 60_000, match: { promptIncludes: `cancel${tag}-` }, times: -1 });
     const ids = await postBulk(s, auth.authorization.slice(7), Array.from({ length: 4 }, (_, i) => markedJob(`cancel${tag}-${i}`)));
-    await waitFor('the first job running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 1);
+    await until('the first job running', async () => ((await activeByOrg(queue)).get(org) ?? 0) === 1);
     expect(await stats(org)).toMatchObject({ waiting: 3, inFlight: 1 });
     const waitingJob = ids[2];
     expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${waitingJob}`, headers: auth })).json().waitingFor).toMatchObject({ reason: 'org_concurrency' });
@@ -163,7 +164,7 @@ describe('fair dispatch on every path', () => {
     expect((await cancel(auth, waitingJob)).statusCode).toBe(409);
     expect(await stats(org)).toMatchObject({ waiting: 2, inFlight: 1 });
     for (const id of ids) await cancel(auth, id);
-    await waitFor('all slots back', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
+    await until('all slots back', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
   }, 60_000);
 
   it('a DLQ replay runs only when its org has a free slot', async () => {
@@ -171,17 +172,17 @@ describe('fair dispatch on every path', () => {
     const { org, auth } = await newOrg('dlq', { concurrency: 1 });
     s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: `dead${tag}` }, times: 1 });
     const dead = await postJob(s, auth.authorization.slice(7), markedJob(`dead${tag}`));
-    await waitFor('the job dead-lettered', async () => (await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: auth })).json().entries?.some((e: { id: string }) => e.id === dead), 30_000);
+    await until('the job dead-lettered', async () => (await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: auth })).json().entries?.some((e: { id: string }) => e.id === dead), 30_000);
     expect(await runsOf(dead)).toEqual({ completed: 0, failed: 1 });
     // A long job takes the org's only slot.
     s.emulator.script({ latencyMs: 60_000, match: { promptIncludes: `holder${tag}` }, times: 1 });
     const holder = await postJob(s, auth.authorization.slice(7), markedJob(`holder${tag}`));
-    await waitFor('the holder running', async () => (await (await Job.fromId(queue, holder))?.getState()) === 'active');
+    await until('the holder running', async () => (await (await Job.fromId(queue, holder))?.getState()) === 'active');
     const from = log.events.length;
     const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${dead}/retry`, headers: auth, payload: {} });
     expect(retry.statusCode).toBe(202);
     // BullMQ hands the replay to a worker, which finds no slot: it goes back to its lane, parked.
-    await waitFor('the replay parked in its lane', async () => (await Job.fromId(queue, dead))?.getState().then((st) => st === 'delayed') && (await stats(org)).waiting === 1, 20_000);
+    await until('the replay parked in its lane', async () => (await Job.fromId(queue, dead))?.getState().then((st) => st === 'delayed') && (await stats(org)).waiting === 1, 20_000);
     // Shown as waiting for its org's slot (the view must see a job parked again, not only one parked at add).
     const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${dead}`, headers: auth })).json();
     expect(view).toMatchObject({ state: 'waiting', waitingFor: { reason: 'org_concurrency' } });
@@ -221,7 +222,7 @@ describe('fair dispatch on every path', () => {
     figure('orphans: sweep result', r);
     // The old one is laned; the fresh one may still have a live producer between its two steps.
     expect(r.laned).toBe(1);
-    await waitFor('the orphan completed', async () => (await (await Job.fromId(queue, old))?.getState()) === 'completed', 30_000);
+    await until('the orphan completed', async () => (await (await Job.fromId(queue, old))?.getState()) === 'completed', 30_000);
     expect((await runRows(s.infra.db.pool, [old])).get(old)).toEqual({ completed: 1, failed: 0 });
     const freshJob = (await Job.fromId(queue, fresh))!;
     expect(await freshJob.getState()).toBe('delayed');

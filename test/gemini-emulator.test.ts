@@ -1,7 +1,8 @@
 import { GoogleGenAI, Type } from '@google/genai';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
+import { POLL } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
 
@@ -246,11 +247,11 @@ describe('scripted faults', () => {
     emu.script({ hang: true });
     const ac = new AbortController();
     const hung = ai.models.generateContent({ model: MODEL, contents: 'hang please', config: { abortSignal: ac.signal } }).catch((e: Error) => e);
-    await waitFor(() => emu.calls().length === 1);
+    await vi.waitFor(() => expect(emu.calls()).toHaveLength(1), POLL);
     expect(emu.calls()[0]).toMatchObject({ status: 0, fault: 'hang' });
     ac.abort();
     expect(((await hung) as Error).name).toBe('AbortError');
-    await waitFor(() => emu.calls()[0].aborted === true);
+    await vi.waitFor(() => expect(emu.calls()[0].aborted).toBe(true), POLL);
     expect(emu.calls()[0]).toMatchObject({ status: 499, fault: 'hang', aborted: true });
   });
 
@@ -259,7 +260,7 @@ describe('scripted faults', () => {
     other.script({ hang: true });
     const client = new GoogleGenAI({ apiKey: 'test-key', httpOptions: { baseUrl: other.url } });
     const hung = client.models.generateContent({ model: MODEL, contents: 'x' }).catch((e: Error) => e);
-    await waitFor(() => other.calls().length === 1);
+    await vi.waitFor(() => expect(other.calls()).toHaveLength(1), POLL);
     await other.close();
     expect(await hung).toBeInstanceOf(TypeError);
   });
@@ -297,10 +298,3 @@ describe('scripted faults', () => {
   });
 });
 
-async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}

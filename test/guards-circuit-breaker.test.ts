@@ -1,11 +1,11 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { DelayJobError } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 let n = 0;
@@ -22,11 +22,7 @@ function breakers(count: number, opts: Omit<BreakerOptions, 'redis' | 'prefix'>,
 
 /** Waits (without asserting on timing) until the breaker has passed its open timeout. */
 async function waitUntilProbeable(b: CircuitBreaker, key: string) {
-  for (;;) {
-    const s = await b.state(key);
-    if (s.state !== 'open') return;
-    await sleep(Math.max(5, s.retryAtMs - Date.now()));
-  }
+  await vi.waitFor(async () => expect((await b.state(key)).state).not.toBe('open'), { ...POLL, interval: 5 });
 }
 
 const badRequest = () => Object.assign(new Error('400 invalid argument'), { retryable: false, status: 400 });
@@ -163,11 +159,15 @@ describe('circuit breaker probe lease', () => {
     if (refused.allowed) return;
     // Refused callers are told to come back soon, not at lease expiry.
     expect(refused.msBeforeNext).toBeLessThanOrEqual(100);
-    let again = await b.acquire(key);
-    while (!again.allowed) {
-      await sleep(Math.max(5, again.msBeforeNext));
-      again = await b.acquire(key);
-    }
+    // Another caller gets the probe once the silent prober's lease has lapsed.
+    const again = await vi.waitFor(
+      async () => {
+        const r = await b.acquire(key);
+        expect(r.allowed).toBe(true);
+        return r;
+      },
+      { ...POLL, interval: 10 },
+    );
     expect(again).toEqual({ allowed: true, probe: true });
   });
 });

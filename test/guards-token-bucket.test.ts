@@ -8,7 +8,7 @@ import { createRateLimitGuard } from '../src/workers/guards/rate-limit-guard.js'
 import { OpenCircuitError } from '../src/shared/limits/circuit-breaker.js';
 import { createTokenBuckets, type TokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { DelayJobError } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -28,13 +28,15 @@ async function startWorker(env: Record<string, string>): Promise<{ child: ChildP
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
+  // 'close': the process has ended and its whole output has been read.
+  const closed = once(child, 'close');
   const lines = createInterface({ input: child.stdout! });
   const it = lines[Symbol.asyncIterator]();
   const first = await it.next();
   if (first.value !== 'ready') throw new Error(`worker did not start: ${String(first.value)}`);
   const result = (async () => {
     const next = await it.next();
-    await once(child, 'exit');
+    await closed;
     return JSON.parse(String(next.value)) as Tally;
   })();
   return { child, result };
@@ -52,7 +54,7 @@ describe('token buckets', () => {
     await redis.quit();
   });
 
-  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 60_000 }, async () => {
+  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 180_000 }, async () => {
     const capacity = 20;
     const refillPerSec = 40;
     const env = { REDIS_URL: redisUrl(), PREFIX: randomPrefix(), BUCKET: 'shared', CAPACITY: String(capacity), REFILL_PER_SEC: String(refillPerSec), DURATION_MS: '2000' };

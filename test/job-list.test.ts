@@ -3,11 +3,12 @@ import v8 from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 const TOTAL = 10_000;
 
@@ -91,9 +92,19 @@ describe('GET /v1/jobs (chunked listing)', () => {
           let bytes = 0;
           let objects = 0;
           let tail = '';
-          // Hold the response unread: the server must stop paging once the socket is full.
+          // Hold the response unread: the server must stop paging once the socket is full. Read on once it
+          // has paged and then paged no more over three checks in a row.
           res.pause();
-          setTimeout(() => {
+          let last = -1;
+          let held = 0;
+          vi.waitFor(
+            () => {
+              held = pages > 0 && pages === last ? held + 1 : 0;
+              last = pages;
+              expect(held, 'checks in a row without a new page').toBeGreaterThanOrEqual(3);
+            },
+            { timeout: 20_000, interval: 100 },
+          ).then(() => {
             paused = pages;
             heapWhilePaused = liveHeap();
             res.on('data', (d: Buffer) => {
@@ -103,7 +114,7 @@ describe('GET /v1/jobs (chunked listing)', () => {
               tail = text.slice(-5); // shorter than the pattern, so no match is counted twice
             });
             res.resume();
-          }, 500);
+          }, reject);
           res.on('end', () => resolve({ bytes, objects }));
           res.on('error', reject);
         }).on('error', reject);
@@ -120,14 +131,16 @@ describe('GET /v1/jobs (chunked listing)', () => {
   });
 
   it('filters by state, agent and since, skips jobs removed by retention, and is per org', async () => {
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const risk = (name: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'robotics', stage: 'seed', description: 'Listing fixture' } } });
     const deal = (startupId: string) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId } });
     const post = async (payload: object) => {
       const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload });
       expect(res.statusCode).toBe(202);
-      await sleep(5);
-      return res.json().id as string;
+      const id = res.json().id as string;
+      // Distinct creation times, so the newest-first order has one answer: the next job is created once the clock has moved on.
+      const createdAt = (await s.runtime.queue.getJob(id))!.timestamp;
+      await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(createdAt), POLL);
+      return id;
     };
     const waitDone = (id: string) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth }).then((r) => r.json());
     s.emulator.script({ status: 400, message: 'bad request', match: { promptIncludes: 'fail-me-now' } });

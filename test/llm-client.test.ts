@@ -1,5 +1,5 @@
 import { Writable } from 'node:stream';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { startGemini } from '../src/app/gemini.js';
@@ -7,6 +7,7 @@ import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-cli
 import { LlmError, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
 import { createLogger } from '../src/shared/core/logger.js';
+import { POLL } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
 const Answer = z.object({ answer: z.string().min(1), sources: z.array(z.string()).max(3), confidence: z.number().min(0).max(1) });
@@ -37,13 +38,6 @@ async function failure(p: Promise<unknown>): Promise<LlmError> {
   return err as LlmError;
 }
 
-async function waitFor(cond: () => boolean, timeoutMs = 5000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > until) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 describe('llm client against the emulator', () => {
   it('generates schema-valid JSON with usage, model and cost', async () => {
@@ -130,7 +124,7 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     emu.script({ hang: true });
     const e = await failure(gen({ timeoutMs: 150 }));
     expect(e).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
-    await waitFor(() => emu.calls()[0]?.aborted === true);
+    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
     expect(emu.calls()[0]).toMatchObject({ fault: 'hang', status: 499 });
   });
 
@@ -138,10 +132,10 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     emu.script({ hang: true });
     const ac = new AbortController();
     const pending = failure(gen({ signal: ac.signal }));
-    await waitFor(() => emu.calls().length === 1);
+    await vi.waitFor(() => expect(emu.calls()).toHaveLength(1), POLL);
     ac.abort();
     expect(await pending).toMatchObject({ code: 'EABORTED', retryable: false });
-    await waitFor(() => emu.calls()[0].aborted === true);
+    await vi.waitFor(() => expect(emu.calls()[0].aborted).toBe(true), POLL);
     // An already-aborted signal never reaches the network.
     expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
     expect(await failure(llm.embed(['x'], { signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
@@ -165,7 +159,7 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     );
     expect(await pending).toMatchObject({ code: 'EABORTED' });
     expect(seen).toHaveLength(1);
-    await waitFor(() => emu.calls()[0]?.aborted === true);
+    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
   });
 
   it('an onText failure propagates unchanged and releases the stream', async () => {
@@ -173,7 +167,7 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     const boom = new Error('subscriber went away');
     const err = await llm.generate({ model: MODEL, prompt: 'stream me', onText: () => Promise.reject(boom) }).catch((e: unknown) => e);
     expect(err).toBe(boom);
-    await waitFor(() => emu.calls()[0]?.aborted === true);
+    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
   });
 
   it('socket reset -> ENETWORK retryable, before or during a stream', async () => {

@@ -5,7 +5,7 @@ import { createOpsMetrics } from '../src/shared/ops/metrics.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { parseProm, sampleSum } from './ops-fixtures.js';
+import { parseProm, sampleSum } from './helpers/ops.js';
 
 const logger = createLogger({ level: 'silent' });
 const result = (model: string, input: number, output: number, costUsd: number, cacheHit?: 'l1' | 'l2' | 'semantic') => ({

@@ -1,10 +1,10 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { countingAdmission } from '../src/producers/counting-admission.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { marker, parseProm, riskJob, sampleSum, waitFor, type Sample } from './ops-fixtures.js';
+import { marker, parseProm, riskJob, sampleSum, type Sample } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-metrics-5e8a1c77b0f3';
 
@@ -47,10 +47,14 @@ describe('GET /metrics', () => {
     s.emulator.script({ status: 400, match: { promptIncludes: bad } });
     expect((await run(riskJob(bad))).state).toBe('failed');
     // The failed listener runs just after the job lands in the failed set.
-    const after = await waitFor(async () => {
-      const now = await scrape();
-      return sampleSum(now, 'agentq_dlq_entries_total', { class: 'poison' }) > sampleSum(before, 'agentq_dlq_entries_total', { class: 'poison' }) ? now : undefined;
-    }, 'dlq metric');
+    const after = await vi.waitFor(
+      async () => {
+        const now = await scrape();
+        expect(sampleSum(now, 'agentq_dlq_entries_total', { class: 'poison' }), 'dlq metric').toBeGreaterThan(sampleSum(before, 'agentq_dlq_entries_total', { class: 'poison' }));
+        return now;
+      },
+      { timeout: 20_000, interval: 50 },
+    );
 
     const delta = (name: string, labels: Record<string, string> = {}) => sampleSum(after, name, labels) - sampleSum(before, name, labels);
     const agent = { agent: 'RiskAnalyzer' };
@@ -72,10 +76,7 @@ describe('GET /metrics', () => {
       const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob(marker()), options: { delayMs: 600_000 } } });
       expect(res.statusCode).toBe(202);
     }
-    await waitFor(async () => {
-      const c = await s.runtime.queue.getJobCounts('waiting', 'active');
-      return c.waiting + c.active === 0;
-    }, 'queue to be idle');
+    await vi.waitFor(async () => expect(await s.runtime.queue.getJobCounts('waiting', 'active'), 'queue to be idle').toEqual({ waiting: 0, active: 0 }), { timeout: 20_000, interval: 50 });
     const samples = await scrape();
     const counts = await s.runtime.queue.getJobCounts('waiting', 'prioritized', 'active', 'delayed', 'failed');
     expect(counts.delayed).toBe(2);

@@ -1,8 +1,8 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { captureLogs, marker, riskJob, waitFor, type CapturedLogs } from './ops-fixtures.js';
+import { captureLogs, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-logs-93f0c2a4d18e6b7';
 
@@ -25,7 +25,14 @@ describe('logs', () => {
     expect(post.headers['x-request-id']).toBe(requestId);
     const id = post.json().id;
     expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json().state).toBe('completed');
-    const done = await waitFor(async () => logs.lines().find((l) => l.jobId === id && l.msg === 'job completed'), 'worker log line');
+    const done = await vi.waitFor(
+      () => {
+        const line = logs.lines().find((l) => l.jobId === id && l.msg === 'job completed');
+        expect(line, 'worker log line').toBeDefined();
+        return line!;
+      },
+      { timeout: 20_000, interval: 20 },
+    );
     expect(done).toMatchObject({ requestId, jobId: id, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks' });
     // Every worker line about this job is traceable, not just the last one.
     const workerLines = logs.lines().filter((l) => l.jobId === id && l.agent);

@@ -1,9 +1,9 @@
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { DLQ_REPROCESS_TASK, FAIR_ORPHANS_TASK } from '../src/app/features/ops.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { marker, riskJob, waitFor } from './ops-fixtures.js';
+import { marker, riskJob } from './helpers/ops.js';
 
 describe('DLQ reprocessing on the maintenance job scheduler', () => {
   let s: Stack;
@@ -38,15 +38,15 @@ describe('DLQ reprocessing on the maintenance job scheduler', () => {
     ]);
     const retryable = await enqueue(riskJob(outage));
     const poison = await enqueue(riskJob(bad));
-    await waitFor(async () => (await state(poison)) === 'failed', 'poison job to fail');
+    await vi.waitFor(async () => expect(await state(poison), 'poison job to fail').toBe('failed'), { timeout: 20_000, interval: 50 });
     // The outage is over (its fault fired once), so the scheduled retry succeeds.
-    await waitFor(async () => (await state(retryable)) === 'completed', 'scheduled retry to complete', 20_000);
+    await vi.waitFor(async () => expect(await state(retryable), 'scheduled retry to complete').toBe('completed'), { timeout: 40_000, interval: 50 });
     expect(await retries(retryable)).toBe(1);
 
     // Two more passes after the poison entry failed, and it is still untouched.
     const passes = await maintenance.getCompletedCount();
-    await waitFor(async () => (await maintenance.getCompletedCount()) >= passes + 2, 'two more reprocessing passes', 20_000, 200);
+    await vi.waitFor(async () => expect(await maintenance.getCompletedCount(), 'two more reprocessing passes').toBeGreaterThanOrEqual(passes + 2), { timeout: 40_000, interval: 200 });
     expect(await state(poison)).toBe('failed');
     expect(await retries(poison)).toBe(0);
-  });
+  }, 90_000);
 });

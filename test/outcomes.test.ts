@@ -30,7 +30,7 @@ import { attachOpsListeners } from '../src/workers/ops/worker-listeners.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
 import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
-import { marker, riskJob } from './ops-fixtures.js';
+import { marker, riskJob } from './helpers/ops.js';
 
 const silent = createLogger({ level: 'silent' });
 const ATTEMPTS = 3;

@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { randomUUID } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Job, Queue } from 'bullmq';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL, within } from './helpers/wait.js';
 
 /** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */
 const STEP_PROMPTS = { profile: 'Extract the profile.', risks: 'Analyse the risks of this startup.', tasks: 'Build the plan for this startup.' } as const;
@@ -15,17 +15,10 @@ const STEPS = ['profile', 'risks', 'tasks'] as const;
 interface Worker {
   child: ChildProcess;
   lines: Array<Record<string, unknown>>;
-  waitFor(pred: (line: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 20_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
+  /** Resolves with the first protocol line (already read or still to come) that matches. */
+  line(pred: (line: Record<string, unknown>) => boolean, ms?: number): Promise<Record<string, unknown>>;
+  /** Resolves once the process has ended and all its output has been read. */
+  closed: Promise<void>;
 }
 
 describe('pipeline run survives a killed worker process', () => {
@@ -61,21 +54,39 @@ describe('pipeline run survives a killed worker process', () => {
     });
     children.push(child);
     const lines: Array<Record<string, unknown>> = [];
-    createInterface({ input: child.stdout! }).on('line', (l) => {
+    const reader = createInterface({ input: child.stdout! });
+    reader.on('line', (l) => {
       try {
         lines.push(JSON.parse(l));
       } catch {
         // Not protocol output.
       }
     });
+    const closed = new Promise<void>((resolve) => child.once('close', () => resolve()));
     return {
       child,
       lines,
-      waitFor: (pred, ms = 30_000) => until('worker output', () => lines.find(pred), ms),
+      closed,
+      line: (pred, ms = 60_000) =>
+        within(
+          new Promise((resolve, reject) => {
+            const seen = lines.find(pred);
+            if (seen) return resolve(seen);
+            const onLine = () => {
+              const hit = lines.find(pred);
+              if (!hit) return;
+              reader.off('line', onLine);
+              resolve(hit);
+            };
+            // Registered after the parser above, so `lines` already holds the new line.
+            reader.on('line', onLine);
+            void closed.then(() => reject(new Error('the worker process ended before the line')));
+          }),
+          ms,
+          'a line from the worker process',
+        ),
     };
   }
-
-  const killed = (child: ChildProcess) => new Promise<void>((resolve) => (child.exitCode !== null || child.signalCode !== null ? resolve() : child.once('exit', () => resolve())));
 
   it.each([
     // After step 1 completed and was checkpointed, before step 2's job exists.
@@ -85,14 +96,14 @@ describe('pipeline run survives a killed worker process', () => {
   ])('resumes after SIGKILL at $hangAt without re-running a finished step', async ({ hangAt, waitForRisks }) => {
     s.emulator.resetCalls();
     const first = startWorker(hangAt);
-    await first.waitFor((l) => l.ready === true);
+    await first.line((l) => l.ready === true);
 
     const input = { companyName: `Crashco ${randomUUID().slice(0, 8)}`, answers: [{ question: 'What do you do?', answer: 'Cold-chain monitoring for pharmacies.' }] };
     const post = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input } });
     expect(post.statusCode).toBe(202);
     const runId: string = post.json().id;
-    await first.waitFor((l) => (l.hanging as { runId?: string } | undefined)?.runId === runId);
-    if (waitForRisks) await until('risks step job to complete', async () => ((await s.runtime.queue.getJobState(`${runId}-risks`)) === 'completed' ? true : undefined));
+    await first.line((l) => (l.hanging as { runId?: string } | undefined)?.runId === runId);
+    if (waitForRisks) await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(`${runId}-risks`), 'risks step job').toBe('completed'), POLL);
     else expect(await s.runtime.queue.getJobState(`${runId}-risks`)).toBe('unknown');
 
     // The run is active, its lock held by the process about to die.
@@ -100,16 +111,17 @@ describe('pipeline run survives a killed worker process', () => {
     expect(before.state).toBe('active');
     expect(before.steps[0].state).toBe('completed');
     first.child.kill('SIGKILL');
-    await killed(first.child);
+    await first.closed;
 
     const second = startWorker();
-    await second.waitFor((l) => l.ready === true);
+    await second.line((l) => l.ready === true);
     const view = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${runId}?waitMs=40000`, headers: s.auth })).json();
     expect(view.state).toBe('completed');
     expect(view.result.success).toBe(true);
     expect(Object.keys(view.result.outputs).sort()).toEqual(['profile', 'risks', 'tasks']);
-    // The second process finished what the first started: it recovered the stalled run.
-    expect(second.lines.some((l) => l.runId === runId && l.stepId === 'tasks' && l.event === 'step-finished')).toBe(true);
+    // The second process finished what the first started: it recovered the stalled run. (Its line may still
+    // be in the pipe when the API already answers, so it is awaited, with an upper bound.)
+    await second.line((l) => l.runId === runId && l.stepId === 'tasks' && l.event === 'step-finished', 30_000);
     const flows = new Queue(QUEUE.flows, { connection: s.runtime.deps.redis, prefix: s.cfg.QUEUE_PREFIX });
     expect((await Job.fromId(flows, runId))?.stalledCounter).toBeGreaterThanOrEqual(1);
     await flows.close();
@@ -121,6 +133,7 @@ describe('pipeline run survives a killed worker process', () => {
     expect(rows.map((r) => [r.job_id, r.state])).toEqual(STEPS.map((st) => [`${runId}-${st}`, 'completed']).sort());
 
     second.child.kill('SIGTERM');
-    await killed(second.child);
+    await second.closed;
+    expect(second.child.exitCode).toBe(0);
   }, 90_000);
 });

@@ -1,6 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 describe('Redis outage at the API', () => {
   let redis: RedisServerHandle;
@@ -32,12 +33,7 @@ describe('Redis outage at the API', () => {
     expect((await s.app.inject({ method: 'GET', url: '/healthz' })).statusCode).toBe(200);
 
     redis = await startRedisServer({ port: redis.port });
-    let status = 0;
-    for (let i = 0; i < 100 && status !== 202; i++) {
-      status = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).statusCode;
-      if (status !== 202) await new Promise((r) => setTimeout(r, 100));
-    }
-    expect(status).toBe(202);
+    await vi.waitFor(async () => expect((await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).statusCode).toBe(202), { ...POLL, interval: 100 });
     expect((await s.app.inject({ method: 'GET', url: '/readyz' })).statusCode).toBe(200);
   });
 });

@@ -4,7 +4,7 @@ import { createResultCache, type ResultCache } from '../src/shared/cache/result-
 import { createResultCacheGuard } from '../src/workers/guards/result-cache-guard.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import type { Middleware } from '../src/workers/middleware.js';
-import { guardContext, okResult } from './fixtures/guard-context.js';
+import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 
 describe('result cache guard', () => {
@@ -24,16 +24,22 @@ describe('result cache guard', () => {
   it('calls through on a miss, then serves the same job from cache at no cost', async () => {
     const orgId = randomOrg();
     let calls = 0;
+    // The call "took" ten minutes, so a hit that copied its duration could not pass for its own lookup.
+    const answer = { ...okResult({ answer: 42 }, { input: 100, output: 50 }), durationMs: 600_000 };
     const next = async () => {
       calls++;
-      return okResult({ answer: 42 }, { input: 100, output: 50 });
+      return answer;
     };
     const first = await guard(guardContext({ orgId, stream: true }), next);
-    expect(first).toEqual(okResult({ answer: 42 }, { input: 100, output: 50 }));
+    expect(first).toEqual(answer);
+    const lookupStarted = performance.now();
     const second = await guard(guardContext({ orgId }), next);
+    const lookupMs = performance.now() - lookupStarted;
     expect(calls).toBe(1);
     expect(second).toMatchObject({ success: true, data: { answer: 42 }, cacheHit: 'l1', tokensUsed: { input: 0, output: 0 }, costUsd: 0 });
+    // A hit reports its own lookup: no longer than the guard call took, seen from outside.
     expect(second.durationMs).toBeGreaterThanOrEqual(0);
+    expect(second.durationMs).toBeLessThanOrEqual(Math.ceil(lookupMs));
     // Another input, model or prompt version is another entry.
     await guard(guardContext({ orgId, input: { q: 'other' } }), next);
     await guard(guardContext({ orgId, model: 'gemini-other' }), next);

@@ -1,10 +1,10 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
-import { okResult } from './fixtures/guard-context.js';
+import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 const client = () => {
@@ -19,8 +19,22 @@ afterAll(async () => {
 /** Two cache instances on separate clients: two worker processes sharing one Redis. */
 function pair(over: Partial<Parameters<typeof createResultCache>[0]> = {}) {
   const prefix = randomPrefix();
-  const make = () => createResultCache<AgentResult>({ redis: client(), prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, ...over });
-  return [make(), make(), prefix] as const;
+  const redises = [client(), client()];
+  const make = (redis: Redis) => createResultCache<AgentResult>({ redis, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, ...over });
+  return [make(redises[0]), make(redises[1]), prefix, redises] as const;
+}
+
+/** Counts the Lua calls naming `key` sent on these clients: every single-flight lookup of that key is one. */
+function luaCallsNaming(redises: readonly Redis[], key: string): () => number {
+  let n = 0;
+  for (const r of redises) {
+    const send = r.sendCommand.bind(r);
+    r.sendCommand = ((cmd: Parameters<Redis['sendCommand']>[0], ...rest: unknown[]) => {
+      if (/^eval/i.test(cmd.name) && cmd.args.some((a) => String(a) === key)) n++;
+      return (send as (...a: unknown[]) => ReturnType<Redis['sendCommand']>)(cmd, ...rest);
+    }) as Redis['sendCommand'];
+  }
+  return () => n;
 }
 
 /** A gated fn: `started` resolves once it runs (so the caller holds the lock), `release` lets it finish. */
@@ -116,13 +130,16 @@ describe('result cache', () => {
     const [x, y, prefix] = pair({ l1TtlMs: 50, l2TtlS: 1 });
     const p = parts();
     await x.set(p, okResult('short'));
+    const writtenBy = Date.now();
     const ttl = await clients[0].pttl(`${prefix}:rc:e:${resultCacheHash(p)}`);
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(1000);
-    await sleep(60);
+    // Time itself is the input here: the clock has to pass each TTL, counted from the write.
+    const past = (ms: number) => vi.waitFor(() => expect(Date.now()).toBeGreaterThan(writtenBy + ms), { timeout: ms + 5_000, interval: 5 });
+    await past(60);
     // L1 lapsed; the entry comes back from L2.
     expect(await x.get(p)).toMatchObject({ level: 'l2' });
-    await sleep(1100);
+    await past(1100);
     expect(await y.get(p)).toBeNull();
     expect(await x.get(p)).toBeNull();
   });
@@ -141,12 +158,14 @@ describe('result cache', () => {
 
 describe('single flight', () => {
   it('20 concurrent identical calls across two instances run fn once and all get its value', async () => {
-    const [a, b] = pair();
+    const [a, b, prefix, redises] = pair();
     const p = parts();
+    const lookups = luaCallsNaming(redises, `${prefix}:rc:lock:${resultCacheHash(p)}`);
     let calls = 0;
     const fn = async () => {
       calls++;
-      await sleep(150);
+      // The holder answers once every caller has looked the key up (and all but one found it locked).
+      await vi.waitFor(() => expect(lookups()).toBeGreaterThanOrEqual(20), POLL);
       return okResult({ n: calls });
     };
     const results = await Promise.all(Array.from({ length: 20 }, (_, i) => (i % 2 ? a : b).singleFlight(p, fn)));
@@ -156,12 +175,14 @@ describe('single flight', () => {
   });
 
   it('when the lock holder fails, waiters proceed: one calls through and the rest share its result', async () => {
-    const [a, b] = pair();
+    const [a, b, prefix, redises] = pair();
     const p = parts();
+    const lookups = luaCallsNaming(redises, `${prefix}:rc:lock:${resultCacheHash(p)}`);
     let calls = 0;
     const fn = async () => {
       calls++;
-      await sleep(100);
+      // Fails (or answers) once every caller has looked the key up and all but the holder wait.
+      await vi.waitFor(() => expect(lookups()).toBeGreaterThanOrEqual(10), POLL);
       if (calls === 1) throw new Error('upstream blew up');
       return okResult('second try');
     };
@@ -221,14 +242,30 @@ describe('single-flight lock lifetime', () => {
   });
 
   it('makes another owner wait for a live holder, whose renewals keep a short lock alive', async () => {
-    const [a, b] = pair({ lockTtlMs: 300, waitTimeoutMs: 10_000 });
+    const [a, b, prefix] = pair({ lockTtlMs: 600, waitTimeoutMs: 30_000 });
     const p = parts();
+    const lockKey = `${prefix}:rc:lock:${resultCacheHash(p)}`;
     const g = gated(okResult('slow'));
     const first = a.singleFlight(p, g.fn, { owner: 'job-1' });
     await g.started;
     let otherCalled = false;
     const second = b.singleFlight(p, async () => ((otherCalled = true), okResult('other')), { owner: 'job-2' });
-    await sleep(1000); // more than three lock TTLs: only renewal keeps the lock
+    // Four renewals (one every third of the TTL) outlast the lock's own TTL: only renewal keeps it. A renewal
+    // shows as the lock's PTTL going up; samples that miss one only undercount.
+    const redis = client();
+    let renewals = 0;
+    let lastTtl = await redis.pttl(lockKey);
+    await vi.waitFor(
+      async () => {
+        const ttl = await redis.pttl(lockKey);
+        expect(ttl, 'the lock lapsed').toBeGreaterThan(0);
+        if (ttl > lastTtl) renewals++;
+        lastTtl = ttl;
+        expect(renewals).toBeGreaterThanOrEqual(4);
+      },
+      { ...POLL, interval: 20 },
+    );
+    expect(await redis.get(lockKey)).toMatch(/^job-1#/);
     g.release();
     expect((await first).from).toBe('call');
     expect((await second).from).not.toBe('call');

@@ -1,9 +1,10 @@
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startRedisServer, type RedisServerHandle } from '../src/shared/infra/redis/redis-server.js';
 import { openStreamsKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
 
@@ -35,7 +36,7 @@ describe('SSE connect/disconnect churn', () => {
 
   const clients = async () => String(await admin.client('LIST')).split('\n').filter((l) => l.trim()).length;
 
-  it('220 cycles leave no Redis connection, lease or timer behind', async () => {
+  it('220 cycles leave no Redis connection, lease or timer behind', { timeout: 120_000 }, async () => {
     const headers = { ...s.auth, 'content-type': 'application/json' };
     const enqueue = async (stream: boolean) => {
       const input = { startup: { name: 'Churn', industry: 'robotics', stage: 'seed', description: 'Connect and leave' } };
@@ -51,19 +52,36 @@ describe('SSE connect/disconnect churn', () => {
       ac.abort();
     };
     const leases = () => admin.zcard(openStreamsKey(s.cfg.QUEUE_PREFIX, s.orgId));
-    // Requests whose client left early may still be in their handler: wait for a state that holds.
-    const settle = async (want: () => Promise<boolean>) => {
-      for (let i = 0, held = 0; i < 100 && held < 3; i++) {
-        held = (await want()) ? held + 1 : 0;
-        await new Promise((r) => setTimeout(r, 50));
-      }
+    // Requests whose client left early may still be in their handler: wait for a state that holds on
+    // three checks in a row.
+    const settled = async (check: () => Promise<void>) => {
+      let held = 0;
+      await vi.waitFor(
+        async () => {
+          try {
+            await check();
+          } catch (err) {
+            held = 0;
+            throw err;
+          }
+          expect(++held, 'checks in a row the state held').toBeGreaterThanOrEqual(3);
+        },
+        { timeout: 30_000, interval: 50 },
+      );
     };
 
-    // Warm up: the shared reader and the long poll's event connection are made on first use.
+    // Warm up: the shared reader and the long poll's event connection are made on first use. The baseline
+    // is taken once no lease is left and connections and timers have stopped changing.
     await cycle(streaming);
     await cycle(polled);
-    await settle(async () => (await leases()) === 0);
-    await new Promise((r) => setTimeout(r, 300));
+    let last: number[] = [];
+    await settled(async () => {
+      const now = [await leases(), await clients(), timers()];
+      const prev = last;
+      last = now;
+      expect(now[0]).toBe(0);
+      expect(now).toEqual(prev);
+    });
     const before = { clients: await clients(), timers: timers() };
 
     // Clients that leave before any answer, some while the server is still looking the job up.
@@ -77,11 +95,15 @@ describe('SSE connect/disconnect churn', () => {
       await Promise.all(Array.from({ length: 10 }, (_, i) => cycle(i % 2 ? polled : streaming)));
     }
 
-    await settle(async () => (await leases()) === 0 && (await clients()) <= before.clients);
+    await settled(async () => {
+      expect(await leases()).toBe(0);
+      expect(await clients()).toBeLessThanOrEqual(before.clients);
+    });
     expect(await leases()).toBe(0);
     expect(await clients()).toBe(before.clients);
-    // Long polls in flight end within one heartbeat; a leak would leave ~100 heartbeat intervals.
-    await new Promise((r) => setTimeout(r, 300));
+    // Long polls in flight end within one heartbeat; a leak would leave ~100 heartbeat intervals. (Counted
+    // again outside vi.waitFor, whose own two timers are active while it polls.)
+    await vi.waitFor(() => expect(timers()).toBeLessThanOrEqual(before.timers + 5 + 2), POLL);
     expect(timers()).toBeLessThanOrEqual(before.timers + 5);
 
     // Streams still work after the churn.
@@ -106,7 +128,6 @@ describe('SSE connect/disconnect churn', () => {
     expect(res.status).toBe(200);
     expect(await gauge()).toBe(before + 1);
     ac.abort();
-    for (let i = 0; i < 100 && (await gauge()) !== before; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(await gauge()).toBe(before);
+    await vi.waitFor(async () => expect(await gauge()).toBe(before), POLL);
   });
 });

@@ -1,7 +1,9 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
-import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
+import { startModelGate, type ModelGate } from './helpers/model-gate.js';
+import { within } from './helpers/wait.js';
 
 /**
  * Workers as separate OS processes (the real `src/main.ts worker`), sharing the test's Redis, PGlite
@@ -12,9 +14,11 @@ describe('worker processes', () => {
   let queue: Queue;
   const children: AgentqProcess[] = [];
   let env: Record<string, string>;
+  let gate: ModelGate;
 
   beforeAll(async () => {
     s = await startStack({ LOCK_DURATION_MS: '2000', STALLED_INTERVAL_MS: '1000' });
+    gate = await startModelGate(s.emulator.url);
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
     env = {
       ...TEST_ENV,
@@ -22,7 +26,8 @@ describe('worker processes', () => {
       DATABASE_URL: s.cfg.DATABASE_URL!,
       QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
       GEMINI_API_KEY: 'test-key-not-real',
-      GOOGLE_GEMINI_BASE_URL: s.emulator.url,
+      // Through the gate, so a test decides how long a call stays in flight.
+      GOOGLE_GEMINI_BASE_URL: gate.url,
       LOCK_DURATION_MS: '2000',
       STALLED_INTERVAL_MS: '1000',
       SHUTDOWN_GRACE_MS: '10000',
@@ -30,7 +35,8 @@ describe('worker processes', () => {
     };
   });
   afterAll(async () => {
-    for (const c of children) if (c.child.exitCode === null) c.kill('SIGKILL');
+    await Promise.all(children.map((c) => stopProcess(c)));
+    await gate?.close();
     await queue?.close();
     await s?.close();
   });
@@ -38,7 +44,7 @@ describe('worker processes', () => {
   const start = async () => {
     const p = spawnAgentq('worker', env);
     children.push(p);
-    await p.waitForLog((l) => l.msg === 'worker started', 30_000);
+    await p.waitForLog((l) => l.msg === 'worker started', 60_000);
     return p;
   };
   const enqueue = async (marker: string) => {
@@ -51,17 +57,18 @@ describe('worker processes', () => {
     expect(res.statusCode).toBe(202);
     return res.json().id as string;
   };
-  const waitDone = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=30000`, headers: s.auth })).json();
+  const waitDone = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=60000`, headers: s.auth })).json();
 
   it('recovers a job whose worker was SIGKILLed mid-call on another worker, with one successful run row', async () => {
-    s.emulator.script({ latencyMs: 4000, match: { promptIncludes: 'killed-mid-job' }, times: 1 });
+    // The first call never gets an answer; the second worker's call goes through.
+    const held = gate.hold('killed-mid-job', 1);
     const first = await start();
     const id = await enqueue('killed-mid-job');
-    // Wait until the call is really in flight at the emulator, then kill without any chance to clean up.
-    for (let i = 0; i < 100 && (await queue.getActiveCount()) === 0; i++) await new Promise((r) => setTimeout(r, 50));
+    // Once the call is really in flight, kill without any chance to clean up.
+    await within(held.arrived, 60_000, 'the model call of the first worker');
     expect(await queue.getActiveCount()).toBe(1);
     first.kill('SIGKILL');
-    await first.exited;
+    expect(await first.exited).toBeNull();
     const second = await start();
     const view = await waitDone(id);
     expect(view.state).toBe('completed');
@@ -71,20 +78,25 @@ describe('worker processes', () => {
     expect(second.lines.some((l) => l.jobId === id && l.msg === 'job completed')).toBe(true);
     second.kill('SIGTERM');
     expect(await second.exited).toBe(0);
-  }, 60_000);
+    expect(held.count()).toBe(1);
+  }, 120_000);
 
   it('finishes in-flight jobs on SIGTERM and exits 0', async () => {
-    s.emulator.script({ latencyMs: 1500, match: { promptIncludes: 'graceful-' }, times: 3 });
+    const held = gate.hold('graceful-', 3);
     const worker = await start();
     const ids = await Promise.all(['graceful-a', 'graceful-b', 'graceful-c'].map(enqueue));
-    for (let i = 0; i < 100 && (await queue.getActiveCount()) < 3; i++) await new Promise((r) => setTimeout(r, 50));
+    // All three calls are in flight, and stay so until the worker has begun shutting down.
+    await within(held.arrived, 60_000, 'three model calls in flight');
     expect(await queue.getActiveCount()).toBe(3);
     worker.kill('SIGTERM');
+    await worker.waitForLog((l) => l.msg === 'shutting down: no new jobs, finishing in-flight ones', 30_000);
+    for (const id of ids) expect(await (await queue.getJob(id))!.getState()).toBe('active');
+    held.release();
     expect(await worker.exited).toBe(0);
     for (const id of ids) {
       const job = await queue.getJob(id);
       expect(await job!.getState()).toBe('completed');
     }
     expect(worker.lines.filter((l) => l.msg === 'job completed' && ids.includes(l.jobId as string))).toHaveLength(3);
-  }, 60_000);
+  }, 120_000);
 });

@@ -135,6 +135,7 @@ export async function startRuntime(opts: {
       producer,
       jobs,
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
+      enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
       readiness: {
         redis: () => redis.ping(),
         database: () => infra.db.pool.query('SELECT 1'),

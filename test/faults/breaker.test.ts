@@ -1,8 +1,8 @@
 import { Job, Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createCircuitBreaker } from '../../src/shared/limits/circuit-breaker.js';
 import { createRedis } from '../../src/shared/infra/redis/connection.js';
-import { UNTHROTTLED, figure, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
+import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 const JOBS = 20;
@@ -42,13 +42,16 @@ describe('circuit breaker under a 100% failing model', () => {
       ids.push(res.json().id);
     }
 
-    // Every open period, identified by the Redis time at which it admits a probe.
+    // Every open period, identified by the Redis time at which it admits a probe, sampled every 10 ms
+    // from now until the jobs are done.
     const openUntil: number[] = [];
     let closedAt: number | undefined;
-    let polling = true;
     let cleared: number | undefined;
-    const poll = (async () => {
-      while (polling) {
+    let sampling = false;
+    const sample = async () => {
+      if (sampling) return;
+      sampling = true;
+      try {
         const st = await breaker.state(key);
         if (st.state === 'open' && !openUntil.includes(st.retryAtMs)) openUntil.push(st.retryAtMs);
         // Fault lifted once one probe has failed (the second open period): the next probe succeeds.
@@ -57,14 +60,20 @@ describe('circuit breaker under a 100% failing model', () => {
           cleared = Date.now();
         }
         if (cleared !== undefined && st.state === 'closed' && closedAt === undefined) closedAt = Date.now();
-        await sleep(10);
+      } finally {
+        sampling = false;
       }
-    })();
+    };
+    const sampler = setInterval(() => void sample(), 10);
     const states = async () => Promise.all(ids.map(async (id) => (await Job.fromId(queue, id))?.getState()));
-    await waitFor('all jobs completed after recovery', async () => (await states()).every((st) => st === 'completed'), 60_000, 100);
-    const doneAt = Date.now();
-    polling = false;
-    await poll;
+    let doneAt: number;
+    try {
+      await vi.waitFor(async () => expect(await states()).toEqual(ids.map(() => 'completed')), { timeout: 120_000, interval: 100 });
+      doneAt = Date.now();
+    } finally {
+      clearInterval(sampler);
+    }
+    await vi.waitFor(() => expect(sampling).toBe(false), { timeout: 10_000, interval: 5 });
 
     const calls = s.emulator.calls().filter((c) => c.kind === 'generate').sort((a, b) => a.at - b.at);
     expect(openUntil.length).toBeGreaterThanOrEqual(2);
@@ -97,5 +106,5 @@ describe('circuit breaker under a 100% failing model', () => {
     const rows = await runRows(s.infra.db.pool, ids);
     for (const id of ids) expect(rows.get(id)!.completed).toBe(1);
     figure('breaker: failed attempts recorded (first wave + failed probes)', [...rows.values()].reduce((n, r) => n + r.failed, 0));
-  }, 90_000);
+  }, 180_000);
 });

@@ -1,9 +1,9 @@
 import { Job, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { UNTHROTTLED, figure, processEnv, riskJob, runRows } from '../helpers/faults.js';
 import { redisClientIdsOf } from '../helpers/proc-sockets.js';
-import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
+import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 const JOBS = 40;
@@ -20,14 +20,10 @@ describe('CLIENT KILL of a worker process under load', () => {
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
     control = new Redis(s.cfg.REDIS_URL);
     worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '8', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000', JOB_ATTEMPTS: '3' }));
-    await worker.waitForLog((l) => l.msg === 'worker started', 40_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 60_000);
   });
   afterAll(async () => {
-    if (worker && worker.child.exitCode === null) {
-      worker.kill('SIGTERM');
-      await Promise.race([worker.exited, sleep(15_000)]);
-      if (worker.child.exitCode === null) worker.kill('SIGKILL');
-    }
+    await stopProcess(worker);
     control?.disconnect();
     await queue?.close();
     await s?.close();
@@ -42,26 +38,35 @@ describe('CLIENT KILL of a worker process under load', () => {
       ids.push(res.json().id);
     }
     const states = async () => Promise.all(ids.map(async (id) => (await Job.fromId(queue, id))?.getState()));
-    await waitFor('a few jobs completed', async () => (await states()).filter((st) => st === 'completed').length >= 5, 30_000);
+    await vi.waitFor(async () => expect((await states()).filter((st) => st === 'completed').length).toBeGreaterThanOrEqual(5), { timeout: 60_000, interval: 50 });
 
     let killed = 0;
     const firstKill = Date.now();
+    const workerClients = async () => redisClientIdsOf((await control.client('LIST')) as string, worker.child.pid!);
     for (let round = 0; round < 3; round++) {
-      const clientIds = redisClientIdsOf(await control.client('LIST') as string, worker.child.pid!);
+      const clientIds = await workerClients();
       expect(clientIds.length).toBeGreaterThan(0);
       for (const id of clientIds) killed += Number(await control.client('KILL', 'ID', id));
-      await sleep(700);
+      // The next round once the worker has connected again as many times as it was cut off.
+      await vi.waitFor(
+        async () => {
+          const now = await workerClients();
+          expect(now.filter((id) => clientIds.includes(id))).toEqual([]);
+          expect(now.length).toBeGreaterThanOrEqual(clientIds.length);
+        },
+        { timeout: 30_000, interval: 50 },
+      );
     }
     figure('CLIENT KILL: worker connections killed over 3 rounds', killed);
 
-    const done = await waitFor(
-      'every job completed or failed, none active',
+    const done = await vi.waitFor(
       async () => {
         const st = await states();
-        return st.every((x) => x === 'completed' || x === 'failed') && (await queue.getActiveCount()) === 0 ? st : undefined;
+        expect(st.filter((x) => x !== 'completed' && x !== 'failed'), 'jobs not finished').toEqual([]);
+        expect(await queue.getActiveCount()).toBe(0);
+        return st;
       },
-      45_000,
-      200,
+      { timeout: 90_000, interval: 200 },
     );
     figure('CLIENT KILL: time from the first kill until every job finished (ms)', Date.now() - firstKill);
     const completed = done.filter((x) => x === 'completed').length;
@@ -75,5 +80,5 @@ describe('CLIENT KILL of a worker process under load', () => {
     expect(worker.child.exitCode).toBeNull();
     figure('CLIENT KILL: LLM calls for 40 jobs', s.emulator.calls().filter((c) => c.kind === 'generate').length);
     s.emulator.clearFaults();
-  }, 120_000);
+  }, 240_000);
 });

@@ -1,7 +1,8 @@
 import type { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
-import { UNTHROTTLED, figure, processEnv, runRows, waitFor } from '../helpers/faults.js';
+import { UNTHROTTLED, figure, processEnv, runRows } from '../helpers/faults.js';
+import { until } from '../helpers/wait.js';
 import { activeByOrg, markedJob, openQueue, postBulk, putPlan, recordEvents, sampler } from '../helpers/fair.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
@@ -62,7 +63,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       const cappedIds = await postBulk(s, keyC, Array.from({ length: 24 }, (_, i) => markedJob(`capped${tag}-${i}`)));
       const busyIds = await postBulk(s, keyB, Array.from({ length: 120 }, (_, i) => markedJob(`busy${tag}-${i}`)));
       const hanging = () => s.emulator.calls().filter((c) => c.kind === 'generate' && c.fault === 'hang').length;
-      await waitFor('the victim to hold 3 of the capped org\'s jobs mid-call', async () => hanging() === CAP && ((await activeByOrg(queue)).get(capped) ?? 0) === CAP, 60_000);
+      await until('the victim to hold 3 of the capped org\'s jobs mid-call', async () => hanging() === CAP && ((await activeByOrg(queue)).get(capped) ?? 0) === CAP, 60_000);
       const held = (await queue.getActive(0, 1000)).filter((j) => j.data.orgId === capped).map((j) => j.id!);
       expect(held).toHaveLength(CAP);
       await Promise.all([start(), start()]);
@@ -77,10 +78,10 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       expect(stalledSeen).toBe(CAP);
       // After the kill the org runs at its whole capacity again: 3 at once (not 0 with slots lost to the dead worker).
       const afterKill = inFlight.values.length;
-      await waitFor('all of both orgs\' jobs completed', async () => {
+      await until('all of both orgs\' jobs completed', async () => {
         const states = await Promise.all([...cappedIds, ...busyIds].map(async (id) => (await queue.getJob(id))?.finishedOn));
         return states.every(Boolean);
-      }, 120_000, 200);
+      }, 120_000);
       const { max, samples } = await inFlight.stop();
       const slotMax = (await slots.stop()).max;
       const fullAfterKill = inFlight.values.slice(afterKill).filter((v) => v === CAP).length;
@@ -95,7 +96,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       const bad = [...rows].filter(([, r]) => r.completed !== 1 || r.failed !== 0);
       expect(bad).toEqual([]);
       for (const id of [...cappedIds, ...busyIds]) expect(await (await queue.getJob(id))!.getState()).toBe('completed');
-      await waitFor('the capped org\'s slots all released', async () => {
+      await until('the capped org\'s slots all released', async () => {
         const st = await s.runtime.deps.scheduler.orgStats(capped);
         return st.inFlight === 0 && st.waiting === 0 && st.backoff === 0;
       }, 30_000);

@@ -2,10 +2,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Job, Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
-import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
-import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
+import { UNTHROTTLED, figure, processEnv, riskJob, runRows } from '../helpers/faults.js';
+import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 /**
@@ -26,14 +26,10 @@ describe('Redis outages', () => {
     queue = new Queue('agent-jobs', { connection: { url: redis.url, maxRetriesPerRequest: null }, prefix: s.cfg.QUEUE_PREFIX });
     queue.on('error', () => {});
     worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '4', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000' }));
-    await worker.waitForLog((l) => l.msg === 'worker started', 40_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 60_000);
   });
   afterAll(async () => {
-    if (worker && worker.child.exitCode === null) {
-      worker.kill('SIGTERM');
-      await Promise.race([worker.exited, sleep(15_000)]);
-      if (worker.child.exitCode === null) worker.kill('SIGKILL');
-    }
+    await stopProcess(worker);
     await queue?.close();
     await s?.close();
     await redis?.stop();
@@ -53,7 +49,7 @@ describe('Redis outages', () => {
       expect(res.statusCode).toBe(202);
       ids.push(res.json().id);
     }
-    await waitFor('jobs in flight', async () => (await queue.getActiveCount()) > 0, 10_000, 20);
+    await vi.waitFor(async () => expect(await queue.getActiveCount()).toBeGreaterThan(0), { timeout: 30_000, interval: 20 });
     const pid = worker.child.pid;
 
     const downAt = Date.now();
@@ -70,30 +66,29 @@ describe('Redis outages', () => {
     expect(read.statusCode).toBe(503);
     figure(`${label}: API answer to POST /v1/jobs while Redis is down (ms, status ${refused.statusCode})`, answeredIn);
 
-    await sleep(Math.max(0, downMs - (Date.now() - downAt)));
+    // The outage lasts downMs (the scenario's length, not a wait for some state).
+    await vi.waitFor(() => expect(Date.now() - downAt).toBeGreaterThanOrEqual(downMs), { timeout: downMs + 10_000, interval: 20 });
     redis = await startRedisServer({ port: redis.port, dir });
     const upAt = Date.now();
-    const accepted = await waitFor(
-      'the API to accept jobs again',
+    const accepted = await vi.waitFor(
       async () => {
         const res = await post(riskJob(`${label}-after`));
-        return res.statusCode === 202 ? (res.json().id as string) : undefined;
+        expect(res.statusCode, 'the API to accept jobs again').toBe(202);
+        return res.json().id as string;
       },
-      20_000,
-      50,
+      { timeout: 30_000, interval: 50 },
     );
     figure(`${label}: API accepting jobs again after Redis came back (ms)`, Date.now() - upAt);
     ids.push(accepted);
 
-    const done = await waitFor(
-      'every queued and delayed job to complete',
+    const done = await vi.waitFor(
       async () => {
         const jobs = await Promise.all(ids.map((id) => Job.fromId(queue, id)));
         const states = await Promise.all(jobs.map((j) => j?.getState()));
-        return states.every((st) => st === 'completed') ? Date.now() : undefined;
+        expect(states, 'every queued and delayed job to complete').toEqual(ids.map(() => 'completed'));
+        return Date.now();
       },
-      45_000,
-      200,
+      { timeout: 90_000, interval: 200 },
     );
     figure(`${label}: last job completed after Redis came back (ms)`, done - upAt);
     expect(worker.child.exitCode).toBeNull();
@@ -109,9 +104,9 @@ describe('Redis outages', () => {
 
   it('a short outage (2 s): 503 while down, every job completes after, no process restarted', async () => {
     await outage('short', 2000);
-  }, 90_000);
+  }, 180_000);
 
   it('a long outage (10 s, longer than the worker drain delay): the same', async () => {
     await outage('long', 10_000);
-  }, 120_000);
+  }, 180_000);
 });

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { UNTHROTTLED, figure, waitFor } from '../helpers/faults.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { UNTHROTTLED, figure } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
 interface Route {
@@ -79,7 +79,7 @@ describe('tenant isolation', () => {
     s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: `${secret} Dead` }, times: 1 });
     ids.dead = JSON.parse((await asA('POST', '/v1/jobs', { ...riskA, input: { startup: { name: `${secret} Dead` } } })).text).id;
     expect((await waitJob(s.apiKey, ids.dead)).state).toBe('failed');
-    await waitFor('the dead letter to be listed', async () => (await asA('GET', '/v1/dlq')).text.includes(ids.dead));
+    await vi.waitFor(async () => expect((await asA('GET', '/v1/dlq')).text).toContain(ids.dead), { timeout: 30_000, interval: 50 });
     const flow = await asA('POST', '/v1/flows/parallel', { tasks: [{ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: secret } }] });
     expect(flow.status).toBe(202);
     ids.flow = JSON.parse(flow.text).id;

@@ -1,8 +1,11 @@
 import { Job, Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
-import { UNTHROTTLED, figure, processEnv, riskJob, runRows, sleep, waitFor } from '../helpers/faults.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
+import { UNTHROTTLED, figure, processEnv, riskJob, runRows } from '../helpers/faults.js';
+import { startModelGate, type ModelGate } from '../helpers/model-gate.js';
+import { DEAD_LETTERED } from '../helpers/ops.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { within } from '../helpers/wait.js';
 
 const LOCK_MS = 2000;
 const STALLED_MS = 1000;
@@ -17,19 +20,26 @@ describe('worker processes under signals', () => {
   let queue: Queue;
   const children: AgentqProcess[] = [];
   let env: Record<string, string>;
+  let gate: ModelGate;
 
   beforeAll(async () => {
     s = await startStack({ ...UNTHROTTLED, LOCK_DURATION_MS: String(LOCK_MS), STALLED_INTERVAL_MS: String(STALLED_MS) });
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
-    env = processEnv(s, { LOCK_DURATION_MS: String(LOCK_MS), STALLED_INTERVAL_MS: String(STALLED_MS), SHUTDOWN_GRACE_MS: '10000', WORKER_CONCURRENCY: '4' });
+    gate = await startModelGate(s.emulator.url);
+    env = processEnv(s, {
+      LOCK_DURATION_MS: String(LOCK_MS),
+      STALLED_INTERVAL_MS: String(STALLED_MS),
+      SHUTDOWN_GRACE_MS: '10000',
+      WORKER_CONCURRENCY: '4',
+      // Model calls go through the gate, which holds chosen ones open until the test releases them; a held
+      // call must not time out in the worker meanwhile, however long a busy machine takes to start another.
+      GOOGLE_GEMINI_BASE_URL: gate.url,
+      LLM_TIMEOUT_MS: '600000',
+    });
   });
   afterAll(async () => {
-    for (const c of children) {
-      if (c.child.exitCode === null && c.child.signalCode === null) {
-        c.kill('SIGCONT');
-        c.kill('SIGKILL');
-      }
-    }
+    await Promise.all(children.map((c) => stopProcess(c, 0)));
+    await gate?.close();
     await queue?.close();
     await s?.close();
   });
@@ -37,7 +47,7 @@ describe('worker processes under signals', () => {
   const start = async () => {
     const p = spawnAgentq('worker', env);
     children.push(p);
-    await p.waitForLog((l) => l.msg === 'worker started', 40_000);
+    await p.waitForLog((l) => l.msg === 'worker started', 60_000);
     return p;
   };
   const enqueue = async (marker: string) => {
@@ -53,57 +63,68 @@ describe('worker processes under signals', () => {
   let rescuer: AgentqProcess;
 
   it('SIGKILL mid-job: another worker completes every job after the stalled interval, exactly one successful run each', async () => {
-    s.emulator.script({ latencyMs: 5000, match: { promptIncludes: 'sigkill-' }, times: 4 });
+    // The victim's four calls are held open: it holds all four jobs however long the rescuer takes to start.
+    const held = gate.hold('sigkill-', 4);
     victim = await start();
     const ids = await Promise.all(['sigkill-a', 'sigkill-b', 'sigkill-c', 'sigkill-d'].map(enqueue));
-    await waitFor('4 jobs active in the victim', async () => (await queue.getActiveCount()) === 4 && generateCalls() >= 4);
+    await within(held.arrived, 60_000, '4 model calls from the victim');
+    expect(await queue.getActiveCount()).toBe(4);
     rescuer = await start();
     const killedAt = Date.now();
     victim.kill('SIGKILL');
     expect(await victim.exited).toBeNull();
-    const done = await waitFor('all 4 jobs completed', async () => ((await Promise.all(ids.map(stateOf))).every((st) => st === 'completed') ? Date.now() : undefined), 30_000);
+    await Promise.all(ids.map((id) => rescuer.waitForLog((l) => l.msg === 'job completed' && l.jobId === id, 60_000)));
+    const done = Date.now();
     figure('SIGKILL: time from kill to the last of 4 jobs completed by the other worker (ms)', done - killedAt);
+    for (const id of ids) expect(await stateOf(id)).toBe('completed');
     const rows = await runRows(s.infra.db.pool, ids);
     for (const id of ids) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     expect(completedBy(rescuer, ids)).toBe(4);
     for (const id of ids) expect((await Job.fromId(queue, id))!.returnvalue.success).toBe(true);
-    figure('SIGKILL: LLM calls for 4 jobs (killed calls are repeated)', generateCalls());
-  }, 90_000);
+    expect(held.count()).toBe(4);
+    expect(generateCalls()).toBe(4);
+    figure('SIGKILL: LLM calls for 4 jobs (killed calls are repeated)', held.count() + generateCalls());
+  }, 180_000);
 
   it('SIGSTOP past the lock duration, then SIGCONT: the job completes once; the resumed worker cannot complete it again', async () => {
     s.emulator.resetCalls();
-    // The rescuer (idle) becomes the victim: it takes this job, which sits 3 s at the emulator.
-    s.emulator.script({ latencyMs: 3000, match: { promptIncludes: 'sigstop-' }, times: 1 });
+    // The rescuer (the one live worker) becomes the victim: it takes this job, whose call the gate holds.
+    const held = gate.hold('sigstop-', 1);
     const stopped = rescuer;
     const id = await enqueue('sigstop-a');
-    await waitFor('the job in flight at the emulator', async () => (await stateOf(id)) === 'active' && generateCalls() === 1);
+    await within(held.arrived, 60_000, 'the model call of the worker to stop');
+    expect(await stateOf(id)).toBe('active');
     const other = await start();
     // Roles for the next test, set before any assertion can fail.
     rescuer = other;
     victim = stopped;
     const stoppedAt = Date.now();
     stopped.kill('SIGSTOP');
-    const done = await waitFor('the job completed by the other worker', async () => ((await stateOf(id)) === 'completed' ? Date.now() : undefined), 30_000);
-    figure('SIGSTOP: time from stop to completion by the other worker (ms)', done - stoppedAt);
+    await other.waitForLog((l) => l.msg === 'job completed' && l.jobId === id, 60_000);
+    figure('SIGSTOP: time from stop to completion by the other worker (ms)', Date.now() - stoppedAt);
     const result = (await Job.fromId(queue, id))!.returnvalue;
+    // The stopped worker's call gets its answer; resumed, it tries to complete a job whose lock it lost, and
+    // then to fail it: BullMQ refuses both. The second refusal is the last thing it does with the job.
+    held.release();
     stopped.kill('SIGCONT');
-    // The resumed worker finishes its (3 s) call, then tries to complete a job whose lock it lost.
-    await waitFor('the resumed worker to give up the job', () => stopped.lines.some((l) => /Missing lock for job .*moveToFinished/.test(String(l.err ?? ''))), 15_000).catch(() => undefined);
-    await sleep(1500);
+    const refusals = () => stopped.lines.filter((l) => l.msg === 'worker error' && String(l.err).startsWith(`Missing lock for job ${id}.`));
+    await vi.waitFor(() => expect(refusals()).toHaveLength(2), { timeout: 60_000, interval: 100 });
     const job = (await Job.fromId(queue, id))!;
     expect(await job.getState()).toBe('completed');
     expect(job.returnvalue).toEqual(result);
     expect((await runRows(s.infra.db.pool, [id])).get(id)).toEqual({ completed: 1, failed: 0 });
     expect(completedBy(other, [id])).toBe(1);
-    expect(stopped.lines.some((l) => l.msg === 'job moved to the dead-letter queue' && l.jobId === id)).toBe(false);
+    // Neither a completion nor a failure of the stopped worker's attempt went through: nothing dead-lettered.
+    expect(stopped.lines.filter((l) => l.jobId === id && (l.msg === 'job completed' || String(l.msg).startsWith(DEAD_LETTERED)))).toEqual([]);
     const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: s.auth });
     expect(dlq.json().entries.map((e: { id: string }) => e.id)).not.toContain(id);
     // BullMQ refuses the late completion: the lock is the rescuer's now.
     const late = stopped.lines.filter((l) => l.jobId === id || String(l.err ?? '').includes(id)).map((l) => `${l.msg} ${l.err ?? ''}`.trim());
     expect(late.some((m) => /Missing lock for job .*moveToFinished/.test(m))).toBe(true);
     figure('SIGSTOP: what the resumed worker logged about the job', late);
+    expect(generateCalls()).toBe(2);
     figure('SIGSTOP: LLM calls for the job (the stopped call plus the rescuer)', generateCalls());
-  }, 90_000);
+  }, 180_000);
 
   it('SIGTERM under load: in-flight jobs finish, none stalls, the process exits 0', async () => {
     s.emulator.resetCalls();
@@ -113,7 +134,7 @@ describe('worker processes under signals', () => {
     const ids: string[] = [];
     for (const m of markers) ids.push(await enqueue(m));
     // Both live workers (4 each) are busy; the one to stop is the rescuer of the previous test.
-    await waitFor('8 jobs active', async () => (await queue.getActiveCount()) === 8, 20_000, 20);
+    await vi.waitFor(async () => expect(await queue.getActiveCount()).toBe(8), { timeout: 60_000, interval: 20 });
     const termAt = Date.now();
     rescuer.kill('SIGTERM');
     const code = await rescuer.exited;
@@ -121,15 +142,16 @@ describe('worker processes under signals', () => {
     expect(code).toBe(0);
     const drained = completedBy(rescuer, ids);
     expect(drained).toBeGreaterThanOrEqual(4);
-    await waitFor('all 24 jobs completed', async () => (await Promise.all(ids.map(stateOf))).every((st) => st === 'completed'), 30_000, 100);
+    await vi.waitFor(async () => expect(await Promise.all(ids.map(stateOf))).toEqual(ids.map(() => 'completed')), { timeout: 60_000, interval: 100 });
     const rows = await runRows(s.infra.db.pool, ids);
     for (const id of ids) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     for (const id of ids) expect((await Job.fromId(queue, id))!.stalledCounter ?? 0).toBe(0);
-    expect(victim.lines.slice(linesBefore).filter((l) => l.msg === 'stalled job moved back to wait')).toEqual([]);
-    expect(completedBy(rescuer, ids) + completedBy(victim, ids)).toBe(24);
     expect(generateCalls()).toBe(24);
     figure('SIGTERM: jobs the stopping worker finished after the signal or before', drained);
     victim.kill('SIGTERM');
     expect(await victim.exited).toBe(0);
-  }, 90_000);
+    // With both processes' output read to the end: every job completed in one of them, and none stalled.
+    expect(completedBy(rescuer, ids) + completedBy(victim, ids)).toBe(24);
+    for (const p of [victim, rescuer]) expect(p.lines.slice(p === victim ? linesBefore : 0).filter((l) => l.msg === 'stalled job moved back to wait' && ids.includes(l.jobId as string))).toEqual([]);
+  }, 180_000);
 });

@@ -2,19 +2,6 @@ import type pg from 'pg';
 import type { Stack } from './stack.js';
 import { TEST_ENV } from './stack.js';
 
-export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` every `everyMs` until it returns a value other than undefined/false, or throws after `timeoutMs`. */
-export async function waitFor<T>(what: string, check: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 20_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v !== undefined && v !== false) return v as T;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
-
 /** Model limits far above what a fault test sends, so the rate limiter never paces the scenario being measured. */
 export const UNTHROTTLED = {
   MODEL_LIMITS: JSON.stringify(Object.fromEntries(['gemini-2.5-pro', 'gemini-2.5-flash'].map((m) => [m, { rpm: 1e6, tpm: 1e9, orgRpm: 1e6 }]))),

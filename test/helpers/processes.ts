@@ -8,6 +8,7 @@ export interface AgentqProcess {
   /** Every JSON log line the process wrote so far. */
   lines: Array<Record<string, unknown>>;
   waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** The exit code (null when killed by a signal), once the process ended and its stdout/stderr are fully read ('close'). */
   exited: Promise<number | null>;
   /** What the process wrote to stderr so far (start-up failures are one line there). */
   stderr(): string;
@@ -48,7 +49,8 @@ export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, 
     }
   });
   child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': only then has every line the process wrote been read into `lines`.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   return {
     child,
     lines,
@@ -74,4 +76,24 @@ export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, 
       });
     },
   };
+}
+
+const running = (p: AgentqProcess) => p.child.exitCode === null && p.child.signalCode === null;
+
+/**
+ * Ends a process for good (for afterAll): SIGTERM and up to `graceMs` for it to close, then SIGKILL. A
+ * stopped (SIGSTOP) process is continued first so it can act on the signal.
+ */
+export async function stopProcess(p: AgentqProcess | undefined, graceMs = 15_000): Promise<void> {
+  if (!p || !running(p)) return;
+  p.kill('SIGCONT');
+  p.kill('SIGTERM');
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), graceMs)));
+  const outcome = await Promise.race([p.exited, late]);
+  clearTimeout(timer);
+  if (outcome === 'late' && running(p)) {
+    p.kill('SIGKILL');
+    await p.exited;
+  }
 }

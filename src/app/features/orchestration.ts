@@ -49,7 +49,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
 
     return {
       name: 'orchestration',
-      routes: (app) => flowRoutes(app, { flows, pipelines, presets, longPollMaxMs: cfg.LONG_POLL_MAX_MS }),
+      routes: (app) => flowRoutes(app, { flows, pipelines, presets, longPollMaxMs: cfg.LONG_POLL_MAX_MS, enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS }),
       readiness: {
         flows: async () => {
           if (background && !background.worker.isRunning()) throw new Error('flows worker not running');

@@ -67,6 +67,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           reader: readerOf,
           heartbeatMs,
           maxStreamsPerOrg,
+          enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
           openStreams: deps.metrics.sseStreams,
           // A lease outlives two missed heartbeats, so only a dead process's streams lapse.
           slots: createStreamSlots({ redis, prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),

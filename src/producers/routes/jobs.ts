@@ -14,7 +14,7 @@ export interface JobRouteDeps {
   longPollMaxMs: number;
 }
 
-const deadlineOf = (deps: JobRouteDeps) => deps.enqueueDeadlineMs ?? 1000;
+const deadlineOf = (deps: JobRouteDeps) => deps.enqueueDeadlineMs ?? 5000;
 
 export const enqueueJob =
   (deps: JobRouteDeps): Handler<{ body: typeof jobRequestSchema }> =>

@@ -59,7 +59,7 @@ async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Pro
 }
 
 async function lease(deps: StreamHandlerDeps, orgId: string): Promise<StreamLease> {
-  const verdict = await withDeadline(deps.slots.acquire(orgId), deps.enqueueDeadlineMs ?? 1000, 'stream limiter');
+  const verdict = await withDeadline(deps.slots.acquire(orgId), deps.enqueueDeadlineMs ?? 5000, 'stream limiter');
   if (verdict.lease) return verdict.lease;
   const retryAfter = Math.max(1, Math.ceil(verdict.msBeforeNext / 1000));
   throw new HttpError(429, 'too many open streams for this org', { limit: deps.maxStreamsPerOrg, retryAfter }, { 'retry-after': String(retryAfter) });
@@ -86,7 +86,7 @@ export const enqueueAndStream =
   (deps: StreamHandlerDeps): Handler<{ body: typeof jobRequestSchema }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const deadline = deps.enqueueDeadlineMs ?? 1000;
+    const deadline = deps.enqueueDeadlineMs ?? 5000;
     // Always a streaming job.
     const raw = { ...req.body, options: { ...(req.body.options ?? {}), stream: true } };
     const meta = { orgId, requestId: req.id };

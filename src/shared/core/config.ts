@@ -48,6 +48,8 @@ export const configSchema = z.object({
   ADMIN_TOKEN: optionalString,
   AUTH_CACHE_TTL_MS: int(5000),
   LONG_POLL_MAX_MS: int(60_000, 0),
+  /** An enqueue that takes longer (Redis slow or gone) answers 503 with Retry-After instead of hanging. */
+  ENQUEUE_DEADLINE_MS: int(5000, 100),
   BULL_BOARD_READ_ONLY: bool.default(false),
 
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),

@@ -2,10 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { createLogger, type Logger } from '../src/shared/core/logger.js';
-import type { AgentQueue } from '../src/shared/queue/agent-queue.js';
-import { QUEUE } from '../src/shared/core/queue-names.js';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import { expect, vi } from 'vitest';
+import { createLogger, type Logger } from '../../src/shared/core/logger.js';
+import type { AgentQueue } from '../../src/shared/queue/agent-queue.js';
+import { QUEUE } from '../../src/shared/core/queue-names.js';
+import type { AgentJobData, AgentResult } from '../../src/shared/core/types.js';
 
 export interface CapturedLogs {
   logger: Logger;
@@ -39,17 +40,10 @@ export function riskJob(marker: string, extra: Record<string, unknown> = {}) {
   };
 }
 
-export const marker = () => `m${randomUUID().slice(0, 12)}`;
+/** The message of the worker's dead-letter log line (src/workers/ops/worker-listeners.ts). */
+export const DEAD_LETTERED = 'job dead-lettered';
 
-export async function waitFor<T>(fn: () => Promise<T | undefined | false>, what: string, timeoutMs = 15_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
+export const marker = () => `m${randomUUID().slice(0, 12)}`;
 
 export interface FailSpec {
   data: Partial<AgentJobData> & { orgId: string };
@@ -79,8 +73,9 @@ export async function failJobs(queue: AgentQueue, connection: Redis, prefix: str
       const spec = byId.get(job.id!);
       if (!spec) throw new Error(`unexpected job ${job.id} in the queue`);
       await job.moveToFailed(spec.unrecoverable ? new UnrecoverableError(spec.reason) : new Error(spec.reason), token);
-      // Distinct failure times, so "oldest first" has one answer.
-      await new Promise((r) => setTimeout(r, 3));
+      // Distinct failure times, so "oldest first" has one answer: the next fails once the clock has moved on.
+      const failedAt = job.finishedOn ?? Date.now();
+      await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(failedAt), { timeout: 5_000, interval: 1 });
     }
   } finally {
     await worker.close();
