@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import Fastify, { LogController, type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { RequestLog } from './request-log.js';
 import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { ConflictError, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -44,7 +45,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     loggerInstance: deps.logger,
     bodyLimit: deps.bodyLimit,
     // Request log lines carry `requestId`, the same field the worker's job logs use.
-    logController: new LogController({ requestIdLogLabel: 'requestId' }),
+    logController: new RequestLog({ requestIdLogLabel: 'requestId' }),
     // An incoming x-request-id is kept (so callers can trace a job end to end) only if it is a sane token.
     genReqId: (req) => {
       const header = req.headers['x-request-id'];

@@ -7,6 +7,8 @@ export type RouteAuth = 'public' | 'apiKey' | 'admin';
 declare module 'fastify' {
   interface FastifyContextConfig {
     auth?: RouteAuth;
+    /** Log this route's requests at debug (see request-log.ts). */
+    quiet?: boolean;
   }
 }
 
@@ -80,8 +82,7 @@ export function registerRoutes<D>(app: FastifyInstance, specs: RouteSpec<D>[], d
     app.route({
       method: spec.method,
       url: spec.url,
-      config: { auth: spec.auth },
-      ...(spec.quiet ? { logLevel: 'debug' } : {}),
+      config: { auth: spec.auth, ...(spec.quiet ? { quiet: true } : {}) },
       schema: { ...spec.schema, ...documentation(spec) },
       handler: spec.handler(deps) as never,
     });

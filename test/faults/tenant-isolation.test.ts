@@ -2,31 +2,8 @@ import { randomUUID } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { UNTHROTTLED, figure } from '../helpers/faults.js';
+import { registeredRoutes } from '../helpers/route-list.js';
 import { startStack, type Stack } from '../helpers/stack.js';
-
-interface Route {
-  method: string;
-  path: string;
-}
-
-/** Every route of the app, read from `printRoutes()`'s tree (each line adds a segment to its parent's path). */
-export function routesOf(tree: string): Route[] {
-  const stack: string[] = [];
-  const routes: Route[] = [];
-  for (const line of tree.split('\n')) {
-    const m = /^(.*?)(?:├── |└── )(.*)$/.exec(line);
-    if (!m) continue;
-    const depth = Array.from(m[1]).length / 4;
-    const methods = /^(.*) \(([^)]*)\)$/.exec(m[2]);
-    stack.length = depth;
-    stack[depth] = methods ? methods[1] : m[2];
-    if (!methods || methods[2] === '-') continue;
-    for (const method of methods[2].split(',').map((x) => x.trim())) {
-      if (method !== 'HEAD' && method !== 'OPTIONS') routes.push({ method, path: stack.join('') });
-    }
-  }
-  return routes;
-}
 
 /**
  * Org B holds a valid key and knows (or guesses) every id of org A. Through every route the app has, B
@@ -87,7 +64,7 @@ describe('tenant isolation', () => {
   afterAll(async () => s?.close());
 
   it('B reaches none of A\'s data through any route, and changes none of it', async () => {
-    const routes = routesOf(s.app.printRoutes());
+    const routes = registeredRoutes(s.app.printRoutes({ commonPrefix: false }));
     expect(routes.length).toBeGreaterThan(15);
     const leaks: string[] = [];
     const aIds = Object.values(ids);
