@@ -280,7 +280,11 @@ local function moveDueTimers()
     local m = jobMeta(id)
     if m[1] then
       removeTimer(id, m[1])
-      pushJob(id, m[1], m[2], tonumber(m[3]), tonumber(m[4]))
+      -- Behind the jobs that waited meanwhile, as BullMQ puts a retry at the end of its wait list: the job
+      -- that just failed (or was refused by an open breaker) is not the next probe every time.
+      local seq = rcall('INCR', K_SEQ)
+      rcall('HSET', P_JOB .. id, 's', seq)
+      pushJob(id, m[1], m[2], tonumber(m[3]), seq)
     else
       rcall('ZREM', K_TIMERS, id)
     end
