@@ -19,9 +19,13 @@ export function parkedJobOptions(jobId: string, priority?: number, now = Date.no
   return { jobId, timestamp: now, delay: PARK_AT_MS - now, ...(priority ? { priority } : {}) };
 }
 
-/** True while the job waits for the dispatcher (BullMQ sets `delay` to 0 once it is promoted). */
-export function isParked(job: Pick<Job, 'timestamp' | 'delay'>): boolean {
-  return job.delay > 0 && job.timestamp + job.delay >= PARK_AT_MS;
+/**
+ * True while the job waits for the dispatcher (BullMQ sets `delay` to 0 once it is promoted). A job parked
+ * again after it ran (retry, deferral) keeps its creation timestamp while BullMQ counts its `delay` from the
+ * move, so the test is on the delay itself: no real delay in agentq comes near the years to PARK_AT_MS.
+ */
+export function isParked(job: Pick<Job, 'timestamp' | 'delay'>, now = Date.now()): boolean {
+  return job.delay > 0 && (job.timestamp + job.delay >= PARK_AT_MS || job.delay >= PARK_AT_MS - now - 86_400_000);
 }
 
 /**
