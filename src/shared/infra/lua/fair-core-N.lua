@@ -361,7 +361,7 @@ local function nextWake()
 end
 
 -- Nothing to hand out and nothing due: the common call of a throttled or idle deployment, kept cheap.
-local function nothingToDo()
+local function nothingDue()
   if rcall('ZCARD', K_LANES) > 0 then return false end
   for _, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
     local s = firstScore(key)
@@ -371,7 +371,7 @@ local function nothingToDo()
 end
 
 local function dispatch(skipped)
-  if nothingToDo() then return { {}, nextWake(), now, 0, skipped or {} } end
+  if nothingDue() then return { {}, nextWake(), now, 0, skipped or {} } end
   moveDueTimers()
   wakeSleepers()
   sweepLeases()
