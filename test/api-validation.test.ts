@@ -78,6 +78,8 @@ describe('API contract without a worker', () => {
     const ids = new Set(results.map((r) => r.json().id));
     expect(results.every((r) => r.statusCode === 202)).toBe(true);
     expect(ids.size).toBe(1);
+    // Parked for the dispatcher (no worker here): every answer, the duplicates' too, says waiting.
+    expect(new Set(results.map((r) => r.json().state))).toEqual(new Set(['waiting']));
     expect(await queue.count()).toBe(before + 1);
     // The same key from another org is a different job.
     const other = await post(payload, { authorization: `Bearer ${await s.newKey()}` });

@@ -5,7 +5,7 @@ import type { ModelTier } from '../agents/define-agent.js';
 import { ValidationError } from '../core/errors.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
-import { parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
+import { isParked, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
 import { admitOrThrow, type AdmissionCheck } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
@@ -143,9 +143,13 @@ export function createJobProducer(deps: JobProducerDeps) {
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
 
+  /** An idempotent re-enqueue answers the existing job's state; parked for the dispatcher reads "waiting". */
   async function existingState(p: PreparedJob, id: string | undefined): Promise<string> {
     if (!p.idempotent || !id) return stateOf(p);
-    return queue.getJobState(id);
+    const state = await queue.getJobState(id);
+    if (state !== 'delayed') return state;
+    const job = await queue.getJob(id);
+    return job && isParked(job) ? 'waiting' : state;
   }
 
   /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
