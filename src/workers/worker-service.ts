@@ -83,7 +83,7 @@ export function createWorkerService(opts: {
     logger,
   });
   for (const f of features) f.attachWorker?.(worker.worker);
-  // A slot goes back once BullMQ recorded the outcome; a retry re-enters its lane when BullMQ promotes it.
+  // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
   if (gate) {
     worker.worker.on('completed', (job) => gate.finished(job.id!));
     worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
