@@ -11,6 +11,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 
 const TOTAL = 10_000;
+const NOTE = 'x'.repeat(5000);
 
 // Live heap after a full collection: without it, garbage makes heap figures meaningless.
 v8.setFlagsFromString('--expose-gc');
@@ -38,8 +39,9 @@ describe('GET /v1/jobs (chunked listing)', () => {
     for (let i = 0; i < TOTAL; i += 1000) {
       const jobs = Array.from({ length: 1000 }, (_, j) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: `s-${i + j}` }, options: { delayMs: 3_600_000 } }));
       const added = await s.runtime.deps.producer.enqueueBulk({ jobs }, { orgId: bigOrg });
-      // A sizeable progress payload makes the listing (~10 MB) far larger than loopback socket buffers.
-      await Promise.all(added.map(async ({ id }) => (await Job.fromId(s.runtime.queue, id))!.updateProgress({ note: 'x'.repeat(800) })));
+      // A sizeable progress payload makes the listing (~50 MB) larger than loopback socket buffers can ever
+      // grow (here tcp_rmem max 32 MB + tcp_wmem max 4 MB), so only backpressure can stop the server paging.
+      await Promise.all(added.map(async ({ id }) => (await Job.fromId(s.runtime.queue, id))!.updateProgress({ note: NOTE })));
     }
   }, 120_000);
   afterAll(async () => s?.close());
@@ -72,7 +74,7 @@ describe('GET /v1/jobs (chunked listing)', () => {
     const list = JSON.parse(r.body) as Array<{ id: string; agent: string; action: string; state: string; createdAt: string }>;
     expect(list).toHaveLength(TOTAL);
     expect(new Set(list.map((j) => j.id)).size).toBe(TOTAL);
-    expect(list[0]).toMatchObject({ agent: 'DealScorer', action: 'pipeline_summary', state: 'delayed', attempts: 0, progress: { note: 'x'.repeat(800) } });
+    expect(list[0]).toMatchObject({ agent: 'DealScorer', action: 'pipeline_summary', state: 'delayed', attempts: 0, progress: { note: NOTE } });
     for (let i = 1; i < list.length; i++) expect(list[i].createdAt <= list[i - 1].createdAt).toBe(true);
   });
 
