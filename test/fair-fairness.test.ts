@@ -58,9 +58,11 @@ describe('fair dispatch across orgs (2 worker processes)', () => {
     const waited: number[] = [];
     const saturation: number[] = [];
     for (let i = 0; i < 5; i++) {
+      // B arrives while A fills every slot: wait for that (a completion's slot is refilled a moment later).
+      await log.waitFor(() => inFlightA(log.events.length) >= TOTAL, { from: log.events.length, timeoutMs: 60_000 });
+      saturation.push(inFlightA(log.events.length));
       const id = await postJob(s, keyB, markedJob(`starveB-${i}-${Date.now()}`));
       const added = await log.waitFor((e) => e.jobId === id && (e.event === 'added' || e.event === 'delayed'));
-      saturation.push(inFlightA(added));
       const started = await log.waitFor((e) => e.jobId === id && e.event === 'active', { from: added, timeoutMs: 60_000 });
       waited.push(completionsOfA(added, started));
       await log.waitFor((e) => e.jobId === id && e.event === 'completed', { from: started, timeoutMs: 60_000 });
@@ -71,7 +73,7 @@ describe('fair dispatch across orgs (2 worker processes)', () => {
     const aLeft = [...aIds].filter((id) => idxOf(id, 'active') < 0).length;
     figure(`starvation: A's completions between each B job's enqueue and its start (bound ${2 * TOTAL})`, waited);
     figure('starvation: A jobs not yet started when B was done', aLeft);
-    figure('starvation: A jobs dispatched and unfinished at each B enqueue (running + BullMQ wait)', saturation);
+    figure('starvation: A jobs dispatched and unfinished just before each B enqueue (running + BullMQ wait)', saturation);
     // A filled every worker slot when each B job arrived: B had to get in through the dispatcher.
     for (const n of saturation) expect(n).toBeGreaterThanOrEqual(TOTAL);
     // A still had a backlog the whole time (otherwise B would trivially not wait).
