@@ -29,7 +29,8 @@ import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
 import { attachOpsListeners } from '../src/workers/ops/worker-listeners.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
-import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
+import { processEnv } from './helpers/faults.js';
+import { startStack, type Stack } from './helpers/stack.js';
 import { marker, riskJob } from './helpers/ops.js';
 
 const silent = createLogger({ level: 'silent' });
@@ -269,16 +270,7 @@ describe('outcomes across processes', () => {
 
   beforeAll(async () => {
     s = await startStack({ JOB_ATTEMPTS: '3' });
-    worker = spawnAgentq('worker', {
-      ...TEST_ENV,
-      REDIS_URL: s.cfg.REDIS_URL,
-      DATABASE_URL: s.cfg.DATABASE_URL!,
-      QUEUE_PREFIX: s.cfg.QUEUE_PREFIX,
-      GEMINI_API_KEY: 'test-key-not-real',
-      GOOGLE_GEMINI_BASE_URL: s.emulator.url,
-      JOB_ATTEMPTS: '3',
-      BREAKER_FAILURE_THRESHOLD: '1000',
-    });
+    worker = spawnAgentq('worker', processEnv(s, { JOB_ATTEMPTS: '3', BREAKER_FAILURE_THRESHOLD: '1000' }));
     await worker.waitForLog((l) => l.msg === 'worker started', 30_000);
   }, 60_000);
   afterAll(async () => {
