@@ -4,6 +4,8 @@ import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { randomPrefix } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
+import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
+import { idempotentJobId } from '../src/shared/queue/job-producer.js';
 
 /** The first model call the worker's emulator recorded that matches, once there is one. */
 const call = (s: Stack, what: string, pred: (c: ReturnType<Stack['emulator']['calls']>[number]) => boolean | undefined) =>
@@ -72,6 +74,26 @@ describe('cancelling an active job across processes', () => {
 
     const messages = createSseParser().feed(await sse);
     expect(messages.map((m) => m.data).slice(-2)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
+  });
+
+  it('a cancel the worker could not hear (it had fetched the job but not started it) still wins: the job never calls the model', async () => {
+    // The API leaves a marker beside its pub/sub message; a worker that fetched the job before the message
+    // could reach it reads the marker when the job starts. Written here for a job id known in advance (an
+    // idempotency key), which is exactly the state such a race leaves.
+    const marker = 'Cancelled In Flight GmbH';
+    const key = `race-${Date.now()}`;
+    const id = idempotentJobId(api.orgId, key);
+    await api.runtime.deps.redis.set(cancelRequestedKey(api.cfg.QUEUE_PREFIX, id), '1', 'EX', 60);
+    const input = { startup: { name: marker, industry: 'robotics', stage: 'seed', description: 'Cancelled before it started' } };
+    const callsBefore = worker.emulator.calls().length;
+    const post = await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { idempotencyKey: key } } });
+    expect(post.statusCode).toBe(202);
+    expect(post.json().id).toBe(id);
+    const view = (await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=10000`, headers: api.auth })).json();
+    expect(view).toMatchObject({ id, state: 'cancelled', error: 'cancelled', attempts: 1 });
+    expect(worker.emulator.calls()).toHaveLength(callsBefore);
+    // Its slot went back: the org has nothing in flight once the outcome is recorded.
+    await vi.waitFor(async () => expect((await api.runtime.deps.scheduler.orgStats(api.orgId)).inFlight).toBe(0), POLL);
   });
 
   it('is a 404 for another org, and leaves the job running', async () => {

@@ -119,7 +119,7 @@ export async function startRuntime(opts: {
   async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerService({ cfg, infra, logger, registry, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}) });
+    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}) });
     await worker.ready();
     workers.push(worker);
     return worker;

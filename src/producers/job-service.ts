@@ -2,7 +2,7 @@ import { Job, type QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
-import { cancelChannel, CANCELLED_REASON, cancelledKey } from '../shared/core/cancel.js';
+import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 
@@ -153,7 +153,9 @@ export function createJobService(deps: {
           if ((await job.getState()) !== 'active') throw err;
         }
       }
-      await redis.publish(cancelChannel(prefix), id);
+      // The marker first: a worker that fetched the job but has not started it misses the message, and reads
+      // the marker when it starts (the processor checks it before running anything).
+      await redis.multi().set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS).publish(cancelChannel(prefix), id).exec();
       return { ...toJobView(job, 'active'), state: 'cancelling' };
     },
   };

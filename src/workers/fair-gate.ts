@@ -39,14 +39,19 @@ export function createFairGate(deps: {
   }
 
   return {
-    /** True when the job holds a dispatcher slot and may run; otherwise it was parked again (throw DelayedError). */
-    async admit(job: AgentJob, token: string | undefined): Promise<boolean> {
-      if (await deps.scheduler.claim(job.id!)) return true;
-      if (!token) return true;
+    /**
+     * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
+     * DelayedError); 'cancelled' when `cancelled` resolves true: the job must fail as cancelled, and is not
+     * parked even if the cancel already took its slot (a lost claim is then the cancel's doing).
+     */
+    async admit(job: AgentJob, token: string | undefined, cancelled: Promise<boolean> = Promise.resolve(false)): Promise<'run' | 'parked' | 'cancelled'> {
+      const [claimed, isCancelled] = await Promise.all([deps.scheduler.claim(job.id!), cancelled]);
+      if (isCancelled) return 'cancelled';
+      if (claimed || !token) return 'run';
       await parkActiveJob(job, token);
       await deps.scheduler.enqueue([deps.entryOf(job)]);
       deps.logger.debug({ jobId: job.id }, 'fair: job reached a worker without a slot; parked for the dispatcher');
-      return false;
+      return 'parked';
     },
 
     /**

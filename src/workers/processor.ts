@@ -29,6 +29,8 @@ export interface ProcessorDeps {
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
   gate?: Pick<FairGate, 'admit' | 'defer'>;
+  /** Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job. */
+  cancelRequested?: (jobId: string) => Promise<boolean>;
 }
 
 /**
@@ -67,8 +69,15 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       if (err instanceof ValidationError) throw toBullmqError({ kind: 'fail', code: err.code }, `invalid job: ${err.message}`, err);
       throw err;
     }
-    // After validation, so a job that can never run fails at once instead of waiting for a slot first.
-    if (deps.gate && !(await deps.gate.admit(job, token))) throw new DelayedError();
+    // After validation, so a job that can never run fails at once instead of waiting for a slot first. The
+    // cancel marker is read alongside the claim (same connection: one round trip), and wins over it.
+    const cancelled = deps.cancelRequested?.(job.id!) ?? Promise.resolve(false);
+    const admitted = deps.gate ? await deps.gate.admit(job, token, cancelled) : 'run';
+    if (admitted === 'parked') throw new DelayedError();
+    if (admitted === 'cancelled' || (!deps.gate && (await cancelled))) {
+      logger.info('job cancelled before it started');
+      throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
+    }
 
     const controller = new AbortController();
     const onCancel = () => controller.abort(new Error(CANCELLED_REASON));

@@ -1,3 +1,4 @@
+import type { Redis } from 'ioredis';
 import type { Config } from '../shared/core/config.js';
 import { createRunStore } from '../shared/infra/db/agent-runs.js';
 import { createRunWriter } from '../shared/infra/db/run-writer.js';
@@ -13,7 +14,7 @@ import { createAgentProcessor } from './processor.js';
 import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import { fairKickChannel } from '../shared/core/queue-keys.js';
+import { cancelRequestedKey, fairKickChannel } from '../shared/core/queue-keys.js';
 import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
@@ -30,6 +31,8 @@ export function createWorkerService(opts: {
   infra: Infra;
   logger: Logger;
   registry: AgentRegistry;
+  /** The process's shared command connection (cancel markers; the scheduler's scripts run on it too). */
+  redis: Pick<Redis, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: WorkerHooks[];
@@ -68,6 +71,7 @@ export function createWorkerService(opts: {
     models,
     logger,
     gate,
+    cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(cfg.QUEUE_PREFIX, jobId))) === 1,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });
   const worker = createAgentWorker({

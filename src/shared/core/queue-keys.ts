@@ -27,6 +27,12 @@ export const agentqPrefix = (prefix: string) => `${prefix}:agentq`;
 /** Pub/sub channel on which the API asks whichever worker holds a job to abort it. */
 export const cancelChannel = (prefix: string) => `${agentqPrefix(prefix)}:cancel`;
 
+/**
+ * Marker of a cancel asked for a job that is (or is about to be) active. The pub/sub message alone can miss:
+ * a worker that fetched the job but has not started it yet cannot abort it, so the processor reads this first.
+ */
+export const cancelRequestedKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancel:${id}`;
+
 /** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
 export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
 
