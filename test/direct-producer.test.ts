@@ -8,7 +8,7 @@ describe('direct producer (services sharing Redis)', () => {
   let producer: Awaited<ReturnType<typeof createDirectProducer>>;
   beforeAll(async () => {
     s = await startStack({}, { worker: true });
-    producer = await createDirectProducer({ redisUrl: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX });
+    producer = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX });
   });
   afterAll(async () => {
     await producer?.close();

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
@@ -10,7 +10,7 @@ const OUTAGE = 'Gemini API 503 UNAVAILABLE: overloaded';
 
 describe('DLQ API', () => {
   let s: Stack;
-  let conn: Redis;
+  let conn: RedisClient;
   const otherOrg = randomOrg();
   let other: { authorization: string };
   let admin: { authorization: string };

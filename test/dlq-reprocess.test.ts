@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
 import { createBreakerCheck } from '../src/workers/ops/dlq-breaker-check.js';
@@ -18,7 +18,7 @@ const silent = createLogger({ level: 'silent' });
 const OUTAGE = 'Gemini API 503 UNAVAILABLE: the model is overloaded';
 
 describe('scheduled DLQ reprocessing', () => {
-  const opened: Redis[] = [];
+  const opened: RedisClient[] = [];
   const queues: AgentQueue[] = [];
   const connect = () => {
     const r = createRedis(redisUrl(), 'worker');

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createMetricsExchange } from '../src/shared/ops/metrics-exchange.js';
 import { createOpsMetrics } from '../src/shared/ops/metrics.js';
@@ -18,7 +18,7 @@ const result = (model: string, input: number, output: number, costUsd: number, c
 });
 
 describe('metrics across processes', () => {
-  const clients: Redis[] = [];
+  const clients: RedisClient[] = [];
   const connect = () => {
     const r = createRedis(redisUrl(), 'worker');
     clients.push(r);

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../shared/infra/redis/connection.js';
 import type { JobProducer } from '../shared/queue/job-producer.js';
 import type { JobService } from '../producers/job-service.js';
 import type { FairScheduler } from '../shared/fair/index.js';
@@ -18,7 +18,7 @@ export interface FeatureDeps {
   logger: Logger;
   registry: AgentRegistry;
   /** Fail-fast connection for request paths. */
-  redis: Redis;
+  redis: RedisClient;
   queue: AgentQueue;
   producer: JobProducer;
   jobs: JobService;

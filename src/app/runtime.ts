@@ -25,7 +25,7 @@ import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
 import { createWorkerService, type WorkerService } from '../workers/worker-service.js';
-import { agentqPrefix } from '../shared/core/queue-keys.js';
+import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
 
@@ -72,7 +72,7 @@ export async function startRuntime(opts: {
 }): Promise<Runtime> {
   const { cfg, infra, logger, registry } = opts;
   const fair = opts.fairDispatch !== false;
-  const redis = createRedis(infra.redisUrl, 'api');
+  const redis = createRedis(infra.redisTarget, 'api');
   await whenReady(redis);
   const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
   logConnectionErrors(queue, logger, 'agent queue');
@@ -80,7 +80,7 @@ export async function startRuntime(opts: {
   const queueEvents = () => {
     // Created on the first long poll: one blocking XREAD connection per process, shared by all waiters.
     if (!events) {
-      const connection = createRedis(infra.redisUrl, 'worker');
+      const connection = createRedis(infra.redisTarget, 'worker');
       events = { connection, queueEvents: new QueueEvents(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX }) };
       logConnectionErrors(events.queueEvents, logger, 'agent queue events');
     }
@@ -137,7 +137,7 @@ export async function startRuntime(opts: {
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
       enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
       readiness: {
-        redis: () => redis.ping(),
+        redis: () => redis.exists(readinessKey(cfg.QUEUE_PREFIX)),
         database: () => infra.db.pool.query('SELECT 1'),
         ...(opts.worker ? { worker: async () => workers.every((w) => w.isRunning()) || Promise.reject(new Error('worker not running')) } : {}),
         ...Object.assign({}, ...features.map((f) => f.readiness ?? {})),

@@ -3,7 +3,7 @@ import { parseConfig } from '../shared/core/config.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
-import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
+import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
 const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS)$/;
@@ -22,12 +22,13 @@ const DEFAULT_RETENTION: RetentionOptions = {
  * name the org: this path has no API key.
  */
 export async function createDirectProducer(opts: {
-  redisUrl: string;
+  /** A Redis URL, or a cluster's seed nodes (`{ cluster: [{ host, port }], password? }`). */
+  redisTarget: RedisTarget;
   prefix?: string;
   agents?: InputValidator;
   retention?: Partial<RetentionOptions>;
 }) {
-  const connection = createRedis(opts.redisUrl, 'api');
+  const connection = createRedis(opts.redisTarget, 'api');
   await whenReady(connection);
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };

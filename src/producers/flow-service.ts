@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.js';
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
@@ -30,9 +30,9 @@ export type { FlowView, PipelineRunView } from '../shared/orchestration/flow-vie
 export interface FlowServiceDeps {
   logger?: Logger;
   /** The API's fail-fast connection. */
-  redis: Redis;
+  redis: RedisClient;
   /** For the one blocking QueueEvents connection that long polls share, created on first use. */
-  redisUrl: string;
+  redisTarget: RedisTarget;
   prefix: string;
   /** The one enqueue path: flow children are agent jobs of the org like any other. */
   producer: Pick<JobProducer, 'prepare' | 'enqueueFlow'>;
@@ -53,10 +53,10 @@ export function createFlowService(deps: FlowServiceDeps) {
   const agentJobs = new Queue(QUEUE.agent, { connection: deps.redis, prefix: deps.prefix });
   if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)']] as const) logConnectionErrors(e, deps.logger, what);
   const presets = new Map(deps.presets.map((p) => [p.name, p]));
-  let events: { queueEvents: QueueEvents; connection: Redis } | undefined;
+  let events: { queueEvents: QueueEvents; connection: RedisClient } | undefined;
   const queueEvents = () => {
     if (!events) {
-      const connection = createRedis(deps.redisUrl, 'worker');
+      const connection = createRedis(deps.redisTarget, 'worker');
       events = { connection, queueEvents: new QueueEvents(QUEUE.flows, { connection, prefix: deps.prefix }) };
       if (deps.logger) logConnectionErrors(events.queueEvents, deps.logger, 'flows queue events');
     }

@@ -13,11 +13,16 @@ export class HttpError extends AgentqError {
 }
 
 const REDIS_DOWN = [/Stream isn't writeable/i, /Connection is closed/i, /ECONNREFUSED/, /max retries per request/i, /Command timed out/i, /ECONNRESET/, /Redis is down/];
+/**
+ * A cluster between owners of a slot (failover, resharding, a node loading its data): Redis's own error
+ * codes, the first word of the reply, plus ioredis's cluster client states. All pass once the cluster settles.
+ */
+const CLUSTER_UNSETTLED = [/^(CLUSTERDOWN|TRYAGAIN|MOVED|ASK|LOADING|READONLY|MASTERDOWN)\b/, /Failed to refresh slots cache/i, /None of startup nodes is available/i, /Cluster isn't ready/i, /Too many Cluster redirections/i];
 
 /** True for errors that mean "Redis is unreachable right now": the API answers 503, never hangs. */
 export function isRedisUnavailable(err: unknown): boolean {
   const message = err instanceof Error ? err.message : String(err);
-  return REDIS_DOWN.some((re) => re.test(message));
+  return REDIS_DOWN.some((re) => re.test(message)) || CLUSTER_UNSETTLED.some((re) => re.test(message));
 }
 
 /** Rejects with a 503 HttpError when `promise` takes longer than `ms`. */

@@ -1,5 +1,5 @@
 import { Job, type QueueEvents } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
@@ -49,7 +49,7 @@ export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string)
 export function createJobService(deps: {
   queue: AgentQueue;
   queueEvents: () => QueueEvents;
-  redis: Redis;
+  redis: RedisClient;
   prefix: string;
   cancelledTtlS: number;
   scheduler: Pick<FairScheduler, 'why' | 'cancel'>;

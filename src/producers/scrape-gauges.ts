@@ -1,5 +1,5 @@
 import type { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import { primariesOf, type RedisClient } from '../shared/infra/redis/connection.js';
 import { Gauge, Registry } from 'prom-client';
 import type { BreakerSnapshot } from '../shared/limits/circuit-breaker.js';
 import { guardKeys } from '../shared/core/queue-keys.js';
@@ -10,15 +10,18 @@ const BREAKER_VALUE = { closed: 0, halfOpen: 1, open: 2 } as const;
 const globEscape = (s: string) => s.replace(/[*?[\]\\]/g, (c) => `\\${c}`);
 
 /** Keys of every breaker that has state in Redis (`<breakerPrefix>:cb:<key>`). */
-export async function breakerKeysIn(redis: Redis, breakerPrefix: string): Promise<string[]> {
+export async function breakerKeysIn(redis: RedisClient, breakerPrefix: string): Promise<string[]> {
   const head = guardKeys.breakerHead(breakerPrefix);
   const keys = new Set<string>();
-  let cursor = '0';
-  do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `${globEscape(head)}*`, 'COUNT', 500);
-    for (const k of batch) keys.add(k.slice(head.length));
-    cursor = next;
-  } while (cursor !== '0');
+  // SCAN walks one node's keyspace: on a cluster, every primary's (breakers of each model may live anywhere).
+  for (const node of primariesOf(redis)) {
+    let cursor = '0';
+    do {
+      const [next, batch] = await node.scan(cursor, 'MATCH', `${globEscape(head)}*`, 'COUNT', 500);
+      for (const k of batch) keys.add(k.slice(head.length));
+      cursor = next;
+    } while (cursor !== '0');
+  }
   return [...keys];
 }
 

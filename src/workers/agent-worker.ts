@@ -1,5 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../shared/infra/redis/connection.js';
 import type { Logger } from '../shared/core/logger.js';
 import { backoffDelay } from '../shared/core/backoff.js';
 import { cancelChannel } from '../shared/core/cancel.js';
@@ -8,9 +8,9 @@ import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { workerOptions } from './worker-options.js';
 
 export interface AgentWorkerOptions {
-  connection: Redis;
+  connection: RedisClient;
   /** A separate connection for the cancel channel (a subscribed connection can do nothing else). */
-  subscriber: Redis;
+  subscriber: RedisClient;
   prefix: string;
   processor: (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal) => Promise<AgentResult>;
   concurrency: number;

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../shared/infra/redis/connection.js';
 import type { Config } from '../shared/core/config.js';
 import { createRunStore } from '../shared/infra/db/agent-runs.js';
 import { createRunWriter } from '../shared/infra/db/run-writer.js';
@@ -32,7 +32,7 @@ export function createWorkerService(opts: {
   logger: Logger;
   registry: AgentRegistry;
   /** The process's shared command connection (cancel markers; the scheduler's scripts run on it too). */
-  redis: Pick<Redis, 'exists'>;
+  redis: Pick<RedisClient, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: WorkerHooks[];
@@ -43,8 +43,8 @@ export function createWorkerService(opts: {
   scheduler?: FairScheduler;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
-  const connection = createRedis(infra.redisUrl, 'worker');
-  const subscriber = createRedis(infra.redisUrl, 'worker');
+  const connection = createRedis(infra.redisTarget, 'worker');
+  const subscriber = createRedis(infra.redisTarget, 'worker');
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers.

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Writable } from 'node:stream';
 import { UnrecoverableError, Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../src/shared/infra/redis/connection.js';
 import { expect, vi } from 'vitest';
 import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { AgentQueue } from '../../src/shared/queue/agent-queue.js';
@@ -55,7 +55,7 @@ export interface FailSpec {
  * Puts jobs straight into the failed set without running a model: adds them with one attempt and fails
  * each through a manual BullMQ worker (no processor). Returns the jobs in the order given.
  */
-export async function failJobs(queue: AgentQueue, connection: Redis, prefix: string, specs: FailSpec[]): Promise<Array<Job<AgentJobData, AgentResult>>> {
+export async function failJobs(queue: AgentQueue, connection: RedisClient, prefix: string, specs: FailSpec[]): Promise<Array<Job<AgentJobData, AgentResult>>> {
   const added = await queue.addBulk(
     specs.map((s) => ({
       name: 'RiskAnalyzer:analyze_risks',
@@ -84,7 +84,7 @@ export async function failJobs(queue: AgentQueue, connection: Redis, prefix: str
 }
 
 /** Takes every waiting job (as a worker would) and fails it again; returns how many. */
-export async function failWaiting(connection: Redis, prefix: string, reason: string): Promise<number> {
+export async function failWaiting(connection: RedisClient, prefix: string, reason: string): Promise<number> {
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection, prefix, autorun: false });
   let n = 0;
   try {

@@ -12,6 +12,7 @@ import { geminiOptionsFromConfig, startGemini } from '../../src/app/gemini.js';
 import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { WorkerService } from '../../src/workers/worker-service.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
+import { redisTargetOf } from '../../src/shared/infra/redis/connection.js';
 
 export interface Stack {
   cfg: Config;
@@ -58,7 +59,7 @@ export async function startStack(
   migrated ??= migrate(pool);
   await migrated;
   const infra: Infra = {
-    redisUrl: cfg.REDIS_URL,
+    redisTarget: redisTargetOf(cfg),
     db: { pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
     close: () => pool.end(),
   };

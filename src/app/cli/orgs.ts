@@ -14,7 +14,7 @@ import type { FairScheduler } from '../../shared/fair/index.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { createOrgPlanStore, type OrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
-import { createRedis, whenReady } from '../../shared/infra/redis/connection.js';
+import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
 import { runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage:
@@ -106,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
   const cfg = config();
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
-  const redis = createRedis(cfg.REDIS_URL, 'api');
+  const redis = createRedis(redisTargetOf(cfg), 'api');
   const queue = new Queue(QUEUE.agent, { connection: redis, prefix: cfg.QUEUE_PREFIX });
   try {
     await whenReady(redis);

@@ -87,7 +87,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
     },
 
     async startBackground() {
-      maintenanceConnection = createRedis(deps.infra.redisUrl, 'worker');
+      maintenanceConnection = createRedis(deps.infra.redisTarget, 'worker');
       maintenance = createMaintenance({
         queue: maintenanceQueue,
         connection: maintenanceConnection,

@@ -35,7 +35,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
     const retention = retentionOf(cfg);
     const flows = createFlowService({
       redis: deps.redis,
-      redisUrl: deps.infra.redisUrl,
+      redisTarget: deps.infra.redisTarget,
       prefix: cfg.QUEUE_PREFIX,
       producer: deps.producer,
       agents: deps.registry,
@@ -56,7 +56,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
         },
       },
       async startBackground() {
-        const connection = createRedis(deps.infra.redisUrl, 'worker');
+        const connection = createRedis(deps.infra.redisTarget, 'worker');
         const agentQueue = createAgentQueue({ connection, prefix: cfg.QUEUE_PREFIX, retention });
         const worker = createFlowsWorker({
           connection,

@@ -46,7 +46,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
     let reader: StreamReader | undefined;
     const readerOf = () =>
       (reader ??= createStreamReader({
-        connect: () => createRedis(deps.infra.redisUrl, 'worker'),
+        connect: () => createRedis(deps.infra.redisTarget, 'worker'),
         control: redis,
         blockMs: opts.readerBlockMs ?? 5000,
         count: 500,

@@ -63,10 +63,25 @@ export const listJobs =
     const filter: ListFilter = { state: q.state, agent: q.agent, sinceMs: q.since };
     const limit = q.limit ?? Infinity;
 
+    // The first page is read before any byte is sent, so Redis being unavailable (or a cluster between
+    // owners) is a plain 503; a failure after that destroys the socket (fastify does, for a stream error
+    // once headers are out), so a client sees an aborted response, never a short but well-formed one.
+    const pages = deps.index.pages(orgId, filter, deps.pageSize)[Symbol.asyncIterator]();
+    const first = await pages.next();
+    async function* rest(): AsyncGenerator<Awaited<ReturnType<typeof pages.next>>['value']> {
+      try {
+        if (first.done) return;
+        yield first.value;
+        for (let page = await pages.next(); !page.done; page = await pages.next()) yield page.value;
+      } finally {
+        await pages.return?.(undefined);
+      }
+    }
+
     async function* body(): AsyncGenerator<string> {
       yield '[';
       let sent = 0;
-      for await (const rows of deps.index.pages(orgId, filter, deps.pageSize)) {
+      for await (const rows of rest()) {
         let chunk = '';
         for (const row of rows) {
           const view = rowToView(row, orgId);

@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import { NotFoundError } from '../../shared/core/errors.js';
 import { jobStreamKey } from '../../shared/core/queue-keys.js';
 import { DONE_FRAME, eventFrame, PING_FRAME, progressFrame, SSE_HEADERS } from '../sse.js';
@@ -11,7 +11,7 @@ import { isFinished, type JobService, type JobView } from '../job-service.js';
 const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked', 'breaker_open', 'quota']);
 
 export interface SessionDeps {
-  redis: Redis;
+  redis: RedisClient;
   prefix: string;
   jobs: JobService;
   reader: () => StreamReader;

@@ -54,6 +54,21 @@ export const configSchema = z.object({
 
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
   REDIS_AUTOSTART: bool.default(true),
+  /**
+   * Redis Cluster seed nodes (`host:port,host:port,...`). Set, every connection (BullMQ's included) is an
+   * ioredis Cluster and REDIS_URL only lends its password/TLS scheme; autostart is off.
+   */
+  REDIS_CLUSTER_NODES: optionalString.pipe(
+    z
+      .string()
+      .regex(/^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$/, 'expected host:port[,host:port...]')
+      .transform((v) => v.split(',').map((hp) => ({ host: hp.slice(0, hp.lastIndexOf(':')), port: Number(hp.slice(hp.lastIndexOf(':') + 1)) })))
+      .optional(),
+  ),
+  REDIS_PASSWORD: optionalString,
+  REDIS_TLS: bool.default(false),
+  /** Cluster only: announced node address -> reachable address, e.g. `{"10.0.0.5:6379":{"host":"localhost","port":7000}}`. */
+  REDIS_NAT_MAP: json(z.record(z.string(), z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()).optional(), undefined),
   QUEUE_PREFIX: z.string().min(1).default('{agentq}'),
   DATA_DIR: z.string().default('.data'),
 
@@ -127,7 +142,15 @@ export class ConfigError extends Error {
 /** Parses once; a bad value throws a ConfigError whose message is one line naming the variable. */
 export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const result = configSchema.safeParse(env);
-  if (result.success) return result.data;
+  if (result.success) {
+    // Every key of one job must share a Redis Cluster slot: the prefix has to carry a {hash tag}.
+    if (result.data.REDIS_CLUSTER_NODES && !/\{[^}]+\}/.test(result.data.QUEUE_PREFIX)) {
+      throw new ConfigError(
+        `Invalid environment variable QUEUE_PREFIX=${JSON.stringify(result.data.QUEUE_PREFIX)}: with REDIS_CLUSTER_NODES it must contain a {hash tag}, e.g. "{agentq}"`,
+      );
+    }
+    return result.data;
+  }
   const issue = result.error.issues[0];
   const name = String(issue.path[0]);
   const inside = issue.path.length > 1 ? ` (at ${issue.path.slice(1).join('.')})` : '';

@@ -24,6 +24,12 @@ export const fairKickChannel = (prefix: string) => `${prefix}:fq:kick`;
 /** Prefix of agentq's own keys beside BullMQ's (guards, caches, DLQ meta, metrics, streams). */
 export const agentqPrefix = (prefix: string) => `${prefix}:agentq`;
 
+/**
+ * A key /readyz reads (it need not exist): in the data's hash tag, so on a cluster readiness means the
+ * primary that owns the queue's slot answers, not just any node.
+ */
+export const readinessKey = (prefix: string) => `${agentqPrefix(prefix)}:ready`;
+
 /** Pub/sub channel on which the API asks whichever worker holds a job to abort it. */
 export const cancelChannel = (prefix: string) => `${agentqPrefix(prefix)}:cancel`;
 

@@ -3,18 +3,20 @@ import { migrate } from './db/migrate.js';
 import type { Database } from './db/pool.js';
 import { openSharedDatabase } from './db/shared-embedded.js';
 import type { Logger } from '../core/logger.js';
-import { assertNoEviction, createRedis, ensureRedis, whenReady } from './redis/connection.js';
+import { assertNoEviction, createRedis, ensureRedis, redisTargetOf, whenReady, type RedisTarget } from './redis/connection.js';
 
 export interface Infra {
-  redisUrl: string;
+  /** Where Redis is (a URL or a cluster): every connection is made from it with createRedis. */
+  redisTarget: RedisTarget;
   db: Database;
   close(): Promise<void>;
 }
 
 /** Redis (started as a child if allowed and needed, refused unless noeviction) and Postgres (migrated). */
 export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
-  const child = await ensureRedis({ url: cfg.REDIS_URL, autostart: cfg.REDIS_AUTOSTART, dataDir: cfg.DATA_DIR, logger });
-  const probe = createRedis(cfg.REDIS_URL, 'api');
+  const target = redisTargetOf(cfg);
+  const child = await ensureRedis({ target, autostart: cfg.REDIS_AUTOSTART, dataDir: cfg.DATA_DIR, logger });
+  const probe = createRedis(target, 'api');
   try {
     await whenReady(probe);
     await assertNoEviction(probe);
@@ -30,7 +32,7 @@ export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
     throw err;
   }
   return {
-    redisUrl: cfg.REDIS_URL,
+    redisTarget: target,
     db,
     async close() {
       await db.close();

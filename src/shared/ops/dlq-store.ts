@@ -1,5 +1,5 @@
 import type { Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
@@ -55,7 +55,7 @@ export function decodeCursor(raw: string): DlqCursor | undefined {
  * numbers. The hash outlives a retry on purpose (the count must survive a job failing again) and expires
  * with the failed-job retention.
  */
-export function createDlqStore(deps: { redis: Redis; queue: AgentQueue; prefix: string; ttlS: number }) {
+export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; prefix: string; ttlS: number }) {
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);

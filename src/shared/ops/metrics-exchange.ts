@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { AggregatorRegistry, type Registry } from 'prom-client';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import type { Logger } from '../core/logger.js';
 import { metricsExchangeKey } from '../core/queue-keys.js';
 
@@ -14,7 +14,7 @@ import { metricsExchangeKey } from '../core/queue-keys.js';
  * matter; stale fields (a crashed process) are dropped and deleted at scrape. A process that exits takes
  * its counts with it: Prometheus sees that as a counter reset, as it would for a restarted server.
  */
-export function createMetricsExchange(deps: { redis: Redis; prefix: string; registry: Registry; everyMs?: number; staleMs?: number; processId?: string; logger: Logger }) {
+export function createMetricsExchange(deps: { redis: RedisClient; prefix: string; registry: Registry; everyMs?: number; staleMs?: number; processId?: string; logger: Logger }) {
   const everyMs = deps.everyMs ?? 5000;
   const staleMs = deps.staleMs ?? everyMs * 3;
   const key = metricsExchangeKey(deps.prefix);

@@ -1,5 +1,5 @@
 import { Queue, type JobsOptions } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { BACKOFF_TYPE } from '../core/backoff.js';
 import { QUEUE } from '../core/queue-names.js';
@@ -24,7 +24,7 @@ export function agentJobOptions(r: RetentionOptions): JobsOptions {
   };
 }
 
-export function createAgentQueue(opts: { connection: Redis; prefix: string; retention: RetentionOptions }): AgentQueue {
+export function createAgentQueue(opts: { connection: RedisClient; prefix: string; retention: RetentionOptions }): AgentQueue {
   return new Queue<AgentJobData, AgentResult>(QUEUE.agent, {
     connection: opts.connection,
     prefix: opts.prefix,

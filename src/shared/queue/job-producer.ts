@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { ValidationError } from '../core/errors.js';
 import type { AgentJobData } from '../core/types.js';
@@ -73,7 +73,7 @@ export function createJobProducer(deps: JobProducerDeps) {
   const jobDefaults = agentJobOptions(deps.retention);
   // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own connection. A failed
   // index write only hides the job from listings, so it never fails the enqueue itself.
-  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<Redis>, prefix: queue.opts.prefix ?? 'bull' });
+  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<RedisClient>, prefix: queue.opts.prefix ?? 'bull' });
   const indexed = (orgId: string, ps: PreparedJob[]) => index.add(orgId, ps.map((p) => ({ id: p.opts.jobId, at: p.data.enqueuedAt }))).catch(() => undefined);
 
   function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = ''): PreparedJob {

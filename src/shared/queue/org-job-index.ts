@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { cancelledKey } from '../core/cancel.js';
 import { fairPrefixes, orgJobsKey } from '../core/queue-keys.js';
@@ -20,7 +20,7 @@ export interface IndexedJob {
  * Appends to an org's job index. `client` is the queue's connection: the ZADD is sent right alongside the
  * job's own add (BullMQ does not let other commands into its add pipeline), so it costs no extra wait.
  */
-export function createOrgJobIndexWriter(o: { client: () => Promise<Redis>; prefix: string; ageS?: number; random?: () => number }) {
+export function createOrgJobIndexWriter(o: { client: () => Promise<RedisClient>; prefix: string; ageS?: number; random?: () => number }) {
   const ageS = o.ageS ?? ORG_INDEX_AGE_S;
   const random = o.random ?? Math.random;
   return {
@@ -81,7 +81,7 @@ export interface JobRow {
  * Reads an org's jobs newest first, one Lua call per page. The cursor is (score, members already seen at
  * that score), so pages neither repeat nor skip jobs as new ones arrive or old ones are trimmed.
  */
-export function createOrgJobIndexReader(o: { redis: Redis; prefix: string; keys: QueueKeys; ageS?: number }) {
+export function createOrgJobIndexReader(o: { redis: RedisClient; prefix: string; keys: QueueKeys; ageS?: number }) {
   const pageLua = defineLua(o.redis, 'job-list-page-7.lua');
   const ageS = o.ageS ?? ORG_INDEX_AGE_S;
   const k = o.keys;

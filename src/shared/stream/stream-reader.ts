@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import type { Logger } from '../core/logger.js';
 import { compareStreamIds } from '../core/stream-event.js';
 
@@ -21,9 +21,9 @@ interface Sub {
 
 export interface StreamReaderOptions {
   /** Opens the reader's own connection (blocking commands need one; it must wait out outages). */
-  connect: () => Redis;
+  connect: () => RedisClient;
   /** Any other connection: it sends CLIENT UNBLOCK to wake the reader when the set of streams changes. */
-  control: Redis;
+  control: RedisClient;
   /** Upper bound of one XREAD BLOCK; normally the reader is woken long before. */
   blockMs: number;
   /** Most entries read per stream per call. */
@@ -38,7 +38,7 @@ export interface StreamReaderOptions {
  */
 export function createStreamReader(o: StreamReaderOptions) {
   const byKey = new Map<string, Set<Sub>>();
-  let conn: Redis | undefined;
+  let conn: RedisClient | undefined;
   let readerId: number | undefined;
   let loop: Promise<void> | undefined;
   let closed = false;
@@ -78,7 +78,7 @@ export function createStreamReader(o: StreamReaderOptions) {
     }
   }
 
-  async function run(c: Redis): Promise<void> {
+  async function run(c: RedisClient): Promise<void> {
     while (!closed) {
       reading = generation;
       const { keys, ids } = cursors();

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { openStreamsKey } from '../core/queue-keys.js';
 
@@ -21,7 +21,7 @@ export interface StreamLease {
  * A per-org cap on open SSE streams across every API process: each stream leases a ZSET member that its
  * heartbeat refreshes; a process that dies leaves leases that lapse after `leaseMs`.
  */
-export function createStreamSlots(o: { redis: Redis; prefix: string; maxPerOrg: number; leaseMs: number }) {
+export function createStreamSlots(o: { redis: RedisClient; prefix: string; maxPerOrg: number; leaseMs: number }) {
   const acquireLua = defineLua(o.redis, 'stream-slot-acquire-1.lua');
   const refreshLua = defineLua(o.redis, 'stream-slot-refresh-1.lua');
 

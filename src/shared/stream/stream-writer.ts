@@ -1,9 +1,9 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../infra/redis/connection.js';
 import type { Logger } from '../core/logger.js';
 import { encodeEvent, isTerminal, type StreamEvent } from '../core/stream-event.js';
 
 export interface StreamWriterOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** Approximate cap on entries (XADD MAXLEN ~): bounds memory; a late reader of a longer answer misses its start. */
   maxLen: number;
   /** Expiry set when the stream is first written, so a job whose worker dies cannot leave it forever. */

@@ -1,5 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { settleFanOut } from '../../shared/orchestration/fan-out.js';
 import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../../shared/orchestration/flow-data.js';
@@ -9,9 +9,9 @@ import { workerOptions } from '../worker-options.js';
 
 export interface FlowsWorkerOptions extends Omit<PipelineRunnerDeps, 'redis'> {
   /** A `worker`-role connection (maxRetriesPerRequest null): BullMQ blocks on it. */
-  connection: Redis;
+  connection: RedisClient;
   presets: FlowPreset[];
-  /** Flow and run jobs mostly wait on Redis, so this can be well above the agent worker's concurrency. */
+  /** Flow and run jobs mostly wait on RedisClient, so this can be well above the agent worker's concurrency. */
   concurrency: number;
   lockDurationMs: number;
   stalledIntervalMs: number;

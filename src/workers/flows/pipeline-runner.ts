@@ -1,5 +1,5 @@
 import { UnrecoverableError, WaitingChildrenError, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import type { Logger } from '../../shared/core/logger.js';
@@ -23,7 +23,7 @@ export interface PipelineRunnerDeps {
   producer: Pick<JobProducer, 'prepare' | 'add'>;
   /** The agent queue on a blocking-safe connection, to read step jobs' states. */
   agentQueue: AgentQueue;
-  redis: Redis;
+  redis: RedisClient;
   prefix: string;
   logger: Logger;
   onProgress?: (e: PipelineProgressEvent) => void | Promise<void>;

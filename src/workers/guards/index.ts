@@ -58,7 +58,7 @@ export function createWorkerGuards(opts: {
   agents: { get(name: string): import('../../shared/agents/define-agent.js').AgentDefinition | undefined };
 }): WorkerGuards {
   const { cfg, infra } = opts;
-  const redis = createRedis(infra.redisUrl, 'worker');
+  const redis = createRedis(infra.redisTarget, 'worker');
   const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
   const breaker = createCircuitBreaker({
     redis,

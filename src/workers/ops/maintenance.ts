@@ -1,5 +1,5 @@
 import { Worker, type Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 
@@ -15,7 +15,7 @@ export interface MaintenanceTask {
  * free takes each run, so N worker processes still run a task once per interval. Upserting the same
  * scheduler id from every process is idempotent (the interval of the last upsert wins).
  */
-export function createMaintenance(deps: { queue: Queue; connection: Redis; prefix: string; tasks: MaintenanceTask[]; logger: Logger }) {
+export function createMaintenance(deps: { queue: Queue; connection: RedisClient; prefix: string; tasks: MaintenanceTask[]; logger: Logger }) {
   let worker: Worker | undefined;
   const byName = new Map(deps.tasks.map((t) => [t.name, t]));
 

@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import type { Config } from '../../core/config.js';
 import type { Logger } from '../../core/logger.js';
 import { pingRedis, startRedisServer, type RedisServerHandle } from './redis-server.js';
 
@@ -8,23 +9,79 @@ export class RedisSetupError extends Error {
   override name = 'RedisSetupError';
 }
 
+/** Any agentq connection: a single Redis or a Redis Cluster client (BullMQ accepts both). */
+export type RedisClient = Redis | Cluster;
+
+/** Where Redis is: a URL, or a cluster's seed nodes (with the credentials every node shares). */
+export type RedisTarget =
+  | string
+  | { cluster: Array<{ host: string; port: number }>; password?: string; username?: string; tls?: boolean; natMap?: Record<string, { host: string; port: number }> };
+
+/** The target the config names: REDIS_CLUSTER_NODES wins over REDIS_URL (which still lends user/password). */
+export function redisTargetOf(cfg: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES' | 'REDIS_PASSWORD' | 'REDIS_TLS' | 'REDIS_NAT_MAP'>): RedisTarget {
+  if (!cfg.REDIS_CLUSTER_NODES) return cfg.REDIS_URL;
+  const url = new URL(cfg.REDIS_URL);
+  const password = cfg.REDIS_PASSWORD ?? (url.password ? decodeURIComponent(url.password) : undefined);
+  return {
+    cluster: cfg.REDIS_CLUSTER_NODES,
+    ...(password ? { password } : {}),
+    ...(url.username ? { username: decodeURIComponent(url.username) } : {}),
+    tls: cfg.REDIS_TLS || url.protocol === 'rediss:',
+    ...(cfg.REDIS_NAT_MAP ? { natMap: cfg.REDIS_NAT_MAP } : {}),
+  };
+}
+
+export const isCluster = (target: RedisTarget): target is Exclude<RedisTarget, string> => typeof target !== 'string';
+
+/** A log-safe name of the target (never the password). */
+export function describeTarget(target: RedisTarget): string {
+  if (!isCluster(target)) return new URL(target).host;
+  return `cluster ${target.cluster.map((n) => `${n.host}:${n.port}`).join(',')}`;
+}
+
 /**
  * `worker`: BullMQ workers and blocking readers, which must wait out outages (maxRetriesPerRequest null).
  * `api`: request paths, which must fail fast while Redis is down instead of queueing commands.
  */
-export function createRedis(url: string, role: 'worker' | 'api', extra: RedisOptions = {}): Redis {
+export function createRedis(target: RedisTarget, role: 'worker' | 'api', extra: RedisOptions = {}): RedisClient {
   const base: RedisOptions =
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
       : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 1000, commandTimeout: 2000 };
-  const client = new Redis(url, {
-    ...base,
-    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2000),
-    ...extra,
-  });
+  const retryStrategy = (times: number) => Math.min(50 * 2 ** Math.min(times, 6), 2000);
+  let client: RedisClient;
+  if (isCluster(target)) {
+    // A cluster client queues commands while it refreshes slots after a failover (that is what makes a
+    // failover error-free); the api role still fails within commandTimeout when no node can answer.
+    const { enableOfflineQueue: _offline, ...node } = base;
+    const options: ClusterOptions = {
+      redisOptions: {
+        ...node,
+        ...(target.password ? { password: target.password } : {}),
+        ...(target.username ? { username: target.username } : {}),
+        ...(target.tls ? { tls: {} } : {}),
+        ...extra,
+      },
+      clusterRetryStrategy: retryStrategy,
+      enableOfflineQueue: true,
+      retryDelayOnFailover: 200,
+      retryDelayOnClusterDown: 200,
+      retryDelayOnTryAgain: 200,
+      slotsRefreshTimeout: 2000,
+      ...(target.natMap ? { natMap: target.natMap } : {}),
+    };
+    client = new Cluster(target.cluster, options);
+  } else {
+    client = new Redis(target, { ...base, retryStrategy, ...extra });
+  }
   // Connection errors surface through command rejections; an unhandled 'error' event would crash the process.
   client.on('error', () => {});
   return client;
+}
+
+/** The primaries of a cluster (each checked on its own), or the one server. */
+export function primariesOf(client: RedisClient): Redis[] {
+  return client instanceof Cluster ? client.nodes('master') : [client];
 }
 
 function hasRedisServerBinary(): boolean {
@@ -40,9 +97,11 @@ function hasRedisServerBinary(): boolean {
  * Makes sure something answers at `url`. On a developer machine with nothing running, starts
  * `redis-server` as a child with AOF data under `<dataDir>/redis`.
  */
-export async function ensureRedis(opts: { url: string; autostart: boolean; dataDir: string; logger: Logger }): Promise<RedisServerHandle | undefined> {
-  if (await pingRedis(opts.url, 1000)) return undefined;
-  const parsed = new URL(opts.url);
+export async function ensureRedis(opts: { target: RedisTarget; autostart: boolean; dataDir: string; logger: Logger }): Promise<RedisServerHandle | undefined> {
+  // A cluster is never started here: it is someone's deployment, and its readiness is checked on connect.
+  if (isCluster(opts.target)) return undefined;
+  if (await pingRedis(opts.target, 1000)) return undefined;
+  const parsed = new URL(opts.target);
   const local = ['127.0.0.1', 'localhost', '::1', '[::1]'].includes(parsed.hostname);
   if (!opts.autostart || !local || !hasRedisServerBinary()) {
     throw new RedisSetupError(
@@ -55,8 +114,19 @@ export async function ensureRedis(opts: { url: string; autostart: boolean; dataD
   return startRedisServer({ port, dir });
 }
 
-/** BullMQ loses jobs when Redis evicts keys, so any policy but noeviction is refused at start. */
-export async function assertNoEviction(redis: Redis): Promise<void> {
+/**
+ * BullMQ loses jobs when Redis evicts keys, so any policy but noeviction is refused at start, on every
+ * primary of a cluster (one node with another policy is enough to lose jobs).
+ */
+export async function assertNoEviction(client: RedisClient): Promise<void> {
+  // A cluster client knows its primaries only once it has read the slot map.
+  if (client instanceof Cluster) await whenReady(client);
+  const nodes = primariesOf(client);
+  if (client instanceof Cluster && nodes.length === 0) throw new RedisSetupError('the Redis Cluster client knows no primary');
+  for (const node of nodes) await assertNodeNoEviction(node, client instanceof Cluster ? `${node.options.host}:${node.options.port}` : undefined);
+}
+
+async function assertNodeNoEviction(redis: Redis, name?: string): Promise<void> {
   let policy: string | undefined;
   try {
     const reply = (await redis.config('GET', 'maxmemory-policy')) as string[];
@@ -68,13 +138,22 @@ export async function assertNoEviction(redis: Redis): Promise<void> {
   }
   if (policy && policy !== 'noeviction') {
     throw new RedisSetupError(
-      `Redis maxmemory-policy is "${policy}"; agentq needs "noeviction" (any other policy can silently drop queued jobs). Run: CONFIG SET maxmemory-policy noeviction`,
+      `Redis${name ? ` node ${name}` : ''} maxmemory-policy is "${policy}"; agentq needs "noeviction" (any other policy can silently drop queued jobs). Run: CONFIG SET maxmemory-policy noeviction`,
     );
   }
 }
 
-/** Resolves once the client is connected; fail-fast clients refuse commands until then. */
-export function whenReady(client: Redis, timeoutMs = 5000): Promise<void> {
+/**
+ * Resolves once the client is connected; fail-fast clients refuse commands until then. A cluster client
+ * is ready once it read the slot map, but connects to each primary on first use: those connections are
+ * opened here, so a first request does not pay for them inside its command timeout.
+ */
+export async function whenReady(client: RedisClient, timeoutMs = 5000): Promise<void> {
+  await connected(client, timeoutMs);
+  if (client instanceof Cluster) await Promise.all(client.nodes('master').map((node) => node.ping()));
+}
+
+function connected(client: RedisClient, timeoutMs: number): Promise<void> {
   if (client.status === 'ready') return Promise.resolve();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {

@@ -26,9 +26,9 @@ export async function freePort(): Promise<number> {
  * Starts `redis-server` as a child process. With `dir`, data persists there with AOF on; without,
  * nothing is written to disk (tests). Always `noeviction`: BullMQ loses jobs under any other policy.
  */
-export async function startRedisServer(opts: { port?: number; dir?: string; bin?: string } = {}): Promise<RedisServerHandle> {
+export async function startRedisServer(opts: { port?: number; dir?: string; bin?: string; args?: string[] } = {}): Promise<RedisServerHandle> {
   const port = opts.port ?? (await freePort());
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--maxmemory-policy', 'noeviction', '--save', ''];
+  const args = ['--port', String(port), '--bind', '127.0.0.1', '--maxmemory-policy', 'noeviction', '--save', '', ...(opts.args ?? [])];
   if (opts.dir) {
     mkdirSync(opts.dir, { recursive: true });
     args.push('--dir', opts.dir, '--appendonly', 'yes', '--appendfsync', 'everysec');

@@ -1,0 +1,98 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../src/shared/core/config.js';
+import { assertNoEviction, createRedis, redisTargetOf } from '../src/shared/infra/redis/connection.js';
+import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const startup = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed', description: `${name} builds robots` } });
+
+/**
+ * agentq on a real 3-primary Redis Cluster (redis-server --cluster-enabled, redis-cli --cluster create):
+ * every connection is an ioredis Cluster, started from a seed node that does NOT own the queue's slot.
+ */
+describe('Redis Cluster mode', () => {
+  let cluster: LocalCluster;
+  let s: Stack;
+  const tag = `aq${randomUUID().slice(0, 6)}`;
+  let owner: number;
+
+  beforeAll(async () => {
+    cluster = await startLocalCluster({ primaries: 3 });
+    const probe = new Redis(cluster.nodes[0].port, '127.0.0.1');
+    const slot = Number(await probe.call('CLUSTER', 'KEYSLOT', `{${tag}}`));
+    const ranges = (await probe.call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>;
+    probe.disconnect();
+    owner = ranges.find(([from, to]) => slot >= from && slot <= to)![2][1];
+    // Seeded only with nodes that do not own the slot: without a cluster client this start fails with MOVED.
+    const seeds = cluster.nodes.filter((n) => n.port !== owner).map((n) => `127.0.0.1:${n.port}`).join(',');
+    s = await startStack({ REDIS_CLUSTER_NODES: seeds, QUEUE_PREFIX: `{${tag}}`, ADMIN_TOKEN: 'cluster-admin-token' }, { worker: true });
+  }, 60_000);
+  afterAll(async () => {
+    await s?.close();
+    await cluster?.stop();
+  });
+
+  it('runs jobs, flows, listings, readiness and metrics through the cluster client', async () => {
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup('Clustered') } });
+    expect(post.statusCode).toBe(202);
+    const done = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: s.auth })).json();
+    expect(done.state).toBe('completed');
+    expect(done.result.data).toBeDefined();
+
+    const tasks = ['a', 'b'].map((k) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: `${k}-${tag}` } }));
+    const flow = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: s.auth, payload: { tasks } });
+    expect(flow.statusCode).toBe(202);
+    const settled = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flow.json().id}?waitMs=20000`, headers: s.auth })).json();
+    expect(settled).toMatchObject({ state: 'completed' });
+    expect(Object.keys(settled.result.results)).toHaveLength(2);
+
+    const list = await s.app.inject({ method: 'GET', url: '/v1/jobs', headers: s.auth });
+    expect(list.statusCode).toBe(200);
+    expect((list.json() as Array<{ id: string }>).map((j) => j.id)).toContain(post.json().id);
+
+    expect((await s.app.inject({ method: 'GET', url: '/readyz' })).statusCode).toBe(200);
+    const metrics = await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer cluster-admin-token' } });
+    expect(metrics.statusCode).toBe(200);
+    expect(metrics.body).toContain('agentq_queue_jobs');
+
+    // Everything lives under one hash tag: the data is on the slot's owner, nothing on the other primaries.
+    const perNode = await Promise.all(
+      cluster.nodes.map(async (n) => {
+        const r = new Redis(n.port, '127.0.0.1');
+        const size = await r.dbsize();
+        r.disconnect();
+        return { port: n.port, size };
+      }),
+    );
+    expect(perNode.find((n) => n.port === owner)!.size).toBeGreaterThan(0);
+    for (const n of perNode.filter((x) => x.port !== owner)) expect(n.size, `keys on non-owner ${n.port}`).toBe(0);
+  });
+
+  it('refuses a start when any primary could evict keys, naming that node', async () => {
+    const victim = cluster.nodes.find((n) => n.port !== owner)!;
+    const direct = new Redis(victim.port, '127.0.0.1');
+    await direct.config('SET', 'maxmemory-policy', 'allkeys-lru');
+    const client = createRedis(redisTargetOf(s.cfg), 'api');
+    try {
+      await expect(assertNoEviction(client)).rejects.toThrow(`node 127.0.0.1:${victim.port} maxmemory-policy is "allkeys-lru"`);
+    } finally {
+      await direct.config('SET', 'maxmemory-policy', 'noeviction');
+      direct.disconnect();
+      client.disconnect();
+    }
+    const again = createRedis(redisTargetOf(s.cfg), 'api');
+    await expect(assertNoEviction(again)).resolves.toBeUndefined();
+    again.disconnect();
+  });
+
+  it('refuses a queue prefix without a {hash tag} in cluster mode, naming the variable', () => {
+    expect(() => parseConfig({ REDIS_CLUSTER_NODES: '127.0.0.1:7000', QUEUE_PREFIX: 'agentq' })).toThrow(/QUEUE_PREFIX=.*\{hash tag\}/);
+    expect(() => parseConfig({ REDIS_CLUSTER_NODES: '127.0.0.1', QUEUE_PREFIX: '{agentq}' })).toThrow(/REDIS_CLUSTER_NODES/);
+    expect(parseConfig({ REDIS_CLUSTER_NODES: '10.0.0.1:7000,10.0.0.2:7001', QUEUE_PREFIX: '{agentq}' }).REDIS_CLUSTER_NODES).toEqual([
+      { host: '10.0.0.1', port: 7000 },
+      { host: '10.0.0.2', port: 7001 },
+    ]);
+  });
+});
