@@ -6,6 +6,7 @@
  */
 import { loadavg } from 'node:os';
 import { accuracyCase } from './cases/accuracy.js';
+import { clusterCase } from './cases/cluster.js';
 import { commandsCase } from './cases/commands.js';
 import { enqueueCase } from './cases/enqueue.js';
 import { fairnessCase } from './cases/fairness.js';
@@ -32,6 +33,7 @@ const CASES: BenchCase[] = [
   { name: 'streaming', run: streamingCase },
   { name: 'accuracy', run: accuracyCase },
   { name: 'fairness', run: fairnessCase },
+  { name: 'cluster', run: clusterCase },
   { name: 'vectors', run: vectorsCase },
 ];
 

@@ -20,11 +20,7 @@ describe('Redis Cluster mode', () => {
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3 });
-    const probe = new Redis(cluster.nodes[0].port, '127.0.0.1');
-    const slot = Number(await probe.call('CLUSTER', 'KEYSLOT', `{${tag}}`));
-    const ranges = (await probe.call('CLUSTER', 'SLOTS')) as Array<[number, number, [string, number]]>;
-    probe.disconnect();
-    owner = ranges.find(([from, to]) => slot >= from && slot <= to)![2][1];
+    owner = await cluster.ownerOf(`{${tag}}`);
     // Seeded only with nodes that do not own the slot: without a cluster client this start fails with MOVED.
     const seeds = cluster.nodes.filter((n) => n.port !== owner).map((n) => `127.0.0.1:${n.port}`).join(',');
     s = await startStack({ REDIS_CLUSTER_NODES: seeds, QUEUE_PREFIX: `{${tag}}`, ADMIN_TOKEN: 'cluster-admin-token' }, { worker: true });

@@ -1,0 +1,79 @@
+import { startLocalCluster } from '../../dev/redis-cluster/local-cluster.js';
+import { RISK_REQUEST, startAgentq } from '../lib/agentq.js';
+import { check, type BenchContext } from '../lib/context.js';
+import { median, round } from '../lib/stats.js';
+import { createCounter } from './throughput.js';
+
+const JOBS = 400;
+const ROUNDS = 2;
+const TAG = '{bcluster}';
+const ORGS = 100;
+
+/**
+ * Case "cluster": agentq on a local 3-primary Redis Cluster. The same miss-path jobs run through a cluster
+ * client and through a standalone client pointed at the primary that owns the queue's slot (same node, so
+ * the ratio is the client's cost alone), alternated; per-node INFO commandstats show where the commands go.
+ */
+export async function clusterCase(ctx: BenchContext): Promise<void> {
+  const tc = 'cluster';
+  const cluster = await startLocalCluster({ primaries: 3 });
+  try {
+    const owner = await cluster.ownerOf(TAG);
+    const runs: Record<'standalone' | 'cluster', number[]> = { standalone: [], cluster: [] };
+    let perNode: Array<{ port: number; calls: number }> = [];
+    for (let round_ = 0; round_ < ROUNDS; round_++) {
+      for (const mode of ['standalone', 'cluster'] as const) {
+        const env: Record<string, string> =
+          mode === 'cluster'
+            ? { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' }
+            : { REDIS_URL: `redis://127.0.0.1:${owner}`, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' };
+        const target = mode === 'cluster' ? { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) } : `redis://127.0.0.1:${owner}`;
+        const b = { ...ctx.b, infra: { ...ctx.b.infra, redisTarget: target }, config: (e?: Record<string, string>) => ctx.b.config({ ...env, ...e }) };
+        const counter = createCounter();
+        const q = await startAgentq(b, { env, onCompleted: counter.onCompleted });
+        try {
+          const producer = q.runtime.deps.producer;
+          // Spread over many orgs, as a multi-tenant deployment would be (each org its own lane).
+          for (let org = 0; org < ORGS; org++) {
+            const n = JOBS / ORGS;
+            await producer.enqueueBulk({ jobs: Array.from({ length: n }, (_, k) => RISK_REQUEST(`${mode}-${round_}-${org}-${k}`)) }, { orgId: `bench-org-${org}` });
+          }
+          const before = await cluster.commandsPerNode();
+          const t0 = performance.now();
+          await q.startWorker();
+          await counter.until(JOBS, 120_000);
+          const seconds = (performance.now() - t0) / 1000;
+          if (counter.completed < JOBS) throw new Error(`${mode}: only ${counter.completed} of ${JOBS} jobs completed`);
+          runs[mode].push(JOBS / seconds);
+          if (mode === 'cluster') {
+            const after = await cluster.commandsPerNode();
+            perNode = after.filter((n) => n.role === 'master').map((n) => ({ port: n.port, calls: n.calls - before.find((b0) => b0.port === n.port)!.calls }));
+          }
+        } finally {
+          await q.close();
+        }
+      }
+    }
+    const standalone = median(runs.standalone);
+    const clustered = median(runs.cluster);
+    ctx.log(`  standalone ${runs.standalone.map((r) => round(r, 0)).join(', ')} jobs/s; cluster ${runs.cluster.map((r) => round(r, 0)).join(', ')} jobs/s`);
+    ctx.add({ case: tc, name: 'miss path, standalone client on the owning primary (c=50)', value: round(standalone, 0), unit: 'jobs/s' });
+    ctx.add({ case: tc, name: 'miss path, cluster client, 3 primaries (c=50)', value: round(clustered, 0), unit: 'jobs/s' });
+    const ratio = clustered / standalone;
+    ctx.add({ case: tc, name: 'cluster client / standalone client, same node', value: round(ratio, 2), unit: 'x', target: '>= 0.9x', met: check(ratio >= 0.9) });
+    const total = perNode.reduce((s, n) => s + n.calls, 0);
+    const busiest = total > 0 ? Math.max(...perNode.map((n) => n.calls)) / total : NaN;
+    ctx.add({
+      case: tc,
+      name: `busiest primary's share of commands (${ORGS} orgs, one hash tag)`,
+      value: round(busiest * 100, 1),
+      unit: '%',
+      target: '<= 40% (needs QUEUE_SHARDS, not built)',
+      met: check(busiest <= 0.4),
+      note: perNode.map((n) => `${n.port}: ${n.calls}`).join(', '),
+    });
+    ctx.details.cluster = { runs, perNode, owner };
+  } finally {
+    await cluster.stop();
+  }
+}

@@ -1,0 +1,86 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
+
+const run = promisify(execFile);
+
+export interface LocalCluster {
+  nodes: RedisServerHandle[];
+  /** `host:port,host:port,...`, the value of REDIS_CLUSTER_NODES. */
+  seeds: string;
+  /** The port of the primary that owns `key`'s slot. */
+  ownerOf(key: string): Promise<number>;
+  /** Per node: its role and the commands it executed so far (INFO commandstats calls, summed). */
+  commandsPerNode(): Promise<Array<{ port: number; role: string; calls: number }>>;
+  stop(): Promise<void>;
+}
+
+/**
+ * A real Redis Cluster from the machine's redis-server (dev tooling for tests and the bench):
+ * `primaries` primaries and `replicas` per primary on free loopback ports, nothing on disk but each node's
+ * nodes.conf in a temp dir. Resolves once every node reports `cluster_state:ok`.
+ */
+export async function startLocalCluster(opts: { primaries?: number; replicas?: number; timeoutMs?: number } = {}): Promise<LocalCluster> {
+  const primaries = opts.primaries ?? 3;
+  const replicas = opts.replicas ?? 0;
+  const dir = mkdtempSync(join(tmpdir(), 'agentq-cluster-'));
+  const nodes = await Promise.all(
+    Array.from({ length: primaries * (1 + replicas) }, (_, i) =>
+      startRedisServer({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${i}.conf`), '--cluster-node-timeout', '2000', '--dir', dir] }),
+    ),
+  );
+  const stop = async () => {
+    await Promise.all(nodes.map((n) => n.stop()));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const seeds = nodes.map((n) => `127.0.0.1:${n.port}`);
+    await run('redis-cli', ['--cluster', 'create', ...seeds, '--cluster-replicas', String(replicas), '--cluster-yes']);
+    // Created is not settled: every node must agree that all slots are served before the cluster is used.
+    const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
+    for (;;) {
+      const states = await Promise.all(nodes.map((n) => call(n.port, ['CLUSTER', 'INFO'])));
+      if (states.every((s) => String(s).includes('cluster_state:ok'))) break;
+      if (Date.now() > deadline) throw new Error('the local Redis Cluster did not reach cluster_state:ok');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return {
+      nodes,
+      seeds: seeds.join(','),
+      async ownerOf(key) {
+        const slot = Number(await call(nodes[0].port, ['CLUSTER', 'KEYSLOT', key]));
+        const ranges = (await call(nodes[0].port, ['CLUSTER', 'SLOTS'])) as Array<[number, number, [string, number]]>;
+        return ranges.find(([from, to]) => slot >= from && slot <= to)![2][1];
+      },
+      async commandsPerNode() {
+        return Promise.all(
+          nodes.map(async (n) => {
+            const stats = String(await call(n.port, ['INFO', 'commandstats']));
+            const role = /role:(\w+)/.exec(String(await call(n.port, ['INFO', 'replication'])))?.[1] ?? '?';
+            const calls = [...stats.matchAll(/calls=(\d+)/g)].reduce((sum, m) => sum + Number(m[1]), 0);
+            return { port: n.port, role, calls };
+          }),
+        );
+      },
+      stop,
+    };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+async function call(port: number, command: string[]): Promise<unknown> {
+  const r = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 1 });
+  r.on('error', () => {});
+  try {
+    await r.connect();
+    return await r.call(command[0], ...command.slice(1));
+  } finally {
+    r.disconnect();
+  }
+}
