@@ -22,22 +22,17 @@ function text(i: number): string {
   return Array.from({ length: 6 + Math.floor(next() * 4) }, () => WORDS[Math.floor(next() * WORDS.length)]).join(' ');
 }
 
-/** The SQL of semantic_cache_nearest as the database has it, with its parameter names bound to $1..$6. */
-async function nearestSql(pool: pg.Pool): Promise<string> {
-  const { rows } = await pool.query<{ prosrc: string }>("SELECT prosrc FROM pg_proc WHERE proname = 'semantic_cache_nearest'");
-  return rows[0].prosrc
-    .replace(/query_embedding/g, '$1::vector')
-    .replace(/match_org/g, '$2')
-    .replace(/match_agent/g, '$3')
-    .replace(/match_action/g, '$4')
-    .replace(/match_model/g, '$5')
-    .replace(/match_prompt_version/g, '$6');
-}
-
-// The chat_facts branch of match_documents (migration 006), without the optional jsonb filters.
-const FACTS_SQL = `SELECT f.id, f.external_id FROM chat_facts f
+// The two plans each similarity function chooses between (migration 012), as fixed text with $n parameters.
+const SCOPE_WHERE = 'c.org_id = $2 AND c.agent = $3 AND c.action = $4 AND c.model = $5 AND c.prompt_version = $6 AND c.expires_at > now()';
+const CACHE_ANN = `SELECT c.response FROM semantic_cache c WHERE ${SCOPE_WHERE} ORDER BY c.embedding <=> $1::vector LIMIT 1`;
+const CACHE_EXACT = `SELECT s.response FROM (SELECT c.response, c.embedding <=> $1::vector AS d FROM semantic_cache c WHERE ${SCOPE_WHERE} OFFSET 0) s ORDER BY s.d LIMIT 1`;
+const FACTS_ANN = `SELECT f.external_id FROM chat_facts f
   WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) AND 1 - (f.embedding <=> $1::vector) >= -1
   ORDER BY f.embedding <=> $1::vector LIMIT 10`;
+const FACTS_EXACT = `SELECT s.external_id FROM (SELECT f.external_id, f.embedding <=> $1::vector AS d FROM chat_facts f
+  WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) OFFSET 0) s ORDER BY s.d LIMIT 10`;
+/** Scopes above this many rows take the HNSW plan here (the migration's 2000, lowered so a test corpus of a few hundred rows is "large"). */
+const EXACT_MAX = 100;
 
 describe('vectors at scale', () => {
   let db: EmbeddedPostgres;
@@ -77,6 +72,7 @@ describe('vectors at scale', () => {
     db = await startEmbeddedPostgres();
     pool = createPool(db.url, { max: 2 });
     await migrate(pool);
+    await pool.query(`CREATE OR REPLACE FUNCTION vector_exact_scan_max() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT ${EXACT_MAX}'`);
     // The corpus goes in with the HNSW indexes dropped and rebuilt once (the bulk path `ingest --rebuild-index` takes).
     await withHnswRebuild(pool, 'semantic_cache', { memory: '64MB' }, async () => {
       for (let i = 0; i < 450; i += 150) await insertCache(BIG, i, i + 150);
@@ -104,52 +100,47 @@ describe('vectors at scale', () => {
     await db?.stop();
   });
 
-  it('the semantic-cache lookup orders through the HNSW index for a large and a small scope, and finds the exact nearest', async () => {
-    const sql = await nearestSql(pool);
+  it('semantic-cache lookup: a large scope orders through the HNSW index, a small one is ranked exactly; both find the exact nearest', async () => {
     for (const [org, q] of [[BIG, text(17)], [SMALL, text(5003)]] as const) {
       const params = [toVectorSql(hashEmbedOne(`${q} forecast`)), org, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
-      const shape = await plan('semantic_cache_nearest', sql, params);
-      expect(shape, `${org}:\n${shape}`).toMatch(/Index Scan using semantic_cache_embedding_idx/);
-      expect(shape).not.toMatch(/Sort/);
-      const [ann] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', sql, params);
-      // Exact: the same filter, ranked without the index (OFFSET 0 keeps the planner from ordering through it).
-      const { rows } = await pool.query<{ response: { doc: number } }>(
-        `SELECT response FROM (SELECT response, embedding <=> $1::vector AS d FROM semantic_cache WHERE org_id = $2 AND agent = $3 AND action = $4 AND model = $5 AND prompt_version = $6 AND expires_at > now() OFFSET 0) s ORDER BY d LIMIT 1`,
-        params,
-      );
-      expect(ann.response.doc).toBe(rows[0].response.doc);
+      const [exact] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_EXACT, params);
+      const { rows } = await pool.query<{ response: { doc: number } }>('SELECT response FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)', params);
+      expect(rows[0].response.doc, org).toBe(exact.response.doc);
     }
+    const big = [toVectorSql(hashEmbedOne(text(17))), BIG, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
+    const ann = await plan('semantic_cache_nearest', CACHE_ANN, big, { enable_sort: 'off' });
+    expect(ann).toMatch(/Index Scan using semantic_cache_embedding_idx/);
+    expect(ann).not.toMatch(/Sort/);
+    const [viaIndex] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_ANN, big, { enable_sort: 'off' });
+    const [exactBig] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_EXACT, big);
+    expect(viaIndex.response.doc).toBe(exactBig.response.doc);
+    const small = [big[0], SMALL, ...big.slice(2)];
+    const exactPlan = await plan('semantic_cache_nearest', CACHE_EXACT, small);
+    expect(exactPlan).toMatch(/Sort/);
+    expect(exactPlan).not.toMatch(/semantic_cache_embedding_idx/);
   });
 
-  it('without the 012 settings the planner leaves the index for a selective scope (what the plan check guards against)', async () => {
-    const sql = await nearestSql(pool);
-    const params = [toVectorSql(hashEmbedOne(text(5003))), SMALL, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
-    const before012 = await plan('semantic_cache_nearest', sql, params, { enable_sort: null, 'hnsw.max_scan_tuples': null });
-    expect(before012).toMatch(/Sort/);
-    expect(before012).not.toMatch(/semantic_cache_embedding_idx/);
-  });
-
-  it('match_documents over chat_facts stays on the HNSW index with recall@10 >= 0.9 against an exact scan, large and small scope', async () => {
+  it('match_documents over chat_facts: HNSW for a large scope with recall@10 >= 0.9 against an exact scan, exact for a small one', async () => {
     for (const org of [BIG, SMALL]) {
       let recall = 0;
       const queries = org === BIG ? [3, 150, 299, 420] : [5001, 5007];
       for (const i of queries) {
         const params = [toVectorSql(hashEmbedOne(`${text(i)} runway`)), org];
-        const shape = await plan('match_documents', FACTS_SQL, params);
-        expect(shape, `${org}:\n${shape}`).toMatch(/Index Scan using chat_facts_embedding_idx/);
-        const ann = await asFunction<{ external_id: string }>('match_documents', FACTS_SQL, params);
-        // The function itself returns the same rows as its query under its settings.
+        const shape = await plan('match_documents', org === BIG ? FACTS_ANN : FACTS_EXACT, params, org === BIG ? { enable_sort: 'off' } : {});
+        if (org === BIG) expect(shape, shape).toMatch(/Index Scan using chat_facts_embedding_idx/);
+        else expect(shape, shape).not.toMatch(/chat_facts_embedding_idx/);
         const viaFn = await pool.query<{ metadata: { external_id: string } }>("SELECT metadata FROM match_documents($1::vector, 'chat_facts', $2, -1, 10)", params);
-        expect(viaFn.rows.map((r) => r.metadata.external_id)).toEqual(ann.map((r) => r.external_id));
-        const exact = await pool.query<{ external_id: string }>(
-          'SELECT external_id FROM (SELECT external_id, embedding <=> $1::vector AS d FROM chat_facts WHERE org_id = $2 OFFSET 0) s ORDER BY d LIMIT 10',
-          params,
-        );
-        const truth = new Set(exact.rows.map((r) => r.external_id));
+        const found = viaFn.rows.map((r) => r.metadata.external_id);
+        if (org === BIG) {
+          const ann = await asFunction<{ external_id: string }>('match_documents', FACTS_ANN, params, { enable_sort: 'off' });
+          expect(found).toEqual(ann.map((r) => r.external_id));
+        }
+        const exact = await asFunction<{ external_id: string }>('match_documents', FACTS_EXACT, params);
+        const truth = new Set(exact.map((r) => r.external_id));
         expect(truth.size).toBe(10);
-        recall += ann.filter((r) => truth.has(r.external_id)).length / truth.size;
+        recall += found.filter((id) => truth.has(id)).length / truth.size;
       }
-      expect(recall / queries.length, org).toBeGreaterThanOrEqual(0.9);
+      expect(recall / queries.length, org).toBeGreaterThanOrEqual(org === BIG ? 0.9 : 1);
     }
   });
 
