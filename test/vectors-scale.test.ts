@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { describePhase, parseIngestArgs } from '../src/app/cli/ingest.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { purgeExpiredSemanticCache } from '../src/shared/cache/semantic-cache-purge.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
@@ -159,6 +160,13 @@ describe('vectors at scale', () => {
     expect(during).toBeUndefined();
     expect(phases).toEqual(['drop', 'build', 'built']);
     expect(await def()).toBe(before);
+  });
+
+  it('npm run ingest -- --rebuild-index takes the bulk path and names each index phase', () => {
+    expect(parseIngestArgs(['f.jsonl', '--table', 'chat_facts', '--org', 'o', '--rebuild-index'])).toMatchObject({ rebuildIndex: true });
+    expect(parseIngestArgs(['f.jsonl', '--table', 'playbooks']).rebuildIndex).toBeUndefined();
+    expect(describePhase({ phase: 'build', index: 'chat_facts_embedding_idx', memory: '512MB' })).toBe('index: building chat_facts_embedding_idx (HNSW, maintenance_work_mem 512MB)...\n');
+    expect(describePhase({ phase: 'built', index: 'chat_facts_embedding_idx', ms: 12_345 })).toBe('index: built chat_facts_embedding_idx in 12.3 s\n');
   });
 
   it('the maintenance purge deletes expired entries in bounded batches and keeps live ones', async () => {
