@@ -15,6 +15,7 @@ import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
 import { vectorsCase } from './cases/vectors.js';
+import { vectorsLargeCase } from './cases/vectors-large.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
 import { startBenchInfra } from './lib/infra.js';
 import { machineInfo, writeReport, type BenchReport, type Figure } from './lib/report.js';
@@ -35,6 +36,8 @@ const CASES: BenchCase[] = [
   { name: 'fairness', run: fairnessCase },
   { name: 'cluster', run: clusterCase },
   { name: 'vectors', run: vectorsCase },
+  // Opt in only (BENCH_ONLY=vectors-large): loads 2 x 100k vectors, far beyond the 10-minute budget.
+  { name: 'vectors-large', run: vectorsLargeCase, optIn: true },
 ];
 
 async function main(): Promise<number> {
@@ -69,7 +72,7 @@ async function main(): Promise<number> {
   };
   try {
     for (const c of CASES) {
-      if (only && !only.includes(c.name)) continue;
+      if (only ? !only.includes(c.name) : c.optIn) continue;
       const started = Date.now();
       log(`case ${c.name}: start`);
       try {

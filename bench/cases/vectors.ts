@@ -83,7 +83,9 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
       table === 'chat_facts'
         ? `EXPLAIN SELECT id FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) ORDER BY f.embedding <=> $1::vector LIMIT 10`
         : `EXPLAIN SELECT id FROM semantic_cache c WHERE c.org_id = $2 AND c.agent = 'KnowledgeAssistant' AND c.action = 'answer' AND c.model = 'gemini-2.5-flash' AND c.prompt_version = 1 AND c.expires_at > now() ORDER BY c.embedding <=> $1::vector LIMIT 1`;
-    const { rows } = await withSettings<{ 'QUERY PLAN': string }>(await settingsOf(table === 'chat_facts' ? 'match_documents' : 'semantic_cache_nearest'), sql, [vec, ORG]);
+    // Migration 012: for a scope above 2000 rows the functions run this query with enable_sort off.
+    const settings = { ...(await settingsOf(table === 'chat_facts' ? 'match_documents' : 'semantic_cache_nearest')), enable_sort: 'off' };
+    const { rows } = await withSettings<{ 'QUERY PLAN': string }>(settings, sql, [vec, ORG]);
     return rows.some((r) => r['QUERY PLAN'].includes('embedding_idx'));
   }
 
@@ -141,7 +143,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
   let ragSettings: Record<string, string> = {};
   async function annAt(ef: number, vec: string): Promise<{ ids: string[]; ms: number }> {
     const { rows, ms } = await withSettings<{ ext: string }>(
-      { ...ragSettings, 'hnsw.ef_search': String(ef) },
+      { ...ragSettings, 'hnsw.ef_search': String(ef), enable_sort: 'off' },
       'SELECT f.external_id AS ext FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) ORDER BY f.embedding <=> $1::vector LIMIT 10',
       [vec, ORG],
     );

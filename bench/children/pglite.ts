@@ -27,6 +27,10 @@ interface LoadRequest {
   to: number;
   orgId: string;
   scope?: { agent: string; action: string; model: string; promptVersion: number };
+  /** Spread the rows over this many orgs (`${orgId}-${i % orgs}`) instead of all in `orgId`. */
+  orgs?: number;
+  /** Leave the HNSW index off after the load (another load follows; the last one builds it). */
+  skipIndex?: boolean;
 }
 
 async function loadCorpus(r: LoadRequest) {
@@ -43,7 +47,7 @@ async function loadCorpus(r: LoadRequest) {
       const vec = vectorLiteral(embedText(text, 768));
       embedMs += performance.now() - t;
       if (r.table === 'chat_facts') {
-        params.push(`doc-${i}`, r.orgId, text, vec);
+        params.push(`doc-${i}`, r.orgs ? `${r.orgId}-${i % r.orgs}` : r.orgId, text, vec);
         const b = params.length - 4;
         tuples.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}::vector)`);
       } else {
@@ -60,6 +64,7 @@ async function loadCorpus(r: LoadRequest) {
     await pg.db.query(sql, params);
   }
   const inserted = performance.now();
+  if (r.skipIndex) return { rows: r.to - r.from, embedMs: Math.round(embedMs), insertMs: Math.round(inserted - started - embedMs), indexMs: 0 };
   // The graph of 100k 768-dim vectors does not fit the default 64 MB, and a build that spills is far slower.
   await pg.db.exec(`SET maintenance_work_mem = '1GB'`);
   await pg.db.exec(INDEX[r.table]);

@@ -13,7 +13,8 @@ export interface BenchContext {
   details: Record<string, unknown>;
 }
 
-export type BenchCase = { name: string; run(ctx: BenchContext): Promise<void> };
+/** `optIn` cases run only when BENCH_ONLY names them. */
+export type BenchCase = { name: string; run(ctx: BenchContext): Promise<void>; optIn?: boolean };
 
 /** Met / missed, or null when either side could not be measured. */
 export function check(ok: boolean | undefined): boolean | null {

@@ -10,10 +10,13 @@ import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
+import { withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { runCliIfMain } from './run-cli.js';
 
-const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N]
-  chat_facts need --org; playbooks with --org are private to that org, without it global.`;
+const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index]
+  chat_facts need --org; playbooks with --org are private to that org, without it global.
+  --rebuild-index drops the table's HNSW index for the load and rebuilds it once at the end (bulk loads;
+  similarity lookups fall back to exact scans meanwhile), with maintenance_work_mem = INDEX_BUILD_MEMORY.`;
 
 export class UsageError extends AgentqError {
   constructor(message: string) {
@@ -26,6 +29,8 @@ export interface IngestArgs {
   table: KnowledgeTable;
   orgId?: string;
   batchSize: number;
+  /** Drop the HNSW index for the load and build it once afterwards. */
+  rebuildIndex?: boolean;
 }
 
 export function parseIngestArgs(argv: string[]): IngestArgs {
@@ -34,7 +39,7 @@ export function parseIngestArgs(argv: string[]): IngestArgs {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { table: { type: 'string' }, org: { type: 'string' }, batch: { type: 'string' } },
+      options: { table: { type: 'string' }, org: { type: 'string' }, batch: { type: 'string' }, 'rebuild-index': { type: 'boolean' } },
     });
   } catch (err) {
     throw new UsageError((err as Error).message);
@@ -45,7 +50,7 @@ export function parseIngestArgs(argv: string[]): IngestArgs {
   if (values.table === 'chat_facts' && !values.org) throw new UsageError('--org is required for chat_facts');
   const batchSize = values.batch === undefined ? 100 : Number(values.batch);
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 1000) throw new UsageError('--batch must be an integer 1..1000');
-  return { file: positionals[0], table: values.table, orgId: values.org || undefined, batchSize };
+  return { file: positionals[0], table: values.table, orgId: values.org || undefined, batchSize, ...(values['rebuild-index'] ? { rebuildIndex: true } : {}) };
 }
 
 /** Reads the whole file once to validate it: a bad line is reported before anything is written. */
@@ -79,11 +84,23 @@ export async function ingestJsonl(
   return sum;
 }
 
-function progressBar(done: number, total: number) {
-  const width = 30;
-  const ratio = total ? done / total : 1;
-  const filled = Math.round(ratio * width);
-  process.stderr.write(`\r[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(ratio * 100)).padStart(3)}% ${done}/${total}`);
+/** A progress bar with the load rate since `startedAt` (documents/s, embedding and writing together). */
+export function progressBar(startedAt = performance.now()) {
+  return (done: number, total: number) => {
+    const width = 30;
+    const ratio = total ? done / total : 1;
+    const filled = Math.round(ratio * width);
+    const s = (performance.now() - startedAt) / 1000;
+    const rate = s > 0 ? Math.round(done / s) : 0;
+    process.stderr.write(`\r[${'#'.repeat(filled)}${'-'.repeat(width - filled)}] ${String(Math.round(ratio * 100)).padStart(3)}% ${done}/${total} ${rate} documents/s`);
+  };
+}
+
+/** One line per index phase, so a long HNSW build is visibly a build and not a hang. */
+export function describePhase(p: IndexPhase): string {
+  if (p.phase === 'drop') return `index: dropped ${p.index} for the bulk load\n`;
+  if (p.phase === 'build') return `index: building ${p.index} (HNSW, maintenance_work_mem ${p.memory})...\n`;
+  return `index: built ${p.index} in ${(p.ms / 1000).toFixed(1)} s\n`;
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -110,8 +127,12 @@ async function main(argv: string[]): Promise<number> {
     runtime = await startGemini(geminiOptionsFromConfig(cfg, logger));
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     const store = createKnowledgeStore({ pool: db.pool, embed });
-    progressBar(0, total);
-    const r = await ingestJsonl(args, { store, total, onProgress: progressBar });
+    const bar = progressBar();
+    bar(0, total);
+    const load = () => ingestJsonl(args, { store, total, onProgress: bar });
+    const r = args.rebuildIndex
+      ? await withHnswRebuild(db.pool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, onPhase: (p) => process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`) }, load)
+      : await load();
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
     return 0;

@@ -16,6 +16,7 @@ import { createMaintenance } from '../../workers/ops/maintenance.js';
 
 import { createOrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { createFairOrphanSweep } from '../../workers/ops/fair-orphans.js';
+import { createSemanticCacheSweep } from '../../workers/ops/semantic-cache-sweep.js';
 import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
 import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
@@ -24,6 +25,7 @@ import { agentqPrefix } from '../../shared/core/queue-keys.js';
 
 export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
 export const FAIR_ORPHANS_TASK = 'fair-orphans';
+export const SEMANTIC_CACHE_SWEEP_TASK = 'semantic-cache-sweep';
 
 /**
  * Operations: the dead-letter queue (classification, API, scheduled reprocessing), Bull Board, Prometheus
@@ -105,6 +107,11 @@ export function opsFeature(deps: FeatureDeps): Feature {
               models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
               logger: log,
             }),
+          },
+          {
+            name: SEMANTIC_CACHE_SWEEP_TASK,
+            everyMs: cfg.SEMANTIC_CACHE_SWEEP_EVERY_MS,
+            run: createSemanticCacheSweep({ pool: deps.infra.db.pool, batchSize: cfg.SEMANTIC_CACHE_SWEEP_BATCH, maxBatches: 100, logger: log }),
           },
         ],
       });

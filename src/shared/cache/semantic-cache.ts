@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { purgeExpiredSemanticCache, type PurgeOptions } from './semantic-cache-purge.js';
 import { embedChecked, toVectorSql, type EmbedFn } from '../knowledge/embedding.js';
 
 /** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
@@ -54,10 +55,9 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       return res.rowCount ?? 0;
     },
 
-    /** Deletes expired rows; returns how many. Lookups already ignore them, this only reclaims space. */
-    async purgeExpired(): Promise<number> {
-      const res = await pool.query('DELETE FROM semantic_cache WHERE expires_at <= now()');
-      return res.rowCount ?? 0;
+    /** Deletes expired rows in short batches (see purgeExpiredSemanticCache); returns how many. */
+    async purgeExpired(opts: PurgeOptions = {}): Promise<number> {
+      return (await purgeExpiredSemanticCache(pool, opts)).deleted;
     },
   };
 }

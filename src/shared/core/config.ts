@@ -122,6 +122,11 @@ export const configSchema = z.object({
   CACHE_L1_TTL_MS: int(60_000, 1),
   SEMANTIC_CACHE_THRESHOLD: z.coerce.number().min(0).max(1).default(0.95),
   SEMANTIC_CACHE_TTL_S: int(7 * 24 * 3600, 1),
+  /** Expired semantic-cache rows are deleted this often by the maintenance job, SEMANTIC_CACHE_SWEEP_BATCH rows per statement. */
+  SEMANTIC_CACHE_SWEEP_EVERY_MS: int(10 * 60_000, 1000),
+  SEMANTIC_CACHE_SWEEP_BATCH: int(1000, 1),
+  /** maintenance_work_mem for HNSW builds (npm run ingest -- --rebuild-index); a graph that spills builds several times slower. */
+  INDEX_BUILD_MEMORY: z.string().regex(/^\d+\s*(kB|MB|GB)$/, 'e.g. 512MB').default('512MB'),
   BREAKER_FAILURE_THRESHOLD: int(5, 1),
   BREAKER_SUCCESS_THRESHOLD: int(2, 1),
   BREAKER_TIMEOUT_MS: int(30_000, 1),

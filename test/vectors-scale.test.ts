@@ -1,0 +1,183 @@
+import pg from 'pg';
+import { describePhase, parseIngestArgs } from '../src/app/cli/ingest.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { purgeExpiredSemanticCache } from '../src/shared/cache/semantic-cache-purge.js';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { withHnswRebuild, type IndexPhase } from '../src/shared/knowledge/hnsw-rebuild.js';
+import { toVectorSql } from '../src/shared/knowledge/embedding.js';
+import { hashEmbedOne } from './helpers/hash-embed.js';
+
+// A private in-memory PGlite: this file drops and rebuilds an HNSW index, runs ANALYZE and purges every
+// expired row, none of which may touch the database the other test files share.
+const SCOPE = { agent: 'knowledge', action: 'ask', model: 'gemini-2.5-flash', promptVersion: 1 };
+const BIG = 'org_big';
+const SMALL = 'org_small';
+const WORDS = 'revenue churn hiring robotics logistics fintech pricing seed runway burn customer retention enterprise sales channel partner compliance security cloud data model latency supply warehouse fleet battery solar clinic insurance lending payments fraud identity privacy marketplace creator subscription founder investor equity margin forecast pipeline renewal onboarding support outage roadmap launch pilot audit payroll remote export tariff freight drone sensor patent brand campaign referral cohort funnel'.split(' ');
+
+/** Deterministic pseudo-random text `i`: 6-9 words of a small vocabulary, so neighbourhoods overlap. */
+function text(i: number): string {
+  let s = (i + 1) * 2654435761;
+  const next = () => ((s = Math.imul(s ^ (s >>> 15), 2246822519) >>> 0) % 100_000) / 100_000;
+  return Array.from({ length: 6 + Math.floor(next() * 4) }, () => WORDS[Math.floor(next() * WORDS.length)]).join(' ');
+}
+
+// The two plans each similarity function chooses between (migration 012), as fixed text with $n parameters.
+const SCOPE_WHERE = 'c.org_id = $2 AND c.agent = $3 AND c.action = $4 AND c.model = $5 AND c.prompt_version = $6 AND c.expires_at > now()';
+const CACHE_ANN = `SELECT c.response FROM semantic_cache c WHERE ${SCOPE_WHERE} ORDER BY c.embedding <=> $1::vector LIMIT 1`;
+const CACHE_EXACT = `SELECT s.response FROM (SELECT c.response, c.embedding <=> $1::vector AS d FROM semantic_cache c WHERE ${SCOPE_WHERE} OFFSET 0) s ORDER BY s.d LIMIT 1`;
+const FACTS_ANN = `SELECT f.external_id FROM chat_facts f
+  WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) AND 1 - (f.embedding <=> $1::vector) >= -1
+  ORDER BY f.embedding <=> $1::vector LIMIT 10`;
+const FACTS_EXACT = `SELECT s.external_id FROM (SELECT f.external_id, f.embedding <=> $1::vector AS d FROM chat_facts f
+  WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) OFFSET 0) s ORDER BY s.d LIMIT 10`;
+/** Scopes above this many rows take the HNSW plan here (the migration's 2000, lowered so a test corpus of a few hundred rows is "large"). */
+const EXACT_MAX = 100;
+
+describe('vectors at scale', () => {
+  let db: EmbeddedPostgres;
+  let pool: pg.Pool;
+
+  /** Runs `sql` with a function's own SET clauses (pg_proc.proconfig) applied by SET LOCAL, as the function does. */
+  async function asFunction<T extends pg.QueryResultRow>(fn: string, sql: string, params: unknown[], override: Record<string, string | null> = {}) {
+    const { rows } = await pool.query<{ proconfig: string[] | null }>('SELECT proconfig FROM pg_proc WHERE proname = $1', [fn]);
+    const settings: Record<string, string | null> = Object.fromEntries((rows[0]?.proconfig ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+    Object.assign(settings, override);
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      for (const [k, v] of Object.entries(settings)) if (v !== null) await client.query('SELECT set_config($1, $2, true)', [k, v]);
+      const res = await client.query<T>(sql, params);
+      await client.query('COMMIT');
+      return res.rows;
+    } finally {
+      client.release();
+    }
+  }
+  const plan = async (fn: string, sql: string, params: unknown[], override?: Record<string, string | null>) =>
+    (await asFunction<{ 'QUERY PLAN': string }>(fn, `EXPLAIN ${sql}`, params, override)).map((r) => r['QUERY PLAN']).join('\n');
+
+  async function insertCache(org: string, from: number, to: number, expires = "now() + interval '1 day'") {
+    const params: unknown[] = [];
+    const tuples: string[] = [];
+    for (let i = from; i < to; i++) {
+      params.push(org, text(i), toVectorSql(hashEmbedOne(text(i))), JSON.stringify({ doc: i }));
+      const b = params.length - 4;
+      tuples.push(`($${b + 1}, '${SCOPE.agent}', '${SCOPE.action}', '${SCOPE.model}', ${SCOPE.promptVersion}, $${b + 2}, $${b + 3}::vector, $${b + 4}::jsonb, ${expires})`);
+    }
+    await pool.query(`INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at) VALUES ${tuples.join(', ')}`, params);
+  }
+
+  beforeAll(async () => {
+    db = await startEmbeddedPostgres();
+    pool = createPool(db.url, { max: 2 });
+    await migrate(pool);
+    await pool.query(`CREATE OR REPLACE FUNCTION vector_exact_scan_max() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT ${EXACT_MAX}'`);
+    // The corpus goes in with the HNSW indexes dropped and rebuilt once (the bulk path `ingest --rebuild-index` takes).
+    await withHnswRebuild(pool, 'semantic_cache', { memory: '64MB' }, async () => {
+      for (let i = 0; i < 450; i += 150) await insertCache(BIG, i, i + 150);
+      await insertCache(SMALL, 5000, 5012);
+    });
+    await withHnswRebuild(pool, 'chat_facts', { memory: '64MB' }, async () => {
+      for (const [org, from, to] of [[BIG, 0, 450], [SMALL, 5000, 5012]] as const) {
+        for (let s = from; s < to; s += 300) {
+          const params: unknown[] = [];
+          const tuples: string[] = [];
+          for (let i = s; i < Math.min(to, s + 300); i++) {
+            params.push(`doc-${i}`, org, text(i), toVectorSql(hashEmbedOne(text(i))));
+            const b = params.length - 4;
+            tuples.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}::vector)`);
+          }
+          await pool.query(`INSERT INTO chat_facts (external_id, org_id, content, embedding) VALUES ${tuples.join(', ')}`, params);
+        }
+      }
+    });
+    await pool.query('ANALYZE semantic_cache');
+    await pool.query('ANALYZE chat_facts');
+  }, 180_000);
+  afterAll(async () => {
+    await pool?.end();
+    await db?.stop();
+  });
+
+  it('semantic-cache lookup: a large scope orders through the HNSW index, a small one is ranked exactly; both find the exact nearest', async () => {
+    for (const [org, q] of [[BIG, text(17)], [SMALL, text(5003)]] as const) {
+      const params = [toVectorSql(hashEmbedOne(`${q} forecast`)), org, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
+      const [exact] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_EXACT, params);
+      const { rows } = await pool.query<{ response: { doc: number } }>('SELECT response FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)', params);
+      expect(rows[0].response.doc, org).toBe(exact.response.doc);
+    }
+    const big = [toVectorSql(hashEmbedOne(text(17))), BIG, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
+    const ann = await plan('semantic_cache_nearest', CACHE_ANN, big, { enable_sort: 'off' });
+    expect(ann).toMatch(/Index Scan using semantic_cache_embedding_idx/);
+    expect(ann).not.toMatch(/Sort/);
+    const [viaIndex] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_ANN, big, { enable_sort: 'off' });
+    const [exactBig] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_EXACT, big);
+    expect(viaIndex.response.doc).toBe(exactBig.response.doc);
+    const small = [big[0], SMALL, ...big.slice(2)];
+    const exactPlan = await plan('semantic_cache_nearest', CACHE_EXACT, small);
+    expect(exactPlan).toMatch(/Sort/);
+    expect(exactPlan).not.toMatch(/semantic_cache_embedding_idx/);
+  });
+
+  it('match_documents over chat_facts: HNSW for a large scope with recall@10 >= 0.9 against an exact scan, exact for a small one', async () => {
+    for (const org of [BIG, SMALL]) {
+      let recall = 0;
+      const queries = org === BIG ? [3, 150, 299, 420] : [5001, 5007];
+      for (const i of queries) {
+        const params = [toVectorSql(hashEmbedOne(`${text(i)} runway`)), org];
+        const shape = await plan('match_documents', org === BIG ? FACTS_ANN : FACTS_EXACT, params, org === BIG ? { enable_sort: 'off' } : {});
+        if (org === BIG) expect(shape, shape).toMatch(/Index Scan using chat_facts_embedding_idx/);
+        else expect(shape, shape).not.toMatch(/chat_facts_embedding_idx/);
+        const viaFn = await pool.query<{ metadata: { external_id: string } }>("SELECT metadata FROM match_documents($1::vector, 'chat_facts', $2, -1, 10)", params);
+        const found = viaFn.rows.map((r) => r.metadata.external_id);
+        if (org === BIG) {
+          const ann = await asFunction<{ external_id: string }>('match_documents', FACTS_ANN, params, { enable_sort: 'off' });
+          expect(found).toEqual(ann.map((r) => r.external_id));
+        }
+        const exact = await asFunction<{ external_id: string }>('match_documents', FACTS_EXACT, params);
+        const truth = new Set(exact.map((r) => r.external_id));
+        expect(truth.size).toBe(10);
+        recall += found.filter((id) => truth.has(id)).length / truth.size;
+      }
+      expect(recall / queries.length, org).toBeGreaterThanOrEqual(org === BIG ? 0.9 : 1);
+    }
+  });
+
+  it('the HNSW rebuild recreates the catalogued index definition, also when the load fails, and reports its phases', async () => {
+    const def = async () => (await pool.query("SELECT indexdef FROM pg_indexes WHERE indexname = 'chat_facts_embedding_idx'")).rows[0]?.indexdef as string | undefined;
+    const before = await def();
+    expect(before).toMatch(/USING hnsw \(embedding vector_cosine_ops\)/);
+    const phases: IndexPhase['phase'][] = [];
+    let during: string | undefined = 'not run';
+    await expect(
+      withHnswRebuild(pool, 'chat_facts', { memory: '64MB', onPhase: (p) => phases.push(p.phase) }, async () => {
+        during = await def();
+        throw new Error('load failed');
+      }),
+    ).rejects.toThrow('load failed');
+    expect(during).toBeUndefined();
+    expect(phases).toEqual(['drop', 'build', 'built']);
+    expect(await def()).toBe(before);
+  });
+
+  it('npm run ingest -- --rebuild-index takes the bulk path and names each index phase', () => {
+    expect(parseIngestArgs(['f.jsonl', '--table', 'chat_facts', '--org', 'o', '--rebuild-index'])).toMatchObject({ rebuildIndex: true });
+    expect(parseIngestArgs(['f.jsonl', '--table', 'playbooks']).rebuildIndex).toBeUndefined();
+    expect(describePhase({ phase: 'build', index: 'chat_facts_embedding_idx', memory: '512MB' })).toBe('index: building chat_facts_embedding_idx (HNSW, maintenance_work_mem 512MB)...\n');
+    expect(describePhase({ phase: 'built', index: 'chat_facts_embedding_idx', ms: 12_345 })).toBe('index: built chat_facts_embedding_idx in 12.3 s\n');
+  });
+
+  it('the maintenance purge deletes expired entries in bounded batches and keeps live ones', async () => {
+    const org = 'org_expiring';
+    await insertCache(org, 9000, 9025, "now() - interval '1 second'");
+    await insertCache(org, 9100, 9103);
+    const first = await purgeExpiredSemanticCache(pool, { batchSize: 10, maxBatches: 2 });
+    expect(first).toEqual({ deleted: 20, batches: 2 });
+    const rest = await purgeExpiredSemanticCache(pool, { batchSize: 10 });
+    expect(rest).toEqual({ deleted: 5, batches: 1 });
+    const { rows } = await pool.query('SELECT count(*)::int AS n FROM semantic_cache WHERE org_id = $1', [org]);
+    expect(rows[0].n).toBe(3);
+  });
+});
