@@ -125,7 +125,7 @@
         ],
         { scales: { x: { stacked: true }, y: { stacked: true } } },
       );
-      draw('chart-day-jobs', 'bar', series.days, [{ label: 'Jobs', data: series.days.map((d) => series.at(d).jobs), backgroundColor: '#7a5af8' }]);
+      draw('chart-day-jobs', 'bar', series.days, [{ label: 'Jobs', data: series.days.map((d) => series.at(d).jobs), backgroundColor: '#7a5af8' }], { scales: { y: { ticks: { precision: 0 } } } });
       draw('chart-agent-cost', 'bar', agent.groups.map((g) => g.key), [{ label: 'Cost (USD)', data: agent.groups.map((g) => g.costUsd), backgroundColor: '#3d63dd' }], { indexAxis: 'y' });
       draw('chart-model-cost', 'bar', model.groups.map((g) => g.key), [{ label: 'Cost (USD)', data: model.groups.map((g) => g.costUsd), backgroundColor: '#ee46bc' }], { indexAxis: 'y' });
       renderTable('by-day', 'Day', day.groups);
