@@ -24,6 +24,7 @@ const pct = (n: number) => `${(n * 100).toFixed(1)}%`;
 const ms = (n: number) => `${n.toFixed(1)} ms`;
 const row = (g: Group) => [g.key, int(g.jobs), int(g.tokens.input), int(g.tokens.output), usd(g.costUsd), pct(g.cacheHitRate), ms(g.durationMs.p50), ms(g.durationMs.p95)];
 
+// A browser on a busy 2-core machine is slow to start and paint: each test gets 60 s (idle: a few seconds).
 describe('the usage dashboard in a real browser', () => {
   let s: Stack;
   let base: string;
@@ -122,7 +123,7 @@ describe('the usage dashboard in a real browser', () => {
     } finally {
       await context.close();
     }
-  });
+  }, 60_000);
 
   it('shows the operator every org, and one org once picked', async () => {
     const { context, page, foreign } = await open(ADMIN_TOKEN, `from=${USAGE_WINDOW.from}&to=${USAGE_WINDOW.to}`);
@@ -152,5 +153,5 @@ describe('the usage dashboard in a real browser', () => {
     } finally {
       await context.close();
     }
-  });
+  }, 60_000);
 });
