@@ -94,6 +94,9 @@ describe('Bull Board read-only, without ADMIN_TOKEN', () => {
       ['PUT', '/admin/queues/api/queues/agent-jobs/retry/failed'],
       ['PUT', '/admin/queues/api/queues/agent-jobs/pause'],
       ['POST', '/admin/queues/api/queues/agent-jobs/add'],
+      ['PATCH', '/admin/queues/api/queues/agent-jobs/some-job/update-data'],
+      ['PUT', '/admin/queues/api/queues/agent-jobs/clean/completed'],
+      ['PUT', '/admin/queues/api/queues/agent-jobs/empty'],
     ] as const) {
       expect((await s.app.inject({ method, url, headers, payload: {} })).statusCode, url).toBe(403);
     }

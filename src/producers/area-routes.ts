@@ -13,6 +13,7 @@ import type { JobRouteDeps } from './routes/jobs.js';
 import type { KnowledgeRouteDeps } from './routes/knowledge.js';
 import { streamSessions, type StreamRouteDeps } from './routes/stream.js';
 import type { UsageRouteDeps } from './routes/usage.js';
+import { usageAccess, type UsageDashboardDeps } from './routes/usage-dashboard.js';
 import { operatorOnly, type OrgPlanRouteDeps } from './routes/org-plans.js';
 
 /*
@@ -27,6 +28,12 @@ export const jobListRoutes = (app: FastifyInstance, deps: JobListDeps) => regist
 export const knowledgeRoutes = (app: FastifyInstance, deps: KnowledgeRouteDeps) => registerRoutes(app, routeTable.knowledge, deps);
 export const dlqRoutes = (app: FastifyInstance, deps: DlqRouteDeps) => registerRoutes(app, routeTable.dlq, deps);
 export const usageRoutes = (app: FastifyInstance, deps: UsageRouteDeps) => registerRoutes(app, routeTable.usage, deps);
+
+/** The cost dashboard, in a scope of its own whose hook decides who sees which orgs (usage-scope.ts). */
+export function usageDashboardRoutes(app: FastifyInstance, deps: UsageDashboardDeps) {
+  app.addHook('onRequest', usageAccess(deps.auth));
+  registerRoutes(app, routeTable.usageDashboard, deps);
+}
 
 export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   registerRoutes(app, routeTable.flows({ presets: deps.presets, pipelines: deps.pipelines.list() }), deps);

@@ -4,18 +4,36 @@ import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { isParked } from '../shared/fair/park.js';
+import { MASK, maskSecrets } from './mask-secrets.js';
 
 export const BULL_BOARD_PATH = '/admin/queues';
 
+type JobLike = {
+  name?: string;
+  timestamp?: number;
+  delay?: number;
+  data?: { orgId?: unknown; model?: unknown };
+  returnvalue?: { model?: unknown; costUsd?: unknown; cacheHit?: unknown } | null;
+};
+
 /**
- * A job's title in Bull Board: its org and agent:action, and for a job parked for the fair dispatcher a plain
- * "waiting for dispatch" (BullMQ lists it as delayed to a far-future instant, which reads like a stuck retry).
+ * A job's title in Bull Board: org, agent:action, model, and once it has a result its cost and cache
+ * level; a job parked for the fair dispatcher reads "waiting for dispatch" (BullMQ lists it as delayed to
+ * a far-future instant, which reads like a stuck retry).
  */
-export function jobTitle(job: { name?: string; timestamp?: number; delay?: number; data?: { orgId?: unknown; model?: unknown } }): string {
-  const org = typeof job.data?.orgId === 'string' ? ` · org ${job.data.orgId}` : '';
-  const model = typeof job.data?.model === 'string' ? ` · ${job.data.model}` : '';
+export function jobTitle(job: JobLike): string {
+  const result = job.returnvalue && typeof job.returnvalue === 'object' ? job.returnvalue : undefined;
+  // The model that answered (a fallback route may differ from the one asked for), else the one asked for.
+  const model = typeof result?.model === 'string' ? result.model : typeof job.data?.model === 'string' ? job.data.model : undefined;
+  const parts = [
+    job.name ?? '',
+    typeof job.data?.orgId === 'string' ? `org ${job.data.orgId}` : undefined,
+    model,
+    typeof result?.costUsd === 'number' ? `$${result.costUsd.toFixed(6)}` : undefined,
+    result ? `cache ${typeof result.cacheHit === 'string' ? result.cacheHit : 'miss'}` : undefined,
+  ];
   const parked = typeof job.timestamp === 'number' && typeof job.delay === 'number' && isParked({ timestamp: job.timestamp, delay: job.delay });
-  return `${parked ? '[waiting for dispatch] ' : ''}${job.name ?? ''}${org}${model}`;
+  return `${parked ? '[waiting for dispatch] ' : ''}${parts.filter((p) => p !== undefined).join(' · ')}`;
 }
 
 /**
@@ -31,11 +49,23 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     queues: opts.queues.map((q) => {
       const adapter = new BullMQAdapter(q, { readOnlyMode: opts.readOnly });
       adapter.setFormatter('name', jobTitle);
+      // What the board shows of a job never carries a credential (mask-secrets.ts).
+      adapter.setFormatter('data', (data) => maskSecrets(data));
+      adapter.setFormatter('returnValue', (value) => maskSecrets(value));
+      adapter.setFormatter('progress', (progress) => maskSecrets(progress));
       return adapter;
     }),
     // @bull-board/fastify pins its own copy of @bull-board/api, whose adapter type differs only nominally.
     serverAdapter: serverAdapter as never,
     options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true } },
+  });
+  // The board shows masked data, and its editors start from what it shows: writing that back would replace
+  // a secret with the mask, so a job's data is never set from a body that still holds one.
+  scope.addHook('preHandler', async (req, reply) => {
+    if (req.method === 'GET' || req.body === undefined || req.body === null) return;
+    if (JSON.stringify(req.body).includes(MASK)) {
+      return reply.code(400).send({ error: `the data holds a masked value (${MASK}); enter the real value or leave the field out` });
+    }
   });
   await scope.register(serverAdapter.registerPlugin(), { prefix: basePath });
 }

@@ -11,7 +11,8 @@ import { listJobs, type JobListDeps } from './routes/job-list.js';
 import { cancelJob, enqueueBulk, enqueueJob, getJob, type JobRouteDeps } from './routes/jobs.js';
 import { ingestDocuments, invalidateCache, searchKnowledge, type KnowledgeRouteDeps } from './routes/knowledge.js';
 import { enqueueAndStream, streamJob, type StreamHandlerDeps } from './routes/stream.js';
-import { usageReport, type UsageRouteDeps } from './routes/usage.js';
+import { adminUsageReport, usageReport, type UsageRouteDeps } from './routes/usage.js';
+import { usageAsset, usagePage } from './routes/usage-dashboard.js';
 import { getOrgPlan, putOrgPlan, type OrgPlanRouteDeps } from './routes/org-plans.js';
 import { orgParam, orgPlanView } from './schemas/org-plans.js';
 import { orgPlanChangeSchema } from '../shared/fair/org-plan-schema.js';
@@ -19,7 +20,7 @@ import { errors, idParam, waitQuery } from './schemas/common.js';
 import { flowStarted, flowView, parallelBody, pipelineBody, pipelineList, runView } from './schemas/flows.js';
 import { bulkBody, enqueuedJob, jobRequestSchema, jobView, listQuery, sseResponse, streamHeaders, streamQuery } from './schemas/jobs.js';
 import { cacheInvalidated, cacheQuery, ingestBody, ingestQuery, ingestResult, searchBody, searchResult, tableParam } from './schemas/knowledge.js';
-import { dlqBulkBody, dlqBulkRetried, dlqEntry, dlqListQuery, dlqPage, dlqRetried, dlqRetryBody, usageQuery, usageReport as usageReportBody } from './schemas/ops.js';
+import { dlqBulkBody, dlqBulkRetried, dlqEntry, dlqListQuery, dlqPage, dlqRetried, dlqRetryBody, usageQuery, usageReport as usageReportBody, adminUsageQuery, adminUsageReport as adminUsageReportBody, usageAssetParam } from './schemas/ops.js';
 
 const readiness = z.object({ status: z.enum(['ready', 'unavailable']), checks: z.record(z.string(), z.string()) });
 const sse = { description: 'Server-Sent Events', content: { 'text/event-stream': { schema: sseResponse } } };
@@ -285,6 +286,39 @@ export const routeTable = {
       summary: 'Jobs, tokens, cost, cache hit rate and p50/p95 duration per agent, model or day',
       schema: { querystring: usageQuery, response: { 200: usageReportBody, ...errors(400, 401) } },
       handler: usageReport,
+    }),
+  ] satisfies RouteSpec<UsageRouteDeps>[],
+
+  // The cost dashboard: who sees which orgs is decided by usageScopeOf (usage-scope.ts), in the area's hook.
+  usageDashboard: [
+    route({
+      method: 'GET',
+      url: '/admin/usage',
+      auth: 'admin',
+      tags: ['admin'],
+      summary: 'Cost dashboard page (HTML): cost, tokens and jobs per day, agent and model, p50/p95, cache hit rate',
+      description: 'The operator (ADMIN_TOKEN) sees every org; an org admin key its own org. Browsers log in with basic auth.',
+      schema: { response: { 200: { description: 'HTML page', content: { 'text/html': { schema: z.string() } } }, ...errors(401, 403) } },
+      handler: usagePage,
+    }),
+    route({
+      method: 'GET',
+      url: '/admin/usage/api',
+      auth: 'admin',
+      tags: ['admin'],
+      summary: 'The dashboard’s data: `/v1/usage` for the caller’s scope (one org, or every org and per org)',
+      schema: { querystring: adminUsageQuery, response: { 200: adminUsageReportBody, ...errors(400, 401, 403) } },
+      handler: adminUsageReport,
+    }),
+    route({
+      method: 'GET',
+      url: '/admin/usage/assets/:file',
+      auth: 'admin',
+      quiet: true,
+      tags: ['admin'],
+      summary: 'The dashboard’s script and its bundled charting library (Chart.js)',
+      schema: { params: usageAssetParam, response: { 200: { description: 'JavaScript', content: { 'text/javascript': { schema: z.string() } } }, ...errors(400, 401, 403) } },
+      handler: usageAsset,
     }),
   ] satisfies RouteSpec<UsageRouteDeps>[],
 

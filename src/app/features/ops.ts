@@ -7,7 +7,7 @@ import { createCircuitBreaker } from '../../shared/limits/circuit-breaker.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
 import { createAdminAuth } from '../../producers/admin-auth.js';
-import { adminRoutes, orgPlanRoutes, dlqRoutes, usageRoutes } from '../../producers/area-routes.js';
+import { adminRoutes, orgPlanRoutes, dlqRoutes, usageDashboardRoutes, usageRoutes } from '../../producers/area-routes.js';
 import { createBreakerCheck } from '../../workers/ops/dlq-breaker-check.js';
 import { createDlqStore } from '../../shared/ops/dlq-store.js';
 import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
@@ -75,7 +75,9 @@ export function opsFeature(deps: FeatureDeps): Feature {
         breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, agentqPrefix(prefix)))])],
       });
       dlqRoutes(app, { dlq });
-      usageRoutes(app, { runs: createRunStore({ pool: deps.infra.db.pool }) });
+      const runs = createRunStore({ pool: deps.infra.db.pool });
+      usageRoutes(app, { runs });
+      await app.register(async (scope) => usageDashboardRoutes(scope, { auth, runs }));
       await app.register(async (scope) => orgPlanRoutes(scope, { auth, plans: createOrgPlanStore({ pool: deps.infra.db.pool }), scheduler: deps.scheduler }));
       await app.register(async (admin) => adminRoutes(admin, { auth, readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
       exchange.start();

@@ -1,43 +1,78 @@
+import type { FastifyRequest } from 'fastify';
 import { principalOf } from '../auth.js';
-import type { UsageRow } from '../../shared/infra/db/agent-runs.js';
+import type { UsageGroupBy, UsageRow } from '../../shared/infra/db/agent-runs.js';
 import { ValidationError } from '../../shared/core/errors.js';
+import { HttpError } from '../http-errors.js';
 import type { Handler } from '../route-spec.js';
-import { USAGE_MAX_RANGE_DAYS, type usageQuery } from '../schemas/ops.js';
+import { USAGE_MAX_RANGE_DAYS, type adminUsageQuery, type usageQuery } from '../schemas/ops.js';
+import { orgInScope, type UsageScope } from '../usage-scope.js';
 
 const DAY_MS = 24 * 3600 * 1000;
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Set by the dashboard's access hook (area-routes.ts: usageDashboardRoutes). */
+    usageScope?: UsageScope;
+  }
+}
+
 export interface UsageSource {
-  usage(q: { orgId: string; from: Date; to: Date; groupBy: 'agent' | 'model' | 'day' }): Promise<UsageRow[]>;
+  usage(q: { orgId: string | null; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]>;
 }
 
 export interface UsageRouteDeps {
   runs: UsageSource;
 }
 
-/** The caller's org's jobs, tokens, cost, cache hit rate and p50/p95 duration per group. */
+function windowOf(q: { from?: Date; to?: Date }): { from: Date; to: Date } {
+  const to = q.to ?? new Date();
+  const from = q.from ?? new Date(to.getTime() - 30 * DAY_MS);
+  if (from >= to) throw new ValidationError('invalid query', [{ path: 'query.from', message: 'must be before to' }]);
+  if (to.getTime() - from.getTime() > USAGE_MAX_RANGE_DAYS * DAY_MS) {
+    throw new ValidationError('invalid query', [{ path: 'query.from', message: `range must be at most ${USAGE_MAX_RANGE_DAYS} days` }]);
+  }
+  return { from, to };
+}
+
+const view = (r: UsageRow) => ({
+  key: r.key,
+  jobs: r.jobs,
+  tokens: { input: r.inputTokens, output: r.outputTokens, total: r.inputTokens + r.outputTokens },
+  costUsd: r.costUsd,
+  cacheHitRate: r.cacheHitRate,
+  durationMs: { p50: r.p50Ms, p95: r.p95Ms },
+});
+
+const EMPTY: UsageRow = { key: 'total', jobs: 0, inputTokens: 0, outputTokens: 0, costUsd: 0, cacheHitRate: 0, p50Ms: 0, p95Ms: 0 };
+
+/** The groups and the window's total: one read path for the API and the dashboard, so their numbers agree. */
+async function report<G extends UsageGroupBy>(deps: UsageRouteDeps, q: { orgId: string | null; from: Date; to: Date; groupBy: G }) {
+  const [rows, [total]] = await Promise.all([deps.runs.usage(q), deps.runs.usage({ ...q, groupBy: 'total' })]);
+  return { from: q.from.toISOString(), to: q.to.toISOString(), groupBy: q.groupBy, groups: rows.map(view), total: view(total ?? EMPTY) };
+}
+
+/** The caller's org's jobs, tokens, cost, cache hit rate and p50/p95 duration per group, and in total. */
 export const usageReport =
   (deps: UsageRouteDeps): Handler<{ querystring: typeof usageQuery }> =>
   async (req) => {
     const { orgId } = principalOf(req);
-    const q = req.query;
-    const to = q.to ?? new Date();
-    const from = q.from ?? new Date(to.getTime() - 30 * DAY_MS);
-    if (from >= to) throw new ValidationError('invalid query', [{ path: 'query.from', message: 'must be before to' }]);
-    if (to.getTime() - from.getTime() > USAGE_MAX_RANGE_DAYS * DAY_MS) {
-      throw new ValidationError('invalid query', [{ path: 'query.from', message: `range must be at most ${USAGE_MAX_RANGE_DAYS} days` }]);
-    }
-    const rows = await deps.runs.usage({ orgId, from, to, groupBy: q.groupBy });
-    return {
-      from: from.toISOString(),
-      to: to.toISOString(),
-      groupBy: q.groupBy,
-      groups: rows.map((r) => ({
-        key: r.key,
-        jobs: r.jobs,
-        tokens: { input: r.inputTokens, output: r.outputTokens, total: r.inputTokens + r.outputTokens },
-        costUsd: r.costUsd,
-        cacheHitRate: r.cacheHitRate,
-        durationMs: { p50: r.p50Ms, p95: r.p95Ms },
-      })),
-    };
+    return report(deps, { orgId, ...windowOf(req.query), groupBy: req.query.groupBy });
+  };
+
+function scopeOf(req: FastifyRequest): Exclude<UsageScope, { kind: 'forbidden' }> {
+  const scope = req.usageScope;
+  // The access hook answers before any handler runs; reaching here without a scope is a wiring bug.
+  if (!scope || scope.kind === 'forbidden') throw new HttpError(403, 'usage dashboard: not allowed');
+  return scope;
+}
+
+/** The dashboard's data: as `/v1/usage`, for the orgs the caller's scope covers (usage-scope.ts). */
+export const adminUsageReport =
+  (deps: UsageRouteDeps): Handler<{ querystring: typeof adminUsageQuery }> =>
+  async (req) => {
+    const scope = scopeOf(req);
+    const pick = orgInScope(scope, req.query.org);
+    if (!pick.allowed) throw new HttpError(403, 'an org admin sees only its own org');
+    const body = await report(deps, { orgId: pick.org, ...windowOf(req.query), groupBy: req.query.groupBy });
+    return { ...body, scope, org: pick.org };
   };

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DLQ_CLASSES } from '../../shared/core/dlq-classify.js';
+import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
 
 export const dlqListQuery = z
   .object({
@@ -54,18 +55,41 @@ export const usageQuery = z
   })
   .strict();
 
+const usageGroup = z.object({
+  key: z.string(),
+  jobs: z.number(),
+  tokens: z.object({ input: z.number(), output: z.number(), total: z.number() }),
+  costUsd: z.number(),
+  cacheHitRate: z.number(),
+  durationMs: z.object({ p50: z.number(), p95: z.number() }),
+});
+
 export const usageReport = z.object({
   from: z.string(),
   to: z.string(),
   groupBy: z.enum(['agent', 'model', 'day']),
-  groups: z.array(
-    z.object({
-      key: z.string(),
-      jobs: z.number(),
-      tokens: z.object({ input: z.number(), output: z.number(), total: z.number() }),
-      costUsd: z.number(),
-      cacheHitRate: z.number(),
-      durationMs: z.object({ p50: z.number(), p95: z.number() }),
-    }),
-  ),
+  groups: z.array(usageGroup),
+  total: usageGroup.describe('The whole window (key `total`): percentiles over every attempt, not summed from groups'),
 });
+
+/** The dashboard's counterpart of `/v1/usage`: an operator may pick one org or see all, and group by org. */
+export const adminUsageQuery = z
+  .object({
+    from: isoDate.optional().describe('Default: 30 days before `to`'),
+    to: isoDate.optional().describe('Default: now'),
+    groupBy: z.enum(['agent', 'model', 'day', 'org']).default('agent'),
+    org: z.string().regex(ORG_ID, 'letters, digits and _ . : - (max 128)').optional().describe('One org (operators; an org admin may name only its own)'),
+  })
+  .strict();
+
+export const adminUsageReport = z.object({
+  from: z.string(),
+  to: z.string(),
+  groupBy: z.enum(['agent', 'model', 'day', 'org']),
+  scope: z.object({ kind: z.enum(['all', 'org']), orgId: z.string().optional() }).describe('What the caller may see'),
+  org: z.string().nullable().describe('The org shown, or null for every org'),
+  groups: z.array(usageGroup),
+  total: usageGroup,
+});
+
+export const usageAssetParam = z.object({ file: z.enum(['usage.js', 'chart.umd.min.js']) });

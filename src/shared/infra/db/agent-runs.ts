@@ -21,10 +21,11 @@ export interface AgentRun {
   createdAt?: Date;
 }
 
-export type UsageGroupBy = 'agent' | 'model' | 'day';
+/** `org` and `total` (one row, key `total`) serve the operator's dashboard; `/v1/usage` offers the first three. */
+export type UsageGroupBy = 'agent' | 'model' | 'day' | 'org' | 'total';
 
 export interface UsageRow {
-  /** Agent name, model name, or the UTC day as YYYY-MM-DD. */
+  /** Agent name, model name, org id, the UTC day as YYYY-MM-DD, or `total`. */
   key: string;
   /** Distinct jobs with at least one recorded attempt in the window. */
   jobs: number;
@@ -42,6 +43,8 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
   agent: 'agent',
   model: 'model',
   day: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+  org: 'org_id',
+  total: "'total'",
 };
 
 export function createRunStore({ pool }: { pool: pg.Pool }) {
@@ -118,8 +121,11 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       return Number(rows[0].n);
     },
 
-    /** Usage of one org in [from, to), grouped; rows sorted by key. */
-    async usage({ orgId, from, to, groupBy }: { orgId: string; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]> {
+    /**
+     * Usage in [from, to), grouped; rows sorted by key. `orgId: null` is every org (the operator's view);
+     * `groupBy: 'total'` gives the window's one row (percentiles do not add up from groups).
+     */
+    async usage({ orgId, from, to, groupBy }: { orgId: string | null; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]> {
       const expr = GROUP_EXPR[groupBy];
       if (!expr) throw new TypeError(`unknown groupBy ${String(groupBy)}`);
       const { rows } = await pool.query(
@@ -132,7 +138,7 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
          FROM agent_runs
-         WHERE org_id = $1 AND created_at >= $2 AND created_at < $3
+         WHERE ($1::text IS NULL OR org_id = $1) AND created_at >= $2 AND created_at < $3
          GROUP BY 1
          ORDER BY 1`,
         [orgId, from, to],
@@ -144,8 +150,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
         outputTokens: Number(r.output_tokens),
         costUsd: Number(r.cost_usd),
         cacheHitRate: Number(r.cache_hit_rate),
-        p50Ms: Number(r.p50),
-        p95Ms: Number(r.p95),
+        // No attempt in the window: no percentile (SQL NULL), shown as 0 like the other empty sums.
+        p50Ms: Number(r.p50 ?? 0),
+        p95Ms: Number(r.p95 ?? 0),
       }));
     },
   };
