@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { JobContext, Middleware } from '../middleware.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { CacheKeyParts, ResultCache } from '../../shared/cache/result-cache.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export const cacheKeyPartsOf = (ctx: JobContext): CacheKeyParts => ({
   orgId: ctx.orgId,
@@ -34,8 +35,10 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     } catch (err) {
       if (called || ctx.signal.aborted) throw err;
       ctx.logger.warn({ err }, 'result cache unavailable; calling through');
+      guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'unavailable' });
       return next();
     }
+    guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from === 'call' ? 'miss' : outcome.from });
     if (outcome.from === 'call') return outcome.value;
     return {
       ...outcome.value,
