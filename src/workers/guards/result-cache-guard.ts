@@ -27,6 +27,8 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     let called = false;
     const call = () => {
       called = true;
+      // Before the call: an attempt whose call then fails still shows its cache decision.
+      guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'miss' });
       return next();
     };
     let outcome;
@@ -38,8 +40,8 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
       guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'unavailable' });
       return next();
     }
-    guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from === 'call' ? 'miss' : outcome.from });
     if (outcome.from === 'call') return outcome.value;
+    guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from });
     return {
       ...outcome.value,
       cacheHit: outcome.from,
