@@ -13,6 +13,7 @@ import { guardCostsCase } from './cases/guard-costs.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
+import { tracingCase } from './cases/tracing.js';
 import { vectorsCase } from './cases/vectors.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
 import { startBenchInfra } from './lib/infra.js';
@@ -32,6 +33,7 @@ const CASES: BenchCase[] = [
   { name: 'streaming', run: streamingCase },
   { name: 'accuracy', run: accuracyCase },
   { name: 'fairness', run: fairnessCase },
+  { name: 'tracing', run: tracingCase },
   { name: 'vectors', run: vectorsCase },
 ];
 

@@ -6,6 +6,7 @@ import { randomPrefix } from './helpers/env.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { until } from './helpers/wait.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
 
 const ADMIN_TOKEN = 'adm-tracing-3c9d2e71';
 const SERVER = 2;
@@ -69,6 +70,8 @@ describe('OpenTelemetry traces (OTLP/HTTP to a loopback receiver)', () => {
 
     const spans = await spansOf(client.traceId, 'an errored and an answered model call', (ss) => ss.filter((s) => s.attributes['gen_ai.operation.name']).length === 2 && ss.filter((s) => s.kind === CONSUMER).length === 2);
 
+    // Spans per job: HTTP request, enqueue, and per attempt the attempt and its model call.
+    expect(spans.map((s) => s.name).sort()).toEqual(['POST /v1/jobs', `send ${QUEUE.agent}`, ...Array(2).fill(`generate_content ${done.result.model}`), ...Array(2).fill('process RiskAnalyzer:analyze_risks')].sort());
     const http = one(spans, (s) => s.kind === SERVER, 'one HTTP span');
     expect(http).toMatchObject({ name: 'POST /v1/jobs', parentSpanId: client.spanId });
     expect(http.attributes).toMatchObject({ 'http.request.method': 'POST', 'http.route': '/v1/jobs', 'http.response.status_code': 202, 'agentq.org_id': api.orgId });
@@ -131,6 +134,8 @@ describe('OpenTelemetry traces (OTLP/HTTP to a loopback receiver)', () => {
     const again = await result(await post('/v1/jobs', riskJob(m), client));
     expect(again.result.cacheHit).toMatch(/^l[12]$/);
     const spans = await spansOf(client.traceId, 'the attempt of the cached job', (ss) => ss.some((s) => s.kind === CONSUMER));
+    // A hit is three spans: the request, the enqueue and the attempt (no model call).
+    expect(spans.map((s) => s.kind).sort()).toEqual([SERVER, PRODUCER, CONSUMER].sort());
     const attempt = one(spans, (s) => s.kind === CONSUMER, 'one attempt');
     expect(eventsOf(attempt, 'agentq.guard.result_cache')[0]?.attributes).toEqual({ 'agentq.cache.hit': again.result.cacheHit });
     expect(spans.filter((s) => s.attributes['gen_ai.operation.name'])).toEqual([]);

@@ -24,7 +24,7 @@ export function registerHttpTracing(app: FastifyInstance): void {
   app.addHook('onRequest', (req, _reply, done) => {
     const parent = propagation.extract(ROOT_CONTEXT, req.headers);
     const route = req.routeOptions.url;
-    const span = tracer.startSpan(route ? `${req.method} ${route}` : req.method, {
+    const span = tracer().startSpan(route ? `${req.method} ${route}` : req.method, {
       kind: SpanKind.SERVER,
       attributes: {
         'http.request.method': req.method,

@@ -73,7 +73,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt),
       ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
     };
-    return tracer.startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
+    return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
       try {
         const result = await attempt(job, token, signal, span);
         span.setAttribute('agentq.outcome', 'completed');

@@ -3,9 +3,10 @@ import type { TraceCarrier } from '../core/types.js';
 
 /**
  * agentq's tracer, from the global API: a no-op until the composition root registers an SDK (src/app/tracing.ts),
- * so code that traces costs a few property reads per span while tracing is off.
+ * so code that traces costs a few property reads per span while tracing is off. Looked up per span, not kept:
+ * a kept proxy tracer stays bound to the first SDK it saw, even after that SDK shut down and another started.
  */
-export const tracer = trace.getTracer('agentq');
+export const tracer = () => trace.getTracer('agentq');
 
 export { SpanKind, type Span, type Context };
 
@@ -35,7 +36,7 @@ export const withContext = <T>(ctx: Context, fn: () => T): T => context.with(ctx
  * name codes, models and limits, never prompt text.
  */
 export async function inSpan<T>(name: string, { parent, ...opts }: SpanOptions & { parent?: Context }, fn: (span: Span) => Promise<T>): Promise<T> {
-  return tracer.startActiveSpan(name, opts, parent ?? context.active(), async (span) => {
+  return tracer().startActiveSpan(name, opts, parent ?? context.active(), async (span) => {
     try {
       return await fn(span);
     } catch (err) {
