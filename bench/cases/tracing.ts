@@ -4,7 +4,10 @@ import { startTracing } from '../../src/app/tracing.js';
 import { createLogger } from '../../src/shared/core/logger.js';
 import { injectTrace, inSpan, guardEvent, SpanKind } from '../../src/shared/telemetry/tracing.js';
 import type { BenchContext } from '../lib/context.js';
-import { median, round } from '../lib/stats.js';
+import { round } from '../lib/stats.js';
+
+/** Rounds alternate off/on/on/off, so the mean of each side sees the same drift. */
+const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 import { measurePath, type Path } from './throughput.js';
 
 /**
@@ -64,7 +67,7 @@ async function noopCostNs(iterations: number): Promise<number> {
 /**
  * Tracing overhead: case 1's agentq miss and hit paths (one process, c=50, jobs enqueued with the producer)
  * with tracing unset vs exporting every span over OTLP/HTTP to a loopback receiver; rounds alternate
- * off/on/on/off so machine noise hits both alike. Spans per job are counted at the receiver.
+ * off/on/on/off (means) so machine noise hits both alike. Spans per job are counted at the receiver.
  */
 export async function tracingCase(ctx: BenchContext): Promise<void> {
   const receiver = await countingReceiver();
@@ -98,8 +101,8 @@ export async function tracingCase(ctx: BenchContext): Promise<void> {
   ctx.details.tracing = { jobsPerS: results, spansPerJob, noopNsPerJob: round(ns, 0) };
   const tc = '10 tracing overhead (c=50, in-process receiver)';
   for (const path of ['agentq-miss', 'agentq-hit']) {
-    const off = median(results[`${path}:off`]);
-    const on = median(results[`${path}:on`]);
+    const off = round(mean(results[`${path}:off`]), 1);
+    const on = round(mean(results[`${path}:on`]), 1);
     ctx.add({ case: tc, name: `${path}, tracing unset`, value: off, unit: 'jobs/s' });
     ctx.add({ case: tc, name: `${path}, tracing on (OTLP/HTTP)`, value: on, unit: 'jobs/s', note: `spans exported per job: ${spansPerJob[path].join(', ')} (rounds)` });
     ctx.add({ case: tc, name: `${path}, throughput lost with tracing on`, value: round((1 - on / off) * 100, 1), unit: '%' });
