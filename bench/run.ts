@@ -14,6 +14,7 @@ import { guardCostsCase } from './cases/guard-costs.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
+import { tracingCase } from './cases/tracing.js';
 import { vectorsCase } from './cases/vectors.js';
 import { vectorsLargeCase } from './cases/vectors-large.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
@@ -35,6 +36,7 @@ const CASES: BenchCase[] = [
   { name: 'accuracy', run: accuracyCase },
   { name: 'fairness', run: fairnessCase },
   { name: 'cluster', run: clusterCase },
+  { name: 'tracing', run: tracingCase },
   { name: 'vectors', run: vectorsCase },
   // Opt in only (BENCH_ONLY=vectors-large): loads 2 x 100k vectors, far beyond the 10-minute budget.
   { name: 'vectors-large', run: vectorsLargeCase, optIn: true },

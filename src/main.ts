@@ -9,6 +9,7 @@ import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { geminiOptionsFromConfig, startGemini } from './app/gemini.js';
 import { createRootLogger } from './shared/core/logger.js';
+import { startTracing } from './app/tracing.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 
@@ -32,6 +33,8 @@ async function main(role: Role) {
     await infra.close();
     return;
   }
+  // Before anything opens a span; undefined (nothing started, no-op tracer) unless an OTLP endpoint is set.
+  const tracing = startTracing(cfg, logger, { role });
   const gemini = await startGemini(geminiOptionsFromConfig(cfg, logger));
   const runtime = await startRuntime({
     cfg,
@@ -56,6 +59,8 @@ async function main(role: Role) {
     logger.info({ signal, graceMs: cfg.SHUTDOWN_GRACE_MS }, 'shutting down: no new jobs, finishing in-flight ones');
     await runtime.close(cfg.SHUTDOWN_GRACE_MS).catch((err) => logger.error({ err }, 'error during shutdown'));
     await gemini.close().catch(() => {});
+    // After the runtime: the spans of the jobs that finished during the grace period are exported too.
+    await tracing?.shutdown();
     await infra.close().catch((err) => logger.error({ err }, 'error closing infrastructure'));
     logger.info('stopped');
     process.exit(0);

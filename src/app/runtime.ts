@@ -1,3 +1,5 @@
+import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
 import { FlowProducer, QueueEvents } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../producers/app.js';
@@ -26,6 +28,7 @@ import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/red
 import { createWorkerGuards } from '../workers/guards/index.js';
 import { createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
+import { tracingEnabled } from './tracing.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
 
@@ -88,7 +91,8 @@ export async function startRuntime(opts: {
   };
   const orgs = createOrgStore({ pool: infra.db.pool });
   const quotas = createQuotaChecker({ pool: infra.db.pool });
-  const metrics = createOpsMetrics(new Registry());
+  // One id per runtime: it labels this process's Node metrics and names its field in the metrics exchange.
+  const metrics = createOpsMetrics(new Registry(), { processId: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` });
   const admission = countingAdmission(createAdmission({
     limiter: createAdmissionLimiter({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX), plans: cfg.RATE_LIMIT_PLANS }),
     planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
@@ -136,6 +140,7 @@ export async function startRuntime(opts: {
       jobs,
       longPollMaxMs: cfg.LONG_POLL_MAX_MS,
       enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
+      tracing: tracingEnabled(cfg),
       readiness: {
         redis: () => redis.exists(readinessKey(cfg.QUEUE_PREFIX)),
         database: () => infra.db.pool.query('SELECT 1'),

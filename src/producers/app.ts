@@ -14,6 +14,7 @@ import { routeTable } from './route-table.js';
 import type { AgentCatalog } from './routes/agents.js';
 import type { JobRouteDeps } from './routes/jobs.js';
 import { validationError } from './validation-details.js';
+import { registerHttpTracing } from './http-tracing.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -27,6 +28,8 @@ export interface AppDeps extends JobRouteDeps {
   keys: KeyVerifier;
   agents: AgentCatalog;
   readiness: Record<string, () => Promise<unknown>>;
+  /** A SERVER span per request (continuing the caller's traceparent); only while tracing is on. */
+  tracing?: boolean;
   /** Extra route plugins (flows, streams, DLQ, admin...) registered after the core routes. */
   plugins?: Array<(app: FastifyInstance) => Promise<void> | void>;
 }
@@ -61,6 +64,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Every route's params, query, body and headers are validated here, by its zod schema (the route table).
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
+
+  if (deps.tracing) registerHttpTracing(app);
 
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id);

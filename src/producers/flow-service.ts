@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.js';
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
+import { injectTrace } from '../shared/telemetry/tracing.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
@@ -153,10 +154,12 @@ export function createFlowService(deps: FlowServiceDeps) {
     async startPipeline(name: string, input: unknown, meta: EnqueueMeta) {
       const def = deps.pipelines.get(name);
       if (!def) throw new NotFoundError(`unknown pipeline "${name}"; valid: ${deps.pipelines.list().map((p) => p.name).join(', ')}`);
+      const trace = injectTrace();
       const data: PipelineRunData = {
         kind: 'pipeline',
         orgId: meta.orgId,
         ...(meta.requestId ? { requestId: meta.requestId } : {}),
+        ...(trace ? { trace } : {}),
         pipeline: def.name,
         input,
         cursor: 0,

@@ -2,6 +2,8 @@ import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
 import type { AgentResult } from '../shared/core/types.js';
 import type { JobContext } from './middleware.js';
+import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
+import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
 
 /** The slice of the LLM client the terminal call needs (see src/shared/llm/llm-client.ts). */
 export interface GenerateFn {
@@ -13,6 +15,15 @@ export interface GenerateFn {
     signal?: AbortSignal;
     onText?: (text: string) => void | Promise<void>;
   }): Promise<{ text: string; json?: unknown; usage: { input: number; output: number }; model: string; costUsd: number }>;
+}
+
+/** One model call as metrics see it: `code` is the stable error code, absent when the call answered usably. */
+export interface ModelCallEvent {
+  model: string;
+  seconds: number;
+  code?: string;
+  /** The provider's HTTP status, when it answered with an error. */
+  httpStatus?: number;
 }
 
 /** A model answer that does not match the action's output schema: retryable, models are not deterministic. */
@@ -40,23 +51,48 @@ export function createAgentCall(deps: {
   llm: GenerateFn;
   /** Retrieval bound to one org, so an agent can never search another tenant's facts. */
   searchFor?: (orgId: string) => PromptContext['search'];
-  onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined }) {
+  onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
+  /** Every model call, answered or not (latency and errors per model for metrics). */
+  onModelCall?: (e: ModelCallEvent) => void;
+  /** Puts prompt and answer text on the model call's span (OTEL_CAPTURE_CONTENT); off, spans carry no text. */
+  captureContent?: boolean;
+}) {
   return async (ctx: JobContext): Promise<AgentResult> => {
     const started = performance.now();
     const prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: deps.searchFor?.(ctx.orgId) });
-    const res = await deps.llm.generate({
-      model: ctx.model,
-      system: prompt.system,
-      prompt: prompt.user,
-      responseJsonSchema: jsonSchemaOf(ctx.action.output),
-      signal: ctx.signal,
-      onText: deps.onText?.(ctx),
+    const attributes = modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
+    // GenAI semantic conventions: one CLIENT span per call, named "<operation> <model>", child of the attempt.
+    const { res, parsed } = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {
+      const callStarted = performance.now();
+      const seconds = () => (performance.now() - callStarted) / 1000;
+      let res;
+      try {
+        res = await deps.llm.generate({
+          model: ctx.model,
+          system: prompt.system,
+          prompt: prompt.user,
+          responseJsonSchema: jsonSchemaOf(ctx.action.output),
+          signal: ctx.signal,
+          onText: deps.onText?.(ctx),
+        });
+      } catch (err) {
+        const e = err as { code?: unknown; status?: unknown };
+        deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: typeof e.code === 'string' ? e.code : 'EUNKNOWN', ...(typeof e.status === 'number' ? { httpStatus: e.status } : {}) });
+        throw err;
+      }
+      if (span.isRecording()) {
+        span.setAttributes(modelCallUsage(res));
+        if (deps.captureContent) span.setAttributes(modelCallContent({ system: prompt.system, user: prompt.user, output: res.text }));
+      }
+      const parsed = ctx.action.output.safeParse(res.json);
+      if (!parsed.success) {
+        deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: 'EBADOUTPUT' });
+        const first = parsed.error.issues[0];
+        throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`);
+      }
+      deps.onModelCall?.({ model: ctx.model, seconds: seconds() });
+      return { res, parsed };
     });
-    const parsed = ctx.action.output.safeParse(res.json);
-    if (!parsed.success) {
-      const first = parsed.error.issues[0];
-      throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`);
-    }
     const data = ctx.action.finalize ? ctx.action.finalize(parsed.data, prompt.extras) : parsed.data;
     return {
       success: true,

@@ -1,4 +1,5 @@
 import type { Job } from 'bullmq';
+import type { Span } from '../shared/telemetry/tracing.js';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
@@ -27,6 +28,8 @@ export interface JobContext {
    * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call.
    */
   prepaid?: { model: string };
+  /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
+  span?: Span;
 }
 
 export type Next = () => Promise<AgentResult>;

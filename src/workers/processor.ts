@@ -9,6 +9,8 @@ import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
 import type { JobContext } from './middleware.js';
+import { QUEUE } from '../shared/core/queue-names.js';
+import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
 
 export interface AgentResolver {
   resolve(agent: string, action: string): { agent: AgentDefinition; action: AgentAction };
@@ -49,7 +51,49 @@ function toBullmqError(outcome: Exclude<Outcome, { kind: 'delay' }>, message: st
  * turn outcomes into BullMQ semantics (delay without using an attempt, retry, or fail for good).
  */
 export function createAgentProcessor(deps: ProcessorDeps) {
-  return async (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
+  const attempt = attemptOf(deps);
+  /**
+   * One span per run of the processor (an attempt, or a start the fair gate parked again), a child of the
+   * enqueue span whose context rides in the job data: any process, any retry, the same trace.
+   */
+  return (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
+    const data = job.data;
+    const startedAt = job.processedOn ?? Date.now();
+    const attributes = {
+      'messaging.system': 'bullmq',
+      'messaging.operation.type': 'process',
+      'messaging.destination.name': QUEUE.agent,
+      'messaging.message.id': job.id,
+      'agentq.job.id': job.id,
+      'agentq.org_id': data.orgId,
+      'agentq.agent': data.agent,
+      'agentq.action': data.action,
+      'agentq.attempt': job.attemptsMade + 1,
+      // Since enqueue: for a first attempt this is its whole queue wait (fair share, rate limits, workers busy).
+      'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt),
+      ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
+    };
+    return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
+      try {
+        const result = await attempt(job, token, signal, span);
+        span.setAttribute('agentq.outcome', 'completed');
+        return result;
+      } catch (err) {
+        if (err instanceof DelayedError) span.setAttribute('agentq.outcome', 'delayed');
+        else if (span.isRecording()) {
+          span.setAttribute('agentq.outcome', err instanceof UnrecoverableError ? 'failed' : 'retry');
+          markError(span, err);
+        }
+        throw err;
+      } finally {
+        span.end();
+      }
+    });
+  };
+}
+
+function attemptOf(deps: ProcessorDeps) {
+  return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, signal: AbortSignal | undefined, span: Span): Promise<AgentResult> => {
     const data = job.data;
     const logger = deps.logger.child({
       jobId: job.id,
@@ -73,6 +117,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
     // cancel marker is read alongside the claim (same connection: one round trip), and wins over it.
     const cancelled = deps.cancelRequested?.(job.id!) ?? Promise.resolve(false);
     const admitted = deps.gate ? await deps.gate.admit(job, token, cancelled) : 'run';
+    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
     if (admitted === 'parked') throw new DelayedError();
     if (admitted === 'cancelled' || (!deps.gate && (await cancelled))) {
       logger.info('job cancelled before it started');
@@ -100,6 +145,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       estimatedTokens: estimateTokens(input),
       // Admitted by the fair dispatcher, which charged the first call to this model already.
       ...(deps.gate ? { prepaid: { model } } : {}),
+      span,
     };
     const attempt = job.attemptsMade + 1;
     const started = performance.now();
@@ -147,6 +193,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       const outcome = classify(err);
       if (outcome.kind === 'delay' && !controller.signal.aborted) {
         deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
+        guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
         const until = Date.now() + Math.max(outcome.delayMs, 1);
         if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, ctx.model);

@@ -1,6 +1,7 @@
 import type { Worker } from 'bullmq';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { JobContext } from './middleware.js';
+import type { ModelCallEvent } from './call-agent.js';
 
 /** What a feature (streaming, operations...) may plug into the agent worker. */
 export interface WorkerHooks {
@@ -8,6 +9,10 @@ export interface WorkerHooks {
   onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
   /** Called when a guard delays a job without using an attempt. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
+  /** Every model call of the agent worker (latency, error code). */
+  onModelCall?: (e: ModelCallEvent) => void;
+  /** A usage row committed `lagMs` after its attempt ended. */
+  onUsageWritten?: (lagMs: number) => void;
   /** Sees the agent worker once it exists (to listen to completed/failed events). */
   attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
 }

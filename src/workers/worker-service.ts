@@ -63,11 +63,13 @@ export function createWorkerService(opts: {
       const sinks = textSinks.map((make) => make(ctx)).filter((s) => s !== undefined);
       return sinks.length ? async (text) => void (await Promise.all(sinks.map((sink) => sink(text)))) : undefined;
     },
+    onModelCall: (e) => features.forEach((f) => f.onModelCall?.(e)),
+    captureContent: cfg.OTEL_CAPTURE_CONTENT,
   });
   const processor = createAgentProcessor({
     agents: opts.registry,
     chain: compose(opts.guards, call),
-    runs: createRunWriter(createRunStore({ pool: infra.db.pool })),
+    runs: createRunWriter(createRunStore({ pool: infra.db.pool }), { onCommitted: (lagMs) => features.forEach((f) => f.onUsageWritten?.(lagMs)) }),
     models,
     logger,
     gate,

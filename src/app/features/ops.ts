@@ -46,7 +46,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
   // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
   const store = createDlqStore({ redis: deps.redis, queue: deps.queue, prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 });
   const dlq = createDlqService({ store, validateInput: (agent, action, input) => registry.validateInput(agent, action, input) });
-  const exchange = createMetricsExchange({ redis: deps.redis, prefix, registry: metrics.registry, logger: log });
+  const exchange = createMetricsExchange({ redis: deps.redis, prefix, registry: metrics.registry, logger: log, ...(metrics.processId ? { processId: metrics.processId } : {}) });
   const configuredModels = [cfg.GEMINI_MODEL_FAST, cfg.GEMINI_MODEL_PRO];
 
   const breakerCheck = createBreakerCheck({ cfg, registry, state: (key) => breaker.state(key) });
@@ -84,6 +84,8 @@ export function opsFeature(deps: FeatureDeps): Feature {
     },
 
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
+    onModelCall: (e) => metrics.modelCall(e),
+    onUsageWritten: (lagMs) => metrics.usageWritten(lagMs),
 
     attachWorker(worker) {
       attachOpsListeners(worker, { store, metrics, logger: log });

@@ -135,7 +135,14 @@ export const configSchema = z.object({
   DLQ_MAX_RETRIES: int(3, 0),
   DLQ_BATCH: int(50, 1),
 
+  /** Tracing is on when either endpoint is set (and OTEL_SDK_DISABLED is not): OTLP/HTTP, JSON. */
   OTEL_EXPORTER_OTLP_ENDPOINT: optionalString,
+  /** The full traces URL; wins over OTEL_EXPORTER_OTLP_ENDPOINT (to which `/v1/traces` is appended). */
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalString,
+  OTEL_SERVICE_NAME: z.string().min(1).default('agentq'),
+  OTEL_SDK_DISABLED: bool.default(false),
+  /** Prompt and answer text on model-call spans: off by default, since prompts carry customer data. */
+  OTEL_CAPTURE_CONTENT: bool.default(false),
 });
 
 export type Config = z.infer<typeof configSchema>;

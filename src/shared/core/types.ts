@@ -19,6 +19,15 @@ export interface AgentResult<T = unknown> {
   route?: 'primary' | 'fallback';
 }
 
+/**
+ * W3C trace context of the span that enqueued a job, so the worker's spans join the caller's trace in any
+ * process and on every retry. Only set while tracing is on; ids only, never content.
+ */
+export interface TraceCarrier {
+  traceparent: string;
+  tracestate?: string;
+}
+
 /** The payload of one agent job in BullMQ. Everything here is JSON; nothing secret travels in it. */
 export interface AgentJobData {
   orgId: string;
@@ -32,6 +41,7 @@ export interface AgentJobData {
   /** Publish text chunks to the job's Redis Stream as the model produces them. */
   stream?: boolean;
   enqueuedAt: number;
+  trace?: TraceCarrier;
 }
 
 export function emptyUsage(): TokenUsage {

@@ -1,4 +1,4 @@
-import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AgentResult, CacheLevel } from '../core/types.js';
 import type { DlqClass, FailureType } from '../core/dlq-classify.js';
 
@@ -7,6 +7,8 @@ const CACHE_LEVELS: CacheLevel[] = ['l1', 'l2', 'semantic'];
 
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
+const MODEL_CALL_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120];
+const WRITE_LAG_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export interface JobFacts {
   agent: string;
@@ -29,8 +31,30 @@ function admissionKind(reason: string): 'rate_limit' | 'quota' | 'other' {
  * processes' registries are summed at scrape time (see metrics-exchange.ts), so every metric here must
  * make sense summed: counters, histograms, and gauges that count things in this process.
  */
-export function createOpsMetrics(registry: Registry = new Registry()) {
+export function createOpsMetrics(registry: Registry = new Registry(), opts: { processId?: string } = {}) {
   const registers = [registry];
+  // Node and process metrics (event-loop lag, heap, GC, CPU, handles), labelled with the process they describe
+  // so the scrape keeps one series per process instead of summing them (metrics-exchange.ts).
+  if (opts.processId) collectDefaultMetrics({ register: registry, labels: { process: opts.processId } });
+  const modelCall = new Histogram({
+    name: 'agentq_model_call_duration_seconds',
+    help: 'Model call latency (request to parsed answer), by model and status: ok or the error code',
+    labelNames: ['model', 'status'] as const,
+    buckets: MODEL_CALL_BUCKETS,
+    registers,
+  });
+  const modelErrors = new Counter({
+    name: 'agentq_model_call_errors_total',
+    help: 'Failed model calls by model, error code and provider HTTP status ("none" when no answer came)',
+    labelNames: ['model', 'code', 'http_status'] as const,
+    registers,
+  });
+  const usageWriteLag = new Histogram({
+    name: 'agentq_usage_write_lag_seconds',
+    help: 'Time from an attempt ending to its agent_runs usage row being committed (group commit queue included)',
+    buckets: WRITE_LAG_BUCKETS,
+    registers,
+  });
   const duration = new Histogram({
     name: 'agentq_job_duration_seconds',
     help: 'Time from a job attempt starting to it ending, by outcome',
@@ -65,6 +89,16 @@ export function createOpsMetrics(registry: Registry = new Registry()) {
 
   return {
     registry,
+    processId: opts.processId,
+
+    modelCall(e: { model: string; seconds: number; code?: string; httpStatus?: number }) {
+      modelCall.observe({ model: e.model, status: e.code ?? 'ok' }, Math.max(0, e.seconds));
+      if (e.code) modelErrors.inc({ model: e.model, code: e.code, http_status: e.httpStatus ? String(e.httpStatus) : 'none' });
+    },
+
+    usageWritten(lagMs: number) {
+      usageWriteLag.observe(Math.max(0, lagMs) / 1000);
+    },
 
     jobStarted(job: JobFacts & { attemptsStarted?: number }) {
       // Only the first start: a retry or a guard's delay would otherwise count the same job again.

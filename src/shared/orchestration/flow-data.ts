@@ -1,4 +1,4 @@
-import type { AgentResult } from '../core/types.js';
+import type { AgentResult, TraceCarrier } from '../core/types.js';
 
 /** One child agent job of a fan-out flow, in request order. */
 export interface FlowChildRef {
@@ -57,6 +57,8 @@ export interface PipelineRunData {
   requestId?: string;
   pipeline: string;
   input: unknown;
+  /** The trace of the request that started the run: each step's enqueue joins it. */
+  trace?: TraceCarrier;
   /** Index of the step to work on next. */
   cursor: number;
   steps: StepRecord[];

@@ -13,6 +13,24 @@ import { laneModelOf } from './fair-entry.js';
 import { bulkRequestSchema, jobRequestSchema, type JobRequest } from './job-request.js';
 import { createOrgJobIndexWriter } from './org-job-index.js';
 import { QUEUE } from '../core/queue-names.js';
+import { injectTrace, inSpan, SpanKind } from '../telemetry/tracing.js';
+
+/** The enqueue span: BullMQ as the messaging system, one span per add (single, bulk, flow or step). */
+function enqueueSpan<T>(orgId: string, prepared: PreparedJob[], fn: (withTrace: (d: AgentJobData) => AgentJobData) => Promise<T>): Promise<T> {
+  const attributes = {
+    'messaging.system': 'bullmq',
+    'messaging.operation.type': 'send',
+    'messaging.destination.name': QUEUE.agent,
+    'messaging.batch.message_count': prepared.length,
+    'agentq.org_id': orgId,
+    ...(prepared.length === 1 ? { 'messaging.message.id': prepared[0].opts.jobId, 'agentq.job.id': prepared[0].opts.jobId, 'agentq.agent': prepared[0].data.agent, 'agentq.action': prepared[0].data.action } : {}),
+  };
+  return inSpan(`send ${QUEUE.agent}`, { kind: SpanKind.PRODUCER, attributes }, async () => {
+    // The enqueue span's context rides in each job, so the worker's spans are its children (undefined: not traced).
+    const trace = injectTrace();
+    return fn(trace ? (d) => ({ ...d, trace }) : (d) => d);
+  });
+}
 
 /** What the producer needs from the agent registry: input validation (throws ValidationError) and tiers. */
 export interface InputValidator {
@@ -155,16 +173,18 @@ export function createJobProducer(deps: JobProducerDeps) {
   /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
   async function add(prepared: PreparedJob[], meta: EnqueueMeta, o: { parent?: ParentOptions; admitted?: boolean; ignoreDependencyOnFailure?: boolean } = {}): Promise<EnqueuedJob[]> {
     if (prepared.length === 0) return [];
-    if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
-    const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
-    const [jobs] = await Promise.all([
-      prepared.length === 1
-        ? queue.add(prepared[0].name, prepared[0].data, { ...prepared[0].opts, ...extra }).then((j) => [j])
-        : queue.addBulk(prepared.map((p) => ({ name: p.name, data: p.data, opts: { ...p.opts, ...extra } }))),
-      indexed(meta.orgId, prepared),
-    ]);
-    await lane(prepared);
-    return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
+    return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
+      if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
+      const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
+      const [jobs] = await Promise.all([
+        prepared.length === 1
+          ? queue.add(prepared[0].name, withTrace(prepared[0].data), { ...prepared[0].opts, ...extra }).then((j) => [j])
+          : queue.addBulk(prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }))),
+        indexed(meta.orgId, prepared),
+      ]);
+      await lane(prepared);
+      return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
+    });
   }
 
   return {
@@ -189,15 +209,18 @@ export function createJobProducer(deps: JobProducerDeps) {
      */
     async enqueueFlow(parent: Omit<FlowJob, 'children'>, children: PreparedJob[], meta: EnqueueMeta): Promise<void> {
       if (!deps.flows) throw new Error('this producer has no flow producer');
-      await admitOrThrow(deps.admission, meta.orgId, children.length);
-      await Promise.all([
-        deps.flows.add({
-          ...parent,
-          children: children.map((p) => ({ name: p.name, queueName: QUEUE.agent, data: p.data, opts: { ...p.opts, ignoreDependencyOnFailure: true } })),
-        }),
-        indexed(meta.orgId, children),
-      ]);
-      await lane(children);
+      const flows = deps.flows;
+      await enqueueSpan(meta.orgId, children, async (withTrace) => {
+        await admitOrThrow(deps.admission, meta.orgId, children.length);
+        await Promise.all([
+          flows.add({
+            ...parent,
+            children: children.map((p) => ({ name: p.name, queueName: QUEUE.agent, data: withTrace(p.data), opts: { ...p.opts, ignoreDependencyOnFailure: true } })),
+          }),
+          indexed(meta.orgId, children),
+        ]);
+        await lane(children);
+      });
     },
   };
 }

@@ -8,6 +8,7 @@ import { CANCELLED_REASON, cancelledKey } from '../../shared/core/cancel.js';
 import { childOutcomes, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import type { PipelineRunData, PipelineRunResult, StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
+import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
 
 /** What a run reports as it goes; awaited, so an observer sees the run exactly between two persisted states. */
 export interface PipelineProgressEvent {
@@ -86,13 +87,14 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
   async function addStep(job: Job<PipelineRunData>, rec: StepRecord): Promise<void> {
     const meta = { orgId: job.data.orgId, ...(job.data.requestId ? { requestId: job.data.requestId } : {}) };
     const p = deps.producer.prepare({ agent: rec.agent, action: rec.action, input: rec.input }, meta);
-    await deps.producer.add([{ ...p, opts: { ...p.opts, jobId: rec.jobId! } }], meta, {
+    // Under the trace of the request that started the run: each step's enqueue (and so its job) joins it.
+    await withContext(extractTrace(job.data.trace), () => deps.producer.add([{ ...p, opts: { ...p.opts, jobId: rec.jobId! } }], meta, {
       parent: { id: job.id!, queue: job.queueQualifiedName },
       // The run was admitted as a whole when it started.
       admitted: true,
       // The run decides what a failed step means (stop or continue), so a failure must not strand it.
       ignoreDependencyOnFailure: true,
-    });
+    }));
   }
 
   /** The step's outcome, or throws WaitingChildrenError after parking the run until the step job settles. */

@@ -1,5 +1,6 @@
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { OpenCircuitError, type CircuitBreaker } from '../../shared/limits/circuit-breaker.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 /** A caller abort (cancel, shutdown) says nothing about the upstream; a timeout abort does. */
 function abortedByCaller(ctx: JobContext): boolean {
@@ -19,6 +20,9 @@ export function createBreakerGuard(opts: { breaker: CircuitBreaker; keyFor?: (ct
   return async (ctx, next) => {
     const key = keyFor(ctx);
     const gate = await breaker.acquire(key);
+    guardEvent(ctx.span, 'agentq.guard.breaker', gate.allowed
+      ? { 'agentq.breaker.key': key, 'agentq.breaker.allowed': true, 'agentq.breaker.state': gate.probe ? 'halfOpen' : 'closed' }
+      : { 'agentq.breaker.key': key, 'agentq.breaker.allowed': false, 'agentq.breaker.state': gate.state, 'agentq.breaker.retry_in_ms': gate.msBeforeNext });
     if (!gate.allowed) throw new OpenCircuitError(key, gate.state, gate.retryAtMs, gate.msBeforeNext);
     let result;
     try {

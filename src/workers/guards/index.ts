@@ -17,6 +17,7 @@ import type { AgentResult } from '../../shared/core/types.js';
 import { DelayJobError, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export interface WorkerGuards {
   middlewares: Middleware[];
@@ -33,6 +34,7 @@ function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cach
   const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId) });
   return async (ctx, next) => {
     const decision = cacheMs > 0 ? (await cache.fetch(ctx.orgId))! : await check(ctx.orgId);
+    guardEvent(ctx.span, 'agentq.guard.quota', decision.allowed ? { 'agentq.quota.allowed': true } : { 'agentq.quota.allowed': false, 'agentq.quota.retry_in_ms': decision.retryAfterS * 1000 });
     if (!decision.allowed) {
       ctx.logger.warn({ reason: decision.reason }, 'org quota reached; job waits');
       throw new DelayJobError(decision.retryAfterS * 1000, 'quota');

@@ -2,6 +2,7 @@ import { DelayJobError, type Middleware } from '../middleware.js';
 import { OpenCircuitError } from '../../shared/limits/circuit-breaker.js';
 import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limits/token-bucket.js';
 import { defaultModelLimits, type ModelLimits } from '../../shared/limits/model-limits.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export { defaultModelLimits, type ModelLimits };
 
@@ -67,6 +68,12 @@ export function createRateLimitGuard(opts: {
     const prepaid = ctx.prepaid?.model === model;
     if (prepaid) ctx.prepaid = undefined;
     const taken: TakeResult = prepaid ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
+    guardEvent(ctx.span, 'agentq.guard.rate_limit', {
+      'gen_ai.request.model': model,
+      // prepaid: the fair dispatcher charged the buckets when it let the job run (its wait is the attempt's queue wait).
+      'agentq.rate_limit.decision': prepaid ? 'prepaid' : taken.allowed ? 'taken' : 'refused',
+      ...(taken.allowed ? {} : { 'agentq.rate_limit.wait_ms': taken.msBeforeNext, 'agentq.rate_limit.limited_by': taken.limitedBy ?? '' }),
+    });
     if (!taken.allowed) {
       // Jitter spreads the jobs that were refused together so they do not all return at once.
       const jitter = Math.floor(Math.random() * Math.min(maxJitterMs, 1 + taken.msBeforeNext / 10));

@@ -2,6 +2,7 @@ import { performance } from 'node:perf_hooks';
 import type { JobContext, Middleware } from '../middleware.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { CacheKeyParts, ResultCache } from '../../shared/cache/result-cache.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export const cacheKeyPartsOf = (ctx: JobContext): CacheKeyParts => ({
   orgId: ctx.orgId,
@@ -26,6 +27,8 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     let called = false;
     const call = () => {
       called = true;
+      // Before the call: an attempt whose call then fails still shows its cache decision.
+      guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'miss' });
       return next();
     };
     let outcome;
@@ -34,9 +37,11 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     } catch (err) {
       if (called || ctx.signal.aborted) throw err;
       ctx.logger.warn({ err }, 'result cache unavailable; calling through');
+      guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'unavailable' });
       return next();
     }
     if (outcome.from === 'call') return outcome.value;
+    guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from });
     return {
       ...outcome.value,
       cacheHit: outcome.from,

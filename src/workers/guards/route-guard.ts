@@ -2,6 +2,7 @@ import type { AgentAction, AgentDefinition } from '../../shared/agents/define-ag
 import { AgentqError } from '../../shared/core/errors.js';
 import { codeOf, EUNKNOWN } from '../../shared/core/outcomes.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export interface Route {
   /** A model name, or the name of an agent whose action of the same name serves the job. */
@@ -78,6 +79,7 @@ export function createRouteGuard(opts: {
           }, route.timeoutMs)
         : undefined;
       ctx.signal = controller.signal;
+      guardEvent(ctx.span, 'agentq.guard.route', { 'agentq.route.target': target, 'gen_ai.request.model': ctx.model, 'agentq.route': target === route.primary ? 'primary' : 'fallback' });
       try {
         return await next();
       } catch (err) {

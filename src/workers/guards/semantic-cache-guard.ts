@@ -2,6 +2,7 @@ import type { Logger } from '../../shared/core/logger.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { Middleware } from '../middleware.js';
 import type { SemanticCache } from '../../shared/cache/semantic-cache.js';
+import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 type CachedResult = Omit<AgentResult, 'cacheHit' | 'durationMs' | 'route'>;
 
@@ -23,6 +24,7 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
     let embedding: number[] | undefined;
     try {
       const found = await cache.lookup<CachedResult>({ ...scope, text });
+      guardEvent(ctx.span, 'agentq.guard.semantic_cache', found.hit ? { 'agentq.cache.hit': 'semantic', 'agentq.cache.similarity': found.similarity } : { 'agentq.cache.hit': 'miss' });
       if (found.hit) {
         log.debug({ similarity: found.similarity }, 'semantic cache hit');
         return {
