@@ -32,10 +32,10 @@ const LONG_SYSTEM = `You are a careful analyst. ${'Weigh every risk on its evide
 describe('emulator: service tiers, 429 bodies and usage details through the real SDK', () => {
   it('accepts config.serviceTier, echoes it in usageMetadata and rejects an unknown tier like Gemini', async () => {
     const res = await ai.models.generateContent({ model: MODEL, contents: 'hello flex', config: { serviceTier: ServiceTier.FLEX } });
-    expect(res.usageMetadata?.serviceTier).toBe('flex');
+    expect((res.usageMetadata as { serviceTier?: string } | undefined)?.serviceTier).toBe('flex');
     expect(emu.calls().at(-1)).toMatchObject({ kind: 'generate', serviceTier: 'flex', status: 200 });
     const std = await ai.models.generateContent({ model: MODEL, contents: 'hello standard' });
-    expect(std.usageMetadata?.serviceTier).toBe('standard');
+    expect((std.usageMetadata as { serviceTier?: string } | undefined)?.serviceTier).toBe('standard');
     const bad = await apiError(ai.models.generateContent({ model: MODEL, contents: 'x', config: { serviceTier: 'cheapest' as ServiceTier } }));
     expect(bad.status).toBe(400);
     expect(JSON.parse(bad.message).error.status).toBe('INVALID_ARGUMENT');

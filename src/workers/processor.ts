@@ -149,7 +149,8 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
         const until = Date.now() + Math.max(outcome.delayMs, 1);
-        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, ctx.model);
+        // A provider 429 names the model that refused (the fallback's, when routing switched).
+        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, outcome.model ?? ctx.model);
         else await job.moveToDelayed(until, token);
         throw new DelayedError();
       }

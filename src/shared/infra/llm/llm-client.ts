@@ -154,6 +154,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     } catch (err) {
       if (callbackFailed) throw err;
       const e = d.fail(err, what);
+      e.model ??= req.model;
       // A caller's cancellation is routine (shutdown, job cancel), not worth a warning.
       log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
       throw e;
