@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
-import type { AgentResult } from '../shared/core/types.js';
+import type { AgentResult, ServiceTier, TokenUsage } from '../shared/core/types.js';
 import type { JobContext } from './middleware.js';
 
 /** The slice of the LLM client the terminal call needs (see src/shared/llm/llm-client.ts). */
@@ -12,7 +12,8 @@ export interface GenerateFn {
     responseJsonSchema?: unknown;
     signal?: AbortSignal;
     onText?: (text: string) => void | Promise<void>;
-  }): Promise<{ text: string; json?: unknown; usage: { input: number; output: number }; model: string; costUsd: number }>;
+    tier?: Exclude<ServiceTier, 'batch'>;
+  }): Promise<{ text: string; json?: unknown; usage: TokenUsage; model: string; costUsd: number; tier?: ServiceTier; standardCostUsd?: number }>;
 }
 
 /** A model answer that does not match the action's output schema: retryable, models are not deterministic. */
@@ -51,6 +52,7 @@ export function createAgentCall(deps: {
       responseJsonSchema: jsonSchemaOf(ctx.action.output),
       signal: ctx.signal,
       onText: deps.onText?.(ctx),
+      ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}),
     });
     const parsed = ctx.action.output.safeParse(res.json);
     if (!parsed.success) {
@@ -63,6 +65,8 @@ export function createAgentCall(deps: {
       data,
       tokensUsed: res.usage,
       costUsd: res.costUsd,
+      ...(res.tier && res.tier !== 'standard' ? { tier: res.tier } : {}),
+      ...(res.standardCostUsd !== undefined ? { standardCostUsd: res.standardCostUsd } : {}),
       durationMs: Math.round(performance.now() - started),
       model: res.model,
     };

@@ -98,6 +98,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       signal: controller.signal,
       logger,
       estimatedTokens: estimateTokens(input),
+      tier: data.tier ?? 'standard',
       // Admitted by the fair dispatcher, which charged the first call to this model already.
       ...(deps.gate ? { prepaid: { model } } : {}),
     };
@@ -116,6 +117,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
           inputTokens: 0,
           outputTokens: 0,
           costUsd: 0,
+          tier: ctx.tier ?? 'standard',
           durationMs: Math.round(performance.now() - started),
           cacheHit: null,
           error: null,
@@ -137,6 +139,11 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         inputTokens: result.tokensUsed.input,
         outputTokens: result.tokensUsed.output,
         costUsd: result.costUsd,
+        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier.
+        standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
+        tier: result.tier ?? 'standard',
+        cachedTokens: result.tokensUsed.cached ?? 0,
+        thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
       });
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
