@@ -13,6 +13,7 @@ import { guardCostsCase } from './cases/guard-costs.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
+import { tiersCase } from './cases/tiers.js';
 import { vectorsCase } from './cases/vectors.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
 import { startBenchInfra } from './lib/infra.js';
@@ -33,6 +34,7 @@ const CASES: BenchCase[] = [
   { name: 'accuracy', run: accuracyCase },
   { name: 'fairness', run: fairnessCase },
   { name: 'vectors', run: vectorsCase },
+  { name: 'tiers', run: tiersCase },
 ];
 
 async function main(): Promise<number> {
