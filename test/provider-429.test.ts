@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { nextPacificMidnight } from '../src/shared/infra/llm/llm-errors.js';
+import { LlmError, nextPacificMidnight } from '../src/shared/infra/llm/llm-errors.js';
+import { defaultErrorFilter } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
@@ -85,6 +86,12 @@ describe('provider 429: reschedule, never fail', () => {
     expect(held.waitingFor.eta).toBe(new Date(nextPacificMidnight()).toISOString());
     expect(held.attempts).toBe(0);
     expect(await runs(s, id)).toEqual([]);
+  });
+
+  it('a provider 429 is a quota, not an outage: the breaker ignores it (the model block does the waiting)', () => {
+    expect(defaultErrorFilter(new LlmError('ERATELIMIT', 'x', { status: 429 }))).toBe(true);
+    expect(defaultErrorFilter(new LlmError('EQUOTAEXHAUSTED', 'x', { status: 429 }))).toBe(true);
+    expect(defaultErrorFilter(new LlmError('EPROVIDER', 'x', { status: 503 }))).toBe(false);
   });
 
   it('per-day with a fallback route: the fallback model serves the job at once', async () => {
