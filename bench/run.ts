@@ -15,6 +15,7 @@ import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
 import { tracingCase } from './cases/tracing.js';
+import { tiersCase } from './cases/tiers.js';
 import { vectorsCase } from './cases/vectors.js';
 import { vectorsLargeCase } from './cases/vectors-large.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
@@ -40,6 +41,7 @@ const CASES: BenchCase[] = [
   { name: 'vectors', run: vectorsCase },
   // Opt in only (BENCH_ONLY=vectors-large): loads 2 x 100k vectors, far beyond the 10-minute budget.
   { name: 'vectors-large', run: vectorsLargeCase, optIn: true },
+  { name: 'tiers', run: tiersCase },
 ];
 
 async function main(): Promise<number> {

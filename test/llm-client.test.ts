@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { startGemini } from '../src/app/gemini.js';
 import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
-import { LlmError, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
+import { LlmError, nextPacificMidnight, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import { POLL } from './helpers/wait.js';
@@ -101,6 +101,24 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     const bare = await failure(gen());
     expect(bare).toMatchObject({ code: 'ERATELIMIT', retryable: true });
     expect(bare.retryAfterMs).toBeUndefined();
+  });
+
+  it('429 QuotaFailure: per-minute -> ERATELIMIT with the quota id; per-day -> EQUOTAEXHAUSTED until the Pacific midnight reset', async () => {
+    emu.script({ status: 429, quota: 'per_minute', retryAfterS: 46 });
+    expect(await failure(gen())).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerMinutePerProjectPerModel', model: MODEL });
+    emu.script({ status: 429, quota: 'per_day', retryAfterS: 46 });
+    const day = await failure(gen());
+    expect(day).toMatchObject({ code: 'EQUOTAEXHAUSTED', retryable: true, quotaId: 'GenerateRequestsPerDayPerProjectPerModel', model: MODEL });
+    expect(day.retryAtMs).toBe(nextPacificMidnight());
+  });
+
+  it('nextPacificMidnight: the next 00:00 in Los Angeles, across daylight saving changes', () => {
+    // 2026-07-01 12:00 UTC = 05:00 PDT -> 2026-07-02 07:00 UTC; 2026-01-15 12:00 UTC = 04:00 PST -> 2026-01-16 08:00 UTC.
+    expect(new Date(nextPacificMidnight(Date.parse('2026-07-01T12:00:00Z'))).toISOString()).toBe('2026-07-02T07:00:00.000Z');
+    expect(new Date(nextPacificMidnight(Date.parse('2026-01-15T12:00:00Z'))).toISOString()).toBe('2026-01-16T08:00:00.000Z');
+    // The day DST starts (2026-03-08) is 23 hours long; the day it ends (2026-11-01) 25.
+    expect(new Date(nextPacificMidnight(Date.parse('2026-03-08T09:00:00Z'))).toISOString()).toBe('2026-03-09T07:00:00.000Z');
+    expect(new Date(nextPacificMidnight(Date.parse('2026-11-01T08:00:00Z'))).toISOString()).toBe('2026-11-02T08:00:00.000Z');
   });
 
   it('500 and 503 -> EPROVIDER retryable; 400 -> EBADREQUEST not retryable', async () => {

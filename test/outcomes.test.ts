@@ -42,7 +42,9 @@ const ATTEMPTS = 3;
  */
 const reword = <E extends Error>(err: E, message: string): E => Object.assign(err, { message });
 const CASES: Array<{ name: string; make: (m: string) => Error; cancel?: boolean; outcome: Outcome; final?: Classification }> = [
-  { name: 'LlmError ERATELIMIT', make: (m) => new LlmError('ERATELIMIT', m, { status: 429, retryAfterMs: 1500 }), outcome: { kind: 'retry', code: 'ERATELIMIT', retryAfterMs: 1500 }, final: { class: 'retryable', type: 'rate_limit' } },
+  // A provider 429 reschedules without using an attempt (and names its model so the dispatcher pauses it).
+  { name: 'LlmError ERATELIMIT', make: (m) => new LlmError('ERATELIMIT', m, { status: 429, retryAfterMs: 1500, model: 'gemini-x' }), outcome: { kind: 'delay', reason: 'provider_rate_limited', delayMs: 1500, model: 'gemini-x' } },
+  { name: 'LlmError ERATELIMIT (no RetryInfo)', make: (m) => new LlmError('ERATELIMIT', m, { status: 429 }), outcome: { kind: 'delay', reason: 'provider_rate_limited', delayMs: 10_000 } },
   { name: 'LlmError ETIMEDOUT', make: (m) => new LlmError('ETIMEDOUT', m), outcome: { kind: 'retry', code: 'ETIMEDOUT' }, final: { class: 'retryable', type: 'timeout' } },
   { name: 'LlmError EPROVIDER', make: (m) => new LlmError('EPROVIDER', m, { status: 503 }), outcome: { kind: 'retry', code: 'EPROVIDER' }, final: { class: 'retryable', type: 'provider' } },
   { name: 'LlmError EPROVIDER (not retryable)', make: (m) => new LlmError('EPROVIDER', m, { retryable: false }), outcome: { kind: 'fail', code: 'EPROVIDER' }, final: { class: 'poison', type: 'provider' } },

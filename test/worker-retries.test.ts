@@ -34,11 +34,12 @@ describe('retries, backoff and the failed set', () => {
     expect(runs[0].error).toMatch(/500|internal/i);
   });
 
-  it('honours a 429 and retries', async () => {
+  it('honours a 429: runs again after its retryDelay without using an attempt', async () => {
     s.emulator.script({ status: 429, retryAfterS: 0.2, match: { promptIncludes: 'throttled-once' }, times: 1 });
-    const { view } = await run('throttled-once');
+    const { view, runs } = await run('throttled-once');
     expect(view.state).toBe('completed');
-    expect(view.attempts).toBe(2);
+    expect(view.attempts).toBe(1);
+    expect(runs.map((r) => r.state)).toEqual(['completed']);
   });
 
   it('keeps a job that exhausts its attempts in the failed set with reason and stack', async () => {

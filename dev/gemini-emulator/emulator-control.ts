@@ -1,5 +1,7 @@
 import type { CallRecord } from './emulator-server.js';
 import type { EmulatorFault } from './faults.js';
+import type { BatchTiming } from './batches.js';
+import type { UsageModelOptions } from './usage-model.js';
 
 /** Scripts an emulator that runs in another process, through its `/__emulator/` HTTP routes. */
 export interface EmulatorControl {
@@ -8,6 +10,10 @@ export interface EmulatorControl {
   calls(): Promise<CallRecord[]>;
   reset(): Promise<void>;
   setStreamChunkDelay(ms: number): Promise<void>;
+  /** Moves the emulator's clock forward (batch states and expiry); resolves to the emulator's new time. */
+  advanceClock(ms: number): Promise<number>;
+  setBatchTiming(t: Partial<BatchTiming>): Promise<void>;
+  configureUsage(o: UsageModelOptions): Promise<void>;
 }
 
 export function createEmulatorControl(baseUrl: string): EmulatorControl {
@@ -29,5 +35,8 @@ export function createEmulatorControl(baseUrl: string): EmulatorControl {
     calls: async () => ((await call('GET', 'calls')) as { calls: CallRecord[] }).calls,
     reset: async () => void (await call('POST', 'reset')),
     setStreamChunkDelay: async (ms) => void (await call('POST', 'stream-delay', { ms })),
+    advanceClock: async (ms) => ((await call('POST', 'clock', { advanceMs: ms })) as { nowMs: number }).nowMs,
+    setBatchTiming: async (t) => void (await call('POST', 'batch-timing', t)),
+    configureUsage: async (o) => void (await call('POST', 'usage', o)),
   };
 }

@@ -5,6 +5,8 @@ import { BadRequestError, buildAnswer, promptText, promptTokens, splitForStream,
 import { embedText } from './embedder.js';
 import { describeFault, FaultQueue, FaultScriptError, type CallKind, type EmulatorFault } from './faults.js';
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
+import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
+import { createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
 
 export interface CallRecord {
   id: number;
@@ -19,6 +21,14 @@ export interface CallRecord {
   aborted?: boolean;
   promptTokens?: number;
   outputTokens?: number;
+  cachedTokens?: number;
+  thoughtsTokens?: number;
+  /** The `serviceTier` the request asked for (generate/stream), absent when unset. */
+  serviceTier?: string;
+  /** Batch create: how many inline requests, and the batch's displayName and name. */
+  requests?: number;
+  displayName?: string;
+  batch?: string;
 }
 
 export interface GeminiEmulator {
@@ -30,18 +40,27 @@ export interface GeminiEmulator {
   calls(): CallRecord[];
   resetCalls(): void;
   setStreamChunkDelay(ms: number): void;
+  /** Moves the emulator's clock (batch states, expiry) forward; returns the new emulator time (ms). */
+  advanceClock(ms: number): number;
+  now(): number;
+  setBatchTiming(t: Partial<BatchTiming>): BatchTiming;
+  configureUsage(o: UsageModelOptions): void;
 }
 
 export interface GeminiEmulatorOptions {
   port?: number;
   host?: string;
   streamChunkDelayMs?: number;
+  usage?: UsageModelOptions;
+  batchTiming?: Partial<BatchTiming>;
 }
 
 const DEFAULT_EMBED_DIMS = 768;
 const MAX_BODY_BYTES = 20 * 1024 * 1024;
 const ROUTE = /^\/(?:v1|v1beta|v1alpha)\/models\/([^/:]+):([A-Za-z]+)$/;
+const BATCH_ROUTE = /^\/(?:v1|v1beta|v1alpha)\/batches(?:\/([^/:]+)(:cancel)?)?$/;
 const KINDS: Record<string, CallKind> = {
+  batchGenerateContent: 'batch',
   generateContent: 'generate',
   streamGenerateContent: 'stream',
   embedContent: 'embed',
@@ -93,6 +112,25 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
   let calls: CallRecord[] = [];
   let nextId = 1;
   const inflight = new Set<AbortController>();
+  const clock = createClock();
+  const usageModel = createUsageModel(opts.usage);
+  const batches = createBatchStore({
+    clock,
+    answer: (model, req) => {
+      try {
+        validateGenerateRequest(req);
+      } catch (err) {
+        return err as Error;
+      }
+      const answer = buildAnswer(model, req);
+      return {
+        candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, finishReason: answer.finishReason }],
+        usageMetadata: usageModel.complete(model, req, answer.usage, 'omit'),
+        modelVersion: model,
+      };
+    },
+  });
+  if (opts.batchTiming) batches.setTiming(opts.batchTiming);
 
   const setDelay = (ms: number): void => {
     if (!(Number.isFinite(ms) && ms >= 0)) throw new FaultScriptError('stream chunk delay must be a non-negative number');
@@ -115,9 +153,34 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       calls = [];
       return sendJson(res, 200, { cleared: true });
     }
+    if (route === 'POST /__emulator/clock') {
+      const advanceMs = Number(((await readJson(req)) as { advanceMs?: unknown }).advanceMs ?? 0);
+      if (!(Number.isFinite(advanceMs) && advanceMs >= 0)) throw new FaultScriptError('advanceMs must be a non-negative number');
+      return sendJson(res, 200, { nowMs: clock.advance(advanceMs) });
+    }
+    if (route === 'GET /__emulator/clock') return sendJson(res, 200, { nowMs: clock.now() });
+    if (route === 'POST /__emulator/batch-timing') {
+      try {
+        return sendJson(res, 200, batches.setTiming((await readJson(req)) as Partial<BatchTiming>));
+      } catch (err) {
+        throw new FaultScriptError((err as Error).message);
+      }
+    }
+    if (route === 'POST /__emulator/usage') {
+      try {
+        usageModel.configure((await readJson(req)) as UsageModelOptions);
+      } catch (err) {
+        throw new FaultScriptError((err as Error).message);
+      }
+      return sendJson(res, 200, { configured: true });
+    }
     if (route === 'POST /__emulator/reset') {
       faults.clear();
       calls = [];
+      clock.reset();
+      batches.reset();
+      if (opts.batchTiming) batches.setTiming(opts.batchTiming);
+      usageModel.reset();
       streamDelayMs = opts.streamChunkDelayMs ?? 0;
       return sendJson(res, 200, { reset: true });
     }
@@ -128,7 +191,32 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     return sendJson(res, 404, { error: { code: 404, message: `no control route ${route}`, status: 'NOT_FOUND' } });
   }
 
+  /** get / list / cancel / delete of batches (create is a model method, answered with the others). */
+  function batchAdmin(req: IncomingMessage, res: ServerResponse, url: URL, id: string | undefined, cancel: boolean): void {
+    const notFound = () => sendJson(res, 404, errorPayload(404, `Requested entity was not found.`));
+    if (!id && req.method === 'GET') {
+      const size = Number(url.searchParams.get('pageSize') ?? 50);
+      if (!(Number.isInteger(size) && size >= 1 && size <= 1000)) return sendJson(res, 400, errorPayload(400, 'page_size must be between 1 and 1000'));
+      return sendJson(res, 200, batches.list(size, url.searchParams.get('pageToken') ?? undefined));
+    }
+    if (id && cancel && req.method === 'POST') return batches.cancel(id) ? sendJson(res, 200, {}) : notFound();
+    if (id && !cancel && req.method === 'GET') {
+      const op = batches.get(id);
+      return op ? sendJson(res, 200, op) : notFound();
+    }
+    if (id && !cancel && req.method === 'DELETE') return batches.delete(id) ? sendJson(res, 200, {}) : notFound();
+    return sendJson(res, 404, errorPayload(404, `Method not found: ${req.method} ${url.pathname}`));
+  }
+
   async function api(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
+    const b = BATCH_ROUTE.exec(url.pathname);
+    if (b) {
+      if (!req.headers['x-goog-api-key'] && !url.searchParams.get('key')) {
+        return sendJson(res, 403, errorPayload(403, 'Method doesn\'t allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.'));
+      }
+      for await (const _chunk of req) void _chunk;
+      return batchAdmin(req, res, url, b[1] ? decodeURIComponent(b[1]) : undefined, !!b[2]);
+    }
     const m = ROUTE.exec(url.pathname);
     const kind = m ? KINDS[m[2]] : undefined;
     if (!m || !kind || req.method !== 'POST') {
@@ -166,9 +254,13 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     const batch = method === 'batchEmbedContents';
     const embedRequests = batch ? (body.requests ?? []) : [body];
     const embedTexts = embedRequests.map((r) => (r.content?.parts ?? []).map((p) => p.text ?? '').join(' '));
-    const text = kind === 'embed' ? embedTexts.join('\n') : promptText(body.generateContentRequest ?? body);
+    const inline = kind === 'batch' ? ((body as { batch?: { inputConfig?: { requests?: { requests?: InlineRequest[] } } } }).batch?.inputConfig?.requests?.requests ?? []) : [];
+    const text = kind === 'embed' ? embedTexts.join('\n') : kind === 'batch' ? inline.map((r) => promptText(r.request ?? {})).join('\n') : promptText(body.generateContentRequest ?? body);
+    const tier = kind === 'generate' || kind === 'stream' ? parseServiceTier(body.serviceTier) : undefined;
+    if (tier instanceof Error) throw new BadRequestError(tier.message);
+    if (body.serviceTier !== undefined) record.serviceTier = String(body.serviceTier);
 
-    const fault = faults.take({ kind, model, text });
+    const fault = faults.take({ kind, model, text, serviceTier: tier });
     if (fault) record.fault = describeFault(fault);
     if (fault?.latencyMs) await sleep(fault.latencyMs, undefined, { signal }).catch(() => undefined);
     if (signal.aborted) return;
@@ -183,7 +275,18 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     };
     if (fault?.status !== undefined) {
       const headers: Record<string, string> = fault.status === 429 && fault.retryAfterS !== undefined ? { 'retry-after': String(Math.ceil(fault.retryAfterS)) } : {};
-      return reply(fault.status, errorPayload(fault.status, fault.message, { retryAfterS: fault.retryAfterS, model }), headers);
+      return reply(fault.status, errorPayload(fault.status, fault.message, { retryAfterS: fault.retryAfterS, model, quota: fault.quota }), headers);
+    }
+
+    if (kind === 'batch') {
+      const spec = (body as { batch?: { displayName?: string } }).batch;
+      if (!spec || inline.length === 0) throw new BadRequestError('* BatchGenerateContentRequest.batch.input_config: must hold at least one request');
+      if (inline.some((r) => !r || typeof r !== 'object' || !r.request)) throw new BadRequestError('* InlinedRequest.request: request is not specified');
+      const op = batches.create(model, spec.displayName ?? '', inline);
+      record.requests = inline.length;
+      record.displayName = spec.displayName ?? '';
+      record.batch = op.name;
+      return reply(200, op);
     }
 
     if (kind === 'embed') {
@@ -204,9 +307,12 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     }
 
     validateGenerateRequest(body);
-    const answer = buildAnswer(model, body, { malformed: fault?.malformed });
+    const built = buildAnswer(model, body, { malformed: fault?.malformed });
+    const answer = { ...built, usage: usageModel.complete(model, body, built.usage, tier) };
     record.promptTokens = answer.usage.promptTokenCount;
     record.outputTokens = answer.usage.candidatesTokenCount;
+    if (answer.usage.cachedContentTokenCount) record.cachedTokens = answer.usage.cachedContentTokenCount;
+    if (answer.usage.thoughtsTokenCount) record.thoughtsTokens = answer.usage.thoughtsTokenCount;
     const responseId = `emu-${record.id}`;
     const chunkBody = (text: string, last: boolean) => ({
       candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...(last ? { finishReason: answer.finishReason } : {}) }],
@@ -257,6 +363,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       calls = [];
     },
     setStreamChunkDelay: setDelay,
+    advanceClock: (ms) => clock.advance(ms),
+    now: () => clock.now(),
+    setBatchTiming: (t) => batches.setTiming(t),
+    configureUsage: (o) => usageModel.configure(o),
     close: () =>
       new Promise<void>((resolve) => {
         for (const ac of inflight) ac.abort();

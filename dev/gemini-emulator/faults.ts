@@ -1,4 +1,6 @@
-export type CallKind = 'generate' | 'stream' | 'embed' | 'count';
+import type { QuotaScope } from './gemini-wire.js';
+
+export type CallKind = 'generate' | 'stream' | 'embed' | 'count' | 'batch';
 
 export interface FaultMatch {
   kind?: CallKind;
@@ -6,11 +8,14 @@ export interface FaultMatch {
   model?: string;
   /** Substring of the request's text (system instruction + contents, or the texts to embed). */
   promptIncludes?: string;
+  /** The request's `serviceTier` ('standard' when unset), e.g. to shed only flex traffic. */
+  serviceTier?: string;
 }
 
 /**
  * One scripted misbehaviour. Exactly one effect is expected (`latencyMs` may accompany another):
- * - `status`: answer with Gemini's error JSON (429 carries RetryInfo + Retry-After when `retryAfterS` is set);
+ * - `status`: answer with Gemini's error JSON (429 carries RetryInfo + Retry-After when `retryAfterS` is set,
+ *   and a QuotaFailure naming the `quota`: per_minute (default), tokens_per_minute or per_day);
  * - `latencyMs`: wait, then answer (normally, or with the other effect);
  * - `hang`: never answer; the socket stays open until the client gives up or the server closes;
  * - `malformed`: a 200 whose candidate text is truncated JSON;
@@ -20,6 +25,7 @@ export interface FaultMatch {
 export interface EmulatorFault {
   status?: number;
   retryAfterS?: number;
+  quota?: QuotaScope;
   message?: string;
   latencyMs?: number;
   hang?: boolean;
@@ -34,6 +40,7 @@ export interface RequestFacts {
   kind: CallKind;
   model: string;
   text: string;
+  serviceTier?: string;
 }
 
 export class FaultScriptError extends Error {
@@ -56,6 +63,9 @@ function validate(f: EmulatorFault): EmulatorFault {
   if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset');
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
     throw new FaultScriptError('a fault needs status, hang, malformed, reset or latencyMs');
+  }
+  if (f.quota !== undefined && !['per_minute', 'tokens_per_minute', 'per_day'].includes(f.quota)) {
+    throw new FaultScriptError('fault quota must be per_minute, tokens_per_minute or per_day');
   }
   if (f.status !== undefined && !(Number.isInteger(f.status) && f.status >= 400 && f.status <= 599)) {
     throw new FaultScriptError('fault status must be an HTTP error status (400-599)');
@@ -100,5 +110,6 @@ function matches(m: FaultMatch | undefined, req: RequestFacts): boolean {
   if (m.kind !== undefined && m.kind !== req.kind) return false;
   if (m.model !== undefined && bareModel(m.model) !== bareModel(req.model)) return false;
   if (m.promptIncludes !== undefined && !req.text.includes(m.promptIncludes)) return false;
+  if (m.serviceTier !== undefined && m.serviceTier.toLowerCase() !== (req.serviceTier ?? 'standard')) return false;
   return true;
 }

@@ -2,6 +2,7 @@ import type { Config } from '../shared/core/config.js';
 import { startGeminiEmulator, type GeminiEmulator, type GeminiEmulatorOptions } from '../../dev/gemini-emulator/emulator.js';
 import type { Logger } from '../shared/core/logger.js';
 import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
+import { createPricing, type Pricing } from '../shared/infra/llm/pricing.js';
 
 export interface GeminiModels {
   fast: string;
@@ -25,6 +26,7 @@ export interface GeminiSetupOptions {
   timeoutMs: number;
   logger: Logger;
   emulator?: GeminiEmulatorOptions;
+  pricing?: Pricing;
 }
 
 /** The key the SDK sends to an emulator; the emulator only checks that one is present. */
@@ -36,7 +38,7 @@ const EMULATOR_KEY = 'emulator-no-real-key';
  * synthetic. A key never starts the emulator; a `baseUrl` without a key uses that endpoint instead.
  */
 export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup> {
-  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding };
+  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
     return { llm, models: opts.models, close: async () => undefined };
@@ -52,7 +54,7 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
 
 /** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
 export function geminiOptionsFromConfig(
-  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'>,
+  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'PRICES_JSON'>>,
   logger: Logger,
 ): GeminiSetupOptions {
   return {
@@ -60,5 +62,6 @@ export function geminiOptionsFromConfig(
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
     timeoutMs: cfg.LLM_TIMEOUT_MS,
     logger,
+    pricing: createPricing(cfg.PRICES_JSON),
   };
 }

@@ -113,6 +113,7 @@ export async function startRuntime(opts: {
     retention: retentionOf(cfg),
     admission,
     flows: flowProducer,
+    tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S },
   });
   const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler });
   const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm };

@@ -17,6 +17,9 @@ export interface JobView {
   attempts: number;
   createdAt: string;
   finishedAt?: string;
+  /** The service tier the job runs at (absent = standard) and its deadline, when it gave one. */
+  tier?: string;
+  deadline?: string;
   /** Why a waiting job has not started (fair dispatcher): the reason, the limit's name and an ETA when known. */
   waitingFor?: { reason: string; limit?: string; eta?: string; position?: number };
 }
@@ -37,6 +40,8 @@ export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string)
     ...(job.returnvalue ? { result: job.returnvalue } : {}),
     ...(job.failedReason ? { error: job.failedReason } : {}),
     attempts: job.attemptsMade,
+    ...(job.data.tier ? { tier: job.data.tier } : {}),
+    ...(job.data.deadlineAt ? { deadline: new Date(job.data.deadlineAt).toISOString() } : {}),
     createdAt: new Date(job.timestamp).toISOString(),
     ...(job.finishedOn ? { finishedAt: new Date(job.finishedOn).toISOString() } : {}),
   };

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
-import type { AgentResult } from '../shared/core/types.js';
+import type { AgentResult, ServiceTier, TokenUsage } from '../shared/core/types.js';
 import type { JobContext } from './middleware.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
 import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
@@ -14,7 +14,8 @@ export interface GenerateFn {
     responseJsonSchema?: unknown;
     signal?: AbortSignal;
     onText?: (text: string) => void | Promise<void>;
-  }): Promise<{ text: string; json?: unknown; usage: { input: number; output: number }; model: string; costUsd: number }>;
+    tier?: Exclude<ServiceTier, 'batch'>;
+  }): Promise<{ text: string; json?: unknown; usage: TokenUsage; model: string; costUsd: number; tier?: ServiceTier; standardCostUsd?: number }>;
 }
 
 /** One model call as metrics see it: `code` is the stable error code, absent when the call answered usably. */
@@ -74,6 +75,7 @@ export function createAgentCall(deps: {
           responseJsonSchema: jsonSchemaOf(ctx.action.output),
           signal: ctx.signal,
           onText: deps.onText?.(ctx),
+          ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}),
         });
       } catch (err) {
         const e = err as { code?: unknown; status?: unknown };
@@ -99,6 +101,8 @@ export function createAgentCall(deps: {
       data,
       tokensUsed: res.usage,
       costUsd: res.costUsd,
+      ...(res.tier && res.tier !== 'standard' ? { tier: res.tier } : {}),
+      ...(res.standardCostUsd !== undefined ? { standardCostUsd: res.standardCostUsd } : {}),
       durationMs: Math.round(performance.now() - started),
       model: res.model,
     };

@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
 import { PARK_AT_MS, parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
@@ -56,13 +57,14 @@ export function createFairGate(deps: {
 
     /**
      * Waits a job without using an attempt (quota, open breaker, a limit only known at run time): parked and
-     * back in its lane from `untilMs`. An open breaker also pauses the model's lanes for every org.
+     * back in its lane from `untilMs`. An open breaker or a provider 429 also pauses the model's lanes for
+     * every org (`MODEL_WIDE_DELAYS`): the fair dispatcher stops sending anyone's jobs into a wall.
      */
     async defer(job: AgentJob, token: string | undefined, untilMs: number, reason: string, model?: string): Promise<void> {
       if (!token) throw new Error('cannot defer a job without its lock token');
       await parkActiveJob(job, token);
       await deps.scheduler.repark(job.id!, untilMs, reason);
-      if (model && reason === 'breaker_open') await deps.scheduler.blockModel(model, untilMs, reason);
+      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await deps.scheduler.blockModel(model, untilMs, reason);
       void deps.loop.kick();
     },
 

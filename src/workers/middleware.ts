@@ -2,7 +2,7 @@ import type { Job } from 'bullmq';
 import type { Span } from '../shared/telemetry/tracing.js';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
 export interface JobContext {
@@ -21,6 +21,8 @@ export interface JobContext {
   /** Aborted on timeout, cancellation or shutdown; pass it to every I/O call. */
   signal: AbortSignal;
   logger: Logger;
+  /** The service tier this attempt is billed at (the job's `options.tier`, or chosen from its deadline). */
+  tier?: ServiceTier;
   /** Estimated tokens charged up front by the rate limiter; corrected with real usage afterwards. */
   estimatedTokens: number;
   /**

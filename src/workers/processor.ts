@@ -143,6 +143,7 @@ function attemptOf(deps: ProcessorDeps) {
       signal: controller.signal,
       logger,
       estimatedTokens: estimateTokens(input),
+      tier: data.tier ?? 'standard',
       // Admitted by the fair dispatcher, which charged the first call to this model already.
       ...(deps.gate ? { prepaid: { model } } : {}),
       span,
@@ -162,6 +163,7 @@ function attemptOf(deps: ProcessorDeps) {
           inputTokens: 0,
           outputTokens: 0,
           costUsd: 0,
+          tier: ctx.tier ?? 'standard',
           durationMs: Math.round(performance.now() - started),
           cacheHit: null,
           error: null,
@@ -183,6 +185,11 @@ function attemptOf(deps: ProcessorDeps) {
         inputTokens: result.tokensUsed.input,
         outputTokens: result.tokensUsed.output,
         costUsd: result.costUsd,
+        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier.
+        standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
+        tier: result.tier ?? 'standard',
+        cachedTokens: result.tokensUsed.cached ?? 0,
+        thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
       });
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
@@ -196,7 +203,8 @@ function attemptOf(deps: ProcessorDeps) {
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
         const until = Date.now() + Math.max(outcome.delayMs, 1);
-        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, ctx.model);
+        // A provider 429 names the model that refused (the fallback's, when routing switched).
+        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, outcome.model ?? ctx.model);
         else await job.moveToDelayed(until, token);
         throw new DelayedError();
       }

@@ -34,21 +34,36 @@ function windowOf(q: { from?: Date; to?: Date }): { from: Date; to: Date } {
   return { from, to };
 }
 
+const savings = (r: UsageRow) => Math.round((r.standardCostUsd - r.costUsd) * 1e8) / 1e8;
+
 const view = (r: UsageRow) => ({
   key: r.key,
   jobs: r.jobs,
-  tokens: { input: r.inputTokens, output: r.outputTokens, total: r.inputTokens + r.outputTokens },
+  tokens: { input: r.inputTokens, output: r.outputTokens, total: r.inputTokens + r.outputTokens, cached: r.cachedTokens, thoughts: r.thoughtsTokens },
   costUsd: r.costUsd,
+  standardCostUsd: r.standardCostUsd,
+  savingsUsd: savings(r),
   cacheHitRate: r.cacheHitRate,
   durationMs: { p50: r.p50Ms, p95: r.p95Ms },
 });
 
-const EMPTY: UsageRow = { key: 'total', jobs: 0, inputTokens: 0, outputTokens: 0, costUsd: 0, cacheHitRate: 0, p50Ms: 0, p95Ms: 0 };
+const EMPTY: UsageRow = { key: 'total', jobs: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0, thoughtsTokens: 0, costUsd: 0, standardCostUsd: 0, cacheHitRate: 0, p50Ms: 0, p95Ms: 0 };
 
 /** The groups and the window's total: one read path for the API and the dashboard, so their numbers agree. */
 async function report<G extends UsageGroupBy>(deps: UsageRouteDeps, q: { orgId: string | null; from: Date; to: Date; groupBy: G }) {
-  const [rows, [total]] = await Promise.all([deps.runs.usage(q), deps.runs.usage({ ...q, groupBy: 'total' })]);
-  return { from: q.from.toISOString(), to: q.to.toISOString(), groupBy: q.groupBy, groups: rows.map(view), total: view(total ?? EMPTY) };
+  const [rows, [total], tiers] = await Promise.all([
+    deps.runs.usage(q),
+    deps.runs.usage({ ...q, groupBy: 'total' }),
+    q.groupBy === 'tier' ? undefined : deps.runs.usage({ ...q, groupBy: 'tier' }),
+  ]);
+  return {
+    from: q.from.toISOString(),
+    to: q.to.toISOString(),
+    groupBy: q.groupBy,
+    groups: rows.map(view),
+    total: view(total ?? EMPTY),
+    byTier: (tiers ?? rows).map((r) => ({ tier: r.key, jobs: r.jobs, costUsd: r.costUsd, standardCostUsd: r.standardCostUsd, savingsUsd: savings(r) })),
+  };
 }
 
 /** The caller's org's jobs, tokens, cost, cache hit rate and p50/p95 duration per group, and in total. */

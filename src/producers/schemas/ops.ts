@@ -51,15 +51,23 @@ export const usageQuery = z
   .object({
     from: isoDate.optional().describe('Default: 30 days before `to`'),
     to: isoDate.optional().describe('Default: now'),
-    groupBy: z.enum(['agent', 'model', 'day']).default('agent'),
+    groupBy: z.enum(['agent', 'model', 'day', 'tier']).default('agent'),
   })
   .strict();
 
 const usageGroup = z.object({
   key: z.string(),
   jobs: z.number(),
-  tokens: z.object({ input: z.number(), output: z.number(), total: z.number() }),
+  tokens: z.object({
+    input: z.number(),
+    output: z.number(),
+    total: z.number(),
+    cached: z.number().describe('Of input: served from Gemini’s implicit cache, billed at the cached price'),
+    thoughts: z.number().describe('Of output: thinking tokens, billed at the output price'),
+  }),
   costUsd: z.number(),
+  standardCostUsd: z.number().describe('The same tokens at the standard tier’s price'),
+  savingsUsd: z.number().describe('standardCostUsd - costUsd: what flex / batch saved (negative for priority)'),
   cacheHitRate: z.number(),
   durationMs: z.object({ p50: z.number(), p95: z.number() }),
 });
@@ -67,9 +75,12 @@ const usageGroup = z.object({
 export const usageReport = z.object({
   from: z.string(),
   to: z.string(),
-  groupBy: z.enum(['agent', 'model', 'day']),
+  groupBy: z.enum(['agent', 'model', 'day', 'tier']),
   groups: z.array(usageGroup),
   total: usageGroup.describe('The whole window (key `total`): percentiles over every attempt, not summed from groups'),
+  byTier: z
+    .array(z.object({ tier: z.string(), jobs: z.number(), costUsd: z.number(), standardCostUsd: z.number(), savingsUsd: z.number() }))
+    .describe('The same window split by service tier, with the savings against the standard tier'),
 });
 
 /** The dashboard's counterpart of `/v1/usage`: an operator may pick one org or see all, and group by org. */

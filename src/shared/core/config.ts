@@ -29,6 +29,26 @@ const routeSchema = z
   })
   .strict();
 
+const usdPerMillion = z.number().min(0).max(10_000);
+const modelPrice = z
+  .object({
+    input: usdPerMillion.optional(),
+    output: usdPerMillion.optional(),
+    cachedInput: usdPerMillion.optional(),
+    longContext: z.object({ aboveInputTokens: z.number().int().positive(), input: usdPerMillion, output: usdPerMillion, cachedInput: usdPerMillion.optional() }).strict().optional(),
+  })
+  .strict();
+/** PRICES_JSON: replaces entries of the built-in price table (src/shared/infra/llm/pricing.ts) one by one. */
+export const priceOverridesSchema = z
+  .object({
+    asOf: z.string().min(1).max(40).optional(),
+    source: z.string().min(1).max(500).optional(),
+    models: z.record(z.string().min(1), modelPrice).optional(),
+    tiers: z.object({ standard: z.number().positive().max(10), flex: z.number().positive().max(10), batch: z.number().positive().max(10), priority: z.number().positive().max(10) }).partial().strict().optional(),
+  })
+  .strict();
+export type PriceOverrides = z.infer<typeof priceOverridesSchema>;
+
 const optionalString = z
   .string()
   .optional()
@@ -80,6 +100,10 @@ export const configSchema = z.object({
   GEMINI_MODEL_PRO: z.string().default('gemini-2.5-pro'),
   GEMINI_EMBEDDING_MODEL: z.string().default('gemini-embedding-001'),
   LLM_TIMEOUT_MS: int(60_000, 1),
+  /** Price table overrides (USD per 1M tokens, tier multipliers), e.g. {"asOf":"2026-01-10","models":{"gemini-2.5-flash":{"input":0.3}},"tiers":{"priority":2}}. */
+  PRICES_JSON: json(priceOverridesSchema, {}),
+  /** A job's `options.deadline` at least this many seconds away runs on the flex tier (about half price, best effort). */
+  TIER_FLEX_MIN_DEADLINE_S: int(600, 1),
 
   WORKER_CONCURRENCY: int(10, 1),
   /** Flow parents and pipeline runs mostly wait on their children, so this can be well above WORKER_CONCURRENCY. */

@@ -29,6 +29,7 @@ export interface Classification {
  */
 const BY_CODE: Record<string, { type: FailureType; poison?: true; cancelled?: true }> = {
   ERATELIMIT: { type: 'rate_limit' },
+  EQUOTAEXHAUSTED: { type: 'rate_limit' },
   ETIMEDOUT: { type: 'timeout' },
   EPROVIDER: { type: 'provider' },
   ENETWORK: { type: 'network' },

@@ -7,10 +7,23 @@ import { CANCELLED_REASON } from './cancel.js';
  */
 export type Outcome =
   | { kind: 'retry'; code: string; retryAfterMs?: number }
-  | { kind: 'delay'; reason: DelayReason; delayMs: number }
+  | { kind: 'delay'; reason: DelayReason; delayMs: number; model?: string }
   | { kind: 'fail'; code: string };
 
-export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota';
+/**
+ * `provider_rate_limited`: Gemini answered 429 for a short-window quota (per minute); `provider_quota`: a
+ * per-day quota, waited out until its reset. Both pause the model's lanes for every org, like an open breaker.
+ */
+export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota';
+
+/** Reasons that say the model itself cannot serve anyone now: the dispatcher blocks its lanes until then. */
+export const MODEL_WIDE_DELAYS: ReadonlySet<DelayReason> = new Set<DelayReason>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
+
+/** A provider 429 without RetryInfo or Retry-After still waits, this long, instead of hammering the model. */
+export const PROVIDER_429_DEFAULT_DELAY_MS = 10_000;
+/** Codes the LLM client gives a provider 429: per minute (ERATELIMIT) and per day (EQUOTAEXHAUSTED). */
+export const ERATELIMIT = 'ERATELIMIT';
+export const EQUOTAEXHAUSTED = 'EQUOTAEXHAUSTED';
 
 /** The job was cancelled while it ran. */
 export const ECANCELLED = 'ECANCELLED';
@@ -113,8 +126,19 @@ export function failureCodeOf(err: { code?: unknown; message?: unknown }): strin
 /** What happens to a job whose attempt threw `err`. */
 export function classify(err: unknown): Outcome {
   if (err instanceof DelayJobError) return { kind: 'delay', reason: err.reason, delayMs: err.delayMs };
-  const e = (err ?? {}) as { name?: unknown; retryable?: unknown; retryAfterMs?: unknown; msBeforeNext?: unknown; retryAtMs?: unknown };
+  const e = (err ?? {}) as { name?: unknown; retryable?: unknown; retryAfterMs?: unknown; msBeforeNext?: unknown; retryAtMs?: unknown; model?: unknown };
   const code = codeOf(err);
+  const model = typeof e.model === 'string' ? { model: e.model } : {};
+  // A provider 429 reschedules, never fails: the job waits without using an attempt, and the model pauses.
+  // (RetryAfterError is the explicit "retry, using an attempt" and keeps that meaning.)
+  if (code === ERATELIMIT && !(err instanceof RetryAfterError)) {
+    const delayMs = typeof e.retryAfterMs === 'number' && e.retryAfterMs > 0 ? e.retryAfterMs : PROVIDER_429_DEFAULT_DELAY_MS;
+    return { kind: 'delay', reason: 'provider_rate_limited', delayMs, ...model };
+  }
+  if (code === EQUOTAEXHAUSTED) {
+    const delayMs = typeof e.retryAtMs === 'number' ? e.retryAtMs - Date.now() : typeof e.retryAfterMs === 'number' ? e.retryAfterMs : PROVIDER_429_DEFAULT_DELAY_MS;
+    return { kind: 'delay', reason: 'provider_quota', delayMs: Math.max(1, delayMs), ...model };
+  }
   // An open breaker (OpenCircuitError) is an outage to wait out; it says when the next probe may run.
   if (code === 'EOPENBREAKER') {
     const delayMs = typeof e.msBeforeNext === 'number' ? e.msBeforeNext : typeof e.retryAtMs === 'number' ? e.retryAtMs - Date.now() : undefined;

@@ -1,7 +1,20 @@
 export interface TokenUsage {
+  /** Prompt tokens, cached ones included. */
   input: number;
+  /** Answer tokens, thinking tokens included (both bill at the output price). */
   output: number;
+  /** Of `input`, served from Gemini's (implicit) cache: billed at the cached-input price. */
+  cached?: number;
+  /** Of `output`, thinking tokens. */
+  thoughts?: number;
 }
+
+/**
+ * Gemini's pricing/latency tiers: `standard`; `flex` (about half price, best effort, may be shed); `batch`
+ * (Batch Mode: half price, turnaround up to 24 h); `priority` (a premium for the lowest latency).
+ */
+export const SERVICE_TIERS = ['standard', 'flex', 'batch', 'priority'] as const;
+export type ServiceTier = (typeof SERVICE_TIERS)[number];
 
 export type CacheLevel = 'l1' | 'l2' | 'semantic';
 
@@ -17,6 +30,9 @@ export interface AgentResult<T = unknown> {
   cacheHit?: CacheLevel;
   /** Which route served the job when a primary/fallback route was used. */
   route?: 'primary' | 'fallback';
+  /** The service tier the answer was billed at (absent = standard), and its cost on the standard tier. */
+  tier?: ServiceTier;
+  standardCostUsd?: number;
 }
 
 /**
@@ -40,6 +56,10 @@ export interface AgentJobData {
   userId?: string;
   /** Publish text chunks to the job's Redis Stream as the model produces them. */
   stream?: boolean;
+  /** The service tier to call at (absent = standard), fixed at enqueue from `options.tier` or `options.deadline`. */
+  tier?: ServiceTier;
+  /** Epoch ms by which the caller needs the answer (`options.deadline`). */
+  deadlineAt?: number;
   enqueuedAt: number;
   trace?: TraceCarrier;
 }

@@ -17,10 +17,22 @@ export interface FairEntry {
   notBeforeMs?: number;
 }
 
-export type WaitReason = 'fair_share' | 'org_concurrency' | 'rate_limited' | 'model_blocked' | 'breaker_open' | 'quota' | 'delayed' | 'retry_backoff';
+export type WaitReason =
+  | 'fair_share'
+  | 'org_concurrency'
+  | 'rate_limited'
+  | 'model_blocked'
+  | 'breaker_open'
+  | 'quota'
+  | 'delayed'
+  | 'retry_backoff'
+  | 'provider_rate_limited'
+  | 'provider_quota';
 
 /** Reasons a job parked with a not-before time (repark, or its own `delayMs`) is reported under. */
-const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited']);
+const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota']);
+/** Model blocks reported under their own reason (the block's reason is what the caller needs to know). */
+const BLOCK_REASONS = new Set<string>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
 
 export interface WhyResult {
   reason: WaitReason;
@@ -188,7 +200,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       let reason = r.reason as WaitReason;
       let limit = r.limit;
       if (reason === 'rate_limited' && limit.startsWith('model:')) reason = 'model_blocked';
-      if (reason === 'model_blocked' && limit === 'breaker_open') reason = 'breaker_open';
+      if (reason === 'model_blocked' && BLOCK_REASONS.has(limit)) reason = limit as WaitReason;
       if (reason === 'retry_backoff' && TIMER_REASONS.has(limit)) {
         reason = limit as WaitReason;
         limit = '';

@@ -76,7 +76,13 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     buckets: LATENCY_BUCKETS,
     registers,
   });
-  const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model'] as const, registers });
+  const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model', 'tier'] as const, registers });
+  const savings = new Counter({
+    name: 'agentq_cost_savings_usd_total',
+    help: 'What completed jobs would have cost more on the standard tier (flex / batch discounts), in USD',
+    labelNames: ['agent', 'model', 'tier'] as const,
+    registers,
+  });
   const tokens = new Counter({ name: 'agentq_tokens_total', help: 'Model tokens of completed jobs', labelNames: ['agent', 'model', 'direction'] as const, registers });
   const errors = new Counter({ name: 'agentq_job_errors_total', help: 'Failed job attempts by error type', labelNames: ['agent', 'type'] as const, registers });
   const cacheHits = new Counter({ name: 'agentq_cache_hits_total', help: 'Completed jobs served by a cache level', labelNames: ['level'] as const, registers });
@@ -111,7 +117,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     jobCompleted(job: JobFacts, result: AgentResult) {
       const seconds = job.processedOn ? ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000 : result.durationMs / 1000;
       duration.observe({ agent: job.agent, action: job.action, outcome: 'completed' }, Math.max(0, seconds));
-      cost.inc({ agent: job.agent, model: result.model }, result.costUsd || 0);
+      const tier = result.tier ?? 'standard';
+      cost.inc({ agent: job.agent, model: result.model, tier }, result.costUsd || 0);
+      // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
+      const saved = result.cacheHit ? 0 : (result.standardCostUsd ?? result.costUsd) - (result.costUsd || 0);
+      if (saved > 0) savings.inc({ agent: job.agent, model: result.model, tier }, saved);
       tokens.inc({ agent: job.agent, model: result.model, direction: 'input' }, result.tokensUsed?.input ?? 0);
       tokens.inc({ agent: job.agent, model: result.model, direction: 'output' }, result.tokensUsed?.output ?? 0);
       const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;

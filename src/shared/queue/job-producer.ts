@@ -1,4 +1,5 @@
 import { createHash, randomUUID } from 'node:crypto';
+import { chooseTier, type TierPolicy } from './tier-choice.js';
 import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
@@ -75,6 +76,8 @@ export interface JobProducerDeps {
    * a process outside agentq's deployment should not make decisions with its own copy of the limits).
    */
   kick?: () => Promise<unknown>;
+  /** How a deadline maps to a tier (default: DEFAULT_TIER_POLICY). */
+  tierPolicy?: TierPolicy;
 }
 
 /**
@@ -109,6 +112,7 @@ export function createJobProducer(deps: JobProducerDeps) {
     }
     const opts = req.options ?? {};
     const now = Date.now();
+    const { tier, deadlineAt } = chooseTier(opts, now, deps.tierPolicy, `${pathPrefix}options.deadline`);
     const data: AgentJobData = {
       orgId: meta.orgId,
       agent: req.agent,
@@ -116,6 +120,8 @@ export function createJobProducer(deps: JobProducerDeps) {
       input,
       ...(opts.model ? { model: opts.model } : {}),
       ...(opts.stream ? { stream: true } : {}),
+      ...(tier !== 'standard' ? { tier } : {}),
+      ...(deadlineAt !== undefined ? { deadlineAt } : {}),
       ...(meta.requestId ? { requestId: meta.requestId } : {}),
       ...(meta.userId ? { userId: meta.userId } : {}),
       enqueuedAt: now,

@@ -1,6 +1,6 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
 import { AgentqError } from '../../shared/core/errors.js';
-import { codeOf, EUNKNOWN } from '../../shared/core/outcomes.js';
+import { codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 
@@ -41,8 +41,19 @@ const sleep = (ms: number, signal: AbortSignal) =>
     signal.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
   });
 
-/** Guards that refuse before any call: switching to the fallback is right for these too. */
-const refusedBeforeCall = (err: unknown) => (err as { code?: string })?.code === 'EOPENBREAKER';
+/**
+ * Refusals that say the primary cannot serve now, so switching to the fallback at once is right: an open
+ * breaker (refused before any call) and a per-day provider quota (it will not clear for hours).
+ */
+const refusedBeforeCall = (err: unknown) => {
+  const code = (err as { code?: string })?.code;
+  return code === 'EOPENBREAKER' || code === EQUOTAEXHAUSTED;
+};
+/** A provider 429: rescheduled by the processor (no attempt used), never retried in-process nor failed. */
+const providerLimit = (err: unknown) => {
+  const code = (err as { code?: string })?.code;
+  return code === ERATELIMIT || code === EQUOTAEXHAUSTED;
+};
 
 /**
  * Primary/fallback routing per agent action. Each try gets its own timeout that aborts the in-flight call
@@ -99,7 +110,8 @@ export function createRouteGuard(opts: {
         return { ...(await tryTarget(route.primary, primaryModel)), route: 'primary' as const };
       } catch (err) {
         primaryError = err;
-        if (outer.signal.aborted || err instanceof DelayJobError) throw err;
+        // A per-minute 429 waits for its retryDelay (the whole model pauses); it does not burn the fallback.
+        if (outer.signal.aborted || err instanceof DelayJobError || (err as { code?: string })?.code === ERATELIMIT) throw err;
         if (refusedBeforeCall(err) || (err as { retryable?: boolean }).retryable === false) break;
         if (attempt < (route.retries ?? 0)) await sleep(baseMs * 2 ** attempt * (0.5 + Math.random() / 2), outer.signal);
       }
@@ -113,6 +125,8 @@ export function createRouteGuard(opts: {
       return { ...(await tryTarget(route.fallback, outer.model)), route: 'fallback' as const };
     } catch (err) {
       if (outer.signal.aborted || err instanceof DelayJobError) throw err;
+      // The fallback is rate limited too: the job waits for it (its error carries the delay and the model).
+      if (providerLimit(err)) throw err;
       const message = `both primary (${route.primary}) and fallback (${route.fallback}) failed: primary: ${(primaryError as Error)?.message}; fallback: ${(err as Error)?.message}`;
       // An open breaker on both routes is an outage to wait out, not a failure: keep the breaker's delay.
       if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;

@@ -1,5 +1,5 @@
 import type pg from 'pg';
-import type { CacheLevel } from '../../core/types.js';
+import type { CacheLevel, ServiceTier } from '../../core/types.js';
 
 /** One finished attempt of one job. */
 export interface AgentRun {
@@ -17,12 +17,17 @@ export interface AgentRun {
   cacheHit?: CacheLevel | null;
   error?: string | null;
   requestId?: string | null;
+  /** Cost ledger (migration 011): the tier billed, cached and thinking tokens, the same tokens at standard price. */
+  tier?: ServiceTier;
+  cachedTokens?: number;
+  thoughtsTokens?: number;
+  standardCostUsd?: number | null;
   /** Defaults to now(); set by backfills and tests. */
   createdAt?: Date;
 }
 
 /** `org` and `total` (one row, key `total`) serve the operator's dashboard; `/v1/usage` offers the first three. */
-export type UsageGroupBy = 'agent' | 'model' | 'day' | 'org' | 'total';
+export type UsageGroupBy = 'agent' | 'model' | 'day' | 'tier' | 'org' | 'total';
 
 export interface UsageRow {
   /** Agent name, model name, org id, the UTC day as YYYY-MM-DD, or `total`. */
@@ -32,6 +37,10 @@ export interface UsageRow {
   inputTokens: number;
   outputTokens: number;
   costUsd: number;
+  cachedTokens: number;
+  thoughtsTokens: number;
+  /** What the same tokens cost on the standard tier; `standardCostUsd - costUsd` is what the tiers saved. */
+  standardCostUsd: number;
   /** Share of completed attempts served from a cache. */
   cacheHitRate: number;
   p50Ms: number;
@@ -45,6 +54,7 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
   day: "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
   org: 'org_id',
   total: "'total'",
+  tier: 'tier',
 };
 
 export function createRunStore({ pool }: { pool: pg.Pool }) {
@@ -53,8 +63,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
     async record(r: AgentRun): Promise<boolean> {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
-                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()))
+                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at,
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19)
          ON CONFLICT (job_id, attempt) DO NOTHING`,
         [
           r.jobId,
@@ -72,6 +83,10 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           r.error ?? null,
           r.requestId ?? null,
           r.createdAt ?? null,
+          r.tier ?? 'standard',
+          Math.round(r.cachedTokens ?? 0),
+          Math.round(r.thoughtsTokens ?? 0),
+          r.standardCostUsd ?? r.costUsd,
         ],
       );
       return res.rowCount === 1;
@@ -86,11 +101,13 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       const col = <T>(f: (r: AgentRun) => T) => runs.map(f);
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
-                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at)
-         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now())
+                                 cost_usd, duration_ms, cache_hit, error, request_id, created_at,
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc
          FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
-                     $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[])
-              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca)
+                     $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
+                     $16::text[], $17::int[], $18::int[], $19::numeric[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc)
          ON CONFLICT (job_id, attempt) DO NOTHING`,
         [
           col((r) => r.jobId),
@@ -108,6 +125,10 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           col((r) => r.error ?? null),
           col((r) => r.requestId ?? null),
           col((r) => r.createdAt ?? null),
+          col((r) => r.tier ?? 'standard'),
+          col((r) => Math.round(r.cachedTokens ?? 0)),
+          col((r) => Math.round(r.thoughtsTokens ?? 0)),
+          col((r) => r.standardCostUsd ?? r.costUsd),
         ],
       );
       return res.rowCount ?? 0;
@@ -134,6 +155,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 COALESCE(sum(input_tokens), 0) AS input_tokens,
                 COALESCE(sum(output_tokens), 0) AS output_tokens,
                 COALESCE(sum(cost_usd), 0) AS cost_usd,
+                COALESCE(sum(cached_tokens), 0) AS cached_tokens,
+                COALESCE(sum(thoughts_tokens), 0) AS thoughts_tokens,
+                COALESCE(sum(COALESCE(standard_cost_usd, cost_usd)), 0) AS standard_cost_usd,
                 COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed'), 0) AS cache_hit_rate,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
@@ -149,6 +173,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
         inputTokens: Number(r.input_tokens),
         outputTokens: Number(r.output_tokens),
         costUsd: Number(r.cost_usd),
+        cachedTokens: Number(r.cached_tokens),
+        thoughtsTokens: Number(r.thoughts_tokens),
+        standardCostUsd: Number(r.standard_cost_usd),
         cacheHitRate: Number(r.cache_hit_rate),
         // No attempt in the window: no percentile (SQL NULL), shown as 0 like the other empty sums.
         p50Ms: Number(r.p50 ?? 0),

@@ -1,8 +1,8 @@
-import { GoogleGenAI, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai';
+import { GoogleGenAI, ServiceTier as SdkServiceTier, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
-import type { TokenUsage } from '../../core/types.js';
+import type { ServiceTier, TokenUsage } from '../../core/types.js';
 import { LlmError, toLlmError } from './llm-errors.js';
-import { costUsd } from './pricing.js';
+import { createPricing, type Pricing } from './pricing.js';
 
 export interface GenerateRequest {
   model: string;
@@ -17,6 +17,8 @@ export interface GenerateRequest {
   onText?: (text: string) => void | Promise<void>;
   maxOutputTokens?: number;
   temperature?: number;
+  /** Online tiers only (Batch Mode is `ai.batches`): flex and priority are sent as `config.serviceTier`. */
+  tier?: Exclude<ServiceTier, 'batch'>;
 }
 
 export interface GenerateResult {
@@ -25,6 +27,9 @@ export interface GenerateResult {
   usage: TokenUsage;
   model: string;
   costUsd: number;
+  tier: ServiceTier;
+  /** The same tokens on the standard tier. */
+  standardCostUsd: number;
 }
 
 export interface EmbedOptions {
@@ -49,6 +54,26 @@ export interface LlmClientOptions {
   logger?: Logger;
   embeddingModel?: string;
   embeddingDims?: number;
+  /** Prices (PRICES_JSON applied); default: the built-in table. */
+  pricing?: Pricing;
+}
+
+const SDK_TIERS: Record<Exclude<ServiceTier, 'batch'>, SdkServiceTier> = {
+  standard: SdkServiceTier.STANDARD,
+  flex: SdkServiceTier.FLEX,
+  priority: SdkServiceTier.PRIORITY,
+};
+
+/** Gemini's usageMetadata as a TokenUsage: thinking tokens bill as output; cached prompt tokens at a discount. */
+export function usageOf(meta: GenerateContentResponse['usageMetadata'] | undefined): TokenUsage {
+  const thoughts = meta?.thoughtsTokenCount ?? 0;
+  const cached = meta?.cachedContentTokenCount ?? 0;
+  return {
+    input: meta?.promptTokenCount ?? 0,
+    output: (meta?.candidatesTokenCount ?? 0) + thoughts,
+    ...(cached > 0 ? { cached } : {}),
+    ...(thoughts > 0 ? { thoughts } : {}),
+  };
 }
 
 /** Gemini's batchEmbedContents takes at most 100 requests. */
@@ -110,6 +135,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
   const log = opts.logger?.child({ component: 'llm' });
   const embeddingModel = opts.embeddingModel ?? 'gemini-embedding-001';
   const embeddingDims = opts.embeddingDims ?? 768;
+  const pricing = opts.pricing ?? createPricing();
 
   async function generate(req: GenerateRequest): Promise<GenerateResult> {
     const what = `Gemini ${req.model} generate`;
@@ -124,6 +150,8 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     }
     if (req.maxOutputTokens !== undefined) config.maxOutputTokens = req.maxOutputTokens;
     if (req.temperature !== undefined) config.temperature = req.temperature;
+    // Standard is the default: sent only when asked for another tier, so a plain call stays a plain call.
+    if (req.tier && req.tier !== 'standard') config.serviceTier = SDK_TIERS[req.tier];
     const params = { model: req.model, contents: req.prompt, config };
 
     let text = '';
@@ -154,6 +182,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     } catch (err) {
       if (callbackFailed) throw err;
       const e = d.fail(err, what);
+      e.model ??= req.model;
       // A caller's cancellation is routine (shutdown, job cancel), not worth a warning.
       log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
       throw e;
@@ -161,14 +190,12 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       d.end();
     }
 
-    const usage: TokenUsage = {
-      input: usageSeen?.promptTokenCount ?? 0,
-      // Thinking tokens are billed as output.
-      output: (usageSeen?.candidatesTokenCount ?? 0) + (usageSeen?.thoughtsTokenCount ?? 0),
-    };
+    const usage = usageOf(usageSeen);
+    const tier: ServiceTier = req.tier ?? 'standard';
     const blocked = last?.promptFeedback?.blockReason;
     if (!text && blocked) throw new LlmError('EBADREQUEST', `${what}: prompt blocked (${blocked})`);
-    const result: GenerateResult = { text, usage, model: req.model, costUsd: costUsd(req.model, usage) };
+    const cost = pricing.cost(req.model, usage, tier);
+    const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     if (req.responseJsonSchema !== undefined) {
       try {
         result.json = JSON.parse(text);

@@ -1,4 +1,4 @@
-export type LlmErrorCode = 'ERATELIMIT' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EABORTED';
+export type LlmErrorCode = 'ERATELIMIT' | 'EQUOTAEXHAUSTED' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EABORTED';
 
 /** Every failure of an LLM call, classified once so retry, breaker and backoff logic read one shape. */
 export class LlmError extends Error {
@@ -7,18 +7,32 @@ export class LlmError extends Error {
   readonly retryable: boolean;
   readonly status?: number;
   readonly retryAfterMs?: number;
+  /** EQUOTAEXHAUSTED: when the violated per-day quota resets (epoch ms). */
+  readonly retryAtMs?: number;
+  /** 429s: the quota Gemini named in `google.rpc.QuotaFailure` (e.g. GenerateRequestsPerDayPerProjectPerModel). */
+  readonly quotaId?: string;
+  /** The model the failed call asked for (set by the client), so a 429 can pause that model's lanes. */
+  model?: string;
 
-  constructor(code: LlmErrorCode, message: string, opts: { retryable?: boolean; status?: number; retryAfterMs?: number; cause?: unknown } = {}) {
+  constructor(
+    code: LlmErrorCode,
+    message: string,
+    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; cause?: unknown } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
     this.retryable = opts.retryable ?? DEFAULT_RETRYABLE[code];
     if (opts.status !== undefined) this.status = opts.status;
     if (opts.retryAfterMs !== undefined) this.retryAfterMs = opts.retryAfterMs;
+    if (opts.retryAtMs !== undefined) this.retryAtMs = opts.retryAtMs;
+    if (opts.quotaId !== undefined) this.quotaId = opts.quotaId;
+    if (opts.model !== undefined) this.model = opts.model;
   }
 }
 
 const DEFAULT_RETRYABLE: Record<LlmErrorCode, boolean> = {
   ERATELIMIT: true,
+  EQUOTAEXHAUSTED: true,
   ETIMEDOUT: true,
   EPROVIDER: true,
   ENETWORK: true,
@@ -61,7 +75,35 @@ interface RpcStatus {
   code?: number;
   status?: string;
   message?: string;
-  details?: Array<{ '@type'?: string; retryDelay?: string }>;
+  details?: Array<{ '@type'?: string; retryDelay?: string; violations?: Array<{ quotaId?: string; quotaMetric?: string }> }>;
+}
+
+/**
+ * Gemini's per-day quotas (requests per day) reset at midnight Pacific time. The next such midnight
+ * after `now`, found by reading the Pacific wall clock (so daylight saving time is handled by Intl).
+ */
+export function nextPacificMidnight(now = Date.now()): number {
+  const parts = new Intl.DateTimeFormat('en-US', { timeZone: 'America/Los_Angeles', hourCycle: 'h23', hour: 'numeric', minute: 'numeric', second: 'numeric' }).formatToParts(now);
+  const get = (t: string) => Number(parts.find((p) => p.type === t)?.value ?? 0);
+  const sinceMidnightMs = ((get('hour') * 60 + get('minute')) * 60 + get('second')) * 1000 + (now % 1000);
+  // A day is 23 or 25 hours on a DST switch; re-read the wall clock there and correct by the difference.
+  let at = now - sinceMidnightMs + 24 * 3600_000;
+  const check = new Intl.DateTimeFormat('en-US', { timeZone: 'America/Los_Angeles', hourCycle: 'h23', hour: 'numeric' }).format(at);
+  const h = Number(check);
+  if (h !== 0) at -= (h > 12 ? h - 24 : h) * 3600_000;
+  return at;
+}
+
+/**
+ * What a 429's QuotaFailure says: a per-day quota (waits for the daily reset, or another model) or a
+ * short-window one (per minute: waits `retryDelay`). A body naming both is per-day: the minute's delay
+ * would only lead to another 429.
+ */
+function quotaOf(rpc: RpcStatus | undefined): { perDay: boolean; quotaId?: string } {
+  const violations = (rpc?.details ?? []).filter((d) => String(d['@type']).endsWith('google.rpc.QuotaFailure')).flatMap((d) => d.violations ?? []);
+  const day = violations.find((v) => /PerDay/i.test(v.quotaId ?? ''));
+  if (day) return { perDay: true, quotaId: day.quotaId };
+  return { perDay: false, quotaId: violations[0]?.quotaId };
 }
 
 /** The SDK's ApiError message is the JSON error body; pull google.rpc.Status out of it when it parses. */
@@ -122,7 +164,9 @@ export function toLlmError(err: unknown): LlmError {
     if (s === 429) {
       const delay = rpc?.details?.find((d) => String(d['@type']).endsWith('google.rpc.RetryInfo'))?.retryDelay;
       const retryAfterMs = (delay ? parseDuration(delay) : undefined) ?? parseRetryAfter(headerOf(top, 'retry-after'));
-      return new LlmError('ERATELIMIT', message, { status: s, retryAfterMs, cause: err });
+      const quota = quotaOf(rpc);
+      if (quota.perDay) return new LlmError('EQUOTAEXHAUSTED', message, { status: s, retryAfterMs, retryAtMs: nextPacificMidnight(), quotaId: quota.quotaId, cause: err });
+      return new LlmError('ERATELIMIT', message, { status: s, retryAfterMs, quotaId: quota.quotaId, cause: err });
     }
     if (s === 408 || s === 504) return new LlmError('ETIMEDOUT', message, { status: s, cause: err });
     if (s >= 500 || s === 499) return new LlmError('EPROVIDER', message, { status: s, cause: err });

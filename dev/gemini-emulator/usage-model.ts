@@ -1,0 +1,91 @@
+import { promptTokens } from './answer-builder.js';
+import type { WireGenerateRequest, WireUsage } from './gemini-wire.js';
+import { hash32 } from './seeded.js';
+
+export interface UsageModelOptions {
+  /**
+   * Gemini 2.5 caches a repeated prompt prefix implicitly once it reaches a model-specific minimum (1,024
+   * tokens for Flash, 2,048 for Pro in 2025). The emulator caches a repeated system instruction of at least
+   * this many tokens: its second and later uses are reported as `cachedContentTokenCount`.
+   */
+  implicitCacheMinTokens?: number;
+  /** Think when the request does not say (`thinkingConfig` absent), as 2.5 Flash and Pro do by default. */
+  thinkingByDefault?: boolean;
+}
+
+export type ServiceTierName = 'standard' | 'flex' | 'priority';
+
+/** The values Gemini accepts for `serviceTier` (the SDK sends the lower-case enum value). */
+export function parseServiceTier(raw: unknown): ServiceTierName | undefined | Error {
+  if (raw === undefined || raw === null) return undefined;
+  const v = String(raw).toLowerCase().replace(/^service_tier_/, '');
+  if (v === 'unspecified' || v === 'standard') return 'standard';
+  if (v === 'flex' || v === 'priority') return v;
+  return new Error(`Invalid value at 'service_tier' (type.googleapis.com/google.ai.generativelanguage.v1beta.ServiceTier), "${String(raw)}"`);
+}
+
+/** Models that cannot think (Gemini answers 400 to a thinking budget for them). */
+const NON_THINKING = /^gemini-(1\.|2\.0-)/;
+
+/**
+ * Token accounting beyond prompt and candidates: implicit-cache hits and thinking tokens. Deterministic:
+ * the thinking count is a pure function of the model, the request and the answer's length; the cache
+ * depends only on which system instructions this emulator has already seen (in call order).
+ */
+export function createUsageModel(opts: UsageModelOptions = {}) {
+  let minTokens = opts.implicitCacheMinTokens ?? 1024;
+  let thinkingByDefault = opts.thinkingByDefault ?? false;
+  const seen = new Set<string>();
+
+  function thoughts(model: string, req: WireGenerateRequest, output: number): number {
+    const tc = req.generationConfig?.thinkingConfig as { thinkingBudget?: number } | undefined;
+    const budget = tc?.thinkingBudget;
+    if (NON_THINKING.test(model) || budget === 0) return 0;
+    if (tc === undefined && !thinkingByDefault) return 0;
+    if (tc !== undefined && budget === undefined && !thinkingByDefault) return 0;
+    // Between 1x and 3x the answer's length, fixed per request, within the budget (-1 = dynamic).
+    const factor = 1 + (hash32(JSON.stringify([model, req.systemInstruction ?? null, req.contents])) % 200) / 100;
+    const want = Math.max(1, Math.ceil(output * factor));
+    return typeof budget === 'number' && budget > 0 ? Math.min(budget, want) : want;
+  }
+
+  function cached(model: string, req: WireGenerateRequest): number {
+    if (!req.systemInstruction) return 0;
+    const sys = promptTokens({ systemInstruction: req.systemInstruction, contents: [] });
+    if (sys < minTokens) return 0;
+    const key = `${model}\u0000${hash32(JSON.stringify(req.systemInstruction))}`;
+    if (seen.has(key)) return sys;
+    if (seen.size > 10_000) seen.clear();
+    seen.add(key);
+    return 0;
+  }
+
+  return {
+    /** Adds cache hits, thinking tokens and the tier to a base usage (prompt + candidates). */
+    complete(model: string, req: WireGenerateRequest, base: WireUsage, tier: ServiceTierName | 'omit' | undefined): WireUsage {
+      const hit = cached(model, req);
+      const thought = thoughts(model, req, base.candidatesTokenCount);
+      return {
+        ...base,
+        totalTokenCount: base.promptTokenCount + base.candidatesTokenCount + thought,
+        ...(hit > 0 ? { cachedContentTokenCount: hit, cacheTokensDetails: [{ modality: 'TEXT' as const, tokenCount: hit }] } : {}),
+        ...(thought > 0 ? { thoughtsTokenCount: thought } : {}),
+        ...(tier === 'omit' ? {} : { serviceTier: tier ?? 'standard' }),
+      };
+    },
+    configure(o: UsageModelOptions): void {
+      if (o.implicitCacheMinTokens !== undefined) {
+        if (!(Number.isInteger(o.implicitCacheMinTokens) && o.implicitCacheMinTokens >= 1)) throw new RangeError('implicitCacheMinTokens must be a positive integer');
+        minTokens = o.implicitCacheMinTokens;
+      }
+      if (o.thinkingByDefault !== undefined) thinkingByDefault = !!o.thinkingByDefault;
+    },
+    reset(): void {
+      seen.clear();
+      minTokens = opts.implicitCacheMinTokens ?? 1024;
+      thinkingByDefault = opts.thinkingByDefault ?? false;
+    },
+  };
+}
+
+export type UsageModel = ReturnType<typeof createUsageModel>;

@@ -1,0 +1,120 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../src/shared/core/config.js';
+import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.js';
+import { chooseTier } from '../src/shared/queue/tier-choice.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
+
+const ADMIN_TOKEN = 'adm-ledger-7f1d2c9a4b3e';
+
+describe('prices: one table, dated, overridable', () => {
+  it('prices cached input at its discount, thinking at the output price, and each tier by its multiplier', () => {
+    const p = createPricing();
+    const flash = DEFAULT_PRICES.models['gemini-2.5-flash'];
+    // 1,000 prompt tokens of which 400 cached; 300 output tokens of which 200 thinking.
+    const usage = { input: 1000, cached: 400, output: 300, thoughts: 200 };
+    const standard = (600 * flash.input + 400 * flash.cachedInput! + 300 * flash.output) / 1e6;
+    expect(p.cost('gemini-2.5-flash', usage).costUsd).toBeCloseTo(standard, 12);
+    expect(p.cost('gemini-2.5-flash', usage, 'flex')).toEqual({ costUsd: expect.closeTo(standard * 0.5, 12), standardCostUsd: expect.closeTo(standard, 12) });
+    expect(p.cost('gemini-2.5-flash', usage, 'batch').costUsd).toBeCloseTo(standard * 0.5, 12);
+    expect(p.cost('gemini-2.5-flash', usage, 'priority').costUsd).toBeGreaterThan(standard);
+    expect(DEFAULT_PRICES.asOf).toMatch(/^\d{4}-\d{2}-\d{2}$/);
+    expect(DEFAULT_PRICES.source).toMatch(/^https:\/\/ai\.google\.dev\//);
+  });
+
+  it('PRICES_JSON overrides entries one by one and is validated at startup, naming the variable', () => {
+    const cfg = parseConfig({ PRICES_JSON: JSON.stringify({ asOf: '2026-01-10', models: { 'gemini-2.5-flash': { input: 1 }, 'my-model': { input: 2, output: 4 } }, tiers: { priority: 2 } }) });
+    const p = createPricing(cfg.PRICES_JSON);
+    expect(p.table.asOf).toBe('2026-01-10');
+    expect(p.priceOf('gemini-2.5-flash')).toMatchObject({ input: 1, output: DEFAULT_PRICES.models['gemini-2.5-flash'].output });
+    expect(p.cost('my-model', { input: 1_000_000, output: 0 }, 'priority').costUsd).toBe(4);
+    expect(() => parseConfig({ PRICES_JSON: JSON.stringify({ tiers: { flex: -1 } }) })).toThrow(ConfigError);
+    expect(() => parseConfig({ PRICES_JSON: JSON.stringify({ models: { x: { input: 'cheap' } } }) })).toThrow(/PRICES_JSON/);
+    expect(() => createPricing({ models: { 'brand-new': { input: 1 } } })).toThrow(/needs input and output/);
+  });
+
+  it('a deadline picks the cheapest tier that meets it; an explicit tier wins; a past deadline is refused', () => {
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    expect(chooseTier({}, now)).toEqual({ tier: 'standard' });
+    expect(chooseTier({ deadline: 3600 }, now)).toEqual({ tier: 'flex', deadlineAt: now + 3600_000 });
+    expect(chooseTier({ deadline: 60 }, now)).toEqual({ tier: 'standard', deadlineAt: now + 60_000 });
+    expect(chooseTier({ deadline: '2026-01-01T02:00:00Z' }, now).tier).toBe('flex');
+    expect(chooseTier({ tier: 'priority', deadline: 3600 }, now).tier).toBe('priority');
+    expect(() => chooseTier({ deadline: '2025-12-31T00:00:00Z' }, now)).toThrow(/invalid job request/);
+  });
+});
+
+describe('the cost ledger through the real SDK and the emulator', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN }, { worker: true });
+    // Thinking on by default (as 2.5 models do) and a low implicit-cache minimum, so the agent's system
+    // prompt is cached from its second use: every part of the bill is exercised.
+    s.emulator.configureUsage({ thinkingByDefault: true, implicitCacheMinTokens: 20 });
+  });
+  afterAll(async () => s?.close());
+
+  async function run(marker: string, options: Record<string, unknown> = {}) {
+    const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob(marker), options } });
+    expect(res.statusCode).toBe(202);
+    const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${res.json().id}?waitMs=20000`, headers: s.auth })).json();
+    expect(view.state).toBe('completed');
+    return view;
+  }
+
+  it('bills each attempt at its tier, stores tier and token breakdown per run, and reports savings by tier', async () => {
+    const std = await run('ledger-standard');
+    const flex = await run('ledger-flex', { tier: 'flex' });
+    const byDeadline = await run('ledger-deadline', { deadline: 7200 });
+    const prio = await run('ledger-priority', { tier: 'priority' });
+    expect(byDeadline.tier).toBe('flex');
+    expect(byDeadline.deadline).toBeDefined();
+
+    // What Gemini was asked: flex and priority carry config.serviceTier, standard sends none.
+    const calls = s.emulator.calls().filter((c) => c.kind === 'generate');
+    expect(calls.map((c) => c.serviceTier ?? 'none')).toEqual(['none', 'flex', 'flex', 'priority']);
+
+    const rows = (
+      await s.infra.db.pool.query(
+        'SELECT job_id, tier, input_tokens, output_tokens, cached_tokens, thoughts_tokens, cost_usd, standard_cost_usd, model FROM agent_runs WHERE job_id = ANY($1) ORDER BY created_at',
+        [[std.id, flex.id, byDeadline.id, prio.id]],
+      )
+    ).rows;
+    expect(rows.map((r) => r.tier)).toEqual(['standard', 'flex', 'flex', 'priority']);
+    const pricing = createPricing();
+    rows.forEach((r, i) => {
+      const call = calls[i];
+      // The ledger's tokens are Gemini's: output includes thinking; cached is part of the prompt.
+      expect(r.input_tokens).toBe(call.promptTokens);
+      expect(r.thoughts_tokens).toBe(call.thoughtsTokens);
+      expect(r.output_tokens).toBe(call.outputTokens! + call.thoughtsTokens!);
+      expect(r.cached_tokens).toBe(call.cachedTokens ?? 0);
+      const want = pricing.cost(r.model, { input: r.input_tokens, output: r.output_tokens, cached: r.cached_tokens }, r.tier);
+      expect(Number(r.cost_usd)).toBeCloseTo(want.costUsd, 7);
+      expect(Number(r.standard_cost_usd)).toBeCloseTo(want.standardCostUsd, 7);
+    });
+    expect(rows.slice(1).every((r) => r.cached_tokens > 0)).toBe(true);
+    expect(rows[0].thoughts_tokens).toBeGreaterThan(0);
+
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage?groupBy=agent', headers: s.auth })).json();
+    const tiers = Object.fromEntries(usage.byTier.map((t: { tier: string }) => [t.tier, t]));
+    expect(Object.keys(tiers).sort()).toEqual(['flex', 'priority', 'standard']);
+    expect(tiers.standard.savingsUsd).toBe(0);
+    expect(tiers.flex.savingsUsd).toBeCloseTo(tiers.flex.standardCostUsd / 2, 7);
+    expect(tiers.priority.savingsUsd).toBeLessThan(0);
+    const group = usage.groups.find((g: { key: string }) => g.key === 'RiskAnalyzer');
+    expect(group.tokens.cached).toBe(rows.reduce((n, r) => n + r.cached_tokens, 0));
+    expect(group.savingsUsd).toBeCloseTo(group.standardCostUsd - group.costUsd, 7);
+
+    const metrics = parseProm((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body);
+    expect(sampleSum(metrics, 'agentq_cost_usd_total', { tier: 'flex' })).toBeCloseTo(Number(rows[1].cost_usd) + Number(rows[2].cost_usd), 7);
+    expect(sampleSum(metrics, 'agentq_cost_savings_usd_total', { tier: 'flex' })).toBeCloseTo(tiers.flex.savingsUsd, 7);
+    expect(sampleSum(metrics, 'agentq_cost_savings_usd_total', { tier: 'priority' })).toBe(0);
+  });
+
+  it('refuses a deadline in the past, naming the field', async () => {
+    const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob('late'), options: { deadline: '2020-01-01T00:00:00Z' } } });
+    expect(res.statusCode).toBe(400);
+    expect(JSON.stringify(res.json().details)).toContain('options.deadline');
+  });
+});

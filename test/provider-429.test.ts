@@ -1,0 +1,113 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LlmError, nextPacificMidnight } from '../src/shared/infra/llm/llm-errors.js';
+import { defaultErrorFilter } from '../src/shared/limits/circuit-breaker.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { riskJob } from './helpers/ops.js';
+import { until } from './helpers/wait.js';
+
+/**
+ * Gemini 429s through the real SDK against the emulator: a per-minute limit reschedules the job after
+ * RetryInfo's delay without using an attempt and pauses the model for every org; a per-day quota goes to the
+ * route's fallback, or parks the job until the quota's reset, visible in `waitingFor`.
+ */
+describe('provider 429: reschedule, never fail', () => {
+  let s: Stack;
+  let routed: Stack;
+  beforeAll(async () => {
+    [s, routed] = await Promise.all([
+      startStack({ JOB_ATTEMPTS: '2' }, { worker: true }),
+      startStack(
+        { JOB_ATTEMPTS: '2', AGENT_ROUTES: JSON.stringify({ 'RiskAnalyzer:analyze_risks': { primary: 'gemini-2.5-pro', fallback: 'gemini-2.5-flash' } }) },
+        { worker: true },
+      ),
+    ]);
+  });
+  afterAll(async () => {
+    await Promise.all([s?.close(), routed?.close()]);
+  });
+
+  async function post(stack: Stack, marker: string, model: string, auth = stack.auth) {
+    const res = await stack.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { ...riskJob(marker), options: { model } } });
+    expect(res.statusCode).toBe(202);
+    return res.json().id as string;
+  }
+  const view = async (stack: Stack, id: string, waitMs = 0, auth = stack.auth) =>
+    (await stack.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: auth })).json();
+  const runs = async (stack: Stack, id: string) =>
+    (await stack.infra.db.pool.query('SELECT attempt, state, model FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
+
+  it('per-minute: waits RetryInfo.retryDelay, then succeeds on the same attempt (no attempt used, no failed run)', async () => {
+    const model = 'gemini-2.5-flash';
+    s.emulator.script({ status: 429, quota: 'per_minute', retryAfterS: 0.3, match: { promptIncludes: 'minute-once', model } });
+    const id = await post(s, 'minute-once', model);
+    const done = await until('the job completes', async () => {
+      const v = await view(s, id, 5000);
+      return v.state === 'completed' ? v : undefined;
+    });
+    expect(done.attempts).toBe(1);
+    expect((await runs(s, id)).map((r) => r.state)).toEqual(['completed']);
+    const calls = s.emulator.calls().filter((c) => c.model === model && c.kind === 'generate');
+    expect(calls.map((c) => c.status)).toEqual([429, 200]);
+    // The retry came no sooner than the delay Gemini asked for.
+    expect(calls[1].at - calls[0].at).toBeGreaterThanOrEqual(300);
+  });
+
+  it('per-minute: the model pauses for every org until the delay is over, shown as provider_rate_limited', async () => {
+    const model = 'gemini-2.0-flash';
+    s.emulator.script({ status: 429, quota: 'per_minute', retryAfterS: 600, match: { model } });
+    const first = await post(s, 'minute-long', model);
+    const held = await until('the first job waits for the provider', async () => {
+      const v = await view(s, first);
+      return v.waitingFor?.reason === 'provider_rate_limited' ? v : undefined;
+    });
+    expect(held.state).toBe('waiting');
+    expect(Date.parse(held.waitingFor.eta) - Date.now()).toBeGreaterThan(500_000);
+    // Another org's job on the same model is held by the dispatcher: it never reaches Gemini.
+    const otherOrgKey = await s.newKey();
+    const other = await post(s, 'minute-other', model, { authorization: `Bearer ${otherOrgKey}` });
+    const otherView = await until('the other org waits for the model', async () => {
+      const v = await view(s, other, 0, { authorization: `Bearer ${otherOrgKey}` });
+      return v.waitingFor?.reason === 'provider_rate_limited' ? v : undefined;
+    });
+    expect(otherView.attempts).toBe(0);
+    expect(s.emulator.calls().filter((c) => c.model === model)).toHaveLength(1);
+    expect(await runs(s, first)).toEqual([]);
+  });
+
+  it('per-day without a fallback: parked until the quota resets (midnight Pacific), visible as provider_quota', async () => {
+    const model = 'gemini-2.0-flash-lite';
+    s.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 30, match: { model } });
+    const id = await post(s, 'day-parked', model);
+    const held = await until('the job is parked for the daily quota', async () => {
+      const v = await view(s, id);
+      return v.waitingFor?.reason === 'provider_quota' ? v : undefined;
+    });
+    expect(held.state).toBe('waiting');
+    expect(held.waitingFor.eta).toBe(new Date(nextPacificMidnight()).toISOString());
+    expect(held.attempts).toBe(0);
+    expect(await runs(s, id)).toEqual([]);
+  });
+
+  it('a provider 429 is a quota, not an outage: the breaker ignores it (the model block does the waiting)', () => {
+    expect(defaultErrorFilter(new LlmError('ERATELIMIT', 'x', { status: 429 }))).toBe(true);
+    expect(defaultErrorFilter(new LlmError('EQUOTAEXHAUSTED', 'x', { status: 429 }))).toBe(true);
+    expect(defaultErrorFilter(new LlmError('EPROVIDER', 'x', { status: 503 }))).toBe(false);
+  });
+
+  it('per-day with a fallback route: the fallback model serves the job at once', async () => {
+    routed.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 30, match: { model: 'gemini-2.5-pro' }, times: -1 });
+    const res = await routed.app.inject({ method: 'POST', url: '/v1/jobs', headers: routed.auth, payload: riskJob('day-fallback') });
+    const id = res.json().id as string;
+    const done = await until('the job completes', async () => {
+      const v = await view(routed, id, 5000);
+      return v.state === 'completed' ? v : undefined;
+    });
+    expect(done.result).toMatchObject({ route: 'fallback', model: 'gemini-2.5-flash' });
+    expect(done.attempts).toBe(1);
+    const calls = routed.emulator.calls().filter((c) => c.kind === 'generate');
+    expect(calls.map((c) => [c.model, c.status])).toEqual([
+      ['gemini-2.5-pro', 429],
+      ['gemini-2.5-flash', 200],
+    ]);
+  });
+});
