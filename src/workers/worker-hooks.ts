@@ -10,4 +10,6 @@ export interface WorkerHooks {
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** Sees the agent worker once it exists (to listen to completed/failed events). */
   attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
+  /** Usage rows this process's run sink committed to Postgres: ms from each attempt's end to its commit. */
+  onUsageCommitted?: (lagsMs: number[]) => void;
 }

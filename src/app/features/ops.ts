@@ -80,6 +80,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
     },
 
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
+    onUsageCommitted: (lagsMs) => metrics.usageCommitted(lagsMs),
 
     attachWorker(worker) {
       attachOpsListeners(worker, { store, metrics, logger: log });

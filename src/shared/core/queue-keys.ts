@@ -42,6 +42,13 @@ export const dlqMetaKey = (prefix: string, id: string) => `${agentqPrefix(prefix
 /** HASH where every process publishes its Prometheus registry for the API to merge. */
 export const metricsExchangeKey = (prefix: string) => `${agentqPrefix(prefix)}:metrics`;
 
+/**
+ * Redis Stream of finished attempts' usage rows on their way to `agent_runs` (written behind by the run sink
+ * of every worker process, consumer group `usageSinkGroup`). Under the queue's hash tag like every other key.
+ */
+export const usageStreamKey = (prefix: string) => `${agentqPrefix(prefix)}:usage`;
+export const usageSinkGroup = 'agent-runs';
+
 /** Keys under a guard prefix (`agentqPrefix(queuePrefix)` in production; tests pass their own). */
 export const guardKeys = {
   tokenBucket: (guardPrefix: string, bucket: string) => `${guardPrefix}:tb:${bucket}`,
@@ -52,4 +59,6 @@ export const guardKeys = {
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,
   resultEntry: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:e:${hash}`,
   resultLock: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:lock:${hash}`,
+  /** Pub/sub channel of result-cache invalidations (a channel, not a key: PUBLISH reaches every node of a cluster). */
+  resultInvalidations: (guardPrefix: string) => `${guardPrefix}:rc:inval`,
 };

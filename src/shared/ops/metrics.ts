@@ -61,6 +61,12 @@ export function createOpsMetrics(registry: Registry = new Registry()) {
   const delaySeconds = new Counter({ name: 'agentq_job_delay_seconds_total', help: 'Delay imposed by guards, summed', labelNames: ['reason'] as const, registers });
   const admission = new Counter({ name: 'agentq_admission_rejections_total', help: 'API requests refused by admission (rate plan or quota)', labelNames: ['reason'] as const, registers });
   const deadLetters = new Counter({ name: 'agentq_dlq_entries_total', help: 'Jobs that entered the dead-letter queue', labelNames: ['agent', 'class'] as const, registers });
+  const usageLag = new Histogram({
+    name: 'agentq_usage_row_lag_seconds',
+    help: 'Time from an attempt ending (its usage row in the Redis Stream) to the row committed in agent_runs',
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
+    registers,
+  });
   const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
 
   return {
@@ -99,6 +105,10 @@ export function createOpsMetrics(registry: Registry = new Registry()) {
     delayed(reason: string, delayMs: number) {
       delays.inc({ reason });
       delaySeconds.inc({ reason }, Math.max(0, delayMs) / 1000);
+    },
+
+    usageCommitted(lagsMs: number[]) {
+      for (const ms of lagsMs) usageLag.observe(ms / 1000);
     },
 
     admissionRejected(reason: string) {
