@@ -27,6 +27,12 @@ export interface JobContext {
    * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call.
    */
   prepaid?: { model: string };
+  /**
+   * The attempt's usage row as a usage stream entry, for a guard whose own Redis write can carry it (the
+   * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells
+   * the processor it was appended, so it does not append it again.
+   */
+  usage?: { field: string; entry(result: AgentResult): string; carried(): void };
 }
 
 export type Next = () => Promise<AgentResult>;

@@ -17,6 +17,8 @@ export interface AgentResolver {
 
 export interface RunRecorder {
   record(row: AgentRun): Promise<unknown>;
+  /** The row as the recorder's stream entry (field, value): lets the result cache's store append it for free. */
+  entry?: { field: string; encode(row: AgentRun): string };
 }
 
 export interface ProcessorDeps {
@@ -104,24 +106,38 @@ export function createAgentProcessor(deps: ProcessorDeps) {
     const attempt = job.attemptsMade + 1;
     const started = performance.now();
 
-    const record = async (row: Partial<AgentRun> & Pick<AgentRun, 'state'>) => {
+    const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
+      jobId: job.id!,
+      attempt,
+      orgId: data.orgId,
+      agent: data.agent,
+      action: data.action,
+      model: ctx.model,
+      inputTokens: 0,
+      outputTokens: 0,
+      costUsd: 0,
+      durationMs: Math.round(performance.now() - started),
+      cacheHit: null,
+      error: null,
+      requestId: data.requestId ?? null,
+      ...row,
+    });
+    const completedRow = (result: AgentResult) =>
+      rowOf({
+        state: 'completed',
+        model: result.model,
+        inputTokens: result.tokensUsed.input,
+        outputTokens: result.tokensUsed.output,
+        costUsd: result.costUsd,
+        cacheHit: result.cacheHit ?? null,
+      });
+    let carried = false;
+    const entry = deps.runs.entry;
+    if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true) };
+
+    const record = async (row: AgentRun) => {
       try {
-        await deps.runs.record({
-          jobId: job.id!,
-          attempt,
-          orgId: data.orgId,
-          agent: data.agent,
-          action: data.action,
-          model: ctx.model,
-          inputTokens: 0,
-          outputTokens: 0,
-          costUsd: 0,
-          durationMs: Math.round(performance.now() - started),
-          cacheHit: null,
-          error: null,
-          requestId: data.requestId ?? null,
-          ...row,
-        });
+        await deps.runs.record(row);
       } catch (err) {
         // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
         logger.error({ err }, 'could not record agent run');
@@ -131,14 +147,8 @@ export function createAgentProcessor(deps: ProcessorDeps) {
     try {
       logger.debug({ attempt, model }, 'job started');
       const result = await deps.chain(ctx);
-      await record({
-        state: 'completed',
-        model: result.model,
-        inputTokens: result.tokensUsed.input,
-        outputTokens: result.tokensUsed.output,
-        costUsd: result.costUsd,
-        cacheHit: result.cacheHit ?? null,
-      });
+      // Already in the usage stream when the result cache's store carried it (a computed miss).
+      if (!carried) await record(completedRow(result));
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
@@ -157,11 +167,11 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since `controller` aborts on cancellation only.
       if (signal?.aborted || outcome.kind === 'delay') {
-        await record({ state: 'failed', error: CANCELLED_REASON });
+        await record(rowOf({ state: 'failed', error: CANCELLED_REASON }));
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      await record({ state: 'failed', error: message.slice(0, 2000) });
+      await record(rowOf({ state: 'failed', error: message.slice(0, 2000) }));
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);

@@ -25,6 +25,8 @@ export interface SingleFlightResult<T> {
   value: T;
   /** `call`: this caller ran `fn`; `l1`/`l2`: another call's result, read from the cache. */
   from: 'call' | 'l1' | 'l2';
+  /** The `usageEntry` of the computed value was appended to the usage stream by the store (same script). */
+  usageAppended?: boolean;
 }
 
 export interface SingleFlightOptions<T> {
@@ -36,6 +38,11 @@ export interface SingleFlightOptions<T> {
    */
   owner?: string;
   signal?: AbortSignal;
+  /**
+   * The usage stream entry of a value this caller computes (the attempt's `agent_runs` row): appended by
+   * the store script, so recording the attempt costs no round trip of its own. Not called for cached values.
+   */
+  usageEntry?: { field: string; of: (value: T) => string };
 }
 
 export interface ResultCache<T = AgentResult> {
@@ -119,7 +126,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
   const lookupLua = defineLua(redis, 'result-cache-lookup-4.lua');
-  const setLua = defineLua(redis, 'result-cache-set-4.lua');
+  const setLua = defineLua(redis, 'result-cache-set-5.lua');
+  const usageKey = guardKeys.usageStream(prefix);
   const unlockLua = defineLua(redis, 'result-cache-unlock-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
   const bumpLua = defineLua(redis, 'result-cache-bump-1.lua');
@@ -205,17 +213,21 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     if (epoch === seenEpoch) l1.set(hash, { tag, value, org: enc(p.orgId), agent: enc(p.agent) });
   }
 
-  /** Writes the entry (and releases `lockToken`'s lock in the same call). */
-  async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
+  /** Writes the entry (and releases `lockToken`'s lock, and appends `usage`, in the same call). */
+  async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const seen = epoch;
-    const [stored, current] = (await setLua(keys, [tag, JSON.stringify(value), opts.l2TtlS, lockToken])) as [number, string];
+    const args = [tag, JSON.stringify(value), opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? ''];
+    const [stored, current] = (await setLua([...keys, usageKey], args)) as [number, string];
     if (stored === 1) remember(hash, p, current, structuredClone(value), seen);
     return stored === 1;
   }
 
-  /** The value was paid for: failing to cache it must not fail the caller. False when the write failed. */
-  async function storeQuietly(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
-    return store(p, keys, hash, tag, value, lockToken).then(
+  /**
+   * The value was paid for: failing to cache it must not fail the caller. False when the write failed (then
+   * nothing of it happened: the lock is still held and `usage` was not appended).
+   */
+  async function storeQuietly(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+    return store(p, keys, hash, tag, value, lockToken, usage).then(
       () => true,
       (err: unknown) => {
         opts.logger?.warn({ err }, 'result cache: store failed');
@@ -255,8 +267,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           let released = false;
           try {
             const value = await fn();
-            if (shouldCache(value)) released = await storeQuietly(p, keys, hash, tag, value, token);
-            return { value, from: 'call' };
+            if (shouldCache(value)) released = await storeQuietly(p, keys, hash, tag, value, token, sfOpts.usageEntry);
+            return { value, from: 'call', usageAppended: released && sfOpts.usageEntry !== undefined };
           } finally {
             clearInterval(renew);
             // Released on error (or an uncached value) too, so waiters stop waiting and one of them calls through.
@@ -265,8 +277,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
         }
         if (Date.now() >= deadline) {
           const value = await fn();
-          if (shouldCache(value)) await storeQuietly(p, keys, hash, tag, value);
-          return { value, from: 'call' };
+          const appended = shouldCache(value) && (await storeQuietly(p, keys, hash, tag, value, '', sfOpts.usageEntry));
+          return { value, from: 'call', usageAppended: appended && sfOpts.usageEntry !== undefined };
         }
         // Another caller holds the lock: poll with backoff (jittered so waiters do not move in step).
         await sleep(Math.min(pause, Math.max(1, deadline - Date.now())) * (0.5 + Math.random() / 2), undefined, { signal: sfOpts.signal });

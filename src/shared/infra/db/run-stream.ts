@@ -25,6 +25,8 @@ export function createRunAppender({ redis, key }: { redis: Pick<Redis, 'xadd'>; 
     async record(run: AgentRun): Promise<void> {
       await redis.xadd(key, '*', RUN_FIELD, encodeRun(run));
     },
+    /** For a script that appends the row in a round trip it makes anyway (the result cache's store). */
+    entry: { field: RUN_FIELD, encode: encodeRun },
   };
 }
 
