@@ -1,6 +1,7 @@
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createResultCache, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
+import { guardKeys } from '../src/shared/core/queue-keys.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -112,5 +113,23 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
       const s0 = b.sent();
       return (await b.cache.get(p))?.level === 'l1' && b.sent() === s0;
     });
+  });
+
+  it('the store of a computed value appends its usage entry in the same call; a cached value appends nothing', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const stream = guardKeys.usageStream(prefix);
+    const p = parts();
+    const usageEntry = { field: 'r', of: (v: AgentResult) => JSON.stringify({ data: v.data }) };
+    const before = a.sent();
+    const first = await a.cache.singleFlight(p, async () => okResult('computed'), { usageEntry });
+    // One lookup and one store: the append rode on the store.
+    expect(a.sent() - before).toBe(2);
+    expect(first).toMatchObject({ from: 'call', usageAppended: true });
+    const second = await a.cache.singleFlight(p, async () => okResult('never'), { usageEntry });
+    expect(second).toMatchObject({ from: 'l1' });
+    expect(second.usageAppended).toBeUndefined();
+    const entries = await a.redis.xrange(stream, '-', '+');
+    expect(entries.map(([, f]) => f)).toEqual([['r', JSON.stringify({ data: 'computed' })]]);
   });
 });

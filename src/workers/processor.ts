@@ -1,7 +1,7 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
 import { ValidationError } from '../shared/core/errors.js';
-import type { Logger } from '../shared/core/logger.js';
+import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
@@ -53,7 +53,7 @@ function toBullmqError(outcome: Exclude<Outcome, { kind: 'delay' }>, message: st
 export function createAgentProcessor(deps: ProcessorDeps) {
   return async (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
     const data = job.data;
-    const logger = deps.logger.child({
+    const logger = lazyChild(deps.logger, {
       jobId: job.id,
       orgId: data.orgId,
       agent: data.agent,
@@ -87,6 +87,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
     signal?.addEventListener('abort', onCancel, { once: true });
 
     const model = data.model ?? deps.models[resolved.action.model];
+    let estimated: number | undefined;
     const ctx: JobContext = {
       job,
       token,
@@ -99,7 +100,10 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       model,
       signal: controller.signal,
       logger,
-      estimatedTokens: estimateTokens(input),
+      // Read only when the rate limiter charges a call itself (not the dispatcher's prepaid first call).
+      get estimatedTokens() {
+        return (estimated ??= estimateTokens(input));
+      },
       // Admitted by the fair dispatcher, which charged the first call to this model already.
       ...(deps.gate ? { prepaid: { model } } : {}),
     };
