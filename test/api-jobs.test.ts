@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 
 const riskInput = { startup: { name: 'Acme Robotics', industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } };
 
@@ -31,6 +32,7 @@ describe('core job path over HTTP', () => {
     expect(view.finishedAt).toBeTruthy();
     expect(s.emulator.calls().filter((c) => c.kind === 'generate').length).toBeGreaterThanOrEqual(1);
 
+    await usageWritten(s);
     const { rows } = await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd, org_id FROM agent_runs WHERE job_id = $1', [id]);
     expect(rows).toHaveLength(1);
     expect(rows[0]).toMatchObject({ state: 'completed', org_id: s.orgId });

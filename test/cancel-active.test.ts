@@ -6,6 +6,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
 import { idempotentJobId } from '../src/shared/queue/job-producer.js';
+import { usageWritten } from './helpers/usage.js';
 
 /** The first model call the worker's emulator recorded that matches, once there is one. */
 const call = (s: Stack, what: string, pred: (c: ReturnType<Stack['emulator']['calls']>[number]) => boolean | undefined) =>
@@ -66,6 +67,7 @@ describe('cancelling an active job across processes', () => {
     expect(await api.runtime.queue.getJobState(id)).toBe('failed');
     expect(worker.emulator.calls().filter((c) => c.kind === 'stream' || c.kind === 'generate')).toHaveLength(1);
     expect((await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: api.auth })).json()).toMatchObject({ state: 'cancelled', attempts: 1 });
+    await usageWritten(api);
     const { rows } = await api.infra.db.pool.query('SELECT state, error FROM agent_runs WHERE job_id = $1', [id]);
     expect(rows).toEqual([{ state: 'failed', error: 'cancelled' }]);
 

@@ -141,7 +141,7 @@ describe('fair dispatch: rate-limited org waits parked, not retried', () => {
         const completed = log.events.filter((e) => e.event === 'completed' && idSet.has(e.jobId)).map((e) => e.jobId);
         return completed.length >= RPM ? completed : undefined;
       }, 60_000);
-      const rows = await runRows(s.infra.db.pool, done);
+      const rows = await runRows(s, done);
       for (const id of done) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     } finally {
       await log.close();

@@ -43,7 +43,7 @@ describe('fair dispatch on every path', () => {
   };
   const stats = (org: string) => s.runtime.deps.scheduler.orgStats(org);
   const cancel = (auth: { authorization: string }, id: string) => s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: auth });
-  const runsOf = async (id: string) => (await runRows(s.infra.db.pool, [id])).get(id)!;
+  const runsOf = async (id: string) => (await runRows(s, [id])).get(id)!;
 
   it('a plan change applies at once, without restart: concurrency 1 -> 4 while the running job has not finished', async () => {
     const tag = randomUUID().slice(0, 8);
@@ -223,7 +223,7 @@ describe('fair dispatch on every path', () => {
     // The old one is laned; the fresh one may still have a live producer between its two steps.
     expect(r.laned).toBe(1);
     await until('the orphan completed', async () => (await (await Job.fromId(queue, old))?.getState()) === 'completed', 30_000);
-    expect((await runRows(s.infra.db.pool, [old])).get(old)).toEqual({ completed: 1, failed: 0 });
+    expect((await runRows(s, [old])).get(old)).toEqual({ completed: 1, failed: 0 });
     const freshJob = (await Job.fromId(queue, fresh))!;
     expect(await freshJob.getState()).toBe('delayed');
     expect((await s.runtime.deps.scheduler.orphans(0, 1000)).ids).toContain(fresh);

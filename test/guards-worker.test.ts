@@ -4,6 +4,7 @@ import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
+import { usageWritten } from './helpers/usage.js';
 
 const risk = (name: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'edtech' } } });
 
@@ -91,6 +92,7 @@ describe('worker guards', () => {
     expect(second.result).toMatchObject({ success: true, costUsd: 0, tokensUsed: { input: 0, output: 0 } });
     expect(second.result.data).toEqual(first.result.data);
     expect(generateCalls(s)).toBe(calls);
+    await usageWritten(s);
     const { rows } = await s.infra.db.pool.query('SELECT cache_hit FROM agent_runs WHERE job_id = $1', [secondId]);
     expect(['l1', 'l2']).toContain(rows[0].cache_hit);
   });

@@ -6,6 +6,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, within } from './helpers/wait.js';
+import { usageWritten } from './helpers/usage.js';
 
 /** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */
 const STEP_PROMPTS = { profile: 'Extract the profile.', risks: 'Analyse the risks of this startup.', tasks: 'Build the plan for this startup.' } as const;
@@ -129,6 +130,7 @@ describe('pipeline run survives a killed worker process', () => {
     // Each step's agent job ran exactly once: one model call per step prompt, one agent_runs row per job.
     const calls = s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream');
     for (const st of STEPS) expect(calls.filter((c) => c.fault === STEP_TAG[st]).length, `model calls for ${st}`).toBe(1);
+    await usageWritten(s);
     const { rows } = await s.infra.db.pool.query('SELECT job_id, state FROM agent_runs WHERE job_id = ANY($1) ORDER BY job_id', [STEPS.map((st) => `${runId}-${st}`)]);
     expect(rows.map((r) => [r.job_id, r.state])).toEqual(STEPS.map((st) => [`${runId}-${st}`, 'completed']).sort());
 

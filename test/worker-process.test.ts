@@ -4,6 +4,7 @@ import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
 import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
 import { startModelGate, type ModelGate } from './helpers/model-gate.js';
 import { within } from './helpers/wait.js';
+import { usageWritten } from './helpers/usage.js';
 
 /**
  * Workers as separate OS processes (the real `src/main.ts worker`), sharing the test's Redis, PGlite
@@ -73,6 +74,7 @@ describe('worker processes', () => {
     const view = await waitDone(id);
     expect(view.state).toBe('completed');
     expect(view.result.success).toBe(true);
+    await usageWritten(s);
     const { rows } = await s.infra.db.pool.query(`SELECT count(*)::int AS n FROM agent_runs WHERE job_id = $1 AND state = 'completed'`, [id]);
     expect(rows[0].n).toBe(1);
     expect(second.lines.some((l) => l.jobId === id && l.msg === 'job completed')).toBe(true);

@@ -1,6 +1,7 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 
 describe('retries, backoff and the failed set', () => {
   let s: Stack;
@@ -21,6 +22,7 @@ describe('retries, backoff and the failed set', () => {
     expect(post.statusCode).toBe(202);
     const id = post.json().id as string;
     const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: s.auth })).json();
+    await usageWritten(s);
     const runs = (await s.infra.db.pool.query('SELECT attempt, state, error FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
     return { id, view, runs };
   }

@@ -34,6 +34,9 @@ export interface RunResult {
   /** With MONITOR: commands clients sent (round trips) and commands scripts ran inside Redis, per job. */
   sentPerJob?: number;
   inScriptsPerJob?: number;
+  /** Redis server time per completed job: INFO commandstats usec (upper bound, see commandCalls) and INFO cpu. */
+  redisUsecPerJob: number;
+  redisCpuUsPerJob: number;
 }
 
 /** A measurement window over a running worker: completions and Redis commands between two instants. */
@@ -123,7 +126,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await mon?.stop();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs };
 }
 
 function jobData(n: number): AgentJobData {
@@ -227,12 +230,14 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     seconds: round(w.seconds),
     jobsPerS: round(w.jobs / w.seconds, 1),
     commandsPerJob: round(w.commands / Math.max(1, w.jobs), 2),
+    redisUsecPerJob: round(w.usec / Math.max(1, w.jobs), 1),
+    redisCpuUsPerJob: round(w.cpuUs / Math.max(1, w.jobs), 1),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
     ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
   if (opts.quiet) return result;
-  ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job`);
+  ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job, ${result.redisUsecPerJob} us Redis command time/job, ${result.redisCpuUsPerJob} us Redis CPU/job`);
   if (w.jobs < 100) ctx.log(`  warning: only ${w.jobs} jobs in the window`);
   return result;
 }
@@ -291,6 +296,14 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     target: '<= 3',
     met: cmd('agentq-miss') - cmd('bare-llm') <= 3,
   });
+  const tcT = '2 Redis server time/job (worker side)';
+  for (const c of [1, 50]) {
+    const us = (p: Path) => results[`${p}@${c}`].redisUsecPerJob;
+    const cpu = (p: Path) => results[`${p}@${c}`].redisCpuUsPerJob;
+    ctx.add({ case: tcT, name: `c=${c}: commandstats usec/job, raw BullMQ (b) vs agentq miss`, value: `${us('bare-llm')} vs ${us('agentq-miss')}`, unit: 'us/job', note: 'script-internal commands counted in their line and in the script (upper bound, both sides)' });
+    ctx.add({ case: tcT, name: `c=${c}: agentq miss / (b), commandstats usec`, value: round(us('agentq-miss') / us('bare-llm'), 2), unit: 'x', target: '<= 1.3', met: us('agentq-miss') / us('bare-llm') <= 1.3 });
+    ctx.add({ case: tcT, name: `c=${c}: Redis CPU/job (INFO cpu), (b) vs agentq miss vs agentq hit vs (a)`, value: `${cpu('bare-llm')} vs ${cpu('agentq-miss')} vs ${cpu('agentq-hit')} vs ${cpu('bare-noop')}`, unit: 'us/job' });
+  }
   const hitRun = results['agentq-hit@50'];
   ctx.add({
     case: tc,

@@ -32,6 +32,12 @@ export interface JobContext {
   prepaid?: { model: string };
   /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
   span?: Span;
+  /**
+   * The attempt's usage row as a usage stream entry, for a guard whose own Redis write can carry it (the
+   * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells
+   * the processor it was appended, so it does not append it again.
+   */
+  usage?: { field: string; entry(result: AgentResult): string; carried(): void };
 }
 
 export type Next = () => Promise<AgentResult>;

@@ -1,7 +1,7 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
 import { ValidationError } from '../shared/core/errors.js';
-import type { Logger } from '../shared/core/logger.js';
+import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
@@ -19,6 +19,8 @@ export interface AgentResolver {
 
 export interface RunRecorder {
   record(row: AgentRun): Promise<unknown>;
+  /** The row as the recorder's stream entry (field, value): lets the result cache's store append it for free. */
+  entry?: { field: string; encode(row: AgentRun): string };
 }
 
 export interface ProcessorDeps {
@@ -95,7 +97,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
 function attemptOf(deps: ProcessorDeps) {
   return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, signal: AbortSignal | undefined, span: Span): Promise<AgentResult> => {
     const data = job.data;
-    const logger = deps.logger.child({
+    const logger = lazyChild(deps.logger, {
       jobId: job.id,
       orgId: data.orgId,
       agent: data.agent,
@@ -130,6 +132,7 @@ function attemptOf(deps: ProcessorDeps) {
     signal?.addEventListener('abort', onCancel, { once: true });
 
     const model = data.model ?? deps.models[resolved.action.model];
+    let estimated: number | undefined;
     const ctx: JobContext = {
       job,
       token,
@@ -142,7 +145,10 @@ function attemptOf(deps: ProcessorDeps) {
       model,
       signal: controller.signal,
       logger,
-      estimatedTokens: estimateTokens(input),
+      // Read only when the rate limiter charges a call itself (not the dispatcher's prepaid first call).
+      get estimatedTokens() {
+        return (estimated ??= estimateTokens(input));
+      },
       tier: data.tier ?? 'standard',
       // Admitted by the fair dispatcher, which charged the first call to this model already.
       ...(deps.gate ? { prepaid: { model } } : {}),
@@ -151,35 +157,25 @@ function attemptOf(deps: ProcessorDeps) {
     const attempt = job.attemptsMade + 1;
     const started = performance.now();
 
-    const record = async (row: Partial<AgentRun> & Pick<AgentRun, 'state'>) => {
-      try {
-        await deps.runs.record({
-          jobId: job.id!,
-          attempt,
-          orgId: data.orgId,
-          agent: data.agent,
-          action: data.action,
-          model: ctx.model,
-          inputTokens: 0,
-          outputTokens: 0,
-          costUsd: 0,
-          tier: ctx.tier ?? 'standard',
-          durationMs: Math.round(performance.now() - started),
-          cacheHit: null,
-          error: null,
-          requestId: data.requestId ?? null,
-          ...row,
-        });
-      } catch (err) {
-        // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
-        logger.error({ err }, 'could not record agent run');
-      }
-    };
-
-    try {
-      logger.debug({ attempt, model }, 'job started');
-      const result = await deps.chain(ctx);
-      await record({
+    const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
+      jobId: job.id!,
+      attempt,
+      orgId: data.orgId,
+      agent: data.agent,
+      action: data.action,
+      model: ctx.model,
+      inputTokens: 0,
+      outputTokens: 0,
+      costUsd: 0,
+      tier: ctx.tier ?? 'standard',
+      durationMs: Math.round(performance.now() - started),
+      cacheHit: null,
+      error: null,
+      requestId: data.requestId ?? null,
+      ...row,
+    });
+    const completedRow = (result: AgentResult) =>
+      rowOf({
         state: 'completed',
         model: result.model,
         inputTokens: result.tokensUsed.input,
@@ -192,6 +188,24 @@ function attemptOf(deps: ProcessorDeps) {
         thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
       });
+    let carried = false;
+    const entry = deps.runs.entry;
+    if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true) };
+
+    const record = async (row: AgentRun) => {
+      try {
+        await deps.runs.record(row);
+      } catch (err) {
+        // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
+        logger.error({ err }, 'could not record agent run');
+      }
+    };
+
+    try {
+      logger.debug({ attempt, model }, 'job started');
+      const result = await deps.chain(ctx);
+      // Already in the usage stream when the result cache's store carried it (a computed miss).
+      if (!carried) await record(completedRow(result));
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
@@ -212,11 +226,11 @@ function attemptOf(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since `controller` aborts on cancellation only.
       if (signal?.aborted || outcome.kind === 'delay') {
-        await record({ state: 'failed', error: CANCELLED_REASON });
+        await record(rowOf({ state: 'failed', error: CANCELLED_REASON }));
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      await record({ state: 'failed', error: message.slice(0, 2000) });
+      await record(rowOf({ state: 'failed', error: message.slice(0, 2000) }));
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);

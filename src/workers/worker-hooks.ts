@@ -11,8 +11,8 @@ export interface WorkerHooks {
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** Every model call of the agent worker (latency, error code). */
   onModelCall?: (e: ModelCallEvent) => void;
-  /** A usage row committed `lagMs` after its attempt ended. */
-  onUsageWritten?: (lagMs: number) => void;
   /** Sees the agent worker once it exists (to listen to completed/failed events). */
   attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
+  /** Usage rows this process's run sink committed to Postgres: ms from each attempt's end to its commit. */
+  onUsageCommitted?: (lagsMs: number[]) => void;
 }

@@ -1,7 +1,8 @@
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import type { Config } from '../shared/core/config.js';
 import { createRunStore } from '../shared/infra/db/agent-runs.js';
-import { createRunWriter } from '../shared/infra/db/run-writer.js';
+import { createRunAppender } from '../shared/infra/db/run-stream.js';
+import { createRunSink } from '../shared/infra/db/run-sink.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
@@ -14,7 +15,7 @@ import { createAgentProcessor } from './processor.js';
 import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
-import { cancelRequestedKey, fairKickChannel } from '../shared/core/queue-keys.js';
+import { cancelRequestedKey, fairKickChannel, usageSinkGroup, usageStreamKey } from '../shared/core/queue-keys.js';
 import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
@@ -47,12 +48,24 @@ export function createWorkerService(opts: {
   const subscriber = createRedis(infra.redisTarget, 'worker');
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
+  const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers.
-  const loop = scheduler
-    ? createDispatchLoop({ scheduler, worker: { id: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`, concurrency: cfg.WORKER_CONCURRENCY }, logger })
-    : undefined;
+  const loop = scheduler ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY }, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
+  // Usage rows are written behind: appended to a Redis Stream on the worker's own connection (it waits out a
+  // Redis outage instead of dropping the row), and moved to Postgres in batches by this process's sink.
+  const usageKey = usageStreamKey(cfg.QUEUE_PREFIX);
+  const sink = createRunSink({
+    redis: createRedis(infra.redisTarget, 'worker'),
+    key: usageKey,
+    group: usageSinkGroup,
+    consumer: processId,
+    store: createRunStore({ pool: infra.db.pool }),
+    claimIdleMs: cfg.USAGE_SINK_CLAIM_IDLE_MS,
+    onCommitted: (lags) => features.forEach((f) => f.onUsageCommitted?.(lags)),
+    logger,
+  });
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
   const call = createAgentCall({
@@ -69,7 +82,7 @@ export function createWorkerService(opts: {
   const processor = createAgentProcessor({
     agents: opts.registry,
     chain: compose(opts.guards, call),
-    runs: createRunWriter(createRunStore({ pool: infra.db.pool }), { onCommitted: (lagMs) => features.forEach((f) => f.onUsageWritten?.(lagMs)) }),
+    runs: createRunAppender({ redis: connection, key: usageKey }),
     models,
     logger,
     gate,
@@ -103,6 +116,7 @@ export function createWorkerService(opts: {
     ready: async () => {
       await kickSubscribed;
       await worker.ready();
+      sink.start();
       await loop?.kick();
     },
     isRunning: () => worker.worker.isRunning(),
@@ -111,6 +125,7 @@ export function createWorkerService(opts: {
       subscriber.off('message', onKick);
       await gate?.close();
       await loop?.close();
+      await sink.close();
       connection.disconnect();
       subscriber.disconnect();
     },

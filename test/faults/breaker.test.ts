@@ -103,7 +103,7 @@ describe('circuit breaker under a 100% failing model', () => {
     const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: s.auth });
     expect(dlq.statusCode).toBe(200);
     expect(dlq.json().entries).toHaveLength(0);
-    const rows = await runRows(s.infra.db.pool, ids);
+    const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)!.completed).toBe(1);
     figure('breaker: failed attempts recorded (first wave + failed probes)', [...rows.values()].reduce((n, r) => n + r.failed, 0));
   }, 180_000);

@@ -75,7 +75,7 @@ describe('CLIENT KILL of a worker process under load', () => {
     expect(completed + failed).toBe(JOBS);
     expect(await queue.getActiveCount()).toBe(0);
     expect((await queue.getJobCounts('wait', 'delayed', 'active')).active).toBe(0);
-    const rows = await runRows(s.infra.db.pool, ids);
+    const rows = await runRows(s, ids);
     for (const [i, id] of ids.entries()) expect(rows.get(id)!.completed).toBe(done[i] === 'completed' ? 1 : 0);
     expect(worker.child.exitCode).toBeNull();
     figure('CLIENT KILL: LLM calls for 40 jobs', s.emulator.calls().filter((c) => c.kind === 'generate').length);

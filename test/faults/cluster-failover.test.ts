@@ -82,7 +82,7 @@ describe('Redis Cluster failover', () => {
       const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=30000`, headers: s.auth })).json();
       expect(view.state, id).toBe('completed');
     }
-    const rows = await runRows(s.infra.db.pool, accepted);
+    const rows = await runRows(s, accepted);
     const twice = [...rows.entries()].filter(([, r]) => r.completed !== 1);
     figure('cluster failover: jobs accepted / completed once', { accepted: accepted.length, notOnce: twice.length });
     expect(twice).toEqual([]);

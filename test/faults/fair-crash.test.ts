@@ -92,7 +92,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       expect(fullAfterKill).toBeGreaterThan(0);
 
       // Exactly once: one completed run per job, no failed run, no job lost; every slot came back.
-      const rows = await runRows(s.infra.db.pool, [...cappedIds, ...busyIds]);
+      const rows = await runRows(s, [...cappedIds, ...busyIds]);
       const bad = [...rows].filter(([, r]) => r.completed !== 1 || r.failed !== 0);
       expect(bad).toEqual([]);
       for (const id of [...cappedIds, ...busyIds]) expect(await (await queue.getJob(id))!.getState()).toBe('completed');

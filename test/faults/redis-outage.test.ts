@@ -93,7 +93,7 @@ describe('Redis outages', () => {
     figure(`${label}: last job completed after Redis came back (ms)`, done - upAt);
     expect(worker.child.exitCode).toBeNull();
     expect(worker.child.pid).toBe(pid);
-    const rows = await runRows(s.infra.db.pool, ids);
+    const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)!.completed).toBe(1);
     const calls = s.emulator.calls().filter((c) => c.kind === 'generate').length;
     figure(`${label}: LLM calls for ${ids.length} jobs (repeats are jobs whose completion was lost with the connection)`, calls);

@@ -77,7 +77,7 @@ describe('worker processes under signals', () => {
     const done = Date.now();
     figure('SIGKILL: time from kill to the last of 4 jobs completed by the other worker (ms)', done - killedAt);
     for (const id of ids) expect(await stateOf(id)).toBe('completed');
-    const rows = await runRows(s.infra.db.pool, ids);
+    const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     expect(completedBy(rescuer, ids)).toBe(4);
     for (const id of ids) expect((await Job.fromId(queue, id))!.returnvalue.success).toBe(true);
@@ -112,7 +112,7 @@ describe('worker processes under signals', () => {
     const job = (await Job.fromId(queue, id))!;
     expect(await job.getState()).toBe('completed');
     expect(job.returnvalue).toEqual(result);
-    expect((await runRows(s.infra.db.pool, [id])).get(id)).toEqual({ completed: 1, failed: 0 });
+    expect((await runRows(s, [id])).get(id)).toEqual({ completed: 1, failed: 0 });
     expect(completedBy(other, [id])).toBe(1);
     // Neither a completion nor a failure of the stopped worker's attempt went through: nothing dead-lettered.
     expect(stopped.lines.filter((l) => l.jobId === id && (l.msg === 'job completed' || String(l.msg).startsWith(DEAD_LETTERED)))).toEqual([]);
@@ -143,7 +143,7 @@ describe('worker processes under signals', () => {
     const drained = completedBy(rescuer, ids);
     expect(drained).toBeGreaterThanOrEqual(4);
     await vi.waitFor(async () => expect(await Promise.all(ids.map(stateOf))).toEqual(ids.map(() => 'completed')), { timeout: 60_000, interval: 100 });
-    const rows = await runRows(s.infra.db.pool, ids);
+    const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     for (const id of ids) expect((await Job.fromId(queue, id))!.stalledCounter ?? 0).toBe(0);
     expect(generateCalls()).toBe(24);

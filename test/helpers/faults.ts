@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import type { Stack } from './stack.js';
 import { TEST_ENV } from './stack.js';
+import { usageWritten } from './usage.js';
 
 /** Model limits far above what a fault test sends, so the rate limiter never paces the scenario being measured. */
 export const UNTHROTTLED = {
@@ -24,8 +25,10 @@ export function processEnv(s: Stack, extra: Record<string, string> = {}): Record
 /** A RiskAnalyzer request whose prompt contains `marker`, so emulator faults can target it. */
 export const riskJob = (marker: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${marker} Co`, industry: 'logistics' } } });
 
-/** Completed and failed agent_runs rows per job id. */
-export async function runRows(pool: pg.Pool, ids: string[]): Promise<Map<string, { completed: number; failed: number }>> {
+/** Completed and failed agent_runs rows per job id, once every usage row appended so far is written. */
+export async function runRows(s: Pick<Stack, 'cfg' | 'infra'>, ids: string[]): Promise<Map<string, { completed: number; failed: number }>> {
+  await usageWritten(s);
+  const pool: pg.Pool = s.infra.db.pool;
   const { rows } = await pool.query<{ job_id: string; completed: number; failed: number }>(
     `SELECT job_id, count(*) FILTER (WHERE state = 'completed')::int AS completed, count(*) FILTER (WHERE state = 'failed')::int AS failed
      FROM agent_runs WHERE job_id = ANY($1) GROUP BY job_id`,

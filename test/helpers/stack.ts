@@ -39,6 +39,8 @@ export const TEST_ENV: Record<string, string> = {
   BACKOFF_BASE_MS: '50',
   BACKOFF_MAX_MS: '500',
   SHUTDOWN_GRACE_MS: '5000',
+  // A killed worker's unwritten usage rows are taken over by another worker's sink this soon.
+  USAGE_SINK_CLAIM_IDLE_MS: '2000',
   RATE_LIMIT_PLANS: JSON.stringify({ general: { points: 100_000, durationS: 1 } }),
 };
 

@@ -85,7 +85,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
 
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
     onModelCall: (e) => metrics.modelCall(e),
-    onUsageWritten: (lagMs) => metrics.usageWritten(lagMs),
+    onUsageCommitted: (lagsMs) => metrics.usageCommitted(lagsMs),
 
     attachWorker(worker) {
       attachOpsListeners(worker, { store, metrics, logger: log });

@@ -24,6 +24,8 @@ export interface SingleFlightResult<T> {
   value: T;
   /** `call`: this caller ran `fn`; `l1`/`l2`: another call's result, read from the cache. */
   from: 'call' | 'l1' | 'l2';
+  /** The `usageEntry` of the computed value was appended to the usage stream by the store (same script). */
+  usageAppended?: boolean;
 }
 
 export interface SingleFlightOptions<T> {
@@ -35,6 +37,11 @@ export interface SingleFlightOptions<T> {
    */
   owner?: string;
   signal?: AbortSignal;
+  /**
+   * The usage stream entry of a value this caller computes (the attempt's `agent_runs` row): appended by
+   * the store script, so recording the attempt costs no round trip of its own. Not called for cached values.
+   */
+  usageEntry?: { field: string; of: (value: T) => string };
 }
 
 export interface ResultCache<T = AgentResult> {
@@ -60,6 +67,14 @@ export interface ResultCacheOptions {
   waitTimeoutMs?: number;
   /** Longest pause between two polls of a waiter. Default 200. */
   maxPollMs?: number;
+  /**
+   * A connection of its own for the invalidation broadcast. With it, an L1 hit is served from memory (no Redis
+   * call): every invalidation is pushed to this process, which drops the L1 copies it concerns, and while this
+   * connection is down L1 is dropped and unused. Without it, every `get` checks the namespace version in Redis.
+   */
+  subscriber?: RedisClient;
+  /** Called when this process has applied an invalidation broadcast (tests, metrics). */
+  onInvalidation?: (orgId: string, agent: string | undefined) => void;
   logger?: Logger;
 }
 
@@ -98,10 +113,11 @@ export function resultCacheHash(p: CacheKeyParts): string {
  * under, and a read whose tag is not the current one is a miss. No KEYS/SCAN: stale L2 entries are
  * overwritten or expire.
  *
- * Cost: every `get` is ONE round trip (a 4-key Lua script: 2-3 GETs). When this process's L1 copy is
- * current the reply is just the tag (a few bytes), so an L1 hit costs a round trip but no payload
- * transfer and no JSON parse; otherwise the reply carries the L2 entry. This round trip is what makes
- * another process's invalidation visible at once instead of after the L1 TTL.
+ * Cost: with a `subscriber`, an L1 hit makes no Redis call: invalidations (version bump + PUBLISH in one
+ * script) are broadcast and each process drops the L1 copies they concern as the message arrives; a lookup
+ * whose reply was in flight across an invalidation does not fill L1. Without a subscriber (or while it is
+ * disconnected) every `get` is ONE round trip (a 4-key Lua script: 2-3 GETs) that checks the L1 copy's tag,
+ * which makes another process's invalidation visible at once instead of after the L1 TTL.
  */
 export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): ResultCache<T> {
   const { redis, prefix } = opts;
@@ -109,10 +125,56 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
   const lookupLua = defineLua(redis, 'result-cache-lookup-4.lua');
-  const setLua = defineLua(redis, 'result-cache-set-4.lua');
+  const setLua = defineLua(redis, 'result-cache-set-5.lua');
+  const usageKey = guardKeys.usageStream(prefix);
   const unlockLua = defineLua(redis, 'result-cache-unlock-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
-  const l1 = new LRUCache<string, { tag: string; value: T }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
+  const bumpLua = defineLua(redis, 'result-cache-bump-1.lua');
+  const l1 = new LRUCache<string, { tag: string; value: T; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
+  const channel = guardKeys.resultInvalidations(prefix);
+  /** L1 served from memory: only while the broadcast is subscribed, so no invalidation can pass unseen. */
+  let l1Live = false;
+  /** Bumped on every invalidation seen (and on losing the broadcast): a reply read before it must not fill L1. */
+  let epoch = 0;
+
+  function invalidateLocal(org: string | undefined, agent: string | undefined): void {
+    epoch++;
+    if (org === undefined) {
+      l1.clear();
+      return;
+    }
+    const drop: string[] = [];
+    l1.forEach((e, k) => {
+      if (e.org === org && (agent === undefined || e.agent === agent)) drop.push(k);
+    });
+    for (const k of drop) l1.delete(k);
+  }
+
+  const sub = opts.subscriber;
+  if (sub) {
+    const live = () =>
+      sub.subscribe(channel).then(
+        () => {
+          // Whatever was invalidated while unsubscribed is unknown: start from an empty L1.
+          invalidateLocal(undefined, undefined);
+          l1Live = true;
+        },
+        (err: unknown) => opts.logger?.warn({ err }, 'result cache: could not subscribe to invalidations; L1 stays off'),
+      );
+    sub.on('message', (ch: string, msg: string) => {
+      if (ch !== channel) return;
+      const [org, agent] = msg.split('\n');
+      invalidateLocal(org, agent);
+      opts.onInvalidation?.(decodeURIComponent(org), agent === undefined ? undefined : decodeURIComponent(agent));
+    });
+    // Lost connection: messages may be missed, so L1 is dropped and bypassed until subscribed again.
+    sub.on('close', () => {
+      l1Live = false;
+      invalidateLocal(undefined, undefined);
+    });
+    sub.on('ready', () => void live());
+    if (sub.status === 'ready') void live();
+  }
 
   const enc = encodeURIComponent;
   const orgVersionKey = (org: string) => guardKeys.resultOrgVersion(prefix, enc(org));
@@ -129,13 +191,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   async function lookup(p: CacheKeyParts, lock: string, owner = '') {
     const { hash, keys } = keysFor(p);
     const local = l1.get(hash);
+    if (local && l1Live) return { hash, keys, tag: local.tag, found: { level: 'l1', value: structuredClone(local.value) } as CacheHit<T>, lockState: 0 };
+    const seen = epoch;
     const [tag, hit, lockState, json] = (await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as [string, number, number, string?];
     let found: CacheHit<T> | null = null;
     if (hit === 1 && local) {
       found = { level: 'l1', value: structuredClone(local.value) };
     } else if (hit === 2 && json !== undefined) {
       const value = JSON.parse(json) as T;
-      l1.set(hash, { tag, value });
+      remember(hash, p, tag, value, seen);
       found = { level: 'l2', value: structuredClone(value) };
     } else if (local) {
       l1.delete(hash);
@@ -143,16 +207,26 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     return { hash, keys, tag, found, lockState };
   }
 
-  /** Writes the entry (and releases `lockToken`'s lock in the same call). */
-  async function store(keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
-    const [stored, current] = (await setLua(keys, [tag, JSON.stringify(value), opts.l2TtlS, lockToken])) as [number, string];
-    if (stored === 1) l1.set(hash, { tag: current, value: structuredClone(value) });
+  /** Fills L1 unless an invalidation was seen since the Redis read that produced `tag` was sent. */
+  function remember(hash: string, p: CacheKeyParts, tag: string, value: T, seenEpoch: number): void {
+    if (epoch === seenEpoch) l1.set(hash, { tag, value, org: enc(p.orgId), agent: enc(p.agent) });
+  }
+
+  /** Writes the entry (and releases `lockToken`'s lock, and appends `usage`, in the same call). */
+  async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+    const seen = epoch;
+    const args = [tag, JSON.stringify(value), opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? ''];
+    const [stored, current] = (await setLua([...keys, usageKey], args)) as [number, string];
+    if (stored === 1) remember(hash, p, current, structuredClone(value), seen);
     return stored === 1;
   }
 
-  /** The value was paid for: failing to cache it must not fail the caller. False when the write failed. */
-  async function storeQuietly(keys: string[], hash: string, tag: string, value: T, lockToken = ''): Promise<boolean> {
-    return store(keys, hash, tag, value, lockToken).then(
+  /**
+   * The value was paid for: failing to cache it must not fail the caller. False when the write failed (then
+   * nothing of it happened: the lock is still held and `usage` was not appended).
+   */
+  async function storeQuietly(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+    return store(p, keys, hash, tag, value, lockToken, usage).then(
       () => true,
       (err: unknown) => {
         opts.logger?.warn({ err }, 'result cache: store failed');
@@ -167,13 +241,13 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     },
     async set(p, value) {
       const { hash, keys } = keysFor(p);
-      return store(keys, hash, '', value);
+      return store(p, keys, hash, '', value);
     },
     async invalidateOrg(orgId) {
-      await redis.incr(orgVersionKey(orgId));
+      await bumpLua([orgVersionKey(orgId)], [channel, enc(orgId)]);
     },
     async invalidateAgent(orgId, agent) {
-      await redis.incr(agentVersionKey(orgId, agent));
+      await bumpLua([agentVersionKey(orgId, agent)], [channel, `${enc(orgId)}\n${enc(agent)}`]);
     },
     async singleFlight(p, fn, sfOpts = {}) {
       const shouldCache = sfOpts.shouldCache ?? (() => true);
@@ -192,8 +266,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           let released = false;
           try {
             const value = await fn();
-            if (shouldCache(value)) released = await storeQuietly(keys, hash, tag, value, token);
-            return { value, from: 'call' };
+            if (shouldCache(value)) released = await storeQuietly(p, keys, hash, tag, value, token, sfOpts.usageEntry);
+            return { value, from: 'call', usageAppended: released && sfOpts.usageEntry !== undefined };
           } finally {
             clearInterval(renew);
             // Released on error (or an uncached value) too, so waiters stop waiting and one of them calls through.
@@ -202,8 +276,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
         }
         if (Date.now() >= deadline) {
           const value = await fn();
-          if (shouldCache(value)) await storeQuietly(keys, hash, tag, value);
-          return { value, from: 'call' };
+          const appended = shouldCache(value) && (await storeQuietly(p, keys, hash, tag, value, '', sfOpts.usageEntry));
+          return { value, from: 'call', usageAppended: appended && sfOpts.usageEntry !== undefined };
         }
         // Another caller holds the lock: poll with backoff (jittered so waiters do not move in step).
         await sleep(Math.min(pause, Math.max(1, deadline - Date.now())) * (0.5 + Math.random() / 2), undefined, { signal: sfOpts.signal });

@@ -130,6 +130,8 @@ export const configSchema = z.object({
   /** Primary/fallback routes per "Agent:action" (or "Agent"), e.g. {"RiskAnalyzer:analyze_risks":{"primary":"gemini-2.5-pro","fallback":"gemini-2.5-flash","timeoutMs":30000,"retries":1}}. */
   AGENT_ROUTES: json(z.record(z.string(), routeSchema), {}),
   QUOTA_CACHE_MS: int(5000),
+  /** A usage row read by a worker's run sink that died before committing it is taken over after this long. */
+  USAGE_SINK_CLAIM_IDLE_MS: int(30_000, 10),
   /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
   ORG_WEIGHT: z.coerce.number().positive().default(1),
   ORG_CONCURRENCY: int(0),

@@ -48,6 +48,13 @@ export const dlqMetaKey = (prefix: string, id: string) => `${agentqPrefix(prefix
 /** HASH where every process publishes its Prometheus registry for the API to merge. */
 export const metricsExchangeKey = (prefix: string) => `${agentqPrefix(prefix)}:metrics`;
 
+/**
+ * Redis Stream of finished attempts' usage rows on their way to `agent_runs` (written behind by the run sink
+ * of every worker process, consumer group `usageSinkGroup`). Under the queue's hash tag like every other key.
+ */
+export const usageStreamKey = (prefix: string) => guardKeys.usageStream(agentqPrefix(prefix));
+export const usageSinkGroup = 'agent-runs';
+
 /** Keys under a guard prefix (`agentqPrefix(queuePrefix)` in production; tests pass their own). */
 export const guardKeys = {
   tokenBucket: (guardPrefix: string, bucket: string) => `${guardPrefix}:tb:${bucket}`,
@@ -58,4 +65,8 @@ export const guardKeys = {
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,
   resultEntry: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:e:${hash}`,
   resultLock: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:lock:${hash}`,
+  /** The usage stream (see `usageStreamKey`): the result cache's store script appends to it too. */
+  usageStream: (guardPrefix: string) => `${guardPrefix}:usage`,
+  /** Pub/sub channel of result-cache invalidations (a channel, not a key: PUBLISH reaches every node of a cluster). */
+  resultInvalidations: (guardPrefix: string) => `${guardPrefix}:rc:inval`,
 };

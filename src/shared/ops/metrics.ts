@@ -49,12 +49,6 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     labelNames: ['model', 'code', 'http_status'] as const,
     registers,
   });
-  const usageWriteLag = new Histogram({
-    name: 'agentq_usage_write_lag_seconds',
-    help: 'Time from an attempt ending to its agent_runs usage row being committed (group commit queue included)',
-    buckets: WRITE_LAG_BUCKETS,
-    registers,
-  });
   const duration = new Histogram({
     name: 'agentq_job_duration_seconds',
     help: 'Time from a job attempt starting to it ending, by outcome',
@@ -91,6 +85,12 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   const delaySeconds = new Counter({ name: 'agentq_job_delay_seconds_total', help: 'Delay imposed by guards, summed', labelNames: ['reason'] as const, registers });
   const admission = new Counter({ name: 'agentq_admission_rejections_total', help: 'API requests refused by admission (rate plan or quota)', labelNames: ['reason'] as const, registers });
   const deadLetters = new Counter({ name: 'agentq_dlq_entries_total', help: 'Jobs that entered the dead-letter queue', labelNames: ['agent', 'class'] as const, registers });
+  const usageLag = new Histogram({
+    name: 'agentq_usage_write_lag_seconds',
+    help: 'Time from an attempt ending (its usage row in the Redis Stream) to the row committed in agent_runs',
+    buckets: WRITE_LAG_BUCKETS,
+    registers,
+  });
   const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
 
   return {
@@ -100,10 +100,6 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     modelCall(e: { model: string; seconds: number; code?: string; httpStatus?: number }) {
       modelCall.observe({ model: e.model, status: e.code ?? 'ok' }, Math.max(0, e.seconds));
       if (e.code) modelErrors.inc({ model: e.model, code: e.code, http_status: e.httpStatus ? String(e.httpStatus) : 'none' });
-    },
-
-    usageWritten(lagMs: number) {
-      usageWriteLag.observe(Math.max(0, lagMs) / 1000);
     },
 
     jobStarted(job: JobFacts & { attemptsStarted?: number }) {
@@ -143,6 +139,10 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     delayed(reason: string, delayMs: number) {
       delays.inc({ reason });
       delaySeconds.inc({ reason }, Math.max(0, delayMs) / 1000);
+    },
+
+    usageCommitted(lagsMs: number[]) {
+      for (const ms of lagsMs) usageLag.observe(Math.max(0, ms) / 1000);
     },
 
     admissionRejected(reason: string) {

@@ -73,8 +73,11 @@ export function createWorkerGuards(opts: {
   for (const event of ['open', 'halfOpen', 'close'] as const) {
     breaker.on(event, (key: string) => opts.logger.warn({ breaker: key, event }, `circuit breaker ${event}`));
   }
+  // Invalidations are broadcast to this connection, so L1 hits are served from memory.
+  const cacheSubscriber = createRedis(infra.redisTarget, 'worker');
   const resultCache = createResultCache<AgentResult>({
     redis,
+    subscriber: cacheSubscriber,
     prefix,
     l1Max: cfg.CACHE_L1_MAX_ENTRIES,
     l1TtlMs: cfg.CACHE_L1_TTL_MS,
@@ -115,6 +118,7 @@ export function createWorkerGuards(opts: {
     async close() {
       await rateLimit.flush();
       redis.disconnect();
+      cacheSubscriber.disconnect();
     },
   };
 }

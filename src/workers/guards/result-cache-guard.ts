@@ -33,13 +33,19 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     };
     let outcome;
     try {
-      outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, { shouldCache: (r) => r.success === true, signal: ctx.signal, owner: ctx.job.id });
+      outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, {
+        shouldCache: (r) => r.success === true,
+        signal: ctx.signal,
+        owner: ctx.job.id,
+        ...(ctx.usage ? { usageEntry: { field: ctx.usage.field, of: ctx.usage.entry } } : {}),
+      });
     } catch (err) {
       if (called || ctx.signal.aborted) throw err;
       ctx.logger.warn({ err }, 'result cache unavailable; calling through');
       guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'unavailable' });
       return next();
     }
+    if (outcome.usageAppended) ctx.usage?.carried();
     if (outcome.from === 'call') return outcome.value;
     guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from });
     return {

@@ -116,9 +116,15 @@ function textOf(res: GenerateContentResponse): string {
   return out;
 }
 
+/** Per schema object, once: callers pass the same (cached) schema on every call of an action. */
+const withoutMeta = new WeakMap<object, unknown>();
 function withoutMetaSchema(schema: unknown): unknown {
   if (!schema || typeof schema !== 'object' || Array.isArray(schema)) return schema;
-  const { $schema: _drop, ...rest } = schema as Record<string, unknown>;
+  let rest = withoutMeta.get(schema);
+  if (rest === undefined) {
+    const { $schema: _drop, ...copy } = schema as Record<string, unknown>;
+    withoutMeta.set(schema, (rest = copy));
+  }
   return rest;
 }
 

@@ -1,10 +1,15 @@
 -- Stores an entry unless the namespace was invalidated since the caller read it: a result computed
 -- before a bump must never be served after it. Releases the caller's single-flight lock in the same call,
--- so a computed miss costs one write round trip, not two.
--- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: entry, KEYS[4]: lock
+-- and appends the attempt's usage row to the usage stream when the caller passes one, so a computed miss
+-- costs one write round trip, not three.
+-- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: entry, KEYS[4]: lock,
+-- KEYS[5]: usage stream (same hash tag as the rest; only written when ARGV[5] is set)
 -- ARGV[1]: tag the caller computed under ('' = whatever is current), ARGV[2]: json, ARGV[3]: ttl s,
--- ARGV[4]: lock token to release ('' = none)
+-- ARGV[4]: lock token to release ('' = none), ARGV[5]: usage entry ('' = none), ARGV[6]: its field name
 -- Returns {stored (0|1), current tag}
+if ARGV[5] ~= '' then
+  redis.call('XADD', KEYS[5], '*', ARGV[6], ARGV[5])
+end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
   redis.call('DEL', KEYS[4])
 end

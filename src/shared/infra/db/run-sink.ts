@@ -1,0 +1,172 @@
+import type { RedisClient } from '../redis/connection.js';
+import type { Logger } from '../../core/logger.js';
+import { defineLua } from '../lua.js';
+import type { AgentRun } from './agent-runs.js';
+import { decodeRun, RUN_FIELD } from './run-stream.js';
+
+type Entry = [id: string, fields: string[] | null];
+
+/** Where a sink may be stopped by a fault test: after reading a batch, and after committing it but before the XACK. */
+export type SinkPoint = 'read' | 'committed';
+
+export interface RunSinkOptions {
+  /** A connection of its own: the sink blocks on it (XREADGROUP BLOCK). */
+  redis: RedisClient;
+  key: string;
+  group: string;
+  /** Unique per process: a restarted process is a new consumer, and takes the old one's entries by XAUTOCLAIM. */
+  consumer: string;
+  store: { recordMany(runs: AgentRun[]): Promise<number> };
+  /** Entries a consumer has read but not acknowledged for this long are taken over (its process died). */
+  claimIdleMs: number;
+  batch?: number;
+  blockMs?: number;
+  /** Pause between two tries while Postgres refuses the batch (doubles up to `retryMaxMs`). */
+  retryBaseMs?: number;
+  retryMaxMs?: number;
+  /**
+   * After a batch that was not full, the next read waits until this long after the previous one: at low
+   * rates rows gather into batches instead of costing a read, an INSERT and an ack each. Bounds the lag it adds.
+   */
+  gatherMs?: number;
+  /** Per committed row: ms from the XADD (entry id time) to the commit. */
+  onCommitted?: (lagsMs: number[]) => void;
+  /** Fault tests only: runs at each point before the sink goes on. */
+  at?: (point: SinkPoint) => void | Promise<void>;
+  logger: Logger;
+}
+
+const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
+
+/**
+ * Moves usage rows from the Redis Stream to `agent_runs` in batches (one multi-row INSERT per batch,
+ * idempotent on (job_id, attempt)), and acknowledges them (XACK + XDEL) only after the commit. So:
+ * - a sink killed before its commit leaves the entries pending under its name: the next sink to look
+ *   (XAUTOCLAIM after `claimIdleMs`) writes them;
+ * - a sink killed between commit and XACK leaves committed entries pending: they are written again and the
+ *   unique (job_id, attempt) turns the second write into nothing (ON CONFLICT DO NOTHING);
+ * - Postgres down: the batch stays pending and is retried with backoff; the stream absorbs what arrives.
+ */
+export function createRunSink(opts: RunSinkOptions) {
+  const { redis, key, group, consumer, store, logger } = opts;
+  const batch = opts.batch ?? 500;
+  const blockMs = opts.blockMs ?? 1000;
+  const retryBaseMs = opts.retryBaseMs ?? 100;
+  const retryMaxMs = opts.retryMaxMs ?? 2000;
+  const gatherMs = opts.gatherMs ?? 100;
+  const ackLua = defineLua(redis, 'usage-ack-1.lua');
+  let running = false;
+  let loop: Promise<void> | undefined;
+  let wake: (() => void) | undefined;
+  let lastClaim = 0;
+  let blocked = false;
+
+  async function ensureGroup(): Promise<void> {
+    try {
+      // From the start of the stream: rows appended before any sink existed are written too.
+      await redis.xgroup('CREATE', key, group, '0', 'MKSTREAM');
+    } catch (err) {
+      if (!String((err as Error).message).includes('BUSYGROUP')) throw err;
+    }
+  }
+
+  /** Own pending entries (`0`) after a failure or at start, else new ones (`>`, blocking). */
+  async function read(pending: boolean): Promise<Entry[]> {
+    const args = pending
+      ? (['GROUP', group, consumer, 'COUNT', batch, 'STREAMS', key, '0'] as const)
+      : (['GROUP', group, consumer, 'COUNT', batch, 'BLOCK', blockMs, 'STREAMS', key, '>'] as const);
+    blocked = !pending;
+    try {
+      const reply = (await (redis.xreadgroup as (...a: unknown[]) => Promise<unknown>)(...args)) as Array<[string, Entry[]]> | null;
+      return reply?.[0]?.[1] ?? [];
+    } finally {
+      blocked = false;
+    }
+  }
+
+  /** Entries other consumers read and never acknowledged within `claimIdleMs`: their process is gone. */
+  async function claim(): Promise<Entry[]> {
+    lastClaim = Date.now();
+    const [, entries] = (await redis.xautoclaim(key, group, consumer, opts.claimIdleMs, '0-0', 'COUNT', batch)) as [string, Entry[]];
+    return entries;
+  }
+
+  async function write(entries: Entry[]): Promise<void> {
+    const rows: AgentRun[] = [];
+    const ids: string[] = [];
+    for (const [id, fields] of entries) {
+      ids.push(id);
+      // A null entry was deleted while pending (acknowledged by a sink that took it over): nothing left to write.
+      if (!fields) continue;
+      const i = fields.indexOf(RUN_FIELD);
+      if (i < 0 || i + 1 >= fields.length) continue;
+      try {
+        rows.push(decodeRun(fields[i + 1]));
+      } catch (err) {
+        logger.error({ err, id }, 'usage sink: unreadable usage entry dropped');
+      }
+    }
+    await opts.at?.('read');
+    if (rows.length) await store.recordMany(rows);
+    await opts.at?.('committed');
+    await ackLua([key], [group, ...ids]);
+    const now = Date.now();
+    opts.onCommitted?.(ids.map((id) => Math.max(0, now - idMs(id))));
+  }
+
+  function pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    });
+  }
+
+  async function run(): Promise<void> {
+    let pending = true;
+    let failures = 0;
+    while (running) {
+      try {
+        if (failures === 0 && pending) await ensureGroup();
+        const readAt = Date.now();
+        let entries = await read(pending);
+        if (pending && entries.length === 0) pending = false;
+        if (Date.now() - lastClaim >= opts.claimIdleMs / 2) entries = entries.concat(await claim());
+        if (entries.length) await write(entries);
+        failures = 0;
+        const wait = readAt + gatherMs - Date.now();
+        if (!pending && entries.length > 0 && entries.length < batch && wait > 0 && running) await pause(wait);
+      } catch (err) {
+        if (!running) break;
+        failures++;
+        // Everything read stays pending under this consumer: re-read from its own history once the pause is over.
+        pending = true;
+        const ms = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(failures - 1, 10));
+        logger.warn({ err, retryInMs: ms }, 'usage sink: batch not written; retrying (rows stay in the stream)');
+        await pause(ms);
+      }
+    }
+  }
+
+  return {
+    start(): void {
+      if (running) return;
+      running = true;
+      loop = run();
+    },
+    /** Stops after the batch in hand (its rows committed and acknowledged, or left pending for another sink). */
+    async close(): Promise<void> {
+      running = false;
+      wake?.();
+      // A blocked XREADGROUP is cut short (nothing read is lost: entries stay unread); a batch being written is
+      // let finish, so its rows are acknowledged rather than written again by another sink.
+      if (blocked) redis.disconnect();
+      await loop;
+      redis.disconnect();
+    },
+  };
+}
+
+export type RunSink = ReturnType<typeof createRunSink>;

@@ -1,0 +1,135 @@
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { createResultCache, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
+import { guardKeys } from '../src/shared/core/queue-keys.js';
+import type { AgentResult } from '../src/shared/core/types.js';
+import { okResult } from './helpers/guard-context.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { until } from './helpers/wait.js';
+
+const clients: Redis[] = [];
+afterAll(() => clients.forEach((c) => c.disconnect()));
+
+/** Commands sent on a client (every command ioredis writes goes through sendCommand). */
+function counted(r: Redis): () => number {
+  let n = 0;
+  const send = r.sendCommand.bind(r);
+  r.sendCommand = ((...a: Parameters<Redis['sendCommand']>) => (n++, send(...a))) as Redis['sendCommand'];
+  return () => n;
+}
+
+/** One cache as a worker process builds it: a command connection and a subscriber of its own. */
+async function cacheProcess(prefix: string) {
+  const redis = new Redis(redisUrl());
+  const subscriber = new Redis(redisUrl());
+  clients.push(redis, subscriber);
+  const seen: Array<{ orgId: string; agent?: string; at: number }> = [];
+  const cache = createResultCache<AgentResult>({ redis, subscriber, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId, agent) => seen.push({ orgId, agent, at: performance.now() }) });
+  const sent = counted(redis);
+  // Subscribed once a lookup of a stored value is served from memory.
+  const probe = { orgId: randomOrg(), agent: 'probe', action: 'a', model: 'm', promptVersion: 1, input: 'probe' };
+  await cache.set(probe, okResult('probe'));
+  await until('L1 from memory', async () => {
+    const before = sent();
+    return (await cache.get(probe))?.level === 'l1' && sent() === before;
+  });
+  return { cache, redis, subscriber, sent, seen };
+}
+
+const parts = (orgId = randomOrg(), agent = 'risk'): CacheKeyParts => ({ orgId, agent, action: 'analyze', model: 'gemini-2.5-flash', promptVersion: 1, input: { name: 'acme' } });
+
+describe('result cache L1 served from memory, invalidated by broadcast', () => {
+  it('an L1 hit sends no Redis command (and hands out a copy)', async () => {
+    const a = await cacheProcess(randomPrefix());
+    const p = parts();
+    await a.cache.set(p, okResult({ score: 1 }));
+    const before = a.sent();
+    const times: number[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const t = performance.now();
+      const hit = await a.cache.get(p);
+      times.push(performance.now() - t);
+      expect(hit?.level).toBe('l1');
+      if (i === 0) (hit!.value.data as { score: number }).score = 99;
+    }
+    expect(a.sent()).toBe(before);
+    expect((await a.cache.get(p))!.value.data).toEqual({ score: 1 });
+    times.sort((x, y) => x - y);
+    console.log(`[figure] L1 hit from memory, 2000 gets: p50 ${times[1000].toFixed(4)} ms, p99 ${times[1980].toFixed(4)} ms`);
+  });
+
+  it('two processes: once the invalidation is observed, no stale hit; the delay from bump to observed is reported', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const b = await cacheProcess(prefix);
+    const delays: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const byAgent = i % 2 === 1;
+      const p = parts();
+      const otherAgent = { ...p, agent: 'other' };
+      await a.cache.set(p, okResult(`v${i}`));
+      await a.cache.set(otherAgent, okResult(`v${i}`));
+      for (const x of [p, otherAgent]) expect(await b.cache.get(x)).toMatchObject({ level: 'l2' });
+      expect(await b.cache.get(p)).toMatchObject({ level: 'l1' });
+      const n = b.seen.length;
+      const t0 = performance.now();
+      if (byAgent) await a.cache.invalidateAgent(p.orgId, p.agent);
+      else await a.cache.invalidateOrg(p.orgId);
+      await until('the broadcast seen by B', () => b.seen.length > n);
+      delays.push(b.seen[n].at - t0);
+      expect(b.seen[n]).toMatchObject({ orgId: p.orgId, agent: byAgent ? p.agent : undefined });
+      expect(await b.cache.get(p)).toBeNull();
+      // An agent bump leaves the org's other agents in L1; an org bump drops them.
+      if (byAgent) expect(await b.cache.get(otherAgent)).toMatchObject({ level: 'l1' });
+      else expect(await b.cache.get(otherAgent)).toBeNull();
+    }
+    delays.sort((x, y) => x - y);
+    console.log(`[figure] invalidation bump -> observed by the other process, 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
+  });
+
+  it('a process that lost its subscriber drops L1 and checks Redis until it is subscribed again', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const b = await cacheProcess(prefix);
+    const p = parts();
+    await a.cache.set(p, okResult('v1'));
+    expect(await b.cache.get(p)).toMatchObject({ level: 'l2' });
+    expect(await b.cache.get(p)).toMatchObject({ level: 'l1' });
+    b.subscriber.disconnect();
+    await until('subscriber closed', () => b.subscriber.status === 'end');
+    // Missed broadcast: B cannot hear this bump, yet never serves the old value.
+    await a.cache.invalidateOrg(p.orgId);
+    const before = b.sent();
+    expect(await b.cache.get(p)).toBeNull();
+    expect(b.sent()).toBeGreaterThan(before);
+    await a.cache.set(p, okResult('v2'));
+    expect(await b.cache.get(p)).toEqual({ level: 'l2', value: okResult('v2') });
+    // Not from memory while unsubscribed: each get checks the version in Redis.
+    const mid = b.sent();
+    expect(await b.cache.get(p)).toMatchObject({ level: 'l1', value: okResult('v2') });
+    expect(b.sent()).toBe(mid + 1);
+    await b.subscriber.connect();
+    await until('L1 from memory again', async () => {
+      const s0 = b.sent();
+      return (await b.cache.get(p))?.level === 'l1' && b.sent() === s0;
+    });
+  });
+
+  it('the store of a computed value appends its usage entry in the same call; a cached value appends nothing', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const stream = guardKeys.usageStream(prefix);
+    const p = parts();
+    const usageEntry = { field: 'r', of: (v: AgentResult) => JSON.stringify({ data: v.data }) };
+    const before = a.sent();
+    const first = await a.cache.singleFlight(p, async () => okResult('computed'), { usageEntry });
+    // One lookup and one store: the append rode on the store.
+    expect(a.sent() - before).toBe(2);
+    expect(first).toMatchObject({ from: 'call', usageAppended: true });
+    const second = await a.cache.singleFlight(p, async () => okResult('never'), { usageEntry });
+    expect(second).toMatchObject({ from: 'l1' });
+    expect(second.usageAppended).toBeUndefined();
+    const entries = await a.redis.xrange(stream, '-', '+');
+    expect(entries.map(([, f]) => f)).toEqual([['r', JSON.stringify({ data: 'computed' })]]);
+  });
+});

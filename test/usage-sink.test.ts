@@ -1,0 +1,133 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { usageSinkGroup, usageStreamKey } from '../src/shared/core/queue-keys.js';
+import { createLogger } from '../src/shared/core/logger.js';
+import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { migrate } from '../src/shared/infra/db/migrate.js';
+import { createPool } from '../src/shared/infra/db/pool.js';
+import { createRunAppender } from '../src/shared/infra/db/run-stream.js';
+import { createRunSink } from '../src/shared/infra/db/run-sink.js';
+import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { until } from './helpers/wait.js';
+
+const pool = createPool(databaseUrl(), { max: 4 });
+const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+const logger = createLogger({ level: 'silent' });
+const run = (orgId: string, jobId: string, attempt = 1, over: Partial<AgentRun> = {}): AgentRun => ({
+  jobId,
+  attempt,
+  orgId,
+  agent: 'RiskAnalyzer',
+  action: 'analyze_risks',
+  model: 'gemini-2.5-pro',
+  state: 'completed',
+  inputTokens: 10,
+  outputTokens: 20,
+  costUsd: 0.0001,
+  durationMs: 5,
+  ...over,
+});
+
+/** A sink on its own connection, over a store that can be made to fail like a Postgres that is down. */
+function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, onCommitted?: (lags: number[]) => void) {
+  return createRunSink({
+    redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+    key,
+    group: usageSinkGroup,
+    consumer: `c-${randomUUID().slice(0, 8)}`,
+    store,
+    claimIdleMs: 60_000,
+    retryBaseMs: 10,
+    retryMaxMs: 50,
+    blockMs: 200,
+    logger,
+    ...(onCommitted ? { onCommitted } : {}),
+  });
+}
+
+const rowsOf = async (jobIds: string[]) =>
+  (await pool.query('SELECT job_id, attempt, state, input_tokens, cost_usd, error, created_at FROM agent_runs WHERE job_id = ANY($1) ORDER BY job_id, attempt', [jobIds])).rows;
+
+describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', () => {
+  beforeAll(() => migrate(pool));
+  afterAll(async () => {
+    redis.disconnect();
+    await pool.end();
+  });
+
+  it('writes appended rows in batches, with their own end time, and reports the lag of each', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    let inserts = 0;
+    const lags: number[] = [];
+    const sink = sinkFor(key, { recordMany: (r) => (inserts++, store.recordMany(r)) }, (l) => lags.push(...l));
+    const appender = createRunAppender({ redis, key });
+    const ended = new Date(Date.now() - 60_000);
+    // Appended before the sink starts: the consumer group reads the stream from its start.
+    await appender.record(run(org, `early-${org}`, 1, { createdAt: ended }));
+    sink.start();
+    const ids = Array.from({ length: 200 }, (_, i) => `job-${org}-${i}`);
+    await Promise.all(ids.map((id) => appender.record(run(org, id, 1, { state: id.endsWith('7') ? 'failed' : 'completed', error: id.endsWith('7') ? 'boom' : null }))));
+    await until('every row written', async () => (await rowsOf([...ids, `early-${org}`])).length === 201);
+    await sink.close();
+    expect(inserts).toBeLessThan(201);
+    expect(await redis.xlen(key)).toBe(0);
+    expect(lags).toHaveLength(201);
+    const rows = await rowsOf([`early-${org}`, `job-${org}-7`]);
+    expect(new Date(rows[0].created_at).getTime()).toBe(ended.getTime());
+    expect(rows[1]).toMatchObject({ state: 'failed', error: 'boom', input_tokens: 10 });
+    const sorted = [...lags].sort((a, b) => a - b);
+    console.log(`[figure] usage row lag, append -> commit, 201 rows (ms): p50 ${sorted[100]}, max ${sorted[200]} (the early row waited for the sink to start)`);
+  });
+
+  it('an attempt appended twice (a re-delivered attempt) is one row: idempotent on (job_id, attempt)', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const appender = createRunAppender({ redis, key });
+    await appender.record(run(org, `dup-${org}`, 1, { inputTokens: 1 }));
+    await appender.record(run(org, `dup-${org}`, 1, { inputTokens: 2 }));
+    await appender.record(run(org, `dup-${org}`, 2, { inputTokens: 3 }));
+    const sink = sinkFor(key, createRunStore({ pool }));
+    sink.start();
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    expect((await rowsOf([`dup-${org}`])).map((r) => [r.attempt, r.input_tokens])).toEqual([
+      [1, 1],
+      [2, 3],
+    ]);
+  });
+
+  it('Postgres down: rows stay in the stream through every failed try, then are written exactly once', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    let down = true;
+    let failures = 0;
+    // A pool that errors like one whose server is gone (connection refused), until the outage ends.
+    const sink = sinkFor(key, {
+      recordMany: (r) => {
+        if (!down) return store.recordMany(r);
+        failures++;
+        return Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }));
+      },
+    });
+    const appender = createRunAppender({ redis, key });
+    sink.start();
+    const ids = Array.from({ length: 30 }, (_, i) => `pgdown-${org}-${i}`);
+    // Rows keep arriving during the outage; the sink keeps failing on them.
+    for (const id of ids.slice(0, 10)) await appender.record(run(org, id));
+    await until('three failed tries', () => failures >= 3);
+    for (const id of ids.slice(10)) await appender.record(run(org, id));
+    await until('more failed tries after the later rows', () => failures >= 6);
+    expect(await redis.xlen(key)).toBe(30);
+    expect(await rowsOf(ids)).toHaveLength(0);
+    down = false;
+    await until('stream drained after the outage', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    const rows = await rowsOf(ids);
+    expect(rows).toHaveLength(30);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
+});
