@@ -311,3 +311,31 @@ describe('every route, every role', () => {
     expect((await s.app.inject({ method: 'DELETE', url: `/v1/keys/${id}`, headers: admin })).statusCode).toBe(404);
   });
 });
+
+describe('a route without a role', () => {
+  it('stops the app from starting, naming the route', async () => {
+    const { buildApp } = await import('../src/producers/app.js');
+    const { createLogger } = await import('../src/shared/core/logger.js');
+    const build = (plugin: (app: import('fastify').FastifyInstance) => void) =>
+      buildApp({
+        logger: createLogger({ level: 'silent' }),
+        bodyLimit: 1024,
+        keys: { verify: async () => null },
+        agents: { list: () => [] } as never,
+        readiness: {},
+        producer: {} as never,
+        jobs: {} as never,
+        longPollMaxMs: 1000,
+        enqueueDeadlineMs: 1000,
+        plugins: [plugin],
+      });
+    const rogue = await build((app) => app.get('/v1/rogue', async () => 'no role'));
+    await expect(rogue.ready()).rejects.toThrow(/routes without a role.*GET \/v1\/rogue/);
+    await rogue.close().catch(() => undefined);
+    // The positive control: the same route with a role starts, and the hook enforces it.
+    const declared = await build((app) => app.get('/v1/declared', { config: { access: { role: 'org-admin' } } }, async () => 'ok'));
+    await declared.ready();
+    expect((await declared.inject({ method: 'GET', url: '/v1/declared' })).statusCode).toBe(401);
+    await declared.close();
+  });
+});

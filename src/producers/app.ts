@@ -125,7 +125,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     const verdict = access === 'any-credential' ? (who ? 'ok' : 401) : admits(access, who);
     if (verdict === 401) {
       const challenge = operatorRoute ? 'Basic realm="agentq operator", charset="UTF-8"' : 'Bearer';
-      const error = req.headers.authorization ? 'invalid or revoked credentials' : 'missing credentials: Authorization: Bearer <key>';
+      const error = !req.headers.authorization
+        ? operatorRoute
+          ? 'authentication required: an operator key or the ADMIN_TOKEN'
+          : 'missing bearer token'
+        : 'invalid or revoked API key';
       return reply.code(401).header('www-authenticate', challenge).send({ error });
     }
     if (verdict === 403) {
