@@ -17,7 +17,7 @@ type Role = 'all' | 'api' | 'worker' | 'migrate';
 async function ensureDevKey(cfg: Config, infra: Infra) {
   const file = join(cfg.DATA_DIR, 'dev-api-key');
   if (cfg.DATABASE_URL || existsSync(file)) return;
-  const { key } = await createApiKeyStore({ pool: infra.db.pool }).create({ orgId: 'dev', role: 'admin' });
+  const { key } = await createApiKeyStore({ pool: infra.db.pool }).create({ orgId: 'dev', role: 'org-admin' });
   mkdirSync(cfg.DATA_DIR, { recursive: true });
   writeFileSync(file, key + '\n', { mode: 0o600 });
   // Printed to the terminal once, on purpose, and never through the logger.

@@ -17,13 +17,15 @@ function assetOf(html: string): string {
 
 describe('Bull Board access', () => {
   let s: Stack;
-  let adminKey: string;
+  let operatorKey: string;
+  let orgAdminKey: string;
   let asset: string;
   let failedId: string;
 
   beforeAll(async () => {
     s = await startStack({ ADMIN_TOKEN }, { worker: false });
-    adminKey = await s.newKey(randomOrg(), 'admin');
+    operatorKey = await s.operatorKey();
+    orgAdminKey = await s.newKey(randomOrg(), 'org-admin');
     const page = await s.app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     asset = assetOf(page.body);
     const conn = createRedis(redisUrl(), 'worker');
@@ -47,15 +49,28 @@ describe('Bull Board access', () => {
     expect(await s.runtime.queue.getJobState(failedId)).toBe('failed');
   });
 
-  it('refuses wrong credentials and member keys', async () => {
+  it('refuses wrong credentials, member keys and org-admin keys: job inputs are the operator’s only', async () => {
     expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('admin', 'not-the-token') })).statusCode).toBe(401);
     expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('root', ADMIN_TOKEN) })).statusCode).toBe(401);
-    expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers: s.auth })).statusCode).toBe(403);
-    expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers: basic('admin', s.apiKey) })).statusCode).toBe(403);
+    // Of the job's own org too: the board shows every org's inputs, so no tenant key opens it.
+    const orgAdminOfTheJob = await s.newKey(s.orgId, 'org-admin');
+    for (const key of [s.apiKey, orgAdminKey, orgAdminOfTheJob]) {
+      for (const url of ['/admin/queues/api/queues?activeQueue=agent-jobs&status=failed', `/admin/queues/api/queues/agent-jobs/${failedId}`, '/admin/queues', asset]) {
+        for (const headers of [{ authorization: `Bearer ${key}` }, basic('admin', key)]) {
+          const res = await s.app.inject({ method: 'GET', url, headers });
+          expect(res.statusCode, url).toBe(403);
+          expect(res.body, url).not.toMatch(/Secret Robotics/);
+        }
+      }
+    }
+    // The positive control: the operator does see the input through the same API.
+    const seen = await s.app.inject({ method: 'GET', url: `/admin/queues/api/queues/agent-jobs/${failedId}`, headers: { authorization: `Bearer ${operatorKey}` } });
+    expect(seen.statusCode).toBe(200);
+    expect(seen.body).toContain('Secret Robotics');
   });
 
-  it('serves page, assets and API to the admin token (bearer or basic) and admin keys', async () => {
-    for (const headers of [{ authorization: `Bearer ${ADMIN_TOKEN}` }, basic('admin', ADMIN_TOKEN), { authorization: `Bearer ${adminKey}` }, basic('admin', adminKey)]) {
+  it('serves page, assets and API to the ADMIN_TOKEN (bearer or basic) and operator keys', async () => {
+    for (const headers of [{ authorization: `Bearer ${ADMIN_TOKEN}` }, basic('admin', ADMIN_TOKEN), { authorization: `Bearer ${operatorKey}` }, basic('admin', operatorKey)]) {
       const page = await s.app.inject({ method: 'GET', url: '/admin/queues', headers });
       expect(page.statusCode).toBe(200);
       expect(page.headers['content-type']).toMatch(/text\/html/);
@@ -67,7 +82,7 @@ describe('Bull Board access', () => {
     }
   });
 
-  it('lets an admin retry a job from the board API', async () => {
+  it('lets the operator retry a job from the board API', async () => {
     const res = await s.app.inject({ method: 'PUT', url: `/admin/queues/api/queues/agent-jobs/${failedId}/retry`, headers: basic('admin', ADMIN_TOKEN) });
     expect(res.statusCode).toBe(204);
     expect(await s.runtime.queue.getJobState(failedId)).toBe('waiting');
@@ -76,17 +91,17 @@ describe('Bull Board access', () => {
 
 describe('Bull Board read-only, without ADMIN_TOKEN', () => {
   let s: Stack;
-  let adminKey: string;
+  let operatorKey: string;
   beforeAll(async () => {
     s = await startStack({ ADMIN_TOKEN: '', BULL_BOARD_READ_ONLY: 'true' }, { worker: false });
-    adminKey = await s.newKey(randomOrg(), 'admin');
+    operatorKey = await s.operatorKey();
   });
   afterAll(async () => s?.close());
 
-  it('accepts only admin keys, and refuses every mutation', async () => {
+  it('accepts only operator keys, and refuses every mutation', async () => {
     expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: basic('admin', '') })).statusCode).toBe(401);
     expect((await s.app.inject({ method: 'GET', url: '/admin/queues', headers: { authorization: 'Bearer anything' } })).statusCode).toBe(401);
-    const headers = { authorization: `Bearer ${adminKey}` };
+    const headers = { authorization: `Bearer ${operatorKey}` };
     const api = await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers });
     expect(api.statusCode).toBe(200);
     expect(api.json().queues.every((q: { readOnlyMode: boolean }) => q.readOnlyMode)).toBe(true);

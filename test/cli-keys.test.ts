@@ -19,14 +19,14 @@ describe('keys CLI', { timeout: 240_000 }, () => {
 
   it('creates a key printed once, lists it without the secret, and revokes it', async () => {
     const org = randomOrg();
-    const created = await keysCli(['create', '--org', org, '--admin']);
+    const created = await keysCli(['create', '--org', org, '--org-admin']);
     expect(created.code).toBe(0);
     const key = created.stdout.trim();
     expect(key).toMatch(/^aq_[0-9a-f]{16}_[A-Za-z0-9_-]{32}$/);
     expect(created.stderr).not.toContain(key);
     const store = createApiKeyStore({ pool });
     const verified = await store.verify(key);
-    expect(verified).toMatchObject({ orgId: org, role: 'admin' });
+    expect(verified).toMatchObject({ orgId: org, role: 'org-admin' });
 
     const listed = await keysCli(['list', '--org', org]);
     expect(listed.code).toBe(0);
@@ -42,9 +42,31 @@ describe('keys CLI', { timeout: 240_000 }, () => {
     expect(again.stderr).toContain('no active key');
   });
 
+  it('creates an operator key with no org, and lists it among the operator keys', async () => {
+    const created = await keysCli(['create', '--operator']);
+    expect(created.code).toBe(0);
+    const key = created.stdout.trim();
+    expect(created.stderr).toContain('created operator key');
+    expect(created.stderr).not.toContain(key);
+    const verified = await createApiKeyStore({ pool }).verify(key);
+    expect(verified).toEqual({ keyId: expect.any(String), role: 'operator' });
+    const listed = await keysCli(['list', '--operator']);
+    expect(listed.code).toBe(0);
+    expect(listed.stdout).toMatch(new RegExp(`${verified!.keyId}\\t\\S+\\toperator\\t`));
+    expect(listed.stdout + listed.stderr).not.toContain(key.slice(-32));
+  });
+
   it('parses commands and rejects bad usage with exit 2', async () => {
-    expect(parseKeysArgs(['create', '--org', 'acme'])).toEqual({ cmd: 'create', orgId: 'acme', admin: false });
+    expect(parseKeysArgs(['create', '--org', 'acme'])).toEqual({ cmd: 'create', orgId: 'acme', role: 'member' });
+    expect(parseKeysArgs(['create', '--org', 'acme', '--org-admin'])).toEqual({ cmd: 'create', orgId: 'acme', role: 'org-admin' });
+    // `--admin` predates the roles and made an org's key: it is org-admin, as migration 010 maps old rows.
+    expect(parseKeysArgs(['create', '--org', 'acme', '--admin'])).toEqual({ cmd: 'create', orgId: 'acme', role: 'org-admin' });
+    expect(parseKeysArgs(['create', '--operator'])).toEqual({ cmd: 'create', role: 'operator' });
+    expect(() => parseKeysArgs(['create', '--operator', '--org', 'acme'])).toThrow(/no --org/);
+    expect(() => parseKeysArgs(['create', '--operator', '--org-admin'])).toThrow(/no --org/);
     expect(parseKeysArgs(['list', '--org', 'acme'])).toEqual({ cmd: 'list', orgId: 'acme' });
+    expect(parseKeysArgs(['list', '--operator'])).toEqual({ cmd: 'list', orgId: null });
+    expect(() => parseKeysArgs(['list', '--operator', '--org', 'acme'])).toThrow(/not both/);
     expect(parseKeysArgs(['revoke', 'abc'])).toEqual({ cmd: 'revoke', keyId: 'abc' });
     expect(() => parseKeysArgs(['create'])).toThrow(/--org/);
     expect(() => parseKeysArgs(['create', '--org', 'a b'])).toThrow(/--org may only/);

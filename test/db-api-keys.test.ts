@@ -18,9 +18,9 @@ describe('api keys and orgs', () => {
   it('creates a key that verifies to its org and role, storing only its sha256', async () => {
     const keys = createApiKeyStore({ pool });
     const orgId = randomOrg();
-    const { id, key } = await keys.create({ orgId, role: 'admin' });
+    const { id, key } = await keys.create({ orgId, role: 'org-admin' });
     expect(key).toMatch(new RegExp(`^aq_${id}_[A-Za-z0-9_-]{32}$`));
-    expect(await keys.verify(key)).toEqual({ keyId: id, orgId, role: 'admin' });
+    expect(await keys.verify(key)).toEqual({ keyId: id, orgId, role: 'org-admin' });
 
     const { rows } = await pool.query('SELECT * FROM api_keys WHERE id = $1', [id]);
     expect(rows[0].key_hash).toBe(createHash('sha256').update(key).digest('hex'));
@@ -47,9 +47,12 @@ describe('api keys and orgs', () => {
     const orgId = randomOrg();
     const a = await keys.create({ orgId });
     const b = await keys.create({ orgId });
-    expect(await keys.revoke(a.id)).toBe(true);
-    expect(await keys.revoke(a.id)).toBe(false);
-    expect(await keys.revoke('no-such-id')).toBe(false);
+    // Scoped to another org (an org-admin's revocation), the key is not found and stays active.
+    expect(await keys.revoke(a.id, { orgId: randomOrg() })).toBeNull();
+    expect(await keys.verify(a.key)).toMatchObject({ keyId: a.id });
+    expect(await keys.revoke(a.id, { orgId })).toMatchObject({ id: a.id, orgId, revokedAt: expect.any(Date) });
+    expect(await keys.revoke(a.id)).toBeNull();
+    expect(await keys.revoke('no-such-id')).toBeNull();
     expect(await keys.verify(a.key)).toBeNull();
     expect(await keys.verify(b.key)).toMatchObject({ keyId: b.id, role: 'member' });
 
@@ -58,6 +61,24 @@ describe('api keys and orgs', () => {
     expect(listed.find((k) => k.id === a.id)!.revokedAt).toBeInstanceOf(Date);
     expect(listed.find((k) => k.id === b.id)!.revokedAt).toBeNull();
     expect(await keys.list(randomOrg())).toEqual([]);
+  });
+
+  it('makes operator keys with no org, and the table refuses a role without its org rule', async () => {
+    const keys = createApiKeyStore({ pool });
+    const op = await keys.create({ role: 'operator' });
+    expect(op.orgId).toBeNull();
+    expect(await keys.verify(op.key)).toEqual({ keyId: op.id, role: 'operator' });
+    expect((await keys.list(null)).map((k) => k.id)).toContain(op.id);
+    await expect(keys.create({ orgId: randomOrg(), role: 'operator' } as never)).rejects.toThrow(/no org/);
+    await expect(keys.create({ orgId: '' })).rejects.toThrow(/orgId is required/);
+    // The CHECKs of migration 010: the old `admin` role is gone; a tenant has an org; an operator has none.
+    const insert = (role: string, org: string | null) =>
+      pool.query("INSERT INTO api_keys (id, org_id, role, key_hash, prefix) VALUES ($1, $2, $3, repeat('a', 64), 'x')", [randomOrg(), org, role]);
+    const org = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: org });
+    await expect(insert('admin', org)).rejects.toThrow(/api_keys_role_check/);
+    await expect(insert('member', null)).rejects.toThrow(/api_keys_org_by_role/);
+    await expect(insert('operator', org)).rejects.toThrow(/api_keys_org_by_role/);
   });
 
   it('upserts orgs, changing only the fields given and clearing a limit with null', async () => {

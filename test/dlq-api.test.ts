@@ -12,15 +12,18 @@ describe('DLQ API', () => {
   let s: Stack;
   let conn: RedisClient;
   const otherOrg = randomOrg();
+  let home: { authorization: string };
   let other: { authorization: string };
-  let admin: { authorization: string };
+  let operator: { authorization: string };
   let ids: { a1: string; a2: string; aPoison: string; aDeal: string; b1: string; b2: string };
 
   beforeAll(async () => {
     s = await startStack({}, { worker: false });
     conn = createRedis(redisUrl(), 'worker');
-    other = { authorization: `Bearer ${await s.newKey(otherOrg)}` };
-    admin = { authorization: `Bearer ${await s.newKey(randomOrg(), 'admin')}` };
+    // The DLQ is an org-admin's (its own org) and the operator's (every org).
+    home = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    other = { authorization: `Bearer ${await s.newKey(otherOrg, 'org-admin')}` };
+    operator = { authorization: `Bearer ${await s.operatorKey()}` };
     const jobs = await failJobs(s.runtime.queue, conn, s.cfg.QUEUE_PREFIX, [
       { data: { orgId: s.orgId }, reason: OUTAGE },
       { data: { orgId: otherOrg }, reason: OUTAGE },
@@ -36,11 +39,13 @@ describe('DLQ API', () => {
     await s?.close();
   });
 
-  const get = (url: string, headers = s.auth) => s.app.inject({ method: 'GET', url, headers });
+  const get = (url: string, headers = home) => s.app.inject({ method: 'GET', url, headers });
   const idsOf = (res: { json(): any }) => res.json().entries.map((e: { id: string }) => e.id);
 
-  it('needs an API key', async () => {
+  it('needs an org-admin key (or the operator)', async () => {
     expect((await s.app.inject({ method: 'GET', url: '/v1/dlq' })).statusCode).toBe(401);
+    expect((await get('/v1/dlq', s.auth)).statusCode).toBe(403);
+    expect((await get(`/v1/dlq/${ids.a1}`, s.auth)).statusCode).toBe(403);
   });
 
   it("lists only the caller's org, oldest first, with class and DLQ counters", async () => {
@@ -73,7 +78,7 @@ describe('DLQ API', () => {
     expect(badClass.json().details[0].path).toBe('query.class');
     expect((await get('/v1/dlq?limit=0')).json().details[0].path).toBe('query.limit');
     expect((await get('/v1/dlq?cursor=bm9wZQ')).json().details[0].path).toBe('query.cursor');
-    const bulk = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: s.auth, payload: { class: 'everything' } });
+    const bulk = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: home, payload: { class: 'everything' } });
     expect(bulk.statusCode).toBe(400);
     expect(bulk.json().details[0].path).toBe('class');
   });
@@ -86,14 +91,14 @@ describe('DLQ API', () => {
     expect((await get(`/v1/dlq/${ids.b1}`, other)).json()).toMatchObject({ id: ids.b1, orgId: otherOrg });
   });
 
-  it('shows an admin key every org', async () => {
-    const res = await get('/v1/dlq', admin);
+  it('shows the operator every org', async () => {
+    const res = await get('/v1/dlq', operator);
     expect(new Set(idsOf(res))).toEqual(new Set(Object.values(ids)));
-    expect((await get(`/v1/dlq/${ids.b2}`, admin)).statusCode).toBe(200);
+    expect((await get(`/v1/dlq/${ids.b2}`, operator)).statusCode).toBe(200);
   });
 
   it('bulk-retries by filter within the org only', async () => {
-    const res = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: s.auth, payload: { agent: 'RiskAnalyzer', class: 'retryable' } });
+    const res = await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: home, payload: { agent: 'RiskAnalyzer', class: 'retryable' } });
     expect(res.statusCode).toBe(200);
     expect(res.json()).toEqual({ retried: 2, more: false });
     expect(await s.runtime.queue.getJobState(ids.a1)).toBe('waiting');
@@ -112,7 +117,7 @@ describe('DLQ API', () => {
   });
 
   it('deletes an entry', async () => {
-    const res = await s.app.inject({ method: 'DELETE', url: `/v1/dlq/${ids.aPoison}`, headers: s.auth });
+    const res = await s.app.inject({ method: 'DELETE', url: `/v1/dlq/${ids.aPoison}`, headers: home });
     expect(res.statusCode).toBe(204);
     expect(await s.runtime.queue.getJob(ids.aPoison)).toBeUndefined();
     expect((await get(`/v1/dlq/${ids.aPoison}`)).statusCode).toBe(404);

@@ -44,10 +44,12 @@ describe('DLQ classification of real failures', () => {
   };
   const finalState = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
   const entry = async (id: string) => {
+    // The DLQ is an org-admin's.
+    const orgAdmin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
     // The class is stored by the worker's failed listener just after the job lands in the failed set.
     return vi.waitFor(
       async () => {
-        const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
+        const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: orgAdmin });
         expect(res.statusCode, `DLQ entry ${id}`).toBe(200);
         expect(await s.runtime.deps.redis.hexists(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'class'), `class of DLQ entry ${id}`).toBe(1);
         return res.json() as Record<string, any>;
@@ -101,11 +103,11 @@ describe('DLQ classification of real failures', () => {
     expect((await finalState(job.id!)).state).toBe('failed');
     expect(await entry(job.id!)).toMatchObject({ class: 'poison', type: 'invalid_input' });
 
-    const stillBad = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: s.auth, payload: { input: { startup: { name: '' } } } });
+    const stillBad = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` }, payload: { input: { startup: { name: '' } } } });
     expect(stillBad.statusCode).toBe(400);
     expect(stillBad.json().details.map((d: { path: string }) => d.path)).toContain('input.startup.name');
 
-    const fixed = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: s.auth, payload: { input: riskJob(marker()).input } });
+    const fixed = await s.app.inject({ method: 'POST', url: `/v1/dlq/${job.id}/retry`, headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` }, payload: { input: riskJob(marker()).input } });
     expect(fixed.statusCode).toBe(202);
     expect(fixed.json()).toMatchObject({ id: job.id, dlqRetries: 1 });
     const view = await finalState(job.id!);

@@ -37,7 +37,8 @@ describe('fair dispatch on every path', () => {
 
   const newOrg = async (name: string, plan?: Record<string, number>) => {
     const org = `org_${name}_${randomUUID().slice(0, 6)}`;
-    const key = await s.newKey(org);
+    // An org-admin key: the DLQ replay below needs it; it enqueues and cancels as a member does.
+    const key = await s.newKey(org, 'org-admin');
     if (plan) await putPlan(s, org, plan);
     return { org, key, auth: { authorization: `Bearer ${key}` } };
   };

@@ -99,7 +99,7 @@ describe('worker guards', () => {
 
   it('invalidates the org cache over HTTP so the next identical job calls the model', async () => {
     await waitView(s, await enqueue(s, risk('invalidate-co')));
-    const del = await s.app.inject({ method: 'DELETE', url: '/v1/cache?agent=RiskAnalyzer', headers: s.auth });
+    const del = await s.app.inject({ method: 'DELETE', url: '/v1/cache?agent=RiskAnalyzer', headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` } });
     expect(del.statusCode).toBe(200);
     const calls = generateCalls(s);
     const again = await waitView(s, await enqueue(s, risk('invalidate-co')));

@@ -79,7 +79,8 @@ describe('HTTP error shape', () => {
     );
     const query = expectShape(await inject('GET', '/v1/jobs/abc?waitMs=soon&colour=red'), 400, /invalid query/);
     expect(query.details).toEqual(expect.arrayContaining([expect.objectContaining({ path: 'query.waitMs' }), { path: 'query.colour', message: 'unknown parameter "colour"' }]));
-    const table = expectShape(await inject('POST', `/v1/knowledge/${MARK}`, { payload: { documents: [{}] } }), 400, /invalid path/);
+    const orgAdmin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    const table = expectShape(await inject('POST', `/v1/knowledge/${MARK}`, { payload: { documents: [{}] }, headers: orgAdmin }), 400, /invalid path/);
     expect(table.details?.[0].path).toBe('table');
     const header = expectShape(await inject('GET', '/v1/jobs/abc/stream', { headers: { 'last-event-id': 'yesterday' } }), 400, /invalid headers/);
     expect(header.details?.[0].path).toBe('headers.last-event-id');

@@ -28,12 +28,12 @@ describe('GET /metrics', () => {
     return (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth })).json();
   };
 
-  it('is only served to the admin token or an admin key', async () => {
+  it('is only served to the operator: the ADMIN_TOKEN or an operator key', async () => {
     expect((await s.app.inject({ method: 'GET', url: '/metrics' })).statusCode).toBe(401);
     expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: s.auth })).statusCode).toBe(403);
     expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: 'Bearer wrong-token' } })).statusCode).toBe(401);
-    const adminKey = await s.newKey(randomOrg(), 'admin');
-    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${adminKey}` } })).statusCode).toBe(200);
+    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${await s.newKey(randomOrg(), 'org-admin')}` } })).statusCode).toBe(403);
+    expect((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${await s.operatorKey()}` } })).statusCode).toBe(200);
   });
 
   it('moves as jobs run: durations, cost, tokens, cache levels, start latency, errors, DLQ entries', async () => {

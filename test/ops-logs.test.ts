@@ -9,12 +9,14 @@ const ADMIN_TOKEN = 'adm-logs-93f0c2a4d18e6b7';
 describe('logs', () => {
   let s: Stack;
   let logs: CapturedLogs;
-  let adminKey: string;
+  let operatorKey: string;
+  let orgAdminKey: string;
 
   beforeAll(async () => {
     logs = captureLogs('debug');
     s = await startStack({ ADMIN_TOKEN }, { worker: true, logger: logs.logger });
-    adminKey = await s.newKey(randomOrg(), 'admin');
+    operatorKey = await s.operatorKey();
+    orgAdminKey = await s.newKey(randomOrg(), 'org-admin');
   });
   afterAll(async () => s?.close());
 
@@ -40,24 +42,31 @@ describe('logs', () => {
     expect(workerLines.every((l) => l.requestId === requestId)).toBe(true);
   });
 
-  it('never writes an API key or the admin token, whichever way they were sent', async () => {
+  it('never writes an API key or the admin token, whichever way they were sent, nor a key made through the API', async () => {
     const basic = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
     const calls = [
       { method: 'GET' as const, url: '/v1/dlq', headers: s.auth },
-      { method: 'GET' as const, url: '/v1/dlq', headers: { authorization: `Bearer ${adminKey}` } },
+      { method: 'GET' as const, url: '/v1/dlq', headers: { authorization: `Bearer ${operatorKey}` } },
+      { method: 'GET' as const, url: '/v1/keys', headers: { authorization: `Bearer ${orgAdminKey}` } },
       { method: 'GET' as const, url: '/metrics', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } },
       { method: 'GET' as const, url: '/admin/queues', headers: basic('admin', ADMIN_TOKEN) },
-      { method: 'GET' as const, url: '/admin/queues/api/queues', headers: basic('admin', adminKey) },
+      { method: 'GET' as const, url: '/admin/queues/api/queues', headers: basic('admin', operatorKey) },
       { method: 'GET' as const, url: '/admin/queues', headers: basic('admin', `${ADMIN_TOKEN}x`) },
       { method: 'GET' as const, url: '/v1/jobs/nope', headers: { authorization: `Bearer ${s.apiKey}x` } },
     ];
     for (const c of calls) await s.app.inject(c);
+    // A key made through the API: its secret is in that one answer and in no log line.
+    const made = await s.app.inject({ method: 'POST', url: '/v1/keys', headers: { authorization: `Bearer ${orgAdminKey}` }, payload: { role: 'org-admin' } });
+    expect(made.statusCode).toBe(201);
+    const madeKey = made.json().key as string;
+    expect(logs.lines().some((l) => l.msg === 'api key created' && l.keyId === made.json().id)).toBe(true);
     const raw = logs.raw();
     expect(raw.length).toBeGreaterThan(calls.length);
     // The secret part of a key is its last 32 characters (`aq_<16 hex id>_<32 base64url>`); base64url may
     // itself contain '_', so it is cut by length, not split on '_'.
     const secretPart = (key: string) => key.slice(-32);
-    const secrets = [s.apiKey, adminKey, ADMIN_TOKEN, secretPart(s.apiKey), secretPart(adminKey), Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')];
+    const keys = [s.apiKey, operatorKey, orgAdminKey, madeKey];
+    const secrets = [...keys, ...keys.map(secretPart), ADMIN_TOKEN, Buffer.from(`admin:${ADMIN_TOKEN}`).toString('base64')];
     for (const secret of secrets) expect(raw.filter((line) => line.includes(secret))).toEqual([]);
   });
 });

@@ -299,12 +299,12 @@ describe('outcomes across processes', () => {
     return { id, view };
   }
   const dlqEntry = async (id: string) => {
-    const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: s.auth });
+    const res = await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` } });
     expect(res.statusCode).toBe(200);
     return res.json() as { class: string; type: string; reason: string };
   };
   const eligibleForReplay = async (id: string) => {
-    const res = await s.app.inject({ method: 'GET', url: '/v1/dlq?class=retryable', headers: s.auth });
+    const res = await s.app.inject({ method: 'GET', url: '/v1/dlq?class=retryable', headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` } });
     return (res.json().entries as Array<{ id: string }>).some((e) => e.id === id);
   };
   const restate = (id: string, reason: string) => s.runtime.deps.redis.hset(jobKey(id), 'failedReason', reason);

@@ -3,13 +3,15 @@ import { startStack, type Stack } from './helpers/stack.js';
 
 describe('RAG and the semantic cache through real jobs', () => {
   let s: Stack;
-  let admin: { authorization: string };
+  let orgAdmin: { authorization: string };
+  let operator: { authorization: string };
   let orgB: { authorization: string };
   const tag = `t${Date.now()}`;
 
   beforeAll(async () => {
     s = await startStack({}, { worker: true });
-    admin = { authorization: `Bearer ${await s.newKey(undefined, 'admin')}` };
+    orgAdmin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    operator = { authorization: `Bearer ${await s.operatorKey()}` };
     orgB = { authorization: `Bearer ${await s.newKey()}` };
   });
   afterAll(async () => s?.close());
@@ -22,11 +24,11 @@ describe('RAG and the semantic cache through real jobs', () => {
     return view.result;
   };
 
-  it('ingests documents, refusing unknown tables, bad rows and non-admin writes to shared tables', async () => {
+  it('ingests documents, refusing unknown tables, bad rows, members, and tenant writes to shared tables', async () => {
     const facts = await s.app.inject({
       method: 'POST',
       url: '/v1/knowledge/chat_facts',
-      headers: s.auth,
+      headers: orgAdmin,
       payload: { documents: [{ external_id: `${tag}-f1`, content: `Our ${tag} churn rate is four percent monthly among pilot customers`, fact_type: 'metric' }] },
     });
     expect(facts.statusCode).toBe(200);
@@ -34,22 +36,30 @@ describe('RAG and the semantic cache through real jobs', () => {
     const again = await s.app.inject({
       method: 'POST',
       url: '/v1/knowledge/chat_facts',
-      headers: s.auth,
+      headers: orgAdmin,
       payload: { documents: [{ external_id: `${tag}-f1`, content: `Our ${tag} churn rate is four percent monthly among pilot customers`, fact_type: 'metric' }] },
     });
     expect(again.json()).toMatchObject({ inserted: 0, updated: 1 });
     const playbook = await s.app.inject({
       method: 'POST',
-      url: '/v1/knowledge/playbooks?scope=global',
-      headers: admin,
+      url: '/admin/knowledge/playbooks',
+      headers: operator,
       payload: { documents: [{ external_id: `${tag}-p1`, title: `What is our ${tag} churn rate among pilot customers`, description: 'Measure churn among pilot customers monthly and interview churned customers' }] },
     });
     expect(playbook.statusCode).toBe(200);
-    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/industry_packs', headers: s.auth, payload: { documents: [{ external_id: 'x', industry: 'a', display_name: 'b' }] } })).statusCode).toBe(403);
-    const unknown = await s.app.inject({ method: 'POST', url: '/v1/knowledge/users', headers: s.auth, payload: { documents: [{ external_id: 'x' }] } });
+    const pack = { documents: [{ external_id: 'x', industry: 'a', display_name: 'b' }] };
+    // A member writes no knowledge; an org-admin only its org's rows; shared rows are the operator's.
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: s.auth, payload: { documents: [{ external_id: 'm', content: 'member' }] } })).statusCode).toBe(403);
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/industry_packs', headers: s.auth, payload: pack })).statusCode).toBe(403);
+    expect((await s.app.inject({ method: 'POST', url: '/admin/knowledge/industry_packs', headers: orgAdmin, payload: pack })).statusCode).toBe(403);
+    const shared = await s.app.inject({ method: 'POST', url: '/v1/knowledge/industry_packs', headers: orgAdmin, payload: pack });
+    expect(shared.statusCode).toBe(400);
+    expect(shared.json().details[0]).toMatchObject({ path: 'table', message: expect.stringContaining('/admin/knowledge') });
+    expect((await s.app.inject({ method: 'POST', url: '/admin/knowledge/chat_facts', headers: operator, payload: { documents: [{ external_id: 'x', content: 'y' }] } })).statusCode).toBe(400);
+    const unknown = await s.app.inject({ method: 'POST', url: '/v1/knowledge/users', headers: orgAdmin, payload: { documents: [{ external_id: 'x' }] } });
     expect(unknown.statusCode).toBe(400);
     expect(unknown.json().details[0].path).toBe('table');
-    const bad = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: s.auth, payload: { documents: [{ external_id: 'ok', content: 'fine' }, { external_id: 'bad', content: 'x', confidence: 7 }] } });
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: orgAdmin, payload: { documents: [{ external_id: 'ok', content: 'fine' }, { external_id: 'bad', content: 'x', confidence: 7 }] } });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().details.map((d: { path: string }) => d.path).join(' ')).toMatch(/documents\.1.*confidence/);
   });

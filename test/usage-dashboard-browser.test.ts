@@ -35,7 +35,7 @@ describe('the usage dashboard in a real browser', () => {
   beforeAll(async () => {
     s = await startStack({ ADMIN_TOKEN }, { worker: false });
     orgB = randomOrg();
-    adminA = await s.newKey(s.orgId, 'admin');
+    adminA = await s.newKey(s.orgId, 'org-admin');
     await seedUsage(s.infra.db.pool, { a: s.orgId, b: orgB }, s.cfg.QUEUE_PREFIX);
     base = await s.app.listen({ port: 0, host: '127.0.0.1' });
     browser = await launchChromium();
@@ -139,7 +139,7 @@ describe('the usage dashboard in a real browser', () => {
       await page.getByRole('button', { name: 'Show' }).click();
       await page.locator('#scope', { hasText: `org ${orgB}` }).waitFor();
       await page.locator('body[data-state="ready"]').waitFor();
-      const adminB = await s.newKey(orgB, 'admin');
+      const adminB = await s.newKey(orgB, 'org-admin');
       const [day, agent] = [await v1(adminB, 'day'), await v1(adminB, 'agent')];
       await expectTotals(page, day.total);
       expect(await tableRows(page, 'by-day')).toEqual(day.groups.map(row));

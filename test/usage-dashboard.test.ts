@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AdminIdentity } from '../src/producers/admin-auth.js';
+import type { Principal } from '../src/producers/auth.js';
 import { orgInScope, usageScopeOf } from '../src/producers/usage-scope.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -12,9 +12,10 @@ const window = `from=${USAGE_WINDOW.from}&to=${USAGE_WINDOW.toExclusive}`;
 
 describe('usageScopeOf: the dashboard’s access decision', () => {
   it('gives the operator every org, an org admin its org, and a member nothing', () => {
-    const key = (role: 'member' | 'admin'): AdminIdentity => ({ via: 'key', keyId: 'k1', orgId: 'acme', role });
-    expect(usageScopeOf({ via: 'token' })).toEqual({ kind: 'all' });
-    expect(usageScopeOf(key('admin'))).toEqual({ kind: 'org', orgId: 'acme' });
+    const key = (role: 'member' | 'org-admin'): Principal => ({ keyId: 'k1', orgId: 'acme', role });
+    expect(usageScopeOf({ role: 'operator' })).toEqual({ kind: 'all' });
+    expect(usageScopeOf({ role: 'operator', keyId: 'k9' })).toEqual({ kind: 'all' });
+    expect(usageScopeOf(key('org-admin'))).toEqual({ kind: 'org', orgId: 'acme' });
     expect(usageScopeOf(key('member'))).toEqual({ kind: 'forbidden' });
     expect(orgInScope({ kind: 'all' }, undefined)).toEqual({ allowed: true, org: null });
     expect(orgInScope({ kind: 'all' }, 'beta')).toEqual({ allowed: true, org: 'beta' });
@@ -32,8 +33,8 @@ describe('GET /admin/usage and its data API', () => {
   beforeAll(async () => {
     s = await startStack({ ADMIN_TOKEN }, { worker: false });
     orgB = randomOrg();
-    adminA = await s.newKey(s.orgId, 'admin');
-    adminB = await s.newKey(orgB, 'admin');
+    adminA = await s.newKey(s.orgId, 'org-admin');
+    adminB = await s.newKey(orgB, 'org-admin');
     await seedUsage(s.infra.db.pool, { a: s.orgId, b: orgB }, s.cfg.QUEUE_PREFIX);
   });
   afterAll(async () => s?.close());

@@ -136,6 +136,7 @@ export async function startRuntime(opts: {
       logger,
       bodyLimit: cfg.BODY_LIMIT_BYTES,
       keys: cachedVerifier(createApiKeyStore({ pool: infra.db.pool }), cfg.AUTH_CACHE_TTL_MS),
+      adminToken: cfg.ADMIN_TOKEN,
       agents: registry,
       producer,
       jobs,

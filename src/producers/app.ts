@@ -5,11 +5,12 @@ import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompi
 import { ConflictError, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
 import type { Logger } from '../shared/core/logger.js';
 import { agentRoutes, healthRoutes, jobRoutes } from './area-routes.js';
-import { bearerToken, type KeyVerifier, type Principal } from './auth.js';
+import type { KeyVerifier, Principal } from './auth.js';
+import { createCredentials } from './credentials.js';
 import { frameworkMessage } from './framework-errors.js';
 import { HttpError, isRedisUnavailable } from './http-errors.js';
 import { registerDocsPage, registerOpenApi } from './openapi.js';
-import { registerRoutes, type RouteAuth } from './route-spec.js';
+import { admits, allowedRoles, registerRoutes, type RouteAccess } from './route-spec.js';
 import { routeTable } from './route-table.js';
 import type { AgentCatalog } from './routes/agents.js';
 import type { JobRouteDeps } from './routes/jobs.js';
@@ -26,6 +27,8 @@ export interface AppDeps extends JobRouteDeps {
   logger: Logger;
   bodyLimit: number;
   keys: KeyVerifier;
+  /** The operator's shared secret (ADMIN_TOKEN); unset, only operator keys are operators. */
+  adminToken?: string;
   agents: AgentCatalog;
   readiness: Record<string, () => Promise<unknown>>;
   /** A SERVER span per request (continuing the caller's traceparent); only while tracing is on. */
@@ -36,10 +39,16 @@ export interface AppDeps extends JobRouteDeps {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
-/** Who may call what a request reached: its route's row, else (unknown URLs) a key for anything under /v1. */
-function authOf(req: FastifyRequest): RouteAuth {
-  return req.routeOptions.config.auth ?? (req.url.startsWith('/v1/') ? 'apiKey' : 'public');
+/**
+ * Who may call what a request reached: its route's row. An unknown URL under /v1 needs some valid
+ * credential before it learns that it is unknown (so the route list cannot be probed without a key).
+ */
+function accessOf(req: FastifyRequest): RouteAccess | 'any-credential' {
+  return req.routeOptions.config?.access ?? (req.url.startsWith('/v1/') ? 'any-credential' : { role: 'public' });
 }
+
+/** Framework routes that are public by nature: the docs page's own (its plugin registers them). */
+const DOCS_PAGE = /^\/docs(\/|$)/;
 
 /** Builds the HTTP API from injected dependencies; `server.ts` only listens. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
@@ -92,19 +101,49 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     }
   });
 
+  // No route ships without a role: each registered route must carry `config.access` (the route table's rows
+  // do by type; Bull Board's get it where it is mounted) or start-up fails, naming it.
+  const registered: Array<{ url: string; method: unknown; config?: { access?: RouteAccess } }> = [];
+  app.addHook('onRoute', (opts) => {
+    if (DOCS_PAGE.test(opts.url)) opts.config = { ...opts.config, access: { role: 'public' } };
+    registered.push(opts);
+  });
+  app.addHook('onReady', async () => {
+    const missing = registered.filter((r) => !r.config?.access).map((r) => `${String(r.method)} ${r.url}`);
+    if (missing.length) throw new Error(`routes without a role (declare one in the route table): ${missing.join(', ')}`);
+  });
+
+  const credentials = createCredentials({ adminToken: deps.adminToken, keys: deps.keys });
   /**
-   * Authenticates API-key routes after the body is parsed and before it is validated (so a caller without
-   * a key learns nothing about the schema); handlers read the org from `req.principal`, never the body.
-   * Admin routes are guarded by their own scope's hook (area-routes.ts: adminRoutes).
+   * Authenticates and authorises every route from its row's role, after the body is parsed and before it is
+   * validated (so a caller without the role learns nothing about the schema). 401 without valid credentials,
+   * 403 for a role the route does not admit. Handlers read the org from `req.principal`, never the body, so a
+   * foreign org's ids are simply not found (404). It answers itself rather than throwing, so the answer does
+   * not depend on which plugin's error handler the route has (Bull Board's).
    */
-  app.addHook('preValidation', async (req) => {
-    if (authOf(req) !== 'apiKey') return;
-    const token = bearerToken(req.headers.authorization);
-    if (!token) throw new HttpError(401, 'missing bearer token', {}, { 'www-authenticate': 'Bearer' });
-    const principal = await deps.keys.verify(token);
-    if (!principal) throw new HttpError(401, 'invalid or revoked API key', {}, { 'www-authenticate': 'Bearer' });
-    req.principal = principal;
-    req.log = req.log.child({ orgId: principal.orgId });
+  app.addHook('preValidation', async (req, reply) => {
+    const access = accessOf(req);
+    if (access !== 'any-credential' && access.role === 'public') return;
+    const operatorRoute = access !== 'any-credential' && access.role === 'operator';
+    // Browsers (Bull Board, the cost dashboard) send basic auth; API clients a bearer token.
+    const browser = operatorRoute || (access !== 'any-credential' && access.browser === true);
+    const who = await credentials.identify(req.headers.authorization, { basic: browser });
+    const verdict = access === 'any-credential' ? (who ? 'ok' : 401) : admits(access, who);
+    if (verdict === 401) {
+      const challenge = browser ? 'Basic realm="agentq", charset="UTF-8"' : 'Bearer';
+      const error = !req.headers.authorization
+        ? operatorRoute
+          ? 'authentication required: an operator key or the ADMIN_TOKEN'
+          : 'missing bearer token'
+        : 'invalid or revoked API key';
+      return reply.code(401).header('www-authenticate', challenge).send({ error });
+    }
+    if (verdict === 403) {
+      const error = who?.role === 'operator' ? 'an operator has no org: this needs a key of the org' : `this needs the ${allowedRoles(access as RouteAccess).join(' or ')} role`;
+      return reply.code(403).send({ error });
+    }
+    req.principal = who;
+    if (who) req.log = req.log.child(who.role === 'operator' ? { operator: who.keyId ?? 'token' } : { orgId: who.orgId });
   });
 
   app.setErrorHandler(async (err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {

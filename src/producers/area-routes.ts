@@ -13,8 +13,9 @@ import type { JobRouteDeps } from './routes/jobs.js';
 import type { KnowledgeRouteDeps } from './routes/knowledge.js';
 import { streamSessions, type StreamRouteDeps } from './routes/stream.js';
 import type { UsageRouteDeps } from './routes/usage.js';
-import { usageAccess, type UsageDashboardDeps } from './routes/usage-dashboard.js';
-import { operatorOnly, type OrgPlanRouteDeps } from './routes/org-plans.js';
+import type { UsageDashboardDeps } from './routes/usage-dashboard.js';
+import type { OrgPlanRouteDeps } from './routes/org-plans.js';
+import type { KeyRouteDeps } from './routes/keys.js';
 
 /*
  * Each area of the route table registered with its dependencies; the features in src/app/features plug
@@ -31,7 +32,6 @@ export const usageRoutes = (app: FastifyInstance, deps: UsageRouteDeps) => regis
 
 /** The cost dashboard, in a scope of its own whose hook decides who sees which orgs (usage-scope.ts). */
 export function usageDashboardRoutes(app: FastifyInstance, deps: UsageDashboardDeps) {
-  app.addHook('onRequest', usageAccess(deps.auth));
   registerRoutes(app, routeTable.usageDashboard, deps);
 }
 
@@ -39,11 +39,10 @@ export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
   registerRoutes(app, routeTable.flows({ presets: deps.presets, pipelines: deps.pipelines.list() }), deps);
 }
 
-/** Org plans: the platform operator's, behind the admin token only. */
-export function orgPlanRoutes(app: FastifyInstance, deps: OrgPlanRouteDeps) {
-  app.addHook('onRequest', operatorOnly(deps));
-  registerRoutes(app, routeTable.orgPlans, deps);
-}
+/** Org plans: the platform operator's (the rows' role). */
+export const orgPlanRoutes = (app: FastifyInstance, deps: OrgPlanRouteDeps) => registerRoutes(app, routeTable.orgPlans, deps);
+/** An org's keys, managed by its org-admin. */
+export const keyRoutes = (app: FastifyInstance, deps: KeyRouteDeps) => registerRoutes(app, routeTable.keys, deps);
 
 /** SSE routes share this process's set of open streams, which `app.close()` cuts. */
 export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
@@ -51,21 +50,26 @@ export function streamRoutes(app: FastifyInstance, deps: StreamRouteDeps) {
 }
 
 /**
- * Operator surfaces, each behind the admin guard (an onRequest hook of this scope): Prometheus text at
- * /metrics and Bull Board at /admin/queues. Bull Board's routes are its own; they are documented here
- * (its page and the JSON API the page calls), all but its static assets.
+ * Operator surfaces: Prometheus text at /metrics and Bull Board at /admin/queues. Bull Board's routes are its
+ * own, so its every route (static assets included) gets the operator role here, where it is mounted: its
+ * JSON API shows every org's job inputs. Its page and API are documented; its assets are not. In read-only
+ * mode this scope also refuses every mutation (after the auth hook has answered 401/403).
  */
 export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps) {
-  app.addHook('onRequest', deps.auth.guard({ readOnly: deps.readOnly }));
+  app.addHook('preValidation', async (req, reply) => {
+    const mutating = !['GET', 'HEAD', 'OPTIONS'].includes(req.method);
+    if (mutating && deps.readOnly) return reply.code(403).send({ error: 'read-only mode' });
+  });
   app.addHook('onRoute', (opts) => {
-    if (!opts.url.startsWith(BULL_BOARD_PATH) || opts.url.startsWith(`${BULL_BOARD_PATH}/static`)) return;
+    if (!opts.url.startsWith(BULL_BOARD_PATH)) return;
+    opts.config = { ...opts.config, access: { role: 'operator' } };
+    if (opts.url.startsWith(`${BULL_BOARD_PATH}/static`)) return;
     const params = [...opts.url.matchAll(/:(\w+)/g)].map((m) => m[1]);
     const api = opts.url.startsWith(`${BULL_BOARD_PATH}/api`);
-    opts.config = { ...opts.config, auth: 'admin' };
     opts.schema = {
       ...(params.length ? { params: z.object(Object.fromEntries(params.map((p) => [p, z.string()]))) } : {}),
       ...documentation({
-        auth: 'admin',
+        role: 'operator',
         tags: ['admin'],
         summary: api ? 'Bull Board’s JSON API (called by its page; not a stable interface)' : 'Bull Board page (HTML)',
       }),

@@ -1,12 +1,23 @@
 import type { FastifyRequest } from 'fastify';
 import { LRUCache } from 'lru-cache';
+import type { TenantRole } from '../shared/core/roles.js';
 import { HttpError } from './http-errors.js';
 
-export interface Principal {
+/** A member or org-admin: acts inside its one org. */
+export interface TenantPrincipal {
   keyId: string;
   orgId: string;
-  role: 'member' | 'admin';
+  role: TenantRole;
 }
+
+/** The platform operator: an operator key, or the ADMIN_TOKEN (no keyId). It belongs to no org. */
+export interface OperatorPrincipal {
+  keyId?: string;
+  orgId?: undefined;
+  role: 'operator';
+}
+
+export type Principal = TenantPrincipal | OperatorPrincipal;
 
 export interface KeyVerifier {
   verify(key: string): Promise<Principal | null>;
@@ -34,8 +45,18 @@ export function bearerToken(header: string | undefined): string | undefined {
   return match?.[1];
 }
 
-/** The authenticated caller of a `/v1` request (set by the auth hook); 401 if there is none. */
-export function principalOf(req: FastifyRequest): Principal {
+/** The authenticated caller of a route, whatever its role (set by the auth hook); 401 if there is none. */
+export function callerOf(req: FastifyRequest): Principal {
   if (!req.principal) throw new HttpError(401, 'unauthenticated');
   return req.principal;
+}
+
+/**
+ * The tenant calling an org route. The route table admits only tenants to such routes (an operator has no
+ * org), so the 403 here is a second line, never the decision.
+ */
+export function principalOf(req: FastifyRequest): TenantPrincipal {
+  const p = callerOf(req);
+  if (p.role === 'operator') throw new HttpError(403, 'an operator has no org: use a key of the org');
+  return p;
 }

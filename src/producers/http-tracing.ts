@@ -45,7 +45,7 @@ export function registerHttpTracing(app: FastifyInstance): void {
     spans.delete(req);
     const { span } = entry;
     if (status !== undefined) span.setAttribute('http.response.status_code', status);
-    if (req.principal) span.setAttribute('agentq.org_id', req.principal.orgId);
+    if (req.principal?.orgId) span.setAttribute('agentq.org_id', req.principal.orgId);
     if (status === undefined || status >= 500) span.setStatus({ code: SpanStatusCode.ERROR, ...(status ? {} : { message: 'request aborted' }) });
     if (status && status >= 500) span.setAttribute('error.type', String(status));
     span.end();

@@ -28,8 +28,12 @@ export async function registerOpenApi(app: FastifyInstance): Promise<void> {
       },
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'An API key (`aq_…`); it belongs to one org. Operator routes also take the admin token.' },
-          basic: { type: 'http', scheme: 'basic', description: 'Operator routes from a browser: user `admin` and the admin token, or an admin API key as the password.' },
+          bearer: {
+            type: 'http',
+            scheme: 'bearer',
+            description: 'An API key (`aq_…`): a member or org-admin key belongs to one org; an operator key to none. The ADMIN_TOKEN is an operator credential. Each operation names its role in `x-required-role`.',
+          },
+          basic: { type: 'http', scheme: 'basic', description: 'Operator routes from a browser: user `admin` and the ADMIN_TOKEN, or an operator API key as the password.' },
         },
       },
     },

@@ -9,7 +9,9 @@ import { getFlow, getPipelineRun, listPipelines, startParallelFlow, startPipelin
 import { healthz, readyz, type ReadinessChecks } from './routes/health.js';
 import { listJobs, type JobListDeps } from './routes/job-list.js';
 import { cancelJob, enqueueBulk, enqueueJob, getJob, type JobRouteDeps } from './routes/jobs.js';
-import { ingestDocuments, invalidateCache, searchKnowledge, type KnowledgeRouteDeps } from './routes/knowledge.js';
+import { ingestOrgDocuments, ingestSharedDocuments, invalidateCache, searchKnowledge, type KnowledgeRouteDeps } from './routes/knowledge.js';
+import { createKey, listKeys, revokeKey, type KeyRouteDeps } from './routes/keys.js';
+import { keyCreateBody, keyCreated, keyInfo, keyList } from './schemas/keys.js';
 import { enqueueAndStream, streamJob, type StreamHandlerDeps } from './routes/stream.js';
 import { adminUsageReport, usageReport, type UsageRouteDeps } from './routes/usage.js';
 import { usageAsset, usagePage } from './routes/usage-dashboard.js';
@@ -19,14 +21,15 @@ import { orgPlanChangeSchema } from '../shared/fair/org-plan-schema.js';
 import { errors, idParam, waitQuery } from './schemas/common.js';
 import { flowStarted, flowView, parallelBody, pipelineBody, pipelineList, runView } from './schemas/flows.js';
 import { bulkBody, enqueuedJob, jobRequestSchema, jobView, listQuery, sseResponse, streamHeaders, streamQuery } from './schemas/jobs.js';
-import { cacheInvalidated, cacheQuery, ingestBody, ingestQuery, ingestResult, searchBody, searchResult, tableParam } from './schemas/knowledge.js';
+import { cacheInvalidated, cacheQuery, ingestBody, ingestResult, orgTableParam, searchBody, searchResult, sharedTableParam } from './schemas/knowledge.js';
 import { dlqBulkBody, dlqBulkRetried, dlqEntry, dlqListQuery, dlqPage, dlqRetried, dlqRetryBody, usageQuery, usageReport as usageReportBody, adminUsageQuery, adminUsageReport as adminUsageReportBody, usageAssetParam } from './schemas/ops.js';
 
 const readiness = z.object({ status: z.enum(['ready', 'unavailable']), checks: z.record(z.string(), z.string()) });
 const sse = { description: 'Server-Sent Events', content: { 'text/event-stream': { schema: sseResponse } } };
 
 /**
- * Every public route of the API, by area: method, URL, who may call it, its zod schemas (validated by the
+ * Every public route of the API, by area: method, URL, the role it needs (a required field: no route
+ * ships without that decision, and test/route-roles.test.ts walks every one with every role), its zod schemas (validated by the
  * type provider, documented at /openapi.json) and its handler. An area is registered where its feature
  * plugs in (src/producers/area-routes.ts); flows and pipelines get one route per preset and pipeline, so
  * each body is validated and documented by its own schema. Bull Board's own routes are documented where
@@ -34,11 +37,11 @@ const sse = { description: 'Server-Sent Events', content: { 'text/event-stream':
  */
 export const routeTable = {
   health: [
-    route({ method: 'GET', url: '/healthz', auth: 'public', quiet: true, tags: ['health'], summary: 'Liveness', schema: { response: { 200: z.object({ status: z.literal('ok') }) } }, handler: healthz }),
+    route({ method: 'GET', url: '/healthz', role: 'public', quiet: true, tags: ['health'], summary: 'Liveness', schema: { response: { 200: z.object({ status: z.literal('ok') }) } }, handler: healthz }),
     route({
       method: 'GET',
       url: '/readyz',
-      auth: 'public',
+      role: 'public',
       quiet: true,
       tags: ['health'],
       summary: 'Readiness of Redis, the database, the worker and features',
@@ -51,7 +54,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/agents',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['agents'],
       summary: 'Every agent, its actions, and each action’s input and output JSON Schema',
       schema: { response: { 200: z.object({ agents: z.array(z.looseObject({ name: z.string() })) }), ...errors(401) } },
@@ -63,7 +66,7 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/jobs',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['jobs'],
       summary: 'Enqueue an agent job',
       description: 'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org always returns the same job.',
@@ -73,7 +76,7 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/jobs/bulk',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['jobs'],
       summary: 'Enqueue up to 1000 jobs, all or nothing',
       schema: { body: bulkBody, response: { 202: z.object({ jobs: z.array(enqueuedJob) }), ...errors(400, 401, 413, 415, 429, 503) } },
@@ -82,7 +85,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/jobs/:id',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['jobs'],
       summary: 'A job’s state and result; `?waitMs=` long-polls until it finishes',
       schema: { params: idParam, querystring: waitQuery, response: { 200: jobView, ...errors(400, 401, 404) } },
@@ -91,7 +94,7 @@ export const routeTable = {
     route({
       method: 'DELETE',
       url: '/v1/jobs/:id',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['jobs'],
       summary: 'Cancel a job',
       description: 'A waiting or delayed job is removed (200, `cancelled`); an active one is aborted by its worker (202, `cancelling`).',
@@ -104,7 +107,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/jobs',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['jobs'],
       summary: 'The org’s jobs, newest first, streamed as one JSON array',
       schema: { querystring: listQuery, response: { 200: z.array(jobView), ...errors(400, 401) } },
@@ -116,7 +119,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/jobs/:id/stream',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['streaming'],
       summary: 'A job’s events as Server-Sent Events; Last-Event-ID resumes',
       schema: { params: idParam, querystring: streamQuery, headers: streamHeaders, response: { 200: sse, ...errors(400, 401, 404, 429, 503) } },
@@ -125,7 +128,7 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/stream',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['streaming'],
       summary: 'Enqueue a streaming job and stream it in the same response',
       description: 'The body is a job request (as `POST /v1/jobs`); the job id is in the `x-job-id` header.',
@@ -138,7 +141,7 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/flows/parallel',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['flows'],
       summary: 'Fan out up to 50 jobs as one BullMQ flow (Promise.allSettled semantics)',
       description: 'Flow-level `options` apply to every task unless it sets its own; `idempotencyKey` is not supported inside a flow.',
@@ -149,7 +152,7 @@ export const routeTable = {
       route({
         method: 'POST',
         url: `/v1/flows/${p.name}`,
-        auth: 'apiKey',
+        role: 'member',
         tags: ['flows'],
         summary: `Start the ${p.name} preset flow`,
         schema: { body: p.input, response: { 202: flowStarted, ...errors(400, 401, 413, 415, 429, 503) } },
@@ -159,7 +162,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/flows/:id',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['flows'],
       summary: 'A flow’s state, children and merged result; `?waitMs=` long-polls',
       schema: { params: idParam, querystring: waitQuery, response: { 200: flowView, ...errors(400, 401, 404) } },
@@ -168,7 +171,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/pipelines',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['pipelines'],
       summary: 'Every pipeline, its steps and its input JSON Schema',
       schema: { response: { 200: pipelineList, ...errors(401) } },
@@ -178,7 +181,7 @@ export const routeTable = {
       route({
         method: 'POST',
         url: `/v1/pipelines/${p.name}`,
-        auth: 'apiKey',
+        role: 'member',
         tags: ['pipelines'],
         summary: `Start a ${p.name} pipeline run`,
         ...(p.description ? { description: p.description } : {}),
@@ -189,7 +192,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/pipelines/runs/:id',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['pipelines'],
       summary: 'A pipeline run’s steps, outputs and result; `?waitMs=` long-polls',
       schema: { params: idParam, querystring: waitQuery, response: { 200: runView, ...errors(400, 401, 404) } },
@@ -202,7 +205,7 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/knowledge/search',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['knowledge'],
       summary: 'Vector search over the knowledge tables (the org’s own rows and shared ones)',
       schema: { body: searchBody, response: { 200: searchResult, ...errors(400, 401, 413, 415) } },
@@ -211,21 +214,31 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/knowledge/:table',
-      auth: 'apiKey',
+      role: 'org-admin',
       tags: ['knowledge'],
-      summary: 'Ingest documents (embedded in batches, upserted by external_id)',
-      description: 'Shared tables (`industry_packs`, `playbooks?scope=global`) need an admin key. Each document is validated against its table’s schema (400 naming `documents.N.field`).',
-      schema: { params: tableParam, querystring: ingestQuery, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415) } },
-      handler: ingestDocuments,
+      summary: 'Ingest the org’s private documents (`playbooks`, `chat_facts`; embedded in batches, upserted by external_id)',
+      description: 'Shared tables are the operator’s: `POST /admin/knowledge/:table`. Each document is validated against its table’s schema (400 naming `documents.N.field`).',
+      schema: { params: orgTableParam, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415) } },
+      handler: ingestOrgDocuments,
     }),
     route({
       method: 'DELETE',
       url: '/v1/cache',
-      auth: 'apiKey',
+      role: 'org-admin',
       tags: ['knowledge'],
       summary: 'Invalidate the org’s cached results (all, or one agent’s)',
       schema: { querystring: cacheQuery, response: { 200: cacheInvalidated, ...errors(400, 401) } },
       handler: invalidateCache,
+    }),
+    route({
+      method: 'POST',
+      url: '/admin/knowledge/:table',
+      role: 'operator',
+      tags: ['knowledge', 'admin'],
+      summary: 'Ingest shared documents (`industry_packs`, global `playbooks`) that every org’s searches return',
+      description: 'Each document is validated against its table’s schema (400 naming `documents.N.field`).',
+      schema: { params: sharedTableParam, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415) } },
+      handler: ingestSharedDocuments,
     }),
   ] satisfies RouteSpec<KnowledgeRouteDeps>[],
 
@@ -233,16 +246,18 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/dlq',
-      auth: 'apiKey',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
       tags: ['dlq'],
-      summary: 'Dead-letter entries, newest first, a page at a time (an admin key sees every org’s)',
+      summary: 'Dead-letter entries, newest first, a page at a time (the operator sees every org’s)',
       schema: { querystring: dlqListQuery, response: { 200: dlqPage, ...errors(400, 401) } },
       handler: listDeadLetters,
     }),
     route({
       method: 'POST',
       url: '/v1/dlq/retry',
-      auth: 'apiKey',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
       tags: ['dlq'],
       summary: 'Retry up to 1000 matching entries, oldest first; `more` says to call again',
       schema: { body: dlqBulkBody, response: { 200: dlqBulkRetried, ...errors(400, 401, 415) } },
@@ -251,7 +266,8 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/dlq/:id',
-      auth: 'apiKey',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
       tags: ['dlq'],
       summary: 'One dead-letter entry',
       schema: { params: idParam, response: { 200: dlqEntry, ...errors(400, 401, 404) } },
@@ -260,7 +276,8 @@ export const routeTable = {
     route({
       method: 'POST',
       url: '/v1/dlq/:id/retry',
-      auth: 'apiKey',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
       tags: ['dlq'],
       summary: 'Retry one entry, optionally with a corrected input (edit-and-retry)',
       schema: { params: idParam, body: dlqRetryBody, response: { 202: dlqRetried, ...errors(400, 401, 404, 409, 415) } },
@@ -269,7 +286,8 @@ export const routeTable = {
     route({
       method: 'DELETE',
       url: '/v1/dlq/:id',
-      auth: 'apiKey',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
       tags: ['dlq'],
       summary: 'Delete an entry (and its failed job)',
       schema: { params: idParam, response: { 204: z.undefined().describe('Deleted'), ...errors(400, 401, 404) } },
@@ -281,7 +299,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/v1/usage',
-      auth: 'apiKey',
+      role: 'member',
       tags: ['usage'],
       summary: 'Jobs, tokens, cost, cache hit rate and p50/p95 duration per agent, model or day',
       schema: { querystring: usageQuery, response: { 200: usageReportBody, ...errors(400, 401) } },
@@ -294,7 +312,9 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/admin/usage',
-      auth: 'admin',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
+      browser: true,
       tags: ['admin'],
       summary: 'Cost dashboard page (HTML): cost, tokens and jobs per day, agent and model, p50/p95, cache hit rate',
       description: 'The operator (ADMIN_TOKEN) sees every org; an org admin key its own org. Browsers log in with basic auth.',
@@ -304,7 +324,9 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/admin/usage/api',
-      auth: 'admin',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
+      browser: true,
       tags: ['admin'],
       summary: 'The dashboard’s data: `/v1/usage` for the caller’s scope (one org, or every org and per org)',
       schema: { querystring: adminUsageQuery, response: { 200: adminUsageReportBody, ...errors(400, 401, 403) } },
@@ -313,7 +335,9 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/admin/usage/assets/:file',
-      auth: 'admin',
+      role: 'org-admin',
+      operatorSeesEveryOrg: true,
+      browser: true,
       quiet: true,
       tags: ['admin'],
       summary: 'The dashboard’s script and its bundled charting library (Chart.js)',
@@ -321,12 +345,42 @@ export const routeTable = {
       handler: usageAsset,
     }),
   ] satisfies RouteSpec<UsageRouteDeps>[],
+  keys: [
+    route({
+      method: 'GET',
+      url: '/v1/keys',
+      role: 'org-admin',
+      tags: ['keys'],
+      summary: 'The org’s API keys: id, prefix, role, created and revoked times (never a secret)',
+      schema: { response: { 200: keyList, ...errors(401) } },
+      handler: listKeys,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/keys',
+      role: 'org-admin',
+      tags: ['keys'],
+      summary: 'Create a key of the org; the answer is the only time its secret is shown',
+      description: 'A `member` key unless `role` says `org-admin`. Operator keys are made only with `npm run keys -- create --operator`.',
+      schema: { body: keyCreateBody, response: { 201: keyCreated, ...errors(400, 401, 415) } },
+      handler: createKey,
+    }),
+    route({
+      method: 'DELETE',
+      url: '/v1/keys/:id',
+      role: 'org-admin',
+      tags: ['keys'],
+      summary: 'Revoke a key of the org (it stops working within AUTH_CACHE_TTL_MS on every API process)',
+      schema: { params: idParam, response: { 200: keyInfo, ...errors(400, 401, 404) } },
+      handler: revokeKey,
+    }),
+  ] satisfies RouteSpec<KeyRouteDeps>[],
 
   admin: [
     route({
       method: 'GET',
       url: '/metrics',
-      auth: 'admin',
+      role: 'operator',
       quiet: true,
       tags: ['admin'],
       summary: 'Prometheus metrics summed over every API and worker process',
@@ -339,20 +393,19 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/admin/orgs/:org/plan',
-      auth: 'admin',
+      role: 'operator',
       tags: ['admin'],
       summary: 'An org’s scheduling plan (weight, concurrency, RPM/TPM, quotas) and its jobs waiting and in flight',
-      description: 'Operator only: the ADMIN_TOKEN.',
       schema: { params: orgParam, response: { 200: orgPlanView, ...errors(400, 401, 403) } },
       handler: getOrgPlan,
     }),
     route({
       method: 'PUT',
       url: '/admin/orgs/:org/plan',
-      auth: 'admin',
+      role: 'operator',
       tags: ['admin'],
       summary: 'Change an org’s plan; applies at the next dispatch, no restart',
-      description: 'Operator only: the ADMIN_TOKEN. A field left out stays as it is; `null` returns it to the configured default; rates of 0 are unlimited.',
+      description: 'A field left out stays as it is; `null` returns it to the configured default; rates of 0 are unlimited.',
       schema: { params: orgParam, body: orgPlanChangeSchema, response: { 200: orgPlanView, ...errors(400, 401, 403) } },
       handler: putOrgPlan,
     }),
@@ -362,7 +415,7 @@ export const routeTable = {
     route({
       method: 'GET',
       url: '/openapi.json',
-      auth: 'public',
+      role: 'public',
       tags: ['docs'],
       summary: 'This OpenAPI 3.1 document (also browsable at /docs)',
       schema: { response: { 200: { description: 'OpenAPI 3.1 document', content: { 'application/json': { schema: z.looseObject({ openapi: z.string() }) } } } } },

@@ -1,15 +1,15 @@
-import type { AdminIdentity } from './admin-auth.js';
+import type { Principal } from './auth.js';
 
 /** Whose usage a caller of the dashboard may see: every org, one org, or nothing. */
 export type UsageScope = { kind: 'all' } | { kind: 'org'; orgId: string } | { kind: 'forbidden' };
 
 /**
- * The dashboard's whole access decision, in one place so a change of roles is a change here: the
- * operator (ADMIN_TOKEN) sees every org; an org's admin key sees its own org; any other key nothing.
+ * The dashboard's whole data-scope decision, in one place: the operator (an operator key or ADMIN_TOKEN)
+ * sees every org; an org-admin its own org; a member nothing (the route table refuses it first: 403).
  */
-export function usageScopeOf(who: AdminIdentity): UsageScope {
-  if (who.via === 'token') return { kind: 'all' };
-  if (who.role === 'admin') return { kind: 'org', orgId: who.orgId };
+export function usageScopeOf(who: Principal): UsageScope {
+  if (who.role === 'operator') return { kind: 'all' };
+  if (who.role === 'org-admin') return { kind: 'org', orgId: who.orgId };
   return { kind: 'forbidden' };
 }
 

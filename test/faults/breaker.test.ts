@@ -100,7 +100,7 @@ describe('circuit breaker under a 100% failing model', () => {
     figure('breaker: from lifting the fault to all 20 jobs completed (ms)', doneAt - cleared!);
 
     expect(await queue.getFailedCount()).toBe(0);
-    const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: s.auth });
+    const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` } });
     expect(dlq.statusCode).toBe(200);
     expect(dlq.json().entries).toHaveLength(0);
     const rows = await runRows(s, ids);

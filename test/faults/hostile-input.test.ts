@@ -29,9 +29,12 @@ describe('hostile input', () => {
   let port: number;
   let queue: Queue;
   let redis: Redis;
+  /** An org-admin of the stack's org: every org route (DLQ, cache, knowledge writes included) reaches its validation. */
+  let auth: { authorization: string };
 
   beforeAll(async () => {
     s = await startStack({ BODY_LIMIT_BYTES: String(256 * 1024) });
+    auth = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
     await s.app.listen({ host: '127.0.0.1', port: 0 });
     port = (s.app.server.address() as AddressInfo).port;
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
@@ -64,7 +67,7 @@ describe('hostile input', () => {
   const http = async (p: Probe) => {
     const res = await fetch(`http://127.0.0.1:${port}${p.url}`, {
       method: p.method,
-      headers: { authorization: s.auth.authorization, ...(p.body !== undefined ? { 'content-type': 'application/json' } : {}), ...p.headers },
+      headers: { authorization: auth.authorization, ...(p.body !== undefined ? { 'content-type': 'application/json' } : {}), ...p.headers },
       body: p.body,
     });
     return { status: res.status, contentType: res.headers.get('content-type') ?? '', text: await res.text() };
@@ -160,7 +163,7 @@ describe('hostile input', () => {
     const raw = [
       {
         name: 'invalid UTF-8 in the agent name',
-        head: `POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: ${s.auth.authorization}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+        head: `POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: ${auth.authorization}\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
         body,
       },
       {
@@ -170,7 +173,7 @@ describe('hostile input', () => {
       },
       {
         name: 'invalid UTF-8 in x-request-id, invalid body',
-        head: Buffer.concat([Buffer.from(`POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: ${s.auth.authorization}\r\nX-Request-Id: `), bad, Buffer.from('\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n')]),
+        head: Buffer.concat([Buffer.from(`POST /v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: ${auth.authorization}\r\nX-Request-Id: `), bad, Buffer.from('\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n')]),
         body: Buffer.from('{}'),
       },
     ];

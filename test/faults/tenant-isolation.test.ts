@@ -13,6 +13,8 @@ import { startStack, type Stack } from '../helpers/stack.js';
 describe('tenant isolation', () => {
   let s: Stack;
   let base: string;
+  /** A's org-admin (chat facts, the DLQ) and B's org-admin: B probes with every org route its role opens. */
+  let adminA: string;
   let keyB: string;
   const secret = `SECRETA${randomUUID().slice(0, 8)}`;
   const ids: Record<string, string> = {};
@@ -27,7 +29,7 @@ describe('tenant isolation', () => {
     });
     return { status: res.status, text: await res.text() };
   };
-  const asA = (method: string, url: string, body?: unknown) => call(s.apiKey, method, url, body);
+  const asA = (method: string, url: string, body?: unknown) => call(adminA, method, url, body);
   const asB = (method: string, url: string, body?: unknown) => call(keyB, method, url, body);
   const waitJob = async (key: string, id: string) => JSON.parse((await call(key, 'GET', `/v1/jobs/${id}?waitMs=20000`)).text);
   const riskA = { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${secret} Robotics`, industry: 'robotics' } } };
@@ -37,7 +39,8 @@ describe('tenant isolation', () => {
     s = await startStack({ ...UNTHROTTLED, JOB_ATTEMPTS: '1', CACHE_L1_TTL_MS: '600000' }, { worker: true });
     await s.app.listen({ host: '127.0.0.1', port: 0 });
     base = `http://127.0.0.1:${(s.app.server.address() as AddressInfo).port}`;
-    keyB = await s.newKey();
+    adminA = await s.newKey(s.orgId, 'org-admin');
+    keyB = await s.newKey(undefined, 'org-admin');
 
     // A's data of every kind: a completed (and cached) job, an idempotent job, a streamed job, a dead letter,
     // a semantic cache entry, chat facts and a flow.
@@ -89,7 +92,7 @@ describe('tenant isolation', () => {
         if (leaked(res.text, url)) leaks.push(`${r.method} ${url} -> ${res.status}: ${res.text.slice(0, 200)}`);
         if (params.length && res.status < 400) leaks.push(`${r.method} ${url} answered ${res.status} to org B: ${res.text.slice(0, 200)}`);
         if (r.path.startsWith('/admin') || r.path === '/metrics') {
-          if (res.status !== 401 && res.status !== 403) leaks.push(`${r.method} ${url} answered ${res.status} to a member key of org B`);
+          if (res.status !== 401 && res.status !== 403) leaks.push(`${r.method} ${url} answered ${res.status} to an org-admin key of org B`);
         }
       }
     }

@@ -116,7 +116,7 @@ describe('worker processes under signals', () => {
     expect(completedBy(other, [id])).toBe(1);
     // Neither a completion nor a failure of the stopped worker's attempt went through: nothing dead-lettered.
     expect(stopped.lines.filter((l) => l.jobId === id && (l.msg === 'job completed' || String(l.msg).startsWith(DEAD_LETTERED)))).toEqual([]);
-    const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: s.auth });
+    const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` } });
     expect(dlq.json().entries.map((e: { id: string }) => e.id)).not.toContain(id);
     // BullMQ refuses the late completion: the lock is the rescuer's now.
     const late = stopped.lines.filter((l) => l.jobId === id || String(l.err ?? '').includes(id)).map((l) => `${l.msg} ${l.err ?? ''}`.trim());

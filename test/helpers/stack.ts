@@ -4,6 +4,7 @@ import { startRuntime, type FeatureFactory, type Runtime } from '../../src/app/r
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
 import { parseConfig, type Config } from '../../src/shared/core/config.js';
 import { createApiKeyStore } from '../../src/shared/infra/db/api-keys.js';
+import type { TenantRole } from '../../src/shared/core/roles.js';
 import { migrate } from '../../src/shared/infra/db/migrate.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
 import { startGeminiEmulator, type GeminiEmulator } from '../../dev/gemini-emulator/emulator.js';
@@ -26,7 +27,9 @@ export interface Stack {
   auth: { authorization: string };
   logger: Logger;
   startWorker(): Promise<WorkerService>;
-  newKey(orgId?: string, role?: 'member' | 'admin'): Promise<string>;
+  /** A key of `orgId` (a fresh org by default); `operatorKey()` makes the platform's. */
+  newKey(orgId?: string, role?: TenantRole): Promise<string>;
+  operatorKey(): Promise<string>;
   close(): Promise<void>;
 }
 
@@ -92,8 +95,11 @@ export async function startStack(
     auth: { authorization: `Bearer ${key}` },
     logger,
     startWorker: () => runtime.startWorker(),
-    async newKey(org = randomOrg(), role = 'member') {
+    async newKey(org = randomOrg(), role: TenantRole = 'member') {
       return (await keys.create({ orgId: org, role })).key;
+    },
+    async operatorKey() {
+      return (await keys.create({ role: 'operator' })).key;
     },
     async close() {
       await runtime.close(1000);

@@ -5,13 +5,15 @@ import { createApiKeyStore, type ApiKeyStore } from '../../shared/infra/db/api-k
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
+import type { TenantRole } from '../../shared/core/roles.js';
 import { createLogger } from '../../shared/core/logger.js';
 import { runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage:
-  npm run keys -- create --org ORG [--admin]   create a key (printed once, never stored)
-  npm run keys -- revoke KEY_ID                revoke a key
-  npm run keys -- list --org ORG               list an org's keys (ids and prefixes only)`;
+  npm run keys -- create --org ORG [--org-admin]   create a member (or org-admin) key of ORG (printed once, never stored)
+  npm run keys -- create --operator                create an operator key: the platform's, it belongs to no org
+  npm run keys -- revoke KEY_ID                    revoke a key
+  npm run keys -- list --org ORG | --operator      list an org's keys, or the operator keys (ids and prefixes only)`;
 
 export class UsageError extends AgentqError {
   constructor(message: string) {
@@ -20,9 +22,11 @@ export class UsageError extends AgentqError {
 }
 
 export type KeysCommand =
-  | { cmd: 'create'; orgId: string; admin: boolean }
+  | { cmd: 'create'; orgId: string; role: TenantRole }
+  | { cmd: 'create'; role: 'operator' }
   | { cmd: 'revoke'; keyId: string }
-  | { cmd: 'list'; orgId: string };
+  /** `orgId: null` lists the operator keys. */
+  | { cmd: 'list'; orgId: string | null };
 
 const ORG_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
@@ -30,25 +34,40 @@ export function parseKeysArgs(argv: string[]): KeysCommand {
   const [cmd, ...rest] = argv;
   let parsed;
   try {
-    parsed = parseArgs({ args: rest, allowPositionals: true, options: { org: { type: 'string' }, admin: { type: 'boolean', default: false } } });
+    parsed = parseArgs({
+      args: rest,
+      allowPositionals: true,
+      options: { org: { type: 'string' }, 'org-admin': { type: 'boolean' }, admin: { type: 'boolean' }, operator: { type: 'boolean' } },
+    });
   } catch (err) {
     throw new UsageError((err as Error).message);
   }
   const { values, positionals } = parsed;
+  // `--admin` predates the roles: it made an org's key, so it means org-admin (as migration 010 maps old rows).
+  const orgAdmin = values['org-admin'] === true || values.admin === true;
+  const operator = values.operator === true;
   const org = () => {
-    if (!values.org) throw new UsageError(`${cmd} needs --org ORG`);
+    if (!values.org) throw new UsageError(`${cmd} needs --org ORG${cmd === 'create' || cmd === 'list' ? ' (or --operator)' : ''}`);
     if (!ORG_ID.test(values.org)) throw new UsageError('--org may only contain letters, digits and _ . : - (max 128)');
-    if (positionals.length) throw new UsageError(`unexpected argument ${positionals[0]}`);
     return values.org;
   };
+  if (positionals.length && cmd !== 'revoke') throw new UsageError(`unexpected argument ${positionals[0]}`);
   switch (cmd) {
     case 'create':
-      return { cmd, orgId: org(), admin: values.admin === true };
+      if (operator) {
+        if (values.org || orgAdmin) throw new UsageError('--operator makes a platform key: it takes no --org and no --org-admin');
+        return { cmd, role: 'operator' };
+      }
+      return { cmd, orgId: org(), role: orgAdmin ? 'org-admin' : 'member' };
     case 'list':
-      if (values.admin) throw new UsageError('--admin only applies to create');
+      if (orgAdmin) throw new UsageError('--org-admin only applies to create');
+      if (operator) {
+        if (values.org) throw new UsageError('list takes --org ORG or --operator, not both');
+        return { cmd, orgId: null };
+      }
       return { cmd, orgId: org() };
     case 'revoke':
-      if (positionals.length !== 1 || values.org || values.admin) throw new UsageError('revoke takes exactly one KEY_ID');
+      if (positionals.length !== 1 || values.org || orgAdmin || operator) throw new UsageError('revoke takes exactly one KEY_ID');
       return { cmd, keyId: positionals[0] };
     default:
       throw new UsageError(cmd ? `unknown command ${cmd}` : 'missing command');
@@ -59,14 +78,15 @@ export function parseKeysArgs(argv: string[]): KeysCommand {
 export async function runKeys(c: KeysCommand, keys: ApiKeyStore, io: { out: (s: string) => void; err: (s: string) => void }): Promise<number> {
   switch (c.cmd) {
     case 'create': {
-      const { id, key } = await keys.create({ orgId: c.orgId, role: c.admin ? 'admin' : 'member' });
-      io.err(`created ${c.admin ? 'admin' : 'member'} key ${id} for org ${c.orgId}; store it now, it cannot be shown again\n`);
+      const { id, key } = await keys.create(c.role === 'operator' ? { role: 'operator' } : { orgId: c.orgId, role: c.role });
+      const whose = c.role === 'operator' ? 'the platform (no org)' : `org ${c.orgId}`;
+      io.err(`created ${c.role} key ${id} for ${whose}; store it now, it cannot be shown again\n`);
       io.out(`${key}\n`);
       return 0;
     }
     case 'revoke': {
-      const ok = await keys.revoke(c.keyId);
-      if (!ok) {
+      const revoked = await keys.revoke(c.keyId);
+      if (!revoked) {
         io.err(`no active key with id ${c.keyId}\n`);
         return 1;
       }
@@ -75,7 +95,7 @@ export async function runKeys(c: KeysCommand, keys: ApiKeyStore, io: { out: (s: 
     }
     case 'list': {
       const rows = await keys.list(c.orgId);
-      if (!rows.length) io.err(`org ${c.orgId} has no keys\n`);
+      if (!rows.length) io.err(c.orgId === null ? 'there are no operator keys\n' : `org ${c.orgId} has no keys\n`);
       for (const k of rows) {
         const state = k.revokedAt ? `revoked ${k.revokedAt.toISOString()}` : 'active';
         io.out(`${k.id}\t${k.prefix}…\t${k.role}\t${k.createdAt.toISOString()}\t${state}\n`);

@@ -1,13 +1,11 @@
 import { Queue } from 'bullmq';
-import { cachedVerifier } from '../../producers/auth.js';
 import { createApiKeyStore } from '../../shared/infra/db/api-keys.js';
 import { createRunStore } from '../../shared/infra/db/agent-runs.js';
 import type { Feature, FeatureDeps } from '../feature.js';
 import { createCircuitBreaker } from '../../shared/limits/circuit-breaker.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
-import { createAdminAuth } from '../../producers/admin-auth.js';
-import { adminRoutes, orgPlanRoutes, dlqRoutes, usageDashboardRoutes, usageRoutes } from '../../producers/area-routes.js';
+import { adminRoutes, keyRoutes, orgPlanRoutes, dlqRoutes, usageDashboardRoutes, usageRoutes } from '../../producers/area-routes.js';
 import { createBreakerCheck } from '../../workers/ops/dlq-breaker-check.js';
 import { createDlqStore } from '../../shared/ops/dlq-store.js';
 import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
@@ -29,7 +27,7 @@ export const SEMANTIC_CACHE_SWEEP_TASK = 'semantic-cache-sweep';
 
 /**
  * Operations: the dead-letter queue (classification, API, scheduled reprocessing), Bull Board, Prometheus
- * metrics aggregated over processes, and the usage report.
+ * metrics aggregated over processes, the usage report, org plans and an org's API keys.
  */
 export function opsFeature(deps: FeatureDeps): Feature {
   const { cfg, logger, registry } = deps;
@@ -67,7 +65,6 @@ export function opsFeature(deps: FeatureDeps): Feature {
     name: 'ops',
 
     async routes(app) {
-      const auth = createAdminAuth({ adminToken: cfg.ADMIN_TOKEN, keys: cachedVerifier(createApiKeyStore({ pool: deps.infra.db.pool }), cfg.AUTH_CACHE_TTL_MS) });
       const scrape = createScrapeGauges({
         queues,
         breakerState: (key) => breaker.state(key),
@@ -77,9 +74,10 @@ export function opsFeature(deps: FeatureDeps): Feature {
       dlqRoutes(app, { dlq });
       const runs = createRunStore({ pool: deps.infra.db.pool });
       usageRoutes(app, { runs });
-      await app.register(async (scope) => usageDashboardRoutes(scope, { auth, runs }));
-      await app.register(async (scope) => orgPlanRoutes(scope, { auth, plans: createOrgPlanStore({ pool: deps.infra.db.pool }), scheduler: deps.scheduler }));
-      await app.register(async (admin) => adminRoutes(admin, { auth, readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
+      usageDashboardRoutes(app, { runs });
+      keyRoutes(app, { keys: createApiKeyStore({ pool: deps.infra.db.pool }) });
+      orgPlanRoutes(app, { plans: createOrgPlanStore({ pool: deps.infra.db.pool }), scheduler: deps.scheduler });
+      await app.register(async (admin) => adminRoutes(admin, { readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
       exchange.start();
     },
 

@@ -1,10 +1,8 @@
 import type { Queue } from 'bullmq';
 import { Registry } from 'prom-client';
-import type { AdminAuth } from '../admin-auth.js';
 import type { Handler } from '../route-spec.js';
 
 export interface AdminRouteDeps {
-  auth: AdminAuth;
   readOnly: boolean;
   queues: Queue[];
   metrics: { collect(): Promise<Registry>; scrape: Registry };

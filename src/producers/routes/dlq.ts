@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify';
-import { principalOf } from '../auth.js';
+import { callerOf } from '../auth.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import { decodeCursor, encodeCursor } from '../../shared/ops/dlq-store.js';
 import type { DlqScope, DlqService } from '../../shared/ops/dlq-service.js';
@@ -14,10 +14,10 @@ export interface DlqRouteDeps {
   dlq: DlqService;
 }
 
-/** An admin key sees every org's entries; any other key only its own org's. */
+/** The operator sees every org's entries; an org-admin only its own org's (another org's entry is a 404). */
 function scopeOf(req: FastifyRequest): DlqScope {
-  const p = principalOf(req);
-  return p.role === 'admin' ? {} : { orgId: p.orgId };
+  const p = callerOf(req);
+  return p.role === 'operator' ? {} : { orgId: p.orgId };
 }
 
 export const listDeadLetters =

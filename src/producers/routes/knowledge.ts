@@ -1,12 +1,12 @@
 import type { ResultCache } from '../../shared/cache/result-cache.js';
 import type { SemanticCache } from '../../shared/cache/semantic-cache.js';
 import { ValidationError } from '../../shared/core/errors.js';
+import type { KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import type { KnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import type { VectorSearch } from '../../shared/knowledge/vector-search.js';
 import { principalOf } from '../auth.js';
-import { HttpError } from '../http-errors.js';
 import type { Handler } from '../route-spec.js';
-import type { cacheQuery, ingestBody, ingestQuery, searchBody, tableParam } from '../schemas/knowledge.js';
+import type { cacheQuery, ingestBody, orgTableParam, searchBody, sharedTableParam } from '../schemas/knowledge.js';
 
 export interface KnowledgeRouteDeps {
   store: KnowledgeStore;
@@ -15,27 +15,29 @@ export interface KnowledgeRouteDeps {
   semantic: SemanticCache;
 }
 
-/**
- * Industry packs and global playbooks are shared by every tenant, so only admin keys may write them;
- * members write their own org's chat facts and private playbooks.
- */
-export const ingestDocuments =
-  ({ store }: KnowledgeRouteDeps): Handler<{ params: typeof tableParam; querystring: typeof ingestQuery; body: typeof ingestBody }> =>
-  async (req) => {
-    const { orgId, role } = principalOf(req);
-    const { table } = req.params;
-    const global = table === 'industry_packs' || (table === 'playbooks' && req.query.scope === 'global');
-    if (global && role !== 'admin') throw new HttpError(403, `writing shared ${table} needs an admin key`);
-    try {
-      return await store.upsert(table, req.body.documents, { orgId: global ? undefined : orgId });
-    } catch (err) {
-      // The store checks each document against its table's schema and names it from the document down.
-      if (err instanceof ValidationError) {
-        throw new ValidationError(err.message, err.details.map((d) => ({ ...d, path: d.path === 'table' ? 'table' : `documents.${d.path}` })));
-      }
-      throw err;
+/** Upserts documents; the store names a bad document's field from the document down (`documents.N.field`). */
+async function ingest(store: KnowledgeStore, table: KnowledgeTable, documents: unknown[], orgId: string | undefined) {
+  try {
+    return await store.upsert(table, documents, { orgId });
+  } catch (err) {
+    if (err instanceof ValidationError) {
+      throw new ValidationError(err.message, err.details.map((d) => ({ ...d, path: d.path === 'table' ? 'table' : `documents.${d.path}` })));
     }
-  };
+    throw err;
+  }
+}
+
+/** An org-admin writes its org's private rows (chat facts, its own playbooks): the org comes from the key. */
+export const ingestOrgDocuments =
+  ({ store }: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
+  async (req) =>
+    ingest(store, req.params.table, req.body.documents, principalOf(req).orgId);
+
+/** Shared rows (no org) are returned by every org's searches, so only the operator writes them. */
+export const ingestSharedDocuments =
+  ({ store }: KnowledgeRouteDeps): Handler<{ params: typeof sharedTableParam; body: typeof ingestBody }> =>
+  async (req) =>
+    ingest(store, req.params.table, req.body.documents, undefined);
 
 export const searchKnowledge =
   ({ search }: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>

@@ -1,24 +1,14 @@
-import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { FairScheduler } from '../../shared/fair/index.js';
 import type { orgPlanChangeSchema } from '../../shared/fair/org-plan-schema.js';
 import { changeOrgPlan } from '../../shared/fair/org-plans-sync.js';
 import type { OrgPlanStore } from '../../shared/infra/db/org-plans.js';
-import type { AdminAuth } from '../admin-auth.js';
 import type { Handler } from '../route-spec.js';
 import type { orgParam } from '../schemas/org-plans.js';
 
 export interface OrgPlanRouteDeps {
-  auth: AdminAuth;
   plans: OrgPlanStore;
   scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats' | 'dispatch'>;
 }
-
-/** Org plans are the platform operator's (ADMIN_TOKEN), never an org's own admin: an onRequest hook. */
-export const operatorOnly = (deps: OrgPlanRouteDeps) => async (req: FastifyRequest, reply: FastifyReply) => {
-  const who = await deps.auth.identify(req.headers.authorization);
-  if (!who) return reply.code(401).header('www-authenticate', 'Bearer').send({ error: 'authentication required: the operator token' });
-  if (who.via !== 'token') return reply.code(403).send({ error: 'org plans are managed by the platform operator (ADMIN_TOKEN)' });
-};
 
 async function view(deps: OrgPlanRouteDeps, org: string) {
   const stats = await deps.scheduler.orgStats(org);

@@ -1,20 +1,14 @@
 import type { FastifyRequest } from 'fastify';
-import { principalOf } from '../auth.js';
+import { callerOf, principalOf } from '../auth.js';
 import type { UsageGroupBy, UsageRow } from '../../shared/infra/db/agent-runs.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import { HttpError } from '../http-errors.js';
 import type { Handler } from '../route-spec.js';
 import { USAGE_MAX_RANGE_DAYS, type adminUsageQuery, type usageQuery } from '../schemas/ops.js';
-import { orgInScope, type UsageScope } from '../usage-scope.js';
+import { orgInScope, usageScopeOf, type UsageScope } from '../usage-scope.js';
 
 const DAY_MS = 24 * 3600 * 1000;
 
-declare module 'fastify' {
-  interface FastifyRequest {
-    /** Set by the dashboard's access hook (area-routes.ts: usageDashboardRoutes). */
-    usageScope?: UsageScope;
-  }
-}
 
 export interface UsageSource {
   usage(q: { orgId: string | null; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]>;
@@ -75,9 +69,9 @@ export const usageReport =
   };
 
 function scopeOf(req: FastifyRequest): Exclude<UsageScope, { kind: 'forbidden' }> {
-  const scope = req.usageScope;
-  // The access hook answers before any handler runs; reaching here without a scope is a wiring bug.
-  if (!scope || scope.kind === 'forbidden') throw new HttpError(403, 'usage dashboard: not allowed');
+  // The route table admits org-admins and the operator only, so forbidden here is a second line.
+  const scope = usageScopeOf(callerOf(req));
+  if (scope.kind === 'forbidden') throw new HttpError(403, 'usage dashboard: not allowed');
   return scope;
 }
 

@@ -1,8 +1,15 @@
 import { z } from 'zod';
-import { docSchemas, KNOWLEDGE_TABLES } from '../../shared/knowledge/knowledge-schemas.js';
+import { docSchemas, KNOWLEDGE_TABLES, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 
-export const tableParam = z.object({ table: z.enum(KNOWLEDGE_TABLES) });
-export const ingestQuery = z.object({ scope: z.enum(['org', 'global']).default('org').describe('playbooks only: `global` (admin) writes the shared ones') }).strict();
+/** Tables with rows private to an org (its org-admin writes them); `industry_packs` is shared only. */
+export const ORG_TABLES = ['playbooks', 'chat_facts'] as const satisfies readonly KnowledgeTable[];
+/** Tables with rows every org's searches return (the operator writes them); chat facts are never shared. */
+export const SHARED_TABLES = ['industry_packs', 'playbooks'] as const satisfies readonly KnowledgeTable[];
+
+export const orgTableParam = z.object({
+  table: z.enum(ORG_TABLES, { error: 'one of playbooks, chat_facts (shared tables are written by the operator at /admin/knowledge/:table)' }),
+});
+export const sharedTableParam = z.object({ table: z.enum(SHARED_TABLES, { error: 'one of industry_packs, playbooks (an org’s own rows are written at /v1/knowledge/:table)' }) });
 
 /** Each document is checked against its table's schema by the store (paths `documents.N.field`); here, documented. */
 const documentSchemas = Object.values(docSchemas).map((s) => {

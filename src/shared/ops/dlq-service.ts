@@ -2,7 +2,7 @@ import { ConflictError, NotFoundError } from '../core/errors.js';
 import type { DlqClass } from '../core/dlq-classify.js';
 import type { ClaimRefusal, DlqCursor, DlqEntry, DlqItem, DlqStore } from './dlq-store.js';
 
-/** Whose entries a caller may touch: one org, or every org (admin keys). */
+/** Whose entries a caller may touch: one org (its org-admin), or every org (the operator). */
 export interface DlqScope {
   orgId?: string;
 }
