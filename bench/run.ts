@@ -10,6 +10,7 @@ import { commandsCase } from './cases/commands.js';
 import { enqueueCase } from './cases/enqueue.js';
 import { fairnessCase } from './cases/fairness.js';
 import { guardCostsCase } from './cases/guard-costs.js';
+import { idleCase } from './cases/idle.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
@@ -32,6 +33,7 @@ const CASES: BenchCase[] = [
   { name: 'streaming', run: streamingCase },
   { name: 'accuracy', run: accuracyCase },
   { name: 'fairness', run: fairnessCase },
+  { name: 'idle', run: idleCase },
   { name: 'vectors', run: vectorsCase },
 ];
 
