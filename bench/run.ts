@@ -11,6 +11,7 @@ import { commandsCase } from './cases/commands.js';
 import { enqueueCase } from './cases/enqueue.js';
 import { fairnessCase } from './cases/fairness.js';
 import { guardCostsCase } from './cases/guard-costs.js';
+import { idleCase } from './cases/idle.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
@@ -38,10 +39,11 @@ const CASES: BenchCase[] = [
   { name: 'fairness', run: fairnessCase },
   { name: 'cluster', run: clusterCase },
   { name: 'tracing', run: tracingCase },
+  { name: 'idle', run: idleCase },
+  { name: 'tiers', run: tiersCase },
   { name: 'vectors', run: vectorsCase },
   // Opt in only (BENCH_ONLY=vectors-large): loads 2 x 100k vectors, far beyond the 10-minute budget.
   { name: 'vectors-large', run: vectorsLargeCase, optIn: true },
-  { name: 'tiers', run: tiersCase },
 ];
 
 async function main(): Promise<number> {

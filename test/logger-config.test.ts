@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../src/shared/core/config.js';
-import { createLogger, createRootLogger } from '../src/shared/core/logger.js';
+import { createLogger, createRootLogger, logFormat } from '../src/shared/core/logger.js';
 import { databaseUrl, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
@@ -36,4 +36,36 @@ describe('LOG_LEVEL', () => {
     expect(logLines(chatty.stdout).map((l) => l.msg)).toContain('migrations up to date');
     expect(logLines(quiet.stdout).filter((l) => l.level < 40)).toEqual([]);
   }, 60_000);
+});
+
+describe('LOG_FORMAT', () => {
+  it('auto: pretty only at a terminal in development; JSON for pipes and files, and always in production and tests', () => {
+    const auto = (NODE_ENV: 'development' | 'production' | 'test', tty: boolean) => logFormat(parseConfig({ NODE_ENV }), tty);
+    expect(parseConfig({}).LOG_FORMAT).toBe('auto');
+    expect(auto('development', true)).toBe('pretty');
+    expect(auto('development', false)).toBe('json');
+    expect(auto('production', true)).toBe('json');
+    expect(auto('production', false)).toBe('json');
+    expect(auto('test', true)).toBe('json');
+  });
+
+  it('json / pretty override the terminal check both ways; anything else is the one-line config error', () => {
+    for (const NODE_ENV of ['development', 'production'] as const) {
+      for (const tty of [true, false]) {
+        expect(logFormat(parseConfig({ NODE_ENV, LOG_FORMAT: 'json' }), tty)).toBe('json');
+        expect(logFormat(parseConfig({ NODE_ENV, LOG_FORMAT: 'pretty' }), tty)).toBe('pretty');
+      }
+    }
+    expect(() => parseConfig({ LOG_FORMAT: 'text' })).toThrow(/^Invalid environment variable LOG_FORMAT="text": /);
+  });
+
+  it('a real process with LOG_FORMAT=pretty writes pino-pretty lines, not JSON (the JSON default is the test above)', async () => {
+    const pretty = await runCli('src/main.ts', ['migrate'], { REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), REDIS_AUTOSTART: 'false', LOG_LEVEL: 'info', LOG_FORMAT: 'pretty' });
+    expect(pretty.code).toBe(0);
+    const lines = pretty.stdout.split('\n').filter(Boolean);
+    expect(lines.length).toBeGreaterThan(0);
+    for (const l of lines) expect(() => JSON.parse(l)).toThrow();
+    // pino-pretty's shape: [time] LEVEL (pid): message
+    expect(lines).toContainEqual(expect.stringMatching(/^\[\d\d:\d\d:\d\d\.\d{3}\] INFO \(\d+\): migrations up to date$/));
+  }, 120_000);
 });

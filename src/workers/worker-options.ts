@@ -19,6 +19,10 @@ export function workerOptions(t: WorkerTiming): WorkerOptions {
     prefix: t.prefix,
     concurrency: t.concurrency,
     lockDuration: t.lockDurationMs,
+    // BullMQ's default (half the duration) leaves a live job only half a duration of event-loop stall
+    // before it looks dead; a quarter keeps the lock short (fast crash recovery) yet hard to lose. The
+    // renewal is one call per worker for all its active jobs, so an idle worker pays nothing for it.
+    lockRenewTime: Math.max(250, Math.floor(t.lockDurationMs / 4)),
     stalledInterval: t.stalledIntervalMs,
     maxStalledCount: 2,
   };

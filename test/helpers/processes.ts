@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const MAIN = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface AgentqProcess {
   child: ChildProcess;
@@ -24,6 +25,24 @@ export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, 
     env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
+  return watch(child);
+}
+
+/**
+ * Runs an npm script of the repo (`npm start`, `npm run worker`, ...) exactly as a user types it: the
+ * returned process is npm itself, so `kill()` signals npm, not agentq.
+ */
+export function spawnNpmScript(script: string, env: Record<string, string>): AgentqProcess {
+  const child = spawn('npm', ['run', '--silent', script], {
+    cwd: ROOT,
+    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  return watch(child);
+}
+
+/** Collects a child's JSON log lines and exit. */
+export function watch(child: ChildProcess): AgentqProcess {
   const lines: Array<Record<string, unknown>> = [];
   const waiters: Array<{ predicate: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
   let buffer = '';

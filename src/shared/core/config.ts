@@ -61,6 +61,8 @@ const optionalString = z
 export const configSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** auto: pretty when stdout is a terminal in development, JSON otherwise (pipes, files, containers, production). */
+  LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
 
   HOST: z.string().default('127.0.0.1'),
   PORT: int(3000),
@@ -112,8 +114,14 @@ export const configSchema = z.object({
   BACKOFF_BASE_MS: int(1000, 1),
   BACKOFF_MAX_MS: int(60_000, 1),
   SHUTDOWN_GRACE_MS: int(30_000, 0),
-  LOCK_DURATION_MS: int(30_000, 1000),
-  STALLED_INTERVAL_MS: int(30_000, 500),
+  /**
+   * A SIGKILLed worker's job runs again elsewhere within LOCK_DURATION_MS + STALLED_INTERVAL_MS (12 s): its
+   * lock lapses at most a lock duration after the kill (renewed every quarter of it, see worker-options.ts)
+   * and the next stalled check moves it back to wait. A live worker loses a lock only if its event loop
+   * stalls for three quarters of the duration (6 s).
+   */
+  LOCK_DURATION_MS: int(8_000, 1000),
+  STALLED_INTERVAL_MS: int(4_000, 500),
   KEEP_COMPLETED_COUNT: int(10_000),
   KEEP_COMPLETED_AGE_S: int(24 * 3600),
   KEEP_FAILED_COUNT: int(50_000),

@@ -21,8 +21,27 @@ export const REDACT_PATHS = [
   'ADMIN_TOKEN',
 ];
 
+export type LogFormat = 'json' | 'pretty';
+
+/**
+ * JSON for machines (a pipe, a file, a container's log driver, production), pretty lines for a person at a
+ * terminal in development; LOG_FORMAT=json|pretty overrides.
+ */
+export function logFormat(cfg: Pick<Config, 'LOG_FORMAT' | 'NODE_ENV'>, stdoutIsTTY: boolean): LogFormat {
+  if (cfg.LOG_FORMAT !== 'auto') return cfg.LOG_FORMAT;
+  return stdoutIsTTY && cfg.NODE_ENV === 'development' ? 'pretty' : 'json';
+}
+
+/** pino-pretty in a worker thread (a pino transport), so formatting never runs on the event loop. */
+function prettyTransport(): pino.DestinationStream {
+  return pino.transport({
+    target: 'pino-pretty',
+    options: { destination: 1, colorize: Boolean(process.stdout.isTTY), translateTime: 'SYS:HH:MM:ss.l', ignore: 'service,hostname' },
+  }) as pino.DestinationStream;
+}
+
 /** Never reads the environment: the level comes from the caller (the parsed config for the root logger). */
-export function createLogger(opts: { level?: string; destination?: pino.DestinationStream } = {}): Logger {
+export function createLogger(opts: { level?: string; destination?: pino.DestinationStream; format?: LogFormat } = {}): Logger {
   return pino(
     {
       level: opts.level ?? 'info',
@@ -30,7 +49,7 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
     },
-    opts.destination,
+    opts.destination ?? (opts.format === 'pretty' ? prettyTransport() : undefined),
   );
 }
 
@@ -38,7 +57,8 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
  * The root logger; everything else uses `.child()` of it with job or request context. Built from the
  * validated config, so a bad LOG_LEVEL is the config's one-line error naming the variable, not a pino throw.
  */
-export const createRootLogger = (cfg: Pick<Config, 'LOG_LEVEL'>): Logger => createLogger({ level: cfg.LOG_LEVEL });
+export const createRootLogger = (cfg: Pick<Config, 'LOG_LEVEL' | 'LOG_FORMAT' | 'NODE_ENV'>): Logger =>
+  createLogger({ level: cfg.LOG_LEVEL, format: logFormat(cfg, Boolean(process.stdout.isTTY)) });
 
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace']);
 const noop = () => {};

@@ -1,0 +1,98 @@
+import { linkSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+
+/** A lock this process holds; `release` is idempotent and removes the file only while it is still ours. */
+export interface OwnerLock {
+  path: string;
+  /** The pid of the dead process whose lock this one replaced, if it was taken over. */
+  tookOverFrom?: number;
+  release(): void;
+}
+
+export type LockAttempt = { owned: true; lock: OwnerLock } | { owned: false; holderPid?: number };
+
+/** True while `pid` is a live process (EPERM: alive, owned by another user). */
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function holderOf(path: string): number | undefined {
+  try {
+    const pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Creates `path` holding this pid, atomically and only if it does not exist: the pid goes into a private
+ * temp file first and `link(2)` publishes it (EEXIST when taken), so no reader ever sees the lock half
+ * written, unlike O_EXCL create-then-write.
+ */
+function create(path: string): boolean {
+  const temp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  writeFileSync(temp, `${process.pid}\n`, { mode: 0o644 });
+  try {
+    linkSync(temp, path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    rmSync(temp, { force: true });
+  }
+}
+
+/** Lock files this process holds (a second open in the same process must see its own lock as live). */
+const held = new Set<string>();
+
+/** A lock whose holder is gone: no pid in it, a dead pid, or our own pid on a lock we do not hold (pid reuse). */
+const stale = (path: string, holder: number | undefined) =>
+  holder === undefined || (holder === process.pid ? !held.has(path) : !isAlive(holder));
+
+/**
+ * One attempt at an exclusive, machine-wide lock file. A lock left by a dead process (SIGKILL, crash, power
+ * loss) is taken over: only under a second lock (`<path>.takeover`) and only if the file still names the
+ * same dead pid, so two processes finding the same stale lock never both remove it (the second would
+ * delete the first one's fresh lock). The takeover guard is held for microseconds; a guard whose holder
+ * died is removed the same way.
+ */
+export function tryLock(path: string): LockAttempt {
+  if (create(path)) return { owned: true, lock: lockAt(path) };
+  const holder = holderOf(path);
+  if (!stale(path, holder)) return { owned: false, holderPid: holder };
+  const guard = `${path}.takeover`;
+  if (!create(guard)) {
+    // Another process is taking the stale lock over right now; unless that process is gone too.
+    const guardHolder = holderOf(guard);
+    if (guardHolder !== undefined && stale(guard, guardHolder)) rmSync(guard, { force: true });
+    return { owned: false };
+  }
+  try {
+    if (holderOf(path) !== holder) return { owned: false };
+    rmSync(path, { force: true });
+    if (!create(path)) return { owned: false };
+    return { owned: true, lock: { ...lockAt(path), tookOverFrom: holder } };
+  } finally {
+    rmSync(guard, { force: true });
+  }
+}
+
+function lockAt(path: string): OwnerLock {
+  let released = false;
+  held.add(path);
+  return {
+    path,
+    release() {
+      if (released) return;
+      released = true;
+      held.delete(path);
+      if (holderOf(path) === process.pid) rmSync(path, { force: true });
+    },
+  };
+}

@@ -1,0 +1,110 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { figure } from '../helpers/faults.js';
+import { stopProcess, watch, type AgentqProcess } from '../helpers/processes.js';
+
+const FIXTURE = fileURLToPath(new URL('../fixtures/shared-db-process.ts', import.meta.url));
+const ROUNDS = 20;
+const USING_OTHER = 'using the embedded PGlite owned by another local agentq process';
+
+/**
+ * Embedded PGlite has one owner per data dir. Two real processes open the same data dir at the same instant
+ * (the race `npm run api` + `npm run worker` started together runs, without the jitter of two process
+ * start-ups: both get the go in one tick), 20 times; each time exactly one starts PGlite, the other connects
+ * through its socket, and what the second writes the first reads. Then a SIGKILLed owner's lock is taken over
+ * by one of two freshly started processes.
+ */
+describe('embedded PGlite: exactly one owning process per data dir', () => {
+  const dirs: string[] = [];
+  const procs: AgentqProcess[] = [];
+  afterAll(async () => {
+    await Promise.all(procs.map((p) => stopProcess(p, 2000)));
+    for (const d of dirs) rmSync(d, { recursive: true, force: true });
+  });
+
+  const newDir = () => {
+    const d = mkdtempSync(join(tmpdir(), 'agentq-owner-'));
+    dirs.push(d);
+    return d;
+  };
+  const spawnFixture = (dir: string, openAtOnce = false) => {
+    const p = watch(spawn(process.execPath, ['--import', 'tsx', FIXTURE, dir, ...(openAtOnce ? ['open'] : [])], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    procs.push(p);
+    return p;
+  };
+  const send = (p: AgentqProcess, line: string) => p.child.stdin!.write(line + '\n');
+  const pidOf = (p: AgentqProcess) => p.child.pid!;
+  const lockFile = (dir: string) => join(dir, 'pglite.lock');
+  const ownerFile = (dir: string) => join(dir, 'pglite.json');
+
+  // One data dir for both tests: creating one (initdb in WASM) is the costliest step here.
+  let dir: string;
+  beforeAll(() => {
+    dir = newDir();
+  });
+
+  it(`two processes opening one data dir at once, ${ROUNDS} times: one owner each time, the second's writes visible to the first`, async () => {
+    const both = [spawnFixture(dir), spawnFixture(dir)];
+    await Promise.all(both.map((p) => p.waitForLog((l) => l.msg === 'listening', 240_000)));
+    const wins = [0, 0];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const from = both.map((p) => p.lines.length);
+      for (const p of both) send(p, `open ${round}`);
+      const ready = await Promise.all(both.map((p) => p.waitForLog((l) => l.msg === 'ready' && l.round === round, 240_000)));
+      const owners = both.filter((_, i) => ready[i].owner === true);
+      expect(owners, `round ${round}`).toHaveLength(1);
+      const [owner] = owners;
+      const other = both.find((p) => p !== owner)!;
+      wins[both.indexOf(owner)]++;
+      const linesOfRound = both.flatMap((p, i) => p.lines.slice(from[i]));
+      expect(linesOfRound.filter((l) => l.msg === 'embedded PGlite started')).toHaveLength(1);
+      expect(other.lines.slice(from[both.indexOf(other)]).find((l) => l.msg === USING_OTHER)).toMatchObject({ ownerPid: pidOf(owner) });
+      expect(readFileSync(lockFile(dir), 'utf8').trim()).toBe(String(pidOf(owner)));
+      send(owner, `count ${pidOf(other)} ${round}`);
+      expect((await owner.waitForLog((l) => l.msg === 'count' && l.round === round)).n).toBe(1);
+      send(other, 'close');
+      await other.waitForLog((l) => l.msg === 'closed' && l.round === round);
+      // The other process never removes the owner's files.
+      expect(existsSync(ownerFile(dir))).toBe(true);
+      send(owner, 'close');
+      await owner.waitForLog((l) => l.msg === 'closed' && l.round === round);
+      expect(existsSync(lockFile(dir))).toBe(false);
+      expect(existsSync(ownerFile(dir))).toBe(false);
+    }
+    figure('PGlite owner races: won by process 1 / process 2', wins);
+    for (const p of both) send(p, 'exit');
+    expect(await Promise.all(both.map((p) => p.exited))).toEqual([0, 0]);
+  }, 600_000);
+
+  it('a SIGKILLed owner\'s lock is taken over by one of two processes started together; its data is kept', async () => {
+    const first = spawnFixture(dir, true);
+    expect((await first.waitForLog((l) => l.msg === 'ready', 240_000)).owner).toBe(true);
+    first.kill('SIGKILL');
+    expect(await first.exited).toBeNull();
+    // The dead owner left its lock and its socket file behind.
+    expect(readFileSync(lockFile(dir), 'utf8').trim()).toBe(String(pidOf(first)));
+    expect(existsSync(ownerFile(dir))).toBe(true);
+
+    const both = [spawnFixture(dir, true), spawnFixture(dir, true)];
+    const ready = await Promise.all(both.map((p) => p.waitForLog((l) => l.msg === 'ready', 240_000)));
+    expect(ready.filter((r) => r.owner === true)).toHaveLength(1);
+    const owner = both.find((_, i) => ready[i].owner === true)!;
+    const other = both.find((p) => p !== owner)!;
+    expect(owner.lines.find((l) => l.msg === 'took over the embedded PGlite lock of a process that is gone')).toMatchObject({ deadOwnerPid: pidOf(first) });
+    expect(other.lines.find((l) => l.msg === USING_OTHER)).toMatchObject({ ownerPid: pidOf(owner) });
+    // The killed owner's row survived; the second process reads it through the new owner.
+    send(other, `count ${pidOf(first)} 0`);
+    expect((await other.waitForLog((l) => l.msg === 'count')).n).toBe(1);
+    for (const p of [other, owner]) {
+      send(p, 'close');
+      await p.waitForLog((l) => l.msg === 'closed');
+    }
+    expect(existsSync(lockFile(dir))).toBe(false);
+    for (const p of both) send(p, 'exit');
+    expect(await Promise.all(both.map((p) => p.exited))).toEqual([0, 0]);
+  }, 600_000);
+});
