@@ -80,7 +80,7 @@ describe('a worker SIGKILLed mid-call, default timings', () => {
     expect(await job.getState()).toBe('completed');
     expect(job.returnvalue.success).toBe(true);
     expect(job.stalledCounter).toBe(1);
-    expect((await runRows(s.infra.db.pool, [id])).get(id)).toEqual({ completed: 1, failed: 0 });
+    expect((await runRows(s, [id])).get(id)).toEqual({ completed: 1, failed: 0 });
     expect(rescuer.lines.filter((l) => l.msg === 'job completed' && l.jobId === id)).toHaveLength(1);
   }, 420_000);
 });
