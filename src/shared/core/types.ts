@@ -31,6 +31,8 @@ export interface AgentJobData {
   userId?: string;
   /** Publish text chunks to the job's Redis Stream as the model produces them. */
   stream?: boolean;
+  /** Hash of the request an idempotency key was first used with (agent, action, input, options). */
+  fingerprint?: string;
   enqueuedAt: number;
 }
 
