@@ -29,6 +29,51 @@ describe('strict contracts while jobs run', () => {
   const deal = (startupId: string, model: string) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId }, options: { model } });
   const breaker = () => createCircuitBreaker({ redis: s.runtime.deps.redis, prefix: `${s.cfg.QUEUE_PREFIX}:agentq` });
 
+  describe('long polls', () => {
+    const listeners = (e: { eventNames(): Array<string | symbol>; listenerCount(n: string | symbol): number }) =>
+      e.eventNames().reduce((n, name) => n + e.listenerCount(name), 0);
+
+    it('1,000 long polls on 100 jobs share one listener set, leave none behind, and warn nothing', { timeout: 120_000 }, async () => {
+      const warnings: string[] = [];
+      const onWarning = (w: Error) => warnings.push(`${w.name}: ${w.message}`);
+      process.on('warning', onWarning);
+      try {
+        const jobs = s.runtime.deps.jobs;
+        // Warm-up: the shared listeners are attached on first use; that is the baseline.
+        const warm = await enqueue({ ...deal('warm', s.cfg.GEMINI_MODEL_FAST), options: { delayMs: 600_000 } });
+        await view(warm, 1);
+        const base = { events: listeners(jobs.queueEvents()), queue: listeners(s.runtime.queue) };
+
+        // Waits that time out: 100 delayed jobs, 10 polls each.
+        const delayed = await Promise.all(Array.from({ length: 100 }, (_, i) => enqueue({ ...deal(`late-${i}`, s.cfg.GEMINI_MODEL_FAST), options: { delayMs: 600_000 } })));
+        const timedOut = await Promise.all(delayed.flatMap((id) => Array.from({ length: 10 }, () => view(id, 300))));
+        expect(timedOut.every((v) => v.state === 'delayed')).toBe(true);
+        expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
+        expect({ events: listeners(jobs.queueEvents()), queue: listeners(s.runtime.queue) }).toEqual(base);
+
+        // Waits that end with the job: 100 jobs the worker runs, 10 polls each, all started before they finish.
+        const ids = await Promise.all(Array.from({ length: 100 }, (_, i) => enqueue(deal(`poll-${i}`, s.cfg.GEMINI_MODEL_FAST))));
+        const finished = await Promise.all(ids.flatMap((id) => Array.from({ length: 10 }, () => view(id, 25_000))));
+        expect(finished.map((v) => v.state)).toEqual(finished.map(() => 'completed'));
+        expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
+        expect({ events: listeners(jobs.queueEvents()), queue: listeners(s.runtime.queue) }).toEqual(base);
+
+        await new Promise((r) => setImmediate(r));
+        expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
+      } finally {
+        process.off('warning', onWarning);
+      }
+    });
+
+    it('a long poll on a waiting job that is cancelled returns at once, cancelled', async () => {
+      const id = await enqueue({ ...deal('cancel-poll', s.cfg.GEMINI_MODEL_FAST), options: { delayMs: 600_000 } });
+      const polled = view(id, 25_000);
+      await until('the poll to be registered', () => s.runtime.deps.jobs.waiters.size().waiters === 1);
+      expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(200);
+      expect((await polled).state).toBe('cancelled');
+    });
+  });
+
   describe('circuit breaker accounting', () => {
     it('retries malformed answers without counting them against the provider', async () => {
       // Three malformed answers in a row: more than the threshold of 2 that opens the breaker.

@@ -5,6 +5,7 @@ import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
+import { createJobWaiters } from '../shared/queue/job-waiters.js';
 
 export interface JobView {
   id: string;
@@ -55,6 +56,8 @@ export function createJobService(deps: {
   scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
 }) {
   const { queue, redis, prefix } = deps;
+  // One set of QueueEvents listeners for every long poll of this process, however many wait on one job.
+  const waiters = createJobWaiters(deps.queueEvents);
 
   async function load(orgId: string, id: string): Promise<Job<AgentJobData, AgentResult>> {
     const job = await Job.fromId<AgentJobData, AgentResult>(queue, id);
@@ -115,17 +118,19 @@ export function createJobService(deps: {
 
   return {
     get,
+    /** The long polls in flight, and the QueueEvents they share (tests check its listeners stay bounded). */
+    waiters,
+    queueEvents: deps.queueEvents,
 
     /** Long poll: returns as soon as the job finishes, or its current view after `waitMs`. */
     async wait(orgId: string, id: string, waitMs: number): Promise<JobView> {
       const view = await get(orgId, id);
       if (isFinished(view.state) || waitMs <= 0) return view;
-      const job = await load(orgId, id);
-      try {
-        await job.waitUntilFinished(deps.queueEvents(), waitMs);
-      } catch {
-        // A failure or the timeout both end the wait; the view below says which.
-      }
+      // A finish or removal (cancel) event, or the timeout, ends the wait; the view below says which.
+      await waiters.wait(id, waitMs, async () => {
+        const state = await queue.getJobState(id);
+        return state === 'completed' || state === 'failed' || state === 'unknown';
+      });
       return get(orgId, id);
     },
 
