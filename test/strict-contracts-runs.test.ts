@@ -1,11 +1,17 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
+import { createKnowledgeFeature } from '../src/app/features/knowledge.js';
+import { opsFeature } from '../src/app/features/ops.js';
+import { orchestrationFeature } from '../src/app/features/orchestration.js';
+import { streamingFeature } from '../src/app/features/streaming.js';
+import { createSseParser, type SseMessage } from '../src/producers/client/sse-parser.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { until } from './helpers/wait.js';
 
 /** Contracts that show while jobs run: breaker accounting. */
 describe('strict contracts while jobs run', () => {
   let s: Stack;
+  let base: string;
   beforeAll(async () => {
     s = await startStack(
       {
@@ -14,8 +20,10 @@ describe('strict contracts while jobs run', () => {
         BREAKER_TIMEOUT_MS: '60000',
         JOB_ATTEMPTS: '3',
       },
-      { worker: true },
+      // A heartbeat far beyond the test: a stream that ends did not wait for one.
+      { worker: true, features: [createKnowledgeFeature, orchestrationFeature, opsFeature, streamingFeature({ heartbeatMs: 600_000 })] },
     );
+    base = await s.app.listen({ port: 0, host: '127.0.0.1' });
   });
   afterEach(() => s.emulator.clearFaults());
   afterAll(async () => s?.close());
@@ -72,6 +80,32 @@ describe('strict contracts while jobs run', () => {
       expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(200);
       expect((await polled).state).toBe('cancelled');
     });
+  });
+
+  describe('SSE of a job cancelled before it ran', () => {
+    async function readAll(res: Response): Promise<SseMessage[]> {
+      const parser = createSseParser();
+      const reader = res.body!.getReader();
+      const messages: SseMessage[] = [];
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return messages;
+        messages.push(...parser.feed(new TextDecoder().decode(value)));
+      }
+    }
+
+    for (const stream of [true, false]) {
+      it(`ends with the cancelled event and [DONE] after the DELETE (${stream ? 'streaming' : 'plain'} job)`, async () => {
+        const id = await enqueue({ ...deal(`sse-cancel-${stream}`, s.cfg.GEMINI_MODEL_FAST), options: { delayMs: 600_000, ...(stream ? { stream: true } : {}) } });
+        const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: s.auth });
+        expect(res.status).toBe(200);
+        const all = readAll(res);
+        expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(200);
+        const messages = await all;
+        expect(messages.at(-1)?.data).toBe('[DONE]');
+        expect(JSON.parse(messages.at(-2)!.data)).toMatchObject({ state: 'cancelled' });
+      });
+    }
   });
 
   describe('circuit breaker accounting', () => {

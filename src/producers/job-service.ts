@@ -3,6 +3,8 @@ import type { Redis } from 'ioredis';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
+import { jobStreamKey } from '../shared/core/queue-keys.js';
+import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
@@ -21,6 +23,9 @@ export interface JobView {
   /** Why a waiting job has not started (fair dispatcher): the reason, the limit's name and an ETA when known. */
   waitingFor?: { reason: string; limit?: string; eta?: string; position?: number };
 }
+
+/** How long the stream of a job cancelled before it ran keeps its one (terminal) entry for late readers. */
+const CANCELLED_STREAM_TTL_S = 3600;
 
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 export const isFinished = (state: string) => FINISHED.has(state);
@@ -151,7 +156,14 @@ export function createJobService(deps: {
           await deps.scheduler.cancel(id);
           await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', finishedAt: new Date().toISOString() };
-          await redis.set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
+          // instead of noticing the tombstone at their next heartbeat.
+          if (job.data.stream) {
+            const key = jobStreamKey(prefix, id);
+            done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' })).expire(key, CANCELLED_STREAM_TTL_S);
+          }
+          await done.exec();
           return view;
         } catch (err) {
           // It was picked up between getState and remove: cancel it as an active job instead.
