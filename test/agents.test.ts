@@ -267,9 +267,10 @@ describe('agent registry', () => {
 describe('wizard pipeline types line up', () => {
   it('feeds the extracted profile to the risk analysis and both to the task plan', () => {
     const extracted = cases['ProfileExtractor.wizard_extract_startup'].output as { startup: unknown };
-    const riskInput = registry.validateInput('RiskAnalyzer', 'analyze_risks', extracted) as { startup: unknown };
+    // The pipeline hands over the profile alone: the extractor's other fields are unknown to the analysis.
+    const riskInput = registry.validateInput('RiskAnalyzer', 'analyze_risks', { startup: extracted.startup }) as { startup: unknown };
     expect(riskInput.startup).toEqual(acme);
-    expect(riskInput).not.toHaveProperty('confidence');
+    expect(() => registry.validateInput('RiskAnalyzer', 'analyze_risks', extracted)).toThrow(/unknown fields? .*input\.confidence/);
     const risks = cases['RiskAnalyzer.analyze_risks'].output;
     expect(() => registry.validateInput('TaskGenerator', 'wizard_generate_tasks', { startup: extracted.startup, risks })).not.toThrow();
   });

@@ -7,7 +7,7 @@ const riskInput = { startup: { name: 'Acme Robotics', industry: 'robotics', stag
 describe('core job path over HTTP', () => {
   let s: Stack;
   beforeAll(async () => {
-    s = await startStack({}, { worker: true });
+    s = await startStack({ ALLOWED_MODELS: 'gemini-2.0-flash' }, { worker: true });
   });
   afterAll(async () => s?.close());
 

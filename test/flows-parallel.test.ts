@@ -8,7 +8,7 @@ const startup = (name: string) => ({ name, industry: 'logistics', stage: 'seed',
 describe('parallel fan-out flows', () => {
   let s: Stack;
   beforeAll(async () => {
-    s = await startStack({}, { worker: true });
+    s = await startStack({ ALLOWED_MODELS: 'gemini-2.0-flash,gemini-2.0-flash-lite' }, { worker: true });
   });
   afterEach(() => s.emulator.clearFaults());
   afterAll(async () => s?.close());

@@ -62,6 +62,7 @@ describe('worker guards', () => {
       {
         WORKER_CONCURRENCY: '25',
         QUOTA_CACHE_MS: '0',
+        ALLOWED_MODELS: 'flaky-model',
         MODEL_LIMITS: JSON.stringify({ 'limited-model': { orgRpm: 1, rpm: 1000, tpm: 10_000_000 } }),
         BREAKER_FAILURE_THRESHOLD: '2',
         BREAKER_TIMEOUT_MS: '60000',

@@ -92,10 +92,12 @@ describe('sequential pipelines', () => {
   it('stops at a step that fails for good without continueOnError', async () => {
     s.emulator.script({ status: 400, message: 'scripted risk failure', match: { promptIncludes: RISK_PROMPT }, times: -1 });
     const view = await run('wizard_completion', wizardInput());
-    expect(view.state).toBe('completed');
-    expect(view.result.success).toBe(false);
-    expect(Object.keys(view.result.outputs)).toEqual(['profile']);
-    expect(view.result.errors).toEqual({ risks: expect.stringContaining('scripted risk failure') });
+    // Failed, not "completed" with success: false: a poller reading the state sees the failure.
+    expect(view.state).toBe('failed');
+    expect(view.error).toMatch(/step "risks" failed: .*scripted risk failure/);
+    expect(view.result).toBeUndefined();
+    expect(Object.keys(view.outputs)).toEqual(['profile']);
+    expect(view.errors).toEqual({ risks: expect.stringContaining('scripted risk failure') });
     expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'skipped']);
     expect(view.steps[1].error).toContain('scripted risk failure');
     expect(await stepJob(`${view.id}-tasks`)).toBeUndefined();
@@ -105,6 +107,7 @@ describe('sequential pipelines', () => {
   it('goes on past a failed step with continueOnError, leaving its output unset', async () => {
     s.emulator.script({ status: 400, message: 'scripted risk failure', match: { promptIncludes: RISK_PROMPT }, times: -1 });
     const view = await run('wizard_lenient', wizardInput());
+    expect(view.state).toBe('completed');
     expect(view.result.success).toBe(false);
     expect(Object.keys(view.result.outputs).sort()).toEqual(['profile', 'tasks']);
     expect(Object.keys(view.result.errors)).toEqual(['risks']);
@@ -116,8 +119,8 @@ describe('sequential pipelines', () => {
 
   it('records a throwing input mapper as that step\'s error, without creating its job', async () => {
     const view = await run('wizard_broken_mapper', wizardInput());
-    expect(view.result.success).toBe(false);
-    expect(view.result.errors).toEqual({ risks: 'input mapping failed: boom in mapper' });
+    expect(view.state).toBe('failed');
+    expect(view.errors).toEqual({ risks: 'input mapping failed: boom in mapper' });
     expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'skipped']);
     expect(await stepJob(`${view.id}-risks`)).toBeUndefined();
   });

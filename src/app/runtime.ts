@@ -10,7 +10,7 @@ import { createOrgPlanStore } from '../shared/infra/db/org-plans.js';
 import { syncOrgPlans } from '../shared/fair/org-plans-sync.js';
 import { createJobService } from '../producers/job-service.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
-import type { Config } from '../shared/core/config.js';
+import { configuredModels, type Config } from '../shared/core/config.js';
 import { Registry } from 'prom-client';
 import { createOpsMetrics } from '../shared/ops/metrics.js';
 import { countingAdmission } from '../producers/counting-admission.js';
@@ -109,6 +109,7 @@ export async function startRuntime(opts: {
     queue,
     agents: registry,
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+    allowedModels: configuredModels(cfg),
     ...(fair ? { scheduler } : {}),
     retention: retentionOf(cfg),
     admission,

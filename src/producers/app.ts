@@ -153,7 +153,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (hasZodFastifySchemaValidationErrors(err)) return reply.code(400).send(validationError(err.validation, err.validationContext));
     if (err instanceof ValidationError) return reply.code(400).send({ error: err.message, details: err.details });
     if (err instanceof NotFoundError) return reply.code(404).send({ error: err.message });
-    if (err instanceof ConflictError) return reply.code(409).send({ error: err.message });
+    if (err instanceof ConflictError) return reply.code(409).send({ error: err.message, ...err.extra });
     if (err instanceof RateLimitedError) {
       return reply.code(429).header('retry-after', String(err.retryAfterS)).send({ error: err.message, retryAfter: err.retryAfterS });
     }

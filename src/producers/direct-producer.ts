@@ -1,12 +1,12 @@
 import { defaultRegistry } from '../shared/agents/registry.js';
-import { parseConfig } from '../shared/core/config.js';
+import { configuredModels, parseConfig } from '../shared/core/config.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
-const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS)$/;
+const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS)$/;
 
 const DEFAULT_RETENTION: RetentionOptions = {
   attempts: 3,
@@ -33,13 +33,14 @@ export async function createDirectProducer(opts: {
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };
   const queue = createAgentQueue({ connection, prefix, retention });
-  // Only the variables that shape a job's lane: the host service's other variables are not agentq's to judge.
+  // Only the variables that shape a job's lane and its allowed models: the host service's other variables are not agentq's to judge.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
   const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix });
   const producer = createJobProducer({
     queue,
     agents: opts.agents ?? defaultRegistry(),
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+    allowedModels: configuredModels(cfg),
     scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg }),
     retention,
     // Workers dispatch with the deployment's limits; this process only asks them to.

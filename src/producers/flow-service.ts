@@ -3,6 +3,7 @@ import { Job, Queue, QueueEvents, type JobsOptions } from 'bullmq';
 import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.js';
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import { injectTrace } from '../shared/telemetry/tracing.js';
+import { createJobWaiters } from '../shared/queue/job-waiters.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
@@ -112,15 +113,15 @@ export function createFlowService(deps: FlowServiceDeps) {
   }
 
   /** Long poll like `GET /v1/jobs/:id?waitMs=`: returns when the job finishes or the wait is over. */
+  // One set of QueueEvents listeners for every long poll on flows and runs, not a few per waiter.
+  const waiters = createJobWaiters(queueEvents);
+
   async function loadSettled(orgId: string, id: string, kind: 'flow' | 'run', waitMs: number) {
     let job = await load(orgId, id, kind);
     let state = await job.getState();
     if (waitMs > 0 && !FINISHED.has(state)) {
-      try {
-        await job.waitUntilFinished(queueEvents(), waitMs);
-      } catch {
-        // A failure or the timeout both end the wait; the state read below says which.
-      }
+      // A finish or the timeout ends the wait; the state read below says which.
+      await waiters.wait(id, waitMs, async () => FINISHED.has(await flows.getJobState(id)));
       job = await load(orgId, id, kind);
       state = await job.getState();
     }

@@ -3,8 +3,11 @@ import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
+import { jobStreamKey } from '../shared/core/queue-keys.js';
+import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
+import { createJobWaiters } from '../shared/queue/job-waiters.js';
 
 export interface JobView {
   id: string;
@@ -23,6 +26,9 @@ export interface JobView {
   /** Why a waiting job has not started (fair dispatcher): the reason, the limit's name and an ETA when known. */
   waitingFor?: { reason: string; limit?: string; eta?: string; position?: number };
 }
+
+/** How long the stream of a job cancelled before it ran keeps its one (terminal) entry for late readers. */
+const CANCELLED_STREAM_TTL_S = 3600;
 
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 export const isFinished = (state: string) => FINISHED.has(state);
@@ -60,6 +66,8 @@ export function createJobService(deps: {
   scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
 }) {
   const { queue, redis, prefix } = deps;
+  // One set of QueueEvents listeners for every long poll of this process, however many wait on one job.
+  const waiters = createJobWaiters(deps.queueEvents);
 
   async function load(orgId: string, id: string): Promise<Job<AgentJobData, AgentResult>> {
     const job = await Job.fromId<AgentJobData, AgentResult>(queue, id);
@@ -120,17 +128,19 @@ export function createJobService(deps: {
 
   return {
     get,
+    /** The long polls in flight, and the QueueEvents they share (tests check its listeners stay bounded). */
+    waiters,
+    queueEvents: deps.queueEvents,
 
     /** Long poll: returns as soon as the job finishes, or its current view after `waitMs`. */
     async wait(orgId: string, id: string, waitMs: number): Promise<JobView> {
       const view = await get(orgId, id);
       if (isFinished(view.state) || waitMs <= 0) return view;
-      const job = await load(orgId, id);
-      try {
-        await job.waitUntilFinished(deps.queueEvents(), waitMs);
-      } catch {
-        // A failure or the timeout both end the wait; the view below says which.
-      }
+      // A finish or removal (cancel) event, or the timeout, ends the wait; the view below says which.
+      await waiters.wait(id, waitMs, async () => {
+        const state = await queue.getJobState(id);
+        return state === 'completed' || state === 'failed' || state === 'unknown';
+      });
       return get(orgId, id);
     },
 
@@ -151,7 +161,14 @@ export function createJobService(deps: {
           await deps.scheduler.cancel(id);
           await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', finishedAt: new Date().toISOString() };
-          await redis.set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
+          // instead of noticing the tombstone at their next heartbeat.
+          if (job.data.stream) {
+            const key = jobStreamKey(prefix, id);
+            done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' })).expire(key, CANCELLED_STREAM_TTL_S);
+          }
+          await done.exec();
           return view;
         } catch (err) {
           // It was picked up between getState and remove: cancel it as an active job instead.

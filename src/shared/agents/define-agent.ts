@@ -33,6 +33,13 @@ export interface AgentAction<I extends z.ZodType = z.ZodType, O extends z.ZodTyp
    * differ in a number that changes the answer.
    */
   semanticKey?: (input: z.infer<I>) => string;
+  /**
+   * Input is strict: a field the schema does not know is a 400 naming it (`input.startup.industy`), even
+   * inside a plain `z.object`. List here the objects that accept and keep unknown fields instead: dotted
+   * paths inside the input, `*` for any array index or key (e.g. `['metadata', 'items.*.extra']`).
+   * A `z.looseObject` in the schema is open too.
+   */
+  passthrough?: readonly string[];
 }
 
 export interface AgentDefinition<A extends Record<string, AgentAction<any, any>> = Record<string, AgentAction<any, any>>> {

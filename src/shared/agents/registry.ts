@@ -6,6 +6,7 @@ import { knowledgeAssistant } from './knowledge-assistant.js';
 import { profileExtractor } from './profile-extractor.js';
 import { riskAnalyzer } from './risk-analyzer.js';
 import { taskGenerator } from './task-generator.js';
+import { unknownFields } from './unknown-fields.js';
 
 /** Keyed by agent name, with literal types: the typed client infers inputs and outputs from it. */
 export const builtInAgentsByName = {
@@ -127,7 +128,14 @@ export function createAgentRegistry(agents: AgentDefinition[] = []): AgentRegist
     validateInput(agentName, actionName, input) {
       const { action } = resolve(agentName, actionName);
       const parsed = action.input.safeParse(input);
-      if (parsed.success) return parsed.data;
+      if (parsed.success) {
+        const unknown = unknownFields(input, parsed.data, action.passthrough);
+        if (unknown.length === 0) return parsed.data;
+        throw new ValidationError(
+          `invalid input for ${agentName}.${actionName}: unknown field${unknown.length > 1 ? 's' : ''} ${unknown.map((p) => `input.${p}`).join(', ')}`,
+          unknown.map((p) => ({ path: `input.${p}`, message: `unknown field "${p.split('.').pop()}"` })),
+        );
+      }
       throw new ValidationError(
         `invalid input for ${agentName}.${actionName}`,
         parsed.error.issues.map((issue) => ({ path: issuePath(issue.path), message: issue.message })),

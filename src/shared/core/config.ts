@@ -101,6 +101,11 @@ export const configSchema = z.object({
   GEMINI_MODEL_FAST: z.string().default('gemini-2.5-flash'),
   GEMINI_MODEL_PRO: z.string().default('gemini-2.5-pro'),
   GEMINI_EMBEDDING_MODEL: z.string().default('gemini-embedding-001'),
+  /** Extra models callers may name in `options.model`, comma-separated (besides the tiers, routes and MODEL_LIMITS). */
+  ALLOWED_MODELS: z
+    .string()
+    .default('')
+    .transform((v) => v.split(',').map((m) => m.trim()).filter(Boolean)),
   LLM_TIMEOUT_MS: int(60_000, 1),
   /** Price table overrides (USD per 1M tokens, tier multipliers), e.g. {"asOf":"2026-01-10","models":{"gemini-2.5-flash":{"input":0.3}},"tiers":{"priority":2}}. */
   PRICES_JSON: json(priceOverridesSchema, {}),
@@ -180,6 +185,15 @@ export const configSchema = z.object({
 });
 
 export type Config = z.infer<typeof configSchema>;
+
+/**
+ * The models a job may name in `options.model`: the two tiers, every route's primary and fallback, the
+ * models given limits, and `ALLOWED_MODELS`. Anything else is refused at enqueue, before it is billed.
+ */
+export function configuredModels(cfg: Pick<Config, 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'AGENT_ROUTES' | 'MODEL_LIMITS' | 'ALLOWED_MODELS'>): string[] {
+  const routes = Object.values(cfg.AGENT_ROUTES).flatMap((r) => [r.primary, ...(r.fallback ? [r.fallback] : [])]);
+  return [...new Set([cfg.GEMINI_MODEL_FAST, cfg.GEMINI_MODEL_PRO, ...routes, ...Object.keys(cfg.MODEL_LIMITS), ...cfg.ALLOWED_MODELS])].sort();
+}
 
 export class ConfigError extends Error {
   override name = 'ConfigError';

@@ -27,7 +27,11 @@ export class NotFoundError extends AgentqError {
 
 /** The request conflicts with the resource's current state (already cancelled, being retried...): 409. */
 export class ConflictError extends AgentqError {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    /** Fields added to the 409 body, e.g. `{ jobId }` of the job an idempotency key already names. */
+    readonly extra: Record<string, string> = {},
+  ) {
     super(message, 'ECONFLICT');
   }
 }

@@ -29,6 +29,20 @@ export const EQUOTAEXHAUSTED = 'EQUOTAEXHAUSTED';
 export const ECANCELLED = 'ECANCELLED';
 /** BullMQ's stalled-job check gave up on the job (its process died or hung too many times). */
 export const ESTALLED = 'ESTALLED';
+/** The model answered, but not JSON or not the action's output schema: retried, yet the provider is up. */
+export const EBADOUTPUT = 'EBADOUTPUT';
+
+/**
+ * Codes of failures that say nothing about the provider's health, so they never count against its circuit
+ * breaker: one prompt that keeps drawing malformed answers must not shut a model off for every tenant.
+ * Transport errors, timeouts, 5xx and 429 (ENETWORK, ETIMEDOUT, EPROVIDER, ERATELIMIT) do count.
+ */
+const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT]);
+
+export function isProviderHealthNeutral(err: unknown): boolean {
+  return NOT_PROVIDER_FAILURES.has(codeOf(err));
+}
+
 /** A failure that carried no code (a bug, or an error from a library nothing wrapped). */
 export const EUNKNOWN = 'EUNKNOWN';
 

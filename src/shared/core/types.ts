@@ -60,6 +60,8 @@ export interface AgentJobData {
   tier?: ServiceTier;
   /** Epoch ms by which the caller needs the answer (`options.deadline`). */
   deadlineAt?: number;
+  /** Hash of the request an idempotency key was first used with (agent, action, input, options). */
+  fingerprint?: string;
   enqueuedAt: number;
   trace?: TraceCarrier;
 }

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { AgentqError } from '../core/errors.js';
+import { isProviderHealthNeutral } from '../core/outcomes.js';
 import { defineLua, type RedisClient } from '../infra/lua.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -54,14 +55,15 @@ export interface BreakerOptions {
 
 /**
  * Errors that say nothing about the upstream's health: `retryable === false` (validation, 4xx other
- * than 429, as `LlmError` marks them), calls aborted by the caller, and provider 429s (a quota, not an
+ * than 429, as `LlmError` marks them), answers that fail their output schema (retried, but the model did
+ * answer: `isProviderHealthNeutral`), calls aborted by the caller, and provider 429s (a quota, not an
  * outage: the job waits out the quota and the dispatcher pauses the model instead). A timeout is not
  * filtered: a slow upstream is an unhealthy one.
  */
 export function defaultErrorFilter(err: unknown): boolean {
   if (!err || typeof err !== 'object') return false;
   const e = err as { retryable?: unknown; name?: unknown; code?: unknown };
-  if (e.retryable === false) return true;
+  if (e.retryable === false || isProviderHealthNeutral(err)) return true;
   if (e.code === 'ERATELIMIT' || e.code === 'EQUOTAEXHAUSTED') return true;
   return e.name === 'AbortError' || e.code === 'ABORT_ERR' || e.code === 'ABORTED' || e.code === 'EABORTED';
 }

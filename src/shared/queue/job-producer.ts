@@ -3,7 +3,8 @@ import { chooseTier, type TierPolicy } from './tier-choice.js';
 import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
-import { ValidationError } from '../core/errors.js';
+import { canonicalJson } from '../core/canonical-json.js';
+import { ConflictError, ValidationError } from '../core/errors.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
 import { isParked, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
@@ -64,6 +65,8 @@ export interface JobProducerDeps {
   queue: AgentQueue;
   agents: InputValidator;
   models: Record<ModelTier, string>;
+  /** The models `options.model` may name (`configuredModels(cfg)`); any other is a 400 before enqueue. */
+  allowedModels: readonly string[];
   /** Absent only in the bench's baseline (runtime `fairDispatch: false`): jobs go straight to BullMQ's wait list. */
   scheduler?: Pick<FairScheduler, 'enqueue'>;
   retention: RetentionOptions;
@@ -91,6 +94,7 @@ export interface JobProducerDeps {
  */
 export function createJobProducer(deps: JobProducerDeps) {
   const { queue, agents } = deps;
+  const allowed = new Set(deps.allowedModels);
   const jobDefaults = agentJobOptions(deps.retention);
   // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own connection. A failed
   // index write only hides the job from listings, so it never fails the enqueue itself.
@@ -111,6 +115,12 @@ export function createJobProducer(deps: JobProducerDeps) {
       throw err;
     }
     const opts = req.options ?? {};
+    if (opts.model && !allowed.has(opts.model)) {
+      const list = [...allowed].join(', ');
+      throw new ValidationError(`unknown model "${opts.model}"; allowed: ${list}`, [
+        { path: `${pathPrefix}options.model`, message: `not a configured model; allowed: ${list}` },
+      ]);
+    }
     const now = Date.now();
     const { tier, deadlineAt } = chooseTier(opts, now, deps.tierPolicy, `${pathPrefix}options.deadline`);
     const data: AgentJobData = {
@@ -124,6 +134,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       ...(deadlineAt !== undefined ? { deadlineAt } : {}),
       ...(meta.requestId ? { requestId: meta.requestId } : {}),
       ...(meta.userId ? { userId: meta.userId } : {}),
+      ...(opts.idempotencyKey ? { fingerprint: requestFingerprint(req.agent, req.action, input, opts) } : {}),
       enqueuedAt: now,
     };
     // Idempotent jobs get an id derived from (org, key): BullMQ's add is a no-op for an existing id, atomically,
@@ -176,9 +187,31 @@ export function createJobProducer(deps: JobProducerDeps) {
     return job && isParked(job) ? 'waiting' : state;
   }
 
+  /**
+   * An idempotency key names one request: the same key with another agent, action, input or options is a 409
+   * naming the job it already made. Read before the add (a bulk request is refused whole) and again after it
+   * (two different requests racing on one key: the loser's add was a no-op and it must not be told "202").
+   */
+  async function refuseReusedKeys(prepared: PreparedJob[]): Promise<void> {
+    const idem = prepared.filter((p) => p.idempotent);
+    if (idem.length === 0) return;
+    const client = (await queue.getBackend().client) as unknown as RedisClient;
+    const stored = await Promise.all(idem.map((p) => client.hget(queue.toKey(p.opts.jobId), 'data')));
+    idem.forEach((p, i) => {
+      const raw = stored[i];
+      if (!raw) return;
+      // A job made before fingerprints were stored cannot be compared: it keeps answering as before.
+      const existing = (JSON.parse(raw) as Partial<AgentJobData>).fingerprint;
+      if (existing && existing !== p.data.fingerprint) {
+        throw new ConflictError(`idempotencyKey already used for a different request (job ${p.opts.jobId})`, { jobId: p.opts.jobId });
+      }
+    });
+  }
+
   /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
   async function add(prepared: PreparedJob[], meta: EnqueueMeta, o: { parent?: ParentOptions; admitted?: boolean; ignoreDependencyOnFailure?: boolean } = {}): Promise<EnqueuedJob[]> {
     if (prepared.length === 0) return [];
+    await refuseReusedKeys(prepared);
     return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
       if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
       const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
@@ -188,6 +221,8 @@ export function createJobProducer(deps: JobProducerDeps) {
           : queue.addBulk(prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }))),
         indexed(meta.orgId, prepared),
       ]);
+      // Again after the add: of two different requests racing on one key, the loser learns it here.
+      await refuseReusedKeys(prepared);
       await lane(prepared);
       return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
     });
@@ -232,6 +267,12 @@ export function createJobProducer(deps: JobProducerDeps) {
 }
 
 export type JobProducer = ReturnType<typeof createJobProducer>;
+
+/** What an idempotency key promises to repeat: agent, action, validated input and options, key order ignored. */
+export function requestFingerprint(agent: string, action: string, input: unknown, options: Omit<NonNullable<JobRequest['options']>, 'idempotencyKey'> & { idempotencyKey?: string }): string {
+  const { idempotencyKey: _key, ...rest } = options;
+  return createHash('sha256').update(canonicalJson({ agent, action, input, options: rest })).digest('hex').slice(0, 32);
+}
 
 export function idempotentJobId(orgId: string, key: string): string {
   return `idem-${createHash('sha256').update(orgId).update('\0').update(key).digest('hex').slice(0, 40)}`;

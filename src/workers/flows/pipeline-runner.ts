@@ -151,6 +151,12 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       await deps.onProgress?.({ runId: job.id!, stepId: step.id, event: 'step-finished', state: rec.state });
     }
 
+    // A step that failed without `continueOnError` stopped the run: the run failed, and says so in its state
+    // (a "completed" run with `success: false` reads as success to every poller). Steps, outputs and errors
+    // stay in the run's data, which the run view shows either way.
+    const stopper = def.steps.find((st) => !st.continueOnError && data.steps.find((r) => r.id === st.id)?.state === 'failed');
+    if (stopper) throw new UnrecoverableError(`step "${stopper.id}" failed: ${data.errors[stopper.id] ?? 'unknown error'}`);
+
     return {
       success: Object.keys(data.errors).length === 0,
       outputs: data.outputs,

@@ -1,0 +1,41 @@
+/**
+ * Unknown fields in an agent's input. zod objects strip keys they do not know, so a typo in an optional
+ * field (`industy`) would vanish without a word; comparing what the caller sent with what the schema kept
+ * finds every such key, at any depth, whatever the schema is built of (unions, intersections, records and
+ * `z.looseObject` keep what they accept, so they are never reported).
+ *
+ * `passthrough` lists the objects (dotted paths inside `input`, `*` for any array index or key) whose unknown
+ * fields the action accepts: they are kept in the parsed input, not reported.
+ */
+export function unknownFields(raw: unknown, parsed: unknown, passthrough: readonly string[] = []): string[] {
+  const patterns = passthrough.map((p) => p.split('.').filter(Boolean));
+  const found: string[] = [];
+  walk(raw, parsed, [], patterns, found);
+  return found;
+}
+
+const isPlainObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+function matches(pattern: string[], path: string[]): boolean {
+  return pattern.length === path.length && pattern.every((seg, i) => seg === '*' || seg === path[i]);
+}
+
+function walk(raw: unknown, parsed: unknown, path: string[], patterns: string[][], found: string[]): void {
+  if (Array.isArray(raw) && Array.isArray(parsed)) {
+    // A schema that changes an array's length (a transform) leaves nothing to compare element by element.
+    if (raw.length !== parsed.length) return;
+    raw.forEach((item, i) => walk(item, parsed[i], [...path, String(i)], patterns, found));
+    return;
+  }
+  if (!isPlainObject(raw) || !isPlainObject(parsed)) return;
+  const open = patterns.some((p) => matches(p, path));
+  for (const [key, value] of Object.entries(raw)) {
+    if (value === undefined) continue;
+    if (!Object.hasOwn(parsed, key)) {
+      if (open) parsed[key] = value;
+      else found.push([...path, key].join('.'));
+      continue;
+    }
+    walk(value, parsed[key], [...path, key], patterns, found);
+  }
+}
