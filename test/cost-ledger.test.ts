@@ -3,6 +3,7 @@ import { ConfigError, parseConfig } from '../src/shared/core/config.js';
 import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.js';
 import { chooseTier } from '../src/shared/queue/tier-choice.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-ledger-7f1d2c9a4b3e';
@@ -74,6 +75,8 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     const calls = s.emulator.calls().filter((c) => c.kind === 'generate');
     expect(calls.map((c) => c.serviceTier ?? 'none')).toEqual(['none', 'flex', 'flex', 'priority']);
 
+    // Usage rows are written behind (a Redis Stream drained by the worker's sink).
+    await usageWritten(s);
     const rows = (
       await s.infra.db.pool.query(
         'SELECT job_id, tier, input_tokens, output_tokens, cached_tokens, thoughts_tokens, cost_usd, standard_cost_usd, model FROM agent_runs WHERE job_id = ANY($1) ORDER BY created_at',

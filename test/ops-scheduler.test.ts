@@ -1,6 +1,6 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { DLQ_REPROCESS_TASK, FAIR_ORPHANS_TASK } from '../src/app/features/ops.js';
+import { DLQ_REPROCESS_TASK, FAIR_ORPHANS_TASK, SEMANTIC_CACHE_SWEEP_TASK } from '../src/app/features/ops.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { marker, riskJob } from './helpers/ops.js';
@@ -22,9 +22,10 @@ describe('DLQ reprocessing on the maintenance job scheduler', () => {
   const state = (id: string) => s.runtime.queue.getJobState(id);
   const retries = async (id: string) => Number((await s.runtime.deps.redis.hget(`${s.cfg.QUEUE_PREFIX}:agentq:dlq:${id}`, 'retries')) ?? 0);
 
-  it('registers the DLQ scheduler at DLQ_REPROCESS_EVERY_MS, and the fair orphan sweep every minute', async () => {
+  it('registers the DLQ scheduler at DLQ_REPROCESS_EVERY_MS, the fair orphan sweep every minute and the semantic-cache sweep', async () => {
     const schedulers = await maintenance.getJobSchedulers();
-    expect(schedulers.map((j) => j.key).sort()).toEqual([DLQ_REPROCESS_TASK, FAIR_ORPHANS_TASK].sort());
+    expect(schedulers.map((j) => j.key).sort()).toEqual([DLQ_REPROCESS_TASK, FAIR_ORPHANS_TASK, SEMANTIC_CACHE_SWEEP_TASK].sort());
+    expect(schedulers.find((j) => j.key === SEMANTIC_CACHE_SWEEP_TASK)!.every).toBe(s.cfg.SEMANTIC_CACHE_SWEEP_EVERY_MS);
     expect(schedulers.find((j) => j.key === DLQ_REPROCESS_TASK)!.every).toBe(1000);
     expect(schedulers.find((j) => j.key === FAIR_ORPHANS_TASK)!.every).toBe(60_000);
   });

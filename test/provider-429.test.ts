@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { LlmError, nextPacificMidnight } from '../src/shared/infra/llm/llm-errors.js';
 import { defaultErrorFilter } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
 
@@ -15,7 +16,8 @@ describe('provider 429: reschedule, never fail', () => {
   let routed: Stack;
   beforeAll(async () => {
     [s, routed] = await Promise.all([
-      startStack({ JOB_ATTEMPTS: '2' }, { worker: true }),
+      // Two models nothing else configures: each case scripts its own model's quota.
+      startStack({ JOB_ATTEMPTS: '2', ALLOWED_MODELS: 'gemini-2.0-flash,gemini-2.0-flash-lite' }, { worker: true }),
       startStack(
         { JOB_ATTEMPTS: '2', AGENT_ROUTES: JSON.stringify({ 'RiskAnalyzer:analyze_risks': { primary: 'gemini-2.5-pro', fallback: 'gemini-2.5-flash' } }) },
         { worker: true },
@@ -33,8 +35,10 @@ describe('provider 429: reschedule, never fail', () => {
   }
   const view = async (stack: Stack, id: string, waitMs = 0, auth = stack.auth) =>
     (await stack.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: auth })).json();
-  const runs = async (stack: Stack, id: string) =>
-    (await stack.infra.db.pool.query('SELECT attempt, state, model FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
+  const runs = async (stack: Stack, id: string) => {
+    await usageWritten(stack);
+    return (await stack.infra.db.pool.query('SELECT attempt, state, model FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
+  };
 
   it('per-minute: waits RetryInfo.retryDelay, then succeeds on the same attempt (no attempt used, no failed run)', async () => {
     const model = 'gemini-2.5-flash';
