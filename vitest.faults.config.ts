@@ -7,7 +7,9 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 60_000,
     pool: 'forks',
-    maxWorkers: 1,
-    fileParallelism: false,
+    // Two files at a time: each fault test waits on events (logs, job states), never on wall-clock bounds,
+    // and each owns its processes, Redis prefix and ports; the suite takes about half as long.
+    maxWorkers: 2,
+    fileParallelism: true,
   },
 });
