@@ -2,11 +2,22 @@ import type { AddressInfo } from 'node:net';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 import { figure } from '../helpers/faults.js';
 import { rawRequest } from '../helpers/raw-http.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
-const TABLES = ['orgs', 'api_keys', 'agent_runs', 'chat_facts', 'playbooks', 'industry_packs', 'semantic_cache', 'schema_migrations'];
+/** Rows counted per table: this stack's org's rows where the table has an org (other fault files run beside this one). */
+const TABLES: Record<string, string> = {
+  orgs: 'WHERE id = $1',
+  api_keys: 'WHERE org_id = $1',
+  agent_runs: 'WHERE org_id = $1',
+  chat_facts: 'WHERE org_id = $1',
+  playbooks: 'WHERE org_id = $1 OR org_id IS NULL',
+  industry_packs: '',
+  semantic_cache: 'WHERE org_id = $1',
+  schema_migrations: '',
+};
 const SQL = [`'; DROP TABLE agent_runs; --`, `" OR 1=1 --`, `api_keys`, `pg_catalog.pg_tables`, `x; SELECT * FROM api_keys`, `$1::text`, `\\x00`, `%27%3B`];
 const valid = { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Hostile Co', industry: 'fintech' } } };
 const nest = (depth: number, leaf: string) => '['.repeat(depth) + leaf + ']'.repeat(depth);
@@ -32,8 +43,13 @@ describe('hostile input', () => {
   /** An org-admin of the stack's org: every org route (DLQ, cache, knowledge writes included) reaches its validation. */
   let auth: { authorization: string };
 
+  let own: RedisServerHandle;
+
   beforeAll(async () => {
-    s = await startStack({ BODY_LIMIT_BYTES: String(256 * 1024) });
+    // A redis-server of its own: its memory and keys are compared before and after, with other fault files
+    // running beside this one.
+    own = await startRedisServer();
+    s = await startStack({ BODY_LIMIT_BYTES: String(256 * 1024), REDIS_URL: own.url });
     auth = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
     await s.app.listen({ host: '127.0.0.1', port: 0 });
     port = (s.app.server.address() as AddressInfo).port;
@@ -44,6 +60,7 @@ describe('hostile input', () => {
     redis?.disconnect();
     await queue?.close();
     await s?.close();
+    await own?.stop();
   });
 
   /** Every key under this stack's prefix except the admission counters (a refused request is still counted). */
@@ -59,7 +76,9 @@ describe('hostile input', () => {
   }
   async function snapshot() {
     const counts: Record<string, number> = {};
-    for (const t of TABLES) counts[t] = (await s.infra.db.pool.query(`SELECT count(*)::int AS n FROM ${t}`)).rows[0].n;
+    for (const [t, where] of Object.entries(TABLES)) {
+      counts[t] = (await s.infra.db.pool.query(`SELECT count(*)::int AS n FROM ${t} ${where}`, where ? [s.orgId] : [])).rows[0].n;
+    }
     const memory = Number(/used_memory:(\d+)/.exec(await redis.info('memory'))![1]);
     return { keys: await keys(), counts, jobs: await queue.getJobCounts(), memory };
   }
