@@ -11,5 +11,6 @@ export default defineConfig({
     // and each owns its processes, Redis prefix and ports; the suite takes about half as long.
     maxWorkers: 2,
     fileParallelism: true,
+    isolate: false,
   },
 });
