@@ -7,6 +7,7 @@ import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
 import { until } from './helpers/wait.js';
 import { commandsProcessed, markedJob, monitorRedis, openQueue, postBulk, putPlan, recordEvents, redisNow } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 
 const FLASH = 'gemini-2.5-flash';
 const RPM = 60;
@@ -54,6 +55,8 @@ describe('fair dispatch: rate-limited org waits parked, not retried', () => {
       await log.waitFor(() => startsOfA().length >= RPM, { timeoutMs: 60_000 });
       const completedOfA = () => log.events.filter((e) => e.event === 'completed' && idSet.has(e.jobId)).length;
       await log.waitFor(() => completedOfA() >= RPM, { timeoutMs: 60_000 });
+      // And their usage rows are written (they travel through a Redis Stream whose entries name the jobs).
+      await usageWritten(s);
       // Steady state: jobs start one per refill. Each window between two starts holds one dispatch wake-up.
       // MONITOR tells which job ids any command (scripts' included) touched in each window.
       const UUID = /[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}/g;
