@@ -9,9 +9,6 @@ export default defineConfig({
     hookTimeout: 60_000,
     pool: 'forks',
     maxWorkers: 2,
-    // Files share a worker's module graph (each stack, key and queue prefix is per file anyway): the app is
-    // loaded once per worker instead of once per file (the suite ran in 170 s instead of 245 s).
-    isolate: false,
     reporters: ['default'],
   },
 });
