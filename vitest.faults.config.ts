@@ -7,9 +7,9 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 60_000,
     pool: 'forks',
-    // One file at a time: these tests kill, stop and starve real processes, and the breaker case's timing
-    // (which job becomes each half-open probe) is disturbed by a second file beside it on 2 cores.
-    maxWorkers: 1,
-    fileParallelism: false,
+    // Two files at a time: most of a fault test is waiting (for a lock to lapse, a stalled check, an
+    // outage to end), so a second file beside it halves the suite's time. Each file has its own queue
+    // prefix, processes and fault scripts; none may depend on the machine being idle.
+    maxWorkers: 2,
   },
 });

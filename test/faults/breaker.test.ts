@@ -7,6 +7,13 @@ import { startStack, type Stack } from '../helpers/stack.js';
 
 const JOBS = 20;
 const TIMEOUT_MS = 1500;
+/**
+ * Calls admitted while the breaker is still closed fail for real and spend an attempt; on a busy machine a
+ * job's fast retry can be one of them before five failures have opened it, and then it may be a failing
+ * probe too. Five attempts leave room for that; that an open breaker spends none is asserted directly:
+ * every failed attempt recorded is one failed model call.
+ */
+const ATTEMPTS = 5;
 
 /**
  * The model fails every call while 20 jobs run at once. The breaker (shared through Redis) must open,
@@ -20,7 +27,7 @@ describe('circuit breaker under a 100% failing model', () => {
 
   beforeAll(async () => {
     s = await startStack(
-      { ...UNTHROTTLED, WORKER_CONCURRENCY: String(JOBS), JOB_ATTEMPTS: '3', BREAKER_FAILURE_THRESHOLD: '5', BREAKER_SUCCESS_THRESHOLD: '1', BREAKER_TIMEOUT_MS: String(TIMEOUT_MS), BACKOFF_BASE_MS: '50', BACKOFF_MAX_MS: '200' },
+      { ...UNTHROTTLED, WORKER_CONCURRENCY: String(JOBS), JOB_ATTEMPTS: String(ATTEMPTS), BREAKER_FAILURE_THRESHOLD: '5', BREAKER_SUCCESS_THRESHOLD: '1', BREAKER_TIMEOUT_MS: String(TIMEOUT_MS), BACKOFF_BASE_MS: '50', BACKOFF_MAX_MS: '200' },
       { worker: true },
     );
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
@@ -105,6 +112,9 @@ describe('circuit breaker under a 100% failing model', () => {
     expect(dlq.json().entries).toHaveLength(0);
     const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)!.completed).toBe(1);
-    figure('breaker: failed attempts recorded (first wave + failed probes)', [...rows.values()].reduce((n, r) => n + r.failed, 0));
+    const failedAttempts = [...rows.values()].reduce((n, r) => n + r.failed, 0);
+    figure('breaker: failed attempts recorded (first wave + failed probes)', failedAttempts);
+    // Refusals while open are not attempts: each failed attempt is a model call that answered 503.
+    expect(failedAttempts).toBe(calls.filter((c) => c.status === 503).length);
   }, 180_000);
 });
