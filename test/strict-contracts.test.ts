@@ -107,6 +107,38 @@ describe('strict contracts', () => {
       const bad = await post({ agent: 'OpenAgent', action: 'run', input: { name: 'n', nmae: 'typo', metadata: { any: 1 } } });
       expect(bad.statusCode).toBe(400);
       expect(paths(bad)).toEqual(['input.nmae']);
+
+      // The published schema says the same: closed input, open metadata and items.
+      const res = await s.app.inject({ method: 'GET', url: '/v1/agents', headers: s.auth });
+      const open = res.json().agents.find((a: { name: string }) => a.name === 'OpenAgent');
+      const schema = open.actions.find((a: { name: string }) => a.name === 'run').inputSchema;
+      expect(schema.additionalProperties).toBe(false);
+      expect(schema.properties.metadata.additionalProperties).toBeUndefined();
+      expect(schema.properties.items.items.additionalProperties).toBeUndefined();
+    });
+
+    it('GET /v1/agents publishes every built-in object input as additionalProperties: false', async () => {
+      const res = await s.app.inject({ method: 'GET', url: '/v1/agents', headers: s.auth });
+      expect(res.statusCode).toBe(200);
+      let objects = 0;
+      const open: string[] = [];
+      // Every object node of the schema: those reached by properties, items, anyOf / oneOf.
+      const walk = (node: Record<string, unknown> | undefined, path: string): void => {
+        if (!node || typeof node !== 'object') return;
+        if (node.type === 'object' && node.properties) {
+          objects += 1;
+          if (node.additionalProperties !== false) open.push(path);
+          for (const [k, v] of Object.entries(node.properties as Record<string, Record<string, unknown>>)) walk(v, `${path}.${k}`);
+        }
+        if (node.items) walk(node.items as Record<string, unknown>, `${path}.*`);
+        for (const k of ['anyOf', 'oneOf']) for (const v of (node[k] as Array<Record<string, unknown>> | undefined) ?? []) walk(v, path);
+      };
+      for (const agent of res.json().agents.filter((a: { name: string }) => builtInAgents.some((b) => b.name === a.name))) {
+        for (const action of agent.actions) walk(action.inputSchema, `${agent.name}.${action.name}`);
+      }
+      expect(open).toEqual([]);
+      // Nested objects too (startup, risks.*, deals.*...), not only each input's root.
+      expect(objects).toBeGreaterThan(builtInAgents.reduce((n, a) => n + Object.keys(a.actions).length, 0));
     });
   });
 

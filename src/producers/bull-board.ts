@@ -4,6 +4,7 @@ import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { isParked } from '../shared/fair/park.js';
+import { currentStored } from '../shared/core/job-stage.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
 
 export const BULL_BOARD_PATH = '/admin/queues';
@@ -14,17 +15,25 @@ type JobLike = {
   delay?: number;
   data?: { orgId?: unknown; model?: unknown };
   returnvalue?: { model?: unknown; costUsd?: unknown; cacheHit?: unknown } | null;
+  progress?: unknown;
+  attemptsMade?: number;
+  finishedOn?: number | null;
 };
 
 /**
  * A job's title in Bull Board: org, agent:action, model, and once it has a result its cost and cache
  * level; a job parked for the fair dispatcher reads "waiting for dispatch" (BullMQ lists it as delayed to
- * a far-future instant, which reads like a stuck retry).
+ * a far-future instant, which reads like a stuck retry); a running attempt leads with its stage
+ * (job-stage.ts) and attempt, e.g. "[calling_model · attempt 1]". The board's progress field shows the
+ * stage as stored; the title ignores a stored stage its attempt or the job's end has made stale.
  */
 export function jobTitle(job: JobLike): string {
   const result = job.returnvalue && typeof job.returnvalue === 'object' ? job.returnvalue : undefined;
   // The model that answered (a fallback route may differ from the one asked for), else the one asked for.
-  const model = typeof result?.model === 'string' ? result.model : typeof job.data?.model === 'string' ? job.data.model : undefined;
+  const parked = typeof job.timestamp === 'number' && typeof job.delay === 'number' && isParked({ timestamp: job.timestamp, delay: job.delay });
+  const running = !parked && !job.finishedOn ? currentStored(job.progress, job.attemptsMade ?? 0) : undefined;
+  const asked = typeof job.data?.model === 'string' ? job.data.model : running?.model;
+  const model = typeof result?.model === 'string' ? result.model : asked;
   const parts = [
     job.name ?? '',
     typeof job.data?.orgId === 'string' ? `org ${job.data.orgId}` : undefined,
@@ -32,8 +41,8 @@ export function jobTitle(job: JobLike): string {
     typeof result?.costUsd === 'number' ? `$${result.costUsd.toFixed(6)}` : undefined,
     result ? `cache ${typeof result.cacheHit === 'string' ? result.cacheHit : 'miss'}` : undefined,
   ];
-  const parked = typeof job.timestamp === 'number' && typeof job.delay === 'number' && isParked({ timestamp: job.timestamp, delay: job.delay });
-  return `${parked ? '[waiting for dispatch] ' : ''}${parts.filter((p) => p !== undefined).join(' · ')}`;
+  const prefix = parked ? '[waiting for dispatch] ' : running ? `[${running.name} · attempt ${running.attempt}] ` : '';
+  return `${prefix}${parts.filter((p) => p !== undefined).join(' · ')}`;
 }
 
 /**

@@ -8,12 +8,16 @@ import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
+import { deriveStage, type JobStage } from '../shared/core/job-stage.js';
 
 export interface JobView {
   id: string;
   agent: string;
   action: string;
   state: string;
+  /** The named stage (job-stage.ts): from the state, why it waits, and the stage its worker stored. */
+  stage: JobStage;
+  /** The job hash's progress field as stored: a running attempt's stage, once a worker wrote one (else 0). */
   progress: unknown;
   result?: AgentResult;
   error?: string;
@@ -37,11 +41,13 @@ export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string)
   const cancelled = rawState === 'failed' && job.failedReason === CANCELLED_REASON;
   // A parked job waits for the fair dispatcher: to the caller it is waiting, not delayed.
   if (rawState === 'delayed' && isParked(job)) rawState = 'waiting';
+  const state = cancelled ? 'cancelled' : rawState;
   return {
     id: job.id!,
     agent: job.data.agent,
     action: job.data.action,
-    state: cancelled ? 'cancelled' : rawState,
+    state,
+    stage: deriveStage({ state, attemptsMade: job.attemptsMade, progress: job.progress }),
     progress: job.progress,
     ...(job.returnvalue ? { result: job.returnvalue } : {}),
     ...(job.failedReason ? { error: job.failedReason } : {}),
@@ -81,7 +87,8 @@ export function createJobService(deps: {
     const view = JSON.parse(raw) as JobView & { orgId: string };
     if (view.orgId !== orgId) return undefined;
     const { orgId: _omit, ...rest } = view;
-    return rest;
+    // Tombstones written before the view had a stage lack one.
+    return { ...rest, stage: { name: 'done', outcome: 'cancelled' } };
   }
 
   /**
@@ -115,6 +122,7 @@ export function createJobService(deps: {
             ...(why.etaMs ? { eta: new Date(why.etaMs).toISOString() } : {}),
             ...(why.position !== undefined ? { position: why.position } : {}),
           };
+          view.stage = { name: 'waiting', ...view.waitingFor };
         }
       }
       return view;
@@ -160,7 +168,7 @@ export function createJobService(deps: {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
           await deps.scheduler.cancel(id);
           await job.remove();
-          const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', finishedAt: new Date().toISOString() };
+          const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
           const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
           // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
           // instead of noticing the tombstone at their next heartbeat.

@@ -1,10 +1,12 @@
 import type { ProgressEvent, StreamEvent } from '../shared/core/stream-event.js';
+import { stageOfEvent } from '../shared/core/job-stage.js';
 
 /**
  * The SSE wire format of a job stream:
  *   id: <Redis Stream entry id>            (resume with `Last-Event-ID`)
  *   data: {"text": "..."}                  a chunk of the model's answer
- *   event: progress + data: {"stage": ...} queued | started | retrying | restarted | delayed
+ *   event: progress + data: {"stage": ...} queued | waiting | started | streaming | validating | retrying |
+ *                                          restarted | delayed, with `jobStage` (job-stage.ts) beside it
  *   data: {"result": AgentResult}          the final answer, then
  *   data: {"error": "...", "state": ...}   or the final failure, then
  *   data: [DONE]
@@ -25,8 +27,9 @@ function frame(data: unknown, id?: string, event?: string): string {
   return `${id ? `id: ${id}\n` : ''}${event ? `event: ${event}\n` : ''}data: ${JSON.stringify(data)}\n\n`;
 }
 
+/** Every progress frame names the job's stage too (entries written before `jobStage` existed get it here). */
 export function progressFrame(p: ProgressEvent, id?: string): string {
-  return frame(p, id, 'progress');
+  return frame({ ...p, jobStage: p.jobStage ?? stageOfEvent(p.stage) }, id, 'progress');
 }
 
 export function eventFrame(e: StreamEvent, id?: string): string {

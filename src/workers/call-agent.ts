@@ -53,6 +53,8 @@ export function createAgentCall(deps: {
   /** Retrieval bound to one org, so an agent can never search another tenant's facts. */
   searchFor?: (orgId: string) => PromptContext['search'];
   onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
+  /** The model answered (before its output is checked): the job's `validating` stage. */
+  onAnswer?: (ctx: JobContext) => void;
   /** Every model call, answered or not (latency and errors per model for metrics). */
   onModelCall?: (e: ModelCallEvent) => void;
   /** Puts prompt and answer text on the model call's span (OTEL_CAPTURE_CONTENT); off, spans carry no text. */
@@ -82,6 +84,7 @@ export function createAgentCall(deps: {
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: typeof e.code === 'string' ? e.code : 'EUNKNOWN', ...(typeof e.status === 'number' ? { httpStatus: e.status } : {}) });
         throw err;
       }
+      deps.onAnswer?.(ctx);
       if (span.isRecording()) {
         span.setAttributes(modelCallUsage(res));
         if (deps.captureContent) span.setAttributes(modelCallContent({ system: prompt.system, user: prompt.user, output: res.text }));

@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
 import { PARK_AT_MS, parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
@@ -43,10 +44,11 @@ export function createFairGate(deps: {
     /**
      * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
      * DelayedError); 'cancelled' when `cancelled` resolves true: the job must fail as cancelled, and is not
-     * parked even if the cancel already took its slot (a lost claim is then the cancel's doing).
+     * parked even if the cancel already took its slot (a lost claim is then the cancel's doing). `stage` is
+     * written to the job's progress by the claim script itself when the claim holds (no extra command).
      */
-    async admit(job: AgentJob, token: string | undefined, cancelled: Promise<boolean> = Promise.resolve(false)): Promise<'run' | 'parked' | 'cancelled'> {
-      const [claimed, isCancelled] = await Promise.all([deps.scheduler.claim(job.id!), cancelled]);
+    async admit(job: AgentJob, token: string | undefined, cancelled: Promise<boolean> = Promise.resolve(false), stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
+      const [claimed, isCancelled] = await Promise.all([deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined), cancelled]);
       if (isCancelled) return 'cancelled';
       if (claimed || !token) return 'run';
       await parkActiveJob(job, token);

@@ -1,6 +1,7 @@
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
 import { ValidationError } from '../shared/core/errors.js';
+import { storedStage } from '../shared/core/job-stage.js';
 import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
@@ -118,7 +119,10 @@ function attemptOf(deps: ProcessorDeps) {
     // After validation, so a job that can never run fails at once instead of waiting for a slot first. The
     // cancel marker is read alongside the claim (same connection: one round trip), and wins over it.
     const cancelled = deps.cancelRequested?.(job.id!) ?? Promise.resolve(false);
-    const admitted = deps.gate ? await deps.gate.admit(job, token, cancelled) : 'run';
+    const model = data.model ?? deps.models[resolved.action.model];
+    // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
+    const stage = storedStage('calling_model', job.attemptsMade + 1, model);
+    const admitted = deps.gate ? await deps.gate.admit(job, token, cancelled, stage) : 'run';
     guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
     if (admitted === 'parked') throw new DelayedError();
     if (admitted === 'cancelled' || (!deps.gate && (await cancelled))) {
@@ -131,7 +135,6 @@ function attemptOf(deps: ProcessorDeps) {
     if (signal?.aborted) onCancel();
     signal?.addEventListener('abort', onCancel, { once: true });
 
-    const model = data.model ?? deps.models[resolved.action.model];
     let estimated: number | undefined;
     const ctx: JobContext = {
       job,

@@ -2,8 +2,10 @@ import type { Job, Worker } from 'bullmq';
 import type { JobContext } from './middleware.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { jobStreamKey } from '../shared/core/queue-keys.js';
+import { agentJobKey, jobStreamKey } from '../shared/core/queue-keys.js';
 import type { ProgressEvent, StreamEvent } from '../shared/core/stream-event.js';
+import { storedStage, type StoredStage } from '../shared/core/job-stage.js';
+import { defineLua } from '../shared/infra/lua.js';
 import { JobStreamWriter, type StreamWriterOptions } from '../shared/stream/stream-writer.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
@@ -45,6 +47,20 @@ export function createStreamPublisher(o: StreamWriterOptions & { prefix: string 
 
   const progress = (jobId: string, p: ProgressEvent) => entryOf(jobId).writer.push({ kind: 'progress', progress: p });
 
+  const setStage = defineLua(o.redis, 'job-stage-1.lua');
+  /**
+   * A streaming job's stage (`streaming`, `validating`) for the job view and Bull Board: one script call per
+   * stage, not awaited (the model is never slowed by it), beside the stream writes the job makes anyway.
+   */
+  function stage(ctx: JobContext, name: Exclude<StoredStage['name'], 'calling_model'>): void {
+    const job = ctx.job;
+    const s = storedStage(name, job.attemptsMade + 1, ctx.model);
+    progress(job.id!, { stage: name, jobStage: name, attempt: s.attempt });
+    setStage([agentJobKey(o.prefix, job.id!)], [JSON.stringify(s)]).catch((err: unknown) =>
+      o.logger.debug({ jobId: job.id, err: err instanceof Error ? err.message : String(err) }, 'could not store job stage'),
+    );
+  }
+
   return {
     /** The `onText` sink of one model call. */
     sink(ctx: JobContext): ((text: string) => Promise<void>) | undefined {
@@ -53,7 +69,20 @@ export function createStreamPublisher(o: StreamWriterOptions & { prefix: string 
       const entry = entryOf(job.id);
       if (entry.calls++ > 0) progress(job.id, { stage: 'restarted', attempt: job.attemptsMade + 1 });
       const writer = entry.writer;
-      return async (text) => writer.push({ kind: 'text', text });
+      // The first text of this call: the job is streaming (again, after a restart).
+      let first = true;
+      return async (text) => {
+        if (first) {
+          first = false;
+          stage(ctx, 'streaming');
+        }
+        writer.push({ kind: 'text', text });
+      };
+    },
+
+    /** The model answered a streaming job's call: its output is checked next. */
+    answered(ctx: JobContext): void {
+      if (ctx.job.data.stream && ctx.job.id) stage(ctx, 'validating');
     },
 
     delayed(ctx: JobContext, reason: string, delayMs: number): void {

@@ -9,6 +9,8 @@ export interface WorkerHooks {
   onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
   /** Called when a guard delays a job without using an attempt. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
+  /** The model answered a call of the job (its output is validated next): the `validating` stage. */
+  onAnswer?: (ctx: JobContext) => void;
   /** Every model call of the agent worker (latency, error code). */
   onModelCall?: (e: ModelCallEvent) => void;
   /** Sees the agent worker once it exists (to listen to completed/failed events). */

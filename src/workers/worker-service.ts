@@ -76,6 +76,7 @@ export function createWorkerService(opts: {
       const sinks = textSinks.map((make) => make(ctx)).filter((s) => s !== undefined);
       return sinks.length ? async (text) => void (await Promise.all(sinks.map((sink) => sink(text)))) : undefined;
     },
+    onAnswer: (ctx) => features.forEach((f) => f.onAnswer?.(ctx)),
     onModelCall: (e) => features.forEach((f) => f.onModelCall?.(e)),
     captureContent: cfg.OTEL_CAPTURE_CONTENT,
   });

@@ -85,6 +85,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
 
       onText: (ctx) => publisher.sink(ctx),
       onDelay: (ctx, reason, delayMs) => publisher.delayed(ctx, reason, delayMs),
+      onAnswer: (ctx) => publisher.answered(ctx),
       attachWorker: (worker) => publisher.attach(worker),
 
       async close() {

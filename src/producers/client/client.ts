@@ -9,6 +9,7 @@ import type {
 } from '../../shared/agents/registry.js';
 import type { FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
 import type { AgentResult } from '../../shared/core/types.js';
+import type { JobStage } from '../../shared/core/job-stage.js';
 import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTransport, type TransportOptions } from './transport.js';
 
 // Type-only imports above: the client pulls no agent code, zod or Redis into the service that uses it.
@@ -42,6 +43,8 @@ export interface JobView<T = unknown> {
   agent: string;
   action: string;
   state: JobState;
+  /** The named stage: queued, waiting (reason, eta), calling_model, streaming, validating, done (absent from older servers). */
+  stage?: JobStage;
   progress: unknown;
   result?: AgentResult<T>;
   error?: string;

@@ -1,5 +1,6 @@
 import { Readable } from 'node:stream';
 import { ValidationError } from '../../shared/core/errors.js';
+import { deriveStage } from '../../shared/core/job-stage.js';
 import type { JobRow, ListFilter, OrgJobIndexReader } from '../../shared/queue/org-job-index.js';
 import { principalOf } from '../auth.js';
 import type { JobView } from '../job-service.js';
@@ -28,20 +29,24 @@ export function rowToView(row: JobRow, orgId: string): JobView | undefined {
     const t = parseJson(row.tombstone) as (JobView & { orgId?: string }) | undefined;
     if (!t || typeof t !== 'object' || t.orgId !== orgId) return undefined;
     const { orgId: _omit, ...view } = t;
-    return view;
+    return { ...view, stage: { name: 'done', outcome: 'cancelled' } };
   }
   const name = row.name ?? '';
   const colon = name.indexOf(':');
   const result = parseJson(row.returnvalue);
+  const progress = parseJson(row.progress) ?? 0;
+  const attempts = Number(row.attemptsMade ?? 0);
   return {
     id: row.id,
     agent: colon >= 0 ? name.slice(0, colon) : name,
     action: colon >= 0 ? name.slice(colon + 1) : '',
     state: row.state,
-    progress: parseJson(row.progress) ?? 0,
+    // Without why a job waits: a listing reads no fair dispatcher state per job (GET /v1/jobs/:id does).
+    stage: deriveStage({ state: row.state, attemptsMade: attempts, progress }),
+    progress,
     ...(result !== undefined && result !== null ? { result: result as JobView['result'] } : {}),
     ...(row.failedReason ? { error: row.failedReason } : {}),
-    attempts: Number(row.attemptsMade ?? 0),
+    attempts,
     createdAt: new Date(Number(row.timestamp ?? 0)).toISOString(),
     ...(row.finishedOn ? { finishedAt: new Date(Number(row.finishedOn)).toISOString() } : {}),
   };

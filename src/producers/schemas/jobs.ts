@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { jobRequestSchema } from '../../shared/queue/job-request.js';
 import { STREAM_ID } from '../../shared/core/stream-event.js';
+import { jobStageSchema } from '../../shared/core/job-stage.js';
 
 export { jobRequestSchema };
 
@@ -30,7 +31,8 @@ export const jobView = z.looseObject({
   agent: z.string(),
   action: z.string(),
   state: z.string(),
-  progress: z.unknown(),
+  stage: jobStageSchema.describe('The named stage: queued, waiting (reason, eta), calling_model (attempt, model), streaming, validating or done (outcome)'),
+  progress: z.unknown().describe('The stage the running attempt’s worker stored (0 before any)'),
   result: agentResult.optional(),
   error: z.string().optional(),
   attempts: z.number(),

@@ -7,6 +7,7 @@ import { profileExtractor } from './profile-extractor.js';
 import { riskAnalyzer } from './risk-analyzer.js';
 import { taskGenerator } from './task-generator.js';
 import { unknownFields } from './unknown-fields.js';
+import { closeInputSchema } from './closed-schema.js';
 
 /** Keyed by agent name, with literal types: the typed client infers inputs and outputs from it. */
 export const builtInAgentsByName = {
@@ -74,13 +75,15 @@ function deepFreeze<T>(value: T): T {
 }
 
 /**
- * Input schemas are shown as callers send them (`io: 'input'`: defaulted fields optional); output schemas as
+ * Input schemas are shown as callers send them (`io: 'input'`: defaulted fields optional; objects closed with
+ * `additionalProperties: false` as the API enforces, except `passthrough` ones); output schemas as
  * the model must produce them, without `$schema`, which Gemini's schema fields have rejected. Converted once
  * per action and shared (hence frozen): the worker asks for the output schema on every call.
  */
 function toSchemas(action: AgentAction) {
   const { $schema: _drop, ...output } = z.toJSONSchema(action.output, { io: 'output' }) as JsonSchema;
-  return deepFreeze({ input: z.toJSONSchema(action.input, { io: 'input' }) as JsonSchema, output });
+  const input = closeInputSchema(z.toJSONSchema(action.input, { io: 'input' }) as JsonSchema, action.passthrough);
+  return deepFreeze({ input, output });
 }
 
 export function createAgentRegistry(agents: AgentDefinition[] = []): AgentRegistry {

@@ -3,6 +3,11 @@
  * its `{hash tag}` with the BullMQ keys and Lua scripts may touch both on a Redis Cluster.
  */
 
+import { QUEUE } from './queue-names.js';
+
+/** The hash BullMQ keeps one agent job in (`<prefix>:agent-jobs:<id>`): workers write its stage to `progress`. */
+export const agentJobKey = (prefix: string, jobId: string) => `${prefix}:${QUEUE.agent}:${jobId}`;
+
 /** The Redis Stream of one job's chunks, progress events and final outcome. */
 export const jobStreamKey = (prefix: string, jobId: string) => `${prefix}:agentq:stream:${jobId}`;
 

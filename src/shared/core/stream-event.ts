@@ -1,13 +1,16 @@
 import type { AgentResult } from './types.js';
+import type { JobStageName } from './job-stage.js';
 
 /**
  * Progress of a streaming job. `retrying` and `restarted` void the text sent so far: the next attempt (or
- * the fallback route) writes its answer from the start.
+ * the fallback route) writes its answer from the start. `stage` names the event; `jobStage` the job's stage
+ * in the one vocabulary of job-stage.ts (added to every progress frame the API sends).
  */
 export interface ProgressEvent {
-  stage: 'queued' | 'waiting' | 'started' | 'retrying' | 'restarted' | 'delayed';
+  stage: 'queued' | 'waiting' | 'started' | 'retrying' | 'restarted' | 'delayed' | 'streaming' | 'validating';
+  jobStage?: JobStageName;
   jobId?: string;
-  /** 1-based attempt: the one starting (`started`, `restarted`), or the one that failed (`retrying`). */
+  /** 1-based attempt: the one starting (`started`, `restarted`), streaming or validating, or the one that failed (`retrying`). */
   attempt?: number;
   /** Why the previous attempt failed (`retrying`) or why the job waits (`delayed`). */
   reason?: string;

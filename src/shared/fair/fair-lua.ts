@@ -68,8 +68,9 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async cancel(id: string): Promise<boolean> {
       return (await call('cancel', [id])) === 1;
     },
-    async claim(id: string): Promise<boolean> {
-      return (await call('claim', [id])) === 1;
+    /** `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage). */
+    async claim(id: string, progress = ''): Promise<boolean> {
+      return (await call('claim', [id, progress])) === 1;
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
     async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {

@@ -82,8 +82,11 @@ export interface FairScheduler {
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
   /** `worker` registers the calling worker (its concurrency sizes the dispatch buffer) for `ttlMs`. */
   dispatch(worker?: { id: string; concurrency: number; ttlMs: number }): Promise<DispatchResult>;
-  /** True when the job holds a dispatcher slot (its lease is renewed); false: it must be parked and laned. */
-  claim(jobId: string): Promise<boolean>;
+  /**
+   * True when the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
+   * the job's progress field in the same script); false: it must be parked and laned.
+   */
+  claim(jobId: string, progress?: string): Promise<boolean>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   release(jobIds: string[]): Promise<number>;
@@ -180,7 +183,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     async dispatch(worker) {
       return finish(await raw.dispatch(undefined, worker));
     },
-    claim: (id) => raw.claim(id),
+    claim: (id, progress) => raw.claim(id, progress),
     gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
     release: (ids) => raw.release(ids),

@@ -5,7 +5,8 @@
 --   7 inflight HASH, 8 vt HASH, 9 gvt STRING, 10 seq STRING, 11 mblock HASH, 12 mblockwhy HASH,
 --   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
---   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read only),
+--   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read; claim writes the
+--   job's progress field),
 --   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
 --   31 wake STRING (the next wake time one caller has armed a timer for), 32 promoting ZSET (dispatched, not yet
@@ -19,7 +20,8 @@
 --   dispatch: worker id ('' = not a worker), its concurrency, registration ttl ms (registers the worker)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier)
---   claim: id (1 if the job holds a slot; its lease is renewed);  orphans: offset among parked jobs, count
+--   claim: id, progress JSON ('' = none): 1 if the job holds a slot (its lease is renewed, and the job hash's
+--     `progress` field set to the JSON: the attempt's stage, at no extra command);  orphans: offset, count
 --   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
@@ -474,6 +476,9 @@ elseif op == 'claim' then
   if not rcall('ZSCORE', K_LEASES, id) then return 0 end
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
   rcall('ZREM', K_PROMOTING, id)
+  -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job.
+  local progress = ARGV[13]
+  if progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
   return 1
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
