@@ -5,8 +5,10 @@ export default defineConfig({
     include: ['test/**/*.test.ts'],
     exclude: ['test/faults/**', 'node_modules/**'],
     globalSetup: ['test/helpers/global-setup.ts'],
-    testTimeout: 30_000,
-    hookTimeout: 60_000,
+    // Upper bounds for a test that hangs, not expected durations: a machine loaded to several times its
+    // cores stretches a stack's start to a minute.
+    testTimeout: 60_000,
+    hookTimeout: 180_000,
     pool: 'forks',
     maxWorkers: 2,
     // Files share a worker's module graph: importing the stack (fastify, BullMQ, the SDK, the features)

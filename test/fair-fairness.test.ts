@@ -23,7 +23,7 @@ describe('fair dispatch across orgs (2 worker processes)', () => {
     s = await startStack({ ...UNTHROTTLED, ADMIN_TOKEN: 'operator-secret-1234567890' });
     const env = processEnv(s, { WORKER_CONCURRENCY: String(CONCURRENCY), ADMIN_TOKEN: 'operator-secret-1234567890' });
     for (let i = 0; i < WORKERS; i++) workers.push(spawnAgentq('worker', env));
-    await Promise.all(workers.map((w) => w.waitForLog((l) => l.msg === 'worker started', 60_000)));
+    await Promise.all(workers.map((w) => w.waitForLog((l) => l.msg === 'worker started', 180_000)));
     log = await recordEvents(s);
   }, 120_000);
   afterAll(async () => {

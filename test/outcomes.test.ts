@@ -273,7 +273,7 @@ describe('outcomes across processes', () => {
   beforeAll(async () => {
     s = await startStack({ JOB_ATTEMPTS: '3' });
     worker = spawnAgentq('worker', processEnv(s, { JOB_ATTEMPTS: '3', BREAKER_FAILURE_THRESHOLD: '1000' }));
-    await worker.waitForLog((l) => l.msg === 'worker started', 30_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 180_000);
   }, 60_000);
   afterAll(async () => {
     if (worker && worker.child.exitCode === null) {

@@ -21,7 +21,9 @@ describe('quick start on embedded defaults', () => {
   });
 
   async function start(redisPort: number, apiPort: number) {
-    const env: Record<string, string> = { DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, PORT: String(apiPort), WORKER_CONCURRENCY: '2' };
+    // Defaults but for the Redis reply timeout: a machine loaded to several times its cores stretches a
+    // start-up reply past the 2 s a request path waits in production.
+    const env: Record<string, string> = { DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, PORT: String(apiPort), WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
     const p = spawnAgentq('all', { ...env, DATABASE_URL: '', GEMINI_API_KEY: '', REDIS_AUTOSTART: 'true' });
     procs.push(p);
     // Starting redis-server, embedded Postgres and its migrations: minutes on a busy machine.

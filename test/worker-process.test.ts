@@ -45,7 +45,7 @@ describe('worker processes', () => {
   const start = async () => {
     const p = spawnAgentq('worker', env);
     children.push(p);
-    await p.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await p.waitForLog((l) => l.msg === 'worker started', 180_000);
     return p;
   };
   const enqueue = async (marker: string) => {

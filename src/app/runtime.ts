@@ -75,7 +75,7 @@ export async function startRuntime(opts: {
 }): Promise<Runtime> {
   const { cfg, infra, logger, registry } = opts;
   const fair = opts.fairDispatch !== false;
-  const redis = createRedis(infra.redisTarget, 'api');
+  const redis = createRedis(infra.redisTarget, 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   await whenReady(redis);
   const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
   logConnectionErrors(queue, logger, 'agent queue');

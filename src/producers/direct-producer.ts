@@ -27,8 +27,10 @@ export async function createDirectProducer(opts: {
   prefix?: string;
   agents?: InputValidator;
   retention?: Partial<RetentionOptions>;
+  /** How long one Redis reply may take before the enqueue fails (default 2000 ms, as `REDIS_COMMAND_TIMEOUT_MS`). */
+  commandTimeoutMs?: number;
 }) {
-  const connection = createRedis(opts.redisTarget, 'api');
+  const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
   await whenReady(connection);
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };

@@ -20,7 +20,7 @@ describe('CLIENT KILL of a worker process under load', () => {
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
     control = new Redis(s.cfg.REDIS_URL);
     worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '8', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000', JOB_ATTEMPTS: '3' }));
-    await worker.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 180_000);
   });
   afterAll(async () => {
     await stopProcess(worker);

@@ -39,7 +39,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
   const start = async () => {
     const p = spawnAgentq('worker', env);
     children.push(p);
-    await p.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await p.waitForLog((l) => l.msg === 'worker started', 180_000);
     return p;
   };
 

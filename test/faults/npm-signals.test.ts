@@ -46,7 +46,7 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
 
   it('npm run worker + SIGTERM to npm: the in-flight job finishes, agentq logs its drain, npm exits 0, nothing left running', async () => {
     const worker = run('worker');
-    await worker.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 180_000);
     const pid = appPid(worker);
     expect(pid).not.toBe(worker.child.pid);
     // One call held for 1.5 s by the emulator: the job is mid-call when the signal arrives.

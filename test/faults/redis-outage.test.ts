@@ -26,7 +26,7 @@ describe('Redis outages', () => {
     queue = new Queue('agent-jobs', { connection: { url: redis.url, maxRetriesPerRequest: null }, prefix: s.cfg.QUEUE_PREFIX });
     queue.on('error', () => {});
     worker = spawnAgentq('worker', processEnv(s, { WORKER_CONCURRENCY: '4', LOCK_DURATION_MS: '3000', STALLED_INTERVAL_MS: '1000' }));
-    await worker.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await worker.waitForLog((l) => l.msg === 'worker started', 180_000);
   });
   afterAll(async () => {
     await stopProcess(worker);

@@ -47,7 +47,7 @@ describe('worker processes under signals', () => {
   const start = async () => {
     const p = spawnAgentq('worker', env);
     children.push(p);
-    await p.waitForLog((l) => l.msg === 'worker started', 60_000);
+    await p.waitForLog((l) => l.msg === 'worker started', 180_000);
     return p;
   };
   const enqueue = async (marker: string) => {

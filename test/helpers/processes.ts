@@ -76,7 +76,7 @@ export function watch(child: ChildProcess): AgentqProcess {
     exited,
     stderr: () => stderr,
     kill: (signal) => child.kill(signal),
-    waitForLog(predicate, timeoutMs = 20_000) {
+    waitForLog(predicate, timeoutMs = 60_000) {
       const found = lines.find(predicate);
       if (found) return Promise.resolve(found);
       return new Promise((resolve, reject) => {

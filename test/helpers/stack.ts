@@ -45,6 +45,10 @@ export const TEST_ENV: Record<string, string> = {
   // A killed worker's unwritten usage rows are taken over by another worker's sink this soon.
   USAGE_SINK_CLAIM_IDLE_MS: '2000',
   RATE_LIMIT_PLANS: JSON.stringify({ general: { points: 100_000, durationS: 1 } }),
+  // A machine loaded to several times its cores stretches one Redis reply past the production defaults
+  // (2 s, 5 s); the tests of those deadlines set their own.
+  REDIS_COMMAND_TIMEOUT_MS: '20000',
+  ENQUEUE_DEADLINE_MS: '30000',
 };
 
 let migrated: Promise<unknown> | undefined;

@@ -106,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
   const cfg = config();
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
-  const redis = createRedis(redisTargetOf(cfg), 'api');
+  const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   const queue = new Queue(QUEUE.agent, { connection: redis, prefix: cfg.QUEUE_PREFIX });
   try {
     await whenReady(redis);

@@ -77,6 +77,11 @@ export const configSchema = z.object({
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
   REDIS_AUTOSTART: bool.default(true),
   /**
+   * How long a request path (API, direct producer, CLIs) waits for one Redis reply before failing (503).
+   * Workers and blocking readers never time out: they wait out an outage.
+   */
+  REDIS_COMMAND_TIMEOUT_MS: int(2000, 100),
+  /**
    * Redis Cluster seed nodes (`host:port,host:port,...`). Set, every connection (BullMQ's included) is an
    * ioredis Cluster and REDIS_URL only lends its password/TLS scheme; autostart is off.
    */

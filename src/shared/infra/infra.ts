@@ -16,7 +16,7 @@ export interface Infra {
 export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
   const target = redisTargetOf(cfg);
   const child = await ensureRedis({ target, autostart: cfg.REDIS_AUTOSTART, dataDir: cfg.DATA_DIR, logger });
-  const probe = createRedis(target, 'api');
+  const probe = createRedis(target, 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   try {
     await whenReady(probe);
     await assertNoEviction(probe);
