@@ -15,8 +15,8 @@ export async function within<T>(event: Promise<T>, ms: number, what: string): Pr
   }
 }
 
-/** Options for `vi.waitFor` on a state the test's own actions lead to: generous for a busy machine, within a unit test's 30 s. */
-export const POLL = { timeout: 20_000, interval: 20 } as const;
+/** Options for `vi.waitFor` on a state the test's own actions lead to: generous for a busy machine, within a unit test's 60 s. */
+export const POLL = { timeout: 45_000, interval: 20 } as const;
 
 /**
  * `vi.waitFor` for a value: polls `check` until it returns something other than undefined / false and
