@@ -470,6 +470,7 @@ if op == 'dispatch' then
   return dispatch()
 elseif op == 'enqueue' then
   local skipped = {}
+  local limitsStored = {}
   local i = 13
   while i + 8 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -482,10 +483,14 @@ elseif op == 'enqueue' then
     else
       local seq = rcall('INCR', K_SEQ)
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
-      -- A producer that does not know the model's limits ('') leaves the ones the deployment stored.
-      if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
-      if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
-      if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+      -- A producer that does not know the model's limits ('') leaves the ones the deployment stored. Written
+      -- once per model and call: one producer's entries for a model carry the same limits.
+      if not limitsStored[model] then
+        limitsStored[model] = true
+        if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
+        if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
+        if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+      end
       local notBefore = tonumber(ARGV[i + 7])
       if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
     end
