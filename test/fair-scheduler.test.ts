@@ -357,7 +357,7 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.cancel(ids[0])).toBe(false);
     expect((await c.scheduler.orgStats(org)).waiting).toBe(1);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
-    expect(await c.scheduler.release([ids[0]])).toBe(0);
+    expect((await c.scheduler.release([ids[0]])).freed).toBe(0);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[1]]);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
   });
@@ -410,6 +410,31 @@ describe('fair scheduler limits', () => {
     await c.scheduler.setPlan(other, { rpm: { flash: 5 } });
     const more = await c.add(other, 3, { model: 'limited-model' });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(more);
+  });
+
+  it('sleeps a lane in the call that used its last token, and a release then says no dispatch is due', async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const org = randomOrg();
+    // 2 a minute: the bucket holds 2 and the next token is 30 s away (+1 ms: wake times round up), far beyond this test.
+    await c.scheduler.setPlan(org, { rpm: { flash: 2 } });
+    const ids = await c.add(org, 5);
+    const lane = `${org}|${FLASH}`;
+    // A call bounded to the 2 jobs it can hand out never tries the lane a third time: the lane still sleeps
+    // at once, on the bucket the second job emptied, so no later call reads it again before the token.
+    const r = await c.scheduler.raw.dispatch(2);
+    expect(r.ids).toEqual(ids.slice(0, 2));
+    expect(await c.redis.zscore(c.scheduler.keys.named.lanes, lane)).toBeNull();
+    const wakeAt = Number(await c.redis.zscore(c.scheduler.keys.named.sleep, lane));
+    expect(wakeAt - r.nowMs).toBeGreaterThan(25_000);
+    expect(wakeAt - r.nowMs).toBeLessThanOrEqual(30_001);
+    expect(r.nextWakeMs).toBe(wakeAt);
+    expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:${FLASH}`, etaMs: wakeAt, position: 0 });
+    // The two finish: nothing can be dispatched until the wake-up, so the worker's gate skips its dispatch.
+    expect(await c.scheduler.release(ids.slice(0, 2))).toEqual({ freed: 2, due: false });
+    // Another org's waiting job makes a dispatch worth it.
+    const other = randomOrg();
+    await c.add(other, 1);
+    expect(await c.scheduler.release([ids[0]])).toEqual({ freed: 0, due: true });
   });
 
   it('arms one timer per wake time, whichever process computes it', async () => {

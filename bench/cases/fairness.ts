@@ -4,6 +4,8 @@ import type { BenchContext } from '../lib/context.js';
 import { round, sleep } from '../lib/stats.js';
 import { measurePath, type RunResult } from './throughput.js';
 import type { FairPlan } from '../../src/shared/fair/index.js';
+import { spawn } from 'node:child_process';
+import { openSync } from 'node:fs';
 
 /** 4 worker processes x concurrency 10, as in the issue. */
 const WORKERS = 4;
@@ -132,6 +134,17 @@ async function scenario<T>(
   }
 }
 
+/**
+ * Diagnostic only (`BENCH_FAIRNESS_MONITOR=<file>`): redis-cli MONITOR into a file over the churn's throttled
+ * window, to attribute its commands to callers and scripts. Never on in a measured run (MONITOR costs Redis).
+ */
+function startMonitor(ctx: BenchContext): (() => void) | undefined {
+  const file = process.env.BENCH_FAIRNESS_MONITOR;
+  if (!file) return undefined;
+  const child = spawn('redis-cli', ['-u', ctx.b.redis.url, 'monitor'], { stdio: ['ignore', openSync(file, 'w'), 'ignore'] });
+  return () => child.kill();
+}
+
 /** Dispatch script calls in a command delta: each runs HVALS on the worker registry exactly once. */
 const dispatchCalls = (byCommand: Record<string, number>) => byCommand.hvals ?? 0;
 
@@ -157,7 +170,9 @@ async function churn(ctx: BenchContext, pool: Pool) {
     const cpu0 = await cpuUs(pool);
     let d0 = pool.done.length;
     let t0 = performance.now();
+    const stopMonitor = startMonitor(ctx);
     await sleep(CHURN_WINDOW_MS);
+    stopMonitor?.();
     let c1 = await redisCounters(ctx);
     const cpu1 = await cpuUs(pool);
     let seconds = (performance.now() - t0) / 1000;

@@ -26,18 +26,22 @@ export function createFairGate(deps: {
   const retries = new Map<string, number>();
 
   async function flush(): Promise<void> {
+    // A dispatch after the release only if it would find work (an active lane, something due): a throttled
+    // org's finished job would only find its lane asleep, and the armed wake-up dispatches it anyway.
+    let due = false;
     while (pending.length) {
       const ids = pending;
       pending = [];
       try {
-        await deps.scheduler.release(ids);
+        if ((await deps.scheduler.release(ids)).due) due = true;
       } catch (err) {
+        due = true;
         // The slots' leases expire and the dispatcher's sweep frees them: slower, never lost.
         deps.logger.warn({ err, jobs: ids.length }, 'fair: could not release slots; leases will recover them');
       }
     }
     flushing = undefined;
-    void deps.loop.kick();
+    if (due) void deps.loop.kick();
   }
 
   return {

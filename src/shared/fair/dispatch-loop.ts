@@ -22,6 +22,8 @@ export function createDispatchLoop(opts: {
   logger?: DispatchLoopLogger;
   safetyPollMs?: number;
   onDispatch?: (r: DispatchResult) => void;
+  /** Clock for the registration cadence (tests). */
+  now?: () => number;
 }): DispatchLoop {
   let running: Promise<void> | undefined;
   let pending = false;
@@ -48,12 +50,20 @@ export function createDispatchLoop(opts: {
   const safetyPollMs = opts.safetyPollMs ?? 10_000;
   // Outlives two missed safety polls, so only a dead (or closed) worker's share of the buffer lapses.
   const registration = opts.worker ? { ...opts.worker, ttlMs: safetyPollMs * 3 } : undefined;
+  // Renewed at most every half poll (so every safety poll renews it), not on every call: a throttled
+  // deployment dispatches on every wake-up, and the renewal is two writes each time.
+  const clock = opts.now ?? Date.now;
+  const renewEveryMs = safetyPollMs / 2;
+  let registeredAt = -Infinity;
 
   const run = async () => {
     do {
       pending = false;
       try {
-        const r = await opts.scheduler.dispatch(registration);
+        const at = clock();
+        const register = registration && at - registeredAt >= renewEveryMs ? registration : undefined;
+        const r = await opts.scheduler.dispatch(register);
+        if (register) registeredAt = at;
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {

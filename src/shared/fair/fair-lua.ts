@@ -28,6 +28,12 @@ export interface RawDispatch {
   skipped: string[];
 }
 
+/** Slots a release freed, and whether a dispatch now would find anything to do. */
+export interface ReleaseResult {
+  freed: number;
+  due: boolean;
+}
+
 export interface WhyRaw {
   reason: string;
   limit: string;
@@ -59,8 +65,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {
       return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
-    async release(ids: string[]): Promise<number> {
-      return ids.length === 0 ? 0 : ((await call('release', ids)) as number);
+    /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
+    async release(ids: string[]): Promise<ReleaseResult> {
+      if (ids.length === 0) return { freed: 0, due: false };
+      const [freed, due] = (await call('release', ids)) as [number, number];
+      return { freed, due: due === 1 };
     },
     async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
       return (await call('repark', [id, Math.ceil(notBeforeMs), reason])) === 1;

@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys } from './fair-keys.js';
-import { createFairLua, type FairLua, type RawDispatch } from './fair-lua.js';
+import { createFairLua, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -89,7 +89,11 @@ export interface FairScheduler {
   claim(jobId: string, progress?: string): Promise<boolean>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
-  release(jobIds: string[]): Promise<number>;
+  /**
+   * Frees the jobs' slots; `due` says whether a dispatch now has anything to do, so a caller skips the
+   * dispatch when nothing does (e.g. the only lane sleeps on a rate limit: its armed wake-up comes back).
+   */
+  release(jobIds: string[]): Promise<ReleaseResult>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;

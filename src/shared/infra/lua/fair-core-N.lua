@@ -26,7 +26,8 @@
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
 -- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
---          release: slots freed; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
+--          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
+--          sleeper or lease) else 0}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -59,8 +60,13 @@ local function fmt(x) return string.format('%.17g', x) end
 local function splitLane(lane) return string.match(lane, '^(.*)|([^|]*)$') end
 local function laneOf(org, model) return org .. '|' .. model end
 
-local gvt = tonumber(rcall('GET', K_GVT)) or 0
+-- Read on first use: most calls (claim, release, a dispatch with nothing due) never need it.
+local gvtValue = nil
 local gvtDirty = false
+local function gvt()
+  if gvtValue == nil then gvtValue = tonumber(rcall('GET', K_GVT)) or 0 end
+  return gvtValue
+end
 
 local planCache = {}
 local function plan(org)
@@ -74,10 +80,33 @@ local function plan(org)
   return p
 end
 
+-- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model).
+local modelCache = {}
+local function modelInfo(model)
+  local mi = modelCache[model]
+  if mi then return mi end
+  local h = rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
+  mi = { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
+    blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 }
+  modelCache[model] = mi
+  return mi
+end
+
+-- An org's lanes, read once per call until this call adds or drops one of them.
+local olanesCache = {}
+local function orgLanes(org)
+  local m = olanesCache[org]
+  if not m then
+    m = rcall('SMEMBERS', P_OLANES .. org)
+    olanesCache[org] = m
+  end
+  return m
+end
+
 -- Sets an org's virtual time and moves all of its active lanes with it (they share one vt).
 local function setVt(org, v)
   rcall('HSET', K_VT, org, fmt(v))
-  for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
+  for _, l in ipairs(orgLanes(org)) do
     rcall('ZADD', K_LANES, 'XX', fmt(v), l)
   end
 end
@@ -86,16 +115,17 @@ end
 -- idle or blocked (no burst that starves others) and owes nothing either (a newcomer is not starved).
 local function catchUpVt(org)
   local v = tonumber(rcall('HGET', K_VT, org)) or 0
-  if v < gvt then
-    v = gvt
+  if v < gvt() then
+    v = gvt()
     setVt(org, v)
   end
   return v
 end
 
 -- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
-local function activate(lane, org)
-  if rcall('ZSCORE', K_LANES, lane) or rcall('ZSCORE', K_SLEEP, lane) or rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1 then
+-- `woken`: the caller just took it out of the sleepers (no need to ask).
+local function activate(lane, org, woken)
+  if rcall('ZSCORE', K_LANES, lane) or (not woken and rcall('ZSCORE', K_SLEEP, lane)) or rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1 then
     return
   end
   local v = catchUpVt(org)
@@ -114,13 +144,17 @@ local function unsleep(lane)
   return true
 end
 
+-- True when the lane was empty (and is now forgotten).
 local function dropLaneIfEmpty(lane, org)
   if rcall('EXISTS', P_LANE .. lane) == 0 then
     rcall('ZREM', K_LANES, lane)
     unsleep(lane)
     rcall('SREM', P_CAPBLK .. org, lane)
     rcall('SREM', P_OLANES .. org, lane)
+    olanesCache[org] = nil
+    return true
   end
+  return false
 end
 
 -- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
@@ -129,7 +163,7 @@ end
 local function pushJob(id, org, model, prio, seq)
   local lane = laneOf(org, model)
   rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
-  rcall('SADD', P_OLANES .. org, lane)
+  if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
   rcall('HSET', P_JOB .. id, 'st', 'lane')
   activate(lane, org)
 end
@@ -186,7 +220,7 @@ end
 
 -- The org's lane whose head job comes first (priority, then arrival), among its active lanes.
 local function bestLaneOf(org, fallback)
-  local members = rcall('SMEMBERS', P_OLANES .. org)
+  local members = orgLanes(org)
   if #members < 2 then return fallback end
   local best, bestScore = fallback, nil
   for _, l in ipairs(members) do
@@ -202,13 +236,15 @@ end
 
 -- Tries to dispatch the head job of `lane`: returns its id, or nil after parking the lane where it waits.
 local function tryLane(lane, org, model, v)
-  local head = rcall('ZRANGE', P_LANE .. lane, 0, 0)
+  -- The second entry only tells whether the lane still holds a job after the head leaves.
+  local head = rcall('ZRANGE', P_LANE .. lane, 0, 1)
   if #head == 0 then
     dropLaneIfEmpty(lane, org)
     return nil
   end
   local id = head[1]
-  local blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0
+  local mi = modelInfo(model)
+  local blockedUntil = mi.blockedUntil
   if blockedUntil > now then
     sleepLane(lane, blockedUntil, 'model:' .. model)
     return nil
@@ -224,15 +260,16 @@ local function tryLane(lane, org, model, v)
   local pro = string.find(model, 'pro', 1, true) ~= nil
   local orgRpm
   if pro then orgRpm = p.ownRpmPro else orgRpm = p.ownRpmFlash end
-  if orgRpm == nil then orgRpm = tonumber(rcall('HGET', K_MLIMITS, 'orgrpm:' .. model)) end
+  if orgRpm == nil then orgRpm = mi.orgRpm end
   if orgRpm == nil then
     if pro then orgRpm = p.rpmPro else orgRpm = p.rpmFlash end
   end
+  -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now.
   local candidates = {
-    { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1 },
-    { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est },
-    { P_TB_RPM_MODEL .. model, tonumber(rcall('HGET', K_MLIMITS, 'rpm:' .. model)) or 0, 1 },
-    { P_TB_TPM_MODEL .. model, tonumber(rcall('HGET', K_MLIMITS, 'tpm:' .. model)) or 0, est },
+    { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1, true },
+    { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est, false },
+    { P_TB_RPM_MODEL .. model, mi.rpm, 1, true },
+    { P_TB_TPM_MODEL .. model, mi.tpm, est, false },
   }
   -- All or nothing: check every bucket before charging any.
   local buckets, wait, limiting = {}, 0, nil
@@ -247,7 +284,7 @@ local function tryLane(lane, org, model, v)
         local w = math.ceil((need - lv) / rate)
         if w > wait then wait, limiting = w, c[1] end
       end
-      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3] }
+      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4] }
     end
   end
   if limiting then
@@ -264,12 +301,24 @@ local function tryLane(lane, org, model, v)
   rcall('HINCRBY', K_INFLIGHT, org, 1)
   rcall('HSET', P_JOB .. id, 'st', 'lease')
   -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
-  if v > gvt then
-    gvt = v
+  if v > gvt() then
+    gvtValue = v
     gvtDirty = true
   end
   setVt(org, v + 1 / p.weight)
-  dropLaneIfEmpty(lane, org)
+  -- A request-count bucket this job emptied refuses the lane's next job until it refills: the lane sleeps
+  -- now, as the next try would make it (same wake time or earlier; the wake-up checks every bucket again),
+  -- instead of being read again by this call and woken again for the same answer.
+  local nextWait, nextLimit = 0, nil
+  for _, b in ipairs(buckets) do
+    local need = math.min(1, b[2])
+    if b[5] and b[4] < need then
+      local w = math.ceil((need - b[4]) / b[3])
+      if w > nextWait then nextWait, nextLimit = w, b[1] end
+    end
+  end
+  local emptied = #head < 2 and dropLaneIfEmpty(lane, org)
+  if not emptied and nextLimit then sleepLane(lane, math.ceil(nowF + nextWait), nextLimit) end
   return id
 end
 
@@ -297,7 +346,7 @@ local function wakeSleepers()
   for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
     unsleep(lane)
     local org = splitLane(lane)
-    if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org) else dropLaneIfEmpty(lane, org) end
+    if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org, true) else dropLaneIfEmpty(lane, org) end
   end
 end
 
@@ -350,10 +399,12 @@ end
 
 -- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
 -- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
-local function nextWake()
+-- `firsts`: the timers' and sleepers' first scores when the caller has just read them (nothing changed since).
+local function nextWake(firsts)
   local wake = nil
-  for _, key in ipairs({ K_TIMERS, K_SLEEP }) do
-    local s = firstScore(key)
+  for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
+    local s
+    if firsts then s = firsts[i] else s = firstScore(key) end
     if s and (wake == nil or s < wake) then wake = s end
   end
   if not wake then return '0' end
@@ -362,21 +413,27 @@ local function nextWake()
   return fmt(wake)
 end
 
--- Nothing to hand out and nothing due: the common call of a throttled or idle deployment, kept cheap.
-local function nothingDue()
-  if rcall('ZCARD', K_LANES) > 0 then return false end
-  for _, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
-    local s = firstScore(key)
-    if s and s <= now then return false end
+-- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
+-- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
+-- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
+local function dueNow()
+  if rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+  local due, firsts, any = {}, {}, false
+  for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
+    firsts[i] = firstScore(key)
+    due[i] = firsts[i] ~= nil and firsts[i] <= now
+    any = any or due[i]
   end
-  return true
+  if any then return due end
+  return nil, firsts
 end
 
 local function dispatch(skipped)
-  if nothingDue() then return { {}, nextWake(), now, 0, skipped or {} } end
-  moveDueTimers()
-  wakeSleepers()
-  sweepLeases()
+  local due, firsts = dueNow()
+  if not due then return { {}, nextWake(firsts), now, 0, skipped or {} } end
+  if due[1] then moveDueTimers() end
+  if due[2] then wakeSleepers() end
+  if due[3] then sweepLeases() end
   local out = {}
   local more = 0
   -- Keep BullMQ's wait short: fairness is decided as late as possible.
@@ -403,7 +460,7 @@ local function dispatch(skipped)
     if id then out[#out + 1] = id end
   end
   if #out >= MAX_BATCH then more = 1 end
-  if gvtDirty then rcall('SET', K_GVT, fmt(gvt)) end
+  if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
   return { out, nextWake(), now, more, skipped or {} }
 end
 
@@ -415,6 +472,7 @@ if op == 'dispatch' then
   return dispatch()
 elseif op == 'enqueue' then
   local skipped = {}
+  local limitsStored = {}
   local i = 13
   while i + 8 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -427,10 +485,14 @@ elseif op == 'enqueue' then
     else
       local seq = rcall('INCR', K_SEQ)
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
-      -- A producer that does not know the model's limits ('') leaves the ones the deployment stored.
-      if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
-      if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
-      if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+      -- A producer that does not know the model's limits ('') leaves the ones the deployment stored. Written
+      -- once per model and call: one producer's entries for a model carry the same limits.
+      if not limitsStored[model] then
+        limitsStored[model] = true
+        if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
+        if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
+        if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+      end
       local notBefore = tonumber(ARGV[i + 7])
       if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
     end
@@ -446,7 +508,9 @@ elseif op == 'release' then
     if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
     if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
   end
-  return freed
+  -- Whether a dispatch now could do anything: the caller skips it otherwise (a throttled org's finished job
+  -- would only find its lane asleep; the armed wake-up or the safety poll comes back for it).
+  return { freed, dueNow() and 1 or 0 }
 elseif op == 'repark' then
   local id, notBefore = ARGV[12], tonumber(ARGV[13])
   local m = jobMeta(id)
@@ -504,7 +568,7 @@ elseif op == 'plan' or op == 'wake' then
   -- (a lane that still lacks room just goes back to sleep with a new wake time).
   wakeCapBlocked(org)
   for _, l in ipairs(rcall('SMEMBERS', P_OLANES .. org)) do
-    if unsleep(l) then activate(l, org) end
+    if unsleep(l) then activate(l, org, true) end
   end
   return 1
 elseif op == 'block' then
