@@ -4,7 +4,8 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { opsFeature } from '../src/app/features/ops.js';
-import { createSseParser, type SseMessage } from '../src/producers/client/sse-parser.js';
+import type { SseMessage } from '../src/producers/client/sse-parser.js';
+import { readSseBody } from './helpers/sse.js';
 import { jobTitle } from '../src/producers/bull-board.js';
 import { agentJobKey } from '../src/shared/core/queue-keys.js';
 import { deriveStage, jobStageSchema, stageOfEvent } from '../src/shared/core/job-stage.js';
@@ -23,15 +24,7 @@ const risk = (name: string, stream = false) => ({
 
 /** Reads an SSE response to its end ([DONE] or the server closing it); `messages` fills as it reads. */
 async function readSse(res: Response, messages: SseMessage[] = []): Promise<SseMessage[]> {
-  const parser = createSseParser();
-  const decoder = new TextDecoder();
-  const reader = res.body!.getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    messages.push(...parser.feed(decoder.decode(value, { stream: true })));
-    if (messages.some((m) => m.data === '[DONE]')) break;
-  }
+  await readSseBody(res, messages, (m) => m.some((x) => x.data === '[DONE]'));
   return messages;
 }
 

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { jobStreamKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
-import { createSseParser, type SseMessage } from '../src/producers/client/sse-parser.js';
+import type { SseMessage } from '../src/producers/client/sse-parser.js';
+import { readSseBody } from './helpers/sse.js';
 import { compareStreamIds } from '../src/shared/core/stream-event.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
@@ -26,20 +27,11 @@ async function readOpenSse(res: Response, ac: AbortController, stopAfter?: (m: S
   const messages: SseMessage[] = [];
   let raw = '';
   if (res.headers.get('content-type')?.startsWith('text/event-stream')) {
-    const parser = createSseParser();
-    const decoder = new TextDecoder();
-    const reader = res.body!.getReader();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      const text = decoder.decode(value, { stream: true });
-      raw += text;
-      messages.push(...parser.feed(text));
-      if (stopAfter?.(messages)) {
-        ac.abort();
-        break;
-      }
-    }
+    raw = await readSseBody(res, messages, (m) => {
+      if (!stopAfter?.(m)) return false;
+      ac.abort();
+      return true;
+    });
   } else {
     raw = await res.text();
   }
