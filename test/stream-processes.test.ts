@@ -19,7 +19,9 @@ describe('streams across API processes', () => {
 
   beforeAll(async () => {
     const shared = { QUEUE_PREFIX: randomPrefix() };
-    const features = [streamingFeature({ heartbeatMs: 200, maxStreamsPerOrg: 2 })];
+    // A stream's lease lasts three heartbeats: 3 s outlasts the event-loop stalls of a machine loaded past its
+    // cores (with 200 ms the held streams' leases lapsed beside two CPU hogs and the cap admitted a third).
+    const features = [streamingFeature({ heartbeatMs: 1000, maxStreamsPerOrg: 2 })];
     one = await startStack(shared, { worker: true, features });
     two = await startStack(shared, { worker: false, features });
     [baseOne, baseTwo] = await Promise.all([listen(one), listen(two)]);
