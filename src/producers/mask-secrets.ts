@@ -10,14 +10,16 @@ export const MASK = '[masked]';
 const SECRET_LAST_WORD = new Set(['token', 'secret', 'password', 'passwd', 'pwd', 'passphrase', 'authorization', 'auth', 'cookie', 'credential', 'credentials', 'apikey']);
 const SECRET_KEY_QUALIFIER = new Set(['api', 'private', 'access', 'secret', 'signing', 'encryption', 'client', 'master', 'session']);
 
+// Each key ends where its alphabet ends, `(?![\w-])`, not at a word boundary: a base64url key ends in `-`
+// one time in 64, and `\b` after a `-` would then need a letter next, so the key would show.
 const SECRET_VALUE = [
-  /\baq_[0-9a-f]{16}_[A-Za-z0-9_-]{32}\b/g, // agentq API keys (src/shared/infra/db/api-keys.ts)
-  /\bAIza[0-9A-Za-z_-]{35}\b/g, // Google API keys (Gemini)
+  /\baq_[0-9a-f]{16}_[\w-]{32}(?![\w-])/g, // agentq API keys (src/shared/infra/db/api-keys.ts)
+  /\bAIza[\w-]{35}(?![\w-])/g, // Google API keys (Gemini)
   /\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}/gi, // an Authorization header's value
-  /\bsk-[A-Za-z0-9_-]{20,}\b/g, // OpenAI / Anthropic style secret keys
-  /\b(ghp|gho|ghs|github_pat)_[A-Za-z0-9_]{20,}\b/g, // GitHub tokens
-  /\bxox[abposr]-[A-Za-z0-9-]{10,}\b/g, // Slack tokens
-  /\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\b/g, // JWTs
+  /\bsk-[\w-]{20,}/g, // OpenAI / Anthropic style secret keys
+  /\b(ghp|gho|ghs|github_pat)_\w{20,}/g, // GitHub tokens
+  /\bxox[abposr]-[A-Za-z0-9-]{10,}/g, // Slack tokens
+  /\beyJ[\w-]{10,}\.[\w-]{10,}\.[\w-]{10,}/g, // JWTs
 ];
 
 function wordsOf(name: string): string[] {
