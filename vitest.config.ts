@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import SlowFirstSequencer from './test/helpers/slow-first-sequencer.js';
 
 export default defineConfig({
   test: {
@@ -10,6 +11,7 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 180_000,
     pool: 'forks',
+    sequence: { sequencer: SlowFirstSequencer },
     maxWorkers: 2,
     // Files share a worker's module graph: importing the stack (fastify, BullMQ, the SDK, the features)
     // once per worker instead of once per file takes a third off the suite's CPU time, which is what a

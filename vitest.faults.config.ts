@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import SlowFirstSequencer from './test/helpers/slow-first-sequencer.js';
 
 export default defineConfig({
   test: {
@@ -7,6 +8,7 @@ export default defineConfig({
     testTimeout: 120_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    sequence: { sequencer: SlowFirstSequencer },
     // Two files at a time: most of a fault test is waiting (for a lock to lapse, a stalled check, an
     // outage to end), so a second file beside it halves the suite's time. Each file has its own queue
     // prefix, processes and fault scripts; none may depend on the machine being idle.

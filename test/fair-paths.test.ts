@@ -10,6 +10,7 @@ import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
 import { until } from './helpers/wait.js';
 import { activeByOrg, markedJob, openQueue, postBulk, postJob, putPlan, recordEvents, sampler } from './helpers/fair.js';
 import { runCli } from './helpers/run-cli.js';
+import { parseOrgsArgs, UsageError } from '../src/app/cli/orgs.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const ADMIN_TOKEN = 'operator-secret-1234567890';
@@ -87,16 +88,19 @@ describe('fair dispatch on every path', () => {
     expect(JSON.parse(shown.stdout).own).toEqual({ weight: 3, rpmPro: 7, rpmFlash: 70, tpm: 5000 });
     expect(JSON.parse(shown.stdout).effective.concurrency).toBe(s.cfg.ORG_CONCURRENCY);
 
+    // A refused value: the real command exits 2 with the usage text, naming the flag, before touching anything.
+    const bad = await orgs(['set', org, '--concurrency', 'abc']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('--concurrency');
+    expect(bad.stderr).toContain('usage:');
+    // The other refusals come from the same parser (what `main` maps to exit 2), checked without a process each.
     for (const [args, flag] of [
-      [['set', org, '--concurrency', 'abc'], '--concurrency'],
       [['set', org, '--weight', '0'], '--weight'],
       [['set', org, '--rpm-flash', '-5'], '--rpm-flash'],
       [['set', org, '--concurrency', '2.5'], '--concurrency'],
     ] as const) {
-      const bad = await orgs([...args]);
-      expect(bad.code, args.join(' ')).toBe(2);
-      expect(bad.stderr).toContain(flag);
-      expect(bad.stderr).toContain('usage:');
+      expect(() => parseOrgsArgs([...args]), args.join(' ')).toThrow(UsageError);
+      expect(() => parseOrgsArgs([...args])).toThrow(flag);
     }
     // Nothing was changed by the refused commands.
     expect(await s.runtime.deps.scheduler.getPlan(org)).toEqual({ weight: 3, rpm: { pro: 7, flash: 70 }, tpm: 5000 });

@@ -8,13 +8,13 @@ import { figure } from '../helpers/faults.js';
 import { stopProcess, watch, type AgentqProcess } from '../helpers/processes.js';
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/shared-db-process.ts', import.meta.url));
-const ROUNDS = 20;
+const ROUNDS = 12;
 const USING_OTHER = 'using the embedded PGlite owned by another local agentq process';
 
 /**
  * Embedded PGlite has one owner per data dir. Two real processes open the same data dir at the same instant
  * (the race `npm run api` + `npm run worker` started together runs, without the jitter of two process
- * start-ups: both get the go in one tick), 20 times; each time exactly one starts PGlite, the other connects
+ * start-ups: both get the go in one tick), 12 times; each time exactly one starts PGlite, the other connects
  * through its socket, and what the second writes the first reads. Then a SIGKILLed owner's lock is taken over
  * by one of two freshly started processes.
  */

@@ -1,0 +1,41 @@
+import { BaseSequencer, type TestSpecification } from 'vitest/node';
+
+/**
+ * Longest files first, so the suite does not end with one worker running a long file while the other idles.
+ * vitest orders by the durations it cached from a previous run; a fresh clone (CI) has none and falls back to
+ * file size, which says little about a test that spawns processes. These names come from the per-file times
+ * of a CI run beside two CPU hogs, longest first; files not named keep vitest's own order after them.
+ */
+const SLOW_FIRST = [
+  // fault suite
+  'faults/pglite-single-owner',
+  'faults/worker-signals',
+  'faults/fair-crash',
+  'faults/redis-outage',
+  'faults/npm-signals',
+  'faults/tenant-isolation',
+  'faults/crash-recovery-defaults',
+  // unit suite
+  'quickstart',
+  'fair-fairness',
+  'pipeline-crash',
+  'worker-process',
+  'cli-keys',
+  'strict-contracts-runs',
+  'vectors-scale',
+  'cli-ingest',
+  'openapi',
+  'job-list',
+];
+
+function rank(spec: TestSpecification): number {
+  const i = SLOW_FIRST.findIndex((name) => spec.moduleId.endsWith(`/test/${name}.test.ts`));
+  return i < 0 ? SLOW_FIRST.length : i;
+}
+
+export default class SlowFirstSequencer extends BaseSequencer {
+  override async sort(files: TestSpecification[]): Promise<TestSpecification[]> {
+    // Array.prototype.sort is stable: unnamed files keep the base order.
+    return (await super.sort(files)).sort((a, b) => rank(a) - rank(b));
+  }
+}
