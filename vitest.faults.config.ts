@@ -13,5 +13,8 @@ export default defineConfig({
     // outage to end), so a second file beside it halves the suite's time. Each file has its own queue
     // prefix, processes and fault scripts; none may depend on the machine being idle.
     maxWorkers: 2,
+    // As in the unit suite: files share a worker's module graph (the stack is imported once per worker, not
+    // once per file: most of a fault file's CPU before its first test). Files leave no process-wide state.
+    isolate: false,
   },
 });

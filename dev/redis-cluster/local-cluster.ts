@@ -22,7 +22,8 @@ export interface LocalCluster {
 /**
  * A real Redis Cluster from the machine's redis-server (dev tooling for tests and the bench):
  * `primaries` primaries and `replicas` per primary on free loopback ports, nothing on disk but each node's
- * nodes.conf in a temp dir. Resolves once every node reports `cluster_state:ok`.
+ * nodes.conf in a temp dir. Resolves once every node reports `cluster_state:ok` and, with replicas, once every
+ * node sees every replica attached to its primary and every replica's link to its primary is up.
  */
 export async function startLocalCluster(opts: { primaries?: number; replicas?: number; timeoutMs?: number } = {}): Promise<LocalCluster> {
   const primaries = opts.primaries ?? 3;
@@ -40,12 +41,26 @@ export async function startLocalCluster(opts: { primaries?: number; replicas?: n
   try {
     const seeds = nodes.map((n) => `127.0.0.1:${n.port}`);
     await run('redis-cli', ['--cluster', 'create', ...seeds, '--cluster-replicas', String(replicas), '--cluster-yes']);
-    // Created is not settled: every node must agree that all slots are served before the cluster is used.
+    // Created is not settled: every node must agree that all slots are served, and (with replicas) that each
+    // replica follows its primary and is in sync with it, before the cluster is used. `cluster_state:ok` comes
+    // first; the replicas' places reach the other nodes by gossip later, and a failover needs a synced replica.
     const deadline = Date.now() + (opts.timeoutMs ?? 30_000);
-    for (;;) {
+    const settled = async () => {
       const states = await Promise.all(nodes.map((n) => call(n.port, ['CLUSTER', 'INFO'])));
-      if (states.every((s) => String(s).includes('cluster_state:ok'))) break;
-      if (Date.now() > deadline) throw new Error('the local Redis Cluster did not reach cluster_state:ok');
+      if (!states.every((s) => String(s).includes('cluster_state:ok'))) return 'cluster_state:ok on every node';
+      if (replicas === 0) return undefined;
+      const views = await Promise.all(nodes.map((n) => call(n.port, ['CLUSTER', 'NODES'])));
+      const attached = (view: unknown) => String(view).split('\n').filter((l) => /[ ,](slave|replica) [0-9a-f]{40} /.test(l)).length;
+      if (!views.every((v) => attached(v) === primaries * replicas)) return 'every replica attached to its primary, seen by every node';
+      const links = await Promise.all(nodes.map((n) => call(n.port, ['INFO', 'replication'])));
+      const replicaLinks = links.map(String).filter((l) => l.includes('role:slave'));
+      if (replicaLinks.length !== primaries * replicas || !replicaLinks.every((l) => l.includes('master_link_status:up'))) return 'every replica in sync with its primary';
+      return undefined;
+    };
+    for (;;) {
+      const waitingFor = await settled();
+      if (!waitingFor) break;
+      if (Date.now() > deadline) throw new Error(`the local Redis Cluster did not settle: waiting for ${waitingFor}`);
       await new Promise((r) => setTimeout(r, 50));
     }
     return {
