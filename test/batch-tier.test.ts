@@ -6,6 +6,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
+import { batchKeys } from '../src/shared/core/queue-keys.js';
 
 /**
  * The batch tier end to end: the real SDK's `ai.batches` against the emulator, whose batch clock the test
@@ -171,5 +172,36 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
     expect(generateCalls(s)).toHaveLength(0);
     expect(await s.runtime.deps.batchStore.openIntents()).toEqual([]);
+  });
+
+  it('a request the batch answers with an error fails its job with a typed code; the others complete', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const ids = await Promise.all(['f1', 'f2', 'f3'].map((m) => enqueue(s, m, { tier: 'batch' })));
+    const store = s.runtime.deps.batchStore;
+    await until('three pending requests', async () => {
+      for (const m of await store.models()) if ((await store.pending(m, 10)).length === 3) return true;
+      return undefined;
+    });
+    // One request Gemini refuses inside the batch: a response schema with a text/plain MIME type.
+    const key = batchKeys(s.cfg.QUEUE_PREFIX).job(ids[0]);
+    const req = JSON.parse((await s.runtime.deps.redis.hget(key, 'req'))!);
+    req.config.responseMimeType = 'text/plain';
+    await s.runtime.deps.redis.hset(key, 'req', JSON.stringify(req));
+
+    const c = collector(createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }));
+    expect(await c.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    s.emulator.advanceClock(60_000);
+    await c.run();
+    const [bad, ...good] = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(bad.state).toBe('failed');
+    expect(bad.error).toMatch(/^\[EBADREQUEST\] Gemini .* batch request failed \(400\)/);
+    expect(bad.attempts).toBe(1);
+    expect(good.map((j) => [j.state, j.result?.tier])).toEqual([
+      ['completed', 'batch'],
+      ['completed', 'batch'],
+    ]);
+    expect(generateCalls(s)).toHaveLength(0);
   });
 });

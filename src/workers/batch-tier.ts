@@ -20,31 +20,36 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
   const fallbackAt = (deadlineAt: number | undefined, addedAt: number) =>
     deadlineAt !== undefined ? deadlineAt - deps.deadlineMarginMs / 2 : addedAt + NO_DEADLINE_WAIT_MS;
 
-  return {
-    async generate<R>(
-      ctx: JobContext,
-      req: { system?: string; prompt: string; responseJsonSchema?: unknown },
-      standard: () => Promise<R>,
-    ): Promise<R | GenerateResult> {
-      const jobId = ctx.job.id!;
-      const rec = await deps.store.job(jobId);
-      if (rec?.state === 'done' || rec?.state === 'failed') {
-        // Read once: a retry of this job (its answer failed validation, say) calls the standard tier.
-        await deps.store.setJob(jobId, { state: 'fallback' });
-        if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
-        const e = JSON.parse(rec.error ?? '{}') as { code?: number; message?: string };
-        const code = e.code ?? 500;
-        const message = `Gemini ${rec.model} batch request failed (${code}): ${e.message ?? 'no message'}`;
-        // A request Gemini refused fails like a refused call; anything else is retried (on the standard tier).
-        throw code >= 400 && code < 500 && code !== 429 ? new LlmError('EBADREQUEST', message, { status: code }) : new LlmError('EPROVIDER', message, { status: code });
-      }
-      const now = Date.now();
-      const until = fallbackAt(ctx.job.data.deadlineAt, rec?.addedAt ?? now);
-      if (rec?.state === 'fallback' || now >= until) return standard();
-      if (!rec) await deps.store.add(jobId, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
-      throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
-    },
-  };
+  async function generate<R>(
+    ctx: JobContext,
+    req: { system?: string; prompt: string; responseJsonSchema?: unknown },
+    standard: () => Promise<R>,
+  ): Promise<R | GenerateResult> {
+    const jobId = ctx.job.id!;
+    const rec = await deps.store.job(jobId);
+    if (rec?.state === 'done' || rec?.state === 'failed') {
+      // Read once: a retry of this job (its answer failed validation, say) calls the standard tier.
+      await deps.store.move(jobId, rec.state, 'fallback');
+      if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
+      const e = JSON.parse(rec.error ?? '{}') as { code?: number; message?: string };
+      const code = e.code ?? 500;
+      const message = `Gemini ${rec.model} batch request failed (${code}): ${e.message ?? 'no message'}`;
+      // A request Gemini refused fails like a refused call; anything else is retried (on the standard tier).
+      throw code >= 400 && code < 500 && code !== 429 ? new LlmError('EBADREQUEST', message, { status: code }) : new LlmError('EPROVIDER', message, { status: code });
+    }
+    if (rec?.state === 'fallback') return standard();
+    const now = Date.now();
+    const until = fallbackAt(ctx.job.data.deadlineAt, rec?.addedAt ?? now);
+    if (now >= until) {
+      // Out of time (no collector answered): standard, unless the answer lands in this very moment.
+      if (!rec || (await deps.store.move(jobId, rec.state, 'fallback'))) return standard();
+      return generate(ctx, req, standard);
+    }
+    if (!rec) await deps.store.add(jobId, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
+    throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
+  }
+
+  return { generate };
 }
 
 export type BatchTier = ReturnType<typeof createBatchTier>;

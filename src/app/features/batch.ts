@@ -20,8 +20,10 @@ export function batchFeature(deps: FeatureDeps): Feature {
       const collector = createBatchCollector({
         store: deps.batchStore,
         batches: deps.batches,
-        // Back in its lane now; a job the dispatcher does not know (no fair dispatch) is promoted by BullMQ.
+        // Back in its lane now, if it still waits (not cancelled, not already run by its own fallback timer); a
+        // job the dispatcher does not know (no fair dispatch) is promoted by BullMQ.
         wake: async (id) => {
+          if ((await deps.queue.getJobState(id)) !== 'delayed') return;
           woke = true;
           if (await deps.scheduler.repark(id, 0, 'batch')) return;
           await (await deps.queue.getJob(id))?.promote().catch(() => undefined);

@@ -39,6 +39,8 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const { redis } = deps;
   const k = batchKeys(deps.prefix);
   const addLua = defineLua(redis, 'batch-add-3.lua');
+  const openLua = defineLua(redis, 'batch-open-N.lua');
+  const moveLua = defineLua(redis, 'batch-move-1.lua');
 
   const recordOf = (h: Record<string, string>): BatchJobRecord | undefined =>
     h.state
@@ -75,9 +77,6 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
     async job(jobId: string): Promise<BatchJobRecord | undefined> {
       return recordOf(await redis.hgetall(k.job(jobId)));
     },
-    async setJob(jobId: string, fields: { state: BatchJobState; result?: string; error?: string }): Promise<void> {
-      await redis.multi().hset(k.job(jobId), fields).expire(k.job(jobId), TTL_S).exec();
-    },
     async models(): Promise<string[]> {
       return redis.smembers(k.models);
     },
@@ -89,31 +88,21 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
       return out;
     },
     /**
-     * Records the intent to submit these jobs as one batch, in one transaction: the intent (with its
-     * displayName), its place among the open ones, and the jobs moved from pending to submitted (`taken`: every
-     * id leaving the pending set, `jobs` those still pending, which the batch carries). Run by the
-     * collector holding its lock, so nothing else takes pending jobs meanwhile.
+     * Records the intent to submit a model's pending jobs as one batch (its displayName made here), in one
+     * script: only jobs still pending join, and leave the pending set with it (`batch-open-N.lua`). Undefined
+     * when none was still pending.
      */
-    async openIntent(model: string, taken: string[], jobs: string[], displayPrefix: string): Promise<BatchIntent> {
-      const records = await Promise.all(jobs.map((id) => redis.hget(k.job(id), 'deadlineAt')));
-      const deadlines = records.filter((d): d is string => d !== null).map(Number);
+    async openIntent(model: string, ids: string[], displayPrefix: string): Promise<BatchIntent | undefined> {
       const id = randomUUID();
-      const intent: BatchIntent = {
-        id,
-        model,
-        displayName: `${displayPrefix}-${id}`,
-        jobs,
-        createdAt: Date.now(),
-        ...(deadlines.length ? { minDeadline: Math.min(...deadlines) } : {}),
-      };
-      const m = redis.multi();
-      m.hset(k.intent(id), { model, displayName: intent.displayName, jobs: JSON.stringify(jobs), createdAt: intent.createdAt, ...(intent.minDeadline ? { minDeadline: intent.minDeadline } : {}) });
-      m.expire(k.intent(id), TTL_S);
-      m.sadd(k.open, id);
-      m.zrem(k.queue(model), ...taken);
-      for (const j of jobs) m.hset(k.job(j), { state: 'submitted', intent: id });
-      await m.exec();
-      return intent;
+      const displayName = `${displayPrefix}-${id}`;
+      const createdAt = Date.now();
+      const jobs = (await openLua([k.intent(id), k.open, k.queue(model), ...ids.map((j) => k.job(j))], [id, model, displayName, createdAt, TTL_S, ...ids])) as string[];
+      if (!jobs.length) return undefined;
+      return intentOf(id, await redis.hgetall(k.intent(id)));
+    },
+    /** Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in `from`. */
+    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error'; value?: string } = {}): Promise<boolean> {
+      return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S])) === 1;
     },
     /** The inline requests of jobs, in order (a job whose record expired has none). */
     async requests(jobs: string[]): Promise<Array<unknown | undefined>> {

@@ -5,6 +5,12 @@ import type { BatchApi, BatchInfo } from '../../shared/infra/llm/batch-api.js';
 
 const RUNNING = new Set(['JOB_STATE_PENDING', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING']);
 
+/** A 4xx answer other than 429 (the SDK's ApiError carries `status`): asking again cannot help. */
+const refused = (err: unknown) => {
+  const status = (err as { status?: unknown } | null)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500 && status !== 429;
+};
+
 export interface BatchCollectorOptions {
   store: BatchStore;
   batches: Omit<BatchApi, 'resultOf'>;
@@ -31,10 +37,21 @@ export interface BatchCollectorOptions {
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
 
-  async function create(intent: BatchIntent): Promise<void> {
+  async function submit(intent: BatchIntent): Promise<void> {
     const reqs = await o.store.requests(intent.jobs);
     const src = reqs.filter((r): r is InlinedRequest => r !== undefined);
-    const b = await o.batches.create(intent.model, intent.displayName, src);
+    let b: BatchInfo;
+    try {
+      b = await o.batches.create(intent.model, intent.displayName, src);
+    } catch (err) {
+      // Gemini refused the batch itself (a 4xx other than 429): no retry can help; its jobs run standard now.
+      if (refused(err)) {
+        await fallBack(intent, intent.jobs, `batch refused (${(err as { status?: number }).status})`);
+        await o.store.closeIntent(intent.id, 'REFUSED');
+        return;
+      }
+      throw err;
+    }
     await o.store.setIntent(intent.id, { name: b.name, state: b.state });
     log.info({ batch: b.name, model: intent.model, requests: src.length }, 'batch submitted');
   }
@@ -47,7 +64,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       log.info({ batch: found.name, displayName: intent.displayName }, 'batch adopted by displayName after a restart');
       return;
     }
-    await create(intent);
+    await submit(intent);
   }
 
   async function submitDue(now: number): Promise<void> {
@@ -55,56 +72,59 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       const pending = await o.store.pending(model, o.maxRequests);
       if (!pending.length) continue;
       if (pending.length < o.maxRequests && now - pending[0].addedAt < o.maxAgeMs) continue;
-      // A job that fell back on its own (its fallback time passed) is no longer pending: not submitted.
-      const states = await Promise.all(pending.map((p) => o.store.job(p.id)));
-      const jobs = pending.filter((_, i) => states[i]?.state === 'pending').map((p) => p.id);
-      const intent = await o.store.openIntent(model, pending.map((p) => p.id), jobs, o.displayPrefix);
-      if (jobs.length) await create(intent);
-      else await o.store.closeIntent(intent.id, 'EMPTY');
+      // Only jobs still pending join (one that fell back on its own is not sent): recorded before create.
+      const intent = await o.store.openIntent(model, pending.map((p) => p.id), o.displayPrefix);
+      if (intent) await submit(intent);
     }
   }
 
-  /** Jobs of the batch not yet answered go to the standard tier. */
-  async function fallBack(intent: BatchIntent, why: string): Promise<void> {
+  /** Jobs of the batch not yet answered go to the standard tier (each moved, and woken, once). */
+  async function fallBack(intent: BatchIntent, jobs: string[], why: string): Promise<void> {
     let n = 0;
-    for (const id of intent.jobs) {
-      const rec = await o.store.job(id);
-      if (rec?.state !== 'submitted' || rec.intent !== intent.id) continue;
-      await o.store.setJob(id, { state: 'fallback' });
+    for (const id of jobs) {
+      if (!(await o.store.move(id, 'submitted', 'fallback', { intent: intent.id }))) continue;
       await o.wake(id);
       n += 1;
     }
-    log.warn({ batch: intent.name, why, jobs: n }, 'batch did not answer in time: its jobs run on the standard tier');
+    if (n) log.warn({ batch: intent.name, why, jobs: n }, 'batch did not answer: its jobs run on the standard tier');
   }
 
   async function deliver(intent: BatchIntent, b: BatchInfo): Promise<void> {
     const answered = new Set<string>();
     for (const r of b.responses ?? []) {
-      if (!r.jobId || !intent.jobs.includes(r.jobId)) continue;
-      const rec = await o.store.job(r.jobId);
-      if (rec?.state !== 'submitted' || rec.intent !== intent.id) continue;
+      if (!r.jobId || !intent.jobs.includes(r.jobId) || answered.has(r.jobId)) continue;
       answered.add(r.jobId);
-      if (r.response) await o.store.setJob(r.jobId, { state: 'done', result: JSON.stringify(r.response) });
-      else await o.store.setJob(r.jobId, { state: 'failed', error: JSON.stringify(r.error ?? {}) });
-      await o.wake(r.jobId);
+      const moved = r.response
+        ? await o.store.move(r.jobId, 'submitted', 'done', { intent: intent.id, field: 'result', value: JSON.stringify(r.response) })
+        : await o.store.move(r.jobId, 'submitted', 'failed', { intent: intent.id, field: 'error', value: JSON.stringify(r.error ?? {}) });
+      if (moved) await o.wake(r.jobId);
     }
     // A job the batch returned nothing for still gets an answer: on the standard tier.
-    if (answered.size < intent.jobs.length) await fallBack({ ...intent, jobs: intent.jobs.filter((j) => !answered.has(j)) }, 'missing responses');
+    await fallBack(intent, intent.jobs.filter((j) => !answered.has(j)), 'no response for the job');
     log.info({ batch: b.name, answered: answered.size }, 'batch answers handed to their jobs');
   }
 
   async function poll(intent: BatchIntent, now: number): Promise<void> {
-    const b = await o.batches.get(intent.name!);
+    let b: BatchInfo;
+    try {
+      b = await o.batches.get(intent.name!);
+    } catch (err) {
+      // The batch is gone (deleted by someone) or unreadable for good: its jobs run standard.
+      if (!refused(err)) throw err;
+      await fallBack(intent, intent.jobs, `batch unreadable (${(err as { status?: number }).status})`);
+      await o.store.closeIntent(intent.id, 'GONE');
+      return;
+    }
     if (b.state !== intent.state) await o.store.setIntent(intent.id, { state: b.state });
     if (b.state === 'JOB_STATE_SUCCEEDED') {
       await deliver(intent, b);
       await o.store.closeIntent(intent.id, b.state);
     } else if (!RUNNING.has(b.state)) {
-      await fallBack(intent, b.state);
+      await fallBack(intent, intent.jobs, b.state);
       await o.store.closeIntent(intent.id, b.state);
     } else if (intent.minDeadline !== undefined && now >= intent.minDeadline - o.deadlineMarginMs) {
       await o.batches.cancel(intent.name!);
-      await fallBack(intent, 'deadline near');
+      await fallBack(intent, intent.jobs, 'deadline near');
       await o.store.closeIntent(intent.id, 'JOB_STATE_CANCELLED');
     }
   }
