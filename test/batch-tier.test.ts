@@ -204,4 +204,24 @@ describe('batch creation survives a crash between the intent and the answer of c
     ]);
     expect(generateCalls(s)).toHaveLength(0);
   });
+
+  // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.
+  it('with no collector answering, a job runs on the standard tier on its own at deadline - margin/2', async () => {
+    s.emulator.resetCalls();
+    // Explicit batch tier; deadline 1802 s with a 1 h margin: its own fallback time is 2 s from now.
+    const id = await enqueue(s, 'alone', { tier: 'batch', deadline: 1802 });
+    const waiting = await until('the job waiting for its batch', async () => {
+      const v = await view(s, id);
+      return v.stage.name === 'waiting_for_batch' && v.stage;
+    });
+    expect(waiting).toMatchObject({ state: 'COLLECTING', eta: expect.any(String) });
+    expect(waiting.batch).toBeUndefined();
+    const done = await view(s, id, 20_000);
+    expect(done.state).toBe('completed');
+    expect(done.result.tier).toBeUndefined();
+    expect(Date.parse(done.finishedAt)).toBeGreaterThanOrEqual(Date.parse(waiting.eta) - 50);
+    expect(batchCalls(s)).toHaveLength(0);
+    expect(generateCalls(s)).toHaveLength(1);
+    expect((await s.runtime.deps.batchStore.job(id))?.state).toBe('fallback');
+  });
 });
