@@ -248,3 +248,19 @@ describe('circuit breaker round trips', () => {
     await redis.quit();
   });
 });
+
+describe('circuit breaker quota mark', () => {
+  it('refuses a marked key in the acquire script itself (no probe taken, no state moved) until the mark expires', async () => {
+    const redis = new Redis(redisUrl());
+    const breaker = createCircuitBreaker({ redis, prefix: randomPrefix(), failureThreshold: 1, timeoutMs: 60_000 });
+    await breaker.markExhausted('m', 60_000);
+    const refused = await breaker.acquire('m');
+    expect(refused).toMatchObject({ allowed: false, state: 'exhausted' });
+    expect(refused.allowed === false && refused.msBeforeNext).toBeGreaterThan(55_000);
+    expect(await breaker.state('m')).toMatchObject({ state: 'closed', probeInFlight: false });
+    // A short mark lapses by itself: the key is called again.
+    await breaker.markExhausted('m', 1);
+    await vi.waitFor(async () => expect(await breaker.acquire('m')).toMatchObject({ allowed: true }), { ...POLL, interval: 5 });
+    await redis.quit();
+  });
+});

@@ -103,13 +103,19 @@ describe('llm client error classification (real SDK, real HTTP)', () => {
     expect(bare.retryAfterMs).toBeUndefined();
   });
 
-  it('429 QuotaFailure: per-minute -> ERATELIMIT with the quota id; per-day -> EQUOTAEXHAUSTED until the Pacific midnight reset', async () => {
+  it('429 QuotaFailure: per-minute -> ERATELIMIT with the quota id; per-day -> EQUOTAEXHAUSTED until RetryInfo\'s delay, else the Pacific midnight reset', async () => {
     emu.script({ status: 429, quota: 'per_minute', retryAfterS: 46 });
     expect(await failure(gen())).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerMinutePerProjectPerModel', model: MODEL });
     emu.script({ status: 429, quota: 'per_day', retryAfterS: 46 });
+    const before = Date.now();
     const day = await failure(gen());
-    expect(day).toMatchObject({ code: 'EQUOTAEXHAUSTED', retryable: true, quotaId: 'GenerateRequestsPerDayPerProjectPerModel', model: MODEL });
-    expect(day.retryAtMs).toBe(nextPacificMidnight());
+    expect(day).toMatchObject({ code: 'EQUOTAEXHAUSTED', retryable: true, retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerDayPerProjectPerModel', model: MODEL });
+    expect(day.retryAtMs).toBeGreaterThanOrEqual(before + 46_000);
+    expect(day.retryAtMs).toBeLessThanOrEqual(Date.now() + 46_000);
+    emu.script({ status: 429, quota: 'per_day' });
+    const noDelay = await failure(gen());
+    expect(noDelay).toMatchObject({ code: 'EQUOTAEXHAUSTED', quotaId: 'GenerateRequestsPerDayPerProjectPerModel' });
+    expect(noDelay.retryAtMs).toBe(nextPacificMidnight());
   });
 
   it('nextPacificMidnight: the next 00:00 in Los Angeles, across daylight saving changes', () => {

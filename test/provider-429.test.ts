@@ -80,7 +80,8 @@ describe('provider 429: reschedule, never fail', () => {
 
   it('per-day without a fallback: parked until the quota resets (midnight Pacific), visible as provider_quota', async () => {
     const model = 'gemini-2.0-flash-lite';
-    s.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 30, match: { model } });
+    // No RetryInfo: the wait is until the daily reset (with one, it is RetryInfo's delay: provider-quota-mark.test.ts).
+    s.emulator.script({ status: 429, quota: 'per_day', match: { model } });
     const id = await post(s, 'day-parked', model);
     const held = await until('the job is parked for the daily quota', async () => {
       const v = await view(s, id);

@@ -65,6 +65,11 @@ export const guardKeys = {
   tokenBucket: (guardPrefix: string, bucket: string) => `${guardPrefix}:tb:${bucket}`,
   breaker: (guardPrefix: string, key: string) => `${guardPrefix}:cb:${key}`,
   breakerHead: (guardPrefix: string) => `${guardPrefix}:cb:`,
+  /**
+   * A breaker key's quota mark (e.g. `gemini:<model>` after a per-day 429): the model is not called until it
+   * expires. Beside the breaker hash, under the same hash tag, so the breaker's acquire script reads both.
+   */
+  quotaMark: (guardPrefix: string, key: string) => `${guardPrefix}:qx:${key}`,
   admission: (guardPrefix: string, plan: string) => `${guardPrefix}:adm:${plan}`,
   resultOrgVersion: (guardPrefix: string, org: string) => `${guardPrefix}:rc:v:${org}`,
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,

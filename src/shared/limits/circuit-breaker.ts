@@ -8,7 +8,9 @@ export type BreakerState = 'closed' | 'open' | 'halfOpen';
 
 export type AcquireResult =
   | { allowed: true; probe: boolean; /** Closed with no failures counted: a success need not be recorded. */ clean?: boolean }
-  | { allowed: false; state: 'open' | 'halfOpen'; retryAtMs: number; msBeforeNext: number };
+  | { allowed: false; state: 'open' | 'halfOpen'; retryAtMs: number; msBeforeNext: number }
+  /** The key's quota is spent (`markExhausted`) until `retryAtMs`: refused without touching the breaker. */
+  | { allowed: false; state: 'exhausted'; retryAtMs: number; msBeforeNext: number };
 
 export interface BreakerSnapshot {
   state: BreakerState;
@@ -77,6 +79,11 @@ export interface CircuitBreaker extends EventEmitter {
   onIgnored(key: string, probe: boolean): Promise<void>;
   /** Applies `errorFilter`: `onIgnored` for filtered errors, `onFailure` otherwise. */
   onError(key: string, probe: boolean, err: unknown): Promise<void>;
+  /**
+   * The provider said the key's quota is spent (a per-day 429): `acquire` refuses it for `forMs`, read in the
+   * same script as the breaker (no extra round trip per call). One SET with an expiry; a later mark replaces it.
+   */
+  markExhausted(key: string, forMs: number): Promise<void>;
   state(key: string): Promise<BreakerSnapshot>;
   reset(key: string): Promise<void>;
 }
@@ -99,10 +106,11 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   const slots = opts.rollingWindowSlots ?? 10;
   // Idle long enough and the key lapses to "closed": by then an open breaker would have probed anyway.
   const ttlMs = 2 * Math.max(timeoutMs + probeLeaseMs, windowMs, 60_000);
-  const acquireLua = defineLua(opts.redis, 'circuit-breaker-acquire-1.lua');
+  const acquireLua = defineLua(opts.redis, 'circuit-breaker-acquire-2.lua');
   const recordLua = defineLua(opts.redis, 'circuit-breaker-record-1.lua');
   const stateLua = defineLua(opts.redis, 'circuit-breaker-state-1.lua');
   const fullKey = (key: string) => guardKeys.breaker(opts.prefix, key);
+  const markKey = (key: string) => guardKeys.quotaMark(opts.prefix, key);
 
   const emitter = new EventEmitter() as CircuitBreaker;
 
@@ -119,13 +127,15 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
     errorFilter: opts.errorFilter ?? defaultErrorFilter,
     async acquire(key: string): Promise<AcquireResult> {
       const [allowed, probe, state, retryAtMs, now, event, failures] = (await acquireLua(
-        [fullKey(key)],
+        [fullKey(key), markKey(key)],
         [probeLeaseMs, halfOpenRetryMs, ttlMs],
-      )) as [number, number, BreakerState, number, number, string, number?];
+      )) as [number, number, BreakerState | 'exhausted', number, number, string, number?];
       if (event === 'halfOpen') emitter.emit('halfOpen', key);
       // Without a rolling failure-rate window, a success on a clean closed breaker changes nothing.
       if (allowed === 1) return { allowed: true, probe: probe === 1, ...(state === 'closed' && failures === 0 && pct === 0 ? { clean: true } : {}) };
-      const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext: Math.max(0, retryAtMs - now) };
+      const msBeforeNext = Math.max(0, retryAtMs - now);
+      if (state === 'exhausted') return { allowed: false, state, retryAtMs, msBeforeNext };
+      const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext };
       emitter.emit('reject', key, result);
       return result;
     },
@@ -134,6 +144,9 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
     onIgnored: (key: string, probe: boolean) => record(key, 'ignore', probe),
     onError(key: string, probe: boolean, err: unknown) {
       return record(key, emitter.errorFilter(err) ? 'ignore' : 'failure', probe);
+    },
+    async markExhausted(key: string, forMs: number) {
+      await opts.redis.set(markKey(key), String(Date.now() + forMs), 'PX', Math.max(1, Math.round(forMs)));
     },
     async state(key: string): Promise<BreakerSnapshot> {
       const [state, cf, retryAtMs, probing] = (await stateLua([fullKey(key)], [])) as [BreakerState, number, number, number];

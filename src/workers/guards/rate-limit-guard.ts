@@ -1,5 +1,6 @@
 import { DelayJobError, type Middleware } from '../middleware.js';
 import { OpenCircuitError } from '../../shared/limits/circuit-breaker.js';
+import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
 import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limits/token-bucket.js';
 import { defaultModelLimits, type ModelLimits } from '../../shared/limits/model-limits.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
@@ -93,7 +94,7 @@ export function createRateLimitGuard(opts: {
     try {
       result = await next();
     } catch (err) {
-      if (!prepaid && (err instanceof DelayJobError || err instanceof OpenCircuitError)) {
+      if (!prepaid && (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError)) {
         await Promise.all(requests.map((r) => correct(r, -r.cost)));
       }
       throw err;

@@ -3,6 +3,7 @@ import { AgentqError } from '../../shared/core/errors.js';
 import { codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
+import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
 
 export interface Route {
   /** A model name, or the name of an agent whose action of the same name serves the job. */
@@ -43,7 +44,8 @@ const sleep = (ms: number, signal: AbortSignal) =>
 
 /**
  * Refusals that say the primary cannot serve now, so switching to the fallback at once is right: an open
- * breaker (refused before any call) and a per-day provider quota (it will not clear for hours).
+ * breaker (refused before any call) and a per-day provider quota (it will not clear for hours), whether a call
+ * just answered it or the model's quota mark refused it before any call (`QuotaExhaustedError`).
  */
 const refusedBeforeCall = (err: unknown) => {
   const code = (err as { code?: string })?.code;
@@ -120,7 +122,9 @@ export function createRouteGuard(opts: {
       restore(ctx, outer);
       throw primaryError;
     }
-    ctx.logger.warn({ primary: route.primary, fallback: route.fallback, err: (primaryError as Error)?.message }, 'primary route failed; trying fallback');
+    // A primary skipped for its spent quota is the expected path until the reset (logged once, when marked).
+    const level = primaryError instanceof QuotaExhaustedError ? 'debug' : 'warn';
+    ctx.logger[level]({ primary: route.primary, fallback: route.fallback, err: (primaryError as Error)?.message }, 'primary route failed; trying fallback');
     try {
       return { ...(await tryTarget(route.fallback, outer.model)), route: 'fallback' as const };
     } catch (err) {

@@ -7,7 +7,7 @@ export class LlmError extends Error {
   readonly retryable: boolean;
   readonly status?: number;
   readonly retryAfterMs?: number;
-  /** EQUOTAEXHAUSTED: when the violated per-day quota resets (epoch ms). */
+  /** EQUOTAEXHAUSTED: when the violated per-day quota resets (epoch ms): now + RetryInfo's delay, else midnight Pacific. */
   readonly retryAtMs?: number;
   /** 429s: the quota Gemini named in `google.rpc.QuotaFailure` (e.g. GenerateRequestsPerDayPerProjectPerModel). */
   readonly quotaId?: string;
@@ -96,8 +96,8 @@ export function nextPacificMidnight(now = Date.now()): number {
 
 /**
  * What a 429's QuotaFailure says: a per-day quota (waits for the daily reset, or another model) or a
- * short-window one (per minute: waits `retryDelay`). A body naming both is per-day: the minute's delay
- * would only lead to another 429.
+ * short-window one (per minute: waits `retryDelay`). A body naming both is per-day: the fallback serves
+ * at once instead of the job waiting on a model whose daily quota is spent.
  */
 function quotaOf(rpc: RpcStatus | undefined): { perDay: boolean; quotaId?: string } {
   const violations = (rpc?.details ?? []).filter((d) => String(d['@type']).endsWith('google.rpc.QuotaFailure')).flatMap((d) => d.violations ?? []);
@@ -165,7 +165,9 @@ export function toLlmError(err: unknown): LlmError {
       const delay = rpc?.details?.find((d) => String(d['@type']).endsWith('google.rpc.RetryInfo'))?.retryDelay;
       const retryAfterMs = (delay ? parseDuration(delay) : undefined) ?? parseRetryAfter(headerOf(top, 'retry-after'));
       const quota = quotaOf(rpc);
-      if (quota.perDay) return new LlmError('EQUOTAEXHAUSTED', message, { status: s, retryAfterMs, retryAtMs: nextPacificMidnight(), quotaId: quota.quotaId, cause: err });
+      // The reset: RetryInfo's delay when Gemini gives one, else the daily reset at midnight Pacific.
+      const retryAtMs = retryAfterMs !== undefined ? Date.now() + retryAfterMs : nextPacificMidnight();
+      if (quota.perDay) return new LlmError('EQUOTAEXHAUSTED', message, { status: s, retryAfterMs, retryAtMs, quotaId: quota.quotaId, cause: err });
       return new LlmError('ERATELIMIT', message, { status: s, retryAfterMs, quotaId: quota.quotaId, cause: err });
     }
     if (s === 408 || s === 504) return new LlmError('ETIMEDOUT', message, { status: s, cause: err });

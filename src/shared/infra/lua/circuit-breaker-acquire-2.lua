@@ -1,12 +1,21 @@
 -- Asks a breaker whether a call may go through; moves OPEN -> HALF_OPEN once its timeout has passed
 -- and grants at most one probe at a time (a lease that expires, so a crashed prober cannot wedge it).
+-- Also honours the key's quota mark: a provider said its quota is spent (a per-day 429) until the mark
+-- expires; read here so the normal path pays no extra round trip. A marked key is refused before any breaker
+-- state is touched (no probe lease, no OPEN -> HALF_OPEN move).
 -- KEYS[1]: breaker hash {st, cf, ou, ps, pl, window slots}; a missing key is a closed breaker
+-- KEYS[2]: quota mark (a string whose PTTL is the time left until the quota resets); usually missing
 -- ARGV[1]: probe lease ms, ARGV[2]: how long a caller refused during a probe should wait at most,
 -- ARGV[3]: key ttl ms
--- Returns {allowed (0|1), probe (0|1), state, retryAtMs (0 if allowed), now ms, event ('' | 'halfOpen' | 'reject'),
+-- Returns {allowed (0|1), probe (0|1), state ('closed' | 'open' | 'halfOpen' | 'exhausted'), retryAtMs (0 if allowed),
+--          now ms, event ('' | 'halfOpen' | 'reject'),
 --          consecutive failures (closed only; 0 lets a success skip recording: it would change nothing)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local qx = redis.call('PTTL', KEYS[2])
+if qx > 0 then
+  return {0, 0, 'exhausted', now + qx, now, 'reject'}
+end
 local s = redis.call('HMGET', KEYS[1], 'st', 'ou', 'pl', 'cf')
 local st = s[1] or 'closed'
 if st == 'closed' then
