@@ -46,6 +46,7 @@ async function main(role: Role) {
     logger,
     registry: defaultRegistry(),
     llm: gemini.llm,
+    batches: gemini.batches,
     api: role !== 'worker',
     worker: role !== 'api',
     features: defaultFeatures,

@@ -41,6 +41,9 @@ describe('prices: one table, dated, overridable', () => {
     expect(chooseTier({ deadline: 60 }, now)).toEqual({ tier: 'standard', deadlineAt: now + 60_000 });
     expect(chooseTier({ deadline: '2026-01-01T02:00:00Z' }, now).tier).toBe('flex');
     expect(chooseTier({ tier: 'priority', deadline: 3600 }, now).tier).toBe('priority');
+    // A day or more away: Batch Mode (half price, target turnaround 24 h).
+    expect(chooseTier({ deadline: 2 * 86_400 }, now)).toEqual({ tier: 'batch', deadlineAt: now + 2 * 86_400_000 });
+    expect(chooseTier({ tier: 'batch' }, now)).toEqual({ tier: 'batch' });
     expect(() => chooseTier({ deadline: '2025-12-31T00:00:00Z' }, now)).toThrow(/invalid job request/);
   });
 });

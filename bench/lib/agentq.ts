@@ -62,6 +62,7 @@ export async function startAgentq(
     logger,
     registry: defaultRegistry(),
     llm: gemini.llm,
+    batches: gemini.batches,
     api: opts.api ?? false,
     worker: false,
     features: [...defaultFeatures, probe],

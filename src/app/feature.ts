@@ -10,6 +10,8 @@ import type { Config } from '../shared/core/config.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
+import type { BatchApi } from '../shared/infra/llm/batch-api.js';
+import type { BatchStore } from '../shared/batch/batch-store.js';
 
 /** What a feature is built from. Connections here are shared: a feature that blocks (XREAD, SUBSCRIBE) makes its own. */
 export interface FeatureDeps {
@@ -26,6 +28,9 @@ export interface FeatureDeps {
   scheduler: FairScheduler;
   /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
   metrics: OpsMetrics;
+  /** Gemini Batch Mode (absent: batch-tier jobs run on the standard tier) and the batch tier's Redis state. */
+  batches?: BatchApi;
+  batchStore: BatchStore;
   llm: {
     generate: import('../workers/call-agent.js').GenerateFn['generate'];
     embed(texts: string[], opts?: { signal?: AbortSignal; taskType?: string }): Promise<number[][]>;

@@ -3,6 +3,7 @@ import { startGeminiEmulator, type GeminiEmulator, type GeminiEmulatorOptions } 
 import type { Logger } from '../shared/core/logger.js';
 import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
 import { createPricing, type Pricing } from '../shared/infra/llm/pricing.js';
+import { createBatchApi, type BatchApi } from '../shared/infra/llm/batch-api.js';
 
 export interface GeminiModels {
   fast: string;
@@ -12,6 +13,8 @@ export interface GeminiModels {
 
 export interface GeminiSetup {
   llm: LlmClient;
+  /** Gemini Batch Mode (the batch tier), on the same key and endpoint. */
+  batches: BatchApi;
   models: GeminiModels;
   /** Set only when the in-process emulator is serving (no API key). */
   emulator?: GeminiEmulator;
@@ -41,7 +44,8 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
   const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
-    return { llm, models: opts.models, close: async () => undefined };
+    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing });
+    return { llm, batches, models: opts.models, close: async () => undefined };
   }
   const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
   opts.logger.warn(
@@ -49,7 +53,8 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
     'GEMINI_API_KEY is not set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY for real answers.',
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
-  return { llm, models: opts.models, emulator, close: () => emulator.close() };
+  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing });
+  return { llm, batches, models: opts.models, emulator, close: () => emulator.close() };
 }
 
 /** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */

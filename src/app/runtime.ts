@@ -29,6 +29,9 @@ import { createWorkerGuards } from '../workers/guards/index.js';
 import { createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
 import { tracingEnabled } from './tracing.js';
+import type { BatchApi } from '../shared/infra/llm/batch-api.js';
+import { createBatchStore } from '../shared/batch/batch-store.js';
+import { createBatchTier } from '../workers/batch-tier.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
 
@@ -63,6 +66,8 @@ export async function startRuntime(opts: {
   logger: Logger;
   registry: AgentRegistry;
   llm: FeatureDeps['llm'];
+  /** Gemini Batch Mode; without it batch-tier jobs run on the standard tier. */
+  batches?: BatchApi;
   api: boolean;
   worker: boolean;
   features?: FeatureFactory[];
@@ -114,10 +119,12 @@ export async function startRuntime(opts: {
     retention: retentionOf(cfg),
     admission,
     flows: flowProducer,
-    tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S },
+    tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S, batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S },
   });
-  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler });
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm };
+  const batchStore = createBatchStore({ redis, prefix: cfg.QUEUE_PREFIX });
+  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id) });
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm, batchStore, ...(opts.batches ? { batches: opts.batches } : {}) };
+  const batch = opts.batches ? createBatchTier({ store: batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
   const guardSets: Array<{ close(): Promise<void> }> = [];
@@ -125,7 +132,7 @@ export async function startRuntime(opts: {
   async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}) });
+    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     await worker.ready();
     workers.push(worker);
     return worker;

@@ -70,6 +70,8 @@ export function createJobService(deps: {
   prefix: string;
   cancelledTtlS: number;
   scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
+  /** A batch-tier job's batch (name, state) while it waits for it. */
+  batchView?: (jobId: string) => Promise<{ model: string; batch?: string; state: string } | undefined>;
 }) {
   const { queue, redis, prefix } = deps;
   // One set of QueueEvents listeners for every long poll of this process, however many wait on one job.
@@ -123,6 +125,8 @@ export function createJobService(deps: {
             ...(why.position !== undefined ? { position: why.position } : {}),
           };
           view.stage = { name: 'waiting', ...view.waitingFor };
+          const batch = why.reason === 'waiting_for_batch' ? await deps.batchView?.(id) : undefined;
+          if (batch) view.stage = { name: 'waiting_for_batch', ...batch, ...(view.waitingFor.eta ? { eta: view.waitingFor.eta } : {}) };
         }
       }
       return view;

@@ -1,7 +1,8 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
 import type { AgentResult, ServiceTier, TokenUsage } from '../shared/core/types.js';
-import type { JobContext } from './middleware.js';
+import { DelayJobError, type JobContext } from './middleware.js';
+import type { BatchTier } from './batch-tier.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
 import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
 
@@ -59,6 +60,8 @@ export function createAgentCall(deps: {
   onModelCall?: (e: ModelCallEvent) => void;
   /** Puts prompt and answer text on the model call's span (OTEL_CAPTURE_CONTENT); off, spans carry no text. */
   captureContent?: boolean;
+  /** Batch-tier jobs: their call goes into a Gemini batch (absent: they run on the standard tier). */
+  batch?: Pick<BatchTier, 'generate'>;
 }) {
   return async (ctx: JobContext): Promise<AgentResult> => {
     const started = performance.now();
@@ -69,17 +72,20 @@ export function createAgentCall(deps: {
       const callStarted = performance.now();
       const seconds = () => (performance.now() - callStarted) / 1000;
       let res;
+      const req = {
+        model: ctx.model,
+        system: prompt.system,
+        prompt: prompt.user,
+        responseJsonSchema: jsonSchemaOf(ctx.action.output),
+        signal: ctx.signal,
+        onText: deps.onText?.(ctx),
+      };
       try {
-        res = await deps.llm.generate({
-          model: ctx.model,
-          system: prompt.system,
-          prompt: prompt.user,
-          responseJsonSchema: jsonSchemaOf(ctx.action.output),
-          signal: ctx.signal,
-          onText: deps.onText?.(ctx),
-          ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}),
-        });
+        if (ctx.tier === 'batch' && deps.batch) res = await deps.batch.generate(ctx, req, () => deps.llm.generate(req));
+        else res = await deps.llm.generate({ ...req, ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}) });
       } catch (err) {
+        // Waiting for its batch: no model was called.
+        if (err instanceof DelayJobError) throw err;
         const e = err as { code?: unknown; status?: unknown };
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: typeof e.code === 'string' ? e.code : 'EUNKNOWN', ...(typeof e.status === 'number' ? { httpStatus: e.status } : {}) });
         throw err;

@@ -19,6 +19,7 @@ import { cancelRequestedKey, fairKickChannel, usageSinkGroup, usageStreamKey } f
 import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
+import type { BatchTier } from './batch-tier.js';
 
 export interface WorkerService {
   ready(): Promise<void>;
@@ -42,6 +43,8 @@ export function createWorkerService(opts: {
    * only in the bench's baseline (runtime `fairDispatch: false`): no dispatch loop, no gate.
    */
   scheduler?: FairScheduler;
+  /** The batch tier's attempt side (absent: batch-tier jobs run on the standard tier). */
+  batch?: BatchTier;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const connection = createRedis(infra.redisTarget, 'worker');
@@ -79,6 +82,7 @@ export function createWorkerService(opts: {
     onAnswer: (ctx) => features.forEach((f) => f.onAnswer?.(ctx)),
     onModelCall: (e) => features.forEach((f) => f.onModelCall?.(e)),
     captureContent: cfg.OTEL_CAPTURE_CONTENT,
+    ...(opts.batch ? { batch: opts.batch } : {}),
   });
   const processor = createAgentProcessor({
     agents: opts.registry,

@@ -80,6 +80,7 @@ export async function startStack(
     logger,
     registry: defaultRegistry(),
     llm: gemini.llm,
+    batches: gemini.batches,
     api: true,
     worker: Boolean(opts.worker),
     features: opts.features ?? defaultFeatures,

@@ -116,6 +116,16 @@ export const configSchema = z.object({
   PRICES_JSON: json(priceOverridesSchema, {}),
   /** A job's `options.deadline` at least this many seconds away runs on the flex tier (about half price, best effort). */
   TIER_FLEX_MIN_DEADLINE_S: int(600, 1),
+  /** A deadline at least this many seconds away runs on the batch tier (Gemini Batch Mode: half price, target turnaround 24 h). */
+  TIER_BATCH_MIN_DEADLINE_S: int(86_400, 1),
+  /** Batch tier: pending requests of one model are submitted as one batch once this many wait... */
+  BATCH_MAX_REQUESTS: int(1000, 1),
+  /** ...or once the oldest has waited this long. */
+  BATCH_MAX_AGE_MS: int(60_000, 1),
+  /** How often the batch collector submits due requests and polls submitted batches. */
+  BATCH_POLL_MS: int(30_000, 10),
+  /** A batch still running this close to one of its jobs' deadlines is cancelled; its jobs run on the standard tier. */
+  BATCH_DEADLINE_MARGIN_MS: int(600_000, 1),
 
   WORKER_CONCURRENCY: int(10, 1),
   /** Flow parents and pipeline runs mostly wait on their children, so this can be well above WORKER_CONCURRENCY. */

@@ -7,12 +7,13 @@ import { z } from 'zod';
  * ARCHITECTURE.md "Job stages"):
  *   queued        enqueued, not yet handed to a worker
  *   waiting       held by a limit (org concurrency, a rate limit, an open breaker, a quota, a retry's backoff...)
+ *   waiting_for_batch  a batch-tier job collected into (or about to join) a Gemini batch: its name and state
  *   calling_model a worker runs the attempt (guards, then the model call)
  *   streaming     the model's text is arriving (jobs enqueued with `stream: true`)
  *   validating    the model answered; its output is checked against the action's schema (streaming jobs)
  *   done          completed, failed for good or cancelled
  */
-export const JOB_STAGE_NAMES = ['queued', 'waiting', 'calling_model', 'streaming', 'validating', 'done'] as const;
+export const JOB_STAGE_NAMES = ['queued', 'waiting', 'waiting_for_batch', 'calling_model', 'streaming', 'validating', 'done'] as const;
 export type JobStageName = (typeof JOB_STAGE_NAMES)[number];
 
 export const jobStageSchema = z
@@ -24,6 +25,13 @@ export const jobStageSchema = z
       limit: z.string().optional().describe('The limit that holds the job, e.g. rpm:org:acme:gemini-2.5-pro'),
       eta: z.string().optional().describe('When it is expected to start (ISO 8601), when known'),
       position: z.number().optional(),
+    }),
+    z.object({
+      name: z.literal('waiting_for_batch'),
+      model: z.string().optional().describe('The model whose batch the request joins'),
+      batch: z.string().optional().describe('The Gemini batch (batches/...), once submitted'),
+      state: z.string().optional().describe('The batch state (JOB_STATE_PENDING, JOB_STATE_RUNNING...), or COLLECTING before it is submitted'),
+      eta: z.string().optional().describe('When the job runs on the standard tier if no answer came back by then (ISO 8601)'),
     }),
     z.object({
       name: z.literal('calling_model'),

@@ -14,7 +14,7 @@ export type Outcome =
  * `provider_rate_limited`: Gemini answered 429 for a short-window quota (per minute); `provider_quota`: a
  * per-day quota, waited out until its reset. Both pause the model's lanes for every org, like an open breaker.
  */
-export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota';
+export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota' | 'waiting_for_batch';
 
 /** Reasons that say the model itself cannot serve anyone now: the dispatcher blocks its lanes until then. */
 export const MODEL_WIDE_DELAYS: ReadonlySet<DelayReason> = new Set<DelayReason>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
@@ -35,9 +35,10 @@ export const EBADOUTPUT = 'EBADOUTPUT';
 /**
  * Codes of failures that say nothing about the provider's health, so they never count against its circuit
  * breaker: one prompt that keeps drawing malformed answers must not shut a model off for every tenant.
+ * A delay (EDELAYED) thrown at the call itself (a batch-tier job waiting for its batch) called nothing.
  * Transport errors, timeouts, 5xx and 429 (ENETWORK, ETIMEDOUT, EPROVIDER, ERATELIMIT) do count.
  */
-const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT]);
+const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT, 'EDELAYED']);
 
 export function isProviderHealthNeutral(err: unknown): boolean {
   return NOT_PROVIDER_FAILURES.has(codeOf(err));

@@ -80,3 +80,25 @@ export const guardKeys = {
   /** Pub/sub channel of result-cache invalidations (a channel, not a key: PUBLISH reaches every node of a cluster). */
   resultInvalidations: (guardPrefix: string) => `${guardPrefix}:rc:inval`,
 };
+
+/**
+ * Batch tier (Gemini Batch Mode), under `agentqPrefix(queuePrefix)`:
+ *   job:<id>       HASH  one batch-tier job: model, state (pending | submitted | done | failed | fallback),
+ *                        req (its inline request JSON), deadlineAt, intent, result / error
+ *   queue:<model>  ZSET  pending job ids of a model -> ms they were added (the collector's size / age test)
+ *   models         SET   models with pending requests
+ *   intent:<id>    HASH  one batch: model, displayName, jobs (JSON ids), minDeadline, name and state once created
+ *   open           SET   intents not finished (to create, adopt or poll)
+ *   lock           STRING the collector run in progress (one at a time across processes)
+ */
+export const batchKeys = (prefix: string) => {
+  const p = `${agentqPrefix(prefix)}:batch`;
+  return {
+    job: (id: string) => `${p}:job:${id}`,
+    queue: (model: string) => `${p}:queue:${model}`,
+    models: `${p}:models`,
+    intent: (id: string) => `${p}:intent:${id}`,
+    open: `${p}:open`,
+    lock: `${p}:lock`,
+  };
+};

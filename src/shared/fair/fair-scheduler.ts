@@ -27,10 +27,11 @@ export type WaitReason =
   | 'delayed'
   | 'retry_backoff'
   | 'provider_rate_limited'
-  | 'provider_quota';
+  | 'provider_quota'
+  | 'waiting_for_batch';
 
 /** Reasons a job parked with a not-before time (repark, or its own `delayMs`) is reported under. */
-const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota']);
+const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota', 'waiting_for_batch']);
 /** Model blocks reported under their own reason (the block's reason is what the caller needs to know). */
 const BLOCK_REASONS = new Set<string>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
 

@@ -17,7 +17,10 @@ export const jobRequestSchema = z
           .regex(/^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/, 'a model name of letters, digits, ".", "_" or "-"')
           .optional(),
         stream: z.boolean().optional(),
-        tier: z.enum(['standard', 'flex', 'priority']).optional().describe('Gemini service tier: standard (default), flex (about half price, best effort) or priority (premium)'),
+        tier: z
+          .enum(['standard', 'flex', 'batch', 'priority'])
+          .optional()
+          .describe('Gemini service tier: standard (default), flex (about half price, best effort), batch (Batch Mode: half price, turnaround up to 24 h) or priority (premium)'),
         deadline: z
           .union([z.iso.datetime({ offset: true }), z.number().int().positive().max(30 * 24 * 3600)])
           .optional()

@@ -108,7 +108,7 @@ function deadline(timeoutMs: number, caller?: AbortSignal) {
   };
 }
 
-function textOf(res: GenerateContentResponse): string {
+export function textOf(res: GenerateContentResponse): string {
   let out = '';
   for (const part of res.candidates?.[0]?.content?.parts ?? []) {
     if (typeof part.text === 'string' && !part.thought) out += part.text;
@@ -118,7 +118,7 @@ function textOf(res: GenerateContentResponse): string {
 
 /** Per schema object, once: callers pass the same (cached) schema on every call of an action. */
 const withoutMeta = new WeakMap<object, unknown>();
-function withoutMetaSchema(schema: unknown): unknown {
+export function withoutMetaSchema(schema: unknown): unknown {
   if (!schema || typeof schema !== 'object' || Array.isArray(schema)) return schema;
   let rest = withoutMeta.get(schema);
   if (rest === undefined) {

@@ -1,0 +1,54 @@
+import type { Feature, FeatureDeps } from '../feature.js';
+import { createBatchCollector } from '../../workers/ops/batch-collector.js';
+
+/**
+ * The batch tier's collector in worker processes: every BATCH_POLL_MS one run (a Redis lock keeps it to one
+ * process at a time) submits due requests per model as one Gemini batch and hands finished batches' answers
+ * to their jobs. Without Gemini Batch Mode (no `batches`), batch-tier jobs run on the standard tier.
+ */
+export function batchFeature(deps: FeatureDeps): Feature {
+  const { cfg } = deps;
+  const log = deps.logger.child({ component: 'batch' });
+  let timer: NodeJS.Timeout | undefined;
+  let running: Promise<unknown> | undefined;
+
+  return {
+    name: 'batch',
+    async startBackground() {
+      if (!deps.batches) return;
+      let woke = false;
+      const collector = createBatchCollector({
+        store: deps.batchStore,
+        batches: deps.batches,
+        // Back in its lane now, if it still waits (not cancelled, not already run by its own fallback timer); a
+        // job the dispatcher does not know (no fair dispatch) is promoted by BullMQ.
+        wake: async (id) => {
+          if ((await deps.queue.getJobState(id)) !== 'delayed') return;
+          woke = true;
+          if (await deps.scheduler.repark(id, 0, 'batch')) return;
+          await (await deps.queue.getJob(id))?.promote().catch(() => undefined);
+        },
+        maxRequests: cfg.BATCH_MAX_REQUESTS,
+        maxAgeMs: cfg.BATCH_MAX_AGE_MS,
+        deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
+        displayPrefix: `agentq-${cfg.QUEUE_PREFIX.replace(/[^a-zA-Z0-9-]/g, '')}`,
+        logger: log,
+      });
+      const tick = async () => {
+        woke = false;
+        await collector.run(Math.max(60_000, cfg.BATCH_POLL_MS * 4));
+        if (woke) await deps.scheduler.dispatch();
+      };
+      timer = setInterval(() => {
+        running ??= tick()
+          .catch((err: unknown) => log.warn({ err }, 'batch collector run failed; retried next tick'))
+          .finally(() => (running = undefined));
+      }, cfg.BATCH_POLL_MS);
+      timer.unref();
+    },
+    async close() {
+      if (timer) clearInterval(timer);
+      await running;
+    },
+  };
+}

@@ -1,0 +1,144 @@
+import { randomUUID } from 'node:crypto';
+import type { RedisClient } from '../infra/lua.js';
+import { defineLua } from '../infra/lua.js';
+import { batchKeys } from '../core/queue-keys.js';
+
+/** A batch-tier job: pending (waits for a batch), submitted, done / failed (its answer is here), fallback (runs standard). */
+export type BatchJobState = 'pending' | 'submitted' | 'done' | 'failed' | 'fallback';
+
+export interface BatchJobRecord {
+  model: string;
+  state: BatchJobState;
+  addedAt: number;
+  deadlineAt?: number;
+  intent?: string;
+  /** The inline response (GenerateContentResponse JSON) once done; the per-request error ({code, message}) once failed. */
+  result?: string;
+  error?: string;
+}
+
+/** One batch: recorded before `batches.create` (its intent), named once created or adopted. */
+export interface BatchIntent {
+  id: string;
+  model: string;
+  displayName: string;
+  jobs: string[];
+  createdAt: number;
+  /** The earliest deadline of its jobs (ms), if any has one. */
+  minDeadline?: number;
+  /** `batches/...` once created or adopted; absent = create may or may not have happened (resolve by displayName). */
+  name?: string;
+  state?: string;
+}
+
+/** Records outlive Gemini's 48 h batch expiry by a day. */
+const TTL_S = 72 * 3600;
+
+/** The batch tier's Redis state (keys: `batchKeys` in queue-keys.ts). */
+export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
+  const { redis } = deps;
+  const k = batchKeys(deps.prefix);
+  const addLua = defineLua(redis, 'batch-add-3.lua');
+  const openLua = defineLua(redis, 'batch-open-N.lua');
+  const moveLua = defineLua(redis, 'batch-move-1.lua');
+
+  const recordOf = (h: Record<string, string>): BatchJobRecord | undefined =>
+    h.state
+      ? {
+          model: h.model,
+          state: h.state as BatchJobState,
+          addedAt: Number(h.addedAt),
+          ...(h.deadlineAt ? { deadlineAt: Number(h.deadlineAt) } : {}),
+          ...(h.intent ? { intent: h.intent } : {}),
+          ...(h.result ? { result: h.result } : {}),
+          ...(h.error ? { error: h.error } : {}),
+        }
+      : undefined;
+
+  const intentOf = (id: string, h: Record<string, string>): BatchIntent | undefined =>
+    h.model
+      ? {
+          id,
+          model: h.model,
+          displayName: h.displayName,
+          jobs: JSON.parse(h.jobs) as string[],
+          createdAt: Number(h.createdAt),
+          ...(h.minDeadline ? { minDeadline: Number(h.minDeadline) } : {}),
+          ...(h.name ? { name: h.name } : {}),
+          ...(h.state ? { state: h.state } : {}),
+        }
+      : undefined;
+
+  return {
+    /** Adds the job's request to its model's pending set unless the job is known; its state either way. */
+    async add(jobId: string, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now()): Promise<BatchJobState> {
+      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S])) as BatchJobState;
+    },
+    async job(jobId: string): Promise<BatchJobRecord | undefined> {
+      return recordOf(await redis.hgetall(k.job(jobId)));
+    },
+    async models(): Promise<string[]> {
+      return redis.smembers(k.models);
+    },
+    /** The model's pending jobs, oldest first, with the time each was added. */
+    async pending(model: string, max: number): Promise<Array<{ id: string; addedAt: number }>> {
+      const flat = await redis.zrange(k.queue(model), 0, max - 1, 'WITHSCORES');
+      const out: Array<{ id: string; addedAt: number }> = [];
+      for (let i = 0; i < flat.length; i += 2) out.push({ id: flat[i], addedAt: Number(flat[i + 1]) });
+      return out;
+    },
+    /**
+     * Records the intent to submit a model's pending jobs as one batch (its displayName made here), in one
+     * script: only jobs still pending join, and leave the pending set with it (`batch-open-N.lua`). Undefined
+     * when none was still pending.
+     */
+    async openIntent(model: string, ids: string[], displayPrefix: string): Promise<BatchIntent | undefined> {
+      const id = randomUUID();
+      const displayName = `${displayPrefix}-${id}`;
+      const createdAt = Date.now();
+      const jobs = (await openLua([k.intent(id), k.open, k.queue(model), ...ids.map((j) => k.job(j))], [id, model, displayName, createdAt, TTL_S, ...ids])) as string[];
+      if (!jobs.length) return undefined;
+      return intentOf(id, await redis.hgetall(k.intent(id)));
+    },
+    /** Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in `from`. */
+    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error'; value?: string } = {}): Promise<boolean> {
+      return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S])) === 1;
+    },
+    /** The inline requests of jobs, in order (a job whose record expired has none). */
+    async requests(jobs: string[]): Promise<Array<unknown | undefined>> {
+      const raw = await Promise.all(jobs.map((id) => redis.hget(k.job(id), 'req')));
+      return raw.map((r) => (r ? (JSON.parse(r) as unknown) : undefined));
+    },
+    async openIntents(): Promise<BatchIntent[]> {
+      const ids = await redis.smembers(k.open);
+      const all = await Promise.all(ids.map(async (id) => intentOf(id, await redis.hgetall(k.intent(id)))));
+      return all.filter((i): i is BatchIntent => i !== undefined);
+    },
+    async intent(id: string): Promise<BatchIntent | undefined> {
+      return intentOf(id, await redis.hgetall(k.intent(id)));
+    },
+    async setIntent(id: string, fields: { name?: string; state: string }): Promise<void> {
+      await redis.hset(k.intent(id), fields);
+    },
+    async closeIntent(id: string, state: string): Promise<void> {
+      await redis.multi().hset(k.intent(id), { state }).srem(k.open, id).exec();
+    },
+    /** One collector run at a time across processes: a lock with a token, released by its holder. */
+    async lock(ttlMs: number): Promise<(() => Promise<void>) | undefined> {
+      const token = randomUUID();
+      if ((await redis.set(k.lock, token, 'PX', ttlMs, 'NX')) !== 'OK') return undefined;
+      return async () => {
+        if ((await redis.get(k.lock)) === token) await redis.del(k.lock);
+      };
+    },
+    /** What the job view shows of a batch-tier job: its model, its batch and the batch's state. */
+    async view(jobId: string): Promise<{ model: string; batch?: string; state: string } | undefined> {
+      const rec = recordOf(await redis.hgetall(k.job(jobId)));
+      if (!rec) return undefined;
+      const intent = rec.intent ? intentOf(rec.intent, await redis.hgetall(k.intent(rec.intent))) : undefined;
+      return { model: rec.model, ...(intent?.name ? { batch: intent.name } : {}), state: intent?.state ?? 'COLLECTING' };
+    },
+  };
+}
+
+export type BatchStore = ReturnType<typeof createBatchStore>;

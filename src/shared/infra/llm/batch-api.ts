@@ -1,0 +1,93 @@
+import { GoogleGenAI, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
+import { LlmError } from './llm-errors.js';
+import { textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
+import { createPricing, type Pricing } from './pricing.js';
+
+/** One inline response of a finished batch, matched to its job through the request's metadata. */
+export interface BatchResponse {
+  jobId?: string;
+  response?: GenerateContentResponse;
+  error?: { code?: number; message?: string };
+}
+
+export interface BatchInfo {
+  name: string;
+  displayName?: string;
+  /** The SDK's JobState: JOB_STATE_PENDING, _RUNNING, _SUCCEEDED, _FAILED, _CANCELLED, _EXPIRED. */
+  state: string;
+  responses?: BatchResponse[];
+}
+
+/** Gemini Batch Mode through `ai.batches` (inline requests and responses). */
+export interface BatchApi {
+  /** Not idempotent (Gemini makes a new batch per call): the caller records its intent first. */
+  create(model: string, displayName: string, requests: InlinedRequest[]): Promise<BatchInfo>;
+  get(name: string): Promise<BatchInfo>;
+  /** The batch created with this displayName no earlier than `sinceMs` (an hour of clock skew allowed), if any. */
+  findByDisplayName(displayName: string, sinceMs: number): Promise<BatchInfo | undefined>;
+  cancel(name: string): Promise<void>;
+  /** One inline response as a model call's result, billed at the batch tier. */
+  resultOf(model: string, response: GenerateContentResponse, json: boolean): GenerateResult;
+}
+
+/** The job's model call as an inline request, with the job id as metadata for correlation. */
+export function inlinedRequestOf(req: { system?: string; prompt: string; responseJsonSchema?: unknown }, jobId: string): InlinedRequest {
+  return {
+    contents: [{ role: 'user', parts: [{ text: req.prompt }] }],
+    metadata: { jobId },
+    config: {
+      ...(req.system ? { systemInstruction: req.system } : {}),
+      ...(req.responseJsonSchema !== undefined ? { responseMimeType: 'application/json', responseJsonSchema: withoutMetaSchema(req.responseJsonSchema) } : {}),
+    },
+  };
+}
+
+const SKEW_MS = 3600_000;
+
+/** Its own SDK client, on the same key and endpoint as the LLM client's. */
+export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing?: Pricing }): BatchApi {
+  const ai = new GoogleGenAI({ apiKey: opts.apiKey, vertexai: false, ...(opts.baseUrl ? { httpOptions: { baseUrl: opts.baseUrl } } : {}) });
+  const pricing = opts.pricing ?? createPricing();
+  const info = (b: { name?: string; displayName?: string; state?: string; dest?: { inlinedResponses?: Array<{ response?: GenerateContentResponse; metadata?: Record<string, string>; error?: { code?: number; message?: string } }> } }): BatchInfo => ({
+    name: b.name ?? '',
+    state: String(b.state ?? 'JOB_STATE_UNSPECIFIED'),
+    ...(b.displayName ? { displayName: b.displayName } : {}),
+    ...(b.dest?.inlinedResponses
+      ? { responses: b.dest.inlinedResponses.map((r) => ({ jobId: r.metadata?.jobId, ...(r.response ? { response: r.response } : {}), ...(r.error ? { error: r.error } : {}) })) }
+      : {}),
+  });
+  return {
+    async create(model, displayName, requests) {
+      return info(await ai.batches.create({ model, src: requests, config: { displayName } }));
+    },
+    async get(name) {
+      return info(await ai.batches.get({ name }));
+    },
+    async findByDisplayName(displayName, sinceMs) {
+      // Newest first: stop at batches older than the intent (less an hour of skew).
+      const pager = await ai.batches.list({ config: { pageSize: 50 } });
+      for await (const b of pager) {
+        if (b.displayName === displayName) return info(b);
+        if (b.createTime && Date.parse(b.createTime) < sinceMs - SKEW_MS) return undefined;
+      }
+      return undefined;
+    },
+    async cancel(name) {
+      await ai.batches.cancel({ name });
+    },
+    resultOf(model, response, json) {
+      const text = textOf(response);
+      const usage = usageOf(response.usageMetadata);
+      const cost = pricing.cost(model, usage, 'batch');
+      const result: GenerateResult = { text, usage, model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' };
+      if (json) {
+        try {
+          result.json = JSON.parse(text);
+        } catch (err) {
+          throw new LlmError('EBADOUTPUT', `Gemini ${model} batch answer is not JSON (${text.length} chars)`, { cause: err });
+        }
+      }
+      return result;
+    },
+  };
+}

@@ -1,0 +1,12 @@
+-- Moves one batch-tier job from one state to another, only if it is still in `from` (and, when given, still in
+-- that intent): each answer or fallback is handed over once, so a job is woken once whoever races.
+-- KEYS[1] the job's batch HASH
+-- ARGV[1] from state, ARGV[2] intent id ('' = any), ARGV[3] to state, ARGV[4] field ('' = none), ARGV[5] its value,
+-- ARGV[6] ttl s
+-- Returns 1 when moved, 0 otherwise.
+if redis.call('HGET', KEYS[1], 'state') ~= ARGV[1] then return 0 end
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'intent') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ARGV[5]) end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return 1

@@ -1,0 +1,55 @@
+import type { BatchStore } from '../shared/batch/batch-store.js';
+import { DelayJobError } from '../shared/core/outcomes.js';
+import { inlinedRequestOf, type BatchApi } from '../shared/infra/llm/batch-api.js';
+import { LlmError } from '../shared/infra/llm/llm-errors.js';
+import type { GenerateResult } from '../shared/infra/llm/llm-client.js';
+import type { JobContext } from './middleware.js';
+
+/** Gemini expires a batch after 48 h: a job without a deadline waits this long at most, then runs standard. */
+const NO_DEADLINE_WAIT_MS = 49 * 3600_000;
+
+/**
+ * The attempt's side of the batch tier. A job whose batch has not answered records its request as pending for
+ * its model (once) and waits, parked without using an attempt or a worker slot, until the collector hands it
+ * its answer and wakes it, or until its own fallback time (safety net when no collector runs). The answer
+ * then goes through the rest of the attempt as any model call's would (validation, ledger at the batch price,
+ * usage row, cache store). A job told to fall back, or past its fallback time, calls the standard tier.
+ */
+export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchApi, 'resultOf'>; deadlineMarginMs: number }) {
+  /** When the job stops waiting for a batch: the collector cancels at deadline - margin, this is half the margin later. */
+  const fallbackAt = (deadlineAt: number | undefined, addedAt: number) =>
+    deadlineAt !== undefined ? deadlineAt - deps.deadlineMarginMs / 2 : addedAt + NO_DEADLINE_WAIT_MS;
+
+  async function generate<R>(
+    ctx: JobContext,
+    req: { system?: string; prompt: string; responseJsonSchema?: unknown },
+    standard: () => Promise<R>,
+  ): Promise<R | GenerateResult> {
+    const jobId = ctx.job.id!;
+    const rec = await deps.store.job(jobId);
+    if (rec?.state === 'done' || rec?.state === 'failed') {
+      // Read once: a retry of this job (its answer failed validation, say) calls the standard tier.
+      await deps.store.move(jobId, rec.state, 'fallback');
+      if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
+      const e = JSON.parse(rec.error ?? '{}') as { code?: number; message?: string };
+      const code = e.code ?? 500;
+      const message = `Gemini ${rec.model} batch request failed (${code}): ${e.message ?? 'no message'}`;
+      // A request Gemini refused fails like a refused call; anything else is retried (on the standard tier).
+      throw code >= 400 && code < 500 && code !== 429 ? new LlmError('EBADREQUEST', message, { status: code }) : new LlmError('EPROVIDER', message, { status: code });
+    }
+    if (rec?.state === 'fallback') return standard();
+    const now = Date.now();
+    const until = fallbackAt(ctx.job.data.deadlineAt, rec?.addedAt ?? now);
+    if (now >= until) {
+      // Out of time (no collector answered): standard, unless the answer lands in this very moment.
+      if (!rec || (await deps.store.move(jobId, rec.state, 'fallback'))) return standard();
+      return generate(ctx, req, standard);
+    }
+    if (!rec) await deps.store.add(jobId, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
+    throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
+  }
+
+  return { generate };
+}
+
+export type BatchTier = ReturnType<typeof createBatchTier>;

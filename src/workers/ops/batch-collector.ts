@@ -1,0 +1,156 @@
+import type { InlinedRequest } from '@google/genai';
+import type { BatchIntent, BatchStore } from '../../shared/batch/batch-store.js';
+import type { Logger } from '../../shared/core/logger.js';
+import type { BatchApi, BatchInfo } from '../../shared/infra/llm/batch-api.js';
+
+const RUNNING = new Set(['JOB_STATE_PENDING', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING']);
+
+/** A 4xx answer other than 429 (the SDK's ApiError carries `status`): asking again cannot help. */
+const refused = (err: unknown) => {
+  const status = (err as { status?: unknown } | null)?.status;
+  return typeof status === 'number' && status >= 400 && status < 500 && status !== 429;
+};
+
+export interface BatchCollectorOptions {
+  store: BatchStore;
+  batches: Omit<BatchApi, 'resultOf'>;
+  /** Puts a parked job back in line now (its answer is stored, or it must run on the standard tier). */
+  wake: (jobId: string) => Promise<unknown>;
+  maxRequests: number;
+  maxAgeMs: number;
+  deadlineMarginMs: number;
+  /** Prefix of every batch's displayName (the queue prefix keeps deployments apart). */
+  displayPrefix: string;
+  logger: Logger;
+}
+
+/**
+ * The batch tier's collector, one run per tick (under a lock: one run at a time across processes):
+ * 1. intents recorded before a crash and never named are resolved: a batch with their displayName is adopted,
+ *    else created (creating is not idempotent at Gemini: the intent is what makes it so);
+ * 2. each model's pending requests are submitted as one batch when there are `maxRequests` or the oldest has
+ *    waited `maxAgeMs`: the intent first, then `batches.create`, then its name;
+ * 3. submitted batches are polled: a succeeded one hands each inline response to its job (by its metadata) and
+ *    wakes it; a failed, expired or cancelled one, or one still running near a job's deadline (cancelled
+ *    then), sends its unfinished jobs to the standard tier.
+ */
+export function createBatchCollector(o: BatchCollectorOptions) {
+  const log = o.logger.child({ component: 'batch-collector' });
+
+  async function submit(intent: BatchIntent): Promise<void> {
+    const reqs = await o.store.requests(intent.jobs);
+    const src = reqs.filter((r): r is InlinedRequest => r !== undefined);
+    let b: BatchInfo;
+    try {
+      b = await o.batches.create(intent.model, intent.displayName, src);
+    } catch (err) {
+      // Gemini refused the batch itself (a 4xx other than 429): no retry can help; its jobs run standard now.
+      if (refused(err)) {
+        await fallBack(intent, intent.jobs, `batch refused (${(err as { status?: number }).status})`);
+        await o.store.closeIntent(intent.id, 'REFUSED');
+        return;
+      }
+      throw err;
+    }
+    await o.store.setIntent(intent.id, { name: b.name, state: b.state });
+    log.info({ batch: b.name, model: intent.model, requests: src.length }, 'batch submitted');
+  }
+
+  /** An intent without a name: the crash came between recording it and recording create's answer. */
+  async function resolve(intent: BatchIntent): Promise<void> {
+    const found = await o.batches.findByDisplayName(intent.displayName, intent.createdAt);
+    if (found) {
+      await o.store.setIntent(intent.id, { name: found.name, state: found.state });
+      log.info({ batch: found.name, displayName: intent.displayName }, 'batch adopted by displayName after a restart');
+      return;
+    }
+    await submit(intent);
+  }
+
+  async function submitDue(now: number): Promise<void> {
+    for (const model of await o.store.models()) {
+      const pending = await o.store.pending(model, o.maxRequests);
+      if (!pending.length) continue;
+      if (pending.length < o.maxRequests && now - pending[0].addedAt < o.maxAgeMs) continue;
+      // Only jobs still pending join (one that fell back on its own is not sent): recorded before create.
+      const intent = await o.store.openIntent(model, pending.map((p) => p.id), o.displayPrefix);
+      if (intent) await submit(intent);
+    }
+  }
+
+  /** Jobs of the batch not yet answered go to the standard tier (each moved, and woken, once). */
+  async function fallBack(intent: BatchIntent, jobs: string[], why: string): Promise<void> {
+    let n = 0;
+    for (const id of jobs) {
+      if (!(await o.store.move(id, 'submitted', 'fallback', { intent: intent.id }))) continue;
+      await o.wake(id);
+      n += 1;
+    }
+    if (n) log.warn({ batch: intent.name, why, jobs: n }, 'batch did not answer: its jobs run on the standard tier');
+  }
+
+  async function deliver(intent: BatchIntent, b: BatchInfo): Promise<void> {
+    const answered = new Set<string>();
+    for (const r of b.responses ?? []) {
+      if (!r.jobId || !intent.jobs.includes(r.jobId) || answered.has(r.jobId)) continue;
+      answered.add(r.jobId);
+      const moved = r.response
+        ? await o.store.move(r.jobId, 'submitted', 'done', { intent: intent.id, field: 'result', value: JSON.stringify(r.response) })
+        : await o.store.move(r.jobId, 'submitted', 'failed', { intent: intent.id, field: 'error', value: JSON.stringify(r.error ?? {}) });
+      if (moved) await o.wake(r.jobId);
+    }
+    // A job the batch returned nothing for still gets an answer: on the standard tier.
+    await fallBack(intent, intent.jobs.filter((j) => !answered.has(j)), 'no response for the job');
+    log.info({ batch: b.name, answered: answered.size }, 'batch answers handed to their jobs');
+  }
+
+  async function poll(intent: BatchIntent, now: number): Promise<void> {
+    let b: BatchInfo;
+    try {
+      b = await o.batches.get(intent.name!);
+    } catch (err) {
+      // The batch is gone (deleted by someone) or unreadable for good: its jobs run standard.
+      if (!refused(err)) throw err;
+      await fallBack(intent, intent.jobs, `batch unreadable (${(err as { status?: number }).status})`);
+      await o.store.closeIntent(intent.id, 'GONE');
+      return;
+    }
+    if (b.state !== intent.state) await o.store.setIntent(intent.id, { state: b.state });
+    if (b.state === 'JOB_STATE_SUCCEEDED') {
+      await deliver(intent, b);
+      await o.store.closeIntent(intent.id, b.state);
+    } else if (!RUNNING.has(b.state)) {
+      await fallBack(intent, intent.jobs, b.state);
+      await o.store.closeIntent(intent.id, b.state);
+    } else if (intent.minDeadline !== undefined && now >= intent.minDeadline - o.deadlineMarginMs) {
+      await o.batches.cancel(intent.name!);
+      await fallBack(intent, intent.jobs, 'deadline near');
+      await o.store.closeIntent(intent.id, 'JOB_STATE_CANCELLED');
+    }
+  }
+
+  return {
+    /** One tick; false when another process's run holds the lock. */
+    async run(lockMs = 60_000): Promise<boolean> {
+      const unlock = await o.store.lock(lockMs);
+      if (!unlock) return false;
+      try {
+        const now = Date.now();
+        for (const intent of await o.store.openIntents()) {
+          try {
+            if (!intent.name) await resolve(intent);
+            else await poll(intent, now);
+          } catch (err) {
+            log.warn({ err, intent: intent.id, batch: intent.name }, 'batch step failed; retried next tick');
+          }
+        }
+        await submitDue(now);
+        return true;
+      } finally {
+        await unlock();
+      }
+    },
+  };
+}
+
+export type BatchCollector = ReturnType<typeof createBatchCollector>;

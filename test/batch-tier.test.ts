@@ -1,0 +1,227 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createBatchApi, type BatchApi } from '../src/shared/infra/llm/batch-api.js';
+import { createPricing } from '../src/shared/infra/llm/pricing.js';
+import { createBatchCollector } from '../src/workers/ops/batch-collector.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
+import { riskJob } from './helpers/ops.js';
+import { until } from './helpers/wait.js';
+import { batchKeys } from '../src/shared/core/queue-keys.js';
+
+/**
+ * The batch tier end to end: the real SDK's `ai.batches` against the emulator, whose batch clock the test
+ * moves (a batch finishes, expires or runs on only when the test says so). Three requests make a batch
+ * (BATCH_MAX_REQUESTS=3, age threshold far away), so which jobs share a batch is deterministic.
+ */
+const BATCH_ENV = {
+  BATCH_MAX_REQUESTS: '3',
+  BATCH_MAX_AGE_MS: '600000',
+  BATCH_POLL_MS: '100',
+  TIER_BATCH_MIN_DEADLINE_S: '3600',
+  // A batch still running an hour before a job's deadline is cancelled (test 3 uses a deadline of 3602 s).
+  BATCH_DEADLINE_MARGIN_MS: '3600000',
+};
+
+async function enqueue(s: Stack, marker: string, options: Record<string, unknown>): Promise<string> {
+  const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob(marker), options } });
+  expect(res.statusCode, res.body).toBe(202);
+  return res.json().id as string;
+}
+const view = async (s: Stack, id: string, waitMs = 0) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: s.auth })).json();
+const batchCalls = (s: Stack) => s.emulator.calls().filter((c) => c.kind === 'batch');
+const generateCalls = (s: Stack) => s.emulator.calls().filter((c) => c.kind === 'generate');
+
+describe('batch tier through ai.batches and the emulator', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack(BATCH_ENV, { worker: true });
+  });
+  afterAll(async () => s?.close());
+
+  it('collects batch-tier jobs into one batch, shows waiting_for_batch, and completes them at the batch price', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const ids = [await enqueue(s, 'b1', { tier: 'batch' }), await enqueue(s, 'b2', { tier: 'batch' }), await enqueue(s, 'b3', { deadline: 7200 })];
+    expect((await view(s, ids[2])).tier).toBe('batch');
+
+    // Each job waits for the one batch, named in its stage, without a worker slot or an attempt.
+    const stages = await until('all three jobs waiting for a submitted batch', async () => {
+      const v = await Promise.all(ids.map((id) => view(s, id)));
+      return v.every((j) => j.stage.name === 'waiting_for_batch' && j.stage.batch) && v.map((j) => j.stage);
+    });
+    expect(new Set(stages.map((st) => st.batch)).size).toBe(1);
+    expect(stages[0]).toMatchObject({ name: 'waiting_for_batch', batch: expect.stringMatching(/^batches\//), state: expect.stringMatching(/^JOB_STATE_(PENDING|RUNNING)$/) });
+    expect(batchCalls(s)).toHaveLength(1);
+    expect(batchCalls(s)[0]).toMatchObject({ requests: 3, batch: stages[0].batch });
+    expect(generateCalls(s)).toHaveLength(0);
+
+    s.emulator.advanceClock(60_000);
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    for (const j of done) {
+      expect(j.state).toBe('completed');
+      expect(j.attempts).toBe(1);
+      expect(j.result.tier).toBe('batch');
+      expect(j.result.costUsd).toBeGreaterThan(0);
+      expect(j.result.costUsd).toBeCloseTo(j.result.standardCostUsd * 0.5, 9);
+    }
+    expect(generateCalls(s)).toHaveLength(0);
+
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT tier, model, input_tokens, output_tokens, cost_usd, standard_cost_usd FROM agent_runs WHERE job_id = ANY($1)', [ids])).rows;
+    expect(rows).toHaveLength(3);
+    const pricing = createPricing();
+    for (const r of rows) {
+      expect(r.tier).toBe('batch');
+      const want = pricing.cost(r.model, { input: r.input_tokens, output: r.output_tokens }, 'batch');
+      expect(Number(r.cost_usd)).toBeCloseTo(want.costUsd, 9);
+      expect(Number(r.cost_usd)).toBeCloseTo(Number(r.standard_cost_usd) / 2, 9);
+    }
+  });
+
+  it('an expired batch sends its jobs to the standard tier, done before their deadline', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: -1, expireMs: 48 * 3600_000 });
+    const ids = await Promise.all(['e1', 'e2', 'e3'].map((m) => enqueue(s, m, { tier: 'batch', deadline: 7200 })));
+    await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+    s.emulator.advanceClock(48 * 3600_000);
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    for (const j of done) {
+      expect(j.state).toBe('completed');
+      expect(j.result.tier).toBeUndefined();
+      expect(Date.parse(j.finishedAt)).toBeLessThan(Date.parse(j.deadline));
+    }
+    expect(generateCalls(s).map((c) => c.serviceTier ?? 'standard')).toEqual(['standard', 'standard', 'standard']);
+    expect(batchCalls(s)).toHaveLength(1);
+  });
+
+  it('a batch still running near a job deadline is cancelled and its jobs run on the standard tier', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 3600_000, expireMs: 48 * 3600_000 });
+    // 3602 s: batch tier (>= 3600 s), and within the 1 h margin two seconds from now.
+    const ids = await Promise.all(['d1', 'd2', 'd3'].map((m) => enqueue(s, m, { deadline: 3602 })));
+    const first = await view(s, ids[0]);
+    expect(first.tier).toBe('batch');
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(done.map((j) => j.state)).toEqual(['completed', 'completed', 'completed']);
+    expect(done.every((j) => j.result.tier === undefined)).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    const ai = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
+    expect((await ai.get(batchCalls(s)[0].batch!)).state).toBe('JOB_STATE_CANCELLED');
+    expect(generateCalls(s)).toHaveLength(3);
+  });
+});
+
+describe('batch creation survives a crash between the intent and the answer of create', () => {
+  let s: Stack;
+  // The background collector never ticks here (1 h): the test runs collector instances by hand.
+  beforeAll(async () => {
+    s = await startStack({ ...BATCH_ENV, BATCH_POLL_MS: '3600000' }, { worker: true });
+  });
+  afterAll(async () => s?.close());
+
+  const collector = (batches: Omit<BatchApi, 'resultOf'>) =>
+    createBatchCollector({
+      store: s.runtime.deps.batchStore,
+      batches,
+      wake: (id) => s.runtime.deps.scheduler.repark(id, 0, 'batch').then(() => s.runtime.deps.scheduler.dispatch()),
+      maxRequests: 3,
+      maxAgeMs: 600_000,
+      deadlineMarginMs: 3600_000,
+      displayPrefix: 'agentq-crash',
+      logger: s.logger,
+    });
+
+  it.each([
+    ['after create reached Gemini (the batch is adopted by displayName)', true],
+    ['before create reached Gemini (the batch is created once)', false],
+  ])('%s: exactly one batch, no job lost', async (_name, reached) => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const real = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
+    const crashing: Omit<BatchApi, 'resultOf'> = {
+      ...real,
+      async create(model, displayName, requests) {
+        if (reached) await real.create(model, displayName, requests);
+        throw new Error('process died here');
+      },
+    };
+    const ids = await Promise.all(['c1', 'c2', 'c3'].map((m) => enqueue(s, `${m}-${String(reached)}`, { tier: 'batch' })));
+    const model = (await until('three pending requests', async () => {
+      const models = await s.runtime.deps.batchStore.models();
+      for (const m of models) if ((await s.runtime.deps.batchStore.pending(m, 10)).length === 3) return m;
+      return undefined;
+    }))!;
+    await expect(collector(crashing).run()).rejects.toThrow(/process died/);
+    const [intent] = await s.runtime.deps.batchStore.openIntents();
+    expect(intent.model).toBe(model);
+    expect(intent.jobs.slice().sort()).toEqual(ids.slice().sort());
+    expect(intent.name).toBeUndefined();
+    expect(batchCalls(s)).toHaveLength(reached ? 1 : 0);
+
+    // A second collector (a restarted process) resolves the intent: adopts or creates, never both.
+    const restarted = collector(real);
+    expect(await restarted.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    expect((await s.runtime.deps.batchStore.intent(intent.id))?.name).toBe(batchCalls(s)[0].batch);
+    expect(await restarted.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+
+    s.emulator.advanceClock(60_000);
+    await restarted.run();
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
+    expect(generateCalls(s)).toHaveLength(0);
+    expect(await s.runtime.deps.batchStore.openIntents()).toEqual([]);
+  });
+
+  it('a request the batch answers with an error fails its job with a typed code; the others complete', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const ids = await Promise.all(['f1', 'f2', 'f3'].map((m) => enqueue(s, m, { tier: 'batch' })));
+    const store = s.runtime.deps.batchStore;
+    await until('three pending requests', async () => {
+      for (const m of await store.models()) if ((await store.pending(m, 10)).length === 3) return true;
+      return undefined;
+    });
+    // One request Gemini refuses inside the batch: a response schema with a text/plain MIME type.
+    const key = batchKeys(s.cfg.QUEUE_PREFIX).job(ids[0]);
+    const req = JSON.parse((await s.runtime.deps.redis.hget(key, 'req'))!);
+    req.config.responseMimeType = 'text/plain';
+    await s.runtime.deps.redis.hset(key, 'req', JSON.stringify(req));
+
+    const c = collector(createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }));
+    expect(await c.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    s.emulator.advanceClock(60_000);
+    await c.run();
+    const [bad, ...good] = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(bad.state).toBe('failed');
+    expect(bad.error).toMatch(/^\[EBADREQUEST\] Gemini .* batch request failed \(400\)/);
+    expect(bad.attempts).toBe(1);
+    expect(good.map((j) => [j.state, j.result?.tier])).toEqual([
+      ['completed', 'batch'],
+      ['completed', 'batch'],
+    ]);
+    expect(generateCalls(s)).toHaveLength(0);
+  });
+
+  // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.
+  it('with no collector answering, a job runs on the standard tier on its own at deadline - margin/2', async () => {
+    s.emulator.resetCalls();
+    // Explicit batch tier; deadline 1802 s with a 1 h margin: its own fallback time is 2 s from now.
+    const id = await enqueue(s, 'alone', { tier: 'batch', deadline: 1802 });
+    const waiting = await until('the job waiting for its batch', async () => {
+      const v = await view(s, id);
+      return v.stage.name === 'waiting_for_batch' && v.stage;
+    });
+    expect(waiting).toMatchObject({ state: 'COLLECTING', eta: expect.any(String) });
+    expect(waiting.batch).toBeUndefined();
+    const done = await view(s, id, 20_000);
+    expect(done.state).toBe('completed');
+    expect(done.result.tier).toBeUndefined();
+    expect(Date.parse(done.finishedAt)).toBeGreaterThanOrEqual(Date.parse(waiting.eta) - 50);
+    expect(batchCalls(s)).toHaveLength(0);
+    expect(generateCalls(s)).toHaveLength(1);
+    expect((await s.runtime.deps.batchStore.job(id))?.state).toBe('fallback');
+  });
+});
