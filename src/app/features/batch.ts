@@ -1,12 +1,24 @@
 import type { Feature, FeatureDeps } from '../feature.js';
-import { createBatchCollector } from '../../workers/ops/batch-collector.js';
+import type { FeatureFactory } from '../runtime.js';
+import { createBatchCollector, type BatchPoint } from '../../workers/ops/batch-collector.js';
+
+export interface BatchFeatureOptions {
+  /** Fault tests only (test/fixtures/batch-worker-process.ts): runs at each point of a collector run. */
+  at?: (point: BatchPoint) => void | Promise<void>;
+}
 
 /**
  * The batch tier's collector in worker processes: every BATCH_POLL_MS one run (a Redis lock keeps it to one
  * process at a time) submits due requests per model as one Gemini batch and hands finished batches' answers
  * to their jobs. Without Gemini Batch Mode (no `batches`), batch-tier jobs run on the standard tier.
  */
-export function batchFeature(deps: FeatureDeps): Feature {
+export function createBatchFeature(options: BatchFeatureOptions = {}): FeatureFactory {
+  return (deps) => batchFeatureOf(deps, options);
+}
+
+export const batchFeature: FeatureFactory = createBatchFeature();
+
+function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Feature {
   const { cfg } = deps;
   const log = deps.logger.child({ component: 'batch' });
   let timer: NodeJS.Timeout | undefined;
@@ -33,10 +45,11 @@ export function batchFeature(deps: FeatureDeps): Feature {
         deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
         displayPrefix: `agentq-${cfg.QUEUE_PREFIX.replace(/[^a-zA-Z0-9-]/g, '')}`,
         logger: log,
+        ...(options.at ? { at: options.at } : {}),
       });
       const tick = async () => {
         woke = false;
-        await collector.run(Math.max(60_000, cfg.BATCH_POLL_MS * 4));
+        await collector.run(Math.max(cfg.BATCH_LOCK_MS, cfg.BATCH_POLL_MS * 4));
         if (woke) await deps.scheduler.dispatch();
       };
       timer = setInterval(() => {

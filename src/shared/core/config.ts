@@ -124,6 +124,11 @@ export const configSchema = z.object({
   BATCH_MAX_AGE_MS: int(60_000, 1),
   /** How often the batch collector submits due requests and polls submitted batches. */
   BATCH_POLL_MS: int(30_000, 10),
+  /**
+   * A collector run holds a Redis lock this long at most: a process killed mid-run blocks the others' runs
+   * until it lapses. Must exceed one run (a run outliving its lock could create a batch twice).
+   */
+  BATCH_LOCK_MS: int(60_000, 100),
   /** A batch still running this close to one of its jobs' deadlines is cancelled; its jobs run on the standard tier. */
   BATCH_DEADLINE_MARGIN_MS: int(600_000, 1),
 

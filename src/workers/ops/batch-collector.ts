@@ -1,7 +1,14 @@
 import type { InlinedRequest } from '@google/genai';
-import type { BatchIntent, BatchStore } from '../../shared/batch/batch-store.js';
+import type { BatchIntent, BatchJobState, BatchStore } from '../../shared/batch/batch-store.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { BatchApi, BatchInfo } from '../../shared/infra/llm/batch-api.js';
+
+/**
+ * Where a collector run may be stopped by a fault test: the intent recorded (before `create`), `create`
+ * answered (before its name is recorded), the batch seen succeeded (before any answer is handed over), one
+ * job's answer stored (before that job is woken).
+ */
+export type BatchPoint = 'intent-recorded' | 'created' | 'succeeded' | 'answer-stored';
 
 const RUNNING = new Set(['JOB_STATE_PENDING', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING']);
 
@@ -21,6 +28,8 @@ export interface BatchCollectorOptions {
   deadlineMarginMs: number;
   /** Prefix of every batch's displayName (the queue prefix keeps deployments apart). */
   displayPrefix: string;
+  /** Fault tests only: runs at each point before the collector goes on. */
+  at?: (point: BatchPoint) => void | Promise<void>;
   logger: Logger;
 }
 
@@ -36,6 +45,18 @@ export interface BatchCollectorOptions {
  */
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
+  const at = async (point: BatchPoint) => o.at?.(point);
+
+  /**
+   * Moves a job of the intent to `to` and tells whether to wake it: when this run moved it, and also when it is
+   * already there for this intent, i.e. a run that died between the move and the wake began the hand-over (`wake`
+   * moves only a job still delayed).
+   */
+  async function handOver(id: string, intent: BatchIntent, to: BatchJobState, field?: { field: 'result' | 'error'; value: string }): Promise<boolean> {
+    if (await o.store.move(id, 'submitted', to, { intent: intent.id, ...field })) return true;
+    const rec = await o.store.job(id);
+    return rec?.state === to && rec.intent === intent.id;
+  }
 
   async function submit(intent: BatchIntent): Promise<void> {
     const reqs = await o.store.requests(intent.jobs);
@@ -43,6 +64,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
     let b: BatchInfo;
     try {
       b = await o.batches.create(intent.model, intent.displayName, src);
+      await at('created');
     } catch (err) {
       // Gemini refused the batch itself (a 4xx other than 429): no retry can help; its jobs run standard now.
       if (refused(err)) {
@@ -74,7 +96,9 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       if (pending.length < o.maxRequests && now - pending[0].addedAt < o.maxAgeMs) continue;
       // Only jobs still pending join (one that fell back on its own is not sent): recorded before create.
       const intent = await o.store.openIntent(model, pending.map((p) => p.id), o.displayPrefix);
-      if (intent) await submit(intent);
+      if (!intent) continue;
+      await at('intent-recorded');
+      await submit(intent);
     }
   }
 
@@ -82,7 +106,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
   async function fallBack(intent: BatchIntent, jobs: string[], why: string): Promise<void> {
     let n = 0;
     for (const id of jobs) {
-      if (!(await o.store.move(id, 'submitted', 'fallback', { intent: intent.id }))) continue;
+      if (!(await handOver(id, intent, 'fallback'))) continue;
       await o.wake(id);
       n += 1;
     }
@@ -95,9 +119,11 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       if (!r.jobId || !intent.jobs.includes(r.jobId) || answered.has(r.jobId)) continue;
       answered.add(r.jobId);
       const moved = r.response
-        ? await o.store.move(r.jobId, 'submitted', 'done', { intent: intent.id, field: 'result', value: JSON.stringify(r.response) })
-        : await o.store.move(r.jobId, 'submitted', 'failed', { intent: intent.id, field: 'error', value: JSON.stringify(r.error ?? {}) });
-      if (moved) await o.wake(r.jobId);
+        ? await handOver(r.jobId, intent, 'done', { field: 'result', value: JSON.stringify(r.response) })
+        : await handOver(r.jobId, intent, 'failed', { field: 'error', value: JSON.stringify(r.error ?? {}) });
+      if (!moved) continue;
+      await at('answer-stored');
+      await o.wake(r.jobId);
     }
     // A job the batch returned nothing for still gets an answer: on the standard tier.
     await fallBack(intent, intent.jobs.filter((j) => !answered.has(j)), 'no response for the job');
@@ -117,6 +143,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
     }
     if (b.state !== intent.state) await o.store.setIntent(intent.id, { state: b.state });
     if (b.state === 'JOB_STATE_SUCCEEDED') {
+      await at('succeeded');
       await deliver(intent, b);
       await o.store.closeIntent(intent.id, b.state);
     } else if (!RUNNING.has(b.state)) {
