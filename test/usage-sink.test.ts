@@ -30,7 +30,7 @@ const run = (orgId: string, jobId: string, attempt = 1, over: Partial<AgentRun> 
 });
 
 /** A sink on its own connection, over a store that can be made to fail like a Postgres that is down. */
-function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, onCommitted?: (lags: number[]) => void) {
+function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, onCommitted?: (lags: number[]) => void, blockMs = 200) {
   return createRunSink({
     redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
     key,
@@ -40,7 +40,7 @@ function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<num
     claimIdleMs: 60_000,
     retryBaseMs: 10,
     retryMaxMs: 50,
-    blockMs: 200,
+    blockMs,
     logger,
     ...(onCommitted ? { onCommitted } : {}),
   });
@@ -54,6 +54,31 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
   afterAll(async () => {
     redis.disconnect();
     await pool.end();
+  });
+
+  it('with the production 5 s block, a row appended while the sink blocks is committed well within 1 s', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const lags: number[] = [];
+    const sink = sinkFor(key, createRunStore({ pool }), (l) => lags.push(...l), 5000);
+    const appender = createRunAppender({ redis, key });
+    sink.start();
+    // The sink is in its blocking read once its consumer shows in the group (it registers on its first read).
+    // Blocked in its XREADGROUP: its consumer exists (first read done) and a client is blocked in that command.
+    const blocked = async () =>
+      ((await redis.xinfo('GROUPS', key).catch(() => [])) as Array<Array<unknown>>).some((g) => Number(g[3]) >= 1) &&
+      String(await redis.client('LIST')).split('\n').some((c) => c.includes('cmd=xreadgroup') && /flags=\S*b/.test(c));
+    await until('the sink to block', blocked);
+    const id = `blocked-${org}`;
+    const appended = Date.now();
+    await appender.record(run(org, id));
+    await until('the row written', async () => (await rowsOf([id])).length === 1);
+    const ms = Date.now() - appended;
+    await sink.close();
+    // The read returns when the entry arrives, not at the end of the block: the batch gather (100 ms) and the
+    // insert are the lag.
+    expect(ms).toBeLessThan(1000);
+    expect(lags).toHaveLength(1);
   });
 
   it('writes appended rows in batches, with their own end time, and reports the lag of each', async () => {

@@ -138,6 +138,21 @@ export function createJobService(deps: {
     }
   }
 
+  /**
+   * The view right after the job's `completed`/`failed` event: the state is the event's, so one read of the
+   * hash (with the result or reason) is enough. A hash without `finishedOn` means the job moved on since
+   * (a retry or DLQ replay); gone means removed: both take the full read.
+   */
+  async function finishedView(orgId: string, id: string, state: 'completed' | 'failed'): Promise<JobView> {
+    try {
+      const job = await load(orgId, id);
+      if (job.finishedOn) return toJobView(job, state);
+    } catch (err) {
+      if (!(err instanceof NotFoundError)) throw err;
+    }
+    return get(orgId, id);
+  }
+
   return {
     get,
     /** The long polls in flight, and the QueueEvents they share (tests check its listeners stay bounded). */
@@ -146,14 +161,30 @@ export function createJobService(deps: {
 
     /** Long poll: returns as soon as the job finishes, or its current view after `waitMs`. */
     async wait(orgId: string, id: string, waitMs: number): Promise<JobView> {
-      const view = await get(orgId, id);
-      if (isFinished(view.state) || waitMs <= 0) return view;
-      // A finish or removal (cancel) event, or the timeout, ends the wait; the view below says which.
-      await waiters.wait(id, waitMs, async () => {
-        const state = await queue.getJobState(id);
-        return state === 'completed' || state === 'failed' || state === 'unknown';
-      });
-      return get(orgId, id);
+      if (waitMs <= 0) return get(orgId, id);
+      // Registered before the read: a finish after the read wakes it (once the events reader is live, see
+      // job-waiters.ts), and a finish before it shows in the read. So no state re-check after registering.
+      const waiter = waiters.register(id, waitMs);
+      let view: JobView;
+      try {
+        view = await get(orgId, id);
+      } catch (err) {
+        waiter.cancel();
+        throw err;
+      }
+      if (isFinished(view.state)) {
+        waiter.cancel();
+        return view;
+      }
+      // The first polls of a process: its events reader may start after the job finished, so check once.
+      if (!waiter.live) {
+        void waiter.verify(async () => {
+          const state = await queue.getJobState(id);
+          return state === 'completed' || state === 'failed' || state === 'unknown';
+        });
+      }
+      const end = await waiter.ended;
+      return end === 'completed' || end === 'failed' ? finishedView(orgId, id, end) : get(orgId, id);
     },
 
     /**

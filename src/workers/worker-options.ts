@@ -1,6 +1,14 @@
 import type { WorkerOptions } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 
+/**
+ * BullMQ's `drainDelay` (seconds) for workers whose queue is mostly empty (flows, maintenance): how long a
+ * drained worker blocks on the queue's marker before its next (empty) fetch. A new job ends the block at once
+ * (its marker), and a delayed job caps it at the job's due time (BullMQ, at most 10 s), so this only sets how
+ * often an idle process polls: every 30 s instead of BullMQ's 5 s. The agent worker keeps the default.
+ */
+export const IDLE_DRAIN_DELAY_S = 30;
+
 export interface WorkerTiming {
   connection: RedisClient;
   prefix: string;

@@ -66,6 +66,7 @@ export function createWorkerService(opts: {
     consumer: processId,
     store: createRunStore({ pool: infra.db.pool }),
     claimIdleMs: cfg.USAGE_SINK_CLAIM_IDLE_MS,
+    blockMs: cfg.USAGE_SINK_BLOCK_MS,
     onCommitted: (lags) => features.forEach((f) => f.onUsageCommitted?.(lags)),
     logger,
   });

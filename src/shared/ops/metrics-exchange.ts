@@ -15,7 +15,8 @@ import { metricsExchangeKey } from '../core/queue-keys.js';
  * its counts with it: Prometheus sees that as a counter reset, as it would for a restarted server.
  */
 export function createMetricsExchange(deps: { redis: RedisClient; prefix: string; registry: Registry; everyMs?: number; staleMs?: number; processId?: string; logger: Logger }) {
-  const everyMs = deps.everyMs ?? 5000;
+  // 15 s: a common scrape interval, so a scrape rarely sees a snapshot older than one interval; 5 cmds each.
+  const everyMs = deps.everyMs ?? 15_000;
   const staleMs = deps.staleMs ?? everyMs * 3;
   const key = metricsExchangeKey(deps.prefix);
   const self = deps.processId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;

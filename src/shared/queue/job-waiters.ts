@@ -2,15 +2,47 @@ import type { QueueEvents } from 'bullmq';
 
 /** Queue events that end a wait: the job finished, or it was removed (a cancelled waiting job). */
 const ENDING_EVENTS = ['completed', 'failed', 'removed'] as const;
+/**
+ * Any of these shows the QueueEvents reader has consumed an entry, so its cursor is a concrete stream id from
+ * then on (BullMQ starts it at `$` and re-issues `$` after every empty XREAD until the first entry arrives).
+ */
+const CURSOR_EVENTS = ['added', 'waiting', 'active', 'delayed', 'progress', 'drained'] as const;
+
+/** Why a wait ended: the job's ending event, the caller's `settled` check, or the timeout. */
+export type WaitEnd = (typeof ENDING_EVENTS)[number] | 'settled' | 'timeout';
+
+export interface JobWaiter {
+  /** Resolves with why the wait ended (never rejects). */
+  ended: Promise<WaitEnd>;
+  /**
+   * The events reader had a concrete cursor when the waiter was registered: every event written after this
+   * moment reaches the waiter, so a read made after registration needs no re-check. False for the first
+   * polls of a process (its reader may still be at `$`, where an event written before its first XREAD is
+   * never delivered): then the caller must pass a `settled` check to `verify`.
+   */
+  live: boolean;
+  /** When not live: waits for the events connection and ends the wait if `settled()` says the job is done. */
+  verify(settled: () => Promise<boolean>): Promise<void>;
+  /** Ends the wait now (the caller's read already saw the job finished). */
+  cancel(): void;
+}
 
 export interface JobWaiters {
   /**
-   * Resolves when job `id` completes, fails or is removed, or after `ms`, whichever comes first (never
-   * rejects). `settled` is read once the events are live, so a job that finished just before is not missed.
+   * Registers a waiter on job `id` before the caller reads the job, so a finish between that read and the
+   * wait cannot be missed. Ends on its job's completed/failed/removed event, `cancel`, or after `ms`.
+   */
+  register(id: string, ms: number): JobWaiter;
+  /**
+   * For a caller that read the job before waiting: resolves when job `id` completes, fails or is removed,
+   * or after `ms`, whichever comes first (never rejects). `settled` is read once the events are live, so a
+   * job that finished just before is not missed.
    */
   wait(id: string, ms: number, settled: () => Promise<boolean>): Promise<void>;
   /** Jobs with at least one waiter, and waiters in all (for tests and metrics). */
   size(): { jobs: number; waiters: number };
+  /** Whether a waiter registered now would be live (for tests). */
+  live(): boolean;
 }
 
 /**
@@ -20,49 +52,77 @@ export interface JobWaiters {
  * attached once per QueueEvents, and each event goes straight to the waiters of its job (a Map lookup).
  */
 export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
-  const waiting = new Map<string, Set<() => void>>();
+  const waiting = new Map<string, Set<(end: WaitEnd) => void>>();
   let attached: QueueEvents | undefined;
+  let live = false;
 
-  const wake = ({ jobId }: { jobId: string }) => {
-    const set = waiting.get(jobId);
-    if (!set) return;
-    waiting.delete(jobId);
-    for (const done of set) done();
+  const onCursor = () => {
+    live = true;
   };
+  const wakers = ENDING_EVENTS.map((event) => ({
+    event,
+    wake: ({ jobId }: { jobId: string }) => {
+      live = true;
+      const set = waiting.get(jobId);
+      if (!set) return;
+      waiting.delete(jobId);
+      for (const done of set) done(event);
+    },
+  }));
 
   function events(): QueueEvents {
     const qe = queueEvents();
     if (attached !== qe) {
-      for (const e of ENDING_EVENTS) qe.on(e, wake);
+      for (const { event, wake } of wakers) qe.on(event, wake);
+      for (const e of CURSOR_EVENTS) qe.on(e, onCursor);
       attached = qe;
+      live = false;
     }
     return qe;
   }
 
+  function register(id: string, ms: number): JobWaiter {
+    const qe = events();
+    const wasLive = live;
+    let done!: (end: WaitEnd) => void;
+    const ended = new Promise<WaitEnd>((resolve) => (done = resolve));
+    let over = false;
+    const finish = (end: WaitEnd) => {
+      if (over) return;
+      over = true;
+      clearTimeout(timer);
+      const set = waiting.get(id);
+      set?.delete(finish);
+      if (set?.size === 0) waiting.delete(id);
+      done(end);
+    };
+    const timer = setTimeout(() => finish('timeout'), ms);
+    let set = waiting.get(id);
+    if (!set) waiting.set(id, (set = new Set()));
+    set.add(finish);
+    return {
+      ended,
+      live: wasLive,
+      async verify(settled) {
+        try {
+          await qe.waitUntilReady();
+          if (!over && (await settled())) finish('settled');
+        } catch {
+          // Events unavailable (Redis down): the timer still ends the wait.
+        }
+      },
+      cancel: () => finish('settled'),
+    };
+  }
+
   return {
+    register,
+
     async wait(id, ms, settled) {
       if (ms <= 0) return;
-      const qe = events();
-      let done!: () => void;
-      const ended = new Promise<void>((resolve) => (done = resolve));
-      const finish = () => {
-        clearTimeout(timer);
-        const set = waiting.get(id);
-        set?.delete(finish);
-        if (set?.size === 0) waiting.delete(id);
-        done();
-      };
-      const timer = setTimeout(finish, ms);
-      let set = waiting.get(id);
-      if (!set) waiting.set(id, (set = new Set()));
-      set.add(finish);
-      try {
-        await qe.waitUntilReady();
-        if (await settled()) finish();
-      } catch {
-        // Events unavailable (Redis down): the timer still ends the wait.
-      }
-      return ended;
+      const waiter = register(id, ms);
+      await waiter.verify(settled);
+      await waiter.ended;
     },
 
     size() {
@@ -70,5 +130,7 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
       for (const set of waiting.values()) waiters += set.size;
       return { jobs: waiting.size, waiters };
     },
+
+    live: () => attached === queueEvents() && live,
   };
 }

@@ -5,7 +5,7 @@ import { settleFanOut } from '../../shared/orchestration/fan-out.js';
 import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../../shared/orchestration/flow-data.js';
 import { createPipelineRunner, type PipelineRunnerDeps } from './pipeline-runner.js';
 import type { FlowPreset } from '../../shared/orchestration/presets.js';
-import { workerOptions } from '../worker-options.js';
+import { IDLE_DRAIN_DELAY_S, workerOptions } from '../worker-options.js';
 
 export interface FlowsWorkerOptions extends Omit<PipelineRunnerDeps, 'redis'> {
   /** A `worker`-role connection (maxRetriesPerRequest null): BullMQ blocks on it. */
@@ -33,7 +33,7 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
       return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
     },
     // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
-    workerOptions(opts),
+    { ...workerOptions(opts), drainDelay: IDLE_DRAIN_DELAY_S },
   );
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'flows worker error'));
   worker.on('failed', (job, err) => {

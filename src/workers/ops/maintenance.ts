@@ -2,6 +2,7 @@ import { Worker, type Queue } from 'bullmq';
 import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
+import { IDLE_DRAIN_DELAY_S } from '../worker-options.js';
 
 export interface MaintenanceTask {
   /** Job scheduler id and job name. */
@@ -31,7 +32,7 @@ export function createMaintenance(deps: { queue: Queue; connection: RedisClient;
           if (!task) throw new Error(`no maintenance task named "${job.name}" in this process`);
           return task.run();
         },
-        { connection: deps.connection, prefix: deps.prefix, concurrency: 1 },
+        { connection: deps.connection, prefix: deps.prefix, concurrency: 1, drainDelay: IDLE_DRAIN_DELAY_S },
       );
       worker.on('failed', (job, err) => deps.logger.warn({ task: job?.name, err: err.message }, 'maintenance task failed'));
       worker.on('error', (err) => deps.logger.warn({ err: err.message }, 'maintenance worker error'));

@@ -50,7 +50,9 @@ const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
 export function createRunSink(opts: RunSinkOptions) {
   const { redis, key, group, consumer, store, logger } = opts;
   const batch = opts.batch ?? 500;
-  const blockMs = opts.blockMs ?? 1000;
+  // A row arriving ends the block at once, so the block only sets the idle poll rate. Takeovers are checked
+  // between reads: the cap keeps them at least every `claimIdleMs / 2`.
+  const blockMs = Math.max(1, Math.min(opts.blockMs ?? 1000, Math.floor(opts.claimIdleMs / 2)));
   const retryBaseMs = opts.retryBaseMs ?? 100;
   const retryMaxMs = opts.retryMaxMs ?? 2000;
   const gatherMs = opts.gatherMs ?? 100;

@@ -1,0 +1,102 @@
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Job, QueueEvents, Worker } from 'bullmq';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import { createJobService } from '../src/producers/job-service.js';
+import type { AgentJobData } from '../src/shared/core/types.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { until } from './helpers/wait.js';
+
+/**
+ * The long poll registers its waiter before its first read and, once the process's events reader is live,
+ * skips the state re-check. These pin the race that ordering must win: the job finishes right after the
+ * first read saw it running. The poll must answer at once, never wait out `waitMs`.
+ */
+describe('long poll: a job that finishes right after the first read', () => {
+  const prefix = randomPrefix();
+  const org = randomOrg();
+  const conns = [createRedis(redisUrl(), 'worker'), createRedis(redisUrl(), 'worker'), createRedis(redisUrl(), 'worker')];
+  let queue: AgentQueue;
+  let worker: Worker;
+  const events: QueueEvents[] = [];
+
+  beforeAll(async () => {
+    queue = createAgentQueue({ connection: conns[0], prefix, retention: { attempts: 1, keepCompletedCount: 100, keepCompletedAgeS: 3600, keepFailedCount: 100, keepFailedAgeS: 3600 } });
+    worker = new Worker(QUEUE.agent, null, { connection: conns[1], prefix, autorun: false });
+  });
+  afterEach(() => vi.restoreAllMocks());
+  afterAll(async () => {
+    for (const qe of events) await qe.close();
+    await worker.close();
+    await queue.close();
+    for (const c of conns) c.disconnect();
+  });
+
+  function service() {
+    let qe: QueueEvents | undefined;
+    return createJobService({
+      queue,
+      queueEvents: () => {
+        if (!qe) events.push((qe = new QueueEvents(QUEUE.agent, { connection: createRedis(redisUrl(), 'worker'), prefix })));
+        return qe;
+      },
+      redis: conns[2],
+      prefix,
+      cancelledTtlS: 60,
+      scheduler: { why: async () => null, cancel: async () => false },
+    });
+  }
+
+  /** An active job, and a hook that completes it right after the poll's first state read returns. */
+  async function activeJobCompletedAfterFirstRead(token: string) {
+    await queue.add('job', { orgId: org, agent: 'DealScorer', action: 'pipeline_summary', input: {} } as unknown as AgentJobData);
+    const job = (await worker.getNextJob(token))!;
+    const realGetState = Job.prototype.getState;
+    vi.spyOn(Job.prototype, 'getState').mockImplementationOnce(async function (this: Job) {
+      const state = await realGetState.call(this);
+      await job.moveToCompleted({ ok: true } as never, token, false);
+      return state;
+    });
+    return job.id!;
+  }
+
+  async function poll(jobs: ReturnType<typeof service>, id: string) {
+    const started = Date.now();
+    const view = await jobs.wait(org, id, 20_000);
+    return { view, ms: Date.now() - started };
+  }
+
+  it('on a live events reader: woken by the event, with no state re-check and one read after it', async () => {
+    const jobs = service();
+    // Make the reader live: it has consumed an entry (its cursor is no longer `$`).
+    const warm = await queue.add('warm', { orgId: org, agent: 'DealScorer', action: 'x', input: {} } as unknown as AgentJobData, { delay: 600_000 });
+    await jobs.wait(org, warm.id!, 1);
+    // Its first XREAD (at `$`) may not have reached Redis yet: nudge until an entry arrives.
+    await until('the events reader to be live', async () => jobs.waiters.live() || void (await queue.add('nudge', { orgId: org } as unknown as AgentJobData, { delay: 600_000 })));
+
+    const id = await activeJobCompletedAfterFirstRead('t-live');
+    const stateChecks = vi.spyOn(queue, 'getJobState');
+    const reads = vi.spyOn(Job, 'fromId');
+    const { view, ms } = await poll(jobs, id);
+    expect(view.state).toBe('completed');
+    expect(view.result).toEqual({ ok: true });
+    expect(view.finishedAt).toBeDefined();
+    expect(ms).toBeLessThan(5_000);
+    expect(stateChecks).not.toHaveBeenCalled();
+    expect(reads).toHaveBeenCalledTimes(2); // the first read, then one after the event
+    expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
+  });
+
+  it('on the first poll of a process (reader not live yet): the state check still ends the wait at once', async () => {
+    const jobs = service();
+    expect(jobs.waiters.live()).toBe(false);
+    const id = await activeJobCompletedAfterFirstRead('t-first');
+    const stateChecks = vi.spyOn(queue, 'getJobState');
+    const { view, ms } = await poll(jobs, id);
+    expect(view.state).toBe('completed');
+    expect(ms).toBeLessThan(5_000);
+    expect(stateChecks).toHaveBeenCalledTimes(1);
+    expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
+  });
+});
