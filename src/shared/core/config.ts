@@ -165,6 +165,7 @@ export const configSchema = z.object({
   QUOTA_CACHE_MS: int(5000),
   /** A usage row read by a worker's run sink that died before committing it is taken over after this long. */
   USAGE_SINK_CLAIM_IDLE_MS: int(30_000, 10),
+  /** How long an idle run sink blocks on the usage stream per read (a row arriving ends the block at once). */
   USAGE_SINK_BLOCK_MS: int(5000, 10),
   /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
   ORG_WEIGHT: z.coerce.number().positive().default(1),
