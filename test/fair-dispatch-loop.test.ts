@@ -88,7 +88,7 @@ describe('fair gate', () => {
   const gateWith = (release: () => Promise<{ freed: number; due: boolean }>) => {
     const kicks = { n: 0 };
     const gate = createFairGate({
-      scheduler: { release, claim: async () => true, enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }), repark: async () => true, blockModel: async () => {} },
+      scheduler: { release, claim: async () => ({ held: true, cancelled: false }), enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }), repark: async () => true, blockModel: async () => {} },
       loop: { kick: async () => void kicks.n++, close: async () => {} },
       entryOf: () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 }),
       logger,

@@ -7,6 +7,7 @@ import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } fr
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { cancelRequestedKey, orgJobsKey } from '../src/shared/core/queue-keys.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -459,8 +460,51 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 5));
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
     // A job that starts (claims its slot) leaves room for one more.
-    expect(await c.scheduler.claim(ids[0])).toBe(true);
+    expect(await c.scheduler.claim(ids[0])).toEqual({ held: true, cancelled: false });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[5]]);
+  });
+
+  it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {
+    const c = await setup({ modelLimits: () => ({ rpm: 100, tpm: 1000, orgRpm: 5 }) });
+    const limitsKey = c.scheduler.keys.named.modelLimits;
+    // WATCH sees any write to the hash, even one that stores the same value: EXEC is refused then.
+    const watcher = c.redis.duplicate();
+    cleanups.push(() => watcher.quit());
+    const writesLimits = async (fn: () => Promise<unknown>) => {
+      await watcher.watch(limitsKey);
+      await fn();
+      return (await watcher.multi().ping().exec()) === null;
+    };
+    const org = randomOrg();
+    const lane = async (s: FairScheduler, id: string, at?: number) => {
+      await c.queue.add('j', { org }, parkedJobOptions(id));
+      await s.enqueue([{ jobId: id, orgId: org, model: FLASH, estTokens: 0, ...(at !== undefined ? { indexAt: at } : {}) }], { dispatch: false });
+    };
+    expect(await writesLimits(() => lane(c.scheduler, `${org}-1`, 1111))).toBe(true);
+    expect(await c.redis.hgetall(limitsKey)).toEqual({ [`rpm:${FLASH}`]: '100', [`tpm:${FLASH}`]: '1000', [`orgrpm:${FLASH}`]: '5' });
+    expect(await writesLimits(() => lane(c.scheduler, `${org}-2`))).toBe(false);
+    // Another producer with other limits (no tpm known, no orgRpm): its change is written, the rest kept.
+    const other = createFairScheduler({ redis: c.redis, queue: c.queue, keyPrefix: `${c.prefix}:fq`, bucketPrefix: c.prefix, defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 }, modelLimits: () => ({ rpm: 200 }), leaseMs: 60_000, bufferTarget: 100_000 });
+    expect(await writesLimits(() => lane(other, `${org}-3`))).toBe(true);
+    expect(await c.redis.hgetall(limitsKey)).toEqual({ [`rpm:${FLASH}`]: '200', [`tpm:${FLASH}`]: '1000' });
+    expect(await writesLimits(() => lane(other, `${org}-4`))).toBe(false);
+    // The org's job index: only the entry that asked for it, with its score.
+    expect(await c.redis.zrange(orgJobsKey(c.prefix, org), 0, -1, 'WITHSCORES')).toEqual([`${org}-1`, '1111']);
+  });
+
+  it('claim reads the job\'s cancel marker in the same call, and writes no stage for a cancelled job', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const [a, b] = await c.add(org, 2);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([a, b]);
+    await c.redis.set(cancelRequestedKey(c.prefix, b), '1');
+    expect(await c.scheduler.claim(a, '"calling"')).toEqual({ held: true, cancelled: false });
+    expect(await c.scheduler.claim(b, '"calling"')).toEqual({ held: true, cancelled: true });
+    expect(await c.redis.hget(c.queue.toKey(a), 'progress')).toBe('"calling"');
+    expect(await c.redis.hget(c.queue.toKey(b), 'progress')).toBeNull();
+    // Not holding a slot (never dispatched), cancelled or not: both answers still come back.
+    await c.redis.set(cancelRequestedKey(c.prefix, 'unknown'), '1');
+    expect(await c.scheduler.claim('unknown')).toEqual({ held: false, cancelled: true });
   });
 
   it('applies a plan change at the next dispatch', async () => {

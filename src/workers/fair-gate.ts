@@ -47,14 +47,15 @@ export function createFairGate(deps: {
   return {
     /**
      * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
-     * DelayedError); 'cancelled' when `cancelled` resolves true: the job must fail as cancelled, and is not
-     * parked even if the cancel already took its slot (a lost claim is then the cancel's doing). `stage` is
-     * written to the job's progress by the claim script itself when the claim holds (no extra command).
+     * DelayedError); 'cancelled' when the API's cancel marker is set (the claim script reads it, atomically
+     * with the claim: no command of its own): the job must fail as cancelled, and is not parked even if the
+     * cancel already took its slot (a lost claim is then the cancel's doing). `stage` is written to the job's
+     * progress by the claim script itself when the claim holds (no extra command).
      */
-    async admit(job: AgentJob, token: string | undefined, cancelled: Promise<boolean> = Promise.resolve(false), stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
-      const [claimed, isCancelled] = await Promise.all([deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined), cancelled]);
-      if (isCancelled) return 'cancelled';
-      if (claimed || !token) return 'run';
+    async admit(job: AgentJob, token: string | undefined, stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
+      const { held, cancelled } = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined);
+      if (cancelled) return 'cancelled';
+      if (held || !token) return 'run';
       await parkActiveJob(job, token);
       await deps.scheduler.enqueue([deps.entryOf(job)]);
       deps.logger.debug({ jobId: job.id }, 'fair: job reached a worker without a slot; parked for the dispatcher');

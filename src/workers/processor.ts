@@ -34,7 +34,10 @@ export interface ProcessorDeps {
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
   gate?: Pick<FairGate, 'admit' | 'defer'>;
-  /** Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job. */
+  /**
+   * Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job.
+   * Read only without a gate: the gate's claim script reads the marker itself.
+   */
   cancelRequested?: (jobId: string) => Promise<boolean>;
 }
 
@@ -116,16 +119,16 @@ function attemptOf(deps: ProcessorDeps) {
       if (err instanceof ValidationError) throw toBullmqError({ kind: 'fail', code: err.code }, `invalid job: ${err.message}`, err);
       throw err;
     }
-    // After validation, so a job that can never run fails at once instead of waiting for a slot first. The
-    // cancel marker is read alongside the claim (same connection: one round trip), and wins over it.
-    const cancelled = deps.cancelRequested?.(job.id!) ?? Promise.resolve(false);
+    // After validation, so a job that can never run fails at once instead of waiting for a slot first. With
+    // the fair gate the claim script reads the cancel marker itself (one atomic round trip), and it wins over
+    // the claim; without the gate the marker is read on its own.
     const model = data.model ?? deps.models[resolved.action.model];
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
-    const admitted = deps.gate ? await deps.gate.admit(job, token, cancelled, stage) : 'run';
+    const admitted = deps.gate ? await deps.gate.admit(job, token, stage) : 'run';
     guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
     if (admitted === 'parked') throw new DelayedError();
-    if (admitted === 'cancelled' || (!deps.gate && (await cancelled))) {
+    if (admitted === 'cancelled' || (!deps.gate && (await deps.cancelRequested?.(job.id!)))) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }

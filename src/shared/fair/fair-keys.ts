@@ -1,4 +1,4 @@
-import { guardKeys } from '../core/queue-keys.js';
+import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js';
 /**
  * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. Lua receives the
  * list below as KEYS (same order for every fair script) and only appends ids to the `*Prefix` entries:
@@ -24,11 +24,15 @@ import { guardKeys } from '../core/queue-keys.js';
  *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
  *   <keyPrefix>:wake / :promoting      STRING the wake time a caller armed / ZSET dispatched, not started -> ms
  *   BullMQ's wait, prioritized, delayed and job hashes: read only.
+ *   <queuePrefix>:agentq:cancel:<jobId>    the API's cancel marker (queue-keys.ts): read by claim
+ *   <queuePrefix>:agentq:org-jobs:<org>    the org's job index (queue-keys.ts): enqueue adds to it (ZADD NX)
  */
 
 /** The parts of a BullMQ Queue the keys need. */
 export interface QueueKeySource {
   toKey(type: string): string;
+  /** BullMQ's queue options: `prefix` (default 'bull') is the prefix of agentq's own keys too (queue-keys.ts). */
+  opts: { prefix?: string };
 }
 
 export const FAIR_KEY_NAMES = [
@@ -64,6 +68,8 @@ export const FAIR_KEY_NAMES = [
   'sleepStart',
   'wake',
   'promoting',
+  'cancelPrefix',
+  'orgJobsPrefix',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -99,7 +105,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
   const b = opts.bucketPrefix;
   const q = opts.queue;
   // Scripts touch all of these in one call: on Redis Cluster they must hash to one slot.
-  const tags = [p, b, q.toKey('wait')].map(hashTag);
+  const qp = q.opts.prefix ?? 'bull';
+  const tags = [p, b, q.toKey('wait'), cancelRequestedKey(qp, ''), orgJobsKey(qp, '')].map(hashTag);
   if (tags.some((t) => t !== tags[0])) {
     throw new Error(`keyPrefix, bucketPrefix and the queue prefix must share one hash tag: ${p}, ${b}, ${q.toKey('wait')}`);
   }
@@ -136,6 +143,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     sleepStart: `${p}:sleepstart`,
     wake: `${p}:wake`,
     promoting: `${p}:promoting`,
+    cancelPrefix: cancelRequestedKey(qp, ''),
+    orgJobsPrefix: orgJobsKey(qp, ''),
   };
   return {
     named,

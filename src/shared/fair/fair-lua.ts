@@ -34,6 +34,12 @@ export interface ReleaseResult {
   due: boolean;
 }
 
+/** A claim's answer: whether the job holds its slot, and whether the API asked to cancel it (its marker). */
+export interface ClaimResult {
+  held: boolean;
+  cancelled: boolean;
+}
+
 export interface WhyRaw {
   reason: string;
   limit: string;
@@ -61,7 +67,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async dispatch(maxJobs?: number, worker?: { id: string; concurrency: number; ttlMs: number }): Promise<RawDispatch> {
       return toDispatch(await call('dispatch', worker ? [worker.id, worker.concurrency, worker.ttlMs] : [], maxJobs));
     },
-    /** entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now). */
+    /** entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm, index score ('' = none). */
     async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {
       return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
@@ -77,9 +83,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async cancel(id: string): Promise<boolean> {
       return (await call('cancel', [id])) === 1;
     },
-    /** `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage). */
-    async claim(id: string, progress = ''): Promise<boolean> {
-      return (await call('claim', [id, progress])) === 1;
+    /**
+     * `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage) and
+     * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip.
+     */
+    async claim(id: string, progress = ''): Promise<ClaimResult> {
+      const [held, cancelled] = (await call('claim', [id, progress])) as [number, number];
+      return { held: held === 1, cancelled: cancelled === 1 };
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
     async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {

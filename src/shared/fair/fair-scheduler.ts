@@ -1,7 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys } from './fair-keys.js';
-import { createFairLua, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimResult, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -15,6 +15,11 @@ export interface FairEntry {
   estTokens: number;
   /** The job waits (as `retry_backoff`-like "delayed") until this time (ms) before entering its lane. */
   notBeforeMs?: number;
+  /**
+   * Adds the job to its org's job index (`orgJobsKey`, ZADD NX) with this score (its enqueue time, ms) in the
+   * same script call: the producer's index write at no extra round trip. Absent: the index is not touched.
+   */
+  indexAt?: number;
 }
 
 export type WaitReason =
@@ -84,10 +89,11 @@ export interface FairScheduler {
   /** `worker` registers the calling worker (its concurrency sizes the dispatch buffer) for `ttlMs`. */
   dispatch(worker?: { id: string; concurrency: number; ttlMs: number }): Promise<DispatchResult>;
   /**
-   * True when the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
-   * the job's progress field in the same script); false: it must be parked and laned.
+   * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
+   * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
+   * cancel marker for the job is set (read atomically with the claim; no progress is written then).
    */
-  claim(jobId: string, progress?: string): Promise<boolean>;
+  claim(jobId: string, progress?: string): Promise<ClaimResult>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -167,7 +173,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
           lim = { rpm: l.rpm ?? '', tpm: l.tpm ?? '', orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }
-        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm]);
+        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm, e.indexAt ?? '']);
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;

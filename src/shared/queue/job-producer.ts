@@ -96,10 +96,13 @@ export function createJobProducer(deps: JobProducerDeps) {
   const { queue, agents } = deps;
   const allowed = new Set(deps.allowedModels);
   const jobDefaults = agentJobOptions(deps.retention);
-  // Per-org index for `GET /v1/jobs`, written alongside each add on the queue's own connection. A failed
-  // index write only hides the job from listings, so it never fails the enqueue itself.
+  // Per-org index for `GET /v1/jobs`. With the fair dispatcher the lane's enqueue script adds the jobs to it
+  // (`indexAt`: same hash tag, no round trip of its own) and only the amortised trim is sent from here; without
+  // it, a ZADD alongside each add on the queue's own connection. A failed index write only hides the job from
+  // listings, so it never fails the enqueue itself.
   const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<RedisClient>, prefix: queue.opts.prefix ?? 'bull' });
-  const indexed = (orgId: string, ps: PreparedJob[]) => index.add(orgId, ps.map((p) => ({ id: p.opts.jobId, at: p.data.enqueuedAt }))).catch(() => undefined);
+  const indexed = (orgId: string, ps: PreparedJob[]) =>
+    (deps.scheduler ? index.trim(orgId) : index.add(orgId, ps.map((p) => ({ id: p.opts.jobId, at: p.data.enqueuedAt })))).catch(() => undefined);
 
   function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = ''): PreparedJob {
     const parsed = jobRequestSchema.safeParse(raw);
@@ -167,6 +170,7 @@ export function createJobProducer(deps: JobProducerDeps) {
     estTokens: p.lane.estTokens,
     ...(p.lane.priority ? { priority: p.lane.priority } : {}),
     ...(p.lane.delayMs ? { notBeforeMs: p.data.enqueuedAt + p.lane.delayMs } : {}),
+    indexAt: p.data.enqueuedAt,
   });
 
   async function lane(prepared: PreparedJob[]): Promise<void> {

@@ -24,6 +24,15 @@ export function createOrgJobIndexWriter(o: { client: () => Promise<RedisClient>;
   const ageS = o.ageS ?? ORG_INDEX_AGE_S;
   const random = o.random ?? Math.random;
   return {
+    /**
+     * The amortised trim alone, for jobs whose index entry another call wrote (the fair dispatcher's enqueue
+     * script adds it in the call it makes anyway): one call in TRIM_ONE_IN trims, the others send nothing.
+     */
+    async trim(orgId: string): Promise<void> {
+      if (random() * TRIM_ONE_IN >= 1) return;
+      const client = await o.client();
+      await client.zremrangebyscore(orgJobsKey(o.prefix, orgId), '-inf', Date.now() - ageS * 1000);
+    },
     async add(orgId: string, jobs: IndexedJob[]): Promise<void> {
       if (jobs.length === 0) return;
       const client = await o.client();

@@ -32,7 +32,8 @@ export function createFairOrphanSweep(deps: {
       const jobs = await Promise.all(page.ids.map((id) => Job.fromId<AgentJobData, AgentResult>(deps.queue, id)));
       const due = jobs.filter((j): j is Job<AgentJobData, AgentResult> => Boolean(j?.data?.orgId) && Date.now() - j!.data.enqueuedAt >= graceMs);
       if (due.length) {
-        const r = await deps.scheduler.enqueue(due.map((j) => fairEntryOf(j, deps.agents, deps.models)));
+        // indexAt: the producer that died before laning the job had not indexed it either (its enqueue call does).
+        const r = await deps.scheduler.enqueue(due.map((j) => ({ ...fairEntryOf(j, deps.agents, deps.models), indexAt: j.data.enqueuedAt })));
         laned += due.length - r.skipped.length;
       }
       if (page.scanned < pageSize) break;

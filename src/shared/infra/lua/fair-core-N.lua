@@ -10,7 +10,8 @@
 --   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
 --   31 wake STRING (the next wake time one caller has armed a timer for), 32 promoting ZSET (dispatched, not yet
---   started -> dispatch ms)
+--   started -> dispatch ms), 33 cancel marker prefix (claim reads <prefix><jobId>), 34 org job index prefix
+--   (enqueue adds to the ZSET <prefix><org>)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -19,9 +20,11 @@
 -- ARGV[12..] op arguments:
 --   dispatch: worker id ('' = not a worker), its concurrency, registration ttl ms (registers the worker)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
---     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier)
---   claim: id, progress JSON ('' = none): 1 if the job holds a slot (its lease is renewed, and the job hash's
---     `progress` field set to the JSON: the attempt's stage, at no extra command);  orphans: offset, count
+--     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
+--     score ('' = do not index; else ZADD NX into the org's index, known job or not)
+--   claim: id, progress JSON ('' = none): {held, cancelled}: held 1 if the job holds a slot (its lease is
+--     renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no
+--     extra command); cancelled 1 if the job's cancel marker is set;  orphans: offset, count
 --   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
@@ -38,6 +41,7 @@ local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
 local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
 local K_WAKE, K_PROMOTING = KEYS[31], KEYS[32]
+local P_CANCEL, P_ORGJOBS = KEYS[33], KEYS[34]
 -- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
 local PROMOTING_MS = 2000
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
@@ -80,12 +84,23 @@ local function plan(org)
   return p
 end
 
+-- A model's stored limits (raw strings; false = unset), read once per script call: enqueue compares them with
+-- the producer's before writing, and the dispatch that follows reads them from here.
+local limitsCache = {}
+local function storedLimits(model)
+  local l = limitsCache[model]
+  if l then return l end
+  l = rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
+  limitsCache[model] = l
+  return l
+end
+
 -- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model).
 local modelCache = {}
 local function modelInfo(model)
   local mi = modelCache[model]
   if mi then return mi end
-  local h = rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
+  local h = storedLimits(model)
   mi = { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
     blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 }
   modelCache[model] = mi
@@ -474,8 +489,11 @@ elseif op == 'enqueue' then
   local skipped = {}
   local limitsStored = {}
   local i = 13
-  while i + 8 <= #ARGV do
+  while i + 9 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
+    -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.
+    if ARGV[i + 9] ~= '' then rcall('ZADD', P_ORGJOBS .. org, 'NX', ARGV[i + 9], id) end
     local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
     if rcall('EXISTS', P_JOB .. id) == 1 then
       -- Already known: enqueue is idempotent by job id.
@@ -486,17 +504,26 @@ elseif op == 'enqueue' then
       local seq = rcall('INCR', K_SEQ)
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
       -- A producer that does not know the model's limits ('') leaves the ones the deployment stored. Written
-      -- once per model and call: one producer's entries for a model carry the same limits.
+      -- once per model and call (one producer's entries for a model carry the same limits), and only where
+      -- they differ from the stored ones: the last writer still wins, and the usual call writes nothing.
       if not limitsStored[model] then
         limitsStored[model] = true
-        if ARGV[i + 5] ~= '' then rcall('HSET', K_MLIMITS, 'rpm:' .. model, ARGV[i + 5]) end
-        if ARGV[i + 6] ~= '' then rcall('HSET', K_MLIMITS, 'tpm:' .. model, ARGV[i + 6]) end
-        if ARGV[i + 8] == '' then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model) else rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, ARGV[i + 8]) end
+        local cur = storedLimits(model)
+        local orgRpm, rpm, tpm = ARGV[i + 8], ARGV[i + 5], ARGV[i + 6]
+        local changed = false
+        if rpm ~= '' and cur[2] ~= rpm then rcall('HSET', K_MLIMITS, 'rpm:' .. model, rpm); cur[2] = rpm; changed = true end
+        if tpm ~= '' and cur[3] ~= tpm then rcall('HSET', K_MLIMITS, 'tpm:' .. model, tpm); cur[3] = tpm; changed = true end
+        if orgRpm == '' then
+          if cur[1] then rcall('HDEL', K_MLIMITS, 'orgrpm:' .. model); cur[1] = false; changed = true end
+        elseif cur[1] ~= orgRpm then
+          rcall('HSET', K_MLIMITS, 'orgrpm:' .. model, orgRpm); cur[1] = orgRpm; changed = true
+        end
+        if changed then modelCache[model] = nil end
       end
       local notBefore = tonumber(ARGV[i + 7])
       if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
     end
-    i = i + 9
+    i = i + 10
   end
   if ARGV[12] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
@@ -537,13 +564,17 @@ elseif op == 'cancel' then
   return done and 1 or 0
 elseif op == 'claim' then
   local id = ARGV[12]
-  if not rcall('ZSCORE', K_LEASES, id) then return 0 end
+  -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
+  -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
+  local cancelled = rcall('EXISTS', P_CANCEL .. id)
+  if not rcall('ZSCORE', K_LEASES, id) then return { 0, cancelled } end
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
   rcall('ZREM', K_PROMOTING, id)
-  -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job.
+  -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
+  -- cancelled job never calls the model: its stage is not "calling_model".
   local progress = ARGV[13]
-  if progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
-  return 1
+  if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
+  return { 1, cancelled }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
