@@ -41,6 +41,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const addLua = defineLua(redis, 'batch-add-3.lua');
   const openLua = defineLua(redis, 'batch-open-N.lua');
   const moveLua = defineLua(redis, 'batch-move-1.lua');
+  const releaseLua = defineLua(redis, 'lock-release-1.lua');
 
   const recordOf = (h: Record<string, string>): BatchJobRecord | undefined =>
     h.state
@@ -127,8 +128,9 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
     async lock(ttlMs: number): Promise<(() => Promise<void>) | undefined> {
       const token = randomUUID();
       if ((await redis.set(k.lock, token, 'PX', ttlMs, 'NX')) !== 'OK') return undefined;
+      // Released only if still ours (one script): a run that outlived its lock must not drop the next run's.
       return async () => {
-        if ((await redis.get(k.lock)) === token) await redis.del(k.lock);
+        await releaseLua([k.lock], [token]);
       };
     },
     /** What the job view shows of a batch-tier job: its model, its batch and the batch's state. */

@@ -2,6 +2,7 @@ import type { InlinedRequest } from '@google/genai';
 import type { BatchIntent, BatchJobState, BatchStore } from '../../shared/batch/batch-store.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { BatchApi, BatchInfo } from '../../shared/infra/llm/batch-api.js';
+import { toLlmError } from '../../shared/infra/llm/llm-errors.js';
 
 /**
  * Where a collector run may be stopped by a fault test: the intent recorded (before `create`), `create`
@@ -12,11 +13,8 @@ export type BatchPoint = 'intent-recorded' | 'created' | 'succeeded' | 'answer-s
 
 const RUNNING = new Set(['JOB_STATE_PENDING', 'JOB_STATE_QUEUED', 'JOB_STATE_RUNNING']);
 
-/** A 4xx answer other than 429 (the SDK's ApiError carries `status`): asking again cannot help. */
-const refused = (err: unknown) => {
-  const status = (err as { status?: unknown } | null)?.status;
-  return typeof status === 'number' && status >= 400 && status < 500 && status !== 429;
-};
+/** Gemini refused the request itself (a 4xx other than 429 and timeouts, as the LLM client classifies it): asking again cannot help. */
+const refused = (err: unknown) => toLlmError(err).code === 'EBADREQUEST';
 
 export interface BatchCollectorOptions {
   store: BatchStore;

@@ -1,8 +1,0 @@
--- Releases a single-flight lock only if this caller still holds it (it may have expired and been
--- taken by another).
--- KEYS[1]: lock, ARGV[1]: token
--- Returns 1 if released, 0 otherwise
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
