@@ -1,4 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { Job } from 'bullmq';
 import { jobStreamKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
@@ -168,8 +169,32 @@ describe('SSE job streams', () => {
     expect(r.messages.map((m) => m.data).slice(-1)).toEqual(['[DONE]']);
     expect(texts(r.messages)).toEqual([]);
     const final = JSON.parse(r.messages[r.messages.length - 2].data);
-    expect(final.result.success).toBe(true);
+    expect(final).toMatchObject({ result: { success: true } });
     expect(await s.runtime.deps.redis.exists(jobStreamKey(s.cfg.QUEUE_PREFIX, id))).toBe(0);
+  });
+
+  it('a job that finishes between the route reading its hash and its state still ends with its result', async () => {
+    // CI once saw {"error":"completed"} here: the hash was read before the job finished, the state after.
+    const marker = 'Between Reads';
+    s.emulator.script({ latencyMs: 1500, match: { promptIncludes: marker } });
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(marker) });
+    const getState = Job.prototype.getState;
+    let hashReadUnfinished: boolean | undefined;
+    const spy = vi.spyOn(Job.prototype, 'getState').mockImplementation(async function (this: Job) {
+      if (this.id === id && hashReadUnfinished === undefined) {
+        hashReadUnfinished = !this.finishedOn;
+        await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('completed'), POLL);
+      }
+      return getState.call(this);
+    });
+    try {
+      const r = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+      expect(hashReadUnfinished).toBe(true);
+      expect(r.messages.map((m) => m.data).slice(-1)).toEqual(['[DONE]']);
+      expect(JSON.parse(r.messages[r.messages.length - 2].data)).toMatchObject({ result: { success: true } });
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('sends retrying progress, then the error and [DONE] for a job that fails for good', async () => {

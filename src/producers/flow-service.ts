@@ -4,6 +4,7 @@ import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import { injectTrace } from '../shared/telemetry/tracing.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
+import { finishedSinceRead } from './job-service.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
@@ -117,15 +118,17 @@ export function createFlowService(deps: FlowServiceDeps) {
   const waiters = createJobWaiters(queueEvents);
 
   async function loadSettled(orgId: string, id: string, kind: 'flow' | 'run', waitMs: number) {
-    let job = await load(orgId, id, kind);
-    let state = await job.getState();
-    if (waitMs > 0 && !FINISHED.has(state)) {
-      // A finish or the timeout ends the wait; the state read below says which.
-      await waiters.wait(id, waitMs, async () => FINISHED.has(await flows.getJobState(id)));
-      job = await load(orgId, id, kind);
-      state = await job.getState();
-    }
-    return { job, state };
+    const read = async () => {
+      let job = await load(orgId, id, kind);
+      const state = await job.getState();
+      if (finishedSinceRead(job, state)) job = await load(orgId, id, kind);
+      return { job, state };
+    };
+    const first = await read();
+    if (waitMs <= 0 || FINISHED.has(first.state)) return first;
+    // A finish or the timeout ends the wait; the state read below says which.
+    await waiters.wait(id, waitMs, async () => FINISHED.has(await flows.getJobState(id)));
+    return read();
   }
 
   const common = (job: Job<FlowJobData, FlowJobResult>) => ({

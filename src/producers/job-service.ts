@@ -37,6 +37,12 @@ const CANCELLED_STREAM_TTL_S = 3600;
 const FINISHED = new Set(['completed', 'failed', 'cancelled']);
 export const isFinished = (state: string) => FINISHED.has(state);
 
+/**
+ * A job's hash is read before its state (BullMQ's `Job.fromId`, then `getState`): a job that finished in
+ * between reads "completed" or "failed" from a hash with no result or reason yet. Then read the hash again.
+ */
+export const finishedSinceRead = (job: { finishedOn?: number }, state: string) => (state === 'completed' || state === 'failed') && !job.finishedOn;
+
 export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string): JobView {
   const cancelled = rawState === 'failed' && job.failedReason === CANCELLED_REASON;
   // A parked job waits for the fair dispatcher: to the caller it is waiting, not delayed.
@@ -108,9 +114,8 @@ export function createJobService(deps: {
     try {
       let job = await load(orgId, id);
       const state = await job.getState();
-      // The job may have finished between reading its hash and its state: read it again so the view never
-      // says "failed" without the reason (or "completed" without the result).
-      if ((state === 'completed' || state === 'failed') && !job.finishedOn) job = await load(orgId, id);
+      // The view never says "failed" without the reason (or "completed" without the result).
+      if (finishedSinceRead(job, state)) job = await load(orgId, id);
       const isParkedNow = state === 'delayed' && (await parked(job));
       const view = toJobView(job, isParkedNow ? 'waiting' : state);
       if (isParkedNow) {

@@ -8,7 +8,7 @@ import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
 import { principalOf } from '../auth.js';
 import { HttpError, withDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
-import { toJobView } from '../job-service.js';
+import { finishedSinceRead, toJobView } from '../job-service.js';
 import type { Handler } from '../route-spec.js';
 import type { idParam } from '../schemas/common.js';
 import type { jobRequestSchema, streamHeaders, streamQuery } from '../schemas/jobs.js';
@@ -53,7 +53,12 @@ export type StreamHandlerDeps = StreamRouteDeps & { sessions: StreamSessions };
 /** The job of `orgId` with its stream flag; another org's job is a 404 exactly like a missing one. */
 async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Promise<StreamTarget> {
   const job = await Job.fromId<AgentJobData, AgentResult>(deps.queue, id);
-  if (job && job.data?.orgId === orgId) return { orgId, id, stream: job.data.stream === true, view: toJobView(job, await job.getState()) };
+  if (job && job.data?.orgId === orgId) {
+    const state = await job.getState();
+    // A job that finished between the two reads is read again: its final message needs the result.
+    const view = finishedSinceRead(job, state) ? await deps.jobs.get(orgId, id) : toJobView(job, state);
+    return { orgId, id, stream: job.data.stream === true, view };
+  }
   // Removed before it ran: the job service still knows it through its cancelled tombstone.
   return { orgId, id, stream: false, view: await deps.jobs.get(orgId, id) };
 }
