@@ -62,6 +62,24 @@ describe('fair dispatch loop', () => {
     expect(f.calls).toBe(3);
   });
 
+  it('absorb: a dispatch made elsewhere arms its wake-up here, and one that stopped with work left is continued', async () => {
+    const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+    const seen: DispatchResult[] = [];
+    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 60_000, onDispatch: (r) => seen.push(r) });
+    const now = Date.now();
+    const woken = { promoted: ['a'], nowMs: now, nextWakeMs: now + 50, more: false };
+    loop.absorb(woken);
+    expect(f.calls).toBe(0);
+    await vi.waitFor(() => expect(f.calls).toBe(1), { timeout: 2_000, interval: 5 });
+    expect(Date.now() - now).toBeGreaterThanOrEqual(45);
+    f.finishOne();
+    loop.absorb({ promoted: [], nowMs: Date.now(), more: true });
+    await vi.waitFor(() => expect(f.calls).toBe(2), { timeout: 2_000, interval: 5 });
+    f.finishOne();
+    await loop.close();
+    expect(seen[0]).toEqual(woken);
+  });
+
   it('renews the worker registration every half safety poll, not on every call', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
     let clock = 1_000_000;
@@ -85,31 +103,56 @@ describe('fair dispatch loop', () => {
 
 describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
-  const gateWith = (release: () => Promise<{ freed: number; due: boolean }>) => {
+  const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
+  type Release = (ids: string[], opts?: { dispatch?: boolean }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
+  type Claim = (id: string, progress?: string, opts?: { refill?: boolean }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: Promise<DispatchResult> }>;
+  const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false })) => {
     const kicks = { n: 0 };
+    const absorbed: DispatchResult[] = [];
+    const calls: { release: Array<{ dispatch?: boolean } | undefined>; claim: Array<{ refill?: boolean } | undefined> } = { release: [], claim: [] };
     const gate = createFairGate({
-      scheduler: { release, claim: async () => ({ held: true, cancelled: false }), enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }), repark: async () => true, blockModel: async () => {} },
-      loop: { kick: async () => void kicks.n++, close: async () => {} },
+      scheduler: {
+        release: (ids, opts) => (calls.release.push(opts), release(ids, opts)),
+        claim: (id, progress, opts) => (calls.claim.push(opts), claim(id, progress, opts)),
+        enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }),
+        repark: async () => true,
+        blockModel: async () => {},
+      },
+      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), close: async () => {} },
       entryOf: () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 }),
       logger,
     });
-    return { gate, kicks };
+    return { gate, kicks, absorbed, calls };
   };
 
-  it('dispatches after a release only when the release says a dispatch is due (or failed)', async () => {
+  it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
     const idle = gateWith(async () => ({ freed: 1, due: false }));
     idle.gate.finished('a');
     await idle.gate.close();
-    expect(idle.kicks.n).toBe(0);
-    const busy = gateWith(async () => ({ freed: 1, due: true }));
+    expect(idle.calls.release).toEqual([{ dispatch: true }]);
+    expect({ kicks: idle.kicks.n, absorbed: idle.absorbed }).toEqual({ kicks: 0, absorbed: [] });
+    const busy = gateWith(async () => ({ freed: 1, due: true, dispatched }));
     busy.gate.finished('a');
     await busy.gate.close();
-    expect(busy.kicks.n).toBe(1);
+    expect({ kicks: busy.kicks.n, absorbed: busy.absorbed }).toEqual({ kicks: 0, absorbed: [dispatched] });
     const failing = gateWith(async () => {
       throw new Error('redis down');
     });
     failing.gate.finished('a');
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
+  });
+
+  it('a claim asks for a refill; what it dispatched reaches the loop, and a failed promotion kicks a dispatch', async () => {
+    const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const ok = gateWith(async () => ({ freed: 0, due: false }), async () => ({ held: true, cancelled: false, dispatched: Promise.resolve(dispatched) }));
+    expect(await ok.gate.admit(job, 'token')).toBe('run');
+    expect(ok.calls.claim).toEqual([{ refill: true }]);
+    await vi.waitFor(() => expect(ok.absorbed).toEqual([dispatched]));
+    expect(ok.kicks.n).toBe(0);
+    const bad = gateWith(async () => ({ freed: 0, due: false }), async () => ({ held: true, cancelled: false, dispatched: Promise.reject(new Error('promote failed')) }));
+    expect(await bad.gate.admit(job, 'token')).toBe('run');
+    await vi.waitFor(() => expect(bad.kicks.n).toBe(1));
+    expect(bad.absorbed).toEqual([]);
   });
 });

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
+import { createWriteStream } from 'node:fs';
 import { GoogleGenAI } from '@google/genai';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -80,6 +81,9 @@ export async function startMonitor(url: string) {
   let inScripts = 0;
   let buffer = '';
   let monitoring: (() => void) | undefined;
+  // Diagnostic only: BENCH_MONITOR_LOG=<file> keeps the lines, to attribute round trips to callers.
+  const log = process.env.BENCH_MONITOR_LOG ? createWriteStream(process.env.BENCH_MONITOR_LOG, { flags: 'a' }) : undefined;
+  log?.write(`# monitor started ${new Date().toISOString()}\n`);
   const ready = new Promise<void>((resolve, reject) => {
     monitoring = resolve;
     socket.once('error', reject);
@@ -98,6 +102,7 @@ export async function startMonitor(url: string) {
       if (!m || m[2].toLowerCase() === 'info') continue;
       if (m[1] === 'lua') inScripts++;
       else sent++;
+      log?.write(`${line}\n`);
     }
   });
   socket.once('connect', () => socket.write('MONITOR\r\n'));
@@ -106,6 +111,7 @@ export async function startMonitor(url: string) {
     counts: () => ({ sent, inScripts }),
     async stop() {
       socket.destroy();
+      log?.end();
     },
   };
 }

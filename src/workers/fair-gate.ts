@@ -26,22 +26,24 @@ export function createFairGate(deps: {
   const retries = new Map<string, number>();
 
   async function flush(): Promise<void> {
-    // A dispatch after the release only if it would find work (an active lane, something due): a throttled
-    // org's finished job would only find its lane asleep, and the armed wake-up dispatches it anyway.
-    let due = false;
+    // The release dispatches in its own script call, and only if it would find work (an active lane,
+    // something due): a throttled org's finished job would only find its lane asleep, and the armed wake-up
+    // dispatches it anyway.
+    let failed = false;
     while (pending.length) {
       const ids = pending;
       pending = [];
       try {
-        if ((await deps.scheduler.release(ids)).due) due = true;
+        const r = await deps.scheduler.release(ids, { dispatch: true });
+        if (r.dispatched) deps.loop.absorb(r.dispatched);
       } catch (err) {
-        due = true;
+        failed = true;
         // The slots' leases expire and the dispatcher's sweep frees them: slower, never lost.
         deps.logger.warn({ err, jobs: ids.length }, 'fair: could not release slots; leases will recover them');
       }
     }
     flushing = undefined;
-    if (due) void deps.loop.kick();
+    if (failed) void deps.loop.kick();
   }
 
   return {
@@ -53,7 +55,16 @@ export function createFairGate(deps: {
      * progress by the claim script itself when the claim holds (no extra command).
      */
     async admit(job: AgentJob, token: string | undefined, stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
-      const { held, cancelled } = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined);
+      // Refill: the claim dispatches the next job while this one runs (promoted in the background).
+      const { held, cancelled, dispatched } = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, { refill: true });
+      dispatched?.then(
+        (r) => deps.loop.absorb(r),
+        (err: unknown) => {
+          // Leased but unpromoted jobs are recovered by the lease sweep; a dispatch now tries again sooner.
+          deps.logger.warn({ err }, 'fair: could not promote jobs dispatched at a claim');
+          void deps.loop.kick();
+        },
+      );
       if (cancelled) return 'cancelled';
       if (held || !token) return 'run';
       await parkActiveJob(job, token);

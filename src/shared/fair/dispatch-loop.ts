@@ -7,6 +7,11 @@ export interface DispatchLoopLogger {
 export interface DispatchLoop {
   /** Asks for a dispatch soon; concurrent kicks coalesce into one running call plus at most one pending. */
   kick(): Promise<void>;
+  /**
+   * Takes in a dispatch another call made (a worker's claim or release dispatched in its own script call):
+   * arms the wake-up it may carry (given to one caller only) and dispatches again if it stopped with work left.
+   */
+  absorb(r: DispatchResult): void;
   close(): Promise<void>;
 }
 
@@ -88,6 +93,11 @@ export function createDispatchLoop(opts: {
 
   return {
     kick,
+    absorb(r) {
+      arm(r);
+      opts.onDispatch?.(r);
+      if (r.more) void kick();
+    },
     async close() {
       closed = true;
       clearInterval(poll);

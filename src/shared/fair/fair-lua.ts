@@ -40,6 +40,11 @@ export interface ClaimResult {
   cancelled: boolean;
 }
 
+/** What a claim or release that also dispatched decided (its ids not yet promoted in BullMQ). */
+export interface WithDispatch {
+  dispatch?: RawDispatch;
+}
+
 export interface WhyRaw {
   reason: string;
   limit: string;
@@ -72,10 +77,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
     /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
-    async release(ids: string[]): Promise<ReleaseResult> {
+    async release(ids: string[], thenDispatch = false): Promise<ReleaseResult & WithDispatch> {
       if (ids.length === 0) return { freed: 0, due: false };
-      const [freed, due] = (await call('release', ids)) as [number, number];
-      return { freed, due: due === 1 };
+      const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...ids])) as [number, number, unknown?];
+      return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
       return (await call('repark', [id, Math.ceil(notBeforeMs), reason])) === 1;
@@ -85,11 +90,12 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     /**
      * `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage) and
-     * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip.
+     * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip. `refill`:
+     * a held claim also dispatches when BullMQ's wait list is below its target (see fair-core-N.lua).
      */
-    async claim(id: string, progress = ''): Promise<ClaimResult> {
-      const [held, cancelled] = (await call('claim', [id, progress])) as [number, number];
-      return { held: held === 1, cancelled: cancelled === 1 };
+    async claim(id: string, progress = '', refill = false): Promise<ClaimResult & WithDispatch> {
+      const [held, cancelled, d] = (await call('claim', [id, progress, refill ? 1 : 0])) as [number, number, unknown?];
+      return { held: held === 1, cancelled: cancelled === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
     async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {

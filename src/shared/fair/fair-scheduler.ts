@@ -92,15 +92,19 @@ export interface FairScheduler {
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
    * cancel marker for the job is set (read atomically with the claim; no progress is written then).
+   * `refill`: a held claim dispatches in the same call when BullMQ's wait list is below its target; then
+   * `dispatched` settles once those jobs are promoted (the caller need not wait for it to run its job, but
+   * must hand the result to its dispatch loop: it may carry the one armed wake-up time).
    */
-  claim(jobId: string, progress?: string): Promise<ClaimResult>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean }): Promise<ClaimResult & { dispatched?: Promise<DispatchResult> }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
    * Frees the jobs' slots; `due` says whether a dispatch now has anything to do, so a caller skips the
    * dispatch when nothing does (e.g. the only lane sleeps on a rate limit: its armed wake-up comes back).
+   * With `dispatch: true` that dispatch runs in the same script call, and `dispatched` is its (promoted) result.
    */
-  release(jobIds: string[]): Promise<ReleaseResult>;
+  release(jobIds: string[], opts?: { dispatch?: boolean }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
@@ -194,10 +198,16 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     async dispatch(worker) {
       return finish(await raw.dispatch(undefined, worker));
     },
-    claim: (id, progress) => raw.claim(id, progress),
+    async claim(id, progress, copts = {}) {
+      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true);
+      return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
+    },
     gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
-    release: (ids) => raw.release(ids),
+    async release(ids, ropts = {}) {
+      const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true);
+      return dispatch ? { ...r, dispatched: await finish(dispatch) } : r;
+    },
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
     cancel: (id) => raw.cancel(id),
     blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),

@@ -22,15 +22,17 @@
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
---   claim: id, progress JSON ('' = none): {held, cancelled}: held 1 if the job holds a slot (its lease is
---     renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no
---     extra command); cancelled 1 if the job's cancel marker is set;  orphans: offset, count
---   release: job ids;  repark: id, notBeforeMs, reason;  cancel: id
+--   claim: id, progress JSON ('' = none), refill (0|1): {held, cancelled[, dispatch result]}: held 1 if the job
+--     holds a slot (its lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON:
+--     the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker is set; with refill, a
+--     held claim dispatches when BullMQ's wait list is below its target;  orphans: offset, count
+--   release: dispatch (0|1: dispatch in this call when due), then job ids;  repark: id, notBeforeMs, reason;
+--   cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
 -- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
---          sleeper or lease) else 0}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
+--          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -443,6 +445,15 @@ local function dueNow()
   return nil, firsts
 end
 
+-- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
+-- Jobs dispatched by another caller moments ago may not be promoted yet: the wait list does not show them,
+-- the promoting set does (until they start, or for PROMOTING_MS), so concurrent dispatches do not overfill.
+local function bufferRoom()
+  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  return bufferTarget() - math.max(queued, rcall('ZCARD', K_PROMOTING))
+end
+
 local function dispatch(skipped)
   local due, firsts = dueNow()
   if not due then return { {}, nextWake(firsts), now, 0, skipped or {} } end
@@ -451,12 +462,7 @@ local function dispatch(skipped)
   if due[3] then sweepLeases() end
   local out = {}
   local more = 0
-  -- Keep BullMQ's wait short: fairness is decided as late as possible.
-  -- Jobs dispatched by another caller moments ago may not be promoted yet: the wait list does not show them,
-  -- the promoting set does (until they start, or for PROMOTING_MS), so concurrent dispatches do not overfill.
-  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
-  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
-  local limit = bufferTarget() - math.max(queued, rcall('ZCARD', K_PROMOTING))
+  local limit = bufferRoom()
   if limit > MAX_BATCH then limit = MAX_BATCH end
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
@@ -529,15 +535,18 @@ elseif op == 'enqueue' then
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
   local freed = 0
-  for i = 12, #ARGV do
+  for i = 13, #ARGV do
     local id = ARGV[i]
     local m = jobMeta(id)
     if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
     if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
   end
-  -- Whether a dispatch now could do anything: the caller skips it otherwise (a throttled org's finished job
-  -- would only find its lane asleep; the armed wake-up or the safety poll comes back for it).
-  return { freed, dueNow() and 1 or 0 }
+  -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
+  -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[12] = '1' the
+  -- dispatch runs here, in the release's round trip.
+  if not dueNow() then return { freed, 0 } end
+  if ARGV[12] == '1' then return { freed, 1, dispatch() } end
+  return { freed, 1 }
 elseif op == 'repark' then
   local id, notBefore = ARGV[12], tonumber(ARGV[13])
   local m = jobMeta(id)
@@ -574,6 +583,11 @@ elseif op == 'claim' then
   -- cancelled job never calls the model: its stage is not "calling_model".
   local progress = ARGV[13]
   if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
+  -- Refill (ARGV[14] = '1'): the job just left BullMQ's wait list, so the next one is dispatched now, while
+  -- this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches it in the same call).
+  -- Dispatching only on release would leave the list empty at every finish: a blocking marker wait and a
+  -- second fetch per job.
+  if cancelled == 0 and ARGV[14] == '1' and bufferRoom() > 0 then return { 1, 0, dispatch() } end
   return { 1, cancelled }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
