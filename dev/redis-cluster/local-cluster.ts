@@ -16,6 +16,11 @@ export interface LocalCluster {
   ownerOf(key: string): Promise<number>;
   /** Per node: its role and the commands it executed so far (INFO commandstats calls, summed). */
   commandsPerNode(): Promise<Array<{ port: number; role: string; calls: number }>>;
+  /**
+   * SIGKILL to the node on `port` (no shutdown, no last write to its replicas): a crash, unlike CLUSTER
+   * FAILOVER. Resolves once the process is gone; the other nodes find out by gossip after the node timeout.
+   */
+  kill(port: number): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -80,6 +85,16 @@ export async function startLocalCluster(opts: { primaries?: number; replicas?: n
             return { port: n.port, role, calls };
           }),
         );
+      },
+      async kill(port) {
+        const node = nodes.find((n) => n.port === port);
+        if (!node) throw new Error(`no node of this cluster listens on ${port}`);
+        const child = node.process;
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        await new Promise<void>((resolve) => {
+          child.once('exit', () => resolve());
+          child.kill('SIGKILL');
+        });
       },
       stop,
     };

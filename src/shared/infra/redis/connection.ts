@@ -63,6 +63,14 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', extra: 
         ...extra,
       },
       clusterRetryStrategy: retryStrategy,
+      // While a crashed primary's replica is not yet elected (cluster-node-timeout, then the vote: seconds, 15 s+
+      // with Redis's default timeout), every try of a command on its slot is a redirection: a random node
+      // answers MOVED to the dead primary, whose connection is closed, retried 200 ms later. ioredis's default
+      // budget (16) gives up after about 2 s with "Too many Cluster redirections", which BullMQ does not take
+      // for a connection error: a finished job's moveToFinished failed, the job was failed and retried, and ran
+      // twice (test/faults/cluster-primary-kill.test.ts). A worker connection waits out the election as it
+      // waits out a standalone Redis (maxRetriesPerRequest null); request paths keep the budget and answer 503.
+      ...(role === 'worker' ? { maxRedirections: Infinity } : {}),
       enableOfflineQueue: true,
       retryDelayOnFailover: 200,
       retryDelayOnClusterDown: 200,

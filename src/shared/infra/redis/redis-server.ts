@@ -46,7 +46,9 @@ export async function startRedisServer(opts: { port?: number; dir?: string; bin?
     process: child,
     stop: () =>
       new Promise<void>((resolve) => {
-        if (child.exitCode !== null) return resolve();
+        // A process ended by a signal (a test's SIGKILL) has a signalCode and no exitCode: both mean gone,
+        // and waiting for an 'exit' that already fired would never resolve.
+        if (child.exitCode !== null || child.signalCode !== null) return resolve();
         child.once('exit', () => resolve());
         child.kill('SIGTERM');
       }),
