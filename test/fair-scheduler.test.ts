@@ -464,29 +464,33 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[5]]);
   });
 
-  it('a claim with refill dispatches (and promotes) the next job only while the buffer has room; a release can dispatch in its own call', async () => {
+  it('a claim with refill dispatches (and promotes) only when BullMQ\'s wait list is empty; a release can dispatch in its own call', async () => {
     const c = await setup({ bufferTarget: 2 });
     const org = randomOrg();
-    const ids = await c.add(org, 6);
+    const ids = await c.add(org, 8);
     const first = await c.scheduler.dispatch();
     expect(first.promoted).toEqual(ids.slice(0, 2));
     const waiting = () => c.queue.getWaiting().then((js) => js.map((j) => j.id).sort());
-    // The buffer is full: a claim refills nothing (not even a dispatch call's worth of work).
-    const full = await c.scheduler.claim(ids[0], undefined, { refill: true });
-    expect(full).toEqual({ held: true, cancelled: false });
-    // BullMQ took ids[0] out of wait: one place is free, so the next claim fills it, in its own call.
+    // The list is full: a claim refills nothing.
+    expect(await c.scheduler.claim(ids[0], undefined, { refill: true })).toEqual({ held: true, cancelled: false });
+    // BullMQ took ids[0] out of wait (a worker's fetch); one job is still there: the releases refill it, not claims.
     await c.queue.remove(ids[0]);
+    expect(await c.scheduler.claim(ids[1], undefined, { refill: true })).toEqual({ held: true, cancelled: false });
+    // The last one taken: the list is empty, so the claim dispatches the next ones in its own call.
+    await c.queue.remove(ids[1]);
     const refill = await c.scheduler.claim(ids[1], undefined, { refill: true });
     expect(refill).toMatchObject({ held: true, cancelled: false });
-    expect(await refill.dispatched).toMatchObject({ promoted: [ids[2]], more: false });
-    expect(await waiting()).toEqual([ids[1], ids[2]].sort());
+    expect(await refill.dispatched).toMatchObject({ promoted: [ids[2], ids[3]], more: false });
+    expect(await waiting()).toEqual([ids[2], ids[3]].sort());
     // Without refill a claim never dispatches.
-    await c.queue.remove(ids[1]);
+    await c.queue.remove(ids[2]);
+    await c.queue.remove(ids[3]);
     expect(await c.scheduler.claim(ids[2])).toEqual({ held: true, cancelled: false });
-    // A release asked to dispatch does it in the same call: ids[1]'s slot is free, and one place in wait.
+    // A release asked to dispatch does it in the same call (one place: ids[3], dispatched and never started,
+    // still counts as being promoted).
     const rel = await c.scheduler.release([ids[0], ids[1]], { dispatch: true });
-    expect(rel).toMatchObject({ freed: 2, due: true, dispatched: { promoted: [ids[3]] } });
-    expect(await c.redis.zscore(c.queue.toKey('delayed'), ids[3])).toBeNull();
+    expect(rel).toMatchObject({ freed: 2, due: true, dispatched: { promoted: [ids[4]] } });
+    expect(await c.redis.zscore(c.queue.toKey('delayed'), ids[4])).toBeNull();
     // Asked to dispatch with nothing due, a release dispatches nothing.
     const quiet = await setup({ bufferTarget: 2 });
     const lone = await quiet.add(randomOrg(), 1);

@@ -91,7 +91,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     /**
      * `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage) and
      * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip. `refill`:
-     * a held claim also dispatches when BullMQ's wait list is below its target (see fair-core-N.lua).
+     * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua).
      */
     async claim(id: string, progress = '', refill = false): Promise<ClaimResult & WithDispatch> {
       const [held, cancelled, d] = (await call('claim', [id, progress, refill ? 1 : 0])) as [number, number, unknown?];

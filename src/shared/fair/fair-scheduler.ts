@@ -92,7 +92,7 @@ export interface FairScheduler {
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
    * cancel marker for the job is set (read atomically with the claim; no progress is written then).
-   * `refill`: a held claim dispatches in the same call when BullMQ's wait list is below its target; then
+   * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty; then
    * `dispatched` settles once those jobs are promoted (the caller need not wait for it to run its job, but
    * must hand the result to its dispatch loop: it may carry the one armed wake-up time).
    */

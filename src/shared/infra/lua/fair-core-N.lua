@@ -25,7 +25,7 @@
 --   claim: id, progress JSON ('' = none), refill (0|1): {held, cancelled[, dispatch result]}: held 1 if the job
 --     holds a slot (its lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON:
 --     the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker is set; with refill, a
---     held claim dispatches when BullMQ's wait list is below its target;  orphans: offset, count
+--     held claim dispatches when BullMQ's wait list is empty;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), then job ids;  repark: id, notBeforeMs, reason;
 --   cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
@@ -448,10 +448,11 @@ end
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
 -- Jobs dispatched by another caller moments ago may not be promoted yet: the wait list does not show them,
 -- the promoting set does (until they start, or for PROMOTING_MS), so concurrent dispatches do not overfill.
+-- Also returns whether nothing at all is queued or being promoted.
 local function bufferRoom()
   rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
-  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
-  return bufferTarget() - math.max(queued, rcall('ZCARD', K_PROMOTING))
+  local queued = math.max(rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO), rcall('ZCARD', K_PROMOTING))
+  return bufferTarget() - queued, queued == 0
 end
 
 local function dispatch(skipped)
@@ -583,11 +584,15 @@ elseif op == 'claim' then
   -- cancelled job never calls the model: its stage is not "calling_model".
   local progress = ARGV[13]
   if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
-  -- Refill (ARGV[14] = '1'): the job just left BullMQ's wait list, so the next one is dispatched now, while
-  -- this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches it in the same call).
-  -- Dispatching only on release would leave the list empty at every finish: a blocking marker wait and a
-  -- second fetch per job.
-  if cancelled == 0 and ARGV[14] == '1' and bufferRoom() > 0 then return { 1, 0, dispatch() } end
+  -- Refill (ARGV[14] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
+  -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
+  -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
+  -- load: a blocking marker wait and a second fetch per job. Only when the list is empty: a list that still
+  -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
+  if cancelled == 0 and ARGV[14] == '1' then
+    local room, empty = bufferRoom()
+    if room > 0 and empty then return { 1, 0, dispatch() } end
+  end
   return { 1, cancelled }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
