@@ -1,25 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
+import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 import { until } from '../helpers/wait.js';
-
-const clusterNodes = async (port: number) => {
-  const r = new Redis(port, '127.0.0.1');
-  try {
-    return String(await r.call('CLUSTER', 'NODES'))
-      .trim()
-      .split('\n')
-      .map((line) => {
-        const [id, addr, flags, master] = line.split(' ');
-        return { id, port: Number(addr.split('@')[0].split(':')[1]), primary: flags.includes('master'), master };
-      });
-  } finally {
-    r.disconnect();
-  }
-};
 
 /**
  * A planned failover (CLUSTER FAILOVER on the replica of the primary that owns the queue's slot) while the
@@ -40,11 +25,9 @@ describe('Redis Cluster failover', () => {
   });
 
   it('CLUSTER FAILOVER under load: 0 answers of 500, every accepted job completes once', async () => {
-    const nodes = await clusterNodes(cluster.nodes[0].port);
-    const ownerPort = await cluster.ownerOf(`{${tag}}`);
-    const owner = nodes.find((n) => n.port === ownerPort)!;
-    const replica = nodes.find((n) => !n.primary && n.master === owner.id)!;
-    expect(replica, 'the owner has a replica').toBeDefined();
+    const { replica: found } = await ownerAndReplica(cluster, `{${tag}}`);
+    expect(found, 'the owner has a replica').toBeDefined();
+    const replica = found!;
 
     const statuses = new Map<number, number>();
     const accepted: string[] = [];

@@ -1,26 +1,11 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
+import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 import { until } from '../helpers/wait.js';
 import { agentJobKey } from '../../src/shared/core/queue-keys.js';
-
-const clusterNodes = async (port: number) => {
-  const r = new Redis(port, '127.0.0.1');
-  try {
-    return String(await r.call('CLUSTER', 'NODES'))
-      .trim()
-      .split('\n')
-      .map((line) => {
-        const [id, addr, flags, master] = line.split(' ');
-        return { id, port: Number(addr.split('@')[0].split(':')[1]), primary: flags.includes('master'), master };
-      });
-  } finally {
-    r.disconnect();
-  }
-};
 
 interface Answer {
   at: number;
@@ -67,11 +52,9 @@ describe('Redis Cluster primary killed', () => {
   });
 
   it('SIGKILL of the owner primary under load: only 503s until the election ends, every accepted job completes once', async () => {
-    const nodes = await clusterNodes(cluster.nodes[0].port);
-    const ownerPort = await cluster.ownerOf(`{${tag}}`);
-    const owner = nodes.find((n) => n.port === ownerPort)!;
-    const replica = nodes.find((n) => !n.primary && n.master === owner.id)!;
-    expect(replica, 'the owner has a replica').toBeDefined();
+    const { owner, replica: found } = await ownerAndReplica(cluster, `{${tag}}`);
+    expect(found, 'the owner has a replica').toBeDefined();
+    const replica = found!;
 
     const answers: Answer[] = [];
     const accepted: string[] = [];
@@ -110,7 +93,7 @@ describe('Redis Cluster primary killed', () => {
     try {
       await until('20 jobs accepted before the kill', () => accepted.length >= 20, 60_000);
       killedAt = Date.now();
-      await cluster.kill(ownerPort);
+      await cluster.kill(owner.port);
       const r = new Redis(replica.port, '127.0.0.1');
       try {
         // The event that ends the outage: the replica's own view of its role (not a fixed sleep).
