@@ -455,15 +455,18 @@ local function bufferRoom()
   return bufferTarget() - queued, queued == 0
 end
 
-local function dispatch(skipped)
-  local due, firsts = dueNow()
+-- `knownDue` / `knownRoom`: what a caller (release, claim) already computed in this call, not read again.
+-- Moving due timers and sleepers below changes lanes, not BullMQ's wait list, so a known room still holds.
+local function dispatch(skipped, knownDue, knownRoom)
+  local due, firsts = knownDue, nil
+  if not due then due, firsts = dueNow() end
   if not due then return { {}, nextWake(firsts), now, 0, skipped or {} } end
   if due[1] then moveDueTimers() end
   if due[2] then wakeSleepers() end
   if due[3] then sweepLeases() end
   local out = {}
   local more = 0
-  local limit = bufferRoom()
+  local limit = knownRoom or bufferRoom()
   if limit > MAX_BATCH then limit = MAX_BATCH end
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
@@ -545,8 +548,9 @@ elseif op == 'release' then
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
   -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[12] = '1' the
   -- dispatch runs here, in the release's round trip.
-  if not dueNow() then return { freed, 0 } end
-  if ARGV[12] == '1' then return { freed, 1, dispatch() } end
+  local due = dueNow()
+  if not due then return { freed, 0 } end
+  if ARGV[12] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
   local id, notBefore = ARGV[12], tonumber(ARGV[13])
@@ -591,7 +595,7 @@ elseif op == 'claim' then
   -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
   if cancelled == 0 and ARGV[14] == '1' then
     local room, empty = bufferRoom()
-    if room > 0 and empty then return { 1, 0, dispatch() } end
+    if room > 0 and empty then return { 1, 0, dispatch(nil, nil, room) } end
   end
   return { 1, cancelled }
 elseif op == 'orphans' then
