@@ -105,14 +105,14 @@ describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
   type Release = (ids: string[], opts?: { dispatch?: boolean }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
-  type Claim = (id: string, progress?: string, opts?: { refill?: boolean }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: Promise<DispatchResult> }>;
+  type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: Promise<DispatchResult> }>;
   const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false })) => {
     const kicks = { n: 0 };
     const absorbed: DispatchResult[] = [];
-    const calls: { release: Array<{ dispatch?: boolean } | undefined>; claim: Array<{ refill?: boolean } | undefined> } = { release: [], claim: [] };
+    const calls: { release: Array<{ dispatch?: boolean } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[] } | undefined> } = { release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
-        release: (ids, opts) => (calls.release.push(opts), release(ids, opts)),
+        release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
         claim: (id, progress, opts) => (calls.claim.push(opts), claim(id, progress, opts)),
         enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }),
         repark: async () => true,
@@ -154,5 +154,23 @@ describe('fair gate', () => {
     expect(await bad.gate.admit(job, 'token')).toBe('run');
     await vi.waitFor(() => expect(bad.kicks.n).toBe(1));
     expect(bad.absorbed).toEqual([]);
+  });
+
+  it('a claim that comes before the release batch is sent carries it; a failed claim leaves it to a release of its own', async () => {
+    const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const carried = gateWith(async () => ({ freed: 0, due: false }));
+    carried.gate.finished('a');
+    carried.gate.finished('b');
+    expect(await carried.gate.admit(job, 'token')).toBe('run');
+    await carried.gate.close();
+    expect(carried.calls.claim).toEqual([{ refill: true, release: ['a', 'b'] }]);
+    expect(carried.calls.released).toEqual([]);
+    const failing = gateWith(async () => ({ freed: 2, due: false }), async () => {
+      throw new Error('redis down');
+    });
+    failing.gate.finished('a');
+    await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
+    await failing.gate.close();
+    expect(failing.calls.released).toEqual([['a']]);
   });
 });

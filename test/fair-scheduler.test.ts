@@ -498,6 +498,34 @@ describe('fair scheduler limits', () => {
     expect(await quiet.scheduler.release(lone, { dispatch: true })).toEqual({ freed: 1, due: false });
   });
 
+  it('a claim carries the releases of jobs that finished before it: their slots are freed and due work dispatched in the same call', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 2 });
+    const ids = await c.add(org, 4);
+    // The cap holds the org to two slots: ids[0] and ids[1].
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 2));
+    expect(await c.scheduler.claim(ids[0])).toEqual({ held: true, cancelled: false });
+    // ids[0] finished; ids[1] starts and hands over ids[0]'s release: the freed slot goes to ids[2] at once.
+    const next = await c.scheduler.claim(ids[1], undefined, { refill: true, release: [ids[0]] });
+    expect(next).toMatchObject({ held: true, cancelled: false });
+    expect(await next.dispatched).toMatchObject({ promoted: [ids[2]] });
+    expect(await c.redis.zscore(c.queue.toKey('delayed'), ids[2])).toBeNull();
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(2);
+    // Released once: a second release of the same job frees nothing.
+    expect(await c.scheduler.release([ids[0]])).toMatchObject({ freed: 0 });
+    // A claim that is not held (its lease is gone) still releases what it carries, and dispatches when due.
+    const lost = await c.scheduler.claim('no-such-job', undefined, { release: [ids[1]] });
+    expect(lost).toMatchObject({ held: false, cancelled: false });
+    expect(await lost.dispatched).toMatchObject({ promoted: [ids[3]] });
+    // Nothing due: the carried release dispatches nothing.
+    const quiet = await setup({ bufferTarget: 2 });
+    const lone = await quiet.add(randomOrg(), 2);
+    await quiet.scheduler.dispatch();
+    expect(await quiet.scheduler.claim(lone[1], undefined, { release: [lone[0]] })).toEqual({ held: true, cancelled: false });
+    expect((await quiet.scheduler.orgStats(orgOf(lone[0]))).inFlight).toBe(1);
+  });
+
   it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {
     const c = await setup({ modelLimits: () => ({ rpm: 100, tpm: 1000, orgRpm: 5 }) });
     const limitsKey = c.scheduler.keys.named.modelLimits;

@@ -11,7 +11,8 @@ type AgentJob = Job<AgentJobData, AgentResult>;
  * The worker's side of fair dispatch. A job normally reaches a worker only after the dispatcher gave it a
  * slot; anything else (a retry BullMQ promoted after its backoff, a DLQ replay, a job promoted by hand in Bull
  * Board) is parked again and handed to the dispatcher, so no path runs a job outside its org's limits.
- * Slots are released when BullMQ has recorded the outcome (completed / failed events), in batches.
+ * Slots are released when BullMQ has recorded the outcome (completed / failed events), in batches; a claim
+ * that comes before the batch is sent carries it (one script call for the finished job and the next one).
  */
 export function createFairGate(deps: {
   scheduler: Pick<FairScheduler, 'claim' | 'enqueue' | 'release' | 'repark' | 'blockModel'>;
@@ -46,6 +47,15 @@ export function createFairGate(deps: {
     if (failed) void deps.loop.kick();
   }
 
+  /**
+   * Sent on the next turn of the event loop, not at once: the worker's next claim usually comes first (BullMQ
+   * hands over the next job in the same call that finished this one) and takes the batch with it.
+   */
+  function queueRelease(...ids: string[]): void {
+    pending.push(...ids);
+    flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
+  }
+
   return {
     /**
      * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
@@ -55,8 +65,20 @@ export function createFairGate(deps: {
      * progress by the claim script itself when the claim holds (no extra command).
      */
     async admit(job: AgentJob, token: string | undefined, stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
-      // Refill: the claim dispatches the next job while this one runs (promoted in the background).
-      const { held, cancelled, dispatched } = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, { refill: true });
+      // Slots waiting to be released go with the claim: BullMQ starts the next job right after it recorded
+      // the last one's outcome, so one after another every release rides on a claim.
+      const handed = pending;
+      pending = [];
+      let claim;
+      try {
+        // Refill: the claim dispatches the next job while this one runs (promoted in the background).
+        claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, { refill: true, ...(handed.length ? { release: handed } : {}) });
+      } catch (err) {
+        // Not known to be released: released again on their own (a second release of a slot is a no-op).
+        if (handed.length) queueRelease(...handed);
+        throw err;
+      }
+      const { held, cancelled, dispatched } = claim;
       dispatched?.then(
         (r) => deps.loop.absorb(r),
         (err: unknown) => {
@@ -107,8 +129,7 @@ export function createFairGate(deps: {
         );
         return;
       }
-      pending.push(jobId);
-      flushing ??= Promise.resolve().then(flush);
+      queueRelease(jobId);
     },
 
     async close(): Promise<void> {

@@ -91,10 +91,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     /**
      * `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage) and
      * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip. `refill`:
-     * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua).
+     * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua). `release`: slots of
+     * finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`).
      */
-    async claim(id: string, progress = '', refill = false): Promise<ClaimResult & WithDispatch> {
-      const [held, cancelled, d] = (await call('claim', [id, progress, refill ? 1 : 0])) as [number, number, unknown?];
+    async claim(id: string, progress = '', refill = false, release: string[] = []): Promise<ClaimResult & WithDispatch> {
+      const [held, cancelled, d] = (await call('claim', [id, progress, refill ? 1 : 0, ...release])) as [number, number, unknown?];
       return { held: held === 1, cancelled: cancelled === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */

@@ -94,9 +94,10 @@ export interface FairScheduler {
    * cancel marker for the job is set (read atomically with the claim; no progress is written then).
    * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty; then
    * `dispatched` settles once those jobs are promoted (the caller need not wait for it to run its job, but
-   * must hand the result to its dispatch loop: it may carry the one armed wake-up time).
+   * must hand the result to its dispatch loop: it may carry the one armed wake-up time). `release`: finished
+   * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean }): Promise<ClaimResult & { dispatched?: Promise<DispatchResult> }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[] }): Promise<ClaimResult & { dispatched?: Promise<DispatchResult> }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -199,7 +200,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, worker));
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true);
+      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),

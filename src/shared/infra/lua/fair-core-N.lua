@@ -22,10 +22,12 @@
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
---   claim: id, progress JSON ('' = none), refill (0|1): {held, cancelled[, dispatch result]}: held 1 if the job
---     holds a slot (its lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON:
---     the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker is set; with refill, a
---     held claim dispatches when BullMQ's wait list is empty;  orphans: offset, count
+--   claim: id, progress JSON ('' = none), refill (0|1), then ids of finished jobs whose slots this claim
+--     releases first: {held, cancelled[, dispatch result]}: held 1 if the job holds a slot (its lease is
+--     renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no
+--     extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots dispatches
+--     when due (as release with dispatch 1), else with refill a held claim dispatches when BullMQ's wait list
+--     is empty;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), then job ids;  repark: id, notBeforeMs, reason;
 --   cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
@@ -489,6 +491,18 @@ local function dispatch(skipped, knownDue, knownRoom)
   return { out, nextWake(), now, more, skipped or {} }
 end
 
+-- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
+local function releaseFrom(from)
+  local freed = 0
+  for i = from, #ARGV do
+    local id = ARGV[i]
+    local m = jobMeta(id)
+    if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
+    if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+  end
+  return freed
+end
+
 if op == 'dispatch' then
   if ARGV[12] and ARGV[12] ~= '' then
     rcall('ZADD', K_WORKERS, now + tonumber(ARGV[14]), ARGV[12])
@@ -538,13 +552,7 @@ elseif op == 'enqueue' then
   if ARGV[12] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
-  local freed = 0
-  for i = 13, #ARGV do
-    local id = ARGV[i]
-    local m = jobMeta(id)
-    if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
-    if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
-  end
+  local freed = releaseFrom(13)
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
   -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[12] = '1' the
   -- dispatch runs here, in the release's round trip.
@@ -578,10 +586,19 @@ elseif op == 'cancel' then
   return done and 1 or 0
 elseif op == 'claim' then
   local id = ARGV[12]
+  -- Releases handed over (ARGV[15..]): the worker's jobs that finished just before this one started. At one
+  -- job after another that is every release, and it costs no round trip of its own here.
+  local handed = #ARGV >= 15
+  if handed then releaseFrom(15) end
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   local cancelled = rcall('EXISTS', P_CANCEL .. id)
-  if not rcall('ZSCORE', K_LEASES, id) then return { 0, cancelled } end
+  if not rcall('ZSCORE', K_LEASES, id) then
+    -- As release with dispatch: freed slots are filled now when anything is due.
+    local due = handed and dueNow()
+    if due then return { 0, cancelled, dispatch(nil, due) } end
+    return { 0, cancelled }
+  end
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
   rcall('ZREM', K_PROMOTING, id)
   -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
@@ -593,7 +610,10 @@ elseif op == 'claim' then
   -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
   -- load: a blocking marker wait and a second fetch per job. Only when the list is empty: a list that still
   -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
-  if cancelled == 0 and ARGV[14] == '1' then
+  if handed then
+    local due = dueNow()
+    if due then return { 1, cancelled, dispatch(nil, due) } end
+  elseif cancelled == 0 and ARGV[14] == '1' then
     local room, empty = bufferRoom()
     if room > 0 and empty then return { 1, 0, dispatch(nil, nil, room) } end
   end
