@@ -180,7 +180,7 @@ describe('fair scheduler', () => {
 });
 
 describe('fair scheduler round trips', () => {
-  it('enqueue lanes and dispatches in one script call, then one promote per job', async () => {
+  it('enqueue lanes, dispatches and promotes in one script call', async () => {
     const c = await setup();
     const org = randomOrg();
     await c.queue.add('j', {}, parkedJobOptions('rt-1'));
@@ -192,8 +192,44 @@ describe('fair scheduler round trips', () => {
     };
     const r = await c.scheduler.enqueue([{ jobId: 'rt-1', orgId: org, model: FLASH, estTokens: 10 }]);
     expect(r.promoted).toEqual(['rt-1']);
-    expect(commands).toBe(2);
+    expect(commands).toBe(1);
     expect(await c.queue.getJobState('rt-1')).toBe('waiting');
+  });
+
+  it('promotes a dispatched job exactly as BullMQ\'s own promote does: list or priority set, marker, event, delay', async () => {
+    // The same parked jobs, promoted once by BullMQ's script (Job.promote) and once by the dispatch.
+    const snapshot = async (c: Ctx, ids: string[]) => {
+      const q = (t: string) => c.queue.toKey(t);
+      const events = await c.redis.xrange(q('events'), '-', '+');
+      return {
+        wait: (await c.redis.lrange(q('wait'), 0, -1)).map((id) => ids.indexOf(id)),
+        prioritized: (await c.redis.zrange(q('prioritized'), 0, -1, 'WITHSCORES')).map((x, i) => (i % 2 ? x : ids.indexOf(x))),
+        delayed: await c.redis.zcard(q('delayed')),
+        marker: await c.redis.zrange(q('marker'), 0, -1, 'WITHSCORES'),
+        pc: await c.redis.get(q('pc')),
+        waitingEvents: events.filter(([, f]) => f[1] === 'waiting').map(([, f]) => [f[2], ids.indexOf(f[3]), f[4], f[5]]),
+        delays: await Promise.all(ids.map((id) => c.redis.hget(q(id), 'delay'))),
+      };
+    };
+    for (const paused of [false, true]) {
+      const byBull = await setup();
+      const byFair = await setup();
+      const states = [];
+      for (const c of [byBull, byFair]) {
+        if (paused) await c.queue.pause();
+        const org = randomOrg();
+        // Without and with a priority; BullMQ's promote is called in the order the dispatcher hands them out.
+        const ids = [...(await c.add(org, 2)), ...(await c.add(org, 2, { priority: 3 }))];
+        if (c === byBull) for (const id of ids) await (await c.queue.getJob(id))!.promote();
+        else expect((await c.scheduler.dispatch()).promoted).toEqual(ids);
+        states.push(await snapshot(c, ids));
+      }
+      expect(states[0].delayed).toBe(0);
+      expect(states[0].wait.length + states[0].prioritized.length / 2).toBe(4);
+      expect(states[1]).toEqual(states[0]);
+      // The base marker ('0', score 0) wakes a blocked worker; a paused queue gets none.
+      expect(states[0].marker.filter((_, i) => i % 2 === 0).includes('0')).toBe(!paused);
+    }
   });
 
   it('refuses to lane a job that is not parked in BullMQ', async () => {
@@ -279,8 +315,13 @@ describe('fair scheduler limits', () => {
     const org = randomOrg();
     await c.scheduler.setPlan(org, { concurrency: 3 });
     const ids = await c.add(org, 5);
-    // "Crash" between dispatch and promote: the script leased three jobs, nobody promoted them.
+    // A lease whose job is still parked: what a dispatch of an earlier version (which promoted in a call of its
+    // own) left when it crashed between the two. The dispatch is undone in BullMQ, the leases are kept.
+    const parkedAt = await Promise.all(ids.slice(0, 3).map((id) => c.redis.zscore(c.queue.toKey('delayed'), id)));
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 3));
+    for (const [i, id] of ids.slice(0, 3).entries()) {
+      await c.redis.multi().lrem(c.queue.toKey('wait'), 0, id).zadd(c.queue.toKey('delayed'), parkedAt[i]!, id).exec();
+    }
     expect(await c.queue.getDelayedCount()).toBe(5);
     expect((await c.scheduler.why(ids[3]))?.reason).toBe('org_concurrency');
     await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 3)), { timeout: 5_000, interval: 50 });
@@ -452,12 +493,14 @@ describe('fair scheduler limits', () => {
     expect(second.nextWakeMs).toBeUndefined();
   });
 
-  it('counts jobs dispatched but not yet started against the buffer, so concurrent dispatches do not overfill it', async () => {
+  it('counts jobs fetched but not yet started against the buffer, so dispatches do not overfill it', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();
     const ids = await c.add(org, 20);
-    // Two callers decide before either promotes: BullMQ's wait list is still empty for both.
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 5));
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+    // A worker fetched ids[0] (out of BullMQ's wait list) but has not claimed it yet: still no room.
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[0]);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
     // A job that starts (claims its slot) leaves room for one more.
     expect(await c.scheduler.claim(ids[0])).toEqual({ held: true, cancelled: false });

@@ -71,7 +71,7 @@ export function createFairGate(deps: {
       pending = [];
       let claim;
       try {
-        // Refill: the claim dispatches the next job while this one runs (promoted in the background).
+        // Refill: the claim dispatches (and promotes) the next job while this one runs.
         claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, { refill: true, ...(handed.length ? { release: handed } : {}) });
       } catch (err) {
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
@@ -79,14 +79,7 @@ export function createFairGate(deps: {
         throw err;
       }
       const { held, cancelled, dispatched } = claim;
-      dispatched?.then(
-        (r) => deps.loop.absorb(r),
-        (err: unknown) => {
-          // Leased but unpromoted jobs are recovered by the lease sweep; a dispatch now tries again sooner.
-          deps.logger.warn({ err }, 'fair: could not promote jobs dispatched at a claim');
-          void deps.loop.kick();
-        },
-      );
+      if (dispatched) deps.loop.absorb(dispatched);
       if (cancelled) return 'cancelled';
       if (held || !token) return 'run';
       await parkActiveJob(job, token);

@@ -23,7 +23,8 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js
  *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
  *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
  *   <keyPrefix>:wake / :promoting      STRING the wake time a caller armed / ZSET dispatched, not started -> ms
- *   BullMQ's wait, prioritized, delayed and job hashes: read only.
+ *   BullMQ's wait, prioritized, delayed, job hashes, meta, active, pc, events and marker: a dispatch moves the
+ *   jobs it hands out from delayed to wait / prioritized as BullMQ's own promote script does (fair-core-N.lua)
  *   <queuePrefix>:agentq:cancel:<jobId>    the API's cancel marker (queue-keys.ts): read by claim
  *   <queuePrefix>:agentq:org-jobs:<org>    the org's job index (queue-keys.ts): enqueue adds to it (ZADD NX)
  */
@@ -70,6 +71,11 @@ export const FAIR_KEY_NAMES = [
   'promoting',
   'cancelPrefix',
   'orgJobsPrefix',
+  'queueMeta',
+  'queueActive',
+  'queuePriorityCounter',
+  'queueEvents',
+  'queueMarker',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -145,6 +151,11 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     promoting: `${p}:promoting`,
     cancelPrefix: cancelRequestedKey(qp, ''),
     orgJobsPrefix: orgJobsKey(qp, ''),
+    queueMeta: q.toKey('meta'),
+    queueActive: q.toKey('active'),
+    queuePriorityCounter: q.toKey('pc'),
+    queueEvents: q.toKey('events'),
+    queueMarker: q.toKey('marker'),
   };
   return {
     named,

@@ -15,7 +15,7 @@ export interface FairLuaConfig {
   sweepMax: number;
 }
 
-/** What one dispatch script call decided (ids not yet promoted in BullMQ). */
+/** What one dispatch script call decided: `ids` it moved to BullMQ's wait / prioritized, in dispatch order. */
 export interface RawDispatch {
   ids: string[];
   /** Redis time (ms) of the earliest timer or sleeping lane, if any. */
@@ -40,7 +40,7 @@ export interface ClaimResult {
   cancelled: boolean;
 }
 
-/** What a claim or release that also dispatched decided (its ids not yet promoted in BullMQ). */
+/** What a claim or release that also dispatched decided (its ids already promoted in BullMQ). */
 export interface WithDispatch {
   dispatch?: RawDispatch;
 }

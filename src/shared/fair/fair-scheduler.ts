@@ -93,17 +93,17 @@ export interface FairScheduler {
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
    * cancel marker for the job is set (read atomically with the claim; no progress is written then).
    * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty; then
-   * `dispatched` settles once those jobs are promoted (the caller need not wait for it to run its job, but
-   * must hand the result to its dispatch loop: it may carry the one armed wake-up time). `release`: finished
+   * `dispatched` is what it dispatched (promoted in the same call); the caller must hand it to its dispatch
+   * loop: it may carry the one armed wake-up time. `release`: finished
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[] }): Promise<ClaimResult & { dispatched?: Promise<DispatchResult> }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[] }): Promise<ClaimResult & { dispatched?: DispatchResult }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
    * Frees the jobs' slots; `due` says whether a dispatch now has anything to do, so a caller skips the
    * dispatch when nothing does (e.g. the only lane sleeps on a rate limit: its armed wake-up comes back).
-   * With `dispatch: true` that dispatch runs in the same script call, and `dispatched` is its (promoted) result.
+   * With `dispatch: true` that dispatch (promotion included) runs in the same script call; `dispatched` is its result.
    */
   release(jobIds: string[], opts?: { dispatch?: boolean }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
@@ -121,7 +121,7 @@ export interface FairScheduler {
   orgStats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: ReturnType<typeof effectivePlan> }>;
   /** Per-org waiting / in-flight / throttled seconds for metrics (orgs with work, at most `limit`). */
   gauges(limit?: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
-  /** Low-level access for tests and tools: the scripts without BullMQ promotion, and the key set. */
+  /** Low-level access for tests and tools: the scripts' raw answers, and the key set. */
   raw: FairLua;
   keys: FairKeys;
 }
@@ -140,22 +140,9 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const chunk = opts.enqueueChunk ?? 500;
   const bucketKeyPrefix = guardKeys.tokenBucket(opts.bucketPrefix, '');
 
-  /** Promotes with BullMQ's own script; a job no longer delayed (removed, promoted elsewhere) is skipped. */
-  async function promote(ids: string[]): Promise<string[]> {
-    const results = await Promise.allSettled(ids.map((id) => opts.queue.backend.promote(id)));
-    const done: string[] = [];
-    let failure: unknown;
-    results.forEach((r, i) => {
-      if (r.status === 'fulfilled') done.push(ids[i]);
-      else if (!/not in the delayed state|Missing key/.test(String((r.reason as Error)?.message))) failure ??= r.reason;
-    });
-    // Leased but unpromoted jobs are recovered by the lease sweep, so throwing loses nothing.
-    if (failure) throw failure;
-    return done;
-  }
-
-  const finish = async (r: RawDispatch): Promise<DispatchResult> => ({
-    promoted: await promote(r.ids),
+  // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): nothing is left to do here.
+  const finish = (r: RawDispatch): DispatchResult => ({
+    promoted: r.ids,
     nowMs: r.nowMs,
     more: r.more,
     ...(r.nextWakeMs !== undefined ? { nextWakeMs: r.nextWakeMs } : {}),
@@ -191,7 +178,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         skipped.push(...r.skipped);
         if (isLast) {
           last = r;
-          promoted.push(...(await promote(r.ids)));
+          promoted.push(...r.ids);
         }
       }
       return { promoted, skipped, nowMs: last.nowMs, more: last.more, ...(last.nextWakeMs !== undefined ? { nextWakeMs: last.nextWakeMs } : {}) };
@@ -207,7 +194,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     orphans: (offset, count) => raw.orphans(offset, count),
     async release(ids, ropts = {}) {
       const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true);
-      return dispatch ? { ...r, dispatched: await finish(dispatch) } : r;
+      return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
     cancel: (id) => raw.cancel(id),

@@ -11,7 +11,8 @@
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
 --   31 wake STRING (the next wake time one caller has armed a timer for), 32 promoting ZSET (dispatched, not yet
 --   started -> dispatch ms), 33 cancel marker prefix (claim reads <prefix><jobId>), 34 org job index prefix
---   (enqueue adds to the ZSET <prefix><org>)
+--   (enqueue adds to the ZSET <prefix><org>), 35 BullMQ meta, 36 BullMQ active, 37 BullMQ priority counter,
+--   38 BullMQ events stream, 39 BullMQ marker (a dispatch promotes the jobs it hands out, as BullMQ's promote does)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -46,6 +47,7 @@ local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
 local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
 local K_WAKE, K_PROMOTING = KEYS[31], KEYS[32]
 local P_CANCEL, P_ORGJOBS = KEYS[33], KEYS[34]
+local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[35], KEYS[36], KEYS[37], KEYS[38], KEYS[39]
 -- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
 local PROMOTING_MS = 2000
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
@@ -341,6 +343,33 @@ local function tryLane(lane, org, model, v)
   return id
 end
 
+-- BullMQ's promote (bullmq 6.x commands/promote-9.lua with its includes addJobInTargetList,
+-- addJobWithPriority, getPriorityScore, isQueuePausedOrMaxed), done here so a dispatched job costs no
+-- round trip of its own. test/fair-scheduler.test.ts ("exactly as BullMQ's own promote") compares it with BullMQ's script on
+-- the installed version. False when the job is no longer delayed (removed, or promoted by hand).
+local pausedOrMaxed
+local function promoteParked(id)
+  if rcall('ZREM', Q_DELAYED, id) == 0 then return false end
+  local jobKey = Q_JOB .. id
+  local priority = tonumber(rcall('HGET', jobKey, 'priority')) or 0
+  if pausedOrMaxed == nil then
+    local attrs = rcall('HMGET', Q_META, 'paused', 'concurrency')
+    pausedOrMaxed = attrs[1] ~= false or (attrs[2] ~= false and rcall('LLEN', Q_ACTIVE) >= tonumber(attrs[2]))
+  end
+  -- A delay marker left in the wait list by BullMQ 4 (deprecated in BullMQ 5) is dropped, as promote does.
+  local marker = rcall('LINDEX', Q_WAIT, 0)
+  if marker and string.sub(marker, 1, 2) == '0:' then rcall('LPOP', Q_WAIT) end
+  if priority == 0 then
+    rcall('LPUSH', Q_WAIT, id)
+  else
+    rcall('ZADD', Q_PRIO, priority * 0x100000000 + rcall('INCR', Q_PC) % 0x100000000, id)
+  end
+  if not pausedOrMaxed then rcall('ZADD', Q_MARKER, 0, '0') end
+  rcall('XADD', Q_EVENTS, '*', 'event', 'waiting', 'jobId', id, 'prev', 'delayed')
+  rcall('HSET', jobKey, 'delay', 0)
+  return true
+end
+
 local function jobMeta(id)
   return rcall('HMGET', P_JOB .. id, 'o', 'm', 'p', 's', 'st')
 end
@@ -484,7 +513,8 @@ local function dispatch(skipped, knownDue, knownRoom)
     local lane = bestLaneOf(org, top[1])
     local _, model = splitLane(lane)
     local id = tryLane(lane, org, model, tonumber(top[2]))
-    if id then out[#out + 1] = id end
+    -- A leased job that is no longer parked (removed meanwhile) keeps its lease: the lease sweep recovers it.
+    if id and promoteParked(id) then out[#out + 1] = id end
   end
   if #out >= MAX_BATCH then more = 1 end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
