@@ -132,7 +132,13 @@ export async function startRuntime(opts: {
   async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
     guardSets.push(guards);
-    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(fair ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+    // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
+    // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
+    // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
+    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker') : undefined;
+    if (fairRedis) guardSets.push({ close: async () => fairRedis.disconnect() });
+    const workerScheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue, cfg }) : undefined;
+    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });
     await worker.ready();
     workers.push(worker);
     return worker;

@@ -33,13 +33,14 @@ export function createWorkerService(opts: {
   infra: Infra;
   logger: Logger;
   registry: AgentRegistry;
-  /** The process's shared command connection (cancel markers; the scheduler's scripts run on it too). */
+  /** The process's shared command connection (cancel markers). */
   redis: Pick<RedisClient, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   features?: WorkerHooks[];
   /**
-   * The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts). Absent
+   * The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts), on a worker
+   * connection of its own (app/runtime.ts). Absent
    * only in the bench's baseline (runtime `fairDispatch: false`): no dispatch loop, no gate.
    */
   scheduler?: FairScheduler;

@@ -1,6 +1,5 @@
-import type { Queue } from 'bullmq';
 import type { RedisClient } from '../infra/lua.js';
-import { fairKeys, type FairKeys } from './fair-keys.js';
+import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
 import { createFairLua, type ClaimResult, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
@@ -64,7 +63,8 @@ export interface DispatchResult {
 export interface FairSchedulerOptions {
   /** Connection for the fair scripts (may be the queue's). */
   redis: RedisClient;
-  queue: Queue;
+  /** Only names BullMQ's keys: the scripts promote jobs themselves, so no queue command runs through it. */
+  queue: QueueKeySource;
   /** Prefix of the fair state, with the queue's hash tag, e.g. `{agentq}:fq`. */
   keyPrefix: string;
   /** Prefix of the token buckets, as given to createTokenBuckets (same hash tag). */

@@ -1,12 +1,12 @@
-import type { Queue } from 'bullmq';
 import type { Config } from '../core/config.js';
 import type { RedisClient } from '../infra/lua.js';
 import { modelLimitsFromConfig } from '../limits/model-limits.js';
 import { fairPrefixes } from '../core/queue-keys.js';
 import { createFairScheduler, type FairScheduler } from './fair-scheduler.js';
+import type { QueueKeySource } from './fair-keys.js';
 
 /** The fair scheduler every process builds from the same configuration, so all of them decide alike. */
-export function createFairSchedulerFromConfig(opts: { redis: RedisClient; queue: Queue; cfg: Config }): FairScheduler {
+export function createFairSchedulerFromConfig(opts: { redis: RedisClient; queue: QueueKeySource; cfg: Config }): FairScheduler {
   const { cfg } = opts;
   const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS);
   return createFairScheduler({
