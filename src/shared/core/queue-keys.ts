@@ -70,6 +70,12 @@ export const guardKeys = {
    * expires. Beside the breaker hash, under the same hash tag, so the breaker's acquire script reads both.
    */
   quotaMark: (guardPrefix: string, key: string) => `${guardPrefix}:qx:${key}`,
+  /**
+   * Pub/sub channel on which a breaker key is announced when it stops being closed-clean (a failure counted, a
+   * quota mark set): processes serving that key's clean answer from memory drop it. Outside `cb:` so it never
+   * reads as a breaker key.
+   */
+  breakerInvalidations: (guardPrefix: string) => `${guardPrefix}:cbx:inval`,
   admission: (guardPrefix: string, plan: string) => `${guardPrefix}:adm:${plan}`,
   resultOrgVersion: (guardPrefix: string, org: string) => `${guardPrefix}:rc:v:${org}`,
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,

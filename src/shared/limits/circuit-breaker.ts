@@ -3,6 +3,7 @@ import { AgentqError } from '../core/errors.js';
 import { isProviderHealthNeutral } from '../core/outcomes.js';
 import { defineLua, type RedisClient } from '../infra/lua.js';
 import { guardKeys } from '../core/queue-keys.js';
+import type { Logger } from '../core/logger.js';
 
 export type BreakerState = 'closed' | 'open' | 'halfOpen';
 
@@ -53,6 +54,18 @@ export interface BreakerOptions {
   rollingWindowSlots?: number;
   /** True for errors that must NOT count as failures. Default: `defaultErrorFilter`. */
   errorFilter?: (err: unknown) => boolean;
+  /**
+   * A connection of its own for the invalidation broadcast. With it, `acquire` of a key whose last answer was
+   * closed-clean is answered from memory (no Redis call) for up to `viewTtlMs`: every write that ends a
+   * clean state is broadcast (in the same script as the write) and drops the key here as the message arrives;
+   * while this connection is down nothing is served from memory. Without it, every `acquire` runs the script.
+   */
+  subscriber?: RedisClient;
+  /** Longest a clean answer is served from memory, a bound on staleness should a broadcast be lost. Default 1000. */
+  viewTtlMs?: number;
+  /** Called when this process has applied an invalidation broadcast for `key` (tests, metrics). */
+  onInvalidation?: (key: string) => void;
+  logger?: Logger;
 }
 
 /**
@@ -81,7 +94,8 @@ export interface CircuitBreaker extends EventEmitter {
   onError(key: string, probe: boolean, err: unknown): Promise<void>;
   /**
    * The provider said the key's quota is spent (a per-day 429): `acquire` refuses it for `forMs`, read in the
-   * same script as the breaker (no extra round trip per call). One SET with an expiry; a later mark replaces it.
+   * same script as the breaker (no extra round trip per call). One SET with an expiry (a later mark replaces it)
+   * and, in the same script, the broadcast that drops the key from every process's clean view.
    */
   markExhausted(key: string, forMs: number): Promise<void>;
   state(key: string): Promise<BreakerSnapshot>;
@@ -93,6 +107,13 @@ export interface CircuitBreaker extends EventEmitter {
  * process sees the same breaker. Each transition is one Lua call timed with Redis `TIME`.
  * Events `open`, `halfOpen`, `close`, `reject` are emitted (with the key) by the process whose call
  * caused them, not broadcast to all processes.
+ *
+ * Clean view (with a `subscriber`): the normal answer, closed with no failures counted, is remembered per key
+ * and served from memory. Only two writes end that state: a failure (or a trip) recorded on a closed key
+ * (`circuit-breaker-record-1.lua`) and a quota mark (`circuit-breaker-mark-1.lua`); both PUBLISH the key in
+ * the same script, always (other processes' views depend on it whether or not this one has a view). Probes,
+ * half-open and open states are never served from memory: their answers are not clean. An answer whose call
+ * was in flight across any invalidation is not remembered (`epoch`), and none is served longer than `viewTtlMs`.
  */
 export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   const failureThreshold = opts.failureThreshold ?? 5;
@@ -109,15 +130,59 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   const acquireLua = defineLua(opts.redis, 'circuit-breaker-acquire-2.lua');
   const recordLua = defineLua(opts.redis, 'circuit-breaker-record-1.lua');
   const stateLua = defineLua(opts.redis, 'circuit-breaker-state-1.lua');
+  const markLua = defineLua(opts.redis, 'circuit-breaker-mark-1.lua');
   const fullKey = (key: string) => guardKeys.breaker(opts.prefix, key);
   const markKey = (key: string) => guardKeys.quotaMark(opts.prefix, key);
+  const channel = guardKeys.breakerInvalidations(opts.prefix);
+  const head = guardKeys.breakerHead(opts.prefix);
+
+  const viewTtlMs = opts.viewTtlMs ?? 1000;
+  /** Breaker hash key -> `performance.now()` until which its clean answer may be served. One entry per model. */
+  const view = new Map<string, number>();
+  /** Served from memory only while the broadcast is subscribed, so no invalidation can pass unseen. */
+  let viewLive = false;
+  /** Bumped on every invalidation seen (and on losing the broadcast): an answer read before it is not remembered. */
+  let epoch = 0;
+
+  function invalidateLocal(hashKey: string | undefined): void {
+    epoch++;
+    if (hashKey === undefined) view.clear();
+    else view.delete(hashKey);
+  }
+
+  const sub = opts.subscriber;
+  if (sub) {
+    const live = () =>
+      sub.subscribe(channel).then(
+        () => {
+          // Whatever was broadcast while unsubscribed is unknown: start from an empty view.
+          invalidateLocal(undefined);
+          viewLive = true;
+        },
+        (err: unknown) => opts.logger?.warn({ err }, 'circuit breaker: could not subscribe to invalidations; every acquire goes to Redis'),
+      );
+    sub.on('message', (ch: string, msg: string) => {
+      if (ch !== channel) return;
+      invalidateLocal(msg);
+      opts.onInvalidation?.(msg.startsWith(head) ? msg.slice(head.length) : msg);
+    });
+    // Lost connection: messages may be missed, so the view is dropped and bypassed until subscribed again.
+    sub.on('close', () => {
+      viewLive = false;
+      invalidateLocal(undefined);
+    });
+    sub.on('ready', () => void live());
+    if (sub.status === 'ready') void live();
+  }
 
   const emitter = new EventEmitter() as CircuitBreaker;
 
   const record = async (key: string, outcome: 'success' | 'failure' | 'ignore', probe: boolean) => {
+    // Our own broadcast comes back on the subscriber, but not before the reply: drop the key now.
+    if (outcome === 'failure') invalidateLocal(fullKey(key));
     const [event, , retryAtMs] = (await recordLua(
       [fullKey(key)],
-      [outcome, probe ? '1' : '0', failureThreshold, successThreshold, timeoutMs, pct, volumeThreshold, windowMs, slots, ttlMs],
+      [outcome, probe ? '1' : '0', failureThreshold, successThreshold, timeoutMs, pct, volumeThreshold, windowMs, slots, ttlMs, channel],
     )) as [string, BreakerState, number];
     if (event === 'open') emitter.emit('open', key, { retryAtMs });
     else if (event === 'close') emitter.emit('close', key);
@@ -126,13 +191,26 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   return Object.assign(emitter, {
     errorFilter: opts.errorFilter ?? defaultErrorFilter,
     async acquire(key: string): Promise<AcquireResult> {
+      const hashKey = fullKey(key);
+      if (viewLive) {
+        const until = view.get(hashKey);
+        if (until !== undefined && performance.now() < until) return { allowed: true, probe: false, clean: true };
+      }
+      const seen = epoch;
+      // Taken before the call: the answer may be this old by the time it arrives.
+      const sentAt = performance.now();
       const [allowed, probe, state, retryAtMs, now, event, failures] = (await acquireLua(
-        [fullKey(key), markKey(key)],
+        [hashKey, markKey(key)],
         [probeLeaseMs, halfOpenRetryMs, ttlMs],
       )) as [number, number, BreakerState | 'exhausted', number, number, string, number?];
       if (event === 'halfOpen') emitter.emit('halfOpen', key);
       // Without a rolling failure-rate window, a success on a clean closed breaker changes nothing.
-      if (allowed === 1) return { allowed: true, probe: probe === 1, ...(state === 'closed' && failures === 0 && pct === 0 ? { clean: true } : {}) };
+      if (allowed === 1 && state === 'closed' && failures === 0 && pct === 0) {
+        if (viewLive && epoch === seen) view.set(hashKey, sentAt + viewTtlMs);
+        return { allowed: true, probe: false, clean: true };
+      }
+      view.delete(hashKey);
+      if (allowed === 1) return { allowed: true, probe: probe === 1 };
       const msBeforeNext = Math.max(0, retryAtMs - now);
       if (state === 'exhausted') return { allowed: false, state, retryAtMs, msBeforeNext };
       const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext };
@@ -146,7 +224,8 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
       return record(key, emitter.errorFilter(err) ? 'ignore' : 'failure', probe);
     },
     async markExhausted(key: string, forMs: number) {
-      await opts.redis.set(markKey(key), String(Date.now() + forMs), 'PX', Math.max(1, Math.round(forMs)));
+      invalidateLocal(fullKey(key));
+      await markLua([markKey(key)], [String(Date.now() + forMs), Math.max(1, Math.round(forMs)), channel, fullKey(key)]);
     },
     async state(key: string): Promise<BreakerSnapshot> {
       const [state, cf, retryAtMs, probing] = (await stateLua([fullKey(key)], [])) as [BreakerState, number, number, number];

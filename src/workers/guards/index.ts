@@ -62,8 +62,12 @@ export function createWorkerGuards(opts: {
   const { cfg, infra } = opts;
   const redis = createRedis(infra.redisTarget, 'worker');
   const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
+  // A clean breaker's answer is served from memory while this connection hears the breakers' invalidations.
+  const breakerSubscriber = createRedis(infra.redisTarget, 'worker');
   const breaker = createCircuitBreaker({
     redis,
+    subscriber: breakerSubscriber,
+    logger: opts.logger,
     prefix,
     failureThreshold: cfg.BREAKER_FAILURE_THRESHOLD,
     successThreshold: cfg.BREAKER_SUCCESS_THRESHOLD,
@@ -119,6 +123,7 @@ export function createWorkerGuards(opts: {
       await rateLimit.flush();
       redis.disconnect();
       cacheSubscriber.disconnect();
+      breakerSubscriber.disconnect();
     },
   };
 }

@@ -5,7 +5,10 @@
 -- ARGV[2]: '1' if the call was a half-open probe
 -- ARGV[3]: failure threshold, ARGV[4]: success threshold, ARGV[5]: timeout ms,
 -- ARGV[6]: error threshold percentage (0 = rolling window off), ARGV[7]: volume threshold,
--- ARGV[8]: rolling window ms, ARGV[9]: window slots, ARGV[10]: key ttl ms
+-- ARGV[8]: rolling window ms, ARGV[9]: window slots, ARGV[10]: key ttl ms,
+-- ARGV[11]: invalidation channel ('' = no broadcast): KEYS[1] is PUBLISHed on it when a closed key counts a
+--           failure or trips, i.e. whenever this call may end a closed-clean state that other processes serve
+--           from memory
 -- Returns {event ('' | 'open' | 'close'), state after, retryAtMs (open until, 0 unless open)}
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -39,6 +42,10 @@ if st ~= 'closed' or outcome == 'ignore' then
   return {'', st, st == 'open' and tonumber(redis.call('HGET', key, 'ou')) or 0}
 end
 
+-- Only here can a closed-clean key (closed, no failures counted) stop being clean: the probe branch above needs
+-- halfOpen, the early return changes nothing, and the acquire script only moves open -> halfOpen. A failure
+-- makes it unclean (cf >= 1, or open); a success can only trip in rolling-window mode, which a breaker
+-- configured with the window off on the same key would not see, hence `tripped` too.
 local tripped = false
 if outcome == 'success' then
   -- HDEL, not HSET 0: a healthy breaker with the window off keeps no key at all.
@@ -76,6 +83,9 @@ if pct > 0 then
   end
 end
 
+if (outcome == 'failure' or tripped) and ARGV[11] ~= '' then
+  redis.call('PUBLISH', ARGV[11], KEYS[1])
+end
 if tripped then
   return open()
 end

@@ -1,0 +1,189 @@
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { createCircuitBreaker, type BreakerOptions } from '../src/shared/limits/circuit-breaker.js';
+import { guardKeys } from '../src/shared/core/queue-keys.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL, until } from './helpers/wait.js';
+
+const clients: Redis[] = [];
+afterAll(() => clients.forEach((c) => c.disconnect()));
+
+let n = 0;
+const uniqueKey = () => `gemini:model-${++n}`;
+
+/** Commands sent on a client (every command ioredis writes goes through sendCommand). */
+function counted(r: Redis): () => number {
+  let sent = 0;
+  const send = r.sendCommand.bind(r);
+  r.sendCommand = ((...a: Parameters<Redis['sendCommand']>) => (sent++, send(...a))) as Redis['sendCommand'];
+  return () => sent;
+}
+
+/** One breaker as a worker process builds it: a command connection and a subscriber of its own. */
+async function breakerProcess(prefix: string, opts: Omit<BreakerOptions, 'redis' | 'prefix' | 'subscriber'> = {}) {
+  const redis = new Redis(redisUrl());
+  const subscriber = new Redis(redisUrl());
+  clients.push(redis, subscriber);
+  const dropped: Array<{ key: string; at: number }> = [];
+  const breaker = createCircuitBreaker({ redis, subscriber, prefix, ...opts, onInvalidation: (key) => dropped.push({ key, at: performance.now() }) });
+  const sent = counted(redis);
+  await viewInUse(breaker, sent, 'probe');
+  const droppedAt = (key: string, after = 0) => dropped.find((d) => d.key === key && d.at >= after)?.at;
+  return { prefix, breaker, redis, subscriber, sent, dropped, droppedAt };
+}
+
+/** Waits until an acquire of `key` is answered clean without a Redis command: the view is live. */
+async function viewInUse(breaker: ReturnType<typeof createCircuitBreaker>, sent: () => number, key: string) {
+  await until('a clean acquire from memory', async () => {
+    await breaker.acquire(key);
+    const before = sent();
+    const r = await breaker.acquire(key);
+    return r.allowed && r.clean === true && sent() === before;
+  });
+}
+
+const CLEAN = { allowed: true, probe: false, clean: true };
+
+describe('circuit breaker clean view served from memory, invalidated by broadcast', () => {
+  it('a second acquire of a clean key sends no Redis command', async () => {
+    const a = await breakerProcess(randomPrefix());
+    const key = uniqueKey();
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0 + 1);
+    const times: number[] = [];
+    for (let i = 0; i < 500; i++) {
+      const t = performance.now();
+      expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+      times.push(performance.now() - t);
+    }
+    expect(a.sent()).toBe(s0 + 1);
+    times.sort((x, y) => x - y);
+    console.log(`[figure] breaker acquire from the view, 500 calls: p50 ${times[250].toFixed(4)} ms, p99 ${times[495].toFixed(4)} ms`);
+  });
+
+  it('an answer whose call was in flight across an invalidation is not remembered', async () => {
+    const a = await breakerProcess(randomPrefix());
+    const key = uniqueKey();
+    const pending = a.breaker.acquire(key);
+    // An invalidation of another key arriving before the reply: the reply may predate it, so it is not kept.
+    a.subscriber.emit('message', guardKeys.breakerInvalidations(a.prefix), 'unrelated');
+    expect(await pending).toEqual(CLEAN);
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0 + 1);
+    // Nothing in flight this time: remembered.
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0 + 1);
+  });
+
+  it("two processes: B's open drops the key from A's view within 100 ms and A is refused", async () => {
+    const prefix = randomPrefix();
+    const a = await breakerProcess(prefix, { failureThreshold: 1, timeoutMs: 60_000 });
+    const b = await breakerProcess(prefix, { failureThreshold: 1, timeoutMs: 60_000 });
+    const delays: number[] = [];
+    for (let i = 0; i < 20; i++) {
+      const key = uniqueKey();
+      await a.breaker.acquire(key);
+      const s0 = a.sent();
+      expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+      expect(a.sent()).toBe(s0);
+      const opened = new Promise<void>((resolve) => b.breaker.once('open', () => resolve()));
+      // Taken before B's call is sent: the open happens in Redis between this and the reply, so the figure
+      // is an upper bound on the time A served a stale answer.
+      const t0 = performance.now();
+      await b.breaker.onFailure(key, false);
+      await opened;
+      await vi.waitFor(() => expect(a.droppedAt(key, t0)).toBeDefined(), { timeout: POLL.timeout, interval: 1 });
+      const delay = a.droppedAt(key, t0)! - t0;
+      delays.push(delay);
+      expect(delay).toBeLessThanOrEqual(100);
+      expect(await a.breaker.acquire(key)).toMatchObject({ allowed: false, state: 'open' });
+      expect(a.sent()).toBe(s0 + 1);
+    }
+    delays.sort((x, y) => x - y);
+    console.log(`[figure] breaker open in B -> key dropped from A's view (from B's send), 20 opens: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
+  });
+
+  it('a failure that does not open yet makes the key unclean everywhere: A asks Redis each time, then is refused', async () => {
+    const prefix = randomPrefix();
+    const a = await breakerProcess(prefix, { failureThreshold: 2, timeoutMs: 60_000 });
+    const b = await breakerProcess(prefix, { failureThreshold: 2, timeoutMs: 60_000 });
+    const key = uniqueKey();
+    await a.breaker.acquire(key);
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    const t0 = performance.now();
+    await b.breaker.onFailure(key, false);
+    await until('the drop seen by A', () => a.droppedAt(key, t0) !== undefined);
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual({ allowed: true, probe: false });
+    expect(await a.breaker.acquire(key)).toEqual({ allowed: true, probe: false });
+    expect(a.sent()).toBe(s0 + 2);
+    await b.breaker.onFailure(key, false);
+    expect(await a.breaker.acquire(key)).toMatchObject({ allowed: false, state: 'open' });
+  });
+
+  it("markExhausted in B makes A refuse the key with state 'exhausted'", async () => {
+    const prefix = randomPrefix();
+    const a = await breakerProcess(prefix);
+    const b = await breakerProcess(prefix);
+    const key = uniqueKey();
+    await a.breaker.acquire(key);
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0);
+    const t0 = performance.now();
+    await b.breaker.markExhausted(key, 60_000);
+    await vi.waitFor(() => expect(a.droppedAt(key, t0)).toBeDefined(), { timeout: POLL.timeout, interval: 1 });
+    const delay = a.droppedAt(key, t0)! - t0;
+    console.log(`[figure] breaker markExhausted in B -> key dropped from A's view (from B's send): ${delay.toFixed(2)} ms`);
+    expect(delay).toBeLessThanOrEqual(100);
+    const refused = await a.breaker.acquire(key);
+    expect(refused).toMatchObject({ allowed: false, state: 'exhausted' });
+    expect(refused.allowed === false && refused.msBeforeNext).toBeGreaterThan(55_000);
+    expect(a.sent()).toBe(s0 + 1);
+  });
+
+  it('a process that lost its subscriber asks Redis on every acquire until it is subscribed again', async () => {
+    const prefix = randomPrefix();
+    const a = await breakerProcess(prefix, { failureThreshold: 1, timeoutMs: 60_000 });
+    const b = await breakerProcess(prefix, { failureThreshold: 1, timeoutMs: 60_000 });
+    const key = uniqueKey();
+    await a.breaker.acquire(key);
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    a.subscriber.disconnect();
+    await until('subscriber closed', () => a.subscriber.status === 'end');
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0 + 2);
+    // A broadcast A cannot hear: it still sees the open, from Redis.
+    await b.breaker.onFailure(key, false);
+    expect(await a.breaker.acquire(key)).toMatchObject({ allowed: false, state: 'open' });
+    expect(a.sent()).toBe(s0 + 3);
+    await b.breaker.reset(key);
+    await a.subscriber.connect();
+    await viewInUse(a.breaker, a.sent, key);
+  });
+
+  it('a clean answer is served from memory for at most viewTtlMs', async () => {
+    const viewTtlMs = 300;
+    const a = await breakerProcess(randomPrefix(), { viewTtlMs });
+    const key = uniqueKey();
+    const t0 = performance.now();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    const s0 = a.sent();
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0);
+    const reloadedAt = await until('an acquire that goes to Redis again', async () => {
+      const before = a.sent();
+      expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+      return a.sent() > before ? performance.now() : undefined;
+    });
+    expect(reloadedAt - t0).toBeGreaterThanOrEqual(viewTtlMs);
+    expect(a.sent()).toBe(s0 + 1);
+    // Learned again: from memory until the next expiry.
+    expect(await a.breaker.acquire(key)).toEqual(CLEAN);
+    expect(a.sent()).toBe(s0 + 1);
+  });
+});
