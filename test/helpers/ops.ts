@@ -106,7 +106,9 @@ export interface Sample {
   value: number;
 }
 
-const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (-?(?:[0-9.e+-]+|NaN|\+Inf|-Inf))$/;
+// Values are what Go's ParseFloat reads (the exposition format says so): NaN and Inf in any case. prom-client
+// writes a NaN (the event loop lag mean of a collect that saw no sample) as "Nan".
+const SAMPLE = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (-?(?:[0-9.e+-]+)|[nN][aA][nN]|[+-]?[iI][nN][fF])$/;
 const LABEL = /([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)/g;
 
 /** Parses Prometheus text exposition strictly: any line that is not a comment or a sample throws. */
@@ -125,8 +127,9 @@ export function parseProm(text: string): Sample[] {
       }
       if (consumed !== m[2].length) throw new Error(`bad labels in: ${line}`);
     }
-    const value = Number(m[3].replace('+Inf', 'Infinity').replace('-Inf', '-Infinity'));
-    if (Number.isNaN(value) && m[3] !== 'NaN') throw new Error(`bad value in: ${line}`);
+    const special = m[3].toLowerCase();
+    const value = special === 'nan' ? NaN : special.endsWith('inf') ? (special.startsWith('-') ? -Infinity : Infinity) : Number(m[3]);
+    if (Number.isNaN(value) && special !== 'nan') throw new Error(`bad value in: ${line}`);
     out.push({ name: m[1], labels, value });
   }
   return out;
