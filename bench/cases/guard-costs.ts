@@ -29,6 +29,9 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
   const prefix = '{bguards}:agentq';
   const buckets = createTokenBuckets({ redis, prefix });
   const breaker = createCircuitBreaker({ redis, prefix });
+  // The breaker as the worker's guards build it: a clean key is admitted from memory (invalidations broadcast).
+  const breakerSubscriber = createRedis(ctx.b.redis.url, 'worker');
+  const viewed = createCircuitBreaker({ redis, prefix, subscriber: breakerSubscriber });
   // Built as the worker's guards build it (src/workers/guards/index.ts): invalidations arrive on a subscriber
   // connection, so an L1 hit is served from memory. `polling` is the same cache without a subscriber (how it
   // runs while the subscriber is disconnected): each hit then checks the version tags in one round trip.
@@ -61,7 +64,7 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
     { key: 'rpm:model:m', capacity: 1e9, refillPerSec: 1e9 / 60, cost: 1 },
     { key: 'tpm:model:m', capacity: 1e12, refillPerSec: 1e12 / 60, cost: 1200 },
   ];
-  const samples: Record<string, number[]> = { ping: [], bucket: [], breaker: [], l1: [], l1poll: [], l2: [], lru: [] };
+  const samples: Record<string, number[]> = { ping: [], bucket: [], breaker: [], breakerView: [], l1: [], l1poll: [], l2: [], lru: [] };
   const time = async (name: string, fn: () => Promise<unknown> | unknown, keep: boolean) => {
     const t = performance.now();
     await fn();
@@ -73,6 +76,7 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
     await time('ping', () => redis.ping(), keep);
     await time('bucket', () => buckets.take(requests), keep);
     await time('breaker', () => breaker.acquire('gemini:m'), keep);
+    await time('breakerView', () => viewed.acquire('gemini:m'), keep);
     await time('l1', async () => {
       const hit = await cache.get(warmKey);
       if (hit?.level === 'l1') levels.l1++;
@@ -89,6 +93,7 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
   }
   redis.disconnect();
   subscriber.disconnect();
+  breakerSubscriber.disconnect();
   const p = (name: string, q: number) => percentile(samples[name], q);
   const ping = p('ping', 50);
   ctx.details.guardCosts = {
@@ -109,6 +114,13 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
     ctx.add({ case: tc, name: `${label} p50 / PING p50`, value: round(p(name, 50) / ping, 2), unit: 'x', target: '<= 1.5', met: p(name, 50) / ping <= 1.5 });
     ctx.add({ case: tc, name: `${label} p99 / PING p50`, value: round(p(name, 99) / ping, 2), unit: 'x' });
   }
+  ctx.add({
+    case: tc,
+    name: 'breaker acquire p50, clean key, worker\'s breaker (view from memory)',
+    value: round(p('breakerView', 50), 4),
+    unit: 'ms',
+    note: `the breaker as the worker builds it (invalidation subscriber): a clean closed key is admitted without a Redis call for up to 1 s; ${round(p('breakerView', 50) / ping, 2)}x PING`,
+  });
   ctx.add({
     case: tc,
     name: 'result cache L1 hit p50',
