@@ -135,7 +135,7 @@ export async function startRuntime(opts: {
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
-    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker') : undefined;
+    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
     if (fairRedis) guardSets.push({ close: async () => fairRedis.disconnect() });
     const workerScheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue, cfg }) : undefined;
     const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });

@@ -60,7 +60,9 @@ export function createWorkerGuards(opts: {
   agents: { get(name: string): import('../../shared/agents/define-agent.js').AgentDefinition | undefined };
 }): WorkerGuards {
   const { cfg, infra } = opts;
-  const redis = createRedis(infra.redisTarget, 'worker');
+  // Auto-pipelined: the lookups, stores and breaker records of concurrent jobs issued in one tick go out in
+  // one socket write instead of one write each (no blocking command ever runs on this connection).
+  const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
   const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // A clean breaker's answer is served from memory while this connection hears the breakers' invalidations.
   const breakerSubscriber = createRedis(infra.redisTarget, 'worker');

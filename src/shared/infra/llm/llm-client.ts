@@ -99,11 +99,15 @@ function deadline(timeoutMs: number, caller?: AbortSignal) {
       if (caller?.aborted) return new LlmError('EABORTED', `${what} aborted by the caller`, { cause: err });
       return toLlmError(err);
     },
-    /** Always called: also aborts, so a stream left half-read does not keep its socket busy. */
-    end(): void {
+    /**
+     * Always called. A call that did not finish (an error, a stream left half-read) is also aborted, so its
+     * socket is not kept busy. A finished one is not: an abort costs a DOMException (a stack trace) and an
+     * event through the SDK's own controller, per call, for nothing once the body was read.
+     */
+    end(finished = false): void {
       clearTimeout(timer);
       caller?.removeEventListener('abort', onAbort);
-      if (!ac.signal.aborted) ac.abort();
+      if (!finished && !ac.signal.aborted) ac.abort();
     },
   };
 }
@@ -164,6 +168,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     let last: GenerateContentResponse | undefined;
     let usageSeen: GenerateContentResponse['usageMetadata'];
     let callbackFailed = false;
+    let finished = false;
     try {
       if (req.onText) {
         const stream = await ai.models.generateContentStream(params);
@@ -185,6 +190,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
         usageSeen = last.usageMetadata;
         text = textOf(last);
       }
+      finished = true;
     } catch (err) {
       if (callbackFailed) throw err;
       const e = d.fail(err, what);
@@ -193,7 +199,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
       throw e;
     } finally {
-      d.end();
+      d.end(finished);
     }
 
     const usage = usageOf(usageSeen);
@@ -223,6 +229,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       const batch = texts.slice(i, i + EMBED_BATCH);
       const d = deadline(opts.timeoutMs, eopts.signal);
       let vectors: Array<number[] | undefined>;
+      let finished = false;
       try {
         const res = await ai.models.embedContent({
           model,
@@ -230,12 +237,13 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
           config: { outputDimensionality: embeddingDims, abortSignal: d.signal, ...(eopts.taskType ? { taskType: eopts.taskType } : {}) },
         });
         vectors = (res.embeddings ?? []).map((e) => e.values);
+        finished = true;
       } catch (err) {
         const e = d.fail(err, what);
         log?.warn({ model, code: e.code, status: e.status, texts: batch.length }, 'embed call failed');
         throw e;
       } finally {
-        d.end();
+        d.end(finished);
       }
       if (vectors.length !== batch.length || vectors.some((v) => !v || v.length !== embeddingDims)) {
         throw new LlmError('EBADOUTPUT', `${what} returned ${vectors.length} vectors for ${batch.length} texts (want ${embeddingDims} dims each)`);

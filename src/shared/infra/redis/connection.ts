@@ -43,7 +43,10 @@ export function describeTarget(target: RedisTarget): string {
  * `worker`: BullMQ workers and blocking readers, which must wait out outages (maxRetriesPerRequest null).
  * `api`: request paths, which must fail fast while Redis is down instead of queueing commands.
  */
-export function createRedis(target: RedisTarget, role: 'worker' | 'api', extra: RedisOptions = {}): RedisClient {
+export function createRedis(target: RedisTarget, role: 'worker' | 'api', options: RedisOptions = {}): RedisClient {
+  // A cluster takes auto-pipelining as a client option (it pipelines per node), not as a node option.
+  const { enableAutoPipelining, ...extra } = options;
+  const pipelining = enableAutoPipelining === undefined ? {} : { enableAutoPipelining };
   const base: RedisOptions =
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
@@ -54,7 +57,7 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', extra: 
     // A cluster client queues commands while it refreshes slots after a failover (that is what makes a
     // failover error-free); the api role still fails within commandTimeout when no node can answer.
     const { enableOfflineQueue: _offline, ...node } = base;
-    const options: ClusterOptions = {
+    const clusterOptions: ClusterOptions = {
       redisOptions: {
         ...node,
         ...(target.password ? { password: target.password } : {}),
@@ -77,10 +80,11 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', extra: 
       retryDelayOnTryAgain: 200,
       slotsRefreshTimeout: 2000,
       ...(target.natMap ? { natMap: target.natMap } : {}),
+      ...pipelining,
     };
-    client = new Cluster(target.cluster, options);
+    client = new Cluster(target.cluster, clusterOptions);
   } else {
-    client = new Redis(target, { ...base, retryStrategy, ...extra });
+    client = new Redis(target, { ...base, retryStrategy, ...extra, ...pipelining });
   }
   // Connection errors surface through command rejections; an unhandled 'error' event would crash the process.
   client.on('error', () => {});
