@@ -162,8 +162,9 @@ describe('Redis Cluster primary killed', () => {
     figure('cluster primary kill: jobs accepted / completed once / not once', { accepted: accepted.length, completedOnce: accepted.length - notOnce.length, notOnce: notOnce.length });
     // What agent_runs cannot show: a job the stalled check moved back to wait (its lock lapsed during the outage)
     // runs again under the same attempt number, and its second row is a no-op. BullMQ counts those stalls.
-    // Attempts above 1 are figures only: a worker command on the API's fail-fast connection (the fair gate's
-    // claim) can fail at the kill before the model is called, and the job is retried once the slot is back.
+    // No job needs a second attempt either: every command a worker sends for a job goes over a worker
+    // connection, which waits out the election. (The fair gate's claim used to run on the API's fail-fast
+    // connection: at the kill it could fail before the model was called, and the job was retried.)
     const promoted = new Redis(replica.port, '127.0.0.1');
     const attempts: Record<string, number> = {};
     const stalled: Array<{ id: string; stalls: string }> = [];
@@ -184,5 +185,6 @@ describe('Redis Cluster primary killed', () => {
     expect(lost).toEqual([]);
     expect(notOnce).toEqual([]);
     expect(stalled).toEqual([]);
+    expect(retried).toEqual([]);
   }, 240_000);
 });
