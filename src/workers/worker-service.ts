@@ -57,9 +57,12 @@ export function createWorkerService(opts: {
   const loop = scheduler ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY }, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
-  // Usage rows are written behind: appended to a Redis Stream on the worker's own connection (it waits out a
+  // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
   // Redis outage instead of dropping the row), and moved to Postgres in batches by this process's sink.
   const usageKey = usageStreamKey(cfg.QUEUE_PREFIX);
+  // Auto-pipelined: the rows that concurrent jobs append in one tick leave in one socket write (BullMQ's own
+  // connection is left as BullMQ configures it).
+  const usageRedis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
   const sink = createRunSink({
     redis: createRedis(infra.redisTarget, 'worker'),
     key: usageKey,
@@ -89,7 +92,7 @@ export function createWorkerService(opts: {
   const processor = createAgentProcessor({
     agents: opts.registry,
     chain: compose(opts.guards, call),
-    runs: createRunAppender({ redis: connection, key: usageKey }),
+    runs: createRunAppender({ redis: usageRedis, key: usageKey }),
     models,
     logger,
     gate,
@@ -133,6 +136,7 @@ export function createWorkerService(opts: {
       await gate?.close();
       await loop?.close();
       await sink.close();
+      usageRedis.disconnect();
       connection.disconnect();
       subscriber.disconnect();
     },
