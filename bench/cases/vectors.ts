@@ -17,7 +17,7 @@ const SCOPE = { agent: 'KnowledgeAssistant', action: 'answer', model: 'gemini-2.
 /** Kept for the queries of a size after its corpus is loaded, besides the exact scans (which scale with n). */
 const QUERY_BUDGET_MS = 20_000;
 /** hnsw.ef_search values tried for recall besides what the similarity functions are configured with. */
-const EF_SEARCH = [40, 100, 200];
+const EF_SEARCH = [40, 100, 200, 400];
 
 type Table = 'semantic_cache' | 'chat_facts';
 interface Load {

@@ -4,7 +4,7 @@
  * vector corpus in-process (`loadCorpus`): inserting through the socket with the HNSW index in place
  * costs ~18 ms a row in PGlite, which would not fit the bench's budget.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startEmbeddedPostgres } from '../../src/shared/infra/db/embedded-postgres.js';
@@ -12,8 +12,55 @@ import { embedText } from '../../dev/gemini-emulator/embedder.js';
 import { serveParent, toParent } from '../lib/child.js';
 import { corpusText, vectorLiteral } from '../lib/corpus.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'agentq-bench-pg-'));
+/**
+ * `BENCH_VECTORS_DIR` (opt in, for experiments on the vectors-large case): a data dir that outlives the run,
+ * so a loaded and indexed corpus (23 min at 2 x 100k) is reused. Otherwise a temp dir that dies with us.
+ */
+const keptDir = process.env.BENCH_VECTORS_DIR ? process.env.BENCH_VECTORS_DIR : undefined;
+if (keptDir) mkdirSync(keptDir, { recursive: true });
+const dir = keptDir ?? mkdtempSync(join(tmpdir(), 'agentq-bench-pg-'));
 const pg = await startEmbeddedPostgres({ dataDir: dir });
+
+/**
+ * The record of a complete vectors-large load in a kept data dir: written only after the last row, the
+ * index build and ANALYZE, so a load that died half-way leaves no row and the next run loads again.
+ */
+const MARKER = `CREATE TABLE IF NOT EXISTS bench_vectors_load (
+  n int NOT NULL, orgs int NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), figures jsonb NOT NULL,
+  PRIMARY KEY (n, orgs))`;
+
+interface LoadState {
+  n: number;
+  orgs: number;
+}
+
+/** The complete load of this shape in the data dir (its figures and when it was measured), or null. */
+async function loadState(r: LoadState) {
+  await pg.db.exec(MARKER);
+  const { rows } = await pg.db.query<{ loaded_at: Date; figures: unknown; rows: number; indexed: boolean }>(
+    `SELECT m.loaded_at, m.figures,
+            (SELECT count(*)::int FROM chat_facts) AS rows,
+            to_regclass('chat_facts_embedding_idx') IS NOT NULL AS indexed
+     FROM bench_vectors_load m WHERE m.n = $1 AND m.orgs = $2`,
+    [r.n, r.orgs],
+  );
+  const m = rows[0];
+  // The marker and the rows must agree: a table truncated by hand or an index dropped means load again.
+  if (!m || m.rows !== 2 * r.n || !m.indexed) return null;
+  return { loadedAt: new Date(m.loaded_at).toISOString(), figures: m.figures };
+}
+
+/** Empties what a previous, incomplete load left, before loading again. */
+async function resetLoad() {
+  await pg.db.exec(MARKER);
+  await pg.db.exec('TRUNCATE bench_vectors_load; DROP INDEX IF EXISTS chat_facts_embedding_idx; TRUNCATE chat_facts CASCADE');
+}
+
+async function markLoaded(r: LoadState & { figures: unknown }) {
+  await pg.db.query('INSERT INTO bench_vectors_load (n, orgs, figures) VALUES ($1, $2, $3::jsonb)', [r.n, r.orgs, JSON.stringify(r.figures)]);
+  // On disk before anyone relies on it, whatever happens to this process next.
+  await pg.db.exec('CHECKPOINT');
+}
 
 /** The same index definitions as migrations/003_knowledge.sql and 004_semantic_cache.sql. */
 const INDEX: Record<string, string> = {
@@ -76,9 +123,17 @@ async function loadCorpus(r: LoadRequest) {
 
 serveParent(async (msg) => {
   if (msg.cmd === 'loadCorpus') return loadCorpus(msg as LoadRequest);
+  if (msg.cmd === 'loadState') return keptDir ? loadState(msg as LoadState) : null;
+  if (msg.cmd === 'resetLoad') return resetLoad();
+  if (msg.cmd === 'markLoaded') return keptDir ? markLoaded(msg as LoadState & { figures: unknown }) : null;
   throw new Error(`unknown command ${msg.cmd}`);
 });
-// However this process ends (SIGTERM from the bench, or the bench gone), the temp data dir goes with it.
-process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+// However this process ends (SIGTERM from the bench, or the bench gone), the temp data dir goes with it;
+// a kept dir is closed cleanly instead, so the next run can open it.
+if (!keptDir) process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
 process.on('SIGTERM', () => void pg.stop().finally(() => process.exit(0)));
+if (keptDir) {
+  process.removeAllListeners('disconnect');
+  process.on('disconnect', () => void pg.stop().finally(() => process.exit(0)));
+}
 toParent({ ready: { url: pg.url } });
