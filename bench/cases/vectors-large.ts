@@ -85,6 +85,11 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
   /** The `SET` clauses `match_documents` runs with (pg_proc.proconfig): ef_search, iterative_scan, max_scan_tuples. */
   const { rows: fnRows } = await b.pool.query<{ proconfig: string[] | null }>("SELECT proconfig FROM pg_proc WHERE proname = 'match_documents'");
   const fnSettings: Record<string, string> = Object.fromEntries((fnRows[0]?.proconfig ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
+  // The large-scope branch sizes ef_search by the index it walks (migration 014), over the SET clause's value.
+  const { rows: efRows } = await b.pool.query<{ ef: number | null }>(
+    `SELECT CASE WHEN to_regproc('vector_ef_search_for') IS NULL THEN NULL ELSE vector_ef_search_for(pg_relation_size('chat_facts_embedding_idx')) END AS ef`,
+  );
+  if (efRows[0]?.ef != null) fnSettings['hnsw.ef_search'] = `${efRows[0].ef} (sized by the index)`;
   const migrated = `ef_search ${fnSettings['hnsw.ef_search'] ?? '40'}, ${fnSettings['hnsw.iterative_scan'] ?? 'no iterative scan'}, max_scan_tuples ${fnSettings['hnsw.max_scan_tuples'] ?? '20000'}`;
   ctx.log(`  match_documents runs with ${JSON.stringify(fnSettings)}`);
 

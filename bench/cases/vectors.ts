@@ -61,6 +61,18 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     return Object.fromEntries((rows[0]?.proconfig ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
   }
 
+  /**
+   * The hnsw.ef_search a function's large-scope branch runs with: sized by its index (migration 014's
+   * vector_ef_search_for), else the function's own SET clause.
+   */
+  async function efSearchFor(index: string, settings: Record<string, string>): Promise<string> {
+    const { rows } = await b.pool.query<{ ef: number | null }>(
+      `SELECT CASE WHEN to_regproc('vector_ef_search_for') IS NULL THEN NULL ELSE vector_ef_search_for(pg_relation_size($1::regclass)) END AS ef`,
+      [index],
+    );
+    return rows[0]?.ef != null ? String(rows[0].ef) : (settings['hnsw.ef_search'] ?? '40 (pgvector default)');
+  }
+
   /** Runs `sql` in a short transaction with `settings` applied by SET LOCAL, as inside the function. */
   async function withSettings<T extends Record<string, unknown>>(settings: Record<string, string>, sql: string, params: unknown[]) {
     const client = await b.pool.connect();
@@ -163,7 +175,9 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     const sweep = Object.fromEntries(EF_SEARCH.map((ef) => [ef, { sum: 0, ms: [] as number[] }]));
     const vectors = await llm.embed(texts);
     ragSettings = await settingsOf('match_documents');
+    ragSettings['hnsw.ef_search'] = await efSearchFor('chat_facts_embedding_idx', ragSettings);
     const scSettings = await settingsOf('semantic_cache_nearest');
+    scSettings['hnsw.ef_search'] = await efSearchFor('semantic_cache_embedding_idx', scSettings);
     const forcedMs: number[] = [];
     let top1Right = 0;
     let forcedRight = 0;
