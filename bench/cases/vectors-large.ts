@@ -3,6 +3,7 @@ import { toVectorSql } from '../../src/shared/knowledge/embedding.js';
 import { createVectorSearch } from '../../src/shared/knowledge/vector-search.js';
 import { embedText } from '../../dev/gemini-emulator/emulator.js';
 import type { BenchContext } from '../lib/context.js';
+import { functionSettings, sizedEfSearch, withSettings } from '../lib/pg-settings.js';
 import { corpusText, queryText } from '../lib/corpus.js';
 import { percentile, round } from '../lib/stats.js';
 
@@ -82,32 +83,13 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
     return best.map((x) => `doc-${x.i}`);
   };
 
-  /** The `SET` clauses `match_documents` runs with (pg_proc.proconfig): ef_search, iterative_scan, max_scan_tuples. */
-  const { rows: fnRows } = await b.pool.query<{ proconfig: string[] | null }>("SELECT proconfig FROM pg_proc WHERE proname = 'match_documents'");
-  const fnSettings: Record<string, string> = Object.fromEntries((fnRows[0]?.proconfig ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-  // The large-scope branch sizes ef_search by the index it walks (migration 014), over the SET clause's value.
-  const { rows: efRows } = await b.pool.query<{ ef: number | null }>(
-    `SELECT CASE WHEN to_regproc('vector_ef_search_for') IS NULL THEN NULL ELSE vector_ef_search_for(pg_relation_size('chat_facts_embedding_idx')) END AS ef`,
-  );
-  if (efRows[0]?.ef != null) fnSettings['hnsw.ef_search'] = `${efRows[0].ef} (sized by the index)`;
+  /** The `SET` clauses `match_documents` runs with, and the ef_search its large-scope branch sizes by the index (migration 014). */
+  const fnSettings = await functionSettings(b.pool, 'match_documents');
+  const sized = await sizedEfSearch(b.pool, 'chat_facts_embedding_idx');
+  if (sized !== undefined) fnSettings['hnsw.ef_search'] = `${sized} (sized by the index)`;
   const migrated = `ef_search ${fnSettings['hnsw.ef_search'] ?? '40'}, ${fnSettings['hnsw.iterative_scan'] ?? 'no iterative scan'}, max_scan_tuples ${fnSettings['hnsw.max_scan_tuples'] ?? '20000'}`;
   ctx.log(`  match_documents runs with ${JSON.stringify(fnSettings)}`);
 
-  /** Runs `sql` in a short transaction with `settings` applied by SET LOCAL (as a function's SET clauses are); times the query alone. */
-  async function withSettings<T extends Record<string, unknown>>(settings: Record<string, string>, sql: string, params: unknown[]) {
-    const client = await b.pool.connect();
-    try {
-      await client.query('BEGIN');
-      for (const [k, v] of Object.entries(settings)) await client.query('SELECT set_config($1, $2, true)', [k, v]);
-      const t = performance.now();
-      const res = await client.query<T>(sql, params);
-      const ms = performance.now() - t;
-      await client.query('COMMIT');
-      return { rows: res.rows, ms };
-    } finally {
-      client.release();
-    }
-  }
 
   const results: Record<string, unknown> = {};
   const queryVectors: Record<string, number[][]> = {};
@@ -210,7 +192,7 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
       const set = new Set(truth);
       for (let k = 0; k < levers.length; k++) {
         const l = levers[(j + k) % levers.length];
-        const { rows, ms } = await withSettings<{ ext: string }>(l.settings, l.sql, [vec, BIG]);
+        const { rows, ms } = await withSettings<{ ext: string }>(b.pool, l.settings, l.sql, [vec, BIG]);
         l.ms.push(ms);
         l.recall += rows.filter((r) => set.has(r.ext)).length / Math.max(1, set.size);
       }

@@ -3,6 +3,7 @@ import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
 import { toVectorSql } from '../../src/shared/knowledge/embedding.js';
 import { createVectorSearch } from '../../src/shared/knowledge/vector-search.js';
 import type { BenchContext } from '../lib/context.js';
+import { functionSettings, sizedEfSearch, withSettings } from '../lib/pg-settings.js';
 import { embedText } from '../../dev/gemini-emulator/emulator.js';
 import { corpusText, queryText } from '../lib/corpus.js';
 import { percentile, round } from '../lib/stats.js';
@@ -55,40 +56,6 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     return r;
   }
 
-  /** The `SET` clauses a SQL function runs with (pg_proc.proconfig), e.g. hnsw.ef_search and hnsw.iterative_scan. */
-  async function settingsOf(fn: string): Promise<Record<string, string>> {
-    const { rows } = await b.pool.query<{ proconfig: string[] | null }>('SELECT proconfig FROM pg_proc WHERE proname = $1', [fn]);
-    return Object.fromEntries((rows[0]?.proconfig ?? []).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-  }
-
-  /**
-   * The hnsw.ef_search a function's large-scope branch runs with: sized by its index (migration 014's
-   * vector_ef_search_for), else the function's own SET clause.
-   */
-  async function efSearchFor(index: string, settings: Record<string, string>): Promise<string> {
-    const { rows } = await b.pool.query<{ ef: number | null }>(
-      `SELECT CASE WHEN to_regproc('vector_ef_search_for') IS NULL THEN NULL ELSE vector_ef_search_for(pg_relation_size($1::regclass)) END AS ef`,
-      [index],
-    );
-    return rows[0]?.ef != null ? String(rows[0].ef) : (settings['hnsw.ef_search'] ?? '40 (pgvector default)');
-  }
-
-  /** Runs `sql` in a short transaction with `settings` applied by SET LOCAL, as inside the function. */
-  async function withSettings<T extends Record<string, unknown>>(settings: Record<string, string>, sql: string, params: unknown[]) {
-    const client = await b.pool.connect();
-    try {
-      await client.query('BEGIN');
-      for (const [k, v] of Object.entries(settings)) await client.query(`SELECT set_config($1, $2, true)`, [k, v]);
-      const t = performance.now();
-      const res = await client.query<T>(sql, params);
-      const ms = performance.now() - t;
-      await client.query('COMMIT');
-      return { rows: res.rows, ms };
-    } finally {
-      client.release();
-    }
-  }
-
   /** Whether the planner orders through the HNSW index for the function's query, under the function's own settings. */
   async function planUsesHnsw(table: Table, vec: string): Promise<boolean> {
     const sql =
@@ -96,8 +63,8 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
         ? `EXPLAIN SELECT id FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) ORDER BY f.embedding <=> $1::vector LIMIT 10`
         : `EXPLAIN SELECT id FROM semantic_cache c WHERE c.org_id = $2 AND c.agent = 'KnowledgeAssistant' AND c.action = 'answer' AND c.model = 'gemini-2.5-flash' AND c.prompt_version = 1 AND c.expires_at > now() ORDER BY c.embedding <=> $1::vector LIMIT 1`;
     // Migration 012: for a scope above 2000 rows the functions run this query with enable_sort off.
-    const settings = { ...(await settingsOf(table === 'chat_facts' ? 'match_documents' : 'semantic_cache_nearest')), enable_sort: 'off' };
-    const { rows } = await withSettings<{ 'QUERY PLAN': string }>(settings, sql, [vec, ORG]);
+    const settings = { ...(await functionSettings(b.pool, table === 'chat_facts' ? 'match_documents' : 'semantic_cache_nearest')), enable_sort: 'off' };
+    const { rows } = await withSettings<{ 'QUERY PLAN': string }>(b.pool, settings, sql, [vec, ORG]);
     return rows.some((r) => r['QUERY PLAN'].includes('embedding_idx'));
   }
 
@@ -155,6 +122,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
   let ragSettings: Record<string, string> = {};
   async function annAt(ef: number, vec: string): Promise<{ ids: string[]; ms: number }> {
     const { rows, ms } = await withSettings<{ ext: string }>(
+      b.pool,
       { ...ragSettings, 'hnsw.ef_search': String(ef), enable_sort: 'off' },
       'SELECT f.external_id AS ext FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) ORDER BY f.embedding <=> $1::vector LIMIT 10',
       [vec, ORG],
@@ -174,10 +142,11 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     let hits = 0;
     const sweep = Object.fromEntries(EF_SEARCH.map((ef) => [ef, { sum: 0, ms: [] as number[] }]));
     const vectors = await llm.embed(texts);
-    ragSettings = await settingsOf('match_documents');
-    ragSettings['hnsw.ef_search'] = await efSearchFor('chat_facts_embedding_idx', ragSettings);
-    const scSettings = await settingsOf('semantic_cache_nearest');
-    scSettings['hnsw.ef_search'] = await efSearchFor('semantic_cache_embedding_idx', scSettings);
+    ragSettings = await functionSettings(b.pool, 'match_documents');
+    ragSettings['hnsw.ef_search'] = String((await sizedEfSearch(b.pool, 'chat_facts_embedding_idx')) ?? ragSettings['hnsw.ef_search'] ?? '40 (pgvector default)');
+    const scSettings = await functionSettings(b.pool, 'semantic_cache_nearest');
+    const scEf = await sizedEfSearch(b.pool, 'semantic_cache_embedding_idx');
+    if (scEf !== undefined) scSettings['hnsw.ef_search'] = String(scEf);
     const forcedMs: number[] = [];
     let top1Right = 0;
     let forcedRight = 0;
@@ -196,6 +165,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
         if (`doc-${nearest.rows[0]?.response.doc}` === top1) top1Right++;
         // The alternative plan for the record: the function's query with sorting disabled, i.e. through HNSW.
         const forced = await withSettings<{ response: { doc: number } }>(
+          b.pool,
           { ...scSettings, enable_sort: 'off' },
           `SELECT c.response FROM semantic_cache c WHERE c.org_id = $2 AND c.agent = $3 AND c.action = $4 AND c.model = $5 AND c.prompt_version = $6 AND c.expires_at > now() ORDER BY c.embedding <=> $1::vector LIMIT 1`,
           [vec, ORG, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion],
