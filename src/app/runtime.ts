@@ -127,16 +127,16 @@ export async function startRuntime(opts: {
   const batch = opts.batches ? createBatchTier({ store: batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
-  const guardSets: Array<{ close(): Promise<void> }> = [];
+  const workerResources: Array<{ close(): Promise<void> }> = [];
 
   async function startWorker(): Promise<WorkerService> {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
-    guardSets.push(guards);
+    workerResources.push(guards);
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
     const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
-    if (fairRedis) guardSets.push({ close: async () => fairRedis.disconnect() });
+    if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
     const workerScheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue, cfg }) : undefined;
     const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });
     await worker.ready();
@@ -180,7 +180,7 @@ export async function startRuntime(opts: {
     async close(graceMs) {
       await app?.close();
       await Promise.all(workers.map((w) => w.close(graceMs)));
-      for (const g of guardSets) await g.close();
+      for (const g of workerResources) await g.close();
       for (const f of features) await f.close?.();
       await events?.queueEvents.close();
       events?.connection.disconnect();

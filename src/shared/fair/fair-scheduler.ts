@@ -169,19 +169,15 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;
-      const promoted: string[] = [];
       for (let i = 0; i < flat.length || last === undefined; i += chunk) {
         const part = flat.slice(i, i + chunk);
         // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
         const isLast = i + chunk >= flat.length;
         const r = await raw.enqueue(part.flat(), isLast && eopts.dispatch !== false);
         skipped.push(...r.skipped);
-        if (isLast) {
-          last = r;
-          promoted.push(...r.ids);
-        }
+        if (isLast) last = r;
       }
-      return { promoted, skipped, nowMs: last.nowMs, more: last.more, ...(last.nextWakeMs !== undefined ? { nextWakeMs: last.nextWakeMs } : {}) };
+      return { ...finish(last), skipped };
     },
     async dispatch(worker) {
       return finish(await raw.dispatch(undefined, worker));

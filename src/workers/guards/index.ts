@@ -64,11 +64,12 @@ export function createWorkerGuards(opts: {
   // one socket write instead of one write each (no blocking command ever runs on this connection).
   const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
   const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
-  // A clean breaker's answer is served from memory while this connection hears the breakers' invalidations.
-  const breakerSubscriber = createRedis(infra.redisTarget, 'worker');
+  // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
+  // channel): a clean breaker's answer and an L1 hit are served from memory while it is subscribed.
+  const invalidations = createRedis(infra.redisTarget, 'worker');
   const breaker = createCircuitBreaker({
     redis,
-    subscriber: breakerSubscriber,
+    subscriber: invalidations,
     logger: opts.logger,
     prefix,
     failureThreshold: cfg.BREAKER_FAILURE_THRESHOLD,
@@ -79,11 +80,9 @@ export function createWorkerGuards(opts: {
   for (const event of ['open', 'halfOpen', 'close'] as const) {
     breaker.on(event, (key: string) => opts.logger.warn({ breaker: key, event }, `circuit breaker ${event}`));
   }
-  // Invalidations are broadcast to this connection, so L1 hits are served from memory.
-  const cacheSubscriber = createRedis(infra.redisTarget, 'worker');
   const resultCache = createResultCache<AgentResult>({
     redis,
-    subscriber: cacheSubscriber,
+    subscriber: invalidations,
     prefix,
     l1Max: cfg.CACHE_L1_MAX_ENTRIES,
     l1TtlMs: cfg.CACHE_L1_TTL_MS,
@@ -124,8 +123,7 @@ export function createWorkerGuards(opts: {
     async close() {
       await rateLimit.flush();
       redis.disconnect();
-      cacheSubscriber.disconnect();
-      breakerSubscriber.disconnect();
+      invalidations.disconnect();
     },
   };
 }

@@ -398,8 +398,8 @@ local function wakeSleepers()
   end
 end
 
--- Expired leases: finished or vanished -> free; still parked (crash between dispatch and promote, or
--- between a retry and repark) -> free and back to the head of its lane; in wait / active -> extend.
+-- Expired leases: finished or vanished -> free; still parked (a crash between a retry and its repark, or a
+-- lease left by a version that promoted in a call of its own) -> free and back to the head of its lane; in wait / active -> extend.
 local function sweepLeases()
   for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
     local m = jobMeta(id)
@@ -477,9 +477,9 @@ local function dueNow()
 end
 
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
--- Jobs dispatched by another caller moments ago may not be promoted yet: the wait list does not show them,
--- the promoting set does (until they start, or for PROMOTING_MS), so concurrent dispatches do not overfill.
--- Also returns whether nothing at all is queued or being promoted.
+-- A dispatched job leaves the wait list when a worker fetches it, before it claims its slot: the promoting
+-- set still counts it (until it starts, or for PROMOTING_MS), so dispatches in between do not overfill.
+-- Also returns whether nothing at all is queued or about to start.
 local function bufferRoom()
   rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
   local queued = math.max(rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO), rcall('ZCARD', K_PROMOTING))
@@ -623,18 +623,16 @@ elseif op == 'claim' then
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   local cancelled = rcall('EXISTS', P_CANCEL .. id)
-  if not rcall('ZSCORE', K_LEASES, id) then
-    -- As release with dispatch: freed slots are filled now when anything is due.
-    local due = handed and dueNow()
-    if due then return { 0, cancelled, dispatch(nil, due) } end
-    return { 0, cancelled }
+  local held = rcall('ZSCORE', K_LEASES, id) and 1 or 0
+  if held == 1 then
+    rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
+    rcall('ZREM', K_PROMOTING, id)
+    -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
+    -- cancelled job never calls the model: its stage is not "calling_model".
+    local progress = ARGV[13]
+    if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
   end
-  rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
-  rcall('ZREM', K_PROMOTING, id)
-  -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
-  -- cancelled job never calls the model: its stage is not "calling_model".
-  local progress = ARGV[13]
-  if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
+  -- Handed releases: as release with dispatch, freed slots are filled now when anything is due.
   -- Refill (ARGV[14] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
   -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
   -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
@@ -642,12 +640,12 @@ elseif op == 'claim' then
   -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
   if handed then
     local due = dueNow()
-    if due then return { 1, cancelled, dispatch(nil, due) } end
-  elseif cancelled == 0 and ARGV[14] == '1' then
+    if due then return { held, cancelled, dispatch(nil, due) } end
+  elseif held == 1 and cancelled == 0 and ARGV[14] == '1' then
     local room, empty = bufferRoom()
     if room > 0 and empty then return { 1, 0, dispatch(nil, nil, room) } end
   end
-  return { 1, cancelled }
+  return { held, cancelled }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
