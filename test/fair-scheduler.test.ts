@@ -7,7 +7,10 @@ import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } fr
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { cancelRequestedKey, orgJobsKey } from '../src/shared/core/queue-keys.js';
+import { cancelRequestedKey, guardKeys, orgJobsKey } from '../src/shared/core/queue-keys.js';
+import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
+import type { AgentResult } from '../src/shared/core/types.js';
+import { okResult } from './helpers/guard-context.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -610,6 +613,62 @@ describe('fair scheduler limits', () => {
     // Not holding a slot (never dispatched), cancelled or not: both answers still come back.
     await c.redis.set(cancelRequestedKey(c.prefix, 'unknown'), '1');
     expect(await c.scheduler.claim('unknown')).toEqual({ held: false, cancelled: true });
+  });
+
+  it('a held claim runs the job\'s result-cache lookup in the same call; singleFlight then starts from its reply', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const cacheRedis = new Redis(redisUrl());
+    cleanups.push(() => cacheRedis.quit());
+    const cache = createResultCache<AgentResult>({ redis: cacheRedis, prefix: `${c.prefix}:agentq`, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60 });
+    let sent = 0;
+    const send = cacheRedis.sendCommand.bind(cacheRedis);
+    cacheRedis.sendCommand = ((...a: Parameters<Redis['sendCommand']>) => (sent++, send(...a))) as Redis['sendCommand'];
+    const parts = (n: number): CacheKeyParts => ({ orgId: org, agent: 'risk', action: 'analyze', model: FLASH, promptVersion: 1, input: { n } });
+    const lockOf = (p: CacheKeyParts) => guardKeys.resultLock(`${c.prefix}:agentq`, resultCacheHash(p));
+    const [miss, stored, cancelled] = await c.add(org, 3);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([miss, stored, cancelled]);
+
+    // A miss: the claim takes the single-flight lock under the prepared token, and the value is computed
+    // and stored without any lookup of its own (the store is the cache's only command).
+    const m = cache.prepare(parts(1), miss)!;
+    const claimed = await c.scheduler.claim(miss, undefined, { lookup: m });
+    expect(claimed).toMatchObject({ held: true, cancelled: false, lookupReply: ['0.0', 0, 2] });
+    expect(await c.redis.get(lockOf(parts(1)))).toMatch(new RegExp(`^${miss}#`));
+    m.deliver(claimed.lookupReply);
+    sent = 0;
+    const computed = await cache.singleFlight(parts(1), async () => okResult('fresh'), { owner: miss, prefetched: m });
+    expect(computed).toMatchObject({ from: 'call', value: { data: 'fresh' } });
+    expect(sent).toBe(1);
+    expect(await c.redis.exists(lockOf(parts(1)))).toBe(0);
+    await m.discard();
+
+    // An entry: it comes back with the claim, and singleFlight answers from it with no command at all.
+    await cache.set(parts(2), okResult('cached'));
+    const fresh = createResultCache<AgentResult>({ redis: cacheRedis, prefix: `${c.prefix}:agentq`, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60 });
+    const h = fresh.prepare(parts(2), stored)!;
+    const hit = await c.scheduler.claim(stored, undefined, { lookup: h });
+    expect(hit.lookupReply).toEqual(['0.0', 2, 0, JSON.stringify(okResult('cached'))]);
+    h.deliver(hit.lookupReply);
+    sent = 0;
+    expect(await fresh.singleFlight(parts(2), async () => okResult('not called'), { owner: stored, prefetched: h })).toMatchObject({ from: 'l2', value: { data: 'cached' } });
+    expect(sent).toBe(0);
+
+    // A job that does not run takes no lock: cancelled, or without a slot.
+    await c.redis.set(cancelRequestedKey(c.prefix, cancelled), '1');
+    const x = cache.prepare(parts(3), cancelled)!;
+    expect(await c.scheduler.claim(cancelled, undefined, { lookup: x })).toEqual({ held: true, cancelled: true });
+    expect(await c.scheduler.claim('not-dispatched', undefined, { lookup: x })).toEqual({ held: false, cancelled: false });
+    expect(await c.redis.exists(lockOf(parts(3)))).toBe(0);
+
+    // A lock the claim took for a value never computed is freed by discard.
+    const [dropped] = await c.add(org, 1);
+    await c.scheduler.raw.dispatch();
+    const d = cache.prepare(parts(4), dropped)!;
+    d.deliver((await c.scheduler.claim(dropped, undefined, { lookup: d })).lookupReply);
+    expect(await c.redis.exists(lockOf(parts(4)))).toBe(1);
+    await d.discard();
+    expect(await c.redis.exists(lockOf(parts(4)))).toBe(0);
   });
 
   it('applies a plan change at the next dispatch', async () => {

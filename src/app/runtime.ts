@@ -138,7 +138,7 @@ export async function startRuntime(opts: {
     const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
     if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
     const workerScheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue, cfg }) : undefined;
-    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });
+    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, prepareLookup: guards.prepareLookup, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });
     await worker.ready();
     workers.push(worker);
     return worker;

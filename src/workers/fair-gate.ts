@@ -3,7 +3,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
-import { PARK_AT_MS, parkActiveJob, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import { PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -62,9 +62,10 @@ export function createFairGate(deps: {
      * DelayedError); 'cancelled' when the API's cancel marker is set (the claim script reads it, atomically
      * with the claim: no command of its own): the job must fail as cancelled, and is not parked even if the
      * cancel already took its slot (a lost claim is then the cancel's doing). `stage` is written to the job's
-     * progress by the claim script itself when the claim holds (no extra command).
+     * progress by the claim script itself when the claim holds (no extra command). `lookup`: the job's
+     * result-cache lookup, run by the claim script when the job runs; its reply is `deliver`ed.
      */
-    async admit(job: AgentJob, token: string | undefined, stage?: StoredStage): Promise<'run' | 'parked' | 'cancelled'> {
+    async admit(job: AgentJob, token: string | undefined, stage?: StoredStage, lookup?: ClaimLookup & { deliver(reply: unknown): void }): Promise<'run' | 'parked' | 'cancelled'> {
       // Slots waiting to be released go with the claim: BullMQ starts the next job right after it recorded
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
@@ -72,14 +73,19 @@ export function createFairGate(deps: {
       let claim;
       try {
         // Refill: the claim dispatches (and promotes) the next job while this one runs.
-        claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, { refill: true, ...(handed.length ? { release: handed } : {}) });
+        claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, {
+          refill: true,
+          ...(handed.length ? { release: handed } : {}),
+          ...(lookup ? { lookup: { keys: lookup.keys, args: lookup.args } } : {}),
+        });
       } catch (err) {
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
         if (handed.length) queueRelease(...handed);
         throw err;
       }
-      const { held, cancelled, dispatched } = claim;
+      const { held, cancelled, dispatched, lookupReply } = claim;
       if (dispatched) deps.loop.absorb(dispatched);
+      if (lookup && lookupReply !== undefined) lookup.deliver(lookupReply);
       if (cancelled) return 'cancelled';
       if (held || !token) return 'run';
       await parkActiveJob(job, token);

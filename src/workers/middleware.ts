@@ -3,6 +3,7 @@ import type { Span } from '../shared/telemetry/tracing.js';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
+import type { PreparedLookup } from '../shared/cache/result-cache.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
 export interface JobContext {
@@ -38,6 +39,11 @@ export interface JobContext {
    * the processor it was appended, so it does not append it again.
    */
   usage?: { field: string; entry(result: AgentResult): string; carried(): void };
+  /**
+   * The result-cache lookup the fair gate's claim already ran for this attempt (`ResultCache.prepare`): the
+   * result cache guard starts from its reply instead of a round trip of its own.
+   */
+  cacheLookup?: PreparedLookup;
 }
 
 export type Next = () => Promise<AgentResult>;

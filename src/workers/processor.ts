@@ -9,6 +9,7 @@ import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
+import type { PreparedLookup } from '../shared/cache/result-cache.js';
 import type { JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
@@ -34,6 +35,11 @@ export interface ProcessorDeps {
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
   gate?: Pick<FairGate, 'admit' | 'defer'>;
+  /**
+   * The first lookup of the attempt's result cache guard, prepared to run inside the gate's claim (one
+   * script call for both): undefined when nothing needs Redis (an L1 hit from memory).
+   */
+  prepareLookup?: (ctx: JobContext) => PreparedLookup | undefined;
   /**
    * Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job.
    * Read only without a gate: the gate's claim script reads the marker itself.
@@ -125,18 +131,7 @@ function attemptOf(deps: ProcessorDeps) {
     const model = data.model ?? deps.models[resolved.action.model];
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
-    const admitted = deps.gate ? await deps.gate.admit(job, token, stage) : 'run';
-    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
-    if (admitted === 'parked') throw new DelayedError();
-    if (admitted === 'cancelled' || (!deps.gate && (await deps.cancelRequested?.(job.id!)))) {
-      logger.info('job cancelled before it started');
-      throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
-    }
-
     const controller = new AbortController();
-    const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
-    if (signal?.aborted) onCancel();
-    signal?.addEventListener('abort', onCancel, { once: true });
 
     let estimated: number | undefined;
     const ctx: JobContext = {
@@ -160,6 +155,22 @@ function attemptOf(deps: ProcessorDeps) {
       ...(deps.gate ? { prepaid: { model } } : {}),
       span,
     };
+    // Its result-cache lookup rides on the claim: a job that runs learns hit or miss (and holds the
+    // single-flight lock on a miss) without a round trip of its own.
+    const cacheLookup = deps.gate ? deps.prepareLookup?.(ctx) : undefined;
+    if (cacheLookup) ctx.cacheLookup = cacheLookup;
+    const admitted = deps.gate ? await deps.gate.admit(job, token, stage, cacheLookup) : 'run';
+    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
+    if (admitted === 'parked') throw new DelayedError();
+    if (admitted === 'cancelled' || (!deps.gate && (await deps.cancelRequested?.(job.id!)))) {
+      logger.info('job cancelled before it started');
+      throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
+    }
+
+    const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
+    if (signal?.aborted) onCancel();
+    signal?.addEventListener('abort', onCancel, { once: true });
+
     const attempt = job.attemptsMade + 1;
     const started = performance.now();
 
@@ -242,6 +253,8 @@ function attemptOf(deps: ProcessorDeps) {
       throw toBullmqError(outcome, message, err);
     } finally {
       signal?.removeEventListener('abort', onCancel);
+      // A lock the claim took for a value the chain never computed (it failed before its cache guard).
+      if (cacheLookup) void cacheLookup.discard();
     }
   };
 }

@@ -11,7 +11,7 @@ import { createRedis } from '../shared/infra/redis/connection.js';
 import { createAgentWorker } from './agent-worker.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
-import { createAgentProcessor } from './processor.js';
+import { createAgentProcessor, type ProcessorDeps } from './processor.js';
 import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
@@ -37,6 +37,8 @@ export function createWorkerService(opts: {
   redis: Pick<RedisClient, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
+  /** The result cache guard's first lookup, run inside the fair claim (`WorkerGuards.prepareLookup`). */
+  prepareLookup?: ProcessorDeps['prepareLookup'];
   features?: WorkerHooks[];
   /**
    * The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts), on a worker
@@ -96,6 +98,7 @@ export function createWorkerService(opts: {
     models,
     logger,
     gate,
+    ...(opts.prepareLookup ? { prepareLookup: opts.prepareLookup } : {}),
     cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(cfg.QUEUE_PREFIX, jobId))) === 1,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });

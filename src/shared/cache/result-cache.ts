@@ -43,10 +43,30 @@ export interface SingleFlightOptions<T> {
    * the store script, so recording the attempt costs no round trip of its own. Not called for cached values.
    */
   usageEntry?: { field: string; of: (value: T) => string };
+  /** The first lookup, already run (`prepare`, delivered); ignored unless delivered for the same parts and owner. */
+  prefetched?: PreparedLookup;
+}
+
+/**
+ * A lookup with its single-flight lock attempt, prepared to run inside another script of the same hash tag
+ * (the fair dispatcher's claim: `keys` / `args` as result-cache-lookup-4.lua takes them), so a miss costs no
+ * round trip of its own. `deliver` hands the reply back; `singleFlight` then starts from it. `discard` frees
+ * the lock the reply took when the value is not computed after all (the job did not reach its cache guard).
+ */
+export interface PreparedLookup {
+  keys: string[];
+  args: Array<string | number>;
+  deliver(reply: unknown): void;
+  discard(): Promise<void>;
 }
 
 export interface ResultCache<T = AgentResult> {
   get(parts: CacheKeyParts): Promise<CacheHit<T> | null>;
+  /**
+   * The lookup `singleFlight(parts, ..., { owner, prefetched })` would start with, to run elsewhere; undefined
+   * when L1 answers from memory (no Redis read needed at all).
+   */
+  prepare(parts: CacheKeyParts, owner?: string): PreparedLookup | undefined;
   /** Stores under the namespace versions current at the time of the write (`singleFlight` uses the versions read before the call instead). */
   set(parts: CacheKeyParts, value: T): Promise<boolean>;
   invalidateOrg(orgId: string): Promise<void>;
@@ -168,13 +188,35 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     };
   };
 
-  /** `lock` is a token to try to take the single-flight lock on a miss, or '' to only look. */
-  async function lookup(p: CacheKeyParts, lock: string, owner = '') {
-    const { hash, keys } = keysFor(p);
-    const local = l1.get(hash);
+  /** A prepared lookup's state: what it was prepared for, the epoch before it was sent, the reply once delivered. */
+  interface Prefetch {
+    hash: string;
+    owner: string;
+    token: string;
+    seen: number;
+    reply?: LookupReply;
+    consumed: boolean;
+  }
+  type LookupReply = [tag: string, hit: number, lockState: number, json?: string];
+  const prefetches = new WeakMap<PreparedLookup, Prefetch>();
+
+  /** The prepared lookup's delivered reply for these keys, taken once (a second `singleFlight` looks again). */
+  function takePrefetched(prepared: PreparedLookup | undefined, hash: string, owner: string): Prefetch | undefined {
+    const pre = prepared && prefetches.get(prepared);
+    if (!pre || pre.consumed || pre.reply === undefined || pre.hash !== hash || pre.owner !== owner) return undefined;
+    pre.consumed = true;
+    return pre;
+  }
+
+  /**
+   * `lock` is a token to try to take the single-flight lock on a miss, or '' to only look. `pre`: the reply
+   * of this lookup, already run inside the claim (sent with no L1 tag, so it reads as a miss or an entry).
+   */
+  async function lookup(p: CacheKeyParts, lock: string, owner = '', pre?: Prefetch, { hash, keys } = keysFor(p)) {
+    const local = pre ? undefined : l1.get(hash);
     if (local && l1Live) return { hash, keys, tag: local.tag, found: { level: 'l1', value: structuredClone(local.value) } as CacheHit<T>, lockState: 0 };
-    const seen = epoch;
-    const [tag, hit, lockState, json] = (await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as [string, number, number, string?];
+    const seen = pre ? pre.seen : epoch;
+    const [tag, hit, lockState, json] = pre?.reply ?? ((await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as LookupReply);
     let found: CacheHit<T> | null = null;
     if (hit === 1 && local) {
       found = { level: 'l1', value: structuredClone(local.value) };
@@ -220,6 +262,26 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     async get(p) {
       return (await lookup(p, '')).found;
     },
+    prepare(p, owner = '') {
+      const { hash, keys } = keysFor(p);
+      if (l1Live && l1.has(hash)) return undefined;
+      const pre: Prefetch = { hash, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
+      const prepared: PreparedLookup = {
+        keys,
+        // No L1 tag: the reply is a miss or the entry itself, whatever L1 holds by the time it is read.
+        args: ['', pre.token, lockTtlMs, owner],
+        deliver(reply) {
+          pre.reply = reply as LookupReply;
+        },
+        async discard() {
+          if (pre.consumed || pre.reply?.[2] !== 2) return;
+          pre.consumed = true;
+          await unlockLua([keys[3]], [pre.token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+        },
+      };
+      prefetches.set(prepared, pre);
+      return prepared;
+    },
     async set(p, value) {
       const { hash, keys } = keysFor(p);
       return store(p, keys, hash, '', value);
@@ -234,11 +296,18 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       const shouldCache = sfOpts.shouldCache ?? (() => true);
       const deadline = Date.now() + waitTimeoutMs;
       const owner = sfOpts.owner ?? '';
-      const token = `${owner}#${randomUUID()}`;
+      const k = keysFor(p);
+      let pre = takePrefetched(sfOpts.prefetched, k.hash, owner);
+      // The prefetched reply's lock (if it took one) was taken under its token: renewed, stored and freed with it.
+      const token = pre?.token ?? `${owner}#${randomUUID()}`;
       let pause = 10;
       for (;;) {
-        sfOpts.signal?.throwIfAborted();
-        const { hash, keys, tag, found, lockState } = await lookup(p, token, owner);
+        if (sfOpts.signal?.aborted) {
+          if (pre?.reply?.[2] === 2) await unlockLua([k.keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+          sfOpts.signal.throwIfAborted();
+        }
+        const { hash, keys, tag, found, lockState } = await lookup(p, token, owner, pre, k);
+        pre = undefined;
         if (found) return { value: found.value, from: found.level };
         if (lockState === 2) {
           const renew = setInterval(() => {

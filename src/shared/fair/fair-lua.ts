@@ -40,6 +40,15 @@ export interface ClaimResult {
   cancelled: boolean;
 }
 
+/**
+ * A result-cache lookup carried by a claim (`ResultCache.prepare`): its 4 keys and 4 arguments, as
+ * result-cache-lookup-4.lua takes them. The claim runs it only when the job holds its slot and is not cancelled.
+ */
+export interface ClaimLookup {
+  keys: string[];
+  args: Array<string | number>;
+}
+
 /** What a claim or release that also dispatched decided (its ids already promoted in BullMQ). */
 export interface WithDispatch {
   dispatch?: RawDispatch;
@@ -60,8 +69,8 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const gauges = defineLua(redis, 'fair-gauges-N.lua');
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
-  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch) =>
-    core(keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, ...args]);
+  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: string[] = []) =>
+    core(extraKeys.length ? [...keys.list, ...extraKeys] : keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, ...args]);
   const toDispatch = (r: unknown): RawDispatch => {
     const [ids, wake, now, more, skipped] = r as [string[], string, number, number, string[]];
     const w = Number(wake);
@@ -93,10 +102,18 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip. `refill`:
      * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua). `release`: slots of
      * finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`).
+     * `lookup`: the job's result-cache lookup, run by the same script when the claim holds and is not
+     * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's).
      */
-    async claim(id: string, progress = '', refill = false, release: string[] = []): Promise<ClaimResult & WithDispatch> {
-      const [held, cancelled, d] = (await call('claim', [id, progress, refill ? 1 : 0, ...release])) as [number, number, unknown?];
-      return { held: held === 1, cancelled: cancelled === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
+    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
+      const args = [id, progress, refill ? 1 : 0, ...(lookup ? lookup.args : ['', '', 0, '']), ...release];
+      const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys)) as [number, number, unknown, unknown?];
+      return {
+        held: held === 1,
+        cancelled: cancelled === 1,
+        ...(d ? { dispatch: toDispatch(d) } : {}),
+        ...(reply !== undefined ? { lookupReply: reply } : {}),
+      };
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
     async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {

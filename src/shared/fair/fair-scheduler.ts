@@ -1,6 +1,6 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
-import { createFairLua, type ClaimResult, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimLookup, type ClaimResult, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -96,8 +96,10 @@ export interface FairScheduler {
    * `dispatched` is what it dispatched (promoted in the same call); the caller must hand it to its dispatch
    * loop: it may carry the one armed wake-up time. `release`: finished
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
+   * `lookup`: the job's result-cache lookup, done in the same call when the claim holds and is not cancelled
+   * (`lookupReply`), so the miss that follows costs no round trip of its own.
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[] }): Promise<ClaimResult & { dispatched?: DispatchResult }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -183,7 +185,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, worker));
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release);
+      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),

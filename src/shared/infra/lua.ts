@@ -17,7 +17,7 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
   if (!match) throw new Error(`Lua file name must be <name>-<numKeys>.lua: ${file}`);
   const fixedKeys = match[2] === 'N' ? undefined : Number(match[2]);
   const command = `agentq_${match[1].replace(/[^a-zA-Z0-9]/g, '_')}`;
-  const lua = readFileSync(new URL(file, LUA_DIR), 'utf8');
+  const lua = readLua(file);
   redis.defineCommand(command, fixedKeys === undefined ? { lua } : { lua, numberOfKeys: fixedKeys });
   const fn = (redis as unknown as Record<string, (...a: Array<string | number>) => Promise<unknown>>)[command].bind(redis);
   return (keys, args) => {
@@ -30,3 +30,19 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
 
 /** Every Lua script of the project lives in this one folder, named `<name>-<numKeys>.lua`. */
 export const LUA_DIR = new URL('./lua/', import.meta.url);
+
+const INCLUDE = /^--- @include "([a-z0-9-]+)"$/gm;
+
+/**
+ * A script's source with its includes inlined. Redis Lua has no `require`: a part two scripts share lives
+ * in `lua/includes/<name>.lua` and is pasted where a script says `--- @include "<name>"` (BullMQ's own
+ * convention for its scripts), once per script.
+ */
+export function readLua(file: string): string {
+  const seen = new Set<string>();
+  return readFileSync(new URL(file, LUA_DIR), 'utf8').replace(INCLUDE, (_line, name: string) => {
+    if (seen.has(name)) return '';
+    seen.add(name);
+    return readFileSync(new URL(`includes/${name}.lua`, LUA_DIR), 'utf8');
+  });
+}

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../../shared/core/config.js';
-import { createResultCache } from '../../shared/cache/result-cache.js';
-import { createResultCacheGuard } from './result-cache-guard.js';
+import { createResultCache, type PreparedLookup } from '../../shared/cache/result-cache.js';
+import { cacheKeyPartsOf, createResultCacheGuard } from './result-cache-guard.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createSemanticCacheGuard } from './semantic-cache-guard.js';
 import { createQuotaChecker, type QuotaDecision } from '../../shared/infra/db/quotas.js';
@@ -14,13 +14,15 @@ import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
-import { DelayJobError, type Middleware } from '../middleware.js';
+import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 export interface WorkerGuards {
   middlewares: Middleware[];
+  /** The result cache guard's first lookup for `ctx`, to ride on the fair claim (see `JobContext.cacheLookup`). */
+  prepareLookup(ctx: JobContext): PreparedLookup | undefined;
   breaker: CircuitBreaker;
   close(): Promise<void>;
 }
@@ -119,6 +121,7 @@ export function createWorkerGuards(opts: {
   ];
   return {
     middlewares,
+    prepareLookup: (ctx) => resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id),
     breaker,
     async close() {
       await rateLimit.flush();

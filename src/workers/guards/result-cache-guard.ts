@@ -37,6 +37,7 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
         shouldCache: (r) => r.success === true,
         signal: ctx.signal,
         owner: ctx.job.id,
+        ...(ctx.cacheLookup ? { prefetched: ctx.cacheLookup } : {}),
         ...(ctx.usage ? { usageEntry: { field: ctx.usage.field, of: ctx.usage.entry } } : {}),
       });
     } catch (err) {

@@ -13,6 +13,8 @@
 --   started -> dispatch ms), 33 cancel marker prefix (claim reads <prefix><jobId>), 34 org job index prefix
 --   (enqueue adds to the ZSET <prefix><org>), 35 BullMQ meta, 36 BullMQ active, 37 BullMQ priority counter,
 --   38 BullMQ events stream, 39 BullMQ marker (a dispatch promotes the jobs it hands out, as BullMQ's promote does)
+--   40-43 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
+--   single-flight lock (includes/result-cache-lookup.lua)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -23,12 +25,14 @@
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
---   claim: id, progress JSON ('' = none), refill (0|1), then ids of finished jobs whose slots this claim
---     releases first: {held, cancelled[, dispatch result]}: held 1 if the job holds a slot (its lease is
---     renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no
---     extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots dispatches
---     when due (as release with dispatch 1), else with refill a held claim dispatches when BullMQ's wait list
---     is empty;  orphans: offset, count
+--   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
+--     ms and owner (read only with KEYS 40-43), then ids of finished jobs whose slots this claim releases
+--     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
+--     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
+--     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
+--     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
+--     BullMQ's wait list is empty; with KEYS 40-43 a held, not cancelled claim also does the job's
+--     result-cache lookup (its reply as result-cache-lookup-4.lua's);  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), then job ids;  repark: id, notBeforeMs, reason;
 --   cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
@@ -36,6 +40,7 @@
 -- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
+--- @include "result-cache-lookup"
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -618,8 +623,8 @@ elseif op == 'claim' then
   local id = ARGV[12]
   -- Releases handed over (ARGV[15..]): the worker's jobs that finished just before this one started. At one
   -- job after another that is every release, and it costs no round trip of its own here.
-  local handed = #ARGV >= 15
-  if handed then releaseFrom(15) end
+  local handed = #ARGV >= 19
+  if handed then releaseFrom(19) end
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   local cancelled = rcall('EXISTS', P_CANCEL .. id)
@@ -638,14 +643,20 @@ elseif op == 'claim' then
   -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
   -- load: a blocking marker wait and a second fetch per job. Only when the list is empty: a list that still
   -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
+  local d = 0
   if handed then
     local due = dueNow()
-    if due then return { held, cancelled, dispatch(nil, due) } end
+    if due then d = dispatch(nil, due) end
   elseif held == 1 and cancelled == 0 and ARGV[14] == '1' then
     local room, empty = bufferRoom()
-    if room > 0 and empty then return { 1, 0, dispatch(nil, nil, room) } end
+    if room > 0 and empty then d = dispatch(nil, nil, room) end
   end
-  return { held, cancelled }
+  -- The job runs: its result-cache lookup (and single-flight lock on a miss) rides here instead of costing
+  -- a round trip before the model call. A job that does not run takes no lock.
+  if held == 1 and cancelled == 0 and #KEYS >= 43 then
+    return { held, cancelled, d, resultCacheLookup(KEYS[40], KEYS[41], KEYS[42], KEYS[43], ARGV[15], ARGV[16], ARGV[17], ARGV[18]) }
+  end
+  return { held, cancelled, d }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
