@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
+import type { TpmCorrection } from '../src/shared/fair/index.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
 
@@ -104,12 +105,12 @@ describe('fair dispatch loop', () => {
 describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
-  type Release = (ids: string[], opts?: { dispatch?: boolean }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
-  type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: DispatchResult }>;
+  type Release = (ids: string[], opts?: { dispatch?: boolean; correct?: TpmCorrection[] }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
+  type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[]; correct?: TpmCorrection[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: DispatchResult }>;
   const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false })) => {
     const kicks = { n: 0 };
     const absorbed: DispatchResult[] = [];
-    const calls: { release: Array<{ dispatch?: boolean } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[] } | undefined> } = { release: [], released: [], claim: [] };
+    const calls: { release: Array<{ dispatch?: boolean; correct?: TpmCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: TpmCorrection[] } | undefined> } = { release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
@@ -171,5 +172,30 @@ describe('fair gate', () => {
     await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
     await failing.gate.close();
     expect(failing.calls.released).toEqual([['a']]);
+  });
+
+  it('TPM corrections, summed per org and model, ride on the next claim, else on the finished job\'s release', async () => {
+    const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const onClaim = gateWith(async () => ({ freed: 0, due: false }));
+    onClaim.gate.chargeTpm('o1', 'm', -100, -100);
+    onClaim.gate.chargeTpm('o1', 'm', 30, 30);
+    onClaim.gate.chargeTpm('o2', 'm', 500, 0);
+    onClaim.gate.chargeTpm('o3', 'm', 0, 0);
+    expect(await onClaim.gate.admit(job, 'token')).toBe('run');
+    await onClaim.gate.close();
+    expect(onClaim.calls.claim).toEqual([{ refill: true, correct: [{ org: 'o1', model: 'm', orgDelta: -70, modelDelta: -70 }, { org: 'o2', model: 'm', orgDelta: 500, modelDelta: 0 }] }]);
+    expect(onClaim.calls.release).toEqual([]);
+    // No claim comes: the job's own release carries them.
+    const onRelease = gateWith(async () => ({ freed: 1, due: false }));
+    onRelease.gate.chargeTpm('o1', 'm', 10, 10);
+    onRelease.gate.finished('a');
+    await onRelease.gate.close();
+    expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]);
+    expect(onRelease.calls.released).toEqual([['a']]);
+    // Neither comes (the job lost its lock): sent on their own once the longest wait is over.
+    const alone = gateWith(async () => ({ freed: 0, due: false }));
+    alone.gate.chargeTpm('o1', 'm', 10, 10);
+    await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]));
+    expect(alone.calls.released).toEqual([[]]);
   });
 });

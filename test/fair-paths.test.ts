@@ -12,6 +12,8 @@ import { activeByOrg, markedJob, openQueue, postBulk, postJob, putPlan, recordEv
 import { runCli } from './helpers/run-cli.js';
 import { parseOrgsArgs, UsageError } from '../src/app/cli/orgs.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
+import { agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
 
 const ADMIN_TOKEN = 'operator-secret-1234567890';
 
@@ -46,6 +48,10 @@ describe('fair dispatch on every path', () => {
   const stats = (org: string) => s.runtime.deps.scheduler.orgStats(org);
   const cancel = (auth: { authorization: string }, id: string) => s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: auth });
   const runsOf = async (id: string) => (await runRows(s, [id])).get(id)!;
+  const redisNowMs = async () => {
+    const [sec, usec] = await s.runtime.deps.redis.time();
+    return Number(sec) * 1000 + Number(usec) / 1000;
+  };
 
   it('a plan change applies at once, without restart: concurrency 1 -> 4 while the running job has not finished', async () => {
     const tag = randomUUID().slice(0, 8);
@@ -171,6 +177,32 @@ describe('fair dispatch on every path', () => {
     for (const id of ids) await cancel(auth, id);
     await until('all slots back', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
   }, 60_000);
+
+  it('charges an org\'s TPM bucket what its calls really used, not the estimate its dispatch charged', async () => {
+    const cap = 6000;
+    const { org, auth } = await newOrg('tpm', { tpm: cap });
+    const startedAt = await redisNowMs();
+    const request = markedJob(`tpm-${randomUUID().slice(0, 8)}`);
+    const id = await postJob(s, auth.authorization.slice(7), request);
+    const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=30000`, headers: auth });
+    const job = res.json() as { state: string; result: { model: string; tokensUsed: { input: number; output: number } } };
+    expect(job.state).toBe('completed');
+    const used = job.result.tokensUsed.input + job.result.tokensUsed.output;
+    const estimate = estimateTokens(request.input);
+    // The release deletes the job's dispatcher entry, in the same call that carries the job's correction.
+    await until('the slot released', async () => (await s.runtime.deps.redis.exists(`${s.runtime.deps.scheduler.keys.named.jobPrefix}${id}`)) === 0);
+    const bucket = guardKeys.tokenBucket(agentqPrefix(s.cfg.QUEUE_PREFIX), `tpm:org:${org}:${job.result.model}`);
+    const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
+    const now = await redisNowMs();
+    const rate = cap / 60_000;
+    const level = Math.min(cap, Number(tokens) + (now - Number(ts)) * rate);
+    figure('org TPM bucket after one job', { cap, used, estimate: Math.round(estimate), level: Math.round(level) });
+    // Charged exactly `used` since the job was enqueued, give or take what refilled meanwhile; the estimate
+    // (the dispatch's charge, uncorrected) would leave it lower by estimate - used.
+    expect(Math.abs(estimate - used)).toBeGreaterThan(10);
+    expect(level).toBeGreaterThanOrEqual(cap - used - 1);
+    expect(level).toBeLessThanOrEqual(Math.min(cap, cap - used + (now - startedAt) * rate + 1));
+  });
 
   it('a DLQ replay runs only when its org has a free slot', async () => {
     const tag = randomUUID().slice(0, 8);

@@ -209,6 +209,27 @@ describe('rate limit guard', () => {
     expect(Number(await redis.hget(key, 'tokens'))).toBeLessThanOrEqual(6000 - 2700 + 100);
   });
 
+  it('hands what a call really used to the dispatcher\'s ledger: the difference for a prepaid call, all of it to the org otherwise', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 100, modelRpm: () => 100, modelTpm: () => 6000 } });
+    const charged: Array<[string, number, number]> = [];
+    const chargeTpm = (m: string, orgDelta: number, modelDelta: number) => void charged.push([m, orgDelta, modelDelta]);
+    const used = okResult('ok', { input: 700, output: 300 });
+    // Prepaid: the dispatch charged both TPM buckets 400; the guard takes nothing and writes no bucket itself.
+    await guard(guardContext({ model, prepaid: { model, charged: 400 }, chargeTpm }), async () => used);
+    expect(charged).toEqual([[model, 600, 600]]);
+    expect(await redis.exists(`${prefix}:tb:tpm:model:${model}`, `${prefix}:tb:rpm:model:${model}`)).toBe(0);
+    // Not prepaid (a fallback model): the guard charges and corrects the model's buckets itself; the org's
+    // TPM bucket, which it never took from, is charged the whole usage.
+    await guard(guardContext({ model, estimatedTokens: 100, chargeTpm }), async () => used);
+    expect(charged[1]).toEqual([model, 1000, 0]);
+    expect(Number(await redis.hget(`${prefix}:tb:tpm:model:${model}`, 'tokens'))).toBeLessThanOrEqual(5000 + 100);
+    // No bucket of its own to take (no model limits): the org is still charged.
+    const open = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 0, modelRpm: () => 0, modelTpm: () => 0 } });
+    await open(guardContext({ model, chargeTpm }), async () => used);
+    expect(charged[2]).toEqual([model, 1000, 0]);
+  });
+
   it('refunds every bucket when an inner guard refused before any call', async () => {
     const model = `m-${randomOrg()}`;
     const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 1, modelTpm: () => 6000 } });

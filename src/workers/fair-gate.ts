@@ -3,9 +3,12 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
-import { PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import { PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type TpmCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
+
+/** Longest a TPM correction waits for a claim or release to carry it (the rate limiter's old flush was 100 ms). */
+const CORRECTION_MAX_DELAY_MS = 250;
 
 /**
  * The worker's side of fair dispatch. A job normally reaches a worker only after the dispatcher gave it a
@@ -23,6 +26,17 @@ export function createFairGate(deps: {
 }) {
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
+  /** TPM corrections waiting for the next claim or release, summed per org and model. */
+  const corrections = new Map<string, TpmCorrection>();
+  let correctionTimer: NodeJS.Timeout | undefined;
+
+  function takeCorrections(): TpmCorrection[] {
+    clearTimeout(correctionTimer);
+    correctionTimer = undefined;
+    const out = [...corrections.values()];
+    corrections.clear();
+    return out;
+  }
   /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
   const retries = new Map<string, number>();
 
@@ -31,16 +45,18 @@ export function createFairGate(deps: {
     // something due): a throttled org's finished job would only find its lane asleep, and the armed wake-up
     // dispatches it anyway.
     let failed = false;
-    while (pending.length) {
+    while (pending.length || corrections.size) {
       const ids = pending;
       pending = [];
+      const correct = takeCorrections();
       try {
-        const r = await deps.scheduler.release(ids, { dispatch: true });
+        const r = await deps.scheduler.release(ids, { dispatch: true, ...(correct.length ? { correct } : {}) });
         if (r.dispatched) deps.loop.absorb(r.dispatched);
       } catch (err) {
         failed = true;
-        // The slots' leases expire and the dispatcher's sweep frees them: slower, never lost.
-        deps.logger.warn({ err, jobs: ids.length }, 'fair: could not release slots; leases will recover them');
+        // The slots' leases expire and the dispatcher's sweep frees them: slower, never lost. Corrections are
+        // not sent again: whether they were applied is unknown, and a bucket off by one batch refills anyway.
+        deps.logger.warn({ err, jobs: ids.length, corrections: correct.length }, 'fair: could not release slots; leases will recover them');
       }
     }
     flushing = undefined;
@@ -53,6 +69,10 @@ export function createFairGate(deps: {
    */
   function queueRelease(...ids: string[]): void {
     pending.push(...ids);
+    scheduleFlush();
+  }
+
+  function scheduleFlush(): void {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
   }
 
@@ -70,12 +90,14 @@ export function createFairGate(deps: {
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
       pending = [];
+      const correct = takeCorrections();
       let claim;
       try {
         // Refill: the claim dispatches (and promotes) the next job while this one runs.
         claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, {
           refill: true,
           ...(handed.length ? { release: handed } : {}),
+          ...(correct.length ? { correct } : {}),
           ...(lookup ? { lookup: { keys: lookup.keys, args: lookup.args } } : {}),
         });
       } catch (err) {
@@ -116,6 +138,22 @@ export function createFairGate(deps: {
       return PARK_AT_MS - Date.now();
     },
 
+    /**
+     * A call's real token usage against what was charged for it (see `JobContext.chargeTpm`). Sent with the
+     * next claim or release: the job that made the call is about to finish, and its release (or the claim of
+     * the job BullMQ hands over next) carries it at no round trip of its own. `CORRECTION_MAX_DELAY_MS`
+     * bounds how long one waits when neither comes.
+     */
+    chargeTpm(org: string, model: string, orgDelta: number, modelDelta: number): void {
+      if (orgDelta === 0 && modelDelta === 0) return;
+      const key = `${org}\n${model}`;
+      const c = corrections.get(key) ?? { org, model, orgDelta: 0, modelDelta: 0 };
+      c.orgDelta += orgDelta;
+      c.modelDelta += modelDelta;
+      corrections.set(key, c);
+      correctionTimer ??= setTimeout(scheduleFlush, CORRECTION_MAX_DELAY_MS).unref();
+    },
+
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
     finished(jobId: string): void {
       const backoffMs = retries.get(jobId);
@@ -132,6 +170,7 @@ export function createFairGate(deps: {
     },
 
     async close(): Promise<void> {
+      if (corrections.size) scheduleFlush();
       await flushing;
     },
   };

@@ -30,7 +30,13 @@ export interface JobContext {
    * Set when the fair dispatcher already charged this attempt's first call to `model` (org and model RPM,
    * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call.
    */
-  prepaid?: { model: string };
+  prepaid?: { model: string; /** Tokens the dispatcher charged to the TPM buckets (the job's estimate). */ readonly charged: number };
+  /**
+   * Set when the fair dispatcher keeps the org's TPM bucket: what a call really used is charged to it (and,
+   * for a prepaid call, to the model's) through the fair gate, which batches it onto its next claim or
+   * release. `orgDelta` / `modelDelta`: tokens used minus tokens already charged to that bucket.
+   */
+  chargeTpm?: (model: string, orgDelta: number, modelDelta: number) => void;
   /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
   span?: Span;
   /**

@@ -34,7 +34,7 @@ export interface ProcessorDeps {
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
-  gate?: Pick<FairGate, 'admit' | 'defer'>;
+  gate?: Pick<FairGate, 'admit' | 'defer' | 'chargeTpm'>;
   /**
    * The first lookup of the attempt's result cache guard, prepared to run inside the gate's claim (one
    * script call for both): undefined when nothing needs Redis (an L1 hit from memory).
@@ -132,6 +132,7 @@ function attemptOf(deps: ProcessorDeps) {
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
     const controller = new AbortController();
+    const gate = deps.gate;
 
     let estimated: number | undefined;
     const ctx: JobContext = {
@@ -151,8 +152,19 @@ function attemptOf(deps: ProcessorDeps) {
         return (estimated ??= estimateTokens(input));
       },
       tier: data.tier ?? 'standard',
-      // Admitted by the fair dispatcher, which charged the first call to this model already.
-      ...(deps.gate ? { prepaid: { model } } : {}),
+      // Admitted by the fair dispatcher, which charged the first call to this model already (the job's
+      // estimate, from its data as the producer computed it), and keeps the org's TPM bucket.
+      ...(gate
+        ? {
+            prepaid: {
+              model,
+              get charged() {
+                return estimateTokens(data.input);
+              },
+            },
+            chargeTpm: (m: string, orgDelta: number, modelDelta: number) => gate.chargeTpm(data.orgId, m, orgDelta, modelDelta),
+          }
+        : {}),
       span,
     };
     // Its result-cache lookup rides on the claim: a job that runs learns hit or miss (and holds the

@@ -49,6 +49,20 @@ export interface ClaimLookup {
   args: Array<string | number>;
 }
 
+/**
+ * What one call really used against what was charged for it, in tokens: `orgDelta` goes to the org's TPM
+ * bucket for the model, `modelDelta` to the model's (each only where that limit is set). Positive charges
+ * more, negative refunds.
+ */
+export interface TpmCorrection {
+  org: string;
+  model: string;
+  orgDelta: number;
+  modelDelta: number;
+}
+
+const flatCorrections = (c: TpmCorrection[] = []) => [c.length, ...c.flatMap((x) => [x.org, x.model, x.orgDelta, x.modelDelta])];
+
 /** What a claim or release that also dispatched decided (its ids already promoted in BullMQ). */
 export interface WithDispatch {
   dispatch?: RawDispatch;
@@ -86,9 +100,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
     /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
-    async release(ids: string[], thenDispatch = false): Promise<ReleaseResult & WithDispatch> {
-      if (ids.length === 0) return { freed: 0, due: false };
-      const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...ids])) as [number, number, unknown?];
+    /** `corrections` are applied first, in the same call. */
+    async release(ids: string[], thenDispatch = false, corrections: TpmCorrection[] = []): Promise<ReleaseResult & WithDispatch> {
+      if (ids.length === 0 && corrections.length === 0) return { freed: 0, due: false };
+      const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...flatCorrections(corrections), ...ids])) as [number, number, unknown?];
       return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
@@ -103,10 +118,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua). `release`: slots of
      * finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`).
      * `lookup`: the job's result-cache lookup, run by the same script when the claim holds and is not
-     * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's).
+     * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's). `corrections`: applied
+     * first, in the same call.
      */
-    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
-      const args = [id, progress, refill ? 1 : 0, ...(lookup ? lookup.args : ['', '', 0, '']), ...release];
+    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: TpmCorrection[]): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
+      const args = [id, progress, refill ? 1 : 0, ...(lookup ? lookup.args : ['', '', 0, '']), ...flatCorrections(corrections), ...release];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys)) as [number, number, unknown, unknown?];
       return {
         held: held === 1,

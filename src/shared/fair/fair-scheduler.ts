@@ -1,6 +1,6 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
-import { createFairLua, type ClaimLookup, type ClaimResult, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimLookup, type ClaimResult, type TpmCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -97,17 +97,20 @@ export interface FairScheduler {
    * loop: it may carry the one armed wake-up time. `release`: finished
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
    * `lookup`: the job's result-cache lookup, done in the same call when the claim holds and is not cancelled
-   * (`lookupReply`), so the miss that follows costs no round trip of its own.
+   * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: TPM corrections
+   * applied first, in the same call (as `release`'s).
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: TpmCorrection[] }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
    * Frees the jobs' slots; `due` says whether a dispatch now has anything to do, so a caller skips the
    * dispatch when nothing does (e.g. the only lane sleeps on a rate limit: its armed wake-up comes back).
    * With `dispatch: true` that dispatch (promotion included) runs in the same script call; `dispatched` is its result.
+   * `correct`: the real token usage of finished calls against what their dispatch charged (the estimate),
+   * applied to the org's and the model's TPM buckets first, in the same call.
    */
-  release(jobIds: string[], opts?: { dispatch?: boolean }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
+  release(jobIds: string[], opts?: { dispatch?: boolean; correct?: TpmCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
@@ -185,13 +188,13 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, worker));
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup);
+      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup, copts.correct);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
     async release(ids, ropts = {}) {
-      const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true);
+      const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true, ropts.correct);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),

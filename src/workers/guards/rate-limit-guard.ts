@@ -61,14 +61,16 @@ export function createRateLimitGuard(opts: {
     };
     perMinute(`rpm:org:${orgId}:${model}`, limits.perOrgModelRpm(orgId, model), 1);
     perMinute(`rpm:model:${model}`, limits.modelRpm(model), 1);
-    const estimate = Math.max(0, Math.ceil(ctx.estimatedTokens || 0));
-    perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
-    if (requests.length === 0) return next();
-
     // The dispatcher charged these buckets when it let the job run: only the TPM correction is left to do.
-    const prepaid = ctx.prepaid?.model === model;
+    const prepaid = ctx.prepaid?.model === model ? ctx.prepaid : undefined;
     if (prepaid) ctx.prepaid = undefined;
-    const taken: TakeResult = prepaid ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
+    const estimate = prepaid ? 0 : Math.max(0, Math.ceil(ctx.estimatedTokens || 0));
+    perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
+    // With the fair dispatcher the org's TPM bucket is kept by the dispatcher: the call's real usage is
+    // charged to it (`chargeTpm`) whether or not this guard has buckets of its own to take.
+    const ledger = ctx.chargeTpm;
+    if (requests.length === 0 && !ledger) return next();
+    const taken: TakeResult = prepaid || requests.length === 0 ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
     guardEvent(ctx.span, 'agentq.guard.rate_limit', {
       'gen_ai.request.model': model,
       // prepaid: the fair dispatcher charged the buckets when it let the job run (its wait is the attempt's queue wait).
@@ -99,8 +101,15 @@ export function createRateLimitGuard(opts: {
       }
       throw err;
     }
+    const used = (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
+    if (prepaid && ledger) {
+      // Both TPM buckets were charged the job's estimate by the dispatch.
+      ledger(model, used - prepaid.charged, used - prepaid.charged);
+      return result;
+    }
+    // Not prepaid (a fallback model, a retry within the route): the org's bucket was not charged at all.
+    ledger?.(model, used, 0);
     if (tpm) {
-      const used = (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
       if (flushMs > 0) later(tpm, used - tpm.cost);
       else await correct(tpm, used - tpm.cost);
     }

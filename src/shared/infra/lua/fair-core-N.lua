@@ -26,21 +26,23 @@
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 40-43), then ids of finished jobs whose slots this claim releases
+--     ms and owner (read only with KEYS 40-43), TPM corrections (a count, then org, model, org delta, model
+--     delta per call: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 40-43 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-4.lua's);  orphans: offset, count
---   release: dispatch (0|1: dispatch in this call when due), then job ids;  repark: id, notBeforeMs, reason;
---   cancel: id
+--   release: dispatch (0|1: dispatch in this call when due), TPM corrections (as claim's), then job ids;
+--   repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
 -- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 --- @include "result-cache-lookup"
+--- @include "token-bucket-adjust"
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -538,6 +540,24 @@ local function releaseFrom(from)
   return freed
 end
 
+-- TPM corrections handed over from ARGV[i]: their count, then per call org, model, org delta, model delta
+-- (tokens really used minus what was charged for it: the dispatch charged the estimate). The org's and the
+-- model's TPM buckets (where limited) are corrected as the rate limiter corrects its own. Returns the index
+-- of the first argument after them.
+local function applyCorrections(i)
+  local n = tonumber(ARGV[i]) or 0
+  for k = 0, n - 1 do
+    local j = i + 1 + k * 4
+    local org, model = ARGV[j], ARGV[j + 1]
+    local orgDelta, modelDelta = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
+    local cap = plan(org).tpm
+    if orgDelta ~= 0 and cap and cap > 0 then tokenBucketAdjust(P_TB_TPM_ORG .. org .. ':' .. model, cap, cap / 60000, orgDelta, nowF) end
+    cap = modelInfo(model).tpm
+    if modelDelta ~= 0 and cap and cap > 0 then tokenBucketAdjust(P_TB_TPM_MODEL .. model, cap, cap / 60000, modelDelta, nowF) end
+  end
+  return i + 1 + n * 4
+end
+
 if op == 'dispatch' then
   if ARGV[12] and ARGV[12] ~= '' then
     rcall('ZADD', K_WORKERS, now + tonumber(ARGV[14]), ARGV[12])
@@ -587,7 +607,7 @@ elseif op == 'enqueue' then
   if ARGV[12] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
-  local freed = releaseFrom(13)
+  local freed = releaseFrom(applyCorrections(13))
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
   -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[12] = '1' the
   -- dispatch runs here, in the release's round trip.
@@ -623,8 +643,9 @@ elseif op == 'claim' then
   local id = ARGV[12]
   -- Releases handed over (ARGV[15..]): the worker's jobs that finished just before this one started. At one
   -- job after another that is every release, and it costs no round trip of its own here.
-  local handed = #ARGV >= 19
-  if handed then releaseFrom(19) end
+  local from = applyCorrections(19)
+  local handed = #ARGV >= from
+  if handed then releaseFrom(from) end
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   local cancelled = rcall('EXISTS', P_CANCEL .. id)
