@@ -62,6 +62,10 @@ export function createRunSink(opts: RunSinkOptions) {
   let wake: (() => void) | undefined;
   let lastClaim = 0;
   let blocked = false;
+  /** Committed, not yet acknowledged: acknowledged by the call that reads the next entries. */
+  let unacked: string[] = [];
+  /** Entries that call read: the next batch, with no read of its own. */
+  let carried: Entry[] | undefined;
 
   async function ensureGroup(): Promise<void> {
     try {
@@ -111,9 +115,19 @@ export function createRunSink(opts: RunSinkOptions) {
     await opts.at?.('read');
     if (rows.length) await store.recordMany(rows);
     await opts.at?.('committed');
-    await ackLua([key], [group, ...ids]);
+    unacked.push(...ids);
     const now = Date.now();
     opts.onCommitted?.(ids.map((id) => Math.max(0, now - idMs(id))));
+  }
+
+  /**
+   * Acknowledges (XACK + XDEL) the committed entries and, with `readNext`, reads the next ones in the same
+   * call. A sink killed before it leaves them pending: written again by whoever takes them, to no effect.
+   */
+  async function acknowledge(readNext: boolean): Promise<Entry[]> {
+    const [, entries] = (await ackLua([key], [group, readNext ? consumer : '', batch, ...unacked])) as [number, Entry[]];
+    unacked = [];
+    return entries;
   }
 
   function pause(ms: number): Promise<void> {
@@ -133,14 +147,24 @@ export function createRunSink(opts: RunSinkOptions) {
       try {
         if (failures === 0 && pending) await ensureGroup();
         const readAt = Date.now();
-        let entries = await read(pending);
+        let entries = carried ?? (await read(pending));
+        carried = undefined;
         if (pending && entries.length === 0) pending = false;
         if (Date.now() - lastClaim >= opts.claimIdleMs / 2) entries = entries.concat(await claim());
         if (entries.length) await write(entries);
         failures = 0;
         const wait = readAt + gatherMs - Date.now();
         if (!pending && entries.length > 0 && entries.length < batch && wait > 0 && running) await pause(wait);
+        // One call acknowledges this batch and reads the next (what arrived during the commit and the gather).
+        if (unacked.length) {
+          const next = await acknowledge(!pending && running);
+          if (next.length) carried = next;
+        }
       } catch (err) {
+        // Committed but unacknowledged entries, and entries read but not written, are all still pending
+        // under this consumer: the history read after the pause finds them (a second write is a no-op).
+        unacked = [];
+        carried = undefined;
         if (!running) break;
         failures++;
         // Everything read stays pending under this consumer: re-read from its own history once the pause is over.
@@ -166,6 +190,8 @@ export function createRunSink(opts: RunSinkOptions) {
       // let finish, so its rows are acknowledged rather than written again by another sink.
       if (blocked) redis.disconnect();
       await loop;
+      // The last batch's acknowledgement, when the loop stopped between its commit and its ack.
+      if (unacked.length && redis.status === 'ready') await acknowledge(false).catch((err: unknown) => logger.warn({ err }, 'usage sink: last acknowledgement failed; the rows will be written again, to no effect'));
       redis.disconnect();
     },
   };
