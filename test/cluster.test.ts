@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../src/shared/core/config.js';
-import { assertNoEviction, createRedis, redisTargetOf } from '../src/shared/infra/redis/connection.js';
+import { assertNoEviction, createRedis, ELECTION_MARGIN_MS, lockShorterThanFailover, redisTargetOf } from '../src/shared/infra/redis/connection.js';
 import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -81,6 +81,24 @@ describe('Redis Cluster mode', () => {
     const again = createRedis(redisTargetOf(s.cfg), 'api');
     await expect(assertNoEviction(again)).resolves.toBeUndefined();
     again.disconnect();
+  });
+
+  it('names the primaries whose failover (cluster-node-timeout + election) would outlast a job lock', async () => {
+    const client = createRedis(redisTargetOf(s.cfg), 'api');
+    try {
+      // The local cluster (3 primaries, no replica) runs with cluster-node-timeout 2000: a lock must outlast
+      // 2000 + the election margin.
+      expect(await lockShorterThanFailover(client, 2000 + ELECTION_MARGIN_MS)).toEqual([]);
+      const short = await lockShorterThanFailover(client, 4000);
+      expect(short.map((n) => n.node).sort()).toEqual(cluster.nodes.map((n) => `127.0.0.1:${n.port}`).sort());
+      expect(short.every((n) => n.nodeTimeoutMs === 2000)).toBe(true);
+      // A standalone server has no failover to outlast.
+      const single = new Redis(cluster.nodes[0].port, '127.0.0.1');
+      expect(await lockShorterThanFailover(single, 1)).toEqual([]);
+      single.disconnect();
+    } finally {
+      client.disconnect();
+    }
   });
 
   it('refuses a queue prefix without a {hash tag} in cluster mode, naming the variable', () => {

@@ -3,7 +3,7 @@ import { migrate } from './db/migrate.js';
 import type { Database } from './db/pool.js';
 import { openSharedDatabase } from './db/shared-embedded.js';
 import type { Logger } from '../core/logger.js';
-import { assertNoEviction, createRedis, ensureRedis, redisTargetOf, whenReady, type RedisTarget } from './redis/connection.js';
+import { assertNoEviction, createRedis, ELECTION_MARGIN_MS, ensureRedis, lockShorterThanFailover, redisTargetOf, whenReady, type RedisTarget } from './redis/connection.js';
 
 export interface Infra {
   /** Where Redis is (a URL or a cluster): every connection is made from it with createRedis. */
@@ -20,6 +20,14 @@ export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
   try {
     await whenReady(probe);
     await assertNoEviction(probe);
+    const short = await lockShorterThanFailover(probe, cfg.LOCK_DURATION_MS);
+    if (short.length) {
+      // Not refused: a double run costs a model call, not data; the operator decides.
+      logger.error(
+        { lockDurationMs: cfg.LOCK_DURATION_MS, nodes: short, electionMarginMs: ELECTION_MARGIN_MS },
+        'LOCK_DURATION_MS is shorter than a failover of these cluster primaries (cluster-node-timeout + election): jobs running when one fails can run twice. Raise LOCK_DURATION_MS.',
+      );
+    }
   } finally {
     probe.disconnect();
   }

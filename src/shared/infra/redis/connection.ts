@@ -138,6 +138,29 @@ export async function assertNoEviction(client: RedisClient): Promise<void> {
   for (const node of nodes) await assertNodeNoEviction(node, client instanceof Cluster ? `${node.options.host}:${node.options.port}` : undefined);
 }
 
+/** Seconds a replica's election takes after `cluster-node-timeout` has marked its primary failed (the vote, a few s). */
+export const ELECTION_MARGIN_MS = 3000;
+
+/**
+ * Cluster primaries whose failover can outlast a job lock: `cluster-node-timeout` + the election is how long
+ * a crashed primary's keys cannot be written, and a BullMQ lock that lapses meanwhile lets the stalled check
+ * run that job a second time. Nodes that refuse CONFIG (managed services) are not judged.
+ */
+export async function lockShorterThanFailover(client: RedisClient, lockDurationMs: number): Promise<Array<{ node: string; nodeTimeoutMs: number }>> {
+  if (!(client instanceof Cluster)) return [];
+  // Its primaries are known once the client has read the slot map.
+  await whenReady(client);
+  const short = [];
+  for (const node of primariesOf(client)) {
+    const reply = (await node.config('GET', 'cluster-node-timeout').catch(() => [])) as string[];
+    const nodeTimeoutMs = Number(reply[1]);
+    if (Number.isFinite(nodeTimeoutMs) && nodeTimeoutMs > 0 && lockDurationMs < nodeTimeoutMs + ELECTION_MARGIN_MS) {
+      short.push({ node: `${node.options.host}:${node.options.port}`, nodeTimeoutMs });
+    }
+  }
+  return short;
+}
+
 async function assertNodeNoEviction(redis: Redis, name?: string): Promise<void> {
   let policy: string | undefined;
   try {
