@@ -6,7 +6,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
-import { batchKeys } from '../src/shared/core/queue-keys.js';
+import { agentqPrefix, batchKeys } from '../src/shared/core/queue-keys.js';
 
 /**
  * The batch tier end to end: the real SDK's `ai.batches` against the emulator, whose batch clock the test
@@ -108,6 +108,31 @@ describe('batch tier through ai.batches and the emulator', () => {
     const ai = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
     expect((await ai.get(batchCalls(s)[0].batch!)).state).toBe('JOB_STATE_CANCELLED');
     expect(generateCalls(s)).toHaveLength(3);
+  });
+
+  it('batch-tier jobs wait in their model\'s batch lane: the org\'s online RPM does not hold them, and they charge none of its online buckets', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const scheduler = s.runtime.deps.scheduler;
+    // One online request a minute: before batch lanes, only the first of these jobs got dispatched this minute.
+    await scheduler.setPlan(s.orgId, { rpm: { pro: 1, flash: 1 }, tpm: 1000 });
+    try {
+      const ids = [await enqueue(s, 'lane1', { tier: 'batch' }), await enqueue(s, 'lane2', { tier: 'batch' }), await enqueue(s, 'lane3', { tier: 'batch' })];
+      const stages = await until('all three jobs in one submitted batch', async () => {
+        const v = await Promise.all(ids.map((id) => view(s, id)));
+        return v.every((j) => j.stage.name === 'waiting_for_batch' && j.stage.batch) && v.map((j) => j.stage.batch as string);
+      });
+      expect(new Set(stages).size).toBe(1);
+      s.emulator.advanceClock(60_000);
+      const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+      expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
+      expect(generateCalls(s)).toHaveLength(0);
+      // Every slot released (the last release carries the last correction): no online bucket of the org exists.
+      await until('the org has nothing in flight', async () => (await scheduler.orgStats(s.orgId)).inFlight === 0);
+      expect(await s.runtime.deps.redis.keys(`${agentqPrefix(s.cfg.QUEUE_PREFIX)}:tb:*:org:${s.orgId}:*`)).toEqual([]);
+    } finally {
+      await scheduler.setPlan(s.orgId, {});
+    }
   });
 });
 

@@ -153,13 +153,14 @@ function attemptOf(deps: ProcessorDeps) {
       },
       tier: data.tier ?? 'standard',
       // Admitted by the fair dispatcher, which charged the first call to this model already (the job's
-      // estimate, from its data as the producer computed it), and keeps the org's TPM bucket.
+      // estimate, from its data as the producer computed it; nothing for a batch-tier job, whose lane no
+      // online bucket limits), and keeps the org's TPM bucket.
       ...(gate
         ? {
             prepaid: {
               model,
               get charged() {
-                return estimateTokens(data.input);
+                return data.tier === 'batch' ? 0 : estimateTokens(data.input);
               },
             },
             chargeTpm: (m: string, orgDelta: number, modelDelta: number) => gate.chargeTpm(data.orgId, m, orgDelta, modelDelta),

@@ -19,6 +19,15 @@ export interface FairDefaults {
 
 export type ModelTier = 'pro' | 'flash';
 
+/**
+ * Suffix of a model's batch lane: batch-tier jobs wait there, limited by their org's weight and concurrency
+ * but by none of the online RPM/TPM buckets (Gemini's Batch Mode has quotas of its own). fair-core-N.lua
+ * recognises it by the same suffix (BATCH_LANE).
+ */
+export const BATCH_LANE_SUFFIX = '@batch';
+export const batchLane = (model: string) => `${model}${BATCH_LANE_SUFFIX}`;
+export const isBatchLane = (model: string) => model.endsWith(BATCH_LANE_SUFFIX);
+
 /** The rpm tier of a model: `pro` if its name contains "pro", else `flash`. */
 export const tierOf = (model: string): ModelTier => (model.includes('pro') ? 'pro' : 'flash');
 

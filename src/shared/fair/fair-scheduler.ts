@@ -1,7 +1,7 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
 import { createFairLua, type ClaimLookup, type ClaimResult, type TpmCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
-import { effectivePlan, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
+import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
 export interface FairEntry {
@@ -166,7 +166,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         if (!(e.estTokens >= 0) || !Number.isFinite(e.estTokens)) throw new RangeError(`estTokens must be >= 0, got ${e.estTokens}`);
         let lim = limitsByModel.get(e.model);
         if (!lim) {
-          const l = opts.modelLimits(e.model);
+          // A batch lane has no online limits to store (see isBatchLane).
+          const l = isBatchLane(e.model) ? {} : opts.modelLimits(e.model);
           lim = { rpm: l.rpm ?? '', tpm: l.tpm ?? '', orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }

@@ -1,10 +1,19 @@
 import type { ModelTier } from '../agents/define-agent.js';
 import type { AgentJobData } from '../core/types.js';
-import type { FairEntry } from '../fair/index.js';
+import { batchLane, type FairEntry } from '../fair/index.js';
 import { estimateTokens } from './estimate-tokens.js';
 
-/** The model a job calls first: its explicit model, else its action's tier (the dispatcher's lane). */
-export function laneModelOf(data: Pick<AgentJobData, 'agent' | 'action' | 'model'>, agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } }, models: Record<ModelTier, string>): string {
+/**
+ * The dispatcher's lane model of a job: the model it calls first (its explicit model, else its action's
+ * tier), or that model's batch lane for a batch-tier job (`batchLane`), which the online RPM/TPM buckets
+ * do not limit: Gemini's Batch Mode has quotas of its own.
+ */
+export function laneModelOf(data: Pick<AgentJobData, 'agent' | 'action' | 'model' | 'tier'>, agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } }, models: Record<ModelTier, string>): string {
+  const model = firstModelOf(data, agents, models);
+  return data.tier === 'batch' ? batchLane(model) : model;
+}
+
+function firstModelOf(data: Pick<AgentJobData, 'agent' | 'action' | 'model'>, agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } }, models: Record<ModelTier, string>): string {
   if (data.model) return data.model;
   try {
     return models[agents.resolve(data.agent, data.action).action.model];

@@ -155,7 +155,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       },
       idempotent: Boolean(opts.idempotencyKey),
       lane: {
-        model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model }, agents, deps.models),
+        model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model, tier }, agents, deps.models),
         estTokens: estimateTokens(input),
         ...(opts.priority ? { priority: opts.priority } : {}),
         ...(opts.delayMs ? { delayMs: opts.delayMs } : {}),

@@ -101,7 +101,8 @@ export function createRateLimitGuard(opts: {
       }
       throw err;
     }
-    const used = (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
+    // An answer from a Gemini batch used none of the online per-minute quota.
+    const used = result.tier === 'batch' ? 0 : (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
     if (prepaid && ledger) {
       // Both TPM buckets were charged the job's estimate by the dispatch.
       ledger(model, used - prepaid.charged, used - prepaid.charged);

@@ -57,6 +57,8 @@ local P_CANCEL, P_ORGJOBS = KEYS[33], KEYS[34]
 local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[35], KEYS[36], KEYS[37], KEYS[38], KEYS[39]
 -- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
 local PROMOTING_MS = 2000
+-- Suffix of a model's batch lane (fair-plan.ts BATCH_LANE_SUFFIX).
+local BATCH_LANE = '@batch'
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
 local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
@@ -292,13 +294,17 @@ local function tryLane(lane, org, model, v)
   if orgRpm == nil then
     if pro then orgRpm = p.rpmPro else orgRpm = p.rpmFlash end
   end
-  -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now.
-  local candidates = {
-    { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1, true },
-    { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est, false },
-    { P_TB_RPM_MODEL .. model, mi.rpm, 1, true },
-    { P_TB_TPM_MODEL .. model, mi.tpm, est, false },
-  }
+  -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now. A
+  -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
+  local candidates = {}
+  if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
+    candidates = {
+      { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1, true },
+      { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est, false },
+      { P_TB_RPM_MODEL .. model, mi.rpm, 1, true },
+      { P_TB_TPM_MODEL .. model, mi.tpm, est, false },
+    }
+  end
   -- All or nothing: check every bucket before charging any.
   local buckets, wait, limiting = {}, 0, nil
   for _, c in ipairs(candidates) do
