@@ -125,9 +125,6 @@ function attemptOf(deps: ProcessorDeps) {
       if (err instanceof ValidationError) throw toBullmqError({ kind: 'fail', code: err.code }, `invalid job: ${err.message}`, err);
       throw err;
     }
-    // After validation, so a job that can never run fails at once instead of waiting for a slot first. With
-    // the fair gate the claim script reads the cancel marker itself (one atomic round trip), and it wins over
-    // the claim; without the gate the marker is read on its own.
     const model = data.model ?? deps.models[resolved.action.model];
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
@@ -168,14 +165,17 @@ function attemptOf(deps: ProcessorDeps) {
         : {}),
       span,
     };
-    // Its result-cache lookup rides on the claim: a job that runs learns hit or miss (and holds the
-    // single-flight lock on a miss) without a round trip of its own.
-    const cacheLookup = deps.gate ? deps.prepareLookup?.(ctx) : undefined;
+    // The claim comes after validation, so a job that can never run fails at once instead of waiting for a
+    // slot first. With the fair gate the claim script reads the cancel marker itself (one atomic round trip),
+    // and it wins over the claim; without the gate the marker is read on its own. The job's result-cache
+    // lookup rides on the claim too: a job that runs learns hit or miss (and holds the single-flight lock on
+    // a miss) without a round trip of its own.
+    const cacheLookup = gate ? deps.prepareLookup?.(ctx) : undefined;
     if (cacheLookup) ctx.cacheLookup = cacheLookup;
-    const admitted = deps.gate ? await deps.gate.admit(job, token, stage, cacheLookup) : 'run';
-    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': deps.gate ? admitted : 'ungated' });
+    const admitted = gate ? await gate.admit(job, token, stage, cacheLookup) : 'run';
+    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
     if (admitted === 'parked') throw new DelayedError();
-    if (admitted === 'cancelled' || (!deps.gate && (await deps.cancelRequested?.(job.id!)))) {
+    if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }
@@ -248,7 +248,7 @@ function attemptOf(deps: ProcessorDeps) {
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
         const until = Date.now() + Math.max(outcome.delayMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched).
-        if (deps.gate) await deps.gate.defer(job, token, until, outcome.reason, outcome.model ?? ctx.model);
+        if (gate) await gate.defer(job, token, until, outcome.reason, outcome.model ?? ctx.model);
         else await job.moveToDelayed(until, token);
         throw new DelayedError();
       }
