@@ -107,7 +107,7 @@ describe('fair gate', () => {
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
   type Release = (ids: string[], opts?: { dispatch?: boolean; correct?: TpmCorrection[] }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
   type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[]; correct?: TpmCorrection[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: DispatchResult }>;
-  const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false })) => {
+  const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0) => {
     const kicks = { n: 0 };
     const absorbed: DispatchResult[] = [];
     const calls: { release: Array<{ dispatch?: boolean; correct?: TpmCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: TpmCorrection[] } | undefined> } = { release: [], released: [], claim: [] };
@@ -122,6 +122,7 @@ describe('fair gate', () => {
       loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), close: async () => {} },
       entryOf: () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 }),
       logger,
+      correctionBatchMs,
     });
     return { gate, kicks, absorbed, calls };
   };
@@ -174,7 +175,7 @@ describe('fair gate', () => {
     expect(failing.calls.released).toEqual([['a']]);
   });
 
-  it('TPM corrections, summed per org and model, ride on the next claim, else on the finished job\'s release', async () => {
+  it('TPM corrections, summed per org and model for a while, ride on the next claim, else on a release, else go alone', async () => {
     const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const onClaim = gateWith(async () => ({ freed: 0, due: false }));
     onClaim.gate.chargeTpm('o1', 'm', -100, -100);
@@ -192,7 +193,14 @@ describe('fair gate', () => {
     await onRelease.gate.close();
     expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]);
     expect(onRelease.calls.released).toEqual([['a']]);
-    // Neither comes (the job lost its lock): sent on their own once the longest wait is over.
+    // Summed for a while first: a claim right after the charge does not carry it yet.
+    const fresh = gateWith(async () => ({ freed: 0, due: false }), undefined, 60_000);
+    fresh.gate.chargeTpm('o1', 'm', 10, 10);
+    expect(await fresh.gate.admit(job, 'token')).toBe('run');
+    expect(fresh.calls.claim).toEqual([{ refill: true }]);
+    // Neither a claim nor a release comes (the job lost its lock): sent on their own once the longest wait is over.
+    await vi.waitFor(() => expect(fresh.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]));
+    expect(fresh.calls.released).toEqual([[]]);
     const alone = gateWith(async () => ({ freed: 0, due: false }));
     alone.gate.chargeTpm('o1', 'm', 10, 10);
     await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]));

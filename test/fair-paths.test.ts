@@ -189,13 +189,18 @@ describe('fair dispatch on every path', () => {
     expect(job.state).toBe('completed');
     const used = job.result.tokensUsed.input + job.result.tokensUsed.output;
     const estimate = estimateTokens(request.input);
-    // The release deletes the job's dispatcher entry, in the same call that carries the job's correction.
-    await until('the slot released', async () => (await s.runtime.deps.redis.exists(`${s.runtime.deps.scheduler.keys.named.jobPrefix}${id}`)) === 0);
     const bucket = guardKeys.tokenBucket(agentqPrefix(s.cfg.QUEUE_PREFIX), `tpm:org:${org}:${job.result.model}`);
-    const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
-    const now = await redisNowMs();
     const rate = cap / 60_000;
-    const level = Math.min(cap, Number(tokens) + (now - Number(ts)) * rate);
+    const levelNow = async () => {
+      const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
+      const now = await redisNowMs();
+      return { now, level: Math.min(cap, Number(tokens) + (now - Number(ts)) * rate) };
+    };
+    // The correction rides on the gate's next claim or release, or goes alone within 250 ms of the call.
+    const { now, level } = await until('the correction applied to the org bucket', async () => {
+      const l = await levelNow();
+      return l.level >= cap - used - 1 && l;
+    });
     figure('org TPM bucket after one job', { cap, used, estimate: Math.round(estimate), level: Math.round(level) });
     // Charged exactly `used` since the job was enqueued, give or take what refilled meanwhile; the estimate
     // (the dispatch's charge, uncorrected) would leave it lower by estimate - used.

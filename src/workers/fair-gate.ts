@@ -7,7 +7,13 @@ import { PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type Tp
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
-/** Longest a TPM correction waits for a claim or release to carry it (the rate limiter's old flush was 100 ms). */
+/**
+ * TPM corrections are summed for this long before a claim or release carries them (the rate limiter's own
+ * corrections were written every 100 ms): at any job rate the buckets cost one correction per org and model
+ * per interval, not one per job.
+ */
+const CORRECTION_BATCH_MS = 100;
+/** Longest corrections wait for a claim or release to carry them: then they are sent on their own. */
 const CORRECTION_MAX_DELAY_MS = 250;
 
 /**
@@ -23,20 +29,28 @@ export function createFairGate(deps: {
   /** The fair entry of a job (org, model the dispatcher limits it by, priority, token estimate). */
   entryOf: (job: AgentJob) => FairEntry;
   logger: Logger;
+  /** How long TPM corrections are summed before a claim or release carries them (default CORRECTION_BATCH_MS). */
+  correctionBatchMs?: number;
 }) {
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
   /** TPM corrections waiting for the next claim or release, summed per org and model. */
+  const batchMs = deps.correctionBatchMs ?? CORRECTION_BATCH_MS;
   const corrections = new Map<string, TpmCorrection>();
   let correctionTimer: NodeJS.Timeout | undefined;
+  /** When the oldest correction waiting was summed in. */
+  let correctionsSince = 0;
 
-  function takeCorrections(): TpmCorrection[] {
+  /** The corrections waiting, once they have been summed for `correctionBatchMs` (or at once with `all`). */
+  function takeCorrections(all = false): TpmCorrection[] {
+    if (corrections.size === 0 || (!all && Date.now() - correctionsSince < batchMs)) return [];
     clearTimeout(correctionTimer);
     correctionTimer = undefined;
     const out = [...corrections.values()];
     corrections.clear();
     return out;
   }
+  let forceCorrections = false;
   /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
   const retries = new Map<string, number>();
 
@@ -45,10 +59,13 @@ export function createFairGate(deps: {
     // something due): a throttled org's finished job would only find its lane asleep, and the armed wake-up
     // dispatches it anyway.
     let failed = false;
-    while (pending.length || corrections.size) {
+    for (;;) {
+      // Forced once CORRECTION_MAX_DELAY_MS is over (also when that happens while this loop awaits).
+      const correct = takeCorrections(forceCorrections);
+      forceCorrections = false;
+      if (pending.length === 0 && correct.length === 0) break;
       const ids = pending;
       pending = [];
-      const correct = takeCorrections();
       try {
         const r = await deps.scheduler.release(ids, { dispatch: true, ...(correct.length ? { correct } : {}) });
         if (r.dispatched) deps.loop.absorb(r.dispatched);
@@ -139,19 +156,23 @@ export function createFairGate(deps: {
     },
 
     /**
-     * A call's real token usage against what was charged for it (see `JobContext.chargeTpm`). Sent with the
-     * next claim or release: the job that made the call is about to finish, and its release (or the claim of
-     * the job BullMQ hands over next) carries it at no round trip of its own. `CORRECTION_MAX_DELAY_MS`
-     * bounds how long one waits when neither comes.
+     * A call's real token usage against what was charged for it (see `JobContext.chargeTpm`). Summed per org
+     * and model for `correctionBatchMs`, then sent with the next claim or release (jobs finish and start all
+     * the time: no round trip of its own), or on its own once CORRECTION_MAX_DELAY_MS is over.
      */
     chargeTpm(org: string, model: string, orgDelta: number, modelDelta: number): void {
       if (orgDelta === 0 && modelDelta === 0) return;
       const key = `${org}\n${model}`;
+      if (corrections.size === 0) correctionsSince = Date.now();
       const c = corrections.get(key) ?? { org, model, orgDelta: 0, modelDelta: 0 };
       c.orgDelta += orgDelta;
       c.modelDelta += modelDelta;
       corrections.set(key, c);
-      correctionTimer ??= setTimeout(scheduleFlush, CORRECTION_MAX_DELAY_MS).unref();
+      correctionTimer ??= setTimeout(() => {
+        correctionTimer = undefined;
+        forceCorrections = true;
+        scheduleFlush();
+      }, CORRECTION_MAX_DELAY_MS).unref();
     },
 
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
@@ -170,8 +191,12 @@ export function createFairGate(deps: {
     },
 
     async close(): Promise<void> {
-      if (corrections.size) scheduleFlush();
+      if (corrections.size) {
+        forceCorrections = true;
+        scheduleFlush();
+      }
       await flushing;
+      clearTimeout(correctionTimer);
     },
   };
 }
