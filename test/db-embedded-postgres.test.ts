@@ -1,6 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startEmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
 import { within } from './helpers/wait.js';
@@ -126,4 +127,18 @@ describe('embedded PGlite wire protocol', () => {
       client.release();
     }
   });
+});
+
+describe('embedded Postgres start options', () => {
+  it('sharedBuffers sets PGlite\'s shared_buffers and keeps its default start parameters', async () => {
+    const db = await startEmbeddedPostgres({ sharedBuffers: '256MB' });
+    try {
+      const { rows } = await db.db.query<{ shared_buffers: string; search_path: string }>(
+        "SELECT current_setting('shared_buffers') AS shared_buffers, current_setting('search_path') AS search_path",
+      );
+      expect(rows[0]).toEqual({ shared_buffers: '256MB', search_path: 'public' });
+    } finally {
+      await db.stop();
+    }
+  }, 60_000);
 });

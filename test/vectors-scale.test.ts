@@ -5,7 +5,7 @@ import { purgeExpiredSemanticCache } from '../src/shared/cache/semantic-cache-pu
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
-import { withHnswRebuild, type IndexPhase } from '../src/shared/knowledge/hnsw-rebuild.js';
+import { createTenantIndex, tenantIndexName, withHnswRebuild, type IndexPhase } from '../src/shared/knowledge/hnsw-rebuild.js';
 import { toVectorSql } from '../src/shared/knowledge/embedding.js';
 import { hashEmbedOne } from './helpers/hash-embed.js';
 
@@ -14,6 +14,8 @@ import { hashEmbedOne } from './helpers/hash-embed.js';
 const SCOPE = { agent: 'knowledge', action: 'ask', model: 'gemini-2.5-flash', promptVersion: 1 };
 const BIG = 'org_big';
 const SMALL = 'org_small';
+/** A second large org (above EXACT_MAX) that gets no index of its own. */
+const BIG2 = 'org_big_2';
 const WORDS = 'revenue churn hiring robotics logistics fintech pricing seed runway burn customer retention enterprise sales channel partner compliance security cloud data model latency supply warehouse fleet battery solar clinic insurance lending payments fraud identity privacy marketplace creator subscription founder investor equity margin forecast pipeline renewal onboarding support outage roadmap launch pilot audit payroll remote export tariff freight drone sensor patent brand campaign referral cohort funnel'.split(' ');
 
 /** Deterministic pseudo-random text `i`: 6-9 words of a small vocabulary, so neighbourhoods overlap. */
@@ -32,6 +34,9 @@ const FACTS_ANN = `SELECT f.external_id FROM chat_facts f
   ORDER BY f.embedding <=> $1::vector LIMIT 10`;
 const FACTS_EXACT = `SELECT s.external_id FROM (SELECT f.external_id, f.embedding <=> $1::vector AS d FROM chat_facts f
   WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) OFFSET 0) s ORDER BY s.d LIMIT 10`;
+/** The tenant branch's query (migration 015): the org as a literal, as the function's EXECUTE format(%L) builds it. */
+const factsTenant = (org: string) => FACTS_ANN.replace('f.org_id = $2', `f.org_id = '${org}'`);
+const cacheTenant = (org: string) => CACHE_ANN.replace('c.org_id = $2', `c.org_id = '${org}'`).replace(/\$(\d)/g, (_, n: string) => (n === '1' ? '$1' : `$${Number(n) - 1}`));
 /** Scopes above this many rows take the HNSW plan here (the migration's 2000, lowered so a test corpus of a few hundred rows is "large"). */
 const EXACT_MAX = 100;
 
@@ -162,11 +167,146 @@ describe('vectors at scale', () => {
     expect(await def()).toBe(before);
   });
 
+  it('the bulk rebuild for an org also takes its own index out of the way and recreates it; --tenant-index builds one', async () => {
+    const own = await tenantIndexName(pool, 'chat_facts', BIG2);
+    const phases: string[] = [];
+    const onPhase = (p: IndexPhase) => phases.push(`${p.phase} ${p.index}`);
+    expect(await createTenantIndex(pool, 'chat_facts', BIG2, { memory: '64MB', onPhase })).toBe(own);
+    expect(phases).toEqual([`build ${own}`, `built ${own}`]);
+    const exists = async (ix: string) => (await pool.query<{ e: boolean }>('SELECT to_regclass($1) IS NOT NULL AS e', [ix])).rows[0].e;
+    phases.length = 0;
+    let during: boolean[] = [];
+    await withHnswRebuild(pool, 'chat_facts', { memory: '64MB', orgId: BIG2, onPhase }, async () => {
+      during = [await exists(own), await exists('chat_facts_embedding_idx')];
+    });
+    expect(during).toEqual([false, false]);
+    expect(await exists(own)).toBe(true);
+    expect(phases).toEqual([
+      'drop chat_facts_embedding_idx',
+      `drop ${own}`,
+      'build chat_facts_embedding_idx',
+      'built chat_facts_embedding_idx',
+      `build ${own}`,
+      `built ${own}`,
+    ]);
+    await pool.query("SELECT vector_tenant_index_drop('chat_facts', $1)", [BIG2]);
+  });
+
   it('npm run ingest -- --rebuild-index takes the bulk path and names each index phase', () => {
     expect(parseIngestArgs(['f.jsonl', '--table', 'chat_facts', '--org', 'o', '--rebuild-index'])).toMatchObject({ rebuildIndex: true });
     expect(parseIngestArgs(['f.jsonl', '--table', 'playbooks']).rebuildIndex).toBeUndefined();
+    expect(parseIngestArgs(['f.jsonl', '--table', 'chat_facts', '--org', 'o', '--tenant-index'])).toMatchObject({ tenantIndex: true, orgId: 'o' });
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'playbooks', '--tenant-index'])).toThrow(/--tenant-index is for chat_facts/);
     expect(describePhase({ phase: 'build', index: 'chat_facts_embedding_idx', memory: '512MB' })).toBe('index: building chat_facts_embedding_idx (HNSW, maintenance_work_mem 512MB)...\n');
     expect(describePhase({ phase: 'built', index: 'chat_facts_embedding_idx', ms: 12_345 })).toBe('index: built chat_facts_embedding_idx in 12.3 s\n');
+  });
+
+  /**
+   * Index scans started on `indexes` while `sql` runs, counted in the same transaction (pg_stat_get_xact_numscans).
+   * plan_cache_mode force_generic_plan: what a plpgsql statement settles on after five calls, and it cannot prove a
+   * partial index's predicate from `org_id = $n`. (A custom plan, for the first calls or when cheaper, can: without
+   * this setting a function that never took the tenant branch was seen walking the org's index too.)
+   */
+  async function scansDuring(indexes: string[], sql: string, params: unknown[]) {
+    const client = await pool.connect();
+    const count = async () =>
+      (await client.query<{ n: string[] }>('SELECT array_agg(pg_stat_get_xact_numscans(to_regclass(i))::text ORDER BY o) AS n FROM unnest($1::text[]) WITH ORDINALITY u(i, o)', [indexes])).rows[0].n.map(Number);
+    try {
+      await client.query('BEGIN');
+      await client.query("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)");
+      const before = await count();
+      const { rows } = await client.query(sql, params);
+      const after = await count();
+      await client.query('COMMIT');
+      return { rows, scans: Object.fromEntries(indexes.map((ix, k) => [ix, after[k] - before[k]])) };
+    } finally {
+      client.release();
+    }
+  }
+
+  it('a tenant with its own index (vector_tenant_index_create) is walked through it, with the org as a literal; other tenants keep their plans', async () => {
+    const params: unknown[] = [];
+    const tuples: string[] = [];
+    for (let i = 6000; i < 6150; i++) {
+      params.push(`doc-${i}`, BIG2, text(i), toVectorSql(hashEmbedOne(text(i))));
+      const b = params.length - 4;
+      tuples.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}::vector)`);
+    }
+    await pool.query(`INSERT INTO chat_facts (external_id, org_id, content, embedding) VALUES ${tuples.join(', ')}`, params);
+    const created = await pool.query<{ idx: string }>("SELECT vector_tenant_index_create('chat_facts', $1, '64MB') AS idx", [BIG]);
+    const own = created.rows[0].idx;
+    expect(own).toMatch(/^chat_facts_org_[0-9a-f]{16}_hnsw$/);
+    // Idempotent, and the catalogued definition is the shared one's plus the org predicate.
+    expect((await pool.query("SELECT vector_tenant_index_create('chat_facts', $1) AS idx", [BIG])).rows[0].idx).toBe(own);
+    const def = (await pool.query<{ indexdef: string }>('SELECT indexdef FROM pg_indexes WHERE indexname = $1', [own])).rows[0].indexdef;
+    expect(def).toMatch(/USING hnsw \(embedding vector_cosine_ops\) WHERE \(org_id = 'org_big'::text\)/);
+    const ef = (await pool.query<{ ef: number }>('SELECT vector_tenant_ef_search() AS ef')).rows[0].ef;
+    const shared = 'chat_facts_embedding_idx';
+    const fn = "SELECT metadata FROM match_documents($1::vector, 'chat_facts', $2, -1, 10)";
+
+
+    // Why the tenant branch EXECUTEs with the org as a literal: with the org as a parameter, a generic plan (what a
+    // plpgsql RETURN QUERY settles on after five calls) cannot prove the partial index's predicate.
+    const client = await pool.connect();
+    try {
+      await client.query(`PREPARE tenant_probe(vector, text) AS ${FACTS_ANN}`);
+      await client.query('BEGIN');
+      await client.query("SELECT set_config('enable_sort', 'off', true), set_config('plan_cache_mode', 'force_generic_plan', true)");
+      const generic = (await client.query<{ 'QUERY PLAN': string }>(`EXPLAIN EXECUTE tenant_probe('${toVectorSql(hashEmbedOne(text(3)))}', '${BIG}')`)).rows.map((r) => r['QUERY PLAN']).join('\n');
+      await client.query('COMMIT');
+      expect(generic, generic).toMatch(new RegExp(`Index Scan using ${shared}`));
+      expect(generic).not.toContain(own);
+    } finally {
+      await client.query('DEALLOCATE tenant_probe').catch(() => undefined);
+      client.release();
+    }
+
+    let recall = 0;
+    const queries = [3, 150, 299, 420];
+    for (const i of queries) {
+      const q = toVectorSql(hashEmbedOne(`${text(i)} runway`));
+      // The query text the tenant branch runs uses the org's own index.
+      const literal = await plan('match_documents', factsTenant(BIG), [q], { enable_sort: 'off', 'hnsw.ef_search': String(ef) });
+      expect(literal, literal).toMatch(new RegExp(`Index Scan using ${own}`));
+      const viaFn = await scansDuring([own, shared], fn, [q, BIG]);
+      expect(viaFn.scans).toEqual({ [own]: 1, [shared]: 0 });
+      const found = viaFn.rows.map((r: { metadata: { external_id: string } }) => r.metadata.external_id);
+      const direct = await asFunction<{ external_id: string }>('match_documents', factsTenant(BIG), [q], { enable_sort: 'off', 'hnsw.ef_search': String(ef) });
+      expect(found).toEqual(direct.map((r) => r.external_id));
+      const truth = new Set((await asFunction<{ external_id: string }>('match_documents', FACTS_EXACT, [q, BIG])).map((r) => r.external_id));
+      recall += found.filter((id) => truth.has(id)).length / truth.size;
+      // A large org without its own index keeps the shared index; a small one the exact scan (neither index).
+      const other = await scansDuring([own, shared], fn, [q, BIG2]);
+      expect(other.scans, 'large org without its own index').toEqual({ [own]: 0, [shared]: 1 });
+      expect(other.rows).toHaveLength(10);
+      const small = await scansDuring([own, shared], fn, [q, SMALL]);
+      expect(small.scans, 'small org').toEqual({ [own]: 0, [shared]: 0 });
+    }
+    expect(recall / queries.length).toBeGreaterThanOrEqual(0.9);
+
+    // Dropped: the org is back on the shared plan at once.
+    expect((await pool.query("SELECT vector_tenant_index_drop('chat_facts', $1) AS d", [BIG])).rows[0].d).toBe(true);
+    expect((await pool.query("SELECT vector_tenant_index_drop('chat_facts', $1) AS d", [BIG])).rows[0].d).toBe(false);
+    const back = await scansDuring([shared], fn, [toVectorSql(hashEmbedOne(text(3))), BIG]);
+    expect(back.scans).toEqual({ [shared]: 1 });
+    await expect(pool.query("SELECT vector_tenant_index_create('playbooks', $1)", [BIG])).rejects.toMatchObject({ code: '22023' });
+  });
+
+  it('semantic-cache lookup walks the org\'s own index when it has one, and still finds the exact nearest', async () => {
+    const own = (await pool.query<{ idx: string }>("SELECT vector_tenant_index_create('semantic_cache', $1, '64MB') AS idx", [BIG])).rows[0].idx;
+    expect(own).toMatch(/^semantic_cache_org_[0-9a-f]{16}_hnsw$/);
+    try {
+      const shared = 'semantic_cache_embedding_idx';
+      const params = [toVectorSql(hashEmbedOne(text(17))), BIG, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
+      const literal = await plan('semantic_cache_nearest', cacheTenant(BIG), [params[0], ...params.slice(2)], { enable_sort: 'off' });
+      expect(literal, literal).toMatch(new RegExp(`Index Scan using ${own}`));
+      const viaFn = await scansDuring([own, shared], 'SELECT response FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)', params);
+      expect(viaFn.scans).toEqual({ [own]: 1, [shared]: 0 });
+      const [exact] = await asFunction<{ response: { doc: number } }>('semantic_cache_nearest', CACHE_EXACT, params);
+      expect(viaFn.rows[0].response.doc).toBe(exact.response.doc);
+    } finally {
+      await pool.query("SELECT vector_tenant_index_drop('semantic_cache', $1)", [BIG]);
+    }
   });
 
   it('the maintenance purge deletes expired entries in bounded batches and keeps live ones', async () => {

@@ -19,7 +19,8 @@ import { corpusText, vectorLiteral } from '../lib/corpus.js';
 const keptDir = process.env.BENCH_VECTORS_DIR ? process.env.BENCH_VECTORS_DIR : undefined;
 if (keptDir) mkdirSync(keptDir, { recursive: true });
 const dir = keptDir ?? mkdtempSync(join(tmpdir(), 'agentq-bench-pg-'));
-const pg = await startEmbeddedPostgres({ dataDir: dir });
+// BENCH_PG_SHARED_BUFFERS (opt in, e.g. 1GB): PGlite's shared_buffers instead of its default 128MB.
+const pg = await startEmbeddedPostgres({ dataDir: dir, ...(process.env.BENCH_PG_SHARED_BUFFERS ? { sharedBuffers: process.env.BENCH_PG_SHARED_BUFFERS } : {}) });
 
 /**
  * The record of a complete vectors-large load in a kept data dir: written only after the last row, the

@@ -18,17 +18,25 @@ export async function sizedEfSearch(pool: pg.Pool, index: string): Promise<numbe
   return rows[0]?.ef ?? undefined;
 }
 
-/** Runs `sql` in a short transaction with `settings` applied by SET LOCAL (as a function's SET clauses are); times the query alone. */
-export async function withSettings<T extends pg.QueryResultRow>(pool: pg.Pool, settings: Record<string, string>, sql: string, params: unknown[]) {
+/**
+ * Runs `sql` in a short transaction with `settings` applied by SET LOCAL (as a function's SET clauses are); times the query alone.
+ * `hide` drops those indexes inside the transaction, which then rolls back (DDL is transactional: the index is
+ * back untouched), so a query can be measured on the plan it had before an index existed.
+ */
+export async function withSettings<T extends pg.QueryResultRow>(pool: pg.Pool, settings: Record<string, string>, sql: string, params: unknown[], hide: string[] = []) {
   const client = await pool.connect();
   try {
     await client.query('BEGIN');
+    for (const ix of hide) await client.query(`DROP INDEX IF EXISTS ${client.escapeIdentifier(ix)}`);
     for (const [k, v] of Object.entries(settings)) await client.query('SELECT set_config($1, $2, true)', [k, v]);
     const t = performance.now();
     const res = await client.query<T>(sql, params);
     const ms = performance.now() - t;
-    await client.query('COMMIT');
+    await client.query(hide.length ? 'ROLLBACK' : 'COMMIT');
     return { rows: res.rows, ms };
+  } catch (err) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw err;
   } finally {
     client.release();
   }

@@ -10,13 +10,16 @@ import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
-import { withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
+import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { runCliIfMain } from './run-cli.js';
 
-const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index]
+const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index] [--tenant-index]
   chat_facts need --org; playbooks with --org are private to that org, without it global.
-  --rebuild-index drops the table's HNSW index for the load and rebuilds it once at the end (bulk loads;
-  similarity lookups fall back to exact scans meanwhile), with maintenance_work_mem = INDEX_BUILD_MEMORY.`;
+  --rebuild-index drops the table's HNSW index (and the org's own, if it has one) for the load and rebuilds
+  it once at the end (bulk loads; similarity lookups fall back to exact scans meanwhile), with
+  maintenance_work_mem = INDEX_BUILD_MEMORY.
+  --tenant-index (chat_facts) builds ORG's own HNSW index after the load if it has none: a partial index that
+  match_documents walks for ORG instead of the shared one (for large tenants: README "Vectors at scale").`;
 
 export class UsageError extends AgentqError {
   constructor(message: string) {
@@ -31,6 +34,8 @@ export interface IngestArgs {
   batchSize: number;
   /** Drop the HNSW index for the load and build it once afterwards. */
   rebuildIndex?: boolean;
+  /** Build the org's own HNSW index (migration 015) after the load. */
+  tenantIndex?: boolean;
 }
 
 export function parseIngestArgs(argv: string[]): IngestArgs {
@@ -39,7 +44,13 @@ export function parseIngestArgs(argv: string[]): IngestArgs {
     parsed = parseArgs({
       args: argv,
       allowPositionals: true,
-      options: { table: { type: 'string' }, org: { type: 'string' }, batch: { type: 'string' }, 'rebuild-index': { type: 'boolean' } },
+      options: {
+        table: { type: 'string' },
+        org: { type: 'string' },
+        batch: { type: 'string' },
+        'rebuild-index': { type: 'boolean' },
+        'tenant-index': { type: 'boolean' },
+      },
     });
   } catch (err) {
     throw new UsageError((err as Error).message);
@@ -48,9 +59,17 @@ export function parseIngestArgs(argv: string[]): IngestArgs {
   if (positionals.length !== 1) throw new UsageError('expected exactly one JSONL file');
   if (!values.table || !isKnowledgeTable(values.table)) throw new UsageError(`--table must be one of ${KNOWLEDGE_TABLES.join(', ')}`);
   if (values.table === 'chat_facts' && !values.org) throw new UsageError('--org is required for chat_facts');
+  if (values['tenant-index'] && values.table !== 'chat_facts') throw new UsageError('--tenant-index is for chat_facts (a tenant\'s own index of its facts)');
   const batchSize = values.batch === undefined ? 100 : Number(values.batch);
   if (!Number.isInteger(batchSize) || batchSize < 1 || batchSize > 1000) throw new UsageError('--batch must be an integer 1..1000');
-  return { file: positionals[0], table: values.table, orgId: values.org || undefined, batchSize, ...(values['rebuild-index'] ? { rebuildIndex: true } : {}) };
+  return {
+    file: positionals[0],
+    table: values.table,
+    orgId: values.org || undefined,
+    batchSize,
+    ...(values['rebuild-index'] ? { rebuildIndex: true } : {}),
+    ...(values['tenant-index'] ? { tenantIndex: true } : {}),
+  };
 }
 
 /** Reads the whole file once to validate it: a bad line is reported before anything is written. */
@@ -130,9 +149,9 @@ async function main(argv: string[]): Promise<number> {
     const bar = progressBar();
     bar(0, total);
     const load = () => ingestJsonl(args, { store, total, onProgress: bar });
-    const r = args.rebuildIndex
-      ? await withHnswRebuild(db.pool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, onPhase: (p) => process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`) }, load)
-      : await load();
+    const onPhase = (p: IndexPhase) => process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`);
+    const r = args.rebuildIndex ? await withHnswRebuild(db.pool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, orgId: args.orgId, onPhase }, load) : await load();
+    if (args.tenantIndex && args.orgId) await createTenantIndex(db.pool, args.table, args.orgId, { memory: cfg.INDEX_BUILD_MEMORY, onPhase });
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
     return 0;

@@ -18,9 +18,13 @@ export interface EmbeddedPostgres {
  * held open on one connection blocks the rest: keep transactions short and never await other queries
  * inside one.
  */
-export async function startEmbeddedPostgres(opts: { dataDir?: string; port?: number; maxConnections?: number } = {}): Promise<EmbeddedPostgres> {
+export async function startEmbeddedPostgres(
+  opts: { dataDir?: string; port?: number; maxConnections?: number; sharedBuffers?: string } = {},
+): Promise<EmbeddedPostgres> {
   if (opts.dataDir) mkdirSync(opts.dataDir, { recursive: true });
-  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector } });
+  // shared_buffers is a startup setting: PGlite takes it among its backend's start parameters (the defaults kept).
+  const startParams = opts.sharedBuffers ? { startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${opts.sharedBuffers}`] } : {};
+  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector }, ...startParams });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
   const server = new PGLiteSocketServer({ db, port: opts.port ?? 0, host: '127.0.0.1', maxConnections: opts.maxConnections ?? 64 });
   serialiseExtendedQueries(server);
