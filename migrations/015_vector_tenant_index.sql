@@ -17,6 +17,21 @@
 CREATE OR REPLACE FUNCTION vector_tenant_index_name(tbl text, org text) RETURNS text LANGUAGE sql IMMUTABLE
   AS $$SELECT format('%s_org_%s_hnsw', tbl, left(md5(org), 16))$$;
 
+-- The tenant index's name for a table that can have one: create and drop refuse any other table (and no org)
+-- in one place.
+CREATE OR REPLACE FUNCTION vector_tenant_index_checked(tbl text, org text) RETURNS text LANGUAGE plpgsql IMMUTABLE
+AS $$
+BEGIN
+  IF tbl IS NULL OR tbl NOT IN ('chat_facts', 'semantic_cache') THEN
+    RAISE EXCEPTION 'vector tenant index: unknown table "%"', tbl USING ERRCODE = '22023';
+  END IF;
+  IF org IS NULL OR org = '' THEN
+    RAISE EXCEPTION 'vector tenant index: org must be given' USING ERRCODE = '22023';
+  END IF;
+  RETURN vector_tenant_index_name(tbl, org);
+END;
+$$;
+
 -- Builds the org's own HNSW index (same opclass and defaults as the shared one) and returns its name; a no-op
 -- when it exists. A plain CREATE INDEX: writes to the table wait for the build (about 4 kB of index a row at
 -- 768 dims; README has measured build times). build_memory sets maintenance_work_mem for this call's
@@ -25,14 +40,8 @@ CREATE OR REPLACE FUNCTION vector_tenant_index_create(tbl text, org text, build_
 RETURNS text LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-  idx text := vector_tenant_index_name(tbl, org);
+  idx text := vector_tenant_index_checked(tbl, org);
 BEGIN
-  IF tbl NOT IN ('chat_facts', 'semantic_cache') THEN
-    RAISE EXCEPTION 'vector_tenant_index_create: unknown table "%"', tbl USING ERRCODE = '22023';
-  END IF;
-  IF org IS NULL OR org = '' THEN
-    RAISE EXCEPTION 'vector_tenant_index_create: org must be given' USING ERRCODE = '22023';
-  END IF;
   IF build_memory IS NOT NULL THEN
     PERFORM set_config('maintenance_work_mem', build_memory, true);
   END IF;
@@ -45,11 +54,8 @@ $$;
 CREATE OR REPLACE FUNCTION vector_tenant_index_drop(tbl text, org text) RETURNS boolean LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-  idx text := vector_tenant_index_name(tbl, org);
+  idx text := vector_tenant_index_checked(tbl, org);
 BEGIN
-  IF tbl NOT IN ('chat_facts', 'semantic_cache') THEN
-    RAISE EXCEPTION 'vector_tenant_index_drop: unknown table "%"', tbl USING ERRCODE = '22023';
-  END IF;
   IF to_regclass(quote_ident(idx)) IS NULL THEN
     RETURN false;
   END IF;
