@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
-import type { TpmCorrection } from '../src/shared/fair/index.js';
+import type { ChargeCorrection } from '../src/shared/fair/index.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
 
@@ -105,12 +105,13 @@ describe('fair dispatch loop', () => {
 describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
-  type Release = (ids: string[], opts?: { dispatch?: boolean; correct?: TpmCorrection[] }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
-  type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[]; correct?: TpmCorrection[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: DispatchResult }>;
-  const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0) => {
+  type Release = (ids: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
+  type Claim = (id: string, progress?: string, opts?: { refill?: boolean; release?: string[]; correct?: ChargeCorrection[] }) => Promise<{ held: boolean; cancelled: boolean; dispatched?: DispatchResult }>;
+  type EntryOf = Parameters<typeof createFairGate>[0]['entryOf'];
+  const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0, entryOf: EntryOf = () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 })) => {
     const kicks = { n: 0 };
     const absorbed: DispatchResult[] = [];
-    const calls: { release: Array<{ dispatch?: boolean; correct?: TpmCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: TpmCorrection[] } | undefined> } = { release: [], released: [], claim: [] };
+    const calls: { release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[] } | undefined> } = { release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
@@ -120,7 +121,7 @@ describe('fair gate', () => {
         blockModel: async () => {},
       },
       loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), close: async () => {} },
-      entryOf: () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 }),
+      entryOf,
       logger,
       correctionBatchMs,
     });
@@ -175,35 +176,63 @@ describe('fair gate', () => {
     expect(failing.calls.released).toEqual([['a']]);
   });
 
-  it('TPM corrections, summed per org and model for a while, ride on the next claim, else on a release, else go alone', async () => {
+  it('charge corrections, summed per org and model for a while, ride on the next claim, else on a release, else go alone', async () => {
     const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const onClaim = gateWith(async () => ({ freed: 0, due: false }));
-    onClaim.gate.chargeTpm('o1', 'm', -100, -100);
-    onClaim.gate.chargeTpm('o1', 'm', 30, 30);
-    onClaim.gate.chargeTpm('o2', 'm', 500, 0);
-    onClaim.gate.chargeTpm('o3', 'm', 0, 0);
+    onClaim.gate.correct('o1', 'm', { orgTokens: -100, modelTokens: -100 });
+    onClaim.gate.correct('o1', 'm', { orgTokens: 30, modelTokens: 30 });
+    onClaim.gate.correct('o2', 'm', { orgTokens: 500, modelTokens: 0 });
+    onClaim.gate.correct('o3', 'm', { orgTokens: 0, modelTokens: 0 });
     expect(await onClaim.gate.admit(job, 'token')).toBe('run');
     await onClaim.gate.close();
-    expect(onClaim.calls.claim).toEqual([{ refill: true, correct: [{ org: 'o1', model: 'm', orgDelta: -70, modelDelta: -70 }, { org: 'o2', model: 'm', orgDelta: 500, modelDelta: 0 }] }]);
+    expect(onClaim.calls.claim).toEqual([{ refill: true, correct: [{ org: 'o1', model: 'm', orgDelta: -70, modelDelta: -70, requests: 0 }, { org: 'o2', model: 'm', orgDelta: 500, modelDelta: 0, requests: 0 }] }]);
     expect(onClaim.calls.release).toEqual([]);
     // No claim comes: the job's own release carries them.
     const onRelease = gateWith(async () => ({ freed: 1, due: false }));
-    onRelease.gate.chargeTpm('o1', 'm', 10, 10);
+    onRelease.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     onRelease.gate.finished('a');
     await onRelease.gate.close();
-    expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]);
+    expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]);
     expect(onRelease.calls.released).toEqual([['a']]);
     // Summed for a while first: a claim right after the charge does not carry it yet.
     const fresh = gateWith(async () => ({ freed: 0, due: false }), undefined, 60_000);
-    fresh.gate.chargeTpm('o1', 'm', 10, 10);
+    fresh.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     expect(await fresh.gate.admit(job, 'token')).toBe('run');
     expect(fresh.calls.claim).toEqual([{ refill: true }]);
     // Neither a claim nor a release comes (the job lost its lock): sent on their own once the longest wait is over.
-    await vi.waitFor(() => expect(fresh.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]));
+    await vi.waitFor(() => expect(fresh.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
     expect(fresh.calls.released).toEqual([[]]);
     const alone = gateWith(async () => ({ freed: 0, due: false }));
-    alone.gate.chargeTpm('o1', 'm', 10, 10);
-    await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10 }] }]));
+    alone.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+    await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
     expect(alone.calls.released).toEqual([[]]);
+  });
+  it('gives a dispatch\'s charge back once for a job that held a slot and called no model; nothing for one that held none, or a batch lane', async () => {
+    type AgentJob = Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const jobOf = (id: string) => ({ id }) as unknown as AgentJob;
+    const g = gateWith(
+      async () => ({ freed: 0, due: false }),
+      async (id) => ({ held: id !== 'unheld', cancelled: id === 'cancelled' }),
+      0,
+      (job) => ({ jobId: job.id!, orgId: 'o', model: job.id === 'batch' ? 'm@batch' : 'm', estTokens: 300 }),
+    );
+    const hit = jobOf('hit');
+    expect(await g.gate.admit(hit, 'token')).toBe('run');
+    g.gate.refundUnspent(hit);
+    g.gate.refundUnspent(hit);
+    // Cancelled with its slot held: it never calls the model, the admission itself gives the charge back.
+    expect(await g.gate.admit(jobOf('cancelled'), 'token')).toBe('cancelled');
+    // No slot (no lock token: run as is): its dispatch charged nothing.
+    const unheld = jobOf('unheld');
+    expect(await g.gate.admit(unheld, undefined)).toBe('run');
+    g.gate.refundUnspent(unheld);
+    const batch = jobOf('batch');
+    expect(await g.gate.admit(batch, 'token')).toBe('run');
+    g.gate.refundUnspent(batch);
+    await g.gate.close();
+    const sent = [...g.calls.claim, ...g.calls.release].flatMap((c) => c?.correct ?? []);
+    const total = sent.reduce((a, c) => ({ orgDelta: a.orgDelta + c.orgDelta, modelDelta: a.modelDelta + c.modelDelta, requests: a.requests + c.requests }), { orgDelta: 0, modelDelta: 0, requests: 0 });
+    expect(sent.every((c) => c.org === 'o' && c.model === 'm')).toBe(true);
+    expect(total).toEqual({ orgDelta: -600, modelDelta: -600, requests: -2 });
   });
 });

@@ -209,6 +209,33 @@ describe('fair dispatch on every path', () => {
     expect(level).toBeLessThanOrEqual(Math.min(cap, cap - used + (now - startedAt) * rate + 1));
   });
 
+  it('a job answered from the result cache gives back the request its dispatch charged: an org at 2 requests a minute gets 5 repeats at once', async () => {
+    const { org, auth } = await newOrg('hits', { rpmPro: 2, rpmFlash: 2 });
+    const request = markedJob(`hits-${randomUUID().slice(0, 8)}`);
+    const answer = async (id: string) => {
+      const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: auth });
+      return res.json() as { state: string; result?: { cacheHit?: string; model: string } };
+    };
+    const first = await answer(await postJob(s, auth.authorization.slice(7), request));
+    expect(first).toMatchObject({ state: 'completed' });
+    expect(first.result?.cacheHit).toBeFalsy();
+    // One request of the two is spent (the computed answer). Each repeat is dispatched on the other one, is
+    // answered from the cache, and gives it back: without the refund the third would wait 30 s for a refill.
+    const started = Date.now();
+    for (let i = 0; i < 5; i++) {
+      const again = await answer(await postJob(s, auth.authorization.slice(7), request));
+      expect(again.state).toBe('completed');
+      expect(again.result?.cacheHit).toMatch(/^(l1|l2)$/);
+    }
+    figure('five cache hits of an org at 2 RPM', { ms: Date.now() - started });
+    // The org's bucket holds one charge: the computed call's (give or take what refilled meanwhile).
+    const bucket = guardKeys.tokenBucket(agentqPrefix(s.cfg.QUEUE_PREFIX), `rpm:org:${org}:${first.result!.model}`);
+    await until('the last refund applied', async () => {
+      const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
+      return tokens !== null && Math.min(2, Number(tokens) + ((await redisNowMs()) - Number(ts)) * (2 / 60_000)) >= 1 - 0.01;
+    });
+  }, 60_000);
+
   it('a DLQ replay runs only when its org has a free slot', async () => {
     const tag = randomUUID().slice(0, 8);
     const { org, auth } = await newOrg('dlq', { concurrency: 1 });

@@ -445,17 +445,45 @@ describe('fair scheduler limits', () => {
     expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(201 + 5);
     expect(await level(`tpm:model:${FLASH}`, 6000)).toBeLessThan(4801 + 10);
     // ids[0] used 100 (refund 300 to both); the unlimited org's call used 900 (500 more, to the model only).
-    await c.scheduler.claim(ids[1], undefined, { correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: -300 }, { org: unlimited, model: FLASH, orgDelta: 500, modelDelta: 500 }] });
+    await c.scheduler.claim(ids[1], undefined, { correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: -300, requests: 0 }, { org: unlimited, model: FLASH, orgDelta: 500, modelDelta: 500, requests: 0 }] });
     expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeGreaterThanOrEqual(500 - 1);
     expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(500 + 5);
     expect(await level(`tpm:model:${FLASH}`, 6000)).toBeGreaterThanOrEqual(4600 - 1);
     expect(await level(`tpm:model:${FLASH}`, 6000)).toBeLessThan(4600 + 10);
     expect(await c.redis.exists(`${c.prefix}:tb:tpm:org:${unlimited}:${FLASH}`)).toBe(0);
     // A release carries them too (with no slot to free): the org is back to room for its third job.
-    expect(await c.scheduler.release([], { correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: 0 }] })).toMatchObject({ freed: 0 });
+    expect(await c.scheduler.release([], { correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: 0, requests: 0 }] })).toMatchObject({ freed: 0 });
     expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeGreaterThanOrEqual(800 - 1);
     await c.scheduler.wakeOrg(org);
     expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
+  });
+
+  it('gives back the request and estimate a dispatch charged for a job that called no model, and wakes the org\'s lane asleep on that bucket', async () => {
+    const c = await setup({ modelLimits: () => ({ rpm: 100 }) });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 1 }, tpm: 1000 });
+    const ids = await c.add(org, 2, { est: 400 });
+    // The org's one request a minute goes to ids[0]; ids[1]'s lane sleeps on the emptied bucket.
+    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[0]]);
+    const orgRpm = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    expect(await c.redis.hget(`${c.prefix}:fq:sleepwhy`, `${org}|${FLASH}`)).toBe(orgRpm);
+    const level = async (bucket: string, cap: number) => {
+      const [tokens, ts] = await c.redis.hmget(`${c.prefix}:tb:${bucket}`, 'tokens', 'ts');
+      return tokens === null ? cap : Math.min(cap, Number(tokens) + ((await c.redisNow()) - Number(ts)) * (cap / 60_000));
+    };
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
+    // A charge that is not a refund wakes nothing.
+    expect(await c.scheduler.release([], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: 10, modelDelta: 0, requests: 0 }] })).toMatchObject({ freed: 0, due: false });
+    // ids[0] was answered from the cache: its finish carries the refund, which wakes the lane, and the same
+    // call dispatches ids[1] with the request given back.
+    const rel = await c.scheduler.release([ids[0]], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: -400, modelDelta: -400, requests: -1 }] });
+    expect(rel).toMatchObject({ freed: 1, due: true });
+    expect(rel.dispatched?.promoted).toEqual([ids[1]]);
+    // Each bucket holds one charge again (ids[1]'s), not two; the org's TPM was charged 10 more above.
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeGreaterThanOrEqual(99 - 0.01);
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeGreaterThanOrEqual(590 - 1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(590 + 5);
   });
 
   it('charges TPM in the token-bucket format, so the guards adjust() refund is seen by the next dispatch', async () => {
@@ -472,6 +500,34 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
     await c.scheduler.wakeOrg(org);
     expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
+  });
+
+  it('gives back the request and estimate a dispatch charged for a job that called no model, and wakes the org\'s lane asleep on that bucket', async () => {
+    const c = await setup({ modelLimits: () => ({ rpm: 100 }) });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 1 }, tpm: 1000 });
+    const ids = await c.add(org, 2, { est: 400 });
+    // The org's one request a minute goes to ids[0]; ids[1]'s lane sleeps on the emptied bucket.
+    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[0]]);
+    const orgRpm = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    expect(await c.redis.hget(`${c.prefix}:fq:sleepwhy`, `${org}|${FLASH}`)).toBe(orgRpm);
+    const level = async (bucket: string, cap: number) => {
+      const [tokens, ts] = await c.redis.hmget(`${c.prefix}:tb:${bucket}`, 'tokens', 'ts');
+      return tokens === null ? cap : Math.min(cap, Number(tokens) + ((await c.redisNow()) - Number(ts)) * (cap / 60_000));
+    };
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
+    // A charge that is not a refund wakes nothing.
+    expect(await c.scheduler.release([], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: 10, modelDelta: 0, requests: 0 }] })).toMatchObject({ freed: 0, due: false });
+    // ids[0] was answered from the cache: its finish carries the refund, which wakes the lane, and the same
+    // call dispatches ids[1] with the request given back.
+    const rel = await c.scheduler.release([ids[0]], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: -400, modelDelta: -400, requests: -1 }] });
+    expect(rel).toMatchObject({ freed: 1, due: true });
+    expect(rel.dispatched?.promoted).toEqual([ids[1]]);
+    // Each bucket holds one charge again (ids[1]'s), not two; the org's TPM was charged 10 more above.
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeGreaterThanOrEqual(99 - 0.01);
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeGreaterThanOrEqual(590 - 1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(590 + 5);
   });
 
   it('limits an org per model by the model\'s configured orgRpm unless its own plan says otherwise', async () => {

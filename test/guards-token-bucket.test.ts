@@ -239,6 +239,21 @@ describe('rate limit guard', () => {
     await expect(guard(guardContext({ model }), async () => okResult('ok'))).resolves.toMatchObject({ success: true });
   });
 
+  it('hands a prepaid charge back unspent when the call is refused before it is sent, and keeps it spent once sent', async () => {
+    const model = `m-${randomOrg()}`;
+    const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 1, modelTpm: () => 6000 } });
+    const prepaid = { model, charged: 400 };
+    const open = new OpenCircuitError(`gemini:${model}`, 'open', Date.now() + 1000, 1000);
+    const refused = guardContext({ model, prepaid });
+    await expect(guard(refused, () => Promise.reject(open))).rejects.toBe(open);
+    // Back on the context: the processor gives the dispatch's charge back when the attempt ends.
+    expect(refused.prepaid).toBe(prepaid);
+    // A call that was sent and failed spent it.
+    const failed = guardContext({ model, prepaid });
+    await expect(guard(failed, () => Promise.reject(new Error('503 from the model')))).rejects.toThrow('503');
+    expect(failed.prepaid).toBeUndefined();
+  });
+
   it('keeps the estimate charged when the call itself failed', async () => {
     const model = `m-${randomOrg()}`;
     const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 1, modelRpm: () => 100, modelTpm: () => 1_000_000 } });

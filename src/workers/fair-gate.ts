@@ -3,12 +3,12 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
-import { PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type TpmCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import { isBatchLane, PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type ChargeCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
 /**
- * TPM corrections are summed for this long before a claim or release carries them (the rate limiter's own
+ * Charge corrections are summed for this long before a claim or release carries them (the rate limiter's own
  * corrections were written every 100 ms): at any job rate the buckets cost one correction per org and model
  * per interval, not one per job.
  */
@@ -29,20 +29,20 @@ export function createFairGate(deps: {
   /** The fair entry of a job (org, model the dispatcher limits it by, priority, token estimate). */
   entryOf: (job: AgentJob) => FairEntry;
   logger: Logger;
-  /** How long TPM corrections are summed before a claim or release carries them (default CORRECTION_BATCH_MS). */
+  /** How long charge corrections are summed before a claim or release carries them (default CORRECTION_BATCH_MS). */
   correctionBatchMs?: number;
 }) {
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
-  /** TPM corrections waiting for the next claim or release, summed per org and model. */
+  /** Charge corrections waiting for the next claim or release, summed per org and model. */
   const batchMs = deps.correctionBatchMs ?? CORRECTION_BATCH_MS;
-  const corrections = new Map<string, TpmCorrection>();
+  const corrections = new Map<string, ChargeCorrection>();
   let correctionTimer: NodeJS.Timeout | undefined;
   /** When the oldest correction waiting was summed in. */
   let correctionsSince = 0;
 
   /** The corrections waiting, once they have been summed for `correctionBatchMs` (or at once with `all`). */
-  function takeCorrections(all = false): TpmCorrection[] {
+  function takeCorrections(all = false): ChargeCorrection[] {
     if (corrections.size === 0 || (!all && Date.now() - correctionsSince < batchMs)) return [];
     clearTimeout(correctionTimer);
     correctionTimer = undefined;
@@ -51,6 +51,8 @@ export function createFairGate(deps: {
     return out;
   }
   let forceCorrections = false;
+  /** Jobs this gate admitted on a dispatcher slot: their dispatch charged the org's and the model's buckets. */
+  const charged = new WeakSet<AgentJob>();
   /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
   const retries = new Map<string, number>();
 
@@ -93,7 +95,17 @@ export function createFairGate(deps: {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
   }
 
-  return {
+  /** Gives back what the dispatch of `job` charged, once (see `refundUnspent`). */
+  function refundDispatch(job: AgentJob): void {
+    if (!charged.has(job)) return;
+    charged.delete(job);
+    const entry = deps.entryOf(job);
+    // A batch lane is limited by no online bucket: its dispatch charged nothing.
+    if (isBatchLane(entry.model)) return;
+    gate.correct(entry.orgId, entry.model, { orgTokens: -entry.estTokens, modelTokens: -entry.estTokens, requests: -1 });
+  }
+
+  const gate = {
     /**
      * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
      * DelayedError); 'cancelled' when the API's cancel marker is set (the claim script reads it, atomically
@@ -125,7 +137,12 @@ export function createFairGate(deps: {
       const { held, cancelled, dispatched, lookupReply } = claim;
       if (dispatched) deps.loop.absorb(dispatched);
       if (lookup && lookupReply !== undefined) lookup.deliver(lookupReply);
-      if (cancelled) return 'cancelled';
+      if (held) charged.add(job);
+      if (cancelled) {
+        // It never calls the model: what its dispatch charged goes back.
+        refundDispatch(job);
+        return 'cancelled';
+      }
       if (held || !token) return 'run';
       await parkActiveJob(job, token);
       await deps.scheduler.enqueue([deps.entryOf(job)]);
@@ -156,23 +173,38 @@ export function createFairGate(deps: {
     },
 
     /**
-     * A call's real token usage against what was charged for it (see `JobContext.chargeTpm`). Summed per org
-     * and model for `correctionBatchMs`, then sent with the next claim or release (jobs finish and start all
-     * the time: no round trip of its own), or on its own once CORRECTION_MAX_DELAY_MS is over.
+     * Corrects what was charged for calls of `org` to `model` (see `ChargeCorrection`): a call's real token
+     * usage against its charge (`JobContext.chargeTpm`), or a dispatch's charge given back. Summed per org and
+     * model for `correctionBatchMs`, then sent with the next claim or release (jobs finish and start all the
+     * time: no round trip of its own), or on its own once CORRECTION_MAX_DELAY_MS is over.
      */
-    chargeTpm(org: string, model: string, orgDelta: number, modelDelta: number): void {
-      if (orgDelta === 0 && modelDelta === 0) return;
+    correct(org: string, model: string, d: { orgTokens?: number; modelTokens?: number; requests?: number }): void {
+      const orgDelta = d.orgTokens ?? 0;
+      const modelDelta = d.modelTokens ?? 0;
+      const requests = d.requests ?? 0;
+      if (orgDelta === 0 && modelDelta === 0 && requests === 0) return;
       const key = `${org}\n${model}`;
       if (corrections.size === 0) correctionsSince = Date.now();
-      const c = corrections.get(key) ?? { org, model, orgDelta: 0, modelDelta: 0 };
+      const c = corrections.get(key) ?? { org, model, orgDelta: 0, modelDelta: 0, requests: 0 };
       c.orgDelta += orgDelta;
       c.modelDelta += modelDelta;
+      c.requests += requests;
       corrections.set(key, c);
       correctionTimer ??= setTimeout(() => {
         correctionTimer = undefined;
         forceCorrections = true;
         scheduleFlush();
       }, CORRECTION_MAX_DELAY_MS).unref();
+    },
+
+    /**
+     * The attempt ends without having called the model its dispatch paid for (`JobContext.prepaid` never
+     * spent: a result- or semantic-cache hit, a quota or breaker refusal before the call): the request and
+     * the token estimate go back to the org's and the model's buckets. A cache hit costs no model quota. Once
+     * per admission; a job admitted without a slot was never charged.
+     */
+    refundUnspent(job: AgentJob): void {
+      refundDispatch(job);
     },
 
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
@@ -199,6 +231,7 @@ export function createFairGate(deps: {
       clearTimeout(correctionTimer);
     },
   };
+  return gate;
 }
 
 export type FairGate = ReturnType<typeof createFairGate>;

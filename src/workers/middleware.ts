@@ -28,7 +28,9 @@ export interface JobContext {
   estimatedTokens: number;
   /**
    * Set when the fair dispatcher already charged this attempt's first call to `model` (org and model RPM,
-   * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call.
+   * estimated TPM): the rate limiter then only corrects TPM with the real usage. Consumed by the first call;
+   * set again when that call is refused before it is sent. Still set when the attempt ends, it was never spent
+   * (a cache hit, a refusal): the processor gives the charge back.
    */
   prepaid?: { model: string; /** Tokens the dispatcher charged to the TPM buckets (the job's estimate). */ readonly charged: number };
   /**

@@ -34,7 +34,7 @@ export interface ProcessorDeps {
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
-  gate?: Pick<FairGate, 'admit' | 'defer' | 'chargeTpm'>;
+  gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent'>;
   /**
    * The first lookup of the attempt's result cache guard, prepared to run inside the gate's claim (one
    * script call for both): undefined when nothing needs Redis (an L1 hit from memory).
@@ -160,7 +160,7 @@ function attemptOf(deps: ProcessorDeps) {
                 return data.tier === 'batch' ? 0 : estimateTokens(data.input);
               },
             },
-            chargeTpm: (m: string, orgDelta: number, modelDelta: number) => gate.chargeTpm(data.orgId, m, orgDelta, modelDelta),
+            chargeTpm: (m: string, orgDelta: number, modelDelta: number) => gate.correct(data.orgId, m, { orgTokens: orgDelta, modelTokens: modelDelta }),
           }
         : {}),
       span,
@@ -233,7 +233,10 @@ function attemptOf(deps: ProcessorDeps) {
 
     try {
       logger.debug({ attempt, model }, 'job started');
-      const result = await deps.chain(ctx);
+      const result = await deps.chain(ctx).finally(() => {
+        // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
+        if (gate && ctx.prepaid) gate.refundUnspent(job);
+      });
       // Already in the usage stream when the result cache's store carried it (a computed miss).
       if (!carried) await record(completedRow(result));
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its

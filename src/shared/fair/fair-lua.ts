@@ -50,18 +50,20 @@ export interface ClaimLookup {
 }
 
 /**
- * What one call really used against what was charged for it, in tokens: `orgDelta` goes to the org's TPM
- * bucket for the model, `modelDelta` to the model's (each only where that limit is set). Positive charges
- * more, negative refunds.
+ * What calls really used against what their dispatch charged, for one org and model: `orgDelta` tokens go to
+ * the org's TPM bucket for the model, `modelDelta` tokens to the model's, and `requests` to both RPM buckets
+ * (-1 gives back the request charged for a job that called no model). Each only where that limit is set.
+ * Positive charges more, negative refunds; a refund also wakes the org's lanes asleep on that bucket.
  */
-export interface TpmCorrection {
+export interface ChargeCorrection {
   org: string;
   model: string;
   orgDelta: number;
   modelDelta: number;
+  requests: number;
 }
 
-const flatCorrections = (c: TpmCorrection[] = []) => [c.length, ...c.flatMap((x) => [x.org, x.model, x.orgDelta, x.modelDelta])];
+const flatCorrections = (c: ChargeCorrection[] = []) => [c.length, ...c.flatMap((x) => [x.org, x.model, x.orgDelta, x.modelDelta, x.requests])];
 
 /** What a claim or release that also dispatched decided (its ids already promoted in BullMQ). */
 export interface WithDispatch {
@@ -101,7 +103,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
     /** `corrections` are applied first, in the same call. */
-    async release(ids: string[], thenDispatch = false, corrections: TpmCorrection[] = []): Promise<ReleaseResult & WithDispatch> {
+    async release(ids: string[], thenDispatch = false, corrections: ChargeCorrection[] = []): Promise<ReleaseResult & WithDispatch> {
       if (ids.length === 0 && corrections.length === 0) return { freed: 0, due: false };
       const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...flatCorrections(corrections), ...ids])) as [number, number, unknown?];
       return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
@@ -121,7 +123,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's). `corrections`: applied
      * first, in the same call.
      */
-    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: TpmCorrection[]): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
+    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: ChargeCorrection[]): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
       const args = [id, progress, refill ? 1 : 0, ...(lookup ? lookup.args : ['', '', 0, '']), ...flatCorrections(corrections), ...release];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys)) as [number, number, unknown, unknown?];
       return {

@@ -1,6 +1,6 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
-import { createFairLua, type ClaimLookup, type ClaimResult, type TpmCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 
@@ -100,7 +100,7 @@ export interface FairScheduler {
    * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: TPM corrections
    * applied first, in the same call (as `release`'s).
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: TpmCorrection[] }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[] }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -110,7 +110,7 @@ export interface FairScheduler {
    * `correct`: the real token usage of finished calls against what their dispatch charged (the estimate),
    * applied to the org's and the model's TPM buckets first, in the same call.
    */
-  release(jobIds: string[], opts?: { dispatch?: boolean; correct?: TpmCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
+  release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;

@@ -96,8 +96,11 @@ export function createRateLimitGuard(opts: {
     try {
       result = await next();
     } catch (err) {
-      if (!prepaid && (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError)) {
-        await Promise.all(requests.map((r) => correct(r, -r.cost)));
+      // Refused before the call (nothing was sent to the model): what was taken for it goes back. The
+      // dispatcher's charge is handed back unspent, for the processor to refund once the attempt is over.
+      if (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError) {
+        if (prepaid) ctx.prepaid = prepaid;
+        else await Promise.all(requests.map((r) => correct(r, -r.cost)));
       }
       throw err;
     }

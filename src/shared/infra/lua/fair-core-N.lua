@@ -26,15 +26,15 @@
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 40-43), TPM corrections (a count, then org, model, org delta, model
---     delta per call: see applyCorrections), then ids of finished jobs whose slots this claim releases
+--     ms and owner (read only with KEYS 40-43), charge corrections (a count, then org, model, org tokens,
+--     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 40-43 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-4.lua's);  orphans: offset, count
---   release: dispatch (0|1: dispatch in this call when due), TPM corrections (as claim's), then job ids;
+--   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
@@ -248,6 +248,19 @@ local function level(key, cap, rate)
   return math.min(cap, tonumber(s[1]) + math.max(0, nowF - tonumber(s[2])) * rate)
 end
 
+-- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm, then the
+-- default for the model's tier.
+local function orgRpmOf(p, mi, model)
+  local pro = string.find(model, 'pro', 1, true) ~= nil
+  local r
+  if pro then r = p.ownRpmPro else r = p.ownRpmFlash end
+  if r == nil then r = mi.orgRpm end
+  if r == nil then
+    if pro then r = p.rpmPro else r = p.rpmFlash end
+  end
+  return r
+end
+
 -- The org's lane whose head job comes first (priority, then arrival), among its active lanes.
 local function bestLaneOf(org, fallback)
   local members = orgLanes(org)
@@ -286,14 +299,7 @@ local function tryLane(lane, org, model, v)
     return nil
   end
   local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
-  -- The org's own plan wins, then the model's configured per-org rpm, then the default for the model's tier.
-  local pro = string.find(model, 'pro', 1, true) ~= nil
-  local orgRpm
-  if pro then orgRpm = p.ownRpmPro else orgRpm = p.ownRpmFlash end
-  if orgRpm == nil then orgRpm = mi.orgRpm end
-  if orgRpm == nil then
-    if pro then orgRpm = p.rpmPro else orgRpm = p.rpmFlash end
-  end
+  local orgRpm = orgRpmOf(p, mi, model)
   -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now. A
   -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
   local candidates = {}
@@ -546,22 +552,49 @@ local function releaseFrom(from)
   return freed
 end
 
--- TPM corrections handed over from ARGV[i]: their count, then per call org, model, org delta, model delta
--- (tokens really used minus what was charged for it: the dispatch charged the estimate). The org's and the
--- model's TPM buckets (where limited) are corrected as the rate limiter corrects its own. Returns the index
--- of the first argument after them.
+-- Lanes of `org` asleep on one of `keys` (buckets just refunded) get a fresh look at this call's dispatch:
+-- a refund (a cache hit, a job cancelled before its call) is capacity now, not at the wake time computed
+-- before it. A lane that still lacks room goes back to sleep with a new wake time. Other orgs' lanes asleep
+-- on a refunded model bucket keep their wake time.
+local function wakeRefunded(org, keys)
+  local lanes = orgLanes(org)
+  if #lanes == 0 then return end
+  local whys = rcall('HMGET', K_SLEEPWHY, unpack(lanes))
+  for k, why in ipairs(whys) do
+    if why and (why == keys[1] or why == keys[2] or why == keys[3] or why == keys[4]) then
+      local l = lanes[k]
+      if unsleep(l) then activate(l, org, true) end
+    end
+  end
+end
+
+local function adjustBucket(key, cap, delta)
+  if delta ~= 0 and cap and cap > 0 then tokenBucketAdjust(key, cap, cap / 60000, delta, nowF) end
+end
+
+-- Charge corrections handed over from ARGV[i]: their count, then per entry org, model, org tokens, model
+-- tokens, requests: what calls really used minus what was charged for them. Tokens go to the org's and the
+-- model's TPM buckets (the dispatch charged the estimate); requests to the org's and the model's RPM buckets
+-- (-1 gives back the request a dispatch charged for a job that called no model: a cache hit, a job cancelled
+-- or refused before its call). Each only where that limit is set, corrected as the rate limiter corrects its
+-- own. Returns the index of the first argument after them.
 local function applyCorrections(i)
   local n = tonumber(ARGV[i]) or 0
   for k = 0, n - 1 do
-    local j = i + 1 + k * 4
+    local j = i + 1 + k * 5
     local org, model = ARGV[j], ARGV[j + 1]
-    local orgDelta, modelDelta = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3])
-    local cap = plan(org).tpm
-    if orgDelta ~= 0 and cap and cap > 0 then tokenBucketAdjust(P_TB_TPM_ORG .. org .. ':' .. model, cap, cap / 60000, orgDelta, nowF) end
-    cap = modelInfo(model).tpm
-    if modelDelta ~= 0 and cap and cap > 0 then tokenBucketAdjust(P_TB_TPM_MODEL .. model, cap, cap / 60000, modelDelta, nowF) end
+    local orgTokens, modelTokens, requests = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
+    local p, mi = plan(org), modelInfo(model)
+    local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
+    adjustBucket(keys[1], p.tpm, orgTokens)
+    adjustBucket(keys[2], mi.tpm, modelTokens)
+    if requests ~= 0 then
+      adjustBucket(keys[3], orgRpmOf(p, mi, model), requests)
+      adjustBucket(keys[4], mi.rpm, requests)
+    end
+    if orgTokens < 0 or modelTokens < 0 or requests < 0 then wakeRefunded(org, keys) end
   end
-  return i + 1 + n * 4
+  return i + 1 + n * 5
 end
 
 if op == 'dispatch' then
