@@ -174,7 +174,9 @@ describe('fair dispatch on every path', () => {
     // Cancelling it twice changes nothing.
     expect((await cancel(auth, waitingJob)).statusCode).toBe(409);
     expect(await stats(org)).toMatchObject({ waiting: 2, inFlight: 1 });
-    for (const id of ids) await cancel(auth, id);
+    // Whatever each job is doing by then (running, dispatched by the first one's release, waiting), its cancel
+    // is done (200), accepted (202: running) or it is already cancelled: never an error that leaves it to run.
+    for (const id of ids) expect([200, 202, 409]).toContain((await cancel(auth, id)).statusCode);
     await until('all slots back', async () => (await stats(org)).inFlight === 0 && (await stats(org)).waiting === 0, 20_000);
   }, 60_000);
 

@@ -388,17 +388,22 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
   });
 
-  it('cancel removes a waiting job, and frees the slot of one dispatched but not started', async () => {
+  it('cancel removes a waiting job, and frees the slot (and the charge) of one dispatched but not started', async () => {
     const c = await setup();
     const org = randomOrg();
-    await c.scheduler.setPlan(org, { concurrency: 1 });
-    const ids = await c.add(org, 3);
+    await c.scheduler.setPlan(org, { concurrency: 1, rpm: { flash: 10 }, tpm: 1000 });
+    const ids = await c.add(org, 3, { est: 300 });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[0]]);
+    const rpmBucket = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    const tpmBucket = `${c.prefix}:tb:tpm:org:${org}:${FLASH}`;
+    expect(Number(await c.redis.hget(tpmBucket, 'tokens'))).toBeLessThan(701);
     expect(await c.scheduler.cancel(ids[2])).toBe(true);
     expect(await c.scheduler.why(ids[2])).toBeNull();
     expect(await c.scheduler.cancel(ids[2])).toBe(false);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
     expect(await c.scheduler.cancel(ids[0])).toBe(true);
+    // It never ran: the request and the estimate are back (a full bucket is no key at all).
+    expect(await c.redis.exists(rpmBucket, tpmBucket)).toBe(0);
     expect(await c.scheduler.cancel(ids[0])).toBe(false);
     expect((await c.scheduler.orgStats(org)).waiting).toBe(1);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);

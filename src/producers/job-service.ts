@@ -203,13 +203,19 @@ export function createJobService(deps: {
       });
       const state = await job.getState();
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
+      // The marker first, whatever the state: a worker that fetches the job from here on (between getState and
+      // remove below, or before it starts) reads it in its claim and fails the job as cancelled, where it
+      // would otherwise run it, or park it again for its lane when the slot was already taken back.
+      await redis.set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS);
       if (state !== 'active') {
         try {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
           await deps.scheduler.cancel(id);
           await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
-          const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS);
+          // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
+          // idempotency key sent again).
+          const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS).del(cancelRequestedKey(prefix, id));
           // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
           // instead of noticing the tombstone at their next heartbeat.
           if (job.data.stream) {
@@ -219,13 +225,15 @@ export function createJobService(deps: {
           await done.exec();
           return view;
         } catch (err) {
-          // It was picked up between getState and remove: cancel it as an active job instead.
-          if ((await job.getState()) !== 'active') throw err;
+          // It was picked up between getState and remove: cancel it as an active job instead (its claim may
+          // already have failed it on the marker).
+          const now = await job.getState();
+          if (now !== 'active' && !isFinished(now)) throw err;
         }
       }
-      // The marker first: a worker that fetched the job but has not started it misses the message, and reads
-      // the marker when it starts (the processor checks it before running anything).
-      await redis.multi().set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS).publish(cancelChannel(prefix), id).exec();
+      // A worker that fetched the job but has not started it misses the message, and reads the marker when it
+      // starts (the claim reads it before running anything).
+      await redis.publish(cancelChannel(prefix), id);
       return { ...toJobView(job, 'active'), state: 'cancelling' };
     },
   };

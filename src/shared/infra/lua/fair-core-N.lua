@@ -572,27 +572,29 @@ local function adjustBucket(key, cap, delta)
   if delta ~= 0 and cap and cap > 0 then tokenBucketAdjust(key, cap, cap / 60000, delta, nowF) end
 end
 
--- Charge corrections handed over from ARGV[i]: their count, then per entry org, model, org tokens, model
--- tokens, requests: what calls really used minus what was charged for them. Tokens go to the org's and the
--- model's TPM buckets (the dispatch charged the estimate); requests to the org's and the model's RPM buckets
--- (-1 gives back the request a dispatch charged for a job that called no model: a cache hit, a job cancelled
--- or refused before its call). Each only where that limit is set, corrected as the rate limiter corrects its
--- own. Returns the index of the first argument after them.
+-- Corrects what was charged for calls of `org` to `model`: tokens to the org's and the model's TPM buckets
+-- (the dispatch charged the estimate), requests to the org's and the model's RPM buckets (-1 gives back the
+-- request a dispatch charged for a job that called no model: a cache hit, a job cancelled or refused before
+-- its call). Each only where that limit is set, corrected as the rate limiter corrects its own.
+local function correctCharge(org, model, orgTokens, modelTokens, requests)
+  local p, mi = plan(org), modelInfo(model)
+  local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
+  adjustBucket(keys[1], p.tpm, orgTokens)
+  adjustBucket(keys[2], mi.tpm, modelTokens)
+  if requests ~= 0 then
+    adjustBucket(keys[3], orgRpmOf(p, mi, model), requests)
+    adjustBucket(keys[4], mi.rpm, requests)
+  end
+  if orgTokens < 0 or modelTokens < 0 or requests < 0 then wakeRefunded(org, keys) end
+end
+
+-- Charge corrections handed over from ARGV[i] (see correctCharge): their count, then per entry org, model,
+-- org tokens, model tokens, requests. Returns the index of the first argument after them.
 local function applyCorrections(i)
   local n = tonumber(ARGV[i]) or 0
   for k = 0, n - 1 do
     local j = i + 1 + k * 5
-    local org, model = ARGV[j], ARGV[j + 1]
-    local orgTokens, modelTokens, requests = tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4])
-    local p, mi = plan(org), modelInfo(model)
-    local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
-    adjustBucket(keys[1], p.tpm, orgTokens)
-    adjustBucket(keys[2], mi.tpm, modelTokens)
-    if requests ~= 0 then
-      adjustBucket(keys[3], orgRpmOf(p, mi, model), requests)
-      adjustBucket(keys[4], mi.rpm, requests)
-    end
-    if orgTokens < 0 or modelTokens < 0 or requests < 0 then wakeRefunded(org, keys) end
+    correctCharge(ARGV[j], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
   end
   return i + 1 + n * 5
 end
@@ -674,8 +676,15 @@ elseif op == 'cancel' then
   local done = false
   if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
   if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
-  -- Dispatched but not started (it sits in BullMQ's wait): the slot goes back with the job.
-  if m[1] and m[5] == 'lease' then done = freeSlot(id, m[1]) end
+  -- Dispatched but not started (it sits in BullMQ's wait): the slot goes back with the job, and so does what
+  -- its dispatch charged (a batch lane was charged nothing).
+  if m[1] and m[5] == 'lease' then
+    done = freeSlot(id, m[1])
+    if done and string.sub(m[2], -#BATCH_LANE) ~= BATCH_LANE then
+      local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
+      correctCharge(m[1], m[2], -est, -est, -1)
+    end
+  end
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0
 elseif op == 'claim' then
