@@ -5,6 +5,7 @@ import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { marker, parseProm, riskJob, sampleSum, type Sample } from './helpers/ops.js';
+import { usageStreamKey } from '../src/shared/core/queue-keys.js';
 
 const ADMIN_TOKEN = 'adm-metrics-5e8a1c77b0f3';
 
@@ -87,6 +88,19 @@ describe('GET /metrics', () => {
     expect(samples.some((x) => x.name === 'agentq_queue_jobs' && x.labels.queue === 'agent-flows')).toBe(true);
     expect(samples.some((x) => x.name === 'agentq_queue_jobs' && x.labels.queue === 'agent-maintenance')).toBe(true);
     expect(sampleSum(samples, 'agentq_dlq_size')).toBe(counts.failed);
+  });
+
+  it('reports the usage rows no sink has written yet (the usage stream\'s backlog)', async () => {
+    // An API process alone: no worker, so no sink drains the stream while the test reads it.
+    const api = await startStack({ ADMIN_TOKEN }, { worker: false });
+    try {
+      const key = usageStreamKey(api.cfg.QUEUE_PREFIX);
+      for (let i = 0; i < 3; i++) await api.runtime.deps.redis.xadd(key, '*', 'run', `{"n":${i}}`);
+      const res = await api.app.inject({ method: 'GET', url: '/metrics', headers: admin });
+      expect(sampleSum(parseProm(res.body), 'agentq_usage_backlog_rows')).toBe(3);
+    } finally {
+      await api.close();
+    }
   });
 
   it('reads circuit breaker state from Redis at scrape', async () => {

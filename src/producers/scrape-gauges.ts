@@ -36,6 +36,8 @@ export function createScrapeGauges(deps: {
   breakerKeys: () => Promise<string[]>;
   /** The fair dispatcher's per-org state (orgs with work waiting or in flight). */
   orgGauges?: () => Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
+  /** Usage rows appended and not yet committed to `agent_runs` (the usage stream's length). */
+  usageBacklog?: () => Promise<number>;
 }) {
   const registry = new Registry();
   const registers = [registry];
@@ -61,6 +63,19 @@ export function createScrapeGauges(deps: {
       this.set(await agentQueue.getFailedCount());
     },
   });
+  if (deps.usageBacklog) {
+    const backlog = deps.usageBacklog;
+    // The stream is not capped (a row is never dropped): while no sink can write, it grows in Redis memory.
+    // This is what to alert on, before a noeviction Redis refuses writes.
+    new Gauge({
+      name: 'agentq_usage_backlog_rows',
+      help: 'Usage rows waiting in the usage stream for a sink to write them to agent_runs',
+      registers,
+      async collect() {
+        this.set(await backlog());
+      },
+    });
+  }
   new Gauge({
     name: 'agentq_circuit_breaker_state',
     help: 'Circuit breaker state per key: 0 closed, 1 half-open, 2 open',

@@ -19,7 +19,7 @@ import { createMetricsExchange } from '../../shared/ops/metrics-exchange.js';
 import { breakerKeysIn, createScrapeGauges } from '../../producers/scrape-gauges.js';
 import { attachOpsListeners } from '../../workers/ops/worker-listeners.js';
 import { logConnectionErrors } from '../../shared/infra/redis/connection.js';
-import { agentqPrefix } from '../../shared/core/queue-keys.js';
+import { agentqPrefix, usageStreamKey } from '../../shared/core/queue-keys.js';
 
 export const DLQ_REPROCESS_TASK = 'dlq-reprocess';
 export const FAIR_ORPHANS_TASK = 'fair-orphans';
@@ -69,6 +69,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
         queues,
         breakerState: (key) => breaker.state(key),
         orgGauges: () => deps.scheduler.gauges(),
+        usageBacklog: () => deps.redis.xlen(usageStreamKey(prefix)),
         breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, agentqPrefix(prefix)))])],
       });
       dlqRoutes(app, { dlq });
