@@ -145,6 +145,39 @@ describe('batch tier through ai.batches and the emulator', () => {
       await scheduler.setPlan(org, {});
     }
   });
+
+  it('a batch-tier job answered on the standard tier instead (its batch expired) is charged its online request after the call', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: -1, expireMs: 48 * 3600_000 });
+    const scheduler = s.runtime.deps.scheduler;
+    const org = randomOrg();
+    const auth = { authorization: `Bearer ${await s.newKey(org)}` };
+    await scheduler.setPlan(org, { rpm: { pro: 10, flash: 10 } });
+    try {
+      const ids: string[] = [];
+      for (const m of ['x1', 'x2', 'x3']) {
+        const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { ...riskJob(m), options: { tier: 'batch', deadline: 7200 } } });
+        expect(res.statusCode, res.body).toBe(202);
+        ids.push(res.json().id as string);
+      }
+      await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+      s.emulator.advanceClock(48 * 3600_000);
+      const done = await Promise.all(ids.map(async (id) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: auth })).json()));
+      expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', undefined]));
+      expect(generateCalls(s)).toHaveLength(3);
+      // Three online calls no dispatch paid for: the org's bucket (10 a minute) is down by three.
+      const bucket = `${agentqPrefix(s.cfg.QUEUE_PREFIX)}:tb:rpm:org:${org}:${s.cfg.GEMINI_MODEL_PRO}`;
+      await until('the three requests charged', async () => {
+        const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
+        if (tokens === null) return false;
+        const [sec, usec] = await s.runtime.deps.redis.time();
+        const level = Math.min(10, Number(tokens) + (Number(sec) * 1000 + Number(usec) / 1000 - Number(ts)) * (10 / 60_000));
+        return level < 7.5;
+      });
+    } finally {
+      await scheduler.setPlan(org, {});
+    }
+  });
 });
 
 describe('batch creation survives a crash between the intent and the answer of create', () => {

@@ -212,22 +212,29 @@ describe('rate limit guard', () => {
   it('hands what a call really used to the dispatcher\'s ledger: the difference for a prepaid call, all of it to the org otherwise', async () => {
     const model = `m-${randomOrg()}`;
     const guard = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 100, modelRpm: () => 100, modelTpm: () => 6000 } });
-    const charged: Array<[string, number, number]> = [];
-    const chargeTpm = (m: string, orgDelta: number, modelDelta: number) => void charged.push([m, orgDelta, modelDelta]);
+    const charged: Array<[string, number, number, number]> = [];
+    const charge = (m: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => void charged.push([m, d.orgTokens, d.modelTokens, d.requests ?? 0]);
     const used = okResult('ok', { input: 700, output: 300 });
     // Prepaid: the dispatch charged both TPM buckets 400; the guard takes nothing and writes no bucket itself.
-    await guard(guardContext({ model, prepaid: { model, charged: 400 }, chargeTpm }), async () => used);
-    expect(charged).toEqual([[model, 600, 600]]);
+    await guard(guardContext({ model, prepaid: { model, charged: 400 }, charge }), async () => used);
+    expect(charged).toEqual([[model, 600, 600, 0]]);
     expect(await redis.exists(`${prefix}:tb:tpm:model:${model}`, `${prefix}:tb:rpm:model:${model}`)).toBe(0);
     // Not prepaid (a fallback model): the guard charges and corrects the model's buckets itself; the org's
     // TPM bucket, which it never took from, is charged the whole usage.
-    await guard(guardContext({ model, estimatedTokens: 100, chargeTpm }), async () => used);
-    expect(charged[1]).toEqual([model, 1000, 0]);
+    await guard(guardContext({ model, estimatedTokens: 100, charge }), async () => used);
+    expect(charged[1]).toEqual([model, 1000, 0, 0]);
     expect(Number(await redis.hget(`${prefix}:tb:tpm:model:${model}`, 'tokens'))).toBeLessThanOrEqual(5000 + 100);
     // No bucket of its own to take (no model limits): the org is still charged.
     const open = createRateLimitGuard({ buckets, limits: { perOrgModelRpm: () => 0, modelRpm: () => 0, modelTpm: () => 0 } });
-    await open(guardContext({ model, chargeTpm }), async () => used);
-    expect(charged[2]).toEqual([model, 1000, 0]);
+    await open(guardContext({ model, charge }), async () => used);
+    expect(charged[2]).toEqual([model, 1000, 0, 0]);
+    // A batch-tier job's dispatch charged nothing online: answered by its batch it charges nothing; answered
+    // on the standard tier instead (its batch expired) it is charged the request and all its tokens.
+    const batchPaid = { model, charged: 0 };
+    await guard(guardContext({ model, tier: 'batch', prepaid: batchPaid, charge }), async () => ({ ...used, tier: 'batch' as const }));
+    expect(charged[3]).toEqual([model, 0, 0, 0]);
+    await guard(guardContext({ model, tier: 'batch', prepaid: batchPaid, charge }), async () => used);
+    expect(charged[4]).toEqual([model, 1000, 1000, 1]);
   });
 
   it('refunds every bucket when an inner guard refused before any call', async () => {

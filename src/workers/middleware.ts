@@ -34,11 +34,12 @@ export interface JobContext {
    */
   prepaid?: { model: string; /** Tokens the dispatcher charged to the TPM buckets (the job's estimate). */ readonly charged: number };
   /**
-   * Set when the fair dispatcher keeps the org's TPM bucket: what a call really used is charged to it (and,
-   * for a prepaid call, to the model's) through the fair gate, which batches it onto its next claim or
-   * release. `orgDelta` / `modelDelta`: tokens used minus tokens already charged to that bucket.
+   * Set when the fair dispatcher keeps the org's buckets: what a call really used is charged to them
+   * through the fair gate, which batches it onto its next claim or release. `orgTokens` / `modelTokens`:
+   * tokens used minus tokens already charged to the org's / the model's TPM bucket; `requests`: requests
+   * to charge to both RPM buckets that no dispatch charged (a batch-tier job's call on the standard tier).
    */
-  chargeTpm?: (model: string, orgDelta: number, modelDelta: number) => void;
+  charge?: (model: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => void;
   /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
   span?: Span;
   /**

@@ -160,7 +160,7 @@ function attemptOf(deps: ProcessorDeps) {
                 return data.tier === 'batch' ? 0 : estimateTokens(data.input);
               },
             },
-            chargeTpm: (m: string, orgDelta: number, modelDelta: number) => gate.correct(data.orgId, m, { orgTokens: orgDelta, modelTokens: modelDelta }),
+            charge: (m: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => gate.correct(data.orgId, m, d),
           }
         : {}),
       span,

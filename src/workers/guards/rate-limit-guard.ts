@@ -67,8 +67,8 @@ export function createRateLimitGuard(opts: {
     const estimate = prepaid ? 0 : Math.max(0, Math.ceil(ctx.estimatedTokens || 0));
     perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
     // With the fair dispatcher the org's TPM bucket is kept by the dispatcher: the call's real usage is
-    // charged to it (`chargeTpm`) whether or not this guard has buckets of its own to take.
-    const ledger = ctx.chargeTpm;
+    // charged to it (`charge`) whether or not this guard has buckets of its own to take.
+    const ledger = ctx.charge;
     if (requests.length === 0 && !ledger) return next();
     const taken: TakeResult = prepaid || requests.length === 0 ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
     guardEvent(ctx.span, 'agentq.guard.rate_limit', {
@@ -107,12 +107,15 @@ export function createRateLimitGuard(opts: {
     // An answer from a Gemini batch used none of the online per-minute quota.
     const used = result.tier === 'batch' ? 0 : (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
     if (prepaid && ledger) {
-      // Both TPM buckets were charged the job's estimate by the dispatch.
-      ledger(model, used - prepaid.charged, used - prepaid.charged);
+      // Both TPM buckets were charged the job's estimate by the dispatch. A batch-tier job's dispatch charged
+      // no online bucket: an answer from the standard tier instead (its batch expired, failed or would be
+      // late) is charged its request too, after the call rather than refused before it (its deadline is near).
+      const online = ctx.tier === 'batch' && result.tier !== 'batch';
+      ledger(model, { orgTokens: used - prepaid.charged, modelTokens: used - prepaid.charged, requests: online ? 1 : 0 });
       return result;
     }
     // Not prepaid (a fallback model, a retry within the route): the org's bucket was not charged at all.
-    ledger?.(model, used, 0);
+    ledger?.(model, { orgTokens: used, modelTokens: 0 });
     if (tpm) {
       if (flushMs > 0) later(tpm, used - tpm.cost);
       else await correct(tpm, used - tpm.cost);
