@@ -131,7 +131,9 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const unlockLua = defineLua(redis, 'lock-release-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
   const bumpLua = defineLua(redis, 'result-cache-bump-1.lua');
-  const l1 = new LRUCache<string, { tag: string; value: T; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
+  // L1 keeps the value's JSON: each hit parses its own copy (a caller may change what it gets), which costs
+  // less than structuredClone of the object and hands out exactly what an L2 hit would.
+  const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
   const channel = guardKeys.resultInvalidations(prefix);
   /** L1 served from memory: only while the broadcast is subscribed, so no invalidation can pass unseen. */
   let l1Live = false;
@@ -214,16 +216,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
    */
   async function lookup(p: CacheKeyParts, lock: string, owner = '', pre?: Prefetch, { hash, keys } = keysFor(p)) {
     const local = pre ? undefined : l1.get(hash);
-    if (local && l1Live) return { hash, keys, tag: local.tag, found: { level: 'l1', value: structuredClone(local.value) } as CacheHit<T>, lockState: 0 };
+    if (local && l1Live) return { hash, keys, tag: local.tag, found: { level: 'l1', value: JSON.parse(local.json) as T } as CacheHit<T>, lockState: 0 };
     const seen = pre ? pre.seen : epoch;
     const [tag, hit, lockState, json] = pre?.reply ?? ((await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as LookupReply);
     let found: CacheHit<T> | null = null;
     if (hit === 1 && local) {
-      found = { level: 'l1', value: structuredClone(local.value) };
+      found = { level: 'l1', value: JSON.parse(local.json) as T };
     } else if (hit === 2 && json !== undefined) {
-      const value = JSON.parse(json) as T;
-      remember(hash, p, tag, value, seen);
-      found = { level: 'l2', value: structuredClone(value) };
+      remember(hash, p, tag, json, seen);
+      found = { level: 'l2', value: JSON.parse(json) as T };
     } else if (local) {
       l1.delete(hash);
     }
@@ -231,16 +232,17 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   }
 
   /** Fills L1 unless an invalidation was seen since the Redis read that produced `tag` was sent. */
-  function remember(hash: string, p: CacheKeyParts, tag: string, value: T, seenEpoch: number): void {
-    if (epoch === seenEpoch) l1.set(hash, { tag, value, org: enc(p.orgId), agent: enc(p.agent) });
+  function remember(hash: string, p: CacheKeyParts, tag: string, json: string, seenEpoch: number): void {
+    if (epoch === seenEpoch) l1.set(hash, { tag, json, org: enc(p.orgId), agent: enc(p.agent) });
   }
 
   /** Writes the entry (and releases `lockToken`'s lock, and appends `usage`, in the same call). */
   async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const seen = epoch;
-    const args = [tag, JSON.stringify(value), opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? ''];
+    const json = JSON.stringify(value);
+    const args = [tag, json, opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? ''];
     const [stored, current] = (await setLua([...keys, usageKey], args)) as [number, string];
-    if (stored === 1) remember(hash, p, current, structuredClone(value), seen);
+    if (stored === 1) remember(hash, p, current, json, seen);
     return stored === 1;
   }
 
