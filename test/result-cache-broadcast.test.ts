@@ -1,3 +1,5 @@
+import { spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createResultCache, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
@@ -58,7 +60,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     console.log(`[figure] L1 hit from memory, 2000 gets: p50 ${times[1000].toFixed(4)} ms, p99 ${times[1980].toFixed(4)} ms`);
   });
 
-  it('two processes: once the invalidation is observed, no stale hit; the delay from bump to observed is reported', async () => {
+  it('two caches on connections of their own: once the invalidation is observed, no stale hit; an agent bump spares the org\'s other agents', async () => {
     const prefix = randomPrefix();
     const a = await cacheProcess(prefix);
     const b = await cacheProcess(prefix);
@@ -84,7 +86,49 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
       else expect(await b.cache.get(otherAgent)).toBeNull();
     }
     delays.sort((x, y) => x - y);
-    console.log(`[figure] invalidation bump -> observed by the other process, 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
+    console.log(`[figure] invalidation bump -> observed by the other cache (same process), 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
+  });
+
+  it('two OS processes: the other process stops serving its L1 copy once the bump reaches it; the staleness bound is reported', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/cache-process.ts'], {
+      env: { ...process.env, REDIS_URL: redisUrl(), CACHE_PREFIX: prefix },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    const exited = new Promise((resolve) => child.once('close', resolve));
+    const lines: Array<{ ready?: boolean; seen?: { orgId: string }; at?: number; got?: string; level?: string | null }> = [];
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      try {
+        lines.push(JSON.parse(l));
+      } catch {
+        // not a line of the fixture's
+      }
+    });
+    try {
+      await until('the other process subscribed', () => lines.some((l) => l.ready));
+      const get = async (id: string, p: CacheKeyParts) => {
+        child.stdin!.write(`${JSON.stringify({ get: id, parts: p })}\n`);
+        return (await until(`answer ${id}`, () => lines.find((l) => l.got === id)))!.level;
+      };
+      const delays: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        const p = parts();
+        await a.cache.set(p, okResult(`v${i}`));
+        expect(await get(`first${i}`, p)).toBe('l2');
+        expect(await get(`again${i}`, p)).toBe('l1');
+        const t0 = performance.timeOrigin + performance.now();
+        await a.cache.invalidateOrg(p.orgId);
+        const seen = await until('the bump seen by the other process', () => lines.find((l) => l.seen?.orgId === p.orgId));
+        delays.push(seen.at! - t0);
+        expect(await get(`after${i}`, p)).toBeNull();
+      }
+      delays.sort((x, y) => x - y);
+      console.log(`[figure] invalidation bump -> observed by another OS process, 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
+    } finally {
+      child.stdin!.end();
+      await exited;
+    }
   });
 
   it('a process that lost its subscriber drops L1 and checks Redis until it is subscribed again', async () => {
