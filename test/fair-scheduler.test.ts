@@ -507,34 +507,6 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
   });
 
-  it('gives back the request and estimate a dispatch charged for a job that called no model, and wakes the org\'s lane asleep on that bucket', async () => {
-    const c = await setup({ modelLimits: () => ({ rpm: 100 }) });
-    const org = randomOrg();
-    await c.scheduler.setPlan(org, { rpm: { flash: 1 }, tpm: 1000 });
-    const ids = await c.add(org, 2, { est: 400 });
-    // The org's one request a minute goes to ids[0]; ids[1]'s lane sleeps on the emptied bucket.
-    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[0]]);
-    const orgRpm = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
-    expect(await c.redis.hget(`${c.prefix}:fq:sleepwhy`, `${org}|${FLASH}`)).toBe(orgRpm);
-    const level = async (bucket: string, cap: number) => {
-      const [tokens, ts] = await c.redis.hmget(`${c.prefix}:tb:${bucket}`, 'tokens', 'ts');
-      return tokens === null ? cap : Math.min(cap, Number(tokens) + ((await c.redisNow()) - Number(ts)) * (cap / 60_000));
-    };
-    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
-    // A charge that is not a refund wakes nothing.
-    expect(await c.scheduler.release([], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: 10, modelDelta: 0, requests: 0 }] })).toMatchObject({ freed: 0, due: false });
-    // ids[0] was answered from the cache: its finish carries the refund, which wakes the lane, and the same
-    // call dispatches ids[1] with the request given back.
-    const rel = await c.scheduler.release([ids[0]], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: -400, modelDelta: -400, requests: -1 }] });
-    expect(rel).toMatchObject({ freed: 1, due: true });
-    expect(rel.dispatched?.promoted).toEqual([ids[1]]);
-    // Each bucket holds one charge again (ids[1]'s), not two; the org's TPM was charged 10 more above.
-    expect(await level(`rpm:model:${FLASH}`, 100)).toBeGreaterThanOrEqual(99 - 0.01);
-    expect(await level(`rpm:model:${FLASH}`, 100)).toBeLessThan(99.1);
-    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeGreaterThanOrEqual(590 - 1);
-    expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(590 + 5);
-  });
-
   it('limits an org per model by the model\'s configured orgRpm unless its own plan says otherwise', async () => {
     const c = await setup({ modelLimits: (m) => (m === 'limited-model' ? { orgRpm: 1 } : {}) });
     const org = randomOrg();

@@ -97,7 +97,7 @@ export interface FairScheduler {
    * loop: it may carry the one armed wake-up time. `release`: finished
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
    * `lookup`: the job's result-cache lookup, done in the same call when the claim holds and is not cancelled
-   * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: TPM corrections
+   * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: charge corrections
    * applied first, in the same call (as `release`'s).
    */
   claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[] }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
