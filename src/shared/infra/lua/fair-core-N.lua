@@ -568,8 +568,11 @@ local function wakeRefunded(org, keys)
   end
 end
 
+-- True when it gave tokens back to a limited bucket (a lane may be asleep on it).
 local function adjustBucket(key, cap, delta)
-  if delta ~= 0 and cap and cap > 0 then tokenBucketAdjust(key, cap, cap / 60000, delta, nowF) end
+  if delta == 0 or not cap or cap <= 0 then return false end
+  tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+  return delta < 0
 end
 
 -- Corrects what was charged for calls of `org` to `model`: tokens to the org's and the model's TPM buckets
@@ -579,13 +582,14 @@ end
 local function correctCharge(org, model, orgTokens, modelTokens, requests)
   local p, mi = plan(org), modelInfo(model)
   local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
-  adjustBucket(keys[1], p.tpm, orgTokens)
-  adjustBucket(keys[2], mi.tpm, modelTokens)
+  local refunded = adjustBucket(keys[1], p.tpm, orgTokens)
+  refunded = adjustBucket(keys[2], mi.tpm, modelTokens) or refunded
   if requests ~= 0 then
-    adjustBucket(keys[3], orgRpmOf(p, mi, model), requests)
-    adjustBucket(keys[4], mi.rpm, requests)
+    refunded = adjustBucket(keys[3], orgRpmOf(p, mi, model), requests) or refunded
+    refunded = adjustBucket(keys[4], mi.rpm, requests) or refunded
   end
-  if orgTokens < 0 or modelTokens < 0 or requests < 0 then wakeRefunded(org, keys) end
+  -- Unlimited buckets are not kept: nothing can sleep on them, so nothing to wake.
+  if refunded then wakeRefunded(org, keys) end
 end
 
 -- Charge corrections handed over from ARGV[i] (see correctCharge): their count, then per entry org, model,
