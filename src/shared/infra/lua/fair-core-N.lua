@@ -552,16 +552,16 @@ local function releaseFrom(from)
   return freed
 end
 
--- Lanes of `org` asleep on one of `keys` (buckets just refunded) get a fresh look at this call's dispatch:
--- a refund (a cache hit, a job cancelled before its call) is capacity now, not at the wake time computed
--- before it. A lane that still lacks room goes back to sleep with a new wake time. Other orgs' lanes asleep
--- on a refunded model bucket keep their wake time.
-local function wakeRefunded(org, keys)
+-- Lanes of `org` asleep on a bucket in `refunded` (key -> true: buckets just given tokens back) get a fresh
+-- look at this call's dispatch: a refund (a cache hit, a job cancelled before its call) is capacity now, not
+-- at the wake time computed before it. A lane that still lacks room goes back to sleep with a new wake time.
+-- Other orgs' lanes asleep on a refunded model bucket keep their wake time.
+local function wakeRefunded(org, refunded)
   local lanes = orgLanes(org)
   if #lanes == 0 then return end
   local whys = rcall('HMGET', K_SLEEPWHY, unpack(lanes))
   for k, why in ipairs(whys) do
-    if why and (why == keys[1] or why == keys[2] or why == keys[3] or why == keys[4]) then
+    if why and refunded[why] then
       local l = lanes[k]
       if unsleep(l) then activate(l, org, true) end
     end
@@ -582,14 +582,19 @@ end
 local function correctCharge(org, model, orgTokens, modelTokens, requests)
   local p, mi = plan(org), modelInfo(model)
   local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
-  local refunded = adjustBucket(keys[1], p.tpm, orgTokens)
-  refunded = adjustBucket(keys[2], mi.tpm, modelTokens) or refunded
-  if requests ~= 0 then
-    refunded = adjustBucket(keys[3], orgRpmOf(p, mi, model), requests) or refunded
-    refunded = adjustBucket(keys[4], mi.rpm, requests) or refunded
+  local caps = { p.tpm, mi.tpm, 0, 0 }
+  local deltas = { orgTokens, modelTokens, requests, requests }
+  if requests ~= 0 then caps[3], caps[4] = orgRpmOf(p, mi, model), mi.rpm end
+  -- Only a lane asleep on a bucket that got tokens back is woken: one asleep on another bucket (say the org's
+  -- RPM, while a call's TPM is corrected down) would only go back to sleep. Unlimited buckets are not kept.
+  local refunded, any = {}, false
+  for k = 1, 4 do
+    if adjustBucket(keys[k], caps[k], deltas[k]) then
+      refunded[keys[k]] = true
+      any = true
+    end
   end
-  -- Unlimited buckets are not kept: nothing can sleep on them, so nothing to wake.
-  if refunded then wakeRefunded(org, keys) end
+  if any then wakeRefunded(org, refunded) end
 end
 
 -- Charge corrections handed over from ARGV[i] (see correctCharge): their count, then per entry org, model,
