@@ -203,11 +203,12 @@ export function createJobService(deps: {
       });
       const state = await job.getState();
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
-      // The marker first, whatever the state: a worker that fetches the job from here on (between getState and
-      // remove below, or before it starts) reads it in its claim and fails the job as cancelled, where it
-      // would otherwise run it, or park it again for its lane when the slot was already taken back.
-      await redis.set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS);
+      const marker = () => redis.multi().set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS);
       if (state !== 'active') {
+        // The marker first: a worker that fetches the job from here on (between getState and remove below)
+        // reads it in its claim and fails the job as cancelled, where it would otherwise park it again for its
+        // lane (its slot already taken back) and run it later.
+        await marker().exec();
         try {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
           await deps.scheduler.cancel(id);
@@ -231,9 +232,9 @@ export function createJobService(deps: {
           if (now !== 'active' && !isFinished(now)) throw err;
         }
       }
-      // A worker that fetched the job but has not started it misses the message, and reads the marker when it
-      // starts (the claim reads it before running anything).
-      await redis.publish(cancelChannel(prefix), id);
+      // The marker with the message, in one round trip: a worker that fetched the job but has not started it
+      // misses the message, and reads the marker when it starts (the claim reads it before running anything).
+      await marker().publish(cancelChannel(prefix), id).exec();
       return { ...toJobView(job, 'active'), state: 'cancelling' };
     },
   };

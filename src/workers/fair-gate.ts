@@ -95,8 +95,13 @@ export function createFairGate(deps: {
     flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
   }
 
-  /** Gives back what the dispatch of `job` charged, once (see `refundUnspent`). */
-  function refundDispatch(job: AgentJob): void {
+  /**
+   * The attempt ends without having called the model its dispatch paid for (`JobContext.prepaid` never
+   * spent: a result- or semantic-cache hit, a cancel, a quota or breaker refusal before the call): the request
+   * and the token estimate go back to the org's and the model's buckets. A cache hit costs no model quota.
+   * Once per admission; a job admitted without a slot was never charged.
+   */
+  function refundUnspent(job: AgentJob): void {
     if (!charged.has(job)) return;
     charged.delete(job);
     const entry = deps.entryOf(job);
@@ -140,7 +145,7 @@ export function createFairGate(deps: {
       if (held) charged.add(job);
       if (cancelled) {
         // It never calls the model: what its dispatch charged goes back.
-        refundDispatch(job);
+        refundUnspent(job);
         return 'cancelled';
       }
       if (held || !token) return 'run';
@@ -174,7 +179,7 @@ export function createFairGate(deps: {
 
     /**
      * Corrects what was charged for calls of `org` to `model` (see `ChargeCorrection`): a call's real token
-     * usage against its charge (`JobContext.chargeTpm`), or a dispatch's charge given back. Summed per org and
+     * usage against its charge (`JobContext.charge`), or a dispatch's charge given back. Summed per org and
      * model for `correctionBatchMs`, then sent with the next claim or release (jobs finish and start all the
      * time: no round trip of its own), or on its own once CORRECTION_MAX_DELAY_MS is over.
      */
@@ -197,15 +202,7 @@ export function createFairGate(deps: {
       }, CORRECTION_MAX_DELAY_MS).unref();
     },
 
-    /**
-     * The attempt ends without having called the model its dispatch paid for (`JobContext.prepaid` never
-     * spent: a result- or semantic-cache hit, a quota or breaker refusal before the call): the request and
-     * the token estimate go back to the org's and the model's buckets. A cache hit costs no model quota. Once
-     * per admission; a job admitted without a slot was never charged.
-     */
-    refundUnspent(job: AgentJob): void {
-      refundDispatch(job);
-    },
+    refundUnspent,
 
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
     finished(jobId: string): void {

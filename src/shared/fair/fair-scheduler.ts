@@ -107,8 +107,9 @@ export interface FairScheduler {
    * Frees the jobs' slots; `due` says whether a dispatch now has anything to do, so a caller skips the
    * dispatch when nothing does (e.g. the only lane sleeps on a rate limit: its armed wake-up comes back).
    * With `dispatch: true` that dispatch (promotion included) runs in the same script call; `dispatched` is its result.
-   * `correct`: the real token usage of finished calls against what their dispatch charged (the estimate),
-   * applied to the org's and the model's TPM buckets first, in the same call.
+   * `correct`: charge corrections (`ChargeCorrection`: finished calls' real token usage against the estimate
+   * their dispatch charged, requests given back or charged), applied to the org's and the model's buckets
+   * first, in the same call.
    */
   release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
