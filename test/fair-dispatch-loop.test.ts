@@ -207,6 +207,32 @@ describe('fair gate', () => {
     await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
     expect(alone.calls.released).toEqual([[]]);
   });
+  it('the release of the last job running here carries corrections at once: no claim would carry them within the window', async () => {
+    const jobOf = (id: string) => ({ id }) as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const c10 = [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }];
+    // A 60 s window: only "nothing else runs here" can send them with the release.
+    const g = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
+    expect(await g.gate.admit(jobOf('a'), 'token')).toBe('run');
+    expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
+    g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+    // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing.
+    g.gate.finished('a');
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]));
+    expect(g.calls.release).toEqual([{ dispatch: true }]);
+    g.gate.finished('b');
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]));
+    expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
+    // A job deferred (parked) is no longer running either.
+    const d = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
+    const parked = { id: 'p', moveToDelayed: async () => {} } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    expect(await d.gate.admit(parked, 'token')).toBe('run');
+    expect(await d.gate.admit(jobOf('q'), 'token')).toBe('run');
+    await d.gate.defer(parked, 'token', Date.now() + 1000, 'quota');
+    d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+    d.gate.finished('q');
+    await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]));
+    await Promise.all([g.gate.close(), d.gate.close()]);
+  });
   it('gives a dispatch\'s charge back once for a job that held a slot and called no model; nothing for one that held none, or a batch lane', async () => {
     type AgentJob = Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const jobOf = (id: string) => ({ id }) as unknown as AgentJob;

@@ -51,6 +51,12 @@ export function createFairGate(deps: {
     return out;
   }
   let forceCorrections = false;
+  /**
+   * Jobs admitted here and not finished yet. While none is, no claim from this process will come to carry the
+   * corrections within the batch window (a throttled org, a quiet queue): a release sent then takes them all,
+   * instead of a call of their own CORRECTION_MAX_DELAY_MS later.
+   */
+  const running = new Set<string>();
   /** Jobs this gate admitted on a dispatcher slot: their dispatch charged the org's and the model's buckets. */
   const charged = new WeakSet<AgentJob>();
   /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
@@ -63,7 +69,7 @@ export function createFairGate(deps: {
     let failed = false;
     for (;;) {
       // Forced once CORRECTION_MAX_DELAY_MS is over (also when that happens while this loop awaits).
-      const correct = takeCorrections(forceCorrections);
+      const correct = takeCorrections(forceCorrections || (running.size === 0 && pending.length > 0));
       forceCorrections = false;
       if (pending.length === 0 && correct.length === 0) break;
       const ids = pending;
@@ -143,6 +149,7 @@ export function createFairGate(deps: {
       if (dispatched) deps.loop.absorb(dispatched);
       if (lookup && lookupReply !== undefined) lookup.deliver(lookupReply);
       if (held) charged.add(job);
+      if (held || cancelled || !token) running.add(job.id!);
       if (cancelled) {
         // It never calls the model: what its dispatch charged goes back.
         refundUnspent(job);
@@ -161,6 +168,7 @@ export function createFairGate(deps: {
      * every org (`MODEL_WIDE_DELAYS`): the fair dispatcher stops sending anyone's jobs into a wall.
      */
     async defer(job: AgentJob, token: string | undefined, untilMs: number, reason: string, model?: string): Promise<void> {
+      running.delete(job.id!);
       if (!token) throw new Error('cannot defer a job without its lock token');
       await parkActiveJob(job, token);
       await deps.scheduler.repark(job.id!, untilMs, reason);
@@ -206,6 +214,7 @@ export function createFairGate(deps: {
 
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
     finished(jobId: string): void {
+      running.delete(jobId);
       const backoffMs = retries.get(jobId);
       if (backoffMs !== undefined) {
         retries.delete(jobId);
