@@ -30,7 +30,13 @@ const run = (orgId: string, jobId: string, attempt = 1, over: Partial<AgentRun> 
 });
 
 /** A sink on its own connection, over a store that can be made to fail like a Postgres that is down. */
-function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, onCommitted?: (lags: number[]) => void, blockMs = 200) {
+function sinkFor(
+  key: string,
+  store: { recordMany(runs: AgentRun[]): Promise<number> },
+  onCommitted?: (lags: number[]) => void,
+  blockMs = 200,
+  backlog?: { backlogMax: number; onBacklog(over: boolean, rows: number): void },
+) {
   return createRunSink({
     redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
     key,
@@ -43,6 +49,7 @@ function sinkFor(key: string, store: { recordMany(runs: AgentRun[]): Promise<num
     blockMs,
     logger,
     ...(onCommitted ? { onCommitted } : {}),
+    ...backlog,
   });
 }
 
@@ -154,5 +161,32 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const rows = await rowsOf(ids);
     expect(rows).toHaveLength(30);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
+
+  it('a backlog over its limit is reported while Postgres is down, and its end once written back to 80 %', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    let down = true;
+    const reports: Array<[boolean, number]> = [];
+    const sink = sinkFor(key, { recordMany: (r) => (down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : store.recordMany(r)) }, undefined, 200, {
+      backlogMax: 5,
+      onBacklog: (over, rows) => reports.push([over, rows]),
+    });
+    const appender = createRunAppender({ redis, key });
+    const ids = Array.from({ length: 8 }, (_, i) => `backlog-${org}-${i}`);
+    for (const id of ids.slice(0, 5)) await appender.record(run(org, id));
+    sink.start();
+    // At the limit, not over it: nothing reported however often the sink fails.
+    await until('the sink failing on the first rows', async () => ((await redis.xpending(key, usageSinkGroup).catch(() => [0])) as [number])[0] === 5);
+    for (const id of ids.slice(5)) await appender.record(run(org, id));
+    await until('the backlog reported over its limit', () => reports.length === 1);
+    expect(reports[0]).toEqual([true, 8]);
+    down = false;
+    await until('the backlog reported written down', () => reports.length === 2);
+    expect(reports[1][0]).toBe(false);
+    expect(reports[1][1]).toBeLessThanOrEqual(4);
+    await sink.close();
+    expect(await rowsOf(ids)).toHaveLength(8);
   });
 });

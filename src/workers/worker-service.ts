@@ -24,6 +24,8 @@ import type { BatchTier } from './batch-tier.js';
 export interface WorkerService {
   ready(): Promise<void>;
   isRunning(): boolean;
+  /** False while a usage backlog over USAGE_BACKLOG_MAX_ROWS holds this worker (no new job taken). */
+  takingJobs(): boolean;
   close(graceMs: number): Promise<void>;
 }
 
@@ -74,6 +76,8 @@ export function createWorkerService(opts: {
     claimIdleMs: cfg.USAGE_SINK_CLAIM_IDLE_MS,
     blockMs: cfg.USAGE_SINK_BLOCK_MS,
     onCommitted: (lags) => features.forEach((f) => f.onUsageCommitted?.(lags)),
+    backlogMax: cfg.USAGE_BACKLOG_MAX_ROWS,
+    onBacklog: (over, rows) => backlogBrake(over, rows),
     logger,
   });
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
@@ -115,6 +119,22 @@ export function createWorkerService(opts: {
     logger,
   });
   for (const f of features) f.attachWorker?.(worker.worker);
+  let closing = false;
+  /**
+   * Usage rows are not reaching Postgres and the stream holds USAGE_BACKLOG_MAX_ROWS of them: this process takes
+   * no new job (jobs running finish; nothing is lost, jobs wait in their queue) until the sinks have written it
+   * back to 80 %. Every worker process sees the same stream, so the whole fleet stops and starts together.
+   */
+  function backlogBrake(over: boolean, rows: number): void {
+    if (closing) return;
+    if (over) {
+      logger.error({ rows, max: cfg.USAGE_BACKLOG_MAX_ROWS }, 'usage rows are not being written (Postgres down?): this worker takes no new job until the backlog is written');
+      void worker.worker.pause(true).catch((err: unknown) => logger.warn({ err }, 'could not pause the worker'));
+    } else {
+      logger.warn({ rows }, 'usage backlog written down: this worker takes jobs again');
+      worker.worker.resume();
+    }
+  }
   // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
   if (gate) {
     worker.worker.on('completed', (job) => gate.finished(job.id!));
@@ -133,7 +153,10 @@ export function createWorkerService(opts: {
       await loop?.kick();
     },
     isRunning: () => worker.worker.isRunning(),
+    /** False while the usage backlog holds this worker (see backlogBrake). */
+    takingJobs: () => !worker.worker.isPaused(),
     async close(graceMs) {
+      closing = true;
       await worker.close(graceMs);
       subscriber.off('message', onKick);
       await gate?.close();

@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import type pg from 'pg';
 import { defaultFeatures } from '../../src/app/features.js';
 import { startRuntime, type FeatureFactory, type Runtime } from '../../src/app/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
@@ -60,7 +61,8 @@ let migrated: Promise<unknown> | undefined;
  */
 export async function startStack(
   env: Record<string, string> = {},
-  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger } = {},
+  /** `pool`: wraps the runtime's Postgres pool (a test makes it fail like a Postgres that is down). */
+  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool } = {},
 ): Promise<Stack> {
   const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), QUEUE_PREFIX: randomPrefix(), ...env });
   const logger = opts.logger ?? createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -69,7 +71,7 @@ export async function startStack(
   await migrated;
   const infra: Infra = {
     redisTarget: redisTargetOf(cfg),
-    db: { pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
+    db: { pool: opts.pool ? opts.pool(pool) : pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();

@@ -167,6 +167,13 @@ export const configSchema = z.object({
   USAGE_SINK_CLAIM_IDLE_MS: int(30_000, 10),
   /** How long an idle run sink blocks on the usage stream per read (a row arriving ends the block at once). */
   USAGE_SINK_BLOCK_MS: int(5000, 10),
+  /**
+   * Usage rows the stream may hold, not yet written to Postgres, before workers stop taking jobs (0 = no limit).
+   * About 0.5 KB of Redis memory a row: the default bounds a long Postgres outage to some 100 MB of a
+   * `noeviction` Redis, rather than growing until Redis refuses every write. Workers take jobs again once the
+   * sinks brought it back to 80 %.
+   */
+  USAGE_BACKLOG_MAX_ROWS: int(200_000),
   /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
   ORG_WEIGHT: z.coerce.number().positive().default(1),
   ORG_CONCURRENCY: int(0),

@@ -31,6 +31,14 @@ export interface RunSinkOptions {
   gatherMs?: number;
   /** Per committed row: ms from the XADD (entry id time) to the commit. */
   onCommitted?: (lagsMs: number[]) => void;
+  /**
+   * Most rows the stream may hold before `onBacklog(true)` (0 or absent: no limit). The stream lives in a
+   * `noeviction` Redis: rows piling up behind a Postgres that stays down would end in Redis refusing every
+   * write, the queue's included. The process stops taking jobs instead (worker-service), so none is lost.
+   */
+  backlogMax?: number;
+  /** The backlog crossed `backlogMax` (over), or fell back to 80 % of it (not over). */
+  onBacklog?: (over: boolean, rows: number) => void;
   /** Fault tests only: runs at each point before the sink goes on. */
   at?: (point: SinkPoint) => void | Promise<void>;
   logger: Logger;
@@ -66,6 +74,22 @@ export function createRunSink(opts: RunSinkOptions) {
   let unacked: string[] = [];
   /** Entries that call read: the next batch, with no read of its own. */
   let carried: Entry[] | undefined;
+  const backlogMax = opts.backlogMax ?? 0;
+  let over = false;
+
+  /** The stream's length as last seen: reported when it crosses the limit, and when it is back under 80 % of it. */
+  function observe(rows: number): void {
+    if (backlogMax <= 0) return;
+    if (!over && rows > backlogMax) {
+      over = true;
+      opts.onBacklog?.(true, rows);
+    } else if (over && rows <= Math.floor(backlogMax * 0.8)) {
+      over = false;
+      opts.onBacklog?.(false, rows);
+    }
+  }
+  /** While rows are not written (Postgres down) no acknowledgement reports the length: asked for it then. */
+  const lookAtBacklog = () => (backlogMax > 0 ? redis.xlen(key).then(observe, () => {}) : undefined);
 
   async function ensureGroup(): Promise<void> {
     try {
@@ -125,8 +149,9 @@ export function createRunSink(opts: RunSinkOptions) {
    * call. A sink killed before it leaves them pending: written again by whoever takes them, to no effect.
    */
   async function acknowledge(readNext: boolean): Promise<Entry[]> {
-    const [, entries] = (await ackLua([key], [group, readNext ? consumer : '', batch, ...unacked])) as [number, Entry[]];
+    const [, entries, rows] = (await ackLua([key], [group, readNext ? consumer : '', batch, ...unacked])) as [number, Entry[], number];
     unacked = [];
+    observe(rows);
     return entries;
   }
 
@@ -145,7 +170,11 @@ export function createRunSink(opts: RunSinkOptions) {
     let failures = 0;
     while (running) {
       try {
-        if (failures === 0 && pending) await ensureGroup();
+        if (failures === 0 && pending) {
+          await ensureGroup();
+          // At start (a backlog may already be there) and after a failure was overcome.
+          await lookAtBacklog();
+        }
         const readAt = Date.now();
         let entries = carried ?? (await read(pending));
         carried = undefined;
@@ -171,6 +200,7 @@ export function createRunSink(opts: RunSinkOptions) {
         pending = true;
         const ms = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(failures - 1, 10));
         logger.warn({ err, retryInMs: ms }, 'usage sink: batch not written; retrying (rows stay in the stream)');
+        await lookAtBacklog();
         await pause(ms);
       }
     }

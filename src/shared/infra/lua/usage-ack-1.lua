@@ -5,7 +5,8 @@
 -- KEYS[1]: usage stream
 -- ARGV[1]: consumer group, ARGV[2]: consumer ('' = do not read), ARGV[3]: most entries to read,
 -- ARGV[4..]: entry ids to acknowledge (none is allowed)
--- Returns {number of entries acknowledged, entries read ({id, fields} each, as XREADGROUP gives them)}
+-- Returns {number of entries acknowledged, entries read ({id, fields} each, as XREADGROUP gives them),
+--   the stream's length after the deletes (the backlog of rows not yet written, at no round trip of its own)}
 local acked = 0
 if #ARGV >= 4 then
   local ids = {}
@@ -18,4 +19,4 @@ if ARGV[2] ~= '' then
   local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', tonumber(ARGV[3]), 'STREAMS', KEYS[1], '>')
   if r then read = r[1][2] end
 end
-return {acked, read}
+return {acked, read, redis.call('XLEN', KEYS[1])}

@@ -1,0 +1,60 @@
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type pg from 'pg';
+import { usageStreamKey } from '../src/shared/core/queue-keys.js';
+import { createRunAppender } from '../src/shared/infra/db/run-stream.js';
+import type { WorkerService } from '../src/workers/worker-service.js';
+import { redisUrl } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { until } from './helpers/wait.js';
+
+const riskInput = { startup: { name: 'Acme Robotics', industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } };
+
+/** The runtime's pool, failing every query like a Postgres that is down while `down.now` is set. */
+const down = { now: false };
+const flaky = (pool: pg.Pool) =>
+  new Proxy(pool, {
+    get(target, prop, receiver) {
+      if (prop === 'query' || prop === 'connect') {
+        return (...args: unknown[]) =>
+          down.now ? Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' })) : (target[prop] as (...a: unknown[]) => unknown).apply(target, args);
+      }
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+
+describe('usage backlog brake: workers stop taking jobs while usage rows cannot reach Postgres', () => {
+  let s: Stack;
+  let worker: WorkerService;
+  const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+  beforeAll(async () => {
+    s = await startStack({ USAGE_BACKLOG_MAX_ROWS: '3' }, { pool: flaky });
+  });
+  afterAll(async () => {
+    down.now = false;
+    await s?.close();
+    redis.disconnect();
+  });
+
+  it('a backlog over USAGE_BACKLOG_MAX_ROWS pauses the worker; written back, it takes jobs again and none is lost', async () => {
+    const key = usageStreamKey(s.cfg.QUEUE_PREFIX);
+    const appender = createRunAppender({ redis, key });
+    const ids = Array.from({ length: 5 }, (_, i) => `backlog-${s.orgId}-${i}`);
+    for (const id of ids) {
+      await appender.record({ jobId: id, attempt: 1, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-pro', state: 'completed', inputTokens: 1, outputTokens: 1, costUsd: 0, durationMs: 1 });
+    }
+    down.now = true;
+    worker = await s.startWorker();
+    await until('the worker held by the backlog', () => !worker.takingJobs());
+    down.now = false;
+    await until('the worker taking jobs again', () => worker.takingJobs());
+    const rows = await s.infra.db.pool.query<{ job_id: string }>('SELECT job_id FROM agent_runs WHERE job_id = ANY($1)', [ids]);
+    expect(rows.rows.map((r) => r.job_id).sort()).toEqual([...ids].sort());
+    // And it runs jobs again.
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput } });
+    expect(post.statusCode).toBe(202);
+    const got = await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: s.auth });
+    expect(got.json().state).toBe('completed');
+  });
+});
