@@ -505,6 +505,15 @@ local function bufferRoom()
   return bufferTarget() - queued, queued == 0
 end
 
+-- bufferRoom() when nothing is queued or about to start, else nil: a claim refills only then, and under
+-- load the wait list is seldom empty, so the first non-empty read ends it (one command, not six).
+local function roomIfEmpty()
+  if rcall('LLEN', Q_WAIT) > 0 or rcall('ZCARD', Q_PRIO) > 0 then return nil end
+  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
+  if rcall('ZCARD', K_PROMOTING) > 0 then return nil end
+  return bufferTarget()
+end
+
 -- `knownDue` / `knownRoom`: what a caller (release, claim) already computed in this call, not read again.
 -- Moving due timers and sleepers below changes lanes, not BullMQ's wait list, so a known room still holds.
 local function dispatch(skipped, knownDue, knownRoom)
@@ -726,8 +735,8 @@ elseif op == 'claim' then
     local due = dueNow()
     if due then d = dispatch(nil, due) end
   elseif held == 1 and cancelled == 0 and ARGV[14] == '1' then
-    local room, empty = bufferRoom()
-    if room > 0 and empty then d = dispatch(nil, nil, room) end
+    local room = roomIfEmpty()
+    if room and room > 0 then d = dispatch(nil, nil, room) end
   end
   -- The job runs: its result-cache lookup (and single-flight lock on a miss) rides here instead of costing
   -- a round trip before the model call. A job that does not run takes no lock.
