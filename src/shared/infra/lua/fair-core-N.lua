@@ -152,10 +152,14 @@ local function catchUpVt(org)
   return v
 end
 
+-- Orgs whose cap-blocked set this call knows to be empty (read once, or emptied; forgotten on SADD): a release
+-- of many jobs of one org reads it once.
+local capblkEmpty = {}
+
 -- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
 -- `woken`: the caller just took it out of the sleepers (no need to ask).
 local function activate(lane, org, woken)
-  if rcall('ZSCORE', K_LANES, lane) or (not woken and rcall('ZSCORE', K_SLEEP, lane)) or rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1 then
+  if rcall('ZSCORE', K_LANES, lane) or (not woken and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
     return
   end
   local v = catchUpVt(org)
@@ -199,12 +203,14 @@ local function pushJob(id, org, model, prio, seq)
 end
 
 local function wakeCapBlocked(org)
+  if capblkEmpty[org] then return end
   local key = P_CAPBLK .. org
   local lanes = rcall('SMEMBERS', key)
   if #lanes > 0 then
     rcall('DEL', key)
     for _, l in ipairs(lanes) do activate(l, org) end
   end
+  capblkEmpty[org] = true
 end
 
 -- Slots are keyed by job id (the lease), so freeing twice or after a sweep never double counts.
@@ -296,6 +302,7 @@ local function tryLane(lane, org, model, v)
   if p.conc > 0 and (tonumber(rcall('HGET', K_INFLIGHT, org)) or 0) >= p.conc then
     rcall('ZREM', K_LANES, lane)
     rcall('SADD', P_CAPBLK .. org, lane)
+    capblkEmpty[org] = nil
     return nil
   end
   local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
