@@ -374,6 +374,7 @@ end
 -- round trip of its own. test/fair-scheduler.test.ts ("exactly as BullMQ's own promote") compares it with BullMQ's script on
 -- the installed version. False when the job is no longer delayed (removed, or promoted by hand).
 local pausedOrMaxed
+local markerChecked = false
 local function promoteParked(id)
   if rcall('ZREM', Q_DELAYED, id) == 0 then return false end
   local jobKey = Q_JOB .. id
@@ -383,8 +384,12 @@ local function promoteParked(id)
     pausedOrMaxed = attrs[1] ~= false or (attrs[2] ~= false and rcall('LLEN', Q_ACTIVE) >= tonumber(attrs[2]))
   end
   -- A delay marker left in the wait list by BullMQ 4 (deprecated in BullMQ 5) is dropped, as promote does.
-  local marker = rcall('LINDEX', Q_WAIT, 0)
-  if marker and string.sub(marker, 1, 2) == '0:' then rcall('LPOP', Q_WAIT) end
+  -- Once per call: after this call's first push the head is a job it promoted.
+  if not markerChecked then
+    markerChecked = true
+    local marker = rcall('LINDEX', Q_WAIT, 0)
+    if marker and string.sub(marker, 1, 2) == '0:' then rcall('LPOP', Q_WAIT) end
+  end
   if priority == 0 then
     rcall('LPUSH', Q_WAIT, id)
   else
