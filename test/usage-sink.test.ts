@@ -186,6 +186,9 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('the backlog reported written down', () => reports.length === 2);
     expect(reports[1][0]).toBe(false);
     expect(reports[1][1]).toBeLessThanOrEqual(4);
+    // The end is reported after the first batch written back; the rest follows in the next batches (close()
+    // stops after the batch in hand, so wait for the stream to drain first).
+    await until('stream drained after the outage', async () => (await redis.xlen(key)) === 0);
     await sink.close();
     expect(await rowsOf(ids)).toHaveLength(8);
   });
