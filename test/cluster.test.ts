@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createSseParser } from '../src/producers/client/sse-parser.js';
+import { POLL } from './helpers/wait.js';
 import { parseConfig } from '../src/shared/core/config.js';
 import { assertNoEviction, createRedis, ELECTION_MARGIN_MS, lockShorterThanFailover, redisTargetOf } from '../src/shared/infra/redis/connection.js';
 import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
@@ -64,6 +66,47 @@ describe('Redis Cluster mode', () => {
     );
     expect(perNode.find((n) => n.port === owner)!.size).toBeGreaterThan(0);
     for (const n of perNode.filter((x) => x.port !== owner)) expect(n.size, `keys on non-owner ${n.port}`).toBe(0);
+  });
+
+  it('streams a job over SSE, cancels a running one and replays a dead-lettered one through the cluster client', async () => {
+    // Streaming reads the job's Redis Stream with a blocking XREAD; cancel travels on pub/sub (a cluster
+    // broadcasts PUBLISH to every node, the subscriber listens on one); the DLQ reads BullMQ's failed set.
+    const streamed = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup('Streamed'), options: { stream: true } } });
+    expect(streamed.statusCode).toBe(202);
+    const sse = await s.app.inject({ method: 'GET', url: `/v1/jobs/${streamed.json().id}/stream`, headers: s.auth });
+    expect(sse.statusCode).toBe(200);
+    const events = createSseParser().feed(sse.body);
+    const chunks = events.filter((m) => m.event === 'message' && m.data !== '[DONE]' && 'text' in JSON.parse(m.data));
+    expect(events.filter((m) => m.event === 'progress').map((m) => JSON.parse(m.data).stage)).toContain('streaming');
+    expect(chunks.length, 'text chunks in the stream').toBeGreaterThan(0);
+    const result = events.map((m) => (m.event === 'message' && m.data !== '[DONE]' ? JSON.parse(m.data) : {})).find((d) => 'result' in d)?.result;
+    expect(JSON.parse(chunks.map((m) => JSON.parse(m.data).text).join(''))).toEqual(result.data);
+    expect(events.at(-1)?.data).toBe('[DONE]');
+
+    const held = `Held ${tag}`;
+    s.emulator.script({ hang: true, match: { promptIncludes: held } });
+    const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup(held) } });
+    expect(running.statusCode).toBe(202);
+    const hung = () => s.emulator.calls().find((c) => c.fault === 'hang');
+    await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth });
+    expect(del.json()).toMatchObject({ state: 'cancelling' });
+    const cancelled = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${running.json().id}?waitMs=20000`, headers: s.auth })).json();
+    expect(cancelled).toMatchObject({ state: 'cancelled', attempts: 1 });
+    await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
+
+    const doomed = `Doomed ${tag}`;
+    s.emulator.script({ status: 503, times: -1, match: { promptIncludes: doomed } });
+    const failing = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup(doomed) } });
+    const id = failing.json().id as string;
+    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: s.auth })).json().state).toBe('failed');
+    const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    const dlq = await s.app.inject({ method: 'GET', url: '/v1/dlq', headers: admin });
+    expect(dlq.json().entries.map((e: { id: string }) => e.id)).toContain(id);
+    s.emulator.clearFaults();
+    const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} });
+    expect(retry.json()).toMatchObject({ id, dlqRetries: 1 });
+    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: s.auth })).json().state).toBe('completed');
   });
 
   it('refuses a start when any primary could evict keys, naming that node', async () => {

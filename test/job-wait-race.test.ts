@@ -102,4 +102,25 @@ describe('long poll: a job that finishes right after the first read', () => {
     expect(stateChecks).toHaveBeenCalledTimes(1);
     expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
   });
+
+  it('on the first poll of a process: a job that finishes after the state check still ends the wait (checked again until the reader is live)', async () => {
+    // As on a cluster, where the reader's first XREAD (at `$`) comes long after its connection is ready: the
+    // job's ending event is never delivered, and the one state check right after registering sees it running.
+    const jobs = service({ autorun: false });
+    await queue.add('job', { orgId: org, agent: 'DealScorer', action: 'pipeline_summary', input: {} } as unknown as AgentJobData);
+    const job = (await worker.getNextJob('t-later'))!;
+    const realGetJobState = queue.getJobState.bind(queue);
+    const stateChecks = vi.spyOn(queue, 'getJobState').mockImplementationOnce(async (jobId: string) => {
+      const state = await realGetJobState(jobId);
+      await job.moveToCompleted({ ok: true } as never, 't-later', false);
+      return state;
+    });
+    const { view, ms } = await poll(jobs, job.id!);
+    expect(view.state).toBe('completed');
+    // Without the re-check the poll waits out its 20 s.
+    expect(ms).toBeLessThan(5_000);
+    await expect(stateChecks.mock.results[0].value).resolves.toBe('active');
+    expect(stateChecks.mock.calls.length).toBeGreaterThanOrEqual(2);
+    expect(jobs.waiters.size()).toEqual({ jobs: 0, waiters: 0 });
+  });
 });

@@ -181,7 +181,8 @@ export function createJobService(deps: {
         waiter.cancel();
         return view;
       }
-      // The first polls of a process: its events reader may start after the job finished, so check once.
+      // The first polls of a process: its events reader may start after the job finished, so check the state
+      // (again, backing off, until the reader is live).
       if (!waiter.live) {
         void waiter.verify(async () => {
           const state = await queue.getJobState(id);

@@ -8,6 +8,10 @@ const ENDING_EVENTS = ['completed', 'failed', 'removed'] as const;
  */
 const CURSOR_EVENTS = ['added', 'waiting', 'active', 'delayed', 'progress', 'drained'] as const;
 
+/** Re-checks of a waiter registered before its process's events reader was live: first pause, and the longest. */
+const VERIFY_FIRST_PAUSE_MS = 50;
+const VERIFY_MAX_PAUSE_MS = 1000;
+
 /** Why a wait ended: the job's ending event, the caller's `settled` check, or the timeout. */
 export type WaitEnd = (typeof ENDING_EVENTS)[number] | 'settled' | 'timeout';
 
@@ -21,7 +25,10 @@ export interface JobWaiter {
    * never delivered): then the caller must pass a `settled` check to `verify`.
    */
   live: boolean;
-  /** When not live: waits for the events connection and ends the wait if `settled()` says the job is done. */
+  /**
+   * When not live: waits for the events connection and ends the wait once `settled()` says the job is done,
+   * checking again (backing off to 1 s) until the events reader is live.
+   */
   verify(settled: () => Promise<boolean>): Promise<void>;
   /** Ends the wait now (the caller's read already saw the job finished). */
   cancel(): void;
@@ -106,7 +113,16 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
       async verify(settled) {
         try {
           await qe.waitUntilReady();
-          if (!over && (await settled())) finish('settled');
+          // A ready connection is not a reading reader: its first XREAD (at `$`) can come well after (a cluster
+          // client maps the slots first), and an ending event written before it is never delivered. So the
+          // check repeats, backing off, until the reader is live. `live` is read before the check: live then,
+          // every later finish is delivered, and this check saw everything earlier.
+          for (let pause = VERIFY_FIRST_PAUSE_MS; !over; pause = Math.min(2 * pause, VERIFY_MAX_PAUSE_MS)) {
+            const liveBefore = live;
+            if (await settled()) return finish('settled');
+            if (liveBefore || over) return;
+            await Promise.race([ended, new Promise((r) => setTimeout(r, pause).unref())]);
+          }
         } catch {
           // Events unavailable (Redis down): the timer still ends the wait.
         }
