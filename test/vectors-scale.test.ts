@@ -106,6 +106,29 @@ describe('vectors at scale', () => {
     await db?.stop();
   });
 
+  it('keeps embeddings in their rows (migration 016), so a similarity query reads no TOAST chunk per row', async () => {
+    const { rows: storage } = await pool.query(
+      `SELECT c.relname AS table, a.attstorage AS storage FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+       WHERE a.attname = 'embedding' AND c.relname IN ('industry_packs', 'playbooks', 'chat_facts', 'semantic_cache') ORDER BY 1`,
+    );
+    expect(storage).toEqual(['chat_facts', 'industry_packs', 'playbooks', 'semantic_cache'].map((table) => ({ table, storage: 'm' })));
+    // pgvector's own default, which the migration overrides per column: external, every embedding out of line.
+    expect((await pool.query(`SELECT typstorage FROM pg_type WHERE typname = 'vector'`)).rows[0].typstorage).toBe('e');
+    // pg_column_toast_chunk_id is null for a value kept in its row. The corpus above (sparse, compressible) and
+    // a dense vector (incompressible, 3 kB raw) both stay in the row.
+    const dense = `[${Array.from({ length: 768 }, (_, i) => (Math.sin(i * 7.1) / 19.6).toFixed(6)).join(',')}]`;
+    await pool.query(`INSERT INTO chat_facts (external_id, org_id, content, embedding) VALUES ('dense-1', 'org_dense', 'dense', $1::vector)`, [dense]);
+    try {
+      const count = async (sql: string) => (await pool.query<{ rows: number; toasted: number }>(sql)).rows[0];
+      expect(await count(`SELECT count(*)::int AS rows, count(pg_column_toast_chunk_id(embedding))::int AS toasted FROM chat_facts`)).toEqual({ rows: 463, toasted: 0 });
+      expect(await count(`SELECT count(*)::int AS rows, count(pg_column_toast_chunk_id(embedding))::int AS toasted FROM semantic_cache`)).toEqual({ rows: 462, toasted: 0 });
+      const { rows } = await pool.query(`SELECT pg_column_size(embedding) AS size, pg_column_compression(embedding) AS compression FROM chat_facts WHERE external_id = 'dense-1'`);
+      expect(rows[0]).toEqual({ size: 3080, compression: null });
+    } finally {
+      await pool.query(`DELETE FROM chat_facts WHERE external_id = 'dense-1'`);
+    }
+  });
+
   it('semantic-cache lookup: a large scope orders through the HNSW index, a small one is ranked exactly; both find the exact nearest', async () => {
     for (const [org, q] of [[BIG, text(17)], [SMALL, text(5003)]] as const) {
       const params = [toVectorSql(hashEmbedOne(`${q} forecast`)), org, SCOPE.agent, SCOPE.action, SCOPE.model, SCOPE.promptVersion];
