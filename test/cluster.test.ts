@@ -76,12 +76,12 @@ describe('Redis Cluster mode', () => {
     const sse = await s.app.inject({ method: 'GET', url: `/v1/jobs/${streamed.json().id}/stream`, headers: s.auth });
     expect(sse.statusCode).toBe(200);
     const events = createSseParser().feed(sse.body);
-    const chunks = events.filter((m) => m.event === 'message' && m.data !== '[DONE]' && 'text' in JSON.parse(m.data));
-    expect(events.filter((m) => m.event === 'progress').map((m) => JSON.parse(m.data).stage)).toContain('streaming');
-    expect(chunks.length, 'text chunks in the stream').toBeGreaterThan(0);
-    const result = events.map((m) => (m.event === 'message' && m.data !== '[DONE]' ? JSON.parse(m.data) : {})).find((d) => 'result' in d)?.result;
-    expect(JSON.parse(chunks.map((m) => JSON.parse(m.data).text).join(''))).toEqual(result.data);
     expect(events.at(-1)?.data).toBe('[DONE]');
+    const data = (event: string) => events.slice(0, -1).filter((m) => m.event === event).map((m) => JSON.parse(m.data));
+    expect(data('progress').map((p) => p.stage)).toContain('streaming');
+    const texts = data('message').filter((d) => 'text' in d).map((d) => d.text as string);
+    expect(texts.length, 'text chunks in the stream').toBeGreaterThan(0);
+    expect(JSON.parse(texts.join(''))).toEqual(data('message').find((d) => 'result' in d)?.result.data);
 
     const held = `Held ${tag}`;
     s.emulator.script({ hang: true, match: { promptIncludes: held } });

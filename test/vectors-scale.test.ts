@@ -119,9 +119,10 @@ describe('vectors at scale', () => {
     const dense = `[${Array.from({ length: 768 }, (_, i) => (Math.sin(i * 7.1) / 19.6).toFixed(6)).join(',')}]`;
     await pool.query(`INSERT INTO chat_facts (external_id, org_id, content, embedding) VALUES ('dense-1', 'org_dense', 'dense', $1::vector)`, [dense]);
     try {
-      const count = async (sql: string) => (await pool.query<{ rows: number; toasted: number }>(sql)).rows[0];
-      expect(await count(`SELECT count(*)::int AS rows, count(pg_column_toast_chunk_id(embedding))::int AS toasted FROM chat_facts`)).toEqual({ rows: 463, toasted: 0 });
-      expect(await count(`SELECT count(*)::int AS rows, count(pg_column_toast_chunk_id(embedding))::int AS toasted FROM semantic_cache`)).toEqual({ rows: 462, toasted: 0 });
+      const outOfLine = async (table: string) =>
+        (await pool.query(`SELECT count(*)::int AS rows, count(pg_column_toast_chunk_id(embedding))::int AS toasted FROM ${table}`)).rows[0];
+      expect(await outOfLine('chat_facts')).toEqual({ rows: 463, toasted: 0 });
+      expect(await outOfLine('semantic_cache')).toEqual({ rows: 462, toasted: 0 });
       const { rows } = await pool.query(`SELECT pg_column_size(embedding) AS size, pg_column_compression(embedding) AS compression FROM chat_facts WHERE external_id = 'dense-1'`);
       expect(rows[0]).toEqual({ size: 3080, compression: null });
     } finally {

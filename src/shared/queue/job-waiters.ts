@@ -1,3 +1,4 @@
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { QueueEvents } from 'bullmq';
 
 /** Queue events that end a wait: the job finished, or it was removed (a cancelled waiting job). */
@@ -121,7 +122,7 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
             const liveBefore = live;
             if (await settled()) return finish('settled');
             if (liveBefore || over) return;
-            await Promise.race([ended, new Promise((r) => setTimeout(r, pause).unref())]);
+            await Promise.race([ended, sleep(pause, undefined, { ref: false })]);
           }
         } catch {
           // Events unavailable (Redis down): the timer still ends the wait.
