@@ -12,6 +12,8 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
 import type { BatchStore } from '../shared/batch/batch-store.js';
+import type { QueueShards } from '../shared/core/queue-shards.js';
+import type { Cell } from './cell.js';
 
 /** What a feature is built from. Connections here are shared: a feature that blocks (XREAD, SUBSCRIBE) makes its own. */
 export interface FeatureDeps {
@@ -21,8 +23,15 @@ export interface FeatureDeps {
   registry: AgentRegistry;
   /** Fail-fast connection for request paths. */
   redis: RedisClient;
+  /** The queue shards and each one's cell; `queue`, `scheduler` and `batchStore` below are the first cell's. */
+  shards: QueueShards;
+  cells: readonly Cell[];
+  /** The cell holding everything of one org. */
+  cellOf(orgId: string): Cell;
   queue: AgentQueue;
+  /** Routes each call to the cell of the org it names. */
   producer: JobProducer;
+  /** Routes each call to the cell of the org it names. */
   jobs: JobService;
   /** The fair dispatcher: why jobs wait, org plans, per-org stats. */
   scheduler: FairScheduler;

@@ -1,16 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
-import { FlowProducer, QueueEvents } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../producers/app.js';
 import { cachedVerifier } from '../producers/auth.js';
-import { createJobProducer } from '../shared/queue/job-producer.js';
-import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createOrgPlanStore } from '../shared/infra/db/org-plans.js';
 import { syncOrgPlans } from '../shared/fair/org-plans-sync.js';
-import { createJobService } from '../producers/job-service.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
-import { configuredModels, type Config } from '../shared/core/config.js';
+import type { Config } from '../shared/core/config.js';
 import { Registry } from 'prom-client';
 import { createOpsMetrics } from '../shared/ops/metrics.js';
 import { countingAdmission } from '../producers/counting-admission.js';
@@ -22,15 +18,18 @@ import { createAdmissionLimiter } from '../shared/limits/admission-limiter.js';
 import type { Feature, FeatureDeps } from './feature.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
-import { createAgentQueue, type AgentQueue } from '../shared/queue/agent-queue.js';
-import { QUEUE } from '../shared/core/queue-names.js';
-import { createRedis, logConnectionErrors, whenReady } from '../shared/infra/redis/connection.js';
+import type { AgentQueue } from '../shared/queue/agent-queue.js';
+import { queueShards } from '../shared/core/queue-shards.js';
+import { createCell } from './cell.js';
+import { routeJobService, routeProducer } from './cell-routing.js';
+import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
-import { createWorkerService, type WorkerService } from '../workers/worker-service.js';
+import { combineWorkers, createWorkerService, type WorkerService } from '../workers/worker-service.js';
+import { createConcurrencyPool } from '../workers/concurrency-pool.js';
+import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
 import { tracingEnabled } from './tracing.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
-import { createBatchStore } from '../shared/batch/batch-store.js';
 import { createBatchTier } from '../workers/batch-tier.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
@@ -82,18 +81,6 @@ export async function startRuntime(opts: {
   const fair = opts.fairDispatch !== false;
   const redis = createRedis(infra.redisTarget, 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   await whenReady(redis);
-  const queue = createAgentQueue({ connection: redis, prefix: cfg.QUEUE_PREFIX, retention: retentionOf(cfg) });
-  logConnectionErrors(queue, logger, 'agent queue');
-  let events: { queueEvents: QueueEvents; connection: ReturnType<typeof createRedis> } | undefined;
-  const queueEvents = () => {
-    // Created on the first long poll: one blocking XREAD connection per process, shared by all waiters.
-    if (!events) {
-      const connection = createRedis(infra.redisTarget, 'worker');
-      events = { connection, queueEvents: new QueueEvents(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX }) };
-      logConnectionErrors(events.queueEvents, logger, 'agent queue events');
-    }
-    return events.queueEvents;
-  };
   const orgs = createOrgStore({ pool: infra.db.pool });
   const quotas = createQuotaChecker({ pool: infra.db.pool });
   // One id per runtime: it labels this process's Node metrics and names its field in the metrics exchange.
@@ -105,40 +92,35 @@ export async function startRuntime(opts: {
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
     cacheMs: cfg.QUOTA_CACHE_MS,
   }), () => metrics);
-  const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg });
-  // Plans live in Postgres; the dispatcher reads its copy in Redis, refreshed at every start.
-  await syncOrgPlans({ plans: createOrgPlanStore({ pool: infra.db.pool }), scheduler });
-  const flowProducer = new FlowProducer({ connection: redis, prefix: cfg.QUEUE_PREFIX });
-  logConnectionErrors(flowProducer, logger, 'flow producer');
-  const producer = createJobProducer({
-    queue,
-    agents: registry,
-    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
-    allowedModels: configuredModels(cfg),
-    ...(fair ? { scheduler } : {}),
-    retention: retentionOf(cfg),
-    admission,
-    flows: flowProducer,
-    tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S, batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S },
-  });
-  const batchStore = createBatchStore({ redis, prefix: cfg.QUEUE_PREFIX });
-  const jobs = createJobService({ queue, queueEvents, redis, prefix: cfg.QUEUE_PREFIX, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id) });
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, metrics, llm: opts.llm, batchStore, ...(opts.batches ? { batches: opts.batches } : {}) };
-  const batch = opts.batches ? createBatchTier({ store: batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
+  const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+  const cells = shards.prefixes.map((prefix, index) => createCell({ index, prefix, shards: shards.prefixes.length, cfg, infra, logger, registry, redis, retention: retentionOf(cfg), admission, fair }));
+  const cellOf = (orgId: string) => cells[shards.ofOrg(orgId)];
+  // Plans live in Postgres; each dispatcher reads its copy in Redis (its shard's orgs), refreshed at every start.
+  await syncOrgPlans({ plans: createOrgPlanStore({ pool: infra.db.pool }), scheduler: { setPlan: (orgId, plan) => cellOf(orgId).scheduler.setPlan(orgId, plan) } });
+  const producer = routeProducer(cells, cellOf);
+  const jobs = routeJobService(cells, cellOf);
+  const [{ queue, scheduler, batchStore }] = cells;
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, cells, shards, cellOf, metrics, llm: opts.llm, batchStore, ...(opts.batches ? { batches: opts.batches } : {}) };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
   const workerResources: Array<{ close(): Promise<void> }> = [];
 
+  /** One BullMQ worker per queue shard, all under this call's one WORKER_CONCURRENCY. */
   async function startWorker(): Promise<WorkerService> {
-    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry });
-    workerResources.push(guards);
+    const pool = createConcurrencyPool(cfg.WORKER_CONCURRENCY);
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
     const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
     if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
-    const workerScheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue, cfg }) : undefined;
-    const worker = createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, prepareLookup: guards.prepareLookup, features, ...(workerScheduler ? { scheduler: workerScheduler } : {}), ...(batch ? { batch } : {}) });
+    const services = cells.map((cell) => {
+      const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefix: cell.prefix, shards: cells.length });
+      workerResources.push(guards);
+      const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
+      const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length }) : undefined;
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, prepareLookup: guards.prepareLookup, features, prefix: cell.prefix, pool, ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+    });
+    const worker = combineWorkers(services);
     await worker.ready();
     workers.push(worker);
     return worker;
@@ -182,10 +164,7 @@ export async function startRuntime(opts: {
       await Promise.all(workers.map((w) => w.close(graceMs)));
       for (const g of workerResources) await g.close();
       for (const f of features) await f.close?.();
-      await events?.queueEvents.close();
-      events?.connection.disconnect();
-      await flowProducer.close();
-      await queue.close();
+      for (const cell of cells) await cell.close();
       redis.disconnect();
     },
   };

@@ -25,27 +25,29 @@ function isFinalFailure(job: AgentJob, err: Error): boolean {
  * The worker side of streaming: writes the events of jobs enqueued with `stream: true` to their Redis
  * Stream. Jobs without it cost no Redis command here.
  */
-export function createStreamPublisher(o: StreamWriterOptions & { prefix: string }) {
+export function createStreamPublisher(o: StreamWriterOptions) {
   const entries = new Map<string, Entry>();
 
-  function entryOf(jobId: string): Entry {
+  // A job's stream lives beside it, under its queue's prefix (its shard's: app/cell.ts).
+  function entryOf(job: AgentJob): Entry {
+    const jobId = job.id!;
     let entry = entries.get(jobId);
     if (!entry) {
-      entry = { writer: new JobStreamWriter(jobStreamKey(o.prefix, jobId), o), calls: 0 };
+      entry = { writer: new JobStreamWriter(jobStreamKey(job.prefix, jobId), o), calls: 0 };
       entries.set(jobId, entry);
     }
     return entry;
   }
 
   /** Writes `last`, waits until it is in Redis, then forgets the job (unless a new attempt took it over). */
-  async function finish(jobId: string, last: StreamEvent): Promise<void> {
-    const entry = entryOf(jobId);
+  async function finish(job: AgentJob, last: StreamEvent): Promise<void> {
+    const entry = entryOf(job);
     entry.writer.push(last);
     await entry.writer.drain();
-    if (entries.get(jobId) === entry) entries.delete(jobId);
+    if (entries.get(job.id!) === entry) entries.delete(job.id!);
   }
 
-  const progress = (jobId: string, p: ProgressEvent) => entryOf(jobId).writer.push({ kind: 'progress', progress: p });
+  const progress = (job: AgentJob, p: ProgressEvent) => entryOf(job).writer.push({ kind: 'progress', progress: p });
 
   const setStage = defineLua(o.redis, 'job-stage-1.lua');
   /**
@@ -55,8 +57,8 @@ export function createStreamPublisher(o: StreamWriterOptions & { prefix: string 
   function stage(ctx: JobContext, name: Exclude<StoredStage['name'], 'calling_model'>): void {
     const job = ctx.job;
     const s = storedStage(name, job.attemptsMade + 1, ctx.model);
-    progress(job.id!, { stage: name, jobStage: name, attempt: s.attempt });
-    setStage([agentJobKey(o.prefix, job.id!)], [JSON.stringify(s)]).catch((err: unknown) =>
+    progress(job, { stage: name, jobStage: name, attempt: s.attempt });
+    setStage([agentJobKey(job.prefix, job.id!)], [JSON.stringify(s)]).catch((err: unknown) =>
       o.logger.debug({ jobId: job.id, err: err instanceof Error ? err.message : String(err) }, 'could not store job stage'),
     );
   }
@@ -66,8 +68,8 @@ export function createStreamPublisher(o: StreamWriterOptions & { prefix: string 
     sink(ctx: JobContext): ((text: string) => Promise<void>) | undefined {
       const job = ctx.job;
       if (!job.data.stream || !job.id) return undefined;
-      const entry = entryOf(job.id);
-      if (entry.calls++ > 0) progress(job.id, { stage: 'restarted', attempt: job.attemptsMade + 1 });
+      const entry = entryOf(job);
+      if (entry.calls++ > 0) progress(job, { stage: 'restarted', attempt: job.attemptsMade + 1 });
       const writer = entry.writer;
       // The first text of this call: the job is streaming (again, after a restart).
       let first = true;
@@ -86,25 +88,25 @@ export function createStreamPublisher(o: StreamWriterOptions & { prefix: string 
     },
 
     delayed(ctx: JobContext, reason: string, delayMs: number): void {
-      if (ctx.job.data.stream && ctx.job.id) progress(ctx.job.id, { stage: 'delayed', reason, delayMs: Math.max(0, Math.round(delayMs)) });
+      if (ctx.job.data.stream && ctx.job.id) progress(ctx.job, { stage: 'delayed', reason, delayMs: Math.max(0, Math.round(delayMs)) });
     },
 
     attach(worker: Worker<AgentJobData, AgentResult>): void {
       worker.on('active', (job) => {
         if (!job.data.stream || !job.id) return;
-        entryOf(job.id).calls = 0;
-        progress(job.id, { stage: 'started', attempt: job.attemptsMade + 1 });
+        entryOf(job).calls = 0;
+        progress(job, { stage: 'started', attempt: job.attemptsMade + 1 });
       });
       worker.on('completed', (job, result) => {
-        if (job.data.stream && job.id) void finish(job.id, { kind: 'result', result });
+        if (job.data.stream && job.id) void finish(job, { kind: 'result', result });
       });
       worker.on('failed', (job, err) => {
         if (!job?.data.stream || !job.id) return;
         if (isFinalFailure(job, err)) {
-          void finish(job.id, { kind: 'error', error: err.message, state: err.message === CANCELLED_REASON ? 'cancelled' : 'failed' });
+          void finish(job, { kind: 'error', error: err.message, state: err.message === CANCELLED_REASON ? 'cancelled' : 'failed' });
         } else {
           // The job goes back to the queue; its next attempt may run in another process.
-          void finish(job.id, { kind: 'progress', progress: { stage: 'retrying', attempt: job.attemptsMade, reason: err.message } });
+          void finish(job, { kind: 'progress', progress: { stage: 'retrying', attempt: job.attemptsMade, reason: err.message } });
         }
       });
     },

@@ -20,6 +20,7 @@ import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js'
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
 import type { BatchTier } from './batch-tier.js';
+import { createConcurrencyPool, type ConcurrencyPool } from './concurrency-pool.js';
 
 export interface WorkerService {
   ready(): Promise<void>;
@@ -50,8 +51,14 @@ export function createWorkerService(opts: {
   scheduler?: FairScheduler;
   /** The batch tier's attempt side (absent: batch-tier jobs run on the standard tier). */
   batch?: BatchTier;
+  /** The queue shard this worker consumes (app/cell.ts); default QUEUE_PREFIX. */
+  prefix?: string;
+  /** The process-wide concurrency this worker shares with the other shards' workers (default: its own). */
+  pool?: ConcurrencyPool;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
+  const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
+  const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY)).member();
   const connection = createRedis(infra.redisTarget, 'worker');
   const subscriber = createRedis(infra.redisTarget, 'worker');
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
@@ -63,7 +70,7 @@ export function createWorkerService(opts: {
   const features = opts.features ?? [];
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
   // Redis outage instead of dropping the row), and moved to Postgres in batches by this process's sink.
-  const usageKey = usageStreamKey(cfg.QUEUE_PREFIX);
+  const usageKey = usageStreamKey(prefix);
   // Auto-pipelined: the rows that concurrent jobs append in one tick leave in one socket write (BullMQ's own
   // connection is left as BullMQ configures it).
   const usageRedis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
@@ -103,14 +110,14 @@ export function createWorkerService(opts: {
     logger,
     gate,
     ...(opts.prepareLookup ? { prepareLookup: opts.prepareLookup } : {}),
-    cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(cfg.QUEUE_PREFIX, jobId))) === 1,
+    cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(prefix, jobId))) === 1,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });
   const worker = createAgentWorker({
     connection,
     subscriber,
-    prefix: cfg.QUEUE_PREFIX,
-    processor,
+    prefix,
+    processor: slots.wrap(processor),
     concurrency: cfg.WORKER_CONCURRENCY,
     lockDurationMs: cfg.LOCK_DURATION_MS,
     stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
@@ -118,6 +125,7 @@ export function createWorkerService(opts: {
     ...(gate ? { retryDelay: (jobId: string, backoffMs: number) => gate.retryDelay(jobId, backoffMs) } : {}),
     logger,
   });
+  slots.attach(worker.worker);
   for (const f of features) f.attachWorker?.(worker.worker);
   let closing = false;
   /**
@@ -141,7 +149,7 @@ export function createWorkerService(opts: {
     worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
   }
   // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
-  const kickChannel = fairKickChannel(cfg.QUEUE_PREFIX);
+  const kickChannel = fairKickChannel(prefix);
   const onKick = (ch: string) => ch === kickChannel && void loop?.kick();
   subscriber.on('message', onKick);
   const kickSubscribed = subscriber.subscribe(kickChannel);
@@ -158,6 +166,7 @@ export function createWorkerService(opts: {
     async close(graceMs) {
       closing = true;
       await worker.close(graceMs);
+      slots.leave();
       subscriber.off('message', onKick);
       await gate?.close();
       await loop?.close();
@@ -166,5 +175,16 @@ export function createWorkerService(opts: {
       connection.disconnect();
       subscriber.disconnect();
     },
+  };
+}
+
+/** The workers of every queue shard of one process, run and reported on as one. */
+export function combineWorkers(services: WorkerService[]): WorkerService {
+  if (services.length === 1) return services[0];
+  return {
+    ready: async () => void (await Promise.all(services.map((s) => s.ready()))),
+    isRunning: () => services.every((s) => s.isRunning()),
+    takingJobs: () => services.every((s) => s.takingJobs()),
+    close: async (graceMs) => void (await Promise.all(services.map((s) => s.close(graceMs)))),
   };
 }

@@ -32,12 +32,10 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
   return (deps: FeatureDeps): Feature => {
     const { cfg, redis, logger } = deps;
     const log = logger.child({ component: 'stream' });
-    const prefix = cfg.QUEUE_PREFIX;
     const heartbeatMs = opts.heartbeatMs ?? 15_000;
     const maxStreamsPerOrg = opts.maxStreamsPerOrg ?? 100;
     const publisher = createStreamPublisher({
       redis,
-      prefix,
       maxLen: opts.maxLen ?? 10_000,
       runningTtlS: opts.runningTtlS ?? 24 * 3600,
       endTtlS: opts.endTtlS ?? 3600,
@@ -57,12 +55,11 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
       name: 'streaming',
 
       routes(app) {
-        const k = deps.queue.keys;
         streamRoutes(app, {
           redis,
-          prefix,
+          prefixOf: (orgId) => deps.cellOf(orgId).prefix,
           jobs: deps.jobs,
-          queue: deps.queue,
+          queueOf: (orgId) => deps.cellOf(orgId).queue,
           producer: deps.producer,
           reader: readerOf,
           heartbeatMs,
@@ -70,14 +67,19 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
           openStreams: deps.metrics.sseStreams,
           // A lease outlives two missed heartbeats, so only a dead process's streams lapse.
-          slots: createStreamSlots({ redis, prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),
+          slots: createStreamSlots({ redis, prefixOf: (orgId) => deps.cellOf(orgId).prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),
+        });
+        // Each org's index and jobs are in its own shard: one reader per cell, the org picks it.
+        const readers = deps.cells.map(({ queue, prefix: cellPrefix }) => {
+          const k = queue.keys;
+          return createOrgJobIndexReader({
+            redis,
+            prefix: cellPrefix,
+            keys: { job: k[''], completed: k.completed, failed: k.failed, delayed: k.delayed, prioritized: k.prioritized, waitingChildren: k['waiting-children'], active: k.active },
+          });
         });
         jobListRoutes(app, {
-          index: createOrgJobIndexReader({
-            redis,
-            prefix,
-            keys: { job: k[''], completed: k.completed, failed: k.failed, delayed: k.delayed, prioritized: k.prioritized, waitingChildren: k['waiting-children'], active: k.active },
-          }),
+          index: { pages: (orgId, filter, pageSize) => readers[deps.cellOf(orgId).index].pages(orgId, filter, pageSize) },
           agentExists: (name) => deps.registry.get(name) !== undefined,
           pageSize: opts.listPageSize ?? 200,
         });

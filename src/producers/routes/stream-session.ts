@@ -12,7 +12,8 @@ const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked
 
 export interface SessionDeps {
   redis: RedisClient;
-  prefix: string;
+  /** The queue prefix of the shard holding an org's jobs (their streams live beside them). */
+  prefixOf(orgId: string): string;
   jobs: JobService;
   reader: () => StreamReader;
   heartbeatMs: number;
@@ -135,7 +136,7 @@ export function serveJobStream(
   }
 
   async function followStream(): Promise<void> {
-    const key = jobStreamKey(deps.prefix, target.id);
+    const key = jobStreamKey(deps.prefixOf(target.orgId), target.id);
     const finished = target.view ? isFinished(target.view.state) : false;
     if (o.lastEventId || finished) {
       const [last] = (await deps.redis.xrevrange(key, '+', '-', 'COUNT', 1)) as RawEntry[];

@@ -15,7 +15,8 @@ import type { jobRequestSchema, streamHeaders, streamQuery } from '../schemas/jo
 import { serveJobStream, type SessionDeps, type StreamTarget } from './stream-session.js';
 
 export interface StreamRouteDeps extends SessionDeps {
-  queue: AgentQueue;
+  /** The agent queue of the shard holding an org's jobs. */
+  queueOf(orgId: string): AgentQueue;
   producer: JobProducer;
   slots: StreamSlots;
   maxStreamsPerOrg: number;
@@ -52,7 +53,7 @@ export type StreamHandlerDeps = StreamRouteDeps & { sessions: StreamSessions };
 
 /** The job of `orgId` with its stream flag; another org's job is a 404 exactly like a missing one. */
 async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Promise<StreamTarget> {
-  const job = await Job.fromId<AgentJobData, AgentResult>(deps.queue, id);
+  const job = await Job.fromId<AgentJobData, AgentResult>(deps.queueOf(orgId), id);
   if (job && job.data?.orgId === orgId) {
     const state = await job.getState();
     // A job that finished between the two reads is read again: its final message needs the result.

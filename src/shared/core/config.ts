@@ -97,6 +97,12 @@ export const configSchema = z.object({
   /** Cluster only: announced node address -> reachable address, e.g. `{"10.0.0.5:6379":{"host":"localhost","port":7000}}`. */
   REDIS_NAT_MAP: json(z.record(z.string(), z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()).optional(), undefined),
   QUEUE_PREFIX: z.string().min(1).default('{agentq}'),
+  /**
+   * Queue shards (write scale-out on a Redis Cluster): orgs spread over this many copies of the queue, each
+   * under its own hash tag derived from QUEUE_PREFIX's (shared/core/queue-shards.ts). 1 = one keyspace.
+   * Changing it on a live system strands what the old layout holds: see the README's "Scaling out".
+   */
+  QUEUE_SHARDS: z.coerce.number().int().min(1).max(256).default(1),
   DATA_DIR: z.string().default('.data'),
 
   DATABASE_URL: optionalString.pipe(z.string().url().optional()),
@@ -233,6 +239,11 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const result = configSchema.safeParse(env);
   if (result.success) {
     // Every key of one job must share a Redis Cluster slot: the prefix has to carry a {hash tag}.
+    if (result.data.QUEUE_SHARDS > 1 && !/\{[^}]+\}/.test(result.data.QUEUE_PREFIX)) {
+      throw new ConfigError(
+        `Invalid environment variable QUEUE_PREFIX=${JSON.stringify(result.data.QUEUE_PREFIX)}: with QUEUE_SHARDS > 1 it must contain a {hash tag}, e.g. "{agentq}"`,
+      );
+    }
     if (result.data.REDIS_CLUSTER_NODES && !/\{[^}]+\}/.test(result.data.QUEUE_PREFIX)) {
       throw new ConfigError(
         `Invalid environment variable QUEUE_PREFIX=${JSON.stringify(result.data.QUEUE_PREFIX)}: with REDIS_CLUSTER_NODES it must contain a {hash tag}, e.g. "{agentq}"`,

@@ -20,11 +20,16 @@ export const defaultModelLimits: ModelLimits = {
   perOrgModelRpm: (_orgId, model) => (isPro(model) ? 30 : 200),
 };
 
-/** Limits from `MODEL_LIMITS` (config) over the defaults. */
-export function modelLimitsFromConfig(limits: Record<string, { rpm?: number; tpm?: number; orgRpm?: number }>): ModelLimits {
+/**
+ * Limits from `MODEL_LIMITS` (config) over the defaults. With `shards` queue shards each shard's buckets hold
+ * its share of a model's global RPM and TPM (rounded down, at least 1), so all shards together stay within
+ * the model's quota; an org lives in one shard, so its per-org limit is whole.
+ */
+export function modelLimitsFromConfig(limits: Record<string, { rpm?: number; tpm?: number; orgRpm?: number }>, shards = 1): ModelLimits {
+  const share = (n: number) => (shards === 1 || !Number.isFinite(n) || n <= 0 ? n : Math.max(1, Math.floor(n / shards)));
   return {
-    modelRpm: (m) => limits[m]?.rpm ?? defaultModelLimits.modelRpm(m),
-    modelTpm: (m) => limits[m]?.tpm ?? defaultModelLimits.modelTpm(m),
+    modelRpm: (m) => share(limits[m]?.rpm ?? defaultModelLimits.modelRpm(m)),
+    modelTpm: (m) => share(limits[m]?.tpm ?? defaultModelLimits.modelTpm(m)),
     perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
   };
 }

@@ -21,13 +21,19 @@ export interface StreamLease {
  * A per-org cap on open SSE streams across every API process: each stream leases a ZSET member that its
  * heartbeat refreshes; a process that dies leaves leases that lapse after `leaseMs`.
  */
-export function createStreamSlots(o: { redis: RedisClient; prefix: string; maxPerOrg: number; leaseMs: number }) {
+export function createStreamSlots(o: {
+  redis: RedisClient;
+  /** The queue prefix of an org's shard: its lease set lives there with the rest of the org's keys. */
+  prefixOf(orgId: string): string;
+  maxPerOrg: number;
+  leaseMs: number;
+}) {
   const acquireLua = defineLua(o.redis, 'stream-slot-acquire-1.lua');
   const refreshLua = defineLua(o.redis, 'stream-slot-refresh-1.lua');
 
   return {
     async acquire(orgId: string): Promise<SlotVerdict> {
-      const key = openStreamsKey(o.prefix, orgId);
+      const key = openStreamsKey(o.prefixOf(orgId), orgId);
       const member = randomUUID();
       const [allowed, ms] = (await acquireLua([key], [member, o.maxPerOrg, o.leaseMs])) as [number, number];
       if (allowed !== 1) return { allowed: false, msBeforeNext: ms };

@@ -60,12 +60,20 @@ export function createWorkerGuards(opts: {
   logger: Logger;
   llm: { embed(texts: string[]): Promise<number[][]> };
   agents: { get(name: string): import('../../shared/agents/define-agent.js').AgentDefinition | undefined };
+  /**
+   * The queue shard's prefix (app/cell.ts; default QUEUE_PREFIX): its result cache and the token buckets it
+   * shares with that shard's dispatcher. Breakers stay under QUEUE_PREFIX: a model is down for every shard.
+   */
+  queuePrefix?: string;
+  /** Queue shards splitting each model's global limits (default 1). */
+  shards?: number;
 }): WorkerGuards {
   const { cfg, infra } = opts;
   // Auto-pipelined: the lookups, stores and breaker records of concurrent jobs issued in one tick go out in
   // one socket write instead of one write each (no blocking command ever runs on this connection).
   const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
-  const prefix = agentqPrefix(cfg.QUEUE_PREFIX);
+  const prefix = agentqPrefix(opts.queuePrefix ?? cfg.QUEUE_PREFIX);
+  const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
   // channel): a clean breaker's answer and an L1 hit are served from memory while it is subscribed.
   const invalidations = createRedis(infra.redisTarget, 'worker');
@@ -73,7 +81,7 @@ export function createWorkerGuards(opts: {
     redis,
     subscriber: invalidations,
     logger: opts.logger,
-    prefix,
+    prefix: breakerPrefix,
     failureThreshold: cfg.BREAKER_FAILURE_THRESHOLD,
     successThreshold: cfg.BREAKER_SUCCESS_THRESHOLD,
     timeoutMs: cfg.BREAKER_TIMEOUT_MS,
@@ -102,7 +110,7 @@ export function createWorkerGuards(opts: {
 
   const rateLimit = createRateLimitGuard({
     buckets: createTokenBuckets({ redis, prefix }),
-    limits: modelLimitsFromConfig(cfg.MODEL_LIMITS),
+    limits: modelLimitsFromConfig(cfg.MODEL_LIMITS, opts.shards),
     correctionFlushMs: 100,
     onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
   });

@@ -1,0 +1,30 @@
+import type { JobProducer } from '../shared/queue/job-producer.js';
+import type { JobService } from '../producers/job-service.js';
+import type { Cell } from './cell.js';
+
+/**
+ * The producer every caller holds: each call goes to the cell of the org it names (`meta.orgId`), so an org's
+ * jobs, flows and pipeline steps are all added in its own shard. One cell: that cell's producer itself.
+ */
+export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) => Cell): JobProducer {
+  if (cells.length === 1) return cells[0].producer;
+  return {
+    // Validation and ids do not depend on the shard; any cell's producer prepares alike.
+    prepare: (raw, meta, pathPrefix) => cellOf(meta.orgId).producer.prepare(raw, meta, pathPrefix),
+    add: (prepared, meta, o) => cellOf(meta.orgId).producer.add(prepared, meta, o),
+    enqueue: (raw, meta) => cellOf(meta.orgId).producer.enqueue(raw, meta),
+    enqueueBulk: (raw, meta) => cellOf(meta.orgId).producer.enqueueBulk(raw, meta),
+    enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
+  };
+}
+
+/** Reads, waits for and cancels jobs in the caller's org's cell (every call names the org). */
+export function routeJobService(cells: readonly Cell[], cellOf: (orgId: string) => Cell): JobService {
+  if (cells.length === 1) return cells[0].jobs;
+  return {
+    ...cells[0].jobs,
+    get: (orgId, id) => cellOf(orgId).jobs.get(orgId, id),
+    wait: (orgId, id, waitMs) => cellOf(orgId).jobs.wait(orgId, id, waitMs),
+    cancel: (orgId, id) => cellOf(orgId).jobs.cancel(orgId, id),
+  };
+}

@@ -1,0 +1,82 @@
+/** What the pool needs of a BullMQ worker: its fetch limit, which BullMQ reads before every fetch. */
+export interface PooledWorker {
+  concurrency: number;
+}
+
+/**
+ * One process-wide concurrency shared by several BullMQ workers (one per queue shard): at most `limit` jobs
+ * run at once whatever shard they come from. Each worker may fetch up to its own running jobs plus the
+ * process's free slots, so an idle shard's worker still takes the next job it is given; a worker already
+ * blocked in a fetch when the slots filled can take one job more, which waits here for a slot (never more
+ * than one per worker).
+ */
+export function createConcurrencyPool(limit: number) {
+  if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency must be a positive integer: ${limit}`);
+  const members: Array<{ worker?: PooledWorker; inside: number }> = [];
+  let running = 0;
+  const queued: Array<() => void> = [];
+
+  // BullMQ takes a concurrency of at least 1.
+  function rebalance(): void {
+    const free = Math.max(0, limit - members.reduce((n, m) => n + m.inside, 0));
+    for (const m of members) if (m.worker) m.worker.concurrency = Math.max(1, m.inside + free);
+  }
+
+  async function slot(): Promise<void> {
+    if (running < limit) {
+      running++;
+      return;
+    }
+    await new Promise<void>((resolve) => queued.push(resolve));
+  }
+
+  function release(): void {
+    const next = queued.shift();
+    // The slot passes straight to the next waiter: `running` stays the same.
+    if (next) next();
+    else running--;
+  }
+
+  return {
+    /** A place for one worker: `wrap` its processor, then `attach` the worker built with it. */
+    member() {
+      const member: { worker?: PooledWorker; inside: number } = { inside: 0 };
+      members.push(member);
+      return {
+        attach(worker: PooledWorker) {
+          member.worker = worker;
+          rebalance();
+        },
+        /**
+         * The processor, run in one of the pool's slots. It keeps three parameters: BullMQ hands a processor an
+         * abort signal (cancel) only when it declares a third.
+         */
+        wrap<J, T, R>(processor: (job: J, token?: T, signal?: AbortSignal) => Promise<R>): (job: J, token?: T, signal?: AbortSignal) => Promise<R> {
+          return async (job, token, signal) => {
+            member.inside++;
+            rebalance();
+            try {
+              await slot();
+              try {
+                return await processor(job, token, signal);
+              } finally {
+                release();
+              }
+            } finally {
+              member.inside--;
+              rebalance();
+            }
+          };
+        },
+        leave() {
+          members.splice(members.indexOf(member), 1);
+          rebalance();
+        },
+      };
+    },
+    /** Jobs running now (each holds a slot) and jobs fetched that wait for one. */
+    stats: () => ({ running, waiting: queued.length }),
+  };
+}
+
+export type ConcurrencyPool = ReturnType<typeof createConcurrencyPool>;
