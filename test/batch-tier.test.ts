@@ -114,7 +114,7 @@ describe('batch tier through ai.batches and the emulator', () => {
   it('batch-tier jobs wait in their model\'s batch lane: the org\'s online RPM does not hold them, and they charge none of its online buckets', async () => {
     s.emulator.resetCalls();
     s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
-    const scheduler = s.runtime.deps.scheduler;
+    const scheduler = s.runtime.deps.cells[0].scheduler;
     // An org of its own: the earlier tests' standard-tier calls of the stack's org may still have TPM
     // corrections on their way (summed for 100 ms), which would land in this org's buckets once limited.
     const org = randomOrg();
@@ -149,7 +149,7 @@ describe('batch tier through ai.batches and the emulator', () => {
   it('a batch-tier job answered on the standard tier instead (its batch expired) is charged its online request after the call', async () => {
     s.emulator.resetCalls();
     s.emulator.setBatchTiming({ pendingMs: 0, runMs: -1, expireMs: 48 * 3600_000 });
-    const scheduler = s.runtime.deps.scheduler;
+    const scheduler = s.runtime.deps.cells[0].scheduler;
     const org = randomOrg();
     const auth = { authorization: `Bearer ${await s.newKey(org)}` };
     await scheduler.setPlan(org, { rpm: { pro: 10, flash: 10 } });
@@ -190,9 +190,9 @@ describe('batch creation survives a crash between the intent and the answer of c
 
   const collector = (batches: Omit<BatchApi, 'resultOf'>) =>
     createBatchCollector({
-      store: s.runtime.deps.batchStore,
+      store: s.runtime.deps.cells[0].batchStore,
       batches,
-      wake: (id) => s.runtime.deps.scheduler.repark(id, 0, 'batch').then(() => s.runtime.deps.scheduler.dispatch()),
+      wake: (id) => s.runtime.deps.cells[0].scheduler.repark(id, 0, 'batch').then(() => s.runtime.deps.cells[0].scheduler.dispatch()),
       maxRequests: 3,
       maxAgeMs: 600_000,
       deadlineMarginMs: 3600_000,
@@ -216,12 +216,12 @@ describe('batch creation survives a crash between the intent and the answer of c
     };
     const ids = await Promise.all(['c1', 'c2', 'c3'].map((m) => enqueue(s, `${m}-${String(reached)}`, { tier: 'batch' })));
     const model = (await until('three pending requests', async () => {
-      const models = await s.runtime.deps.batchStore.models();
-      for (const m of models) if ((await s.runtime.deps.batchStore.pending(m, 10)).length === 3) return m;
+      const models = await s.runtime.deps.cells[0].batchStore.models();
+      for (const m of models) if ((await s.runtime.deps.cells[0].batchStore.pending(m, 10)).length === 3) return m;
       return undefined;
     }))!;
     await expect(collector(crashing).run()).rejects.toThrow(/process died/);
-    const [intent] = await s.runtime.deps.batchStore.openIntents();
+    const [intent] = await s.runtime.deps.cells[0].batchStore.openIntents();
     expect(intent.model).toBe(model);
     expect(intent.jobs.slice().sort()).toEqual(ids.slice().sort());
     expect(intent.name).toBeUndefined();
@@ -231,7 +231,7 @@ describe('batch creation survives a crash between the intent and the answer of c
     const restarted = collector(real);
     expect(await restarted.run()).toBe(true);
     expect(batchCalls(s)).toHaveLength(1);
-    expect((await s.runtime.deps.batchStore.intent(intent.id))?.name).toBe(batchCalls(s)[0].batch);
+    expect((await s.runtime.deps.cells[0].batchStore.intent(intent.id))?.name).toBe(batchCalls(s)[0].batch);
     expect(await restarted.run()).toBe(true);
     expect(batchCalls(s)).toHaveLength(1);
 
@@ -240,14 +240,14 @@ describe('batch creation survives a crash between the intent and the answer of c
     const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
     expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
     expect(generateCalls(s)).toHaveLength(0);
-    expect(await s.runtime.deps.batchStore.openIntents()).toEqual([]);
+    expect(await s.runtime.deps.cells[0].batchStore.openIntents()).toEqual([]);
   });
 
   it('a request the batch answers with an error fails its job with a typed code; the others complete', async () => {
     s.emulator.resetCalls();
     s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
     const ids = await Promise.all(['f1', 'f2', 'f3'].map((m) => enqueue(s, m, { tier: 'batch' })));
-    const store = s.runtime.deps.batchStore;
+    const store = s.runtime.deps.cells[0].batchStore;
     await until('three pending requests', async () => {
       for (const m of await store.models()) if ((await store.pending(m, 10)).length === 3) return true;
       return undefined;
@@ -291,6 +291,6 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(Date.parse(done.finishedAt)).toBeGreaterThanOrEqual(Date.parse(waiting.eta) - 50);
     expect(batchCalls(s)).toHaveLength(0);
     expect(generateCalls(s)).toHaveLength(1);
-    expect((await s.runtime.deps.batchStore.job(id))?.state).toBe('fallback');
+    expect((await s.runtime.deps.cells[0].batchStore.job(id))?.state).toBe('fallback');
   });
 });

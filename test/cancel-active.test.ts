@@ -95,7 +95,7 @@ describe('cancelling an active job across processes', () => {
     expect(view).toMatchObject({ id, state: 'cancelled', error: 'cancelled', attempts: 1 });
     expect(worker.emulator.calls()).toHaveLength(callsBefore);
     // Its slot went back: the org has nothing in flight once the outcome is recorded.
-    await vi.waitFor(async () => expect((await api.runtime.deps.scheduler.orgStats(api.orgId)).inFlight).toBe(0), POLL);
+    await vi.waitFor(async () => expect((await api.runtime.deps.cells[0].scheduler.orgStats(api.orgId)).inFlight).toBe(0), POLL);
   });
 
   it('is a 404 for another org, and leaves the job running', async () => {

@@ -21,7 +21,7 @@ describe('cancelling a job a worker fetches meanwhile', () => {
   });
 
   it('the claim in the window reads the cancel, and the DELETE answers "cancelling", not an error', async () => {
-    const { queue, redis, scheduler } = s.runtime.deps;
+    const { redis, cells: [{ queue, scheduler }] } = s.runtime.deps;
     const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Race Co', industry: 'retail' } } } });
     expect(post.statusCode).toBe(202);
     const id = post.json().id as string;

@@ -45,7 +45,7 @@ describe('fair dispatch on every path', () => {
     if (plan) await putPlan(s, org, plan);
     return { org, key, auth: { authorization: `Bearer ${key}` } };
   };
-  const stats = (org: string) => s.runtime.deps.scheduler.orgStats(org);
+  const stats = (org: string) => s.runtime.deps.cells[0].scheduler.orgStats(org);
   const cancel = (auth: { authorization: string }, id: string) => s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: auth });
   const runsOf = async (id: string) => (await runRows(s, [id])).get(id)!;
   const redisNowMs = async () => {
@@ -84,7 +84,7 @@ describe('fair dispatch on every path', () => {
     expect(set.code).toBe(0);
     expect(JSON.parse(set.stdout)).toMatchObject({ org, own: { weight: 3, concurrency: 2, rpmPro: 7, rpmFlash: 70, tpm: 5000 }, effective: { weight: 3, concurrency: 2, rpm: { pro: 7, flash: 70 }, tpm: 5000 } });
     // The dispatcher's copy changed (what the next dispatch reads), and the API shows the same plan.
-    expect(await s.runtime.deps.scheduler.getPlan(org)).toEqual({ weight: 3, concurrency: 2, rpm: { pro: 7, flash: 70 }, tpm: 5000 });
+    expect(await s.runtime.deps.cells[0].scheduler.getPlan(org)).toEqual({ weight: 3, concurrency: 2, rpm: { pro: 7, flash: 70 }, tpm: 5000 });
     const api = await s.app.inject({ method: 'GET', url: `/admin/orgs/${org}/plan`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
     expect(api.json()).toMatchObject({ own: { weight: 3, concurrency: 2 } });
     const cleared = await orgs(['set', org, '--concurrency', 'default']);
@@ -109,7 +109,7 @@ describe('fair dispatch on every path', () => {
       expect(() => parseOrgsArgs([...args])).toThrow(flag);
     }
     // Nothing was changed by the refused commands.
-    expect(await s.runtime.deps.scheduler.getPlan(org)).toEqual({ weight: 3, rpm: { pro: 7, flash: 70 }, tpm: 5000 });
+    expect(await s.runtime.deps.cells[0].scheduler.getPlan(org)).toEqual({ weight: 3, rpm: { pro: 7, flash: 70 }, tpm: 5000 });
   }, 120_000);
 
   it('flow children and pipeline steps of a capped org respect its cap', async () => {
@@ -283,12 +283,12 @@ describe('fair dispatch on every path', () => {
     const old = await addOrphan(Date.now() - 60_000);
     const fresh = await addOrphan(Date.now());
     // Dispatching does not find it: it is in no lane, so it would wait forever.
-    await s.runtime.deps.scheduler.dispatch();
+    await s.runtime.deps.cells[0].scheduler.dispatch();
     const parked = (await Job.fromId(queue, old))!;
     expect(isParked(parked)).toBe(true);
     expect(await parked.getState()).toBe('delayed');
-    expect(await s.runtime.deps.scheduler.orphans(0, 1000).then((o) => o.ids)).toEqual(expect.arrayContaining([old, fresh]));
-    const sweep = createFairOrphanSweep({ queue: s.runtime.queue, scheduler: s.runtime.deps.scheduler, agents: registry, models, logger: s.logger });
+    expect(await s.runtime.deps.cells[0].scheduler.orphans(0, 1000).then((o) => o.ids)).toEqual(expect.arrayContaining([old, fresh]));
+    const sweep = createFairOrphanSweep({ queue: s.runtime.queue, scheduler: s.runtime.deps.cells[0].scheduler, agents: registry, models, logger: s.logger });
     const r = await sweep();
     figure('orphans: sweep result', r);
     // The old one is laned; the fresh one may still have a live producer between its two steps.
@@ -297,8 +297,8 @@ describe('fair dispatch on every path', () => {
     expect((await runRows(s, [old])).get(old)).toEqual({ completed: 1, failed: 0 });
     const freshJob = (await Job.fromId(queue, fresh))!;
     expect(await freshJob.getState()).toBe('delayed');
-    expect((await s.runtime.deps.scheduler.orphans(0, 1000)).ids).toContain(fresh);
-    expect((await s.runtime.deps.scheduler.orphans(0, 1000)).ids).not.toContain(old);
+    expect((await s.runtime.deps.cells[0].scheduler.orphans(0, 1000)).ids).toContain(fresh);
+    expect((await s.runtime.deps.cells[0].scheduler.orphans(0, 1000)).ids).not.toContain(old);
     await freshJob.remove();
   }, 60_000);
 });

@@ -23,7 +23,7 @@ describe('why a job waits: the job view and SSE progress', () => {
     s.emulator.script({ latencyMs: 4000, match: { promptIncludes: holdFirst }, times: 1 });
     const first = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk(holdFirst) })).json();
     const firstJob = await s.runtime.queue.getJob(first.id);
-    await s.runtime.deps.scheduler.setPlan(firstJob!.data.orgId, { concurrency: 1 });
+    await s.runtime.deps.cells[0].scheduler.setPlan(firstJob!.data.orgId, { concurrency: 1 });
     await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(first.id)).toBe('active'), { timeout: 20_000, interval: 20 });
 
     const second = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk('visibility-second') })).json();

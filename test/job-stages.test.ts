@@ -85,7 +85,7 @@ describe('job stages: the job view, SSE progress and Bull Board', () => {
     s.emulator.script({ hang: true, match: { promptIncludes: held }, times: 1 });
     const first = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk(held) })).json();
     const orgId = (await s.runtime.queue.getJob(first.id))!.data.orgId;
-    await s.runtime.deps.scheduler.setPlan(orgId, { concurrency: 1 });
+    await s.runtime.deps.cells[0].scheduler.setPlan(orgId, { concurrency: 1 });
     const model = s.cfg[s.runtime.deps.registry.resolve('RiskAnalyzer', 'analyze_risks').action.model === 'pro' ? 'GEMINI_MODEL_PRO' : 'GEMINI_MODEL_FAST'];
 
     // The model never answers: the job stays in calling_model, as the claim script stored it.

@@ -115,7 +115,7 @@ async function scenario<T>(
   if (opts.latencyMs > 0) await ctx.b.emulator.script({ latencyMs: opts.latencyMs, times: -1, match: { kind: 'generate' } });
   const env = { QUEUE_PREFIX: `{bf${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: String(CONCURRENCY) };
   const q = await startAgentq(ctx.b, { env });
-  for (const [org, plan] of Object.entries(opts.plans ?? {})) await q.runtime.deps.scheduler.setPlan(org, plan);
+  for (const [org, plan] of Object.entries(opts.plans ?? {})) await q.runtime.deps.cells[0].scheduler.setPlan(org, plan);
   pool.done = [];
   let started = false;
   try {
@@ -176,10 +176,10 @@ async function churn(ctx: BenchContext, pool: Pool) {
     let c1 = await redisCounters(ctx);
     const cpu1 = await cpuUs(pool);
     let seconds = (performance.now() - t0) / 1000;
-    const stats = await q.runtime.deps.scheduler.orgStats('churn-a');
+    const stats = await q.runtime.deps.cells[0].scheduler.orgStats('churn-a');
     const throttled = { burst, seconds, jobs: pool.done.length - d0, cmds: commandsBetween(c0, c1), cpuPct: cpu1.map((u, i) => (100 * (u - cpu0[i])) / 1e6 / seconds), waitingAtEnd: stats.waiting };
     // Same backlog, limit lifted (the plan change wakes the lane at once).
-    await q.runtime.deps.scheduler.setPlan('churn-a', {});
+    await q.runtime.deps.cells[0].scheduler.setPlan('churn-a', {});
     const d = pool.done.length;
     await waitFor(() => pool.done.length >= d + 200, 30_000);
     c0 = await redisCounters(ctx);
@@ -366,7 +366,7 @@ async function caps(ctx: BenchContext, pool: Pool) {
   const r = await scenario(ctx, pool, { latencyMs: LATENCY_MS, plans: { 'cap-c': { concurrency: CAP } } }, async ({ q, startWorkers }) => {
     await fill(q, 'cap-c', CAP_JOBS);
     await fill(q, 'cap-d', CAP_FILLER_JOBS);
-    const inflightKey = q.runtime.deps.scheduler.keys.inflight;
+    const inflightKey = q.runtime.deps.cells[0].scheduler.keys.inflight;
     let sampledMax = 0;
     let samples = 0;
     let sampling = true;

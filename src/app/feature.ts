@@ -2,16 +2,13 @@ import type { FastifyInstance } from 'fastify';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import type { JobProducer } from '../shared/queue/job-producer.js';
 import type { JobService } from '../producers/job-service.js';
-import type { FairScheduler } from '../shared/fair/index.js';
 import type { OpsMetrics } from '../shared/ops/metrics.js';
 import type { WorkerHooks } from '../workers/worker-hooks.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import type { Config } from '../shared/core/config.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
-import type { BatchStore } from '../shared/batch/batch-store.js';
 import type { QueueShards } from '../shared/core/queue-shards.js';
 import type { Cell } from './cell.js';
 
@@ -23,23 +20,19 @@ export interface FeatureDeps {
   registry: AgentRegistry;
   /** Fail-fast connection for request paths. */
   redis: RedisClient;
-  /** The queue shards and each one's cell; `queue`, `scheduler` and `batchStore` below are the first cell's. */
+  /** The queue shards and each one's cell (queue, dispatcher, batch state): everything of an org is in one. */
   shards: QueueShards;
   cells: readonly Cell[];
   /** The cell holding everything of one org. */
   cellOf(orgId: string): Cell;
-  queue: AgentQueue;
   /** Routes each call to the cell of the org it names. */
   producer: JobProducer;
   /** Routes each call to the cell of the org it names. */
   jobs: JobService;
-  /** The fair dispatcher: why jobs wait, org plans, per-org stats. */
-  scheduler: FairScheduler;
   /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
   metrics: OpsMetrics;
   /** Gemini Batch Mode (absent: batch-tier jobs run on the standard tier) and the batch tier's Redis state. */
   batches?: BatchApi;
-  batchStore: BatchStore;
   llm: {
     generate: import('../workers/call-agent.js').GenerateFn['generate'];
     embed(texts: string[], opts?: { signal?: AbortSignal; taskType?: string }): Promise<number[][]>;

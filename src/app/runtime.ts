@@ -46,6 +46,7 @@ export function retentionOf(cfg: Config) {
 
 export interface Runtime {
   deps: FeatureDeps;
+  /** The agent queue of the first queue shard (with one shard, the queue). */
   queue: AgentQueue;
   features: Feature[];
   /** Present when the runtime serves HTTP. */
@@ -85,22 +86,23 @@ export async function startRuntime(opts: {
   const quotas = createQuotaChecker({ pool: infra.db.pool });
   // One id per runtime: it labels this process's Node metrics and names its field in the metrics exchange.
   const metrics = createOpsMetrics(new Registry(), { processId: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` });
+  const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+  // Each org's admission window lives in its queue shard, beside the rest of its keys.
+  const limiters = shards.prefixes.map((prefix) => createAdmissionLimiter({ redis, prefix: agentqPrefix(prefix), plans: cfg.RATE_LIMIT_PLANS }));
   const admission = countingAdmission(createAdmission({
-    limiter: createAdmissionLimiter({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX), plans: cfg.RATE_LIMIT_PLANS }),
+    limiter: { plans: limiters[0].plans, consume: (orgId, plan, points) => limiters[shards.ofOrg(orgId)].consume(orgId, plan, points) },
     planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
     quota: (orgId) => quotas.check(orgId),
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
     cacheMs: cfg.QUOTA_CACHE_MS,
   }), () => metrics);
-  const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
   const cells = shards.prefixes.map((prefix, index) => createCell({ index, prefix, shards: shards.prefixes.length, cfg, infra, logger, registry, redis, retention: retentionOf(cfg), admission, fair }));
   const cellOf = (orgId: string) => cells[shards.ofOrg(orgId)];
   // Plans live in Postgres; each dispatcher reads its copy in Redis (its shard's orgs), refreshed at every start.
   await syncOrgPlans({ plans: createOrgPlanStore({ pool: infra.db.pool }), scheduler: { setPlan: (orgId, plan) => cellOf(orgId).scheduler.setPlan(orgId, plan) } });
   const producer = routeProducer(cells, cellOf);
   const jobs = routeJobService(cells, cellOf);
-  const [{ queue, scheduler, batchStore }] = cells;
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, queue, producer, jobs, scheduler, cells, shards, cellOf, metrics, llm: opts.llm, batchStore, ...(opts.batches ? { batches: opts.batches } : {}) };
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, producer, jobs, cells, shards, cellOf, metrics, llm: opts.llm, ...(opts.batches ? { batches: opts.batches } : {}) };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
   const workerResources: Array<{ close(): Promise<void> }> = [];
@@ -140,7 +142,8 @@ export async function startRuntime(opts: {
       enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS,
       tracing: tracingEnabled(cfg),
       readiness: {
-        redis: () => redis.exists(readinessKey(cfg.QUEUE_PREFIX)),
+        // One read in each shard's slot: on a cluster, ready means every primary holding a shard answers.
+        redis: () => Promise.all(cells.map((c) => redis.exists(readinessKey(c.prefix)))),
         database: () => infra.db.pool.query('SELECT 1'),
         ...(opts.worker ? { worker: async () => workers.every((w) => w.isRunning()) || Promise.reject(new Error('worker not running')) } : {}),
         ...Object.assign({}, ...features.map((f) => f.readiness ?? {})),
@@ -155,7 +158,7 @@ export async function startRuntime(opts: {
 
   return {
     deps,
-    queue,
+    queue: cells[0].queue,
     features,
     app,
     startWorker,

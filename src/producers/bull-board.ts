@@ -53,10 +53,13 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
   const basePath = opts.basePath ?? BULL_BOARD_PATH;
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(basePath);
+  // Queue shards repeat a queue's name: the board keys queues by name, so each shard's copy is named by its
+  // key prefix as well (`{agentq.s3}:agent-jobs`).
+  const sharded = new Set(opts.queues.map((q) => q.name)).size < opts.queues.length;
   createBullBoard({
     // readOnlyMode also turns off retries in the UI; the auth hook refuses mutations as well.
     queues: opts.queues.map((q) => {
-      const adapter = new BullMQAdapter(q, { readOnlyMode: opts.readOnly });
+      const adapter = new BullMQAdapter(q, { readOnlyMode: opts.readOnly, ...(sharded ? { prefix: `${q.opts.prefix}:` } : {}) });
       adapter.setFormatter('name', jobTitle);
       // What the board shows of a job never carries a credential (mask-secrets.ts).
       adapter.setFormatter('data', (data) => maskSecrets(data));

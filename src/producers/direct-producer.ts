@@ -3,10 +3,11 @@ import { configuredModels, parseConfig } from '../shared/core/config.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
+import { queueShards } from '../shared/core/queue-shards.js';
 import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
-const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS)$/;
+const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS)$/;
 
 const DEFAULT_RETENTION: RetentionOptions = {
   attempts: 3,
@@ -27,6 +28,8 @@ export async function createDirectProducer(opts: {
   prefix?: string;
   agents?: InputValidator;
   retention?: Partial<RetentionOptions>;
+  /** Queue shards, as the deployment's `QUEUE_SHARDS` (default: that variable here, else 1). */
+  shards?: number;
   /** How long one Redis reply may take before the enqueue fails (default 2000 ms, as `REDIS_COMMAND_TIMEOUT_MS`). */
   commandTimeoutMs?: number;
 }) {
@@ -34,26 +37,34 @@ export async function createDirectProducer(opts: {
   await whenReady(connection);
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };
-  const queue = createAgentQueue({ connection, prefix, retention });
-  // Only the variables that shape a job's lane and its allowed models: the host service's other variables are not agentq's to judge.
+  // Only the variables that shape a job's lane, its shard and its allowed models: the host service's other variables are not agentq's to judge.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
-  const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix });
-  const producer = createJobProducer({
-    queue,
-    agents: opts.agents ?? defaultRegistry(),
-    models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
-    allowedModels: configuredModels(cfg),
-    scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg }),
-    retention,
-    // Workers dispatch with the deployment's limits; this process only asks them to.
-    kick: () => connection.publish(fairKickChannel(prefix), '1'),
+  const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix, ...(opts.shards ? { QUEUE_SHARDS: String(opts.shards) } : {}) });
+  // Each org's jobs go to its queue shard, as the API would put them (same prefix, same QUEUE_SHARDS).
+  const shards = queueShards(prefix, cfg.QUEUE_SHARDS);
+  const cells = shards.prefixes.map((shardPrefix) => {
+    const queue = createAgentQueue({ connection, prefix: shardPrefix, retention });
+    const producer = createJobProducer({
+      queue,
+      agents: opts.agents ?? defaultRegistry(),
+      models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
+      allowedModels: configuredModels(cfg),
+      scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg, prefix: shardPrefix, shards: cfg.QUEUE_SHARDS }),
+      retention,
+      // Workers dispatch with the deployment's limits; this process only asks them to.
+      kick: () => connection.publish(fairKickChannel(shardPrefix), '1'),
+    });
+    return { queue, producer };
   });
+  const cellOf = (orgId: string) => cells[shards.ofOrg(orgId)];
   return {
-    enqueue: (job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> => producer.enqueue(job, meta),
-    enqueueBulk: (jobs: unknown[], meta: EnqueueMeta): Promise<EnqueuedJob[]> => producer.enqueueBulk({ jobs }, meta),
-    queue,
+    enqueue: (job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> => cellOf(meta.orgId).producer.enqueue(job, meta),
+    enqueueBulk: (jobs: unknown[], meta: EnqueueMeta): Promise<EnqueuedJob[]> => cellOf(meta.orgId).producer.enqueueBulk({ jobs }, meta),
+    /** The agent queue of the first shard (with one shard, the queue); `queueOf` gives an org's. */
+    queue: cells[0].queue,
+    queueOf: (orgId: string) => cellOf(orgId).queue,
     async close() {
-      await queue.close();
+      for (const c of cells) await c.queue.close();
       connection.disconnect();
     },
   };

@@ -30,7 +30,10 @@ export async function breakerKeysIn(redis: RedisClient, breakerPrefix: string): 
  * breakers), so they are read once by the scraping process and never summed across processes.
  */
 export function createScrapeGauges(deps: {
+  /** Every queue, of every queue shard: a name's counts are summed over its shards. */
   queues: Queue[];
+  /** The agent queue of each shard (their failed sets are the dead-letter queue). */
+  agentQueues: Queue[];
   breakerState: (key: string) => Promise<Pick<BreakerSnapshot, 'state'>>;
   /** Breaker keys to report: those in Redis plus the configured models' (shown closed when absent). */
   breakerKeys: () => Promise<string[]>;
@@ -50,17 +53,17 @@ export function createScrapeGauges(deps: {
       this.reset();
       const counts = await Promise.all(deps.queues.map((q) => q.getJobCounts(...QUEUE_STATES)));
       deps.queues.forEach((q, i) => {
-        for (const state of QUEUE_STATES) this.set({ queue: q.name, state }, counts[i][state] ?? 0);
+        for (const state of QUEUE_STATES) this.inc({ queue: q.name, state }, counts[i][state] ?? 0);
       });
     },
   });
-  const agentQueue = deps.queues[0];
   new Gauge({
     name: 'agentq_dlq_size',
     help: 'Entries in the dead-letter queue (the agent queue failed set)',
     registers,
     async collect() {
-      this.set(await agentQueue.getFailedCount());
+      const counts = await Promise.all(deps.agentQueues.map((q) => q.getFailedCount()));
+      this.set(counts.reduce((a, b) => a + b, 0));
     },
   });
   if (deps.usageBacklog) {

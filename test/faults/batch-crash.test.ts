@@ -126,7 +126,7 @@ describe('batch tier: a worker SIGKILLed at each step of a collector run', () =>
         const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth })).json();
         expect([view.state, view.result?.tier]).toEqual(['completed', 'batch']);
       }
-      expect(await s.runtime.deps.batchStore.openIntents()).toEqual([]);
+      expect(await s.runtime.deps.cells[0].batchStore.openIntents()).toEqual([]);
     } finally {
       await events.close();
     }

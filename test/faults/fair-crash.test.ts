@@ -57,7 +57,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
     ]);
     const log = await recordEvents(s);
     const inFlight = sampler(async () => (await activeByOrg(queue)).get(capped) ?? 0, 15);
-    const slots = sampler(async () => (await s.runtime.deps.scheduler.orgStats(capped)).inFlight, 15);
+    const slots = sampler(async () => (await s.runtime.deps.cells[0].scheduler.orgStats(capped)).inFlight, 15);
     try {
       const victim = await start();
       const cappedIds = await postBulk(s, keyC, Array.from({ length: 24 }, (_, i) => markedJob(`capped${tag}-${i}`)));
@@ -97,7 +97,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       expect(bad).toEqual([]);
       for (const id of [...cappedIds, ...busyIds]) expect(await (await queue.getJob(id))!.getState()).toBe('completed');
       await until('the capped org\'s slots all released', async () => {
-        const st = await s.runtime.deps.scheduler.orgStats(capped);
+        const st = await s.runtime.deps.cells[0].scheduler.orgStats(capped);
         return st.inFlight === 0 && st.waiting === 0 && st.backoff === 0;
       }, 30_000);
       expect(hanging()).toBe(CAP);

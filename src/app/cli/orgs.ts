@@ -4,6 +4,7 @@ import { pino } from 'pino';
 import { config } from '../../shared/core/config.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import { createLogger } from '../../shared/core/logger.js';
+import { queueShards } from '../../shared/core/queue-shards.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { fairKickChannel } from '../../shared/core/queue-keys.js';
 import { zodDetails } from '../../shared/core/zod-details.js';
@@ -107,13 +108,16 @@ async function main(argv: string[]): Promise<number> {
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
-  const queue = new Queue(QUEUE.agent, { connection: redis, prefix: cfg.QUEUE_PREFIX });
+  // The org's plan is read by the dispatcher of its own queue shard.
+  const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+  const prefix = shards.prefixes[shards.ofOrg(command.orgId)];
+  const queue = new Queue(QUEUE.agent, { connection: redis, prefix });
   try {
     await whenReady(redis);
     await migrate(db.pool, { logger });
-    const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg });
+    const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards: cfg.QUEUE_SHARDS });
     // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.
-    const dispatch = () => redis.publish(fairKickChannel(cfg.QUEUE_PREFIX), '1');
+    const dispatch = () => redis.publish(fairKickChannel(prefix), '1');
     return await runOrgs(command, { plans: createOrgPlanStore({ pool: db.pool }), scheduler, dispatch }, {
       out: (s) => process.stdout.write(s),
       err: (s) => process.stderr.write(s),

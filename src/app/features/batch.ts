@@ -27,30 +27,37 @@ function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Featur
   return {
     name: 'batch',
     async startBackground() {
-      if (!deps.batches) return;
-      let woke = false;
-      const collector = createBatchCollector({
-        store: deps.batchStore,
-        batches: deps.batches,
-        // Back in its lane now, if it still waits (not cancelled, not already run by its own fallback timer); a
-        // job the dispatcher does not know (no fair dispatch) is promoted by BullMQ.
-        wake: async (id) => {
-          if ((await deps.queue.getJobState(id)) !== 'delayed') return;
-          woke = true;
-          if (await deps.scheduler.repark(id, 0, 'batch')) return;
-          await (await deps.queue.getJob(id))?.promote().catch(() => undefined);
-        },
-        maxRequests: cfg.BATCH_MAX_REQUESTS,
-        maxAgeMs: cfg.BATCH_MAX_AGE_MS,
-        deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
-        displayPrefix: `agentq-${cfg.QUEUE_PREFIX.replace(/[^a-zA-Z0-9-]/g, '')}`,
-        logger: log,
-        ...(options.at ? { at: options.at } : {}),
+      const batches = deps.batches;
+      if (!batches) return;
+      // One collector per queue shard (app/cell.ts): each shard's pending requests, batches and lock.
+      const collectors = deps.cells.map((cell) => {
+        let woke = false;
+        const collector = createBatchCollector({
+          store: cell.batchStore,
+          batches,
+          // Back in its lane now, if it still waits (not cancelled, not already run by its own fallback timer); a
+          // job the dispatcher does not know (no fair dispatch) is promoted by BullMQ.
+          wake: async (id) => {
+            if ((await cell.queue.getJobState(id)) !== 'delayed') return;
+            woke = true;
+            if (await cell.scheduler.repark(id, 0, 'batch')) return;
+            await (await cell.queue.getJob(id))?.promote().catch(() => undefined);
+          },
+          maxRequests: cfg.BATCH_MAX_REQUESTS,
+          maxAgeMs: cfg.BATCH_MAX_AGE_MS,
+          deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
+          displayPrefix: `agentq-${cell.prefix.replace(/[^a-zA-Z0-9-]/g, '')}`,
+          logger: log,
+          ...(options.at ? { at: options.at } : {}),
+        });
+        return async () => {
+          woke = false;
+          await collector.run(Math.max(cfg.BATCH_LOCK_MS, cfg.BATCH_POLL_MS * 4));
+          if (woke) await cell.scheduler.dispatch();
+        };
       });
       const tick = async () => {
-        woke = false;
-        await collector.run(Math.max(cfg.BATCH_LOCK_MS, cfg.BATCH_POLL_MS * 4));
-        if (woke) await deps.scheduler.dispatch();
+        for (const run of collectors) await run();
       };
       timer = setInterval(() => {
         running ??= tick()

@@ -12,7 +12,13 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
   const store = createKnowledgeStore({ pool: infra.db.pool, embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }) });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
-  const results = createResultCache({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S });
+  // Each queue shard caches its orgs' results (app/cell.ts): a version bump goes to the org's.
+  const caches = deps.cells.map((c) => createResultCache({ redis, prefix: agentqPrefix(c.prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
+  const cacheOf = (orgId: string) => caches[deps.cellOf(orgId).index];
+  const results = {
+    invalidateOrg: (orgId: string) => cacheOf(orgId).invalidateOrg(orgId),
+    invalidateAgent: (orgId: string, agent: string) => cacheOf(orgId).invalidateAgent(orgId, agent),
+  };
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
   return {

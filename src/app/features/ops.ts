@@ -8,6 +8,7 @@ import { createRedis } from '../../shared/infra/redis/connection.js';
 import { adminRoutes, keyRoutes, orgPlanRoutes, dlqRoutes, usageDashboardRoutes, usageRoutes } from '../../producers/area-routes.js';
 import { createBreakerCheck } from '../../workers/ops/dlq-breaker-check.js';
 import { createDlqStore } from '../../shared/ops/dlq-store.js';
+import { shardedDlqStore } from '../../shared/ops/sharded-dlq-store.js';
 import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
 import { createDlqService } from '../../shared/ops/dlq-service.js';
 import { createMaintenance } from '../../workers/ops/maintenance.js';
@@ -33,16 +34,21 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const { cfg, logger, registry } = deps;
   const log = logger.child({ component: 'ops' });
   const metrics = deps.metrics;
+  // Process-wide state (maintenance schedules, breakers, the metrics exchange) stays under QUEUE_PREFIX;
+  // each queue shard (app/cell.ts) has its own agent and flows queues and dead-letter entries.
   const prefix = cfg.QUEUE_PREFIX;
-  const flows = new Queue(QUEUE.flows, { connection: deps.redis, prefix });
+  const agentQueues = deps.cells.map((c) => c.queue as unknown as Queue);
+  const flows = deps.cells.map((c) => new Queue(QUEUE.flows, { connection: deps.redis, prefix: c.prefix }));
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
-  const queues = [deps.queue as unknown as Queue, flows, maintenanceQueue];
-  logConnectionErrors(flows, log, 'flows queue');
+  const queues = [...agentQueues, ...flows, maintenanceQueue];
+  for (const q of flows) logConnectionErrors(q, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards.ts); only read here.
   const breaker = createCircuitBreaker({ redis: deps.redis, prefix: agentqPrefix(prefix) });
   // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
-  const store = createDlqStore({ redis: deps.redis, queue: deps.queue, prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 });
+  const store = shardedDlqStore(
+    new Map(deps.cells.map((c) => [c.prefix, createDlqStore({ redis: deps.redis, queue: c.queue, prefix: c.prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 })])),
+  );
   const dlq = createDlqService({ store, validateInput: (agent, action, input) => registry.validateInput(agent, action, input) });
   const exchange = createMetricsExchange({ redis: deps.redis, prefix, registry: metrics.registry, logger: log, ...(metrics.processId ? { processId: metrics.processId } : {}) });
   const configuredModels = [cfg.GEMINI_MODEL_FAST, cfg.GEMINI_MODEL_PRO];
@@ -67,9 +73,11 @@ export function opsFeature(deps: FeatureDeps): Feature {
     async routes(app) {
       const scrape = createScrapeGauges({
         queues,
+        agentQueues,
         breakerState: (key) => breaker.state(key),
-        orgGauges: () => deps.scheduler.gauges(),
-        usageBacklog: () => deps.redis.xlen(usageStreamKey(prefix)),
+        // An org lives in one shard: the shards' lists never share an org.
+        orgGauges: async () => (await Promise.all(deps.cells.map((c) => c.scheduler.gauges()))).flat(),
+        usageBacklog: async () => (await Promise.all(deps.cells.map((c) => deps.redis.xlen(usageStreamKey(c.prefix))))).reduce((a, b) => a + b, 0),
         breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, agentqPrefix(prefix)))])],
       });
       dlqRoutes(app, { dlq });
@@ -77,7 +85,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
       usageRoutes(app, { runs });
       usageDashboardRoutes(app, { runs });
       keyRoutes(app, { keys: createApiKeyStore({ pool: deps.infra.db.pool }) });
-      orgPlanRoutes(app, { plans: createOrgPlanStore({ pool: deps.infra.db.pool }), scheduler: deps.scheduler });
+      orgPlanRoutes(app, { plans: createOrgPlanStore({ pool: deps.infra.db.pool }), schedulerOf: (orgId) => deps.cellOf(orgId).scheduler });
       await app.register(async (admin) => adminRoutes(admin, { readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
       exchange.start();
     },
@@ -92,6 +100,18 @@ export function opsFeature(deps: FeatureDeps): Feature {
     },
 
     async startBackground() {
+      const sweeps = deps.cells.map((c) =>
+        createFairOrphanSweep({ queue: c.queue, scheduler: c.scheduler, agents: registry, models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO }, logger: log }),
+      );
+      const sweepEveryCell = async () => {
+        const total = { scanned: 0, laned: 0 };
+        for (const sweep of sweeps) {
+          const r = await sweep();
+          total.scanned += r.scanned;
+          total.laned += r.laned;
+        }
+        return total;
+      };
       maintenanceConnection = createRedis(deps.infra.redisTarget, 'worker');
       maintenance = createMaintenance({
         queue: maintenanceQueue,
@@ -103,13 +123,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
           {
             name: FAIR_ORPHANS_TASK,
             everyMs: 60_000,
-            run: createFairOrphanSweep({
-              queue: deps.queue,
-              scheduler: deps.scheduler,
-              agents: registry,
-              models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO },
-              logger: log,
-            }),
+            run: sweepEveryCell,
           },
           {
             name: SEMANTIC_CACHE_SWEEP_TASK,
@@ -125,7 +139,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
       await maintenance?.close();
       maintenanceConnection?.disconnect();
       await exchange.close();
-      await flows.close();
+      for (const q of flows) await q.close();
       await maintenanceQueue.close();
     },
   };

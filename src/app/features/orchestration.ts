@@ -2,7 +2,7 @@ import { retentionOf, type FeatureFactory } from '../runtime.js';
 import type { Feature } from '../feature.js';
 import { createAgentQueue } from '../../shared/queue/agent-queue.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
-import { createFlowService } from '../../producers/flow-service.js';
+import { createFlowService, type FlowService } from '../../producers/flow-service.js';
 import { createFlowsWorker, type FlowsWorker } from '../../workers/flows/flows-worker.js';
 import { createPipelineRegistry, type PipelineDefinition } from '../../shared/orchestration/pipeline.js';
 import type { PipelineProgressEvent } from '../../workers/flows/pipeline-runner.js';
@@ -33,59 +33,82 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
     const presets = options.presets ?? defaultPresets;
     const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
     const retention = retentionOf(cfg);
-    const flows = createFlowService({
-      redis: deps.redis,
-      redisTarget: deps.infra.redisTarget,
-      prefix: cfg.QUEUE_PREFIX,
-      producer: deps.producer,
-      agents: deps.registry,
-      models,
-      retention,
-      pipelines,
-      presets,
-      logger,
-    });
-    let background: { worker: FlowsWorker; close(): Promise<void> } | undefined;
+    // A flow and its children, and a run and its steps, live in the org's queue shard (app/cell.ts).
+    const services = deps.cells.map((cell) =>
+      createFlowService({
+        redis: deps.redis,
+        redisTarget: deps.infra.redisTarget,
+        prefix: cell.prefix,
+        producer: cell.producer,
+        agents: deps.registry,
+        models,
+        retention,
+        pipelines,
+        presets,
+        logger,
+      }),
+    );
+    const flows = routeFlowService(services, (orgId) => services[deps.cellOf(orgId).index]);
+    let background: Array<{ worker: FlowsWorker; close(): Promise<void> }> = [];
 
     return {
       name: 'orchestration',
       routes: (app) => flowRoutes(app, { flows, pipelines, presets, longPollMaxMs: cfg.LONG_POLL_MAX_MS, enqueueDeadlineMs: cfg.ENQUEUE_DEADLINE_MS }),
       readiness: {
         flows: async () => {
-          if (background && !background.worker.isRunning()) throw new Error('flows worker not running');
+          if (background.some((b) => !b.worker.isRunning())) throw new Error('flows worker not running');
         },
       },
       async startBackground() {
-        const connection = createRedis(deps.infra.redisTarget, 'worker');
-        const agentQueue = createAgentQueue({ connection, prefix: cfg.QUEUE_PREFIX, retention });
-        const worker = createFlowsWorker({
-          connection,
-          prefix: cfg.QUEUE_PREFIX,
-          concurrency: options.concurrency ?? cfg.FLOWS_CONCURRENCY,
-          lockDurationMs: cfg.LOCK_DURATION_MS,
-          stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
-          agentQueue,
-          producer: deps.producer,
-          pipelines,
-          presets,
-          logger: log,
-          onProgress: options.onProgress,
-        });
-        await worker.ready();
-        background = {
-          worker,
-          async close() {
-            await worker.close();
-            await agentQueue.close();
-            connection.disconnect();
-          },
-        };
+        background = await Promise.all(deps.cells.map((cell) => startFlowsWorker(cell.prefix)));
       },
       async close() {
-        await background?.close();
+        for (const b of background) await b.close();
         await flows.close();
       },
     };
+
+    /** The flows worker of one queue shard: its flows and runs, adding steps to the same shard's queue. */
+    async function startFlowsWorker(prefix: string) {
+      const connection = createRedis(deps.infra.redisTarget, 'worker');
+      const agentQueue = createAgentQueue({ connection, prefix, retention });
+      const worker = createFlowsWorker({
+        connection,
+        prefix,
+        concurrency: options.concurrency ?? cfg.FLOWS_CONCURRENCY,
+        lockDurationMs: cfg.LOCK_DURATION_MS,
+        stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
+        agentQueue,
+        producer: deps.producer,
+        pipelines,
+        presets,
+        logger: log,
+        onProgress: options.onProgress,
+      });
+      await worker.ready();
+      return {
+        worker,
+        async close() {
+          await worker.close();
+          await agentQueue.close();
+          connection.disconnect();
+        },
+      };
+    }
+  };
+}
+
+/** Flows and runs of the caller's org's queue shard; one shard: its service itself. */
+function routeFlowService(services: FlowService[], of: (orgId: string) => FlowService): FlowService {
+  if (services.length === 1) return services[0];
+  return {
+    startParallel: (body, meta) => of(meta.orgId).startParallel(body, meta),
+    presetNames: () => services[0].presetNames(),
+    startPreset: (name, input, meta) => of(meta.orgId).startPreset(name, input, meta),
+    startPipeline: (name, input, meta) => of(meta.orgId).startPipeline(name, input, meta),
+    getFlow: (orgId, id, waitMs) => of(orgId).getFlow(orgId, id, waitMs),
+    getRun: (orgId, id, waitMs) => of(orgId).getRun(orgId, id, waitMs),
+    close: async () => void (await Promise.all(services.map((f) => f.close()))),
   };
 }
 

@@ -11,7 +11,8 @@ import type { cacheQuery, ingestBody, orgTableParam, searchBody, sharedTablePara
 export interface KnowledgeRouteDeps {
   store: KnowledgeStore;
   search: VectorSearch;
-  results: ResultCache;
+  /** The result cache an org's answers are in (its queue shard's). */
+  results: Pick<ResultCache, 'invalidateOrg' | 'invalidateAgent'>;
   semantic: SemanticCache;
 }
 

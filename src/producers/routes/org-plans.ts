@@ -7,11 +7,12 @@ import type { orgParam } from '../schemas/org-plans.js';
 
 export interface OrgPlanRouteDeps {
   plans: OrgPlanStore;
-  scheduler: Pick<FairScheduler, 'setPlan' | 'orgStats' | 'dispatch'>;
+  /** The fair dispatcher of the org's queue shard. */
+  schedulerOf(orgId: string): Pick<FairScheduler, 'setPlan' | 'orgStats' | 'dispatch'>;
 }
 
 async function view(deps: OrgPlanRouteDeps, org: string) {
-  const stats = await deps.scheduler.orgStats(org);
+  const stats = await deps.schedulerOf(org).orgStats(org);
   return { org, own: (await deps.plans.get(org)) ?? {}, effective: stats.plan, waiting: stats.waiting + stats.backoff, inFlight: stats.inFlight };
 }
 
@@ -26,7 +27,8 @@ export const putOrgPlan =
   (deps: OrgPlanRouteDeps): Handler<{ params: typeof orgParam; body: typeof orgPlanChangeSchema }> =>
   async (req) => {
     // Dispatched here, as an enqueue from this process is: the answer shows the change applied.
-    await changeOrgPlan({ ...deps, dispatch: () => deps.scheduler.dispatch() }, req.params.org, req.body);
+    const scheduler = deps.schedulerOf(req.params.org);
+    await changeOrgPlan({ plans: deps.plans, scheduler, dispatch: () => scheduler.dispatch() }, req.params.org, req.body);
     req.log.info({ org: req.params.org, change: req.body }, 'org plan changed');
     return view(deps, req.params.org);
   };

@@ -30,6 +30,8 @@ export interface DlqEntry {
 export interface DlqItem {
   entry: DlqEntry;
   job: AgentJob;
+  /** Where a scan found it in the failed set (absent from `get`). */
+  position?: DlqCursor;
 }
 
 /** Position in the failed set: its score (failure time) and the member, since scores tie. */
@@ -152,7 +154,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
         for (let i = 0; i < positions.length; i++) {
           scanned++;
           const item = loaded[i];
-          if (item && opts.filter(item.entry)) items.push(item);
+          if (item && opts.filter(item.entry)) items.push({ ...item, position: positions[i] });
           if (items.length >= opts.limit || scanned >= maxScan) return { items, next: positions[i] };
         }
       }
@@ -181,4 +183,5 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   };
 }
 
-export type DlqStore = ReturnType<typeof createDlqStore>;
+/** What the DLQ service, reprocessor and worker listeners use of a store (one shard's, or all of them). */
+export type DlqStore = Pick<ReturnType<typeof createDlqStore>, 'recordFailure' | 'get' | 'scan' | 'claim' | 'remove'>;
