@@ -8,26 +8,28 @@ const JOBS = 400;
 const ROUNDS = 2;
 const TAG = '{bcluster}';
 const ORGS = 100;
+const SHARDS = 12;
 
 /**
  * Case "cluster": agentq on a local 3-primary Redis Cluster. The same miss-path jobs run through a cluster
  * client and through a standalone client pointed at the primary that owns the queue's slot (same node, so
- * the ratio is the client's cost alone), alternated; per-node INFO commandstats show where the commands go.
+ * the ratio is the client's cost alone), alternated; then with QUEUE_SHARDS=12 (the orgs spread over twelve
+ * hash tags, four to a primary). Per-node INFO commandstats show where the commands go in each cluster run.
  */
 export async function clusterCase(ctx: BenchContext): Promise<void> {
   const tc = 'cluster';
   const cluster = await startLocalCluster({ primaries: 3 });
   try {
     const owner = await cluster.ownerOf(TAG);
-    const runs: Record<'standalone' | 'cluster', number[]> = { standalone: [], cluster: [] };
-    let perNode: Array<{ port: number; calls: number }> = [];
+    const runs: Record<'standalone' | 'cluster' | 'sharded', number[]> = { standalone: [], cluster: [], sharded: [] };
+    const perNode: Record<'cluster' | 'sharded', Array<{ port: number; calls: number }>> = { cluster: [], sharded: [] };
     for (let round_ = 0; round_ < ROUNDS; round_++) {
-      for (const mode of ['standalone', 'cluster'] as const) {
+      for (const mode of ['standalone', 'cluster', 'sharded'] as const) {
         const env: Record<string, string> =
-          mode === 'cluster'
-            ? { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' }
-            : { REDIS_URL: `redis://127.0.0.1:${owner}`, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' };
-        const target = mode === 'cluster' ? { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) } : `redis://127.0.0.1:${owner}`;
+          mode === 'standalone'
+            ? { REDIS_URL: `redis://127.0.0.1:${owner}`, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' }
+            : { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50', QUEUE_SHARDS: mode === 'sharded' ? String(SHARDS) : '1' };
+        const target = mode === 'standalone' ? `redis://127.0.0.1:${owner}` : { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) };
         const b = { ...ctx.b, infra: { ...ctx.b.infra, redisTarget: target }, config: (e?: Record<string, string>) => ctx.b.config({ ...env, ...e }) };
         const counter = createCounter();
         const q = await startAgentq(b, { env, onCompleted: counter.onCompleted });
@@ -45,9 +47,9 @@ export async function clusterCase(ctx: BenchContext): Promise<void> {
           const seconds = (performance.now() - t0) / 1000;
           if (counter.completed < JOBS) throw new Error(`${mode}: only ${counter.completed} of ${JOBS} jobs completed`);
           runs[mode].push(JOBS / seconds);
-          if (mode === 'cluster') {
+          if (mode !== 'standalone') {
             const after = await cluster.commandsPerNode();
-            perNode = after.filter((n) => n.role === 'master').map((n) => ({ port: n.port, calls: n.calls - before.find((b0) => b0.port === n.port)!.calls }));
+            perNode[mode] = after.filter((n) => n.role === 'master').map((n) => ({ port: n.port, calls: n.calls - before.find((b0) => b0.port === n.port)!.calls }));
           }
         } finally {
           await q.close();
@@ -56,21 +58,34 @@ export async function clusterCase(ctx: BenchContext): Promise<void> {
     }
     const standalone = median(runs.standalone);
     const clustered = median(runs.cluster);
-    ctx.log(`  standalone ${runs.standalone.map((r) => round(r, 0)).join(', ')} jobs/s; cluster ${runs.cluster.map((r) => round(r, 0)).join(', ')} jobs/s`);
+    const sharded = median(runs.sharded);
+    ctx.log(`  standalone ${runs.standalone.map((r) => round(r, 0)).join(', ')} jobs/s; cluster ${runs.cluster.map((r) => round(r, 0)).join(', ')} jobs/s; sharded ${runs.sharded.map((r) => round(r, 0)).join(', ')} jobs/s`);
     ctx.add({ case: tc, name: 'miss path, standalone client on the owning primary (c=50)', value: round(standalone, 0), unit: 'jobs/s' });
     ctx.add({ case: tc, name: 'miss path, cluster client, 3 primaries (c=50)', value: round(clustered, 0), unit: 'jobs/s' });
+    ctx.add({ case: tc, name: `miss path, cluster client, QUEUE_SHARDS=${SHARDS} (c=50)`, value: round(sharded, 0), unit: 'jobs/s' });
     const ratio = clustered / standalone;
     ctx.add({ case: tc, name: 'cluster client / standalone client, same node', value: round(ratio, 2), unit: 'x', target: '>= 0.9x', met: check(ratio >= 0.9) });
-    const total = perNode.reduce((s, n) => s + n.calls, 0);
-    const busiest = total > 0 ? Math.max(...perNode.map((n) => n.calls)) / total : NaN;
+    const busiestOf = (nodes: Array<{ calls: number }>) => {
+      const total = nodes.reduce((sum, n) => sum + n.calls, 0);
+      return total > 0 ? Math.max(...nodes.map((n) => n.calls)) / total : NaN;
+    };
+    const one = busiestOf(perNode.cluster);
     ctx.add({
       case: tc,
       name: `busiest primary's share of commands (${ORGS} orgs, one hash tag)`,
-      value: round(busiest * 100, 1),
+      value: round(one * 100, 1),
       unit: '%',
-      target: '<= 40% (needs QUEUE_SHARDS, not built)',
-      met: check(busiest <= 0.4),
-      note: perNode.map((n) => `${n.port}: ${n.calls}`).join(', '),
+      note: perNode.cluster.map((n) => `${n.port}: ${n.calls}`).join(', '),
+    });
+    const spread = busiestOf(perNode.sharded);
+    ctx.add({
+      case: tc,
+      name: `busiest primary's share of commands (${ORGS} orgs, QUEUE_SHARDS=${SHARDS})`,
+      value: round(spread * 100, 1),
+      unit: '%',
+      target: '<= 40% (ideal 33.3%)',
+      met: check(spread <= 0.4),
+      note: perNode.sharded.map((n) => `${n.port}: ${n.calls}`).join(', '),
     });
     ctx.details.cluster = { runs, perNode, owner };
   } finally {

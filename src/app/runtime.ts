@@ -20,6 +20,7 @@ import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
+import { adoptShardLayout } from '../shared/queue/shard-layout.js';
 import { createCell } from './cell.js';
 import { routeJobService, routeProducer } from './cell-routing.js';
 import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
@@ -87,6 +88,8 @@ export async function startRuntime(opts: {
   // One id per runtime: it labels this process's Node metrics and names its field in the metrics exchange.
   const metrics = createOpsMetrics(new Registry(), { processId: `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}` });
   const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+  const layout = await adoptShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: cfg.QUEUE_SHARDS });
+  if (layout.changed) logger.warn({ from: layout.previous, to: cfg.QUEUE_SHARDS }, 'queue shard count changed (the old layout held no unfinished job)');
   // Each org's admission window lives in its queue shard, beside the rest of its keys.
   const limiters = shards.prefixes.map((prefix) => createAdmissionLimiter({ redis, prefix: agentqPrefix(prefix), plans: cfg.RATE_LIMIT_PLANS }));
   const admission = countingAdmission(createAdmission({

@@ -35,6 +35,9 @@ export const agentqPrefix = (prefix: string) => `${prefix}:agentq`;
  */
 export const readinessKey = (prefix: string) => `${agentqPrefix(prefix)}:ready`;
 
+/** The queue shard count in force (QUEUE_SHARDS), under QUEUE_PREFIX itself: see shared/queue/shard-layout.ts. */
+export const shardLayoutKey = (prefix: string) => `${agentqPrefix(prefix)}:shards`;
+
 /** Pub/sub channel on which the API asks whichever worker holds a job to abort it. */
 export const cancelChannel = (prefix: string) => `${agentqPrefix(prefix)}:cancel`;
 

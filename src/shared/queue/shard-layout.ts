@@ -1,0 +1,50 @@
+import { Queue } from 'bullmq';
+import type { RedisClient } from '../infra/redis/connection.js';
+import { ConfigError } from '../core/config.js';
+import { shardLayoutKey } from '../core/queue-keys.js';
+import { QUEUE } from '../core/queue-names.js';
+import { queueShards } from '../core/queue-shards.js';
+
+/** Job states that still have work to do: a job in one of them would be stranded by a new layout. */
+const UNFINISHED = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'] as const;
+
+/**
+ * QUEUE_SHARDS decides which shard holds each org's jobs, so changing it moves every org's lookups to a new
+ * place: jobs left unfinished under the old layout would never run or be found again. The layout in force
+ * is recorded under QUEUE_PREFIX (one key); a process started with another shard count takes over only if
+ * the old layout's queues hold no unfinished job (it was drained), and otherwise refuses to start.
+ * No record is a layout of one shard (deployments older than QUEUE_SHARDS).
+ */
+export async function adoptShardLayout(opts: { redis: RedisClient; prefix: string; shards: number }): Promise<{ previous: number; changed: boolean }> {
+  const key = shardLayoutKey(opts.prefix);
+  const previous = Number((await opts.redis.get(key)) ?? 1);
+  if (previous === opts.shards) {
+    await opts.redis.set(key, String(opts.shards), 'NX');
+    return { previous, changed: false };
+  }
+  const unfinished = await countUnfinished(opts.redis, queueShards(opts.prefix, previous).prefixes);
+  if (unfinished > 0) {
+    throw new ConfigError(
+      `Invalid environment variable QUEUE_SHARDS=${opts.shards}: the queue is laid out in ${previous} shard(s) and ${unfinished} job(s) there are unfinished; ` +
+        `drain them with QUEUE_SHARDS=${previous} first (see README "Scaling out")`,
+    );
+  }
+  await opts.redis.set(key, String(opts.shards));
+  return { previous, changed: true };
+}
+
+async function countUnfinished(redis: RedisClient, prefixes: readonly string[]): Promise<number> {
+  let total = 0;
+  for (const prefix of prefixes) {
+    for (const name of [QUEUE.agent, QUEUE.flows]) {
+      const queue = new Queue(name, { connection: redis, prefix });
+      try {
+        const counts = await queue.getJobCounts(...UNFINISHED);
+        total += UNFINISHED.reduce((n, state) => n + (counts[state] ?? 0), 0);
+      } finally {
+        await queue.close();
+      }
+    }
+  }
+  return total;
+}

@@ -1,0 +1,72 @@
+import calculateSlot from 'cluster-key-slot';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it } from 'vitest';
+import { ConfigError, parseConfig } from '../src/shared/core/config.js';
+import { queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
+import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
+import { adoptShardLayout } from '../src/shared/queue/shard-layout.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+
+describe('queue shard layout', () => {
+  it('one shard is the configured prefix; S shards get tags in S equal slot ranges', () => {
+    expect(queueShards('{agentq}', 1).prefixes).toEqual(['{agentq}']);
+    expect(queueShards('agentq', 1).prefixes).toEqual(['agentq']);
+    for (const count of [2, 3, 12, 64]) {
+      const { prefixes } = queueShards('pre:{agentq}:x', count);
+      expect(new Set(prefixes).size).toBe(count);
+      prefixes.forEach((p, k) => {
+        expect(p).toMatch(/^pre:\{agentq\.s\d+(\.\d+)?\}:x$/);
+        const slot = calculateSlot(p);
+        expect(slot).toBeGreaterThanOrEqual(Math.ceil((k * 16384) / count));
+        expect(slot).toBeLessThan(Math.ceil(((k + 1) * 16384) / count));
+      });
+    }
+    expect(() => queueShards('agentq', 2)).toThrow(/hash tag/);
+    expect(() => queueShards('{agentq}', 0)).toThrow(RangeError);
+  });
+
+  it('an org always maps to the same shard, and orgs spread evenly', () => {
+    expect(shardOfOrg('org_a', 12)).toBe(shardOfOrg('org_a', 12));
+    const counts = new Array<number>(8).fill(0);
+    for (let i = 0; i < 8000; i++) counts[shardOfOrg(`org_${i}`, 8)]++;
+    for (const c of counts) expect(Math.abs(c - 1000)).toBeLessThan(150);
+  });
+
+  it('QUEUE_SHARDS is validated when parsed, naming the variable', () => {
+    expect(parseConfig({ QUEUE_SHARDS: '12' }).QUEUE_SHARDS).toBe(12);
+    expect(parseConfig({}).QUEUE_SHARDS).toBe(1);
+    expect(() => parseConfig({ QUEUE_SHARDS: '0' })).toThrow(/QUEUE_SHARDS/);
+    expect(() => parseConfig({ QUEUE_SHARDS: '1000' })).toThrow(/QUEUE_SHARDS/);
+    expect(() => parseConfig({ QUEUE_SHARDS: '4', QUEUE_PREFIX: 'agentq' })).toThrow(/QUEUE_PREFIX=.*hash tag/);
+  });
+
+  describe('changing the shard count on a live system', () => {
+    const redis = new Redis(redisUrl());
+    afterAll(() => redis.disconnect());
+
+    it('records the layout, refuses a new count while the old layout has unfinished jobs, adopts it once drained', async () => {
+      const prefix = randomPrefix();
+      expect(await adoptShardLayout({ redis, prefix, shards: 1 })).toEqual({ previous: 1, changed: false });
+      expect(await redis.get(shardLayoutKey(prefix))).toBe('1');
+      const queue = new Queue('agent-jobs', { connection: redis, prefix });
+      const job = await queue.add('j', { orgId: 'o' });
+      const refused = adoptShardLayout({ redis, prefix, shards: 4 });
+      await expect(refused).rejects.toThrow(ConfigError);
+      await expect(refused).rejects.toThrow(/QUEUE_SHARDS=4: the queue is laid out in 1 shard\(s\) and 1 job\(s\) there are unfinished/);
+      expect(await redis.get(shardLayoutKey(prefix))).toBe('1');
+      await job.remove();
+      expect(await adoptShardLayout({ redis, prefix, shards: 4 })).toEqual({ previous: 1, changed: true });
+      expect(await redis.get(shardLayoutKey(prefix))).toBe('4');
+      // Back to one shard: the four shards' queues are checked now.
+      const shard = new Queue('agent-jobs', { connection: redis, prefix: queueShards(prefix, 4).prefixes[2] });
+      await shard.add('j', { orgId: 'o' }, { delay: 60_000 });
+      await expect(adoptShardLayout({ redis, prefix, shards: 1 })).rejects.toThrow(/laid out in 4 shard\(s\) and 1 job\(s\)/);
+      await shard.obliterate({ force: true });
+      expect(await adoptShardLayout({ redis, prefix, shards: 1 })).toEqual({ previous: 4, changed: true });
+      await shard.close();
+      await queue.obliterate({ force: true });
+      await queue.close();
+    });
+  });
+});
