@@ -8,7 +8,7 @@ export type LuaCall = (keys: string[], args: Array<string | number>) => Promise<
 
 /**
  * Reads `<name>-<numKeys>.lua` from the one Lua folder and defines it as a command on `redis`.
- * A file named `-N.lua` takes a variable number of keys: the count is sent with each call.
+ * A file named `-N.lua` takes a variable number of keys: it is defined once per key count it is called with.
  * Command names are namespaced (`agentq:...` is not a valid JS identifier, so `agentq_` is used)
  * so they never clash with scripts that libraries such as rate-limiter-flexible define on the same client.
  */
@@ -18,17 +18,29 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
   const fixedKeys = match[2] === 'N' ? undefined : Number(match[2]);
   const command = `agentq_${match[1].replace(/[^a-zA-Z0-9]/g, '_')}`;
   const lua = readLua(file);
-  redis.defineCommand(command, fixedKeys === undefined ? { lua } : { lua, numberOfKeys: fixedKeys });
-  const fn = (redis as unknown as Record<string, (...a: Array<string | number>) => Promise<unknown>>)[command].bind(redis);
+  // Every call names its key count up front (one command per count, defined on first use): with a count in
+  // the arguments instead, ioredis's cluster auto-pipelining would group calls by the slot of that number,
+  // not of the first key, and put calls for keys on different primaries in one pipeline (which it refuses).
+  const commands = new Map<number, (...a: Array<string | number>) => Promise<unknown>>();
+  const commandFor = (numberOfKeys: number) => {
+    let fn = commands.get(numberOfKeys);
+    if (!fn) {
+      const name = fixedKeys === undefined ? `${command}_${numberOfKeys}` : command;
+      redis.defineCommand(name, { lua, numberOfKeys });
+      fn = (redis as unknown as Record<string, (...a: Array<string | number>) => Promise<unknown>>)[name].bind(redis);
+      commands.set(numberOfKeys, fn);
+    }
+    return fn;
+  };
+  if (fixedKeys !== undefined) commandFor(fixedKeys);
   return (keys, args) => {
     if (fixedKeys !== undefined && keys.length !== fixedKeys) {
       return Promise.reject(new Error(`${file} takes ${fixedKeys} keys, got ${keys.length}`));
     }
-    return fixedKeys === undefined ? fn(keys.length, ...keys, ...args) : fn(...keys, ...args);
+    return commandFor(keys.length)(...keys, ...args);
   };
 }
 
-/** Every Lua script of the project lives in this one folder, named `<name>-<numKeys>.lua`. */
 export const LUA_DIR = new URL('./lua/', import.meta.url);
 
 const INCLUDE = /^--- @include "([a-z0-9-]+)"$/gm;
