@@ -3,6 +3,8 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
+import { defineLua } from '../src/shared/infra/lua.js';
+import { createRedis, redisTargetOf } from '../src/shared/infra/redis/connection.js';
 import { POLL, until } from './helpers/wait.js';
 import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -54,6 +56,18 @@ describe('queue shards on a Redis Cluster', () => {
     // 100 orgs a shard on average: none empty, none with twice its share.
     expect(Math.min(...perShard)).toBeGreaterThan(50);
     expect(Math.max(...perShard)).toBeLessThan(200);
+  });
+
+  it('variable-key scripts for shards on different primaries, sent in one tick on one auto-pipelined connection, all run', async () => {
+    const client = createRedis(redisTargetOf(s.cfg), 'worker', { enableAutoPipelining: true });
+    try {
+      const take = defineLua(client, 'token-bucket-take-N.lua');
+      // One bucket in each shard: twelve calls, four per primary, in the same tick.
+      const results = await Promise.all(layout.prefixes.map((p) => take([`${p}:agentq:tb:probe`], [10, 1, 1])));
+      expect(results.map((r) => (r as number[])[0])).toEqual(new Array(SHARDS).fill(1));
+    } finally {
+      client.disconnect();
+    }
   });
 
   it('runs, lists and streams each org\'s jobs in its own shard, on every primary', async () => {
