@@ -99,12 +99,22 @@ describe('queue shards on a Redis Cluster', () => {
       r.disconnect();
     }
 
-    const o = orgs[1];
-    const streamed = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: o.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup('Streamed'), options: { stream: true } } });
-    const sse = await s.app.inject({ method: 'GET', url: `/v1/jobs/${streamed.json().id}/stream`, headers: o.auth });
-    const events = createSseParser().feed(sse.body);
-    expect(events.at(-1)?.data).toBe('[DONE]');
-    expect(events.some((m) => m.event === 'message' && 'result' in JSON.parse(m.data))).toBe(true);
+    // Two SSE clients at once, of orgs whose shards are on different primaries (the reader's XREAD may
+    // only name streams of one slot).
+    const pair = [orgs[0], orgs.find((o) => o.owner !== orgs[0].owner)!];
+    const streams = await Promise.all(
+      pair.map(async (o) => {
+        // Held until both clients are reading, so both streams are open in the same process at once.
+        const name = `Streamed ${o.org}`;
+        s.emulator.script({ latencyMs: 1500, match: { promptIncludes: name } });
+        const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: o.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup(name), options: { stream: true } } });
+        return createSseParser().feed((await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}/stream`, headers: o.auth })).body);
+      }),
+    );
+    for (const events of streams) {
+      expect(events.at(-1)?.data).toBe('[DONE]');
+      expect(events.some((m) => m.event === 'message' && 'result' in JSON.parse(m.data))).toBe(true);
+    }
   });
 
   it('cancels, fans out, runs pipelines and applies plans in the org\'s shard', async () => {

@@ -7,6 +7,8 @@ import { createCounter } from './throughput.js';
 const JOBS = 400;
 const ROUNDS = 2;
 const TAG = '{bcluster}';
+/** The sharded runs' prefix: a deployment records its shard count under its prefix, so the modes do not share one. */
+const SHARDED_TAG = '{bshards}';
 const ORGS = 100;
 const SHARDS = 12;
 
@@ -28,7 +30,9 @@ export async function clusterCase(ctx: BenchContext): Promise<void> {
         const env: Record<string, string> =
           mode === 'standalone'
             ? { REDIS_URL: `redis://127.0.0.1:${owner}`, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' }
-            : { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50', QUEUE_SHARDS: mode === 'sharded' ? String(SHARDS) : '1' };
+            : mode === 'cluster'
+              ? { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: TAG, WORKER_CONCURRENCY: '50' }
+              : { REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: SHARDED_TAG, WORKER_CONCURRENCY: '50', QUEUE_SHARDS: String(SHARDS) };
         const target = mode === 'standalone' ? `redis://127.0.0.1:${owner}` : { cluster: cluster.nodes.map((n) => ({ host: '127.0.0.1', port: n.port })) };
         const b = { ...ctx.b, infra: { ...ctx.b.infra, redisTarget: target }, config: (e?: Record<string, string>) => ctx.b.config({ ...env, ...e }) };
         const counter = createCounter();

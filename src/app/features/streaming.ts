@@ -41,15 +41,24 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
       endTtlS: opts.endTtlS ?? 3600,
       logger: log,
     });
-    let reader: StreamReader | undefined;
-    const readerOf = () =>
-      (reader ??= createStreamReader({
-        connect: () => createRedis(deps.infra.redisTarget, 'worker'),
-        control: redis,
-        blockMs: opts.readerBlockMs ?? 5000,
-        count: 500,
-        logger: log,
-      }));
+    // One blocking reader per queue shard, opened on its first SSE client: an XREAD may only name streams
+    // of one cluster slot, and each shard's streams share its slot.
+    const readers = new Map<number, StreamReader>();
+    const readerOf = (orgId: string) => {
+      const { index } = deps.cellOf(orgId);
+      let reader = readers.get(index);
+      if (!reader) {
+        reader = createStreamReader({
+          connect: () => createRedis(deps.infra.redisTarget, 'worker'),
+          control: redis,
+          blockMs: opts.readerBlockMs ?? 5000,
+          count: 500,
+          logger: log,
+        });
+        readers.set(index, reader);
+      }
+      return reader;
+    };
 
     return {
       name: 'streaming',
@@ -69,8 +78,8 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           // A lease outlives two missed heartbeats, so only a dead process's streams lapse.
           slots: createStreamSlots({ redis, prefixOf: (orgId) => deps.cellOf(orgId).prefix, maxPerOrg: maxStreamsPerOrg, leaseMs: heartbeatMs * 3 }),
         });
-        // Each org's index and jobs are in its own shard: one reader per cell, the org picks it.
-        const readers = deps.cells.map(({ queue, prefix: cellPrefix }) => {
+        // Each org's index and jobs are in its own shard: one index reader per cell, the org picks it.
+        const indexes = deps.cells.map(({ queue, prefix: cellPrefix }) => {
           const k = queue.keys;
           return createOrgJobIndexReader({
             redis,
@@ -79,7 +88,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
           });
         });
         jobListRoutes(app, {
-          index: { pages: (orgId, filter, pageSize) => readers[deps.cellOf(orgId).index].pages(orgId, filter, pageSize) },
+          index: { pages: (orgId, filter, pageSize) => indexes[deps.cellOf(orgId).index].pages(orgId, filter, pageSize) },
           agentExists: (name) => deps.registry.get(name) !== undefined,
           pageSize: opts.listPageSize ?? 200,
         });
@@ -92,7 +101,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
 
       async close() {
         await publisher.drain();
-        await reader?.close();
+        for (const reader of readers.values()) await reader.close();
       },
     };
   };

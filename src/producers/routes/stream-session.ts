@@ -15,7 +15,8 @@ export interface SessionDeps {
   /** The queue prefix of the shard holding an org's jobs (their streams live beside them). */
   prefixOf(orgId: string): string;
   jobs: JobService;
-  reader: () => StreamReader;
+  /** The shared reader of an org's queue shard: one XREAD reads streams of one cluster slot only. */
+  reader: (orgId: string) => StreamReader;
   heartbeatMs: number;
   /** The open-streams gauge of this process's metrics. */
   openStreams?: { inc(): void; dec(): void };
@@ -146,7 +147,7 @@ export function serveJobStream(
       // Resuming after the final message: nothing is left but the end marker.
       if (event && isTerminal(event) && o.lastEventId && compareStreamIds(last[0], o.lastEventId) <= 0) return finish();
     }
-    sub = deps.reader().subscribe(key, o.lastEventId ?? '0-0', onEntries);
+    sub = deps.reader(target.orgId).subscribe(key, o.lastEventId ?? '0-0', onEntries);
     res.on('drain', onDrain);
   }
 
