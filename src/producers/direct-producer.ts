@@ -46,7 +46,7 @@ export async function createDirectProducer(opts: {
     scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg }),
     retention,
     // Workers dispatch with the deployment's limits; this process only asks them to.
-    kick: () => connection.publish(fairKickChannel(prefix), '1'),
+    kick: () => connection.spublish(fairKickChannel(prefix), '1'),
   });
   return {
     enqueue: (job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> => producer.enqueue(job, meta),
