@@ -87,7 +87,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
         opts.logger.warn({ graceMs }, 'shutdown grace period over; closing with jobs still running');
         await worker.close(true);
       }
-      await subscription.close();
+      subscription.close();
     },
   };
 }

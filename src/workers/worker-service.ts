@@ -162,7 +162,7 @@ export function createWorkerService(opts: {
       closing = true;
       await worker.close(graceMs);
       subscriber.off('smessage', onKick);
-      await kick.close();
+      kick.close();
       await gate?.close();
       await loop?.close();
       await sink.close();
