@@ -67,7 +67,7 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     const key = uniqueKey();
     const pending = a.breaker.acquire(key);
     // An invalidation of another key arriving before the reply: the reply may predate it, so it is not kept.
-    a.subscriber.emit('message', guardKeys.breakerInvalidations(a.prefix), 'unrelated');
+    a.subscriber.emit('smessage', guardKeys.breakerInvalidations(a.prefix), 'unrelated');
     expect(await pending).toEqual(CLEAN);
     const s0 = a.sent();
     expect(await a.breaker.acquire(key)).toEqual(CLEAN);

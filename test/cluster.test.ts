@@ -2,10 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createSseParser } from '../src/producers/client/sse-parser.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, until } from './helpers/wait.js';
 import { parseConfig } from '../src/shared/core/config.js';
+import { agentqPrefix, cancelChannel, guardKeys } from '../src/shared/core/queue-keys.js';
+import { createResultCache } from '../src/shared/cache/result-cache.js';
 import { assertNoEviction, createRedis, ELECTION_MARGIN_MS, lockShorterThanFailover, redisTargetOf } from '../src/shared/infra/redis/connection.js';
-import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
+import { pubsubCounters, startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const startup = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed', description: `${name} builds robots` } });
@@ -69,8 +71,8 @@ describe('Redis Cluster mode', () => {
   });
 
   it('streams a job over SSE, cancels a running one and replays a dead-lettered one through the cluster client', async () => {
-    // Streaming reads the job's Redis Stream with a blocking XREAD; cancel travels on pub/sub (a cluster
-    // broadcasts PUBLISH to every node, the subscriber listens on one); the DLQ reads BullMQ's failed set.
+    // Streaming reads the job's Redis Stream with a blocking XREAD; cancel travels on sharded pub/sub (to the
+    // shard that owns the queue's slot, where the worker's SSUBSCRIBE is); the DLQ reads BullMQ's failed set.
     const streamed = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup('Streamed'), options: { stream: true } } });
     expect(streamed.statusCode).toBe(202);
     const sse = await s.app.inject({ method: 'GET', url: `/v1/jobs/${streamed.json().id}/stream`, headers: s.auth });
@@ -107,6 +109,51 @@ describe('Redis Cluster mode', () => {
     const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} });
     expect(retry.json()).toMatchObject({ id, dlqRetries: 1 });
     expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: s.auth })).json().state).toBe('completed');
+  });
+
+  it('cancels and invalidates over sharded pub/sub: SPUBLISH on the owner, no message on the cluster bus', async () => {
+    // A result cache as a worker process builds it, on cluster connections of its own: it hears invalidations.
+    const target = redisTargetOf(s.cfg);
+    const prefix = agentqPrefix(s.cfg.QUEUE_PREFIX);
+    const channel = guardKeys.resultInvalidations(prefix);
+    const ownerNode = new Redis(owner, '127.0.0.1');
+    const shardSubscribers = async (ch: string) => Number(((await ownerNode.call('PUBSUB', 'SHARDNUMSUB', ch)) as [string, number])[1]);
+    const before = await shardSubscribers(channel);
+    const heard: string[] = [];
+    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'worker')];
+    createResultCache({ redis, subscriber, prefix, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
+    try {
+      await until('the cache subscribed on the owner', async () => (await shardSubscribers(channel)) === before + 1);
+      // The stack's worker hears cancels on the owner, with SSUBSCRIBE only.
+      expect(await shardSubscribers(cancelChannel(s.cfg.QUEUE_PREFIX))).toBeGreaterThan(0);
+      const start = await pubsubCounters(cluster);
+
+      const held = `Sharded ${tag}`;
+      s.emulator.script({ hang: true, match: { promptIncludes: held } });
+      // The earlier test held (and cancelled) a call too: this one is the next held.
+      const earlier = s.emulator.calls().filter((c) => c.fault === 'hang').length;
+      const hung = () => s.emulator.calls().filter((c) => c.fault === 'hang')[earlier];
+      const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup(held) } });
+      await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
+      expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth })).json()).toMatchObject({ state: 'cancelling' });
+      await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
+
+      const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+      expect((await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: admin })).statusCode).toBe(200);
+      await vi.waitFor(() => expect(heard, 'the invalidation heard by the cache on the cluster').toContain(s.orgId), POLL);
+
+      const end = await pubsubCounters(cluster);
+      const delta = Object.fromEntries(Object.entries(end).map(([k, v]) => [k, v - start[k as keyof typeof start]]));
+      console.log(`[figure] cluster pub/sub for one cancel + one cache invalidation (3 primaries, no replica), summed over nodes: ${JSON.stringify(delta)}`);
+      // PUBLISH would have gone to the 2 other primaries over the cluster bus; SPUBLISH stays in the owner's
+      // shard (no replica here: nothing to send on the bus at all).
+      expect(delta).toMatchObject({ publishCalls: 0, busPublish: 0, busPublishShard: 0 });
+      expect(delta.spublishCalls).toBeGreaterThanOrEqual(2);
+    } finally {
+      ownerNode.disconnect();
+      redis.disconnect();
+      subscriber.disconnect();
+    }
   });
 
   it('refuses a start when any primary could evict keys, naming that node', async () => {

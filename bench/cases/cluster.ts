@@ -4,8 +4,8 @@ import { check, type BenchContext } from '../lib/context.js';
 import { median, round } from '../lib/stats.js';
 import { createCounter } from './throughput.js';
 
-const JOBS = 400;
-const ROUNDS = 2;
+const JOBS = 1000;
+const ROUNDS = 3;
 const TAG = '{bcluster}';
 /** The sharded runs' prefix: a deployment records its shard count under its prefix, so the modes do not share one. */
 const SHARDED_TAG = '{bshards}';

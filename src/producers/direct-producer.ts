@@ -52,7 +52,7 @@ export async function createDirectProducer(opts: {
       scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg, prefix: shardPrefix, shards: cfg.QUEUE_SHARDS }),
       retention,
       // Workers dispatch with the deployment's limits; this process only asks them to.
-      kick: () => connection.publish(fairKickChannel(shardPrefix), '1'),
+      kick: () => connection.spublish(fairKickChannel(shardPrefix), '1'),
     });
     return { queue, producer };
   });

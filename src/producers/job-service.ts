@@ -235,7 +235,7 @@ export function createJobService(deps: {
       }
       // The marker with the message, in one round trip: a worker that fetched the job but has not started it
       // misses the message, and reads the marker when it starts (the claim reads it before running anything).
-      await marker().publish(cancelChannel(prefix), id).exec();
+      await marker().spublish(cancelChannel(prefix), id).exec();
       return { ...toJobView(job, 'active'), state: 'cancelling' };
     },
   };

@@ -1,5 +1,6 @@
 import { Worker, type Job } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
+import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import type { Logger } from '../shared/core/logger.js';
 import { backoffDelay } from '../shared/core/backoff.js';
 import { cancelChannel } from '../shared/core/cancel.js';
@@ -59,13 +60,16 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const onMessage = (ch: string, jobId: string) => {
     if (ch === channel && worker.cancelJob(jobId, 'cancelled')) opts.logger.info({ jobId }, 'cancelling active job');
   };
-  opts.subscriber.on('message', onMessage);
-  const subscribed = opts.subscriber.subscribe(channel);
+  // A sharded channel (SSUBSCRIBE): on a cluster the cancel reaches the data's shard only, not every node.
+  opts.subscriber.on('smessage', onMessage);
+  const subscription = subscribeShardChannel(opts.subscriber, channel, {
+    onError: (err) => opts.logger.warn({ err }, 'could not subscribe to the cancel channel again; retrying'),
+  });
 
   return {
     worker,
     ready: async () => {
-      await subscribed;
+      await subscription.subscribed;
       await worker.waitUntilReady();
     },
     /**
@@ -73,7 +77,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
      * that way keep their lock until it expires and are then recovered by the stalled-job check elsewhere.
      */
     async close(graceMs: number): Promise<void> {
-      opts.subscriber.off('message', onMessage);
+      opts.subscriber.off('smessage', onMessage);
       let timer: NodeJS.Timeout | undefined;
       const graceful = worker.close().then(() => 'closed' as const);
       const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
@@ -83,7 +87,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
         opts.logger.warn({ graceMs }, 'shutdown grace period over; closing with jobs still running');
         await worker.close(true);
       }
-      await opts.subscriber.unsubscribe(channel).catch(() => {});
+      subscription.close();
     },
   };
 }

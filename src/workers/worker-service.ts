@@ -8,6 +8,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import { createVectorSearch } from '../shared/knowledge/vector-search.js';
 import { createRedis } from '../shared/infra/redis/connection.js';
+import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import { createAgentWorker } from './agent-worker.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
@@ -151,11 +152,13 @@ export function createWorkerService(opts: {
   // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
   const kickChannel = fairKickChannel(prefix);
   const onKick = (ch: string) => ch === kickChannel && void loop?.kick();
-  subscriber.on('message', onKick);
-  const kickSubscribed = subscriber.subscribe(kickChannel);
+  subscriber.on('smessage', onKick);
+  const kick = subscribeShardChannel(subscriber, kickChannel, {
+    onError: (err) => logger.warn({ err }, 'could not subscribe to the fair kick channel again; retrying'),
+  });
   return {
     ready: async () => {
-      await kickSubscribed;
+      await kick.subscribed;
       await worker.ready();
       sink.start();
       await loop?.kick();
@@ -167,7 +170,8 @@ export function createWorkerService(opts: {
       closing = true;
       await worker.close(graceMs);
       slots.leave();
-      subscriber.off('message', onKick);
+      subscriber.off('smessage', onKick);
+      kick.close();
       await gate?.close();
       await loop?.close();
       await sink.close();

@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createResultCache } from '../../src/shared/cache/result-cache.js';
+import { agentqPrefix } from '../../src/shared/core/queue-keys.js';
+import { createRedis, redisTargetOf } from '../../src/shared/infra/redis/connection.js';
+import { clusterNodes, ownerAndReplica, pubsubCounters, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
-import { until } from '../helpers/wait.js';
+import { POLL, until } from '../helpers/wait.js';
 
 /**
  * A planned failover (CLUSTER FAILOVER on the replica of the primary that owns the queue's slot) while the
@@ -71,4 +74,56 @@ describe('Redis Cluster failover', () => {
     figure('cluster failover: jobs accepted / completed once', { accepted: accepted.length, notOnce: twice.length });
     expect(twice).toEqual([]);
   }, 180_000);
+  it('sharded pub/sub after a CLUSTER FAILOVER: a cancel aborts the running call and an invalidation is heard', async () => {
+    // The server ends SSUBSCRIBE subscriptions on a primary it demotes; ioredis 5.11 does not notice on its own
+    // (subscribeShardChannel does). Subscribed before the failover, each listener must hear what comes after it.
+    const target = redisTargetOf(s.cfg);
+    const heard: string[] = [];
+    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'worker')];
+    createResultCache({ redis, subscriber, prefix: agentqPrefix(s.cfg.QUEUE_PREFIX), l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
+    const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    try {
+      await until('the cache hears invalidations', async () => {
+        await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: admin });
+        return heard.length > 0;
+      });
+      const { owner, replica } = await ownerAndReplica(cluster, `{${tag}}`);
+      expect(replica, 'the owner has a replica').toBeDefined();
+      const r = new Redis(replica!.port, '127.0.0.1');
+      await r.call('CLUSTER', 'FAILOVER');
+      await until('the replica promoted', async () => /role:master/.test(await r.info('replication')), 30_000);
+      r.disconnect();
+      // The new primary counts the demoted one among its replicas (it learns so by gossip) before the count
+      // starts: a shard's messages go to the replicas its primary knows.
+      await until('the demoted primary known as a replica by the new one', async () =>
+        (await clusterNodes(replica!.port)).some((n) => n.port === owner.port && !n.primary && n.master === replica!.id),
+      30_000);
+      const start = await pubsubCounters(cluster);
+
+      const held = `Held after failover ${tag}`;
+      s.emulator.script({ hang: true, match: { promptIncludes: held } });
+      const earlier = s.emulator.calls().filter((c) => c.fault === 'hang').length;
+      const hung = () => s.emulator.calls().filter((c) => c.fault === 'hang')[earlier];
+      const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: riskJob(held) });
+      expect(running.statusCode).toBe(202);
+      await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
+      const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth });
+      expect(del.json()).toMatchObject({ state: 'cancelling' });
+      await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
+
+      heard.length = 0;
+      expect((await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: admin })).statusCode).toBe(200);
+      await vi.waitFor(() => expect(heard, 'the invalidation heard after the failover').toContain(s.orgId), POLL);
+
+      const end = await pubsubCounters(cluster);
+      const delta = Object.fromEntries(Object.entries(end).map(([k, v]) => [k, v - start[k as keyof typeof start]]));
+      figure('cluster pub/sub for one cancel + one invalidation (3 primaries, 1 replica each), summed over nodes', delta);
+      // Sent to the shard's replica only, never to the other 4 nodes.
+      expect(delta).toMatchObject({ publishCalls: 0, busPublish: 0 });
+      expect(delta.busPublishShard).toBe(delta.spublishCalls);
+    } finally {
+      redis.disconnect();
+      subscriber.disconnect();
+    }
+  }, 120_000);
 });

@@ -117,7 +117,7 @@ async function main(argv: string[]): Promise<number> {
     await migrate(db.pool, { logger });
     const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards: cfg.QUEUE_SHARDS });
     // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.
-    const dispatch = () => redis.publish(fairKickChannel(prefix), '1');
+    const dispatch = () => redis.spublish(fairKickChannel(prefix), '1');
     return await runOrgs(command, { plans: createOrgPlanStore({ pool: db.pool }), scheduler, dispatch }, {
       out: (s) => process.stdout.write(s),
       err: (s) => process.stderr.write(s),

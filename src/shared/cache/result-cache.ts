@@ -2,6 +2,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
 import { defineLua, type RedisClient } from '../infra/lua.js';
+import { subscribeShardChannel } from '../infra/redis/shard-channel.js';
 import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
@@ -114,7 +115,7 @@ export function resultCacheHash(p: CacheKeyParts): string {
  * under, and a read whose tag is not the current one is a miss. No KEYS/SCAN: stale L2 entries are
  * overwritten or expire.
  *
- * Cost: with a `subscriber`, an L1 hit makes no Redis call: invalidations (version bump + PUBLISH in one
+ * Cost: with a `subscriber`, an L1 hit makes no Redis call: invalidations (version bump + SPUBLISH in one
  * script) are broadcast and each process drops the L1 copies they concern as the message arrives; a lookup
  * whose reply was in flight across an invalidation does not fill L1. Without a subscriber (or while it is
  * disconnected) every `get` is ONE round trip (a 4-key Lua script: 2-3 GETs) that checks the L1 copy's tag,
@@ -155,28 +156,28 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
 
   const sub = opts.subscriber;
   if (sub) {
-    const live = () =>
-      sub.subscribe(channel).then(
-        () => {
-          // Whatever was invalidated while unsubscribed is unknown: start from an empty L1.
-          invalidateLocal(undefined, undefined);
-          l1Live = true;
-        },
-        (err: unknown) => opts.logger?.warn({ err }, 'result cache: could not subscribe to invalidations; L1 stays off'),
-      );
-    sub.on('message', (ch: string, msg: string) => {
+    const live = () => {
+      // Whatever was invalidated while unsubscribed is unknown: start from an empty L1.
+      invalidateLocal(undefined, undefined);
+      l1Live = true;
+    };
+    sub.on('smessage', (ch: string, msg: string) => {
       if (ch !== channel) return;
       const [org, agent] = msg.split('\n');
       invalidateLocal(org, agent);
       opts.onInvalidation?.(decodeURIComponent(org), agent === undefined ? undefined : decodeURIComponent(agent));
     });
-    // Lost connection: messages may be missed, so L1 is dropped and bypassed until subscribed again.
-    sub.on('close', () => {
-      l1Live = false;
-      invalidateLocal(undefined, undefined);
+    // A sharded channel (SSUBSCRIBE): on a cluster it is served by the shard that holds the version counters.
+    const subscription = subscribeShardChannel(sub, channel, {
+      onLive: live,
+      // Lost connection or subscription: messages may be missed, so L1 is dropped and bypassed until subscribed again.
+      onLost: () => {
+        l1Live = false;
+        invalidateLocal(undefined, undefined);
+      },
+      onError: (err) => opts.logger?.warn({ err }, 'result cache: could not subscribe to invalidations again; L1 stays off until it is'),
     });
-    sub.on('ready', () => void live());
-    if (sub.status === 'ready') void live();
+    subscription.subscribed.catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: could not subscribe to invalidations; L1 stays off until it is'));
   }
 
   const enc = encodeURIComponent;

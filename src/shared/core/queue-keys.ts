@@ -1,6 +1,9 @@
 /**
  * Redis keys outside BullMQ's own, built here and nowhere else. All sit under the queue prefix, so they share
- * its `{hash tag}` with the BullMQ keys and Lua scripts may touch both on a Redis Cluster.
+ * its `{hash tag}` with the BullMQ keys and Lua scripts may touch both on a Redis Cluster. The pub/sub channels
+ * too: they are sharded (SPUBLISH / SSUBSCRIBE), so a cluster sends their messages to the shard that owns the
+ * tag's slot only, and a script may SPUBLISH one (Redis 7.0 does not check a shard channel against the script's
+ * slot: one outside it would be published on the wrong shard, unheard).
  */
 
 import { QUEUE } from './queue-names.js';
@@ -86,7 +89,7 @@ export const guardKeys = {
   resultLock: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:lock:${hash}`,
   /** The usage stream (see `usageStreamKey`): the result cache's store script appends to it too. */
   usageStream: (guardPrefix: string) => `${guardPrefix}:usage`,
-  /** Pub/sub channel of result-cache invalidations (a channel, not a key: PUBLISH reaches every node of a cluster). */
+  /** Sharded pub/sub channel of result-cache invalidations (SPUBLISH: in the shard of the counters it invalidates). */
   resultInvalidations: (guardPrefix: string) => `${guardPrefix}:rc:inval`,
 };
 

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import { AgentqError } from '../core/errors.js';
 import { isProviderHealthNeutral } from '../core/outcomes.js';
 import { defineLua, type RedisClient } from '../infra/lua.js';
+import { subscribeShardChannel } from '../infra/redis/shard-channel.js';
 import { guardKeys } from '../core/queue-keys.js';
 import type { Logger } from '../core/logger.js';
 
@@ -110,7 +111,7 @@ export interface CircuitBreaker extends EventEmitter {
  *
  * Clean view (with a `subscriber`): the normal answer, closed with no failures counted, is remembered per key
  * and served from memory. Only two writes end that state: a failure (or a trip) recorded on a closed key
- * (`circuit-breaker-record-1.lua`) and a quota mark (`circuit-breaker-mark-1.lua`); both PUBLISH the key in
+ * (`circuit-breaker-record-1.lua`) and a quota mark (`circuit-breaker-mark-1.lua`); both SPUBLISH the key in
  * the same script, always (other processes' views depend on it whether or not this one has a view). Probes,
  * half-open and open states are never served from memory: their answers are not clean. An answer whose call
  * was in flight across any invalidation is not remembered (`epoch`), and none is served longer than `viewTtlMs`.
@@ -152,27 +153,27 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
 
   const sub = opts.subscriber;
   if (sub) {
-    const live = () =>
-      sub.subscribe(channel).then(
-        () => {
-          // Whatever was broadcast while unsubscribed is unknown: start from an empty view.
-          invalidateLocal(undefined);
-          viewLive = true;
-        },
-        (err: unknown) => opts.logger?.warn({ err }, 'circuit breaker: could not subscribe to invalidations; every acquire goes to Redis'),
-      );
-    sub.on('message', (ch: string, msg: string) => {
+    const live = () => {
+      // Whatever was broadcast while unsubscribed is unknown: start from an empty view.
+      invalidateLocal(undefined);
+      viewLive = true;
+    };
+    sub.on('smessage', (ch: string, msg: string) => {
       if (ch !== channel) return;
       invalidateLocal(msg);
       opts.onInvalidation?.(msg.startsWith(head) ? msg.slice(head.length) : msg);
     });
-    // Lost connection: messages may be missed, so the view is dropped and bypassed until subscribed again.
-    sub.on('close', () => {
-      viewLive = false;
-      invalidateLocal(undefined);
+    // A sharded channel (SSUBSCRIBE): on a cluster it is served by the shard that holds the breaker hashes.
+    const subscription = subscribeShardChannel(sub, channel, {
+      onLive: live,
+      // Lost connection or subscription: messages may be missed, so the view is dropped and bypassed until subscribed again.
+      onLost: () => {
+        viewLive = false;
+        invalidateLocal(undefined);
+      },
+      onError: (err) => opts.logger?.warn({ err }, 'circuit breaker: could not subscribe to invalidations again; every acquire goes to Redis until it is'),
     });
-    sub.on('ready', () => void live());
-    if (sub.status === 'ready') void live();
+    subscription.subscribed.catch((err: unknown) => opts.logger?.warn({ err }, 'circuit breaker: could not subscribe to invalidations; every acquire goes to Redis until it is'));
   }
 
   const emitter = new EventEmitter() as CircuitBreaker;

@@ -8,6 +8,6 @@
 -- Returns 1
 redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
 if ARGV[3] ~= '' then
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  redis.call('SPUBLISH', ARGV[3], ARGV[4])
 end
 return 1

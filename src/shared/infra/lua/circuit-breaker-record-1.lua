@@ -6,7 +6,7 @@
 -- ARGV[3]: failure threshold, ARGV[4]: success threshold, ARGV[5]: timeout ms,
 -- ARGV[6]: error threshold percentage (0 = rolling window off), ARGV[7]: volume threshold,
 -- ARGV[8]: rolling window ms, ARGV[9]: window slots, ARGV[10]: key ttl ms,
--- ARGV[11]: invalidation channel ('' = no broadcast): KEYS[1] is PUBLISHed on it when a closed key counts a
+-- ARGV[11]: invalidation channel ('' = no broadcast): KEYS[1] is SPUBLISHed on it when a closed key counts a
 --           failure or trips, i.e. whenever this call may end a closed-clean state that other processes serve
 --           from memory
 -- Returns {event ('' | 'open' | 'close'), state after, retryAtMs (open until, 0 unless open)}
@@ -84,7 +84,7 @@ if pct > 0 then
 end
 
 if (outcome == 'failure' or tripped) and ARGV[11] ~= '' then
-  redis.call('PUBLISH', ARGV[11], KEYS[1])
+  redis.call('SPUBLISH', ARGV[11], KEYS[1])
 end
 if tripped then
   return open()

@@ -4,5 +4,5 @@
 -- ARGV[1]: invalidation channel, ARGV[2]: message ("<org>" or "<org>\n<agent>", both URI-encoded)
 -- Returns the new version
 local v = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+redis.call('SPUBLISH', ARGV[1], ARGV[2])
 return v

@@ -79,6 +79,13 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', options
       retryDelayOnClusterDown: 200,
       retryDelayOnTryAgain: 200,
       slotsRefreshTimeout: 2000,
+      // agentq's channels are sharded (SSUBSCRIBE, see shard-channel.ts): without this, a Cluster client sends
+      // SSUBSCRIBE over its one classic subscriber connection to a random node, which answers MOVED unless it
+      // happens to own the slot. With it, the client keeps a subscriber connection per primary, opened only
+      // once a channel in one of that primary's slots is subscribed (lazyConnect, as no agentq connection
+      // sets it): a connection that never subscribes opens no extra socket, a subscriber one per shard it hears
+      // (one, as every channel carries the queue's hash tag). Commands, MULTI and SPUBLISH are unaffected.
+      shardedSubscribers: true,
       ...(target.natMap ? { natMap: target.natMap } : {}),
       ...pipelining,
     };
