@@ -24,7 +24,19 @@ export interface AgentWorkerOptions {
 }
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
-  const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, opts.processor, {
+  // Jobs in the processor now, so a shutdown knows when they are done without BullMQ's graceful close (which
+  // cannot be forced once started: its close(true) returns the graceful close already under way).
+  let running = 0;
+  let idle: (() => void) | undefined;
+  const processor: AgentWorkerOptions['processor'] = async (job, token, signal) => {
+    running++;
+    try {
+      return await opts.processor(job, token, signal);
+    } finally {
+      if (--running === 0) idle?.();
+    }
+  };
+  const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
     settings: {
       backoffStrategy: (attemptsMade, _type, err, job) => {
@@ -78,15 +90,18 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
      */
     async close(graceMs: number): Promise<void> {
       opts.subscriber.off('smessage', onMessage);
+      // No new fetch. A fetch already blocked may still take one job after the jobs here are done; that job is
+      // not run here, and the stalled check gives it back to the queue once its lock lapses.
+      await worker.pause(true);
       let timer: NodeJS.Timeout | undefined;
-      const graceful = worker.close().then(() => 'closed' as const);
+      const drained = running === 0 ? Promise.resolve('drained' as const) : new Promise<'drained'>((resolve) => (idle = () => resolve('drained')));
       const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
-      const outcome = await Promise.race([graceful, timeout]);
+      const outcome = await Promise.race([drained, timeout]);
       clearTimeout(timer);
-      if (outcome === 'timeout') {
-        opts.logger.warn({ graceMs }, 'shutdown grace period over; closing with jobs still running');
-        await worker.close(true);
-      }
+      if (outcome === 'timeout') opts.logger.warn({ graceMs, running }, 'shutdown grace period over; closing with jobs still running');
+      // Forced either way: the jobs are done (or given up on), and a forced close never waits on a blocked
+      // fetch (after a cluster failover the graceful one could wait on its connection forever).
+      await worker.close(true);
       subscription.close();
     },
   };

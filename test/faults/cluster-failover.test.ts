@@ -7,20 +7,27 @@ import { createRedis, redisTargetOf } from '../../src/shared/infra/redis/connect
 import { clusterNodes, ownerAndReplica, pubsubCounters, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { queueShards, shardOfOrg } from '../../src/shared/core/queue-shards.js';
+
+/** Run with queue shards (issue 13): the failover hits the primary that holds the org's shard. */
+const SHARDS = 12;
 import { POLL, until } from '../helpers/wait.js';
 
 /**
- * A planned failover (CLUSTER FAILOVER on the replica of the primary that owns the queue's slot) while the
- * API takes about 20 jobs/s and a worker runs them: no 500s, and every accepted job completes exactly once.
+ * A planned failover (CLUSTER FAILOVER on the replica of the primary that holds the org's queue shard, with
+ * QUEUE_SHARDS=12) while the API takes about 20 jobs/s and a worker runs them: no 500s, and every accepted
+ * job completes exactly once.
  */
 describe('Redis Cluster failover', () => {
   let cluster: LocalCluster;
   let s: Stack;
   const tag = `fo${randomUUID().slice(0, 6)}`;
+  /** The queue shard of the stack's org: its jobs, streams and channels live on that shard's primary. */
+  const orgPrefix = () => queueShards(`{${tag}}`, SHARDS).prefixes[shardOfOrg(s.orgId, SHARDS)];
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3, replicas: 1 });
-    s = await startStack({ ...UNTHROTTLED, REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: `{${tag}}`, WORKER_CONCURRENCY: '8' }, { worker: true });
+    s = await startStack({ ...UNTHROTTLED, REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: `{${tag}}`, QUEUE_SHARDS: String(SHARDS), WORKER_CONCURRENCY: '8' }, { worker: true });
   }, 90_000);
   afterAll(async () => {
     await s?.close();
@@ -28,7 +35,7 @@ describe('Redis Cluster failover', () => {
   });
 
   it('CLUSTER FAILOVER under load: 0 answers of 500, every accepted job completes once', async () => {
-    const { replica: found } = await ownerAndReplica(cluster, `{${tag}}`);
+    const { replica: found } = await ownerAndReplica(cluster, orgPrefix());
     expect(found, 'the owner has a replica').toBeDefined();
     const replica = found!;
 
@@ -80,14 +87,14 @@ describe('Redis Cluster failover', () => {
     const target = redisTargetOf(s.cfg);
     const heard: string[] = [];
     const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'worker')];
-    createResultCache({ redis, subscriber, prefix: agentqPrefix(s.cfg.QUEUE_PREFIX), l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
+    createResultCache({ redis, subscriber, prefix: agentqPrefix(orgPrefix()), l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
     const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
     try {
       await until('the cache hears invalidations', async () => {
         await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: admin });
         return heard.length > 0;
       });
-      const { owner, replica } = await ownerAndReplica(cluster, `{${tag}}`);
+      const { owner, replica } = await ownerAndReplica(cluster, orgPrefix());
       expect(replica, 'the owner has a replica').toBeDefined();
       const r = new Redis(replica!.port, '127.0.0.1');
       await r.call('CLUSTER', 'FAILOVER');

@@ -4,6 +4,10 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { queueShards, shardOfOrg } from '../../src/shared/core/queue-shards.js';
+
+/** Run with queue shards (issue 13): the failover hits the primary that holds the org's shard. */
+const SHARDS = 12;
 import { POLL, until } from '../helpers/wait.js';
 import { agentJobKey } from '../../src/shared/core/queue-keys.js';
 
@@ -17,7 +21,7 @@ interface Answer {
 }
 
 /**
- * A crash, not a planned failover: SIGKILL to the primary that owns the queue's slot while the API takes
+ * A crash, not a planned failover: SIGKILL to the primary that holds the org's queue shard (QUEUE_SHARDS=12) while the API takes
  * about 20 jobs/s and a worker runs them. Until the replica wins its election (node timeout 2 s, then the
  * vote) the slot has no owner: the API answers 503 with Retry-After, never 500 nor a cut body, and once the
  * replica is primary the API and the worker carry on by themselves, every accepted job run exactly once.
@@ -26,6 +30,8 @@ describe('Redis Cluster primary killed', () => {
   let cluster: LocalCluster;
   let s: Stack;
   const tag = `pk${randomUUID().slice(0, 6)}`;
+  /** The queue shard of the stack's org: its jobs, streams and channels live on that shard's primary. */
+  const orgPrefix = () => queueShards(`{${tag}}`, SHARDS).prefixes[shardOfOrg(s.orgId, SHARDS)];
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3, replicas: 1 });
@@ -33,7 +39,7 @@ describe('Redis Cluster primary killed', () => {
       {
         ...UNTHROTTLED,
         REDIS_CLUSTER_NODES: cluster.seeds,
-        QUEUE_PREFIX: `{${tag}}`,
+        QUEUE_PREFIX: `{${tag}}`, QUEUE_SHARDS: String(SHARDS),
         WORKER_CONCURRENCY: '8',
         // The production deadlines (the test stack's are 20 s / 30 s for loaded machines): with them a
         // request during the election fails as it would in production, instead of waiting the outage out.
@@ -52,7 +58,7 @@ describe('Redis Cluster primary killed', () => {
   });
 
   it('SIGKILL of the owner primary under load: only 503s until the election ends, every accepted job completes once', async () => {
-    const { owner, replica: found } = await ownerAndReplica(cluster, `{${tag}}`);
+    const { owner, replica: found } = await ownerAndReplica(cluster, orgPrefix());
     expect(found, 'the owner has a replica').toBeDefined();
     const replica = found!;
 
@@ -171,7 +177,7 @@ describe('Redis Cluster primary killed', () => {
     const retried: Array<{ id: string; attemptsMade: string | null; failedReason: string | null }> = [];
     try {
       for (const id of accepted) {
-        const [attemptsMade, stalls, failedReason] = await promoted.hmget(agentJobKey(s.cfg.QUEUE_PREFIX, id), 'atm', 'stc', 'failedReason');
+        const [attemptsMade, stalls, failedReason] = await promoted.hmget(agentJobKey(orgPrefix(), id), 'atm', 'stc', 'failedReason');
         const key = `attempts ${attemptsMade}, stalls ${stalls ?? 0}`;
         attempts[key] = (attempts[key] ?? 0) + 1;
         if (Number(stalls ?? 0) > 0) stalled.push({ id, stalls: stalls! });
