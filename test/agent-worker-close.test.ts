@@ -1,0 +1,79 @@
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, describe, expect, it, vi } from 'vitest';
+import { createAgentWorker } from '../src/workers/agent-worker.js';
+import { createLogger } from '../src/shared/core/logger.js';
+import type { AgentJobData } from '../src/shared/core/types.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL } from './helpers/wait.js';
+
+describe('agent worker shutdown', () => {
+  const connections: Redis[] = [];
+  const redis = () => {
+    const r = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    connections.push(r);
+    return r;
+  };
+  afterAll(() => connections.forEach((c) => c.disconnect()));
+
+  it('waits for a running job within the grace period, then closes by force without waiting for it', async () => {
+    const prefix = randomPrefix();
+    const queue = new Queue<AgentJobData>('agent-jobs', { connection: redis(), prefix });
+    const warnings: Array<Record<string, unknown>> = [];
+    const logger = createLogger({ level: 'silent' });
+    logger.warn = ((obj: Record<string, unknown>) => void warnings.push(obj)) as typeof logger.warn;
+    let release!: () => void;
+    const started: string[] = [];
+    const worker = createAgentWorker({
+      connection: redis(),
+      subscriber: redis(),
+      prefix,
+      // The first job ends when the test says so; the second never does.
+      processor: async (job) => {
+        started.push(job.data.agent);
+        if (job.data.agent === 'quick') await new Promise<void>((resolve) => (release = resolve));
+        else await new Promise(() => undefined);
+        return { data: {}, model: 'm' } as never;
+      },
+      concurrency: 1,
+      lockDurationMs: 30_000,
+      stalledIntervalMs: 30_000,
+      backoff: { baseMs: 10, maxMs: 10 },
+      logger,
+    });
+    await worker.ready();
+    await queue.add('j', { orgId: 'o', agent: 'quick', action: 'a', input: {} } as AgentJobData);
+    await vi.waitFor(() => expect(started).toEqual(['quick']), POLL);
+    // Within the grace period: the close waits for the job and reports nothing.
+    const closing = worker.close(60_000);
+    release();
+    await closing;
+    expect(warnings).toEqual([]);
+    expect(await queue.getJobCounts('completed', 'active')).toEqual({ completed: 1, active: 0 });
+
+    const stuck = createAgentWorker({
+      connection: redis(),
+      subscriber: redis(),
+      prefix,
+      processor: async (job) => {
+        started.push(job.data.agent);
+        return new Promise(() => undefined);
+      },
+      concurrency: 1,
+      lockDurationMs: 30_000,
+      stalledIntervalMs: 30_000,
+      backoff: { baseMs: 10, maxMs: 10 },
+      logger,
+    });
+    await stuck.ready();
+    await queue.add('j', { orgId: 'o', agent: 'stuck', action: 'a', input: {} } as AgentJobData);
+    await vi.waitFor(() => expect(started).toEqual(['quick', 'stuck']), POLL);
+    // Past the grace period the close returns although the job never ends (its lock is left to lapse).
+    await stuck.close(100);
+    expect(warnings).toEqual([expect.objectContaining({ graceMs: 100, running: 1 })]);
+    expect(await queue.getJobCounts('active')).toEqual({ active: 1 });
+    expect(stuck.worker.closing).toBeTruthy();
+    await queue.obliterate({ force: true });
+    await queue.close();
+  });
+});
