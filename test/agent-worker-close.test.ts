@@ -24,23 +24,24 @@ describe('agent worker shutdown', () => {
     logger.warn = ((obj: Record<string, unknown>) => void warnings.push(obj)) as typeof logger.warn;
     let release!: () => void;
     const started: string[] = [];
-    const worker = createAgentWorker({
-      connection: redis(),
-      subscriber: redis(),
-      prefix,
-      // The first job ends when the test says so; the second never does.
-      processor: async (job) => {
-        started.push(job.data.agent);
-        if (job.data.agent === 'quick') await new Promise<void>((resolve) => (release = resolve));
-        else await new Promise(() => undefined);
-        return { data: {}, model: 'm' } as never;
-      },
-      concurrency: 1,
-      lockDurationMs: 30_000,
-      stalledIntervalMs: 30_000,
-      backoff: { baseMs: 10, maxMs: 10 },
-      logger,
-    });
+    const workerOf = (body: () => Promise<void>) =>
+      createAgentWorker({
+        connection: redis(),
+        subscriber: redis(),
+        prefix,
+        processor: async (job) => {
+          started.push(job.data.agent);
+          await body();
+          return { data: {}, model: 'm' } as never;
+        },
+        concurrency: 1,
+        lockDurationMs: 30_000,
+        stalledIntervalMs: 30_000,
+        backoff: { baseMs: 10, maxMs: 10 },
+        logger,
+      });
+    // This job ends when the test says so.
+    const worker = workerOf(() => new Promise<void>((resolve) => (release = resolve)));
     await worker.ready();
     await queue.add('j', { orgId: 'o', agent: 'quick', action: 'a', input: {} } as AgentJobData);
     await vi.waitFor(() => expect(started).toEqual(['quick']), POLL);
@@ -51,20 +52,8 @@ describe('agent worker shutdown', () => {
     expect(warnings).toEqual([]);
     expect(await queue.getJobCounts('completed', 'active')).toEqual({ completed: 1, active: 0 });
 
-    const stuck = createAgentWorker({
-      connection: redis(),
-      subscriber: redis(),
-      prefix,
-      processor: async (job) => {
-        started.push(job.data.agent);
-        return new Promise(() => undefined);
-      },
-      concurrency: 1,
-      lockDurationMs: 30_000,
-      stalledIntervalMs: 30_000,
-      backoff: { baseMs: 10, maxMs: 10 },
-      logger,
-    });
+    // This one never ends.
+    const stuck = workerOf(() => new Promise<void>(() => undefined));
     await stuck.ready();
     await queue.add('j', { orgId: 'o', agent: 'stuck', action: 'a', input: {} } as AgentJobData);
     await vi.waitFor(() => expect(started).toEqual(['quick', 'stuck']), POLL);

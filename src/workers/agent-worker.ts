@@ -24,17 +24,17 @@ export interface AgentWorkerOptions {
 }
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
-  // Jobs in the processor now, so a shutdown knows when they are done without BullMQ's graceful close (which
-  // cannot be forced once started: its close(true) returns the graceful close already under way).
-  let running = 0;
+  // Jobs taken and not yet recorded as finished (BullMQ's completed / failed event, emitted once their
+  // outcome is in Redis): a shutdown waits for these without BullMQ's graceful close, which cannot be forced
+  // once started (its close(true) returns the graceful close already under way).
+  const inFlight = new Set<string>();
   let idle: (() => void) | undefined;
+  const settled = (id: string | undefined) => {
+    if (id && inFlight.delete(id) && inFlight.size === 0) idle?.();
+  };
   const processor: AgentWorkerOptions['processor'] = async (job, token, signal) => {
-    running++;
-    try {
-      return await opts.processor(job, token, signal);
-    } finally {
-      if (--running === 0) idle?.();
-    }
+    if (job.id) inFlight.add(job.id);
+    return opts.processor(job, token, signal);
   };
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
@@ -65,6 +65,8 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
       'job completed',
     );
   });
+  worker.on('completed', (job) => settled(job.id));
+  worker.on('failed', (job) => settled(job?.id));
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 
@@ -94,11 +96,11 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
       // not run here, and the stalled check gives it back to the queue once its lock lapses.
       await worker.pause(true);
       let timer: NodeJS.Timeout | undefined;
-      const drained = running === 0 ? Promise.resolve('drained' as const) : new Promise<'drained'>((resolve) => (idle = () => resolve('drained')));
+      const drained = inFlight.size === 0 ? Promise.resolve('drained' as const) : new Promise<'drained'>((resolve) => (idle = () => resolve('drained')));
       const timeout = new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), graceMs)));
       const outcome = await Promise.race([drained, timeout]);
       clearTimeout(timer);
-      if (outcome === 'timeout') opts.logger.warn({ graceMs, running }, 'shutdown grace period over; closing with jobs still running');
+      if (outcome === 'timeout') opts.logger.warn({ graceMs, running: inFlight.size }, 'shutdown grace period over; closing with jobs still running');
       // Forced either way: the jobs are done (or given up on), and a forced close never waits on a blocked
       // fetch (after a cluster failover the graceful one could wait on its connection forever).
       await worker.close(true);

@@ -5,7 +5,7 @@ import { createResultCache } from '../../src/shared/cache/result-cache.js';
 import { agentqPrefix } from '../../src/shared/core/queue-keys.js';
 import { createRedis, redisTargetOf } from '../../src/shared/infra/redis/connection.js';
 import { clusterNodes, ownerAndReplica, pubsubCounters, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
-import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
+import { UNTHROTTLED, cancelHeldCall, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 import { queueShards, shardOfOrg } from '../../src/shared/core/queue-shards.js';
 
@@ -107,16 +107,7 @@ describe('Redis Cluster failover', () => {
       30_000);
       const start = await pubsubCounters(cluster);
 
-      const held = `Held after failover ${tag}`;
-      s.emulator.script({ hang: true, match: { promptIncludes: held } });
-      const earlier = s.emulator.calls().filter((c) => c.fault === 'hang').length;
-      const hung = () => s.emulator.calls().filter((c) => c.fault === 'hang')[earlier];
-      const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: riskJob(held) });
-      expect(running.statusCode).toBe(202);
-      await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
-      const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth });
-      expect(del.json()).toMatchObject({ state: 'cancelling' });
-      await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
+      await cancelHeldCall(s, `Held after failover ${tag}`);
 
       heard.length = 0;
       expect((await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: admin })).statusCode).toBe(200);

@@ -1,14 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
-import { UNTHROTTLED, figure, riskJob, runRows } from '../helpers/faults.js';
+import { UNTHROTTLED, cancelHeldCall, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 import { queueShards, shardOfOrg } from '../../src/shared/core/queue-shards.js';
 
 /** Run with queue shards (issue 13): the failover hits the primary that holds the org's shard. */
 const SHARDS = 12;
-import { POLL, until } from '../helpers/wait.js';
+import { until } from '../helpers/wait.js';
 import { agentJobKey } from '../../src/shared/core/queue-keys.js';
 
 interface Answer {
@@ -196,15 +196,6 @@ describe('Redis Cluster primary killed', () => {
   it('after the kill, a cancel still reaches the worker on the promoted primary (sharded pub/sub subscribed again)', async () => {
     // The worker's SSUBSCRIBE was on the killed primary: the cluster client subscribes again on the promoted
     // one once its slot map shows it, and only then can a cancel (SPUBLISH in that shard) reach the worker.
-    const held = `Held after kill ${tag}`;
-    s.emulator.script({ hang: true, match: { promptIncludes: held } });
-    const earlier = s.emulator.calls().filter((c) => c.fault === 'hang').length;
-    const hung = () => s.emulator.calls().filter((c) => c.fault === 'hang')[earlier];
-    const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: riskJob(held) });
-    expect(running.statusCode).toBe(202);
-    await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
-    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth });
-    expect(del.json()).toMatchObject({ state: 'cancelling' });
-    await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
+    await cancelHeldCall(s, `Held after kill ${tag}`);
   }, 120_000);
 });

@@ -1,7 +1,9 @@
 import type pg from 'pg';
 import type { Stack } from './stack.js';
 import { TEST_ENV } from './stack.js';
+import { expect, vi } from 'vitest';
 import { usageWritten } from './usage.js';
+import { POLL } from './wait.js';
 
 /** Model limits far above what a fault test sends, so the rate limiter never paces the scenario being measured. */
 export const UNTHROTTLED = {
@@ -42,4 +44,20 @@ export async function runRows(s: Pick<Stack, 'cfg' | 'infra'>, ids: string[]): P
 /** Logs a figure so it can be quoted from the test output. */
 export function figure(name: string, value: unknown): void {
   console.log(`[fault figure] ${name}: ${typeof value === 'number' ? Math.round(value * 10) / 10 : JSON.stringify(value)}`);
+}
+
+/**
+ * Holds a job's model call open (an emulator hang), cancels the job through the API and waits until the
+ * worker aborts the call: the cancel (SPUBLISH in the job's shard) reached the worker that holds it.
+ */
+export async function cancelHeldCall(s: Stack, marker: string): Promise<void> {
+  s.emulator.script({ hang: true, match: { promptIncludes: marker } });
+  const earlier = s.emulator.calls().filter((c) => c.fault === 'hang').length;
+  const hung = () => s.emulator.calls().filter((c) => c.fault === 'hang')[earlier];
+  const running = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: riskJob(marker) });
+  expect(running.statusCode).toBe(202);
+  await vi.waitFor(() => expect(hung(), 'the held model call').toBeDefined(), POLL);
+  const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: s.auth });
+  expect(del.json()).toMatchObject({ state: 'cancelling' });
+  await vi.waitFor(() => expect(hung()?.aborted, 'the held call aborted by the worker').toBe(true), POLL);
 }
