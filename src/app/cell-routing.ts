@@ -18,7 +18,10 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
   };
 }
 
-/** Reads, waits for and cancels jobs in the caller's org's cell (every call names the org). */
+/**
+ * Reads, waits for and cancels jobs in the caller's org's cell (every call names the org). The long-poll
+ * internals tests look at (`waiters`, `queueEvents`) are the first cell's; each cell has its own.
+ */
 export function routeJobService(cells: readonly Cell[], cellOf: (orgId: string) => Cell): JobService {
   if (cells.length === 1) return cells[0].jobs;
   return {
