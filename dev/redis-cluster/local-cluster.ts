@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
-import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
+import { freePort, startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 
 const run = promisify(execFile);
 
@@ -35,8 +35,15 @@ export async function startLocalCluster(opts: { primaries?: number; replicas?: n
   const replicas = opts.replicas ?? 0;
   const dir = mkdtempSync(join(tmpdir(), 'agentq-cluster-'));
   const nodes = await Promise.all(
-    Array.from({ length: primaries * (1 + replicas) }, (_, i) =>
-      startRedisServer({ args: ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${i}.conf`), '--cluster-node-timeout', '2000', '--dir', dir] }),
+    Array.from({ length: primaries * (1 + replicas) }, async (_, i) =>
+      startRedisServer({
+        args: [
+          '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${i}.conf`), '--cluster-node-timeout', '2000', '--dir', dir,
+          // The bus port is picked free too: the default (port + 10000) may be taken, or past 65535 for an
+          // ephemeral port above 55535, and redis-server then exits at start.
+          '--cluster-port', String(await freePort()),
+        ],
+      }),
     ),
   );
   const stop = async () => {
