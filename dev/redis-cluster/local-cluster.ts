@@ -25,6 +25,23 @@ export interface LocalCluster {
 }
 
 /**
+ * One cluster node on free ports. Its bus port is picked free too: the default (port + 10000) may be taken, or
+ * past 65535 for an ephemeral port above 55535. A port taken between the pick and the bind (other suites start
+ * servers at the same time) makes redis-server exit: the node is started again on fresh ports.
+ */
+async function startNode(dir: string, i: number): Promise<RedisServerHandle> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startRedisServer({
+        args: ['--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${i}.conf`), '--cluster-node-timeout', '2000', '--dir', dir, '--cluster-port', String(await freePort())],
+      });
+    } catch (err) {
+      if (attempt >= 3 || !/Address already in use/.test(String(err))) throw err;
+    }
+  }
+}
+
+/**
  * A real Redis Cluster from the machine's redis-server (dev tooling for tests and the bench):
  * `primaries` primaries and `replicas` per primary on free loopback ports, nothing on disk but each node's
  * nodes.conf in a temp dir. Resolves once every node reports `cluster_state:ok` and, with replicas, once every
@@ -34,18 +51,7 @@ export async function startLocalCluster(opts: { primaries?: number; replicas?: n
   const primaries = opts.primaries ?? 3;
   const replicas = opts.replicas ?? 0;
   const dir = mkdtempSync(join(tmpdir(), 'agentq-cluster-'));
-  const nodes = await Promise.all(
-    Array.from({ length: primaries * (1 + replicas) }, async (_, i) =>
-      startRedisServer({
-        args: [
-          '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, `nodes-${i}.conf`), '--cluster-node-timeout', '2000', '--dir', dir,
-          // The bus port is picked free too: the default (port + 10000) may be taken, or past 65535 for an
-          // ephemeral port above 55535, and redis-server then exits at start.
-          '--cluster-port', String(await freePort()),
-        ],
-      }),
-    ),
-  );
+  const nodes = await Promise.all(Array.from({ length: primaries * (1 + replicas) }, (_, i) => startNode(dir, i)));
   const stop = async () => {
     await Promise.all(nodes.map((n) => n.stop()));
     rmSync(dir, { recursive: true, force: true });

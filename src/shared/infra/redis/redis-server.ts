@@ -35,11 +35,14 @@ export async function startRedisServer(opts: { port?: number; dir?: string; bin?
   } else {
     args.push('--appendonly', 'no');
   }
-  const child = spawn(opts.bin ?? 'redis-server', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  child.stderr?.on('data', (d) => (stderr += String(d)));
+  // redis-server logs (its reason to exit included) on stdout: the tail is kept for the error, the rest dropped.
+  const child = spawn(opts.bin ?? 'redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  const keep = (d: Buffer) => (output = (output + String(d)).slice(-2000));
+  child.stdout?.on('data', keep);
+  child.stderr?.on('data', keep);
   const url = `redis://127.0.0.1:${port}`;
-  await waitForRedis(url, 10_000, () => (child.exitCode !== null ? `redis-server exited: ${stderr.trim()}` : undefined));
+  await waitForRedis(url, 10_000, () => (child.exitCode !== null ? `redis-server exited: ${output.trim()}` : undefined));
   return {
     url,
     port,
