@@ -118,12 +118,14 @@ export async function startRuntime(opts: {
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
     const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
     if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
+    // One set of guards for the process (one breaker, shared connections), a chain per shard.
+    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
+    workerResources.push(guards);
     const services = cells.map((cell) => {
-      const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefix: cell.prefix, shards: cells.length });
-      workerResources.push(guards);
+      const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length }) : undefined;
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: guards.middlewares, prepareLookup: guards.prepareLookup, features, prefix: cell.prefix, pool, ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareLookup: shardGuards.prepareLookup, features, prefix: cell.prefix, pool, ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

@@ -41,7 +41,7 @@ export function createWorkerService(opts: {
   redis: Pick<RedisClient, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
-  /** The result cache guard's first lookup, run inside the fair claim (`WorkerGuards.prepareLookup`). */
+  /** The result cache guard's first lookup, run inside the fair claim (`ShardGuards.prepareLookup`). */
   prepareLookup?: ProcessorDeps['prepareLookup'];
   features?: WorkerHooks[];
   /**

@@ -19,10 +19,16 @@ import { createRouteGuard } from './route-guard.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 
-export interface WorkerGuards {
+/** The guards of one queue shard's worker (app/cell.ts): the chain and the cache lookup its claim carries. */
+export interface ShardGuards {
   middlewares: Middleware[];
   /** The result cache guard's first lookup for `ctx`, to ride on the fair claim (see `JobContext.cacheLookup`). */
   prepareLookup(ctx: JobContext): PreparedLookup | undefined;
+}
+
+export interface WorkerGuards {
+  /** The chain for the worker of the queue shard under `queuePrefix` (one of those the guards were built for). */
+  forShard(queuePrefix: string): ShardGuards;
   breaker: CircuitBreaker;
   close(): Promise<void>;
 }
@@ -61,18 +67,17 @@ export function createWorkerGuards(opts: {
   llm: { embed(texts: string[]): Promise<number[][]> };
   agents: { get(name: string): import('../../shared/agents/define-agent.js').AgentDefinition | undefined };
   /**
-   * The queue shard's prefix (app/cell.ts; default QUEUE_PREFIX): its result cache and the token buckets it
-   * shares with that shard's dispatcher. Breakers stay under QUEUE_PREFIX: a model is down for every shard.
+   * The queue shards' prefixes (app/cell.ts; default [QUEUE_PREFIX]): each has its own result cache and the
+   * token buckets it shares with its dispatcher. One breaker serves them all, under QUEUE_PREFIX: a model
+   * that is down is down for every shard. Connections are shared too.
    */
-  queuePrefix?: string;
-  /** Queue shards splitting each model's global limits (default 1). */
-  shards?: number;
+  queuePrefixes?: readonly string[];
 }): WorkerGuards {
   const { cfg, infra } = opts;
   // Auto-pipelined: the lookups, stores and breaker records of concurrent jobs issued in one tick go out in
   // one socket write instead of one write each (no blocking command ever runs on this connection).
   const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
-  const prefix = agentqPrefix(opts.queuePrefix ?? cfg.QUEUE_PREFIX);
+  const queuePrefixes = opts.queuePrefixes ?? [cfg.QUEUE_PREFIX];
   const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
   // channel): a clean breaker's answer and an L1 hit are served from memory while it is subscribed.
@@ -90,16 +95,6 @@ export function createWorkerGuards(opts: {
   for (const event of ['open', 'halfOpen', 'close'] as const) {
     breaker.on(event, (key: string) => opts.logger.warn({ breaker: key, event }, `circuit breaker ${event}`));
   }
-  const resultCache = createResultCache<AgentResult>({
-    redis,
-    subscriber: invalidations,
-    prefix,
-    l1Max: cfg.CACHE_L1_MAX_ENTRIES,
-    l1TtlMs: cfg.CACHE_L1_TTL_MS,
-    l2TtlS: cfg.CACHE_TTL_S,
-    waitTimeoutMs: cfg.LLM_TIMEOUT_MS + 30_000,
-    logger: opts.logger,
-  });
   const semanticCache = createSemanticCache({
     pool: infra.db.pool,
     embed: (texts) => opts.llm.embed(texts),
@@ -108,31 +103,50 @@ export function createWorkerGuards(opts: {
   });
   const quotas = createQuotaChecker({ pool: infra.db.pool });
 
-  const rateLimit = createRateLimitGuard({
-    buckets: createTokenBuckets({ redis, prefix }),
-    limits: modelLimitsFromConfig(cfg.MODEL_LIMITS, opts.shards),
-    correctionFlushMs: 100,
-    onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
+  // Process-wide: the caches and checks that do not depend on the shard, built once.
+  const semanticGuard = createSemanticCacheGuard({ cache: semanticCache, logger: opts.logger });
+  const quotaGuard = createQuotaGuard((orgId) => quotas.check(orgId), cfg.QUOTA_CACHE_MS);
+  const routeGuard = createRouteGuard({
+    routeFor: (agent, action) => cfg.AGENT_ROUTES[`${agent}:${action}`] ?? cfg.AGENT_ROUTES[agent],
+    agents: opts.agents,
+    backoffBaseMs: cfg.BACKOFF_BASE_MS,
   });
+  const breakerGuard = createBreakerGuard({ breaker });
+  // Each model's global limits are split over the shards' buckets (model-limits.ts).
+  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS, queuePrefixes.length);
 
-  const middlewares: Middleware[] = [
-    createResultCacheGuard({ cache: resultCache }),
-    createSemanticCacheGuard({ cache: semanticCache, logger: opts.logger }),
-    createQuotaGuard((orgId) => quotas.check(orgId), cfg.QUOTA_CACHE_MS),
-    createRouteGuard({
-      routeFor: (agent, action) => cfg.AGENT_ROUTES[`${agent}:${action}`] ?? cfg.AGENT_ROUTES[agent],
-      agents: opts.agents,
-      backoffBaseMs: cfg.BACKOFF_BASE_MS,
+  const shards = new Map<string, ShardGuards & { flush(): Promise<void> }>(
+    queuePrefixes.map((queuePrefix) => {
+      const prefix = agentqPrefix(queuePrefix);
+      const resultCache = createResultCache<AgentResult>({
+        redis,
+        subscriber: invalidations,
+        prefix,
+        l1Max: cfg.CACHE_L1_MAX_ENTRIES,
+        l1TtlMs: cfg.CACHE_L1_TTL_MS,
+        l2TtlS: cfg.CACHE_TTL_S,
+        waitTimeoutMs: cfg.LLM_TIMEOUT_MS + 30_000,
+        logger: opts.logger,
+      });
+      const rateLimit = createRateLimitGuard({
+        buckets: createTokenBuckets({ redis, prefix }),
+        limits,
+        correctionFlushMs: 100,
+        onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
+      });
+      const middlewares: Middleware[] = [createResultCacheGuard({ cache: resultCache }), semanticGuard, quotaGuard, routeGuard, rateLimit, breakerGuard];
+      return [queuePrefix, { middlewares, prepareLookup: (ctx: JobContext) => resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id), flush: () => rateLimit.flush() }];
     }),
-    rateLimit,
-    createBreakerGuard({ breaker }),
-  ];
+  );
   return {
-    middlewares,
-    prepareLookup: (ctx) => resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id),
+    forShard(queuePrefix) {
+      const guards = shards.get(queuePrefix);
+      if (!guards) throw new Error(`no guards for queue prefix ${queuePrefix}`);
+      return guards;
+    },
     breaker,
     async close() {
-      await rateLimit.flush();
+      for (const g of shards.values()) await g.flush();
       redis.disconnect();
       invalidations.disconnect();
     },
