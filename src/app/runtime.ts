@@ -6,7 +6,8 @@ import { cachedVerifier } from '../producers/auth.js';
 import { createOrgPlanStore } from '../shared/infra/db/org-plans.js';
 import { syncOrgPlans } from '../shared/fair/org-plans-sync.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
-import type { Config } from '../shared/core/config.js';
+import { configuredModels, type Config } from '../shared/core/config.js';
+import { shardShareShortfalls } from '../shared/limits/model-limits.js';
 import { Registry } from 'prom-client';
 import { createOpsMetrics } from '../shared/ops/metrics.js';
 import { countingAdmission } from '../producers/counting-admission.js';
@@ -90,6 +91,15 @@ export async function startRuntime(opts: {
   const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
   const layout = await adoptShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: cfg.QUEUE_SHARDS });
   if (layout.changed) logger.warn({ from: layout.previous, to: cfg.QUEUE_SHARDS }, 'queue shard count changed (the old layout held no unfinished job)');
+  const shortfalls = shardShareShortfalls({
+    models: configuredModels(cfg),
+    limits: cfg.MODEL_LIMITS,
+    shards: cfg.QUEUE_SHARDS,
+    orgRpm: (model) => (/pro/i.test(model) ? cfg.ORG_RPM_PRO : cfg.ORG_RPM_FLASH),
+  });
+  for (const s of shortfalls) {
+    logger.warn(s, 'each queue shard holds a share of this model\'s RPM below the default per-org RPM: one busy org gets the shard\'s share, not its limit (raise MODEL_LIMITS or lower QUEUE_SHARDS)');
+  }
   // Each org's admission window lives in its queue shard, beside the rest of its keys.
   const limiters = shards.prefixes.map((prefix) => createAdmissionLimiter({ redis, prefix: agentqPrefix(prefix), plans: cfg.RATE_LIMIT_PLANS }));
   const admission = countingAdmission(createAdmission({

@@ -33,3 +33,24 @@ export function modelLimitsFromConfig(limits: Record<string, { rpm?: number; tpm
     perOrgModelRpm: (o, m) => limits[m]?.orgRpm ?? defaultModelLimits.perOrgModelRpm(o, m),
   };
 }
+
+/**
+ * Models whose share of their global RPM in one queue shard is below the per-org RPM an org gets by default
+ * (its plan may differ): with `shards` > 1 a lone busy org of such a model is held by its shard's share, not by
+ * its own limit. For a warning at start; empty with one shard.
+ */
+export function shardShareShortfalls(opts: {
+  models: readonly string[];
+  limits: Record<string, { rpm?: number; tpm?: number; orgRpm?: number }>;
+  shards: number;
+  /** The default per-org RPM of a model (the org plan defaults, ORG_RPM_PRO / ORG_RPM_FLASH). */
+  orgRpm: (model: string) => number;
+}): Array<{ model: string; shardRpm: number; orgRpm: number }> {
+  if (opts.shards <= 1) return [];
+  const split = modelLimitsFromConfig(opts.limits, opts.shards);
+  return opts.models.flatMap((model) => {
+    const shardRpm = split.modelRpm(model);
+    const orgRpm = opts.limits[model]?.orgRpm ?? opts.orgRpm(model);
+    return shardRpm < orgRpm ? [{ model, shardRpm, orgRpm }] : [];
+  });
+}
