@@ -16,9 +16,9 @@ export function shardedDlqStore(stores: ReadonlyMap<string, DlqStore>): DlqStore
     return store;
   };
   return {
-    recordFailure: (job, c, reason) => storeOf({ job }).recordFailure(job, c, reason),
-    claim: (item, opts) => storeOf(item).claim(item, opts),
-    remove: (item) => storeOf(item).remove(item),
+    recordFailure: async (job, c, reason) => storeOf({ job }).recordFailure(job, c, reason),
+    claim: async (item, opts) => storeOf(item).claim(item, opts),
+    remove: async (item) => storeOf(item).remove(item),
 
     async get(id) {
       // Ids are unique across shards (random, or derived from the org, which lives in one shard).
