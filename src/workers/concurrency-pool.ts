@@ -6,9 +6,9 @@ export interface PooledWorker {
 /**
  * One process-wide concurrency shared by several BullMQ workers (one per queue shard): at most `limit` jobs
  * run at once whatever shard they come from. Each worker may fetch up to its own running jobs plus the
- * process's free slots, so an idle shard's worker still takes the next job it is given; a worker already
- * blocked in a fetch when the slots filled can take one job more, which waits here for a slot (never more
- * than one per worker).
+ * process's free slots, so an idle shard's worker still takes the next job it is given. The limit is lowered
+ * as jobs enter, so a worker whose fetches were under way when the slots filled may hold a few jobs more than
+ * it runs: those wait here for a slot (their locks kept alive by BullMQ), and never run beyond the limit.
  */
 export function createConcurrencyPool(limit: number) {
   if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency must be a positive integer: ${limit}`);
