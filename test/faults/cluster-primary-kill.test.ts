@@ -96,9 +96,11 @@ describe('Redis Cluster primary killed', () => {
 
     let killedAt = 0;
     let promotedAt = 0;
+    let acceptedAtKill = 0;
     try {
       await until('20 jobs accepted before the kill', () => accepted.length >= 20, 60_000);
       killedAt = Date.now();
+      acceptedAtKill = accepted.length;
       await cluster.kill(owner.port);
       const r = new Redis(replica.port, '127.0.0.1');
       try {
@@ -188,9 +190,15 @@ describe('Redis Cluster primary killed', () => {
     }
     figure('cluster primary kill: accepted jobs by BullMQ attempts and stalls', attempts);
     if (retried.length) figure('cluster primary kill: jobs retried, first failure', retried);
+    const order = new Map(accepted.map((id, i) => [id, i]));
+    if (stalled.length) figure('cluster primary kill: stalled jobs (accepted order, jobs accepted at the kill)', { stalled: stalled.map((j) => order.get(j.id)), acceptedAtKill });
     expect(lost).toEqual([]);
     expect(notOnce).toEqual([]);
-    expect(stalled).toEqual([]);
+    // A SIGKILLed primary loses the writes it acknowledged but had not replicated yet (Redis replication is
+    // asynchronous): a job's lock written or renewed just before the kill may be missing on the promoted
+    // replica, and the stalled check then gives that job back to the queue (run again under the same attempt;
+    // its completion is recorded once). Only a job accepted before the kill can be hit; none accepted after.
+    expect(stalled.filter((j) => order.get(j.id)! >= acceptedAtKill)).toEqual([]);
     expect(retried).toEqual([]);
   }, 240_000);
   it('after the kill, a cancel still reaches the worker on the promoted primary (sharded pub/sub subscribed again)', async () => {
