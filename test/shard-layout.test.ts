@@ -29,6 +29,9 @@ describe('queue shard layout', () => {
 
   it('an org always maps to the same shard, and orgs spread evenly', () => {
     expect(shardOfOrg('org_a', 12)).toBe(shardOfOrg('org_a', 12));
+    const layout = queueShards('{agentq}', 12);
+    expect(layout.prefixOf('org_a')).toBe(layout.prefixes[shardOfOrg('org_a', 12)]);
+    expect(queueShards('{agentq}', 1).prefixOf('org_a')).toBe('{agentq}');
     const counts = new Array<number>(8).fill(0);
     for (let i = 0; i < 8000; i++) counts[shardOfOrg(`org_${i}`, 8)]++;
     for (const c of counts) expect(Math.abs(c - 1000)).toBeLessThan(150);

@@ -14,11 +14,13 @@ export function createConcurrencyPool(limit: number) {
   if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency must be a positive integer: ${limit}`);
   const members: Array<{ worker?: PooledWorker; inside: number }> = [];
   let running = 0;
+  /** Jobs inside every member's processor (running or waiting for a slot): the sum of `inside`, kept as it moves. */
+  let inside = 0;
   const queued: Array<() => void> = [];
 
   // BullMQ takes a concurrency of at least 1.
   function rebalance(): void {
-    const free = Math.max(0, limit - members.reduce((n, m) => n + m.inside, 0));
+    const free = Math.max(0, limit - inside);
     for (const m of members) if (m.worker) m.worker.concurrency = Math.max(1, m.inside + free);
   }
 
@@ -40,7 +42,7 @@ export function createConcurrencyPool(limit: number) {
   return {
     /** A place for one worker: `wrap` its processor, then `attach` the worker built with it. */
     member() {
-      const member: { worker?: PooledWorker; inside: number } = { inside: 0 };
+      const member: { worker?: PooledWorker; inside: number; left?: boolean } = { inside: 0 };
       members.push(member);
       return {
         attach(worker: PooledWorker) {
@@ -54,6 +56,7 @@ export function createConcurrencyPool(limit: number) {
         wrap<J, T, R>(processor: (job: J, token?: T, signal?: AbortSignal) => Promise<R>): (job: J, token?: T, signal?: AbortSignal) => Promise<R> {
           return async (job, token, signal) => {
             member.inside++;
+            inside++;
             rebalance();
             try {
               await slot();
@@ -64,12 +67,16 @@ export function createConcurrencyPool(limit: number) {
               }
             } finally {
               member.inside--;
+              // A member that left took its jobs out of the count already.
+              if (!member.left) inside--;
               rebalance();
             }
           };
         },
         leave() {
           members.splice(members.indexOf(member), 1);
+          member.left = true;
+          inside -= member.inside;
           rebalance();
         },
       };

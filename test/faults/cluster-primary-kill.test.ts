@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ownerAndReplica, startLocalCluster, type LocalCluster } from '../helpers/cluster.js';
 import { UNTHROTTLED, cancelHeldCall, figure, riskJob, runRows } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
-import { queueShards, shardOfOrg } from '../../src/shared/core/queue-shards.js';
+import { queueShards } from '../../src/shared/core/queue-shards.js';
 
 /** Run with queue shards (issue 13): the failover hits the primary that holds the org's shard. */
 const SHARDS = 12;
@@ -31,7 +31,7 @@ describe('Redis Cluster primary killed', () => {
   let s: Stack;
   const tag = `pk${randomUUID().slice(0, 6)}`;
   /** The queue shard of the stack's org: its jobs, streams and channels live on that shard's primary. */
-  const orgPrefix = () => queueShards(`{${tag}}`, SHARDS).prefixes[shardOfOrg(s.orgId, SHARDS)];
+  const orgPrefix = () => queueShards(`{${tag}}`, SHARDS).prefixOf(s.orgId);
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3, replicas: 1 });

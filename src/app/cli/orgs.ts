@@ -109,8 +109,7 @@ async function main(argv: string[]): Promise<number> {
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   // The org's plan is read by the dispatcher of its own queue shard.
-  const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
-  const prefix = shards.prefixes[shards.ofOrg(command.orgId)];
+  const prefix = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS).prefixOf(command.orgId);
   const queue = new Queue(QUEUE.agent, { connection: redis, prefix });
   try {
     await whenReady(redis);

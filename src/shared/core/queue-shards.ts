@@ -10,6 +10,8 @@ export interface QueueShards {
   prefixes: readonly string[];
   /** The shard (index into `prefixes`) that holds everything of one org. */
   ofOrg(orgId: string): number;
+  /** The queue prefix of that shard. */
+  prefixOf(orgId: string): string;
 }
 
 /**
@@ -20,7 +22,7 @@ export interface QueueShards {
  */
 export function queueShards(prefix: string, count: number): QueueShards {
   if (!Number.isInteger(count) || count < 1) throw new RangeError(`queue shard count must be a positive integer: ${count}`);
-  if (count === 1) return { prefixes: [prefix], ofOrg: () => 0 };
+  if (count === 1) return { prefixes: [prefix], ofOrg: () => 0, prefixOf: () => prefix };
   const tag = /\{([^}]+)\}/.exec(prefix);
   if (!tag) throw new RangeError(`with more than one queue shard the prefix must contain a {hash tag}: ${prefix}`);
   const prefixes = Array.from({ length: count }, (_, k) => {
@@ -32,7 +34,7 @@ export function queueShards(prefix: string, count: number): QueueShards {
       if (slot >= lo && slot < hi) return prefix.replace(tag[0], `{${shardTag}}`);
     }
   });
-  return { prefixes, ofOrg: (orgId) => shardOfOrg(orgId, count) };
+  return { prefixes, ofOrg: (orgId) => shardOfOrg(orgId, count), prefixOf: (orgId) => prefixes[shardOfOrg(orgId, count)] };
 }
 
 /** A stable, evenly spread shard of an org id (not the slot hash: org ids alike would crowd one range). */
