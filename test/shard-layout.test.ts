@@ -6,7 +6,6 @@ import { ConfigError, parseConfig } from '../src/shared/core/config.js';
 import { queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
 import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
 import { adoptShardLayout } from '../src/shared/queue/shard-layout.js';
-import { shardShareShortfalls } from '../src/shared/limits/model-limits.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 
 describe('queue shard layout', () => {
@@ -43,20 +42,6 @@ describe('queue shard layout', () => {
     expect(() => parseConfig({ QUEUE_SHARDS: '0' })).toThrow(/QUEUE_SHARDS/);
     expect(() => parseConfig({ QUEUE_SHARDS: '1000' })).toThrow(/QUEUE_SHARDS/);
     expect(() => parseConfig({ QUEUE_SHARDS: '4', QUEUE_PREFIX: 'agentq' })).toThrow(/QUEUE_PREFIX=.*hash tag/);
-  });
-
-  it('names the models whose per-shard share of RPM is below the default per-org RPM', () => {
-    const orgRpm = (model: string) => (/pro/i.test(model) ? 30 : 200);
-    const models = ['gemini-2.5-flash', 'gemini-2.5-pro'];
-    expect(shardShareShortfalls({ models, limits: {}, shards: 1, orgRpm })).toEqual([]);
-    // Defaults: pro 150 RPM, flash 1000 RPM; twelve shards hold 12 and 83 a shard.
-    expect(shardShareShortfalls({ models, limits: {}, shards: 12, orgRpm })).toEqual([
-      { model: 'gemini-2.5-flash', shardRpm: 83, orgRpm: 200 },
-      { model: 'gemini-2.5-pro', shardRpm: 12, orgRpm: 30 },
-    ]);
-    // Raised quotas (and a model's own per-org RPM) clear them.
-    const limits = { 'gemini-2.5-pro': { rpm: 1200 }, 'gemini-2.5-flash': { orgRpm: 50 } };
-    expect(shardShareShortfalls({ models, limits, shards: 12, orgRpm })).toEqual([]);
   });
 
   describe('changing the shard count on a live system', () => {

@@ -58,7 +58,14 @@ export function createCell(opts: {
     }
     return events.queueEvents;
   };
-  const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards: opts.shards });
+  const scheduler = createFairSchedulerFromConfig({
+    redis,
+    queue,
+    cfg,
+    prefix,
+    shards: opts.shards,
+    onLeaseError: (err, model) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed'),
+  });
   const flowProducer = new FlowProducer({ connection: redis, prefix });
   logConnectionErrors(flowProducer, logger, 'flow producer');
   const producer = createJobProducer({

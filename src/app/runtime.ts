@@ -6,8 +6,7 @@ import { cachedVerifier } from '../producers/auth.js';
 import { createOrgPlanStore } from '../shared/infra/db/org-plans.js';
 import { syncOrgPlans } from '../shared/fair/org-plans-sync.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
-import { configuredModels, type Config } from '../shared/core/config.js';
-import { shardShareShortfalls } from '../shared/limits/model-limits.js';
+import type { Config } from '../shared/core/config.js';
 import { Registry } from 'prom-client';
 import { createOpsMetrics } from '../shared/ops/metrics.js';
 import { countingAdmission } from '../producers/counting-admission.js';
@@ -91,15 +90,6 @@ export async function startRuntime(opts: {
   const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
   const layout = await adoptShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: cfg.QUEUE_SHARDS });
   if (layout.changed) logger.warn({ from: layout.previous, to: cfg.QUEUE_SHARDS }, 'queue shard count changed (the old layout held no unfinished job)');
-  const shortfalls = shardShareShortfalls({
-    models: configuredModels(cfg),
-    limits: cfg.MODEL_LIMITS,
-    shards: cfg.QUEUE_SHARDS,
-    orgRpm: (model) => (/pro/i.test(model) ? cfg.ORG_RPM_PRO : cfg.ORG_RPM_FLASH),
-  });
-  for (const s of shortfalls) {
-    logger.warn(s, 'each queue shard holds a share of this model\'s RPM below the default per-org RPM: one busy org gets the shard\'s share, not its limit (raise MODEL_LIMITS or lower QUEUE_SHARDS)');
-  }
   // Each org's admission window lives in its queue shard, beside the rest of its keys.
   const limiters = shards.prefixes.map((prefix) => createAdmissionLimiter({ redis, prefix: agentqPrefix(prefix), plans: cfg.RATE_LIMIT_PLANS }));
   const admission = countingAdmission(createAdmission({
@@ -131,10 +121,11 @@ export async function startRuntime(opts: {
     // One set of guards for the process (one breaker, shared connections), a chain per shard.
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
     workerResources.push(guards);
+    const leaseError = (err: unknown, model: string) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed');
     const services = cells.map((cell) => {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
-      const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length }) : undefined;
+      const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined;
       return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareLookup: shardGuards.prepareLookup, features, prefix: cell.prefix, pool, ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);

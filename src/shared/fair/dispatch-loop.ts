@@ -21,7 +21,8 @@ export interface DispatchLoop {
  * lost kicks and sweeps expired leases (crashed workers).
  */
 export function createDispatchLoop(opts: {
-  scheduler: Pick<FairScheduler, 'dispatch'>;
+  /** With `onDispatched`, the scheduler's own dispatches (after a lease) are taken in as `absorb` takes them. */
+  scheduler: Pick<FairScheduler, 'dispatch'> & Partial<Pick<FairScheduler, 'onDispatched'>>;
   /** A worker's loop registers its concurrency with every call (it sizes BullMQ's wait list). */
   worker?: { id: string; concurrency: number };
   logger?: DispatchLoopLogger;
@@ -91,15 +92,19 @@ export function createDispatchLoop(opts: {
   const poll = setInterval(() => void kick(), safetyPollMs);
   poll.unref();
 
+  const absorb = (r: DispatchResult) => {
+    arm(r);
+    opts.onDispatch?.(r);
+    if (r.more) void kick();
+  };
+  const unsubscribe = opts.scheduler.onDispatched?.(absorb);
+
   return {
     kick,
-    absorb(r) {
-      arm(r);
-      opts.onDispatch?.(r);
-      if (r.more) void kick();
-    },
+    absorb,
     async close() {
       closed = true;
+      unsubscribe?.();
       clearInterval(poll);
       if (wakeTimer) clearTimeout(wakeTimer);
       await running;

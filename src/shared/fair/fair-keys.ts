@@ -25,6 +25,8 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js
  *   <keyPrefix>:wake / :promoting      STRING the wake time a caller armed / ZSET dispatched, not started -> ms
  *   BullMQ's wait, prioritized, delayed, job hashes, meta, active, pc, events and marker: a dispatch moves the
  *   jobs it hands out from delayed to wait / prioritized as BullMQ's own promote script does (fair-core-N.lua)
+ *   <keyPrefix>:leasereq / :leasewait:<model> HASH model -> ms a lease request stands until / SET lanes asleep for it
+ *   (with QUEUE_SHARDS > 1 the :tb:*:model: keys are the shard's reservoirs of the global buckets: model-leases.ts)
  *   <queuePrefix>:agentq:cancel:<jobId>    the API's cancel marker (queue-keys.ts): read by claim
  *   <queuePrefix>:agentq:org-jobs:<org>    the org's job index (queue-keys.ts): enqueue adds to it (ZADD NX)
  */
@@ -76,6 +78,8 @@ export const FAIR_KEY_NAMES = [
   'queuePriorityCounter',
   'queueEvents',
   'queueMarker',
+  'leaseReq',
+  'leaseWaitPrefix',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -156,6 +160,8 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     queuePriorityCounter: q.toKey('pc'),
     queueEvents: q.toKey('events'),
     queueMarker: q.toKey('marker'),
+    leaseReq: `${p}:leasereq`,
+    leaseWaitPrefix: `${p}:leasewait:`,
   };
   return {
     named,

@@ -2,7 +2,7 @@ import { defineLua, type RedisClient } from '../infra/lua.js';
 import type { FairKeys } from './fair-keys.js';
 import { PARK_SCORE_MIN } from './park.js';
 import type { FairDefaults } from './fair-plan.js';
-
+import type { LeaseWant } from './model-leases.js';
 
 export interface FairLuaConfig {
   defaults: FairDefaults;
@@ -13,6 +13,8 @@ export interface FairLuaConfig {
   maxBatch: number;
   /** Most due timers, sleepers and expired leases each handled per dispatch call. */
   sweepMax: number;
+  /** The model buckets are this shard's reservoirs, leased from the global buckets (model-leases.ts). */
+  leased?: boolean;
 }
 
 /** What one dispatch script call decided: `ids` it moved to BullMQ's wait / prioritized, in dispatch order. */
@@ -26,6 +28,8 @@ export interface RawDispatch {
   more: boolean;
   /** Ids enqueue refused because their BullMQ job is not parked. */
   skipped: string[];
+  /** Leased mode: models whose reservoir lanes now sleep on; the caller leases for them (op lease). */
+  wants: LeaseWant[];
 }
 
 /** Slots a release freed, and whether a dispatch now would find anything to do. */
@@ -86,11 +90,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: string[] = []) =>
-    core(extraKeys.length ? [...keys.list, ...extraKeys] : keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, ...args]);
+    core(extraKeys.length ? [...keys.list, ...extraKeys] : keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
   const toDispatch = (r: unknown): RawDispatch => {
-    const [ids, wake, now, more, skipped] = r as [string[], string, number, number, string[]];
+    const [ids, wake, now, more, skipped, flatWants = []] = r as [string[], string, number, number, string[], string[]?];
     const w = Number(wake);
-    return { ids, nowMs: now, more: more === 1, skipped, ...(w > 0 ? { nextWakeMs: w } : {}) };
+    const wants: LeaseWant[] = [];
+    for (let i = 0; i + 2 < flatWants.length; i += 3) wants.push({ model: flatWants[i], requests: Number(flatWants[i + 1]), tokens: Number(flatWants[i + 2]) });
+    return { ids, nowMs: now, more: more === 1, skipped, wants, ...(w > 0 ? { nextWakeMs: w } : {}) };
   };
   return {
     /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
@@ -143,6 +149,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     async wake(org: string): Promise<void> {
       await call('wake', [org]);
+    },
+    /**
+     * Puts what was leased from the model's global buckets into this shard's reservoirs and dispatches to the
+     * lanes that waited for it; nothing granted: they sleep until `retryAtMs` (Redis time).
+     */
+    async lease(model: string, requests: number, tokens: number, retryAtMs = 0): Promise<RawDispatch> {
+      return toDispatch(await call('lease', [model, requests, tokens, Math.ceil(retryAtMs)]));
     },
     async block(model: string, untilMs: number, reason: string): Promise<void> {
       await call('block', [model, Math.ceil(untilMs), reason]);

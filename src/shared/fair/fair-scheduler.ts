@@ -3,6 +3,7 @@ import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
 import { createFairLua, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
+import type { LeaseWant, ModelLeases } from './model-leases.js';
 
 export interface FairEntry {
   jobId: string;
@@ -81,6 +82,13 @@ export interface FairSchedulerOptions {
   sweepMax?: number;
   /** Ids per enqueue script call (bounds the time one call blocks Redis). */
   enqueueChunk?: number;
+  /**
+   * QUEUE_SHARDS > 1: `modelLimits` are the models' global limits, held in global buckets this shard leases
+   * from (model-leases.ts); the shard's own model buckets are its reservoirs.
+   */
+  leases?: ModelLeases;
+  /** A lease that failed (its lanes ask again when their wait ends). */
+  onLeaseError?: (err: unknown, model: string) => void;
 }
 
 export interface FairScheduler {
@@ -127,6 +135,11 @@ export interface FairScheduler {
   orgStats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: ReturnType<typeof effectivePlan> }>;
   /** Per-org waiting / in-flight / throttled seconds for metrics (orgs with work, at most `limit`). */
   gauges(limit?: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
+  /**
+   * Dispatches the scheduler made by itself (after a lease from the global buckets): a dispatch loop takes
+   * them in (`absorb`) for the wake-up they may carry. Returns the unsubscribe.
+   */
+  onDispatched(listener: (r: DispatchResult) => void): () => void;
   /** Low-level access for tests and tools: the scripts' raw answers, and the key set. */
   raw: FairLua;
   keys: FairKeys;
@@ -137,6 +150,7 @@ const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_lim
 export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const keys = fairKeys({ keyPrefix: opts.keyPrefix, bucketPrefix: opts.bucketPrefix, queue: opts.queue });
   const raw = createFairLua(opts.redis, keys, {
+    leased: opts.leases !== undefined,
     defaults: opts.defaults,
     leaseMs: opts.leaseMs,
     bufferTarget: opts.bufferRatio !== undefined ? `x${opts.bufferRatio}` : (opts.bufferTarget ?? 0),
@@ -146,17 +160,47 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const chunk = opts.enqueueChunk ?? 500;
   const bucketKeyPrefix = guardKeys.tokenBucket(opts.bucketPrefix, '');
 
-  // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): nothing is left to do here.
-  const finish = (r: RawDispatch): DispatchResult => ({
-    promoted: r.ids,
-    nowMs: r.nowMs,
-    more: r.more,
-    ...(r.nextWakeMs !== undefined ? { nextWakeMs: r.nextWakeMs } : {}),
-  });
+  const listeners = new Set<(r: DispatchResult) => void>();
+  // One lease per model at a time in this process (the script also lets one request per shard stand).
+  const leasing = new Set<string>();
+  const lease = async (want: LeaseWant) => {
+    if (!opts.leases || leasing.has(want.model)) return;
+    leasing.add(want.model);
+    let leased: RawDispatch | undefined;
+    try {
+      const grant = await opts.leases.take(want);
+      leased = await raw.lease(want.model, grant.requests, grant.tokens, grant.retryAtMs ?? 0);
+    } catch (err) {
+      opts.onLeaseError?.(err, want.model);
+    } finally {
+      leasing.delete(want.model);
+    }
+    // After the delete: the lease's own dispatch may already want the next one.
+    if (leased) {
+      const d = finish(leased);
+      for (const l of listeners) l(d);
+    }
+  };
+
+  // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): what is left is to lease for the
+  // lanes that now wait on their shard's reservoir, without holding up the caller.
+  const finish = (r: RawDispatch): DispatchResult => {
+    for (const w of r.wants) void lease(w);
+    return {
+      promoted: r.ids,
+      nowMs: r.nowMs,
+      more: r.more,
+      ...(r.nextWakeMs !== undefined ? { nextWakeMs: r.nextWakeMs } : {}),
+    };
+  };
 
   return {
     raw,
     keys,
+    onDispatched(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
     async enqueue(entries, eopts = {}) {
       const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
       const flat: Array<Array<string | number>> = [];

@@ -1,7 +1,8 @@
 import type { Config } from '../core/config.js';
 import type { RedisClient } from '../infra/lua.js';
 import { modelLimitsFromConfig } from '../limits/model-limits.js';
-import { fairPrefixes } from '../core/queue-keys.js';
+import { agentqPrefix, fairPrefixes } from '../core/queue-keys.js';
+import { createModelLeases } from './model-leases.js';
 import { createFairScheduler, type FairScheduler } from './fair-scheduler.js';
 import type { QueueKeySource } from './fair-keys.js';
 
@@ -12,12 +13,19 @@ export function createFairSchedulerFromConfig(opts: {
   cfg: Config;
   /** The queue shard's prefix (app/cell.ts); default the configured one. */
   prefix?: string;
-  /** How many queue shards split each model's global limits (default 1). */
+  /** How many queue shards there are (default 1): with more, each leases from the models' global buckets. */
   shards?: number;
+  onLeaseError?: (err: unknown, model: string) => void;
 }): FairScheduler {
   const { cfg } = opts;
-  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS, opts.shards);
+  const shards = opts.shards ?? 1;
+  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS);
+  const modelLimits = (model: string) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model) });
+  // One shard: its model buckets are the global ones (same keys, same tag). More: each shard holds a reservoir.
+  const leases = shards > 1 ? createModelLeases({ redis: opts.redis, bucketPrefix: agentqPrefix(cfg.QUEUE_PREFIX), limits: modelLimits, shards }) : undefined;
   return createFairScheduler({
+    ...(leases ? { leases } : {}),
+    ...(opts.onLeaseError ? { onLeaseError: opts.onLeaseError } : {}),
     redis: opts.redis,
     queue: opts.queue,
     ...fairPrefixes(opts.prefix ?? cfg.QUEUE_PREFIX),

@@ -112,8 +112,10 @@ export function createWorkerGuards(opts: {
     backoffBaseMs: cfg.BACKOFF_BASE_MS,
   });
   const breakerGuard = createBreakerGuard({ breaker });
-  // Each model's global limits are split over the shards' buckets (model-limits.ts).
-  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS, queuePrefixes.length);
+  const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS);
+  // With more than one queue shard the models' global buckets live under QUEUE_PREFIX, where the shards'
+  // dispatchers lease from them (fair/model-leases.ts); with one they are the shard's own.
+  const modelBuckets = queuePrefixes.length > 1 ? createTokenBuckets({ redis, prefix: agentqPrefix(cfg.QUEUE_PREFIX) }) : undefined;
 
   const shards = new Map<string, ShardGuards & { flush(): Promise<void> }>(
     queuePrefixes.map((queuePrefix) => {
@@ -130,6 +132,7 @@ export function createWorkerGuards(opts: {
       });
       const rateLimit = createRateLimitGuard({
         buckets: createTokenBuckets({ redis, prefix }),
+        ...(modelBuckets ? { modelBuckets } : {}),
         limits,
         correctionFlushMs: 100,
         onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),

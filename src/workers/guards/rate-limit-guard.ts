@@ -18,6 +18,12 @@ const usable = (n: number) => Number.isFinite(n) && n > 0;
  */
 export function createRateLimitGuard(opts: {
   buckets: TokenBuckets;
+  /**
+   * Where the model-wide buckets live when not in `buckets` (QUEUE_SHARDS > 1: the models' global buckets,
+   * which the shards' dispatchers lease from, under QUEUE_PREFIX's tag). The take is then two calls: the org's
+   * bucket, then the model's (the org's is given back when the model's refuses).
+   */
+  modelBuckets?: TokenBuckets;
   limits?: Partial<ModelLimits>;
   maxJitterMs?: number;
   /**
@@ -32,6 +38,19 @@ export function createRateLimitGuard(opts: {
   const maxJitterMs = opts.maxJitterMs ?? 250;
   const flushMs = opts.correctionFlushMs ?? 0;
   const { buckets } = opts;
+  const isModelWide = (key: string) => key.startsWith('rpm:model:') || key.startsWith('tpm:model:');
+  const storeOf = (key: string) => (opts.modelBuckets && isModelWide(key) ? opts.modelBuckets : buckets);
+  const allowed: TakeResult = { allowed: true, msBeforeNext: 0, redisTimeMs: 0 };
+  async function takeAll(requests: BucketRequest[]): Promise<TakeResult> {
+    if (!opts.modelBuckets) return buckets.take(requests);
+    const own = requests.filter((r) => !isModelWide(r.key));
+    const wide = requests.filter((r) => isModelWide(r.key));
+    const first = own.length > 0 ? await buckets.take(own) : allowed;
+    if (!first.allowed || wide.length === 0) return first;
+    const second = await opts.modelBuckets.take(wide);
+    if (!second.allowed) await Promise.all(own.map((r) => buckets.adjust(r.key, r.capacity, r.refillPerSec, -r.cost)));
+    return second;
+  }
   const pending = new Map<string, { capacity: number; refillPerSec: number; delta: number }>();
   let timer: NodeJS.Timeout | undefined;
 
@@ -41,7 +60,7 @@ export function createRateLimitGuard(opts: {
     const batch = [...pending.entries()];
     pending.clear();
     await Promise.all(
-      batch.map(([key, c]) => (c.delta === 0 ? undefined : buckets.adjust(key, c.capacity, c.refillPerSec, c.delta).catch((err: unknown) => opts.onError?.(err)))),
+      batch.map(([key, c]) => (c.delta === 0 ? undefined : storeOf(key).adjust(key, c.capacity, c.refillPerSec, c.delta).catch((err: unknown) => opts.onError?.(err)))),
     );
   }
 
@@ -70,7 +89,7 @@ export function createRateLimitGuard(opts: {
     // charged to it (`charge`) whether or not this guard has buckets of its own to take.
     const ledger = ctx.charge;
     if (requests.length === 0 && !ledger) return next();
-    const taken: TakeResult = prepaid || requests.length === 0 ? { allowed: true, msBeforeNext: 0, redisTimeMs: 0 } : await buckets.take(requests);
+    const taken: TakeResult = prepaid || requests.length === 0 ? allowed : await takeAll(requests);
     guardEvent(ctx.span, 'agentq.guard.rate_limit', {
       'gen_ai.request.model': model,
       // prepaid: the fair dispatcher charged the buckets when it let the job run (its wait is the attempt's queue wait).
@@ -87,7 +106,7 @@ export function createRateLimitGuard(opts: {
     const correct = (r: BucketRequest, delta: number) =>
       delta === 0
         ? Promise.resolve()
-        : buckets.adjust(r.key, r.capacity, r.refillPerSec, delta).then(
+        : storeOf(r.key).adjust(r.key, r.capacity, r.refillPerSec, delta).then(
             () => undefined,
             (err: unknown) => ctx.logger.warn({ err, bucket: r.key }, 'rate limit: failed to correct a bucket'),
           );

@@ -13,20 +13,25 @@
 --   started -> dispatch ms), 33 cancel marker prefix (claim reads <prefix><jobId>), 34 org job index prefix
 --   (enqueue adds to the ZSET <prefix><org>), 35 BullMQ meta, 36 BullMQ active, 37 BullMQ priority counter,
 --   38 BullMQ events stream, 39 BullMQ marker (a dispatch promotes the jobs it hands out, as BullMQ's promote does)
---   40-43 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
+--   40 leasereq HASH (model -> ms until which the shard's lease request for the model stands: in flight, or
+--   refused until then), 41 leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease),
+--   42-45 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
 --   single-flight lock (includes/result-cache-lookup.lua)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'x<ratio>' for ratio x the live workers' total concurrency,
 -- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
--- ARGV[12..] op arguments:
+-- ARGV[12] leased (0|1): the model buckets (KEYS 21, 22) are this queue shard's reservoirs of the model's
+--   global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not refill; a lane they cannot serve
+--   sleeps, and the dispatch asks its caller (`wants`) to lease more from the global bucket (op lease)
+-- ARGV[13..] op arguments:
 --   dispatch: worker id ('' = not a worker), its concurrency, registration ttl ms (registers the worker)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 40-43), charge corrections (a count, then org, model, org tokens,
+--     ms and owner (read only with KEYS 42-45), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
@@ -38,7 +43,9 @@
 --   repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
--- Returns: dispatch / enqueue {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids};
+--   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted)
+-- Returns: dispatch / enqueue / lease {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids,
+--          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 --- @include "result-cache-lookup"
@@ -55,6 +62,7 @@ local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], K
 local K_WAKE, K_PROMOTING = KEYS[31], KEYS[32]
 local P_CANCEL, P_ORGJOBS = KEYS[33], KEYS[34]
 local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[35], KEYS[36], KEYS[37], KEYS[38], KEYS[39]
+local K_LEASEREQ, P_LEASEWAIT = KEYS[40], KEYS[41]
 -- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
 local PROMOTING_MS = 2000
 -- Suffix of a model's batch lane (fair-plan.ts BATCH_LANE_SUFFIX).
@@ -71,6 +79,12 @@ local PARK_SCORE = tonumber(ARGV[8])
 local BUFFER_ARG = ARGV[9]
 local MAX_BATCH = tonumber(ARGV[10])
 local SWEEP_MAX = tonumber(ARGV[11])
+local LEASED = ARGV[12] == '1'
+-- A lane waits this long for a lease asked for (the caller's take from the global bucket and its lease op);
+-- when no lease comes (the caller died), the lane wakes and asks again.
+local LEASE_WAIT_MS = 2000
+-- Leased tokens unused this long lapse (a shard whose demand moved elsewhere strands at most one chunk, for a while).
+local RESERVOIR_TTL_MS = 60000
 
 -- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
 local function fmt(x) return string.format('%.17g', x) end
@@ -254,6 +268,32 @@ local function level(key, cap, rate)
   return math.min(cap, tonumber(s[1]) + math.max(0, nowF - tonumber(s[2])) * rate)
 end
 
+-- A reservoir's level (leased mode): what the shard holds of the model's global bucket; missing = nothing.
+local function reservoirLevel(key)
+  return tonumber(rcall('HGET', key, 'tokens')) or 0
+end
+
+local function setReservoir(key, lv)
+  rcall('HSET', key, 'tokens', fmt(lv))
+  rcall('PEXPIRE', key, RESERVOIR_TTL_MS)
+end
+
+-- Lease requests this call made (model -> {model, requests short, tokens short}), returned with its dispatch.
+local leaseWants = {}
+local leaseWantList = {}
+
+-- When the shard's lease request for `model` stands until (0 = none): asked for and not answered yet, or
+-- refused by the global bucket until then.
+local leaseReqCache = {}
+local function leasePending(model)
+  local v = leaseReqCache[model]
+  if v == nil then
+    v = tonumber(rcall('HGET', K_LEASEREQ, model)) or 0
+    leaseReqCache[model] = v
+  end
+  return v
+end
+
 -- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm, then the
 -- default for the model's tier.
 local function orgRpmOf(p, mi, model)
@@ -311,36 +351,70 @@ local function tryLane(lane, org, model, v)
   -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
   local candidates = {}
   if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
+    -- The 5th field marks a leased reservoir (ARGV[12]); the 6th is where its shortfall is reported.
     candidates = {
-      { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1, true },
-      { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est, false },
-      { P_TB_RPM_MODEL .. model, mi.rpm, 1, true },
-      { P_TB_TPM_MODEL .. model, mi.tpm, est, false },
+      { P_TB_RPM_ORG .. org .. ':' .. model, orgRpm, 1, true, false },
+      { P_TB_TPM_ORG .. org .. ':' .. model, p.tpm, est, false, false },
+      { P_TB_RPM_MODEL .. model, mi.rpm, 1, true, LEASED, 2 },
+      { P_TB_TPM_MODEL .. model, mi.tpm, est, false, LEASED, 3 },
     }
   end
   -- All or nothing: check every bucket before charging any.
   local buckets, wait, limiting = {}, 0, nil
+  local short, reservoirShort = { model, 0, 0 }, false
   for _, c in ipairs(candidates) do
     local cap = c[2]
     if cap and cap > 0 then
       local rate = cap / 60000
-      local lv = level(c[1], cap, rate)
       -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
       local need = math.min(c[3], cap)
-      if lv < need then
-        local w = math.ceil((need - lv) / rate)
-        if w > wait then wait, limiting = w, c[1] end
+      local lv
+      if c[5] then
+        lv = reservoirLevel(c[1])
+        if lv < need then
+          short[c[6]] = need - lv
+          reservoirShort = true
+          -- The lane waits for the lease already asked for (or refused until then), else for the one it asks for.
+          local pending = leasePending(model)
+          local w = pending > now and pending - now or LEASE_WAIT_MS
+          if w > wait then wait, limiting = w, c[1] end
+        end
+      else
+        lv = level(c[1], cap, rate)
+        if lv < need then
+          local w = math.ceil((need - lv) / rate)
+          if w > wait then wait, limiting = w, c[1] end
+        end
       end
-      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4] }
+      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4], c[5] }
     end
   end
   if limiting then
     sleepLane(lane, math.ceil(nowF + wait), limiting)
+    -- Asleep on its shard's reservoir: woken by the lease (op lease), and a lease is asked for unless one stands.
+    if reservoirShort and (limiting == P_TB_RPM_MODEL .. model or limiting == P_TB_TPM_MODEL .. model) then
+      rcall('SADD', P_LEASEWAIT .. model, lane)
+      rcall('PEXPIRE', P_LEASEWAIT .. model, RESERVOIR_TTL_MS)
+      if leasePending(model) <= now then
+        leaseReqCache[model] = now + LEASE_WAIT_MS
+        rcall('HSET', K_LEASEREQ, model, fmt(now + LEASE_WAIT_MS))
+        leaseWants[model] = short
+        leaseWantList[#leaseWantList + 1] = model
+      elseif leaseWants[model] then
+        -- Asked for in this call: the largest shortfall of its lanes.
+        local w = leaseWants[model]
+        w[2], w[3] = math.max(w[2], short[2]), math.max(w[3], short[3])
+      end
+    end
     return nil
   end
   for _, b in ipairs(buckets) do
-    rcall('HSET', b[1], 'tokens', fmt(b[4]), 'ts', string.format('%.3f', nowF))
-    rcall('PEXPIRE', b[1], math.ceil((b[2] - b[4]) / b[3]) + 1000)
+    if b[6] then
+      setReservoir(b[1], b[4])
+    else
+      rcall('HSET', b[1], 'tokens', fmt(b[4]), 'ts', string.format('%.3f', nowF))
+      rcall('PEXPIRE', b[1], math.ceil((b[2] - b[4]) / b[3]) + 1000)
+    end
   end
   rcall('ZREM', P_LANE .. lane, id)
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
@@ -359,7 +433,8 @@ local function tryLane(lane, org, model, v)
   local nextWait, nextLimit = 0, nil
   for _, b in ipairs(buckets) do
     local need = math.min(1, b[2])
-    if b[5] and b[4] < need then
+    -- (A reservoir does not refill: the lane's next try asks for a lease instead.)
+    if b[5] and not b[6] and b[4] < need then
       local w = math.ceil((need - b[4]) / b[3])
       if w > nextWait then nextWait, nextLimit = w, b[1] end
     end
@@ -558,7 +633,14 @@ local function dispatch(skipped, knownDue, knownRoom)
   end
   if #out >= MAX_BATCH then more = 1 end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
-  return { out, nextWake(), now, more, skipped or {} }
+  local wants = {}
+  for _, m in ipairs(leaseWantList) do
+    local w = leaseWants[m]
+    wants[#wants + 1] = w[1]
+    wants[#wants + 1] = fmt(w[2])
+    wants[#wants + 1] = fmt(w[3])
+  end
+  return { out, nextWake(), now, more, skipped or {}, wants }
 end
 
 -- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
@@ -589,10 +671,15 @@ local function wakeRefunded(org, refunded)
   end
 end
 
--- True when it gave tokens back to a limited bucket (a lane may be asleep on it).
-local function adjustBucket(key, cap, delta)
+-- True when it gave tokens back to a limited bucket (a lane may be asleep on it). A leased reservoir is
+-- corrected in place (clamped as a bucket: a debt the next lease pays first).
+local function adjustBucket(key, cap, delta, reservoir)
   if delta == 0 or not cap or cap <= 0 then return false end
-  tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+  if reservoir then
+    setReservoir(key, math.max(-cap, math.min(cap, reservoirLevel(key) - delta)))
+  else
+    tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+  end
   return delta < 0
 end
 
@@ -610,7 +697,7 @@ local function correctCharge(org, model, orgTokens, modelTokens, requests)
   -- RPM, while a call's TPM is corrected down) would only go back to sleep. Unlimited buckets are not kept.
   local refunded, any = {}, false
   for k = 1, 4 do
-    if adjustBucket(keys[k], caps[k], deltas[k]) then
+    if adjustBucket(keys[k], caps[k], deltas[k], LEASED and (k == 2 or k == 4)) then
       refunded[keys[k]] = true
       any = true
     end
@@ -630,15 +717,15 @@ local function applyCorrections(i)
 end
 
 if op == 'dispatch' then
-  if ARGV[12] and ARGV[12] ~= '' then
-    rcall('ZADD', K_WORKERS, now + tonumber(ARGV[14]), ARGV[12])
-    rcall('HSET', K_WORKERCONC, ARGV[12], ARGV[13])
+  if ARGV[13] and ARGV[13] ~= '' then
+    rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13])
+    rcall('HSET', K_WORKERCONC, ARGV[13], ARGV[14])
   end
   return dispatch()
 elseif op == 'enqueue' then
   local skipped = {}
   local limitsStored = {}
-  local i = 13
+  local i = 14
   while i + 9 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
@@ -675,33 +762,33 @@ elseif op == 'enqueue' then
     end
     i = i + 10
   end
-  if ARGV[12] == '1' then return dispatch(skipped) end
+  if ARGV[13] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
-  local freed = releaseFrom(applyCorrections(13))
+  local freed = releaseFrom(applyCorrections(14))
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
-  -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[12] = '1' the
+  -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the
   -- dispatch runs here, in the release's round trip.
   local due = dueNow()
   if not due then return { freed, 0 } end
-  if ARGV[12] == '1' then return { freed, 1, dispatch(nil, due) } end
+  if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
-  local id, notBefore = ARGV[12], tonumber(ARGV[13])
+  local id, notBefore = ARGV[13], tonumber(ARGV[14])
   local m = jobMeta(id)
   local org, model = m[1], m[2]
   if not org then return 0 end
   freeSlot(id, org)
   if m[5] == 'lane' then removeFromLane(id, org, model) end
   if notBefore > now then
-    addTimer(id, org, notBefore, ARGV[14])
+    addTimer(id, org, notBefore, ARGV[15])
   else
     removeTimer(id, org)
     pushJob(id, org, model, tonumber(m[3]), tonumber(m[4]))
   end
   return 1
 elseif op == 'cancel' then
-  local id = ARGV[12]
+  local id = ARGV[13]
   local m = jobMeta(id)
   local done = false
   if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
@@ -718,10 +805,10 @@ elseif op == 'cancel' then
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0
 elseif op == 'claim' then
-  local id = ARGV[12]
-  -- Releases handed over (ARGV[15..]): the worker's jobs that finished just before this one started. At one
+  local id = ARGV[13]
+  -- Releases handed over (ARGV[16..]): the worker's jobs that finished just before this one started. At one
   -- job after another that is every release, and it costs no round trip of its own here.
-  local from = applyCorrections(19)
+  local from = applyCorrections(20)
   local handed = #ARGV >= from
   if handed then releaseFrom(from) end
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
@@ -733,11 +820,11 @@ elseif op == 'claim' then
     rcall('ZREM', K_PROMOTING, id)
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
-    local progress = ARGV[13]
+    local progress = ARGV[14]
     if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
   end
   -- Handed releases: as release with dispatch, freed slots are filled now when anything is due.
-  -- Refill (ARGV[14] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
+  -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
   -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
   -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
   -- load: a blocking marker wait and a second fetch per job. Only when the list is empty: a list that still
@@ -746,33 +833,33 @@ elseif op == 'claim' then
   if handed then
     local due = dueNow()
     if due then d = dispatch(nil, due) end
-  elseif held == 1 and cancelled == 0 and ARGV[14] == '1' then
+  elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
     local room = roomIfEmpty()
     if room and room > 0 then d = dispatch(nil, nil, room) end
   end
   -- The job runs: its result-cache lookup (and single-flight lock on a miss) rides here instead of costing
   -- a round trip before the model call. A job that does not run takes no lock.
-  if held == 1 and cancelled == 0 and #KEYS >= 43 then
-    return { held, cancelled, d, resultCacheLookup(KEYS[40], KEYS[41], KEYS[42], KEYS[43], ARGV[15], ARGV[16], ARGV[17], ARGV[18]) }
+  if held == 1 and cancelled == 0 and #KEYS >= 45 then
+    return { held, cancelled, d, resultCacheLookup(KEYS[42], KEYS[43], KEYS[44], KEYS[45], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
   end
   return { held, cancelled, d }
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
   local base = rcall('ZCOUNT', Q_DELAYED, '-inf', '(' .. ARGV[8])
-  local from = base + tonumber(ARGV[12])
-  local page = rcall('ZRANGE', Q_DELAYED, from, from + tonumber(ARGV[13]) - 1)
+  local from = base + tonumber(ARGV[13])
+  local page = rcall('ZRANGE', Q_DELAYED, from, from + tonumber(ARGV[14]) - 1)
   local out = {}
   for _, id in ipairs(page) do
     if rcall('EXISTS', P_JOB .. id) == 0 then out[#out + 1] = id end
   end
   return { out, #page }
 elseif op == 'plan' or op == 'wake' then
-  local org = ARGV[12]
+  local org = ARGV[13]
   if op == 'plan' then
     local fields = { 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm' }
     for k, f in ipairs(fields) do
-      local v = ARGV[12 + k]
+      local v = ARGV[13 + k]
       if v == '' then rcall('HDEL', P_PLAN .. org, f) else rcall('HSET', P_PLAN .. org, f, v) end
     end
   end
@@ -783,11 +870,45 @@ elseif op == 'plan' or op == 'wake' then
     if unsleep(l) then activate(l, org, true) end
   end
   return 1
+elseif op == 'lease' then
+  -- What the caller took from the model's global buckets (model-lease-2.lua) goes into this shard's reservoirs,
+  -- and the lanes asleep for it get a look in this call's dispatch. Nothing granted: the global bucket has
+  -- no room until ARGV[16], so the lanes sleep until then and the next lease is asked for then.
+  local model, requests, tokens, retryAt = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+  local rkey, tkey = P_TB_RPM_MODEL .. model, P_TB_TPM_MODEL .. model
+  if requests > 0 then setReservoir(rkey, reservoirLevel(rkey) + requests) end
+  if tokens > 0 then setReservoir(tkey, reservoirLevel(tkey) + tokens) end
+  local waiting = P_LEASEWAIT .. model
+  local lanes = rcall('SMEMBERS', waiting)
+  local granted = requests > 0 or tokens > 0
+  if granted then
+    rcall('HDEL', K_LEASEREQ, model)
+    rcall('DEL', waiting)
+  else
+    rcall('HSET', K_LEASEREQ, model, fmt(retryAt))
+  end
+  -- Only lanes still asleep on this model's reservoir: one woken meanwhile (a refund, a plan change) is left as it is.
+  local whys = #lanes > 0 and rcall('HMGET', K_SLEEPWHY, unpack(lanes)) or {}
+  for k, l in ipairs(lanes) do
+    if whys[k] == rkey or whys[k] == tkey then
+      if granted then
+        unsleep(l)
+        local org = splitLane(l)
+        if rcall('EXISTS', P_LANE .. l) == 1 then activate(l, org, true) else dropLaneIfEmpty(l, org) end
+      else
+        rcall('ZADD', K_SLEEP, 'XX', fmt(retryAt), l)
+      end
+    elseif not granted then
+      rcall('SREM', waiting, l)
+    end
+  end
+  if granted then return dispatch() end
+  return { {}, nextWake(), now, 0, {} }
 elseif op == 'block' then
-  local model, untilMs = ARGV[12], tonumber(ARGV[13])
+  local model, untilMs = ARGV[13], tonumber(ARGV[14])
   if untilMs > now then
     rcall('HSET', K_MBLOCK, model, fmt(untilMs))
-    rcall('HSET', K_MBLOCKWHY, model, ARGV[14])
+    rcall('HSET', K_MBLOCKWHY, model, ARGV[15])
   else
     rcall('HDEL', K_MBLOCK, model)
     rcall('HDEL', K_MBLOCKWHY, model)
