@@ -30,6 +30,22 @@ const SERVER_SUNSUBSCRIBE = /Last reply: sunsubscribe,/;
 /** Re-subscription retries back off to this (they add an entry to ioredis's channel list each). */
 const RETRY_MAX_MS = 30_000;
 
+/** Channels each subscriber connection holds through subscribeShardChannel. */
+const held = new WeakMap<RedisClient, number>();
+
+/**
+ * Each subscription listens to the connection's own events (one listener per event and channel), so a
+ * connection holding a channel per queue shard passes Node's default of 10 listeners per event and Node
+ * warns of a leak. The bound follows the channels held (plus the default for the callers' own listeners), so
+ * listeners that pile up beyond the subscriptions are still reported.
+ */
+function holdChannel(sub: RedisClient, delta: 1 | -1): void {
+  const n = (held.get(sub) ?? 0) + delta;
+  held.set(sub, n);
+  // Two per channel: this module's, and the caller's `smessage` listener for it.
+  sub.setMaxListeners(Math.max(10, 10 + 2 * n));
+}
+
 /**
  * SSUBSCRIBE `channel` on `sub` (a connection that does nothing but subscribe; the caller listens to
  * `smessage`) and keep it subscribed. Sharded pub/sub: a message is sent to the shard that owns the channel's
@@ -128,6 +144,7 @@ export function subscribeShardChannel(sub: RedisClient, channel: string, hooks: 
       ],
     );
   }
+  holdChannel(sub, 1);
   for (const [event, fn] of listeners) sub.on(event, fn);
 
   // A first SSUBSCRIBE that fails is retried like a lost one; the caller still hears of it.
@@ -145,9 +162,11 @@ export function subscribeShardChannel(sub: RedisClient, channel: string, hooks: 
   return {
     subscribed,
     close() {
+      if (closed) return;
       closed = true;
       clearTimeout(retry);
       for (const [event, fn] of listeners) sub.off(event, fn);
+      holdChannel(sub, -1);
       sub.sunsubscribe(channel).catch(() => {});
     },
   };
