@@ -89,6 +89,10 @@ describe('queue shards on a Redis Cluster', () => {
       // The job hash is under the org's shard tag, on the primary that owns it.
       const node = new Redis(o.owner, '127.0.0.1');
       expect(await node.exists(`${layout.prefixes[o.shard]}:agent-jobs:${ids[i]}`), `job of ${o.org} on its shard's primary`).toBe(1);
+      // Its shard dispatched from a reservoir leased from the model's global bucket under QUEUE_PREFIX (a
+      // reservoir gets tokens only from a lease, and the shard dispatches only what it holds).
+      const reservoirs = await node.keys(`${layout.prefixes[o.shard]}:agentq:tb:rpm:model:*`);
+      expect(reservoirs.length, `reservoir in the shard of ${o.org}`).toBeGreaterThan(0);
       node.disconnect();
     }
     // Every primary holds data: the writes are spread, not all on one node.
