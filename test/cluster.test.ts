@@ -120,7 +120,7 @@ describe('Redis Cluster mode', () => {
     const shardSubscribers = async (ch: string) => Number(((await ownerNode.call('PUBSUB', 'SHARDNUMSUB', ch)) as [string, number])[1]);
     const before = await shardSubscribers(channel);
     const heard: string[] = [];
-    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'worker')];
+    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'subscriber')];
     createResultCache({ redis, subscriber, prefix, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
     try {
       await until('the cache subscribed on the owner', async () => (await shardSubscribers(channel)) === before + 1);

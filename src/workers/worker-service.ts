@@ -61,7 +61,7 @@ export function createWorkerService(opts: {
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
   const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY)).member();
   const connection = createRedis(infra.redisTarget, 'worker');
-  const subscriber = createRedis(infra.redisTarget, 'worker');
+  const subscriber = createRedis(infra.redisTarget, 'subscriber');
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;

@@ -86,7 +86,7 @@ describe('Redis Cluster failover', () => {
     // (subscribeShardChannel does). Subscribed before the failover, each listener must hear what comes after it.
     const target = redisTargetOf(s.cfg);
     const heard: string[] = [];
-    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'worker')];
+    const [redis, subscriber] = [createRedis(target, 'worker'), createRedis(target, 'subscriber')];
     createResultCache({ redis, subscriber, prefix: agentqPrefix(orgPrefix()), l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60, onInvalidation: (orgId) => heard.push(orgId) });
     const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
     try {

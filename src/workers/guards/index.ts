@@ -81,7 +81,7 @@ export function createWorkerGuards(opts: {
   const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
   // channel): a clean breaker's answer and an L1 hit are served from memory while it is subscribed.
-  const invalidations = createRedis(infra.redisTarget, 'worker');
+  const invalidations = createRedis(infra.redisTarget, 'subscriber');
   const breaker = createCircuitBreaker({
     redis,
     subscriber: invalidations,

@@ -42,13 +42,14 @@ export function describeTarget(target: RedisTarget): string {
 /**
  * `worker`: BullMQ workers and blocking readers, which must wait out outages (maxRetriesPerRequest null).
  * `api`: request paths, which must fail fast while Redis is down instead of queueing commands.
+ * `subscriber`: a connection that SSUBSCRIBEs (shard-channel.ts), waiting out outages as `worker` does.
  */
-export function createRedis(target: RedisTarget, role: 'worker' | 'api', options: RedisOptions = {}): RedisClient {
+export function createRedis(target: RedisTarget, role: 'worker' | 'api' | 'subscriber', options: RedisOptions = {}): RedisClient {
   // A cluster takes auto-pipelining as a client option (it pipelines per node), not as a node option.
   const { enableAutoPipelining, ...extra } = options;
   const pipelining = enableAutoPipelining === undefined ? {} : { enableAutoPipelining };
   const base: RedisOptions =
-    role === 'worker'
+    role !== 'api'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
       : { maxRetriesPerRequest: 1, enableOfflineQueue: false, connectTimeout: 1000, commandTimeout: 2000 };
   const retryStrategy = (times: number) => Math.min(50 * 2 ** Math.min(times, 6), 2000);
@@ -73,7 +74,7 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', options
       // for a connection error: a finished job's moveToFinished failed, the job was failed and retried, and ran
       // twice (test/faults/cluster-primary-kill.test.ts). A worker connection waits out the election as it
       // waits out a standalone Redis (maxRetriesPerRequest null); request paths keep the budget and answer 503.
-      ...(role === 'worker' ? { maxRedirections: Infinity } : {}),
+      ...(role !== 'api' ? { maxRedirections: Infinity } : {}),
       enableOfflineQueue: true,
       retryDelayOnFailover: 200,
       retryDelayOnClusterDown: 200,
@@ -82,10 +83,11 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api', options
       // agentq's channels are sharded (SSUBSCRIBE, see shard-channel.ts): without this, a Cluster client sends
       // SSUBSCRIBE over its one classic subscriber connection to a random node, which answers MOVED unless it
       // happens to own the slot. With it, the client keeps a subscriber connection per primary, opened only
-      // once a channel in one of that primary's slots is subscribed (lazyConnect, as no agentq connection
-      // sets it): a connection that never subscribes opens no extra socket, a subscriber one per shard it hears
-      // (one, as every channel carries the queue's hash tag). Commands, MULTI and SPUBLISH are unaffected.
-      shardedSubscribers: true,
+      // once a channel in one of that primary's slots is subscribed. Only for subscribers: at every slot
+      // refresh (every 5 s per client) the subscriber group compares two JSON copies of the 16384-slot map,
+      // and with a Cluster client per queue shard and BullMQ connection that was 3 % of a sharded worker's CPU
+      // (bench case "cluster", --cpu-prof). Commands, MULTI and SPUBLISH need no subscriber group.
+      ...(role === 'subscriber' ? { shardedSubscribers: true } : {}),
       ...(target.natMap ? { natMap: target.natMap } : {}),
       ...pipelining,
     };
