@@ -25,7 +25,7 @@ import { createCell } from './cell.js';
 import { routeJobService, routeProducer } from './cell-routing.js';
 import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
-import { combineWorkers, createWorkerService, type WorkerService } from '../workers/worker-service.js';
+import { combineWorkers, createWorkerConnections, createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { createConcurrencyPool } from '../workers/concurrency-pool.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
@@ -122,11 +122,15 @@ export async function startRuntime(opts: {
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
     workerResources.push(guards);
     const leaseError = (err: unknown, model: string) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed');
+    // One command connection, subscriber and usage appender for every shard's worker (each BullMQ worker still
+    // has its own blocking connection): 3 connections a process instead of 3 a shard.
+    const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget) : undefined;
+    if (shared) workerResources.push({ close: async () => shared.close() });
     const services = cells.map((cell) => {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined;
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareLookup: shardGuards.prepareLookup, features, prefix: cell.prefix, pool, ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareLookup: shardGuards.prepareLookup, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

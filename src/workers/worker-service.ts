@@ -1,4 +1,4 @@
-import type { RedisClient } from '../shared/infra/redis/connection.js';
+import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.js';
 import type { Config } from '../shared/core/config.js';
 import { createRunStore } from '../shared/infra/db/agent-runs.js';
 import { createRunAppender } from '../shared/infra/db/run-stream.js';
@@ -56,12 +56,18 @@ export function createWorkerService(opts: {
   prefix?: string;
   /** The process-wide concurrency this worker shares with the other shards' workers (default: its own). */
   pool?: ConcurrencyPool;
+  /**
+   * Connections the queue shards' workers of one process share (app/runtime.ts), closed by their owner after
+   * every worker: BullMQ's command connection (each worker still opens its own blocking one), the pub/sub
+   * subscriber and the usage appender's. Absent: this worker opens and closes its own.
+   */
+  shared?: WorkerConnections;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
   const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY)).member();
-  const connection = createRedis(infra.redisTarget, 'worker');
-  const subscriber = createRedis(infra.redisTarget, 'subscriber');
+  const own = opts.shared ? undefined : createWorkerConnections(infra.redisTarget);
+  const { connection, subscriber, usageRedis } = opts.shared ?? own!;
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
@@ -72,9 +78,6 @@ export function createWorkerService(opts: {
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
   // Redis outage instead of dropping the row), and moved to Postgres in batches by this process's sink.
   const usageKey = usageStreamKey(prefix);
-  // Auto-pipelined: the rows that concurrent jobs append in one tick leave in one socket write (BullMQ's own
-  // connection is left as BullMQ configures it).
-  const usageRedis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
   const sink = createRunSink({
     redis: createRedis(infra.redisTarget, 'worker'),
     key: usageKey,
@@ -175,6 +178,30 @@ export function createWorkerService(opts: {
       await gate?.close();
       await loop?.close();
       await sink.close();
+      own?.close();
+    },
+  };
+}
+
+export interface WorkerConnections {
+  connection: RedisClient;
+  subscriber: RedisClient;
+  usageRedis: RedisClient;
+  close(): void;
+}
+
+/** The connections a worker needs beside its blocking ones (one set per process, shared by its shards' workers). */
+export function createWorkerConnections(target: RedisTarget): WorkerConnections {
+  const connection = createRedis(target, 'worker');
+  const subscriber = createRedis(target, 'subscriber');
+  // Auto-pipelined: the rows that concurrent jobs append in one tick leave in one socket write (BullMQ's own
+  // connection is left as BullMQ configures it).
+  const usageRedis = createRedis(target, 'worker', { enableAutoPipelining: true });
+  return {
+    connection,
+    subscriber,
+    usageRedis,
+    close() {
       usageRedis.disconnect();
       connection.disconnect();
       subscriber.disconnect();
