@@ -263,8 +263,15 @@ describe('vectors at scale', () => {
     // Idempotent, and the catalogued definition is the shared one's plus the org predicate.
     expect((await pool.query("SELECT vector_tenant_index_create('chat_facts', $1) AS idx", [BIG])).rows[0].idx).toBe(own);
     const def = (await pool.query<{ indexdef: string }>('SELECT indexdef FROM pg_indexes WHERE indexname = $1', [own])).rows[0].indexdef;
-    expect(def).toMatch(/USING hnsw \(embedding vector_cosine_ops\) WHERE \(org_id = 'org_big'::text\)/);
-    const ef = (await pool.query<{ ef: number }>('SELECT vector_tenant_ef_search() AS ef')).rows[0].ef;
+    // Migration 017: the tenant's graph is denser than the shared one's, and walked at ef_search 100.
+    expect(def).toMatch(/USING hnsw \(embedding vector_cosine_ops\) WITH \(m='24', ef_construction='128'\) WHERE \(org_id = 'org_big'::text\)/);
+    const ef = (await pool.query<{ ef: number }>('SELECT vector_tenant_ef_search($1) AS ef', [own])).rows[0].ef;
+    expect(ef).toBe(100);
+    // An index built before 017 (pgvector's default graph) keeps the ef_search its recall needs.
+    const older = (await pool.query<{ idx: string }>("SELECT vector_tenant_index_name('chat_facts', 'org_pre017') AS idx")).rows[0].idx;
+    await pool.query(`CREATE INDEX ${older} ON chat_facts USING hnsw (embedding vector_cosine_ops) WHERE org_id = 'org_pre017'`);
+    expect((await pool.query<{ ef: number }>('SELECT vector_tenant_ef_search($1) AS ef', [older])).rows[0].ef).toBe(200);
+    await pool.query(`DROP INDEX ${older}`);
     const shared = 'chat_facts_embedding_idx';
     const fn = "SELECT metadata FROM match_documents($1::vector, 'chat_facts', $2, -1, 10)";
 

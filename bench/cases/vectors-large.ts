@@ -82,7 +82,7 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
     name: `the big org's own HNSW index (vector_tenant_index_create) over ${N.toLocaleString('en')} rows: build`,
     value: ownBuildMs === undefined ? null : round(ownBuildMs / 1000, 1),
     unit: 's',
-    note: `${ownBuildMs === undefined ? 'NOT re-measured: the index was already in BENCH_VECTORS_DIR (built by an earlier run). ' : ''}partial index WHERE org_id = '${BIG}', maintenance_work_mem 1GB; ${mb(sizes.own)} MB (the shared index over ${(2 * N).toLocaleString('en')} rows: ${mb(sizes.shared)} MB)`,
+    note: `${ownBuildMs === undefined ? 'NOT re-measured: the index was already in BENCH_VECTORS_DIR (built by an earlier run). ' : ''}partial index WHERE org_id = '${BIG}', m 24, ef_construction 128 (migration 017), maintenance_work_mem 1GB; ${mb(sizes.own)} MB (the shared index over ${(2 * N).toLocaleString('en')} rows: ${mb(sizes.shared)} MB)`,
   });
 
   // Brute-force truth for the big org: the corpus vectors as stored (6 decimals), normalised.
@@ -114,7 +114,7 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
   if (sized !== undefined) fnSettings['hnsw.ef_search'] = `${sized} (sized by the index)`;
   const migrated = `ef_search ${fnSettings['hnsw.ef_search'] ?? '40'}, ${fnSettings['hnsw.iterative_scan'] ?? 'no iterative scan'}, max_scan_tuples ${fnSettings['hnsw.max_scan_tuples'] ?? '20000'}`;
   ctx.log(`  match_documents runs with ${JSON.stringify(fnSettings)}`);
-  const ownEf = (await b.pool.query<{ ef: number }>('SELECT vector_tenant_ef_search() AS ef')).rows[0].ef;
+  const ownEf = (await b.pool.query<{ ef: number }>('SELECT vector_tenant_ef_search($1) AS ef', [own])).rows[0].ef;
   const buffers = (await b.pool.query<{ shared_buffers: string }>('SHOW shared_buffers')).rows[0].shared_buffers;
   ctx.add({ case: tc, name: "PGlite's shared_buffers in this run", value: buffers, unit: '', note: process.env.BENCH_PG_SHARED_BUFFERS ? 'set by BENCH_PG_SHARED_BUFFERS' : "PGlite's default" });
 
