@@ -8,6 +8,13 @@
 --                          5.9 / 6.4 ms; 0.984 at 200 (33.4 ms p95)
 -- The denser graph costs 40 % more build time and reaches 0.95 at half the ef_search. An index built before this
 -- migration keeps its graph, so its ef_search is read from the index's own options: 100 for m >= 24, else 200.
+--
+-- The index is on l2_normalize(embedding), not the column: with m 24 pgvector's cost estimate for it rose above
+-- the shared index's (m 16), and the planner walked the SHARED index with an org filter for the tenant's query
+-- (BENCH_ONLY=vectors-large 2026-12-03 11:18: recall 0.884, the shared index's figure at ef_search 100; EXPLAIN at
+-- 20k + 20k rows: "Index Scan using chat_facts_embedding_idx ... Filter: (org_id = 'big')"). The tenant branch
+-- orders by the same expression, which only the tenant's index provides, so no other index can be chosen.
+-- Cosine distance ignores a vector's length, so the order and the distances are those of the raw column.
 CREATE OR REPLACE FUNCTION vector_tenant_index_create(tbl text, org text, build_memory text DEFAULT NULL)
 RETURNS text LANGUAGE plpgsql VOLATILE
 AS $$
@@ -17,9 +24,16 @@ BEGIN
   IF build_memory IS NOT NULL THEN
     PERFORM set_config('maintenance_work_mem', build_memory, true);
   END IF;
-  EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I USING hnsw (embedding vector_cosine_ops) WITH (m = 24, ef_construction = 128) WHERE org_id = %L', idx, tbl, org);
+  EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON %I USING hnsw ((l2_normalize(embedding)::vector(768)) vector_cosine_ops) WITH (m = 24, ef_construction = 128) WHERE org_id = %L', idx, tbl, org);
   RETURN idx;
 END;
+$$;
+
+-- The expression the tenant branch orders by, for the tenant index `idx` on the table aliased `alias`: the index's
+-- own (017: l2_normalize), or the column for an index built before 017.
+CREATE OR REPLACE FUNCTION vector_tenant_order_by(idx text, alias text) RETURNS text LANGUAGE sql STABLE AS $$
+  SELECT CASE WHEN (SELECT i.indexprs IS NOT NULL FROM pg_index i WHERE i.indexrelid = to_regclass(quote_ident(idx)))
+    THEN format('(l2_normalize(%I.embedding)::vector(768))', alias) ELSE format('%I.embedding', alias) END
 $$;
 
 -- hnsw.ef_search for a walk of the tenant index `idx`, by the graph it was built with (its reloptions).
@@ -70,8 +84,8 @@ BEGIN
       FROM semantic_cache c
       WHERE c.org_id = %L AND c.agent = $2 AND c.action = $3
         AND c.model = $4 AND c.prompt_version = $5 AND c.expires_at > now()
-      ORDER BY c.embedding <=> $1
-      LIMIT 1$q$, match_org)
+      ORDER BY %s <=> $1
+      LIMIT 1$q$, match_org, vector_tenant_order_by(vector_tenant_index_name('semantic_cache', match_org), 'c'))
       USING query_embedding, match_agent, match_action, match_model, match_prompt_version;
   ELSE
     PERFORM set_config('enable_sort', 'off', true);
@@ -170,8 +184,8 @@ BEGIN
           AND ($4->>'startup_id' IS NULL OR f.startup_id = $4->>'startup_id')
           AND ($4->>'fact_type' IS NULL OR f.fact_type = $4->>'fact_type')
           AND 1 - (f.embedding <=> $1) >= $2
-        ORDER BY f.embedding <=> $1
-        LIMIT $3$q$, match_org)
+        ORDER BY %s <=> $1
+        LIMIT $3$q$, match_org, vector_tenant_order_by(vector_tenant_index_name('chat_facts', match_org), 'f'))
         USING query_embedding, match_threshold, match_count, filter;
     ELSE
       PERFORM set_config('enable_sort', 'off', true);

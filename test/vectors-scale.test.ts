@@ -34,9 +34,15 @@ const FACTS_ANN = `SELECT f.external_id FROM chat_facts f
   ORDER BY f.embedding <=> $1::vector LIMIT 10`;
 const FACTS_EXACT = `SELECT s.external_id FROM (SELECT f.external_id, f.embedding <=> $1::vector AS d FROM chat_facts f
   WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) OFFSET 0) s ORDER BY s.d LIMIT 10`;
-/** The tenant branch's query (migration 015): the org as a literal, as the function's EXECUTE format(%L) builds it. */
-const factsTenant = (org: string) => FACTS_ANN.replace('f.org_id = $2', `f.org_id = '${org}'`);
-const cacheTenant = (org: string) => CACHE_ANN.replace('c.org_id = $2', `c.org_id = '${org}'`).replace(/\$(\d)/g, (_, n: string) => (n === '1' ? '$1' : `$${Number(n) - 1}`));
+/**
+ * The tenant branch's query (migrations 015, 017): the org as a literal, as the function's EXECUTE format(%L)
+ * builds it, ordered by the tenant index's expression.
+ */
+const factsTenant = (org: string) => FACTS_ANN.replace('f.org_id = $2', `f.org_id = '${org}'`).replace('ORDER BY f.embedding', 'ORDER BY (l2_normalize(f.embedding)::vector(768))');
+const cacheTenant = (org: string) =>
+  CACHE_ANN.replace('c.org_id = $2', `c.org_id = '${org}'`)
+    .replace('ORDER BY c.embedding', 'ORDER BY (l2_normalize(c.embedding)::vector(768))')
+    .replace(/\$(\d)/g, (_, n: string) => (n === '1' ? '$1' : `$${Number(n) - 1}`));
 /** Scopes above this many rows take the HNSW plan here (the migration's 2000, lowered so a test corpus of a few hundred rows is "large"). */
 const EXACT_MAX = 100;
 
@@ -264,7 +270,7 @@ describe('vectors at scale', () => {
     expect((await pool.query("SELECT vector_tenant_index_create('chat_facts', $1) AS idx", [BIG])).rows[0].idx).toBe(own);
     const def = (await pool.query<{ indexdef: string }>('SELECT indexdef FROM pg_indexes WHERE indexname = $1', [own])).rows[0].indexdef;
     // Migration 017: the tenant's graph is denser than the shared one's, and walked at ef_search 100.
-    expect(def).toMatch(/USING hnsw \(embedding vector_cosine_ops\) WITH \(m='24', ef_construction='128'\) WHERE \(org_id = 'org_big'::text\)/);
+    expect(def).toMatch(/USING hnsw \(\(\(l2_normalize\(embedding\)\)::vector\(768\)\) vector_cosine_ops\) WITH \(m='24', ef_construction='128'\) WHERE \(org_id = 'org_big'::text\)/);
     const ef = (await pool.query<{ ef: number }>('SELECT vector_tenant_ef_search($1) AS ef', [own])).rows[0].ef;
     expect(ef).toBe(100);
     // An index built before 017 (pgvector's default graph) keeps the ef_search its recall needs.
@@ -274,6 +280,21 @@ describe('vectors at scale', () => {
     await pool.query(`DROP INDEX ${older}`);
     const shared = 'chat_facts_embedding_idx';
     const fn = "SELECT metadata FROM match_documents($1::vector, 'chat_facts', $2, -1, 10)";
+    // The tenant query orders by the tenant index's expression, which the shared index cannot provide: with the
+    // tenant index hidden, its plan walks no HNSW index at all (at 100k rows the planner preferred the shared
+    // index, m 16, over a column index of m 24: recall fell to the shared index's).
+    const hider = await pool.connect();
+    try {
+      await hider.query('BEGIN');
+      await hider.query(`DROP INDEX ${own}`);
+      await hider.query("SELECT set_config('enable_sort', 'off', true)");
+      const rows = (await hider.query<{ 'QUERY PLAN': string }>(`EXPLAIN ${factsTenant(BIG)}`, [toVectorSql(hashEmbedOne(text(3)))])).rows;
+      const hidden = rows.map((r) => r['QUERY PLAN']).join('\n');
+      expect(hidden, hidden).not.toMatch(/Index Scan using/);
+    } finally {
+      await hider.query('ROLLBACK');
+      hider.release();
+    }
 
 
     // Why the tenant branch EXECUTEs with the org as a literal: with the org as a parameter, a generic plan (what a
