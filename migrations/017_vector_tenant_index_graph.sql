@@ -36,6 +36,9 @@ CREATE OR REPLACE FUNCTION vector_tenant_order_by(idx text, alias text) RETURNS 
     THEN format('(l2_normalize(%I.embedding)::vector(768))', alias) ELSE format('%I.embedding', alias) END
 $$;
 
+-- 015's ef_search without an index to read it from: replaced by the one below, which the query functions now call.
+DROP FUNCTION IF EXISTS vector_tenant_ef_search();
+
 -- hnsw.ef_search for a walk of the tenant index `idx`, by the graph it was built with (its reloptions).
 CREATE OR REPLACE FUNCTION vector_tenant_ef_search(idx text) RETURNS int LANGUAGE sql STABLE AS $$
   SELECT CASE WHEN coalesce((

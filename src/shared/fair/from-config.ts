@@ -20,7 +20,8 @@ export function createFairSchedulerFromConfig(opts: {
   const { cfg } = opts;
   const shards = opts.shards ?? 1;
   const limits = modelLimitsFromConfig(cfg.MODEL_LIMITS);
-  const modelLimits = (model: string) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model) });
+  // The models' global limits: stored by every enqueue, and what the shards lease from.
+  const modelLimits = (model: string) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model), orgRpm: cfg.MODEL_LIMITS[model]?.orgRpm });
   // One shard: its model buckets are the global ones (same keys, same tag). More: each shard holds a reservoir.
   const leases = shards > 1 ? createModelLeases({ redis: opts.redis, bucketPrefix: agentqPrefix(cfg.QUEUE_PREFIX), limits: modelLimits, shards }) : undefined;
   return createFairScheduler({
@@ -30,7 +31,7 @@ export function createFairSchedulerFromConfig(opts: {
     queue: opts.queue,
     ...fairPrefixes(opts.prefix ?? cfg.QUEUE_PREFIX),
     defaults: { weight: cfg.ORG_WEIGHT, concurrency: cfg.ORG_CONCURRENCY, rpm: { pro: cfg.ORG_RPM_PRO, flash: cfg.ORG_RPM_FLASH }, tpm: cfg.ORG_TPM },
-    modelLimits: (model) => ({ rpm: limits.modelRpm(model), tpm: limits.modelTpm(model), orgRpm: cfg.MODEL_LIMITS[model]?.orgRpm }),
+    modelLimits,
     leaseMs: cfg.FAIR_LEASE_MS,
     bufferRatio: cfg.DISPATCH_BUFFER_RATIO,
   });
