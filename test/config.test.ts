@@ -23,6 +23,8 @@ describe('configuration', () => {
     expect(() => parseConfig({ PORT: 'eighty' })).toThrow(/^Invalid environment variable PORT="eighty": /);
     expect(() => parseConfig({ AGENT_ROUTES: '{oops' })).toThrow(/AGENT_ROUTES.*not valid JSON/);
     expect(() => parseConfig({ MODEL_LIMITS: '{"m":{"rpm":-1}}' })).toThrow(/MODEL_LIMITS \(at m\.rpm\)/);
+    expect(() => parseConfig({ PGLITE_SHARED_BUFFERS: 'lots' })).toThrow(/^Invalid environment variable PGLITE_SHARED_BUFFERS="lots": .*512MB/);
+    expect(parseConfig({ PGLITE_SHARED_BUFFERS: '1GB' }).PGLITE_SHARED_BUFFERS).toBe('1GB');
     try {
       parseConfig({ REDIS_URL: 'not a url with secret' });
     } catch (err) {

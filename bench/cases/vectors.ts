@@ -1,6 +1,6 @@
 import { createSemanticCache } from '../../src/shared/cache/semantic-cache.js';
 import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
-import { toVectorSql } from '../../src/shared/knowledge/embedding.js';
+import { toVectorParam } from '../../src/shared/knowledge/embedding.js';
 import { createVectorSearch } from '../../src/shared/knowledge/vector-search.js';
 import type { BenchContext } from '../lib/context.js';
 import { functionSettings, sizedEfSearch, withSettings } from '../lib/pg-settings.js';
@@ -57,7 +57,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
   }
 
   /** Whether the planner orders through the HNSW index for the function's query, under the function's own settings. */
-  async function planUsesHnsw(table: Table, vec: string): Promise<boolean> {
+  async function planUsesHnsw(table: Table, vec: Buffer): Promise<boolean> {
     const sql =
       table === 'chat_facts'
         ? `EXPLAIN SELECT id FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) ORDER BY f.embedding <=> $1::vector LIMIT 10`
@@ -120,7 +120,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
    * other settings, since a function's own `SET hnsw.ef_search` would override a caller's SET LOCAL.
    */
   let ragSettings: Record<string, string> = {};
-  async function annAt(ef: number, vec: string): Promise<{ ids: string[]; ms: number }> {
+  async function annAt(ef: number, vec: Buffer): Promise<{ ids: string[]; ms: number }> {
     const { rows, ms } = await withSettings<{ ext: string }>(
       b.pool,
       { ...ragSettings, 'hnsw.ef_search': String(ef), enable_sort: 'off' },
@@ -152,7 +152,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     let forcedRight = 0;
     const sqlExactMs: number[] = [];
     for (let j = 0; j < queries; j++) {
-      const vec = toVectorSql(vectors[j]);
+      const vec = toVectorParam(vectors[j]);
       let t = performance.now();
       if (table === 'semantic_cache') {
         const r = await semantic.lookup({ orgId: ORG, ...SCOPE, text: texts[j] });
@@ -200,7 +200,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
         sweep[ef].ms.push(ann.ms);
       }
     }
-    const hnsw = await planUsesHnsw(table, toVectorSql(vectors[0]));
+    const hnsw = await planUsesHnsw(table, toVectorParam(vectors[0]));
     const r = {
       p50: percentile(full, 50),
       p95: percentile(full, 95),

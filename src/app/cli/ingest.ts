@@ -139,7 +139,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${args.file}: ${(err as Error).message}\n`);
     return 1;
   }
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
   let runtime: Awaited<ReturnType<typeof startGemini>> | undefined;
   try {
     await migrate(db.pool, { logger });

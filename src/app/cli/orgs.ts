@@ -106,7 +106,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = config();
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   // The org's plan is read by the dispatcher of its own queue shard.
   const prefix = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS).prefixOf(command.orgId);

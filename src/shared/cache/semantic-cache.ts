@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { purgeExpiredSemanticCache, type PurgeOptions } from './semantic-cache-purge.js';
-import { embedChecked, toVectorSql, type EmbedFn } from '../knowledge/embedding.js';
+import { embedChecked, toVectorParam, type EmbedFn } from '../knowledge/embedding.js';
 
 /** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
 export interface SemanticScope {
@@ -30,7 +30,7 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       const [embedding] = await embedChecked(embed, [q.text]);
       const { rows } = await pool.query<{ response: R; similarity: number }>(
         'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)',
-        [toVectorSql(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion],
+        [toVectorParam(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion],
       );
       const best = rows[0];
       if (best && Number(best.similarity) >= threshold) return { hit: true, response: best.response, similarity: Number(best.similarity) };
@@ -43,7 +43,7 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       await pool.query(
         `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9))`,
-        [e.orgId, e.agent, e.action, e.model, e.promptVersion, e.text, toVectorSql(embedding), JSON.stringify(e.response), ttlS],
+        [e.orgId, e.agent, e.action, e.model, e.promptVersion, e.text, toVectorParam(embedding), JSON.stringify(e.response), ttlS],
       );
     },
 

@@ -107,6 +107,13 @@ export const configSchema = z.object({
 
   DATABASE_URL: optionalString.pipe(z.string().url().optional()),
   PGLITE_PORT: int(0),
+  /**
+   * Embedded PGlite only: its shared_buffers (PGlite's default 128MB). Size it to hold the vector indexes that
+   * must answer fast from the first query: an org's own HNSW index over 100k entries is ~391 MB.
+   */
+  PGLITE_SHARED_BUFFERS: optionalString.pipe(z.string().regex(/^[1-9][0-9]*(kB|MB|GB)$/, 'a size like 512MB or 1GB').optional()),
+  /** Embedded PGlite only: read the HNSW indexes that fit (3/4 of shared_buffers, orgs' own first) into memory at start. */
+  PGLITE_PREWARM: bool.default(true),
 
   GEMINI_API_KEY: optionalString,
   GEMINI_MODEL_FAST: z.string().default('gemini-2.5-flash'),

@@ -31,7 +31,7 @@ export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
   } finally {
     probe.disconnect();
   }
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: cfg.PGLITE_PREWARM, logger });
   try {
     await migrate(db.pool, { logger });
   } catch (err) {

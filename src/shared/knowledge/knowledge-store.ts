@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { ValidationError } from '../core/errors.js';
-import { embedChecked, toVectorSql, type EmbedFn } from './embedding.js';
+import { embedChecked, toVectorParam, type EmbedFn } from './embedding.js';
 import { checkDoc, embeddingText, isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from './knowledge-schemas.js';
 
 export interface UpsertResult {
@@ -90,7 +90,7 @@ async function writeBatch(pool: pg.Pool, table: KnowledgeTable, docs: KnowledgeD
       params.push(c === 'org_id' ? orgId : ((doc as Record<string, unknown>)[c] ?? null));
       return `$${params.length}`;
     });
-    params.push(toVectorSql(vectors[i]));
+    params.push(toVectorParam(vectors[i]));
     values.push(`$${params.length}::vector`);
     return `(${values.join(', ')})`;
   });

@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { ValidationError } from '../core/errors.js';
-import { embedChecked, toVectorSql, type EmbedFn } from './embedding.js';
+import { embedChecked, toVectorParam, type EmbedFn } from './embedding.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeTable } from './knowledge-schemas.js';
 
 export interface SearchResult {
@@ -28,7 +28,7 @@ export function createVectorSearch({ pool, embed }: { pool: pg.Pool; embed: Embe
     async search(opts: SearchOptions): Promise<SearchResult[]> {
       const { tables, limit, threshold } = validate(opts);
       const [vector] = await embedChecked(embed, [opts.query]);
-      const qv = toVectorSql(vector);
+      const qv = toVectorParam(vector);
       const filter = opts.filters && Object.keys(opts.filters).length ? JSON.stringify(opts.filters) : null;
       const perTable = await Promise.all(
         tables.map(async (table) => {

@@ -1,13 +1,18 @@
 import { mkdirSync } from 'node:fs';
 import { PGlite } from '@electric-sql/pglite';
+import { pageinspect } from '@electric-sql/pglite/contrib/pageinspect';
 import { vector } from '@electric-sql/pglite-pgvector';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import pg from 'pg';
+import { prewarmVectorIndexes, type PrewarmReport } from './embedded-prewarm.js';
 import { serialiseExtendedQueries } from './pglite-wire-queue.js';
 
 export interface EmbeddedPostgres {
   /** A `postgres://` URL that `pg` (in this or any other process on the machine) connects to. */
   url: string;
   db: PGlite;
+  /** With `prewarm`: settles when the vector indexes that fit are in shared_buffers (queries are served meanwhile). */
+  prewarmed?: Promise<PrewarmReport>;
   stop(): Promise<void>;
 }
 
@@ -19,24 +24,41 @@ export interface EmbeddedPostgres {
  * inside one.
  */
 export async function startEmbeddedPostgres(
-  opts: { dataDir?: string; port?: number; maxConnections?: number; sharedBuffers?: string } = {},
+  opts: { dataDir?: string; port?: number; maxConnections?: number; sharedBuffers?: string; prewarm?: boolean } = {},
 ): Promise<EmbeddedPostgres> {
   if (opts.dataDir) mkdirSync(opts.dataDir, { recursive: true });
   // shared_buffers is a startup setting: PGlite takes it among its backend's start parameters (the defaults kept).
   const startParams = opts.sharedBuffers ? { startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${opts.sharedBuffers}`] } : {};
-  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector }, ...startParams });
+  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector, pageinspect }, ...startParams });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
   const server = new PGLiteSocketServer({ db, port: opts.port ?? 0, host: '127.0.0.1', maxConnections: opts.maxConnections ?? 64 });
   serialiseExtendedQueries(server);
   await server.start();
   const conn = server.getServerConn();
   const port = Number(conn.split(':').pop());
+  const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres?sslmode=disable`;
+  const stopping = new AbortController();
+  const prewarmed = opts.prewarm ? prewarmThroughSocket(url, stopping.signal) : undefined;
   return {
-    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres?sslmode=disable`,
+    url,
     db,
+    prewarmed,
     async stop() {
+      // A prewarm still reading stops at its next chunk; closing under it would fail its query.
+      stopping.abort();
+      await prewarmed?.catch(() => undefined);
       await server.stop();
       await db.close();
     },
   };
+}
+
+async function prewarmThroughSocket(url: string, signal: AbortSignal): Promise<PrewarmReport> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await prewarmVectorIndexes(client, { signal });
+  } finally {
+    await client.end();
+  }
 }

@@ -25,6 +25,8 @@ export async function openDatabase(opts: {
   databaseUrl?: string;
   dataDir: string;
   pglitePort?: number;
+  pgliteSharedBuffers?: string;
+  pglitePrewarm?: boolean;
   logger: Logger;
   max?: number;
 }): Promise<Database> {
@@ -33,8 +35,21 @@ export async function openDatabase(opts: {
     return { pool, url: opts.databaseUrl, embedded: false, close: () => pool.end() };
   }
   const dataDir = join(opts.dataDir, 'pg');
-  const embedded = await startEmbeddedPostgres({ dataDir, port: opts.pglitePort || 0 });
-  opts.logger.info({ dataDir, port: new URL(embedded.url).port }, 'embedded PGlite started');
+  const embedded = await startEmbeddedPostgres({ dataDir, port: opts.pglitePort || 0, sharedBuffers: opts.pgliteSharedBuffers, prewarm: opts.pglitePrewarm });
+  opts.logger.info({ dataDir, port: new URL(embedded.url).port, ...(opts.pgliteSharedBuffers ? { sharedBuffers: opts.pgliteSharedBuffers } : {}) }, 'embedded PGlite started');
+  embedded.prewarmed?.then(
+    (r) => {
+      const pages = r.read.reduce((n, i) => n + i.pages, 0);
+      opts.logger.info({ indexes: r.read.map((i) => i.index), mb: Math.round((pages * 8) / 1024), ms: r.ms }, 'vector indexes read into shared_buffers');
+      if (r.skipped.length) {
+        opts.logger.warn(
+          { skipped: r.skipped.map((i) => ({ index: i.index, mb: Math.round((i.pages * 8) / 1024) })), budgetMb: Math.round((r.budgetPages * 8) / 1024) },
+          'vector indexes left out of the prewarm: they do not fit 3/4 of shared_buffers, so their first queries after a start read from disk; raise PGLITE_SHARED_BUFFERS',
+        );
+      }
+    },
+    (err: unknown) => opts.logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'prewarm of the vector indexes failed (queries are served, colder)'),
+  );
   const pool = createPool(embedded.url, { max: opts.max, logger: opts.logger });
   let closed = false;
   return {

@@ -6,6 +6,14 @@ import type { Logger } from '../../core/logger.js';
 import { tryLock, type OwnerLock } from './owner-lock.js';
 import { openDatabase, type Database } from './pool.js';
 
+interface EmbeddedOptions {
+  dataDir: string;
+  pglitePort?: number;
+  pgliteSharedBuffers?: string;
+  pglitePrewarm?: boolean;
+  logger: Logger;
+}
+
 interface Owner {
   pid: number;
   url: string;
@@ -49,7 +57,7 @@ async function answers(url: string): Promise<boolean> {
  * (`npm run worker` beside `npm run api`, the CLIs) waits for that file and connects through the socket,
  * so all of them read and write the same database.
  */
-export async function openSharedDatabase(opts: { databaseUrl?: string; dataDir: string; pglitePort?: number; logger: Logger }): Promise<Database> {
+export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?: string }): Promise<Database> {
   if (opts.databaseUrl) return openDatabase(opts);
   mkdirSync(opts.dataDir, { recursive: true });
   const lockFile = join(opts.dataDir, 'pglite.lock');
@@ -80,7 +88,7 @@ export async function openSharedDatabase(opts: { databaseUrl?: string; dataDir: 
   }
 }
 
-async function own(opts: { dataDir: string; pglitePort?: number; logger: Logger }, lock: OwnerLock, ownerFile: string): Promise<Database> {
+async function own(opts: EmbeddedOptions, lock: OwnerLock, ownerFile: string): Promise<Database> {
   if (lock.tookOverFrom !== undefined) opts.logger.warn({ deadOwnerPid: lock.tookOverFrom }, 'took over the embedded PGlite lock of a process that is gone');
   // A crash that skips close() still frees the lock for the next process at once (a SIGKILL leaves it
   // behind, and the next process takes it over).

@@ -1,0 +1,79 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+
+// No Docker engine here, but the machine's own PostgreSQL (Debian's, contrib included like the pgvector
+// image's) can run the compose file's postgres command, so its settings are checked by a real server.
+const compose = readFileSync(new URL('../docker-compose.yml', import.meta.url), 'utf8');
+
+/** The postgres service's command, with compose's `${VAR:-default}` replaced by the default. */
+function composePostgresCommand(): string[] {
+  const service = compose.slice(compose.indexOf('\n  postgres:'));
+  const line = /^\s+command: (\[.*\])$/m.exec(service);
+  if (!line) throw new Error('docker-compose.yml: the postgres service has no command');
+  return (JSON.parse(line[1]) as string[]).map((a) => a.replace(/\$\{[A-Z_]+:-([^}]*)\}/g, '$1'));
+}
+
+function postgresBin(): string {
+  const versions = readdirSync('/usr/lib/postgresql').sort((a, b) => Number(b) - Number(a));
+  if (!versions.length) throw new Error('no PostgreSQL under /usr/lib/postgresql: this test needs the machine\'s server');
+  return join('/usr/lib/postgresql', versions[0], 'bin');
+}
+
+describe('docker-compose.yml postgres service, run by a real PostgreSQL', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'agentq-compose-pg-'));
+  const data = join(dir, 'data');
+  let server: ReturnType<typeof spawn> | undefined;
+  afterAll(async () => {
+    if (server && server.exitCode === null) {
+      const exited = new Promise((r) => server!.once('exit', r));
+      // The postmaster itself (runuser passes SIGTERM on, not SIGINT): a fast shutdown.
+      const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+      process.kill(pid, 'SIGINT');
+      await exited;
+    }
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('starts with its shared_buffers and pg_prewarm\'s autoprewarm, which dumps the cached blocks a restart reloads', async () => {
+    const cmd = composePostgresCommand();
+    expect(cmd[0]).toBe('postgres');
+    const bin = postgresBin();
+    // Postgres refuses to run as root: as the machine's postgres user, like the image's entrypoint.
+    const asPostgres = process.getuid?.() === 0 ? ['runuser', '-u', 'postgres', '--'] : [];
+    chmodSync(dir, 0o777);
+    const init = spawnSync(asPostgres[0] ?? join(bin, 'initdb'), [...asPostgres.slice(1), ...(asPostgres.length ? [join(bin, 'initdb')] : []), '-D', data, '-A', 'trust', '-U', 'agentq'], { encoding: 'utf8' });
+    expect(init.status, init.stderr).toBe(0);
+    // No TCP (listen_addresses empty): the port only names the socket file in the private dir.
+    const port = 5432;
+    const args = [join(bin, 'postgres'), '-D', data, '-k', dir, '-p', String(port), '-c', "listen_addresses=", ...cmd.slice(1)];
+    server = spawn(asPostgres[0] ?? args[0], [...asPostgres.slice(1), ...(asPostgres.length ? args : args.slice(1))], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    let client!: pg.Client;
+    await expect
+      .poll(
+        async () => {
+          client = new pg.Client({ host: dir, port, user: 'agentq', database: 'postgres' });
+          return client.connect().then(() => true, () => false);
+        },
+        { timeout: 30_000, interval: 200 },
+      )
+      .toBe(true);
+    try {
+      expect((await client.query('SHOW shared_buffers')).rows[0].shared_buffers).toBe('1GB');
+      expect((await client.query('SHOW shared_preload_libraries')).rows[0].shared_preload_libraries).toBe('pg_prewarm');
+      expect((await client.query('SHOW pg_prewarm.autoprewarm')).rows[0]['pg_prewarm.autoprewarm']).toBe('on');
+      // What a restart reloads: the list of cached blocks, dumped to the data dir (every 300 s by the worker).
+      await client.query('CREATE EXTENSION pg_prewarm');
+      expect(Number((await client.query('SELECT autoprewarm_dump_now() AS n')).rows[0].n)).toBeGreaterThan(0);
+      expect(existsSync(join(data, 'autoprewarm.blocks'))).toBe(true);
+    } finally {
+      await client.end();
+    }
+    expect(stderr).not.toMatch(/FATAL|PANIC/);
+  });
+});
