@@ -40,7 +40,7 @@ export async function openDatabase(opts: {
   embedded.prewarmed?.then(
     (r) => {
       const pages = r.read.reduce((n, i) => n + i.pages, 0);
-      opts.logger.info({ indexes: r.read.map((i) => i.index), mb: Math.round((pages * 8) / 1024), ms: r.ms }, 'vector indexes read into shared_buffers');
+      if (r.read.length) opts.logger.info({ indexes: r.read.map((i) => i.index), mb: Math.round((pages * 8) / 1024), ms: r.ms }, 'vector indexes read into shared_buffers');
       if (r.skipped.length) {
         opts.logger.warn(
           { skipped: r.skipped.map((i) => ({ index: i.index, mb: Math.round((i.pages * 8) / 1024) })), budgetMb: Math.round((r.budgetPages * 8) / 1024) },
