@@ -53,16 +53,10 @@ describe('docker-compose.yml postgres service, run by a real PostgreSQL', () => 
     server = spawn(asPostgres[0] ?? args[0], [...asPostgres.slice(1), ...(asPostgres.length ? args : args.slice(1))], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    let client!: pg.Client;
-    await expect
-      .poll(
-        async () => {
-          client = new pg.Client({ host: dir, port, user: 'agentq', database: 'postgres' });
-          return client.connect().then(() => true, () => false);
-        },
-        { timeout: 30_000, interval: 200 },
-      )
-      .toBe(true);
+    // Connect once the server says it is ready (an earlier attempt would be refused with a FATAL line).
+    await expect.poll(() => stderr, { timeout: 30_000, interval: 100 }).toMatch(/database system is ready to accept connections/);
+    const client = new pg.Client({ host: dir, port, user: 'agentq', database: 'postgres' });
+    await client.connect();
     try {
       expect((await client.query('SHOW shared_buffers')).rows[0].shared_buffers).toBe('1GB');
       expect((await client.query('SHOW shared_preload_libraries')).rows[0].shared_preload_libraries).toBe('pg_prewarm');
