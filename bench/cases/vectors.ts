@@ -1,6 +1,6 @@
 import { createSemanticCache } from '../../src/shared/cache/semantic-cache.js';
 import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
-import { toVectorParam } from '../../src/shared/knowledge/embedding.js';
+import { toVectorParam, toVectorSql } from '../../src/shared/knowledge/embedding.js';
 import { createVectorSearch } from '../../src/shared/knowledge/vector-search.js';
 import type { BenchContext } from '../lib/context.js';
 import { functionSettings, sizedEfSearch, withSettings } from '../lib/pg-settings.js';
@@ -276,5 +276,36 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     mirrorCorpus(fits);
     report(table, fits, await measure(table, fits));
   }
+  details.vectorParams = await measureVectorParams(ctx);
   ctx.details.vectors = { loads, results: details };
+}
+
+/**
+ * What sending a `$n::vector` parameter costs the database, as text (pgvector's decimal form, which the
+ * server parses) and as pgvector's binary form (`toVectorParam`, what agentq sends), for a DENSE 768-dim
+ * vector like a real Gemini embedding (the emulator's sparse ones parse fast either way). Alternated in
+ * blocks of 50 so load falls on both alike.
+ */
+async function measureVectorParams(ctx: BenchContext) {
+  const dense = Array.from({ length: 768 }, (_, i) => Math.sin(i * 0.37 + 0.1) / 27.7);
+  const forms = { text: toVectorSql(dense), binary: toVectorParam(dense) };
+  const ms: Record<keyof typeof forms, number[]> = { text: [], binary: [] };
+  for (let block = 0; block < 8; block++) {
+    for (const form of (block % 2 ? ['binary', 'text'] : ['text', 'binary']) as (keyof typeof forms)[]) {
+      for (let i = 0; i < 50; i++) {
+        const t = performance.now();
+        await ctx.b.pool.query('SELECT vector_dims($1::vector)', [forms[form]]);
+        if (block > 0) ms[form].push(performance.now() - t);
+      }
+    }
+  }
+  const r = { textP50: percentile(ms.text, 50), binaryP50: percentile(ms.binary, 50), textP95: percentile(ms.text, 95), binaryP95: percentile(ms.binary, 95), calls: ms.text.length };
+  ctx.add({
+    case: '6 semantic cache / RAG (768-dim HNSW)',
+    name: 'a dense 768-dim vector parameter, text vs binary (what agentq sends), p50',
+    value: `${round(r.textP50, 3)} vs ${round(r.binaryP50, 3)}`,
+    unit: 'ms',
+    note: `SELECT vector_dims($1::vector) through the embedded PGlite's socket, ${r.calls} calls each after a warm-up block, alternated in blocks of 50; p95 ${round(r.textP95, 3)} vs ${round(r.binaryP95, 3)} ms`,
+  });
+  return r;
 }
