@@ -26,7 +26,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
   const dir = mkdtempSync(join(tmpdir(), 'agentq-prewarm-'));
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('reads the HNSW indexes that fit into shared_buffers at start, an org\'s own first, so the first query reads nothing from disk', async () => {
+  it('reads the HNSW indexes that fit into shared_buffers at start, an org\'s own first, so the first query reads no index page from disk', async () => {
     const first = await startEmbeddedPostgres({ dataDir: dir });
     try {
       await first.db.exec(`CREATE TABLE docs (id int PRIMARY KEY, org text NOT NULL, embedding vector(768) NOT NULL)`);
