@@ -1,9 +1,8 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
-import { prewarmVectorIndexes } from '../src/shared/infra/db/embedded-prewarm.js';
+import { prewarmVectorIndexesAt } from '../src/shared/infra/db/embedded-prewarm.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { toVectorSql } from '../src/shared/knowledge/embedding.js';
 import { hashEmbedOne } from './helpers/hash-embed.js';
@@ -74,9 +73,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
     // 16MB of shared_buffers: a 0.75 budget of 1,536 pages; the two indexes above need more than a tiny share.
     const db = await startEmbeddedPostgres({ dataDir: dir, sharedBuffers: '16MB' });
     try {
-      const client = new pg.Client({ connectionString: db.url });
-      await client.connect();
-      const report = await prewarmVectorIndexes(client, { budgetShare: 0.01 }).finally(() => client.end());
+      const report = await prewarmVectorIndexesAt(db.url, { budgetShare: 0.01 });
       expect(report.budgetPages).toBe(Math.floor(2048 * 0.01));
       expect(report.read).toEqual([]);
       expect(report.skipped.map((s) => s.index).sort()).toEqual(['docs_embedding_idx', 'docs_org_0123456789abcdef_hnsw']);

@@ -230,7 +230,8 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
     });
     // The org's own index: the query match_documents EXECUTEs for it (migrations 015, 017), the org a literal and
     // the order by the index's expression.
-    const OWN = ANN.replace('f.org_id = $2', `f.org_id = '${BIG}'`).replace('ORDER BY f.embedding', 'ORDER BY (l2_normalize(f.embedding)::vector(768))');
+    const ownOrder = (await b.pool.query<{ o: string }>("SELECT vector_tenant_order_by($1, 'f') AS o", [own])).rows[0].o;
+    const OWN = ANN.replace('f.org_id = $2', `f.org_id = '${BIG}'`).replace('ORDER BY f.embedding', `ORDER BY ${ownOrder}`);
     const ownLever = (ef: number) => ({
       label: `own index, ef_search ${ef}, strict_order`,
       settings: { enable_sort: 'off', 'hnsw.ef_search': String(ef), 'hnsw.iterative_scan': 'strict_order', 'hnsw.max_scan_tuples': '20000' },

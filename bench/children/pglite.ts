@@ -7,9 +7,8 @@
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pgClient from 'pg';
 import { startEmbeddedPostgres } from '../../src/shared/infra/db/embedded-postgres.js';
-import { prewarmVectorIndexes } from '../../src/shared/infra/db/embedded-prewarm.js';
+import { prewarmVectorIndexesAt } from '../../src/shared/infra/db/embedded-prewarm.js';
 import { embedText } from '../../dev/gemini-emulator/embedder.js';
 import { serveParent, toParent } from '../lib/child.js';
 import { corpusText, vectorLiteral } from '../lib/corpus.js';
@@ -126,22 +125,12 @@ async function loadCorpus(r: LoadRequest) {
   return { rows: r.to - r.from, embedMs: Math.round(embedMs), insertMs: Math.round(inserted - started - embedMs), indexMs: Math.round(indexed - inserted) };
 }
 
-/** What the embedded database does at start (PGLITE_PREWARM), on demand: once the indexes exist, as at a restart. */
-async function prewarm() {
-  const client = new pgClient.Client({ connectionString: pg.url });
-  await client.connect();
-  try {
-    return await prewarmVectorIndexes(client);
-  } finally {
-    await client.end();
-  }
-}
-
 serveParent(async (msg) => {
   if (msg.cmd === 'loadCorpus') return loadCorpus(msg as LoadRequest);
   if (msg.cmd === 'loadState') return keptDir ? loadState(msg as LoadState) : null;
   if (msg.cmd === 'resetLoad') return resetLoad();
-  if (msg.cmd === 'prewarm') return prewarm();
+  // What the embedded database does at start (PGLITE_PREWARM), on demand: once the indexes exist, as at a restart.
+  if (msg.cmd === 'prewarm') return prewarmVectorIndexesAt(pg.url);
   if (msg.cmd === 'markLoaded') return keptDir ? markLoaded(msg as LoadState & { figures: unknown }) : null;
   throw new Error(`unknown command ${msg.cmd}`);
 });

@@ -3,8 +3,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { pageinspect } from '@electric-sql/pglite/contrib/pageinspect';
 import { vector } from '@electric-sql/pglite-pgvector';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
-import pg from 'pg';
-import { prewarmVectorIndexes, type PrewarmReport } from './embedded-prewarm.js';
+import { prewarmVectorIndexesAt, type PrewarmReport } from './embedded-prewarm.js';
 import { serialiseExtendedQueries } from './pglite-wire-queue.js';
 
 export interface EmbeddedPostgres {
@@ -38,7 +37,7 @@ export async function startEmbeddedPostgres(
   const port = Number(conn.split(':').pop());
   const url = `postgres://postgres:postgres@127.0.0.1:${port}/postgres?sslmode=disable`;
   const stopping = new AbortController();
-  const prewarmed = opts.prewarm ? prewarmThroughSocket(url, stopping.signal) : undefined;
+  const prewarmed = opts.prewarm ? prewarmVectorIndexesAt(url, { signal: stopping.signal }) : undefined;
   return {
     url,
     db,
@@ -51,14 +50,4 @@ export async function startEmbeddedPostgres(
       await db.close();
     },
   };
-}
-
-async function prewarmThroughSocket(url: string, signal: AbortSignal): Promise<PrewarmReport> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return await prewarmVectorIndexes(client, { signal });
-  } finally {
-    await client.end();
-  }
 }

@@ -1,4 +1,4 @@
-import type pg from 'pg';
+import pg from 'pg';
 
 export interface PrewarmedIndex {
   index: string;
@@ -59,4 +59,15 @@ export async function prewarmVectorIndexes(db: pg.ClientBase, opts: { budgetShar
   }
   report.ms = Math.round(performance.now() - started);
   return report;
+}
+
+/** prewarmVectorIndexes on a connection of its own to the database at `url`, closed after. */
+export async function prewarmVectorIndexesAt(url: string, opts: { budgetShare?: number; signal?: AbortSignal } = {}): Promise<PrewarmReport> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await prewarmVectorIndexes(client, opts);
+  } finally {
+    await client.end();
+  }
 }
