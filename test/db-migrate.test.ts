@@ -1,10 +1,10 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { migrate, MigrationError, MIGRATIONS_DIR } from '../src/shared/infra/db/migrate.js';
+import { migrate, MigrationError, MIGRATIONS_DIR, REPEATABLE_SUBDIR } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
 
@@ -18,6 +18,7 @@ describe('migrate', () => {
   const tempDir = (files: Record<string, string>) => {
     const dir = mkdtempSync(join(tmpdir(), 'agentq-mig-'));
     dirs.push(dir);
+    mkdirSync(join(dir, REPEATABLE_SUBDIR));
     for (const [name, sql] of Object.entries(files)) writeFileSync(join(dir, name), sql);
     return dir;
   };
@@ -47,6 +48,47 @@ describe('migrate', () => {
     }
     const idx = await pool.query("SELECT count(*)::int AS n FROM pg_indexes WHERE indexdef ILIKE '%USING hnsw (embedding vector_cosine_ops)%'");
     expect(idx.rows[0].n).toBeGreaterThanOrEqual(4);
+    // The repeatable definitions, recorded as <revision>:<sha256>; the function in force is the file's.
+    const repeatable = readdirSync(join(MIGRATIONS_DIR, REPEATABLE_SUBDIR)).filter((f) => f.endsWith('.sql'));
+    expect(repeatable).toEqual(expect.arrayContaining(['match_documents.sql', 'semantic_cache_nearest.sql']));
+    for (const f of repeatable) {
+      const text = readFileSync(join(MIGRATIONS_DIR, REPEATABLE_SUBDIR, f), 'utf8');
+      const revision = /^-- revision: (\d+)$/m.exec(text)![1];
+      const { rows: rec } = await pool.query('SELECT checksum FROM schema_migrations WHERE name = $1', [`${REPEATABLE_SUBDIR}/${f}`]);
+      expect(rec[0]?.checksum).toBe(`${revision}:${createHash('sha256').update(text).digest('hex')}`);
+    }
+    const body = (await pool.query("SELECT prosrc FROM pg_proc WHERE proname = 'match_documents'")).rows[0].prosrc as string;
+    expect(readFileSync(join(MIGRATIONS_DIR, REPEATABLE_SUBDIR, 'match_documents.sql'), 'utf8')).toContain(body.trim());
+  });
+
+  it('applies a repeatable file after the versioned ones, again when its revision rises, never an older revision', async () => {
+    const fn = `${tag}_rep`;
+    const file = `${REPEATABLE_SUBDIR}/${tag}_rep.sql`;
+    const def = (revision: number, answer: string) => `-- revision: ${revision}\nCREATE OR REPLACE FUNCTION ${fn}() RETURNS text LANGUAGE sql AS $$ SELECT '${answer}' || (SELECT count(*) FROM ${tag}_rep_t)::text $$;`;
+    const answer = async () => (await pool.query(`SELECT ${fn}() AS a`)).rows[0].a as string;
+    // The function reads a table a versioned file creates: it only applies if the versioned files went first.
+    const dir = tempDir({ [`001_${tag}_rep_t.sql`]: `CREATE TABLE ${tag}_rep_t (id int);`, [file]: def(1, 'one') });
+    expect(await migrate(pool, { dir })).toEqual([`001_${tag}_rep_t.sql`, file]);
+    expect(await answer()).toBe('one0');
+    expect(await migrate(pool, { dir })).toEqual([]);
+    writeFileSync(join(dir, file), def(2, 'two'));
+    expect(await migrate(pool, { dir })).toEqual([file]);
+    expect(await answer()).toBe('two0');
+    // An older process (revision 1) starting after a newer one leaves the newer definition in force.
+    const older = tempDir({ [`001_${tag}_rep_t.sql`]: `CREATE TABLE ${tag}_rep_t (id int);`, [file]: def(1, 'one') });
+    expect(await migrate(pool, { dir: older })).toEqual([]);
+    expect(await answer()).toBe('two0');
+    // The same revision with other text is a mistake: refused, naming the file, and nothing changes.
+    writeFileSync(join(dir, file), def(2, 'changed'));
+    const err = await migrate(pool, { dir }).catch((e) => e);
+    expect(err).toBeInstanceOf(MigrationError);
+    expect(err.file).toBe(file);
+    expect(err.message).toMatch(/without raising its revision \(2\)/);
+    expect(await answer()).toBe('two0');
+    // A repeatable file without a revision line is refused before anything runs.
+    writeFileSync(join(dir, file), `CREATE OR REPLACE FUNCTION ${fn}() RETURNS text LANGUAGE sql AS $$ SELECT 'x' $$;`);
+    await expect(migrate(pool, { dir })).rejects.toThrow(/needs a "-- revision: N" line/);
+    expect(await answer()).toBe('two0');
   });
 
   it('applies files in name order, once each', async () => {
@@ -98,6 +140,7 @@ describe('migrate', () => {
     const files: Record<string, string> = {};
     files[`001_${tag}_c0.sql`] = `CREATE TABLE ${tag}_c (file text);`;
     for (let i = 1; i <= 4; i++) files[`00${i + 1}_${tag}_c${i}.sql`] = `INSERT INTO ${tag}_c VALUES ('c${i}');`;
+    files[`${REPEATABLE_SUBDIR}/${tag}_c.sql`] = `-- revision: 3\nINSERT INTO ${tag}_c VALUES ('repeatable');`;
     const dir = tempDir(files);
     const pools = Array.from({ length: 4 }, () => createPool(databaseUrl(), { max: 1 }));
     try {
@@ -105,7 +148,7 @@ describe('migrate', () => {
       const all = results.flat();
       expect(all.sort()).toEqual(Object.keys(files).sort());
       const { rows } = await pool.query(`SELECT file, count(*)::int AS n FROM ${tag}_c GROUP BY file ORDER BY file`);
-      expect(rows).toEqual([1, 2, 3, 4].map((i) => ({ file: `c${i}`, n: 1 })));
+      expect(rows).toEqual([...[1, 2, 3, 4].map((i) => ({ file: `c${i}`, n: 1 })), { file: 'repeatable', n: 1 }]);
     } finally {
       await Promise.all(pools.map((p) => p.end()));
     }

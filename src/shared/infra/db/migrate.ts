@@ -25,8 +25,16 @@ const CREATE_TABLE = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
+/** Current definitions (SQL functions) live here, one file each, applied again when their revision rises. */
+export const REPEATABLE_SUBDIR = 'repeatable';
+
 /**
- * Applies `dir/*.sql` in name order, each file in its own transaction, once. Returns the names applied.
+ * Applies `dir/*.sql` in name order, each file in its own transaction, once; then each `dir/repeatable/*.sql`
+ * whose `-- revision: N` is above the one last applied. Versioned files hold schema history; a function that
+ * several migrations change would otherwise be restated whole each time (CREATE OR REPLACE takes the whole
+ * body), so its one current definition is a repeatable file. The revision, not the text, decides, so an older
+ * process starting during a rolling deploy never puts back the definition a newer one applied.
+ * Returns the names applied (`repeatable/<file>` for those).
  *
  * Concurrency without advisory locks (PGlite multiplexes every connection into one session, where
  * session locks are re-entrant and exclude nothing): each transaction first claims its file with
@@ -56,6 +64,16 @@ export async function migrate(pool: pg.Pool, opts: { dir?: string; logger?: Logg
         opts.logger?.info({ migration: file }, 'migration applied');
       }
     }
+    for (const file of await repeatableFiles(dir)) {
+      const sql = await readFile(join(dir, file), 'utf8');
+      const mine = repeatableStamp(file, sql);
+      const prior = known.get(file);
+      if (prior !== undefined && !isNewer(file, mine, prior)) continue;
+      if (await applyRepeatable(client, file, sql, mine)) {
+        applied.push(file);
+        opts.logger?.info({ migration: file, revision: mine.revision }, 'repeatable migration applied');
+      }
+    }
   } catch (err) {
     // Discard the connection rather than pool it: destroying it also ends any transaction it still holds.
     client.release(true);
@@ -63,6 +81,14 @@ export async function migrate(pool: pg.Pool, opts: { dir?: string; logger?: Logg
   }
   client.release();
   return applied;
+}
+
+async function repeatableFiles(dir: string): Promise<string[]> {
+  const names = await readdir(join(dir, REPEATABLE_SUBDIR)).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return [] as string[];
+    throw err;
+  });
+  return names.filter((f) => f.endsWith('.sql')).sort().map((f) => `${REPEATABLE_SUBDIR}/${f}`);
 }
 
 async function ensureTable(client: pg.PoolClient) {
@@ -96,6 +122,64 @@ async function applyOne(client: pg.PoolClient, file: string, sql: string, checks
   if (claimed) {
     await rollback(client);
     if (claimed.checksum !== checksum) throw new MigrationError(file, 'checksum mismatch: applied concurrently with different content');
+    return false;
+  }
+  try {
+    await client.query('COMMIT');
+  } catch (err) {
+    throw new MigrationError(file, (err as Error).message);
+  }
+  return true;
+}
+
+interface Stamp {
+  revision: number;
+  /** What schema_migrations.checksum holds for a repeatable file: `<revision>:<sha256>`. */
+  value: string;
+}
+
+function repeatableStamp(file: string, sql: string): Stamp {
+  const m = /^-- revision: (\d+)\s*$/m.exec(sql);
+  if (!m) throw new MigrationError(file, 'a repeatable migration needs a "-- revision: N" line');
+  const revision = Number(m[1]);
+  return { revision, value: `${revision}:${sha256(sql)}` };
+}
+
+/** Whether `mine` should replace the applied `prior`; the same revision with other text is a mistake, refused. */
+function isNewer(file: string, mine: Stamp, prior: string): boolean {
+  const priorRevision = Number(prior.slice(0, prior.indexOf(':')));
+  if (mine.revision === priorRevision && mine.value !== prior) {
+    throw new MigrationError(file, `its text changed without raising its revision (${mine.revision})`);
+  }
+  return mine.revision > priorRevision;
+}
+
+/**
+ * The claim updates the row only to a higher revision: a concurrent claimer blocks on the row (Postgres) or
+ * waits its turn (PGlite), then finds the revision already there (0 rows), rolls back and skips.
+ */
+async function applyRepeatable(client: pg.PoolClient, file: string, sql: string, mine: Stamp): Promise<boolean> {
+  await client.query('BEGIN');
+  let current: string | undefined;
+  try {
+    const claim = await client.query(
+      `INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)
+       ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()
+       WHERE split_part(schema_migrations.checksum, ':', 1)::int < $3 RETURNING name`,
+      [file, mine.value, mine.revision],
+    );
+    if (claim.rowCount === 0) {
+      current = (await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file])).rows[0]?.checksum;
+    } else {
+      await client.query(sql);
+    }
+  } catch (err) {
+    await rollback(client);
+    throw new MigrationError(file, (err as Error).message);
+  }
+  if (current !== undefined) {
+    await rollback(client);
+    isNewer(file, mine, current); // throws on the same revision with other text
     return false;
   }
   try {
