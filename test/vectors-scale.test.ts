@@ -239,8 +239,16 @@ describe('vectors at scale', () => {
    */
   async function scansDuring(indexes: string[], sql: string, params: unknown[]) {
     const client = await pool.connect();
+    // Per index: scans started and index entries returned (pgvector counts each candidate its walk hands out).
     const count = async () =>
-      (await client.query<{ n: string[] }>('SELECT array_agg(pg_stat_get_xact_numscans(to_regclass(i))::text ORDER BY o) AS n FROM unnest($1::text[]) WITH ORDINALITY u(i, o)', [indexes])).rows[0].n.map(Number);
+      (
+        await client.query<{ n: string[]; t: string[] }>(
+          `SELECT array_agg(pg_stat_get_xact_numscans(to_regclass(i))::text ORDER BY o) AS n,
+                  array_agg(pg_stat_get_xact_tuples_returned(to_regclass(i))::text ORDER BY o) AS t
+           FROM unnest($1::text[]) WITH ORDINALITY u(i, o)`,
+          [indexes],
+        )
+      ).rows[0];
     try {
       await client.query('BEGIN');
       await client.query("SELECT set_config('plan_cache_mode', 'force_generic_plan', true)");
@@ -248,11 +256,43 @@ describe('vectors at scale', () => {
       const { rows } = await client.query(sql, params);
       const after = await count();
       await client.query('COMMIT');
-      return { rows, scans: Object.fromEntries(indexes.map((ix, k) => [ix, after[k] - before[k]])) };
+      const delta = (key: 'n' | 't') => Object.fromEntries(indexes.map((ix, k) => [ix, Number(after[key][k]) - Number(before[key][k])]));
+      return { rows, scans: delta('n'), tuples: delta('t') };
     } finally {
       client.release();
     }
   }
+
+  it('a similarity threshold no neighbour reaches ends the HNSW walk at match_count rows (shared and own index), with the same rows', async () => {
+    const shared = 'chat_facts_embedding_idx';
+    const own = (await pool.query<{ idx: string }>("SELECT vector_tenant_index_name('chat_facts', $1) AS idx", [BIG])).rows[0].idx;
+    const fn = "SELECT metadata, similarity FROM match_documents($1::vector, 'chat_facts', $2, $3, 10)";
+    const check = async (index: string) => {
+      for (const i of [3, 299]) {
+        const q = toVectorSql(hashEmbedOne(`${text(i)} runway`));
+        const all = await scansDuring([index], fn, [q, BIG, -1]);
+        expect(all.rows).toHaveLength(10);
+        expect(all.scans[index]).toBe(1);
+        const sims = all.rows.map((r: { similarity: number }) => r.similarity);
+        // A threshold between the 4th and 5th best: the rows passing it are the first four of the unfiltered top 10.
+        const between = (sims[3] + sims[4]) / 2;
+        const some = await scansDuring([index], fn, [q, BIG, between]);
+        expect(some.rows, index).toEqual(all.rows.slice(0, 4));
+        // Above every row: nothing passes. Before revision 1 of match_documents this walked the whole index
+        // (max_scan_tuples 20,000 is above this corpus), one candidate per row of every org in it.
+        const none = await scansDuring([index], fn, [q, BIG, Math.min(1, sims[0] + 0.01)]);
+        expect(none.rows).toEqual([]);
+        for (const r of [some, none]) expect(r.tuples[index], `${index}: entries read, threshold -1 read ${all.tuples[index]}`).toBeLessThanOrEqual(all.tuples[index]);
+      }
+    };
+    await check(shared);
+    await pool.query("SELECT vector_tenant_index_create('chat_facts', $1, '64MB')", [BIG]);
+    try {
+      await check(own);
+    } finally {
+      await pool.query("SELECT vector_tenant_index_drop('chat_facts', $1)", [BIG]);
+    }
+  });
 
   it('a tenant with its own index (vector_tenant_index_create) is walked through it, with the org as a literal; other tenants keep their plans', async () => {
     const params: unknown[] = [];

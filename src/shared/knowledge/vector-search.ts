@@ -22,6 +22,9 @@ export interface SearchOptions {
   filters?: Record<string, string>;
 }
 
+/** The minimum cosine similarity of a search that names none. */
+export const DEFAULT_SEARCH_THRESHOLD = 0.7;
+
 /** Embeds the query once and merges match_documents over the requested tables, best first. */
 export function createVectorSearch({ pool, embed }: { pool: pg.Pool; embed: EmbedFn }) {
   return {
@@ -60,7 +63,7 @@ function validate(opts: SearchOptions): { tables: KnowledgeTable[]; limit: numbe
   if (tables.length === 0) details.push({ path: 'tables', message: 'must name at least one table' });
   const limit = opts.limit ?? 10;
   if (!Number.isInteger(limit) || limit < 1 || limit > 100) details.push({ path: 'limit', message: 'must be an integer 1..100' });
-  const threshold = opts.threshold ?? 0.7;
+  const threshold = opts.threshold ?? DEFAULT_SEARCH_THRESHOLD;
   if (typeof threshold !== 'number' || !(threshold >= -1 && threshold <= 1)) details.push({ path: 'threshold', message: 'must be a number -1..1' });
   if (opts.filters !== undefined) {
     for (const [k, v] of Object.entries(opts.filters)) {
