@@ -19,6 +19,7 @@ import { tracingCase } from './cases/tracing.js';
 import { tiersCase } from './cases/tiers.js';
 import { vectorsCase } from './cases/vectors.js';
 import { vectorsLargeCase } from './cases/vectors-large.js';
+import { vectorsLargeCacheCase } from './cases/vectors-large-cache.js';
 import type { BenchCase, BenchContext } from './lib/context.js';
 import { startBenchInfra } from './lib/infra.js';
 import { machineInfo, writeReport, type BenchReport, type Figure } from './lib/report.js';
@@ -44,6 +45,8 @@ const CASES: BenchCase[] = [
   { name: 'vectors', run: vectorsCase },
   // Opt in only (BENCH_ONLY=vectors-large): loads 2 x 100k vectors, far beyond the 10-minute budget.
   { name: 'vectors-large', run: vectorsLargeCase, optIn: true },
+  // Opt in only (BENCH_ONLY=vectors-large-cache): the semantic cache at 2 x 100k entries.
+  { name: 'vectors-large-cache', run: vectorsLargeCacheCase, optIn: true },
 ];
 
 async function main(): Promise<number> {

@@ -129,6 +129,20 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     );
     return { ids: rows.map((r) => r.ext), ms };
   }
+  /**
+   * The same walk with the threshold as a scan qual, as match_documents ran it before its revision 1: a query
+   * with fewer than 10 rows above the threshold keeps the iterative scan going to max_scan_tuples.
+   */
+  const QUAL_QUERIES = 20;
+  async function thresholdInScan(vec: Buffer, threshold: number): Promise<{ rows: number; ms: number }> {
+    const { rows, ms } = await withSettings<{ ext: string }>(
+      b.pool,
+      { ...ragSettings, enable_sort: 'off' },
+      'SELECT f.external_id AS ext FROM chat_facts f WHERE f.org_id = $2 AND (f.expires_at IS NULL OR f.expires_at > now()) AND 1 - (f.embedding <=> $1::vector) >= $3 ORDER BY f.embedding <=> $1::vector LIMIT 10',
+      [vec, ORG, threshold],
+    );
+    return { rows: rows.length, ms };
+  }
 
   async function measure(table: Table, size: number) {
     const queries = table === 'semantic_cache' ? SC_QUERIES : QUERIES;
@@ -152,6 +166,8 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
     let forcedRight = 0;
     const sqlExactMs: number[] = [];
     const thresholdMs: number[] = [];
+    const inScanMs: number[] = [];
+    let inScanSame = 0;
     let thresholdRows = 0;
     let thresholdSame = 0;
     for (let j = 0; j < queries; j++) {
@@ -192,6 +208,11 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
       thresholdRows += atDefault.rows.length;
       const passing = unfiltered.rows.filter((r) => r.similarity >= DEFAULT_SEARCH_THRESHOLD).map((r) => r.id);
       if (JSON.stringify(atDefault.rows.map((r) => r.id)) === JSON.stringify(passing)) thresholdSame++;
+      if (j < QUAL_QUERIES) {
+        const old = await thresholdInScan(vec, DEFAULT_SEARCH_THRESHOLD);
+        inScanMs.push(old.ms);
+        if (old.rows === passing.length) inScanSame++;
+      }
       t = performance.now();
       const exact = exactTop10(vectors[j], size);
       exactMs.push(performance.now() - t);
@@ -229,7 +250,9 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
       efSearch: ragSettings['hnsw.ef_search'] ?? '40 (pgvector default)',
       top1: top1Right / queries,
       forced: table === 'semantic_cache' ? { p50: percentile(forcedMs, 50), top1: forcedRight / queries } : undefined,
-      threshold: thresholdMs.length ? { p50: percentile(thresholdMs, 50), p95: percentile(thresholdMs, 95), rows: thresholdRows, same: thresholdSame } : undefined,
+      threshold: thresholdMs.length
+        ? { p50: percentile(thresholdMs, 50), p95: percentile(thresholdMs, 95), rows: thresholdRows, same: thresholdSame, inScanP50: percentile(inScanMs, 50), inScanP95: percentile(inScanMs, 95), inScanSame }
+        : undefined,
     };
     details[`${table}@${size}`] = r;
     ctx.log(`  ${table} ${size}: p50 ${round(r.p50, 2)} ms, p95 ${round(r.p95, 2)} ms (SQL only p50 ${round(r.sqlP50, 2)} ms)${r.recall !== undefined ? `, recall@10 ${round(r.recall, 3)}` : ''}, HNSW in plan: ${hnsw}`);
@@ -257,7 +280,7 @@ export async function vectorsCase(ctx: BenchContext): Promise<void> {
         .join('; ');
       const sanity = r.exactAgreesWithSql === undefined ? '' : `; the brute-force truth agreed with SQL's exact scan on ${round(100 * r.exactAgreesWithSql, 0)}% of 50 neighbours`;
       if (r.threshold) {
-        ctx.add({ case: tc, name: `RAG SQL at threshold ${DEFAULT_SEARCH_THRESHOLD} (vectorSearch's default), ${size.toLocaleString('en')} entries, p50 / p95`, value: `${round(r.threshold.p50, 2)} / ${round(r.threshold.p95, 2)}`, unit: 'ms', target: 'p95 <= 20', met: r.threshold.p95 <= 20, note: `match_documents alone, right after the unfiltered call; ${r.threshold.rows} rows passed over ${QUERIES} queries; the rows equal the unfiltered top 10's passing ones in ${r.threshold.same} of ${QUERIES}` });
+        ctx.add({ case: tc, name: `RAG SQL at threshold ${DEFAULT_SEARCH_THRESHOLD} (vectorSearch's default), ${size.toLocaleString('en')} entries, p50 / p95`, value: `${round(r.threshold.p50, 2)} / ${round(r.threshold.p95, 2)}`, unit: 'ms', target: 'p95 <= 20', met: r.threshold.p95 <= 20, note: `match_documents alone, right after the unfiltered call; ${r.threshold.rows} rows passed over ${QUERIES} queries; the rows equal the unfiltered top 10's passing ones in ${r.threshold.same} of ${QUERIES}. The threshold as a scan qual (match_documents before its revision 1, same settings), first ${QUAL_QUERIES} queries: p50 ${round(r.threshold.inScanP50, 2)} / p95 ${round(r.threshold.inScanP95, 2)} ms, as many rows in ${r.threshold.inScanSame} of ${QUAL_QUERIES}` });
       }
       ctx.add({ case: tc, name: `RAG recall@10 vs exact scan, ${size.toLocaleString('en')} entries`, value: round(r.recall, 3), unit: '', target: '>= 0.95', met: r.recall >= 0.95, note: `${QUERIES} queries through match_documents as migrated (hnsw.ef_search ${r.efSearch}); the same query at ${others}${sanity}` });
     }

@@ -28,24 +28,30 @@ const pg = await startEmbeddedPostgres({ dataDir: dir, ...(process.env.BENCH_PG_
 /**
  * The record of a complete vectors-large load in a kept data dir: written only after the last row, the
  * index build and ANALYZE, so a load that died half-way leaves no row and the next run loads again.
+ * One marker table per loaded table (vectors-large: chat_facts; vectors-large-cache: semantic_cache).
  */
-const MARKER = `CREATE TABLE IF NOT EXISTS bench_vectors_load (
+const MARKERS = { chat_facts: 'bench_vectors_load', semantic_cache: 'bench_vectors_cache_load' } as const;
+type LoadedTable = keyof typeof MARKERS;
+const marker = (table: LoadedTable) => `CREATE TABLE IF NOT EXISTS ${MARKERS[table]} (
   n int NOT NULL, orgs int NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now(), figures jsonb NOT NULL,
   PRIMARY KEY (n, orgs))`;
 
 interface LoadState {
   n: number;
   orgs: number;
+  table?: LoadedTable;
 }
 
 /** The complete load of this shape in the data dir (its figures and when it was measured), or null. */
 async function loadState(r: LoadState) {
-  await pg.db.exec(MARKER);
+  const table = r.table ?? 'chat_facts';
+  await pg.db.exec(marker(table));
   const { rows } = await pg.db.query<{ loaded_at: Date; figures: unknown; rows: number; indexed: boolean }>(
     `SELECT m.loaded_at, m.figures,
-            (SELECT count(*)::int FROM chat_facts) AS rows,
-            to_regclass('chat_facts_embedding_idx') IS NOT NULL AS indexed
-     FROM bench_vectors_load m WHERE m.n = $1 AND m.orgs = $2`,
+            (SELECT count(*)::int FROM ${table}) AS rows,
+            -- chat_facts' load ends with the shared index; semantic_cache's builds none (its case says why).
+            ${table === 'chat_facts' ? "to_regclass('chat_facts_embedding_idx') IS NOT NULL" : 'true'} AS indexed
+     FROM ${MARKERS[table]} m WHERE m.n = $1 AND m.orgs = $2`,
     [r.n, r.orgs],
   );
   const m = rows[0];
@@ -54,14 +60,19 @@ async function loadState(r: LoadState) {
   return { loadedAt: new Date(m.loaded_at).toISOString(), figures: m.figures };
 }
 
-/** Empties what a previous, incomplete load left, before loading again. */
-async function resetLoad() {
-  await pg.db.exec(MARKER);
-  await pg.db.exec('TRUNCATE bench_vectors_load; DROP INDEX IF EXISTS chat_facts_embedding_idx; TRUNCATE chat_facts CASCADE');
+/**
+ * Empties what a previous, incomplete load left, before loading again; `org`'s own index goes too (rows
+ * inserted under an HNSW index cost ~18 ms each in PGlite).
+ */
+async function resetLoad(r: { table?: LoadedTable; org?: string }) {
+  const table = r.table ?? 'chat_facts';
+  await pg.db.exec(marker(table));
+  if (r.org) await pg.db.query('SELECT vector_tenant_index_drop($1, $2)', [table, r.org]);
+  await pg.db.exec(`TRUNCATE ${MARKERS[table]}; DROP INDEX IF EXISTS ${table}_embedding_idx; TRUNCATE ${table} CASCADE`);
 }
 
 async function markLoaded(r: LoadState & { figures: unknown }) {
-  await pg.db.query('INSERT INTO bench_vectors_load (n, orgs, figures) VALUES ($1, $2, $3::jsonb)', [r.n, r.orgs, JSON.stringify(r.figures)]);
+  await pg.db.query(`INSERT INTO ${MARKERS[r.table ?? 'chat_facts']} (n, orgs, figures) VALUES ($1, $2, $3::jsonb)`, [r.n, r.orgs, JSON.stringify(r.figures)]);
   // On disk before anyone relies on it, whatever happens to this process next.
   await pg.db.exec('CHECKPOINT');
 }
@@ -103,7 +114,7 @@ async function loadCorpus(r: LoadRequest) {
         tuples.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}::vector)`);
       } else {
         const s = r.scope!;
-        params.push(r.orgId, s.agent, s.action, s.model, s.promptVersion, text, vec, JSON.stringify({ doc: i }));
+        params.push(r.orgs ? `${r.orgId}-${i % r.orgs}` : r.orgId, s.agent, s.action, s.model, s.promptVersion, text, vec, JSON.stringify({ doc: i }));
         const b = params.length - 8;
         tuples.push(`($${b + 1}, $${b + 2}, $${b + 3}, $${b + 4}, $${b + 5}, $${b + 6}, $${b + 7}::vector, $${b + 8}::jsonb, now() + interval '1 day')`);
       }
@@ -128,7 +139,7 @@ async function loadCorpus(r: LoadRequest) {
 serveParent(async (msg) => {
   if (msg.cmd === 'loadCorpus') return loadCorpus(msg as LoadRequest);
   if (msg.cmd === 'loadState') return keptDir ? loadState(msg as LoadState) : null;
-  if (msg.cmd === 'resetLoad') return resetLoad();
+  if (msg.cmd === 'resetLoad') return resetLoad(msg as { table?: LoadedTable; org?: string });
   // What the embedded database does at start (PGLITE_PREWARM), on demand: once the indexes exist, as at a restart.
   if (msg.cmd === 'prewarm') return prewarmVectorIndexesAt(pg.url);
   if (msg.cmd === 'markLoaded') return keptDir ? markLoaded(msg as LoadState & { figures: unknown }) : null;
