@@ -101,17 +101,34 @@ async function ensureTable(client: pg.PoolClient) {
   }
 }
 
-async function applyOne(client: pg.PoolClient, file: string, sql: string, checksum: string): Promise<boolean> {
+const CLAIM_ONCE = 'INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name';
+/** A repeatable file's claim updates the row only to a higher revision. */
+const CLAIM_REVISION = `INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)
+  ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()
+  WHERE split_part(schema_migrations.checksum, ':', 1)::int < $3 RETURNING name`;
+
+function applyOne(client: pg.PoolClient, file: string, sql: string, checksum: string): Promise<boolean> {
+  return applyClaimed(client, file, sql, [CLAIM_ONCE, [file, checksum]], (current) => {
+    if (current !== checksum) throw new MigrationError(file, 'checksum mismatch: applied concurrently with different content');
+  });
+}
+
+function applyRepeatable(client: pg.PoolClient, file: string, sql: string, mine: Stamp): Promise<boolean> {
+  return applyClaimed(client, file, sql, [CLAIM_REVISION, [file, mine.value, mine.revision]], (current) => void isNewer(file, mine, current));
+}
+
+/**
+ * Claims `file`'s row and runs `sql` in one transaction. A claim that takes no row (another process got there:
+ * on Postgres it blocked on the row until that one committed; on PGlite the open transaction serialised them)
+ * rolls back, hands the recorded checksum to `taken` (which throws if that is a conflict) and skips.
+ */
+async function applyClaimed(client: pg.PoolClient, file: string, sql: string, [claimSql, claimValues]: [string, unknown[]], taken: (current: string) => void): Promise<boolean> {
   await client.query('BEGIN');
-  let claimed: { checksum: string } | undefined;
+  let current: string | undefined;
   try {
-    const claim = await client.query(
-      'INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name',
-      [file, checksum],
-    );
+    const claim = await client.query(claimSql, claimValues);
     if (claim.rowCount === 0) {
-      const { rows } = await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file]);
-      claimed = rows[0];
+      current = (await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file])).rows[0]?.checksum ?? '';
     } else {
       await client.query(sql);
     }
@@ -119,9 +136,9 @@ async function applyOne(client: pg.PoolClient, file: string, sql: string, checks
     await rollback(client);
     throw new MigrationError(file, (err as Error).message);
   }
-  if (claimed) {
+  if (current !== undefined) {
     await rollback(client);
-    if (claimed.checksum !== checksum) throw new MigrationError(file, 'checksum mismatch: applied concurrently with different content');
+    taken(current);
     return false;
   }
   try {
@@ -152,42 +169,6 @@ function isNewer(file: string, mine: Stamp, prior: string): boolean {
     throw new MigrationError(file, `its text changed without raising its revision (${mine.revision})`);
   }
   return mine.revision > priorRevision;
-}
-
-/**
- * The claim updates the row only to a higher revision: a concurrent claimer blocks on the row (Postgres) or
- * waits its turn (PGlite), then finds the revision already there (0 rows), rolls back and skips.
- */
-async function applyRepeatable(client: pg.PoolClient, file: string, sql: string, mine: Stamp): Promise<boolean> {
-  await client.query('BEGIN');
-  let current: string | undefined;
-  try {
-    const claim = await client.query(
-      `INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)
-       ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()
-       WHERE split_part(schema_migrations.checksum, ':', 1)::int < $3 RETURNING name`,
-      [file, mine.value, mine.revision],
-    );
-    if (claim.rowCount === 0) {
-      current = (await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file])).rows[0]?.checksum;
-    } else {
-      await client.query(sql);
-    }
-  } catch (err) {
-    await rollback(client);
-    throw new MigrationError(file, (err as Error).message);
-  }
-  if (current !== undefined) {
-    await rollback(client);
-    isNewer(file, mine, current); // throws on the same revision with other text
-    return false;
-  }
-  try {
-    await client.query('COMMIT');
-  } catch (err) {
-    throw new MigrationError(file, (err as Error).message);
-  }
-  return true;
 }
 
 /** Best effort: if ROLLBACK itself fails the caller destroys the connection, which ends the transaction. */
