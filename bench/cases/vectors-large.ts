@@ -119,7 +119,7 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
   const queryVectors: Record<string, number[][]> = {};
   /** The exact top 10 of the big org for each of its queries (the one-org layouts share their query texts). */
   let bigTruths: string[][] | undefined;
-  const exactOf = (q: number[]) => mirror.nearest(q, 10).map((i) => `doc-${i}`);
+  const exactOf = (q: number[]) => mirror.nearest(q, 10).map((x) => `doc-${x.index}`);
   const ONE = 'one org';
   const SHARED = 'one org, shared index';
   // The big org through its own index (what ships once the index exists), then the same queries on the plan it

@@ -18,8 +18,8 @@ export function createCorpusMirror(n: number) {
     const inv = 1 / (Math.sqrt(sq) || 1);
     for (let d = 0; d < DIMS; d++) mirror[i * DIMS + d] = Number(v[d].toFixed(6)) * inv;
   }
-  /** Indexes of the k documents nearest to `query` by cosine, best first. */
-  const nearest = (query: readonly number[], k: number): number[] => {
+  /** The k documents nearest to `query` by cosine (their index and similarity), best first. */
+  const nearest = (query: readonly number[], k: number): Array<{ index: number; similarity: number }> => {
     const qn = Math.sqrt(query.reduce((a, x) => a + x * x, 0)) || 1;
     const q = query.map((x) => x / qn);
     const best: Array<{ i: number; s: number }> = [];
@@ -32,7 +32,7 @@ export function createCorpusMirror(n: number) {
         if (best.length > k) best.pop();
       }
     }
-    return best.map((x) => x.i);
+    return best.map((x) => ({ index: x.i, similarity: x.s }));
   };
   return { nearest };
 }
