@@ -88,10 +88,15 @@ export async function vectorsLargeCacheCase(ctx: BenchContext): Promise<void> {
   for (const layout of ['one scope', `${ORGS} orgs`] as const) {
     const big = layout === 'one scope';
     const orgOf = (j: number) => (big ? BIG : `${SPREAD}-${j % ORGS}`);
-    // Half the questions are asked again in other words (a stored entry's text with two light words added:
-    // the hits a semantic cache is for), half are new (queryText: paraphrases of half a document, or fresh).
+    // Half the questions are asked again in other words, the hits a semantic cache is for: a stored entry's text
+    // with two light words added (similarity ~0.99), or with its last word dropped (~0.95: either side of the
+    // threshold, so a walk that misses the entry decides otherwise). The other half are new (queryText).
     const again = (j: number) => (big ? (j * 7919) % N : N + ORGS * ((j * 37) % (N / ORGS)) + (j % ORGS));
-    const texts = Array.from({ length: QUERIES }, (_, j) => (j % 2 === 0 ? `${corpusText(again(j))} and the` : queryText(j + (big ? 0 : 10_000), N)));
+    const askedAgain = (j: number) => {
+      const text = corpusText(again(j));
+      return j % 4 === 0 ? `${text} and the` : text.split(' ').slice(0, -1).join(' ');
+    };
+    const texts = Array.from({ length: QUERIES }, (_, j) => (j % 2 === 0 ? askedAgain(j) : queryText(j + (big ? 0 : 10_000), N)));
     const vectors: number[][] = [];
     for (let s = 0; s < texts.length; s += EMBED_BATCH) vectors.push(...(await llm.embed(texts.slice(s, s + EMBED_BATCH))));
     // The big scope's truths before any timed call: the brute-force scan evicts the CPU caches (vectors-large).
