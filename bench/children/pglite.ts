@@ -48,7 +48,8 @@ async function loadState(r: LoadState) {
   await pg.db.exec(marker(table));
   const { rows } = await pg.db.query<{ loaded_at: Date; figures: unknown; rows: number; indexed: boolean }>(
     `SELECT m.loaded_at, m.figures,
-            (SELECT count(*)::int FROM ${table}) AS rows,
+            -- Cache entries live a day (loadCorpus): a dir whose entries expired loads again.
+            (SELECT count(*)::int FROM ${table}${table === 'semantic_cache' ? ' WHERE expires_at > now()' : ''}) AS rows,
             -- chat_facts' load ends with the shared index; semantic_cache's builds none (its case says why).
             ${table === 'chat_facts' ? "to_regclass('chat_facts_embedding_idx') IS NOT NULL" : 'true'} AS indexed
      FROM ${MARKERS[table]} m WHERE m.n = $1 AND m.orgs = $2`,
