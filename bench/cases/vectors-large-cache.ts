@@ -1,5 +1,4 @@
 import { createSemanticCache } from '../../src/shared/cache/semantic-cache.js';
-import type { PrewarmReport } from '../../src/shared/infra/db/embedded-prewarm.js';
 import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
 import { toVectorParam } from '../../src/shared/knowledge/embedding.js';
 import { createTenantIndex, tenantIndexName } from '../../src/shared/knowledge/hnsw-rebuild.js';
@@ -7,6 +6,7 @@ import type { BenchContext } from '../lib/context.js';
 import { createCorpusMirror } from '../lib/corpus-mirror.js';
 import { corpusText, queryText } from '../lib/corpus.js';
 import { withSettings } from '../lib/pg-settings.js';
+import { prewarmAndReport } from '../lib/prewarm-row.js';
 import { percentile, round } from '../lib/stats.js';
 
 const N = Number(process.env.BENCH_VECTORS_N ?? 100_000);
@@ -22,6 +22,22 @@ const SWEEP_EF = [40, 100];
 const TENANT_SQL = `SELECT (c.response->>'doc')::int AS doc, 1 - (c.embedding <=> $1::vector) AS similarity FROM semantic_cache c
   WHERE c.org_id = '${BIG}' AND c.agent = '${SCOPE.agent}' AND c.action = '${SCOPE.action}' AND c.model = '${SCOPE.model}'
     AND c.prompt_version = ${SCOPE.promptVersion} AND c.expires_at > now()`;
+
+interface Nearest {
+  doc: number;
+  similarity: number;
+}
+
+/**
+ * The decision a lookup makes (a hit at `threshold` with an entry, or a miss) against the exact scan's: `agrees`
+ * when both miss, or both hit the same entry or one exactly as near (a corpus text may occur twice).
+ */
+function decide(exact: Nearest, found: Nearest | undefined, threshold: number) {
+  const exactHit = exact.similarity >= threshold;
+  const foundHit = found !== undefined && found.similarity >= threshold;
+  const same = found !== undefined && (found.doc === exact.doc || Math.abs(found.similarity - exact.similarity) < 1e-5);
+  return { exactHit, agrees: exactHit === foundHit && (!exactHit || same), nearestRight: found?.doc === exact.doc };
+}
 
 type Loaded = { rows: number; embedMs: number; insertMs: number; indexMs: number };
 
@@ -73,13 +89,7 @@ export async function vectorsLargeCacheCase(ctx: BenchContext): Promise<void> {
   const ownMb = round(Number((await b.pool.query<{ s: string }>('SELECT pg_relation_size($1::regclass) AS s', [own])).rows[0].s) / 1048576, 0);
   ctx.add({ case: tc, name: `the big org's own HNSW index over ${N.toLocaleString('en')} entries: build`, value: buildMs === undefined ? null : round(buildMs / 1000, 1), unit: 's', note: `${buildMs === undefined ? 'NOT re-measured: already in BENCH_VECTORS_DIR. ' : ''}m 24, ef_construction 128, maintenance_work_mem 1GB; ${ownMb} MB` });
 
-  const buffers = (await b.pool.query<{ shared_buffers: string }>('SHOW shared_buffers')).rows[0].shared_buffers;
-  if (process.env.BENCH_PG_PREWARM !== '0') {
-    const pre = await b.pg.request<PrewarmReport>({ cmd: 'prewarm' }, 600_000);
-    ctx.add({ case: tc, name: 'prewarm of the HNSW indexes (as at every start, PGLITE_PREWARM)', value: round(pre.ms / 1000, 1), unit: 's', note: `shared_buffers ${buffers}; read ${pre.read.map((r) => `${r.index} (${round((r.pages * 8) / 1024, 0)} MB)`).join(', ') || 'nothing'}; left out: ${pre.skipped.map((r) => r.index).join(', ') || 'none'}` });
-  } else {
-    ctx.add({ case: tc, name: 'prewarm of the HNSW indexes (as at every start, PGLITE_PREWARM)', value: null, unit: 's', note: `off in this run (BENCH_PG_PREWARM=0); shared_buffers ${buffers}` });
-  }
+  await prewarmAndReport(ctx, tc);
 
   const mirror = createCorpusMirror(N);
   const NEAREST = 'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)';
@@ -119,26 +129,22 @@ export async function vectorsLargeCacheCase(ctx: BenchContext): Promise<void> {
       await cache.lookup({ orgId: orgOf(j), ...SCOPE, text: texts[j] });
       lookupMs.push(performance.now() - t);
       const truth = big ? { doc: bigTruth[j].index, similarity: bigTruth[j].similarity } : (await b.pool.query<{ doc: number; similarity: number }>(EXACT, params)).rows[0];
-      if (nearest?.response.doc === truth.doc) right++;
-      // The decision the cache makes: a hit (and which entry) or a miss, as the exact scan would decide it.
-      const exactHit = truth.similarity >= cache.threshold;
-      const annHit = nearest !== undefined && Number(nearest.similarity) >= cache.threshold;
-      // The same entry, or one exactly as near (a corpus text may occur twice).
-      const same = nearest !== undefined && (nearest.response.doc === truth.doc || Math.abs(Number(nearest.similarity) - truth.similarity) < 1e-5);
-      if (exactHit) exactHits++;
-      if (exactHit && annHit && same) hitsFound++;
-      if (exactHit === annHit && (!exactHit || same)) agree++;
+      const found = nearest && { doc: nearest.response.doc, similarity: Number(nearest.similarity) };
+      const d = decide(truth, found, cache.threshold);
+      if (d.nearestRight) right++;
+      if (d.exactHit) exactHits++;
+      if (d.exactHit && d.agrees) hitsFound++;
+      if (d.agrees) agree++;
       if (big) {
         for (let k = 0; k < SWEEP_EF.length; k++) {
           const ef = SWEEP_EF[(j + k) % SWEEP_EF.length];
           const settings = { enable_sort: 'off', 'hnsw.ef_search': String(ef), 'hnsw.iterative_scan': 'strict_order', 'hnsw.max_scan_tuples': '20000' };
           const { rows, ms } = await withSettings<{ doc: number; similarity: number }>(b.pool, settings, `${TENANT_SQL} ORDER BY ${ownOrder} <=> $1::vector LIMIT 1`, [vec]);
-          const got = rows[0];
-          const gotHit = got !== undefined && Number(got.similarity) >= cache.threshold;
-          const gotSame = got !== undefined && (got.doc === truth.doc || Math.abs(Number(got.similarity) - truth.similarity) < 1e-5);
+          const got = rows[0] && { doc: rows[0].doc, similarity: Number(rows[0].similarity) };
+          const g = decide(truth, got, cache.threshold);
           sweep[ef].ms.push(ms);
-          if (got?.doc === truth.doc) sweep[ef].right++;
-          if (exactHit === gotHit && (!exactHit || gotSame)) sweep[ef].agree++;
+          if (g.nearestRight) sweep[ef].right++;
+          if (g.agrees) sweep[ef].agree++;
         }
       }
     }

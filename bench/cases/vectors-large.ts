@@ -2,11 +2,11 @@ import { createLlmClient } from '../../src/shared/infra/llm/llm-client.js';
 import { toVectorParam } from '../../src/shared/knowledge/embedding.js';
 import { createTenantIndex, tenantIndexName } from '../../src/shared/knowledge/hnsw-rebuild.js';
 import { createVectorSearch, DEFAULT_SEARCH_THRESHOLD as DEFAULT_THRESHOLD } from '../../src/shared/knowledge/vector-search.js';
-import type { PrewarmReport } from '../../src/shared/infra/db/embedded-prewarm.js';
 import type { BenchContext } from '../lib/context.js';
 import { functionSettings, sizedEfSearch, withSettings } from '../lib/pg-settings.js';
 import { createCorpusMirror } from '../lib/corpus-mirror.js';
 import { queryText } from '../lib/corpus.js';
+import { prewarmAndReport } from '../lib/prewarm-row.js';
 import { percentile, round } from '../lib/stats.js';
 
 /** Rows per layout (`BENCH_VECTORS_N`, default the issue's 100k). */
@@ -95,24 +95,7 @@ export async function vectorsLargeCase(ctx: BenchContext): Promise<void> {
   const migrated = `ef_search ${fnSettings['hnsw.ef_search'] ?? '40'}, ${fnSettings['hnsw.iterative_scan'] ?? 'no iterative scan'}, max_scan_tuples ${fnSettings['hnsw.max_scan_tuples'] ?? '20000'}`;
   ctx.log(`  match_documents runs with ${JSON.stringify(fnSettings)}`);
   const ownEf = (await b.pool.query<{ ef: number }>('SELECT vector_tenant_ef_search($1) AS ef', [own])).rows[0].ef;
-  const buffers = (await b.pool.query<{ shared_buffers: string }>('SHOW shared_buffers')).rows[0].shared_buffers;
-  ctx.add({ case: tc, name: "PGlite's shared_buffers in this run", value: buffers, unit: '', note: process.env.BENCH_PG_SHARED_BUFFERS ? 'set by BENCH_PG_SHARED_BUFFERS (the product: PGLITE_SHARED_BUFFERS)' : "PGlite's default" });
-  // The state a deployment's database is in after any restart (PGLITE_PREWARM, on by default): the indexes
-  // that fit in 3/4 of shared_buffers read in, an org's own first. BENCH_PG_PREWARM=0 measures without it.
-  if (process.env.BENCH_PG_PREWARM !== '0') {
-    const pre = await b.pg.request<PrewarmReport>({ cmd: 'prewarm' }, 600_000);
-    const mbOf = (pages: number) => round((pages * 8) / 1024, 0);
-    ctx.log(`  prewarm: ${JSON.stringify(pre)}`);
-    ctx.add({
-      case: tc,
-      name: 'prewarm of the HNSW indexes (as at every start, PGLITE_PREWARM)',
-      value: round(pre.ms / 1000, 1),
-      unit: 's',
-      note: `read ${pre.read.map((r) => `${r.index} (${mbOf(r.pages)} MB)`).join(', ') || 'nothing'}; left out (over the ${mbOf(pre.budgetPages)} MB budget, 3/4 of shared_buffers): ${pre.skipped.map((r) => `${r.index} (${mbOf(r.pages)} MB)`).join(', ') || 'none'}`,
-    });
-  } else {
-    ctx.add({ case: tc, name: 'prewarm of the HNSW indexes (as at every start, PGLITE_PREWARM)', value: null, unit: 's', note: 'off in this run (BENCH_PG_PREWARM=0): the first calls read the index from disk' });
-  }
+  await prewarmAndReport(ctx, tc);
 
 
   const results: Record<string, unknown> = {};
