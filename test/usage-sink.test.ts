@@ -192,4 +192,73 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await sink.close();
     expect(await rowsOf(ids)).toHaveLength(8);
   });
+
+  /** A sink whose connection counts the commands it sends (every ioredis command goes through sendCommand). */
+  function countedSink(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, gatherMs: number) {
+    const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    const sent: string[] = [];
+    const send = conn.sendCommand.bind(conn);
+    conn.sendCommand = ((cmd: { name: string }) => (sent.push(cmd.name), send(cmd as never))) as typeof conn.sendCommand;
+    const sink = createRunSink({ redis: conn, key, group: usageSinkGroup, consumer: `c-${randomUUID().slice(0, 8)}`, store, claimIdleMs: 60_000, blockMs: 5000, gatherMs, logger });
+    return { sink, sent };
+  }
+
+  it("under load the sink's acknowledgements and reads ride on the appends: no round trip of its own per batch", async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    let batches = 0;
+    const { sink, sent } = countedSink(key, { recordMany: (r) => (batches++, store.recordMany(r)) }, 20);
+    const appender = createRunAppender({ redis, key, rider: sink.rider });
+    sink.start();
+    // Blocked in its first read of new entries: the sink's start-up calls are behind it.
+    await until('the sink to block', () => sent.includes('xreadgroup') && sent.filter((c) => c === 'xreadgroup').length >= 2);
+    const before = sent.length;
+    const ids = Array.from({ length: 600 }, (_, i) => `ride-${org}-${i}`);
+    // Appended one after another, as a worker completing jobs does: some append is always in flight.
+    for (const id of ids) await appender.record(run(org, id));
+    const during = sent.slice(before);
+    const batchesDuring = batches;
+    await until('every row written', async () => (await rowsOf(ids)).length === 600);
+    await until('stream drained (the last acknowledgement is the sink\'s own call)', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    // Without rides every batch after the first costs the sink one call (acknowledge + read next).
+    expect(batchesDuring).toBeGreaterThanOrEqual(3);
+    expect(during.filter((c) => c === 'evalsha' || c === 'eval' || c === 'xreadgroup').length).toBeLessThanOrEqual(2);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+    console.log(`[figure] usage sink under 600 sequential appends: ${batchesDuring} batches committed, ${during.length} calls of its own (${during.join(' ') || 'none'})`);
+  });
+
+  it('a ride whose append failed loses nothing: its acknowledgements are sent again and what it may have read is re-read', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const { sink } = countedSink(key, createRunStore({ pool }), 20);
+    const appender = createRunAppender({ redis, key, rider: sink.rider });
+    // A connection that refuses every command at once, like one whose Redis went away (nothing listens on port 1).
+    const dead = new Redis({ host: '127.0.0.1', port: 1, lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null });
+    dead.on('error', () => {});
+    let lostRides = 0;
+    const failing = createRunAppender({
+      redis: dead,
+      key,
+      rider: { key, take: () => sink.rider.take(), done: (ride, reply) => (reply === undefined && lostRides++, sink.rider.done(ride, reply)) },
+    });
+    sink.start();
+    const ids = Array.from({ length: 200 }, (_, i) => `lost-${org}-${i}`);
+    let refused = 0;
+    for (const [i, id] of ids.entries()) {
+      await appender.record(run(org, id));
+      // Every 10th row, a failed append takes the sink's ride (and loses it) between two good ones.
+      if (i % 10 === 9) await failing.record(run(org, `never-${org}-${i}`)).catch(() => refused++);
+    }
+    await until('every row written', async () => (await rowsOf(ids)).length === 200);
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    dead.disconnect();
+    expect(refused).toBe(20);
+    // The failed appends did carry rides (acknowledgements, reads) that never reached Redis.
+    expect(lostRides).toBeGreaterThan(0);
+    expect(await rowsOf(ids.map((_, i) => `never-${org}-${i}`))).toHaveLength(0);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
 });

@@ -4,6 +4,7 @@ import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
 import type { PreparedLookup } from '../shared/cache/result-cache.js';
+import type { UsageRider } from '../shared/infra/db/run-stream.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
 export interface JobContext {
@@ -47,7 +48,7 @@ export interface JobContext {
    * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells
    * the processor it was appended, so it does not append it again.
    */
-  usage?: { field: string; entry(result: AgentResult): string; carried(): void };
+  usage?: { field: string; entry(result: AgentResult): string; carried(): void; rider?: UsageRider };
   /**
    * The result-cache lookup the fair gate's claim already ran for this attempt (`ResultCache.prepare`): the
    * result cache guard starts from its reply instead of a round trip of its own.

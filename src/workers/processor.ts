@@ -5,6 +5,7 @@ import { storedStage } from '../shared/core/job-stage.js';
 import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
+import type { UsageRider } from '../shared/infra/db/run-stream.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
@@ -22,7 +23,7 @@ export interface AgentResolver {
 export interface RunRecorder {
   record(row: AgentRun): Promise<unknown>;
   /** The row as the recorder's stream entry (field, value): lets the result cache's store append it for free. */
-  entry?: { field: string; encode(row: AgentRun): string };
+  entry?: { field: string; encode(row: AgentRun): string; rider?: UsageRider };
 }
 
 export interface ProcessorDeps {
@@ -220,7 +221,7 @@ function attemptOf(deps: ProcessorDeps) {
       });
     let carried = false;
     const entry = deps.runs.entry;
-    if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true) };
+    if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true), ...(entry.rider ? { rider: entry.rider } : {}) };
 
     const record = async (row: AgentRun) => {
       try {

@@ -109,7 +109,7 @@ export function createWorkerService(opts: {
   const processor = createAgentProcessor({
     agents: opts.registry,
     chain: compose(opts.guards, call),
-    runs: createRunAppender({ redis: usageRedis, key: usageKey }),
+    runs: createRunAppender({ redis: usageRedis, key: usageKey, rider: sink.rider }),
     models,
     logger,
     gate,

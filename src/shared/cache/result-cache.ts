@@ -7,6 +7,7 @@ import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
 import { canonicalJson } from '../core/canonical-json.js';
+import type { UsageRider } from '../infra/db/run-stream.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -43,7 +44,7 @@ export interface SingleFlightOptions<T> {
    * The usage stream entry of a value this caller computes (the attempt's `agent_runs` row): appended by
    * the store script, so recording the attempt costs no round trip of its own. Not called for cached values.
    */
-  usageEntry?: { field: string; of: (value: T) => string };
+  usageEntry?: { field: string; of: (value: T) => string; rider?: UsageRider };
   /** The first lookup, already run (`prepare`, delivered); ignored unless delivered for the same parts and owner. */
   prefetched?: PreparedLookup;
 }
@@ -241,8 +242,17 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const seen = epoch;
     const json = JSON.stringify(value);
-    const args = [tag, json, opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? ''];
-    const [stored, current] = (await setLua([...keys, usageKey], args)) as [number, string];
+    // The run sink's acknowledgements and reads go with the append (only to the stream it reads).
+    const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
+    const ride = rider?.take();
+    const args = [tag, json, opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? '', ...(ride?.args ?? [])];
+    let reply: [number, string, unknown?] | undefined;
+    try {
+      reply = (await setLua([...keys, usageKey], args)) as [number, string, unknown?];
+    } finally {
+      if (ride) rider!.done(ride, reply?.[2]);
+    }
+    const [stored, current] = reply;
     if (stored === 1) remember(hash, p, current, json, seen);
     return stored === 1;
   }

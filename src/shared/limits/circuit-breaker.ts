@@ -62,7 +62,11 @@ export interface BreakerOptions {
    * while this connection is down nothing is served from memory. Without it, every `acquire` runs the script.
    */
   subscriber?: RedisClient;
-  /** Longest a clean answer is served from memory, a bound on staleness should a broadcast be lost. Default 1000. */
+  /**
+   * Longest a clean answer is served from memory, a bound on staleness should a broadcast be lost while its
+   * connection stays up (Redis drops pub/sub messages only with the connection, which drops the view at once).
+   * Default 5000: one acquire script per model per process every 5 s on a busy worker, not every second.
+   */
   viewTtlMs?: number;
   /** Called when this process has applied an invalidation broadcast for `key` (tests, metrics). */
   onInvalidation?: (key: string) => void;
@@ -137,7 +141,7 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   const channel = guardKeys.breakerInvalidations(opts.prefix);
   const head = guardKeys.breakerHead(opts.prefix);
 
-  const viewTtlMs = opts.viewTtlMs ?? 1000;
+  const viewTtlMs = opts.viewTtlMs ?? 5000;
   /** Breaker hash key -> `performance.now()` until which its clean answer may be served. One entry per model. */
   const view = new Map<string, number>();
   /** Served from memory only while the broadcast is subscribed, so no invalidation can pass unseen. */

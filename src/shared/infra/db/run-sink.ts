@@ -2,7 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import type { Logger } from '../../core/logger.js';
 import { defineLua } from '../lua.js';
 import type { AgentRun } from './agent-runs.js';
-import { decodeRun, RUN_FIELD } from './run-stream.js';
+import { decodeRun, RUN_FIELD, type UsageRide, type UsageRider } from './run-stream.js';
 
 type Entry = [id: string, fields: string[] | null];
 
@@ -54,6 +54,8 @@ const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
  * - a sink killed between commit and XACK leaves committed entries pending: they are written again and the
  *   unique (job_id, attempt) turns the second write into nothing (ON CONFLICT DO NOTHING);
  * - Postgres down: the batch stays pending and is retried with backoff; the stream absorbs what arrives.
+ * Its acknowledgements and reads ride on the worker's appends to the same stream (`rider`): a process that
+ * completes jobs runs its sink without a round trip of its own; an idle one blocks in XREADGROUP.
  */
 export function createRunSink(opts: RunSinkOptions) {
   const { redis, key, group, consumer, store, logger } = opts;
@@ -70,10 +72,20 @@ export function createRunSink(opts: RunSinkOptions) {
   let wake: (() => void) | undefined;
   let lastClaim = 0;
   let blocked = false;
-  /** Committed, not yet acknowledged: acknowledged by the call that reads the next entries. */
+  /** Committed, not yet acknowledged: acknowledged by the next call that touches the stream (a ride or the sink's own). */
   let unacked: string[] = [];
-  /** Entries that call read: the next batch, with no read of its own. */
-  let carried: Entry[] | undefined;
+  /** Entries read for this sink (by a ride or its own call) and not yet written. */
+  let inbox: Entry[] = [];
+  /**
+   * Rides read only while the sink reads new entries (not while it re-reads its own history after a
+   * failure) and is not in its blocking read (which the append that would carry the ride wakes anyway).
+   */
+  let reading = false;
+  /** Rides sent and not yet answered: the sink waits for them instead of reading on its own. */
+  let riding = 0;
+  let rideSettled: (() => void) | undefined;
+  /** A ride that may have read entries failed: they are pending under this consumer, re-read from its history. */
+  let lostRead = false;
   const backlogMax = opts.backlogMax ?? 0;
   let over = false;
 
@@ -90,6 +102,33 @@ export function createRunSink(opts: RunSinkOptions) {
   }
   /** While rows are not written (Postgres down) no acknowledgement reports the length: asked for it then. */
   const lookAtBacklog = () => (backlogMax > 0 ? redis.xlen(key).then(observe, () => {}) : undefined);
+
+  const rider: UsageRider & { take(): (UsageRide & { ids: string[]; read: boolean }) | undefined } = {
+    key,
+    take() {
+      const read = running && reading && !blocked;
+      if (!read && unacked.length === 0) return undefined;
+      const ids = unacked;
+      unacked = [];
+      riding++;
+      return { args: [group, read ? consumer : '', batch, ...ids], ids, read };
+    },
+    done(ride, reply) {
+      riding--;
+      const r = ride as UsageRide & { ids: string[]; read: boolean };
+      if (Array.isArray(reply)) {
+        const [entries, rows] = reply as [Entry[], number];
+        if (entries.length) inbox.push(...entries);
+        observe(rows);
+      } else {
+        // The call failed, or may have run without its reply arriving: acknowledging again is harmless, and
+        // what it may have read is pending under this consumer.
+        unacked.push(...r.ids);
+        if (r.read) lostRead = true;
+      }
+      rideSettled?.();
+    },
+  };
 
   async function ensureGroup(): Promise<void> {
     try {
@@ -149,10 +188,37 @@ export function createRunSink(opts: RunSinkOptions) {
    * call. A sink killed before it leaves them pending: written again by whoever takes them, to no effect.
    */
   async function acknowledge(readNext: boolean): Promise<Entry[]> {
-    const [, entries, rows] = (await ackLua([key], [group, readNext ? consumer : '', batch, ...unacked])) as [number, Entry[], number];
+    const ids = unacked;
     unacked = [];
-    observe(rows);
-    return entries;
+    try {
+      const [entries, rows] = (await ackLua([key], [group, readNext ? consumer : '', batch, ...ids])) as [Entry[], number, number];
+      observe(rows);
+      return entries;
+    } catch (err) {
+      unacked = ids.concat(unacked);
+      throw err;
+    }
+  }
+
+  /** The next entries: those rides brought; else, once every ride sent has answered, the sink's own call. */
+  async function next(): Promise<Entry[]> {
+    for (;;) {
+      if (!running) return [];
+      if (inbox.length) return inbox.splice(0, batch);
+      if (riding > 0) {
+        await new Promise<void>((resolve) => (rideSettled = resolve));
+        rideSettled = undefined;
+        continue;
+      }
+      if (unacked.length) {
+        const entries = await acknowledge(true);
+        if (entries.length) return entries;
+        continue;
+      }
+      // Nothing carried and no ride in flight: block. From here on a ride does not read, and the append it
+      // goes with ends this read.
+      return read(false);
+    }
   }
 
   function pause(ms: number): Promise<void> {
@@ -170,30 +236,41 @@ export function createRunSink(opts: RunSinkOptions) {
     let failures = 0;
     while (running) {
       try {
-        if (failures === 0 && pending) {
-          await ensureGroup();
-          // At start (a backlog may already be there) and after a failure was overcome.
-          await lookAtBacklog();
+        if (lostRead) {
+          lostRead = false;
+          // Its own history holds every entry read and not acknowledged, what the inbox holds included.
+          inbox = [];
+          pending = true;
+        }
+        if (pending) {
+          reading = false;
+          if (failures === 0) {
+            await ensureGroup();
+            // At start (a backlog may already be there) and after a failure was overcome.
+            await lookAtBacklog();
+          }
         }
         const readAt = Date.now();
-        let entries = carried ?? (await read(pending));
-        carried = undefined;
-        if (pending && entries.length === 0) pending = false;
+        const history = pending;
+        let entries = history ? await read(true) : await next();
+        if (history && entries.length === 0) {
+          pending = false;
+          reading = true;
+        }
         if (Date.now() - lastClaim >= opts.claimIdleMs / 2) entries = entries.concat(await claim());
         if (entries.length) await write(entries);
+        // The history is read from its start again: what was written is acknowledged before that read.
+        if (history && unacked.length) await acknowledge(false);
         failures = 0;
+        // Rows gather into batches (brought by rides meanwhile) instead of costing an INSERT each.
         const wait = readAt + gatherMs - Date.now();
-        if (!pending && entries.length > 0 && entries.length < batch && wait > 0 && running) await pause(wait);
-        // One call acknowledges this batch and reads the next (what arrived during the commit and the gather).
-        if (unacked.length) {
-          const next = await acknowledge(!pending && running);
-          if (next.length) carried = next;
-        }
+        if (!pending && entries.length > 0 && inbox.length < batch && wait > 0 && running) await pause(wait);
       } catch (err) {
         // Committed but unacknowledged entries, and entries read but not written, are all still pending
         // under this consumer: the history read after the pause finds them (a second write is a no-op).
         unacked = [];
-        carried = undefined;
+        inbox = [];
+        reading = false;
         if (!running) break;
         failures++;
         // Everything read stays pending under this consumer: re-read from its own history once the pause is over.
@@ -207,6 +284,8 @@ export function createRunSink(opts: RunSinkOptions) {
   }
 
   return {
+    /** Hand to the worker's run appender (same stream): its appends carry this sink's acknowledgements and reads. */
+    rider: rider as UsageRider,
     start(): void {
       if (running) return;
       running = true;
@@ -215,12 +294,18 @@ export function createRunSink(opts: RunSinkOptions) {
     /** Stops after the batch in hand (its rows committed and acknowledged, or left pending for another sink). */
     async close(): Promise<void> {
       running = false;
+      reading = false;
       wake?.();
+      rideSettled?.();
       // A blocked XREADGROUP is cut short (nothing read is lost: entries stay unread); a batch being written is
       // let finish, so its rows are acknowledged rather than written again by another sink.
       if (blocked) redis.disconnect();
       await loop;
-      // The last batch's acknowledgement, when the loop stopped between its commit and its ack.
+      // Entries rides brought and the loop did not reach: written now rather than left for a takeover.
+      if (inbox.length && redis.status === 'ready') {
+        await write(inbox.splice(0)).catch((err: unknown) => logger.warn({ err }, 'usage sink: last rows not written; another sink takes them over'));
+      }
+      // The last acknowledgement, when the loop stopped between a commit and its ack.
       if (unacked.length && redis.status === 'ready') await acknowledge(false).catch((err: unknown) => logger.warn({ err }, 'usage sink: last acknowledgement failed; the rows will be written again, to no effect'));
       redis.disconnect();
     },

@@ -1,4 +1,5 @@
 import type { RedisClient } from '../redis/connection.js';
+import { defineLua } from '../lua.js';
 import type { AgentRun } from './agent-runs.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
@@ -14,19 +15,50 @@ export function decodeRun(json: string): AgentRun {
   return { ...raw, createdAt: raw.createdAt ? new Date(raw.createdAt) : undefined };
 }
 
+/** What a run sink asks of one call that appends to its stream (lua/includes/usage-ride.lua). */
+export interface UsageRide {
+  /** The ride's script arguments: group, consumer ('' = no read), count, ids to acknowledge. */
+  args: Array<string | number>;
+}
+
 /**
- * The worker's side of write-behind usage: an attempt's row is appended to a Redis Stream (one XADD) before
- * the attempt returns, so by the time BullMQ records the job as finished its row is durable in Redis; the run
- * sink (run-sink.ts) moves it to Postgres. `redis` should be a worker connection (waits out an outage rather
- * than failing the append).
+ * A run sink's offer to let the worker's appends carry its own call: under load the sink then makes no round
+ * trip of its own. Every ride taken must be handed back with `done`, with the script's reply or, when the
+ * call failed, nothing.
  */
-export function createRunAppender({ redis, key }: { redis: Pick<RedisClient, 'xadd'>; key: string }) {
+export interface UsageRider {
+  /** The stream the sink reads: a ride only goes with an append to that stream. */
+  key: string;
+  take(): UsageRide | undefined;
+  done(ride: UsageRide, reply: unknown): void;
+}
+
+/**
+ * The worker's side of write-behind usage: an attempt's row is appended to a Redis Stream (one call) before
+ * the attempt returns, so by the time BullMQ records the job as finished its row is durable in Redis; the run
+ * sink (run-sink.ts) moves it to Postgres, and its acknowledgements and reads ride on these appends. `redis`
+ * should be a worker connection (waits out an outage rather than failing the append).
+ */
+export function createRunAppender({ redis, key, rider }: { redis: RedisClient; key: string; rider?: UsageRider }) {
+  const appendLua = defineLua(redis, 'usage-append-1.lua');
+  const ridden = rider?.key === key ? rider : undefined;
   return {
     async record(run: AgentRun): Promise<void> {
-      await redis.xadd(key, '*', RUN_FIELD, encodeRun(run));
+      const json = encodeRun(run);
+      const ride = ridden?.take();
+      if (!ride) {
+        await redis.xadd(key, '*', RUN_FIELD, json);
+        return;
+      }
+      let reply: unknown;
+      try {
+        reply = await appendLua([key], [RUN_FIELD, json, ...ride.args]);
+      } finally {
+        ridden!.done(ride, reply);
+      }
     },
     /** For a script that appends the row in a round trip it makes anyway (the result cache's store). */
-    entry: { field: RUN_FIELD, encode: encodeRun },
+    entry: { field: RUN_FIELD, encode: encodeRun, ...(ridden ? { rider: ridden } : {}) },
   };
 }
 
