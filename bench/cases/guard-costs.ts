@@ -119,7 +119,7 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
     name: 'breaker acquire p50, clean key, worker\'s breaker (view from memory)',
     value: round(p('breakerView', 50), 4),
     unit: 'ms',
-    note: `the breaker as the worker builds it (invalidation subscriber): a clean closed key is admitted without a Redis call for up to 1 s; ${round(p('breakerView', 50) / ping, 2)}x PING`,
+    note: `the breaker as the worker builds it (invalidation subscriber): a clean closed key is admitted without a Redis call for up to its view TTL (5 s by default); ${round(p('breakerView', 50) / ping, 2)}x PING`,
   });
   ctx.add({
     case: tc,
