@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector';
 import { GoogleGenAI } from '@google/genai';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -116,9 +117,30 @@ export async function startMonitor(url: string) {
   };
 }
 
+/**
+ * Diagnostic only: BENCH_CPU_PROFILE=<prefix> writes a V8 CPU profile of this process over each measurement
+ * window (the queue's fill and the warm-up left out) to `<prefix>-<n>.cpuprofile`.
+ */
+async function startWindowProfile(): Promise<(() => Promise<void>) | undefined> {
+  const prefix = process.env.BENCH_CPU_PROFILE;
+  if (!prefix) return undefined;
+  const session = new Session();
+  session.connect();
+  const post = (method: string) => new Promise<unknown>((resolve, reject) => session.post(method, (err, res) => (err ? reject(err) : resolve(res))));
+  await post('Profiler.enable');
+  await post('Profiler.start');
+  return async () => {
+    const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+    writeFileSync(`${prefix}-${++profiles}.cpuprofile`, JSON.stringify(profile));
+    session.disconnect();
+  };
+}
+let profiles = 0;
+
 /** Measures a worker that is already running over a queue filled with `total` jobs. */
 async function window(ctx: BenchContext, counter: ReturnType<typeof createCounter>, total: number, monitor: boolean) {
   await counter.until(total, WARMUP_MS);
+  const stopProfile = await startWindowProfile();
   const mon = monitor ? await startMonitor(ctx.b.redis.url) : undefined;
   const c0 = counter.completed;
   const t0 = performance.now();
@@ -130,6 +152,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   const m1 = mon?.counts();
   const s1 = await commandCalls(ctx.b.control);
   await mon?.stop();
+  await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
   return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs };
