@@ -261,4 +261,32 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(await rowsOf(ids.map((_, i) => `never-${org}-${i}`))).toHaveLength(0);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
   });
+
+  it('a ride that never answers does not stall the sink: it reads on its own after waiting a second', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const { sink, sent } = countedSink(key, createRunStore({ pool }), 20);
+    const appender = createRunAppender({ redis, key, rider: sink.rider });
+    sink.start();
+    await appender.record(run(org, `first-${org}`));
+    await until('the first row written', async () => (await rowsOf([`first-${org}`])).length === 1);
+    // A ride taken and never handed back, as by a call stuck in a reconnect. An idle sink blocked in its read
+    // has nothing to ask of a ride: rows appended without one wake it until there is.
+    const plain = createRunAppender({ redis, key });
+    let woken = 0;
+    const stuck = await until('a ride to take', async () => {
+      const ride = sink.rider.take();
+      if (ride) return ride;
+      await plain.record(run(org, `wake-${org}-${woken++}`));
+      return false;
+    });
+    const ids = Array.from({ length: 20 }, (_, i) => `stuck-${org}-${i}`);
+    for (const id of ids) await plain.record(run(org, id));
+    await until('rows written past the stuck ride', async () => (await rowsOf(ids)).length === 20);
+    expect(sent).toContain('evalsha');
+    sink.rider.done(stuck, undefined);
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
 });

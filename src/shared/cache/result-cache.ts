@@ -242,13 +242,14 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const seen = epoch;
     const json = JSON.stringify(value);
-    // The run sink's acknowledgements and reads go with the append (only to the stream it reads).
+    const entry = usage ? usage.of(value) : '';
+    // The run sink's acknowledgements and reads go with the append (only to the stream it reads). Taken last,
+    // right before the call: every ride taken is handed back.
     const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
     const ride = rider?.take();
-    const args = [tag, json, opts.l2TtlS, lockToken, usage ? usage.of(value) : '', usage?.field ?? '', ...(ride?.args ?? [])];
     let reply: [number, string, unknown?] | undefined;
     try {
-      reply = (await setLua([...keys, usageKey], args)) as [number, string, unknown?];
+      reply = (await setLua([...keys, usageKey], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(ride?.args ?? [])])) as [number, string, unknown?];
     } finally {
       if (ride) rider!.done(ride, reply?.[2]);
     }

@@ -45,6 +45,8 @@ export interface RunSinkOptions {
 }
 
 const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
+/** Longest the sink waits for a ride in flight before it reads on its own. */
+const RIDE_WAIT_MS = 1000;
 
 /**
  * Moves usage rows from the Redis Stream to `agent_runs` in batches (one multi-row INSERT per batch,
@@ -200,19 +202,31 @@ export function createRunSink(opts: RunSinkOptions) {
     }
   }
 
-  /** The next entries: those rides brought; else, once every ride sent has answered, the sink's own call. */
+  /**
+   * The next entries: those rides brought; else, once every ride sent has answered, the sink's own call. A
+   * ride that does not answer within `RIDE_WAIT_MS` (a call stuck in a reconnect) is not waited for again: the
+   * sink reads on its own, without blocking, until it answers (two readers only split the entries).
+   */
   async function next(): Promise<Entry[]> {
+    let waited = false;
     for (;;) {
       if (!running) return [];
       if (inbox.length) return inbox.splice(0, batch);
-      if (riding > 0) {
-        await new Promise<void>((resolve) => (rideSettled = resolve));
+      if (riding > 0 && !waited) {
+        waited = true;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, RIDE_WAIT_MS);
+          rideSettled = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
         rideSettled = undefined;
         continue;
       }
-      if (unacked.length) {
+      if (unacked.length || riding > 0) {
         const entries = await acknowledge(true);
-        if (entries.length) return entries;
+        if (entries.length || riding > 0) return entries;
         continue;
       }
       // Nothing carried and no ride in flight: block. From here on a ride does not read, and the append it
