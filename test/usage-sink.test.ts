@@ -6,7 +6,8 @@ import { createLogger } from '../src/shared/core/logger.js';
 import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
-import { createRunAppender } from '../src/shared/infra/db/run-stream.js';
+import { createRunAppender, encodeRun, RUN_FIELD } from '../src/shared/infra/db/run-stream.js';
+import { defineLua } from '../src/shared/infra/lua.js';
 import { createRunSink } from '../src/shared/infra/db/run-sink.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
@@ -181,7 +182,10 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('the sink failing on the first rows', async () => ((await redis.xpending(key, usageSinkGroup).catch(() => [0])) as [number])[0] === 5);
     for (const id of ids.slice(5)) await appender.record(run(org, id));
     await until('the backlog reported over its limit', () => reports.length === 1);
-    expect(reports[0]).toEqual([true, 8]);
+    // Reported when the sink first looks past the limit: between two of the three appends (a retry's XLEN) or after them.
+    expect(reports[0][0]).toBe(true);
+    expect(reports[0][1]).toBeGreaterThan(5);
+    expect(reports[0][1]).toBeLessThanOrEqual(8);
     down = false;
     await until('the backlog reported written down', () => reports.length === 2);
     expect(reports[1][0]).toBe(false);
@@ -229,36 +233,33 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     console.log(`[figure] usage sink under 600 sequential appends: ${batchesDuring} batches committed, ${during.length} calls of its own (${during.join(' ') || 'none'})`);
   });
 
-  it('a ride whose append failed loses nothing: its acknowledgements are sent again and what it may have read is re-read', async () => {
+  it("a ride whose reply was lost loses nothing: what it read is re-read from the sink's history, its acknowledgements sent again", async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();
     const { sink } = countedSink(key, createRunStore({ pool }), 20);
     const appender = createRunAppender({ redis, key, rider: sink.rider });
-    // A connection that refuses every command at once, like one whose Redis went away (nothing listens on port 1).
-    const dead = new Redis({ host: '127.0.0.1', port: 1, lazyConnect: true, enableOfflineQueue: false, retryStrategy: () => null });
-    dead.on('error', () => {});
-    let lostRides = 0;
-    const failing = createRunAppender({
-      redis: dead,
-      key,
-      rider: { key, take: () => sink.rider.take(), done: (ride, reply) => (reply === undefined && lostRides++, sink.rider.done(ride, reply)) },
-    });
+    const plain = createRunAppender({ redis, key });
+    const appendScript = defineLua(redis, 'usage-append-1.lua');
     sink.start();
-    const ids = Array.from({ length: 200 }, (_, i) => `lost-${org}-${i}`);
-    let refused = 0;
-    for (const [i, id] of ids.entries()) {
-      await appender.record(run(org, id));
-      // Every 10th row, a failed append takes the sink's ride (and loses it) between two good ones.
-      if (i % 10 === 9) await failing.record(run(org, `never-${org}-${i}`)).catch(() => refused++);
-    }
-    await until('every row written', async () => (await rowsOf(ids)).length === 200);
+    const ids = Array.from({ length: 100 }, (_, i) => `lost-${org}-${i}`);
+    for (const id of ids.slice(0, 50)) await appender.record(run(org, id));
+    // The sink's next ride runs (it acknowledges and reads for the sink: what it read is now pending under the
+    // sink's name) and its reply is dropped, as when a connection breaks after the command ran.
+    let woken = 0;
+    const ride = await until('a ride to take', async () => {
+      const taken = sink.rider.take();
+      if (taken) return taken;
+      await plain.record(run(org, `wake-${org}-${woken++}`));
+      return false;
+    });
+    const [read] = (await appendScript([key], [RUN_FIELD, encodeRun(run(org, `rode-${org}`)), ...ride.args])) as [unknown[]];
+    expect(read.length).toBeGreaterThan(0);
+    sink.rider.done(ride, undefined);
+    for (const id of ids.slice(50)) await appender.record(run(org, id));
+    // Well before the 60 s takeover (XAUTOCLAIM) could find them.
+    await until('every row written', async () => (await rowsOf([...ids, `rode-${org}`])).length === 101, 30_000);
     await until('stream drained', async () => (await redis.xlen(key)) === 0);
     await sink.close();
-    dead.disconnect();
-    expect(refused).toBe(20);
-    // The failed appends did carry rides (acknowledgements, reads) that never reached Redis.
-    expect(lostRides).toBeGreaterThan(0);
-    expect(await rowsOf(ids.map((_, i) => `never-${org}-${i}`))).toHaveLength(0);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
   });
 

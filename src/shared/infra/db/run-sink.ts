@@ -79,10 +79,12 @@ export function createRunSink(opts: RunSinkOptions) {
   /** Entries read for this sink (by a ride or its own call) and not yet written. */
   let inbox: Entry[] = [];
   /**
-   * Rides read only while the sink reads new entries (not while it re-reads its own history after a
-   * failure) and is not in its blocking read (which the append that would carry the ride wakes anyway).
+   * The sink wants its next batch and offers the call to the next append: one ride per gather period, not
+   * one per append (a read per append would cost Redis more than the sink's own call every 100 ms). Never
+   * while it re-reads its own history after a failure, nor while it blocks in XREADGROUP (the append that
+   * would carry the ride wakes that read anyway).
    */
-  let reading = false;
+  let wanting = false;
   /** Rides sent and not yet answered: the sink waits for them instead of reading on its own. */
   let riding = 0;
   let rideSettled: (() => void) | undefined;
@@ -108,12 +110,12 @@ export function createRunSink(opts: RunSinkOptions) {
   const rider: UsageRider & { take(): (UsageRide & { ids: string[]; read: boolean }) | undefined } = {
     key,
     take() {
-      const read = running && reading && !blocked;
-      if (!read && unacked.length === 0) return undefined;
+      if (!wanting || blocked || !running) return undefined;
+      wanting = false;
       const ids = unacked;
       unacked = [];
       riding++;
-      return { args: [group, read ? consumer : '', batch, ...ids], ids, read };
+      return { args: [group, consumer, batch, ...ids], ids, read: true };
     },
     done(ride, reply) {
       riding--;
@@ -202,26 +204,38 @@ export function createRunSink(opts: RunSinkOptions) {
     }
   }
 
+  /** Resolves when a ride answers, or after `ms`. */
+  function rideOrAfter(ms: number): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      rideSettled = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+    }).finally(() => (rideSettled = undefined));
+  }
+
   /**
-   * The next entries: those rides brought; else, once every ride sent has answered, the sink's own call. A
-   * ride that does not answer within `RIDE_WAIT_MS` (a call stuck in a reconnect) is not waited for again: the
-   * sink reads on its own, without blocking, until it answers (two readers only split the entries).
+   * The next entries: the sink offers its call to the next append for one gather period and takes what that
+   * ride read; when no append came (or its ride has not answered within `RIDE_WAIT_MS`: a call stuck in a
+   * reconnect), it makes the call itself (two readers only split the entries).
    */
   async function next(): Promise<Entry[]> {
+    let offered = false;
     let waited = false;
     for (;;) {
       if (!running) return [];
       if (inbox.length) return inbox.splice(0, batch);
       if (riding > 0 && !waited) {
         waited = true;
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, RIDE_WAIT_MS);
-          rideSettled = () => {
-            clearTimeout(timer);
-            resolve();
-          };
-        });
-        rideSettled = undefined;
+        await rideOrAfter(RIDE_WAIT_MS);
+        continue;
+      }
+      if (!offered && riding === 0) {
+        offered = true;
+        wanting = true;
+        await rideOrAfter(gatherMs);
+        wanting = false;
         continue;
       }
       if (unacked.length || riding > 0) {
@@ -229,8 +243,7 @@ export function createRunSink(opts: RunSinkOptions) {
         if (entries.length || riding > 0) return entries;
         continue;
       }
-      // Nothing carried and no ride in flight: block. From here on a ride does not read, and the append it
-      // goes with ends this read.
+      // Nothing came: block. No ride is offered while blocked; the next append ends this read.
       return read(false);
     }
   }
@@ -257,7 +270,6 @@ export function createRunSink(opts: RunSinkOptions) {
           pending = true;
         }
         if (pending) {
-          reading = false;
           if (failures === 0) {
             await ensureGroup();
             // At start (a backlog may already be there) and after a failure was overcome.
@@ -267,10 +279,7 @@ export function createRunSink(opts: RunSinkOptions) {
         const readAt = Date.now();
         const history = pending;
         let entries = history ? await read(true) : await next();
-        if (history && entries.length === 0) {
-          pending = false;
-          reading = true;
-        }
+        if (history && entries.length === 0) pending = false;
         if (Date.now() - lastClaim >= opts.claimIdleMs / 2) entries = entries.concat(await claim());
         if (entries.length) await write(entries);
         // The history is read from its start again: what was written is acknowledged before that read.
@@ -284,7 +293,6 @@ export function createRunSink(opts: RunSinkOptions) {
         // under this consumer: the history read after the pause finds them (a second write is a no-op).
         unacked = [];
         inbox = [];
-        reading = false;
         if (!running) break;
         failures++;
         // Everything read stays pending under this consumer: re-read from its own history once the pause is over.
@@ -308,7 +316,7 @@ export function createRunSink(opts: RunSinkOptions) {
     /** Stops after the batch in hand (its rows committed and acknowledged, or left pending for another sink). */
     async close(): Promise<void> {
       running = false;
-      reading = false;
+      wanting = false;
       wake?.();
       rideSettled?.();
       // A blocked XREADGROUP is cut short (nothing read is lost: entries stay unread); a batch being written is
