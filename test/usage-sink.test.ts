@@ -207,6 +207,20 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     return { sink, sent };
   }
 
+  /**
+   * Takes the sink's next ride. A sink offers one only when it wants its next batch (an idle one blocks in its
+   * read): rows appended without a ride wake it until it does.
+   */
+  async function takeRide(sink: ReturnType<typeof createRunSink>, plain: ReturnType<typeof createRunAppender>, org: string) {
+    let woken = 0;
+    return until('a ride to take', async () => {
+      const ride = sink.rider.take();
+      if (ride) return ride;
+      await plain.record(run(org, `wake-${org}-${woken++}`));
+      return false;
+    });
+  }
+
   it("under load the sink's acknowledgements and reads ride on the appends: no round trip of its own per batch", async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();
@@ -245,13 +259,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     for (const id of ids.slice(0, 50)) await appender.record(run(org, id));
     // The sink's next ride runs (it acknowledges and reads for the sink: what it read is now pending under the
     // sink's name) and its reply is dropped, as when a connection breaks after the command ran.
-    let woken = 0;
-    const ride = await until('a ride to take', async () => {
-      const taken = sink.rider.take();
-      if (taken) return taken;
-      await plain.record(run(org, `wake-${org}-${woken++}`));
-      return false;
-    });
+    const ride = await takeRide(sink, plain, org);
     const [read] = (await appendScript([key], [RUN_FIELD, encodeRun(run(org, `rode-${org}`)), ...ride.args])) as [unknown[]];
     expect(read.length).toBeGreaterThan(0);
     sink.rider.done(ride, undefined);
@@ -274,13 +282,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     // A ride taken and never handed back, as by a call stuck in a reconnect. An idle sink blocked in its read
     // has nothing to ask of a ride: rows appended without one wake it until there is.
     const plain = createRunAppender({ redis, key });
-    let woken = 0;
-    const stuck = await until('a ride to take', async () => {
-      const ride = sink.rider.take();
-      if (ride) return ride;
-      await plain.record(run(org, `wake-${org}-${woken++}`));
-      return false;
-    });
+    const stuck = await takeRide(sink, plain, org);
     const ids = Array.from({ length: 20 }, (_, i) => `stuck-${org}-${i}`);
     for (const id of ids) await plain.record(run(org, id));
     await until('rows written past the stuck ride', async () => (await rowsOf(ids)).length === 20);
