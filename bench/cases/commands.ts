@@ -7,10 +7,61 @@ import { QUEUE } from '../../src/shared/core/queue-names.js';
 import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
 import type { BenchContext } from '../lib/context.js';
 import { commandCalls } from '../lib/infra.js';
-import { round } from '../lib/stats.js';
+import { createFairSchedulerFromConfig } from '../../src/shared/fair/from-config.js';
+import { parkedJobOptions } from '../../src/shared/fair/index.js';
+import { percentile, round } from '../lib/stats.js';
 import { measurePath, ORG, startMonitor } from './throughput.js';
 
 const ENQUEUE_JOBS = 1000;
+const CLAIM_BLOCK = 500;
+const CLAIM_ROUNDS = 6;
+
+/** Redis server time of one EVALSHA call (commandstats usec over calls), `block` calls made `batch` at a time. */
+async function evalshaUsec(control: Redis, calls: number, call: () => Promise<unknown>): Promise<number> {
+  const stat = async () => {
+    const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await control.info('commandstats'));
+    return m ? [Number(m[1]), Number(m[2])] : [0, 0];
+  };
+  const [c0, u0] = await stat();
+  for (let i = 0; i < calls; i += 50) await Promise.all(Array.from({ length: Math.min(50, calls - i) }, call));
+  const [c1, u1] = await stat();
+  return (u1 - u0) / Math.max(1, c1 - c0);
+}
+
+/**
+ * Redis server time of the fair gate's common claim (the job holds its slot; no releases or charge
+ * corrections handed over; no refill due), what most claims are at c=50, against a 2-command script (the
+ * claim's first two reads) on the same connection, blocks of each alternated.
+ */
+async function claimServerTime(ctx: BenchContext) {
+  await ctx.b.control.flushall();
+  const cfg = ctx.b.config();
+  const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
+  const queue = new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX });
+  try {
+    const scheduler = createFairSchedulerFromConfig({ redis: connection, queue, cfg });
+    const jobId = randomUUID();
+    await queue.add('RiskAnalyzer:analyze_risks', { orgId: ORG }, parkedJobOptions(jobId));
+    await scheduler.enqueue([{ jobId, orgId: ORG, model: 'gemini-2.5-pro', estTokens: 600 }], { dispatch: false });
+    // A registered worker sizes BullMQ's wait list; the job is promoted into it and stays there (no worker takes
+    // it), as jobs do behind a claim at c=50.
+    await scheduler.dispatch({ id: 'bench-worker', concurrency: 50, ttlMs: 60_000 });
+    const stage = JSON.stringify({ name: 'calling_model', attempt: 1, model: 'gemini-2.5-pro', since: Date.now() });
+    if (!(await scheduler.claim(jobId)).held) throw new Error('the bench job did not get a slot');
+    const tiny = `local a = redis.call('EXISTS', KEYS[1]) local b = redis.call('ZSCORE', KEYS[2], ARGV[1]) return {a, b and 1 or 0}`;
+    const sha = (await connection.script('LOAD', tiny)) as string;
+    const claim: number[] = [];
+    const ref: number[] = [];
+    for (let r = 0; r < CLAIM_ROUNDS; r++) {
+      claim.push(await evalshaUsec(ctx.b.control, CLAIM_BLOCK, () => scheduler.claim(jobId, stage, { refill: true })));
+      ref.push(await evalshaUsec(ctx.b.control, CLAIM_BLOCK, () => connection.evalsha(sha, 2, `${cfg.QUEUE_PREFIX}:bench:x`, `${cfg.QUEUE_PREFIX}:bench:y`, jobId)));
+    }
+    return { claimUsec: round(percentile(claim, 50), 1), refUsec: round(percentile(ref, 50), 1), claim, ref };
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+}
 
 /** Commands (INFO commandstats) and round trips (MONITOR) that enqueueing `ENQUEUE_JOBS` jobs costs. */
 async function enqueueCost(ctx: BenchContext, enqueue: () => Promise<void>) {
@@ -67,7 +118,9 @@ export async function commandsCase(ctx: BenchContext): Promise<void> {
   } finally {
     await q.close();
   }
-  ctx.details.commands = { worker, enqueue: { rawSingle, rawBulk, agentqSingle, agentqBulk } };
+  const claimCost = await claimServerTime(ctx);
+  ctx.log(`  fair claim (held, nothing handed over): ${claimCost.claimUsec} us Redis time/call vs ${claimCost.refUsec} us for a 2-command script`);
+  ctx.details.commands = { worker, enqueue: { rawSingle, rawBulk, agentqSingle, agentqBulk }, claimCost };
 
   const tc = '2 Redis round trips/job (MONITOR, c=1)';
   const w = (p: keyof typeof worker) => worker[p];
@@ -87,6 +140,13 @@ export async function commandsCase(ctx: BenchContext): Promise<void> {
   });
   ctx.add({ case: tc, name: 'enqueue, single: BullMQ add vs agentq producer', value: `${rawSingle.sentPerJob} vs ${agentqSingle.sentPerJob} sent; ${rawSingle.commandsPerJob} vs ${agentqSingle.commandsPerJob} total`, unit: 'per job' });
   ctx.add({ case: tc, name: 'enqueue, bulk of 1000: addBulk vs agentq producer', value: `${rawBulk.sentPerJob} vs ${agentqBulk.sentPerJob} sent; ${rawBulk.commandsPerJob} vs ${agentqBulk.commandsPerJob} total`, unit: 'per job' });
+  ctx.add({
+    case: '2 Redis server time/job (worker side)',
+    name: 'fair claim, held, nothing handed over (most claims at c=50): Redis time per call vs a 2-command script',
+    value: `${claimCost.claimUsec} vs ${claimCost.refUsec}`,
+    unit: 'us/call',
+    note: `commandstats evalsha usec / calls, median of ${CLAIM_ROUNDS} alternated blocks of ${CLAIM_BLOCK}`,
+  });
   const addedEnqueue = round(agentqSingle.commandsPerJob - rawSingle.commandsPerJob, 2);
   ctx.add({ case: tc, name: 'commands added by agentq per single enqueue', value: addedEnqueue, unit: 'per job', note: 'the per-org job index' });
 }
