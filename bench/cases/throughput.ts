@@ -20,8 +20,11 @@ const ORG = 'bench-org';
 const WARMUP_MS = 500;
 const WINDOW_MS = 4000;
 
-/** `-nofair`: the runtime without the fair dispatcher (runtime `fairDispatch: false`), the fairness case's baseline. */
-export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit' | 'agentq-miss-norows' | 'agentq-hit-norows' | 'agentq-miss-nofair';
+/**
+ * `-nofair`: the runtime without the fair dispatcher (runtime `fairDispatch: false`), the fairness case's baseline.
+ * `-buf1`: DISPATCH_BUFFER_RATIO=1 instead of the default 0.5 (BullMQ's wait list as deep as the workers' concurrency).
+ */
+export type Path = 'bare-noop' | 'bare-llm' | 'agentq-miss' | 'agentq-hit' | 'agentq-miss-norows' | 'agentq-hit-norows' | 'agentq-miss-nofair' | 'agentq-miss-buf1' | 'agentq-hit-buf1';
 
 export interface RunResult {
   path: Path;
@@ -216,7 +219,7 @@ async function runAgentq(ctx: BenchContext, variant: Path, concurrency: number, 
   const q = await startAgentq(ctx.b, {
     skipRunRows: variant.endsWith('-norows'),
     ...(variant.endsWith('-nofair') ? { fairDispatch: false } : {}),
-    env: { WORKER_CONCURRENCY: String(concurrency) },
+    env: { WORKER_CONCURRENCY: String(concurrency), ...(variant.endsWith('-buf1') ? { DISPATCH_BUFFER_RATIO: '1' } : {}) },
     onCompleted: () => (warmed ? warmed() : counter.onCompleted()),
   });
   try {
@@ -273,7 +276,7 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
 
 /** Case 1 (throughput) and the INFO-commandstats half of case 2 (commands per job), from the same runs. */
 export async function throughputCase(ctx: BenchContext): Promise<void> {
-  const guess: Record<Path, number> = { 'bare-noop': 4000, 'bare-llm': 500, 'agentq-miss': 250, 'agentq-hit': 800, 'agentq-miss-norows': 300, 'agentq-hit-norows': 1500, 'agentq-miss-nofair': 250 };
+  const guess: Record<Path, number> = { 'bare-noop': 4000, 'bare-llm': 500, 'agentq-miss': 250, 'agentq-hit': 800, 'agentq-miss-norows': 300, 'agentq-hit-norows': 1500, 'agentq-miss-nofair': 250, 'agentq-miss-buf1': 300, 'agentq-hit-buf1': 1500 };
   const paths: Path[] = ['bare-noop', 'bare-llm', 'agentq-miss', 'agentq-hit'];
   const results: Record<string, RunResult> = {};
   for (const concurrency of [1, 50]) {
@@ -283,8 +286,9 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     }
   }
   // Ablation, for the record: the same full path without the per-attempt agent_runs INSERT.
-  for (const path of ['agentq-miss-norows', 'agentq-hit-norows'] as Path[]) {
-    const base = results[`${path.replace('-norows', '')}@50`].jobsPerS;
+  // And with a wait list as deep as the worker's concurrency (the default keeps it at half).
+  for (const path of ['agentq-miss-norows', 'agentq-hit-norows', 'agentq-miss-buf1', 'agentq-hit-buf1'] as Path[]) {
+    const base = results[`${path.replace(/-(norows|buf1)$/, '')}@50`].jobsPerS;
     results[`${path}@50`] = await measurePath(ctx, path, 50, base * 1.5);
   }
   ctx.details.throughput = results;
@@ -310,6 +314,18 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
   const norows = (p: Path) => results[`${p}-norows@50`]?.jobsPerS;
   ctx.add({ case: tcA, name: 'agentq miss, agent_runs INSERT skipped', value: norows('agentq-miss'), unit: 'jobs/s', note: `${round(norows('agentq-miss') / results['bare-llm@50'].jobsPerS, 2)}x (b): what the per-job Postgres write costs` });
   ctx.add({ case: tcA, name: 'agentq hit, agent_runs INSERT skipped', value: norows('agentq-hit'), unit: 'jobs/s', note: `${round(norows('agentq-hit') / results['bare-noop@50'].jobsPerS, 2)}x (a)` });
+  const buf1 = (p: 'agentq-miss' | 'agentq-hit') => results[`${p}-buf1@50`];
+  for (const p of ['agentq-miss', 'agentq-hit'] as const) {
+    const base = results[`${p}@50`];
+    const ref = p === 'agentq-miss' ? results['bare-llm@50'].jobsPerS : results['bare-noop@50'].jobsPerS;
+    ctx.add({
+      case: tcA,
+      name: `${p === 'agentq-miss' ? 'agentq miss' : 'agentq hit'}, DISPATCH_BUFFER_RATIO=1 (default 0.5)`,
+      value: buf1(p).jobsPerS,
+      unit: 'jobs/s',
+      note: `${round(buf1(p).jobsPerS / ref, 2)}x ${p === 'agentq-miss' ? '(b)' : '(a)'} vs ${round(base.jobsPerS / ref, 2)}x at 0.5; ${buf1(p).commandsPerJob} vs ${base.commandsPerJob} Redis commands/job. A deeper wait list keeps a job ready for every finishing one; jobs wait longer in BullMQ's FIFO once dispatched (the fairness case's starvation and capped-org figures are at 0.5)`,
+    });
+  }
 
   const cmd = (p: Path) => results[`${p}@50`].commandsPerJob;
   const tc = '2 Redis commands/job (INFO commandstats, c=50, worker side)';
