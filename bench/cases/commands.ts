@@ -16,7 +16,7 @@ const ENQUEUE_JOBS = 1000;
 const CLAIM_BLOCK = 500;
 const CLAIM_ROUNDS = 6;
 
-/** Redis server time of one EVALSHA call (commandstats usec over calls), `block` calls made `batch` at a time. */
+/** Redis server time of one EVALSHA call (commandstats usec over calls), over `calls` calls made 50 at a time. */
 async function evalshaUsec(control: Redis, calls: number, call: () => Promise<unknown>): Promise<number> {
   const stat = async () => {
     const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await control.info('commandstats'));

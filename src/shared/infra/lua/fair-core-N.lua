@@ -876,8 +876,8 @@ elseif op == 'cancel' then
   return done and 1 or 0
 elseif op == 'claim' then
   local id = ARGV[13]
-  -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one started. At one
-  -- job after another that is every release, and it costs no round trip of its own here.
+  -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
+  -- started. At one job after another that is every release, and it costs no round trip of its own here.
   local from = applyCorrections(20)
   local handed = #ARGV >= from
   if handed then releaseFrom(from) end
