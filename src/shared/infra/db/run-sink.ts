@@ -107,7 +107,9 @@ export function createRunSink(opts: RunSinkOptions) {
   /** While rows are not written (Postgres down) no acknowledgement reports the length: asked for it then. */
   const lookAtBacklog = () => (backlogMax > 0 ? redis.xlen(key).then(observe, () => {}) : undefined);
 
-  const rider: UsageRider & { take(): (UsageRide & { ids: string[]; read: boolean }) | undefined } = {
+  /** The ids each ride handed out acknowledges: given back when its call failed. */
+  const rideIds = new WeakMap<UsageRide, string[]>();
+  const rider: UsageRider = {
     key,
     take() {
       if (!wanting || blocked || !running) return undefined;
@@ -115,20 +117,21 @@ export function createRunSink(opts: RunSinkOptions) {
       const ids = unacked;
       unacked = [];
       riding++;
-      return { args: [group, consumer, batch, ...ids], ids, read: true };
+      const ride: UsageRide = { args: [group, consumer, batch, ...ids] };
+      rideIds.set(ride, ids);
+      return ride;
     },
     done(ride, reply) {
       riding--;
-      const r = ride as UsageRide & { ids: string[]; read: boolean };
       if (Array.isArray(reply)) {
         const [entries, rows] = reply as [Entry[], number];
         if (entries.length) inbox.push(...entries);
         observe(rows);
       } else {
         // The call failed, or may have run without its reply arriving: acknowledging again is harmless, and
-        // what it may have read is pending under this consumer.
-        unacked.push(...r.ids);
-        if (r.read) lostRead = true;
+        // what it may have read (every ride reads) is pending under this consumer.
+        unacked.push(...(rideIds.get(ride) ?? []));
+        lostRead = true;
       }
       rideSettled?.();
     },
@@ -307,7 +310,7 @@ export function createRunSink(opts: RunSinkOptions) {
 
   return {
     /** Hand to the worker's run appender (same stream): its appends carry this sink's acknowledgements and reads. */
-    rider: rider as UsageRider,
+    rider,
     start(): void {
       if (running) return;
       running = true;
