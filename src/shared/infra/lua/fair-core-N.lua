@@ -325,16 +325,18 @@ local function chargeBucket(key, cap, rate, lv)
   bucketsDirty[key] = { cap, rate }
 end
 
--- Writes the charged buckets (one HSET and PEXPIRE each); `only`: just that key (before another write to it).
-local function flushBuckets(only)
-  for key, b in pairs(bucketsDirty) do
-    if not only or key == only then
-      local lv = bucketLevels[key]
-      rcall('HSET', key, 'tokens', fmt(lv), 'ts', string.format('%.3f', nowF))
-      rcall('PEXPIRE', key, math.ceil((b[1] - lv) / b[2]) + 1000)
-      bucketsDirty[key] = nil
-    end
-  end
+-- Writes a bucket this call charged (one HSET and PEXPIRE); nothing when it charged none.
+local function writeBucket(key)
+  local b = bucketsDirty[key]
+  if not b then return end
+  local lv = bucketLevels[key]
+  rcall('HSET', key, 'tokens', fmt(lv), 'ts', string.format('%.3f', nowF))
+  rcall('PEXPIRE', key, math.ceil((b[1] - lv) / b[2]) + 1000)
+  bucketsDirty[key] = nil
+end
+
+local function flushBuckets()
+  for key in pairs(bucketsDirty) do writeBucket(key) end
 end
 
 -- A reservoir's level (leased mode): what the shard holds of the model's global bucket; missing = nothing.
@@ -746,7 +748,7 @@ local function adjustBucket(key, cap, delta, reservoir)
     setReservoir(key, math.max(-cap, math.min(cap, reservoirLevel(key) - delta)))
   else
     -- The include reads and writes the bucket itself: what this call charged is written first, and read again.
-    flushBuckets(key)
+    writeBucket(key)
     bucketLevels[key] = nil
     tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
   end
