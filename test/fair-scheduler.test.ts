@@ -182,6 +182,30 @@ describe('fair scheduler', () => {
   });
 });
 
+describe('fair scheduler enqueue', () => {
+  it('one call with jobs of two orgs to two models, interleaved, lanes every job in FIFO order per lane', async () => {
+    const c = await setup();
+    const [a, b] = [randomOrg(), randomOrg()];
+    const plan = Array.from({ length: 24 }, (_, i) => ({ org: i % 3 === 2 ? b : a, model: i % 2 === 0 ? FLASH : PRO, id: `mix-${i}` }));
+    await c.queue.addBulk(plan.map((p) => ({ name: 'j', data: {}, opts: parkedJobOptions(p.id) })));
+    const r = await c.scheduler.enqueue(
+      plan.map((p) => ({ jobId: p.id, orgId: p.org, model: p.model, estTokens: 0 })),
+      { dispatch: false },
+    );
+    expect(r.skipped).toEqual([]);
+    const order = await dispatchN(c.scheduler, plan.length);
+    expect([...order].sort()).toEqual(plan.map((p) => p.id).sort());
+    // Within each lane (org, model) jobs come out in the order they were sent.
+    for (const org of [a, b]) {
+      for (const model of [FLASH, PRO]) {
+        const lane = plan.filter((p) => p.org === org && p.model === model).map((p) => p.id);
+        expect(lane.length).toBeGreaterThan(0);
+        expect(order.filter((id) => lane.includes(id))).toEqual(lane);
+      }
+    }
+  });
+});
+
 describe('fair scheduler round trips', () => {
   it('enqueue lanes, dispatches and promotes in one script call', async () => {
     const c = await setup();

@@ -252,11 +252,18 @@ end
 -- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
 -- global sequence (global so an org's lanes can be merged in arrival order). priority <= 2^21 and
 -- seq < 2^31 keep the score an exact double.
-local function pushJob(id, org, model, prio, seq)
+-- Lanes an enqueue call already added to their org's set and activated: the rest of its jobs for the same
+-- lane skip both (an enqueue only adds jobs, so nothing in between changes whether the lane is active).
+local lanesEnqueued = {}
+
+-- `enqueued`: called by the enqueue op, which wrote the job's stage ('st') with its fields already.
+local function pushJob(id, org, model, prio, seq, enqueued)
   local lane = laneOf(org, model)
   rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
+  if not enqueued then rcall('HSET', P_JOB .. id, 'st', 'lane') end
+  if enqueued and lanesEnqueued[lane] then return end
+  if enqueued then lanesEnqueued[lane] = true end
   if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
-  rcall('HSET', P_JOB .. id, 'st', 'lane')
   activate(lane, org)
 end
 
@@ -797,6 +804,9 @@ if op == 'dispatch' then
 elseif op == 'enqueue' then
   local skipped = {}
   local limitsStored = {}
+  -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
+  local jobs = math.floor((#ARGV - 13) / 10)
+  local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
   local i = 14
   while i + 9 <= #ARGV do
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
@@ -810,8 +820,13 @@ elseif op == 'enqueue' then
       -- Only parked BullMQ jobs may enter a lane; anything else would be run twice or never.
       skipped[#skipped + 1] = id
     else
-      local seq = rcall('INCR', K_SEQ)
-      rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
+      seq = seq + 1
+      local notBefore = tonumber(ARGV[i + 7])
+      if notBefore > now then
+        rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
+      else
+        rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq, 'st', 'lane')
+      end
       -- A producer that does not know the model's limits ('') leaves the ones the deployment stored. Written
       -- once per model and call (one producer's entries for a model carry the same limits), and only where
       -- they differ from the stored ones: the last writer still wins, and the usual call writes nothing.
@@ -829,8 +844,7 @@ elseif op == 'enqueue' then
         end
         if changed then modelCache[model] = nil end
       end
-      local notBefore = tonumber(ARGV[i + 7])
-      if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq) end
+      if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq, true) end
     end
     i = i + 10
   end
