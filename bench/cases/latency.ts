@@ -57,6 +57,7 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
     ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
     ctx.add({ case: tc, name: 'p50', value: round(p50, 1), unit: 'ms' });
     ctx.add({ case: tc, name: 'p99', value: round(p99, 1), unit: 'ms', note: `max ${round(Math.max(...kept), 1)} ms; ${offered - done} of ${offered} not completed within the drain time` });
+    ctx.add({ case: tc, name: 'p99 / p50', value: round(p99 / p50, 2), unit: 'x', target: '<= 4', met: p99 / p50 <= 4 && done === offered });
   } finally {
     await q.close();
   }

@@ -391,11 +391,11 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
   const tcF = '1 throughput (c=1), floors and attribution';
   const at1 = (p: Path) => results[`${p}@1`].jobsPerS;
   const x = (p: Path, ref: Path) => ratioOf(1, p, ref).value;
-  const floor = (p: Path, ref: Path) => ({ value: x(p, ref), unit: 'x', note: `${at1(p)} jobs/s (median round); ${ratioOf(1, p, ref).rounds}` });
-  ctx.add({ case: tcF, name: '(a) + 2 PINGs per job / (a): the most a hit path adding the 2 round trips allowed can reach here (target 0.5x)', ...floor('bare-noop-rt2', 'bare-noop') });
-  ctx.add({ case: tcF, name: '(b) + 2 PINGs per job / (b): the same bound for the miss path (target 0.8x)', ...floor('bare-llm-rt2', 'bare-llm') });
-  ctx.add({ case: tcF, name: 'agentq hit without the fair dispatcher / (a)', ...floor('agentq-hit-nofair', 'bare-noop'), note: `${floor('agentq-hit-nofair', 'bare-noop').note}; ${x('agentq-hit', 'bare-noop')}x with it; ${results['agentq-hit-nofair@1'].commandsPerJob} vs ${results['agentq-hit@1'].commandsPerJob} Redis commands/job` });
-  ctx.add({ case: tcF, name: 'agentq miss without the fair dispatcher / (b)', ...floor('agentq-miss-nofair', 'bare-llm'), note: `${floor('agentq-miss-nofair', 'bare-llm').note}; ${x('agentq-miss', 'bare-llm')}x with it; ${results['agentq-miss-nofair@1'].commandsPerJob} vs ${results['agentq-miss@1'].commandsPerJob} Redis commands/job` });
+  const c1Row = (p: Path, ref: Path) => ({ value: x(p, ref), unit: 'x', note: `${at1(p)} jobs/s (median round); ${ratioOf(1, p, ref).rounds}` });
+  ctx.add({ case: tcF, name: '(a) + 2 PINGs per job / (a): the most a hit path adding the 2 round trips allowed can reach here (target 0.5x)', ...c1Row('bare-noop-rt2', 'bare-noop') });
+  ctx.add({ case: tcF, name: '(b) + 2 PINGs per job / (b): the same bound for the miss path (target 0.8x)', ...c1Row('bare-llm-rt2', 'bare-llm') });
+  ctx.add({ case: tcF, name: 'agentq hit without the fair dispatcher / (a)', ...c1Row('agentq-hit-nofair', 'bare-noop'), note: `${c1Row('agentq-hit-nofair', 'bare-noop').note}; ${x('agentq-hit', 'bare-noop')}x with it; ${results['agentq-hit-nofair@1'].commandsPerJob} vs ${results['agentq-hit@1'].commandsPerJob} Redis commands/job` });
+  ctx.add({ case: tcF, name: 'agentq miss without the fair dispatcher / (b)', ...c1Row('agentq-miss-nofair', 'bare-llm'), note: `${c1Row('agentq-miss-nofair', 'bare-llm').note}; ${x('agentq-miss', 'bare-llm')}x with it; ${results['agentq-miss-nofair@1'].commandsPerJob} vs ${results['agentq-miss@1'].commandsPerJob} Redis commands/job` });
 
   const cmd = (p: Path) => results[`${p}@50`].commandsPerJob;
   const tc = '2 Redis commands/job (INFO commandstats, c=50, worker side)';
