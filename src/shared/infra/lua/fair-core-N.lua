@@ -822,11 +822,9 @@ elseif op == 'enqueue' then
     else
       seq = seq + 1
       local notBefore = tonumber(ARGV[i + 7])
-      if notBefore > now then
-        rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq)
-      else
-        rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq, 'st', 'lane')
-      end
+      -- The stage goes with the fields (addTimer writes its reason beside it).
+      local stage = notBefore > now and 'timer' or 'lane'
+      rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq, 'st', stage)
       -- A producer that does not know the model's limits ('') leaves the ones the deployment stored. Written
       -- once per model and call (one producer's entries for a model carry the same limits), and only where
       -- they differ from the stored ones: the last writer still wins, and the usual call writes nothing.
