@@ -18,14 +18,11 @@ const CLAIM_ROUNDS = 6;
 
 /** Redis server time of one EVALSHA call (commandstats usec over calls), over `calls` calls made 50 at a time. */
 async function evalshaUsec(control: Redis, calls: number, call: () => Promise<unknown>): Promise<number> {
-  const stat = async () => {
-    const m = /cmdstat_evalsha:calls=(\d+),usec=(\d+)/.exec(await control.info('commandstats'));
-    return m ? [Number(m[1]), Number(m[2])] : [0, 0];
-  };
-  const [c0, u0] = await stat();
+  const s0 = await commandCalls(control);
   for (let i = 0; i < calls; i += 50) await Promise.all(Array.from({ length: Math.min(50, calls - i) }, call));
-  const [c1, u1] = await stat();
-  return (u1 - u0) / Math.max(1, c1 - c0);
+  const s1 = await commandCalls(control);
+  const delta = (m: Record<string, number>, n: Record<string, number>) => (n.evalsha ?? 0) - (m.evalsha ?? 0);
+  return delta(s0.usecByCommand, s1.usecByCommand) / Math.max(1, delta(s0.byCommand, s1.byCommand));
 }
 
 /**

@@ -89,20 +89,22 @@ export async function startBenchInfra(log: (msg: string) => void): Promise<Bench
  * line and inside the script's EVALSHA time too, so `usec` over-counts scripted work (an upper bound, for
  * BullMQ's scripts and agentq's alike). `cpuUs` is the server's CPU (INFO cpu, user + sys), I/O included.
  */
-export async function commandCalls(control: Redis): Promise<{ total: number; byCommand: Record<string, number>; usec: number; cpuUs: number }> {
+export async function commandCalls(control: Redis): Promise<{ total: number; byCommand: Record<string, number>; usecByCommand: Record<string, number>; usec: number; cpuUs: number }> {
   const info = await control.info('commandstats');
   const byCommand: Record<string, number> = {};
+  const usecByCommand: Record<string, number> = {};
   let total = 0;
   let usec = 0;
   for (const m of info.matchAll(/^cmdstat_([^:]+):calls=(\d+),usec=(\d+)/gm)) {
     if (m[1] === 'info') continue;
     byCommand[m[1]] = Number(m[2]);
+    usecByCommand[m[1]] = Number(m[3]);
     total += Number(m[2]);
     usec += Number(m[3]);
   }
   const cpu = await control.info('cpu');
   const sec = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(cpu)?.[1] ?? 0);
-  return { total, byCommand, usec, cpuUs: Math.round((sec('used_cpu_user') + sec('used_cpu_sys')) * 1e6) };
+  return { total, byCommand, usecByCommand, usec, cpuUs: Math.round((sec('used_cpu_user') + sec('used_cpu_sys')) * 1e6) };
 }
 
 export function diffCalls(a: { byCommand: Record<string, number> }, b: { byCommand: Record<string, number> }): Record<string, number> {

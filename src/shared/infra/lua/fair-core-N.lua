@@ -114,6 +114,16 @@ local function nothingQueued()
   return rcall('ZCARD', K_PROMOTING) == 0
 end
 
+-- A claim's reply: held, cancelled, what it dispatched; and when the job runs, its result-cache lookup (and
+-- single-flight lock on a miss) rides here instead of costing a round trip before the model call. A job that
+-- does not run takes no lock.
+local function claimReply(held, cancelled, d)
+  if held == 1 and cancelled == 0 and #KEYS >= 45 then
+    return { held, cancelled, d, resultCacheLookup(KEYS[42], KEYS[43], KEYS[44], KEYS[45], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+  end
+  return { held, cancelled, d }
+end
+
 -- The common claim answers here, before the ~60 functions below are created: their creation alone cost
 -- ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
 -- script cut off before those functions 6.6 us), more than such a claim's own commands. Common: no releases
@@ -124,12 +134,7 @@ local claimed = nil
 if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV == 20 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
-  if not (runs and ARGV[15] == '1' and nothingQueued()) then
-    if runs and #KEYS >= 45 then
-      return { held, cancelled, 0, resultCacheLookup(KEYS[42], KEYS[43], KEYS[44], KEYS[45], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
-    end
-    return { held, cancelled, 0 }
-  end
+  if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
   claimed = { held, cancelled }
 end
 
@@ -260,9 +265,12 @@ local lanesEnqueued = {}
 local function pushJob(id, org, model, prio, seq, enqueued)
   local lane = laneOf(org, model)
   rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
-  if not enqueued then rcall('HSET', P_JOB .. id, 'st', 'lane') end
-  if enqueued and lanesEnqueued[lane] then return end
-  if enqueued then lanesEnqueued[lane] = true end
+  if enqueued then
+    if lanesEnqueued[lane] then return end
+    lanesEnqueued[lane] = true
+  else
+    rcall('HSET', P_JOB .. id, 'st', 'lane')
+  end
   if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
   activate(lane, org)
 end
@@ -914,12 +922,7 @@ elseif op == 'claim' then
     if claimed then room = bufferTarget() else room = roomIfEmpty() end
     if room and room > 0 then d = dispatch(nil, nil, room) end
   end
-  -- The job runs: its result-cache lookup (and single-flight lock on a miss) rides here instead of costing
-  -- a round trip before the model call. A job that does not run takes no lock.
-  if held == 1 and cancelled == 0 and #KEYS >= 45 then
-    return { held, cancelled, d, resultCacheLookup(KEYS[42], KEYS[43], KEYS[44], KEYS[45], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
-  end
-  return { held, cancelled, d }
+  return claimReply(held, cancelled, d)
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
