@@ -203,6 +203,33 @@ describe('single flight', () => {
     expect(await a.get(p)).toBeNull();
   });
 
+  it('hashes a job\'s parts once: singleFlight reuses the key of a lookup prepared for the same input object', async () => {
+    const [a] = pair();
+    // Hashing canonicalises the input, reading each field: a getter counts the hashes.
+    let hashed = 0;
+    const input = {
+      get name() {
+        hashed++;
+        return 'acme';
+      },
+    };
+    const p = parts({ input });
+    const prepared = a.prepare(p, 'job-1')!;
+    expect(hashed).toBe(1);
+    const first = await a.singleFlight({ ...p }, async () => okResult('computed'), { owner: 'job-1', prefetched: prepared });
+    expect(first).toMatchObject({ from: 'call', value: { data: 'computed' } });
+    expect(hashed).toBe(1);
+    // An equal input in another object is hashed, and finds the entry written under the prepared key.
+    const again = await a.singleFlight({ ...p, input: { name: 'acme' } }, async () => okResult('not called'), { owner: 'job-2', prefetched: prepared });
+    expect(again).toMatchObject({ from: 'l1', value: { data: 'computed' } });
+    // Another input, or other parts with the same input object: their own key, not the prepared one.
+    const otherInput = await a.singleFlight({ ...p, input: { name: 'other' } }, async () => okResult('other input'), { owner: 'job-4', prefetched: prepared });
+    expect(otherInput).toMatchObject({ from: 'call', value: { data: 'other input' } });
+    const other = await a.singleFlight({ ...p, action: 'summarize' }, async () => okResult('other'), { owner: 'job-3', prefetched: prepared });
+    expect(other).toMatchObject({ from: 'call', value: { data: 'other' } });
+    expect(hashed).toBe(2);
+  });
+
   it('a waiter stops waiting after waitTimeoutMs and calls through itself', async () => {
     const [a, b] = pair({ waitTimeoutMs: 100 });
     const p = parts();

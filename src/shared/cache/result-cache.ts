@@ -194,7 +194,9 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
 
   /** A prepared lookup's state: what it was prepared for, the epoch before it was sent, the reply once delivered. */
   interface Prefetch {
+    parts: CacheKeyParts;
     hash: string;
+    keys: string[];
     owner: string;
     token: string;
     seen: number;
@@ -203,6 +205,18 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   }
   type LookupReply = [tag: string, hit: number, lockState: number, json?: string];
   const prefetches = new WeakMap<PreparedLookup, Prefetch>();
+
+  /**
+   * The hash and keys a lookup was prepared with, when `p` is the same parts (the same input object: inputs are
+   * parsed job data, never written): hashing canonicalises the whole input, the largest CPU cost of a cached
+   * job's lookup, and a job's parts are the same ones at the claim and in its guard. Anything else hashes.
+   */
+  function preparedKeys(prepared: PreparedLookup | undefined, p: CacheKeyParts): { hash: string; keys: string[] } | undefined {
+    const pre = prepared && prefetches.get(prepared);
+    const q = pre?.parts;
+    const same = q !== undefined && q.input === p.input && q.orgId === p.orgId && q.agent === p.agent && q.action === p.action && q.model === p.model && q.promptVersion === p.promptVersion;
+    return same ? pre : undefined;
+  }
 
   /** The prepared lookup's delivered reply for these keys, taken once (a second `singleFlight` looks again). */
   function takePrefetched(prepared: PreparedLookup | undefined, hash: string, owner: string): Prefetch | undefined {
@@ -279,7 +293,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     prepare(p, owner = '') {
       const { hash, keys } = keysFor(p);
       if (l1Live && l1.has(hash)) return undefined;
-      const pre: Prefetch = { hash, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
+      const pre: Prefetch = { parts: p, hash, keys, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
       const prepared: PreparedLookup = {
         keys,
         // No L1 tag: the reply is a miss or the entry itself, whatever L1 holds by the time it is read.
@@ -310,7 +324,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       const shouldCache = sfOpts.shouldCache ?? (() => true);
       const deadline = Date.now() + waitTimeoutMs;
       const owner = sfOpts.owner ?? '';
-      const k = keysFor(p);
+      const k = preparedKeys(sfOpts.prefetched, p) ?? keysFor(p);
       let pre = takePrefetched(sfOpts.prefetched, k.hash, owner);
       // The prefetched reply's lock (if it took one) was taken under its token: renewed, stored and freed with it.
       const token = pre?.token ?? `${owner}#${randomUUID()}`;
