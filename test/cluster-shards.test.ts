@@ -58,13 +58,18 @@ describe('queue shards on a Redis Cluster', () => {
     expect(Math.max(...perShard)).toBeLessThan(200);
   });
 
-  it('variable-key scripts for shards on different primaries, sent in one tick on one auto-pipelined connection, all run', async () => {
+  it('variable-key scripts for shards on different primaries, sent in one tick on one auto-pipelined connection, all run (key counts first used in that tick too)', async () => {
     const client = createRedis(redisTargetOf(s.cfg), 'worker', { enableAutoPipelining: true });
     try {
       const take = defineLua(client, 'token-bucket-take-N.lua');
-      // One bucket in each shard: twelve calls, four per primary, in the same tick.
-      const results = await Promise.all(layout.prefixes.map((p) => take([`${p}:agentq:tb:probe`], [10, 1, 1])));
-      expect(results.map((r) => (r as number[])[0])).toEqual(new Array(SHARDS).fill(1));
+      // One bucket in each shard, then two: 24 calls, eight per primary, in the same tick. The first two-bucket
+      // call defines its command while every node's auto-pipeline is pending (lua.ts). Once the client knows the
+      // slots: before that, its calls wait for them and are queued only after every definition.
+      await take([`${layout.prefixes[0]}:agentq:tb:warm`], [10, 1, 1]);
+      const one = layout.prefixes.map((p) => take([`${p}:agentq:tb:probe`], [10, 1, 1]));
+      const two = layout.prefixes.map((p) => take([`${p}:agentq:tb:probe`, `${p}:agentq:tb:probe2`], [10, 1, 1, 10, 1, 1]));
+      const results = await Promise.all([...one, ...two]);
+      expect(results.map((r) => (r as number[])[0])).toEqual(new Array(2 * SHARDS).fill(1));
     } finally {
       client.disconnect();
     }

@@ -27,6 +27,7 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
     if (!fn) {
       const name = fixedKeys === undefined ? `${command}_${numberOfKeys}` : command;
       redis.defineCommand(name, { lua, numberOfKeys });
+      addToPendingAutoPipelines(redis, name);
       fn = (redis as unknown as Record<string, (...a: Array<string | number>) => Promise<unknown>>)[name].bind(redis);
       commands.set(numberOfKeys, fn);
     }
@@ -39,6 +40,25 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
     }
     return commandFor(keys.length)(...keys, ...args);
   };
+}
+
+/**
+ * ioredis copies a client's scripts into an auto-pipeline when it creates one, so a pipeline created before a
+ * command defined on first use (pending until the next turn of the event loop, or queued behind a running one)
+ * lacks it: a call queued into it is rejected, and the pipeline's reply handler then throws on the reply it
+ * lacks, an uncaught exception that ends the process (ioredis #1931, "results[i] is not iterable"): bench
+ * worker processes died of it. A worker's first claim carrying a result-cache lookup (45 keys, after 41-key
+ * calls) is such a first use, often in a tick with other calls pending. Such pipelines get the command too. `_autoPipelines` is ioredis 5's map of them (Redis and Cluster alike), not public API:
+ * test/lua-define.test.ts reproduces the crash, so an ioredis that changes it fails there.
+ */
+function addToPendingAutoPipelines(redis: RedisClient, name: string): void {
+  const pending = (redis as unknown as { _autoPipelines?: Map<string, Record<string, unknown>> })._autoPipelines;
+  if (!(pending instanceof Map)) return;
+  const client = redis as unknown as Record<string, unknown>;
+  for (const pipeline of pending.values()) {
+    pipeline[name] = client[name];
+    pipeline[`${name}Buffer`] = client[`${name}Buffer`];
+  }
 }
 
 export const LUA_DIR = new URL('./lua/', import.meta.url);

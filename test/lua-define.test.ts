@@ -1,0 +1,36 @@
+import { afterAll, describe, expect, it } from 'vitest';
+import { defineLua } from '../src/shared/infra/lua.js';
+import { createRedis, type RedisClient } from '../src/shared/infra/redis/connection.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+
+const clients: RedisClient[] = [];
+afterAll(() => clients.forEach((c) => c.disconnect()));
+
+/**
+ * A `-N.lua` script is defined once per key count, on its first call with that count. ioredis copies a client's
+ * scripts into an auto-pipeline when it creates it, so a count first used while an auto-pipeline is pending
+ * (created earlier in the same tick) must still reach Redis through it: without that, ioredis rejects the call
+ * and then crashes the process on the reply it lacks ("results[i] is not iterable", ioredis #1931).
+ */
+describe('variable-key Lua on an auto-pipelined connection', () => {
+  it('a key count first used while an auto-pipeline is pending runs in it, beside the calls queued before', async () => {
+    const client = createRedis(redisUrl(), 'worker', { enableAutoPipelining: true });
+    clients.push(client);
+    const take = defineLua(client, 'token-bucket-take-N.lua');
+    const p = randomPrefix();
+    let sent = 0;
+    // Same tick: the 1-key calls create the pending auto-pipeline, the 2- and 3-key calls define their commands.
+    const calls = [
+      take([`${p}:a`], [10, 0.001, 1]),
+      take([`${p}:b`, `${p}:c`], [10, 0.001, 1, 10, 0.001, 2]),
+      take([`${p}:a`], [10, 0.001, 1]),
+      take([`${p}:d`, `${p}:e`, `${p}:f`], [10, 0.001, 1, 10, 0.001, 1, 10, 0.001, 1]),
+    ].map((c) => c.then((r) => (sent++, r as number[])));
+    const results = await Promise.all(calls);
+    expect(sent).toBe(4);
+    expect(results.map((r) => r[0])).toEqual([1, 1, 1, 1]);
+    // Each call ran once: bucket a was taken twice (10 - 2 left), c once for 2 tokens.
+    expect(Number(await client.hget(`${p}:a`, 'tokens'))).toBeCloseTo(8, 0);
+    expect(Number(await client.hget(`${p}:c`, 'tokens'))).toBeCloseTo(8, 0);
+  });
+});
