@@ -1,4 +1,5 @@
-import { RISK_REQUEST, startAgentq } from '../lib/agentq.js';
+import { RISK_REQUEST, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
+import { startChild } from '../lib/child.js';
 import type { BenchContext } from '../lib/context.js';
 import { percentile, round, sleep } from '../lib/stats.js';
 import { ORG } from './throughput.js';
@@ -6,11 +7,31 @@ import { ORG } from './throughput.js';
 const DURATION_MS = 6000;
 const DISCARD_MS = 1000;
 const DRAIN_MS = 15_000;
+const WARMUP_MS = 3000;
+
+/** Wall-clock ms with sub-ms precision, comparable across this machine's processes. */
+const wallMs = () => performance.timeOrigin + performance.now();
+
+interface Offered {
+  offered: number;
+  completed: number;
+  latencies: number[];
+  /** CPU of the worker's process over the offer, % of one core (with `together`, the producer's too). */
+  workerCpuPct: number;
+  /** CPU of the producer's process (this one), % of one core; undefined when it is the worker's. */
+  producerCpuPct?: number;
+}
 
 /**
- * Case 4: enqueue -> completion latency at a steady offered load of half the measured maximum (the full
- * path's throughput from case 1), offered open-loop: jobs are enqueued on schedule whether or not earlier
- * ones have finished, so queueing shows up in the latency instead of slowing the offer down.
+ * Case 4: enqueue -> completion latency at a steady offered load of half the measured maximum (case 1's
+ * full path at its best concurrency: one worker process, jobs enqueued before it started), offered
+ * open-loop: jobs are enqueued on schedule whether or not earlier ones have finished, so queueing shows
+ * up in the latency instead of slowing the offer down.
+ *
+ * As deployed (the `api` and `workers` services): the producer in this process, the worker (c=50) in
+ * its own, a bench child. Also, with no target, both in this process (this case's shape before): that
+ * process then does the producer's enqueue work beside the worker's, so half the worker's max loads it
+ * near a whole core and the tail is that process's queueing (its CPU is reported beside it).
  */
 export async function latencyCase(ctx: BenchContext): Promise<void> {
   const max = ctx.shared.agentqMissMaxPerS;
@@ -19,46 +40,102 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
     return;
   }
   const rate = max / 2;
-  await ctx.b.control.flushall();
-  const enqueuedAt = new Map<string, number>();
-  const latencies: Array<{ at: number; ms: number }> = [];
-  let done = 0;
-  const q = await startAgentq(ctx.b, {
-    env: { WORKER_CONCURRENCY: '50' },
-    onCompleted: (job) => {
-      const t = enqueuedAt.get(job.id!);
-      if (t !== undefined) latencies.push({ at: t, ms: performance.now() - t });
-      done++;
-    },
+  const tc = '4 latency enqueue -> completion';
+  const split = await offer(ctx, rate, false);
+  const together = await offer(ctx, rate, true);
+  ctx.details.latency = { offeredPerS: rate, split: summary(split), together: summary(together) };
+  ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${split.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
+  const s = summary(split);
+  ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
+  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${split.offered - split.completed} of ${split.offered} not completed within the drain time; worker process CPU ${round(split.workerCpuPct, 0)} %, producer process ${round(split.producerCpuPct ?? 0, 0)} % of a core` });
+  ctx.add({ case: tc, name: 'p99 / p50', value: round(s.p99 / s.p50, 2), unit: 'x', target: '<= 4', met: s.p99 / s.p50 <= 4 && split.completed === split.offered });
+  const t = summary(together);
+  ctx.add({
+    case: tc,
+    name: 'p99 / p50, producer and worker in one process (no target)',
+    value: round(t.p99 / t.p50, 2),
+    unit: 'x',
+    note: `p50 ${round(t.p50, 1)} ms, p99 ${round(t.p99, 1)} ms, max ${round(t.max, 1)} ms; that process's CPU ${round(together.workerCpuPct, 0)} % of a core; ${together.offered - together.completed} of ${together.offered} not completed`,
   });
-  let offered = 0;
+}
+
+function summary(o: Offered) {
+  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct };
+}
+
+/** One open-loop offer on a fresh queue prefix; `together`: the worker in this process. */
+async function offer(ctx: BenchContext, rate: number, together: boolean): Promise<Offered> {
+  await ctx.b.control.flushall();
+  const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: '50' };
+  // Both by job id: a job may complete before its enqueue call has returned here.
+  const enqueuedAt = new Map<string, number>();
+  const completed = new Map<string, number>();
+  let done = 0;
+  const completedAt = (id: string, at: number) => {
+    completed.set(id, at);
+    done++;
+  };
+  const arg = JSON.stringify({ redisUrl: ctx.b.redis.url, databaseUrl: ctx.b.databaseUrl, emulatorUrl: ctx.b.emulatorUrl });
+  const worker = together ? undefined : startChild('fair-worker', [arg]);
+  let q: AgentqUnderTest | undefined;
   try {
-    await q.startWorker();
-    const producer = q.runtime.deps.producer;
-    const t0 = performance.now();
-    const pending: Array<Promise<unknown>> = [];
-    while (performance.now() - t0 < DURATION_MS) {
-      const due = Math.floor(((performance.now() - t0) / 1000) * rate);
-      for (; offered < due; offered++) {
-        const started = performance.now();
-        pending.push(producer.enqueue(RISK_REQUEST(`lat-${offered}`), { orgId: ORG }).then((job) => enqueuedAt.set(job.id, started)));
-      }
-      await sleep(5);
+    if (worker) {
+      // The child reports each completion with the time its `completed` event fired (`wallMs` there).
+      worker.child.on('message', (m: { done?: Array<[string, string, number, number, number]> }) => {
+        for (const [id, , , , seenAt] of m?.done ?? []) completedAt(id, seenAt);
+      });
+      await worker.ready;
+      await worker.request({ op: 'start', env });
+      q = await startAgentq(ctx.b, { env });
+    } else {
+      q = await startAgentq(ctx.b, { env, onCompleted: (job) => completedAt(job.id!, wallMs()) });
+      await q.startWorker();
     }
-    await Promise.all(pending);
-    const drainEnd = performance.now() + DRAIN_MS;
-    while (done < offered && performance.now() < drainEnd) await sleep(20);
-    const kept = latencies.filter((l) => l.at - t0 >= DISCARD_MS).map((l) => l.ms);
-    const p50 = percentile(kept, 50);
-    const p99 = percentile(kept, 99);
-    ctx.details.latency = { offeredPerS: rate, offered, completed: done, measured: kept.length, p50, p99, max: Math.max(...kept) };
-    ctx.log(`  offered ${round(rate, 1)} jobs/s: p50 ${round(p50, 1)} ms, p99 ${round(p99, 1)} ms (${kept.length} jobs, ${offered - done} not completed)`);
-    const tc = '4 latency enqueue -> completion';
-    ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
-    ctx.add({ case: tc, name: 'p50', value: round(p50, 1), unit: 'ms' });
-    ctx.add({ case: tc, name: 'p99', value: round(p99, 1), unit: 'ms', note: `max ${round(Math.max(...kept), 1)} ms; ${offered - done} of ${offered} not completed within the drain time` });
-    ctx.add({ case: tc, name: 'p99 / p50', value: round(p99 / p50, 2), unit: 'x', target: '<= 4', met: p99 / p50 <= 4 && done === offered });
+    const cpu = async () => (worker ? (await worker.request<{ us: number }>({ op: 'cpu' })).us : 0);
+    const producer = q.runtime.deps.producer;
+    let offered = 0;
+    /** Offers `rate` jobs/s for `ms`, then waits for them to complete; the CPU both processes used meanwhile. */
+    const run = async (ms: number) => {
+      const [w0, p0] = [await cpu(), process.cpuUsage()];
+      const t0 = performance.now();
+      const pending: Array<Promise<unknown>> = [];
+      const first = offered;
+      while (performance.now() - t0 < ms) {
+        const due = first + Math.floor(((performance.now() - t0) / 1000) * rate);
+        for (; offered < due; offered++) {
+          const started = wallMs();
+          pending.push(producer.enqueue(RISK_REQUEST(`lat-${offered}`), { orgId: ORG }).then((job) => enqueuedAt.set(job.id, started)));
+        }
+        await sleep(5);
+      }
+      await Promise.all(pending);
+      const seconds = (performance.now() - t0) / 1000;
+      const [w1, p1] = [await cpu(), process.cpuUsage(p0)];
+      const drainEnd = performance.now() + DRAIN_MS;
+      while (done < offered && performance.now() < drainEnd) await sleep(20);
+      return { workerPct: (100 * (w1 - w0)) / 1e6 / seconds, producerPct: (100 * (p1.user + p1.system)) / 1e6 / seconds };
+    };
+    // A new worker process is warmed up first (as the one-process shape was, by case 1): its first
+    // seconds run unoptimised code.
+    if (worker) await run(WARMUP_MS);
+    enqueuedAt.clear();
+    const [first, doneBefore] = [offered, done];
+    const t0Wall = wallMs();
+    const { workerPct, producerPct } = await run(DURATION_MS);
+    const latencies = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => completed.get(id)! - at);
+    offered -= first;
+    done -= doneBefore;
+    const r: Offered = together
+      ? { offered, completed: done, latencies, workerCpuPct: producerPct }
+      : { offered, completed: done, latencies, workerCpuPct: workerPct, producerCpuPct: producerPct };
+    const s = summary(r);
+    ctx.log(`  ${together ? 'one process' : 'separate processes'}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}`);
+    return r;
   } finally {
-    await q.close();
+    if (worker) {
+      await worker.request({ op: 'stop' }, 30_000).catch(() => {});
+      await worker.stop();
+    }
+    await q?.close();
   }
 }

@@ -5,8 +5,9 @@
  * - `{ op: 'start', env }` starts a runtime with one agent worker (env holds QUEUE_PREFIX, WORKER_CONCURRENCY...);
  * - `{ op: 'stop' }` closes it;
  * - `{ op: 'cpu' }` answers `process.cpuUsage()` (user + system µs) of this whole process.
- * Every completed job is reported, batched every 100 ms, as `{ done: [[jobId, orgId, processedOn, finishedOn], ...] }`
- * (the worker's own timestamps: processedOn when BullMQ moved the job to active, finishedOn when it recorded the outcome).
+ * Every completed job is reported, batched every 100 ms, as `{ done: [[jobId, orgId, processedOn, finishedOn, seenAt], ...] }`
+ * (the worker's own timestamps: processedOn when BullMQ moved the job to active, finishedOn when it recorded the outcome,
+ * seenAt when its `completed` event fired, wall-clock ms with sub-ms precision).
  */
 import { parseConfig } from '../../src/shared/core/config.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
@@ -22,7 +23,7 @@ const config = (env: Record<string, string> = {}) =>
   parseConfig({ ...BENCH_ENV, REDIS_URL: o.redisUrl, DATABASE_URL: o.databaseUrl, GEMINI_API_KEY: 'bench-not-a-real-key', ...env });
 
 let q: AgentqUnderTest | undefined;
-let done: Array<[string, string, number, number]> = [];
+let done: Array<[string, string, number, number, number]> = [];
 const flush = () => {
   if (done.length === 0) return;
   toParent({ done });
@@ -35,7 +36,7 @@ serveParent(async (msg: { op: string; env?: Record<string, string> }) => {
     if (q) throw new Error('already started');
     q = await startAgentq({ config, infra, emulatorUrl: o.emulatorUrl }, {
       env: msg.env,
-      onCompleted: (job) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now()]),
+      onCompleted: (job) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now(), performance.timeOrigin + performance.now()]),
     });
     await q.startWorker();
     return {};
