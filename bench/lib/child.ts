@@ -51,10 +51,17 @@ export function startChild<R = unknown>(name: string, args: string[] = [], env: 
     ready: next<{ ready: R }>((m) => m && typeof m === 'object' && ('ready' in m || 'error' in m), 180_000).then((m) => m.ready),
     next,
     async request<T>(msg: Record<string, unknown>, timeoutMs?: number) {
+      // A child that died fails the request (and so its case), not the whole run: a send on its closed
+      // channel would otherwise be an unhandled 'error' event.
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`bench child ${name} exited (${child.exitCode ?? child.signalCode}) before a request`);
       const id = ++seq;
       const answer = next<{ result: T }>((m) => m?.id === id, timeoutMs);
-      child.send({ id, ...msg });
-      return (await answer).result;
+      const unsent = new Promise<never>((_resolve, reject) => {
+        child.send({ id, ...msg }, (err) => {
+          if (err) reject(new Error(`bench child ${name}: ${err.message}`));
+        });
+      });
+      return (await Promise.race([answer, unsent])).result;
     },
     exited,
     async stop(signal: NodeJS.Signals = 'SIGTERM') {
