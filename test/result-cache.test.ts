@@ -203,14 +203,15 @@ describe('single flight', () => {
     expect(await a.get(p)).toBeNull();
   });
 
-  it('hashes a job\'s parts once: singleFlight reuses the key of a lookup prepared for the same input object', async () => {
+  it('hashes a job\'s parts once: singleFlight reuses the key prepare computed for the same input object, lookup or L1 hit', async () => {
     const [a] = pair();
     // Hashing canonicalises the input, reading each field: a getter counts the hashes.
     let hashed = 0;
+    let name = 'acme';
     const input = {
       get name() {
         hashed++;
-        return 'acme';
+        return name;
       },
     };
     const p = parts({ input });
@@ -228,6 +229,18 @@ describe('single flight', () => {
     const other = await a.singleFlight({ ...p, action: 'summarize' }, async () => okResult('other'), { owner: 'job-3', prefetched: prepared });
     expect(other).toMatchObject({ from: 'call', value: { data: 'other' } });
     expect(hashed).toBe(2);
+    // A job whose claim carried no lookup (prepare returns none on an L1 hit): its singleFlight still reuses the key.
+    // Other parts with that input object in between get their own key and leave the prepared one.
+    a.prepare(p, 'job-5');
+    expect(hashed).toBe(3);
+    expect(await a.singleFlight({ ...p, action: 'translate' }, async () => okResult('translated'), { owner: 'job-6' })).toMatchObject({ from: 'call', value: { data: 'translated' } });
+    expect(hashed).toBe(4);
+    expect(await a.singleFlight({ ...p }, async () => okResult('not called'), { owner: 'job-5' })).toMatchObject({ value: { data: 'computed' } });
+    expect(hashed).toBe(4);
+    // Taken once: a later call hashes again (an input written after its job's lookup is not served a stale key).
+    name = 'renamed';
+    expect(await a.singleFlight({ ...p }, async () => okResult('renamed'), { owner: 'job-7' })).toMatchObject({ from: 'call', value: { data: 'renamed' } });
+    expect(hashed).toBe(5);
   });
 
   it('a waiter stops waiting after waitTimeoutMs and calls through itself', async () => {

@@ -194,9 +194,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
 
   /** A prepared lookup's state: what it was prepared for, the epoch before it was sent, the reply once delivered. */
   interface Prefetch {
-    parts: CacheKeyParts;
     hash: string;
-    keys: string[];
     owner: string;
     token: string;
     seen: number;
@@ -207,15 +205,22 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const prefetches = new WeakMap<PreparedLookup, Prefetch>();
 
   /**
-   * The hash and keys a lookup was prepared with, when `p` is the same parts (the same input object: inputs are
-   * parsed job data, never written): hashing canonicalises the whole input, the largest CPU cost of a cached
-   * job's lookup, and a job's parts are the same ones at the claim and in its guard. Anything else hashes.
+   * The key `prepare` computed for a job's parts, by input object, taken by the job's `singleFlight` when it is
+   * given the same parts (the same input object: inputs are parsed job data, never written): hashing
+   * canonicalises the whole input, the largest CPU cost of a cached job's lookup, and a job's parts are the same
+   * at its claim and in its guard. Kept whether or not `prepare` returned a lookup (an L1 hit returns none).
+   * Anything else hashes.
    */
-  function preparedKeys(prepared: PreparedLookup | undefined, p: CacheKeyParts): { hash: string; keys: string[] } | undefined {
-    const pre = prepared && prefetches.get(prepared);
-    const q = pre?.parts;
-    const same = q !== undefined && q.input === p.input && q.orgId === p.orgId && q.agent === p.agent && q.action === p.action && q.model === p.model && q.promptVersion === p.promptVersion;
-    return same ? pre : undefined;
+  const preparedKeys = new WeakMap<object, { parts: CacheKeyParts; hash: string; keys: string[] }>();
+  const isObject = (v: unknown): v is object => typeof v === 'object' && v !== null;
+
+  function takePreparedKeys(p: CacheKeyParts): { hash: string; keys: string[] } | undefined {
+    if (!isObject(p.input)) return undefined;
+    const k = preparedKeys.get(p.input);
+    const q = k?.parts;
+    if (!q || q.orgId !== p.orgId || q.agent !== p.agent || q.action !== p.action || q.model !== p.model || q.promptVersion !== p.promptVersion) return undefined;
+    preparedKeys.delete(p.input);
+    return k;
   }
 
   /** The prepared lookup's delivered reply for these keys, taken once (a second `singleFlight` looks again). */
@@ -292,8 +297,9 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     },
     prepare(p, owner = '') {
       const { hash, keys } = keysFor(p);
+      if (isObject(p.input)) preparedKeys.set(p.input, { parts: p, hash, keys });
       if (l1Live && l1.has(hash)) return undefined;
-      const pre: Prefetch = { parts: p, hash, keys, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
+      const pre: Prefetch = { hash, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
       const prepared: PreparedLookup = {
         keys,
         // No L1 tag: the reply is a miss or the entry itself, whatever L1 holds by the time it is read.
@@ -324,7 +330,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       const shouldCache = sfOpts.shouldCache ?? (() => true);
       const deadline = Date.now() + waitTimeoutMs;
       const owner = sfOpts.owner ?? '';
-      const k = preparedKeys(sfOpts.prefetched, p) ?? keysFor(p);
+      const k = takePreparedKeys(p) ?? keysFor(p);
       let pre = takePrefetched(sfOpts.prefetched, k.hash, owner);
       // The prefetched reply's lock (if it took one) was taken under its token: renewed, stored and freed with it.
       const token = pre?.token ?? `${owner}#${randomUUID()}`;
