@@ -48,8 +48,9 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
  * lacks it: a call queued into it is rejected, and the pipeline's reply handler then throws on the reply it
  * lacks, an uncaught exception that ends the process (ioredis #1931, "results[i] is not iterable"): bench
  * worker processes died of it. A worker's first claim carrying a result-cache lookup (45 keys, after 41-key
- * calls) is such a first use, often in a tick with other calls pending. Such pipelines get the command too. `_autoPipelines` is ioredis 5's map of them (Redis and Cluster alike), not public API:
- * test/lua-define.test.ts reproduces the crash, so an ioredis that changes it fails there.
+ * calls) is such a first use, often in a tick with other calls pending. Such pipelines get the command too.
+ * `_autoPipelines` is ioredis 5's map of them (Redis and Cluster alike), not public API: test/lua-define.test.ts
+ * and test/cluster-shards.test.ts reproduce the crash, so an ioredis that changes it fails there.
  */
 function addToPendingAutoPipelines(redis: RedisClient, name: string): void {
   const pending = (redis as unknown as { _autoPipelines?: Map<string, Record<string, unknown>> })._autoPipelines;
