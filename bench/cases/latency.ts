@@ -1,16 +1,13 @@
 import { RISK_REQUEST, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
 import { startChild } from '../lib/child.js';
 import type { BenchContext } from '../lib/context.js';
-import { percentile, round, sleep } from '../lib/stats.js';
+import { percentile, round, sleep, wallMs } from '../lib/stats.js';
 import { ORG } from './throughput.js';
 
 const DURATION_MS = 6000;
 const DISCARD_MS = 1000;
 const DRAIN_MS = 15_000;
 const WARMUP_MS = 3000;
-
-/** Wall-clock ms with sub-ms precision, comparable across this machine's processes. */
-const wallMs = () => performance.timeOrigin + performance.now();
 
 interface Offered {
   offered: number;
@@ -41,21 +38,19 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   }
   const rate = max / 2;
   const tc = '4 latency enqueue -> completion';
-  const split = await offer(ctx, rate, false);
-  const together = await offer(ctx, rate, true);
-  ctx.details.latency = { offeredPerS: rate, split: summary(split), together: summary(together) };
-  ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${split.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
-  const s = summary(split);
+  const s = await offer(ctx, rate, false);
+  const t = await offer(ctx, rate, true);
+  ctx.details.latency = { offeredPerS: rate, split: s, together: t };
+  ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${s.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
-  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${split.offered - split.completed} of ${split.offered} not completed within the drain time; worker process CPU ${round(split.workerCpuPct, 0)} %, producer process ${round(split.producerCpuPct ?? 0, 0)} % of a core` });
-  ctx.add({ case: tc, name: 'p99 / p50', value: round(s.p99 / s.p50, 2), unit: 'x', target: '<= 4', met: s.p99 / s.p50 <= 4 && split.completed === split.offered });
-  const t = summary(together);
+  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} %, producer process ${round(s.producerCpuPct ?? 0, 0)} % of a core` });
+  ctx.add({ case: tc, name: 'p99 / p50', value: round(s.p99 / s.p50, 2), unit: 'x', target: '<= 4', met: s.p99 / s.p50 <= 4 && s.completed === s.offered });
   ctx.add({
     case: tc,
     name: 'p99 / p50, producer and worker in one process (no target)',
     value: round(t.p99 / t.p50, 2),
     unit: 'x',
-    note: `p50 ${round(t.p50, 1)} ms, p99 ${round(t.p99, 1)} ms, max ${round(t.max, 1)} ms; that process's CPU ${round(together.workerCpuPct, 0)} % of a core; ${together.offered - together.completed} of ${together.offered} not completed`,
+    note: `p50 ${round(t.p50, 1)} ms, p99 ${round(t.p99, 1)} ms, max ${round(t.max, 1)} ms; that process's CPU ${round(t.workerCpuPct, 0)} % of a core; ${t.offered - t.completed} of ${t.offered} not completed`,
   });
 }
 
@@ -63,8 +58,8 @@ function summary(o: Offered) {
   return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct };
 }
 
-/** One open-loop offer on a fresh queue prefix; `together`: the worker in this process. */
-async function offer(ctx: BenchContext, rate: number, together: boolean): Promise<Offered> {
+/** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
+async function offer(ctx: BenchContext, rate: number, together: boolean): Promise<ReturnType<typeof summary>> {
   await ctx.b.control.flushall();
   const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: '50' };
   // Both by job id: a job may complete before its enqueue call has returned here.
@@ -130,7 +125,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean): Promis
       : { offered, completed: done, latencies, workerCpuPct: workerPct, producerCpuPct: producerPct };
     const s = summary(r);
     ctx.log(`  ${together ? 'one process' : 'separate processes'}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}`);
-    return r;
+    return s;
   } finally {
     if (worker) {
       await worker.request({ op: 'stop' }, 30_000).catch(() => {});

@@ -15,6 +15,7 @@ import type { Infra } from '../../src/shared/infra/infra.js';
 import { startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
 import { serveParent, toParent } from '../lib/child.js';
 import { BENCH_ENV } from '../lib/infra.js';
+import { wallMs } from '../lib/stats.js';
 
 const o = JSON.parse(process.argv[2]) as { redisUrl: string; databaseUrl: string; emulatorUrl: string };
 const pool = createPool(o.databaseUrl, { max: 4 });
@@ -36,7 +37,7 @@ serveParent(async (msg: { op: string; env?: Record<string, string> }) => {
     if (q) throw new Error('already started');
     q = await startAgentq({ config, infra, emulatorUrl: o.emulatorUrl }, {
       env: msg.env,
-      onCompleted: (job) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now(), performance.timeOrigin + performance.now()]),
+      onCompleted: (job) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now(), wallMs()]),
     });
     await q.startWorker();
     return {};

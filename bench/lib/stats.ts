@@ -17,6 +17,9 @@ export function round(n: number, digits = 3): number {
   return Math.round(n * f) / f;
 }
 
+/** Wall-clock ms with sub-ms precision, comparable across this machine's processes. */
+export const wallMs = (): number => performance.timeOrigin + performance.now();
+
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Wall time of `fn` in ms, high resolution. */
