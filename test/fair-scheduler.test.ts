@@ -588,18 +588,22 @@ describe('fair scheduler limits', () => {
     expect(second.nextWakeMs).toBeUndefined();
   });
 
-  it('counts jobs fetched but not yet started against the buffer, so dispatches do not overfill it', async () => {
+  it('counts only what a worker can still fetch against the buffer: jobs fetched and not yet started leave room', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();
     const ids = await c.add(org, 20);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 5));
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    // A worker fetched ids[0] (out of BullMQ's wait list) but has not claimed it yet: still no room.
-    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[0]);
+    // A busy worker fetched all five (out of BullMQ's wait list) and has claimed none yet: the list is
+    // refilled at once, so its next free slots find jobs instead of an empty list.
+    for (const id of ids.slice(0, 5)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(5, 10));
+    // Their claims change nothing about the buffer: still full.
+    for (const id of ids.slice(0, 5)) expect(await c.scheduler.claim(id)).toEqual({ held: true, cancelled: false });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    // A job that starts (claims its slot) leaves room for one more.
-    expect(await c.scheduler.claim(ids[0])).toEqual({ held: true, cancelled: false });
-    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[5]]);
+    // One fetched: room for one.
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[5]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[10]]);
   });
 
   it('a claim with refill dispatches (and promotes) only when BullMQ\'s wait list is empty; a release can dispatch in its own call', async () => {
@@ -624,11 +628,12 @@ describe('fair scheduler limits', () => {
     await c.queue.remove(ids[2]);
     await c.queue.remove(ids[3]);
     expect(await c.scheduler.claim(ids[2])).toEqual({ held: true, cancelled: false });
-    // A release asked to dispatch does it in the same call (one place: ids[3], dispatched and never started,
-    // still counts as being promoted).
+    // A release asked to dispatch does it in the same call (two places: ids[3] left the wait list, though it
+    // never started, as ids[2] did).
     const rel = await c.scheduler.release([ids[0], ids[1]], { dispatch: true });
-    expect(rel).toMatchObject({ freed: 2, due: true, dispatched: { promoted: [ids[4]] } });
+    expect(rel).toMatchObject({ freed: 2, due: true, dispatched: { promoted: [ids[4], ids[5]] } });
     expect(await c.redis.zscore(c.queue.toKey('delayed'), ids[4])).toBeNull();
+    expect(await waiting()).toEqual([ids[4], ids[5]].sort());
     // Asked to dispatch with nothing due, a release dispatches nothing.
     const quiet = await setup({ bufferTarget: 2 });
     const lone = await quiet.add(randomOrg(), 1);

@@ -22,7 +22,7 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js
  *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
  *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
  *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
- *   <keyPrefix>:wake / :promoting      STRING the wake time a caller armed / ZSET dispatched, not started -> ms
+ *   <keyPrefix>:wake                   STRING the wake time a caller armed
  *   BullMQ's wait, prioritized, delayed, job hashes, meta, active, pc, events and marker: a dispatch moves the
  *   jobs it hands out from delayed to wait / prioritized as BullMQ's own promote script does (fair-core-N.lua)
  *   <keyPrefix>:leasereq / :leasewait:<model> HASH model -> ms a lease request stands until / SET lanes asleep for it
@@ -70,7 +70,6 @@ export const FAIR_KEY_NAMES = [
   'throttled',
   'sleepStart',
   'wake',
-  'promoting',
   'cancelPrefix',
   'orgJobsPrefix',
   'queueMeta',
@@ -152,7 +151,6 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     throttled: `${p}:throttled`,
     sleepStart: `${p}:sleepstart`,
     wake: `${p}:wake`,
-    promoting: `${p}:promoting`,
     cancelPrefix: cancelRequestedKey(qp, ''),
     orgJobsPrefix: orgJobsKey(qp, ''),
     queueMeta: q.toKey('meta'),

@@ -9,13 +9,13 @@
 --   job's progress field),
 --   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
---   31 wake STRING (the next wake time one caller has armed a timer for), 32 promoting ZSET (dispatched, not yet
---   started -> dispatch ms), 33 cancel marker prefix (claim reads <prefix><jobId>), 34 org job index prefix
---   (enqueue adds to the ZSET <prefix><org>), 35 BullMQ meta, 36 BullMQ active, 37 BullMQ priority counter,
---   38 BullMQ events stream, 39 BullMQ marker (a dispatch promotes the jobs it hands out, as BullMQ's promote does)
---   40 leasereq HASH (model -> ms until which the shard's lease request for the model stands: in flight, or
---   refused until then), 41 leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease),
---   42-45 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
+--   31 wake STRING (the next wake time one caller has armed a timer for), 32 cancel marker prefix (claim reads
+--   <prefix><jobId>), 33 org job index prefix (enqueue adds to the ZSET <prefix><org>), 34 BullMQ meta,
+--   35 BullMQ active, 36 BullMQ priority counter, 37 BullMQ events stream, 38 BullMQ marker (a dispatch
+--   promotes the jobs it hands out, as BullMQ's promote does)
+--   39 leasereq HASH (model -> ms until which the shard's lease request for the model stands: in flight, or
+--   refused until then), 40 leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease),
+--   41-44 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
 --   single-flight lock (includes/result-cache-lookup.lua)
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
@@ -31,13 +31,13 @@
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 42-45), charge corrections (a count, then org, model, org tokens,
+--     ms and owner (read only with KEYS 41-44), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
---     BullMQ's wait list is empty; with KEYS 40-43 a held, not cancelled claim also does the job's
+--     BullMQ's wait list is empty; with KEYS 41-44 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-4.lua's);  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id
@@ -59,12 +59,10 @@ local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS
 local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
 local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
-local K_WAKE, K_PROMOTING = KEYS[31], KEYS[32]
-local P_CANCEL, P_ORGJOBS = KEYS[33], KEYS[34]
-local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[35], KEYS[36], KEYS[37], KEYS[38], KEYS[39]
-local K_LEASEREQ, P_LEASEWAIT = KEYS[40], KEYS[41]
--- A dispatched job counts against the buffer until it starts (claim), or for this long at most.
-local PROMOTING_MS = 2000
+local K_WAKE = KEYS[31]
+local P_CANCEL, P_ORGJOBS = KEYS[32], KEYS[33]
+local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[34], KEYS[35], KEYS[36], KEYS[37], KEYS[38]
+local K_LEASEREQ, P_LEASEWAIT = KEYS[39], KEYS[40]
 -- Suffix of a model's batch lane (fair-plan.ts BATCH_LANE_SUFFIX).
 local BATCH_LANE = '@batch'
 local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
@@ -98,7 +96,6 @@ local function claimOwn(id)
   local held = rcall('ZSCORE', K_LEASES, id) and 1 or 0
   if held == 1 then
     rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
-    rcall('ZREM', K_PROMOTING, id)
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
     local progress = ARGV[14]
@@ -107,19 +104,17 @@ local function claimOwn(id)
   return held, cancelled
 end
 
--- True when nothing is queued in BullMQ's wait list or prioritized set, nor dispatched and about to start.
+-- True when nothing is queued in BullMQ's wait list or prioritized set (see bufferRoom).
 local function nothingQueued()
-  if rcall('LLEN', Q_WAIT) > 0 or rcall('ZCARD', Q_PRIO) > 0 then return false end
-  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
-  return rcall('ZCARD', K_PROMOTING) == 0
+  return rcall('LLEN', Q_WAIT) == 0 and rcall('ZCARD', Q_PRIO) == 0
 end
 
 -- A claim's reply: held, cancelled, what it dispatched; and when the job runs, its result-cache lookup (and
 -- single-flight lock on a miss) rides here instead of costing a round trip before the model call. A job that
 -- does not run takes no lock.
 local function claimReply(held, cancelled, d)
-  if held == 1 and cancelled == 0 and #KEYS >= 45 then
-    return { held, cancelled, d, resultCacheLookup(KEYS[42], KEYS[43], KEYS[44], KEYS[45], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+  if held == 1 and cancelled == 0 and #KEYS >= 44 then
+    return { held, cancelled, d, resultCacheLookup(KEYS[41], KEYS[42], KEYS[43], KEYS[44], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
   end
   return { held, cancelled, d }
 end
@@ -288,7 +283,6 @@ end
 
 -- Slots are keyed by job id (the lease), so freeing twice or after a sweep never double counts.
 local function freeSlot(id, org)
-  rcall('ZREM', K_PROMOTING, id)
   if rcall('ZREM', K_LEASES, id) == 0 then return false end
   if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
   wakeCapBlocked(org)
@@ -503,7 +497,6 @@ local function tryLane(lane, org, model, v)
   end
   rcall('ZREM', P_LANE .. lane, id)
   rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
-  rcall('ZADD', K_PROMOTING, now, id)
   rcall('HINCRBY', K_INFLIGHT, org, 1)
   rcall('HSET', P_JOB .. id, 'st', 'lease')
   -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
@@ -668,17 +661,16 @@ local function dueNow()
 end
 
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
--- A dispatched job leaves the wait list when a worker fetches it, before it claims its slot: the promoting
--- set still counts it (until it starts, or for PROMOTING_MS), so dispatches in between do not overfill.
--- Also returns whether nothing at all is queued or about to start.
+-- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
+-- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
+-- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
+-- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
 local function bufferRoom()
-  rcall('ZREMRANGEBYSCORE', K_PROMOTING, '-inf', now - PROMOTING_MS)
-  local queued = math.max(rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO), rcall('ZCARD', K_PROMOTING))
-  return bufferTarget() - queued, queued == 0
+  return bufferTarget() - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
 end
 
--- bufferRoom() when nothing is queued or about to start, else nil: a claim refills only then, and under
--- load the wait list is seldom empty, so the first non-empty read ends it (one command, not six).
+-- bufferTarget() when nothing is queued, else nil: a claim refills only then, and under load the wait list
+-- is seldom empty, so the first non-empty read ends it (one command, not two).
 local function roomIfEmpty()
   if not nothingQueued() then return nil end
   return bufferTarget()
