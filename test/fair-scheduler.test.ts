@@ -641,6 +641,30 @@ describe('fair scheduler limits', () => {
     expect(await quiet.scheduler.release(lone, { dispatch: true })).toEqual({ freed: 1, due: false });
   });
 
+  it('a refill claim that finds no active lane and nothing due dispatches nothing and hands over the next wake time', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    // 2 a minute: two jobs go, the lane then sleeps ~30 s on the bucket.
+    await c.scheduler.setPlan(org, { rpm: { flash: 2 } });
+    const ids = await c.add(org, 3);
+    const first = await c.scheduler.raw.dispatch();
+    expect(first.ids).toEqual(ids.slice(0, 2));
+    const wakeAt = Number(await c.redis.zscore(c.scheduler.keys.named.sleep, `${org}|${FLASH}`));
+    expect(first.nextWakeMs).toBe(wakeAt);
+    // The process that armed the wake-up is gone: the next caller to see the wake time arms it.
+    await c.redis.del(c.scheduler.keys.named.wake);
+    await c.queue.remove(ids[0]);
+    await c.queue.remove(ids[1]);
+    const claim = await c.scheduler.claim(ids[0], undefined, { refill: true });
+    expect(claim).toMatchObject({ held: true, cancelled: false });
+    expect(await claim.dispatched).toMatchObject({ promoted: [], nextWakeMs: wakeAt, more: false });
+    // Armed once: the next refill claim learns nothing new, and the third job still waits in its lane.
+    const again = await c.scheduler.claim(ids[1], undefined, { refill: true });
+    expect((await again.dispatched)?.nextWakeMs).toBeUndefined();
+    expect(await c.redis.zscore(c.scheduler.keys.named.sleep, `${org}|${FLASH}`)).toBe(String(wakeAt));
+    expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });
+  });
+
   it('a claim carries the releases of jobs that finished before it: their slots are freed and due work dispatched in the same call', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();

@@ -87,6 +87,43 @@ local RESERVOIR_TTL_MS = 60000
 -- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
 local function fmt(x) return string.format('%.17g', x) end
 
+local function firstScore(key)
+  local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #r == 0 then return nil end
+  return tonumber(r[2])
+end
+
+-- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
+-- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
+-- `firsts`: the timers' and sleepers' first scores when the caller has just read them (nothing changed since).
+local function nextWake(firsts)
+  local wake = nil
+  for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
+    local s
+    if firsts then s = firsts[i] else s = firstScore(key) end
+    if s and (wake == nil or s < wake) then wake = s end
+  end
+  if not wake then return '0' end
+  if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
+  rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
+  return fmt(wake)
+end
+
+-- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
+-- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
+-- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
+local function dueNow()
+  if rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+  local due, firsts, any = {}, {}, false
+  for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
+    firsts[i] = firstScore(key)
+    due[i] = firsts[i] ~= nil and firsts[i] <= now
+    any = any or due[i]
+  end
+  if any then return due end
+  return nil, firsts
+end
+
 -- A claim's own part: the API's cancel marker, and the job's slot (its lease renewed, its stage written).
 -- Returns held (0|1), cancelled (0|1).
 local function claimOwn(id)
@@ -123,14 +160,18 @@ end
 -- ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
 -- script cut off before those functions 6.6 us), more than such a claim's own commands. Common: no releases
 -- or charge corrections handed over (ARGV[20] = 0 corrections, no ids after it), and no refill due (the job
--- does not run, refill not asked, or BullMQ's wait list still holds jobs). Anything else goes on below with
--- the claim's own part done (`claimed`).
+-- does not run, refill not asked, or BullMQ's wait list still holds jobs), or a refill that would find
+-- nothing to dispatch (no active lane, nothing due: the claims of a queue that is not backed up, whose jobs
+-- were dispatched when enqueued), answered as dispatch answers it. Anything else goes on below with the
+-- claim's own part done and what is due (`claimed`).
 local claimed = nil
 if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV == 20 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
   if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
-  claimed = { held, cancelled }
+  local due, firsts = dueNow()
+  if not due then return claimReply(held, cancelled, { {}, nextWake(firsts), now, 0, {} }) end
+  claimed = { held, cancelled, due }
 end
 
 -- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
@@ -608,12 +649,6 @@ local function sweepLeases()
   end
 end
 
-local function firstScore(key)
-  local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if #r == 0 then return nil end
-  return tonumber(r[2])
-end
-
 -- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
 -- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
 local function bufferTarget()
@@ -629,36 +664,6 @@ local function bufferTarget()
   return math.ceil(ratio * total)
 end
 
--- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
--- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
--- `firsts`: the timers' and sleepers' first scores when the caller has just read them (nothing changed since).
-local function nextWake(firsts)
-  local wake = nil
-  for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
-    local s
-    if firsts then s = firsts[i] else s = firstScore(key) end
-    if s and (wake == nil or s < wake) then wake = s end
-  end
-  if not wake then return '0' end
-  if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
-  rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
-  return fmt(wake)
-end
-
--- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
--- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
--- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
-local function dueNow()
-  if rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
-  local due, firsts, any = {}, {}, false
-  for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
-    firsts[i] = firstScore(key)
-    due[i] = firsts[i] ~= nil and firsts[i] <= now
-    any = any or due[i]
-  end
-  if any then return due end
-  return nil, firsts
-end
 
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
 -- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
@@ -912,7 +917,7 @@ elseif op == 'claim' then
     -- `claimed`: the check above found nothing queued, in this same call.
     local room
     if claimed then room = bufferTarget() else room = roomIfEmpty() end
-    if room and room > 0 then d = dispatch(nil, nil, room) end
+    if room and room > 0 then d = dispatch(nil, claimed and claimed[3], room) end
   end
   return claimReply(held, cancelled, d)
 elseif op == 'orphans' then
