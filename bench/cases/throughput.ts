@@ -71,6 +71,8 @@ export interface RunResult {
   /** Redis server time per completed job: INFO commandstats usec (upper bound, see commandCalls) and INFO cpu. */
   redisUsecPerJob: number;
   redisCpuUsPerJob: number;
+  /** Jobs the worker was running, the mean of samples every ~3 ms over the window (its own events: no Redis command). */
+  meanRunning: number;
 }
 
 /** A measurement window over a running worker: completions and Redis commands between two instants. */
@@ -78,7 +80,28 @@ export function createCounter() {
   let completed = 0;
   let target = Infinity;
   let wake: (() => void) | undefined;
+  const running = new Set<string | undefined>();
   return {
+    /** Follows the jobs `worker` runs (BullMQ's local events), for `sampleRunning`. */
+    track(worker: Worker) {
+      worker.on('active', (job) => running.add(job.id));
+      const done = (job: Job | undefined) => running.delete(job?.id);
+      worker.on('completed', done);
+      worker.on('failed', done);
+    },
+    /** Samples how many jobs are running every ~3 ms until the returned function stops it: their mean. */
+    sampleRunning(): () => number {
+      let sum = 0;
+      let n = 0;
+      const timer = setInterval(() => {
+        sum += running.size;
+        n++;
+      }, 3);
+      return () => {
+        clearInterval(timer);
+        return n ? sum / n : 0;
+      };
+    },
     onCompleted: () => {
       completed++;
       if (completed >= target) wake?.();
@@ -178,16 +201,18 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   const t0 = performance.now();
   const s0 = await commandCalls(ctx.b.control);
   const m0 = mon?.counts();
+  const stopSampling = counter.sampleRunning();
   await counter.until(total, monitor ? windowMs / 2 : windowMs);
   const c1 = counter.completed;
   const t1 = performance.now();
+  const meanRunning = stopSampling();
   const m1 = mon?.counts();
   const s1 = await commandCalls(ctx.b.control);
   await mon?.stop();
   await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
 }
 
 function jobData(n: number): AgentJobData {
@@ -241,6 +266,7 @@ async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, t
     maxStalledCount: 2,
   });
   worker.on('completed', counter.onCompleted);
+  counter.track(worker);
   try {
     return await window(ctx, counter, total, monitor, windowMs);
   } finally {
@@ -279,6 +305,7 @@ async function runAgentq(ctx: BenchContext, variant: Path, concurrency: number, 
     }
     if (path === 'agentq-hit') q.workers[0].resume();
     else await q.startWorker();
+    counter.track(q.workers[0]);
     return await window(ctx, counter, total, monitor, windowMs);
   } finally {
     await q.close();
@@ -305,12 +332,13 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     commandsPerJob: round(w.commands / Math.max(1, w.jobs), 2),
     redisUsecPerJob: round(w.usec / Math.max(1, w.jobs), 1),
     redisCpuUsPerJob: round(w.cpuUs / Math.max(1, w.jobs), 1),
+    meanRunning: round(w.meanRunning, 1),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
     ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
   if (opts.quiet) return result;
-  ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job, ${result.redisUsecPerJob} us Redis command time/job, ${result.redisCpuUsPerJob} us Redis CPU/job`);
+  ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job, ${result.redisUsecPerJob} us Redis command time/job, ${result.redisCpuUsPerJob} us Redis CPU/job, ${result.meanRunning} jobs running on average`);
   if (w.jobs < 100) ctx.log(`  warning: only ${w.jobs} jobs in the window`);
   return result;
 }
@@ -378,6 +406,17 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     ctx.add({ case: tc, name: 'agentq hit / (a)', value: hitA.value, unit: 'x', target: '>= 0.5', met: hitA.value >= 0.5, note: hitA.rounds });
     const hitB = ratioOf(c, 'agentq-hit', 'bare-llm');
     ctx.add({ case: tc, name: 'agentq hit / (b)', value: hitB.value, unit: 'x', target: '> 1', met: hitB.value > 1, note: hitB.rounds });
+    if (c > 1) {
+      // Whether the dispatcher keeps BullMQ's worker fed: a wait list that runs dry leaves its slots idle.
+      const busy = (p: Path) => rounds[c].map((k) => k[p]!.meanRunning).join(' / ');
+      ctx.add({
+        case: tc,
+        name: `jobs running in the worker (of ${c}), mean over the window: agentq miss, (b), agentq hit, (a)`,
+        value: [r('agentq-miss'), r('bare-llm'), r('agentq-hit'), r('bare-noop')].map((x) => x.meanRunning).join(' / '),
+        unit: 'jobs',
+        note: `median rounds; sampled every ~3 ms from the worker's own active / completed events (no Redis command); per round, miss ${busy('agentq-miss')}, hit ${busy('agentq-hit')}`,
+      });
+    }
   }
 
   const tcA = '1 throughput (c=50), ablation';
