@@ -569,6 +569,8 @@ end
 -- the installed version. False when the job is no longer delayed (removed, or promoted by hand).
 local pausedOrMaxed
 local markerChecked = false
+-- BullMQ's promote adds the base marker per job; the same member and score, so once per call (dispatch).
+local markerDue = false
 local function promoteParked(id)
   if rcall('ZREM', Q_DELAYED, id) == 0 then return false end
   local jobKey = Q_JOB .. id
@@ -589,7 +591,7 @@ local function promoteParked(id)
   else
     rcall('ZADD', Q_PRIO, priority * 0x100000000 + rcall('INCR', Q_PC) % 0x100000000, id)
   end
-  if not pausedOrMaxed then rcall('ZADD', Q_MARKER, 0, '0') end
+  if not pausedOrMaxed then markerDue = true end
   rcall('XADD', Q_EVENTS, '*', 'event', 'waiting', 'jobId', id, 'prev', 'delayed')
   rcall('HSET', jobKey, 'delay', 0)
   return true
@@ -712,6 +714,7 @@ local function dispatch(skipped, knownDue, knownRoom)
     if id and promoteParked(id) then out[#out + 1] = id end
   end
   if #out >= MAX_BATCH then more = 1 end
+  if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
   local wants = {}
   for _, m in ipairs(leaseWantList) do

@@ -17,7 +17,8 @@ end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
   redis.call('DEL', KEYS[4])
 end
-local tag = (redis.call('GET', KEYS[1]) or '0') .. '.' .. (redis.call('GET', KEYS[2]) or '0')
+local v = redis.call('MGET', KEYS[1], KEYS[2])
+local tag = (v[1] or '0') .. '.' .. (v[2] or '0')
 local stored = 1
 if ARGV[1] ~= '' and ARGV[1] ~= tag then
   stored = 0

@@ -11,7 +11,8 @@
 -- Returns {tag, hit (0 miss | 1 the L1 copy is current | 2 entry follows), lock (0 free | 1 held by another |
 -- 2 taken by this call), entry json (only when hit = 2)}
 local function resultCacheLookup(kOrgVersion, kAgentVersion, kEntry, kLock, l1Tag, token, lockTtlMs, owner)
-  local tag = (redis.call('GET', kOrgVersion) or '0') .. '.' .. (redis.call('GET', kAgentVersion) or '0')
+  local v = redis.call('MGET', kOrgVersion, kAgentVersion)
+  local tag = (v[1] or '0') .. '.' .. (v[2] or '0')
   if l1Tag ~= '' and l1Tag == tag then
     return {tag, 1, 0}
   end
