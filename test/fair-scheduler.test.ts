@@ -11,6 +11,7 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../src/shared/core/qu
 import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
+import { monitorRedis } from './helpers/fair.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -257,6 +258,33 @@ describe('fair scheduler round trips', () => {
       // The base marker ('0', score 0) wakes a blocked worker; a paused queue gets none.
       expect(states[0].marker.filter((_, i) => i % 2 === 0).includes('0')).toBe(!paused);
     }
+  });
+
+  it('a dispatch of many jobs writes the leases, the in-flight counts and BullMQ\'s wait list once per call, not once per job', async () => {
+    const c = await setup({ bufferTarget: 8 });
+    const [a, b] = [randomOrg(), randomOrg()];
+    await c.scheduler.setPlan(a, { concurrency: 3 });
+    const ids = [...(await c.add(a, 5)), ...(await c.add(b, 5))];
+    const { leases, inflight } = c.scheduler.keys.named;
+    const wait = c.queue.toKey('wait');
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    const r = await c.scheduler.dispatch();
+    // Both orgs alternate until a's cap: a's third job is its last (the call counts what it dispatched itself).
+    expect(r.promoted).toHaveLength(8);
+    expect(r.promoted.filter((id) => ids.indexOf(id) < 5)).toEqual(ids.slice(0, 3));
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true));
+    monitor.close();
+    const count = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
+    expect(count('ZADD', leases)).toBe(1);
+    expect(count('HINCRBY', inflight)).toBe(2);
+    expect(count('LPUSH', wait)).toBe(1);
+    // The same state as a command per job: every slot leased, counted per org, and the list in dispatch order.
+    expect(await c.redis.zcard(leases)).toBe(8);
+    expect(await c.redis.hgetall(inflight)).toEqual({ [a]: '3', [b]: '5' });
+    expect(await c.redis.lrange(wait, 0, -1)).toEqual([...r.promoted].reverse());
   });
 
   it('refuses to lane a job that is not parked in BullMQ', async () => {

@@ -444,6 +444,30 @@ local function bestLaneOf(org, fallback)
   return best
 end
 
+-- A dispatch's per-job writes to shared keys, made once per call by flushDispatched (the same final state as a
+-- command per job; nothing in the call reads them back but the org's in-flight count, through inflightOf):
+-- the slots' leases (ZADD pairs), the orgs' in-flight counts (org -> jobs dispatched), the jobs promoted into
+-- BullMQ's wait list (in push order).
+local leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
+
+-- An org's slots held now: the stored count (read once per call) plus what this call dispatched.
+local function inflightOf(org)
+  local n = inflightRead[org]
+  if n == nil then
+    n = tonumber(rcall('HGET', K_INFLIGHT, org)) or 0
+    inflightRead[org] = n
+  end
+  return n + (inflightAdded[org] or 0)
+end
+
+local function flushDispatched()
+  if #leaseAdds > 0 then rcall('ZADD', K_LEASES, unpack(leaseAdds)) end
+  for org, n in pairs(inflightAdded) do rcall('HINCRBY', K_INFLIGHT, org, n) end
+  -- LPUSH a b c pushes a, then b, then c: the order promote's one LPUSH per job gave.
+  if #waitPushes > 0 then rcall('LPUSH', Q_WAIT, unpack(waitPushes)) end
+  leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
+end
+
 -- Tries to dispatch the head job of `lane`: returns its id, or nil after parking the lane where it waits.
 local function tryLane(lane, org, model, v)
   -- The second entry only tells whether the lane still holds a job after the head leaves.
@@ -460,7 +484,7 @@ local function tryLane(lane, org, model, v)
     return nil
   end
   local p = plan(org)
-  if p.conc > 0 and (tonumber(rcall('HGET', K_INFLIGHT, org)) or 0) >= p.conc then
+  if p.conc > 0 and inflightOf(org) >= p.conc then
     rcall('ZREM', K_LANES, lane)
     rcall('SADD', P_CAPBLK .. org, lane)
     capblkEmpty[org] = nil
@@ -537,8 +561,9 @@ local function tryLane(lane, org, model, v)
     end
   end
   rcall('ZREM', P_LANE .. lane, id)
-  rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
-  rcall('HINCRBY', K_INFLIGHT, org, 1)
+  leaseAdds[#leaseAdds + 1] = fmt(now + LEASE_MS)
+  leaseAdds[#leaseAdds + 1] = id
+  inflightAdded[org] = (inflightAdded[org] or 0) + 1
   rcall('HSET', P_JOB .. id, 'st', 'lease')
   -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
   if v > gvt() then
@@ -586,8 +611,9 @@ local function promoteParked(id)
     local marker = rcall('LINDEX', Q_WAIT, 0)
     if marker and string.sub(marker, 1, 2) == '0:' then rcall('LPOP', Q_WAIT) end
   end
+  -- The wait list's LPUSH goes out with the call's others (flushDispatched).
   if priority == 0 then
-    rcall('LPUSH', Q_WAIT, id)
+    waitPushes[#waitPushes + 1] = id
   else
     rcall('ZADD', Q_PRIO, priority * 0x100000000 + rcall('INCR', Q_PC) % 0x100000000, id)
   end
@@ -714,6 +740,7 @@ local function dispatch(skipped, knownDue, knownRoom)
     if id and promoteParked(id) then out[#out + 1] = id end
   end
   if #out >= MAX_BATCH then more = 1 end
+  flushDispatched()
   if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
   local wants = {}
