@@ -403,16 +403,21 @@ end
 local leaseWants = {}
 local leaseWantList = {}
 
+-- A number in a hash field (missing = 0), read once per call into `cache` (field -> number).
+local function hashNumberOnce(cache, key, field)
+  local v = cache[field]
+  if v == nil then
+    v = tonumber(rcall('HGET', key, field)) or 0
+    cache[field] = v
+  end
+  return v
+end
+
 -- When the shard's lease request for `model` stands until (0 = none): asked for and not answered yet, or
 -- refused by the global bucket until then.
 local leaseReqCache = {}
 local function leasePending(model)
-  local v = leaseReqCache[model]
-  if v == nil then
-    v = tonumber(rcall('HGET', K_LEASEREQ, model)) or 0
-    leaseReqCache[model] = v
-  end
-  return v
+  return hashNumberOnce(leaseReqCache, K_LEASEREQ, model)
 end
 
 -- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm, then the
@@ -452,12 +457,7 @@ local leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
 
 -- An org's slots held now: the stored count (read once per call) plus what this call dispatched.
 local function inflightOf(org)
-  local n = inflightRead[org]
-  if n == nil then
-    n = tonumber(rcall('HGET', K_INFLIGHT, org)) or 0
-    inflightRead[org] = n
-  end
-  return n + (inflightAdded[org] or 0)
+  return hashNumberOnce(inflightRead, K_INFLIGHT, org) + (inflightAdded[org] or 0)
 end
 
 local function flushDispatched()
