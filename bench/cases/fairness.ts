@@ -83,6 +83,9 @@ async function cpuUs(pool: Pool): Promise<number[]> {
   return Promise.all(pool.children.map(async (c) => (await c.request<{ us: number }>({ op: 'cpu' })).us));
 }
 
+/** Each process's CPU between two `cpuUs` samples, as % of one core over `seconds`. */
+const cpuPctBetween = (before: number[], after: number[], seconds: number) => after.map((u, i) => (100 * (u - before[i])) / 1e6 / seconds);
+
 async function waitFor(cond: () => boolean, timeoutMs: number, pollMs = 20): Promise<boolean> {
   const until = Date.now() + timeoutMs;
   while (!cond()) {
@@ -164,7 +167,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
     await sleep(IDLE_WINDOW_MS);
     const icpu1 = await cpuUs(pool);
     const iseconds = (performance.now() - it0) / 1000;
-    const idle = { seconds: iseconds, cmds: commandsBetween(i0, await redisCounters(ctx)), cpuPct: icpu1.map((u, i) => (100 * (u - icpu0[i])) / 1e6 / iseconds) };
+    const idle = { seconds: iseconds, cmds: commandsBetween(i0, await redisCounters(ctx)), cpuPct: cpuPctBetween(icpu0, icpu1, iseconds) };
     await fill(q, 'churn-a', CHURN_JOBS);
     // The first bucket-full runs at once; then the lane sleeps between tokens (one a second).
     const burst = await waitFor(() => pool.done.length >= CHURN_RPM, 30_000);
@@ -180,7 +183,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
     const cpu1 = await cpuUs(pool);
     let seconds = (performance.now() - t0) / 1000;
     const stats = await q.runtime.deps.cells[0].scheduler.orgStats('churn-a');
-    const throttled = { burst, seconds, jobs: pool.done.length - d0, cmds: commandsBetween(c0, c1), cpuPct: cpu1.map((u, i) => (100 * (u - cpu0[i])) / 1e6 / seconds), waitingAtEnd: stats.waiting };
+    const throttled = { burst, seconds, jobs: pool.done.length - d0, cmds: commandsBetween(c0, c1), cpuPct: cpuPctBetween(cpu0, cpu1, seconds), waitingAtEnd: stats.waiting };
     // Same backlog, limit lifted (the plan change wakes the lane at once).
     await q.runtime.deps.cells[0].scheduler.setPlan('churn-a', {});
     const d = pool.done.length;

@@ -452,8 +452,10 @@ end
 -- A dispatch's per-job writes to shared keys, made once per call by flushDispatched (the same final state as a
 -- command per job; nothing in the call reads them back but the org's in-flight count, through inflightOf):
 -- the slots' leases (ZADD pairs), the orgs' in-flight counts (org -> jobs dispatched), the jobs promoted into
--- BullMQ's wait list (in push order).
+-- BullMQ's wait list (in push order), and BullMQ's base marker (promote adds it per job: the same member and
+-- score, so once).
 local leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
+local markerDue = false
 
 -- An org's slots held now: the stored count (read once per call) plus what this call dispatched.
 local function inflightOf(org)
@@ -465,7 +467,8 @@ local function flushDispatched()
   for org, n in pairs(inflightAdded) do rcall('HINCRBY', K_INFLIGHT, org, n) end
   -- LPUSH a b c pushes a, then b, then c: the order promote's one LPUSH per job gave.
   if #waitPushes > 0 then rcall('LPUSH', Q_WAIT, unpack(waitPushes)) end
-  leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
+  if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
+  leaseAdds, inflightAdded, inflightRead, waitPushes, markerDue = {}, {}, {}, {}, false
 end
 
 -- Tries to dispatch the head job of `lane`: returns its id, or nil after parking the lane where it waits.
@@ -594,8 +597,6 @@ end
 -- the installed version. False when the job is no longer delayed (removed, or promoted by hand).
 local pausedOrMaxed
 local markerChecked = false
--- BullMQ's promote adds the base marker per job; the same member and score, so once per call (dispatch).
-local markerDue = false
 local function promoteParked(id)
   if rcall('ZREM', Q_DELAYED, id) == 0 then return false end
   local jobKey = Q_JOB .. id
@@ -741,7 +742,6 @@ local function dispatch(skipped, knownDue, knownRoom)
   end
   if #out >= MAX_BATCH then more = 1 end
   flushDispatched()
-  if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
   local wants = {}
   for _, m in ipairs(leaseWantList) do
