@@ -1,5 +1,6 @@
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { jobRequestSchema } from '../src/shared/queue/job-request.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 /** No worker here: every job the API accepts stays in the queue, so counts are exact. */
@@ -99,6 +100,27 @@ describe('API contract without a worker', () => {
     const tooMany = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs: Array.from({ length: 1001 }, () => valid) } });
     expect(tooMany.statusCode).toBe(400);
     expect(tooMany.json().details[0].path).toBe('jobs');
+  });
+
+  it('parses each job request once: the route schema checks it, the producer does not parse it again', async () => {
+    // The producer's own parse (`prepare`) is `jobRequestSchema.safeParse`; the bulk route's schema checks its
+    // elements inside its own parse. Before, every job of a bulk body was parsed again by the producer.
+    const parse = vi.spyOn(jobRequestSchema, 'safeParse');
+    try {
+      const jobs = Array.from({ length: 10 }, (_, i) => ({ ...valid, input: { startupId: `once-${i}` } }));
+      const bulk = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs } });
+      expect(bulk.statusCode).toBe(202);
+      expect(parse).toHaveBeenCalledTimes(0);
+      // The single route's body schema is jobRequestSchema itself: its one parse is the route's.
+      expect((await post({ ...valid, input: { startupId: 'once-single' } })).statusCode).toBe(202);
+      expect(parse.mock.calls.length).toBeLessThanOrEqual(1);
+      // Still checked against the agent: a bad input in a bulk body names its element.
+      const bad = await s.app.inject({ method: 'POST', url: '/v1/jobs/bulk', headers: s.auth, payload: { jobs: [valid, { ...valid, input: {} }] } });
+      expect(bad.statusCode).toBe(400);
+      expect(bad.json().details[0].path).toBe('jobs.1.input.startupId');
+    } finally {
+      parse.mockRestore();
+    }
   });
 
   it('cancels a waiting and a delayed job, and reports them cancelled', async () => {

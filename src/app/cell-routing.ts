@@ -11,9 +11,12 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
   return {
     // Validation and ids do not depend on the shard; any cell's producer prepares alike.
     prepare: (raw, meta, pathPrefix) => cellOf(meta.orgId).producer.prepare(raw, meta, pathPrefix),
+    prepareChecked: (req, meta, pathPrefix) => cellOf(meta.orgId).producer.prepareChecked(req, meta, pathPrefix),
     add: (prepared, meta, o) => cellOf(meta.orgId).producer.add(prepared, meta, o),
     enqueue: (raw, meta) => cellOf(meta.orgId).producer.enqueue(raw, meta),
     enqueueBulk: (raw, meta) => cellOf(meta.orgId).producer.enqueueBulk(raw, meta),
+    enqueueChecked: (req, meta) => cellOf(meta.orgId).producer.enqueueChecked(req, meta),
+    enqueueBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.enqueueBulkChecked(reqs, meta),
     enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
   };
 }

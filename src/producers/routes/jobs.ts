@@ -20,7 +20,7 @@ export const enqueueJob =
   (deps: JobRouteDeps): Handler<{ body: typeof jobRequestSchema }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const job = await withDeadline(deps.producer.enqueue(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
+    const job = await withDeadline(deps.producer.enqueueChecked(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
     req.log.info({ jobId: job.id }, 'job enqueued');
     return reply.code(202).send(job);
   };
@@ -29,7 +29,7 @@ export const enqueueBulk =
   (deps: JobRouteDeps): Handler<{ body: typeof bulkBody }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const jobs = await withDeadline(deps.producer.enqueueBulk(req.body, { orgId, requestId: req.id }), deadlineOf(deps) * 5);
+    const jobs = await withDeadline(deps.producer.enqueueBulkChecked(req.body.jobs, { orgId, requestId: req.id }), deadlineOf(deps) * 5);
     return reply.code(202).send({ jobs });
   };
 

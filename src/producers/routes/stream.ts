@@ -96,11 +96,12 @@ export const enqueueAndStream =
     // Always a streaming job.
     const raw = { ...req.body, options: { ...(req.body.options ?? {}), stream: true } };
     const meta = { orgId, requestId: req.id };
-    const prepared = deps.producer.prepare(raw, meta);
+    // The route's schema has checked the body: prepared once, its input checked against the agent here.
+    const prepared = deps.producer.prepareChecked(raw, meta);
     const held = await lease(deps, orgId);
     let target: StreamTarget;
     try {
-      const job = await withDeadline(deps.producer.enqueue(raw, meta), deadline);
+      const [job] = await withDeadline(deps.producer.add([prepared], meta), deadline);
       req.log.info({ jobId: job.id }, 'streaming job enqueued');
       // An idempotency key can name a job that already ran (or did not stream): serve it as found.
       target = prepared.idempotent ? await targetOf(deps, orgId, job.id) : { orgId, id: job.id, stream: true };

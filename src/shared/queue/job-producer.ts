@@ -107,7 +107,11 @@ export function createJobProducer(deps: JobProducerDeps) {
   function prepare(raw: unknown, meta: EnqueueMeta, pathPrefix = ''): PreparedJob {
     const parsed = jobRequestSchema.safeParse(raw);
     if (!parsed.success) throw new ValidationError('invalid job request', zodDetails(parsed.error, pathPrefix));
-    const req: JobRequest = parsed.data;
+    return prepareChecked(parsed.data, meta, pathPrefix);
+  }
+
+  /** `prepare` for a request already checked against `jobRequestSchema`: the agent's input, the model, the tier. */
+  function prepareChecked(req: JobRequest, meta: EnqueueMeta, pathPrefix = ''): PreparedJob {
     let input: unknown;
     try {
       input = agents.validateInput(req.agent, req.action, req.input);
@@ -234,6 +238,7 @@ export function createJobProducer(deps: JobProducerDeps) {
 
   return {
     prepare,
+    prepareChecked,
     add,
 
     async enqueue(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
@@ -246,6 +251,20 @@ export function createJobProducer(deps: JobProducerDeps) {
       const shape = bulkRequestSchema.safeParse(raw);
       if (!shape.success) throw new ValidationError('invalid bulk request', zodDetails(shape.error));
       return add(shape.data.jobs.map((item, i) => prepare(item, meta, `jobs.${i}.`)), meta);
+    },
+
+    /**
+     * `enqueue` and `enqueueBulk` for requests already checked against `jobRequestSchema` (the API's route
+     * schemas run it on every body): a request is not parsed a second time; its input is still checked
+     * against its agent, with the same error paths.
+     */
+    async enqueueChecked(req: JobRequest, meta: EnqueueMeta): Promise<EnqueuedJob> {
+      const [job] = await add([prepareChecked(req, meta)], meta);
+      return job;
+    },
+
+    async enqueueBulkChecked(reqs: readonly JobRequest[], meta: EnqueueMeta): Promise<EnqueuedJob[]> {
+      return add(reqs.map((req, i) => prepareChecked(req, meta, `jobs.${i}.`)), meta);
     },
 
     /**
