@@ -8,12 +8,12 @@ import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
 import { createFairOrphanSweep } from '../src/workers/ops/fair-orphans.js';
 import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
 import { until } from './helpers/wait.js';
-import { activeByOrg, markedJob, openQueue, postBulk, postJob, putPlan, recordEvents, sampler } from './helpers/fair.js';
+import { activeByOrg, markedJob, monitorRedis, openQueue, postBulk, postJob, putPlan, recordEvents, sampler } from './helpers/fair.js';
 import { runCli } from './helpers/run-cli.js';
 import { parseOrgsArgs, UsageError } from '../src/app/cli/orgs.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
-import { agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
+import { agentqPrefix, guardKeys, usageStreamKey } from '../src/shared/core/queue-keys.js';
 
 const ADMIN_TOKEN = 'operator-secret-1234567890';
 
@@ -236,6 +236,49 @@ describe('fair dispatch on every path', () => {
       const [tokens, ts] = await s.runtime.deps.redis.hmget(bucket, 'tokens', 'ts');
       return tokens !== null && Math.min(2, Number(tokens) + ((await redisNowMs()) - Number(ts)) * (2 / 60_000)) >= 1 - 0.01;
     });
+  }, 60_000);
+
+  it('an attempt answered from L1 appends its usage row in its claim: no XADD of its own, and the row reaches agent_runs', async () => {
+    const { auth } = await newOrg('l1rows');
+    const key = auth.authorization.slice(7);
+    const request = markedJob(`l1rows-${randomUUID().slice(0, 8)}`);
+    const answer = async (id: string) => {
+      const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: auth });
+      return res.json() as { state: string; result?: { cacheHit?: string } };
+    };
+    // Computed once: the store fills this process's L1 (the worker's).
+    expect((await answer(await postJob(s, key, request))).result?.cacheHit).toBeFalsy();
+    const usage = usageStreamKey(s.cfg.QUEUE_PREFIX);
+    const lines: string[] = [];
+    const monitor = await monitorRedis(s.cfg.REDIS_URL, (line) => lines.push(line));
+    const ids: string[] = [];
+    try {
+      for (let i = 0; i < 3; i++) {
+        ids.push(await postJob(s, key, request));
+        expect(await answer(ids[i])).toMatchObject({ state: 'completed', result: { cacheHit: 'l1' } });
+      }
+    } finally {
+      monitor.close();
+    }
+    // Each row went in with its claim (an XADD inside the fair script's `claim` call), none by a call of its
+    // own (an XADD, or the usage append script run for the run sink's ride).
+    const rowAppends: Array<{ id: string; by: string }> = [];
+    let caller = '';
+    for (const line of lines) {
+      if (!line.includes(' lua]')) caller = line;
+      else if (/"xadd"/i.test(line) && line.includes(`"${usage}"`)) {
+        const id = ids.find((i) => line.includes(i));
+        if (id) rowAppends.push({ id, by: caller.includes('"claim"') && caller.includes(`"${id}"`) ? 'claim' : caller });
+      }
+    }
+    expect(lines.filter((l) => !l.includes(' lua]') && /"xadd"/i.test(l) && l.includes(`"${usage}"`))).toEqual([]);
+    expect(rowAppends).toEqual(ids.map((id) => ({ id, by: 'claim' })));
+    await runRows(s, ids);
+    const { rows } = await s.infra.db.pool.query<{ job_id: string; state: string; cache_hit: string; cost_usd: string }>(
+      'SELECT job_id, state, cache_hit, cost_usd FROM agent_runs WHERE job_id = ANY($1) ORDER BY job_id',
+      [ids],
+    );
+    expect(rows.map((r) => [r.job_id, r.state, r.cache_hit, Number(r.cost_usd)])).toEqual([...ids].sort().map((id) => [id, 'completed', 'l1', 0]));
   }, 60_000);
 
   it('a DLQ replay runs only when its org has a free slot', async () => {

@@ -820,6 +820,25 @@ describe('fair scheduler limits', () => {
     expect(await c.redis.exists(lockOf(parts(4)))).toBe(0);
   });
 
+  it('a held claim appends the usage row of an attempt answered before it; a cancelled job or one without a slot appends nothing', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const stream = `${c.prefix}:agentq:usage`;
+    const row = (id: string) => ({ key: stream, field: 'r', entry: JSON.stringify({ jobId: id }) });
+    const [runs, cancelled] = await c.add(org, 2);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([runs, cancelled]);
+    await c.redis.set(cancelRequestedKey(c.prefix, cancelled), '1');
+    expect(await c.scheduler.claim(runs, undefined, { append: row(runs) })).toEqual({ held: true, cancelled: false, appended: true });
+    expect(await c.scheduler.claim(cancelled, undefined, { append: row(cancelled) })).toEqual({ held: true, cancelled: true });
+    expect(await c.scheduler.claim('not-dispatched', undefined, { append: row('not-dispatched') })).toEqual({ held: false, cancelled: false });
+    const entries = await c.redis.xrange(stream, '-', '+');
+    expect(entries.map(([, fields]) => fields)).toEqual([['r', JSON.stringify({ jobId: runs })]]);
+    // A claim carries one or the other: a lookup (4 keys) or a row (1 key).
+    const cache = createResultCache<AgentResult>({ redis: c.redis, prefix: `${c.prefix}:agentq`, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60 });
+    const lookup = cache.prepare({ orgId: org, agent: 'risk', action: 'analyze', model: FLASH, promptVersion: 1, input: { n: 1 } }, runs)!;
+    await expect(c.scheduler.claim(runs, undefined, { lookup, append: row(runs) })).rejects.toThrow(/not both/);
+  });
+
   it('applies a plan change at the next dispatch', async () => {
     const c = await setup();
     const org = randomOrg();

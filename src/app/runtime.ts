@@ -130,7 +130,7 @@ export async function startRuntime(opts: {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined;
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareLookup: shardGuards.prepareLookup, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

@@ -3,7 +3,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
-import { isBatchLane, PARK_AT_MS, parkActiveJob, type ClaimLookup, type DispatchLoop, type ChargeCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import { isBatchLane, PARK_AT_MS, parkActiveJob, type ClaimAppend, type ClaimLookup, type DispatchLoop, type ChargeCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -123,9 +123,17 @@ export function createFairGate(deps: {
      * with the claim: no command of its own): the job must fail as cancelled, and is not parked even if the
      * cancel already took its slot (a lost claim is then the cancel's doing). `stage` is written to the job's
      * progress by the claim script itself when the claim holds (no extra command). `lookup`: the job's
-     * result-cache lookup, run by the claim script when the job runs; its reply is `deliver`ed.
+     * result-cache lookup, run by the claim script when the job runs; its reply is `deliver`ed. `append`:
+     * instead, the usage row of an attempt answered before its claim, appended by the claim script when the
+     * job holds its slot and is not cancelled; `appended` is then called.
      */
-    async admit(job: AgentJob, token: string | undefined, stage?: StoredStage, lookup?: ClaimLookup & { deliver(reply: unknown): void }): Promise<'run' | 'parked' | 'cancelled'> {
+    async admit(
+      job: AgentJob,
+      token: string | undefined,
+      stage?: StoredStage,
+      lookup?: ClaimLookup & { deliver(reply: unknown): void },
+      append?: ClaimAppend & { appended(): void },
+    ): Promise<'run' | 'parked' | 'cancelled'> {
       // Slots waiting to be released go with the claim: BullMQ starts the next job right after it recorded
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
@@ -139,15 +147,17 @@ export function createFairGate(deps: {
           ...(handed.length ? { release: handed } : {}),
           ...(correct.length ? { correct } : {}),
           ...(lookup ? { lookup: { keys: lookup.keys, args: lookup.args } } : {}),
+          ...(append ? { append: { key: append.key, field: append.field, entry: append.entry } } : {}),
         });
       } catch (err) {
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
         if (handed.length) queueRelease(...handed);
         throw err;
       }
-      const { held, cancelled, dispatched, lookupReply } = claim;
+      const { held, cancelled, dispatched, lookupReply, appended } = claim;
       if (dispatched) deps.loop.absorb(dispatched);
       if (lookup && lookupReply !== undefined) lookup.deliver(lookupReply);
+      if (append && appended) append.appended();
       if (held) charged.add(job);
       if (held || cancelled || !token) running.add(job.id!);
       if (cancelled) {

@@ -56,6 +56,23 @@ export interface JobContext {
   cacheLookup?: PreparedLookup;
 }
 
+/** An attempt answered before its claim (an L1 hit from memory): its result, and `serve` to hand it out. */
+export interface ClaimAnswer {
+  result: AgentResult;
+  serve(): AgentResult;
+}
+
+/**
+ * What the result cache guard prepares for the fair claim of an attempt: the lookup the claim runs (becomes
+ * `JobContext.cacheLookup`), or, when L1 answers from memory, the answer itself: the claim then appends the
+ * attempt's usage row, and the chain is not run (the result cache guard is its first link, and its L1 hit
+ * calls nothing after it). Neither: the chain looks up on its own.
+ */
+export interface ClaimPrep {
+  lookup?: PreparedLookup;
+  answer?: ClaimAnswer;
+}
+
 export type Next = () => Promise<AgentResult>;
 export type Middleware = (ctx: JobContext, next: Next) => Promise<AgentResult>;
 

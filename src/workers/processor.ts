@@ -10,8 +10,7 @@ import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
-import type { PreparedLookup } from '../shared/cache/result-cache.js';
-import type { JobContext } from './middleware.js';
+import type { ClaimPrep, JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
 
@@ -22,8 +21,11 @@ export interface AgentResolver {
 
 export interface RunRecorder {
   record(row: AgentRun): Promise<unknown>;
-  /** The row as the recorder's stream entry (field, value): lets the result cache's store append it for free. */
-  entry?: { field: string; encode(row: AgentRun): string; rider?: UsageRider };
+  /**
+   * The row as the recorder's stream entry (field, value) and its stream `key`: lets a script of the same hash
+   * tag append it in a round trip the attempt makes anyway (the result cache's store, the fair claim).
+   */
+  entry?: { key: string; field: string; encode(row: AgentRun): string; rider?: UsageRider };
 }
 
 export interface ProcessorDeps {
@@ -37,10 +39,10 @@ export interface ProcessorDeps {
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
   gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent'>;
   /**
-   * The first lookup of the attempt's result cache guard, prepared to run inside the gate's claim (one
-   * script call for both): undefined when nothing needs Redis (an L1 hit from memory).
+   * What the gate's claim carries for the attempt's result cache guard (one script call for both): its first
+   * lookup, or, for an L1 hit from memory, the answer itself, whose usage row the claim appends.
    */
-  prepareLookup?: (ctx: JobContext) => PreparedLookup | undefined;
+  prepareClaim?: (ctx: JobContext) => ClaimPrep;
   /**
    * Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job.
    * Read only without a gate: the gate's claim script reads the marker itself.
@@ -166,27 +168,9 @@ function attemptOf(deps: ProcessorDeps) {
         : {}),
       span,
     };
-    // The claim comes after validation, so a job that can never run fails at once instead of waiting for a
-    // slot first. With the fair gate the claim script reads the cancel marker itself (one atomic round trip),
-    // and it wins over the claim; without the gate the marker is read on its own. The job's result-cache
-    // lookup rides on the claim too: a job that runs learns hit or miss (and holds the single-flight lock on
-    // a miss) without a round trip of its own.
-    const cacheLookup = gate ? deps.prepareLookup?.(ctx) : undefined;
-    if (cacheLookup) ctx.cacheLookup = cacheLookup;
-    const admitted = gate ? await gate.admit(job, token, stage, cacheLookup) : 'run';
-    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
-    if (admitted === 'parked') throw new DelayedError();
-    if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
-      logger.info('job cancelled before it started');
-      throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
-    }
-
-    const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
-    if (signal?.aborted) onCancel();
-    signal?.addEventListener('abort', onCancel, { once: true });
-
     const attempt = job.attemptsMade + 1;
-    const started = performance.now();
+    /** When the attempt's chain started (after its claim); 0 for an attempt answered before its claim. */
+    let started = 0;
 
     const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
       jobId: job.id!,
@@ -199,7 +183,7 @@ function attemptOf(deps: ProcessorDeps) {
       outputTokens: 0,
       costUsd: 0,
       tier: ctx.tier ?? 'standard',
-      durationMs: Math.round(performance.now() - started),
+      durationMs: started ? Math.round(performance.now() - started) : 0,
       cacheHit: null,
       error: null,
       requestId: data.requestId ?? null,
@@ -219,6 +203,7 @@ function attemptOf(deps: ProcessorDeps) {
         thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
       });
+    /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
     if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true), ...(entry.rider ? { rider: entry.rider } : {}) };
@@ -231,6 +216,37 @@ function attemptOf(deps: ProcessorDeps) {
         logger.error({ err }, 'could not record agent run');
       }
     };
+
+    // The claim comes after validation, so a job that can never run fails at once instead of waiting for a
+    // slot first. With the fair gate the claim script reads the cancel marker itself (one atomic round trip),
+    // and it wins over the claim; without the gate the marker is read on its own. What the result cache
+    // guard needs from Redis rides on the claim too: its lookup (a job that runs learns hit or miss, and holds
+    // the single-flight lock on a miss, without a round trip of its own), or, when L1 already holds the answer,
+    // the append of the attempt's usage row (the attempt then makes no Redis call beside its claim).
+    const prep = gate ? deps.prepareClaim?.(ctx) : undefined;
+    const cacheLookup = prep?.lookup;
+    if (cacheLookup) ctx.cacheLookup = cacheLookup;
+    const answer = prep?.answer;
+    const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(completedRow(answer.result)), appended: () => (carried = true) } : undefined;
+    const admitted = gate ? await gate.admit(job, token, stage, cacheLookup, append) : 'run';
+    guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
+    if (admitted === 'parked') throw new DelayedError();
+    if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
+      logger.info('job cancelled before it started');
+      throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
+    }
+    if (answer) {
+      // Answered from memory: the chain would give this same answer at its first link (see ClaimPrep).
+      if (ctx.prepaid) gate?.refundUnspent(job);
+      const result = answer.serve();
+      if (!carried) await record(completedRow(result));
+      return result;
+    }
+
+    const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
+    if (signal?.aborted) onCancel();
+    signal?.addEventListener('abort', onCancel, { once: true });
+    started = performance.now();
 
     try {
       logger.debug({ attempt, model }, 'job started');

@@ -41,8 +41,8 @@ export function createWorkerService(opts: {
   redis: Pick<RedisClient, 'exists'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
-  /** The result cache guard's first lookup, run inside the fair claim (`ShardGuards.prepareLookup`). */
-  prepareLookup?: ProcessorDeps['prepareLookup'];
+  /** What the fair claim carries for the result cache guard (`ShardGuards.prepareClaim`). */
+  prepareClaim?: ProcessorDeps['prepareClaim'];
   features?: WorkerHooks[];
   /**
    * The fair dispatcher (every process builds it from the same config: shared/fair/from-config.ts), on a worker
@@ -113,7 +113,7 @@ export function createWorkerService(opts: {
     models,
     logger,
     gate,
-    ...(opts.prepareLookup ? { prepareLookup: opts.prepareLookup } : {}),
+    ...(opts.prepareClaim ? { prepareClaim: opts.prepareClaim } : {}),
     cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(prefix, jobId))) === 1,
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });

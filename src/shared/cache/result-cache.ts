@@ -69,6 +69,12 @@ export interface ResultCache<T = AgentResult> {
    * when L1 answers from memory (no Redis read needed at all).
    */
   prepare(parts: CacheKeyParts, owner?: string): PreparedLookup | undefined;
+  /**
+   * The value L1 holds for `parts`, from memory (no Redis call), when an L1 hit of `singleFlight` would serve
+   * it (the invalidation broadcast is live); undefined otherwise. Each call parses its own copy. Takes the key
+   * `prepare` computed for the same parts, as `singleFlight` does.
+   */
+  fromMemory(parts: CacheKeyParts): T | undefined;
   /** Stores under the namespace versions current at the time of the write (`singleFlight` uses the versions read before the call instead). */
   set(parts: CacheKeyParts, value: T): Promise<boolean>;
   invalidateOrg(orgId: string): Promise<void>;
@@ -315,6 +321,11 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       };
       prefetches.set(prepared, pre);
       return prepared;
+    },
+    fromMemory(p) {
+      if (!l1Live) return undefined;
+      const local = l1.get((takePreparedKeys(p) ?? keysFor(p)).hash);
+      return local ? (JSON.parse(local.json) as T) : undefined;
     },
     async set(p, value) {
       const { hash, keys } = keysFor(p);

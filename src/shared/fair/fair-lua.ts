@@ -54,6 +54,16 @@ export interface ClaimLookup {
 }
 
 /**
+ * An attempt's usage row carried by its claim (an attempt answered before it, from memory): appended to the
+ * usage stream `key` (same hash tag) only when the job holds its slot and is not cancelled. Not with a lookup.
+ */
+export interface ClaimAppend {
+  key: string;
+  field: string;
+  entry: string;
+}
+
+/**
  * What calls really used against what their dispatch charged, for one org and model: `orgDelta` tokens go to
  * the org's TPM bucket for the model, `modelDelta` tokens to the model's, and `requests` to both RPM buckets
  * (-1 gives back the request charged for a job that called no model). Each only where that limit is set.
@@ -127,16 +137,20 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`).
      * `lookup`: the job's result-cache lookup, run by the same script when the claim holds and is not
      * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's). `corrections`: applied
-     * first, in the same call.
+     * first, in the same call. `append`: instead of a lookup, the usage row of an attempt already answered,
+     * appended by the same script when the claim holds and is not cancelled (`appended`).
      */
-    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: ChargeCorrection[]): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown }> {
-      const args = [id, progress, refill ? 1 : 0, ...(lookup ? lookup.args : ['', '', 0, '']), ...flatCorrections(corrections), ...release];
-      const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys)) as [number, number, unknown, unknown?];
+    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: ChargeCorrection[], append?: ClaimAppend): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
+      if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
+      const ride = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
+      const args = [id, progress, refill ? 1 : 0, ...ride, ...flatCorrections(corrections), ...release];
+      const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
       return {
         held: held === 1,
         cancelled: cancelled === 1,
         ...(d ? { dispatch: toDispatch(d) } : {}),
-        ...(reply !== undefined ? { lookupReply: reply } : {}),
+        ...(lookup && reply !== undefined ? { lookupReply: reply } : {}),
+        ...(append && reply === 1 ? { appended: true } : {}),
       };
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */

@@ -1,6 +1,6 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
-import { createFairLua, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 import type { LeaseWant, ModelLeases } from './model-leases.js';
@@ -106,9 +106,10 @@ export interface FairScheduler {
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).
    * `lookup`: the job's result-cache lookup, done in the same call when the claim holds and is not cancelled
    * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: charge corrections
-   * applied first, in the same call (as `release`'s).
+   * applied first, in the same call (as `release`'s). `append`: the usage row of an attempt answered before its
+   * claim (an L1 hit), appended in the same call when the claim holds and is not cancelled (`appended`).
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[] }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[]; append?: ClaimAppend }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown; appended?: boolean }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -234,7 +235,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, worker));
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup, copts.correct);
+      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup, copts.correct, copts.append);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),

@@ -3,4 +3,4 @@ export { createDispatchLoop, type DispatchLoop } from './dispatch-loop.js';
 export { PARK_AT_MS, PARK_SCORE_MIN, isParked, parkedJobOptions, parkActiveJob } from './park.js';
 export { batchLane, isBatchLane, tierOf, type FairPlan, type FairDefaults } from './fair-plan.js';
 export { fairKeys, type FairKeys } from './fair-keys.js';
-export type { ClaimLookup, ChargeCorrection } from './fair-lua.js';
+export type { ClaimAppend, ClaimLookup, ChargeCorrection } from './fair-lua.js';

@@ -1,7 +1,7 @@
 import { LRUCache } from 'lru-cache';
 import type { Config } from '../../shared/core/config.js';
-import { createResultCache, type PreparedLookup } from '../../shared/cache/result-cache.js';
-import { cacheKeyPartsOf, createResultCacheGuard } from './result-cache-guard.js';
+import { createResultCache } from '../../shared/cache/result-cache.js';
+import { answerFromMemory, cacheKeyPartsOf, createResultCacheGuard } from './result-cache-guard.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createSemanticCacheGuard } from './semantic-cache-guard.js';
 import { createQuotaChecker, type QuotaDecision } from '../../shared/infra/db/quotas.js';
@@ -14,16 +14,16 @@ import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { createRedis } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
-import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
+import { DelayJobError, type ClaimPrep, type JobContext, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 
-/** The guards of one queue shard's worker (app/cell.ts): the chain and the cache lookup its claim carries. */
+/** The guards of one queue shard's worker (app/cell.ts): the chain and what its claim carries. */
 export interface ShardGuards {
   middlewares: Middleware[];
-  /** The result cache guard's first lookup for `ctx`, to ride on the fair claim (see `JobContext.cacheLookup`). */
-  prepareLookup(ctx: JobContext): PreparedLookup | undefined;
+  /** The result cache guard's first lookup for `ctx`, or its answer from memory, for the fair claim (`ClaimPrep`). */
+  prepareClaim(ctx: JobContext): ClaimPrep;
 }
 
 export interface WorkerGuards {
@@ -137,8 +137,15 @@ export function createWorkerGuards(opts: {
         correctionFlushMs: 100,
         onError: (err) => opts.logger.warn({ err }, 'rate limit: token correction failed'),
       });
+      // The result cache guard comes first: an answer from memory (`prepareClaim`) stands for the whole chain.
       const middlewares: Middleware[] = [createResultCacheGuard({ cache: resultCache }), semanticGuard, quotaGuard, routeGuard, rateLimit, breakerGuard];
-      return [queuePrefix, { middlewares, prepareLookup: (ctx: JobContext) => resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id), flush: () => rateLimit.flush() }];
+      const prepareClaim = (ctx: JobContext): ClaimPrep => {
+        const lookup = resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id);
+        if (lookup) return { lookup };
+        const answer = answerFromMemory(resultCache, ctx);
+        return answer ? { answer } : {};
+      };
+      return [queuePrefix, { middlewares, prepareClaim, flush: () => rateLimit.flush() }];
     }),
   );
   return {

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { JobContext, Middleware } from '../middleware.js';
+import type { ClaimAnswer, JobContext, Middleware } from '../middleware.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { CacheKeyParts, ResultCache } from '../../shared/cache/result-cache.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
@@ -49,12 +49,29 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     if (outcome.usageAppended) ctx.usage?.carried();
     if (outcome.from === 'call') return outcome.value;
     guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': outcome.from });
-    return {
-      ...outcome.value,
-      cacheHit: outcome.from,
-      tokensUsed: { input: 0, output: 0 },
-      costUsd: 0,
-      durationMs: Math.round(performance.now() - started),
-    };
+    return cachedResult(outcome.value, outcome.from, Math.round(performance.now() - started));
+  };
+}
+
+/** A cached answer as the attempt's result: marked a hit, no tokens, no cost. */
+function cachedResult(value: AgentResult, from: 'l1' | 'l2', durationMs: number): AgentResult {
+  return { ...value, cacheHit: from, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs };
+}
+
+/**
+ * The attempt's answer when L1 holds it (from memory, no Redis call), known before the fair claim so the
+ * claim can carry its usage row (`ClaimPrep.answer`); `serve` records the guard's decision on the span. The
+ * same answer this guard gives an L1 hit: it is the chain's first link, and a hit calls nothing after it.
+ */
+export function answerFromMemory(cache: ResultCache<AgentResult>, ctx: JobContext): ClaimAnswer | undefined {
+  const value = cache.fromMemory(cacheKeyPartsOf(ctx));
+  if (!value) return undefined;
+  const result = cachedResult(value, 'l1', 0);
+  return {
+    result,
+    serve() {
+      guardEvent(ctx.span, 'agentq.guard.result_cache', { 'agentq.cache.hit': 'l1' });
+      return result;
+    },
   };
 }

@@ -57,8 +57,8 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
         ridden!.done(ride, reply);
       }
     },
-    /** For a script that appends the row in a round trip it makes anyway (the result cache's store). */
-    entry: { field: RUN_FIELD, encode: encodeRun, ...(ridden ? { rider: ridden } : {}) },
+    /** For a script that appends the row to `key` in a round trip it makes anyway (the result cache's store, the fair claim). */
+    entry: { key, field: RUN_FIELD, encode: encodeRun, ...(ridden ? { rider: ridden } : {}) },
   };
 }
 

@@ -16,7 +16,8 @@
 --   39 leasereq HASH (model -> ms until which the shard's lease request for the model stands: in flight, or
 --   refused until then), 40 leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease),
 --   41-44 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
---   single-flight lock (includes/result-cache-lookup.lua)
+--   single-flight lock (includes/result-cache-lookup.lua); or 41 alone: the usage stream, for an attempt
+--   answered before its claim (an L1 hit from memory), whose usage row the claim appends
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
@@ -31,14 +32,16 @@
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 41-44), charge corrections (a count, then org, model, org tokens,
+--     ms and owner (read only with KEYS 41-44; with KEYS 41 alone: the usage row's field name and the row,
+--     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 41-44 a held, not cancelled claim also does the job's
---     result-cache lookup (its reply as result-cache-lookup-4.lua's);  orphans: offset, count
+--     result-cache lookup (its reply as result-cache-lookup-4.lua's); with KEY 41 alone it appends the
+--     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
@@ -147,11 +150,17 @@ local function nothingQueued()
 end
 
 -- A claim's reply: held, cancelled, what it dispatched; and when the job runs, its result-cache lookup (and
--- single-flight lock on a miss) rides here instead of costing a round trip before the model call. A job that
--- does not run takes no lock.
+-- single-flight lock on a miss) rides here instead of costing a round trip before the model call, or, for an
+-- attempt already answered from memory, its usage row is appended here instead of in a round trip of its own.
+-- A job that does not run takes no lock and records nothing.
 local function claimReply(held, cancelled, d)
-  if held == 1 and cancelled == 0 and #KEYS >= 44 then
-    return { held, cancelled, d, resultCacheLookup(KEYS[41], KEYS[42], KEYS[43], KEYS[44], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+  if held == 1 and cancelled == 0 then
+    if #KEYS >= 44 then
+      return { held, cancelled, d, resultCacheLookup(KEYS[41], KEYS[42], KEYS[43], KEYS[44], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+    elseif #KEYS == 41 then
+      rcall('XADD', KEYS[41], '*', ARGV[16], ARGV[17])
+      return { held, cancelled, d, 1 }
+    end
   end
   return { held, cancelled, d }
 end
