@@ -148,15 +148,21 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     expect(b.sent()).toBeGreaterThan(before);
     await a.cache.set(p, okResult('v2'));
     expect(await b.cache.get(p)).toEqual({ level: 'l2', value: okResult('v2') });
-    // Not from memory while unsubscribed: each get checks the version in Redis.
+    // Not from memory while unsubscribed: each get checks the version in Redis, and nothing is answered
+    // before a claim from the L1 copy (`fromMemory`).
     const mid = b.sent();
     expect(await b.cache.get(p)).toMatchObject({ level: 'l1', value: okResult('v2') });
     expect(b.sent()).toBe(mid + 1);
+    expect(b.cache.fromMemory(p)).toBeUndefined();
     await b.subscriber.connect();
     await until('L1 from memory again', async () => {
       const s0 = b.sent();
       return (await b.cache.get(p))?.level === 'l1' && b.sent() === s0;
     });
+    expect(b.cache.fromMemory(p)).toEqual(okResult('v2'));
+    // Each call hands out its own copy.
+    b.cache.fromMemory(p)!.data = 'changed by its caller';
+    expect(b.cache.fromMemory(p)).toEqual(okResult('v2'));
   });
 
   it('the store of a computed value appends its usage entry in the same call; a cached value appends nothing', async () => {

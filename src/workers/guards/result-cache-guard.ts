@@ -62,6 +62,8 @@ function cachedResult(value: AgentResult, from: 'l1' | 'l2', durationMs: number)
  * The attempt's answer when L1 holds it (from memory, no Redis call), known before the fair claim so the
  * claim can carry its usage row (`ClaimPrep.answer`); `serve` records the guard's decision on the span. The
  * same answer this guard gives an L1 hit: it is the chain's first link, and a hit calls nothing after it.
+ * Decided before the claim's round trip: an invalidation arriving during it does not change this answer,
+ * as one arriving just after an L1 hit would not (the broadcast's bound is 100 ms; a round trip is ~1).
  */
 export function answerFromMemory(cache: ResultCache<AgentResult>, ctx: JobContext): ClaimAnswer | undefined {
   const value = cache.fromMemory(cacheKeyPartsOf(ctx));
