@@ -142,8 +142,9 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      */
     async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: ChargeCorrection[], append?: ClaimAppend): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
       if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
-      const ride = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
-      const args = [id, progress, refill ? 1 : 0, ...ride, ...flatCorrections(corrections), ...release];
+      // ARGV 16-19: the lookup's arguments, or the row's field and entry (then two unused), or none.
+      const carried = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
+      const args = [id, progress, refill ? 1 : 0, ...carried, ...flatCorrections(corrections), ...release];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
       return {
         held: held === 1,
