@@ -273,6 +273,8 @@ describe('fair dispatch on every path', () => {
     }
     expect(lines.filter((l) => !l.includes(' lua]') && /"xadd"/i.test(l) && l.includes(`"${usage}"`))).toEqual([]);
     expect(rowAppends).toEqual(ids.map((id) => ({ id, by: 'claim' })));
+    // No model is called, so no calling_model stage is written for them.
+    expect(lines.filter((l) => /"hset"/i.test(l) && l.includes('"progress"') && ids.some((id) => l.includes(`:${id}"`)))).toEqual([]);
     await runRows(s, ids);
     const { rows } = await s.infra.db.pool.query<{ job_id: string; state: string; cache_hit: string; cost_usd: string }>(
       'SELECT job_id, state, cache_hit, cost_usd FROM agent_runs WHERE job_id = ANY($1) ORDER BY job_id',

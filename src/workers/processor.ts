@@ -228,7 +228,9 @@ function attemptOf(deps: ProcessorDeps) {
     if (cacheLookup) ctx.cacheLookup = cacheLookup;
     const answer = prep?.answer;
     const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(completedRow(answer.result)), appended: () => (carried = true) } : undefined;
-    const admitted = gate ? await gate.admit(job, token, stage, cacheLookup, append) : 'run';
+    // An attempt answered from memory calls no model: no stage is stored for it (its claim saves the check and
+    // the write; for the moment it is active it reads as calling_model, the default of an active job).
+    const admitted = gate ? await gate.admit(job, token, answer ? undefined : stage, cacheLookup, append) : 'run';
     guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
     if (admitted === 'parked') throw new DelayedError();
     if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
