@@ -1,5 +1,5 @@
 import { afterAll, describe, expect, it } from 'vitest';
-import { defineLua } from '../src/shared/infra/lua.js';
+import { defineLua, readLua } from '../src/shared/infra/lua.js';
 import { createRedis, type RedisClient } from '../src/shared/infra/redis/connection.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 
@@ -13,6 +13,14 @@ afterAll(() => clients.forEach((c) => c.disconnect()));
  * and then crashes the process on the reply it lacks ("results[i] is not iterable", ioredis #1931).
  */
 describe('variable-key Lua on an auto-pipelined connection', () => {
+  it('inlines includes of includes, each once: the lookup and the store build the namespace tag from one definition', () => {
+    for (const file of ['result-cache-lookup-4.lua', 'result-cache-set-5.lua', 'fair-core-N.lua']) {
+      const source = readLua(file);
+      expect(source).not.toMatch(/^--- @include/m);
+      expect(source.match(/local function resultCacheTag\(/g)).toHaveLength(1);
+    }
+  });
+
   it('a key count first used while an auto-pipeline is pending runs in it, beside the calls queued before', async () => {
     const client = createRedis(redisUrl(), 'worker', { enableAutoPipelining: true });
     clients.push(client);

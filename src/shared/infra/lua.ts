@@ -69,13 +69,15 @@ const INCLUDE = /^--- @include "([a-z0-9-]+)"$/gm;
 /**
  * A script's source with its includes inlined. Redis Lua has no `require`: a part two scripts share lives
  * in `lua/includes/<name>.lua` and is pasted where a script says `--- @include "<name>"` (BullMQ's own
- * convention for its scripts), once per script.
+ * convention for its scripts), once per script; an include's own includes are pasted the same way.
  */
 export function readLua(file: string): string {
   const seen = new Set<string>();
-  return readFileSync(new URL(file, LUA_DIR), 'utf8').replace(INCLUDE, (_line, name: string) => {
-    if (seen.has(name)) return '';
-    seen.add(name);
-    return readFileSync(new URL(`includes/${name}.lua`, LUA_DIR), 'utf8');
-  });
+  const inline = (source: string): string =>
+    source.replace(INCLUDE, (_line, name: string) => {
+      if (seen.has(name)) return '';
+      seen.add(name);
+      return inline(readFileSync(new URL(`includes/${name}.lua`, LUA_DIR), 'utf8'));
+    });
+  return inline(readFileSync(new URL(file, LUA_DIR), 'utf8'));
 }

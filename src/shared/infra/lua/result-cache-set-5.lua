@@ -9,6 +9,7 @@
 -- ARGV[7..]: the sink's ride (none: no ride)
 -- Returns {stored (0|1), current tag, the ride's reply (only with a ride)}
 --- @include "usage-ride"
+--- @include "result-cache-tag"
 local ride = nil
 if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[5], '*', ARGV[6], ARGV[5])
@@ -17,8 +18,7 @@ end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
   redis.call('DEL', KEYS[4])
 end
-local v = redis.call('MGET', KEYS[1], KEYS[2])
-local tag = (v[1] or '0') .. '.' .. (v[2] or '0')
+local tag = resultCacheTag(KEYS[1], KEYS[2])
 local stored = 1
 if ARGV[1] ~= '' and ARGV[1] ~= tag then
   stored = 0

@@ -10,9 +10,9 @@
 -- only once its last holder lost the lock), so it is taken over.
 -- Returns {tag, hit (0 miss | 1 the L1 copy is current | 2 entry follows), lock (0 free | 1 held by another |
 -- 2 taken by this call), entry json (only when hit = 2)}
+--- @include "result-cache-tag"
 local function resultCacheLookup(kOrgVersion, kAgentVersion, kEntry, kLock, l1Tag, token, lockTtlMs, owner)
-  local v = redis.call('MGET', kOrgVersion, kAgentVersion)
-  local tag = (v[1] or '0') .. '.' .. (v[2] or '0')
+  local tag = resultCacheTag(kOrgVersion, kAgentVersion)
   if l1Tag ~= '' and l1Tag == tag then
     return {tag, 1, 0}
   end
