@@ -169,7 +169,7 @@ function attemptOf(deps: ProcessorDeps) {
       span,
     };
     const attempt = job.attemptsMade + 1;
-    /** When the attempt's chain started (after its claim); 0 for an attempt answered before its claim. */
+    /** When the attempt's work started (after its claim); 0 before (the row an answer from memory's claim carries). */
     let started = 0;
 
     const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
@@ -237,26 +237,28 @@ function attemptOf(deps: ProcessorDeps) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }
-    if (answer) {
-      // Answered from memory: the chain would give this same answer at its first link (see ClaimPrep).
-      if (ctx.prepaid) gate?.refundUnspent(job);
-      const result = answer.serve();
-      if (!carried) await record(completedRow(result));
-      return result;
-    }
 
     const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
     if (signal?.aborted) onCancel();
     signal?.addEventListener('abort', onCancel, { once: true });
     started = performance.now();
+    // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
+    const refundUnspent = () => {
+      if (gate && ctx.prepaid) gate.refundUnspent(job);
+    };
 
     try {
       logger.debug({ attempt, model }, 'job started');
-      const result = await deps.chain(ctx).finally(() => {
-        // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
-        if (gate && ctx.prepaid) gate.refundUnspent(job);
-      });
-      // Already in the usage stream when the result cache's store carried it (a computed miss).
+      let result: AgentResult;
+      if (answer) {
+        // Answered from memory: the chain would give this same answer at its first link (see ClaimPrep).
+        refundUnspent();
+        result = answer.serve();
+      } else {
+        result = await deps.chain(ctx).finally(refundUnspent);
+      }
+      // Already in the usage stream when the claim (an answer from memory) or the result cache's store (a
+      // computed miss) carried it.
       if (!carried) await record(completedRow(result));
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
