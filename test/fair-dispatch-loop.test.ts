@@ -100,6 +100,25 @@ describe('fair dispatch loop', () => {
     await loop.close();
     expect(f.registrations).toEqual([reg, undefined, reg, undefined]);
   });
+
+  it('registers again as soon as the ask moved, and not while it stands', async () => {
+    const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+    let ask = 5;
+    const loop = createDispatchLoop({ scheduler: f.scheduler, worker: { id: 'w1', concurrency: 10, ask: () => ask }, safetyPollMs: 60_000, now: () => 1_000_000 });
+    const call = async () => {
+      const k = loop.kick();
+      f.finishOne();
+      await k;
+    };
+    await call();
+    await call();
+    ask = 9;
+    await call();
+    await call();
+    await loop.close();
+    const reg = (a: number) => ({ id: 'w1', concurrency: 10, ttlMs: 180_000, ask: a });
+    expect(f.registrations).toEqual([reg(5), undefined, reg(9), undefined]);
+  });
 });
 
 describe('fair gate', () => {

@@ -104,6 +104,33 @@ async function dispatchN(s: FairScheduler, n: number): Promise<string[]> {
 const orgOf = (id: string) => id.slice(0, id.lastIndexOf('-'));
 
 describe('fair scheduler', () => {
+  it("keeps BullMQ's wait list at the sum of the live workers' asks (a worker without one: the ratio of its concurrency)", async () => {
+    const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
+    const org = randomOrg();
+    await c.add(org, 40);
+    const waiting = () => c.queue.getJobCountByTypes('waiting', 'prioritized');
+    // No worker alive: nothing is promoted, jobs keep waiting fairly.
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 7 });
+    expect(await waiting()).toBe(7);
+    // A worker registering no ask counts for the ratio of its concurrency: ceil(0.5 x 9) = 5.
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 9, ttlMs: 60_000 });
+    expect(await waiting()).toBe(12);
+    // A worker's new ask replaces its old one.
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
+    expect(await waiting()).toBe(15);
+    // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask.
+    const regAt = await c.redisNow();
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 9, ttlMs: 1 });
+    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(regAt + 2), { timeout: 5_000, interval: 1 });
+    const ids = (await c.queue.getWaiting()).slice(0, 10).map((j) => j.id!);
+    for (const id of ids) await c.queue.remove(id);
+    await c.scheduler.release(ids);
+    await c.scheduler.dispatch();
+    expect(await waiting()).toBe(10);
+    expect(await c.redis.zrange(c.scheduler.keys.named.workers, 0, -1)).toEqual(['w1']);
+  });
+
   it('keeps jobs parked until dispatched, then hands them out by priority and FIFO', async () => {
     const c = await setup({ bufferTarget: 1 });
     const org = randomOrg();

@@ -36,7 +36,8 @@ const ROUNDS: Record<number, { n: number; windowMs: number }> = { 1: { n: C1_ROU
 
 /**
  * `-nofair`: the runtime without the fair dispatcher (runtime `fairDispatch: false`), the fairness case's baseline.
- * `-buf1`: DISPATCH_BUFFER_RATIO=1 instead of the default 0.5 (BullMQ's wait list as deep as the workers' concurrency).
+ * `-fixed`: DISPATCH_BUFFER_MS=0: BullMQ's wait list at DISPATCH_BUFFER_RATIO x the concurrency alone, not also what
+ *   the worker finishes in 40 ms (fair/buffer-ask.ts).
  * `-rt2`: the bare worker plus two awaited PINGs per job, one before its work and one after (where agentq's claim
  * and its cache store / usage row go): what any design adding the 2 round trips the targets allow can reach here.
  */
@@ -51,8 +52,8 @@ export type Path =
   | 'agentq-hit-norows'
   | 'agentq-miss-nofair'
   | 'agentq-hit-nofair'
-  | 'agentq-miss-buf1'
-  | 'agentq-hit-buf1';
+  | 'agentq-miss-fixed'
+  | 'agentq-hit-fixed';
 type BarePath = Extract<Path, `bare-${string}`>;
 
 export interface RunResult {
@@ -285,7 +286,7 @@ async function runAgentq(ctx: BenchContext, variant: Path, concurrency: number, 
   const q = await startAgentq(ctx.b, {
     skipRunRows: variant.endsWith('-norows'),
     ...(variant.endsWith('-nofair') ? { fairDispatch: false } : {}),
-    env: { WORKER_CONCURRENCY: String(concurrency), ...(variant.endsWith('-buf1') ? { DISPATCH_BUFFER_RATIO: '1' } : {}) },
+    env: { WORKER_CONCURRENCY: String(concurrency), ...(variant.endsWith('-fixed') ? { DISPATCH_BUFFER_MS: '0' } : {}) },
     onCompleted: () => (warmed ? warmed() : counter.onCompleted()),
   });
   try {
@@ -356,8 +357,8 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     'agentq-hit-norows': 1500,
     'agentq-miss-nofair': 250,
     'agentq-hit-nofair': 1500,
-    'agentq-miss-buf1': 300,
-    'agentq-hit-buf1': 1500,
+    'agentq-miss-fixed': 300,
+    'agentq-hit-fixed': 1500,
   };
   const paths: Path[] = ['bare-noop', 'bare-llm', 'agentq-miss', 'agentq-hit'];
   // At c=1 a job's steps are serial, so each added round trip shows whole: measured beside the main paths.
@@ -384,10 +385,10 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     return { value: round(median(each), 2), rounds: `median of ${each.length} rounds: ${each.join(', ')}` };
   };
   // Ablation, for the record: the same full path without the per-attempt agent_runs INSERT.
-  // And with a wait list as deep as the worker's concurrency (the default keeps it at half).
-  for (const path of ['agentq-miss-norows', 'agentq-hit-norows', 'agentq-miss-buf1', 'agentq-hit-buf1'] as Path[]) {
-    const base = results[`${path.replace(/-(norows|buf1)$/, '')}@50`].jobsPerS;
-    results[`${path}@50`] = await measurePath(ctx, path, 50, base * 1.5, { windowMs: C50_WINDOW_MS });
+  // And with the wait list at the fixed share alone (half the concurrency), not also sized by the worker's rate.
+  for (const path of ['agentq-miss-norows', 'agentq-hit-norows', 'agentq-miss-fixed', 'agentq-hit-fixed'] as Path[]) {
+    const base = results[`${path.replace(/-(norows|fixed)$/, '')}@50`].jobsPerS;
+    results[`${path}@50`] = await measurePath(ctx, path, 50, path.endsWith('-fixed') ? base : base * 1.5, { windowMs: C50_WINDOW_MS });
   }
   ctx.details.throughput = { ...results, c1Rounds: rounds[1], c50Rounds: rounds[50] };
   ctx.shared.agentqMissMaxPerS = Math.max(results['agentq-miss@1'].jobsPerS, results['agentq-miss@50'].jobsPerS);
@@ -423,18 +424,18 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
   const norows = (p: Path) => results[`${p}-norows@50`]?.jobsPerS;
   ctx.add({ case: tcA, name: 'agentq miss, agent_runs INSERT skipped', value: norows('agentq-miss'), unit: 'jobs/s', note: `${round(norows('agentq-miss') / results['bare-llm@50'].jobsPerS, 2)}x (b): what the per-job Postgres write costs` });
   ctx.add({ case: tcA, name: 'agentq hit, agent_runs INSERT skipped', value: norows('agentq-hit'), unit: 'jobs/s', note: `${round(norows('agentq-hit') / results['bare-noop@50'].jobsPerS, 2)}x (a)` });
-  const buf1 = (p: 'agentq-miss' | 'agentq-hit') => results[`${p}-buf1@50`];
+  const fixed = (p: 'agentq-miss' | 'agentq-hit') => results[`${p}-fixed@50`];
   for (const p of ['agentq-miss', 'agentq-hit'] as const) {
     const base = results[`${p}@50`];
     const refPath: Path = p === 'agentq-miss' ? 'bare-llm' : 'bare-noop';
     const ref = results[`${refPath}@50`].jobsPerS;
-    // At 0.5: the main row's ratio (the median of the rounds' ratios), not the median rounds' jobs/s divided.
+    // With the floor: the main row's ratio (the median of the rounds' ratios), not the median rounds' jobs/s divided.
     ctx.add({
       case: tcA,
-      name: `${p === 'agentq-miss' ? 'agentq miss' : 'agentq hit'}, DISPATCH_BUFFER_RATIO=1 (default 0.5)`,
-      value: buf1(p).jobsPerS,
+      name: `${p === 'agentq-miss' ? 'agentq miss' : 'agentq hit'}, DISPATCH_BUFFER_MS=0 (the wait list at DISPATCH_BUFFER_RATIO 0.5 x the concurrency alone)`,
+      value: fixed(p).jobsPerS,
       unit: 'jobs/s',
-      note: `${round(buf1(p).jobsPerS / ref, 2)}x ${p === 'agentq-miss' ? '(b)' : '(a)'} (its median round) vs ${ratioOf(50, p, refPath).value}x at 0.5; ${buf1(p).commandsPerJob} vs ${base.commandsPerJob} Redis commands/job. A deeper wait list keeps a job ready for every finishing one; jobs wait longer in BullMQ's FIFO once dispatched (the fairness case's starvation and capped-org figures are at 0.5)`,
+      note: `${round(fixed(p).jobsPerS / ref, 2)}x ${p === 'agentq-miss' ? '(b)' : '(a)'} (its median round) vs ${ratioOf(50, p, refPath).value}x with the 40 ms floor (default); ${fixed(p).commandsPerJob} vs ${base.commandsPerJob} Redis commands/job; ${fixed(p).meanRunning} vs ${base.meanRunning} jobs running. Without the floor the list runs dry between refills when jobs are short, and BullMQ then refills a free slot one fetch at a time`,
     });
   }
 

@@ -17,7 +17,7 @@ import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { cancelRequestedKey, fairKickChannel, usageSinkGroup, usageStreamKey } from '../shared/core/queue-keys.js';
-import { createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
+import { createBufferAsk, createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
 import type { BatchTier } from './batch-tier.js';
@@ -71,8 +71,10 @@ export function createWorkerService(opts: {
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
-  // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers.
-  const loop = scheduler ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY }, logger }) : undefined;
+  // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers'
+  // asks; a moved ask is registered by a dispatch call of its own (at most once per rate window).
+  const bufferAsk = createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => void loop?.kick() });
+  const loop = scheduler ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
@@ -149,8 +151,14 @@ export function createWorkerService(opts: {
   }
   // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
   if (gate) {
-    worker.worker.on('completed', (job) => gate.finished(job.id!));
-    worker.worker.on('failed', (job) => job?.id && gate.finished(job.id));
+    worker.worker.on('completed', (job) => {
+      bufferAsk.finished();
+      gate.finished(job.id!);
+    });
+    worker.worker.on('failed', (job) => {
+      bufferAsk.finished();
+      if (job?.id) gate.finished(job.id);
+    });
   }
   // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
   const kickChannel = fairKickChannel(prefix);

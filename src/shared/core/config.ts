@@ -196,6 +196,11 @@ export const configSchema = z.object({
   ORG_TPM: int(0),
   /** The dispatcher keeps BullMQ's wait list at this times the live workers' total concurrency (fairness decided late). */
   DISPATCH_BUFFER_RATIO: z.coerce.number().min(0.1).max(10).default(0.5),
+  /**
+   * ...and at least what each worker finishes in this many ms at its recent rate, up to its concurrency
+   * (fair/buffer-ask.ts): short jobs (cache hits) would otherwise find the list empty. 0: the ratio alone.
+   */
+  DISPATCH_BUFFER_MS: int(40),
   /** A dispatched job's slot is checked after this long without news (crashed worker, lost promote) and recovered. */
   FAIR_LEASE_MS: int(30_000, 1000),
   CACHE_TTL_S: int(3600, 1),

@@ -23,8 +23,12 @@ export interface DispatchLoop {
 export function createDispatchLoop(opts: {
   /** With `onDispatched`, the scheduler's own dispatches (after a lease) are taken in as `absorb` takes them. */
   scheduler: Pick<FairScheduler, 'dispatch'> & Partial<Pick<FairScheduler, 'onDispatched'>>;
-  /** A worker's loop registers its concurrency with every call (it sizes BullMQ's wait list). */
-  worker?: { id: string; concurrency: number };
+  /**
+   * A worker's loop registers its concurrency and its ask (the jobs of BullMQ's wait list it wants kept for it,
+   * buffer-ask.ts; absent: the scheduler's fixed share of the concurrency), renewed every half safety poll and
+   * whenever the ask moved.
+   */
+  worker?: { id: string; concurrency: number; ask?: () => number };
   logger?: DispatchLoopLogger;
   safetyPollMs?: number;
   onDispatch?: (r: DispatchResult) => void;
@@ -55,21 +59,32 @@ export function createDispatchLoop(opts: {
 
   const safetyPollMs = opts.safetyPollMs ?? 10_000;
   // Outlives two missed safety polls, so only a dead (or closed) worker's share of the buffer lapses.
-  const registration = opts.worker ? { ...opts.worker, ttlMs: safetyPollMs * 3 } : undefined;
+  const ttlMs = safetyPollMs * 3;
   // Renewed at most every half poll (so every safety poll renews it), not on every call: a throttled
   // deployment dispatches on every wake-up, and the renewal is two writes each time.
   const clock = opts.now ?? Date.now;
   const renewEveryMs = safetyPollMs / 2;
   let registeredAt = -Infinity;
+  let registeredAsk: number | undefined;
+  const registration = (at: number) => {
+    const w = opts.worker;
+    if (!w) return undefined;
+    const ask = w.ask?.();
+    if (at - registeredAt < renewEveryMs && ask === registeredAsk) return undefined;
+    return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}) };
+  };
 
   const run = async () => {
     do {
       pending = false;
       try {
         const at = clock();
-        const register = registration && at - registeredAt >= renewEveryMs ? registration : undefined;
+        const register = registration(at);
         const r = await opts.scheduler.dispatch(register);
-        if (register) registeredAt = at;
+        if (register) {
+          registeredAt = at;
+          registeredAsk = register.ask;
+        }
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {

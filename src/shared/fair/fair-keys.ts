@@ -20,7 +20,7 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js
  *   <keyPrefix>:plan:<org>             HASH  weight, concurrency, rpmPro, rpmFlash, tpm
  *   <bucketPrefix>:tb:rpm:org:<org>:<model>, :tb:tpm:org:<org>:<model>, :tb:rpm:model:<model>,
  *   :tb:tpm:model:<model>              token buckets in the format of guards/token-bucket.ts
- *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> concurrency
+ *   <keyPrefix>:workers / :workerconc  ZSET worker -> registration expiry ms / HASH worker -> its ask (buffer-ask.ts)
  *   <keyPrefix>:throttled / :sleepstart HASH org -> seconds its lanes slept on limits / lane -> sleep start ms
  *   <keyPrefix>:wake                   STRING the wake time a caller armed
  *   BullMQ's wait, prioritized, delayed, job hashes, meta, active, pc, events and marker: a dispatch moves the

@@ -7,8 +7,8 @@ import type { LeaseWant } from './model-leases.js';
 export interface FairLuaConfig {
   defaults: FairDefaults;
   leaseMs: number;
-  /** Jobs kept in BullMQ's wait list: a number, or `x<ratio>` of the live workers' total concurrency. */
-  bufferTarget: number | `x${number}`;
+  /** Jobs kept in BullMQ's wait list: a number, or `w`: the sum of the live workers' registered asks. */
+  bufferTarget: number | 'w';
   /** Most jobs one dispatch call hands out (bounds the script's run time). */
   maxBatch: number;
   /** Most due timers, sleepers and expired leases each handled per dispatch call. */
@@ -110,8 +110,8 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   };
   return {
     /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
-    async dispatch(maxJobs?: number, worker?: { id: string; concurrency: number; ttlMs: number }): Promise<RawDispatch> {
-      return toDispatch(await call('dispatch', worker ? [worker.id, worker.concurrency, worker.ttlMs] : [], maxJobs));
+    async dispatch(maxJobs?: number, worker?: { id: string; ask: number; ttlMs: number }): Promise<RawDispatch> {
+      return toDispatch(await call('dispatch', worker ? [worker.id, worker.ask, worker.ttlMs] : [], maxJobs));
     },
     /** entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm, index score ('' = none). */
     async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {

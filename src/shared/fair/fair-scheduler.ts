@@ -76,7 +76,10 @@ export interface FairSchedulerOptions {
   leaseMs: number;
   /** Dispatch until BullMQ's wait + prioritized hold this many jobs... */
   bufferTarget?: number;
-  /** ...or this times the total concurrency of the workers alive now (each registers as it dispatches). */
+  /**
+   * ...or the sum of the asks of the workers alive now (each registers as it dispatches): a worker's own ask
+   * (buffer-ask.ts), or this times its concurrency when it registers none.
+   */
   bufferRatio?: number;
   maxBatch?: number;
   sweepMax?: number;
@@ -94,8 +97,8 @@ export interface FairSchedulerOptions {
 export interface FairScheduler {
   /** Lanes jobs already added to BullMQ parked (see park.ts), then dispatches unless `dispatch: false`. */
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
-  /** `worker` registers the calling worker (its concurrency sizes the dispatch buffer) for `ttlMs`. */
-  dispatch(worker?: { id: string; concurrency: number; ttlMs: number }): Promise<DispatchResult>;
+  /** `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`. */
+  dispatch(worker?: { id: string; concurrency: number; ttlMs: number; ask?: number }): Promise<DispatchResult>;
   /**
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
@@ -154,7 +157,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     leased: opts.leases !== undefined,
     defaults: opts.defaults,
     leaseMs: opts.leaseMs,
-    bufferTarget: opts.bufferRatio !== undefined ? `x${opts.bufferRatio}` : (opts.bufferTarget ?? 0),
+    bufferTarget: opts.bufferRatio !== undefined ? 'w' : (opts.bufferTarget ?? 0),
     maxBatch: opts.maxBatch ?? 500,
     sweepMax: opts.sweepMax ?? 100,
   });
@@ -232,7 +235,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return { ...finish(last), skipped };
     },
     async dispatch(worker) {
-      return finish(await raw.dispatch(undefined, worker));
+      const reg = worker && { id: worker.id, ask: worker.ask ?? Math.ceil((opts.bufferRatio ?? 0) * worker.concurrency), ttlMs: worker.ttlMs };
+      return finish(await raw.dispatch(undefined, reg));
     },
     async claim(id, progress, copts = {}) {
       const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup, copts.correct, copts.append);

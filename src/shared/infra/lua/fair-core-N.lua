@@ -7,7 +7,8 @@
 --   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
 --   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read; claim writes the
 --   job's progress field),
---   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> concurrency),
+--   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> its ask: jobs of
+--   BullMQ's wait list it wants kept, fair/buffer-ask.ts; the key's name is its older content, its concurrency),
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
 --   31 wake STRING (the next wake time one caller has armed a timer for), 32 cancel marker prefix (claim reads
 --   <prefix><jobId>), 33 org job index prefix (enqueue adds to the ZSET <prefix><org>), 34 BullMQ meta,
@@ -21,13 +22,13 @@
 -- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
---   or 'x<ratio>' for ratio x the live workers' total concurrency,
+--   or 'w' for the sum of the live workers' asks,
 -- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
 -- ARGV[12] leased (0|1): the model buckets (KEYS 21, 22) are this queue shard's reservoirs of the model's
 --   global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not refill; a lane they cannot serve
 --   sleeps, and the dispatch asks its caller (`wants`) to lease more from the global bucket (op lease)
 -- ARGV[13..] op arguments:
---   dispatch: worker id ('' = not a worker), its concurrency, registration ttl ms (registers the worker)
+--   dispatch: worker id ('' = not a worker), its ask, registration ttl ms (registers the worker)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
@@ -690,16 +691,15 @@ end
 -- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
 -- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
 local function bufferTarget()
-  if string.sub(BUFFER_ARG, 1, 1) ~= 'x' then return tonumber(BUFFER_ARG) end
-  local ratio = tonumber(string.sub(BUFFER_ARG, 2))
+  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
   local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
   if #gone > 0 then
     rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
     rcall('HDEL', K_WORKERCONC, unpack(gone))
   end
   local total = 0
-  for _, c in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(c) end
-  return math.ceil(ratio * total)
+  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
+  return math.ceil(total)
 end
 
 

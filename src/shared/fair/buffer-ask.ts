@@ -1,0 +1,60 @@
+/** How long a rate sample runs before it replaces the last one (a few hundred jobs of short work). */
+export const BUFFER_RATE_WINDOW_MS = 250;
+
+export interface BufferAsk {
+  /** One of this worker's jobs finished (completed or failed). */
+  finished(): void;
+  /** The jobs of BullMQ's wait list this worker asks the dispatcher to keep for it, now. */
+  ask(): number;
+}
+
+/**
+ * A worker's share of the dispatch buffer. At least `ratio` x its concurrency, the fixed share fairness is
+ * tuned with; and, for short jobs, at least what the worker finishes in `floorMs` at its recent rate (capped at its
+ * concurrency). A fixed share sized for long model calls runs dry between two refills when jobs take a
+ * millisecond (cache hits): BullMQ then refills a free slot one fetch at a time. Sized by time, the wait list
+ * holds about `floorMs` of work whatever the jobs' length, so a job dispatched into it waits about that long
+ * at most, and long jobs keep the fixed share (a worker finishing 100 jobs/s asks 4 at 40 ms: the fixed share
+ * of concurrency 10 at 0.5, 5, stands).
+ * `onChange` is told when the ask moves, so the worker registers it again without waiting for its renewal.
+ */
+export function createBufferAsk(opts: {
+  concurrency: number;
+  ratio: number;
+  /** 0: the fixed share only. */
+  floorMs: number;
+  onChange?: (ask: number) => void;
+  now?: () => number;
+}): BufferAsk {
+  const clock = opts.now ?? Date.now;
+  const fixed = Math.ceil(opts.ratio * opts.concurrency);
+  let windowStart = clock();
+  let count = 0;
+  let current = fixed;
+
+  // Rolls the sample once it has run a window: the rate of the window just ended decides the ask.
+  const roll = (at: number) => {
+    const elapsed = at - windowStart;
+    if (elapsed < BUFFER_RATE_WINDOW_MS) return;
+    const byTime = Math.min(opts.concurrency, Math.floor((count * opts.floorMs) / elapsed));
+    windowStart = at;
+    count = 0;
+    const next = Math.max(fixed, byTime);
+    // Grows at once (the list runs dry now); shrinks only by an eighth or more, so a rate that wobbles
+    // around a boundary does not register a new ask every window.
+    if (next === current || (next < current && next > (current * 7) / 8)) return;
+    current = next;
+    opts.onChange?.(next);
+  };
+
+  return {
+    finished() {
+      count++;
+      if (opts.floorMs > 0) roll(clock());
+    },
+    ask() {
+      if (opts.floorMs > 0) roll(clock());
+      return current;
+    },
+  };
+}

@@ -1,0 +1,68 @@
+import { describe, expect, it } from 'vitest';
+import { BUFFER_RATE_WINDOW_MS, createBufferAsk } from '../src/shared/fair/buffer-ask.js';
+
+/** A worker's ask with a clock the test moves; `finish(n, overMs)` finishes n jobs evenly over overMs. */
+function askWith(o: { concurrency: number; ratio: number; floorMs: number }) {
+  let clock = 0;
+  const changes: number[] = [];
+  const a = createBufferAsk({ ...o, now: () => clock, onChange: (n) => changes.push(n) });
+  return {
+    a,
+    changes,
+    finish(n: number, overMs: number) {
+      const start = clock;
+      for (let i = 1; i <= n; i++) {
+        clock = start + (overMs * i) / n;
+        a.finished();
+      }
+    },
+    idle(ms: number) {
+      clock += ms;
+    },
+  };
+}
+
+describe('buffer ask', () => {
+  it("is the fixed share of the concurrency until jobs finish fast enough to drain it in the floor's time", () => {
+    const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
+    expect(w.a.ask()).toBe(25);
+    // 400 jobs/s: 16 jobs in 40 ms, below the fixed 25.
+    w.finish(100, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(25);
+    // 1,000 jobs/s: 40 jobs in 40 ms.
+    w.finish(250, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(40);
+    // 4,000 jobs/s: capped at the concurrency.
+    w.finish(1000, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(50);
+    expect(w.changes).toEqual([40, 50]);
+  });
+
+  it('shrinks only by an eighth or more, and back to the fixed share once the worker idles', () => {
+    const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
+    w.finish(1000, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(50);
+    // 1,200 jobs/s: 48 jobs in 40 ms, within an eighth of 50: stays.
+    w.finish(300, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(50);
+    // 1,000 jobs/s: 40, an eighth lower or more: shrinks.
+    w.finish(250, BUFFER_RATE_WINDOW_MS);
+    expect(w.a.ask()).toBe(40);
+    // Nothing finishes for a second: the window that ends saw no jobs.
+    w.idle(1_000);
+    expect(w.a.ask()).toBe(25);
+    expect(w.changes).toEqual([50, 40, 25]);
+  });
+
+  it('keeps the fixed share of long jobs and with the floor off', () => {
+    const long = askWith({ concurrency: 10, ratio: 0.5, floorMs: 40 });
+    // 120 jobs/s (jobs of ~80 ms at concurrency 10): 4.8 jobs in 40 ms, below the fixed 5.
+    long.finish(30, BUFFER_RATE_WINDOW_MS);
+    expect(long.a.ask()).toBe(5);
+    const off = askWith({ concurrency: 50, ratio: 0.5, floorMs: 0 });
+    off.finish(5000, BUFFER_RATE_WINDOW_MS);
+    off.idle(BUFFER_RATE_WINDOW_MS);
+    expect(off.a.ask()).toBe(25);
+    expect([...long.changes, ...off.changes]).toEqual([]);
+  });
+});
