@@ -257,13 +257,18 @@ async function starvation(ctx: BenchContext, pool: Pool) {
     await fill(q, 'starve-a', STARVE_A_JOBS);
     await startWorkers();
     await waitFor(() => pool.done.length >= 4 * SLOTS, 30_000);
-    // BullMQ's wait list, sampled: the dispatcher keeps it at DISPATCH_BUFFER_RATIO (0.5 by default) x the 40 slots.
+    // BullMQ's wait list, sampled, and the target the dispatcher keeps it at: the sum of the live workers' asks
+    // (fair/buffer-ask.ts: DISPATCH_BUFFER_RATIO x 10 each, or what a worker finishes in DISPATCH_BUFFER_MS if more).
     const waitKey = q.runtime.queue.toKey('wait');
+    const asksKey = q.runtime.deps.cells[0].scheduler.keys.named.workerConc;
     const waitLen: number[] = [];
+    const targets: number[] = [];
     let sampling = true;
     const sampler = (async () => {
       while (sampling) {
-        waitLen.push(await ctx.b.control.llen(waitKey));
+        const [len, asks] = await Promise.all([ctx.b.control.llen(waitKey), ctx.b.control.hvals(asksKey)]);
+        waitLen.push(len);
+        targets.push(asks.reduce((a, b) => a + Number(b), 0));
         await sleep(10);
       }
     })();
@@ -285,7 +290,7 @@ async function starvation(ctx: BenchContext, pool: Pool) {
     const fromCall = Math.max(...done.filter((d) => ids.has(d.id)).map((b) => ends.filter((e) => e >= calledAt && e < b.start).length));
     const aBefore = done.filter((d) => d.org === 'starve-a' && d.end < enqueuedAt).length;
     const duringCall = ends.filter((e) => e >= calledAt && e < enqueuedAt).length;
-    return { all, between, fromCall, aBefore, callMs: enqueuedAt - calledAt, duringCall, waitMax: Math.max(...waitLen), waitMean: waitLen.reduce((a, b) => a + b, 0) / waitLen.length, startMs: done.filter((d) => ids.has(d.id)).map((d) => d.start - enqueuedAt).sort((a, b) => a - b) };
+    return { all, between, fromCall, aBefore, callMs: enqueuedAt - calledAt, duringCall, waitMax: Math.max(...waitLen), targetMin: Math.min(...targets), targetMax: Math.max(...targets), waitMean: waitLen.reduce((a, b) => a + b, 0) / waitLen.length, startMs: done.filter((d) => ids.has(d.id)).map((d) => d.start - enqueuedAt).sort((a, b) => a - b) };
   });
   ctx.details.fairnessStarvation = r;
   const max = r.between.length ? Math.max(...r.between) : NaN;
@@ -298,7 +303,7 @@ async function starvation(ctx: BenchContext, pool: Pool) {
     unit: 'jobs',
     target: `<= ${2 * SLOTS} (2 x ${SLOTS})`,
     met: r.all ? max <= 2 * SLOTS : null,
-    note: `all ${STARVE_B_JOBS} (one bulk request): ${r.between.join(', ')}; started ${r.startMs[0]}..${r.startMs[r.startMs.length - 1]} ms after the enqueue returned; the enqueue call (validation, admission, add, lane) took ${r.callMs} ms, ${r.duringCall} completions during it (not counted; counted from the call's start the max is ${r.fromCall}); ${r.aBefore} A jobs had completed before; emulator latency ${LATENCY_MS} ms; BullMQ wait list sampled meanwhile: mean ${round(r.waitMean, 1)}, max ${r.waitMax} (buffer target ${SLOTS})`,
+    note: `all ${STARVE_B_JOBS} (one bulk request): ${r.between.join(', ')}; started ${r.startMs[0]}..${r.startMs[r.startMs.length - 1]} ms after the enqueue returned; the enqueue call (validation, admission, add, lane) took ${r.callMs} ms, ${r.duringCall} completions during it (not counted; counted from the call's start the max is ${r.fromCall}); ${r.aBefore} A jobs had completed before; emulator latency ${LATENCY_MS} ms; BullMQ wait list sampled meanwhile: mean ${round(r.waitMean, 1)}, max ${r.waitMax} (buffer target, the sum of the workers' asks: ${r.targetMin === r.targetMax ? r.targetMin : `${r.targetMin}..${r.targetMax}`})`,
   });
 }
 
@@ -420,7 +425,7 @@ async function caps(ctx: BenchContext, pool: Pool) {
     name: 'slots the capped org used for running (jobs/s x mean run time)',
     value: round(r.effective, 2),
     unit: `of ${CAP}`,
-    note: `${round(r.jobs / r.seconds, 1)} jobs/s, mean run ${round(r.meanRunS * 1000, 0)} ms: a dispatched job holds its org's slot while it waits in BullMQ's FIFO wait list behind up to DISPATCH_BUFFER_RATIO x ${SLOTS} jobs of other orgs`,
+    note: `${round(r.jobs / r.seconds, 1)} jobs/s, mean run ${round(r.meanRunS * 1000, 0)} ms: a dispatched job holds its org's slot while it waits in BullMQ's FIFO wait list behind the workers' asks (DISPATCH_BUFFER_RATIO 0.5 x ${CONCURRENCY} each at this job length) of other orgs' jobs`,
   });
 }
 

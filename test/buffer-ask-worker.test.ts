@@ -1,0 +1,41 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { UNTHROTTLED } from './helpers/faults.js';
+import { until } from './helpers/wait.js';
+import { markedJob, openQueue, postBulk } from './helpers/fair.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import type { Queue } from 'bullmq';
+
+/**
+ * A worker's ask for BullMQ's wait list (fair/buffer-ask.ts) reaches the dispatcher: the fixed share while it is
+ * idle, its concurrency once it finishes jobs fast enough. DISPATCH_BUFFER_MS is a second here, so a few jobs a
+ * second already ask for the whole concurrency, on a busy machine too.
+ */
+describe('dispatch buffer sized by the workers', () => {
+  let s: Stack;
+  let queue: Queue;
+  beforeAll(async () => {
+    s = await startStack({ ...UNTHROTTLED, WORKER_CONCURRENCY: '10', DISPATCH_BUFFER_MS: '1000', JOB_ATTEMPTS: '1' }, { worker: true });
+    queue = openQueue(s);
+  }, 90_000);
+  afterAll(async () => {
+    await queue?.close();
+    await s?.close();
+  });
+
+  it("registers the fixed share, then the worker's rate-sized ask, with the dispatcher", async () => {
+    const scheduler = s.runtime.deps.cells[0].scheduler;
+    const asks = async () => (await s.runtime.deps.redis.hvals(scheduler.keys.named.workerConc)).map(Number);
+    // Idle: ratio 0.5 x concurrency 10.
+    await until('the worker registered', async () => (await asks()).length === 1);
+    expect(await asks()).toEqual([5]);
+    const org = `org_buf_${randomUUID().slice(0, 6)}`;
+    const key = await s.newKey(org);
+    // Each call answers after 50 ms: 200 jobs at concurrency 10 take a second or more, several rate windows.
+    const tag = randomUUID().slice(0, 8);
+    s.emulator.script({ latencyMs: 50, match: { promptIncludes: `buf${tag}-` }, times: -1 });
+    const ids = await postBulk(s, key, Array.from({ length: 200 }, (_, i) => markedJob(`buf${tag}-${i}`)));
+    await until('the ask grown to the concurrency', async () => (await asks())[0] === 10, 30_000);
+    await until('all jobs completed', async () => (await queue.getJobCountByTypes('completed')) >= ids.length, 30_000);
+  }, 60_000);
+});
