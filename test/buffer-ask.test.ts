@@ -16,6 +16,13 @@ function askWith(o: { concurrency: number; ratio: number; floorMs: number }) {
         a.finished();
       }
     },
+    /** Each count of jobs finished over one rate window, and the ask after it. */
+    windows(counts: number[]) {
+      return counts.map((n) => {
+        this.finish(n, BUFFER_RATE_WINDOW_MS);
+        return a.ask();
+      });
+    },
     idle(ms: number) {
       clock += ms;
     },
@@ -26,28 +33,17 @@ describe('buffer ask', () => {
   it("is the fixed share of the concurrency until jobs finish fast enough to drain it in the floor's time", () => {
     const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
     expect(w.a.ask()).toBe(25);
-    // 400 jobs/s: 16 jobs in 40 ms, below the fixed 25.
-    w.finish(100, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(25);
-    // 1,000 jobs/s: 40 jobs in 40 ms.
-    w.finish(250, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(40);
-    // 4,000 jobs/s: capped at the concurrency.
-    w.finish(1000, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(50);
+    // Jobs finished in one rate window -> the ask: 400 jobs/s (16 in 40 ms, below the fixed 25), 1,000 jobs/s
+    // (40), 4,000 jobs/s (capped at the concurrency).
+    expect(w.windows([100, 250, 1000])).toEqual([25, 40, 50]);
     expect(w.changes).toEqual([40, 50]);
   });
 
   it('shrinks only by an eighth or more, and back to the fixed share once the worker idles', () => {
     const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
-    w.finish(1000, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(50);
-    // 1,200 jobs/s: 48 jobs in 40 ms, within an eighth of 50: stays.
-    w.finish(300, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(50);
-    // 1,000 jobs/s: 40, an eighth lower or more: shrinks.
-    w.finish(250, BUFFER_RATE_WINDOW_MS);
-    expect(w.a.ask()).toBe(40);
+    // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s (40, an eighth
+    // lower or more: shrinks).
+    expect(w.windows([1000, 300, 250])).toEqual([50, 50, 40]);
     // Nothing finishes for a second: the window that ends saw no jobs.
     w.idle(1_000);
     expect(w.a.ask()).toBe(25);

@@ -194,7 +194,7 @@ export const configSchema = z.object({
   ORG_RPM_PRO: int(30),
   ORG_RPM_FLASH: int(200),
   ORG_TPM: int(0),
-  /** The dispatcher keeps BullMQ's wait list at this times the live workers' total concurrency (fairness decided late). */
+  /** Each live worker asks the dispatcher to keep BullMQ's wait list at this times its concurrency (fairness decided late)... */
   DISPATCH_BUFFER_RATIO: z.coerce.number().min(0.1).max(10).default(0.5),
   /**
    * ...and at least what each worker finishes in this many ms at its recent rate, up to its concurrency

@@ -8,7 +8,8 @@
 --   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read; claim writes the
 --   job's progress field),
 --   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> its ask: jobs of
---   BullMQ's wait list it wants kept, fair/buffer-ask.ts; the key's name is its older content, its concurrency),
+--   BullMQ's wait list it wants kept, fair/buffer-ask.ts; the key's name is its older content, its concurrency:
+--   during an upgrade an older worker's registration reads as an ask of its whole concurrency),
 --   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
 --   31 wake STRING (the next wake time one caller has armed a timer for), 32 cancel marker prefix (claim reads
 --   <prefix><jobId>), 33 org job index prefix (enqueue adds to the ZSET <prefix><org>), 34 BullMQ meta,
