@@ -49,6 +49,9 @@ describe('pipeline run survives a killed worker process', () => {
         LOCK_DURATION_MS: '2000',
         STALLED_INTERVAL_MS: '1000',
         BACKOFF_BASE_MS: '50',
+        // As the stack's own (helpers/stack.ts): the killed process's unacknowledged usage rows are taken over by
+        // the next one's sink after this long, not the production default of 30 s.
+        USAGE_SINK_CLAIM_IDLE_MS: '2000',
         ...(hangAt ? { HANG_AT: hangAt } : {}),
       },
       stdio: ['ignore', 'pipe', 'inherit'],
