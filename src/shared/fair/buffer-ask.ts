@@ -1,6 +1,11 @@
 /** How long a rate sample runs before it replaces the last one (a few hundred jobs of short work). */
 export const BUFFER_RATE_WINDOW_MS = 250;
 
+/** The fixed share of the buffer a worker of `concurrency` asks for at `ratio` (DISPATCH_BUFFER_RATIO). */
+export function fixedShare(ratio: number, concurrency: number): number {
+  return Math.ceil(ratio * concurrency);
+}
+
 export interface BufferAsk {
   /** One of this worker's jobs finished (completed or failed). */
   finished(): void;
@@ -27,7 +32,7 @@ export function createBufferAsk(opts: {
   now?: () => number;
 }): BufferAsk {
   const clock = opts.now ?? Date.now;
-  const fixed = Math.ceil(opts.ratio * opts.concurrency);
+  const fixed = fixedShare(opts.ratio, opts.concurrency);
   let windowStart = clock();
   let count = 0;
   let current = fixed;

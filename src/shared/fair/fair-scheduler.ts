@@ -1,4 +1,5 @@
 import type { RedisClient } from '../infra/lua.js';
+import { fixedShare } from './buffer-ask.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
 import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
@@ -235,7 +236,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return { ...finish(last), skipped };
     },
     async dispatch(worker) {
-      const reg = worker && { id: worker.id, ask: worker.ask ?? Math.ceil((opts.bufferRatio ?? 0) * worker.concurrency), ttlMs: worker.ttlMs };
+      const reg = worker && { id: worker.id, ask: worker.ask ?? fixedShare(opts.bufferRatio ?? 0, worker.concurrency), ttlMs: worker.ttlMs };
       return finish(await raw.dispatch(undefined, reg));
     },
     async claim(id, progress, copts = {}) {
