@@ -17,6 +17,31 @@ interface Offered {
   workerCpuPct: number;
   /** CPU of the producer's process (this one), % of one core; undefined when it is the worker's. */
   producerCpuPct?: number;
+  /** The worker process's major GCs over the measured jobs (separate processes only): what the tail lines up with. */
+  gc?: GcAttribution;
+}
+
+interface GcAttribution {
+  /** Major (mark-compact) collections that started while measured jobs were in flight. */
+  count: number;
+  longestPauseMs: number;
+  /** Share of the slowest 1% of jobs (latency >= p99) in flight when one of them started, %. */
+  tailPct: number;
+  /** The same share over all measured jobs, %: what chance alone would give the tail. */
+  allPct: number;
+}
+
+/**
+ * Which jobs were in flight (enqueue to completion) when one of the worker's major GCs started. A pause stops
+ * every job in the process at once, and at the worker's load the jobs queued behind it take a multiple of it
+ * to drain: the tail clusters after a collection.
+ */
+function gcAttribution(jobs: Array<{ at: number; done: number }>, gcs: Array<[number, number]>, p99: number): GcAttribution {
+  const hit = (j: { at: number; done: number }) => gcs.some(([start]) => start >= j.at && start <= j.done);
+  const tail = jobs.filter((j) => j.done - j.at >= p99);
+  const share = (list: typeof jobs) => (list.length ? (100 * list.filter(hit).length) / list.length : 0);
+  const seen = gcs.filter(([start]) => jobs.some((j) => start >= j.at && start <= j.done));
+  return { count: seen.length, longestPauseMs: Math.max(0, ...seen.map(([, ms]) => ms)), tailPct: share(tail), allPct: share(jobs) };
 }
 
 /**
@@ -45,6 +70,15 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
   ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} %, producer process ${round(s.producerCpuPct ?? 0, 0)} % of a core` });
   ctx.add({ case: tc, name: 'p99 / p50', value: round(s.p99 / s.p50, 2), unit: 'x', target: '<= 4', met: s.p99 / s.p50 <= 4 && s.completed === s.offered });
+  if (s.gc) {
+    ctx.add({
+      case: tc,
+      name: "slowest 1% of jobs in flight when one of the worker process's major GCs started",
+      value: round(s.gc.tailPct, 1),
+      unit: '%',
+      note: `vs ${round(s.gc.allPct, 1)} % of all measured jobs; ${s.gc.count} major (mark-compact) GCs started while measured jobs ran, longest pause ${round(s.gc.longestPauseMs, 1)} ms (perf_hooks gc entries of the worker process)`,
+    });
+  }
   ctx.add({
     case: tc,
     name: 'p99 / p50, producer and worker in one process (no target)',
@@ -55,7 +89,7 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
 }
 
 function summary(o: Offered) {
-  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct };
+  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct, gc: o.gc };
 }
 
 /** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
@@ -117,14 +151,16 @@ async function offer(ctx: BenchContext, rate: number, together: boolean): Promis
     const [first, doneBefore] = [offered, done];
     const t0Wall = wallMs();
     const { workerPct, producerPct } = await run(DURATION_MS);
-    const latencies = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => completed.get(id)! - at);
+    const measured = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => ({ at, done: completed.get(id)! }));
+    const latencies = measured.map((j) => j.done - j.at);
+    const gc = worker ? gcAttribution(measured, await worker.request<Array<[number, number]>>({ op: 'gc', since: t0Wall }), percentile(latencies, 99)) : undefined;
     offered -= first;
     done -= doneBefore;
     const r: Offered = together
       ? { offered, completed: done, latencies, workerCpuPct: producerPct }
-      : { offered, completed: done, latencies, workerCpuPct: workerPct, producerCpuPct: producerPct };
+      : { offered, completed: done, latencies, workerCpuPct: workerPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}) };
     const s = summary(r);
-    ctx.log(`  ${together ? 'one process' : 'separate processes'}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}`);
+    ctx.log(`  ${together ? 'one process' : 'separate processes'}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
     return s;
   } finally {
     if (worker) {
