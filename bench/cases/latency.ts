@@ -68,7 +68,7 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   ctx.details.latency = { offeredPerS: rate, split: s, together: t };
   ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${s.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
-  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} %, producer process ${round(s.producerCpuPct ?? 0, 0)} % of a core` });
+  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} % of a core (${round((s.workerCpuPct * 10) / rate, 2)} ms of CPU per job), producer process ${round(s.producerCpuPct ?? 0, 0)} %` });
   ctx.add({ case: tc, name: 'p99 / p50', value: round(s.p99 / s.p50, 2), unit: 'x', target: '<= 4', met: s.p99 / s.p50 <= 4 && s.completed === s.offered });
   if (s.gc) {
     ctx.add({
