@@ -2,8 +2,11 @@ import { Writable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
-import { startGemini } from '../src/app/gemini.js';
+import { geminiOptionsFromConfig, startGemini } from '../src/app/gemini.js';
+import { parseConfig } from '../src/shared/core/config.js';
+import { createBatchApi, inlinedRequestOf } from '../src/shared/infra/llm/batch-api.js';
 import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
+import { createNodeHttpFetch } from '../src/shared/infra/llm/node-http-fetch.js';
 import { LlmError, nextPacificMidnight, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
 import { createLogger } from '../src/shared/core/logger.js';
@@ -18,7 +21,6 @@ let llm: LlmClient;
 
 beforeAll(async () => {
   emu = await startGeminiEmulator();
-  llm = createLlmClient({ apiKey: 'test-key', baseUrl: emu.url, timeoutMs: 5000 });
 });
 afterAll(async () => {
   await emu.close();
@@ -39,173 +41,197 @@ async function failure(p: Promise<unknown>): Promise<LlmError> {
 }
 
 
-describe('llm client against the emulator', () => {
-  it('generates schema-valid JSON with usage, model and cost', async () => {
-    const system = 'You answer questions about the handbook.';
-    const prompt = 'How many vacation days do new employees get in their first year?';
-    const res = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
-    expect(Answer.parse(res.json)).toEqual(JSON.parse(res.text));
-    expect(res.usage).toEqual({ input: countTokens(system) + countTokens(prompt), output: countTokens(res.text) });
-    expect(res.model).toBe(MODEL);
-    expect(res.costUsd).toBe(costUsd(MODEL, res.usage));
-    expect(res.costUsd).toBeGreaterThan(0);
-    const again = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
-    expect(again.text).toBe(res.text);
-  });
-
-  it('streams through onText in order and ends with the same text and usage as a plain call', async () => {
-    const prompt = 'Explain why idempotency keys make job retries safe';
-    const plain = await llm.generate({ model: MODEL, prompt });
-    emu.setStreamChunkDelay(5);
-    const pieces: string[] = [];
-    const streamed = await llm.generate({
-      model: MODEL,
-      prompt,
-      onText: async (t) => {
-        pieces.push(t);
-      },
+// Every call and every fault through both transports: the SDK's default fetch and LLM_HTTP_TRANSPORT=node-http.
+for (const transport of ['fetch', 'node-http'] as const) {
+  describe(`transport: ${transport}`, () => {
+    let sent = 0;
+    const nodeHttp = createNodeHttpFetch();
+    const counted: typeof fetch = (input, init) => {
+      sent++;
+      return nodeHttp(input, init);
+    };
+    beforeAll(() => {
+      llm = createLlmClient({ apiKey: 'test-key', baseUrl: emu.url, timeoutMs: 5000, ...(transport === 'node-http' ? { fetch: counted } : {}) });
     });
-    expect(pieces.length).toBeGreaterThan(1);
-    expect(pieces.join('')).toBe(plain.text);
-    expect(streamed.text).toBe(plain.text);
-    expect(streamed.usage).toEqual(plain.usage);
-    expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
-  });
+    afterAll(() => {
+      // The transport under test carried the calls (the SDK fell back to its own fetch for none of them).
+      if (transport === 'node-http') expect(sent).toBeGreaterThan(20);
+    });
 
-  it('embeds in batches of 100 into 768-dim unit vectors, order kept', async () => {
-    const texts = Array.from({ length: 230 }, (_, i) => `document ${i} about topic ${i % 7} and shelf ${i % 13}`);
-    texts[5] = 'How do I reset my password for the billing portal?';
-    texts[6] = 'How can I reset the password of my billing portal?';
-    texts[7] = 'Photosynthesis converts sunlight into chemical energy in plants';
-    const vectors = await llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
-    expect(vectors).toHaveLength(230);
-    expect(emu.calls().map((c) => c.kind)).toEqual(['embed', 'embed', 'embed']);
-    for (const v of vectors) expect(v).toHaveLength(768);
-    expect(Math.hypot(...vectors[100])).toBeCloseTo(1, 9);
-    expect(cosine(vectors[5], vectors[6])).toBeGreaterThan(0.9);
-    expect(cosine(vectors[5], vectors[7])).toBeLessThan(0.5);
-    const [alone] = await llm.embed([texts[150]]);
-    expect(alone).toEqual(vectors[150]);
-    expect(await llm.embed([])).toEqual([]);
-  });
-});
+    describe(`llm client against the emulator (${transport})`, () => {
+      it('generates schema-valid JSON with usage, model and cost', async () => {
+        const system = 'You answer questions about the handbook.';
+        const prompt = 'How many vacation days do new employees get in their first year?';
+        const res = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
+        expect(Answer.parse(res.json)).toEqual(JSON.parse(res.text));
+        expect(res.usage).toEqual({ input: countTokens(system) + countTokens(prompt), output: countTokens(res.text) });
+        expect(res.model).toBe(MODEL);
+        expect(res.costUsd).toBe(costUsd(MODEL, res.usage));
+        expect(res.costUsd).toBeGreaterThan(0);
+        const again = await llm.generate({ model: MODEL, system, prompt, responseJsonSchema: schema });
+        expect(again.text).toBe(res.text);
+      });
 
-describe('llm client error classification (real SDK, real HTTP)', () => {
-  const gen = (extra: Partial<Parameters<LlmClient['generate']>[0]> = {}) => llm.generate({ model: MODEL, prompt: 'classify this', responseJsonSchema: schema, ...extra });
+      it('streams through onText in order and ends with the same text and usage as a plain call', async () => {
+        const prompt = 'Explain why idempotency keys make job retries safe';
+        const plain = await llm.generate({ model: MODEL, prompt });
+        emu.setStreamChunkDelay(20);
+        const pieces: string[] = [];
+        const at: number[] = [];
+        const streamed = await llm.generate({
+          model: MODEL,
+          prompt,
+          onText: async (t) => {
+            pieces.push(t);
+            at.push(performance.now());
+          },
+        });
+        expect(pieces.length).toBeGreaterThan(2);
+        // Handed over as they arrive, not all at the end: the emulator waits 20 ms between chunks (a slower
+        // machine only spreads them further).
+        expect(at.at(-1)! - at[0]).toBeGreaterThanOrEqual(10 * (pieces.length - 1));
+        expect(pieces.join('')).toBe(plain.text);
+        expect(streamed.text).toBe(plain.text);
+        expect(streamed.usage).toEqual(plain.usage);
+        expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
+      });
 
-  it('429 -> ERATELIMIT, retryable, with the server retry delay', async () => {
-    emu.script({ status: 429, retryAfterS: 3 });
-    const e = await failure(gen());
-    expect(e).toMatchObject({ code: 'ERATELIMIT', retryable: true, status: 429, retryAfterMs: 3000 });
-    emu.script({ status: 429 });
-    const bare = await failure(gen());
-    expect(bare).toMatchObject({ code: 'ERATELIMIT', retryable: true });
-    expect(bare.retryAfterMs).toBeUndefined();
-  });
+      it('embeds in batches of 100 into 768-dim unit vectors, order kept', async () => {
+        const texts = Array.from({ length: 230 }, (_, i) => `document ${i} about topic ${i % 7} and shelf ${i % 13}`);
+        texts[5] = 'How do I reset my password for the billing portal?';
+        texts[6] = 'How can I reset the password of my billing portal?';
+        texts[7] = 'Photosynthesis converts sunlight into chemical energy in plants';
+        const vectors = await llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
+        expect(vectors).toHaveLength(230);
+        expect(emu.calls().map((c) => c.kind)).toEqual(['embed', 'embed', 'embed']);
+        for (const v of vectors) expect(v).toHaveLength(768);
+        expect(Math.hypot(...vectors[100])).toBeCloseTo(1, 9);
+        expect(cosine(vectors[5], vectors[6])).toBeGreaterThan(0.9);
+        expect(cosine(vectors[5], vectors[7])).toBeLessThan(0.5);
+        const [alone] = await llm.embed([texts[150]]);
+        expect(alone).toEqual(vectors[150]);
+        expect(await llm.embed([])).toEqual([]);
+      });
+    });
 
-  it('429 QuotaFailure: per-minute -> ERATELIMIT with the quota id; per-day -> EQUOTAEXHAUSTED until RetryInfo\'s delay, else the Pacific midnight reset', async () => {
-    emu.script({ status: 429, quota: 'per_minute', retryAfterS: 46 });
-    expect(await failure(gen())).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerMinutePerProjectPerModel', model: MODEL });
-    emu.script({ status: 429, quota: 'per_day', retryAfterS: 46 });
-    const before = Date.now();
-    const day = await failure(gen());
-    expect(day).toMatchObject({ code: 'EQUOTAEXHAUSTED', retryable: true, retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerDayPerProjectPerModel', model: MODEL });
-    expect(day.retryAtMs).toBeGreaterThanOrEqual(before + 46_000);
-    expect(day.retryAtMs).toBeLessThanOrEqual(Date.now() + 46_000);
-    emu.script({ status: 429, quota: 'per_day' });
-    const noDelay = await failure(gen());
-    expect(noDelay).toMatchObject({ code: 'EQUOTAEXHAUSTED', quotaId: 'GenerateRequestsPerDayPerProjectPerModel' });
-    expect(noDelay.retryAtMs).toBe(nextPacificMidnight());
-  });
+    describe(`llm client error classification (real SDK, real HTTP, ${transport})`, () => {
+      const gen = (extra: Partial<Parameters<LlmClient['generate']>[0]> = {}) => llm.generate({ model: MODEL, prompt: 'classify this', responseJsonSchema: schema, ...extra });
 
-  it('nextPacificMidnight: the next 00:00 in Los Angeles, across daylight saving changes', () => {
-    // 2026-07-01 12:00 UTC = 05:00 PDT -> 2026-07-02 07:00 UTC; 2026-01-15 12:00 UTC = 04:00 PST -> 2026-01-16 08:00 UTC.
-    expect(new Date(nextPacificMidnight(Date.parse('2026-07-01T12:00:00Z'))).toISOString()).toBe('2026-07-02T07:00:00.000Z');
-    expect(new Date(nextPacificMidnight(Date.parse('2026-01-15T12:00:00Z'))).toISOString()).toBe('2026-01-16T08:00:00.000Z');
-    // The day DST starts (2026-03-08) is 23 hours long; the day it ends (2026-11-01) 25.
-    expect(new Date(nextPacificMidnight(Date.parse('2026-03-08T09:00:00Z'))).toISOString()).toBe('2026-03-09T07:00:00.000Z');
-    expect(new Date(nextPacificMidnight(Date.parse('2026-11-01T08:00:00Z'))).toISOString()).toBe('2026-11-02T08:00:00.000Z');
-  });
+      it('429 -> ERATELIMIT, retryable, with the server retry delay', async () => {
+        emu.script({ status: 429, retryAfterS: 3 });
+        const e = await failure(gen());
+        expect(e).toMatchObject({ code: 'ERATELIMIT', retryable: true, status: 429, retryAfterMs: 3000 });
+        emu.script({ status: 429 });
+        const bare = await failure(gen());
+        expect(bare).toMatchObject({ code: 'ERATELIMIT', retryable: true });
+        expect(bare.retryAfterMs).toBeUndefined();
+      });
 
-  it('500 and 503 -> EPROVIDER retryable; 400 -> EBADREQUEST not retryable', async () => {
-    emu.script([{ status: 500 }, { status: 503 }, { status: 400 }]);
-    expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 500 });
-    expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
-    expect(await failure(gen())).toMatchObject({ code: 'EBADREQUEST', retryable: false, status: 400 });
-  });
+      it('429 QuotaFailure: per-minute -> ERATELIMIT with the quota id; per-day -> EQUOTAEXHAUSTED until RetryInfo\'s delay, else the Pacific midnight reset', async () => {
+        emu.script({ status: 429, quota: 'per_minute', retryAfterS: 46 });
+        expect(await failure(gen())).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerMinutePerProjectPerModel', model: MODEL });
+        emu.script({ status: 429, quota: 'per_day', retryAfterS: 46 });
+        const before = Date.now();
+        const day = await failure(gen());
+        expect(day).toMatchObject({ code: 'EQUOTAEXHAUSTED', retryable: true, retryAfterMs: 46_000, quotaId: 'GenerateRequestsPerDayPerProjectPerModel', model: MODEL });
+        expect(day.retryAtMs).toBeGreaterThanOrEqual(before + 46_000);
+        expect(day.retryAtMs).toBeLessThanOrEqual(Date.now() + 46_000);
+        emu.script({ status: 429, quota: 'per_day' });
+        const noDelay = await failure(gen());
+        expect(noDelay).toMatchObject({ code: 'EQUOTAEXHAUSTED', quotaId: 'GenerateRequestsPerDayPerProjectPerModel' });
+        expect(noDelay.retryAtMs).toBe(nextPacificMidnight());
+      });
 
-  it('errors on a stream request are classified the same way', async () => {
-    emu.script({ status: 503, match: { kind: 'stream' } });
-    expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
-  });
+      it('nextPacificMidnight: the next 00:00 in Los Angeles, across daylight saving changes', () => {
+        // 2026-07-01 12:00 UTC = 05:00 PDT -> 2026-07-02 07:00 UTC; 2026-01-15 12:00 UTC = 04:00 PST -> 2026-01-16 08:00 UTC.
+        expect(new Date(nextPacificMidnight(Date.parse('2026-07-01T12:00:00Z'))).toISOString()).toBe('2026-07-02T07:00:00.000Z');
+        expect(new Date(nextPacificMidnight(Date.parse('2026-01-15T12:00:00Z'))).toISOString()).toBe('2026-01-16T08:00:00.000Z');
+        // The day DST starts (2026-03-08) is 23 hours long; the day it ends (2026-11-01) 25.
+        expect(new Date(nextPacificMidnight(Date.parse('2026-03-08T09:00:00Z'))).toISOString()).toBe('2026-03-09T07:00:00.000Z');
+        expect(new Date(nextPacificMidnight(Date.parse('2026-11-01T08:00:00Z'))).toISOString()).toBe('2026-11-02T08:00:00.000Z');
+      });
 
-  it('malformed JSON -> EBADOUTPUT retryable', async () => {
-    emu.script({ malformed: true });
-    expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
-  });
+      it('500 and 503 -> EPROVIDER retryable; 400 -> EBADREQUEST not retryable', async () => {
+        emu.script([{ status: 500 }, { status: 503 }, { status: 400 }]);
+        expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 500 });
+        expect(await failure(gen())).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
+        expect(await failure(gen())).toMatchObject({ code: 'EBADREQUEST', retryable: false, status: 400 });
+      });
 
-  it('hang + timeout -> ETIMEDOUT retryable, and the HTTP request is really cancelled', async () => {
-    emu.script({ hang: true });
-    const e = await failure(gen({ timeoutMs: 150 }));
-    expect(e).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
-    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
-    expect(emu.calls()[0]).toMatchObject({ fault: 'hang', status: 499 });
-  });
+      it('errors on a stream request are classified the same way', async () => {
+        emu.script({ status: 503, match: { kind: 'stream' } });
+        expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
+      });
 
-  it('caller abort -> EABORTED not retryable; the emulator sees the socket close', async () => {
-    emu.script({ hang: true });
-    const ac = new AbortController();
-    const pending = failure(gen({ signal: ac.signal }));
-    await vi.waitFor(() => expect(emu.calls()).toHaveLength(1), POLL);
-    ac.abort();
-    expect(await pending).toMatchObject({ code: 'EABORTED', retryable: false });
-    await vi.waitFor(() => expect(emu.calls()[0].aborted).toBe(true), POLL);
-    // An already-aborted signal never reaches the network.
-    expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
-    expect(await failure(llm.embed(['x'], { signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
-    expect(emu.calls()).toHaveLength(1);
-  });
+      it('malformed JSON -> EBADOUTPUT retryable', async () => {
+        emu.script({ malformed: true });
+        expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
+      });
 
-  it('abort in the middle of a stream cancels it', async () => {
-    emu.setStreamChunkDelay(200);
-    const ac = new AbortController();
-    const seen: string[] = [];
-    const pending = failure(
-      llm.generate({
-        model: MODEL,
-        prompt: 'a long streamed answer about queues and workers',
-        signal: ac.signal,
-        onText: (t) => {
-          seen.push(t);
-          ac.abort();
-        },
-      }),
-    );
-    expect(await pending).toMatchObject({ code: 'EABORTED' });
-    expect(seen).toHaveLength(1);
-    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
-  });
+      it('hang + timeout -> ETIMEDOUT retryable, and the HTTP request is really cancelled', async () => {
+        emu.script({ hang: true });
+        const e = await failure(gen({ timeoutMs: 150 }));
+        expect(e).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+        await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
+        expect(emu.calls()[0]).toMatchObject({ fault: 'hang', status: 499 });
+      });
 
-  it('an onText failure propagates unchanged and releases the stream', async () => {
-    emu.setStreamChunkDelay(200);
-    const boom = new Error('subscriber went away');
-    const err = await llm.generate({ model: MODEL, prompt: 'stream me', onText: () => Promise.reject(boom) }).catch((e: unknown) => e);
-    expect(err).toBe(boom);
-    await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
-  });
+      it('caller abort -> EABORTED not retryable; the emulator sees the socket close', async () => {
+        emu.script({ hang: true });
+        const ac = new AbortController();
+        const pending = failure(gen({ signal: ac.signal }));
+        await vi.waitFor(() => expect(emu.calls()).toHaveLength(1), POLL);
+        ac.abort();
+        expect(await pending).toMatchObject({ code: 'EABORTED', retryable: false });
+        await vi.waitFor(() => expect(emu.calls()[0].aborted).toBe(true), POLL);
+        // An already-aborted signal never reaches the network.
+        expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
+        expect(await failure(llm.embed(['x'], { signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
+        expect(emu.calls()).toHaveLength(1);
+      });
 
-  it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
-    emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
-    expect(await failure(gen())).toMatchObject({ code: 'ENETWORK', retryable: true });
-    expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'ENETWORK', retryable: true });
-    expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
-  });
+      it('abort in the middle of a stream cancels it', async () => {
+        emu.setStreamChunkDelay(200);
+        const ac = new AbortController();
+        const seen: string[] = [];
+        const pending = failure(
+          llm.generate({
+            model: MODEL,
+            prompt: 'a long streamed answer about queues and workers',
+            signal: ac.signal,
+            onText: (t) => {
+              seen.push(t);
+              ac.abort();
+            },
+          }),
+        );
+        expect(await pending).toMatchObject({ code: 'EABORTED' });
+        expect(seen).toHaveLength(1);
+        await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
+      });
 
-  it('embed faults: 429 carries retryAfterMs', async () => {
-    emu.script({ status: 429, retryAfterS: 2, match: { kind: 'embed' } });
-    expect(await failure(llm.embed(['a', 'b']))).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 2000 });
+      it('an onText failure propagates unchanged and releases the stream', async () => {
+        emu.setStreamChunkDelay(200);
+        const boom = new Error('subscriber went away');
+        const err = await llm.generate({ model: MODEL, prompt: 'stream me', onText: () => Promise.reject(boom) }).catch((e: unknown) => e);
+        expect(err).toBe(boom);
+        await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
+      });
+
+      it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
+        emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
+        expect(await failure(gen())).toMatchObject({ code: 'ENETWORK', retryable: true });
+        expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'ENETWORK', retryable: true });
+        expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
+      });
+
+      it('embed faults: 429 carries retryAfterMs', async () => {
+        emu.script({ status: 429, retryAfterS: 2, match: { kind: 'embed' } });
+        expect(await failure(llm.embed(['a', 'b']))).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 2000 });
+      });
+    });
   });
-});
+}
 
 describe('toLlmError on shapes the SDK and undici produce', () => {
   it('classifies network, timeout and header-carried retry delays', () => {
@@ -264,6 +290,29 @@ describe('gemini runtime', () => {
       await rt.close();
     }
     await expect(fetch(`${rt.emulator!.url}/__emulator/calls`)).rejects.toThrow();
+  });
+
+  it('LLM_HTTP_TRANSPORT=node-http: the config reaches the runtime, and the batch API (create, get, find, cancel) goes through the transport', async () => {
+    const { logger } = capture();
+    expect(geminiOptionsFromConfig(parseConfig({}), logger).transport).toBe('fetch');
+    const opts = geminiOptionsFromConfig(parseConfig({ LLM_HTTP_TRANSPORT: 'node-http' }), logger);
+    expect(opts.transport).toBe('node-http');
+    const rt = await startGemini({ ...opts, models, timeoutMs: 5000, logger });
+    try {
+      Answer.parse((await rt.llm.generate({ model: models.fast, prompt: 'hello over node:http', responseJsonSchema: schema })).json);
+      let sent = 0;
+      const nodeHttp = createNodeHttpFetch();
+      const batches = createBatchApi({ apiKey: 'test-key', baseUrl: rt.emulator!.url, fetch: (input, init) => (sent++, nodeHttp(input, init)) });
+      const since = Date.now();
+      const made = await batches.create(models.fast, 'agentq-node-http', [inlinedRequestOf({ prompt: 'one batched question', responseJsonSchema: schema }, 'job-1')]);
+      expect(made.name).toMatch(/^batches\//);
+      expect((await batches.get(made.name)).name).toBe(made.name);
+      expect((await batches.findByDisplayName('agentq-node-http', since))?.name).toBe(made.name);
+      await batches.cancel(made.name);
+      expect(sent).toBeGreaterThanOrEqual(4);
+    } finally {
+      await rt.close();
+    }
   });
 
   it('with a key never starts the emulator and uses the SDK default endpoint (GOOGLE_GEMINI_BASE_URL honoured)', async () => {

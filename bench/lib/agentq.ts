@@ -47,6 +47,7 @@ export async function startAgentq(
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
     timeoutMs: cfg.LLM_TIMEOUT_MS,
     logger,
+    transport: cfg.LLM_HTTP_TRANSPORT,
   });
   const workers: Array<Worker<AgentJobData, AgentResult>> = [];
   const probe: FeatureFactory = () => ({

@@ -4,6 +4,7 @@ import type { Logger } from '../shared/core/logger.js';
 import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
 import { createPricing, type Pricing } from '../shared/infra/llm/pricing.js';
 import { createBatchApi, type BatchApi } from '../shared/infra/llm/batch-api.js';
+import { createNodeHttpFetch } from '../shared/infra/llm/node-http-fetch.js';
 
 export interface GeminiModels {
   fast: string;
@@ -30,6 +31,8 @@ export interface GeminiSetupOptions {
   logger: Logger;
   emulator?: GeminiEmulatorOptions;
   pricing?: Pricing;
+  /** `node-http`: the SDK's requests over node:http(s) agents (node-http-fetch.ts); default the SDK's own fetch. */
+  transport?: 'fetch' | 'node-http';
 }
 
 /** The key the SDK sends to an emulator; the emulator only checks that one is present. */
@@ -41,10 +44,12 @@ const EMULATOR_KEY = 'emulator-no-real-key';
  * synthetic. A key never starts the emulator; a `baseUrl` without a key uses that endpoint instead.
  */
 export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup> {
-  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing };
+  // One set of agents (connection pools) for the process's calls and batches.
+  const fetch = opts.transport === 'node-http' ? createNodeHttpFetch() : undefined;
+  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing, ...(fetch ? { fetch } : {}) };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
-    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing });
+    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing, ...(fetch ? { fetch } : {}) });
     return { llm, batches, models: opts.models, close: async () => undefined };
   }
   const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
@@ -53,13 +58,13 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
     'GEMINI_API_KEY is not set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY for real answers.',
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
-  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing });
+  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...(fetch ? { fetch } : {}) });
   return { llm, batches, models: opts.models, emulator, close: () => emulator.close() };
 }
 
 /** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
 export function geminiOptionsFromConfig(
-  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'PRICES_JSON'>>,
+  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'PRICES_JSON' | 'LLM_HTTP_TRANSPORT'>>,
   logger: Logger,
 ): GeminiSetupOptions {
   return {
@@ -68,5 +73,6 @@ export function geminiOptionsFromConfig(
     timeoutMs: cfg.LLM_TIMEOUT_MS,
     logger,
     pricing: createPricing(cfg.PRICES_JSON),
+    ...(cfg.LLM_HTTP_TRANSPORT ? { transport: cfg.LLM_HTTP_TRANSPORT } : {}),
   };
 }

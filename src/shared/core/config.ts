@@ -125,6 +125,11 @@ export const configSchema = z.object({
     .default('')
     .transform((v) => v.split(',').map((m) => m.trim()).filter(Boolean)),
   LLM_TIMEOUT_MS: int(60_000, 1),
+  /**
+   * How the SDK's requests travel: `fetch` (its default, the global fetch) or `node-http` (keep-alive node:http(s)
+   * agents through the SDK's `httpOptions.fetch`: less garbage per call, a shorter latency tail; infra/llm/node-http-fetch.ts).
+   */
+  LLM_HTTP_TRANSPORT: z.enum(['fetch', 'node-http']).default('fetch'),
   /** Price table overrides (USD per 1M tokens, tier multipliers), e.g. {"asOf":"2026-01-10","models":{"gemini-2.5-flash":{"input":0.3}},"tiers":{"priority":2}}. */
   PRICES_JSON: json(priceOverridesSchema, {}),
   /** A job's `options.deadline` at least this many seconds away runs on the flex tier (about half price, best effort). */

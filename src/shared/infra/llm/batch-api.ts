@@ -1,6 +1,6 @@
-import { GoogleGenAI, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
+import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
 import { LlmError } from './llm-errors.js';
-import { textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
+import { sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
 import { createPricing, type Pricing } from './pricing.js';
 
 /** One inline response of a finished batch, matched to its job through the request's metadata. */
@@ -45,8 +45,8 @@ export function inlinedRequestOf(req: { system?: string; prompt: string; respons
 const SKEW_MS = 3600_000;
 
 /** Its own SDK client, on the same key and endpoint as the LLM client's. */
-export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing?: Pricing }): BatchApi {
-  const ai = new GoogleGenAI({ apiKey: opts.apiKey, vertexai: false, ...(opts.baseUrl ? { httpOptions: { baseUrl: opts.baseUrl } } : {}) });
+export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing?: Pricing; fetch?: Fetch }): BatchApi {
+  const ai = new GoogleGenAI(sdkOptions(opts));
   const pricing = opts.pricing ?? createPricing();
   const info = (b: { name?: string; displayName?: string; state?: string; dest?: { inlinedResponses?: Array<{ response?: GenerateContentResponse; metadata?: Record<string, string>; error?: { code?: number; message?: string } }> } }): BatchInfo => ({
     name: b.name ?? '',

@@ -1,4 +1,4 @@
-import { GoogleGenAI, ServiceTier as SdkServiceTier, type GenerateContentConfig, type GenerateContentResponse } from '@google/genai';
+import { GoogleGenAI, ServiceTier as SdkServiceTier, type Fetch, type GenerateContentConfig, type GenerateContentResponse, type GoogleGenAIOptions } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import type { ServiceTier, TokenUsage } from '../../core/types.js';
 import { LlmError, toLlmError } from './llm-errors.js';
@@ -56,6 +56,14 @@ export interface LlmClientOptions {
   embeddingDims?: number;
   /** Prices (PRICES_JSON applied); default: the built-in table. */
   pricing?: Pricing;
+  /** The SDK's transport (`httpOptions.fetch`); unset: the SDK's default, the global fetch (node-http-fetch.ts says when not). */
+  fetch?: Fetch;
+}
+
+/** The SDK client's options: its defaults unless an endpoint or a transport is given. */
+export function sdkOptions(o: { apiKey: string; baseUrl?: string; fetch?: Fetch }): GoogleGenAIOptions {
+  const httpOptions = { ...(o.baseUrl ? { baseUrl: o.baseUrl } : {}), ...(o.fetch ? { fetch: o.fetch } : {}) };
+  return { apiKey: o.apiKey, vertexai: false, ...(o.baseUrl || o.fetch ? { httpOptions } : {}) };
 }
 
 const SDK_TIERS: Record<Exclude<ServiceTier, 'batch'>, SdkServiceTier> = {
@@ -141,7 +149,7 @@ function unitLength(v: number[]): number[] {
 }
 
 export function createLlmClient(opts: LlmClientOptions): LlmClient {
-  const ai = new GoogleGenAI({ apiKey: opts.apiKey, vertexai: false, ...(opts.baseUrl ? { httpOptions: { baseUrl: opts.baseUrl } } : {}) });
+  const ai = new GoogleGenAI(sdkOptions(opts));
   const log = opts.logger?.child({ component: 'llm' });
   const embeddingModel = opts.embeddingModel ?? 'gemini-embedding-001';
   const embeddingDims = opts.embeddingDims ?? 768;
