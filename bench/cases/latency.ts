@@ -65,7 +65,9 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   const tc = '4 latency enqueue -> completion';
   const s = await offer(ctx, rate, false);
   const t = await offer(ctx, rate, true);
-  ctx.details.latency = { offeredPerS: rate, split: s, together: t };
+  // The opt-in transport (infra/llm/node-http-fetch.ts), as deployed: what the worker's major GCs cost the tail.
+  const n = await offer(ctx, rate, false, { LLM_HTTP_TRANSPORT: 'node-http' });
+  ctx.details.latency = { offeredPerS: rate, split: s, together: t, nodeHttp: n };
   ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${s.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
   ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} % of a core (${round((s.workerCpuPct * 10) / rate, 2)} ms of CPU per job), producer process ${round(s.producerCpuPct ?? 0, 0)} %` });
@@ -86,6 +88,13 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
     unit: 'x',
     note: `p50 ${round(t.p50, 1)} ms, p99 ${round(t.p99, 1)} ms, max ${round(t.max, 1)} ms; that process's CPU ${round(t.workerCpuPct, 0)} % of a core; ${t.offered - t.completed} of ${t.offered} not completed`,
   });
+  ctx.add({
+    case: tc,
+    name: 'p99 / p50, separate processes, LLM_HTTP_TRANSPORT=node-http (opt-in; no target)',
+    value: round(n.p99 / n.p50, 2),
+    unit: 'x',
+    note: `p50 ${round(n.p50, 1)} ms, p99 ${round(n.p99, 1)} ms, max ${round(n.max, 1)} ms; worker process CPU ${round(n.workerCpuPct, 0)} % of a core (${round((n.workerCpuPct * 10) / rate, 2)} ms per job); ${n.gc ? `worker major GCs while measured jobs ran: ${n.gc.count}, slowest 1% in flight when one started: ${round(n.gc.tailPct, 1)} % (${round(n.gc.allPct, 1)} % of all)` : ''}; ${n.offered - n.completed} of ${n.offered} not completed`,
+  });
 }
 
 function summary(o: Offered) {
@@ -93,9 +102,9 @@ function summary(o: Offered) {
 }
 
 /** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
-async function offer(ctx: BenchContext, rate: number, together: boolean): Promise<ReturnType<typeof summary>> {
+async function offer(ctx: BenchContext, rate: number, together: boolean, extraEnv: Record<string, string> = {}): Promise<ReturnType<typeof summary>> {
   await ctx.b.control.flushall();
-  const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: '50' };
+  const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: '50', ...extraEnv };
   // Both by job id: a job may complete before its enqueue call has returned here.
   const enqueuedAt = new Map<string, number>();
   const completed = new Map<string, number>();
@@ -160,7 +169,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean): Promis
       ? { offered, completed: done, latencies, workerCpuPct: producerPct }
       : { offered, completed: done, latencies, workerCpuPct: workerPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}) };
     const s = summary(r);
-    ctx.log(`  ${together ? 'one process' : 'separate processes'}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
+    ctx.log(`  ${together ? 'one process' : 'separate processes'}${extraEnv.LLM_HTTP_TRANSPORT ? ` (LLM_HTTP_TRANSPORT=${extraEnv.LLM_HTTP_TRANSPORT})` : ''}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
     return s;
   } finally {
     if (worker) {

@@ -1,9 +1,16 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 
 /** Statuses whose Response may not carry a body (the Response constructor refuses one). */
 const NULL_BODY = new Set([101, 103, 204, 205, 304]);
+/**
+ * Idle sockets are closed after this long, or a second before the server's own `Keep-Alive: timeout=` when that
+ * is sooner (node's Agent applies the hint only under a timeout of its own), so a request is not sent on a socket
+ * the server is closing. The same value as node's global agent. An active request is not affected.
+ */
+const IDLE_SOCKET_MS = 5000;
 
 /**
  * A `fetch` for the SDK's `httpOptions.fetch` (`LLM_HTTP_TRANSPORT=node-http`): the requests the SDK builds,
@@ -21,7 +28,9 @@ const NULL_BODY = new Set([101, 103, 204, 205, 304]);
  */
 export function createNodeHttpFetch(opts: { maxSockets?: number } = {}): typeof fetch {
   const maxSockets = opts.maxSockets ?? Infinity;
-  const agents = { 'http:': new HttpAgent({ keepAlive: true, maxSockets }), 'https:': new HttpsAgent({ keepAlive: true, maxSockets }) };
+  // LIFO: the most recently used socket goes first, so the others idle out instead of all staying half-used.
+  const agentOpts = { keepAlive: true, maxSockets, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' as const };
+  const agents = { 'http:': new HttpAgent(agentOpts), 'https:': new HttpsAgent(agentOpts) };
 
   const nodeFetch = (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
     const body = init.body;
@@ -41,9 +50,9 @@ export function createNodeHttpFetch(opts: { maxSockets?: number } = {}): typeof 
           res.resume();
           resolve(new Response(null, head));
         } else if (/^text\/event-stream/i.test(res.headers['content-type'] ?? '')) {
-          resolve(new Response(Readable.toWeb(res) as ReadableStream<Uint8Array>, head));
+          resolve(new Response(Readable.toWeb(decoded(res)) as ReadableStream<Uint8Array>, head));
         } else {
-          readWhole(res).then((bytes) => resolve(new Response(new Uint8Array(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength), head)), reject);
+          readWhole(decoded(res)).then((bytes) => resolve(new Response(new Uint8Array(bytes.buffer as ArrayBuffer, bytes.byteOffset, bytes.byteLength), head)), reject);
         }
       });
       req.on('error', reject);
@@ -60,8 +69,19 @@ function headersOf(res: IncomingMessage): Headers {
   return headers;
 }
 
+/**
+ * The body as sent, decompressed when a server compressed it anyway (no Accept-Encoding is sent, so none should);
+ * the global fetch decodes these too. A failure of either stream fails the one returned.
+ */
+function decoded(res: IncomingMessage): Readable {
+  const encoding = (res.headers['content-encoding'] ?? '').trim().toLowerCase();
+  const decoder = encoding === 'gzip' || encoding === 'x-gzip' ? createGunzip() : encoding === 'deflate' ? createInflate() : encoding === 'br' ? createBrotliDecompress() : undefined;
+  if (!decoder) return res;
+  return pipeline(res, decoder, () => undefined);
+}
+
 /** The whole body; rejects when the response is cut off (a reset, an abort) before its end. */
-function readWhole(res: IncomingMessage): Promise<Buffer> {
+function readWhole(res: Readable): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let ended = false;
