@@ -26,6 +26,11 @@ function handle(req: IncomingMessage, res: ServerResponse, body: string): void {
       clearTimeout(next);
       res.end('data: {"n":2}\n\n');
     };
+  } else if (req.url === '/slow') {
+    setTimeout(() => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end('{"slow":true}');
+    }, 300);
   } else if (req.url === '/empty') {
     res.writeHead(204, { 'x-seen': 'yes' });
     res.end();
@@ -69,6 +74,20 @@ describe('node-http fetch (LLM_HTTP_TRANSPORT=node-http)', () => {
     expect(seen.at(-1)).toMatchObject({ method: 'POST', url: '/json?i=4', headers: { 'x-goog-api-client': 'test', 'content-length': '7' } });
     // Keep-alive: five calls one after another, one connection.
     expect(connections - before).toBe(1);
+  });
+
+  it('closes idle sockets after the idle timeout, never a request waiting longer than it for its answer', async () => {
+    const f = createNodeHttpFetch({ idleSocketMs: 100 });
+    const before = connections;
+    // The answer comes 300 ms after the request: three idle timeouts while it is in flight.
+    expect(await (await f(`${base}/slow`)).json()).toEqual({ slow: true });
+    expect(connections - before).toBe(1);
+    await (await f(`${base}/json`)).text();
+    expect(connections - before).toBe(1);
+    // Idle past the timeout: the socket was closed, the next call opens another.
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    await (await f(`${base}/json`)).text();
+    expect(connections - before).toBe(2);
   });
 
   it('decodes a body a server compressed although none was asked for, and a 204 has no body', async () => {

@@ -26,10 +26,10 @@ const IDLE_SOCKET_MS = 5000;
  * stream (`text/event-stream`, the SDK's `alt=sse` calls) is handed over as it arrives. Request bodies other
  * than a string or bytes (the SDK sends JSON strings) go through the global fetch unchanged.
  */
-export function createNodeHttpFetch(opts: { maxSockets?: number } = {}): typeof fetch {
+export function createNodeHttpFetch(opts: { maxSockets?: number; idleSocketMs?: number } = {}): typeof fetch {
   const maxSockets = opts.maxSockets ?? Infinity;
   // LIFO: the most recently used socket goes first, so the others idle out instead of all staying half-used.
-  const agentOpts = { keepAlive: true, maxSockets, timeout: IDLE_SOCKET_MS, scheduling: 'lifo' as const };
+  const agentOpts = { keepAlive: true, maxSockets, timeout: opts.idleSocketMs ?? IDLE_SOCKET_MS, scheduling: 'lifo' as const };
   const agents = { 'http:': new HttpAgent(agentOpts), 'https:': new HttpsAgent(agentOpts) };
 
   const nodeFetch = (input: string | URL | Request, init: RequestInit = {}): Promise<Response> => {
