@@ -1,5 +1,6 @@
 import type { Config } from '../../src/shared/core/config.js';
 import { usageStreamKey } from '../../src/shared/core/queue-keys.js';
+import { queueShards } from '../../src/shared/core/queue-shards.js';
 import { createRedis, redisTargetOf } from '../../src/shared/infra/redis/connection.js';
 import { until } from './wait.js';
 
@@ -9,10 +10,12 @@ import { until } from './wait.js';
  * test that saw a job finish (its row was appended before that) waits on this before reading agent_runs.
  */
 export async function usageWritten(s: { cfg: Config }, timeoutMs?: number): Promise<void> {
-  // The stack's own Redis (a cluster in the cluster tests), where its usage stream lives.
+  // The stack's own Redis (a cluster in the cluster tests), where its usage streams live: one per queue shard
+  // (QUEUE_SHARDS), each drained by the sinks of that shard's workers.
   const redis = createRedis(redisTargetOf(s.cfg), 'worker');
+  const keys = queueShards(s.cfg.QUEUE_PREFIX, s.cfg.QUEUE_SHARDS).prefixes.map(usageStreamKey);
   try {
-    await until('usage rows written to agent_runs', async () => (await redis.xlen(usageStreamKey(s.cfg.QUEUE_PREFIX))) === 0, timeoutMs);
+    await until('usage rows written to agent_runs', async () => (await Promise.all(keys.map((k) => redis.xlen(k)))).every((n) => n === 0), timeoutMs);
   } finally {
     redis.disconnect();
   }
