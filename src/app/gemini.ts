@@ -45,11 +45,11 @@ const EMULATOR_KEY = 'emulator-no-real-key';
  */
 export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup> {
   // One set of agents (connection pools) for the process's calls and batches.
-  const fetch = opts.transport === 'node-http' ? createNodeHttpFetch() : undefined;
-  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing, ...(fetch ? { fetch } : {}) };
+  const transport = opts.transport === 'node-http' ? { fetch: createNodeHttpFetch() } : {};
+  const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing, ...transport };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
-    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing, ...(fetch ? { fetch } : {}) });
+    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing, ...transport });
     return { llm, batches, models: opts.models, close: async () => undefined };
   }
   const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
@@ -58,7 +58,7 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
     'GEMINI_API_KEY is not set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY for real answers.',
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
-  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...(fetch ? { fetch } : {}) });
+  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...transport });
   return { llm, batches, models: opts.models, emulator, close: () => emulator.close() };
 }
 

@@ -73,8 +73,8 @@ export function createWorkerService(opts: {
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers'
   // asks; a moved ask is registered by a dispatch call of its own (at most once per rate window).
-  const bufferAsk = createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => void loop?.kick() });
-  const loop = scheduler ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, logger }) : undefined;
+  const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => void loop?.kick() }) : undefined;
+  const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
@@ -150,7 +150,7 @@ export function createWorkerService(opts: {
     }
   }
   // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
-  if (gate) {
+  if (gate && bufferAsk) {
     worker.worker.on('completed', (job) => {
       bufferAsk.finished();
       gate.finished(job.id!);
