@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BUFFER_RATE_WINDOW_MS, createBufferAsk } from '../src/shared/fair/buffer-ask.js';
+import { BUFFER_RATE_WINDOW_MS, createBufferAsk, SMALL_WORKER_MAX_ASK } from '../src/shared/fair/buffer-ask.js';
 
 /** A worker's ask with a clock the test moves; `finish(n, overMs)` finishes n jobs evenly over overMs. */
 function askWith(o: { concurrency: number; ratio: number; floorMs: number }) {
@@ -48,6 +48,16 @@ describe('buffer ask', () => {
     w.idle(1_000);
     expect(w.a.ask()).toBe(25);
     expect(w.changes).toEqual([50, 40, 25]);
+  });
+
+  it('lets a worker of low concurrency ask for up to SMALL_WORKER_MAX_ASK short jobs, so the dispatcher refills in batches', () => {
+    const one = askWith({ concurrency: 1, ratio: 0.5, floorMs: 40 });
+    expect(one.a.ask()).toBe(1);
+    // 100 jobs/s (4 in 40 ms), then 1,000 jobs/s (40 in 40 ms: capped at 8, not at the concurrency 1).
+    expect(one.windows([25, 250])).toEqual([4, SMALL_WORKER_MAX_ASK]);
+    // Concurrency above the cap: the concurrency caps it, as before.
+    const ten = askWith({ concurrency: 10, ratio: 0.5, floorMs: 40 });
+    expect(ten.windows([1000])).toEqual([10]);
   });
 
   it('keeps the fixed share of long jobs and with the floor off', () => {

@@ -113,11 +113,19 @@ describe('fair scheduler', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
     await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 7 });
     expect(await waiting()).toBe(7);
+    /** A worker's fetch: `n` jobs leave BullMQ's wait list. */
+    const fetch = async (n: number) => {
+      for (const j of (await c.queue.getWaiting()).slice(0, n)) await c.redis.lrem(c.queue.toKey('wait'), 0, j.id!);
+    };
     // A worker registering no ask counts for the ratio of its concurrency: ceil(0.5 x 9) = 5.
     await c.scheduler.dispatch({ id: 'w2', concurrency: 9, ttlMs: 60_000 });
     expect(await waiting()).toBe(12);
-    // A worker's new ask replaces its old one.
+    // A worker's new ask replaces its old one: 15. The list is refilled in batches of 4 or more: 12 of 15 lacks
+    // 3, not yet; one fetched, it lacks 4.
     await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
+    expect(await waiting()).toBe(12);
+    await fetch(1);
+    await c.scheduler.dispatch();
     expect(await waiting()).toBe(15);
     // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask.
     const regAt = await c.redisNow();
@@ -656,9 +664,13 @@ describe('fair scheduler limits', () => {
     // Their claims change nothing about the buffer: still full.
     for (const id of ids.slice(0, 5)) expect(await c.scheduler.claim(id)).toEqual({ held: true, cancelled: false });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    // One fetched: room for one.
+    // Refilled once it lacks half this small target (3 of 5) or more, not for each job fetched: one dispatch
+    // per batch, and the list never runs dry.
     await c.redis.lrem(c.queue.toKey('wait'), 0, ids[5]);
-    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[10]]);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[6]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[7]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(10, 13));
   });
 
   it('a claim with refill dispatches (and promotes) only when BullMQ\'s wait list is empty; a release can dispatch in its own call', async () => {
@@ -727,6 +739,10 @@ describe('fair scheduler limits', () => {
     const ids = await c.add(org, 4);
     // The cap holds the org to two slots: ids[0] and ids[1].
     expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 2));
+    /** A worker's fetch: the job leaves BullMQ's wait list. */
+    const fetch = (id: string) => c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    await fetch(ids[0]);
+    await fetch(ids[1]);
     expect(await c.scheduler.claim(ids[0])).toEqual({ held: true, cancelled: false });
     // ids[0] finished; ids[1] starts and hands over ids[0]'s release: the freed slot goes to ids[2] at once.
     const next = await c.scheduler.claim(ids[1], undefined, { refill: true, release: [ids[0]] });
@@ -746,6 +762,38 @@ describe('fair scheduler limits', () => {
     await quiet.scheduler.dispatch();
     expect(await quiet.scheduler.claim(lone[1], undefined, { release: [lone[0]] })).toEqual({ held: true, cancelled: false });
     expect((await quiet.scheduler.orgStats(orgOf(lone[0]))).inFlight).toBe(1);
+  });
+
+  it('one job after another (a worker of concurrency 1), claims carrying the last release dispatch in batches of 4', async () => {
+    const c = await setup({ bufferTarget: 8 });
+    const org = randomOrg();
+    const ids = await c.add(org, 40);
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 8));
+    // BullMQ hands the worker the next job (it leaves the wait list), whose claim carries the last one's release.
+    const batches: string[][] = [];
+    for (let i = 0; i < 20; i++) {
+      await c.redis.lrem(c.queue.toKey('wait'), 0, ids[i]);
+      const r = await c.scheduler.claim(ids[i], undefined, { refill: true, ...(i > 0 ? { release: [ids[i - 1]] } : {}) });
+      expect(r).toMatchObject({ held: true, cancelled: false });
+      const promoted = (await r.dispatched)?.promoted ?? [];
+      if (promoted.length) batches.push(promoted);
+    }
+    // Refilled each time 4 of 8 are lacking: 4 jobs per dispatch, in FIFO order, never a dispatch per job.
+    // (A target of 50 is refilled at 4 lacking too, not at half: see 'refills a large buffer in batches of 4'.)
+    expect(batches).toEqual([ids.slice(8, 12), ids.slice(12, 16), ids.slice(16, 20), ids.slice(20, 24), ids.slice(24, 28)]);
+    expect(await c.queue.getWaitingCount()).toBeGreaterThanOrEqual(4);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(await c.queue.getWaitingCount() + 1);
+  });
+
+  it('refills a large buffer in batches of 4, not only once half of it is gone', async () => {
+    const c = await setup({ bufferTarget: 50 });
+    const org = randomOrg();
+    const ids = await c.add(org, 60);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 50));
+    for (const id of ids.slice(0, 3)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[3]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(50, 54));
   });
 
   it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {

@@ -1,6 +1,13 @@
 /** How long a rate sample runs before it replaces the last one (a few hundred jobs of short work). */
 export const BUFFER_RATE_WINDOW_MS = 250;
 
+/**
+ * Most jobs a worker of lower concurrency asks for by time. The dispatcher refills the wait list in batches of
+ * at least 4 jobs, or half a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1) made
+ * every claim dispatch the one job replacing it; asked for 8, short jobs are dispatched 4 at a time.
+ */
+export const SMALL_WORKER_MAX_ASK = 8;
+
 /** The fixed share of the buffer a worker of `concurrency` asks for at `ratio` (DISPATCH_BUFFER_RATIO). */
 export function fixedShare(ratio: number, concurrency: number): number {
   return Math.ceil(ratio * concurrency);
@@ -16,7 +23,7 @@ export interface BufferAsk {
 /**
  * A worker's share of the dispatch buffer. At least `ratio` x its concurrency, the fixed share fairness is
  * tuned with; and, for short jobs, at least what the worker finishes in `floorMs` at its recent rate (capped at its
- * concurrency). A fixed share sized for long model calls runs dry between two refills when jobs take a
+ * concurrency, or at SMALL_WORKER_MAX_ASK when that is more). A fixed share sized for long model calls runs dry between two refills when jobs take a
  * millisecond (cache hits): BullMQ then refills a free slot one fetch at a time. Sized by time, the wait list
  * holds about `floorMs` of work whatever the jobs' length, so a job dispatched into it waits about that long
  * at most, and long jobs keep the fixed share (a worker finishing 100 jobs/s asks 4 at 40 ms: the fixed share
@@ -41,7 +48,7 @@ export function createBufferAsk(opts: {
   const roll = (at: number) => {
     const elapsed = at - windowStart;
     if (elapsed < BUFFER_RATE_WINDOW_MS) return;
-    const byTime = Math.min(opts.concurrency, Math.floor((count * opts.floorMs) / elapsed));
+    const byTime = Math.min(Math.max(opts.concurrency, SMALL_WORKER_MAX_ASK), Math.floor((count * opts.floorMs) / elapsed));
     windowStart = at;
     count = 0;
     const next = Math.max(fixed, byTime);
