@@ -962,7 +962,7 @@ elseif op == 'claim' then
   -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
   local d = 0
   if handed then
-    -- The room first: while the list is over half full, the sweeps wait for the next dispatch too.
+    -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
     local room = bufferRoom()
     local due = room > 0 and dueNow()
     if due then d = dispatch(nil, due, room) end
