@@ -16,7 +16,8 @@ const IDLE_SOCKET_MS = 5000;
  * A `fetch` for the SDK's `httpOptions.fetch` (`LLM_HTTP_TRANSPORT=node-http`): the requests the SDK builds,
  * retries and parses, sent over node:http(s) keep-alive agents instead of the global (undici) fetch.
  *
- * Why it exists: each undici fetch leaves ~45-50 KB of objects that outlive the young generation and die only
+ * Why it exists: each undici fetch leaves ~45-50 KB of objects that outlive the young generation (what its web
+ * streams reference: the request body's, the response body's, the tee kept for a redirect) and die only
  * in a mark-compact, so a worker making a few hundred calls a second runs a major GC every few seconds, and
  * the jobs queued behind each pause make its latency tail (bench case 4 attributes the tail to those GCs and
  * measures this transport beside the default). The SDK's default stays the default: with a key set agentq

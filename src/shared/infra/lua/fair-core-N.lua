@@ -40,7 +40,7 @@
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
---     dispatches when due (as release with dispatch 1), else with refill a held claim dispatches when
+--     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 41-44 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-4.lua's); with KEY 41 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
