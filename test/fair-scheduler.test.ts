@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
+import { fairJobPrefix } from '../src/shared/fair/fair-keys.js';
 import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
@@ -783,6 +784,11 @@ describe('fair scheduler limits', () => {
     expect(batches).toEqual([ids.slice(8, 12), ids.slice(12, 16), ids.slice(16, 20), ids.slice(20, 24), ids.slice(24, 28)]);
     expect(await c.queue.getWaitingCount()).toBeGreaterThanOrEqual(4);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(await c.queue.getWaitingCount() + 1);
+    // Every release carried was done whole (most by the claim's early path, which skips the sweeps): the
+    // finished jobs' dispatcher records are gone, the running one's kept.
+    const record = (id: string) => c.redis.exists(`${fairJobPrefix(`${c.prefix}:fq`)}${id}`);
+    expect(await Promise.all(ids.slice(0, 19).map(record))).toEqual(Array(19).fill(0));
+    expect(await record(ids[19])).toBe(1);
   });
 
   it('refills a large buffer in batches of 4, not only once half of it is gone', async () => {

@@ -167,22 +167,108 @@ local function claimReply(held, cancelled, d)
   return { held, cancelled, d }
 end
 
--- The common claim answers here, before the ~60 functions below are created: their creation alone cost
--- ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
--- script cut off before those functions 6.6 us), more than such a claim's own commands. Common: no releases
--- or charge corrections handed over (ARGV[20] = 0 corrections, no ids after it), and no refill due (the job
--- does not run, refill not asked, or BullMQ's wait list still holds jobs), or a refill that would find
--- nothing to dispatch (no active lane, nothing due: the claims of a queue that is not backed up, whose jobs
--- were dispatched when enqueued), answered as dispatch answers it. Anything else goes on below with the
--- claim's own part done and what is due (`claimed`).
-local claimed = nil
+-- The common claim and release answer here, before the ~60 functions below are created: their creation alone
+-- cost ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
+-- script cut off before those functions 6.6 us), more than such a call's own commands. Common: no charge
+-- corrections handed over (ARGV[20] = 0 for a claim, ARGV[14] = 0 for a release), releases done early (see
+-- earlyRelease), and then nothing to dispatch: no refill due (the job does not run, refill not asked, or BullMQ's
+-- wait list still holds jobs), the wait list lacking less than a batch, or nothing due (no active lane, no due
+-- timer, sleeper or lease: a queue that is not backed up, whose jobs were dispatched when enqueued), answered as
+-- dispatch answers it. Anything else goes on below with the work done so far in `early`: the claim's own part
+-- (held, cancelled), what is due, the room read, and whether the releases are done (`released`, or `freed` for
+-- a release op).
+local early = nil
+-- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
+-- even the few functions the others need.
 if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV == 20 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
   if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
   local due, firsts = dueNow()
   if not due then return claimReply(held, cancelled, { {}, nextWake(firsts), now, 0, {} }) end
-  claimed = { held, cancelled, due }
+  early = { held = held, cancelled = cancelled, due = due }
+end
+
+-- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
+-- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
+local function bufferTarget()
+  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
+  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
+  if #gone > 0 then
+    rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
+    rcall('HDEL', K_WORKERCONC, unpack(gone))
+  end
+  local total = 0
+  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
+  return math.ceil(total)
+end
+
+-- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
+-- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
+-- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
+-- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
+-- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
+-- Refilled once it lacks REFILL_MIN jobs, or half a smaller target (0 until then): jobs finishing one at a time
+-- would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
+-- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes) is then shared by 4 jobs; each
+-- job dispatched costs ~18 commands of its own, so larger batches save little, and a list refilled only at half
+-- of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy instead of 50).
+-- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
+local REFILL_MIN = 4
+local function bufferRoom()
+  local target = bufferTarget()
+  local room = target - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
+  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
+  return room
+end
+
+-- Releases handed over without charge corrections (a claim's, or a release op's: the common case, one
+-- finished job's slot at a time), done here, before the functions below: the same commands releaseFrom runs,
+-- unless an org they free a slot of has lanes waiting for one (capblk: activating them needs the functions).
+-- Returns how many slots were freed, or nil (nothing done: releaseFrom does it all below).
+local function earlyRelease(from)
+  local orgs, stages = {}, {}
+  local blocked = {}
+  for i = from, #ARGV do
+    local m = rcall('HMGET', P_JOB .. ARGV[i], 'o', 'st')
+    local org = m[1]
+    if org then
+      if blocked[org] == nil then blocked[org] = rcall('EXISTS', P_CAPBLK .. org) == 1 end
+      if blocked[org] then return nil end
+    end
+    orgs[i], stages[i] = org, m[2]
+  end
+  local freed = 0
+  for i = from, #ARGV do
+    local id, org = ARGV[i], orgs[i]
+    if org then
+      if rcall('ZREM', K_LEASES, id) == 1 then
+        freed = freed + 1
+        if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
+      end
+      if stages[i] ~= 'lane' and stages[i] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+    end
+  end
+  return freed
+end
+
+if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV > 20 then
+  if earlyRelease(21) then
+    local held, cancelled = claimOwn(ARGV[13])
+    -- As the handed path below: the room first, the sweeps only when the list lacks a batch.
+    local room = bufferRoom()
+    local due = room > 0 and dueNow()
+    if not due then return claimReply(held, cancelled, 0) end
+    early = { held = held, cancelled = cancelled, due = due, room = room, released = true }
+  end
+elseif op == 'release' and tonumber(ARGV[14]) == 0 then
+  local freed = earlyRelease(15)
+  if freed then
+    local due = dueNow()
+    if not due then return { freed, 0 } end
+    if ARGV[13] ~= '1' then return { freed, 1 } end
+    early = { freed = freed, due = due }
+  end
 end
 
 -- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
@@ -689,40 +775,6 @@ local function sweepLeases()
   end
 end
 
--- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
--- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
-local function bufferTarget()
-  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
-  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
-  if #gone > 0 then
-    rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
-    rcall('HDEL', K_WORKERCONC, unpack(gone))
-  end
-  local total = 0
-  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
-  return math.ceil(total)
-end
-
-
--- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
--- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
--- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
--- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
--- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
--- Refilled once it lacks REFILL_MIN jobs, or half a smaller target (0 until then): jobs finishing one at a time
--- would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
--- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes) is then shared by 4 jobs; each
--- job dispatched costs ~18 commands of its own, so larger batches save little, and a list refilled only at half
--- of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy instead of 50).
--- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
-local REFILL_MIN = 4
-local function bufferRoom()
-  local target = bufferTarget()
-  local room = target - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
-  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
-  return room
-end
-
 -- bufferTarget() when nothing is queued, else nil: a claim refills only then, and under load the wait list
 -- is seldom empty, so the first non-empty read ends it (one command, not two).
 local function roomIfEmpty()
@@ -904,6 +956,8 @@ elseif op == 'enqueue' then
   if ARGV[13] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
+  -- `early`: released above, and due (and asked) to dispatch.
+  if early then return { early.freed, 1, dispatch(nil, early.due) } end
   local freed = releaseFrom(applyCorrections(14))
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
   -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the
@@ -949,10 +1003,10 @@ elseif op == 'claim' then
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
   local from = applyCorrections(20)
   local handed = #ARGV >= from
-  if handed then releaseFrom(from) end
-  -- Done above when the claim handed nothing over (it only came this far to refill).
+  if handed and not (early and early.released) then releaseFrom(from) end
+  -- Done above when `early` (it only came this far to dispatch).
   local held, cancelled
-  if claimed then held, cancelled = claimed[1], claimed[2] else held, cancelled = claimOwn(id) end
+  if early then held, cancelled = early.held, early.cancelled else held, cancelled = claimOwn(id) end
   -- Handed releases: as release with dispatch, freed slots are filled now when anything is due and the wait
   -- list lacks enough for a batch (bufferRoom).
   -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
@@ -963,14 +1017,17 @@ elseif op == 'claim' then
   local d = 0
   if handed then
     -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
-    local room = bufferRoom()
-    local due = room > 0 and dueNow()
+    local room, due
+    if early then room, due = early.room, early.due else
+      room = bufferRoom()
+      due = room > 0 and dueNow()
+    end
     if due then d = dispatch(nil, due, room) end
   elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
-    -- `claimed`: the check above found nothing queued, in this same call.
+    -- `early`: the check above found nothing queued, in this same call.
     local room
-    if claimed then room = bufferTarget() else room = roomIfEmpty() end
-    if room and room > 0 then d = dispatch(nil, claimed and claimed[3], room) end
+    if early then room = bufferTarget() else room = roomIfEmpty() end
+    if room and room > 0 then d = dispatch(nil, early and early.due, room) end
   end
   return claimReply(held, cancelled, d)
 elseif op == 'orphans' then
