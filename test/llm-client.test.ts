@@ -315,6 +315,35 @@ describe('gemini runtime', () => {
     }
   });
 
+  it("LLM_HTTP_TRANSPORT=node-http gives way to the SDK's fetch when Node follows the environment's proxies (NODE_USE_ENV_PROXY=1), and says so", async () => {
+    const before = process.env.NODE_USE_ENV_PROXY;
+    const globalFetch = vi.spyOn(globalThis, 'fetch');
+    const { lines, logger } = capture();
+    const ask = async () => {
+      const rt = await startGemini({ models, timeoutMs: 5000, logger, transport: 'node-http' });
+      try {
+        Answer.parse((await rt.llm.generate({ model: models.fast, prompt: 'hello, proxy or not', responseJsonSchema: schema })).json);
+      } finally {
+        await rt.close();
+      }
+    };
+    try {
+      delete process.env.NODE_USE_ENV_PROXY;
+      await ask();
+      // The transport in use: the SDK's call never reaches the global fetch.
+      expect(globalFetch).not.toHaveBeenCalled();
+      expect(lines.filter((l) => /node-http is not used/.test(l.msg))).toEqual([]);
+      process.env.NODE_USE_ENV_PROXY = '1';
+      await ask();
+      expect(globalFetch).toHaveBeenCalled();
+      expect(lines.filter((l) => /node-http is not used/.test(l.msg))).toHaveLength(1);
+    } finally {
+      globalFetch.mockRestore();
+      if (before === undefined) delete process.env.NODE_USE_ENV_PROXY;
+      else process.env.NODE_USE_ENV_PROXY = before;
+    }
+  });
+
   it('with a key never starts the emulator and uses the SDK default endpoint (GOOGLE_GEMINI_BASE_URL honoured)', async () => {
     const upstream = await startGeminiEmulator();
     const before = process.env.GOOGLE_GEMINI_BASE_URL;

@@ -2,7 +2,7 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import type { AddressInfo } from 'node:net';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createNodeHttpFetch } from '../src/shared/infra/llm/node-http-fetch.js';
+import { createNodeHttpFetch, nodeUsesEnvProxy } from '../src/shared/infra/llm/node-http-fetch.js';
 
 // The transport's own contract, against a plain node:http server (the SDK's calls through it: llm-client.test.ts).
 let server: Server;
@@ -127,5 +127,15 @@ describe('node-http fetch (LLM_HTTP_TRANSPORT=node-http)', () => {
     expect(await res.json()).toEqual({ method: 'PUT', body: 'via fetch' });
     // The global fetch sends its own headers; node:http sends none of these.
     expect(seen.at(-1)!.headers['sec-fetch-mode']).toBe('cors');
+  });
+
+  it("knows when Node follows the environment's proxies (then startGemini does not use this transport)", () => {
+    expect(nodeUsesEnvProxy({}, [])).toBe(false);
+    expect(nodeUsesEnvProxy({ HTTPS_PROXY: 'http://proxy:3128' }, [])).toBe(false);
+    expect(nodeUsesEnvProxy({ NODE_USE_ENV_PROXY: '0' }, [])).toBe(false);
+    expect(nodeUsesEnvProxy({ NODE_USE_ENV_PROXY: '1' }, [])).toBe(true);
+    expect(nodeUsesEnvProxy({}, ['--use-env-proxy'])).toBe(true);
+    expect(nodeUsesEnvProxy({ NODE_OPTIONS: '--max-old-space-size=512  --use-env-proxy' }, [])).toBe(true);
+    expect(nodeUsesEnvProxy({ NODE_OPTIONS: '--use-env-proxy-not' }, [])).toBe(false);
   });
 });

@@ -4,7 +4,7 @@ import type { Logger } from '../shared/core/logger.js';
 import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
 import { createPricing, type Pricing } from '../shared/infra/llm/pricing.js';
 import { createBatchApi, type BatchApi } from '../shared/infra/llm/batch-api.js';
-import { createNodeHttpFetch } from '../shared/infra/llm/node-http-fetch.js';
+import { createNodeHttpFetch, nodeUsesEnvProxy } from '../shared/infra/llm/node-http-fetch.js';
 
 export interface GeminiModels {
   fast: string;
@@ -45,7 +45,7 @@ const EMULATOR_KEY = 'emulator-no-real-key';
  */
 export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup> {
   // One set of agents (connection pools) for the process's calls and batches.
-  const transport = opts.transport === 'node-http' ? { fetch: createNodeHttpFetch() } : {};
+  const transport = opts.transport === 'node-http' && !proxiedByNode(opts.logger) ? { fetch: createNodeHttpFetch() } : {};
   const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing, ...transport };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
@@ -60,6 +60,16 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
   const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...transport });
   return { llm, batches, models: opts.models, emulator, close: () => emulator.close() };
+}
+
+/**
+ * With Node set to follow the environment's proxies, LLM_HTTP_TRANSPORT=node-http is not used: its agents would
+ * go around the proxy the SDK's own fetch goes through (NO_PROXY included). Said once, at start.
+ */
+function proxiedByNode(logger: Logger): boolean {
+  if (!nodeUsesEnvProxy()) return false;
+  logger.warn('LLM_HTTP_TRANSPORT=node-http is not used: Node is set to follow the environment\'s proxies (NODE_USE_ENV_PROXY / --use-env-proxy), which only the SDK\'s own fetch does; the SDK\'s fetch is used');
+  return true;
 }
 
 /** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */

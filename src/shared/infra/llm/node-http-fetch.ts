@@ -97,3 +97,13 @@ function readWhole(res: Readable): Promise<Buffer> {
     });
   });
 }
+
+/**
+ * Whether Node is set to send its global fetch through the proxies the environment names (`NODE_USE_ENV_PROXY=1`
+ * or `--use-env-proxy`, on the command line or in NODE_OPTIONS; Node 24, not 20): the SDK's own fetch then
+ * follows HTTP(S)_PROXY and NO_PROXY, which this transport's agents do not, so it must not be used (startGemini).
+ */
+export function nodeUsesEnvProxy(env: NodeJS.ProcessEnv = process.env, execArgv: readonly string[] = process.execArgv): boolean {
+  const flags = [...execArgv, ...(env.NODE_OPTIONS ?? '').split(/\s+/)];
+  return env.NODE_USE_ENV_PROXY === '1' || flags.includes('--use-env-proxy');
+}
