@@ -1017,8 +1017,8 @@ elseif op == 'claim' then
   local d = 0
   if handed then
     -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
-    local room, due
-    if early then room, due = early.room, early.due else
+    local room, due = early and early.room, early and early.due
+    if not early then
       room = bufferRoom()
       due = room > 0 and dueNow()
     end
