@@ -171,12 +171,11 @@ end
 -- cost ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
 -- script cut off before those functions 6.6 us), more than such a call's own commands. Common: no charge
 -- corrections handed over (ARGV[20] = 0 for a claim, ARGV[14] = 0 for a release), releases done early (see
--- earlyRelease), and then nothing to dispatch: no refill due (the job does not run, refill not asked, or BullMQ's
--- wait list still holds jobs), the wait list lacking less than a batch, or nothing due (no active lane, no due
--- timer, sleeper or lease: a queue that is not backed up, whose jobs were dispatched when enqueued), answered as
--- dispatch answers it. Anything else goes on below with the work done so far in `early`: the claim's own part
--- (held, cancelled), what is due, the room read, and whether the releases are done (`released`, or `freed` for
--- a release op).
+-- releaseSlots), no org's capped lanes to wake, and then nothing to dispatch: no refill due (the job does not run,
+-- refill not asked, or BullMQ's wait list still holds jobs), the wait list lacking less than a batch, or nothing due
+-- (no active lane, no due timer, sleeper or lease: a queue that is not backed up, whose jobs were dispatched when
+-- enqueued), answered as dispatch answers it. Anything else goes on below with the work done so far in `early`:
+-- the releases (`released`), the claim's own part (held, cancelled), what is due and the room read.
 local early = nil
 -- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
 -- even the few functions the others need.
@@ -222,52 +221,59 @@ local function bufferRoom()
   return room
 end
 
--- Releases handed over without charge corrections (a claim's, or a release op's: the common case, one
--- finished job's slot at a time), done here, before the functions below: the same commands releaseFrom runs,
--- unless an org they free a slot of has lanes waiting for one (capblk: activating them needs the functions).
--- Returns how many slots were freed, or nil (nothing done: releaseFrom does it all below).
-local function earlyRelease(from)
-  local orgs, stages = {}, {}
-  local blocked = {}
-  for i = from, #ARGV do
-    local m = rcall('HMGET', P_JOB .. ARGV[i], 'o', 'st')
-    local org = m[1]
-    if org then
-      if blocked[org] == nil then blocked[org] = rcall('EXISTS', P_CAPBLK .. org) == 1 end
-      if blocked[org] then return nil end
-    end
-    orgs[i], stages[i] = org, m[2]
-  end
-  local freed = 0
-  for i = from, #ARGV do
-    local id, org = ARGV[i], orgs[i]
-    if org then
-      if rcall('ZREM', K_LEASES, id) == 1 then
-        freed = freed + 1
-        if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
-      end
-      if stages[i] ~= 'lane' and stages[i] ~= 'timer' then rcall('DEL', P_JOB .. id) end
-    end
-  end
-  return freed
+-- Drops a finished job's slot: its lease and its org's in-flight count; true when it held one. Slots are keyed by
+-- job id (the lease), so freeing twice or after a sweep never double counts. Waking the org's lanes that wait for
+-- a slot is left to the caller (freeSlot, wakeReleased below): it needs the functions created after this point.
+local function dropLease(id, org)
+  if rcall('ZREM', K_LEASES, id) == 0 then return false end
+  if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
+  return true
 end
 
+-- Frees the slots of the finished jobs ARGV[from..] and forgets them (a laned or timed job keeps its record): what
+-- every release does, a claim's or a release op's, early (no charge corrections handed over) or on the long way.
+-- Returns how many slots it freed and the orgs given one back, in order, with whether each has lanes waiting for a
+-- slot (capblk; `anyCapped`): waking those is wakeReleased's, on the long way.
+local function releaseSlots(from)
+  local r = { freed = 0, orgs = {}, capped = {}, anyCapped = false }
+  for i = from, #ARGV do
+    local id = ARGV[i]
+    local m = rcall('HMGET', P_JOB .. id, 'o', 'st')
+    local org = m[1]
+    if org then
+      if dropLease(id, org) then
+        r.freed = r.freed + 1
+        if r.capped[org] == nil then
+          r.capped[org] = rcall('EXISTS', P_CAPBLK .. org) == 1
+          r.anyCapped = r.anyCapped or r.capped[org]
+          r.orgs[#r.orgs + 1] = org
+        end
+      end
+      if m[2] ~= 'lane' and m[2] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+    end
+  end
+  return r
+end
+
+-- Releases handed over without charge corrections are done here; the call answers unless it must dispatch or wake
+-- an org's capped lanes, and hands what it did on in `early` otherwise.
 if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV > 20 then
-  if earlyRelease(21) then
+  early = { released = releaseSlots(21) }
+  if not early.released.anyCapped then
     local held, cancelled = claimOwn(ARGV[13])
     -- As the handed path below: the room first, the sweeps only when the list lacks a batch.
     local room = bufferRoom()
     local due = room > 0 and dueNow()
     if not due then return claimReply(held, cancelled, 0) end
-    early = { held = held, cancelled = cancelled, due = due, room = room, released = true }
+    early.held, early.cancelled, early.room, early.due = held, cancelled, room, due
   end
 elseif op == 'release' and tonumber(ARGV[14]) == 0 then
-  local freed = earlyRelease(15)
-  if freed then
-    local due = dueNow()
+  early = { released = releaseSlots(15) }
+  if not early.released.anyCapped then
+    local freed, due = early.released.freed, dueNow()
     if not due then return { freed, 0 } end
     if ARGV[13] ~= '1' then return { freed, 1 } end
-    early = { freed = freed, due = due }
+    early.due = due
   end
 end
 
@@ -419,12 +425,19 @@ local function wakeCapBlocked(org)
   capblkEmpty[org] = true
 end
 
--- Slots are keyed by job id (the lease), so freeing twice or after a sweep never double counts.
 local function freeSlot(id, org)
-  if rcall('ZREM', K_LEASES, id) == 0 then return false end
-  if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
+  if not dropLease(id, org) then return false end
   wakeCapBlocked(org)
   return true
+end
+
+-- The rest of a release (releaseSlots): the capped lanes of the orgs it gave a slot back are woken (the others are
+-- known to have none: not read again). How many slots it freed.
+local function wakeReleased(r)
+  for _, org in ipairs(r.orgs) do
+    if r.capped[org] then wakeCapBlocked(org) else capblkEmpty[org] = true end
+  end
+  return r.freed
 end
 
 local function addTimer(id, org, at, reason)
@@ -828,14 +841,7 @@ end
 
 -- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
 local function releaseFrom(from)
-  local freed = 0
-  for i = from, #ARGV do
-    local id = ARGV[i]
-    local m = jobMeta(id)
-    if m[1] and freeSlot(id, m[1]) then freed = freed + 1 end
-    if m[1] and m[5] ~= 'lane' and m[5] ~= 'timer' then rcall('DEL', P_JOB .. id) end
-  end
-  return freed
+  return wakeReleased(releaseSlots(from))
 end
 
 -- Lanes of `org` asleep on a bucket in `refunded` (key -> true: buckets just given tokens back) get a fresh
@@ -956,13 +962,13 @@ elseif op == 'enqueue' then
   if ARGV[13] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
 elseif op == 'release' then
-  -- `early`: released above, and due (and asked) to dispatch.
-  if early then return { early.freed, 1, dispatch(nil, early.due) } end
-  local freed = releaseFrom(applyCorrections(14))
+  -- `early`: released above (no corrections), here to wake capped lanes or to dispatch what it found due.
+  local freed
+  if early then freed = wakeReleased(early.released) else freed = releaseFrom(applyCorrections(14)) end
   -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
   -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the
   -- dispatch runs here, in the release's round trip.
-  local due = dueNow()
+  local due = (early and early.due) or dueNow()
   if not due then return { freed, 0 } end
   if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
@@ -1003,10 +1009,11 @@ elseif op == 'claim' then
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
   local from = applyCorrections(20)
   local handed = #ARGV >= from
-  if handed and not (early and early.released) then releaseFrom(from) end
-  -- Done above when `early` (it only came this far to dispatch).
+  -- Released above when they came without corrections (`early.released`): capped lanes are woken here.
+  if early and early.released then wakeReleased(early.released) elseif handed then releaseFrom(from) end
+  -- The claim's own part, done above when `early` came this far to dispatch.
   local held, cancelled
-  if early then held, cancelled = early.held, early.cancelled else held, cancelled = claimOwn(id) end
+  if early and early.held then held, cancelled = early.held, early.cancelled else held, cancelled = claimOwn(id) end
   -- Handed releases: as release with dispatch, freed slots are filled now when anything is due and the wait
   -- list lacks enough for a batch (bufferRoom).
   -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
@@ -1018,7 +1025,7 @@ elseif op == 'claim' then
   if handed then
     -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
     local room, due = early and early.room, early and early.due
-    if not early then
+    if not room then
       room = bufferRoom()
       due = room > 0 and dueNow()
     end
