@@ -221,14 +221,18 @@ local function bufferRoom()
   return room
 end
 
+-- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts` (the
+-- field goes at 0): leases and in-flight slots, timers and an org's timed jobs. True when it was there.
+local function zremCounted(key, counts, id, org)
+  if rcall('ZREM', key, id) == 0 then return false end
+  if rcall('HINCRBY', counts, org, -1) <= 0 then rcall('HDEL', counts, org) end
+  return true
+end
+
 -- Drops a finished job's slot: its lease and its org's in-flight count; true when it held one. Slots are keyed by
 -- job id (the lease), so freeing twice or after a sweep never double counts. Waking the org's lanes that wait for
 -- a slot is left to the caller (freeSlot, wakeReleased below): it needs the functions created after this point.
-local function dropLease(id, org)
-  if rcall('ZREM', K_LEASES, id) == 0 then return false end
-  if rcall('HINCRBY', K_INFLIGHT, org, -1) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
-  return true
-end
+local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, org) end
 
 -- Frees the slots of the finished jobs ARGV[from..] and forgets them (a laned or timed job keeps its record): what
 -- every release does, a claim's or a release op's, early (no charge corrections handed over) or on the long way.
@@ -445,11 +449,7 @@ local function addTimer(id, org, at, reason)
   rcall('HSET', P_JOB .. id, 'st', 'timer', 'r', reason)
 end
 
-local function removeTimer(id, org)
-  if rcall('ZREM', K_TIMERS, id) == 0 then return false end
-  if rcall('HINCRBY', K_OTIMERS, org, -1) <= 0 then rcall('HDEL', K_OTIMERS, org) end
-  return true
-end
+local function removeTimer(id, org) return zremCounted(K_TIMERS, K_OTIMERS, id, org) end
 
 local function removeFromLane(id, org, model)
   local lane = laneOf(org, model)
