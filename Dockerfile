@@ -1,16 +1,27 @@
 # Node 24 LTS (Node 20 reached end of life in April 2026; `engines` still allows 20 for local use).
+# Build stage: `npm run build` compiles src/ and dev/ (the emulator src/app starts) to plain JavaScript once.
+FROM node:24-bookworm-slim AS build
+WORKDIR /app
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json tsconfig.build.json ./
+COPY src ./src
+COPY dev ./dev
+RUN npm run build
+
+# Run stage: the compiled code and the production dependencies only; no TypeScript loader, no compiler.
 FROM node:24-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
-COPY tsconfig.json ./
-COPY src ./src
-# The Gemini emulator answers when no GEMINI_API_KEY is set (src/app/gemini.ts starts it).
-COPY dev ./dev
+# dist/src and dist/dev take the place of src/ and dev/: beside package.json and migrations/, every path the
+# code resolves from its own location holds as in the repository (the Gemini emulator answers when no
+# GEMINI_API_KEY is set: src/app/gemini.ts starts it).
+COPY --from=build /app/dist ./
 COPY migrations ./migrations
 USER node
 EXPOSE 3000
 # Exec form, node as PID 1: SIGTERM reaches agentq itself, which drains in-flight jobs before exiting
-# (an npm wrapper would not forward it). tsx runs the TypeScript sources as they are.
-CMD ["node", "--import", "tsx", "src/main.ts", "all"]
+# (an npm wrapper would not forward it).
+CMD ["node", "src/main.js", "all"]

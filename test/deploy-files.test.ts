@@ -9,15 +9,21 @@ const dockerfile = readFileSync(new URL('Dockerfile', root), 'utf8');
 const compose = readFileSync(new URL('docker-compose.yml', root), 'utf8');
 
 describe('Dockerfile and docker-compose.yml', () => {
-  it('build on Node 24 LTS and copy every folder the running code imports', () => {
-    expect(dockerfile).toMatch(/^FROM node:24-/m);
-    const copied = [...dockerfile.matchAll(/^COPY (\S+) /gm)].map((m) => m[1]);
-    // src imports dev/ (the emulator, started by src/app) and reads migrations/ at start.
-    for (const dir of ['src', 'dev', 'migrations']) {
-      expect(existsSync(new URL(dir, root))).toBe(true);
-      expect(copied).toContain(dir);
-    }
-    // Every top-level folder that a file under src/ imports from must be in the image.
+  it('build on Node 24 LTS, compile in a build stage and copy every folder the running code needs', () => {
+    const stages = dockerfile.split(/^FROM /m).slice(1);
+    expect(stages).toHaveLength(2);
+    for (const stage of stages) expect(stage).toMatch(/^node:24-/);
+    const [build, run] = stages;
+    const copied = (stage: string) => [...stage.matchAll(/^COPY (\S+) /gm)].map((m) => m[1]);
+    // The build stage compiles src/ and dev/ (src/app starts dev's emulator) with `npm run build`.
+    expect(copied(build)).toEqual(expect.arrayContaining(['src', 'dev', 'tsconfig.json']));
+    expect(build).toMatch(/^RUN npm run build$/m);
+    // The run stage: production dependencies only, the compiled output, and migrations/ (read at start).
+    expect(run).toMatch(/^RUN npm ci --omit=dev /m);
+    expect(run).toMatch(/^COPY --from=build \/app\/dist \.\/$/m);
+    expect(copied(run)).toContain('migrations');
+    expect(copied(run)).not.toContain('src');
+    // Every top-level folder that a file under src/ imports from is compiled into the image (tsconfig.build.json).
     const rootPath = fileURLToPath(root);
     const outside = new Set<string>();
     const walk = (dir: string) => {
@@ -33,16 +39,22 @@ describe('Dockerfile and docker-compose.yml', () => {
     };
     walk(join(rootPath, 'src'));
     expect(outside.has('dev')).toBe(true);
-    for (const top of outside) expect(copied).toContain(top);
+    const buildConfig = JSON.parse(readFileSync(new URL('tsconfig.build.json', root), 'utf8')) as { include: string[] };
+    for (const top of outside) {
+      expect(existsSync(new URL(top, root))).toBe(true);
+      expect(buildConfig.include).toContain(top);
+      expect(copied(build)).toContain(top);
+    }
   });
 
-  it('run node directly in exec form, so SIGTERM reaches agentq and it drains', () => {
-    expect(dockerfile).toMatch(/^CMD \["node", "--import", "tsx", "src\/main\.ts", "all"\]$/m);
+  it('run the compiled entry point with node directly in exec form, so SIGTERM reaches agentq and it drains', () => {
+    expect(dockerfile).toMatch(/^CMD \["node", "src\/main\.js", "all"\]$/m);
     expect(dockerfile).not.toMatch(/^CMD \["npm"/m);
+    expect(dockerfile).not.toMatch(/tsx/);
     const commands = [...compose.matchAll(/^\s+command: (\[.*\])$/gm)].map((m) => JSON.parse(m[1]) as string[]);
-    const agentq = commands.filter((c) => c.includes('src/main.ts'));
+    const agentq = commands.filter((c) => c.includes('src/main.js'));
     expect(agentq.map((c) => c.at(-1)).sort()).toEqual(['api', 'worker']);
-    for (const c of agentq) expect(c.slice(0, 3)).toEqual(['node', '--import', 'tsx']);
+    for (const c of agentq) expect(c).toEqual(['node', 'src/main.js', c.at(-1)]);
   });
 
   it('keep Redis durable and never evicting queue keys', () => {
