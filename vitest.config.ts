@@ -4,7 +4,9 @@ import SlowFirstSequencer from './test/helpers/slow-first-sequencer.js';
 export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
-    exclude: ['test/faults/**', 'node_modules/**'],
+    // The fault suite has its own config; the production build runs in the Node 24 subset only
+    // (vitest.runtime.config.ts: the image's runtime).
+    exclude: ['test/faults/**', 'test/production-build.test.ts', 'node_modules/**'],
     globalSetup: ['test/helpers/global-setup.ts'],
     // Upper bounds for a test that hangs, not expected durations: a machine loaded to several times its
     // cores stretches a stack's start to a minute.

@@ -17,10 +17,10 @@ const SLOW_FIRST = [
   'faults/crash-recovery-defaults',
   // Not from the CI run above (added after it): about 30 s alone (a 6-node cluster, then a ~4 s election).
   'faults/cluster-primary-kill',
+  // Node 24 runtime subset (vitest.runtime.config.ts): compiles the whole tree, then starts it like quickstart.
+  'production-build',
   // unit suite
   'quickstart',
-  // Not from the CI run above (added after it): compiles the whole tree, then starts it like quickstart.
-  'production-build',
   'fair-fairness',
   'pipeline-crash',
   'worker-process',
