@@ -6,7 +6,7 @@ import type { BatchTier } from './batch-tier.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
 import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
 
-/** The slice of the LLM client the terminal call needs (see src/shared/llm/llm-client.ts). */
+/** The slice of the LLM client the terminal call needs (see src/shared/infra/llm/llm-client.ts). */
 export interface GenerateFn {
   generate(req: {
     model: string;

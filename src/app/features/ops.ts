@@ -43,7 +43,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const queues = [...agentQueues, ...flows, maintenanceQueue];
   for (const q of flows) logConnectionErrors(q, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
-  // Same prefix as the workers' guards (src/workers/guards.ts); only read here.
+  // Same prefix as the workers' guards (src/workers/guards/index.ts); only read here.
   const breaker = createCircuitBreaker({ redis: deps.redis, prefix: agentqPrefix(prefix) });
   // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
   const store = shardedDlqStore(

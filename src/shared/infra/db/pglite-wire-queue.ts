@@ -39,7 +39,7 @@ interface QueryQueue {
 export function serialiseExtendedQueries(server: PGLiteSocketServer): void {
   const q = (server as unknown as { queryQueue?: QueryQueue }).queryQueue;
   if (!q || !Array.isArray(q.queue) || typeof q.processQueue !== 'function' || typeof q.clearTransactionIfNeeded !== 'function') {
-    throw new Error('pglite-socket internals changed: review src/shared/db/pglite-wire-queue.ts');
+    throw new Error('pglite-socket internals changed: review src/shared/infra/db/pglite-wire-queue.ts');
   }
   let midSequence = false;
 
