@@ -9,7 +9,7 @@ COPY src ./src
 COPY dev ./dev
 RUN npm run build
 
-# Run stage: the compiled code and the production dependencies only; no TypeScript loader, no compiler.
+# Run stage: the compiled code and the production dependencies only (no tsx): nothing is compiled at run time.
 FROM node:24-bookworm-slim
 WORKDIR /app
 ENV NODE_ENV=production
