@@ -1,5 +1,5 @@
 # Node 24 LTS (Node 20 reached end of life in April 2026; `engines` still allows 20 for local use).
-# Build stage: `npm run build` compiles src/ and dev/ (the emulator src/app starts) to plain JavaScript once.
+# Build stage: `npm run build` compiles src/ and dev/gemini-emulator/ (started by src/app) to plain JavaScript once.
 FROM node:24-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./

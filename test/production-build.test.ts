@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { buildDist } from '../dev/build/build-dist.js';
+import { buildDist, buildSources } from '../dev/build/build-dist.js';
 import { freePort } from '../src/shared/infra/redis/redis-server.js';
 import { stopProcess, watch, type AgentqProcess } from './helpers/processes.js';
 
@@ -27,7 +27,7 @@ function packageOf(specifier: string): string | undefined {
 /**
  * `npm run build` is what the Docker image runs (its build stage compiles, its run stage holds the output and
  * the production dependencies only). Built into a temporary folder laid out as the image lays it out
- * (package.json and migrations/ beside the compiled src/ and dev/), it must start on embedded defaults with
+ * (package.json and migrations/ beside the compiled src/ and dev/gemini-emulator/), it must start on embedded defaults with
  * plain `node`, run a job and drain on SIGTERM: no TypeScript file and no loader take part.
  */
 describe('the production build', () => {
@@ -51,7 +51,7 @@ describe('the production build', () => {
     // Every file the code reads beside its modules came along (the Lua scripts, the dashboard's page).
     const assets = (dir: string) => filesUnder(join(ROOT, dir)).filter((f) => !f.endsWith('.ts') && !f.endsWith('.md')).map((f) => relative(ROOT, f));
     const built = new Set(files.map((f) => relative(app, f)));
-    const wanted = [...assets('src'), ...assets('dev')];
+    const wanted = buildSources().flatMap(assets);
     expect(wanted.some((f) => f.endsWith('fair-core-N.lua'))).toBe(true);
     expect(wanted.filter((f) => !built.has(f))).toEqual([]);
 

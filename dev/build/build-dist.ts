@@ -1,19 +1,23 @@
 import { execFileSync } from 'node:child_process';
-import { cpSync, rmSync, statSync } from 'node:fs';
+import { cpSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
-/** The folders compiled into the artifact (tsconfig.build.json's `include`): src imports dev's emulator. */
-const SOURCES = ['src', 'dev'] as const;
+const CONFIG = join(ROOT, 'tsconfig.build.json');
+
+/** The folders compiled into the artifact: tsconfig.build.json's `include` (src, and dev's emulator, which src/app starts). */
+export function buildSources(): string[] {
+  return (JSON.parse(readFileSync(CONFIG, 'utf8')) as { include: string[] }).include;
+}
 
 /** Read at run time beside the modules (Lua scripts, the dashboard's page and script): copied as they are. */
 const isAsset = (path: string) => !path.endsWith('.ts') && !path.endsWith('.md');
 
 /**
  * `npm run build`: the production artifact, plain JavaScript run by `node` with no TypeScript loader (the
- * Docker image's command). tsc compiles src/ and dev/ into `outDir` in the sources' own layout (emit only:
+ * Docker image's command). tsc compiles src/ and dev's emulator into `outDir` in the sources' own layout (emit only:
  * type checking is `npm run check`'s), and the files the code reads beside its modules are copied next to
  * them. `outDir/src` and `outDir/dev` then take the place of src/ and dev/ beside package.json and
  * migrations/, so every path the code resolves from `import.meta.url` holds as in the repository.
@@ -22,11 +26,10 @@ export function buildDist(outDir = join(ROOT, 'dist')): string {
   const out = resolve(outDir);
   rmSync(out, { recursive: true, force: true });
   const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
-  execFileSync(process.execPath, [tsc, '-p', join(ROOT, 'tsconfig.build.json'), '--outDir', out], { stdio: 'inherit' });
-  for (const dir of SOURCES) {
+  execFileSync(process.execPath, [tsc, '-p', CONFIG, '--outDir', out], { stdio: 'inherit' });
+  for (const dir of buildSources()) {
     cpSync(join(ROOT, dir), join(out, dir), { recursive: true, filter: (src) => statSync(src).isDirectory() || isAsset(src) });
   }
-  rmSync(join(out, 'dev', 'build'), { recursive: true, force: true });
   return out;
 }
 
