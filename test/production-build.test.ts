@@ -1,13 +1,12 @@
-import { spawn } from 'node:child_process';
 import { builtinModules } from 'node:module';
 import { copyFileSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
-import { buildDist, buildSources } from '../dev/build/build-dist.js';
+import { buildDist, buildSources, isAsset } from '../dev/build/build-dist.js';
 import { freePort } from '../src/shared/infra/redis/redis-server.js';
-import { stopProcess, watch, type AgentqProcess } from './helpers/processes.js';
+import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -49,7 +48,7 @@ describe('the production build', () => {
     const files = filesUnder(join(app, 'src')).concat(filesUnder(join(app, 'dev')));
     expect(files.filter((f) => f.endsWith('.ts'))).toEqual([]);
     // Every file the code reads beside its modules came along (the Lua scripts, the dashboard's page).
-    const assets = (dir: string) => filesUnder(join(ROOT, dir)).filter((f) => !f.endsWith('.ts') && !f.endsWith('.md')).map((f) => relative(ROOT, f));
+    const assets = (dir: string) => filesUnder(join(ROOT, dir)).filter(isAsset).map((f) => relative(ROOT, f));
     const built = new Set(files.map((f) => relative(app, f)));
     const wanted = buildSources().flatMap(assets);
     expect(wanted.some((f) => f.endsWith('fair-core-N.lua'))).toBe(true);
@@ -70,9 +69,9 @@ describe('the production build', () => {
 
     const redisPort = await freePort();
     const apiPort = await freePort();
-    const env = { ...process.env, LOG_LEVEL: 'info', DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, REDIS_AUTOSTART: 'true', PORT: String(apiPort), DATABASE_URL: '', GEMINI_API_KEY: '', WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
+    const env = { DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, REDIS_AUTOSTART: 'true', PORT: String(apiPort), DATABASE_URL: '', GEMINI_API_KEY: '', WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
     // The image's command: node, the compiled entry point, a role; no --import.
-    proc = watch(spawn(process.execPath, ['src/main.js', 'all'], { cwd: app, env, stdio: ['ignore', 'pipe', 'pipe'] }));
+    proc = spawnAgentq('all', env, app);
     // Starting redis-server, embedded Postgres and its migrations: minutes on a busy machine.
     await proc.waitForLog((l) => l.msg === 'API listening', 180_000);
 

@@ -13,7 +13,7 @@ export function buildSources(): string[] {
 }
 
 /** Read at run time beside the modules (Lua scripts, the dashboard's page and script): copied as they are. */
-const isAsset = (path: string) => !path.endsWith('.ts') && !path.endsWith('.md');
+export const isAsset = (path: string) => !path.endsWith('.ts') && !path.endsWith('.md');
 
 /**
  * `npm run build`: the production artifact, plain JavaScript run by `node` with no TypeScript loader (the

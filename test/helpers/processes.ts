@@ -18,10 +18,13 @@ export interface AgentqProcess {
 
 /**
  * Runs the real entry point (`src/main.ts <role>`) as a separate process, as `npm run worker` would.
- * `env` must point it at the test's Redis, database and emulator.
+ * `env` must point it at the test's Redis, database and emulator. `compiled`: a production build's folder
+ * (dev/build/build-dist.ts): its `src/main.js` runs there with plain node, as the Docker image runs it.
  */
-export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, string>): AgentqProcess {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, role], {
+export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, string>, compiled?: string): AgentqProcess {
+  const args = compiled ? ['src/main.js', role] : ['--import', 'tsx', MAIN, role];
+  const child = spawn(process.execPath, args, {
+    ...(compiled ? { cwd: compiled } : {}),
     env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
