@@ -241,6 +241,19 @@ describe('fair scheduler enqueue', () => {
       }
     }
   });
+  it('a call larger than one script call can take is split (the lanes\' ZADDs are one command per lane), and an id sent twice is laned once', { timeout: 60_000 }, async () => {
+    // enqueueChunk above the cap: a single call of 5000 jobs would unpack 10000 values, over Redis Lua's 8000.
+    const c = await setup({ enqueueChunk: 10_000 });
+    const org = randomOrg();
+    const ids = Array.from({ length: 5000 }, (_, i) => `big-${i}`);
+    for (let i = 0; i < ids.length; i += 1000) {
+      await c.queue.addBulk(ids.slice(i, i + 1000).map((id) => ({ name: 'j', data: {}, opts: parkedJobOptions(id) })));
+    }
+    const r = await c.scheduler.enqueue([...ids, ids[0]].map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens: 0 })), { dispatch: false });
+    expect(r.skipped).toEqual([]);
+    const out = await dispatchN(c.scheduler, ids.length + 1);
+    expect(out).toEqual(ids);
+  });
 });
 
 describe('fair scheduler round trips', () => {

@@ -20,22 +20,34 @@ function matches(pattern: string[], path: string[]): boolean {
   return pattern.length === path.length && pattern.every((seg, i) => seg === '*' || seg === path[i]);
 }
 
+/**
+ * `path` is one array pushed and popped on the way down (this runs on every key of every job's input, so
+ * no copy per key); a reported path is joined from it.
+ */
 function walk(raw: unknown, parsed: unknown, path: string[], patterns: string[][], found: string[]): void {
   if (Array.isArray(raw) && Array.isArray(parsed)) {
     // A schema that changes an array's length (a transform) leaves nothing to compare element by element.
     if (raw.length !== parsed.length) return;
-    raw.forEach((item, i) => walk(item, parsed[i], [...path, String(i)], patterns, found));
+    for (let i = 0; i < raw.length; i++) {
+      path.push(String(i));
+      walk(raw[i], parsed[i], path, patterns, found);
+      path.pop();
+    }
     return;
   }
   if (!isPlainObject(raw) || !isPlainObject(parsed)) return;
-  const open = patterns.some((p) => matches(p, path));
-  for (const [key, value] of Object.entries(raw)) {
+  const open = patterns.length > 0 && patterns.some((p) => matches(p, path));
+  for (const key in raw) {
+    if (!Object.hasOwn(raw, key)) continue;
+    const value = raw[key];
     if (value === undefined) continue;
     if (!Object.hasOwn(parsed, key)) {
       if (open) parsed[key] = value;
-      else found.push([...path, key].join('.'));
+      else found.push(path.length ? `${path.join('.')}.${key}` : key);
       continue;
     }
-    walk(value, parsed[key], [...path, key], patterns, found);
+    path.push(key);
+    walk(value, parsed[key], path, patterns, found);
+    path.pop();
   }
 }

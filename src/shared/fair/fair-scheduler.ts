@@ -84,7 +84,10 @@ export interface FairSchedulerOptions {
   bufferRatio?: number;
   maxBatch?: number;
   sweepMax?: number;
-  /** Ids per enqueue script call (bounds the time one call blocks Redis). */
+  /**
+   * Ids per enqueue script call (bounds the time one call blocks Redis); at most 2000: the script's ZADDs
+   * unpack two values per job, and Redis's Lua unpacks 8000 at most.
+   */
   enqueueChunk?: number;
   /**
    * QUEUE_SHARDS > 1: `modelLimits` are the models' global limits, held in global buckets this shard leases
@@ -162,7 +165,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     maxBatch: opts.maxBatch ?? 500,
     sweepMax: opts.sweepMax ?? 100,
   });
-  const chunk = opts.enqueueChunk ?? 500;
+  const chunk = Math.min(opts.enqueueChunk ?? 500, 2000);
   const bucketKeyPrefix = guardKeys.tokenBucket(opts.bucketPrefix, '');
 
   const listeners = new Set<(r: DispatchResult) => void>();

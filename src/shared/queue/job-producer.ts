@@ -130,40 +130,36 @@ export function createJobProducer(deps: JobProducerDeps) {
     }
     const now = Date.now();
     const { tier, deadlineAt } = chooseTier(opts, now, deps.tierPolicy, `${pathPrefix}options.deadline`);
-    const data: AgentJobData = {
-      orgId: meta.orgId,
-      agent: req.agent,
-      action: req.action,
-      input,
-      ...(opts.model ? { model: opts.model } : {}),
-      ...(opts.stream ? { stream: true } : {}),
-      ...(tier !== 'standard' ? { tier } : {}),
-      ...(deadlineAt !== undefined ? { deadlineAt } : {}),
-      ...(meta.requestId ? { requestId: meta.requestId } : {}),
-      ...(meta.userId ? { userId: meta.userId } : {}),
-      ...(opts.idempotencyKey ? { fingerprint: requestFingerprint(req.agent, req.action, input, opts) } : {}),
-      enqueuedAt: now,
-    };
+    // Built by assignment, not conditional spreads: this runs once per job of a bulk request, and each
+    // `...(cond ? {...} : {})` is a property copy of its own.
+    const data: AgentJobData = { orgId: meta.orgId, agent: req.agent, action: req.action, input, enqueuedAt: now };
+    if (opts.model) data.model = opts.model;
+    if (opts.stream) data.stream = true;
+    if (tier !== 'standard') data.tier = tier;
+    if (deadlineAt !== undefined) data.deadlineAt = deadlineAt;
+    if (meta.requestId) data.requestId = meta.requestId;
+    if (meta.userId) data.userId = meta.userId;
+    if (opts.idempotencyKey) data.fingerprint = requestFingerprint(req.agent, req.action, input, opts);
     // Idempotent jobs get an id derived from (org, key): BullMQ's add is a no-op for an existing id, atomically,
     // so racing duplicates all see the one job. Org is in the hash, so keys never collide across tenants.
     const jobId = opts.idempotencyKey ? idempotentJobId(meta.orgId, opts.idempotencyKey) : randomUUID();
+    const lane: PreparedJob['lane'] = {
+      model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model, tier }, agents, deps.models),
+      estTokens: estimateTokens(input),
+    };
+    if (opts.priority) lane.priority = opts.priority;
+    if (opts.delayMs) lane.delayMs = opts.delayMs;
     return {
       name: `${req.agent}:${req.action}`,
       data,
       // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
-      opts: {
-        ...jobDefaults,
-        ...(deps.scheduler
-          ? parkedJobOptions(jobId, opts.priority, now)
-          : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) }),
-      },
+      opts: Object.assign(
+        {},
+        jobDefaults,
+        deps.scheduler ? parkedJobOptions(jobId, opts.priority, now) : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) },
+      ),
       idempotent: Boolean(opts.idempotencyKey),
-      lane: {
-        model: laneModelOf({ agent: req.agent, action: req.action, model: opts.model, tier }, agents, deps.models),
-        estTokens: estimateTokens(input),
-        ...(opts.priority ? { priority: opts.priority } : {}),
-        ...(opts.delayMs ? { delayMs: opts.delayMs } : {}),
-      },
+      lane,
     };
   }
 

@@ -400,20 +400,10 @@ end
 -- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
 -- global sequence (global so an org's lanes can be merged in arrival order). priority <= 2^21 and
 -- seq < 2^31 keep the score an exact double.
--- Lanes an enqueue call already added to their org's set and activated: the rest of its jobs for the same
--- lane skip both (an enqueue only adds jobs, so nothing in between changes whether the lane is active).
-local lanesEnqueued = {}
-
--- `enqueued`: called by the enqueue op, which wrote the job's stage ('st') with its fields already.
-local function pushJob(id, org, model, prio, seq, enqueued)
+local function pushJob(id, org, model, prio, seq)
   local lane = laneOf(org, model)
   rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
-  if enqueued then
-    if lanesEnqueued[lane] then return end
-    lanesEnqueued[lane] = true
-  else
-    rcall('HSET', P_JOB .. id, 'st', 'lane')
-  end
+  rcall('HSET', P_JOB .. id, 'st', 'lane')
   if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
   activate(lane, org)
 end
@@ -920,15 +910,30 @@ elseif op == 'enqueue' then
   -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
   local jobs = math.floor((#ARGV - 13) / 10)
   local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
-  local i = 14
-  while i + 9 <= #ARGV do
-    local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  -- The ZADDs are sent once per org index and per lane, not once per job (from Lua a command costs about as
+  -- much as the work it does here): 8-10 % less script time for 100-job calls. The parked check stays one
+  -- ZSCORE per job: a ZMSCORE of the call's ids measured 40 % slower than these ZSCOREs (Redis 7.0).
+  local index, indexOrgs = {}, {}
+  for i = 14, 13 + jobs * 10, 10 do
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
     -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.
-    if ARGV[i + 9] ~= '' then rcall('ZADD', P_ORGJOBS .. org, 'NX', ARGV[i + 9], id) end
+    if ARGV[i + 9] ~= '' then
+      local org = ARGV[i + 1]
+      if not index[org] then index[org] = {}; indexOrgs[#indexOrgs + 1] = org end
+      local members = index[org]
+      members[#members + 1] = ARGV[i + 9]
+      members[#members + 1] = ARGV[i]
+    end
+  end
+  for _, org in ipairs(indexOrgs) do rcall('ZADD', P_ORGJOBS .. org, 'NX', unpack(index[org])) end
+  -- Lane -> {score, id, ...} of its new jobs, and the lanes in first-seen order with their org.
+  local laneAdds, lanesSeen = {}, {}
+  for k = 1, jobs do
+    local i = 14 + (k - 1) * 10
+    local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
     if rcall('EXISTS', P_JOB .. id) == 1 then
-      -- Already known: enqueue is idempotent by job id.
+      -- Already known (an earlier call, or earlier in this one): enqueue is idempotent by job id.
     elseif not score or score < PARK_SCORE then
       -- Only parked BullMQ jobs may enter a lane; anything else would be run twice or never.
       skipped[#skipped + 1] = id
@@ -955,9 +960,25 @@ elseif op == 'enqueue' then
         end
         if changed then modelCache[model] = nil end
       end
-      if notBefore > now then addTimer(id, org, notBefore, 'delayed') else pushJob(id, org, model, tonumber(ARGV[i + 3]), seq, true) end
+      if notBefore > now then
+        addTimer(id, org, notBefore, 'delayed')
+      else
+        local lane = laneOf(org, model)
+        if not laneAdds[lane] then laneAdds[lane] = {}; lanesSeen[#lanesSeen + 1] = { lane, org } end
+        local adds = laneAdds[lane]
+        -- Score: as pushJob's.
+        adds[#adds + 1] = fmt(tonumber(ARGV[i + 3]) * 2147483648 + seq)
+        adds[#adds + 1] = id
+      end
     end
-    i = i + 10
+  end
+  -- Each lane's jobs in one ZADD, then the lane joins its org's set and the race once (activate reads
+  -- neither the lane's jobs nor anything the loop above writes).
+  for _, lo in ipairs(lanesSeen) do
+    local lane, org = lo[1], lo[2]
+    rcall('ZADD', P_LANE .. lane, unpack(laneAdds[lane]))
+    if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
+    activate(lane, org)
   end
   if ARGV[13] == '1' then return dispatch(skipped) end
   return { {}, '0', now, 0, skipped }
