@@ -155,6 +155,9 @@ export interface FairScheduler {
 
 const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_limited', 'model_blocked', 'retry_backoff']);
 
+/** Script arguments per enqueued job (fair-core-N.lua's enqueue op). */
+const ENTRY_ARGS = 10;
+
 export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const keys = fairKeys({ keyPrefix: opts.keyPrefix, bucketPrefix: opts.bucketPrefix, queue: opts.queue });
   const raw = createFairLua(opts.redis, keys, {
@@ -211,7 +214,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     async enqueue(entries, eopts = {}) {
       const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
-      const flat: Array<Array<string | number>> = [];
+      /** ENTRY_ARGS script arguments per entry, one flat array (no array per entry). */
+      const args: Array<string | number> = [];
       for (const e of entries) {
         if (e.model.includes('|')) throw new RangeError(`model name must not contain '|': ${e.model}`);
         const p = e.priority ?? 0;
@@ -224,15 +228,15 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
           lim = { rpm: l.rpm ?? '', tpm: l.tpm ?? '', orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }
-        flat.push([e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm, e.indexAt ?? '']);
+        args.push(e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm, e.indexAt ?? '');
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;
-      for (let i = 0; i < flat.length || last === undefined; i += chunk) {
-        const part = flat.slice(i, i + chunk);
+      const step = chunk * ENTRY_ARGS;
+      for (let i = 0; i < args.length || last === undefined; i += step) {
         // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
-        const isLast = i + chunk >= flat.length;
-        const r = await raw.enqueue(part.flat(), isLast && eopts.dispatch !== false);
+        const isLast = i + step >= args.length;
+        const r = await raw.enqueue(i === 0 && isLast ? args : args.slice(i, i + step), isLast && eopts.dispatch !== false);
         skipped.push(...r.skipped);
         if (isLast) last = r;
       }

@@ -228,6 +228,8 @@ export function createJobProducer(deps: JobProducerDeps) {
       // Again after the add: of two different requests racing on one key, the loser learns it here.
       await refuseReusedKeys(prepared);
       await lane(prepared);
+      // Only an idempotent job's state is read back (one request per job); the others' is known.
+      if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: jobs[i].id!, state: stateOf(p) }));
       return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
     });
   }
