@@ -236,7 +236,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       for (let i = 0; i < args.length || last === undefined; i += step) {
         // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
         const isLast = i + step >= args.length;
-        const r = await raw.enqueue(i === 0 && isLast ? args : args.slice(i, i + step), isLast && eopts.dispatch !== false);
+        const r = await raw.enqueue(args.slice(i, i + step), isLast && eopts.dispatch !== false);
         skipped.push(...r.skipped);
         if (isLast) last = r;
       }

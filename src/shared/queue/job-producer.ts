@@ -153,11 +153,12 @@ export function createJobProducer(deps: JobProducerDeps) {
       name: `${req.agent}:${req.action}`,
       data,
       // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
-      opts: Object.assign(
-        {},
-        jobDefaults,
-        deps.scheduler ? parkedJobOptions(jobId, opts.priority, now) : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) },
-      ),
+      opts: {
+        ...jobDefaults,
+        ...(deps.scheduler
+          ? parkedJobOptions(jobId, opts.priority, now)
+          : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) }),
+      },
       idempotent: Boolean(opts.idempotencyKey),
       lane,
     };

@@ -400,9 +400,11 @@ end
 -- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
 -- global sequence (global so an org's lanes can be merged in arrival order). priority <= 2^21 and
 -- seq < 2^31 keep the score an exact double.
+local function laneScore(prio, seq) return fmt(prio * 2147483648 + seq) end
+
 local function pushJob(id, org, model, prio, seq)
   local lane = laneOf(org, model)
-  rcall('ZADD', P_LANE .. lane, fmt(prio * 2147483648 + seq), id)
+  rcall('ZADD', P_LANE .. lane, laneScore(prio, seq), id)
   rcall('HSET', P_JOB .. id, 'st', 'lane')
   if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
   activate(lane, org)
@@ -966,8 +968,7 @@ elseif op == 'enqueue' then
         local lane = laneOf(org, model)
         if not laneAdds[lane] then laneAdds[lane] = {}; lanesSeen[#lanesSeen + 1] = { lane, org } end
         local adds = laneAdds[lane]
-        -- Score: as pushJob's.
-        adds[#adds + 1] = fmt(tonumber(ARGV[i + 3]) * 2147483648 + seq)
+        adds[#adds + 1] = laneScore(tonumber(ARGV[i + 3]), seq)
         adds[#adds + 1] = id
       end
     end
