@@ -1,7 +1,7 @@
 import { GoogleGenAI, Type } from '@google/genai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
-import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
+import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, tokenize, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { POLL } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
@@ -117,6 +117,23 @@ describe('gemini emulator through the real SDK', () => {
     expect(u.totalTokenCount).toBe(u.promptTokenCount! + u.candidatesTokenCount!);
     const counted = await ai.models.countTokens({ model: MODEL, contents: prompt });
     expect(counted.totalTokens).toBe(countTokens(prompt));
+  });
+
+  it("counts tokens as its tokenizer splits them, ASCII fast path and Unicode alike", () => {
+    const texts = [
+      '',
+      'snake_case and CamelCase42, 3.14 -- ok?!',
+      'tab\tline\nvt\u000bff\u000ccr\r  end',
+      'ctrl\u0000\u0001\u001f\u007f chars',
+      '{"a":[1,2],"b":"x y"}',
+      'caf\u00e9 na\u00efve \u00e0 la carte',
+      'e\u0301 combining, \u00a0nbsp\u2028sep \u4e2d\u6587 \ud83d\ude00!',
+      'tail non-ASCII at the end \u00e9',
+    ];
+    for (const t of texts) expect(countTokens(t), JSON.stringify(t)).toBe(tokenize(t).length);
+    expect(countTokens('snake_case and CamelCase42, 3.14 -- ok?!')).toBe(12);
+    expect(countTokens('ctrl\u0000\u0001\u001f\u007f chars')).toBe(6);
+    expect(countTokens('a\u00a0b')).toBe(2);
   });
 
   it('stops at maxOutputTokens with finishReason MAX_TOKENS', async () => {

@@ -17,20 +17,38 @@ export interface Rng {
   fork(label: string): Rng;
 }
 
-/** mulberry32: tiny, fast, and good enough to pick words and numbers. */
-export function createRng(seed: number): Rng {
-  let state = seed >>> 0;
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
+/**
+ * mulberry32: tiny, fast, and good enough to pick words and numbers. A class rather than closures: an answer
+ * makes one per fork (per schema field), and under tsx every closure is also renamed (`__name`) as it is made.
+ */
+class Mulberry32 implements Rng {
+  private state: number;
+
+  constructor(private readonly seed: number) {
+    this.state = seed >>> 0;
+  }
+
+  next(): number {
+    this.state = (this.state + 0x6d2b79f5) >>> 0;
+    let t = this.state;
     t = Math.imul(t ^ (t >>> 15), t | 1);
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  return {
-    next,
-    int: (lo, hi) => lo + Math.floor(next() * (hi - lo + 1)),
-    pick: (items) => items[Math.floor(next() * items.length)],
-    fork: (label) => createRng(hash32(label, seed)),
-  };
+  }
+
+  int(lo: number, hi: number): number {
+    return lo + Math.floor(this.next() * (hi - lo + 1));
+  }
+
+  pick<T>(items: readonly T[]): T {
+    return items[Math.floor(this.next() * items.length)];
+  }
+
+  fork(label: string): Rng {
+    return new Mulberry32(hash32(label, this.seed));
+  }
+}
+
+export function createRng(seed: number): Rng {
+  return new Mulberry32(seed);
 }
