@@ -131,10 +131,15 @@ function attemptOf(deps: ProcessorDeps) {
     const model = data.model ?? deps.models[resolved.action.model];
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
-    const controller = new AbortController();
+    // The attempt's own signal, made when first read: an attempt answered from memory never reads it.
+    let controller: AbortController | undefined;
+    let signalNow: AbortSignal | undefined;
+    let cancelled = false;
     const gate = deps.gate;
 
     let estimated: number | undefined;
+    // Read twice by the rate-limit guard's usage correction: one JSON.stringify of the input, not two.
+    let prepaidEstimate: number | undefined;
     const ctx: JobContext = {
       job,
       token,
@@ -145,7 +150,18 @@ function attemptOf(deps: ProcessorDeps) {
       action: resolved.action,
       input,
       model,
-      signal: controller.signal,
+      get signal() {
+        if (!signalNow) {
+          controller = new AbortController();
+          if (cancelled) controller.abort(new Error(CANCELLED_REASON));
+          signalNow = controller.signal;
+        }
+        return signalNow;
+      },
+      // A guard may hand its inner links a signal of its own (route-guard.ts) and then put this one back.
+      set signal(s: AbortSignal) {
+        signalNow = s;
+      },
       logger,
       // Read only when the rate limiter charges a call itself (not the dispatcher's prepaid first call).
       get estimatedTokens() {
@@ -160,7 +176,7 @@ function attemptOf(deps: ProcessorDeps) {
             prepaid: {
               model,
               get charged() {
-                return data.tier === 'batch' ? 0 : estimateTokens(data.input);
+                return (prepaidEstimate ??= data.tier === 'batch' ? 0 : estimateTokens(data.input));
               },
             },
             charge: (m: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => gate.correct(data.orgId, m, d),
@@ -238,7 +254,10 @@ function attemptOf(deps: ProcessorDeps) {
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }
 
-    const onCancel = () => controller.abort(new Error(CANCELLED_REASON));
+    const onCancel = () => {
+      cancelled = true;
+      controller?.abort(new Error(CANCELLED_REASON));
+    };
     if (signal?.aborted) onCancel();
     signal?.addEventListener('abort', onCancel, { once: true });
     started = performance.now();
@@ -266,7 +285,7 @@ function attemptOf(deps: ProcessorDeps) {
       return result;
     } catch (err) {
       const outcome = classify(err);
-      if (outcome.kind === 'delay' && !controller.signal.aborted) {
+      if (outcome.kind === 'delay' && !cancelled) {
         deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
@@ -278,7 +297,7 @@ function attemptOf(deps: ProcessorDeps) {
       }
       const message = err instanceof Error ? err.message : String(err);
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
-      // gets here when the job was cancelled, since `controller` aborts on cancellation only.
+      // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
       if (signal?.aborted || outcome.kind === 'delay') {
         await record(rowOf({ state: 'failed', error: CANCELLED_REASON }));
         logger.info('job cancelled while running');

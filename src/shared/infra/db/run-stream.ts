@@ -5,9 +5,15 @@ import type { AgentRun } from './agent-runs.js';
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
 
-/** Stamped with the attempt's end time here: the row's `created_at` must not move to whenever the sink commits it. */
+/**
+ * The row as JSON, `createdAt` an ISO string (a Date serialises as one). Stamped with the attempt's end time
+ * here when unset: the row's `created_at` must not move to whenever the sink commits it. Spliced in rather
+ * than spread into a copy of the row: the ~20-field spread cost several times the stringify itself.
+ */
 export function encodeRun(run: AgentRun): string {
-  return JSON.stringify({ ...run, createdAt: (run.createdAt ?? new Date()).toISOString() });
+  const json = JSON.stringify(run);
+  if (run.createdAt) return json;
+  return `${json.slice(0, -1)}${json.length > 2 ? ',' : ''}"createdAt":"${new Date().toISOString()}"}`;
 }
 
 export function decodeRun(json: string): AgentRun {

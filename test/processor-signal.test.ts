@@ -1,0 +1,99 @@
+import type { Job } from 'bullmq';
+import { describe, expect, it } from 'vitest';
+import { createLogger } from '../src/shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { JobContext } from '../src/workers/middleware.js';
+import { createAgentProcessor } from '../src/workers/processor.js';
+
+const silent = createLogger({ level: 'silent' });
+const RESULT = { success: true, data: {}, tokensUsed: { input: 1, output: 1 }, model: 'gemini-fast', costUsd: 0 } as unknown as AgentResult;
+
+function job(): Job<AgentJobData, AgentResult> {
+  return {
+    id: 'job-1',
+    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now() } as AgentJobData,
+    attemptsMade: 0,
+    opts: { attempts: 3 },
+  } as unknown as Job<AgentJobData, AgentResult>;
+}
+
+/** The processor with `chain` as its guard chain: no gate, no Redis. */
+function processorWith(chain: (ctx: JobContext) => Promise<AgentResult>) {
+  return createAgentProcessor({
+    agents: { resolve: () => ({ agent: {} as never, action: { model: 'fast' } as never }), validateInput: (_a, _b, input) => input },
+    chain,
+    runs: { record: async () => undefined },
+    models: { fast: 'gemini-fast', pro: 'gemini-pro' },
+    logger: silent,
+  });
+}
+
+const failureOf = (p: Promise<unknown>) =>
+  p.then(
+    () => expect.unreachable('the attempt must fail'),
+    (e: unknown) => e as Error & { code?: string },
+  );
+
+/** The attempt's signal is made when first read (src/workers/processor.ts); a cancel must reach it whenever that is. */
+describe("the attempt's abort signal", () => {
+  it('reads as aborted when the job was cancelled before the chain first read it', async () => {
+    const bullmq = new AbortController();
+    bullmq.abort();
+    let seen: boolean | undefined;
+    const err = await failureOf(
+      processorWith(async (ctx) => {
+        seen = ctx.signal.aborted;
+        throw new Error('the call saw its signal aborted');
+      })(job(), 'token', bullmq.signal),
+    );
+    expect(seen).toBe(true);
+    expect(err.code).toBe('ECANCELLED');
+  });
+
+  it('aborts a signal already read when the cancel comes later, and only then', async () => {
+    const bullmq = new AbortController();
+    const states: boolean[] = [];
+    const err = await failureOf(
+      processorWith(async (ctx) => {
+        const signal = ctx.signal;
+        states.push(signal.aborted);
+        bullmq.abort();
+        states.push(signal.aborted, ctx.signal === signal);
+        throw new Error('aborted');
+      })(job(), 'token', bullmq.signal),
+    );
+    expect(states).toEqual([false, true, true]);
+    expect(err.code).toBe('ECANCELLED');
+  });
+
+  it('is made after a cancel that came before its first read, already aborted', async () => {
+    const bullmq = new AbortController();
+    let seen: boolean | undefined;
+    const err = await failureOf(
+      processorWith(async (ctx) => {
+        bullmq.abort();
+        seen = ctx.signal.aborted;
+        throw new Error('aborted');
+      })(job(), 'token', bullmq.signal),
+    );
+    expect(seen).toBe(true);
+    expect(err.code).toBe('ECANCELLED');
+  });
+
+  it('can be swapped by a guard for its inner links and put back', async () => {
+    const inner = new AbortController();
+    const seen: AbortSignal[] = [];
+    const result = await processorWith(async (ctx) => {
+      const outer = ctx.signal;
+      ctx.signal = inner.signal;
+      seen.push(ctx.signal);
+      ctx.signal = outer;
+      seen.push(ctx.signal, outer);
+      return RESULT;
+    })(job(), 'token', new AbortController().signal);
+    expect(result).toBe(RESULT);
+    expect(seen[0]).toBe(inner.signal);
+    expect(seen[1]).toBe(seen[2]);
+    expect(seen[1].aborted).toBe(false);
+  });
+});
