@@ -29,7 +29,7 @@ describe('queue shards on a Redis Cluster', () => {
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3 });
-    s = await startStack({ REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: prefix, QUEUE_SHARDS: String(SHARDS), ADMIN_TOKEN: 'shards-admin-token' }, { worker: true });
+    s = await startStack({ REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: prefix, QUEUE_SHARDS: String(SHARDS), ADMIN_TOKEN: 'shards-admin-token', REDIS_AUTO_PIPELINING: 'on' }, { worker: true });
     const owners = await Promise.all(layout.prefixes.map((p) => cluster.ownerOf(p)));
     const perOwner = new Map<number, number>();
     for (let i = 0; orgs.length < 6; i++) {

@@ -27,7 +27,8 @@ describe('Redis Cluster mode', () => {
     owner = await cluster.ownerOf(`{${tag}}`);
     // Seeded only with nodes that do not own the slot: without a cluster client this start fails with MOVED.
     const seeds = cluster.nodes.filter((n) => n.port !== owner).map((n) => `127.0.0.1:${n.port}`).join(',');
-    s = await startStack({ REDIS_CLUSTER_NODES: seeds, QUEUE_PREFIX: `{${tag}}`, ADMIN_TOKEN: 'cluster-admin-token' }, { worker: true });
+    // Auto-pipelined as a worker with 16 or more jobs at once is (REDIS_AUTO_PIPELINING auto): ioredis then pipelines per node.
+    s = await startStack({ REDIS_CLUSTER_NODES: seeds, QUEUE_PREFIX: `{${tag}}`, ADMIN_TOKEN: 'cluster-admin-token', REDIS_AUTO_PIPELINING: 'on' }, { worker: true });
   }, 60_000);
   afterAll(async () => {
     await s?.close();

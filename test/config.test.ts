@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, configSchema, parseConfig } from '../src/shared/core/config.js';
+import { AUTO_PIPELINING_FROM_CONCURRENCY, workerAutoPipelining } from '../src/shared/infra/redis/connection.js';
 
 const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
 const listed = Object.fromEntries(
@@ -31,6 +32,17 @@ describe('configuration', () => {
       expect((err as Error).message).not.toContain('secret');
       expect((err as Error).message.split('\n')).toHaveLength(1);
     }
+  });
+
+  it('auto-pipelines a worker from 16 concurrent jobs unless told otherwise', () => {
+    const at = (env: Record<string, string>) => workerAutoPipelining(parseConfig(env));
+    expect(AUTO_PIPELINING_FROM_CONCURRENCY).toBe(16);
+    expect(at({})).toBe(false); // the default concurrency, 10
+    expect(at({ WORKER_CONCURRENCY: '15' })).toBe(false);
+    expect(at({ WORKER_CONCURRENCY: '16' })).toBe(true);
+    expect(at({ WORKER_CONCURRENCY: '2', REDIS_AUTO_PIPELINING: 'on' })).toBe(true);
+    expect(at({ WORKER_CONCURRENCY: '100', REDIS_AUTO_PIPELINING: 'off' })).toBe(false);
+    expect(() => parseConfig({ REDIS_AUTO_PIPELINING: 'yes' })).toThrow(/^Invalid environment variable REDIS_AUTO_PIPELINING="yes": /);
   });
 
   it('parses JSON-valued variables', () => {

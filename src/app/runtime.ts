@@ -23,7 +23,7 @@ import { queueShards } from '../shared/core/queue-shards.js';
 import { adoptShardLayout } from '../shared/queue/shard-layout.js';
 import { createCell } from './cell.js';
 import { routeJobService, routeProducer } from './cell-routing.js';
-import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
+import { createRedis, whenReady, workerAutoPipelining } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
 import { combineWorkers, createWorkerConnections, createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { createConcurrencyPool } from '../workers/concurrency-pool.js';
@@ -116,7 +116,7 @@ export async function startRuntime(opts: {
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
-    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true }) : undefined;
+    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: workerAutoPipelining(cfg) }) : undefined;
     if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
     // One set of guards for the process (one breaker, shared connections), a chain per shard.
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
@@ -124,7 +124,7 @@ export async function startRuntime(opts: {
     const leaseError = (err: unknown, model: string) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed');
     // One command connection, subscriber and usage appender for every shard's worker (each BullMQ worker still
     // has its own blocking connection): 3 connections a process instead of 3 a shard.
-    const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget) : undefined;
+    const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg)) : undefined;
     if (shared) workerResources.push({ close: async () => shared.close() });
     const services = cells.map((cell) => {
       const shardGuards = guards.forShard(cell.prefix);

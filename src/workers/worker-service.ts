@@ -7,7 +7,7 @@ import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import { createVectorSearch } from '../shared/knowledge/vector-search.js';
-import { createRedis } from '../shared/infra/redis/connection.js';
+import { createRedis, workerAutoPipelining } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import { createAgentWorker } from './agent-worker.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
@@ -66,7 +66,7 @@ export function createWorkerService(opts: {
   const { cfg, infra, logger } = opts;
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
   const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY)).member();
-  const own = opts.shared ? undefined : createWorkerConnections(infra.redisTarget);
+  const own = opts.shared ? undefined : createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg));
   const { connection, subscriber, usageRedis } = opts.shared ?? own!;
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
@@ -199,12 +199,12 @@ export interface WorkerConnections {
 }
 
 /** The connections a worker needs beside its blocking ones (one set per process, shared by its shards' workers). */
-export function createWorkerConnections(target: RedisTarget): WorkerConnections {
+export function createWorkerConnections(target: RedisTarget, autoPipelining: boolean): WorkerConnections {
   const connection = createRedis(target, 'worker');
   const subscriber = createRedis(target, 'subscriber');
-  // Auto-pipelined: the rows that concurrent jobs append in one tick leave in one socket write (BullMQ's own
-  // connection is left as BullMQ configures it).
-  const usageRedis = createRedis(target, 'worker', { enableAutoPipelining: true });
+  // Auto-pipelined when the process runs enough jobs at once (workerAutoPipelining): the rows that concurrent
+  // jobs append in one tick leave in one socket write (BullMQ's own connection is left as BullMQ configures it).
+  const usageRedis = createRedis(target, 'worker', { enableAutoPipelining: autoPipelining });
   return {
     connection,
     subscriber,

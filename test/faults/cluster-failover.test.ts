@@ -27,7 +27,7 @@ describe('Redis Cluster failover', () => {
 
   beforeAll(async () => {
     cluster = await startLocalCluster({ primaries: 3, replicas: 1 });
-    s = await startStack({ ...UNTHROTTLED, REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: `{${tag}}`, QUEUE_SHARDS: String(SHARDS), WORKER_CONCURRENCY: '8' }, { worker: true });
+    s = await startStack({ ...UNTHROTTLED, REDIS_CLUSTER_NODES: cluster.seeds, QUEUE_PREFIX: `{${tag}}`, QUEUE_SHARDS: String(SHARDS), WORKER_CONCURRENCY: '8', REDIS_AUTO_PIPELINING: 'on' }, { worker: true });
   }, 90_000);
   afterAll(async () => {
     await s?.close();

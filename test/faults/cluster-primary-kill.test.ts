@@ -41,6 +41,8 @@ describe('Redis Cluster primary killed', () => {
         REDIS_CLUSTER_NODES: cluster.seeds,
         QUEUE_PREFIX: `{${tag}}`, QUEUE_SHARDS: String(SHARDS),
         WORKER_CONCURRENCY: '8',
+        // Pipelined per node through the kill, as a worker running 16 or more jobs at once is.
+        REDIS_AUTO_PIPELINING: 'on',
         // The production deadlines (the test stack's are 20 s / 30 s for loaded machines): with them a
         // request during the election fails as it would in production, instead of waiting the outage out.
         REDIS_COMMAND_TIMEOUT_MS: '2000',

@@ -151,6 +151,12 @@ export const configSchema = z.object({
   BATCH_DEADLINE_MARGIN_MS: int(600_000, 1),
 
   WORKER_CONCURRENCY: int(10, 1),
+  /**
+   * ioredis auto-pipelining on a worker's command connections (guards, fair dispatcher, usage rows): `auto` turns
+   * it on from 16 concurrent jobs, where commands of several jobs share a tick and leave in one write; below,
+   * it would cost each command a pipeline of its own and a deferred write (infra/redis/connection.ts).
+   */
+  REDIS_AUTO_PIPELINING: z.enum(['auto', 'on', 'off']).default('auto'),
   /** Flow parents and pipeline runs mostly wait on their children, so this can be well above WORKER_CONCURRENCY. */
   FLOWS_CONCURRENCY: int(50, 1),
   JOB_ATTEMPTS: int(3, 1),

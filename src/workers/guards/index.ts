@@ -12,7 +12,7 @@ import { modelLimitsFromConfig } from '../../shared/limits/model-limits.js';
 import { createTokenBuckets } from '../../shared/limits/token-bucket.js';
 import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
-import { createRedis } from '../../shared/infra/redis/connection.js';
+import { createRedis, workerAutoPipelining } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import { DelayJobError, type ClaimPrep, type JobContext, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
@@ -74,9 +74,10 @@ export function createWorkerGuards(opts: {
   queuePrefixes?: readonly string[];
 }): WorkerGuards {
   const { cfg, infra } = opts;
-  // Auto-pipelined: the lookups, stores and breaker records of concurrent jobs issued in one tick go out in
-  // one socket write instead of one write each (no blocking command ever runs on this connection).
-  const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: true });
+  // Auto-pipelined from 16 concurrent jobs: the lookups, stores and breaker records of concurrent jobs issued
+  // in one tick go out in one socket write instead of one write each (no blocking command ever runs on this
+  // connection); below, each command would pay for a pipeline of its own.
+  const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: workerAutoPipelining(cfg) });
   const queuePrefixes = opts.queuePrefixes ?? [cfg.QUEUE_PREFIX];
   const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
