@@ -17,7 +17,6 @@ export type RedisTarget =
   | string
   | { cluster: Array<{ host: string; port: number }>; password?: string; username?: string; tls?: boolean; natMap?: Record<string, { host: string; port: number }> };
 
-/** The target the config names: REDIS_CLUSTER_NODES wins over REDIS_URL (which still lends user/password). */
 /**
  * From this many concurrent jobs in a worker process, its commands are auto-pipelined (REDIS_AUTO_PIPELINING
  * `auto`). ioredis then defers every command to the loop's next check phase and sends it in a pipeline it
@@ -34,6 +33,7 @@ export function workerAutoPipelining(cfg: Pick<Config, 'REDIS_AUTO_PIPELINING' |
   return cfg.WORKER_CONCURRENCY >= AUTO_PIPELINING_FROM_CONCURRENCY;
 }
 
+/** The target the config names: REDIS_CLUSTER_NODES wins over REDIS_URL (which still lends user/password). */
 export function redisTargetOf(cfg: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES' | 'REDIS_PASSWORD' | 'REDIS_TLS' | 'REDIS_NAT_MAP'>): RedisTarget {
   if (!cfg.REDIS_CLUSTER_NODES) return cfg.REDIS_URL;
   const url = new URL(cfg.REDIS_URL);
