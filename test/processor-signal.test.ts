@@ -36,19 +36,23 @@ const failureOf = (p: Promise<unknown>) =>
 
 /** The attempt's signal is made when first read (src/workers/processor.ts); a cancel must reach it whenever that is. */
 describe("the attempt's abort signal", () => {
-  it('reads as aborted when the job was cancelled before the chain first read it', async () => {
+  /** A cancel before the chain's first read of the signal (`when`: before the attempt started, or inside the chain). */
+  async function cancelledBeforeFirstRead(when: 'before the attempt' | 'inside the chain') {
     const bullmq = new AbortController();
-    bullmq.abort();
+    if (when === 'before the attempt') bullmq.abort();
     let seen: boolean | undefined;
     const err = await failureOf(
       processorWith(async (ctx) => {
+        if (when === 'inside the chain') bullmq.abort();
         seen = ctx.signal.aborted;
         throw new Error('the call saw its signal aborted');
       })(job(), 'token', bullmq.signal),
     );
     expect(seen).toBe(true);
     expect(err.code).toBe('ECANCELLED');
-  });
+  }
+
+  it('reads as aborted when the job was cancelled before the attempt started', () => cancelledBeforeFirstRead('before the attempt'));
 
   it('aborts a signal already read when the cancel comes later, and only then', async () => {
     const bullmq = new AbortController();
@@ -66,19 +70,7 @@ describe("the attempt's abort signal", () => {
     expect(err.code).toBe('ECANCELLED');
   });
 
-  it('is made after a cancel that came before its first read, already aborted', async () => {
-    const bullmq = new AbortController();
-    let seen: boolean | undefined;
-    const err = await failureOf(
-      processorWith(async (ctx) => {
-        bullmq.abort();
-        seen = ctx.signal.aborted;
-        throw new Error('aborted');
-      })(job(), 'token', bullmq.signal),
-    );
-    expect(seen).toBe(true);
-    expect(err.code).toBe('ECANCELLED');
-  });
+  it('is made already aborted after a cancel during the chain but before its first read', () => cancelledBeforeFirstRead('inside the chain'));
 
   it('can be swapped by a guard for its inner links and put back', async () => {
     const inner = new AbortController();
