@@ -84,10 +84,7 @@ export interface FairSchedulerOptions {
   bufferRatio?: number;
   maxBatch?: number;
   sweepMax?: number;
-  /**
-   * Ids per enqueue script call (bounds the time one call blocks Redis); at most 2000: the script's ZADDs
-   * unpack two values per job, and Redis's Lua unpacks 8000 at most.
-   */
+  /** Ids per enqueue script call (bounds the time one call blocks Redis); at most MAX_ENQUEUE_CHUNK. */
   enqueueChunk?: number;
   /**
    * QUEUE_SHARDS > 1: `modelLimits` are the models' global limits, held in global buckets this shard leases
@@ -157,6 +154,8 @@ const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_lim
 
 /** Script arguments per enqueued job (fair-core-N.lua's enqueue op). */
 const ENTRY_ARGS = 10;
+/** The most jobs one enqueue call takes: its ZADDs unpack two values per job, and Redis's Lua unpacks 8000 at most. */
+const MAX_ENQUEUE_CHUNK = 2000;
 
 export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
   const keys = fairKeys({ keyPrefix: opts.keyPrefix, bucketPrefix: opts.bucketPrefix, queue: opts.queue });
@@ -168,7 +167,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     maxBatch: opts.maxBatch ?? 500,
     sweepMax: opts.sweepMax ?? 100,
   });
-  const chunk = Math.min(opts.enqueueChunk ?? 500, 2000);
+  const chunk = Math.min(opts.enqueueChunk ?? 500, MAX_ENQUEUE_CHUNK);
   const bucketKeyPrefix = guardKeys.tokenBucket(opts.bucketPrefix, '');
 
   const listeners = new Set<(r: DispatchResult) => void>();
