@@ -336,6 +336,59 @@ describe('fair scheduler round trips', () => {
     expect(await c.redis.lrange(wait, 0, -1)).toEqual([...r.promoted].reverse());
   });
 
+  it("a run of one org's jobs writes its virtual time once; mixed weights still dispatch in weighted fair queueing's exact order", async () => {
+    // Room for both dispatches: the first one's 5 jobs stay in BullMQ's wait list.
+    const c = await setup({ bufferTarget: 45 });
+    const { vt, lanes } = c.scheduler.keys.named;
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    const solo = randomOrg();
+    await c.scheduler.setPlan(solo, { weight: 2, concurrency: 5 });
+    await c.add(solo, 8);
+    seen.length = 0;
+    expect(await c.scheduler.dispatch()).toMatchObject({ promoted: expect.any(Array) });
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true));
+    const count = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
+    // The only lane, up to its org's cap of 5: one read of the top lanes, then the one that finds none left; one
+    // write of the org's vt, when the 6th try parks the lane at the cap. A command per job wrote it 5 times and
+    // read the top 6 times.
+    expect(count('ZRANGE', lanes)).toBe(2);
+    expect(count('HSET', vt)).toBe(1);
+    expect(Number(await c.redis.hget(vt, solo))).toBe(5 / 2);
+    expect(await c.redis.zscore(lanes, `${solo}|${FLASH}`)).toBeNull();
+
+    // Weights 4, 2 and 1 (exact binary steps): the order a per-job pick of the lowest (vt, lane) gives. Ties go to
+    // the lane first by name, so the heaviest org is named last: a run going on at a tie would show.
+    const base = randomOrg();
+    const orgs = [`${base}-c`, `${base}-b`, `${base}-a`];
+    const weights = [4, 2, 1];
+    for (const [i, org] of orgs.entries()) {
+      await c.scheduler.setPlan(org, { weight: weights[i] });
+      await c.add(org, 20);
+    }
+    const start = Number(await c.redis.get(c.scheduler.keys.named.gvt));
+    const sim = orgs.map((org, i) => ({ org, lane: `${org}|${FLASH}`, vt: start, w: weights[i], left: 20 }));
+    const want: string[] = [];
+    for (let k = 0; k < 40; k++) {
+      const next = sim.filter((l) => l.left > 0).reduce((m, l) => (l.vt < m.vt || (l.vt === m.vt && l.lane < m.lane) ? l : m));
+      want.push(next.org);
+      next.vt += 1 / next.w;
+      next.left--;
+    }
+    seen.length = 0;
+    const r = await c.scheduler.dispatch();
+    monitor.close();
+    expect(r.promoted.map(orgOf)).toEqual(want);
+    for (const l of sim) {
+      expect(Number(await c.redis.hget(vt, l.org))).toBe(l.vt);
+      // An emptied lane is no candidate any more; the others sit at their org's vt.
+      expect(await c.redis.zscore(lanes, l.lane)).toBe(l.left > 0 ? String(l.vt) : null);
+    }
+    expect(count('HSET', vt)).toBeLessThan(40);
+  });
+
   it('refuses to lane a job that is not parked in BullMQ', async () => {
     const c = await setup();
     await c.queue.add('j', {}, { jobId: 'plain' });
@@ -856,6 +909,27 @@ describe('fair scheduler limits', () => {
     // Not holding a slot (never dispatched), cancelled or not: both answers still come back.
     await c.redis.set(cancelRequestedKey(c.prefix, 'unknown'), '1');
     expect(await c.scheduler.claim('unknown')).toEqual({ held: false, cancelled: true });
+  });
+
+  it('a claim renews its lease in the command that finds it, never shortens it, and holds when the renewal changes nothing', async () => {
+    const c = await setup({ leaseMs: 60_000 });
+    const org = randomOrg();
+    const [a, b] = await c.add(org, 2);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([a, b]);
+    const { leases } = c.scheduler.keys.named;
+    // a: an old lease, renewed to now + leaseMs. b: one already longer, which the renewal leaves as it is (the
+    // command that renews then answers 0, as it does for a job dispatched in the claim's own millisecond): held.
+    await c.redis.zadd(leases, 1, a);
+    const far = Date.now() + 3_600_000;
+    await c.redis.zadd(leases, far, b);
+    const before = await c.redisNow();
+    expect(await c.scheduler.claim(a)).toEqual({ held: true, cancelled: false });
+    expect(Number(await c.redis.zscore(leases, a))).toBeGreaterThanOrEqual(before + 60_000);
+    expect(await c.scheduler.claim(b)).toEqual({ held: true, cancelled: false });
+    expect(Number(await c.redis.zscore(leases, b))).toBe(far);
+    // No lease, no slot: the claim creates none.
+    expect(await c.scheduler.claim('never-dispatched')).toEqual({ held: false, cancelled: false });
+    expect(await c.redis.zscore(leases, 'never-dispatched')).toBeNull();
   });
 
   it('a held claim runs the job\'s result-cache lookup in the same call; singleFlight then starts from its reply', async () => {

@@ -181,15 +181,19 @@ export async function startMonitor(url: string) {
  */
 async function startWindowProfile(): Promise<(() => Promise<void>) | undefined> {
   const prefix = process.env.BENCH_CPU_PROFILE;
+  // BENCH_HEAP_PROFILE=1 (with BENCH_CPU_PROFILE): a sampling heap profile of the same window instead, to
+  // `<prefix>-<n>.heapprofile`, for where the window's garbage is allocated.
+  const heap = process.env.BENCH_HEAP_PROFILE === '1';
   if (!prefix) return undefined;
   const session = new Session();
   session.connect();
-  const post = (method: string) => new Promise<unknown>((resolve, reject) => session.post(method, (err, res) => (err ? reject(err) : resolve(res))));
-  await post('Profiler.enable');
-  await post('Profiler.start');
+  const post = (method: string, params?: object) => new Promise<unknown>((resolve, reject) => session.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
+  await post(heap ? 'HeapProfiler.enable' : 'Profiler.enable');
+  // Objects collected during the window are kept in the profile too: the window's allocations, not what lives on.
+  await post(heap ? 'HeapProfiler.startSampling' : 'Profiler.start', heap ? { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } : undefined);
   return async () => {
-    const { profile } = (await post('Profiler.stop')) as { profile: unknown };
-    writeFileSync(`${prefix}-${++profiles}.cpuprofile`, JSON.stringify(profile));
+    const { profile } = (await post(heap ? 'HeapProfiler.stopSampling' : 'Profiler.stop')) as { profile: unknown };
+    writeFileSync(`${prefix}-${++profiles}.${heap ? 'heapprofile' : 'cpuprofile'}`, JSON.stringify(profile));
     session.disconnect();
   };
 }

@@ -135,9 +135,11 @@ local function claimOwn(id)
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   local cancelled = rcall('EXISTS', P_CANCEL .. id)
-  local held = rcall('ZSCORE', K_LEASES, id) and 1 or 0
+  -- The lease renewed in the command that tells whether there is one (XX: never created; GT: never shortened).
+  -- 0 also when the new expiry equals the old one (dispatched in this millisecond): then ZSCORE tells.
+  local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', fmt(now + LEASE_MS), id)
+  if held == 0 and rcall('ZSCORE', K_LEASES, id) then held = 1 end
   if held == 1 then
-    rcall('ZADD', K_LEASES, fmt(now + LEASE_MS), id)
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
     local progress = ARGV[14]
@@ -345,6 +347,12 @@ local function setVt(org, v)
   for _, l in ipairs(orgLanes(org)) do
     rcall('ZADD', K_LANES, 'XX', fmt(v), l)
   end
+end
+
+-- setVt for an org whose only lane is `lane`, as the dispatch's runs know it: `candidate` when the lane is in K_LANES.
+local function writeVt(org, v, lane, candidate)
+  rcall('HSET', K_VT, org, fmt(v))
+  if candidate then rcall('ZADD', K_LANES, 'XX', fmt(v), lane) end
 end
 
 -- An org (re)joining the race starts at the global virtual time: it is owed nothing for the time it was
@@ -573,8 +581,10 @@ local function flushDispatched()
   leaseAdds, inflightAdded, inflightRead, waitPushes, markerDue = {}, {}, {}, {}, false
 end
 
--- Tries to dispatch the head job of `lane`: returns its id, or nil after parking the lane where it waits.
-local function tryLane(lane, org, model, v)
+-- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it and whether the lane
+-- is still a candidate; or nil after parking the lane where it waits. `deferVt`: the caller writes that virtual
+-- time (a run of one lane, see dispatch), not this call.
+local function tryLane(lane, org, model, v, deferVt)
   -- The second entry only tells whether the lane still holds a job after the head leaves.
   local head = rcall('ZRANGE', P_LANE .. lane, 0, 1)
   if #head == 0 then
@@ -675,7 +685,8 @@ local function tryLane(lane, org, model, v)
     gvtValue = v
     gvtDirty = true
   end
-  setVt(org, v + 1 / p.weight)
+  local nv = v + 1 / p.weight
+  if not deferVt then setVt(org, nv) end
   -- A request-count bucket this job emptied refuses the lane's next job until it refills: the lane sleeps
   -- now, as the next try would make it (same wake time or earlier; the wake-up checks every bucket again),
   -- instead of being read again by this call and woken again for the same answer.
@@ -690,7 +701,7 @@ local function tryLane(lane, org, model, v)
   end
   local emptied = #head < 2 and dropLaneIfEmpty(lane, org)
   if not emptied and nextLimit then sleepLane(lane, math.ceil(nowF + nextWait), nextLimit) end
-  return id
+  return id, nv, not emptied and not nextLimit
 end
 
 -- BullMQ's promote (bullmq 6.x commands/promote-9.lua with its includes addJobInTargetList,
@@ -802,21 +813,41 @@ local function dispatch(skipped, knownDue, knownRoom)
   if limit > MAX_BATCH then limit = MAX_BATCH end
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
+  -- A run: the lane of an org with no other lane goes on dispatching while its org's virtual time stays below the
+  -- runner-up lane's score (read with the top one), so it would be chosen next anyway: the vt is written once
+  -- when the run ends (writeVt), not per job (HSET + ZADD), and the top is not read again (ZRANGE) meanwhile.
+  local run = nil
   while #out < limit do
-    local top = rcall('ZRANGE', K_LANES, 0, 0, 'WITHSCORES')
-    if #top == 0 then break end
+    local lane, org, model, v, bound, single
+    if run then
+      lane, org, model, v, bound, single = run.lane, run.org, run.model, run.vt, run.bound, true
+    else
+      local top = rcall('ZRANGE', K_LANES, 0, 1, 'WITHSCORES')
+      if #top == 0 then break end
+      org = splitLane(top[1])
+      lane = bestLaneOf(org, top[1])
+      model = select(2, splitLane(lane))
+      v, bound, single = tonumber(top[2]), tonumber(top[4]), #orgLanes(org) < 2
+    end
     tries = tries + 1
     if tries > limit + SWEEP_MAX then
       more = 1
       break
     end
-    local org = splitLane(top[1])
-    local lane = bestLaneOf(org, top[1])
-    local _, model = splitLane(lane)
-    local id = tryLane(lane, org, model, tonumber(top[2]))
+    local id, nv, stays = tryLane(lane, org, model, v, single)
+    if single then
+      if id and stays and (bound == nil or nv < bound) then
+        run = { lane = lane, org = org, model = model, vt = nv, bound = bound }
+      else
+        -- The lane just parked (asleep, capped, emptied) is no candidate any more: only the org's vt is written.
+        if id then writeVt(org, nv, lane, stays) elseif run then writeVt(org, run.vt, lane, false) end
+        run = nil
+      end
+    end
     -- A leased job that is no longer parked (removed meanwhile) keeps its lease: the lease sweep recovers it.
     if id and promoteParked(id) then out[#out + 1] = id end
   end
+  if run then writeVt(run.org, run.vt, run.lane, true) end
   if #out >= MAX_BATCH then more = 1 end
   flushDispatched()
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
