@@ -349,7 +349,7 @@ local function setVt(org, v)
   end
 end
 
--- setVt for an org whose only lane is `lane`, as the dispatch's runs know it: `candidate` when the lane is in K_LANES.
+-- setVt for an org whose only lane is `lane` (a dispatch's run, below): its score moves too while it is a candidate.
 local function writeVt(org, v, lane, candidate)
   rcall('HSET', K_VT, org, fmt(v))
   if candidate then rcall('ZADD', K_LANES, 'XX', fmt(v), lane) end
