@@ -837,9 +837,10 @@ local function dispatch(skipped, knownDue, knownRoom)
     local id, nv, stays = tryLane(lane, org, model, v, single)
     if single then
       if id and stays and (bound == nil or nv < bound) then
-        run = { lane = lane, org = org, model = model, vt = nv, bound = bound }
+        if run then run.vt = nv else run = { lane = lane, org = org, model = model, vt = nv, bound = bound } end
       else
-        -- The lane just parked (asleep, capped, emptied) is no candidate any more: only the org's vt is written.
+        -- The run is over: the runner-up comes next, or this try parked the lane (asleep, capped, emptied), which is
+        -- then no candidate any more and only its org's vt is written (a failed try leaves the run's vt as it was).
         if id then writeVt(org, nv, lane, stays) elseif run then writeVt(org, run.vt, lane, false) end
         run = nil
       end
