@@ -353,7 +353,7 @@ describe('fair scheduler round trips', () => {
     const count = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
     // The only lane, up to its org's cap of 5: one read of the top lanes, then the one that finds none left; one
     // write of the org's vt, when the 6th try parks the lane at the cap. A command per job wrote it 5 times and
-    // read the top 6 times.
+    // read the top 7 times.
     expect(count('ZRANGE', lanes)).toBe(2);
     expect(count('HSET', vt)).toBe(1);
     expect(Number(await c.redis.hget(vt, solo))).toBe(5 / 2);
