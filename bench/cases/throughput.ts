@@ -181,19 +181,21 @@ export async function startMonitor(url: string) {
  */
 async function startWindowProfile(): Promise<(() => Promise<void>) | undefined> {
   const prefix = process.env.BENCH_CPU_PROFILE;
-  // BENCH_HEAP_PROFILE=1 (with BENCH_CPU_PROFILE): a sampling heap profile of the same window instead, to
-  // `<prefix>-<n>.heapprofile`, for where the window's garbage is allocated.
-  const heap = process.env.BENCH_HEAP_PROFILE === '1';
   if (!prefix) return undefined;
+  // BENCH_HEAP_PROFILE=1: a sampling heap profile of the same window instead, for where its garbage is allocated
+  // (objects collected during the window kept: the window's allocations, not what lives on).
+  const p =
+    process.env.BENCH_HEAP_PROFILE === '1'
+      ? { domain: 'HeapProfiler', start: 'startSampling', stop: 'stopSampling', ext: 'heapprofile', params: { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } }
+      : { domain: 'Profiler', start: 'start', stop: 'stop', ext: 'cpuprofile', params: undefined };
   const session = new Session();
   session.connect();
-  const post = (method: string, params?: object) => new Promise<unknown>((resolve, reject) => session.post(method, params, (err, res) => (err ? reject(err) : resolve(res))));
-  await post(heap ? 'HeapProfiler.enable' : 'Profiler.enable');
-  // Objects collected during the window are kept in the profile too: the window's allocations, not what lives on.
-  await post(heap ? 'HeapProfiler.startSampling' : 'Profiler.start', heap ? { samplingInterval: 16384, includeObjectsCollectedByMajorGC: true, includeObjectsCollectedByMinorGC: true } : undefined);
+  const post = (method: string, params?: object) => new Promise<unknown>((resolve, reject) => session.post(`${p.domain}.${method}`, params, (err, res) => (err ? reject(err) : resolve(res))));
+  await post('enable');
+  await post(p.start, p.params);
   return async () => {
-    const { profile } = (await post(heap ? 'HeapProfiler.stopSampling' : 'Profiler.stop')) as { profile: unknown };
-    writeFileSync(`${prefix}-${++profiles}.${heap ? 'heapprofile' : 'cpuprofile'}`, JSON.stringify(profile));
+    const { profile } = (await post(p.stop)) as { profile: unknown };
+    writeFileSync(`${prefix}-${++profiles}.${p.ext}`, JSON.stringify(profile));
     session.disconnect();
   };
 }

@@ -341,18 +341,13 @@ local function orgLanes(org)
   return m
 end
 
--- Sets an org's virtual time and moves all of its active lanes with it (they share one vt).
-local function setVt(org, v)
+-- Sets an org's virtual time and moves all of its active lanes with it (they share one vt). `lanes`: the ones to
+-- move when the caller knows them (a dispatch's run, below: its one lane, or none once it left the race).
+local function setVt(org, v, lanes)
   rcall('HSET', K_VT, org, fmt(v))
-  for _, l in ipairs(orgLanes(org)) do
+  for _, l in ipairs(lanes or orgLanes(org)) do
     rcall('ZADD', K_LANES, 'XX', fmt(v), l)
   end
-end
-
--- setVt for an org whose only lane is `lane` (a dispatch's run, below): its score moves too while it is a candidate.
-local function writeVt(org, v, lane, candidate)
-  rcall('HSET', K_VT, org, fmt(v))
-  if candidate then rcall('ZADD', K_LANES, 'XX', fmt(v), lane) end
 end
 
 -- An org (re)joining the race starts at the global virtual time: it is owed nothing for the time it was
@@ -814,14 +809,12 @@ local function dispatch(skipped, knownDue, knownRoom)
   -- Each failed try parks a lane, so the loop is bounded; the cap only bounds one call's run time.
   local tries = 0
   -- A run: the lane of an org with no other lane goes on dispatching while its org's virtual time stays below the
-  -- runner-up lane's score (read with the top one), so it would be chosen next anyway: the vt is written once
-  -- when the run ends (writeVt), not per job (HSET + ZADD), and the top is not read again (ZRANGE) meanwhile.
-  local run = nil
+  -- runner-up lane's score (read with the top one), so it would be chosen next anyway: the top is not read again
+  -- (ZRANGE) meanwhile, and the vt (`v`, the next try's) is written once when the run ends, not per job (HSET + ZADD).
+  local lane, org, model, v, bound, single
+  local inRun = false
   while #out < limit do
-    local lane, org, model, v, bound, single
-    if run then
-      lane, org, model, v, bound, single = run.lane, run.org, run.model, run.vt, run.bound, true
-    else
+    if not inRun then
       local top = rcall('ZRANGE', K_LANES, 0, 1, 'WITHSCORES')
       if #top == 0 then break end
       org = splitLane(top[1])
@@ -837,18 +830,18 @@ local function dispatch(skipped, knownDue, knownRoom)
     local id, nv, stays = tryLane(lane, org, model, v, single)
     if single then
       if id and stays and (bound == nil or nv < bound) then
-        if run then run.vt = nv else run = { lane = lane, org = org, model = model, vt = nv, bound = bound } end
+        v, inRun = nv, true
       else
-        -- The run is over: the runner-up comes next, or this try parked the lane (asleep, capped, emptied), which is
-        -- then no candidate any more and only its org's vt is written (a failed try leaves the run's vt as it was).
-        if id then writeVt(org, nv, lane, stays) elseif run then writeVt(org, run.vt, lane, false) end
-        run = nil
+        -- The run is over: the runner-up comes next (the lane keeps its place in the race), or this try parked the
+        -- lane (asleep, capped, emptied: out of the race), after a job or, failing, with the run's vt unchanged.
+        if id then setVt(org, nv, stays and { lane } or {}) elseif inRun then setVt(org, v, {}) end
+        inRun = false
       end
     end
     -- A leased job that is no longer parked (removed meanwhile) keeps its lease: the lease sweep recovers it.
     if id and promoteParked(id) then out[#out + 1] = id end
   end
-  if run then writeVt(run.org, run.vt, run.lane, true) end
+  if inRun then setVt(org, v, { lane }) end
   if #out >= MAX_BATCH then more = 1 end
   flushDispatched()
   if gvtDirty then rcall('SET', K_GVT, fmt(gvtValue)) end
