@@ -3,7 +3,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/shared/core/config.js';
-import { queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
+import { earlierShardPrefixes, queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
 import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
 import { adoptShardLayout } from '../src/shared/queue/shard-layout.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
@@ -18,12 +18,35 @@ describe('queue shard layout', () => {
       prefixes.forEach((p, k) => {
         expect(p).toMatch(/^pre:\{agentq\.s\d+(\.\d+)?\}:x$/);
         const slot = calculateSlot(p);
-        expect(slot).toBeGreaterThanOrEqual(Math.ceil((k * 16384) / count));
-        expect(slot).toBeLessThan(Math.ceil(((k + 1) * 16384) / count));
+        expect(slot).toBeGreaterThanOrEqual(Math.round((k * 16384) / count));
+        expect(slot).toBeLessThan(Math.round(((k + 1) * 16384) / count));
       });
     }
     expect(() => queueShards('agentq', 2)).toThrow(/hash tag/);
     expect(() => queueShards('{agentq}', 0)).toThrow(RangeError);
+  });
+
+  it("puts S / P shards on each of P primaries as redis-cli splits the slots, also for a tag on a range's edge", () => {
+    // redis-cli --cluster create: primary j of P starts at lround(j x 16384 / P).
+    const primaryOf = (slot: number, primaries: number) => {
+      let j = 0;
+      while (j + 1 < primaries && slot >= Math.round(((j + 1) * 16384) / primaries)) j++;
+      return j;
+    };
+    const perPrimary = (prefixes: readonly string[], primaries: number) => {
+      const n = new Array<number>(primaries).fill(0);
+      for (const p of prefixes) n[primaryOf(calculateSlot(p), primaries)]++;
+      return n;
+    };
+    // A prefix whose shard 3 of 12 got the slot where the second of 3 primaries begins (5461) from earlier versions.
+    let edge = '';
+    for (let i = 0; !edge && i < 100_000; i++) if (calculateSlot(earlierShardPrefixes(`{e${i}}`, 12)[3]) === 5461) edge = `{e${i}}`;
+    expect(edge).not.toBe('');
+    expect(perPrimary(earlierShardPrefixes(edge, 12), 3)).toEqual([3, 5, 4]);
+    expect(perPrimary(queueShards(edge, 12).prefixes, 3)).toEqual([4, 4, 4]);
+    for (const [count, primaries] of [[12, 3], [6, 3], [8, 4], [12, 6], [10, 5]]) {
+      for (let i = 0; i < 200; i++) expect(perPrimary(queueShards(`{p${i}}`, count).prefixes, primaries)).toEqual(new Array(primaries).fill(count / primaries));
+    }
   });
 
   it('an org always maps to the same shard, and orgs spread evenly', () => {
@@ -70,6 +93,30 @@ describe('queue shard layout', () => {
       await shard.close();
       await queue.obliterate({ force: true });
       await queue.close();
+    });
+
+    it("refuses to start while unfinished jobs wait under a shard prefix an earlier version chose, and starts once they are gone", async () => {
+      // A prefix with a shard whose earlier tag sits on a slot range's edge, so this version names it otherwise.
+      let prefix = '';
+      for (let i = 0; !prefix && i < 100_000; i++) {
+        const p = `{${randomPrefix().slice(1, -1)}-${i}}`;
+        if (earlierShardPrefixes(p, 12).some((e, k) => e !== queueShards(p, 12).prefixes[k])) prefix = p;
+      }
+      expect(prefix).not.toBe('');
+      await redis.set(shardLayoutKey(prefix), '12');
+      const moved = earlierShardPrefixes(prefix, 12).find((e) => !queueShards(prefix, 12).prefixes.includes(e))!;
+      const queue = new Queue('agent-jobs', { connection: redis, prefix: moved });
+      const job = await queue.add('j', { orgId: 'o' });
+      const refused = adoptShardLayout({ redis, prefix, shards: 12 });
+      await expect(refused).rejects.toThrow(ConfigError);
+      await expect(refused).rejects.toThrow(/QUEUE_SHARDS=12: 1 unfinished job\(s\) wait under shard prefixes an earlier agentq version chose/);
+      // A new count checks those prefixes too.
+      await expect(adoptShardLayout({ redis, prefix, shards: 4 })).rejects.toThrow(/laid out in 12 shard\(s\) and 1 job\(s\)/);
+      await job.remove();
+      expect(await adoptShardLayout({ redis, prefix, shards: 12 })).toEqual({ previous: 12, changed: false });
+      await queue.obliterate({ force: true });
+      await queue.close();
+      await redis.del(shardLayoutKey(prefix));
     });
   });
 });

@@ -3,7 +3,7 @@ import type { RedisClient } from '../infra/redis/connection.js';
 import { ConfigError } from '../core/config.js';
 import { shardLayoutKey } from '../core/queue-keys.js';
 import { QUEUE } from '../core/queue-names.js';
-import { queueShards } from '../core/queue-shards.js';
+import { earlierShardPrefixes, queueShards } from '../core/queue-shards.js';
 
 /** Job states that still have work to do: a job in one of them would be stranded by a new layout. */
 const UNFINISHED = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-children'] as const;
@@ -13,16 +13,28 @@ const UNFINISHED = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-chil
  * place: jobs left unfinished under the old layout would never run or be found again. The layout in force
  * is recorded under QUEUE_PREFIX (one key); a process started with another shard count takes over only if
  * the old layout's queues hold no unfinished job (it was drained), and otherwise refuses to start.
- * No record is a layout of one shard (deployments older than QUEUE_SHARDS).
+ * No record is a layout of one shard (deployments older than QUEUE_SHARDS). The same holds for a shard whose
+ * prefix an earlier version chose otherwise (queue-shards.ts `earlierShardPrefixes`): its unfinished jobs must be
+ * drained by that version first.
  */
 export async function adoptShardLayout(opts: { redis: RedisClient; prefix: string; shards: number }): Promise<{ previous: number; changed: boolean }> {
   const key = shardLayoutKey(opts.prefix);
   const previous = Number((await opts.redis.get(key)) ?? 1);
+  const old = queueShards(opts.prefix, previous).prefixes;
+  // Usually none: only a shard whose tag an earlier version placed on a slot range's edge moved.
+  const moved = earlierShardPrefixes(opts.prefix, previous).filter((p) => !old.includes(p));
   if (previous === opts.shards) {
+    const stranded = moved.length ? await countUnfinished(opts.redis, moved) : 0;
+    if (stranded > 0) {
+      throw new ConfigError(
+        `Invalid environment variable QUEUE_SHARDS=${opts.shards}: ${stranded} unfinished job(s) wait under shard prefixes an earlier agentq version chose (${moved.join(', ')}), ` +
+          `which this version places elsewhere; drain them with that version first (see README "Scaling out")`,
+      );
+    }
     await opts.redis.set(key, String(opts.shards), 'NX');
     return { previous, changed: false };
   }
-  const unfinished = await countUnfinished(opts.redis, queueShards(opts.prefix, previous).prefixes);
+  const unfinished = await countUnfinished(opts.redis, [...old, ...moved]);
   if (unfinished > 0) {
     throw new ConfigError(
       `Invalid environment variable QUEUE_SHARDS=${opts.shards}: the queue is laid out in ${previous} shard(s) and ${unfinished} job(s) there are unfinished; ` +
