@@ -1,4 +1,4 @@
-import { Queue } from 'bullmq';
+import { DelayedError, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createAgentWorker } from '../src/workers/agent-worker.js';
@@ -62,6 +62,37 @@ describe('agent worker shutdown', () => {
     expect(warnings).toEqual([expect.objectContaining({ graceMs: 100, running: 1 })]);
     expect(await queue.getJobCounts('active')).toEqual({ active: 1 });
     expect(stuck.worker.closing).toBeTruthy();
+    await queue.obliterate({ force: true });
+    await queue.close();
+  });
+
+  it('does not wait at shutdown for a job its processor moved to delayed (BullMQ emits no completed or failed for it)', async () => {
+    const prefix = randomPrefix();
+    const queue = new Queue<AgentJobData>('agent-jobs', { connection: redis(), prefix });
+    const warnings: Array<Record<string, unknown>> = [];
+    const logger = createLogger({ level: 'silent' });
+    logger.warn = ((obj: Record<string, unknown>) => void warnings.push(obj)) as typeof logger.warn;
+    const worker = createAgentWorker({
+      connection: redis(),
+      subscriber: redis(),
+      prefix,
+      // What a rate limit or the fair gate's park does: the job goes back to Redis, delayed, and the attempt ends.
+      processor: async (job, token) => {
+        await job.moveToDelayed(Date.now() + 60_000, token);
+        throw new DelayedError();
+      },
+      concurrency: 1,
+      lockDurationMs: 30_000,
+      stalledIntervalMs: 30_000,
+      backoff: { baseMs: 10, maxMs: 10 },
+      logger,
+    });
+    await worker.ready();
+    await queue.add('j', { orgId: 'o', agent: 'limited', action: 'a', input: {} } as AgentJobData);
+    await vi.waitFor(async () => expect(await queue.getJobCounts('delayed', 'active')).toEqual({ delayed: 1, active: 0 }), POLL);
+    // Nothing runs: the close finds nothing to wait for (a job still counted would hold it for the whole grace).
+    await worker.close(1_000);
+    expect(warnings).toEqual([]);
     await queue.obliterate({ force: true });
     await queue.close();
   });

@@ -27,6 +27,7 @@ import { RouteFailedError, RouteTimeoutError } from '../src/workers/guards/route
 import { DelayJobError as DelayJobErrorFromMiddleware } from '../src/workers/middleware.js';
 import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
 import { attachOpsListeners } from '../src/workers/ops/worker-listeners.js';
+import { Cancellation } from '../src/workers/cancellation.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
 import { processEnv } from './helpers/faults.js';
@@ -87,7 +88,7 @@ const WORDINGS = [
 async function fateOf(make: () => Error, cancel = false) {
   const err = make();
   const outcome = classify(err);
-  const ac = new AbortController();
+  const ac = new Cancellation();
   let delayedTo: number | undefined;
   const job = {
     id: 'job-1',
@@ -99,14 +100,14 @@ async function fateOf(make: () => Error, cancel = false) {
   const processor = createAgentProcessor({
     agents: { resolve: () => ({ agent: {} as never, action: { model: 'fast' } as never }), validateInput: (_a, _b, input) => input },
     chain: async () => {
-      if (cancel) ac.abort();
+      if (cancel) ac.cancel();
       throw err;
     },
     runs: { record: async () => undefined },
     models: { fast: 'gemini-fast', pro: 'gemini-pro' },
     logger: silent,
   });
-  const thrown = (await processor(job, 'token', ac.signal).then(
+  const thrown = (await processor(job, 'token', ac).then(
     () => expect.unreachable('the attempt must fail'),
     (e: unknown) => e,
   )) as Error & { code?: string; retryAfterMs?: number };

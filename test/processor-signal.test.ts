@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import type { JobContext } from '../src/workers/middleware.js';
+import { Cancellation } from '../src/workers/cancellation.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 
 const silent = createLogger({ level: 'silent' });
@@ -38,15 +39,15 @@ const failureOf = (p: Promise<unknown>) =>
 describe("the attempt's abort signal", () => {
   /** A cancel before the chain's first read of the signal (`when`: before the attempt started, or inside the chain). */
   async function cancelledBeforeFirstRead(when: 'before the attempt' | 'inside the chain') {
-    const bullmq = new AbortController();
-    if (when === 'before the attempt') bullmq.abort();
+    const cancel = new Cancellation();
+    if (when === 'before the attempt') cancel.cancel();
     let seen: boolean | undefined;
     const err = await failureOf(
       processorWith(async (ctx) => {
-        if (when === 'inside the chain') bullmq.abort();
+        if (when === 'inside the chain') cancel.cancel();
         seen = ctx.signal.aborted;
         throw new Error('the call saw its signal aborted');
-      })(job(), 'token', bullmq.signal),
+      })(job(), 'token', cancel),
     );
     expect(seen).toBe(true);
     expect(err.code).toBe('ECANCELLED');
@@ -55,16 +56,16 @@ describe("the attempt's abort signal", () => {
   it('reads as aborted when the job was cancelled before the attempt started', () => cancelledBeforeFirstRead('before the attempt'));
 
   it('aborts a signal already read when the cancel comes later, and only then', async () => {
-    const bullmq = new AbortController();
+    const cancel = new Cancellation();
     const states: boolean[] = [];
     const err = await failureOf(
       processorWith(async (ctx) => {
         const signal = ctx.signal;
         states.push(signal.aborted);
-        bullmq.abort();
+        cancel.cancel();
         states.push(signal.aborted, ctx.signal === signal);
         throw new Error('aborted');
-      })(job(), 'token', bullmq.signal),
+      })(job(), 'token', cancel),
     );
     expect(states).toEqual([false, true, true]);
     expect(err.code).toBe('ECANCELLED');
@@ -82,7 +83,7 @@ describe("the attempt's abort signal", () => {
       ctx.signal = outer;
       seen.push(ctx.signal, outer);
       return RESULT;
-    })(job(), 'token', new AbortController().signal);
+    })(job(), 'token', new Cancellation());
     expect(result).toBe(RESULT);
     expect(seen[0]).toBe(inner.signal);
     expect(seen[1]).toBe(seen[2]);

@@ -1,4 +1,4 @@
-import { Worker, type Job } from 'bullmq';
+import { DelayedError, Worker, type Job } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -6,6 +6,7 @@ import { backoffDelay } from '../shared/core/backoff.js';
 import { cancelChannel } from '../shared/core/cancel.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import { Cancellation } from './cancellation.js';
 import { workerOptions } from './worker-options.js';
 
 export interface AgentWorkerOptions {
@@ -13,7 +14,7 @@ export interface AgentWorkerOptions {
   /** A separate connection for the cancel channel (a subscribed connection can do nothing else). */
   subscriber: RedisClient;
   prefix: string;
-  processor: (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal) => Promise<AgentResult>;
+  processor: (job: Job<AgentJobData, AgentResult>, token?: string, cancel?: Cancellation) => Promise<AgentResult>;
   concurrency: number;
   lockDurationMs: number;
   stalledIntervalMs: number;
@@ -25,16 +26,26 @@ export interface AgentWorkerOptions {
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
   // Jobs taken and not yet recorded as finished (BullMQ's completed / failed event, emitted once their
-  // outcome is in Redis): a shutdown waits for these without BullMQ's graceful close, which cannot be forced
-  // once started (its close(true) returns the graceful close already under way).
-  const inFlight = new Set<string>();
+  // outcome is in Redis), each with its attempt's cancellation: a shutdown waits for these without BullMQ's
+  // graceful close, which cannot be forced once started (its close(true) returns the graceful close already
+  // under way).
+  const inFlight = new Map<string, Cancellation>();
   let idle: (() => void) | undefined;
   const settled = (id: string | undefined) => {
     if (id && inFlight.delete(id) && inFlight.size === 0) idle?.();
   };
-  const processor: AgentWorkerOptions['processor'] = async (job, token, signal) => {
-    if (job.id) inFlight.add(job.id);
-    return opts.processor(job, token, signal);
+  // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
+  const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
+    const cancel = new Cancellation();
+    if (job.id) inFlight.set(job.id, cancel);
+    try {
+      return await opts.processor(job, token, cancel);
+    } catch (err) {
+      // A job the processor moved to delayed (a rate limit, a park) is in Redis already, and BullMQ emits
+      // neither completed nor failed for it: it is no longer this worker's to wait for.
+      if (err instanceof DelayedError && inFlight.get(job.id!) === cancel) settled(job.id);
+      throw err;
+    }
   };
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
@@ -72,7 +83,10 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
 
   const channel = cancelChannel(opts.prefix);
   const onMessage = (ch: string, jobId: string) => {
-    if (ch === channel && worker.cancelJob(jobId, 'cancelled')) opts.logger.info({ jobId }, 'cancelling active job');
+    const cancel = ch === channel ? inFlight.get(jobId) : undefined;
+    if (!cancel || cancel.cancelled) return;
+    cancel.cancel();
+    opts.logger.info({ jobId }, 'cancelling active job');
   };
   // A sharded channel (SSUBSCRIBE): on a cluster the cancel reaches the data's shard only, not every node.
   opts.subscriber.on('smessage', onMessage);

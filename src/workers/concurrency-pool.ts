@@ -49,19 +49,16 @@ export function createConcurrencyPool(limit: number) {
           member.worker = worker;
           rebalance();
         },
-        /**
-         * The processor, run in one of the pool's slots. It keeps three parameters: BullMQ hands a processor an
-         * abort signal (cancel) only when it declares a third.
-         */
-        wrap<J, T, R>(processor: (job: J, token?: T, signal?: AbortSignal) => Promise<R>): (job: J, token?: T, signal?: AbortSignal) => Promise<R> {
-          return async (job, token, signal) => {
+        /** The processor, run in one of the pool's slots; its third parameter (the attempt's cancellation) passed on. */
+        wrap<J, T, C, R>(processor: (job: J, token?: T, cancel?: C) => Promise<R>): (job: J, token?: T, cancel?: C) => Promise<R> {
+          return async (job, token, cancel) => {
             member.inside++;
             inside++;
             rebalance();
             try {
               await slot();
               try {
-                return await processor(job, token, signal);
+                return await processor(job, token, cancel);
               } finally {
                 release();
               }

@@ -4,6 +4,7 @@ import { ValidationError } from '../shared/core/errors.js';
 import { storedStage } from '../shared/core/job-stage.js';
 import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
+import { Cancellation } from './cancellation.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { UsageRider } from '../shared/infra/db/run-stream.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
@@ -71,7 +72,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
    * One span per run of the processor (an attempt, or a start the fair gate parked again), a child of the
    * enqueue span whose context rides in the job data: any process, any retry, the same trace.
    */
-  return (job: Job<AgentJobData, AgentResult>, token?: string, signal?: AbortSignal): Promise<AgentResult> => {
+  return (job: Job<AgentJobData, AgentResult>, token?: string, cancel: Cancellation = new Cancellation()): Promise<AgentResult> => {
     const data = job.data;
     const startedAt = job.processedOn ?? Date.now();
     const attributes = {
@@ -90,7 +91,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
     };
     return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
       try {
-        const result = await attempt(job, token, signal, span);
+        const result = await attempt(job, token, cancel, span);
         span.setAttribute('agentq.outcome', 'completed');
         return result;
       } catch (err) {
@@ -108,7 +109,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
 }
 
 function attemptOf(deps: ProcessorDeps) {
-  return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, signal: AbortSignal | undefined, span: Span): Promise<AgentResult> => {
+  return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, cancel: Cancellation, span: Span): Promise<AgentResult> => {
     const data = job.data;
     const logger = lazyChild(deps.logger, {
       jobId: job.id,
@@ -131,10 +132,9 @@ function attemptOf(deps: ProcessorDeps) {
     const model = data.model ?? deps.models[resolved.action.model];
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
     const stage = storedStage('calling_model', job.attemptsMade + 1, model);
-    // The attempt's own signal, made when first read: an attempt answered from memory never reads it.
-    let controller: AbortController | undefined;
-    let signalNow: AbortSignal | undefined;
-    let cancelled = false;
+    // A guard's own signal for its inner links while it runs them (route-guard.ts); else the attempt's, which
+    // is made when first read (an attempt answered from memory never reads it).
+    let swapped: AbortSignal | undefined;
     const gate = deps.gate;
 
     let estimated: number | undefined;
@@ -151,16 +151,11 @@ function attemptOf(deps: ProcessorDeps) {
       input,
       model,
       get signal() {
-        if (!signalNow) {
-          controller = new AbortController();
-          if (cancelled) controller.abort(new Error(CANCELLED_REASON));
-          signalNow = controller.signal;
-        }
-        return signalNow;
+        return swapped ?? cancel.signal;
       },
       // A guard may hand its inner links a signal of its own (route-guard.ts) and then put this one back.
       set signal(s: AbortSignal) {
-        signalNow = s;
+        swapped = s;
       },
       logger,
       // Read only when the rate limiter charges a call itself (not the dispatcher's prepaid first call).
@@ -254,12 +249,6 @@ function attemptOf(deps: ProcessorDeps) {
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }
 
-    const onCancel = () => {
-      cancelled = true;
-      controller?.abort(new Error(CANCELLED_REASON));
-    };
-    if (signal?.aborted) onCancel();
-    signal?.addEventListener('abort', onCancel, { once: true });
     started = performance.now();
     // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
     const refundUnspent = () => {
@@ -285,7 +274,7 @@ function attemptOf(deps: ProcessorDeps) {
       return result;
     } catch (err) {
       const outcome = classify(err);
-      if (outcome.kind === 'delay' && !cancelled) {
+      if (outcome.kind === 'delay' && !cancel.cancelled) {
         deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
@@ -298,7 +287,7 @@ function attemptOf(deps: ProcessorDeps) {
       const message = err instanceof Error ? err.message : String(err);
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
-      if (signal?.aborted || outcome.kind === 'delay') {
+      if (cancel.cancelled || outcome.kind === 'delay') {
         await record(rowOf({ state: 'failed', error: CANCELLED_REASON }));
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
@@ -308,7 +297,6 @@ function attemptOf(deps: ProcessorDeps) {
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);
     } finally {
-      signal?.removeEventListener('abort', onCancel);
       // A lock the claim took for a value the chain never computed (it failed before its cache guard).
       if (cacheLookup) void cacheLookup.discard();
     }
