@@ -87,8 +87,17 @@ export function createStreamPublisher(o: StreamWriterOptions) {
       if (ctx.job.data.stream && ctx.job.id) stage(ctx, 'validating');
     },
 
+    /**
+     * A guard delayed the job without using an attempt: it goes back to the queue (BullMQ emits neither completed
+     * nor failed for it) and may run next in another process, so the job is forgotten here once this is written.
+     */
     delayed(ctx: JobContext, reason: string, delayMs: number): void {
-      if (ctx.job.data.stream && ctx.job.id) progress(ctx.job, { stage: 'delayed', reason, delayMs: Math.max(0, Math.round(delayMs)) });
+      if (ctx.job.data.stream && ctx.job.id) void finish(ctx.job, { kind: 'progress', progress: { stage: 'delayed', reason, delayMs: Math.max(0, Math.round(delayMs)) } });
+    },
+
+    /** Jobs whose stream this process is writing (a job is forgotten once it completed, failed or was delayed). */
+    tracked(): number {
+      return entries.size;
     },
 
     attach(worker: Worker<AgentJobData, AgentResult>): void {
