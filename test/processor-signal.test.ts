@@ -90,3 +90,23 @@ describe("the attempt's abort signal", () => {
     expect(seen[1].aborted).toBe(false);
   });
 });
+
+describe('a job that reached the worker without a dispatcher slot', () => {
+  it('is handed back as a delay: the hooks hear it (stream, metrics) and BullMQ gets a DelayedError', async () => {
+    const delays: Array<[string, number]> = [];
+    let chainRan = false;
+    const processor = createAgentProcessor({
+      agents: { resolve: () => ({ agent: {} as never, action: { model: 'fast' } as never }), validateInput: (_a, _b, input) => input },
+      chain: async () => ((chainRan = true), RESULT),
+      runs: { record: async () => undefined },
+      models: { fast: 'gemini-fast', pro: 'gemini-pro' },
+      logger: silent,
+      gate: { admit: async () => 'parked' as const, defer: async () => undefined, correct: () => undefined, refundUnspent: () => undefined },
+      onDelay: (_ctx, reason, delayMs) => void delays.push([reason, delayMs]),
+    });
+    const err = await failureOf(processor(job(), 'token', new Cancellation()));
+    expect(err.name).toBe('DelayedError');
+    expect(delays).toEqual([['no_slot', 0]]);
+    expect(chainRan).toBe(false);
+  });
+});

@@ -243,7 +243,12 @@ function attemptOf(deps: ProcessorDeps) {
     // the write; for the moment it is active it reads as calling_model, the default of an active job).
     const admitted = gate ? await gate.admit(job, token, answer ? undefined : stage, cacheLookup, append) : 'run';
     guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
-    if (admitted === 'parked') throw new DelayedError();
+    if (admitted === 'parked') {
+      // Back in its lane for the dispatcher (it reached this worker without a slot): to the hooks a delay of a
+      // length not known yet, as a guard's is (the stream says so and forgets the job here; metrics count it).
+      deps.onDelay?.(ctx, 'no_slot', 0);
+      throw new DelayedError();
+    }
     if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
