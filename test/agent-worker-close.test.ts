@@ -1,7 +1,7 @@
 import { DelayedError, Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it, vi } from 'vitest';
-import { createAgentWorker } from '../src/workers/agent-worker.js';
+import { createAgentWorker, type AgentWorkerOptions } from '../src/workers/agent-worker.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData } from '../src/shared/core/types.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
@@ -16,29 +16,37 @@ describe('agent worker shutdown', () => {
   };
   afterAll(() => connections.forEach((c) => c.disconnect()));
 
-  it('waits for a running job within the grace period, then closes by force without waiting for it', async () => {
+  /** A queue on a fresh prefix, the warnings its workers log, and a worker (concurrency 1) running `processor`. */
+  function setup() {
     const prefix = randomPrefix();
     const queue = new Queue<AgentJobData>('agent-jobs', { connection: redis(), prefix });
     const warnings: Array<Record<string, unknown>> = [];
     const logger = createLogger({ level: 'silent' });
     logger.warn = ((obj: Record<string, unknown>) => void warnings.push(obj)) as typeof logger.warn;
-    let release!: () => void;
-    const started: string[] = [];
-    const workerOf = (body: () => Promise<void>) =>
+    const workerOf = (processor: AgentWorkerOptions['processor']) =>
       createAgentWorker({
         connection: redis(),
         subscriber: redis(),
         prefix,
-        processor: async (job) => {
-          started.push(job.data.agent);
-          await body();
-          return { data: {}, model: 'm' } as never;
-        },
+        processor,
         concurrency: 1,
         lockDurationMs: 30_000,
         stalledIntervalMs: 30_000,
         backoff: { baseMs: 10, maxMs: 10 },
         logger,
+      });
+    return { queue, warnings, workerOf };
+  }
+
+  it('waits for a running job within the grace period, then closes by force without waiting for it', async () => {
+    const { queue, warnings, workerOf: running } = setup();
+    let release!: () => void;
+    const started: string[] = [];
+    const workerOf = (body: () => Promise<void>) =>
+      running(async (job) => {
+        started.push(job.data.agent);
+        await body();
+        return { data: {}, model: 'm' } as never;
       });
     // This job ends when the test says so.
     const worker = workerOf(() => new Promise<void>((resolve) => (release = resolve)));
@@ -67,25 +75,11 @@ describe('agent worker shutdown', () => {
   });
 
   it('does not wait at shutdown for a job its processor moved to delayed (BullMQ emits no completed or failed for it)', async () => {
-    const prefix = randomPrefix();
-    const queue = new Queue<AgentJobData>('agent-jobs', { connection: redis(), prefix });
-    const warnings: Array<Record<string, unknown>> = [];
-    const logger = createLogger({ level: 'silent' });
-    logger.warn = ((obj: Record<string, unknown>) => void warnings.push(obj)) as typeof logger.warn;
-    const worker = createAgentWorker({
-      connection: redis(),
-      subscriber: redis(),
-      prefix,
-      // What a rate limit or the fair gate's park does: the job goes back to Redis, delayed, and the attempt ends.
-      processor: async (job, token) => {
-        await job.moveToDelayed(Date.now() + 60_000, token);
-        throw new DelayedError();
-      },
-      concurrency: 1,
-      lockDurationMs: 30_000,
-      stalledIntervalMs: 30_000,
-      backoff: { baseMs: 10, maxMs: 10 },
-      logger,
+    const { queue, warnings, workerOf } = setup();
+    // What a rate limit or the fair gate's park does: the job goes back to Redis, delayed, and the attempt ends.
+    const worker = workerOf(async (job, token) => {
+      await job.moveToDelayed(Date.now() + 60_000, token);
+      throw new DelayedError();
     });
     await worker.ready();
     await queue.add('j', { orgId: 'o', agent: 'limited', action: 'a', input: {} } as AgentJobData);
