@@ -70,7 +70,8 @@ export function createAgentProcessor(deps: ProcessorDeps) {
   const attempt = attemptOf(deps);
   /**
    * One span per run of the processor (an attempt, or a start the fair gate parked again), a child of the
-   * enqueue span whose context rides in the job data: any process, any retry, the same trace.
+   * enqueue span whose context rides in the job data: any process, any retry, the same trace. `cancel` is the
+   * attempt's cancellation, the agent worker's (without one, nothing can cancel the attempt while it runs).
    */
   return (job: Job<AgentJobData, AgentResult>, token?: string, cancel: Cancellation = new Cancellation()): Promise<AgentResult> => {
     const data = job.data;
