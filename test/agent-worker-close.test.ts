@@ -17,7 +17,7 @@ describe('agent worker shutdown', () => {
   afterAll(() => connections.forEach((c) => c.disconnect()));
 
   /** A queue on a fresh prefix, the warnings its workers log, and a worker (concurrency 1) running `processor`. */
-  function setup() {
+  function setup(o: { lockDurationMs?: number } = {}) {
     const prefix = randomPrefix();
     const queue = new Queue<AgentJobData>('agent-jobs', { connection: redis(), prefix });
     const warnings: Array<Record<string, unknown>> = [];
@@ -30,7 +30,7 @@ describe('agent worker shutdown', () => {
         prefix,
         processor,
         concurrency: 1,
-        lockDurationMs: 30_000,
+        lockDurationMs: o.lockDurationMs ?? 30_000,
         stalledIntervalMs: 30_000,
         backoff: { baseMs: 10, maxMs: 10 },
         logger,
@@ -87,6 +87,35 @@ describe('agent worker shutdown', () => {
     // Nothing runs: the close finds nothing to wait for (a job still counted would hold it for the whole grace).
     await worker.close(1_000);
     expect(warnings).toEqual([]);
+    await queue.obliterate({ force: true });
+    await queue.close();
+  });
+  it('does not wait at shutdown for a job whose lock it lost (BullMQ refuses its outcome and emits no completed or failed)', async () => {
+    const { queue, warnings, workerOf } = setup({ lockDurationMs: 1_000 });
+    let release!: () => void;
+    let started = false;
+    const worker = workerOf(async () => {
+      started = true;
+      await new Promise<void>((resolve) => (release = resolve));
+      return { data: {}, model: 'm' } as never;
+    });
+    const renewalFailed: string[][] = [];
+    worker.worker.on('lockRenewalFailed', (ids) => renewalFailed.push(ids));
+    let errors = 0;
+    worker.worker.on('error', () => errors++);
+    await worker.ready();
+    const job = await queue.add('j', { orgId: 'o', agent: 'held', action: 'a', input: {} } as AgentJobData);
+    await vi.waitFor(() => expect(started).toBe(true), POLL);
+    // Another worker's stalled check would do this once the lock lapsed: the lock is gone, the renewal fails.
+    await redis().del(`${queue.toKey(job.id!)}:lock`);
+    await vi.waitFor(() => expect(renewalFailed).toEqual([[job.id]]), POLL);
+    const before = errors;
+    release();
+    // BullMQ refuses the completion (the lock is missing): an error, the job still active, no completed or failed.
+    await vi.waitFor(() => expect(errors).toBeGreaterThan(before), POLL);
+    expect(await queue.getJobState(job.id!)).toBe('active');
+    await worker.close(1_000);
+    expect(warnings.filter((w) => 'graceMs' in w)).toEqual([]);
     await queue.obliterate({ force: true });
     await queue.close();
   });

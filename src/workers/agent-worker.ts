@@ -34,17 +34,26 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const settled = (id: string | undefined) => {
     if (id && inFlight.delete(id) && inFlight.size === 0) idle?.();
   };
+  // Jobs whose lock BullMQ could not renew while their processor ran: their outcome will be refused (the stalled
+  // check hands them to another worker), and BullMQ then emits neither completed nor failed for them.
+  const lockLost = new Set<string>();
+  const running = new Set<string>();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
   const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
     const cancel = new Cancellation();
     if (job.id) inFlight.set(job.id, cancel);
+    running.add(job.id!);
+    let delayed = false;
     try {
       return await opts.processor(job, token, cancel);
     } catch (err) {
       // A job the processor moved to delayed (a rate limit, a park) is in Redis already, and BullMQ emits
       // neither completed nor failed for it: it is no longer this worker's to wait for.
-      if (err instanceof DelayedError && inFlight.get(job.id!) === cancel) settled(job.id);
+      delayed = err instanceof DelayedError;
       throw err;
+    } finally {
+      running.delete(job.id!);
+      if ((lockLost.delete(job.id!) || delayed) && inFlight.get(job.id!) === cancel) settled(job.id);
     }
   };
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
@@ -78,6 +87,13 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   });
   worker.on('completed', (job) => settled(job.id));
   worker.on('failed', (job) => settled(job?.id));
+  worker.on('lockRenewalFailed', (ids) => {
+    for (const id of ids) {
+      // Its processor already returned: BullMQ is recording the outcome, which the lost lock makes it refuse.
+      if (running.has(id)) lockLost.add(id);
+      else settled(id);
+    }
+  });
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 
