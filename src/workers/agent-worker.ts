@@ -24,36 +24,38 @@ export interface AgentWorkerOptions {
   logger: Logger;
 }
 
+/** A job this worker took: its attempt's cancellation, whether its processor still runs, whether its lock was lost. */
+interface Taken {
+  cancel: Cancellation;
+  running: boolean;
+  lockLost: boolean;
+}
+
 export function createAgentWorker(opts: AgentWorkerOptions) {
   // Jobs taken and not yet recorded as finished (BullMQ's completed / failed event, emitted once their
-  // outcome is in Redis), each with its attempt's cancellation: a shutdown waits for these without BullMQ's
-  // graceful close, which cannot be forced once started (its close(true) returns the graceful close already
-  // under way).
-  const inFlight = new Map<string, Cancellation>();
+  // outcome is in Redis): a shutdown waits for these without BullMQ's graceful close, which cannot be forced
+  // once started (its close(true) returns the graceful close already under way).
+  const inFlight = new Map<string, Taken>();
   let idle: (() => void) | undefined;
   const settled = (id: string | undefined) => {
     if (id && inFlight.delete(id) && inFlight.size === 0) idle?.();
   };
-  // Jobs whose lock BullMQ could not renew while their processor ran: their outcome will be refused (the stalled
-  // check hands them to another worker), and BullMQ then emits neither completed nor failed for them.
-  const lockLost = new Set<string>();
-  const running = new Set<string>();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
   const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
-    const cancel = new Cancellation();
-    if (job.id) inFlight.set(job.id, cancel);
-    running.add(job.id!);
+    const id = job.id!;
+    const taken: Taken = { cancel: new Cancellation(), running: true, lockLost: false };
+    inFlight.set(id, taken);
     let delayed = false;
     try {
-      return await opts.processor(job, token, cancel);
+      return await opts.processor(job, token, taken.cancel);
     } catch (err) {
       // A job the processor moved to delayed (a rate limit, a park) is in Redis already, and BullMQ emits
       // neither completed nor failed for it: it is no longer this worker's to wait for.
       delayed = err instanceof DelayedError;
       throw err;
     } finally {
-      running.delete(job.id!);
-      if ((lockLost.delete(job.id!) || delayed) && inFlight.get(job.id!) === cancel) settled(job.id);
+      taken.running = false;
+      if ((taken.lockLost || delayed) && inFlight.get(id) === taken) settled(id);
     }
   };
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
@@ -87,10 +89,12 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   });
   worker.on('completed', (job) => settled(job.id));
   worker.on('failed', (job) => settled(job?.id));
+  // A job whose lock BullMQ could not renew has its outcome refused (the stalled check hands it to another
+  // worker), and BullMQ then emits neither completed nor failed for it: done once its processor returns.
   worker.on('lockRenewalFailed', (ids) => {
     for (const id of ids) {
-      // Its processor already returned: BullMQ is recording the outcome, which the lost lock makes it refuse.
-      if (running.has(id)) lockLost.add(id);
+      const taken = inFlight.get(id);
+      if (taken?.running) taken.lockLost = true;
       else settled(id);
     }
   });
@@ -99,7 +103,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
 
   const channel = cancelChannel(opts.prefix);
   const onMessage = (ch: string, jobId: string) => {
-    const cancel = ch === channel ? inFlight.get(jobId) : undefined;
+    const cancel = ch === channel ? inFlight.get(jobId)?.cancel : undefined;
     if (!cancel || cancel.cancelled) return;
     cancel.cancel();
     opts.logger.info({ jobId }, 'cancelling active job');
