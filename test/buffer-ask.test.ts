@@ -53,11 +53,15 @@ describe('buffer ask', () => {
   it('lets a worker of low concurrency ask for up to SMALL_WORKER_MAX_ASK short jobs, so the dispatcher refills in batches', () => {
     const one = askWith({ concurrency: 1, ratio: 0.5, floorMs: 40 });
     expect(one.a.ask()).toBe(1);
-    // 100 jobs/s (4 in 40 ms), then 1,000 jobs/s (40 in 40 ms: capped at 8, not at the concurrency 1).
+    // 100 jobs/s (4 in 40 ms), then 1,000 jobs/s (40 in 40 ms: capped at 16, not at the concurrency 1).
+    expect(SMALL_WORKER_MAX_ASK).toBe(16);
     expect(one.windows([25, 250])).toEqual([4, SMALL_WORKER_MAX_ASK]);
-    // Concurrency above the cap: the concurrency caps it, as before.
+    // Below the cap, a worker of concurrency 10 may ask for more than its concurrency too.
     const ten = askWith({ concurrency: 10, ratio: 0.5, floorMs: 40 });
-    expect(ten.windows([1000])).toEqual([10]);
+    expect(ten.windows([1000])).toEqual([SMALL_WORKER_MAX_ASK]);
+    // Concurrency above the cap: the concurrency caps it, as before.
+    const twenty = askWith({ concurrency: 20, ratio: 0.5, floorMs: 40 });
+    expect(twenty.windows([1000])).toEqual([20]);
   });
 
   it('keeps the fixed share of long jobs and with the floor off', () => {

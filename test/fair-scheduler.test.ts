@@ -118,21 +118,24 @@ describe('fair scheduler', () => {
     const fetch = async (n: number) => {
       for (const j of (await c.queue.getWaiting()).slice(0, n)) await c.redis.lrem(c.queue.toKey('wait'), 0, j.id!);
     };
-    // A worker registering no ask counts for the ratio of its concurrency: ceil(0.5 x 9) = 5.
-    await c.scheduler.dispatch({ id: 'w2', concurrency: 9, ttlMs: 60_000 });
-    expect(await waiting()).toBe(12);
-    // A worker's new ask replaces its old one: 15. The list is refilled in batches of 4 or more: 12 of 15 lacks
-    // 3, not yet; one fetched, it lacks 4.
+    // A worker registering no ask counts for the ratio of its concurrency: ceil(0.5 x 16) = 8.
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 60_000 });
+    expect(await waiting()).toBe(15);
+    // A worker's new ask replaces its old one: 18. The list is refilled in batches of 8 or more, or half a
+    // smaller target: 15 of 18 lacks 3, not yet; four fetched, it lacks 7, not yet; five, it lacks 8.
     await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
-    expect(await waiting()).toBe(12);
+    expect(await waiting()).toBe(15);
+    await fetch(4);
+    await c.scheduler.dispatch();
+    expect(await waiting()).toBe(11);
     await fetch(1);
     await c.scheduler.dispatch();
-    expect(await waiting()).toBe(15);
+    expect(await waiting()).toBe(18);
     // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask.
     const regAt = await c.redisNow();
-    await c.scheduler.dispatch({ id: 'w2', concurrency: 9, ttlMs: 1 });
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1 });
     await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(regAt + 2), { timeout: 5_000, interval: 1 });
-    const ids = (await c.queue.getWaiting()).slice(0, 10).map((j) => j.id!);
+    const ids = (await c.queue.getWaiting()).slice(0, 15).map((j) => j.id!);
     for (const id of ids) await c.queue.remove(id);
     await c.scheduler.release(ids);
     await c.scheduler.dispatch();
@@ -831,11 +834,12 @@ describe('fair scheduler limits', () => {
     expect((await quiet.scheduler.orgStats(orgOf(lone[0]))).inFlight).toBe(1);
   });
 
-  it('one job after another (a worker of concurrency 1), claims carrying the last release dispatch in batches of 4', async () => {
-    const c = await setup({ bufferTarget: 8 });
+  it('one job after another (a worker of concurrency 1), claims carrying the last release dispatch in batches of 8', async () => {
+    // What a worker of concurrency 1 running short jobs asks for (SMALL_WORKER_MAX_ASK).
+    const c = await setup({ bufferTarget: 16 });
     const org = randomOrg();
     const ids = await c.add(org, 40);
-    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 8));
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
     // BullMQ hands the worker the next job (it leaves the wait list), whose claim carries the last one's release.
     const batches: string[][] = [];
     for (let i = 0; i < 20; i++) {
@@ -845,10 +849,10 @@ describe('fair scheduler limits', () => {
       const promoted = (await r.dispatched)?.promoted ?? [];
       if (promoted.length) batches.push(promoted);
     }
-    // Refilled each time 4 of 8 are lacking: 4 jobs per dispatch, in FIFO order, never a dispatch per job.
-    // (A target of 50 is refilled at 4 lacking too, not at half: see 'refills a large buffer in batches of 4'.)
-    expect(batches).toEqual([ids.slice(8, 12), ids.slice(12, 16), ids.slice(16, 20), ids.slice(20, 24), ids.slice(24, 28)]);
-    expect(await c.queue.getWaitingCount()).toBeGreaterThanOrEqual(4);
+    // Refilled each time 8 of 16 are lacking: 8 jobs per dispatch, in FIFO order, never a dispatch per job.
+    // (A target of 50 is refilled at 8 lacking too, not at half: see 'refills a large buffer in batches of 8'.)
+    expect(batches).toEqual([ids.slice(16, 24), ids.slice(24, 32)]);
+    expect(await c.queue.getWaitingCount()).toBeGreaterThanOrEqual(8);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(await c.queue.getWaitingCount() + 1);
     // Every release carried was done whole (most by the claim's early path, which skips the sweeps): the
     // finished jobs' dispatcher records are gone, the running one's kept.
@@ -857,15 +861,15 @@ describe('fair scheduler limits', () => {
     expect(await record(ids[19])).toBe(1);
   });
 
-  it('refills a large buffer in batches of 4, not only once half of it is gone', async () => {
+  it('refills a large buffer in batches of 8, not only once half of it is gone', async () => {
     const c = await setup({ bufferTarget: 50 });
     const org = randomOrg();
     const ids = await c.add(org, 60);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 50));
-    for (const id of ids.slice(0, 3)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    for (const id of ids.slice(0, 7)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[3]);
-    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(50, 54));
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[7]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(50, 58));
   });
 
   it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {

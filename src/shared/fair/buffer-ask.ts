@@ -3,10 +3,11 @@ export const BUFFER_RATE_WINDOW_MS = 250;
 
 /**
  * Most jobs a worker of lower concurrency asks for by time. The dispatcher refills the wait list in batches of
- * at least 4 jobs, or half a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1) made
- * every claim dispatch the one job replacing it; asked for 8, short jobs are dispatched 4 at a time.
+ * at least 8 jobs, or half a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1) made
+ * every claim dispatch the one job replacing it; asked for 16, short jobs are dispatched 8 at a time (at 8, 4 at
+ * a time: each job's share of a dispatch's fixed part twice as large).
  */
-export const SMALL_WORKER_MAX_ASK = 8;
+export const SMALL_WORKER_MAX_ASK = 16;
 
 /** The fixed share of the buffer a worker of `concurrency` asks for at `ratio` (DISPATCH_BUFFER_RATIO). */
 export function fixedShare(ratio: number, concurrency: number): number {

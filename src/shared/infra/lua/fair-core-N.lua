@@ -211,11 +211,12 @@ end
 -- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
 -- Refilled once it lacks REFILL_MIN jobs, or half a smaller target (0 until then): jobs finishing one at a time
 -- would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
--- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes) is then shared by 4 jobs; each
--- job dispatched costs ~18 commands of its own, so larger batches save little, and a list refilled only at half
--- of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy instead of 50).
+-- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~30 commands and the script's
+-- function setup) is then shared by 8 jobs: at 4 (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more
+-- commands and ~10 % more Redis time; each job dispatched costs ~8 commands of its own. A list refilled only at
+-- half of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy, not 50).
 -- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
-local REFILL_MIN = 4
+local REFILL_MIN = 8
 local function bufferRoom()
   local target = bufferTarget()
   local room = target - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
