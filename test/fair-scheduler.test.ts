@@ -143,6 +143,34 @@ describe('fair scheduler', () => {
     expect(await c.redis.zrange(c.scheduler.keys.named.workers, 0, -1)).toEqual(['w1']);
   });
 
+  it('sweeps lapsed workers only once the list lacks a batch, then fills it to the live asks alone', async () => {
+    const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
+    const org = randomOrg();
+    await c.add(org, 40);
+    const waiting = () => c.queue.getJobCountByTypes('waiting', 'prioritized');
+    const workers = () => c.redis.zrange(c.scheduler.keys.named.workers, 0, -1);
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
+    const regAt = await c.redisNow();
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1, ask: 8 });
+    expect(await waiting()).toBe(18);
+    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(regAt + 2), { timeout: 5_000, interval: 1 });
+    // One job after another, each claim carrying the last one's release: the list lacks less than a batch even
+    // counting w2's lapsed ask, so these claims do not read the registry (w2 stays in it).
+    const order = (await c.queue.getWaiting()).reverse().map((j) => j.id!);
+    const run = async (i: number) => {
+      await c.redis.lrem(c.queue.toKey('wait'), 0, order[i]);
+      const r = await c.scheduler.claim(order[i], undefined, i > 0 ? { release: [order[i - 1]] } : {});
+      expect(r).toMatchObject({ held: true, cancelled: false });
+      return (await r.dispatched)?.promoted ?? [];
+    };
+    for (let i = 0; i < 7; i++) expect(await run(i)).toEqual([]);
+    expect((await workers()).sort()).toEqual(['w1', 'w2']);
+    // 8 of 18 lacking: a batch counting w2, so w2 is swept first, and against w1's 10 alone nothing is lacking.
+    expect(await run(7)).toEqual([]);
+    expect(await workers()).toEqual(['w1']);
+    expect(await waiting()).toBe(10);
+  });
+
   it('keeps jobs parked until dispatched, then hands them out by priority and FIFO', async () => {
     const c = await setup({ bufferTarget: 1 });
     const org = randomOrg();

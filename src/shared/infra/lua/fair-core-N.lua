@@ -192,16 +192,26 @@ end
 
 -- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
 -- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
-local function bufferTarget()
-  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
+-- Forgets the workers whose registration lapsed; true when there were any.
+local function sweepWorkers()
   local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
-  if #gone > 0 then
-    rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
-    rcall('HDEL', K_WORKERCONC, unpack(gone))
-  end
+  if #gone == 0 then return false end
+  rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
+  rcall('HDEL', K_WORKERCONC, unpack(gone))
+  return true
+end
+
+-- The sum of the registered workers' asks (lapsed ones included until swept).
+local function askSum()
   local total = 0
   for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
   return math.ceil(total)
+end
+
+local function bufferTarget()
+  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
+  sweepWorkers()
+  return askSum()
 end
 
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
@@ -216,10 +226,19 @@ end
 -- commands and ~10 % more Redis time; each job dispatched costs ~8 commands of its own. A list refilled only at
 -- half of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy, not 50).
 -- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
+-- Lapsed workers are swept only once the list lacks a batch counting their asks: most calls (a claim that finds
+-- the list full enough) skip that read. Their asks only add to the room and raise the batch at most as much,
+-- so a list that lacks a batch without them lacks one with them too, and the room is taken again after the sweep.
 local REFILL_MIN = 8
 local function bufferRoom()
-  local target = bufferTarget()
-  local room = target - rcall('LLEN', Q_WAIT) - rcall('ZCARD', Q_PRIO)
+  local fixed = BUFFER_ARG ~= 'w'
+  local target = fixed and tonumber(BUFFER_ARG) or askSum()
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  local room = target - queued
+  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
+  if fixed or not sweepWorkers() then return room end
+  target = askSum()
+  room = target - queued
   if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
   return room
 end
