@@ -12,6 +12,7 @@ import { enqueueCase } from './cases/enqueue.js';
 import { fairnessCase } from './cases/fairness.js';
 import { guardCostsCase } from './cases/guard-costs.js';
 import { idleCase } from './cases/idle.js';
+import { redisInstructionsCase } from './cases/redis-instructions.js';
 import { latencyCase } from './cases/latency.js';
 import { streamingCase } from './cases/streaming.js';
 import { throughputCase } from './cases/throughput.js';
@@ -47,6 +48,8 @@ const CASES: BenchCase[] = [
   { name: 'vectors-large', run: vectorsLargeCase, optIn: true },
   // Opt in only (BENCH_ONLY=vectors-large-cache): the semantic cache at 2 x 100k entries.
   { name: 'vectors-large-cache', run: vectorsLargeCacheCase, optIn: true },
+  // Opt in only (BENCH_ONLY=redis-instructions): Redis under callgrind, ~2 minutes; needs valgrind.
+  { name: 'redis-instructions', run: redisInstructionsCase, optIn: true },
 ];
 
 async function main(): Promise<number> {

@@ -206,12 +206,14 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await counter.until(total, WARMUP_MS);
   const stopProfile = await startWindowProfile();
   const mon = monitor ? await startMonitor(ctx.b.redis.url) : undefined;
+  await ctx.windowEdge?.('start');
   const c0 = counter.completed;
   const t0 = performance.now();
   const s0 = await commandCalls(ctx.b.control);
   const m0 = mon?.counts();
   const stopSampling = counter.sampleRunning();
   await counter.until(total, monitor ? windowMs / 2 : windowMs);
+  await ctx.windowEdge?.('end');
   const c1 = counter.completed;
   const t1 = performance.now();
   const meanRunning = stopSampling();

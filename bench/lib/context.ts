@@ -11,6 +11,8 @@ export interface BenchContext {
   shared: Record<string, number>;
   /** Raw measurements kept in latest.json beside the figures. */
   details: Record<string, unknown>;
+  /** Told when a throughput measurement window opens and closes (the redis-instructions case dumps counters). */
+  windowEdge?: (edge: 'start' | 'end') => Promise<void>;
 }
 
 /** `optIn` cases run only when BENCH_ONLY names them. */

@@ -26,7 +26,16 @@ export async function freePort(): Promise<number> {
  * Starts `redis-server` as a child process. With `dir`, data persists there with AOF on; without,
  * nothing is written to disk (tests). Always `noeviction`: BullMQ loses jobs under any other policy.
  */
-export async function startRedisServer(opts: { port?: number; dir?: string; bin?: string; args?: string[] } = {}): Promise<RedisServerHandle> {
+export async function startRedisServer(
+  opts: {
+    port?: number;
+    dir?: string;
+    bin?: string;
+    args?: string[];
+    /** A command the server runs under (e.g. `valgrind --tool=callgrind ...`: the bench's instruction counts). */
+    wrap?: string[];
+  } = {},
+): Promise<RedisServerHandle> {
   const port = opts.port ?? (await freePort());
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--maxmemory-policy', 'noeviction', '--save', '', ...(opts.args ?? [])];
   if (opts.dir) {
@@ -36,7 +45,8 @@ export async function startRedisServer(opts: { port?: number; dir?: string; bin?
     args.push('--appendonly', 'no');
   }
   // redis-server logs (its reason to exit included) on stdout: the tail is kept for the error, the rest dropped.
-  const child = spawn(opts.bin ?? 'redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const command = [...(opts.wrap ?? []), opts.bin ?? 'redis-server', ...args];
+  const child = spawn(command[0], command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   const keep = (d: Buffer) => (output = (output + String(d)).slice(-2000));
   child.stdout?.on('data', keep);
