@@ -5,11 +5,13 @@ import { until } from './helpers/wait.js';
 import { markedJob, openQueue, postBulk } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import type { Queue } from 'bullmq';
+import { SMALL_WORKER_MAX_ASK } from '../src/shared/fair/buffer-ask.js';
 
 /**
  * A worker's ask for BullMQ's wait list (fair/buffer-ask.ts) reaches the dispatcher: the fixed share while it is
- * idle, its concurrency once it finishes jobs fast enough. DISPATCH_BUFFER_MS is a second here, so a few jobs a
- * second already ask for the whole concurrency, on a busy machine too.
+ * idle, its cap once it finishes jobs fast enough (its concurrency, or SMALL_WORKER_MAX_ASK for a worker of lower
+ * concurrency, as this one). DISPATCH_BUFFER_MS is a second here, so a few dozen jobs a second already ask for the
+ * cap, on a busy machine too.
  */
 describe('dispatch buffer sized by the workers', () => {
   let s: Stack;
@@ -35,7 +37,7 @@ describe('dispatch buffer sized by the workers', () => {
     const tag = randomUUID().slice(0, 8);
     s.emulator.script({ latencyMs: 50, match: { promptIncludes: `buf${tag}-` }, times: -1 });
     const ids = await postBulk(s, key, Array.from({ length: 200 }, (_, i) => markedJob(`buf${tag}-${i}`)));
-    await until('the ask grown to the concurrency', async () => (await asks())[0] === 10, 30_000);
+    await until('the ask grown to its cap', async () => (await asks())[0] === SMALL_WORKER_MAX_ASK, 30_000);
     await until('all jobs completed', async () => (await queue.getJobCountByTypes('completed')) >= ids.length, 30_000);
   }, 60_000);
 });
