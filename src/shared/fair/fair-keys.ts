@@ -1,7 +1,9 @@
-import { cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js';
+import { agentqPrefix, cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js';
 /**
- * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. Lua receives the
- * list below as KEYS (same order for every fair script) and only appends ids to the `*Prefix` entries:
+ * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. The fair Lua scripts take
+ * four prefixes (`script`) as KEYS and build the same names from them (fair-core-N.lua, whose op `keys` returns
+ * them in FAIR_KEY_NAMES order: test/fair-keys.test.ts compares them with these), appending ids to the `*Prefix`
+ * entries:
  *   <keyPrefix>:job:<jobId>            HASH  o org, m model, p priority, e est tokens, s seq, st lane|timer|lease, r reason
  *   <keyPrefix>:lane:<org>|<model>     ZSET  ready line: jobId -> priority * 2^31 + seq
  *   <keyPrefix>:lanes                  ZSET  active lanes -> their org's virtual time
@@ -85,8 +87,12 @@ export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
 
 export interface FairKeys {
   named: Record<FairKeyName, string>;
-  /** KEYS for every fair Lua script, in FAIR_KEY_NAMES order. */
-  list: string[];
+  /**
+   * KEYS of every fair Lua script: the dispatcher's prefix, the token buckets', BullMQ's queue key prefix and
+   * agentq's own (cancel markers, org job indexes). Four keys instead of the ~40 built from them: each key passed
+   * cost Redis about as much as building it twice in the script.
+   */
+  script: string[];
   plan(org: string): string;
   leases: string;
   inflight: string;
@@ -163,7 +169,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
   };
   return {
     named,
-    list: FAIR_KEY_NAMES.map((n) => named[n]),
+    script: [`${p}:`, guardKeys.tokenBucket(b, ''), q.toKey(''), `${agentqPrefix(qp)}:`],
     plan: (org) => named.planPrefix + org,
     leases: named.leases,
     inflight: named.inflight,

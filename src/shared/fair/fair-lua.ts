@@ -100,7 +100,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: string[] = []) =>
-    core(extraKeys.length ? [...keys.list, ...extraKeys] : keys.list, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
+    core(extraKeys.length ? [...keys.script, ...extraKeys] : keys.script, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
   const toDispatch = (r: unknown): RawDispatch => {
     const [ids, wake, now, more, skipped, flatWants = []] = r as [string[], string, number, number, string[], string[]?];
     const w = Number(wake);
@@ -176,22 +176,26 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       await call('block', [model, Math.ceil(untilMs), reason]);
     },
     async why(id: string): Promise<WhyRaw | null> {
-      const r = (await why(keys.list, [id, d.concurrency])) as [string, string, string, number] | null;
+      const r = (await why(keys.script, [id, d.concurrency])) as [string, string, string, number] | null;
       if (!r) return null;
       return { reason: r[0], limit: r[1], etaMs: Number(r[2]), position: r[3] };
     },
     /** Orgs with work waiting or in flight (at most `limit`), with their cumulative throttled seconds. */
     async gauges(limit: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>> {
-      const flat = (await gauges(keys.list, [limit])) as Array<string | number>;
+      const flat = (await gauges(keys.script, [limit])) as Array<string | number>;
       const out = [];
       for (let i = 0; i + 3 < flat.length; i += 4) out.push({ org: String(flat[i]), waiting: Number(flat[i + 1]), inFlight: Number(flat[i + 2]), throttledS: Number(flat[i + 3]) });
       return out;
     },
     async stats(org: string): Promise<{ waiting: number; backoff: number; inFlight: number; vt: number; plan: Record<string, string> }> {
-      const [waiting, backoff, inFlight, vt, flat] = (await stats(keys.list, [org])) as [number, number, number, string, string[]];
+      const [waiting, backoff, inFlight, vt, flat] = (await stats(keys.script, [org])) as [number, number, number, string, string[]];
       const plan: Record<string, string> = {};
       for (let i = 0; i + 1 < flat.length; i += 2) plan[flat[i]] = flat[i + 1];
       return { waiting, backoff, inFlight, vt: Number(vt), plan };
+    },
+    /** Every key the scripts build from `keys.script`, in FAIR_KEY_NAMES order (for the test that they match). */
+    async scriptKeyNames(): Promise<string[]> {
+      return (await call('keys', [])) as string[];
     },
   };
 }

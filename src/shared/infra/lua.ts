@@ -47,7 +47,7 @@ export function defineLua(redis: RedisClient, file: string): LuaCall {
  * command defined on first use (pending until the next turn of the event loop, or queued behind a running one)
  * lacks it: a call queued into it is rejected, and the pipeline's reply handler then throws on the reply it
  * lacks, an uncaught exception that ends the process (ioredis #1931, "results[i] is not iterable"): bench
- * worker processes died of it. A worker's first claim carrying a result-cache lookup (44 keys, after 40-key
+ * worker processes died of it. A worker's first claim carrying a result-cache lookup (8 keys, after 4-key
  * calls) is such a first use, often in a tick with other calls pending. Such pipelines get the command too.
  * `_autoPipelines` is ioredis 5's map of them (Redis and Cluster alike), not public API: test/lua-define.test.ts
  * and test/cluster-shards.test.ts reproduce the crash, so an ioredis that changes it fails there.

@@ -1,26 +1,29 @@
 -- Weighted fair dispatcher: every state change in one script, because Redis Lua has no includes and the
 -- lane invariants (activate / sleep / cap-block / free slot) must be applied identically by every op.
--- KEYS (see fair-keys.ts, same order for all fair scripts):
---   1 lanes ZSET, 2 sleep ZSET, 3 sleepwhy HASH, 4 timers ZSET, 5 otimers HASH, 6 leases ZSET,
---   7 inflight HASH, 8 vt HASH, 9 gvt STRING, 10 seq STRING, 11 mblock HASH, 12 mblockwhy HASH,
---   13 mlimits HASH, 14 job: prefix, 15 lane: prefix, 16 olanes: prefix, 17 capblk: prefix, 18 plan: prefix,
---   19 tb:rpm:org: prefix, 20 tb:tpm:org: prefix, 21 tb:rpm:model: prefix, 22 tb:tpm:model: prefix,
---   23 BullMQ wait, 24 BullMQ prioritized, 25 BullMQ delayed, 26 BullMQ job key prefix (read; claim writes the
---   job's progress field),
---   27 workers ZSET (live dispatching workers -> registration expiry ms), 28 workerconc HASH (worker -> its ask: jobs of
+-- KEYS (fair-keys.ts `script`, the same four for every fair script): 1 the dispatcher's prefix ('<keyPrefix>:'),
+--   2 the token buckets' ('<bucketPrefix>:tb:'), 3 BullMQ's queue key prefix ('<prefix>:<queue>:'), 4 agentq's own
+--   ('<prefix>:agentq:', the API's cancel markers and the orgs' job indexes). Every key is built from them here, by
+--   the names fair-keys.ts gives them (op `keys` returns them for its test): passing the ~40 keys themselves cost
+--   Redis ~1,000 instructions each per call (callgrind: a 65-argument call 86.6k, the same with 4 keys 48.2k), more
+--   than building the ones a call uses (~450 each). All share one hash tag (fair-keys.ts checks), so on Redis
+--   Cluster they are in the slot of the keys declared. What the keys are:
+--   lanes ZSET, sleep ZSET, sleepwhy HASH, timers ZSET, otimers HASH, leases ZSET, inflight HASH, vt HASH,
+--   gvt STRING, seq STRING, mblock HASH, mblockwhy HASH, mlimits HASH, job: / lane: / olanes: / capblk: / plan:
+--   prefixes, the buckets' rpm:org: / tpm:org: / rpm:model: / tpm:model: prefixes, BullMQ's wait, prioritized,
+--   delayed and job key prefix (read; claim writes the job's progress field),
+--   workers ZSET (live dispatching workers -> registration expiry ms), workerconc HASH (worker -> its ask: jobs of
 --   BullMQ's wait list it wants kept, fair/buffer-ask.ts; the key's name is its older content, its concurrency:
 --   during an upgrade an older worker's registration reads as an ask of its whole concurrency),
---   29 throttled HASH (org -> seconds its lanes slept on a limit), 30 sleepstart HASH (lane -> sleep start ms),
---   31 wake STRING (the next wake time one caller has armed a timer for), 32 cancel marker prefix (claim reads
---   <prefix><jobId>), 33 org job index prefix (enqueue adds to the ZSET <prefix><org>), 34 BullMQ meta,
---   35 BullMQ active, 36 BullMQ priority counter, 37 BullMQ events stream, 38 BullMQ marker (a dispatch
---   promotes the jobs it hands out, as BullMQ's promote does)
---   39 leasereq HASH (model -> ms until which the shard's lease request for the model stands: in flight, or
---   refused until then), 40 leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease),
---   41-44 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
---   single-flight lock (includes/result-cache-lookup.lua); or 41 alone: the usage stream, for an attempt
+--   throttled HASH (org -> seconds its lanes slept on a limit), sleepstart HASH (lane -> sleep start ms),
+--   wake STRING (the next wake time one caller has armed a timer for), the cancel marker prefix (claim reads
+--   <prefix><jobId>), the org job index prefix (enqueue adds to the ZSET <prefix><org>), BullMQ's meta,
+--   active, priority counter, events stream and marker (a dispatch promotes the jobs it hands out, as BullMQ's
+--   promote does), leasereq HASH (model -> ms until which the shard's lease request for the model stands: in
+--   flight, or refused until then), leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease)
+--   5-8 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
+--   single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
--- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans
+-- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'w' for the sum of the live workers' asks,
@@ -34,15 +37,15 @@
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 41-44; with KEYS 41 alone: the usage row's field name and the row,
+--     ms and owner (read only with KEYS 5-8; with KEY 5 alone: the usage row's field name and the row,
 --     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
---     BullMQ's wait list is empty; with KEYS 41-44 a held, not cancelled claim also does the job's
---     result-cache lookup (its reply as result-cache-lookup-4.lua's); with KEY 41 alone it appends the
+--     BullMQ's wait list is empty; with KEYS 5-8 a held, not cancelled claim also does the job's
+--     result-cache lookup (its reply as result-cache-lookup-4.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id
@@ -60,19 +63,14 @@ local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 local now = math.floor(nowF)
 
-local K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = KEYS[11], KEYS[12], KEYS[13]
-local K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART = KEYS[27], KEYS[28], KEYS[29], KEYS[30]
-local K_WAKE = KEYS[31]
-local P_CANCEL, P_ORGJOBS = KEYS[32], KEYS[33]
-local Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = KEYS[34], KEYS[35], KEYS[36], KEYS[37], KEYS[38]
-local K_LEASEREQ, P_LEASEWAIT = KEYS[39], KEYS[40]
+local FP, TB, QK, AP = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+-- The keys the common claim and release use; the others are built after those calls have answered.
+local K_LANES, K_SLEEP, K_TIMERS, K_LEASES, K_INFLIGHT = FP .. 'lanes', FP .. 'sleep', FP .. 'timers', FP .. 'leases', FP .. 'inflight'
+local K_WORKERS, K_WORKERCONC, K_WAKE = FP .. 'workers', FP .. 'workerconc', FP .. 'wake'
+local P_JOB, P_CAPBLK, P_CANCEL = FP .. 'job:', FP .. 'capblk:', AP .. 'cancel:'
+local Q_WAIT, Q_PRIO, Q_JOB = QK .. 'wait', QK .. 'prioritized', QK
 -- Suffix of a model's batch lane (fair-plan.ts BATCH_LANE_SUFFIX).
 local BATCH_LANE = '@batch'
-local P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN = KEYS[14], KEYS[15], KEYS[16], KEYS[17], KEYS[18]
-local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = KEYS[19], KEYS[20], KEYS[21], KEYS[22]
-local Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB = KEYS[23], KEYS[24], KEYS[25], KEYS[26]
 
 local op = ARGV[1]
 local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = tonumber(ARGV[4]),
@@ -159,10 +157,10 @@ end
 -- A job that does not run takes no lock and records nothing.
 local function claimReply(held, cancelled, d)
   if held == 1 and cancelled == 0 then
-    if #KEYS >= 44 then
-      return { held, cancelled, d, resultCacheLookup(KEYS[41], KEYS[42], KEYS[43], KEYS[44], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
-    elseif #KEYS == 41 then
-      rcall('XADD', KEYS[41], '*', ARGV[16], ARGV[17])
+    if #KEYS >= 8 then
+      return { held, cancelled, d, resultCacheLookup(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+    elseif #KEYS == 5 then
+      rcall('XADD', KEYS[5], '*', ARGV[16], ARGV[17])
       return { held, cancelled, d, 1 }
     end
   end
@@ -301,6 +299,23 @@ elseif op == 'release' and tonumber(ARGV[14]) == 0 then
     if ARGV[13] ~= '1' then return { freed, 1 } end
     early.due = due
   end
+end
+
+-- The rest of the keys (see the header).
+local K_SLEEPWHY, K_OTIMERS, K_VT, K_GVT, K_SEQ = FP .. 'sleepwhy', FP .. 'otimers', FP .. 'vt', FP .. 'gvt', FP .. 'seq'
+local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = FP .. 'mblock', FP .. 'mblockwhy', FP .. 'mlimits'
+local K_THROTTLED, K_SLEEPSTART, K_LEASEREQ = FP .. 'throttled', FP .. 'sleepstart', FP .. 'leasereq'
+local P_LANE, P_OLANES, P_PLAN, P_LEASEWAIT = FP .. 'lane:', FP .. 'olanes:', FP .. 'plan:', FP .. 'leasewait:'
+local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = TB .. 'rpm:org:', TB .. 'tpm:org:', TB .. 'rpm:model:', TB .. 'tpm:model:'
+local P_ORGJOBS = AP .. 'org-jobs:'
+local Q_DELAYED, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = QK .. 'delayed', QK .. 'meta', QK .. 'active', QK .. 'pc', QK .. 'events', QK .. 'marker'
+
+-- Every key, in fair-keys.ts FAIR_KEY_NAMES order: what its test compares with the names TypeScript builds.
+if op == 'keys' then
+  return { K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS, K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ, K_MBLOCK,
+    K_MBLOCKWHY, K_MLIMITS, P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN, P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL,
+    P_TB_TPM_MODEL, Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB, K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART, K_WAKE,
+    P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT }
 end
 
 -- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
