@@ -1,5 +1,5 @@
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
@@ -37,13 +37,13 @@ function valgrindMissing(): boolean {
   }
 }
 
-/** The Ir total of the newest dump in `dir`. */
+/** The Ir total of the newest dump in `dir` (callgrind numbers them: `cg.<pid>.<n>`). */
 function latestDumpIr(dir: string): number {
-  const files = readdirSync(dir).map((f) => join(dir, f));
-  files.sort((a, b) => statSync(a).mtimeMs - statSync(b).mtimeMs);
-  const text = readFileSync(files[files.length - 1], 'utf8');
-  const m = /^(?:totals|summary): (\d+)/m.exec(text);
-  if (!m) throw new Error(`no instruction total in ${files[files.length - 1]}`);
+  const seq = (f: string) => Number(/^cg\.\d+\.(\d+)$/.exec(f)?.[1] ?? -1);
+  const newest = readdirSync(dir).sort((a, b) => seq(a) - seq(b)).at(-1);
+  if (!newest) throw new Error(`no callgrind dump in ${dir}`);
+  const m = /^(?:totals|summary): (\d+)/m.exec(readFileSync(join(dir, newest), 'utf8'));
+  if (!m) throw new Error(`no instruction total in ${newest}`);
   return Number(m[1]);
 }
 
