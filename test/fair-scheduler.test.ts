@@ -104,6 +104,13 @@ async function dispatchN(s: FairScheduler, n: number): Promise<string[]> {
 
 const orgOf = (id: string) => id.slice(0, id.lastIndexOf('-'));
 
+/** Waits until Redis time is past the registration expiry of `worker` (however long its registering call took). */
+async function lapsed(c: Ctx, worker: string): Promise<void> {
+  const expiry = Number(await c.redis.zscore(c.scheduler.keys.named.workers, worker));
+  expect(expiry).toBeGreaterThan(0);
+  await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(expiry), { timeout: 5_000, interval: 1 });
+}
+
 describe('fair scheduler', () => {
   it("keeps BullMQ's wait list at the sum of the live workers' asks (a worker without one: the ratio of its concurrency)", async () => {
     const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
@@ -132,9 +139,8 @@ describe('fair scheduler', () => {
     await c.scheduler.dispatch();
     expect(await waiting()).toBe(18);
     // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask.
-    const regAt = await c.redisNow();
     await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1 });
-    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(regAt + 2), { timeout: 5_000, interval: 1 });
+    await lapsed(c, 'w2');
     const ids = (await c.queue.getWaiting()).slice(0, 15).map((j) => j.id!);
     for (const id of ids) await c.queue.remove(id);
     await c.scheduler.release(ids);
@@ -150,10 +156,9 @@ describe('fair scheduler', () => {
     const waiting = () => c.queue.getJobCountByTypes('waiting', 'prioritized');
     const workers = () => c.redis.zrange(c.scheduler.keys.named.workers, 0, -1);
     await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
-    const regAt = await c.redisNow();
     await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1, ask: 8 });
     expect(await waiting()).toBe(18);
-    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(regAt + 2), { timeout: 5_000, interval: 1 });
+    await lapsed(c, 'w2');
     // One job after another, each claim carrying the last one's release: the list lacks less than a batch even
     // counting w2's lapsed ask, so these claims do not read the registry (w2 stays in it).
     const order = (await c.queue.getWaiting()).reverse().map((j) => j.id!);
