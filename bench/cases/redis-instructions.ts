@@ -10,13 +10,14 @@ import { measurePath, type Path } from './throughput.js';
 
 /**
  * Case 2b (opt in, `BENCH_ONLY=redis-instructions`; needs valgrind): Redis's work per job counted in instructions
- * (callgrind), the same for any host speed and whatever else the machine does, where the time figures of case 2
- * move by a third between runs on a shared host. The throughput case's c=1 paths run against a redis-server of
- * their own under callgrind, whose counters are dumped when each measurement window opens and closes.
- * Under callgrind Redis runs ~30x slower, so the worker finishes ~30x fewer jobs per second and would ask for
- * a shorter wait list by time (fair/buffer-ask.ts): DISPATCH_BUFFER_MS is raised by as much, so the dispatcher
- * refills in the batches it uses on a normal run. The windows are long (`WINDOW_MS`): jobs that finish while
- * callgrind_control is dumping count in the instructions, not in the jobs (a bias of well under 1 % here).
+ * (callgrind), nearly the same whatever the host's speed or load (repeats within ~3 %), where the time figures of
+ * case 2 move by a third between runs on a shared host. The throughput case's c=1 paths run against a
+ * redis-server of their own under callgrind, whose counters are dumped when each measurement window opens and
+ * closes. Under callgrind the worker finishes 15-20x fewer jobs per second and would ask for a shorter wait list
+ * by time (fair/buffer-ask.ts): DISPATCH_BUFFER_MS is raised 15x, so the dispatcher refills in the batches it
+ * uses on a normal run. Jobs that finish while callgrind_control dumps count on one side only (their
+ * instructions at the window's start, the jobs at its end), so the two edges mostly cancel; long windows
+ * (`WINDOW_MS`) keep what remains small.
  */
 const WINDOW_MS = 10_000;
 const SLOWDOWN = 15;
