@@ -236,17 +236,18 @@ end
 -- the list full enough) skip that read. Their asks only add to the room and raise the batch at most as much,
 -- so a list that lacks a batch without them lacks one with them too, and the room is taken again after the sweep.
 local REFILL_MIN = 8
-local function bufferRoom()
-  local fixed = BUFFER_ARG ~= 'w'
-  local target = fixed and tonumber(BUFFER_ARG) or askSum()
-  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+-- The room when `queued` jobs leave a batch's worth of `target` lacking, else 0.
+local function roomFor(target, queued)
   local room = target - queued
   if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
-  if fixed or not sweepWorkers() then return room end
-  target = askSum()
-  room = target - queued
-  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
   return room
+end
+local function bufferRoom()
+  local fixed = BUFFER_ARG ~= 'w'
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  local room = roomFor(fixed and tonumber(BUFFER_ARG) or askSum(), queued)
+  if room == 0 or fixed or not sweepWorkers() then return room end
+  return roomFor(askSum(), queued)
 end
 
 -- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts` (the
@@ -703,7 +704,8 @@ local function tryLane(lane, org, model, v, deferVt)
   if limiting then
     sleepLane(lane, math.ceil(nowF + wait), limiting)
     -- Asleep on its shard's reservoir: woken by the lease (op lease), and a lease is asked for unless one stands.
-    if reservoirShort and (limiting == P_TB_RPM_MODEL .. model or limiting == P_TB_TPM_MODEL .. model) then
+    local k = laneBucketKeys(lane, org, model)
+    if reservoirShort and (limiting == k[3] or limiting == k[4]) then
       rcall('SADD', P_LEASEWAIT .. model, lane)
       rcall('PEXPIRE', P_LEASEWAIT .. model, RESERVOIR_TTL_MS)
       if leasePending(model) <= now then
@@ -954,7 +956,8 @@ end
 -- its call). Each only where that limit is set, corrected as the rate limiter corrects its own.
 local function correctCharge(org, model, orgTokens, modelTokens, requests)
   local p, mi = plan(org), modelInfo(model)
-  local keys = { P_TB_TPM_ORG .. org .. ':' .. model, P_TB_TPM_MODEL .. model, P_TB_RPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model }
+  local names = laneBucketKeys(laneOf(org, model), org, model)
+  local keys = { names[2], names[4], names[1], names[3] }
   local caps = { p.tpm, mi.tpm, 0, 0 }
   local deltas = { orgTokens, modelTokens, requests, requests }
   if requests ~= 0 then caps[3], caps[4] = orgRpmOf(p, mi, model), mi.rpm end
