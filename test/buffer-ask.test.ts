@@ -39,7 +39,7 @@ describe('buffer ask', () => {
     expect(w.changes).toEqual([40, 50]);
   });
 
-  it('shrinks only by an eighth or more, and back to the fixed share once the worker idles', () => {
+  it('shrinks only by more than an eighth, and back to the fixed share once the worker idles', () => {
     const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
     // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s (40, an eighth
     // lower or more: shrinks).
@@ -48,6 +48,22 @@ describe('buffer ask', () => {
     w.idle(1_000);
     expect(w.a.ask()).toBe(25);
     expect(w.changes).toEqual([50, 40, 25]);
+  });
+
+  it('does not register an ask that wobbles by one job or by an eighth, either way', () => {
+    const one = askWith({ concurrency: 1, ratio: 0.5, floorMs: 40 });
+    // 100 jobs/s (4 in 40 ms), then a rate wobbling around it: 76 / 100 / 124 / 80 jobs/s (3, 4, 4, 3 in 40 ms).
+    expect(one.windows([25, 19, 25, 31, 20])).toEqual([4, 4, 4, 4, 4]);
+    // Two jobs fewer (2 in 40 ms) moves it; back to the fixed share (1) when nothing finishes.
+    expect(one.windows([13])).toEqual([2]);
+    one.idle(1_000);
+    expect(one.a.ask()).toBe(1);
+    expect(one.changes).toEqual([4, 2, 1]);
+    // A larger ask: from the fixed 50 to 64 in 40 ms moves; growth by an eighth or less (64 -> 70) stays at 64
+    // too, more than that (73) moves.
+    const big = askWith({ concurrency: 100, ratio: 0.5, floorMs: 40 });
+    expect(big.windows([400, 440, 460])).toEqual([64, 64, 73]);
+    expect(big.changes).toEqual([64, 73]);
   });
 
   it('lets a worker of low concurrency ask for up to SMALL_WORKER_MAX_ASK short jobs, so the dispatcher refills in batches', () => {

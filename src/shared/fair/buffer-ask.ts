@@ -53,9 +53,12 @@ export function createBufferAsk(opts: {
     windowStart = at;
     count = 0;
     const next = Math.max(fixed, byTime);
-    // Grows at once (the list runs dry now); shrinks only by an eighth or more, so a rate that wobbles
-    // around a boundary does not register a new ask every window.
-    if (next === current || (next < current && next > (current * 7) / 8)) return;
+    // Moves only by more than an eighth and by two jobs or more, either way (back to the fixed share always):
+    // each new ask is a dispatcher call to register it, and a rate that wobbles around a boundary (a worker
+    // finishing 3 or 4 jobs in 40 ms, window after window) would register one every window. A list an eighth
+    // or one job short of the floor's time still holds most of it.
+    const moved = Math.abs(next - current);
+    if (moved === 0 || (next !== fixed && moved <= Math.max(1, current / 8))) return;
     current = next;
     opts.onChange?.(next);
   };
