@@ -10,6 +10,14 @@ const DRAIN_MS = 15_000;
 const WARMUP_MS = 3000;
 /** Mean latency above which the worker did not keep up with the offer (see offer()): the target is not judged. */
 const KEPT_UP_MS = 100;
+/** The worker's concurrency in this case. */
+const CONCURRENCY = 50;
+/**
+ * Share of the worker's slots busy on average (Little's law: rate x mean latency) above which the target is not
+ * judged either: with nearly every slot taken, jobs wait in BullMQ's list for one, and p50 measures that queue
+ * (a run of 2026-12-05 19:11 came out 2.68x, "met", on a p50 of 87.6 ms: 48.6 jobs in the system for 50 slots).
+ */
+const KEPT_UP_OCCUPANCY = 0.8;
 
 interface Offered {
   offered: number;
@@ -75,7 +83,8 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${s.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
   ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} % of a core (${round((s.workerCpuPct * 10) / rate, 2)} ms of CPU per job), producer process ${round(s.producerCpuPct ?? 0, 0)} %` });
-  const keptUp = s.meanMs <= KEPT_UP_MS;
+  const inSystem = (rate * s.meanMs) / 1000;
+  const keptUp = s.meanMs <= KEPT_UP_MS && inSystem < KEPT_UP_OCCUPANCY * CONCURRENCY;
   ctx.add({
     case: tc,
     name: 'p99 / p50',
@@ -84,8 +93,8 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
     target: '<= 4',
     met: keptUp ? s.p99 / s.p50 <= 4 && s.completed === s.offered : null,
     note: keptUp
-      ? `mean ${round(s.meanMs, 1)} ms`
-      : `not judged: mean latency ${round(s.meanMs, 1)} ms, ${round((rate * s.meanMs) / 1000, 0)} jobs queued or running on average (more than ${KEPT_UP_MS} ms of the offer): the worker did not keep up with half of case 1's maximum in this window, so these are a queue's latencies, not a tail`,
+      ? `mean ${round(s.meanMs, 1)} ms; ${round(inSystem, 1)} jobs queued or running on average (of ${CONCURRENCY} slots)`
+      : `not judged: mean latency ${round(s.meanMs, 1)} ms, ${round(inSystem, 1)} jobs queued or running on average (more than ${KEPT_UP_MS} ms of the offer, or ${KEPT_UP_OCCUPANCY * 100} % of the worker's ${CONCURRENCY} slots or more): the worker did not keep up with half of case 1's maximum in this window, so these are a queue's latencies, not a tail`,
   });
   if (s.gc) {
     ctx.add({
@@ -119,7 +128,7 @@ function summary(o: Offered) {
 /** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
 async function offer(ctx: BenchContext, rate: number, together: boolean, extraEnv: Record<string, string> = {}): Promise<ReturnType<typeof summary>> {
   await ctx.b.control.flushall();
-  const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: '50', ...extraEnv };
+  const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: String(CONCURRENCY), ...extraEnv };
   // Both by job id: a job may complete before its enqueue call has returned here.
   const enqueuedAt = new Map<string, number>();
   const completed = new Map<string, number>();
