@@ -19,6 +19,15 @@ describe('variable-key Lua on an auto-pipelined connection', () => {
       expect(source).not.toMatch(/^--- @include/m);
       expect(source.match(/local function resultCacheTag\(/g)).toHaveLength(1);
     }
+    // The dispatcher's parts (includes/fair-*.lua), each pasted once, in the order the early answers need.
+    const fair = readLua('fair-core-N.lua');
+    const at = (fn: string) => {
+      expect(fair.match(new RegExp(`local function ${fn}\\(`, 'g'))).toHaveLength(1);
+      return fair.indexOf(`local function ${fn}(`);
+    };
+    const order = ['claimOwn', 'releaseSlots', 'activate', 'level', 'tryLane', 'dispatch', 'applyCorrections'].map(at);
+    expect(order).toEqual([...order].sort((a, b) => a - b));
+    expect(fair.indexOf("if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV == 20")).toBeLessThan(order[1]);
   });
 
   it('a key count first used while an auto-pipeline is pending runs in it, beside the calls queued before', async () => {

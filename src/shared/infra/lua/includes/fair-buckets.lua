@@ -1,0 +1,130 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-buckets"` (lua.ts readLua): the token buckets a dispatch charges (read and written once per call), the shard's reservoirs and lease
+-- requests, an org's RPM and best lane, the dispatch's batched writes and a lane's bucket names.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- Bucket levels this call read or charged (key -> level at nowF), and the charged ones not written yet (key ->
+-- {cap, rate}): a dispatch of k jobs of one lane reads each of its buckets once and writes it once, not k
+-- times. Written by flushBuckets before the dispatch returns.
+local bucketLevels, bucketsDirty = {}, {}
+
+-- Bucket level now, in the {tokens, ts} format of guards/lua/token-bucket-take-N.lua (missing = full).
+local function level(key, cap, rate)
+  local lv = bucketLevels[key]
+  if lv then return lv end
+  local s = rcall('HMGET', key, 'tokens', 'ts')
+  if not s[1] then lv = cap else lv = math.min(cap, tonumber(s[1]) + math.max(0, nowF - tonumber(s[2])) * rate) end
+  bucketLevels[key] = lv
+  return lv
+end
+
+local function chargeBucket(key, cap, rate, lv)
+  bucketLevels[key] = lv
+  bucketsDirty[key] = { cap, rate }
+end
+
+-- Writes a bucket this call charged (one HSET and PEXPIRE); nothing when it charged none.
+local function writeBucket(key)
+  local b = bucketsDirty[key]
+  if not b then return end
+  local lv = bucketLevels[key]
+  rcall('HSET', key, 'tokens', fmt(lv), 'ts', string.format('%.3f', nowF))
+  rcall('PEXPIRE', key, math.ceil((b[1] - lv) / b[2]) + 1000)
+  bucketsDirty[key] = nil
+end
+
+local function flushBuckets()
+  for key in pairs(bucketsDirty) do writeBucket(key) end
+end
+
+-- A reservoir's level (leased mode): what the shard holds of the model's global bucket; missing = nothing.
+local function reservoirLevel(key)
+  return tonumber(rcall('HGET', key, 'tokens')) or 0
+end
+
+local function setReservoir(key, lv)
+  rcall('HSET', key, 'tokens', fmt(lv))
+  rcall('PEXPIRE', key, RESERVOIR_TTL_MS)
+end
+
+-- Lease requests this call made (model -> {model, requests short, tokens short}), returned with its dispatch.
+local leaseWants = {}
+local leaseWantList = {}
+
+-- A number in a hash field (missing = 0), read once per call into `cache` (field -> number).
+local function hashNumberOnce(cache, key, field)
+  local v = cache[field]
+  if v == nil then
+    v = tonumber(rcall('HGET', key, field)) or 0
+    cache[field] = v
+  end
+  return v
+end
+
+-- When the shard's lease request for `model` stands until (0 = none): asked for and not answered yet, or
+-- refused by the global bucket until then.
+local leaseReqCache = {}
+local function leasePending(model)
+  return hashNumberOnce(leaseReqCache, K_LEASEREQ, model)
+end
+
+-- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm, then the
+-- default for the model's tier.
+local function orgRpmOf(p, mi, model)
+  local pro = string.find(model, 'pro', 1, true) ~= nil
+  local r
+  if pro then r = p.ownRpmPro else r = p.ownRpmFlash end
+  if r == nil then r = mi.orgRpm end
+  if r == nil then
+    if pro then r = p.rpmPro else r = p.rpmFlash end
+  end
+  return r
+end
+
+-- The org's lane whose head job comes first (priority, then arrival), among its active lanes.
+local function bestLaneOf(org, fallback)
+  local members = orgLanes(org)
+  if #members < 2 then return fallback end
+  local best, bestScore = fallback, nil
+  for _, l in ipairs(members) do
+    if rcall('ZSCORE', K_LANES, l) then
+      local h = rcall('ZRANGE', P_LANE .. l, 0, 0, 'WITHSCORES')
+      if #h > 0 and (bestScore == nil or tonumber(h[2]) < bestScore) then
+        best, bestScore = l, tonumber(h[2])
+      end
+    end
+  end
+  return best
+end
+
+-- A dispatch's per-job writes to shared keys, made once per call by flushDispatched (the same final state as a
+-- command per job; nothing in the call reads them back but the org's in-flight count, through inflightOf):
+-- the slots' leases (ZADD pairs), the orgs' in-flight counts (org -> jobs dispatched), the jobs promoted into
+-- BullMQ's wait list (in push order), and BullMQ's base marker (promote adds it per job: the same member and
+-- score, so once).
+local leaseAdds, inflightAdded, inflightRead, waitPushes = {}, {}, {}, {}
+local markerDue = false
+
+-- An org's slots held now: the stored count (read once per call) plus what this call dispatched.
+local function inflightOf(org)
+  return hashNumberOnce(inflightRead, K_INFLIGHT, org) + (inflightAdded[org] or 0)
+end
+
+local function flushDispatched()
+  if #leaseAdds > 0 then rcall('ZADD', K_LEASES, unpack(leaseAdds)) end
+  for org, n in pairs(inflightAdded) do rcall('HINCRBY', K_INFLIGHT, org, n) end
+  -- LPUSH a b c pushes a, then b, then c: the order promote's one LPUSH per job gave.
+  if #waitPushes > 0 then rcall('LPUSH', Q_WAIT, unpack(waitPushes)) end
+  if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
+  leaseAdds, inflightAdded, inflightRead, waitPushes, markerDue = {}, {}, {}, {}, false
+end
+
+-- A lane's bucket names (org RPM, org TPM, model RPM, model TPM), built once per call: a run dispatches many jobs
+-- of one lane.
+local bucketKeysOf = {}
+local function laneBucketKeys(lane, org, model)
+  local k = bucketKeysOf[lane]
+  if not k then
+    k = { P_TB_RPM_ORG .. org .. ':' .. model, P_TB_TPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model, P_TB_TPM_MODEL .. model }
+    bucketKeysOf[lane] = k
+  end
+  return k
+end

@@ -1,0 +1,94 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-buffer"` (lua.ts readLua): BullMQ's wait list sized by the live workers' asks (the registry, the room a refill fills), and the release
+-- of finished jobs' slots.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- The wait list is sized by the workers alive now (each registers while it dispatches): with none, nothing
+-- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
+-- Forgets the workers whose registration lapsed; true when there were any.
+local function sweepWorkers()
+  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
+  if #gone == 0 then return false end
+  rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
+  rcall('HDEL', K_WORKERCONC, unpack(gone))
+  return true
+end
+
+-- The sum of the registered workers' asks (lapsed ones included until swept).
+local function askSum()
+  local total = 0
+  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
+  return math.ceil(total)
+end
+
+local function bufferTarget()
+  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
+  sweepWorkers()
+  return askSum()
+end
+
+-- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
+-- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
+-- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
+-- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
+-- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
+-- Refilled once it lacks REFILL_MIN jobs, or half a smaller target (0 until then): jobs finishing one at a time
+-- would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
+-- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~30 commands and the script's
+-- function setup) is then shared by 8 jobs: at 4 (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more
+-- commands and ~10 % more Redis time; each job dispatched costs ~8 commands of its own. A list refilled only at
+-- half of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy, not 50).
+-- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
+-- Lapsed workers are swept only once the list lacks a batch counting their asks: most calls (a claim that finds
+-- the list full enough) skip that read. Their asks only add to the room and raise the batch at most as much,
+-- so a list that lacks a batch without them lacks one with them too, and the room is taken again after the sweep.
+local REFILL_MIN = 8
+-- The room when `queued` jobs leave a batch's worth of `target` lacking, else 0.
+local function roomFor(target, queued)
+  local room = target - queued
+  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
+  return room
+end
+local function bufferRoom()
+  local fixed = BUFFER_ARG ~= 'w'
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  local room = roomFor(fixed and tonumber(BUFFER_ARG) or askSum(), queued)
+  if room == 0 or fixed or not sweepWorkers() then return room end
+  return roomFor(askSum(), queued)
+end
+
+-- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts` (the
+-- field goes at 0): leases and in-flight slots, timers and an org's timed jobs. True when it was there.
+local function zremCounted(key, counts, id, org)
+  if rcall('ZREM', key, id) == 0 then return false end
+  if rcall('HINCRBY', counts, org, -1) <= 0 then rcall('HDEL', counts, org) end
+  return true
+end
+
+-- Drops a finished job's slot: its lease and its org's in-flight count; true when it held one. Slots are keyed by
+-- job id (the lease), so freeing twice or after a sweep never double counts. Waking the org's lanes that wait for
+-- a slot is left to the caller (freeSlot, wakeReleased below): it needs the functions created after this point.
+local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, org) end
+
+-- Frees the slots of the finished jobs ARGV[from..] and forgets them (a laned or timed job keeps its record): what
+-- every release does, a claim's or a release op's, early (no charge corrections handed over) or on the long way.
+-- Returns how many slots it freed and the orgs given one back, in order, with whether each has lanes waiting for a
+-- slot (capblk; `anyCapped`): waking those is wakeReleased's, on the long way.
+local function releaseSlots(from)
+  local r = { freed = 0, orgs = {}, capped = {}, anyCapped = false }
+  for i = from, #ARGV do
+    local id = ARGV[i]
+    local m = rcall('HMGET', P_JOB .. id, 'o', 'st')
+    local org = m[1]
+    if org then
+      if dropLease(id, org) then
+        r.freed = r.freed + 1
+        if r.capped[org] == nil then
+          r.capped[org] = rcall('EXISTS', P_CAPBLK .. org) == 1
+          r.anyCapped = r.anyCapped or r.capped[org]
+          r.orgs[#r.orgs + 1] = org
+        end
+      end
+      if m[2] ~= 'lane' and m[2] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+    end
+  end
+  return r
+end

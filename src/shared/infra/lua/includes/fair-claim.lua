@@ -1,0 +1,79 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-claim"` (lua.ts readLua): what is due now (timers, sleepers, leases) and the next wake time, and a claim's own part and reply: the
+-- functions the common claim needs before it answers.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+local function firstScore(key)
+  local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #r == 0 then return nil end
+  return tonumber(r[2])
+end
+
+-- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
+-- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
+-- `firsts`: the timers' and sleepers' first scores when the caller has just read them (nothing changed since).
+local function nextWake(firsts)
+  local wake = nil
+  for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
+    local s
+    if firsts then s = firsts[i] else s = firstScore(key) end
+    if s and (wake == nil or s < wake) then wake = s end
+  end
+  if not wake then return '0' end
+  if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
+  rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
+  return fmt(wake)
+end
+
+-- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
+-- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
+-- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
+local function dueNow()
+  if rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+  local due, firsts, any = {}, {}, false
+  for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
+    firsts[i] = firstScore(key)
+    due[i] = firsts[i] ~= nil and firsts[i] <= now
+    any = any or due[i]
+  end
+  if any then return due end
+  return nil, firsts
+end
+
+-- A claim's own part: the API's cancel marker, and the job's slot (its lease renewed, its stage written).
+-- Returns held (0|1), cancelled (0|1).
+local function claimOwn(id)
+  -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
+  -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
+  local cancelled = rcall('EXISTS', P_CANCEL .. id)
+  -- The lease renewed in the command that tells whether there is one (XX: never created; GT: never shortened).
+  -- 0 also when the new expiry equals the old one (dispatched in this millisecond): then ZSCORE tells.
+  local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', leaseDeadline(), id)
+  if held == 0 and rcall('ZSCORE', K_LEASES, id) then held = 1 end
+  if held == 1 then
+    -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
+    -- cancelled job never calls the model: its stage is not "calling_model".
+    local progress = ARGV[14]
+    if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
+  end
+  return held, cancelled
+end
+
+-- True when nothing is queued in BullMQ's wait list or prioritized set (see bufferRoom).
+local function nothingQueued()
+  return rcall('LLEN', Q_WAIT) == 0 and rcall('ZCARD', Q_PRIO) == 0
+end
+
+-- A claim's reply: held, cancelled, what it dispatched; and when the job runs, its result-cache lookup (and
+-- single-flight lock on a miss) rides here instead of costing a round trip before the model call, or, for an
+-- attempt already answered from memory, its usage row is appended here instead of in a round trip of its own.
+-- A job that does not run takes no lock and records nothing.
+local function claimReply(held, cancelled, d)
+  if held == 1 and cancelled == 0 then
+    if #KEYS >= 8 then
+      return { held, cancelled, d, resultCacheLookup(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[16], ARGV[17], ARGV[18], ARGV[19]) }
+    elseif #KEYS == 5 then
+      rcall('XADD', KEYS[5], '*', ARGV[16], ARGV[17])
+      return { held, cancelled, d, 1 }
+    end
+  end
+  return { held, cancelled, d }
+end

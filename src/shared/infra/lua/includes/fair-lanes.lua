@@ -1,0 +1,178 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-lanes"` (lua.ts readLua): lanes ("<org>|<model>"), the orgs' plans and virtual times, activation, sleep, cap blocks, timers and slots.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
+local function splitLane(lane) return string.match(lane, '^(.*)|([^|]*)$') end
+local function laneOf(org, model) return org .. '|' .. model end
+
+-- Read on first use: most calls (claim, release, a dispatch with nothing due) never need it.
+local gvtValue = nil
+local gvtDirty = false
+local function gvt()
+  if gvtValue == nil then gvtValue = tonumber(rcall('GET', K_GVT)) or 0 end
+  return gvtValue
+end
+
+local planCache = {}
+local function plan(org)
+  local p = planCache[org]
+  if p then return p end
+  local h = rcall('HMGET', P_PLAN .. org, 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm')
+  p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc, ownRpmPro = tonumber(h[3]), ownRpmFlash = tonumber(h[4]),
+    rpmPro = tonumber(h[3]) or DEF.rpmPro, rpmFlash = tonumber(h[4]) or DEF.rpmFlash, tpm = tonumber(h[5]) or DEF.tpm }
+  if not (p.weight > 0) then p.weight = DEF.weight end
+  planCache[org] = p
+  return p
+end
+
+-- A model's stored limits (raw strings; false = unset), read once per script call: enqueue compares them with
+-- the producer's before writing, and the dispatch that follows reads them from here.
+local limitsCache = {}
+local function storedLimits(model)
+  local l = limitsCache[model]
+  if l then return l end
+  l = rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
+  limitsCache[model] = l
+  return l
+end
+
+-- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model).
+local modelCache = {}
+local function modelInfo(model)
+  local mi = modelCache[model]
+  if mi then return mi end
+  local h = storedLimits(model)
+  mi = { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
+    blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 }
+  modelCache[model] = mi
+  return mi
+end
+
+-- An org's lanes, read once per call until this call adds or drops one of them.
+local olanesCache = {}
+local function orgLanes(org)
+  local m = olanesCache[org]
+  if not m then
+    m = rcall('SMEMBERS', P_OLANES .. org)
+    olanesCache[org] = m
+  end
+  return m
+end
+
+-- Sets an org's virtual time and moves all of its active lanes with it (they share one vt). `lanes`: the ones to
+-- move when the caller knows them (a dispatch's run, below: its one lane, or none once it left the race).
+local function setVt(org, v, lanes)
+  rcall('HSET', K_VT, org, fmt(v))
+  for _, l in ipairs(lanes or orgLanes(org)) do
+    rcall('ZADD', K_LANES, 'XX', fmt(v), l)
+  end
+end
+
+-- An org (re)joining the race starts at the global virtual time: it is owed nothing for the time it was
+-- idle or blocked (no burst that starves others) and owes nothing either (a newcomer is not starved).
+local function catchUpVt(org)
+  local v = tonumber(rcall('HGET', K_VT, org)) or 0
+  if v < gvt() then
+    v = gvt()
+    setVt(org, v)
+  end
+  return v
+end
+
+-- Orgs whose cap-blocked set this call knows to be empty (read once, or emptied; forgotten on SADD): a release
+-- of many jobs of one org reads it once.
+local capblkEmpty = {}
+
+-- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
+-- `woken`: the caller just took it out of the sleepers (no need to ask).
+local function activate(lane, org, woken)
+  if rcall('ZSCORE', K_LANES, lane) or (not woken and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
+    return
+  end
+  local v = catchUpVt(org)
+  rcall('ZADD', K_LANES, fmt(v), lane)
+end
+
+-- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
+local function unsleep(lane)
+  if rcall('ZREM', K_SLEEP, lane) == 0 then return false end
+  rcall('HDEL', K_SLEEPWHY, lane)
+  local since = tonumber(rcall('HGET', K_SLEEPSTART, lane))
+  if since then
+    rcall('HDEL', K_SLEEPSTART, lane)
+    rcall('HINCRBYFLOAT', K_THROTTLED, splitLane(lane), string.format('%.3f', math.max(0, now - since) / 1000))
+  end
+  return true
+end
+
+-- True when the lane was empty (and is now forgotten).
+local function dropLaneIfEmpty(lane, org)
+  if rcall('EXISTS', P_LANE .. lane) == 0 then
+    rcall('ZREM', K_LANES, lane)
+    unsleep(lane)
+    rcall('SREM', P_CAPBLK .. org, lane)
+    rcall('SREM', P_OLANES .. org, lane)
+    olanesCache[org] = nil
+    return true
+  end
+  return false
+end
+
+-- Score: BullMQ priority first (0 first, like BullMQ's wait list before prioritized), then FIFO by a
+-- global sequence (global so an org's lanes can be merged in arrival order). priority <= 2^21 and
+-- seq < 2^31 keep the score an exact double.
+local function laneScore(prio, seq) return fmt(prio * 2147483648 + seq) end
+
+local function pushJob(id, org, model, prio, seq)
+  local lane = laneOf(org, model)
+  rcall('ZADD', P_LANE .. lane, laneScore(prio, seq), id)
+  rcall('HSET', P_JOB .. id, 'st', 'lane')
+  if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
+  activate(lane, org)
+end
+
+local function wakeCapBlocked(org)
+  if capblkEmpty[org] then return end
+  local key = P_CAPBLK .. org
+  local lanes = rcall('SMEMBERS', key)
+  if #lanes > 0 then
+    rcall('DEL', key)
+    for _, l in ipairs(lanes) do activate(l, org) end
+  end
+  capblkEmpty[org] = true
+end
+
+local function freeSlot(id, org)
+  if not dropLease(id, org) then return false end
+  wakeCapBlocked(org)
+  return true
+end
+
+-- The rest of a release (releaseSlots): the capped lanes of the orgs it gave a slot back are woken (the others are
+-- known to have none: not read again). How many slots it freed.
+local function wakeReleased(r)
+  for _, org in ipairs(r.orgs) do
+    if r.capped[org] then wakeCapBlocked(org) else capblkEmpty[org] = true end
+  end
+  return r.freed
+end
+
+local function addTimer(id, org, at, reason)
+  if rcall('ZADD', K_TIMERS, fmt(at), id) == 1 then rcall('HINCRBY', K_OTIMERS, org, 1) end
+  rcall('HSET', P_JOB .. id, 'st', 'timer', 'r', reason)
+end
+
+local function removeTimer(id, org) return zremCounted(K_TIMERS, K_OTIMERS, id, org) end
+
+local function removeFromLane(id, org, model)
+  local lane = laneOf(org, model)
+  local removed = rcall('ZREM', P_LANE .. lane, id) == 1
+  dropLaneIfEmpty(lane, org)
+  return removed
+end
+
+local function sleepLane(lane, untilMs, why)
+  rcall('ZREM', K_LANES, lane)
+  rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
+  rcall('HSET', K_SLEEPWHY, lane, why)
+  rcall('HSETNX', K_SLEEPSTART, lane, now)
+end

@@ -1,0 +1,71 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, and the charge corrections claims and releases carry.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
+local function releaseFrom(from)
+  return wakeReleased(releaseSlots(from))
+end
+
+-- Lanes of `org` asleep on a bucket in `refunded` (key -> true: buckets just given tokens back) get a fresh
+-- look at this call's dispatch: a refund (a cache hit, a job cancelled before its call) is capacity now, not
+-- at the wake time computed before it. A lane that still lacks room goes back to sleep with a new wake time.
+-- Other orgs' lanes asleep on a refunded model bucket keep their wake time.
+local function wakeRefunded(org, refunded)
+  local lanes = orgLanes(org)
+  if #lanes == 0 then return end
+  local whys = rcall('HMGET', K_SLEEPWHY, unpack(lanes))
+  for k, why in ipairs(whys) do
+    if why and refunded[why] then
+      local l = lanes[k]
+      if unsleep(l) then activate(l, org, true) end
+    end
+  end
+end
+
+-- True when it gave tokens back to a limited bucket (a lane may be asleep on it). A leased reservoir is
+-- corrected in place (clamped as a bucket: a debt the next lease pays first).
+local function adjustBucket(key, cap, delta, reservoir)
+  if delta == 0 or not cap or cap <= 0 then return false end
+  if reservoir then
+    setReservoir(key, math.max(-cap, math.min(cap, reservoirLevel(key) - delta)))
+  else
+    -- The include reads and writes the bucket itself: what this call charged is written first, and read again.
+    writeBucket(key)
+    bucketLevels[key] = nil
+    tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+  end
+  return delta < 0
+end
+
+-- Corrects what was charged for calls of `org` to `model`: tokens to the org's and the model's TPM buckets
+-- (the dispatch charged the estimate), requests to the org's and the model's RPM buckets (-1 gives back the
+-- request a dispatch charged for a job that called no model: a cache hit, a job cancelled or refused before
+-- its call). Each only where that limit is set, corrected as the rate limiter corrects its own.
+local function correctCharge(org, model, orgTokens, modelTokens, requests)
+  local p, mi = plan(org), modelInfo(model)
+  local names = laneBucketKeys(laneOf(org, model), org, model)
+  local keys = { names[2], names[4], names[1], names[3] }
+  local caps = { p.tpm, mi.tpm, 0, 0 }
+  local deltas = { orgTokens, modelTokens, requests, requests }
+  if requests ~= 0 then caps[3], caps[4] = orgRpmOf(p, mi, model), mi.rpm end
+  -- Only a lane asleep on a bucket that got tokens back is woken: one asleep on another bucket (say the org's
+  -- RPM, while a call's TPM is corrected down) would only go back to sleep. Unlimited buckets are not kept.
+  local refunded, any = {}, false
+  for k = 1, 4 do
+    if adjustBucket(keys[k], caps[k], deltas[k], LEASED and (k == 2 or k == 4)) then
+      refunded[keys[k]] = true
+      any = true
+    end
+  end
+  if any then wakeRefunded(org, refunded) end
+end
+
+-- Charge corrections handed over from ARGV[i] (see correctCharge): their count, then per entry org, model,
+-- org tokens, model tokens, requests. Returns the index of the first argument after them.
+local function applyCorrections(i)
+  local n = tonumber(ARGV[i]) or 0
+  for k = 0, n - 1 do
+    local j = i + 1 + k * 5
+    correctCharge(ARGV[j], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
+  end
+  return i + 1 + n * 5
+end

@@ -1,0 +1,126 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-try-lane"` (lua.ts readLua): one lane's head job tried against its org's share, slots and buckets.
+-- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it and whether the lane
+-- is still a candidate; or nil after parking the lane where it waits. `deferVt`: the caller writes that virtual
+-- time (a run of one lane, see dispatch), not this call.
+local function tryLane(lane, org, model, v, deferVt)
+  -- The second entry only tells whether the lane still holds a job after the head leaves.
+  local head = rcall('ZRANGE', P_LANE .. lane, 0, 1)
+  if #head == 0 then
+    dropLaneIfEmpty(lane, org)
+    return nil
+  end
+  local id = head[1]
+  local mi = modelInfo(model)
+  local blockedUntil = mi.blockedUntil
+  if blockedUntil > now then
+    sleepLane(lane, blockedUntil, 'model:' .. model)
+    return nil
+  end
+  local p = plan(org)
+  if p.conc > 0 and inflightOf(org) >= p.conc then
+    rcall('ZREM', K_LANES, lane)
+    rcall('SADD', P_CAPBLK .. org, lane)
+    capblkEmpty[org] = nil
+    return nil
+  end
+  local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
+  local orgRpm = orgRpmOf(p, mi, model)
+  -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now. A
+  -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
+  local candidates = {}
+  if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
+    -- The 5th field marks a leased reservoir (ARGV[12]); the 6th is where its shortfall is reported.
+    local k = laneBucketKeys(lane, org, model)
+    candidates = {
+      { k[1], orgRpm, 1, true, false },
+      { k[2], p.tpm, est, false, false },
+      { k[3], mi.rpm, 1, true, LEASED, 2 },
+      { k[4], mi.tpm, est, false, LEASED, 3 },
+    }
+  end
+  -- All or nothing: check every bucket before charging any.
+  local buckets, wait, limiting = {}, 0, nil
+  local short, reservoirShort = { model, 0, 0 }, false
+  for _, c in ipairs(candidates) do
+    local cap = c[2]
+    if cap and cap > 0 then
+      local rate = cap / 60000
+      -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
+      local need = math.min(c[3], cap)
+      local lv
+      if c[5] then
+        lv = reservoirLevel(c[1])
+        if lv < need then
+          short[c[6]] = need - lv
+          reservoirShort = true
+          -- The lane waits for the lease already asked for (or refused until then), else for the one it asks for.
+          local pending = leasePending(model)
+          local w = pending > now and pending - now or LEASE_WAIT_MS
+          if w > wait then wait, limiting = w, c[1] end
+        end
+      else
+        lv = level(c[1], cap, rate)
+        if lv < need then
+          local w = math.ceil((need - lv) / rate)
+          if w > wait then wait, limiting = w, c[1] end
+        end
+      end
+      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4], c[5] }
+    end
+  end
+  if limiting then
+    sleepLane(lane, math.ceil(nowF + wait), limiting)
+    -- Asleep on its shard's reservoir: woken by the lease (op lease), and a lease is asked for unless one stands.
+    local k = laneBucketKeys(lane, org, model)
+    if reservoirShort and (limiting == k[3] or limiting == k[4]) then
+      rcall('SADD', P_LEASEWAIT .. model, lane)
+      rcall('PEXPIRE', P_LEASEWAIT .. model, RESERVOIR_TTL_MS)
+      if leasePending(model) <= now then
+        leaseReqCache[model] = now + LEASE_WAIT_MS
+        rcall('HSET', K_LEASEREQ, model, fmt(now + LEASE_WAIT_MS))
+        leaseWants[model] = short
+        leaseWantList[#leaseWantList + 1] = model
+      elseif leaseWants[model] then
+        -- Asked for in this call: the largest shortfall of its lanes.
+        local w = leaseWants[model]
+        w[2], w[3] = math.max(w[2], short[2]), math.max(w[3], short[3])
+      end
+    end
+    return nil
+  end
+  for _, b in ipairs(buckets) do
+    if b[6] then
+      setReservoir(b[1], b[4])
+    else
+      chargeBucket(b[1], b[2], b[3], b[4])
+    end
+  end
+  rcall('ZREM', P_LANE .. lane, id)
+  leaseAdds[#leaseAdds + 1] = leaseDeadline()
+  leaseAdds[#leaseAdds + 1] = id
+  inflightAdded[org] = (inflightAdded[org] or 0) + 1
+  rcall('HSET', P_JOB .. id, 'st', 'lease')
+  -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
+  if v > gvt() then
+    gvtValue = v
+    gvtDirty = true
+  end
+  local nv = v + 1 / p.weight
+  if not deferVt then setVt(org, nv) end
+  -- A request-count bucket this job emptied refuses the lane's next job until it refills: the lane sleeps
+  -- now, as the next try would make it (same wake time or earlier; the wake-up checks every bucket again),
+  -- instead of being read again by this call and woken again for the same answer.
+  local nextWait, nextLimit = 0, nil
+  for _, b in ipairs(buckets) do
+    local need = math.min(1, b[2])
+    -- (A reservoir does not refill: the lane's next try asks for a lease instead.)
+    if b[5] and not b[6] and b[4] < need then
+      local w = math.ceil((need - b[4]) / b[3])
+      if w > nextWait then nextWait, nextLimit = w, b[1] end
+    end
+  end
+  local emptied = #head < 2 and dropLaneIfEmpty(lane, org)
+  if not emptied and nextLimit then sleepLane(lane, math.ceil(nowF + nextWait), nextLimit) end
+  return id, nv, not emptied and not nextLimit
+end
