@@ -41,8 +41,8 @@ describe('buffer ask', () => {
 
   it('shrinks only by more than an eighth, and back to the fixed share once the worker idles', () => {
     const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
-    // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s (40, an eighth
-    // lower or more: shrinks).
+    // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s (40, more than
+    // an eighth lower: shrinks).
     expect(w.windows([1000, 300, 250])).toEqual([50, 50, 40]);
     // Nothing finishes for a second: the window that ends saw no jobs.
     w.idle(1_000);

@@ -23,7 +23,8 @@ export interface BufferAsk {
 
 /**
  * A worker's share of the dispatch buffer. At least `ratio` x its concurrency, the fixed share fairness is
- * tuned with; and, for short jobs, at least what the worker finishes in `floorMs` at its recent rate (capped at its
+ * tuned with; and, for short jobs, about what the worker finishes in `floorMs` at its recent rate (within an eighth,
+ * see `roll`; capped at its
  * concurrency, or at SMALL_WORKER_MAX_ASK when that is more). A fixed share sized for long model calls runs dry
  * between two refills when jobs take a millisecond (cache hits): BullMQ then refills a free slot one fetch at a
  * time. Sized by time, the wait list holds about `floorMs` of work whatever the jobs' length, so a job dispatched
