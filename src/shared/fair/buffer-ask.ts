@@ -23,13 +23,12 @@ export interface BufferAsk {
 
 /**
  * A worker's share of the dispatch buffer. At least `ratio` x its concurrency, the fixed share fairness is
- * tuned with; and, for short jobs, about what the worker finishes in `floorMs` at its recent rate (within an eighth,
- * see `roll`; capped at its
- * concurrency, or at SMALL_WORKER_MAX_ASK when that is more). A fixed share sized for long model calls runs dry
- * between two refills when jobs take a millisecond (cache hits): BullMQ then refills a free slot one fetch at a
- * time. Sized by time, the wait list holds about `floorMs` of work whatever the jobs' length, so a job dispatched
- * into it waits about that long at most, and long jobs keep the fixed share (a worker finishing 100 jobs/s asks
- * 4 at 40 ms: the fixed share of concurrency 10 at 0.5, 5, stands).
+ * tuned with; and, for short jobs, about what the worker finishes in `floorMs` at its recent rate (within an
+ * eighth, see `roll`; capped at its concurrency, or at SMALL_WORKER_MAX_ASK when that is more). A fixed share
+ * sized for long model calls runs dry between two refills when jobs take a millisecond (cache hits): BullMQ then
+ * refills a free slot one fetch at a time. Sized by time, the wait list holds about `floorMs` of work whatever the
+ * jobs' length, so a job dispatched into it waits about that long at most, and long jobs keep the fixed share (a
+ * worker finishing 100 jobs/s asks 4 at 40 ms: the fixed share of concurrency 10 at 0.5, 5, stands).
  * `onChange` is told when the ask moves, so the worker registers it again without waiting for its renewal.
  */
 export function createBufferAsk(opts: {
