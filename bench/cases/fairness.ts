@@ -429,10 +429,10 @@ async function caps(ctx: BenchContext, pool: Pool) {
   });
 }
 
-/** Cost: single-org unthrottled throughput through the dispatcher vs without it, alternated (ABBA). */
-/** The cost part's counted windows: with (A) and without (B) the dispatcher, ABBAAB. */
+/** The cost part's counted windows, with (A) and without (B) the dispatcher: the pairs AB, BA, AB. */
 const COST_ORDER = ['agentq-miss', 'agentq-miss-nofair', 'agentq-miss-nofair', 'agentq-miss', 'agentq-miss', 'agentq-miss-nofair'] as const;
 
+/** Cost: single-org unthrottled throughput through the dispatcher vs without it, alternated (COST_ORDER). */
 async function cost(ctx: BenchContext, _pool: Pool) {
   const expected = ctx.shared.agentqMissMaxPerS ?? 500;
   const runs: RunResult[] = [];
@@ -441,9 +441,9 @@ async function cost(ctx: BenchContext, _pool: Pool) {
   // Scratch, alone in a process, after one fair window not counted: 722 / 803 vs 1144 / 1024; after one of each:
   // 1072 / 1202 vs 1122 / 1111 (with the dispatcher, first vs last).
   for (const path of ['agentq-miss', 'agentq-miss-nofair'] as const) await measurePath(ctx, path, 50, expected, { quiet: true });
-  // Three windows of each, in an order that puts each side first, middle and last as often (ABBAAB): with two
-  // of each, one slow window (the host's, 651 vs 828 jobs/s for the same side in one run) moved the ratio by a
-  // tenth (0.88x at 19:25, 1.02x at 19:11 on the same code); the median of three drops one such window.
+  // Three windows of each, in pairs that change which side goes first: with two of each, one slow window (the
+  // host's: 651 vs 828 jobs/s for the same side in one run) moved the ratio by a tenth (0.88x and 1.02x on the
+  // same code, 2026-12-05 19:25 and 19:11); the median of three leaves one such window out.
   for (const path of COST_ORDER) runs.push(await measurePath(ctx, path, 50, expected, { quiet: true }));
   const of = (p: string) => runs.filter((r) => r.path === p);
   const mean = (rs: RunResult[], k: 'jobsPerS' | 'commandsPerJob') => rs.reduce((a, r) => a + r[k], 0) / rs.length;
