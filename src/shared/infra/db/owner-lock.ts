@@ -1,4 +1,4 @@
-import { linkSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 
 /** A lock this process holds; `release` is idempotent and removes the file only while it is still ours. */
 export interface OwnerLock {
@@ -35,8 +35,7 @@ function holderOf(path: string): number | undefined {
  * written, unlike O_EXCL create-then-write.
  */
 function create(path: string): boolean {
-  const temp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  writeFileSync(temp, `${process.pid}\n`, { mode: 0o644 });
+  const temp = pidFile(path);
   try {
     linkSync(temp, path);
     return true;
@@ -45,6 +44,28 @@ function create(path: string): boolean {
     throw err;
   } finally {
     rmSync(temp, { force: true });
+  }
+}
+
+/** A private temp file beside `path` holding this pid. */
+function pidFile(path: string): string {
+  const temp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  writeFileSync(temp, `${process.pid}\n`, { mode: 0o644 });
+  return temp;
+}
+
+/**
+ * Puts this pid in `path` in one step (a rename over the stale file). Removing the file first and creating it
+ * again left a moment with no lock file, in which a process starting then created one and owned the data dir
+ * without knowing a lock was taken over, while this process's create failed.
+ */
+function replace(path: string): void {
+  const temp = pidFile(path);
+  try {
+    renameSync(temp, path);
+  } catch (err) {
+    rmSync(temp, { force: true });
+    throw err;
   }
 }
 
@@ -58,8 +79,8 @@ const stale = (path: string, holder: number | undefined) =>
 /**
  * One attempt at an exclusive, machine-wide lock file. A lock left by a dead process (SIGKILL, crash, power
  * loss) is taken over: only under a second lock (`<path>.takeover`) and only if the file still names the
- * same dead pid, so two processes finding the same stale lock never both remove it (the second would
- * delete the first one's fresh lock). The takeover guard is held for microseconds; a guard whose holder
+ * same dead pid, so two processes finding the same stale lock never both replace it (the second would
+ * overwrite the first one's fresh lock). The takeover guard is held for microseconds; a guard whose holder
  * died is removed the same way.
  */
 export function tryLock(path: string): LockAttempt {
@@ -75,8 +96,8 @@ export function tryLock(path: string): LockAttempt {
   }
   try {
     if (holderOf(path) !== holder) return { owned: false };
-    rmSync(path, { force: true });
-    if (!create(path)) return { owned: false };
+    // No other process changes the file meanwhile: a create fails on it (it exists) and a takeover needs the guard.
+    replace(path);
     return { owned: true, lock: { ...lockAt(path), tookOverFrom: holder } };
   } finally {
     rmSync(guard, { force: true });
