@@ -1,4 +1,7 @@
-import { linkSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import * as nodeFs from 'node:fs';
+
+/** The file operations a lock makes: node's, or a test's that watches each one (test/owner-lock.test.ts). */
+export type LockFs = Pick<typeof nodeFs, 'linkSync' | 'readFileSync' | 'renameSync' | 'rmSync' | 'writeFileSync'>;
 
 /** A lock this process holds; `release` is idempotent and removes the file only while it is still ours. */
 export interface OwnerLock {
@@ -20,9 +23,9 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-function holderOf(path: string): number | undefined {
+function holderOf(fs: LockFs, path: string): number | undefined {
   try {
-    const pid = Number.parseInt(readFileSync(path, 'utf8'), 10);
+    const pid = Number.parseInt(fs.readFileSync(path, 'utf8'), 10);
     return Number.isInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
     return undefined;
@@ -34,23 +37,23 @@ function holderOf(path: string): number | undefined {
  * temp file first and `link(2)` publishes it (EEXIST when taken), so no reader ever sees the lock half
  * written, unlike O_EXCL create-then-write.
  */
-function create(path: string): boolean {
-  const temp = pidFile(path);
+function create(fs: LockFs, path: string): boolean {
+  const temp = pidFile(fs, path);
   try {
-    linkSync(temp, path);
+    fs.linkSync(temp, path);
     return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw err;
   } finally {
-    rmSync(temp, { force: true });
+    fs.rmSync(temp, { force: true });
   }
 }
 
 /** A private temp file beside `path` holding this pid. */
-function pidFile(path: string): string {
+function pidFile(fs: LockFs, path: string): string {
   const temp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  writeFileSync(temp, `${process.pid}\n`, { mode: 0o644 });
+  fs.writeFileSync(temp, `${process.pid}\n`, { mode: 0o644 });
   return temp;
 }
 
@@ -59,12 +62,12 @@ function pidFile(path: string): string {
  * again left a moment with no lock file, in which a process starting then created one and owned the data dir
  * without knowing a lock was taken over, while this process's create failed.
  */
-function replace(path: string): void {
-  const temp = pidFile(path);
+function replace(fs: LockFs, path: string): void {
+  const temp = pidFile(fs, path);
   try {
-    renameSync(temp, path);
+    fs.renameSync(temp, path);
   } catch (err) {
-    rmSync(temp, { force: true });
+    fs.rmSync(temp, { force: true });
     throw err;
   }
 }
@@ -83,28 +86,28 @@ const stale = (path: string, holder: number | undefined) =>
  * overwrite the first one's fresh lock). The takeover guard is held for microseconds; a guard whose holder
  * died is removed the same way.
  */
-export function tryLock(path: string): LockAttempt {
-  if (create(path)) return { owned: true, lock: lockAt(path) };
-  const holder = holderOf(path);
+export function tryLock(path: string, fs: LockFs = nodeFs): LockAttempt {
+  if (create(fs, path)) return { owned: true, lock: lockAt(fs, path) };
+  const holder = holderOf(fs, path);
   if (!stale(path, holder)) return { owned: false, holderPid: holder };
   const guard = `${path}.takeover`;
-  if (!create(guard)) {
+  if (!create(fs, guard)) {
     // Another process is taking the stale lock over right now; unless that process is gone too.
-    const guardHolder = holderOf(guard);
-    if (guardHolder !== undefined && stale(guard, guardHolder)) rmSync(guard, { force: true });
+    const guardHolder = holderOf(fs, guard);
+    if (guardHolder !== undefined && stale(guard, guardHolder)) fs.rmSync(guard, { force: true });
     return { owned: false };
   }
   try {
-    if (holderOf(path) !== holder) return { owned: false };
+    if (holderOf(fs, path) !== holder) return { owned: false };
     // No other process changes the file meanwhile: a create fails on it (it exists) and a takeover needs the guard.
-    replace(path);
-    return { owned: true, lock: { ...lockAt(path), tookOverFrom: holder } };
+    replace(fs, path);
+    return { owned: true, lock: { ...lockAt(fs, path), tookOverFrom: holder } };
   } finally {
-    rmSync(guard, { force: true });
+    fs.rmSync(guard, { force: true });
   }
 }
 
-function lockAt(path: string): OwnerLock {
+function lockAt(fs: LockFs, path: string): OwnerLock {
   let released = false;
   held.add(path);
   return {
@@ -113,7 +116,7 @@ function lockAt(path: string): OwnerLock {
       if (released) return;
       released = true;
       held.delete(path);
-      if (holderOf(path) === process.pid) rmSync(path, { force: true });
+      if (holderOf(fs, path) === process.pid) fs.rmSync(path, { force: true });
     },
   };
 }
