@@ -12,51 +12,46 @@ local function gvt()
   return gvtValue
 end
 
-local planCache = {}
-local function plan(org)
-  local p = planCache[org]
-  if p then return p end
+-- `read(key)` once per script call: the memoised function and its table (a caller that changes what was
+-- read forgets the key there). Each value is a table, never nil. (A count read once and then added to, whose
+-- table a flush replaces, is `hashNumberOnce` in fair-buckets.)
+local function readOnce(read)
+  local cache = {}
+  return function(key)
+    local v = cache[key]
+    if v == nil then
+      v = read(key)
+      cache[key] = v
+    end
+    return v
+  end, cache
+end
+
+-- An org's plan (weight, cap, its own limits over the defaults), read once per script call.
+local plan = readOnce(function(org)
   local h = rcall('HMGET', P_PLAN .. org, 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm')
-  p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc, ownRpmPro = tonumber(h[3]), ownRpmFlash = tonumber(h[4]),
+  local p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc, ownRpmPro = tonumber(h[3]), ownRpmFlash = tonumber(h[4]),
     rpmPro = tonumber(h[3]) or DEF.rpmPro, rpmFlash = tonumber(h[4]) or DEF.rpmFlash, tpm = tonumber(h[5]) or DEF.tpm }
   if not (p.weight > 0) then p.weight = DEF.weight end
-  planCache[org] = p
   return p
-end
+end)
 
 -- A model's stored limits (raw strings; false = unset), read once per script call: enqueue compares them with
 -- the producer's before writing, and the dispatch that follows reads them from here.
-local limitsCache = {}
-local function storedLimits(model)
-  local l = limitsCache[model]
-  if l then return l end
-  l = rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
-  limitsCache[model] = l
-  return l
-end
+local storedLimits = readOnce(function(model)
+  return rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
+end)
 
--- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model).
-local modelCache = {}
-local function modelInfo(model)
-  local mi = modelCache[model]
-  if mi then return mi end
+-- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model);
+-- `modelCache`: enqueue forgets a model whose limits it changed.
+local modelInfo, modelCache = readOnce(function(model)
   local h = storedLimits(model)
-  mi = { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
+  return { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
     blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 }
-  modelCache[model] = mi
-  return mi
-end
+end)
 
 -- An org's lanes, read once per call until this call adds or drops one of them.
-local olanesCache = {}
-local function orgLanes(org)
-  local m = olanesCache[org]
-  if not m then
-    m = rcall('SMEMBERS', P_OLANES .. org)
-    olanesCache[org] = m
-  end
-  return m
-end
+local orgLanes, olanesCache = readOnce(function(org) return rcall('SMEMBERS', P_OLANES .. org) end)
 
 -- Sets an org's virtual time and moves all of its active lanes with it (they share one vt). `lanes`: the ones to
 -- move when the caller knows them (a dispatch's run, below: its one lane, or none once it left the race).
