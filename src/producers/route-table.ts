@@ -11,7 +11,7 @@ import { listJobs, type JobListDeps } from './routes/job-list.js';
 import { cancelJob, enqueueBulk, enqueueJob, getJob, type JobRouteDeps } from './routes/jobs.js';
 import { ingestOrgDocuments, ingestSharedDocuments, invalidateCache, searchKnowledge, type KnowledgeRouteDeps } from './routes/knowledge.js';
 import { createKey, listKeys, revokeKey, type KeyRouteDeps } from './routes/keys.js';
-import { keyCreateBody, keyCreated, keyInfo, keyList } from './schemas/keys.js';
+import { keyCreateBody, keyCreated, keyIdParam, keyInfo, keyList } from './schemas/keys.js';
 import { enqueueAndStream, streamJob, type StreamHandlerDeps } from './routes/stream.js';
 import { adminUsageReport, usageReport, type UsageRouteDeps } from './routes/usage.js';
 import { usageAsset, usagePage } from './routes/usage-dashboard.js';
@@ -371,7 +371,7 @@ export const routeTable = {
       role: 'org-admin',
       tags: ['keys'],
       summary: 'Revoke a key of the org (it stops working within AUTH_CACHE_TTL_MS on every API process)',
-      schema: { params: idParam, response: { 200: keyInfo, ...errors(400, 401, 404) } },
+      schema: { params: keyIdParam, response: { 200: keyInfo, ...errors(400, 401, 404) } },
       handler: revokeKey,
     }),
   ] satisfies RouteSpec<KeyRouteDeps>[],

@@ -2,8 +2,7 @@ import { NotFoundError } from '../../shared/core/errors.js';
 import type { ApiKeyInfo, ApiKeyStore } from '../../shared/infra/db/api-keys.js';
 import { principalOf } from '../auth.js';
 import type { Handler } from '../route-spec.js';
-import type { idParam } from '../schemas/common.js';
-import type { keyCreateBody } from '../schemas/keys.js';
+import type { keyCreateBody, keyIdParam } from '../schemas/keys.js';
 
 export interface KeyRouteDeps {
   keys: Pick<ApiKeyStore, 'create' | 'list' | 'revoke'>;
@@ -32,7 +31,7 @@ export const createKey =
 
 /** Another org's key, an unknown id and an already revoked key all answer 404. */
 export const revokeKey =
-  (deps: KeyRouteDeps): Handler<{ params: typeof idParam }> =>
+  (deps: KeyRouteDeps): Handler<{ params: typeof keyIdParam }> =>
   async (req) => {
     const { orgId, keyId: by } = principalOf(req);
     const revoked = await deps.keys.revoke(req.params.id, { orgId });

@@ -5,9 +5,15 @@ export type KnowledgeTable = (typeof KNOWLEDGE_TABLES)[number];
 
 export const isKnowledgeTable = (t: unknown): t is KnowledgeTable => KNOWLEDGE_TABLES.includes(t as KnowledgeTable);
 
-const externalId = z.string().trim().min(1).max(200);
-const text = (max: number) => z.string().trim().min(1).max(max);
-const optionalText = z.string().max(200).nullish();
+/**
+ * Text Postgres can store: it refuses a NUL character (\u0000) in text and jsonb, so one in a field is refused
+ * here, a 400 naming the field, instead of by the INSERT or the search query (a 500).
+ */
+export const storable = (s: z.ZodString) => s.refine((v) => !v.includes('\u0000'), { message: 'must not contain a NUL character (\\u0000)' });
+
+const externalId = storable(z.string().trim().min(1).max(200));
+const text = (max: number) => storable(z.string().trim().min(1).max(max));
+const optionalText = storable(z.string().max(200)).nullish();
 
 /** One document per table, as ingested. Extra fields are ignored. */
 export const docSchemas = {
@@ -15,13 +21,13 @@ export const docSchemas = {
     external_id: externalId,
     industry: text(200),
     display_name: text(500),
-    description: z.string().max(20_000).default(''),
+    description: storable(z.string().max(20_000)).default(''),
     is_active: z.boolean().default(true),
   }),
   playbooks: z.object({
     external_id: externalId,
     title: text(500),
-    description: z.string().max(20_000).default(''),
+    description: storable(z.string().max(20_000)).default(''),
     type: optionalText,
     difficulty: optionalText,
     is_active: z.boolean().default(true),
