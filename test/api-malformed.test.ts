@@ -17,6 +17,7 @@ const ODD_BODIES = [
   JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'x'.repeat(200_000) } } }),
   // Well-shaped for the routes that write or search text in Postgres, which refuses a NUL in text and jsonb.
   JSON.stringify({ documents: [{ external_id: 'a\u0000', content: 'x\u0000', title: 't\u0000', industry: 'i\u0000', display_name: 'd\u0000' }] }),
+  // A search's query text is only embedded (any text will do); its filters go to SQL.
   JSON.stringify({ query: 'a\u0000b', filters: { startup_id: '\u0000' } }),
 ];
 

@@ -23,7 +23,7 @@ export const ingestResult = z.looseObject({ inserted: z.number(), updated: z.num
 
 export const searchBody = z
   .object({
-    query: storable(z.string().min(1).max(2000)),
+    query: z.string().min(1).max(2000),
     tables: z.array(z.enum(KNOWLEDGE_TABLES)).min(1).optional(),
     limit: z.number().int().min(1).max(50).optional(),
     threshold: z.number().min(0).max(1).optional(),
