@@ -6,6 +6,7 @@ import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import type { TenantRole } from '../../shared/core/roles.js';
+import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
 import { createLogger } from '../../shared/core/logger.js';
 import { runCliIfMain } from './run-cli.js';
 
@@ -27,8 +28,6 @@ export type KeysCommand =
   | { cmd: 'revoke'; keyId: string }
   /** `orgId: null` lists the operator keys. */
   | { cmd: 'list'; orgId: string | null };
-
-const ORG_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
 export function parseKeysArgs(argv: string[]): KeysCommand {
   const [cmd, ...rest] = argv;
