@@ -81,13 +81,15 @@ describe('knowledge store and vector search', () => {
           { external_id: `${prefix}1`, content: 'conf', confidence: 1.5 },
           { content: 'no id' },
           { external_id: `${prefix}0`, content: 'duplicate' },
+          // Postgres stores no NUL in text: refused with the rest, not by the INSERT.
+          { external_id: `${prefix}4`, content: 'a\u0000b' },
         ],
         { orgId: randomOrg() },
       )
       .catch((e) => e);
     expect(err).toBeInstanceOf(ValidationError);
     const paths = err.details.map((d: { path: string }) => d.path);
-    expect(paths).toEqual(expect.arrayContaining(['1.confidence', '2.external_id', '3.external_id']));
+    expect(paths).toEqual(expect.arrayContaining(['1.confidence', '2.external_id', '3.external_id', '4.content']));
     expect(embed.calls).toBe(0);
     expect(await countExt('chat_facts', prefix)).toBe(0);
     await expect(store.upsert('api_keys', [{ external_id: 'x' }])).rejects.toThrow(/unknown table/);
@@ -140,6 +142,9 @@ describe('knowledge store and vector search', () => {
     expect(err.details[0].path).toBe('tables.1');
     await expect(search.search({ query: 'x', orgId: 'o', limit: 0 })).rejects.toThrow(ValidationError);
     await expect(search.search({ query: ' ', orgId: 'o' })).rejects.toThrow(ValidationError);
+    const nul = await search.search({ query: 'x', orgId: 'o', filters: { startup_id: 's\u0000' } }).catch((e) => e);
+    expect(nul).toBeInstanceOf(ValidationError);
+    expect(nul.details[0].path).toBe('filters.startup_id');
     expect(embed.calls).toBe(0);
   });
 });

@@ -68,6 +68,8 @@ function validate(opts: SearchOptions): { tables: KnowledgeTable[]; limit: numbe
   if (opts.filters !== undefined) {
     for (const [k, v] of Object.entries(opts.filters)) {
       if (typeof v !== 'string') details.push({ path: `filters.${k}`, message: 'must be a string' });
+      // Filters go to SQL as jsonb, which refuses a NUL (an agent's filter from job input would fail every retry).
+      else if (v.includes('\u0000')) details.push({ path: `filters.${k}`, message: 'must not contain a NUL character (\\u0000)' });
     }
   }
   if (details.length) throw new ValidationError(`invalid search: ${details.map((d) => `${d.path} ${d.message}`).join('; ')}`, details);
