@@ -45,6 +45,19 @@ describe('agent_runs', () => {
     ]);
   });
 
+  it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {
+    // Postgres keeps no NUL in text; an error message can carry one (an upstream body, a model's output quoted).
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const nul = 'upstream said \u0000 here';
+    const alone = run({ orgId, state: 'failed', error: nul });
+    expect(await runs.record(alone)).toBe(true);
+    const batch = [run({ orgId }), run({ orgId, state: 'failed', error: nul }), run({ orgId })];
+    expect(await runs.recordMany(batch)).toBe(3);
+    const { rows } = await pool.query<{ error: string | null }>('SELECT error FROM agent_runs WHERE org_id = $1 AND error IS NOT NULL', [orgId]);
+    expect(rows.map((r) => r.error)).toEqual(['upstream said \uFFFD here', 'upstream said \uFFFD here']);
+  });
+
   it('reports usage grouped by agent, model and UTC day, within the window and org', async () => {
     const runs = createRunStore({ pool });
     const orgId = randomOrg();

@@ -57,6 +57,13 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
   tier: 'tier',
 };
 
+/**
+ * Free text as Postgres can store it: a NUL (which no text column holds) becomes U+FFFD. An attempt's error
+ * message may carry one (an upstream body, a quoted model output), and a row Postgres refuses would fail its
+ * whole batch on every retry of the usage sink, holding back every org's rows behind it.
+ */
+const storableText = (s: string | null | undefined): string | null => (s == null ? null : s.includes('\u0000') ? s.replaceAll('\u0000', '\uFFFD') : s);
+
 export function createRunStore({ pool }: { pool: pg.Pool }) {
   return {
     /** Idempotent per (jobId, attempt): returns false when that attempt was already recorded. */
@@ -80,8 +87,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           r.costUsd,
           Math.round(r.durationMs),
           r.cacheHit ?? null,
-          r.error ?? null,
-          r.requestId ?? null,
+          storableText(r.error),
+          storableText(r.requestId),
           r.createdAt ?? null,
           r.tier ?? 'standard',
           Math.round(r.cachedTokens ?? 0),
@@ -122,8 +129,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           col((r) => r.costUsd),
           col((r) => Math.round(r.durationMs)),
           col((r) => r.cacheHit ?? null),
-          col((r) => r.error ?? null),
-          col((r) => r.requestId ?? null),
+          col((r) => storableText(r.error)),
+          col((r) => storableText(r.requestId)),
           col((r) => r.createdAt ?? null),
           col((r) => r.tier ?? 'standard'),
           col((r) => Math.round(r.cachedTokens ?? 0)),
