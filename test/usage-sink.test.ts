@@ -8,7 +8,7 @@ import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createRunAppender, encodeRun, RUN_FIELD } from '../src/shared/infra/db/run-stream.js';
 import { defineLua } from '../src/shared/infra/lua.js';
-import { createRunSink } from '../src/shared/infra/db/run-sink.js';
+import { createRunSink, refusedForContent } from '../src/shared/infra/db/run-sink.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
 
@@ -162,6 +162,52 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const rows = await rowsOf(ids);
     expect(rows).toHaveLength(30);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
+
+  it('a row Postgres refuses for its content is dropped alone, logged and counted: the rows around it are written, the sink goes on', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    // A row Postgres would refuse (here: a token count past its integer column), beside good ones.
+    const bad = run(org, `poison-${org}`, 1, { inputTokens: 2 ** 40 });
+    const good = Array.from({ length: 6 }, (_, i) => run(org, `around-${org}-${i}`));
+    const refused: AgentRun[] = [];
+    const sink = createRunSink({
+      redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
+      key,
+      group: usageSinkGroup,
+      consumer: `c-${randomUUID().slice(0, 8)}`,
+      store,
+      claimIdleMs: 60_000,
+      retryBaseMs: 10,
+      retryMaxMs: 50,
+      blockMs: 200,
+      gatherMs: 300,
+      logger,
+      onRefused: (rows) => refused.push(...rows),
+    });
+    const appender = createRunAppender({ redis, key });
+    for (const r of [...good.slice(0, 3), bad, ...good.slice(3)]) await appender.record(r);
+    sink.start();
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    const later = run(org, `after-${org}`);
+    await appender.record(later);
+    await until('a later row written', async () => (await rowsOf([later.jobId])).length === 1);
+    await sink.close();
+    expect((await rowsOf(good.map((r) => r.jobId))).length).toBe(6);
+    expect(await rowsOf([bad.jobId])).toHaveLength(0);
+    expect(refused.map((r) => r.jobId)).toEqual([bad.jobId]);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
+
+  it('tells a refusal for a row\'s content (SQLSTATE classes 22 and 23) from a Postgres that is down or busy', () => {
+    expect(refusedForContent(Object.assign(new Error('integer out of range'), { code: '22003' }))).toBe(true);
+    expect(refusedForContent(Object.assign(new Error('invalid byte sequence'), { code: '22021' }))).toBe(true);
+    expect(refusedForContent(Object.assign(new Error('check violation'), { code: '23514' }))).toBe(true);
+    expect(refusedForContent(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }))).toBe(false);
+    expect(refusedForContent(Object.assign(new Error('terminating connection'), { code: '57P01' }))).toBe(false);
+    expect(refusedForContent(Object.assign(new Error('deadlock'), { code: '40P01' }))).toBe(false);
+    expect(refusedForContent(new Error('no code'))).toBe(false);
   });
 
   it('a backlog over its limit is reported while Postgres is down, and its end once written back to 80 %', async () => {

@@ -17,4 +17,6 @@ export interface WorkerHooks {
   attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
   /** Usage rows this process's run sink committed to Postgres: ms from each attempt's end to its commit. */
   onUsageCommitted?: (lagsMs: number[]) => void;
+  /** Usage rows Postgres refused for their content, dropped by this process's run sink (logged with their identity). */
+  onUsageRefused?: (rows: number) => void;
 }

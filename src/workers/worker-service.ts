@@ -89,6 +89,7 @@ export function createWorkerService(opts: {
     claimIdleMs: cfg.USAGE_SINK_CLAIM_IDLE_MS,
     blockMs: cfg.USAGE_SINK_BLOCK_MS,
     onCommitted: (lags) => features.forEach((f) => f.onUsageCommitted?.(lags)),
+    onRefused: (rows) => features.forEach((f) => f.onUsageRefused?.(rows.length)),
     backlogMax: cfg.USAGE_BACKLOG_MAX_ROWS,
     onBacklog: (over, rows) => backlogBrake(over, rows),
     logger,

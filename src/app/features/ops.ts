@@ -93,6 +93,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
     onModelCall: (e) => metrics.modelCall(e),
     onUsageCommitted: (lagsMs) => metrics.usageCommitted(lagsMs),
+    onUsageRefused: (rows) => metrics.usageRefused(rows),
 
     attachWorker(worker) {
       attachOpsListeners(worker, { store, metrics, logger: log });

@@ -96,6 +96,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     buckets: WRITE_LAG_BUCKETS,
     registers,
   });
+  const usageRefused = new Counter({
+    name: 'agentq_usage_rows_refused_total',
+    help: 'Usage rows Postgres refused for what they held (a data or integrity error), dropped by the run sink so the rows behind them are written',
+    registers,
+  });
   const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
 
   return {
@@ -148,6 +153,10 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
 
     usageCommitted(lagsMs: number[]) {
       for (const ms of lagsMs) usageLag.observe(Math.max(0, ms) / 1000);
+    },
+
+    usageRefused(rows: number) {
+      usageRefused.inc(rows);
     },
 
     admissionRejected(reason: string) {

@@ -31,6 +31,8 @@ export interface RunSinkOptions {
   gatherMs?: number;
   /** Per committed row: ms from the XADD (entry id time) to the commit. */
   onCommitted?: (lagsMs: number[]) => void;
+  /** Rows Postgres refused for what they hold (see `refusedForContent`): logged, counted here, then acknowledged. */
+  onRefused?: (rows: AgentRun[]) => void;
   /**
    * Most rows the stream may hold before `onBacklog(true)` (0 or absent: no limit). The stream lives in a
    * `noeviction` Redis: rows piling up behind a Postgres that stays down would end in Redis refusing every
@@ -45,6 +47,16 @@ export interface RunSinkOptions {
 }
 
 const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
+
+/**
+ * An error Postgres raises for what a row holds (SQLSTATE class 22, data exception: a bad encoding, a number out
+ * of range; class 23, integrity: a NULL or CHECK a row breaks), not for being down or busy. Such a row fails its
+ * batch on every try: retried as it is, it would hold back every row behind it.
+ */
+export function refusedForContent(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code);
+}
 /** Longest the sink waits for a ride in flight before it reads on its own. */
 const RIDE_WAIT_MS = 1000;
 
@@ -183,11 +195,38 @@ export function createRunSink(opts: RunSinkOptions) {
       }
     }
     await opts.at?.('read');
-    if (rows.length) await store.recordMany(rows);
+    if (rows.length) await record(rows);
     await opts.at?.('committed');
     unacked.push(...ids);
     const now = Date.now();
     opts.onCommitted?.(ids.map((id) => Math.max(0, now - idMs(id))));
+  }
+
+  /**
+   * One INSERT for the batch. A batch Postgres refuses for a row's content is written again row by row, so the
+   * rows it takes are kept; a row it still refuses is logged (its identity, not its text) and dropped, never
+   * retried: one row is lost instead of the sink stopping for every org. Any other error (Postgres down) is
+   * thrown, and the batch retried whole.
+   */
+  async function record(rows: AgentRun[]): Promise<void> {
+    try {
+      await store.recordMany(rows);
+      return;
+    } catch (err) {
+      if (!refusedForContent(err)) throw err;
+    }
+    const refused: AgentRun[] = [];
+    for (const row of rows) {
+      try {
+        await store.recordMany([row]);
+      } catch (err) {
+        if (!refusedForContent(err)) throw err;
+        refused.push(row);
+        const code = (err as { code?: string }).code;
+        logger.error({ code, jobId: row.jobId, attempt: row.attempt, orgId: row.orgId, err: (err as Error).message }, 'usage sink: Postgres refused a usage row; dropped');
+      }
+    }
+    if (refused.length) opts.onRefused?.(refused);
   }
 
   /**
