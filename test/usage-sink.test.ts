@@ -37,6 +37,7 @@ function sinkFor(
   onCommitted?: (lags: number[]) => void,
   blockMs = 200,
   backlog?: { backlogMax: number; onBacklog(over: boolean, rows: number): void },
+  more: Partial<Parameters<typeof createRunSink>[0]> = {},
 ) {
   return createRunSink({
     redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
@@ -51,6 +52,7 @@ function sinkFor(
     logger,
     ...(onCommitted ? { onCommitted } : {}),
     ...backlog,
+    ...more,
   });
 }
 
@@ -172,20 +174,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const bad = run(org, `poison-${org}`, 1, { inputTokens: 2 ** 40 });
     const good = Array.from({ length: 6 }, (_, i) => run(org, `around-${org}-${i}`));
     const refused: AgentRun[] = [];
-    const sink = createRunSink({
-      redis: new Redis(redisUrl(), { maxRetriesPerRequest: null }),
-      key,
-      group: usageSinkGroup,
-      consumer: `c-${randomUUID().slice(0, 8)}`,
-      store,
-      claimIdleMs: 60_000,
-      retryBaseMs: 10,
-      retryMaxMs: 50,
-      blockMs: 200,
-      gatherMs: 300,
-      logger,
-      onRefused: (rows) => refused.push(...rows),
-    });
+    const sink = sinkFor(key, store, undefined, 200, undefined, { gatherMs: 300, onRefused: (rows) => refused.push(...rows) });
     const appender = createRunAppender({ redis, key });
     for (const r of [...good.slice(0, 3), bad, ...good.slice(3)]) await appender.record(r);
     sink.start();
