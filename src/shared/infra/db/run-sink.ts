@@ -57,6 +57,7 @@ export function refusedForContent(err: unknown): boolean {
   const code = (err as { code?: unknown } | null)?.code;
   return typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code);
 }
+
 /** Longest the sink waits for a ride in flight before it reads on its own. */
 const RIDE_WAIT_MS = 1000;
 
