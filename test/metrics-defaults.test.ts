@@ -24,3 +24,14 @@ describe('process metrics', () => {
     expect(sampled.min).toBeGreaterThanOrEqual(0.09);
   });
 });
+
+describe('usage metrics', () => {
+  it('counts the usage rows the run sink dropped because Postgres refused them', async () => {
+    const metrics = createOpsMetrics(undefined, { processId: 'p-refused' });
+    const refused = async () => (await metrics.registry.getMetricsAsJSON()).find((m) => m.name === 'agentq_usage_rows_refused_total')?.values[0]?.value;
+    expect(await refused()).toBe(0);
+    metrics.usageRefused(2);
+    metrics.usageRefused(1);
+    expect(await refused()).toBe(3);
+  });
+});
