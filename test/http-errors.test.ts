@@ -48,6 +48,8 @@ describe('HTTP error shape', () => {
   it("maps fastify's own body errors to clear messages", async () => {
     expectShape(await inject('POST', '/v1/jobs', { payload: { ...valid, input: { startupId: 'x'.repeat(10_000) } } }), 413, /larger than 8192 bytes/);
     expectShape(await inject('POST', '/v1/jobs', { payload: JSON.stringify(valid), headers: { 'content-type': 'application/xml' } }), 415, /unsupported content-type/);
+    // text/plain too (fastify parses it by default, and the schema would refuse the string as "expected object").
+    expectShape(await inject('POST', '/v1/jobs', { payload: JSON.stringify(valid), headers: { 'content-type': 'text/plain' } }), 415, /unsupported content-type/);
     expectShape(await inject('POST', '/v1/jobs', { payload: '{"agent":', headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/);
     // The parser's own message would quote the body, which may hold a secret.
     const quoted = expectShape(await inject('POST', '/v1/jobs', { payload: `aq_secret_${MARK}`, headers: { 'content-type': 'application/json' } }), 400, /not valid JSON/);

@@ -82,6 +82,9 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   app.decorateRequest('principal', undefined);
 
+  // Bodies are JSON only: fastify's built-in text/plain parser would hand a route a string, which its schema then
+  // refuses as "expected object"; without it such a body is the 415 the routes document.
+  app.removeContentTypeParser('text/plain');
   // Strict JSON: invalid UTF-8 is refused rather than silently turned into U+FFFD and stored.
   const utf8 = new TextDecoder('utf-8', { fatal: true });
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body: Buffer, done) => {
