@@ -9,7 +9,8 @@ export const isKnowledgeTable = (t: unknown): t is KnowledgeTable => KNOWLEDGE_T
  * Text Postgres can store: it refuses a NUL character (\u0000) in text and jsonb, so one in a field is refused
  * here, a 400 naming the field, instead of by the INSERT or the search query (a 500).
  */
-export const storable = (s: z.ZodString) => s.refine((v) => !v.includes('\u0000'), { message: 'must not contain a NUL character (\\u0000)' });
+export const NUL_REFUSED = 'must not contain a NUL character (\\u0000)';
+export const storable = (s: z.ZodString) => s.refine((v) => !v.includes('\u0000'), { message: NUL_REFUSED });
 
 const externalId = storable(z.string().trim().min(1).max(200));
 const text = (max: number) => storable(z.string().trim().min(1).max(max));

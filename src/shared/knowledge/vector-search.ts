@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { ValidationError } from '../core/errors.js';
 import { embedChecked, toVectorParam, type EmbedFn } from './embedding.js';
-import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeTable } from './knowledge-schemas.js';
+import { isKnowledgeTable, KNOWLEDGE_TABLES, NUL_REFUSED, type KnowledgeTable } from './knowledge-schemas.js';
 
 export interface SearchResult {
   table: KnowledgeTable;
@@ -69,7 +69,7 @@ function validate(opts: SearchOptions): { tables: KnowledgeTable[]; limit: numbe
     for (const [k, v] of Object.entries(opts.filters)) {
       if (typeof v !== 'string') details.push({ path: `filters.${k}`, message: 'must be a string' });
       // Filters go to SQL as jsonb, which refuses a NUL (an agent's filter from job input would fail every retry).
-      else if (v.includes('\u0000')) details.push({ path: `filters.${k}`, message: 'must not contain a NUL character (\\u0000)' });
+      else if (v.includes('\u0000')) details.push({ path: `filters.${k}`, message: NUL_REFUSED });
     }
   }
   if (details.length) throw new ValidationError(`invalid search: ${details.map((d) => `${d.path} ${d.message}`).join('; ')}`, details);
