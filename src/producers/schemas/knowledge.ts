@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { docSchemas, KNOWLEDGE_TABLES, storable, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
+import { docSchemas, KNOWLEDGE_TABLES, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 
 /** Tables with rows private to an org (its org-admin writes them); `industry_packs` is shared only. */
 export const ORG_TABLES = ['playbooks', 'chat_facts'] as const satisfies readonly KnowledgeTable[];
@@ -27,7 +27,7 @@ export const searchBody = z
     tables: z.array(z.enum(KNOWLEDGE_TABLES)).min(1).optional(),
     limit: z.number().int().min(1).max(50).optional(),
     threshold: z.number().min(0).max(1).optional(),
-    filters: z.object({ startup_id: storable(z.string().max(200)).optional() }).strict().optional(),
+    filters: z.object({ startup_id: z.string().max(200).optional() }).strict().optional(),
   })
   .strict();
 export const searchResult = z.object({

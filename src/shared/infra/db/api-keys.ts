@@ -21,7 +21,10 @@ export type VerifiedKey = { keyId: string; orgId: string; role: TenantRole } | {
 /** Whose key to create: a tenant of one org, or an operator (no org). */
 export type NewKey = { orgId: string; role?: TenantRole } | { orgId?: undefined; role: 'operator' };
 
-const KEY_PATTERN = /^aq_[0-9a-f]{16}_[A-Za-z0-9_-]{32}$/;
+/** A key's id, the `<id>` of `aq_<id>_<secret>`: 8 random bytes in lowercase hex (see `create`). */
+const KEY_ID = '[0-9a-f]{16}';
+export const KEY_ID_PATTERN = new RegExp(`^${KEY_ID}$`);
+const KEY_PATTERN = new RegExp(`^aq_${KEY_ID}_[A-Za-z0-9_-]{32}$`);
 
 export const hashApiKey = (key: string): string => createHash('sha256').update(key).digest('hex');
 
