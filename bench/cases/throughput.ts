@@ -223,7 +223,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecBy: diffCalls({byCommand:s0.usecByCommand},{byCommand:s1.usecByCommand}), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
 }
 
 function jobData(n: number): AgentJobData {
@@ -350,6 +350,7 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     meanRunning: round(w.meanRunning, 1),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
+    ...({ usecBy: Object.fromEntries(Object.entries((w as any).usecBy).map(([k, v]: any) => [k, round(v / Math.max(1, w.jobs), 2)])) } as any),
     ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
   if (opts.quiet) return result;

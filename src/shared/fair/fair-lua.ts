@@ -113,9 +113,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async dispatch(maxJobs?: number, worker?: { id: string; ask: number; ttlMs: number }): Promise<RawDispatch> {
       return toDispatch(await call('dispatch', worker ? [worker.id, worker.ask, worker.ttlMs] : [], maxJobs));
     },
-    /** entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm, index score ('' = none). */
-    async enqueue(flat: Array<string | number>, thenDispatch: boolean): Promise<RawDispatch> {
-      return toDispatch(await call('enqueue', [thenDispatch ? 1 : 0, ...flat]));
+    /**
+     * entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm,
+     * index score ('' = none); with `store`, each followed by its BullMQ job fields (ParkedJobFields order, name
+     * '' = not stored): the script stores the new jobs parked before laning them (op `add`).
+     */
+    async enqueue(flat: Array<string | number>, thenDispatch: boolean, store = false): Promise<RawDispatch> {
+      return toDispatch(await call(store ? 'add' : 'enqueue', [thenDispatch ? 1 : 0, ...flat]));
     },
     /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
     /** `corrections` are applied first, in the same call. */

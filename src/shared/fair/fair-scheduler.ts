@@ -5,6 +5,7 @@ import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, ty
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 import type { LeaseWant, ModelLeases } from './model-leases.js';
+import type { ParkedJobFields } from './park.js';
 
 export interface FairEntry {
   jobId: string;
@@ -21,6 +22,12 @@ export interface FairEntry {
    * same script call: the producer's index write at no extra round trip. Absent: the index is not touched.
    */
   indexAt?: number;
+  /**
+   * The BullMQ job itself, stored parked by the same script call before it is laned (one round trip and one
+   * script call for a whole bulk instead of BullMQ's add per job; see includes/fair-store-parked.lua). Absent:
+   * the job was added to BullMQ already.
+   */
+  store?: ParkedJobFields;
 }
 
 export type WaitReason =
@@ -96,7 +103,10 @@ export interface FairSchedulerOptions {
 }
 
 export interface FairScheduler {
-  /** Lanes jobs already added to BullMQ parked (see park.ts), then dispatches unless `dispatch: false`. */
+  /**
+   * Lanes jobs already added to BullMQ parked (see park.ts), or stores them parked first where an entry carries
+   * `store`, then dispatches unless `dispatch: false`.
+   */
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
   /** `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`. */
   dispatch(worker?: { id: string; concurrency: number; ttlMs: number; ask?: number }): Promise<DispatchResult>;
@@ -152,8 +162,9 @@ export interface FairScheduler {
 
 const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_limited', 'model_blocked', 'retry_backoff']);
 
-/** Script arguments per enqueued job (fair-core-N.lua's enqueue op). */
+/** Script arguments per enqueued job (fair-core-N.lua's enqueue op), and per job that also stores it (op add). */
 const ENTRY_ARGS = 10;
+const STORE_ARGS = 16;
 /** The most jobs one enqueue call takes: its ZADDs unpack two values per job, and Redis's Lua unpacks 8000 at most. */
 const MAX_ENQUEUE_CHUNK = 2000;
 
@@ -213,8 +224,9 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     async enqueue(entries, eopts = {}) {
       const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
-      /** ENTRY_ARGS script arguments per entry, one flat array (no array per entry). */
+      /** ENTRY_ARGS (STORE_ARGS when storing) script arguments per entry, one flat array (no array per entry). */
       const args: Array<string | number> = [];
+      const store = entries.some((e) => e.store);
       for (const e of entries) {
         if (e.model.includes('|')) throw new RangeError(`model name must not contain '|': ${e.model}`);
         const p = e.priority ?? 0;
@@ -228,14 +240,19 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
           limitsByModel.set(e.model, lim);
         }
         args.push(e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm, e.indexAt ?? '');
+        if (store) {
+          const f = e.store;
+          if (f) args.push(f.name, f.data, f.opts, f.timestamp, f.delay, f.priority);
+          else args.push('', '', '', '', '', '');
+        }
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;
-      const step = chunk * ENTRY_ARGS;
+      const step = chunk * (store ? STORE_ARGS : ENTRY_ARGS);
       for (let i = 0; i < args.length || last === undefined; i += step) {
         // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
         const isLast = i + step >= args.length;
-        const r = await raw.enqueue(args.slice(i, i + step), isLast && eopts.dispatch !== false);
+        const r = await raw.enqueue(args.slice(i, i + step), isLast && eopts.dispatch !== false, store);
         skipped.push(...r.skipped);
         if (isLast) last = r;
       }

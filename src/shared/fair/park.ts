@@ -1,4 +1,4 @@
-import type { Job } from 'bullmq';
+import { Job, optsEncodeMap, type JobsOptions, type Queue } from 'bullmq';
 
 /**
  * The far-future timestamp at which parked jobs sit in BullMQ's delayed ZSET. BullMQ scores delayed
@@ -34,4 +34,43 @@ export function isParked(job: Pick<Job, 'timestamp' | 'delay'>, now = Date.now()
  */
 export async function parkActiveJob(job: Job, token: string): Promise<void> {
   await job.moveToDelayed(PARK_AT_MS, token);
+}
+
+/** A parked BullMQ job's hash fields as BullMQ's add stores them. */
+export interface ParkedJobFields {
+  name: string;
+  /** The job's data, JSON. */
+  data: string;
+  /** Its options in BullMQ's stored form, JSON. */
+  opts: string;
+  timestamp: number;
+  delay: number;
+  priority: number;
+}
+
+/**
+ * A parked job's BullMQ hash fields, built by BullMQ's own `Job` (its option defaults, backoff normalisation
+ * and option checks) as `queue.add` builds them, for the dispatcher's enqueue to store in its own call
+ * (FairEntry `store`). The options take BullMQ's stored form (its `optsAsJSON`: a few long names shortened).
+ */
+export function parkedJobFields(queue: Queue, name: string, data: unknown, opts: JobsOptions & { jobId: string }): ParkedJobFields {
+  // Only a parked job (parkedJobOptions) may be stored this way: anything else is BullMQ's add to make.
+  if (!(typeof opts.delay === 'number' && opts.delay > 0 && typeof opts.timestamp === 'number') || opts.parent || 'repeat' in opts || opts.deduplication) {
+    throw new RangeError(`job ${opts.jobId}: only a parked job without parent, repeat or deduplication is stored by the dispatcher`);
+  }
+  const job = new Job(queue, name, data, opts, opts.jobId);
+  const json = job.asJSON();
+  // BullMQ's own checks (option sizes, exclusive parent options, priority range) before anything is stored.
+  (job as unknown as { validateOptions(j: unknown): void }).validateOptions(json);
+  const stored: Record<string, unknown> = {};
+  const encode = optsEncodeMap as Record<string, string>;
+  for (const [k, v] of Object.entries(job.opts)) {
+    if (v === undefined) continue;
+    if (k === 'telemetry') {
+      const t = v as { metadata?: string; omitContext?: boolean };
+      if (t.metadata !== undefined) stored.tm = t.metadata;
+      if (t.omitContext !== undefined) stored.omc = t.omitContext;
+    } else stored[encode[k] ?? k] = v;
+  }
+  return { name, data: json.data, opts: JSON.stringify(stored), timestamp: job.timestamp, delay: opts.delay, priority: job.priority };
 }

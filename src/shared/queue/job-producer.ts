@@ -1,13 +1,13 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { chooseTier, type TierPolicy } from './tier-choice.js';
-import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
+import type { FlowJob, FlowProducer, JobsOptions, ParentOptions, Queue } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
 import { ConflictError, ValidationError } from '../core/errors.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
-import { isParked, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
+import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
 import { admitOrThrow, type AdmissionCheck } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
@@ -88,9 +88,11 @@ export interface JobProducerDeps {
  * index, and the fair dispatcher. The HTTP API, the direct producer, flows (parent and children) and pipeline
  * steps all come through here, so every job of an org is listed, limited and scheduled alike.
  *
- * Jobs are added to BullMQ parked (delayed to a far-future instant BullMQ never reaches) and then handed to
- * the dispatcher, which promotes them when their org's share, concurrency and rate limits allow. Add first,
- * lane second: a crash in between leaves a parked job the orphan sweep (workers' maintenance) lanes again.
+ * Jobs are added to BullMQ parked (delayed to a far-future instant BullMQ never reaches) and handed to the
+ * dispatcher, which promotes them when their org's share, concurrency and rate limits allow. A job without a
+ * BullMQ parent is stored parked and laned by one dispatcher call (`storeAndLane`); a flow child or pipeline
+ * step is added by BullMQ (parent links) and laned after: a crash in between leaves a parked job the orphan
+ * sweep (workers' maintenance) lanes again.
  */
 export function createJobProducer(deps: JobProducerDeps) {
   const { queue, agents } = deps;
@@ -176,8 +178,23 @@ export function createJobProducer(deps: JobProducerDeps) {
 
   async function lane(prepared: PreparedJob[]): Promise<void> {
     if (!deps.scheduler) return;
-    await deps.scheduler.enqueue(prepared.map(entryOf), { dispatch: !deps.kick });
+    await laneEntries(prepared.map(entryOf));
+  }
+
+  async function laneEntries(entries: FairEntry[]): Promise<void> {
+    await deps.scheduler!.enqueue(entries, { dispatch: !deps.kick });
     await deps.kick?.();
+  }
+
+  /**
+   * Without a BullMQ parent, the jobs are stored parked by the dispatcher's own enqueue call, which lanes them
+   * in the same call: one round trip and one script call for a bulk request instead of BullMQ's add (a script
+   * call per job) and then the lane's call, and no parked job left unlaned between the two.
+   */
+  async function storeAndLane(prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): Promise<string[]> {
+    const entries = prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue as unknown as Queue, p.name, withTrace(p.data), p.opts) }));
+    await laneEntries(entries);
+    return prepared.map((p) => p.opts.jobId);
   }
 
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
@@ -219,19 +236,27 @@ export function createJobProducer(deps: JobProducerDeps) {
     await refuseReusedKeys(prepared);
     return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
       if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
-      const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
-      const [jobs] = await Promise.all([
-        prepared.length === 1
-          ? queue.add(prepared[0].name, withTrace(prepared[0].data), { ...prepared[0].opts, ...extra }).then((j) => [j])
-          : queue.addBulk(prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }))),
-        indexed(meta.orgId, prepared),
-      ]);
-      // Again after the add: of two different requests racing on one key, the loser learns it here.
-      await refuseReusedKeys(prepared);
-      await lane(prepared);
+      let ids: string[];
+      if (deps.scheduler && !o.parent && !o.ignoreDependencyOnFailure) {
+        [ids] = await Promise.all([storeAndLane(prepared, withTrace), indexed(meta.orgId, prepared)]);
+        // Again after the add: of two different requests racing on one key, the loser learns it here (its
+        // add was a no-op, and so was its lane: the job the winner stored is laned once).
+        await refuseReusedKeys(prepared);
+      } else {
+        const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
+        const [jobs] = await Promise.all([
+          prepared.length === 1
+            ? queue.add(prepared[0].name, withTrace(prepared[0].data), { ...prepared[0].opts, ...extra }).then((j) => [j])
+            : queue.addBulk(prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }))),
+          indexed(meta.orgId, prepared),
+        ]);
+        ids = jobs.map((j) => j.id!);
+        await refuseReusedKeys(prepared);
+        await lane(prepared);
+      }
       // Only an idempotent job's state is read back (one request per job); the others' is known.
-      if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: jobs[i].id!, state: stateOf(p) }));
-      return Promise.all(prepared.map(async (p, i) => ({ id: jobs[i].id!, state: await existingState(p, jobs[i].id) })));
+      if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
+      return Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i]) })));
     });
   }
 
@@ -245,7 +270,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       return job;
     },
 
-    /** All-or-nothing validation, then one `addBulk` (a single MULTI round trip) and one dispatcher call. */
+    /** All-or-nothing validation, then one dispatcher call that stores and lanes the jobs (per 500 jobs). */
     async enqueueBulk(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob[]> {
       const shape = bulkRequestSchema.safeParse(raw);
       if (!shape.success) throw new ValidationError('invalid bulk request', zodDetails(shape.error));

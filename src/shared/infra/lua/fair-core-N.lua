@@ -25,7 +25,7 @@
 --   5-8 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
 --   single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
--- ARGV[1] op: enqueue | dispatch | release | repark | cancel | plan | wake | block | claim | orphans | keys
+-- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | plan | wake | block | claim | orphans | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'w' for the sum of the live workers' asks,
@@ -38,6 +38,9 @@
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
+--   add: enqueue's arguments, each job's followed by its BullMQ job fields: name ('' = not stored here: the job
+--     exists), data JSON, stored opts JSON, timestamp, delay, priority; stores the jobs parked, as BullMQ's add of
+--     a delayed job does (includes/fair-store-parked.lua), then lanes them as enqueue does, in the same call
 --   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
 --     ms and owner (read only with KEYS 5-8; with KEY 5 alone: the usage row's field name and the row,
 --     then two unused), charge corrections (a count, then org, model, org tokens,
@@ -173,17 +176,22 @@ end
 
 --- @include "fair-release"
 
+--- @include "fair-store-parked"
+
 if op == 'dispatch' then
   if ARGV[13] and ARGV[13] ~= '' then
     rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13])
     rcall('HSET', K_WORKERCONC, ARGV[13], ARGV[14])
   end
   return dispatch()
-elseif op == 'enqueue' then
+elseif op == 'enqueue' or op == 'add' then
   local skipped = {}
   local limitsStored = {}
+  -- `add` carries each job's BullMQ fields too and stores the new ones, parked, before laning them.
+  local stride = op == 'add' and 16 or 10
   -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
-  local jobs = math.floor((#ARGV - 13) / 10)
+  local jobs = math.floor((#ARGV - 13) / stride)
+  if op == 'add' then storeParked(14, stride, jobs) end
   local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
   -- The ZADDs are sent once per org index and per lane, not once per job (from Lua a command costs about as
   -- much as the work it does here): about 9 % less script time for 100-job calls. The parked check stays one
@@ -197,7 +205,7 @@ elseif op == 'enqueue' then
   end
   local index, laneAdds, laneOrg = {}, {}, {}
   for k = 1, jobs do
-    local i = 14 + (k - 1) * 10
+    local i = 14 + (k - 1) * stride
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
     -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.

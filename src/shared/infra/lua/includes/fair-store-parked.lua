@@ -1,0 +1,68 @@
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-store-parked"` (lua.ts readLua): the enqueue
+-- op `add` stores the BullMQ jobs it lanes, parked, in its own call. It replays what BullMQ's addDelayedJob-6.lua
+-- (6.x: storeJob, getDelayedScore, addDelayedJob, addDelayMarkerIfNeeded, handleDuplicatedJob) does for a job
+-- without parent, repeat or deduplication, which are the only jobs the producer adds this way; a parity test
+-- (test/fair-store-parked.test.ts) compares every key it writes with BullMQ's own add. One script call for a
+-- bulk request instead of a BullMQ script call per job: Redis spent ~60 us per job in addDelayedJob's (its
+-- ~20 helper functions made again for every job), about the whole cost of a plain add.
+-- Uses the locals the script defines before that line (rcall, Q_JOB, Q_DELAYED, Q_META, Q_EVENTS, Q_MARKER, QK).
+
+-- BullMQ's getOrSetMaxEvents: the events stream's MAXLEN, set to BullMQ's default where no queue set it yet.
+local function maxEventsOf()
+  local maxEvents = rcall('HGET', Q_META, 'opts.maxLenEvents')
+  if not maxEvents then
+    maxEvents = 10000
+    rcall('HSET', Q_META, 'opts.maxLenEvents', maxEvents)
+  end
+  return maxEvents
+end
+
+-- Stores the jobs of ARGV whose stored fields are given (ARGV[i + 10] the name, '' = the job exists already:
+-- lane only), BullMQ's way, in ARGV order. `stride`: arguments per job, `first`: the first job's index.
+-- Returns how many it stored. Scores within one delayed timestamp go up by one per job, as BullMQ's per-job
+-- ZREVRANGEBYSCORE would find them, without reading the set again for each job.
+local function storeParked(first, stride, jobs)
+  local maxEvents = maxEventsOf()
+  -- BullMQ counts every add, custom id or not.
+  local named = 0
+  for k = 1, jobs do
+    if ARGV[first + (k - 1) * stride + 10] ~= '' then named = named + 1 end
+  end
+  if named == 0 then return 0 end
+  rcall('INCRBY', QK .. 'id', named)
+  local stored = 0
+  local topScore = {}
+  for k = 1, jobs do
+    local i = first + (k - 1) * stride
+    local id, name = ARGV[i], ARGV[i + 10]
+    if name ~= '' then
+      local jobKey = Q_JOB .. id
+      if rcall('EXISTS', jobKey) == 1 then
+        rcall('XADD', Q_EVENTS, 'MAXLEN', '~', maxEvents, '*', 'event', 'duplicated', 'jobId', id)
+      else
+        local timestamp, delay = tonumber(ARGV[i + 13]), tonumber(ARGV[i + 14])
+        rcall('HMSET', jobKey, 'name', name, 'data', ARGV[i + 11], 'opts', ARGV[i + 12], 'timestamp', timestamp,
+          'delay', delay, 'priority', tonumber(ARGV[i + 15]))
+        rcall('XADD', Q_EVENTS, '*', 'event', 'added', 'jobId', id, 'name', name)
+        local at = delay > 0 and timestamp + delay or timestamp
+        local minScore, maxScore = at * 0x1000, (at + 1) * 0x1000 - 1
+        local score = topScore[at]
+        if score == nil then
+          local top = rcall('ZREVRANGEBYSCORE', Q_DELAYED, maxScore, minScore, 'WITHSCORES', 'LIMIT', 0, 1)
+          score = tonumber(top[2]) or false
+        end
+        if not score then score = minScore elseif score >= maxScore then score = maxScore else score = score + 1 end
+        topScore[at] = score
+        rcall('ZADD', Q_DELAYED, score, id)
+        rcall('XADD', Q_EVENTS, 'MAXLEN', '~', maxEvents, '*', 'event', 'delayed', 'jobId', id, 'delay', at)
+        stored = stored + 1
+      end
+    end
+  end
+  -- addDelayMarkerIfNeeded, once: the marker's score is what BullMQ's last add would have left.
+  if stored > 0 then
+    local nextScore = tonumber(rcall('ZRANGE', Q_DELAYED, 0, 0, 'WITHSCORES')[2])
+    if nextScore then rcall('ZADD', Q_MARKER, nextScore / 0x1000, '1') end
+  end
+  return stored
+end
