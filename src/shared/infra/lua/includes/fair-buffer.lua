@@ -71,24 +71,35 @@ local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, o
 -- Frees the slots of the finished jobs ARGV[from..] and forgets them (a laned or timed job keeps its record): what
 -- every release does, a claim's or a release op's, early (no charge corrections handed over) or on the long way.
 -- Returns how many slots it freed and the orgs given one back, in order, with whether each has lanes waiting for a
--- slot (capblk; `anyCapped`): waking those is wakeReleased's, on the long way.
+-- slot (capblk; `anyCapped`): waking those is wakeReleased's, on the long way. Each lease is dropped on its own
+-- (its ZREM says whether the job held one, so an id released twice counts once); the in-flight counts go down
+-- once per org and the records go in one DEL: under load a claim carries dozens of releases, and from Lua each
+-- command costs about as much as its work.
 local function releaseSlots(from)
   local r = { freed = 0, orgs = {}, capped = {}, anyCapped = false }
+  local freedOf, forget = {}, {}
   for i = from, #ARGV do
     local id = ARGV[i]
     local m = rcall('HMGET', P_JOB .. id, 'o', 'st')
     local org = m[1]
     if org then
-      if dropLease(id, org) then
+      if rcall('ZREM', K_LEASES, id) == 1 then
         r.freed = r.freed + 1
         if r.capped[org] == nil then
           r.capped[org] = rcall('EXISTS', P_CAPBLK .. org) == 1
           r.anyCapped = r.anyCapped or r.capped[org]
           r.orgs[#r.orgs + 1] = org
+          freedOf[org] = 0
         end
+        freedOf[org] = freedOf[org] + 1
       end
-      if m[2] ~= 'lane' and m[2] ~= 'timer' then rcall('DEL', P_JOB .. id) end
+      if m[2] ~= 'lane' and m[2] ~= 'timer' then forget[#forget + 1] = P_JOB .. id end
     end
   end
+  for _, org in ipairs(r.orgs) do
+    if rcall('HINCRBY', K_INFLIGHT, org, -freedOf[org]) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
+  end
+  -- In slices: Lua's unpack takes a few thousand values at most.
+  for k = 1, #forget, 1000 do rcall('DEL', unpack(forget, k, math.min(k + 999, #forget))) end
   return r
 end
