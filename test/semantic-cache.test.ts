@@ -39,6 +39,21 @@ describe('semantic cache', () => {
     expect((await cache.lookup({ ...s, text: 'What is the weather in Paris today?' })).hit).toBe(false);
   });
 
+  it('keeps a question holding a NUL (as U+FFFD), and declines an answer jsonb cannot hold instead of failing', async () => {
+    const cache = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60 });
+    const s = scope(randomOrg());
+    const question = 'How can I reset\u0000 my password?';
+    expect(await cache.store({ ...s, text: question, response: { answer: 'Use the reset link.' } })).toBe(true);
+    expect(await cache.lookup({ ...s, text: question })).toMatchObject({ hit: true, response: { answer: 'Use the reset link.' } });
+    const { rows } = await pool.query<{ query: string }>('SELECT query FROM semantic_cache WHERE org_id = $1', [s.orgId]);
+    expect(rows.map((r) => r.query)).toEqual(['How can I reset\uFFFD my password?']);
+    const other = scope(randomOrg());
+    expect(await cache.store({ ...other, text: 'q1', response: { answer: 'a NUL \u0000 in it' } })).toBe(false);
+    expect(await cache.store({ ...other, text: 'q2', response: { answer: 'a lone \uD800 surrogate' } })).toBe(false);
+    const left = await pool.query('SELECT 1 FROM semantic_cache WHERE org_id = $1', [other.orgId]);
+    expect(left.rowCount).toBe(0);
+  });
+
   it('respects a lower threshold for looser paraphrases', async () => {
     const cache = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60, threshold: 0.85 });
     const strict = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60 });

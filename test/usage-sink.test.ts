@@ -8,7 +8,8 @@ import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createRunAppender, encodeRun, RUN_FIELD } from '../src/shared/infra/db/run-stream.js';
 import { defineLua } from '../src/shared/infra/lua.js';
-import { createRunSink, refusedForContent } from '../src/shared/infra/db/run-sink.js';
+import { createRunSink } from '../src/shared/infra/db/run-sink.js';
+import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
 

@@ -1,6 +1,7 @@
 import type pg from 'pg';
 import { purgeExpiredSemanticCache, type PurgeOptions } from './semantic-cache-purge.js';
 import { embedChecked, toVectorParam, type EmbedFn } from '../knowledge/embedding.js';
+import { refusedForContent, storableText } from '../infra/db/pg-content.js';
 
 /** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
 export interface SemanticScope {
@@ -37,14 +38,24 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       return { hit: false, embedding };
     },
 
-    /** Pass the embedding a miss returned to avoid embedding the same text twice. */
-    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[] }): Promise<void> {
+    /**
+     * Pass the embedding a miss returned to avoid embedding the same text twice. False when Postgres cannot hold
+     * the answer (jsonb takes no NUL and no lone surrogate): that answer is not cached, and nothing fails. The
+     * question is kept only to be read (lookups go by embedding), so a NUL in it is stored as U+FFFD.
+     */
+    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[] }): Promise<boolean> {
       const [embedding] = e.embedding ? [e.embedding] : await embedChecked(embed, [e.text]);
-      await pool.query(
-        `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9))`,
-        [e.orgId, e.agent, e.action, e.model, e.promptVersion, e.text, toVectorParam(embedding), JSON.stringify(e.response), ttlS],
-      );
+      try {
+        await pool.query(
+          `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9))`,
+          [e.orgId, e.agent, e.action, e.model, e.promptVersion, storableText(e.text), toVectorParam(embedding), JSON.stringify(e.response), ttlS],
+        );
+        return true;
+      } catch (err) {
+        if (refusedForContent(err)) return false;
+        throw err;
+      }
     },
 
     /** Drops an org's cached answers (of one agent, if given); returns how many. */

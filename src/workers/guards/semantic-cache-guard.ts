@@ -45,7 +45,7 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
     if (result.success && result.cacheHit !== 'semantic') {
       const response: CachedResult = { success: true, data: result.data, tokensUsed: result.tokensUsed, costUsd: result.costUsd, model: result.model };
       try {
-        await cache.store({ ...scope, text, embedding, response });
+        if (!(await cache.store({ ...scope, text, embedding, response }))) log.debug('semantic cache: an answer Postgres cannot hold (a NUL or lone surrogate) is not cached');
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'semantic cache store failed');
       }

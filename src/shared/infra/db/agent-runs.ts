@@ -1,5 +1,6 @@
 import type pg from 'pg';
 import type { CacheLevel, ServiceTier } from '../../core/types.js';
+import { storableText } from './pg-content.js';
 
 /** One finished attempt of one job. */
 export interface AgentRun {
@@ -57,12 +58,8 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
   tier: 'tier',
 };
 
-/**
- * Free text as Postgres can store it: a NUL (which no text column holds) becomes U+FFFD. An attempt's error
- * message may carry one (an upstream body, a quoted model output), and a row Postgres refuses would fail its
- * whole batch on every retry of the usage sink, holding back every org's rows behind it.
- */
-const storableText = (s: string | null | undefined): string | null => (s == null ? null : s.includes('\u0000') ? s.replaceAll('\u0000', '\uFFFD') : s);
+// An attempt's error message may carry a NUL (an upstream body, a quoted model output): stored as U+FFFD
+// (storableText), since a row Postgres refuses would fail its whole usage-sink batch and hold back every org's rows.
 
 export function createRunStore({ pool }: { pool: pg.Pool }) {
   return {

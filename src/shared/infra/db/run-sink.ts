@@ -3,6 +3,7 @@ import type { Logger } from '../../core/logger.js';
 import { defineLua } from '../lua.js';
 import type { AgentRun } from './agent-runs.js';
 import { decodeRun, RUN_FIELD, type UsageRide, type UsageRider } from './run-stream.js';
+import { refusedForContent } from './pg-content.js';
 
 type Entry = [id: string, fields: string[] | null];
 
@@ -31,7 +32,7 @@ export interface RunSinkOptions {
   gatherMs?: number;
   /** Per committed row: ms from the XADD (entry id time) to the commit. */
   onCommitted?: (lagsMs: number[]) => void;
-  /** Rows Postgres refused for what they hold (see `refusedForContent`): logged, counted here, then acknowledged. */
+  /** Rows Postgres refused for what they hold (pg-content.ts `refusedForContent`): logged, counted here, then acknowledged. */
   onRefused?: (rows: AgentRun[]) => void;
   /**
    * Most rows the stream may hold before `onBacklog(true)` (0 or absent: no limit). The stream lives in a
@@ -47,16 +48,6 @@ export interface RunSinkOptions {
 }
 
 const idMs = (id: string) => Number(id.slice(0, id.indexOf('-')));
-
-/**
- * An error Postgres raises for what a row holds (SQLSTATE class 22, data exception: a bad encoding, a number out
- * of range; class 23, integrity: a NULL or CHECK a row breaks), not for being down or busy. Such a row fails its
- * batch on every try: retried as it is, it would hold back every row behind it.
- */
-export function refusedForContent(err: unknown): boolean {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' && /^2[23][0-9A-Z]{3}$/.test(code);
-}
 
 /** Longest the sink waits for a ride in flight before it reads on its own. */
 const RIDE_WAIT_MS = 1000;
