@@ -157,5 +157,5 @@ export async function commandsCase(ctx: BenchContext): Promise<void> {
     note: `the released id unknown to the dispatcher (the path, not the release's own commands); same blocks as the line above`,
   });
   const addedEnqueue = round(agentqSingle.commandsPerJob - rawSingle.commandsPerJob, 2);
-  ctx.add({ case: tc, name: 'commands added by agentq per single enqueue', value: addedEnqueue, unit: 'per job', note: 'the per-org job index' });
+  ctx.add({ case: tc, name: 'commands added by agentq per single enqueue', value: addedEnqueue, unit: 'per job', note: 'in the one script call that stores the job parked: its lane, its org job index entry and the dispatch that promotes it into BullMQ\'s wait list (a bulk shares one dispatch)' });
 }

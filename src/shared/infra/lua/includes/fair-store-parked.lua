@@ -22,14 +22,14 @@ end
 -- Returns how many it stored. Scores within one delayed timestamp go up by one per job, as BullMQ's per-job
 -- ZREVRANGEBYSCORE would find them, without reading the set again for each job.
 local function storeParked(first, stride, jobs)
-  local maxEvents = maxEventsOf()
-  -- BullMQ counts every add, custom id or not.
+  -- BullMQ counts every add, custom id or not, duplicate or not.
   local named = 0
   for k = 1, jobs do
     if ARGV[first + (k - 1) * stride + 10] ~= '' then named = named + 1 end
   end
   if named == 0 then return 0 end
   rcall('INCRBY', QK .. 'id', named)
+  local maxEvents = maxEventsOf()
   local stored = 0
   local topScore = {}
   for k = 1, jobs do
