@@ -1,4 +1,4 @@
-import { Job, optsEncodeMap, type JobsOptions, type Queue } from 'bullmq';
+import { Job, optsEncodeMap, type JobsOptions } from 'bullmq';
 
 /**
  * The far-future timestamp at which parked jobs sit in BullMQ's delayed ZSET. BullMQ scores delayed
@@ -53,7 +53,7 @@ export interface ParkedJobFields {
  * and option checks) as `queue.add` builds them, for the dispatcher's enqueue to store in its own call
  * (FairEntry `store`). The options take BullMQ's stored form (its `optsAsJSON`: a few long names shortened).
  */
-export function parkedJobFields(queue: Queue, name: string, data: unknown, opts: JobsOptions & { jobId: string }): ParkedJobFields {
+export function parkedJobFields(queue: ConstructorParameters<typeof Job>[0], name: string, data: unknown, opts: JobsOptions & { jobId: string }): ParkedJobFields {
   // Only a parked job (parkedJobOptions) may be stored this way: anything else is BullMQ's add to make.
   if (!(typeof opts.delay === 'number' && opts.delay > 0 && typeof opts.timestamp === 'number') || opts.parent || 'repeat' in opts || opts.deduplication) {
     throw new RangeError(`job ${opts.jobId}: only a parked job without parent, repeat or deduplication is stored by the dispatcher`);

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { chooseTier, type TierPolicy } from './tier-choice.js';
-import type { FlowJob, FlowProducer, JobsOptions, ParentOptions, Queue } from 'bullmq';
+import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
@@ -192,7 +192,7 @@ export function createJobProducer(deps: JobProducerDeps) {
    * call per job) and then the lane's call, and no parked job left unlaned between the two.
    */
   async function storeAndLane(prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): Promise<string[]> {
-    const entries = prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue as unknown as Queue, p.name, withTrace(p.data), p.opts) }));
+    const entries = prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts) }));
     await laneEntries(entries);
     return prepared.map((p) => p.opts.jobId);
   }
