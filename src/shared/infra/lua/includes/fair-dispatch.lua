@@ -115,8 +115,11 @@ local function dispatch(skipped, knownDue, knownRoom)
   -- (ZRANGE) meanwhile, and the vt (`v`, the next try's) is written once when the run ends, not per job (HSET + ZADD).
   local lane, org, model, v, bound, single
   local inRun = false
+  -- The lane's head is read once for a run, and the run's jobs leave the lane in one ZREM (flushHeads).
+  local heads = newHeads()
   while #out < limit do
     if not inRun then
+      flushHeads(heads)
       local top = rcall('ZRANGE', K_LANES, 0, 1, 'WITHSCORES')
       if #top == 0 then break end
       org = splitLane(top[1])
@@ -129,7 +132,7 @@ local function dispatch(skipped, knownDue, knownRoom)
       more = 1
       break
     end
-    local id, nv, stays = tryLane(lane, org, model, v, single)
+    local id, nv, stays = tryLane(lane, org, model, v, single, heads, limit - #out)
     if single then
       if id and stays and (bound == nil or nv < bound) then
         v, inRun = nv, true
@@ -143,6 +146,7 @@ local function dispatch(skipped, knownDue, knownRoom)
     -- A leased job that is no longer parked (removed meanwhile) keeps its lease: the lease sweep recovers it.
     if id and promoteParked(id) then out[#out + 1] = id end
   end
+  flushHeads(heads)
   if inRun then setVt(org, v, { lane }) end
   if #out >= MAX_BATCH then more = 1 end
   flushDispatched()

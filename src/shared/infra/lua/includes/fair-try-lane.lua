@@ -1,16 +1,39 @@
 -- Part of fair-core-N.lua, pasted where it says `--- @include "fair-try-lane"` (lua.ts readLua): one lane's head job tried against its org's share, slots and buckets.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+-- The head of the lane a dispatch is trying, read once for a run of tries on it (see dispatch): `ids` the lane's
+-- first jobs as read, `pos` the next one to try, `taken` those dispatched but still in the lane's ZSET, removed in
+-- one ZREM by flushHeads. Only tryLane reads it, and only flushHeads writes the lane from it: dispatch flushes
+-- it whenever a run ends, before anything else reads a lane (bestLaneOf, an emptied lane's check).
+local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0 } end
+local function flushHeads(h)
+  if #h.taken > 0 then rcall('ZREM', P_LANE .. h.lane, unpack(h.taken)) end
+  h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
+end
+
+-- The lane's next job to try and whether another follows it (true also when that is not known yet: the rest
+-- was not read); nil when the lane holds none. `want`: how many to read when the lane is not read yet.
+local function headOf(h, lane, want)
+  if h.lane ~= lane or (h.ids[h.pos] == nil and #h.ids == h.want) then
+    flushHeads(h)
+    h.lane, h.want = lane, math.max(2, want)
+    h.ids = rcall('ZRANGE', P_LANE .. lane, 0, h.want - 1)
+  end
+  local id = h.ids[h.pos]
+  return id, h.ids[h.pos + 1] ~= nil or (id ~= nil and #h.ids == h.want)
+end
+
 -- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it and whether the lane
 -- is still a candidate; or nil after parking the lane where it waits. `deferVt`: the caller writes that virtual
--- time (a run of one lane, see dispatch), not this call.
-local function tryLane(lane, org, model, v, deferVt)
-  -- The second entry only tells whether the lane still holds a job after the head leaves.
-  local head = rcall('ZRANGE', P_LANE .. lane, 0, 1)
-  if #head == 0 then
+-- time (a run of one lane, see dispatch), not this call. `heads` (newHeads): the lane's head as read for the run;
+-- `want`: how many jobs the dispatch may still take.
+local function tryLane(lane, org, model, v, deferVt, heads, want)
+  -- Whether another job follows only tells whether the lane still holds one after the head leaves.
+  local id, more = headOf(heads, lane, want + 1)
+  if id == nil then
+    flushHeads(heads)
     dropLaneIfEmpty(lane, org)
     return nil
   end
-  local id = head[1]
   local mi = modelInfo(model)
   local blockedUntil = mi.blockedUntil
   if blockedUntil > now then
@@ -96,7 +119,9 @@ local function tryLane(lane, org, model, v, deferVt)
       chargeBucket(b[1], b[2], b[3], b[4])
     end
   end
-  rcall('ZREM', P_LANE .. lane, id)
+  -- Out of the lane: with the run's others, in one ZREM (flushHeads).
+  heads.taken[#heads.taken + 1] = id
+  heads.pos = heads.pos + 1
   leaseAdds[#leaseAdds + 1] = leaseDeadline()
   leaseAdds[#leaseAdds + 1] = id
   inflightAdded[org] = (inflightAdded[org] or 0) + 1
@@ -120,7 +145,11 @@ local function tryLane(lane, org, model, v, deferVt)
       if w > nextWait then nextWait, nextLimit = w, b[1] end
     end
   end
-  local emptied = #head < 2 and dropLaneIfEmpty(lane, org)
+  local emptied = false
+  if not more then
+    flushHeads(heads)
+    emptied = dropLaneIfEmpty(lane, org)
+  end
   if not emptied and nextLimit then sleepLane(lane, math.ceil(nowF + nextWait), nextLimit) end
   return id, nv, not emptied and not nextLimit
 end
