@@ -226,6 +226,32 @@ describe('fair gate', () => {
     await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
     expect(alone.calls.released).toEqual([[]]);
   });
+  it('a flush whose finished job a claim already carried sends no corrections on their own: the next claim takes them', async () => {
+    vi.useFakeTimers();
+    try {
+      const jobOf = (id: string) => ({ id }) as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+      const g = gateWith(async () => ({ freed: 1, due: false }), undefined, 100);
+      expect(await g.gate.admit(jobOf('a'), 'token')).toBe('run');
+      g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+      await vi.advanceTimersByTimeAsync(99);
+      // 'a' finishes and the next job's claim takes its release: its corrections are 99 ms old, not due yet.
+      g.gate.finished('a');
+      expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
+      expect(g.calls.claim.at(-1)).toEqual({ refill: true, release: ['a'] });
+      // The flush queued by the finish runs a moment later, when they are due: nothing left to release, so no
+      // call of its own (the clock moves first, then the queued turn runs; the 250 ms timer is not due).
+      vi.setSystemTime(Date.now() + 2);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(g.calls.release).toEqual([]);
+      expect(await g.gate.admit(jobOf('c'), 'token')).toBe('run');
+      expect(g.calls.claim.at(-1)).toEqual({ refill: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] });
+      await vi.advanceTimersByTimeAsync(1000);
+      expect(g.calls.release).toEqual([]);
+      await g.gate.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
   it('the release of the last job running here carries corrections at once: no claim would carry them within the window', async () => {
     const jobOf = (id: string) => ({ id }) as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const c10 = [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }];

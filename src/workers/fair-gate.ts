@@ -68,8 +68,11 @@ export function createFairGate(deps: {
     // dispatches it anyway.
     let failed = false;
     for (;;) {
-      // Forced once CORRECTION_MAX_DELAY_MS is over (also when that happens while this loop awaits).
-      const correct = takeCorrections(forceCorrections || (running.size === 0 && pending.length > 0));
+      // Forced once CORRECTION_MAX_DELAY_MS is over (also when that happens while this loop awaits). Otherwise
+      // they only ride on a release this flush sends anyway: a flush whose finished jobs a claim already carried
+      // (the usual one, a turn after each job) leaves them to the next claim, not to a round trip of their own.
+      const force = forceCorrections || (running.size === 0 && pending.length > 0);
+      const correct = force || pending.length > 0 ? takeCorrections(force) : [];
       forceCorrections = false;
       if (pending.length === 0 && correct.length === 0) break;
       const ids = pending;
