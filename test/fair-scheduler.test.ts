@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { createDispatchLoop, type DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import { fairJobPrefix } from '../src/shared/fair/fair-keys.js';
-import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
+import type { FairScheduler, FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
 import { isParked, parkActiveJob, parkedJobOptions, PARK_SCORE_MIN } from '../src/shared/fair/park.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -12,7 +12,7 @@ import { cancelRequestedKey, guardKeys, orgJobsKey } from '../src/shared/core/qu
 import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
-import { monitorRedis } from './helpers/fair.js';
+import { monitorRedis, testScheduler } from './helpers/fair.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -41,17 +41,7 @@ async function setup(over: Partial<FairSchedulerOptions> = {}): Promise<Ctx> {
   const queue = new Queue('fair', { connection: redis, prefix });
   cleanups.push(() => redis.quit());
   cleanups.push(() => queue.close());
-  const scheduler = createFairScheduler({
-    redis,
-    queue,
-    keyPrefix: `${prefix}:fq`,
-    bucketPrefix: prefix,
-    defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 },
-    modelLimits: () => ({}),
-    leaseMs: 60_000,
-    bufferTarget: 100_000,
-    ...over,
-  });
+  const scheduler = testScheduler(redis, queue, prefix, over);
   return {
     prefix,
     redis,
@@ -930,7 +920,7 @@ describe('fair scheduler limits', () => {
     expect(await c.redis.hgetall(limitsKey)).toEqual({ [`rpm:${FLASH}`]: '100', [`tpm:${FLASH}`]: '1000', [`orgrpm:${FLASH}`]: '5' });
     expect(await writesLimits(() => lane(c.scheduler, `${org}-2`))).toBe(false);
     // Another producer with other limits (no tpm known, no orgRpm): its change is written, the rest kept.
-    const other = createFairScheduler({ redis: c.redis, queue: c.queue, keyPrefix: `${c.prefix}:fq`, bucketPrefix: c.prefix, defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 }, modelLimits: () => ({ rpm: 200 }), leaseMs: 60_000, bufferTarget: 100_000 });
+    const other = testScheduler(c.redis, c.queue, c.prefix, { modelLimits: () => ({ rpm: 200 }) });
     expect(await writesLimits(() => lane(other, `${org}-3`))).toBe(true);
     expect(await c.redis.hgetall(limitsKey)).toEqual({ [`rpm:${FLASH}`]: '200', [`tpm:${FLASH}`]: '1000' });
     expect(await writesLimits(() => lane(other, `${org}-4`))).toBe(false);

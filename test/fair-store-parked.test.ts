@@ -1,7 +1,8 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createFairScheduler, type FairScheduler } from '../src/shared/fair/fair-scheduler.js';
+import type { FairScheduler } from '../src/shared/fair/fair-scheduler.js';
+import { testScheduler } from './helpers/fair.js';
 import { PARK_AT_MS, parkedJobFields, parkedJobOptions } from '../src/shared/fair/park.js';
 import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -20,17 +21,7 @@ async function setup(): Promise<{ prefix: string; redis: Redis; queue: Queue; sc
   const queue = new Queue('fair', { connection: redis, prefix, defaultJobOptions: defaults });
   cleanups.push(() => redis.quit());
   cleanups.push(() => queue.close());
-  const scheduler = createFairScheduler({
-    redis,
-    queue,
-    keyPrefix: `${prefix}:fq`,
-    bucketPrefix: prefix,
-    defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 },
-    modelLimits: () => ({}),
-    leaseMs: 60_000,
-    bufferTarget: 100_000,
-  });
-  return { prefix, redis, queue, scheduler };
+  return { prefix, redis, queue, scheduler: testScheduler(redis, queue, prefix) };
 }
 
 interface Spec {

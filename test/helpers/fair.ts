@@ -3,6 +3,7 @@ import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { Stack } from './stack.js';
+import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../../src/shared/fair/fair-scheduler.js';
 
 /** One QueueEvents event of the agent queue, in the order Redis wrote them (one stream: a total order). */
 export interface QueueEvent {
@@ -193,4 +194,19 @@ export async function monitorRedis(url: string, onLine: (line: string) => void):
   socket.write('MONITOR\r\n');
   await started;
   return { close: () => socket.destroy() };
+}
+
+/** A fair scheduler on `queue` with the tests' defaults: no limit set, and a wait list target no test reaches. */
+export function testScheduler(redis: Redis, queue: Queue, prefix: string, over: Partial<FairSchedulerOptions> = {}): FairScheduler {
+  return createFairScheduler({
+    redis,
+    queue,
+    keyPrefix: `${prefix}:fq`,
+    bucketPrefix: prefix,
+    defaults: { weight: 1, concurrency: 0, rpm: { pro: 0, flash: 0 }, tpm: 0 },
+    modelLimits: () => ({}),
+    leaseMs: 60_000,
+    bufferTarget: 100_000,
+    ...over,
+  });
 }
