@@ -1,8 +1,8 @@
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { FairScheduler } from '../src/shared/fair/fair-scheduler.js';
-import { testScheduler } from './helpers/fair.js';
+import { monitorRedis, testScheduler } from './helpers/fair.js';
 import { PARK_AT_MS, parkedJobFields, parkedJobOptions } from '../src/shared/fair/park.js';
 import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -72,8 +72,17 @@ describe('parked jobs stored by the dispatcher\'s enqueue (op add)', () => {
       estTokens: 1,
       store: parkedJobFields(byFair.queue, 'j', s.data, { ...defaults, ...parkedJobOptions(s.id, s.priority, now) }),
     }));
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(byFair.prefix)) seen.push(line);
+    });
     const r = await byFair.scheduler.enqueue(stores, { dispatch: false });
+    // The lanes are written last in the call.
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"ZADD"') && l.includes(':fq:lane:'))).toBe(true));
+    monitor.close();
     expect(r.skipped).toEqual([]);
+    // The call knows the delayed scores it wrote: only p-0, stored before, is read back (to find it parked).
+    expect(seen.filter((l) => l.includes('"ZSCORE"') && l.includes(byFair.queue.toKey('delayed'))).map((l) => /"ZSCORE" "[^"]*" "([^"]*)"/.exec(l)?.[1])).toEqual(['p-0']);
     const [bull, fair] = [await bullState(byBull), await bullState(byFair)];
     expect(Object.keys(bull)).toEqual(['delayed', 'events', 'id', 'marker', 'meta', 'p-0', 'p-1', 'p-2', 'p-3']);
     expect(fair).toEqual(bull);

@@ -58,9 +58,11 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
   tier: 'tier',
 };
 
-// An attempt's error message may carry a NUL (an upstream body, a quoted model output): stored as U+FFFD
-// (storableText), since a row Postgres refuses would fail its whole usage-sink batch and hold back every org's rows.
-
+/**
+ * The `agent_runs` store. An attempt's error message may carry a NUL (an upstream body, a quoted model output):
+ * stored as U+FFFD (storableText), since a row Postgres refuses would fail its whole usage-sink batch and hold
+ * back every org's rows.
+ */
 export function createRunStore({ pool }: { pool: pg.Pool }) {
   return {
     /** Idempotent per (jobId, attempt): returns false when that attempt was already recorded. */

@@ -191,7 +191,8 @@ elseif op == 'enqueue' or op == 'add' then
   local stride = op == 'add' and 16 or 10
   -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
   local jobs = math.floor((#ARGV - 13) / stride)
-  if op == 'add' then storeParked(14, stride, jobs) end
+  -- The delayed scores of the jobs stored here: known, not read back below.
+  local fresh = op == 'add' and storeParked(14, stride, jobs) or {}
   local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
   -- The ZADDs are sent once per org index and per lane, not once per job (from Lua a command costs about as
   -- much as the work it does here): about 9 % less script time for 100-job calls. The parked check stays one
@@ -210,8 +211,9 @@ elseif op == 'enqueue' or op == 'add' then
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
     -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.
     if ARGV[i + 9] ~= '' then addMember(index, org, ARGV[i + 9], id) end
-    local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
-    if rcall('EXISTS', P_JOB .. id) == 1 then
+    local known = rcall('EXISTS', P_JOB .. id) == 1
+    local score = not known and (fresh[id] or tonumber(rcall('ZSCORE', Q_DELAYED, id)))
+    if known then
       -- Already known (an earlier call, or earlier in this one): enqueue is idempotent by job id.
     elseif not score or score < PARK_SCORE then
       -- Only parked BullMQ jobs may enter a lane; anything else would be run twice or never.

@@ -55,11 +55,16 @@ local function bufferRoom()
   return roomFor(askSum(), queued)
 end
 
--- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts` (the
--- field goes at 0): leases and in-flight slots, timers and an org's timed jobs. True when it was there.
+-- Takes `n` off `org`'s count in the HASH `counts`; the field goes at 0.
+local function uncount(counts, org, n)
+  if rcall('HINCRBY', counts, org, -n) <= 0 then rcall('HDEL', counts, org) end
+end
+
+-- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts`:
+-- leases and in-flight slots, timers and an org's timed jobs. True when it was there.
 local function zremCounted(key, counts, id, org)
   if rcall('ZREM', key, id) == 0 then return false end
-  if rcall('HINCRBY', counts, org, -1) <= 0 then rcall('HDEL', counts, org) end
+  uncount(counts, org, 1)
   return true
 end
 
@@ -96,9 +101,7 @@ local function releaseSlots(from)
       if m[2] ~= 'lane' and m[2] ~= 'timer' then forget[#forget + 1] = P_JOB .. id end
     end
   end
-  for _, org in ipairs(r.orgs) do
-    if rcall('HINCRBY', K_INFLIGHT, org, -freedOf[org]) <= 0 then rcall('HDEL', K_INFLIGHT, org) end
-  end
+  for _, org in ipairs(r.orgs) do uncount(K_INFLIGHT, org, freedOf[org]) end
   -- In slices: Lua's unpack takes a few thousand values at most.
   for k = 1, #forget, 1000 do rcall('DEL', unpack(forget, k, math.min(k + 999, #forget))) end
   return r

@@ -20,18 +20,20 @@ end
 
 -- Stores the jobs of ARGV whose stored fields are given (ARGV[i + 10] the name, '' = the job exists already:
 -- lane only), BullMQ's way, in ARGV order. `stride`: arguments per job, `first`: the first job's index.
--- Returns how many it stored. Scores within one delayed timestamp go up by one per job, as BullMQ's per-job
--- ZREVRANGEBYSCORE would find them, without reading the set again for each job.
+-- Returns the delayed score of each job it stored (id -> score), which enqueue would otherwise read back. Scores
+-- within one delayed timestamp go up by one per job, as BullMQ's per-job ZREVRANGEBYSCORE would find them,
+-- without reading the set again for each job.
 local function storeParked(first, stride, jobs)
   -- BullMQ counts every add, custom id or not, duplicate or not.
   local named = 0
   for k = 1, jobs do
     if ARGV[first + (k - 1) * stride + 10] ~= '' then named = named + 1 end
   end
-  if named == 0 then return 0 end
+  local scores = {}
+  if named == 0 then return scores end
   rcall('INCRBY', QK .. 'id', named)
   local maxEvents = maxEventsOf()
-  local stored = 0
+  local stored = false
   local topScore = {}
   for k = 1, jobs do
     local i = first + (k - 1) * stride
@@ -56,14 +58,15 @@ local function storeParked(first, stride, jobs)
         topScore[at] = score
         rcall('ZADD', Q_DELAYED, score, id)
         rcall('XADD', Q_EVENTS, 'MAXLEN', '~', maxEvents, '*', 'event', 'delayed', 'jobId', id, 'delay', at)
-        stored = stored + 1
+        scores[id] = score
+        stored = true
       end
     end
   end
   -- addDelayMarkerIfNeeded, once: the marker's score is what BullMQ's last add would have left.
-  if stored > 0 then
+  if stored then
     local nextScore = tonumber(rcall('ZRANGE', Q_DELAYED, 0, 0, 'WITHSCORES')[2])
     if nextScore then rcall('ZADD', Q_MARKER, nextScore / 0x1000, '1') end
   end
-  return stored
+  return scores
 end
