@@ -63,7 +63,19 @@ describe('API contract without a worker', () => {
     const invalid = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'content-type': 'application/json' }, payload: badUtf8 });
     expect(invalid.statusCode).toBe(400);
     expect(invalid.json().error).toMatch(/UTF-8/);
-    expect(await queue.count()).toBe(before);
+    // A lone surrogate escape parses into a string no UTF-8 store holds as sent: refused, the field named (a value
+    // or a key); a pair (an emoji) is a character like any other and reaches the schema.
+    const raw = (text: string) => s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'content-type': 'application/json' }, payload: text });
+    const lone = await raw('{"agent":"DealScorer","action":"pipeline_summary","input":{"startupId":"st-\\ud800"}}');
+    expect(lone.statusCode).toBe(400);
+    expect(lone.json()).toEqual({ error: 'invalid body', details: [{ path: 'input.startupId', message: expect.stringMatching(/lone surrogate/) }] });
+    const loneLow = await raw('{"agent":"DealScorer","action":"pipeline_summary","input":{"startupId":"st-1"},"tags":["a","\\uDC00b"]}');
+    expect(loneLow.json().details).toEqual([{ path: 'tags.1', message: expect.stringMatching(/lone surrogate/) }]);
+    const loneKey = await raw('{"agent":"DealScorer","action":"pipeline_summary","input":{"\\udbff":1}}');
+    expect(loneKey.json().details[0].path).toBe('input.\ufffd');
+    const pair = await raw('{"agent":"DealScorer","action":"pipeline_summary","input":{"startupId":"st-\\ud83d\\ude00"}}');
+    expect(pair.statusCode).toBe(202);
+    expect(await queue.count()).toBe(before + 1);
   });
 
   it('answers 413 with JSON for a body over the limit', async () => {

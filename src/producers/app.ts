@@ -15,6 +15,7 @@ import { routeTable } from './route-table.js';
 import type { AgentCatalog } from './routes/agents.js';
 import type { JobRouteDeps } from './routes/jobs.js';
 import { validationError } from './validation-details.js';
+import { firstIllFormedPath, mayHoldLoneSurrogate } from './ill-formed-strings.js';
 import { registerHttpTracing } from './http-tracing.js';
 
 declare module 'fastify' {
@@ -85,7 +86,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // Bodies are JSON only: fastify's built-in text/plain parser would hand a route a string, which its schema then
   // refuses as "expected object"; without it such a body is the 415 the routes document.
   app.removeContentTypeParser('text/plain');
-  // Strict JSON: invalid UTF-8 is refused rather than silently turned into U+FFFD and stored.
+  // Strict JSON: invalid UTF-8, and a lone surrogate escape, are refused rather than silently turned into U+FFFD and stored.
   const utf8 = new TextDecoder('utf-8', { fatal: true });
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body: Buffer, done) => {
     let text: string;
@@ -95,13 +96,17 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       return done(new HttpError(400, 'request body is not valid UTF-8'));
     }
     if (text.trim() === '') return done(null, undefined);
+    let parsed: unknown;
     try {
-      done(null, JSON.parse(text));
+      parsed = JSON.parse(text);
     } catch (err) {
       // V8's message can quote the body (`Unexpected token 'a', "aq_live_…" is not valid JSON`): only the position is kept.
       const at = /position (\d+)/.exec((err as Error).message)?.[1];
-      done(new HttpError(400, `request body is not valid JSON${at ? ` (at position ${at})` : ''}`));
+      return done(new HttpError(400, `request body is not valid JSON${at ? ` (at position ${at})` : ''}`));
     }
+    const illFormed = mayHoldLoneSurrogate(text) ? firstIllFormedPath(parsed) : undefined;
+    if (illFormed) return done(new HttpError(400, 'invalid body', { details: [{ path: illFormed, message: 'not well-formed Unicode: a lone surrogate escape (\\uD800-\\uDFFF without its pair)' }] }));
+    done(null, parsed);
   });
 
   // No route ships without a role: each registered route must carry `config.access` (the route table's rows
