@@ -68,6 +68,8 @@ export interface RunResult {
   commandsPerJob: number;
   llmCalls: number;
   byCommand: Record<string, number>;
+  /** Redis server time (INFO commandstats usec) per completed job, by command: where `redisUsecPerJob` goes. */
+  usecByCommand: Record<string, number>;
   /** With MONITOR: commands clients sent (round trips) and commands scripts ran inside Redis, per job. */
   sentPerJob?: number;
   inScriptsPerJob?: number;
@@ -223,7 +225,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecBy: diffCalls({byCommand:s0.usecByCommand},{byCommand:s1.usecByCommand}), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
 }
 
 function jobData(n: number): AgentJobData {
@@ -350,7 +352,7 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     meanRunning: round(w.meanRunning, 1),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
-    ...({ usecBy: Object.fromEntries(Object.entries((w as any).usecBy).map(([k, v]: any) => [k, round(v / Math.max(1, w.jobs), 2)])) } as any),
+    usecByCommand: Object.fromEntries(Object.entries(w.usecByCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
     ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
   if (opts.quiet) return result;
