@@ -101,6 +101,8 @@ describe('hostile input', () => {
       post('10k-deep array in a string field', '/v1/jobs', `{"agent":"RiskAnalyzer","action":"analyze_risks","input":{"startup":{"name":${nest(10_000, '"x"')}}}}`),
       post('100k-deep array as the body', '/v1/jobs', nest(100_000, '1')),
       post('10k-deep object', '/v1/jobs/bulk', '{"a":'.repeat(10_000) + '1' + '}'.repeat(10_000)),
+      post('100k-deep array holding a lone surrogate', '/v1/jobs', nest(100_000, '"\\ud800"')),
+      post('lone surrogate in a field', '/v1/jobs', `{"agent":"RiskAnalyzer","action":"analyze_risks","input":{"startup":{"name":"x\\udc00"}}}`),
       post('malformed JSON', '/v1/jobs', '{"agent": "RiskAnalyzer", '),
       post('__proto__ key', '/v1/jobs', '{"__proto__":{"admin":true},"agent":"RiskAnalyzer","action":"analyze_risks","input":{}}'),
       post('agent is a number', '/v1/jobs', { ...valid, agent: 123 }),
