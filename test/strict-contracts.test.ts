@@ -107,6 +107,18 @@ describe('strict contracts', () => {
       const bad = await post({ agent: 'OpenAgent', action: 'run', input: { name: 'n', nmae: 'typo', metadata: { any: 1 } } });
       expect(bad.statusCode).toBe(400);
       expect(paths(bad)).toEqual(['input.nmae']);
+      // An open object takes any JSON, but not nesting no later step can serialise again (it failed the enqueue
+      // with a 500): refused with where it goes too deep, nothing enqueued.
+      const before = await s.runtime.queue.count();
+      const deep = await s.app.inject({
+        method: 'POST',
+        url: '/v1/jobs',
+        headers: { ...s.auth, 'content-type': 'application/json' },
+        payload: `{"agent":"OpenAgent","action":"run","input":{"name":"n","metadata":{"deep":${'['.repeat(20_000)}1${']'.repeat(20_000)}}}}`,
+      });
+      expect(deep.statusCode).toBe(400);
+      expect(deep.json().details[0]).toEqual({ path: expect.stringMatching(/^input\.metadata\.deep\.0\.0/), message: expect.stringMatching(/nested deeper than 100 levels/) });
+      expect(await s.runtime.queue.count()).toBe(before);
 
       // The published schema says the same: closed input, open metadata and items.
       const res = await s.app.inject({ method: 'GET', url: '/v1/agents', headers: s.auth });

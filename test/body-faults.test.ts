@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import { firstBodyFault, mayHoldLoneSurrogate, MAX_BODY_DEPTH } from '../src/producers/body-faults.js';
+
+const strings = { strings: true };
+const nest = (depth: number, leaf: string) => JSON.parse(`${'['.repeat(depth)}${leaf}${']'.repeat(depth)}`) as unknown;
+
+describe('what a parsed JSON body may not hold', () => {
+  it('names the first lone surrogate, key or value, in document order', () => {
+    expect(firstBodyFault({ a: 'ok', b: ['x', 'y\ud800'], c: '\udc00' }, strings)?.path).toBe('b.1');
+    expect(firstBodyFault({ input: { startup: { name: 'a\udfff' } } }, strings)).toEqual({ path: 'input.startup.name', message: expect.stringMatching(/lone surrogate/) });
+    // A key: named as it reads, its bad unit shown as U+FFFD.
+    expect(firstBodyFault({ input: { ['k\ud800']: 1 } }, strings)?.path).toBe('input.k\ufffd');
+    expect(firstBodyFault('\ud800', strings)?.path).toBe('(root)');
+    // Strings are read only when the text escaped a surrogate.
+    expect(firstBodyFault({ a: 'y\ud800' }, { strings: false })).toBeUndefined();
+  });
+
+  it('passes pairs, other characters and non-strings', () => {
+    expect(firstBodyFault({ emoji: '\ud83d\ude00', n: 1, b: true, z: null, list: [[], {}], text: 'é€' }, strings)).toBeUndefined();
+  });
+
+  it('refuses nesting deeper than the limit, naming where it goes too deep', () => {
+    expect(firstBodyFault(nest(MAX_BODY_DEPTH, '1'), strings)).toBeUndefined();
+    const fault = firstBodyFault({ input: { meta: nest(MAX_BODY_DEPTH, '1') } }, { strings: false });
+    expect(fault?.message).toMatch(new RegExp(`deeper than ${MAX_BODY_DEPTH} levels`));
+    // input (1), meta's array (2) ... the array at depth MAX_BODY_DEPTH + 1 is the first too deep.
+    expect(fault?.path).toBe(['input', 'meta', ...Array(MAX_BODY_DEPTH - 2).fill('0')].join('.'));
+    expect(firstBodyFault({ a: { b: { c: 1 } } }, { strings: false, maxDepth: 2 })?.path).toBe('a.b');
+    // What the limit lets through serialises again (Node 20 fails at ~5,000 nested arrays).
+    expect(() => JSON.stringify(nest(MAX_BODY_DEPTH, '1'))).not.toThrow();
+  });
+
+  it('walks nesting deeper than the call stack', () => {
+    const depth = 200_000;
+    expect(firstBodyFault(nest(depth, '"\\ud800"'), { strings: true, maxDepth: Infinity })?.path).toBe(Array(depth).fill('0').join('.'));
+    expect(firstBodyFault(nest(depth, '1'), strings)?.message).toMatch(/deeper than/);
+  });
+
+  it('looks at strings only in bodies that escape a surrogate', () => {
+    expect(mayHoldLoneSurrogate('{"a":"\\ud800"}')).toBe(true);
+    expect(mayHoldLoneSurrogate('{"a":"\\uDBFF"}')).toBe(true);
+    expect(mayHoldLoneSurrogate('{"a":"\\u00e9 \\ud7ff"}')).toBe(false);
+  });
+});
