@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { firstBodyFault, mayHoldLoneSurrogate, MAX_BODY_DEPTH } from '../src/producers/body-faults.js';
+import { firstBodyFault, mayHoldHugeNumber, mayHoldLoneSurrogate, MAX_BODY_DEPTH } from '../src/producers/body-faults.js';
 
 const strings = { strings: true };
 const nest = (depth: number, leaf: string) => JSON.parse(`${'['.repeat(depth)}${leaf}${']'.repeat(depth)}`) as unknown;
@@ -34,6 +34,18 @@ describe('what a parsed JSON body may not hold', () => {
     const depth = 200_000;
     expect(firstBodyFault(nest(depth, '"\\ud800"'), { strings: true, maxDepth: Infinity })?.path).toBe(Array(depth).fill('0').join('.'));
     expect(firstBodyFault(nest(depth, '1'), strings)?.message).toMatch(/deeper than/);
+  });
+
+  it('refuses a number beyond a double\'s range (Infinity, stored as null), only when the text may hold one', () => {
+    const text = '{"input":{"meta":{"n":[1, 2.5e10, 1e400]}}}';
+    expect(mayHoldHugeNumber(text)).toBe(true);
+    expect(firstBodyFault(JSON.parse(text), { strings: false, numbers: true })).toEqual({ path: 'input.meta.n.2', message: expect.stringMatching(/beyond a double's range/) });
+    expect(firstBodyFault(JSON.parse('[-1e309]'), { strings: false, numbers: true })?.path).toBe('0');
+    expect(firstBodyFault(JSON.parse(`[${'9'.repeat(309)}]`), { strings: false, numbers: true })?.path).toBe('0');
+    expect(firstBodyFault(JSON.parse('[1e308, -1.7e308, 5e-324, 1e-400]'), { strings: false, numbers: true })).toBeUndefined();
+    expect(mayHoldHugeNumber('{"a":1e99,"b":12345678901234567890,"c":"1e400"}')).toBe(true); // a string may match: then the walk decides
+    expect(mayHoldHugeNumber('{"a":1e99,"b":12345678901234567890}')).toBe(false);
+    expect(mayHoldHugeNumber(`[${'9'.repeat(309)}]`)).toBe(true);
   });
 
   it('looks at strings only in bodies that escape a surrogate', () => {

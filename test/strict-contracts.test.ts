@@ -119,6 +119,16 @@ describe('strict contracts', () => {
       expect(deep.statusCode).toBe(400);
       expect(deep.json().details[0]).toEqual({ path: expect.stringMatching(/^input\.metadata\.deep\.0\.0/), message: expect.stringMatching(/nested deeper than 100 levels/) });
       expect(await s.runtime.queue.count()).toBe(before);
+      // Nor a number beyond a double's range: it parses to Infinity, which the job's JSON would store as null.
+      const huge = await s.app.inject({
+        method: 'POST',
+        url: '/v1/jobs',
+        headers: { ...s.auth, 'content-type': 'application/json' },
+        payload: '{"agent":"OpenAgent","action":"run","input":{"name":"n","metadata":{"budget":1e400}}}',
+      });
+      expect(huge.statusCode).toBe(400);
+      expect(huge.json().details).toEqual([{ path: 'input.metadata.budget', message: expect.stringMatching(/beyond a double's range/) }]);
+      expect(await s.runtime.queue.count()).toBe(before);
 
       // The published schema says the same: closed input, open metadata and items.
       const res = await s.app.inject({ method: 'GET', url: '/v1/agents', headers: s.auth });

@@ -15,7 +15,7 @@ import { routeTable } from './route-table.js';
 import type { AgentCatalog } from './routes/agents.js';
 import type { JobRouteDeps } from './routes/jobs.js';
 import { validationError } from './validation-details.js';
-import { firstBodyFault, mayHoldLoneSurrogate } from './body-faults.js';
+import { firstBodyFault, mayHoldHugeNumber, mayHoldLoneSurrogate } from './body-faults.js';
 import { registerHttpTracing } from './http-tracing.js';
 
 declare module 'fastify' {
@@ -87,7 +87,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   // refuses as "expected object"; without it such a body is the 415 the routes document.
   app.removeContentTypeParser('text/plain');
   // Strict JSON: invalid UTF-8 and a lone surrogate escape are refused rather than silently turned into U+FFFD and
-  // stored, and nesting no later step could serialise again is refused too (body-faults.ts).
+  // stored, a number beyond a double's range rather than stored as null, and nesting no later step could serialise
+  // again is refused too (body-faults.ts).
   const utf8 = new TextDecoder('utf-8', { fatal: true });
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_req, body: Buffer, done) => {
     let text: string;
@@ -105,7 +106,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       const at = /position (\d+)/.exec((err as Error).message)?.[1];
       return done(new HttpError(400, `request body is not valid JSON${at ? ` (at position ${at})` : ''}`));
     }
-    const fault = firstBodyFault(parsed, { strings: mayHoldLoneSurrogate(text) });
+    const fault = firstBodyFault(parsed, { strings: mayHoldLoneSurrogate(text), numbers: mayHoldHugeNumber(text) });
     if (fault) return done(new HttpError(400, 'invalid body', { details: [fault] }));
     done(null, parsed);
   });

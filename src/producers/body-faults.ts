@@ -2,6 +2,7 @@
  * What a parsed JSON body may not hold, whatever the route's schema says, because no later step can keep it:
  * - a lone UTF-16 surrogate (JSON may escape one: `"\ud800"`): Postgres text and Node's UTF-8 encoder turn it
  *   into U+FFFD, so the stored value would differ from the one accepted;
+ * - a number too large for a double (`1e400`): it parses to Infinity, which JSON.stringify writes as null;
  * - nesting deeper than MAX_BODY_DEPTH: JSON.parse takes far more than JSON.stringify gives back (Node 20 fails
  *   to serialise ~5,000 nested arrays), so such a value, accepted where a schema is open (an action's
  *   `passthrough` object, a record), would fail the enqueue with a 500.
@@ -16,6 +17,13 @@ const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
 
 export function mayHoldLoneSurrogate(text: string): boolean {
   return SURROGATE_ESCAPE.test(text);
+}
+
+/** Only a number with an exponent of 3 digits or more, or of 309 digits or more, can be beyond a double's range. */
+const HUGE_NUMBER = /[eE][+]?\d{3}|\d{309}/;
+
+export function mayHoldHugeNumber(text: string): boolean {
+  return HUGE_NUMBER.test(text);
 }
 
 /** A value still to look at, how deep it is, and how it was reached (its parent's step, then its own key or index). */
@@ -34,19 +42,24 @@ export interface BodyFault {
 
 /**
  * The first place in `value` no later step can keep (see above); undefined when there is none. Strings are read
- * only with `strings` (the body's text escapes a surrogate). Iterative: a recursive walk would itself overflow on
+ * only with `strings` (the body's text escapes a surrogate), numbers only with `numbers` (it holds a huge one). Iterative: a recursive walk would itself overflow on
  * what JSON.parse accepts.
  */
-export function firstBodyFault(value: unknown, opts: { strings: boolean; maxDepth?: number }): BodyFault | undefined {
+export function firstBodyFault(value: unknown, opts: { strings: boolean; numbers?: boolean; maxDepth?: number }): BodyFault | undefined {
   const maxDepth = opts.maxDepth ?? MAX_BODY_DEPTH;
-  // Only what may hold a fault is visited: containers, and strings when the text escapes a surrogate.
-  const visits = (v: unknown) => (typeof v === 'object' && v !== null) || (opts.strings && typeof v === 'string');
+  // Only what may hold a fault is visited: containers, strings when the text escapes a surrogate, numbers when it
+  // holds a huge one.
+  const visits = (v: unknown) => (typeof v === 'object' && v !== null) || (opts.strings && typeof v === 'string') || (opts.numbers === true && typeof v === 'number');
   const todo: Step[] = visits(value) ? [{ value, depth: 0 }] : [];
   while (todo.length) {
     const step = todo.pop()!;
     const v = step.value;
     if (typeof v === 'string') {
       if (!v.isWellFormed()) return { path: pathOf(step), message: LONE_SURROGATE };
+      continue;
+    }
+    if (typeof v === 'number') {
+      if (!Number.isFinite(v)) return { path: pathOf(step), message: 'a number beyond a double\'s range: it would be stored as null' };
       continue;
     }
     const depth = step.depth + 1;
