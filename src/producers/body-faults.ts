@@ -42,14 +42,15 @@ export interface BodyFault {
 
 /**
  * The first place in `value` no later step can keep (see above); undefined when there is none. Strings are read
- * only with `strings` (the body's text escapes a surrogate), numbers only with `numbers` (it holds a huge one). Iterative: a recursive walk would itself overflow on
- * what JSON.parse accepts.
+ * only with `strings` (the body's text escapes a surrogate), numbers only with `numbers` (the text may hold a huge
+ * one), so a common body costs a walk of its arrays and objects alone. Iterative: a recursive walk would itself
+ * overflow on what JSON.parse accepts.
  */
-export function firstBodyFault(value: unknown, opts: { strings: boolean; numbers?: boolean; maxDepth?: number }): BodyFault | undefined {
+export function firstBodyFault(value: unknown, opts: { strings?: boolean; numbers?: boolean; maxDepth?: number }): BodyFault | undefined {
   const maxDepth = opts.maxDepth ?? MAX_BODY_DEPTH;
   // Only what may hold a fault is visited: containers, strings when the text escapes a surrogate, numbers when it
   // holds a huge one.
-  const visits = (v: unknown) => (typeof v === 'object' && v !== null) || (opts.strings && typeof v === 'string') || (opts.numbers === true && typeof v === 'number');
+  const visits = (v: unknown) => (typeof v === 'object' && v !== null) || (opts.strings === true && typeof v === 'string') || (opts.numbers === true && typeof v === 'number');
   const todo: Step[] = visits(value) ? [{ value, depth: 0 }] : [];
   while (todo.length) {
     const step = todo.pop()!;
@@ -59,7 +60,7 @@ export function firstBodyFault(value: unknown, opts: { strings: boolean; numbers
       continue;
     }
     if (typeof v === 'number') {
-      if (!Number.isFinite(v)) return { path: pathOf(step), message: 'a number beyond a double\'s range: it would be stored as null' };
+      if (!Number.isFinite(v)) return { path: pathOf(step), message: HUGE_NUMBER_MESSAGE };
       continue;
     }
     const depth = step.depth + 1;
@@ -81,6 +82,7 @@ export function firstBodyFault(value: unknown, opts: { strings: boolean; numbers
 }
 
 const LONE_SURROGATE = 'not well-formed Unicode: a lone surrogate escape (\\uD800-\\uDFFF without its pair)';
+const HUGE_NUMBER_MESSAGE = "a number beyond a double's range: it would be stored as null";
 
 function pathOf(step: Step): string {
   const keys: string[] = [];
