@@ -26,6 +26,9 @@ export function mayHoldHugeNumber(text: string): boolean {
   return HUGE_NUMBER.test(text);
 }
 
+const LONE_SURROGATE_MESSAGE = 'not well-formed Unicode: a lone surrogate escape (\\uD800-\\uDFFF without its pair)';
+const HUGE_NUMBER_MESSAGE = "a number beyond a double's range: it would be stored as null";
+
 /** A value still to look at, how deep it is, and how it was reached (its parent's step, then its own key or index). */
 interface Step {
   value: unknown;
@@ -51,12 +54,12 @@ export function firstBodyFault(value: unknown, opts: { strings?: boolean; number
   // Only what may hold a fault is visited: containers, strings when the text escapes a surrogate, numbers when it
   // holds a huge one.
   const visits = (v: unknown) => (typeof v === 'object' && v !== null) || (opts.strings === true && typeof v === 'string') || (opts.numbers === true && typeof v === 'number');
-  const todo: Step[] = visits(value) ? [{ value, depth: 0 }] : [];
-  while (todo.length) {
-    const step = todo.pop()!;
+  const stack: Step[] = visits(value) ? [{ value, depth: 0 }] : [];
+  while (stack.length) {
+    const step = stack.pop()!;
     const v = step.value;
     if (typeof v === 'string') {
-      if (!v.isWellFormed()) return { path: pathOf(step), message: LONE_SURROGATE };
+      if (!v.isWellFormed()) return { path: pathOf(step), message: LONE_SURROGATE_MESSAGE };
       continue;
     }
     if (typeof v === 'number') {
@@ -66,23 +69,20 @@ export function firstBodyFault(value: unknown, opts: { strings?: boolean; number
     const depth = step.depth + 1;
     if (depth > maxDepth) return { path: pathOf(step), message: `nested deeper than ${maxDepth} levels of arrays and objects` };
     if (Array.isArray(v)) {
-      for (let i = v.length - 1; i >= 0; i--) if (visits(v[i])) todo.push({ value: v[i], depth, parent: step, key: String(i) });
+      for (let i = v.length - 1; i >= 0; i--) if (visits(v[i])) stack.push({ value: v[i], depth, parent: step, key: String(i) });
       continue;
     }
     const keys = Object.keys(v as object);
     // A bad key is named before anything under its object: the key itself, its bad unit shown as U+FFFD.
     const badKey = opts.strings ? keys.find((key) => !key.isWellFormed()) : undefined;
-    if (badKey !== undefined) return { path: pathOf({ value: undefined, depth, parent: step, key: badKey.toWellFormed() }), message: LONE_SURROGATE };
+    if (badKey !== undefined) return { path: pathOf({ value: undefined, depth, parent: step, key: badKey.toWellFormed() }), message: LONE_SURROGATE_MESSAGE };
     for (let i = keys.length - 1; i >= 0; i--) {
       const child = (v as Record<string, unknown>)[keys[i]];
-      if (visits(child)) todo.push({ value: child, depth, parent: step, key: keys[i] });
+      if (visits(child)) stack.push({ value: child, depth, parent: step, key: keys[i] });
     }
   }
   return undefined;
 }
-
-const LONE_SURROGATE = 'not well-formed Unicode: a lone surrogate escape (\\uD800-\\uDFFF without its pair)';
-const HUGE_NUMBER_MESSAGE = "a number beyond a double's range: it would be stored as null";
 
 function pathOf(step: Step): string {
   const keys: string[] = [];
