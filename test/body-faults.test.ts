@@ -53,4 +53,25 @@ describe('what a parsed JSON body may not hold', () => {
     expect(mayHoldLoneSurrogate('{"a":"\\uDBFF"}')).toBe(true);
     expect(mayHoldLoneSurrogate('{"a":"\\u00e9 \\ud7ff"}')).toBe(false);
   });
+
+  it('an in-process value: refuses what JSON has no form for, takes what it keeps', () => {
+    const values = { values: true };
+    expect(firstBodyFault({ a: [1, Number.NaN] }, values)).toEqual({ path: 'a.1', message: expect.stringMatching(/NaN/) });
+    expect(firstBodyFault({ a: -Infinity }, values)?.message).toMatch(/beyond a double's range/);
+    expect(firstBodyFault({ a: { b: 1n } }, values)).toEqual({ path: 'a.b', message: expect.stringMatching(/bigint.*throws/) });
+    expect(firstBodyFault({ f: () => 1 }, values)).toEqual({ path: 'f', message: expect.stringMatching(/function.*left out/) });
+    expect(firstBodyFault([Symbol('s')], values)).toEqual({ path: '0', message: expect.stringMatching(/symbol.*null/) });
+    expect(firstBodyFault({ s: new Set([1]) }, values)).toEqual({ path: 's', message: expect.stringMatching(/Set.*entries lost/) });
+    expect(firstBodyFault({ u: new Uint8Array(2) }, values)?.message).toMatch(/Uint8Array/);
+    expect(firstBodyFault({ list: [1, undefined] }, values)).toEqual({ path: 'list.1', message: expect.stringMatching(/undefined.*null/) });
+    expect(firstBodyFault({ k: 'a\udc00' }, values)?.path).toBe('k');
+    const cycle: unknown[] = [];
+    cycle.push(cycle);
+    expect(firstBodyFault({ c: cycle }, values)?.message).toMatch(/deeper than .* \(or a cycle\)/);
+    // Kept as JSON keeps them: an undefined member is absent, a Date is its ISO text, booleans and null as they are.
+    expect(firstBodyFault({ gone: undefined, at: new Date(0), ok: true, z: null, n: -0, s: '\ud83d\ude00' }, values)).toBeUndefined();
+    // A parsed body never holds these, so the API's walk does not look for them (and its depth message names no cycle).
+    expect(firstBodyFault({ a: [Number.NaN] }, { strings: false })).toBeUndefined();
+    expect(firstBodyFault(nest(MAX_BODY_DEPTH + 1, '1'), { strings: false })?.message).not.toMatch(/cycle/);
+  });
 });

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { createDirectProducer } from '../src/producers/direct-producer.js';
+import { defineAction, defineAgent } from '../src/shared/agents/define-agent.js';
 import { ValidationError } from '../src/shared/core/errors.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -30,5 +32,59 @@ describe('direct producer (services sharing Redis)', () => {
       .catch((e: ValidationError) => e);
     expect(err).toBeInstanceOf(ValidationError);
     expect(await producer.queue.count()).toBe(before);
+  });
+
+  it('refuses what a body could not hold or JSON would not keep, naming where, before any Redis call', async () => {
+    const before = await producer.queue.count();
+    const job = (meta: unknown) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'x', meta } });
+    const refused = async (value: unknown, bulk = false) => {
+      const err = await (bulk ? producer.enqueueBulk([job('ok'), value], { orgId: s.orgId }) : producer.enqueue(value, { orgId: s.orgId })).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ValidationError);
+      return (err as ValidationError).details[0];
+    };
+    expect(await refused(job({ n: Number.NaN }))).toEqual({ path: 'input.meta.n', message: expect.stringMatching(/NaN/) });
+    expect(await refused(job([1, Infinity]))).toEqual({ path: 'input.meta.1', message: expect.stringMatching(/beyond a double's range/) });
+    expect(await refused(job('x\ud800'))).toEqual({ path: 'input.meta', message: expect.stringMatching(/lone surrogate/) });
+    expect(await refused(job(new Map([['a', 1]])))).toEqual({ path: 'input.meta', message: expect.stringMatching(/Map.*entries lost/) });
+    expect(await refused(job({ big: 10n }))).toEqual({ path: 'input.meta.big', message: expect.stringMatching(/bigint/) });
+    expect(await refused(job([undefined]))).toEqual({ path: 'input.meta.0', message: expect.stringMatching(/undefined.*null/) });
+    const cycle: Record<string, unknown> = {};
+    cycle.self = cycle;
+    expect((await refused(job(cycle))).message).toMatch(/cycle/);
+    // A bulk names the job by its place, as POST /v1/jobs/bulk does.
+    expect((await refused(job({ f: () => 1 }), true)).path).toBe('jobs.1.input.meta.f');
+    expect(await producer.queue.count()).toBe(before);
+  });
+
+  it('takes what JSON keeps as given: an undefined member left out, a Date as its ISO text', async () => {
+    // An action whose `meta` is open (passthrough), so what the walk lets through reaches the stored job.
+    const registry = s.runtime.deps.registry;
+    registry.register(
+      defineAgent({
+        name: 'OpenDirect',
+        description: 'test agent with an open object',
+        actions: {
+          run: defineAction({
+            description: 'test',
+            input: z.object({ meta: z.object({}) }),
+            output: z.object({ ok: z.boolean() }),
+            promptVersion: 1,
+            model: 'fast',
+            passthrough: ['meta'],
+            prompt: () => ({ user: 'u' }),
+          }),
+        },
+      }),
+    );
+    const open = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX, agents: registry });
+    try {
+      const at = new Date('2026-12-06T00:00:00Z');
+      const { id } = await open.enqueue({ agent: 'OpenDirect', action: 'run', input: { meta: { at, gone: undefined, n: 1.5 } } }, { orgId: s.orgId });
+      const stored = await open.queue.getJob(id);
+      expect(stored?.data.input).toEqual({ meta: { at: at.toISOString(), n: 1.5 } });
+      await expect(open.enqueue({ agent: 'OpenDirect', action: 'run', input: { meta: { n: Number.NaN } } }, { orgId: s.orgId })).rejects.toThrow(ValidationError);
+    } finally {
+      await open.close();
+    }
   });
 });

@@ -5,6 +5,8 @@ import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
 import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
+import { firstBodyFault } from './body-faults.js';
+import { ValidationError } from '../shared/core/errors.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
 const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS)$/;
@@ -16,6 +18,15 @@ const DEFAULT_RETENTION: RetentionOptions = {
   keepFailedCount: 50_000,
   keepFailedAgeS: 14 * 24 * 3600,
 };
+
+/**
+ * What the API refuses in a body (body-faults.ts) and what JSON has no form for (NaN, a Map, a cycle...): an
+ * in-process value is refused before any Redis call, with the path the API would name (`jobs.1.input...` in a bulk).
+ */
+function storableOrThrow(value: unknown): void {
+  const fault = firstBodyFault(value, { values: true });
+  if (fault) throw new ValidationError('invalid job request', [fault]);
+}
 
 /**
  * For services that share agentq's Redis: enqueues straight into the BullMQ queue, skipping HTTP, with
@@ -58,8 +69,14 @@ export async function createDirectProducer(opts: {
   });
   const cellOf = (orgId: string) => cells[shards.ofOrg(orgId)];
   return {
-    enqueue: (job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> => cellOf(meta.orgId).producer.enqueue(job, meta),
-    enqueueBulk: (jobs: unknown[], meta: EnqueueMeta): Promise<EnqueuedJob[]> => cellOf(meta.orgId).producer.enqueueBulk({ jobs }, meta),
+    async enqueue(job: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
+      storableOrThrow(job);
+      return cellOf(meta.orgId).producer.enqueue(job, meta);
+    },
+    async enqueueBulk(jobs: unknown[], meta: EnqueueMeta): Promise<EnqueuedJob[]> {
+      storableOrThrow({ jobs });
+      return cellOf(meta.orgId).producer.enqueueBulk({ jobs }, meta);
+    },
     /** The agent queue of the first shard (with one shard, the queue); `queueOf` gives an org's. */
     queue: cells[0].queue,
     queueOf: (orgId: string) => cellOf(orgId).queue,
