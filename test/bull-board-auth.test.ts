@@ -87,6 +87,22 @@ describe('Bull Board access', () => {
     expect(res.statusCode).toBe(204);
     expect(await s.runtime.queue.getJobState(failedId)).toBe('waiting');
   });
+
+  it('refuses a status BullMQ would not act on with a 400 naming it, where the board answered 200 and did nothing', async () => {
+    const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    for (const url of ['/admin/queues/api/queues/agent-jobs/clean/bogus', '/admin/queues/api/queues/agent-jobs/clean/completed%20', '/admin/queues/api/queues/agent-jobs/retry/delayed']) {
+      const res = await s.app.inject({ method: 'PUT', url, headers });
+      expect(res.statusCode, url).toBe(400);
+      expect(res.json(), url).toEqual({ error: 'invalid path', details: [{ path: 'queueStatus', message: expect.stringMatching(/completed/) }] });
+    }
+    // The statuses the board's page sends still work.
+    expect((await s.app.inject({ method: 'PUT', url: '/admin/queues/api/queues/agent-jobs/clean/completed', headers })).statusCode).toBe(200);
+    expect((await s.app.inject({ method: 'PUT', url: '/admin/queues/api/queues/agent-jobs/retry/failed', headers })).statusCode).toBe(200);
+    // The documented contract says so too.
+    const doc = (await s.app.inject({ method: 'GET', url: '/openapi.json' })).json();
+    const clean = doc.paths['/admin/queues/api/queues/{queueName}/clean/{queueStatus}'].put.parameters.find((p: { name: string }) => p.name === 'queueStatus');
+    expect(clean.schema.enum).toContain('delayed');
+  });
 });
 
 describe('Bull Board read-only, without ADMIN_TOKEN', () => {

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
-import { BULL_BOARD_PATH, registerBullBoard } from './bull-board.js';
+import { BULL_BOARD_PATH, boardParamSchema, registerBullBoard } from './bull-board.js';
 import { documentation, registerRoutes } from './route-spec.js';
 import { routeTable } from './route-table.js';
 import type { AdminRouteDeps } from './routes/admin.js';
@@ -67,7 +67,7 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps) {
     const params = [...opts.url.matchAll(/:(\w+)/g)].map((m) => m[1]);
     const api = opts.url.startsWith(`${BULL_BOARD_PATH}/api`);
     opts.schema = {
-      ...(params.length ? { params: z.object(Object.fromEntries(params.map((p) => [p, z.string()]))) } : {}),
+      ...(params.length ? { params: z.object(Object.fromEntries(params.map((p) => [p, boardParamSchema(opts.url, p)]))) } : {}),
       ...documentation({
         role: 'operator',
         tags: ['admin'],

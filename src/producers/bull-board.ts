@@ -3,11 +3,28 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
 import { currentStored } from '../shared/core/job-stage.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
 
 export const BULL_BOARD_PATH = '/admin/queues';
+
+/**
+ * Path parameters Bull Board hands on without a check, by the end of the route that takes them, with the values
+ * BullMQ acts on: `clean` passes any status to BullMQ's `clean`, which cleans nothing for an unknown one (the board
+ * answered 200 `{}`); `retry` checks its own but answers in the board's shape, not the API's.
+ */
+const BOARD_PARAM_VALUES: Array<{ route: string; param: string; values: [string, ...string[]] }> = [
+  { route: '/clean/:queueStatus', param: 'queueStatus', values: ['completed', 'failed', 'delayed', 'wait', 'waiting', 'prioritized', 'paused', 'active'] },
+  { route: '/retry/:queueStatus', param: 'queueStatus', values: ['failed', 'completed'] },
+];
+
+/** The schema of one of Bull Board's path parameters (`url` as registered): its values where the board has a set, else any text. */
+export function boardParamSchema(url: string, param: string): z.ZodType<string> {
+  const known = BOARD_PARAM_VALUES.find((p) => p.param === param && url.endsWith(p.route));
+  return known ? z.enum(known.values) : z.string();
+}
 
 type JobLike = {
   name?: string;
@@ -77,6 +94,18 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     if (req.method === 'GET' || req.body === undefined || req.body === null) return;
     if (JSON.stringify(req.body).includes(MASK)) {
       return reply.code(400).send({ error: `the data holds a masked value (${MASK}); enter the real value or leave the field out` });
+    }
+  });
+  // Answered here, in the API's shape: a schema failure would reach the board's own error handler, which answers
+  // `{ error: { key } }`. The schemas (boardParamSchema) state the same sets in the OpenAPI document.
+  scope.addHook('preValidation', async (req, reply) => {
+    const url = req.routeOptions.url;
+    if (!url?.startsWith(basePath)) return;
+    const params = (req.params ?? {}) as Record<string, string | undefined>;
+    for (const known of BOARD_PARAM_VALUES) {
+      const value = params[known.param];
+      if (!url.endsWith(known.route) || value === undefined || known.values.includes(value)) continue;
+      return reply.code(400).send({ error: 'invalid path', details: [{ path: known.param, message: `must be one of ${known.values.join(', ')}` }] });
     }
   });
   await scope.register(serverAdapter.registerPlugin(), { prefix: basePath });
