@@ -36,6 +36,30 @@ interface Offered {
   producerCpuPct?: number;
   /** The worker process's major GCs over the measured jobs (separate processes only): what the tail lines up with. */
   gc?: GcAttribution;
+  /** Where the slowest 1% and the jobs around the median spent their time (separate processes only). */
+  phases?: { tail: Phases; median: Phases };
+}
+
+/** Mean ms of a set of jobs in each phase, by the worker's own BullMQ timestamps (ms resolution). */
+interface Phases {
+  jobs: number;
+  /** Enqueue call to BullMQ's processedOn: the enqueue, the dispatch, BullMQ's wait list and the worker's fetch. */
+  waitMs: number;
+  /** processedOn to finishedOn: the attempt (claim, guards, model call, cache store) in a shared event loop. */
+  runMs: number;
+  /** finishedOn to the worker's `completed` event. */
+  reportMs: number;
+}
+
+/** The phases of the jobs at or above p99, and of those within 1 ms of p50. */
+function phasesOf(jobs: Array<{ id: string; at: number; done: number }>, stamps: Map<string, [number, number]>, p50: number, p99: number): { tail: Phases; median: Phases } {
+  const mean = (list: typeof jobs): Phases => {
+    const known = list.filter((j) => stamps.has(j.id));
+    const n = Math.max(1, known.length);
+    const sum = (f: (j: (typeof jobs)[number], s: [number, number]) => number) => known.reduce((a, j) => a + f(j, stamps.get(j.id)!), 0) / n;
+    return { jobs: known.length, waitMs: sum((j, [p]) => p - j.at), runMs: sum((_, [p, f]) => f - p), reportMs: sum((j, [, f]) => j.done - f) };
+  };
+  return { tail: mean(jobs.filter((j) => j.done - j.at >= p99)), median: mean(jobs.filter((j) => Math.abs(j.done - j.at - p50) < 1)) };
 }
 
 interface GcAttribution {
@@ -111,6 +135,16 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
       note: `vs ${round(s.gc.allPct, 1)} % of all measured jobs; ${s.gc.count} major (mark-compact) GCs started while measured jobs ran, longest pause ${round(s.gc.longestPauseMs, 1)} ms (perf_hooks gc entries of the worker process)`,
     });
   }
+  if (s.phases) {
+    const f = (p: Phases) => `${round(p.waitMs, 1)} / ${round(p.runMs, 1)} / ${round(p.reportMs, 1)} ms`;
+    ctx.add({
+      case: tc,
+      name: 'where the time went, slowest 1% vs jobs at p50 (mean ms): waiting for the worker / running / reported',
+      value: `${f(s.phases.tail)} vs ${f(s.phases.median)}`,
+      unit: '',
+      note: `${s.phases.tail.jobs} and ${s.phases.median.jobs} jobs; by BullMQ's processedOn and finishedOn in the worker process (ms resolution): waiting = enqueue call to the worker taking it (enqueue, dispatch, wait list, fetch), running = its attempt (claim, guards, model call, cache store) on an event loop shared with the other jobs`,
+    });
+  }
   ctx.add({
     case: tc,
     name: 'p99 / p50, producer and worker in one process (no target)',
@@ -128,7 +162,7 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
 }
 
 function summary(o: Offered) {
-  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), meanMs: o.meanMs, workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct, gc: o.gc };
+  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), meanMs: o.meanMs, workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct, gc: o.gc, phases: o.phases };
 }
 
 /** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
@@ -138,6 +172,8 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
   // Both by job id: a job may complete before its enqueue call has returned here.
   const enqueuedAt = new Map<string, number>();
   const completed = new Map<string, number>();
+  /** The worker's own timestamps per job (separate processes): BullMQ's processedOn and finishedOn, ms. */
+  const stamps = new Map<string, [number, number]>();
   let done = 0;
   const completedAt = (id: string, at: number) => {
     completed.set(id, at);
@@ -150,7 +186,10 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
     if (worker) {
       // The child reports each completion with the time its `completed` event fired (`wallMs` there).
       worker.child.on('message', (m: { done?: Array<[string, string, number, number, number]> }) => {
-        for (const [id, , , , seenAt] of m?.done ?? []) completedAt(id, seenAt);
+        for (const [id, , processedOn, finishedOn, seenAt] of m?.done ?? []) {
+          stamps.set(id, [processedOn, finishedOn]);
+          completedAt(id, seenAt);
+        }
       });
       await worker.ready;
       await worker.request({ op: 'start', env });
@@ -190,8 +229,9 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
     const [first, doneBefore] = [offered, done];
     const t0Wall = wallMs();
     const { workerPct, producerPct } = await run(DURATION_MS);
-    const measured = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => ({ at, done: completed.get(id)! }));
+    const measured = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => ({ id, at, done: completed.get(id)! }));
     const latencies = measured.map((j) => j.done - j.at);
+    const phases = worker ? phasesOf(measured, stamps, percentile(latencies, 50), percentile(latencies, 99)) : undefined;
     // Little's law: the jobs queued or running on average = rate x mean latency. More than KEPT_UP_MS of offered
     // work on average means the worker did not keep up with the offer in this window (slower than case 1 measured
     // it): the latencies are then a queue's, not a tail's, and the target is not judged.
@@ -201,7 +241,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
     done -= doneBefore;
     const r: Offered = together
       ? { offered, completed: done, latencies, meanMs, workerCpuPct: producerPct }
-      : { offered, completed: done, latencies, meanMs, workerCpuPct: workerPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}) };
+      : { offered, completed: done, latencies, meanMs, workerCpuPct: workerPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}), ...(phases ? { phases } : {}) };
     const s = summary(r);
     ctx.log(`  ${together ? 'one process' : 'separate processes'}${extraEnv.LLM_HTTP_TRANSPORT ? ` (LLM_HTTP_TRANSPORT=${extraEnv.LLM_HTTP_TRANSPORT})` : ''}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
     return s;
