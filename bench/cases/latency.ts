@@ -1,4 +1,10 @@
-import { RISK_REQUEST, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
+import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+import { retentionOf } from '../../src/app/runtime.js';
+import { QUEUE } from '../../src/shared/core/queue-names.js';
+import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { RISK_REQUEST, riskInput, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
 import { startChild } from '../lib/child.js';
 import type { BenchContext } from '../lib/context.js';
 import { percentile, round, sleep, wallMs } from '../lib/stats.js';
@@ -32,6 +38,8 @@ interface Offered {
   meanMs: number;
   /** CPU of the worker's process over the offer, % of one core (with `together`, the producer's too). */
   workerCpuPct: number;
+  /** The worker's event loop busy, % of the offer's wall time (separate processes): its main thread, without V8's helper threads. */
+  workerLoopPct?: number;
   /** CPU of the producer's process (this one), % of one core; undefined when it is the worker's. */
   producerCpuPct?: number;
   /** The worker process's major GCs over the measured jobs (separate processes only): what the tail lines up with. */
@@ -109,10 +117,12 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   const t = await offer(ctx, rate, true);
   // The opt-in transport (infra/llm/node-http-fetch.ts), as deployed: what the worker's major GCs cost the tail.
   const n = await offer(ctx, rate, false, { LLM_HTTP_TRANSPORT: 'node-http' });
-  ctx.details.latency = { offeredPerS: rate, split: s, together: t, nodeHttp: n };
+  // The baseline (b) under the same offer and shape: what this host gives a worker with nothing around the call.
+  const bare = await offer(ctx, rate, false, {}, true);
+  ctx.details.latency = { offeredPerS: rate, split: s, together: t, nodeHttp: n, bare };
   ctx.add({ case: tc, name: 'offered load (half the full-path max of case 1)', value: round(rate, 1), unit: 'jobs/s', note: `${s.offered} jobs over ${DURATION_MS / 1000} s, open loop; first ${DISCARD_MS / 1000} s discarded` });
   ctx.add({ case: tc, name: 'p50 (producer and worker in separate processes, as deployed)', value: round(s.p50, 1), unit: 'ms' });
-  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} % of a core (${round((s.workerCpuPct * 10) / rate, 2)} ms of CPU per job), producer process ${round(s.producerCpuPct ?? 0, 0)} %` });
+  ctx.add({ case: tc, name: 'p99', value: round(s.p99, 1), unit: 'ms', note: `max ${round(s.max, 1)} ms; ${s.offered - s.completed} of ${s.offered} not completed within the drain time; worker process CPU ${round(s.workerCpuPct, 0)} % of a core (${round((s.workerCpuPct * 10) / rate, 2)} ms of CPU per job; its event loop busy ${round(s.workerLoopPct ?? 0, 0)} % of the time), producer process ${round(s.producerCpuPct ?? 0, 0)} %` });
   const inSystem = (rate * s.meanMs) / 1000;
   const keptUp = s.meanMs <= KEPT_UP_MS && inSystem < KEPT_UP_OCCUPANCY * CONCURRENCY;
   ctx.add({
@@ -147,6 +157,13 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
   }
   ctx.add({
     case: tc,
+    name: '(b) bare BullMQ + SDK worker, the same offer, separate processes: p99 / p50 (no target)',
+    value: round(bare.p99 / bare.p50, 2),
+    unit: 'x',
+    note: `p50 ${round(bare.p50, 1)} ms, p99 ${round(bare.p99, 1)} ms, max ${round(bare.max, 1)} ms; worker process CPU ${round(bare.workerCpuPct, 0)} % of a core (${round((bare.workerCpuPct * 10) / rate, 2)} ms per job; event loop busy ${round(bare.workerLoopPct ?? 0, 0)} %) vs agentq's ${round(s.workerCpuPct, 0)} % (${round(s.workerLoopPct ?? 0, 0)} %); ${bare.phases ? `slowest 1% vs p50 waiting / running / reported ${round(bare.phases.tail.waitMs, 1)} / ${round(bare.phases.tail.runMs, 1)} / ${round(bare.phases.tail.reportMs, 1)} vs ${round(bare.phases.median.waitMs, 1)} / ${round(bare.phases.median.runMs, 1)} / ${round(bare.phases.median.reportMs, 1)} ms; ` : ''}${bare.offered - bare.completed} of ${bare.offered} not completed`,
+  });
+  ctx.add({
+    case: tc,
     name: 'p99 / p50, producer and worker in one process (no target)',
     value: round(t.p99 / t.p50, 2),
     unit: 'x',
@@ -162,11 +179,14 @@ export async function latencyCase(ctx: BenchContext): Promise<void> {
 }
 
 function summary(o: Offered) {
-  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), meanMs: o.meanMs, workerCpuPct: o.workerCpuPct, producerCpuPct: o.producerCpuPct, gc: o.gc, phases: o.phases };
+  return { offered: o.offered, completed: o.completed, measured: o.latencies.length, p50: percentile(o.latencies, 50), p99: percentile(o.latencies, 99), max: Math.max(...o.latencies), meanMs: o.meanMs, workerCpuPct: o.workerCpuPct, workerLoopPct: o.workerLoopPct, producerCpuPct: o.producerCpuPct, gc: o.gc, phases: o.phases };
 }
 
-/** One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process. */
-async function offer(ctx: BenchContext, rate: number, together: boolean, extraEnv: Record<string, string> = {}): Promise<ReturnType<typeof summary>> {
+/**
+ * One open-loop offer on a fresh queue prefix, summarised; `together`: the worker in this process; `bare`: the
+ * baseline (b) instead of agentq, in separate processes as well (BullMQ's `add` here, the bare SDK worker there).
+ */
+async function offer(ctx: BenchContext, rate: number, together: boolean, extraEnv: Record<string, string> = {}, bare = false): Promise<ReturnType<typeof summary>> {
   await ctx.b.control.flushall();
   const env = { QUEUE_PREFIX: `{bl${Math.random().toString(36).slice(2, 8)}}`, WORKER_CONCURRENCY: String(CONCURRENCY), ...extraEnv };
   // Both by job id: a job may complete before its enqueue call has returned here.
@@ -182,6 +202,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
   const arg = JSON.stringify({ redisUrl: ctx.b.redis.url, databaseUrl: ctx.b.databaseUrl, emulatorUrl: ctx.b.emulatorUrl });
   const worker = together ? undefined : startChild('fair-worker', [arg]);
   let q: AgentqUnderTest | undefined;
+  let bareQueue: { queue: Queue; connection: Redis } | undefined;
   try {
     if (worker) {
       // The child reports each completion with the time its `completed` event fired (`wallMs` there).
@@ -192,14 +213,19 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
         }
       });
       await worker.ready;
-      await worker.request({ op: 'start', env });
-      q = await startAgentq(ctx.b, { env });
+      await worker.request({ op: 'start', env, bare });
+      if (bare) {
+        const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
+        bareQueue = { connection, queue: new Queue(QUEUE.agent, { connection, prefix: env.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(ctx.b.config(env))) }) };
+      } else q = await startAgentq(ctx.b, { env });
     } else {
       q = await startAgentq(ctx.b, { env, onCompleted: (job) => completedAt(job.id!, wallMs()) });
       await q.startWorker();
     }
-    const cpu = async () => (worker ? (await worker.request<{ us: number }>({ op: 'cpu' })).us : 0);
-    const producer = q.runtime.deps.producer;
+    const cpu = async () => (worker ? await worker.request<{ us: number; activeMs: number; idleMs: number }>({ op: 'cpu' }) : { us: 0, activeMs: 0, idleMs: 0 });
+    const enqueue = bareQueue
+      ? (n: number) => bareQueue!.queue.add('RiskAnalyzer:analyze_risks', { orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(`lat-${n}`), enqueuedAt: Date.now() }, { jobId: randomUUID() }).then((job) => ({ id: job.id! }))
+      : (n: number) => q!.runtime.deps.producer.enqueue(RISK_REQUEST(`lat-${n}`), { orgId: ORG });
     let offered = 0;
     /** Offers `rate` jobs/s for `ms`, then waits for them to complete; the CPU both processes used meanwhile. */
     const run = async (ms: number) => {
@@ -211,7 +237,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
         const due = first + Math.floor(((performance.now() - t0) / 1000) * rate);
         for (; offered < due; offered++) {
           const started = wallMs();
-          pending.push(producer.enqueue(RISK_REQUEST(`lat-${offered}`), { orgId: ORG }).then((job) => enqueuedAt.set(job.id, started)));
+          pending.push(enqueue(offered).then((job) => enqueuedAt.set(job.id, started)));
         }
         await sleep(5);
       }
@@ -220,7 +246,9 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
       const [w1, p1] = [await cpu(), process.cpuUsage(p0)];
       const drainEnd = performance.now() + DRAIN_MS;
       while (done < offered && performance.now() < drainEnd) await sleep(20);
-      return { workerPct: (100 * (w1 - w0)) / 1e6 / seconds, producerPct: (100 * (p1.user + p1.system)) / 1e6 / seconds };
+      const busy = w1.activeMs - w0.activeMs;
+      const loopPct = (100 * busy) / Math.max(1, busy + w1.idleMs - w0.idleMs);
+      return { workerPct: (100 * (w1.us - w0.us)) / 1e6 / seconds, loopPct, producerPct: (100 * (p1.user + p1.system)) / 1e6 / seconds };
     };
     // A new worker process is warmed up first (as the one-process shape was, by case 1): its first
     // seconds run unoptimised code.
@@ -228,7 +256,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
     enqueuedAt.clear();
     const [first, doneBefore] = [offered, done];
     const t0Wall = wallMs();
-    const { workerPct, producerPct } = await run(DURATION_MS);
+    const { workerPct, loopPct, producerPct } = await run(DURATION_MS);
     const measured = [...enqueuedAt].filter(([id, at]) => at - t0Wall >= DISCARD_MS && completed.has(id)).map(([id, at]) => ({ id, at, done: completed.get(id)! }));
     const latencies = measured.map((j) => j.done - j.at);
     const phases = worker ? phasesOf(measured, stamps, percentile(latencies, 50), percentile(latencies, 99)) : undefined;
@@ -241,9 +269,9 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
     done -= doneBefore;
     const r: Offered = together
       ? { offered, completed: done, latencies, meanMs, workerCpuPct: producerPct }
-      : { offered, completed: done, latencies, meanMs, workerCpuPct: workerPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}), ...(phases ? { phases } : {}) };
+      : { offered, completed: done, latencies, meanMs, workerCpuPct: workerPct, workerLoopPct: loopPct, producerCpuPct: producerPct, ...(gc ? { gc } : {}), ...(phases ? { phases } : {}) };
     const s = summary(r);
-    ctx.log(`  ${together ? 'one process' : 'separate processes'}${extraEnv.LLM_HTTP_TRANSPORT ? ` (LLM_HTTP_TRANSPORT=${extraEnv.LLM_HTTP_TRANSPORT})` : ''}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
+    ctx.log(`  ${bare ? '(b) bare, ' : ''}${together ? 'one process' : 'separate processes'}${extraEnv.LLM_HTTP_TRANSPORT ? ` (LLM_HTTP_TRANSPORT=${extraEnv.LLM_HTTP_TRANSPORT})` : ''}: offered ${round(rate, 1)} jobs/s: p50 ${round(s.p50, 1)} ms, p99 ${round(s.p99, 1)} ms (${latencies.length} jobs, ${offered - done} not completed); CPU worker ${round(r.workerCpuPct, 0)} %${r.workerLoopPct === undefined ? '' : ` (event loop busy ${round(r.workerLoopPct, 0)} %)`}${together ? '' : `, producer ${round(producerPct, 0)} %`}${gc ? `; worker major GCs ${gc.count} (longest ${round(gc.longestPauseMs, 1)} ms), slowest 1% in flight during one: ${round(gc.tailPct, 0)} % vs ${round(gc.allPct, 0)} % of all` : ''}`);
     return s;
   } finally {
     if (worker) {
@@ -251,5 +279,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
       await worker.stop();
     }
     await q?.close();
+    await bareQueue?.queue.close();
+    bareQueue?.connection.disconnect();
   }
 }

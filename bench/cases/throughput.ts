@@ -2,16 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
-import { GoogleGenAI } from '@google/genai';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { z } from 'zod';
 import { retentionOf } from '../../src/app/runtime.js';
-import { defaultRegistry } from '../../src/shared/agents/registry.js';
 import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData } from '../../src/shared/core/types.js';
 import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
+import { bareLlm } from '../lib/bare.js';
 import type { BenchContext } from '../lib/context.js';
 import { commandCalls, diffCalls } from '../lib/infra.js';
 import { median, round, sleep } from '../lib/stats.js';
@@ -230,22 +228,6 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
 
 function jobData(n: number): AgentJobData {
   return { orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n), enqueuedAt: Date.now() };
-}
-
-/** The hand-written baseline call: the same request bytes agentq sends, through the same SDK, nothing around it. */
-function bareLlm(emulatorUrl: string) {
-  const ai = new GoogleGenAI({ apiKey: 'bench-not-a-real-key', vertexai: false, httpOptions: { baseUrl: emulatorUrl } });
-  const action = defaultRegistry().resolve('RiskAnalyzer', 'analyze_risks').action;
-  const { $schema: _drop, ...schema } = z.toJSONSchema(action.output) as Record<string, unknown>;
-  return async (job: Job<AgentJobData>) => {
-    const prompt = await action.prompt(job.data.input, { orgId: job.data.orgId });
-    const res = await ai.models.generateContent({
-      model: 'gemini-2.5-pro',
-      contents: prompt.user,
-      config: { systemInstruction: prompt.system, responseMimeType: 'application/json', responseJsonSchema: schema },
-    });
-    return { success: true, data: JSON.parse(res.text ?? 'null'), tokensUsed: { input: res.usageMetadata?.promptTokenCount ?? 0, output: res.usageMetadata?.candidatesTokenCount ?? 0 }, model: 'gemini-2.5-pro' };
-  };
 }
 
 async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, total: number, monitor: boolean, windowMs: number) {

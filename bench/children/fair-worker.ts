@@ -3,15 +3,23 @@
  * bench/lib/agentq.ts), against the bench's redis-server, PGlite and emulator. Argument: JSON
  * `{ redisUrl, databaseUrl, emulatorUrl }`. Requests:
  * - `{ op: 'start', env }` starts a runtime with one agent worker (env holds QUEUE_PREFIX, WORKER_CONCURRENCY...);
+ *   with `bare: true`, instead, the hand-written baseline (b): a plain BullMQ worker making the same SDK call
+ *   (bench/lib/bare.ts) on the queue under env's QUEUE_PREFIX, at its WORKER_CONCURRENCY, with agentq's worker timings;
  * - `{ op: 'stop' }` closes it;
- * - `{ op: 'cpu' }` answers `process.cpuUsage()` (user + system µs) of this whole process;
+ * - `{ op: 'cpu' }` answers `process.cpuUsage()` (user + system µs) of this whole process, and the event loop's
+ *   active and idle ms so far (`performance.eventLoopUtilization()`: the main thread's share);
  * - `{ op: 'gc', since }` answers this process's major (mark-compact) garbage collections since wall-clock ms `since`:
  *   `[[start, pauseMs], ...]`, start in wall-clock ms (perf_hooks `gc` entries: the pause the collector stopped the thread for).
  * Every completed job is reported, batched every 100 ms, as `{ done: [[jobId, orgId, processedOn, finishedOn, seenAt], ...] }`
  * (the worker's own timestamps: processedOn when BullMQ moved the job to active, finishedOn when it recorded the outcome,
  * seenAt when its `completed` event fired, wall-clock ms with sub-ms precision).
  */
-import { constants, PerformanceObserver } from 'node:perf_hooks';
+import { constants, performance, PerformanceObserver } from 'node:perf_hooks';
+import { Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { QUEUE } from '../../src/shared/core/queue-names.js';
+import type { AgentJobData } from '../../src/shared/core/types.js';
+import { bareLlm } from '../lib/bare.js';
 import { parseConfig } from '../../src/shared/core/config.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
 import type { Infra } from '../../src/shared/infra/infra.js';
@@ -26,7 +34,7 @@ const infra: Infra = { redisTarget: o.redisUrl, db: { pool, url: o.databaseUrl, 
 const config = (env: Record<string, string> = {}) =>
   parseConfig({ ...BENCH_ENV, REDIS_URL: o.redisUrl, DATABASE_URL: o.databaseUrl, GEMINI_API_KEY: 'bench-not-a-real-key', ...env });
 
-let q: AgentqUnderTest | undefined;
+let q: { close(): Promise<void> } | undefined;
 /** Major GCs of this process, [wall-clock start ms, pause ms]: the latency case attributes its tail with them. */
 const majorGcs: Array<[number, number]> = [];
 new PerformanceObserver((list) => {
@@ -42,14 +50,40 @@ const flush = () => {
 };
 setInterval(flush, 100).unref();
 
-serveParent(async (msg: { op: string; env?: Record<string, string>; since?: number }) => {
+const onCompleted = (job: Job<AgentJobData>) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now(), wallMs()]);
+
+/** The baseline (b) as a worker process: BullMQ's Worker with agentq's worker timings, the bare SDK call. */
+async function startBare(env: Record<string, string>): Promise<{ close(): Promise<void> }> {
+  const cfg = config(env);
+  const connection = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
+  const worker = new Worker<AgentJobData>(QUEUE.agent, bareLlm(o.emulatorUrl), {
+    connection,
+    prefix: cfg.QUEUE_PREFIX,
+    concurrency: cfg.WORKER_CONCURRENCY,
+    lockDuration: cfg.LOCK_DURATION_MS,
+    stalledInterval: cfg.STALLED_INTERVAL_MS,
+    maxStalledCount: 2,
+  });
+  worker.on('completed', onCompleted);
+  await worker.waitUntilReady();
+  return {
+    async close() {
+      await worker.close();
+      connection.disconnect();
+    },
+  };
+}
+
+serveParent(async (msg: { op: string; env?: Record<string, string>; bare?: boolean; since?: number }) => {
   if (msg.op === 'start') {
     if (q) throw new Error('already started');
-    q = await startAgentq({ config, infra, emulatorUrl: o.emulatorUrl }, {
-      env: msg.env,
-      onCompleted: (job) => done.push([job.id!, job.data.orgId, job.processedOn ?? 0, job.finishedOn ?? Date.now(), wallMs()]),
-    });
-    await q.startWorker();
+    if (msg.bare) {
+      q = await startBare(msg.env ?? {});
+      return {};
+    }
+    const agentq: AgentqUnderTest = await startAgentq({ config, infra, emulatorUrl: o.emulatorUrl }, { env: msg.env, onCompleted });
+    q = agentq;
+    await agentq.startWorker();
     return {};
   }
   if (msg.op === 'stop') {
@@ -64,7 +98,9 @@ serveParent(async (msg: { op: string; env?: Record<string, string>; since?: numb
   }
   if (msg.op === 'cpu') {
     const u = process.cpuUsage();
-    return { us: u.user + u.system };
+    // The main thread's busy time too: the process's CPU also counts V8's compiler and GC helper threads.
+    const elu = performance.eventLoopUtilization();
+    return { us: u.user + u.system, activeMs: elu.active, idleMs: elu.idle };
   }
   throw new Error(`unknown op ${msg.op}`);
 });
