@@ -479,8 +479,9 @@ describe('fair scheduler limits', () => {
     const why = await c.scheduler.why(ids[60]);
     const now = await c.redisNow();
     expect(why).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:${FLASH}`, position: 0 });
-    expect(why!.etaMs! - now).toBeGreaterThan(0);
-    expect(why!.etaMs! - now).toBeLessThanOrEqual(1_100);
+    // With 40 waiting, the lane sleeps until the bucket holds 5 s of its rate (5 requests), not its first one.
+    expect(why!.etaMs! - now).toBeGreaterThan(3_900);
+    expect(why!.etaMs! - now).toBeLessThanOrEqual(5_100);
 
     // Count every command our connection (scheduler + queue) sends while only the wake-ups run.
     let commands = 0;
@@ -490,12 +491,40 @@ describe('fair scheduler limits', () => {
       return send(...a);
     };
     const t0 = Date.now();
-    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(63), { timeout: 10_000, interval: 20 });
+    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(61), { timeout: 10_000, interval: 20 });
     const elapsed = Date.now() - t0;
-    // 1 token per second: three more jobs need about three seconds, not a burst.
-    expect(elapsed).toBeGreaterThan(1_800);
-    // Each wake-up is one dispatch script plus one promote; polling would be tens of calls per second.
-    expect(commands).toBeLessThanOrEqual(12);
+    // 1 token per second, gathered for 5 s: the next jobs go together, five of them, after about five seconds.
+    expect(elapsed).toBeGreaterThan(3_800);
+    expect(promoted).toBe(65);
+    // One wake-up: one dispatch script (which promotes), beside the loop's safety poll (every 5 s here); polling
+    // would be tens of calls per second, a wake-up per request five.
+    expect(commands).toBeLessThanOrEqual(6);
+  });
+
+  it('wakes a lane asleep on its org rate for its backlog when that is smaller than the batch', { timeout: 30_000 }, async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const etaOf = async (extra: number) => {
+      const org = randomOrg();
+      await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+      const ids = await c.add(org, 60 + extra);
+      expect((await c.scheduler.raw.dispatch()).ids).toHaveLength(60);
+      const why = await c.scheduler.why(ids[60]);
+      return why!.etaMs! - (await c.redisNow());
+    };
+    // One job left: it goes at the first request the bucket refills; two: at the second; forty: at the fifth.
+    const [one, two] = [await etaOf(1), await etaOf(2)];
+    expect(one).toBeGreaterThan(0);
+    expect(one).toBeLessThanOrEqual(1_100);
+    expect(two).toBeGreaterThan(1_000);
+    expect(two).toBeLessThanOrEqual(2_100);
+    // A rate under one request in the batch's time (2 a minute) wakes at its first request, as before.
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 2 } });
+    const ids = await c.add(org, 10);
+    expect((await c.scheduler.raw.dispatch()).ids).toHaveLength(2);
+    const eta = (await c.scheduler.why(ids[2]))!.etaMs! - (await c.redisNow());
+    expect(eta).toBeGreaterThan(25_000);
+    expect(eta).toBeLessThanOrEqual(30_100);
   });
 
   it('recovers slots after a crash: parked -> back to lane, finished -> freed, active -> extended', { timeout: 30_000 }, async () => {

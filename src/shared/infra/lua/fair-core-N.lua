@@ -91,6 +91,12 @@ local LEASED = ARGV[12] == '1'
 local LEASE_WAIT_MS = 2000
 -- Leased tokens unused this long lapse (a shard whose demand moved elsewhere strands at most one chunk, for a while).
 local RESERVOIR_TTL_MS = 60000
+-- A lane with a backlog asleep on its org's request rate (org RPM) wakes when the bucket holds what it refills in
+-- this long (at most the backlog and the bucket's size), not at its first request: each wake-up is a dispatch of
+-- ~50 Redis commands, and its jobs then go in one dispatch and one fetch instead of one each. A lane of one job,
+-- or a rate under one request in this long, still wakes at the first request. The jobs' pace over a minute is the
+-- plan's either way.
+local WAKE_BATCH_MS = 5000
 
 -- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
 local function fmt(x) return string.format('%.17g', x) end

@@ -22,6 +22,16 @@ local function headOf(h, lane, want)
   return id, h.ids[h.pos + 1] ~= nil or (id ~= nil and #h.ids == h.want)
 end
 
+-- What a lane asleep on a bucket waits for: `need`, or on its org's request rate (`batched`) the requests the
+-- bucket refills in WAKE_BATCH_MS, at most its size and the lane's backlog (its jobs not taken in this run).
+local function wakeNeed(batched, need, cap, rate, lane, heads)
+  if not batched then return need end
+  local batch = math.min(cap, math.floor(rate * WAKE_BATCH_MS))
+  if batch <= need then return need end
+  local backlog = rcall('ZCARD', P_LANE .. lane) - (heads.lane == lane and #heads.taken or 0)
+  return math.max(need, math.min(batch, backlog))
+end
+
 -- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it and whether the lane
 -- is still a candidate; or nil after parking the lane where it waits. `deferVt`: the caller writes that virtual
 -- time (a run of one lane, see dispatch), not this call. `heads` (newHeads): the lane's head as read for the run;
@@ -53,10 +63,11 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
   local candidates = {}
   if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
-    -- The 5th field marks a leased reservoir (ARGV[12]); the 6th is where its shortfall is reported.
+    -- The 5th field marks a leased reservoir (ARGV[12]); the 6th is where its shortfall is reported; the 7th, the
+    -- org's own request rate, which a backlogged lane sleeps on for a batch (WAKE_BATCH_MS): only its lanes spend it.
     local k = laneBucketKeys(lane, org, model)
     candidates = {
-      { k[1], orgRpm, 1, true, false },
+      { k[1], orgRpm, 1, true, false, nil, true },
       { k[2], p.tpm, est, false, false },
       { k[3], mi.rpm, 1, true, LEASED, 2 },
       { k[4], mi.tpm, est, false, LEASED, 3 },
@@ -85,11 +96,11 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
       else
         lv = level(c[1], cap, rate)
         if lv < need then
-          local w = math.ceil((need - lv) / rate)
+          local w = math.ceil((wakeNeed(c[7], need, cap, rate, lane, heads) - lv) / rate)
           if w > wait then wait, limiting = w, c[1] end
         end
       end
-      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4], c[5] }
+      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4], c[5], c[7] }
     end
   end
   if limiting then
@@ -141,7 +152,7 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     local need = math.min(1, b[2])
     -- (A reservoir does not refill: the lane's next try asks for a lease instead.)
     if b[5] and not b[6] and b[4] < need then
-      local w = math.ceil((need - b[4]) / b[3])
+      local w = math.ceil((wakeNeed(b[7], need, b[2], b[3], lane, heads) - b[4]) / b[3])
       if w > nextWait then nextWait, nextLimit = w, b[1] end
     end
   end
