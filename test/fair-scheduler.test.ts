@@ -501,6 +501,25 @@ describe('fair scheduler limits', () => {
     expect(commands).toBeLessThanOrEqual(6);
   });
 
+  it('tells an enqueue the wake-up its dispatch left without handing it over: the next dispatch (a worker\'s) takes it', async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 1 } });
+    const ids = [`${org}-w0`, `${org}-w1`];
+    await c.queue.addBulk(ids.map((id) => ({ name: 'j', data: { org }, opts: parkedJobOptions(id) })));
+    // An enqueue that dispatches, as the API's does: the first job takes the one request, the lane falls asleep.
+    const r = await c.scheduler.enqueue(ids.map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens: 0 })), { dispatch: true });
+    expect(r.promoted).toEqual([ids[0]]);
+    expect(r.nextWakeMs).toBeGreaterThan(r.nowMs + 50_000);
+    // Reported, not taken: an API process has no timer to arm (taken, the wake-up waited for a worker's safety poll).
+    expect(await c.redis.get(c.scheduler.keys.named.wake)).toBeNull();
+    const taken = await c.scheduler.dispatch();
+    expect(taken.nextWakeMs).toBe(r.nextWakeMs);
+    expect(Number(await c.redis.get(c.scheduler.keys.named.wake))).toBe(r.nextWakeMs);
+    // Taken once: the next caller is not handed the same wake-up.
+    expect((await c.scheduler.dispatch()).nextWakeMs).toBeUndefined();
+  });
+
   it('wakes a lane asleep on its org rate for its backlog when that is smaller than the batch', { timeout: 30_000 }, async () => {
     const c = await setup({ bufferTarget: 1000 });
     const etaOf = async (extra: number) => {

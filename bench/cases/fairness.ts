@@ -216,11 +216,13 @@ async function churn(ctx: BenchContext, pool: Pool) {
     value: round(perS, 1),
     unit: 'cmds/s',
     target: '<= 50',
-    met: perS <= 50,
+    // A window in which the org ran nothing measured a stall, not the cost of running it at its rate.
+    met: throttled.jobs > 0 ? perS <= 50 : null,
     note:
+      `${throttled.jobs > 0 ? '' : 'not judged: no job of the org completed in the window, which should hold one a second. '}` +
       `${round(throttled.seconds, 1)} s window after the first bucket-full (${CHURN_RPM} jobs) ran: ${throttled.jobs} jobs completed in it, ${throttled.waitingAtEnd} still waiting. ` +
       `Redis 7 counts commands run inside Lua scripts in total_commands_processed (here equal to the commandstats sum). ` +
-      `${round(dispatchPerS, 1)} dispatch script calls/s for one token a second; beyond the window's jobs at the unthrottled price per job: ${round(overheadPerS, 1)} cmds/s. ` +
+      `${round(dispatchPerS, 1)} dispatch script calls/s at one token a second (a backlogged lane wakes for 5 s of tokens); beyond the window's jobs at the unthrottled price per job: ${round(overheadPerS, 1)} cmds/s. ` +
       `The same ${WORKERS} worker processes idle (no job at all): ${round(idlePerS, 1)} cmds/s`,
   });
   ctx.add({
@@ -236,7 +238,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
     value: round(cpuTotal, 2),
     unit: '%',
     target: '<= 5%',
-    met: cpuTotal <= 5,
+    met: throttled.jobs > 0 ? cpuTotal <= 5 : null,
     // The floor under it: the same processes with no job at all (timers, blocking fetches, V8's own threads).
     note: `same window, jobs included; per process: ${throttled.cpuPct.map((p) => round(p, 2)).join(', ')}%. The same ${WORKERS} processes idle (no job at all, ${round(idle.seconds, 1)} s window): ${round(idle.cpuPct.reduce((a, b) => a + b, 0), 2)} % (${idle.cpuPct.map((p) => round(p, 2)).join(', ')})`,
   });
@@ -246,7 +248,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
     value: round(perJobThrottled / perJobFree, 2),
     unit: 'x',
     target: '<= 1.5',
-    met: perJobThrottled / perJobFree <= 1.5,
+    met: throttled.jobs > 0 ? perJobThrottled / perJobFree <= 1.5 : null,
     note: `${round(perJobThrottled, 1)} vs ${round(perJobFree, 1)} cmds/job (script-internal included; worker side, enqueue done before). Unthrottled: the same backlog with the limit lifted, ${free.jobs} jobs over ${round(free.seconds, 1)} s (${round(free.jobs / free.seconds, 0)} jobs/s); emulator latency 20 ms`,
   });
 }

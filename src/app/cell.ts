@@ -10,6 +10,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { Infra } from '../shared/infra/infra.js';
 import { createAgentQueue, type AgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
+import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createRedis, logConnectionErrors, type RedisClient } from '../shared/infra/redis/connection.js';
 import { createBatchStore, type BatchStore } from '../shared/batch/batch-store.js';
 
@@ -78,6 +79,8 @@ export function createCell(opts: {
     admission: opts.admission,
     flows: flowProducer,
     tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S, batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S },
+    // A wake-up the enqueue's dispatch left goes to the workers' loops (this process may have none).
+    wakeWorkers: () => redis.spublish(fairKickChannel(prefix), '1'),
   });
   const batchStore = createBatchStore({ redis, prefix });
   const jobs = createJobService({ queue, queueEvents, redis, prefix, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id) });

@@ -79,6 +79,12 @@ export interface JobProducerDeps {
    * a process outside agentq's deployment should not make decisions with its own copy of the limits).
    */
   kick?: () => Promise<unknown>;
+  /**
+   * Told when the enqueue's own dispatch left a wake-up (a lane asleep on a limit, a timer) that no process has
+   * a timer for: the dispatcher reports it to an enqueue without handing it over (fair-claim.lua `nextWake`),
+   * since this process may run no dispatch loop, and this asks the workers for a dispatch that takes it.
+   */
+  wakeWorkers?: () => Promise<unknown>;
   /** How a deadline maps to a tier (default: DEFAULT_TIER_POLICY). */
   tierPolicy?: TierPolicy;
 }
@@ -182,8 +188,9 @@ export function createJobProducer(deps: JobProducerDeps) {
   }
 
   async function laneEntries(entries: FairEntry[]): Promise<void> {
-    await deps.scheduler!.enqueue(entries, { dispatch: !deps.kick });
-    await deps.kick?.();
+    const r = await deps.scheduler!.enqueue(entries, { dispatch: !deps.kick });
+    if (deps.kick) await deps.kick();
+    else if (r.nextWakeMs !== undefined) await deps.wakeWorkers?.();
   }
 
   /**
