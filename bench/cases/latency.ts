@@ -1,10 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { retentionOf } from '../../src/app/runtime.js';
-import { QUEUE } from '../../src/shared/core/queue-names.js';
-import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
-import { RISK_REQUEST, riskInput, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
+import { RISK_REQUEST, startAgentq, type AgentqUnderTest } from '../lib/agentq.js';
+import { BARE_JOB_NAME, bareJobData, bareQueue } from '../lib/bare.js';
 import { startChild } from '../lib/child.js';
 import type { BenchContext } from '../lib/context.js';
 import { percentile, round, sleep, wallMs } from '../lib/stats.js';
@@ -202,7 +200,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
   const arg = JSON.stringify({ redisUrl: ctx.b.redis.url, databaseUrl: ctx.b.databaseUrl, emulatorUrl: ctx.b.emulatorUrl });
   const worker = together ? undefined : startChild('fair-worker', [arg]);
   let q: AgentqUnderTest | undefined;
-  let bareQueue: { queue: Queue; connection: Redis } | undefined;
+  let baseline: { queue: Queue; connection: Redis } | undefined;
   try {
     if (worker) {
       // The child reports each completion with the time its `completed` event fired (`wallMs` there).
@@ -216,15 +214,15 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
       await worker.request({ op: 'start', env, bare });
       if (bare) {
         const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
-        bareQueue = { connection, queue: new Queue(QUEUE.agent, { connection, prefix: env.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(ctx.b.config(env))) }) };
+        baseline = { connection, queue: bareQueue(connection, ctx.b.config(env)) };
       } else q = await startAgentq(ctx.b, { env });
     } else {
       q = await startAgentq(ctx.b, { env, onCompleted: (job) => completedAt(job.id!, wallMs()) });
       await q.startWorker();
     }
     const cpu = async () => (worker ? await worker.request<{ us: number; activeMs: number; idleMs: number }>({ op: 'cpu' }) : { us: 0, activeMs: 0, idleMs: 0 });
-    const enqueue = bareQueue
-      ? (n: number) => bareQueue!.queue.add('RiskAnalyzer:analyze_risks', { orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(`lat-${n}`), enqueuedAt: Date.now() }, { jobId: randomUUID() }).then((job) => ({ id: job.id! }))
+    const enqueue = baseline
+      ? (n: number) => baseline!.queue.add(BARE_JOB_NAME, bareJobData(ORG, `lat-${n}`), { jobId: randomUUID() }).then((job) => ({ id: job.id! }))
       : (n: number) => q!.runtime.deps.producer.enqueue(RISK_REQUEST(`lat-${n}`), { orgId: ORG });
     let offered = 0;
     /** Offers `rate` jobs/s for `ms`, then waits for them to complete; the CPU both processes used meanwhile. */
@@ -279,7 +277,7 @@ async function offer(ctx: BenchContext, rate: number, together: boolean, extraEn
       await worker.stop();
     }
     await q?.close();
-    await bareQueue?.queue.close();
-    bareQueue?.connection.disconnect();
+    await baseline?.queue.close();
+    baseline?.connection.disconnect();
   }
 }

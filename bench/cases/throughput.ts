@@ -2,14 +2,11 @@ import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
 import { createWriteStream, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
-import { Queue, Worker, type Job } from 'bullmq';
+import type { Job, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { retentionOf } from '../../src/app/runtime.js';
-import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
-import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData } from '../../src/shared/core/types.js';
-import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
-import { bareLlm } from '../lib/bare.js';
+import { RISK_REQUEST, startAgentq } from '../lib/agentq.js';
+import { BARE_JOB_NAME, bareJobData, bareLlm, bareQueue, bareWorker } from '../lib/bare.js';
 import type { BenchContext } from '../lib/context.js';
 import { commandCalls, diffCalls } from '../lib/infra.js';
 import { median, round, sleep } from '../lib/stats.js';
@@ -226,17 +223,13 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
 }
 
-function jobData(n: number): AgentJobData {
-  return { orgId: ORG, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n), enqueuedAt: Date.now() };
-}
-
 async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, total: number, monitor: boolean, windowMs: number) {
   const cfg = ctx.b.config();
   const connection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
-  const queue = new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(cfg)) });
+  const queue = bareQueue(connection, cfg);
   for (let i = 0; i < total; i += 1000) {
     const n = Math.min(1000, total - i);
-    await queue.addBulk(Array.from({ length: n }, (_, k) => ({ name: 'RiskAnalyzer:analyze_risks', data: jobData(i + k), opts: { jobId: randomUUID() } })));
+    await queue.addBulk(Array.from({ length: n }, (_, k) => ({ name: BARE_JOB_NAME, data: bareJobData(ORG, i + k), opts: { jobId: randomUUID() } })));
   }
   const counter = createCounter();
   const work = path.startsWith('bare-noop') ? async () => ({ success: true }) : bareLlm(ctx.b.emulatorUrl);
@@ -251,15 +244,7 @@ async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, t
       }
     : work;
   const workerConnection = new Redis(ctx.b.redis.url, { maxRetriesPerRequest: null });
-  // The same worker options agentq's own worker uses (src/workers/agent-worker.ts).
-  const worker = new Worker(QUEUE.agent, processor, {
-    connection: workerConnection,
-    prefix: cfg.QUEUE_PREFIX,
-    concurrency,
-    lockDuration: cfg.LOCK_DURATION_MS,
-    stalledInterval: cfg.STALLED_INTERVAL_MS,
-    maxStalledCount: 2,
-  });
+  const worker = bareWorker(workerConnection, cfg, processor, concurrency);
   worker.on('completed', counter.onCompleted);
   counter.track(worker);
   try {

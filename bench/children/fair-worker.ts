@@ -15,11 +15,10 @@
  * seenAt when its `completed` event fired, wall-clock ms with sub-ms precision).
  */
 import { constants, performance, PerformanceObserver } from 'node:perf_hooks';
-import { Worker, type Job } from 'bullmq';
+import type { Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData } from '../../src/shared/core/types.js';
-import { bareLlm } from '../lib/bare.js';
+import { bareLlm, bareWorker } from '../lib/bare.js';
 import { parseConfig } from '../../src/shared/core/config.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
 import type { Infra } from '../../src/shared/infra/infra.js';
@@ -56,14 +55,7 @@ const onCompleted = (job: Job<AgentJobData>) => done.push([job.id!, job.data.org
 async function startBare(env: Record<string, string>): Promise<{ close(): Promise<void> }> {
   const cfg = config(env);
   const connection = new Redis(o.redisUrl, { maxRetriesPerRequest: null });
-  const worker = new Worker<AgentJobData>(QUEUE.agent, bareLlm(o.emulatorUrl), {
-    connection,
-    prefix: cfg.QUEUE_PREFIX,
-    concurrency: cfg.WORKER_CONCURRENCY,
-    lockDuration: cfg.LOCK_DURATION_MS,
-    stalledInterval: cfg.STALLED_INTERVAL_MS,
-    maxStalledCount: 2,
-  });
+  const worker = bareWorker(connection, cfg, bareLlm(o.emulatorUrl), cfg.WORKER_CONCURRENCY);
   worker.on('completed', onCompleted);
   await worker.waitUntilReady();
   return {

@@ -1,8 +1,37 @@
 import { GoogleGenAI } from '@google/genai';
-import type { Job } from 'bullmq';
+import { Queue, Worker, type Job, type Processor } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { z } from 'zod';
+import { retentionOf } from '../../src/app/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
+import type { Config } from '../../src/shared/core/config.js';
+import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData } from '../../src/shared/core/types.js';
+import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { riskInput } from './agentq.js';
+
+/** The name and data of a RiskAnalyzer job as agentq stores it, for the bare baselines' own `add`. */
+export const BARE_JOB_NAME = 'RiskAnalyzer:analyze_risks';
+export function bareJobData(orgId: string, n: number | string): AgentJobData {
+  return { orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(n), enqueuedAt: Date.now() };
+}
+
+/** The agent queue as the baselines add to it: agentq's queue name, prefix and job options. */
+export function bareQueue(connection: Redis, cfg: Config): Queue {
+  return new Queue(QUEUE.agent, { connection, prefix: cfg.QUEUE_PREFIX, defaultJobOptions: agentJobOptions(retentionOf(cfg)) });
+}
+
+/** A plain BullMQ worker on the agent queue with the worker options agentq's own uses (src/workers/agent-worker.ts). */
+export function bareWorker(connection: Redis, cfg: Config, processor: Processor<AgentJobData>, concurrency: number): Worker<AgentJobData> {
+  return new Worker<AgentJobData>(QUEUE.agent, processor, {
+    connection,
+    prefix: cfg.QUEUE_PREFIX,
+    concurrency,
+    lockDuration: cfg.LOCK_DURATION_MS,
+    stalledInterval: cfg.STALLED_INTERVAL_MS,
+    maxStalledCount: 2,
+  });
+}
 
 /** The hand-written baseline call: the same request bytes agentq sends, through the same SDK, nothing around it. */
 export function bareLlm(emulatorUrl: string) {

@@ -80,7 +80,7 @@ export function createCell(opts: {
     flows: flowProducer,
     tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S, batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S },
     // A wake-up the enqueue's dispatch left goes to the workers' loops (this process may have none).
-    wakeWorkers: () => redis.spublish(fairKickChannel(prefix), '1'),
+    kick: () => redis.spublish(fairKickChannel(prefix), '1'),
   });
   const batchStore = createBatchStore({ redis, prefix });
   const jobs = createJobService({ queue, queueEvents, redis, prefix, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id) });

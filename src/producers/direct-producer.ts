@@ -63,6 +63,7 @@ export async function createDirectProducer(opts: {
       scheduler: createFairSchedulerFromConfig({ redis: connection, queue, cfg, prefix: shardPrefix, shards: cfg.QUEUE_SHARDS }),
       retention,
       // Workers dispatch with the deployment's limits; this process only asks them to.
+      dispatch: false,
       kick: () => connection.spublish(fairKickChannel(shardPrefix), '1'),
     });
     return { queue, producer };

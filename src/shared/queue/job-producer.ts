@@ -74,17 +74,16 @@ export interface JobProducerDeps {
   admission?: AdmissionCheck;
   /** Adds fan-out flows (parent in the flows queue, children agent jobs); absent where flows are not served. */
   flows?: FlowProducer;
-  /**
-   * Where set, jobs are laned without dispatching and this asks the workers to dispatch (the direct producer:
-   * a process outside agentq's deployment should not make decisions with its own copy of the limits).
-   */
+  /** Asks the workers for a dispatch (the fair kick channel). */
   kick?: () => Promise<unknown>;
   /**
-   * Told when the enqueue's own dispatch left a wake-up (a lane asleep on a limit, a timer) that no process has
-   * a timer for: the dispatcher reports it to an enqueue without handing it over (fair-claim.lua `nextWake`),
-   * since this process may run no dispatch loop, and this asks the workers for a dispatch that takes it.
+   * false: jobs are laned without dispatching, then the workers are kicked (the direct producer: a process outside
+   * agentq's deployment should not make decisions with its own copy of the limits). Default: the enqueue's own call
+   * dispatches, and the workers are kicked only when it left a wake-up (a lane asleep on a limit, a timer) that no
+   * process has a timer for: the dispatcher reports it to an enqueue without handing it over (fair-claim.lua
+   * `nextWake`), since this process may run no dispatch loop.
    */
-  wakeWorkers?: () => Promise<unknown>;
+  dispatch?: boolean;
   /** How a deadline maps to a tier (default: DEFAULT_TIER_POLICY). */
   tierPolicy?: TierPolicy;
 }
@@ -188,9 +187,9 @@ export function createJobProducer(deps: JobProducerDeps) {
   }
 
   async function laneEntries(entries: FairEntry[]): Promise<void> {
-    const r = await deps.scheduler!.enqueue(entries, { dispatch: !deps.kick });
-    if (deps.kick) await deps.kick();
-    else if (r.nextWakeMs !== undefined) await deps.wakeWorkers?.();
+    const dispatch = deps.dispatch !== false;
+    const r = await deps.scheduler!.enqueue(entries, { dispatch });
+    if (!dispatch || r.nextWakeMs !== undefined) await deps.kick?.();
   }
 
   /**

@@ -28,7 +28,8 @@ local function wakeNeed(batched, need, cap, rate, lane, heads)
   if not batched then return need end
   local batch = math.min(cap, math.floor(rate * WAKE_BATCH_MS))
   if batch <= need then return need end
-  local backlog = rcall('ZCARD', P_LANE .. lane) - (heads.lane == lane and #heads.taken or 0)
+  -- tryLane read the lane's head into `heads` first: its taken jobs are this lane's, still in its ZSET.
+  local backlog = rcall('ZCARD', P_LANE .. lane) - #heads.taken
   return math.max(need, math.min(batch, backlog))
 end
 
