@@ -1,7 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
-import { createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import { ASK_MOVE_GRACE_MS, createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
-import type { ChargeCorrection } from '../src/shared/fair/index.js';
+import type { ChargeCorrection, DispatchingWorker } from '../src/shared/fair/index.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
 
@@ -121,6 +121,56 @@ describe('fair dispatch loop', () => {
   });
 });
 
+describe('fair dispatch loop: registrations carried by claims', () => {
+  const reg = (a: number) => ({ id: 'w1', concurrency: 10, ttlMs: 180_000, ask: a });
+  const setup = () => {
+    const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+    const state = { ask: 5, clock: 1_000_000 };
+    const loop = createDispatchLoop({ scheduler: f.scheduler, worker: { id: 'w1', concurrency: 10, ask: () => state.ask }, safetyPollMs: 60_000, now: () => state.clock });
+    return { f, state, loop };
+  };
+
+  it('hands a due registration to one claim, then none until the ask moves or the renewal is due', async () => {
+    const { f, state, loop } = setup();
+    expect(loop.takeRegistration()).toEqual(reg(5));
+    expect(loop.takeRegistration()).toBeUndefined();
+    state.ask = 9;
+    expect(loop.takeRegistration()).toEqual(reg(9));
+    expect(loop.takeRegistration()).toBeUndefined();
+    state.clock += 30_000;
+    expect(loop.takeRegistration()).toEqual(reg(9));
+    // A claim that failed gives it back: the next call carries it again.
+    loop.registrationLost();
+    expect(loop.takeRegistration()).toEqual(reg(9));
+    await loop.close();
+    expect(f.calls).toBe(0);
+  });
+
+  it('a moved ask a claim carried costs no dispatch call; one no claim carried is registered by a dispatch after the grace', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const { f, state, loop } = setup();
+      expect(loop.takeRegistration()).toEqual(reg(5));
+      state.ask = 9;
+      loop.askMoved();
+      expect(loop.takeRegistration()).toEqual(reg(9));
+      await vi.advanceTimersByTimeAsync(ASK_MOVE_GRACE_MS * 2);
+      expect(f.calls).toBe(0);
+      state.ask = 14;
+      loop.askMoved();
+      await vi.advanceTimersByTimeAsync(ASK_MOVE_GRACE_MS - 1);
+      expect(f.calls).toBe(0);
+      await vi.advanceTimersByTimeAsync(1);
+      expect(f.calls).toBe(1);
+      expect(f.registrations).toEqual([reg(14)]);
+      f.finishOne();
+      await loop.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
@@ -130,7 +180,9 @@ describe('fair gate', () => {
   const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0, entryOf: EntryOf = () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 })) => {
     const kicks = { n: 0 };
     const absorbed: DispatchResult[] = [];
-    const calls: { release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[] } | undefined> } = { release: [], released: [], claim: [] };
+    // The loop's registration due (taken once) and the registrations given back.
+    const registration: { due?: DispatchingWorker; lost: number } = { lost: 0 };
+    const calls: { release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[]; register?: DispatchingWorker } | undefined> } = { release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
@@ -139,12 +191,12 @@ describe('fair gate', () => {
         repark: async () => true,
         blockModel: async () => {},
       },
-      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), close: async () => {} },
+      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, close: async () => {} },
       entryOf,
       logger,
       correctionBatchMs,
     });
-    return { gate, kicks, absorbed, calls };
+    return { gate, kicks, absorbed, calls, registration };
   };
 
   it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
@@ -193,6 +245,23 @@ describe('fair gate', () => {
     await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
     await failing.gate.close();
     expect(failing.calls.released).toEqual([['a']]);
+  });
+
+  it("a claim carries the loop's due registration; a failed claim gives it back", async () => {
+    const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const w = { id: 'w1', concurrency: 10, ttlMs: 30_000, ask: 12 };
+    const ok = gateWith(async () => ({ freed: 0, due: false }));
+    ok.registration.due = w;
+    expect(await ok.gate.admit(job, 'token')).toBe('run');
+    expect(await ok.gate.admit(job, 'token')).toBe('run');
+    expect(ok.calls.claim).toEqual([{ refill: true, register: w }, { refill: true }]);
+    expect(ok.registration.lost).toBe(0);
+    const failing = gateWith(async () => ({ freed: 0, due: false }), async () => {
+      throw new Error('redis down');
+    });
+    failing.registration.due = w;
+    await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
+    expect(failing.registration.lost).toBe(1);
   });
 
   it('charge corrections, summed per org and model for a while, ride on the next claim, else on a release, else go alone', async () => {

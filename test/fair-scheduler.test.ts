@@ -139,6 +139,29 @@ describe('fair scheduler', () => {
     expect(await c.redis.zrange(c.scheduler.keys.named.workers, 0, -1)).toEqual(['w1']);
   });
 
+  it("registers a worker's moved ask carried by its claim, before the claim's refill sizes the list by it", async () => {
+    const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
+    const org = randomOrg();
+    await c.add(org, 40);
+    const waiting = () => c.queue.getJobCountByTypes('waiting', 'prioritized');
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 2 });
+    expect(await waiting()).toBe(2);
+    // The worker fetches both and claims the second with its new ask: the refill fills to 12, not to 2.
+    const first = (await c.queue.getWaiting()).map((j) => j.id!);
+    for (const id of first) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    await c.scheduler.claim(first[0]);
+    const r = await c.scheduler.claim(first[1], undefined, { refill: true, register: { id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 12 } });
+    expect(r).toMatchObject({ held: true, cancelled: false });
+    expect(r.dispatched?.promoted).toHaveLength(12);
+    expect(await waiting()).toBe(12);
+    expect(await c.redis.hget(c.scheduler.keys.named.workerConc, 'w1')).toBe('12');
+    const expiry = Number(await c.redis.zscore(c.scheduler.keys.named.workers, 'w1'));
+    expect(expiry - (await c.redisNow())).toBeGreaterThan(50_000);
+    // A claim of a job without a slot still registers (the registration is the worker's, not the job's).
+    expect(await c.scheduler.claim('no-such-job', undefined, { register: { id: 'w2', concurrency: 4, ttlMs: 60_000 } })).toMatchObject({ held: false });
+    expect(await c.redis.hget(c.scheduler.keys.named.workerConc, 'w2')).toBe('2');
+  });
+
   it('sweeps lapsed workers only once the list lacks a batch, then fills it to the live asks alone', async () => {
     const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
     const org = randomOrg();

@@ -142,6 +142,8 @@ export function createFairGate(deps: {
       const handed = pending;
       pending = [];
       const correct = takeCorrections();
+      // A moved ask (or the registration's renewal) rides here too, instead of a dispatch call of its own.
+      const register = deps.loop.takeRegistration();
       let claim;
       try {
         // Refill: the claim dispatches (and promotes) the next job while this one runs.
@@ -151,8 +153,10 @@ export function createFairGate(deps: {
           ...(correct.length ? { correct } : {}),
           ...(lookup ? { lookup: { keys: lookup.keys, args: lookup.args } } : {}),
           ...(append ? { append: { key: append.key, field: append.field, entry: append.entry } } : {}),
+          ...(register ? { register } : {}),
         });
       } catch (err) {
+        if (register) deps.loop.registrationLost();
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
         if (handed.length) queueRelease(...handed);
         throw err;

@@ -72,8 +72,8 @@ export function createWorkerService(opts: {
   const scheduler = opts.scheduler;
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers'
-  // asks; a moved ask is registered by a dispatch call of its own (at most once per rate window).
-  const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => void loop?.kick() }) : undefined;
+  // asks; a moved ask rides on the worker's next claim (or a dispatch call of its own when none comes soon).
+  const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => loop?.askMoved() }) : undefined;
   const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];

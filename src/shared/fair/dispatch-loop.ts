@@ -1,4 +1,11 @@
-import type { FairScheduler, DispatchResult } from './fair-scheduler.js';
+import type { FairScheduler, DispatchResult, DispatchingWorker } from './fair-scheduler.js';
+
+/**
+ * How long a moved ask waits for a claim to carry its registration before a dispatch call of its own registers
+ * it: under load a claim comes within milliseconds, so the move costs no round trip; an idle worker's move (its
+ * rate fell) is registered this late, when a wait list sized for the old rate matters least.
+ */
+export const ASK_MOVE_GRACE_MS = 100;
 
 export interface DispatchLoopLogger {
   warn(obj: object, msg?: string): void;
@@ -12,6 +19,15 @@ export interface DispatchLoop {
    * arms the wake-up it may carry (given to one caller only) and dispatches again if it stopped with work left.
    */
   absorb(r: DispatchResult): void;
+  /**
+   * The worker's registration when one is due (its ask moved, or its renewal), for a claim to carry instead of
+   * a dispatch call of its own; taken once (the next call finds none due). Absent for a loop without a worker.
+   */
+  takeRegistration(): DispatchingWorker | undefined;
+  /** The call that carried `takeRegistration`'s registration failed: it is due again. */
+  registrationLost(): void;
+  /** The worker's ask moved: the next claim registers it, or a dispatch of its own after ASK_MOVE_GRACE_MS. */
+  askMoved(): void;
   close(): Promise<void>;
 }
 
@@ -66,28 +82,35 @@ export function createDispatchLoop(opts: {
   const renewEveryMs = safetyPollMs / 2;
   let registeredAt = -Infinity;
   let registeredAsk: number | undefined;
-  const registration = (at: number) => {
+  // A moved ask not registered yet, and the timer that registers it if no claim does first.
+  let askPending = false;
+  let askTimer: NodeJS.Timeout | undefined;
+  /** The registration due now, taken: recorded as sent (a failed call gives it back with registrationLost). */
+  const takeRegistration = (): DispatchingWorker | undefined => {
     const w = opts.worker;
     if (!w) return undefined;
+    const at = clock();
     const ask = w.ask?.();
     if (at - registeredAt < renewEveryMs && ask === registeredAsk) return undefined;
+    registeredAt = at;
+    registeredAsk = ask;
+    askPending = false;
     return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}) };
+  };
+  const registrationLost = () => {
+    registeredAt = -Infinity;
   };
 
   const run = async () => {
     do {
       pending = false;
+      const register = takeRegistration();
       try {
-        const at = clock();
-        const register = registration(at);
         const r = await opts.scheduler.dispatch(register);
-        if (register) {
-          registeredAt = at;
-          registeredAsk = register.ask;
-        }
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {
+        if (register) registrationLost();
         opts.logger?.warn({ err }, 'fair dispatch failed');
       }
     } while (pending && !closed);
@@ -114,13 +137,27 @@ export function createDispatchLoop(opts: {
   };
   const unsubscribe = opts.scheduler.onDispatched?.(absorb);
 
+  const askMoved = () => {
+    askPending = true;
+    if (askTimer || closed) return;
+    askTimer = setTimeout(() => {
+      askTimer = undefined;
+      if (askPending) void kick();
+    }, ASK_MOVE_GRACE_MS);
+    askTimer.unref();
+  };
+
   return {
     kick,
     absorb,
+    takeRegistration,
+    registrationLost,
+    askMoved,
     async close() {
       closed = true;
       unsubscribe?.();
       clearInterval(poll);
+      if (askTimer) clearTimeout(askTimer);
       if (wakeTimer) clearTimeout(wakeTimer);
       await running;
     },

@@ -77,6 +77,34 @@ export interface ChargeCorrection {
   requests: number;
 }
 
+/** What a claim carries besides the job's id (fair-core-N.lua, op claim). */
+export interface ClaimOptions {
+  /** JSON written to the job hash's progress field when the claim holds and the job is not cancelled (its stage). */
+  progress?: string;
+  /** A held claim also dispatches when BullMQ's wait list is empty. */
+  refill?: boolean;
+  /** Slots of finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`). */
+  release?: string[];
+  /**
+   * The job's result-cache lookup, run by the same script when the claim holds and is not cancelled;
+   * `lookupReply` is then its reply (as result-cache-lookup-4.lua's).
+   */
+  lookup?: ClaimLookup;
+  /** Applied first, in the same call. */
+  corrections?: ChargeCorrection[];
+  /** Instead of a lookup, the usage row of an attempt already answered, appended when the claim holds and is not cancelled (`appended`). */
+  append?: ClaimAppend;
+  /** The calling worker's registration (as dispatch's `worker`), done first: a moved ask costs no call of its own. */
+  register?: WorkerRegistration;
+}
+
+/** A dispatching worker's registration: its ask (jobs of BullMQ's wait list it wants kept) for `ttlMs`. */
+export interface WorkerRegistration {
+  id: string;
+  ask: number;
+  ttlMs: number;
+}
+
 const flatCorrections = (c: ChargeCorrection[] = []) => [c.length, ...c.flatMap((x) => [x.org, x.model, x.orgDelta, x.modelDelta, x.requests])];
 
 /** What a claim or release that also dispatched decided (its ids already promoted in BullMQ). */
@@ -110,7 +138,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   };
   return {
     /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
-    async dispatch(maxJobs?: number, worker?: { id: string; ask: number; ttlMs: number }): Promise<RawDispatch> {
+    async dispatch(maxJobs?: number, worker?: WorkerRegistration): Promise<RawDispatch> {
       return toDispatch(await call('dispatch', worker ? [worker.id, worker.ask, worker.ttlMs] : [], maxJobs));
     },
     /**
@@ -134,21 +162,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async cancel(id: string): Promise<boolean> {
       return (await call('cancel', [id])) === 1;
     },
-    /**
-     * `progress`: JSON written to the job hash's progress field when the claim holds (the attempt's stage) and
-     * the job is not cancelled. The cancel marker is read in the same script: one atomic round trip. `refill`:
-     * a held claim also dispatches when BullMQ's wait list is empty (see fair-core-N.lua). `release`: slots of
-     * finished jobs freed first, in the same call, which then dispatches when due (as `release(ids, true)`).
-     * `lookup`: the job's result-cache lookup, run by the same script when the claim holds and is not
-     * cancelled; `lookupReply` is then its reply (as result-cache-lookup-4.lua's). `corrections`: applied
-     * first, in the same call. `append`: instead of a lookup, the usage row of an attempt already answered,
-     * appended by the same script when the claim holds and is not cancelled (`appended`).
-     */
-    async claim(id: string, progress = '', refill = false, release: string[] = [], lookup?: ClaimLookup, corrections?: ChargeCorrection[], append?: ClaimAppend): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
+    /** See ClaimOptions; the cancel marker is read in the same script: one atomic round trip. */
+    async claim(id: string, o: ClaimOptions = {}): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
+      const { lookup, append, register } = o;
       if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
-      // ARGV 16-19: the lookup's arguments, or the row's field and entry (then two unused), or none.
+      // ARGV 17-20: the lookup's arguments, or the row's field and entry (then two unused), or none.
       const carried = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
-      const args = [id, progress, refill ? 1 : 0, ...carried, ...flatCorrections(corrections), ...release];
+      const registration = register ? `${Math.ceil(register.ask)} ${Math.ceil(register.ttlMs)} ${register.id}` : '';
+      const args = [id, o.progress ?? '', o.refill ? 1 : 0, registration, ...carried, ...flatCorrections(o.corrections), ...(o.release ?? [])];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
       return {
         held: held === 1,

@@ -102,6 +102,14 @@ export interface FairSchedulerOptions {
   onLeaseError?: (err: unknown, model: string) => void;
 }
 
+/** A worker registering as it dispatches or claims: its ask (else `concurrency` x the buffer ratio) for `ttlMs`. */
+export interface DispatchingWorker {
+  id: string;
+  concurrency: number;
+  ttlMs: number;
+  ask?: number;
+}
+
 export interface FairScheduler {
   /**
    * Lanes jobs already added to BullMQ parked (see park.ts), or stores them parked first where an entry carries
@@ -109,7 +117,7 @@ export interface FairScheduler {
    */
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
   /** `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`. */
-  dispatch(worker?: { id: string; concurrency: number; ttlMs: number; ask?: number }): Promise<DispatchResult>;
+  dispatch(worker?: DispatchingWorker): Promise<DispatchResult>;
   /**
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
@@ -122,8 +130,9 @@ export interface FairScheduler {
    * (`lookupReply`), so the miss that follows costs no round trip of its own. `correct`: charge corrections
    * applied first, in the same call (as `release`'s). `append`: the usage row of an attempt answered before its
    * claim (an L1 hit), appended in the same call when the claim holds and is not cancelled (`appended`).
+   * `register`: the calling worker's registration, as `dispatch`'s `worker`, done first in the same call.
    */
-  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[]; append?: ClaimAppend }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown; appended?: boolean }>;
+  claim(jobId: string, progress?: string, opts?: { refill?: boolean; release?: string[]; lookup?: ClaimLookup; correct?: ChargeCorrection[]; append?: ClaimAppend; register?: DispatchingWorker }): Promise<ClaimResult & { dispatched?: DispatchResult; lookupReply?: unknown; appended?: boolean }>;
   /** Parked jobs the dispatcher does not know (see `orphans` in fair-core-N.lua). */
   orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }>;
   /**
@@ -205,6 +214,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
 
   // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): what is left is to lease for the
   // lanes that now wait on their shard's reservoir, without holding up the caller.
+  const registration = (w?: DispatchingWorker) => w && { id: w.id, ask: w.ask ?? fixedShare(opts.bufferRatio ?? 0, w.concurrency), ttlMs: w.ttlMs };
   const finish = (r: RawDispatch): DispatchResult => {
     for (const w of r.wants) void lease(w);
     return {
@@ -259,11 +269,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return { ...finish(last), skipped };
     },
     async dispatch(worker) {
-      const reg = worker && { id: worker.id, ask: worker.ask ?? fixedShare(opts.bufferRatio ?? 0, worker.concurrency), ttlMs: worker.ttlMs };
-      return finish(await raw.dispatch(undefined, reg));
+      return finish(await raw.dispatch(undefined, registration(worker)));
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, progress, copts.refill === true, copts.release, copts.lookup, copts.correct, copts.append);
+      const { correct, register, ...carried } = copts;
+      const { dispatch, ...r } = await raw.claim(id, { ...carried, progress, corrections: correct, register: registration(register) });
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),

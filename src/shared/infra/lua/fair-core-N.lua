@@ -41,7 +41,9 @@
 --   add: enqueue's arguments, each job's followed by its BullMQ job fields: name ('' = not stored here: the job
 --     exists), data JSON, stored opts JSON, timestamp, delay, priority; stores the jobs parked, as BullMQ's add of
 --     a delayed job does (includes/fair-store-parked.lua), then lanes them as enqueue does, in the same call
---   claim: id, progress JSON ('' = none), refill (0|1), the result-cache lookup's L1 tag, lock token, lock ttl
+--   claim: id, progress JSON ('' = none), refill (0|1), the worker's registration ('' = none, else '<ask> <ttl ms>
+--     <worker id>', as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
+--     own), the result-cache lookup's L1 tag, lock token, lock ttl
 --     ms and owner (read only with KEYS 5-8; with KEY 5 alone: the usage row's field name and the row,
 --     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
@@ -101,6 +103,15 @@ local WAKE_BATCH_MS = 5000
 -- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
 local function fmt(x) return string.format('%.17g', x) end
 
+-- A claim carrying its worker's registration (the ask moved, or its renewal is due) registers it first, as
+-- dispatch does: the ask sizes the buffer this claim's own refill and releases fill.
+if op == 'claim' and ARGV[16] ~= '' then
+  local ask, ttlMs, id = string.match(ARGV[16], '^(%d+) (%d+) (.+)$')
+  if not id then return redis.error_reply('fair claim: bad worker registration ' .. ARGV[16]) end
+  rcall('ZADD', K_WORKERS, now + tonumber(ttlMs), id)
+  rcall('HSET', K_WORKERCONC, id, ask)
+end
+
 -- The lease deadline of a job claimed or dispatched in this call: formatted once per call, not per job (a
 -- `%.17g` format is ~5,000 Redis instructions, a tenth of a dispatched job's commands).
 local leaseUntil
@@ -114,7 +125,7 @@ end
 -- The common claim and release answer here, before the ~60 functions below are created: their creation alone
 -- cost ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
 -- script cut off before those functions 6.6 us), more than such a call's own commands. Common: no charge
--- corrections handed over (ARGV[20] = 0 for a claim, ARGV[14] = 0 for a release), releases done early (see
+-- corrections handed over (ARGV[21] = 0 for a claim, ARGV[14] = 0 for a release), releases done early (see
 -- releaseSlots), no org's capped lanes to wake, and then nothing to dispatch: no refill due (the job does not run,
 -- refill not asked, or BullMQ's wait list still holds jobs), the wait list lacking less than a batch, or nothing due
 -- (no active lane, no due timer, sleeper or lease: a queue that is not backed up, whose jobs were dispatched when
@@ -123,7 +134,7 @@ end
 local early = nil
 -- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
 -- even the few functions the others need.
-if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV == 20 then
+if op == 'claim' and tonumber(ARGV[21]) == 0 and #ARGV == 21 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
   if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
@@ -136,8 +147,8 @@ end
 
 -- Releases handed over without charge corrections are done here; the call answers unless it must dispatch or wake
 -- an org's capped lanes, and hands what it did on in `early` otherwise.
-if op == 'claim' and tonumber(ARGV[20]) == 0 and #ARGV > 20 then
-  early = { released = releaseSlots(21) }
+if op == 'claim' and tonumber(ARGV[21]) == 0 and #ARGV > 21 then
+  early = { released = releaseSlots(22) }
   if not early.released.anyCapped then
     local held, cancelled = claimOwn(ARGV[13])
     -- As the handed path below: the room first, the sweeps only when the list lacks a batch.
@@ -313,7 +324,7 @@ elseif op == 'claim' then
   local id = ARGV[13]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
-  local from = applyCorrections(20)
+  local from = applyCorrections(21)
   local handed = #ARGV >= from
   -- Released above when they came without corrections (`early.released`): capped lanes are woken here.
   if early and early.released then wakeReleased(early.released) elseif handed then releaseFrom(from) end
