@@ -103,6 +103,28 @@ describe('Bull Board access', () => {
     const clean = doc.paths['/admin/queues/api/queues/{queueName}/clean/{queueStatus}'].put.parameters.find((p: { name: string }) => p.name === 'queueStatus');
     expect(clean.schema.enum).toContain('delayed');
   });
+
+  it("refuses a body or query the board's own schemas refuse with a 400 naming the field, where the board named none", async () => {
+    const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
+    const cases: Array<[string, string, unknown, string, string]> = [
+      ['PUT', '/admin/queues/api/queues/agent-jobs/concurrency', { concurrency: -1 }, 'invalid body', 'concurrency'],
+      ['PUT', '/admin/queues/api/queues/agent-jobs/concurrency', { concurrency: '3' }, 'invalid body', 'concurrency'],
+      ['PATCH', `/admin/queues/api/queues/agent-jobs/${failedId}/delay`, { runAt: 'soon' }, 'invalid body', 'runAt'],
+      ['PATCH', `/admin/queues/api/queues/agent-jobs/${failedId}/priority`, {}, 'invalid body', 'priority'],
+      ['GET', '/admin/queues/api/queues?activeQueue=agent-jobs&page=abc', undefined, 'invalid query', 'page'],
+    ];
+    for (const [method, url, payload, error, path] of cases) {
+      const res = await s.app.inject({ method: method as 'PUT', url, headers, ...(payload !== undefined ? { payload: payload as object } : {}) });
+      expect(res.statusCode, url).toBe(400);
+      expect(res.json(), `${url} ${JSON.stringify(payload)}`).toEqual({ error, details: [expect.objectContaining({ path, message: expect.stringMatching(/^ERRORS\./) })] });
+    }
+    // Nothing was changed by the refused calls, and a good body still reaches the board.
+    expect(await s.runtime.queue.getGlobalConcurrency()).toBeNull();
+    expect((await s.app.inject({ method: 'PUT', url: '/admin/queues/api/queues/agent-jobs/concurrency', headers, payload: { concurrency: 7 } })).statusCode).toBe(200);
+    expect(await s.runtime.queue.getGlobalConcurrency()).toBe(7);
+    await s.runtime.queue.removeGlobalConcurrency();
+    expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues?activeQueue=agent-jobs&page=', headers })).statusCode).toBe(200);
+  });
 });
 
 describe('Bull Board read-only, without ADMIN_TOKEN', () => {

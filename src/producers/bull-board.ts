@@ -1,5 +1,8 @@
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { appRoutes } from '@bull-board/api/dist/routes.js';
+import { requestSchemas } from '@bull-board/api/dist/schemas/requests.js';
+import { decodeKey } from '@bull-board/api/dist/schemas/support.js';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
@@ -25,6 +28,35 @@ export function boardParamSchema(url: string, param: string): z.ZodType<string> 
   const known = BOARD_PARAM_VALUES.find((p) => p.param === param && url.endsWith(p.route));
   return known ? z.enum(known.values) : z.string();
 }
+
+/** What a Standard Schema (Bull Board's valibot schemas implement it) answers; valibot's are synchronous. */
+type StandardIssues = { issues?: ReadonlyArray<{ message: string; path?: ReadonlyArray<PropertyKey | { key?: unknown }> }> };
+type StandardSchema = { '~standard': { validate(value: unknown): StandardIssues | Promise<StandardIssues> } };
+
+/**
+ * Bull Board's own request schemas, by method and route (under the base path): the board checks bodies and
+ * queries with them itself, but a specific failure (a concurrency of -1, a delay that is not a number) names no
+ * field and answers in its own shape. Checked first here with the same schemas, so the API's shape names it.
+ */
+const BOARD_REQUEST_SCHEMAS = new Map<string, { body?: StandardSchema; query?: StandardSchema }>();
+for (const route of appRoutes.api) {
+  const { body, query } = route.spec;
+  if (!body && !query) continue;
+  const schemas = { ...(body ? { body: requestSchemas[body] as StandardSchema } : {}), ...(query ? { query: requestSchemas[query] as StandardSchema } : {}) };
+  for (const method of [route.method].flat()) for (const path of [route.route].flat()) BOARD_REQUEST_SCHEMAS.set(`${method.toUpperCase()} ${path}`, schemas);
+}
+
+/** Where the value fails `schema`, in the API's `details` shape (the board's translation key as the message), or nothing. */
+async function boardIssues(schema: StandardSchema, value: unknown, whole: string): Promise<Array<{ path: string; message: string }>> {
+  const { issues } = await schema['~standard'].validate(value);
+  return (issues ?? []).map((issue) => ({
+    path: (issue.path ?? []).map((seg) => String(typeof seg === 'object' && seg !== null ? seg.key : seg)).join('.') || whole,
+    message: decodeKey(issue.message).key,
+  }));
+}
+
+/** A query as the board validates it: an empty value counts as absent (its `treatEmptyValuesAsAbsent`). */
+const presentQuery = (query: unknown) => Object.fromEntries(Object.entries((query ?? {}) as Record<string, unknown>).filter(([, v]) => v !== ''));
 
 type JobLike = {
   name?: string;
@@ -97,7 +129,8 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     }
   });
   // Answered here, in the API's shape: a schema failure would reach the board's own error handler, which answers
-  // `{ error: { key } }`. The schemas (boardParamSchema) state the same sets in the OpenAPI document.
+  // `{ error: { key } }`. The schemas (boardParamSchema) state the same sets in the OpenAPI document. Bodies and
+  // queries are checked with the board's own schemas (BOARD_REQUEST_SCHEMAS), naming the field.
   scope.addHook('preValidation', async (req, reply) => {
     const url = req.routeOptions.url;
     if (!url?.startsWith(basePath)) return;
@@ -106,6 +139,15 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
       const value = params[known.param];
       if (!url.endsWith(known.route) || value === undefined || known.values.includes(value)) continue;
       return reply.code(400).send({ error: 'invalid path', details: [{ path: known.param, message: `must be one of ${known.values.join(', ')}` }] });
+    }
+    const schemas = BOARD_REQUEST_SCHEMAS.get(`${req.method} ${url.slice(basePath.length)}`);
+    if (schemas?.query) {
+      const details = await boardIssues(schemas.query, presentQuery(req.query), 'query');
+      if (details.length) return reply.code(400).send({ error: 'invalid query', details });
+    }
+    if (schemas?.body) {
+      const details = await boardIssues(schemas.body, req.body ?? {}, 'body');
+      if (details.length) return reply.code(400).send({ error: 'invalid body', details });
     }
   });
   await scope.register(serverAdapter.registerPlugin(), { prefix: basePath });

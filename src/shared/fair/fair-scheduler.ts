@@ -272,8 +272,15 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return finish(await raw.dispatch(undefined, registration(worker)));
     },
     async claim(id, progress, copts = {}) {
-      const { correct, register, ...carried } = copts;
-      const { dispatch, ...r } = await raw.claim(id, { ...carried, progress, corrections: correct, register: registration(register) });
+      const { dispatch, ...r } = await raw.claim(id, {
+        progress,
+        refill: copts.refill,
+        release: copts.release,
+        lookup: copts.lookup,
+        corrections: copts.correct,
+        append: copts.append,
+        register: registration(copts.register),
+      });
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     gauges: (limit = 1000) => raw.gauges(limit),
