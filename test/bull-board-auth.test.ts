@@ -104,7 +104,7 @@ describe('Bull Board access', () => {
     expect(clean.schema.enum).toContain('delayed');
   });
 
-  it("refuses a body or query the board's own schemas refuse with a 400 naming the field, where the board named none", async () => {
+  it("refuses a body or query the board's own schemas refuse with a 400 naming the field, where the board named none; a missing job's logs 404", async () => {
     const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
     const cases: Array<[string, string, unknown, string, string]> = [
       ['PUT', '/admin/queues/api/queues/agent-jobs/concurrency', { concurrency: -1 }, 'invalid body', 'concurrency'],
@@ -123,6 +123,12 @@ describe('Bull Board access', () => {
     expect((await s.app.inject({ method: 'PUT', url: '/admin/queues/api/queues/agent-jobs/concurrency', headers, payload: { concurrency: 7 } })).statusCode).toBe(200);
     expect(await s.runtime.queue.getGlobalConcurrency()).toBe(7);
     await s.runtime.queue.removeGlobalConcurrency();
+    // A missing job's logs are not found, where the board answered 200 [] as for a job without logs.
+    const missing = await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues/agent-jobs/no-such-job/logs', headers });
+    expect(missing.statusCode).toBe(404);
+    expect(missing.json()).toMatchObject({ error: 'job not found', details: [{ path: 'jobId' }] });
+    const logs = await s.app.inject({ method: 'GET', url: `/admin/queues/api/queues/agent-jobs/${failedId}/logs`, headers });
+    expect(logs.statusCode).toBe(200);
     expect((await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues?activeQueue=agent-jobs&page=', headers })).statusCode).toBe(200);
   });
 });

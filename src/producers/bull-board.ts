@@ -12,6 +12,8 @@ import { currentStored } from '../shared/core/job-stage.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
 
 export const BULL_BOARD_PATH = '/admin/queues';
+/** Bull Board's route for a job's logs (under the base path). */
+const JOB_LOGS_ROUTE = '/api/queues/:queueName/:jobId/logs';
 
 /**
  * Path parameters Bull Board hands on without a check, by the end of the route that takes them, with the values
@@ -105,10 +107,13 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
   // Queue shards repeat a queue's name: the board keys queues by name, so each shard's copy is named by its
   // key prefix as well (`{agentq.s3}:agent-jobs`).
   const sharded = new Set(opts.queues.map((q) => q.name)).size < opts.queues.length;
+  // The queues by the name the board's routes use for them.
+  const byBoardName = new Map<string, Queue>();
   createBullBoard({
     // readOnlyMode also turns off retries in the UI; the auth hook refuses mutations as well.
     queues: opts.queues.map((q) => {
       const adapter = new BullMQAdapter(q, { readOnlyMode: opts.readOnly, ...(sharded ? { prefix: `${q.opts.prefix}:` } : {}) });
+      byBoardName.set(adapter.getName(), q);
       adapter.setFormatter('name', jobTitle);
       // What the board shows of a job never carries a credential (mask-secrets.ts).
       adapter.setFormatter('data', (data) => maskSecrets(data));
@@ -148,6 +153,13 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     if (schemas?.body) {
       const details = await boardIssues(schemas.body, req.body ?? {}, 'body');
       if (details.length) return reply.code(400).send({ error: 'invalid body', details });
+    }
+    // The board answers a missing job's logs with 200 and an empty list, as if it had none (its job routes 404).
+    if (url === `${basePath}${JOB_LOGS_ROUTE}`) {
+      const queue = byBoardName.get(params.queueName ?? '');
+      if (queue && params.jobId !== undefined && (await queue.getJobState(params.jobId)) === 'unknown') {
+        return reply.code(404).send({ error: 'job not found', details: [{ path: 'jobId', message: `no job ${params.jobId} in ${params.queueName}` }] });
+      }
     }
   });
   await scope.register(serverAdapter.registerPlugin(), { prefix: basePath });
