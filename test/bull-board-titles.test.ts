@@ -80,7 +80,7 @@ describe('Bull Board job titles', () => {
     }
     // The job itself is untouched, and the board never writes a mask back over a secret.
     expect((await s.runtime.queue.getJob(id))!.data.input).toEqual(input);
-    const update = await s.app.inject({ method: 'PATCH', url: `/admin/queues/api/queues/agent-jobs/${id}/update-data`, headers, payload: { data: { orgId: s.orgId, input: { apiKey: MASK } } } });
+    const update = await s.app.inject({ method: 'PATCH', url: `/admin/queues/api/queues/agent-jobs/${id}/update-data`, headers, payload: { jobData: { orgId: s.orgId, input: { apiKey: MASK } } } });
     expect(update.statusCode).toBe(400);
     expect(update.json().error).toMatch(/masked/);
     expect((await s.runtime.queue.getJob(id))!.data.input).toEqual(input);
