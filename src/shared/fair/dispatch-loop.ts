@@ -82,8 +82,7 @@ export function createDispatchLoop(opts: {
   const renewEveryMs = safetyPollMs / 2;
   let registeredAt = -Infinity;
   let registeredAsk: number | undefined;
-  // A moved ask not registered yet, and the timer that registers it if no claim does first.
-  let askPending = false;
+  // Registers a moved ask if no claim has carried it by then.
   let askTimer: NodeJS.Timeout | undefined;
   /** The registration due now, taken: recorded as sent (a failed call gives it back with registrationLost). */
   const takeRegistration = (): DispatchingWorker | undefined => {
@@ -94,7 +93,6 @@ export function createDispatchLoop(opts: {
     if (at - registeredAt < renewEveryMs && ask === registeredAsk) return undefined;
     registeredAt = at;
     registeredAsk = ask;
-    askPending = false;
     return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}) };
   };
   const registrationLost = () => {
@@ -138,11 +136,11 @@ export function createDispatchLoop(opts: {
   const unsubscribe = opts.scheduler.onDispatched?.(absorb);
 
   const askMoved = () => {
-    askPending = true;
     if (askTimer || closed) return;
     askTimer = setTimeout(() => {
       askTimer = undefined;
-      if (askPending) void kick();
+      // Still not the ask registered: no claim carried it (or it moved again since).
+      if (opts.worker?.ask?.() !== registeredAsk) void kick();
     }, ASK_MOVE_GRACE_MS);
     askTimer.unref();
   };

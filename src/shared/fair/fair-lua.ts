@@ -90,8 +90,8 @@ export interface ClaimOptions {
    * `lookupReply` is then its reply (as result-cache-lookup-4.lua's).
    */
   lookup?: ClaimLookup;
-  /** Applied first, in the same call. */
-  corrections?: ChargeCorrection[];
+  /** Charge corrections, applied first, in the same call. */
+  correct?: ChargeCorrection[];
   /** Instead of a lookup, the usage row of an attempt already answered, appended when the claim holds and is not cancelled (`appended`). */
   append?: ClaimAppend;
   /** The calling worker's registration (as dispatch's `worker`), done first: a moved ask costs no call of its own. */
@@ -169,7 +169,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       // ARGV 17-20: the lookup's arguments, or the row's field and entry (then two unused), or none.
       const carried = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
       const registration = register ? `${Math.ceil(register.ask)} ${Math.ceil(register.ttlMs)} ${register.id}` : '';
-      const args = [id, o.progress ?? '', o.refill ? 1 : 0, registration, ...carried, ...flatCorrections(o.corrections), ...(o.release ?? [])];
+      const args = [id, o.progress ?? '', o.refill ? 1 : 0, registration, ...carried, ...flatCorrections(o.correct), ...(o.release ?? [])];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
       return {
         held: held === 1,

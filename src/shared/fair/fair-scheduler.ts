@@ -277,7 +277,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         refill: copts.refill,
         release: copts.release,
         lookup: copts.lookup,
-        corrections: copts.correct,
+        correct: copts.correct,
         append: copts.append,
         register: registration(copts.register),
       });
