@@ -44,6 +44,8 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
     expect(first.stderr).toContain('100% 3/3');
     expect(first.code).toBe(0);
     expect(first.stdout).toContain('3 documents, 3 inserted, 0 updated');
+    // The org's cached answers of the agents that search chat_facts, invalidated as the API's ingest does.
+    expect(first.stdout).toContain(`cached answers invalidated (org ${org}): KnowledgeAssistant`);
 
     const second = await ingest([path, '--table', 'chat_facts', '--org', org]);
     expect(second.code).toBe(0);

@@ -1053,7 +1053,7 @@ describe('fair scheduler limits', () => {
     // and stored without any lookup of its own (the store is the cache's only command).
     const m = cache.prepare(parts(1), miss)!;
     const claimed = await c.scheduler.claim(miss, undefined, { lookup: m });
-    expect(claimed).toMatchObject({ held: true, cancelled: false, lookupReply: ['0.0', 0, 2] });
+    expect(claimed).toMatchObject({ held: true, cancelled: false, lookupReply: ['0.0.0', 0, 2] });
     expect(await c.redis.get(lockOf(parts(1)))).toMatch(new RegExp(`^${miss}#`));
     m.deliver(claimed.lookupReply);
     sent = 0;
@@ -1068,7 +1068,7 @@ describe('fair scheduler limits', () => {
     const fresh = createResultCache<AgentResult>({ redis: cacheRedis, prefix: `${c.prefix}:agentq`, l1Max: 10, l1TtlMs: 60_000, l2TtlS: 60 });
     const h = fresh.prepare(parts(2), stored)!;
     const hit = await c.scheduler.claim(stored, undefined, { lookup: h });
-    expect(hit.lookupReply).toEqual(['0.0', 2, 0, JSON.stringify(okResult('cached'))]);
+    expect(hit.lookupReply).toEqual(['0.0.0', 2, 0, JSON.stringify(okResult('cached'))]);
     h.deliver(hit.lookupReply);
     sent = 0;
     expect(await fresh.singleFlight(parts(2), async () => okResult('not called'), { owner: stored, prefetched: h })).toMatchObject({ from: 'l2', value: { data: 'cached' } });

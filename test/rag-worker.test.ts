@@ -1,4 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Redis } from 'ioredis';
+import { agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
+import { redisUrl } from './helpers/env.js';
+import { until } from './helpers/wait.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 describe('RAG and the semantic cache through real jobs', () => {
@@ -96,5 +100,50 @@ describe('RAG and the semantic cache through real jobs', () => {
     expect(unrelated.cacheHit).toBeUndefined();
     const other = await ask(q, orgB);
     expect(other.cacheHit).toBeUndefined();
+  });
+
+  it('an ingest invalidates the cached answers of the agents that search the table: its org\'s for org rows, every org\'s for shared rows', async () => {
+    const q = `Which ${tag} pricing page layout converts best for self-serve signups`;
+    const cached = async (auth: { authorization: string }) => (await ask(q, auth)).cacheHit as string | undefined;
+    for (const auth of [s.auth, orgB]) {
+      expect(await cached(auth)).toBeUndefined();
+      expect(await cached(auth)).toMatch(/^l[12]$/);
+    }
+    // The version counters bumped: KnowledgeAssistant's in the org; no other agent's, no other org's.
+    const redis = s.runtime.deps.redis;
+    const keys = guardKeys;
+    const prefix = agentqPrefix(s.cfg.QUEUE_PREFIX);
+    const version = async (key: string) => Number((await redis.get(key)) ?? 0);
+    const orgVersion = (org: string, agent: string) => version(keys.resultAgentVersion(prefix, encodeURIComponent(org), encodeURIComponent(agent)));
+    const sharedVersion = (agent: string) => version(keys.resultSharedVersion(prefix, agent));
+    const before = { a: await orgVersion(s.orgId, 'KnowledgeAssistant'), risk: await orgVersion(s.orgId, 'RiskAnalyzer'), shared: await sharedVersion('KnowledgeAssistant') };
+    // The worker's L1 drops its copies when the broadcast reaches it: heard here too, on a connection of our own.
+    const heard: string[] = [];
+    const sub = new Redis(redisUrl());
+    sub.on('smessage', (_ch: string, msg: string) => heard.push(msg));
+    await sub.ssubscribe(keys.resultInvalidations(prefix));
+    const broadcast = async (msg: string) => {
+      await until(`invalidation ${JSON.stringify(msg)} broadcast`, () => heard.includes(msg));
+      // The worker's subscriber was sent the same message in the same call: let its read run too.
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+
+    const facts = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: orgAdmin, payload: { documents: [{ external_id: `${tag}-f2`, content: `Our ${tag} pricing page has three tiers` }] } });
+    expect(facts.statusCode).toBe(200);
+    expect(await orgVersion(s.orgId, 'KnowledgeAssistant')).toBe(before.a + 1);
+    expect(await orgVersion(s.orgId, 'RiskAnalyzer')).toBe(before.risk);
+    await broadcast(`${encodeURIComponent(s.orgId)}\nKnowledgeAssistant`);
+    // The org's answer is computed again (exact and semantic caches both dropped); the other org's is still cached.
+    expect(await cached(s.auth)).toBeUndefined();
+    expect(await cached(orgB)).toMatch(/^l[12]$/);
+    expect(await cached(s.auth)).toMatch(/^l[12]$/);
+
+    const shared = await s.app.inject({ method: 'POST', url: '/admin/knowledge/playbooks', headers: operator, payload: { documents: [{ external_id: `${tag}-p2`, title: `${tag} pricing pages`, description: 'Lead with the plan most customers pick' }] } });
+    expect(shared.statusCode).toBe(200);
+    expect(await sharedVersion('KnowledgeAssistant')).toBe(before.shared + 1);
+    expect(await sharedVersion('RiskAnalyzer')).toBe(0);
+    await broadcast('\nKnowledgeAssistant');
+    for (const auth of [s.auth, orgB]) expect(await cached(auth)).toBeUndefined();
+    sub.disconnect();
   });
 });

@@ -89,6 +89,31 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     console.log(`[figure] invalidation bump -> observed by the other cache (same process), 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
   });
 
+  it('an agent bumped in every org (shared knowledge it reads changed): every org\'s copies of it go, other agents\' stay', async () => {
+    const prefix = randomPrefix();
+    const a = await cacheProcess(prefix);
+    const b = await cacheProcess(prefix);
+    const [p, q] = [parts(randomOrg(), 'reader'), parts(randomOrg(), 'reader')];
+    const other = parts(p.orgId, 'other');
+    for (const x of [p, q, other]) {
+      await a.cache.set(x, okResult('v'));
+      expect(await b.cache.get(x)).toMatchObject({ level: 'l2' });
+      expect(await b.cache.get(x)).toMatchObject({ level: 'l1' });
+    }
+    const n = b.seen.length;
+    await a.cache.invalidateAgentEverywhere('reader');
+    await until('the broadcast seen by B', () => b.seen.length > n);
+    expect(b.seen[n]).toMatchObject({ orgId: '', agent: 'reader' });
+    for (const x of [p, q]) {
+      expect(await b.cache.get(x)).toBeNull();
+      expect(await a.cache.get(x)).toBeNull();
+    }
+    expect(await b.cache.get(other)).toMatchObject({ level: 'l1' });
+    // Stored again, under the new versions: a hit again.
+    await a.cache.set(p, okResult('v2'));
+    expect(await b.cache.get(p)).toMatchObject({ level: 'l2', value: { data: 'v2' } });
+  });
+
   it('two OS processes: the other process stops serving its L1 copy once the bump reaches it; the staleness bound is reported', async () => {
     const prefix = randomPrefix();
     const a = await cacheProcess(prefix);

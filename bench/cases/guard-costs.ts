@@ -135,7 +135,7 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
     name: 'result cache L1 hit p50, subscriber disconnected',
     value: round(p('l1poll', 50), 4),
     unit: 'ms',
-    note: `without the broadcast each L1 hit checks the org/agent version tags in one round trip (a 4-key script): ${round(p('l1poll', 50) / ping, 2)}x PING. ${levels.l1poll}/${ITERATIONS + WARMUP} reads were L1 hits`,
+    note: `without the broadcast each L1 hit checks the org, org+agent and shared agent version tags in one round trip (a 5-key script): ${round(p('l1poll', 50) / ping, 2)}x PING. ${levels.l1poll}/${ITERATIONS + WARMUP} reads were L1 hits`,
   });
   ctx.add({ case: tc, name: 'result cache L2 hit p50 / PING p50', value: round(p('l2', 50) / ping, 2), unit: 'x', note: `L2 hit p50 ${round(p('l2', 50), 3)} ms; ${levels.l2}/${ITERATIONS + WARMUP} reads were L2 hits` });
 }

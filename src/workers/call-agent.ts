@@ -51,8 +51,11 @@ function jsonSchemaOf(schema: z.ZodType): unknown {
  */
 export function createAgentCall(deps: {
   llm: GenerateFn;
-  /** Retrieval bound to one org, so an agent can never search another tenant's facts. */
-  searchFor?: (orgId: string) => PromptContext['search'];
+  /**
+   * Retrieval bound to one org, so an agent can never search another tenant's facts, and to the tables the action
+   * declares (`knowledge`), so an ingest that invalidates its readers' answers misses none.
+   */
+  searchFor?: (orgId: string, tables: readonly string[], ctx: JobContext) => PromptContext['search'];
   onText?: (ctx: JobContext) => ((text: string) => Promise<void>) | undefined;
   /** The model answered (before its output is checked): the job's `validating` stage. */
   onAnswer?: (ctx: JobContext) => void;
@@ -65,7 +68,8 @@ export function createAgentCall(deps: {
 }) {
   return async (ctx: JobContext): Promise<AgentResult> => {
     const started = performance.now();
-    const prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: deps.searchFor?.(ctx.orgId) });
+    const tables = ctx.action.knowledge;
+    const prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: tables?.length ? deps.searchFor?.(ctx.orgId, tables, ctx) : undefined });
     const attributes = modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
     // GenAI semantic conventions: one CLIENT span per call, named "<operation> <model>", child of the attempt.
     const { res, parsed } = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {

@@ -10,6 +10,7 @@ import { createVectorSearch } from '../shared/knowledge/vector-search.js';
 import { createRedis, workerAutoPipelining } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import { createAgentWorker } from './agent-worker.js';
+import { declaredSearch } from './declared-search.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
 import { createAgentProcessor, type ProcessorDeps } from './processor.js';
@@ -98,7 +99,7 @@ export function createWorkerService(opts: {
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
   const call = createAgentCall({
     llm: opts.llm,
-    searchFor: (orgId) => (query, o) => search.search({ query, orgId, ...o }),
+    searchFor: (orgId, declared, ctx) => declaredSearch((o) => search.search(o), orgId, declared, { agent: ctx.agentName, action: ctx.actionName }),
     onText: (ctx) => {
       if (!ctx.job.data.stream) return undefined;
       const sinks = textSinks.map((make) => make(ctx)).filter((s) => s !== undefined);

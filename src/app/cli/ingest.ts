@@ -1,6 +1,14 @@
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
-import { config } from '../../shared/core/config.js';
+import type { Pool } from 'pg';
+import { config, type Config } from '../../shared/core/config.js';
+import { createResultCache } from '../../shared/cache/result-cache.js';
+import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
+import { defaultRegistry } from '../../shared/agents/registry.js';
+import { agentqPrefix } from '../../shared/core/queue-keys.js';
+import { queueShards } from '../../shared/core/queue-shards.js';
+import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
+import { createReaderInvalidation } from '../../shared/knowledge/reader-invalidation.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
@@ -122,6 +130,30 @@ export function describePhase(p: IndexPhase): string {
   return `index: built ${p.index} in ${(p.ms / 1000).toFixed(1)} s\n`;
 }
 
+/**
+ * After the load, as the API's ingest does (reader-invalidation.ts): the cached answers of the agents whose prompts
+ * search the table, in the org or (shared rows) in every org, through each queue shard's result cache.
+ */
+async function invalidateReaders(cfg: Config, pool: Pool, embed: EmbedFn, table: KnowledgeTable, orgId: string | undefined): Promise<string[]> {
+  const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
+  try {
+    await whenReady(redis);
+    const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+    const caches = shards.prefixes.map((prefix) => createResultCache({ redis, prefix: agentqPrefix(prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
+    const afterIngest = createReaderInvalidation({
+      readersOf: (t) => defaultRegistry().readersOf(t),
+      results: {
+        invalidateAgent: (org, agent) => caches[shards.ofOrg(org)].invalidateAgent(org, agent),
+        invalidateAgentEverywhere: async (agent) => void (await Promise.all(caches.map((c) => c.invalidateAgentEverywhere(agent)))),
+      },
+      semantic: createSemanticCache({ pool, embed, ttlS: cfg.SEMANTIC_CACHE_TTL_S }),
+    });
+    return await afterIngest(table, orgId);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 async function main(argv: string[]): Promise<number> {
   let args: IngestArgs;
   try {
@@ -154,6 +186,14 @@ async function main(argv: string[]): Promise<number> {
     if (args.tenantIndex && args.orgId) await createTenantIndex(db.pool, args.table, args.orgId, { memory: cfg.INDEX_BUILD_MEMORY, onPhase });
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
+    try {
+      const agents = await invalidateReaders(cfg, db.pool, embed, args.table, args.orgId);
+      if (agents.length) process.stdout.write(`cached answers invalidated (${args.orgId ? `org ${args.orgId}` : 'every org'}): ${agents.join(', ')}\n`);
+    } catch (err) {
+      // The rows are in: only the answers cached before them may still be served, until CACHE_TTL_S.
+      process.stderr.write(`ingested, but the cached answers of the agents that search ${args.table} could not be invalidated: ${(err as Error).message} (DELETE /v1/cache, or wait CACHE_TTL_S)\n`);
+      return 1;
+    }
     return 0;
   } catch (err) {
     process.stderr.write(`\ningest failed: ${(err as Error).message}\n`);

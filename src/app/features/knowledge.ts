@@ -2,6 +2,7 @@ import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
+import { createReaderInvalidation } from '../../shared/knowledge/reader-invalidation.js';
 import { knowledgeRoutes } from '../../producers/area-routes.js';
 import type { Feature, FeatureDeps } from '../feature.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
@@ -18,11 +19,13 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const results = {
     invalidateOrg: (orgId: string) => cacheOf(orgId).invalidateOrg(orgId),
     invalidateAgent: (orgId: string, agent: string) => cacheOf(orgId).invalidateAgent(orgId, agent),
+    // Shared rows: every shard's orgs read them.
+    invalidateAgentEverywhere: async (agent: string) => void (await Promise.all(caches.map((c) => c.invalidateAgentEverywhere(agent)))),
   };
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
   return {
     name: 'knowledge',
-    routes: (app) => knowledgeRoutes(app, { store, search, results, semantic }),
+    routes: (app) => knowledgeRoutes(app, { store, search, results, semantic, afterIngest: createReaderInvalidation({ readersOf: (table) => deps.registry.readersOf(table), results, semantic }) }),
   };
 }

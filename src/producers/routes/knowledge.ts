@@ -3,6 +3,7 @@ import type { SemanticCache } from '../../shared/cache/semantic-cache.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import type { KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import type { KnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
+import type { AfterIngest } from '../../shared/knowledge/reader-invalidation.js';
 import type { VectorSearch } from '../../shared/knowledge/vector-search.js';
 import { principalOf } from '../auth.js';
 import type { Handler } from '../route-spec.js';
@@ -13,7 +14,9 @@ export interface KnowledgeRouteDeps {
   search: VectorSearch;
   /** The result cache an org's answers are in (its queue shard's). */
   results: Pick<ResultCache, 'invalidateOrg' | 'invalidateAgent'>;
-  semantic: SemanticCache;
+  semantic: Pick<SemanticCache, 'invalidate'>;
+  /** Invalidates the cached answers of the agents that search a table just written (reader-invalidation.ts). */
+  afterIngest: AfterIngest;
 }
 
 /** Upserts documents; the store names a bad document's field from the document down (`documents.N.field`). */
@@ -30,15 +33,22 @@ async function ingest(store: KnowledgeStore, table: KnowledgeTable, documents: u
 
 /** An org-admin writes its org's private rows (chat facts, its own playbooks): the org comes from the key. */
 export const ingestOrgDocuments =
-  ({ store }: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
-  async (req) =>
-    ingest(store, req.params.table, req.body.documents, principalOf(req).orgId);
+  (deps: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
+  async (req) => {
+    const { orgId } = principalOf(req);
+    const result = await ingest(deps.store, req.params.table, req.body.documents, orgId);
+    await deps.afterIngest(req.params.table, orgId);
+    return result;
+  };
 
 /** Shared rows (no org) are returned by every org's searches, so only the operator writes them. */
 export const ingestSharedDocuments =
-  ({ store }: KnowledgeRouteDeps): Handler<{ params: typeof sharedTableParam; body: typeof ingestBody }> =>
-  async (req) =>
-    ingest(store, req.params.table, req.body.documents, undefined);
+  (deps: KnowledgeRouteDeps): Handler<{ params: typeof sharedTableParam; body: typeof ingestBody }> =>
+  async (req) => {
+    const result = await ingest(deps.store, req.params.table, req.body.documents, undefined);
+    await deps.afterIngest(req.params.table, undefined);
+    return result;
+  };
 
 export const searchKnowledge =
   ({ search }: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>
@@ -53,8 +63,9 @@ export const invalidateCache =
   async (req) => {
     const { orgId } = principalOf(req);
     const { agent } = req.query;
+    // The semantic rows first, as after an ingest (reader-invalidation.ts).
+    const semanticRemoved = await semantic.invalidate(orgId, agent);
     if (agent) await results.invalidateAgent(orgId, agent);
     else await results.invalidateOrg(orgId);
-    const semanticRemoved = await semantic.invalidate(orgId, agent);
     return { invalidated: agent ? { orgId, agent } : { orgId }, semanticRemoved };
   };

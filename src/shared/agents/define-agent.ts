@@ -34,6 +34,12 @@ export interface AgentAction<I extends z.ZodType = z.ZodType, O extends z.ZodTyp
    */
   semanticKey?: (input: z.infer<I>) => string;
   /**
+   * The knowledge tables the prompt searches (`ctx.search` gets only these; without any, no search at all). An
+   * ingest into one invalidates the agent's cached answers, exact and semantic: the org's for its own rows, every
+   * org's for shared ones. The answer depends on what the search finds, which the cache key cannot hold.
+   */
+  knowledge?: readonly string[];
+  /**
    * Input is strict: a field the schema does not know is a 400 naming it (`input.startup.industy`), even
    * inside a plain `z.object`. List here the objects that accept and keep unknown fields instead: dotted
    * paths inside the input, `*` for any array index or key (e.g. `['metadata', 'items.*.extra']`).

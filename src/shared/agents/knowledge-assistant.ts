@@ -83,6 +83,7 @@ export const knowledgeAssistant = defineAgent({
       // actions do not opt in: their inputs embed alike while differing in a number or enum that changes
       // the result (a runway of 3 vs 30 months), so only exact (L1/L2) caching is safe for them.
       semanticKey: (input) => input.question,
+      knowledge: Object.values(KNOWLEDGE_TABLES),
       prompt: async (input, ctx) => {
         const tables = tablesFor(input);
         const found = tables.length > 0 && ctx.search ? await ctx.search(input.question, { tables, ...RETRIEVAL }) : [];

@@ -58,6 +58,8 @@ export interface AgentRegistry {
   /** JSON Schemas of one action: `output` is what the worker sends as Gemini's `responseJsonSchema`. */
   schemas(agent: string, action: string): { input: JsonSchema; output: JsonSchema };
   list(): AgentInfo[];
+  /** The agents with an action whose prompt searches `table` (`knowledge`): an ingest into it invalidates their answers. */
+  readersOf(table: string): string[];
 }
 
 const quoteList = (names: string[]) => names.map((n) => `"${n}"`).join(', ');
@@ -147,6 +149,10 @@ export function createAgentRegistry(agents: AgentDefinition[] = []): AgentRegist
 
     schemas(agentName, actionName) {
       return schemasOf(resolve(agentName, actionName).action);
+    },
+
+    readersOf(table) {
+      return [...byName.values()].filter((agent) => Object.values(agent.actions).some((a) => a.knowledge?.includes(table))).map((agent) => agent.name);
     },
 
     list() {

@@ -51,7 +51,7 @@ export interface SingleFlightOptions<T> {
 
 /**
  * A lookup with its single-flight lock attempt, prepared to run inside another script of the same hash tag
- * (the fair dispatcher's claim: `keys` / `args` as result-cache-lookup-4.lua takes them), so a miss costs no
+ * (the fair dispatcher's claim: `keys` / `args` as result-cache-lookup-5.lua takes them), so a miss costs no
  * round trip of its own. `deliver` hands the reply back; `singleFlight` then starts from it. `discard` frees
  * the lock the reply took when the value is not computed after all (the job did not reach its cache guard).
  */
@@ -79,6 +79,8 @@ export interface ResultCache<T = AgentResult> {
   set(parts: CacheKeyParts, value: T): Promise<boolean>;
   invalidateOrg(orgId: string): Promise<void>;
   invalidateAgent(orgId: string, agent: string): Promise<void>;
+  /** The agent's answers in every org (shared knowledge it reads changed): one counter, one broadcast. */
+  invalidateAgentEverywhere(agent: string): Promise<void>;
   /** Identical calls in flight at once across all processes run `fn` once; the others get its cached result. */
   singleFlight(parts: CacheKeyParts, fn: () => Promise<T>, opts?: SingleFlightOptions<T>): Promise<SingleFlightResult<T>>;
 }
@@ -102,12 +104,15 @@ export interface ResultCacheOptions {
    * connection is down L1 is dropped and unused. Without it, every `get` checks the namespace version in Redis.
    */
   subscriber?: RedisClient;
-  /** Called when this process has applied an invalidation broadcast (tests, metrics). */
+  /** Called when this process has applied an invalidation broadcast (tests, metrics); `orgId` '' is every org. */
   onInvalidation?: (orgId: string, agent: string | undefined) => void;
   logger?: Logger;
 }
 
 export { canonicalJson };
+
+/** Index of the single-flight lock among a lookup's keys (keysFor): the lock scripts take it alone. */
+const LOCK_KEY = 4;
 
 /** sha256 of everything that determines an agent result. */
 export function resultCacheHash(p: CacheKeyParts): string {
@@ -118,14 +123,14 @@ export function resultCacheHash(p: CacheKeyParts): string {
 
 /**
  * Two-level result cache. L1 is an in-process LRU; L2 is Redis with a TTL. Invalidation bumps a
- * version counter per org and per org+agent; every entry records the versions ("tag") it was written
- * under, and a read whose tag is not the current one is a miss. No KEYS/SCAN: stale L2 entries are
+ * version counter per org, per org+agent, or per agent in every org (shared knowledge it reads changed); every
+ * entry records the versions ("tag") it was written under, and a read whose tag is not the current one is a miss. No KEYS/SCAN: stale L2 entries are
  * overwritten or expire.
  *
  * Cost: with a `subscriber`, an L1 hit makes no Redis call: invalidations (version bump + SPUBLISH in one
  * script) are broadcast and each process drops the L1 copies they concern as the message arrives; a lookup
  * whose reply was in flight across an invalidation does not fill L1. Without a subscriber (or while it is
- * disconnected) every `get` is ONE round trip (a 4-key Lua script: 2-3 GETs) that checks the L1 copy's tag,
+ * disconnected) every `get` is ONE round trip (a 5-key Lua script: an MGET and a GET) that checks the L1 copy's tag,
  * which makes another process's invalidation visible at once instead of after the L1 TTL.
  */
 export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): ResultCache<T> {
@@ -133,8 +138,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const lockTtlMs = opts.lockTtlMs ?? 15_000;
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
-  const lookupLua = defineLua(redis, 'result-cache-lookup-4.lua');
-  const setLua = defineLua(redis, 'result-cache-set-5.lua');
+  const lookupLua = defineLua(redis, 'result-cache-lookup-5.lua');
+  const setLua = defineLua(redis, 'result-cache-set-6.lua');
   const usageKey = guardKeys.usageStream(prefix);
   const unlockLua = defineLua(redis, 'lock-release-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
@@ -154,9 +159,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       l1.clear();
       return;
     }
+    // '' (never an org id): the agent's copies in every org.
     const drop: string[] = [];
     l1.forEach((e, k) => {
-      if (e.org === org && (agent === undefined || e.agent === agent)) drop.push(k);
+      if ((org === '' || e.org === org) && (agent === undefined || e.agent === agent)) drop.push(k);
     });
     for (const k of drop) l1.delete(k);
   }
@@ -190,11 +196,13 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const enc = encodeURIComponent;
   const orgVersionKey = (org: string) => guardKeys.resultOrgVersion(prefix, enc(org));
   const agentVersionKey = (org: string, agent: string) => guardKeys.resultAgentVersion(prefix, enc(org), enc(agent));
+  const sharedVersionKey = (agent: string) => guardKeys.resultSharedVersion(prefix, enc(agent));
+  // In the order the lookup and set scripts take them: the three version counters, the entry, the lock (LOCK_KEY).
   const keysFor = (p: CacheKeyParts) => {
     const hash = resultCacheHash(p);
     return {
       hash,
-      keys: [orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)],
+      keys: [orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)],
     };
   };
 
@@ -316,7 +324,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
         async discard() {
           if (pre.consumed || pre.reply?.[2] !== 2) return;
           pre.consumed = true;
-          await unlockLua([keys[3]], [pre.token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+          await unlockLua([keys[LOCK_KEY]], [pre.token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
         },
       };
       prefetches.set(prepared, pre);
@@ -337,6 +345,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     async invalidateAgent(orgId, agent) {
       await bumpLua([agentVersionKey(orgId, agent)], [channel, `${enc(orgId)}\n${enc(agent)}`]);
     },
+    async invalidateAgentEverywhere(agent) {
+      // No org: every org's copies of the agent's answers (an org id is never empty, so '' cannot be one).
+      await bumpLua([sharedVersionKey(agent)], [channel, `\n${enc(agent)}`]);
+    },
     async singleFlight(p, fn, sfOpts = {}) {
       const shouldCache = sfOpts.shouldCache ?? (() => true);
       const deadline = Date.now() + waitTimeoutMs;
@@ -348,7 +360,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       let pause = 10;
       for (;;) {
         if (sfOpts.signal?.aborted) {
-          if (pre?.reply?.[2] === 2) await unlockLua([k.keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+          if (pre?.reply?.[2] === 2) await unlockLua([k.keys[LOCK_KEY]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
           sfOpts.signal.throwIfAborted();
         }
         const { hash, keys, tag, found, lockState } = await lookup(p, token, owner, pre, k);
@@ -356,7 +368,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
         if (found) return { value: found.value, from: found.level };
         if (lockState === 2) {
           const renew = setInterval(() => {
-            renewLua([keys[3]], [token, lockTtlMs]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: lock renewal failed'));
+            renewLua([keys[LOCK_KEY]], [token, lockTtlMs]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: lock renewal failed'));
           }, Math.max(100, Math.floor(lockTtlMs / 3)));
           let released = false;
           try {
@@ -366,7 +378,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           } finally {
             clearInterval(renew);
             // Released on error (or an uncached value) too, so waiters stop waiting and one of them calls through.
-            if (!released) await unlockLua([keys[3]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
+            if (!released) await unlockLua([keys[LOCK_KEY]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
           }
         }
         if (Date.now() >= deadline) {

@@ -58,6 +58,11 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       }
     },
 
+    /** Drops one agent's cached answers in every org (shared knowledge it reads changed); returns how many. */
+    async invalidateAgentEverywhere(agent: string): Promise<number> {
+      return (await pool.query('DELETE FROM semantic_cache WHERE agent = $1', [agent])).rowCount ?? 0;
+    },
+
     /** Drops an org's cached answers (of one agent, if given); returns how many. */
     async invalidate(orgId: string, agent?: string): Promise<number> {
       const res = agent

@@ -25,6 +25,17 @@ export class NotFoundError extends AgentqError {
   }
 }
 
+/**
+ * An agent's prompt searched a knowledge table its action does not declare (`knowledge`): an ingest into it would
+ * leave the action's cached answers stale. A definition error: never retried.
+ */
+export class UndeclaredKnowledgeError extends AgentqError {
+  readonly retryable = false;
+  constructor(agent: string, action: string, tables: string[]) {
+    super(`${agent}.${action} searches knowledge it does not declare: ${tables.join(', ')} (add them to the action's \`knowledge\`)`, 'EUNDECLAREDKNOWLEDGE');
+  }
+}
+
 /** The request conflicts with the resource's current state (already cancelled, being retried...): 409. */
 export class ConflictError extends AgentqError {
   constructor(

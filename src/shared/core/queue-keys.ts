@@ -85,6 +85,8 @@ export const guardKeys = {
   admission: (guardPrefix: string, plan: string) => `${guardPrefix}:adm:${plan}`,
   resultOrgVersion: (guardPrefix: string, org: string) => `${guardPrefix}:rc:v:${org}`,
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,
+  /** The agent's version in every org: bumped when shared knowledge it reads changes. */
+  resultSharedVersion: (guardPrefix: string, agent: string) => `${guardPrefix}:rc:sv:${agent}`,
   resultEntry: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:e:${hash}`,
   resultLock: (guardPrefix: string, hash: string) => `${guardPrefix}:rc:lock:${hash}`,
   /** The usage stream (see `usageStreamKey`): the result cache's store script appends to it too. */

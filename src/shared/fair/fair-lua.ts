@@ -45,8 +45,8 @@ export interface ClaimResult {
 }
 
 /**
- * A result-cache lookup carried by a claim (`ResultCache.prepare`): its 4 keys and 4 arguments, as
- * result-cache-lookup-4.lua takes them. The claim runs it only when the job holds its slot and is not cancelled.
+ * A result-cache lookup carried by a claim (`ResultCache.prepare`): its 5 keys and 4 arguments, as
+ * result-cache-lookup-5.lua takes them. The claim runs it only when the job holds its slot and is not cancelled.
  */
 export interface ClaimLookup {
   keys: string[];
@@ -87,7 +87,7 @@ export interface ClaimOptions {
   release?: string[];
   /**
    * The job's result-cache lookup, run by the same script when the claim holds and is not cancelled;
-   * `lookupReply` is then its reply (as result-cache-lookup-4.lua's).
+   * `lookupReply` is then its reply (as result-cache-lookup-5.lua's).
    */
   lookup?: ClaimLookup;
   /** Charge corrections, applied first, in the same call. */

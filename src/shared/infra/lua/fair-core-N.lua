@@ -22,8 +22,8 @@
 --   active, priority counter, events stream and marker (a dispatch promotes the jobs it hands out, as BullMQ's
 --   promote does), leasereq HASH (model -> ms until which the shard's lease request for the model stands: in
 --   flight, or refused until then), leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease)
---   5-8 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, entry,
---   single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
+--   5-9 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, the agent's
+--   shared version, entry, single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
 -- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | plan | wake | block | claim | orphans | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
@@ -44,15 +44,15 @@
 --   claim: id, progress JSON ('' = none), refill (0|1), the worker's registration ('' = none, else '<ask> <ttl ms>
 --     <worker id>', as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
 --     own), the result-cache lookup's L1 tag, lock token, lock ttl
---     ms and owner (read only with KEYS 5-8; with KEY 5 alone: the usage row's field name and the row,
+--     ms and owner (read only with KEYS 5-9; with KEY 5 alone: the usage row's field name and the row,
 --     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
 --     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
---     BullMQ's wait list is empty; with KEYS 5-8 a held, not cancelled claim also does the job's
---     result-cache lookup (its reply as result-cache-lookup-4.lua's); with KEY 5 alone it appends the
+--     BullMQ's wait list is empty; with KEYS 5-9 a held, not cancelled claim also does the job's
+--     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id

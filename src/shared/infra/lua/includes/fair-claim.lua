@@ -72,8 +72,8 @@ end
 -- A job that does not run takes no lock and records nothing.
 local function claimReply(held, cancelled, d)
   if held == 1 and cancelled == 0 then
-    if #KEYS >= 8 then
-      return { held, cancelled, d, resultCacheLookup(KEYS[5], KEYS[6], KEYS[7], KEYS[8], ARGV[17], ARGV[18], ARGV[19], ARGV[20]) }
+    if #KEYS >= 9 then
+      return { held, cancelled, d, resultCacheLookup(KEYS, 5, ARGV[17], ARGV[18], ARGV[19], ARGV[20]) }
     elseif #KEYS == 5 then
       rcall('XADD', KEYS[5], '*', ARGV[17], ARGV[18])
       return { held, cancelled, d, 1 }

@@ -1,18 +1,19 @@
 -- A result-cache read: the namespace versions, the L2 entry when the caller's L1 copy is stale or missing,
 -- and optionally the single-flight lock when it is a miss. Included (`--- @include`) by
--- result-cache-lookup-4.lua, its own round trip, and by fair-core-N.lua, whose claim carries the lookup of
+-- result-cache-lookup-5.lua, its own round trip, and by fair-core-N.lua, whose claim carries the lookup of
 -- the job it admits so that a cache miss costs no round trip before the model call.
--- kOrgVersion / kAgentVersion: the org's and org+agent's version counters; kEntry: the entry
--- ("<tag>|<json>"); kLock: the single-flight lock.
--- l1Tag: tag ("<orgVersion>.<agentVersion>") of the caller's L1 copy, '' if none; token: lock token
+-- keys[from..from + 4]: the org's, the org+agent's and the agent's shared version counters (resultCacheTag), the
+-- entry ("<tag>|<json>") and the single-flight lock.
+-- l1Tag: tag ("<orgVersion>.<agentVersion>.<sharedVersion>") of the caller's L1 copy, '' if none; token: lock token
 -- ("<owner>#<random>"), '' to only report whether the lock is held; lockTtlMs; owner ('' for none). A lock
 -- held under the same owner was left by this owner's previous, dead incarnation (BullMQ re-delivers a job
 -- only once its last holder lost the lock), so it is taken over.
 -- Returns {tag, hit (0 miss | 1 the L1 copy is current | 2 entry follows), lock (0 free | 1 held by another |
 -- 2 taken by this call), entry json (only when hit = 2)}
 --- @include "result-cache-tag"
-local function resultCacheLookup(kOrgVersion, kAgentVersion, kEntry, kLock, l1Tag, token, lockTtlMs, owner)
-  local tag = resultCacheTag(kOrgVersion, kAgentVersion)
+local function resultCacheLookup(keys, from, l1Tag, token, lockTtlMs, owner)
+  local kEntry, kLock = keys[from + 3], keys[from + 4]
+  local tag = resultCacheTag(keys, from)
   if l1Tag ~= '' and l1Tag == tag then
     return {tag, 1, 0}
   end

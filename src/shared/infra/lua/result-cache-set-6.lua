@@ -2,8 +2,8 @@
 -- before a bump must never be served after it. Releases the caller's single-flight lock in the same call,
 -- and appends the attempt's usage row to the usage stream when the caller passes one (with the run sink's
 -- ride, includes/usage-ride.lua), so a computed miss costs one write round trip, not three.
--- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: entry, KEYS[4]: lock,
--- KEYS[5]: usage stream (same hash tag as the rest; only written when ARGV[5] is set)
+-- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: the agent's shared version counter,
+-- KEYS[4]: entry, KEYS[5]: lock, KEYS[6]: usage stream (same hash tag as the rest; only written when ARGV[5] is set)
 -- ARGV[1]: tag the caller computed under ('' = whatever is current), ARGV[2]: json, ARGV[3]: ttl s,
 -- ARGV[4]: lock token to release ('' = none), ARGV[5]: usage entry ('' = none), ARGV[6]: its field name,
 -- ARGV[7..]: the sink's ride (none: no ride)
@@ -12,18 +12,18 @@
 --- @include "result-cache-tag"
 local ride = nil
 if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[5], '*', ARGV[6], ARGV[5])
-  if #ARGV >= 9 then ride = usageRide(KEYS[5], ARGV, 7) end
+  redis.call('XADD', KEYS[6], '*', ARGV[6], ARGV[5])
+  if #ARGV >= 9 then ride = usageRide(KEYS[6], ARGV, 7) end
 end
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) == ARGV[4] then
-  redis.call('DEL', KEYS[4])
+if ARGV[4] ~= '' and redis.call('GET', KEYS[5]) == ARGV[4] then
+  redis.call('DEL', KEYS[5])
 end
-local tag = resultCacheTag(KEYS[1], KEYS[2])
+local tag = resultCacheTag(KEYS, 1)
 local stored = 1
 if ARGV[1] ~= '' and ARGV[1] ~= tag then
   stored = 0
 else
-  redis.call('SET', KEYS[3], tag .. '|' .. ARGV[2], 'EX', tonumber(ARGV[3]))
+  redis.call('SET', KEYS[4], tag .. '|' .. ARGV[2], 'EX', tonumber(ARGV[3]))
 end
 if ride then return {stored, tag, ride} end
 return {stored, tag}
