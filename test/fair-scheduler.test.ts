@@ -668,6 +668,24 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
   });
 
+  it('cancel leaves a dispatched job a worker has fetched to that worker: its slot and its charge stay until it ends', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1, rpm: { flash: 10 } });
+    const [id] = await c.add(org, 1);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([id]);
+    const rpmBucket = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    const charged = await c.redis.hget(rpmBucket, 'tokens');
+    // BullMQ's lock, as a worker's fetch takes it (the claim may come before or after the cancel).
+    await c.redis.set(`${c.queue.toKey(id)}:lock`, 'worker-token');
+    expect(await c.scheduler.cancel(id)).toBe(false);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+    expect(await c.redis.hget(rpmBucket, 'tokens')).toBe(charged);
+    // The worker ends it: its release frees the slot, once.
+    expect((await c.scheduler.release([id])).freed).toBe(1);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+  });
+
   it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', { timeout: 30_000 }, async () => {
     const c = await setup();
     const org = randomOrg();
