@@ -171,6 +171,70 @@ describe('fair dispatch loop: registrations carried by claims', () => {
   });
 });
 
+describe('fair dispatch loop: wake-ups and lost registrations', () => {
+  it('a later wake-up handed over while the timer waits for an earlier one is kept, and dispatches at its time', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] });
+    try {
+      const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+      const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 60_000 });
+      const now = Date.now();
+      // Redis hands each wake time to one caller: both came here (a claim's reply, then a release's).
+      loop.absorb({ promoted: [], nowMs: now, nextWakeMs: now + 100, more: false });
+      loop.absorb({ promoted: [], nowMs: now, nextWakeMs: now + 300, more: false });
+      await vi.advanceTimersByTimeAsync(110);
+      expect(f.calls).toBe(1);
+      f.finishOne();
+      await vi.advanceTimersByTimeAsync(100);
+      expect(f.calls).toBe(1);
+      await vi.advanceTimersByTimeAsync(100);
+      expect(f.calls).toBe(2);
+      f.finishOne();
+      // An earlier one arriving after: the timer's own time is kept behind it.
+      const t = Date.now();
+      loop.absorb({ promoted: [], nowMs: t, nextWakeMs: t + 200, more: false });
+      loop.absorb({ promoted: [], nowMs: t, nextWakeMs: t + 50, more: false });
+      await vi.advanceTimersByTimeAsync(60);
+      expect(f.calls).toBe(3);
+      f.finishOne();
+      await vi.advanceTimersByTimeAsync(150);
+      expect(f.calls).toBe(4);
+      f.finishOne();
+      await loop.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
+  it('a moved ask whose claim failed is registered by a dispatch after the grace, unless a claim carries it first', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] });
+    try {
+      const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+      const state = { ask: 5 };
+      const loop = createDispatchLoop({ scheduler: f.scheduler, worker: { id: 'w1', concurrency: 10, ask: () => state.ask }, safetyPollMs: 60_000, now: () => 1_000_000 });
+      const reg = (a: number) => ({ id: 'w1', concurrency: 10, ttlMs: 180_000, ask: a });
+      expect(loop.takeRegistration()).toEqual(reg(5));
+      state.ask = 9;
+      loop.askMoved();
+      // A claim takes it, and fails: given back.
+      expect(loop.takeRegistration()).toEqual(reg(9));
+      loop.registrationLost();
+      await vi.advanceTimersByTimeAsync(ASK_MOVE_GRACE_MS + 1);
+      expect(f.calls).toBe(1);
+      expect(f.registrations).toEqual([reg(9)]);
+      f.finishOne();
+      // Lost again, then carried by the next claim within the grace: no dispatch of its own.
+      expect(loop.takeRegistration()).toBeUndefined();
+      loop.registrationLost();
+      expect(loop.takeRegistration()).toEqual(reg(9));
+      await vi.advanceTimersByTimeAsync(ASK_MOVE_GRACE_MS * 2);
+      expect(f.calls).toBe(1);
+      await loop.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe('fair gate', () => {
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };

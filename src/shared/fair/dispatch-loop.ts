@@ -56,21 +56,39 @@ export function createDispatchLoop(opts: {
   let closed = false;
   let wakeTimer: NodeJS.Timeout | undefined;
   let wakeAt = Infinity;
+  /**
+   * The earliest wake-up handed to this process after its timer's, kept for when that timer fires: Redis hands a
+   * wake time to one caller only (and answers no one again for it), so a later one given here while the timer
+   * waits for an earlier one would otherwise wait for the safety poll.
+   */
+  let laterAt = Infinity;
+
+  const setWakeTimer = (at: number) => {
+    if (wakeTimer) clearTimeout(wakeTimer);
+    wakeAt = at;
+    wakeTimer = setTimeout(() => {
+      wakeTimer = undefined;
+      wakeAt = Infinity;
+      const later = laterAt;
+      laterAt = Infinity;
+      if (later !== Infinity) setWakeTimer(later);
+      void kick();
+    }, Math.max(0, at - Date.now()));
+    wakeTimer.unref();
+  };
 
   const arm = (r: DispatchResult) => {
     if (r.more) pending = true;
     if (r.nextWakeMs === undefined || closed) return;
     // nextWakeMs is Redis time: convert to a local deadline through the Redis `now` of the same call.
     const at = Date.now() + Math.max(0, r.nextWakeMs - r.nowMs) + 2;
-    if (at >= wakeAt) return;
-    if (wakeTimer) clearTimeout(wakeTimer);
-    wakeAt = at;
-    wakeTimer = setTimeout(() => {
-      wakeTimer = undefined;
-      wakeAt = Infinity;
-      void kick();
-    }, at - Date.now());
-    wakeTimer.unref();
+    if (at >= wakeAt) {
+      laterAt = Math.min(laterAt, at);
+      return;
+    }
+    // The timer's time was handed here too: it waits behind the earlier one.
+    if (wakeAt !== Infinity) laterAt = Math.min(laterAt, wakeAt);
+    setWakeTimer(at);
   };
 
   const safetyPollMs = opts.safetyPollMs ?? 10_000;
@@ -95,8 +113,10 @@ export function createDispatchLoop(opts: {
     registeredAsk = ask;
     return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}) };
   };
-  const registrationLost = () => {
+  /** Nothing is known registered: the next call carries the registration (NaN equals no ask). */
+  const forgetRegistration = () => {
     registeredAt = -Infinity;
+    registeredAsk = NaN;
   };
 
   const run = async () => {
@@ -108,7 +128,8 @@ export function createDispatchLoop(opts: {
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {
-        if (register) registrationLost();
+        // Carried by the next call (a kick, a claim, the safety poll): no retry of its own while Redis fails.
+        if (register) forgetRegistration();
         opts.logger?.warn({ err }, 'fair dispatch failed');
       }
     } while (pending && !closed);
@@ -135,7 +156,7 @@ export function createDispatchLoop(opts: {
   };
   const unsubscribe = opts.scheduler.onDispatched?.(absorb);
 
-  const askMoved = () => {
+  function askMoved(): void {
     if (askTimer || closed) return;
     askTimer = setTimeout(() => {
       askTimer = undefined;
@@ -143,6 +164,11 @@ export function createDispatchLoop(opts: {
       if (opts.worker?.ask?.() !== registeredAsk) void kick();
     }, ASK_MOVE_GRACE_MS);
     askTimer.unref();
+  }
+  /** A claim's registration failed: registered by the next claim, or by a dispatch after the grace, as a moved ask is. */
+  const registrationLost = () => {
+    forgetRegistration();
+    askMoved();
   };
 
   return {
