@@ -118,6 +118,21 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     console.log(`[figure] usage row lag, append -> commit, 201 rows (ms): p50 ${sorted[100]}, max ${sorted[200]} (the early row waited for the sink to start)`);
   });
 
+  it('a stream lost with its group (a Redis that restarted empty): the sink creates the group again and writes what is appended after', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const appender = createRunAppender({ redis, key });
+    const sink = sinkFor(key, createRunStore({ pool }));
+    sink.start();
+    await appender.record(run(org, `before-${org}`));
+    await until('the first row written', async () => (await rowsOf([`before-${org}`])).length === 1);
+    await redis.del(key);
+    await appender.record(run(org, `after-${org}`));
+    await until('the row appended after the loss written', async () => (await rowsOf([`after-${org}`])).length === 1);
+    await sink.close();
+    expect(await redis.xinfo('GROUPS', key)).toHaveLength(1);
+  });
+
   it('an attempt appended twice (a re-delivered attempt) is one row: idempotent on (job_id, attempt)', async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();

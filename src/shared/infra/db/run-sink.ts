@@ -295,6 +295,11 @@ export function createRunSink(opts: RunSinkOptions) {
   async function run(): Promise<void> {
     let pending = true;
     let failures = 0;
+    /**
+     * The group is gone (the stream lost with a Redis that restarted empty, or deleted by hand): every read fails
+     * until it is created again, so it is, whatever the failures so far. Appends meanwhile recreated the stream.
+     */
+    let groupLost = false;
     while (running) {
       try {
         if (lostRead) {
@@ -304,7 +309,8 @@ export function createRunSink(opts: RunSinkOptions) {
           pending = true;
         }
         if (pending) {
-          if (failures === 0) {
+          if (failures === 0 || groupLost) {
+            groupLost = false;
             await ensureGroup();
             // At start (a backlog may already be there) and after a failure was overcome.
             await lookAtBacklog();
@@ -329,6 +335,8 @@ export function createRunSink(opts: RunSinkOptions) {
         inbox = [];
         if (!running) break;
         failures++;
+        // Redis's error code, the reply's first word.
+        groupLost = String((err as Error).message).startsWith('NOGROUP');
         // Everything read stays pending under this consumer: re-read from its own history once the pause is over.
         pending = true;
         const ms = Math.min(retryMaxMs, retryBaseMs * 2 ** Math.min(failures - 1, 10));
