@@ -47,6 +47,17 @@ describe('result cache guard', () => {
     expect(calls).toBe(4);
   });
 
+  it('does not cache a fallback route\'s answer: the next identical job tries the primary again', async () => {
+    const orgId = randomOrg();
+    const routes: Array<'primary' | 'fallback'> = ['fallback', 'primary', 'primary'];
+    let calls = 0;
+    const next = async (): Promise<AgentResult> => ({ ...okResult({ n: calls }), route: routes[calls++] });
+    expect(await guard(guardContext({ orgId }), next)).toMatchObject({ route: 'fallback' });
+    expect(await guard(guardContext({ orgId }), next)).toMatchObject({ route: 'primary', data: { n: 1 } });
+    expect(await guard(guardContext({ orgId }), next)).toMatchObject({ cacheHit: 'l1', data: { n: 1 } });
+    expect(calls).toBe(2);
+  });
+
   it('does not cache unsuccessful results', async () => {
     const orgId = randomOrg();
     let calls = 0;

@@ -16,7 +16,7 @@ export const cacheKeyPartsOf = (ctx: JobContext): CacheKeyParts => ({
 /**
  * Serves identical jobs from the result cache and makes concurrent identical jobs share one LLM call.
  * A hit (or a result shared from another job's call) costs nothing: tokens 0, cost 0, durationMs is
- * this lookup or wait. Only `success: true` results are cached. Streaming jobs go through too: on a
+ * this lookup or wait. Only `success: true` results are cached, and not a fallback route's. Streaming jobs go through too: on a
  * hit the processor just emits the final result. If the cache itself fails before the call, the job
  * calls through uncached rather than failing.
  */
@@ -34,7 +34,9 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
     let outcome;
     try {
       outcome = await cache.singleFlight(cacheKeyPartsOf(ctx), call, {
-        shouldCache: (r) => r.success === true,
+        // A fallback route's answer is a degraded one (another model, or another agent's prompt) under the
+        // primary's key: cached, it would be served for CACHE_TTL_S after the primary is back.
+        shouldCache: (r) => r.success === true && r.route !== 'fallback',
         signal: ctx.signal,
         owner: ctx.job.id,
         ...(ctx.cacheLookup ? { prefetched: ctx.cacheLookup } : {}),
