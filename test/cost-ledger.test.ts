@@ -118,6 +118,18 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(sampleSum(metrics, 'agentq_cost_savings_usd_total', { tier: 'priority' })).toBe(0);
   });
 
+  it('a cache hit\'s row carries the tier its own job asked for, at no cost, not the tier of the job it reuses', async () => {
+    const computed = await run('ledger-hit', { tier: 'flex' });
+    const hit = await run('ledger-hit', { tier: 'priority' });
+    expect(hit.result.cacheHit).toMatch(/^l[12]$/);
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT job_id, tier, cost_usd, cache_hit FROM agent_runs WHERE job_id = ANY($1)', [[computed.id, hit.id]])).rows;
+    const byJob = Object.fromEntries(rows.map((r) => [r.job_id, r]));
+    expect(byJob[computed.id]).toMatchObject({ tier: 'flex', cache_hit: null });
+    expect(byJob[hit.id]).toMatchObject({ tier: 'priority', cache_hit: hit.result.cacheHit });
+    expect(Number(byJob[hit.id].cost_usd)).toBe(0);
+  });
+
   it('refuses a deadline in the past, naming the field', async () => {
     const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob('late'), options: { deadline: '2020-01-01T00:00:00Z' } } });
     expect(res.statusCode).toBe(400);

@@ -208,9 +208,10 @@ function attemptOf(deps: ProcessorDeps) {
         inputTokens: result.tokensUsed.input,
         outputTokens: result.tokensUsed.output,
         costUsd: result.costUsd,
-        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier.
+        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
+        // carries the tier this job asked for, not the one of the job whose answer it reuses.
         standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
-        tier: result.tier ?? 'standard',
+        tier: result.cacheHit ? (ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
         cachedTokens: result.tokensUsed.cached ?? 0,
         thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
