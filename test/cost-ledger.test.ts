@@ -1,3 +1,4 @@
+import { Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/shared/core/config.js';
 import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.js';
@@ -128,6 +129,17 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(byJob[computed.id]).toMatchObject({ tier: 'flex', cache_hit: null });
     expect(byJob[hit.id]).toMatchObject({ tier: 'priority', cache_hit: hit.result.cacheHit });
     expect(Number(byJob[hit.id].cost_usd)).toBe(0);
+  });
+
+  it('an idempotency key sent again after its job was removed makes a new job under the same id: its usage is recorded too', async () => {
+    const first = await run('ledger-idem', { idempotencyKey: 'ledger-idem-key' });
+    await (await Job.fromId(s.runtime.queue, first.id))!.remove();
+    const second = await run('ledger-idem', { idempotencyKey: 'ledger-idem-key' });
+    expect(second.id).toBe(first.id);
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT job_ts, attempt FROM agent_runs WHERE job_id = $1 ORDER BY job_ts', [first.id])).rows;
+    expect(rows).toHaveLength(2);
+    expect(Number(rows[0].job_ts)).toBeLessThan(Number(rows[1].job_ts));
   });
 
   it('refuses a deadline in the past, naming the field', async () => {

@@ -45,6 +45,26 @@ describe('agent_runs', () => {
     ]);
   });
 
+  it('a job id reused by a new job (an idempotency key sent again after its job was removed): the new job\'s attempts are rows of their own, counted as another job by quotas and usage', async () => {
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const jobId = `idem-${randomUUID()}`;
+    const first = Date.now() - 3_600_000;
+    const second = Date.now();
+    expect(await runs.record(run({ orgId, jobId, jobTs: first, attempt: 1 }))).toBe(true);
+    expect(await runs.record(run({ orgId, jobId, jobTs: first, attempt: 1, costUsd: 99 }))).toBe(false);
+    expect(await runs.recordMany([run({ orgId, jobId, jobTs: second, attempt: 1 }), run({ orgId, jobId, jobTs: first, attempt: 1 })])).toBe(1);
+    const { rows } = await pool.query('SELECT job_ts, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY job_ts', [jobId]);
+    expect(rows.map((r) => [Number(r.job_ts), Number(r.cost_usd)])).toEqual([
+      [first, 0.001],
+      [second, 0.001],
+    ]);
+    const [total] = await runs.usage({ orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000), groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 2, costUsd: 0.002 });
+    await createOrgStore({ pool }).upsert({ id: orgId, dailyJobLimit: 2 });
+    expect(await createQuotaChecker({ pool }).check(orgId)).toMatchObject({ allowed: false });
+  });
+
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {
     // Postgres keeps no NUL in text; an error message can carry one (an upstream body, a model's output quoted).
     const runs = createRunStore({ pool });

@@ -186,6 +186,7 @@ function attemptOf(deps: ProcessorDeps) {
 
     const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
       jobId: job.id!,
+      jobTs: job.timestamp,
       attempt,
       orgId: data.orgId,
       agent: data.agent,

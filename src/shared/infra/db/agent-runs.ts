@@ -5,6 +5,12 @@ import { storableText } from './pg-content.js';
 /** One finished attempt of one job. */
 export interface AgentRun {
   jobId: string;
+  /**
+   * The job's creation time, ms (BullMQ's `timestamp`; 0 when unknown): with the id, which job this is. An
+   * idempotency key sent again after its job was removed makes a new job under the same id, whose attempts are
+   * rows of their own (migration 018); every attempt and re-delivery of one job carries the same value.
+   */
+  jobTs?: number;
   attempt: number;
   orgId: string;
   agent: string;
@@ -65,14 +71,14 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
  */
 export function createRunStore({ pool }: { pool: pg.Pool }) {
   return {
-    /** Idempotent per (jobId, attempt): returns false when that attempt was already recorded. */
+    /** Idempotent per (jobId, jobTs, attempt): returns false when that attempt was already recorded. */
     async record(r: AgentRun): Promise<boolean> {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19)
-         ON CONFLICT (job_id, attempt) DO NOTHING`,
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20)
+         ON CONFLICT (job_id, job_ts, attempt) DO NOTHING`,
         [
           r.jobId,
           r.attempt,
@@ -93,13 +99,14 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           Math.round(r.cachedTokens ?? 0),
           Math.round(r.thoughtsTokens ?? 0),
           r.standardCostUsd ?? r.costUsd,
+          Math.round(r.jobTs ?? 0),
         ],
       );
       return res.rowCount === 1;
     },
 
     /**
-     * Many attempts in one INSERT (one round trip, one commit), each idempotent per (jobId, attempt) like
+     * Many attempts in one INSERT (one round trip, one commit), each idempotent per (jobId, jobTs, attempt) like
      * `record`. Returns how many rows were new.
      */
     async recordMany(runs: AgentRun[]): Promise<number> {
@@ -108,13 +115,13 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd)
-         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt
          FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
                      $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
-                     $16::text[], $17::int[], $18::int[], $19::numeric[])
-              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc)
-         ON CONFLICT (job_id, attempt) DO NOTHING`,
+                     $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt)
+         ON CONFLICT (job_id, job_ts, attempt) DO NOTHING`,
         [
           col((r) => r.jobId),
           col((r) => r.attempt),
@@ -135,6 +142,7 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           col((r) => Math.round(r.cachedTokens ?? 0)),
           col((r) => Math.round(r.thoughtsTokens ?? 0)),
           col((r) => r.standardCostUsd ?? r.costUsd),
+          col((r) => Math.round(r.jobTs ?? 0)),
         ],
       );
       return res.rowCount ?? 0;
@@ -157,7 +165,7 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       if (!expr) throw new TypeError(`unknown groupBy ${String(groupBy)}`);
       const { rows } = await pool.query(
         `SELECT ${expr} AS key,
-                count(DISTINCT job_id) AS jobs,
+                count(DISTINCT (job_id, job_ts)) AS jobs,
                 COALESCE(sum(input_tokens), 0) AS input_tokens,
                 COALESCE(sum(output_tokens), 0) AS output_tokens,
                 COALESCE(sum(cost_usd), 0) AS cost_usd,

@@ -17,7 +17,7 @@ export function createQuotaChecker({ pool }: { pool: pg.Pool }) {
          SELECT o.daily_job_limit,
                 o.monthly_budget_usd,
                 CASE WHEN o.daily_job_limit IS NULL THEN 0 ELSE
-                  (SELECT count(DISTINCT r.job_id) FROM agent_runs r WHERE r.org_id = o.id AND r.created_at >= b.day_start) END AS jobs_today,
+                  (SELECT count(DISTINCT (r.job_id, r.job_ts)) FROM agent_runs r WHERE r.org_id = o.id AND r.created_at >= b.day_start) END AS jobs_today,
                 CASE WHEN o.monthly_budget_usd IS NULL THEN 0 ELSE
                   (SELECT COALESCE(sum(r.cost_usd), 0) FROM agent_runs r WHERE r.org_id = o.id AND r.created_at >= b.month_start) END AS spent,
                 extract(epoch FROM b.day_start + interval '1 day' - now()) AS day_left_s,
