@@ -102,6 +102,16 @@ describe('RAG and the semantic cache through real jobs', () => {
     expect(other.cacheHit).toBeUndefined();
   });
 
+  it('a paraphrase about another startup, or drawing on other tables, is not answered from the semantic cache', async () => {
+    const q = `What ${tag} onboarding steps cut time to first value for our pilot`;
+    const scoped = (startupId: string, extra: object = {}) => ask(q, s.auth, { startupId, ...extra });
+    expect((await scoped('s1')).cacheHit).toBeUndefined();
+    const para = (startupId: string, extra: object = {}) => ask(`${q}?`, s.auth, { startupId, ...extra });
+    expect((await para('s2')).cacheHit).toBeUndefined();
+    expect((await para('s1', { includeChatFacts: false })).cacheHit).toBeUndefined();
+    expect((await para('s1')).cacheHit).toBe('semantic');
+  });
+
   it('an ingest invalidates the cached answers of the agents that search the table: its org\'s for org rows, every org\'s for shared rows', async () => {
     const q = `Which ${tag} pricing page layout converts best for self-serve signups`;
     const cached = async (auth: { authorization: string }) => (await ask(q, auth)).cacheHit as string | undefined;

@@ -65,13 +65,16 @@ describe('semantic cache', () => {
     expect((await strict.lookup({ ...s, text: 'Which refund policy applies to annual plans?' })).hit).toBe(false);
   });
 
-  it('never hits across orgs, agents, actions, models or prompt versions, even for identical text', async () => {
+  it('never hits across orgs, agents, actions, models, prompt versions or input scopes, even for identical text', async () => {
     const cache = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60 });
     const s = scope(randomOrg());
     const text = 'What is our current runway?';
     await cache.store({ ...s, text, response: 'org A secret: 14 months' });
     expect((await cache.lookup({ ...s, text })).hit).toBe(true);
-    for (const other of [{ orgId: randomOrg() }, { agent: 'other' }, { action: 'other' }, { model: 'gemini-2.5-pro' }, { promptVersion: 2 }]) {
+    expect((await cache.lookup({ ...s, inputScope: '', text })).hit).toBe(true);
+    await cache.store({ ...s, inputScope: 'startup-1', text, response: 'startup 1: 9 months' });
+    expect(await cache.lookup({ ...s, inputScope: 'startup-1', text })).toMatchObject({ hit: true, response: 'startup 1: 9 months' });
+    for (const other of [{ orgId: randomOrg() }, { agent: 'other' }, { action: 'other' }, { model: 'gemini-2.5-pro' }, { promptVersion: 2 }, { inputScope: 'startup-2' }]) {
       expect((await cache.lookup({ ...s, ...other, text })).hit).toBe(false);
     }
   });

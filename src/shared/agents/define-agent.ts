@@ -34,6 +34,12 @@ export interface AgentAction<I extends z.ZodType = z.ZodType, O extends z.ZodTyp
    */
   semanticKey?: (input: z.infer<I>) => string;
   /**
+   * With `semanticKey`: what of the input besides that text decides the answer (which record a question is about,
+   * which sources it may draw on), as a string compared exactly. Only cached answers with the same scope are
+   * candidates: a question about one record is never answered from a near-identical one about another.
+   */
+  semanticScope?: (input: z.infer<I>) => string;
+  /**
    * The knowledge tables the prompt searches (`ctx.search` gets only these; without any, no search at all). An
    * ingest into one invalidates the agent's cached answers, exact and semantic: the org's for its own rows, every
    * org's for shared ones. The answer depends on what the search finds, which the cache key cannot hold.

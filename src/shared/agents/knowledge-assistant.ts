@@ -83,6 +83,8 @@ export const knowledgeAssistant = defineAgent({
       // actions do not opt in: their inputs embed alike while differing in a number or enum that changes
       // the result (a runway of 3 vs 30 months), so only exact (L1/L2) caching is safe for them.
       semanticKey: (input) => input.question,
+      // The startup a question is about and the tables it may draw on change the passages, so the answer.
+      semanticScope: (input) => JSON.stringify([input.startupId ?? null, input.includePlaybooks, input.includeIndustryPacks, input.includeChatFacts]),
       knowledge: Object.values(KNOWLEDGE_TABLES),
       prompt: async (input, ctx) => {
         const tables = tablesFor(input);

@@ -3,13 +3,15 @@ import { purgeExpiredSemanticCache, type PurgeOptions } from './semantic-cache-p
 import { embedChecked, toVectorParam, type EmbedFn } from '../knowledge/embedding.js';
 import { refusedForContent, storableText } from '../infra/db/pg-content.js';
 
-/** The hard partition of the cache: a lookup only ever sees rows with all five equal. */
+/** The hard partition of the cache: a lookup only ever sees rows with all six equal. */
 export interface SemanticScope {
   orgId: string;
   agent: string;
   action: string;
   model: string;
   promptVersion: number;
+  /** What of the input besides its text decides the answer (the action's `semanticScope`); '' when nothing does. */
+  inputScope?: string;
 }
 
 export type SemanticLookup<R = unknown> =
@@ -30,8 +32,8 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
     async lookup<R = unknown>(q: SemanticScope & { text: string }): Promise<SemanticLookup<R>> {
       const [embedding] = await embedChecked(embed, [q.text]);
       const { rows } = await pool.query<{ response: R; similarity: number }>(
-        'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6)',
-        [toVectorParam(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion],
+        'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6, $7)',
+        [toVectorParam(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion, storableText(q.inputScope ?? '')],
       );
       const best = rows[0];
       if (best && Number(best.similarity) >= threshold) return { hit: true, response: best.response, similarity: Number(best.similarity) };
@@ -47,9 +49,9 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
       const [embedding] = e.embedding ? [e.embedding] : await embedChecked(embed, [e.text]);
       try {
         await pool.query(
-          `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9))`,
-          [e.orgId, e.agent, e.action, e.model, e.promptVersion, storableText(e.text), toVectorParam(embedding), JSON.stringify(e.response), ttlS],
+          `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at, input_scope)
+           VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9), $10)`,
+          [e.orgId, e.agent, e.action, e.model, e.promptVersion, storableText(e.text), toVectorParam(embedding), JSON.stringify(e.response), ttlS, storableText(e.inputScope ?? '')],
         );
         return true;
       } catch (err) {

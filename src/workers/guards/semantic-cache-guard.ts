@@ -17,7 +17,8 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
     if (!keyOf) return next();
     const text = keyOf(ctx.input);
     if (typeof text !== 'string' || !text.trim()) return next();
-    const scope = { orgId: ctx.orgId, agent: ctx.agentName, action: ctx.actionName, model: ctx.model, promptVersion: ctx.action.promptVersion };
+    const inputScope = ctx.action.semanticScope?.(ctx.input) ?? '';
+    const scope = { orgId: ctx.orgId, agent: ctx.agentName, action: ctx.actionName, model: ctx.model, promptVersion: ctx.action.promptVersion, inputScope };
     const log = logger ?? ctx.logger;
 
     const started = Date.now();
