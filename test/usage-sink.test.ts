@@ -131,6 +131,8 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('the row appended after the loss written', async () => (await rowsOf([`after-${org}`])).length === 1);
     await sink.close();
     expect(await redis.xinfo('GROUPS', key)).toHaveLength(1);
+    // Closed with nothing pending: its consumer name left the group (a name per process start no longer piles up).
+    expect(await redis.xinfo('CONSUMERS', key, usageSinkGroup)).toEqual([]);
   });
 
   it('an attempt appended twice (a re-delivered attempt) is one row: idempotent on (job_id, attempt)', async () => {

@@ -77,6 +77,11 @@ export function createRunSink(opts: RunSinkOptions) {
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
   let lastClaim = 0;
+  /**
+   * Where the next XAUTOCLAIM goes on: each call scans at most ten times its COUNT of pending entries, so one that
+   * always started at `0-0` would never reach a dead consumer's entries behind the live sinks' own.
+   */
+  let claimCursor = '0-0';
   let blocked = false;
   /** Committed, not yet acknowledged: acknowledged by the next call that touches the stream (a ride or the sink's own). */
   let unacked: string[] = [];
@@ -150,6 +155,11 @@ export function createRunSink(opts: RunSinkOptions) {
     }
   }
 
+  async function forgetConsumer(): Promise<void> {
+    const pendingHere = (await redis.xpending(key, group, '-', '+', 1, consumer)) as unknown[];
+    if (pendingHere.length === 0) await redis.xgroup('DELCONSUMER', key, group, consumer);
+  }
+
   /** Own pending entries (`0`) after a failure or at start, else new ones (`>`, blocking). */
   async function read(pending: boolean): Promise<Entry[]> {
     const args = pending
@@ -167,7 +177,8 @@ export function createRunSink(opts: RunSinkOptions) {
   /** Entries other consumers read and never acknowledged within `claimIdleMs`: their process is gone. */
   async function claim(): Promise<Entry[]> {
     lastClaim = Date.now();
-    const [, entries] = (await redis.xautoclaim(key, group, consumer, opts.claimIdleMs, '0-0', 'COUNT', batch)) as [string, Entry[]];
+    const [next, entries] = (await redis.xautoclaim(key, group, consumer, opts.claimIdleMs, claimCursor, 'COUNT', batch)) as [string, Entry[]];
+    claimCursor = next;
     return entries;
   }
 
@@ -371,6 +382,9 @@ export function createRunSink(opts: RunSinkOptions) {
       }
       // The last acknowledgement, when the loop stopped between a commit and its ack.
       if (unacked.length && redis.status === 'ready') await acknowledge(false).catch((err: unknown) => logger.warn({ err }, 'usage sink: last acknowledgement failed; the rows will be written again, to no effect'));
+      // Its name leaves the group when nothing is pending under it (each process start adds a new one); entries
+      // still pending stay for a takeover, and so does the name.
+      if (redis.status === 'ready') await forgetConsumer().catch((err: unknown) => logger.warn({ err }, 'usage sink: consumer name not removed'));
       redis.disconnect();
     },
   };
