@@ -159,6 +159,8 @@ export function createFairGate(deps: {
         if (register) deps.loop.registrationLost();
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
         if (handed.length) queueRelease(...handed);
+        // Not sent again, as a failed release's (whether they were applied is unknown); said, not silent.
+        if (correct.length) deps.logger.warn({ err, corrections: correct.length }, 'fair: charge corrections carried by a failed claim may not be applied; the buckets refill anyway');
         throw err;
       }
       const { held, cancelled, dispatched, lookupReply, appended } = claim;
