@@ -39,6 +39,27 @@ describe('semantic cache', () => {
     expect((await cache.lookup({ ...s, text: 'What is the weather in Paris today?' })).hit).toBe(false);
   });
 
+  it('refuses to store an answer whose lookup came before an invalidation of its org and agent (or of the agent everywhere)', async () => {
+    const cache = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60 });
+    const s = scope(randomOrg());
+    const text = 'Which churn metric should a seed startup report?';
+    for (const invalidate of [() => cache.invalidate(s.orgId, s.agent), () => cache.invalidate(s.orgId), () => cache.invalidateAgentEverywhere(s.agent)]) {
+      const miss = await cache.lookup({ ...s, text });
+      if (miss.hit) throw new Error('expected a miss');
+      expect(miss.lookedAt).toBeInstanceOf(Date);
+      // The answer is computed meanwhile; the knowledge it came from is replaced and the cache invalidated.
+      await invalidate();
+      expect(await cache.store({ ...s, text, embedding: miss.embedding, lookedAt: miss.lookedAt, response: 'stale' })).toBe(false);
+      expect((await cache.lookup({ ...s, text })).hit).toBe(false);
+    }
+    // Another agent's invalidation does not refuse it; a lookup after the invalidation stores.
+    const miss = await cache.lookup({ ...s, text });
+    if (miss.hit) throw new Error('expected a miss');
+    await cache.invalidate(s.orgId, 'another-agent');
+    expect(await cache.store({ ...s, text, embedding: miss.embedding, lookedAt: miss.lookedAt, response: 'fresh' })).toBe(true);
+    expect(await cache.lookup({ ...s, text })).toMatchObject({ hit: true, response: 'fresh' });
+  });
+
   it('keeps a question holding a NUL (as U+FFFD), and declines an answer jsonb cannot hold instead of failing', async () => {
     const cache = createSemanticCache({ pool, embed: createHashEmbed(), ttlS: 60 });
     const s = scope(randomOrg());

@@ -16,7 +16,8 @@ export interface SemanticScope {
 
 export type SemanticLookup<R = unknown> =
   | { hit: true; response: R; similarity: number }
-  | { hit: false; embedding: number[] };
+  /** `lookedAt`: the database's time of the lookup, for `store` to refuse an answer an invalidation has overtaken. */
+  | { hit: false; embedding: number[]; lookedAt: Date };
 
 /**
  * pgvector cache of responses to free-text questions. The similarity threshold only ranks inside a
@@ -26,18 +27,27 @@ export type SemanticLookup<R = unknown> =
 export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { pool: pg.Pool; embed: EmbedFn; threshold?: number; ttlS: number }) {
   if (!(threshold > 0 && threshold <= 1)) throw new RangeError('threshold must be in (0, 1]');
   if (!(ttlS > 0)) throw new RangeError('ttlS must be > 0');
+  /** Recorded before the rows go: a store that checks after this refuses an answer looked up before it. */
+  const invalidated = (orgId: string, agent: string) =>
+    pool.query(
+      `INSERT INTO semantic_cache_invalidations (org_id, agent, at) VALUES ($1, $2, now())
+       ON CONFLICT (org_id, agent) DO UPDATE SET at = excluded.at`,
+      [orgId, agent],
+    );
   return {
     threshold,
 
     async lookup<R = unknown>(q: SemanticScope & { text: string }): Promise<SemanticLookup<R>> {
       const [embedding] = await embedChecked(embed, [q.text]);
-      const { rows } = await pool.query<{ response: R; similarity: number }>(
-        'SELECT response, similarity FROM semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6, $7)',
+      // One row always: the lookup's time beside the nearest entry, if any.
+      const { rows } = await pool.query<{ looked_at: Date; response: R | null; similarity: number | null }>(
+        `SELECT now() AS looked_at, n.response, n.similarity
+         FROM (VALUES (1)) one LEFT JOIN LATERAL semantic_cache_nearest($1::vector, $2, $3, $4, $5, $6, $7) n ON true`,
         [toVectorParam(embedding), q.orgId, q.agent, q.action, q.model, q.promptVersion, storableText(q.inputScope ?? '')],
       );
       const best = rows[0];
-      if (best && Number(best.similarity) >= threshold) return { hit: true, response: best.response, similarity: Number(best.similarity) };
-      return { hit: false, embedding };
+      if (best.similarity !== null && Number(best.similarity) >= threshold) return { hit: true, response: best.response as R, similarity: Number(best.similarity) };
+      return { hit: false, embedding, lookedAt: best.looked_at };
     },
 
     /**
@@ -45,15 +55,19 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
      * the answer (jsonb takes no NUL and no lone surrogate): that answer is not cached, and nothing fails. The
      * question is kept only to be read (lookups go by embedding), so a NUL in it is stored as U+FFFD.
      */
-    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[] }): Promise<boolean> {
+    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[]; lookedAt?: Date }): Promise<boolean> {
       const [embedding] = e.embedding ? [e.embedding] : await embedChecked(embed, [e.text]);
       try {
-        await pool.query(
+        // Refused (false) when the org's answers of the agent were invalidated after the miss's lookup.
+        const res = await pool.query(
           `INSERT INTO semantic_cache (org_id, agent, action, model, prompt_version, query, embedding, response, expires_at, input_scope)
-           VALUES ($1, $2, $3, $4, $5, $6, $7::vector, $8::jsonb, now() + make_interval(secs => $9), $10)`,
-          [e.orgId, e.agent, e.action, e.model, e.promptVersion, storableText(e.text), toVectorParam(embedding), JSON.stringify(e.response), ttlS, storableText(e.inputScope ?? '')],
+           SELECT $1::text, $2::text, $3::text, $4::text, $5::int, $6::text, $7::vector, $8::jsonb, now() + make_interval(secs => $9::float8), $10::text
+           WHERE $11::timestamptz IS NULL OR NOT EXISTS (
+             SELECT 1 FROM semantic_cache_invalidations i
+             WHERE i.org_id IN ($1::text, '') AND i.agent IN ($2::text, '') AND i.at >= $11::timestamptz)`,
+          [e.orgId, e.agent, e.action, e.model, e.promptVersion, storableText(e.text), toVectorParam(embedding), JSON.stringify(e.response), ttlS, storableText(e.inputScope ?? ''), e.lookedAt ?? null],
         );
-        return true;
+        return res.rowCount === 1;
       } catch (err) {
         if (refusedForContent(err)) return false;
         throw err;
@@ -62,11 +76,13 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
 
     /** Drops one agent's cached answers in every org (shared knowledge it reads changed); returns how many. */
     async invalidateAgentEverywhere(agent: string): Promise<number> {
+      await invalidated('', agent);
       return (await pool.query('DELETE FROM semantic_cache WHERE agent = $1', [agent])).rowCount ?? 0;
     },
 
     /** Drops an org's cached answers (of one agent, if given); returns how many. */
     async invalidate(orgId: string, agent?: string): Promise<number> {
+      await invalidated(orgId, agent ?? '');
       const res = agent
         ? await pool.query('DELETE FROM semantic_cache WHERE org_id = $1 AND agent = $2', [orgId, agent])
         : await pool.query('DELETE FROM semantic_cache WHERE org_id = $1', [orgId]);

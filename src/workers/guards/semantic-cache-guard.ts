@@ -23,6 +23,7 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
 
     const started = Date.now();
     let embedding: number[] | undefined;
+    let lookedAt: Date | undefined;
     try {
       const found = await cache.lookup<CachedResult>({ ...scope, text });
       guardEvent(ctx.span, 'agentq.guard.semantic_cache', found.hit ? { 'agentq.cache.hit': 'semantic', 'agentq.cache.similarity': found.similarity } : { 'agentq.cache.hit': 'miss' });
@@ -38,6 +39,7 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
         };
       }
       embedding = found.embedding;
+      lookedAt = found.lookedAt;
     } catch (err) {
       log.warn({ err: (err as Error).message }, 'semantic cache lookup failed; running without it');
     }
@@ -46,7 +48,8 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
     if (result.success && result.cacheHit !== 'semantic') {
       const response: CachedResult = { success: true, data: result.data, tokensUsed: result.tokensUsed, costUsd: result.costUsd, model: result.model };
       try {
-        if (!(await cache.store({ ...scope, text, embedding, response }))) log.debug('semantic cache: an answer Postgres cannot hold (a NUL or lone surrogate) is not cached');
+        // Refused too when the org's answers of the agent were invalidated since the lookup (an ingest, DELETE /v1/cache).
+        if (!(await cache.store({ ...scope, text, embedding, response, ...(lookedAt ? { lookedAt } : {}) }))) log.debug('semantic cache: answer not cached (invalidated since its lookup, or a NUL or lone surrogate Postgres cannot hold)');
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'semantic cache store failed');
       }
