@@ -9,6 +9,46 @@ export interface ShardChannelHooks {
   onLost?: () => void;
   /** A re-subscription failed (it is tried again). */
   onError?: (err: unknown) => void;
+  /** The connection's heartbeat (single Redis only), set by its first subscription: default HEARTBEAT. */
+  heartbeat?: Heartbeat;
+}
+
+/**
+ * A PING on a single Redis subscriber connection every `everyMs`; one not answered within `timeoutMs` ends the
+ * socket, so the client reconnects and subscribes again (`onLost`, then `onLive`). A socket whose peer vanished
+ * without a FIN or RST (a NAT entry dropped, a partition) would otherwise look connected for as long as TCP takes
+ * to give up, minutes, while every message published meanwhile is missed and views served from memory go stale.
+ */
+export interface Heartbeat {
+  everyMs: number;
+  timeoutMs: number;
+}
+export const HEARTBEAT: Heartbeat = { everyMs: 5000, timeoutMs: 3000 };
+const heartbeats = new WeakMap<RedisClient, NodeJS.Timeout>();
+
+function startHeartbeat(sub: RedisClient, hb: Heartbeat): void {
+  // A Cluster client's sharded subscriber connections are its own (it replaces them as nodes come and go).
+  if (sub instanceof Cluster || heartbeats.has(sub)) return;
+  let waiting = false;
+  const timer = setInterval(() => {
+    if (waiting || sub.status !== 'ready') return;
+    waiting = true;
+    // destroy, not end: a half-open socket never completes an orderly close, so `close` would not come.
+    const deadline = setTimeout(() => sub.stream?.destroy(), hb.timeoutMs);
+    sub.ping().then(
+      () => clearTimeout(deadline),
+      () => clearTimeout(deadline),
+    ).finally(() => {
+      waiting = false;
+    });
+  }, hb.everyMs);
+  timer.unref();
+  heartbeats.set(sub, timer);
+}
+
+function stopHeartbeat(sub: RedisClient): void {
+  clearInterval(heartbeats.get(sub));
+  heartbeats.delete(sub);
 }
 
 export interface ShardChannelSubscription {
@@ -42,6 +82,7 @@ const held = new WeakMap<RedisClient, number>();
 function holdChannel(sub: RedisClient, delta: 1 | -1): void {
   const n = (held.get(sub) ?? 0) + delta;
   held.set(sub, n);
+  if (n === 0) stopHeartbeat(sub);
   // Two per channel: this module's, and the caller's `smessage` listener for it.
   sub.setMaxListeners(Math.max(10, 10 + 2 * n));
 }
@@ -145,6 +186,7 @@ export function subscribeShardChannel(sub: RedisClient, channel: string, hooks: 
     );
   }
   holdChannel(sub, 1);
+  startHeartbeat(sub, hooks.heartbeat ?? HEARTBEAT);
   for (const [event, fn] of listeners) sub.on(event, fn);
 
   // A first SSUBSCRIBE that fails is retried like a lost one; the caller still hears of it.
