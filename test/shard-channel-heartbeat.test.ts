@@ -62,5 +62,7 @@ describe('subscriber heartbeat', () => {
     await until('subscribed again on a new connection', () => events.lastIndexOf('live') > events.indexOf('lost'), 10_000);
     await pub.spublish(channel, 'two');
     await until('a message after the new subscription', () => heard.includes('two'));
+    expect(events.slice(0, 3)).toEqual(['live', 'lost', 'live']);
+    expect(heard).toEqual(['one', 'two']);
   });
 });
