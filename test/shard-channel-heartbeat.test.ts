@@ -1,42 +1,9 @@
-import { createServer, connect, type Server, type Socket } from 'node:net';
-import type { AddressInfo } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
-
-/**
- * A TCP proxy to the test Redis whose open connections can be frozen: nothing more goes through them either way,
- * and nothing closes them, as with a peer gone behind a dropped NAT entry. New connections pass.
- */
-async function freezableProxy(target: URL) {
-  const pairs: Array<{ client: Socket; upstream: Socket; frozen: boolean }> = [];
-  const server: Server = createServer((client) => {
-    const upstream = connect(Number(target.port), target.hostname);
-    const pair = { client, upstream, frozen: false };
-    pairs.push(pair);
-    client.on('data', (d) => void (pair.frozen || upstream.write(d)));
-    upstream.on('data', (d) => void (pair.frozen || client.write(d)));
-    const end = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('close', end);
-    upstream.on('close', end);
-    client.on('error', () => {});
-    upstream.on('error', () => {});
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (server.address() as AddressInfo).port,
-    freeze: () => pairs.forEach((p) => (p.frozen = true)),
-    close: () => {
-      pairs.forEach((p) => (p.client.destroy(), p.upstream.destroy()));
-      server.close();
-    },
-  };
-}
+import { freezableProxy } from './helpers/freezable-proxy.js';
 
 describe('subscriber heartbeat', () => {
   const cleanup: Array<() => void> = [];

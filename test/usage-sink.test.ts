@@ -9,6 +9,7 @@ import { createPool } from '../src/shared/infra/db/pool.js';
 import { createRunAppender, encodeRun, RUN_FIELD } from '../src/shared/infra/db/run-stream.js';
 import { defineLua } from '../src/shared/infra/lua.js';
 import { createRunSink } from '../src/shared/infra/db/run-sink.js';
+import { freezableProxy } from './helpers/freezable-proxy.js';
 import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
@@ -116,6 +117,30 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(rows[1]).toMatchObject({ state: 'failed', error: 'boom', input_tokens: 10 });
     const sorted = [...lags].sort((a, b) => a - b);
     console.log(`[figure] usage row lag, append -> commit, 201 rows (ms): p50 ${sorted[100]}, max ${sorted[200]} (the early row waited for the sink to start)`);
+  });
+
+  it('a read whose reply was lost with its connection is read again from the sink\'s history after the re-sent read, not left for XAUTOCLAIM', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const proxy = await freezableProxy(new URL(redisUrl()));
+    const conn = new Redis({ host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: null });
+    const clientId = String(await conn.client('ID'));
+    const sink = createRunSink({ redis: conn, key, group: usageSinkGroup, consumer: `c-${randomUUID().slice(0, 8)}`, store: createRunStore({ pool }), claimIdleMs: 60_000, retryBaseMs: 10, retryMaxMs: 50, blockMs: 1000, logger });
+    sink.start();
+    const blockedHere = async () => String(await redis.client('LIST')).split('\n').some((c) => c.startsWith(`id=${clientId} `) && c.includes('cmd=xreadgroup') && /flags=\S*b/.test(c));
+    await until('the sink to block', blockedHere);
+    // Redis answers the blocked read with the new row; the answer never arrives, then the connection is reset.
+    proxy.dropReplies();
+    const id = `lost-reply-${org}`;
+    await createRunAppender({ redis, key }).record(run(org, id));
+    await until('the row delivered to the sink (pending under it)', async () => ((await redis.xpending(key, usageSinkGroup)) as [number])[0] === 1);
+    const reset = Date.now();
+    proxy.reset();
+    await until('the row written', async () => (await rowsOf([id])).length === 1, 10_000);
+    // Within the read ioredis sent again after the reconnect (a 1 s block here), long before XAUTOCLAIM (60 s idle).
+    expect(Date.now() - reset).toBeLessThan(5000);
+    await sink.close();
+    proxy.close();
   });
 
   it('a stream lost with its group (a Redis that restarted empty): the sink creates the group again and writes what is appended after', async () => {

@@ -166,10 +166,18 @@ export function createRunSink(opts: RunSinkOptions) {
       ? (['GROUP', group, consumer, 'COUNT', batch, 'STREAMS', key, '0'] as const)
       : (['GROUP', group, consumer, 'COUNT', batch, 'BLOCK', blockMs, 'STREAMS', key, '>'] as const);
     blocked = !pending;
+    // A connection lost while the read waits for its reply: Redis may have delivered entries into this consumer's
+    // history whose reply never arrived, and ioredis sends the read again after the reconnect, whose reply holds
+    // only what came since. The history is read again after it (within one block, not after claimIdleMs).
+    const onClose = () => {
+      lostRead = true;
+    };
+    redis.once('close', onClose);
     try {
       const reply = (await (redis.xreadgroup as (...a: unknown[]) => Promise<unknown>)(...args)) as Array<[string, Entry[]]> | null;
       return reply?.[0]?.[1] ?? [];
     } finally {
+      redis.off('close', onClose);
       blocked = false;
     }
   }
