@@ -354,6 +354,39 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
   });
 
+  it('a ride whose reply was lost with its connection, the call sent again by ioredis, is a lost ride: its read is read again from the history', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const { sink } = countedSink(key, createRunStore({ pool }), 20);
+    const plain = createRunAppender({ redis, key });
+    sink.start();
+    const ride = await takeRide(sink, plain, org);
+    // An appender on a connection whose replies go missing, then is reset: ioredis sends the append (with the
+    // ride) again after the reconnect, and the second run's read finds nothing new.
+    const proxy = await freezableProxy(new URL(redisUrl()));
+    const conn = new Redis({ host: '127.0.0.1', port: proxy.port, maxRetriesPerRequest: null });
+    let given: typeof ride | undefined = ride;
+    const appender = createRunAppender({ redis: conn, key, rider: { key, take: () => ((r) => ((given = undefined), r))(given), done: (r, reply) => sink.rider.done(r, reply) } });
+    await conn.ping();
+    proxy.dropReplies();
+    const id = `resent-${org}`;
+    const pendingBefore = ((await redis.xpending(key, usageSinkGroup)) as [number])[0];
+    const appended = appender.record(run(org, id));
+    await until('the first run read for the sink', async () => ((await redis.xpending(key, usageSinkGroup)) as [number])[0] > pendingBefore);
+    const reset = Date.now();
+    proxy.reset();
+    await appended;
+    // The second run appended the row again and read that copy; the first copy, read by the lost run, is pending
+    // under the sink: read again from its history once its own blocking read (5 s here) returns, and acknowledged,
+    // long before XAUTOCLAIM (60 s idle here) would take it.
+    await until('the row written', async () => (await rowsOf([id])).length === 1, 20_000);
+    await until('nothing left pending', async () => ((await redis.xpending(key, usageSinkGroup)) as [number])[0] === 0, 20_000);
+    expect(Date.now() - reset).toBeLessThan(12_000);
+    await sink.close();
+    conn.disconnect();
+    proxy.close();
+  });
+
   it('a ride that never answers does not stall the sink: it reads on its own after waiting a second', async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();

@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { LRUCache } from 'lru-cache';
 import { defineLua, type RedisClient } from '../infra/lua.js';
 import { subscribeShardChannel } from '../infra/redis/shard-channel.js';
+import { closesOf } from '../infra/redis/connection-closes.js';
 import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
@@ -144,6 +145,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const unlockLua = defineLua(redis, 'lock-release-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
   const bumpLua = defineLua(redis, 'result-cache-bump-1.lua');
+  const closes = closesOf(redis);
   // L1 keeps the value's JSON: each hit parses its own copy (a caller may change what it gets), which costs
   // less than structuredClone of the object and hands out exactly what an L2 hit would.
   const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
@@ -281,10 +283,12 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
     const ride = rider?.take();
     let reply: [number, string, unknown?] | undefined;
+    const closesBefore = closes();
     try {
       reply = (await setLua([...keys, usageKey], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(ride?.args ?? [])])) as [number, string, unknown?];
     } finally {
-      if (ride) rider!.done(ride, reply?.[2]);
+      // Across a reconnect the ride's part of the reply may be a re-sent call's: what the first one read is lost.
+      if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[2] : undefined);
     }
     const [stored, current] = reply;
     if (stored === 1) remember(hash, p, current, json, seen);

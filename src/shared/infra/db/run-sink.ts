@@ -1,6 +1,7 @@
 import type { RedisClient } from '../redis/connection.js';
 import type { Logger } from '../../core/logger.js';
 import { defineLua } from '../lua.js';
+import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
 import { decodeRun, RUN_FIELD, type UsageRide, type UsageRider } from './run-stream.js';
 import { refusedForContent } from './pg-content.js';
@@ -77,6 +78,7 @@ export function createRunSink(opts: RunSinkOptions) {
   let loop: Promise<void> | undefined;
   let wake: (() => void) | undefined;
   let lastClaim = 0;
+  const closes = closesOf(redis);
   /**
    * Where the next XAUTOCLAIM goes on: each call scans at most ten times its COUNT of pending entries, so one that
    * always started at `0-0` would never reach a dead consumer's entries behind the live sinks' own.
@@ -169,15 +171,12 @@ export function createRunSink(opts: RunSinkOptions) {
     // A connection lost while the read waits for its reply: Redis may have delivered entries into this consumer's
     // history whose reply never arrived, and ioredis sends the read again after the reconnect, whose reply holds
     // only what came since. The history is read again after it (within one block, not after claimIdleMs).
-    const onClose = () => {
-      lostRead = true;
-    };
-    redis.once('close', onClose);
+    const seen = closes();
     try {
       const reply = (await (redis.xreadgroup as (...a: unknown[]) => Promise<unknown>)(...args)) as Array<[string, Entry[]]> | null;
       return reply?.[0]?.[1] ?? [];
     } finally {
-      redis.off('close', onClose);
+      if (closes() !== seen) lostRead = true;
       blocked = false;
     }
   }

@@ -1,5 +1,6 @@
 import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
+import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
@@ -48,6 +49,7 @@ export interface UsageRider {
 export function createRunAppender({ redis, key, rider }: { redis: RedisClient; key: string; rider?: UsageRider }) {
   const appendLua = defineLua(redis, 'usage-append-1.lua');
   const ridden = rider?.key === key ? rider : undefined;
+  const closes = closesOf(redis);
   return {
     async record(run: AgentRun): Promise<void> {
       const json = encodeRun(run);
@@ -57,10 +59,12 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
         return;
       }
       let reply: unknown;
+      const seen = closes();
       try {
         reply = await appendLua([key], [RUN_FIELD, json, ...ride.args]);
       } finally {
-        ridden!.done(ride, reply);
+        // Across a reconnect the reply may be a re-sent call's: what the first one read is unknown (lost).
+        ridden!.done(ride, closes() === seen ? reply : undefined);
       }
     },
     /** For a script that appends the row to `key` in a round trip it makes anyway (the result cache's store, the fair claim). */
