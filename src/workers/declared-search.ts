@@ -1,7 +1,8 @@
 import type { PromptContext } from '../shared/agents/define-agent.js';
 import { UndeclaredKnowledgeError } from '../shared/core/errors.js';
+import type { VectorSearch } from '../shared/knowledge/vector-search.js';
 
-type Search = (opts: { query: string; orgId: string; tables?: string[]; limit?: number; threshold?: number }) => Promise<NonNullable<Awaited<ReturnType<NonNullable<PromptContext['search']>>>>>;
+type Search = VectorSearch['search'];
 
 /**
  * An action's retrieval: bound to the job's org, and to the tables the action declares (`knowledge`), all of them

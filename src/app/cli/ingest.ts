@@ -8,7 +8,7 @@ import { defaultRegistry } from '../../shared/agents/registry.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { queueShards } from '../../shared/core/queue-shards.js';
 import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
-import { createReaderInvalidation } from '../../shared/knowledge/reader-invalidation.js';
+import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
@@ -142,10 +142,7 @@ async function invalidateReaders(cfg: Config, pool: Pool, embed: EmbedFn, table:
     const caches = shards.prefixes.map((prefix) => createResultCache({ redis, prefix: agentqPrefix(prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
     const afterIngest = createReaderInvalidation({
       readersOf: (t) => defaultRegistry().readersOf(t),
-      results: {
-        invalidateAgent: (org, agent) => caches[shards.ofOrg(org)].invalidateAgent(org, agent),
-        invalidateAgentEverywhere: async (agent) => void (await Promise.all(caches.map((c) => c.invalidateAgentEverywhere(agent)))),
-      },
+      results: shardedResults(caches, shards.ofOrg),
       semantic: createSemanticCache({ pool, embed, ttlS: cfg.SEMANTIC_CACHE_TTL_S }),
     });
     return await afterIngest(table, orgId);

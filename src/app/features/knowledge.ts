@@ -2,7 +2,7 @@ import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
-import { createReaderInvalidation } from '../../shared/knowledge/reader-invalidation.js';
+import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { knowledgeRoutes } from '../../producers/area-routes.js';
 import type { Feature, FeatureDeps } from '../feature.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
@@ -15,13 +15,7 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const search = createVectorSearch({ pool: infra.db.pool, embed });
   // Each queue shard caches its orgs' results (app/cell.ts): a version bump goes to the org's.
   const caches = deps.cells.map((c) => createResultCache({ redis, prefix: agentqPrefix(c.prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
-  const cacheOf = (orgId: string) => caches[deps.cellOf(orgId).index];
-  const results = {
-    invalidateOrg: (orgId: string) => cacheOf(orgId).invalidateOrg(orgId),
-    invalidateAgent: (orgId: string, agent: string) => cacheOf(orgId).invalidateAgent(orgId, agent),
-    // Shared rows: every shard's orgs read them.
-    invalidateAgentEverywhere: async (agent: string) => void (await Promise.all(caches.map((c) => c.invalidateAgentEverywhere(agent)))),
-  };
+  const results = shardedResults(caches, (orgId) => deps.cellOf(orgId).index);
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
   return {

@@ -33,3 +33,15 @@ export function createReaderInvalidation(deps: ReaderInvalidationDeps) {
 }
 
 export type AfterIngest = ReturnType<typeof createReaderInvalidation>;
+
+/**
+ * The invalidations of one result cache per queue shard (each caches its orgs' answers): an org's go to its shard's
+ * cache, an agent's in every org to every shard's.
+ */
+export function shardedResults(caches: ReadonlyArray<Pick<ResultCache, 'invalidateOrg' | 'invalidateAgent' | 'invalidateAgentEverywhere'>>, shardOf: (orgId: string) => number) {
+  return {
+    invalidateOrg: (orgId: string) => caches[shardOf(orgId)].invalidateOrg(orgId),
+    invalidateAgent: (orgId: string, agent: string) => caches[shardOf(orgId)].invalidateAgent(orgId, agent),
+    invalidateAgentEverywhere: async (agent: string) => void (await Promise.all(caches.map((c) => c.invalidateAgentEverywhere(agent)))),
+  };
+}
