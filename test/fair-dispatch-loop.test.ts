@@ -246,13 +246,13 @@ describe('fair gate', () => {
     const absorbed: DispatchResult[] = [];
     // The loop's registration due (taken once) and the registrations given back.
     const registration: { due?: DispatchingWorker; lost: number } = { lost: 0 };
-    const calls: { release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[]; register?: DispatchingWorker } | undefined> } = { release: [], released: [], claim: [] };
+    const calls: { reparked: string[]; release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[]; register?: DispatchingWorker } | undefined> } = { reparked: [], release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
         claim: (id, progress, opts) => (calls.claim.push(opts), claim(id, progress, opts)),
         enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }),
-        repark: async () => true,
+        repark: async (id) => (calls.reparked.push(id), true),
         blockModel: async () => {},
       },
       loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, close: async () => {} },
@@ -279,6 +279,20 @@ describe('fair gate', () => {
     failing.gate.finished('a');
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
+  });
+
+  it("a retry waits out its backoff parked; one noted for an attempt whose failure BullMQ never recorded does not turn the next attempt's completion into a retry", async () => {
+    const g = gateWith(async () => ({ freed: 1, due: false }));
+    g.gate.retryDelay('r', 1000);
+    g.gate.finished('r');
+    // The backoff strategy ran for 's', then BullMQ could not record the failure (no 'failed' event); the lease
+    // sweep laned it again and its next attempt runs here.
+    g.gate.retryDelay('s', 1000);
+    expect(await g.gate.admit({ id: 's' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0], 'token')).toBe('run');
+    g.gate.finished('s');
+    await g.gate.close();
+    await vi.waitFor(() => expect(g.kicks.n).toBe(1));
+    expect({ reparked: g.calls.reparked, released: g.calls.released }).toEqual({ reparked: ['r'], released: [['s']] });
   });
 
   it('a claim asks for a refill; what it dispatched (already promoted) reaches the loop', async () => {

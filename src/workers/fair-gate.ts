@@ -141,6 +141,9 @@ export function createFairGate(deps: {
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
       pending = [];
+      // A new attempt: a retry noted for an earlier one whose failure BullMQ never recorded (its moveToFailed
+      // failed: no 'failed' event came) is stale, and would turn this attempt's completion into a retry.
+      retries.delete(job.id!);
       const correct = takeCorrections();
       // A moved ask (or the registration's renewal) rides here too, instead of a dispatch call of its own.
       const register = deps.loop.takeRegistration();
