@@ -1,9 +1,10 @@
-import { Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
+import { Cluster, Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
+import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 
 describe('subscriber heartbeat', () => {
   const cleanup: Array<() => void> = [];
@@ -32,4 +33,44 @@ describe('subscriber heartbeat', () => {
     expect(events.slice(0, 3)).toEqual(['live', 'lost', 'live']);
     expect(heard).toEqual(['one', 'two']);
   });
+});
+
+describe('subscriber heartbeat, Redis Cluster', () => {
+  let cluster: LocalCluster;
+  const cleanup: Array<() => unknown> = [];
+  beforeAll(async () => {
+    cluster = await startLocalCluster({ primaries: 3 });
+  }, 60_000);
+  afterAll(async () => {
+    cleanup.forEach((f) => f());
+    await cluster?.stop();
+  });
+
+  it("a Cluster client's sharded subscriber connection that stops answering is replaced and the channel subscribed again", async () => {
+    // Every node reached through a proxy (the client maps the addresses the cluster announces onto them).
+    const proxies = await Promise.all(cluster.nodes.map((n) => freezableProxy(new URL(`redis://127.0.0.1:${n.port}`))));
+    const natMap = Object.fromEntries(cluster.nodes.map((n, i) => [`127.0.0.1:${n.port}`, { host: '127.0.0.1', port: proxies[i].port }]));
+    const sub = new Cluster([{ host: '127.0.0.1', port: cluster.nodes[0].port }], { natMap, shardedSubscribers: true, redisOptions: { maxRetriesPerRequest: null } });
+    const pub = new Cluster([{ host: '127.0.0.1', port: cluster.nodes[0].port }]);
+    cleanup.push(() => sub.disconnect(), () => pub.disconnect(), () => proxies.forEach((p) => p.close()));
+    sub.on('error', () => {});
+    const channel = `{${randomPrefix()}}:hb`;
+    const events: string[] = [];
+    const heard: string[] = [];
+    sub.on('smessage', (_ch: string, msg: string) => heard.push(msg));
+    subscribeShardChannel(sub, channel, { onLive: () => events.push('live'), onLost: () => events.push('lost'), heartbeat: { everyMs: 100, timeoutMs: 300 } });
+    await until('subscribed', () => events.includes('live'), 10_000);
+    await pub.spublish(channel, 'one');
+    await until('first message', () => heard.includes('one'));
+
+    // Every open connection goes silent (no FIN, no RST); new ones pass.
+    proxies.forEach((p) => p.freeze());
+    await until('the loss noticed by the heartbeat', () => events.includes('lost'), 5000);
+    await until('subscribed again on a new connection', () => events.lastIndexOf('live') > events.indexOf('lost'), 15_000);
+    await pub.spublish(channel, 'two');
+    await until('a message after the new subscription', () => heard.includes('two'));
+    expect(events[0]).toBe('live');
+    expect(events[1]).toBe('lost');
+    expect(heard).toEqual(['one', 'two']);
+  }, 60_000);
 });

@@ -1,4 +1,4 @@
-import { Cluster } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
 import type { RedisClient } from './connection.js';
 
 /** What `subscribeShardChannel` tells its caller about the subscription. */
@@ -9,15 +9,16 @@ export interface ShardChannelHooks {
   onLost?: () => void;
   /** A re-subscription failed (it is tried again). */
   onError?: (err: unknown) => void;
-  /** The connection's heartbeat (single Redis only), set by its first subscription: default HEARTBEAT. */
+  /** The connection's heartbeat, set by its first subscription: default HEARTBEAT. */
   heartbeat?: Heartbeat;
 }
 
 /**
- * A PING on a single Redis subscriber connection every `everyMs`; one not answered within `timeoutMs` ends the
- * socket, so the client reconnects and subscribes again (`onLost`, then `onLive`). A socket whose peer vanished
- * without a FIN or RST (a NAT entry dropped, a partition) would otherwise look connected for as long as TCP takes
- * to give up, minutes, while every message published meanwhile is missed and views served from memory go stale.
+ * A PING on each subscriber connection every `everyMs` (a single Redis's, or each of a Cluster client's sharded
+ * subscriber connections); one not answered within `timeoutMs` ends the socket, so the client reconnects and
+ * subscribes again (`onLost`, then `onLive`). A socket whose peer vanished without a FIN or RST (a NAT entry
+ * dropped, a partition) would otherwise look connected for as long as TCP takes to give up, minutes, while every
+ * message published meanwhile is missed and views served from memory go stale.
  */
 export interface Heartbeat {
   everyMs: number;
@@ -26,21 +27,42 @@ export interface Heartbeat {
 export const HEARTBEAT: Heartbeat = { everyMs: 5000, timeoutMs: 3000 };
 const heartbeats = new WeakMap<RedisClient, NodeJS.Timeout>();
 
+/** PINGs `conn` unless a PING of it is still out; one not answered within `timeoutMs` destroys its socket. */
+const pinging = new WeakSet<Redis>();
+function pingOrDrop(conn: Redis, timeoutMs: number): void {
+  if (pinging.has(conn) || conn.status !== 'ready') return;
+  pinging.add(conn);
+  // destroy, not end: a half-open socket never completes an orderly close, so `close` would not come.
+  const deadline = setTimeout(() => conn.stream?.destroy(), timeoutMs);
+  const done = () => {
+    clearTimeout(deadline);
+    pinging.delete(conn);
+  };
+  conn.ping().then(done, done);
+}
+
+/**
+ * A Cluster client's sharded subscriber connections, one per primary serving a subscribed slot. ioredis owns
+ * them and keeps them in a private group (5.11: `shardedSubscribers.shardedSubscribers`, each exposing
+ * `getInstance()`); a destroyed one ends (`-node`), and the client replaces it and subscribes it again
+ * (`subscribersReady`), as it does for a primary that died. If a later ioredis moves them, there is nothing to
+ * ping and the heartbeat test (test/shard-channel-heartbeat.test.ts) fails.
+ */
+function shardedSubscriberConnections(cluster: Cluster): Redis[] {
+  const group = (cluster as unknown as { shardedSubscribers?: { shardedSubscribers?: Map<string, { getInstance(): Redis | null }> } }).shardedSubscribers;
+  const conns: Redis[] = [];
+  for (const s of group?.shardedSubscribers?.values() ?? []) {
+    const conn = s.getInstance();
+    if (conn) conns.push(conn);
+  }
+  return conns;
+}
+
 function startHeartbeat(sub: RedisClient, hb: Heartbeat): void {
-  // A Cluster client's sharded subscriber connections are its own (it replaces them as nodes come and go).
-  if (sub instanceof Cluster || heartbeats.has(sub)) return;
-  let waiting = false;
+  if (heartbeats.has(sub)) return;
   const timer = setInterval(() => {
-    if (waiting || sub.status !== 'ready') return;
-    waiting = true;
-    // destroy, not end: a half-open socket never completes an orderly close, so `close` would not come.
-    const deadline = setTimeout(() => sub.stream?.destroy(), hb.timeoutMs);
-    sub.ping().then(
-      () => clearTimeout(deadline),
-      () => clearTimeout(deadline),
-    ).finally(() => {
-      waiting = false;
-    });
+    if (sub instanceof Cluster) for (const conn of shardedSubscriberConnections(sub)) pingOrDrop(conn, hb.timeoutMs);
+    else pingOrDrop(sub, hb.timeoutMs);
   }, hb.everyMs);
   timer.unref();
   heartbeats.set(sub, timer);
