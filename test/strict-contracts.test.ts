@@ -251,6 +251,19 @@ describe('strict contracts', () => {
       expect(await s.runtime.queue.count()).toBe(before);
     });
 
+    it('refuses a bulk request whole when two of its elements name one key for different requests; the same request twice is one job', async () => {
+      const before = await s.runtime.queue.count();
+      const res = await post({ jobs: [deal('i-5-new'), deal('i-5-a', { idempotencyKey: 'twice-5' }), deal('i-5-b', { idempotencyKey: 'twice-5' })] }, '/v1/jobs/bulk');
+      expect(res.statusCode).toBe(409);
+      expect(res.json().jobId).toMatch(/^idem-/);
+      expect(await s.runtime.queue.count()).toBe(before);
+      const same = await post({ jobs: [deal('i-6', { idempotencyKey: 'twice-6' }), deal('i-6', { idempotencyKey: 'twice-6' })] }, '/v1/jobs/bulk');
+      expect(same.statusCode).toBe(202);
+      const [a, b] = same.json().jobs as Array<{ id: string }>;
+      expect(a.id).toBe(b.id);
+      expect(await s.runtime.queue.count()).toBe(before + 1);
+    });
+
     it('keys stay per org: another org may use the same key for another request', async () => {
       await post(deal('i-4', { idempotencyKey: 'shared-4' }));
       const other = await s.newKey();

@@ -223,6 +223,16 @@ export function createJobProducer(deps: JobProducerDeps) {
   async function refuseReusedKeys(prepared: PreparedJob[]): Promise<void> {
     const idem = prepared.filter((p) => p.idempotent);
     if (idem.length === 0) return;
+    // Within the request too: two elements naming one key with different requests would both be stored (the
+    // read below finds neither) before the read after the add refused the request.
+    const first = new Map<string, PreparedJob>();
+    for (const p of idem) {
+      const seen = first.get(p.opts.jobId);
+      if (!seen) first.set(p.opts.jobId, p);
+      else if (seen.data.fingerprint !== p.data.fingerprint) {
+        throw new ConflictError(`idempotencyKey used twice in this request for different requests (job ${p.opts.jobId})`, { jobId: p.opts.jobId });
+      }
+    }
     const client = (await queue.getBackend().client) as unknown as RedisClient;
     const stored = await Promise.all(idem.map((p) => client.hget(queue.toKey(p.opts.jobId), 'data')));
     idem.forEach((p, i) => {
