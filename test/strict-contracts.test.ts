@@ -264,6 +264,28 @@ describe('strict contracts', () => {
       expect(await s.runtime.queue.count()).toBe(before + 1);
     });
 
+    it('a bulk request of 1,000 jobs is stored by one script call: a failure stores none of it', async () => {
+      const raw = s.runtime.deps.cells[0].scheduler!.raw;
+      const orig = raw.enqueue.bind(raw);
+      let calls = 0;
+      raw.enqueue = async (...a: Parameters<typeof orig>) => {
+        if (++calls > 1) throw new Error('Connection is closed.');
+        return orig(...a);
+      };
+      try {
+        const before = await s.runtime.queue.count();
+        const ok = await post({ jobs: Array.from({ length: 1000 }, (_, i) => deal(`bulk-${i}`)) }, '/v1/jobs/bulk');
+        expect(ok.statusCode).toBe(202);
+        expect({ calls, stored: (await s.runtime.queue.count()) - before }).toEqual({ calls: 1, stored: 1000 });
+        calls = 1;
+        const failed = await post({ jobs: Array.from({ length: 1000 }, (_, i) => deal(`bulk-failed-${i}`)) }, '/v1/jobs/bulk');
+        expect(failed.statusCode).toBe(503);
+        expect((await s.runtime.queue.count()) - before).toBe(1000);
+      } finally {
+        raw.enqueue = orig;
+      }
+    });
+
     it('keys stay per org: another org may use the same key for another request', async () => {
       await post(deal('i-4', { idempotencyKey: 'shared-4' }));
       const other = await s.newKey();

@@ -91,7 +91,8 @@ export interface FairSchedulerOptions {
   bufferRatio?: number;
   maxBatch?: number;
   sweepMax?: number;
-  /** Ids per enqueue script call (bounds the time one call blocks Redis); at most MAX_ENQUEUE_CHUNK. */
+  /** Ids per enqueue script call laning jobs already stored (bounds the time one call blocks Redis); at most
+   * MAX_ENQUEUE_CHUNK. A call that stores the jobs (a bulk request) is one script call, all or nothing. */
   enqueueChunk?: number;
   /**
    * QUEUE_SHARDS > 1: `modelLimits` are the models' global limits, held in global buckets this shard leases
@@ -171,9 +172,8 @@ export interface FairScheduler {
 
 const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_limited', 'model_blocked', 'retry_backoff']);
 
-/** Script arguments per enqueued job (fair-core-N.lua's enqueue op), and per job that also stores it (op add). */
+/** Script arguments per enqueued job (fair-core-N.lua's enqueue op; one it also stores, op add, carries 6 more). */
 const ENTRY_ARGS = 10;
-const STORE_ARGS = 16;
 /** The most jobs one enqueue call takes: its ZADDs unpack two values per job, and Redis's Lua unpacks 8000 at most. */
 const MAX_ENQUEUE_CHUNK = 2000;
 
@@ -234,7 +234,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     async enqueue(entries, eopts = {}) {
       const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
-      /** ENTRY_ARGS (STORE_ARGS when storing) script arguments per entry, one flat array (no array per entry). */
+      /** ENTRY_ARGS (6 more when storing) script arguments per entry, one flat array (no array per entry). */
       const args: Array<string | number> = [];
       const store = entries.some((e) => e.store);
       for (const e of entries) {
@@ -258,7 +258,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       }
       const skipped: string[] = [];
       let last: RawDispatch | undefined;
-      const step = chunk * (store ? STORE_ARGS : ENTRY_ARGS);
+      // Jobs stored by this call (a bulk request's) go in one script call, so the request is all or nothing: a
+      // second chunk failing after the first was stored would answer an error for jobs that run anyway. Its size
+      // is bounded by the request's (bulkRequestSchema: 1,000) and checked here.
+      if (store && entries.length > MAX_ENQUEUE_CHUNK) throw new RangeError(`at most ${MAX_ENQUEUE_CHUNK} jobs are stored by one call, got ${entries.length}`);
+      const step = store ? args.length : chunk * ENTRY_ARGS;
       for (let i = 0; i < args.length || last === undefined; i += step) {
         // Only the last chunk dispatches: one script call per chunk, one dispatch for the batch.
         const isLast = i + step >= args.length;

@@ -286,7 +286,7 @@ export function createJobProducer(deps: JobProducerDeps) {
       return job;
     },
 
-    /** All-or-nothing validation, then one dispatcher call that stores and lanes the jobs (per 500 jobs). */
+    /** All-or-nothing validation, then one dispatcher call that stores and lanes the jobs: all or nothing. */
     async enqueueBulk(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob[]> {
       const shape = bulkRequestSchema.safeParse(raw);
       if (!shape.success) throw new ValidationError('invalid bulk request', zodDetails(shape.error));
