@@ -39,6 +39,22 @@ describe('API admission and quotas', () => {
     await queue.close();
   });
 
+  it('admits a pipeline run as one request for its steps: over the plan it is a 429 and no run starts', async () => {
+    const key = await s.newKey();
+    const auth = { authorization: `Bearer ${key}` };
+    const flows = new Queue('agent-flows', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
+    const before = await flows.count();
+    const input = { companyName: 'Acme', answers: [{ question: 'q?', answer: 'a.' }] };
+    const start = () => s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: auth, payload: { input } });
+    // The plan's 3 points a minute: three runs, then a 429.
+    for (let i = 0; i < 3; i++) expect((await start()).statusCode).toBe(202);
+    const over = await start();
+    expect(over.statusCode).toBe(429);
+    expect(Number(over.headers['retry-after'])).toBeGreaterThan(0);
+    expect(await flows.count()).toBe(before + 3);
+    await flows.close();
+  });
+
   it('refuses enqueue over the daily job quota with a clear reason', async () => {
     const org = `quota_${Date.now()}`;
     const key = await s.newKey(org);

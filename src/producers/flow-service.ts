@@ -38,7 +38,7 @@ export interface FlowServiceDeps {
   redisTarget: RedisTarget;
   prefix: string;
   /** The one enqueue path: flow children are agent jobs of the org like any other. */
-  producer: Pick<JobProducer, 'prepare' | 'enqueueFlow'>;
+  producer: Pick<JobProducer, 'prepare' | 'enqueueFlow' | 'admit'>;
   agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } };
   models: Record<ModelTier, string>;
   retention: RetentionOptions;
@@ -172,6 +172,8 @@ export function createFlowService(deps: FlowServiceDeps) {
         errors: {},
       };
       const id = `run-${randomUUID()}`;
+      // Admitted here as one request for all its steps, whose jobs then enter without (pipeline-runner.ts).
+      await deps.producer.admit(meta.orgId, def.steps.length);
       await flows.add(`pipeline:${def.name}`, data, { ...flowJobOptions(deps.retention), jobId: id });
       return { id };
     },

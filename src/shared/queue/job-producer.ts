@@ -281,6 +281,9 @@ export function createJobProducer(deps: JobProducerDeps) {
     prepareChecked,
     add,
 
+    /** Spends the org's admission for `jobs` jobs that enter later with `admitted` (a pipeline run's steps). */
+    admit: (orgId: string, jobs: number) => admitOrThrow(deps.admission, orgId, jobs),
+
     async enqueue(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
       const [job] = await add([prepare(raw, meta)], meta);
       return job;
