@@ -1,9 +1,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { getEventListeners } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AgentqHttpError, AgentqTimeoutError, createAgentqClient, type JobView } from '../src/producers/client/client.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { ValidationError } from '../src/shared/core/errors.js';
+import { sleep } from '../src/producers/client/transport.js';
 
 /**
  * A stand-in for the agentq API that follows its documented contract (status codes, bodies, Retry-After,
@@ -212,6 +214,26 @@ describe('agentq client over HTTP', () => {
     expect(err.job).toMatchObject({ id, state: 'waiting' });
     expect(unavailableOnce).toBe(0);
     expect(requests.filter((r) => r.method === 'GET').length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('waitFor on a client without a request timeout (timeoutMs 0) sets none on its long polls either', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY, timeoutMs: 0, minPollIntervalMs: 10 });
+    const { id } = await c.enqueue('DealScorer', 'pipeline_summary', { startupId: 'st_no_timeout' });
+    // Each long poll ends when the server answers "waiting" at its waitMs: the client polls again until its own
+    // deadline instead of aborting the poll at that very instant.
+    const err = await caught(c.waitFor(id, { timeoutMs: 1500, pollMs: 300 }));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.message).toMatch(/did not finish in time \(state waiting\)/);
+    expect(requests.filter((r) => r.method === 'GET').length).toBeGreaterThanOrEqual(2);
+  });
+
+  it("the client's waits (poll pauses, stream reconnections) leave no abort listener on a long-lived signal", async () => {
+    const ac = new AbortController();
+    for (let i = 0; i < 20; i++) await sleep(1, ac.signal);
+    expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);
+    const aborted = sleep(60_000, ac.signal);
+    ac.abort(new Error('stop'));
+    await expect(aborted).rejects.toThrow('stop');
   });
 
   it('bulk-enqueues, cancels and lists agents', async () => {

@@ -10,7 +10,7 @@ import type {
 import type { FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { JobStage } from '../../shared/core/job-stage.js';
-import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTransport, type TransportOptions } from './transport.js';
+import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, sleep, type HttpTransport, type TransportOptions } from './transport.js';
 
 // Type-only imports above: the client pulls no agent code, zod or Redis into the service that uses it.
 export { AgentqHttpError, AgentqTimeoutError } from './transport.js';
@@ -103,20 +103,6 @@ export interface AgentqClientOptions extends TransportOptions {
   minPollIntervalMs?: number;
 }
 
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = () => {
-      clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
-
 /**
  * Typed client of the agentq HTTP API for Node services. `M` is the agent map the server runs; the
  * built-in agents by default, so `enqueue('RiskAnalyzer', 'analyze_risks', input)` checks `input` and the
@@ -145,7 +131,8 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
         last = await http.json<V>('GET', path, {
           query: { waitMs },
           signal: wo.signal,
-          timeoutMs: waitMs + http.defaultTimeoutMs,
+          // The long poll's own wait plus the client's margin; a client without a timeout (0) sets none here either.
+          timeoutMs: http.defaultTimeoutMs > 0 ? waitMs + http.defaultTimeoutMs : 0,
         });
       } catch (err) {
         // Overload is a reason to wait, not to give up on a job that is probably still running.

@@ -1,5 +1,6 @@
 import type { AgentResult } from '../../shared/core/types.js';
 import { createSseParser, type SseMessage } from './sse-parser.js';
+import { sleep } from './transport.js';
 import type { ProgressEvent } from '../../shared/core/stream-event.js';
 
 // Imported by the HTTP client: type-only imports and the dependency-free SSE parser, nothing else.
@@ -46,13 +47,6 @@ function toEvent<T>(m: SseMessage): JobStreamEvent<T> | undefined {
   if (typeof data.error === 'string') return { type: 'error', error: data.error, state: data.state === 'cancelled' ? 'cancelled' : 'failed', ...id };
   return undefined;
 }
-
-const sleep = (ms: number, signal?: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) return reject(signal.reason);
-    const timer = setTimeout(resolve, ms);
-    signal?.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
-  });
 
 /**
  * Follows one job's SSE stream to its `[DONE]`. `start` opens it (GET of the job's stream, or the POST
