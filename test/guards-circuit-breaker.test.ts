@@ -2,7 +2,12 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
-import { DelayJobError } from '../src/workers/middleware.js';
+import { compose, DelayJobError, type JobContext } from '../src/workers/middleware.js';
+import { z } from 'zod';
+import { startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
+import { createLlmClient } from '../src/shared/infra/llm/llm-client.js';
+import { createRouteGuard } from '../src/workers/guards/route-guard.js';
+import { createAgentCall } from '../src/workers/call-agent.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { POLL } from './helpers/wait.js';
@@ -230,6 +235,32 @@ describe('breaker guard', () => {
     expect((await breaker.state(key)).consecutiveFailures).toBe(1);
     await expect(guard(guardContext({ model }), async () => okResult('fine'))).resolves.toMatchObject({ success: true });
     expect((await breaker.state(key)).consecutiveFailures).toBe(0);
+  });
+});
+
+describe('breaker guard behind a route timeout (real LLM client and emulator)', () => {
+  let emu: GeminiEmulator;
+  beforeAll(async () => {
+    emu = await startGeminiEmulator();
+  });
+  afterAll(async () => emu?.close());
+
+  it("a route's timeout counts against its model's breaker: a hung model opens it", async () => {
+    emu.script({ hang: true, times: 2 });
+    const [breaker] = breakers(1, { failureThreshold: 2, timeoutMs: 60_000 });
+    const llm = createLlmClient({ apiKey: 'test-key', baseUrl: emu.url, timeoutMs: 30_000 });
+    const model = `hung-${++n}`;
+    const chain = compose(
+      [createRouteGuard({ routeFor: () => ({ primary: model, timeoutMs: 100 }), agents: { get: () => undefined } }), createBreakerGuard({ breaker })],
+      createAgentCall({ llm }),
+    );
+    const action = { model: 'fast', output: z.object({ score: z.number() }), prompt: async () => ({ user: 'q' }) } as unknown as JobContext['action'];
+    const codes: string[] = [];
+    for (let i = 0; i < 3; i++) await chain(guardContext({ action, model })).catch((e: { code: string }) => codes.push(e.code));
+    expect(codes).toEqual(['ETIMEDOUT', 'ETIMEDOUT', 'EOPENBREAKER']);
+    expect(await breaker.state(`gemini:${model}`)).toMatchObject({ state: 'open' });
+    // The third job never reached the model.
+    expect(emu.calls()).toHaveLength(2);
   });
 });
 

@@ -163,6 +163,16 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'EPROVIDER', retryable: true, status: 503 });
       });
 
+      it("the caller's own deadline (a route's timeout: a TimeoutError abort) -> ETIMEDOUT retryable, so it counts against the model", async () => {
+        emu.script({ hang: true });
+        const ac = new AbortController();
+        const pending = failure(gen({ signal: ac.signal }));
+        await vi.waitFor(() => expect(emu.calls()).toHaveLength(1), POLL);
+        ac.abort(new DOMException('route timeout 100 ms', 'TimeoutError'));
+        expect(await pending).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+        expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'ETIMEDOUT', retryable: true });
+      });
+
       it('malformed JSON -> EBADOUTPUT retryable', async () => {
         emu.script({ malformed: true });
         expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });

@@ -91,6 +91,14 @@ const EMBED_BATCH = 100;
  * One AbortSignal for the SDK that fires on the caller's signal or on our own deadline, remembering
  * which, so a timeout (retryable) is never confused with a cancellation (not retryable).
  */
+/** A call the caller's signal ended: ETIMEDOUT (retryable) when the caller's reason is its own deadline. */
+function callerAbort(caller: AbortSignal, what: string, cause?: unknown): LlmError {
+  const timedOut = (caller.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
+  return timedOut
+    ? new LlmError('ETIMEDOUT', `${what} timed out (the caller's deadline)`, { cause: cause ?? caller.reason })
+    : new LlmError('EABORTED', `${what} aborted by the caller`, cause === undefined ? undefined : { cause });
+}
+
 function deadline(timeoutMs: number, caller?: AbortSignal) {
   const ac = new AbortController();
   let timedOut = false;
@@ -104,7 +112,9 @@ function deadline(timeoutMs: number, caller?: AbortSignal) {
     signal: ac.signal,
     fail(err: unknown, what: string): LlmError {
       if (timedOut) return new LlmError('ETIMEDOUT', `${what} timed out after ${timeoutMs} ms`, { cause: err });
-      if (caller?.aborted) return new LlmError('EABORTED', `${what} aborted by the caller`, { cause: err });
+      // A caller's own deadline (a route's timeout aborts with a TimeoutError) is a slow upstream, like ours: it
+      // counts against the model's breaker and is retried; any other caller abort (cancel, shutdown) says nothing.
+      if (caller?.aborted) return callerAbort(caller, what, err);
       return toLlmError(err);
     },
     /**
@@ -157,7 +167,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
 
   async function generate(req: GenerateRequest): Promise<GenerateResult> {
     const what = `Gemini ${req.model} generate`;
-    if (req.signal?.aborted) throw new LlmError('EABORTED', `${what} aborted by the caller`);
+    if (req.signal?.aborted) throw callerAbort(req.signal, what);
     const started = performance.now();
     const d = deadline(req.timeoutMs ?? opts.timeoutMs, req.signal);
     const config: GenerateContentConfig = { abortSignal: d.signal };
@@ -231,7 +241,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
   async function embed(texts: string[], eopts: EmbedOptions = {}): Promise<number[][]> {
     const model = eopts.model ?? embeddingModel;
     const what = `Gemini ${model} embed`;
-    if (eopts.signal?.aborted) throw new LlmError('EABORTED', `${what} aborted by the caller`);
+    if (eopts.signal?.aborted) throw callerAbort(eopts.signal, what);
     const out: number[][] = [];
     for (let i = 0; i < texts.length; i += EMBED_BATCH) {
       const batch = texts.slice(i, i + EMBED_BATCH);
