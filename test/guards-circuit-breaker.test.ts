@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createCircuitBreaker, OpenCircuitError, type BreakerOptions, type CircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { compose, DelayJobError, type JobContext } from '../src/workers/middleware.js';
+import { classify } from '../src/shared/core/outcomes.js';
 import { z } from 'zod';
 import { startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { createLlmClient } from '../src/shared/infra/llm/llm-client.js';
@@ -261,6 +262,21 @@ describe('breaker guard behind a route timeout (real LLM client and emulator)', 
     expect(await breaker.state(`gemini:${model}`)).toMatchObject({ state: 'open' });
     // The third job never reached the model.
     expect(emu.calls()).toHaveLength(2);
+  });
+});
+
+describe('breaker guard behind a route', () => {
+  it("a route's primary refused by its open breaker names that model, not the job's own, as the one to wait for", async () => {
+    const [breaker] = breakers(1, { failureThreshold: 1, timeoutMs: 60_000 });
+    const primary = `pro-${++n}`;
+    const guard = createBreakerGuard({ breaker });
+    await guard(guardContext({ model: primary }), () => Promise.reject(Object.assign(new Error('503'), { retryable: true }))).catch(() => undefined);
+    const chain = compose([createRouteGuard({ routeFor: () => ({ primary }), agents: { get: () => undefined } }), guard], async () => okResult('never'));
+    const ctx = guardContext({ model: 'flash-own' });
+    const err = await chain(ctx).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(OpenCircuitError);
+    expect(classify(err)).toMatchObject({ kind: 'delay', reason: 'breaker_open', model: primary });
+    expect(ctx.model).toBe('flash-own');
   });
 });
 

@@ -252,6 +252,8 @@ describe('outcomes: one vocabulary, decided by codes', () => {
     expect(classify(new DelayJobError(250, 'rate_limited'))).toEqual({ kind: 'delay', reason: 'rate_limited', delayMs: 250 });
     const breaker = new OpenCircuitError('k', 'open', Date.now() + 60_000, 1234);
     expect(classify(breaker)).toEqual({ kind: 'delay', reason: 'breaker_open', delayMs: 1234 });
+    // The model whose breaker refused is the one that waits (a route's primary, not the job's own model).
+    expect(classify(new OpenCircuitError('gemini:pro-x', 'open', Date.now() + 60_000, 1234, 'pro-x'))).toEqual({ kind: 'delay', reason: 'breaker_open', delayMs: 1234, model: 'pro-x' });
     expect(classify(Object.assign(new Error('x'), { code: 'EVALIDATION' }))).toEqual({ kind: 'fail', code: 'EVALIDATION' });
     // The error's own flag wins over the code's default.
     expect(classify(new LlmError('EBADREQUEST', 'x', { retryable: true }))).toEqual({ kind: 'retry', code: 'EBADREQUEST' });

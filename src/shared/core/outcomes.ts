@@ -157,7 +157,8 @@ export function classify(err: unknown): Outcome {
   // An open breaker (OpenCircuitError) is an outage to wait out; it says when the next probe may run.
   if (code === 'EOPENBREAKER') {
     const delayMs = typeof e.msBeforeNext === 'number' ? e.msBeforeNext : typeof e.retryAtMs === 'number' ? e.retryAtMs - Date.now() : undefined;
-    if (delayMs !== undefined) return { kind: 'delay', reason: 'breaker_open', delayMs: Math.max(0, delayMs) };
+    // The model it names pauses (a route's primary, say), not the job's own model, which may be healthy.
+    if (delayMs !== undefined) return { kind: 'delay', reason: 'breaker_open', delayMs: Math.max(0, delayMs), ...model };
   }
   const fails = e.retryable === false || e.name === 'UnrecoverableError' || (e.retryable !== true && FAIL_CODES.has(code));
   if (fails) return { kind: 'fail', code };

@@ -29,6 +29,8 @@ export class OpenCircuitError extends AgentqError {
     readonly state: 'open' | 'halfOpen',
     readonly retryAtMs: number,
     readonly msBeforeNext: number,
+    /** The model the refused call was for: what waits (a route's primary, not the job's own model). */
+    readonly model?: string,
   ) {
     super(`breaker ${key} is ${state}; next probe at ${new Date(retryAtMs).toISOString()}`, 'EOPENBREAKER');
   }

@@ -41,7 +41,7 @@ export function createBreakerGuard(opts: { breaker: CircuitBreaker; keyFor?: (ct
     if (!gate.allowed) {
       // Local clock: the delay is computed from Date.now() by whoever parks the job.
       if (gate.state === 'exhausted') throw new QuotaExhaustedError(ctx.model, Date.now() + gate.msBeforeNext);
-      throw new OpenCircuitError(key, gate.state, gate.retryAtMs, gate.msBeforeNext);
+      throw new OpenCircuitError(key, gate.state, gate.retryAtMs, gate.msBeforeNext, ctx.model);
     }
     let result;
     try {
