@@ -18,6 +18,7 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
     enqueueChecked: (req, meta) => cellOf(meta.orgId).producer.enqueueChecked(req, meta),
     enqueueBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.enqueueBulkChecked(reqs, meta),
     enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
+    admit: (orgId, jobs) => cellOf(orgId).producer.admit(orgId, jobs),
   };
 }
 
