@@ -5,7 +5,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { AgentqHttpError, AgentqTimeoutError, createAgentqClient, type JobView } from '../src/producers/client/client.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { ValidationError } from '../src/shared/core/errors.js';
-import { sleep } from '../src/producers/client/transport.js';
+import { sleep } from '../src/shared/core/abortable-sleep.js';
 
 /**
  * A stand-in for the agentq API that follows its documented contract (status codes, bodies, Retry-After,
@@ -227,7 +227,7 @@ describe('agentq client over HTTP', () => {
     expect(requests.filter((r) => r.method === 'GET').length).toBeGreaterThanOrEqual(2);
   });
 
-  it("the client's waits (poll pauses, stream reconnections) leave no abort listener on a long-lived signal", async () => {
+  it("the client's waits (poll pauses, stream reconnections) and the route guard's backoffs leave no abort listener on a long-lived signal", async () => {
     const ac = new AbortController();
     for (let i = 0; i < 20; i++) await sleep(1, ac.signal);
     expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);

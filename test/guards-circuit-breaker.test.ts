@@ -247,7 +247,7 @@ describe('breaker guard behind a route timeout (real LLM client and emulator)', 
   afterAll(async () => emu?.close());
 
   it("a route's timeout counts against its model's breaker: a hung model opens it", async () => {
-    emu.script({ hang: true, times: 2 });
+    emu.script({ hang: true, times: -1 });
     const [breaker] = breakers(1, { failureThreshold: 2, timeoutMs: 60_000 });
     const llm = createLlmClient({ apiKey: 'test-key', baseUrl: emu.url, timeoutMs: 30_000 });
     const model = `hung-${++n}`;
@@ -260,8 +260,9 @@ describe('breaker guard behind a route timeout (real LLM client and emulator)', 
     for (let i = 0; i < 3; i++) await chain(guardContext({ action, model })).catch((e: { code: string }) => codes.push(e.code));
     expect(codes).toEqual(['ETIMEDOUT', 'ETIMEDOUT', 'EOPENBREAKER']);
     expect(await breaker.state(`gemini:${model}`)).toMatchObject({ state: 'open' });
-    // The third job never reached the model.
-    expect(emu.calls()).toHaveLength(2);
+    // The third job never reached the model (a busy machine may time out a call before the emulator saw it).
+    expect(emu.calls().length).toBeLessThanOrEqual(2);
+    emu.clearFaults();
   });
 });
 

@@ -10,7 +10,8 @@ import type {
 import type { FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { JobStage } from '../../shared/core/job-stage.js';
-import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, sleep, type HttpTransport, type TransportOptions } from './transport.js';
+import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTransport, type TransportOptions } from './transport.js';
+import { sleep } from '../../shared/core/abortable-sleep.js';
 
 // Type-only imports above: the client pulls no agent code, zod or Redis into the service that uses it.
 export { AgentqHttpError, AgentqTimeoutError } from './transport.js';

@@ -1,6 +1,6 @@
 import type { AgentResult } from '../../shared/core/types.js';
 import { createSseParser, type SseMessage } from './sse-parser.js';
-import { sleep } from './transport.js';
+import { sleep } from '../../shared/core/abortable-sleep.js';
 import type { ProgressEvent } from '../../shared/core/stream-event.js';
 
 // Imported by the HTTP client: type-only imports and the dependency-free SSE parser, nothing else.

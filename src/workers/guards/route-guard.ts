@@ -4,6 +4,7 @@ import { codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
+import { sleep } from '../../shared/core/abortable-sleep.js';
 
 export interface Route {
   /** A model name, or the name of an agent whose action of the same name serves the job. */
@@ -35,12 +36,6 @@ export class RouteFailedError extends AgentqError {
     super(message, code);
   }
 }
-
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener('abort', () => (clearTimeout(timer), reject(signal.reason)), { once: true });
-  });
 
 /**
  * Refusals that say the primary cannot serve now, so switching to the fallback at once is right: an open
