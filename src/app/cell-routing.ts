@@ -33,5 +33,6 @@ export function routeJobService(cells: readonly Cell[], cellOf: (orgId: string) 
     get: (orgId, id) => cellOf(orgId).jobs.get(orgId, id),
     wait: (orgId, id, waitMs) => cellOf(orgId).jobs.wait(orgId, id, waitMs),
     cancel: (orgId, id) => cellOf(orgId).jobs.cancel(orgId, id),
+    endWaits: () => cells.forEach((c) => c.jobs.endWaits()),
   };
 }

@@ -173,8 +173,8 @@ export async function startRuntime(opts: {
     app,
     startWorker,
     async close(graceMs) {
-      await app?.close();
-      await Promise.all(workers.map((w) => w.close(graceMs)));
+      // Together: the workers stop taking jobs at once, not after the API's last requests are answered.
+      await Promise.all([app?.close(), ...workers.map((w) => w.close(graceMs))]);
       for (const g of workerResources) await g.close();
       for (const f of features) await f.close?.();
       for (const cell of cells) await cell.close();

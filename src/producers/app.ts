@@ -123,6 +123,19 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (missing.length) throw new Error(`routes without a role (declare one in the route table): ${missing.join(', ')}`);
   });
 
+  // Requests in flight when the app starts closing (long polls answered by their preClose hooks, SSE cut) are
+  // answered on keep-alive connections that fastify's close no longer sees idle: each would hold `app.close()`
+  // until its keep-alive timeout (72 s). Answered with `connection: close`, Node ends them once sent.
+  let closing = false;
+  app.addHook('preClose', (done) => {
+    closing = true;
+    done();
+  });
+  app.addHook('onSend', (_req, reply, payload, done) => {
+    if (closing) reply.header('connection', 'close');
+    done(null, payload);
+  });
+
   const credentials = createCredentials({ adminToken: deps.adminToken, keys: deps.keys });
   /**
    * Authenticates and authorises every route from its row's role, after the body is parsed and before it is

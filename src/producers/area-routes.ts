@@ -24,7 +24,11 @@ import type { KeyRouteDeps } from './routes/keys.js';
 
 export const healthRoutes = (app: FastifyInstance, checks: ReadinessChecks) => registerRoutes(app, routeTable.health, checks);
 export const agentRoutes = (app: FastifyInstance, agents: AgentCatalog) => registerRoutes(app, routeTable.agents, agents);
-export const jobRoutes = (app: FastifyInstance, deps: JobRouteDeps) => registerRoutes(app, routeTable.jobs, deps);
+export function jobRoutes(app: FastifyInstance, deps: JobRouteDeps) {
+  // Long polls would hold `app.close()` for up to LONG_POLL_MAX_MS: they are answered now, and clients poll again.
+  app.addHook('preClose', async () => deps.jobs.endWaits());
+  registerRoutes(app, routeTable.jobs, deps);
+}
 export const jobListRoutes = (app: FastifyInstance, deps: JobListDeps) => registerRoutes(app, routeTable.jobList, deps);
 export const knowledgeRoutes = (app: FastifyInstance, deps: KnowledgeRouteDeps) => registerRoutes(app, routeTable.knowledge, deps);
 export const dlqRoutes = (app: FastifyInstance, deps: DlqRouteDeps) => registerRoutes(app, routeTable.dlq, deps);
@@ -36,6 +40,7 @@ export function usageDashboardRoutes(app: FastifyInstance, deps: UsageDashboardD
 }
 
 export function flowRoutes(app: FastifyInstance, deps: FlowRouteDeps) {
+  app.addHook('preClose', async () => deps.flows.endWaits());
   registerRoutes(app, routeTable.flows({ presets: deps.presets, pipelines: deps.pipelines.list() }), deps);
 }
 

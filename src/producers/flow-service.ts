@@ -208,6 +208,9 @@ export function createFlowService(deps: FlowServiceDeps) {
       return { id: job.id!, pipeline: data.pipeline, state, steps, outputs: data.outputs, errors: data.errors, ...common(job) };
     },
 
+    /** Answers every long poll in flight now with the flow's or run's current view (the process is closing). */
+    endWaits: () => waiters.endAll(),
+
     async close() {
       await flows.close();
       await agentJobs.close();

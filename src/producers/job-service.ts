@@ -163,6 +163,8 @@ export function createJobService(deps: {
     /** The long polls in flight, and the QueueEvents they share (tests check its listeners stay bounded). */
     waiters,
     queueEvents: deps.queueEvents,
+    /** Answers every long poll in flight now with the job's current view (the process is closing). */
+    endWaits: () => waiters.endAll(),
 
     /** Long poll: returns as soon as the job finishes, or its current view after `waitMs`. */
     async wait(orgId: string, id: string, waitMs: number): Promise<JobView> {

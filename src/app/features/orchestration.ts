@@ -108,6 +108,7 @@ function routeFlowService(services: FlowService[], of: (orgId: string) => FlowSe
     startPipeline: (name, input, meta) => of(meta.orgId).startPipeline(name, input, meta),
     getFlow: (orgId, id, waitMs) => of(orgId).getFlow(orgId, id, waitMs),
     getRun: (orgId, id, waitMs) => of(orgId).getRun(orgId, id, waitMs),
+    endWaits: () => services.forEach((f) => f.endWaits()),
     close: async () => void (await Promise.all(services.map((f) => f.close()))),
   };
 }

@@ -13,8 +13,8 @@ const CURSOR_EVENTS = ['added', 'waiting', 'active', 'delayed', 'progress', 'dra
 const VERIFY_FIRST_PAUSE_MS = 50;
 const VERIFY_MAX_PAUSE_MS = 1000;
 
-/** Why a wait ended: the job's ending event, the caller's `settled` check, or the timeout. */
-export type WaitEnd = (typeof ENDING_EVENTS)[number] | 'settled' | 'timeout';
+/** Why a wait ended: the job's ending event, the caller's `settled` check, the timeout, or the process closing. */
+export type WaitEnd = (typeof ENDING_EVENTS)[number] | 'settled' | 'timeout' | 'closing';
 
 export interface JobWaiter {
   /** Resolves with why the wait ended (never rejects). */
@@ -47,6 +47,12 @@ export interface JobWaiters {
    * job that finished just before is not missed.
    */
   wait(id: string, ms: number, settled: () => Promise<boolean>): Promise<void>;
+  /**
+   * Ends every wait now, as its timeout would (the caller answers the job's current state and the client polls
+   * again): an API process that is closing answers its long polls instead of holding its shutdown for up to
+   * LONG_POLL_MAX_MS, which outlasts a container's stop timeout.
+   */
+  endAll(): void;
   /** Jobs with at least one waiter, and waiters in all (for tests and metrics). */
   size(): { jobs: number; waiters: number };
   /** Whether a waiter registered now would be live (for tests). */
@@ -140,6 +146,10 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
       const waiter = register(id, ms);
       await waiter.verify(settled);
       await waiter.ended;
+    },
+
+    endAll() {
+      for (const set of [...waiting.values()]) for (const finish of [...set]) finish('closing');
     },
 
     size() {
