@@ -6,7 +6,10 @@ import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { readSseBody } from './helpers/sse.js';
 import { compareStreamIds } from '../src/shared/core/stream-event.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, within } from './helpers/wait.js';
+import { redisUrl } from './helpers/env.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { createStreamReader, StreamUnreadableError } from '../src/shared/stream/stream-reader.js';
 
 const riskInput = (name: string) => ({ startup: { name, industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } });
 
@@ -150,6 +153,50 @@ describe('SSE job streams', () => {
     const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': 'yesterday' } });
     expect(res.status).toBe(400);
     expect((await res.json()).details[0].path).toBe('headers.last-event-id');
+  });
+
+  it('refuses a Last-Event-ID whose halves exceed 64 bits, naming it', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Huge Header'), options: { stream: true } });
+    // Twenty digits, the regex's bound, yet above 2^64-1: Redis refuses it in XREAD.
+    const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': '99999999999999999999-0' } });
+    expect(res.status).toBe(400);
+    expect((await res.json()).details[0].path).toBe('headers.last-event-id');
+    const query = await fetch(`${base}/v1/jobs/${id}/stream?lastEventId=0-18446744073709551616`, { headers: auth });
+    expect(query.status).toBe(400);
+    expect((await query.json()).details[0].path).toBe('query.lastEventId');
+    const max = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: { ...auth, 'last-event-id': '18446744073709551615-18446744073709551615' }, stopAfter: () => true });
+    expect(max.status).toBe(200);
+  });
+
+  it('a stream Redis refuses to read ends with an error and holds back no other org’s stream', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Unreadable'), options: { stream: true, delayMs: 600_000 } });
+    // Not a stream: the process's one XREAD naming it is refused whole (WRONGTYPE).
+    await s.runtime.deps.redis.set(jobStreamKey(s.cfg.QUEUE_PREFIX, id), 'not a stream');
+    const ac = new AbortController();
+    const open = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: auth, signal: ac.signal });
+    expect(open.status).toBe(200);
+    const broken = readOpenSse(open, ac);
+    try {
+      const other = { authorization: `Bearer ${await s.newKey()}`, 'content-type': 'application/json' };
+      const r = await readSse(`${base}/v1/stream`, { method: 'POST', headers: other, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Innocent') }) });
+      expect(texts(r.messages).length).toBeGreaterThan(0);
+      expect(JSON.parse(r.messages[r.messages.length - 2].data)).toMatchObject({ result: { success: true } });
+      const ended = await within(broken, 10_000, 'the unreadable stream ends');
+      expect(ended.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'internal error', state: 'failed' }), '[DONE]']);
+    } finally {
+      ac.abort();
+      await s.runtime.deps.redis.del(jobStreamKey(s.cfg.QUEUE_PREFIX, id));
+    }
+  });
+
+  it('the shared reader refuses an id out of range before it reaches the shared read', async () => {
+    const reader = createStreamReader({ connect: () => createRedis(redisUrl(), 'worker'), control: s.runtime.deps.redis, blockMs: 1000, count: 10, logger: s.logger });
+    try {
+      expect(() => reader.subscribe(jobStreamKey(s.cfg.QUEUE_PREFIX, 'x'), '0-18446744073709551616', () => {}, () => {})).toThrow(StreamUnreadableError);
+      expect(reader.size()).toBe(0);
+    } finally {
+      await reader.close();
+    }
   });
 
   it('answers another org exactly like a missing job', async () => {

@@ -147,7 +147,7 @@ export function serveJobStream(
       // Resuming after the final message: nothing is left but the end marker.
       if (event && isTerminal(event) && o.lastEventId && compareStreamIds(last[0], o.lastEventId) <= 0) return finish();
     }
-    sub = deps.reader(target.orgId).subscribe(key, o.lastEventId ?? '0-0', onEntries);
+    sub = deps.reader(target.orgId).subscribe(key, o.lastEventId ?? '0-0', onEntries, fail);
     res.on('drain', onDrain);
   }
 

@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import { jobRequestSchema } from '../../shared/queue/job-request.js';
-import { STREAM_ID } from '../../shared/core/stream-event.js';
+import { isStreamId, STREAM_ID } from '../../shared/core/stream-event.js';
 import { jobStageSchema } from '../../shared/core/job-stage.js';
 
 export { jobRequestSchema };
@@ -65,7 +65,9 @@ export const listQuery = z
   })
   .strict();
 
-const streamId = z.string().regex(STREAM_ID, 'a Redis Stream id such as 1700000000000-0');
+const STREAM_ID_HINT = 'a Redis Stream id such as 1700000000000-0, each half at most 18446744073709551615';
+// The pattern stays for the OpenAPI document; the refinement bounds the halves, which a pattern cannot.
+const streamId = z.string().regex(STREAM_ID, STREAM_ID_HINT).refine(isStreamId, STREAM_ID_HINT);
 
 export const streamQuery = z.object({ lastEventId: streamId.optional() }).strict();
 

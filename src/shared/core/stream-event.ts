@@ -67,7 +67,20 @@ export function decodeEvent(fields: string[]): StreamEvent | undefined {
   return undefined;
 }
 
+/** The shape of a Redis Stream id; `isStreamId` also bounds its halves. */
 export const STREAM_ID = /^\d{1,20}-\d{1,20}$/;
+
+const U64_MAX = 2n ** 64n - 1n;
+
+/**
+ * An id Redis accepts in XREAD: each half is an unsigned 64-bit number. Twenty digits alone reach
+ * 99999999999999999999, which Redis refuses ("Invalid stream ID") for the whole read that names it.
+ */
+export function isStreamId(id: string): boolean {
+  if (!STREAM_ID.test(id)) return false;
+  const [ms, seq] = id.split('-');
+  return BigInt(ms) <= U64_MAX && BigInt(seq) <= U64_MAX;
+}
 
 /** Orders Redis Stream ids (`<ms>-<seq>`) numerically; BigInt because both halves are 64-bit. */
 export function compareStreamIds(a: string, b: string): number {

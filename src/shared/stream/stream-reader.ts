@@ -1,6 +1,18 @@
+import { ReplyError } from 'ioredis';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { Logger } from '../core/logger.js';
-import { compareStreamIds } from '../core/stream-event.js';
+import { AgentqError } from '../core/errors.js';
+import { compareStreamIds, isStreamId } from '../core/stream-event.js';
+
+/** Redis refuses to read a subscriber's stream (an id out of range, a key that is not a stream). */
+export class StreamUnreadableError extends AgentqError {
+  constructor(
+    readonly key: string,
+    reason: string,
+  ) {
+    super(`stream ${key} cannot be read: ${reason}`, 'ESTREAMUNREADABLE');
+  }
+}
 
 export type RawEntry = [id: string, fields: string[]];
 
@@ -17,6 +29,8 @@ interface Sub {
   last: string;
   active: boolean;
   onEntries: (entries: RawEntry[]) => void;
+  /** The reader dropped this subscriber: Redis refuses to read its stream. */
+  onError: (err: StreamUnreadableError) => void;
 }
 
 export interface StreamReaderOptions {
@@ -78,6 +92,37 @@ export function createStreamReader(o: StreamReaderOptions) {
     }
   }
 
+  /**
+   * The one XREAD names every subscriber's stream, so Redis refusing one of them refuses the read for all.
+   * After a reply error, each stream is read alone (one pipeline, without blocking) and the subscribers of the
+   * streams Redis refuses are dropped with an error. When it refuses every stream, the fault is the server's
+   * (loading, busy script...), not a subscriber's: nothing is dropped and the read is retried as before.
+   * Returns whether a subscriber was dropped.
+   */
+  async function dropUnreadable(c: RedisClient, keys: string[], ids: string[]): Promise<boolean> {
+    const pipeline = c.pipeline();
+    keys.forEach((key, i) => pipeline.xread('COUNT', 1, 'STREAMS', key, ids[i]));
+    const results = (await pipeline.exec()) ?? [];
+    const refused = keys.map((key, i) => ({ key, err: results[i]?.[0] })).filter((r) => r.err instanceof ReplyError);
+    if (refused.length === 0 || refused.length === keys.length) return false;
+    for (const { key, err } of refused) {
+      const subs = byKey.get(key);
+      byKey.delete(key);
+      o.logger.warn({ key, err: (err as Error).message, subscribers: subs?.size ?? 0 }, 'stream reader dropped the subscribers of a stream Redis refuses to read');
+      for (const sub of subs ?? []) fail(sub, new StreamUnreadableError(key, (err as Error).message));
+    }
+    return true;
+  }
+
+  function fail(sub: Sub, err: StreamUnreadableError): void {
+    sub.active = false;
+    try {
+      sub.onError(err);
+    } catch (e) {
+      o.logger.error({ err: e }, 'stream subscriber failed');
+    }
+  }
+
   async function run(c: RedisClient): Promise<void> {
     while (!closed) {
       reading = generation;
@@ -96,6 +141,7 @@ export function createStreamReader(o: StreamReaderOptions) {
       } catch (err) {
         reading = undefined;
         if (closed) return;
+        if (err instanceof ReplyError && (await dropUnreadable(c, keys, ids).catch(() => false))) continue;
         o.logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'stream reader read failed; retrying');
         await new Promise((r) => setTimeout(r, 200));
       }
@@ -124,10 +170,13 @@ export function createStreamReader(o: StreamReaderOptions) {
   }
 
   return {
-    subscribe(key: string, fromId: string, onEntries: (entries: RawEntry[]) => void): StreamSubscription {
+    /** `onError`: the subscriber was dropped (Redis refuses to read its stream); it gets nothing more. */
+    subscribe(key: string, fromId: string, onEntries: (entries: RawEntry[]) => void, onError: (err: StreamUnreadableError) => void): StreamSubscription {
       if (closed) throw new Error('stream reader is closed');
+      // Checked here, not left to Redis: one such id in the shared read would refuse it for every subscriber.
+      if (!isStreamId(fromId)) throw new StreamUnreadableError(key, `invalid stream id ${JSON.stringify(fromId)}`);
       start();
-      const sub: Sub = { key, last: fromId, active: true, onEntries };
+      const sub: Sub = { key, last: fromId, active: true, onEntries, onError };
       let subs = byKey.get(key);
       if (!subs) byKey.set(key, (subs = new Set()));
       subs.add(sub);
