@@ -271,6 +271,37 @@ describe('SSE job streams', () => {
     expect(again.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
   });
 
+  it('a job id reused through an idempotency key streams its own entries, not the cancelled job’s before it', async () => {
+    const key = `reused-${Date.now()}`;
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('First Go'), options: { stream: true, delayMs: 600_000, idempotencyKey: key } });
+    expect((await fetch(`${base}/v1/jobs/${id}`, { method: 'DELETE', headers: s.auth })).status).toBe(200);
+    // The cancel left its terminal entry in the job's stream (kept an hour for late readers).
+    expect(await s.runtime.deps.redis.xlen(jobStreamKey(s.cfg.QUEUE_PREFIX, id))).toBe(1);
+
+    const again = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Second Go'), options: { idempotencyKey: key } }) });
+    expect(again.headers.get('x-job-id')).toBe(id);
+    expect(texts(again.messages).length).toBeGreaterThan(0);
+    expect(again.messages.some((m) => m.data.includes('cancelled'))).toBe(false);
+    expect(JSON.parse(again.messages[again.messages.length - 2].data)).toMatchObject({ result: { success: true } });
+
+    // A reader joining afterwards gets the same messages (the new job's), from the start.
+    const late = await readSse(`${base}/v1/jobs/${id}/stream`, { headers: auth });
+    expect(late.messages.filter((m) => m.id)).toEqual(again.messages.filter((m) => m.id));
+  });
+
+  it('skips another incarnation’s entry written while a job is followed (a late write of the job id’s previous job)', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Followed'), options: { stream: true, delayMs: 600_000 } });
+    const ac = new AbortController();
+    const open = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: auth, signal: ac.signal });
+    expect(open.status).toBe(200);
+    const followed = readOpenSse(open, ac);
+    const foreign = JSON.stringify({ success: true, data: { stale: true } });
+    await s.runtime.deps.redis.xadd(jobStreamKey(s.cfg.QUEUE_PREFIX, id), '*', 'k', 'result', 'v', foreign, 'j', '1');
+    expect((await fetch(`${base}/v1/jobs/${id}`, { method: 'DELETE', headers: s.auth })).status).toBe(200);
+    const r = await within(followed, 10_000, 'the followed stream ends');
+    expect(r.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
+  });
+
   it('sends heartbeats while waiting, and caps open streams per org with 429 + Retry-After', async () => {
     const orgKey = { authorization: `Bearer ${await s.newKey()}`, 'content-type': 'application/json' };
     const held: AbortController[] = [];

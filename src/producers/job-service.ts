@@ -224,7 +224,7 @@ export function createJobService(deps: {
           // instead of noticing the tombstone at their next heartbeat.
           if (job.data.stream) {
             const key = jobStreamKey(prefix, id);
-            done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' })).expire(key, CANCELLED_STREAM_TTL_S);
+            done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' }, job.timestamp)).expire(key, CANCELLED_STREAM_TTL_S);
           }
           await done.exec();
           return view;

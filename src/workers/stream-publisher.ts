@@ -32,8 +32,9 @@ export function createStreamPublisher(o: StreamWriterOptions) {
   function entryOf(job: AgentJob): Entry {
     const jobId = job.id!;
     let entry = entries.get(jobId);
-    if (!entry) {
-      entry = { writer: new JobStreamWriter(jobStreamKey(job.prefix, jobId), o), calls: 0 };
+    // A job id reused by a new job (an idempotency key sent again) is another incarnation: its own writer.
+    if (!entry || entry.writer.incarnation !== job.timestamp) {
+      entry = { writer: new JobStreamWriter(jobStreamKey(job.prefix, jobId), o, job.timestamp), calls: 0 };
       entries.set(jobId, entry);
     }
     return entry;

@@ -3,7 +3,7 @@ import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import { NotFoundError } from '../../shared/core/errors.js';
 import { jobStreamKey } from '../../shared/core/queue-keys.js';
 import { DONE_FRAME, eventFrame, PING_FRAME, progressFrame, SSE_HEADERS } from '../sse.js';
-import { compareStreamIds, decodeEvent, isTerminal, type StreamEvent } from '../../shared/core/stream-event.js';
+import { compareStreamIds, decodeEvent, isTerminal, ofIncarnation, type StreamEvent } from '../../shared/core/stream-event.js';
 import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/stream/stream-reader.js';
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';
@@ -28,6 +28,11 @@ export interface StreamTarget {
   id: string;
   /** Enqueued with `stream: true`: its events are in a Redis Stream. */
   stream: boolean;
+  /**
+   * The job's `timestamp`: only its stream entries of this incarnation are served (a job id reused through an
+   * idempotency key may find the old job's entries in the stream). Undefined: every entry (a random id).
+   */
+  incarnation?: number;
   /** Its view at connect time, when it was read (POST /v1/stream knows a fresh job is not finished). */
   view?: JobView;
 }
@@ -121,6 +126,7 @@ export function serveJobStream(
     lively = true;
     heardFromWorker = true;
     for (const [id, fields] of entries) {
+      if (!ofIncarnation(fields, target.incarnation)) continue;
       const event = decodeEvent(fields);
       if (!event) continue;
       if (isTerminal(event)) return finish(event, id);
@@ -140,8 +146,10 @@ export function serveJobStream(
     const key = jobStreamKey(deps.prefixOf(target.orgId), target.id);
     const finished = target.view ? isFinished(target.view.state) : false;
     if (o.lastEventId || finished) {
-      const [last] = (await deps.redis.xrevrange(key, '+', '-', 'COUNT', 1)) as RawEntry[];
+      const [newest] = (await deps.redis.xrevrange(key, '+', '-', 'COUNT', 1)) as RawEntry[];
       if (closed) return;
+      // Another incarnation's entry tells nothing about this job (its own, if any, are read below).
+      const last = newest && ofIncarnation(newest[1], target.incarnation) ? newest : undefined;
       if (!last && finished) return finish(finalFromView(target.view!));
       const event = last && decodeEvent(last[1]);
       // Resuming after the final message: nothing is left but the end marker.

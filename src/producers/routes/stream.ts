@@ -58,7 +58,7 @@ async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Pro
     const state = await job.getState();
     // A job that finished between the two reads is read again: its final message needs the result.
     const view = finishedSinceRead(job, state) ? await deps.jobs.get(orgId, id) : toJobView(job, state);
-    return { orgId, id, stream: job.data.stream === true, view };
+    return { orgId, id, stream: job.data.stream === true, incarnation: job.timestamp, view };
   }
   // Removed before it ran: the job service still knows it through its cancelled tombstone.
   return { orgId, id, stream: false, view: await deps.jobs.get(orgId, id) };
@@ -104,6 +104,7 @@ export const enqueueAndStream =
       const [job] = await withDeadline(deps.producer.add([prepared], meta), deadline);
       req.log.info({ jobId: job.id }, 'streaming job enqueued');
       // An idempotency key can name a job that already ran (or did not stream): serve it as found.
+      // A fresh job's id is random: no other incarnation shares its stream.
       target = prepared.idempotent ? await targetOf(deps, orgId, job.id) : { orgId, id: job.id, stream: true };
     } catch (err) {
       await held.release().catch(() => undefined);

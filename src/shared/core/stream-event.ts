@@ -30,18 +30,41 @@ export type StreamEvent =
 
 export const isTerminal = (e: StreamEvent) => e.kind === 'result' || e.kind === 'error';
 
-/** Stream entries carry two fields: `k` (kind) and `v` (the text itself, or JSON for the other kinds). */
-export function encodeEvent(e: StreamEvent): [string, string, string, string] {
+/**
+ * Stream entries carry `k` (kind), `v` (the text itself, or JSON for the other kinds) and `j`, the job
+ * incarnation that wrote them (`job.timestamp`, the same key as usage rows' `job_ts`).
+ *
+ * Why a tag and not a fresh stream per incarnation: a job id comes back (an idempotency key sent again once
+ * the old job was removed by retention or cancelled) while its stream key may still hold the old job's entries,
+ * its final one included. Deleting the key when the new job is stored would need a command in every enqueue
+ * path (the dispatcher's store script, BullMQ's add for flow children), paid by jobs that never stream, and
+ * would still lose a race: a cancel that removed the old job writes its `cancelled` entry after the removal,
+ * so it can land after the new job's store. A tag costs a streaming job a few bytes per entry and nothing else,
+ * and readers skip every entry of another incarnation, whenever it was written.
+ */
+export function encodeEvent(e: StreamEvent, incarnation?: number): string[] {
+  const tag = incarnation === undefined ? [] : ['j', String(incarnation)];
   switch (e.kind) {
     case 'text':
-      return ['k', 'text', 'v', e.text];
+      return ['k', 'text', 'v', e.text, ...tag];
     case 'progress':
-      return ['k', 'progress', 'v', JSON.stringify(e.progress)];
+      return ['k', 'progress', 'v', JSON.stringify(e.progress), ...tag];
     case 'result':
-      return ['k', 'result', 'v', JSON.stringify(e.result)];
+      return ['k', 'result', 'v', JSON.stringify(e.result), ...tag];
     case 'error':
-      return ['k', 'error', 'v', JSON.stringify({ error: e.error, state: e.state })];
+      return ['k', 'error', 'v', JSON.stringify({ error: e.error, state: e.state }), ...tag];
   }
+}
+
+/**
+ * Whether an entry belongs to the job incarnation `incarnation` (its `job.timestamp`). An entry without a tag
+ * (written before tags) and a reader that does not know the incarnation (a job id that cannot come back) take
+ * every entry.
+ */
+export function ofIncarnation(fields: string[], incarnation: number | undefined): boolean {
+  if (incarnation === undefined) return true;
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === 'j') return fields[i + 1] === String(incarnation);
+  return true;
 }
 
 /** The event of an entry's flat field list; undefined for an entry this version does not know. */

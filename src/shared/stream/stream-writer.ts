@@ -36,6 +36,8 @@ export class JobStreamWriter {
   constructor(
     readonly key: string,
     private readonly o: StreamWriterOptions,
+    /** The job's `timestamp`: tags every entry with the incarnation of the job id that wrote it (stream-event.ts). */
+    readonly incarnation?: number,
   ) {}
 
   push(e: StreamEvent): void {
@@ -53,7 +55,7 @@ export class JobStreamWriter {
       while (this.pending.length > 0) {
         const batch = coalesce(this.pending.splice(0));
         const pipeline = this.o.redis.pipeline();
-        for (const e of batch) pipeline.xadd(this.key, 'MAXLEN', '~', this.o.maxLen, '*', ...encodeEvent(e));
+        for (const e of batch) pipeline.xadd(this.key, 'MAXLEN', '~', this.o.maxLen, '*', ...encodeEvent(e, this.incarnation));
         if (batch.some(isTerminal)) pipeline.expire(this.key, this.o.endTtlS);
         else if (!this.expirySet) pipeline.expire(this.key, this.o.runningTtlS);
         this.expirySet = true;
