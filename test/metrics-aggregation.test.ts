@@ -74,26 +74,89 @@ describe('metrics across processes', () => {
     const later = parseProm(await (await xa.collect()).metrics());
     expect(sampleSum(later, 'agentq_cost_usd_total')).toBeCloseTo(1.75, 10);
 
-    // A process that stops leaves the sum.
+    // A process that stops leaves its gauges, not its counts: they stay in the sum (a fall would read as a reset).
     await x2.close();
     const without = parseProm(await (await xa.collect()).metrics());
-    expect(sampleSum(without, 'agentq_cost_usd_total')).toBeCloseTo(1.25, 10);
+    expect(sampleSum(without, 'agentq_cost_usd_total')).toBeCloseTo(1.75, 10);
+    expect(sampleSum(without, 'agentq_job_errors_total', { type: 'provider' })).toBe(1);
     await x1.close();
     await xa.close();
   });
 
-  it('drops and deletes snapshots older than the stale limit', async () => {
+  it('keeps the counts of a process that exits: $10 + $20, one exits, one more $1 job reads $31', async () => {
+    const prefix = randomPrefix();
+    const [w1, w2, api] = [createOpsMetrics(), createOpsMetrics(), createOpsMetrics()];
+    const x1 = createMetricsExchange({ redis: connect(), prefix, registry: w1.registry, logger });
+    const x2 = createMetricsExchange({ redis: connect(), prefix, registry: w2.registry, logger });
+    const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger });
+    const job = { agent: 'A', action: 'a', processedOn: 1, finishedOn: 2 };
+    for (let i = 0; i < 10; i++) w1.jobCompleted(job, result('m', 1, 1, 1));
+    for (let i = 0; i < 20; i++) w2.jobCompleted(job, result('m', 1, 1, 1));
+    w2.sseStreams.set(4);
+    await x1.publish();
+    await x2.publish();
+    const scrape = async () => parseProm(await (await xa.collect()).metrics());
+    expect(sampleSum(await scrape(), 'agentq_cost_usd_total')).toBe(30);
+    expect(sampleSum(await scrape(), 'agentq_sse_streams_open')).toBe(4);
+
+    await x2.close();
+    w1.jobCompleted(job, result('m', 1, 1, 1));
+    await x1.publish();
+    const after = await scrape();
+    expect(sampleSum(after, 'agentq_cost_usd_total')).toBe(31);
+    expect(sampleSum(after, 'agentq_tokens_total', { direction: 'input' })).toBe(31);
+    expect(sampleSum(after, 'agentq_job_duration_seconds_count')).toBe(31);
+    expect(sampleSum(after, 'agentq_sse_streams_open')).toBe(0);
+    // Every process leaving keeps the total too (the API last: it folds its own registry in).
+    await x1.close();
+    expect(sampleSum(await scrape(), 'agentq_cost_usd_total')).toBe(31);
+    await xa.close();
+    const reader = createMetricsExchange({ redis: connect(), prefix, registry: createOpsMetrics().registry, logger });
+    expect(sampleSum(parseProm(await (await reader.collect()).metrics()), 'agentq_cost_usd_total')).toBe(31);
+  });
+
+  it('a process found stale while only slow is not counted twice when it publishes again', async () => {
+    const prefix = randomPrefix();
+    const [slow, api] = [createOpsMetrics(), createOpsMetrics()];
+    const xs = createMetricsExchange({ redis: connect(), prefix, registry: slow.registry, logger, everyMs: 60_000 });
+    const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger, everyMs: 60_000 });
+    slow.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    await xs.publish();
+    // Its snapshot ages past the stale limit (as if its event loop had been blocked): the scrape folds it.
+    const key = `${prefix}:agentq:metrics`;
+    const redis = connect();
+    await redis.hset(key, xs.processId, JSON.stringify({ at: 1, metrics: JSON.parse((await redis.hget(key, xs.processId))!).metrics }));
+    const errors = async () => sampleSum(parseProm(await (await xa.collect()).metrics()), 'agentq_job_errors_total');
+    expect(await errors()).toBe(1);
+    expect(await redis.hexists(key, xs.processId)).toBe(0);
+    slow.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    await xs.publish();
+    expect(await errors()).toBe(2);
+    await xs.close();
+    expect(await errors()).toBe(2);
+    await xa.close();
+  });
+
+  it('folds a crashed process\'s stale snapshot into the retired totals once, and deletes it', async () => {
     const prefix = randomPrefix();
     const redis = connect();
     const dead = createOpsMetrics();
     dead.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    dead.sseStreams.set(3);
     await redis.hset(`${prefix}:agentq:metrics`, 'crashed-host:1:abc', JSON.stringify({ at: 1, metrics: await dead.registry.getMetricsAsJSON() }));
     const live = createOpsMetrics();
     live.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
     const x = createMetricsExchange({ redis, prefix, registry: live.registry, logger, everyMs: 1000 });
+    // Two API processes scrape at once and both find the crashed field stale: its counts are kept, once.
+    const y = createMetricsExchange({ redis: connect(), prefix, registry: createOpsMetrics().registry, logger, everyMs: 1000 });
+    await Promise.all([x.collect(), y.collect()]);
     const samples = parseProm(await (await x.collect()).metrics());
-    expect(sampleSum(samples, 'agentq_job_errors_total', { type: 'timeout' })).toBe(1);
+    expect(sampleSum(samples, 'agentq_job_errors_total', { type: 'timeout' })).toBe(2);
+    expect(sampleSum(samples, 'agentq_sse_streams_open')).toBe(0);
     expect(await redis.hexists(`${prefix}:agentq:metrics`, 'crashed-host:1:abc')).toBe(0);
+    await x.publish();
+    expect(sampleSum(parseProm(await (await y.collect()).metrics()), 'agentq_job_errors_total', { type: 'timeout' })).toBe(2);
     await x.close();
+    await y.close();
   });
 });

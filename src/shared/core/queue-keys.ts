@@ -59,6 +59,9 @@ export const dlqMetaKey = (prefix: string, id: string) => `${agentqPrefix(prefix
 /** HASH where every process publishes its Prometheus registry for the API to merge. */
 export const metricsExchangeKey = (prefix: string) => `${agentqPrefix(prefix)}:metrics`;
 
+/** HASH of the counters and histograms of processes that left the exchange (fields `totals`, `version`). */
+export const metricsRetiredKey = (prefix: string) => `${agentqPrefix(prefix)}:metrics:retired`;
+
 /**
  * Redis Stream of finished attempts' usage rows on their way to `agent_runs` (written behind by the run sink
  * of every worker process, consumer group `usageSinkGroup`). Under the queue's hash tag like every other key.
