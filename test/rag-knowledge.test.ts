@@ -59,14 +59,22 @@ describe('knowledge store and vector search', () => {
     await expect(store.upsert('chat_facts', [{ external_id: 'x', content: 'y' }])).rejects.toThrow(ValidationError);
   });
 
-  it('does not let an org take over a global playbook id', async () => {
+  it('keys playbooks by (org, external id): two orgs and the shared rows each own the same id', async () => {
     const store = createKnowledgeStore({ pool, embed: createHashEmbed() });
     const ext = `${tag}-pb`;
-    await store.upsert('playbooks', [{ external_id: ext, title: `${tag} global playbook` }]);
-    const r = await store.upsert('playbooks', [{ external_id: ext, title: `${tag} hijacked` }], { orgId: randomOrg() });
-    expect(r).toMatchObject({ inserted: 0, updated: 0, skipped: 1 });
-    const { rows } = await pool.query('SELECT org_id, title FROM playbooks WHERE external_id = $1', [ext]);
-    expect(rows).toEqual([{ org_id: null, title: `${tag} global playbook` }]);
+    const [a, b] = [randomOrg(), randomOrg()];
+    expect(await store.upsert('playbooks', [{ external_id: ext, title: `${tag} A private` }], { orgId: a })).toMatchObject({ inserted: 1, skipped: 0 });
+    expect(await store.upsert('playbooks', [{ external_id: ext, title: `${tag} B private` }], { orgId: b })).toMatchObject({ inserted: 1, skipped: 0 });
+    expect(await store.upsert('playbooks', [{ external_id: ext, title: `${tag} shared` }])).toMatchObject({ inserted: 1, skipped: 0 });
+    // Re-ingesting one's own id updates that row only; the shared rows' ids stay unique among themselves.
+    expect(await store.upsert('playbooks', [{ external_id: ext, title: `${tag} B v2` }], { orgId: b })).toMatchObject({ inserted: 0, updated: 1 });
+    expect(await store.upsert('playbooks', [{ external_id: ext, title: `${tag} shared v2` }])).toMatchObject({ inserted: 0, updated: 1 });
+    const { rows } = await pool.query('SELECT org_id, title FROM playbooks WHERE external_id = $1 ORDER BY title', [ext]);
+    expect(rows).toEqual([
+      { org_id: a, title: `${tag} A private` },
+      { org_id: b, title: `${tag} B v2` },
+      { org_id: null, title: `${tag} shared v2` },
+    ]);
   });
 
   it('rejects invalid documents before embedding or writing anything, naming index and field', async () => {

@@ -6,7 +6,7 @@ import { checkDoc, embeddingText, isKnowledgeTable, KNOWLEDGE_TABLES, type Knowl
 export interface UpsertResult {
   inserted: number;
   updated: number;
-  /** Playbooks whose external id already belongs to another scope (global or another org). */
+  /** Documents not written. None since an external id is unique within its scope only (migration 021): kept for the answer's shape. */
   skipped: number;
   total: number;
 }
@@ -21,7 +21,8 @@ export interface UpsertOptions {
 // Per table: the columns written besides embedding, and the conflict target. Fixed text, never input.
 const TABLE_SQL: Record<KnowledgeTable, { columns: string[]; conflict: string }> = {
   industry_packs: { columns: ['external_id', 'industry', 'display_name', 'description', 'is_active'], conflict: '(external_id)' },
-  playbooks: { columns: ['external_id', 'org_id', 'title', 'description', 'type', 'difficulty', 'is_active'], conflict: '(external_id)' },
+  // Unique per scope, the shared rows (org_id NULL) being one scope: migration 021's NULLS NOT DISTINCT.
+  playbooks: { columns: ['external_id', 'org_id', 'title', 'description', 'type', 'difficulty', 'is_active'], conflict: '(org_id, external_id)' },
   chat_facts: {
     columns: ['external_id', 'org_id', 'startup_id', 'content', 'fact_type', 'confidence', 'expires_at'],
     conflict: '(org_id, external_id)',
@@ -96,11 +97,9 @@ async function writeBatch(pool: pg.Pool, table: KnowledgeTable, docs: KnowledgeD
   });
   const all = [...columns, 'embedding'];
   const updates = all.filter((c) => c !== 'external_id' && c !== 'org_id');
-  // A playbook id owned by another scope (global vs an org, or another org) is left alone, not taken over.
-  const guard = table === 'playbooks' ? ' WHERE playbooks.org_id IS NOT DISTINCT FROM EXCLUDED.org_id' : '';
   // One statement per batch: it is atomic on its own, so no transaction is held across the embed call.
   const sql = `INSERT INTO ${table} (${all.join(', ')}) VALUES ${tuples.join(', ')}
-    ON CONFLICT ${conflict} DO UPDATE SET ${updates.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}, updated_at = now()${guard}
+    ON CONFLICT ${conflict} DO UPDATE SET ${updates.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}, updated_at = now()
     RETURNING (xmax = 0) AS inserted`;
   const { rows } = await pool.query<{ inserted: boolean }>(sql, params);
   const inserted = rows.filter((r) => r.inserted).length;
