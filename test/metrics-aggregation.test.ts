@@ -83,6 +83,14 @@ describe('metrics across processes', () => {
     await xa.close();
   });
 
+  it('records dispatch latency without an org label, so orgs add no series', async () => {
+    const m = createOpsMetrics();
+    for (const orgId of ['org-a', 'org-b', 'org-c']) m.jobStarted({ agent: 'A', action: 'a', orgId, enqueuedAt: 1000, processedOn: 1200, attemptsStarted: 1 });
+    const series = parseProm(await m.registry.metrics()).filter((s) => s.name.startsWith('agentq_dispatch_latency_seconds'));
+    expect(series.filter((s) => s.name === 'agentq_dispatch_latency_seconds_count')).toEqual([expect.objectContaining({ labels: {}, value: 3 })]);
+    expect(series.every((s) => s.labels.org === undefined)).toBe(true);
+  });
+
   it('keeps the counts of a process that exits: $10 + $20, one exits, one more $1 job reads $31', async () => {
     const prefix = randomPrefix();
     const [w1, w2, api] = [createOpsMetrics(), createOpsMetrics(), createOpsMetrics()];
