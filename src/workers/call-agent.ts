@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
 import type { AgentResult, ServiceTier, TokenUsage } from '../shared/core/types.js';
+import { PromptBuildError } from '../shared/core/errors.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 import type { BatchTier } from './batch-tier.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
@@ -69,7 +70,13 @@ export function createAgentCall(deps: {
   return async (ctx: JobContext): Promise<AgentResult> => {
     const started = performance.now();
     const tables = ctx.action.knowledge;
-    const prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: tables?.length ? deps.searchFor?.(ctx.orgId, tables, ctx) : undefined });
+    let prompt;
+    try {
+      prompt = await ctx.action.prompt(ctx.input, { orgId: ctx.orgId, search: tables?.length ? deps.searchFor?.(ctx.orgId, tables, ctx) : undefined });
+    } catch (err) {
+      // No model was asked anything yet: the retrieval's failure (or the agent's) is never the model's.
+      throw err instanceof DelayJobError ? err : new PromptBuildError(err);
+    }
     const attributes = modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
     // GenAI semantic conventions: one CLIENT span per call, named "<operation> <model>", child of the attempt.
     const { res, parsed } = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {

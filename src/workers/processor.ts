@@ -287,8 +287,11 @@ function attemptOf(deps: ProcessorDeps) {
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
         const until = Date.now() + Math.max(outcome.delayMs, 1);
-        // A provider 429 names the model that refused (the fallback's, when routing switched).
-        if (gate) await gate.defer(job, token, until, outcome.reason, outcome.model ?? ctx.model);
+        // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
+        // model's, when the prompt's knowledge search was refused): only that model pauses, never the job's own
+        // by default. An open breaker names none: it is the job's model's.
+        const paused = outcome.model ?? (outcome.reason === 'breaker_open' ? ctx.model : undefined);
+        if (gate) await gate.defer(job, token, until, outcome.reason, paused);
         else await job.moveToDelayed(until, token);
         throw new DelayedError();
       }

@@ -56,3 +56,28 @@ export class RateLimitedError extends AgentqError {
     super(message, 'ERATELIMITED');
   }
 }
+
+/**
+ * Building the prompt failed (its knowledge search: the embedding call, `match_documents`; or the agent's own
+ * prompt code), before any model was asked to generate. It says nothing about the generation model: its breaker
+ * never counts it and its quota is never marked spent by it (breaker-guard.ts), and what the rate limiter took for
+ * the call goes back. The attempt's outcome is the cause's (as RouteFailedError keeps the failure's code): its
+ * code (EPROMPT when it has none), retryability and delay, so a retrieval 429 still delays the job, naming the
+ * embedding model (the only model whose lanes it may pause).
+ */
+export class PromptBuildError extends AgentqError {
+  readonly retryable?: boolean;
+  readonly retryAfterMs?: number;
+  readonly retryAtMs?: number;
+  readonly model?: string;
+  constructor(cause: unknown) {
+    const c = (cause && typeof cause === 'object' ? cause : {}) as { code?: unknown; retryable?: unknown; retryAfterMs?: unknown; retryAtMs?: unknown; model?: unknown };
+    const code = typeof c.code === 'string' && /^E[A-Z0-9_]*$/.test(c.code) ? c.code : 'EPROMPT';
+    super(`building the prompt failed: ${cause instanceof Error ? cause.message : String(cause)}`, code);
+    this.cause = cause;
+    if (typeof c.retryable === 'boolean') this.retryable = c.retryable;
+    if (typeof c.retryAfterMs === 'number') this.retryAfterMs = c.retryAfterMs;
+    if (typeof c.retryAtMs === 'number') this.retryAtMs = c.retryAtMs;
+    if (typeof c.model === 'string') this.model = c.model;
+  }
+}

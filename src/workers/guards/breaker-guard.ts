@@ -2,6 +2,7 @@ import { DelayJobError, type JobContext, type Middleware } from '../middleware.j
 import { OpenCircuitError, type CircuitBreaker } from '../../shared/limits/circuit-breaker.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
 import { codeOf, EQUOTAEXHAUSTED } from '../../shared/core/outcomes.js';
+import { PromptBuildError } from '../../shared/core/errors.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 
 /** A caller abort (cancel, shutdown) says nothing about the upstream; a timeout abort does. */
@@ -16,7 +17,7 @@ function abortedByCaller(ctx: JobContext): boolean {
  * another model; the processor delays an uncaught one until `retryAtMs` without using an attempt).
  * A returned result, successful or not, means the upstream answered and counts as a success.
  *
- * A per-day quota 429 (EQUOTAEXHAUSTED from the call) marks the key exhausted until the quota's reset, and
+ * A per-day quota 429 (EQUOTAEXHAUSTED from the call, naming the key's model) marks the key exhausted until the quota's reset, and
  * while the mark lives `acquire` refuses the key (same script, no extra round trip): `QuotaExhaustedError`,
  * so the route guard serves the job from the fallback without calling the spent model first.
  */
@@ -47,14 +48,17 @@ export function createBreakerGuard(opts: { breaker: CircuitBreaker; keyFor?: (ct
     try {
       result = await next();
     } catch (err) {
-      // A guard inside this one (rate limiter, another breaker) refused before any upstream call.
-      const notCalled = err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError;
+      // A guard inside this one (rate limiter, another breaker) refused before any upstream call, or the
+      // prompt could not be built (its knowledge search): nothing was asked of this key's model.
+      const notCalled = err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError || err instanceof PromptBuildError;
       const ignored = notCalled || abortedByCaller(ctx) || breaker.errorFilter(err);
+      // Only the model the 429 names is spent (never another model's quota, such as the embedding model's).
+      const spent = !notCalled && codeOf(err) === EQUOTAEXHAUSTED && (err as { model?: unknown }).model === ctx.model;
       await Promise.all([
         (ignored ? breaker.onIgnored(key, gate.probe) : breaker.onFailure(key, gate.probe)).catch((recordErr: unknown) =>
           ctx.logger.warn({ err: recordErr, key }, 'circuit breaker: failed to record an error'),
         ),
-        !notCalled && codeOf(err) === EQUOTAEXHAUSTED ? markExhausted(ctx, key, err) : undefined,
+        spent ? markExhausted(ctx, key, err) : undefined,
       ]);
       throw err;
     }

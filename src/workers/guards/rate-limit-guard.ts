@@ -4,6 +4,7 @@ import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.j
 import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limits/token-bucket.js';
 import { defaultModelLimits, type ModelLimits } from '../../shared/limits/model-limits.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
+import { PromptBuildError } from '../../shared/core/errors.js';
 
 export { defaultModelLimits, type ModelLimits };
 
@@ -115,9 +116,10 @@ export function createRateLimitGuard(opts: {
     try {
       result = await next();
     } catch (err) {
-      // Refused before the call (nothing was sent to the model): what was taken for it goes back. The
-      // dispatcher's charge is handed back unspent, for the processor to refund once the attempt is over.
-      if (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError) {
+      // Refused before the call, or its prompt could not be built (nothing was sent to the model): what was
+      // taken for it goes back. The dispatcher's charge is handed back unspent, for the processor to refund
+      // once the attempt is over.
+      if (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError || err instanceof PromptBuildError) {
         if (prepaid) ctx.prepaid = prepaid;
         else await Promise.all(requests.map((r) => correct(r, -r.cost)));
       }

@@ -258,6 +258,8 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
         finished = true;
       } catch (err) {
         const e = d.fail(err, what);
+        // A 429 here is the embedding model's quota: the delay it causes names that model, not the job's.
+        e.model ??= model;
         log?.warn({ model, code: e.code, status: e.status, texts: batch.length }, 'embed call failed');
         throw e;
       } finally {

@@ -1,0 +1,111 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Redis } from 'ioredis';
+import type { Job } from 'bullmq';
+import { z } from 'zod';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createLlmClient } from '../src/shared/infra/llm/llm-client.js';
+import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
+import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
+import { compose, type Middleware } from '../src/workers/middleware.js';
+import { createAgentCall } from '../src/workers/call-agent.js';
+import { createAgentProcessor } from '../src/workers/processor.js';
+import { createLogger } from '../src/shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
+
+/**
+ * Who pays for a model call and who is blamed for it, through the real LLM client (real SDK, real HTTP) against a
+ * fake Gemini whose answers each test sets: generate answers `genBody`; embed answers a per-day 429.
+ */
+const genBody: unknown = {};
+let server: Server;
+let base = '';
+const embedDay429 = {
+  error: {
+    code: 429,
+    status: 'RESOURCE_EXHAUSTED',
+    message: 'quota',
+    details: [{ '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations: [{ quotaId: 'EmbedContentRequestsPerDayPerProjectPerModel' }] }],
+  },
+};
+const redis = new Redis(redisUrl());
+beforeAll(async () => {
+  server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      const embed = /embedContent|batchEmbedContents/.test(req.url ?? '');
+      res.writeHead(embed ? 429 : 200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(embed ? embedDay429 : genBody));
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((r) => server.close(r));
+  await redis.quit();
+});
+
+const MODEL = 'gemini-2.5-flash';
+const Out = z.object({ score: z.number() });
+const plain = { model: 'fast', output: Out, prompt: async () => ({ user: 'q' }) };
+/** An action whose prompt searches its knowledge first (`search` as the worker binds it: searchFor). */
+const searching = { ...plain, knowledge: ['chat_facts'], prompt: async (_i: unknown, c: { search?: (q: string) => Promise<unknown> }) => (await c.search!('q'), { user: 'q' }) };
+const llm = () => createLlmClient({ apiKey: 'k', baseUrl: base, timeoutMs: 5000 });
+
+/** A processor around `chain`, with a fair gate that records what it pauses and the usage rows it writes. */
+function harness(action: object, middlewares: Middleware[], searchFor?: () => (q: string) => Promise<unknown>) {
+  const client = llm();
+  const rows: AgentRun[] = [];
+  const deferred: Array<{ reason: string; model?: string }> = [];
+  const gate = {
+    admit: async () => 'run' as const,
+    defer: async (_j: unknown, _t: unknown, _u: number, reason: string, model?: string) => void deferred.push({ reason, ...(model ? { model } : {}) }),
+    correct: () => undefined,
+    refundUnspent: () => undefined,
+  };
+  const proc = createAgentProcessor({
+    agents: { resolve: () => ({ agent: {} as never, action: action as never }), validateInput: (_a, _b, i) => i },
+    chain: compose(middlewares, createAgentCall({ llm: client, ...(searchFor ? { searchFor: searchFor as never } : {}) })),
+    runs: { record: async (r) => void rows.push(r) },
+    models: { fast: MODEL, pro: 'gemini-2.5-pro' },
+    logger: createLogger({ level: 'silent' }),
+    gate: gate as never,
+  });
+  let n = 0;
+  const run = () => {
+    const job = { id: `j${++n}`, timestamp: Date.now(), data: { orgId: 'o', agent: 'A', action: 'a', input: {}, enqueuedAt: Date.now() }, attemptsMade: 0, opts: { attempts: 3 } };
+    return proc(job as unknown as Job<AgentJobData, AgentResult>, 't').then(
+      () => undefined,
+      (e: Error) => e,
+    );
+  };
+  return { client, rows, deferred, run };
+}
+
+describe('the prompt\'s knowledge search is not the generation model', () => {
+  it("an embedding model's per-day 429 delays the job and pauses only the embedding model: the generation model is neither marked spent nor paused", async () => {
+    const breaker = createCircuitBreaker({ redis, prefix: randomPrefix() });
+    const h = harness(searching, [createBreakerGuard({ breaker })], () => async () => h.client.embed(['q']));
+    const err = await h.run();
+    expect(err?.name).toBe('DelayedError');
+    expect(h.deferred).toEqual([{ reason: 'provider_quota', model: h.client.embeddingModel }]);
+    expect(h.rows).toEqual([]);
+    expect(await breaker.acquire(`gemini:${MODEL}`)).toMatchObject({ allowed: true });
+    expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+  });
+
+  it('a Postgres failure in the search never counts against the generation model\'s breaker', async () => {
+    const breaker = createCircuitBreaker({ redis, prefix: randomPrefix(), failureThreshold: 2 });
+    const pgDown = () => async () => {
+      throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+    };
+    const h = harness(searching, [createBreakerGuard({ breaker })], pgDown);
+    for (let i = 0; i < 3; i++) expect((await h.run())?.message).toMatch(/^\[ECONNREFUSED\] building the prompt failed/);
+    expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    expect(h.deferred).toEqual([]);
+  });
+});
