@@ -13,13 +13,17 @@ import { createAgentProcessor } from '../src/workers/processor.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import type { AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { createRateLimitGuard } from '../src/workers/guards/rate-limit-guard.js';
+import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
+import { createPricing } from '../src/shared/infra/llm/pricing.js';
+import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 
 /**
  * Who pays for a model call and who is blamed for it, through the real LLM client (real SDK, real HTTP) against a
  * fake Gemini whose answers each test sets: generate answers `genBody`; embed answers a per-day 429.
  */
-const genBody: unknown = {};
+let genBody: unknown = {};
 let server: Server;
 let base = '';
 const embedDay429 = {
@@ -61,10 +65,11 @@ function harness(action: object, middlewares: Middleware[], searchFor?: () => (q
   const client = llm();
   const rows: AgentRun[] = [];
   const deferred: Array<{ reason: string; model?: string }> = [];
+  const corrections: Array<{ model: string; orgTokens?: number; modelTokens?: number }> = [];
   const gate = {
     admit: async () => 'run' as const,
     defer: async (_j: unknown, _t: unknown, _u: number, reason: string, model?: string) => void deferred.push({ reason, ...(model ? { model } : {}) }),
-    correct: () => undefined,
+    correct: (_org: string, model: string, d: { orgTokens?: number; modelTokens?: number }) => void corrections.push({ model, orgTokens: d.orgTokens, modelTokens: d.modelTokens }),
     refundUnspent: () => undefined,
   };
   const proc = createAgentProcessor({
@@ -83,7 +88,7 @@ function harness(action: object, middlewares: Middleware[], searchFor?: () => (q
       (e: Error) => e,
     );
   };
-  return { client, rows, deferred, run };
+  return { client, rows, deferred, corrections, run };
 }
 
 describe('the prompt\'s knowledge search is not the generation model', () => {
@@ -108,4 +113,37 @@ describe('the prompt\'s knowledge search is not the generation model', () => {
     expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
     expect(h.deferred).toEqual([]);
   });
+});
+
+describe('an answer that fails is billed all the same', () => {
+  const usageMetadata = { promptTokenCount: 1200, candidatesTokenCount: 300, thoughtsTokenCount: 50 };
+  const usage = { input: 1200, output: 350, thoughts: 50 };
+  const cost = createPricing().cost(MODEL, usage, 'standard');
+  const answers = [
+    { what: 'not JSON (cut at MAX_TOKENS)', text: '{"score": 1', finishReason: 'MAX_TOKENS' },
+    { what: 'JSON off the output schema', text: '{"score":"high"}', finishReason: 'STOP' },
+  ];
+  for (const a of answers) {
+    it(`an answer ${a.what}: the failed row and the TPM correction carry its usageMetadata`, async () => {
+      genBody = { candidates: [{ content: { parts: [{ text: a.text }], role: 'model' }, finishReason: a.finishReason }], usageMetadata };
+      const rateLimit = createRateLimitGuard({ buckets: createTokenBuckets({ redis, prefix: randomPrefix() }) });
+      const h = harness(plain, [rateLimit]);
+      expect((await h.run())?.message).toMatch(/^\[EBADOUTPUT\] /);
+      expect(h.rows).toHaveLength(1);
+      expect(h.rows[0]).toMatchObject({
+        state: 'failed',
+        model: MODEL,
+        inputTokens: usage.input,
+        outputTokens: usage.output,
+        thoughtsTokens: usage.thoughts,
+        costUsd: cost.costUsd,
+        standardCostUsd: cost.standardCostUsd,
+        tier: 'standard',
+      });
+      expect(h.rows[0].costUsd).toBeGreaterThan(0);
+      // The dispatch charged the job's estimate: the correction brings both TPM buckets to what was used.
+      const charged = estimateTokens({});
+      expect(h.corrections).toEqual([{ model: MODEL, orgTokens: usage.input + usage.output - charged, modelTokens: usage.input + usage.output - charged }]);
+    });
+  }
 });

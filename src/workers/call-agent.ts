@@ -1,6 +1,6 @@
 import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
-import type { AgentResult, ServiceTier, TokenUsage } from '../shared/core/types.js';
+import type { AgentResult, BilledCall, ServiceTier, TokenUsage } from '../shared/core/types.js';
 import { PromptBuildError } from '../shared/core/errors.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 import type { BatchTier } from './batch-tier.js';
@@ -34,6 +34,13 @@ export class InvalidOutputError extends Error {
   override name = 'InvalidOutputError';
   readonly code = 'EBADOUTPUT';
   readonly retryable = true;
+  constructor(
+    message: string,
+    /** The answer was billed all the same. */
+    readonly billed?: BilledCall,
+  ) {
+    super(message);
+  }
 }
 
 const schemaCache = new WeakMap<z.ZodType, unknown>();
@@ -110,7 +117,8 @@ export function createAgentCall(deps: {
       if (!parsed.success) {
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: 'EBADOUTPUT' });
         const first = parsed.error.issues[0];
-        throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`);
+        const billed = { model: res.model, usage: res.usage, costUsd: res.costUsd, standardCostUsd: res.standardCostUsd ?? res.costUsd, tier: res.tier ?? 'standard' };
+        throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`, billed);
       }
       deps.onModelCall?.({ model: ctx.model, seconds: seconds() });
       return { res, parsed };

@@ -9,7 +9,7 @@ import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { UsageRider } from '../shared/infra/db/run-stream.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
+import { billedOf, classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
 import type { ClaimPrep, JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
@@ -217,6 +217,26 @@ function attemptOf(deps: ProcessorDeps) {
         thoughtsTokens: result.tokensUsed.thoughts ?? 0,
         cacheHit: result.cacheHit ?? null,
       });
+    /** A failed attempt whose model answered (bad output, a refusal) is billed what Gemini charged for it. */
+    const failedRow = (err: unknown, error: string) => {
+      const billed = billedOf(err);
+      return rowOf({
+        state: 'failed',
+        error,
+        ...(billed
+          ? {
+              model: billed.model,
+              inputTokens: billed.usage.input,
+              outputTokens: billed.usage.output,
+              costUsd: billed.costUsd,
+              standardCostUsd: billed.standardCostUsd,
+              tier: billed.tier,
+              cachedTokens: billed.usage.cached ?? 0,
+              thoughtsTokens: billed.usage.thoughts ?? 0,
+            }
+          : {}),
+      });
+    };
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
@@ -299,11 +319,11 @@ function attemptOf(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
       if (cancel.cancelled || outcome.kind === 'delay') {
-        await record(rowOf({ state: 'failed', error: CANCELLED_REASON }));
+        await record(failedRow(err, CANCELLED_REASON));
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      await record(rowOf({ state: 'failed', error: message.slice(0, 2000) }));
+      await record(failedRow(err, message.slice(0, 2000)));
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);

@@ -1,4 +1,5 @@
 import { CANCELLED_REASON } from './cancel.js';
+import type { BilledCall } from './types.js';
 
 /**
  * The fate of a failed attempt, decided in one place from stable error codes (never from message text):
@@ -136,6 +137,12 @@ export function codeOf(err: unknown): string {
 export function failureCodeOf(err: { code?: unknown; message?: unknown }): string {
   const code = codeOf(err);
   return code !== EUNKNOWN ? code : decodeReason(typeof err.message === 'string' ? err.message : '').code;
+}
+
+/** What the call that ended in `err` was billed, when it answered before failing (see `BilledCall`). */
+export function billedOf(err: unknown): BilledCall | undefined {
+  const billed = (err as { billed?: BilledCall } | null | undefined)?.billed;
+  return billed && typeof billed === 'object' && typeof billed.costUsd === 'number' ? billed : undefined;
 }
 
 /** What happens to a job whose attempt threw `err`. */

@@ -18,6 +18,20 @@ export type ServiceTier = (typeof SERVICE_TIERS)[number];
 
 export type CacheLevel = 'l1' | 'l2' | 'semantic';
 
+/**
+ * What a model call that answered was billed (from its `usageMetadata`). An error raised after the answer came
+ * (not JSON, schema-invalid, a refusal) carries it as `billed`: the attempt's failed `agent_runs` row, hence
+ * `/v1/usage` and the monthly USD quota, and the TPM buckets count what Gemini charged.
+ */
+export interface BilledCall {
+  model: string;
+  usage: TokenUsage;
+  costUsd: number;
+  /** The same tokens on the standard tier. */
+  standardCostUsd: number;
+  tier: ServiceTier;
+}
+
 /** What every agent job returns, successful or not. */
 export interface AgentResult<T = unknown> {
   success: boolean;

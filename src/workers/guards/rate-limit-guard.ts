@@ -5,6 +5,8 @@ import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limit
 import { defaultModelLimits, type ModelLimits } from '../../shared/limits/model-limits.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 import { PromptBuildError } from '../../shared/core/errors.js';
+import { billedOf } from '../../shared/core/outcomes.js';
+import type { AgentResult } from '../../shared/core/types.js';
 
 export { defaultModelLimits, type ModelLimits };
 
@@ -112,6 +114,25 @@ export function createRateLimitGuard(opts: {
             (err: unknown) => ctx.logger.warn({ err, bucket: r.key }, 'rate limit: failed to correct a bucket'),
           );
     const tpm = requests.find((r) => r.key.startsWith('tpm:'));
+    /** Corrects the TPM buckets from what the model answered (`tokensUsed`), successful or not. */
+    const settle = async (answered: Pick<AgentResult, 'tier' | 'tokensUsed'>) => {
+      // An answer from a Gemini batch used none of the online per-minute quota.
+      const used = answered.tier === 'batch' ? 0 : (answered.tokensUsed?.input ?? 0) + (answered.tokensUsed?.output ?? 0);
+      if (prepaid && ledger) {
+        // Both TPM buckets were charged the job's estimate by the dispatch. A batch-tier job's dispatch charged
+        // no online bucket: an answer from the standard tier instead (its batch expired, failed or would be
+        // late) is charged its request too, after the call rather than refused before it (its deadline is near).
+        const online = ctx.tier === 'batch' && answered.tier !== 'batch';
+        ledger(model, { orgTokens: used - prepaid.charged, modelTokens: used - prepaid.charged, requests: online ? 1 : 0 });
+        return;
+      }
+      // Not prepaid (a fallback model, a retry within the route): the org's bucket was not charged at all.
+      ledger?.(model, { orgTokens: used, modelTokens: 0 });
+      if (tpm) {
+        if (flushMs > 0) later(tpm, used - tpm.cost);
+        else await correct(tpm, used - tpm.cost);
+      }
+    };
     let result;
     try {
       result = await next();
@@ -123,24 +144,12 @@ export function createRateLimitGuard(opts: {
         if (prepaid) ctx.prepaid = prepaid;
         else await Promise.all(requests.map((r) => correct(r, -r.cost)));
       }
+      // The model answered, unusably (bad output, a refusal): its tokens were spent all the same.
+      const billed = billedOf(err);
+      if (billed) await settle({ tier: billed.tier, tokensUsed: billed.usage });
       throw err;
     }
-    // An answer from a Gemini batch used none of the online per-minute quota.
-    const used = result.tier === 'batch' ? 0 : (result.tokensUsed?.input ?? 0) + (result.tokensUsed?.output ?? 0);
-    if (prepaid && ledger) {
-      // Both TPM buckets were charged the job's estimate by the dispatch. A batch-tier job's dispatch charged
-      // no online bucket: an answer from the standard tier instead (its batch expired, failed or would be
-      // late) is charged its request too, after the call rather than refused before it (its deadline is near).
-      const online = ctx.tier === 'batch' && result.tier !== 'batch';
-      ledger(model, { orgTokens: used - prepaid.charged, modelTokens: used - prepaid.charged, requests: online ? 1 : 0 });
-      return result;
-    }
-    // Not prepaid (a fallback model, a retry within the route): the org's bucket was not charged at all.
-    ledger?.(model, { orgTokens: used, modelTokens: 0 });
-    if (tpm) {
-      if (flushMs > 0) later(tpm, used - tpm.cost);
-      else await correct(tpm, used - tpm.cost);
-    }
+    await settle(result);
     return result;
   };
   return Object.assign(guard, { flush });

@@ -1,6 +1,7 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
 import { AgentqError } from '../../shared/core/errors.js';
-import { codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
+import { billedOf, codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
+import type { BilledCall } from '../../shared/core/types.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
@@ -32,6 +33,8 @@ export class RouteFailedError extends AgentqError {
     message: string,
     readonly retryable: boolean,
     code = 'EROUTEFAILED',
+    /** The fallback's answer, when it answered unusably: billed all the same. */
+    readonly billed?: BilledCall,
   ) {
     super(message, code);
   }
@@ -131,7 +134,7 @@ export function createRouteGuard(opts: {
       if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;
       // A fallback refused by its breaker says nothing about the job: the primary's failure is the one to classify.
       const code = codeOf(refusedBeforeCall(err) ? primaryError : err);
-      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code);
+      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, billedOf(err));
     } finally {
       restore(ctx, outer);
     }

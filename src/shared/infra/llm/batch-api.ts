@@ -84,7 +84,8 @@ export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing
         try {
           result.json = JSON.parse(text);
         } catch (err) {
-          throw new LlmError('EBADOUTPUT', `Gemini ${model} batch answer is not JSON (${text.length} chars)`, { cause: err });
+          const billed = { model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' as const };
+          throw new LlmError('EBADOUTPUT', `Gemini ${model} batch answer is not JSON (${text.length} chars)`, { model, billed, cause: err });
         }
       }
       return result;

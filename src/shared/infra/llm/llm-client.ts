@@ -222,16 +222,18 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
 
     const usage = usageOf(usageSeen);
     const tier: ServiceTier = req.tier ?? 'standard';
-    const blocked = last?.promptFeedback?.blockReason;
-    if (!text && blocked) throw new LlmError('EBADREQUEST', `${what}: prompt blocked (${blocked})`);
     const cost = pricing.cost(req.model, usage, tier);
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
+    // From here on the model answered: whatever goes wrong, its tokens were billed.
+    const billed = { model: req.model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
+    const blocked = last?.promptFeedback?.blockReason;
+    if (!text && blocked) throw new LlmError('EBADREQUEST', `${what}: prompt blocked (${blocked})`, { model: req.model, billed });
     if (req.responseJsonSchema !== undefined) {
       try {
         result.json = JSON.parse(text);
       } catch (err) {
         const finish = last?.candidates?.[0]?.finishReason;
-        throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { cause: err });
+        throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { model: req.model, billed, cause: err });
       }
     }
     log?.debug({ model: req.model, input: usage.input, output: usage.output, costUsd: result.costUsd, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm call done');

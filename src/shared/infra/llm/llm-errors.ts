@@ -1,3 +1,5 @@
+import type { BilledCall } from '../../core/types.js';
+
 export type LlmErrorCode = 'ERATELIMIT' | 'EQUOTAEXHAUSTED' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EABORTED';
 
 /** Every failure of an LLM call, classified once so retry, breaker and backoff logic read one shape. */
@@ -13,11 +15,13 @@ export class LlmError extends Error {
   readonly quotaId?: string;
   /** The model the failed call asked for (set by the client), so a 429 can pause that model's lanes. */
   model?: string;
+  /** The model answered before this error (bad output): what that answer was billed. */
+  readonly billed?: BilledCall;
 
   constructor(
     code: LlmErrorCode,
     message: string,
-    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; cause?: unknown } = {},
+    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; cause?: unknown } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
@@ -27,6 +31,7 @@ export class LlmError extends Error {
     if (opts.retryAtMs !== undefined) this.retryAtMs = opts.retryAtMs;
     if (opts.quotaId !== undefined) this.quotaId = opts.quotaId;
     if (opts.model !== undefined) this.model = opts.model;
+    if (opts.billed !== undefined) this.billed = opts.billed;
   }
 }
 
