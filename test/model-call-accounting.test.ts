@@ -17,6 +17,7 @@ import { createRateLimitGuard } from '../src/workers/guards/rate-limit-guard.js'
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { createPricing } from '../src/shared/infra/llm/pricing.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
+import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 
 /**
@@ -146,4 +147,41 @@ describe('an answer that fails is billed all the same', () => {
       expect(h.corrections).toEqual([{ model: MODEL, orgTokens: usage.input + usage.output - charged, modelTokens: usage.input + usage.output - charged }]);
     });
   }
+});
+
+describe('a refusal fails the job at once', () => {
+  const usageMetadata = { promptTokenCount: 900, candidatesTokenCount: 4 };
+  const refusals = [
+    ...['SAFETY', 'PROHIBITED_CONTENT', 'RECITATION', 'BLOCKLIST', 'SPII'].map((finishReason) => ({
+      what: `a candidate stopped for ${finishReason}`,
+      body: { candidates: [{ content: { parts: [], role: 'model' }, finishReason }], usageMetadata },
+      reasons: { finishReason },
+    })),
+    { what: 'a blocked prompt', body: { promptFeedback: { blockReason: 'SAFETY' }, usageMetadata }, reasons: { blockReason: 'SAFETY' } },
+    { what: 'no candidate at all', body: { usageMetadata }, reasons: {} },
+  ];
+  for (const r of refusals) {
+    it(`${r.what}: EBLOCKED, not retried, not a breaker failure, its tokens billed`, async () => {
+      genBody = r.body;
+      const err = await llm()
+        .generate({ model: MODEL, prompt: 'q', responseJsonSchema: z.toJSONSchema(Out) })
+        .catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(LlmError);
+      expect(err).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, billed: { usage: { input: 900, output: 4 } }, ...r.reasons });
+      const breaker = createCircuitBreaker({ redis, prefix: randomPrefix(), failureThreshold: 1 });
+      const h = harness(plain, [createBreakerGuard({ breaker })]);
+      const failed = await h.run();
+      expect(failed).toMatchObject({ name: 'UnrecoverableError', code: 'EBLOCKED' });
+      expect(h.rows).toMatchObject([{ state: 'failed', inputTokens: 900, outputTokens: 4 }]);
+      expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
+    });
+  }
+
+  it('an answer cut at MAX_TOKENS stays a retryable EBADOUTPUT that says why', async () => {
+    genBody = { candidates: [{ content: { parts: [{ text: '{"score": 1' }], role: 'model' }, finishReason: 'MAX_TOKENS' }], usageMetadata };
+    const err = await llm()
+      .generate({ model: MODEL, prompt: 'q', responseJsonSchema: z.toJSONSchema(Out) })
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'EBADOUTPUT', retryable: true, finishReason: 'MAX_TOKENS' });
+  });
 });

@@ -52,6 +52,8 @@ const CASES: Array<{ name: string; make: (m: string) => Error; cancel?: boolean;
   { name: 'LlmError ENETWORK', make: (m) => new LlmError('ENETWORK', m), outcome: { kind: 'retry', code: 'ENETWORK' }, final: { class: 'retryable', type: 'network' } },
   { name: 'LlmError EBADREQUEST', make: (m) => new LlmError('EBADREQUEST', m, { status: 400 }), outcome: { kind: 'fail', code: 'EBADREQUEST' }, final: { class: 'poison', type: 'bad_request' } },
   { name: 'LlmError EBADOUTPUT', make: (m) => new LlmError('EBADOUTPUT', m), outcome: { kind: 'retry', code: 'EBADOUTPUT' }, final: { class: 'poison', type: 'bad_output' } },
+  // A refusal of the prompt: the same prompt is refused again, so no attempt is spent retrying it.
+  { name: 'LlmError EBLOCKED', make: (m) => new LlmError('EBLOCKED', m, { finishReason: 'SAFETY' }), outcome: { kind: 'fail', code: 'EBLOCKED' }, final: { class: 'poison', type: 'blocked' } },
   { name: 'LlmError EABORTED', make: (m) => new LlmError('EABORTED', m), outcome: { kind: 'fail', code: 'EABORTED' }, final: { class: 'poison', type: 'aborted' } },
   { name: 'InvalidOutputError', make: (m) => new InvalidOutputError(m), outcome: { kind: 'retry', code: 'EBADOUTPUT' }, final: { class: 'poison', type: 'bad_output' } },
   { name: 'ValidationError', make: (m) => new ValidationError(m), outcome: { kind: 'fail', code: 'EVALIDATION' }, final: { class: 'poison', type: 'invalid_input' } },

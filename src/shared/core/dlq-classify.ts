@@ -12,6 +12,7 @@ export type FailureType =
   | 'network'
   | 'bad_request'
   | 'bad_output'
+  | 'blocked'
   | 'invalid_input'
   | 'aborted'
   | 'cancelled'
@@ -36,6 +37,8 @@ const BY_CODE: Record<string, { type: FailureType; poison?: true; cancelled?: tr
   EBADREQUEST: { type: 'bad_request', poison: true },
   // Retried attempt by attempt (models are not deterministic), but after all of them the model keeps answering wrong.
   EBADOUTPUT: { type: 'bad_output', poison: true },
+  // A refusal of the prompt (safety, recitation, blocklist...): a replay is refused the same way.
+  EBLOCKED: { type: 'blocked', poison: true },
   EVALIDATION: { type: 'invalid_input', poison: true },
   EABORTED: { type: 'aborted' },
   [ECANCELLED]: { type: 'cancelled', cancelled: true },

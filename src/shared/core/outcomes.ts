@@ -30,8 +30,17 @@ export const EQUOTAEXHAUSTED = 'EQUOTAEXHAUSTED';
 export const ECANCELLED = 'ECANCELLED';
 /** BullMQ's stalled-job check gave up on the job (its process died or hung too many times). */
 export const ESTALLED = 'ESTALLED';
-/** The model answered, but not JSON or not the action's output schema: retried, yet the provider is up. */
+/**
+ * The model answered, but not JSON or not the action's output schema: retried, yet the provider is up. An answer
+ * cut at MAX_TOKENS is one too (its `finishReason` says so): another sample may end in time.
+ */
 export const EBADOUTPUT = 'EBADOUTPUT';
+/**
+ * The model or its filters refused this prompt (`promptFeedback.blockReason`, a candidate stopped for SAFETY,
+ * PROHIBITED_CONTENT, RECITATION, BLOCKLIST, SPII..., or no candidate): it would refuse it again, so the job fails
+ * at once (each try is billed); the provider is up. The reason rides on the error as `finishReason` / `blockReason`.
+ */
+export const EBLOCKED = 'EBLOCKED';
 
 /**
  * Codes of failures that say nothing about the provider's health, so they never count against its circuit
@@ -39,7 +48,7 @@ export const EBADOUTPUT = 'EBADOUTPUT';
  * A delay (EDELAYED) thrown at the call itself (a batch-tier job waiting for its batch) called nothing.
  * Transport errors, timeouts, 5xx and 429 (ENETWORK, ETIMEDOUT, EPROVIDER, ERATELIMIT) do count.
  */
-const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT, 'EDELAYED']);
+const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT, EBLOCKED, 'EDELAYED']);
 
 export function isProviderHealthNeutral(err: unknown): boolean {
   return NOT_PROVIDER_FAILURES.has(codeOf(err));
@@ -52,7 +61,7 @@ export const EUNKNOWN = 'EUNKNOWN';
  * Codes that can never succeed on another attempt, for errors that do not say `retryable` themselves
  * (ValidationError, for one). An explicit `retryable` flag on the error wins over this set.
  */
-const FAIL_CODES = new Set(['EVALIDATION', ECANCELLED, 'EBADREQUEST', 'EABORTED']);
+const FAIL_CODES = new Set(['EVALIDATION', ECANCELLED, 'EBADREQUEST', EBLOCKED, 'EABORTED']);
 
 /** Fail the job now, whatever attempts it has left. */
 export class NonRetriableError extends Error {

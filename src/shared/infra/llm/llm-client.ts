@@ -1,6 +1,6 @@
 import { GoogleGenAI, ServiceTier as SdkServiceTier, type Fetch, type GenerateContentConfig, type GenerateContentResponse, type GoogleGenAIOptions } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
-import type { ServiceTier, TokenUsage } from '../../core/types.js';
+import type { BilledCall, ServiceTier, TokenUsage } from '../../core/types.js';
 import { LlmError, toLlmError } from './llm-errors.js';
 import { createPricing, type Pricing } from './pricing.js';
 
@@ -130,6 +130,49 @@ function deadline(timeoutMs: number, caller?: AbortSignal) {
   };
 }
 
+/**
+ * Finish reasons that are a refusal of this prompt by the model or its filters (Gemini's FinishReason enum):
+ * another try would be refused the same way. MAX_TOKENS is not one: a truncated answer stays a retryable
+ * EBADOUTPUT, since another sample (default temperature) often ends in time where this one ran on or looped.
+ * OTHER and the tool-call reasons stay retryable too: they name no property of the prompt.
+ */
+const REFUSALS: ReadonlySet<string> = new Set([
+  'SAFETY',
+  'RECITATION',
+  'LANGUAGE',
+  'BLOCKLIST',
+  'PROHIBITED_CONTENT',
+  'SPII',
+  'IMAGE_SAFETY',
+  'IMAGE_PROHIBITED_CONTENT',
+  'IMAGE_RECITATION',
+]);
+
+/** What an answer's candidates and prompt feedback say, gathered over a stream's chunks (the last ones carry it). */
+export interface AnswerEnd {
+  candidates: number;
+  finishReason?: string;
+  blockReason?: string;
+}
+
+export function answerEndOf(res: GenerateContentResponse, seen: AnswerEnd = { candidates: 0 }): AnswerEnd {
+  const finishReason = res.candidates?.[0]?.finishReason ?? seen.finishReason;
+  const blockReason = res.promptFeedback?.blockReason ?? seen.blockReason;
+  return { candidates: seen.candidates + (res.candidates?.length ?? 0), ...(finishReason ? { finishReason } : {}), ...(blockReason ? { blockReason } : {}) };
+}
+
+/**
+ * A refusal (EBLOCKED, not retryable, not the provider's failure): the prompt blocked, a candidate stopped by a
+ * filter, or no candidate at all (Gemini returns none only for a prompt it would not answer). Undefined otherwise.
+ */
+export function refusalOf(end: AnswerEnd, what: string, opts: { model: string; billed: BilledCall }): LlmError | undefined {
+  const reasons = { ...(end.finishReason ? { finishReason: end.finishReason } : {}), ...(end.blockReason ? { blockReason: end.blockReason } : {}) };
+  if (end.blockReason) return new LlmError('EBLOCKED', `${what}: prompt blocked (${end.blockReason})`, { ...opts, ...reasons });
+  if (end.finishReason && REFUSALS.has(end.finishReason)) return new LlmError('EBLOCKED', `${what}: answer stopped (finishReason ${end.finishReason})`, { ...opts, ...reasons });
+  if (end.candidates === 0) return new LlmError('EBLOCKED', `${what}: no candidate in the answer`, { ...opts, ...reasons });
+  return undefined;
+}
+
 export function textOf(res: GenerateContentResponse): string {
   let out = '';
   for (const part of res.candidates?.[0]?.content?.parts ?? []) {
@@ -185,6 +228,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     let text = '';
     let last: GenerateContentResponse | undefined;
     let usageSeen: GenerateContentResponse['usageMetadata'];
+    let end: AnswerEnd = { candidates: 0 };
     let callbackFailed = false;
     let finished = false;
     try {
@@ -193,6 +237,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
         for await (const chunk of stream) {
           last = chunk;
           usageSeen = chunk.usageMetadata ?? usageSeen;
+          end = answerEndOf(chunk, end);
           const piece = textOf(chunk);
           if (!piece) continue;
           text += piece;
@@ -206,6 +251,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       } else {
         last = await ai.models.generateContent(params);
         usageSeen = last.usageMetadata;
+        end = answerEndOf(last);
         text = textOf(last);
       }
       finished = true;
@@ -226,14 +272,14 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = { model: req.model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
-    const blocked = last?.promptFeedback?.blockReason;
-    if (!text && blocked) throw new LlmError('EBADREQUEST', `${what}: prompt blocked (${blocked})`, { model: req.model, billed });
+    const refused = refusalOf(end, what, { model: req.model, billed });
+    if (refused) throw refused;
     if (req.responseJsonSchema !== undefined) {
       try {
         result.json = JSON.parse(text);
       } catch (err) {
-        const finish = last?.candidates?.[0]?.finishReason;
-        throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { model: req.model, billed, cause: err });
+        const finish = end.finishReason;
+        throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { model: req.model, billed, ...(finish ? { finishReason: finish } : {}), cause: err });
       }
     }
     log?.debug({ model: req.model, input: usage.input, output: usage.output, costUsd: result.costUsd, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm call done');

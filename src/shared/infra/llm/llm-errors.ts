@@ -1,6 +1,6 @@
 import type { BilledCall } from '../../core/types.js';
 
-export type LlmErrorCode = 'ERATELIMIT' | 'EQUOTAEXHAUSTED' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EABORTED';
+export type LlmErrorCode = 'ERATELIMIT' | 'EQUOTAEXHAUSTED' | 'ETIMEDOUT' | 'EPROVIDER' | 'ENETWORK' | 'EBADREQUEST' | 'EBADOUTPUT' | 'EBLOCKED' | 'EABORTED';
 
 /** Every failure of an LLM call, classified once so retry, breaker and backoff logic read one shape. */
 export class LlmError extends Error {
@@ -15,13 +15,17 @@ export class LlmError extends Error {
   readonly quotaId?: string;
   /** The model the failed call asked for (set by the client), so a 429 can pause that model's lanes. */
   model?: string;
-  /** The model answered before this error (bad output): what that answer was billed. */
+  /** The model answered before this error (bad output, a refusal): what that answer was billed. */
   readonly billed?: BilledCall;
+  /** The candidate's `finishReason` (Gemini's FinishReason enum) when it explains the error: EBLOCKED, EBADOUTPUT. */
+  readonly finishReason?: string;
+  /** EBLOCKED for the prompt itself: `promptFeedback.blockReason`. */
+  readonly blockReason?: string;
 
   constructor(
     code: LlmErrorCode,
     message: string,
-    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; cause?: unknown } = {},
+    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; finishReason?: string; blockReason?: string; cause?: unknown } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
@@ -32,6 +36,8 @@ export class LlmError extends Error {
     if (opts.quotaId !== undefined) this.quotaId = opts.quotaId;
     if (opts.model !== undefined) this.model = opts.model;
     if (opts.billed !== undefined) this.billed = opts.billed;
+    if (opts.finishReason !== undefined) this.finishReason = opts.finishReason;
+    if (opts.blockReason !== undefined) this.blockReason = opts.blockReason;
   }
 }
 
@@ -43,6 +49,8 @@ const DEFAULT_RETRYABLE: Record<LlmErrorCode, boolean> = {
   ENETWORK: true,
   EBADREQUEST: false,
   EBADOUTPUT: true,
+  // The model (or its safety filters) refused this prompt: it would refuse it again, each try billed.
+  EBLOCKED: false,
   EABORTED: false,
 };
 
