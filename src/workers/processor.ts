@@ -309,7 +309,8 @@ function attemptOf(deps: ProcessorDeps) {
         const until = Date.now() + Math.max(outcome.delayMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
         // model's, when the prompt's knowledge search was refused): only that model pauses, never the job's own
-        // by default. An open breaker names none: it is the job's model's.
+        // by default. An open breaker names the model it refused (a route's primary, say); one naming none is the
+        // job's model's.
         const paused = outcome.model ?? (outcome.reason === 'breaker_open' ? ctx.model : undefined);
         if (gate) await gate.defer(job, token, until, outcome.reason, paused);
         else await job.moveToDelayed(until, token);
