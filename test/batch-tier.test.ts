@@ -178,6 +178,64 @@ describe('batch tier through ai.batches and the emulator', () => {
       await scheduler.setPlan(org, {});
     }
   });
+
+  it('a cancelled batch-tier job is never sent: the next batch holds only live jobs, and its record is marked cancelled', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const cancelled = await enqueue(s, 'cancel-me', { tier: 'batch' });
+    await until('the job waiting for its batch', async () => (await view(s, cancelled)).stage?.name === 'waiting_for_batch');
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${cancelled}`, headers: s.auth });
+    expect(del.statusCode, del.body).toBe(200);
+    expect(del.json().state).toBe('cancelled');
+
+    const ids = [await enqueue(s, 'live1', { tier: 'batch' }), await enqueue(s, 'live2', { tier: 'batch' }), await enqueue(s, 'live3', { tier: 'batch' })];
+    await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+    s.emulator.advanceClock(60_000);
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    // Without the cancel, the batch took the cancelled job and two live ones, and the third waited for the next.
+    expect(batchCalls(s)[0].requests).toBe(3);
+    expect((await createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }).get(batchCalls(s)[0].batch!)).responses!.map((r) => r.jobId).sort()).toEqual(ids.slice().sort());
+    expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
+    expect((await s.runtime.deps.cells[0].batchStore.job(cancelled))?.state).toBe('cancelled');
+  });
+
+  it('a job re-created under the id of an earlier one (its idempotency key sent again) sends its own request, never the old one\'s', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const cell = s.runtime.deps.cells[0];
+    const idempotencyKey = `reuse-${Date.now()}`;
+    const cases = [
+      // Cancelled through the API.
+      { key: `${idempotencyKey}-cancel`, end: async (id: string) => expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(200) },
+      // Gone without a cancel (retention, by hand): its record is still there, of another incarnation.
+      {
+        key: `${idempotencyKey}-removed`,
+        end: async (id: string) => {
+          await cell.scheduler.cancel(id);
+          await (await cell.queue.getJob(id))!.remove();
+        },
+      },
+    ];
+    const ids: string[] = [];
+    for (const c of cases) {
+      const old = await enqueue(s, `OLD-${c.key}`, { tier: 'batch', idempotencyKey: c.key });
+      await until('the old job waiting for its batch', async () => (await view(s, old)).stage?.name === 'waiting_for_batch');
+      await c.end(old);
+      const id = await enqueue(s, `NEW-${c.key}`, { tier: 'batch', idempotencyKey: c.key });
+      expect(id).toBe(old);
+      await until('the new job waiting for its batch', async () => (await view(s, id)).stage?.name === 'waiting_for_batch');
+      const req = (await s.runtime.deps.redis.hget(batchKeys(s.cfg.QUEUE_PREFIX).job(id), 'req'))!;
+      expect([req.includes(`NEW-${c.key}`), req.includes(`OLD-${c.key}`)]).toEqual([true, false]);
+      ids.push(id);
+    }
+    ids.push(await enqueue(s, 'reuse-third', { tier: 'batch' }));
+    await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+    s.emulator.advanceClock(60_000);
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
+    expect(batchCalls(s)).toHaveLength(1);
+    expect(generateCalls(s)).toHaveLength(0);
+  });
 });
 
 describe('batch creation survives a crash between the intent and the answer of create', () => {

@@ -83,7 +83,7 @@ export function createCell(opts: {
     kick: () => redis.spublish(fairKickChannel(prefix), '1'),
   });
   const batchStore = createBatchStore({ redis, prefix });
-  const jobs = createJobService({ queue, queueEvents, redis, prefix, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id) });
+  const jobs = createJobService({ queue, queueEvents, redis, prefix, cancelledTtlS: cfg.KEEP_FAILED_AGE_S, scheduler, batchView: (id) => batchStore.view(id), batchCancel: (id, ts) => batchStore.cancel(id, ts) });
   return {
     index: opts.index,
     prefix,

@@ -78,6 +78,8 @@ export function createJobService(deps: {
   scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
   /** A batch-tier job's batch (name, state) while it waits for it. */
   batchView?: (jobId: string) => Promise<{ model: string; batch?: string; state: string } | undefined>;
+  /** A removed batch-tier job leaves the batch tier (`jobTs`: its creation time, so only that job's request). */
+  batchCancel?: (jobId: string, jobTs: number) => Promise<unknown>;
 }) {
   const { queue, redis, prefix } = deps;
   // One set of QueueEvents listeners for every long poll of this process, however many wait on one job.
@@ -216,6 +218,8 @@ export function createJobService(deps: {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
           await deps.scheduler.cancel(id);
           await job.remove();
+          // Else its request still goes into the next batch (billed), and its answer to a later job of this id.
+          await deps.batchCancel?.(id, job.timestamp);
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
           // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
           // idempotency key sent again).

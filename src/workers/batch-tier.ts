@@ -26,7 +26,11 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
     standard: () => Promise<R>,
   ): Promise<R | GenerateResult> {
     const jobId = ctx.job.id!;
-    const rec = await deps.store.job(jobId);
+    // Its creation time tells this job from an earlier one under the same id (an idempotency key sent again).
+    const jobTs = ctx.job.timestamp;
+    const found = await deps.store.job(jobId, jobTs);
+    // A cancelled record is no request of a running job: recorded again (replaced) if this job waits.
+    const rec = found?.state === 'cancelled' ? undefined : found;
     if (rec?.state === 'done' || rec?.state === 'failed') {
       // Read once: a retry of this job (its answer failed validation, say) calls the standard tier.
       await deps.store.move(jobId, rec.state, 'fallback');
@@ -45,7 +49,7 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
       if (!rec || (await deps.store.move(jobId, rec.state, 'fallback'))) return standard();
       return generate(ctx, req, standard);
     }
-    if (!rec) await deps.store.add(jobId, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
+    if (!rec) await deps.store.add(jobId, jobTs, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
     throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
   }
 

@@ -3,13 +3,18 @@ import type { RedisClient } from '../infra/lua.js';
 import { defineLua } from '../infra/lua.js';
 import { batchKeys } from '../core/queue-keys.js';
 
-/** A batch-tier job: pending (waits for a batch), submitted, done / failed (its answer is here), fallback (runs standard). */
-export type BatchJobState = 'pending' | 'submitted' | 'done' | 'failed' | 'fallback';
+/**
+ * A batch-tier job: pending (waits for a batch), submitted, done / failed (its answer is here), fallback (runs
+ * standard), cancelled (its job was cancelled: never sent, or its answer dropped).
+ */
+export type BatchJobState = 'pending' | 'submitted' | 'done' | 'failed' | 'fallback' | 'cancelled';
 
 export interface BatchJobRecord {
   model: string;
   state: BatchJobState;
   addedAt: number;
+  /** The creation time of the job that recorded it: a job re-created under the same id is another job. */
+  ts?: number;
   deadlineAt?: number;
   intent?: string;
   /** The inline response (GenerateContentResponse JSON) once done; the per-request error ({code, message}) once failed. */
@@ -41,6 +46,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const addLua = defineLua(redis, 'batch-add-3.lua');
   const openLua = defineLua(redis, 'batch-open-N.lua');
   const moveLua = defineLua(redis, 'batch-move-1.lua');
+  const cancelLua = defineLua(redis, 'batch-cancel-2.lua');
   const releaseLua = defineLua(redis, 'lock-release-1.lua');
 
   const recordOf = (h: Record<string, string>): BatchJobRecord | undefined =>
@@ -49,6 +55,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
           model: h.model,
           state: h.state as BatchJobState,
           addedAt: Number(h.addedAt),
+          ...(h.ts ? { ts: Number(h.ts) } : {}),
           ...(h.deadlineAt ? { deadlineAt: Number(h.deadlineAt) } : {}),
           ...(h.intent ? { intent: h.intent } : {}),
           ...(h.result ? { result: h.result } : {}),
@@ -71,12 +78,26 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
       : undefined;
 
   return {
-    /** Adds the job's request to its model's pending set unless the job is known; its state either way. */
-    async add(jobId: string, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now()): Promise<BatchJobState> {
-      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S])) as BatchJobState;
+    /**
+     * Adds the job's request to its model's pending set unless this job (`jobTs`: its creation time) is known;
+     * its state either way. A record of an earlier job under the same id is replaced.
+     */
+    async add(jobId: string, jobTs: number, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now()): Promise<BatchJobState> {
+      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S, jobTs])) as BatchJobState;
     },
-    async job(jobId: string): Promise<BatchJobRecord | undefined> {
-      return recordOf(await redis.hgetall(k.job(jobId)));
+    /** The job's record; with `jobTs`, none when the record is another job's (an earlier one under the same id). */
+    async job(jobId: string, jobTs?: number): Promise<BatchJobRecord | undefined> {
+      const rec = recordOf(await redis.hgetall(k.job(jobId)));
+      return rec && jobTs !== undefined && rec.ts !== undefined && rec.ts !== jobTs ? undefined : rec;
+    },
+    /**
+     * The job was cancelled: out of the pending set and marked cancelled in one script (a batch that holds it
+     * already hands it nothing). False when there was nothing of that job to cancel.
+     */
+    async cancel(jobId: string, jobTs: number): Promise<boolean> {
+      const model = await redis.hget(k.job(jobId), 'model');
+      if (!model) return false;
+      return (await cancelLua([k.job(jobId), k.queue(model)], [jobId, jobTs, TTL_S])) === 1;
     },
     async models(): Promise<string[]> {
       return redis.smembers(k.models);
@@ -105,10 +126,10 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
     async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error'; value?: string } = {}): Promise<boolean> {
       return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S])) === 1;
     },
-    /** The inline requests of jobs, in order (a job whose record expired has none). */
+    /** The inline requests of jobs, in order (a job whose record expired or that was cancelled since has none). */
     async requests(jobs: string[]): Promise<Array<unknown | undefined>> {
-      const raw = await Promise.all(jobs.map((id) => redis.hget(k.job(id), 'req')));
-      return raw.map((r) => (r ? (JSON.parse(r) as unknown) : undefined));
+      const raw = await Promise.all(jobs.map((id) => redis.hmget(k.job(id), 'state', 'req')));
+      return raw.map(([state, r]) => (r && state !== 'cancelled' ? (JSON.parse(r) as unknown) : undefined));
     },
     async openIntents(): Promise<BatchIntent[]> {
       const ids = await redis.smembers(k.open);

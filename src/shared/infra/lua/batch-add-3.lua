@@ -1,12 +1,19 @@
--- Records a batch-tier job's request as pending for its model's next batch, once: a job already known (a
--- re-run while it waits, a crash after this call) keeps its record and state.
+-- Records a batch-tier job's request as pending for its model's next batch, once per job incarnation: the same
+-- job (a re-run while it waits, a crash after this call) keeps its record and state. A record of another
+-- incarnation under the same id (a job removed, then re-created with the same idempotency key) or of a
+-- cancelled job is replaced: its request, state and answer were the old job's.
 -- KEYS[1] the job's batch HASH, KEYS[2] the model's pending ZSET, KEYS[3] the SET of models with pending jobs
 -- ARGV[1] job id, ARGV[2] model, ARGV[3] inline request JSON, ARGV[4] deadline ms ('' = none), ARGV[5] now ms,
--- ARGV[6] ttl s of the job's record
+-- ARGV[6] ttl s of the job's record, ARGV[7] the job's creation time (its incarnation)
 -- Returns the job's state ('pending' when this call added it).
 local state = redis.call('HGET', KEYS[1], 'state')
-if state then return state end
-redis.call('HSET', KEYS[1], 'state', 'pending', 'model', ARGV[2], 'req', ARGV[3], 'addedAt', ARGV[5])
+if state then
+  local ts = redis.call('HGET', KEYS[1], 'ts')
+  -- A record without ts predates incarnations: taken as this job's.
+  if state ~= 'cancelled' and (not ts or ts == ARGV[7]) then return state end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('HSET', KEYS[1], 'state', 'pending', 'model', ARGV[2], 'req', ARGV[3], 'addedAt', ARGV[5], 'ts', ARGV[7])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'deadlineAt', ARGV[4]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
