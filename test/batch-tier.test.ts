@@ -19,8 +19,10 @@ const BATCH_ENV = {
   BATCH_MAX_AGE_MS: '600000',
   BATCH_POLL_MS: '100',
   TIER_BATCH_MIN_DEADLINE_S: '3600',
-  // A batch still running an hour before a job's deadline is cancelled (test 3 uses a deadline of 3602 s).
+  // A job whose batch still runs an hour before its deadline falls back (test 3 uses a deadline of 3602 s)...
   BATCH_DEADLINE_MARGIN_MS: '3600000',
+  // ...and a batch needs no time of its own before that margin, so such a deadline is accepted.
+  BATCH_MIN_TURNAROUND_S: '0',
 };
 
 async function enqueue(s: Stack, marker: string, options: Record<string, unknown>): Promise<string> {
@@ -179,6 +181,40 @@ describe('batch tier through ai.batches and the emulator', () => {
     }
   });
 
+  it('one org\'s job near its deadline falls back alone: the other orgs\' jobs stay in the batch and complete at the batch price', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 3600_000, expireMs: 48 * 3600_000 });
+    const orgB = { authorization: `Bearer ${await s.newKey(randomOrg())}` };
+    const post = async (h: Record<string, string>, marker: string, options: Record<string, unknown>) => {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: h, payload: { ...riskJob(marker), options } });
+      expect(res.statusCode, res.body).toBe(202);
+      return res.json().id as string;
+    };
+    const b = [await post(orgB, 'orgB-1', { tier: 'batch' }), await post(orgB, 'orgB-2', { tier: 'batch' })];
+    // Org A's job: inside the 1 h margin 2 s from now.
+    const a = await post(s.auth, 'orgA-near', { tier: 'batch', deadline: 3602 });
+    const doneA = await view(s, a, 20_000);
+    expect([doneA.state, doneA.result?.tier]).toEqual(['completed', undefined]);
+    expect(generateCalls(s)).toHaveLength(1);
+    // The batch runs on for B's jobs (once, it was cancelled and they ran standard too).
+    const ai = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
+    expect((await ai.get(batchCalls(s)[0].batch!)).state).toMatch(/^JOB_STATE_(PENDING|RUNNING)$/);
+    s.emulator.advanceClock(3600_000);
+    const doneB = await Promise.all(b.map(async (id) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: orgB })).json()));
+    expect(doneB.map((j) => [j.state, j.result?.tier])).toEqual([
+      ['completed', 'batch'],
+      ['completed', 'batch'],
+    ]);
+    expect(generateCalls(s)).toHaveLength(1);
+    expect(batchCalls(s)).toHaveLength(1);
+  });
+
+  it('an explicit batch tier with a deadline inside the batch margin is refused with a 400 naming options.deadline', async () => {
+    const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob('too-near'), options: { tier: 'batch', deadline: 3599 } } });
+    expect(res.statusCode).toBe(400);
+    expect(res.json().details).toEqual([{ path: 'options.deadline', message: expect.stringMatching(/batch-tier job's deadline must be at least 3600 s away/) }]);
+  });
+
   it('a cancelled batch-tier job is never sent: the next batch holds only live jobs, and its record is marked cancelled', async () => {
     s.emulator.resetCalls();
     s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
@@ -242,7 +278,8 @@ describe('batch creation survives a crash between the intent and the answer of c
   let s: Stack;
   // The background collector never ticks here (1 h): the test runs collector instances by hand.
   beforeAll(async () => {
-    s = await startStack({ ...BATCH_ENV, BATCH_POLL_MS: '3600000' }, { worker: true });
+    // A 4 s margin: the last test's job falls back on its own 2 s after it joined.
+    s = await startStack({ ...BATCH_ENV, BATCH_POLL_MS: '3600000', BATCH_DEADLINE_MARGIN_MS: '4000' }, { worker: true });
   });
   afterAll(async () => s?.close());
 
@@ -335,8 +372,8 @@ describe('batch creation survives a crash between the intent and the answer of c
   // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.
   it('with no collector answering, a job runs on the standard tier on its own at deadline - margin/2', async () => {
     s.emulator.resetCalls();
-    // Explicit batch tier; deadline 1802 s with a 1 h margin: its own fallback time is 2 s from now.
-    const id = await enqueue(s, 'alone', { tier: 'batch', deadline: 1802 });
+    // Explicit batch tier; deadline 4 s with a 4 s margin: its own fallback time is 2 s from now.
+    const id = await enqueue(s, 'alone', { tier: 'batch', deadline: 4 });
     const waiting = await until('the job waiting for its batch', async () => {
       const v = await view(s, id);
       return v.stage.name === 'waiting_for_batch' && v.stage;

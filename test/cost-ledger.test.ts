@@ -47,6 +47,29 @@ describe('prices: one table, dated, overridable', () => {
     expect(chooseTier({ tier: 'batch' }, now)).toEqual({ tier: 'batch' });
     expect(() => chooseTier({ deadline: '2025-12-31T00:00:00Z' }, now)).toThrow(/invalid job request/);
   });
+
+  it('an explicit batch tier whose deadline leaves its batch less than the margin plus the minimum turnaround is refused, naming the field', () => {
+    const now = Date.parse('2026-01-01T00:00:00Z');
+    const policy = { flexMinDeadlineS: 600, batchMinDeadlineS: 3600, batchDeadlineMarginMs: 600_000, batchMinTurnaroundS: 3600 };
+    const refused = (f: () => unknown) => {
+      try {
+        f();
+      } catch (err) {
+        return (err as { details?: unknown }).details;
+      }
+      return undefined;
+    };
+    // Margin 600 s + turnaround 3600 s: 4199 s is refused, 4200 s accepted.
+    expect(refused(() => chooseTier({ tier: 'batch', deadline: 4199 }, now, policy, 'jobs.0.options.deadline'))).toEqual([
+      { path: 'jobs.0.options.deadline', message: expect.stringMatching(/at least 4200 s away/) },
+    ]);
+    expect(chooseTier({ tier: 'batch', deadline: 4200 }, now, policy)).toEqual({ tier: 'batch', deadlineAt: now + 4_200_000 });
+    // Chosen by deadline: batch only past both floors, else flex.
+    expect(chooseTier({ deadline: 4199 }, now, policy).tier).toBe('flex');
+    expect(chooseTier({ deadline: 4200 }, now, policy).tier).toBe('batch');
+    // Without a deadline a batch job waits as long as Batch Mode takes.
+    expect(chooseTier({ tier: 'batch' }, now, policy)).toEqual({ tier: 'batch' });
+  });
 });
 
 describe('the cost ledger through the real SDK and the emulator', () => {

@@ -78,7 +78,12 @@ export function createCell(opts: {
     retention: opts.retention,
     admission: opts.admission,
     flows: flowProducer,
-    tierPolicy: { flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S, batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S },
+    tierPolicy: {
+      flexMinDeadlineS: cfg.TIER_FLEX_MIN_DEADLINE_S,
+      batchMinDeadlineS: cfg.TIER_BATCH_MIN_DEADLINE_S,
+      batchDeadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
+      batchMinTurnaroundS: cfg.BATCH_MIN_TURNAROUND_S,
+    },
     // A wake-up the enqueue's dispatch left goes to the workers' loops (this process may have none).
     kick: () => redis.spublish(fairKickChannel(prefix), '1'),
   });

@@ -29,7 +29,7 @@ export interface BatchIntent {
   displayName: string;
   jobs: string[];
   createdAt: number;
-  /** The earliest deadline of its jobs (ms), if any has one. */
+  /** The earliest deadline of its jobs still waiting for it (ms), if any has one. */
   minDeadline?: number;
   /** `batches/...` once created or adopted; absent = create may or may not have happened (resolve by displayName). */
   name?: string;
@@ -141,6 +141,11 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
     },
     async setIntent(id: string, fields: { name?: string; state: string }): Promise<void> {
       await redis.hset(k.intent(id), fields);
+    },
+    /** The earliest deadline of the jobs still waiting for the batch (none: no job has one left). */
+    async setMinDeadline(id: string, ms: number | undefined): Promise<void> {
+      if (ms === undefined) await redis.hdel(k.intent(id), 'minDeadline');
+      else await redis.hset(k.intent(id), { minDeadline: String(ms) });
     },
     async closeIntent(id: string, state: string): Promise<void> {
       await redis.multi().hset(k.intent(id), { state }).srem(k.open, id).exec();

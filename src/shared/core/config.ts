@@ -147,8 +147,14 @@ export const configSchema = z.object({
    * until it lapses. Must exceed one run (a run outliving its lock could create a batch twice).
    */
   BATCH_LOCK_MS: int(60_000, 100),
-  /** A batch still running this close to one of its jobs' deadlines is cancelled; its jobs run on the standard tier. */
+  /** A job whose batch still runs this close to its deadline runs on the standard tier (the batch is cancelled once none of its jobs waits). */
   BATCH_DEADLINE_MARGIN_MS: int(600_000, 1),
+  /**
+   * The least time a batch gets before that margin: an explicit batch-tier job whose deadline is nearer than
+   * BATCH_DEADLINE_MARGIN_MS + this is refused (400 naming options.deadline), and a deadline is never given the
+   * batch tier below it.
+   */
+  BATCH_MIN_TURNAROUND_S: int(3600, 0),
 
   WORKER_CONCURRENCY: int(10, 1),
   /**

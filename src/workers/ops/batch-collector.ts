@@ -38,8 +38,8 @@ export interface BatchCollectorOptions {
  * 2. each model's pending requests are submitted as one batch when there are `maxRequests` or the oldest has
  *    waited `maxAgeMs`: the intent first, then `batches.create`, then its name;
  * 3. submitted batches are polled: a succeeded one hands each inline response to its job (by its metadata) and
- *    wakes it; a failed, expired or cancelled one, or one still running near a job's deadline (cancelled
- *    then), sends its unfinished jobs to the standard tier.
+ *    wakes it; a failed, expired or cancelled one sends its unfinished jobs to the standard tier; one still
+ *    running near a job's deadline sends that job to the standard tier (and is cancelled once no job waits).
  */
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
@@ -148,10 +148,29 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       await fallBack(intent, intent.jobs, b.state);
       await o.store.closeIntent(intent.id, b.state);
     } else if (intent.minDeadline !== undefined && now >= intent.minDeadline - o.deadlineMarginMs) {
+      await nearDeadline(intent, now);
+    }
+  }
+
+  /**
+   * Only the jobs whose own deadline is near run standard now: a batch holds many orgs' jobs, and one job's
+   * short deadline must not send the others to the standard price. The batch is cancelled once none of its jobs
+   * still waits for it; else its next deadline is the earliest of the jobs left.
+   */
+  async function nearDeadline(intent: BatchIntent, now: number): Promise<void> {
+    const recs = await Promise.all(intent.jobs.map(async (id) => ({ id, rec: await o.store.job(id) })));
+    const waiting = recs.filter(({ rec }) => rec?.state === 'submitted' && rec.intent === intent.id);
+    const near = (d: number | undefined) => d !== undefined && now >= d - o.deadlineMarginMs;
+    await fallBack(intent, waiting.filter(({ rec }) => near(rec!.deadlineAt)).map(({ id }) => id), 'deadline near');
+    const left = waiting.filter(({ rec }) => !near(rec!.deadlineAt));
+    if (!left.length) {
       await o.batches.cancel(intent.name!);
       await fallBack(intent, intent.jobs, 'deadline near');
       await o.store.closeIntent(intent.id, 'JOB_STATE_CANCELLED');
+      return;
     }
+    const deadlines = left.map(({ rec }) => rec!.deadlineAt).filter((d): d is number => d !== undefined);
+    await o.store.setMinDeadline(intent.id, deadlines.length ? Math.min(...deadlines) : undefined);
   }
 
   return {
