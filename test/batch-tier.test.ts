@@ -2,6 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBatchApi, type BatchApi } from '../src/shared/infra/llm/batch-api.js';
 import { createPricing } from '../src/shared/infra/llm/pricing.js';
 import { createBatchCollector } from '../src/workers/ops/batch-collector.js';
+import { createBatchTier } from '../src/workers/batch-tier.js';
+import type { JobContext } from '../src/workers/middleware.js';
+import type { GenerateResult } from '../src/shared/infra/llm/llm-client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
@@ -367,6 +370,31 @@ describe('batch creation survives a crash between the intent and the answer of c
       ['completed', 'batch'],
     ]);
     expect(generateCalls(s)).toHaveLength(0);
+  });
+
+  it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {
+    const store = s.runtime.deps.cells[0].batchStore;
+    const answer = { text: 'from the batch', tier: 'batch' } as unknown as GenerateResult;
+    const tier = createBatchTier({ store, batches: { resultOf: () => answer }, deadlineMarginMs: 4000 });
+    const id = `crash-read-${Date.now()}`;
+    const ts = Date.now();
+    await store.add(id, ts, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined);
+    await store.move(id, 'pending', 'done', { field: 'result', value: '{}' });
+    let standardCalls = 0;
+    const standard = async () => {
+      standardCalls += 1;
+      return { text: 'standard' } as unknown as GenerateResult;
+    };
+    // The processor's path for one attempt that never finishes (SIGKILL before BullMQ records it), then the
+    // stalled re-run of the same attempt (BullMQ leaves attemptsMade as it was), then a retry.
+    const run = (attemptsMade: number) =>
+      tier.generate({ job: { id, timestamp: ts, attemptsMade, data: {} }, model: s.cfg.GEMINI_MODEL_PRO } as unknown as JobContext, { prompt: 'p' }, standard);
+    expect(await run(0)).toBe(answer);
+    expect(await run(0)).toBe(answer);
+    expect(standardCalls).toBe(0);
+    expect(await run(1)).toEqual({ text: 'standard' });
+    expect(standardCalls).toBe(1);
+    expect((await store.job(id))?.state).toBe('fallback');
   });
 
   // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.

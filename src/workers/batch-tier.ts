@@ -32,8 +32,15 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
     // A cancelled record is no request of a running job: recorded again (replaced) if this job waits.
     const rec = found?.state === 'cancelled' ? undefined : found;
     if (rec?.state === 'done' || rec?.state === 'failed') {
-      // Read once: a retry of this job (its answer failed validation, say) calls the standard tier.
-      await deps.store.move(jobId, rec.state, 'fallback');
+      // Served to one attempt: a re-run of that attempt (its worker died before BullMQ recorded the outcome:
+      // same attemptsMade) gets the answer Gemini billed again; a retry (its answer failed validation, say)
+      // calls the standard tier. Marked used before the outcome, a crash cost a second, standard call.
+      const attempt = ctx.job.attemptsMade;
+      if (rec.readBy !== undefined && rec.readBy !== attempt) {
+        if (await deps.store.move(jobId, rec.state, 'fallback')) return standard();
+        return generate(ctx, req, standard);
+      }
+      if (rec.readBy === undefined && !(await deps.store.move(jobId, rec.state, rec.state, { field: 'readBy', value: String(attempt) }))) return generate(ctx, req, standard);
       if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
       const e = JSON.parse(rec.error ?? '{}') as { code?: number; message?: string };
       const code = e.code ?? 500;

@@ -20,6 +20,8 @@ export interface BatchJobRecord {
   /** The inline response (GenerateContentResponse JSON) once done; the per-request error ({code, message}) once failed. */
   result?: string;
   error?: string;
+  /** The attempt (its attemptsMade) the answer was served to: a re-run of that attempt is served it again. */
+  readBy?: number;
 }
 
 /** One batch: recorded before `batches.create` (its intent), named once created or adopted. */
@@ -60,6 +62,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
           ...(h.intent ? { intent: h.intent } : {}),
           ...(h.result ? { result: h.result } : {}),
           ...(h.error ? { error: h.error } : {}),
+          ...(h.readBy ? { readBy: Number(h.readBy) } : {}),
         }
       : undefined;
 
@@ -123,7 +126,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
       return intentOf(id, await redis.hgetall(k.intent(id)));
     },
     /** Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in `from`. */
-    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error'; value?: string } = {}): Promise<boolean> {
+    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error' | 'readBy'; value?: string } = {}): Promise<boolean> {
       return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S])) === 1;
     },
     /** The inline requests of jobs, in order (a job whose record expired or that was cancelled since has none). */

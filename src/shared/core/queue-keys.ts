@@ -102,7 +102,7 @@ export const guardKeys = {
  * Batch tier (Gemini Batch Mode), under `agentqPrefix(queuePrefix)`:
  *   job:<id>       HASH  one batch-tier job: model, state (pending | submitted | done | failed | fallback |
  *                        cancelled), ts (the job's creation time: which job of that id), req (its inline
- *                        request JSON), deadlineAt, intent, result / error
+ *                        request JSON), deadlineAt, intent, result / error, readBy (the attempt served)
  *   queue:<model>  ZSET  pending job ids of a model -> ms they were added (the collector's size / age test)
  *   models         SET   models with pending requests
  *   intent:<id>    HASH  one batch: model, displayName, jobs (JSON ids), minDeadline, name and state once created
