@@ -16,17 +16,17 @@ const visible = (scope: DlqScope, e: DlqEntry) => scope.orgId === undefined || e
 const matches = (f: DlqFilter, e: DlqEntry) => (!f.agent || e.agent === f.agent) && (!f.class || e.class === f.class);
 
 /**
- * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted atomically, see
- * DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one more attempt per
+ * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted, and its corrected
+ * input written, atomically, see DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one more attempt per
  * DLQ retry, and each attempt keeps a distinct number in agent_runs.
  */
 export function createDlqService(deps: { store: DlqStore; validateInput: (agent: string, action: string, input: unknown) => unknown }) {
   const { store } = deps;
 
   async function retryItem(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown } = {}): Promise<number | ClaimRefusal> {
+    // The claim writes the input too: only the caller that won it may change what the job runs.
     const claimed = await store.claim(item, opts);
     if (typeof claimed !== 'number') return claimed;
-    if (opts.input !== undefined) await item.job.updateData({ ...item.job.data, input: opts.input });
     try {
       await item.job.retry('failed');
     } catch {

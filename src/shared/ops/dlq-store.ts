@@ -4,7 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { dlqMetaKey } from '../core/queue-keys.js';
+import { agentJobKey, dlqMetaKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -43,6 +43,12 @@ export interface DlqCursor {
 export type ClaimRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class';
 const REFUSALS: Record<number, ClaimRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class' };
 
+/**
+ * How long a claim keeps other callers off an entry still in the failed set: its holder moves the job out in
+ * its next round trip, so this only bounds how long a holder that died in between blocks the entry.
+ */
+const CLAIM_HOLD_MS = 30_000;
+
 export const encodeCursor = (c: DlqCursor) => Buffer.from(`${c.score}:${c.id}`).toString('base64url');
 export function decodeCursor(raw: string): DlqCursor | undefined {
   const text = Buffer.from(raw, 'base64url').toString('utf8');
@@ -61,7 +67,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
-  const claimLua = defineLua(redis, 'dlq-claim-2.lua');
+  const claimLua = defineLua(redis, 'dlq-claim-3.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -162,15 +168,18 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
     },
 
     /**
-     * Counts one retry of `item` if nobody else did first (see dlq-claim-2.lua); returns the new count or
-     * why it was refused.
+     * Counts one retry of `item` if nobody else did first, and writes `input` into the job in the same step
+     * (see dlq-claim-3.lua): a caller refused here never touches the job. Returns the new count or why it
+     * was refused.
      */
-    async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass }): Promise<number | ClaimRefusal> {
+    async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | ClaimRefusal> {
       const { entry } = item;
+      const data = opts.input === undefined ? '' : JSON.stringify({ ...item.job.data, input: opts.input });
+      const now = Date.now();
       const res = Number(
         await claimLua(
-          [metaKey(entry.id), failedKey],
-          [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS],
+          [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id)],
+          [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS],
         ),
       );
       return res >= 0 ? res : REFUSALS[res];
