@@ -1,5 +1,8 @@
 import type { RedisClient } from '../src/shared/infra/redis/connection.js';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomUUID } from 'node:crypto';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
+import { until } from './helpers/wait.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
@@ -40,7 +43,22 @@ describe('DLQ API', () => {
   });
 
   const get = (url: string, headers = home) => s.app.inject({ method: 'GET', url, headers });
+  const markerSet = (id: string) => s.runtime.deps.redis.exists(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id));
   const idsOf = (res: { json(): any }) => res.json().entries.map((e: { id: string }) => e.id);
+
+  it('clears a cancel marker left beside an entry when it is retried or deleted', async () => {
+    // First, while nothing waits in the queue (failJobs takes what waits) and before the listings below.
+    // What a cancel racing the run's end leaves: the job failed, its marker still set.
+    const [retried, deleted] = await failJobs(s.runtime.queue, conn, s.cfg.QUEUE_PREFIX, [
+      { data: { orgId: s.orgId }, reason: 'cancelled', unrecoverable: true },
+      { data: { orgId: s.orgId }, reason: 'cancelled', unrecoverable: true },
+    ]);
+    for (const j of [retried, deleted]) await s.runtime.deps.redis.set(cancelRequestedKey(s.cfg.QUEUE_PREFIX, j.id!), '1', 'EX', 600);
+    expect((await s.app.inject({ method: 'POST', url: `/v1/dlq/${retried.id}/retry`, headers: home, payload: {} })).statusCode).toBe(202);
+    expect(await markerSet(retried.id!)).toBe(0);
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/dlq/${deleted.id}`, headers: home })).statusCode).toBe(204);
+    expect(await markerSet(deleted.id!)).toBe(0);
+  });
 
   it('needs an org-admin key (or the operator)', async () => {
     expect((await s.app.inject({ method: 'GET', url: '/v1/dlq' })).statusCode).toBe(401);
@@ -121,5 +139,39 @@ describe('DLQ API', () => {
     expect(res.statusCode).toBe(204);
     expect(await s.runtime.queue.getJob(ids.aPoison)).toBeUndefined();
     expect((await get(`/v1/dlq/${ids.aPoison}`)).statusCode).toBe(404);
+  });
+});
+
+describe('DLQ retries with a worker', () => {
+  let s: Stack;
+  let admin: { authorization: string };
+  beforeAll(async () => {
+    s = await startStack({ JOB_ATTEMPTS: '3' }, { worker: true });
+    admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+  });
+  afterEach(() => s.emulator.clearFaults());
+  afterAll(async () => s?.close());
+
+  const job = (id: string, waitMs = 0) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: s.auth }).then((r) => r.json());
+  const modelCalls = () => s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream').length;
+  const marker = (id: string) => s.runtime.deps.redis.exists(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id));
+
+  it('runs a job cancelled while running again when its entry is retried: the cancel was of the run that ended', async () => {
+    const name = `Cancel Then Retry ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ hang: true, match: { promptIncludes: name }, times: 1 });
+    const input = { startup: { name, industry: 'robotics', stage: 'seed', description: 'cancelled, then retried' } };
+    const { id } = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } })).json();
+    await until('the hanging model call', () => s.emulator.calls().some((c) => c.fault === 'hang'));
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).statusCode).toBe(202);
+    expect(await job(id, 10_000)).toMatchObject({ state: 'cancelled', attempts: 1 });
+    // The run it cancelled is over: its marker goes with it.
+    await until('the cancel marker cleared', async () => (await marker(id)) === 0);
+    await until('the cancelled entry', async () => (await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: admin })).json().class === 'cancelled');
+
+    const calls = modelCalls();
+    const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} });
+    expect(retry.statusCode).toBe(202);
+    expect(await job(id, 20_000)).toMatchObject({ state: 'completed', attempts: 2 });
+    expect(modelCalls()).toBe(calls + 1);
   });
 });

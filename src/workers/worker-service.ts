@@ -14,6 +14,7 @@ import { declaredSearch } from './declared-search.js';
 import { createAgentCall, type GenerateFn } from './call-agent.js';
 import { compose, type Middleware } from './middleware.js';
 import { createAgentProcessor, type ProcessorDeps } from './processor.js';
+import { ECANCELLED } from '../shared/core/outcomes.js';
 import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
@@ -39,7 +40,7 @@ export function createWorkerService(opts: {
   logger: Logger;
   registry: AgentRegistry;
   /** The process's shared command connection (cancel markers). */
-  redis: Pick<RedisClient, 'exists'>;
+  redis: Pick<RedisClient, 'exists' | 'del'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   /** What the fair claim carries for the result cache guard (`ShardGuards.prepareClaim`). */
@@ -162,6 +163,12 @@ export function createWorkerService(opts: {
       if (job?.id) gate.finished(job.id);
     });
   }
+  // A run that ended cancelled takes its cancel marker with it: left for its TTL, the marker would cancel the
+  // next run of the same id at its claim (a DLQ retry, Bull Board's retry, an idempotency key sent again).
+  worker.worker.on('failed', (job, err) => {
+    if (!job?.id || (err as { code?: unknown }).code !== ECANCELLED) return;
+    void opts.redis.del(cancelRequestedKey(prefix, job.id)).catch((delErr: unknown) => logger.warn({ err: delErr, jobId: job.id }, 'could not clear the cancel marker of a cancelled job'));
+  });
   // Producers that do not dispatch themselves (the direct producer) ask a worker to, over pub/sub.
   const kickChannel = fairKickChannel(prefix);
   const onKick = (ch: string) => ch === kickChannel && void loop?.kick();

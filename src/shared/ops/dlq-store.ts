@@ -4,7 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { agentJobKey, dlqMetaKey } from '../core/queue-keys.js';
+import { agentJobKey, cancelRequestedKey, dlqMetaKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -67,7 +67,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
-  const claimLua = defineLua(redis, 'dlq-claim-3.lua');
+  const claimLua = defineLua(redis, 'dlq-claim-4.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -169,7 +169,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
 
     /**
      * Counts one retry of `item` if nobody else did first, and writes `input` into the job in the same step
-     * (see dlq-claim-3.lua): a caller refused here never touches the job. Returns the new count or why it
+     * (see dlq-claim-4.lua): a caller refused here never touches the job. Returns the new count or why it
      * was refused.
      */
     async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | ClaimRefusal> {
@@ -178,7 +178,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       const now = Date.now();
       const res = Number(
         await claimLua(
-          [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id)],
+          [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id)],
           [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS],
         ),
       );
@@ -187,7 +187,8 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
 
     async remove(item: DlqItem): Promise<void> {
       await item.job.remove();
-      await redis.del(metaKey(item.entry.id));
+      // The cancel marker too: a job of the same id added later (an idempotency key sent again) is not that run.
+      await redis.del(metaKey(item.entry.id), cancelRequestedKey(deps.prefix, item.entry.id));
     },
   };
 }

@@ -6,8 +6,9 @@
 -- The claim is held for this stay until ARGV[10]: the caller moves the job out of the failed set (BullMQ's
 -- retry) right after; a caller that read the entry after this claim was counted is refused meanwhile, and
 -- one that died between claim and move blocks the entry only until then.
+-- A cancel marker is of the run it cancelled, which is over: left, it would cancel the retry at its claim.
 -- KEYS[1]: DLQ meta hash of the entry      KEYS[2]: the agent queue's failed sorted set
--- KEYS[3]: the job's hash
+-- KEYS[3]: the job's hash                 KEYS[4]: the API's cancel marker of the job
 -- ARGV[1]: job id
 -- ARGV[2]: expected retry count, '' for any
 -- ARGV[3]: max retries, -1 for no limit
@@ -42,6 +43,7 @@ if ARGV[4] ~= '' and class ~= ARGV[4] then
 end
 redis.call('HSET', KEYS[1], 'retries', retries + 1, 'class', class, 'lastError', ARGV[6], 'lastRetryAt', ARGV[7], 'claimOf', stay, 'claimUntil', ARGV[10])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+redis.call('DEL', KEYS[4])
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[3], 'data', ARGV[9])
 end
