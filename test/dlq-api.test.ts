@@ -3,6 +3,10 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
 import { until } from './helpers/wait.js';
+import { createDlqStore } from '../src/shared/ops/dlq-store.js';
+import { createDlqService } from '../src/shared/ops/dlq-service.js';
+import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
+import { createLogger } from '../src/shared/core/logger.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
@@ -155,6 +159,44 @@ describe('DLQ retries with a worker', () => {
   const job = (id: string, waitMs = 0) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: s.auth }).then((r) => r.json());
   const modelCalls = () => s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream').length;
   const marker = (id: string) => s.runtime.deps.redis.exists(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id));
+
+  it('refuses (409, naming why) to replay a pipeline step or fan-out child whose run or flow has finished, alone, in bulk or on schedule', async () => {
+    // One attempt each (JOB_ATTEMPTS 3 would retry the 503 away): the step and the child fail for good.
+    const name = `Replay ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: name }, times: -1 });
+    const run = (await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input: { companyName: name, answers: [{ question: 'What?', answer: 'Robots.' }] } } })).json();
+    expect((await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${run.id}?waitMs=20000`, headers: s.auth })).json().state).toBe('failed');
+    const task = { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name, industry: 'robotics', stage: 'seed', description: 'fan' } } };
+    const flow = (await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: s.auth, payload: { tasks: [task] } })).json();
+    const settled = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flow.id}?waitMs=20000`, headers: s.auth })).json();
+    expect(settled.state).toBe('completed');
+    const steps = [`${run.id}-profile`, settled.children[0].id as string];
+    for (const id of steps) await until(`the entry of ${id}`, async () => (await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: admin })).statusCode === 200);
+    s.emulator.clearFaults();
+    const calls = modelCalls();
+
+    for (const [id, parentId] of [[steps[0], run.id], [steps[1], flow.id]]) {
+      const res = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} });
+      expect(res.statusCode).toBe(409);
+      expect(res.json()).toMatchObject({ reason: 'parent_finished', parentId });
+    }
+    expect((await s.app.inject({ method: 'POST', url: '/v1/dlq/retry', headers: admin, payload: {} })).json()).toMatchObject({ retried: 0 });
+    const cell = s.runtime.deps.cells[0];
+    const store = createDlqStore({ redis: s.runtime.deps.redis, queue: cell.queue, prefix: cell.prefix, ttlS: 3600 });
+    const reprocessor = createDlqReprocessor({
+      store,
+      service: createDlqService({ store, validateInput: (_a, _b, input) => input }),
+      blocked: async () => false,
+      maxRetries: 3,
+      batch: 10,
+      logger: createLogger({ level: 'silent' }),
+    });
+    // Poison entries are not the reprocessor's: the class is forced to retryable, as an outage would leave it.
+    for (const id of steps) await s.runtime.deps.redis.hset(store.metaKey(id), 'class', 'retryable');
+    expect(await reprocessor.run()).toMatchObject({ retried: 0, skippedParentFinished: 2 });
+    for (const id of steps) expect(await cell.queue.getJobState(id)).toBe('failed');
+    expect(modelCalls()).toBe(calls);
+  });
 
   it('runs a job cancelled while running again when its entry is retried: the cancel was of the run that ended', async () => {
     const name = `Cancel Then Retry ${randomUUID().slice(0, 8)}`;

@@ -61,6 +61,10 @@ export function createDlqService(deps: { store: DlqStore; validateInput: (agent:
       const parsed = input === undefined ? undefined : deps.validateInput(item.entry.agent, item.entry.action, input);
       const res = await retryItem(item, { input: parsed });
       if (res === 'not_failed') throw new NotFoundError('dead-letter entry not found');
+      if (res === 'parent_finished') {
+        const parentId = item.job.parent?.id ?? '';
+        throw new ConflictError('the flow or pipeline run this job belongs to has finished and would never read its result; start a new one', { reason: res, parentId });
+      }
       if (typeof res !== 'number') throw new ConflictError('entry is being retried by someone else; read it again');
       return { id, state: 'waiting', dlqRetries: res };
     },

@@ -40,8 +40,9 @@ export interface DlqCursor {
   id: string;
 }
 
-export type ClaimRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class';
-const REFUSALS: Record<number, ClaimRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class' };
+/** `parent_finished`: a flow child or pipeline step whose parent (flow, run) no longer waits for it. */
+export type ClaimRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class' | 'parent_finished';
+const REFUSALS: Record<number, ClaimRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class', [-5]: 'parent_finished' };
 
 /**
  * How long a claim keeps other callers off an entry still in the failed set: its holder moves the job out in
@@ -67,7 +68,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
-  const claimLua = defineLua(redis, 'dlq-claim-4.lua');
+  const claimLua = defineLua(redis, 'dlq-claim-N.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -169,18 +170,18 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
 
     /**
      * Counts one retry of `item` if nobody else did first, and writes `input` into the job in the same step
-     * (see dlq-claim-4.lua): a caller refused here never touches the job. Returns the new count or why it
+     * (see dlq-claim-N.lua): a caller refused here never touches the job. Returns the new count or why it
      * was refused.
      */
     async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | ClaimRefusal> {
       const { entry } = item;
       const data = opts.input === undefined ? '' : JSON.stringify({ ...item.job.data, input: opts.input });
       const now = Date.now();
+      const { parent, parentKey } = item.job;
+      const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id)];
+      if (parent && parentKey) keys.push(parentKey, `${parent.queueKey}:waiting-children`);
       const res = Number(
-        await claimLua(
-          [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id)],
-          [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS],
-        ),
+        await claimLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS, parent?.id ?? '']),
       );
       return res >= 0 ? res : REFUSALS[res];
     },

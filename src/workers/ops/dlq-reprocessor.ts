@@ -5,6 +5,8 @@ import type { DlqService } from '../../shared/ops/dlq-service.js';
 export interface ReprocessOutcome {
   retried: number;
   skippedBreakerOpen: number;
+  /** Flow children and pipeline steps whose flow or run has finished: their result would never be read. */
+  skippedParentFinished: number;
   /** Claimed by a concurrent run or moved meanwhile. */
   lost: number;
 }
@@ -12,7 +14,8 @@ export interface ReprocessOutcome {
 /**
  * One scheduled pass over the DLQ: retries the oldest `retryable` entries whose DLQ retry count is under
  * `maxRetries`, at most `batch` of them. Poison and cancelled entries are never touched; entries whose
- * model is behind an open circuit breaker are skipped (and stay eligible for the next pass). Safe to run
+ * model is behind an open circuit breaker are skipped (and stay eligible for the next pass), and so are flow
+ * children and pipeline steps whose flow or run has finished (refused by the claim, before any model call). Safe to run
  * concurrently: each retry is claimed atomically on (job, retry count).
  */
 export function createDlqReprocessor(deps: {
@@ -28,7 +31,7 @@ export function createDlqReprocessor(deps: {
 
   return {
     async run(): Promise<ReprocessOutcome> {
-      const out: ReprocessOutcome = { retried: 0, skippedBreakerOpen: 0, lost: 0 };
+      const out: ReprocessOutcome = { retried: 0, skippedBreakerOpen: 0, skippedParentFinished: 0, lost: 0 };
       const blockedByKey = new Map<string, Promise<boolean>>();
       let after: DlqCursor | undefined;
       while (out.retried < deps.batch) {
@@ -44,12 +47,13 @@ export function createDlqReprocessor(deps: {
           if (typeof res === 'number') {
             out.retried++;
             deps.logger.info({ jobId: item.entry.id, orgId: item.entry.orgId, agent: item.entry.agent, dlqRetries: res }, 'dead-letter entry retried');
-          } else out.lost++;
+          } else if (res === 'parent_finished') out.skippedParentFinished++;
+          else out.lost++;
         }
         if (!next) break;
         after = next;
       }
-      if (out.retried || out.skippedBreakerOpen || out.lost) deps.logger.info(out, 'dead-letter reprocessing pass');
+      if (out.retried || out.skippedBreakerOpen || out.skippedParentFinished || out.lost) deps.logger.info(out, 'dead-letter reprocessing pass');
       return out;
     },
   };
