@@ -34,6 +34,13 @@ describe('configuration', () => {
     }
   });
 
+  it("refuses the SDK's Vertex AI switches at start, naming them (agentq calls the Gemini API)", () => {
+    for (const name of ['GOOGLE_GENAI_USE_VERTEXAI', 'GOOGLE_GENAI_USE_ENTERPRISE']) {
+      expect(() => parseConfig({ [name]: 'True' })).toThrow(new RegExp(`^Invalid environment variable ${name}="True": Vertex AI is not supported`));
+      expect(() => parseConfig({ [name]: 'false' })).not.toThrow();
+    }
+  });
+
   it('auto-pipelines a worker from 16 concurrent jobs unless told otherwise', () => {
     const at = (env: Record<string, string>) => workerAutoPipelining(parseConfig(env));
     expect(AUTO_PIPELINING_FROM_CONCURRENCY).toBe(16);

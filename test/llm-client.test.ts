@@ -354,6 +354,15 @@ describe('gemini runtime', () => {
     }
   });
 
+  it("takes the key the SDK would: GOOGLE_API_KEY alone, or over GEMINI_API_KEY when both are set (said once)", () => {
+    const { lines, logger } = capture();
+    expect(geminiOptionsFromConfig(parseConfig({ GOOGLE_API_KEY: 'g-key' }), logger).apiKey).toBe('g-key');
+    expect(geminiOptionsFromConfig(parseConfig({ GEMINI_API_KEY: 'm-key' }), logger).apiKey).toBe('m-key');
+    expect(lines).toEqual([]);
+    expect(geminiOptionsFromConfig(parseConfig({ GEMINI_API_KEY: 'm-key', GOOGLE_API_KEY: 'g-key' }), logger).apiKey).toBe('g-key');
+    expect(lines.map((l) => l.msg)).toEqual(['both GOOGLE_API_KEY and GEMINI_API_KEY are set: GOOGLE_API_KEY is used, as the SDK does']);
+  });
+
   it('with a key never starts the emulator and uses the SDK default endpoint (GOOGLE_GEMINI_BASE_URL honoured)', async () => {
     const upstream = await startGeminiEmulator();
     const before = process.env.GOOGLE_GEMINI_BASE_URL;

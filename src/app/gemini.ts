@@ -55,7 +55,7 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
   const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
   opts.logger.warn(
     { emulator: emulator.url },
-    'GEMINI_API_KEY is not set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY for real answers.',
+    'Neither GEMINI_API_KEY nor GOOGLE_API_KEY is set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY (or GOOGLE_API_KEY) for real answers.',
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
   const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...transport });
@@ -74,11 +74,13 @@ function proxiedByNode(logger: Logger): boolean {
 
 /** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
 export function geminiOptionsFromConfig(
-  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'PRICES_JSON' | 'LLM_HTTP_TRANSPORT'>>,
+  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'GOOGLE_API_KEY' | 'PRICES_JSON' | 'LLM_HTTP_TRANSPORT'>>,
   logger: Logger,
 ): GeminiSetupOptions {
+  if (cfg.GOOGLE_API_KEY && cfg.GEMINI_API_KEY) logger.warn('both GOOGLE_API_KEY and GEMINI_API_KEY are set: GOOGLE_API_KEY is used, as the SDK does');
   return {
-    apiKey: cfg.GEMINI_API_KEY,
+    // The key the SDK itself would pick from the environment.
+    apiKey: cfg.GOOGLE_API_KEY ?? cfg.GEMINI_API_KEY,
     models: { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO, embedding: cfg.GEMINI_EMBEDDING_MODEL },
     timeoutMs: cfg.LLM_TIMEOUT_MS,
     logger,

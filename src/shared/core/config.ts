@@ -116,6 +116,15 @@ export const configSchema = z.object({
   PGLITE_PREWARM: bool.default(true),
 
   GEMINI_API_KEY: optionalString,
+  /** The SDK's own key variable; with both set the SDK (and so agentq) uses this one. */
+  GOOGLE_API_KEY: optionalString,
+  /**
+   * The SDK's switches to Vertex AI, read here only to refuse them: agentq speaks the Gemini API (its batch tier
+   * sends inline requests, which Vertex batch prediction does not take; its embeddings and prices are the
+   * Gemini API's), and a Vertex setup silently served by the emulator would be worse than no start.
+   */
+  GOOGLE_GENAI_USE_VERTEXAI: optionalString,
+  GOOGLE_GENAI_USE_ENTERPRISE: optionalString,
   GEMINI_MODEL_FAST: z.string().default('gemini-2.5-flash'),
   GEMINI_MODEL_PRO: z.string().default('gemini-2.5-pro'),
   GEMINI_EMBEDDING_MODEL: z.string().default('gemini-embedding-001'),
@@ -272,6 +281,12 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
       throw new ConfigError(
         `Invalid environment variable QUEUE_PREFIX=${JSON.stringify(result.data.QUEUE_PREFIX)}: with QUEUE_SHARDS > 1 it must contain a {hash tag}, e.g. "{agentq}"`,
       );
+    }
+    for (const name of ['GOOGLE_GENAI_USE_VERTEXAI', 'GOOGLE_GENAI_USE_ENTERPRISE'] as const) {
+      // The SDK's own reading of the switch: "true", any case.
+      if (result.data[name]?.trim().toLowerCase() === 'true') {
+        throw new ConfigError(`Invalid environment variable ${name}=${JSON.stringify(result.data[name])}: Vertex AI is not supported (agentq calls the Gemini API); unset it and set GEMINI_API_KEY or GOOGLE_API_KEY`);
+      }
     }
     if (result.data.REDIS_CLUSTER_NODES && !/\{[^}]+\}/.test(result.data.QUEUE_PREFIX)) {
       throw new ConfigError(

@@ -18,6 +18,7 @@ export const REDACT_PATHS = [
   '*.password',
   '*.authorization',
   'GEMINI_API_KEY',
+  'GOOGLE_API_KEY',
   'ADMIN_TOKEN',
 ];
 
