@@ -217,9 +217,11 @@ export function createJobService(deps: {
         try {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
           await deps.scheduler.cancel(id);
-          await job.remove();
           // Else its request still goes into the next batch (billed), and its answer to a later job of this id.
+          // Before the removal: the tombstone must follow the removal at once, since a long poll or a stream
+          // woken by the removal reads it.
           await deps.batchCancel?.(id, job.timestamp);
+          await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
           // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
           // idempotency key sent again).
