@@ -327,7 +327,7 @@ describe('a route without a role', () => {
         agents: { list: () => [] } as never,
         readiness: {},
         producer: {} as never,
-        jobs: {} as never,
+        jobs: { endWaits: () => undefined } as never,
         longPollMaxMs: 1000,
         enqueueDeadlineMs: 1000,
         plugins: [plugin],
