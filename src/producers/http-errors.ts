@@ -27,9 +27,25 @@ export function isRedisUnavailable(err: unknown): boolean {
 
 /** Rejects with a 503 HttpError when `promise` takes longer than `ms`. */
 export async function withDeadline<T>(promise: Promise<T>, ms: number, what = 'queue'): Promise<T> {
+  return raceDeadline(promise, ms, () => new HttpError(503, `${what} unavailable`, {}, { 'retry-after': '1' }));
+}
+
+/**
+ * `withDeadline` for an enqueue of jobs whose ids are known before it is sent. The add still in flight when
+ * the deadline passes may land (a Redis command once sent cannot be called back), so the 503 says the
+ * outcome is unknown and names the ids: the caller reads them (`GET /v1/jobs/:id`) before it retries, or
+ * retries with an idempotencyKey, instead of adding the same work twice.
+ */
+export async function withEnqueueDeadline<T>(promise: Promise<T>, ms: number, jobIds: string[]): Promise<T> {
+  const error = () =>
+    new HttpError(503, 'queue did not confirm the enqueue in time: the jobs may still be added; read them (GET /v1/jobs/:id) before retrying, or retry with an idempotencyKey', { outcome: 'unknown', jobIds }, { 'retry-after': '1' });
+  return raceDeadline(promise, ms, error);
+}
+
+async function raceDeadline<T>(promise: Promise<T>, ms: number, error: () => HttpError): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new HttpError(503, `${what} unavailable`, {}, { 'retry-after': '1' })), ms);
+    timer = setTimeout(() => reject(error()), ms);
   });
   try {
     return await Promise.race([promise, deadline]);

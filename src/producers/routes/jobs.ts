@@ -1,5 +1,5 @@
 import { principalOf } from '../auth.js';
-import { withDeadline } from '../http-errors.js';
+import { withEnqueueDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
 import type { JobService } from '../job-service.js';
 import type { Handler } from '../route-spec.js';
@@ -20,7 +20,9 @@ export const enqueueJob =
   (deps: JobRouteDeps): Handler<{ body: typeof jobRequestSchema }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const job = await withDeadline(deps.producer.enqueueChecked(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
+    const meta = { orgId, requestId: req.id };
+    const prepared = deps.producer.prepareChecked(req.body, meta);
+    const [job] = await withEnqueueDeadline(deps.producer.add([prepared], meta), deadlineOf(deps), [prepared.opts.jobId]);
     req.log.info({ jobId: job.id }, 'job enqueued');
     return reply.code(202).send(job);
   };
@@ -29,7 +31,9 @@ export const enqueueBulk =
   (deps: JobRouteDeps): Handler<{ body: typeof bulkBody }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const jobs = await withDeadline(deps.producer.enqueueBulkChecked(req.body.jobs, { orgId, requestId: req.id }), deadlineOf(deps) * 5);
+    const meta = { orgId, requestId: req.id };
+    const prepared = req.body.jobs.map((job, i) => deps.producer.prepareChecked(job, meta, `jobs.${i}.`));
+    const jobs = await withEnqueueDeadline(deps.producer.add(prepared, meta), deadlineOf(deps) * 5, prepared.map((p) => p.opts.jobId));
     return reply.code(202).send({ jobs });
   };
 

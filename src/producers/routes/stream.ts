@@ -6,7 +6,7 @@ import { progressFrame } from '../sse.js';
 import type { StreamLease, StreamSlots } from '../../shared/stream/stream-slots.js';
 import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
 import { principalOf } from '../auth.js';
-import { HttpError, withDeadline } from '../http-errors.js';
+import { HttpError, withDeadline, withEnqueueDeadline } from '../http-errors.js';
 import type { JobProducer } from '../../shared/queue/job-producer.js';
 import { finishedSinceRead, toJobView } from '../job-service.js';
 import type { Handler } from '../route-spec.js';
@@ -101,7 +101,7 @@ export const enqueueAndStream =
     const held = await lease(deps, orgId);
     let target: StreamTarget;
     try {
-      const [job] = await withDeadline(deps.producer.add([prepared], meta), deadline);
+      const [job] = await withEnqueueDeadline(deps.producer.add([prepared], meta), deadline, [prepared.opts.jobId]);
       req.log.info({ jobId: job.id }, 'streaming job enqueued');
       // An idempotency key can name a job that already ran (or did not stream): serve it as found.
       // A fresh job's id is random: no other incarnation shares its stream.
