@@ -11,6 +11,9 @@ import { QUEUE } from './queue-names.js';
 /** The hash BullMQ keeps one agent job in (`<prefix>:agent-jobs:<id>`): workers write its stage to `progress`. */
 export const agentJobKey = (prefix: string, jobId: string) => `${prefix}:${QUEUE.agent}:${jobId}`;
 
+/** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
+export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;
+
 /** The Redis Stream of one job's chunks, progress events and final outcome. */
 export const jobStreamKey = (prefix: string, jobId: string) => `${prefix}:agentq:stream:${jobId}`;
 

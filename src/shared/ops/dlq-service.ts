@@ -16,9 +16,9 @@ const visible = (scope: DlqScope, e: DlqEntry) => scope.orgId === undefined || e
 const matches = (f: DlqFilter, e: DlqEntry) => (!f.agent || e.agent === f.agent) && (!f.class || e.class === f.class);
 
 /**
- * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted, and its corrected
- * input written, atomically, see DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one more attempt per
- * DLQ retry, and each attempt keeps a distinct number in agent_runs.
+ * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted, and its corrected input
+ * written, atomically, see DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one
+ * more attempt per DLQ retry, and each attempt keeps a distinct number in agent_runs.
  */
 export function createDlqService(deps: { store: DlqStore; validateInput: (agent: string, action: string, input: unknown) => unknown }) {
   const { store } = deps;
