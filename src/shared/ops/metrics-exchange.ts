@@ -17,15 +17,15 @@ const aggregate = (snapshots: Snapshot[]) => AggregatorRegistry.aggregate(snapsh
  * `AggregatorRegistry.aggregate` (counters and histograms add up; gauges add up too, so only gauges that
  * count something per process belong there). Fields are stamped with Redis time, so host clocks do not
  * matter.
- * A process that leaves (it closes, or a scrape finds its field stale: it crashed) has its counters and
- * histograms folded into the retired totals (`<prefix>:agentq:metrics:retired`, a key of its own so a process of
- * an earlier version, which reads every field of the exchange as a snapshot, still can), which every scrape adds: a summed counter would otherwise go
- * down when a worker exits, and Prometheus would take that for a reset and count the survivors' totals again
- * in `increase()`. Its gauges and `process`-labelled series leave with it. The fold is a compare-and-set
- * (`metrics-retire-2.lua`), so a field is folded once however many scrapes find it stale; a process that was
- * only slow finds its field folded when it publishes next and goes on under a new field, publishing its counts
- * minus the ones already folded. Both keys expire `staleMs` after the last write: once every process has
- * been gone that long, the sum starts from zero, as a restarted server's would.
+ * A process that leaves (it closes, or a scrape finds its field stale: it crashed) has its counters and histograms
+ * folded into the retired totals (`<prefix>:agentq:metrics:retired`, a key of its own so a process of an earlier
+ * version, which reads every field of the exchange as a snapshot, still can), which every scrape adds: a summed
+ * counter would otherwise go down when a worker exits, and Prometheus would take that for a reset and count the
+ * survivors' totals again in `increase()`. Its gauges and `process`-labelled series leave with it. The fold is a
+ * compare-and-set (`metrics-retire-2.lua`), so a field is folded once however many scrapes find it stale; a process
+ * that was only slow finds its field folded when it publishes next and goes on under a new field, publishing its
+ * counts minus the ones already folded. Both keys expire `staleMs` after the last write: once every process has been
+ * gone that long, the sum starts from zero, as a restarted server's would.
  */
 export function createMetricsExchange(deps: { redis: RedisClient; prefix: string; registry: Registry; everyMs?: number; staleMs?: number; processId?: string; logger: Logger }) {
   // 15 s: a common scrape interval, so a scrape rarely sees a snapshot older than one interval.
