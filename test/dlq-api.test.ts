@@ -12,6 +12,8 @@ import { encodeReason } from '../src/shared/core/outcomes.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { failJobs } from './helpers/ops.js';
+import { readSseBody } from './helpers/sse.js';
+import type { SseMessage } from '../src/producers/client/sse-parser.js';
 
 const OUTAGE = 'Gemini API 503 UNAVAILABLE: overloaded';
 
@@ -215,5 +217,24 @@ describe('DLQ retries with a worker', () => {
     expect(retry.statusCode).toBe(202);
     expect(await job(id, 20_000)).toMatchObject({ state: 'completed', attempts: 2 });
     expect(modelCalls()).toBe(calls + 1);
+  });
+
+  it("a streaming job retried from the DLQ streams its new run, not the failure that ended the last one", async () => {
+    const name = `Stream Retry ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: name }, times: -1 });
+    const input = { startup: { name, industry: 'robotics', stage: 'seed', description: 'streams, fails, is retried' } };
+    const { id } = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true } } })).json();
+    expect(await job(id, 20_000)).toMatchObject({ state: 'failed' });
+    await until('the entry', async () => (await s.app.inject({ method: 'GET', url: `/v1/dlq/${id}`, headers: admin })).statusCode === 200);
+    s.emulator.clearFaults();
+    expect((await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} })).statusCode).toBe(202);
+    const base = s.app.server.listening ? `http://127.0.0.1:${(s.app.server.address() as { port: number }).port}` : await s.app.listen({ port: 0, host: '127.0.0.1' });
+    const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: s.auth });
+    expect(res.status).toBe(200);
+    const messages: SseMessage[] = [];
+    await readSseBody(res, messages);
+    expect(messages.at(-1)?.data).toBe('[DONE]');
+    const final = JSON.parse(messages.at(-2)!.data);
+    expect(final).toMatchObject({ result: { success: true } });
   });
 });

@@ -4,7 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { agentJobKey, cancelRequestedKey, dlqMetaKey, waitingChildrenKey } from '../core/queue-keys.js';
+import { agentJobKey, cancelRequestedKey, dlqMetaKey, jobStreamKey, waitingChildrenKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -178,7 +178,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       const data = opts.input === undefined ? '' : JSON.stringify({ ...item.job.data, input: opts.input });
       const now = Date.now();
       const { parent, parentKey } = item.job;
-      const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id)];
+      const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id), jobStreamKey(deps.prefix, entry.id)];
       if (parent && parentKey) keys.push(parentKey, waitingChildrenKey(parent.queueKey));
       const res = Number(
         await claimLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS, parent?.id ?? '']),

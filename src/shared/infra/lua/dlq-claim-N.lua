@@ -7,9 +7,12 @@
 -- retry) right after; a caller that read the entry after this claim was counted is refused meanwhile, and
 -- one that died between claim and move blocks the entry only until then.
 -- A cancel marker is of the run it cancelled, which is over: left, it would cancel the retry at its claim.
+-- So is the job's event stream (a streaming job's): its last entry is the failure that ended that run, which a
+-- reader of the retried job, starting from the stream's first entry, would take for the end of the new run.
 -- KEYS[1]: DLQ meta hash of the entry      KEYS[2]: the agent queue's failed sorted set
 -- KEYS[3]: the job's hash                 KEYS[4]: the API's cancel marker of the job
--- KEYS[5], KEYS[6] (a flow child or pipeline step only): its BullMQ parent's hash and the parent queue's
+-- KEYS[5]: the job's event stream
+-- KEYS[6], KEYS[7] (a flow child or pipeline step only): its BullMQ parent's hash and the parent queue's
 -- waiting-children set. BullMQ's retry puts a child back in its parent's dependencies but never moves a
 -- parent that has left waiting-children back: a retry then would run (and bill) a result nobody reads.
 -- ARGV[1]: job id
@@ -22,7 +25,7 @@
 -- ARGV[8]: TTL of the hash, seconds
 -- ARGV[9]: the job's new data (JSON), '' to keep it
 -- ARGV[10]: until when the claim is held, epoch ms
--- ARGV[11]: the parent's id (with KEYS[5], KEYS[6])
+-- ARGV[11]: the parent's id (with KEYS[6], KEYS[7])
 -- Returns the new retry count, or -1 not failed, -2 count moved on (or claimed by another caller),
 -- -3 limit reached, -4 other class, -5 its parent no longer waits for it.
 local stay = redis.call('ZSCORE', KEYS[2], ARGV[1])
@@ -45,12 +48,12 @@ end
 if ARGV[4] ~= '' and class ~= ARGV[4] then
   return -4
 end
-if #KEYS >= 6 and (redis.call('EXISTS', KEYS[5]) == 0 or not redis.call('ZSCORE', KEYS[6], ARGV[11])) then
+if #KEYS >= 7 and (redis.call('EXISTS', KEYS[6]) == 0 or not redis.call('ZSCORE', KEYS[7], ARGV[11])) then
   return -5
 end
 redis.call('HSET', KEYS[1], 'retries', retries + 1, 'class', class, 'lastError', ARGV[6], 'lastRetryAt', ARGV[7], 'claimOf', stay, 'claimUntil', ARGV[10])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
-redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[4], KEYS[5])
 if ARGV[9] ~= '' then
   redis.call('HSET', KEYS[3], 'data', ARGV[9])
 end
