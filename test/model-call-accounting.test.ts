@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLlmClient } from '../src/shared/infra/llm/llm-client.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
+import { createRouteGuard } from '../src/workers/guards/route-guard.js';
 import { compose, type Middleware } from '../src/workers/middleware.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
@@ -24,6 +25,7 @@ import { randomPrefix, redisUrl } from './helpers/env.js';
  * Who pays for a model call and who is blamed for it, through the real LLM client (real SDK, real HTTP) against a
  * fake Gemini whose answers each test sets: generate answers `genBody`; embed answers a per-day 429.
  */
+/** The generate answer: a body, or one per request URL (which names the model). */
 let genBody: unknown = {};
 let server: Server;
 let base = '';
@@ -42,7 +44,8 @@ beforeAll(async () => {
     req.on('end', () => {
       const embed = /embedContent|batchEmbedContents/.test(req.url ?? '');
       res.writeHead(embed ? 429 : 200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(embed ? embedDay429 : genBody));
+      const body = typeof genBody === 'function' ? (genBody as (url: string) => unknown)(req.url ?? '') : genBody;
+      res.end(JSON.stringify(embed ? embedDay429 : body));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -147,6 +150,37 @@ describe('an answer that fails is billed all the same', () => {
       expect(h.corrections).toEqual([{ model: MODEL, orgTokens: usage.input + usage.output - charged, modelTokens: usage.input + usage.output - charged }]);
     });
   }
+});
+
+describe("an attempt's usage row carries every call it paid for", () => {
+  const PRO = 'gemini-2.5-pro';
+  const badMeta = { promptTokenCount: 1000, candidatesTokenCount: 200 };
+  const goodMeta = { promptTokenCount: 1000, candidatesTokenCount: 100 };
+  const answer = (text: string, usageMetadata: object) => ({ candidates: [{ content: { parts: [{ text }], role: 'model' }, finishReason: 'STOP' }], usageMetadata });
+  const pricing = createPricing();
+
+  it("a route's primary that answered unusably, then its fallback: the completed row sums both", async () => {
+    genBody = (url: string) => (url.includes(PRO) ? answer('{"score": "bad"}', badMeta) : answer('{"score": 1}', goodMeta));
+    const route = createRouteGuard({ routeFor: () => ({ primary: PRO, fallback: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect(await h.run()).toBeUndefined();
+    const bad = pricing.cost(PRO, { input: 1000, output: 200 }, 'standard');
+    const good = pricing.cost(MODEL, { input: 1000, output: 100 }, 'standard');
+    expect(h.rows).toHaveLength(1);
+    expect(h.rows[0]).toMatchObject({ state: 'completed', model: MODEL, inputTokens: 2000, outputTokens: 300 });
+    expect(h.rows[0].costUsd).toBeCloseTo(bad.costUsd + good.costUsd, 12);
+  });
+
+  it('a primary tried twice, both answers unusable, no fallback: the failed row sums both', async () => {
+    genBody = answer('{"score": "bad"}', badMeta);
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect((await h.run())?.message).toMatch(/^\[EBADOUTPUT\] /);
+    const one = pricing.cost(MODEL, { input: 1000, output: 200 }, 'standard');
+    expect(h.rows).toHaveLength(1);
+    expect(h.rows[0]).toMatchObject({ state: 'failed', model: MODEL, inputTokens: 2000, outputTokens: 400 });
+    expect(h.rows[0].costUsd).toBeCloseTo(2 * one.costUsd, 12);
+  });
 });
 
 describe('a refusal fails the job at once', () => {

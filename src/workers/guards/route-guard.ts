@@ -1,7 +1,7 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import { billedOf, codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
-import type { BilledCall } from '../../shared/core/types.js';
+import type { AgentResult, BilledCall } from '../../shared/core/types.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
@@ -33,7 +33,7 @@ export class RouteFailedError extends AgentqError {
     message: string,
     readonly retryable: boolean,
     code = 'EROUTEFAILED',
-    /** The fallback's answer, when it answered unusably: billed all the same. */
+    /** What the calls of this attempt that answered unusably were billed, summed (see `spentOn`). */
     readonly billed?: BilledCall,
   ) {
     super(message, code);
@@ -45,6 +45,46 @@ export class RouteFailedError extends AgentqError {
  * breaker (refused before any call) and a per-day provider quota (it will not clear for hours), whether a call
  * just answered it or the model's quota mark refused it before any call (`QuotaExhaustedError`).
  */
+/**
+ * The calls of one attempt that answered unusably (bad output, a refusal) and were billed, summed into one: an
+ * attempt has one usage row, which must carry every call it paid for (a primary tried twice, then its
+ * fallback). Model and tier are the last call's.
+ */
+function sumBilled(spent: BilledCall[]): BilledCall | undefined {
+  if (spent.length <= 1) return spent[0];
+  const last = spent[spent.length - 1];
+  const usage = { input: 0, output: 0, cached: 0, thoughts: 0 };
+  let costUsd = 0;
+  let standardCostUsd = 0;
+  for (const b of spent) {
+    usage.input += b.usage.input;
+    usage.output += b.usage.output;
+    usage.cached += b.usage.cached ?? 0;
+    usage.thoughts += b.usage.thoughts ?? 0;
+    costUsd += b.costUsd;
+    standardCostUsd += b.standardCostUsd;
+  }
+  return { model: last.model, tier: last.tier, usage, costUsd, standardCostUsd };
+}
+
+/** `result` with what earlier calls of the attempt were billed added to its usage and cost. */
+function spentOn(result: AgentResult, spent: BilledCall[]): AgentResult {
+  const earlier = sumBilled(spent);
+  if (!earlier) return result;
+  const t = result.tokensUsed;
+  return {
+    ...result,
+    tokensUsed: {
+      input: t.input + earlier.usage.input,
+      output: t.output + earlier.usage.output,
+      cached: (t.cached ?? 0) + (earlier.usage.cached ?? 0),
+      thoughts: (t.thoughts ?? 0) + (earlier.usage.thoughts ?? 0),
+    },
+    costUsd: result.costUsd + earlier.costUsd,
+    standardCostUsd: (result.standardCostUsd ?? result.costUsd) + earlier.standardCostUsd,
+  };
+}
+
 const refusedBeforeCall = (err: unknown) => {
   const code = (err as { code?: string })?.code;
   return code === 'EOPENBREAKER' || code === EQUOTAEXHAUSTED;
@@ -105,11 +145,15 @@ export function createRouteGuard(opts: {
 
     const primaryModel = opts.agents.get(route.primary) ? outer.model : route.primary;
     let primaryError: unknown;
+    /** Calls of this attempt that answered unusably, each billed. */
+    const spent: BilledCall[] = [];
     for (let attempt = 0; attempt <= (route.retries ?? 0); attempt++) {
       try {
-        return { ...(await tryTarget(route.primary, primaryModel)), route: 'primary' as const };
+        return { ...spentOn(await tryTarget(route.primary, primaryModel), spent), route: 'primary' as const };
       } catch (err) {
         primaryError = err;
+        const billed = billedOf(err);
+        if (billed) spent.push(billed);
         // A per-minute 429 waits for its retryDelay (the whole model pauses); it does not burn the fallback.
         if (outer.signal.aborted || err instanceof DelayJobError || (err as { code?: string })?.code === ERATELIMIT) throw err;
         if (refusedBeforeCall(err) || (err as { retryable?: boolean }).retryable === false) break;
@@ -118,14 +162,22 @@ export function createRouteGuard(opts: {
     }
     if (!route.fallback) {
       restore(ctx, outer);
+      // Tried more than once at a price, the last try too: the error carries the sum, under that failure's code
+      // (a last try refused before any call keeps its own error: its delay and model decide what happens).
+      if (spent.length > 1 && billedOf(primaryError)) {
+        const code = codeOf(primaryError);
+        throw new RouteFailedError((primaryError as Error)?.message, (primaryError as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, sumBilled(spent));
+      }
       throw primaryError;
     }
     // A primary skipped for its spent quota is the expected path until the reset (logged once, when marked).
     const level = primaryError instanceof QuotaExhaustedError ? 'debug' : 'warn';
     ctx.logger[level]({ primary: route.primary, fallback: route.fallback, err: (primaryError as Error)?.message }, 'primary route failed; trying fallback');
     try {
-      return { ...(await tryTarget(route.fallback, outer.model)), route: 'fallback' as const };
+      return { ...spentOn(await tryTarget(route.fallback, outer.model), spent), route: 'fallback' as const };
     } catch (err) {
+      const billed = billedOf(err);
+      if (billed) spent.push(billed);
       if (outer.signal.aborted || err instanceof DelayJobError) throw err;
       // The fallback is rate limited too: the job waits for it (its error carries the delay and the model).
       if (providerLimit(err)) throw err;
@@ -134,7 +186,7 @@ export function createRouteGuard(opts: {
       if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;
       // A fallback refused by its breaker says nothing about the job: the primary's failure is the one to classify.
       const code = codeOf(refusedBeforeCall(err) ? primaryError : err);
-      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, billedOf(err));
+      throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, sumBilled(spent));
     } finally {
       restore(ctx, outer);
     }
