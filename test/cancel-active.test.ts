@@ -98,6 +98,20 @@ describe('cancelling an active job across processes', () => {
     await vi.waitFor(async () => expect((await api.runtime.deps.cells[0].scheduler.orgStats(api.orgId)).inFlight).toBe(0), POLL);
   });
 
+  it('a marker left for an earlier job of the same id (a cancel as it finished) does not cancel a new one, and goes', async () => {
+    const key = `stale-${Date.now()}`;
+    const id = idempotentJobId(api.orgId, key);
+    const markerKey = cancelRequestedKey(api.cfg.QUEUE_PREFIX, id);
+    // What a cancel that came as the earlier job finished leaves: the marker names that job's timestamp.
+    await api.runtime.deps.redis.set(markerKey, String(Date.now() - 60_000), 'EX', 60);
+    const input = { startup: { name: 'Second Incarnation Ltd', industry: 'robotics', stage: 'seed', description: 'Its id was cancelled before' } };
+    const post = await api.app.inject({ method: 'POST', url: '/v1/jobs', headers: api.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { idempotencyKey: key } } });
+    expect(post.json().id).toBe(id);
+    const view = (await api.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=10000`, headers: api.auth })).json();
+    expect(view).toMatchObject({ id, state: 'completed' });
+    expect(await api.runtime.deps.redis.exists(markerKey)).toBe(0);
+  });
+
   it('is a 404 for another org, and leaves the job running', async () => {
     const marker = 'Not Yours Ltd';
     worker.emulator.script({ latencyMs: 800, match: { promptIncludes: marker } });

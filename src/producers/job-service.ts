@@ -208,7 +208,9 @@ export function createJobService(deps: {
       });
       const state = await job.getState();
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
-      const marker = () => redis.multi().set(cancelRequestedKey(prefix, id), '1', 'EX', deps.cancelledTtlS);
+      // Its value names the job it cancels (its timestamp): a marker that outlives the job (a cancel as it
+      // finished) never cancels a later job of the same id (an idempotency key sent again once it was removed).
+      const marker = () => redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS);
       if (state !== 'active') {
         // The marker first: a worker that fetches the job from here on (between getState and remove below)
         // reads it in its claim and fails the job as cancelled, where it would otherwise park it again for its

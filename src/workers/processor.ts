@@ -48,7 +48,8 @@ export interface ProcessorDeps {
    * Whether the API asked to cancel the job (its marker): a cancel sent before this worker tracked the job.
    * Read only without a gate: the gate's claim script reads the marker itself.
    */
-  cancelRequested?: (jobId: string) => Promise<boolean>;
+  /** Whether the API's cancel marker names this job (its id and timestamp, see job-service.ts). */
+  cancelRequested?: (job: { id: string; timestamp: number }) => Promise<boolean>;
 }
 
 /**
@@ -272,7 +273,7 @@ function attemptOf(deps: ProcessorDeps) {
       deps.onDelay?.(ctx, 'no_slot', 0);
       throw new DelayedError();
     }
-    if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.(job.id!)))) {
+    if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.({ id: job.id!, timestamp: job.timestamp })))) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }

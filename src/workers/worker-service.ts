@@ -40,7 +40,7 @@ export function createWorkerService(opts: {
   logger: Logger;
   registry: AgentRegistry;
   /** The process's shared command connection (cancel markers). */
-  redis: Pick<RedisClient, 'exists' | 'del'>;
+  redis: Pick<RedisClient, 'get' | 'del'>;
   llm: GenerateFn & { embed(texts: string[], opts?: { taskType?: string }): Promise<number[][]> };
   guards: Middleware[];
   /** What the fair claim carries for the result cache guard (`ShardGuards.prepareClaim`). */
@@ -119,7 +119,11 @@ export function createWorkerService(opts: {
     logger,
     gate,
     ...(opts.prepareClaim ? { prepareClaim: opts.prepareClaim } : {}),
-    cancelRequested: async (jobId) => (await opts.redis.exists(cancelRequestedKey(prefix, jobId))) === 1,
+    cancelRequested: async ({ id, timestamp }) => {
+      const mark = await opts.redis.get(cancelRequestedKey(prefix, id));
+      // '1': a marker written before markers named the job they cancel.
+      return mark === '1' || mark === String(timestamp);
+    },
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
   });
   const worker = createAgentWorker({

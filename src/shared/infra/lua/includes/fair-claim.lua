@@ -47,7 +47,14 @@ end
 local function claimOwn(id)
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
-  local cancelled = rcall('EXISTS', P_CANCEL .. id)
+  -- The marker holds the timestamp of the job it cancels: one a cancel left as an earlier job of this id
+  -- finished (the job then removed, and its idempotency key sent again) is not this job's, and goes. '1': a
+  -- marker written before markers carried it.
+  local cancelled = 0
+  local mark = rcall('GET', P_CANCEL .. id)
+  if mark then
+    if mark == '1' or mark == rcall('HGET', Q_JOB .. id, 'timestamp') then cancelled = 1 else rcall('DEL', P_CANCEL .. id) end
+  end
   -- The lease renewed in the command that tells whether there is one (XX: never created; GT: never shortened).
   -- 0 also when the new expiry equals the old one (dispatched in this millisecond): then ZSCORE tells.
   local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', leaseDeadline(), id)
