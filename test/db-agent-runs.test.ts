@@ -157,6 +157,35 @@ describe('quotas', () => {
     expect(refused.allowed === false && Math.abs(refused.retryAfterS - expected)).toBeLessThan(120);
   });
 
+  it("counts down to the next UTC midnight and month whatever the session's TimeZone", async () => {
+    const runs = createRunStore({ pool });
+    const dayOrg = randomOrg();
+    const monthOrg = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: dayOrg, dailyJobLimit: 1 });
+    await createOrgStore({ pool }).upsert({ id: monthOrg, monthlyBudgetUsd: 0.0001 });
+    await runs.record(run({ orgId: dayOrg }));
+    await runs.record(run({ orgId: monthOrg, costUsd: 1 }));
+    // A server whose timezone is the host's: SET LOCAL inside a transaction of one client (the embedded
+    // database is one session shared by every connection: a plain SET would reach other tests' queries).
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query("SET LOCAL TIME ZONE 'America/Los_Angeles'");
+      const quotas = createQuotaChecker({ pool: { query: client.query.bind(client) } as unknown as pg.Pool });
+      const now = new Date();
+      const day = await quotas.check(dayOrg);
+      const month = await quotas.check(monthOrg);
+      const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
+      const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
+      expect(day.allowed === false && Math.abs(day.retryAfterS - (midnight - now.getTime()) / 1000)).toBeLessThan(120);
+      expect(month).toMatchObject({ allowed: false, reason: expect.stringContaining('monthly budget') });
+      expect(month.allowed === false && Math.abs(month.retryAfterS - (nextMonth - now.getTime()) / 1000)).toBeLessThan(120);
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
+  });
+
   it('refuses once this month\'s spend reaches the budget, until the first of next month', async () => {
     const quotas = createQuotaChecker({ pool });
     const runs = createRunStore({ pool });

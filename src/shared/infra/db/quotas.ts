@@ -20,8 +20,10 @@ export function createQuotaChecker({ pool }: { pool: pg.Pool }) {
                   (SELECT count(DISTINCT (r.job_id, r.job_ts)) FROM agent_runs r WHERE r.org_id = o.id AND r.created_at >= b.day_start) END AS jobs_today,
                 CASE WHEN o.monthly_budget_usd IS NULL THEN 0 ELSE
                   (SELECT COALESCE(sum(r.cost_usd), 0) FROM agent_runs r WHERE r.org_id = o.id AND r.created_at >= b.month_start) END AS spent,
-                extract(epoch FROM b.day_start + interval '1 day' - now()) AS day_left_s,
-                extract(epoch FROM b.month_start + interval '1 month' - now()) AS month_left_s
+                -- On UTC wall-clock values: an interval added to a timestamptz follows the session's TimeZone (a
+                -- month after a local midnight, a 23-hour day across a DST change), which no one sets to UTC.
+                extract(epoch FROM (date_trunc('day', now() AT TIME ZONE 'UTC') + interval '1 day') AT TIME ZONE 'UTC' - now()) AS day_left_s,
+                extract(epoch FROM (date_trunc('month', now() AT TIME ZONE 'UTC') + interval '1 month') AT TIME ZONE 'UTC' - now()) AS month_left_s
          FROM orgs o, b
          WHERE o.id = $1`,
         [orgId],
