@@ -33,15 +33,34 @@ export interface WorkerGuards {
   close(): Promise<void>;
 }
 
+/** At most one "quotas cannot be read" warning per this long: every job would say it during an outage. */
+const QUOTA_UNREADABLE_WARN_MS = 10_000;
+
 /**
  * Durable per-org quotas (daily jobs, monthly USD) checked at job start. Decisions are remembered for
  * `cacheMs`, so a burst can overshoot a quota by what starts within that window; in exchange the hot
  * path does not query Postgres per job.
+ *
+ * Postgres unreachable: the org's last decision stands, however old; an org not checked since the process
+ * started runs. Failing the job instead would spend its attempts on the outage and send every job of every
+ * org to the DLQ within seconds, while its usage row waits in Redis like any other (the usage backlog brake,
+ * USAGE_BACKLOG_MAX_ROWS, bounds how much runs unrecorded).
  */
-function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number): Middleware {
-  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId) });
+export function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number): Middleware {
+  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId), allowStaleOnFetchRejection: true });
+  let warnedAt = 0;
+  // Without caching (cacheMs 0) every job reads anew, and the cache still keeps each org's last decision.
+  // A failed read with no earlier decision to fall back on resolves undefined (allowStaleOnFetchRejection).
+  const read = (orgId: string) => cache.fetch(orgId, cacheMs > 0 ? {} : { forceRefresh: true });
+  const unreadable = (ctx: JobContext, err?: unknown): QuotaDecision => {
+    if (Date.now() - warnedAt >= QUOTA_UNREADABLE_WARN_MS) {
+      warnedAt = Date.now();
+      ctx.logger.warn({ err }, 'org quotas cannot be read (Postgres unreachable?): jobs of orgs without a known decision run');
+    }
+    return { allowed: true };
+  };
   return async (ctx, next) => {
-    const decision = cacheMs > 0 ? (await cache.fetch(ctx.orgId))! : await check(ctx.orgId);
+    const decision = (await read(ctx.orgId).catch((err: unknown) => unreadable(ctx, err))) ?? unreadable(ctx);
     guardEvent(ctx.span, 'agentq.guard.quota', decision.allowed ? { 'agentq.quota.allowed': true } : { 'agentq.quota.allowed': false, 'agentq.quota.retry_in_ms': decision.retryAfterS * 1000 });
     if (!decision.allowed) {
       ctx.logger.warn({ reason: decision.reason }, 'org quota reached; job waits');
