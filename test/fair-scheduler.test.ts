@@ -686,6 +686,50 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
   });
 
+  it('a laned job removed in BullMQ alone (Bull Board\'s remove, clean, empty) is dropped by the dispatch: no slot, no charge, its lane\'s next job goes', async () => {
+    // Leases far longer than the test: the next job may not owe its dispatch to the lease sweep.
+    const c = await setup({ leaseMs: 60_000, modelLimits: () => ({ rpm: 100, tpm: 100_000 }) });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1, rpm: { flash: 10 }, tpm: 10_000 });
+    const ids = await c.add(org, 4, { est: 300 });
+    // What the board's remove does (job.remove()) and its clean of `delayed` (queue.clean): BullMQ's job gone,
+    // the dispatcher not told.
+    await c.queue.remove(ids[0]);
+    expect(await c.queue.clean(0, 1, 'delayed')).toEqual([ids[1]]);
+    expect(await c.queue.getJob(ids[1])).toBeUndefined();
+    const r = await c.scheduler.raw.dispatch();
+    expect(r.ids).toEqual([ids[2]]);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+    expect(await c.redis.zrange(c.scheduler.keys.leases, 0, -1)).toEqual([ids[2]]);
+    expect(await c.redis.zrange(`${c.scheduler.keys.named.lanePrefix}${org}|${FLASH}`, 0, -1)).toEqual([ids[3]]);
+    expect(await c.redis.exists(c.scheduler.keys.named.jobPrefix + ids[0], c.scheduler.keys.named.jobPrefix + ids[1])).toBe(0);
+    // One job's charge in every bucket, not three (a full bucket that was charged once holds cap - cost, refilling).
+    const level = async (bucket: string, cap: number) => {
+      const [tokens, ts] = await c.redis.hmget(`${c.prefix}:tb:${bucket}`, 'tokens', 'ts');
+      return tokens === null ? cap : Math.min(cap, Number(tokens) + ((await c.redisNow()) - Number(ts)) * (cap / 60_000));
+    };
+    expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeGreaterThanOrEqual(9 - 0.01);
+    expect(await level(`rpm:model:${FLASH}`, 100)).toBeGreaterThanOrEqual(99 - 0.01);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 10_000)).toBeGreaterThanOrEqual(9_700 - 1);
+    expect(await level(`tpm:model:${FLASH}`, 100_000)).toBeGreaterThanOrEqual(99_700 - 1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 10_000)).toBeLessThan(9_700 + 5);
+  });
+
+  it('drops at most sweepMax removed jobs per dispatch, leaves the lane in the race and says there is more', async () => {
+    const c = await setup({ sweepMax: 3 });
+    const org = randomOrg();
+    const ids = await c.add(org, 8);
+    for (const id of ids.slice(0, 7)) await c.queue.remove(id);
+    const lane = `${org}|${FLASH}`;
+    const first = await c.scheduler.raw.dispatch();
+    expect(first).toMatchObject({ ids: [], more: true });
+    expect(await c.redis.zcard(`${c.scheduler.keys.named.lanePrefix}${lane}`)).toBe(5);
+    expect(await c.redis.zscore(c.scheduler.keys.named.lanes, lane)).not.toBeNull();
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[7]]);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+  });
+
   it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', { timeout: 30_000 }, async () => {
     const c = await setup();
     const org = randomOrg();

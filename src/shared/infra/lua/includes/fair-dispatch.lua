@@ -4,11 +4,11 @@
 -- BullMQ's promote (bullmq 6.x commands/promote-9.lua with its includes addJobInTargetList,
 -- addJobWithPriority, getPriorityScore, isQueuePausedOrMaxed), done here so a dispatched job costs no
 -- round trip of its own. test/fair-scheduler.test.ts ("exactly as BullMQ's own promote") compares it with BullMQ's script on
--- the installed version. False when the job is no longer delayed (removed, or promoted by hand).
+-- the installed version. Its ZREM from the delayed set is done by tryLane, before the charge: `id` is a job it took
+-- out of it.
 local pausedOrMaxed
 local markerChecked = false
 local function promoteParked(id)
-  if rcall('ZREM', Q_DELAYED, id) == 0 then return false end
   local jobKey = Q_JOB .. id
   local priority = tonumber(rcall('HGET', jobKey, 'priority')) or 0
   if pausedOrMaxed == nil then
@@ -31,7 +31,6 @@ local function promoteParked(id)
   if not pausedOrMaxed then markerDue = true end
   rcall('XADD', Q_EVENTS, '*', 'event', 'waiting', 'jobId', id, 'prev', 'delayed')
   rcall('HSET', jobKey, 'delay', 0)
-  return true
 end
 
 local function jobMeta(id)
@@ -132,7 +131,12 @@ local function dispatch(skipped, knownDue, knownRoom)
       more = 1
       break
     end
-    local id, nv, stays = tryLane(lane, org, model, v, single, heads, limit - #out)
+    local id, nv, stays, parked, stop = tryLane(lane, org, model, v, single, heads, limit - #out)
+    -- Enough removed jobs dropped for one call: a run's vt is written below, as when the tries run out.
+    if stop then
+      more = 1
+      break
+    end
     if single then
       if id and stays and (bound == nil or nv < bound) then
         v, inRun = nv, true
@@ -143,8 +147,11 @@ local function dispatch(skipped, knownDue, knownRoom)
         inRun = false
       end
     end
-    -- A leased job that is no longer parked (removed meanwhile) keeps its lease: the lease sweep recovers it.
-    if id and promoteParked(id) then out[#out + 1] = id end
+    -- A leased job that exists but was not parked (promoted by hand) is BullMQ's already: its lease lets it run.
+    if id and parked then
+      promoteParked(id)
+      out[#out + 1] = id
+    end
   end
   flushHeads(heads)
   if inRun then setVt(org, v, { lane }) end

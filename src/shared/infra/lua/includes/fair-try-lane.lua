@@ -4,7 +4,8 @@
 -- first jobs as read, `pos` the next one to try, `taken` those dispatched but still in the lane's ZSET, removed in
 -- one ZREM by flushHeads. Only tryLane reads it, and only flushHeads writes the lane from it: dispatch flushes
 -- it whenever a run ends, before anything else reads a lane (bestLaneOf, an emptied lane's check).
-local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0 } end
+-- `gone`: jobs found removed from BullMQ and dropped in this dispatch (see tryLane).
+local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0, gone = 0 } end
 local function flushHeads(h)
   if #h.taken > 0 then rcall('ZREM', P_LANE .. h.lane, unpack(h.taken)) end
   h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
@@ -33,10 +34,12 @@ local function wakeNeed(batched, need, cap, rate, lane, heads)
   return math.max(need, math.min(batch, backlog))
 end
 
--- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it and whether the lane
--- is still a candidate; or nil after parking the lane where it waits. `deferVt`: the caller writes that virtual
--- time (a run of one lane, see dispatch), not this call. `heads` (newHeads): the lane's head as read for the run;
--- `want`: how many jobs the dispatch may still take.
+-- Tries to dispatch the head job of `lane`: returns its id, the org's virtual time after it, whether the lane
+-- is still a candidate and whether the job was parked (taken out of BullMQ's delayed set here, for promoteParked);
+-- or nil after parking the lane where it waits; or, 5th, true when this dispatch dropped SWEEP_MAX removed jobs and
+-- stops (the lane left as it is, `more` for the caller). `deferVt`: the caller writes that virtual time (a run of
+-- one lane, see dispatch), not this call. `heads` (newHeads): the lane's head as read for the run; `want`: how
+-- many jobs the dispatch may still take.
 local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- Whether another job follows only tells whether the lane still holds one after the head leaves.
   local id, more = headOf(heads, lane, want + 1)
@@ -124,6 +127,22 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     end
     return nil
   end
+  -- Promote's ZREM (promoteParked), done before anything is charged: a job removed behind the dispatcher's back
+  -- (Bull Board's remove, clean or empty deletes the BullMQ job, not its lane entry nor its record here) leaves the
+  -- lane and the record without a slot or a charge, which the lease sweep would only have given half back (the
+  -- slot, FAIR_LEASE_MS later), and the lane's next job is tried. A dispatched job costs no command more; a removed
+  -- one the EXISTS and the DEL. A job that exists but is not parked (promoted by hand) is dispatched as before:
+  -- its lease lets the fair gate run it.
+  local parked = rcall('ZREM', Q_DELAYED, id) == 1
+  if not parked and rcall('EXISTS', Q_JOB .. id) == 0 then
+    heads.taken[#heads.taken + 1] = id
+    heads.pos = heads.pos + 1
+    rcall('DEL', P_JOB .. id)
+    heads.gone = heads.gone + 1
+    -- Bounded like the sweeps: an emptied queue of 100k jobs is dropped over many calls, not in one.
+    if heads.gone >= SWEEP_MAX then return nil, nil, nil, nil, true end
+    return tryLane(lane, org, model, v, deferVt, heads, want)
+  end
   for _, b in ipairs(buckets) do
     if b[6] then
       setReservoir(b[1], b[4])
@@ -163,5 +182,5 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     emptied = dropLaneIfEmpty(lane, org)
   end
   if not emptied and nextLimit then sleepLane(lane, math.ceil(nowF + nextWait), nextLimit) end
-  return id, nv, not emptied and not nextLimit
+  return id, nv, not emptied and not nextLimit, parked
 end
