@@ -99,6 +99,9 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
     expect(() => parseIngestArgs(['f.jsonl', '--table', 'chat_facts'])).toThrow(/--org is required/);
     expect(() => parseIngestArgs(['--table', 'playbooks'])).toThrow(/exactly one JSONL file/);
     expect(() => parseIngestArgs(['f.jsonl', '--table', 'playbooks', '--batch', '0'])).toThrow(/--batch/);
+    // Given but empty (`--org "$ORG"` with ORG unset) would make private playbooks shared; a malformed one no org's.
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'playbooks', '--org', ''])).toThrow(/--org may only contain/);
+    expect(() => parseIngestArgs(['f.jsonl', '--table', 'chat_facts', '--org', 'not an org!'])).toThrow(/--org may only contain/);
     expect(parseIngestArgs(['f.jsonl', '--table', 'playbooks'])).toEqual({ file: 'f.jsonl', table: 'playbooks', orgId: undefined, batchSize: 100 });
     const res = await ingest(['--table', 'nope']);
     expect(res.code).toBe(2);

@@ -95,6 +95,16 @@ describe('fair dispatch on every path', () => {
     expect(JSON.parse(shown.stdout).effective.concurrency).toBe(s.cfg.ORG_CONCURRENCY);
 
     // A refused value: the real command exits 2 with the usage text, naming the flag, before touching anything.
+    // Values the plan's columns would round or overflow are a 400 naming the field, never a 500 or a silent change.
+    for (const [body, path] of [
+      [{ monthlyBudgetUsd: 100_000_000 }, 'monthlyBudgetUsd'],
+      [{ monthlyBudgetUsd: 0.00004 }, 'monthlyBudgetUsd'],
+      [{ weight: 0.0001 }, 'weight'],
+    ] as const) {
+      const res = await s.app.inject({ method: 'PUT', url: `/admin/orgs/${org}/plan`, headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, payload: body });
+      expect(res.statusCode, JSON.stringify(body)).toBe(400);
+      expect(res.json().details[0].path, JSON.stringify(body)).toContain(path);
+    }
     const bad = await orgs(['set', org, '--concurrency', 'abc']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toContain('--concurrency');

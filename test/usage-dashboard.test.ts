@@ -118,6 +118,9 @@ describe('GET /admin/usage and its data API', () => {
       ['groupBy=team', 'query.groupBy'],
       ['org=bad org', 'query.org'],
       ['from=2037-05-12&to=2037-05-10', 'query.from'],
+      // A date that does not exist (Date would roll it over to March 1), and a time read in the server's zone.
+      ['from=2037-02-30&to=2037-03-05', 'query.from'],
+      ['from=2037-05-01T10:00&to=2037-05-02T00:00Z', 'query.from'],
     ]) {
       const res = await get(`/admin/usage/api?${query}`, operator);
       expect(res.statusCode, query).toBe(400);

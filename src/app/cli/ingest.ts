@@ -7,6 +7,7 @@ import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { defaultRegistry } from '../../shared/agents/registry.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { queueShards } from '../../shared/core/queue-shards.js';
+import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
 import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
 import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
@@ -66,6 +67,8 @@ export function parseIngestArgs(argv: string[]): IngestArgs {
   const { values, positionals } = parsed;
   if (positionals.length !== 1) throw new UsageError('expected exactly one JSONL file');
   if (!values.table || !isKnowledgeTable(values.table)) throw new UsageError(`--table must be one of ${KNOWLEDGE_TABLES.join(', ')}`);
+  // Given but empty (`--org "$ORG"` with ORG unset) is not "no org": for playbooks that would make private rows shared.
+  if (values.org !== undefined && !ORG_ID.test(values.org)) throw new UsageError('--org may only contain letters, digits and _ . : - (max 128)');
   if (values.table === 'chat_facts' && !values.org) throw new UsageError('--org is required for chat_facts');
   if (values['tenant-index'] && values.table !== 'chat_facts') throw new UsageError('--tenant-index is for chat_facts (a tenant\'s own index of its facts)');
   const batchSize = values.batch === undefined ? 100 : Number(values.batch);

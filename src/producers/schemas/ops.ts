@@ -41,11 +41,21 @@ export const dlqBulkRetried = z.looseObject({ retried: z.number(), more: z.boole
 /** Wider windows are refused: the percentiles are computed over every row of the window. */
 export const USAGE_MAX_RANGE_DAYS = 366;
 
+/**
+ * A calendar date (UTC midnight) or a date-time with `Z` or an offset: one without would be read in the API
+ * process's own zone, and day groups are UTC. The date must exist: `Date` rolls 2024-02-30 over to March 1.
+ */
 const isoDate = z
   .string()
   .max(40)
-  .refine((s) => /^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s) && !Number.isNaN(Date.parse(s)), 'expected an ISO 8601 date or date-time')
+  .refine((s) => /^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2}))?$/.test(s) && existingDate(s), 'expected an ISO 8601 date, or a date-time with Z or an offset')
   .transform((s) => new Date(s));
+
+function existingDate(s: string): boolean {
+  const [y, m, d] = s.slice(0, 10).split('-').map(Number);
+  const day = new Date(Date.UTC(y, m - 1, d));
+  return !Number.isNaN(Date.parse(s)) && day.getUTCFullYear() === y && day.getUTCMonth() === m - 1 && day.getUTCDate() === d;
+}
 
 export const usageQuery = z
   .object({

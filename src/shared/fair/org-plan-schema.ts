@@ -8,13 +8,15 @@ const rate = z.number().int().min(0).max(100_000_000).nullable();
  */
 export const orgPlanChangeSchema = z
   .object({
-    weight: z.number().positive().max(1000).nullable(),
+    // The columns' precision (migrations 009: numeric(8,3) > 0; 002: numeric(12,4)): a value they would round
+    // (a weight to 0, which their CHECK refuses; a budget to $0, which blocks the org) or overflow is refused here.
+    weight: z.number().min(0.001).max(1000).multipleOf(0.001).nullable(),
     concurrency: z.number().int().min(1).max(1_000_000).nullable(),
     rpmPro: rate,
     rpmFlash: rate,
     tpm: rate,
     dailyJobLimit: z.number().int().min(0).max(100_000_000).nullable(),
-    monthlyBudgetUsd: z.number().min(0).max(100_000_000).nullable(),
+    monthlyBudgetUsd: z.number().min(0).max(99_999_999.9999).multipleOf(0.0001).nullable(),
   })
   .partial()
   .strict();
