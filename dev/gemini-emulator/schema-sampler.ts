@@ -18,6 +18,21 @@ interface Ctx {
   words: readonly string[];
 }
 
+/**
+ * A schema no value can satisfy (an empty range, a pattern beyond its lengths): Gemini refuses such a request
+ * with 400 INVALID_ARGUMENT rather than answer, so the emulator refuses it too instead of sending a value the
+ * caller's own validation would reject.
+ */
+export class UnsatisfiableSchemaError extends Error {
+  readonly status = 400;
+  readonly code = 'UNSATISFIABLE_SCHEMA';
+
+  constructor(detail: string) {
+    super(`* GenerateContentRequest.generation_config.response_json_schema: ${detail}`);
+    this.name = 'UnsatisfiableSchemaError';
+  }
+}
+
 export function sampleFromSchema(schema: unknown, words: readonly string[], rng: Rng): unknown {
   const root = asSchema(schema);
   return sample(root, { root, words }, 'value', 0, rng);
@@ -197,7 +212,9 @@ function sampleNumber(s: Schema, key: string, integer: boolean, rng: Rng): numbe
   const hi = Math.min(hiIncl ?? Infinity, exMax ?? Infinity);
   let a = Math.max(lo, dlo);
   let b = Math.min(hi, dhi);
-  if (a > b) [a, b] = lo > dhi ? [lo, Math.min(hi, lo + (dhi - dlo))] : [Math.max(lo, hi - (dhi - dlo)), hi];
+  const ok = (x: number) => x >= lo && x <= hi && (exMin === undefined || x > exMin) && (exMax === undefined || x < exMax);
+  // A window that shrank to one excluded point (`< 0` meets the default 0..100 at 0 only) is as empty as a crossed one.
+  if (a > b || (a === b && !ok(a))) [a, b] = lo >= dhi ? [lo, Math.min(hi, lo + (dhi - dlo))] : [Math.max(lo, hi - (dhi - dlo)), hi];
   const step = num(s.multipleOf);
   if (integer || step !== undefined) {
     const unit = step ?? 1;
@@ -207,12 +224,15 @@ function sampleNumber(s: Schema, key: string, integer: boolean, rng: Rng): numbe
     if (exMax !== undefined && last * unit >= exMax) last--;
     if (integer && step !== undefined && !Number.isInteger(unit)) return Math.ceil(a);
     const n = last >= first ? rng.int(first, last) : first;
-    return Number((n * unit).toFixed(10));
+    const v = Number((n * unit).toFixed(10));
+    if (!ok(v)) throw new UnsatisfiableSchemaError(`no ${integer ? 'integer' : `multiple of ${unit}`} lies within the bounds of "${key}"`);
+    return v;
   }
   const v = a + (b - a) * (0.05 + 0.9 * rng.next());
   const rounded = Math.round(v * 100) / 100;
-  const ok = (x: number) => x >= lo && x <= hi && (exMin === undefined || x > exMin) && (exMax === undefined || x < exMax);
-  return ok(rounded) ? rounded : v;
+  if (ok(rounded)) return rounded;
+  if (!ok(v)) throw new UnsatisfiableSchemaError(`no number lies within the bounds of "${key}"`);
+  return v;
 }
 
 const ascii = (w: string): string => w.normalize('NFKD').replace(/[^a-z0-9]/gi, '').toLowerCase();

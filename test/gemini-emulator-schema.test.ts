@@ -1,0 +1,83 @@
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { sampleFromSchema, UnsatisfiableSchemaError } from '../dev/gemini-emulator/schema-sampler.js';
+import { createRng } from '../dev/gemini-emulator/seeded.js';
+
+/**
+ * The emulator's structured answers are sampled from `responseJsonSchema`; the product validates each with zod,
+ * so an answer zod rejects looks like a model fault (EBADOUTPUT). Every schema here is checked the same way: zod's
+ * JSON Schema in, zod's own safeParse on what comes out, over 40 seeds.
+ */
+const words = ['invoice', 'export', 'crashes', 'billing', 'currency', 'swiss', 'francs'];
+const toJson = (schema: z.ZodType): Record<string, unknown> => {
+  const { $schema: _drop, ...json } = z.toJSONSchema(schema, { io: 'output', unrepresentable: 'any' }) as Record<string, unknown>;
+  return json;
+};
+const sample = (schema: z.ZodType, seed: number): unknown => sampleFromSchema(toJson(schema), words, createRng(seed));
+
+const cases: Record<string, z.ZodType> = {
+  datetimeOffset: z.object({ d: z.iso.datetime({ offset: true }) }),
+  dateMin: z.object({ d: z.iso.date() }),
+  isoDuration: z.object({ t: z.iso.duration() }),
+  url: z.object({ u: z.url() }),
+  httpUrl: z.object({ u: z.httpUrl() }),
+  ipv4: z.object({ u: z.ipv4() }),
+  ipv6: z.object({ u: z.ipv6() }),
+  cuid: z.object({ u: z.cuid() }),
+  cuid2: z.object({ u: z.cuid2() }),
+  base64: z.object({ u: z.base64() }),
+  base64url: z.object({ u: z.base64url() }),
+  e164: z.object({ u: z.e164() }),
+  hex: z.object({ u: z.hex() }),
+  guid: z.object({ u: z.guid() }),
+  lengthExact: z.object({ code: z.string().length(5) }),
+  lowercase: z.object({ s: z.string().lowercase() }),
+  uppercase: z.object({ s: z.string().uppercase() }),
+  intRange: z.object({ n: z.int().min(1000).max(1005) }),
+  multipleOf: z.object({ n: z.number().multipleOf(0.25).min(0).max(1) }),
+  intMultiple: z.object({ n: z.int().multipleOf(7).min(1).max(10) }),
+  gtLt: z.object({ n: z.number().gt(0).lt(0.001) }),
+  gt5Lt6: z.object({ n: z.number().gt(5).lt(6) }),
+  gt100: z.object({ n: z.number().gt(100) }),
+  positiveInt: z.object({ n: z.int().positive() }),
+  negative: z.object({ n: z.number().negative() }),
+  negativeInt: z.object({ n: z.int().negative() }),
+  nestedArr: z.object({ m: z.array(z.array(z.int().min(0).max(9)).min(2).max(2)).min(3) }),
+  tuple: z.object({ t: z.tuple([z.string(), z.int(), z.boolean()]) }),
+  tupleRest: z.object({ t: z.tuple([z.string()], z.int()) }),
+  setUnique: z.object({ s: z.array(z.enum(['a', 'b', 'c'])).min(3).max(3) }),
+  record: z.object({ r: z.record(z.enum(['x', 'y']), z.int()) }),
+  partialRecord: z.object({ r: z.partialRecord(z.enum(['x', 'y']), z.int()) }),
+  discUnion: z.discriminatedUnion('t', [z.object({ t: z.literal('a'), x: z.int() }), z.object({ t: z.literal('b'), y: z.string() })]),
+  nullableEnum: z.object({ e: z.enum(['x', 'y']).nullable() }),
+  literalMix: z.object({ l: z.union([z.literal(1), z.literal('one'), z.null()]) }),
+  intersection: z.object({ i: z.intersection(z.object({ a: z.int() }), z.object({ b: z.string() })) }),
+  strict: z.strictObject({ a: z.string() }),
+  maxPropsLike: z.object({ a: z.string().optional(), b: z.string().optional() }),
+  bigMin: z.object({ arr: z.array(z.int()).min(20) }),
+  stringMinMaxNum: z.object({ s: z.string().min(200) }),
+  nonempty: z.object({ s: z.string().nonempty().max(1) }),
+  boolLiteral: z.object({ b: z.literal(true) }),
+  nanLikeNumber: z.object({ n: z.number().min(-1e-9).max(1e-9) }),
+  optionalNullableDeep: z.object({ a: z.object({ b: z.object({ c: z.object({ d: z.object({ e: z.object({ f: z.object({ g: z.string() }).nullable() }) }) }) }) }) }),
+  deepRequiredArr: z.object({ a: z.object({ b: z.object({ c: z.object({ d: z.object({ e: z.object({ f: z.array(z.int()).min(1) }) }) }) }) }) }),
+};
+
+describe('emulator schema sampler: answers zod accepts', () => {
+  for (const [name, schema] of Object.entries(cases)) {
+    it(name, () => {
+      const fails: string[] = [];
+      for (let seed = 1; seed <= 40; seed++) {
+        const v = sample(schema, seed);
+        const r = schema.safeParse(v);
+        if (!r.success) fails.push(`seed ${seed}: ${JSON.stringify(v)}: ${r.error.issues.map((i) => i.message).join('; ')}`);
+        expect(sample(schema, seed), 'same seed, same answer').toEqual(v);
+      }
+      expect(fails).toEqual([]);
+    });
+  }
+
+  it('refuses a numeric range that holds no value instead of answering outside it', () => {
+    expect(() => sample(z.object({ n: z.int().gt(5).lt(6) }), 1)).toThrow(UnsatisfiableSchemaError);
+  });
+});
