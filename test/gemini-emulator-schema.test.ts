@@ -52,6 +52,7 @@ const cases: Record<string, z.ZodType> = {
   nullableEnum: z.object({ e: z.enum(['x', 'y']).nullable() }),
   literalMix: z.object({ l: z.union([z.literal(1), z.literal('one'), z.null()]) }),
   intersection: z.object({ i: z.intersection(z.object({ a: z.int() }), z.object({ b: z.string() })) }),
+  intersectEnum: z.object({ i: z.enum(['a', 'b', 'c']).and(z.enum(['b', 'c'])) }),
   strict: z.strictObject({ a: z.string() }),
   maxPropsLike: z.object({ a: z.string().optional(), b: z.string().optional() }),
   bigMin: z.object({ arr: z.array(z.int()).min(20) }),
@@ -79,5 +80,9 @@ describe('emulator schema sampler: answers zod accepts', () => {
 
   it('refuses a numeric range that holds no value instead of answering outside it', () => {
     expect(() => sample(z.object({ n: z.int().gt(5).lt(6) }), 1)).toThrow(UnsatisfiableSchemaError);
+  });
+
+  it('refuses enums inside allOf that share no value', () => {
+    expect(() => sample(z.object({ i: z.enum(['a']).and(z.enum(['b'])) }), 1)).toThrow(UnsatisfiableSchemaError);
   });
 });

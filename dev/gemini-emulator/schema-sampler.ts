@@ -92,23 +92,33 @@ function mergeAllOf(s: Schema, root: Schema): Schema {
     for (const [k, v] of Object.entries(inner)) {
       if (k === 'properties') Object.assign(props, asSchema(v));
       else if (k === 'required' && Array.isArray(v)) v.forEach((r) => required.add(String(r)));
+      else if (k === 'enum' && Array.isArray(v) && Array.isArray(merged.enum)) merged.enum = sameValues(merged.enum, v);
       else if (!(k in merged)) merged[k] = v;
     }
   }
   if (Object.keys(props).length > 0) merged.properties = props;
   if (required.size > 0) merged.required = [...required];
+  if (Array.isArray(merged.enum) && 'const' in merged) merged.enum = sameValues(merged.enum, [merged.const]);
+  if (Array.isArray(merged.enum) && merged.enum.length === 0) throw new UnsatisfiableSchemaError('the enums of an allOf share no value');
   return merged;
+}
+
+/** Every part of an allOf must hold, so its enums meet in the values all of them list. */
+function sameValues(a: unknown[], b: unknown[]): unknown[] {
+  const keep = new Set(b.map((v) => JSON.stringify(v)));
+  return a.filter((v) => keep.has(JSON.stringify(v)));
 }
 
 function sample(input: Schema, ctx: Ctx, key: string, depth: number, rng: Rng): unknown {
   if (depth > HARD_DEPTH) return null;
   let s = resolveRef(input, ctx.root);
+  // Merged first: an enum or const inside allOf narrows the value as much as one beside it.
+  if (Array.isArray(s.allOf)) s = mergeAllOf(s, ctx.root);
   if ('const' in s) return s.const;
   if (Array.isArray(s.enum) && s.enum.length > 0) {
     const values = depth >= SHRINK_DEPTH || s.enum.length === 1 ? s.enum : s.enum.filter((v) => v !== null);
     return rng.pick(values.length > 0 ? values : s.enum);
   }
-  if (Array.isArray(s.allOf)) s = mergeAllOf(s, ctx.root);
   const branches = (s.anyOf ?? s.oneOf) as unknown[] | undefined;
   if (Array.isArray(branches) && branches.length > 0) {
     const { anyOf: _a, oneOf: _o, ...outer } = s;
