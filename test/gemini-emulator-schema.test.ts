@@ -17,22 +17,34 @@ const sample = (schema: z.ZodType, seed: number): unknown => sampleFromSchema(to
 
 const cases: Record<string, z.ZodType> = {
   datetimeOffset: z.object({ d: z.iso.datetime({ offset: true }) }),
+  datetimePrecision3: z.object({ d: z.iso.datetime({ precision: 3 }) }),
   dateMin: z.object({ d: z.iso.date() }),
+  isoTime: z.object({ t: z.iso.time() }),
   isoDuration: z.object({ t: z.iso.duration() }),
   url: z.object({ u: z.url() }),
   httpUrl: z.object({ u: z.httpUrl() }),
   ipv4: z.object({ u: z.ipv4() }),
   ipv6: z.object({ u: z.ipv6() }),
+  cidr: z.object({ u: z.cidrv4() }),
   cuid: z.object({ u: z.cuid() }),
   cuid2: z.object({ u: z.cuid2() }),
+  ulid: z.object({ u: z.ulid() }),
+  nanoid: z.object({ u: z.nanoid() }),
   base64: z.object({ u: z.base64() }),
   base64url: z.object({ u: z.base64url() }),
   e164: z.object({ u: z.e164() }),
+  emoji: z.object({ u: z.emoji() }),
   hex: z.object({ u: z.hex() }),
   guid: z.object({ u: z.guid() }),
+  uuidv7: z.object({ u: z.uuidv7() }),
   lengthExact: z.object({ code: z.string().length(5) }),
+  startsWith: z.object({ s: z.string().startsWith('ID-') }),
+  endsWith: z.object({ s: z.string().endsWith('.json') }),
+  includes: z.object({ s: z.string().includes('@') }),
   lowercase: z.object({ s: z.string().lowercase() }),
   uppercase: z.object({ s: z.string().uppercase() }),
+  regex: z.object({ s: z.string().regex(/^[A-Z]{3}-\d{4}$/) }),
+  regexBounded: z.object({ s: z.string().regex(/^(?:[a-z]+-)*[a-z]+$/).min(12).max(14) }),
   intRange: z.object({ n: z.int().min(1000).max(1005) }),
   multipleOf: z.object({ n: z.number().multipleOf(0.25).min(0).max(1) }),
   intMultiple: z.object({ n: z.int().multipleOf(7).min(1).max(10) }),
@@ -58,10 +70,12 @@ const cases: Record<string, z.ZodType> = {
   bigMin: z.object({ arr: z.array(z.int()).min(20) }),
   stringMinMaxNum: z.object({ s: z.string().min(200) }),
   nonempty: z.object({ s: z.string().nonempty().max(1) }),
+  dateStringish: z.object({ d: z.iso.datetime({ local: true }) }),
   boolLiteral: z.object({ b: z.literal(true) }),
   nanLikeNumber: z.object({ n: z.number().min(-1e-9).max(1e-9) }),
   optionalNullableDeep: z.object({ a: z.object({ b: z.object({ c: z.object({ d: z.object({ e: z.object({ f: z.object({ g: z.string() }).nullable() }) }) }) }) }) }),
   deepRequiredArr: z.object({ a: z.object({ b: z.object({ c: z.object({ d: z.object({ e: z.object({ f: z.array(z.int()).min(1) }) }) }) }) }) }),
+  templateLiteral: z.object({ t: z.templateLiteral(['id-', z.number()]) }),
 };
 
 describe('emulator schema sampler: answers zod accepts', () => {
@@ -84,5 +98,10 @@ describe('emulator schema sampler: answers zod accepts', () => {
 
   it('refuses enums inside allOf that share no value', () => {
     expect(() => sample(z.object({ i: z.enum(['a']).and(z.enum(['b'])) }), 1)).toThrow(UnsatisfiableSchemaError);
+  });
+
+  it('refuses a pattern that cannot fit its length bounds instead of answering outside them', () => {
+    const json = { type: 'object', properties: { s: { type: 'string', pattern: '^[A-Z]{3}-\\d{4}$', maxLength: 5 } }, required: ['s'] };
+    expect(() => sampleFromSchema(json, words, createRng(1))).toThrow(UnsatisfiableSchemaError);
   });
 });
