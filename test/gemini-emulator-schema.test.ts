@@ -60,6 +60,8 @@ const cases: Record<string, z.ZodType> = {
   setUnique: z.object({ s: z.array(z.enum(['a', 'b', 'c'])).min(3).max(3) }),
   record: z.object({ r: z.record(z.enum(['x', 'y']), z.int()) }),
   partialRecord: z.object({ r: z.partialRecord(z.enum(['x', 'y']), z.int()) }),
+  recordMinKeys: z.object({ r: z.record(z.string().regex(/^k_/), z.int()) }),
+  recordKeyLength: z.object({ r: z.record(z.string().regex(/^[A-Z]{2}$/), z.int()) }),
   discUnion: z.discriminatedUnion('t', [z.object({ t: z.literal('a'), x: z.int() }), z.object({ t: z.literal('b'), y: z.string() })]),
   nullableEnum: z.object({ e: z.enum(['x', 'y']).nullable() }),
   literalMix: z.object({ l: z.union([z.literal(1), z.literal('one'), z.null()]) }),

@@ -182,7 +182,14 @@ function propertyNames(s: Schema, ctx: Ctx, rng: Rng): string[] {
   const names = new Set<string>();
   for (let i = 0; i < 64 && names.size < 16; i++) names.add(next().replace(/[^\p{L}\p{N}_]/gu, '_') || `key${i}`);
   for (let i = 0; names.size < 16; i++) names.add(`key${i}`);
-  return [...names];
+  if (pn.pattern === undefined && pn.minLength === undefined && pn.maxLength === undefined && pn.format === undefined) return [...names];
+  // Keys are strings of the propertyNames schema: the words that pass it, then strings sampled from it.
+  const re = typeof pn.pattern === 'string' ? compile(pn.pattern) : undefined;
+  const valid = (name: string) =>
+    pn.format === undefined && name.length >= (num(pn.minLength) ?? 0) && name.length <= (num(pn.maxLength) ?? Infinity) && (re === undefined || re.test(name));
+  const keys = new Set([...names].filter(valid));
+  for (let i = 0; i < 32 && keys.size < 16; i++) keys.add(sampleString(pn, 'key', ctx.words, rng.fork(`propertyName#${i}`)));
+  return [...keys];
 }
 
 function sampleArray(s: Schema, ctx: Ctx, key: string, depth: number, rng: Rng): unknown[] {
