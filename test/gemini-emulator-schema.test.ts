@@ -16,6 +16,7 @@ const toJson = (schema: z.ZodType): Record<string, unknown> => {
 const sample = (schema: z.ZodType, seed: number): unknown => sampleFromSchema(toJson(schema), words, createRng(seed));
 
 const cases: Record<string, z.ZodType> = {
+  emailMax: z.object({ e: z.email().max(10) }),
   datetimeOffset: z.object({ d: z.iso.datetime({ offset: true }) }),
   datetimePrecision3: z.object({ d: z.iso.datetime({ precision: 3 }) }),
   dateMin: z.object({ d: z.iso.date() }),
@@ -105,5 +106,12 @@ describe('emulator schema sampler: answers zod accepts', () => {
   it('refuses a pattern that cannot fit its length bounds instead of answering outside them', () => {
     const json = { type: 'object', properties: { s: { type: 'string', pattern: '^[A-Z]{3}-\\d{4}$', maxLength: 5 } }, required: ['s'] };
     expect(() => sampleFromSchema(json, words, createRng(1))).toThrow(UnsatisfiableSchemaError);
+  });
+
+  it('keeps a format within maxLength when the schema has no pattern to follow', () => {
+    for (let seed = 1; seed <= 40; seed++) {
+      const v = sampleFromSchema({ type: 'string', format: 'email', maxLength: 10 }, words, createRng(seed)) as string;
+      expect(z.email().max(10).safeParse(v).success, v).toBe(true);
+    }
   });
 });

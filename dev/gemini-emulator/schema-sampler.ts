@@ -302,6 +302,25 @@ function formatted(format: string, words: readonly string[], rng: Rng): string |
   }
 }
 
+/** The shape of each format `formatted` writes, as a pattern, for when its usual value is too long or short. */
+const FORMAT_SHAPES: Record<string, string> = {
+  email: '^[a-z][a-z0-9]{0,15}@[a-z]{1,12}\\.(com|org|io)$',
+  uuid: '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$',
+  'date-time': '^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\\.[0-9]{3})?Z$',
+  date: '^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])$',
+  time: '^([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]$',
+  duration: '^P[1-9][0-9]{0,3}D$',
+  uri: '^https://[a-z]{1,12}\\.(com|org|io)(/[a-z0-9]{1,12}){0,4}$',
+  hostname: '^[a-z]{1,12}(\\.[a-z]{1,12}){0,3}\\.(com|org|io)$',
+  ipv4: '^192\\.0\\.2\\.([1-9]|[1-9][0-9]|1[0-9][0-9])$',
+  ipv6: '^2001:db8::[1-9a-f][0-9a-f]{0,3}$',
+  base64: '^([A-Za-z0-9+/]{4}){1,16}$',
+  base64url: '^([A-Za-z0-9_-]{4}){1,16}$',
+  e164: '^\\+[1-9][0-9]{6,14}$',
+  emoji: '^(✅|✨)+$',
+};
+for (const [alias, shape] of [['idn-email', 'email'], ['guid', 'uuid'], ['url', 'uri'], ['iri', 'uri'], ['idn-hostname', 'hostname']]) FORMAT_SHAPES[alias] = FORMAT_SHAPES[shape];
+
 const SENTENCE_KEYS = /(summary|description|explanation|reason|rationale|reasoning|answer|text|content|body|message|comment|feedback|analysis|details?|response|notes?)$/;
 const SHORT_KEYS = /(name|title|label|tags?|keywords?|category|categories|topics?|terms?|subject|heading|entity|entities)$/;
 
@@ -356,14 +375,18 @@ function sampleString(s: Schema, key: string, words: readonly string[], rng: Rng
   const format = typeof s.format === 'string' ? s.format : '';
   const fmt = format ? formatted(format, words, rng) : undefined;
   const value = fmt ?? fitLength(byKey(key, words, rng), min, max, words, rng);
-  if (typeof s.pattern !== 'string') return value;
-  const re = compile(s.pattern);
+  const outside = fmt !== undefined && (fmt.length < min || fmt.length > max);
+  // A format value that breaks the length bounds is regenerated from the format's own shape, within them.
+  const pattern = typeof s.pattern === 'string' ? s.pattern : outside ? FORMAT_SHAPES[format.toLowerCase()] : undefined;
+  if (pattern === undefined && outside) throw new UnsatisfiableSchemaError(`no ${format} value of length ${min}..${max} for "${key}"`);
+  if (pattern === undefined) return value;
+  const re = compile(pattern);
   if (!re) return value;
   const fits = (c: string) => re.test(c) && c.length >= min && c.length <= max;
   const w = words.length > 0 ? words : FALLBACK_WORDS;
   const candidates = [value, value.replace(/\s+/g, ''), value.replace(/\s+/g, '-'), value.replace(/\s+/g, '_'), ...w, ...w.map(ascii), 'abc', 'ABC', 'a1', '123', 'A1b2C3'];
-  const found = candidates.find(fits) ?? isoGuesses(rng.fork('iso')).find(fits) ?? fromPattern(s.pattern, min, max, w, rng, fits);
-  if (found === undefined) throw new UnsatisfiableSchemaError(`no string of length ${min}..${max} matches the pattern ${JSON.stringify(s.pattern)}${format ? ` (format ${format})` : ''} of "${key}"`);
+  const found = candidates.find(fits) ?? isoGuesses(rng.fork('iso')).find(fits) ?? fromPattern(pattern, min, max, w, rng, fits);
+  if (found === undefined) throw new UnsatisfiableSchemaError(`no string of length ${min}..${max} matches the pattern ${JSON.stringify(pattern)}${format ? ` (format ${format})` : ''} of "${key}"`);
   return found;
 }
 
