@@ -35,6 +35,7 @@ const cases: Record<string, z.ZodType> = {
   base64url: z.object({ u: z.base64url() }),
   e164: z.object({ u: z.e164() }),
   emoji: z.object({ u: z.emoji() }),
+  jwt: z.object({ u: z.jwt() }),
   hex: z.object({ u: z.hex() }),
   guid: z.object({ u: z.guid() }),
   uuidv7: z.object({ u: z.uuidv7() }),

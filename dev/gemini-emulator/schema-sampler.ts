@@ -293,6 +293,11 @@ function formatted(format: string, words: readonly string[], rng: Rng): string |
     case 'base64':
     case 'base64url':
       return Buffer.from(w).toString(format === 'base64' ? 'base64' : 'base64url');
+    case 'jwt': {
+      // zod decodes the header: it must be JSON naming an algorithm.
+      const part = (v: unknown) => Buffer.from(JSON.stringify(v)).toString('base64url');
+      return `${part({ alg: 'HS256', typ: 'JWT' })}.${part({ sub: w, iat: Math.floor(day.getTime() / 1000) })}.${Buffer.from(hex(rng, 64), 'hex').toString('base64url')}`;
+    }
     case 'emoji':
       return rng.pick(['✅', '✨', '👍', '🎉', '🚀']);
     case 'e164':
