@@ -7,7 +7,9 @@ import { parseIngestArgs, validateJsonl } from '../src/app/cli/ingest.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { JsonlLineError } from '../src/shared/knowledge/jsonl-docs.js';
-import { databaseUrl, randomOrg } from './helpers/env.js';
+import { Redis } from 'ioredis';
+import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
+import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
 // Each test starts the CLI as a process (tsx, Postgres): minutes, not seconds, on a busy machine.
@@ -59,6 +61,26 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
       { external_id: 'f2', startup_id: null, dims: 768 },
       { external_id: 'f3', startup_id: null, dims: 768 },
     ]);
+  });
+
+  it('invalidates through the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused, naming both counts', async () => {
+    const redis = new Redis(redisUrl());
+    const prefix = randomPrefix();
+    try {
+      await redis.set(shardLayoutKey(prefix), '4');
+      const path = file('sharded.jsonl', [JSON.stringify({ external_id: 's1', content: 'Sharded deployment fact' })]);
+      const run = (shards: string | undefined) =>
+        runCli('src/app/cli/ingest.ts', [path, '--table', 'chat_facts', '--org', randomOrg()], { DATABASE_URL: databaseUrl(), REDIS_URL: redisUrl(), GEMINI_API_KEY: undefined, QUEUE_PREFIX: prefix, QUEUE_SHARDS: shards });
+      const refused = await run('2');
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/could not be invalidated: Invalid environment variable QUEUE_SHARDS=2: the queue under .* is laid out in 4 shard\(s\)/);
+      const followed = await run(undefined);
+      expect(followed.stderr).not.toContain('could not be invalidated');
+      expect(followed.code).toBe(0);
+    } finally {
+      await redis.del(shardLayoutKey(prefix));
+      redis.disconnect();
+    }
   });
 
   it('reports the line number and field of an invalid row, exits 1, and writes nothing', async () => {

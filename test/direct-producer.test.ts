@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { createDirectProducer } from '../src/producers/direct-producer.js';
 import { defineAction, defineAgent } from '../src/shared/agents/define-agent.js';
+import { ConfigError } from '../src/shared/core/config.js';
 import { ValidationError } from '../src/shared/core/errors.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -86,5 +87,48 @@ describe('direct producer (services sharing Redis)', () => {
     } finally {
       await open.close();
     }
+  });
+});
+
+describe('direct producer on a sharded deployment (the layout recorded in Redis)', () => {
+  let s: Stack;
+  const hostShards = process.env.QUEUE_SHARDS;
+  beforeAll(async () => {
+    s = await startStack({ QUEUE_SHARDS: '4' }, { worker: true });
+    // A host service that does not repeat the deployment's QUEUE_SHARDS.
+    delete process.env.QUEUE_SHARDS;
+  });
+  afterAll(async () => {
+    if (hostShards === undefined) delete process.env.QUEUE_SHARDS;
+    else process.env.QUEUE_SHARDS = hostShards;
+    await s?.close();
+  });
+
+  it('without a count takes the recorded one: its job runs and the API finds it', async () => {
+    const producer = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX });
+    try {
+      const { id } = await producer.enqueue({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'direct-sharded' } }, { orgId: s.orgId });
+      const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=15000`, headers: s.auth });
+      expect(res.statusCode).toBe(200);
+      expect(res.json().state).toBe('completed');
+      expect(producer.queueOf(s.orgId).opts.prefix).toBe(s.runtime.deps.cellOf(s.orgId).prefix);
+    } finally {
+      await producer.close();
+    }
+  }, 30_000);
+
+  it('refuses to start with a count that differs from the recorded one, naming QUEUE_SHARDS and both counts', async () => {
+    const refused = createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX, shards: 1 });
+    await expect(refused).rejects.toThrow(ConfigError);
+    await expect(refused).rejects.toThrow(/QUEUE_SHARDS=1: the queue under .* is laid out in 4 shard\(s\)/);
+    process.env.QUEUE_SHARDS = '2';
+    try {
+      await expect(createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX })).rejects.toThrow(/QUEUE_SHARDS=2: .* laid out in 4 shard\(s\)/);
+    } finally {
+      delete process.env.QUEUE_SHARDS;
+    }
+    // The same count, given, is taken.
+    const agreed = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX, shards: 4 });
+    await agreed.close();
   });
 });

@@ -5,8 +5,9 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/shared/core/config.js';
 import { earlierShardPrefixes, queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
 import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
-import { adoptShardLayout } from '../src/shared/queue/shard-layout.js';
-import { randomPrefix, redisUrl } from './helpers/env.js';
+import { adoptShardLayout, followShardLayout } from '../src/shared/queue/shard-layout.js';
+import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { runCli } from './helpers/run-cli.js';
 
 describe('queue shard layout', () => {
   it('one shard is the configured prefix; S shards get tags in S equal slot ranges', () => {
@@ -116,6 +117,42 @@ describe('queue shard layout', () => {
       expect(await adoptShardLayout({ redis, prefix, shards: 12 })).toEqual({ previous: 12, changed: false });
       await queue.obliterate({ force: true });
       await queue.close();
+      await redis.del(shardLayoutKey(prefix));
+    });
+  });
+
+  describe('processes that follow the recorded layout (direct producer, CLIs)', () => {
+    const redis = new Redis(redisUrl());
+    afterAll(() => redis.disconnect());
+
+    it('take the recorded count when given none, refuse one that differs, and never change the record', async () => {
+      const prefix = randomPrefix();
+      expect(await followShardLayout({ redis, prefix })).toBe(1);
+      expect(await redis.get(shardLayoutKey(prefix))).toBeNull();
+      await redis.set(shardLayoutKey(prefix), '4');
+      expect(await followShardLayout({ redis, prefix })).toBe(4);
+      expect(await followShardLayout({ redis, prefix, shards: 4 })).toBe(4);
+      const refused = followShardLayout({ redis, prefix, shards: 1 });
+      await expect(refused).rejects.toThrow(ConfigError);
+      await expect(refused).rejects.toThrow(`QUEUE_SHARDS=1: the queue under ${prefix} is laid out in 4 shard(s)`);
+      expect(await redis.get(shardLayoutKey(prefix))).toBe('4');
+      await redis.del(shardLayoutKey(prefix));
+    });
+
+    it('npm run orgs without QUEUE_SHARDS sets the plan in the org\'s shard of the recorded layout; with another count it exits 1', { timeout: 240_000 }, async () => {
+      const prefix = randomPrefix();
+      const org = randomOrg();
+      await redis.set(shardLayoutKey(prefix), '4');
+      const env = { DATABASE_URL: databaseUrl(), REDIS_URL: redisUrl(), QUEUE_PREFIX: prefix };
+      const set = await runCli('src/app/cli/orgs.ts', ['set', org, '--weight', '3'], { ...env, QUEUE_SHARDS: undefined });
+      expect(set.stderr).toBe('');
+      expect(set.code).toBe(0);
+      expect(await redis.hget(`${queueShards(prefix, 4).prefixOf(org)}:fq:plan:${org}`, 'weight')).toBe('3');
+      const refused = await runCli('src/app/cli/orgs.ts', ['set', org, '--weight', '2'], { ...env, QUEUE_SHARDS: '2' });
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toContain('QUEUE_SHARDS=2: the queue under');
+      expect(refused.stderr).toContain('laid out in 4 shard(s)');
+      expect(await redis.hget(`${queueShards(prefix, 4).prefixOf(org)}:fq:plan:${org}`, 'weight')).toBe('3');
       await redis.del(shardLayoutKey(prefix));
     });
   });

@@ -4,6 +4,7 @@ import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
+import { followShardLayout } from '../shared/queue/shard-layout.js';
 import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
 import { firstBodyFault } from './body-faults.js';
 import { ValidationError } from '../shared/core/errors.js';
@@ -39,19 +40,30 @@ export async function createDirectProducer(opts: {
   prefix?: string;
   agents?: InputValidator;
   retention?: Partial<RetentionOptions>;
-  /** Queue shards, as the deployment's `QUEUE_SHARDS` (default: that variable here, else 1). */
+  /**
+   * Queue shards, as the deployment's `QUEUE_SHARDS` (default: that variable here, else the count the deployment
+   * recorded in Redis). One that differs from the recorded count is refused (ConfigError naming QUEUE_SHARDS).
+   */
   shards?: number;
   /** How long one Redis reply may take before the enqueue fails (default 2000 ms, as `REDIS_COMMAND_TIMEOUT_MS`). */
   commandTimeoutMs?: number;
 }) {
   const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
-  await whenReady(connection);
   const prefix = opts.prefix ?? '{agentq}';
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };
   // Only the variables that shape a job's lane, its shard and its allowed models: the host service's other variables are not agentq's to judge.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
-  const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix, ...(opts.shards ? { QUEUE_SHARDS: String(opts.shards) } : {}) });
-  // Each org's jobs go to its queue shard, as the API would put them (same prefix, same QUEUE_SHARDS).
+  const given = opts.shards ?? (env.QUEUE_SHARDS ? parseConfig({ QUEUE_PREFIX: prefix, QUEUE_SHARDS: env.QUEUE_SHARDS }).QUEUE_SHARDS : undefined);
+  let inForce: number;
+  try {
+    await whenReady(connection);
+    inForce = await followShardLayout({ redis: connection, prefix, shards: given });
+  } catch (err) {
+    connection.disconnect();
+    throw err;
+  }
+  const cfg = parseConfig({ ...env, QUEUE_PREFIX: prefix, QUEUE_SHARDS: String(inForce) });
+  // Each org's jobs go to its queue shard, as the API would put them (same prefix, the layout recorded in Redis).
   const shards = queueShards(prefix, cfg.QUEUE_SHARDS);
   const cells = shards.prefixes.map((shardPrefix) => {
     const queue = createAgentQueue({ connection, prefix: shardPrefix, retention });

@@ -20,7 +20,8 @@ import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
-import { runCliIfMain } from './run-cli.js';
+import { followShardLayout } from '../../shared/queue/shard-layout.js';
+import { runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index] [--tenant-index]
   chat_facts need --org; playbooks with --org are private to that org, without it global.
@@ -141,7 +142,7 @@ async function invalidateReaders(cfg: Config, pool: Pool, embed: EmbedFn, table:
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   try {
     await whenReady(redis);
-    const shards = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS);
+    const shards = queueShards(cfg.QUEUE_PREFIX, await followShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: shardsGiven(cfg) }));
     const caches = shards.prefixes.map((prefix) => createResultCache({ redis, prefix: agentqPrefix(prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
     const afterIngest = createReaderInvalidation({
       readersOf: (t) => defaultRegistry().readersOf(t),

@@ -16,7 +16,8 @@ import { migrate } from '../../shared/infra/db/migrate.js';
 import { createOrgPlanStore, type OrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
-import { runCliIfMain } from './run-cli.js';
+import { followShardLayout } from '../../shared/queue/shard-layout.js';
+import { runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage:
   npm run orgs -- set ORG [--weight N] [--concurrency N] [--rpm-pro N] [--rpm-flash N] [--tpm N]
@@ -108,13 +109,15 @@ async function main(argv: string[]): Promise<number> {
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
-  // The org's plan is read by the dispatcher of its own queue shard.
-  const prefix = queueShards(cfg.QUEUE_PREFIX, cfg.QUEUE_SHARDS).prefixOf(command.orgId);
-  const queue = new Queue(QUEUE.agent, { connection: redis, prefix });
+  let queue: Queue | undefined;
   try {
     await whenReady(redis);
+    const shards = await followShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: shardsGiven(cfg) });
+    // The org's plan is read by the dispatcher of its own queue shard.
+    const prefix = queueShards(cfg.QUEUE_PREFIX, shards).prefixOf(command.orgId);
+    queue = new Queue(QUEUE.agent, { connection: redis, prefix });
     await migrate(db.pool, { logger });
-    const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards: cfg.QUEUE_SHARDS });
+    const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards });
     // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.
     const dispatch = () => redis.spublish(fairKickChannel(prefix), '1');
     return await runOrgs(command, { plans: createOrgPlanStore({ pool: db.pool }), scheduler, dispatch }, {
@@ -125,7 +128,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`orgs ${command.cmd} failed: ${(err as Error).message}\n`);
     return 1;
   } finally {
-    await queue.close();
+    await queue?.close();
     redis.disconnect();
     await db.close();
   }

@@ -1,5 +1,6 @@
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
+import type { Config } from '../../shared/core/config.js';
 
 /**
  * Runs `main(argv)` and exits with its code, but only when `moduleUrl` is the script node was started
@@ -15,4 +16,12 @@ export function runCliIfMain(moduleUrl: string, main: (argv: string[]) => Promis
       process.exit(1);
     },
   );
+}
+
+/**
+ * The shard count this CLI's environment gives, or undefined when it leaves QUEUE_SHARDS unset: then the CLI takes
+ * the layout the deployment recorded (shard-layout.ts `followShardLayout`), not the variable's default of 1.
+ */
+export function shardsGiven(cfg: Pick<Config, 'QUEUE_SHARDS'>, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  return env.QUEUE_SHARDS ? cfg.QUEUE_SHARDS : undefined;
 }

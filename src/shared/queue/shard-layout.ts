@@ -19,7 +19,7 @@ const UNFINISHED = ['waiting', 'active', 'delayed', 'prioritized', 'waiting-chil
  */
 export async function adoptShardLayout(opts: { redis: RedisClient; prefix: string; shards: number }): Promise<{ previous: number; changed: boolean }> {
   const key = shardLayoutKey(opts.prefix);
-  const previous = Number((await opts.redis.get(key)) ?? 1);
+  const previous = await recordedShards(opts.redis, opts.prefix);
   const old = queueShards(opts.prefix, previous).prefixes;
   // Usually none: only a shard whose tag an earlier version placed on a slot range's edge moved.
   const moved = earlierShardPrefixes(opts.prefix, previous).filter((p) => !old.includes(p));
@@ -43,6 +43,29 @@ export async function adoptShardLayout(opts: { redis: RedisClient; prefix: strin
   }
   await opts.redis.set(key, String(opts.shards));
   return { previous, changed: true };
+}
+
+/** The shard count in force under `prefix`: 1 without a record (a deployment older than QUEUE_SHARDS). */
+async function recordedShards(redis: RedisClient, prefix: string): Promise<number> {
+  return Number((await redis.get(shardLayoutKey(prefix))) ?? 1);
+}
+
+/**
+ * For a process that enqueues or reads beside the deployment without running it (the direct producer, the CLIs):
+ * it must find each org's shard where the workers and the API do, so it takes the recorded layout and never
+ * changes it. A count the host's environment does not give is the recorded one (a host service has no reason to
+ * repeat QUEUE_SHARDS, and one that guessed 1 would enqueue jobs no worker runs and the API never finds); a count
+ * it gives that differs is a misconfiguration, refused rather than followed either way.
+ */
+export async function followShardLayout(opts: { redis: RedisClient; prefix: string; shards?: number }): Promise<number> {
+  const recorded = await recordedShards(opts.redis, opts.prefix);
+  if (opts.shards !== undefined && opts.shards !== recorded) {
+    throw new ConfigError(
+      `Invalid environment variable QUEUE_SHARDS=${opts.shards}: the queue under ${opts.prefix} is laid out in ${recorded} shard(s) (recorded in Redis by its workers and API); ` +
+        `set QUEUE_SHARDS=${recorded} or leave it unset`,
+    );
+  }
+  return recorded;
 }
 
 async function countUnfinished(redis: RedisClient, prefixes: readonly string[]): Promise<number> {
