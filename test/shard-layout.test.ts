@@ -4,7 +4,7 @@ import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/shared/core/config.js';
 import { earlierShardPrefixes, queueShards, shardOfOrg } from '../src/shared/core/queue-shards.js';
-import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
+import { shardLayoutKey, usageSinkGroup, usageStreamKey } from '../src/shared/core/queue-keys.js';
 import { adoptShardLayout, followShardLayout } from '../src/shared/queue/shard-layout.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
@@ -94,6 +94,27 @@ describe('queue shard layout', () => {
       await shard.close();
       await queue.obliterate({ force: true });
       await queue.close();
+    });
+
+    it('refuses a new count while the old layout\'s usage streams hold rows not yet written to Postgres, pending or never read', async () => {
+      const prefix = randomPrefix();
+      await adoptShardLayout({ redis, prefix, shards: 1 });
+      // Two finished attempts' rows Postgres was too slow for: one read by a sink (pending), one never delivered.
+      const stream = usageStreamKey(prefix);
+      await redis.xgroup('CREATE', stream, usageSinkGroup, '0', 'MKSTREAM');
+      await redis.xadd(stream, '*', 'row', JSON.stringify({ job_id: 'j1' }));
+      await redis.xreadgroup('GROUP', usageSinkGroup, 'sink-1', 'COUNT', 1, 'STREAMS', stream, '>');
+      await redis.xadd(stream, '*', 'row', JSON.stringify({ job_id: 'j2' }));
+      const refused = adoptShardLayout({ redis, prefix, shards: 4 });
+      await expect(refused).rejects.toThrow(ConfigError);
+      await expect(refused).rejects.toThrow(/QUEUE_SHARDS=4: the queue is laid out in 1 shard\(s\) and 2 usage row\(s\) there are not yet written to Postgres; drain them with QUEUE_SHARDS=1 first/);
+      expect(await redis.get(shardLayoutKey(prefix))).toBe('1');
+      // The sink writes them and acknowledges as it does (XACK + XDEL): the change goes through.
+      const entries = (await redis.xrange(stream, '-', '+')).map(([id]) => id);
+      await redis.xack(stream, usageSinkGroup, ...entries);
+      await redis.xdel(stream, ...entries);
+      expect(await adoptShardLayout({ redis, prefix, shards: 4 })).toEqual({ previous: 1, changed: true });
+      await redis.del(stream, shardLayoutKey(prefix));
     });
 
     it("refuses to start while unfinished jobs wait under a shard prefix an earlier version chose, and starts once they are gone", async () => {
