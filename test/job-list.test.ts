@@ -6,6 +6,7 @@ import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
+import { createOrgJobIndexReader, type JobRow } from '../src/shared/queue/org-job-index.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 
@@ -207,5 +208,67 @@ describe('GET /v1/jobs (chunked listing)', () => {
     expect(unknown.statusCode).toBe(400);
     expect(unknown.json().details[0].message).toMatch(/colour/);
     expect((await s.app.inject({ method: 'GET', url: '/v1/jobs' })).statusCode).toBe(401);
+  });
+});
+
+describe('org job index pages (the cursor between two pages)', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+  });
+  afterAll(async () => s?.close());
+
+  const reader = () => {
+    const cell = s.runtime.deps.cells[0];
+    const k = cell.queue.keys;
+    return createOrgJobIndexReader({ redis: s.runtime.deps.redis, prefix: cell.prefix, keys: { job: k[''], completed: k.completed, failed: k.failed, delayed: k.delayed, prioritized: k.prioritized, waitingChildren: k['waiting-children'], active: k.active } });
+  };
+  /** Completed jobs of `org` enqueued at `at` (a bulk request's jobs share one score). */
+  const completedJobs = async (org: string, at: number, ids: string[]) => {
+    const { redis, cells } = s.runtime.deps;
+    const k = cells[0].queue.keys;
+    for (const id of ids) {
+      await redis.hset(`${k['']}${id}`, 'name', 'DealScorer:pipeline_summary', 'timestamp', String(at), 'finishedOn', String(at + 5));
+      await redis.zadd(k.completed, at + 5, id);
+      await redis.zadd(orgJobsKey(cells[0].prefix, org), at, id);
+    }
+  };
+  const listAll = async (org: string, pageSize: number) => {
+    const ids: string[] = [];
+    for await (const page of reader().pages(org, {}, pageSize)) for (const r of page) ids.push(r.id);
+    return ids;
+  };
+
+  it('lists every live job once when jobs already listed at the cursor\'s score leave the index between pages', async () => {
+    const org = `org_cursor_${Math.random().toString(36).slice(2, 8)}`;
+    const ids = ['j1', 'j2', 'j3', 'j4', 'j5', 'j6'].map((j) => `${org}-${j}`);
+    await completedJobs(org, Date.now(), ids);
+    const pages = reader().pages(org, {}, 2);
+    const first = await pages.next();
+    const seen = first.value!.map((r: JobRow) => r.id);
+    expect(seen).toHaveLength(2);
+    // Retention removes the two jobs just listed; another listing of the org (a dashboard's poll) drops their index entries.
+    const k = s.runtime.deps.cells[0].queue.keys;
+    for (const id of seen) await s.runtime.deps.redis.del(`${k['']}${id}`);
+    expect(await listAll(org, 100)).toEqual([...ids].reverse().filter((id) => !seen.includes(id)));
+    for (let p = await pages.next(); !p.done; p = await pages.next()) seen.push(...p.value.map((r) => r.id));
+    expect(seen).toEqual([...ids].reverse());
+  });
+
+  it('pages neither repeat nor skip across scores and within one, whatever the page size', async () => {
+    const org = `org_pages_${Math.random().toString(36).slice(2, 8)}`;
+    const at = Date.now();
+    // Three bulks of different sizes, and ids that do not sort like their enqueue order.
+    await completedJobs(org, at, ['c', 'a', 'e', 'b', 'd']);
+    await completedJobs(org, at - 1, ['z', 'y']);
+    await completedJobs(org, at - 2, ['m', 'k', 'x']);
+    const expected = ['e', 'd', 'c', 'b', 'a', 'z', 'y', 'x', 'm', 'k'];
+    for (const size of [1, 2, 3, 4, 5, 100]) expect(await listAll(org, size), `page size ${size}`).toEqual(expected);
+    // A job enqueued between two pages is newer than the cursor: the listing under way does not repeat nor lose one.
+    const pages = reader().pages(org, {}, 3);
+    const seen = (await pages.next()).value!.map((r: JobRow) => r.id);
+    await completedJobs(org, at + 1, ['newer']);
+    for (let p = await pages.next(); !p.done; p = await pages.next()) seen.push(...p.value.map((r) => r.id));
+    expect(seen).toEqual(expected);
   });
 });

@@ -87,8 +87,10 @@ export interface JobRow {
 
 
 /**
- * Reads an org's jobs newest first, one Lua call per page. The cursor is (score, members already seen at
- * that score), so pages neither repeat nor skip jobs as new ones arrive or old ones are trimmed.
+ * Reads an org's jobs newest first, one Lua call per page. The cursor is (score, last member read), so pages
+ * neither repeat nor skip jobs as new ones arrive, old ones are trimmed, or jobs already listed leave the index
+ * between two pages (job-list-page-7.lua). The cursor never leaves this generator (one listing's pages, in one
+ * process), so no cursor of the earlier form (score, members seen at it) can reach the script.
  */
 export function createOrgJobIndexReader(o: { redis: RedisClient; prefix: string; keys: QueueKeys; ageS?: number }) {
   const pageLua = defineLua(o.redis, 'job-list-page-7.lua');
@@ -100,13 +102,13 @@ export function createOrgJobIndexReader(o: { redis: RedisClient; prefix: string;
       const key = orgJobsKey(o.prefix, orgId);
       await o.redis.zremrangebyscore(key, '-inf', Date.now() - ageS * 1000);
       let max = '+inf';
-      let skip = 0;
+      let last = '';
       const min = filter.sinceMs === undefined ? '-inf' : String(filter.sinceMs);
       for (;;) {
-        const [nextMax, nextSkip, scanned, rows] = (await pageLua(
+        const [nextMax, nextLast, scanned, rows] = (await pageLua(
           [key, k.completed, k.failed, k.delayed, k.prioritized, k.waitingChildren, k.active],
-          [k.job, cancelledKey(o.prefix, ''), max, min, skip, pageSize, filter.state ?? '', filter.agent ? `${filter.agent}:` : '', PARK_SCORE_MIN, fairJobPrefix(fairPrefixes(o.prefix).keyPrefix)],
-        )) as [string, number, number, Array<Array<string | null>>];
+          [k.job, cancelledKey(o.prefix, ''), max, min, last, pageSize, filter.state ?? '', filter.agent ? `${filter.agent}:` : '', PARK_SCORE_MIN, fairJobPrefix(fairPrefixes(o.prefix).keyPrefix)],
+        )) as [string, string, number, Array<Array<string | null>>];
         if (rows.length > 0) {
           yield rows.map((r) => ({
             id: r[0]!,
@@ -123,7 +125,7 @@ export function createOrgJobIndexReader(o: { redis: RedisClient; prefix: string;
         }
         if (scanned < pageSize) return;
         max = nextMax;
-        skip = nextSkip;
+        last = nextLast;
       }
     },
   };
