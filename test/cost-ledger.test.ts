@@ -142,6 +142,25 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(sampleSum(metrics, 'agentq_cost_savings_usd_total', { tier: 'priority' })).toBe(0);
   });
 
+  it('a priority job Gemini serves at standard (past its priority limit) is billed and recorded at standard, streamed or not', async () => {
+    s.emulator.script({ servedTier: 'standard', match: { serviceTier: 'priority' }, times: 2 });
+    const job = await run('ledger-downgraded', { tier: 'priority' });
+    const streamed = await run('ledger-downgraded-stream', { tier: 'priority', stream: true });
+    const asked = s.emulator.calls().filter((c) => c.servedTier === 'standard');
+    expect(asked.map((c) => [c.kind, c.serviceTier])).toEqual([
+      ['generate', 'priority'],
+      ['stream', 'priority'],
+    ]);
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT job_id, tier, cost_usd, standard_cost_usd FROM agent_runs WHERE job_id = ANY($1)', [[job.id, streamed.id]])).rows;
+    expect(rows).toHaveLength(2);
+    for (const r of rows) {
+      expect(r.tier).toBe('standard');
+      expect(Number(r.cost_usd)).toBeGreaterThan(0);
+      expect(Number(r.cost_usd)).toBeCloseTo(Number(r.standard_cost_usd), 12);
+    }
+  });
+
   it('a cache hit\'s row carries the tier its own job asked for, at no cost, not the tier of the job it reuses', async () => {
     const computed = await run('ledger-hit', { tier: 'flex' });
     const hit = await run('ledger-hit', { tier: 'priority' });

@@ -25,6 +25,8 @@ export interface CallRecord {
   thoughtsTokens?: number;
   /** The `serviceTier` the request asked for (generate/stream), absent when unset. */
   serviceTier?: string;
+  /** The tier a `servedTier` fault served the request at instead. */
+  servedTier?: string;
   /** Batch create: how many inline requests, and the batch's displayName and name. */
   requests?: number;
   displayName?: string;
@@ -327,7 +329,12 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
 
     validateGenerateRequest(body);
     const built = buildAnswer(model, body, { malformed: fault?.malformed });
-    const answer = { ...built, usage: usageModel.complete(model, body, built.usage, tier) };
+    // The tier that served it: the one asked for, unless a fault makes Gemini serve it at another (a priority
+    // request past its priority limit runs at standard), which Gemini says in the usage and a response header.
+    const served = fault?.servedTier ?? tier;
+    if (fault?.servedTier) record.servedTier = fault.servedTier;
+    const answer = { ...built, usage: usageModel.complete(model, body, built.usage, served) };
+    const tierHeader = { 'x-gemini-service-tier': served ?? 'standard' };
     record.promptTokens = answer.usage.promptTokenCount;
     record.outputTokens = answer.usage.candidatesTokenCount;
     if (answer.usage.cachedContentTokenCount) record.cachedTokens = answer.usage.cachedContentTokenCount;
@@ -339,10 +346,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       modelVersion: model,
       responseId,
     });
-    if (kind === 'generate') return reply(200, chunkBody(answer.text, true));
+    if (kind === 'generate') return reply(200, chunkBody(answer.text, true), tierHeader);
 
     record.status = 200;
-    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });
     const pieces = splitForStream(answer.text);
     for (let i = 0; i < pieces.length; i++) {
       if (fault?.reset && i === fault.afterChunks) {

@@ -19,7 +19,9 @@ export interface FaultMatch {
  * - `latencyMs`: wait, then answer (normally, or with the other effect);
  * - `hang`: never answer; the socket stays open until the client gives up or the server closes;
  * - `malformed`: a 200 whose candidate text is truncated JSON;
- * - `reset`: destroy the socket (for streams, after `afterChunks` chunks, default 0).
+ * - `reset`: destroy the socket (for streams, after `afterChunks` chunks, default 0);
+ * - `servedTier`: answer normally but serve the request at this tier (`usageMetadata.serviceTier` and the
+ *   `x-gemini-service-tier` header), as Gemini serves a priority request past its priority limit at standard.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
  */
 export interface EmulatorFault {
@@ -32,6 +34,7 @@ export interface EmulatorFault {
   malformed?: boolean;
   reset?: boolean;
   afterChunks?: number;
+  servedTier?: 'standard' | 'flex' | 'priority';
   match?: FaultMatch;
   times?: number;
 }
@@ -54,15 +57,19 @@ export function describeFault(f: EmulatorFault): string {
   if (f.hang) return 'hang';
   if (f.malformed) return 'malformed';
   if (f.status !== undefined) return `status:${f.status}`;
+  if (f.servedTier !== undefined) return `served:${f.servedTier}`;
   return `latency:${f.latencyMs}`;
 }
 
 function validate(f: EmulatorFault): EmulatorFault {
   if (!f || typeof f !== 'object') throw new FaultScriptError('a fault must be an object');
-  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true].filter(Boolean).length;
-  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset');
+  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true, f.servedTier !== undefined].filter(Boolean).length;
+  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier');
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
-    throw new FaultScriptError('a fault needs status, hang, malformed, reset or latencyMs');
+    throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier or latencyMs');
+  }
+  if (f.servedTier !== undefined && !['standard', 'flex', 'priority'].includes(f.servedTier)) {
+    throw new FaultScriptError('fault servedTier must be standard, flex or priority');
   }
   if (f.quota !== undefined && !['per_minute', 'tokens_per_minute', 'per_day'].includes(f.quota)) {
     throw new FaultScriptError('fault quota must be per_minute, tokens_per_minute or per_day');

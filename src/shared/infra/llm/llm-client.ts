@@ -84,6 +84,19 @@ export function usageOf(meta: GenerateContentResponse['usageMetadata'] | undefin
   };
 }
 
+/**
+ * The tier Gemini says it served a call at: a priority request past its priority limit (or a flex one it
+ * could not place) is served, and billed, at standard. Gemini says so in the `x-gemini-service-tier` response
+ * header (its documented way) and in `usageMetadata.serviceTier`; the asked-for tier when it says neither.
+ */
+export function servedTierOf(res: GenerateContentResponse | undefined, usage: GenerateContentResponse['usageMetadata'], asked: Exclude<ServiceTier, 'batch'>): Exclude<ServiceTier, 'batch'> {
+  const said = res?.sdkHttpResponse?.headers?.['x-gemini-service-tier'] ?? (usage as { serviceTier?: unknown } | undefined)?.serviceTier;
+  if (typeof said !== 'string') return asked;
+  const v = said.toLowerCase().replace(/^service_tier_/, '');
+  if (v === 'standard' || v === 'unspecified') return 'standard';
+  return v === 'flex' || v === 'priority' ? v : asked;
+}
+
 /** Gemini's batchEmbedContents takes at most 100 requests. */
 const EMBED_BATCH = 100;
 
@@ -267,7 +280,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     }
 
     const usage = usageOf(usageSeen);
-    const tier: ServiceTier = req.tier ?? 'standard';
+    const tier: ServiceTier = servedTierOf(last, usageSeen, req.tier ?? 'standard');
     const cost = pricing.cost(req.model, usage, tier);
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
@@ -282,6 +295,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
         throw new LlmError('EBADOUTPUT', `${what} returned text that is not JSON (finishReason ${finish ?? 'none'}, ${text.length} chars)`, { model: req.model, billed, ...(finish ? { finishReason: finish } : {}), cause: err });
       }
     }
+    if (tier !== (req.tier ?? 'standard')) log?.info({ model: req.model, asked: req.tier, servedAt: tier }, 'llm call served at another tier than asked');
     log?.debug({ model: req.model, input: usage.input, output: usage.output, costUsd: result.costUsd, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm call done');
     return result;
   }
