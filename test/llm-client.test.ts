@@ -1,3 +1,5 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
@@ -242,6 +244,46 @@ for (const transport of ['fetch', 'node-http'] as const) {
     });
   });
 }
+
+// What the emulator never sends: a stream closed cleanly (a well-formed end of the body) before Gemini's last chunk.
+describe('a stream that ends cleanly without a finishReason', () => {
+  let server: Server;
+  let url = '';
+  let chunks: object[] = [];
+  beforeAll(async () => {
+    server = createServer((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        for (const c of chunks) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+  afterAll(() => new Promise<void>((r) => server.close(() => r())));
+  const piece = (text: string, extra: object = {}) => ({ candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...extra }] });
+
+  for (const transport of ['fetch', 'node-http'] as const) {
+    it(`${transport}: is a retryable EPROVIDER, never an answer at $0; with the last chunk it is an answer`, async () => {
+      const client = createLlmClient({ apiKey: 'k', baseUrl: url, timeoutMs: 5000, ...(transport === 'node-http' ? { fetch: createNodeHttpFetch() } : {}) });
+      const seen: string[] = [];
+      chunks = [piece('The first half of the ans')];
+      const err = await failure(client.generate({ model: MODEL, prompt: 'q', onText: (t) => void seen.push(t) }));
+      expect(err).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
+      expect(err.billed).toBeUndefined();
+      expect(seen).toEqual(['The first half of the ans']);
+      chunks = [];
+      expect(await failure(client.generate({ model: MODEL, prompt: 'q', onText: () => undefined }))).toMatchObject({ code: 'EPROVIDER', retryable: true });
+      chunks = [piece('The whole '), piece('answer.', { finishReason: 'STOP' })];
+      chunks.push({ ...chunks.pop()!, usageMetadata: { promptTokenCount: 3, candidatesTokenCount: 4 } });
+      const ok = await client.generate({ model: MODEL, prompt: 'q', onText: () => undefined });
+      expect(ok).toMatchObject({ text: 'The whole answer.', usage: { input: 3, output: 4 } });
+      expect(ok.costUsd).toBeGreaterThan(0);
+    });
+  }
+});
 
 describe('toLlmError on shapes the SDK and undici produce', () => {
   it('classifies network, timeout and header-carried retry delays', () => {

@@ -285,6 +285,15 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = { model: req.model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
+    // Gemini ends every stream with a chunk carrying the finishReason (and the usage). A stream that ended without
+    // one was cut short, though cleanly at the HTTP level (a proxy or the backend closing early): the text is
+    // partial and the usage unknown, so it is no answer. EPROVIDER rather than ENETWORK: the transport delivered
+    // a well-formed ending, and what failed is the provider's answer; retryable and counted against the model's
+    // breaker, as a 5xx is. A stream of usage with no candidate and no reason stays a refusal (below).
+    if (req.onText && !end.finishReason && !end.blockReason && (end.candidates > 0 || !usageSeen)) {
+      log?.warn({ model: req.model, chars: text.length, ms: Math.round(performance.now() - started) }, 'llm stream ended without a finishReason');
+      throw new LlmError('EPROVIDER', `${what}: the stream ended without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, ...(usageSeen ? { billed } : {}) });
+    }
     const refused = refusalOf(end, what, { model: req.model, billed });
     if (refused) throw refused;
     if (req.responseJsonSchema !== undefined) {
