@@ -293,6 +293,30 @@ describe('scripted faults', () => {
     expect(emu.calls()[0]).toMatchObject({ status: 0, fault: 'reset' });
   });
 
+  it('cuts a stream after exactly afterChunks chunks, inside the last one when the answer has fewer', async () => {
+    const stream = async () => {
+      const got: string[] = [];
+      const err = await (async () => {
+        for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: 'a fairly long streamed answer about queues, workers and retries' })) got.push(c.text ?? '');
+      })().catch((e: unknown) => e);
+      return { got, err };
+    };
+    const whole = await stream();
+    expect(whole.err).toBeUndefined();
+    const n = whole.got.length;
+    expect(n).toBeGreaterThanOrEqual(3);
+    for (const after of [1, n - 1, n, n + 5]) {
+      emu.script({ reset: true, afterChunks: after, match: { kind: 'stream' } });
+      const cut = await stream();
+      expect(cut.err).toBeInstanceOf(Error);
+      expect(cut.got).toEqual(whole.got.slice(0, Math.min(after, n - 1)));
+      expect(emu.faults()).toEqual([]);
+    }
+    const refused = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reset: true, afterChunks: 1.5 }) });
+    expect(refused.status).toBe(400);
+    expect(JSON.stringify(await refused.json())).toContain('afterChunks');
+  });
+
   it('is scriptable from another process over its /__emulator/ HTTP routes', async () => {
     const ctl = createEmulatorControl(emu.url);
     await ctl.script([{ status: 503, match: { kind: 'stream' } }, { status: 429, retryAfterS: 1, times: Infinity, match: { promptIncludes: 'quota' } }]);

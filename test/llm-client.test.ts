@@ -233,7 +233,11 @@ for (const transport of ['fetch', 'node-http'] as const) {
       it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
         emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
         expect(await failure(gen())).toMatchObject({ code: 'ENETWORK', retryable: true });
-        expect(await failure(gen({ onText: () => undefined }))).toMatchObject({ code: 'ENETWORK', retryable: true });
+        const seen: string[] = [];
+        expect(await failure(gen({ onText: (t) => void seen.push(t) }))).toMatchObject({ code: 'ENETWORK', retryable: true });
+        // The cut came after the first chunk reached onText: a reset during a stream, not before it.
+        expect(seen).toHaveLength(1);
+        expect(seen[0].length).toBeGreaterThan(0);
         expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
       });
 

@@ -351,14 +351,22 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     record.status = 200;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });
     const pieces = splitForStream(answer.text);
+    const cutAfter = fault?.reset ? (fault.afterChunks ?? 0) : undefined;
     for (let i = 0; i < pieces.length; i++) {
-      if (fault?.reset && i === fault.afterChunks) {
-        req.socket.destroy();
-        return;
-      }
       if (i > 0 && streamDelayMs > 0) await sleep(streamDelayMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || res.destroyed) return;
-      res.write(`data: ${JSON.stringify(chunkBody(pieces[i], i === pieces.length - 1))}\n\n`);
+      const event = `data: ${JSON.stringify(chunkBody(pieces[i], i === pieces.length - 1))}\n\n`;
+      // A cut past the answer's last chunk still cuts, inside that chunk: the client never gets a whole answer.
+      const cutInside = cutAfter !== undefined && i === pieces.length - 1 && cutAfter >= pieces.length;
+      if (!(i + 1 === cutAfter || cutInside)) {
+        res.write(event);
+        continue;
+      }
+      // Cut only once the chunks before the cut have left this process: with no delay between chunks a socket
+      // destroyed at once would drop the ones still in Node's buffer, and the client would see no text at all.
+      await new Promise<void>((resolve) => res.write(cutInside ? event.slice(0, Math.ceil(event.length / 2)) : event, () => resolve()));
+      req.socket.destroy();
+      return;
     }
     res.end();
   }

@@ -19,7 +19,9 @@ export interface FaultMatch {
  * - `latencyMs`: wait, then answer (normally, or with the other effect);
  * - `hang`: never answer; the socket stays open until the client gives up or the server closes;
  * - `malformed`: a 200 whose candidate text is truncated JSON;
- * - `reset`: destroy the socket (for streams, after `afterChunks` chunks, default 0);
+ * - `reset`: destroy the socket; for a stream, after `afterChunks` whole chunks reached the socket (default 0:
+ *   before the headers); an `afterChunks` at or past the answer's chunk count cuts inside its last chunk, so the
+ *   fault always fires and the client never gets a whole answer;
  * - `servedTier`: answer normally but serve the request at this tier (`usageMetadata.serviceTier` and the
  *   `x-gemini-service-tier` header), as Gemini serves a priority request past its priority limit at standard.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
@@ -67,6 +69,9 @@ function validate(f: EmulatorFault): EmulatorFault {
   if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier');
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
     throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier or latencyMs');
+  }
+  if (f.afterChunks !== undefined && !(f.reset === true && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
+    throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
   }
   if (f.servedTier !== undefined && !['standard', 'flex', 'priority'].includes(f.servedTier)) {
     throw new FaultScriptError('fault servedTier must be standard, flex or priority');
