@@ -4,6 +4,7 @@ import { encodeReason } from '../src/shared/core/outcomes.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 import { captureLogs, DEAD_LETTERED, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-classification-7c1f0e9b2d4a';
@@ -78,6 +79,30 @@ describe('DLQ classification of real failures', () => {
     expect(lines[0]).toMatchObject({ level: 50, jobId: id, agent: 'RiskAnalyzer', class: 'poison' });
     expect(lines[0].reason).toMatch(/400/);
     expect(await dlqMetric('poison')).toBe(before + 1);
+  });
+
+  it.each([
+    ['a candidate stopped for SAFETY', { finishReason: 'SAFETY' }, false],
+    ['a blocked prompt', { blockReason: 'PROHIBITED_CONTENT' }, true],
+    ['no candidate at all', { noCandidate: true }, false],
+  ] as const)('a refusal from the model (%s) fails at once: EBLOCKED, one attempt, its prompt billed, poison', async (_what, refuse, stream) => {
+    const m = marker();
+    s.emulator.script({ refuse, match: { promptIncludes: m } });
+    const id = await enqueue({ ...riskJob(m), ...(stream ? { options: { stream: true } } : {}) });
+    const view = await finalState(id);
+    expect(view).toMatchObject({ state: 'failed', attempts: 1 });
+    expect(view.error).toMatch(/EBLOCKED/);
+    const calls = s.emulator.calls().filter((c) => c.fault?.startsWith('refuse:'));
+    expect(calls).toHaveLength(1);
+    expect(calls[0]).toMatchObject({ kind: stream ? 'stream' : 'generate', status: 200 });
+    expect(await entry(id)).toMatchObject({ class: 'poison', type: 'blocked', attempts: 1 });
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1', [id])).rows;
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ state: 'failed', input_tokens: calls[0].promptTokens, output_tokens: 0 });
+    expect(rows[0].input_tokens).toBeGreaterThan(0);
+    expect(Number(rows[0].cost_usd)).toBeGreaterThan(0);
+    s.emulator.resetCalls();
   });
 
   it('a persistent 500 is retryable once its attempts are used up', async () => {

@@ -334,6 +334,9 @@ describe('scripted faults', () => {
     expect(await statusOf(call('over quota'))).toBe(200);
     const bad = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ status: 200 }) });
     expect(bad.status).toBe(400);
+    const badRefusal = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refuse: { finishReason: 'SAFETY', blockReason: 'SAFETY' } }) });
+    expect(badRefusal.status).toBe(400);
+    expect(JSON.stringify(await badRefusal.json())).toContain('refuse');
     await ctl.setStreamChunkDelay(5);
     await ctl.script({ status: 500 });
     await ctl.reset();

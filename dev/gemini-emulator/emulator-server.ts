@@ -346,6 +346,27 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       modelVersion: model,
       responseId,
     });
+    if (fault?.refuse) {
+      // Gemini bills the prompt of a refusal and sends its usage, but no text: a candidate stopped for the reason
+      // (no parts), the prompt's blockReason with no candidate, or no candidate at all.
+      const usage = { ...answer.usage, candidatesTokenCount: 0, totalTokenCount: answer.usage.promptTokenCount };
+      delete (usage as { thoughtsTokenCount?: number }).thoughtsTokenCount;
+      record.outputTokens = 0;
+      delete record.thoughtsTokens;
+      const r = fault.refuse;
+      const refusal = {
+        ...(r.finishReason ? { candidates: [{ content: { role: 'model' }, finishReason: r.finishReason, index: 0 }] } : {}),
+        ...(r.blockReason ? { promptFeedback: { blockReason: r.blockReason } } : {}),
+        usageMetadata: usage,
+        modelVersion: model,
+        responseId,
+      };
+      if (kind === 'generate') return reply(200, refusal, tierHeader);
+      record.status = 200;
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });
+      res.end(`data: ${JSON.stringify(refusal)}\n\n`);
+      return;
+    }
     if (kind === 'generate') return reply(200, chunkBody(answer.text, true), tierHeader);
 
     record.status = 200;

@@ -24,8 +24,18 @@ export interface FaultMatch {
  *   fault always fires and the client never gets a whole answer;
  * - `servedTier`: answer normally but serve the request at this tier (`usageMetadata.serviceTier` and the
  *   `x-gemini-service-tier` header), as Gemini serves a priority request past its priority limit at standard.
+ * - `refuse` (generate and stream calls only): a 200 refusal shaped as Gemini sends it, usage included:
+ *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no parts;
+ *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
+ *   `{ noCandidate: true }` an answer with usage and no candidate at all.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
  */
+export interface Refusal {
+  finishReason?: string;
+  blockReason?: string;
+  noCandidate?: boolean;
+}
+
 export interface EmulatorFault {
   status?: number;
   retryAfterS?: number;
@@ -37,6 +47,7 @@ export interface EmulatorFault {
   reset?: boolean;
   afterChunks?: number;
   servedTier?: 'standard' | 'flex' | 'priority';
+  refuse?: Refusal;
   match?: FaultMatch;
   times?: number;
 }
@@ -60,15 +71,21 @@ export function describeFault(f: EmulatorFault): string {
   if (f.malformed) return 'malformed';
   if (f.status !== undefined) return `status:${f.status}`;
   if (f.servedTier !== undefined) return `served:${f.servedTier}`;
+  if (f.refuse) return `refuse:${f.refuse.finishReason ?? f.refuse.blockReason ?? 'no-candidate'}`;
   return `latency:${f.latencyMs}`;
 }
 
 function validate(f: EmulatorFault): EmulatorFault {
   if (!f || typeof f !== 'object') throw new FaultScriptError('a fault must be an object');
-  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true, f.servedTier !== undefined].filter(Boolean).length;
-  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier');
+  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true, f.servedTier !== undefined, f.refuse !== undefined].filter(Boolean).length;
+  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier, refuse');
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
-    throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier or latencyMs');
+    throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier, refuse or latencyMs');
+  }
+  if (f.refuse !== undefined) {
+    const r = f.refuse as Refusal | null;
+    const named = r && typeof r === 'object' ? [typeof r.finishReason === 'string' && r.finishReason !== '', typeof r.blockReason === 'string' && r.blockReason !== '', r.noCandidate === true].filter(Boolean).length : 0;
+    if (named !== 1) throw new FaultScriptError('fault refuse must name exactly one of finishReason, blockReason (non-empty strings) or noCandidate: true');
   }
   if (f.afterChunks !== undefined && !(f.reset === true && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
     throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
@@ -107,7 +124,7 @@ export class FaultQueue {
   }
 
   take(req: RequestFacts): EmulatorFault | undefined {
-    const i = this.faults.findIndex((f) => matches(f.match, req));
+    const i = this.faults.findIndex((f) => appliesTo(f, req.kind) && matches(f.match, req));
     if (i < 0) return undefined;
     const fault = this.faults[i];
     const left = (fault.times ?? 1) - 1;
@@ -115,6 +132,11 @@ export class FaultQueue {
     else this.faults[i] = { ...fault, times: left };
     return fault;
   }
+}
+
+/** A refusal or a tier is an answer's: such a fault waits for a generate or stream call, never consumed by another. */
+function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
+  return (f.refuse === undefined && f.servedTier === undefined) || kind === 'generate' || kind === 'stream';
 }
 
 function matches(m: FaultMatch | undefined, req: RequestFacts): boolean {
