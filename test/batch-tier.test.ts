@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBatchApi, type BatchApi } from '../src/shared/infra/llm/batch-api.js';
 import { createPricing } from '../src/shared/infra/llm/pricing.js';
+import { batchRequestError } from '../src/shared/infra/llm/llm-errors.js';
 import { createBatchCollector } from '../src/workers/ops/batch-collector.js';
 import { createBatchTier } from '../src/workers/batch-tier.js';
 import type { JobContext } from '../src/workers/middleware.js';
@@ -36,6 +37,26 @@ async function enqueue(s: Stack, marker: string, options: Record<string, unknown
 const view = async (s: Stack, id: string, waitMs = 0) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: s.auth })).json();
 const batchCalls = (s: Stack) => s.emulator.calls().filter((c) => c.kind === 'batch');
 const generateCalls = (s: Stack) => s.emulator.calls().filter((c) => c.kind === 'generate');
+
+describe("an inline request's error (google.rpc.Status)", () => {
+  it('reads its gRPC code: a refused request is EBADREQUEST, quota and server trouble are retried; an HTTP-like code still reads as HTTP', () => {
+    const of = (code: number | undefined) => {
+      const e = batchRequestError('m', { code, message: 'x' });
+      return [e.code, e.status];
+    };
+    expect([3, 5, 7, 9, 11, 16].map((c) => of(c)[0])).toEqual(Array(6).fill('EBADREQUEST'));
+    expect(of(3)).toEqual(['EBADREQUEST', 400]);
+    expect(of(8)).toEqual(['EPROVIDER', 429]);
+    expect(of(13)).toEqual(['EPROVIDER', 500]);
+    expect(of(14)).toEqual(['EPROVIDER', 503]);
+    expect(of(4)).toEqual(['EPROVIDER', 504]);
+    expect(of(undefined)[0]).toBe('EPROVIDER');
+    expect(of(400)).toEqual(['EBADREQUEST', 400]);
+    expect(of(429)).toEqual(['EPROVIDER', 429]);
+    expect(of(503)).toEqual(['EPROVIDER', 503]);
+    expect(batchRequestError('m', { code: 3, message: 'bad schema' }).message).toBe('Gemini m batch request failed (3 INVALID_ARGUMENT): bad schema');
+  });
+});
 
 describe('batch tier through ai.batches and the emulator', () => {
   let s: Stack;
@@ -363,13 +384,42 @@ describe('batch creation survives a crash between the intent and the answer of c
     await c.run();
     const [bad, ...good] = await Promise.all(ids.map((id) => view(s, id, 20_000)));
     expect(bad.state).toBe('failed');
-    expect(bad.error).toMatch(/^\[EBADREQUEST\] Gemini .* batch request failed \(400\)/);
+    expect(bad.error).toMatch(/^\[EBADREQUEST\] Gemini .* batch request failed \(3 INVALID_ARGUMENT\)/);
     expect(bad.attempts).toBe(1);
     expect(good.map((j) => [j.state, j.result?.tier])).toEqual([
       ['completed', 'batch'],
       ['completed', 'batch'],
     ]);
     expect(generateCalls(s)).toHaveLength(0);
+  });
+
+  it("a batch's get answered 503, then 429, then reset: each tick retries it, no job falls back, then all complete at the batch price", async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const ids = await Promise.all(['g1', 'g2', 'g3'].map((m) => enqueue(s, m, { tier: 'batch' })));
+    const store = s.runtime.deps.cells[0].batchStore;
+    await until('three pending requests', async () => {
+      for (const m of await store.models()) if ((await store.pending(m, 10)).length === 3) return true;
+      return undefined;
+    });
+    const c = collector(createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }));
+    expect(await c.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    s.emulator.advanceClock(60_000);
+    s.emulator.script([
+      { status: 503, match: { kind: 'batchGet' } },
+      { status: 429, retryAfterS: 1, match: { kind: 'batchGet' } },
+      { reset: true, match: { kind: 'batchGet' } },
+    ]);
+    for (let i = 0; i < 3; i++) await c.run();
+    expect(s.emulator.calls().filter((x) => x.kind === 'batchGet').map((x) => x.fault)).toEqual(['status:503', 'status:429', 'reset']);
+    expect(await store.openIntents()).toHaveLength(1);
+    expect((await Promise.all(ids.map((id) => view(s, id)))).map((j) => j.stage?.name)).toEqual(ids.map(() => 'waiting_for_batch'));
+    await c.run();
+    const done = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
+    expect(generateCalls(s)).toHaveLength(0);
+    expect(await store.openIntents()).toEqual([]);
   });
 
   it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {

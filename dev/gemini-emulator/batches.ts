@@ -23,7 +23,8 @@ export interface InlineRequest {
 
 export interface InlineResponse {
   response?: unknown;
-  error?: { code: number; message: string; status: string };
+  /** A google.rpc.Status: `code` is a gRPC code (3 INVALID_ARGUMENT), not an HTTP status. */
+  error?: { code: number; message: string };
   metadata?: Record<string, string>;
 }
 
@@ -89,7 +90,7 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
     b.responses ??= b.requests.map((r) => {
       const out = deps.answer(b.model, r.request);
       const metadata = r.metadata ? { metadata: r.metadata } : {};
-      if (out instanceof Error) return { error: { code: 400, message: out.message, status: 'INVALID_ARGUMENT' }, ...metadata };
+      if (out instanceof Error) return { error: { code: 3, message: out.message }, ...metadata };
       return { response: out, ...metadata };
     });
     return b.responses;

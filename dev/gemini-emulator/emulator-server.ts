@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BadRequestError, buildAnswer, promptText, promptTokens, splitForStream, validateGenerateRequest } from './answer-builder.js';
 import { embedText } from './embedder.js';
-import { describeFault, FaultQueue, FaultScriptError, type CallKind, type EmulatorFault } from './faults.js';
+import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type CallKind, type EmulatorFault } from './faults.js';
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
 import { createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
@@ -209,8 +209,39 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     return sendJson(res, 404, { error: { code: 404, message: `no control route ${route}`, status: 'NOT_FOUND' } });
   }
 
+  /**
+   * A scripted fault of a batch admin call, acted out; true when it answered (or hung up). Such a call is in
+   * `calls()` only when a fault took it, so a collector polling in the background leaves the log to the test.
+   */
+  async function batchAdminFault(req: IncomingMessage, res: ServerResponse, kind: BatchAdminKind): Promise<boolean> {
+    const fault = faults.take({ kind, model: '', text: '' });
+    if (!fault) return false;
+    const record: CallRecord = { id: nextId++, kind, model: '', status: 0, at: Date.now(), fault: describeFault(fault) };
+    calls.push(record);
+    const ac = new AbortController();
+    inflight.add(ac);
+    res.on('close', () => {
+      inflight.delete(ac);
+      record.durationMs = Date.now() - record.at;
+      if (!res.writableFinished) ac.abort();
+    });
+    if (fault.latencyMs) await sleep(fault.latencyMs, undefined, { signal: ac.signal }).catch(() => undefined);
+    if (ac.signal.aborted || fault.hang) return true;
+    if (fault.reset) {
+      req.socket.destroy();
+      return true;
+    }
+    if (fault.status === undefined) return false;
+    record.status = fault.status;
+    const headers: Record<string, string> = fault.status === 429 && fault.retryAfterS !== undefined ? { 'retry-after': String(Math.ceil(fault.retryAfterS)) } : {};
+    sendJson(res, fault.status, errorPayload(fault.status, fault.message, { retryAfterS: fault.retryAfterS, quota: fault.quota }), headers);
+    return true;
+  }
+
   /** get / list / cancel / delete of batches (create is a model method, answered with the others). */
-  function batchAdmin(req: IncomingMessage, res: ServerResponse, url: URL, id: string | undefined, cancel: boolean): void {
+  async function batchAdmin(req: IncomingMessage, res: ServerResponse, url: URL, id: string | undefined, cancel: boolean): Promise<void> {
+    const kind: BatchAdminKind | undefined = !id ? (req.method === 'GET' ? 'batchList' : undefined) : cancel ? (req.method === 'POST' ? 'batchCancel' : undefined) : req.method === 'GET' ? 'batchGet' : req.method === 'DELETE' ? 'batchDelete' : undefined;
+    if (kind && (await batchAdminFault(req, res, kind))) return;
     const notFound = () => sendJson(res, 404, errorPayload(404, `Requested entity was not found.`));
     if (!id && req.method === 'GET') {
       const size = Number(url.searchParams.get('pageSize') ?? 50);

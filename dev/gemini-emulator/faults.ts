@@ -1,6 +1,9 @@
 import type { QuotaScope } from './gemini-wire.js';
 
-export type CallKind = 'generate' | 'stream' | 'embed' | 'count' | 'batch';
+/** `batch` is a batch's create; the others are its admin calls (get, list, cancel, delete). */
+export type CallKind = 'generate' | 'stream' | 'embed' | 'count' | 'batch' | BatchAdminKind;
+export type BatchAdminKind = 'batchGet' | 'batchList' | 'batchCancel' | 'batchDelete';
+const BATCH_ADMIN: ReadonlySet<string> = new Set(['batchGet', 'batchList', 'batchCancel', 'batchDelete']);
 
 export interface FaultMatch {
   kind?: CallKind;
@@ -28,6 +31,8 @@ export interface FaultMatch {
  *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no parts;
  *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
  *   `{ noCandidate: true }` an answer with usage and no candidate at all.
+ * A batch's admin calls (`match.kind` batchGet, batchList, batchCancel, batchDelete) take status, hang, reset
+ * and latencyMs faults, and only faults that name their kind.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
  */
 export interface Refusal {
@@ -90,6 +95,10 @@ function validate(f: EmulatorFault): EmulatorFault {
   if (f.afterChunks !== undefined && !(f.reset === true && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
     throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
   }
+  const kind = f.match?.kind;
+  if (kind !== undefined && BATCH_ADMIN.has(kind) && (f.malformed || f.servedTier !== undefined || f.refuse !== undefined || f.afterChunks !== undefined)) {
+    throw new FaultScriptError(`a ${kind} fault is one of status, hang, reset or latencyMs`);
+  }
   if (f.servedTier !== undefined && !['standard', 'flex', 'priority'].includes(f.servedTier)) {
     throw new FaultScriptError('fault servedTier must be standard, flex or priority');
   }
@@ -136,6 +145,9 @@ export class FaultQueue {
 
 /** A refusal or a tier is an answer's: such a fault waits for a generate or stream call, never consumed by another. */
 function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
+  // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
+  // consume the faults a test scripted for model calls.
+  if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
   return (f.refuse === undefined && f.servedTier === undefined) || kind === 'generate' || kind === 'stream';
 }
 

@@ -1,7 +1,7 @@
 import type { BatchStore } from '../shared/batch/batch-store.js';
 import { DelayJobError } from '../shared/core/outcomes.js';
 import { inlinedRequestOf, type BatchApi } from '../shared/infra/llm/batch-api.js';
-import { LlmError } from '../shared/infra/llm/llm-errors.js';
+import { batchRequestError } from '../shared/infra/llm/llm-errors.js';
 import type { GenerateResult } from '../shared/infra/llm/llm-client.js';
 import type { JobContext } from './middleware.js';
 
@@ -42,11 +42,7 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
       }
       if (rec.readBy === undefined && !(await deps.store.move(jobId, rec.state, rec.state, { field: 'readBy', value: String(attempt) }))) return generate(ctx, req, standard);
       if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
-      const e = JSON.parse(rec.error ?? '{}') as { code?: number; message?: string };
-      const code = e.code ?? 500;
-      const message = `Gemini ${rec.model} batch request failed (${code}): ${e.message ?? 'no message'}`;
-      // A request Gemini refused fails like a refused call; anything else is retried (on the standard tier).
-      throw code >= 400 && code < 500 && code !== 429 ? new LlmError('EBADREQUEST', message, { status: code }) : new LlmError('EPROVIDER', message, { status: code });
+      throw batchRequestError(rec.model, JSON.parse(rec.error ?? '{}') as { code?: number; message?: string });
     }
     if (rec?.state === 'fallback') return standard();
     const now = Date.now();

@@ -208,3 +208,25 @@ export function toLlmError(err: unknown): LlmError {
   // Anything else is most likely a request the SDK refused to build: retrying would fail the same way.
   return new LlmError('EPROVIDER', `Gemini call failed: ${msg}`, { retryable: false, cause: err });
 }
+
+/** google.rpc.Code names, by number. */
+const GRPC_CODES = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
+/** The gRPC codes that say the request itself is wrong: sent again it fails again. */
+const GRPC_REFUSED = new Set([3, 5, 7, 9, 11, 12, 16]);
+/** Their HTTP equivalents (google.rpc.Code's mapping), so an error's `status` reads the same either way. */
+const GRPC_HTTP: Record<number, number> = { 1: 499, 2: 500, 3: 400, 4: 504, 5: 404, 6: 409, 7: 403, 8: 429, 9: 400, 10: 409, 11: 400, 12: 501, 13: 500, 14: 503, 15: 500, 16: 401 };
+
+/**
+ * One inline request a batch answered with an error. Gemini sends it as a google.rpc.Status, whose `code` is a
+ * gRPC code (3 INVALID_ARGUMENT, 8 RESOURCE_EXHAUSTED, 13 INTERNAL...), not an HTTP status; an HTTP-like code
+ * (400-599) is read as one too. A request Gemini refused fails like a refused call (EBADREQUEST); anything
+ * else (quota, internal, unavailable, unknown) is retried, on the standard tier.
+ */
+export function batchRequestError(model: string, e: { code?: number; message?: string }): LlmError {
+  const code = e.code ?? 13;
+  const grpc = Number.isInteger(code) && code >= 0 && code < GRPC_CODES.length;
+  const status = grpc ? GRPC_HTTP[code] : code;
+  const refused = grpc ? GRPC_REFUSED.has(code) : code >= 400 && code < 500 && code !== 429;
+  const message = `Gemini ${model} batch request failed (${grpc ? `${code} ${GRPC_CODES[code]}` : code}): ${e.message ?? 'no message'}`;
+  return new LlmError(refused ? 'EBADREQUEST' : 'EPROVIDER', message, status === undefined ? { model } : { model, status });
+}
