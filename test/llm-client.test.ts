@@ -249,6 +249,35 @@ for (const transport of ['fetch', 'node-http'] as const) {
   });
 }
 
+describe('batch API: finding a batch by its displayName (crash recovery)', () => {
+  it('reads every page whatever order the list comes in, skips batches older than the intent, and logs when it gives up at its limit', async () => {
+    const lines: Array<{ msg: string; listed?: number }> = [];
+    const destination = new Writable({
+      write(chunk, _enc, cb) {
+        lines.push(JSON.parse(String(chunk)));
+        cb();
+      },
+    });
+    const logger = createLogger({ level: 'warn', destination });
+    const batches = createBatchApi({ apiKey: 'k', baseUrl: emu.url, logger });
+    const ask = (i: number) => [inlinedRequestOf({ prompt: `question ${i}` }, `job-${i}`)];
+    // Batches made long before the intent, then the intent's own, made 3 h later (the emulator's clock).
+    const old = await batches.create(MODEL, 'agentq-find-old', ask(0));
+    for (let i = 1; i <= 3; i++) await batches.create(MODEL, `agentq-find-other-${i}`, ask(i));
+    emu.advanceClock(3 * 3600_000);
+    const since = emu.now();
+    const mine = await batches.create(MODEL, 'agentq-find-mine', ask(9));
+    expect((await batches.findByDisplayName('agentq-find-mine', since))?.name).toBe(mine.name);
+    // A batch of that name older than the intent (less the hour of skew) is not the intent's.
+    expect(await batches.findByDisplayName('agentq-find-old', since)).toBeUndefined();
+    expect(old.name).toBeTruthy();
+    expect(lines).toEqual([]);
+    const bounded = createBatchApi({ apiKey: 'k', baseUrl: emu.url, logger, listLimit: 2 });
+    expect(await bounded.findByDisplayName('agentq-find-mine', since)).toBeUndefined();
+    expect(lines).toMatchObject([{ msg: expect.stringMatching(/stopped at its limit/), listed: 2 }]);
+  });
+});
+
 // What the emulator never sends: a stream closed cleanly (a well-formed end of the body) before Gemini's last chunk.
 describe('a stream that ends cleanly without a finishReason', () => {
   let server: Server;

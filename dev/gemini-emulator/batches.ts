@@ -143,7 +143,9 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
     },
     /** Newest first; the page token is the offset (opaque to the SDK). */
     list(pageSize: number, pageToken: string | undefined) {
-      const all = [...batches.values()].sort((a, b) => b.createdAt - a.createdAt || (b.id < a.id ? -1 : 1));
+      // Oldest first: Gemini documents no order for this list, so the emulator uses one a client must not rely on
+      // (newest first, the guess a client might make, is what it must not count on).
+      const all = [...batches.values()].sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
       const from = pageToken ? Number(Buffer.from(pageToken, 'base64url').toString('utf8')) || 0 : 0;
       const page = all.slice(from, from + pageSize);
       const next = from + pageSize < all.length ? Buffer.from(String(from + pageSize)).toString('base64url') : undefined;

@@ -49,7 +49,7 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
   const common = { timeoutMs: opts.timeoutMs, logger: opts.logger, embeddingModel: opts.models.embedding, pricing: opts.pricing, ...transport };
   if (opts.apiKey || opts.baseUrl) {
     const llm = createLlmClient({ ...common, apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl });
-    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing, ...transport });
+    const batches = createBatchApi({ apiKey: opts.apiKey ?? EMULATOR_KEY, baseUrl: opts.baseUrl, pricing: opts.pricing, logger: opts.logger, ...transport });
     return { llm, batches, models: opts.models, close: async () => undefined };
   }
   const emulator = await startGeminiEmulator({ host: '127.0.0.1', ...opts.emulator });
@@ -58,7 +58,7 @@ export async function startGemini(opts: GeminiSetupOptions): Promise<GeminiSetup
     'Neither GEMINI_API_KEY nor GOOGLE_API_KEY is set: using the built-in Gemini EMULATOR. Every answer and embedding is SYNTHETIC, made up from the prompt, not produced by a model. Set GEMINI_API_KEY (or GOOGLE_API_KEY) for real answers.',
   );
   const llm = createLlmClient({ ...common, apiKey: EMULATOR_KEY, baseUrl: emulator.url });
-  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, ...transport });
+  const batches = createBatchApi({ apiKey: EMULATOR_KEY, baseUrl: emulator.url, pricing: opts.pricing, logger: opts.logger, ...transport });
   return { llm, batches, models: opts.models, emulator, close: () => emulator.close() };
 }
 

@@ -1,4 +1,5 @@
 import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
+import type { Logger } from '../../core/logger.js';
 import { LlmError } from './llm-errors.js';
 import { answerEndOf, refusalOf, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
 import { createPricing, type Pricing } from './pricing.js';
@@ -43,10 +44,15 @@ export function inlinedRequestOf(req: { system?: string; prompt: string; respons
 }
 
 const SKEW_MS = 3600_000;
+const LIST_PAGE_SIZE = 100;
+/** How many batches a search by displayName reads at most (50 pages): past it the search gives up, and says so. */
+const LIST_LIMIT = 5000;
 
 /** Its own SDK client, on the same key and endpoint as the LLM client's. */
-export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing?: Pricing; fetch?: Fetch }): BatchApi {
+export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing?: Pricing; fetch?: Fetch; logger?: Logger; listLimit?: number }): BatchApi {
   const ai = new GoogleGenAI(sdkOptions(opts));
+  const log = opts.logger?.child({ component: 'batch-api' });
+  const listLimit = opts.listLimit ?? LIST_LIMIT;
   const pricing = opts.pricing ?? createPricing();
   const info = (b: { name?: string; displayName?: string; state?: string; dest?: { inlinedResponses?: Array<{ response?: GenerateContentResponse; metadata?: Record<string, string>; error?: { code?: number; message?: string } }> } }): BatchInfo => ({
     name: b.name ?? '',
@@ -64,11 +70,17 @@ export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing
       return info(await ai.batches.get({ name }));
     },
     async findByDisplayName(displayName, sinceMs) {
-      // Newest first: stop at batches older than the intent (less an hour of skew).
-      const pager = await ai.batches.list({ config: { pageSize: 50 } });
+      // Gemini documents no order for batches.list: stopping at the first batch older than the intent (as if
+      // newest came first) could miss the batch and make the caller create a second one, every job billed twice.
+      // So every page is read, up to a bound; a batch older than the intent (less an hour of skew) is skipped.
+      const pager = await ai.batches.list({ config: { pageSize: LIST_PAGE_SIZE } });
+      let seen = 0;
       for await (const b of pager) {
-        if (b.displayName === displayName) return info(b);
-        if (b.createTime && Date.parse(b.createTime) < sinceMs - SKEW_MS) return undefined;
+        if (b.displayName === displayName && !(b.createTime && Date.parse(b.createTime) < sinceMs - SKEW_MS)) return info(b);
+        if (++seen >= listLimit) {
+          log?.warn({ displayName, listed: seen }, 'batch search by displayName stopped at its limit without finding it: a batch may be created twice');
+          return undefined;
+        }
       }
       return undefined;
     },
