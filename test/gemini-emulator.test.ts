@@ -198,6 +198,10 @@ describe('gemini emulator through the real SDK', () => {
     const both = await post(`${MODEL}:generateContent`, { contents: [{ parts: [{ text: 'x' }] }], generationConfig: { responseMimeType: 'application/json', responseSchema: { type: 'STRING' }, responseJsonSchema: { type: 'string' } } });
     expect(both.status).toBe(400);
     expect(((await both.json()) as { error: { status: string } }).error.status).toBe('INVALID_ARGUMENT');
+    // A schema no value satisfies (an integer strictly between 5 and 6) is refused like Gemini, not a 500.
+    const empty = await post(`${MODEL}:generateContent`, { contents: [{ parts: [{ text: 'x' }] }], generationConfig: { responseMimeType: 'application/json', responseJsonSchema: { type: 'integer', exclusiveMinimum: 5, exclusiveMaximum: 6 } } });
+    expect(empty.status).toBe(400);
+    expect(((await empty.json()) as { error: { status: string } }).error.status).toBe('INVALID_ARGUMENT');
     expect((await post(`${MODEL}:frobnicate`, {})).status).toBe(404);
   });
 });

@@ -4,6 +4,7 @@ import { sampleFromSchema } from './schema-sampler.js';
 import { createRng, hash32 } from './seeded.js';
 import { writeAnswer } from './text-writer.js';
 import { countTokens, tokenize } from './tokenizer.js';
+import { BadRequestError } from './bad-request.js';
 
 /** What real Gemini charges for one image or file part; the emulator charges the same flat rate. */
 export const MEDIA_PART_TOKENS = 258;
@@ -14,9 +15,7 @@ export interface Answer {
   usage: WireUsage;
 }
 
-export class BadRequestError extends Error {
-  readonly status = 400;
-}
+export { BadRequestError };
 
 const textsOf = (c: WireContent | undefined): string[] =>
   (c?.parts ?? []).flatMap((p) => (typeof p.text === 'string' && !p.thought ? [p.text] : []));

@@ -135,12 +135,14 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
   const batches = createBatchStore({
     clock,
     answer: (model, req) => {
+      let answer;
       try {
         validateGenerateRequest(req);
+        // A schema no value satisfies is that request's error too, not the whole batch's.
+        answer = buildAnswer(model, req);
       } catch (err) {
         return err as Error;
       }
-      const answer = buildAnswer(model, req);
       return {
         candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, finishReason: answer.finishReason }],
         usageMetadata: usageModel.complete(model, req, answer.usage, 'omit'),

@@ -2,6 +2,7 @@ import { phrase, sentence, wordSource } from './text-writer.js';
 import { FALLBACK_WORDS } from './prompt-words.js';
 import type { Rng } from './seeded.js';
 import { ascii, fromPattern } from './pattern-sampler.js';
+import { BadRequestError } from './bad-request.js';
 
 /**
  * Builds a value that validates against a response schema: either JSON Schema (`responseJsonSchema`,
@@ -24,8 +25,7 @@ interface Ctx {
  * with 400 INVALID_ARGUMENT rather than answer, so the emulator refuses it too instead of sending a value the
  * caller's own validation would reject.
  */
-export class UnsatisfiableSchemaError extends Error {
-  readonly status = 400;
+export class UnsatisfiableSchemaError extends BadRequestError {
   readonly code = 'UNSATISFIABLE_SCHEMA';
 
   constructor(detail: string) {
