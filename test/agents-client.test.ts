@@ -227,7 +227,7 @@ describe('agentq client over HTTP', () => {
     expect(requests.filter((r) => r.method === 'GET').length).toBeGreaterThanOrEqual(2);
   });
 
-  it("the client's waits (poll pauses, stream reconnections) and the route guard's backoffs leave no abort listener on a long-lived signal", async () => {
+  it("the abortable sleep (the client's poll pauses and stream reconnections, the route guard's backoffs) leaves no abort listener on a long-lived signal", async () => {
     const ac = new AbortController();
     for (let i = 0; i < 20; i++) await sleep(1, ac.signal);
     expect(getEventListeners(ac.signal, 'abort')).toHaveLength(0);

@@ -1,4 +1,5 @@
 import type { RedisClient } from '../src/shared/infra/redis/connection.js';
+import { metricsExchangeKey } from '../src/shared/core/queue-keys.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createMetricsExchange } from '../src/shared/ops/metrics-exchange.js';
 import { createOpsMetrics } from '../src/shared/ops/metrics.js';
@@ -131,7 +132,7 @@ describe('metrics across processes', () => {
     slow.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
     await xs.publish();
     // Its snapshot ages past the stale limit (as if its event loop had been blocked): the scrape folds it.
-    const key = `${prefix}:agentq:metrics`;
+    const key = metricsExchangeKey(prefix);
     const redis = connect();
     await redis.hset(key, xs.processId, JSON.stringify({ at: 1, metrics: JSON.parse((await redis.hget(key, xs.processId))!).metrics }));
     const errors = async () => sampleSum(parseProm(await (await xa.collect()).metrics()), 'agentq_job_errors_total');
@@ -151,7 +152,7 @@ describe('metrics across processes', () => {
     const dead = createOpsMetrics();
     dead.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
     dead.sseStreams.set(3);
-    await redis.hset(`${prefix}:agentq:metrics`, 'crashed-host:1:abc', JSON.stringify({ at: 1, metrics: await dead.registry.getMetricsAsJSON() }));
+    await redis.hset(metricsExchangeKey(prefix), 'crashed-host:1:abc', JSON.stringify({ at: 1, metrics: await dead.registry.getMetricsAsJSON() }));
     const live = createOpsMetrics();
     live.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
     const x = createMetricsExchange({ redis, prefix, registry: live.registry, logger, everyMs: 1000 });
@@ -161,7 +162,7 @@ describe('metrics across processes', () => {
     const samples = parseProm(await (await x.collect()).metrics());
     expect(sampleSum(samples, 'agentq_job_errors_total', { type: 'timeout' })).toBe(2);
     expect(sampleSum(samples, 'agentq_sse_streams_open')).toBe(0);
-    expect(await redis.hexists(`${prefix}:agentq:metrics`, 'crashed-host:1:abc')).toBe(0);
+    expect(await redis.hexists(metricsExchangeKey(prefix), 'crashed-host:1:abc')).toBe(0);
     await x.publish();
     expect(sampleSum(parseProm(await (await y.collect()).metrics()), 'agentq_job_errors_total', { type: 'timeout' })).toBe(2);
     await x.close();

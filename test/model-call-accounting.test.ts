@@ -25,8 +25,9 @@ import { randomPrefix, redisUrl } from './helpers/env.js';
  * Who pays for a model call and who is blamed for it, through the real LLM client (real SDK, real HTTP) against a
  * fake Gemini whose answers each test sets: generate answers `genBody`; embed answers a per-day 429.
  */
-/** The generate answer: a body, or one per request URL (which names the model). */
+/** The generate answer: a body, or one per request URL (which names the model); HANG never answers. */
 let genBody: unknown = {};
+const HANG = Symbol('hang');
 let server: Server;
 let base = '';
 const embedDay429 = {
@@ -43,8 +44,9 @@ beforeAll(async () => {
     req.resume();
     req.on('end', () => {
       const embed = /embedContent|batchEmbedContents/.test(req.url ?? '');
-      res.writeHead(embed ? 429 : 200, { 'content-type': 'application/json' });
       const body = typeof genBody === 'function' ? (genBody as (url: string) => unknown)(req.url ?? '') : genBody;
+      if (body === HANG && !embed) return;
+      res.writeHead(embed ? 429 : 200, { 'content-type': 'application/json' });
       res.end(JSON.stringify(embed ? embedDay429 : body));
     });
   });
@@ -169,6 +171,29 @@ describe("an attempt's usage row carries every call it paid for", () => {
     expect(h.rows).toHaveLength(1);
     expect(h.rows[0]).toMatchObject({ state: 'completed', model: MODEL, inputTokens: 2000, outputTokens: 300 });
     expect(h.rows[0].costUsd).toBeCloseTo(bad.costUsd + good.costUsd, 12);
+  });
+
+  it('a primary that answered unusably, then timed out, no fallback: the failed row carries the paid answer', async () => {
+    let calls = 0;
+    genBody = (url: string) => (url.includes(MODEL) && ++calls === 1 ? answer('{"score": "bad"}', badMeta) : HANG);
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1, timeoutMs: 200 }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect((await h.run())?.message).toMatch(/^\[ETIMEDOUT\] /);
+    const one = pricing.cost(MODEL, { input: 1000, output: 200 }, 'standard');
+    expect(h.rows).toMatchObject([{ state: 'failed', inputTokens: 1000, outputTokens: 200 }]);
+    expect(h.rows[0].costUsd).toBeCloseTo(one.costUsd, 12);
+  });
+
+  it("a prompt that cannot be built is not tried again on the route's fallback", async () => {
+    genBody = answer('{"score": 1}', goodMeta);
+    const route = createRouteGuard({ routeFor: () => ({ primary: 'gemini-2.5-pro', fallback: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    let searches = 0;
+    const h = harness(searching, [route], () => async () => {
+      searches++;
+      throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
+    });
+    expect((await h.run())?.message).toMatch(/^\[ECONNREFUSED\] building the prompt failed/);
+    expect(searches).toBe(1);
   });
 
   it('a primary tried twice, both answers unusable, no fallback: the failed row sums both', async () => {

@@ -13,12 +13,15 @@ describe('quota guard while Postgres is unreachable', () => {
         if (down) throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
         return decisions[orgId] ?? { allowed: true };
       };
-      const guard = createQuotaGuard(check, cacheMs);
+      // The cache's clock, moved past its window below: the decisions are then read again (and the reads fail).
+      const clock = { t: 1000, now: () => clock.t };
+      const guard = createQuotaGuard(check, cacheMs, clock);
       const run = (orgId: string) => guard(guardContext({ orgId }), async () => okResult('ran'));
       await expect(run('over')).rejects.toBeInstanceOf(DelayJobError);
       await expect(run('under')).resolves.toMatchObject({ data: 'ran' });
       down = true;
-      // Past any cache window: the decisions are read again, and the reads fail.
+      clock.t += cacheMs + 1;
+      // What a read would now say differs: only a stale decision kept refuses.
       decisions.over = { allowed: true };
       await expect(run('over')).rejects.toBeInstanceOf(DelayJobError);
       await expect(run('under')).resolves.toMatchObject({ data: 'ran' });

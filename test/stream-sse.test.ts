@@ -189,6 +189,21 @@ describe('SSE job streams', () => {
     }
   });
 
+  it('a stream Redis refuses to read ends with an error when it is the only one the process reads', async () => {
+    const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Alone Unreadable'), options: { stream: true, delayMs: 600_000 } });
+    await s.runtime.deps.redis.set(jobStreamKey(s.cfg.QUEUE_PREFIX, id), 'not a stream');
+    const ac = new AbortController();
+    try {
+      const open = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: auth, signal: ac.signal });
+      expect(open.status).toBe(200);
+      const ended = await within(readOpenSse(open, ac), 10_000, 'the unreadable stream ends');
+      expect(ended.messages.map((m) => m.data)).toEqual([JSON.stringify({ error: 'internal error', state: 'failed' }), '[DONE]']);
+    } finally {
+      ac.abort();
+      await s.runtime.deps.redis.del(jobStreamKey(s.cfg.QUEUE_PREFIX, id));
+    }
+  });
+
   it('the shared reader refuses an id out of range before it reaches the shared read', async () => {
     const reader = createStreamReader({ connect: () => createRedis(redisUrl(), 'worker'), control: s.runtime.deps.redis, blockMs: 1000, count: 10, logger: s.logger });
     try {

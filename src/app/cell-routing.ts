@@ -15,8 +15,7 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
     add: (prepared, meta, o) => cellOf(meta.orgId).producer.add(prepared, meta, o),
     enqueue: (raw, meta) => cellOf(meta.orgId).producer.enqueue(raw, meta),
     enqueueBulk: (raw, meta) => cellOf(meta.orgId).producer.enqueueBulk(raw, meta),
-    enqueueChecked: (req, meta) => cellOf(meta.orgId).producer.enqueueChecked(req, meta),
-    enqueueBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.enqueueBulkChecked(reqs, meta),
+    prepareBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.prepareBulkChecked(reqs, meta),
     enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
     admit: (orgId, jobs) => cellOf(orgId).producer.admit(orgId, jobs),
   };

@@ -32,7 +32,7 @@ export const enqueueBulk =
   async (req, reply) => {
     const { orgId } = principalOf(req);
     const meta = { orgId, requestId: req.id };
-    const prepared = req.body.jobs.map((job, i) => deps.producer.prepareChecked(job, meta, `jobs.${i}.`));
+    const prepared = deps.producer.prepareBulkChecked(req.body.jobs, meta);
     const jobs = await withEnqueueDeadline(deps.producer.add(prepared, meta), deadlineOf(deps) * 5, prepared.map((p) => p.opts.jobId));
     return reply.code(202).send({ jobs });
   };

@@ -52,8 +52,12 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
   };
   const snapshot = async () => (await deps.registry.getMetricsAsJSON()) as unknown as Snapshot;
 
-  /** A scrape folded our field: what we wrote there is counted, so we go on under a new field without it. */
-  function adoptFolded(): void {
+  /**
+   * A scrape folded our field `seen`: what we wrote there is counted, so we go on under a new field without it.
+   * Once only per field: a publish and a scrape of this process may both find the same field folded.
+   */
+  function adoptFolded(seen: string): void {
+    if (seen !== field) return;
     counted = written;
     written = undefined;
     field = `${processId}~${++generation}`;
@@ -61,15 +65,19 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
 
   async function publishOnce(): Promise<void> {
     for (;;) {
+      // Read before the awaits: a scrape of this process may move us to a new field meanwhile.
+      const f = field;
+      const base = counted;
+      const wrote = written !== undefined;
       const full = await snapshot();
       const at = await redisNow();
-      const ok = await publishLua(keys, [field, JSON.stringify({ at, metrics: minus(full, counted) }), staleMs, written ? '1' : '0']);
+      const ok = await publishLua(keys, [f, JSON.stringify({ at, metrics: minus(full, base) }), staleMs, wrote ? '1' : '0']);
       if (ok === 1) {
         // A copy: prom-client hands out its live value objects, which later increments would change.
-        written = structuredClone(full);
+        if (f === field) written = structuredClone(full);
         return;
       }
-      adoptFolded();
+      adoptFolded(f);
     }
   }
 
@@ -110,8 +118,9 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
     /** This process's live metrics summed with the retired totals and every other process's last fresh snapshot. */
     async collect(): Promise<Registry> {
       // One MULTI: a fold between two separate reads would put a process in both, or in neither.
+      const seen = field;
       const [[fields, retired], now] = await Promise.all([readBoth(), redisNow()]);
-      if (written && fields[field] === undefined) adoptFolded();
+      if (written && fields[seen] === undefined) adoptFolded(seen);
       const base = retired.totals ? (JSON.parse(retired.totals) as Snapshot) : undefined;
       const live: Snapshot[] = [minus(await snapshot(), counted)];
       const stale: Snapshot[] = [];
@@ -144,7 +153,7 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
         for (let attempt = 0; attempt < 5; attempt++) {
           const [fields, retired] = await readBoth();
           const raw = fields[field] ?? null;
-          if (written && raw === null) adoptFolded();
+          if (written && raw === null) adoptFolded(field);
           const base = retired.totals ? (JSON.parse(retired.totals) as Snapshot) : undefined;
           const version = retired.version;
           if (await retire(base, version ?? '0', [minus(await snapshot(), counted)], [[field, raw === null ? '-' : sha1(raw)]])) return;

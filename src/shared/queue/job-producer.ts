@@ -297,17 +297,12 @@ export function createJobProducer(deps: JobProducerDeps) {
     },
 
     /**
-     * `enqueue` and `enqueueBulk` for requests already checked against `jobRequestSchema` (the API's route
-     * schemas run it on every body): a request is not parsed a second time; its input is still checked
-     * against its agent, with the same error paths.
+     * `prepareChecked` for the elements of a bulk request already checked against `jobRequestSchema` (the API's
+     * route schemas run it on every body), each element's error paths under `jobs.<i>.`. The API then `add`s
+     * them, knowing their ids before the add is sent (an enqueue past its deadline names them).
      */
-    async enqueueChecked(req: JobRequest, meta: EnqueueMeta): Promise<EnqueuedJob> {
-      const [job] = await add([prepareChecked(req, meta)], meta);
-      return job;
-    },
-
-    async enqueueBulkChecked(reqs: readonly JobRequest[], meta: EnqueueMeta): Promise<EnqueuedJob[]> {
-      return add(reqs.map((req, i) => prepareChecked(req, meta, `jobs.${i}.`)), meta);
+    prepareBulkChecked(reqs: readonly JobRequest[], meta: EnqueueMeta): PreparedJob[] {
+      return reqs.map((req, i) => prepareChecked(req, meta, `jobs.${i}.`));
     },
 
     /**

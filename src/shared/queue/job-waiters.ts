@@ -49,8 +49,8 @@ export interface JobWaiters {
   wait(id: string, ms: number, settled: () => Promise<boolean>): Promise<void>;
   /**
    * Ends every wait now, as its timeout would (the caller answers the job's current state and the client polls
-   * again): an API process that is closing answers its long polls instead of holding its shutdown for up to
-   * LONG_POLL_MAX_MS, which outlasts a container's stop timeout.
+   * again), and every wait registered later at once: an API process that is closing answers its long polls
+   * instead of holding its shutdown for up to LONG_POLL_MAX_MS, which outlasts a container's stop timeout.
    */
   endAll(): void;
   /** Jobs with at least one waiter, and waiters in all (for tests and metrics). */
@@ -69,6 +69,8 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
   const waiting = new Map<string, Set<(end: WaitEnd) => void>>();
   let attached: QueueEvents | undefined;
   let live = false;
+  /** endAll was called: a wait registered from now on (a poll still in its first read) ends at once too. */
+  let closing = false;
 
   const onCursor = () => {
     live = true;
@@ -114,6 +116,7 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
     let set = waiting.get(id);
     if (!set) waiting.set(id, (set = new Set()));
     set.add(finish);
+    if (closing) finish('closing');
     return {
       ended,
       live: wasLive,
@@ -149,6 +152,7 @@ export function createJobWaiters(queueEvents: () => QueueEvents): JobWaiters {
     },
 
     endAll() {
+      closing = true;
       for (const set of [...waiting.values()]) for (const finish of [...set]) finish('closing');
     },
 

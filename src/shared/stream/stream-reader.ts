@@ -16,6 +16,9 @@ export class StreamUnreadableError extends AgentqError {
 
 export type RawEntry = [id: string, fields: string[]];
 
+/** Redis error codes (a reply's first word) of a server that cannot serve now, whatever the key. */
+const SERVER_STATE = /^(LOADING|BUSY|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|READONLY|NOREPLICAS|MOVED|ASK)\b/;
+
 export interface StreamSubscription {
   /** Stops reading for this subscriber (e.g. while its socket is full) without losing its position. */
   pause(): void;
@@ -95,16 +98,18 @@ export function createStreamReader(o: StreamReaderOptions) {
   /**
    * The one XREAD names every subscriber's stream, so Redis refusing one of them refuses the read for all.
    * After a reply error, each stream is read alone (one pipeline, without blocking) and the subscribers of the
-   * streams Redis refuses are dropped with an error. When it refuses every stream, the fault is the server's
-   * (loading, busy script...), not a subscriber's: nothing is dropped and the read is retried as before.
-   * Returns whether a subscriber was dropped.
+   * streams Redis refuses for the key's own sake are dropped with an error. A refusal whose Redis error code
+   * says the server cannot serve now (loading, a busy script, a cluster changing hands) drops nobody: the read
+   * is retried as before. Returns whether a subscriber was dropped.
    */
   async function dropUnreadable(c: RedisClient, keys: string[], ids: string[]): Promise<boolean> {
     const pipeline = c.pipeline();
     keys.forEach((key, i) => pipeline.xread('COUNT', 1, 'STREAMS', key, ids[i]));
     const results = (await pipeline.exec()) ?? [];
-    const refused = keys.map((key, i) => ({ key, err: results[i]?.[0] })).filter((r) => r.err instanceof ReplyError);
-    if (refused.length === 0 || refused.length === keys.length) return false;
+    const refused = keys
+      .map((key, i) => ({ key, err: results[i]?.[0] }))
+      .filter((r) => r.err instanceof ReplyError && !SERVER_STATE.test((r.err as Error).message));
+    if (refused.length === 0) return false;
     for (const { key, err } of refused) {
       const subs = byKey.get(key);
       byKey.delete(key);

@@ -46,8 +46,8 @@ const QUOTA_UNREADABLE_WARN_MS = 10_000;
  * org to the DLQ within seconds, while its usage row waits in Redis like any other (the usage backlog brake,
  * USAGE_BACKLOG_MAX_ROWS, bounds how much runs unrecorded).
  */
-export function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number): Middleware {
-  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId), allowStaleOnFetchRejection: true });
+export function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number, clock?: { now(): number }): Middleware {
+  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId), allowStaleOnFetchRejection: true, ...(clock ? { perf: clock } : {}) });
   let warnedAt = 0;
   // Without caching (cacheMs 0) every job reads anew, and the cache still keeps each org's last decision.
   // A failed read with no earlier decision to fall back on resolves undefined (allowStaleOnFetchRejection).

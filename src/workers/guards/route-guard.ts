@@ -1,5 +1,5 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
-import { AgentqError } from '../../shared/core/errors.js';
+import { AgentqError, PromptBuildError } from '../../shared/core/errors.js';
 import { billedOf, codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
 import type { AgentResult, BilledCall } from '../../shared/core/types.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
@@ -41,11 +41,6 @@ export class RouteFailedError extends AgentqError {
 }
 
 /**
- * Refusals that say the primary cannot serve now, so switching to the fallback at once is right: an open
- * breaker (refused before any call) and a per-day provider quota (it will not clear for hours), whether a call
- * just answered it or the model's quota mark refused it before any call (`QuotaExhaustedError`).
- */
-/**
  * The calls of one attempt that answered unusably (bad output, a refusal) and were billed, summed into one: an
  * attempt has one usage row, which must carry every call it paid for (a primary tried twice, then its
  * fallback). Model and tier are the last call's.
@@ -85,6 +80,11 @@ function spentOn(result: AgentResult, spent: BilledCall[]): AgentResult {
   };
 }
 
+/**
+ * Refusals that say the primary cannot serve now, so switching to the fallback at once is right: an open
+ * breaker (refused before any call) and a per-day provider quota (it will not clear for hours), whether a call
+ * just answered it or the model's quota mark refused it before any call (`QuotaExhaustedError`).
+ */
 const refusedBeforeCall = (err: unknown) => {
   const code = (err as { code?: string })?.code;
   return code === 'EOPENBREAKER' || code === EQUOTAEXHAUSTED;
@@ -151,6 +151,12 @@ export function createRouteGuard(opts: {
       try {
         return { ...spentOn(await tryTarget(route.primary, primaryModel), spent), route: 'primary' as const };
       } catch (err) {
+        // The prompt (its knowledge search) failed before any model was called: no route would build it
+        // differently, and the fallback is no answer to an embedding 429 or a database outage.
+        if (err instanceof PromptBuildError) {
+          restore(ctx, outer);
+          throw err;
+        }
         primaryError = err;
         const billed = billedOf(err);
         if (billed) spent.push(billed);
@@ -162,9 +168,11 @@ export function createRouteGuard(opts: {
     }
     if (!route.fallback) {
       restore(ctx, outer);
-      // Tried more than once at a price, the last try too: the error carries the sum, under that failure's code
-      // (a last try refused before any call keeps its own error: its delay and model decide what happens).
-      if (spent.length > 1 && billedOf(primaryError)) {
+      // Earlier tries were paid for and the error does not carry them all: a failure that fails the attempt
+      // carries the sum, under its own code. (A refusal before any call keeps its own error: its delay and model
+      // decide what happens, and an attempt that is delayed writes no row: see README, left.)
+      const total = sumBilled(spent);
+      if (total && total !== billedOf(primaryError) && !refusedBeforeCall(primaryError)) {
         const code = codeOf(primaryError);
         throw new RouteFailedError((primaryError as Error)?.message, (primaryError as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, sumBilled(spent));
       }

@@ -100,10 +100,6 @@ export function servedTierOf(res: GenerateContentResponse | undefined, usage: Ge
 /** Gemini's batchEmbedContents takes at most 100 requests. */
 const EMBED_BATCH = 100;
 
-/**
- * One AbortSignal for the SDK that fires on the caller's signal or on our own deadline, remembering
- * which, so a timeout (retryable) is never confused with a cancellation (not retryable).
- */
 /** A call the caller's signal ended: ETIMEDOUT (retryable) when the caller's reason is its own deadline. */
 function callerAbort(caller: AbortSignal, what: string, cause?: unknown): LlmError {
   const timedOut = (caller.reason as { name?: unknown } | undefined)?.name === 'TimeoutError';
@@ -112,6 +108,10 @@ function callerAbort(caller: AbortSignal, what: string, cause?: unknown): LlmErr
     : new LlmError('EABORTED', `${what} aborted by the caller`, cause === undefined ? undefined : { cause });
 }
 
+/**
+ * One AbortSignal for the SDK that fires on the caller's signal or on our own deadline, remembering
+ * which, so a timeout (retryable) is never confused with a cancellation (not retryable).
+ */
 function deadline(timeoutMs: number, caller?: AbortSignal) {
   const ac = new AbortController();
   let timedOut = false;

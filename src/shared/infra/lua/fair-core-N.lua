@@ -49,7 +49,8 @@
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
 --     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
---     stage, at no extra command); cancelled 1 if the job's cancel marker is set; a claim that released slots
+--     stage, at no extra command); cancelled 1 if the job's cancel marker names this job (its timestamp, or the
+--     '1' of markers written before; one naming an earlier job of the id is deleted); a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 5-9 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
