@@ -212,6 +212,26 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
   }
 
   /**
+   * Logs a call and gives it the AbortController its answer honours: when the client goes away before the answer
+   * is finished, `onGone` notes it and the controller aborts. Only an unfinished answer has something to stop (a
+   * latency fault's sleep, a stream, a hang); an abort costs a DOMException with its stack, which every finished
+   * call would otherwise pay.
+   */
+  function track(record: CallRecord, res: ServerResponse, onGone?: () => void): AbortController {
+    calls.push(record);
+    const ac = new AbortController();
+    inflight.add(ac);
+    res.on('close', () => {
+      inflight.delete(ac);
+      record.durationMs = Date.now() - record.at;
+      if (res.writableFinished) return;
+      onGone?.();
+      ac.abort();
+    });
+    return ac;
+  }
+
+  /**
    * A scripted fault of a batch admin call, acted out; true when it answered (or hung up). Such a call is in
    * `calls()` only when a fault took it, so a collector polling in the background leaves the log to the test.
    */
@@ -219,14 +239,7 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     const fault = faults.take({ kind, model: '', text: '' });
     if (!fault) return false;
     const record: CallRecord = { id: nextId++, kind, model: '', status: 0, at: Date.now(), fault: describeFault(fault) };
-    calls.push(record);
-    const ac = new AbortController();
-    inflight.add(ac);
-    res.on('close', () => {
-      inflight.delete(ac);
-      record.durationMs = Date.now() - record.at;
-      if (!res.writableFinished) ac.abort();
-    });
+    const ac = track(record, res);
     if (fault.latencyMs) await sleep(fault.latencyMs, undefined, { signal: ac.signal }).catch(() => undefined);
     if (ac.signal.aborted || fault.hang) return true;
     if (fault.reset) {
@@ -278,20 +291,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       return sendJson(res, 403, errorPayload(403, "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API."));
     }
     const record: CallRecord = { id: nextId++, kind, model, status: 0, at: Date.now() };
-    calls.push(record);
-    const ac = new AbortController();
-    inflight.add(ac);
-    res.on('close', () => {
-      inflight.delete(ac);
-      record.durationMs = Date.now() - record.at;
-      if (res.writableFinished) return;
-      if (record.fault !== 'reset') {
-        record.aborted = true;
-        record.status = 499;
-      }
-      // Only an unfinished answer has something to stop (a latency fault's sleep, a stream, a hang); an abort
-      // costs a DOMException with its stack, which every finished call would otherwise pay.
-      ac.abort();
+    const ac = track(record, res, () => {
+      if (record.fault === 'reset') return;
+      record.aborted = true;
+      record.status = 499;
     });
     try {
       await answerApi(req, res, record, m[2], ac.signal);
