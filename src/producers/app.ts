@@ -125,15 +125,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
 
   // Requests in flight when the app starts closing (long polls answered by their preClose hooks, SSE cut) are
   // answered on keep-alive connections that fastify's close no longer sees idle: each would hold `app.close()`
-  // until its keep-alive timeout (72 s). Answered with `connection: close`, Node ends them once sent.
-  let closing = false;
+  // until its keep-alive timeout (72 s). From now on a connection idle after its response ends at once (Node
+  // reads the server's keepAliveTimeout as each response finishes): no hook on every request for it.
   app.addHook('preClose', (done) => {
-    closing = true;
+    app.server.keepAliveTimeout = 1;
     done();
-  });
-  app.addHook('onSend', (_req, reply, payload, done) => {
-    if (closing) reply.header('connection', 'close');
-    done(null, payload);
   });
 
   const credentials = createCredentials({ adminToken: deps.adminToken, keys: deps.keys });
