@@ -6,6 +6,7 @@ import { DelayJobError, type JobContext } from './middleware.js';
 import type { BatchTier } from './batch-tier.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
 import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
+import { billedCall } from '../shared/infra/llm/llm-client.js';
 
 /** The slice of the LLM client the terminal call needs (see src/shared/infra/llm/llm-client.ts). */
 export interface GenerateFn {
@@ -117,8 +118,7 @@ export function createAgentCall(deps: {
       if (!parsed.success) {
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: 'EBADOUTPUT' });
         const first = parsed.error.issues[0];
-        const billed = { model: res.model, usage: res.usage, costUsd: res.costUsd, standardCostUsd: res.standardCostUsd ?? res.costUsd, tier: res.tier ?? 'standard' };
-        throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`, billed);
+        throw new InvalidOutputError(`model output does not match ${ctx.agentName}.${ctx.actionName} schema at ${first.path.join('.') || '(root)'}: ${first.message}`, billedCall(res));
       }
       deps.onModelCall?.({ model: ctx.model, seconds: seconds() });
       return { res, parsed };

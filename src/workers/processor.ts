@@ -8,7 +8,7 @@ import { Cancellation } from './cancellation.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { UsageRider } from '../shared/infra/db/run-stream.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
-import type { AgentJobData, AgentResult } from '../shared/core/types.js';
+import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
 import { billedOf, classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
 import type { ClaimPrep, JobContext } from './middleware.js';
@@ -203,40 +203,35 @@ function attemptOf(deps: ProcessorDeps) {
       requestId: data.requestId ?? null,
       ...row,
     });
+    /** A row's model, token and cost columns from what a call was billed. */
+    const billedColumns = (b: BilledCall) => ({
+      model: b.model,
+      inputTokens: b.usage.input,
+      outputTokens: b.usage.output,
+      costUsd: b.costUsd,
+      standardCostUsd: b.standardCostUsd,
+      tier: b.tier,
+      cachedTokens: b.usage.cached ?? 0,
+      thoughtsTokens: b.usage.thoughts ?? 0,
+    });
     const completedRow = (result: AgentResult) =>
       rowOf({
         state: 'completed',
-        model: result.model,
-        inputTokens: result.tokensUsed.input,
-        outputTokens: result.tokensUsed.output,
-        costUsd: result.costUsd,
-        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
-        // carries the tier this job asked for, not the one of the job whose answer it reuses.
-        standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
-        tier: result.cacheHit ? (ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
-        cachedTokens: result.tokensUsed.cached ?? 0,
-        thoughtsTokens: result.tokensUsed.thoughts ?? 0,
+        ...billedColumns({
+          model: result.model,
+          usage: result.tokensUsed,
+          costUsd: result.costUsd,
+          // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
+          // carries the tier this job asked for, not the one of the job whose answer it reuses.
+          standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
+          tier: result.cacheHit ? (ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
+        }),
         cacheHit: result.cacheHit ?? null,
       });
     /** A failed attempt whose model answered (bad output, a refusal) is billed what Gemini charged for it. */
     const failedRow = (err: unknown, error: string) => {
       const billed = billedOf(err);
-      return rowOf({
-        state: 'failed',
-        error,
-        ...(billed
-          ? {
-              model: billed.model,
-              inputTokens: billed.usage.input,
-              outputTokens: billed.usage.output,
-              costUsd: billed.costUsd,
-              standardCostUsd: billed.standardCostUsd,
-              tier: billed.tier,
-              cachedTokens: billed.usage.cached ?? 0,
-              thoughtsTokens: billed.usage.thoughts ?? 0,
-            }
-          : {}),
-      });
+      return rowOf({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) });
     };
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;

@@ -6,6 +6,7 @@ import { DelayJobError, type JobContext, type Middleware } from '../middleware.j
 import { guardEvent } from '../../shared/telemetry/tracing.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
 import { sleep } from '../../shared/core/abortable-sleep.js';
+import { billedCall } from '../../shared/infra/llm/llm-client.js';
 
 export interface Route {
   /** A model name, or the name of an agent whose action of the same name serves the job. */
@@ -64,20 +65,9 @@ function sumBilled(spent: BilledCall[]): BilledCall | undefined {
 
 /** `result` with what earlier calls of the attempt were billed added to its usage and cost. */
 function spentOn(result: AgentResult, spent: BilledCall[]): AgentResult {
-  const earlier = sumBilled(spent);
-  if (!earlier) return result;
-  const t = result.tokensUsed;
-  return {
-    ...result,
-    tokensUsed: {
-      input: t.input + earlier.usage.input,
-      output: t.output + earlier.usage.output,
-      cached: (t.cached ?? 0) + (earlier.usage.cached ?? 0),
-      thoughts: (t.thoughts ?? 0) + (earlier.usage.thoughts ?? 0),
-    },
-    costUsd: result.costUsd + earlier.costUsd,
-    standardCostUsd: (result.standardCostUsd ?? result.costUsd) + earlier.standardCostUsd,
-  };
+  if (spent.length === 0) return result;
+  const total = sumBilled([...spent, billedCall({ model: result.model, usage: result.tokensUsed, costUsd: result.costUsd, tier: result.tier, standardCostUsd: result.standardCostUsd })])!;
+  return { ...result, tokensUsed: total.usage, costUsd: total.costUsd, standardCostUsd: total.standardCostUsd };
 }
 
 /**

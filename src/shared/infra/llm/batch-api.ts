@@ -1,7 +1,7 @@
 import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import { LlmError } from './llm-errors.js';
-import { answerEndOf, refusalOf, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
+import { answerEndOf, billedCall, refusalOf, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
 import { createPricing, type Pricing } from './pricing.js';
 
 /** One inline response of a finished batch, matched to its job through the request's metadata. */
@@ -92,7 +92,7 @@ export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing
       const usage = usageOf(response.usageMetadata);
       const cost = pricing.cost(model, usage, 'batch');
       const result: GenerateResult = { text, usage, model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' };
-      const billed = { model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' as const };
+      const billed = billedCall(result);
       const refused = refusalOf(answerEndOf(response), `Gemini ${model} batch answer`, { model, billed });
       if (refused) throw refused;
       if (json) {

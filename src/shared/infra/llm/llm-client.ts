@@ -32,6 +32,14 @@ export interface GenerateResult {
   standardCostUsd: number;
 }
 
+/**
+ * What a call that answered was billed, for an error raised after the answer (it carries no text). A result
+ * without a tier or standard cost (a caller's own GenerateFn) was a standard call.
+ */
+export function billedCall(r: Pick<GenerateResult, 'model' | 'usage' | 'costUsd'> & Partial<Pick<GenerateResult, 'tier' | 'standardCostUsd'>>): BilledCall {
+  return { model: r.model, usage: r.usage, costUsd: r.costUsd, standardCostUsd: r.standardCostUsd ?? r.costUsd, tier: r.tier ?? 'standard' };
+}
+
 export interface EmbedOptions {
   signal?: AbortSignal;
   taskType?: string;
@@ -284,7 +292,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const cost = pricing.cost(req.model, usage, tier);
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
-    const billed = { model: req.model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
+    const billed = billedCall(result);
     // Gemini ends every stream with a chunk carrying the finishReason (and the usage). A stream that ended without
     // one was cut short, though cleanly at the HTTP level (a proxy or the backend closing early): the text is
     // partial and the usage unknown, so it is no answer. EPROVIDER rather than ENETWORK: the transport delivered
