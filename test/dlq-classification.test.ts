@@ -122,6 +122,27 @@ describe('DLQ classification of real failures', () => {
     }
   });
 
+  it('an answer (HTTP 200) without a finishReason is no answer: retried as a provider failure, each attempt billed', async () => {
+    const m = marker();
+    s.emulator.script({ noFinishReason: true, times: -1, match: { promptIncludes: m } });
+    try {
+      const id = await enqueue(riskJob(m));
+      const view = await finalState(id);
+      expect(view).toMatchObject({ state: 'failed', attempts: 2 });
+      expect(view.error).toMatch(/EPROVIDER/);
+      expect(await entry(id)).toMatchObject({ class: 'retryable', type: 'provider', attempts: 2 });
+      const calls = s.emulator.calls().filter((c) => c.fault === 'no-finish-reason');
+      expect(calls).toHaveLength(2);
+      await usageWritten(s);
+      const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
+      expect(rows).toMatchObject(calls.map((c) => ({ state: 'failed', input_tokens: c.promptTokens, output_tokens: c.outputTokens })));
+      for (const r of rows) expect(Number(r.cost_usd)).toBeGreaterThan(0);
+    } finally {
+      s.emulator.clearFaults();
+      s.emulator.resetCalls();
+    }
+  });
+
   it('invalid input is poison; a retry with corrected input is validated, then runs', async () => {
     // Written straight to the queue, as a buggy producer would; the API would have refused it.
     const job = await s.runtime.queue.add('RiskAnalyzer:analyze_risks', { orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 42 } }, enqueuedAt: Date.now() });

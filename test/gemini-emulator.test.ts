@@ -321,6 +321,45 @@ describe('scripted faults', () => {
     expect(JSON.stringify(await refused.json())).toContain('afterChunks');
   });
 
+  it('noFinishReason: the whole answer without its finishReason, or a stream without its last chunk; only a model call takes it', async () => {
+    const raw = async (prompt: string) => {
+      const res = await fetch(`${emu.url}/v1beta/models/${MODEL}:generateContent`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-goog-api-key': 'k' },
+        body: JSON.stringify({ contents: [{ parts: [{ text: prompt }] }] }),
+      });
+      expect(res.status).toBe(200);
+      return (await res.json()) as { candidates: Array<Record<string, unknown>>; responseId: string };
+    };
+    const prompt = 'a plain answer, finished or not';
+    const whole = await raw(prompt);
+    // An embed call does not take it: it waits for the model call.
+    emu.script({ noFinishReason: true });
+    await ai.models.embedContent({ model: 'gemini-embedding-001', contents: 'not this one' });
+    expect(emu.faults()).toHaveLength(1);
+    const unfinished = await raw(prompt);
+    // What Gemini sends, but for the candidate's finishReason (the response id names each call).
+    const { finishReason, ...candidate } = whole.candidates[0];
+    expect(finishReason).toBe('STOP');
+    expect(unfinished).toEqual({ ...whole, candidates: [candidate], responseId: unfinished.responseId });
+    expect(emu.calls().at(-1)).toMatchObject({ kind: 'generate', status: 200, fault: 'no-finish-reason' });
+
+    const stream = async () => {
+      const chunks = [];
+      for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: 'a fairly long streamed answer about queues, workers and retries' })) chunks.push(c);
+      return chunks;
+    };
+    const full = await stream();
+    expect(full.length).toBeGreaterThanOrEqual(3);
+    emu.script({ noFinishReason: true, match: { kind: 'stream' } });
+    const cut = await stream();
+    expect(cut.map((c) => c.text)).toEqual(full.slice(0, -1).map((c) => c.text));
+    expect(cut.some((c) => c.candidates?.[0]?.finishReason !== undefined || c.usageMetadata !== undefined)).toBe(false);
+    const both = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ noFinishReason: true, malformed: true }) });
+    expect(both.status).toBe(400);
+    expect(JSON.stringify(await both.json())).toContain('noFinishReason');
+  });
+
   it('is scriptable from another process over its /__emulator/ HTTP routes', async () => {
     const ctl = createEmulatorControl(emu.url);
     await ctl.script([{ status: 503, match: { kind: 'stream' } }, { status: 429, retryAfterS: 1, times: Infinity, match: { promptIncludes: 'quota' } }]);

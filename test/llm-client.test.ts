@@ -180,6 +180,26 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
       });
 
+      it('a 200 without a finishReason -> EPROVIDER retryable, its usage billed; a stream ended before its last chunk too, nothing billed', async () => {
+        emu.script([{ noFinishReason: true, match: { kind: 'generate' } }, { noFinishReason: true, match: { kind: 'stream' } }]);
+        const plain = await failure(gen());
+        expect(plain).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
+        expect(plain.message).toMatch(/the answer came without a finishReason/);
+        const [call] = emu.calls();
+        expect(call).toMatchObject({ kind: 'generate', status: 200, fault: 'no-finish-reason' });
+        expect(plain.billed).toMatchObject({ model: MODEL, tier: 'standard', usage: { input: call.promptTokens, output: call.outputTokens } });
+        expect(plain.billed!.costUsd).toBe(costUsd(MODEL, plain.billed!.usage));
+        expect(plain.billed!.costUsd).toBeGreaterThan(0);
+        const seen: string[] = [];
+        const streamed = await failure(gen({ onText: (t) => void seen.push(t) }));
+        expect(streamed).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
+        expect(streamed.message).toMatch(/the stream ended without a finishReason/);
+        expect(streamed.billed).toBeUndefined();
+        expect(seen.length).toBeGreaterThan(0);
+        // The same call without the fault is an answer.
+        expect((await gen()).json).toBeDefined();
+      });
+
       it('hang + timeout -> ETIMEDOUT retryable, and the HTTP request is really cancelled', async () => {
         emu.script({ hang: true });
         const e = await failure(gen({ timeoutMs: 150 }));

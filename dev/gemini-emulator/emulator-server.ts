@@ -376,8 +376,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     if (answer.usage.cachedContentTokenCount) record.cachedTokens = answer.usage.cachedContentTokenCount;
     if (answer.usage.thoughtsTokenCount) record.thoughtsTokens = answer.usage.thoughtsTokenCount;
     const responseId = `emu-${record.id}`;
+    // A noFinishReason fault leaves it off the whole answer (a generate call's one body): all else is as sent.
+    const finished = !fault?.noFinishReason;
     const chunkBody = (text: string, last: boolean) => ({
-      candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...(last ? { finishReason: answer.finishReason } : {}) }],
+      candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...(last && finished ? { finishReason: answer.finishReason } : {}) }],
       ...(last ? { usageMetadata: answer.usage } : {}),
       modelVersion: model,
       responseId,
@@ -407,12 +409,13 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
 
     record.status = 200;
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });
-    const pieces = splitForStream(answer.text);
+    // A noFinishReason fault ends the stream cleanly before Gemini's last chunk, the one that says it finished.
+    const pieces = finished ? splitForStream(answer.text) : splitForStream(answer.text).slice(0, -1);
     const cutAfter = fault?.reset ? (fault.afterChunks ?? 0) : undefined;
     for (let i = 0; i < pieces.length; i++) {
       if (i > 0 && streamDelayMs > 0) await sleep(streamDelayMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || res.destroyed) return;
-      const event = `data: ${JSON.stringify(chunkBody(pieces[i], i === pieces.length - 1))}\n\n`;
+      const event = `data: ${JSON.stringify(chunkBody(pieces[i], finished && i === pieces.length - 1))}\n\n`;
       // A cut past the answer's last chunk still cuts, inside that chunk: the client never gets a whole answer.
       const cutInside = cutAfter !== undefined && i === pieces.length - 1 && cutAfter >= pieces.length;
       if (!(i + 1 === cutAfter || cutInside)) {

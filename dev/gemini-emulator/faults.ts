@@ -31,6 +31,10 @@ export interface FaultMatch {
  *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no parts;
  *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
  *   `{ noCandidate: true }` an answer with usage and no candidate at all.
+ * - `noFinishReason` (generate and stream calls only): a 200 that never says the answer finished. A generate call
+ *   gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on its candidate;
+ *   a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage), then a clean
+ *   end of the body, as when a proxy or the backend closes a stream early.
  * A batch's admin calls (`match.kind` batchGet, batchList, batchCancel, batchDelete) take status, hang, reset
  * and latencyMs faults, and only faults that name their kind.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
@@ -53,6 +57,7 @@ export interface EmulatorFault {
   afterChunks?: number;
   servedTier?: 'standard' | 'flex' | 'priority';
   refuse?: Refusal;
+  noFinishReason?: boolean;
   match?: FaultMatch;
   times?: number;
 }
@@ -77,15 +82,16 @@ export function describeFault(f: EmulatorFault): string {
   if (f.status !== undefined) return `status:${f.status}`;
   if (f.servedTier !== undefined) return `served:${f.servedTier}`;
   if (f.refuse) return `refuse:${f.refuse.finishReason ?? f.refuse.blockReason ?? 'no-candidate'}`;
+  if (f.noFinishReason) return 'no-finish-reason';
   return `latency:${f.latencyMs}`;
 }
 
 function validate(f: EmulatorFault): EmulatorFault {
   if (!f || typeof f !== 'object') throw new FaultScriptError('a fault must be an object');
-  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true, f.servedTier !== undefined, f.refuse !== undefined].filter(Boolean).length;
-  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier, refuse');
+  const effects = [f.status !== undefined, f.hang === true, f.malformed === true, f.reset === true, f.servedTier !== undefined, f.refuse !== undefined, f.noFinishReason === true].filter(Boolean).length;
+  if (effects > 1) throw new FaultScriptError('a fault has at most one of status, hang, malformed, reset, servedTier, refuse, noFinishReason');
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
-    throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier, refuse or latencyMs');
+    throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier, refuse, noFinishReason or latencyMs');
   }
   if (f.refuse !== undefined) {
     const r = f.refuse as Refusal | null;
@@ -96,7 +102,7 @@ function validate(f: EmulatorFault): EmulatorFault {
     throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
   }
   const kind = f.match?.kind;
-  if (kind !== undefined && BATCH_ADMIN.has(kind) && (f.malformed || f.servedTier !== undefined || f.refuse !== undefined || f.afterChunks !== undefined)) {
+  if (kind !== undefined && BATCH_ADMIN.has(kind) && (f.malformed || f.servedTier !== undefined || f.refuse !== undefined || f.noFinishReason || f.afterChunks !== undefined)) {
     throw new FaultScriptError(`a ${kind} fault is one of status, hang, reset or latencyMs`);
   }
   if (f.servedTier !== undefined && !['standard', 'flex', 'priority'].includes(f.servedTier)) {
@@ -143,12 +149,12 @@ export class FaultQueue {
   }
 }
 
-/** A refusal or a tier is an answer's: such a fault waits for a generate or stream call, never consumed by another. */
+/** A refusal, a tier or a missing finishReason is an answer's: such a fault waits for a generate or stream call, never consumed by another. */
 function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
   // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
   // consume the faults a test scripted for model calls.
   if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
-  return (f.refuse === undefined && f.servedTier === undefined) || kind === 'generate' || kind === 'stream';
+  return (f.refuse === undefined && f.servedTier === undefined && !f.noFinishReason) || kind === 'generate' || kind === 'stream';
 }
 
 function matches(m: FaultMatch | undefined, req: RequestFacts): boolean {

@@ -293,14 +293,17 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = billedCall(result);
-    // Gemini ends every stream with a chunk carrying the finishReason (and the usage). A stream that ended without
-    // one was cut short, though cleanly at the HTTP level (a proxy or the backend closing early): the text is
-    // partial and the usage unknown, so it is no answer. EPROVIDER rather than ENETWORK: the transport delivered
-    // a well-formed ending, and what failed is the provider's answer; retryable and counted against the model's
-    // breaker, as a 5xx is. A stream of usage with no candidate and no reason stays a refusal (below).
-    if (req.onText && !end.finishReason && !end.blockReason && (end.candidates > 0 || !usageSeen)) {
-      log?.warn({ model: req.model, chars: text.length, ms: Math.round(performance.now() - started) }, 'llm stream ended without a finishReason');
-      throw new LlmError('EPROVIDER', `${what}: the stream ended without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, ...(usageSeen ? { billed } : {}) });
+    // Gemini ends every answer with a candidate carrying the finishReason: a plain call's one body, a stream's last
+    // chunk (with the usage). A stream that ended without one was cut short, though cleanly at the HTTP level (a
+    // proxy or the backend closing early): the text is partial and the usage unknown. A plain answer without one
+    // is as incomplete, whatever its text: nothing says the model finished. Either is no answer. EPROVIDER rather
+    // than ENETWORK: the transport delivered a well-formed ending, and what failed is the provider's answer;
+    // retryable and counted against the model's breaker, as a 5xx is, and billed for the usage it carries, as a
+    // refusal or bad output is. An answer of usage with no candidate and no reason stays a refusal (below).
+    if (!end.finishReason && !end.blockReason && (end.candidates > 0 || !usageSeen)) {
+      const ended = req.onText ? 'the stream ended' : 'the answer came';
+      log?.warn({ model: req.model, chars: text.length, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm answer ended without a finishReason');
+      throw new LlmError('EPROVIDER', `${what}: ${ended} without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, ...(usageSeen ? { billed } : {}) });
     }
     const refused = refusalOf(end, what, { model: req.model, billed });
     if (refused) throw refused;
