@@ -76,14 +76,6 @@ export function parseDuration(text: string): number | undefined {
   return m ? Math.round(Number(m[1]) * 1000) : undefined;
 }
 
-/** Retry-After is either delta-seconds or an HTTP date. */
-export function parseRetryAfter(value: string | null | undefined, now = Date.now()): number | undefined {
-  if (!value) return undefined;
-  if (/^\s*\d+(\.\d+)?\s*$/.test(value)) return Math.round(Number(value) * 1000);
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - now);
-}
-
 interface RpcStatus {
   code?: number;
   status?: string;
@@ -132,21 +124,6 @@ function rpcStatusOf(message: string): RpcStatus | undefined {
   }
 }
 
-function headerOf(err: Record<string, unknown>, name: string): string | undefined {
-  const holders = [err.headers, (err.response as Record<string, unknown> | undefined)?.headers];
-  for (const h of holders) {
-    if (!h) continue;
-    if (typeof (h as Headers).get === 'function') {
-      const v = (h as Headers).get(name);
-      if (v) return v;
-    } else if (typeof h === 'object') {
-      const v = (h as Record<string, unknown>)[name] ?? (h as Record<string, unknown>)[name.toLowerCase()];
-      if (typeof v === 'string') return v;
-    }
-  }
-  return undefined;
-}
-
 function causeChain(err: unknown): Array<Record<string, unknown>> {
   const out: Array<Record<string, unknown>> = [];
   let cur: unknown = err;
@@ -175,8 +152,10 @@ export function toLlmError(err: unknown): LlmError {
     const rpc = rpcStatusOf(String(top.message ?? ''));
     const message = `Gemini API ${s}${rpc?.status ? ` ${rpc.status}` : ''}: ${rpc?.message ?? brief(top)}`.slice(0, 500);
     if (s === 429) {
+      // RetryInfo in the body is the delay's one source: the SDK's ApiError carries the status and the body only,
+      // never the response's headers (its Retry-After included; @google/genai 2.32, checked in llm-client.test.ts).
       const delay = rpc?.details?.find((d) => String(d['@type']).endsWith('google.rpc.RetryInfo'))?.retryDelay;
-      const retryAfterMs = (delay ? parseDuration(delay) : undefined) ?? parseRetryAfter(headerOf(top, 'retry-after'));
+      const retryAfterMs = delay ? parseDuration(delay) : undefined;
       const quota = quotaOf(rpc);
       // The reset: RetryInfo's delay when Gemini gives one, else the daily reset at midnight Pacific.
       const retryAtMs = retryAfterMs !== undefined ? Date.now() + retryAfterMs : nextPacificMidnight();
