@@ -63,20 +63,28 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
     ]);
   });
 
-  it('invalidates through the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused, naming both counts', async () => {
+  it('follows the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused before anything is loaded, naming both counts', async () => {
     const redis = new Redis(redisUrl());
     const prefix = randomPrefix();
+    const org = randomOrg();
     try {
       await redis.set(shardLayoutKey(prefix), '4');
       const path = file('sharded.jsonl', [JSON.stringify({ external_id: 's1', content: 'Sharded deployment fact' })]);
       const run = (shards: string | undefined) =>
-        runCli('src/app/cli/ingest.ts', [path, '--table', 'chat_facts', '--org', randomOrg()], { DATABASE_URL: databaseUrl(), REDIS_URL: redisUrl(), GEMINI_API_KEY: undefined, QUEUE_PREFIX: prefix, QUEUE_SHARDS: shards });
+        runCli('src/app/cli/ingest.ts', [path, '--table', 'chat_facts', '--org', org], { DATABASE_URL: databaseUrl(), REDIS_URL: redisUrl(), GEMINI_API_KEY: undefined, QUEUE_PREFIX: prefix, QUEUE_SHARDS: shards });
+      const rowsOfOrg = async () => (await pool.query('SELECT count(*)::int AS n FROM chat_facts WHERE org_id = $1', [org])).rows[0].n;
       const refused = await run('2');
       expect(refused.code).toBe(1);
-      expect(refused.stderr).toMatch(/could not be invalidated: Invalid environment variable QUEUE_SHARDS=2: the queue under .* is laid out in 4 shard\(s\)/);
+      expect(refused.stderr).toMatch(/ingest refused, nothing loaded: Invalid environment variable QUEUE_SHARDS=2: the queue under .* is laid out in 4 shard\(s\)/);
+      // Refused before the load: no progress, no rows, nothing to invalidate.
+      expect(refused.stderr).not.toMatch(/documents\/s|could not be invalidated/);
+      expect(refused.stdout).toBe('');
+      expect(await rowsOfOrg()).toBe(0);
       const followed = await run(undefined);
       expect(followed.stderr).not.toContain('could not be invalidated');
       expect(followed.code).toBe(0);
+      expect(followed.stdout).toContain(`cached answers invalidated (org ${org}): KnowledgeAssistant`);
+      expect(await rowsOfOrg()).toBe(1);
     } finally {
       await redis.del(shardLayoutKey(prefix));
       redis.disconnect();

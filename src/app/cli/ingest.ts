@@ -8,7 +8,7 @@ import { defaultRegistry } from '../../shared/agents/registry.js';
 import { agentqPrefix } from '../../shared/core/queue-keys.js';
 import { queueShards } from '../../shared/core/queue-shards.js';
 import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
-import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
+import { createRedis, redisTargetOf, whenReady, type RedisClient } from '../../shared/infra/redis/connection.js';
 import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
@@ -135,24 +135,29 @@ export function describePhase(p: IndexPhase): string {
 }
 
 /**
+ * The shard layout the cached answers are found through, checked before anything is loaded: a QUEUE_SHARDS that
+ * differs from the recorded one (or a Redis that cannot be reached) would only show after the load, as answers
+ * cached before the new rows that could not be invalidated. The layout is read again for the invalidation itself.
+ */
+async function checkShardLayout(cfg: Config, redis: RedisClient): Promise<void> {
+  await whenReady(redis);
+  await followShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: shardsGiven(cfg) });
+}
+
+/**
  * After the load, as the API's ingest does (reader-invalidation.ts): the cached answers of the agents whose prompts
  * search the table, in the org or (shared rows) in every org, through each queue shard's result cache.
  */
-async function invalidateReaders(cfg: Config, pool: Pool, embed: EmbedFn, table: KnowledgeTable, orgId: string | undefined): Promise<string[]> {
-  const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
-  try {
-    await whenReady(redis);
-    const shards = queueShards(cfg.QUEUE_PREFIX, await followShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: shardsGiven(cfg) }));
-    const caches = shards.prefixes.map((prefix) => createResultCache({ redis, prefix: agentqPrefix(prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
-    const afterIngest = createReaderInvalidation({
-      readersOf: (t) => defaultRegistry().readersOf(t),
-      results: shardedResults(caches, shards.ofOrg),
-      semantic: createSemanticCache({ pool, embed, ttlS: cfg.SEMANTIC_CACHE_TTL_S }),
-    });
-    return await afterIngest(table, orgId);
-  } finally {
-    redis.disconnect();
-  }
+async function invalidateReaders(cfg: Config, redis: RedisClient, pool: Pool, embed: EmbedFn, table: KnowledgeTable, orgId: string | undefined): Promise<string[]> {
+  await whenReady(redis);
+  const shards = queueShards(cfg.QUEUE_PREFIX, await followShardLayout({ redis, prefix: cfg.QUEUE_PREFIX, shards: shardsGiven(cfg) }));
+  const caches = shards.prefixes.map((prefix) => createResultCache({ redis, prefix: agentqPrefix(prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
+  const afterIngest = createReaderInvalidation({
+    readersOf: (t) => defaultRegistry().readersOf(t),
+    results: shardedResults(caches, shards.ofOrg),
+    semantic: createSemanticCache({ pool, embed, ttlS: cfg.SEMANTIC_CACHE_TTL_S }),
+  });
+  return afterIngest(table, orgId);
 }
 
 async function main(argv: string[]): Promise<number> {
@@ -172,6 +177,14 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`${args.file}: ${(err as Error).message}\n`);
     return 1;
   }
+  const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
+  try {
+    await checkShardLayout(cfg, redis);
+  } catch (err) {
+    redis.disconnect();
+    process.stderr.write(`ingest refused, nothing loaded: ${(err as Error).message}\n`);
+    return 1;
+  }
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
   let runtime: Awaited<ReturnType<typeof startGemini>> | undefined;
   try {
@@ -188,7 +201,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
     try {
-      const agents = await invalidateReaders(cfg, db.pool, embed, args.table, args.orgId);
+      const agents = await invalidateReaders(cfg, redis, db.pool, embed, args.table, args.orgId);
       if (agents.length) process.stdout.write(`cached answers invalidated (${args.orgId ? `org ${args.orgId}` : 'every org'}): ${agents.join(', ')}\n`);
     } catch (err) {
       // The rows are in: only the answers cached before them may still be served, until CACHE_TTL_S.
@@ -200,6 +213,7 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`\ningest failed: ${(err as Error).message}\n`);
     return 1;
   } finally {
+    redis.disconnect();
     await runtime?.close();
     await db.close();
   }
