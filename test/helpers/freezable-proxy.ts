@@ -3,15 +3,28 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 /**
  * A TCP proxy to a Redis whose open connections can be frozen: nothing more goes through them (both ways, or only
  * Redis's replies), and nothing closes them, as with a peer gone behind a dropped NAT entry. New connections pass.
+ * Replies can also be held back and let through later, in order (a reply that arrives late).
  */
 export async function freezableProxy(target: URL) {
-  const pairs: Array<{ client: Socket; upstream: Socket; requests: boolean; replies: boolean }> = [];
+  type Pair = { client: Socket; upstream: Socket; requests: boolean; replies: boolean; held?: Buffer[]; holdAfter?: Buffer; tail: Buffer };
+  const pairs: Pair[] = [];
   const server: Server = createServer((client) => {
     const upstream = connect(Number(target.port), target.hostname);
-    const pair = { client, upstream, requests: true, replies: true };
+    const pair: Pair = { client, upstream, requests: true, replies: true, tail: Buffer.alloc(0) };
     pairs.push(pair);
-    client.on('data', (d) => void (pair.requests && upstream.write(d)));
-    upstream.on('data', (d) => void (pair.replies && client.write(d)));
+    client.on('data', (d: Buffer) => {
+      if (pair.holdAfter && !pair.held) {
+        // The marker may straddle two chunks: the end of the previous one is searched with this one.
+        const seen = Buffer.concat([pair.tail, d]);
+        if (seen.includes(pair.holdAfter)) pair.held = [];
+        pair.tail = seen.subarray(Math.max(0, seen.length - pair.holdAfter.length + 1));
+      }
+      if (pair.requests) upstream.write(d);
+    });
+    upstream.on('data', (d: Buffer) => {
+      if (pair.held) pair.held.push(d);
+      else if (pair.replies) client.write(d);
+    });
     const end = () => {
       client.destroy();
       upstream.destroy();
@@ -28,6 +41,21 @@ export async function freezableProxy(target: URL) {
     freeze: () => pairs.forEach((p) => ((p.requests = false), (p.replies = false))),
     /** Open connections lose Redis's replies from now on; requests still reach Redis. */
     dropReplies: () => pairs.forEach((p) => (p.replies = false)),
+    /**
+     * An open connection holds Redis's replies back once a request holding `marker` (e.g. a key) went through it:
+     * Redis runs the requests, their answers wait for `passReplies()`.
+     */
+    holdRepliesAfter: (marker: string) => pairs.forEach((p) => ((p.holdAfter = Buffer.from(marker)), (p.tail = Buffer.alloc(0)))),
+    /** Whether some connection holds replies back (a request with the marker went through). */
+    holding: () => pairs.some((p) => p.held !== undefined),
+    /** Sends the held replies on, in order, and holds nothing more. */
+    passReplies: () =>
+      pairs.forEach((p) => {
+        const held = p.held ?? [];
+        p.held = undefined;
+        p.holdAfter = undefined;
+        for (const d of held) p.client.write(d);
+      }),
     /** Ends every open connection (both sockets), as a network reset does. */
     reset: () => pairs.splice(0).forEach((p) => (p.client.destroy(), p.upstream.destroy())),
     close: () => {

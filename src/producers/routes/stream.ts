@@ -65,7 +65,16 @@ async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Pro
 }
 
 async function lease(deps: StreamHandlerDeps, orgId: string): Promise<StreamLease> {
-  const verdict = await withDeadline(deps.slots.acquire(orgId), deps.enqueueDeadlineMs ?? 5000, 'stream limiter');
+  // Past the deadline the request answers 503, but the acquire already sent may still be granted: told that
+  // nobody waits for it any more, the limiter releases that lease at once (it held a slot until it lapsed).
+  const gaveUp = new AbortController();
+  let verdict;
+  try {
+    verdict = await withDeadline(deps.slots.acquire(orgId, gaveUp.signal), deps.enqueueDeadlineMs ?? 5000, 'stream limiter');
+  } catch (err) {
+    gaveUp.abort(err);
+    throw err;
+  }
   if (verdict.lease) return verdict.lease;
   const retryAfter = Math.max(1, Math.ceil(verdict.msBeforeNext / 1000));
   throw new HttpError(429, 'too many open streams for this org', { limit: deps.maxStreamsPerOrg, retryAfter }, { 'retry-after': String(retryAfter) });
