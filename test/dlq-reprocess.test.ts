@@ -8,7 +8,7 @@ import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
-import { ConflictError } from '../src/shared/core/errors.js';
+import { ConflictError, NotFoundError } from '../src/shared/core/errors.js';
 import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -144,42 +144,45 @@ describe('scheduled DLQ reprocessing', () => {
 });
 
 describe('two retries of one entry at once', () => {
-  it('the caller that reads the entry after the first claim is refused, never writes its input, and the retry counts once', async () => {
-    const prefix = randomPrefix();
-    const redis = createRedis(redisUrl(), 'worker');
-    const queue = createAgentQueue({ connection: redis, prefix, retention });
-    try {
-      const store = createDlqStore({ redis, queue, prefix, ttlS: 3600 });
-      const [job] = await failJobs(queue, redis, prefix, [{ data: { orgId: randomOrg() }, reason: OUTAGE }]);
-      const id = job.id!;
-      const inputOf = (who: string) => ({ startup: { name: who } });
-      // The second retry runs, whole, between the first one's claim and its move out of the failed set: it
-      // reads the entry with the count the first claim left.
-      let second: Promise<unknown> | undefined;
-      const service = createDlqService({
-        validateInput: (_a, _b, input) => input,
-        store: {
-          ...store,
-          claim: async (item, opts) => {
-            const res = await store.claim(item, opts);
-            if (!second) {
-              second = service.retry({}, id, inputOf('second')).then((r) => r, (err: unknown) => err);
-              await second;
-            }
-            return res;
+  // A retry claims the entry and moves the job in one script call (dlq-retry-N.lua): the other caller comes either
+  // before it or after it, never between.
+  for (const failsAgain of [false, true]) {
+    it(`the caller that read the entry before another retried it${failsAgain ? ' (and the job failed again)' : ''} is refused, never writes its input, and the retry counts once`, async () => {
+      const prefix = randomPrefix();
+      const redis = createRedis(redisUrl(), 'worker');
+      const queue = createAgentQueue({ connection: redis, prefix, retention });
+      try {
+        const store = createDlqStore({ redis, queue, prefix, ttlS: 3600 });
+        const [job] = await failJobs(queue, redis, prefix, [{ data: { orgId: randomOrg() }, reason: OUTAGE }]);
+        const id = job.id!;
+        const inputOf = (who: string) => ({ startup: { name: who } });
+        // The second retry runs, whole, after the first one read the entry and before it retries it.
+        let second: Promise<unknown> | undefined;
+        const service = createDlqService({
+          validateInput: (_a, _b, input) => input,
+          store: {
+            ...store,
+            retry: async (item, opts) => {
+              if (!second) {
+                second = service.retry({}, id, inputOf('second'));
+                await second;
+                if (failsAgain) expect(await failWaiting(redis, prefix, OUTAGE)).toBe(1);
+              }
+              return store.retry(item, opts);
+            },
           },
-        },
-      });
-      const first = await service.retry({}, id, inputOf('first'));
-      expect(first).toEqual({ id, state: 'waiting', dlqRetries: 1 });
-      const refused = await second;
-      expect(refused).toBeInstanceOf(ConflictError);
-      expect(await queue.getJobState(id)).toBe('waiting');
-      expect((await queue.getJob(id))!.data.input).toEqual(inputOf('first'));
-      expect(await redis.hget(store.metaKey(id), 'retries')).toBe('1');
-    } finally {
-      await queue.close();
-      redis.disconnect();
-    }
-  });
+        });
+        const first = await service.retry({}, id, inputOf('first')).then((r) => r, (err: unknown) => err);
+        expect(await second).toEqual({ id, state: 'waiting', dlqRetries: 1 });
+        // Gone from the failed set: 404; back in it with the count moved on: 409, read it again.
+        expect(first).toBeInstanceOf(failsAgain ? ConflictError : NotFoundError);
+        expect(await queue.getJobState(id)).toBe(failsAgain ? 'failed' : 'waiting');
+        expect((await queue.getJob(id))!.data.input).toEqual(inputOf('second'));
+        expect(await redis.hget(store.metaKey(id), 'retries')).toBe('1');
+      } finally {
+        await queue.close();
+        redis.disconnect();
+      }
+    });
+  }
 });

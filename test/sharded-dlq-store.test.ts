@@ -14,7 +14,7 @@ function memoryStore(prefix: string, failed: Array<{ id: string; score: number; 
   const sorted = [...failed].sort((a, b) => (before(a, b) ? -1 : 1));
   return {
     recordFailure: async () => 0,
-    claim: async () => 0,
+    retry: async () => 0,
     remove: async () => undefined,
     get: async (id) => {
       const f = sorted.find((x) => x.id === id);
@@ -75,6 +75,6 @@ describe('the dead-letter queue over several queue shards', () => {
   it('finds an entry by id in whichever shard holds it, and hands each item to its own shard', async () => {
     expect((await store.get('b3'))?.entry.id).toBe('b3');
     expect(await store.get('nope')).toBeUndefined();
-    await expect(store.claim({ entry: { id: 'z' } as DlqEntry, job: { prefix: '{q.s9}' } as DlqItem['job'] }, {})).rejects.toThrow(/no dead-letter store/);
+    await expect(store.retry({ entry: { id: 'z' } as DlqEntry, job: { prefix: '{q.s9}' } as DlqItem['job'] }, {})).rejects.toThrow(/no dead-letter store/);
   });
 });

@@ -14,6 +14,18 @@ export const agentJobKey = (prefix: string, jobId: string) => `${prefix}:${QUEUE
 /** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
 export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;
 
+/**
+ * BullMQ's sets of one parent's children, from the parent's key (a child's `parentKey`, `<prefix>:<queue>:<id>`):
+ * children failed with failParentOnFailure (ZSET), failed with ignoreDependencyOnFailure (HASH child key ->
+ * reason), and still pending (SET). BullMQ's retry of a failed child moves it from either of the first two back
+ * to the third.
+ */
+export const parentChildrenKeys = (parentKey: string) => ({
+  unsuccessful: `${parentKey}:unsuccessful`,
+  failed: `${parentKey}:failed`,
+  dependencies: `${parentKey}:dependencies`,
+});
+
 /** The Redis Stream of one job's chunks, progress events and final outcome. */
 export const jobStreamKey = (prefix: string, jobId: string) => `${prefix}:agentq:stream:${jobId}`;
 
@@ -56,7 +68,7 @@ export const cancelRequestedKey = (prefix: string, id: string) => `${agentqPrefi
 /** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
 export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
 
-/** Per-entry DLQ metadata (class, retries, claim). */
+/** Per-entry DLQ metadata (class, retries, last error and retry time). */
 export const dlqMetaKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:dlq:${id}`;
 
 /** HASH where every process publishes its Prometheus registry for the API to merge. */

@@ -1,6 +1,6 @@
 import { ConflictError, NotFoundError } from '../core/errors.js';
 import type { DlqClass } from '../core/dlq-classify.js';
-import type { ClaimRefusal, DlqCursor, DlqEntry, DlqItem, DlqStore } from './dlq-store.js';
+import type { DlqCursor, DlqEntry, DlqItem, DlqStore, RetryRefusal } from './dlq-store.js';
 
 /** Whose entries a caller may touch: one org (its org-admin), or every org (the operator). */
 export interface DlqScope {
@@ -16,24 +16,17 @@ const visible = (scope: DlqScope, e: DlqEntry) => scope.orgId === undefined || e
 const matches = (f: DlqFilter, e: DlqEntry) => (!f.agent || e.agent === f.agent) && (!f.class || e.class === f.class);
 
 /**
- * Retries, lists and deletes dead-letter entries. A retry is claimed first (counted, and its corrected input
- * written, atomically, see DlqStore.claim), then the job moves back to wait with its attempts kept: it gets one
- * more attempt per DLQ retry, and each attempt keeps a distinct number in agent_runs.
+ * Retries, lists and deletes dead-letter entries. A retry is counted, its corrected input written and the job
+ * moved back to wait with its attempts kept, all in one atomic step (DlqStore.retry): it gets one more attempt
+ * per DLQ retry, and each attempt keeps a distinct number in agent_runs.
  */
 export function createDlqService(deps: { store: DlqStore; validateInput: (agent: string, action: string, input: unknown) => unknown }) {
   const { store } = deps;
 
-  async function retryItem(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown } = {}): Promise<number | ClaimRefusal> {
-    // The claim writes the input too: only the caller that won it may change what the job runs.
-    const claimed = await store.claim(item, opts);
-    if (typeof claimed !== 'number') return claimed;
-    try {
-      await item.job.retry('failed');
-    } catch {
-      // Deleted or retried through another path between the claim and here.
-      return 'not_failed';
-    }
-    return claimed;
+  async function retryItem(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown } = {}): Promise<number | RetryRefusal> {
+    // One step: the caller that wins the claim writes its input and moves the job, or nothing changes. A Redis
+    // error is thrown as such (503), not answered as a missing entry.
+    return store.retry(item, opts);
   }
 
   async function find(scope: DlqScope, id: string): Promise<DlqItem> {
@@ -65,7 +58,7 @@ export function createDlqService(deps: { store: DlqStore; validateInput: (agent:
         const parentId = item.job.parent?.id ?? '';
         throw new ConflictError('the flow or pipeline run this job belongs to has finished and would never read its result; start a new one', { reason: res, parentId });
       }
-      if (typeof res !== 'number') throw new ConflictError('entry is being retried by someone else; read it again');
+      if (typeof res !== 'number') throw new ConflictError('entry was retried by someone else since it was read; read it again');
       return { id, state: 'waiting', dlqRetries: res };
     },
 

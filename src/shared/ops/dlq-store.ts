@@ -4,7 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { agentJobKey, cancelRequestedKey, dlqMetaKey, jobStreamKey, waitingChildrenKey } from '../core/queue-keys.js';
+import { agentJobKey, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, waitingChildrenKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -40,15 +40,14 @@ export interface DlqCursor {
   id: string;
 }
 
-/** `parent_finished`: a flow child or pipeline step whose parent (flow, run) no longer waits for it. */
-export type ClaimRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class' | 'parent_finished';
-const REFUSALS: Record<number, ClaimRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class', [-5]: 'parent_finished' };
-
 /**
- * How long a claim keeps other callers off an entry still in the failed set: its holder moves the job out in
- * its next round trip, so this only bounds how long a holder that died in between blocks the entry.
+ * Why a retry was refused (the job, the entry and its keys untouched): `not_failed` it left the failed set (or
+ * is gone); `claimed_elsewhere` it changed since it was read (its retry count moved on: retried meanwhile and
+ * failed again; or a retry by a process of the previous version is under way); `parent_finished` a flow child
+ * or pipeline step whose parent (flow, run) no longer waits for it.
  */
-const CLAIM_HOLD_MS = 30_000;
+export type RetryRefusal = 'not_failed' | 'claimed_elsewhere' | 'limit_reached' | 'other_class' | 'parent_finished';
+const REFUSALS: Record<number, RetryRefusal> = { [-1]: 'not_failed', [-2]: 'claimed_elsewhere', [-3]: 'limit_reached', [-4]: 'other_class', [-5]: 'parent_finished' };
 
 export const encodeCursor = (c: DlqCursor) => Buffer.from(`${c.score}:${c.id}`).toString('base64url');
 export function decodeCursor(raw: string): DlqCursor | undefined {
@@ -68,7 +67,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const { redis, queue } = deps;
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
-  const claimLua = defineLua(redis, 'dlq-claim-N.lua');
+  const retryLua = defineLua(redis, 'dlq-retry-N.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -169,19 +168,25 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
     },
 
     /**
-     * Counts one retry of `item` if nobody else did first, and writes `input` into the job in the same step
-     * (see dlq-claim-N.lua): a caller refused here never touches the job. Returns the new count or why it
-     * was refused.
+     * Retries `item` if nobody else did first: counts the retry, writes `input` into the job and moves the job
+     * back to wait with its attempts kept (BullMQ's retry), in one script call (dlq-retry-N.lua). Refused, or
+     * failed with a Redis error before the script ran, it changed nothing; there is no step after the claim
+     * that could fail and leave it half done. Returns the new count or why it was refused.
      */
-    async claim(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | ClaimRefusal> {
-      const { entry } = item;
-      const data = opts.input === undefined ? '' : JSON.stringify({ ...item.job.data, input: opts.input });
-      const now = Date.now();
-      const { parent, parentKey } = item.job;
+    async retry(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | RetryRefusal> {
+      const { entry, job } = item;
+      const data = opts.input === undefined ? '' : JSON.stringify({ ...job.data, input: opts.input });
+      const k = queue.keys;
       const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id), jobStreamKey(deps.prefix, entry.id)];
-      if (parent && parentKey) keys.push(parentKey, waitingChildrenKey(parent.queueKey));
+      keys.push(k.wait, k.meta, k.active, k.marker, k.prioritized, k.pc, k.events);
+      const { parent, parentKey } = job;
+      if (parent && parentKey) {
+        const children = parentChildrenKeys(parentKey);
+        keys.push(parentKey, waitingChildrenKey(parent.queueKey), children.unsuccessful, children.failed, children.dependencies);
+      }
+      const push = job.opts.lifo ? 'RPUSH' : 'LPUSH';
       const res = Number(
-        await claimLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), now, deps.ttlS, data, now + CLAIM_HOLD_MS, parent?.id ?? '']),
+        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '']),
       );
       return res >= 0 ? res : REFUSALS[res];
     },
@@ -195,4 +200,4 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
 }
 
 /** What the DLQ service, reprocessor and worker listeners use of a store (one shard's, or all of them). */
-export type DlqStore = Pick<ReturnType<typeof createDlqStore>, 'recordFailure' | 'get' | 'scan' | 'claim' | 'remove'>;
+export type DlqStore = Pick<ReturnType<typeof createDlqStore>, 'recordFailure' | 'get' | 'scan' | 'retry' | 'remove'>;

@@ -17,7 +17,7 @@ export function shardedDlqStore(stores: ReadonlyMap<string, DlqStore>): DlqStore
   };
   return {
     recordFailure: async (job, c, reason) => storeOf({ job }).recordFailure(job, c, reason),
-    claim: async (item, opts) => storeOf(item).claim(item, opts),
+    retry: async (item, opts) => storeOf(item).retry(item, opts),
     remove: async (item) => storeOf(item).remove(item),
 
     async get(id) {

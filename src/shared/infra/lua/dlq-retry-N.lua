@@ -1,0 +1,110 @@
+-- Retries one dead-letter entry, atomically: claims it and moves the job back to wait in the same call, so a
+-- retry either happened whole or left the job, the entry and its keys exactly as they were. (A claim in one
+-- call and BullMQ's move in the next left the claim's writes behind whenever the move failed: the job removed
+-- or retried another way in between, or a Redis error; the caller was told 404 while its input was written,
+-- the retry counted, the cancel marker and stream gone and, the job still failed, the entry held 30 s.)
+-- The claim: the job must still sit in the failed set (its hash there too), its DLQ retry count must be the
+-- one the caller read (so two reprocessors racing retry it once: the second finds it gone, or, once it failed
+-- again, counted on) and under the limit, and it must still be of the required class. Then the retry is
+-- counted, the error it is retried from recorded, and the caller's corrected data written: only the one
+-- caller whose claim wins ever writes it.
+-- A hold (`claimOf` = the failed set's score, `claimUntil`) is what the previous version wrote between its
+-- claim and its move: still respected until it lapses, so a retry from a process of that version during a
+-- rolling update is not retried twice. This script writes none: nothing comes between its claim and move.
+-- A cancel marker is of the run it cancelled, which is over: left, it would cancel the retry at its claim.
+-- So is the job's event stream (a streaming job's): its last entry is the failure that ended that run, which a
+-- reader of the retried job, starting from the stream's first entry, would take for the end of the new run.
+-- The move is BullMQ's retry of a failed job (bullmq 6.x commands/reprocessJob-9.lua with its includes
+-- addJobInTargetList, addJobWithPriority, getPriorityScore, addBaseMarkerIfNeeded, isQueuePausedOrMaxed,
+-- getOrSetMaxEvents, moveChildBackToParentDependencies; `Job.retry('failed')`, attempts kept), replayed here;
+-- test/dlq-retry.test.ts ("exactly as BullMQ's own retry") compares it with BullMQ's script on the installed
+-- version. Every check comes before the first write: nothing below the checks can refuse.
+-- KEYS[1]: DLQ meta hash of the entry      KEYS[2]: the agent queue's failed sorted set
+-- KEYS[3]: the job's hash                 KEYS[4]: the API's cancel marker of the job
+-- KEYS[5]: the job's event stream
+-- KEYS[6..12]: the agent queue's wait list, meta hash, active list, marker, prioritized set, priority counter
+--   and events stream (BullMQ's)
+-- KEYS[13..17] (a flow child or pipeline step only): its BullMQ parent's hash, the parent queue's
+-- waiting-children set, and the parent's unsuccessful set, failed hash and dependencies set. BullMQ's retry
+-- puts a child back in its parent's dependencies but never moves a parent that has left waiting-children back:
+-- a retry then would run (and bill) a result nobody reads.
+-- ARGV[1]: job id
+-- ARGV[2]: expected retry count, '' for any
+-- ARGV[3]: max retries, -1 for no limit
+-- ARGV[4]: required class, '' for any
+-- ARGV[5]: class to store when the hash has none (classified lazily by the caller)
+-- ARGV[6]: last error (the failed reason being retried)
+-- ARGV[7]: now, epoch ms
+-- ARGV[8]: TTL of the hash, seconds
+-- ARGV[9]: the job's new data (JSON), '' to keep it
+-- ARGV[10]: the wait list's push, 'LPUSH' or 'RPUSH' (a lifo job's)
+-- ARGV[11]: the parent's id (with KEYS[13..17])
+-- Returns the new retry count, or -1 not failed, -2 count moved on (or held by a previous version's claim),
+-- -3 limit reached, -4 other class, -5 its parent no longer waits for it.
+local rcall = redis.call
+local id, jobKey = ARGV[1], KEYS[3]
+local stay = rcall('ZSCORE', KEYS[2], id)
+if not stay or rcall('EXISTS', jobKey) == 0 then
+  return -1
+end
+local m = rcall('HMGET', KEYS[1], 'retries', 'class', 'claimOf', 'claimUntil')
+local retries = tonumber(m[1]) or 0
+local class = m[2] or ARGV[5]
+if ARGV[2] ~= '' and retries ~= tonumber(ARGV[2]) then
+  return -2
+end
+if m[3] == stay and (tonumber(m[4]) or 0) > tonumber(ARGV[7]) then
+  return -2
+end
+local max = tonumber(ARGV[3])
+if max >= 0 and retries >= max then
+  return -3
+end
+if ARGV[4] ~= '' and class ~= ARGV[4] then
+  return -4
+end
+local child = #KEYS >= 17
+if child and (rcall('EXISTS', KEYS[13]) == 0 or not rcall('ZSCORE', KEYS[14], ARGV[11])) then
+  return -5
+end
+-- The parent the caller named is the one BullMQ's retry would put the child back under (the hash's).
+if rcall('HGET', jobKey, 'parentKey') ~= (child and KEYS[13] or false) then
+  return -2
+end
+
+rcall('HSET', KEYS[1], 'retries', retries + 1, 'class', class, 'lastError', ARGV[6], 'lastRetryAt', ARGV[7])
+rcall('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+rcall('DEL', KEYS[4], KEYS[5])
+if ARGV[9] ~= '' then
+  rcall('HSET', jobKey, 'data', ARGV[9])
+end
+
+-- BullMQ's reprocessJob, state 'failed', attempts kept.
+rcall('ZREM', KEYS[2], id)
+rcall('HDEL', jobKey, 'finishedOn', 'processedOn', 'failedReason')
+local pausedOrMaxed = false
+local q = rcall('HMGET', KEYS[7], 'paused', 'concurrency')
+if q[1] then
+  pausedOrMaxed = true
+elseif q[2] then
+  pausedOrMaxed = rcall('LLEN', KEYS[8]) >= tonumber(q[2])
+end
+local priority = tonumber(rcall('HGET', jobKey, 'priority')) or 0
+if priority == 0 then
+  rcall(ARGV[10], KEYS[6], id)
+else
+  rcall('ZADD', KEYS[10], priority * 0x100000000 + rcall('INCR', KEYS[11]) % 0x100000000, id)
+end
+if not pausedOrMaxed then
+  rcall('ZADD', KEYS[9], 0, '0')
+end
+if child and (rcall('ZREM', KEYS[15], jobKey) == 1 or rcall('HDEL', KEYS[16], jobKey) == 1) then
+  rcall('SADD', KEYS[17], jobKey)
+end
+local maxEvents = rcall('HGET', KEYS[7], 'opts.maxLenEvents')
+if not maxEvents then
+  maxEvents = 10000
+  rcall('HSET', KEYS[7], 'opts.maxLenEvents', maxEvents)
+end
+rcall('XADD', KEYS[12], 'MAXLEN', '~', maxEvents, '*', 'event', 'waiting', 'jobId', id, 'prev', 'failed')
+return retries + 1
