@@ -1,4 +1,6 @@
 import type { RedisClient } from '../src/shared/infra/redis/connection.js';
+import { randomUUID } from 'node:crypto';
+import { FlowProducer, Job, Queue, Worker } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
 import { createBreakerCheck } from '../src/workers/ops/dlq-breaker-check.js';
@@ -11,6 +13,9 @@ import { encodeReason } from '../src/shared/core/outcomes.js';
 import { ConflictError, NotFoundError } from '../src/shared/core/errors.js';
 import { createAgentQueue, type AgentQueue } from '../src/shared/queue/agent-queue.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import { childOutcomes } from '../src/shared/orchestration/child-outcomes.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { failJobs, failWaiting } from './helpers/ops.js';
 
@@ -185,4 +190,72 @@ describe('two retries of one entry at once', () => {
       }
     });
   }
+});
+
+describe('a fan-out child retried from the DLQ while its flow waits', () => {
+  it("keeps its result when the last sibling finishes between the retry's check of its parent and its move: the flow waits for the retried child", async () => {
+    const prefix = randomPrefix();
+    const redis = createRedis(redisUrl(), 'worker');
+    const queue = createAgentQueue({ connection: redis, prefix, retention });
+    const flows = new Queue(QUEUE.flows, { connection: redis, prefix });
+    const producer = new FlowProducer({ connection: redis, prefix });
+    // Takes and finishes the children by hand, as the agent worker would, so the order below is exact.
+    const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection: redis, prefix, autorun: false });
+    try {
+      const orgId = randomOrg();
+      const answer = (text: string) => ({ success: true, data: { text }, tokensUsed: { input: 1, output: 1 }, costUsd: 0, durationMs: 1, model: 'pro-x' }) as AgentResult;
+      // A fan-out as the flow service adds it: children in the agent queue, failing without failing the flow.
+      const child = (name: string) => ({
+        name: 'RiskAnalyzer:analyze_risks',
+        queueName: QUEUE.agent,
+        data: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name } }, orgId, enqueuedAt: Date.now() },
+        opts: { jobId: `${name}-${randomUUID()}`, attempts: 1, ignoreDependencyOnFailure: true },
+      });
+      const flow = await producer.add({ name: 'parallel', queueName: QUEUE.flows, data: { kind: 'parallel', orgId, children: [] }, opts: { jobId: `flow-${randomUUID()}` }, children: [child('retried'), child('sibling')] });
+      const flowId = flow.job.id!;
+      const [retriedId, siblingId] = flow.children!.map((c) => c.job.id!);
+      const token = randomUUID();
+      const active = new Map<string, Job>();
+      for (let n = 0; n < 2; n++) {
+        const j = (await worker.getNextJob(token, { block: false }))!;
+        active.set(j.id!, j);
+      }
+      await active.get(retriedId)!.moveToFailed(new Error(OUTAGE), token);
+      expect(await flows.getJobState(flowId)).toBe('waiting-children');
+
+      // The sibling, the flow's last child still running, completes right after the retry's claim.
+      const store = createDlqStore({ redis, queue, prefix, ttlS: 3600 });
+      const service = createDlqService({
+        validateInput: (_a, _b, input) => input,
+        store: {
+          ...store,
+          retry: async (item, opts) => {
+            const res = await store.retry(item, opts);
+            await active.get(siblingId)!.moveToCompleted(answer('sibling'), token, false);
+            return res;
+          },
+        },
+      });
+      expect(await service.retry({ orgId }, retriedId)).toEqual({ id: retriedId, state: 'waiting', dlqRetries: 1 });
+      // The flow still waits, for the retried child: released now, it would settle without its result.
+      expect(await flows.getJobState(flowId)).toBe('waiting-children');
+      expect(await queue.getJobState(retriedId)).toBe('waiting');
+
+      const again = (await worker.getNextJob(token, { block: false }))!;
+      expect(again.id).toBe(retriedId);
+      await again.moveToCompleted(answer('retried'), token, false);
+      expect(await flows.getJobState(flowId)).toBe('waiting');
+      const outcomes = await childOutcomes((await Job.fromId(flows, flowId))!, queue.qualifiedName);
+      expect(Object.fromEntries(outcomes)).toEqual({
+        [retriedId]: { state: 'completed', result: answer('retried') },
+        [siblingId]: { state: 'completed', result: answer('sibling') },
+      });
+    } finally {
+      await worker.close();
+      await producer.close();
+      await flows.close();
+      await queue.close();
+      redis.disconnect();
+    }
+  });
 });
