@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { FlowProducer, Queue, UnrecoverableError, Worker } from 'bullmq';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { createDlqService } from '../src/shared/ops/dlq-service.js';
@@ -11,7 +11,8 @@ import { NotFoundError } from '../src/shared/core/errors.js';
 import { createAgentQueue } from '../src/shared/queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { failJobs } from './helpers/ops.js';
+import { failJobs, failWaiting } from './helpers/ops.js';
+import { classifyFailedJob } from '../src/shared/core/dlq-classify.js';
 
 const retention = { attempts: 1, keepCompletedCount: 1000, keepCompletedAgeS: 3600, keepFailedCount: 1000, keepFailedAgeS: 3600 };
 const OUTAGE = 'Gemini API 503 UNAVAILABLE: the model is overloaded';
@@ -267,5 +268,50 @@ describe("the DLQ retry's move", () => {
       expect(Object.values(states[0].jobs).every((f) => f.finishedOn === undefined && f.failedReason === undefined && f.atm === '1')).toBe(true);
       expect(states[1]).toEqual(states[0]);
     }
+  });
+});
+
+describe('a job id used again (an idempotency key sent after its job was removed outside the DLQ)', () => {
+  /** The failed entry's job removed as Bull Board removes it (the DLQ meta hash stays), then a job of the same id added and failed. */
+  async function sameIdAgain(e: Awaited<ReturnType<typeof failedEntry>>) {
+    const old = (await e.other.getJob(e.id))!;
+    await old.remove();
+    // Another creation time than the removed job's: the clock has moved on.
+    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(old.timestamp), { timeout: 5_000, interval: 1 });
+    await e.queue.add('RiskAnalyzer:analyze_risks', { ...old.data, input: { startup: { name: 'Acme (new job)' } } }, { jobId: e.id, attempts: 1 });
+    expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
+    const job = (await e.queue.getJob(e.id))!;
+    expect(job.timestamp).not.toBe(old.timestamp);
+    return job;
+  }
+
+  it("starts with no DLQ retries used: the removed job's count, last error and retry time are not inherited", async () => {
+    const e = await failedEntry();
+    const oldJob = (await e.queue.getJob(e.id))!;
+    await e.store.recordFailure(oldJob, classifyFailedJob(oldJob), OUTAGE);
+    expect(await e.service.retry({}, e.id, corrected)).toEqual({ id: e.id, state: 'waiting', dlqRetries: 1 });
+    expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
+    const again = (await e.queue.getJob(e.id))!;
+    // The same job failing again keeps its count: it is the one retried.
+    expect(await e.store.recordFailure(again, classifyFailedJob(again), OUTAGE)).toBe(1);
+
+    const job = await sameIdAgain(e);
+    // As the worker's failure listener records it: the new job's count was the removed one's (1), its retries used.
+    expect(await e.store.recordFailure(job, classifyFailedJob(job), OUTAGE)).toBe(0);
+    const entry = (await e.store.get(e.id))!.entry;
+    expect(entry.dlqRetries).toBe(0);
+    expect(entry.lastError).toBeUndefined();
+    expect(entry.lastRetryAt).toBeUndefined();
+  });
+
+  it("a retry read before the id was used again is refused, never writing the removed job's data into the new one", async () => {
+    const e = await failedEntry();
+    const item = (await e.store.get(e.id))!;
+    const job = await sameIdAgain(e);
+    // Read from the removed job: its data with the caller's input would have replaced the new job's, and run.
+    expect(await e.store.retry(item, { input: corrected })).toBe('claimed_elsewhere');
+    expect(await e.queue.getJobState(e.id)).toBe('failed');
+    expect((await e.queue.getJob(e.id))!.data).toEqual(job.data);
+    expect(await e.redis.hget(e.store.metaKey(e.id), 'retries')).toBeNull();
   });
 });

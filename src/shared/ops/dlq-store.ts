@@ -68,6 +68,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const failedKey = queue.keys.failed;
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
   const retryLua = defineLua(redis, 'dlq-retry-N.lua');
+  const recordLua = defineLua(redis, 'dlq-record-1.lua');
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -131,14 +132,8 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
 
     /** Stores the class of a job that just failed for good; returns its DLQ retry count so far. */
     async recordFailure(job: AgentJob, c: Classification, reason: string): Promise<number> {
-      const key = metaKey(job.id!);
-      const res = await redis
-        .multi()
-        .hset(key, { class: c.class, type: c.type, reason: reason.slice(0, 2000), failedAt: String(job.finishedOn ?? Date.now()) })
-        .expire(key, deps.ttlS)
-        .hget(key, 'retries')
-        .exec();
-      return Number((res?.[2]?.[1] as string | null) ?? 0);
+      const args = [job.timestamp, c.class, c.type, reason.slice(0, 2000), job.finishedOn ?? Date.now(), deps.ttlS];
+      return Number(await recordLua([metaKey(job.id!)], args));
     },
 
     /** The entry of one job, or undefined when the job is not in the failed set. */
@@ -186,7 +181,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       }
       const push = job.opts.lifo ? 'RPUSH' : 'LPUSH';
       const res = Number(
-        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '']),
+        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '', job.timestamp]),
       );
       return res >= 0 ? res : REFUSALS[res];
     },

@@ -39,13 +39,19 @@
 -- ARGV[9]: the job's new data (JSON), '' to keep it
 -- ARGV[10]: the wait list's push, 'LPUSH' or 'RPUSH' (a lifo job's)
 -- ARGV[11]: the parent's id (with KEYS[13..17])
--- Returns the new retry count, or -1 not failed, -2 count moved on (or held by a previous version's claim),
+-- ARGV[12]: the job's creation time as the caller read it (BullMQ's `timestamp`): a job removed and added again
+--   under the same id since is another job, which the caller's input (its read data with the new input) is not for
+-- Returns the new retry count, or -1 not failed, -2 count moved on (or held by a previous version's claim, or
+-- the job is another incarnation than the one read),
 -- -3 limit reached, -4 other class, -5 its parent no longer waits for it.
 local rcall = redis.call
 local id, jobKey = ARGV[1], KEYS[3]
 local stay = rcall('ZSCORE', KEYS[2], id)
 if not stay or rcall('EXISTS', jobKey) == 0 then
   return -1
+end
+if ARGV[12] and ARGV[12] ~= '' and rcall('HGET', jobKey, 'timestamp') ~= ARGV[12] then
+  return -2
 end
 local m = rcall('HMGET', KEYS[1], 'retries', 'class', 'claimOf', 'claimUntil')
 local retries = tonumber(m[1]) or 0
