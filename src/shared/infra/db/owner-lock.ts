@@ -32,6 +32,9 @@ function holderOf(fs: LockFs, path: string): number | undefined {
   }
 }
 
+/** The pid the lock file at `path` names, if it exists and names one. */
+export const lockHolder = (path: string, fs: LockFs = nodeFs): number | undefined => holderOf(fs, path);
+
 /**
  * Creates `path` holding this pid, atomically and only if it does not exist: the pid goes into a private
  * temp file first and `link(2)` publishes it (EEXIST when taken), so no reader ever sees the lock half

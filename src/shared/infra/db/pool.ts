@@ -5,8 +5,8 @@ import { startEmbeddedPostgres } from './embedded-postgres.js';
 
 export type Pool = pg.Pool;
 
-export function createPool(url: string, opts: { max?: number; logger?: Logger } = {}): pg.Pool {
-  const pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, idleTimeoutMillis: 30_000 });
+export function createPool(url: string, opts: { max?: number; logger?: Logger; Client?: typeof pg.Client } = {}): pg.Pool {
+  const pool = new pg.Pool({ connectionString: url, max: opts.max ?? 10, idleTimeoutMillis: 30_000, ...(opts.Client ? { Client: opts.Client } : {}) });
   // An idle client losing its connection emits 'error' on the pool; unhandled, it would crash the process.
   pool.on('error', (err) => opts.logger?.warn({ err: err.message }, 'postgres idle client error'));
   return pool;
@@ -14,26 +14,29 @@ export function createPool(url: string, opts: { max?: number; logger?: Logger } 
 
 export interface Database {
   pool: pg.Pool;
-  /** The URL other processes can use to reach the same database (the PGlite socket when embedded). */
-  url: string;
-  embedded: boolean;
+  /** The URL other processes can use to reach the same database (when embedded: the current owner's PGlite socket). */
+  readonly url: string;
+  /** This process runs the embedded PGlite (from the start, or since it took over from an owner that died). */
+  readonly embedded: boolean;
   close(): Promise<void>;
 }
 
-/** DATABASE_URL when given; otherwise an embedded PGlite whose data lives under `${dataDir}/pg`. */
-export async function openDatabase(opts: {
-  databaseUrl?: string;
+export interface EmbeddedOptions {
   dataDir: string;
   pglitePort?: number;
   pgliteSharedBuffers?: string;
   pglitePrewarm?: boolean;
   logger: Logger;
-  max?: number;
-}): Promise<Database> {
-  if (opts.databaseUrl) {
-    const pool = createPool(opts.databaseUrl, { max: opts.max, logger: opts.logger });
-    return { pool, url: opts.databaseUrl, embedded: false, close: () => pool.end() };
-  }
+}
+
+/** The Postgres at DATABASE_URL (the embedded PGlite is opened by `openSharedDatabase`, shared-embedded.ts). */
+export function openDatabase(opts: { databaseUrl: string; max?: number; logger: Logger }): Database {
+  const pool = createPool(opts.databaseUrl, { max: opts.max, logger: opts.logger });
+  return { pool, url: opts.databaseUrl, embedded: false, close: () => pool.end() };
+}
+
+/** Starts the embedded PGlite of `${dataDir}/pg` and its socket, and logs what its prewarm read. */
+export async function startEmbedded(opts: EmbeddedOptions): Promise<{ url: string; stop(): Promise<void> }> {
   const dataDir = join(opts.dataDir, 'pg');
   const embedded = await startEmbeddedPostgres({ dataDir, port: opts.pglitePort || 0, sharedBuffers: opts.pgliteSharedBuffers, prewarm: opts.pglitePrewarm });
   opts.logger.info({ dataDir, port: new URL(embedded.url).port, ...(opts.pgliteSharedBuffers ? { sharedBuffers: opts.pgliteSharedBuffers } : {}) }, 'embedded PGlite started');
@@ -50,17 +53,5 @@ export async function openDatabase(opts: {
     },
     (err: unknown) => opts.logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'prewarm of the vector indexes failed (queries are served, colder)'),
   );
-  const pool = createPool(embedded.url, { max: opts.max, logger: opts.logger });
-  let closed = false;
-  return {
-    pool,
-    url: embedded.url,
-    embedded: true,
-    async close() {
-      if (closed) return;
-      closed = true;
-      await pool.end();
-      await embedded.stop();
-    },
-  };
+  return { url: embedded.url, stop: () => embedded.stop() };
 }

@@ -2,21 +2,22 @@ import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
-import type { Logger } from '../../core/logger.js';
-import { tryLock, type OwnerLock } from './owner-lock.js';
-import { openDatabase, type Database } from './pool.js';
-
-interface EmbeddedOptions {
-  dataDir: string;
-  pglitePort?: number;
-  pgliteSharedBuffers?: string;
-  pglitePrewarm?: boolean;
-  logger: Logger;
-}
+import { isAlive, lockHolder, tryLock, type OwnerLock } from './owner-lock.js';
+import { createPool, openDatabase, startEmbedded, type Database, type EmbeddedOptions } from './pool.js';
 
 interface Owner {
   pid: number;
   url: string;
+}
+
+/** The owner this process reaches the database through; `own` when that is this process (how it stops serving). */
+interface Reach extends Owner {
+  own?: { unpublish(): void; stop(): Promise<void> };
+}
+
+interface Files {
+  lock: string;
+  owner: string;
 }
 
 /**
@@ -55,24 +56,80 @@ async function answers(url: string): Promise<boolean> {
  * pid, see owner-lock.ts; a dead owner's lock is taken over). The owner publishes its socket URL in
  * `<dataDir>/pglite.json` and is the only process that removes it; every other local process
  * (`npm run worker` beside `npm run api`, the CLIs) waits for that file and connects through the socket,
- * so all of them read and write the same database.
+ * so all of them read and write the same database. The owner can die (SIGKILL) or close while the others
+ * run on: each new connection of their pool first checks that the owner it dials still holds the lock and
+ * still publishes that socket, and if not finds the owner again the same way (one that took over, a
+ * restarted one, or this process itself when the lock is free or its holder dead).
  */
 export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?: string }): Promise<Database> {
-  if (opts.databaseUrl) return openDatabase(opts);
+  if (opts.databaseUrl) return openDatabase({ databaseUrl: opts.databaseUrl, logger: opts.logger });
   mkdirSync(opts.dataDir, { recursive: true });
-  const lockFile = join(opts.dataDir, 'pglite.lock');
-  const ownerFile = join(opts.dataDir, 'pglite.json');
+  const files: Files = { lock: join(opts.dataDir, 'pglite.lock'), owner: join(opts.dataDir, 'pglite.json') };
+  const closing = new AbortController();
+  let reach = await findOwner(opts, files, closing.signal);
+  let finding: Promise<Reach> | undefined;
+  const current = (): Promise<Reach> => {
+    // The owner never looks itself up again: its own lock would read as another live holder.
+    if (!reach.own && !finding && !stillOwns(files, reach)) {
+      opts.logger.warn({ ownerPid: reach.pid }, 'the process that served the embedded PGlite is gone or no longer serves it: finding its owner again');
+      finding = findOwner(opts, files, closing.signal)
+        .then((found) => (reach = found))
+        .finally(() => (finding = undefined));
+    }
+    return finding ?? Promise.resolve(reach);
+  };
+  const pool = createPool(reach.url, { logger: opts.logger, Client: clientReaching(current) });
+  let closed = false;
+  return {
+    pool,
+    get url() {
+      return reach.url;
+    },
+    get embedded() {
+      return reach.own !== undefined;
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      // A search for the owner stops waiting; one that made this process the owner has finished, so it is stopped below.
+      closing.abort();
+      await finding?.catch(() => undefined);
+      const own = reach.own;
+      // Unpublished first, so no newcomer connects to a socket about to close.
+      own?.unpublish();
+      try {
+        await pool.end();
+      } finally {
+        await own?.stop();
+      }
+    },
+  };
+}
+
+/** True while the process `reach` dials holds the lock, is alive, and publishes that socket still. */
+function stillOwns(files: Files, reach: Reach): boolean {
+  if (lockHolder(files.lock) !== reach.pid || !isAlive(reach.pid)) return false;
+  const published = readOwner(files.owner);
+  return published?.pid === reach.pid && published.url === reach.url;
+}
+
+/**
+ * The owner of the data dir: this process, if it gets the lock (free, or its holder dead), or the live
+ * holder once it publishes a socket that answers.
+ */
+async function findOwner(opts: EmbeddedOptions, files: Files, signal: AbortSignal): Promise<Reach> {
   const started = Date.now();
   let said = false;
   for (;;) {
-    const attempt = tryLock(lockFile);
-    if (attempt.owned) return own(opts, attempt.lock, ownerFile);
+    signal.throwIfAborted();
+    const attempt = tryLock(files.lock);
+    if (attempt.owned) return own(opts, attempt.lock, files.owner);
     if (attempt.holderPid !== undefined) {
-      const owner = readOwner(ownerFile);
+      const owner = readOwner(files.owner);
       // The file must be the live lock holder's: one left by an earlier owner names a dead socket.
       if (owner?.pid === attempt.holderPid && (await answers(owner.url))) {
         opts.logger.info({ ownerPid: owner.pid }, 'using the embedded PGlite owned by another local agentq process');
-        return openDatabase({ ...opts, databaseUrl: owner.url });
+        return { pid: owner.pid, url: owner.url };
       }
     }
     if (!said && Date.now() - started > SAY_WAITING_MS) {
@@ -81,25 +138,25 @@ export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?:
     }
     if (Date.now() - started > OWNER_WAIT_MS) {
       throw new Error(
-        `the embedded PGlite in ${opts.dataDir} is locked by process ${attempt.holderPid ?? '(unknown)'}, which did not publish a working socket in ${ownerFile} within ${OWNER_WAIT_MS / 1000} s`,
+        `the embedded PGlite in ${opts.dataDir} is locked by process ${attempt.holderPid ?? '(unknown)'}, which did not publish a working socket in ${files.owner} within ${OWNER_WAIT_MS / 1000} s`,
       );
     }
-    await sleep(POLL_MS);
+    await sleep(POLL_MS, undefined, { signal });
   }
 }
 
-async function own(opts: EmbeddedOptions, lock: OwnerLock, ownerFile: string): Promise<Database> {
+async function own(opts: EmbeddedOptions, lock: OwnerLock, ownerFile: string): Promise<Reach> {
   if (lock.tookOverFrom !== undefined) opts.logger.warn({ deadOwnerPid: lock.tookOverFrom }, 'took over the embedded PGlite lock of a process that is gone');
   // A crash that skips close() still frees the lock for the next process at once (a SIGKILL leaves it
   // behind, and the next process takes it over).
   const onExit = () => lock.release();
   process.once('exit', onExit);
-  let db: Database;
+  let embedded: Awaited<ReturnType<typeof startEmbedded>>;
   try {
-    db = await openDatabase(opts);
+    embedded = await startEmbedded(opts);
     // Written whole, then renamed: a reader never sees half a file.
     const temp = `${ownerFile}.${process.pid}`;
-    writeFileSync(temp, JSON.stringify({ pid: process.pid, url: db.url } satisfies Owner));
+    writeFileSync(temp, JSON.stringify({ pid: process.pid, url: embedded.url } satisfies Owner));
     renameSync(temp, ownerFile);
   } catch (err) {
     process.off('exit', onExit);
@@ -107,17 +164,45 @@ async function own(opts: EmbeddedOptions, lock: OwnerLock, ownerFile: string): P
     throw err;
   }
   return {
-    ...db,
-    async close() {
-      // Unpublished first, so no newcomer connects to a socket about to close; the lock goes last, once
-      // the data dir is no longer written.
-      if (readOwner(ownerFile)?.pid === process.pid) rmSync(ownerFile, { force: true });
-      try {
-        await db.close();
-      } finally {
-        process.off('exit', onExit);
-        lock.release();
-      }
+    pid: process.pid,
+    url: embedded.url,
+    own: {
+      unpublish() {
+        if (readOwner(ownerFile)?.pid === process.pid) rmSync(ownerFile, { force: true });
+      },
+      async stop() {
+        // The lock goes last, once the data dir is no longer written.
+        try {
+          await embedded.stop();
+        } finally {
+          process.off('exit', onExit);
+          lock.release();
+        }
+      },
     },
+  };
+}
+
+type Connected = ((err: Error) => void) | ((err: null, c: pg.Client) => void);
+
+/**
+ * A pg Client (for the pool, which makes one per connection) that asks `reach` where the embedded database
+ * is as it connects, instead of the URL the pool was made with: the owner may have changed since, on
+ * another port. Only a connection is aimed anew, never a query: one in flight when the owner died fails to
+ * its caller, who alone knows whether running it again is safe.
+ */
+function clientReaching(reach: () => Promise<Owner>): typeof pg.Client {
+  return class ReachingClient extends pg.Client {
+    override connect(): Promise<pg.Client>;
+    override connect(callback: Connected): void;
+    override connect(callback?: Connected): Promise<pg.Client> | void {
+      const aimed = reach().then(({ url }) => {
+        const { hostname, port } = new URL(url);
+        this.host = hostname;
+        this.port = Number(port);
+      });
+      if (!callback) return aimed.then(() => super.connect());
+      void aimed.then(() => super.connect(callback), callback as (err: Error) => void);
+    }
   };
 }
