@@ -6,6 +6,7 @@ import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createQuotaChecker } from '../src/shared/infra/db/quotas.js';
+import { utcDayOf } from '../src/shared/limits/daily-jobs.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 
 const run = (over: Partial<AgentRun> & Pick<AgentRun, 'orgId'>): AgentRun => ({
@@ -49,7 +50,9 @@ describe('agent_runs', () => {
     const runs = createRunStore({ pool });
     const orgId = randomOrg();
     const jobId = `idem-${randomUUID()}`;
-    const first = Date.now() - 3_600_000;
+    // Both jobs of today (UTC): the first made at midnight.
+    const today = utcDayOf(Date.now()).startMs;
+    const first = today;
     const second = Date.now();
     expect(await runs.record(run({ orgId, jobId, jobTs: first, attempt: 1 }))).toBe(true);
     expect(await runs.record(run({ orgId, jobId, jobTs: first, attempt: 1, costUsd: 99 }))).toBe(false);
@@ -62,7 +65,7 @@ describe('agent_runs', () => {
     const [total] = await runs.usage({ orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000), groupBy: 'total' });
     expect(total).toMatchObject({ jobs: 2, costUsd: 0.002 });
     await createOrgStore({ pool }).upsert({ id: orgId, dailyJobLimit: 2 });
-    expect(await createQuotaChecker({ pool }).check(orgId)).toMatchObject({ allowed: false });
+    expect((await createQuotaChecker({ pool }).read(orgId, today)).daily).toEqual({ limit: 2, recorded: 2, dayStartMs: today });
   });
 
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {
@@ -132,38 +135,41 @@ describe('quotas', () => {
     const runs = createRunStore({ pool });
     const orgId = randomOrg();
     await createOrgStore({ pool }).upsert({ id: orgId });
-    for (let i = 0; i < 3; i++) await runs.record(run({ orgId, costUsd: 100 }));
+    for (let i = 0; i < 3; i++) await runs.record(run({ orgId, costUsd: 100, jobTs: Date.now() }));
     expect(await quotas.check(orgId)).toEqual({ allowed: true });
     expect(await quotas.check(randomOrg())).toEqual({ allowed: true });
+    expect(await quotas.read(orgId, utcDayOf(Date.now()).startMs)).toEqual({ budget: { allowed: true } });
   });
 
-  it('refuses once today\'s distinct jobs reach the daily limit, until the next UTC midnight', async () => {
+  it('reads the daily job limit with the jobs made that UTC day that have a row: a job once however many attempts, never one made the day before', async () => {
     const quotas = createQuotaChecker({ pool });
     const runs = createRunStore({ pool });
     const orgId = randomOrg();
     await createOrgStore({ pool }).upsert({ id: orgId, dailyJobLimit: 2 });
+    const today = utcDayOf(Date.now()).startMs;
     const yesterday = new Date(Date.now() - 48 * 3600_000);
-    await runs.record(run({ orgId, createdAt: yesterday }));
+    await runs.record(run({ orgId, createdAt: yesterday, jobTs: yesterday.getTime() }));
+    // Made yesterday, run (or retried) today: not a job of today.
+    await runs.record(run({ orgId, jobTs: today - 1000 }));
     const job = randomUUID();
-    await runs.record(run({ orgId, jobId: job, attempt: 1, state: 'failed' }));
-    await runs.record(run({ orgId, jobId: job, attempt: 2 }));
-    expect(await quotas.check(orgId)).toEqual({ allowed: true }); // one job today, in two attempts
-    await runs.record(run({ orgId }));
-    const refused = await quotas.check(orgId);
-    expect(refused).toMatchObject({ allowed: false, reason: expect.stringContaining('daily job limit of 2') });
-    const now = new Date();
-    const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
-    const expected = (midnight - now.getTime()) / 1000;
-    expect(refused.allowed === false && Math.abs(refused.retryAfterS - expected)).toBeLessThan(120);
+    const jobTs = Date.now();
+    await runs.record(run({ orgId, jobId: job, jobTs, attempt: 1, state: 'failed' }));
+    await runs.record(run({ orgId, jobId: job, jobTs, attempt: 2 }));
+    // One job made today, in two attempts.
+    expect((await quotas.read(orgId, today)).daily).toEqual({ limit: 2, recorded: 1, dayStartMs: today });
+    // The worker's check is the budget alone: the daily limit is admission's (reserved there as jobs enter).
+    await runs.record(run({ orgId, jobTs: Date.now() }));
+    expect(await quotas.check(orgId)).toEqual({ allowed: true });
+    expect((await quotas.read(orgId, today)).daily?.recorded).toBe(2);
   });
 
-  it("counts down to the next UTC midnight and month whatever the session's TimeZone", async () => {
+  it("reads the UTC day's jobs and counts down to the next UTC month whatever the session's TimeZone", async () => {
     const runs = createRunStore({ pool });
     const dayOrg = randomOrg();
     const monthOrg = randomOrg();
     await createOrgStore({ pool }).upsert({ id: dayOrg, dailyJobLimit: 1 });
     await createOrgStore({ pool }).upsert({ id: monthOrg, monthlyBudgetUsd: 0.0001 });
-    await runs.record(run({ orgId: dayOrg }));
+    await runs.record(run({ orgId: dayOrg, jobTs: Date.now() }));
     await runs.record(run({ orgId: monthOrg, costUsd: 1 }));
     // A server whose timezone is the host's: SET LOCAL inside a transaction of one client (the embedded
     // database is one session shared by every connection: a plain SET would reach other tests' queries).
@@ -173,11 +179,11 @@ describe('quotas', () => {
       await client.query("SET LOCAL TIME ZONE 'America/Los_Angeles'");
       const quotas = createQuotaChecker({ pool: { query: client.query.bind(client) } as unknown as pg.Pool });
       const now = new Date();
-      const day = await quotas.check(dayOrg);
+      const today = utcDayOf(now.getTime()).startMs;
+      const day = await quotas.read(dayOrg, today);
       const month = await quotas.check(monthOrg);
-      const midnight = Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1);
       const nextMonth = Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1);
-      expect(day.allowed === false && Math.abs(day.retryAfterS - (midnight - now.getTime()) / 1000)).toBeLessThan(120);
+      expect(day.daily).toEqual({ limit: 1, recorded: 1, dayStartMs: today });
       expect(month).toMatchObject({ allowed: false, reason: expect.stringContaining('monthly budget') });
       expect(month.allowed === false && Math.abs(month.retryAfterS - (nextMonth - now.getTime()) / 1000)).toBeLessThan(120);
     } finally {

@@ -251,7 +251,7 @@ describe('fair gate', () => {
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
         claim: (id, progress, opts) => (calls.claim.push(opts), claim(id, progress, opts)),
-        enqueue: async () => ({ promoted: [], skipped: [], nowMs: 0, more: false }),
+        enqueue: async () => ({ promoted: [], skipped: [], stored: 0, nowMs: 0, more: false }),
         repark: async (id) => (calls.reparked.push(id), true),
         blockModel: async () => {},
       },

@@ -59,10 +59,11 @@ describe('API admission and quotas', () => {
     const org = `quota_${Date.now()}`;
     const key = await s.newKey(org);
     await createOrgStore({ pool: s.infra.db.pool }).upsert({ id: org, dailyJobLimit: 1 });
+    // A job of today that ran: the day's count starts there (seeded from agent_runs).
     await s.infra.db.pool.query(
-      `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens, cost_usd, duration_ms)
-       VALUES ('q-1', 1, $1, 'RiskAnalyzer', 'analyze_risks', 'm', 'completed', 1, 1, 0, 1)`,
-      [org],
+      `INSERT INTO agent_runs (job_id, job_ts, attempt, org_id, agent, action, model, state, input_tokens, output_tokens, cost_usd, duration_ms)
+       VALUES ('q-1', $2, 1, $1, 'RiskAnalyzer', 'analyze_risks', 'm', 'completed', 1, 1, 0, 1)`,
+      [org, Date.now()],
     );
     const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: risk('quota') });
     expect(res.statusCode).toBe(429);

@@ -8,7 +8,7 @@ describe('quota guard while Postgres is unreachable', () => {
   for (const cacheMs of [0, 5000]) {
     it(`an org's last decision stands and an org never read runs; no job fails on the outage (QUOTA_CACHE_MS ${cacheMs})`, async () => {
       let down = false;
-      const decisions: Record<string, QuotaDecision> = { over: { allowed: false, reason: 'daily job limit of 1 reached', retryAfterS: 60 }, under: { allowed: true } };
+      const decisions: Record<string, QuotaDecision> = { over: { allowed: false, reason: 'monthly budget of $1 reached', retryAfterS: 60 }, under: { allowed: true } };
       const check = async (orgId: string) => {
         if (down) throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' });
         return decisions[orgId] ?? { allowed: true };

@@ -15,6 +15,7 @@ import { createApiKeyStore } from '../shared/infra/db/api-keys.js';
 import { createOrgStore } from '../shared/infra/db/orgs.js';
 import { createQuotaChecker } from '../shared/infra/db/quotas.js';
 import { createAdmissionLimiter } from '../shared/limits/admission-limiter.js';
+import { createDailyJobLedger } from '../shared/limits/daily-jobs.js';
 import type { Feature, FeatureDeps } from './feature.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -92,10 +93,13 @@ export async function startRuntime(opts: {
   if (layout.changed) logger.warn({ from: layout.previous, to: cfg.QUEUE_SHARDS }, 'queue shard count changed (the old layout held no unfinished job)');
   // Each org's admission window lives in its queue shard, beside the rest of its keys.
   const limiters = shards.prefixes.map((prefix) => createAdmissionLimiter({ redis, prefix: agentqPrefix(prefix), plans: cfg.RATE_LIMIT_PLANS }));
+  // So is its count of the day's jobs against its daily job limit.
+  const dailyJobs = shards.prefixes.map((prefix) => createDailyJobLedger({ redis, prefix: agentqPrefix(prefix) }));
   const admission = countingAdmission(createAdmission({
     limiter: { plans: limiters[0].plans, consume: (orgId, plan, points) => limiters[shards.ofOrg(orgId)].consume(orgId, plan, points) },
     planOf: async (orgId) => (await orgs.get(orgId))?.ratePlan,
-    quota: (orgId) => quotas.check(orgId),
+    quota: (orgId, dayStartMs) => quotas.read(orgId, dayStartMs),
+    dailyJobs: (orgId) => dailyJobs[shards.ofOrg(orgId)],
     defaultPlan: cfg.RATE_LIMIT_PLAN_DEFAULT,
     cacheMs: cfg.QUOTA_CACHE_MS,
   }), () => metrics);

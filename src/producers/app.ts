@@ -174,7 +174,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (err instanceof NotFoundError) return reply.code(404).send({ error: err.message });
     if (err instanceof ConflictError) return reply.code(409).send({ error: err.message, ...err.extra });
     if (err instanceof RateLimitedError) {
-      return reply.code(429).header('retry-after', String(err.retryAfterS)).send({ error: err.message, retryAfter: err.retryAfterS });
+      return reply.code(429).header('retry-after', String(err.retryAfterS)).send({ error: err.message, retryAfter: err.retryAfterS, ...err.extra });
     }
     if (typeof err?.statusCode === 'number' && err.statusCode >= 400 && err.statusCode < 500) {
       // Fastify's own (FST_ERR_*) in fixed words; a plugin's 4xx (Bull Board, static files) keeps its message.

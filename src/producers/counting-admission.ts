@@ -7,10 +7,11 @@ import type { OpsMetrics } from '../shared/ops/metrics.js';
  */
 export function countingAdmission(inner: AdmissionCheck, metrics: () => OpsMetrics): AdmissionCheck {
   return {
-    async admit(orgId, jobs) {
-      const verdict = await inner.admit(orgId, jobs);
+    async admit(orgId, jobs, newJobs) {
+      const verdict = await inner.admit(orgId, jobs, newJobs);
       if (!verdict.allowed) metrics().admissionRejected(verdict.reason);
       return verdict;
     },
+    ...(inner.refund ? { refund: inner.refund.bind(inner) } : {}),
   };
 }

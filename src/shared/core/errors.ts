@@ -52,6 +52,8 @@ export class RateLimitedError extends AgentqError {
   constructor(
     message: string,
     readonly retryAfterS: number,
+    /** Fields added to the 429 body, e.g. the daily job limit's `limit`, `jobsToday` and `requested`. */
+    readonly extra: Record<string, number> = {},
   ) {
     super(message, 'ERATELIMITED');
   }

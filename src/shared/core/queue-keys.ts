@@ -101,6 +101,11 @@ export const guardKeys = {
    */
   breakerInvalidations: (guardPrefix: string) => `${guardPrefix}:cbx:inval`,
   admission: (guardPrefix: string, plan: string) => `${guardPrefix}:adm:${plan}`,
+  /**
+   * STRING: the new jobs admission reserved for one org on one UTC day (`day` YYYY-MM-DD), against its daily job
+   * limit (daily-jobs-1.lua); expires after the day. In the org's queue shard, beside its admission window.
+   */
+  dailyJobs: (guardPrefix: string, org: string, day: string) => `${guardPrefix}:dj:${org}:${day}`,
   resultOrgVersion: (guardPrefix: string, org: string) => `${guardPrefix}:rc:v:${org}`,
   resultAgentVersion: (guardPrefix: string, org: string, agent: string) => `${guardPrefix}:rc:v:${org}:${agent}`,
   /** The agent's version in every org: bumped when shared knowledge it reads changes. */

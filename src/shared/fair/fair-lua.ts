@@ -28,6 +28,8 @@ export interface RawDispatch {
   more: boolean;
   /** Ids enqueue refused because their BullMQ job is not parked. */
   skipped: string[];
+  /** Op `add`: how many of its jobs it stored (the others existed already). */
+  stored?: number;
   /** Leased mode: models whose reservoir lanes now sleep on; the caller leases for them (op lease). */
   wants: LeaseWant[];
 }
@@ -130,11 +132,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: string[] = []) =>
     core(extraKeys.length ? [...keys.script, ...extraKeys] : keys.script, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
   const toDispatch = (r: unknown): RawDispatch => {
-    const [ids, wake, now, more, skipped, flatWants = []] = r as [string[], string, number, number, string[], string[]?];
+    const [ids, wake, now, more, skipped, flatWants = [], stored] = r as [string[], string, number, number, string[], string[]?, number?];
     const w = Number(wake);
     const wants: LeaseWant[] = [];
     for (let i = 0; i + 2 < flatWants.length; i += 3) wants.push({ model: flatWants[i], requests: Number(flatWants[i + 1]), tokens: Number(flatWants[i + 2]) });
-    return { ids, nowMs: now, more: more === 1, skipped, wants, ...(w > 0 ? { nextWakeMs: w } : {}) };
+    return { ids, nowMs: now, more: more === 1, skipped, wants, ...(w > 0 ? { nextWakeMs: w } : {}), ...(stored !== undefined ? { stored } : {}) };
   };
   return {
     /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */

@@ -114,9 +114,10 @@ export interface DispatchingWorker {
 export interface FairScheduler {
   /**
    * Lanes jobs already added to BullMQ parked (see park.ts), or stores them parked first where an entry carries
-   * `store`, then dispatches unless `dispatch: false`.
+   * `store`, then dispatches unless `dispatch: false`. `stored`: how many entries with `store` it stored (the
+   * others' jobs existed already).
    */
-  enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[] }>;
+  enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[]; stored: number }>;
   /** `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`. */
   dispatch(worker?: DispatchingWorker): Promise<DispatchResult>;
   /**
@@ -270,7 +271,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         skipped.push(...r.skipped);
         if (isLast) last = r;
       }
-      return { ...finish(last), skipped };
+      return { ...finish(last), skipped, stored: last.stored ?? 0 };
     },
     async dispatch(worker) {
       return finish(await raw.dispatch(undefined, registration(worker)));

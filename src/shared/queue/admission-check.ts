@@ -1,13 +1,34 @@
 import { RateLimitedError } from '../core/errors.js';
 
-/** Per-org request admission (rate plan) and durable quotas, spent once for every job that enters. */
-export interface AdmissionCheck {
-  admit(orgId: string, jobs: number): Promise<{ allowed: true } | { allowed: false; reason: string; retryAfterS: number }>;
+/** New jobs one admitted request reserved against its org's daily job limit, on the UTC day named `day`. */
+export interface DailyReservation {
+  jobs: number;
+  day: string;
 }
 
-/** Spends the org's admission for `jobs` jobs; a refusal is a RateLimitedError (429 with Retry-After). */
-export async function admitOrThrow(admission: AdmissionCheck | undefined, orgId: string, jobs: number): Promise<void> {
-  if (!admission) return;
-  const verdict = await admission.admit(orgId, jobs);
-  if (!verdict.allowed) throw new RateLimitedError(verdict.reason, verdict.retryAfterS);
+export type AdmissionVerdict =
+  | { allowed: true; reserved?: DailyReservation }
+  /** `details`: fields the 429 body adds (the daily job limit's `limit`, `jobsToday`, `requested`). */
+  | { allowed: false; reason: string; retryAfterS: number; details?: Record<string, number> };
+
+/** Per-org request admission (rate plan) and durable quotas, spent once for every job that enters. */
+export interface AdmissionCheck {
+  /**
+   * `jobs`: the request's jobs (its rate-plan cost); `newJobs` (default `jobs`): those of them that would be new
+   * jobs, reserved against the org's daily job limit (an idempotent re-send of an existing job is not one).
+   */
+  admit(orgId: string, jobs: number, newJobs?: number): Promise<AdmissionVerdict>;
+  /** Gives back `jobs` of `reserved` that turned out not to be new (a duplicate stored by a racing request). */
+  refund?(orgId: string, reserved: DailyReservation, jobs: number): Promise<void>;
+}
+
+/**
+ * Spends the org's admission for `jobs` jobs, `newJobs` of them new; a refusal is a RateLimitedError (429 with
+ * Retry-After). Returns the daily reservation taken, if any.
+ */
+export async function admitOrThrow(admission: AdmissionCheck | undefined, orgId: string, jobs: number, newJobs = jobs): Promise<DailyReservation | undefined> {
+  if (!admission) return undefined;
+  const verdict = await admission.admit(orgId, jobs, newJobs);
+  if (!verdict.allowed) throw new RateLimitedError(verdict.reason, verdict.retryAfterS, verdict.details);
+  return verdict.reserved;
 }

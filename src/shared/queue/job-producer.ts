@@ -186,10 +186,12 @@ export function createJobProducer(deps: JobProducerDeps) {
     await laneEntries(prepared.map(entryOf));
   }
 
-  async function laneEntries(entries: FairEntry[]): Promise<void> {
+  /** Returns how many entries with `store` the call stored (the others' jobs existed already). */
+  async function laneEntries(entries: FairEntry[]): Promise<number> {
     const dispatch = deps.dispatch !== false;
     const r = await deps.scheduler!.enqueue(entries, { dispatch });
     if (!dispatch || r.nextWakeMs !== undefined) await deps.kick?.();
+    return r.stored;
   }
 
   /**
@@ -197,10 +199,10 @@ export function createJobProducer(deps: JobProducerDeps) {
    * in the same call: one round trip and one script call for a bulk request instead of BullMQ's add (a script
    * call per job) and then the lane's call, and no parked job left unlaned between the two.
    */
-  async function storeAndLane(prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): Promise<string[]> {
+  async function storeAndLane(prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): Promise<{ ids: string[]; stored: number }> {
     const entries = prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts) }));
-    await laneEntries(entries);
-    return prepared.map((p) => p.opts.jobId);
+    const stored = await laneEntries(entries);
+    return { ids: prepared.map((p) => p.opts.jobId), stored };
   }
 
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
@@ -219,10 +221,12 @@ export function createJobProducer(deps: JobProducerDeps) {
    * An idempotency key names one request: the same key with another agent, action, input or options is a 409
    * naming the job it already made. Read before the add (a bulk request is refused whole) and again after it
    * (two different requests racing on one key: the loser's add was a no-op and it must not be told "202").
+   * Returns the ids of the idempotent jobs that exist already (the same request sent again): not new jobs.
    */
-  async function refuseReusedKeys(prepared: PreparedJob[]): Promise<void> {
+  async function refuseReusedKeys(prepared: PreparedJob[]): Promise<Set<string>> {
+    const existing = new Set<string>();
     const idem = prepared.filter((p) => p.idempotent);
-    if (idem.length === 0) return;
+    if (idem.length === 0) return existing;
     // Within the request too: two elements naming one key with different requests would both be stored (the
     // read below finds neither) before the read after the add refused the request.
     const first = new Map<string, PreparedJob>();
@@ -238,23 +242,38 @@ export function createJobProducer(deps: JobProducerDeps) {
     idem.forEach((p, i) => {
       const raw = stored[i];
       if (!raw) return;
+      existing.add(p.opts.jobId);
       // A job made before fingerprints were stored cannot be compared: it keeps answering as before.
-      const existing = (JSON.parse(raw) as Partial<AgentJobData>).fingerprint;
-      if (existing && existing !== p.data.fingerprint) {
+      const fingerprint = (JSON.parse(raw) as Partial<AgentJobData>).fingerprint;
+      if (fingerprint && fingerprint !== p.data.fingerprint) {
         throw new ConflictError(`idempotencyKey already used for a different request (job ${p.opts.jobId})`, { jobId: p.opts.jobId });
       }
     });
+    return existing;
+  }
+
+  /** The jobs of `prepared` that would be new: one per job id, not counting those that exist already. */
+  function newJobCount(prepared: PreparedJob[], existing: Set<string>): number {
+    if (existing.size === 0 && !prepared.some((p) => p.idempotent)) return prepared.length;
+    return new Set(prepared.map((p) => p.opts.jobId).filter((id) => !existing.has(id))).size;
   }
 
   /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
   async function add(prepared: PreparedJob[], meta: EnqueueMeta, o: { parent?: ParentOptions; admitted?: boolean; ignoreDependencyOnFailure?: boolean } = {}): Promise<EnqueuedJob[]> {
     if (prepared.length === 0) return [];
-    await refuseReusedKeys(prepared);
+    const existing = await refuseReusedKeys(prepared);
     return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
-      if (!o.admitted) await admitOrThrow(deps.admission, meta.orgId, prepared.length);
+      // Only new jobs count against the org's daily job limit: an idempotent re-send of a job that exists does not.
+      const reserved = o.admitted ? undefined : await admitOrThrow(deps.admission, meta.orgId, prepared.length, newJobCount(prepared, existing));
       let ids: string[];
       if (deps.scheduler && !o.parent && !o.ignoreDependencyOnFailure) {
-        [ids] = await Promise.all([storeAndLane(prepared, withTrace), indexed(meta.orgId, prepared)]);
+        const [added] = await Promise.all([storeAndLane(prepared, withTrace), indexed(meta.orgId, prepared)]);
+        ids = added.ids;
+        // Jobs reserved as new that another request stored first (the same idempotency key, sent twice at once)
+        // are given back. A failed refund only leaves the day's count high: the jobs are stored, so no error.
+        if (reserved && added.stored < reserved.jobs) {
+          await deps.admission?.refund?.(meta.orgId, reserved, reserved.jobs - added.stored).catch(() => undefined);
+        }
         // Again after the add: of two different requests racing on one key, the loser learns it here (its
         // add was a no-op, and so was its lane: the job the winner stored is laned once).
         await refuseReusedKeys(prepared);

@@ -37,9 +37,11 @@ export interface WorkerGuards {
 const QUOTA_UNREADABLE_WARN_MS = 10_000;
 
 /**
- * Durable per-org quotas (daily jobs, monthly USD) checked at job start. Decisions are remembered for
- * `cacheMs`, so a burst can overshoot a quota by what starts within that window; in exchange the hot
- * path does not query Postgres per job.
+ * The org's durable monthly budget (USD) checked at every attempt's start (`check`: quotas.ts `check`). Not the
+ * daily job limit: it counts new jobs, reserved at admission, and a retry, a DLQ replay or a delayed job is not
+ * one (counted here from agent_runs, a job's own earlier attempt held it until midnight once the org reached
+ * its limit). Decisions are remembered for `cacheMs`, so a burst can overshoot the budget by what starts
+ * within that window; in exchange the hot path does not query Postgres per job.
  *
  * Postgres unreachable: the org's last decision stands, however old; an org not checked since the process
  * started runs. Failing the job instead would spend its attempts on the outage and send every job of every

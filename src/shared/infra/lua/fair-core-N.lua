@@ -62,6 +62,7 @@
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted)
 -- Returns: dispatch / enqueue / lease {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids,
 --          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
+--          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
 --- @include "result-cache-lookup"
@@ -277,8 +278,16 @@ elseif op == 'enqueue' or op == 'add' then
     if rcall('SADD', P_OLANES .. org, lane) == 1 then olanesCache[org] = nil end
     activate(lane, org)
   end
-  if ARGV[13] == '1' then return dispatch(skipped) end
-  return { {}, '0', now, 0, skipped }
+  -- `add` also answers how many jobs it stored (7th): the others existed (an idempotent re-send), and the
+  -- producer gives back what admission reserved for them against the org's daily job limit.
+  local stored = 0
+  for _ in pairs(fresh) do stored = stored + 1 end
+  local r = ARGV[13] == '1' and dispatch(skipped) or { {}, '0', now, 0, skipped }
+  if op == 'add' then
+    r[6] = r[6] or {}
+    r[7] = stored
+  end
+  return r
 elseif op == 'release' then
   -- `early`: released above (no corrections), here to wake capped lanes or to dispatch what it found due.
   local freed
