@@ -46,7 +46,7 @@ describe('metrics across processes', () => {
     w1.jobStarted({ ...job, attemptsStarted: 1 });
     w2.jobStarted({ ...job, attemptsStarted: 1 });
     w2.jobStarted({ ...job, attemptsStarted: 2 });
-    api.admissionRejected('rate limit exceeded (plan general)');
+    api.admissionRejected('rate_limit');
     w1.sseStreams.inc();
     api.sseStreams.set(2);
     await x1.publish();

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { countingAdmission } from '../src/producers/counting-admission.js';
+import { createAdmission } from '../src/producers/admission.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { randomOrg } from './helpers/env.js';
@@ -127,7 +128,7 @@ describe('GET /metrics', () => {
   it('counts admission refusals through the wrapper the runtime can put around its admission', async () => {
     let allow = true;
     const admission = countingAdmission(
-      { admit: async () => (allow ? { allowed: true as const } : { allowed: false as const, reason: 'rate limit exceeded (plan general)', retryAfterS: 1 }) },
+      { admit: async () => (allow ? { allowed: true as const } : { allowed: false as const, kind: 'rate_limit' as const, reason: 'rate limit exceeded (plan general)', retryAfterS: 1 }) },
       () => s.runtime.deps.metrics,
     );
     const before = sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason: 'rate_limit' });
@@ -135,5 +136,32 @@ describe('GET /metrics', () => {
     allow = false;
     expect(await admission.admit(s.orgId, 1)).toMatchObject({ allowed: false, retryAfterS: 1 });
     expect(sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason: 'rate_limit' }) - before).toBe(1);
+  });
+
+  it("counts a quota's refusals (the monthly budget, the daily job limit) as quota, by what refused them, never by the reason's words", async () => {
+    let refuse: 'budget' | 'daily' | 'plan' = 'budget';
+    const admission = countingAdmission(
+      createAdmission({
+        limiter: { plans: { general: { points: 1, durationS: 1 } }, consume: async () => (refuse === 'plan' ? { allowed: false, retryAfterS: 1 } : { allowed: true }) } as never,
+        planOf: async () => 'general',
+        quota: async (_org, dayStartMs) => ({
+          budget: refuse === 'budget' ? { allowed: false, reason: 'monthly budget of $5 reached', retryAfterS: 60 } : { allowed: true },
+          daily: { limit: 1, recorded: 0, dayStartMs },
+        }),
+        dailyJobs: () => ({ reserve: async () => ({ reserved: false, count: 1 }), refund: async () => undefined }),
+        defaultPlan: 'general',
+        cacheMs: 0,
+      }),
+      () => s.runtime.deps.metrics,
+    );
+    const count = async (reason: string) => sampleSum(await scrape(), 'agentq_admission_rejections_total', { reason });
+    const before = { quota: await count('quota'), rate: await count('rate_limit'), other: await count('other') };
+    expect(await admission.admit(s.orgId, 1)).toMatchObject({ allowed: false, kind: 'quota', reason: expect.stringMatching(/monthly budget/) });
+    refuse = 'daily';
+    expect(await admission.admit(s.orgId, 1)).toMatchObject({ allowed: false, kind: 'quota', reason: expect.stringMatching(/daily job limit/) });
+    refuse = 'plan';
+    expect(await admission.admit(s.orgId, 1)).toMatchObject({ allowed: false, kind: 'rate_limit' });
+    // Both quota refusals were 'other' when the label was read from the reason's words ("quota" in neither).
+    expect({ quota: (await count('quota')) - before.quota, rate: (await count('rate_limit')) - before.rate, other: (await count('other')) - before.other }).toEqual({ quota: 2, rate: 1, other: 0 });
   });
 });

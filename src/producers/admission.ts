@@ -43,9 +43,9 @@ export function createAdmission(deps: {
     async admit(orgId, jobs, newJobs = jobs) {
       const { plan } = (await plans.fetch(orgId))!;
       const verdict = await deps.limiter.consume(orgId, plan, Math.max(1, Math.ceil(jobs / JOBS_PER_POINT)));
-      if (!verdict.allowed) return { allowed: false, reason: `rate limit exceeded (plan ${plan})`, retryAfterS: verdict.retryAfterS };
+      if (!verdict.allowed) return { allowed: false, kind: 'rate_limit', reason: `rate limit exceeded (plan ${plan})`, retryAfterS: verdict.retryAfterS };
       const q = deps.cacheMs > 0 ? (await quotas.fetch(orgId))! : await deps.quota(orgId, utcDayOf(now()).startMs);
-      if (!q.budget.allowed) return q.budget;
+      if (!q.budget.allowed) return { ...q.budget, kind: 'quota' };
       if (!q.daily || newJobs <= 0) return { allowed: true };
       const at = now();
       const day = utcDayOf(at);
@@ -56,6 +56,7 @@ export function createAdmission(deps: {
       if (!r.reserved) {
         return {
           allowed: false,
+          kind: 'quota',
           reason: `daily job limit of ${limit} reached: ${r.count} jobs admitted today (UTC), this request adds ${newJobs}`,
           retryAfterS: Math.max(1, Math.ceil((day.endMs - at) / 1000)),
           details: { limit, jobsToday: r.count, requested: newJobs },

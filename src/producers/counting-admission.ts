@@ -9,7 +9,7 @@ export function countingAdmission(inner: AdmissionCheck, metrics: () => OpsMetri
   return {
     async admit(orgId, jobs, newJobs) {
       const verdict = await inner.admit(orgId, jobs, newJobs);
-      if (!verdict.allowed) metrics().admissionRejected(verdict.reason);
+      if (!verdict.allowed) metrics().admissionRejected(verdict.kind);
       return verdict;
     },
     ...(inner.refund ? { refund: inner.refund.bind(inner) } : {}),

@@ -20,12 +20,6 @@ export interface JobFacts {
 }
 
 /** Sanitised to a few values so a free-text reason can never blow up label cardinality. */
-function admissionKind(reason: string): 'rate_limit' | 'quota' | 'other' {
-  if (/quota/i.test(reason)) return 'quota';
-  if (/rate/i.test(reason)) return 'rate_limit';
-  return 'other';
-}
-
 /** How often the event-loop lag histogram samples: a lag spike shorter than this may go unseen. */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
@@ -160,8 +154,8 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
       usageRefused.inc(rows);
     },
 
-    admissionRejected(reason: string) {
-      admission.inc({ reason: admissionKind(reason) });
+    admissionRejected(kind: 'rate_limit' | 'quota') {
+      admission.inc({ reason: kind });
     },
 
     deadLettered(agent: string, cls: DlqClass) {

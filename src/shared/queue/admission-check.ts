@@ -8,8 +8,14 @@ export interface DailyReservation {
 
 export type AdmissionVerdict =
   | { allowed: true; reserved?: DailyReservation }
-  /** `details`: fields the 429 body adds (the daily job limit's `limit`, `jobsToday`, `requested`). */
-  | { allowed: false; reason: string; retryAfterS: number; details?: Record<string, number> };
+  /**
+   * `kind`: what refused it (the metrics' label: counted by kind, never by the reason's wording); `details`:
+   * fields the 429 body adds (the daily job limit's `limit`, `jobsToday`, `requested`).
+   */
+  | { allowed: false; kind: AdmissionRefusal; reason: string; retryAfterS: number; details?: Record<string, number> };
+
+/** What refused a request: its org's rate plan, or a durable quota (the monthly budget, the daily job limit). */
+export type AdmissionRefusal = 'rate_limit' | 'quota';
 
 /** Per-org request admission (rate plan) and durable quotas, spent once for every job that enters. */
 export interface AdmissionCheck {
