@@ -686,6 +686,30 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
   });
 
+  it('cancel leaves the slot of a dispatched job that already ended to its worker\'s release: its charge is not given back twice', async () => {
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1, rpm: { flash: 10 }, tpm: 1000 });
+    const [id] = await c.add(org, 1, { est: 300 });
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([id]);
+    const rpmBucket = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    const tpmBucket = `${c.prefix}:tb:tpm:org:${org}:${FLASH}`;
+    const charged = await c.redis.hmget(rpmBucket, 'tokens', 'ts');
+    const chargedTpm = await c.redis.hmget(tpmBucket, 'tokens', 'ts');
+    // A worker fetches it and ends it: BullMQ's lock goes with the end, and the slot waits for the worker's
+    // release (the fair gate's, batched: with the attempt's refund or usage correction), not sent yet.
+    const w = c.worker(async () => 'done');
+    await new Promise((resolve) => w.once('completed', resolve));
+    expect(await c.redis.exists(`${c.queue.toKey(id)}:lock`)).toBe(0);
+    // A cancel that comes now (the API's, as the job finished) finds it neither waiting nor running.
+    expect(await c.scheduler.cancel(id)).toBe(false);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+    expect(await c.redis.hmget(rpmBucket, 'tokens', 'ts')).toEqual(charged);
+    expect(await c.redis.hmget(tpmBucket, 'tokens', 'ts')).toEqual(chargedTpm);
+    expect((await c.scheduler.release([id])).freed).toBe(1);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+  });
+
   it('a laned job removed in BullMQ alone (Bull Board\'s remove, clean, empty) is dropped by the dispatch: no slot, no charge, its lane\'s next job goes', async () => {
     // Leases far longer than the test: the next job may not owe its dispatch to the lease sweep.
     const c = await setup({ leaseMs: 60_000, modelLimits: () => ({ rpm: 100, tpm: 100_000 }) });

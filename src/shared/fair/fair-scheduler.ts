@@ -147,6 +147,11 @@ export interface FairScheduler {
    */
   release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
+  /**
+   * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
+   * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
+   * fetched, running or ended, is left to that worker's release. False when there was nothing to take.
+   */
   cancel(jobId: string): Promise<boolean>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
   /** Replaces the org's whole plan (absent fields = defaults); applies at the next dispatch. */

@@ -319,18 +319,17 @@ elseif op == 'cancel' then
   local done = false
   if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
   if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
-  -- Dispatched but not fetched (it sits in BullMQ's wait): the slot goes back with the job, and so does what
-  -- its dispatch charged (a batch lane was charged nothing). A job a worker has fetched (BullMQ takes its lock
-  -- with the fetch) is the worker's to end, whether its claim came yet or not: the claim reads the cancel marker,
-  -- or the running attempt gets the cancel message, and the slot and any unspent charge go back when it ends.
-  -- Freed here as well, a running job's slot would go to another job of its org (over its cap) and the charge
-  -- be given back twice.
-  if m[1] and m[5] == 'lease' and rcall('EXISTS', Q_JOB .. id .. ':lock') == 0 then
+  -- Dispatched but not fetched (it sits in BullMQ's wait list or prioritized set, unlocked): the slot goes back
+  -- with the job, and so does what its dispatch charged (refundDispatch). A job a worker has fetched (BullMQ
+  -- takes its lock with the fetch) is the worker's to end, whether its claim came yet or not: the claim reads the
+  -- cancel marker, or the running attempt gets the cancel message, and the slot and any unspent charge go back
+  -- when it ends. Freed here as well, a running job's slot would go to another job of its org (over its cap) and
+  -- the charge be given back twice. So would a job that has already ended: its lock is gone, but its slot waits
+  -- for its worker's release (batched), which brings the attempt's own refund or usage correction: the lock alone
+  -- (this script's test until 2026-12-06) took a job cancelled as it finished for one never fetched.
+  if m[1] and m[5] == 'lease' and unfetched(id) then
     done = freeSlot(id, m[1])
-    if done and string.sub(m[2], -#BATCH_LANE) ~= BATCH_LANE then
-      local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
-      correctCharge(m[1], m[2], -est, -est, -1)
-    end
+    if done then refundDispatch(id, m[1], m[2]) end
   end
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0

@@ -1,4 +1,4 @@
--- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, and the charge corrections claims and releases carry.
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, the charge corrections claims and releases carry, and what a dispatched job that never ran gives back.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
 -- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
 local function releaseFrom(from)
@@ -68,4 +68,21 @@ local function applyCorrections(i)
     correctCharge(ARGV[j], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
   end
   return i + 1 + n * 5
+end
+
+-- True when the dispatched job `id` still waits in BullMQ's wait list or prioritized set, unlocked: no worker has
+-- fetched it (BullMQ's fetch moves it to active and takes its lock in one script), so none will end it, release its
+-- slot or correct its charge. LPOS walks the wait list, which the dispatcher keeps short (fair-buffer).
+local function unfetched(id)
+  if rcall('EXISTS', Q_JOB .. id .. ':lock') == 1 then return false end
+  return rcall('ZSCORE', Q_PRIO, id) ~= false or rcall('LPOS', Q_WAIT, id) ~= false
+end
+
+-- Gives back what the dispatch of `id` (a job of `org` for `model` that never ran) charged: its request and its
+-- token estimate, to the org's and the model's buckets (a batch lane was charged nothing). Reads the job's record:
+-- call it before the record goes.
+local function refundDispatch(id, org, model)
+  if string.sub(model, -#BATCH_LANE) == BATCH_LANE then return end
+  local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
+  correctCharge(org, model, -est, -est, -1)
 end
