@@ -739,6 +739,34 @@ describe('fair scheduler limits', () => {
     expect(await level(`tpm:org:${org}:${FLASH}`, 10_000)).toBeLessThan(9_700 + 5);
   });
 
+  it('removed forgets at once what it holds for jobs BullMQ removed: slots (their charge too with refund), lanes; a job that exists is not touched', async () => {
+    const c = await setup({ modelLimits: () => ({ rpm: 100 }) });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 2, rpm: { flash: 10 } });
+    const ids = await c.add(org, 4);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[0], ids[1]]);
+    const rpmBucket = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    const charged = Number(await c.redis.hget(rpmBucket, 'tokens'));
+    expect(charged).toBeLessThan(8.1);
+    // BullMQ alone removes one dispatched job (from its wait list) and one laned job.
+    await c.queue.remove(ids[0]);
+    await c.queue.remove(ids[2]);
+    expect(await c.scheduler.removed([ids[0], ids[1], ids[2]], { refund: true })).toEqual({ freed: 1, forgotten: 2 });
+    expect(await c.redis.zrange(c.scheduler.keys.leases, 0, -1)).toEqual([ids[1]]);
+    expect(await c.redis.zrange(`${c.scheduler.keys.named.lanePrefix}${org}|${FLASH}`, 0, -1)).toEqual([ids[3]]);
+    expect(await c.redis.exists(c.scheduler.keys.named.jobPrefix + ids[0], c.scheduler.keys.named.jobPrefix + ids[2])).toBe(0);
+    // One request back: the removed job's (the other dispatched job's is still spent).
+    expect(Number(await c.redis.hget(rpmBucket, 'tokens'))).toBeGreaterThanOrEqual(charged + 1 - 0.01);
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+    // Without ids: every slot is looked at; without refund the charge stays.
+    await c.queue.remove(ids[1]);
+    const before = Number(await c.redis.hget(rpmBucket, 'tokens'));
+    expect(await c.scheduler.removed()).toEqual({ freed: 1, forgotten: 1 });
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+    expect(Number(await c.redis.hget(rpmBucket, 'tokens'))).toBeLessThan(before + 0.5);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual([ids[3]]);
+  });
+
   it('drops at most sweepMax removed jobs per dispatch, leaves the lane in the race and says there is more', async () => {
     const c = await setup({ sweepMax: 3 });
     const org = randomOrg();

@@ -80,6 +80,6 @@ export async function adminRoutes(app: FastifyInstance, deps: AdminRouteDeps) {
       }),
     };
   });
-  await registerBullBoard(app, { queues: deps.queues, readOnly: deps.readOnly });
+  await registerBullBoard(app, { queues: deps.queues, readOnly: deps.readOnly, ...(deps.shards ? { shards: deps.shards } : {}) });
   registerRoutes(app, routeTable.admin, deps);
 }

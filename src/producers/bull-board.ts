@@ -4,11 +4,12 @@ import { appRoutes } from '@bull-board/api/dist/routes.js';
 import { requestSchemas } from '@bull-board/api/dist/schemas/requests.js';
 import { decodeKey } from '@bull-board/api/dist/schemas/support.js';
 import { FastifyAdapter } from '@bull-board/fastify';
-import type { Queue } from 'bullmq';
+import type { Job, Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
 import { currentStored } from '../shared/core/job-stage.js';
+import type { BoardActions } from '../shared/ops/board-actions.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
 
 export const BULL_BOARD_PATH = '/admin/queues';
@@ -96,11 +97,99 @@ export function jobTitle(job: JobLike): string {
   return `${prefix}${parts.filter((p) => p !== undefined).join(' · ')}`;
 }
 
+/** One queue shard's agent queue, the queues of its jobs' parents, and agentq's side of the board's actions on them. */
+export interface BoardShard {
+  agent: Queue;
+  /** Queues whose jobs' removal takes agent jobs with them (the flows queue: a parent's children). */
+  parents: Queue[];
+  actions: BoardActions;
+}
+
+/** Statuses whose jobs BullMQ's clean takes from the wait list or prioritized set: no worker fetched them. */
+const UNFETCHED_STATUSES = new Set(['wait', 'waiting', 'prioritized', 'paused']);
+/**
+ * Statuses whose jobs the dispatcher may hold a lane, a timer or a slot for when BullMQ's clean takes them. A
+ * finished job's slot is its worker's release's (batched, right after the finish): a clean of the completed or
+ * failed set, thousands of jobs, is not walked for it.
+ */
+const DISPATCHED_STATUSES = new Set([...UNFETCHED_STATUSES, 'delayed', 'active']);
+
+type AdapterOptions = ConstructorParameters<typeof BullMQAdapter>[1];
+
+/**
+ * The board's adapter for a queue shard's agent queue (`agent`) or a queue of its jobs' parents: BullMQ's calls the
+ * board makes (bullMQ.js in @bull-board/api: a job's remove and removeUnprocessedChildren, the queue's clean,
+ * empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for removed jobs at
+ * once (their slots, and the charge of those no worker fetched). The board's answers and what it removes stay its own.
+ */
+class ShardQueueAdapter extends BullMQAdapter {
+  constructor(
+    private readonly bullQueue: Queue,
+    options: AdapterOptions,
+    private readonly actions: BoardActions,
+    private readonly agent: boolean,
+  ) {
+    super(bullQueue, options);
+  }
+
+  override async getJob(id: string): Promise<Job | undefined> {
+    const job = await super.getJob(id);
+    return job && this.follow(job);
+  }
+
+  override async getJobs(...args: Parameters<BullMQAdapter['getJobs']>): Promise<Job[]> {
+    return (await super.getJobs(...args)).map((job) => this.follow(job));
+  }
+
+  override async clean(status: Parameters<BullMQAdapter['clean']>[0], graceTimeMs: number): Promise<void> {
+    await this.cleanStatus(status, graceTimeMs);
+  }
+
+  /** As the board's own clean: BullMQ's (the status as the route passed it), whose answer names what it took. */
+  private async cleanStatus(status: Parameters<Queue['clean']>[2] & string, graceTimeMs: number): Promise<void> {
+    const ids = await this.bullQueue.clean(graceTimeMs, Number.MAX_SAFE_INTEGER, status);
+    if (this.agent && DISPATCHED_STATUSES.has(status)) await this.actions.removed(ids, { refund: UNFETCHED_STATUSES.has(status) });
+  }
+
+  override async empty(): Promise<void> {
+    if (!this.agent) return super.empty();
+    // The board's empty is BullMQ's drain: every job in the wait list and the prioritized set, which it does not
+    // name. BullMQ's clean of each takes the same jobs (those stamped up to now: a minute ahead, for another
+    // process's clock) and names them.
+    for (const status of ['wait', 'prioritized'] as const) await this.cleanStatus(status, -EMPTY_AHEAD_MS);
+  }
+
+  override async obliterate(...args: Parameters<BullMQAdapter['obliterate']>): Promise<void> {
+    await super.obliterate(...args);
+    if (this.agent) await this.actions.removed();
+  }
+
+  /** The job, its remove and removeUnprocessedChildren going through `actions`. */
+  private follow(job: Job): Job {
+    const { actions } = this;
+    const id = job.id!;
+    const remove = job.remove.bind(job);
+    const removeChildren = job.removeUnprocessedChildren.bind(job);
+    job.remove = this.agent ? (o) => actions.remove(id, () => remove(o)) : async (o) => {
+      await remove(o);
+      await actions.removed();
+    };
+    job.removeUnprocessedChildren = async () => {
+      await removeChildren();
+      await actions.removed();
+    };
+    return job;
+  }
+}
+
+/** How far past this process's clock `empty` takes jobs (BullMQ's clean compares the time each job was stamped). */
+const EMPTY_AHEAD_MS = 60_000;
+
 /**
  * Mounts Bull Board (page, JSON API and static assets) under `basePath` in `scope`. Authentication is the
  * caller's: register this inside a scope whose onRequest hook already guards every route.
  */
-export async function registerBullBoard(scope: FastifyInstance, opts: { queues: Queue[]; readOnly: boolean; basePath?: string }) {
+export async function registerBullBoard(scope: FastifyInstance, opts: { queues: Queue[]; readOnly: boolean; basePath?: string; shards?: BoardShard[] }) {
   const basePath = opts.basePath ?? BULL_BOARD_PATH;
   const serverAdapter = new FastifyAdapter();
   serverAdapter.setBasePath(basePath);
@@ -112,7 +201,10 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
   createBullBoard({
     // readOnlyMode also turns off retries in the UI; the auth hook refuses mutations as well.
     queues: opts.queues.map((q) => {
-      const adapter = new BullMQAdapter(q, { readOnlyMode: opts.readOnly, ...(sharded ? { prefix: `${q.opts.prefix}:` } : {}) });
+      const options = { readOnlyMode: opts.readOnly, ...(sharded ? { prefix: `${q.opts.prefix}:` } : {}) };
+      // A shard's agent queue and its parents' queues: the dispatcher follows the board's actions.
+      const shard = opts.shards?.find((sh) => sh.agent === q || sh.parents.includes(q));
+      const adapter = shard ? new ShardQueueAdapter(q, options, shard.actions, shard.agent === q) : new BullMQAdapter(q, options);
       byBoardName.set(adapter.getName(), q);
       adapter.setFormatter('name', jobTitle);
       // What the board shows of a job never carries a credential (mask-secrets.ts).

@@ -11,6 +11,7 @@ import { createDlqStore } from '../../shared/ops/dlq-store.js';
 import { shardedDlqStore } from '../../shared/ops/sharded-dlq-store.js';
 import { createDlqReprocessor } from '../../workers/ops/dlq-reprocessor.js';
 import { createDlqService } from '../../shared/ops/dlq-service.js';
+import { createBoardActions } from '../../shared/ops/board-actions.js';
 import { createMaintenance } from '../../workers/ops/maintenance.js';
 
 import { createOrgPlanStore } from '../../shared/infra/db/org-plans.js';
@@ -41,6 +42,12 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const flows = deps.cells.map((c) => new Queue(QUEUE.flows, { connection: deps.redis, prefix: c.prefix }));
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
   const queues = [...agentQueues, ...flows, maintenanceQueue];
+  // Bull Board's removals of a shard's agent jobs (and of its flows' parents) go through agentq.
+  const shards = deps.cells.map((c, i) => ({
+    agent: agentQueues[i],
+    parents: [flows[i]],
+    actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, scheduler: c.scheduler }),
+  }));
   for (const q of flows) logConnectionErrors(q, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards/index.ts); only read here.
@@ -86,7 +93,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
       usageDashboardRoutes(app, { runs });
       keyRoutes(app, { keys: createApiKeyStore({ pool: deps.infra.db.pool }) });
       orgPlanRoutes(app, { plans: createOrgPlanStore({ pool: deps.infra.db.pool }), schedulerOf: (orgId) => deps.cellOf(orgId).scheduler });
-      await app.register(async (admin) => adminRoutes(admin, { readOnly: cfg.BULL_BOARD_READ_ONLY, queues, metrics: { collect: () => exchange.collect(), scrape } }));
+      await app.register(async (admin) => adminRoutes(admin, { readOnly: cfg.BULL_BOARD_READ_ONLY, queues, shards, metrics: { collect: () => exchange.collect(), scrape } }));
       exchange.start();
     },
 

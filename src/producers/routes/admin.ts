@@ -1,10 +1,13 @@
 import type { Queue } from 'bullmq';
 import { Registry } from 'prom-client';
 import type { Handler } from '../route-spec.js';
+import type { BoardShard } from '../bull-board.js';
 
 export interface AdminRouteDeps {
   readOnly: boolean;
   queues: Queue[];
+  /** Each queue shard's agent queue and flows queue, and agentq's side of the board's actions on them. */
+  shards?: BoardShard[];
   metrics: { collect(): Promise<Registry>; scrape: Registry };
 }
 

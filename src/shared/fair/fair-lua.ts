@@ -164,6 +164,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async cancel(id: string): Promise<boolean> {
       return (await call('cancel', [id])) === 1;
     },
+    /** See FairScheduler.removed: one script call for these ids. */
+    async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number }> {
+      const [freed, forgotten] = (await call('removed', [refund ? 1 : 0, ...ids])) as [number, number];
+      return { freed, forgotten };
+    },
     /** See ClaimOptions; the cancel marker is read in the same script: one atomic round trip. */
     async claim(id: string, o: ClaimOptions = {}): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
       const { lookup, append, register } = o;

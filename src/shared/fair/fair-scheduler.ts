@@ -153,6 +153,14 @@ export interface FairScheduler {
    * fetched, running or ended, is left to that worker's release. False when there was nothing to take.
    */
   cancel(jobId: string): Promise<boolean>;
+  /**
+   * Jobs BullMQ removed without the dispatcher (Bull Board's remove, clean, empty, obliterate; a parent's
+   * removal takes its children): each whose BullMQ job is gone leaves its lane or timer, or gives its slot back
+   * now (not at the lease sweep), and is forgotten. `refund`: the removal took them from BullMQ's wait list or
+   * prioritized set, so none was fetched: what their dispatch charged goes back too. Without ids: every job
+   * holding a slot is looked at (for a removal that does not say which jobs it took).
+   */
+  removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<{ freed: number; forgotten: number }>;
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
   /** Replaces the org's whole plan (absent fields = defaults); applies at the next dispatch. */
   setPlan(org: string, plan: FairPlan): Promise<void>;
@@ -180,6 +188,8 @@ const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_lim
 
 /** Script arguments per enqueued job (fair-core-N.lua's enqueue op; one it also stores, op add, carries 6 more). */
 const ENTRY_ARGS = 10;
+/** Ids per `removed` script call. */
+const REMOVED_CHUNK = 500;
 /** The most jobs one enqueue call takes: its ZADDs unpack two values per job, and Redis's Lua unpacks 8000 at most. */
 const MAX_ENQUEUE_CHUNK = 2000;
 
@@ -301,6 +311,17 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
     cancel: (id) => raw.cancel(id),
+    async removed(ids, ropts = {}) {
+      const all = ids ?? (await opts.redis.zrange(keys.leases, 0, -1));
+      const total = { freed: 0, forgotten: 0 };
+      // Bounded calls: one script call holds Redis for its ids (a clean may name thousands).
+      for (let i = 0; i < all.length; i += REMOVED_CHUNK) {
+        const r = await raw.removed(all.slice(i, i + REMOVED_CHUNK), ropts.refund === true);
+        total.freed += r.freed;
+        total.forgotten += r.forgotten;
+      }
+      return total;
+    },
     blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),
     wakeOrg: (org) => raw.wake(org),
     async setPlan(org, plan) {

@@ -25,7 +25,7 @@
 --   5-9 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, the agent's
 --   shared version, entry, single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
--- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | plan | wake | block | claim | orphans | keys
+-- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | removed | plan | wake | block | claim | orphans | lease | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'w' for the sum of the live workers' asks,
@@ -56,7 +56,7 @@
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
---   repark: id, notBeforeMs, reason;  cancel: id
+--   repark: id, notBeforeMs, reason;  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted)
@@ -64,7 +64,8 @@
 --          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
---          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting; plan / wake / block: 1
+--          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting;
+--          removed: {slots freed, jobs forgotten}; plan / wake / block: 1
 --- @include "result-cache-lookup"
 --- @include "token-bucket-adjust"
 local rcall = redis.call
@@ -333,6 +334,36 @@ elseif op == 'cancel' then
   end
   if done then rcall('DEL', P_JOB .. id) end
   return done and 1 or 0
+elseif op == 'removed' then
+  -- Jobs removed in BullMQ alone (Bull Board's remove, clean, empty, obliterate; a parent's removal takes its
+  -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of
+  -- at the lease sweep, and is forgotten. A job that exists again (its id enqueued anew) is not touched.
+  -- ARGV[13] = '1': the removal itself took them from BullMQ's wait list or prioritized set (BullMQ's clean of
+  -- those), so no worker fetched them: what their dispatch charged goes back too. Otherwise the charge stays:
+  -- a job that ran (a stalled one cleaned from active, one whose release is still on its way) may have
+  -- called the model, and its worker gives back what it did not spend.
+  local refund = ARGV[13] == '1'
+  local freed, forgotten = 0, 0
+  for i = 14, #ARGV do
+    local id = ARGV[i]
+    if rcall('EXISTS', Q_JOB .. id) == 0 then
+      local m = jobMeta(id)
+      local org, model, st = m[1], m[2], m[5]
+      if org then
+        if st == 'lane' then
+          removeFromLane(id, org, model)
+        elseif st == 'timer' then
+          removeTimer(id, org)
+        elseif freeSlot(id, org) then
+          freed = freed + 1
+          if refund then refundDispatch(id, org, model) end
+        end
+        rcall('DEL', P_JOB .. id)
+        forgotten = forgotten + 1
+      end
+    end
+  end
+  return { freed, forgotten }
 elseif op == 'claim' then
   local id = ARGV[13]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one

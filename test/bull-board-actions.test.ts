@@ -1,0 +1,124 @@
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { agentJobKey, agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import { markedJob, postBulk, postJob } from './helpers/fair.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+const ADMIN_TOKEN = 'board-actions-admin-0123456789';
+const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
+const FLASH = 'gemini-2.5-flash';
+
+/** One of Bull Board's actions, through its JSON API (what its page's buttons call). */
+const boardAction = (s: Stack, path: string, payload?: object) =>
+  s.app.inject({ method: 'PUT', url: `/admin/queues/api/queues/${path}`, headers, ...(payload ? { payload } : {}) });
+
+/**
+ * Bull Board's actions are BullMQ's own calls: what the fair dispatcher holds for the jobs they remove (a slot, the
+ * dispatch's charge) goes back at once, not at the lease sweep, and the org's next job goes.
+ */
+describe('Bull Board removals and the fair dispatcher', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    // No worker: jobs dispatched stay in BullMQ's wait list, as they do while every worker is busy.
+    s = await startStack({ ADMIN_TOKEN });
+  });
+  afterAll(async () => s?.close());
+
+  const cell = () => s.runtime.deps.cells[0];
+  const stats = (org: string) => cell().scheduler.orgStats(org);
+  /** A worker's dispatch, with the ask of a worker that has room for 100 jobs: what the dispatcher hands out waits in BullMQ's wait list. */
+  const dispatch = () => cell().scheduler.dispatch({ id: 'board-test-worker', concurrency: 100, ask: 100, ttlMs: 60_000 });
+  const state = (id: string) => s.runtime.queue.getJobState(id);
+  const newOrg = async (plan: { concurrency: number; rpm: number; tpm: number }) => {
+    const org = `org_board_${randomUUID().slice(0, 8)}`;
+    await cell().scheduler.setPlan(org, { concurrency: plan.concurrency, rpm: { flash: plan.rpm, pro: plan.rpm }, tpm: plan.tpm });
+    return { org, key: await s.newKey(org) };
+  };
+  /** A token bucket's level now (a bucket never charged, or full, has no key). */
+  const level = async (bucket: string, cap: number) => {
+    const [tokens, ts] = await s.runtime.deps.redis.hmget(guardKeys.tokenBucket(agentqPrefix(s.cfg.QUEUE_PREFIX), bucket), 'tokens', 'ts');
+    if (tokens === null) return cap;
+    const [sec, usec] = await s.runtime.deps.redis.time();
+    return Math.min(cap, Number(tokens) + (Number(sec) * 1000 + Number(usec) / 1000 - Number(ts)) * (cap / 60_000));
+  };
+  const leased = async () => s.runtime.deps.redis.zrange(cell().scheduler.keys.leases, 0, -1);
+
+  it('a job removed after its dispatch gives back its slot and its request at once: the org\'s next job goes', async () => {
+    // One slot and one request a minute: the next job needs both back.
+    const { org, key } = await newOrg({ concurrency: 1, rpm: 1, tpm: 100_000 });
+    const ids = await postBulk(s, key, [markedJob(`rm-${org}-0`, FLASH), markedJob(`rm-${org}-1`, FLASH)]);
+    await dispatch();
+    expect(await state(ids[0])).toBe('waiting');
+    expect(await state(ids[1])).toBe('delayed');
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 1 });
+    expect(await level(`rpm:org:${org}:${FLASH}`, 1)).toBeLessThan(0.1);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeLessThan(100_000 - 10);
+
+    // The board's "remove" of a waiting job (job.remove()).
+    expect((await boardAction(s, `${QUEUE.agent}/${ids[0]}/clean`)).statusCode).toBe(204);
+    expect(await state(ids[0])).toBe('unknown');
+    expect((await stats(org)).inFlight).toBe(0);
+    expect(await leased()).not.toContain(ids[0]);
+    // It never ran: the request and the token estimate its dispatch charged are back.
+    expect(await level(`rpm:org:${org}:${FLASH}`, 1)).toBeGreaterThan(0.99);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeGreaterThan(100_000 - 1);
+    expect((await dispatch()).promoted).toEqual([ids[1]]);
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 0 });
+  });
+
+  it('the board\'s clean of waiting jobs gives back their slots and charges; a parked job stays in its lane', async () => {
+    const { org, key } = await newOrg({ concurrency: 3, rpm: 10, tpm: 100_000 });
+    const ids = await postBulk(s, key, [0, 1, 2, 3].map((i) => markedJob(`clean-${org}-${i}`, FLASH)));
+    await dispatch();
+    expect(await Promise.all(ids.map(state))).toEqual(['waiting', 'waiting', 'waiting', 'delayed']);
+    expect((await stats(org)).inFlight).toBe(3);
+    // The board cleans jobs older than its grace (5 s): these were enqueued a minute ago.
+    for (const id of ids.slice(0, 3)) await s.runtime.deps.redis.hset(agentJobKey(s.cfg.QUEUE_PREFIX, id), 'timestamp', String(Date.now() - 60_000));
+    expect((await boardAction(s, `${QUEUE.agent}/clean/wait`)).statusCode).toBe(200);
+    expect(await Promise.all(ids.map(state))).toEqual(['unknown', 'unknown', 'unknown', 'delayed']);
+    expect((await stats(org)).inFlight).toBe(0);
+    expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeGreaterThan(9.99);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeGreaterThan(100_000 - 1);
+    expect((await dispatch()).promoted).toEqual([ids[3]]);
+  });
+
+  it('the board\'s empty gives back the slots and charges of every dispatched job it takes', async () => {
+    const { org, key } = await newOrg({ concurrency: 2, rpm: 10, tpm: 100_000 });
+    const ids = await postBulk(s, key, [0, 1, 2].map((i) => markedJob(`empty-${org}-${i}`, FLASH)));
+    await dispatch();
+    expect((await stats(org)).inFlight).toBe(2);
+    expect((await boardAction(s, `${QUEUE.agent}/empty`)).statusCode).toBe(200);
+    // BullMQ's drain takes the wait list and the prioritized set, not the parked (delayed) job.
+    expect(await Promise.all(ids.map(state))).toEqual(['unknown', 'unknown', 'delayed']);
+    expect((await stats(org)).inFlight).toBe(0);
+    expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeGreaterThan(9.99);
+    expect((await dispatch()).promoted).toEqual([ids[2]]);
+  });
+
+  it('removing a flow takes its dispatched children with it, and their slots', async () => {
+    const { org, key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
+    const tasks = [0, 1].map((i) => markedJob(`flow-${org}-${i}`, FLASH));
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: { authorization: `Bearer ${key}` }, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const flowId = post.json().id as string;
+    await dispatch();
+    expect((await stats(org)).inFlight).toBe(2);
+    const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: { authorization: `Bearer ${key}` } })).json().children.map((c: { id: string }) => c.id);
+    expect(await Promise.all(children.map(state))).toEqual(['waiting', 'waiting']);
+    expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+    expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown']);
+    expect((await stats(org)).inFlight).toBe(0);
+  });
+
+  it('obliterating the queue gives back every slot its jobs held', async () => {
+    const { org, key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
+    await postJob(s, key, markedJob(`obliterate-${org}`, FLASH));
+    await dispatch();
+    expect((await stats(org)).inFlight).toBe(1);
+    expect((await boardAction(s, `${QUEUE.agent}/pause`)).statusCode).toBe(200);
+    expect((await boardAction(s, `${QUEUE.agent}/obliterate`, {})).statusCode).toBe(200);
+    expect(await leased()).toEqual([]);
+    expect((await stats(org)).inFlight).toBe(0);
+  });
+});
