@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { agentJobKey, agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { agentJobKey, agentqPrefix, cancelRequestedKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
+import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, postBulk, postJob } from './helpers/fair.js';
+import { readSseBody } from './helpers/sse.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const ADMIN_TOKEN = 'board-actions-admin-0123456789';
@@ -120,5 +122,47 @@ describe('Bull Board removals and the fair dispatcher', () => {
     expect((await boardAction(s, `${QUEUE.agent}/obliterate`, {})).statusCode).toBe(200);
     expect(await leased()).toEqual([]);
     expect((await stats(org)).inFlight).toBe(0);
+  });
+});
+
+describe('Bull Board retries', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN }, { worker: true });
+  });
+  afterEach(() => s.emulator.clearFaults());
+  afterAll(async () => s?.close());
+
+  const job = (id: string, waitMs = 0) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}${waitMs ? `?waitMs=${waitMs}` : ''}`, headers: s.auth }).then((r) => r.json());
+
+  it('a streaming job the board retries streams its new run, not the failure that ended the last one', async () => {
+    const name = `Board Stream Retry ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: name }, times: -1 });
+    const input = { startup: { name, industry: 'robotics', stage: 'seed', description: 'streams, fails, is retried' } };
+    const { id } = (await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input, options: { stream: true } } })).json();
+    expect(await job(id, 20_000)).toMatchObject({ state: 'failed' });
+    s.emulator.clearFaults();
+    // The board's "retry all" of the failed jobs (each job's retry).
+    const retried = await boardAction(s, `${QUEUE.agent}/retry/failed`);
+    expect(retried.statusCode).toBe(200);
+    expect(retried.json()).toMatchObject({ retried: 1 });
+    const base = s.app.server.listening ? `http://127.0.0.1:${(s.app.server.address() as { port: number }).port}` : await s.app.listen({ port: 0, host: '127.0.0.1' });
+    const res = await fetch(`${base}/v1/jobs/${id}/stream`, { headers: s.auth });
+    expect(res.status).toBe(200);
+    const messages: SseMessage[] = [];
+    await readSseBody(res, messages);
+    expect(messages.at(-1)?.data).toBe('[DONE]');
+    expect(JSON.parse(messages.at(-2)!.data)).toMatchObject({ result: { success: true } });
+  });
+
+  it('a completed job the board retries runs again: a cancel marker its last run left does not cancel it', async () => {
+    const id = await postJob(s, s.apiKey, markedJob(`board-rerun-${randomUUID().slice(0, 8)}`));
+    expect(await job(id, 20_000)).toMatchObject({ state: 'completed' });
+    // What a cancel that came as the run ended leaves: the marker of that job (its creation time).
+    const { timestamp } = (await s.runtime.queue.getJob(id))!;
+    await s.runtime.deps.redis.set(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id), String(timestamp), 'EX', 600);
+    expect((await boardAction(s, `${QUEUE.agent}/${id}/retry`)).statusCode).toBe(204);
+    expect(await job(id, 20_000)).toMatchObject({ state: 'completed' });
+    expect(await s.runtime.deps.redis.exists(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id))).toBe(0);
   });
 });

@@ -118,9 +118,10 @@ type AdapterOptions = ConstructorParameters<typeof BullMQAdapter>[1];
 
 /**
  * The board's adapter for a queue shard's agent queue (`agent`) or a queue of its jobs' parents: BullMQ's calls the
- * board makes (bullMQ.js in @bull-board/api: a job's remove and removeUnprocessedChildren, the queue's clean,
- * empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for removed jobs at
- * once (their slots, and the charge of those no worker fetched). The board's answers and what it removes stay its own.
+ * board makes (bullMQ.js in @bull-board/api: a job's remove, retry and removeUnprocessedChildren, the queue's
+ * clean, empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for removed
+ * jobs at once (their slots, and the charge of those no worker fetched) and a retried job's new run starts with
+ * a stream of its own. The board's answers and what it removes or retries stay its own.
  */
 class ShardQueueAdapter extends BullMQAdapter {
   constructor(
@@ -164,12 +165,13 @@ class ShardQueueAdapter extends BullMQAdapter {
     if (this.agent) await this.actions.removed();
   }
 
-  /** The job, its remove and removeUnprocessedChildren going through `actions`. */
+  /** The job, its remove, retry and removeUnprocessedChildren going through `actions`. */
   private follow(job: Job): Job {
     const { actions } = this;
     const id = job.id!;
     const remove = job.remove.bind(job);
     const removeChildren = job.removeUnprocessedChildren.bind(job);
+    const retry = job.retry.bind(job);
     job.remove = this.agent ? (o) => actions.remove(id, () => remove(o)) : async (o) => {
       await remove(o);
       await actions.removed();
@@ -178,6 +180,7 @@ class ShardQueueAdapter extends BullMQAdapter {
       await removeChildren();
       await actions.removed();
     };
+    if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o));
     return job;
   }
 }
@@ -202,7 +205,7 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     // readOnlyMode also turns off retries in the UI; the auth hook refuses mutations as well.
     queues: opts.queues.map((q) => {
       const options = { readOnlyMode: opts.readOnly, ...(sharded ? { prefix: `${q.opts.prefix}:` } : {}) };
-      // A shard's agent queue and its parents' queues: the dispatcher follows the board's actions.
+      // A shard's agent queue and its parents' queues: the dispatcher and the jobs' streams follow the board's actions.
       const shard = opts.shards?.find((sh) => sh.agent === q || sh.parents.includes(q));
       const adapter = shard ? new ShardQueueAdapter(q, options, shard.actions, shard.agent === q) : new BullMQAdapter(q, options);
       byBoardName.set(adapter.getName(), q);

@@ -42,11 +42,11 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const flows = deps.cells.map((c) => new Queue(QUEUE.flows, { connection: deps.redis, prefix: c.prefix }));
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
   const queues = [...agentQueues, ...flows, maintenanceQueue];
-  // Bull Board's removals of a shard's agent jobs (and of its flows' parents) go through agentq.
+  // Bull Board's removals and retries of a shard's agent jobs (and of its flows' parents) go through agentq.
   const shards = deps.cells.map((c, i) => ({
     agent: agentQueues[i],
     parents: [flows[i]],
-    actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, scheduler: c.scheduler }),
+    actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, queue: c.queue, scheduler: c.scheduler }),
   }));
   for (const q of flows) logConnectionErrors(q, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');

@@ -1,11 +1,12 @@
 import type { RedisClient } from '../infra/redis/connection.js';
-import { fairKickChannel } from '../core/queue-keys.js';
+import { defineLua } from '../infra/lua.js';
+import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
 import type { FairScheduler } from '../fair/index.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
- * remove, clean, empty and obliterate are BullMQ's own calls, which know nothing of the fair dispatcher). The
- * board's adapter (src/producers/bull-board.ts) routes those calls through here.
+ * remove, clean, empty, obliterate and retry are BullMQ's own calls, which know nothing of the fair dispatcher nor
+ * of a job's stream). The board's adapter (src/producers/bull-board.ts) routes those calls through here.
  */
 export interface BoardActions {
   /**
@@ -19,15 +20,20 @@ export interface BoardActions {
    * FairScheduler.removed (`refund` only for jobs the removal took from the wait list or prioritized set).
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<void>;
+  /** Retries a finished job with `retry` (BullMQ's), its last run's stream and cancel marker cleared first. */
+  retry(jobId: string, state: 'failed' | 'completed', retry: () => Promise<void>): Promise<void>;
 }
 
 export function createBoardActions(deps: {
   redis: RedisClient;
   /** The shard's queue prefix (its agentq keys': queue-keys.ts). */
   prefix: string;
+  /** The shard's agent queue (BullMQ's keys of its sets). */
+  queue: { toKey(type: string): string };
   scheduler: Pick<FairScheduler, 'cancel' | 'removed'>;
 }): BoardActions {
   const { redis, prefix, scheduler } = deps;
+  const reset = defineLua(redis, 'retry-reset-3.lua');
   // Slots given back: the lanes that waited for one go at the next dispatch, which the workers' loops run on this
   // message (this process, the API's, may have none), instead of at their next release or safety poll.
   // A lost message only leaves them to those: the removal is done either way.
@@ -52,6 +58,11 @@ export function createBoardActions(deps: {
     async removed(jobIds, opts) {
       const { freed } = await scheduler.removed(jobIds, opts);
       if (freed > 0) await kick();
+    },
+    async retry(jobId, state, retry) {
+      // In one script with the check that the job is still in `state`: a run started since keeps its stream.
+      await reset([deps.queue.toKey(state), jobStreamKey(prefix, jobId), cancelRequestedKey(prefix, jobId)], [jobId]);
+      await retry();
     },
   };
 }
