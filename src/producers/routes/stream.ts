@@ -25,16 +25,24 @@ export interface StreamRouteDeps extends SessionDeps {
 
 /** The open SSE responses of one API process, cut when it closes (clients resume elsewhere with Last-Event-ID). */
 export interface StreamSessions {
+  /**
+   * The app is closing (its preClose hook has run): a request still in its async prefix then (auth, the
+   * limiter, an enqueue) would open a stream after the others were cut, which nothing would cut.
+   */
+  closing(): boolean;
   serve(req: FastifyRequest, reply: FastifyReply, o: Parameters<typeof serveJobStream>[3]): void;
 }
 
 export function streamSessions(app: FastifyInstance, deps: SessionDeps): StreamSessions {
   const open = new Set<{ close(): void }>();
+  let closing = false;
   // Open streams would hold `app.close()` until their jobs end; they are cut instead and clients resume.
   app.addHook('preClose', async () => {
+    closing = true;
     for (const session of [...open]) session.close();
   });
   return {
+    closing: () => closing,
     serve(req, reply, o) {
       const entry = { close: () => {}, ended: false };
       entry.close = serveJobStream(deps, req, reply, {
@@ -44,7 +52,10 @@ export function streamSessions(app: FastifyInstance, deps: SessionDeps): StreamS
           open.delete(entry);
         },
       }).close;
-      if (!entry.ended) open.add(entry);
+      // Started after the cut (POST /v1/stream's enqueue was in flight: its job exists, so it is not refused):
+      // cut the same way at once, its `queued` frame and `x-job-id` sent, so the client resumes it elsewhere.
+      if (closing) entry.close();
+      else if (!entry.ended) open.add(entry);
     },
   };
 }
@@ -64,6 +75,10 @@ async function targetOf(deps: StreamHandlerDeps, orgId: string, id: string): Pro
   return { orgId, id, stream: false, view: await deps.jobs.get(orgId, id) };
 }
 
+/**
+ * One of the org's stream slots, the last step before a GET's stream starts (and a POST's enqueue): a request
+ * that gets it once the app is closing is refused with a 503 and the slot released.
+ */
 async function lease(deps: StreamHandlerDeps, orgId: string): Promise<StreamLease> {
   // Past the deadline the request answers 503, but the acquire already sent may still be granted: told that
   // nobody waits for it any more, the limiter releases that lease at once (it held a slot until it lapsed).
@@ -75,7 +90,14 @@ async function lease(deps: StreamHandlerDeps, orgId: string): Promise<StreamLeas
     gaveUp.abort(err);
     throw err;
   }
-  if (verdict.lease) return verdict.lease;
+  if (verdict.lease) {
+    // Nothing is sent or enqueued yet: refused, so the client goes to another instance at once.
+    if (deps.sessions.closing()) {
+      await verdict.lease.release().catch(() => undefined);
+      throw new HttpError(503, 'server is shutting down: retry on another instance', {}, { 'retry-after': '1' });
+    }
+    return verdict.lease;
+  }
   const retryAfter = Math.max(1, Math.ceil(verdict.msBeforeNext / 1000));
   throw new HttpError(429, 'too many open streams for this org', { limit: deps.maxStreamsPerOrg, retryAfter }, { 'retry-after': String(retryAfter) });
 }
