@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { agentJobKey, agentqPrefix, cancelRequestedKey, guardKeys } from '../src/shared/core/queue-keys.js';
+import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, postBulk, postJob } from './helpers/fair.js';
@@ -153,6 +153,34 @@ describe('Bull Board retries', () => {
     await readSseBody(res, messages);
     expect(messages.at(-1)?.data).toBe('[DONE]');
     expect(JSON.parse(messages.at(-2)!.data)).toMatchObject({ result: { success: true } });
+  });
+
+  it("a failed job the board retries is a DLQ retry: counted, and refused (409) for a fan-out child whose flow has finished, which stays failed and is never run", async () => {
+    const name = `Board Replay ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: name }, times: -1 });
+    const task = (n: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${name} ${n}`, industry: 'robotics', stage: 'seed', description: 'fails, is retried by the board' } } });
+    const flow = (await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: s.auth, payload: { tasks: [task('child')] } })).json();
+    const settled = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flow.id}?waitMs=20000`, headers: s.auth })).json();
+    expect(settled.state).toBe('completed');
+    const childId = settled.children[0].id as string;
+    const alone = await postJob(s, s.apiKey, task('alone'));
+    expect(await job(alone, 20_000)).toMatchObject({ state: 'failed' });
+    expect(await s.runtime.queue.getJobState(childId)).toBe('failed');
+    s.emulator.clearFaults();
+    const modelCalls = () => s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream').length;
+    const calls = modelCalls();
+
+    // The child: its flow settled without it, so a run now would bill a result nobody reads.
+    const refused = await boardAction(s, `${QUEUE.agent}/${childId}/retry`);
+    expect(refused.statusCode).toBe(409);
+    expect(refused.json().message).toMatch(/no longer waits for it/);
+    expect(await s.runtime.queue.getJobState(childId)).toBe('failed');
+    // The job alone: retried, and the DLQ counts it, as its own retry does.
+    expect((await boardAction(s, `${QUEUE.agent}/${alone}/retry`)).statusCode).toBe(204);
+    expect(await job(alone, 20_000)).toMatchObject({ state: 'completed' });
+    expect(await s.runtime.deps.redis.hget(dlqMetaKey(s.cfg.QUEUE_PREFIX, alone), 'retries')).toBe('1');
+    // One model call since: the job alone's run; the child was never run.
+    expect(modelCalls() - calls).toBe(1);
   });
 
   it('a completed job the board retries runs again: a cancel marker its last run left does not cancel it', async () => {

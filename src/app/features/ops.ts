@@ -42,20 +42,19 @@ export function opsFeature(deps: FeatureDeps): Feature {
   const flows = deps.cells.map((c) => new Queue(QUEUE.flows, { connection: deps.redis, prefix: c.prefix }));
   const maintenanceQueue = new Queue(QUEUE.maintenance, { connection: deps.redis, prefix });
   const queues = [...agentQueues, ...flows, maintenanceQueue];
+  // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
+  const dlqStores = new Map(deps.cells.map((c) => [c.prefix, createDlqStore({ redis: deps.redis, queue: c.queue, prefix: c.prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 })]));
+  const store = shardedDlqStore(dlqStores);
   // Bull Board's removals and retries of a shard's agent jobs (and of its flows' parents) go through agentq.
   const shards = deps.cells.map((c, i) => ({
     agent: agentQueues[i],
     parents: [flows[i]],
-    actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, queue: c.queue, scheduler: c.scheduler }),
+    actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, queue: c.queue, scheduler: c.scheduler, dlq: dlqStores.get(c.prefix)! }),
   }));
   for (const q of flows) logConnectionErrors(q, log, 'flows queue');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards/index.ts); only read here.
   const breaker = createCircuitBreaker({ redis: deps.redis, prefix: agentqPrefix(prefix) });
-  // Outlives the failed job it describes by a day, so a count is never lost while the job is still there.
-  const store = shardedDlqStore(
-    new Map(deps.cells.map((c) => [c.prefix, createDlqStore({ redis: deps.redis, queue: c.queue, prefix: c.prefix, ttlS: cfg.KEEP_FAILED_AGE_S + 24 * 3600 })])),
-  );
   const dlq = createDlqService({ store, validateInput: (agent, action, input) => registry.validateInput(agent, action, input) });
   const exchange = createMetricsExchange({ redis: deps.redis, prefix, registry: metrics.registry, logger: log, ...(metrics.processId ? { processId: metrics.processId } : {}) });
   const configuredModels = [cfg.GEMINI_MODEL_FAST, cfg.GEMINI_MODEL_PRO];

@@ -2,6 +2,7 @@ import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
 import type { FairScheduler } from '../fair/index.js';
+import type { DlqStore } from './dlq-store.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
@@ -20,7 +21,12 @@ export interface BoardActions {
    * FairScheduler.removed (`refund` only for jobs the removal took from the wait list or prioritized set).
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<void>;
-  /** Retries a finished job with `retry` (BullMQ's), its last run's stream and cancel marker cleared first. */
+  /**
+   * Retries a finished job. A failed one is a dead-letter entry: retried as the DLQ retries it (`dlq`: counted, and
+   * refused, 409, for a flow child or pipeline step whose flow or run no longer waits for it, which would run and
+   * bill a result nobody reads). A completed one with `retry` (BullMQ's), its last run's stream and cancel marker
+   * cleared first.
+   */
   retry(jobId: string, state: 'failed' | 'completed', retry: () => Promise<void>): Promise<void>;
 }
 
@@ -31,6 +37,8 @@ export function createBoardActions(deps: {
   /** The shard's agent queue (BullMQ's keys of its sets). */
   queue: { toKey(type: string): string };
   scheduler: Pick<FairScheduler, 'cancel' | 'removed'>;
+  /** The shard's dead-letter store: the board's retry of a failed job is a DLQ retry. */
+  dlq?: Pick<DlqStore, 'get' | 'retry'>;
 }): BoardActions {
   const { redis, prefix, scheduler } = deps;
   const reset = defineLua(redis, 'retry-reset-3.lua');
@@ -60,9 +68,28 @@ export function createBoardActions(deps: {
       if (freed > 0) await kick();
     },
     async retry(jobId, state, retry) {
+      const entry = state === 'failed' ? await deps.dlq?.get(jobId) : undefined;
+      if (entry) {
+        const res = await deps.dlq!.retry(entry, {});
+        if (typeof res === 'number') return;
+        // Gone from the failed set since it was read: BullMQ's own retry below answers as it always does.
+        if (res !== 'not_failed') throw new BoardConflict(jobId, res);
+      }
       // In one script with the check that the job is still in `state`: a run started since keeps its stream.
       await reset([deps.queue.toKey(state), jobStreamKey(prefix, jobId), cancelRequestedKey(prefix, jobId)], [jobId]);
       await retry();
     },
   };
+}
+
+/** A board retry the DLQ refused: Bull Board answers an error's `statusCode` with its message. */
+class BoardConflict extends Error {
+  readonly statusCode = 409;
+  constructor(jobId: string, reason: string) {
+    super(
+      reason === 'parent_finished'
+        ? `job ${jobId} not retried: its flow or pipeline run has finished and no longer waits for it (parent_finished)`
+        : `job ${jobId} not retried: it changed since it was read (${reason}); read it again`,
+    );
+  }
 }
