@@ -8,7 +8,7 @@ import type { JobContext } from '../src/workers/middleware.js';
 import type { GenerateResult } from '../src/shared/infra/llm/llm-client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
-import { riskJob } from './helpers/ops.js';
+import { marker, riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
 import { agentqPrefix, batchKeys } from '../src/shared/core/queue-keys.js';
@@ -102,6 +102,39 @@ describe('batch tier through ai.batches and the emulator', () => {
       const want = pricing.cost(r.model, { input: r.input_tokens, output: r.output_tokens }, 'batch');
       expect(Number(r.cost_usd)).toBeCloseTo(want.costUsd, 9);
       expect(Number(r.cost_usd)).toBeCloseTo(Number(r.standard_cost_usd) / 2, 9);
+    }
+  });
+
+  it('a batch answer without a finishReason is no answer: a retryable EPROVIDER billed at the batch price, and the retry runs standard; the batch\'s other answers complete', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const m = marker();
+    // Only this job's inline answer comes without its finishReason (whole otherwise, usage included).
+    s.emulator.script({ noFinishReason: true, match: { kind: 'batch', promptIncludes: m } });
+    try {
+      const ids = [await enqueue(s, m, { tier: 'batch' }), await enqueue(s, 'nf-ok1', { tier: 'batch' }), await enqueue(s, 'nf-ok2', { tier: 'batch' })];
+      await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+      expect(batchCalls(s)[0]).toMatchObject({ requests: 3, fault: 'no-finish-reason' });
+      s.emulator.advanceClock(60_000);
+      const [unfinished, ...others] = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+      expect(others.map((j) => [j.state, j.result?.tier])).toEqual([
+        ['completed', 'batch'],
+        ['completed', 'batch'],
+      ]);
+      // Before, the unfinished answer was taken as complete: completed at the batch price, in one attempt.
+      expect([unfinished.state, unfinished.attempts, unfinished.result?.tier]).toEqual(['completed', 2, undefined]);
+      expect(generateCalls(s).map((c) => c.serviceTier ?? 'standard')).toEqual(['standard']);
+      expect(batchCalls(s)).toHaveLength(1);
+      await usageWritten(s);
+      const rows = (await s.infra.db.pool.query('SELECT attempt, state, tier, error, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [ids[0]])).rows;
+      expect(rows.map((r) => [r.state, r.tier])).toEqual([
+        ['failed', 'batch'],
+        ['completed', 'standard'],
+      ]);
+      expect(rows[0].error).toMatch(/batch answer: the answer came without a finishReason/);
+      expect(Number(rows[0].cost_usd)).toBeGreaterThan(0);
+    } finally {
+      s.emulator.clearFaults();
     }
   });
 

@@ -123,6 +123,25 @@ describe('emulator: Batch Mode through ai.batches on a clock the test moves', ()
     }
   });
 
+  it('noFinishReason at create: the answers of the requests it names come whole but for their finishReason; the others as always', async () => {
+    emu.setBatchTiming({ pendingMs: 0, runMs: 60_000 });
+    const answers = async () => {
+      const job = await ai.batches.create({ model: MODEL, src: requests(3), config: { displayName: 'agentq-unfinished' } });
+      emu.advanceClock(60_000);
+      return (await ai.batches.get({ name: job.name! })).dest!.inlinedResponses!.map((r) => r.response!);
+    };
+    const whole = await answers();
+    // A generate call does not take it: it waits for the batch's create.
+    emu.script({ noFinishReason: true, match: { kind: 'batch', promptIncludes: 'plan 1' } });
+    await ai.models.generateContent({ model: MODEL, contents: 'Rate the risk of plan 1' });
+    expect(emu.faults()).toHaveLength(1);
+    const cut = await answers();
+    expect(emu.calls().at(-1)).toMatchObject({ kind: 'batch', status: 200, fault: 'no-finish-reason' });
+    expect(whole.map((r) => r.candidates![0].finishReason)).toEqual(['STOP', 'STOP', 'STOP']);
+    const { finishReason: _stop, ...candidate } = whole[1].candidates![0];
+    expect(cut).toEqual([whole[0], { ...whole[1], candidates: [candidate] }, whole[2]]);
+  });
+
   it('a batch that does not finish in time ends JOB_STATE_EXPIRED, with no responses', async () => {
     emu.setBatchTiming({ runMs: -1, expireMs: 48 * 3600_000 });
     const job = await ai.batches.create({ model: MODEL, src: requests(1), config: { displayName: 'agentq-expire' } });

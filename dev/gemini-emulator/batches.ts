@@ -33,6 +33,8 @@ interface StoredBatch {
   model: string;
   displayName: string;
   requests: InlineRequest[];
+  /** Per request (same order): its answer comes without a finishReason (a `noFinishReason` fault at create). */
+  unfinished?: boolean[];
   createdAt: number;
   timing: BatchTiming;
   /** Set by cancel or delete-before-end: the state is frozen from then on. */
@@ -71,7 +73,7 @@ const iso = (ms: number) => new Date(ms).toISOString();
  * long-running Operation, list pages through them, cancel stops one, delete forgets it. The state is a
  * function of the clock, evaluated when read; responses come back inline, in input order, with metadata.
  */
-export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: string, req: WireGenerateRequest) => InlineResponse['response'] | Error }) {
+export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: string, req: WireGenerateRequest, opts: { noFinishReason: boolean }) => InlineResponse['response'] | Error }) {
   const batches = new Map<string, StoredBatch>();
   let seq = 0;
   let timing: BatchTiming = { ...DEFAULT_BATCH_TIMING };
@@ -87,8 +89,8 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
   }
 
   function responsesOf(b: StoredBatch): InlineResponse[] {
-    b.responses ??= b.requests.map((r) => {
-      const out = deps.answer(b.model, r.request);
+    b.responses ??= b.requests.map((r, i) => {
+      const out = deps.answer(b.model, r.request, { noFinishReason: b.unfinished?.[i] === true });
       const metadata = r.metadata ? { metadata: r.metadata } : {};
       if (out instanceof Error) return { error: { code: 3, message: out.message }, ...metadata };
       return { response: out, ...metadata };
@@ -130,10 +132,11 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
   }
 
   return {
-    create(model: string, displayName: string, requests: InlineRequest[]) {
+    /** `unfinished`: which requests (same order) are answered without a finishReason. */
+    create(model: string, displayName: string, requests: InlineRequest[], unfinished?: boolean[]) {
       seq += 1;
       const id = `emu${seq.toString(36)}${hash32(`${displayName}:${seq}`).toString(36)}`;
-      const b: StoredBatch = { id, model, displayName, requests, createdAt: deps.clock.now(), timing: { ...timing } };
+      const b: StoredBatch = { id, model, displayName, requests, createdAt: deps.clock.now(), timing: { ...timing }, ...(unfinished?.some(Boolean) ? { unfinished } : {}) };
       batches.set(id, b);
       return operation(b);
     },

@@ -134,7 +134,7 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
   const usageModel = createUsageModel(opts.usage);
   const batches = createBatchStore({
     clock,
-    answer: (model, req) => {
+    answer: (model, req, { noFinishReason }) => {
       let answer;
       try {
         validateGenerateRequest(req);
@@ -144,7 +144,8 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
         return err as Error;
       }
       return {
-        candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, finishReason: answer.finishReason }],
+        // A noFinishReason fault leaves it off the candidate: all else is as Gemini sends it.
+        candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, ...(noFinishReason ? {} : { finishReason: answer.finishReason }) }],
         usageMetadata: usageModel.complete(model, req, answer.usage, 'omit'),
         modelVersion: model,
       };
@@ -339,7 +340,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       const spec = (body as { batch?: { displayName?: string } }).batch;
       if (!spec || inline.length === 0) throw new BadRequestError('* BatchGenerateContentRequest.batch.input_config: must hold at least one request');
       if (inline.some((r) => !r || typeof r !== 'object' || !r.request)) throw new BadRequestError('* InlinedRequest.request: request is not specified');
-      const op = batches.create(model, spec.displayName ?? '', inline);
+      // A noFinishReason fault: the answers of the requests it names (by promptIncludes; all without one).
+      const only = fault?.match?.promptIncludes;
+      const unfinished = fault?.noFinishReason ? inline.map((r) => only === undefined || promptText(r.request).includes(only)) : undefined;
+      const op = batches.create(model, spec.displayName ?? '', inline, unfinished);
       record.requests = inline.length;
       record.displayName = spec.displayName ?? '';
       record.batch = op.name;

@@ -31,10 +31,12 @@ export interface FaultMatch {
  *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no parts;
  *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
  *   `{ noCandidate: true }` an answer with usage and no candidate at all.
- * - `noFinishReason` (generate and stream calls only): a 200 that never says the answer finished. A generate call
- *   gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on its candidate;
- *   a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage), then a clean
- *   end of the body, as when a proxy or the backend closes a stream early.
+ * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
+ *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
+ *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage),
+ *   then a clean end of the body, as when a proxy or the backend closes a stream early. A batch's create takes it
+ *   for its inline responses, once the batch succeeds: each response whose request's text includes
+ *   `match.promptIncludes` (every response without one) is whole but for its candidate's `finishReason`.
  * A batch's admin calls (`match.kind` batchGet, batchList, batchCancel, batchDelete) take status, hang, reset
  * and latencyMs faults, and only faults that name their kind.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
@@ -149,11 +151,15 @@ export class FaultQueue {
   }
 }
 
-/** A refusal, a tier or a missing finishReason is an answer's: such a fault waits for a generate or stream call, never consumed by another. */
+/**
+ * A refusal, a tier or a missing finishReason is an answer's: such a fault waits for a generate or stream call,
+ * never consumed by another; a missing finishReason may also be taken by a batch's create (its inline answers').
+ */
 function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
   // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
   // consume the faults a test scripted for model calls.
   if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
+  if (kind === 'batch' && f.noFinishReason) return true;
   return (f.refuse === undefined && f.servedTier === undefined && !f.noFinishReason) || kind === 'generate' || kind === 'stream';
 }
 

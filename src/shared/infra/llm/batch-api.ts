@@ -1,7 +1,7 @@
 import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import { LlmError } from './llm-errors.js';
-import { answerEndOf, billedCall, refusalOf, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
+import { answerEndOf, billedCall, refusalOf, sdkOptions, textOf, unfinishedOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
 import { createPricing, type Pricing } from './pricing.js';
 
 /** One inline response of a finished batch, matched to its job through the request's metadata. */
@@ -93,7 +93,13 @@ export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing
       const cost = pricing.cost(model, usage, 'batch');
       const result: GenerateResult = { text, usage, model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' };
       const billed = billedCall(result);
-      const refused = refusalOf(answerEndOf(response), `Gemini ${model} batch answer`, { model, billed });
+      const end = answerEndOf(response);
+      const what = `Gemini ${model} batch answer`;
+      // As a model call's answer reads (llm-client): one without a finishReason is no answer, a retryable
+      // EPROVIDER billed at the batch price; the job's retry then runs standard (batch-tier.ts, readBy).
+      const unfinished = unfinishedOf(end, !!response.usageMetadata, `${what}: the answer came without a finishReason after ${text.length} chars (an incomplete answer)`, { model, billed });
+      if (unfinished) throw unfinished;
+      const refused = refusalOf(end, what, { model, billed });
       if (refused) throw refused;
       if (json) {
         try {

@@ -183,6 +183,19 @@ export function answerEndOf(res: GenerateContentResponse, seen: AnswerEnd = { ca
 }
 
 /**
+ * An answer that never says it finished (EPROVIDER, retryable), undefined otherwise. Gemini ends every answer
+ * with a candidate carrying the finishReason: a plain call's one body, a stream's last chunk (with the usage), a
+ * batch's inline response. Without one, nothing says the model finished, whatever the text: no answer. EPROVIDER
+ * rather than ENETWORK: the transport delivered a well-formed ending, and what failed is the provider's answer;
+ * retryable and counted against the model's breaker, as a 5xx is, and billed for the usage it carries (`usage`),
+ * as a refusal or bad output is. An answer of usage with no candidate and no reason stays a refusal (`refusalOf`).
+ */
+export function unfinishedOf(end: AnswerEnd, usage: boolean, message: string, opts: { model: string; billed: BilledCall }): LlmError | undefined {
+  if (end.finishReason || end.blockReason || (end.candidates === 0 && usage)) return undefined;
+  return new LlmError('EPROVIDER', message, { model: opts.model, ...(usage ? { billed: opts.billed } : {}) });
+}
+
+/**
  * A refusal (EBLOCKED, not retryable, not the provider's failure): the prompt blocked, a candidate stopped by a
  * filter, or no candidate at all (Gemini returns none only for a prompt it would not answer). Undefined otherwise.
  */
@@ -293,17 +306,14 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = billedCall(result);
-    // Gemini ends every answer with a candidate carrying the finishReason: a plain call's one body, a stream's last
-    // chunk (with the usage). A stream that ended without one was cut short, though cleanly at the HTTP level (a
-    // proxy or the backend closing early): the text is partial and the usage unknown. A plain answer without one
-    // is as incomplete, whatever its text: nothing says the model finished. Either is no answer. EPROVIDER rather
-    // than ENETWORK: the transport delivered a well-formed ending, and what failed is the provider's answer;
-    // retryable and counted against the model's breaker, as a 5xx is, and billed for the usage it carries, as a
-    // refusal or bad output is. An answer of usage with no candidate and no reason stays a refusal (below).
-    if (!end.finishReason && !end.blockReason && (end.candidates > 0 || !usageSeen)) {
-      const ended = req.onText ? 'the stream ended' : 'the answer came';
+    // A stream that ended without a finishReason was cut short, though cleanly at the HTTP level (a proxy or the
+    // backend closing early): the text is partial and the usage unknown. A plain answer without one is as
+    // incomplete, whatever its text. Either is no answer (see unfinishedOf).
+    const ended = req.onText ? 'the stream ended' : 'the answer came';
+    const unfinished = unfinishedOf(end, !!usageSeen, `${what}: ${ended} without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, billed });
+    if (unfinished) {
       log?.warn({ model: req.model, chars: text.length, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm answer ended without a finishReason');
-      throw new LlmError('EPROVIDER', `${what}: ${ended} without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, ...(usageSeen ? { billed } : {}) });
+      throw unfinished;
     }
     const refused = refusalOf(end, what, { model: req.model, billed });
     if (refused) throw refused;
