@@ -11,7 +11,7 @@ import { usageWritten } from './helpers/usage.js';
 import { marker, riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
-import { agentqPrefix, batchKeys } from '../src/shared/core/queue-keys.js';
+import { agentqPrefix, batchKeys, cancelRequestedKey } from '../src/shared/core/queue-keys.js';
 
 /**
  * The batch tier end to end: the real SDK's `ai.batches` against the emulator, whose batch clock the test
@@ -340,12 +340,12 @@ describe('batch creation survives a crash between the intent and the answer of c
   });
   afterAll(async () => s?.close());
 
-  const collector = (batches: Omit<BatchApi, 'resultOf'>) =>
+  const collector = (batches: Omit<BatchApi, 'resultOf'>, maxRequests = 3) =>
     createBatchCollector({
       store: s.runtime.deps.cells[0].batchStore,
       batches,
       wake: (id) => s.runtime.deps.cells[0].scheduler.repark(id, 0, 'batch').then(() => s.runtime.deps.cells[0].scheduler.dispatch()),
-      maxRequests: 3,
+      maxRequests,
       maxAgeMs: 600_000,
       deadlineMarginMs: 3600_000,
       displayPrefix: 'agentq-crash',
@@ -453,6 +453,68 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
     expect(generateCalls(s)).toHaveLength(0);
     expect(await store.openIntents()).toEqual([]);
+  });
+
+  it('a DLQ retry with corrected input of a job whose batch answer was stored, never read, is asked anew with the new input, never served the old answer', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const cell = s.runtime.deps.cells[0];
+    const store = cell.batchStore;
+    const m = marker();
+    const ids = await Promise.all([`OLD-${m}`, `${m}-b`, `${m}-c`].map((x) => enqueue(s, x, { tier: 'batch' })));
+    await until('three pending requests', async () => {
+      for (const model of await store.models()) if ((await store.pending(model, 10)).length === 3) return true;
+      return undefined;
+    });
+    const api = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
+    const c = collector(api);
+    expect(await c.run()).toBe(true);
+    expect(batchCalls(s)).toHaveLength(1);
+    s.emulator.advanceClock(60_000);
+    // The job fails after its batch answered, before it read the answer: a cancel its next claim reads.
+    const job = (await cell.queue.getJob(ids[0]))!;
+    await s.runtime.deps.redis.set(cancelRequestedKey(s.cfg.QUEUE_PREFIX, ids[0]), String(job.timestamp));
+    await c.run();
+    const [failed, ...others] = await Promise.all(ids.map((id) => view(s, id, 20_000)));
+    expect(others.map((j) => [j.state, j.result?.tier])).toEqual([
+      ['completed', 'batch'],
+      ['completed', 'batch'],
+    ]);
+    expect(failed.state).toBe('cancelled');
+    const stored = (await store.job(ids[0]))!;
+    expect([stored.state, stored.readBy]).toEqual(['done', undefined]);
+    const answerOf = async (batch: string) => {
+      const r = (await api.get(batch)).responses!.find((x) => x.jobId === ids[0])!;
+      return JSON.parse(r.response!.candidates![0].content!.parts![0].text!) as Record<string, unknown>;
+    };
+    const oldAnswer = await answerOf(batchCalls(s)[0].batch!);
+
+    const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    const { input } = riskJob(`NEW-${m}`);
+    const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${ids[0]}/retry`, headers: admin, payload: { input } });
+    expect(retry.statusCode, retry.body).toBe(202);
+    // Its run either takes the stored answer (completed: the old input's) or records its new request.
+    const seen = await until('the retried job completed or waiting for a new batch', async () => {
+      const [v, rec] = await Promise.all([view(s, ids[0]), store.job(ids[0])]);
+      return (v.state === 'completed' || rec?.state === 'pending') && { state: v.state as string, rec: rec!.state };
+    });
+    expect([seen.state === 'completed', seen.rec]).toEqual([false, 'pending']);
+    const req = (await s.runtime.deps.redis.hget(batchKeys(s.cfg.QUEUE_PREFIX).job(ids[0]), 'req'))!;
+    expect([req.includes(`NEW-${m}`), req.includes(`OLD-${m}`)]).toEqual([true, false]);
+
+    // The model is asked anew: a batch of its own with the new request, whose answer the job completes with.
+    const c1 = collector(api, 1);
+    await c1.run();
+    expect(batchCalls(s)).toHaveLength(2);
+    expect(batchCalls(s)[1].requests).toBe(1);
+    s.emulator.advanceClock(60_000);
+    await c1.run();
+    const done = await view(s, ids[0], 20_000);
+    expect([done.state, done.result?.tier]).toEqual(['completed', 'batch']);
+    const newAnswer = await answerOf(batchCalls(s)[1].batch!);
+    expect(newAnswer).not.toEqual(oldAnswer);
+    expect(done.result.data).toMatchObject(newAnswer);
+    expect(generateCalls(s)).toHaveLength(0);
   });
 
   it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {

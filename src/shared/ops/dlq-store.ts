@@ -4,7 +4,7 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { agentJobKey, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, waitingChildrenKey } from '../core/queue-keys.js';
+import { agentJobKey, batchKeys, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, waitingChildrenKey } from '../core/queue-keys.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -69,6 +69,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const metaKey = (id: string) => dlqMetaKey(deps.prefix, id);
   const retryLua = defineLua(redis, 'dlq-retry-N.lua');
   const recordLua = defineLua(redis, 'dlq-record-1.lua');
+  const batch = batchKeys(deps.prefix);
 
   function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
@@ -166,14 +167,18 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
      * Retries `item` if nobody else did first: counts the retry, writes `input` into the job and moves the job
      * back to wait with its attempts kept (BullMQ's retry), in one script call (dlq-retry-N.lua). Refused, or
      * failed with a Redis error before the script ran, it changed nothing; there is no step after the claim
-     * that could fail and leave it half done. Returns the new count or why it was refused.
+     * that could fail and leave it half done. With `input`, the job's batch-tier request or answer (the old
+     * input's) is cancelled in the same step. Returns the new count or why it was refused.
      */
     async retry(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | RetryRefusal> {
       const { entry, job } = item;
       const data = opts.input === undefined ? '' : JSON.stringify({ ...job.data, input: opts.input });
       const k = queue.keys;
+      // The record's model names its pending set: a failed job runs nowhere, so nothing replaces the record
+      // before the retry (only the job's own attempt records one).
+      const model = data ? await redis.hget(batch.job(entry.id), 'model') : null;
       const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id), jobStreamKey(deps.prefix, entry.id)];
-      keys.push(k.wait, k.meta, k.active, k.marker, k.prioritized, k.pc, k.events);
+      keys.push(k.wait, k.meta, k.active, k.marker, k.prioritized, k.pc, k.events, batch.job(entry.id), batch.queue(model ?? ''));
       const { parent, parentKey } = job;
       if (parent && parentKey) {
         const children = parentChildrenKeys(parentKey);
