@@ -542,6 +542,29 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect((await store.job(id))?.state).toBe('fallback');
   });
 
+  it("a route's retry or fallback within the attempt that was served the batch answer runs standard, never that answer again", async () => {
+    const store = s.runtime.deps.cells[0].batchStore;
+    const answer = { text: 'from the batch', tier: 'batch' } as unknown as GenerateResult;
+    const tier = createBatchTier({ store, batches: { resultOf: () => answer }, deadlineMarginMs: 4000 });
+    const id = `route-retry-${Date.now()}`;
+    const ts = Date.now();
+    await store.add(id, ts, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined);
+    await store.move(id, 'pending', 'done', { field: 'result', value: '{}' });
+    let standardCalls = 0;
+    const standard = async () => {
+      standardCalls += 1;
+      return { text: 'standard' } as unknown as GenerateResult;
+    };
+    // One attempt's context, as the route guard calls the model again with it (its answer failed validation, say).
+    const ctx = { job: { id, timestamp: ts, attemptsMade: 0, data: {} }, model: s.cfg.GEMINI_MODEL_PRO } as unknown as JobContext;
+    expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toBe(answer);
+    // Before, the same attempt was served the same stored answer again (the same failure, billed again).
+    expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toEqual({ text: 'standard' });
+    ctx.model = s.cfg.GEMINI_MODEL_FAST;
+    expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toEqual({ text: 'standard' });
+    expect(standardCalls).toBe(2);
+  });
+
   // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.
   it('with no collector answering, a job runs on the standard tier on its own at deadline - margin/2', async () => {
     s.emulator.resetCalls();

@@ -25,6 +25,9 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
     req: { system?: string; prompt: string; responseJsonSchema?: unknown },
     standard: () => Promise<R>,
   ): Promise<R | GenerateResult> {
+    // A route's retry or fallback within the attempt that was served the batch's answer: that answer again would
+    // be the same failure (billed again, under the record's model even for the fallback), so the standard tier.
+    if (ctx.batchRead) return standard();
     const jobId = ctx.job.id!;
     // Its creation time tells this job from an earlier one under the same id (an idempotency key sent again).
     const jobTs = ctx.job.timestamp;
@@ -41,6 +44,7 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
         return generate(ctx, req, standard);
       }
       if (rec.readBy === undefined && !(await deps.store.move(jobId, rec.state, rec.state, { field: 'readBy', value: String(attempt) }))) return generate(ctx, req, standard);
+      ctx.batchRead = true;
       if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
       throw batchRequestError(rec.model, JSON.parse(rec.error ?? '{}') as { code?: number; message?: string });
     }

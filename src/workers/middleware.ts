@@ -44,6 +44,11 @@ export interface JobContext {
   /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
   span?: Span;
   /**
+   * Set by the batch tier once this attempt was served its batch answer (or its batch error): a second model call
+   * in the same attempt (a route's retry or fallback) runs on the standard tier, never that answer again.
+   */
+  batchRead?: boolean;
+  /**
    * The attempt's usage row as a usage stream entry, for a guard whose own Redis write can carry it (the
    * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells
    * the processor it was appended, so it does not append it again.
