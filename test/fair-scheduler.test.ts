@@ -536,11 +536,11 @@ describe('fair scheduler limits', () => {
     expect(r.nextWakeMs).toBeGreaterThan(r.nowMs + 50_000);
     // Reported, not taken: an API process has no timer to arm (taken, the wake-up waited for a worker's safety poll).
     expect(await c.redis.get(c.scheduler.keys.named.wake)).toBeNull();
-    const taken = await c.scheduler.dispatch();
+    const taken = await c.scheduler.dispatch(undefined, { takesWake: true });
     expect(taken.nextWakeMs).toBe(r.nextWakeMs);
     expect(Number(await c.redis.get(c.scheduler.keys.named.wake))).toBe(r.nextWakeMs);
     // Taken once: the next caller is not handed the same wake-up.
-    expect((await c.scheduler.dispatch()).nextWakeMs).toBeUndefined();
+    expect((await c.scheduler.dispatch(undefined, { takesWake: true })).nextWakeMs).toBeUndefined();
   });
 
   it('wakes a lane asleep on its org rate for its backlog when that is smaller than the batch', { timeout: 30_000 }, async () => {
@@ -925,11 +925,12 @@ describe('fair scheduler limits', () => {
     const org = randomOrg();
     await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
     await c.add(org, 61);
-    const first = await c.scheduler.raw.dispatch();
+    // Dispatch loops' calls: they take the wake-up they are handed.
+    const first = await c.scheduler.raw.dispatch(undefined, undefined, true);
     expect(first.ids).toHaveLength(60);
     expect(first.nextWakeMs).toBeGreaterThan(first.nowMs);
     // Another process dispatching before that time learns nothing new: it arms no second timer.
-    const second = await c.scheduler.raw.dispatch();
+    const second = await c.scheduler.raw.dispatch(undefined, undefined, true);
     expect(second.ids).toEqual([]);
     expect(second.nextWakeMs).toBeUndefined();
   });

@@ -1,9 +1,19 @@
+import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { fairKickChannel } from '../src/shared/core/queue-keys.js';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { parseConfig } from '../src/shared/core/config.js';
+import { agentqPrefix, fairKickChannel } from '../src/shared/core/queue-keys.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import { queueShards } from '../src/shared/core/queue-shards.js';
+import { createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import type { FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
+import { createFairSchedulerFromConfig } from '../src/shared/fair/from-config.js';
+import { createModelLeases } from '../src/shared/fair/model-leases.js';
+import { parkedJobOptions } from '../src/shared/fair/park.js';
 import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.js';
-import { redisUrl } from './helpers/env.js';
-import { startStack, type Stack } from './helpers/stack.js';
+import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { testScheduler } from './helpers/fair.js';
+import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
 
 /**
  * A wake-up an enqueue's dispatch leaves (a delayed job's timer, a lane asleep on a limit) must reach a process
@@ -56,5 +66,144 @@ describe('fair dispatch: the wake-up an enqueue leaves goes to the workers', () 
       { timeout: 30_000, interval: 50 },
     );
     expect(view.result.data.startupId).toBe('wake-later');
+  });
+});
+
+/**
+ * The same for every other call made where no dispatch loop takes its result: the API's dispatch after a plan
+ * change (PUT /admin/orgs/:org/plan), the batch collector's (its cell's scheduler, not the worker loop's), a lease
+ * made in an API or producer process, and a cancel that gives a slot back to an org's capped lanes. Each leaves the
+ * wake-up to a loop (told, not taken) and asks the loops for a dispatch (the scheduler's kick). Before, the call
+ * took the wake-up and dropped it, or woke the lanes and left them: they waited for a worker's safety poll (10 s).
+ * The loop here polls every 10 minutes, so only the hand-over can wake it within the tests' bounds.
+ */
+describe('fair dispatch: what a call without a dispatch loop leaves goes to the loops', () => {
+  const FLASH = 'gemini-2.5-flash';
+  const cleanups: Array<() => Promise<unknown>> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+  });
+
+  /**
+   * One queue, two schedulers on its fair state: the API's (no loop; its kick asks the workers over the fair kick
+   * channel, as from-config.ts wires it) and a worker's, whose loop a kick message runs (as worker-service.ts does).
+   */
+  async function setup(over: Partial<FairSchedulerOptions> = {}, prefix = randomPrefix()) {
+    const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    const sub = new Redis(redisUrl());
+    const queue = new Queue('fair', { connection: redis, prefix });
+    cleanups.push(async () => {
+      await queue.close();
+      sub.disconnect();
+      await redis.quit();
+    });
+    const channel = fairKickChannel(prefix);
+    const kicks: number[] = [];
+    const api = testScheduler(redis, queue, prefix, { ...over, kick: () => redis.spublish(channel, '1') });
+    const worker = testScheduler(redis, queue, prefix, over);
+    const promoted: string[] = [];
+    const loop = createDispatchLoop({ scheduler: worker, safetyPollMs: 600_000, onDispatch: (r) => promoted.push(...r.promoted) });
+    cleanups.push(() => loop.close());
+    sub.on('smessage', (ch: string) => {
+      if (ch !== channel) return;
+      kicks.push(Date.now());
+      void loop.kick();
+    });
+    await subscribeShardChannel(sub, channel).subscribed;
+    // The worker's start-up dispatch (worker-service.ts `ready`): nothing to do yet.
+    await loop.kick();
+    let seq = 0;
+    const add = async (org: string, n: number) => {
+      const ids = Array.from({ length: n }, () => `${org}-${seq++}`);
+      await queue.addBulk(ids.map((id) => ({ name: 'j', data: { org }, opts: parkedJobOptions(id) })));
+      await api.enqueue(ids.map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens: 0 })), { dispatch: false });
+      return ids;
+    };
+    return { prefix, redis, queue, api, worker, loop, kicks, promoted, add };
+  }
+
+  it("a lane asleep on its org's RPM after a dispatch without a loop (a plan change's, the batch collector's) wakes on time, not at the safety poll", async () => {
+    const s = await setup();
+    const org = randomOrg();
+    // 60 a minute: the 61st job's token comes a second after the first 60 took the bucket.
+    await s.api.setPlan(org, { rpm: { flash: 60 } });
+    const ids = await s.add(org, 61);
+    const r = await s.api.dispatch();
+    expect(r.promoted).toHaveLength(60);
+    expect(r.nextWakeMs).toBeGreaterThan(r.nowMs);
+    const t0 = Date.now();
+    // Told, not taken: the worker's loop took it (its kick), and dispatches the last job when the token is there.
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { timeout: 8_000, interval: 50 });
+    expect(Date.now() - t0).toBeLessThan(8_000);
+    expect(s.promoted).toContain(ids[60]);
+    expect(s.kicks.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("a cancel that gives back a dispatched job's slot lets the org's capped lane in at once", async () => {
+    const s = await setup();
+    const org = randomOrg();
+    await s.api.setPlan(org, { concurrency: 1 });
+    const ids = await s.add(org, 2);
+    // The worker dispatches the first (in BullMQ's wait list, not fetched); the second waits for its org's slot.
+    await s.loop.kick();
+    expect(s.promoted).toEqual([ids[0]]);
+    expect(await s.queue.getJobState(ids[1])).toBe('delayed');
+    // The API's cancel (job-service.ts): the slot goes back, the capped lane wakes, the workers are asked.
+    expect(await s.api.cancel(ids[0])).toBe(true);
+    await s.queue.remove(ids[0]);
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[1])).toBe('waiting'), { timeout: 5_000, interval: 50 });
+    expect(s.kicks).toHaveLength(1);
+    // A cancel that takes a job out of its lane frees no slot: nothing to ask for.
+    const [third] = await s.add(org, 1);
+    expect(await s.api.cancel(third)).toBe(true);
+    expect(s.kicks).toHaveLength(1);
+  });
+
+  it('a lease made in a process without a loop (refused: the global bucket is empty) leaves its wake-up to the loops', async () => {
+    const base = randomPrefix();
+    const globalPrefix = agentqPrefix(base);
+    // The model's global limit: 30 a minute, one request every 2 s once drained.
+    const limits = () => ({ rpm: 30 });
+    const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    cleanups.push(() => redis.quit());
+    const leases = createModelLeases({ redis, bucketPrefix: globalPrefix, limits, shards: 2 });
+    const s = await setup({ leases, modelLimits: limits }, queueShards(base, 2).prefixes[0]);
+    const org = randomOrg();
+    const ids = await s.add(org, 1);
+    // Another shard took the whole minute's quota.
+    expect((await leases.take({ model: FLASH, requests: 30, tokens: 0 })).requests).toBe(30);
+    // The API's enqueue dispatches (its producer's own kick is not what is looked at here): the lane lacks its
+    // shard's reservoir, the API's scheduler leases, is refused until the next request fits, and its lease call
+    // puts the lane to sleep until then.
+    const r = await s.api.enqueue([], { dispatch: true });
+    expect(r.promoted).toEqual([]);
+    // The lease asked the workers (the enqueue's own call does not), whose loop took that wake-up: when the
+    // request fits, it leases it and dispatches the job.
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[0])).toBe('waiting'), { timeout: 10_000, interval: 50 });
+    expect(s.promoted).toContain(ids[0]);
+    expect(s.kicks.length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("the scheduler every process builds asks over the shard's fair kick channel", async () => {
+    const prefix = randomPrefix();
+    const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    const sub = new Redis(redisUrl());
+    const queue = new Queue(QUEUE.agent, { connection: redis, prefix });
+    cleanups.push(async () => {
+      await queue.close();
+      sub.disconnect();
+      await redis.quit();
+    });
+    const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), QUEUE_PREFIX: prefix });
+    const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg });
+    const kicks: string[] = [];
+    sub.on('smessage', (ch: string, msg: string) => ch === fairKickChannel(prefix) && kicks.push(msg));
+    await subscribeShardChannel(sub, fairKickChannel(prefix)).subscribed;
+    const org = randomOrg();
+    await queue.add('j', { org }, parkedJobOptions(`${org}-0`));
+    // A delayed job: its timer is the wake-up the dispatch leaves.
+    await scheduler.enqueue([{ jobId: `${org}-0`, orgId: org, model: FLASH, estTokens: 0, notBeforeMs: Date.now() + 60_000 }], { dispatch: false });
+    expect((await scheduler.dispatch()).nextWakeMs).toBeGreaterThan(0);
+    await vi.waitFor(() => expect(kicks).toEqual(['1']), { timeout: 5_000, interval: 20 });
   });
 });

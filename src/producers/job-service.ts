@@ -217,7 +217,9 @@ export function createJobService(deps: {
         // lane (its slot already taken back) and run it later.
         await marker().exec();
         try {
-          // Out of its org's line first, so the dispatcher never hands out a slot for a removed job.
+          // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. A slot it gives
+          // back (dispatched, not fetched) wakes the org's capped lanes, and the scheduler asks the workers for the
+          // dispatch they need (this process has no dispatch loop).
           await deps.scheduler.cancel(id);
           // Else its request still goes into the next batch (billed), and its answer to a later job of this id.
           // Before the removal: the tombstone must follow the removal at once, since a long poll or a stream

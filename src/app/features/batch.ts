@@ -53,6 +53,8 @@ function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Featur
         return async () => {
           woke = false;
           await collector.run(Math.max(cfg.BATCH_LOCK_MS, cfg.BATCH_POLL_MS * 4));
+          // The cell's scheduler is not this process's dispatch loop's: a wake-up this dispatch leaves goes to the
+          // loops (the scheduler's kick), not taken here and dropped.
           if (woke) await cell.scheduler.dispatch();
         };
       });

@@ -26,7 +26,9 @@ export const getOrgPlan =
 export const putOrgPlan =
   (deps: OrgPlanRouteDeps): Handler<{ params: typeof orgParam; body: typeof orgPlanChangeSchema }> =>
   async (req) => {
-    // Dispatched here, as an enqueue from this process is: the answer shows the change applied.
+    // Dispatched here, as an enqueue from this process is: the answer shows the change applied. This process has
+    // no dispatch loop: a wake-up the dispatch leaves (a lane asleep on the new RPM) is told, not taken, and the
+    // scheduler asks the workers' loops to take it (its `kick`).
     const scheduler = deps.schedulerOf(req.params.org);
     await changeOrgPlan({ plans: deps.plans, scheduler, dispatch: () => scheduler.dispatch() }, req.params.org, req.body);
     req.log.info({ org: req.params.org, change: req.body }, 'org plan changed');

@@ -124,7 +124,8 @@ export function createDispatchLoop(opts: {
       pending = false;
       const register = takeRegistration();
       try {
-        const r = await opts.scheduler.dispatch(register);
+        // This loop arms the wake-up it is handed: it takes it (a caller without a loop is only told it).
+        const r = await opts.scheduler.dispatch(register, { takesWake: true });
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {

@@ -139,9 +139,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     return { ids, nowMs: now, more: more === 1, skipped, wants, ...(w > 0 ? { nextWakeMs: w } : {}), ...(stored !== undefined ? { stored } : {}) };
   };
   return {
-    /** `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). */
-    async dispatch(maxJobs?: number, worker?: WorkerRegistration): Promise<RawDispatch> {
-      return toDispatch(await call('dispatch', worker ? [worker.id, worker.ask, worker.ttlMs] : [], maxJobs));
+    /**
+     * `maxJobs` lowers this call's batch bound (tests use it to take exactly n decisions). `takesWake`: the caller
+     * arms a timer for the wake-up it is handed (a dispatch loop), so no other caller is handed it; otherwise
+     * `nextWakeMs` is told, not taken, and a dispatch loop's next call takes it.
+     */
+    async dispatch(maxJobs?: number, worker?: WorkerRegistration, takesWake = false): Promise<RawDispatch> {
+      const registration = worker ? [worker.id, worker.ask, worker.ttlMs] : ['', '', ''];
+      return toDispatch(await call('dispatch', [...registration, takesWake ? 1 : 0], maxJobs));
     },
     /**
      * entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm,
@@ -161,8 +166,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
       return (await call('repark', [id, Math.ceil(notBeforeMs), reason])) === 1;
     },
-    async cancel(id: string): Promise<boolean> {
-      return (await call('cancel', [id])) === 1;
+    /** `done`: the job was taken out; `due`: it gave back a slot and a dispatch now has work (capped lanes woke). */
+    async cancel(id: string): Promise<{ done: boolean; due: boolean }> {
+      const r = (await call('cancel', [id])) as number;
+      return { done: r > 0, due: r === 2 };
     },
     /** See FairScheduler.removed: one script call for these ids. */
     async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number }> {
@@ -199,10 +206,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     /**
      * Puts what was leased from the model's global buckets into this shard's reservoirs and dispatches to the
-     * lanes that waited for it; nothing granted: they sleep until `retryAtMs` (Redis time).
+     * lanes that waited for it; nothing granted: they sleep until `retryAtMs` (Redis time). `takesWake`: as dispatch's.
      */
-    async lease(model: string, requests: number, tokens: number, retryAtMs = 0): Promise<RawDispatch> {
-      return toDispatch(await call('lease', [model, requests, tokens, Math.ceil(retryAtMs)]));
+    async lease(model: string, requests: number, tokens: number, retryAtMs = 0, takesWake = false): Promise<RawDispatch> {
+      return toDispatch(await call('lease', [model, requests, tokens, Math.ceil(retryAtMs), takesWake ? 1 : 0]));
     },
     async block(model: string, untilMs: number, reason: string): Promise<void> {
       await call('block', [model, Math.ceil(untilMs), reason]);

@@ -101,6 +101,13 @@ export interface FairSchedulerOptions {
   leases?: ModelLeases;
   /** A lease that failed (its lanes ask again when their wait ends). */
   onLeaseError?: (err: unknown, model: string) => void;
+  /**
+   * Asks the processes with a dispatch loop (the workers') for a dispatch: the fair kick channel. Sent after a
+   * call made here without a loop to take its result (a `dispatch` without `takesWake`, a lease nothing here
+   * listens to, a cancel that woke capped lanes) left work or a wake-up for a loop; a lost kick leaves it to the
+   * loops' safety poll. Absent: nothing is sent (the caller hands the results to a loop itself).
+   */
+  kick?: () => Promise<unknown>;
 }
 
 /** A worker registering as it dispatches or claims: its ask (else `concurrency` x the buffer ratio) for `ttlMs`. */
@@ -118,8 +125,14 @@ export interface FairScheduler {
    * others' jobs existed already).
    */
   enqueue(entries: FairEntry[], opts?: { dispatch?: boolean }): Promise<DispatchResult & { skipped: string[]; stored: number }>;
-  /** `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`. */
-  dispatch(worker?: DispatchingWorker): Promise<DispatchResult>;
+  /**
+   * `worker` registers the calling worker (its ask, else its concurrency, sizes the dispatch buffer) for `ttlMs`.
+   * `takesWake`: the caller is a dispatch loop, which arms a timer for `nextWakeMs` (handed to it alone). Without
+   * it (a process with no loop: the API after a plan change, the batch collector) the wake-up is told, not
+   * taken, and when it leaves one (or stopped with `more`) the loops are asked for a dispatch (`kick`), whose
+   * next call takes it: taken here and dropped, it waited for the loops' safety poll.
+   */
+  dispatch(worker?: DispatchingWorker, opts?: { takesWake?: boolean }): Promise<DispatchResult>;
   /**
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
@@ -150,7 +163,8 @@ export interface FairScheduler {
   /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
-   * fetched, running or ended, is left to that worker's release. False when there was nothing to take.
+   * fetched, running or ended, is left to that worker's release. False when there was nothing to take. A slot
+   * given back that woke the org's capped lanes asks the loops for a dispatch (`kick`).
    */
   cancel(jobId: string): Promise<boolean>;
   /**
@@ -176,7 +190,8 @@ export interface FairScheduler {
   gauges(limit?: number): Promise<Array<{ org: string; waiting: number; inFlight: number; throttledS: number }>>;
   /**
    * Dispatches the scheduler made by itself (after a lease from the global buckets): a dispatch loop takes
-   * them in (`absorb`) for the wake-up they may carry. Returns the unsubscribe.
+   * them in (`absorb`) for the wake-up they may carry. Returns the unsubscribe. With no listener the lease's
+   * wake-up is told, not taken, and the loops are asked for a dispatch (`kick`), as `dispatch` without `takesWake`.
    */
   onDispatched(listener: (r: DispatchResult) => void): () => void;
   /** Low-level access for tests and tools: the scripts' raw answers, and the key set. */
@@ -213,9 +228,12 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     if (!opts.leases || leasing.has(want.model)) return;
     leasing.add(want.model);
     let leased: RawDispatch | undefined;
+    // A loop here takes the lease's dispatch in (onDispatched): it takes the wake-up. Else (an API or producer
+    // process) it is told, and the loops asked for it below.
+    const looped = listeners.size > 0;
     try {
       const grant = await opts.leases.take(want);
-      leased = await raw.lease(want.model, grant.requests, grant.tokens, grant.retryAtMs ?? 0);
+      leased = await raw.lease(want.model, grant.requests, grant.tokens, grant.retryAtMs ?? 0, looped);
     } catch (err) {
       opts.onLeaseError?.(err, want.model);
     } finally {
@@ -224,8 +242,15 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     // After the delete: the lease's own dispatch may already want the next one.
     if (leased) {
       const d = finish(leased);
-      for (const l of listeners) l(d);
+      if (looped) for (const l of listeners) l(d);
+      else await handOver(d);
     }
+  };
+
+  // A result no loop here takes in: what it left for a loop (a wake-up told, not taken; work left at the call's
+  // bound) goes to the workers' loops.
+  const handOver = async (d: DispatchResult) => {
+    if (d.nextWakeMs !== undefined || d.more) await opts.kick?.().catch(() => undefined);
   };
 
   // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): what is left is to lease for the
@@ -288,8 +313,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       }
       return { ...finish(last), skipped, stored: last.stored ?? 0 };
     },
-    async dispatch(worker) {
-      return finish(await raw.dispatch(undefined, registration(worker)));
+    async dispatch(worker, dopts = {}) {
+      const takesWake = dopts.takesWake === true;
+      const d = finish(await raw.dispatch(undefined, registration(worker), takesWake));
+      if (!takesWake) await handOver(d);
+      return d;
     },
     async claim(id, progress, copts = {}) {
       const { dispatch, ...r } = await raw.claim(id, {
@@ -310,7 +338,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
-    cancel: (id) => raw.cancel(id),
+    async cancel(id) {
+      const r = await raw.cancel(id);
+      if (r.due) await opts.kick?.().catch(() => undefined);
+      return r.done;
+    },
     async removed(ids, ropts = {}) {
       const all = ids ?? (await opts.redis.zrange(keys.leases, 0, -1));
       const total = { freed: 0, forgotten: 0 };

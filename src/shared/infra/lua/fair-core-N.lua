@@ -34,7 +34,8 @@
 --   global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not refill; a lane they cannot serve
 --   sleeps, and the dispatch asks its caller (`wants`) to lease more from the global bucket (op lease)
 -- ARGV[13..] op arguments:
---   dispatch: worker id ('' = not a worker), its ask, registration ttl ms (registers the worker)
+--   dispatch: worker id ('' = not a worker), its ask, registration ttl ms (registers the worker), takes the
+--     wake-up (1: the caller is a dispatch loop, which arms a timer for it; else it is told, not taken: nextWake)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
 --     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
@@ -59,12 +60,15 @@
 --   repark: id, notBeforeMs, reason;  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason
---   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted)
+--   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted), takes the
+--     wake-up (1: a dispatch loop takes the lease's result; else told, not taken, as dispatch's)
 -- Returns: dispatch / enqueue / lease {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids,
 --          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
---          sleeper or lease) else 0[, dispatch result when asked and due]}; repark / cancel: 1 if done, 0 if the job is unknown / not waiting;
+--          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown;
+--          cancel: 0 if the job is unknown / not waiting, 2 if it gave back a slot and a dispatch now has work (the
+--          org's capped lanes woke: the caller asks the workers for a dispatch), else 1;
 --          removed: {slots freed, jobs forgotten}; plan / wake / block: 1
 --- @include "result-cache-lookup"
 --- @include "token-bucket-adjust"
@@ -91,6 +95,10 @@ local BUFFER_ARG = ARGV[9]
 local MAX_BATCH = tonumber(ARGV[10])
 local SWEEP_MAX = tonumber(ARGV[11])
 local LEASED = ARGV[12] == '1'
+-- Whether the caller arms a timer for the wake-up it is handed (nextWake): a worker's claim and release (its
+-- dispatch loop takes in what they dispatched), and a dispatch or lease that says so (ARGV 16 / 17). No Redis
+-- command: the claim's and release's cost is unchanged.
+local TAKES_WAKE = op == 'claim' or op == 'release' or (op == 'dispatch' and ARGV[16] == '1') or (op == 'lease' and ARGV[17] == '1')
 -- A lane waits this long for a lease asked for (the caller's take from the global bucket and its lease op);
 -- when no lease comes (the caller died), the lane wakes and asks again.
 local LEASE_WAIT_MS = 2000
@@ -328,12 +336,18 @@ elseif op == 'cancel' then
   -- the charge be given back twice. So would a job that has already ended: its lock is gone, but its slot waits
   -- for its worker's release (batched), which brings the attempt's own refund or usage correction: the lock alone
   -- (this script's test until 2026-12-06) took a job cancelled as it finished for one never fetched.
+  local freed = false
   if m[1] and m[5] == 'lease' and unfetched(id) then
-    done = freeSlot(id, m[1])
+    freed = freeSlot(id, m[1])
+    done = freed
     if done then refundDispatch(id, m[1], m[2]) end
   end
   if done then rcall('DEL', P_JOB .. id) end
-  return done and 1 or 0
+  if not done then return 0 end
+  -- The slot given back woke the org's capped lanes (freeSlot): a dispatch now has work, and the caller (the API,
+  -- with no dispatch loop) asks the workers for it. Left alone, they waited for a release or the safety poll.
+  if freed and dueNow() then return 2 end
+  return 1
 elseif op == 'removed' then
   -- Jobs removed in BullMQ alone (Bull Board's remove, clean, empty, obliterate; a parent's removal takes its
   -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of

@@ -10,9 +10,11 @@ end
 -- The earliest timer or sleeping lane, for the caller's one timer: returned to one caller per wake time
 -- (the others would only find the work taken; a lost owner is covered by the callers' slow safety poll).
 -- `firsts`: the timers' and sleepers' first scores when the caller has just read them (nothing changed since).
--- An enqueue's caller (an API process, with no dispatch loop to arm a timer) is told the wake-up without taking
--- it: its producer asks the workers for a dispatch (the fair kick channel), and the first to call takes it. Taken
--- by the enqueue, it was lost until a worker's safety poll, up to 10 s after it was due.
+-- Only a caller that arms a timer takes it (TAKES_WAKE: a dispatch loop's dispatch, a worker's claim or release,
+-- a lease made where a loop takes its result). Any other (an enqueue, the API's dispatch after a plan change,
+-- the batch collector's, a lease in an API process) is told the wake-up without taking it: it asks the workers
+-- for a dispatch (the fair kick channel), and the first to call takes it. Taken by such a caller, it was lost
+-- until a worker's safety poll, up to 10 s after it was due.
 local function nextWake(firsts)
   local wake = nil
   for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
@@ -22,7 +24,7 @@ local function nextWake(firsts)
   end
   if not wake then return '0' end
   if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
-  if op == 'enqueue' or op == 'add' then return fmt(wake) end
+  if not TAKES_WAKE then return fmt(wake) end
   rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
   return fmt(wake)
 end
