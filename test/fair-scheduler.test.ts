@@ -803,6 +803,54 @@ describe('fair scheduler limits', () => {
     expect(woke!.nowMs).toBeGreaterThanOrEqual(until);
   });
 
+  it("a model block keeps the later time: a per-day quota's block until midnight survives a later 20 s provider_rate_limited block", async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const pro = await c.add(org, 1, { model: PRO });
+    const now = await c.redisNow();
+    // The per-day quota is spent: blocked until the reset (here 8 h away, as midnight Pacific can be).
+    const midnight = now + 8 * 3600_000;
+    await c.scheduler.blockModel(PRO, midnight, 'provider_quota');
+    // A call already in flight then gets a per-minute 429, and its defer blocks the model for 20 s.
+    await c.scheduler.blockModel(PRO, now + 20_000, 'provider_rate_limited');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(midnight);
+    expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('provider_quota');
+    const r = await c.scheduler.dispatch();
+    expect(r.promoted).toEqual([]);
+    expect(r.nextWakeMs).toBe(midnight);
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'provider_quota', etaMs: midnight });
+    // A later block still extends it.
+    await c.scheduler.blockModel(PRO, midnight + 1000, 'breaker_open');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(midnight + 1000);
+    expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('breaker_open');
+  });
+
+  it("an until already past (a worker whose clock is behind Redis's) never lifts a model block that stands", async () => {
+    const c = await setup();
+    const org = randomOrg();
+    const pro = await c.add(org, 1, { model: PRO });
+    const now = await c.redisNow();
+    await c.scheduler.blockModel(PRO, now + 60_000, 'provider_rate_limited');
+    await c.scheduler.blockModel(PRO, now - 5, 'breaker_open');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(now + 60_000);
+    expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('provider_rate_limited');
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'provider_rate_limited', etaMs: now + 60_000 });
+  });
+
+  it('a model block that has lapsed is tidied away by an until already past; a new block then stands as given', async () => {
+    const c = await setup();
+    const until = (await c.redisNow()) + 50;
+    await c.scheduler.blockModel(PRO, until, 'breaker_open');
+    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(until), { timeout: 5_000, interval: 10 });
+    const now = await c.redisNow();
+    await c.scheduler.blockModel(PRO, now - 1, 'breaker_open');
+    expect(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO)).toBeNull();
+    expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBeNull();
+    await c.scheduler.blockModel(PRO, now + 10_000, 'provider_rate_limited');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(now + 10_000);
+  });
+
   it('applies TPM corrections carried by a claim or a release to the org\'s and the model\'s buckets, where limited', async () => {
     const c = await setup({ modelLimits: () => ({ tpm: 6000 }) });
     const org = randomOrg();

@@ -175,6 +175,11 @@ export interface FairScheduler {
    * holding a slot is looked at (for a removal that does not say which jobs it took).
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<{ freed: number; forgotten: number }>;
+  /**
+   * Pauses every org's lanes of the model until `untilMs` (Redis time), for `reason`. A block standing until later
+   * stays, its reason with it (a per-day quota's is not shortened by a per-minute 429); an `untilMs` already past
+   * changes nothing: a block lapses at its own time.
+   */
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
   /** Replaces the org's whole plan (absent fields = defaults); applies at the next dispatch. */
   setPlan(org: string, plan: FairPlan): Promise<void>;

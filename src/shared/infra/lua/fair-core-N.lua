@@ -59,7 +59,7 @@
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, notBeforeMs, reason;  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
---   wake: org;  block: model, untilMs, reason
+--   wake: org;  block: model, untilMs, reason (the later of the standing block and this one is kept)
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted), takes the
 --     wake-up (1: a dispatch loop takes the lease's result; else told, not taken, as dispatch's)
 -- Returns: dispatch / enqueue / lease {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids,
@@ -474,11 +474,17 @@ elseif op == 'lease' then
   if granted then return dispatch() end
   return { {}, nextWake(), now, 0, {} }
 elseif op == 'block' then
+  -- The later of the standing block and this one, with its reason: a per-day quota spent (provider_quota, until
+  -- the reset) is not cut short by a per-minute 429 or an open breaker of a call that was already in flight, and
+  -- an until already past (a worker whose clock is behind Redis's) never lifts a block that stands: it lapses at
+  -- its own time. Before, the last block won (the quota's block became 20 s) and a past until deleted it.
   local model, untilMs = ARGV[13], tonumber(ARGV[14])
-  if untilMs > now then
+  local standing = tonumber(rcall('HGET', K_MBLOCK, model)) or 0
+  if untilMs > now and untilMs > standing then
     rcall('HSET', K_MBLOCK, model, fmt(untilMs))
     rcall('HSET', K_MBLOCKWHY, model, ARGV[15])
-  else
+  elseif standing > 0 and standing <= now then
+    -- A block that has lapsed is only tidied away.
     rcall('HDEL', K_MBLOCK, model)
     rcall('HDEL', K_MBLOCKWHY, model)
   end
