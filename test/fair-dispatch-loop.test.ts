@@ -254,6 +254,8 @@ describe('fair gate', () => {
         enqueue: async () => ({ promoted: [], skipped: [], stored: 0, nowMs: 0, more: false }),
         repark: async (id) => (calls.reparked.push(id), true),
         blockModel: async () => {},
+        takeRequest: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }),
+        giveBackRequest: async () => {},
       },
       loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, close: async () => {} },
       entryOf,

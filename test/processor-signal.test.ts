@@ -101,7 +101,13 @@ describe('a job that reached the worker without a dispatcher slot', () => {
       runs: { record: async () => undefined },
       models: { fast: 'gemini-fast', pro: 'gemini-pro' },
       logger: silent,
-      gate: { admit: async () => 'parked' as const, defer: async () => undefined, correct: () => undefined, refundUnspent: () => undefined },
+      gate: {
+        admit: async () => 'parked' as const,
+        defer: async () => undefined,
+        correct: () => undefined,
+        refundUnspent: () => undefined,
+        orgRequests: { take: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }), giveBack: async () => undefined },
+      },
       onDelay: (_ctx, reason, delayMs) => void delays.push([reason, delayMs]),
     });
     const err = await failureOf(processor(job(), 'token', new Cancellation()));

@@ -4,6 +4,8 @@ import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
 import { MODEL_WIDE_DELAYS, type DelayReason } from '../shared/core/outcomes.js';
 import { isBatchLane, PARK_AT_MS, parkActiveJob, type ClaimAppend, type ClaimLookup, type DispatchLoop, type ChargeCorrection, type FairEntry, type FairScheduler } from '../shared/fair/index.js';
+import type { BucketRequest } from '../shared/limits/token-bucket.js';
+import type { OrgRequests } from './middleware.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -24,7 +26,7 @@ const CORRECTION_MAX_DELAY_MS = 250;
  * that comes before the batch is sent carries it (one script call for the finished job and the next one).
  */
 export function createFairGate(deps: {
-  scheduler: Pick<FairScheduler, 'claim' | 'enqueue' | 'release' | 'repark' | 'blockModel'>;
+  scheduler: Pick<FairScheduler, 'claim' | 'enqueue' | 'release' | 'repark' | 'blockModel' | 'takeRequest' | 'giveBackRequest'>;
   loop: DispatchLoop;
   /** The fair entry of a job (org, model the dispatcher limits it by, priority, token estimate). */
   entryOf: (job: AgentJob) => FairEntry;
@@ -233,6 +235,16 @@ export function createFairGate(deps: {
     },
 
     refundUnspent,
+
+    /**
+     * The org's request for a call no dispatch charged (`JobContext.orgRequests`): taken and given back by the
+     * dispatcher, at its own capacity and rate for the org's RPM bucket, so that bucket has one limit wherever
+     * it is taken. Only the rate limiter's calls of that kind reach Redis through it.
+     */
+    orgRequests: {
+      take: (orgId: string, model: string, others: BucketRequest[]) => deps.scheduler.takeRequest(orgId, model, others),
+      giveBack: (orgId: string, model: string) => deps.scheduler.giveBackRequest(orgId, model),
+    } satisfies OrgRequests,
 
     /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
     finished(jobId: string): void {

@@ -5,6 +5,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
 import type { PreparedLookup } from '../shared/cache/result-cache.js';
 import type { UsageRider } from '../shared/infra/db/run-stream.js';
+import type { BucketRequest, TakeResult } from '../shared/limits/token-bucket.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
 export interface JobContext {
@@ -41,6 +42,13 @@ export interface JobContext {
    * to charge to both RPM buckets that no dispatch charged (a batch-tier job's call on the standard tier).
    */
   charge?: (model: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => void;
+  /**
+   * Set when the fair dispatcher keeps the org's buckets (with `charge`): the request of a call no dispatch charged
+   * (a fallback model, a retry within the route) is taken from the org's RPM bucket through the dispatcher, at the
+   * capacity and rate its dispatches take it at (the org's plan, then the model's configured orgRpm, then
+   * ORG_RPM_*), not at the rate limiter's own. Shared by every attempt of the worker (no allocation per job).
+   */
+  orgRequests?: OrgRequests;
   /** This attempt's span: guards add their decisions to it as events (a no-op span while tracing is off). */
   span?: Span;
   /**
@@ -59,6 +67,16 @@ export interface JobContext {
    * result cache guard starts from its reply instead of a round trip of its own.
    */
   cacheLookup?: PreparedLookup;
+}
+
+/**
+ * The org's request rate as the fair dispatcher keeps it (FairScheduler `takeRequest` / `giveBackRequest`): `take`
+ * takes the org's request for `model` with `others` (the shard's own buckets under the dispatcher's bucket prefix)
+ * in one atomic call; `giveBack` returns the org's request alone.
+ */
+export interface OrgRequests {
+  take(orgId: string, model: string, others: BucketRequest[]): Promise<TakeResult>;
+  giveBack(orgId: string, model: string): Promise<void>;
 }
 
 /** An attempt answered before its claim (an L1 hit from memory): its result, and `serve` to hand it out. */

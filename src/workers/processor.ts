@@ -38,7 +38,7 @@ export interface ProcessorDeps {
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
-  gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent'>;
+  gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent' | 'orgRequests'>;
   /**
    * What the gate's claim carries for the attempt's result cache guard (one script call for both): its first
    * lookup, or, for an L1 hit from memory, the answer itself, whose usage row the claim appends.
@@ -177,6 +177,7 @@ function attemptOf(deps: ProcessorDeps) {
               },
             },
             charge: (m: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => gate.correct(data.orgId, m, d),
+            orgRequests: gate.orgRequests,
           }
         : {}),
       span,

@@ -17,6 +17,15 @@ export interface FairLuaConfig {
   leased?: boolean;
 }
 
+/** Op take's answer: allowed, or the wait until the bucket `limitedBy` (its name under the buckets' prefix) has room. */
+export interface RawTake {
+  allowed: boolean;
+  msBeforeNext: number;
+  limitedBy: string;
+  /** Redis time (ms) of the decision. */
+  nowMs: number;
+}
+
 /** What one dispatch script call decided: `ids` it moved to BullMQ's wait / prioritized, in dispatch order. */
 export interface RawDispatch {
   ids: string[];
@@ -210,6 +219,20 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      */
     async lease(model: string, requests: number, tokens: number, retryAtMs = 0, takesWake = false): Promise<RawDispatch> {
       return toDispatch(await call('lease', [model, requests, tokens, Math.ceil(retryAtMs), takesWake ? 1 : 0]));
+    },
+    /**
+     * Op take: a request of `org` for `model` from its RPM bucket at the dispatch's capacity and rate, with `others`
+     * (names under the buckets' prefix) all or none. `configuredOrgRpm`: the caller's per-org rpm of the model, for
+     * one whose limits no producer stored.
+     */
+    async take(org: string, model: string, configuredOrgRpm: number | undefined, others: Array<{ name: string; capacity: number; refillPerMs: number; cost: number }> = []): Promise<RawTake> {
+      const flat = others.flatMap((o) => [o.name, o.capacity, o.refillPerMs, o.cost]);
+      const [allowed, ms, limitedBy, now] = (await call('take', [org, model, configuredOrgRpm ?? '', 1, ...flat])) as [number, number, string, number];
+      return { allowed: allowed === 1, msBeforeNext: ms, limitedBy, nowMs: now };
+    },
+    /** Op take with cost -1: gives a request `take` took back to the org's bucket alone. */
+    async giveBack(org: string, model: string, configuredOrgRpm: number | undefined): Promise<void> {
+      await call('take', [org, model, configuredOrgRpm ?? '', -1]);
     },
     async block(model: string, untilMs: number, reason: string): Promise<void> {
       await call('block', [model, Math.ceil(untilMs), reason]);

@@ -6,6 +6,7 @@ import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults
 import { guardKeys } from '../core/queue-keys.js';
 import type { LeaseWant, ModelLeases } from './model-leases.js';
 import type { ParkedJobFields } from './park.js';
+import type { BucketRequest, TakeResult } from '../limits/token-bucket.js';
 
 export interface FairEntry {
   jobId: string;
@@ -181,6 +182,16 @@ export interface FairScheduler {
    * changes nothing: a block lapses at its own time.
    */
   blockModel(model: string, untilMs: number, reason: string): Promise<void>;
+  /**
+   * The request of a call of `org` to `model` that no dispatch charged (a worker's fallback model, a retry within
+   * its route), taken from the org's RPM bucket for the model at the capacity and rate the dispatches take it at
+   * (the org's plan, then the model's per-org rpm, then the default for its tier: the script's one resolution), with
+   * `others` (buckets under this dispatcher's bucket prefix, at their own capacity: the model's, with one queue
+   * shard) all or none, in one script call. Refused: nothing taken; `limitedBy` names the bucket that waits longest.
+   */
+  takeRequest(org: string, model: string, others?: BucketRequest[]): Promise<TakeResult>;
+  /** Gives back the org's request `takeRequest` took (its call was refused before it was sent); not `others`. */
+  giveBackRequest(org: string, model: string): Promise<void>;
   /** Replaces the org's whole plan (absent fields = defaults); applies at the next dispatch. */
   setPlan(org: string, plan: FairPlan): Promise<void>;
   /**
@@ -360,6 +371,17 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return total;
     },
     blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),
+    async takeRequest(org, model, others = []) {
+      for (const o of others) {
+        if (!(o.capacity > 0) || !Number.isFinite(o.capacity) || !(o.refillPerSec > 0) || !Number.isFinite(o.refillPerSec)) {
+          throw new RangeError(`bucket ${o.key}: capacity and refillPerSec must be > 0, got ${o.capacity}, ${o.refillPerSec}`);
+        }
+        if (!(o.cost >= 0) || !Number.isFinite(o.cost)) throw new RangeError(`bucket ${o.key}: cost must be >= 0, got ${o.cost}`);
+      }
+      const r = await raw.take(org, model, opts.modelLimits(model).orgRpm, others.map((o) => ({ name: o.key, capacity: o.capacity, refillPerMs: o.refillPerSec / 1000, cost: o.cost })));
+      return { allowed: r.allowed, msBeforeNext: r.msBeforeNext, redisTimeMs: r.nowMs, ...(r.allowed ? {} : { limitedBy: r.limitedBy }) };
+    },
+    giveBackRequest: (org, model) => raw.giveBack(org, model, opts.modelLimits(model).orgRpm),
     wakeOrg: (org) => raw.wake(org),
     async setPlan(org, plan) {
       await raw.plan(org, planFields(plan));

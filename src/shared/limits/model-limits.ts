@@ -1,5 +1,8 @@
 export interface ModelLimits {
-  /** Requests per minute one org may send to one model. */
+  /**
+   * Requests per minute one org may send to one model, where no fair dispatcher keeps the org's buckets (the
+   * bench's baseline): with it, the org's plan, the model's `orgRpm` and ORG_RPM_* decide (fair-buckets.lua orgRpmOf).
+   */
   perOrgModelRpm: (orgId: string, model: string) => number;
   /** Requests per minute for the model across all orgs (the project's upstream quota). */
   modelRpm: (model: string) => number;

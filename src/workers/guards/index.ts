@@ -152,6 +152,8 @@ export function createWorkerGuards(opts: {
         waitTimeoutMs: cfg.LLM_TIMEOUT_MS + 30_000,
         logger: opts.logger,
       });
+      // The shard's buckets are its dispatcher's (fairPrefixes: the same bucket prefix): a call no dispatch charged
+      // takes the org's request through the dispatcher (JobContext.orgRequests) with these in the same call.
       const rateLimit = createRateLimitGuard({
         buckets: createTokenBuckets({ redis, prefix }),
         ...(modelBuckets ? { modelBuckets } : {}),

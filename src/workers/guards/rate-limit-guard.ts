@@ -1,4 +1,4 @@
-import { DelayJobError, type Middleware } from '../middleware.js';
+import { DelayJobError, type JobContext, type Middleware, type OrgRequests } from '../middleware.js';
 import { OpenCircuitError } from '../../shared/limits/circuit-breaker.js';
 import { QuotaExhaustedError } from '../../shared/limits/quota-exhausted-error.js';
 import type { BucketRequest, TakeResult, TokenBuckets } from '../../shared/limits/token-bucket.js';
@@ -10,6 +10,13 @@ import type { AgentResult } from '../../shared/core/types.js';
 
 export { defaultModelLimits, type ModelLimits };
 
+/** The org's request of one call, taken through the fair dispatcher (`JobContext.orgRequests`). */
+interface OrgTake {
+  rate: OrgRequests;
+  orgId: string;
+  model: string;
+}
+
 /** A limit that is not a positive finite number turns its bucket off. */
 const usable = (n: number) => Number.isFinite(n) && n > 0;
 
@@ -17,7 +24,9 @@ const usable = (n: number) => Number.isFinite(n) && n > 0;
  * Takes [org+model RPM, model RPM, model TPM (cost = estimated tokens)] in one atomic call before
  * the LLM call; refusal delays the job (`DelayJobError`, no attempt used). Afterwards the TPM bucket
  * is corrected with the real usage, and when nothing was called (an inner guard refused) every
- * bucket is refunded.
+ * bucket is refunded. With the fair dispatcher (`JobContext.orgRequests`) the org's RPM bucket is the
+ * dispatcher's: that call goes through it, which takes the org's request at the dispatch's own capacity and
+ * rate (the org's plan first) with the other buckets, and `limits.perOrgModelRpm` is not used.
  */
 export function createRateLimitGuard(opts: {
   buckets: TokenBuckets;
@@ -44,14 +53,19 @@ export function createRateLimitGuard(opts: {
   const isModelWide = (key: string) => key.startsWith('rpm:model:') || key.startsWith('tpm:model:');
   const storeOf = (key: string) => (opts.modelBuckets && isModelWide(key) ? opts.modelBuckets : buckets);
   const allowed: TakeResult = { allowed: true, msBeforeNext: 0, redisTimeMs: 0 };
-  async function takeAll(requests: BucketRequest[]): Promise<TakeResult> {
-    if (!opts.modelBuckets) return buckets.take(requests);
-    const own = requests.filter((r) => !isModelWide(r.key));
-    const wide = requests.filter((r) => isModelWide(r.key));
-    const first = own.length > 0 ? await buckets.take(own) : allowed;
-    if (!first.allowed || wide.length === 0) return first;
+  /**
+   * `org`: the org's request goes through the fair dispatcher, in one call with the shard's own buckets (all of
+   * them with one queue shard: the dispatcher's bucket prefix is the shard's, `buckets`').
+   */
+  async function takeAll(requests: BucketRequest[], org?: OrgTake): Promise<TakeResult> {
+    const own = opts.modelBuckets ? requests.filter((r) => !isModelWide(r.key)) : requests;
+    const wide = opts.modelBuckets ? requests.filter((r) => isModelWide(r.key)) : [];
+    const first = org ? await org.rate.take(org.orgId, org.model, own) : own.length > 0 ? await buckets.take(own) : allowed;
+    if (!first.allowed || wide.length === 0 || !opts.modelBuckets) return first;
     const second = await opts.modelBuckets.take(wide);
-    if (!second.allowed) await Promise.all(own.map((r) => buckets.adjust(r.key, r.capacity, r.refillPerSec, -r.cost)));
+    if (!second.allowed) {
+      await Promise.all([...own.map((r) => buckets.adjust(r.key, r.capacity, r.refillPerSec, -r.cost)), ...(org ? [org.rate.giveBack(org.orgId, org.model)] : [])]);
+    }
     return second;
   }
   const pending = new Map<string, { capacity: number; refillPerSec: number; delta: number }>();
@@ -75,24 +89,32 @@ export function createRateLimitGuard(opts: {
     timer ??= setTimeout(() => void flush(), flushMs).unref();
   }
 
+  const giveBack = (ctx: JobContext, t: OrgTake) =>
+    t.rate.giveBack(t.orgId, t.model).catch((err: unknown) => ctx.logger.warn({ err, bucket: `rpm:org:${t.orgId}:${t.model}` }, 'rate limit: failed to give a request back'));
+
   const guard: Middleware = async (ctx, next) => {
     const { orgId, model } = ctx;
     const requests: BucketRequest[] = [];
     const perMinute = (key: string, perMin: number, cost: number) => {
       if (usable(perMin)) requests.push({ key, capacity: perMin, refillPerSec: perMin / 60, cost });
     };
-    perMinute(`rpm:org:${orgId}:${model}`, limits.perOrgModelRpm(orgId, model), 1);
-    perMinute(`rpm:model:${model}`, limits.modelRpm(model), 1);
     // The dispatcher charged these buckets when it let the job run: only the TPM correction is left to do.
     const prepaid = ctx.prepaid?.model === model ? ctx.prepaid : undefined;
     if (prepaid) ctx.prepaid = undefined;
+    // With the fair dispatcher the org's RPM bucket is its own, taken at its capacity and rate (the org's plan):
+    // taken here at this limiter's (MODEL_LIMITS), the shared bucket would admit calls past the plan and refill
+    // at this rate.
+    const orgRate = ctx.orgRequests;
+    const orgTake = orgRate && !prepaid ? { rate: orgRate, orgId, model } : undefined;
+    if (!orgRate) perMinute(`rpm:org:${orgId}:${model}`, limits.perOrgModelRpm(orgId, model), 1);
+    perMinute(`rpm:model:${model}`, limits.modelRpm(model), 1);
     const estimate = prepaid ? 0 : Math.max(0, Math.ceil(ctx.estimatedTokens || 0));
     perMinute(`tpm:model:${model}`, limits.modelTpm(model), estimate);
     // With the fair dispatcher the org's TPM bucket is kept by the dispatcher: the call's real usage is
     // charged to it (`charge`) whether or not this guard has buckets of its own to take.
     const ledger = ctx.charge;
-    if (requests.length === 0 && !ledger) return next();
-    const taken: TakeResult = prepaid || requests.length === 0 ? allowed : await takeAll(requests);
+    if (requests.length === 0 && !ledger && !orgTake) return next();
+    const taken: TakeResult = prepaid || (requests.length === 0 && !orgTake) ? allowed : await takeAll(requests, orgTake);
     guardEvent(ctx.span, 'agentq.guard.rate_limit', {
       'gen_ai.request.model': model,
       // prepaid: the fair dispatcher charged the buckets when it let the job run (its wait is the attempt's queue wait).
@@ -142,7 +164,7 @@ export function createRateLimitGuard(opts: {
       // once the attempt is over.
       if (err instanceof DelayJobError || err instanceof OpenCircuitError || err instanceof QuotaExhaustedError || err instanceof PromptBuildError) {
         if (prepaid) ctx.prepaid = prepaid;
-        else await Promise.all(requests.map((r) => correct(r, -r.cost)));
+        else await Promise.all([...requests.map((r) => correct(r, -r.cost)), ...(orgTake ? [giveBack(ctx, orgTake)] : [])]);
       }
       // The model answered, unusably (bad output, a refusal): its tokens were spent all the same.
       const billed = billedOf(err);

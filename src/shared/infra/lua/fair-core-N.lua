@@ -25,7 +25,7 @@
 --   5-9 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, the agent's
 --   shared version, entry, single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
--- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | removed | plan | wake | block | claim | orphans | lease | keys
+-- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | removed | plan | wake | block | claim | orphans | lease | take | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'w' for the sum of the live workers' asks,
@@ -62,6 +62,9 @@
 --   wake: org;  block: model, untilMs, reason (the later of the standing block and this one is kept)
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted), takes the
 --     wake-up (1: a dispatch loop takes the lease's result; else told, not taken, as dispatch's)
+--   take: org, model, the caller's configured per-org rpm of the model ('' = none), cost (1 takes the org's request
+--     for the model, -1 gives one back), then per other bucket taken with it: name (under the buckets' prefix, e.g.
+--     rpm:model:<model>), capacity, refill per ms, cost
 -- Returns: dispatch / enqueue / lease {promoted ids, next wake ms (0 = none), now ms, more (0|1), skipped ids,
 --          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
@@ -69,7 +72,9 @@
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown;
 --          cancel: 0 if the job is unknown / not waiting, 2 if it gave back a slot and a dispatch now has work (the
 --          org's capped lanes woke: the caller asks the workers for a dispatch), else 1;
---          removed: {slots freed, jobs forgotten}; plan / wake / block: 1
+--          removed: {slots freed, jobs forgotten}; plan / wake / block: 1;
+--          take: {allowed (0|1), ms before the longest-waiting bucket has room, its name ('' when allowed), now ms}
+--          (a give-back: 1)
 --- @include "result-cache-lookup"
 --- @include "token-bucket-adjust"
 local rcall = redis.call
@@ -473,6 +478,49 @@ elseif op == 'lease' then
   end
   if granted then return dispatch() end
   return { {}, nextWake(), now, 0, {} }
+elseif op == 'take' then
+  -- A worker's call no dispatch charged (a fallback model, a retry within its route): its request is taken from the
+  -- org's RPM bucket for the model at the capacity and rate a dispatch takes it at (orgRpmOf: the org's plan, the
+  -- model's per-org rpm, the tier's default), here rather than by the worker's own limiter, whose MODEL_LIMITS caps
+  -- ignore the plan and whose writes would refill the shared bucket at its own rate. The caller's other buckets
+  -- (the model's, under the same prefix) go in the same call: all or none, as token-bucket-take-N.lua answers.
+  local org, model, cost = ARGV[13], ARGV[14], tonumber(ARGV[16])
+  local cap = orgRpmOf(plan(org), modelInfo(model), model, tonumber(ARGV[15]))
+  local orgName = 'rpm:org:' .. org .. ':' .. model
+  local orgKey = P_TB_RPM_ORG .. org .. ':' .. model
+  if cost < 0 then
+    -- Given back (the call was refused before it was sent): to the org's bucket alone, at the same capacity and
+    -- rate; the org's lanes asleep on it get a look at the next dispatch, as after a dispatch's refund.
+    if adjustBucket(orgKey, cap, cost, false) then wakeRefunded(org, { [orgKey] = true }) end
+    return 1
+  end
+  -- {key, capacity, rate per ms, cost, name}; an org without an RPM limit has no bucket to take from.
+  local takes = {}
+  if cap and cap > 0 then takes[1] = { orgKey, cap, cap / 60000, cost, orgName } end
+  for i = 17, #ARGV, 4 do
+    local name = ARGV[i]
+    -- A leased shard's model buckets are its reservoirs: a call takes from the models' global buckets instead.
+    local prefix = string.sub(name, 1, 10)
+    if LEASED and (prefix == 'rpm:model:' or prefix == 'tpm:model:') then
+      return redis.error_reply('fair take: ' .. name .. ' is a reservoir of this shard, not a bucket')
+    end
+    takes[#takes + 1] = { TB .. name, tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), name }
+  end
+  local wait, limiting = 0, nil
+  for _, b in ipairs(takes) do
+    local lv = level(b[1], b[2], b[3])
+    -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
+    local need = math.min(b[4], b[2])
+    if lv < need then
+      local w = math.ceil((need - lv) / b[3])
+      if w > wait then wait, limiting = w, b[5] end
+    end
+    b[6] = lv
+  end
+  if limiting then return { 0, wait, limiting, now } end
+  for _, b in ipairs(takes) do chargeBucket(b[1], b[2], b[3], b[6] - b[4]) end
+  flushBuckets()
+  return { 1, 0, '', now }
 elseif op == 'block' then
   -- The later of the standing block and this one, with its reason: a per-day quota spent (provider_quota, until
   -- the reset) is not cut short by a per-minute 429 or an open breaker of a call that was already in flight, and

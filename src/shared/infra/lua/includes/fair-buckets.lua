@@ -69,13 +69,16 @@ local function leasePending(model)
   return hashNumberOnce(leaseReqCache, K_LEASEREQ, model)
 end
 
--- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm, then the
--- default for the model's tier.
-local function orgRpmOf(p, mi, model)
+-- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm (as the producers
+-- stored it; else `configured`, the caller's configuration: a worker's fallback model may never have been enqueued,
+-- so no producer stored its limits), then the default for the model's tier. The one resolution for every take of
+-- the org's RPM bucket: a dispatch, a correction, and a worker's call no dispatch charged (op take).
+local function orgRpmOf(p, mi, model, configured)
   local pro = string.find(model, 'pro', 1, true) ~= nil
   local r
   if pro then r = p.ownRpmPro else r = p.ownRpmFlash end
   if r == nil then r = mi.orgRpm end
+  if r == nil then r = configured end
   if r == nil then
     if pro then r = p.rpmPro else r = p.rpmFlash end
   end
