@@ -139,6 +139,20 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     expect(s.kicks.length).toBeGreaterThanOrEqual(1);
   });
 
+  it("an enqueue that dispatches and leaves a lane asleep (a worker's fair gate laning a job without a slot, the orphan sweep: no kick of their own) hands the wake-up to the loops", async () => {
+    const s = await setup();
+    const org = randomOrg();
+    await s.api.setPlan(org, { rpm: { flash: 60 } });
+    const ids = Array.from({ length: 61 }, (_, i) => `${org}-sweep-${i}`);
+    await s.queue.addBulk(ids.map((id) => ({ name: 'j', data: { org }, opts: parkedJobOptions(id) })));
+    const r = await s.api.enqueue(ids.map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens: 0 })));
+    expect(r.promoted).toHaveLength(60);
+    expect(r.nextWakeMs).toBeGreaterThan(r.nowMs);
+    // Told, not taken, and no caller of its own to pass it on: it waited for the loops' safety poll (600 s here).
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { timeout: 8_000, interval: 50 });
+    expect(s.kicks.length).toBeGreaterThanOrEqual(1);
+  });
+
   it("a cancel that gives back a dispatched job's slot lets the org's capped lane in at once", async () => {
     const s = await setup();
     const org = randomOrg();

@@ -327,7 +327,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         skipped.push(...r.skipped);
         if (isLast) last = r;
       }
-      return { ...finish(last), skipped, stored: last.stored ?? 0 };
+      const d = finish(last);
+      // An enqueue never takes the wake-up its dispatch leaves (enqueue is told, not taken): the loops are asked
+      // for it, whoever enqueued (the API, a worker's fair gate parking a job without a slot, the orphan sweep).
+      if (eopts.dispatch !== false) await handOver(d);
+      return { ...d, skipped, stored: last.stored ?? 0 };
     },
     async dispatch(worker, dopts = {}) {
       const takesWake = dopts.takesWake === true;

@@ -79,9 +79,9 @@ export interface JobProducerDeps {
   /**
    * false: jobs are laned without dispatching, then the workers are kicked (the direct producer: a process outside
    * agentq's deployment should not make decisions with its own copy of the limits). Default: the enqueue's own call
-   * dispatches, and the workers are kicked only when it left a wake-up (a lane asleep on a limit, a timer) that no
-   * process has a timer for: the dispatcher reports it to an enqueue without handing it over (fair-claim.lua
-   * `nextWake`), since this process may run no dispatch loop.
+   * dispatches, and a wake-up it left (a lane asleep on a limit, a timer), which the dispatcher reports to an
+   * enqueue without handing it over (fair-claim.lua `nextWake`: this process may run no dispatch loop), goes to the
+   * workers' loops through the scheduler's own kick.
    */
   dispatch?: boolean;
   /** How a deadline maps to a tier (default: DEFAULT_TIER_POLICY). */
@@ -190,7 +190,8 @@ export function createJobProducer(deps: JobProducerDeps) {
   async function laneEntries(entries: FairEntry[]): Promise<number> {
     const dispatch = deps.dispatch !== false;
     const r = await deps.scheduler!.enqueue(entries, { dispatch });
-    if (!dispatch || r.nextWakeMs !== undefined) await deps.kick?.();
+    // Laned without a dispatch: the workers dispatch them. (A wake-up a dispatch left is handed over by the scheduler.)
+    if (!dispatch) await deps.kick?.();
     return r.stored;
   }
 
