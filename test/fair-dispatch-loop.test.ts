@@ -246,13 +246,13 @@ describe('fair gate', () => {
     const absorbed: DispatchResult[] = [];
     // The loop's registration due (taken once) and the registrations given back.
     const registration: { due?: DispatchingWorker; lost: number } = { lost: 0 };
-    const calls: { reparked: string[]; release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[]; register?: DispatchingWorker } | undefined> } = { reparked: [], release: [], released: [], claim: [] };
+    const calls: { reparked: string[]; reparkAttempts: Array<number | undefined>; release: Array<{ dispatch?: boolean; correct?: ChargeCorrection[] } | undefined>; released: string[][]; claim: Array<{ refill?: boolean; release?: string[]; correct?: ChargeCorrection[]; register?: DispatchingWorker } | undefined> } = { reparked: [], reparkAttempts: [], release: [], released: [], claim: [] };
     const gate = createFairGate({
       scheduler: {
         release: (ids, opts) => (calls.release.push(opts), calls.released.push(ids), release(ids, opts)),
         claim: (id, progress, opts) => (calls.claim.push(opts), claim(id, progress, opts)),
         enqueue: async () => ({ promoted: [], skipped: [], stored: 0, nowMs: 0, more: false }),
-        repark: async (id) => (calls.reparked.push(id), true),
+        repark: async (id, _at, _reason, attempt) => (calls.reparked.push(id), calls.reparkAttempts.push(attempt), true),
         blockModel: async () => {},
         takeRequest: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }),
         giveBackRequest: async () => {},
@@ -267,18 +267,18 @@ describe('fair gate', () => {
 
   it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
     const idle = gateWith(async () => ({ freed: 1, due: false }));
-    idle.gate.finished('a');
+    idle.gate.finished('a', 1);
     await idle.gate.close();
     expect(idle.calls.release).toEqual([{ dispatch: true }]);
     expect({ kicks: idle.kicks.n, absorbed: idle.absorbed }).toEqual({ kicks: 0, absorbed: [] });
     const busy = gateWith(async () => ({ freed: 1, due: true, dispatched }));
-    busy.gate.finished('a');
+    busy.gate.finished('a', 1);
     await busy.gate.close();
     expect({ kicks: busy.kicks.n, absorbed: busy.absorbed }).toEqual({ kicks: 0, absorbed: [dispatched] });
     const failing = gateWith(async () => {
       throw new Error('redis down');
     });
-    failing.gate.finished('a');
+    failing.gate.finished('a', 1);
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
   });
@@ -286,15 +286,16 @@ describe('fair gate', () => {
   it("a retry waits out its backoff parked; one noted for an attempt whose failure BullMQ never recorded does not turn the next attempt's completion into a retry", async () => {
     const g = gateWith(async () => ({ freed: 1, due: false }));
     g.gate.retryDelay('r', 1000);
-    g.gate.finished('r');
+    // The attempt that ended (its attemptsStarted) goes with the repark: only that attempt's parked job is moved.
+    g.gate.finished('r', 3);
     // The backoff strategy ran for 's', then BullMQ could not record the failure (no 'failed' event); the lease
     // sweep laned it again and its next attempt runs here.
     g.gate.retryDelay('s', 1000);
     expect(await g.gate.admit({ id: 's' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0], 'token')).toBe('run');
-    g.gate.finished('s');
+    g.gate.finished('s', 1);
     await g.gate.close();
     await vi.waitFor(() => expect(g.kicks.n).toBe(1));
-    expect({ reparked: g.calls.reparked, released: g.calls.released }).toEqual({ reparked: ['r'], released: [['s']] });
+    expect({ reparked: g.calls.reparked, attempts: g.calls.reparkAttempts, released: g.calls.released }).toEqual({ reparked: ['r'], attempts: [3], released: [['s']] });
   });
 
   it('a claim asks for a refill; what it dispatched (already promoted) reaches the loop', async () => {
@@ -312,8 +313,8 @@ describe('fair gate', () => {
   it('a claim that comes before the release batch is sent carries it; a failed claim leaves it to a release of its own', async () => {
     const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const carried = gateWith(async () => ({ freed: 0, due: false }));
-    carried.gate.finished('a');
-    carried.gate.finished('b');
+    carried.gate.finished('a', 1);
+    carried.gate.finished('b', 1);
     expect(await carried.gate.admit(job, 'token')).toBe('run');
     await carried.gate.close();
     expect(carried.calls.claim).toEqual([{ refill: true, release: ['a', 'b'] }]);
@@ -321,7 +322,7 @@ describe('fair gate', () => {
     const failing = gateWith(async () => ({ freed: 2, due: false }), async () => {
       throw new Error('redis down');
     });
-    failing.gate.finished('a');
+    failing.gate.finished('a', 1);
     await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
     await failing.gate.close();
     expect(failing.calls.released).toEqual([['a']]);
@@ -358,7 +359,7 @@ describe('fair gate', () => {
     // No claim comes: the job's own release carries them.
     const onRelease = gateWith(async () => ({ freed: 1, due: false }));
     onRelease.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
-    onRelease.gate.finished('a');
+    onRelease.gate.finished('a', 1);
     await onRelease.gate.close();
     expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]);
     expect(onRelease.calls.released).toEqual([['a']]);
@@ -384,7 +385,7 @@ describe('fair gate', () => {
       g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
       await vi.advanceTimersByTimeAsync(99);
       // 'a' finishes and the next job's claim takes its release: its corrections are 99 ms old, not due yet.
-      g.gate.finished('a');
+      g.gate.finished('a', 1);
       expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
       expect(g.calls.claim.at(-1)).toEqual({ refill: true, release: ['a'] });
       // The flush queued by the finish runs a moment later, when they are due: nothing left to release, so no
@@ -410,20 +411,22 @@ describe('fair gate', () => {
     expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
     g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing.
-    g.gate.finished('a');
+    g.gate.finished('a', 1);
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]));
     expect(g.calls.release).toEqual([{ dispatch: true }]);
-    g.gate.finished('b');
+    g.gate.finished('b', 1);
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]));
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     // A job deferred (parked) is no longer running either.
     const d = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
-    const parked = { id: 'p', moveToDelayed: async () => {} } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const parked = { id: 'p', attemptsStarted: 2, moveToDelayed: async () => {} } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     expect(await d.gate.admit(parked, 'token')).toBe('run');
     expect(await d.gate.admit(jobOf('q'), 'token')).toBe('run');
     await d.gate.defer(parked, 'token', Date.now() + 1000, 'quota');
+    // Its repark names the attempt that parked it.
+    expect({ reparked: d.calls.reparked, attempts: d.calls.reparkAttempts }).toEqual({ reparked: ['p'], attempts: [2] });
     d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
-    d.gate.finished('q');
+    d.gate.finished('q', 1);
     await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]));
     await Promise.all([g.gate.close(), d.gate.close()]);
   });

@@ -624,7 +624,7 @@ describe('fair scheduler limits', () => {
       if (job.id === ids[0] && runs.filter((r) => r.id === ids[0]).length === 1) {
         await parkActiveJob(job, token!);
         reparkedAt = Date.now();
-        expect(await c.scheduler.repark(job.id, reparkedAt + 400, 'retry_backoff:1')).toBe(true);
+        expect(await c.scheduler.repark(job.id, reparkedAt + 400, 'retry_backoff:1', job.attemptsStarted)).toBe(true);
         whyDuringBackoff = await c.scheduler.why(job.id);
         void loop.kick();
         throw new DelayedError();

@@ -195,7 +195,8 @@ export function createFairGate(deps: {
       running.delete(job.id!);
       if (!token) throw new Error('cannot defer a job without its lock token');
       await parkActiveJob(job, token);
-      await deps.scheduler.repark(job.id!, untilMs, reason);
+      // This attempt's job only: a repark late past the lease sweep's patience finds the job sent again, and leaves it.
+      await deps.scheduler.repark(job.id!, untilMs, reason, job.attemptsStarted);
       if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await deps.scheduler.blockModel(model, untilMs, reason);
       void deps.loop.kick();
     },
@@ -246,14 +247,18 @@ export function createFairGate(deps: {
       giveBack: (orgId: string, model: string) => deps.scheduler.giveBackRequest(orgId, model),
     } satisfies OrgRequests,
 
-    /** The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry. */
-    finished(jobId: string): void {
+    /**
+     * The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry.
+     * `attempt`: the attempt that ended (its `attemptsStarted`): a retry's repark moves only that attempt's job.
+     */
+    finished(jobId: string, attempt: number): void {
       running.delete(jobId);
       const backoffMs = retries.get(jobId);
       if (backoffMs !== undefined) {
         retries.delete(jobId);
-        // A crash before this repark leaves the job parked with its lease: the lease sweep lanes it again.
-        void deps.scheduler.repark(jobId, Date.now() + backoffMs, 'retry_backoff').then(
+        // A crash before this repark leaves the job parked with its lease: the lease sweep lanes it again (a lease
+        // after it first finds it parked, the time it gives this repark to come).
+        void deps.scheduler.repark(jobId, Date.now() + backoffMs, 'retry_backoff', attempt).then(
           () => deps.loop.kick(),
           (err: unknown) => deps.logger.warn({ err, jobId }, 'fair: could not schedule a retry; the lease sweep will'),
         );

@@ -160,11 +160,11 @@ export function createWorkerService(opts: {
   if (gate && bufferAsk) {
     worker.worker.on('completed', (job) => {
       bufferAsk.finished();
-      gate.finished(job.id!);
+      gate.finished(job.id!, job.attemptsStarted);
     });
     worker.worker.on('failed', (job) => {
       bufferAsk.finished();
-      if (job?.id) gate.finished(job.id);
+      if (job?.id) gate.finished(job.id, job.attemptsStarted);
     });
   }
   // A run that ended cancelled takes its cancel marker with it: left for its TTL, the marker would cancel the

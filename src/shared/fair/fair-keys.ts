@@ -5,6 +5,7 @@ import { agentqPrefix, cancelRequestedKey, guardKeys, orgJobsKey } from '../core
  * them in FAIR_KEY_NAMES order: test/fair-keys.test.ts compares them with these), appending ids to the `*Prefix`
  * entries:
  *   <keyPrefix>:job:<jobId>            HASH  o org, m model, p priority, e est tokens, s seq, st lane|timer|lease, r reason
+ *                                          pk: the attempt (BullMQ's ats) whose park a lease sweep has seen once
  *   <keyPrefix>:lane:<org>|<model>     ZSET  ready line: jobId -> priority * 2^31 + seq
  *   <keyPrefix>:lanes                  ZSET  active lanes -> their org's virtual time
  *   <keyPrefix>:olanes:<org>           SET   the org's non-empty lanes (any state)

@@ -172,8 +172,9 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...flatCorrections(corrections), ...ids])) as [number, number, unknown?];
       return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
-    async repark(id: string, notBeforeMs: number, reason: string): Promise<boolean> {
-      return (await call('repark', [id, Math.ceil(notBeforeMs), reason])) === 1;
+    /** See FairScheduler.repark. */
+    async repark(id: string, notBeforeMs: number, reason: string, attempt?: number): Promise<boolean> {
+      return (await call('repark', [id, Math.ceil(notBeforeMs), reason, attempt ?? ''])) === 1;
     },
     /** `done`: the job was taken out; `due`: it gave back a slot and a dispatch now has work (capped lanes woke). */
     async cancel(id: string): Promise<{ done: boolean; due: boolean }> {

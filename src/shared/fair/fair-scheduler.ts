@@ -160,7 +160,16 @@ export interface FairScheduler {
    * first, in the same call.
    */
   release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
-  repark(jobId: string, notBeforeMs: number, reason: string): Promise<boolean>;
+  /**
+   * Frees the slot of a parked job and puts it on a timer until `notBeforeMs` (`reason`: what `why` reports), or in
+   * its lane when that time has come. `attempt`: the attempt that parked it (BullMQ's `attemptsStarted`, as its
+   * worker saw it), for a retry's or a deferral's repark: the job is moved only while it is parked by that attempt,
+   * never once the dispatcher has sent it again (a repark late past a lease, see the lease sweep) or a later
+   * attempt parked it. Without: only a job waiting in its lane or on its timer is moved (the batch tier's wake),
+   * never a running one nor the slot of an attempt between its park and its own repark. False when nothing was
+   * moved (also when the job is unknown to the dispatcher).
+   */
+  repark(jobId: string, notBeforeMs: number, reason: string, attempt?: number): Promise<boolean>;
   /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
@@ -357,7 +366,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true, ropts.correct);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
-    repark: (id, notBeforeMs, reason) => raw.repark(id, notBeforeMs, reason),
+    repark: (id, notBeforeMs, reason, attempt) => raw.repark(id, notBeforeMs, reason, attempt),
     async cancel(id) {
       const r = await raw.cancel(id);
       if (r.due) await opts.kick?.().catch(() => undefined);

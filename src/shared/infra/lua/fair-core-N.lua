@@ -57,7 +57,8 @@
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
---   repark: id, notBeforeMs, reason;  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
+--   repark: id, notBeforeMs, reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
+--     none: only a job waiting in its lane or on its timer is moved);  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, untilMs, reason (the later of the standing block and this one is kept)
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted), takes the
@@ -69,7 +70,7 @@
 --          wants: per model whose reservoir a lane lacks, model, requests short, tokens short (leased only)};
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
---          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown;
+--          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown, not parked or not the attempt's (see op repark);
 --          cancel: 0 if the job is unknown / not waiting, 2 if it gave back a slot and a dispatch now has work (the
 --          org's capped lanes woke: the caller asks the workers for a dispatch), else 1;
 --          removed: {slots freed, jobs forgotten}; plan / wake / block: 1;
@@ -314,10 +315,24 @@ elseif op == 'release' then
   if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
-  local id, notBefore = ARGV[13], tonumber(ARGV[14])
+  local id, notBefore, attempt = ARGV[13], tonumber(ARGV[14]), ARGV[16]
   local m = jobMeta(id)
   local org, model = m[1], m[2]
   if not org then return 0 end
+  -- Only a parked job, and only the caller's own: a repark comes a round trip or more after the park it follows,
+  -- and meanwhile the job may have been sent again (the lease sweep took a silent worker for dead, see
+  -- sweepLeases), fetched, run or finished. Freeing the slot of that later dispatch let the org's next job run
+  -- over its cap while this one still ran, and its timer brought the finished job back to its lane. An attempt's
+  -- repark (the gate's retry or deferral) names the attempt (BullMQ's `ats`, counted by each fetch): a later
+  -- attempt's job, parked again, is not its to move. One naming none (the batch tier's wake) moves only a job
+  -- that waits, in its lane or on its timer: never the slot of an attempt between its park and its own repark.
+  local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
+  if not score or score < PARK_SCORE then return 0 end
+  if attempt and attempt ~= '' then
+    if (rcall('HGET', Q_JOB .. id, 'ats') or '0') ~= attempt then return 0 end
+  elseif m[5] ~= 'lane' and m[5] ~= 'timer' then
+    return 0
+  end
   freeSlot(id, org)
   if m[5] == 'lane' then removeFromLane(id, org, model) end
   if notBefore > now then

@@ -61,8 +61,15 @@ local function wakeSleepers()
   end
 end
 
--- Expired leases: finished or vanished -> free; still parked (a crash between a retry and its repark, or a
--- lease left by a version that promoted in a call of its own) -> free and back to the head of its lane; in wait / active -> extend.
+-- Expired leases: finished or vanished -> free; in wait / active -> extend; still parked -> one lease more for the
+-- attempt's repark, then free and back to the head of its lane. A retry or a deferral leaves its job parked with its
+-- slot between BullMQ's park and the gate's repark (a round trip later: it frees the slot and sets the not-before
+-- time), and a job that ran past its lease with no sweep since is found there expired. Sent again at once, the
+-- job lost its backoff (and the repark, coming after the new dispatch, freed that dispatch's slot: op repark now
+-- refuses it). So the first sweep to find the park extends the lease and marks the record (`pk`: the job's BullMQ
+-- fetch count, `ats`, naming the attempt that parked it); a sweep finding the same mark a lease later takes that
+-- worker for dead (a crash between the park and the repark, or a lease left by a version that promoted in a call
+-- of its own).
 local function sweepLeases()
   for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
     local m = jobMeta(id)
@@ -77,8 +84,14 @@ local function sweepLeases()
       else
         local score = tonumber(rcall('ZSCORE', Q_DELAYED, id))
         if score and score >= PARK_SCORE then
-          freeSlot(id, org)
-          pushJob(id, org, m[2], tonumber(m[3]), tonumber(m[4]))
+          local attempt = rcall('HGET', jk, 'ats') or '0'
+          if rcall('HGET', P_JOB .. id, 'pk') ~= attempt then
+            rcall('HSET', P_JOB .. id, 'pk', attempt)
+            rcall('ZADD', K_LEASES, leaseDeadline(), id)
+          else
+            freeSlot(id, org)
+            pushJob(id, org, m[2], tonumber(m[3]), tonumber(m[4]))
+          end
         else
           rcall('ZADD', K_LEASES, leaseDeadline(), id)
         end

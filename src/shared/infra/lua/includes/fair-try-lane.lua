@@ -130,11 +130,18 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- Promote's ZREM (promoteParked), done before anything is charged: a job removed behind the dispatcher's back
   -- (Bull Board's remove, clean or empty deletes the BullMQ job, not its lane entry nor its record here) leaves the
   -- lane and the record without a slot or a charge, which the lease sweep would only have given half back (the
-  -- slot, FAIR_LEASE_MS later), and the lane's next job is tried. A dispatched job costs no command more; a removed
-  -- one the EXISTS and the DEL. A job that exists but is not parked (promoted by hand) is dispatched as before:
-  -- its lease lets the fair gate run it.
+  -- slot, FAIR_LEASE_MS later), and the lane's next job is tried. So does a job that finished meanwhile (run
+  -- outside its lane, say promoted by hand): leased, it held a slot no worker would release, which an org at its
+  -- cap waited for until the lease sweep. A dispatched job costs no command more; a removed or finished one the
+  -- HMGET (its `timestamp`, which every BullMQ job has, and `finishedOn`) and the DEL. A job that exists, not
+  -- finished, but is not parked (promoted by hand) is dispatched as before: its lease lets the fair gate run it.
   local parked = rcall('ZREM', Q_DELAYED, id) == 1
-  if not parked and rcall('EXISTS', Q_JOB .. id) == 0 then
+  local ended = false
+  if not parked then
+    local h = rcall('HMGET', Q_JOB .. id, 'timestamp', 'finishedOn')
+    ended = not h[1] or h[2] ~= false
+  end
+  if ended then
     heads.taken[#heads.taken + 1] = id
     heads.pos = heads.pos + 1
     rcall('DEL', P_JOB .. id)
