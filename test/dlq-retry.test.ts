@@ -315,3 +315,25 @@ describe('a job id used again (an idempotency key sent after its job was removed
     expect(await e.redis.hget(e.store.metaKey(e.id), 'retries')).toBeNull();
   });
 });
+
+describe("a job id used again, its failure listener not run yet", () => {
+  it("a retry of the new job counts from 0: the removed job's count in the meta hash (another creation time) is not this job's", async () => {
+    const e = await failedEntry();
+    const oldJob = (await e.queue.getJob(e.id))!;
+    await e.store.recordFailure(oldJob, classifyFailedJob(oldJob), OUTAGE);
+    // Two DLQ retries of the old job, then removed outside the DLQ (its meta hash stays, retries 2).
+    for (let n = 1; n <= 2; n++) {
+      expect(await e.service.retry({}, e.id)).toMatchObject({ dlqRetries: n });
+      expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
+    }
+    await (await e.other.getJob(e.id))!.remove();
+    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(oldJob.timestamp), { timeout: 5_000, interval: 1 });
+    await e.queue.add('RiskAnalyzer:analyze_risks', oldJob.data, { jobId: e.id, attempts: 1 });
+    expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
+    // No recordFailure for the new job (its worker died before its listener ran): the entry and a retry with a
+    // limit of 2 (the scheduled pass's DLQ_MAX_RETRIES, say) read the old job's 2 as its own.
+    const item = (await e.store.get(e.id))!;
+    expect(item.entry.dlqRetries).toBe(0);
+    expect(await e.store.retry(item, { maxRetries: 2 })).toBe(1);
+  });
+});

@@ -135,11 +135,12 @@ class ShardQueueAdapter extends BullMQAdapter {
 
   override async getJob(id: string): Promise<Job | undefined> {
     const job = await super.getJob(id);
-    return job && this.follow(job);
+    return job && this.follow(job, false);
   }
 
   override async getJobs(...args: Parameters<BullMQAdapter['getJobs']>): Promise<Job[]> {
-    return (await super.getJobs(...args)).map((job) => this.follow(job));
+    // The board's "retry all" walks these: a retry the DLQ refuses leaves that job and goes on with the others.
+    return (await super.getJobs(...args)).map((job) => this.follow(job, true));
   }
 
   override async clean(status: Parameters<BullMQAdapter['clean']>[0], graceTimeMs: number): Promise<void> {
@@ -166,7 +167,7 @@ class ShardQueueAdapter extends BullMQAdapter {
   }
 
   /** The job, its remove, retry and removeUnprocessedChildren going through `actions`. */
-  private follow(job: Job): Job {
+  private follow(job: Job, bulk: boolean): Job {
     const { actions } = this;
     const id = job.id!;
     const remove = job.remove.bind(job);
@@ -180,7 +181,7 @@ class ShardQueueAdapter extends BullMQAdapter {
       await removeChildren();
       await actions.removed();
     };
-    if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o));
+    if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o), { bulk });
     return job;
   }
 }

@@ -38,6 +38,8 @@ export class UndeclaredKnowledgeError extends AgentqError {
 
 /** The request conflicts with the resource's current state (already cancelled, being retried...): 409. */
 export class ConflictError extends AgentqError {
+  /** Read by handlers outside agentq's own error handler (Bull Board's answers an error's `statusCode`). */
+  readonly statusCode = 409;
   constructor(
     message: string,
     /** Fields added to the 409 body, e.g. `{ jobId }` of the job an idempotency key already names. */

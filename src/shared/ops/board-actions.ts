@@ -3,6 +3,7 @@ import { defineLua } from '../infra/lua.js';
 import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
 import type { FairScheduler } from '../fair/index.js';
 import type { DlqStore } from './dlq-store.js';
+import { retryRefusalError } from './dlq-service.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
@@ -25,9 +26,10 @@ export interface BoardActions {
    * Retries a finished job. A failed one is a dead-letter entry: retried as the DLQ retries it (`dlq`: counted, and
    * refused, 409, for a flow child or pipeline step whose flow or run no longer waits for it, which would run and
    * bill a result nobody reads). A completed one with `retry` (BullMQ's), its last run's stream and cancel marker
-   * cleared first.
+   * cleared first. `bulk` (the board's "retry all"): a refused entry is left in the failed set and the others go
+   * on (a refusal thrown there ended the board's whole request at its first page).
    */
-  retry(jobId: string, state: 'failed' | 'completed', retry: () => Promise<void>): Promise<void>;
+  retry(jobId: string, state: 'failed' | 'completed', retry: () => Promise<void>, opts?: { bulk?: boolean }): Promise<void>;
 }
 
 export function createBoardActions(deps: {
@@ -57,8 +59,9 @@ export function createBoardActions(deps: {
       let freed = 0;
       try {
         await remove();
-        // What else the removal took and the dispatcher still holds a slot for.
-        freed = (await scheduler.removed()).freed;
+        // An agent job's removal takes that job alone (its parent is in the flows queue): its slot, if the
+        // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard.
+        freed = (await scheduler.removed([jobId])).freed;
       } finally {
         if (cancelled || freed > 0) await kick();
       }
@@ -67,29 +70,20 @@ export function createBoardActions(deps: {
       const { freed } = await scheduler.removed(jobIds, opts);
       if (freed > 0) await kick();
     },
-    async retry(jobId, state, retry) {
+    async retry(jobId, state, retry, opts = {}) {
       const entry = state === 'failed' ? await deps.dlq?.get(jobId) : undefined;
       if (entry) {
         const res = await deps.dlq!.retry(entry, {});
         if (typeof res === 'number') return;
         // Gone from the failed set since it was read: BullMQ's own retry below answers as it always does.
-        if (res !== 'not_failed') throw new BoardConflict(jobId, res);
+        if (res !== 'not_failed') {
+          if (opts.bulk) return;
+          throw retryRefusalError(res, entry);
+        }
       }
       // In one script with the check that the job is still in `state`: a run started since keeps its stream.
       await reset([deps.queue.toKey(state), jobStreamKey(prefix, jobId), cancelRequestedKey(prefix, jobId)], [jobId]);
       await retry();
     },
   };
-}
-
-/** A board retry the DLQ refused: Bull Board answers an error's `statusCode` with its message. */
-class BoardConflict extends Error {
-  readonly statusCode = 409;
-  constructor(jobId: string, reason: string) {
-    super(
-      reason === 'parent_finished'
-        ? `job ${jobId} not retried: its flow or pipeline run has finished and no longer waits for it (parent_finished)`
-        : `job ${jobId} not retried: it changed since it was read (${reason}); read it again`,
-    );
-  }
 }

@@ -16,6 +16,19 @@ const visible = (scope: DlqScope, e: DlqEntry) => scope.orgId === undefined || e
 const matches = (f: DlqFilter, e: DlqEntry) => (!f.agent || e.agent === f.agent) && (!f.class || e.class === f.class);
 
 /**
+ * What a refused retry of `item` answers: 404 once it left the failed set, 409 naming why otherwise (its flow or
+ * run finished: `parent_finished` with the parent's id; or it changed since it was read).
+ */
+export function retryRefusalError(res: RetryRefusal, item: DlqItem): NotFoundError | ConflictError {
+  if (res === 'not_failed') return new NotFoundError('dead-letter entry not found');
+  if (res === 'parent_finished') {
+    const parentId = item.job.parent?.id ?? '';
+    return new ConflictError('the flow or pipeline run this job belongs to has finished and would never read its result; start a new one', { reason: res, parentId });
+  }
+  return new ConflictError('entry was retried by someone else since it was read; read it again');
+}
+
+/**
  * Retries, lists and deletes dead-letter entries. A retry is counted, its corrected input written and the job
  * moved back to wait with its attempts kept, all in one atomic step (DlqStore.retry): it gets one more attempt
  * per DLQ retry, and each attempt keeps a distinct number in agent_runs.
@@ -53,12 +66,7 @@ export function createDlqService(deps: { store: DlqStore; validateInput: (agent:
       const item = await find(scope, id);
       const parsed = input === undefined ? undefined : deps.validateInput(item.entry.agent, item.entry.action, input);
       const res = await retryItem(item, { input: parsed });
-      if (res === 'not_failed') throw new NotFoundError('dead-letter entry not found');
-      if (res === 'parent_finished') {
-        const parentId = item.job.parent?.id ?? '';
-        throw new ConflictError('the flow or pipeline run this job belongs to has finished and would never read its result; start a new one', { reason: res, parentId });
-      }
-      if (typeof res !== 'number') throw new ConflictError('entry was retried by someone else since it was read; read it again');
+      if (typeof res !== 'number') throw retryRefusalError(res, item);
       return { id, state: 'waiting', dlqRetries: res };
     },
 

@@ -71,7 +71,9 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
   const recordLua = defineLua(redis, 'dlq-record-1.lua');
   const batch = batchKeys(deps.prefix);
 
-  function toEntry(job: AgentJob, meta: Record<string, string>): DlqEntry {
+  function toEntry(job: AgentJob, stored: Record<string, string>): DlqEntry {
+    // A meta hash of another incarnation of this id (a job removed outside the DLQ) is that job's, not this one's.
+    const meta = stored.ts !== undefined && stored.ts !== String(job.timestamp) ? {} : stored;
     const lazy: Classification | undefined = meta.class && meta.type ? undefined : classifyFailedJob(job);
     const data = job.data ?? ({} as AgentJobData);
     return {

@@ -19,7 +19,6 @@ export interface JobFacts {
   finishedOn?: number;
 }
 
-/** Sanitised to a few values so a free-text reason can never blow up label cardinality. */
 /** How often the event-loop lag histogram samples: a lag spike shorter than this may go unseen. */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
