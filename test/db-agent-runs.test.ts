@@ -68,6 +68,37 @@ describe('agent_runs', () => {
     expect((await createQuotaChecker({ pool }).read(orgId, today)).daily).toEqual({ limit: 2, recorded: 2, dayStartMs: today });
   });
 
+  it("a delayed part of an attempt (its paid calls before a delay) is a row of its own beside the attempt's: recorded once however often redelivered, summed by usage and the budget, never another job", async () => {
+    const runs = createRunStore({ pool });
+    const quotas = createQuotaChecker({ pool });
+    const orgId = randomOrg();
+    const jobId = randomUUID();
+    const jobTs = Date.now();
+    const delayed = run({ orgId, jobId, jobTs, attempt: 1, state: 'delayed', part: randomUUID(), error: 'provider_rate_limited', costUsd: 0.4, durationMs: 9000 });
+    // The sink commits it, then is killed before its ack: the entry is delivered and written again, alone or in a batch.
+    expect(await runs.recordMany([delayed])).toBe(1);
+    expect(await runs.record(delayed)).toBe(false);
+    // The same attempt's own row (it ran again after the delay, under the same number), and a second delay's part.
+    const again = run({ orgId, jobId, jobTs, attempt: 1, state: 'delayed', part: randomUUID(), error: 'rate_limited', costUsd: 0.1, durationMs: 9000 });
+    expect(await runs.recordMany([delayed, run({ orgId, jobId, jobTs, attempt: 1, costUsd: 0.6, durationMs: 100 }), again, delayed])).toBe(2);
+    const { rows } = await pool.query('SELECT attempt, state, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY cost_usd', [jobId]);
+    expect(rows.map((r) => [r.attempt, r.state, Number(r.cost_usd)])).toEqual([
+      [1, 'delayed', 0.1],
+      [1, 'delayed', 0.4],
+      [1, 'completed', 0.6],
+    ]);
+    const [total] = await runs.usage({ orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000), groupBy: 'total' });
+    // One job; every paid call's cost; the attempts' durations only (a delayed part is no attempt).
+    expect(total).toMatchObject({ jobs: 1, inputTokens: 300, cacheHitRate: 0, p50Ms: 100, p95Ms: 100 });
+    expect(total.costUsd).toBeCloseTo(1.1, 8);
+    await createOrgStore({ pool }).upsert({ id: orgId, monthlyBudgetUsd: 1, dailyJobLimit: 5 });
+    expect(await quotas.check(orgId)).toMatchObject({ allowed: false, reason: expect.stringContaining('monthly budget') });
+    expect((await quotas.read(orgId, utcDayOf(jobTs).startMs)).daily?.recorded).toBe(1);
+    // A delayed row is told from the attempt's by its part: one without, or an attempt's row with one, is refused.
+    await expect(runs.record(run({ orgId, state: 'delayed' }))).rejects.toMatchObject({ code: '23514' });
+    await expect(runs.record(run({ orgId, part: randomUUID() }))).rejects.toMatchObject({ code: '23514' });
+  });
+
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {
     // Postgres keeps no NUL in text; an error message can carry one (an upstream body, a model's output quoted).
     const runs = createRunStore({ pool });

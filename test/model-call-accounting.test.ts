@@ -8,7 +8,7 @@ import { createLlmClient } from '../src/shared/infra/llm/llm-client.js';
 import { createCircuitBreaker } from '../src/shared/limits/circuit-breaker.js';
 import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createRouteGuard } from '../src/workers/guards/route-guard.js';
-import { compose, type Middleware } from '../src/workers/middleware.js';
+import { compose, DelayJobError, type JobContext, type Middleware } from '../src/workers/middleware.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { createLogger } from '../src/shared/core/logger.js';
@@ -25,9 +25,26 @@ import { randomPrefix, redisUrl } from './helpers/env.js';
  * Who pays for a model call and who is blamed for it, through the real LLM client (real SDK, real HTTP) against a
  * fake Gemini whose answers each test sets: generate answers `genBody`; embed answers a per-day 429.
  */
-/** The generate answer: a body, or one per request URL (which names the model); HANG never answers. */
+/**
+ * The generate answer: a body, or one per request URL (which names the model); HANG never answers; `status(n,
+ * body)` answers with that HTTP status.
+ */
 let genBody: unknown = {};
 const HANG = Symbol('hang');
+const STATUS = Symbol('status');
+const status = (code: number, body: unknown) => ({ [STATUS]: code, body });
+/** A per-minute 429 with RetryInfo, as Gemini sends it. */
+const minute429 = status(429, {
+  error: {
+    code: 429,
+    status: 'RESOURCE_EXHAUSTED',
+    message: 'quota',
+    details: [
+      { '@type': 'type.googleapis.com/google.rpc.QuotaFailure', violations: [{ quotaId: 'GenerateRequestsPerMinutePerProjectPerModel' }] },
+      { '@type': 'type.googleapis.com/google.rpc.RetryInfo', retryDelay: '2s' },
+    ],
+  },
+});
 let server: Server;
 let base = '';
 const embedDay429 = {
@@ -46,8 +63,9 @@ beforeAll(async () => {
       const embed = /embedContent|batchEmbedContents/.test(req.url ?? '');
       const body = typeof genBody === 'function' ? (genBody as (url: string) => unknown)(req.url ?? '') : genBody;
       if (body === HANG && !embed) return;
-      res.writeHead(embed ? 429 : 200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify(embed ? embedDay429 : body));
+      const coded = body !== null && typeof body === 'object' && STATUS in body ? (body as { [STATUS]: number; body: unknown }) : undefined;
+      res.writeHead(embed ? 429 : (coded?.[STATUS] ?? 200), { 'content-type': 'application/json' });
+      res.end(JSON.stringify(embed ? embedDay429 : coded ? coded.body : body));
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
@@ -205,6 +223,97 @@ describe("an attempt's usage row carries every call it paid for", () => {
     expect(h.rows).toHaveLength(1);
     expect(h.rows[0]).toMatchObject({ state: 'failed', model: MODEL, inputTokens: 2000, outputTokens: 400 });
     expect(h.rows[0].costUsd).toBeCloseTo(2 * one.costUsd, 12);
+  });
+});
+
+describe('a run delayed after calls it paid for: those calls get a row of their own', () => {
+  const PRO = 'gemini-2.5-pro';
+  const badMeta = { promptTokenCount: 1000, candidatesTokenCount: 200 };
+  const answer = (text: string, usageMetadata: object) => ({ candidates: [{ content: { parts: [{ text }], role: 'model' }, finishReason: 'STOP' }], usageMetadata });
+  const pricing = createPricing();
+  /** The one row such a run writes: the delayed part, billed what the unusable answer cost, under its own part id. */
+  const delayedPart = (rows: AgentRun[], model: string, reason: string) => {
+    const paid = pricing.cost(model, { input: 1000, output: 200 }, 'standard');
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ state: 'delayed', attempt: 1, model, inputTokens: 1000, outputTokens: 200, tier: 'standard', error: reason });
+    expect(rows[0].part).toMatch(/^[0-9a-f-]{36}$/);
+    expect(rows[0].costUsd).toBeGreaterThan(0);
+    expect(rows[0].costUsd).toBeCloseTo(paid.costUsd, 12);
+    expect(rows[0].standardCostUsd).toBeCloseTo(paid.standardCostUsd, 12);
+  };
+
+  it("a primary that answered unusably, then its retry met a per-minute 429: the job is delayed and the paid answer is a 'delayed' row", async () => {
+    let calls = 0;
+    genBody = () => (++calls === 1 ? answer('{"score": "bad"}', badMeta) : minute429);
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect((await h.run())?.name).toBe('DelayedError');
+    expect(calls).toBe(2);
+    expect(h.deferred).toEqual([{ reason: 'provider_rate_limited', model: MODEL }]);
+    delayedPart(h.rows, MODEL, 'provider_rate_limited');
+  });
+
+  it("a primary that answered unusably, then its fallback met a per-minute 429: the primary's answer is a 'delayed' row", async () => {
+    genBody = (url: string) => (url.includes(PRO) ? answer('{"score": "bad"}', badMeta) : minute429);
+    const route = createRouteGuard({ routeFor: () => ({ primary: PRO, fallback: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect((await h.run())?.name).toBe('DelayedError');
+    expect(h.deferred).toEqual([{ reason: 'provider_rate_limited', model: MODEL }]);
+    delayedPart(h.rows, PRO, 'provider_rate_limited');
+  });
+
+  it("a primary that answered unusably, then its retry was refused before the call by a guard's delay: the paid answer is a 'delayed' row", async () => {
+    genBody = answer('{"score": "bad"}', badMeta);
+    let tries = 0;
+    // As the rate limiter refuses a retry within the route when its buckets are short.
+    const refuseSecond: Middleware = async (_ctx, next) => {
+      if (++tries === 2) throw new DelayJobError(50, 'rate_limited');
+      return next();
+    };
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route, refuseSecond]);
+    expect((await h.run())?.name).toBe('DelayedError');
+    expect(h.deferred).toEqual([{ reason: 'rate_limited' }]);
+    delayedPart(h.rows, MODEL, 'rate_limited');
+  });
+
+  it('a delay before any paid call writes no row', async () => {
+    genBody = minute429;
+    const route = createRouteGuard({ routeFor: () => ({ primary: PRO, fallback: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const h = harness(plain, [route]);
+    expect((await h.run())?.name).toBe('DelayedError');
+    expect(h.rows).toEqual([]);
+  });
+
+  describe('what the route guard hands on', () => {
+    const billed = (tier: 'standard' | 'batch', input: number) => ({ model: MODEL, tier, usage: { input, output: 10 }, costUsd: input / 1e6, standardCostUsd: (tier === 'batch' ? 2 * input : input) / 1e6 });
+    const unusable = (b: ReturnType<typeof billed>) => Object.assign(new Error('bad output'), { code: 'EBADOUTPUT', retryable: true, billed: b });
+    /** A route whose inner chain throws `errors` in turn (`beforeLast` runs before the last is thrown). */
+    const thrownBy = async (errors: Error[], route: { retries?: number; fallback?: string }, beforeLast?: (c: AbortController) => void) => {
+      const controller = new AbortController();
+      const guard = createRouteGuard({ routeFor: () => ({ primary: MODEL, ...route }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+      let n = 0;
+      const ctx = { agentName: 'A', actionName: 'a', model: MODEL, signal: controller.signal, logger: createLogger({ level: 'silent' }) } as unknown as JobContext;
+      const err = await guard(ctx, async () => {
+        if (n === errors.length - 1) beforeLast?.(controller);
+        throw errors[n++];
+      }).catch((e: unknown) => e);
+      return { err: err as { billed?: unknown }, last: errors[errors.length - 1] };
+    };
+
+    it("a delay carries the run's paid calls summed, but not a stored batch answer (the re-run of the same attempt is served it again and bills it)", async () => {
+      const { err, last } = await thrownBy([unusable(billed('batch', 100)), unusable(billed('standard', 200)), new DelayJobError(10, 'rate_limited')], { retries: 1, fallback: 'gemini-2.5-pro' });
+      expect(err).toBe(last);
+      expect(err.billed).toEqual(billed('standard', 200));
+      const batchOnly = await thrownBy([unusable(billed('batch', 100)), new DelayJobError(10, 'rate_limited')], { retries: 1 });
+      expect(batchOnly.err.billed).toBeUndefined();
+    });
+
+    it('a cancellation carries every paid call, the batch answer included: the attempt ends there', async () => {
+      const { err, last } = await thrownBy([unusable(billed('batch', 100)), unusable(billed('standard', 200)), new DelayJobError(10, 'rate_limited')], { retries: 2 }, (c) => c.abort());
+      expect(err).toBe(last);
+      expect(err.billed).toMatchObject({ usage: { input: 300, output: 20 }, costUsd: expect.closeTo(300 / 1e6, 12) });
+    });
   });
 });
 

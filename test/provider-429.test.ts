@@ -5,6 +5,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
 import { until } from './helpers/wait.js';
+import { createPricing } from '../src/shared/infra/llm/pricing.js';
 
 /**
  * Gemini 429s through the real SDK against the emulator: a per-minute limit reschedules the job after
@@ -101,8 +102,52 @@ describe('provider 429: reschedule, never fail', () => {
     expect(defaultErrorFilter(new LlmError('EPROVIDER', 'x', { status: 503 }))).toBe(false);
   });
 
+  it("a primary refused (billed) then a fallback's per-minute 429: the delayed run's paid call is a 'delayed' row of its own, beside the attempt's, and /v1/usage counts it once", async () => {
+    const marker = 'billed-then-delayed';
+    routed.emulator.script([
+      { refuse: { finishReason: 'SAFETY' }, match: { model: 'gemini-2.5-pro', promptIncludes: marker } },
+      { status: 429, quota: 'per_minute', retryAfterS: 0.3, match: { model: 'gemini-2.5-flash', promptIncludes: marker } },
+    ]);
+    const before = routed.emulator.calls().length;
+    const res = await routed.app.inject({ method: 'POST', url: '/v1/jobs', headers: routed.auth, payload: riskJob(marker) });
+    const id = res.json().id as string;
+    const done = await until('the job completes', async () => {
+      const v = await view(routed, id, 5000);
+      return v.state === 'completed' ? v : undefined;
+    });
+    // The delay used no attempt: the same attempt ran again, and its primary answered.
+    expect(done.attempts).toBe(1);
+    expect(done.result).toMatchObject({ route: 'primary', model: 'gemini-2.5-pro' });
+    const calls = routed.emulator.calls().slice(before).filter((c) => c.kind === 'generate');
+    expect(calls.map((c) => [c.model, c.status, c.fault ?? ''])).toEqual([
+      ['gemini-2.5-pro', 200, 'refuse:SAFETY'],
+      ['gemini-2.5-flash', 429, 'status:429'],
+      ['gemini-2.5-pro', 200, ''],
+    ]);
+    const [refused, , served] = calls;
+    await usageWritten(routed);
+    const rows = (await routed.infra.db.pool.query('SELECT * FROM agent_runs WHERE job_id = $1 ORDER BY created_at', [id])).rows;
+    const pricing = createPricing();
+    const billed = (c: typeof refused) => pricing.cost('gemini-2.5-pro', { input: c.promptTokens!, output: c.outputTokens! + (c.thoughtsTokens ?? 0), cached: c.cachedTokens ?? 0 }).costUsd;
+    expect(rows).toMatchObject([
+      { attempt: 1, state: 'delayed', model: 'gemini-2.5-pro', input_tokens: refused.promptTokens, output_tokens: 0, error: 'provider_rate_limited' },
+      { attempt: 1, part: '', state: 'completed', model: 'gemini-2.5-pro', input_tokens: served.promptTokens, output_tokens: served.outputTokens! + (served.thoughtsTokens ?? 0) },
+    ]);
+    expect(rows[0].part).not.toBe('');
+    expect(Number(rows[0].cost_usd)).toBeGreaterThan(0);
+    expect(Number(rows[0].cost_usd)).toBeCloseTo(billed(refused), 7);
+    expect(Number(rows[1].cost_usd)).toBeCloseTo(billed(served), 7);
+    // /v1/usage sums every row of the org (this job's two, and any other's) and counts each job once.
+    const all = (await routed.infra.db.pool.query('SELECT job_id, job_ts, cost_usd, input_tokens FROM agent_runs WHERE org_id = $1', [routed.orgId])).rows;
+    const usage = (await routed.app.inject({ method: 'GET', url: '/v1/usage?groupBy=model', headers: routed.auth })).json();
+    expect(usage.total.costUsd).toBeCloseTo(all.reduce((n, r) => n + Number(r.cost_usd), 0), 7);
+    expect(usage.total.tokens.input).toBe(all.reduce((n, r) => n + r.input_tokens, 0));
+    expect(usage.total.jobs).toBe(new Set(all.map((r) => `${r.job_id}/${r.job_ts}`)).size);
+  });
+
   it('per-day with a fallback route: the fallback model serves the job at once', async () => {
     routed.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 30, match: { model: 'gemini-2.5-pro' }, times: -1 });
+    const before = routed.emulator.calls().length;
     const res = await routed.app.inject({ method: 'POST', url: '/v1/jobs', headers: routed.auth, payload: riskJob('day-fallback') });
     const id = res.json().id as string;
     const done = await until('the job completes', async () => {
@@ -111,7 +156,7 @@ describe('provider 429: reschedule, never fail', () => {
     });
     expect(done.result).toMatchObject({ route: 'fallback', model: 'gemini-2.5-flash' });
     expect(done.attempts).toBe(1);
-    const calls = routed.emulator.calls().filter((c) => c.kind === 'generate');
+    const calls = routed.emulator.calls().slice(before).filter((c) => c.kind === 'generate');
     expect(calls.map((c) => [c.model, c.status])).toEqual([
       ['gemini-2.5-pro', 429],
       ['gemini-2.5-flash', 200],

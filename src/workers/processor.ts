@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
 import { ValidationError } from '../shared/core/errors.js';
@@ -234,6 +235,13 @@ function attemptOf(deps: ProcessorDeps) {
       const billed = billedOf(err);
       return rowOf({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) });
     };
+    /**
+     * A run delayed after calls it paid for (a route's try that answered unusably, then a 429 or an open breaker):
+     * the attempt runs again under the same number, and its own row will carry only that run's calls. These get a
+     * row of their own, told from the attempt's by its part id (migration 022), made here once: the sink's
+     * redelivery of the entry is the same row, and each delayed run of the attempt is a row of its own.
+     */
+    const delayedRow = (billed: BilledCall, reason: string) => rowOf({ state: 'delayed', part: randomUUID(), error: reason, ...billedColumns(billed) });
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
@@ -303,6 +311,9 @@ function attemptOf(deps: ProcessorDeps) {
         deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
         logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
+        // Before the job is parked: the calls this run paid for are in the usage stream by the time it waits.
+        const billed = billedOf(err);
+        if (billed) await record(delayedRow(billed, outcome.reason));
         const until = Date.now() + Math.max(outcome.delayMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
         // model's, when the prompt's knowledge search was refused): only that model pauses, never the job's own

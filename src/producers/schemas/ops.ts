@@ -67,7 +67,7 @@ export const usageQuery = z
 
 const usageGroup = z.object({
   key: z.string(),
-  jobs: z.number(),
+  jobs: z.number().describe('Distinct jobs with a recorded row in the group: a job once, however many attempts (and delayed runs) it had'),
   tokens: z.object({
     input: z.number(),
     output: z.number(),
@@ -75,11 +75,11 @@ const usageGroup = z.object({
     cached: z.number().describe('Of input: served from Gemini’s implicit cache, billed at the cached price'),
     thoughts: z.number().describe('Of output: thinking tokens, billed at the output price'),
   }),
-  costUsd: z.number(),
+  costUsd: z.number().describe('Every billed call: completed and failed attempts, and the calls a run paid for before it was delayed'),
   standardCostUsd: z.number().describe('The same tokens at the standard tier’s price'),
   savingsUsd: z.number().describe('standardCostUsd - costUsd: what flex / batch saved (negative for priority)'),
   cacheHitRate: z.number(),
-  durationMs: z.object({ p50: z.number(), p95: z.number() }),
+  durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none)'),
 });
 
 export const usageReport = z.object({

@@ -154,6 +154,17 @@ export function billedOf(err: unknown): BilledCall | undefined {
   return billed && typeof billed === 'object' && typeof billed.costUsd === 'number' ? billed : undefined;
 }
 
+/**
+ * `err` itself (its class, code, delay and model still decide the outcome), now carrying `billed` as what the
+ * attempt's earlier calls were billed: a guard that runs several calls in one attempt (a route's tries) rethrows
+ * the last call's error, which alone knows nothing of the calls before it. Returns whether it could carry it.
+ */
+export function carryBilled(err: unknown, billed: BilledCall): boolean {
+  if (err === null || typeof err !== 'object' || !Object.isExtensible(err)) return false;
+  Object.defineProperty(err, 'billed', { value: billed, enumerable: true, configurable: true, writable: true });
+  return true;
+}
+
 /** What happens to a job whose attempt threw `err`. */
 export function classify(err: unknown): Outcome {
   if (err instanceof DelayJobError) return { kind: 'delay', reason: err.reason, delayMs: err.delayMs };

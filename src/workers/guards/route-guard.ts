@@ -1,6 +1,6 @@
 import type { AgentAction, AgentDefinition } from '../../shared/agents/define-agent.js';
 import { AgentqError, PromptBuildError } from '../../shared/core/errors.js';
-import { billedOf, codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
+import { billedOf, carryBilled, classify, codeOf, EQUOTAEXHAUSTED, ERATELIMIT, EUNKNOWN } from '../../shared/core/outcomes.js';
 import type { AgentResult, BilledCall } from '../../shared/core/types.js';
 import { DelayJobError, type JobContext, type Middleware } from '../middleware.js';
 import { guardEvent } from '../../shared/telemetry/tracing.js';
@@ -44,7 +44,8 @@ export class RouteFailedError extends AgentqError {
 /**
  * The calls of one attempt that answered unusably (bad output, a refusal) and were billed, summed into one: an
  * attempt has one usage row, which must carry every call it paid for (a primary tried twice, then its
- * fallback). Model and tier are the last call's.
+ * fallback); a run of it that is delayed after such calls, one `delayed` row for them. Model and tier are the
+ * last call's.
  */
 function sumBilled(spent: BilledCall[]): BilledCall | undefined {
   if (spent.length <= 1) return spent[0];
@@ -137,6 +138,21 @@ export function createRouteGuard(opts: {
     let primaryError: unknown;
     /** Calls of this attempt that answered unusably, each billed. */
     const spent: BilledCall[] = [];
+    /**
+     * `err` rethrown as it is (its code, delay and model decide what happens) but carrying what the calls of
+     * this run that answered unusably were billed, summed: the row it ends in counts them (the attempt's failed
+     * or cancelled row, or, for a delay, the delayed part's row: processor.ts). A delay leaves out a stored
+     * batch answer (tier batch): the re-run of this same attempt is served that answer again and its own row
+     * bills it (batch-tier.ts, readBy), so the delayed part's would bill it twice.
+     */
+    const carrying = (err: unknown) => {
+      const delayed = !outer.signal.aborted && classify(err).kind === 'delay';
+      const total = sumBilled(delayed ? spent.filter((b) => b.tier !== 'batch') : spent);
+      if (total && total !== billedOf(err) && !carryBilled(err, total)) {
+        ctx.logger.warn({ err, costUsd: total.costUsd }, 'route: an error that cannot carry what its attempt was billed; that usage is not recorded');
+      }
+      return err;
+    };
     for (let attempt = 0; attempt <= (route.retries ?? 0); attempt++) {
       try {
         return { ...spentOn(await tryTarget(route.primary, primaryModel), spent), route: 'primary' as const };
@@ -145,13 +161,13 @@ export function createRouteGuard(opts: {
         // differently, and the fallback is no answer to an embedding 429 or a database outage.
         if (err instanceof PromptBuildError) {
           restore(ctx, outer);
-          throw err;
+          throw carrying(err);
         }
         primaryError = err;
         const billed = billedOf(err);
         if (billed) spent.push(billed);
         // A per-minute 429 waits for its retryDelay (the whole model pauses); it does not burn the fallback.
-        if (outer.signal.aborted || err instanceof DelayJobError || (err as { code?: string })?.code === ERATELIMIT) throw err;
+        if (outer.signal.aborted || err instanceof DelayJobError || (err as { code?: string })?.code === ERATELIMIT) throw carrying(err);
         if (refusedBeforeCall(err) || (err as { retryable?: boolean }).retryable === false) break;
         if (attempt < (route.retries ?? 0)) await sleep(baseMs * 2 ** attempt * (0.5 + Math.random() / 2), outer.signal);
       }
@@ -159,14 +175,14 @@ export function createRouteGuard(opts: {
     if (!route.fallback) {
       restore(ctx, outer);
       // Earlier tries were paid for and the error does not carry them all: a failure that fails the attempt
-      // carries the sum, under its own code. (A refusal before any call keeps its own error: its delay and model
-      // decide what happens, and an attempt that is delayed writes no row: see README, left.)
+      // carries the sum, under its own code. A refusal before any call keeps its own error (its delay and model
+      // decide what happens), carrying the sum too.
       const total = sumBilled(spent);
       if (total && total !== billedOf(primaryError) && !refusedBeforeCall(primaryError)) {
         const code = codeOf(primaryError);
         throw new RouteFailedError((primaryError as Error)?.message, (primaryError as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, sumBilled(spent));
       }
-      throw primaryError;
+      throw carrying(primaryError);
     }
     // A primary skipped for its spent quota is the expected path until the reset (logged once, when marked).
     const level = primaryError instanceof QuotaExhaustedError ? 'debug' : 'warn';
@@ -176,12 +192,12 @@ export function createRouteGuard(opts: {
     } catch (err) {
       const billed = billedOf(err);
       if (billed) spent.push(billed);
-      if (outer.signal.aborted || err instanceof DelayJobError) throw err;
+      if (outer.signal.aborted || err instanceof DelayJobError) throw carrying(err);
       // The fallback is rate limited too: the job waits for it (its error carries the delay and the model).
-      if (providerLimit(err)) throw err;
+      if (providerLimit(err)) throw carrying(err);
       const message = `both primary (${route.primary}) and fallback (${route.fallback}) failed: primary: ${(primaryError as Error)?.message}; fallback: ${(err as Error)?.message}`;
       // An open breaker on both routes is an outage to wait out, not a failure: keep the breaker's delay.
-      if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw err;
+      if (refusedBeforeCall(err) && refusedBeforeCall(primaryError)) throw carrying(err);
       // A fallback refused by its breaker says nothing about the job: the primary's failure is the one to classify.
       const code = codeOf(refusedBeforeCall(err) ? primaryError : err);
       throw new RouteFailedError(message, (err as { retryable?: boolean }).retryable !== false, code === EUNKNOWN ? undefined : code, sumBilled(spent));

@@ -2,7 +2,10 @@ import type pg from 'pg';
 import type { CacheLevel, ServiceTier } from '../../core/types.js';
 import { storableText } from './pg-content.js';
 
-/** One finished attempt of one job. */
+/**
+ * One finished attempt of one job, or one delayed part of an attempt: the calls a run of the attempt paid for
+ * before it was delayed (rescheduled without using an attempt, so the attempt runs again under the same number).
+ */
 export interface AgentRun {
   jobId: string;
   /**
@@ -12,11 +15,17 @@ export interface AgentRun {
    */
   jobTs?: number;
   attempt: number;
+  /**
+   * '' (the default): the attempt's own row, written when it ends. A delayed part's row (state `delayed`) has an
+   * id of its own, made once when the row is built and carried in the usage stream entry (migration 022): a
+   * redelivered entry is the same row, and the attempt's own row, written when it ends, is another.
+   */
+  part?: string;
   orgId: string;
   agent: string;
   action: string;
   model: string;
-  state: 'completed' | 'failed';
+  state: 'completed' | 'failed' | 'delayed';
   inputTokens: number;
   outputTokens: number;
   costUsd: number;
@@ -39,7 +48,7 @@ export type UsageGroupBy = 'agent' | 'model' | 'day' | 'tier' | 'org' | 'total';
 export interface UsageRow {
   /** Agent name, model name, org id, the UTC day as YYYY-MM-DD, or `total`. */
   key: string;
-  /** Distinct jobs with at least one recorded attempt in the window. */
+  /** Distinct jobs with at least one recorded row (an attempt, or a delayed part of one) in the window. */
   jobs: number;
   inputTokens: number;
   outputTokens: number;
@@ -50,6 +59,7 @@ export interface UsageRow {
   standardCostUsd: number;
   /** Share of completed attempts served from a cache. */
   cacheHitRate: number;
+  /** Of the attempts' durations: a delayed part is no attempt. */
   p50Ms: number;
   p95Ms: number;
 }
@@ -71,14 +81,14 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
  */
 export function createRunStore({ pool }: { pool: pg.Pool }) {
   return {
-    /** Idempotent per (jobId, jobTs, attempt): returns false when that attempt was already recorded. */
+    /** Idempotent per (jobId, jobTs, attempt, part): returns false when that row was already recorded. */
     async record(r: AgentRun): Promise<boolean> {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20)
-         ON CONFLICT (job_id, job_ts, attempt) DO NOTHING`,
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20, $21)
+         ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           r.jobId,
           r.attempt,
@@ -100,13 +110,14 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           Math.round(r.thoughtsTokens ?? 0),
           r.standardCostUsd ?? r.costUsd,
           Math.round(r.jobTs ?? 0),
+          r.part ?? '',
         ],
       );
       return res.rowCount === 1;
     },
 
     /**
-     * Many attempts in one INSERT (one round trip, one commit), each idempotent per (jobId, jobTs, attempt) like
+     * Many rows in one INSERT (one round trip, one commit), each idempotent per (jobId, jobTs, attempt, part) like
      * `record`. Returns how many rows were new.
      */
     async recordMany(runs: AgentRun[]): Promise<number> {
@@ -115,13 +126,13 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts)
-         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt, pt
          FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
                      $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
-                     $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[])
-              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt)
-         ON CONFLICT (job_id, job_ts, attempt) DO NOTHING`,
+                     $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[], $21::text[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt, pt)
+         ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           col((r) => r.jobId),
           col((r) => r.attempt),
@@ -143,6 +154,7 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           col((r) => Math.round(r.thoughtsTokens ?? 0)),
           col((r) => r.standardCostUsd ?? r.costUsd),
           col((r) => Math.round(r.jobTs ?? 0)),
+          col((r) => r.part ?? ''),
         ],
       );
       return res.rowCount ?? 0;
@@ -173,8 +185,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 COALESCE(sum(thoughts_tokens), 0) AS thoughts_tokens,
                 COALESCE(sum(COALESCE(standard_cost_usd, cost_usd)), 0) AS standard_cost_usd,
                 COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed'), 0) AS cache_hit_rate,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS p95
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p95
          FROM agent_runs
          WHERE ($1::text IS NULL OR org_id = $1) AND created_at >= $2 AND created_at < $3
          GROUP BY 1

@@ -55,11 +55,11 @@ const RIDE_WAIT_MS = 1000;
 
 /**
  * Moves usage rows from the Redis Stream to `agent_runs` in batches (one multi-row INSERT per batch,
- * idempotent on (job_id, job_ts, attempt)), and acknowledges them (XACK + XDEL) only after the commit. So:
+ * idempotent on (job_id, job_ts, attempt, part)), and acknowledges them (XACK + XDEL) only after the commit. So:
  * - a sink killed before its commit leaves the entries pending under its name: the next sink to look
  *   (XAUTOCLAIM after `claimIdleMs`) writes them;
  * - a sink killed between commit and XACK leaves committed entries pending: they are written again and the
- *   unique (job_id, job_ts, attempt) turns the second write into nothing (ON CONFLICT DO NOTHING);
+ *   unique (job_id, job_ts, attempt, part) turns the second write into nothing (ON CONFLICT DO NOTHING);
  * - Postgres down: the batch stays pending and is retried with backoff; the stream absorbs what arrives.
  * Its acknowledgements and reads ride on the worker's appends to the same stream (`rider`): a process that
  * completes jobs runs its sink without a round trip of its own; an idle one blocks in XREADGROUP.
