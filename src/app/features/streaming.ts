@@ -6,6 +6,7 @@ import { createOrgJobIndexReader } from '../../shared/queue/org-job-index.js';
 import { createStreamPublisher } from '../../workers/stream-publisher.js';
 import { createStreamReader, type StreamReader } from '../../shared/stream/stream-reader.js';
 import { createStreamSlots } from '../../shared/stream/stream-slots.js';
+import { DEFAULT_SSE_HEARTBEAT_MS } from '../../shared/core/stream-event.js';
 
 export interface StreamingOptions {
   /** Heartbeat comment interval of SSE responses; also refreshes the stream's lease. Default 15 s. */
@@ -32,7 +33,7 @@ export function streamingFeature(opts: StreamingOptions = {}): FeatureFactory {
   return (deps: FeatureDeps): Feature => {
     const { cfg, redis, logger } = deps;
     const log = logger.child({ component: 'stream' });
-    const heartbeatMs = opts.heartbeatMs ?? 15_000;
+    const heartbeatMs = opts.heartbeatMs ?? DEFAULT_SSE_HEARTBEAT_MS;
     const maxStreamsPerOrg = opts.maxStreamsPerOrg ?? 100;
     const publisher = createStreamPublisher({
       redis,

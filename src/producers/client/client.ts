@@ -99,8 +99,14 @@ type OutputOfSpec<M extends AgentMap, S> = S extends { agent: infer N extends Ag
     : unknown
   : unknown;
 
+/** The least pause of a wait after a 429 or 503, whatever its Retry-After says. */
+const OVERLOAD_PAUSE_FLOOR_MS = 250;
+
 export interface AgentqClientOptions extends TransportOptions {
-  /** Pause between polls when the server answers an unfinished job at once (no long-poll support). */
+  /**
+   * Pause between polls when the server answers an unfinished job at once (no long-poll support). Default
+   * 250 ms; a wait's pause after a 429 or 503 is never shorter than this nor than 250 ms, whatever Retry-After says.
+   */
   minPollIntervalMs?: number;
 }
 
@@ -112,6 +118,7 @@ export interface AgentqClientOptions extends TransportOptions {
 export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: AgentqClientOptions) {
   const http: HttpTransport = createHttpTransport(opts);
   const minPollIntervalMs = opts.minPollIntervalMs ?? 250;
+  const overloadPauseFloorMs = Math.max(minPollIntervalMs, OVERLOAD_PAUSE_FLOOR_MS);
   const jobPath = (id: string) => `/v1/jobs/${encodeURIComponent(id)}`;
 
   const get = <T = unknown>(id: string, signal?: AbortSignal) => http.json<JobView<T>>('GET', jobPath(id), { signal });
@@ -136,11 +143,16 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
           timeoutMs: http.defaultTimeoutMs > 0 ? waitMs + http.defaultTimeoutMs : 0,
         });
       } catch (err) {
-        // Overload is a reason to wait, not to give up on a job that is probably still running.
+        // Overload is a reason to wait, not to give up on a job that is probably still running. Retry-After: 0
+        // (or a date already past) still gets a pause: asking again at once, in a loop, is the load it answers.
         if (err instanceof AgentqHttpError && (err.status === 429 || err.status === 503)) {
-          await sleep(Math.min((err.retryAfterS ?? 1) * 1000, Math.max(0, deadline - Date.now())), wo.signal);
+          const pauseMs = Math.max((err.retryAfterS ?? 1) * 1000, overloadPauseFloorMs);
+          await sleep(Math.min(pauseMs, Math.max(0, deadline - Date.now())), wo.signal);
           continue;
         }
+        // One long poll that got no answer in time (or whose body stalled) says nothing about the job: ask
+        // again; the loop's own deadline ends the wait with the last view, as a slow job's does.
+        if (err instanceof AgentqTimeoutError) continue;
         throw err;
       }
       if (isFinishedState(last.state)) return last;

@@ -41,7 +41,10 @@ export class AgentqHttpError extends Error {
   }
 }
 
-/** A request that got no answer in time, or a wait that ended before the job finished (`job` = last view). */
+/**
+ * A request whose answer (headers or body) did not arrive in time, a stream that went silent, or a wait that
+ * ended before the job finished (`job` = last view).
+ */
 export class AgentqTimeoutError extends Error {
   override name = 'AgentqTimeoutError';
   readonly code = 'ETIMEOUT';
@@ -86,13 +89,19 @@ export function createHttpTransport(opts: TransportOptions) {
     return `${baseUrl}${path}${qs ? `?${qs}` : ''}`;
   }
 
-  /** The response of a 2xx answer, unread; anything else throws `AgentqHttpError`. */
-  async function raw(method: string, path: string, ro: RequestOptions = {}): Promise<Response> {
+  /**
+   * Sends one request; a 2xx answer's response comes back unread with `timedOut`, which tells whether the
+   * request's own timeout has fired since (the timeout covers reading the body too); anything else throws
+   * `AgentqHttpError`.
+   */
+  async function send(method: string, path: string, ro: RequestOptions): Promise<{ res: Response; timedOut: () => boolean; timeoutMs: number }> {
     const timeoutMs = ro.timeoutMs ?? defaultTimeoutMs;
     const timeout = timeoutMs > 0 ? AbortSignal.timeout(timeoutMs) : undefined;
     const signals = [ro.signal, timeout].filter((s): s is AbortSignal => s !== undefined);
     const headers: Record<string, string> = { authorization: `Bearer ${opts.apiKey}`, accept: 'application/json', ...ro.headers };
     if (ro.body !== undefined) headers['content-type'] = 'application/json';
+    // The caller's own abort stays the caller's error; only the request's timer makes it a timeout.
+    const timedOut = () => timeout?.aborted === true && !ro.signal?.aborted;
     let res: Response;
     try {
       res = await doFetch(url(path, ro.query), {
@@ -102,19 +111,35 @@ export function createHttpTransport(opts: TransportOptions) {
         ...(signals.length ? { signal: signals.length === 1 ? signals[0] : AbortSignal.any(signals) } : {}),
       });
     } catch (err) {
-      if (timeout?.aborted && !ro.signal?.aborted) throw new AgentqTimeoutError(`${method} ${path} got no answer within ${timeoutMs} ms`);
+      if (timedOut()) throw new AgentqTimeoutError(`${method} ${path} got no answer within ${timeoutMs} ms`);
       throw err;
     }
     if (!res.ok) {
       const retry = res.status === 429 || res.status === 503 ? parseRetryAfter(res.headers.get('retry-after')) : undefined;
       throw new AgentqHttpError(res.status, await errorBody(res), retry);
     }
-    return res;
+    return { res, timedOut, timeoutMs };
+  }
+
+  /**
+   * The response of a 2xx answer, unread; anything else throws `AgentqHttpError`. The request's timeout
+   * keeps running while the caller reads the body: a body that stops coming errors once it fires.
+   */
+  async function raw(method: string, path: string, ro: RequestOptions = {}): Promise<Response> {
+    return (await send(method, path, ro)).res;
   }
 
   async function json<T>(method: string, path: string, ro: RequestOptions = {}): Promise<T> {
-    const res = await raw(method, path, ro);
-    const text = await res.text();
+    const { res, timedOut, timeoutMs } = await send(method, path, ro);
+    let text: string;
+    try {
+      text = await res.text();
+    } catch (err) {
+      // The headers came in time but the body did not (a stalled proxy, a half-open socket): fetch errors the
+      // body with a bare DOMException TimeoutError, which no caller would take for the request's timeout.
+      if (timedOut()) throw new AgentqTimeoutError(`${method} ${path}: the answer's body did not arrive within ${timeoutMs} ms`);
+      throw err;
+    }
     return (text ? JSON.parse(text) : undefined) as T;
   }
 

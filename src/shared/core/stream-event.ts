@@ -2,6 +2,13 @@ import type { AgentResult } from './types.js';
 import type { JobStageName } from './job-stage.js';
 
 /**
+ * How often the API writes a heartbeat comment (`: ping`) on an open SSE response unless told otherwise
+ * (streamingFeature's `heartbeatMs`); the typed client takes a stream that brings nothing for three of them
+ * for a dead connection.
+ */
+export const DEFAULT_SSE_HEARTBEAT_MS = 15_000;
+
+/**
  * Progress of a streaming job. `retrying` and `restarted` void the text sent so far: the next attempt (or
  * the fallback route) writes its answer from the start. `stage` names the event; `jobStage` the job's stage
  * in the one vocabulary of job-stage.ts (added to every progress frame the API sends).

@@ -1,0 +1,211 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { AgentqTimeoutError, createAgentqClient, type JobStreamEvent, type JobView } from '../src/producers/client/client.js';
+import { sleep } from '../src/shared/core/abortable-sleep.js';
+
+/**
+ * The typed client against a stand-in for the API that misbehaves the ways a network does: an answer whose
+ * body stops half way, an SSE stream that sends its headers and then nothing (a half-open socket, a stalled
+ * proxy), an overloaded server that says Retry-After: 0. Each path id picks the misbehaviour.
+ */
+const API_KEY = 'aq_test_secret';
+let server: Server;
+let baseUrl: string;
+let requests: Array<{ method: string; path: string; lastEventId?: string; at: number }> = [];
+/** Per path: how many times it was asked (a behaviour may change after the first). */
+const asked = new Map<string, number>();
+
+const view = (id: string, state: JobView['state']): JobView => ({
+  id,
+  agent: 'DealScorer',
+  action: 'pipeline_summary',
+  state,
+  progress: state === 'completed' ? 100 : 0,
+  attempts: state === 'completed' ? 1 : 0,
+  createdAt: new Date(0).toISOString(),
+  ...(state === 'completed' ? { result: { success: true, data: { ok: true }, tokensUsed: { input: 1, output: 1 }, costUsd: 0, durationMs: 1, model: 'gemini-2.5-flash' } } : {}),
+});
+
+const sseHead = (res: ServerResponse) => {
+  res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-cache' });
+  res.flushHeaders();
+};
+const RESULT_FRAME = `data: ${JSON.stringify({ result: view('x', 'completed').result })}\n\n`;
+
+function handle(req: IncomingMessage, res: ServerResponse): void {
+  const path = new URL(req.url!, 'http://x').pathname;
+  const n = (asked.get(path) ?? 0) + 1;
+  asked.set(path, n);
+  const lastEventId = req.headers['last-event-id'] as string | undefined;
+  requests.push({ method: req.method!, path, ...(lastEventId ? { lastEventId } : {}), at: Date.now() });
+  const json = (status: number, body: unknown, headers: Record<string, string> = {}) => {
+    res.writeHead(status, { 'content-type': 'application/json', ...headers });
+    res.end(JSON.stringify(body));
+  };
+  const stallBody = () => {
+    // Headers and the start of the body, then silence: the request's timeout has to cover the body too.
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.write('{"id":');
+  };
+
+  switch (path) {
+    case '/v1/jobs/stalled-body':
+      return stallBody();
+    case '/v1/jobs/stalls-once':
+      return n === 1 ? stallBody() : json(200, view('stalls-once', 'completed'));
+    case '/v1/jobs/overloaded':
+      return json(503, { error: 'queue unavailable, retry shortly' }, { 'retry-after': '0' });
+    case '/v1/jobs/silent/stream':
+      return sseHead(res);
+    case '/v1/jobs/goes-silent/stream':
+      sseHead(res);
+      // The first connection brings one chunk then nothing; the resumed one the rest, after Last-Event-ID.
+      if (!lastEventId) return void res.write('id: 1-0\ndata: {"text":"a"}\n\n');
+      return void res.end(`id: 2-0\ndata: {"text":"b"}\n\nid: 3-0\n${RESULT_FRAME}data: [DONE]\n\n`);
+    case '/v1/jobs/heartbeats/stream': {
+      // Nothing but heartbeats for a while (a job waiting its turn), each well within the idle timeout.
+      sseHead(res);
+      const ping = setInterval(() => res.write(': ping\n\n'), 40);
+      const end = setTimeout(() => {
+        clearInterval(ping);
+        res.end(`id: 1-0\n${RESULT_FRAME}data: [DONE]\n\n`);
+      }, 600);
+      res.on('close', () => {
+        clearInterval(ping);
+        clearTimeout(end);
+      });
+      return;
+    }
+    case '/v1/jobs/two-parts/stream': {
+      // The rest comes soon after the first chunk, in a read of its own, while the caller still holds that chunk.
+      sseHead(res);
+      res.write('id: 1-0\ndata: {"text":"a"}\n\n');
+      const rest = setTimeout(() => res.end(`id: 2-0\n${RESULT_FRAME}data: [DONE]\n\n`), 30);
+      res.on('close', () => clearTimeout(rest));
+      return;
+    }
+    case '/v1/stream':
+      // The enqueue is never answered: re-sending it could enqueue the job twice.
+      return;
+    default:
+      return json(404, { error: 'job not found' });
+  }
+}
+
+beforeAll(async () => {
+  server = createServer(handle);
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((resolve) => server.close(resolve));
+});
+
+beforeEach(() => {
+  requests = [];
+  asked.clear();
+});
+
+async function caught(p: Promise<unknown>): Promise<any> {
+  try {
+    await p;
+  } catch (err) {
+    return err;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** Fails the test at `ms` instead of letting a hung client run into the test timeout. */
+function within<T>(ms: number, p: Promise<T>): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`still pending after ${ms} ms`)), ms);
+  });
+  return Promise.race([p, bound]).finally(() => clearTimeout(timer));
+}
+
+const collect = async <T>(events: AsyncIterable<JobStreamEvent<T>>, onEvent?: () => Promise<void>) => {
+  const out: Array<JobStreamEvent<T>> = [];
+  for await (const e of events) {
+    out.push(e);
+    await onEvent?.();
+  }
+  return out;
+};
+
+describe('client timeouts', () => {
+  it('a body that stalls after the headers rejects with AgentqTimeoutError, not a bare DOMException', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY, timeoutMs: 200 });
+    const err = await within(10_000, caught(c.get('stalled-body')));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.code).toBe('ETIMEOUT');
+    expect(err.message).toMatch(/GET \/v1\/jobs\/stalled-body: the answer's body did not arrive within 200 ms/);
+  });
+
+  it('waitFor asks again after a long poll whose body stalled, and returns the finished job', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY, timeoutMs: 200, minPollIntervalMs: 10 });
+    const done = await within(10_000, c.waitFor('stalls-once', { timeoutMs: 8000, pollMs: 100 }));
+    expect(done.state).toBe('completed');
+    expect(requests.filter((r) => r.path === '/v1/jobs/stalls-once')).toHaveLength(2);
+  });
+
+  it('waitFor pauses after a 503 with Retry-After: 0 instead of asking again at once', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY, timeoutMs: 2000, minPollIntervalMs: 10 });
+    const err = await caught(c.waitFor('overloaded', { timeoutMs: 1000, pollMs: 100 }));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    const polls = requests.filter((r) => r.path === '/v1/jobs/overloaded');
+    // One request per 250 ms pause at most: 4 or 5 in the second (a busy machine makes fewer, never more).
+    expect(polls.length).toBeGreaterThanOrEqual(2);
+    expect(polls.length).toBeLessThanOrEqual(6);
+    // The last pause may be cut short by the wait's own deadline.
+    for (let i = 1; i < polls.length - 1; i++) expect(polls[i].at - polls[i - 1].at).toBeGreaterThanOrEqual(240);
+  });
+
+  it('a stream that goes silent after its headers is resumed with Last-Event-ID once the idle timeout passes', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const started = Date.now();
+    const events = await within(10_000, collect(c.stream('goes-silent', { idleTimeoutMs: 200, reconnectDelayMs: 10 })));
+    expect(events.map((e) => e.type)).toEqual(['text', 'text', 'result']);
+    expect(events.map((e) => e.id)).toEqual(['1-0', '2-0', '3-0']);
+    const calls = requests.filter((r) => r.path === '/v1/jobs/goes-silent/stream');
+    expect(calls).toHaveLength(2);
+    expect(calls[0].lastEventId).toBeUndefined();
+    expect(calls[1].lastEventId).toBe('1-0');
+    expect(calls[1].at - calls[0].at).toBeGreaterThanOrEqual(190);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('a stream that stays silent ends with AgentqTimeoutError once its reconnections are used up', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const started = Date.now();
+    const err = await within(10_000, caught(collect(c.stream('silent', { idleTimeoutMs: 200, maxReconnects: 2, reconnectDelayMs: 10 }))));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.message).toMatch(/went silent, the end of 3 connections in a row without \[DONE\] \(nothing for 200 ms, not even a heartbeat\)/);
+    expect(requests.filter((r) => r.path === '/v1/jobs/silent/stream')).toHaveLength(3);
+    // Three idle timeouts and two short pauses.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(590);
+    expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('enqueueStream whose POST is never answered fails with AgentqTimeoutError and is never sent again', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const err = await within(10_000, caught(collect(c.enqueueStream('DealScorer', 'pipeline_summary', { startupId: 's1' }, undefined, { idleTimeoutMs: 200 }))));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(requests.filter((r) => r.path === '/v1/stream')).toHaveLength(1);
+  });
+
+  it('heartbeats keep a quiet stream open, and a caller slow with an event is no idle connection', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const quiet = await within(10_000, collect(c.stream('heartbeats', { idleTimeoutMs: 200, reconnectDelayMs: 10 })));
+    expect(quiet.map((e) => e.type)).toEqual(['result']);
+    expect(requests.filter((r) => r.path === '/v1/jobs/heartbeats/stream')).toHaveLength(1);
+
+    // The caller holds each event longer than the idle timeout while the rest of the stream waits in the buffer.
+    const slow = await within(10_000, collect(c.stream('two-parts', { idleTimeoutMs: 100, reconnectDelayMs: 10 }), () => sleep(250)));
+    expect(slow.map((e) => e.type)).toEqual(['text', 'result']);
+    expect(requests.filter((r) => r.path === '/v1/jobs/two-parts/stream')).toHaveLength(1);
+  });
+});
