@@ -52,6 +52,29 @@ describe('configuration', () => {
     expect(() => parseConfig({ REDIS_AUTO_PIPELINING: 'yes' })).toThrow(/^Invalid environment variable REDIS_AUTO_PIPELINING="yes": /);
   });
 
+  it("reads an empty or blank numeric or boolean variable as unset (its default), never as 0 (compose's ${VAR:-}, Helm, .env KEY=)", () => {
+    const defaults = parseConfig({});
+    // The ones where 0 meant something else: a random port, no drain, no DLQ, no org limit, no backlog bound, no long poll.
+    for (const name of ['PORT', 'SHUTDOWN_GRACE_MS', 'KEEP_FAILED_COUNT', 'ORG_RPM_PRO', 'USAGE_BACKLOG_MAX_ROWS', 'LONG_POLL_MAX_MS', 'SEMANTIC_CACHE_THRESHOLD'] as const) {
+      expect(defaults[name]).toBeGreaterThan(0);
+      for (const blank of ['', ' ']) expect(parseConfig({ [name]: blank })[name], `${name}=${JSON.stringify(blank)}`).toBe(defaults[name]);
+    }
+    // Every variable whose default is a number or a boolean: blank is its default too.
+    const scalars = Object.keys(configSchema.shape).filter((k) => ['number', 'boolean'].includes(typeof defaults[k as keyof typeof defaults]));
+    expect(scalars.length).toBeGreaterThan(50);
+    for (const name of scalars) {
+      for (const blank of ['', '  ']) expect(parseConfig({ [name]: blank }), `${name}=${JSON.stringify(blank)}`).toEqual(defaults);
+    }
+    // A value that is there but not a number still stops start-up.
+    expect(() => parseConfig({ SHUTDOWN_GRACE_MS: '30s' })).toThrow(/^Invalid environment variable SHUTDOWN_GRACE_MS="30s": /);
+  });
+
+  it('takes PORT within 1..65535 only', () => {
+    for (const bad of ['0', '65536', '99999', '-1']) expect(() => parseConfig({ PORT: bad })).toThrow(new RegExp(`^Invalid environment variable PORT="${bad}": `));
+    expect(parseConfig({ PORT: '1' }).PORT).toBe(1);
+    expect(parseConfig({ PORT: '65535' }).PORT).toBe(65535);
+  });
+
   it('parses JSON-valued variables', () => {
     const cfg = parseConfig({ AGENT_ROUTES: '{"RiskAnalyzer":{"primary":"a","fallback":"b","retries":2}}' });
     expect(cfg.AGENT_ROUTES.RiskAnalyzer).toEqual({ primary: 'a', fallback: 'b', retries: 2 });

@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawnNpmScript, stopProcess, type AgentqProcess } from '../helpers/processes.js';
 import { processEnv, riskJob } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { freePort } from '../../src/shared/infra/redis/redis-server.js';
 import { until } from '../helpers/wait.js';
 
 const alive = (pid: number) => {
@@ -28,7 +29,7 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
   beforeAll(async () => {
     s = await startStack();
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
-    env = processEnv(s, { PORT: '0', SHUTDOWN_GRACE_MS: '20000', WORKER_CONCURRENCY: '2' });
+    env = processEnv(s, { SHUTDOWN_GRACE_MS: '20000', WORKER_CONCURRENCY: '2' });
   });
   afterAll(async () => {
     await Promise.all(children.map((c) => stopProcess(c, 5000)));
@@ -36,8 +37,8 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
     await s?.close();
   });
 
-  const run = (script: string) => {
-    const p = spawnNpmScript(script, env);
+  const run = (script: string, extra: Record<string, string> = {}) => {
+    const p = spawnNpmScript(script, { ...env, ...extra });
     children.push(p);
     return p;
   };
@@ -66,9 +67,10 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
   }, 120_000);
 
   it('npm start + SIGINT and npm run api + SIGTERM: both drain and exit 0, no orphan', async () => {
+    // PORT is 1..65535: each API listens on a port of its own.
     const cases = [
-      { p: run('start'), ready: 'worker started', signal: 'SIGINT' as const },
-      { p: run('api'), ready: 'API listening', signal: 'SIGTERM' as const },
+      { p: run('start', { PORT: String(await freePort()) }), ready: 'worker started', signal: 'SIGINT' as const },
+      { p: run('api', { PORT: String(await freePort()) }), ready: 'API listening', signal: 'SIGTERM' as const },
     ];
     await Promise.all(
       cases.map(async ({ p, ready, signal }) => {

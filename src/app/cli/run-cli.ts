@@ -23,5 +23,6 @@ export function runCliIfMain(moduleUrl: string, main: (argv: string[]) => Promis
  * the layout the deployment recorded (shard-layout.ts `followShardLayout`), not the variable's default of 1.
  */
 export function shardsGiven(cfg: Pick<Config, 'QUEUE_SHARDS'>, env: NodeJS.ProcessEnv = process.env): number | undefined {
-  return env.QUEUE_SHARDS ? cfg.QUEUE_SHARDS : undefined;
+  // Blank is unset, as parseConfig reads it.
+  return env.QUEUE_SHARDS?.trim() ? cfg.QUEUE_SHARDS : undefined;
 }

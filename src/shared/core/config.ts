@@ -1,9 +1,16 @@
 import { z } from 'zod';
 
-const bool = z
-  .enum(['true', 'false', '1', '0', 'yes', 'no'])
-  .transform((v) => v === 'true' || v === '1' || v === 'yes');
-const int = (def: number, min = 0) => z.coerce.number().int().min(min).default(def);
+/**
+ * A variable set to '' (or blanks) is unset and takes its default: compose's `${VAR:-}`, a Helm value left
+ * empty and a .env `KEY=` all pass '', which a plain coercion reads as 0 (Number('') === 0): PORT='' served
+ * on a random port, KEEP_FAILED_COUNT='' kept no failed job, ORG_RPM_PRO='' lifted the limit.
+ */
+const unsetIfBlank = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const boolValue = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
+const bool = (def: boolean) => z.preprocess(unsetIfBlank, boolValue.default(def));
+/** A number given `schema`'s bounds; unset or blank: `def`. */
+const num = (schema: z.ZodCoercedNumber, def: number) => z.preprocess(unsetIfBlank, schema.default(def));
+const int = (def: number, min = 0) => num(z.coerce.number().int().min(min), def);
 /** A JSON-valued variable, validated by `schema`; a parse error names the variable like any other. */
 const json = <T extends z.ZodType>(schema: T, def: z.input<T>) =>
   z
@@ -65,17 +72,17 @@ export const configSchema = z.object({
   LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
 
   HOST: z.string().default('127.0.0.1'),
-  PORT: int(3000),
+  PORT: num(z.coerce.number().int().min(1).max(65535), 3000),
   BODY_LIMIT_BYTES: int(1024 * 1024, 1),
   ADMIN_TOKEN: optionalString,
   AUTH_CACHE_TTL_MS: int(5000),
   LONG_POLL_MAX_MS: int(60_000, 0),
   /** An enqueue that takes longer (Redis slow or gone) answers 503 with Retry-After instead of hanging. */
   ENQUEUE_DEADLINE_MS: int(5000, 100),
-  BULL_BOARD_READ_ONLY: bool.default(false),
+  BULL_BOARD_READ_ONLY: bool(false),
 
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
-  REDIS_AUTOSTART: bool.default(true),
+  REDIS_AUTOSTART: bool(true),
   /**
    * How long a request path (API, direct producer, CLIs) waits for one Redis reply before failing (503).
    * Workers and blocking readers never time out: they wait out an outage.
@@ -93,7 +100,7 @@ export const configSchema = z.object({
       .optional(),
   ),
   REDIS_PASSWORD: optionalString,
-  REDIS_TLS: bool.default(false),
+  REDIS_TLS: bool(false),
   /** Cluster only: announced node address -> reachable address, e.g. `{"10.0.0.5:6379":{"host":"localhost","port":7000}}`. */
   REDIS_NAT_MAP: json(z.record(z.string(), z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()).optional(), undefined),
   QUEUE_PREFIX: z.string().min(1).default('{agentq}'),
@@ -102,7 +109,7 @@ export const configSchema = z.object({
    * under its own hash tag derived from QUEUE_PREFIX's (shared/core/queue-shards.ts). 1 = one keyspace.
    * Changing it on a live system strands what the old layout holds: see the README's "Scaling out".
    */
-  QUEUE_SHARDS: z.coerce.number().int().min(1).max(256).default(1),
+  QUEUE_SHARDS: num(z.coerce.number().int().min(1).max(256), 1),
   DATA_DIR: z.string().default('.data'),
 
   DATABASE_URL: optionalString.pipe(z.string().url().optional()),
@@ -113,7 +120,7 @@ export const configSchema = z.object({
    */
   PGLITE_SHARED_BUFFERS: optionalString.pipe(z.string().regex(/^[1-9][0-9]*(kB|MB|GB)$/, 'a size like 512MB or 1GB').optional()),
   /** Embedded PGlite only: read the HNSW indexes that fit (3/4 of shared_buffers, orgs' own first) into memory at start. */
-  PGLITE_PREWARM: bool.default(true),
+  PGLITE_PREWARM: bool(true),
 
   GEMINI_API_KEY: optionalString,
   /** The SDK's own key variable; with both set the SDK (and so agentq) uses this one. */
@@ -214,14 +221,14 @@ export const configSchema = z.object({
    */
   USAGE_BACKLOG_MAX_ROWS: int(200_000),
   /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
-  ORG_WEIGHT: z.coerce.number().positive().default(1),
+  ORG_WEIGHT: num(z.coerce.number().positive(), 1),
   ORG_CONCURRENCY: int(0),
   /** Default per-org requests per minute per model, by tier, and estimated tokens per minute (0 = unlimited). */
   ORG_RPM_PRO: int(30),
   ORG_RPM_FLASH: int(200),
   ORG_TPM: int(0),
   /** Each live worker asks the dispatcher to keep BullMQ's wait list at this times its concurrency (fairness decided late)... */
-  DISPATCH_BUFFER_RATIO: z.coerce.number().min(0.1).max(10).default(0.5),
+  DISPATCH_BUFFER_RATIO: num(z.coerce.number().min(0.1).max(10), 0.5),
   /**
    * ...and at least what each worker finishes in this many ms at its recent rate, up to its concurrency
    * (fair/buffer-ask.ts): short jobs (cache hits) would otherwise find the list empty. 0: the ratio alone.
@@ -232,7 +239,7 @@ export const configSchema = z.object({
   CACHE_TTL_S: int(3600, 1),
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),
-  SEMANTIC_CACHE_THRESHOLD: z.coerce.number().min(0).max(1).default(0.95),
+  SEMANTIC_CACHE_THRESHOLD: num(z.coerce.number().min(0).max(1), 0.95),
   SEMANTIC_CACHE_TTL_S: int(7 * 24 * 3600, 1),
   /** Expired semantic-cache rows are deleted this often by the maintenance job, SEMANTIC_CACHE_SWEEP_BATCH rows per statement. */
   SEMANTIC_CACHE_SWEEP_EVERY_MS: int(10 * 60_000, 1000),
@@ -252,9 +259,9 @@ export const configSchema = z.object({
   /** The full traces URL; wins over OTEL_EXPORTER_OTLP_ENDPOINT (to which `/v1/traces` is appended). */
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalString,
   OTEL_SERVICE_NAME: z.string().min(1).default('agentq'),
-  OTEL_SDK_DISABLED: bool.default(false),
+  OTEL_SDK_DISABLED: bool(false),
   /** Prompt and answer text on model-call spans: off by default, since prompts carry customer data. */
-  OTEL_CAPTURE_CONTENT: bool.default(false),
+  OTEL_CAPTURE_CONTENT: bool(false),
 });
 
 export type Config = z.infer<typeof configSchema>;
