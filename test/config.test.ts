@@ -75,6 +75,31 @@ describe('configuration', () => {
     expect(parseConfig({ PORT: '65535' }).PORT).toBe(65535);
   });
 
+  it('refuses SEMANTIC_CACHE_THRESHOLD outside (0, 1] at parse time, naming it (0 would match any prompt)', () => {
+    for (const bad of ['0', '-0.1', '1.01']) expect(() => parseConfig({ SEMANTIC_CACHE_THRESHOLD: bad })).toThrow(new RegExp(`^Invalid environment variable SEMANTIC_CACHE_THRESHOLD="${bad}": `));
+    expect(parseConfig({ SEMANTIC_CACHE_THRESHOLD: '1' }).SEMANTIC_CACHE_THRESHOLD).toBe(1);
+    expect(parseConfig({ SEMANTIC_CACHE_THRESHOLD: '0.01' }).SEMANTIC_CACHE_THRESHOLD).toBe(0.01);
+  });
+
+  it('takes only http(s) URLs as OTLP endpoints, naming the variable without showing its value (it may carry credentials)', () => {
+    for (const name of ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] as const) {
+      for (const bad of ['collector:4318', 'localhost:4318', 'grpc://collector:4317', 'collector', 'ftp://u:secret@collector/v1/traces']) {
+        let message = '';
+        try {
+          parseConfig({ [name]: bad });
+        } catch (err) {
+          expect(err).toBeInstanceOf(ConfigError);
+          message = (err as Error).message;
+        }
+        expect(message, bad).toMatch(new RegExp(`^Invalid environment variable ${name}=\\(hidden\\): expected an http:// or https:// URL`));
+        expect(message).not.toContain('secret');
+      }
+      expect(parseConfig({ [name]: 'http://collector:4318' })[name]).toBe('http://collector:4318');
+      expect(parseConfig({ [name]: 'https://user:pw@otel.example.com/v1/traces' })[name]).toBe('https://user:pw@otel.example.com/v1/traces');
+      expect(parseConfig({ [name]: '' })[name]).toBeUndefined();
+    }
+  });
+
   it('parses JSON-valued variables', () => {
     const cfg = parseConfig({ AGENT_ROUTES: '{"RiskAnalyzer":{"primary":"a","fallback":"b","retries":2}}' });
     expect(cfg.AGENT_ROUTES.RiskAnalyzer).toEqual({ primary: 'a', fallback: 'b', retries: 2 });

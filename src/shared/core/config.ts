@@ -61,6 +61,14 @@ const optionalString = z
   .optional()
   .transform((v) => (v && v.length > 0 ? v : undefined));
 
+/** An http(s) URL (the OTLP exporter's); anything else would only fail at the first export, silently. */
+const httpUrl = optionalString.pipe(
+  z
+    .string()
+    .refine((v) => URL.canParse(v) && /^https?:$/.test(new URL(v).protocol), 'expected an http:// or https:// URL, e.g. http://collector:4318')
+    .optional(),
+);
+
 /**
  * Every environment variable agentq reads. `.env.example` lists the same names with their defaults;
  * keep the two in step.
@@ -239,7 +247,8 @@ export const configSchema = z.object({
   CACHE_TTL_S: int(3600, 1),
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),
-  SEMANTIC_CACHE_THRESHOLD: num(z.coerce.number().min(0).max(1), 0.95),
+  /** Cosine similarity a cached answer's prompt must reach to be served: in (0, 1] (near 0 it would serve answers to unrelated prompts). */
+  SEMANTIC_CACHE_THRESHOLD: num(z.coerce.number().gt(0).max(1), 0.95),
   SEMANTIC_CACHE_TTL_S: int(7 * 24 * 3600, 1),
   /** Expired semantic-cache rows are deleted this often by the maintenance job, SEMANTIC_CACHE_SWEEP_BATCH rows per statement. */
   SEMANTIC_CACHE_SWEEP_EVERY_MS: int(10 * 60_000, 1000),
@@ -255,9 +264,9 @@ export const configSchema = z.object({
   DLQ_BATCH: int(50, 1),
 
   /** Tracing is on when either endpoint is set (and OTEL_SDK_DISABLED is not): OTLP/HTTP, JSON. */
-  OTEL_EXPORTER_OTLP_ENDPOINT: optionalString,
+  OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl,
   /** The full traces URL; wins over OTEL_EXPORTER_OTLP_ENDPOINT (to which `/v1/traces` is appended). */
-  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: optionalString,
+  OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: httpUrl,
   OTEL_SERVICE_NAME: z.string().min(1).default('agentq'),
   OTEL_SDK_DISABLED: bool(false),
   /** Prompt and answer text on model-call spans: off by default, since prompts carry customer data. */
@@ -306,7 +315,8 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const name = String(issue.path[0]);
   const inside = issue.path.length > 1 ? ` (at ${issue.path.slice(1).join('.')})` : '';
   const value = env[name];
-  const shown = /KEY|TOKEN|URL|PASSWORD/.test(name) ? '(hidden)' : JSON.stringify(value);
+  // OTLP endpoints may carry credentials in their userinfo or query, as URLs do.
+  const shown = /KEY|TOKEN|URL|PASSWORD|ENDPOINT/.test(name) ? '(hidden)' : JSON.stringify(value);
   throw new ConfigError(`Invalid environment variable ${name}${inside}=${shown}: ${issue.message}`);
 }
 
