@@ -16,8 +16,9 @@ ENV NODE_ENV=production
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund
 # dist/src and dist/dev take the place of src/ and dev/: beside package.json and migrations/, every path the
-# code resolves from its own location holds as in the repository (the Gemini emulator answers when no
-# GEMINI_API_KEY is set: src/app/gemini.ts starts it).
+# code resolves from its own location holds as in the repository (the Gemini emulator, which src/app/gemini.ts
+# starts when no GEMINI_API_KEY is set and GEMINI_EMULATOR=true: with NODE_ENV=production a missing key
+# otherwise stops start-up).
 COPY --from=build /app/dist ./
 COPY migrations ./migrations
 USER node

@@ -1,6 +1,6 @@
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, parseConfig, type Config } from './shared/core/config.js';
+import { assertGeminiConfigured, ConfigError, parseConfig, type Config } from './shared/core/config.js';
 import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { createRootLogger } from './shared/core/logger.js';
@@ -20,6 +20,8 @@ async function ensureDevKey(cfg: Config, infra: Infra) {
 
 async function main(role: Role) {
   const cfg = parseConfig();
+  // Before Redis and the migrations: a serving process without a key it needs stops at once.
+  if (role !== 'migrate') assertGeminiConfigured(cfg);
   const logger = createRootLogger(cfg);
   const infra = await openInfra(cfg, logger);
   if (role === 'migrate') {

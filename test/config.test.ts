@@ -1,6 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, configSchema, parseConfig } from '../src/shared/core/config.js';
+import { assertGeminiConfigured, ConfigError, configSchema, parseConfig } from '../src/shared/core/config.js';
+import { geminiOptionsFromConfig } from '../src/app/gemini.js';
+import { createLogger } from '../src/shared/core/logger.js';
 import { AUTO_PIPELINING_FROM_CONCURRENCY, workerAutoPipelining } from '../src/shared/infra/redis/connection.js';
 
 const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
@@ -98,6 +100,32 @@ describe('configuration', () => {
       expect(parseConfig({ [name]: 'https://user:pw@otel.example.com/v1/traces' })[name]).toBe('https://user:pw@otel.example.com/v1/traces');
       expect(parseConfig({ [name]: '' })[name]).toBeUndefined();
     }
+  });
+
+  it('refuses to serve without a Gemini key in production unless GEMINI_EMULATOR=true asks for the emulator', () => {
+    const refused = /^Missing environment variable GEMINI_API_KEY: .*GEMINI_EMULATOR=true/;
+    const prod = { NODE_ENV: 'production' };
+    expect(() => assertGeminiConfigured(parseConfig(prod))).toThrow(ConfigError);
+    expect(() => assertGeminiConfigured(parseConfig(prod))).toThrow(refused);
+    // compose's ${GEMINI_API_KEY:-}: empty is no key.
+    expect(() => assertGeminiConfigured(parseConfig({ ...prod, GEMINI_API_KEY: '', GOOGLE_API_KEY: '', GEMINI_EMULATOR: '' }))).toThrow(refused);
+    // The one place the emulator is started from config refuses too (npm run ingest goes through it).
+    expect(() => geminiOptionsFromConfig(parseConfig(prod), createLogger({ level: 'silent' }))).toThrow(refused);
+    for (const ok of [{ GEMINI_API_KEY: 'k' }, { GOOGLE_API_KEY: 'k' }, { GEMINI_EMULATOR: 'true' }]) {
+      expect(() => assertGeminiConfigured(parseConfig({ ...prod, ...ok }))).not.toThrow();
+    }
+    // Development and tests keep the emulator by default; GEMINI_EMULATOR=false refuses there too.
+    for (const NODE_ENV of ['development', 'test']) expect(() => assertGeminiConfigured(parseConfig({ NODE_ENV }))).not.toThrow();
+    expect(() => assertGeminiConfigured(parseConfig({ GEMINI_EMULATOR: 'false' }))).toThrow(refused);
+  });
+
+  it('autostarts a local Redis by default except in production, where only REDIS_AUTOSTART=true does', () => {
+    expect(parseConfig({}).REDIS_AUTOSTART).toBe(true);
+    expect(parseConfig({ NODE_ENV: 'test' }).REDIS_AUTOSTART).toBe(true);
+    expect(parseConfig({ NODE_ENV: 'production' }).REDIS_AUTOSTART).toBe(false);
+    expect(parseConfig({ NODE_ENV: 'production', REDIS_AUTOSTART: '' }).REDIS_AUTOSTART).toBe(false);
+    expect(parseConfig({ NODE_ENV: 'production', REDIS_AUTOSTART: 'true' }).REDIS_AUTOSTART).toBe(true);
+    expect(parseConfig({ REDIS_AUTOSTART: 'false' }).REDIS_AUTOSTART).toBe(false);
   });
 
   it('parses JSON-valued variables', () => {

@@ -3,6 +3,7 @@ import { dirname, join, relative, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { buildSources } from '../dev/build/build-dist.js';
+import { assertGeminiConfigured, parseConfig } from '../src/shared/core/config.js';
 
 // No Docker engine here: these check the deploy files against what the code needs, statically.
 const root = new URL('..', import.meta.url);
@@ -59,6 +60,30 @@ describe('Dockerfile and docker-compose.yml', () => {
     const agentq = commands.filter((c) => c.includes('src/main.js'));
     expect(agentq.map((c) => c.at(-1)).sort()).toEqual(['api', 'worker']);
     for (const c of agentq) expect(c).toEqual(['node', 'src/main.js', c.at(-1)]);
+  });
+
+  it("state the emulator demo on purpose: compose's production environment, no variable given, starts (GEMINI_EMULATOR) and never autostarts Redis", () => {
+    // The api's `environment: &env` block (the workers share it), with ${VAR:-default} as compose resolves it
+    // when the shell gives nothing.
+    const block = /environment: &env\n((?: {6}.*\n)+)/.exec(compose)![1];
+    const env = Object.fromEntries(
+      block
+        .split('\n')
+        .filter((l) => /^ {6}[A-Z0-9_]+:/.test(l))
+        .map((l) => {
+          const [, name, raw] = /^ {6}([A-Z0-9_]+): (.*)$/.exec(l)!;
+          const value = raw.replace(/^"(.*)"$/, '$1').replace(/\$\{[A-Z0-9_]+:-([^}]*)\}/g, '$1');
+          return [name, value];
+        }),
+    );
+    expect(env.NODE_ENV).toBe('production');
+    expect(env.GEMINI_API_KEY).toBe('');
+    expect(env.GEMINI_EMULATOR).toBe('true');
+    const cfg = parseConfig(env);
+    expect(() => assertGeminiConfigured(cfg)).not.toThrow();
+    expect(cfg.REDIS_AUTOSTART).toBe(false);
+    // The same file with GEMINI_EMULATOR=false in the shell: a missing key stops start-up.
+    expect(() => assertGeminiConfigured(parseConfig({ ...env, GEMINI_EMULATOR: 'false' }))).toThrow(/GEMINI_API_KEY/);
   });
 
   it('keep Redis durable and never evicting queue keys', () => {

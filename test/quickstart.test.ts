@@ -24,7 +24,9 @@ describe('quick start on embedded defaults', () => {
     // Defaults but for the Redis reply timeout: a machine loaded to several times its cores stretches a
     // start-up reply past the 2 s a request path waits in production.
     const env: Record<string, string> = { DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, PORT: String(apiPort), WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
-    const p = spawnAgentq('all', { ...env, DATABASE_URL: '', GEMINI_API_KEY: '', REDIS_AUTOSTART: 'true' });
+    // NODE_ENV as a user's shell leaves it (unset: development), not the test runner's: the defaults that
+    // depend on it (REDIS_AUTOSTART, GEMINI_EMULATOR) are the quick start's.
+    const p = spawnAgentq('all', { ...env, NODE_ENV: 'development', DATABASE_URL: '', GEMINI_API_KEY: '', GOOGLE_API_KEY: '', REDIS_AUTOSTART: '', GEMINI_EMULATOR: '' });
     procs.push(p);
     // Starting redis-server, embedded Postgres and its migrations: minutes on a busy machine.
     await p.waitForLog((l) => l.msg === 'API listening', 180_000);
@@ -99,5 +101,42 @@ describe('Redis setup checks', () => {
     expect(await p.exited).toBe(1);
     expect(p.stderr().trim()).toMatch(/^agentq failed to start: Nothing answers at REDIS_URL .*Start Redis 7/);
     expect(p.stderr().trim().split('\n')).toHaveLength(1);
+  }, 180_000);
+});
+
+/** What a production process (NODE_ENV=production) refuses at start that a developer's `npm start` does. */
+describe('production start-up refusals', () => {
+  const dataDir = mkdtempSync(join(tmpdir(), 'agentq-prod-refusals-'));
+  const procs: AgentqProcess[] = [];
+  afterAll(async () => {
+    for (const p of procs) if (p.child.exitCode === null) p.kill('SIGKILL');
+    rmSync(dataDir, { recursive: true, force: true });
+  });
+
+  it('in production, exits naming GEMINI_API_KEY when no key is set, before it touches Redis or the database', async () => {
+    // Nothing at REDIS_URL: a check made after Redis would fail there, or start a redis-server, instead.
+    const p = spawnAgentq('all', { NODE_ENV: 'production', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: '', DATA_DIR: dataDir, GEMINI_API_KEY: '', GOOGLE_API_KEY: '' });
+    procs.push(p);
+    expect(await p.exited).toBe(1);
+    expect(p.stderr().trim()).toMatch(/^Missing environment variable GEMINI_API_KEY: .*Set GEMINI_API_KEY \(or GOOGLE_API_KEY\), or GEMINI_EMULATOR=true/);
+    expect(p.stderr().trim().split('\n')).toHaveLength(1);
+    expect(p.lines).toEqual([]);
+  }, 180_000);
+
+  it('in production, a Redis that does not answer at start stops start-up: agentq starts no empty Redis of its own on that port', async () => {
+    const redisPort = await freePort();
+    const p = spawnAgentq('worker', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${redisPort}`, DATABASE_URL: '', DATA_DIR: dataDir });
+    procs.push(p);
+    const outcome = await Promise.race([
+      p.exited.then((code) => ({ exit: code })),
+      // Its exit rejects this wait: the exit above answers then.
+      p.waitForLog((l) => /starting a local redis-server/.test(String(l.msg)), 180_000).then(
+        () => ({ autostarted: true }),
+        () => new Promise<never>(() => {}),
+      ),
+    ]);
+    if ('autostarted' in outcome) p.kill('SIGTERM');
+    expect(outcome).toEqual({ exit: 1 });
+    expect(p.stderr().trim()).toMatch(/^agentq failed to start: Nothing answers at REDIS_URL /);
   }, 180_000);
 });

@@ -1,4 +1,4 @@
-import type { Config } from '../shared/core/config.js';
+import { assertGeminiConfigured, type Config } from '../shared/core/config.js';
 import { startGeminiEmulator, type GeminiEmulator, type GeminiEmulatorOptions } from '../../dev/gemini-emulator/emulator.js';
 import type { Logger } from '../shared/core/logger.js';
 import { createLlmClient, type LlmClient } from '../shared/infra/llm/llm-client.js';
@@ -72,11 +72,16 @@ function proxiedByNode(logger: Logger): boolean {
   return true;
 }
 
-/** The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways). */
+/**
+ * The runtime options a process derives from its config; `baseUrl` overrides the endpoint (tests, gateways).
+ * Throws a ConfigError where the config has no key and does not allow the emulator (assertGeminiConfigured).
+ */
 export function geminiOptionsFromConfig(
-  cfg: Pick<Config, 'GEMINI_API_KEY' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> & Partial<Pick<Config, 'GOOGLE_API_KEY' | 'PRICES_JSON' | 'LLM_HTTP_TRANSPORT'>>,
+  cfg: Pick<Config, 'NODE_ENV' | 'GEMINI_API_KEY' | 'GEMINI_EMULATOR' | 'GEMINI_MODEL_FAST' | 'GEMINI_MODEL_PRO' | 'GEMINI_EMBEDDING_MODEL' | 'LLM_TIMEOUT_MS'> &
+    Partial<Pick<Config, 'GOOGLE_API_KEY' | 'PRICES_JSON' | 'LLM_HTTP_TRANSPORT'>>,
   logger: Logger,
 ): GeminiSetupOptions {
+  assertGeminiConfigured(cfg);
   if (cfg.GOOGLE_API_KEY && cfg.GEMINI_API_KEY) logger.warn('both GOOGLE_API_KEY and GEMINI_API_KEY are set: GOOGLE_API_KEY is used, as the SDK does');
   return {
     // The key the SDK itself would pick from the environment.

@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { pino } from 'pino';
 import type { Pool } from 'pg';
-import { config, type Config } from '../../shared/core/config.js';
+import { assertGeminiConfigured, config, type Config } from '../../shared/core/config.js';
 import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { defaultRegistry } from '../../shared/agents/registry.js';
@@ -169,6 +169,8 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cfg = config();
+  // Documents embedded by the emulator would be found by nothing a real model embeds: refused before any work.
+  assertGeminiConfigured(cfg);
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
   let total: number;
   try {

@@ -8,6 +8,8 @@ import { z } from 'zod';
 const unsetIfBlank = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 const boolValue = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 const bool = (def: boolean) => z.preprocess(unsetIfBlank, boolValue.default(def));
+/** Unset or blank: undefined (the caller resolves it from other variables). */
+const maybeBool = z.preprocess(unsetIfBlank, boolValue.optional());
 /** A number given `schema`'s bounds; unset or blank: `def`. */
 const num = (schema: z.ZodCoercedNumber, def: number) => z.preprocess(unsetIfBlank, schema.default(def));
 const int = (def: number, min = 0) => num(z.coerce.number().int().min(min), def);
@@ -90,7 +92,12 @@ export const configSchema = z.object({
   BULL_BOARD_READ_ONLY: bool(false),
 
   REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
-  REDIS_AUTOSTART: bool(true),
+  /**
+   * Start a local redis-server child when nothing answers at a loopback REDIS_URL. Unset: on, except with
+   * NODE_ENV=production, where a Redis slow to answer at start (loading its AOF, restarting) must stop
+   * start-up, not be replaced by an empty one of agentq's on its port.
+   */
+  REDIS_AUTOSTART: maybeBool,
   /**
    * How long a request path (API, direct producer, CLIs) waits for one Redis reply before failing (503).
    * Workers and blocking readers never time out: they wait out an outage.
@@ -133,6 +140,12 @@ export const configSchema = z.object({
   GEMINI_API_KEY: optionalString,
   /** The SDK's own key variable; with both set the SDK (and so agentq) uses this one. */
   GOOGLE_API_KEY: optionalString,
+  /**
+   * Whether the built-in emulator may answer when neither key is set (a key never starts it). Unset: yes,
+   * except with NODE_ENV=production, where a missing key refuses start (assertGeminiConfigured): synthetic
+   * answers would be cached (result and semantic caches) and served after a key is set.
+   */
+  GEMINI_EMULATOR: maybeBool,
   /**
    * The SDK's switches to Vertex AI, read here only to refuse them: agentq speaks the Gemini API (its batch tier
    * sends inline requests, which Vertex batch prediction does not take; its embeddings and prices are the
@@ -273,7 +286,9 @@ export const configSchema = z.object({
   OTEL_CAPTURE_CONTENT: bool(false),
 });
 
-export type Config = z.infer<typeof configSchema>;
+type ParsedEnv = z.infer<typeof configSchema>;
+/** The parsed environment, with the defaults that depend on NODE_ENV resolved (parseConfig). */
+export type Config = Omit<ParsedEnv, 'REDIS_AUTOSTART' | 'GEMINI_EMULATOR'> & { REDIS_AUTOSTART: boolean; GEMINI_EMULATOR: boolean };
 
 /**
  * The models a job may name in `options.model`: the two tiers, every route's primary and fallback, the
@@ -309,7 +324,8 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
         `Invalid environment variable QUEUE_PREFIX=${JSON.stringify(result.data.QUEUE_PREFIX)}: with REDIS_CLUSTER_NODES it must contain a {hash tag}, e.g. "{agentq}"`,
       );
     }
-    return result.data;
+    const production = result.data.NODE_ENV === 'production';
+    return { ...result.data, REDIS_AUTOSTART: result.data.REDIS_AUTOSTART ?? !production, GEMINI_EMULATOR: result.data.GEMINI_EMULATOR ?? !production };
   }
   const issue = result.error.issues[0];
   const name = String(issue.path[0]);
@@ -318,6 +334,19 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
   // OTLP endpoints may carry credentials in their userinfo or query, as URLs do.
   const shown = /KEY|TOKEN|URL|PASSWORD|ENDPOINT/.test(name) ? '(hidden)' : JSON.stringify(value);
   throw new ConfigError(`Invalid environment variable ${name}${inside}=${shown}: ${issue.message}`);
+}
+
+/**
+ * Refuses to serve without a Gemini key where the emulator is not allowed (GEMINI_EMULATOR; by default in
+ * production): every answer and embedding would be synthetic, and cached as if real. Only the processes that
+ * call Gemini check it (serving roles, ingest): migrate and the admin CLIs need no key.
+ */
+export function assertGeminiConfigured(cfg: Pick<Config, 'NODE_ENV' | 'GEMINI_API_KEY' | 'GEMINI_EMULATOR'> & Partial<Pick<Config, 'GOOGLE_API_KEY'>>): void {
+  if (cfg.GEMINI_API_KEY || cfg.GOOGLE_API_KEY || cfg.GEMINI_EMULATOR) return;
+  const why = cfg.NODE_ENV === 'production' ? 'NODE_ENV=production' : 'GEMINI_EMULATOR=false';
+  throw new ConfigError(
+    `Missing environment variable GEMINI_API_KEY: neither it nor GOOGLE_API_KEY is set, and with ${why} the built-in Gemini emulator does not answer (its answers and embeddings are synthetic, and would be cached as real ones). Set GEMINI_API_KEY (or GOOGLE_API_KEY), or GEMINI_EMULATOR=true to run on the emulator on purpose`,
+  );
 }
 
 let cached: Config | undefined;
