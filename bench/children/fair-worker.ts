@@ -29,7 +29,7 @@ import { wallMs } from '../lib/stats.js';
 
 const o = JSON.parse(process.argv[2]) as { redisUrl: string; databaseUrl: string; emulatorUrl: string };
 const pool = createPool(o.databaseUrl, { max: 4 });
-const infra: Infra = { redisTarget: o.redisUrl, db: { pool, url: o.databaseUrl, embedded: false, close: async () => {} }, close: async () => {} };
+const infra: Infra = { redisTarget: o.redisUrl, db: { pool, longPool: pool, url: o.databaseUrl, embedded: false, close: async () => {} }, close: async () => {} };
 const config = (env: Record<string, string> = {}) =>
   parseConfig({ ...BENCH_ENV, REDIS_URL: o.redisUrl, DATABASE_URL: o.databaseUrl, GEMINI_API_KEY: 'bench-not-a-real-key', ...env });
 

@@ -55,7 +55,7 @@ export async function startBenchInfra(log: (msg: string) => void): Promise<Bench
   log(`PGlite on ${new URL(databaseUrl).host}, emulator on ${emulatorUrl}`);
   const pool = createPool(databaseUrl, { max: 8 });
   await migrate(pool);
-  const infra: Infra = { redisTarget: redis.url, db: { pool, url: databaseUrl, embedded: false, close: async () => {} }, close: async () => {} };
+  const infra: Infra = { redisTarget: redis.url, db: { pool, longPool: pool, url: databaseUrl, embedded: false, close: async () => {} }, close: async () => {} };
   return {
     redis,
     redisVersion,

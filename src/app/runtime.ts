@@ -14,6 +14,8 @@ import { createAdmission } from '../producers/admission.js';
 import { createApiKeyStore } from '../shared/infra/db/api-keys.js';
 import { createOrgStore } from '../shared/infra/db/orgs.js';
 import { createQuotaChecker } from '../shared/infra/db/quotas.js';
+import { probeDatabase } from '../shared/infra/db/pool.js';
+import { READINESS_TIMEOUT_MS } from '../producers/routes/health.js';
 import { createAdmissionLimiter } from '../shared/limits/admission-limiter.js';
 import { createDailyJobLedger } from '../shared/limits/daily-jobs.js';
 import type { Feature, FeatureDeps } from './feature.js';
@@ -158,7 +160,8 @@ export async function startRuntime(opts: {
       readiness: {
         // One read in each shard's slot: on a cluster, ready means every primary holding a shard answers.
         redis: () => Promise.all(cells.map((c) => redis.exists(readinessKey(c.prefix)))),
-        database: () => infra.db.pool.query('SELECT 1'),
+        // Bounded and one at a time: probes of a database that never answers must not take the pool's connections.
+        database: () => probeDatabase(infra.db.pool, READINESS_TIMEOUT_MS),
         ...(opts.worker ? { worker: async () => workers.every((w) => w.isRunning()) || Promise.reject(new Error('worker not running')) } : {}),
         ...Object.assign({}, ...features.map((f) => f.readiness ?? {})),
       },

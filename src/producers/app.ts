@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { RequestLog } from './request-log.js';
 import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
-import { ConflictError, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
+import { ConflictError, EDBUNAVAILABLE, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
+import { codeOf } from '../shared/core/outcomes.js';
 import type { Logger } from '../shared/core/logger.js';
 import { agentRoutes, healthRoutes, jobRoutes } from './area-routes.js';
 import type { KeyVerifier, Principal } from './auth.js';
@@ -180,6 +181,11 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       // Fastify's own (FST_ERR_*) in fixed words; a plugin's 4xx (Bull Board, static files) keeps its message.
       const message = err.code?.startsWith('FST_') ? frameworkMessage(err, deps.bodyLimit) : err.message;
       return reply.code(err.statusCode).send({ error: message });
+    }
+    // Before the Redis test, whose patterns (ECONNREFUSED...) a database error's message may hold too.
+    if (codeOf(err) === EDBUNAVAILABLE) {
+      req.log.warn({ err: err.message }, 'database unavailable');
+      return reply.code(503).header('retry-after', '1').send({ error: 'database unavailable, retry shortly' });
     }
     if (isRedisUnavailable(err)) {
       req.log.warn({ err: err.message }, 'redis unavailable');

@@ -71,7 +71,7 @@ export async function startStack(
   await migrated;
   const infra: Infra = {
     redisTarget: redisTargetOf(cfg),
-    db: { pool: opts.pool ? opts.pool(pool) : pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
+    db: { pool: opts.pool ? opts.pool(pool) : pool, longPool: pool, url: cfg.DATABASE_URL!, embedded: false, close: () => pool.end() },
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();

@@ -11,6 +11,7 @@ import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
 import { createRedis, redisTargetOf, whenReady, type RedisClient } from '../../shared/infra/redis/connection.js';
 import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
+import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import { geminiOptionsFromConfig, startGemini } from '../gemini.js';
@@ -187,10 +188,10 @@ async function main(argv: string[]): Promise<number> {
     process.stderr.write(`ingest refused, nothing loaded: ${(err as Error).message}\n`);
     return 1;
   }
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   let runtime: Awaited<ReturnType<typeof startGemini>> | undefined;
   try {
-    await migrate(db.pool, { logger });
+    await migrate(db.longPool, { logger });
     runtime = await startGemini(geminiOptionsFromConfig(cfg, logger));
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     const store = createKnowledgeStore({ pool: db.pool, embed });
@@ -198,8 +199,8 @@ async function main(argv: string[]): Promise<number> {
     bar(0, total);
     const load = () => ingestJsonl(args, { store, total, onProgress: bar });
     const onPhase = (p: IndexPhase) => process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`);
-    const r = args.rebuildIndex ? await withHnswRebuild(db.pool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, orgId: args.orgId, onPhase }, load) : await load();
-    if (args.tenantIndex && args.orgId) await createTenantIndex(db.pool, args.table, args.orgId, { memory: cfg.INDEX_BUILD_MEMORY, onPhase });
+    const r = args.rebuildIndex ? await withHnswRebuild(db.longPool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, orgId: args.orgId, onPhase }, load) : await load();
+    if (args.tenantIndex && args.orgId) await createTenantIndex(db.longPool, args.table, args.orgId, { memory: cfg.INDEX_BUILD_MEMORY, onPhase });
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
     try {

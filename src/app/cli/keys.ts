@@ -3,6 +3,7 @@ import { pino } from 'pino';
 import { config } from '../../shared/core/config.js';
 import { createApiKeyStore, type ApiKeyStore } from '../../shared/infra/db/api-keys.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
+import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import type { TenantRole } from '../../shared/core/roles.js';
@@ -114,9 +115,9 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = config();
   const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   try {
-    await migrate(db.pool, { logger });
+    await migrate(db.longPool, { logger });
     return await runKeys(command, createApiKeyStore({ pool: db.pool }), {
       out: (s) => process.stdout.write(s),
       err: (s) => process.stderr.write(s),

@@ -14,6 +14,7 @@ import { changeOrgPlan } from '../../shared/fair/org-plans-sync.js';
 import type { FairScheduler } from '../../shared/fair/index.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
 import { createOrgPlanStore, type OrgPlanStore } from '../../shared/infra/db/org-plans.js';
+import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
@@ -107,7 +108,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const cfg = config();
   const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   let queue: Queue | undefined;
   try {
@@ -116,7 +117,7 @@ async function main(argv: string[]): Promise<number> {
     // The org's plan is read by the dispatcher of its own queue shard.
     const prefix = queueShards(cfg.QUEUE_PREFIX, shards).prefixOf(command.orgId);
     queue = new Queue(QUEUE.agent, { connection: redis, prefix });
-    await migrate(db.pool, { logger });
+    await migrate(db.longPool, { logger });
     const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards });
     // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.
     const dispatch = () => redis.spublish(fairKickChannel(prefix), '1');

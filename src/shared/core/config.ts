@@ -128,6 +128,25 @@ export const configSchema = z.object({
   DATA_DIR: z.string().default('.data'),
 
   DATABASE_URL: optionalString.pipe(z.string().url().optional()),
+  /**
+   * A new Postgres connection (TCP, TLS, startup, authentication) fails after this long, and so does a wait for a
+   * free one while the pool is full: a server that takes the TCP connection and never answers is an error, not a
+   * hang (the API answers 503, a worker's attempt is retried).
+   */
+  PG_CONNECT_TIMEOUT_MS: int(10_000, 100),
+  /**
+   * The longest one pooled query waits for its answer: the client then gives up and drops the connection (a
+   * server that hangs or is cut off answers nothing). Migrations and HNSW index builds run on a connection of
+   * their own, without it: they take as long as they take.
+   */
+  PG_QUERY_TIMEOUT_MS: int(30_000, 100),
+  /**
+   * Real Postgres: the pool's connections also ask the server to cancel a statement a little before
+   * PG_QUERY_TIMEOUT_MS (`statement_timeout`, sent at connect), so a slow statement stops using the server then
+   * (a client that gives up only drops its connection; the backend runs on). `false` behind a pooler that refuses startup parameters (PgBouncer unless its
+   * `ignore_startup_parameters` lists statement_timeout). Never sent to the embedded PGlite, which ignores it.
+   */
+  PG_STATEMENT_TIMEOUT: bool(true),
   PGLITE_PORT: int(0),
   /**
    * Embedded PGlite only: its shared_buffers (PGlite's default 128MB). Size it to hold the vector indexes that

@@ -36,6 +36,23 @@ export class UndeclaredKnowledgeError extends AgentqError {
   }
 }
 
+/** Postgres did not answer in time or cannot be reached (see DatabaseUnavailableError). */
+export const EDBUNAVAILABLE = 'EDBUNAVAILABLE';
+
+/**
+ * Postgres did not answer in time (a connect or a wait for a free pooled connection past PG_CONNECT_TIMEOUT_MS, a
+ * query past PG_QUERY_TIMEOUT_MS) or cannot be reached now: the API answers 503 with Retry-After, a worker's
+ * attempt is retried (`retryable`; never failed for good at once). pg gives these failures no code of its own:
+ * infra/db/pool.ts recognises them, once, where every pooled query passes.
+ */
+export class DatabaseUnavailableError extends AgentqError {
+  readonly retryable = true;
+  constructor(cause: unknown) {
+    super(`database unavailable: ${cause instanceof Error ? cause.message : String(cause)}`, EDBUNAVAILABLE);
+    this.cause = cause;
+  }
+}
+
 /** The request conflicts with the resource's current state (already cancelled, being retried...): 409. */
 export class ConflictError extends AgentqError {
   /** Read by handlers outside agentq's own error handler (Bull Board's answers an error's `statusCode`). */

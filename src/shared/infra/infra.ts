@@ -1,6 +1,6 @@
 import type { Config } from '../core/config.js';
 import { migrate } from './db/migrate.js';
-import type { Database } from './db/pool.js';
+import { dbTimeoutsOf, type Database } from './db/pool.js';
 import { openSharedDatabase } from './db/shared-embedded.js';
 import type { Logger } from '../core/logger.js';
 import { assertNoEviction, createRedis, ELECTION_MARGIN_MS, ensureRedis, lockShorterThanFailover, redisTargetOf, whenReady, type RedisTarget } from './redis/connection.js';
@@ -31,9 +31,9 @@ export async function openInfra(cfg: Config, logger: Logger): Promise<Infra> {
   } finally {
     probe.disconnect();
   }
-  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: cfg.PGLITE_PREWARM, logger });
+  const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: cfg.PGLITE_PREWARM, logger, timeouts: dbTimeoutsOf(cfg) });
   try {
-    await migrate(db.pool, { logger });
+    await migrate(db.longPool, { logger });
   } catch (err) {
     await db.close();
     await child?.stop();

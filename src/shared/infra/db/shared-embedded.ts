@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import pg from 'pg';
 import { isAlive, lockHolder, tryLock, type OwnerLock } from './owner-lock.js';
-import { createPool, openDatabase, startEmbedded, type Database, type EmbeddedOptions } from './pool.js';
+import { createPool, openDatabase, startEmbedded, type Database, type DbTimeouts, type EmbeddedOptions } from './pool.js';
 
 interface Owner {
   pid: number;
@@ -61,8 +61,8 @@ async function answers(url: string): Promise<boolean> {
  * still publishes that socket, and if not finds the owner again the same way (one that took over, a
  * restarted one, or this process itself when the lock is free or its holder dead).
  */
-export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?: string }): Promise<Database> {
-  if (opts.databaseUrl) return openDatabase({ databaseUrl: opts.databaseUrl, logger: opts.logger });
+export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?: string; timeouts?: DbTimeouts }): Promise<Database> {
+  if (opts.databaseUrl) return openDatabase({ databaseUrl: opts.databaseUrl, logger: opts.logger, ...(opts.timeouts ? { timeouts: opts.timeouts } : {}) });
   mkdirSync(opts.dataDir, { recursive: true });
   const files: Files = { lock: join(opts.dataDir, 'pglite.lock'), owner: join(opts.dataDir, 'pglite.json') };
   const closing = new AbortController();
@@ -78,10 +78,17 @@ export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?:
     }
     return finding ?? Promise.resolve(reach);
   };
-  const pool = createPool(reach.url, { logger: opts.logger, Client: clientReaching(current) });
+  const t = opts.timeouts;
+  // No statement_timeout: PGlite ignores it (start parameters are not applied, and a statement runs to its end
+  // in WASM); the client's query timeout is the bound. The first start's initdb is over before this pool exists.
+  const pool = createPool(reach.url, { logger: opts.logger, Client: clientReaching(current), ...(t ? { timeouts: { connectMs: t.connectMs, queryMs: t.queryMs } } : {}) });
+  // PGlite serves one session: a new connection's start waits behind any open transaction, such as another
+  // process's migration of a big table at its start, so the long work's connect waits as long as an owner may.
+  const longPool = createPool(reach.url, { max: 1, logger: opts.logger, Client: clientReaching(current), ...(t ? { timeouts: { connectMs: Math.max(t.connectMs, OWNER_WAIT_MS) } } : {}) });
   let closed = false;
   return {
     pool,
+    longPool,
     get url() {
       return reach.url;
     },
@@ -98,7 +105,7 @@ export async function openSharedDatabase(opts: EmbeddedOptions & { databaseUrl?:
       // Unpublished first, so no newcomer connects to a socket about to close.
       own?.unpublish();
       try {
-        await pool.end();
+        await Promise.all([pool.end(), longPool.end()]);
       } finally {
         await own?.stop();
       }
@@ -189,7 +196,9 @@ type Connected = ((err: Error) => void) | ((err: null, c: pg.Client) => void);
  * A pg Client (for the pool, which makes one per connection) that asks `reach` where the embedded database
  * is as it connects, instead of the URL the pool was made with: the owner may have changed since, on
  * another port. Only a connection is aimed anew, never a query: one in flight when the owner died fails to
- * its caller, who alone knows whether running it again is safe.
+ * its caller, who alone knows whether running it again is safe. The wait for a new owner (OWNER_WAIT_MS at
+ * most) is not cut by the connect timeout: pg-pool's timer only destroys the socket not yet opened, which
+ * `super.connect` opens again; the client's own timer bounds the connect itself, from `super.connect` on.
  */
 function clientReaching(reach: () => Promise<Owner>): typeof pg.Client {
   return class ReachingClient extends pg.Client {
