@@ -4,6 +4,7 @@ import { assertGeminiConfigured, ConfigError, parseConfig, type Config } from '.
 import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { createRootLogger } from './shared/core/logger.js';
+import { createShutdown } from './app/shutdown.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 
@@ -23,6 +24,16 @@ async function main(role: Role) {
   // Before Redis and the migrations: a serving process without a key it needs stops at once.
   if (role !== 'migrate') assertGeminiConfigured(cfg);
   const logger = createRootLogger(cfg);
+  // Until the process serves, an uncaught exception or a stray rejection fails the start as a start-up error does
+  // (logged, JSON and redacted, then exit 1); once it serves, it drains through the one shutdown (below).
+  const failedStart = (kind: 'uncaughtException' | 'unhandledRejection') => (err: unknown) => {
+    logger.fatal({ err, kind }, `${kind} during start-up`);
+    process.exit(1);
+  };
+  const startException = failedStart('uncaughtException');
+  const startRejection = failedStart('unhandledRejection');
+  process.on('uncaughtException', startException);
+  process.on('unhandledRejection', startRejection);
   const infra = await openInfra(cfg, logger);
   if (role === 'migrate') {
     logger.info('migrations up to date');
@@ -59,21 +70,25 @@ async function main(role: Role) {
   }
   if (role !== 'api') logger.info({ concurrency: cfg.WORKER_CONCURRENCY }, 'worker started');
 
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal, graceMs: cfg.SHUTDOWN_GRACE_MS }, 'shutting down: no new jobs, finishing in-flight ones');
-    await runtime.close(cfg.SHUTDOWN_GRACE_MS).catch((err) => logger.error({ err }, 'error during shutdown'));
-    await gemini.close().catch(() => {});
-    // After the runtime: the spans of the jobs that finished during the grace period are exported too.
-    await tracing?.shutdown();
-    await infra.close().catch((err) => logger.error({ err }, 'error closing infrastructure'));
-    logger.info('stopped');
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  // The drain gets SHUTDOWN_GRACE_MS, the whole shutdown a deadline a margin past it (app/shutdown.ts); a second
+  // signal exits at once.
+  const stop = createShutdown({
+    logger,
+    graceMs: cfg.SHUTDOWN_GRACE_MS,
+    exit: (code) => process.exit(code),
+    async close(steps) {
+      // Its parts' failures are logged and counted in `steps` already.
+      await runtime.close(cfg.SHUTDOWN_GRACE_MS, steps).catch(() => undefined);
+      await steps.run('gemini', () => gemini.close());
+      // After the runtime: the spans of the jobs that finished during the grace period are exported too.
+      await steps.run('tracing', () => tracing?.shutdown());
+      await steps.run('infrastructure', () => infra.close());
+    },
+  });
+  process.off('uncaughtException', startException).on('uncaughtException', (err) => stop.fatal('uncaughtException', err));
+  process.off('unhandledRejection', startRejection).on('unhandledRejection', (err) => stop.fatal('unhandledRejection', err));
+  process.on('SIGTERM', () => stop.signal('SIGTERM'));
+  process.on('SIGINT', () => stop.signal('SIGINT'));
 }
 
 const role = (process.argv[2] ?? 'all') as Role;

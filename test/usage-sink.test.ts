@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { usageSinkGroup, usageStreamKey } from '../src/shared/core/queue-keys.js';
@@ -12,7 +13,9 @@ import { createRunSink } from '../src/shared/infra/db/run-sink.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { until } from './helpers/wait.js';
+import { until, within } from './helpers/wait.js';
+import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { startRedisServer } from '../src/shared/infra/redis/redis-server.js';
 
 const pool = createPool(databaseUrl(), { max: 4 });
 const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
@@ -407,5 +410,28 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('stream drained', async () => (await redis.xlen(key)) === 0);
     await sink.close();
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  });
+
+  it('closes at once while Redis is down, its blocked read held by the reconnecting connection (not waited on once disconnected)', async () => {
+    const server = await startRedisServer();
+    const conn = createRedis(server.url, 'worker');
+    const own = new Redis(server.url, { maxRetriesPerRequest: null });
+    try {
+      const key = usageStreamKey(randomPrefix());
+      const sink = createRunSink({ redis: conn, key, group: usageSinkGroup, consumer: 'c-down', store: createRunStore({ pool }), claimIdleMs: 60_000, blockMs: 5000, logger });
+      sink.start();
+      await until('the sink to block', async () => String(await own.client('LIST')).split('\n').some((c) => c.includes('cmd=xreadgroup') && /flags=\S*b/.test(c)));
+      own.disconnect();
+      // The read in flight is held for a resend once Redis is back, on a connection that is now reconnecting.
+      const reconnecting = once(conn, 'reconnecting');
+      await server.stop();
+      await within(reconnecting, 10_000, 'the sink connection to reconnect');
+      await within(sink.close(), 5000, 'the sink to close with Redis down');
+      expect(conn.status).not.toBe('ready');
+    } finally {
+      own.disconnect();
+      conn.disconnect();
+      await server.stop();
+    }
   });
 });

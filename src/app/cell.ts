@@ -11,7 +11,7 @@ import type { Infra } from '../shared/infra/infra.js';
 import { createAgentQueue, type AgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
-import { createRedis, logConnectionErrors, type RedisClient } from '../shared/infra/redis/connection.js';
+import { createRedis, logConnectionErrors, whileReachable, type RedisClient } from '../shared/infra/redis/connection.js';
 import { createBatchStore, type BatchStore } from '../shared/batch/batch-store.js';
 
 /**
@@ -98,7 +98,9 @@ export function createCell(opts: {
     jobs,
     batchStore,
     async close() {
-      await events?.queueEvents.close();
+      // BullMQ's close waits for its own (duplicated) blocking connection to end, which never happens while that
+      // connection is reconnecting to a Redis that is down: not waited for then (the one it was made from tells).
+      if (events) await whileReachable(events.connection, events.queueEvents.close());
       events?.connection.disconnect();
       await flowProducer.close();
       await queue.close();

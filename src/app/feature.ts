@@ -50,5 +50,11 @@ export interface Feature extends WorkerHooks {
   readiness?: Record<string, () => Promise<unknown>>;
   /** Starts the feature's own background workers or schedulers (only in worker processes). */
   startBackground?: () => Promise<void>;
+  /**
+   * Stops what `startBackground` started: no new work at once, the work in hand within `graceMs`, then given up
+   * (its BullMQ workers close as the agent workers do). Run beside the agent workers' drain, in the same grace.
+   */
+  stopBackground?: (graceMs: number) => Promise<void>;
+  /** After every worker and `stopBackground`: what the feature still holds (connections, queues, readers). */
   close?: () => Promise<void>;
 }

@@ -35,6 +35,7 @@ import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
 import { tracingEnabled } from './tracing.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
 import { createBatchTier } from '../workers/batch-tier.js';
+import { createCloseSteps, type CloseSteps } from './shutdown.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
 
@@ -57,7 +58,11 @@ export interface Runtime {
   app?: FastifyInstance;
   /** Starts one more agent worker in this process (the worker role starts one). */
   startWorker(): Promise<WorkerService>;
-  close(graceMs: number): Promise<void>;
+  /**
+   * Drains within `graceMs` and closes everything, each part whatever the others did; rejects naming the parts
+   * that failed. `steps` (shutdown.ts) names them for the process's shutdown deadline.
+   */
+  close(graceMs: number, steps?: CloseSteps): Promise<void>;
 }
 
 /**
@@ -114,7 +119,7 @@ export async function startRuntime(opts: {
   const deps: FeatureDeps = { cfg, infra, logger, registry, redis, producer, jobs, cells, shards, cellOf, metrics, llm: opts.llm, ...(opts.batches ? { batches: opts.batches } : {}) };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
-  const workerResources: Array<{ close(): Promise<void> }> = [];
+  const workerResources: Array<{ name: string; close(): Promise<void> }> = [];
 
   /** One BullMQ worker per queue shard, all under this call's one WORKER_CONCURRENCY. */
   async function startWorker(): Promise<WorkerService> {
@@ -123,15 +128,15 @@ export async function startRuntime(opts: {
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
     const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: workerAutoPipelining(cfg) }) : undefined;
-    if (fairRedis) workerResources.push({ close: async () => fairRedis.disconnect() });
+    if (fairRedis) workerResources.push({ name: 'fair dispatch connection', close: async () => fairRedis.disconnect() });
     // One set of guards for the process (one breaker, shared connections), a chain per shard.
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
-    workerResources.push(guards);
+    workerResources.push({ name: 'worker guards', close: () => guards.close() });
     const leaseError = (err: unknown, model: string) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed');
     // One command connection, subscriber and usage appender for every shard's worker (each BullMQ worker still
     // has its own blocking connection): 3 connections a process instead of 3 a shard.
     const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg)) : undefined;
-    if (shared) workerResources.push({ close: async () => shared.close() });
+    if (shared) workerResources.push({ name: 'worker connections', close: async () => shared.close() });
     const services = cells.map((cell) => {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
@@ -179,13 +184,21 @@ export async function startRuntime(opts: {
     features,
     app,
     startWorker,
-    async close(graceMs) {
-      // Together: the workers stop taking jobs at once, not after the API's last requests are answered.
-      await Promise.all([app?.close(), ...workers.map((w) => w.close(graceMs))]);
-      for (const g of workerResources) await g.close();
-      for (const f of features) await f.close?.();
-      for (const cell of cells) await cell.close();
+    async close(graceMs, steps = createCloseSteps(logger)) {
+      // Together: the workers (the features' background ones too) stop taking jobs at once, not after the API's
+      // last requests are answered, and drain in the same grace period.
+      const api = app;
+      await Promise.all([
+        ...(api ? [steps.run('api', () => api.close())] : []),
+        ...workers.map((w, i) => steps.run(`agent worker ${i}`, () => w.close(graceMs))),
+        ...features.map((f) => steps.run(`feature ${f.name} background`, () => f.stopBackground?.(graceMs))),
+      ]);
+      // Each step runs whatever the one before it did: a failed close leaves nothing else open.
+      for (const r of workerResources) await steps.run(r.name, () => r.close());
+      for (const f of features) await steps.run(`feature ${f.name}`, () => f.close?.());
+      for (const cell of cells) await steps.run(`cell ${cell.index}`, () => cell.close());
       redis.disconnect();
+      if (steps.failed().length) throw new Error(`shutdown: ${steps.failed().join(', ')} failed to close`);
     },
   };
 }

@@ -9,7 +9,7 @@ import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
-import { createRedis, logConnectionErrors } from '../shared/infra/redis/connection.js';
+import { createRedis, logConnectionErrors, whileReachable } from '../shared/infra/redis/connection.js';
 import { childOutcomes } from '../shared/orchestration/child-outcomes.js';
 import { resultKeys } from '../shared/orchestration/fan-out.js';
 import type { FlowChildRef, FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../shared/orchestration/flow-data.js';
@@ -214,7 +214,8 @@ export function createFlowService(deps: FlowServiceDeps) {
     async close() {
       await flows.close();
       await agentJobs.close();
-      await events?.queueEvents.close();
+      // As the cell's (app/cell.ts): BullMQ's close would wait for a Redis that is down.
+      if (events) await whileReachable(events.connection, events.queueEvents.close());
       events?.connection.disconnect();
     },
   };

@@ -7,7 +7,7 @@ import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import { createVectorSearch } from '../shared/knowledge/vector-search.js';
-import { createRedis, workerAutoPipelining } from '../shared/infra/redis/connection.js';
+import { createRedis, whileReachable, workerAutoPipelining } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import { createAgentWorker } from './agent-worker.js';
 import { declaredSearch } from './declared-search.js';
@@ -196,8 +196,11 @@ export function createWorkerService(opts: {
       slots.leave();
       subscriber.off('smessage', onKick);
       kick.close();
-      await gate?.close();
-      await loop?.close();
+      // The last releases and dispatch go to Redis on the scheduler's worker connection, which holds them while
+      // Redis is down: not waited for then (this worker's connection, to the same Redis, tells). The slots they
+      // would have freed come back with the lease sweep, as after a crash.
+      if (!(await whileReachable(connection, gate?.close()))) logger.warn('fair gate: Redis unreachable at close; any slot not released yet is freed by the lease sweep');
+      await whileReachable(connection, loop?.close());
       await sink.close();
       own?.close();
     },

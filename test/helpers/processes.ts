@@ -21,8 +21,10 @@ export interface AgentqProcess {
  * `env` must point it at the test's Redis, database and emulator. `compiled`: a production build's folder
  * (dev/build/build-dist.ts): its `src/main.js` runs there with plain node, as the Docker image runs it.
  */
-export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, string>, compiled?: string): AgentqProcess {
-  const args = compiled ? ['src/main.js', role] : ['--import', 'tsx', MAIN, role];
+export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, string>, compiled?: string, opts: { preload?: string } = {}): AgentqProcess {
+  // `preload`: a test fixture module loaded before the entry point (e.g. one that makes a stray rejection on a signal).
+  const preload = opts.preload ? ['--import', opts.preload] : [];
+  const args = compiled ? [...preload, 'src/main.js', role] : ['--import', 'tsx', ...preload, MAIN, role];
   const child = spawn(process.execPath, args, {
     ...(compiled ? { cwd: compiled } : {}),
     env: { ...process.env, LOG_LEVEL: 'info', ...env },

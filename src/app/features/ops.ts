@@ -142,9 +142,12 @@ export function opsFeature(deps: FeatureDeps): Feature {
       await maintenance.start();
     },
 
-    async close() {
-      await maintenance?.close();
+    async stopBackground(graceMs) {
+      await maintenance?.close(graceMs);
       maintenanceConnection?.disconnect();
+    },
+
+    async close() {
       await exchange.close();
       for (const q of flows) await q.close();
       await maintenanceQueue.close();

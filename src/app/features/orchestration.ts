@@ -49,7 +49,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
       }),
     );
     const flows = routeFlowService(services, (orgId) => services[deps.cellOf(orgId).index]);
-    let background: Array<{ worker: FlowsWorker; close(): Promise<void> }> = [];
+    let background: Array<{ worker: FlowsWorker; close(graceMs: number): Promise<void> }> = [];
 
     return {
       name: 'orchestration',
@@ -62,8 +62,10 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
       async startBackground() {
         background = await Promise.all(deps.cells.map((cell) => startFlowsWorker(cell.prefix)));
       },
+      async stopBackground(graceMs) {
+        await Promise.all(background.map((b) => b.close(graceMs)));
+      },
       async close() {
-        for (const b of background) await b.close();
         await flows.close();
       },
     };
@@ -88,8 +90,8 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
       await worker.ready();
       return {
         worker,
-        async close() {
-          await worker.close();
+        async close(graceMs: number) {
+          await worker.close(graceMs);
           await agentQueue.close();
           connection.disconnect();
         },

@@ -6,6 +6,7 @@ import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } fr
 import { createPipelineRunner, type PipelineRunnerDeps } from './pipeline-runner.js';
 import type { FlowPreset } from '../../shared/orchestration/presets.js';
 import { IDLE_DRAIN_DELAY_S, workerOptions } from '../worker-options.js';
+import { closeAfterGrace, createInFlight } from '../in-flight.js';
 
 export interface FlowsWorkerOptions extends Omit<PipelineRunnerDeps, 'redis'> {
   /** A `worker`-role connection (maxRetriesPerRequest null): BullMQ blocks on it. */
@@ -26,15 +27,18 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
   const runPipeline = createPipelineRunner({ ...opts, redis: opts.connection });
   const childQueue = opts.agentQueue.qualifiedName;
 
+  const inFlight = createInFlight();
   const worker = new Worker<FlowJobData, FlowJobResult>(
     QUEUE.flows,
-    async (job, token) => {
-      if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
-      return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
-    },
+    (job, token) =>
+      inFlight.run(job, undefined, async () => {
+        if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
+        return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
+      }),
     // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
     { ...workerOptions(opts), drainDelay: IDLE_DRAIN_DELAY_S },
   );
+  inFlight.attach(worker);
   worker.on('error', (err) => opts.logger.error({ err: err.message }, 'flows worker error'));
   worker.on('failed', (job, err) => {
     if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) opts.logger.error({ flowId: job.id, kind: job.data.kind, reason: err.message }, 'flow failed');
@@ -44,7 +48,8 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
     worker,
     ready: () => worker.waitUntilReady(),
     isRunning: () => worker.isRunning(),
-    close: () => worker.close(),
+    /** As the agent worker closes: no new job, those in flight within `graceMs`, then a forced close (in-flight.ts). */
+    close: (graceMs: number) => closeAfterGrace(worker, inFlight, graceMs, opts.logger),
   };
 }
 

@@ -12,7 +12,7 @@ import { modelLimitsFromConfig } from '../../shared/limits/model-limits.js';
 import { createTokenBuckets } from '../../shared/limits/token-bucket.js';
 import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
-import { createRedis, workerAutoPipelining } from '../../shared/infra/redis/connection.js';
+import { createRedis, whileReachable, workerAutoPipelining } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import { DelayJobError, type ClaimPrep, type JobContext, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
@@ -180,7 +180,8 @@ export function createWorkerGuards(opts: {
     },
     breaker,
     async close() {
-      for (const g of shards.values()) await g.flush();
+      // Corrections still pending go to Redis now, unless it is down (whileReachable): the buckets refill anyway.
+      await whileReachable(redis, Promise.all([...shards.values()].map((g) => g.flush())));
       redis.disconnect();
       invalidations.disconnect();
     },

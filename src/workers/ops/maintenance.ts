@@ -3,6 +3,7 @@ import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { IDLE_DRAIN_DELAY_S } from '../worker-options.js';
+import { closeAfterGrace, createInFlight } from '../in-flight.js';
 
 export interface MaintenanceTask {
   /** Job scheduler id and job name. */
@@ -19,6 +20,7 @@ export interface MaintenanceTask {
 export function createMaintenance(deps: { queue: Queue; connection: RedisClient; prefix: string; tasks: MaintenanceTask[]; logger: Logger }) {
   let worker: Worker | undefined;
   const byName = new Map(deps.tasks.map((t) => [t.name, t]));
+  const inFlight = createInFlight();
 
   return {
     async start(): Promise<void> {
@@ -27,20 +29,23 @@ export function createMaintenance(deps: { queue: Queue; connection: RedisClient;
       }
       worker = new Worker(
         QUEUE.maintenance,
-        async (job) => {
-          const task = byName.get(job.name);
-          if (!task) throw new Error(`no maintenance task named "${job.name}" in this process`);
-          return task.run();
-        },
+        (job) =>
+          inFlight.run(job, undefined, async () => {
+            const task = byName.get(job.name);
+            if (!task) throw new Error(`no maintenance task named "${job.name}" in this process`);
+            return task.run();
+          }),
         { connection: deps.connection, prefix: deps.prefix, concurrency: 1, drainDelay: IDLE_DRAIN_DELAY_S },
       );
+      inFlight.attach(worker);
       worker.on('failed', (job, err) => deps.logger.warn({ task: job?.name, err: err.message }, 'maintenance task failed'));
       worker.on('error', (err) => deps.logger.warn({ err: err.message }, 'maintenance worker error'));
       await worker.waitUntilReady();
     },
 
-    async close(): Promise<void> {
-      await worker?.close();
+    /** As the agent worker closes: no new run, the one in hand within `graceMs`, then a forced close (in-flight.ts). */
+    async close(graceMs: number): Promise<void> {
+      if (worker) await closeAfterGrace(worker, inFlight, graceMs, deps.logger);
     },
   };
 }

@@ -1,4 +1,4 @@
-import type { RedisClient } from '../redis/connection.js';
+import { whileReachable, type RedisClient } from '../redis/connection.js';
 import type { Logger } from '../../core/logger.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
@@ -382,7 +382,14 @@ export function createRunSink(opts: RunSinkOptions) {
       // A blocked XREADGROUP is cut short (nothing read is lost: entries stay unread); a batch being written is
       // let finish, so its rows are acknowledged rather than written again by another sink.
       if (blocked) redis.disconnect();
-      await loop;
+      // Unless Redis is unreachable: the loop's call then waits for Redis to come back (this connection holds it
+      // through reconnects), and a call held when the connection is disconnected is never settled. The loop is
+      // left in that call; what it read stays pending under this consumer, written by the sink that takes it over.
+      if (!(await whileReachable(redis, loop))) {
+        logger.warn('usage sink: Redis unreachable at close; rows read and not acknowledged are left to another sink');
+        redis.disconnect();
+        return;
+      }
       // Entries rides brought and the loop did not reach: written now rather than left for a takeover.
       if (inbox.length && redis.status === 'ready') {
         await write(inbox.splice(0)).catch((err: unknown) => logger.warn({ err }, 'usage sink: last rows not written; another sink takes them over'));

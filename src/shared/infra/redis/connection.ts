@@ -229,6 +229,33 @@ function connected(client: RedisClient, timeoutMs: number): Promise<void> {
 }
 
 /**
+ * Waits for `work` (calls on `client`, or on another connection to the same Redis) while Redis answers: true once
+ * it is done (its rejection thrown), false without waiting once Redis does not. A worker or subscriber connection
+ * holds its commands through reconnects until Redis is back, however long that takes, and ioredis never settles a
+ * command held that way once the connection is disconnected (its `disconnect()` while reconnecting cancels the
+ * reconnect and leaves the queued and in-flight commands pending). A close that waited on such work would last as
+ * long as the outage, or forever: it gives up on it instead (the connection not ready now, or lost meanwhile:
+ * 'reconnecting'). Work given up on may still settle later; its rejection is then nobody's to report.
+ */
+export async function whileReachable(client: RedisClient, work: Promise<unknown> | undefined): Promise<boolean> {
+  if (!work) return true;
+  if (client.status !== 'ready') {
+    work.catch(() => undefined);
+    return false;
+  }
+  let lost: (() => void) | undefined;
+  const unreachable = new Promise<false>((resolve) => {
+    lost = () => resolve(false);
+    client.once('reconnecting', lost);
+  });
+  try {
+    return await Promise.race([work.then(() => true as const), unreachable]);
+  } finally {
+    client.off('reconnecting', lost!);
+  }
+}
+
+/**
  * Routes a BullMQ Queue/QueueEvents/Worker 'error' event into the JSON log, at most once per `everyMs`:
  * without a listener BullMQ prints raw errors to stderr, and during an outage every reconnect attempt
  * would otherwise log a line.

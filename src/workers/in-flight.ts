@@ -1,0 +1,87 @@
+import { DelayedError, WaitingChildrenError, WaitingError, type Job, type Worker } from 'bullmq';
+import type { Logger } from '../shared/core/logger.js';
+
+/** A job its processor left with one of these is in Redis already (delayed, waiting): BullMQ emits neither completed nor failed for it. */
+const leftInRedis = (err: unknown) => err instanceof DelayedError || err instanceof WaitingChildrenError || err instanceof WaitingError;
+
+interface Taken<T> {
+  value: T;
+  running: boolean;
+  lockLost: boolean;
+}
+
+/**
+ * The jobs a BullMQ worker took and whose outcome is not yet recorded (its completed / failed event, emitted once
+ * the outcome is in Redis), each with what its attempt carries (`T`): a shutdown waits for these without
+ * BullMQ's graceful close, which cannot be forced once started (its close(true) returns the graceful close
+ * already under way) and waits for its blocking connection to end, which never happens while that connection
+ * is reconnecting to a Redis that is down.
+ */
+export function createInFlight<T = undefined>() {
+  const jobs = new Map<string, Taken<T>>();
+  const idle: Array<() => void> = [];
+  const settled = (id: string | undefined) => {
+    if (id && jobs.delete(id) && jobs.size === 0) idle.splice(0).forEach((resolve) => resolve());
+  };
+  return {
+    size: () => jobs.size,
+    get: (id: string): T | undefined => jobs.get(id)?.value,
+    /** Runs one attempt's processor as a job in flight until BullMQ records its outcome. */
+    async run<R>(job: Job, value: T, processor: () => Promise<R>): Promise<R> {
+      const id = job.id!;
+      const taken: Taken<T> = { value, running: true, lockLost: false };
+      jobs.set(id, taken);
+      let left = false;
+      try {
+        return await processor();
+      } catch (err) {
+        left = leftInRedis(err);
+        throw err;
+      } finally {
+        taken.running = false;
+        if ((taken.lockLost || left) && jobs.get(id) === taken) settled(id);
+      }
+    },
+    /** Settles jobs on `worker`'s events (call once, before it runs jobs). */
+    attach(worker: Worker): void {
+      worker.on('completed', (job) => settled(job.id));
+      worker.on('failed', (job) => settled(job?.id));
+      // A job whose lock BullMQ could not renew has its outcome refused (the stalled check hands it to another
+      // worker), and BullMQ then emits neither completed nor failed for it: done once its processor returns.
+      worker.on('lockRenewalFailed', (ids) => {
+        for (const id of ids) {
+          const taken = jobs.get(id);
+          if (taken?.running) taken.lockLost = true;
+          else settled(id);
+        }
+      });
+    },
+    /** True once no job is in flight, false if some still are after `graceMs`. */
+    async drained(graceMs: number): Promise<boolean> {
+      if (jobs.size === 0) return true;
+      let timer: NodeJS.Timeout | undefined;
+      const drained = new Promise<true>((resolve) => idle.push(() => resolve(true)));
+      const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), graceMs)));
+      try {
+        return await Promise.race([drained, timeout]);
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+export type InFlight<T = undefined> = ReturnType<typeof createInFlight<T>>;
+
+/**
+ * How every agentq BullMQ worker stops: no new fetch, the jobs in flight finish within `graceMs`, then a forced
+ * close, which never waits on a blocked fetch (a graceful one waits on its connection: forever after a cluster
+ * failover, or while Redis is down). Jobs cut off keep their lock until it lapses and are then recovered by the
+ * stalled-job check elsewhere. A fetch already blocked may still take one job after the jobs here are done;
+ * that job is not run here, and the stalled check gives it back to the queue once its lock lapses.
+ */
+export async function closeAfterGrace(worker: Worker, inFlight: Pick<InFlight<unknown>, 'drained' | 'size'>, graceMs: number, logger: Logger): Promise<void> {
+  await worker.pause(true);
+  if (!(await inFlight.drained(graceMs))) logger.warn({ queue: worker.name, graceMs, running: inFlight.size() }, 'shutdown grace period over; closing with jobs still running');
+  await worker.close(true);
+}
