@@ -1,7 +1,7 @@
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { SHUTDOWN_MARGIN_MS, SIGNAL_REPEAT_MS } from '../../src/app/shutdown.js';
-import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
+import { freePort, startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 import { figure, processEnv, riskJob } from '../helpers/faults.js';
 import { startModelGate, type ModelGate } from '../helpers/model-gate.js';
 import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
@@ -62,7 +62,7 @@ describe('shutdown bounds', () => {
 
   it('API and worker in one process, its long polls\' event streams open: Redis gone at SIGTERM, the same bounded exit', async () => {
     redis = await startRedisServer();
-    const p = spawnAgentq('all', processEnv(s, { REDIS_URL: redis.url, REDIS_AUTOSTART: 'false', SHUTDOWN_GRACE_MS: String(GRACE_MS), PORT: '0' }));
+    const p = spawnAgentq('all', processEnv(s, { REDIS_URL: redis.url, REDIS_AUTOSTART: 'false', SHUTDOWN_GRACE_MS: String(GRACE_MS), PORT: String(await freePort()) }));
     children.push(p);
     const address = String((await p.waitForLog((l) => l.msg === 'API listening', 180_000)).address);
     const call = async (method: string, path: string, body?: unknown) => {
