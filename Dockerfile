@@ -21,6 +21,11 @@ RUN npm ci --omit=dev --no-audit --no-fund
 # otherwise stops start-up).
 COPY --from=build /app/dist ./
 COPY migrations ./migrations
+# The image's default mode (`all`, given a REDIS_URL, without DATABASE_URL) keeps the embedded PGlite and the
+# dev API key in DATA_DIR (`.data`, under /app). /app and all it holds are root's, so the user below could not
+# create it (the start failed with EACCES): it is made here and given to that user. A named volume mounted on
+# /app/.data starts with this ownership.
+RUN mkdir -p /app/.data && chown node:node /app/.data
 USER node
 EXPOSE 3000
 # Exec form, node as PID 1: SIGTERM reaches agentq itself, which drains in-flight jobs before exiting

@@ -3,6 +3,7 @@ import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync }
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { freePort } from '../src/shared/infra/redis/redis-server.js';
 import { afterAll, describe, expect, it } from 'vitest';
 
 // No Docker engine here, but the machine's own PostgreSQL (Debian's, contrib included like the pgvector
@@ -69,5 +70,59 @@ describe('docker-compose.yml postgres service, run by a real PostgreSQL', () => 
       await client.end();
     }
     expect(stderr).not.toMatch(/FATAL|PANIC/);
+  });
+});
+
+/** The postgres service's healthcheck command (CMD-SHELL), as the container's shell runs it. */
+function composePostgresHealthcheck(): string {
+  const service = compose.slice(compose.indexOf('\n  postgres:'));
+  const line = /^\s+test: (\[.*\])$/m.exec(service);
+  if (!line) throw new Error('docker-compose.yml: the postgres service has no healthcheck');
+  const [kind, command] = JSON.parse(line[1]) as string[];
+  expect(kind).toBe('CMD-SHELL');
+  return command;
+}
+
+describe('docker-compose.yml postgres healthcheck, run against a real PostgreSQL', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'agentq-compose-pg-health-'));
+  const data = join(dir, 'data');
+  const asPostgres = process.getuid?.() === 0 ? ['runuser', '-u', 'postgres', '--'] : [];
+  let server: ReturnType<typeof spawn> | undefined;
+  const stop = async () => {
+    if (!server || server.exitCode !== null) return;
+    const exited = new Promise((r) => server!.once('exit', r));
+    process.kill(Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]), 'SIGINT');
+    await exited;
+  };
+  afterAll(async () => {
+    await stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  /** Starts the server listening on `listen` (TCP addresses; '' = the unix socket in `dir` only) and waits until it is ready. */
+  const start = async (port: number, listen: string) => {
+    const args = [join(postgresBin(), 'postgres'), '-D', data, '-k', dir, '-p', String(port), '-c', `listen_addresses=${listen}`];
+    server = spawn(asPostgres[0] ?? args[0], [...asPostgres.slice(1), ...(asPostgres.length ? args : args.slice(1))], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    await expect.poll(() => stderr, { timeout: 30_000, interval: 100 }).toMatch(/database system is ready to accept connections/);
+  };
+  /** The healthcheck's exit code; PGHOST (the socket dir) stands for the image's default socket, PGPORT for 5432. */
+  const check = (command: string, port: number) => spawnSync('sh', ['-c', command], { env: { ...process.env, PGHOST: dir, PGPORT: String(port) }, encoding: 'utf8' }).status;
+
+  it('fails while the server listens on its unix socket only (the image\'s first-boot init) and passes once TCP is open', async () => {
+    const healthcheck = composePostgresHealthcheck();
+    chmodSync(dir, 0o777);
+    const init = spawnSync(asPostgres[0] ?? join(postgresBin(), 'initdb'), [...asPostgres.slice(1), ...(asPostgres.length ? [join(postgresBin(), 'initdb')] : []), '-D', data, '-A', 'trust', '-U', 'agentq'], { encoding: 'utf8' });
+    expect(init.status, init.stderr).toBe(0);
+    const port = await freePort();
+    // The entrypoint's temporary server during initdb's scripts: listen_addresses='' (socket only).
+    await start(port, '');
+    expect(check('pg_isready -U agentq -d agentq', port), 'the server answers on its socket').toBe(0);
+    // Before, the check used that socket: healthy here, so the API started and its migrate got ECONNREFUSED.
+    expect(check(healthcheck, port), `"${healthcheck}" while only the socket is open`).not.toBe(0);
+    await stop();
+    // The server the entrypoint execs once init is done listens on TCP too.
+    await start(port, '127.0.0.1');
+    expect(check(healthcheck, port), `"${healthcheck}" once TCP is open`).toBe(0);
   });
 });
