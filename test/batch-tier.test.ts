@@ -8,7 +8,8 @@ import type { JobContext } from '../src/workers/middleware.js';
 import type { GenerateResult } from '../src/shared/infra/llm/llm-client.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
-import { marker, riskJob } from './helpers/ops.js';
+import { captureLogs, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
+import { duplicateKeys } from './helpers/log-lines.js';
 import { until } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
 import { agentqPrefix, batchKeys, cancelRequestedKey } from '../src/shared/core/queue-keys.js';
@@ -60,8 +61,10 @@ describe("an inline request's error (google.rpc.Status)", () => {
 
 describe('batch tier through ai.batches and the emulator', () => {
   let s: Stack;
+  let logs: CapturedLogs;
   beforeAll(async () => {
-    s = await startStack(BATCH_ENV, { worker: true });
+    logs = captureLogs();
+    s = await startStack(BATCH_ENV, { worker: true, logger: logs.logger });
   });
   afterAll(async () => s?.close());
 
@@ -102,6 +105,13 @@ describe('batch tier through ai.batches and the emulator', () => {
       const want = pricing.cost(r.model, { input: r.input_tokens, output: r.output_tokens }, 'batch');
       expect(Number(r.cost_usd)).toBeCloseTo(want.costUsd, 9);
       expect(Number(r.cost_usd)).toBeCloseTo(Number(r.standard_cost_usd) / 2, 9);
+    }
+    // The collector's lines carry its own component once (a child of the batch feature's logger wrote two).
+    const submitted = logs.raw().filter((l) => (JSON.parse(l) as { msg?: string }).msg === 'batch submitted');
+    expect(submitted.length).toBeGreaterThan(0);
+    for (const line of submitted) {
+      expect(duplicateKeys(line), line).toEqual([]);
+      expect(JSON.parse(line)).toMatchObject({ component: 'batch-collector' });
     }
   });
 

@@ -5,7 +5,8 @@ import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
 import { followShardLayout } from '../shared/queue/shard-layout.js';
-import { createRedis, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
+import { createRedis, logConnectionErrors, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
+import type { Logger } from '../shared/core/logger.js';
 import { firstBodyFault } from './body-faults.js';
 import { ValidationError } from '../shared/core/errors.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
@@ -47,6 +48,11 @@ export async function createDirectProducer(opts: {
   shards?: number;
   /** How long one Redis reply may take before the enqueue fails (default 2000 ms, as `REDIS_COMMAND_TIMEOUT_MS`). */
   commandTimeoutMs?: number;
+  /**
+   * Where its queues' Redis connection errors are logged (rate-limited, logConnectionErrors). Without one they are
+   * dropped, never printed: the enqueue they fail rejects.
+   */
+  logger?: Logger;
 }) {
   const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
   const prefix = opts.prefix ?? '{agentq}';
@@ -67,6 +73,7 @@ export async function createDirectProducer(opts: {
   const shards = queueShards(prefix, cfg.QUEUE_SHARDS);
   const cells = shards.prefixes.map((shardPrefix) => {
     const queue = createAgentQueue({ connection, prefix: shardPrefix, retention });
+    logConnectionErrors(queue, opts.logger, 'agent queue (direct producer)');
     const producer = createJobProducer({
       queue,
       agents: opts.agents ?? defaultRegistry(),

@@ -54,14 +54,15 @@ export function createFlowService(deps: FlowServiceDeps) {
   const flows = new Queue<FlowJobData, FlowJobResult>(QUEUE.flows, { connection: deps.redis, prefix: deps.prefix });
   // Read-only here (child states); jobs are added through the producer.
   const agentJobs = new Queue(QUEUE.agent, { connection: deps.redis, prefix: deps.prefix });
-  if (deps.logger) for (const [e, what] of [[flows, 'flows queue'], [agentJobs, 'agent queue (flows)']] as const) logConnectionErrors(e, deps.logger, what);
+  logConnectionErrors(flows, deps.logger, 'flows queue');
+  logConnectionErrors(agentJobs, deps.logger, 'agent queue (flows)');
   const presets = new Map(deps.presets.map((p) => [p.name, p]));
   let events: { queueEvents: QueueEvents; connection: RedisClient } | undefined;
   const queueEvents = () => {
     if (!events) {
       const connection = createRedis(deps.redisTarget, 'worker');
       events = { connection, queueEvents: new QueueEvents(QUEUE.flows, { connection, prefix: deps.prefix }) };
-      if (deps.logger) logConnectionErrors(events.queueEvents, deps.logger, 'flows queue events');
+      logConnectionErrors(events.queueEvents, deps.logger, 'flows queue events');
     }
     return events.queueEvents;
   };

@@ -1,5 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import type { RedisClient } from '../shared/infra/redis/connection.js';
+import { logConnectionErrors, type RedisClient } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import type { Logger } from '../shared/core/logger.js';
 import { backoffDelay } from '../shared/core/backoff.js';
@@ -63,7 +63,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
     );
   });
   inFlight.attach(worker);
-  worker.on('error', (err) => opts.logger.error({ err: err.message }, 'worker error'));
+  logConnectionErrors(worker, opts.logger, 'agent worker', { msg: 'worker error', level: 'error' });
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 
   const channel = cancelChannel(opts.prefix);

@@ -5,6 +5,7 @@ import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { startRedisServer, type RedisServerHandle } from '../../src/shared/infra/redis/redis-server.js';
 import { UNTHROTTLED, figure, processEnv, riskJob, runRows } from '../helpers/faults.js';
+import { duplicateKeys } from '../helpers/log-lines.js';
 import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 
@@ -51,6 +52,9 @@ describe('Redis outages', () => {
     }
     await vi.waitFor(async () => expect(await queue.getActiveCount()).toBeGreaterThan(0), { timeout: 30_000, interval: 20 });
     const pid = worker.child.pid;
+    const output = { stdout: worker.stdoutLines.length, stderr: worker.stderr().length };
+    // The API runs in this process: anything it prints goes through console.error (BullMQ's fallback, ioredis's).
+    const printed = vi.spyOn(console, 'error');
 
     const downAt = Date.now();
     await redis.stop();
@@ -99,7 +103,37 @@ describe('Redis outages', () => {
     figure(`${label}: LLM calls for ${ids.length} jobs (repeats are jobs whose completion was lost with the connection)`, calls);
     figure(`${label}: failed attempts recorded`, [...rows.values()].reduce((n, r) => n + r.failed, 0));
     s.emulator.clearFaults();
+    printed.mockRestore();
+    expectOnlyLogLines(output, Date.now() - downAt, label);
+    expect(printed.mock.calls.map((c) => String(c[0])), 'console.error calls in the API process').toEqual([]);
     return { answeredIn };
+  }
+
+  /**
+   * What the worker wrote since `from` is JSON log lines only (before, BullMQ printed a raw ECONNREFUSED stack
+   * trace to stderr for each reconnect attempt of a queue without an error listener), none naming a field twice,
+   * and each BullMQ object's error at most once per 10 s (before, "maintenance worker error" came ~10 times a second).
+   */
+  function expectOnlyLogLines(from: { stdout: number; stderr: number }, elapsedMs: number, label: string) {
+    expect(worker.stderr().slice(from.stderr), 'what the worker wrote to stderr').toBe('');
+    const written = worker.stdoutLines.slice(from.stdout);
+    const perError = new Map<string, number>();
+    for (const text of written) {
+      let line: Record<string, unknown>;
+      try {
+        line = JSON.parse(text) as Record<string, unknown>;
+      } catch {
+        throw new Error(`the worker wrote a line that is not JSON: ${text}`);
+      }
+      expect(duplicateKeys(text), text).toEqual([]);
+      if (line.source) {
+        const key = `${String(line.msg)} | ${String(line.source)} | ${String(line.err)}`;
+        perError.set(key, (perError.get(key) ?? 0) + 1);
+      }
+    }
+    figure(`${label}: BullMQ error lines the worker logged, by message, object and error`, Object.fromEntries(perError));
+    expect(perError.size, 'BullMQ error lines during the outage').toBeGreaterThan(0);
+    for (const [key, n] of perError) expect(n, key).toBeLessThanOrEqual(1 + Math.floor(elapsedMs / 10_000));
   }
 
   it('a short outage (2 s): 503 while down, every job completes after, no process restarted', async () => {

@@ -8,6 +8,8 @@ export interface AgentqProcess {
   child: ChildProcess;
   /** Every JSON log line the process wrote so far. */
   lines: Array<Record<string, unknown>>;
+  /** Every line the process wrote to stdout so far, as written: the log lines' text and anything else. */
+  stdoutLines: string[];
   waitForLog(predicate: (line: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
   /** The exit code (null when killed by a signal), once the process ended and its stdout/stderr are fully read ('close'). */
   exited: Promise<number | null>;
@@ -49,6 +51,7 @@ export function spawnNpmScript(script: string, env: Record<string, string>): Age
 /** Collects a child's JSON log lines and exit. */
 export function watch(child: ChildProcess): AgentqProcess {
   const lines: Array<Record<string, unknown>> = [];
+  const stdoutLines: string[] = [];
   const waiters: Array<{ predicate: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }> = [];
   let buffer = '';
   let stderr = '';
@@ -58,6 +61,7 @@ export function watch(child: ChildProcess): AgentqProcess {
     while ((nl = buffer.indexOf('\n')) >= 0) {
       const text = buffer.slice(0, nl);
       buffer = buffer.slice(nl + 1);
+      stdoutLines.push(text);
       try {
         const line = JSON.parse(text) as Record<string, unknown>;
         lines.push(line);
@@ -78,6 +82,7 @@ export function watch(child: ChildProcess): AgentqProcess {
   return {
     child,
     lines,
+    stdoutLines,
     exited,
     stderr: () => stderr,
     kill: (signal) => child.kill(signal),

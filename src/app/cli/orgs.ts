@@ -16,7 +16,7 @@ import { migrate } from '../../shared/infra/db/migrate.js';
 import { createOrgPlanStore, type OrgPlanStore } from '../../shared/infra/db/org-plans.js';
 import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
-import { createRedis, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
+import { createRedis, logConnectionErrors, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
 import { runCliIfMain, shardsGiven } from './run-cli.js';
 
@@ -117,6 +117,7 @@ async function main(argv: string[]): Promise<number> {
     // The org's plan is read by the dispatcher of its own queue shard.
     const prefix = queueShards(cfg.QUEUE_PREFIX, shards).prefixOf(command.orgId);
     queue = new Queue(QUEUE.agent, { connection: redis, prefix });
+    logConnectionErrors(queue, logger, 'agent queue');
     await migrate(db.longPool, { logger });
     const scheduler = createFairSchedulerFromConfig({ redis, queue, cfg, prefix, shards });
     // Like the direct producer, the CLI does not dispatch with its own copy of the limits: it asks the workers.

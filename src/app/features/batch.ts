@@ -47,7 +47,8 @@ function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Featur
           maxAgeMs: cfg.BATCH_MAX_AGE_MS,
           deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,
           displayPrefix: `agentq-${cell.prefix.replace(/[^a-zA-Z0-9-]/g, '')}`,
-          logger: log,
+          // The collector binds its own component ('batch-collector'): a child of `log` carried two.
+          logger: deps.logger,
           ...(options.at ? { at: options.at } : {}),
         });
         return async () => {

@@ -51,7 +51,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
     parents: [flows[i]],
     actions: createBoardActions({ redis: deps.redis, prefix: c.prefix, queue: c.queue, scheduler: c.scheduler, dlq: dlqStores.get(c.prefix)! }),
   }));
-  for (const q of flows) logConnectionErrors(q, log, 'flows queue');
+  for (const q of flows) logConnectionErrors(q, log, 'flows queue (ops)');
   logConnectionErrors(maintenanceQueue, log, 'maintenance queue');
   // Same prefix as the workers' guards (src/workers/guards/index.ts); only read here.
   const breaker = createCircuitBreaker({ redis: deps.redis, prefix: agentqPrefix(prefix) });

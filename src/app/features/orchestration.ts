@@ -1,7 +1,7 @@
 import { retentionOf, type FeatureFactory } from '../runtime.js';
 import type { Feature } from '../feature.js';
 import { createAgentQueue } from '../../shared/queue/agent-queue.js';
-import { createRedis } from '../../shared/infra/redis/connection.js';
+import { createRedis, logConnectionErrors } from '../../shared/infra/redis/connection.js';
 import { createFlowService, type FlowService } from '../../producers/flow-service.js';
 import { createFlowsWorker, type FlowsWorker } from '../../workers/flows/flows-worker.js';
 import { createPipelineRegistry, type PipelineDefinition } from '../../shared/orchestration/pipeline.js';
@@ -74,6 +74,8 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
     async function startFlowsWorker(prefix: string) {
       const connection = createRedis(deps.infra.redisTarget, 'worker');
       const agentQueue = createAgentQueue({ connection, prefix, retention });
+      // It re-emits every error of the worker's connection: without a listener BullMQ printed each to stderr.
+      logConnectionErrors(agentQueue, log, 'agent queue (flows worker)');
       const worker = createFlowsWorker({
         connection,
         prefix,

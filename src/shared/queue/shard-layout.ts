@@ -1,5 +1,5 @@
 import { Queue } from 'bullmq';
-import type { RedisClient } from '../infra/redis/connection.js';
+import { logConnectionErrors, type RedisClient } from '../infra/redis/connection.js';
 import { ConfigError } from '../core/config.js';
 import { shardLayoutKey, usageStreamKey } from '../core/queue-keys.js';
 import { QUEUE } from '../core/queue-names.js';
@@ -108,6 +108,8 @@ async function countUnfinished(redis: RedisClient, prefixes: readonly string[]):
   for (const prefix of prefixes) {
     for (const name of [QUEUE.agent, QUEUE.flows]) {
       const queue = new Queue(name, { connection: redis, prefix });
+      // No logger here: an error of the caller's connection rejects getJobCounts, which the caller reports.
+      logConnectionErrors(queue, undefined, `${name} (shard layout check)`);
       try {
         const counts = await queue.getJobCounts(...UNFINISHED);
         total += UNFINISHED.reduce((n, state) => n + (counts[state] ?? 0), 0);

@@ -1,5 +1,5 @@
 import { Worker, type Job } from 'bullmq';
-import type { RedisClient } from '../../shared/infra/redis/connection.js';
+import { logConnectionErrors, type RedisClient } from '../../shared/infra/redis/connection.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { settleFanOut } from '../../shared/orchestration/fan-out.js';
 import type { FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../../shared/orchestration/flow-data.js';
@@ -39,7 +39,7 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
     { ...workerOptions(opts), drainDelay: IDLE_DRAIN_DELAY_S },
   );
   inFlight.attach(worker);
-  worker.on('error', (err) => opts.logger.error({ err: err.message }, 'flows worker error'));
+  logConnectionErrors(worker, opts.logger, 'flows worker', { msg: 'flows worker error', level: 'error' });
   worker.on('failed', (job, err) => {
     if (job && job.attemptsMade >= (job.opts.attempts ?? 1)) opts.logger.error({ flowId: job.id, kind: job.data.kind, reason: err.message }, 'flow failed');
   });

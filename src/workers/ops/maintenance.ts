@@ -1,5 +1,5 @@
 import { Worker, type Queue } from 'bullmq';
-import type { RedisClient } from '../../shared/infra/redis/connection.js';
+import { logConnectionErrors, type RedisClient } from '../../shared/infra/redis/connection.js';
 import type { Logger } from '../../shared/core/logger.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { IDLE_DRAIN_DELAY_S } from '../worker-options.js';
@@ -39,7 +39,7 @@ export function createMaintenance(deps: { queue: Queue; connection: RedisClient;
       );
       inFlight.attach(worker);
       worker.on('failed', (job, err) => deps.logger.warn({ task: job?.name, err: err.message }, 'maintenance task failed'));
-      worker.on('error', (err) => deps.logger.warn({ err: err.message }, 'maintenance worker error'));
+      logConnectionErrors(worker, deps.logger, 'maintenance worker', { msg: 'maintenance worker error' });
       await worker.waitUntilReady();
     },
 

@@ -255,17 +255,41 @@ export async function whileReachable(client: RedisClient, work: Promise<unknown>
   }
 }
 
+/** Distinct error messages whose repeats one emitter's log keeps count of (the oldest is forgotten past this). */
+const ERROR_KINDS_KEPT = 32;
+
 /**
- * Routes a BullMQ Queue/QueueEvents/Worker 'error' event into the JSON log, at most once per `everyMs`:
- * without a listener BullMQ prints raw errors to stderr, and during an outage every reconnect attempt
- * would otherwise log a line.
+ * Routes a BullMQ Queue / QueueEvents / Worker / FlowProducer 'error' event into the JSON log. Every BullMQ object
+ * made in src/ goes through here: one without a listener has BullMQ console.error each event (a raw stack trace on
+ * stderr, not a log line), and a Queue re-emits every error of the connection it was given.
+ *
+ * During an outage each reconnect attempt of each connection emits one, every 2 s or less: an error is logged the
+ * first time, then the same error (the same message) at most once per `everyMs`, with `repeated`, how many were
+ * left out since its last line. Keyed by message, so another error (a lost lock naming its job) is never hidden
+ * behind an outage's repeats. `source` names the object (not `component`, which a feature's logger already binds).
+ * Without a logger (a library caller that gave none) the events are dropped: the same errors reach the caller as
+ * rejected commands.
  */
-export function logConnectionErrors(emitter: { on(event: 'error', fn: (err: Error) => void): unknown }, logger: Logger, what: string, everyMs = 10_000): void {
-  let last = 0;
+export function logConnectionErrors(
+  emitter: { on(event: 'error', fn: (err: Error) => void): unknown },
+  logger: Logger | undefined,
+  source: string,
+  opts: { msg?: string; level?: 'warn' | 'error'; everyMs?: number } = {},
+): void {
+  const { msg = 'redis connection error', level = 'warn', everyMs = 10_000 } = opts;
+  const seen = new Map<string, { at: number; repeated: number }>();
   emitter.on('error', (err: Error) => {
+    if (!logger) return;
+    const message = err?.message ?? String(err);
     const now = Date.now();
-    if (now - last < everyMs) return;
-    last = now;
-    logger.warn({ err: err.message, component: what }, 'redis connection error');
+    const last = seen.get(message);
+    if (last && now - last.at < everyMs) {
+      last.repeated++;
+      return;
+    }
+    seen.delete(message);
+    if (seen.size >= ERROR_KINDS_KEPT) seen.delete(seen.keys().next().value!);
+    seen.set(message, { at: now, repeated: 0 });
+    logger[level]({ err: message, source, ...(last?.repeated ? { repeated: last.repeated } : {}) }, msg);
   });
 }
