@@ -101,6 +101,26 @@ async function ensureTable(client: pg.PoolClient) {
   }
 }
 
+/**
+ * Loads the library behind the `vector` type into the session, when the type exists, before a migration runs.
+ * pgvector defines its parameters (`hnsw.ef_search`, `hnsw.iterative_scan`...) when its library loads; until
+ * then they are placeholders, which Postgres lets only a superuser (or a role granted SET on them) write into a
+ * function's SET clause: on a managed Postgres, whose owner role is no superuser, `ALTER FUNCTION ... SET
+ * hnsw.ef_search` (008, 012-015, 017, the repeatables) failed with "permission denied to set parameter" in any
+ * session that had not used a vector yet. Casting NULL to the type looks up its input function, which loads the
+ * library (LOAD itself is refused to non-superusers). Run inside each migration's transaction, so a pooler that
+ * hands each transaction another session still gets it. Best effort: a load that fails leaves the migration to
+ * run as it would have; on a new database the type does not exist yet and 001's CREATE EXTENSION loads it.
+ */
+const LOAD_VECTOR_LIBRARY = `DO $$
+BEGIN
+  IF to_regtype('vector') IS NOT NULL THEN
+    PERFORM NULL::vector;
+  END IF;
+EXCEPTION WHEN OTHERS THEN
+  NULL;
+END $$`;
+
 const CLAIM_ONCE = 'INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING RETURNING name';
 /** A repeatable file's claim updates the row only to a higher revision. */
 const CLAIM_REVISION = `INSERT INTO schema_migrations (name, checksum) VALUES ($1, $2)
@@ -130,6 +150,7 @@ async function applyClaimed(client: pg.PoolClient, file: string, sql: string, [c
     if (claim.rowCount === 0) {
       current = (await client.query<{ checksum: string }>('SELECT checksum FROM schema_migrations WHERE name = $1', [file])).rows[0]?.checksum ?? '';
     } else {
+      await client.query(LOAD_VECTOR_LIBRARY);
       await client.query(sql);
     }
   } catch (err) {
