@@ -527,44 +527,39 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(generateCalls(s)).toHaveLength(0);
   });
 
-  it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {
+  /** A batch-tier job whose batch answered (stored, not read yet), the tier that serves it, and a standard call that counts. */
+  async function answeredBatchJob(name: string) {
     const store = s.runtime.deps.cells[0].batchStore;
     const answer = { text: 'from the batch', tier: 'batch' } as unknown as GenerateResult;
     const tier = createBatchTier({ store, batches: { resultOf: () => answer }, deadlineMarginMs: 4000 });
-    const id = `crash-read-${Date.now()}`;
+    const id = `${name}-${Date.now()}`;
     const ts = Date.now();
     await store.add(id, ts, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined);
     await store.move(id, 'pending', 'done', { field: 'result', value: '{}' });
-    let standardCalls = 0;
+    let calls = 0;
     const standard = async () => {
-      standardCalls += 1;
+      calls += 1;
       return { text: 'standard' } as unknown as GenerateResult;
     };
+    return { store, answer, tier, id, ts, standard, standardCalls: () => calls };
+  }
+
+  it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {
+    const { store, answer, tier, id, ts, standard, standardCalls } = await answeredBatchJob('crash-read');
     // The processor's path for one attempt that never finishes (SIGKILL before BullMQ records it), then the
     // stalled re-run of the same attempt (BullMQ leaves attemptsMade as it was), then a retry.
     const run = (attemptsMade: number) =>
       tier.generate({ job: { id, timestamp: ts, attemptsMade, data: {} }, model: s.cfg.GEMINI_MODEL_PRO } as unknown as JobContext, { prompt: 'p' }, standard);
     expect(await run(0)).toBe(answer);
     expect(await run(0)).toBe(answer);
-    expect(standardCalls).toBe(0);
+    expect(standardCalls()).toBe(0);
     expect(await run(1)).toEqual({ text: 'standard' });
-    expect(standardCalls).toBe(1);
+    expect(standardCalls()).toBe(1);
     expect((await store.job(id))?.state).toBe('fallback');
   });
 
   it("a route's retry or fallback within the attempt that was served the batch answer runs standard, never that answer again", async () => {
-    const store = s.runtime.deps.cells[0].batchStore;
-    const answer = { text: 'from the batch', tier: 'batch' } as unknown as GenerateResult;
-    const tier = createBatchTier({ store, batches: { resultOf: () => answer }, deadlineMarginMs: 4000 });
-    const id = `route-retry-${Date.now()}`;
-    const ts = Date.now();
-    await store.add(id, ts, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined);
-    await store.move(id, 'pending', 'done', { field: 'result', value: '{}' });
-    let standardCalls = 0;
-    const standard = async () => {
-      standardCalls += 1;
-      return { text: 'standard' } as unknown as GenerateResult;
-    };
+    const { answer, tier, id, ts, standard, standardCalls } = await answeredBatchJob('route-retry');
     // One attempt's context, as the route guard calls the model again with it (its answer failed validation, say).
     const ctx = { job: { id, timestamp: ts, attemptsMade: 0, data: {} }, model: s.cfg.GEMINI_MODEL_PRO } as unknown as JobContext;
     expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toBe(answer);
@@ -572,7 +567,7 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toEqual({ text: 'standard' });
     ctx.model = s.cfg.GEMINI_MODEL_FAST;
     expect(await tier.generate(ctx, { prompt: 'p' }, standard)).toEqual({ text: 'standard' });
-    expect(standardCalls).toBe(2);
+    expect(standardCalls()).toBe(2);
   });
 
   // Last in this block: its request stays in the pending set (as fallback, never sent) after the job ran.
