@@ -71,6 +71,11 @@ describe('configuration', () => {
     expect(() => parseConfig({ SHUTDOWN_GRACE_MS: '30s' })).toThrow(/^Invalid environment variable SHUTDOWN_GRACE_MS="30s": /);
   });
 
+  it("reads a blank HOST as unset (127.0.0.1), never as '' (the server listened on every interface)", () => {
+    for (const blank of ['', ' ']) expect(parseConfig({ HOST: blank }).HOST).toBe('127.0.0.1');
+    expect(parseConfig({ HOST: '0.0.0.0' }).HOST).toBe('0.0.0.0');
+  });
+
   it('takes PORT within 1..65535 only', () => {
     for (const bad of ['0', '65536', '99999', '-1']) expect(() => parseConfig({ PORT: bad })).toThrow(new RegExp(`^Invalid environment variable PORT="${bad}": `));
     expect(parseConfig({ PORT: '1' }).PORT).toBe(1);

@@ -81,7 +81,8 @@ export const configSchema = z.object({
   /** auto: pretty when stdout is a terminal in development, JSON otherwise (pipes, files, containers, production). */
   LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
 
-  HOST: z.string().default('127.0.0.1'),
+  // Blank is unset (127.0.0.1): '' would make the server listen on every interface.
+  HOST: z.preprocess(unsetIfBlank, z.string().default('127.0.0.1')),
   PORT: num(z.coerce.number().int().min(1).max(65535), 3000),
   BODY_LIMIT_BYTES: int(1024 * 1024, 1),
   ADMIN_TOKEN: optionalString,
