@@ -188,7 +188,7 @@ describe('daily job limit at run time: an admitted job is not a new job', () => 
     expect(await rowsOf(id)).toEqual([{ attempt: 1, state: 'failed' }]);
     // The backoff cut short: the retry is dispatched now.
     const scheduler = s.runtime.deps.cellOf(org).scheduler!;
-    expect(await scheduler.repark(id, Date.now(), 'retry_backoff')).toBe(true);
+    expect(await scheduler.repark(id, 0, 'retry_backoff')).toBe(true);
     await scheduler.dispatch();
     const done = await view(auth, id, 20_000);
     expect(done).toMatchObject({ state: 'completed', attempts: 2 });

@@ -422,7 +422,7 @@ describe('fair gate', () => {
     const parked = { id: 'p', attemptsStarted: 2, moveToDelayed: async () => {} } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     expect(await d.gate.admit(parked, 'token')).toBe('run');
     expect(await d.gate.admit(jobOf('q'), 'token')).toBe('run');
-    await d.gate.defer(parked, 'token', Date.now() + 1000, 'quota');
+    await d.gate.defer(parked, 'token', 1000, 'quota');
     // Its repark names the attempt that parked it.
     expect({ reparked: d.calls.reparked, attempts: d.calls.reparkAttempts }).toEqual({ reparked: ['p'], attempts: [2] });
     d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });

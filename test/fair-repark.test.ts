@@ -140,7 +140,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     const second = await c.fetchAndClaim('t2');
     expect(second.attemptsStarted).toBe(first.attemptsStarted + 1);
     // The first attempt's repark arrives at last.
-    expect(await c.scheduler.repark(j, (await redisNow(c.redis)) + 2_000, 'retry_backoff', first.attemptsStarted)).toBe(false);
+    expect(await c.scheduler.repark(j, 2_000, 'retry_backoff', first.attemptsStarted)).toBe(false);
     expect(await c.leases()).toEqual([j]);
     expect(await c.inFlight()).toBe(1);
     expect(await c.record(j)).toMatchObject({ st: 'lease' });
@@ -170,11 +170,14 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([j]);
     const second = await c.fetchAndClaim('t2');
     await second.moveToFailed(new Error('retryable again'), 't2');
-    const now = await redisNow(c.redis);
+    const before = await redisNow(c.redis);
     // The second attempt's repark, then the first's, late.
-    expect(await c.scheduler.repark(j, now + 60_000, 'retry_backoff', second.attemptsStarted)).toBe(true);
-    expect(await c.scheduler.repark(j, now + 1_000, 'retry_backoff', first.attemptsStarted)).toBe(false);
-    expect(Number(await c.redis.zscore(c.scheduler.keys.named.timers, j))).toBe(now + 60_000);
+    expect(await c.scheduler.repark(j, 60_000, 'retry_backoff', second.attemptsStarted)).toBe(true);
+    const after = await redisNow(c.redis);
+    expect(await c.scheduler.repark(j, 1_000, 'retry_backoff', first.attemptsStarted)).toBe(false);
+    const at = Number(await c.redis.zscore(c.scheduler.keys.named.timers, j));
+    expect(at).toBeGreaterThanOrEqual(before + 60_000);
+    expect(at).toBeLessThanOrEqual(after + 60_000);
     expect(await c.leases()).toEqual([]);
   });
 
@@ -194,8 +197,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     expect(await c.scheduler.repark(j, 0, 'batch')).toBe(false);
     expect(await c.leases()).toEqual([j]);
     // Its own repark; then the wake moves the waiting job.
-    const now = await redisNow(c.redis);
-    expect(await c.scheduler.repark(j, now + 600_000, 'waiting_for_batch', job.attemptsStarted)).toBe(true);
+    expect(await c.scheduler.repark(j, 600_000, 'waiting_for_batch', job.attemptsStarted)).toBe(true);
     expect(await c.leases()).toEqual([]);
     expect((await c.scheduler.dispatch()).promoted).toEqual([k]);
     const kJob = await c.fetchAndClaim('t2');
@@ -218,5 +220,60 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     expect(await c.leases()).toEqual([k]);
     expect(await c.inFlight()).toBe(1);
     expect(await c.record(j)).toEqual({});
+  });
+});
+
+describe('fair repark and model block: counted on Redis\'s clock, not the worker\'s', () => {
+  it('a worker whose clock is 60 s behind Redis\'s still parks a retry for its whole backoff, and a deferral and its model block for their whole delay', async () => {
+    const c = await setup();
+    const loop = stubLoop();
+    const gate = createFairGate({ scheduler: c.scheduler, loop, logger, entryOf: (job) => ({ jobId: job.id!, orgId: c.org, model: FLASH, estTokens: 0 }) });
+    const backoffMs = 2_000;
+    c.setRetryDelay((id) => gate.retryDelay(id, backoffMs));
+    const realNow = Date.now.bind(Date);
+    /** Runs `f` with this process's clock 60 s behind (Redis's is the test's real one). */
+    const skewed = async <T>(f: () => T | Promise<T>): Promise<T> => {
+      const spy = vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 60_000);
+      try {
+        return await f();
+      } finally {
+        spy.mockRestore();
+      }
+    };
+    const timerOf = async (id: string) => Number(await c.redis.zscore(c.scheduler.keys.named.timers, id));
+
+    // A retry: its repark from the 'failed' event, sent by the skewed worker.
+    const { ids: [j] } = await c.add(1);
+    const job = await c.fetchAndClaim('t1');
+    await job.moveToFailed(new Error('retryable'), 't1');
+    const reparkedAt = await redisNow(c.redis);
+    await skewed(() => gate.finished(j, job.attemptsStarted));
+    await vi.waitFor(() => expect(loop.kicks).toBe(1));
+    expect(await c.record(j)).toMatchObject({ st: 'timer' });
+    expect(await timerOf(j)).toBeGreaterThanOrEqual(reparkedAt + backoffMs);
+    expect(await c.scheduler.why(j)).toMatchObject({ reason: 'retry_backoff' });
+
+    // A deferral on a provider 429 (20 s), by the same worker: the job's timer and the model's block.
+    const { ids: [k], promoted } = await c.add(1);
+    expect(promoted).toEqual([k]);
+    const kJob = await c.fetchAndClaim('t2');
+    const deferredAt = await redisNow(c.redis);
+    await skewed(() => gate.defer(kJob, 't2', 20_000, 'provider_rate_limited', FLASH));
+    expect(await timerOf(k)).toBeGreaterThanOrEqual(deferredAt + 20_000);
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, FLASH))).toBeGreaterThanOrEqual(deferredAt + 20_000);
+    expect((await c.scheduler.dispatch()).promoted).toEqual([]);
+    await gate.close();
+  });
+
+  it('an older worker\'s absolute time (over a year in ms) is still taken as a time: a rolling upgrade keeps its backoffs', async () => {
+    const c = await setup();
+    const { ids: [j] } = await c.add(1);
+    const job = await c.fetchAndClaim('t1');
+    await parkActiveJob(job, 't1');
+    const at = (await redisNow(c.redis)) + 30_000;
+    expect(await c.scheduler.repark(j, at, 'retry_backoff', job.attemptsStarted)).toBe(true);
+    expect(Number(await c.redis.zscore(c.scheduler.keys.named.timers, j))).toBe(at);
+    await c.scheduler.blockModel(FLASH, at, 'breaker_open');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, FLASH))).toBe(at);
   });
 });

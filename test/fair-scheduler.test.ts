@@ -624,7 +624,7 @@ describe('fair scheduler limits', () => {
       if (job.id === ids[0] && runs.filter((r) => r.id === ids[0]).length === 1) {
         await parkActiveJob(job, token!);
         reparkedAt = Date.now();
-        expect(await c.scheduler.repark(job.id, reparkedAt + 400, 'retry_backoff:1', job.attemptsStarted)).toBe(true);
+        expect(await c.scheduler.repark(job.id, 400, 'retry_backoff:1', job.attemptsStarted)).toBe(true);
         whyDuringBackoff = await c.scheduler.why(job.id);
         void loop.kick();
         throw new DelayedError();
@@ -787,8 +787,12 @@ describe('fair scheduler limits', () => {
     const org = randomOrg();
     const flash = await c.add(org, 2, { model: FLASH });
     const pro = await c.add(org, 2, { model: PRO });
-    const until = (await c.redisNow()) + 500;
-    await c.scheduler.blockModel(PRO, until, 'breaker_open');
+    const before = await c.redisNow();
+    await c.scheduler.blockModel(PRO, 500, 'breaker_open');
+    // 500 ms from the script's own Redis TIME.
+    const until = Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO));
+    expect(until).toBeGreaterThanOrEqual(before + 500);
+    expect(until).toBeLessThanOrEqual((await c.redisNow()) + 500);
     const r = await c.scheduler.dispatch();
     expect(r.promoted).toEqual(flash);
     expect(r.nextWakeMs).toBe(until);
@@ -807,12 +811,11 @@ describe('fair scheduler limits', () => {
     const c = await setup();
     const org = randomOrg();
     const pro = await c.add(org, 1, { model: PRO });
-    const now = await c.redisNow();
     // The per-day quota is spent: blocked until the reset (here 8 h away, as midnight Pacific can be).
-    const midnight = now + 8 * 3600_000;
-    await c.scheduler.blockModel(PRO, midnight, 'provider_quota');
+    await c.scheduler.blockModel(PRO, 8 * 3600_000, 'provider_quota');
+    const midnight = Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO));
     // A call already in flight then gets a per-minute 429, and its defer blocks the model for 20 s.
-    await c.scheduler.blockModel(PRO, now + 20_000, 'provider_rate_limited');
+    await c.scheduler.blockModel(PRO, 20_000, 'provider_rate_limited');
     expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(midnight);
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('provider_quota');
     const r = await c.scheduler.dispatch();
@@ -820,35 +823,36 @@ describe('fair scheduler limits', () => {
     expect(r.nextWakeMs).toBe(midnight);
     expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'provider_quota', etaMs: midnight });
     // A later block still extends it.
-    await c.scheduler.blockModel(PRO, midnight + 1000, 'breaker_open');
-    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(midnight + 1000);
+    await c.scheduler.blockModel(PRO, 8 * 3600_000 + 1000, 'breaker_open');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBeGreaterThanOrEqual(midnight + 1000);
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('breaker_open');
   });
 
-  it("an until already past (a worker whose clock is behind Redis's) never lifts a model block that stands", async () => {
+  it("a delay of 0 or less (or an older worker's absolute until already past) never lifts a model block that stands", async () => {
     const c = await setup();
     const org = randomOrg();
     const pro = await c.add(org, 1, { model: PRO });
-    const now = await c.redisNow();
-    await c.scheduler.blockModel(PRO, now + 60_000, 'provider_rate_limited');
-    await c.scheduler.blockModel(PRO, now - 5, 'breaker_open');
-    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(now + 60_000);
+    await c.scheduler.blockModel(PRO, 60_000, 'provider_rate_limited');
+    const until = Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO));
+    await c.scheduler.blockModel(PRO, -5, 'breaker_open');
+    await c.scheduler.blockModel(PRO, (await c.redisNow()) - 5, 'breaker_open');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(until);
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBe('provider_rate_limited');
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
-    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'provider_rate_limited', etaMs: now + 60_000 });
+    expect(await c.scheduler.why(pro[0])).toMatchObject({ reason: 'provider_rate_limited', etaMs: until });
   });
 
   it('a model block that has lapsed is tidied away by an until already past; a new block then stands as given', async () => {
     const c = await setup();
-    const until = (await c.redisNow()) + 50;
-    await c.scheduler.blockModel(PRO, until, 'breaker_open');
+    await c.scheduler.blockModel(PRO, 50, 'breaker_open');
+    const until = Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO));
     await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(until), { timeout: 5_000, interval: 10 });
-    const now = await c.redisNow();
-    await c.scheduler.blockModel(PRO, now - 1, 'breaker_open');
+    await c.scheduler.blockModel(PRO, 0, 'breaker_open');
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO)).toBeNull();
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBeNull();
-    await c.scheduler.blockModel(PRO, now + 10_000, 'provider_rate_limited');
-    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBe(now + 10_000);
+    const now = await c.redisNow();
+    await c.scheduler.blockModel(PRO, 10_000, 'provider_rate_limited');
+    expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO))).toBeGreaterThanOrEqual(now + 10_000);
   });
 
   it('applies TPM corrections carried by a claim or a release to the org\'s and the model\'s buckets, where limited', async () => {

@@ -188,16 +188,16 @@ export function createFairGate(deps: {
 
     /**
      * Waits a job without using an attempt (quota, open breaker, a limit only known at run time): parked and
-     * back in its lane from `untilMs`. An open breaker or a provider 429 also pauses the model's lanes for
+     * back in its lane `delayMs` from now (by Redis's clock: this worker's may be off it). An open breaker or a provider 429 also pauses the model's lanes for
      * every org (`MODEL_WIDE_DELAYS`): the fair dispatcher stops sending anyone's jobs into a wall.
      */
-    async defer(job: AgentJob, token: string | undefined, untilMs: number, reason: string, model?: string): Promise<void> {
+    async defer(job: AgentJob, token: string | undefined, delayMs: number, reason: string, model?: string): Promise<void> {
       running.delete(job.id!);
       if (!token) throw new Error('cannot defer a job without its lock token');
       await parkActiveJob(job, token);
       // This attempt's job only: a repark late past the lease sweep's patience finds the job sent again, and leaves it.
-      await deps.scheduler.repark(job.id!, untilMs, reason, job.attemptsStarted);
-      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await deps.scheduler.blockModel(model, untilMs, reason);
+      await deps.scheduler.repark(job.id!, delayMs, reason, job.attemptsStarted);
+      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await deps.scheduler.blockModel(model, delayMs, reason);
       void deps.loop.kick();
     },
 
@@ -258,7 +258,8 @@ export function createFairGate(deps: {
         retries.delete(jobId);
         // A crash before this repark leaves the job parked with its lease: the lease sweep lanes it again (a lease
         // after it first finds it parked, the time it gives this repark to come).
-        void deps.scheduler.repark(jobId, Date.now() + backoffMs, 'retry_backoff', attempt).then(
+        // The backoff itself, not a time by this worker's clock: the script counts it from Redis's.
+        void deps.scheduler.repark(jobId, backoffMs, 'retry_backoff', attempt).then(
           () => deps.loop.kick(),
           (err: unknown) => deps.logger.warn({ err, jobId }, 'fair: could not schedule a retry; the lease sweep will'),
         );

@@ -314,14 +314,14 @@ function attemptOf(deps: ProcessorDeps) {
         // Before the job is parked: the calls this run paid for are in the usage stream by the time it waits.
         const billed = billedOf(err);
         if (billed) await record(delayedRow(billed, outcome.reason));
-        const until = Date.now() + Math.max(outcome.delayMs, 1);
+        const delayMs = Math.max(outcome.delayMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
         // model's, when the prompt's knowledge search was refused): only that model pauses, never the job's own
         // by default. An open breaker names the model it refused (a route's primary, say); one naming none is the
         // job's model's.
         const paused = outcome.model ?? (outcome.reason === 'breaker_open' ? ctx.model : undefined);
-        if (gate) await gate.defer(job, token, until, outcome.reason, paused);
-        else await job.moveToDelayed(until, token);
+        if (gate) await gate.defer(job, token, delayMs, outcome.reason, paused);
+        else await job.moveToDelayed(Date.now() + delayMs, token);
         throw new DelayedError();
       }
       const message = err instanceof Error ? err.message : String(err);

@@ -173,8 +173,8 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** See FairScheduler.repark. */
-    async repark(id: string, notBeforeMs: number, reason: string, attempt?: number): Promise<boolean> {
-      return (await call('repark', [id, Math.ceil(notBeforeMs), reason, attempt ?? ''])) === 1;
+    async repark(id: string, delayMs: number, reason: string, attempt?: number): Promise<boolean> {
+      return (await call('repark', [id, Math.ceil(delayMs), reason, attempt ?? ''])) === 1;
     },
     /** `done`: the job was taken out; `due`: it gave back a slot and a dispatch now has work (capped lanes woke). */
     async cancel(id: string): Promise<{ done: boolean; due: boolean }> {
@@ -235,8 +235,9 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async giveBack(org: string, model: string, configuredOrgRpm: number | undefined): Promise<void> {
       await call('take', [org, model, configuredOrgRpm ?? '', -1]);
     },
-    async block(model: string, untilMs: number, reason: string): Promise<void> {
-      await call('block', [model, Math.ceil(untilMs), reason]);
+    /** `delayMs`: from now by Redis's clock, as repark's (the script adds it to its TIME). */
+    async block(model: string, delayMs: number, reason: string): Promise<void> {
+      await call('block', [model, Math.ceil(delayMs), reason]);
     },
     async why(id: string): Promise<WhyRaw | null> {
       const r = (await why(keys.script, [id, d.concurrency])) as [string, string, string, number] | null;

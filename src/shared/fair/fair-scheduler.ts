@@ -161,15 +161,16 @@ export interface FairScheduler {
    */
   release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   /**
-   * Frees the slot of a parked job and puts it on a timer until `notBeforeMs` (`reason`: what `why` reports), or in
-   * its lane when that time has come. `attempt`: the attempt that parked it (BullMQ's `attemptsStarted`, as its
+   * Frees the slot of a parked job and puts it on a timer for `delayMs` from now (`reason`: what `why` reports), or
+   * in its lane when that is 0 or less. The delay, not a time: the script adds it to Redis's clock, so a worker
+   * whose own clock is off Redis's still waits the whole backoff. `attempt`: the attempt that parked it (BullMQ's `attemptsStarted`, as its
    * worker saw it), for a retry's or a deferral's repark: the job is moved only while it is parked by that attempt,
    * never once the dispatcher has sent it again (a repark late past a lease, see the lease sweep) or a later
    * attempt parked it. Without: only a job waiting in its lane or on its timer is moved (the batch tier's wake),
    * never a running one nor the slot of an attempt between its park and its own repark. False when nothing was
    * moved (also when the job is unknown to the dispatcher).
    */
-  repark(jobId: string, notBeforeMs: number, reason: string, attempt?: number): Promise<boolean>;
+  repark(jobId: string, delayMs: number, reason: string, attempt?: number): Promise<boolean>;
   /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
@@ -186,11 +187,11 @@ export interface FairScheduler {
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<{ freed: number; forgotten: number }>;
   /**
-   * Pauses every org's lanes of the model until `untilMs` (Redis time), for `reason`. A block standing until later
-   * stays, its reason with it (a per-day quota's is not shortened by a per-minute 429); an `untilMs` already past
-   * changes nothing: a block lapses at its own time.
+   * Pauses every org's lanes of the model for `delayMs` from now (by Redis's clock, as repark's), for `reason`. A
+   * block standing until later stays, its reason with it (a per-day quota's is not shortened by a per-minute 429);
+   * a delay of 0 or less changes nothing: a block lapses at its own time.
    */
-  blockModel(model: string, untilMs: number, reason: string): Promise<void>;
+  blockModel(model: string, delayMs: number, reason: string): Promise<void>;
   /**
    * The request of a call of `org` to `model` that no dispatch charged (a worker's fallback model, a retry within
    * its route), taken from the org's RPM bucket for the model at the capacity and rate the dispatches take it at
@@ -366,7 +367,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true, ropts.correct);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
-    repark: (id, notBeforeMs, reason, attempt) => raw.repark(id, notBeforeMs, reason, attempt),
+    repark: (id, delayMs, reason, attempt) => raw.repark(id, delayMs, reason, attempt),
     async cancel(id) {
       const r = await raw.cancel(id);
       if (r.due) await opts.kick?.().catch(() => undefined);
@@ -383,7 +384,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       }
       return total;
     },
-    blockModel: (model, untilMs, reason) => raw.block(model, untilMs, reason),
+    blockModel: (model, delayMs, reason) => raw.block(model, delayMs, reason),
     async takeRequest(org, model, others = []) {
       for (const o of others) {
         if (!(o.capacity > 0) || !Number.isFinite(o.capacity) || !(o.refillPerSec > 0) || !Number.isFinite(o.refillPerSec)) {

@@ -30,7 +30,7 @@ export function isParked(job: Pick<Job, 'timestamp' | 'delay'>, now = Date.now()
 
 /**
  * Moves an active job back to parked (e.g. a retry with backoff, or a run-time delay); the caller then
- * calls `scheduler.repark(jobId, notBeforeMs, reason, job.attemptsStarted)` and throws BullMQ's `DelayedError`.
+ * calls `scheduler.repark(jobId, delayMs, reason, job.attemptsStarted)` and throws BullMQ's `DelayedError`.
  */
 export async function parkActiveJob(job: Job, token: string): Promise<void> {
   await job.moveToDelayed(PARK_AT_MS, token);

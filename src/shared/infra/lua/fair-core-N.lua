@@ -57,10 +57,11 @@
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
---   repark: id, notBeforeMs, reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
+--   repark: id, delayMs (from now by Redis TIME; see fromNow), reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
 --     none: only a job waiting in its lane or on its timer is moved);  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
---   wake: org;  block: model, untilMs, reason (the later of the standing block and this one is kept)
+--   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
+--     and this one is kept)
 --   lease: model, requests granted, tokens granted, retry at ms (0 when something was granted), takes the
 --     wake-up (1: a dispatch loop takes the lease's result; else told, not taken, as dispatch's)
 --   take: org, model, the caller's configured per-org rpm of the model ('' = none), cost (1 takes the org's request
@@ -116,6 +117,15 @@ local RESERVOIR_TTL_MS = 60000
 -- or a rate under one request in this long, still wakes at the first request. The jobs' pace over a minute is the
 -- plan's either way.
 local WAKE_BATCH_MS = 5000
+
+-- A caller's delay (ms from now) as a Redis-clock time: a worker's own clock may be off Redis's, and an absolute
+-- time from it moved a backoff or a model block by the skew (a clock 60 s behind dropped a 20 s block). A value
+-- over a year is already an absolute time, as workers before 2026-12-06 sent (a rolling upgrade's older worker).
+local YEAR_MS = 365 * 86400000
+local function fromNow(ms)
+  if ms > YEAR_MS then return ms end
+  return now + ms
+end
 
 -- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt.
 local function fmt(x) return string.format('%.17g', x) end
@@ -315,7 +325,7 @@ elseif op == 'release' then
   if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
-  local id, notBefore, attempt = ARGV[13], tonumber(ARGV[14]), ARGV[16]
+  local id, notBefore, attempt = ARGV[13], fromNow(tonumber(ARGV[14])), ARGV[16]
   local m = jobMeta(id)
   local org, model = m[1], m[2]
   if not org then return 0 end
@@ -539,9 +549,9 @@ elseif op == 'take' then
 elseif op == 'block' then
   -- The later of the standing block and this one, with its reason: a per-day quota spent (provider_quota, until
   -- the reset) is not cut short by a per-minute 429 or an open breaker of a call that was already in flight, and
-  -- an until already past (a worker whose clock is behind Redis's) never lifts a block that stands: it lapses at
-  -- its own time. Before, the last block won (the quota's block became 20 s) and a past until deleted it.
-  local model, untilMs = ARGV[13], tonumber(ARGV[14])
+  -- a delay of 0 or less (or an older worker's absolute until already past) never lifts a block that stands: it
+  -- lapses at its own time. Before, the last block won (the quota's block became 20 s) and a past until deleted it.
+  local model, untilMs = ARGV[13], fromNow(tonumber(ARGV[14]))
   local standing = tonumber(rcall('HGET', K_MBLOCK, model)) or 0
   if untilMs > now and untilMs > standing then
     rcall('HSET', K_MBLOCK, model, fmt(untilMs))
