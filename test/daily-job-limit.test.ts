@@ -1,4 +1,5 @@
 import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { randomOrg } from './helpers/env.js';
@@ -136,6 +137,42 @@ describe('daily job limit at admission', () => {
     for (const name of ['after-1', 'after-2']) expect((await post('/v1/jobs', auth, risk(name))).statusCode).toBe(202);
     expect((await post('/v1/jobs', auth, risk('after-3'))).statusCode).toBe(429);
     expect(await storedOf(auth)).toBe(3);
+  });
+
+  it('an add Redis refuses with an error gives its reservation back; one whose outcome is unknown (a lost connection) keeps it', async () => {
+    const { auth } = await orgWithLimit(s, 2);
+    // The queue's job id counter, which the store script increments before it writes anything, made a string
+    // that is not a number: the script fails with Redis's error reply, having stored nothing.
+    const client = (await queue.getBackend().client) as unknown as Redis;
+    const counter = await client.get(queue.toKey('id'));
+    await client.set(queue.toKey('id'), 'not-a-number');
+    try {
+      const refused = await post('/v1/jobs/bulk', auth, { jobs: risks(2, 'refused') });
+      expect(refused.statusCode).toBe(500);
+    } finally {
+      if (counter === null) await client.del(queue.toKey('id'));
+      else await client.set(queue.toKey('id'), counter);
+    }
+    expect(await storedOf(auth)).toBe(0);
+    // The whole day is left: two new jobs fit.
+    expect((await post('/v1/jobs/bulk', auth, { jobs: risks(2, 'after-refused') })).statusCode).toBe(202);
+
+    // A connection lost while the add was in flight: it may still land, so its job stays counted.
+    const other = await orgWithLimit(s, 2);
+    const raw = s.runtime.deps.cells[0].scheduler!.raw;
+    const orig = raw.enqueue.bind(raw);
+    raw.enqueue = async () => {
+      throw new Error('Connection is closed.');
+    };
+    try {
+      expect((await post('/v1/jobs', other.auth, risk('lost'))).statusCode).toBe(503);
+    } finally {
+      raw.enqueue = orig;
+    }
+    expect((await post('/v1/jobs', other.auth, risk('kept-1'))).statusCode).toBe(202);
+    const full = await post('/v1/jobs', other.auth, risk('kept-2'));
+    expect(full.statusCode).toBe(429);
+    expect(full.json()).toMatchObject({ limit: 2, jobsToday: 2, requested: 1 });
   });
 
   it("starts the day's count from the jobs of today agent_runs holds (a Redis that lost the count does not reset the day); a job made yesterday is not one of today", async () => {

@@ -18,6 +18,7 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
     prepareBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.prepareBulkChecked(reqs, meta),
     enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
     admit: (orgId, jobs) => cellOf(orgId).producer.admit(orgId, jobs),
+    refundFailedAdd: (orgId, reserved, err, o) => cellOf(orgId).producer.refundFailedAdd(orgId, reserved, err, o),
   };
 }
 

@@ -38,7 +38,7 @@ export interface FlowServiceDeps {
   redisTarget: RedisTarget;
   prefix: string;
   /** The one enqueue path: flow children are agent jobs of the org like any other. */
-  producer: Pick<JobProducer, 'prepare' | 'enqueueFlow' | 'admit'>;
+  producer: Pick<JobProducer, 'prepare' | 'enqueueFlow' | 'admit' | 'refundFailedAdd'>;
   agents: { resolve(agent: string, action: string): { action: { model: ModelTier } } };
   models: Record<ModelTier, string>;
   retention: RetentionOptions;
@@ -174,8 +174,15 @@ export function createFlowService(deps: FlowServiceDeps) {
       };
       const id = `run-${randomUUID()}`;
       // Admitted here as one request for all its steps, whose jobs then enter without (pipeline-runner.ts).
-      await deps.producer.admit(meta.orgId, def.steps.length);
-      await flows.add(`pipeline:${def.name}`, data, { ...flowJobOptions(deps.retention), jobId: id });
+      const reserved = await deps.producer.admit(meta.orgId, def.steps.length);
+      try {
+        await flows.add(`pipeline:${def.name}`, data, { ...flowJobOptions(deps.retention), jobId: id });
+      } catch (err) {
+        // A run not stored gives its steps' reservation back (Redis refused it; an unknown outcome keeps it).
+        const unstored = async () => ((await flows.getJobState(id)) === 'unknown' ? def.steps.length : 0);
+        await deps.producer.refundFailedAdd(meta.orgId, reserved, err, { sent: true, unstored });
+        throw err;
+      }
       return { id };
     },
 

@@ -8,7 +8,7 @@ import { ConflictError, ValidationError } from '../core/errors.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
 import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
-import { admitOrThrow, type AdmissionCheck } from './admission-check.js';
+import { admitOrThrow, refundFailedAdd, type AdmissionCheck, type DailyReservation } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
 import { laneModelOf } from './fair-entry.js';
@@ -196,15 +196,13 @@ export function createJobProducer(deps: JobProducerDeps) {
   }
 
   /**
-   * Without a BullMQ parent, the jobs are stored parked by the dispatcher's own enqueue call, which lanes them
+   * Without a BullMQ parent, the jobs are stored parked by the dispatcher's own enqueue call (`laneEntries` of
+   * these entries), which lanes them
    * in the same call: one round trip and one script call for a bulk request instead of BullMQ's add (a script
    * call per job) and then the lane's call, and no parked job left unlaned between the two.
    */
-  async function storeAndLane(prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): Promise<{ ids: string[]; stored: number }> {
-    const entries = prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts) }));
-    const stored = await laneEntries(entries);
-    return { ids: prepared.map((p) => p.opts.jobId), stored };
-  }
+  const storedEntries = (prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): FairEntry[] =>
+    prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts) }));
 
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
@@ -266,34 +264,55 @@ export function createJobProducer(deps: JobProducerDeps) {
     return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
       // Only new jobs count against the org's daily job limit: an idempotent re-send of a job that exists does not.
       const reserved = o.admitted ? undefined : await admitOrThrow(deps.admission, meta.orgId, prepared.length, newJobCount(prepared, existing));
-      let ids: string[];
-      if (deps.scheduler && !o.parent && !o.ignoreDependencyOnFailure) {
-        const [added] = await Promise.all([storeAndLane(prepared, withTrace), indexed(meta.orgId, prepared)]);
-        ids = added.ids;
-        // Jobs reserved as new that another request stored first (the same idempotency key, sent twice at once)
-        // are given back. A failed refund only leaves the day's count high: the jobs are stored, so no error.
-        if (reserved && added.stored < reserved.jobs) {
-          await deps.admission?.refund?.(meta.orgId, reserved, reserved.jobs - added.stored).catch(() => undefined);
+      // Whether the add was sent to Redis, and whether what it stored is known (the reservation settled).
+      let sent = false;
+      let settled = false;
+      try {
+        let ids: string[];
+        if (deps.scheduler && !o.parent && !o.ignoreDependencyOnFailure) {
+          const entries = storedEntries(prepared, withTrace);
+          sent = true;
+          const [stored] = await Promise.all([laneEntries(entries), indexed(meta.orgId, prepared)]);
+          settled = true;
+          ids = prepared.map((p) => p.opts.jobId);
+          // Jobs reserved as new that another request stored first (the same idempotency key, sent twice at once)
+          // are given back. A failed refund only leaves the day's count high: the jobs are stored, so no error.
+          if (reserved && stored < reserved.jobs) {
+            await deps.admission?.refund?.(meta.orgId, reserved, reserved.jobs - stored).catch(() => undefined);
+          }
+          // Again after the add: of two different requests racing on one key, the loser learns it here (its
+          // add was a no-op, and so was its lane: the job the winner stored is laned once).
+          await refuseReusedKeys(prepared);
+        } else {
+          const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
+          const items = prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }));
+          sent = true;
+          const [jobs] = await Promise.all([
+            items.length === 1 ? queue.add(items[0].name, items[0].data, items[0].opts).then((j) => [j]) : queue.addBulk(items),
+            indexed(meta.orgId, prepared),
+          ]);
+          ids = jobs.map((j) => j.id!);
+          await refuseReusedKeys(prepared);
+          await lane(prepared);
         }
-        // Again after the add: of two different requests racing on one key, the loser learns it here (its
-        // add was a no-op, and so was its lane: the job the winner stored is laned once).
-        await refuseReusedKeys(prepared);
-      } else {
-        const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
-        const [jobs] = await Promise.all([
-          prepared.length === 1
-            ? queue.add(prepared[0].name, withTrace(prepared[0].data), { ...prepared[0].opts, ...extra }).then((j) => [j])
-            : queue.addBulk(prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }))),
-          indexed(meta.orgId, prepared),
-        ]);
-        ids = jobs.map((j) => j.id!);
-        await refuseReusedKeys(prepared);
-        await lane(prepared);
+        // Only an idempotent job's state is read back (one request per job); the others' is known.
+        if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
+        return await Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i]) })));
+      } catch (err) {
+        // An add that failed for certain gives back what it reserved for jobs it did not store.
+        if (!settled) await refundFailedAdd(deps.admission, meta.orgId, reserved, err, { sent, unstored: () => unstoredOf(prepared, existing) });
+        throw err;
       }
-      // Only an idempotent job's state is read back (one request per job); the others' is known.
-      if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
-      return Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i]) })));
     });
+  }
+
+  /** How many of the new jobs of `prepared` (one per job id, not in `existing`) are not stored now. */
+  async function unstoredOf(prepared: PreparedJob[], existing: Set<string>): Promise<number> {
+    const ids = [...new Set(prepared.map((p) => p.opts.jobId).filter((id) => !existing.has(id)))];
+    if (ids.length === 0) return 0;
+    const client = (await queue.getBackend().client) as unknown as RedisClient;
+    const found = await Promise.all(ids.map((id) => client.exists(queue.toKey(id))));
+    return found.filter((n) => n === 0).length;
   }
 
   return {
@@ -303,6 +322,10 @@ export function createJobProducer(deps: JobProducerDeps) {
 
     /** Spends the org's admission for `jobs` jobs that enter later with `admitted` (a pipeline run's steps). */
     admit: (orgId: string, jobs: number) => admitOrThrow(deps.admission, orgId, jobs),
+
+    /** Gives back `admit`'s reservation when what it was taken for failed to be added (see refundFailedAdd). */
+    refundFailedAdd: (orgId: string, reserved: DailyReservation | undefined, err: unknown, o: { sent: boolean; unstored: () => Promise<number> }) =>
+      refundFailedAdd(deps.admission, orgId, reserved, err, o),
 
     async enqueue(raw: unknown, meta: EnqueueMeta): Promise<EnqueuedJob> {
       const [job] = await add([prepare(raw, meta)], meta);
@@ -333,14 +356,14 @@ export function createJobProducer(deps: JobProducerDeps) {
       if (!deps.flows) throw new Error('this producer has no flow producer');
       const flows = deps.flows;
       await enqueueSpan(meta.orgId, children, async (withTrace) => {
-        await admitOrThrow(deps.admission, meta.orgId, children.length);
-        await Promise.all([
-          flows.add({
-            ...parent,
-            children: children.map((p) => ({ name: p.name, queueName: QUEUE.agent, data: withTrace(p.data), opts: { ...p.opts, ignoreDependencyOnFailure: true } })),
-          }),
-          indexed(meta.orgId, children),
-        ]);
+        const reserved = await admitOrThrow(deps.admission, meta.orgId, children.length);
+        const flow = { ...parent, children: children.map((p) => ({ name: p.name, queueName: QUEUE.agent, data: withTrace(p.data), opts: { ...p.opts, ignoreDependencyOnFailure: true } })) };
+        try {
+          await Promise.all([flows.add(flow), indexed(meta.orgId, children)]);
+        } catch (err) {
+          await refundFailedAdd(deps.admission, meta.orgId, reserved, err, { sent: true, unstored: () => unstoredOf(children, new Set()) });
+          throw err;
+        }
         await lane(children);
       });
     },
