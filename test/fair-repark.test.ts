@@ -55,10 +55,10 @@ async function setup() {
     worker,
     setRetryDelay: (f: (id: string) => number) => void (retryDelay = f),
     /** Adds `n` parked jobs of the org (3 attempts) and lanes them, dispatching unless told not to. */
-    async add(n: number, dispatch = true) {
+    async add(n: number, dispatch = true, estTokens = 0) {
       const ids = Array.from({ length: n }, () => `${org}-${seq++}`);
       await queue.addBulk(ids.map((id) => ({ name: 'j', data: { org }, opts: { ...parkedJobOptions(id), attempts: 3, backoff: { type: 'fair' } } })));
-      const r = await scheduler.enqueue(ids.map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens: 0 })), { dispatch });
+      const r = await scheduler.enqueue(ids.map((jobId) => ({ jobId, orgId: org, model: FLASH, estTokens })), { dispatch });
       return { ids, promoted: r.promoted };
     },
     /** A worker's fetch of the next job in BullMQ's wait list and its claim (which must hold the slot). */
@@ -220,6 +220,47 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     expect(await c.leases()).toEqual([k]);
     expect(await c.inFlight()).toBe(1);
     expect(await c.record(j)).toEqual({});
+  });
+});
+
+describe('fair cancel between a park and its repark', () => {
+  /** The org's RPM and TPM buckets for FLASH, as the dispatch charged them (tokens and refill time). */
+  async function buckets(c: Awaited<ReturnType<typeof setup>>) {
+    const n = c.scheduler.keys.named;
+    return Promise.all([`${n.tbRpmOrgPrefix}${c.org}:${FLASH}`, `${n.tbTpmOrgPrefix}${c.org}:${FLASH}`].map((k) => c.redis.hmget(k, 'tokens', 'ts')));
+  }
+
+  // The API's cancel (and the board's remove) asks the dispatcher first. A job its attempt has parked (a deferral,
+  // or a retry BullMQ parked) still holds its lease, unlocked, but sits in BullMQ's delayed set: it is not a job
+  // no worker fetched, so its dispatch's charge is not given back on top of the deferral's own refund (or for a
+  // call that was made, a retry's), and its slot is left to the attempt's repark.
+  it.each([
+    ['a deferral (the gate parks, then reparks)', 'defer'],
+    ['a retry (BullMQ parks it; the failed event reparks)', 'retry'],
+  ] as const)('a cancel that lands between %s gives back neither the charge nor the slot; the repark frees the slot once', async (_name, how) => {
+    const c = await setup();
+    await c.scheduler.setPlan(c.org, { concurrency: 1, rpm: { flash: 10 }, tpm: 1000 });
+    const { ids: [j], promoted } = await c.add(1, true, 300);
+    expect(promoted).toEqual([j]);
+    const job = await c.fetchAndClaim('t1');
+    const charged = await buckets(c);
+    expect(Number(charged[1][0])).toBeLessThan(701);
+    if (how === 'defer') await parkActiveJob(job, 't1');
+    else await job.moveToFailed(new Error('retryable'), 't1');
+    expect(await c.queue.getJobState(j)).toBe('delayed');
+    expect(await c.redis.exists(`${c.queue.toKey(j)}:lock`)).toBe(0);
+    expect(await c.record(j)).toMatchObject({ st: 'lease' });
+    // The cancel lands in the window.
+    expect(await c.scheduler.cancel(j)).toBe(false);
+    expect(await buckets(c)).toEqual(charged);
+    expect(await c.inFlight()).toBe(1);
+    expect(await c.leases()).toEqual([j]);
+    // The attempt's own repark: the slot goes back, once; the charge is still the dispatch's.
+    expect(await c.scheduler.repark(j, 600_000, how === 'defer' ? 'quota' : 'retry_backoff', job.attemptsStarted)).toBe(true);
+    expect(await c.inFlight()).toBe(0);
+    expect(await c.leases()).toEqual([]);
+    expect(await buckets(c)).toEqual(charged);
+    expect((await c.scheduler.release([j])).freed).toBe(0);
   });
 });
 
