@@ -2,6 +2,9 @@ import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import { defaultRegistry } from '../src/shared/agents/registry.js';
+import { createAgentQueue } from '../src/shared/queue/agent-queue.js';
+import { createJobProducer } from '../src/shared/queue/job-producer.js';
 import { parkActiveJob, parkedJobOptions, PARK_AT_MS } from '../src/shared/fair/park.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
@@ -264,7 +267,7 @@ describe('fair cancel between a park and its repark', () => {
   });
 });
 
-describe('fair repark and model block: counted on Redis\'s clock, not the worker\'s', () => {
+describe('fair repark, model block and a job\'s delay: counted on Redis\'s clock, not the caller\'s', () => {
   it('a worker whose clock is 60 s behind Redis\'s still parks a retry for its whole backoff, and a deferral and its model block for their whole delay', async () => {
     const c = await setup();
     const loop = stubLoop();
@@ -316,5 +319,39 @@ describe('fair repark and model block: counted on Redis\'s clock, not the worker
     expect(Number(await c.redis.zscore(c.scheduler.keys.named.timers, j))).toBe(at);
     await c.scheduler.blockModel(FLASH, at, 'breaker_open');
     expect(Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, FLASH))).toBe(at);
+  });
+
+  it('a producer whose clock is 60 s behind Redis\'s still delays a job by its whole delayMs', async () => {
+    const prefix = randomPrefix();
+    const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+    const queue = createAgentQueue({ connection: redis, prefix, retention: { attempts: 3, keepCompletedCount: 100, keepCompletedAgeS: 3600, keepFailedCount: 100, keepFailedAgeS: 3600 } });
+    cleanups.push(() => redis.quit());
+    cleanups.push(() => queue.close());
+    const scheduler = testScheduler(redis, queue as unknown as Queue, prefix);
+    const models = { fast: FLASH, pro: 'gemini-2.5-pro' };
+    const producer = createJobProducer({
+      queue,
+      agents: defaultRegistry(),
+      models,
+      allowedModels: [models.fast, models.pro],
+      scheduler,
+      retention: { attempts: 3, keepCompletedCount: 100, keepCompletedAgeS: 3600, keepFailedCount: 100, keepFailedAgeS: 3600 },
+    });
+    const org = randomOrg();
+    const delayMs = 2_000;
+    const realNow = Date.now.bind(Date);
+    const before = await redisNow(redis);
+    const spy = vi.spyOn(Date, 'now').mockImplementation(() => realNow() - 60_000);
+    let id: string;
+    try {
+      ({ id } = await producer.enqueue({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: 'skewed' }, options: { delayMs } }, { orgId: org }));
+    } finally {
+      spy.mockRestore();
+    }
+    // On a timer due no sooner than Redis's time of the enqueue plus the delay, and not dispatched before it.
+    expect(await redis.hget(`${scheduler.keys.named.jobPrefix}${id}`, 'st')).toBe('timer');
+    expect(Number(await redis.zscore(scheduler.keys.named.timers, id))).toBeGreaterThanOrEqual(before + delayMs);
+    expect((await scheduler.dispatch()).promoted).toEqual([]);
+    expect(await scheduler.why(id)).toMatchObject({ reason: 'delayed' });
   });
 });

@@ -216,7 +216,7 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     const org = randomOrg();
     await queue.add('j', { org }, parkedJobOptions(`${org}-0`));
     // A delayed job: its timer is the wake-up the dispatch leaves.
-    await scheduler.enqueue([{ jobId: `${org}-0`, orgId: org, model: FLASH, estTokens: 0, notBeforeMs: Date.now() + 60_000 }], { dispatch: false });
+    await scheduler.enqueue([{ jobId: `${org}-0`, orgId: org, model: FLASH, estTokens: 0, delayMs: 60_000 }], { dispatch: false });
     expect((await scheduler.dispatch()).nextWakeMs).toBeGreaterThan(0);
     await vi.waitFor(() => expect(kicks).toEqual(['1']), { timeout: 5_000, interval: 20 });
   });

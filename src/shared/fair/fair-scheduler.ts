@@ -16,8 +16,11 @@ export interface FairEntry {
   priority?: number;
   /** Token estimate charged to the TPM buckets at dispatch. */
   estTokens: number;
-  /** The job waits (as `retry_backoff`-like "delayed") until this time (ms) before entering its lane. */
-  notBeforeMs?: number;
+  /**
+   * The job waits (as "delayed") this long (ms) before entering its lane. A delay, not a time: the script adds it
+   * to Redis's clock, as repark's, so a producer whose clock is off Redis's still delays the job by the whole of it.
+   */
+  delayMs?: number;
   /**
    * Adds the job to its org's job index (`orgJobsKey`, ZADD NX) with this score (its enqueue time, ms) in the
    * same script call: the producer's index write at no extra round trip. Absent: the index is not touched.
@@ -316,7 +319,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
           lim = { rpm: l.rpm ?? '', tpm: l.tpm ?? '', orgRpm: l.orgRpm ?? '' };
           limitsByModel.set(e.model, lim);
         }
-        args.push(e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.notBeforeMs ?? 0), lim.orgRpm, e.indexAt ?? '');
+        args.push(e.jobId, e.orgId, e.model, p, e.estTokens, lim.rpm, lim.tpm, Math.ceil(e.delayMs ?? 0), lim.orgRpm, e.indexAt ?? '');
         if (store) {
           const f = e.store;
           if (f) args.push(f.name, f.data, f.opts, f.timestamp, f.delay, f.priority);

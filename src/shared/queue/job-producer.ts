@@ -177,7 +177,8 @@ export function createJobProducer(deps: JobProducerDeps) {
     model: p.lane.model,
     estTokens: p.lane.estTokens,
     ...(p.lane.priority ? { priority: p.lane.priority } : {}),
-    ...(p.lane.delayMs ? { notBeforeMs: p.data.enqueuedAt + p.lane.delayMs } : {}),
+    // The delay itself, counted from the enqueue's script call on Redis's clock (not `enqueuedAt`, this process's).
+    ...(p.lane.delayMs ? { delayMs: p.lane.delayMs } : {}),
     indexAt: p.data.enqueuedAt,
   });
 

@@ -36,8 +36,8 @@
 -- ARGV[13..] op arguments:
 --   dispatch: worker id ('' = not a worker), its ask, registration ttl ms (registers the worker), takes the
 --     wake-up (1: the caller is a dispatch loop, which arms a timer for it; else it is told, not taken: nextWake)
---   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, not-before ms
---     (0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
+--   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, delay ms
+--     (from now by Redis TIME, see fromNow; 0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   add: enqueue's arguments, each job's followed by its BullMQ job fields: name ('' = not stored here: the job
 --     exists), data JSON, stored opts JSON, timestamp, delay, priority; stores the jobs parked, as BullMQ's add of
@@ -118,9 +118,10 @@ local RESERVOIR_TTL_MS = 60000
 -- plan's either way.
 local WAKE_BATCH_MS = 5000
 
--- A caller's delay (ms from now) as a Redis-clock time: a worker's own clock may be off Redis's, and an absolute
--- time from it moved a backoff or a model block by the skew (a clock 60 s behind dropped a 20 s block). A value
--- over a year is already an absolute time, as workers before 2026-12-06 sent (a rolling upgrade's older worker).
+-- A caller's delay (ms from now) as a Redis-clock time: a worker's or producer's own clock may be off Redis's, and
+-- an absolute time from it moved a backoff, a model block or a delayed job's start by the skew (a clock 60 s behind
+-- dropped a 20 s block). A value over a year is already an absolute time, as processes before 2026-12-06 sent (a
+-- rolling upgrade's older worker or producer).
 local YEAR_MS = 365 * 86400000
 local function fromNow(ms)
   if ms > YEAR_MS then return ms end
@@ -264,7 +265,8 @@ elseif op == 'enqueue' or op == 'add' then
       skipped[#skipped + 1] = id
     else
       seq = seq + 1
-      local notBefore = tonumber(ARGV[i + 7])
+      -- A delay, not the producer's time: a producer whose clock is off Redis's moved a delayed job's start.
+      local notBefore = fromNow(tonumber(ARGV[i + 7]))
       -- The stage goes with the fields (addTimer writes its reason beside it).
       local stage = notBefore > now and 'timer' or 'lane'
       rcall('HSET', P_JOB .. id, 'o', org, 'm', model, 'p', ARGV[i + 3], 'e', ARGV[i + 4], 's', seq, 'st', stage)
