@@ -6,7 +6,8 @@ import { createDispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import { createFairScheduler, type FairScheduler, type FairSchedulerOptions } from '../src/shared/fair/fair-scheduler.js';
 import { parkedJobOptions } from '../src/shared/fair/park.js';
 import { agentqPrefix, fairPrefixes } from '../src/shared/core/queue-keys.js';
-import { modelLimitsFromConfig } from '../src/shared/limits/model-limits.js';
+import { defaultModelLimits, modelLimitsFromConfig } from '../src/shared/limits/model-limits.js';
+import { tierOf } from '../src/shared/fair/fair-plan.js';
 import { OpenCircuitError } from '../src/shared/limits/circuit-breaker.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
@@ -173,5 +174,20 @@ describe("the org's RPM bucket has one capacity and rate: the dispatcher's", () 
     // A leased shard's model buckets are its reservoirs: a call never takes from them.
     const leased = await setup({ leases: { take: async () => ({ requests: 0, tokens: 0 }) } as unknown as FairSchedulerOptions['leases'] });
     await expect(leased.scheduler.takeRequest(org, FLASH, [model])).rejects.toThrow(/reservoir/);
+  });
+
+  it('a model named with "Pro" in capitals is a pro model for both the producer\'s limits and the dispatcher\'s org RPM', async () => {
+    const PRO = 'gemini-2.5-Pro';
+    // The producer's side: pro model limits.
+    expect(tierOf(PRO)).toBe('pro');
+    expect(defaultModelLimits.perOrgModelRpm('o', PRO)).toBe(30);
+    // The dispatcher's: the org's pro RPM (3 here), not the flash one (1).
+    const c = await setup({ defaults: { weight: 1, concurrency: 0, rpm: { pro: 3, flash: 1 }, tpm: 0 } });
+    const org = randomOrg();
+    const ids = await c.add(org, 4, PRO);
+    const { promoted } = await c.scheduler.dispatch();
+    expect(promoted).toEqual(ids.slice(0, 3));
+    expect(Number(await c.redis.hget(c.bucket(org, PRO), 'tokens'))).toBeCloseTo(0, 1);
+    expect(await c.scheduler.takeRequest(org, PRO)).toMatchObject({ allowed: false, limitedBy: `rpm:org:${org}:${PRO}` });
   });
 });

@@ -1,3 +1,5 @@
+import { isProModel } from '../limits/model-limits.js';
+
 /** Limits of one org. A limit <= 0 or missing means unlimited; a missing field falls back to the defaults. */
 export interface FairPlan {
   /** Share of dispatches relative to other orgs (> 0). */
@@ -28,8 +30,8 @@ export const BATCH_LANE_SUFFIX = '@batch';
 export const batchLane = (model: string) => `${model}${BATCH_LANE_SUFFIX}`;
 export const isBatchLane = (model: string) => model.endsWith(BATCH_LANE_SUFFIX);
 
-/** The rpm tier of a model: `pro` if its name contains "pro", else `flash`. */
-export const tierOf = (model: string): ModelTier => (model.includes('pro') ? 'pro' : 'flash');
+/** The rpm tier of a model: `pro` if its name contains "pro" in any case, else `flash` (model-limits.ts isProModel). */
+export const tierOf = (model: string): ModelTier => (isProModel(model) ? 'pro' : 'flash');
 
 /** Plan hash fields, in the order fair-core-N.lua's `plan` op takes them ('' = use the default). */
 export function planFields(plan: FairPlan): string[] {

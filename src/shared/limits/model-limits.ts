@@ -10,7 +10,13 @@ export interface ModelLimits {
   modelTpm: (model: string) => number;
 }
 
-const isPro = (model: string) => /pro/i.test(model);
+/**
+ * The one tier rule: a model whose name contains "pro" in any case (`gemini-2.5-Pro` too) is a pro model, any other
+ * a flash one. fair-buckets.lua's orgRpmOf applies the same rule (lower-cased name) to the org's RPM bucket, and
+ * fair-plan.ts's tierOf is this: a model must not get pro limits here and the flash org RPM there.
+ */
+export const isProModel = (model: string): boolean => /pro/i.test(model);
+const isPro = isProModel;
 
 /**
  * Defaults in the range of Gemini's paid tier 1 quotas: `*pro*` models 150 RPM / 2M TPM, every

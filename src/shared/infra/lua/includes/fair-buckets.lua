@@ -73,8 +73,10 @@ end
 -- stored it; else `configured`, the caller's configuration: a worker's fallback model may never have been enqueued,
 -- so no producer stored its limits), then the default for the model's tier. The one resolution for every take of
 -- the org's RPM bucket: a dispatch, a correction, and a worker's call no dispatch charged (op take).
+-- The tier: "pro" anywhere in the name, in any case (`gemini-2.5-Pro` too), as the TS rule (model-limits.ts
+-- isProModel): case-sensitive here, such a model got pro model limits from the producers and the flash org RPM.
 local function orgRpmOf(p, mi, model, configured)
-  local pro = string.find(model, 'pro', 1, true) ~= nil
+  local pro = string.find(string.lower(model), 'pro', 1, true) ~= nil
   local r
   if pro then r = p.ownRpmPro else r = p.ownRpmFlash end
   if r == nil then r = mi.orgRpm end
