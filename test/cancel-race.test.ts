@@ -1,8 +1,10 @@
 import { Job, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createJobService } from '../src/producers/job-service.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
+import { fairKickChannel } from '../src/shared/core/queue-keys.js';
+import { parkActiveJob } from '../src/shared/fair/park.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -48,6 +50,7 @@ describe('cancelling a job a worker fetches meanwhile', () => {
           claimInWindow = await scheduler.claim(jobId);
           return done;
         },
+        removed: (ids) => scheduler.removed(ids),
       },
     });
     const view = await jobs.cancel(s.orgId, id);
@@ -57,5 +60,62 @@ describe('cancelling a job a worker fetches meanwhile', () => {
     expect(await (await Job.fromId(queue, id))!.getState()).toBe('active');
     await worker.close(true);
     connection.disconnect();
+  });
+});
+
+/**
+ * DELETE of a job its attempt parked (a deferral, a retry) before that attempt's repark: the dispatcher still
+ * holds the job's slot (its lease), which its cancel leaves to the repark, and the repark finds the job gone.
+ */
+describe('cancelling a job between its attempt\'s park and its repark', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  it('the DELETE frees the job\'s slot at once (not at the lease sweep), asks the workers for a dispatch, and the org\'s next job is dispatched', async () => {
+    const { cells: [{ scheduler }] } = s.runtime.deps;
+    const prefix = s.cfg.QUEUE_PREFIX;
+    await scheduler.setPlan(s.orgId, { concurrency: 1 });
+    const post = async () => {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Park Co', industry: 'retail' } } } });
+      expect(res.statusCode).toBe(202);
+      return res.json().id as string;
+    };
+    const id = await post();
+    const next = await post();
+    // This process has no dispatch loop: a worker's dispatch (as its loop runs it) sends the first job only.
+    const dispatch = () => scheduler.dispatch({ id: 'park-worker', concurrency: 4, ask: 4, ttlMs: 60_000 });
+    expect((await dispatch()).promoted).toEqual([id]);
+    expect(await scheduler.why(next)).toMatchObject({ reason: 'org_concurrency' });
+    // A worker fetches and claims the job, and its attempt parks it (a deferral): its repark has not come yet.
+    const connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
+    const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection, prefix, autorun: false });
+    const job = await worker.getNextJob('park-token');
+    expect(job?.id).toBe(id);
+    expect((await scheduler.claim(id)).held).toBe(true);
+    await parkActiveJob(job!, 'park-token');
+    expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(1);
+    const sub = new Redis(s.cfg.REDIS_URL!);
+    const kicks: string[] = [];
+    sub.on('smessage', (_channel: string, msg: string) => kicks.push(msg));
+    await sub.ssubscribe(fairKickChannel(prefix));
+
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
+    expect(del.statusCode).toBe(200);
+    expect(del.json()).toMatchObject({ state: 'cancelled' });
+    // The slot is back now; the attempt's late repark moves nothing and frees nothing more.
+    expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(0);
+    expect(await scheduler.repark(id, 1_000, 'provider_rate_limited', job!.attemptsStarted)).toBe(false);
+    await vi.waitFor(() => expect(kicks.length).toBeGreaterThan(0));
+    // The dispatch the kick asks for sends the org's next job.
+    expect((await dispatch()).promoted).toEqual([next]);
+    expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(1);
+    await worker.close(true);
+    connection.disconnect();
+    sub.disconnect();
   });
 });

@@ -45,7 +45,7 @@ describe('long poll: a job that finishes right after the first read', () => {
       redis: conns[2],
       prefix,
       cancelledTtlS: 60,
-      scheduler: { why: async () => null, cancel: async () => false },
+      scheduler: { why: async () => null, cancel: async () => false, removed: async () => ({ freed: 0, forgotten: 0 }) },
     });
   }
 

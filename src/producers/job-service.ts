@@ -3,7 +3,7 @@ import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
-import { jobStreamKey } from '../shared/core/queue-keys.js';
+import { fairKickChannel, jobStreamKey } from '../shared/core/queue-keys.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
@@ -75,7 +75,7 @@ export function createJobService(deps: {
   redis: RedisClient;
   prefix: string;
   cancelledTtlS: number;
-  scheduler: Pick<FairScheduler, 'why' | 'cancel'>;
+  scheduler: Pick<FairScheduler, 'why' | 'cancel' | 'removed'>;
   /** A batch-tier job's batch (name, state) while it waits for it. */
   batchView?: (jobId: string) => Promise<{ model: string; batch?: string; state: string } | undefined>;
   /** A removed batch-tier job leaves the batch tier (`jobTs`: its creation time, so only that job's request). */
@@ -226,6 +226,13 @@ export function createJobService(deps: {
           // woken by the removal reads it.
           await deps.batchCancel?.(id, job.timestamp);
           await job.remove();
+          // A job its attempt parked (a deferral, a retry) still holds its slot, which scheduler.cancel leaves to
+          // the attempt's repark; that repark now finds the job gone and moves nothing, so the slot would stay
+          // held until the lease sweep (the org one job short of its cap). Freed here, as the board's remove does,
+          // without a refund (the attempt ran: its worker's refund or usage stands). The workers' loops are asked
+          // for the dispatch it allows (this process has none); a lost message leaves it to their safety poll.
+          const { freed } = await deps.scheduler.removed([id]);
+          if (freed > 0) await redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
           // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
           // idempotency key sent again).
