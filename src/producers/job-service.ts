@@ -226,13 +226,6 @@ export function createJobService(deps: {
           // woken by the removal reads it.
           await deps.batchCancel?.(id, job.timestamp);
           await job.remove();
-          // A job its attempt parked (a deferral, a retry) still holds its slot, which scheduler.cancel leaves to
-          // the attempt's repark; that repark now finds the job gone and moves nothing, so the slot would stay
-          // held until the lease sweep (the org one job short of its cap). Freed here, as the board's remove does,
-          // without a refund (the attempt ran: its worker's refund or usage stands). The workers' loops are asked
-          // for the dispatch it allows (this process has none); a lost message leaves it to their safety poll.
-          const { freed } = await deps.scheduler.removed([id]);
-          if (freed > 0) await redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
           // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
           // idempotency key sent again).
@@ -244,6 +237,15 @@ export function createJobService(deps: {
             done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' }, job.timestamp)).expire(key, CANCELLED_STREAM_TTL_S);
           }
           await done.exec();
+          // After the tombstone, which must follow the removal at once (above). A job its attempt parked (a
+          // deferral, a retry) still holds its slot, which scheduler.cancel leaves to the attempt's repark; that
+          // repark now finds the job gone and moves nothing, so the slot would stay held until the lease sweep (the
+          // org one job short of its cap). Freed here, as the board's remove does, without a refund (the attempt
+          // ran: its worker's refund or usage stands). The workers' loops are asked for the dispatch it allows (this
+          // process has none); a lost message leaves it to their safety poll, and a failure here to the lease sweep:
+          // the cancel itself is done.
+          const freed = await deps.scheduler.removed([id]).then((r) => r.freed, () => 0);
+          if (freed > 0) await redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
           return view;
         } catch (err) {
           // It was picked up between getState and remove: cancel it as an active job instead (its claim may
