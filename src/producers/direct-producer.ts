@@ -1,5 +1,5 @@
 import { defaultRegistry } from '../shared/agents/registry.js';
-import { configuredModels, parseConfig } from '../shared/core/config.js';
+import { configuredModels, isGiven, parseConfig } from '../shared/core/config.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
 import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
@@ -59,7 +59,7 @@ export async function createDirectProducer(opts: {
   const retention = { ...DEFAULT_RETENTION, ...opts.retention };
   // Only the variables that shape a job's lane, its shard and its allowed models: the host service's other variables are not agentq's to judge.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
-  const given = opts.shards ?? (env.QUEUE_SHARDS?.trim() ? parseConfig({ QUEUE_PREFIX: prefix, QUEUE_SHARDS: env.QUEUE_SHARDS }).QUEUE_SHARDS : undefined);
+  const given = opts.shards ?? (isGiven(env.QUEUE_SHARDS) ? parseConfig({ QUEUE_PREFIX: prefix, QUEUE_SHARDS: env.QUEUE_SHARDS }).QUEUE_SHARDS : undefined);
   let inForce: number;
   try {
     await whenReady(connection);

@@ -1,6 +1,6 @@
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
-import type { Config } from '../../shared/core/config.js';
+import { isGiven, type Config } from '../../shared/core/config.js';
 
 /**
  * Runs `main(argv)` and exits with its code, but only when `moduleUrl` is the script node was started
@@ -24,5 +24,5 @@ export function runCliIfMain(moduleUrl: string, main: (argv: string[]) => Promis
  */
 export function shardsGiven(cfg: Pick<Config, 'QUEUE_SHARDS'>, env: NodeJS.ProcessEnv = process.env): number | undefined {
   // Blank is unset, as parseConfig reads it.
-  return env.QUEUE_SHARDS?.trim() ? cfg.QUEUE_SHARDS : undefined;
+  return isGiven(env.QUEUE_SHARDS) ? cfg.QUEUE_SHARDS : undefined;
 }

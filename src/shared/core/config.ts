@@ -6,6 +6,8 @@ import { z } from 'zod';
  * on a random port, KEEP_FAILED_COUNT='' kept no failed job, ORG_RPM_PRO='' lifted the limit.
  */
 const unsetIfBlank = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+/** A variable given a value: set and not blank (blank reads as unset, as the schema reads it). */
+export const isGiven = (v: string | undefined): v is string => unsetIfBlank(v) !== undefined;
 const boolValue = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
 const bool = (def: boolean) => z.preprocess(unsetIfBlank, boolValue.default(def));
 /** Unset or blank: undefined (the caller resolves it from other variables). */

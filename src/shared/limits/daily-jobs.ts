@@ -1,24 +1,14 @@
 import { defineLua, type RedisClient } from '../infra/lua.js';
 import { guardKeys } from '../core/queue-keys.js';
+import type { UtcDay } from '../core/utc-day.js';
 
-const DAY_MS = 86_400_000;
 /**
  * A day's count outlives the day by this much: an API process whose clock runs behind still reserves on it for a
  * moment after midnight, and must find it, not a fresh key.
  */
 const DAY_KEY_GRACE_MS = 3_600_000;
 
-/** One UTC calendar day: its name (YYYY-MM-DD, the count's key) and its bounds in unix ms. */
-export interface UtcDay {
-  name: string;
-  startMs: number;
-  endMs: number;
-}
-
-export function utcDayOf(ms: number): UtcDay {
-  const startMs = Math.floor(ms / DAY_MS) * DAY_MS;
-  return { name: new Date(startMs).toISOString().slice(0, 10), startMs, endMs: startMs + DAY_MS };
-}
+export { utcDayOf, type UtcDay } from '../core/utc-day.js';
 
 export interface DailyJobLedger {
   /**

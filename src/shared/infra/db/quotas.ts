@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { DAY_MS } from '../../core/utc-day.js';
 
 export type QuotaDecision = { allowed: true } | { allowed: false; reason: string; retryAfterS: number };
 
@@ -13,7 +14,6 @@ export interface OrgQuotas {
   daily?: { limit: number; recorded: number; dayStartMs: number };
 }
 
-const DAY_MS = 86_400_000;
 
 /**
  * Per-org monthly spend (UTC calendar month, every attempt's cost, since each was billed) computed from
