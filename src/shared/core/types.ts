@@ -78,6 +78,12 @@ export interface AgentJobData {
   /** Hash of the request an idempotency key was first used with (agent, action, input, options). */
   fingerprint?: string;
   enqueuedAt: number;
+  /**
+   * The caller's `options.delayMs`, counted from `enqueuedAt`. The dispatcher's lane holds the delay; this copy
+   * is the only one a flow child or pipeline step has between BullMQ's add and its lane call, so the orphan
+   * sweep (a producer that died in between) lanes it for what is left of it instead of at once.
+   */
+  delayMs?: number;
   trace?: TraceCarrier;
 }
 

@@ -97,7 +97,7 @@ export interface JobProducerDeps {
  * dispatcher, which promotes them when their org's share, concurrency and rate limits allow. A job without a
  * BullMQ parent is stored parked and laned by one dispatcher call (`storeAndLane`); a flow child or pipeline
  * step is added by BullMQ (parent links) and laned after: a crash in between leaves a parked job the orphan
- * sweep (workers' maintenance) lanes again.
+ * sweep (workers' maintenance) lanes again, for what is left of its delay (`data.delayMs`).
  */
 export function createJobProducer(deps: JobProducerDeps) {
   const { queue, agents } = deps;
@@ -146,6 +146,9 @@ export function createJobProducer(deps: JobProducerDeps) {
     if (deadlineAt !== undefined) data.deadlineAt = deadlineAt;
     if (meta.requestId) data.requestId = meta.requestId;
     if (meta.userId) data.userId = meta.userId;
+    // In the job itself, at no command of its own: the parked job's options carry no delay, and a producer that
+    // dies between a flow child's add and its lane leaves the orphan sweep nothing else to read it from.
+    if (opts.delayMs) data.delayMs = opts.delayMs;
     if (opts.idempotencyKey) data.fingerprint = requestFingerprint(req.agent, req.action, input, opts);
     // Idempotent jobs get an id derived from (org, key): BullMQ's add is a no-op for an existing id, atomically,
     // so racing duplicates all see the one job. Org is in the hash, so keys never collide across tenants.
