@@ -56,6 +56,12 @@ describe('keys CLI', { timeout: 240_000 }, () => {
     expect(listed.stdout + listed.stderr).not.toContain(key.slice(-32));
   });
 
+  it("runs with LOG_LEVEL='' (a template's unset), at the CLI's default level", async () => {
+    const listed = await runCli('src/app/cli/keys.ts', ['list', '--operator'], { DATABASE_URL: databaseUrl(), LOG_LEVEL: '' });
+    expect(listed.stderr).toBe('');
+    expect(listed.code).toBe(0);
+  });
+
   it('parses commands and rejects bad usage with exit 2', async () => {
     expect(parseKeysArgs(['create', '--org', 'acme'])).toEqual({ cmd: 'create', orgId: 'acme', role: 'member' });
     expect(parseKeysArgs(['create', '--org', 'acme', '--org-admin'])).toEqual({ cmd: 'create', orgId: 'acme', role: 'org-admin' });

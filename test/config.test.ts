@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { assertGeminiConfigured, ConfigError, configSchema, parseConfig } from '../src/shared/core/config.js';
+import { assertGeminiConfigured, ConfigError, configSchema, configuredModels, parseConfig } from '../src/shared/core/config.js';
 import { geminiOptionsFromConfig } from '../src/app/gemini.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import { AUTO_PIPELINING_FROM_CONCURRENCY, workerAutoPipelining } from '../src/shared/infra/redis/connection.js';
@@ -17,8 +17,8 @@ describe('configuration', () => {
   it('.env.example lists every variable, with the real defaults', () => {
     expect(Object.keys(listed).sort()).toEqual(Object.keys(configSchema.shape).sort());
     const defaults = parseConfig({});
-    const fromExample = parseConfig(Object.fromEntries(Object.entries(listed).filter(([, v]) => v !== '')));
-    expect(fromExample).toEqual(defaults);
+    // The example's empty lines (`KEY=`) included: empty is unset.
+    expect(parseConfig(listed)).toEqual(defaults);
   });
 
   it('fails with one readable line naming the variable', () => {
@@ -69,6 +69,60 @@ describe('configuration', () => {
     }
     // A value that is there but not a number still stops start-up.
     expect(() => parseConfig({ SHUTDOWN_GRACE_MS: '30s' })).toThrow(/^Invalid environment variable SHUTDOWN_GRACE_MS="30s": /);
+  });
+
+  it("reads every blank variable as unset (its default, or none), never as '' (a model, a prefix, a directory, a URL, a key)", () => {
+    const defaults = parseConfig({});
+    const every = Object.keys(configSchema.shape);
+    for (const name of every) {
+      for (const blank of ['', ' ', '\t', ' \n ']) expect(parseConfig({ [name]: blank }), `${name}=${JSON.stringify(blank)}`).toEqual(defaults);
+    }
+    // All at once, as a template that leaves every value empty renders them.
+    expect(parseConfig(Object.fromEntries(every.map((name) => [name, ' '])))).toEqual(defaults);
+    const blank = parseConfig({ GEMINI_MODEL_FAST: ' ', GEMINI_MODEL_PRO: '', GEMINI_EMBEDDING_MODEL: ' ', QUEUE_PREFIX: ' ', DATA_DIR: '', OTEL_SERVICE_NAME: ' ', LOG_LEVEL: '', NODE_ENV: ' ' });
+    expect(blank).toMatchObject({ GEMINI_MODEL_FAST: 'gemini-2.5-flash', GEMINI_MODEL_PRO: 'gemini-2.5-pro', GEMINI_EMBEDDING_MODEL: 'gemini-embedding-001', QUEUE_PREFIX: '{agentq}', DATA_DIR: '.data', OTEL_SERVICE_NAME: 'agentq', LOG_LEVEL: 'info', NODE_ENV: 'development' });
+    expect(configuredModels(blank)).not.toContain(' ');
+    // A blank prefix takes the default's {hash tag}, which sharding and Cluster mode need.
+    expect(parseConfig({ QUEUE_SHARDS: '4', QUEUE_PREFIX: ' ' }).QUEUE_PREFIX).toBe('{agentq}');
+    // Optional ones are absent, not ''.
+    for (const name of ['ADMIN_TOKEN', 'REDIS_PASSWORD', 'GEMINI_API_KEY', 'GOOGLE_API_KEY', 'DATABASE_URL', 'REDIS_CLUSTER_NODES', 'PGLITE_SHARED_BUFFERS', 'OTEL_EXPORTER_OTLP_ENDPOINT'] as const) {
+      expect(parseConfig({ [name]: ' ' })[name], name).toBeUndefined();
+    }
+  });
+
+  it('reads a blank key as no key: production refuses to start, naming GEMINI_API_KEY; the other key is the one sent', () => {
+    const refused = /^Missing environment variable GEMINI_API_KEY: /;
+    for (const blank of ['', ' ']) {
+      const cfg = parseConfig({ NODE_ENV: 'production', GEMINI_API_KEY: blank, GOOGLE_API_KEY: blank });
+      expect(() => assertGeminiConfigured(cfg), JSON.stringify(blank)).toThrow(refused);
+      expect(() => geminiOptionsFromConfig(cfg, createLogger({ level: 'silent' }))).toThrow(refused);
+    }
+    // The SDK's order (GOOGLE_API_KEY first) skips a blank one instead of sending it.
+    expect(geminiOptionsFromConfig(parseConfig({ GOOGLE_API_KEY: ' ', GEMINI_API_KEY: 'k' }), createLogger({ level: 'silent' })).apiKey).toBe('k');
+    expect(geminiOptionsFromConfig(parseConfig({ GOOGLE_API_KEY: 'g', GEMINI_API_KEY: ' ' }), createLogger({ level: 'silent' })).apiKey).toBe('g');
+  });
+
+  it('takes an integer variable in plain decimal digits only (blanks around trimmed), naming the variable and the problem', () => {
+    const defaults = parseConfig({});
+    const numeric = Object.keys(configSchema.shape).filter((k) => typeof defaults[k as keyof typeof defaults] === 'number');
+    expect(numeric).toContain('PORT');
+    // Number() read these as 80, 1000, 10, 15 (and a fraction's notation as the same for the others).
+    for (const name of numeric) {
+      for (const bad of ['0x50', '1e3', '0b1010', '0o17', '8 0', ' 8 0 ', '+80', '80px', 'Infinity', '1_000']) {
+        expect(() => parseConfig({ [name]: bad }), `${name}=${JSON.stringify(bad)}`).toThrow(
+          new RegExp(`^Invalid environment variable ${name}=${JSON.stringify(bad).replace(/[+]/g, '\\+')}: expected a (whole )?number in plain decimal digits, e.g. `),
+        );
+      }
+    }
+    for (const name of ['PORT', 'QUEUE_SHARDS', 'KEEP_FAILED_COUNT', 'WORKER_CONCURRENCY'] as const) {
+      expect(() => parseConfig({ [name]: '80.0' }), name).toThrow(new RegExp(`^Invalid environment variable ${name}="80.0": expected a whole number in plain decimal digits, e.g. ${defaults[name]}$`));
+    }
+    for (const ok of [' 80 ', '\t80\n', '80', '080']) expect(parseConfig({ PORT: ok }).PORT, JSON.stringify(ok)).toBe(80);
+    expect(parseConfig({ QUEUE_SHARDS: ' 4 ' }).QUEUE_SHARDS).toBe(4);
+    // The fractional ones take a decimal fraction, written plainly too.
+    expect(parseConfig({ SEMANTIC_CACHE_THRESHOLD: ' 0.9 ' }).SEMANTIC_CACHE_THRESHOLD).toBe(0.9);
+    expect(parseConfig({ ORG_WEIGHT: '2.5' }).ORG_WEIGHT).toBe(2.5);
+    expect(parseConfig({ DISPATCH_BUFFER_RATIO: '.25' }).DISPATCH_BUFFER_RATIO).toBe(0.25);
   });
 
   it("reads a blank HOST as unset (127.0.0.1), never as '' (the server listened on every interface)", () => {

@@ -1,6 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../src/shared/core/config.js';
 import { createLogger, createRootLogger, logFormat } from '../src/shared/core/logger.js';
+import { cliLogLevel } from '../src/app/cli/run-cli.js';
 import { databaseUrl, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
@@ -18,6 +19,13 @@ describe('LOG_LEVEL', () => {
     expect(createRootLogger(parseConfig({ LOG_LEVEL: 'warn' })).level).toBe('warn');
     expect(createRootLogger(parseConfig({})).level).toBe('info');
     expect(createLogger().level).toBe('info');
+  });
+
+  it("a CLI logs at LOG_LEVEL's validated value when given, else warn; blank is not given (pino refuses a level of '')", () => {
+    const level = (env: Record<string, string>) => cliLogLevel(parseConfig(env), env);
+    expect(level({})).toBe('warn');
+    for (const blank of ['', ' ']) expect(level({ LOG_LEVEL: blank }), JSON.stringify(blank)).toBe('warn');
+    expect(level({ LOG_LEVEL: 'debug' })).toBe('debug');
   });
 
   it('a bad value is the one-line start-up error naming the variable, not a pino stack', async () => {

@@ -22,7 +22,7 @@ import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTa
 import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
-import { runCliIfMain, shardsGiven } from './run-cli.js';
+import { cliLogLevel, runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index] [--tenant-index]
   chat_facts need --org; playbooks with --org are private to that org, without it global.
@@ -172,7 +172,7 @@ async function main(argv: string[]): Promise<number> {
   const cfg = config();
   // Documents embedded by the emulator would be found by nothing a real model embeds: refused before any work.
   assertGeminiConfigured(cfg);
-  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
+  const logger = createLogger({ level: cliLogLevel(cfg), destination: pino.destination(2) });
   let total: number;
   try {
     total = await validateJsonl(args.file, args.table);

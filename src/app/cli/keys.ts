@@ -9,7 +9,7 @@ import { AgentqError } from '../../shared/core/errors.js';
 import type { TenantRole } from '../../shared/core/roles.js';
 import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
 import { createLogger } from '../../shared/core/logger.js';
-import { runCliIfMain } from './run-cli.js';
+import { cliLogLevel, runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage:
   npm run keys -- create --org ORG [--org-admin]   create a member (or org-admin) key of ORG (printed once, never stored)
@@ -114,7 +114,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cfg = config();
-  const logger = createLogger({ level: process.env.LOG_LEVEL ?? 'warn', destination: pino.destination(2) });
+  const logger = createLogger({ level: cliLogLevel(cfg), destination: pino.destination(2) });
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   try {
     await migrate(db.longPool, { logger });

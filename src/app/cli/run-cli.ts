@@ -26,3 +26,11 @@ export function shardsGiven(cfg: Pick<Config, 'QUEUE_SHARDS'>, env: NodeJS.Proce
   // Blank is unset, as parseConfig reads it.
   return isGiven(env.QUEUE_SHARDS) ? cfg.QUEUE_SHARDS : undefined;
 }
+
+/**
+ * A CLI's log level: LOG_LEVEL's, as the config validated it, when its environment gives one; else `warn`, so
+ * stderr carries only what needs a look. Blank is unset, as parseConfig reads it (pino refuses a level of '').
+ */
+export function cliLogLevel(cfg: Pick<Config, 'LOG_LEVEL'>, env: NodeJS.ProcessEnv = process.env): string {
+  return isGiven(env.LOG_LEVEL) ? cfg.LOG_LEVEL : 'warn';
+}

@@ -1,35 +1,51 @@
 import { z } from 'zod';
 
 /**
- * A variable set to '' (or blanks) is unset and takes its default: compose's `${VAR:-}`, a Helm value left
- * empty and a .env `KEY=` all pass '', which a plain coercion reads as 0 (Number('') === 0): PORT='' served
- * on a random port, KEEP_FAILED_COUNT='' kept no failed job, ORG_RPM_PRO='' lifted the limit.
+ * A variable set to '' (or blanks) is unset: compose's `${VAR:-}`, a Helm value left empty and a .env `KEY=`
+ * all pass '', and every variable here reads it as if it were absent (its default, or none). Read as a value,
+ * it was worse than absent: a plain coercion made 0 of it (Number('') === 0: PORT='' served on a random port,
+ * KEEP_FAILED_COUNT='' kept no failed job, ORG_RPM_PRO='' lifted the limit), and a text variable kept it
+ * (GEMINI_MODEL_FAST=' ' named no model, DATA_DIR='' wrote into the working directory, GOOGLE_API_KEY=' '
+ * was sent as the key instead of GEMINI_API_KEY's).
  */
 const unsetIfBlank = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 /** A variable given a value: set and not blank (blank reads as unset, as the schema reads it). */
 export const isGiven = (v: string | undefined): v is string => unsetIfBlank(v) !== undefined;
+/** Any variable's schema: blank is unset, so `schema`'s default applies (or, for an optional one, none). */
+const unlessBlank = <T extends z.ZodType>(schema: T) => z.preprocess(unsetIfBlank, schema);
 const boolValue = z.enum(['true', 'false', '1', '0', 'yes', 'no']).transform((v) => v === 'true' || v === '1' || v === 'yes');
-const bool = (def: boolean) => z.preprocess(unsetIfBlank, boolValue.default(def));
+const bool = (def: boolean) => unlessBlank(boolValue.default(def));
 /** Unset or blank: undefined (the caller resolves it from other variables). */
-const maybeBool = z.preprocess(unsetIfBlank, boolValue.optional());
-/** A number given `schema`'s bounds; unset or blank: `def`. */
-const num = (schema: z.ZodCoercedNumber, def: number) => z.preprocess(unsetIfBlank, schema.default(def));
-const int = (def: number, min = 0) => num(z.coerce.number().int().min(min), def);
+const maybeBool = unlessBlank(boolValue.optional());
+/**
+ * A number within `schema`'s bounds, written as people write one in a config: decimal digits (a fraction only
+ * where `schema` takes one), blanks around them trimmed; unset or blank: `def`. A coercion (Number()) also took
+ * `0x50`, `0b1010`, `1e3` and `80.0` for PORT.
+ */
+const num = (schema: z.ZodNumber, def: number) => {
+  const whole = schema.isInt;
+  const form = whole ? /^-?\d+$/ : /^-?(\d+(\.\d*)?|\.\d+)$/;
+  const expected = `expected ${whole ? 'a whole number' : 'a number'} in plain decimal digits, e.g. ${def}`;
+  return unlessBlank(z.string().trim().regex(form, expected).transform(Number).pipe(schema).default(def));
+};
+const int = (def: number, min = 0) => num(z.number().int().min(min), def);
 /** A JSON-valued variable, validated by `schema`; a parse error names the variable like any other. */
 const json = <T extends z.ZodType>(schema: T, def: z.input<T>) =>
-  z
-    .string()
-    .optional()
-    .transform((raw, ctx) => {
-      if (!raw) return def as unknown;
-      try {
-        return JSON.parse(raw) as unknown;
-      } catch {
-        ctx.addIssue({ code: 'custom', message: 'not valid JSON' });
-        return z.NEVER;
-      }
-    })
-    .pipe(schema);
+  unlessBlank(
+    z
+      .string()
+      .optional()
+      .transform((raw, ctx) => {
+        if (raw === undefined) return def as unknown;
+        try {
+          return JSON.parse(raw) as unknown;
+        } catch {
+          ctx.addIssue({ code: 'custom', message: 'not valid JSON' });
+          return z.NEVER;
+        }
+      })
+      .pipe(schema),
+  );
 
 const routeSchema = z
   .object({
@@ -60,13 +76,11 @@ export const priceOverridesSchema = z
   .strict();
 export type PriceOverrides = z.infer<typeof priceOverridesSchema>;
 
-const optionalString = z
-  .string()
-  .optional()
-  .transform((v) => (v && v.length > 0 ? v : undefined));
+/** Unset or blank: undefined. */
+const optionalString = unlessBlank(z.string().optional());
 
 /** An http(s) URL (the OTLP exporter's); anything else would only fail at the first export, silently. */
-const httpUrl = optionalString.pipe(
+const httpUrl = unlessBlank(
   z
     .string()
     .refine((v) => URL.canParse(v) && /^https?:$/.test(new URL(v).protocol), 'expected an http:// or https:// URL, e.g. http://collector:4318')
@@ -78,14 +92,14 @@ const httpUrl = optionalString.pipe(
  * keep the two in step.
  */
 export const configSchema = z.object({
-  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
-  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  NODE_ENV: unlessBlank(z.enum(['development', 'production', 'test']).default('development')),
+  LOG_LEVEL: unlessBlank(z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info')),
   /** auto: pretty when stdout is a terminal in development, JSON otherwise (pipes, files, containers, production). */
-  LOG_FORMAT: z.enum(['auto', 'json', 'pretty']).default('auto'),
+  LOG_FORMAT: unlessBlank(z.enum(['auto', 'json', 'pretty']).default('auto')),
 
   // Blank is unset (127.0.0.1): '' would make the server listen on every interface.
-  HOST: z.preprocess(unsetIfBlank, z.string().default('127.0.0.1')),
-  PORT: num(z.coerce.number().int().min(1).max(65535), 3000),
+  HOST: unlessBlank(z.string().default('127.0.0.1')),
+  PORT: num(z.number().int().min(1).max(65535), 3000),
   BODY_LIMIT_BYTES: int(1024 * 1024, 1),
   ADMIN_TOKEN: optionalString,
   AUTH_CACHE_TTL_MS: int(5000),
@@ -94,7 +108,7 @@ export const configSchema = z.object({
   ENQUEUE_DEADLINE_MS: int(5000, 100),
   BULL_BOARD_READ_ONLY: bool(false),
 
-  REDIS_URL: z.string().url().default('redis://127.0.0.1:6379'),
+  REDIS_URL: unlessBlank(z.string().url().default('redis://127.0.0.1:6379')),
   /**
    * Start a local redis-server child when nothing answers at a loopback REDIS_URL. Unset: on, except with
    * NODE_ENV=production, where a Redis slow to answer at start (loading its AOF, restarting) must stop
@@ -110,7 +124,7 @@ export const configSchema = z.object({
    * Redis Cluster seed nodes (`host:port,host:port,...`). Set, every connection (BullMQ's included) is an
    * ioredis Cluster and REDIS_URL only lends its password/TLS scheme; autostart is off.
    */
-  REDIS_CLUSTER_NODES: optionalString.pipe(
+  REDIS_CLUSTER_NODES: unlessBlank(
     z
       .string()
       .regex(/^[^\s,:]+:\d{1,5}(,[^\s,:]+:\d{1,5})*$/, 'expected host:port[,host:port...]')
@@ -121,16 +135,16 @@ export const configSchema = z.object({
   REDIS_TLS: bool(false),
   /** Cluster only: announced node address -> reachable address, e.g. `{"10.0.0.5:6379":{"host":"localhost","port":7000}}`. */
   REDIS_NAT_MAP: json(z.record(z.string(), z.object({ host: z.string().min(1), port: z.number().int().min(1).max(65535) }).strict()).optional(), undefined),
-  QUEUE_PREFIX: z.string().min(1).default('{agentq}'),
+  QUEUE_PREFIX: unlessBlank(z.string().default('{agentq}')),
   /**
    * Queue shards (write scale-out on a Redis Cluster): orgs spread over this many copies of the queue, each
    * under its own hash tag derived from QUEUE_PREFIX's (shared/core/queue-shards.ts). 1 = one keyspace.
    * Changing it on a live system strands what the old layout holds: see the README's "Scaling out".
    */
-  QUEUE_SHARDS: num(z.coerce.number().int().min(1).max(256), 1),
-  DATA_DIR: z.string().default('.data'),
+  QUEUE_SHARDS: num(z.number().int().min(1).max(256), 1),
+  DATA_DIR: unlessBlank(z.string().default('.data')),
 
-  DATABASE_URL: optionalString.pipe(z.string().url().optional()),
+  DATABASE_URL: unlessBlank(z.string().url().optional()),
   /**
    * A new Postgres connection (TCP, TLS, startup, authentication) fails after this long, and so does a wait for a
    * free one while the pool is full: a server that takes the TCP connection and never answers is an error, not a
@@ -155,7 +169,7 @@ export const configSchema = z.object({
    * Embedded PGlite only: its shared_buffers (PGlite's default 128MB). Size it to hold the vector indexes that
    * must answer fast from the first query: an org's own HNSW index over 100k entries is ~391 MB.
    */
-  PGLITE_SHARED_BUFFERS: optionalString.pipe(z.string().regex(/^[1-9][0-9]*(kB|MB|GB)$/, 'a size like 512MB or 1GB').optional()),
+  PGLITE_SHARED_BUFFERS: unlessBlank(z.string().regex(/^[1-9][0-9]*(kB|MB|GB)$/, 'a size like 512MB or 1GB').optional()),
   /** Embedded PGlite only: read the HNSW indexes that fit (3/4 of shared_buffers, orgs' own first) into memory at start. */
   PGLITE_PREWARM: bool(true),
 
@@ -175,20 +189,22 @@ export const configSchema = z.object({
    */
   GOOGLE_GENAI_USE_VERTEXAI: optionalString,
   GOOGLE_GENAI_USE_ENTERPRISE: optionalString,
-  GEMINI_MODEL_FAST: z.string().default('gemini-2.5-flash'),
-  GEMINI_MODEL_PRO: z.string().default('gemini-2.5-pro'),
-  GEMINI_EMBEDDING_MODEL: z.string().default('gemini-embedding-001'),
+  GEMINI_MODEL_FAST: unlessBlank(z.string().default('gemini-2.5-flash')),
+  GEMINI_MODEL_PRO: unlessBlank(z.string().default('gemini-2.5-pro')),
+  GEMINI_EMBEDDING_MODEL: unlessBlank(z.string().default('gemini-embedding-001')),
   /** Extra models callers may name in `options.model`, comma-separated (besides the tiers, routes and MODEL_LIMITS). */
-  ALLOWED_MODELS: z
-    .string()
-    .default('')
-    .transform((v) => v.split(',').map((m) => m.trim()).filter(Boolean)),
+  ALLOWED_MODELS: unlessBlank(
+    z
+      .string()
+      .default('')
+      .transform((v) => v.split(',').map((m) => m.trim()).filter(Boolean)),
+  ),
   LLM_TIMEOUT_MS: int(60_000, 1),
   /**
    * How the SDK's requests travel: `fetch` (its default, the global fetch) or `node-http` (keep-alive node:http(s)
    * agents through the SDK's `httpOptions.fetch`: less garbage per call, a shorter latency tail; infra/llm/node-http-fetch.ts).
    */
-  LLM_HTTP_TRANSPORT: z.enum(['fetch', 'node-http']).default('fetch'),
+  LLM_HTTP_TRANSPORT: unlessBlank(z.enum(['fetch', 'node-http']).default('fetch')),
   /** Price table overrides (USD per 1M tokens, tier multipliers), e.g. {"asOf":"2026-01-10","models":{"gemini-2.5-flash":{"input":0.3}},"tiers":{"priority":2}}. */
   PRICES_JSON: json(priceOverridesSchema, {}),
   /** A job's `options.deadline` at least this many seconds away runs on the flex tier (about half price, best effort). */
@@ -221,7 +237,7 @@ export const configSchema = z.object({
    * it on from 16 concurrent jobs, where commands of several jobs share a tick and leave in one write; below,
    * it would cost each command a pipeline of its own and a deferred write (infra/redis/connection.ts).
    */
-  REDIS_AUTO_PIPELINING: z.enum(['auto', 'on', 'off']).default('auto'),
+  REDIS_AUTO_PIPELINING: unlessBlank(z.enum(['auto', 'on', 'off']).default('auto')),
   /** Flow parents and pipeline runs mostly wait on their children, so this can be well above WORKER_CONCURRENCY. */
   FLOWS_CONCURRENCY: int(50, 1),
   JOB_ATTEMPTS: int(3, 1),
@@ -241,7 +257,7 @@ export const configSchema = z.object({
   KEEP_FAILED_COUNT: int(50_000),
   KEEP_FAILED_AGE_S: int(14 * 24 * 3600),
 
-  RATE_LIMIT_PLAN_DEFAULT: z.enum(['ai_pro', 'ai_flash', 'general']).default('general'),
+  RATE_LIMIT_PLAN_DEFAULT: unlessBlank(z.enum(['ai_pro', 'ai_flash', 'general']).default('general')),
   /** Overrides of the API admission plans, e.g. {"general":{"points":1000,"durationS":1}}. */
   RATE_LIMIT_PLANS: json(z.record(z.string(), z.object({ points: z.number().int().positive(), durationS: z.number().int().positive() }).strict()), {}),
   /** Per-model worker limits, e.g. {"gemini-2.5-pro":{"rpm":150,"tpm":2000000,"orgRpm":30}}; unset models use built-in defaults. */
@@ -264,14 +280,14 @@ export const configSchema = z.object({
    */
   USAGE_BACKLOG_MAX_ROWS: int(200_000),
   /** Default plan of an org without its own (`npm run orgs -- set`): fair-share weight, jobs in flight (0 = no cap). */
-  ORG_WEIGHT: num(z.coerce.number().positive(), 1),
+  ORG_WEIGHT: num(z.number().positive(), 1),
   ORG_CONCURRENCY: int(0),
   /** Default per-org requests per minute per model, by tier, and estimated tokens per minute (0 = unlimited). */
   ORG_RPM_PRO: int(30),
   ORG_RPM_FLASH: int(200),
   ORG_TPM: int(0),
   /** Each live worker asks the dispatcher to keep BullMQ's wait list at this times its concurrency (fairness decided late)... */
-  DISPATCH_BUFFER_RATIO: num(z.coerce.number().min(0.1).max(10), 0.5),
+  DISPATCH_BUFFER_RATIO: num(z.number().min(0.1).max(10), 0.5),
   /**
    * ...and at least what each worker finishes in this many ms at its recent rate, up to its concurrency
    * (fair/buffer-ask.ts): short jobs (cache hits) would otherwise find the list empty. 0: the ratio alone.
@@ -283,13 +299,13 @@ export const configSchema = z.object({
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),
   /** Cosine similarity a cached answer's prompt must reach to be served: in (0, 1] (near 0 it would serve answers to unrelated prompts). */
-  SEMANTIC_CACHE_THRESHOLD: num(z.coerce.number().gt(0).max(1), 0.95),
+  SEMANTIC_CACHE_THRESHOLD: num(z.number().gt(0).max(1), 0.95),
   SEMANTIC_CACHE_TTL_S: int(7 * 24 * 3600, 1),
   /** Expired semantic-cache rows are deleted this often by the maintenance job, SEMANTIC_CACHE_SWEEP_BATCH rows per statement. */
   SEMANTIC_CACHE_SWEEP_EVERY_MS: int(10 * 60_000, 1000),
   SEMANTIC_CACHE_SWEEP_BATCH: int(1000, 1),
   /** maintenance_work_mem for HNSW builds (npm run ingest -- --rebuild-index); a graph that spills builds several times slower. */
-  INDEX_BUILD_MEMORY: z.string().regex(/^\d+\s*(kB|MB|GB)$/, 'e.g. 512MB').default('512MB'),
+  INDEX_BUILD_MEMORY: unlessBlank(z.string().regex(/^\d+\s*(kB|MB|GB)$/, 'e.g. 512MB').default('512MB')),
   BREAKER_FAILURE_THRESHOLD: int(5, 1),
   BREAKER_SUCCESS_THRESHOLD: int(2, 1),
   BREAKER_TIMEOUT_MS: int(30_000, 1),
@@ -302,7 +318,7 @@ export const configSchema = z.object({
   OTEL_EXPORTER_OTLP_ENDPOINT: httpUrl,
   /** The full traces URL; wins over OTEL_EXPORTER_OTLP_ENDPOINT (to which `/v1/traces` is appended). */
   OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: httpUrl,
-  OTEL_SERVICE_NAME: z.string().min(1).default('agentq'),
+  OTEL_SERVICE_NAME: unlessBlank(z.string().default('agentq')),
   OTEL_SDK_DISABLED: bool(false),
   /** Prompt and answer text on model-call spans: off by default, since prompts carry customer data. */
   OTEL_CAPTURE_CONTENT: bool(false),
