@@ -4,7 +4,7 @@ import type { Job, Worker } from 'bullmq';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classifyFailedJob, classifyFailure, type Classification } from '../src/shared/core/dlq-classify.js';
-import { ValidationError } from '../src/shared/core/errors.js';
+import { DatabaseUnavailableError, EDBUNAVAILABLE, PromptBuildError, ValidationError } from '../src/shared/core/errors.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import {
   BULLMQ_STALLED_REASON,
@@ -74,6 +74,10 @@ const CASES: Array<{ name: string; make: (m: string) => Error; cancel?: boolean;
   },
   { name: 'OpenCircuitError', make: (m) => reword(new OpenCircuitError('gemini:x', 'open', Date.now() + 5000, 5000), m), outcome: { kind: 'delay', reason: 'breaker_open', delayMs: 5000 } },
   { name: 'DelayJobError', make: (m) => reword(new DelayJobError(700, 'quota'), m), outcome: { kind: 'delay', reason: 'quota', delayMs: 700 } },
+  // Postgres unavailable on the attempt's path: the job waits the outage out without using an attempt.
+  { name: 'DatabaseUnavailableError', make: (m) => reword(new DatabaseUnavailableError(new Error('Query read timeout')), m), outcome: { kind: 'delay', reason: 'database_unavailable', delayMs: 2000 } },
+  { name: 'PromptBuildError (its search found Postgres unavailable)', make: (m) => reword(new PromptBuildError(new DatabaseUnavailableError(new Error('x'))), m), outcome: { kind: 'delay', reason: 'database_unavailable', delayMs: 2000 } },
+  { name: 'RouteFailedError (the fallback found Postgres unavailable)', make: (m) => new RouteFailedError(m, true, EDBUNAVAILABLE), outcome: { kind: 'delay', reason: 'database_unavailable', delayMs: 2000 } },
 ];
 
 /** Old message shapes every class used to be recognised by: a rewording that uses them must not matter. */

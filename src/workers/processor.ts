@@ -10,8 +10,9 @@ import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { UsageRider } from '../shared/infra/db/run-stream.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
-import { billedOf, classify, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
+import { billedOf, classify, DB_UNAVAILABLE_DELAY_MS, DB_UNAVAILABLE_MAX_DELAY_MS, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
+import { createDatabaseDeferrals } from './db-deferrals.js';
 import type { ClaimPrep, JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
@@ -51,6 +52,11 @@ export interface ProcessorDeps {
    */
   /** Whether the API's cancel marker names this job (its id and timestamp, see job-service.ts). */
   cancelRequested?: (job: { id: string; timestamp: number }) => Promise<boolean>;
+  /**
+   * The wait of a job deferred for an unavailable database (DB_UNAVAILABLE_DELAY_MS, DB_UNAVAILABLE_MAX_DELAY_MS):
+   * `firstMs` at its first deferral, doubled at each next one in a row, at most `maxMs` (db-deferrals.ts).
+   */
+  databaseDelay?: { firstMs: number; maxMs: number };
 }
 
 /**
@@ -112,6 +118,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
 }
 
 function attemptOf(deps: ProcessorDeps) {
+  const dbDeferrals = createDatabaseDeferrals({ ...(deps.databaseDelay ?? { firstMs: DB_UNAVAILABLE_DELAY_MS, maxMs: DB_UNAVAILABLE_MAX_DELAY_MS }), logger: deps.logger });
   return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, cancel: Cancellation, span: Span): Promise<AgentResult> => {
     const data = job.data;
     const logger = lazyChild(deps.logger, {
@@ -308,13 +315,18 @@ function attemptOf(deps: ProcessorDeps) {
     } catch (err) {
       const outcome = classify(err);
       if (outcome.kind === 'delay' && !cancel.cancelled) {
-        deps.onDelay?.(ctx, outcome.reason, outcome.delayMs);
-        guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': outcome.delayMs });
-        logger.info({ reason: outcome.reason, delayMs: outcome.delayMs }, 'job delayed without using an attempt');
+        // A database outage: the job waits longer at each of its deferrals in a row for it (db-deferrals.ts).
+        const dbWait = outcome.reason === 'database_unavailable' ? dbDeferrals.next(job) : undefined;
+        const waitMs = dbWait?.delayMs ?? outcome.delayMs;
+        deps.onDelay?.(ctx, outcome.reason, waitMs);
+        guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': waitMs });
+        const why = dbWait ? { deferral: dbWait.deferral, err: err instanceof Error ? err.message : String(err) } : {};
+        logger.info({ reason: outcome.reason, delayMs: waitMs, ...why }, 'job delayed without using an attempt');
         // Before the job is parked: the calls this run paid for are in the usage stream by the time it waits.
         const billed = billedOf(err);
         if (billed) await record(delayedRow(billed, outcome.reason));
-        const delayMs = Math.max(outcome.delayMs, 1);
+        if (dbWait) await dbDeferrals.note(job, dbWait.deferral);
+        const delayMs = Math.max(waitMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
         // model's, when the prompt's knowledge search was refused): only that model pauses, never the job's own
         // by default. An open breaker names the model it refused (a route's primary, say); one naming none is the

@@ -125,6 +125,7 @@ export function createWorkerService(opts: {
       return mark === '1' || mark === String(timestamp);
     },
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
+    databaseDelay: { firstMs: cfg.DB_UNAVAILABLE_DELAY_MS, maxMs: cfg.DB_UNAVAILABLE_MAX_DELAY_MS },
   });
   const worker = createAgentWorker({
     connection,

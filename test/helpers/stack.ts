@@ -61,8 +61,11 @@ let migrated: Promise<unknown> | undefined;
  */
 export async function startStack(
   env: Record<string, string> = {},
-  /** `pool`: wraps the runtime's Postgres pool (a test makes it fail like a Postgres that is down). */
-  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool } = {},
+  /**
+   * `pool`: wraps the runtime's Postgres pool (a test makes it fail like a Postgres that is down). `fairDispatch:
+   * false`: the runtime's bench baseline, workers without the fair gate (jobs straight to BullMQ's wait list).
+   */
+  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool; fairDispatch?: boolean } = {},
 ): Promise<Stack> {
   const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), QUEUE_PREFIX: randomPrefix(), ...env });
   const logger = opts.logger ?? createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -86,6 +89,7 @@ export async function startStack(
     api: true,
     worker: Boolean(opts.worker),
     features: opts.features ?? defaultFeatures,
+    ...(opts.fairDispatch === false ? { fairDispatch: false } : {}),
   });
   const keys = createApiKeyStore({ pool });
   const orgId = randomOrg();

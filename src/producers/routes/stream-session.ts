@@ -8,7 +8,7 @@ import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/st
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';
 
-const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked', 'breaker_open', 'quota', 'provider_rate_limited', 'provider_quota']);
+const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked', 'breaker_open', 'quota', 'provider_rate_limited', 'provider_quota', 'database_unavailable']);
 
 export interface SessionDeps {
   redis: RedisClient;

@@ -40,7 +40,7 @@ export const jobView = z.looseObject({
   finishedAt: z.string().optional(),
   waitingFor: z
     .object({
-      reason: z.string().describe('fair_share, org_concurrency, rate_limited, model_blocked, breaker_open, quota, delayed, retry_backoff, provider_rate_limited (Gemini 429, per minute) or provider_quota (Gemini per-day quota, until its reset)'),
+      reason: z.string().describe('fair_share, org_concurrency, rate_limited, model_blocked, breaker_open, quota, delayed, retry_backoff, provider_rate_limited (Gemini 429, per minute), provider_quota (Gemini per-day quota, until its reset) or database_unavailable (Postgres did not answer the attempt; it runs again after a wait that doubles at each such deferral in a row)'),
       limit: z.string().optional().describe('The limit that holds the job, e.g. rpm:org:acme:gemini-2.5-pro'),
       eta: z.string().optional(),
       position: z.number().optional().describe('Place in its org and model’s line (0 = next)'),

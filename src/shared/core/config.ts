@@ -148,7 +148,7 @@ export const configSchema = z.object({
   /**
    * A new Postgres connection (TCP, TLS, startup, authentication) fails after this long, and so does a wait for a
    * free one while the pool is full: a server that takes the TCP connection and never answers is an error, not a
-   * hang (the API answers 503, a worker's attempt is retried).
+   * hang (the API answers 503, a worker's attempt waits without using an attempt: DB_UNAVAILABLE_DELAY_MS).
    */
   PG_CONNECT_TIMEOUT_MS: int(10_000, 100),
   /**
@@ -243,6 +243,13 @@ export const configSchema = z.object({
   JOB_ATTEMPTS: int(3, 1),
   BACKOFF_BASE_MS: int(1000, 1),
   BACKOFF_MAX_MS: int(60_000, 1),
+  /**
+   * An attempt that finds Postgres unavailable (EDBUNAVAILABLE: its knowledge search timed out or could not connect)
+   * uses no attempt: the job waits this long (half of it fixed, half random) and runs again, twice as long at each
+   * deferral in a row, at most DB_UNAVAILABLE_MAX_DELAY_MS: a database outage makes jobs wait, never fail.
+   */
+  DB_UNAVAILABLE_DELAY_MS: int(2000, 1),
+  DB_UNAVAILABLE_MAX_DELAY_MS: int(60_000, 1),
   SHUTDOWN_GRACE_MS: int(30_000, 0),
   /**
    * A SIGKILLed worker's job runs again elsewhere within LOCK_DURATION_MS + STALLED_INTERVAL_MS (12 s): its

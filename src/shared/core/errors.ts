@@ -41,9 +41,10 @@ export const EDBUNAVAILABLE = 'EDBUNAVAILABLE';
 
 /**
  * Postgres did not answer in time (a connect or a wait for a free pooled connection past PG_CONNECT_TIMEOUT_MS, a
- * query past PG_QUERY_TIMEOUT_MS) or cannot be reached now: the API answers 503 with Retry-After, a worker's
- * attempt is retried (`retryable`; never failed for good at once). pg gives these failures no code of its own:
- * infra/db/pool.ts recognises them, once, where every pooled query passes.
+ * query past PG_QUERY_TIMEOUT_MS) or cannot be reached now: the API answers 503 with Retry-After; a worker's
+ * attempt that meets it is delayed without using an attempt (`classify`: `database_unavailable`), never retried
+ * nor failed for it. pg gives these failures no code of its own: infra/db/pool.ts recognises them, once, where
+ * every pooled query passes.
  */
 export class DatabaseUnavailableError extends AgentqError {
   readonly retryable = true;
@@ -84,7 +85,8 @@ export class RateLimitedError extends AgentqError {
  * never counts it and its quota is never marked spent by it (breaker-guard.ts), and what the rate limiter took for
  * the call goes back. The attempt's outcome is the cause's (as RouteFailedError keeps the failure's code): its
  * code (EPROMPT when it has none), retryability and delay, so a retrieval 429 still delays the job, naming the
- * embedding model (the only model whose lanes it may pause).
+ * embedding model (the only model whose lanes it may pause), and a search Postgres could not answer (EDBUNAVAILABLE)
+ * delays it as `database_unavailable`.
  */
 export class PromptBuildError extends AgentqError {
   readonly retryable?: boolean;

@@ -1,4 +1,6 @@
+import { backoffDelay } from './backoff.js';
 import { CANCELLED_REASON } from './cancel.js';
+import { EDBUNAVAILABLE } from './errors.js';
 import type { BilledCall } from './types.js';
 
 /**
@@ -14,11 +16,29 @@ export type Outcome =
 /**
  * `provider_rate_limited`: Gemini answered 429 for a short-window quota (per minute); `provider_quota`: a
  * per-day quota, waited out until its reset. Both pause the model's lanes for every org, like an open breaker.
+ * `database_unavailable`: Postgres did not answer (EDBUNAVAILABLE) on the attempt's path (its knowledge search):
+ * the job waits out the outage, longer at each deferral in a row (databaseDelayMs); no model pauses.
  */
-export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota' | 'waiting_for_batch';
+export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota' | 'waiting_for_batch' | 'database_unavailable';
 
 /** Reasons that say the model itself cannot serve anyone now: the dispatcher blocks its lanes until then. */
 export const MODEL_WIDE_DELAYS: ReadonlySet<DelayReason> = new Set<DelayReason>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
+
+/**
+ * A job deferred for an unavailable database waits this long at its first deferral, twice as long at each next one
+ * in a row, at most DB_UNAVAILABLE_MAX_DELAY_MS (the defaults of DB_UNAVAILABLE_DELAY_MS and its max).
+ */
+export const DB_UNAVAILABLE_DELAY_MS = 2000;
+export const DB_UNAVAILABLE_MAX_DELAY_MS = 60_000;
+
+/**
+ * The wait of a job's `deferral`-th deferral in a row (1-based) for an unavailable database: exponential, capped,
+ * with the retries' equal jitter (backoff.ts), so the jobs an outage deferred together come back spread out rather
+ * than all at once on a database just back.
+ */
+export function databaseDelayMs(deferral: number, opts: { firstMs: number; maxMs: number } = { firstMs: DB_UNAVAILABLE_DELAY_MS, maxMs: DB_UNAVAILABLE_MAX_DELAY_MS }, random = Math.random): number {
+  return backoffDelay(deferral, { baseMs: opts.firstMs, maxMs: opts.maxMs }, random);
+}
 
 /** A provider 429 without RetryInfo or Retry-After still waits, this long, instead of hammering the model. */
 export const PROVIDER_429_DEFAULT_DELAY_MS = 10_000;
@@ -45,10 +65,11 @@ export const EBLOCKED = 'EBLOCKED';
 /**
  * Codes of failures that say nothing about the provider's health, so they never count against its circuit
  * breaker: one prompt that keeps drawing malformed answers must not shut a model off for every tenant.
- * A delay (EDELAYED) thrown at the call itself (a batch-tier job waiting for its batch) called nothing.
+ * A delay (EDELAYED) thrown at the call itself (a batch-tier job waiting for its batch) called nothing, and
+ * neither did a Postgres outage (EDBUNAVAILABLE) met on the way to it.
  * Transport errors, timeouts, 5xx and 429 (ENETWORK, ETIMEDOUT, EPROVIDER, ERATELIMIT) do count.
  */
-const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT, EBLOCKED, 'EDELAYED']);
+const NOT_PROVIDER_FAILURES = new Set([EBADOUTPUT, EBLOCKED, 'EDELAYED', EDBUNAVAILABLE]);
 
 export function isProviderHealthNeutral(err: unknown): boolean {
   return NOT_PROVIDER_FAILURES.has(codeOf(err));
@@ -180,6 +201,12 @@ export function classify(err: unknown): Outcome {
   if (code === EQUOTAEXHAUSTED) {
     const delayMs = typeof e.retryAtMs === 'number' ? e.retryAtMs - Date.now() : typeof e.retryAfterMs === 'number' ? e.retryAfterMs : PROVIDER_429_DEFAULT_DELAY_MS;
     return { kind: 'delay', reason: 'provider_quota', delayMs: Math.max(1, delayMs), ...model };
+  }
+  // Postgres out of reach on the attempt's path (its knowledge search; a route's fallback whose prompt needed it):
+  // nothing is wrong with the job or the model, so the job waits without using an attempt, and no model pauses.
+  // This is the first deferral's wait: the processor lengthens it per deferral of the job in a row (db-deferrals.ts).
+  if (code === EDBUNAVAILABLE && e.retryable !== false && !(err instanceof RetryAfterError)) {
+    return { kind: 'delay', reason: 'database_unavailable', delayMs: DB_UNAVAILABLE_DELAY_MS };
   }
   // An open breaker (OpenCircuitError) is an outage to wait out; it says when the next probe may run.
   if (code === 'EOPENBREAKER') {

@@ -85,6 +85,12 @@ export interface AgentJobData {
    */
   delayMs?: number;
   trace?: TraceCarrier;
+  /**
+   * Written by a worker only: the job's deferrals in a row for an unavailable database (`n`), the last one made by
+   * the run BullMQ fetched as `ats` (its attemptsStarted). A run fetched right after it (`ats` + 1) that meets the
+   * outage again waits longer (workers/db-deferrals.ts); any other run starts over.
+   */
+  dbDeferrals?: { n: number; ats: number };
 }
 
 export function emptyUsage(): TokenUsage {

@@ -45,10 +45,11 @@ export type WaitReason =
   | 'retry_backoff'
   | 'provider_rate_limited'
   | 'provider_quota'
-  | 'waiting_for_batch';
+  | 'waiting_for_batch'
+  | 'database_unavailable';
 
 /** Reasons a job parked with a not-before time (repark, or its own `delayMs`) is reported under. */
-const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota', 'waiting_for_batch']);
+const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota', 'waiting_for_batch', 'database_unavailable']);
 /** Model blocks reported under their own reason (the block's reason is what the caller needs to know). */
 const BLOCK_REASONS = new Set<string>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
 

@@ -76,7 +76,7 @@ const rethrowUnavailable = (err: unknown): never => {
 
 /**
  * pg's Pool whose promise-returning `query` and `connect` reject with a DatabaseUnavailableError (code
- * EDBUNAVAILABLE) when Postgres is slow or unreachable, so callers decide by code (API 503, worker retry), never
+ * EDBUNAVAILABLE) when Postgres is slow or unreachable, so callers decide by code (API 503, a worker's attempt delayed), never
  * by pg's message text. The callback forms (pg-pool's own `query` acquires through `connect(cb)`) pass through.
  */
 class CodedPool extends pg.Pool {
