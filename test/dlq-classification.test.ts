@@ -82,10 +82,11 @@ describe('DLQ classification of real failures', () => {
   });
 
   it.each([
-    ['a candidate stopped for SAFETY', { finishReason: 'SAFETY' }, false],
-    ['a blocked prompt', { blockReason: 'PROHIBITED_CONTENT' }, true],
-    ['no candidate at all', { noCandidate: true }, false],
-  ] as const)('a refusal from the model (%s) fails at once: EBLOCKED, one attempt, its prompt billed, poison', async (_what, refuse, stream) => {
+    ['a candidate stopped for SAFETY', { finishReason: 'SAFETY' }, false, 'HARM_CATEGORY_DANGEROUS_CONTENT'],
+    ['a blocked prompt', { blockReason: 'PROHIBITED_CONTENT' }, true, undefined],
+    ['a prompt blocked for SAFETY', { blockReason: 'SAFETY', category: 'HARM_CATEGORY_HATE_SPEECH' }, true, 'HARM_CATEGORY_HATE_SPEECH'],
+    ['no candidate at all', { noCandidate: true }, false, undefined],
+  ] as const)('a refusal from the model (%s) fails at once: EBLOCKED, one attempt, its prompt billed, poison', async (_what, refuse, stream, category) => {
     const m = marker();
     s.emulator.script({ refuse, match: { promptIncludes: m } });
     const id = await enqueue({ ...riskJob(m), ...(stream ? { options: { stream: true } } : {}) });
@@ -95,7 +96,12 @@ describe('DLQ classification of real failures', () => {
     const calls = s.emulator.calls().filter((c) => c.fault?.startsWith('refuse:'));
     expect(calls).toHaveLength(1);
     expect(calls[0]).toMatchObject({ kind: stream ? 'stream' : 'generate', status: 200 });
-    expect(await entry(id)).toMatchObject({ class: 'poison', type: 'blocked', attempts: 1 });
+    const e = await entry(id);
+    expect(e).toMatchObject({ class: 'poison', type: 'blocked', attempts: 1 });
+    // The DLQ entry tells an operator which category blocked (when one did), never what the prompt said.
+    if (category) expect(e.reason).toMatch(new RegExp(`blocked categories ${category}\\)$`));
+    else expect(e.reason).not.toMatch(/blocked categories/);
+    expect(e.reason).not.toContain(m);
     await usageWritten(s);
     const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1', [id])).rows;
     expect(rows).toHaveLength(1);

@@ -142,6 +142,34 @@ describe('emulator: Batch Mode through ai.batches on a clock the test moves', ()
     expect(cut).toEqual([whole[0], { ...whole[1], candidates: [candidate] }, whole[2]]);
   });
 
+  it('refuse at create: the answers of the requests it names are refusals as a model call gets them, without a responseId', async () => {
+    emu.setBatchTiming({ pendingMs: 0, runMs: 60_000 });
+    const answers = async () => {
+      const job = await ai.batches.create({ model: MODEL, src: requests(3), config: { displayName: 'agentq-refused' } });
+      emu.advanceClock(60_000);
+      return (await ai.batches.get({ name: job.name! })).dest!.inlinedResponses!.map((r) => r.response!);
+    };
+    const whole = await answers();
+    emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, match: { kind: 'batch', promptIncludes: 'plan 1' } });
+    const refused = await answers();
+    expect(emu.calls().at(-1)).toMatchObject({ kind: 'batch', status: 200, fault: 'refuse:SAFETY' });
+    const n = countTokens('Rate the risk of plan 1');
+    const rated = ['HARM_CATEGORY_SEXUALLY_EXPLICIT', 'HARM_CATEGORY_HATE_SPEECH', 'HARM_CATEGORY_HARASSMENT', 'HARM_CATEGORY_DANGEROUS_CONTENT'];
+    expect(refused).toEqual([
+      whole[0],
+      {
+        candidates: [{ finishReason: 'SAFETY', index: 0, safetyRatings: rated.map((category) => (category === 'HARM_CATEGORY_HARASSMENT' ? { category, probability: 'HIGH', blocked: true } : { category, probability: 'NEGLIGIBLE' })) }],
+        usageMetadata: { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }] },
+        modelVersion: MODEL,
+      },
+      whole[2],
+    ]);
+    emu.script({ refuse: { blockReason: 'OTHER' }, match: { kind: 'batch' } });
+    expect((await answers()).map((r) => [r.promptFeedback, r.usageMetadata, r.candidates])).toEqual(
+      [0, 1, 2].map((i) => [{ blockReason: 'OTHER' }, { promptTokenCount: countTokens(`Rate the risk of plan ${i}`), totalTokenCount: countTokens(`Rate the risk of plan ${i}`) }, undefined]),
+    );
+  });
+
   it('a batch that does not finish in time ends JOB_STATE_EXPIRED, with no responses', async () => {
     emu.setBatchTiming({ runMs: -1, expireMs: 48 * 3600_000 });
     const job = await ai.batches.create({ model: MODEL, src: requests(1), config: { displayName: 'agentq-expire' } });

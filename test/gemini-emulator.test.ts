@@ -360,6 +360,90 @@ describe('scripted faults', () => {
     expect(JSON.stringify(await both.json())).toContain('noFinishReason');
   });
 
+  describe('refuse: the refusals Gemini sends', () => {
+    const prompt = 'a question the filters will not let through';
+    const raw = async (path: 'generateContent' | 'streamGenerateContent?alt=sse') => {
+      const res = await fetch(`${emu.url}/v1beta/models/${MODEL}:${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-goog-api-key': 'k' },
+        body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: prompt }] }] }),
+      });
+      expect(res.status).toBe(200);
+      return res;
+    };
+    const tokens = async () => (await ai.models.countTokens({ model: MODEL, contents: prompt })).totalTokens!;
+    const ratings = (blocked: string) =>
+      ['HARM_CATEGORY_SEXUALLY_EXPLICIT', 'HARM_CATEGORY_HATE_SPEECH', 'HARM_CATEGORY_HARASSMENT', 'HARM_CATEGORY_DANGEROUS_CONTENT'].map((category) => (category === blocked ? { category, probability: 'HIGH', blocked: true } : { category, probability: 'NEGLIGIBLE' }));
+
+    it('a candidate stopped by a filter: no content, its safety ratings with the one that blocked, the prompt billed alone', async () => {
+      const n = await tokens();
+      emu.script({ refuse: { finishReason: 'SAFETY' } });
+      const body = await (await raw('generateContent')).json();
+      const tier = { serviceTier: 'standard' };
+      expect(body).toEqual({
+        candidates: [{ finishReason: 'SAFETY', index: 0, safetyRatings: ratings('HARM_CATEGORY_DANGEROUS_CONTENT') }],
+        usageMetadata: { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], ...tier },
+        modelVersion: MODEL,
+        responseId: `emu-${emu.calls().at(-1)!.id}`,
+      });
+      expect(emu.calls().at(-1)).toMatchObject({ kind: 'generate', status: 200, fault: 'refuse:SAFETY', promptTokens: n, outputTokens: 0 });
+
+      // Through the SDK, named category and Gemini's finishMessage; the other filters rate no category by default.
+      emu.script([
+        { refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' } },
+        { refuse: { finishReason: 'PROHIBITED_CONTENT', finishMessage: 'The response was blocked.' } },
+        { refuse: { finishReason: 'RECITATION' } },
+      ]);
+      const named = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect(named.candidates).toEqual([{ finishReason: 'SAFETY', index: 0, safetyRatings: ratings('HARM_CATEGORY_HARASSMENT') }]);
+      expect(named.usageMetadata).toEqual({ promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], ...tier });
+      const prohibited = await raw('generateContent');
+      expect((await prohibited.json()).candidates).toEqual([{ finishReason: 'PROHIBITED_CONTENT', index: 0, finishMessage: 'The response was blocked.' }]);
+      const recitation = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect(recitation.candidates).toEqual([{ finishReason: 'RECITATION', index: 0 }]);
+    });
+
+    it('a blocked prompt: promptFeedback with its ratings (SAFETY) and usage of the prompt alone; in a stream, one event', async () => {
+      const n = await tokens();
+      emu.script([{ refuse: { blockReason: 'SAFETY', category: 'HARM_CATEGORY_HATE_SPEECH' } }, { refuse: { blockReason: 'PROHIBITED_CONTENT' } }]);
+      const blocked = { promptFeedback: { blockReason: 'SAFETY', safetyRatings: ratings('HARM_CATEGORY_HATE_SPEECH') }, usageMetadata: { promptTokenCount: n, totalTokenCount: n, serviceTier: 'standard' }, modelVersion: MODEL };
+      expect(await (await raw('generateContent')).json()).toEqual(blocked);
+      // PROHIBITED_CONTENT (as OTHER, BLOCKLIST) is no per-category filter: no ratings.
+      const prohibited = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect(prohibited.candidates).toBeUndefined();
+      expect(prohibited.promptFeedback).toEqual({ blockReason: 'PROHIBITED_CONTENT' });
+      expect(prohibited.usageMetadata).toEqual({ promptTokenCount: n, totalTokenCount: n, serviceTier: 'standard' });
+
+      emu.script({ refuse: { blockReason: 'SAFETY' }, match: { kind: 'stream' } });
+      const sse = await (await raw('streamGenerateContent?alt=sse')).text();
+      expect(sse.trim().split('\n\n').map((e) => JSON.parse(e.replace(/^data: /, '')))).toEqual([{ ...blocked, promptFeedback: { blockReason: 'SAFETY', safetyRatings: ratings('HARM_CATEGORY_DANGEROUS_CONTENT') } }]);
+      emu.script({ refuse: { finishReason: 'SPII' }, match: { kind: 'stream' } });
+      const chunks = [];
+      for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: prompt })) chunks.push(c);
+      expect(chunks.map((c) => [c.candidates, c.usageMetadata?.candidatesTokenCount])).toEqual([[[{ finishReason: 'SPII', index: 0 }], undefined]]);
+      expect(emu.calls().map((c) => [c.kind, c.fault, c.promptTokens, c.outputTokens])).toEqual([
+        ['count', undefined, n, undefined],
+        ['generate', 'refuse:SAFETY', n, 0],
+        ['generate', 'refuse:PROHIBITED_CONTENT', n, 0],
+        ['stream', 'refuse:SAFETY', n, 0],
+        ['stream', 'refuse:SPII', n, 0],
+      ]);
+    });
+
+    it('a bad refusal script is refused with an error naming what is wrong', async () => {
+      const post = async (refuse: unknown) => {
+        const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refuse }) });
+        return { status: res.status, message: ((await res.json()) as { error: { message: string } }).error.message };
+      };
+      expect(await post({ finishReason: 'SAFETY', category: 'VIOLENCE' })).toEqual({ status: 400, message: expect.stringMatching(/refuse\.category must be one of HARM_CATEGORY_/) });
+      expect(await post({ noCandidate: true, category: 'HARM_CATEGORY_HARASSMENT' })).toEqual({ status: 400, message: expect.stringMatching(/refuse\.category needs a finishReason or a blockReason/) });
+      expect(await post({ blockReason: 'SAFETY', finishMessage: 'no' })).toEqual({ status: 400, message: expect.stringMatching(/refuse\.finishMessage .* with a finishReason/) });
+      expect(await post({ finishReason: 'SAFETY', categroy: 'HARM_CATEGORY_HARASSMENT' })).toEqual({ status: 400, message: expect.stringMatching(/unknown field\(s\) categroy/) });
+      expect(await post('SAFETY')).toEqual({ status: 400, message: 'fault refuse must be an object' });
+      expect(emu.faults()).toEqual([]);
+    });
+  });
+
   it('is scriptable from another process over its /__emulator/ HTTP routes', async () => {
     const ctl = createEmulatorControl(emu.url);
     await ctl.script([{ status: 503, match: { kind: 'stream' } }, { status: 429, retryAfterS: 1, times: Infinity, match: { promptIncludes: 'quota' } }]);

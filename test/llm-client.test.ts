@@ -1,12 +1,13 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
-import { ApiError } from '@google/genai';
+import { ApiError, type GenerateContentResponse, type SafetyRating } from '@google/genai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
-import { cosine, countTokens, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
+import { cosine, countTokens, DEFAULT_BATCH_TIMING, startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { geminiOptionsFromConfig, startGemini } from '../src/app/gemini.js';
 import { parseConfig } from '../src/shared/core/config.js';
+import { answerEndOf, refusalOf } from '../src/shared/infra/llm/answer-end.js';
 import { createBatchApi, inlinedRequestOf } from '../src/shared/infra/llm/batch-api.js';
 import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
 import { createNodeHttpFetch } from '../src/shared/infra/llm/node-http-fetch.js';
@@ -273,6 +274,39 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
       });
 
+      it('a refusal -> EBLOCKED naming the category that blocked, never the prompt; plain, streamed and a blocked prompt', async () => {
+        const prompt = 'a secret prompt the filters stop';
+        emu.script([
+          { refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, match: { kind: 'generate' } },
+          { refuse: { blockReason: 'SAFETY', category: 'HARM_CATEGORY_HATE_SPEECH' }, match: { kind: 'stream' } },
+          { refuse: { finishReason: 'PROHIBITED_CONTENT' }, match: { kind: 'generate' } },
+        ]);
+        const stopped = await failure(gen({ prompt }));
+        expect(stopped).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
+        expect(stopped.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT)`);
+        const [call] = emu.calls();
+        expect(stopped.billed).toMatchObject({ usage: { input: call.promptTokens, output: 0 } });
+        expect(call.promptTokens).toBe(countTokens(prompt));
+        const seen: string[] = [];
+        const blocked = await failure(gen({ prompt, onText: (t) => void seen.push(t) }));
+        expect(blocked).toMatchObject({ code: 'EBLOCKED', blockReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HATE_SPEECH'], billed: { usage: { input: countTokens(prompt), output: 0 } } });
+        expect(blocked.message).toBe(`Gemini ${MODEL} generate: prompt blocked (SAFETY; blocked categories HARM_CATEGORY_HATE_SPEECH)`);
+        expect(seen).toEqual([]);
+        // A filter that rates no category (PROHIBITED_CONTENT) names none.
+        const prohibited = await failure(gen({ prompt }));
+        expect(prohibited).toMatchObject({ code: 'EBLOCKED', finishReason: 'PROHIBITED_CONTENT' });
+        expect(prohibited.blockedCategories).toBeUndefined();
+        expect(prohibited.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason PROHIBITED_CONTENT)`);
+        for (const e of [stopped, blocked, prohibited]) expect(e.message).not.toContain(prompt);
+      });
+
+      it("a candidate's finishMessage: sent by the emulator, dropped by @google/genai 2.32 on the Gemini API (when it starts passing it, the error carries it)", async () => {
+        emu.script({ refuse: { finishReason: 'SAFETY', finishMessage: 'Stopped by the safety filter.' } });
+        const e = await failure(gen());
+        expect(e).toMatchObject({ code: 'EBLOCKED', finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT'] });
+        expect(e.finishMessage).toBeUndefined();
+      });
+
       it('embed faults: 429 carries retryAfterMs', async () => {
         emu.script({ status: 429, retryAfterS: 2, match: { kind: 'embed' } });
         expect(await failure(llm.embed(['a', 'b']))).toMatchObject({ code: 'ERATELIMIT', retryAfterMs: 2000 });
@@ -307,6 +341,47 @@ describe('batch API: finding a batch by its displayName (crash recovery)', () =>
     const bounded = createBatchApi({ apiKey: 'k', baseUrl: emu.url, logger, listLimit: 2 });
     expect(await bounded.findByDisplayName('agentq-find-mine', since)).toBeUndefined();
     expect(lines).toMatchObject([{ msg: expect.stringMatching(/stopped at its limit/), listed: 2 }]);
+  });
+});
+
+describe('a refusal read from the answer (answer-end.ts)', () => {
+  const opts = { model: MODEL, billed: { model: MODEL, usage: { input: 5, output: 0 }, costUsd: 0, standardCostUsd: 0, tier: 'standard' as const } };
+  const rating = (category: string, blocked?: boolean) => ({ category, probability: blocked ? 'HIGH' : 'NEGLIGIBLE', ...(blocked ? { blocked } : {}) }) as SafetyRating;
+
+  it("carries the candidate's finishMessage (one line, bounded) and its blocked categories, enum values only", () => {
+    const long = `Blocked:\n${'because '.repeat(60)}`;
+    const res = { candidates: [{ finishReason: 'SAFETY', index: 0, finishMessage: long, safetyRatings: [rating('HARM_CATEGORY_HARASSMENT', true), rating('HARM_CATEGORY_HATE_SPEECH'), rating('not a category', true)] }] } as GenerateContentResponse;
+    const e = refusalOf(answerEndOf(res), 'Gemini m generate', opts)!;
+    expect(e).toMatchObject({ code: 'EBLOCKED', finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
+    expect(e.finishMessage).toHaveLength(200);
+    expect(e.finishMessage).toMatch(/^Blocked: because because .*…$/);
+    expect(e.message).toBe(`Gemini m generate: answer stopped (finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT; finishMessage ${JSON.stringify(e.finishMessage)})`);
+  });
+
+  it("gathers a stream's chunks: the prompt's feedback from the first, a stop's ratings from the last, each category once", () => {
+    const first = { promptFeedback: { safetyRatings: [rating('HARM_CATEGORY_DANGEROUS_CONTENT', true)] }, candidates: [{ content: { parts: [{ text: 'a' }] }, safetyRatings: [rating('HARM_CATEGORY_HARASSMENT')] }] } as GenerateContentResponse;
+    const last = { candidates: [{ finishReason: 'SPII', finishMessage: 'Sensitive data.', safetyRatings: [rating('HARM_CATEGORY_HARASSMENT', true), rating('HARM_CATEGORY_DANGEROUS_CONTENT', true)] }] } as GenerateContentResponse;
+    const end = answerEndOf(last, answerEndOf(first));
+    expect(end).toEqual({ candidates: 2, finishReason: 'SPII', blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT', 'HARM_CATEGORY_HARASSMENT'], finishMessage: 'Sensitive data.' });
+    expect(refusalOf(end, 'w', opts)).toMatchObject({ finishReason: 'SPII', blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT', 'HARM_CATEGORY_HARASSMENT'], finishMessage: 'Sensitive data.' });
+  });
+
+  it('a batch answer refused at create is EBLOCKED with its categories, billed at the batch price', async () => {
+    emu.setBatchTiming({ pendingMs: 0, runMs: 1 });
+    const batches = createBatchApi({ apiKey: 'k', baseUrl: emu.url });
+    emu.script({ refuse: { blockReason: 'SAFETY', category: 'HARM_CATEGORY_SEXUALLY_EXPLICIT' }, match: { kind: 'batch' } });
+    const made = await batches.create(MODEL, 'agentq-refused', [inlinedRequestOf({ prompt: 'one batched question', responseJsonSchema: schema }, 'job-1')]);
+    emu.advanceClock(1);
+    const [r] = (await batches.get(made.name)).responses!;
+    emu.setBatchTiming(DEFAULT_BATCH_TIMING);
+    let e: unknown;
+    try {
+      batches.resultOf(MODEL, r.response!, true);
+    } catch (err) {
+      e = err;
+    }
+    expect(e).toMatchObject({ code: 'EBLOCKED', blockReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_SEXUALLY_EXPLICIT'], billed: { tier: 'batch', usage: { input: countTokens('one batched question'), output: 0 } } });
+    expect((e as Error).message).toBe(`Gemini ${MODEL} batch answer: prompt blocked (SAFETY; blocked categories HARM_CATEGORY_SEXUALLY_EXPLICIT)`);
   });
 });
 

@@ -319,13 +319,20 @@ describe('a run delayed after calls it paid for: those calls get a row of their 
 
 describe('a refusal fails the job at once', () => {
   const usageMetadata = { promptTokenCount: 900, candidatesTokenCount: 4 };
+  /** Gemini's safety ratings, the one that blocked flagged; the failed reason names that category. */
+  const rated = (blocked: string) =>
+    ['HARM_CATEGORY_SEXUALLY_EXPLICIT', 'HARM_CATEGORY_HATE_SPEECH', 'HARM_CATEGORY_HARASSMENT', 'HARM_CATEGORY_DANGEROUS_CONTENT'].map((category) => (category === blocked ? { category, probability: 'HIGH', blocked: true } : { category, probability: 'NEGLIGIBLE' }));
   const refusals = [
     ...['SAFETY', 'PROHIBITED_CONTENT', 'RECITATION', 'BLOCKLIST', 'SPII'].map((finishReason) => ({
       what: `a candidate stopped for ${finishReason}`,
-      body: { candidates: [{ content: { parts: [], role: 'model' }, finishReason }], usageMetadata },
-      reasons: { finishReason },
+      body: { candidates: [{ finishReason, index: 0, ...(finishReason === 'SAFETY' ? { safetyRatings: rated('HARM_CATEGORY_DANGEROUS_CONTENT') } : {}) }], usageMetadata },
+      reasons: { finishReason, ...(finishReason === 'SAFETY' ? { blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT'] } : {}) },
     })),
-    { what: 'a blocked prompt', body: { promptFeedback: { blockReason: 'SAFETY' }, usageMetadata }, reasons: { blockReason: 'SAFETY' } },
+    {
+      what: 'a blocked prompt',
+      body: { promptFeedback: { blockReason: 'SAFETY', safetyRatings: rated('HARM_CATEGORY_HATE_SPEECH') }, usageMetadata },
+      reasons: { blockReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HATE_SPEECH'] },
+    },
     { what: 'no candidate at all', body: { usageMetadata }, reasons: {} },
   ];
   for (const r of refusals) {
@@ -340,6 +347,8 @@ describe('a refusal fails the job at once', () => {
       const h = harness(plain, [createBreakerGuard({ breaker })]);
       const failed = await h.run();
       expect(failed).toMatchObject({ name: 'UnrecoverableError', code: 'EBLOCKED' });
+      // The failed reason (what BullMQ and the DLQ keep) names the category that blocked, when one did.
+      for (const category of (r.reasons as { blockedCategories?: string[] }).blockedCategories ?? []) expect(failed?.message).toContain(category);
       expect(h.rows).toMatchObject([{ state: 'failed', inputTokens: 900, outputTokens: 4 }]);
       expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
     });

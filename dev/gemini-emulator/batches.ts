@@ -1,4 +1,5 @@
 import type { WireGenerateRequest } from './gemini-wire.js';
+import type { Refusal } from './refusal.js';
 import { hash32 } from './seeded.js';
 
 /** Batch Mode's states as the Gemini API names them (the SDK maps BATCH_STATE_* to JOB_STATE_*). */
@@ -21,6 +22,12 @@ export interface InlineRequest {
   metadata?: Record<string, string>;
 }
 
+/** How a batch's create fault changes one request's answer: without its finishReason, or a refusal. */
+export interface InlineFault {
+  noFinishReason?: boolean;
+  refuse?: Refusal;
+}
+
 export interface InlineResponse {
   response?: unknown;
   /** A google.rpc.Status: `code` is a gRPC code (3 INVALID_ARGUMENT), not an HTTP status. */
@@ -33,8 +40,8 @@ interface StoredBatch {
   model: string;
   displayName: string;
   requests: InlineRequest[];
-  /** Per request (same order): its answer comes without a finishReason (a `noFinishReason` fault at create). */
-  unfinished?: boolean[];
+  /** Per request (same order): how a fault at create changes its answer (`noFinishReason`, `refuse`), if it does. */
+  faulted?: Array<InlineFault | undefined>;
   createdAt: number;
   timing: BatchTiming;
   /** Set by cancel or delete-before-end: the state is frozen from then on. */
@@ -73,7 +80,7 @@ const iso = (ms: number) => new Date(ms).toISOString();
  * long-running Operation, list pages through them, cancel stops one, delete forgets it. The state is a
  * function of the clock, evaluated when read; responses come back inline, in input order, with metadata.
  */
-export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: string, req: WireGenerateRequest, opts: { noFinishReason: boolean }) => InlineResponse['response'] | Error }) {
+export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: string, req: WireGenerateRequest, fault: InlineFault) => InlineResponse['response'] | Error }) {
   const batches = new Map<string, StoredBatch>();
   let seq = 0;
   let timing: BatchTiming = { ...DEFAULT_BATCH_TIMING };
@@ -90,7 +97,7 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
 
   function responsesOf(b: StoredBatch): InlineResponse[] {
     b.responses ??= b.requests.map((r, i) => {
-      const out = deps.answer(b.model, r.request, { noFinishReason: b.unfinished?.[i] === true });
+      const out = deps.answer(b.model, r.request, b.faulted?.[i] ?? {});
       const metadata = r.metadata ? { metadata: r.metadata } : {};
       if (out instanceof Error) return { error: { code: 3, message: out.message }, ...metadata };
       return { response: out, ...metadata };
@@ -132,11 +139,11 @@ export function createBatchStore(deps: { clock: EmulatorClock; answer: (model: s
   }
 
   return {
-    /** `unfinished`: which requests (same order) are answered without a finishReason. */
-    create(model: string, displayName: string, requests: InlineRequest[], unfinished?: boolean[]) {
+    /** `faulted`: how a fault changes each request's answer (same order; undefined: answered as always). */
+    create(model: string, displayName: string, requests: InlineRequest[], faulted?: Array<InlineFault | undefined>) {
       seq += 1;
       const id = `emu${seq.toString(36)}${hash32(`${displayName}:${seq}`).toString(36)}`;
-      const b: StoredBatch = { id, model, displayName, requests, createdAt: deps.clock.now(), timing: { ...timing }, ...(unfinished?.some(Boolean) ? { unfinished } : {}) };
+      const b: StoredBatch = { id, model, displayName, requests, createdAt: deps.clock.now(), timing: { ...timing }, ...(faulted?.some(Boolean) ? { faulted } : {}) };
       batches.set(id, b);
       return operation(b);
     },

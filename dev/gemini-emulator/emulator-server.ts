@@ -7,6 +7,7 @@ import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type 
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
 import { createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
+import { refusalBody, refusalCachedTokens } from './refusal.js';
 
 export interface CallRecord {
   id: number;
@@ -134,7 +135,7 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
   const usageModel = createUsageModel(opts.usage);
   const batches = createBatchStore({
     clock,
-    answer: (model, req, { noFinishReason }) => {
+    answer: (model, req, { noFinishReason, refuse }) => {
       let answer;
       try {
         validateGenerateRequest(req);
@@ -143,6 +144,8 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       } catch (err) {
         return err as Error;
       }
+      // Inline responses carry no responseId (the batch names them), refusals included.
+      if (refuse) return refusalBody(refuse, { model, usage: usageModel.complete(model, req, answer.usage, 'omit') });
       return {
         // A noFinishReason fault leaves it off the candidate: all else is as Gemini sends it.
         candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, ...(noFinishReason ? {} : { finishReason: answer.finishReason }) }],
@@ -340,10 +343,11 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       const spec = (body as { batch?: { displayName?: string } }).batch;
       if (!spec || inline.length === 0) throw new BadRequestError('* BatchGenerateContentRequest.batch.input_config: must hold at least one request');
       if (inline.some((r) => !r || typeof r !== 'object' || !r.request)) throw new BadRequestError('* InlinedRequest.request: request is not specified');
-      // A noFinishReason fault: the answers of the requests it names (by promptIncludes; all without one).
+      // A noFinishReason or refuse fault: the answers of the requests it names (by promptIncludes; all without one).
       const only = fault?.match?.promptIncludes;
-      const unfinished = fault?.noFinishReason ? inline.map((r) => only === undefined || promptText(r.request).includes(only)) : undefined;
-      const op = batches.create(model, spec.displayName ?? '', inline, unfinished);
+      const how = fault?.noFinishReason ? { noFinishReason: true } : fault?.refuse ? { refuse: fault.refuse } : undefined;
+      const faulted = how ? inline.map((r) => (only === undefined || promptText(r.request).includes(only) ? how : undefined)) : undefined;
+      const op = batches.create(model, spec.displayName ?? '', inline, faulted);
       record.requests = inline.length;
       record.displayName = spec.displayName ?? '';
       record.batch = op.name;
@@ -389,20 +393,14 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       responseId,
     });
     if (fault?.refuse) {
-      // Gemini bills the prompt of a refusal and sends its usage, but no text: a candidate stopped for the reason
-      // (no parts), the prompt's blockReason with no candidate, or no candidate at all.
-      const usage = { ...answer.usage, candidatesTokenCount: 0, totalTokenCount: answer.usage.promptTokenCount };
-      delete (usage as { thoughtsTokenCount?: number }).thoughtsTokenCount;
+      // Gemini bills the prompt of a refusal and sends its usage, but no text (refusal.ts has the shapes); a
+      // stream's refusal is its one event, the first, which alone carries a prompt's feedback.
+      const refusal = refusalBody(fault.refuse, { model, usage: answer.usage, responseId });
+      const cached = refusalCachedTokens(refusal);
       record.outputTokens = 0;
       delete record.thoughtsTokens;
-      const r = fault.refuse;
-      const refusal = {
-        ...(r.finishReason ? { candidates: [{ content: { role: 'model' }, finishReason: r.finishReason, index: 0 }] } : {}),
-        ...(r.blockReason ? { promptFeedback: { blockReason: r.blockReason } } : {}),
-        usageMetadata: usage,
-        modelVersion: model,
-        responseId,
-      };
+      if (cached > 0) record.cachedTokens = cached;
+      else delete record.cachedTokens;
       if (kind === 'generate') return reply(200, refusal, tierHeader);
       record.status = 200;
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });

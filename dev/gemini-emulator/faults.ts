@@ -1,4 +1,7 @@
 import type { QuotaScope } from './gemini-wire.js';
+import { refusalProblem, type Refusal } from './refusal.js';
+
+export type { Refusal } from './refusal.js';
 
 /** `batch` is a batch's create; the others are its admin calls (get, list, cancel, delete). */
 export type CallKind = 'generate' | 'stream' | 'embed' | 'count' | 'batch' | BatchAdminKind;
@@ -27,10 +30,12 @@ export interface FaultMatch {
  *   fault always fires and the client never gets a whole answer;
  * - `servedTier`: answer normally but serve the request at this tier (`usageMetadata.serviceTier` and the
  *   `x-gemini-service-tier` header), as Gemini serves a priority request past its priority limit at standard.
- * - `refuse` (generate and stream calls only): a 200 refusal shaped as Gemini sends it, usage included:
- *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no parts;
+ * - `refuse` (generate, stream and batch create calls only): a 200 refusal shaped as Gemini sends it (refusal.ts):
+ *   `{ finishReason: 'SAFETY' | 'PROHIBITED_CONTENT' | ... }` a candidate stopped for that reason, with no content;
  *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
- *   `{ noCandidate: true }` an answer with usage and no candidate at all.
+ *   `{ noCandidate: true }` an answer with usage and no candidate at all. `category` names the harm category whose
+ *   safety rating blocked (`blocked: true`; SAFETY defaults to HARM_CATEGORY_DANGEROUS_CONTENT), `finishMessage` the
+ *   candidate's. A batch's create takes it for the inline answers of the requests it names (as `noFinishReason`).
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
  *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
  *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage),
@@ -41,12 +46,6 @@ export interface FaultMatch {
  * and latencyMs faults, and only faults that name their kind.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.
  */
-export interface Refusal {
-  finishReason?: string;
-  blockReason?: string;
-  noCandidate?: boolean;
-}
-
 export interface EmulatorFault {
   status?: number;
   retryAfterS?: number;
@@ -95,11 +94,8 @@ function validate(f: EmulatorFault): EmulatorFault {
   if (effects === 0 && !(typeof f.latencyMs === 'number' && f.latencyMs >= 0)) {
     throw new FaultScriptError('a fault needs status, hang, malformed, reset, servedTier, refuse, noFinishReason or latencyMs');
   }
-  if (f.refuse !== undefined) {
-    const r = f.refuse as Refusal | null;
-    const named = r && typeof r === 'object' ? [typeof r.finishReason === 'string' && r.finishReason !== '', typeof r.blockReason === 'string' && r.blockReason !== '', r.noCandidate === true].filter(Boolean).length : 0;
-    if (named !== 1) throw new FaultScriptError('fault refuse must name exactly one of finishReason, blockReason (non-empty strings) or noCandidate: true');
-  }
+  const refused = f.refuse === undefined ? undefined : refusalProblem(f.refuse);
+  if (refused) throw new FaultScriptError(refused);
   if (f.afterChunks !== undefined && !(f.reset === true && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
     throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
   }
@@ -153,13 +149,14 @@ export class FaultQueue {
 
 /**
  * A refusal, a tier or a missing finishReason is an answer's: such a fault waits for a generate or stream call,
- * never consumed by another; a missing finishReason may also be taken by a batch's create (its inline answers').
+ * never consumed by another; a refusal or a missing finishReason may also be taken by a batch's create (its
+ * inline answers').
  */
 function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
   // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
   // consume the faults a test scripted for model calls.
   if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
-  if (kind === 'batch' && f.noFinishReason) return true;
+  if (kind === 'batch' && (f.noFinishReason || f.refuse !== undefined)) return true;
   return (f.refuse === undefined && f.servedTier === undefined && !f.noFinishReason) || kind === 'generate' || kind === 'stream';
 }
 

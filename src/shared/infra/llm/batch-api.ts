@@ -1,7 +1,8 @@
 import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import { LlmError } from './llm-errors.js';
-import { answerEndOf, billedCall, refusalOf, sdkOptions, textOf, unfinishedOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
+import { answerEndOf, refusalOf, unfinishedOf } from './answer-end.js';
+import { billedCall, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
 import { createPricing, type Pricing } from './pricing.js';
 
 /** One inline response of a finished batch, matched to its job through the request's metadata. */

@@ -1,6 +1,7 @@
 import { GoogleGenAI, ServiceTier as SdkServiceTier, type Fetch, type GenerateContentConfig, type GenerateContentResponse, type GoogleGenAIOptions } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import type { BilledCall, ServiceTier, TokenUsage } from '../../core/types.js';
+import { answerEndOf, refusalOf, unfinishedOf, type AnswerEnd } from './answer-end.js';
 import { LlmError, toLlmError } from './llm-errors.js';
 import { createPricing, type Pricing } from './pricing.js';
 
@@ -149,62 +150,6 @@ function deadline(timeoutMs: number, caller?: AbortSignal) {
       if (!finished && !ac.signal.aborted) ac.abort();
     },
   };
-}
-
-/**
- * Finish reasons that are a refusal of this prompt by the model or its filters (Gemini's FinishReason enum):
- * another try would be refused the same way. MAX_TOKENS is not one: a truncated answer stays a retryable
- * EBADOUTPUT, since another sample (default temperature) often ends in time where this one ran on or looped.
- * OTHER and the tool-call reasons stay retryable too: they name no property of the prompt.
- */
-const REFUSALS: ReadonlySet<string> = new Set([
-  'SAFETY',
-  'RECITATION',
-  'LANGUAGE',
-  'BLOCKLIST',
-  'PROHIBITED_CONTENT',
-  'SPII',
-  'IMAGE_SAFETY',
-  'IMAGE_PROHIBITED_CONTENT',
-  'IMAGE_RECITATION',
-]);
-
-/** What an answer's candidates and prompt feedback say, gathered over a stream's chunks (the last ones carry it). */
-export interface AnswerEnd {
-  candidates: number;
-  finishReason?: string;
-  blockReason?: string;
-}
-
-export function answerEndOf(res: GenerateContentResponse, seen: AnswerEnd = { candidates: 0 }): AnswerEnd {
-  const finishReason = res.candidates?.[0]?.finishReason ?? seen.finishReason;
-  const blockReason = res.promptFeedback?.blockReason ?? seen.blockReason;
-  return { candidates: seen.candidates + (res.candidates?.length ?? 0), ...(finishReason ? { finishReason } : {}), ...(blockReason ? { blockReason } : {}) };
-}
-
-/**
- * An answer that never says it finished (EPROVIDER, retryable), undefined otherwise. Gemini ends every answer
- * with a candidate carrying the finishReason: a plain call's one body, a stream's last chunk (with the usage), a
- * batch's inline response. Without one, nothing says the model finished, whatever the text: no answer. EPROVIDER
- * rather than ENETWORK: the transport delivered a well-formed ending, and what failed is the provider's answer;
- * retryable and counted against the model's breaker, as a 5xx is, and billed for the usage it carries (`usage`),
- * as a refusal or bad output is. An answer of usage with no candidate and no reason stays a refusal (`refusalOf`).
- */
-export function unfinishedOf(end: AnswerEnd, usage: boolean, message: string, opts: { model: string; billed: BilledCall }): LlmError | undefined {
-  if (end.finishReason || end.blockReason || (end.candidates === 0 && usage)) return undefined;
-  return new LlmError('EPROVIDER', message, { model: opts.model, ...(usage ? { billed: opts.billed } : {}) });
-}
-
-/**
- * A refusal (EBLOCKED, not retryable, not the provider's failure): the prompt blocked, a candidate stopped by a
- * filter, or no candidate at all (Gemini returns none only for a prompt it would not answer). Undefined otherwise.
- */
-export function refusalOf(end: AnswerEnd, what: string, opts: { model: string; billed: BilledCall }): LlmError | undefined {
-  const reasons = { ...(end.finishReason ? { finishReason: end.finishReason } : {}), ...(end.blockReason ? { blockReason: end.blockReason } : {}) };
-  if (end.blockReason) return new LlmError('EBLOCKED', `${what}: prompt blocked (${end.blockReason})`, { ...opts, ...reasons });
-  if (end.finishReason && REFUSALS.has(end.finishReason)) return new LlmError('EBLOCKED', `${what}: answer stopped (finishReason ${end.finishReason})`, { ...opts, ...reasons });
-  if (end.candidates === 0) return new LlmError('EBLOCKED', `${what}: no candidate in the answer`, { ...opts, ...reasons });
-  return undefined;
 }
 
 export function textOf(res: GenerateContentResponse): string {

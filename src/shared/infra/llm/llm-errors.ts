@@ -21,11 +21,15 @@ export class LlmError extends Error {
   readonly finishReason?: string;
   /** EBLOCKED for the prompt itself: `promptFeedback.blockReason`. */
   readonly blockReason?: string;
+  /** EBLOCKED: the harm categories whose safety rating says `blocked: true` (the prompt's or the candidate's). */
+  readonly blockedCategories?: readonly string[];
+  /** EBLOCKED: the candidate's `finishMessage`, Gemini's own words on why it stopped (never the prompt's text). */
+  readonly finishMessage?: string;
 
   constructor(
     code: LlmErrorCode,
     message: string,
-    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; finishReason?: string; blockReason?: string; cause?: unknown } = {},
+    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; finishReason?: string; blockReason?: string; blockedCategories?: readonly string[]; finishMessage?: string; cause?: unknown } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
@@ -38,6 +42,8 @@ export class LlmError extends Error {
     if (opts.billed !== undefined) this.billed = opts.billed;
     if (opts.finishReason !== undefined) this.finishReason = opts.finishReason;
     if (opts.blockReason !== undefined) this.blockReason = opts.blockReason;
+    if (opts.blockedCategories !== undefined) this.blockedCategories = opts.blockedCategories;
+    if (opts.finishMessage !== undefined) this.finishMessage = opts.finishMessage;
   }
 }
 

@@ -1,0 +1,87 @@
+import type { WireUsage } from './gemini-wire.js';
+
+/**
+ * A scripted refusal (fault `refuse`). Exactly one of `finishReason`, `blockReason`, `noCandidate`;
+ * `category` names the harm category whose rating blocked (default: HARM_CATEGORY_DANGEROUS_CONTENT for SAFETY,
+ * none for the other reasons, whose filters are not the per-category classifier); `finishMessage` (a candidate's
+ * only) is sent on the candidate as Gemini sends it for some stops.
+ */
+export interface Refusal {
+  finishReason?: string;
+  blockReason?: string;
+  noCandidate?: boolean;
+  category?: string;
+  finishMessage?: string;
+}
+
+/** The harm categories the Gemini API rates text in (HarmCategory); the first four are the ones it always rates. */
+export const HARM_CATEGORIES = ['HARM_CATEGORY_SEXUALLY_EXPLICIT', 'HARM_CATEGORY_HATE_SPEECH', 'HARM_CATEGORY_HARASSMENT', 'HARM_CATEGORY_DANGEROUS_CONTENT', 'HARM_CATEGORY_CIVIC_INTEGRITY'] as const;
+const RATED = HARM_CATEGORIES.slice(0, 4);
+const DEFAULT_SAFETY_CATEGORY = 'HARM_CATEGORY_DANGEROUS_CONTENT';
+const KEYS = new Set(['finishReason', 'blockReason', 'noCandidate', 'category', 'finishMessage']);
+
+const named = (v: unknown): v is string => typeof v === 'string' && v !== '';
+
+/** What is wrong with a scripted refusal, in the words of the error the fault route answers; undefined when fine. */
+export function refusalProblem(r: unknown): string | undefined {
+  if (!r || typeof r !== 'object' || Array.isArray(r)) return 'fault refuse must be an object';
+  const o = r as Record<string, unknown>;
+  const unknown = Object.keys(o).filter((k) => !KEYS.has(k));
+  if (unknown.length > 0) return `fault refuse has unknown field(s) ${unknown.join(', ')} (it takes ${[...KEYS].join(', ')})`;
+  if ([named(o.finishReason), named(o.blockReason), o.noCandidate === true].filter(Boolean).length !== 1) {
+    return 'fault refuse must name exactly one of finishReason, blockReason (non-empty strings) or noCandidate: true';
+  }
+  if (o.category !== undefined && !(HARM_CATEGORIES as readonly unknown[]).includes(o.category)) return `fault refuse.category must be one of ${HARM_CATEGORIES.join(', ')}`;
+  if (o.category !== undefined && o.noCandidate === true) return 'fault refuse.category needs a finishReason or a blockReason (no candidate has no ratings)';
+  if (o.finishMessage !== undefined && !(named(o.finishMessage) && named(o.finishReason))) return 'fault refuse.finishMessage must be a non-empty string, with a finishReason (it is a candidate\'s field)';
+  return undefined;
+}
+
+/** Gemini's ratings of the text: every rated category, the one that blocked flagged `blocked: true`. */
+function safetyRatings(category: string) {
+  const categories = (RATED as readonly string[]).includes(category) ? RATED : [...RATED, category];
+  return categories.map((c) => (c === category ? { category: c, probability: 'HIGH', blocked: true } : { category: c, probability: 'NEGLIGIBLE' }));
+}
+
+/**
+ * A refusal as the Gemini API sends it (the body of a generate call, the one event of a stream, a batch's inline
+ * response). From captured responses (xtekky/gpt4free#2341: a SAFETY candidate with no content; vercel/ai#4236 and
+ * #19758, google-gemini/deprecated-generative-ai-python#276: blocked prompts with only the two token counts;
+ * google-gemini/cookbook Safety_REST.ipynb: a SAFETY block's ratings; FirebaseExtended/vertexai-sdk-test-data: a
+ * RECITATION stop with no content, a finishMessage) and the REST reference (SafetyRating.blocked, PromptFeedback):
+ * - a candidate stopped by a filter has no `content` at all, only `finishReason`, `index`, the `safetyRatings` when a
+ *   category blocked, and a `finishMessage` when Gemini gives one; the usage counts the prompt only (proto3 JSON omits
+ *   a zero `candidatesTokenCount`); `modelVersion` and `responseId` as in any answer;
+ * - a blocked prompt has no candidate: `promptFeedback` (its `safetyRatings` only for SAFETY or a named category),
+ *   usage of `promptTokenCount` and `totalTokenCount` alone, and `modelVersion`; in a stream it is the one event;
+ * - no candidate at all: the usage alone.
+ * `usage` is the emulator's full usage of the call; `responseId` is left off for a batch's inline response.
+ */
+export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; responseId?: string }): Record<string, unknown> {
+  const prompt = o.usage.promptTokenCount;
+  const { serviceTier } = o.usage;
+  const tier = serviceTier !== undefined ? { serviceTier } : {};
+  const category = r.category ?? (r.finishReason === 'SAFETY' || r.blockReason === 'SAFETY' ? DEFAULT_SAFETY_CATEGORY : undefined);
+  const ratings = category ? { safetyRatings: safetyRatings(category) } : {};
+  const id = o.responseId ? { responseId: o.responseId } : {};
+  if (r.blockReason) {
+    return { promptFeedback: { blockReason: r.blockReason, ...ratings }, usageMetadata: { promptTokenCount: prompt, totalTokenCount: prompt, ...tier }, modelVersion: o.model };
+  }
+  // The model read the prompt: the prompt's side of the usage stays (details, an implicit-cache hit).
+  const { cachedContentTokenCount, cacheTokensDetails } = o.usage;
+  const usageMetadata = {
+    promptTokenCount: prompt,
+    totalTokenCount: prompt,
+    promptTokensDetails: o.usage.promptTokensDetails,
+    ...(cachedContentTokenCount ? { cachedContentTokenCount, cacheTokensDetails } : {}),
+    ...tier,
+  };
+  if (!r.finishReason) return { usageMetadata, modelVersion: o.model, ...id };
+  const candidate = { finishReason: r.finishReason, index: 0, ...ratings, ...(r.finishMessage ? { finishMessage: r.finishMessage } : {}) };
+  return { candidates: [candidate], usageMetadata, modelVersion: o.model, ...id };
+}
+
+/** The implicit-cache hit a refusal body bills (0 for a blocked prompt), for the call log. */
+export function refusalCachedTokens(body: Record<string, unknown>): number {
+  return (body.usageMetadata as { cachedContentTokenCount?: number }).cachedContentTokenCount ?? 0;
+}
