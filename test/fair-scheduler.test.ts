@@ -736,7 +736,12 @@ describe('fair scheduler limits', () => {
     expect(await level(`rpm:model:${FLASH}`, 100)).toBeGreaterThanOrEqual(99 - 0.01);
     expect(await level(`tpm:org:${org}:${FLASH}`, 10_000)).toBeGreaterThanOrEqual(9_700 - 1);
     expect(await level(`tpm:model:${FLASH}`, 100_000)).toBeGreaterThanOrEqual(99_700 - 1);
-    expect(await level(`tpm:org:${org}:${FLASH}`, 10_000)).toBeLessThan(9_700 + 5);
+    // Charged once, not never: the level as stored by the dispatch (the refill since then depends on how slow the
+    // machine is, and on a loaded one climbs past any fixed margin within tens of milliseconds).
+    const stored = await c.redis.hget(`${c.prefix}:tb:tpm:org:${org}:${FLASH}`, 'tokens');
+    expect(stored).not.toBeNull();
+    expect(Number(stored)).toBeGreaterThanOrEqual(9_700 - 1);
+    expect(Number(stored)).toBeLessThan(9_700 + 5);
   });
 
   it('removed forgets at once what it holds for jobs BullMQ removed: slots (their charge too with refund), lanes; a job that exists is not touched', async () => {
