@@ -1,4 +1,6 @@
 import { randomUUID } from 'node:crypto';
+import { UnrecoverableError, Worker } from 'bullmq';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
@@ -111,6 +113,111 @@ describe('Bull Board removals and the fair dispatcher', () => {
     expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
     expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown']);
     expect((await stats(org)).inFlight).toBe(0);
+  });
+
+  it("removing a flow gives back each child's slot and dispatch charge once, and its laned child leaves the lane", async () => {
+    // Three slots: a job of its own and two of the flow's three children are dispatched, the third child waits in
+    // its lane for a slot. Ten requests and 10,000 tokens a minute: what each dispatch charged shows in the org's
+    // buckets, whose refill over the test's few seconds is small beside a job's token estimate.
+    const TPM = 10_000;
+    const { org, key } = await newOrg({ concurrency: 3, rpm: 10, tpm: TPM });
+    const alone = await postJob(s, key, markedJob(`flow-alone-${org}`, FLASH));
+    const tasks = [0, 1, 2].map((i) => markedJob(`flow-charge-${org}-${i}`, FLASH));
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: { authorization: `Bearer ${key}` }, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const flowId = post.json().id as string;
+    const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: { authorization: `Bearer ${key}` } })).json().children.map((c: { id: string }) => c.id) as string[];
+    await dispatch();
+    expect(await Promise.all([alone, ...children].map(state))).toEqual(['waiting', 'waiting', 'waiting', 'delayed']);
+    expect(await stats(org)).toMatchObject({ inFlight: 3, waiting: 1 });
+    // The token estimates the dispatches charged (the dispatcher's record of each job).
+    const est = async (id: string) => Number(await s.runtime.deps.redis.hget(cell().scheduler.keys.named.jobPrefix + id, 'e'));
+    const [est0, est1] = [await est(children[0]), await est(children[1])];
+    expect(Math.min(est0, est1)).toBeGreaterThan(100);
+    expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeLessThan(7.1);
+
+    // The first child's slot and charge already went back another way (the API's cancel takes it from the
+    // dispatcher first, then removes the job): the board's removal must not give them back a second time.
+    expect(await cell().scheduler.cancel(children[0])).toBe(true);
+    const tpmBefore = await level(`tpm:org:${org}:${FLASH}`, TPM);
+    // The board's "remove" of the flow's parent (job.remove(): BullMQ takes the children with it).
+    expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+    expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown', 'unknown']);
+    // The job of its own still holds its slot; the laned child is out of its lane, not waiting for a dispatch.
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 0 });
+    const held = await leased();
+    expect(held).toContain(alone);
+    for (const id of children) expect(held).not.toContain(id);
+    // Each child's request back once: only the job of its own is still charged (a second refund of the first
+    // child's would fill the bucket). The removal gave back the second child's token estimate, not the first's again.
+    const rpm = await level(`rpm:org:${org}:${FLASH}`, 10);
+    expect(rpm).toBeGreaterThan(8.99);
+    expect(rpm).toBeLessThan(9.5);
+    const refunded = (await level(`tpm:org:${org}:${FLASH}`, TPM)) - tpmBefore;
+    expect(refunded).toBeGreaterThan(est1 - 1);
+    expect(refunded).toBeLessThan(est1 + est0 / 2);
+    // Nothing of the flow is dispatched later: the removed child is not in a lane to be handed out.
+    expect((await dispatch()).promoted).toEqual([]);
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 0 });
+  });
+
+  it("a flow whose child a worker holds is not removed, and its other children keep their lanes and slots; once that child has failed, the removal frees its slot without a refund", async () => {
+    // Jobs the tests before left in BullMQ's wait list would be fetched first: the board's empty takes them.
+    expect((await boardAction(s, `${QUEUE.agent}/empty`)).statusCode).toBe(200);
+    const { org, key } = await newOrg({ concurrency: 2, rpm: 10, tpm: 100_000 });
+    const tasks = [0, 1, 2].map((i) => markedJob(`flow-held-${org}-${i}`, FLASH));
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: { authorization: `Bearer ${key}` }, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const flowId = post.json().id as string;
+    const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: { authorization: `Bearer ${key}` } })).json().children.map((c: { id: string }) => c.id) as string[];
+    await dispatch();
+    expect(await Promise.all(children.map(state))).toEqual(['waiting', 'waiting', 'delayed']);
+    // A worker fetches the first child dispatched (BullMQ's wait list is first in, first out): it holds its lock.
+    const connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
+    const worker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+    try {
+      const held = (await worker.getNextJob('board-held-token', { block: false }))!;
+      expect(held.id).toBe(children[0]);
+      // BullMQ refuses to remove a parent whose child is held: nothing of the flow changes here either.
+      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBeGreaterThanOrEqual(400);
+      expect(await Promise.all(children.map(state))).toEqual(['active', 'waiting', 'delayed']);
+      expect(await stats(org)).toMatchObject({ inFlight: 2, waiting: 1 });
+      expect(await leased()).toEqual(expect.arrayContaining(children.slice(0, 2)));
+      expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeLessThan(8.1);
+
+      // The held child fails (its worker's release, which would correct its charge, is still to come): the
+      // removal now goes, its slot is freed, and only the child that never ran gets its charge back.
+      await held.moveToFailed(new UnrecoverableError('board test: the held child fails'), 'board-held-token', false);
+      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+      expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown', 'unknown']);
+      expect(await stats(org)).toMatchObject({ inFlight: 0, waiting: 0 });
+      const rpm = await level(`rpm:org:${org}:${FLASH}`, 10);
+      expect(rpm).toBeGreaterThan(8.99);
+      expect(rpm).toBeLessThan(9.5);
+      expect((await dispatch()).promoted).toEqual([]);
+    } finally {
+      await worker.close();
+      connection.disconnect();
+    }
+  });
+
+  it("the board's removal of a flow's unprocessed children gives back their slots and charges, and the laned one leaves its lane", async () => {
+    const { org, key } = await newOrg({ concurrency: 1, rpm: 10, tpm: 100_000 });
+    const tasks = [0, 1].map((i) => markedJob(`flow-unprocessed-${org}-${i}`, FLASH));
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: { authorization: `Bearer ${key}` }, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const flowId = post.json().id as string;
+    const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: { authorization: `Bearer ${key}` } })).json().children.map((c: { id: string }) => c.id) as string[];
+    await dispatch();
+    expect(await Promise.all(children.map(state))).toEqual(['waiting', 'delayed']);
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 1 });
+    const removed = await boardAction(s, `${QUEUE.flows}/${flowId}/remove-unprocessed-children`);
+    expect(removed.statusCode).toBe(200);
+    expect(removed.json()).toEqual({ removed: 2 });
+    expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown']);
+    expect(await stats(org)).toMatchObject({ inFlight: 0, waiting: 0 });
+    expect(await level(`rpm:org:${org}:${FLASH}`, 10)).toBeGreaterThan(9.99);
+    expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeGreaterThan(100_000 - 1);
   });
 
   it('obliterating the queue gives back every slot its jobs held', async () => {

@@ -173,14 +173,11 @@ class ShardQueueAdapter extends BullMQAdapter {
     const remove = job.remove.bind(job);
     const removeChildren = job.removeUnprocessedChildren.bind(job);
     const retry = job.retry.bind(job);
-    job.remove = this.agent ? (o) => actions.remove(id, () => remove(o)) : async (o) => {
-      await remove(o);
-      await actions.removed();
-    };
-    job.removeUnprocessedChildren = async () => {
-      await removeChildren();
-      await actions.removed();
-    };
+    // A parent's remove takes its children with it (BullMQ's default), unless told not to.
+    job.remove = this.agent
+      ? (o) => actions.remove(id, () => remove(o))
+      : (o) => (o?.removeChildren === false ? remove(o) : actions.removeChildren(job, () => remove(o)));
+    job.removeUnprocessedChildren = () => actions.removeChildren(job, removeChildren, { unprocessed: true });
     if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o), { bulk });
     return job;
   }

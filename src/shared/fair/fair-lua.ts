@@ -176,10 +176,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async repark(id: string, delayMs: number, reason: string, attempt?: number): Promise<boolean> {
       return (await call('repark', [id, Math.ceil(delayMs), reason, attempt ?? ''])) === 1;
     },
-    /** `done`: the job was taken out; `due`: it gave back a slot and a dispatch now has work (capped lanes woke). */
-    async cancel(id: string): Promise<{ done: boolean; due: boolean }> {
-      const r = (await call('cancel', [id])) as number;
-      return { done: r > 0, due: r === 2 };
+    /**
+     * One script call for these ids. `taken`: how many were taken out; `due`: a slot given back left a dispatch work
+     * (capped lanes woke). `whole`: the ids are jobs one removal takes together: none is taken when any is locked.
+     */
+    async cancel(ids: string[], whole = false): Promise<{ taken: number; due: boolean }> {
+      if (ids.length === 0) return { taken: 0, due: false };
+      const [taken, due] = (await call('cancel', [whole ? 1 : 0, ...ids])) as [number, number];
+      return { taken, due: due === 1 };
     },
     /** See FairScheduler.removed: one script call for these ids. */
     async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number }> {

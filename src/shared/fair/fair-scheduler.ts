@@ -183,6 +183,12 @@ export interface FairScheduler {
    */
   cancel(jobId: string): Promise<boolean>;
   /**
+   * `cancel` of each job, in one script call (the jobs of one removal: a parent's children, at most a flow's
+   * tasks). `whole`: they are jobs one removal takes together (BullMQ's remove of their parent, which it refuses
+   * while a worker holds any of them): then none is taken when one is locked. How many it took out.
+   */
+  cancelMany(jobIds: string[], opts?: { whole?: boolean }): Promise<number>;
+  /**
    * Jobs BullMQ removed without the dispatcher (Bull Board's remove, clean, empty, obliterate; a parent's
    * removal takes its children): each whose BullMQ job is gone leaves its lane or timer, or gives its slot back
    * now (not at the lease sweep), and is forgotten. `refund`: the removal took them from BullMQ's wait list or
@@ -296,6 +302,12 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     };
   };
 
+  const cancelMany = async (ids: string[], copts: { whole?: boolean } = {}) => {
+    const r = await raw.cancel(ids, copts.whole === true);
+    if (r.due) await opts.kick?.().catch(() => undefined);
+    return r.taken;
+  };
+
   return {
     raw,
     keys,
@@ -372,11 +384,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, delayMs, reason, attempt) => raw.repark(id, delayMs, reason, attempt),
-    async cancel(id) {
-      const r = await raw.cancel(id);
-      if (r.due) await opts.kick?.().catch(() => undefined);
-      return r.done;
-    },
+    cancel: async (id) => (await cancelMany([id])) > 0,
+    cancelMany,
     async removed(ids, ropts = {}) {
       const all = ids ?? (await opts.redis.zrange(keys.leases, 0, -1));
       const total = { freed: 0, forgotten: 0 };

@@ -1,3 +1,4 @@
+import type { Job } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
@@ -18,7 +19,15 @@ export interface BoardActions {
    */
   remove(jobId: string, remove: () => Promise<void>): Promise<void>;
   /**
-   * After BullMQ removed jobs by itself (a clean, an obliterate, a parent's unprocessed children): see
+   * Removes a parent's children with `remove` (BullMQ's: the parent's remove, which takes them all with it, or with
+   * `unprocessed` its removeUnprocessedChildren, which takes the pending ones no worker holds), the dispatcher
+   * following each of this shard's agent children as `remove` follows its job, exactly once: a pending child
+   * dispatched and not fetched gives back its slot and its dispatch's charge, a laned or timed one leaves its lane or
+   * timer, and a finished one's slot a release has not given back yet is freed (its charge is that release's).
+   */
+  removeChildren(parent: Pick<Job, 'getDependencies'>, remove: () => Promise<void>, opts?: { unprocessed?: boolean }): Promise<void>;
+  /**
+   * After BullMQ removed jobs by itself (a clean, an obliterate): see
    * FairScheduler.removed (`refund` only for jobs the removal took from the wait list or prioritized set).
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<void>;
@@ -38,7 +47,7 @@ export function createBoardActions(deps: {
   prefix: string;
   /** The shard's agent queue (BullMQ's keys of its sets). */
   queue: { toKey(type: string): string };
-  scheduler: Pick<FairScheduler, 'cancel' | 'removed'>;
+  scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed'>;
   /** The shard's dead-letter store: the board's retry of a failed job is a DLQ retry. */
   dlq?: Pick<DlqStore, 'get' | 'retry'>;
 }): BoardActions {
@@ -48,6 +57,10 @@ export function createBoardActions(deps: {
   // message (this process, the API's, may have none), instead of at their next release or safety poll.
   // A lost message only leaves them to those: the removal is done either way.
   const kick = () => redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
+  // A parent's children named by their job keys: this shard's agent jobs, by id (a child of another queue is
+  // none of the dispatcher's).
+  const jobKeyPrefix = deps.queue.toKey('');
+  const agentIds = (keys: string[]) => keys.filter((k) => k.startsWith(jobKeyPrefix)).map((k) => k.slice(jobKeyPrefix.length));
 
   return {
     async remove(jobId, remove) {
@@ -64,6 +77,28 @@ export function createBoardActions(deps: {
         freed = (await scheduler.removed([jobId])).freed;
       } finally {
         if (cancelled || freed > 0) await kick();
+      }
+    },
+    async removeChildren(parent, remove, opts = {}) {
+      // Read before the removal, which deletes the parent's sets with it. What BullMQ's removal of the parent takes
+      // is these sets' children (includes/removeJobWithChildren.lua); its removeUnprocessedChildren, the pending ones.
+      const children = await parent.getDependencies();
+      const pending = agentIds(children.unprocessed ?? []);
+      const settled = opts.unprocessed ? [] : agentIds([...Object.keys(children.processed ?? {}), ...Object.keys(children.ignored ?? {}), ...(children.failed ?? [])]);
+      // As `remove` does for its job, before the removal: only then is a child no worker fetched told from one
+      // that ran. One script call for them all, and all or none for the parent's remove: BullMQ refuses it while a
+      // worker holds any child, and the others would then have lost their lanes and slots for nothing. Its
+      // removeUnprocessedChildren leaves a held child and takes the others: each is taken here as it is there.
+      const cancelled = await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
+      let freed = 0;
+      try {
+        await remove();
+        // A pending child fetched since (it found no slot: its fair gate parked it and laned it again) leaves that
+        // lane; a finished child's slot whose release has not come is freed, its charge left to that release.
+        // Without a refund: none of these can be told from a child that ran. A child given back above is forgotten.
+        freed = (await scheduler.removed([...pending, ...settled])).freed;
+      } finally {
+        if (cancelled > 0 || freed > 0) await kick();
       }
     },
     async removed(jobIds, opts) {

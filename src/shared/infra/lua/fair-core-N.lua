@@ -58,7 +58,8 @@
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, delayMs (from now by Redis TIME; see fromNow), reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
---     none: only a job waiting in its lane or on its timer is moved);  cancel: id;  removed: refund (0|1), then ids of jobs BullMQ removed
+--     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
+--   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then ids
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
 --     and this one is kept)
@@ -72,8 +73,8 @@
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown, not parked or not the attempt's (see op repark);
---          cancel: 0 if the job is unknown / not waiting, 2 if it gave back a slot and a dispatch now has work (the
---          org's capped lanes woke: the caller asks the workers for a dispatch), else 1;
+--          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave back a slot and a dispatch now
+--          has work (an org's capped lanes woke: the caller asks the workers for a dispatch) else 0};
 --          removed: {slots freed, jobs forgotten}; plan / wake / block: 1;
 --          take: {allowed (0|1), ms before the longest-waiting bucket has room, its name ('' when allowed), now ms}
 --          (a give-back: 1)
@@ -355,31 +356,25 @@ elseif op == 'repark' then
   end
   return 1
 elseif op == 'cancel' then
-  local id = ARGV[13]
-  local m = jobMeta(id)
-  local done = false
-  if m[1] and m[5] == 'lane' then done = removeFromLane(id, m[1], m[2]) end
-  if m[1] and m[5] == 'timer' then done = removeTimer(id, m[1]) end
-  -- Dispatched but not fetched (it sits in BullMQ's wait list or prioritized set, unlocked): the slot goes back
-  -- with the job, and so does what its dispatch charged (refundDispatch). A job a worker has fetched (BullMQ
-  -- takes its lock with the fetch) is the worker's to end, whether its claim came yet or not: the claim reads the
-  -- cancel marker, or the running attempt gets the cancel message, and the slot and any unspent charge go back
-  -- when it ends. Freed here as well, a running job's slot would go to another job of its org (over its cap) and
-  -- the charge be given back twice. So would a job that has already ended: its lock is gone, but its slot waits
-  -- for its worker's release (batched), which brings the attempt's own refund or usage correction: the lock alone
-  -- (this script's test until 2026-12-06) took a job cancelled as it finished for one never fetched.
-  local freed = false
-  if m[1] and m[5] == 'lease' and unfetched(id) then
-    freed = freeSlot(id, m[1])
-    done = freed
-    if done then refundDispatch(id, m[1], m[2]) end
+  -- Each job as cancelJob decides it (includes/fair-release.lua), all in this one call. ARGV[13] = '1': the jobs one
+  -- removal is about to take together (a parent's children, which BullMQ's remove of the parent takes all or none):
+  -- when a worker holds (locks) any of them, BullMQ refuses that removal, so none is touched here either. Taken
+  -- first, the others' lanes and slots would be gone while their jobs stay (an orphan sweep later, or a fetch that
+  -- finds no slot and parks the job again).
+  if ARGV[13] == '1' then
+    for i = 14, #ARGV do
+      if rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
+    end
   end
-  if done then rcall('DEL', P_JOB .. id) end
-  if not done then return 0 end
-  -- The slot given back woke the org's capped lanes (freeSlot): a dispatch now has work, and the caller (the API,
+  local taken, freed = 0, false
+  for i = 14, #ARGV do
+    local done, slot = cancelJob(ARGV[i])
+    if done then taken = taken + 1 end
+    freed = freed or slot
+  end
+  -- A slot given back woke the org's capped lanes (freeSlot): a dispatch now has work, and the caller (the API,
   -- with no dispatch loop) asks the workers for it. Left alone, they waited for a release or the safety poll.
-  if freed and dueNow() then return 2 end
-  return 1
+  return { taken, (freed and dueNow()) and 1 or 0 }
 elseif op == 'removed' then
   -- Jobs removed in BullMQ alone (Bull Board's remove, clean, empty, obliterate; a parent's removal takes its
   -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of

@@ -1,4 +1,4 @@
--- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, the charge corrections claims and releases carry, and what a dispatched job that never ran gives back.
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, the charge corrections claims and releases carry, what a dispatched job that never ran gives back, and a cancel's taking of a job.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
 -- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
 local function releaseFrom(from)
@@ -85,4 +85,33 @@ local function refundDispatch(id, org, model)
   if string.sub(model, -#BATCH_LANE) == BATCH_LANE then return end
   local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
   correctCharge(org, model, -est, -est, -1)
+end
+
+-- Takes the job `id` out of its lane or timer, or gives back the slot, and what its dispatch charged, of one
+-- dispatched but not fetched (it sits in BullMQ's wait list or prioritized set, unlocked), and forgets it (op
+-- cancel). A job a worker has fetched (BullMQ takes its lock with the fetch) is the worker's to end, whether its
+-- claim came yet or not: the claim reads the cancel marker, or the running attempt gets the cancel message, and the
+-- slot and any unspent charge go back when it ends. Freed here as well, a running job's slot would go to another job
+-- of its org (over its cap) and the charge be given back twice. So would a job that has already ended: its lock is
+-- gone, but its slot waits for its worker's release (batched), which brings the attempt's own refund or usage
+-- correction: the lock alone (this script's test until 2026-12-06) took a job cancelled as it finished for one
+-- never fetched. Whatever gave the slot back first (a release, another cancel) dropped the lease: this one then
+-- finds none and gives nothing back, so a job's slot and charge go back once. Returns whether it took the job, and
+-- whether that gave back a slot.
+local function cancelJob(id)
+  local m = jobMeta(id)
+  local org, st = m[1], m[5]
+  if not org then return false, false end
+  local done, freed = false, false
+  if st == 'lane' then
+    done = removeFromLane(id, org, m[2])
+  elseif st == 'timer' then
+    done = removeTimer(id, org)
+  elseif st == 'lease' and unfetched(id) then
+    freed = freeSlot(id, org)
+    done = freed
+    if freed then refundDispatch(id, org, m[2]) end
+  end
+  if done then rcall('DEL', P_JOB .. id) end
+  return done, freed
 end
