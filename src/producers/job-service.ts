@@ -208,14 +208,16 @@ export function createJobService(deps: {
       });
       const state = await job.getState();
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
-      // Its value names the job it cancels (its timestamp): a marker that outlives the job (a cancel as it
-      // finished) never cancels a later job of the same id (an idempotency key sent again once it was removed).
-      const marker = () => redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS);
+      // The marker and the message, in one round trip, whatever the state read. The marker (its value names the
+      // job it cancels, its timestamp: one that outlives the job never cancels a later job of the same id, an
+      // idempotency key sent again once it was removed) is read by the claim of a worker that fetches the job from
+      // here on, or fetched it and has not started it (it misses the message): it fails the job as cancelled where
+      // it would otherwise park it again for its lane (its slot taken back below) and run it later. The message
+      // reaches every attempt that runs, also one BullMQ reads as waiting: its lock lapsed while its worker's
+      // event loop was blocked, the stalled check moved the job back to wait, and the attempt runs on. Told only
+      // when the job read active, it called the model outside its org's cap once the slot was freed below.
+      await redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS).spublish(cancelChannel(prefix), id).exec();
       if (state !== 'active') {
-        // The marker first: a worker that fetches the job from here on (between getState and remove below)
-        // reads it in its claim and fails the job as cancelled, where it would otherwise park it again for its
-        // lane (its slot already taken back) and run it later.
-        await marker().exec();
         try {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. A slot it gives
           // back (dispatched, not fetched) wakes the org's capped lanes, and the scheduler asks the workers for the
@@ -227,8 +229,8 @@ export function createJobService(deps: {
           await deps.batchCancel?.(id, job.timestamp);
           await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
-          // Removed: no worker holds it, and the marker must not cancel a later job of the same id (an
-          // idempotency key sent again).
+          // Removed: no worker holds it (an attempt whose lock lapsed has had the message), and the marker must
+          // not cancel a later job of the same id (an idempotency key sent again).
           const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS).del(cancelRequestedKey(prefix, id));
           // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
           // instead of noticing the tombstone at their next heartbeat.
@@ -254,9 +256,7 @@ export function createJobService(deps: {
           if (now !== 'active' && !isFinished(now)) throw err;
         }
       }
-      // The marker with the message, in one round trip: a worker that fetched the job but has not started it
-      // misses the message, and reads the marker when it starts (the claim reads it before running anything).
-      await marker().spublish(cancelChannel(prefix), id).exec();
+      // Its worker ends it (marker and message above).
       return { ...toJobView(job, 'active'), state: 'cancelling' };
     },
   };

@@ -6,7 +6,7 @@ import { backoffDelay } from '../shared/core/backoff.js';
 import { cancelChannel } from '../shared/core/cancel.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { Cancellation } from './cancellation.js';
+import { createCancellations, type Cancellation } from './cancellation.js';
 import { workerOptions } from './worker-options.js';
 import { closeAfterGrace, createInFlight } from './in-flight.js';
 
@@ -26,13 +26,13 @@ export interface AgentWorkerOptions {
 }
 
 export function createAgentWorker(opts: AgentWorkerOptions) {
-  // Jobs taken and not yet recorded as finished, each with its attempt's cancellation (in-flight.ts).
-  const inFlight = createInFlight<Cancellation>();
+  // Jobs taken and not yet recorded as finished (in-flight.ts), and the cancellation of each attempt running.
+  // Not one per job id: a job fetched again after a stall runs here twice, and a cancel must reach both attempts.
+  const inFlight = createInFlight();
+  const attempts = createCancellations();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
-  const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
-    const cancel = new Cancellation();
-    return inFlight.run(job, cancel, () => opts.processor(job, token, cancel));
-  };
+  const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> =>
+    inFlight.run(job, () => attempts.run(job.id!, (cancel) => opts.processor(job, token, cancel)));
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
     settings: {
@@ -67,11 +67,11 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   worker.on('stalled', (jobId) => opts.logger.warn({ jobId }, 'stalled job moved back to wait'));
 
   const channel = cancelChannel(opts.prefix);
+  // The API sends it whatever state it read for the job: one whose stalled attempt still runs here reads
+  // "waiting" (or "active", fetched again) to BullMQ.
   const onMessage = (ch: string, jobId: string) => {
-    const cancel = ch === channel ? inFlight.get(jobId) : undefined;
-    if (!cancel || cancel.cancelled) return;
-    cancel.cancel();
-    opts.logger.info({ jobId }, 'cancelling active job');
+    const cancelled = ch === channel ? attempts.cancel(jobId) : 0;
+    if (cancelled > 0) opts.logger.info({ jobId, attempts: cancelled }, 'cancelling active job');
   };
   // A sharded channel (SSUBSCRIBE): on a cluster the cancel reaches the data's shard only, not every node.
   opts.subscriber.on('smessage', onMessage);

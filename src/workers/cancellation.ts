@@ -29,3 +29,37 @@ export class Cancellation {
     this.controller?.abort(new Error(CANCELLED_REASON));
   }
 }
+
+/**
+ * The attempts running in one worker, by job id, so that a cancel reaches every one of them. Usually one per job;
+ * two after a stall: BullMQ's stalled check hands back a job whose lock lapsed while its attempt still ran (the
+ * worker's event loop was blocked), and this worker may fetch it again while that first attempt runs on (its
+ * outcome will be refused, but until it ends it calls the model). Kept for as long as each attempt's processor runs.
+ */
+export function createCancellations() {
+  const running = new Map<string, Set<Cancellation>>();
+  return {
+    async run<R>(jobId: string, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
+      const cancel = new Cancellation();
+      let attempts = running.get(jobId);
+      if (!attempts) running.set(jobId, (attempts = new Set()));
+      attempts.add(cancel);
+      try {
+        return await attempt(cancel);
+      } finally {
+        attempts.delete(cancel);
+        if (attempts.size === 0 && running.get(jobId) === attempts) running.delete(jobId);
+      }
+    },
+    /** Cancels every attempt of the job running here; how many it cancelled (not cancelled before). */
+    cancel(jobId: string): number {
+      let n = 0;
+      for (const cancel of running.get(jobId) ?? []) {
+        if (cancel.cancelled) continue;
+        cancel.cancel();
+        n++;
+      }
+      return n;
+    },
+  };
+}

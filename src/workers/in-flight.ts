@@ -4,32 +4,30 @@ import type { Logger } from '../shared/core/logger.js';
 /** A job its processor left with one of these is in Redis already (delayed, waiting): BullMQ emits neither completed nor failed for it. */
 const leftInRedis = (err: unknown) => err instanceof DelayedError || err instanceof WaitingChildrenError || err instanceof WaitingError;
 
-interface Taken<T> {
-  value: T;
+interface Taken {
   running: boolean;
   lockLost: boolean;
 }
 
 /**
  * The jobs a BullMQ worker took and whose outcome is not yet recorded (its completed / failed event, emitted once
- * the outcome is in Redis), each with what its attempt carries (`T`): a shutdown waits for these without
+ * the outcome is in Redis): a shutdown waits for these without
  * BullMQ's graceful close, which cannot be forced once started (its close(true) returns the graceful close
  * already under way) and waits for its blocking connection to end, which never happens while that connection
  * is reconnecting to a Redis that is down.
  */
-export function createInFlight<T = undefined>() {
-  const jobs = new Map<string, Taken<T>>();
+export function createInFlight() {
+  const jobs = new Map<string, Taken>();
   const idle: Array<() => void> = [];
   const settled = (id: string | undefined) => {
     if (id && jobs.delete(id) && jobs.size === 0) idle.splice(0).forEach((resolve) => resolve());
   };
   return {
     size: () => jobs.size,
-    get: (id: string): T | undefined => jobs.get(id)?.value,
     /** Runs one attempt's processor as a job in flight until BullMQ records its outcome. */
-    async run<R>(job: Job, value: T, processor: () => Promise<R>): Promise<R> {
+    async run<R>(job: Job, processor: () => Promise<R>): Promise<R> {
       const id = job.id!;
-      const taken: Taken<T> = { value, running: true, lockLost: false };
+      const taken: Taken = { running: true, lockLost: false };
       jobs.set(id, taken);
       let left = false;
       try {
@@ -71,7 +69,7 @@ export function createInFlight<T = undefined>() {
   };
 }
 
-export type InFlight<T = undefined> = ReturnType<typeof createInFlight<T>>;
+export type InFlight = ReturnType<typeof createInFlight>;
 
 /**
  * How every agentq BullMQ worker stops: no new fetch, the jobs in flight finish within `graceMs`, then a forced
@@ -80,7 +78,7 @@ export type InFlight<T = undefined> = ReturnType<typeof createInFlight<T>>;
  * stalled-job check elsewhere. A fetch already blocked may still take one job after the jobs here are done;
  * that job is not run here, and the stalled check gives it back to the queue once its lock lapses.
  */
-export async function closeAfterGrace(worker: Worker, inFlight: Pick<InFlight<unknown>, 'drained' | 'size'>, graceMs: number, logger: Logger): Promise<void> {
+export async function closeAfterGrace(worker: Worker, inFlight: Pick<InFlight, 'drained' | 'size'>, graceMs: number, logger: Logger): Promise<void> {
   await worker.pause(true);
   if (!(await inFlight.drained(graceMs))) logger.warn({ queue: worker.name, graceMs, running: inFlight.size() }, 'shutdown grace period over; closing with jobs still running');
   await worker.close(true);

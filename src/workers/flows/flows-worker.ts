@@ -31,7 +31,7 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
   const worker = new Worker<FlowJobData, FlowJobResult>(
     QUEUE.flows,
     (job, token) =>
-      inFlight.run(job, undefined, async () => {
+      inFlight.run(job, async () => {
         if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
         return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
       }),

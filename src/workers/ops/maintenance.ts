@@ -30,7 +30,7 @@ export function createMaintenance(deps: { queue: Queue; connection: RedisClient;
       worker = new Worker(
         QUEUE.maintenance,
         (job) =>
-          inFlight.run(job, undefined, async () => {
+          inFlight.run(job, async () => {
             const task = byName.get(job.name);
             if (!task) throw new Error(`no maintenance task named "${job.name}" in this process`);
             return task.run();
