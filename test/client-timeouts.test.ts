@@ -1,13 +1,15 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AgentqTimeoutError, createAgentqClient, type JobStreamEvent, type JobView } from '../src/producers/client/client.js';
 import { sleep } from '../src/shared/core/abortable-sleep.js';
+import { SSE_HEARTBEAT_HEADER } from '../src/shared/core/stream-event.js';
 
 /**
  * The typed client against a stand-in for the API that misbehaves the ways a network does: an answer whose
  * body stops half way, an SSE stream that sends its headers and then nothing (a half-open socket, a stalled
- * proxy), an overloaded server that says Retry-After: 0. Each path id picks the misbehaviour.
+ * proxy), on every reconnection too, an overloaded server that says Retry-After: 0, a server whose heartbeat is
+ * not the default one. Each path id picks the misbehaviour.
  */
 const API_KEY = 'aq_test_secret';
 let server: Server;
@@ -15,6 +17,8 @@ let baseUrl: string;
 let requests: Array<{ method: string; path: string; lastEventId?: string; at: number }> = [];
 /** Per path: how many times it was asked (a behaviour may change after the first). */
 const asked = new Map<string, number>();
+/** The open responses of `slow-heartbeat`, written by the test. */
+const slowHeartbeat: ServerResponse[] = [];
 
 const view = (id: string, state: JobView['state']): JobView => ({
   id,
@@ -85,6 +89,27 @@ function handle(req: IncomingMessage, res: ServerResponse): void {
       res.on('close', () => clearTimeout(rest));
       return;
     }
+    case '/v1/jobs/silent-then-unanswered/stream':
+      // Headers then nothing, and no reconnection is ever answered (a server wedged behind its proxy).
+      if (n === 1) sseHead(res);
+      return;
+    case '/v1/jobs/drips/stream': {
+      // Every connection brings the next chunk and goes silent; the fifth brings the result.
+      sseHead(res);
+      const k = lastEventId ? Number(lastEventId.split('-')[0]) + 1 : 1;
+      if (k < 5) return void res.write(`id: ${k}-0\ndata: {"text":"${k}"}\n\n`);
+      return void res.end(`id: ${k}-0\n${RESULT_FRAME}data: [DONE]\n\n`);
+    }
+    case '/v1/jobs/slow-heartbeat/stream':
+      // A server whose heartbeat (60 s) is slower than the default (15 s) says so; the test writes the rest.
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', [SSE_HEARTBEAT_HEADER]: '60000' });
+      res.write('event: progress\ndata: {"stage":"queued"}\n\n');
+      slowHeartbeat.push(res);
+      return;
+    case '/v1/jobs/fast-heartbeats/stream':
+      // Announces a 30 ms heartbeat, then sends none: dead after three of them, not after the default's three.
+      res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', [SSE_HEARTBEAT_HEADER]: '30' });
+      return void res.flushHeaders();
     case '/v1/stream':
       // The enqueue is never answered: re-sending it could enqueue the job twice.
       return;
@@ -97,6 +122,8 @@ beforeAll(async () => {
   server = createServer(handle);
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  // A process's first fetch loads undici: not inside the first test's 200 ms.
+  await (await fetch(`${baseUrl}/warm-up`)).text();
 });
 
 afterAll(async () => {
@@ -107,6 +134,7 @@ afterAll(async () => {
 beforeEach(() => {
   requests = [];
   asked.clear();
+  slowHeartbeat.splice(0).forEach((res) => res.destroy());
 });
 
 async function caught(p: Promise<unknown>): Promise<any> {
@@ -167,7 +195,8 @@ describe('client timeouts', () => {
   it('a stream that goes silent after its headers is resumed with Last-Event-ID once the idle timeout passes', async () => {
     const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
     const started = Date.now();
-    const events = await within(10_000, collect(c.stream('goes-silent', { idleTimeoutMs: 200, reconnectDelayMs: 10 })));
+    // No stall bound: the reconnection's answer may be slow on a busy machine, and this is no test of the bound.
+    const events = await within(10_000, collect(c.stream('goes-silent', { idleTimeoutMs: 200, reconnectDelayMs: 10, stallTimeoutMs: 0 })));
     expect(events.map((e) => e.type)).toEqual(['text', 'text', 'result']);
     expect(events.map((e) => e.id)).toEqual(['1-0', '2-0', '3-0']);
     const calls = requests.filter((r) => r.path === '/v1/jobs/goes-silent/stream');
@@ -181,13 +210,81 @@ describe('client timeouts', () => {
   it('a stream that stays silent ends with AgentqTimeoutError once its reconnections are used up', async () => {
     const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
     const started = Date.now();
-    const err = await within(10_000, caught(collect(c.stream('silent', { idleTimeoutMs: 200, maxReconnects: 2, reconnectDelayMs: 10 }))));
+    // No stall bound: the reconnections run out first.
+    const err = await within(10_000, caught(collect(c.stream('silent', { idleTimeoutMs: 200, maxReconnects: 2, reconnectDelayMs: 10, stallTimeoutMs: 0 }))));
     expect(err).toBeInstanceOf(AgentqTimeoutError);
     expect(err.message).toMatch(/went silent, the end of 3 connections in a row without \[DONE\] \(nothing for 200 ms, not even a heartbeat\)/);
     expect(requests.filter((r) => r.path === '/v1/jobs/silent/stream')).toHaveLength(3);
     // Three idle timeouts and two short pauses.
     expect(Date.now() - started).toBeGreaterThanOrEqual(590);
     expect(Date.now() - started).toBeLessThan(5000);
+  });
+
+  it('a stream silent on every reconnection fails at its stall bound (twice the idle timeout), not after every reconnection', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const started = Date.now();
+    const err = await within(10_000, caught(collect(c.stream('silent', { idleTimeoutMs: 200, maxReconnects: 20, reconnectDelayMs: 10 }))));
+    const took = Date.now() - started;
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.code).toBe('ETIMEOUT');
+    expect(err.message).toMatch(/^GET \/v1\/jobs\/silent\/stream: .*: nothing for \d+ ms, not even a heartbeat, and the stream's bound is 400 ms \(stallTimeoutMs\)$/);
+    // The first connection's idle timeout, then the reconnection cut at the bound: 2 of the 21 allowed.
+    expect(requests.filter((r) => r.path === '/v1/jobs/silent/stream')).toHaveLength(2);
+    expect(took).toBeGreaterThanOrEqual(390);
+    expect(took).toBeLessThan(2000);
+  });
+
+  it('stallTimeoutMs bounds reconnections that are never answered', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const started = Date.now();
+    const err = await within(10_000, caught(collect(c.stream('silent-then-unanswered', { idleTimeoutMs: 200, stallTimeoutMs: 500, maxReconnects: 20, reconnectDelayMs: 1 }))));
+    const took = Date.now() - started;
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.message).toMatch(/reconnection \d+.*: nothing for \d+ ms, not even a heartbeat, and the stream's bound is 500 ms \(stallTimeoutMs\)$/);
+    // At the bound, or a pause (a few ms) before it when that pause would cross it.
+    expect(took).toBeGreaterThanOrEqual(480);
+    expect(took).toBeLessThan(2500);
+  });
+
+  it('reconnections that each bring something are not cut by the stall bound', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    const started = Date.now();
+    // Four idle timeouts in all, twice the stream's 800 ms bound, but each connection brought a chunk.
+    const events = await within(10_000, collect(c.stream('drips', { idleTimeoutMs: 400, reconnectDelayMs: 10 })));
+    expect(events.map((e) => e.type)).toEqual(['text', 'text', 'text', 'text', 'result']);
+    expect(requests.filter((r) => r.path === '/v1/jobs/drips/stream').map((r) => r.lastEventId)).toEqual([undefined, '1-0', '2-0', '3-0', '4-0']);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(1600);
+  });
+
+  it('a heartbeat slower than the default, announced by the server, is no idle connection', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    // The client's timers only, faked so that 50 s pass at once: past the 45 s default idle timeout, within three
+    // of the announced 60 s heartbeats. The sockets and the server run in real time.
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    let rest: Promise<Array<JobStreamEvent<unknown>>>;
+    let first: IteratorResult<JobStreamEvent<unknown>>;
+    try {
+      // No idleTimeoutMs.
+      const it = c.stream('slow-heartbeat')[Symbol.asyncIterator]();
+      // The answer is in, its heartbeat read: the stream now waits on its next read.
+      first = await it.next();
+      rest = collect({ [Symbol.asyncIterator]: () => it });
+      await vi.advanceTimersByTimeAsync(50_000);
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(first.value).toMatchObject({ type: 'progress', progress: { stage: 'queued' } });
+    slowHeartbeat[0].end(`: ping\n\nid: 1-0\n${RESULT_FRAME}data: [DONE]\n\n`);
+    expect((await within(5000, rest)).map((e) => e.type)).toEqual(['result']);
+    expect(requests.filter((r) => r.path === '/v1/jobs/slow-heartbeat/stream')).toHaveLength(1);
+  });
+
+  it('a connection silent past three of the announced heartbeats is dead, however short they are', async () => {
+    const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    // No stall bound: it counts the wait for the answer too, and could cut in first on a slow machine.
+    const err = await within(10_000, caught(collect(c.stream('fast-heartbeats', { maxReconnects: 0, stallTimeoutMs: 0 }))));
+    expect(err).toBeInstanceOf(AgentqTimeoutError);
+    expect(err.message).toMatch(/went silent, the end of 1 connections in a row without \[DONE\] \(nothing for 90 ms, not even a heartbeat\)/);
   });
 
   it('enqueueStream whose POST is never answered fails with AgentqTimeoutError and is never sent again', async () => {
@@ -199,6 +296,7 @@ describe('client timeouts', () => {
 
   it('heartbeats keep a quiet stream open, and a caller slow with an event is no idle connection', async () => {
     const c = createAgentqClient({ baseUrl, apiKey: API_KEY });
+    // 600 ms of heartbeats only, past the default 400 ms stall bound too: a heartbeat is something.
     const quiet = await within(10_000, collect(c.stream('heartbeats', { idleTimeoutMs: 200, reconnectDelayMs: 10 })));
     expect(quiet.map((e) => e.type)).toEqual(['result']);
     expect(requests.filter((r) => r.path === '/v1/jobs/heartbeats/stream')).toHaveLength(1);

@@ -4,7 +4,7 @@ import { jobStreamKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { readSseBody } from './helpers/sse.js';
-import { compareStreamIds } from '../src/shared/core/stream-event.js';
+import { compareStreamIds, SSE_HEARTBEAT_HEADER } from '../src/shared/core/stream-event.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, within } from './helpers/wait.js';
 import { redisUrl } from './helpers/env.js';
@@ -335,6 +335,8 @@ describe('SSE job streams', () => {
     try {
       const first = await open();
       expect(first.status).toBe(200);
+      // Announced, so a client sizes its idle timeout to this deployment's heartbeat.
+      expect(first.headers.get(SSE_HEARTBEAT_HEADER)).toBe('200');
       const reader = first.body!.getReader();
       let raw = '';
       while (!raw.includes(': ping')) raw += new TextDecoder().decode((await reader.read()).value);

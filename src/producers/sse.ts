@@ -10,7 +10,8 @@ import { stageOfEvent } from '../shared/core/job-stage.js';
  *   data: {"result": AgentResult}          the final answer, then
  *   data: {"error": "...", "state": ...}   or the final failure, then
  *   data: [DONE]
- * Lines starting with ":" are heartbeats. JSON never contains a raw newline, so every message is one `data:` line.
+ * Lines starting with ":" are heartbeats, one every `heartbeatMs`, which the response's `x-heartbeat-ms` header
+ * (SSE_HEARTBEAT_HEADER) announces. JSON never contains a raw newline, so every message is one `data:` line.
  */
 export const SSE_HEADERS = {
   'content-type': 'text/event-stream; charset=utf-8',

@@ -3,7 +3,7 @@ import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import { NotFoundError } from '../../shared/core/errors.js';
 import { jobStreamKey } from '../../shared/core/queue-keys.js';
 import { DONE_FRAME, eventFrame, PING_FRAME, progressFrame, SSE_HEADERS } from '../sse.js';
-import { compareStreamIds, decodeEvent, isTerminal, ofIncarnation, type StreamEvent } from '../../shared/core/stream-event.js';
+import { compareStreamIds, decodeEvent, isTerminal, ofIncarnation, SSE_HEARTBEAT_HEADER, type StreamEvent } from '../../shared/core/stream-event.js';
 import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/stream/stream-reader.js';
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';
@@ -183,7 +183,8 @@ export function serveJobStream(
     cleanup();
     return { close: cleanup };
   }
-  res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS });
+  // The heartbeat is announced so that a client sizes its idle timeout to it, whatever this deployment's is.
+  res.writeHead(200, { ...(reply.getHeaders() as Record<string, string>), ...SSE_HEADERS, [SSE_HEARTBEAT_HEADER]: String(deps.heartbeatMs) });
   res.flushHeaders();
   if (o.preface) write(o.preface);
 

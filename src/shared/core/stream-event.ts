@@ -4,9 +4,16 @@ import type { JobStageName } from './job-stage.js';
 /**
  * How often the API writes a heartbeat comment (`: ping`) on an open SSE response unless told otherwise
  * (streamingFeature's `heartbeatMs`); the typed client takes a stream that brings nothing for three of them
- * for a dead connection.
+ * for a dead connection (three of the announced ones, `SSE_HEARTBEAT_HEADER`, when the server says).
  */
 export const DEFAULT_SSE_HEARTBEAT_MS = 15_000;
+
+/**
+ * The response header of an SSE response that announces its heartbeat interval in ms, so the typed client
+ * sizes its idle timeout to the server's heartbeat whatever it is configured to. A header, not an SSE field:
+ * `retry:` is the reconnection delay of EventSource, and a header is ignored by clients that do not know it.
+ */
+export const SSE_HEARTBEAT_HEADER = 'x-heartbeat-ms';
 
 /**
  * Progress of a streaming job. `retrying` and `restarted` void the text sent so far: the next attempt (or
