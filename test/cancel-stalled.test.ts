@@ -69,12 +69,15 @@ describe('cancelling a job whose attempt stalled but still runs', () => {
     await stall(id);
     expect(await queue.getJobState(id)).toBe('waiting');
     const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
-    expect(del.statusCode).toBe(200);
-    expect(del.json()).toMatchObject({ state: 'cancelled' });
+    // The message goes out before the job is removed, so the aborted attempt frees its worker, which may fetch the
+    // job back from the wait list before the API's removal comes (seen in CI): the API then answers 202 cancelling,
+    // and the new attempt's claim reads the marker and fails the job as cancelled. Either way it ends cancelled.
+    expect([200, 202]).toContain(del.statusCode);
+    expect(del.json()).toMatchObject({ state: del.statusCode === 200 ? 'cancelled' : 'cancelling' });
 
     // The attempt that still ran heard the cancel: its model call was aborted, and its run is recorded cancelled.
     await vi.waitFor(() => expect(hangs()[0]).toMatchObject({ aborted: true, status: 499 }), POLL);
-    expect(await view(id)).toMatchObject({ id, state: 'cancelled' });
+    expect(await view(id, 20_000)).toMatchObject({ id, state: 'cancelled' });
     expect(await runs(id)).toEqual([{ state: 'failed', error: 'cancelled' }]);
     // The org's next job got the slot, and ran once the cancelled attempt had ended (this worker runs one at a time).
     await vi.waitFor(async () => expect((await view(next)).state).toBe('completed'), POLL);
