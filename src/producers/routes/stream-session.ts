@@ -1,6 +1,7 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { RedisClient } from '../../shared/infra/redis/connection.js';
 import { NotFoundError } from '../../shared/core/errors.js';
+import { DELAY_REASONS } from '../../shared/core/outcomes.js';
 import { jobStreamKey } from '../../shared/core/queue-keys.js';
 import { DONE_FRAME, eventFrame, PING_FRAME, progressFrame, SSE_HEADERS } from '../sse.js';
 import { compareStreamIds, decodeEvent, isTerminal, ofIncarnation, SSE_HEARTBEAT_HEADER, type StreamEvent } from '../../shared/core/stream-event.js';
@@ -8,7 +9,9 @@ import type { RawEntry, StreamReader, StreamSubscription } from '../../shared/st
 import type { StreamLease } from '../../shared/stream/stream-slots.js';
 import { isFinished, type JobService, type JobView } from '../job-service.js';
 
-const LIMIT_REASONS = new Set(['org_concurrency', 'rate_limited', 'model_blocked', 'breaker_open', 'quota', 'provider_rate_limited', 'provider_quota', 'database_unavailable']);
+// A limit holds the job: the dispatcher's (its org's slots, a blocked model) or a run-time delay's (outcomes.ts's one
+// list), but for a batch-tier job's wait for its batch, which is its tier's way of running, not a limit.
+const LIMIT_REASONS = new Set<string>(['org_concurrency', 'model_blocked', ...DELAY_REASONS.filter((r) => r !== 'waiting_for_batch')]);
 
 export interface SessionDeps {
   redis: RedisClient;

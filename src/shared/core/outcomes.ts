@@ -19,7 +19,8 @@ export type Outcome =
  * `database_unavailable`: Postgres did not answer (EDBUNAVAILABLE) on the attempt's path (its knowledge search):
  * the job waits out the outage, longer at each deferral in a row (databaseDelayMs); no model pauses.
  */
-export type DelayReason = 'rate_limited' | 'breaker_open' | 'quota' | 'provider_rate_limited' | 'provider_quota' | 'waiting_for_batch' | 'database_unavailable';
+export const DELAY_REASONS = ['rate_limited', 'breaker_open', 'quota', 'provider_rate_limited', 'provider_quota', 'waiting_for_batch', 'database_unavailable'] as const;
+export type DelayReason = (typeof DELAY_REASONS)[number];
 
 /** Reasons that say the model itself cannot serve anyone now: the dispatcher blocks its lanes until then. */
 export const MODEL_WIDE_DELAYS: ReadonlySet<DelayReason> = new Set<DelayReason>(['breaker_open', 'provider_rate_limited', 'provider_quota']);

@@ -4,6 +4,7 @@ import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
 import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
+import { DELAY_REASONS } from '../core/outcomes.js';
 import type { LeaseWant, ModelLeases } from './model-leases.js';
 import type { ParkedJobFields } from './park.js';
 import type { BucketRequest, TakeResult } from '../limits/token-bucket.js';
@@ -49,7 +50,8 @@ export type WaitReason =
   | 'database_unavailable';
 
 /** Reasons a job parked with a not-before time (repark, or its own `delayMs`) is reported under. */
-const TIMER_REASONS = new Set<string>(['breaker_open', 'quota', 'delayed', 'rate_limited', 'provider_rate_limited', 'provider_quota', 'waiting_for_batch', 'database_unavailable']);
+// Every run-time delay's reason (one list, outcomes.ts: a new reason needs no edit here), and a job's own `delayMs`.
+const TIMER_REASONS = new Set<string>([...DELAY_REASONS, 'delayed']);
 /** Model blocks reported under their own reason (the block's reason is what the caller needs to know). */
 const BLOCK_REASONS = new Set<string>(['breaker_open', 'provider_rate_limited', 'provider_quota']);
 
