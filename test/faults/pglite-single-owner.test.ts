@@ -33,7 +33,11 @@ describe('embedded PGlite: exactly one owning process per data dir', () => {
     return d;
   };
   const spawnFixture = (dir: string, openAtOnce = false) => {
-    const p = watch(spawn(process.execPath, ['--import', 'tsx', FIXTURE, dir, ...(openAtOnce ? ['open'] : [])], { stdio: ['pipe', 'pipe', 'pipe'] }));
+    // The pool's connect bound as a hang's, not production's 10 s: a query that finds its owner gone waits for the
+    // takeover (PGlite booting the data dir and recovering it after a SIGKILL), which a slow or loaded machine has
+    // taken past 10 s (a quiet CI run, 2026-12-06: "count failed" on the first query after the kill).
+    const env = { ...process.env, PG_CONNECT_TIMEOUT_MS: '120000', PG_QUERY_TIMEOUT_MS: '120000' };
+    const p = watch(spawn(process.execPath, ['--import', 'tsx', FIXTURE, dir, ...(openAtOnce ? ['open'] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env }));
     procs.push(p);
     return p;
   };
