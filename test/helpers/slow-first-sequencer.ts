@@ -10,6 +10,8 @@ const SLOW_FIRST = [
   // fault suite
   'faults/pglite-single-owner',
   'faults/worker-signals',
+  // Split from pglite-single-owner (82 s, the suite's longest file, alone on its worker to the end).
+  'faults/pglite-owner-takeover',
   'faults/fair-crash',
   'faults/redis-outage',
   'faults/npm-signals',
