@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { parseConfig } from '../src/shared/core/config.js';
 import { createLogger, createRootLogger, logFormat } from '../src/shared/core/logger.js';
-import { cliLogLevel } from '../src/app/cli/run-cli.js';
+import { cliLogLevel, createCliLogger } from '../src/app/cli/run-cli.js';
 import { databaseUrl, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
 
@@ -26,6 +26,9 @@ describe('LOG_LEVEL', () => {
     expect(level({})).toBe('warn');
     for (const blank of ['', ' ']) expect(level({ LOG_LEVEL: blank }), JSON.stringify(blank)).toBe('warn');
     expect(level({ LOG_LEVEL: 'debug' })).toBe('debug');
+    // The logger every CLI (keys, ingest, orgs) builds: the orgs CLI logged at warn whatever LOG_LEVEL said.
+    expect(createCliLogger(parseConfig({ LOG_LEVEL: 'debug' }), { LOG_LEVEL: 'debug' }).level).toBe('debug');
+    expect(createCliLogger(parseConfig({}), {}).level).toBe('warn');
   });
 
   it('a bad value is the one-line start-up error naming the variable, not a pino stack', async () => {

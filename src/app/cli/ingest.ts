@@ -1,5 +1,4 @@
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
 import type { Pool } from 'pg';
 import { assertGeminiConfigured, config, type Config } from '../../shared/core/config.js';
 import { createResultCache } from '../../shared/cache/result-cache.js';
@@ -15,14 +14,13 @@ import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import { geminiOptionsFromConfig, startGemini } from '../gemini.js';
-import { createLogger } from '../../shared/core/logger.js';
 import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
-import { cliLogLevel, runCliIfMain, shardsGiven } from './run-cli.js';
+import { createCliLogger, runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index] [--tenant-index]
   chat_facts need --org; playbooks with --org are private to that org, without it global.
@@ -172,7 +170,7 @@ async function main(argv: string[]): Promise<number> {
   const cfg = config();
   // Documents embedded by the emulator would be found by nothing a real model embeds: refused before any work.
   assertGeminiConfigured(cfg);
-  const logger = createLogger({ level: cliLogLevel(cfg), destination: pino.destination(2) });
+  const logger = createCliLogger(cfg);
   let total: number;
   try {
     total = await validateJsonl(args.file, args.table);

@@ -1,5 +1,4 @@
 import { parseArgs } from 'node:util';
-import { pino } from 'pino';
 import { config } from '../../shared/core/config.js';
 import { createApiKeyStore, type ApiKeyStore } from '../../shared/infra/db/api-keys.js';
 import { migrate } from '../../shared/infra/db/migrate.js';
@@ -8,8 +7,7 @@ import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { AgentqError } from '../../shared/core/errors.js';
 import type { TenantRole } from '../../shared/core/roles.js';
 import { ORG_ID } from '../../shared/fair/org-plan-schema.js';
-import { createLogger } from '../../shared/core/logger.js';
-import { cliLogLevel, runCliIfMain } from './run-cli.js';
+import { createCliLogger, runCliIfMain } from './run-cli.js';
 
 const USAGE = `usage:
   npm run keys -- create --org ORG [--org-admin]   create a member (or org-admin) key of ORG (printed once, never stored)
@@ -114,7 +112,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cfg = config();
-  const logger = createLogger({ level: cliLogLevel(cfg), destination: pino.destination(2) });
+  const logger = createCliLogger(cfg);
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   try {
     await migrate(db.longPool, { logger });

@@ -1,9 +1,7 @@
 import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
-import { pino } from 'pino';
 import { config } from '../../shared/core/config.js';
 import { AgentqError } from '../../shared/core/errors.js';
-import { createLogger } from '../../shared/core/logger.js';
 import { queueShards } from '../../shared/core/queue-shards.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { fairKickChannel } from '../../shared/core/queue-keys.js';
@@ -18,7 +16,7 @@ import { dbTimeoutsOf } from '../../shared/infra/db/pool.js';
 import { openSharedDatabase } from '../../shared/infra/db/shared-embedded.js';
 import { createRedis, logConnectionErrors, redisTargetOf, whenReady } from '../../shared/infra/redis/connection.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
-import { runCliIfMain, shardsGiven } from './run-cli.js';
+import { createCliLogger, runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage:
   npm run orgs -- set ORG [--weight N] [--concurrency N] [--rpm-pro N] [--rpm-flash N] [--tpm N]
@@ -107,7 +105,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const cfg = config();
-  const logger = createLogger({ level: 'warn', destination: pino.destination(2) });
+  const logger = createCliLogger(cfg);
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   let queue: Queue | undefined;

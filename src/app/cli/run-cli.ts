@@ -1,6 +1,8 @@
 import { realpathSync } from 'node:fs';
+import { pino } from 'pino';
 import { pathToFileURL } from 'node:url';
 import { isGiven, type Config } from '../../shared/core/config.js';
+import { createLogger, type Logger } from '../../shared/core/logger.js';
 
 /**
  * Runs `main(argv)` and exits with its code, but only when `moduleUrl` is the script node was started
@@ -33,4 +35,9 @@ export function shardsGiven(cfg: Pick<Config, 'QUEUE_SHARDS'>, env: NodeJS.Proce
  */
 export function cliLogLevel(cfg: Pick<Config, 'LOG_LEVEL'>, env: NodeJS.ProcessEnv = process.env): string {
   return isGiven(env.LOG_LEVEL) ? cfg.LOG_LEVEL : 'warn';
+}
+
+/** A CLI's logger: JSON lines on stderr (stdout is the command's output) at `cliLogLevel`. The one way a CLI builds its logger. */
+export function createCliLogger(cfg: Pick<Config, 'LOG_LEVEL'>, env: NodeJS.ProcessEnv = process.env): Logger {
+  return createLogger({ level: cliLogLevel(cfg, env), destination: pino.destination(2) });
 }
