@@ -228,10 +228,11 @@ describe('client timeouts', () => {
     expect(err).toBeInstanceOf(AgentqTimeoutError);
     expect(err.code).toBe('ETIMEOUT');
     expect(err.message).toMatch(/^GET \/v1\/jobs\/silent\/stream: .*: nothing for \d+ ms, not even a heartbeat, and the stream's bound is 400 ms \(stallTimeoutMs\)$/);
-    // The first connection's idle timeout, then the reconnection cut at the bound: 2 of the 21 allowed.
+    // The first connection's idle timeout, then the reconnection cut at the bound: 2 of the 21 allowed (without
+    // the bound, the reconnections run out, 21 idle timeouts later). How long it took is printed, not bounded.
     expect(requests.filter((r) => r.path === '/v1/jobs/silent/stream')).toHaveLength(2);
     expect(took).toBeGreaterThanOrEqual(390);
-    expect(took).toBeLessThan(2000);
+    console.log(`[figure] stream silent on every reconnection, 400 ms stall bound: failed after ${took} ms`);
   });
 
   it('stallTimeoutMs bounds reconnections that are never answered', async () => {
@@ -241,9 +242,11 @@ describe('client timeouts', () => {
     const took = Date.now() - started;
     expect(err).toBeInstanceOf(AgentqTimeoutError);
     expect(err.message).toMatch(/reconnection \d+.*: nothing for \d+ ms, not even a heartbeat, and the stream's bound is 500 ms \(stallTimeoutMs\)$/);
-    // At the bound, or a pause (a few ms) before it when that pause would cross it.
+    // At the bound, or a pause (a few ms) before it when that pause would cross it; the message says it was the
+    // bound, and the 20 reconnections allowed were not used up. How long it took is printed, not bounded.
+    expect(requests.filter((r) => r.path === '/v1/jobs/silent-then-unanswered/stream').length).toBeLessThan(21);
     expect(took).toBeGreaterThanOrEqual(480);
-    expect(took).toBeLessThan(2500);
+    console.log(`[figure] reconnections never answered, 500 ms stall bound: failed after ${took} ms`);
   });
 
   it('reconnections that each bring something are not cut by the stall bound', async () => {

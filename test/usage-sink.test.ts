@@ -71,11 +71,13 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await pool.end();
   });
 
-  it('with the production 5 s block, a row appended while the sink blocks is committed well within 1 s', async () => {
+  it('a row appended while the sink blocks ends its read: committed long before the block would end', async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();
     const lags: number[] = [];
-    const sink = sinkFor(key, createRunStore({ pool }), (l) => lags.push(...l), 5000);
+    // A block (production: 5 s) longer than the test can run (claimIdleMs caps it at half): the row can only be
+    // written because the read returned when the entry arrived. The delay is printed, not bounded.
+    const sink = sinkFor(key, createRunStore({ pool }), (l) => lags.push(...l), 600_000, undefined, { claimIdleMs: 1_200_000 });
     const appender = createRunAppender({ redis, key });
     sink.start();
     // The sink is in its blocking read once its consumer shows in the group (it registers on its first read).
@@ -90,9 +92,8 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('the row written', async () => (await rowsOf([id])).length === 1);
     const ms = Date.now() - appended;
     await sink.close();
-    // The read returns when the entry arrives, not at the end of the block: the batch gather (100 ms) and the
-    // insert are the lag.
-    expect(ms).toBeLessThan(1000);
+    // The batch gather (100 ms) and the insert are the lag.
+    console.log(`[figure] usage row appended while the sink blocks -> committed: ${ms} ms (the sink's own lag ${lags[0]} ms)`);
     expect(lags).toHaveLength(1);
   });
 
