@@ -430,6 +430,66 @@ describe('scripted faults', () => {
       ]);
     });
 
+    it('a stream stopped for SAFETY after some text: those chunks with the prompt\'s usage, then a candidate with no content, its ratings, the text billed', async () => {
+      const n = await tokens();
+      const sse = async () =>
+        (await (await raw('streamGenerateContent?alt=sse')).text())
+          .trim()
+          .split('\n\n')
+          .map((e) => JSON.parse(e.replace(/^data: /, '')) as Record<string, any>);
+      const whole = await sse();
+      expect(whole.length).toBeGreaterThanOrEqual(3);
+      const textOf = (e: Record<string, any>) => e.candidates[0].content.parts[0].text as string;
+      // A generate call does not take it: only a stream sends text before a stop.
+      emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2 });
+      expect((await ai.models.generateContent({ model: MODEL, contents: prompt })).candidates?.[0]?.finishReason).toBe('STOP');
+      emu.setStreamChunkDelay(5);
+      const events = await sse();
+      const sent = [textOf(whole[0]), textOf(whole[1])];
+      const out = countTokens(sent.join(''));
+      const promptUsage = { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], serviceTier: 'standard' };
+      const id = `emu-${emu.calls().at(-1)!.id}`;
+      expect(events).toEqual([
+        ...sent.map((text) => ({ candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0 }], usageMetadata: promptUsage, modelVersion: MODEL, responseId: id })),
+        {
+          candidates: [{ finishReason: 'SAFETY', index: 0, safetyRatings: ratings('HARM_CATEGORY_HARASSMENT') }],
+          usageMetadata: { ...promptUsage, candidatesTokenCount: out, totalTokenCount: n + out, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }] },
+          modelVersion: MODEL,
+          responseId: id,
+        },
+      ]);
+      expect(out).toBeGreaterThan(0);
+      expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', status: 200, fault: 'refuse:SAFETY@2', promptTokens: n, outputTokens: out });
+
+      // Through the SDK: the text, then the stop; past the answer's chunk count, all its text, then the stop.
+      emu.script({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'stream' } });
+      const stream = async () => {
+        const chunks = [];
+        for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: prompt })) chunks.push(c);
+        return chunks;
+      };
+      const chunks = await stream();
+      emu.clearFaults();
+      const sdkWhole = await stream();
+      emu.script({ refuse: { finishReason: 'RECITATION' }, afterChunks: 99 });
+      expect(chunks.map((c) => [c.text, c.candidates?.[0]?.finishReason, c.candidates?.[0]?.safetyRatings?.find((r) => r.blocked)?.category])).toEqual([
+        [sdkWhole[0].text, undefined, undefined],
+        [undefined, 'SAFETY', 'HARM_CATEGORY_DANGEROUS_CONTENT'],
+      ]);
+      const all = await sse();
+      expect(all.slice(0, -1).map(textOf)).toEqual(whole.map(textOf));
+      expect(all.at(-1)!.candidates).toEqual([{ finishReason: 'RECITATION', index: 0 }]);
+
+      const post = async (fault: unknown) => {
+        const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(fault) });
+        return { status: res.status, message: ((await res.json()) as { error: { message: string } }).error.message };
+      };
+      expect(await post({ refuse: { blockReason: 'SAFETY' }, afterChunks: 1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks .* with a refuse that names a finishReason/) });
+      expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: -1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks must be a non-negative integer/) });
+      expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'generate' } })).toEqual({ status: 400, message: expect.stringMatching(/match\.kind must be stream/) });
+      expect(emu.faults()).toEqual([]);
+    });
+
     it('a bad refusal script is refused with an error naming what is wrong', async () => {
       const post = async (refuse: unknown) => {
         const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refuse }) });

@@ -300,6 +300,20 @@ for (const transport of ['fetch', 'node-http'] as const) {
         for (const e of [stopped, blocked, prohibited]) expect(e.message).not.toContain(prompt);
       });
 
+      it('a stream stopped for SAFETY after some text -> EBLOCKED naming the category; the text reached onText, its tokens billed', async () => {
+        emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2, match: { kind: 'stream' } });
+        const seen: string[] = [];
+        const e = await failure(gen({ onText: (t) => void seen.push(t) }));
+        expect(e).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
+        expect(e.message).toMatch(/answer stopped \(finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT\)/);
+        expect(seen).toHaveLength(2);
+        const [call] = emu.calls();
+        expect(call).toMatchObject({ kind: 'stream', status: 200, fault: 'refuse:SAFETY@2' });
+        expect(call.outputTokens).toBe(countTokens(seen.join('')));
+        expect(e.billed).toMatchObject({ model: MODEL, usage: { input: call.promptTokens, output: call.outputTokens } });
+        expect(e.billed!.costUsd).toBe(costUsd(MODEL, e.billed!.usage));
+      });
+
       it("a candidate's finishMessage: sent by the emulator, dropped by @google/genai 2.32 on the Gemini API (when it starts passing it, the error carries it)", async () => {
         emu.script({ refuse: { finishReason: 'SAFETY', finishMessage: 'Stopped by the safety filter.' } });
         const e = await failure(gen());

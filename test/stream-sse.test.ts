@@ -272,6 +272,43 @@ describe('SSE job streams', () => {
     expect(r.messages.filter((m) => m.data.includes('"error"'))).toHaveLength(1);
   });
 
+  it('a stream Gemini stops for SAFETY after some text: the client got that text, then EBLOCKED naming the category and [DONE], at one attempt; none of it cached', async () => {
+    const marker = 'Filtered Fabrications';
+    s.emulator.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2, match: { kind: 'stream', promptIncludes: marker } });
+    const body = JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput(marker) });
+    const r = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body });
+    const jobId = r.headers.get('x-job-id')!;
+    // The text of the two chunks Gemini sent before the stop (the writer may merge chunks into one entry).
+    const partial = texts(r.messages).join('');
+    expect(partial.length).toBeGreaterThan(0);
+    // A refusal is not retried: no retrying, no second start.
+    expect(progress(r.messages).map((p) => p.stage)).toEqual(['queued', 'started', 'streaming']);
+    expect(last(r.messages).data).toBe('[DONE]');
+    const final = JSON.parse(r.messages[r.messages.length - 2].data);
+    expect(final).toEqual({ error: expect.stringMatching(/^\[EBLOCKED\] .*answer stopped \(finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT\)$/), state: 'failed' });
+    expect(r.messages.filter((m) => m.data.includes('"error"') || m.data.includes('"result"'))).toHaveLength(1);
+    const view = await (await fetch(`${base}/v1/jobs/${jobId}`, { headers: auth })).json();
+    expect(view).toMatchObject({ state: 'failed', attempts: 1, error: final.error });
+    expect(view.result).toBeUndefined();
+    const stopped = s.emulator.calls().filter((c) => c.fault === 'refuse:SAFETY@2');
+    expect(stopped).toHaveLength(1);
+    expect(stopped[0].outputTokens).toBeGreaterThan(0);
+
+    // Nothing of the stopped answer was cached: the same job again calls the model and gets its whole answer,
+    // which is cached (a third is served from the cache), so the cache was there to take the first.
+    const callsBefore = s.emulator.calls().length;
+    const again = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body });
+    const result = JSON.parse(again.messages[again.messages.length - 2].data).result;
+    expect(result).toMatchObject({ success: true });
+    expect(result.cacheHit).toBeUndefined();
+    expect(JSON.parse(texts(again.messages).join(''))).toEqual(result.data);
+    const whole = texts(again.messages).join('');
+    expect(whole.startsWith(partial) && whole.length > partial.length).toBe(true);
+    const third = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body });
+    expect(JSON.parse(third.messages[third.messages.length - 2].data).result).toMatchObject({ success: true, cacheHit: expect.stringMatching(/^l[12]$/), data: result.data });
+    expect(s.emulator.calls().slice(callsBefore).map((c) => [c.kind, c.status, c.fault])).toEqual([['stream', 200, undefined]]);
+  });
+
   it('ends the stream of a job cancelled before it ran', async () => {
     const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Cancelled Early'), options: { stream: true, delayMs: 600_000 } });
     // Once its headers are in, the server follows the job's stream: the cancel reaches a live stream.

@@ -7,7 +7,7 @@ import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type 
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
 import { createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
-import { refusalBody, refusalCachedTokens } from './refusal.js';
+import { refusalBody, refusalCachedTokens, stoppedStream } from './refusal.js';
 
 export interface CallRecord {
   id: number;
@@ -394,17 +394,27 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     });
     if (fault?.refuse) {
       // Gemini bills the prompt of a refusal and sends its usage, but no text (refusal.ts has the shapes); a
-      // stream's refusal is its one event, the first, which alone carries a prompt's feedback.
-      const refusal = refusalBody(fault.refuse, { model, usage: answer.usage, responseId });
+      // stream's refusal is its one event, the first, which alone carries a prompt's feedback, unless the fault
+      // stops it after some text (afterChunks, a stream's only): those chunks, then the stop.
+      const streamed = kind === 'stream' && fault.afterChunks ? splitForStream(answer.text).slice(0, fault.afterChunks) : [];
+      const events = streamed.length > 0 ? stoppedStream(fault.refuse, streamed, { model, usage: answer.usage, responseId }) : [refusalBody(fault.refuse, { model, usage: answer.usage, responseId })];
+      const refusal = events[events.length - 1];
       const cached = refusalCachedTokens(refusal);
-      record.outputTokens = 0;
-      delete record.thoughtsTokens;
+      const billed = refusal.usageMetadata as { candidatesTokenCount?: number; thoughtsTokenCount?: number };
+      record.outputTokens = billed.candidatesTokenCount ?? 0;
+      if (billed.thoughtsTokenCount) record.thoughtsTokens = billed.thoughtsTokenCount;
+      else delete record.thoughtsTokens;
       if (cached > 0) record.cachedTokens = cached;
       else delete record.cachedTokens;
       if (kind === 'generate') return reply(200, refusal, tierHeader);
       record.status = 200;
       res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', ...tierHeader });
-      res.end(`data: ${JSON.stringify(refusal)}\n\n`);
+      for (let i = 0; i < events.length; i++) {
+        if (i > 0 && streamDelayMs > 0) await sleep(streamDelayMs, undefined, { signal }).catch(() => undefined);
+        if (signal.aborted || res.destroyed) return;
+        res.write(`data: ${JSON.stringify(events[i])}\n\n`);
+      }
+      res.end();
       return;
     }
     if (kind === 'generate') return reply(200, chunkBody(answer.text, true), tierHeader);

@@ -36,6 +36,8 @@ export interface FaultMatch {
  *   `{ noCandidate: true }` an answer with usage and no candidate at all. `category` names the harm category whose
  *   safety rating blocked (`blocked: true`; SAFETY defaults to HARM_CATEGORY_DANGEROUS_CONTENT), `finishMessage` the
  *   candidate's. A batch's create takes it for the inline answers of the requests it names (as `noFinishReason`).
+ *   With `afterChunks` (a finishReason's, stream calls only) the stop comes mid-answer: that many text chunks of the
+ *   answer (all of them when it has fewer), then the stopped candidate, its usage billing the text streamed.
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
  *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
  *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage),
@@ -75,6 +77,7 @@ export class FaultScriptError extends Error {
 }
 
 const bareModel = (m: string): string => m.replace(/^models\//, '');
+const named = (v: unknown): v is string => typeof v === 'string' && v !== '';
 
 export function describeFault(f: EmulatorFault): string {
   if (f.reset) return 'reset';
@@ -82,7 +85,7 @@ export function describeFault(f: EmulatorFault): string {
   if (f.malformed) return 'malformed';
   if (f.status !== undefined) return `status:${f.status}`;
   if (f.servedTier !== undefined) return `served:${f.servedTier}`;
-  if (f.refuse) return `refuse:${f.refuse.finishReason ?? f.refuse.blockReason ?? 'no-candidate'}`;
+  if (f.refuse) return `refuse:${f.refuse.finishReason ?? f.refuse.blockReason ?? 'no-candidate'}${f.afterChunks !== undefined ? `@${f.afterChunks}` : ''}`;
   if (f.noFinishReason) return 'no-finish-reason';
   return `latency:${f.latencyMs}`;
 }
@@ -96,8 +99,12 @@ function validate(f: EmulatorFault): EmulatorFault {
   }
   const refused = f.refuse === undefined ? undefined : refusalProblem(f.refuse);
   if (refused) throw new FaultScriptError(refused);
-  if (f.afterChunks !== undefined && !(f.reset === true && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
-    throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset');
+  if (f.afterChunks !== undefined && !((f.reset === true || named(f.refuse?.finishReason)) && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
+    throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset or with a refuse that names a finishReason');
+  }
+  // Only a stream sends text before a stop: a generate or batch call must not consume a fault it cannot act out.
+  if (f.refuse !== undefined && f.afterChunks !== undefined && f.match?.kind !== undefined && f.match.kind !== 'stream') {
+    throw new FaultScriptError('a refuse fault with afterChunks is a stream\'s: match.kind must be stream');
   }
   const kind = f.match?.kind;
   if (kind !== undefined && BATCH_ADMIN.has(kind) && (f.malformed || f.servedTier !== undefined || f.refuse !== undefined || f.noFinishReason || f.afterChunks !== undefined)) {
@@ -156,6 +163,8 @@ function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
   // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
   // consume the faults a test scripted for model calls.
   if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
+  // A stop after some text is a stream's alone (validate).
+  if (f.refuse !== undefined && f.afterChunks !== undefined) return kind === 'stream';
   if (kind === 'batch' && (f.noFinishReason || f.refuse !== undefined)) return true;
   return (f.refuse === undefined && f.servedTier === undefined && !f.noFinishReason) || kind === 'generate' || kind === 'stream';
 }

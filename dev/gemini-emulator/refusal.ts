@@ -1,4 +1,5 @@
 import type { WireUsage } from './gemini-wire.js';
+import { countTokens } from './tokenizer.js';
 
 /**
  * A scripted refusal (fault `refuse`). Exactly one of `finishReason`, `blockReason`, `noCandidate`;
@@ -55,9 +56,10 @@ function safetyRatings(category: string) {
  * - a blocked prompt has no candidate: `promptFeedback` (its `safetyRatings` only for SAFETY or a named category),
  *   usage of `promptTokenCount` and `totalTokenCount` alone, and `modelVersion`; in a stream it is the one event;
  * - no candidate at all: the usage alone.
- * `usage` is the emulator's full usage of the call; `responseId` is left off for a batch's inline response.
+ * `usage` is the emulator's full usage of the call; `responseId` is left off for a batch's inline response;
+ * `streamedText`, the text a stream sent before this stop, is billed as candidates tokens (`stoppedStream`).
  */
-export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; responseId?: string }): Record<string, unknown> {
+export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; responseId?: string; streamedText?: string[] }): Record<string, unknown> {
   const prompt = o.usage.promptTokenCount;
   const { serviceTier } = o.usage;
   const tier = serviceTier !== undefined ? { serviceTier } : {};
@@ -67,18 +69,52 @@ export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; re
   if (r.blockReason) {
     return { promptFeedback: { blockReason: r.blockReason, ...ratings }, usageMetadata: { promptTokenCount: prompt, totalTokenCount: prompt, ...tier }, modelVersion: o.model };
   }
-  // The model read the prompt: the prompt's side of the usage stays (details, an implicit-cache hit).
-  const { cachedContentTokenCount, cacheTokensDetails } = o.usage;
-  const usageMetadata = {
-    promptTokenCount: prompt,
-    totalTokenCount: prompt,
-    promptTokensDetails: o.usage.promptTokensDetails,
-    ...(cachedContentTokenCount ? { cachedContentTokenCount, cacheTokensDetails } : {}),
-    ...tier,
-  };
+  const usageMetadata = promptUsage(o.usage);
   if (!r.finishReason) return { usageMetadata, modelVersion: o.model, ...id };
   const candidate = { finishReason: r.finishReason, index: 0, ...ratings, ...(r.finishMessage ? { finishMessage: r.finishMessage } : {}) };
-  return { candidates: [candidate], usageMetadata, modelVersion: o.model, ...id };
+  return { candidates: [candidate], usageMetadata: o.streamedText ? streamedUsage(o.usage, o.streamedText) : usageMetadata, modelVersion: o.model, ...id };
+}
+
+/** The model read the prompt: the prompt's side of the usage (details, an implicit-cache hit), no output. */
+function promptUsage(usage: WireUsage): Record<string, unknown> {
+  const { promptTokenCount, cachedContentTokenCount, cacheTokensDetails, serviceTier } = usage;
+  return {
+    promptTokenCount,
+    totalTokenCount: promptTokenCount,
+    promptTokensDetails: usage.promptTokensDetails,
+    ...(cachedContentTokenCount ? { cachedContentTokenCount, cacheTokensDetails } : {}),
+    ...(serviceTier !== undefined ? { serviceTier } : {}),
+  };
+}
+
+/**
+ * The usage of a stream stopped after some text: the prompt's, plus the text it streamed as candidates tokens and
+ * the thinking that came before that text (Gemini bills what it generated, the text it then withheld included).
+ */
+function streamedUsage(usage: WireUsage, text: string[]): Record<string, unknown> {
+  const out = countTokens(text.join(''));
+  const thoughts = usage.thoughtsTokenCount ?? 0;
+  return {
+    ...promptUsage(usage),
+    candidatesTokenCount: out,
+    totalTokenCount: usage.promptTokenCount + out + thoughts,
+    candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }],
+    ...(thoughts > 0 ? { thoughtsTokenCount: thoughts } : {}),
+  };
+}
+
+/**
+ * A stream Gemini stops after some text (fault `refuse` with `afterChunks`), as it streams one: the text chunks,
+ * each with the usage of the prompt alone, as Gemini puts usageMetadata on every chunk of a stream
+ * (FirebaseExtended/vertexai-sdk-test-data googleai streaming-failure-recitation-no-content.txt), then the stop:
+ * a candidate with no content (the FinishReason reference: "when streaming, the content field is empty if content
+ * filters block the output"), its finishReason and ratings as in `refusalBody`, and the usage of the prompt and the
+ * text streamed. The events' bodies, in order.
+ */
+export function stoppedStream(r: Refusal, text: string[], o: { model: string; usage: WireUsage; responseId: string }): Record<string, unknown>[] {
+  const usageMetadata = promptUsage(o.usage);
+  const chunks = text.map((t) => ({ candidates: [{ content: { parts: [{ text: t }], role: 'model' }, index: 0 }], usageMetadata, modelVersion: o.model, responseId: o.responseId }));
+  return [...chunks, refusalBody(r, { ...o, streamedText: text })];
 }
 
 /** The implicit-cache hit a refusal body bills (0 for a blocked prompt), for the call log. */
