@@ -5,6 +5,8 @@ import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, tokeni
 import { POLL } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
+/** The source the emulator's RECITATION stop names by default. */
+const CITED = 'https://example.com/emulator/recited-source';
 
 let emu: GeminiEmulator;
 let ai: GoogleGenAI;
@@ -400,7 +402,7 @@ describe('scripted faults', () => {
       const prohibited = await raw('generateContent');
       expect((await prohibited.json()).candidates).toEqual([{ finishReason: 'PROHIBITED_CONTENT', index: 0, finishMessage: 'The response was blocked.' }]);
       const recitation = await ai.models.generateContent({ model: MODEL, contents: prompt });
-      expect(recitation.candidates).toEqual([{ finishReason: 'RECITATION', index: 0 }]);
+      expect(recitation.candidates).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citations: [expect.objectContaining({ uri: CITED })] } }]);
     });
 
     it('a blocked prompt: promptFeedback with its ratings (SAFETY) and usage of the prompt alone; in a stream, one event', async () => {
@@ -478,7 +480,9 @@ describe('scripted faults', () => {
       ]);
       const all = await sse();
       expect(all.slice(0, -1).map(textOf)).toEqual(whole.map(textOf));
-      expect(all.at(-1)!.candidates).toEqual([{ finishReason: 'RECITATION', index: 0 }]);
+      // Every byte of the answer was sent: the default source spans it from its start.
+      const bytes = Buffer.byteLength(whole.map(textOf).join(''));
+      expect(all.at(-1)!.candidates).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citationSources: [{ startIndex: 0, endIndex: bytes, uri: CITED }] } }]);
 
       const post = async (fault: unknown) => {
         const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(fault) });
@@ -487,6 +491,46 @@ describe('scripted faults', () => {
       expect(await post({ refuse: { blockReason: 'SAFETY' }, afterChunks: 1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks .* with a refuse that names a finishReason/) });
       expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: -1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks must be a non-negative integer/) });
       expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'generate' } })).toEqual({ status: 400, message: expect.stringMatching(/match\.kind must be stream/) });
+      expect(emu.faults()).toEqual([]);
+    });
+
+    it('a RECITATION stop carries citationMetadata.citationSources (the SDK reads them as citations): the withheld answer by default, or the scripted sources', async () => {
+      const answer = await (await raw('generateContent')).json();
+      const bytes = Buffer.byteLength(answer.candidates[0].content.parts[0].text);
+      const candidate = async () => (await (await raw('generateContent')).json()).candidates;
+      emu.script({ refuse: { finishReason: 'RECITATION' } });
+      expect(await candidate()).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citationSources: [{ startIndex: 0, endIndex: bytes, uri: CITED }] } }]);
+
+      const sources = [
+        { startIndex: 12, endIndex: 140, uri: 'https://github.com/example/repo', license: 'mit' },
+        { startIndex: 150, endIndex: 320, uri: 'https://www.example.org/book' },
+      ];
+      emu.script([{ refuse: { finishReason: 'RECITATION', citations: sources } }, { refuse: { finishReason: 'RECITATION', citations: sources } }, { refuse: { finishReason: 'RECITATION', citations: [] } }]);
+      expect(await candidate()).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citationSources: sources } }]);
+      const sdk = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect(sdk.candidates).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citations: sources } }]);
+      // No source: proto3 JSON leaves out the empty list, and the message holding only it.
+      expect(await candidate()).toEqual([{ finishReason: 'RECITATION', index: 0 }]);
+
+      // Stopped after two chunks of a stream: the source covers what followed them, in bytes.
+      const stream = async () => (await (await raw('streamGenerateContent?alt=sse')).text()).trim().split('\n\n').map((e) => JSON.parse(e.replace(/^data: /, '')) as Record<string, any>);
+      emu.script({ refuse: { finishReason: 'RECITATION' }, afterChunks: 2 });
+      const events = await stream();
+      const sent = Buffer.byteLength(events.slice(0, -1).map((e) => e.candidates[0].content.parts[0].text as string).join(''));
+      expect(events).toHaveLength(3);
+      expect(events[0].candidates[0].citationMetadata).toBeUndefined();
+      expect(events.at(-1)!.candidates).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citationSources: [{ startIndex: sent, endIndex: bytes, uri: CITED }] } }]);
+
+      const post = async (refuse: unknown) => {
+        const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refuse }) });
+        return { status: res.status, message: ((await res.json()) as { error: { message: string } }).error.message };
+      };
+      expect(await post({ finishReason: 'SAFETY', citations: [] })).toEqual({ status: 400, message: expect.stringMatching(/refuse\.citations needs finishReason RECITATION/) });
+      expect(await post({ finishReason: 'RECITATION', citations: {} })).toEqual({ status: 400, message: expect.stringMatching(/refuse\.citations must be an array/) });
+      expect(await post({ finishReason: 'RECITATION', citations: [{ startIndex: 9, endIndex: 3 }] })).toEqual({ status: 400, message: expect.stringMatching(/citations\[0\]\.startIndex must not be past its endIndex/) });
+      expect(await post({ finishReason: 'RECITATION', citations: [{ uri: 'https://a' }, { startIndex: -1 }] })).toEqual({ status: 400, message: expect.stringMatching(/citations\[1\]\.startIndex must be a non-negative integer/) });
+      expect(await post({ finishReason: 'RECITATION', citations: [{ url: 'https://a' }] })).toEqual({ status: 400, message: expect.stringMatching(/citations\[0\] has unknown field\(s\) url/) });
+      expect(await post({ finishReason: 'RECITATION', citations: [{ license: '' }] })).toEqual({ status: 400, message: expect.stringMatching(/citations\[0\]\.license must be a non-empty string/) });
       expect(emu.faults()).toEqual([]);
     });
 

@@ -314,6 +314,23 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(e.billed!.costUsd).toBe(costUsd(MODEL, e.billed!.usage));
       });
 
+      it('a RECITATION stop -> EBLOCKED naming the reason; its citationMetadata is deliberately not carried (answer-end.ts says why)', async () => {
+        const uri = 'https://www.example.org/recited-book';
+        emu.script([
+          { refuse: { finishReason: 'RECITATION', citations: [{ startIndex: 3, endIndex: 90, uri, license: 'cc-by' }] }, match: { kind: 'generate' } },
+          { refuse: { finishReason: 'RECITATION' }, afterChunks: 1, match: { kind: 'stream' } },
+        ]);
+        const plain = await failure(gen());
+        const seen: string[] = [];
+        const streamed = await failure(gen({ onText: (t) => void seen.push(t) }));
+        expect(seen).toHaveLength(1);
+        for (const e of [plain, streamed]) {
+          expect(e).toMatchObject({ code: 'EBLOCKED', retryable: false, finishReason: 'RECITATION' });
+          expect(e.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason RECITATION)`);
+          expect(Object.keys(e)).not.toContain('citations');
+        }
+      });
+
       it("a candidate's finishMessage: sent by the emulator, dropped by @google/genai 2.32 on the Gemini API (when it starts passing it, the error carries it)", async () => {
         emu.script({ refuse: { finishReason: 'SAFETY', finishMessage: 'Stopped by the safety filter.' } });
         const e = await failure(gen());

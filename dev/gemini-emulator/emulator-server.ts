@@ -145,7 +145,7 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
         return err as Error;
       }
       // Inline responses carry no responseId (the batch names them), refusals included.
-      if (refuse) return refusalBody(refuse, { model, usage: usageModel.complete(model, req, answer.usage, 'omit') });
+      if (refuse) return refusalBody(refuse, { model, usage: usageModel.complete(model, req, answer.usage, 'omit'), text: answer.text });
       return {
         // A noFinishReason fault leaves it off the candidate: all else is as Gemini sends it.
         candidates: [{ content: { parts: [{ text: answer.text }], role: 'model' }, index: 0, ...(noFinishReason ? {} : { finishReason: answer.finishReason }) }],
@@ -397,7 +397,8 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
       // stream's refusal is its one event, the first, which alone carries a prompt's feedback, unless the fault
       // stops it after some text (afterChunks, a stream's only): those chunks, then the stop.
       const streamed = kind === 'stream' && fault.afterChunks ? splitForStream(answer.text).slice(0, fault.afterChunks) : [];
-      const events = streamed.length > 0 ? stoppedStream(fault.refuse, streamed, { model, usage: answer.usage, responseId }) : [refusalBody(fault.refuse, { model, usage: answer.usage, responseId })];
+      const o = { model, usage: answer.usage, text: answer.text, responseId };
+      const events = streamed.length > 0 ? stoppedStream(fault.refuse, streamed, o) : [refusalBody(fault.refuse, o)];
       const refusal = events[events.length - 1];
       const cached = refusalCachedTokens(refusal);
       const billed = refusal.usageMetadata as { candidatesTokenCount?: number; thoughtsTokenCount?: number };

@@ -35,7 +35,8 @@ export interface FaultMatch {
  *   `{ blockReason: 'SAFETY' | ... }` the prompt blocked (`promptFeedback.blockReason`), no candidate;
  *   `{ noCandidate: true }` an answer with usage and no candidate at all. `category` names the harm category whose
  *   safety rating blocked (`blocked: true`; SAFETY defaults to HARM_CATEGORY_DANGEROUS_CONTENT), `finishMessage` the
- *   candidate's. A batch's create takes it for the inline answers of the requests it names (as `noFinishReason`).
+ *   candidate's. A RECITATION stop carries `citationMetadata.citationSources`: one source over the answer it
+ *   withheld by default, or `citations: [{ startIndex?, endIndex?, uri?, license? }]` (none when empty). A batch's create takes it for the inline answers of the requests it names (as `noFinishReason`).
  *   With `afterChunks` (a finishReason's, stream calls only) the stop comes mid-answer: that many text chunks of the
  *   answer (all of them when it has fewer), then the stopped candidate, its usage billing the text streamed.
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
