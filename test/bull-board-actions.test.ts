@@ -1,13 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 const ADMIN_TOKEN = 'board-actions-admin-0123456789';
 const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -21,7 +22,7 @@ const boardAction = (s: Stack, path: string, payload?: object) =>
  * Bull Board's actions are BullMQ's own calls: what the fair dispatcher holds for the jobs they remove (a slot, the
  * dispatch's charge) goes back at once, not at the lease sweep, and the org's next job goes.
  */
-describe('Bull Board removals and the fair dispatcher', () => {
+describe('Bull Board removals, promotes and the fair dispatcher', () => {
   let s: Stack;
   beforeAll(async () => {
     // No worker: jobs dispatched stay in BullMQ's wait list, as they do while every worker is busy.
@@ -220,6 +221,32 @@ describe('Bull Board removals and the fair dispatcher', () => {
     expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeGreaterThan(100_000 - 1);
   });
 
+  it("the board's promote of a job the dispatcher holds on a timer lanes it as due now, behind its org's concurrency cap: it goes when a slot does", async () => {
+    // One slot: the org's first job holds it; the second waits on its own 60 s delay.
+    const { org, key } = await newOrg({ concurrency: 1, rpm: 10, tpm: 100_000 });
+    const first = await postJob(s, key, markedJob(`promote-cap-${org}-0`, FLASH));
+    const timed = await postJob(s, key, { ...markedJob(`promote-cap-${org}-1`, FLASH), options: { model: FLASH, delayMs: 60_000 } });
+    await dispatch();
+    expect(await state(first)).toBe('waiting');
+    expect(await cell().scheduler.why(timed)).toMatchObject({ reason: 'delayed' });
+    const record = () => s.runtime.deps.redis.hget(cell().scheduler.keys.named.jobPrefix + timed, 'st');
+    expect(await record()).toBe('timer');
+
+    // The board's "promote" (job.promote()).
+    expect((await boardAction(s, `${QUEUE.agent}/${timed}/promote`)).statusCode).toBe(204);
+    // Off its timer and in its org's lane, due now; still parked in BullMQ (not in its wait list past the cap).
+    expect(await s.runtime.deps.redis.zscore(cell().scheduler.keys.named.timers, timed)).toBeNull();
+    expect(await record()).toBe('lane');
+    expect(await state(timed)).toBe('delayed');
+    expect(await cell().scheduler.why(timed)).toMatchObject({ reason: 'org_concurrency' });
+    expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 1 });
+    expect((await dispatch()).promoted).toEqual([]);
+    // The slot comes back: the promoted job is the org's next.
+    expect((await boardAction(s, `${QUEUE.agent}/${first}/clean`)).statusCode).toBe(204);
+    expect((await dispatch()).promoted).toEqual([timed]);
+    expect(await state(timed)).toBe('waiting');
+  });
+
   it('obliterating the queue gives back every slot its jobs held', async () => {
     const { org, key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
     await postJob(s, key, markedJob(`obliterate-${org}`, FLASH));
@@ -232,7 +259,7 @@ describe('Bull Board removals and the fair dispatcher', () => {
   });
 });
 
-describe('Bull Board retries', () => {
+describe('Bull Board retries and promotes, with a worker', () => {
   let s: Stack;
   beforeAll(async () => {
     s = await startStack({ ADMIN_TOKEN }, { worker: true });
@@ -292,6 +319,18 @@ describe('Bull Board retries', () => {
     expect(await s.runtime.deps.redis.hget(dlqMetaKey(s.cfg.QUEUE_PREFIX, alone), 'retries')).toBe('1');
     // One model call since: the job alone's run; the child was never run.
     expect(modelCalls() - calls).toBe(1);
+  });
+
+  it("a job the board promotes while the dispatcher holds it on its delay's timer is due now: dispatched and run", async () => {
+    const id = await postJob(s, s.apiKey, { ...markedJob(`board-promote-${randomUUID().slice(0, 8)}`), options: { delayMs: 60_000 } });
+    const scheduler = s.runtime.deps.cells[0].scheduler;
+    expect(await scheduler.why(id)).toMatchObject({ reason: 'delayed' });
+    expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.timers, id)).not.toBeNull();
+    expect((await boardAction(s, `${QUEUE.agent}/${id}/promote`)).statusCode).toBe(204);
+    // Its timer is gone: laned as due now (and dispatched by the same call, as the worker's ask leaves room).
+    expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.timers, id)).toBeNull();
+    await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('completed'), POLL);
+    expect(await job(id)).toMatchObject({ state: 'completed', result: { success: true } });
   });
 
   it('a completed job the board retries runs again: a cancel marker its last run left does not cancel it', async () => {

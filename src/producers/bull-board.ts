@@ -118,10 +118,10 @@ type AdapterOptions = ConstructorParameters<typeof BullMQAdapter>[1];
 
 /**
  * The board's adapter for a queue shard's agent queue (`agent`) or a queue of its jobs' parents: BullMQ's calls the
- * board makes (bullMQ.js in @bull-board/api: a job's remove, retry and removeUnprocessedChildren, the queue's
- * clean, empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for removed
- * jobs at once (their slots, and the charge of those no worker fetched) and a retried job's new run starts with
- * a stream of its own. The board's answers and what it removes or retries stay its own.
+ * board makes (bullMQ.js in @bull-board/api: a job's remove, retry, promote and removeUnprocessedChildren, the
+ * queue's clean, empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for
+ * removed jobs at once (their slots, and the charge of those no worker fetched), a promoted job it holds on a timer
+ * is due now, and a retried job's new run starts with a stream of its own. The board's answers and what it removes or retries stay its own.
  */
 class ShardQueueAdapter extends BullMQAdapter {
   constructor(
@@ -166,19 +166,21 @@ class ShardQueueAdapter extends BullMQAdapter {
     if (this.agent) await this.actions.removed();
   }
 
-  /** The job, its remove, retry and removeUnprocessedChildren going through `actions`. */
+  /** The job, its remove, retry, promote and removeUnprocessedChildren going through `actions`. */
   private follow(job: Job, bulk: boolean): Job {
     const { actions } = this;
     const id = job.id!;
     const remove = job.remove.bind(job);
     const removeChildren = job.removeUnprocessedChildren.bind(job);
     const retry = job.retry.bind(job);
+    const promote = job.promote.bind(job);
     // A parent's remove takes its children with it (BullMQ's default), unless told not to.
     job.remove = this.agent
       ? (o) => actions.remove(id, () => remove(o))
       : (o) => (o?.removeChildren === false ? remove(o) : actions.removeChildren(job, () => remove(o)));
     job.removeUnprocessedChildren = () => actions.removeChildren(job, removeChildren, { unprocessed: true });
     if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o), { bulk });
+    if (this.agent) job.promote = () => actions.promote(id, promote);
     return job;
   }
 }

@@ -177,6 +177,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return (await call('repark', [id, Math.ceil(delayMs), reason, attempt ?? ''])) === 1;
     },
     /**
+     * See FairScheduler.promote. `stage`: where the job was ('timer': made due now; '' when the dispatcher does not
+     * know it); `dispatch`: the call's dispatch, after a job made due.
+     */
+    async promote(id: string): Promise<{ stage: string; dispatch?: RawDispatch }> {
+      const [stage, d] = (await call('promote', [id])) as [string, unknown];
+      return { stage, ...(d ? { dispatch: toDispatch(d) } : {}) };
+    },
+    /**
      * One script call for these ids. `taken`: how many were taken out; `due`: a slot given back left a dispatch work
      * (capped lanes woke). `whole`: the ids are jobs one removal takes together: none is taken when any is locked.
      */

@@ -178,6 +178,14 @@ export interface FairScheduler {
    */
   repark(jobId: string, delayMs: number, reason: string, attempt?: number): Promise<boolean>;
   /**
+   * An operator's promote of a job (Bull Board's): one the dispatcher holds on a timer (its delay, a retry's backoff,
+   * a run-time deferral) is due now, laned as its timer would lane it, and dispatched in the same script call as far
+   * as its org's fair share, concurrency cap and rate limits allow (never past them: otherwise it waits in its lane
+   * for them); the loops are asked for what that dispatch leaves them (`kick`). Where the job was: 'timer' (made
+   * due), 'lane' or 'lease' (due already: laned, or dispatched), 'unknown' (the dispatcher does not hold it).
+   */
+  promote(jobId: string): Promise<'timer' | 'lane' | 'lease' | 'unknown'>;
+  /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
    * fetched, running or ended, is left to that worker's release. False when there was nothing to take. A slot
@@ -386,6 +394,12 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, delayMs, reason, attempt) => raw.repark(id, delayMs, reason, attempt),
+    async promote(id) {
+      const { stage, dispatch } = await raw.promote(id);
+      // Told, not taken, as an enqueue's dispatch: a wake-up it leaves (the lane asleep on a rate limit) goes to the loops.
+      if (dispatch) await handOver(finish(dispatch));
+      return stage === 'timer' || stage === 'lane' || stage === 'lease' ? stage : 'unknown';
+    },
     cancel: async (id) => (await cancelMany([id])) > 0,
     cancelMany,
     async removed(ids, ropts = {}) {

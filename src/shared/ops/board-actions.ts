@@ -8,7 +8,7 @@ import { retryRefusalError } from './dlq-service.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
- * remove, clean, empty, obliterate and retry are BullMQ's own calls, which know nothing of the fair dispatcher nor
+ * remove, clean, empty, obliterate, promote and retry are BullMQ's own calls, which know nothing of the fair dispatcher nor
  * of a job's stream). The board's adapter (src/producers/bull-board.ts) routes those calls through here.
  */
 export interface BoardActions {
@@ -32,6 +32,14 @@ export interface BoardActions {
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<void>;
   /**
+   * Promotes one job (BullMQ's promote is `promote`): a job the dispatcher holds on a timer (its delay, a retry's
+   * backoff, a deferral) is due now, laned and dispatched as far as its org's fair share, concurrency cap and rate
+   * limits allow (FairScheduler.promote); one laned or dispatched is due already. Only a job the dispatcher does not
+   * hold goes through BullMQ's promote (a worker's fair gate then lanes it as due): for the dispatcher's own, that
+   * moved the parked job to BullMQ's wait list, the gate parked it again, and it still waited for its timer.
+   */
+  promote(jobId: string, promote: () => Promise<void>): Promise<void>;
+  /**
    * Retries a finished job. A failed one is a dead-letter entry: retried as the DLQ retries it (`dlq`: counted, and
    * refused, 409, for a flow child or pipeline step whose flow or run no longer waits for it, which would run and
    * bill a result nobody reads). A completed one with `retry` (BullMQ's), its last run's stream and cancel marker
@@ -47,7 +55,7 @@ export function createBoardActions(deps: {
   prefix: string;
   /** The shard's agent queue (BullMQ's keys of its sets). */
   queue: { toKey(type: string): string };
-  scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed'>;
+  scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed' | 'promote'>;
   /** The shard's dead-letter store: the board's retry of a failed job is a DLQ retry. */
   dlq?: Pick<DlqStore, 'get' | 'retry'>;
 }): BoardActions {
@@ -104,6 +112,9 @@ export function createBoardActions(deps: {
     async removed(jobIds, opts) {
       const { freed } = await scheduler.removed(jobIds, opts);
       if (freed > 0) await kick();
+    },
+    async promote(jobId, promote) {
+      if ((await scheduler.promote(jobId)) === 'unknown') await promote();
     },
     async retry(jobId, state, retry, opts = {}) {
       const entry = state === 'failed' ? await deps.dlq?.get(jobId) : undefined;

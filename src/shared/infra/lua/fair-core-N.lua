@@ -25,7 +25,7 @@
 --   5-9 (claim only, optional) the admitted job's result-cache keys: org version, org+agent version, the agent's
 --   shared version, entry, single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
--- ARGV[1] op: enqueue | add | dispatch | release | repark | cancel | removed | plan | wake | block | claim | orphans | lease | take | keys
+-- ARGV[1] op: enqueue | add | dispatch | release | repark | promote | cancel | removed | plan | wake | block | claim | orphans | lease | take | keys
 -- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
 -- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
 --   or 'w' for the sum of the live workers' asks,
@@ -59,6 +59,7 @@
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, delayMs (from now by Redis TIME; see fromNow), reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
 --     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
+--   promote: id (an operator's promote: a job on a timer is due now, then this call dispatches)
 --   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then ids
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
@@ -75,7 +76,9 @@
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown, not parked or not the attempt's (see op repark);
 --          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave back a slot and a dispatch now
 --          has work (an org's capped lanes woke: the caller asks the workers for a dispatch) else 0};
---          removed: {slots freed, jobs forgotten}; plan / wake / block: 1;
+--          removed: {slots freed, jobs forgotten}; promote: {the job's stage before the call ('timer': made due
+--          now; 'lane' or 'lease': due already; '' when the dispatcher does not know it), dispatch result or 0};
+--          plan / wake / block: 1;
 --          take: {allowed (0|1), ms before the longest-waiting bucket has room, its name ('' when allowed), now ms}
 --          (a give-back: 1)
 --- @include "result-cache-lookup"
@@ -355,6 +358,19 @@ elseif op == 'repark' then
     pushJob(id, org, model, tonumber(m[3]), tonumber(m[4]))
   end
   return 1
+elseif op == 'promote' then
+  -- An operator's promote (Bull Board's, BullMQ's meaning: run it now, not at its delay's end). A job the dispatcher
+  -- holds on a timer (its own delayMs, a retry's backoff, a run-time deferral) is due now: laned as its timer would
+  -- lane it, and this call dispatches, so it goes at once when its org's fair share, concurrency cap and rate limits
+  -- allow, and waits in its lane for them otherwise (never sent past them). BullMQ's own promote moved the parked job
+  -- to its wait list instead: the worker that fetched it found no slot, its fair gate parked it again, and the
+  -- dispatcher, which still held its timer, sent it at the delay's end. A job in its lane or dispatched is due already.
+  local id = ARGV[13]
+  local m = jobMeta(id)
+  if not m[1] then return { '', 0 } end
+  if m[5] ~= 'timer' then return { m[5] or '', 0 } end
+  timerDue(id, m)
+  return { 'timer', dispatch() }
 elseif op == 'cancel' then
   -- Each job as cancelJob decides it (includes/fair-release.lua), all in this one call. ARGV[13] = '1': the jobs one
   -- removal is about to take together (a parent's children, which BullMQ's remove of the parent takes all or none):

@@ -37,16 +37,21 @@ local function jobMeta(id)
   return rcall('HMGET', P_JOB .. id, 'o', 'm', 'p', 's', 'st')
 end
 
+-- A job on a timer (`m`: its jobMeta) that is due: off its timer and into its lane, behind the jobs that waited
+-- meanwhile, as BullMQ puts a retry at the end of its wait list: the job that just failed (or was refused by an
+-- open breaker) is not the next probe every time. Also an operator's promote (op promote).
+local function timerDue(id, m)
+  removeTimer(id, m[1])
+  local seq = rcall('INCR', K_SEQ)
+  rcall('HSET', P_JOB .. id, 's', seq)
+  pushJob(id, m[1], m[2], tonumber(m[3]), seq)
+end
+
 local function moveDueTimers()
   for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
     local m = jobMeta(id)
     if m[1] then
-      removeTimer(id, m[1])
-      -- Behind the jobs that waited meanwhile, as BullMQ puts a retry at the end of its wait list: the job
-      -- that just failed (or was refused by an open breaker) is not the next probe every time.
-      local seq = rcall('INCR', K_SEQ)
-      rcall('HSET', P_JOB .. id, 's', seq)
-      pushJob(id, m[1], m[2], tonumber(m[3]), seq)
+      timerDue(id, m)
     else
       rcall('ZREM', K_TIMERS, id)
     end
