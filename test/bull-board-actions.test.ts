@@ -179,8 +179,17 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     try {
       const held = (await worker.getNextJob('board-held-token', { block: false }))!;
       expect(held.id).toBe(children[0]);
-      // BullMQ refuses to remove a parent whose child is held: nothing of the flow changes here either.
-      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBeGreaterThanOrEqual(400);
+      // BullMQ refuses to remove a parent whose child is held: a conflict naming that child, in the API's shape
+      // (the board's page shows `error`), and nothing of the flow changes here either.
+      const refused = await boardAction(s, `${QUEUE.flows}/${flowId}/clean`);
+      expect(refused.statusCode).toBe(409);
+      expect(refused.json()).toMatchObject({ code: 'ECHILDLOCKED', jobId: flowId });
+      expect(refused.json().error).toContain(children[0]);
+      // So is the held child's own removal: a worker runs it.
+      const running = await boardAction(s, `${QUEUE.agent}/${children[0]}/clean`);
+      expect(running.statusCode).toBe(409);
+      expect(running.json()).toMatchObject({ code: 'EJOBLOCKED', jobId: children[0] });
+      expect(running.json().error).toMatch(new RegExp(`${children[0]}.*running`));
       expect(await Promise.all(children.map(state))).toEqual(['active', 'waiting', 'delayed']);
       expect(await stats(org)).toMatchObject({ inFlight: 2, waiting: 1 });
       expect(await leased()).toEqual(expect.arrayContaining(children.slice(0, 2)));
@@ -307,7 +316,8 @@ describe('Bull Board retries and promotes, with a worker', () => {
     // The child: its flow settled without it, so a run now would bill a result nobody reads.
     const refused = await boardAction(s, `${QUEUE.agent}/${childId}/retry`);
     expect(refused.statusCode).toBe(409);
-    expect(refused.json().message).toMatch(/has finished and would never read its result/);
+    expect(refused.json()).toMatchObject({ code: 'ECONFLICT', reason: 'parent_finished' });
+    expect(refused.json().error).toMatch(/has finished and would never read its result/);
     expect(await s.runtime.queue.getJobState(childId)).toBe('failed');
     // "Retry all" of the failed set: the job alone goes, the child is left where it is, the request answers 200
     // (a refusal thrown there ended the board's request at its first page, as a 409).

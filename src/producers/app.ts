@@ -9,7 +9,7 @@ import { agentRoutes, healthRoutes, jobRoutes } from './area-routes.js';
 import type { KeyVerifier, Principal } from './auth.js';
 import { createCredentials } from './credentials.js';
 import { frameworkMessage } from './framework-errors.js';
-import { HttpError, isRedisUnavailable } from './http-errors.js';
+import { conflictBody, HttpError, isRedisUnavailable } from './http-errors.js';
 import { registerDocsPage, registerOpenApi } from './openapi.js';
 import { admits, allowedRoles, registerRoutes, type RouteAccess } from './route-spec.js';
 import { routeTable } from './route-table.js';
@@ -173,7 +173,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     if (hasZodFastifySchemaValidationErrors(err)) return reply.code(400).send(validationError(err.validation, err.validationContext));
     if (err instanceof ValidationError) return reply.code(400).send({ error: err.message, details: err.details });
     if (err instanceof NotFoundError) return reply.code(404).send({ error: err.message });
-    if (err instanceof ConflictError) return reply.code(409).send({ error: err.message, ...err.extra });
+    if (err instanceof ConflictError) return reply.code(409).send(conflictBody(err));
     if (err instanceof RateLimitedError) {
       return reply.code(429).header('retry-after', String(err.retryAfterS)).send({ error: err.message, retryAfter: err.retryAfterS, ...err.extra });
     }

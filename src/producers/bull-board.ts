@@ -3,12 +3,16 @@ import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { appRoutes } from '@bull-board/api/dist/routes.js';
 import { requestSchemas } from '@bull-board/api/dist/schemas/requests.js';
 import { decodeKey } from '@bull-board/api/dist/schemas/support.js';
+import { errorHandler as boardErrorHandler } from '@bull-board/api/dist/handlers/error.js';
+import type { ControllerHandlerReturnType, HookContext } from '@bull-board/api/dist/types.js';
 import { FastifyAdapter } from '@bull-board/fastify';
 import type { Job, Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
 import { currentStored } from '../shared/core/job-stage.js';
+import { ConflictError, RemovalRefusedError } from '../shared/core/errors.js';
+import { conflictBody } from './http-errors.js';
 import type { BoardActions } from '../shared/ops/board-actions.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
 
@@ -171,18 +175,38 @@ class ShardQueueAdapter extends BullMQAdapter {
     const { actions } = this;
     const id = job.id!;
     const remove = job.remove.bind(job);
+    // BullMQ's remove, answering whether it removed the job: false when it refused (the job or a child it would take
+    // is locked), which `actions` answers as a 409 naming why (job.remove threw a bare Error for it, a 500).
+    const removeOrRefuse = (o?: { removeChildren?: boolean }) => this.bullQueue.remove(id, o).then((n) => n === 1);
     const removeChildren = job.removeUnprocessedChildren.bind(job);
     const retry = job.retry.bind(job);
     const promote = job.promote.bind(job);
     // A parent's remove takes its children with it (BullMQ's default), unless told not to.
     job.remove = this.agent
-      ? (o) => actions.remove(id, () => remove(o))
-      : (o) => (o?.removeChildren === false ? remove(o) : actions.removeChildren(job, () => remove(o)));
-    job.removeUnprocessedChildren = () => actions.removeChildren(job, removeChildren, { unprocessed: true });
+      ? (o) => actions.remove(id, () => removeOrRefuse(o))
+      : (o) => (o?.removeChildren === false ? remove(o) : actions.removeChildren(job, () => removeOrRefuse(o)));
+    // It leaves the children a worker holds and takes the others: never refused.
+    job.removeUnprocessedChildren = () => actions.removeChildren(job, () => removeChildren().then(() => true), { unprocessed: true });
     if (this.agent) job.retry = (state = 'failed', o) => actions.retry(id, state, () => retry(state, o), { bulk });
     if (this.agent) job.promote = () => actions.promote(id, promote);
     return job;
   }
+}
+
+/** Bull Board's route removing one job, and its own answer when a worker holds that job (cleanJob.js). */
+const BOARD_REMOVE_ROUTE = '/api/queues/:queueName/:jobId/clean';
+const BOARD_JOB_ACTIVE = 'ERRORS.JOB_IS_ACTIVE';
+
+/**
+ * The board answers the removal of a job a worker holds itself (its cleanJob finds the job active after BullMQ
+ * refused), before any error handler, in its own keyed shape: that answer is given as agentq's refusal instead
+ * (RemovalRefusedError: 409, EJOBLOCKED), as one that reaches the error handler is. Undefined for any other result.
+ */
+function refusedRemoval(context: HookContext, result: ControllerHandlerReturnType): ControllerHandlerReturnType | undefined {
+  if (context.route !== BOARD_REMOVE_ROUTE || result.status !== 409) return undefined;
+  const error = typeof result.body === 'object' ? (result.body as { error?: { key?: unknown } }).error : undefined;
+  if (error?.key !== BOARD_JOB_ACTIVE) return undefined;
+  return { status: 409, body: conflictBody(new RemovalRefusedError(String(context.request.params.jobId))) };
 }
 
 /** How far past this process's clock `empty` takes jobs (BullMQ's clean compares the time each job was stamped). */
@@ -218,8 +242,12 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     }),
     // @bull-board/fastify pins its own copy of @bull-board/api, whose adapter type differs only nominally.
     serverAdapter: serverAdapter as never,
-    options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true } },
+    options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true }, handlerHooks: { after: (context, result) => refusedRemoval(context, result) ?? result } },
   });
+  // A conflict agentq's side of an action throws (a refused removal, a DLQ retry refused) is answered in the API's
+  // shape, `{ error, code, ...}`, whose `error` the board's page shows as it is; the board's own handler answered
+  // any thrown error `{ error: { key: 'ERRORS.INTERNAL_SERVER_ERROR' }, message }`. Anything else stays the board's.
+  serverAdapter.setErrorHandler((err) => (err instanceof ConflictError ? { status: 409, body: conflictBody(err) } : boardErrorHandler(err)));
   // The board shows masked data, and its editors start from what it shows: writing that back would replace
   // a secret with the mask, so a job's data is never set from a body that still holds one.
   scope.addHook('preHandler', async (req, reply) => {

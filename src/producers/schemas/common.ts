@@ -11,7 +11,7 @@ const ERROR_TEXT: Record<number, string> = {
   401: 'Missing, unknown or revoked credentials',
   403: 'The key lacks the role this needs',
   404: 'Not found (another org’s resource answers exactly like a missing one)',
-  409: 'Conflicts with the resource’s current state',
+  409: 'Conflicts with the resource’s current state; `code` is its stable code (`ECONFLICT` unless it has one of its own)',
   413: 'Body larger than BODY_LIMIT_BYTES',
   415: 'Content-Type is not application/json',
   429: 'Over the org’s rate plan, quota or stream cap; see Retry-After',

@@ -62,8 +62,27 @@ export class ConflictError extends AgentqError {
     message: string,
     /** Fields added to the 409 body, e.g. `{ jobId }` of the job an idempotency key already names. */
     readonly extra: Record<string, string> = {},
+    /** Its stable code when the conflict has one of its own (RemovalRefusedError's). */
+    code = 'ECONFLICT',
   ) {
-    super(message, 'ECONFLICT');
+    super(message, code);
+  }
+}
+
+/**
+ * BullMQ refused to remove a job because a worker holds it (its lock: it runs), `EJOBLOCKED`, or holds one of the
+ * children its removal would take with it (a parent goes with its children, all or none), `ECHILDLOCKED`: 409, with
+ * the job's id. Removable once that run has ended; a running job can be cancelled instead.
+ */
+export class RemovalRefusedError extends ConflictError {
+  /** `children`: the held children it names ([] when a held one could not be named), absent when it is the job itself. */
+  constructor(jobId: string, children?: string[]) {
+    const why = !children
+      ? `a worker is running it; cancel it, or remove it once it has ended`
+      : children.length
+        ? `a worker is running its ${children.length > 1 ? 'children' : 'child'} ${children.join(', ')}, which its removal would take with it; remove it once ${children.length > 1 ? 'they have' : 'that child has'} ended`
+        : 'a worker holds one of the jobs its removal would take with it; remove it once that run has ended';
+    super(`job ${jobId} was not removed: ${why}`, { jobId }, children ? 'ECHILDLOCKED' : 'EJOBLOCKED');
   }
 }
 

@@ -5,6 +5,7 @@ import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue
 import type { FairScheduler } from '../fair/index.js';
 import type { DlqStore } from './dlq-store.js';
 import { retryRefusalError } from './dlq-service.js';
+import { RemovalRefusedError } from '../core/errors.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
@@ -13,19 +14,22 @@ import { retryRefusalError } from './dlq-service.js';
  */
 export interface BoardActions {
   /**
-   * Removes one job with `remove` (BullMQ's), the dispatcher following: a job dispatched and not fetched gives
-   * back its slot and its dispatch's charge, a laned one leaves its lane, and any other slot whose job the removal
-   * took (a parent's children, a stalled job) is freed at once instead of at the lease sweep.
+   * Removes one job with `remove` (BullMQ's; false when BullMQ refused, the job being locked), the dispatcher
+   * following: a job dispatched and not fetched gives back its slot and its dispatch's charge, a laned one leaves its
+   * lane, and any other slot whose job the removal took (a parent's children, a stalled job) is freed at once instead
+   * of at the lease sweep. Refused: RemovalRefusedError (409, EJOBLOCKED: a worker is running it).
    */
-  remove(jobId: string, remove: () => Promise<void>): Promise<void>;
+  remove(jobId: string, remove: () => Promise<boolean>): Promise<void>;
   /**
    * Removes a parent's children with `remove` (BullMQ's: the parent's remove, which takes them all with it, or with
    * `unprocessed` its removeUnprocessedChildren, which takes the pending ones no worker holds), the dispatcher
    * following each of this shard's agent children as `remove` follows its job, exactly once: a pending child
    * dispatched and not fetched gives back its slot and its dispatch's charge, a laned or timed one leaves its lane or
    * timer, and a finished one's slot a release has not given back yet is freed (its charge is that release's).
+   * `remove` resolves false when BullMQ refused (a worker holds the parent or one of its children): then
+   * RemovalRefusedError, 409, naming the held children (ECHILDLOCKED) or the parent itself (EJOBLOCKED).
    */
-  removeChildren(parent: Pick<Job, 'getDependencies'>, remove: () => Promise<void>, opts?: { unprocessed?: boolean }): Promise<void>;
+  removeChildren(parent: Pick<Job, 'id' | 'getDependencies' | 'getState'>, remove: () => Promise<boolean>, opts?: { unprocessed?: boolean }): Promise<void>;
   /**
    * After BullMQ removed jobs by itself (a clean, an obliterate): see
    * FairScheduler.removed (`refund` only for jobs the removal took from the wait list or prioritized set).
@@ -53,8 +57,8 @@ export function createBoardActions(deps: {
   redis: RedisClient;
   /** The shard's queue prefix (its agentq keys': queue-keys.ts). */
   prefix: string;
-  /** The shard's agent queue (BullMQ's keys of its sets). */
-  queue: { toKey(type: string): string };
+  /** The shard's agent queue (BullMQ's keys of its sets; a refused removal's held children by their state). */
+  queue: { toKey(type: string): string; getJobState(jobId: string): Promise<string> };
   scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed' | 'promote'>;
   /** The shard's dead-letter store: the board's retry of a failed job is a DLQ retry. */
   dlq?: Pick<DlqStore, 'get' | 'retry'>;
@@ -70,6 +74,15 @@ export function createBoardActions(deps: {
   const jobKeyPrefix = deps.queue.toKey('');
   const agentIds = (keys: string[]) => keys.filter((k) => k.startsWith(jobKeyPrefix)).map((k) => k.slice(jobKeyPrefix.length));
 
+  // Why BullMQ refused a parent's removal: a worker holds one of its children (its agent ones named, those running
+  // now), or the parent itself (a pipeline run its worker runs).
+  const refusal = async (parent: Pick<Job, 'id' | 'getDependencies' | 'getState'>, pending: string[]) => {
+    const states = await Promise.all(pending.map((id) => deps.queue.getJobState(id)));
+    const held = pending.filter((_, i) => states[i] === 'active');
+    if (held.length === 0 && (await parent.getState()) === 'active') return new RemovalRefusedError(parent.id!);
+    return new RemovalRefusedError(parent.id!, held);
+  };
+
   return {
     async remove(jobId, remove) {
       // Before the removal: only then can the dispatcher tell a job no worker fetched (still in BullMQ's wait list,
@@ -79,7 +92,7 @@ export function createBoardActions(deps: {
       const cancelled = await scheduler.cancel(jobId);
       let freed = 0;
       try {
-        await remove();
+        if (!(await remove())) throw new RemovalRefusedError(jobId);
         // An agent job's removal takes that job alone (its parent is in the flows queue): its slot, if the
         // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard.
         freed = (await scheduler.removed([jobId])).freed;
@@ -100,7 +113,7 @@ export function createBoardActions(deps: {
       const cancelled = await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
       let freed = 0;
       try {
-        await remove();
+        if (!(await remove())) throw await refusal(parent, pending);
         // A pending child fetched since (it found no slot: its fair gate parked it and laned it again) leaves that
         // lane; a finished child's slot whose release has not come is freed, its charge left to that release.
         // Without a refund: none of these can be told from a child that ran. A child given back above is forgotten.
