@@ -7,6 +7,7 @@ import { fairKickChannel } from '../src/shared/core/queue-keys.js';
 import { parkActiveJob } from '../src/shared/fair/park.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 /**
  * DELETE of a job a worker fetches while the cancel runs: between the API reading the job's state
@@ -110,7 +111,7 @@ describe('cancelling a job between its attempt\'s park and its repark', () => {
     // The slot is back now; the attempt's late repark moves nothing and frees nothing more.
     expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(0);
     expect(await scheduler.repark(id, 1_000, 'provider_rate_limited', job!.attemptsStarted)).toBe(false);
-    await vi.waitFor(() => expect(kicks.length).toBeGreaterThan(0));
+    await vi.waitFor(() => expect(kicks.length).toBeGreaterThan(0), POLL);
     // The dispatch the kick asks for sends the org's next job.
     expect((await dispatch()).promoted).toEqual([next]);
     expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(1);

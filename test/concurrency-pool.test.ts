@@ -37,7 +37,7 @@ describe('concurrency pool: one process-wide concurrency over several BullMQ wor
     // BullMQ passes the abort signal only to a processor that declares three parameters.
     expect(runA.length).toBe(3);
     const done = [runA(1), runA(2), runB(3), runB(4)];
-    await vi.waitFor(() => expect(pool.stats()).toEqual({ running: 3, waiting: 1 }));
+    await vi.waitFor(() => expect(pool.stats()).toEqual({ running: 3, waiting: 1 }), POLL);
     // Full: a worker may only hold what it runs (BullMQ's minimum is 1).
     expect([wa.concurrency, wb.concurrency]).toEqual([2, 2]);
     expect(running).toBe(3);

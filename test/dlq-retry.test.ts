@@ -12,6 +12,7 @@ import { createAgentQueue } from '../src/shared/queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { failJobs, failWaiting } from './helpers/ops.js';
+import { POLL } from './helpers/wait.js';
 import { classifyFailedJob } from '../src/shared/core/dlq-classify.js';
 
 const retention = { attempts: 1, keepCompletedCount: 1000, keepCompletedAgeS: 3600, keepFailedCount: 1000, keepFailedAgeS: 3600 };
@@ -277,7 +278,7 @@ describe('a job id used again (an idempotency key sent after its job was removed
     const old = (await e.other.getJob(e.id))!;
     await old.remove();
     // Another creation time than the removed job's: the clock has moved on.
-    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(old.timestamp), { timeout: 5_000, interval: 1 });
+    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(old.timestamp), { ...POLL, interval: 1 });
     await e.queue.add('RiskAnalyzer:analyze_risks', { ...old.data, input: { startup: { name: 'Acme (new job)' } } }, { jobId: e.id, attempts: 1 });
     expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
     const job = (await e.queue.getJob(e.id))!;
@@ -327,7 +328,7 @@ describe("a job id used again, its failure listener not run yet", () => {
       expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
     }
     await (await e.other.getJob(e.id))!.remove();
-    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(oldJob.timestamp), { timeout: 5_000, interval: 1 });
+    await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(oldJob.timestamp), { ...POLL, interval: 1 });
     await e.queue.add('RiskAnalyzer:analyze_risks', oldJob.data, { jobId: e.id, attempts: 1 });
     expect(await failWaiting(e.redis, e.prefix, OUTAGE)).toBe(1);
     // No recordFailure for the new job (its worker died before its listener ran): the entry and a retry with a

@@ -4,6 +4,7 @@ import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import type { ChargeCorrection, DispatchingWorker } from '../src/shared/fair/index.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
+import { POLL } from './helpers/wait.js';
 
 /** A scheduler stand-in whose dispatch calls finish only when the test says so. */
 function fakeScheduler(result: () => DispatchResult) {
@@ -35,7 +36,7 @@ describe('fair dispatch loop', () => {
     const kicks = Array.from({ length: 5 }, () => loop.kick());
     expect(f.calls).toBe(1);
     f.finishOne();
-    await vi.waitFor(() => expect(f.calls).toBe(2));
+    await vi.waitFor(() => expect(f.calls).toBe(2), POLL);
     f.finishOne();
     await Promise.all(kicks);
     expect(f.calls).toBe(2);
@@ -50,14 +51,15 @@ describe('fair dispatch loop', () => {
       // 1st: wake in 50 ms; 2nd: more work now; 3rd: nothing left.
       return n === 1 ? { promoted: [], nowMs: now, nextWakeMs: now + 50, more: false } : { promoted: [], nowMs: now, more: n === 2 };
     });
-    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 60_000 });
+    // A safety poll far past the waits' hang guard: only the timer (then the re-run) can make the next calls.
+    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 600_000 });
     const t0 = Date.now();
     void loop.kick();
     f.finishOne();
-    await vi.waitFor(() => expect(f.calls).toBe(2), { timeout: 2_000, interval: 5 });
+    await vi.waitFor(() => expect(f.calls).toBe(2), { ...POLL, interval: 5 });
     expect(Date.now() - t0).toBeGreaterThanOrEqual(45);
     f.finishOne();
-    await vi.waitFor(() => expect(f.calls).toBe(3), { timeout: 2_000, interval: 5 });
+    await vi.waitFor(() => expect(f.calls).toBe(3), { ...POLL, interval: 5 });
     f.finishOne();
     await loop.close();
     expect(f.calls).toBe(3);
@@ -66,16 +68,17 @@ describe('fair dispatch loop', () => {
   it('absorb: a dispatch made elsewhere arms its wake-up here, and one that stopped with work left is continued', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
     const seen: DispatchResult[] = [];
-    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 60_000, onDispatch: (r) => seen.push(r) });
+    // As above: only the absorbed wake-up (then the continuation) can make the calls within the waits.
+    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 600_000, onDispatch: (r) => seen.push(r) });
     const now = Date.now();
     const woken = { promoted: ['a'], nowMs: now, nextWakeMs: now + 50, more: false };
     loop.absorb(woken);
     expect(f.calls).toBe(0);
-    await vi.waitFor(() => expect(f.calls).toBe(1), { timeout: 2_000, interval: 5 });
+    await vi.waitFor(() => expect(f.calls).toBe(1), { ...POLL, interval: 5 });
     expect(Date.now() - now).toBeGreaterThanOrEqual(45);
     f.finishOne();
     loop.absorb({ promoted: [], nowMs: Date.now(), more: true });
-    await vi.waitFor(() => expect(f.calls).toBe(2), { timeout: 2_000, interval: 5 });
+    await vi.waitFor(() => expect(f.calls).toBe(2), { ...POLL, interval: 5 });
     f.finishOne();
     await loop.close();
     expect(seen[0]).toEqual(woken);
@@ -294,7 +297,7 @@ describe('fair gate', () => {
     expect(await g.gate.admit({ id: 's' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0], 'token')).toBe('run');
     g.gate.finished('s', 1);
     await g.gate.close();
-    await vi.waitFor(() => expect(g.kicks.n).toBe(1));
+    await vi.waitFor(() => expect(g.kicks.n).toBe(1), POLL);
     expect({ reparked: g.calls.reparked, attempts: g.calls.reparkAttempts, released: g.calls.released }).toEqual({ reparked: ['r'], attempts: [3], released: [['s']] });
   });
 
@@ -369,11 +372,11 @@ describe('fair gate', () => {
     expect(await fresh.gate.admit(job, 'token')).toBe('run');
     expect(fresh.calls.claim).toEqual([{ refill: true }]);
     // Neither a claim nor a release comes (the job lost its lock): sent on their own once the longest wait is over.
-    await vi.waitFor(() => expect(fresh.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
+    await vi.waitFor(() => expect(fresh.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]), POLL);
     expect(fresh.calls.released).toEqual([[]]);
     const alone = gateWith(async () => ({ freed: 0, due: false }));
     alone.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
-    await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]));
+    await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]), POLL);
     expect(alone.calls.released).toEqual([[]]);
   });
   it('a flush whose finished job a claim already carried sends no corrections on their own: the next claim takes them', async () => {
@@ -412,10 +415,10 @@ describe('fair gate', () => {
     g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing.
     g.gate.finished('a', 1);
-    await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]));
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }]);
     g.gate.finished('b', 1);
-    await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]));
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     // A job deferred (parked) is no longer running either.
     const d = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
@@ -427,7 +430,7 @@ describe('fair gate', () => {
     expect({ reparked: d.calls.reparked, attempts: d.calls.reparkAttempts }).toEqual({ reparked: ['p'], attempts: [2] });
     d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     d.gate.finished('q', 1);
-    await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]));
+    await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]), POLL);
     await Promise.all([g.gate.close(), d.gate.close()]);
   });
   it('gives a dispatch\'s charge back once for a job that held a slot and called no model; nothing for one that held none, or a batch lane', async () => {

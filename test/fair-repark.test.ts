@@ -10,6 +10,7 @@ import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { redisNow, testScheduler } from './helpers/fair.js';
+import { POLL } from './helpers/wait.js';
 
 /**
  * A repark comes a round trip (or more) after the park it follows: a retry's (BullMQ's moveToFailed parks the job,
@@ -115,7 +116,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     // The repark from the 'failed' event.
     const reparkedAt = await redisNow(c.redis);
     gate.finished(j, job.attemptsStarted);
-    await vi.waitFor(() => expect(loop.kicks).toBe(1));
+    await vi.waitFor(() => expect(loop.kicks).toBe(1), POLL);
     expect(await c.leases()).toEqual([]);
     expect(await c.scheduler.why(j)).toMatchObject({ reason: 'retry_backoff' });
     // Dispatched only once its backoff is over.
@@ -124,7 +125,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
       const now = await redisNow(c.redis);
       if ((await c.scheduler.dispatch()).promoted.includes(j)) sentAt = now;
       expect(sentAt).toBeGreaterThan(0);
-    }, { timeout: 5_000, interval: 20 });
+    }, POLL);
     expect(sentAt).toBeGreaterThanOrEqual(reparkedAt + backoffMs - 5);
     await gate.close();
   });
@@ -292,7 +293,7 @@ describe('fair repark, model block and a job\'s delay: counted on Redis\'s clock
     await job.moveToFailed(new Error('retryable'), 't1');
     const reparkedAt = await redisNow(c.redis);
     await skewed(() => gate.finished(j, job.attemptsStarted));
-    await vi.waitFor(() => expect(loop.kicks).toBe(1));
+    await vi.waitFor(() => expect(loop.kicks).toBe(1), POLL);
     expect(await c.record(j)).toMatchObject({ st: 'timer' });
     expect(await timerOf(j)).toBeGreaterThanOrEqual(reparkedAt + backoffMs);
     expect(await c.scheduler.why(j)).toMatchObject({ reason: 'retry_backoff' });

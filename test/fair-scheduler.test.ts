@@ -13,6 +13,7 @@ import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/s
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { monitorRedis, testScheduler } from './helpers/fair.js';
+import { POLL } from './helpers/wait.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -25,7 +26,8 @@ interface Ctx {
   /** Adds parked BullMQ jobs and lanes them without dispatching; returns their ids in order. */
   add(org: string, n: number, o?: { model?: string; priority?: number; est?: number; tag?: string }): Promise<string[]>;
   worker(processor: (job: Job, token?: string) => Promise<unknown>, concurrency?: number): Worker;
-  loop(onDispatch?: (r: DispatchResult) => void): DispatchLoop;
+  /** A dispatch loop on the scheduler; its safety poll every 5 s unless told. */
+  loop(onDispatch?: (r: DispatchResult) => void, safetyPollMs?: number): DispatchLoop;
   redisNow(): Promise<number>;
 }
 
@@ -73,8 +75,8 @@ async function setup(over: Partial<FairSchedulerOptions> = {}): Promise<Ctx> {
       const [sec, usec] = await redis.time();
       return Number(sec) * 1000 + Math.floor(Number(usec) / 1000);
     },
-    loop(onDispatch) {
-      const l = createDispatchLoop({ scheduler, safetyPollMs: 5_000, onDispatch });
+    loop(onDispatch, safetyPollMs = 5_000) {
+      const l = createDispatchLoop({ scheduler, safetyPollMs, onDispatch });
       cleanups.push(() => l.close());
       return l;
     },
@@ -98,7 +100,7 @@ const orgOf = (id: string) => id.slice(0, id.lastIndexOf('-'));
 async function lapsed(c: Ctx, worker: string): Promise<void> {
   const expiry = Number(await c.redis.zscore(c.scheduler.keys.named.workers, worker));
   expect(expiry).toBeGreaterThan(0);
-  await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(expiry), { timeout: 5_000, interval: 1 });
+  await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(expiry), { ...POLL, interval: 1 });
 }
 
 describe('fair scheduler', () => {
@@ -373,7 +375,7 @@ describe('fair scheduler round trips', () => {
     // Both orgs alternate until a's cap: a's third job is its last (the call counts what it dispatched itself).
     expect(r.promoted).toHaveLength(8);
     expect(r.promoted.filter((id) => ids.indexOf(id) < 5)).toEqual(ids.slice(0, 3));
-    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true));
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true), POLL);
     monitor.close();
     const count = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
     expect(count('ZADD', leases)).toBe(1);
@@ -398,7 +400,7 @@ describe('fair scheduler round trips', () => {
     await c.add(solo, 8);
     seen.length = 0;
     expect(await c.scheduler.dispatch()).toMatchObject({ promoted: expect.any(Array) });
-    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true));
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"LPUSH"'))).toBe(true), POLL);
     const count = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
     // The only lane, up to its org's cap of 5: one read of the top lanes, then the one that finds none left; one
     // write of the org's vt, when the 6th try parks the lane at the cap. A command per job wrote it 5 times and
@@ -488,13 +490,15 @@ describe('fair scheduler limits', () => {
     expect(await c.queue.getCompletedCount()).toBe(40);
   });
 
-  it('dispatches a bucket-full at once, then only on wake-ups, with why() = rate_limited', { timeout: 30_000 }, async () => {
+  it('dispatches a bucket-full at once, then only on wake-ups, with why() = rate_limited', async () => {
     const c = await setup({ bufferTarget: 1000 });
     const org = randomOrg();
     await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
     const ids = await c.add(org, 100);
     let promoted = 0;
-    const loop = c.loop((r) => (promoted += r.promoted.length));
+    // No safety poll within the test: only the wake-up can dispatch the next jobs, and a wait stretched by a busy
+    // machine adds no poll to the commands counted.
+    const loop = c.loop((r) => (promoted += r.promoted.length), 600_000);
     await loop.kick();
     expect(promoted).toBe(60);
     expect(await c.queue.getDelayedCount()).toBe(40);
@@ -514,13 +518,13 @@ describe('fair scheduler limits', () => {
       return send(...a);
     };
     const t0 = Date.now();
-    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(61), { timeout: 10_000, interval: 20 });
+    await vi.waitFor(() => expect(promoted).toBeGreaterThanOrEqual(61), POLL);
     const elapsed = Date.now() - t0;
     // 1 token per second, gathered for 5 s: the next jobs go together, five of them, after about five seconds.
     expect(elapsed).toBeGreaterThan(3_800);
     expect(promoted).toBe(65);
-    // One wake-up: one dispatch script (which promotes), beside the loop's safety poll (every 5 s here); polling
-    // would be tens of calls per second, a wake-up per request five.
+    // One wake-up: one dispatch script (which promotes); polling would be tens of calls per second, a wake-up per
+    // request five.
     expect(commands).toBeLessThanOrEqual(6);
   });
 
@@ -569,7 +573,7 @@ describe('fair scheduler limits', () => {
     expect(eta).toBeLessThanOrEqual(30_100);
   });
 
-  it('recovers slots after a crash: parked -> back to lane, finished -> freed, active -> extended', { timeout: 30_000 }, async () => {
+  it('recovers slots after a crash: parked -> back to lane, finished -> freed, active -> extended', async () => {
     const c = await setup({ leaseMs: 300 });
     const org = randomOrg();
     await c.scheduler.setPlan(org, { concurrency: 3 });
@@ -583,7 +587,7 @@ describe('fair scheduler limits', () => {
     }
     expect(await c.queue.getDelayedCount()).toBe(5);
     expect((await c.scheduler.why(ids[3]))?.reason).toBe('org_concurrency');
-    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 3)), { timeout: 5_000, interval: 50 });
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 3)), { ...POLL, interval: 50 });
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
     expect(await c.queue.getJobCountByTypes('waiting', 'prioritized')).toBe(3);
 
@@ -598,7 +602,7 @@ describe('fair scheduler limits', () => {
       expect(await c.queue.getJobState(ids[0])).toBe('completed');
       expect(await c.queue.getActiveCount()).toBe(2);
     }, { timeout: 10_000, interval: 50 });
-    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual([ids[3]]), { timeout: 5_000, interval: 50 });
+    await vi.waitFor(async () => expect((await c.scheduler.dispatch()).promoted).toEqual([ids[3]]), { ...POLL, interval: 50 });
     const now = await c.redisNow();
     const leases = await c.redis.zrange(c.scheduler.keys.leases, 0, -1, 'WITHSCORES');
     const leased = new Map<string, number>();
@@ -787,7 +791,7 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
   });
 
-  it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', { timeout: 30_000 }, async () => {
+  it('blockModel puts that model\'s lanes to sleep until the time, then wakes them', async () => {
     const c = await setup();
     const org = randomOrg();
     const flash = await c.add(org, 2, { model: FLASH });
@@ -808,7 +812,7 @@ describe('fair scheduler limits', () => {
       const d = await c.scheduler.dispatch();
       expect(d.promoted).toEqual(pro);
       woke = d;
-    }, { timeout: 5_000, interval: 50 });
+    }, { ...POLL, interval: 50 });
     expect(woke!.nowMs).toBeGreaterThanOrEqual(until);
   });
 
@@ -851,7 +855,7 @@ describe('fair scheduler limits', () => {
     const c = await setup();
     await c.scheduler.blockModel(PRO, 50, 'breaker_open');
     const until = Number(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO));
-    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(until), { timeout: 5_000, interval: 10 });
+    await vi.waitFor(async () => expect(await c.redisNow()).toBeGreaterThan(until), { ...POLL, interval: 10 });
     await c.scheduler.blockModel(PRO, 0, 'breaker_open');
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlock, PRO)).toBeNull();
     expect(await c.redis.hget(c.scheduler.keys.named.modelBlockWhy, PRO)).toBeNull();

@@ -6,6 +6,7 @@ import { monitorRedis, testScheduler } from './helpers/fair.js';
 import { PARK_AT_MS, parkedJobFields, parkedJobOptions } from '../src/shared/fair/park.js';
 import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL } from './helpers/wait.js';
 
 const FLASH = 'gemini-2.5-flash';
 const cleanups: Array<() => Promise<unknown>> = [];
@@ -78,7 +79,7 @@ describe('parked jobs stored by the dispatcher\'s enqueue (op add)', () => {
     });
     const r = await byFair.scheduler.enqueue(stores, { dispatch: false });
     // The lanes are written last in the call.
-    await vi.waitFor(() => expect(seen.some((l) => l.includes('"ZADD"') && l.includes(':fq:lane:'))).toBe(true));
+    await vi.waitFor(() => expect(seen.some((l) => l.includes('"ZADD"') && l.includes(':fq:lane:'))).toBe(true), POLL);
     monitor.close();
     expect(r.skipped).toEqual([]);
     // The call knows the delayed scores it wrote: only p-0, stored before, is read back (to find it parked).

@@ -14,6 +14,7 @@ import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.j
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { testScheduler } from './helpers/fair.js';
 import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 /**
  * A wake-up an enqueue's dispatch leaves (a delayed job's timer, a lane asleep on a limit) must reach a process
@@ -75,7 +76,8 @@ describe('fair dispatch: the wake-up an enqueue leaves goes to the workers', () 
  * made in an API or producer process, and a cancel that gives a slot back to an org's capped lanes. Each leaves the
  * wake-up to a loop (told, not taken) and asks the loops for a dispatch (the scheduler's kick). Before, the call
  * took the wake-up and dropped it, or woke the lanes and left them: they waited for a worker's safety poll (10 s).
- * The loop here polls every 10 minutes, so only the hand-over can wake it within the tests' bounds.
+ * The loop here polls every 10 minutes, so only the hand-over can wake it within the waits' hang guards (POLL,
+ * well under that): how long the wake-up took on a loaded machine is no part of what is proven.
  */
 describe('fair dispatch: what a call without a dispatch loop leaves goes to the loops', () => {
   const FLASH = 'gemini-2.5-flash';
@@ -131,10 +133,8 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     const r = await s.api.dispatch();
     expect(r.promoted).toHaveLength(60);
     expect(r.nextWakeMs).toBeGreaterThan(r.nowMs);
-    const t0 = Date.now();
     // Told, not taken: the worker's loop took it (its kick), and dispatches the last job when the token is there.
-    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { timeout: 8_000, interval: 50 });
-    expect(Date.now() - t0).toBeLessThan(8_000);
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { ...POLL, interval: 50 });
     expect(s.promoted).toContain(ids[60]);
     expect(s.kicks.length).toBeGreaterThanOrEqual(1);
   });
@@ -149,7 +149,7 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     expect(r.promoted).toHaveLength(60);
     expect(r.nextWakeMs).toBeGreaterThan(r.nowMs);
     // Told, not taken, and no caller of its own to pass it on: it waited for the loops' safety poll (600 s here).
-    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { timeout: 8_000, interval: 50 });
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[60])).toBe('waiting'), { ...POLL, interval: 50 });
     expect(s.kicks.length).toBeGreaterThanOrEqual(1);
   });
 
@@ -165,7 +165,7 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     // The API's cancel (job-service.ts): the slot goes back, the capped lane wakes, the workers are asked.
     expect(await s.api.cancel(ids[0])).toBe(true);
     await s.queue.remove(ids[0]);
-    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[1])).toBe('waiting'), { timeout: 5_000, interval: 50 });
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[1])).toBe('waiting'), { ...POLL, interval: 50 });
     expect(s.kicks).toHaveLength(1);
     // A cancel that takes a job out of its lane frees no slot: nothing to ask for.
     const [third] = await s.add(org, 1);
@@ -193,7 +193,7 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     expect(r.promoted).toEqual([]);
     // The lease asked the workers (the enqueue's own call does not), whose loop took that wake-up: when the
     // request fits, it leases it and dispatches the job.
-    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[0])).toBe('waiting'), { timeout: 10_000, interval: 50 });
+    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[0])).toBe('waiting'), { ...POLL, interval: 50 });
     expect(s.promoted).toContain(ids[0]);
     expect(s.kicks.length).toBeGreaterThanOrEqual(1);
   });
@@ -218,6 +218,6 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     // A delayed job: its timer is the wake-up the dispatch leaves.
     await scheduler.enqueue([{ jobId: `${org}-0`, orgId: org, model: FLASH, estTokens: 0, delayMs: 60_000 }], { dispatch: false });
     expect((await scheduler.dispatch()).nextWakeMs).toBeGreaterThan(0);
-    await vi.waitFor(() => expect(kicks).toEqual(['1']), { timeout: 5_000, interval: 20 });
+    await vi.waitFor(() => expect(kicks).toEqual(['1']), POLL);
   });
 });

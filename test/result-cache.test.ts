@@ -135,7 +135,7 @@ describe('result cache', () => {
     expect(ttl).toBeGreaterThan(0);
     expect(ttl).toBeLessThanOrEqual(1000);
     // Time itself is the input here: the clock has to pass each TTL, counted from the write.
-    const past = (ms: number) => vi.waitFor(() => expect(Date.now()).toBeGreaterThan(writtenBy + ms), { timeout: ms + 5_000, interval: 5 });
+    const past = (ms: number) => vi.waitFor(() => expect(Date.now()).toBeGreaterThan(writtenBy + ms), { ...POLL, interval: 5 });
     await past(60);
     // L1 lapsed; the entry comes back from L2.
     expect(await x.get(p)).toMatchObject({ level: 'l2' });

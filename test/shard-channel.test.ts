@@ -3,6 +3,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
+import { POLL } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 afterEach(() => {
@@ -29,7 +30,7 @@ describe('sharded channels on one subscriber connection', () => {
       });
       await Promise.all(subs.map((s) => s.subscribed));
       for (const channel of channels) await pub.spublish(channel, 'x');
-      await vi.waitFor(() => expect(heard.size).toBe(12));
+      await vi.waitFor(() => expect(heard.size).toBe(12), POLL);
       // Node reports a leak on the next tick after the listener that passes the bound.
       await new Promise((r) => setImmediate(r));
       expect(warnings.filter((w) => w === 'MaxListenersExceededWarning')).toEqual([]);

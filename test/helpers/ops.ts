@@ -7,6 +7,7 @@ import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { AgentQueue } from '../../src/shared/queue/agent-queue.js';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData, AgentResult } from '../../src/shared/core/types.js';
+import { POLL } from './wait.js';
 
 export interface CapturedLogs {
   logger: Logger;
@@ -75,7 +76,7 @@ export async function failJobs(queue: AgentQueue, connection: RedisClient, prefi
       await job.moveToFailed(spec.unrecoverable ? new UnrecoverableError(spec.reason) : new Error(spec.reason), token);
       // Distinct failure times, so "oldest first" has one answer: the next fails once the clock has moved on.
       const failedAt = job.finishedOn ?? Date.now();
-      await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(failedAt), { timeout: 5_000, interval: 1 });
+      await vi.waitFor(() => expect(Date.now()).toBeGreaterThan(failedAt), { ...POLL, interval: 1 });
     }
   } finally {
     await worker.close();
