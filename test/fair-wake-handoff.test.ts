@@ -73,11 +73,11 @@ describe('fair dispatch: the wake-up an enqueue leaves goes to the workers', () 
 /**
  * The same for every other call made where no dispatch loop takes its result: the API's dispatch after a plan
  * change (PUT /admin/orgs/:org/plan), the batch collector's (its cell's scheduler, not the worker loop's), a lease
- * made in an API or producer process, and a cancel that gives a slot back to an org's capped lanes. Each leaves the
- * wake-up to a loop (told, not taken) and asks the loops for a dispatch (the scheduler's kick). Before, the call
- * took the wake-up and dropped it, or woke the lanes and left them: they waited for a worker's safety poll (10 s).
- * The loop here polls every 10 minutes, so only the hand-over can wake it within the waits' hang guards (POLL,
- * well under that): how long the wake-up took on a loaded machine is no part of what is proven.
+ * made in an API or producer process. Each leaves the wake-up to a loop (told, not taken) and asks the loops for a
+ * dispatch (the scheduler's kick). Before, the call took the wake-up and dropped it: it waited for a worker's safety
+ * poll (10 s). A cancel that gives capacity back dispatches in its own call instead, as a release does (a kick raced
+ * the removal that follows it). The loop here polls every 10 minutes, so only the hand-over can wake it within the
+ * waits' hang guards (POLL, well under that): how long the wake-up took on a loaded machine is no part of what is proven.
  */
 describe('fair dispatch: what a call without a dispatch loop leaves goes to the loops', () => {
   const FLASH = 'gemini-2.5-flash';
@@ -153,24 +153,55 @@ describe('fair dispatch: what a call without a dispatch loop leaves goes to the 
     expect(s.kicks.length).toBeGreaterThanOrEqual(1);
   });
 
-  it("a cancel that gives back a dispatched job's slot lets the org's capped lane in at once", async () => {
+  it("a cancel that gives back dispatched jobs' slots dispatches the org's capped lane in its own call, the cancelled jobs counted out of the wait list", async () => {
+    // A wait list of two jobs (a small worker's ask): the cancelled jobs fill it until the caller removes them.
+    const s = await setup({ bufferTarget: 2 });
+    const org = randomOrg();
+    await s.api.setPlan(org, { concurrency: 2 });
+    const ids = await s.add(org, 5);
+    // The worker dispatches two (in BullMQ's wait list, not fetched); the others wait for their org's slots.
+    await s.loop.kick();
+    expect(s.promoted).toEqual([ids[0], ids[1]]);
+    // Bull Board's removal of a parent's children (cancelMany), then the API's cancel of one job (cancel): each
+    // gives its slots to the next jobs in its own script call, before the removal that follows. Asked of the loops
+    // instead (a kick), the dispatch found the cancelled jobs still in the wait list, left no room, and nothing came
+    // again until the safety poll (600 s here).
+    expect(await s.api.cancelMany([ids[0], ids[1]], { whole: true })).toBe(2);
+    expect(await Promise.all([ids[2], ids[3]].map((id) => s.queue.getJobState(id)))).toEqual(['waiting', 'waiting']);
+    await s.queue.remove(ids[0]);
+    await s.queue.remove(ids[1]);
+    expect(await s.api.cancel(ids[2])).toBe(true);
+    expect(await s.queue.getJobState(ids[4])).toBe('waiting');
+    await s.queue.remove(ids[2]);
+    // Nothing left for the loops: no kick.
+    expect(s.kicks).toEqual([]);
+    // A cancel that takes a job out of its lane frees no slot: nothing dispatched.
+    const [sixth] = await s.add(org, 1);
+    expect(await s.api.cancel(sixth)).toBe(true);
+    expect(s.kicks).toEqual([]);
+  });
+
+  it("a cancel of the job a lane slept for (its token estimate) lets the lane's next job go in the same call", async () => {
     const s = await setup();
     const org = randomOrg();
-    await s.api.setPlan(org, { concurrency: 1 });
-    const ids = await s.add(org, 2);
-    // The worker dispatches the first (in BullMQ's wait list, not fetched); the second waits for its org's slot.
+    // 6,000 tokens a minute: 100 a second.
+    await s.api.setPlan(org, { tpm: 6000 });
+    const job = async (id: string, estTokens: number) => {
+      await s.queue.add('j', { org }, parkedJobOptions(id));
+      await s.api.enqueue([{ jobId: id, orgId: org, model: FLASH, estTokens }], { dispatch: false });
+    };
+    await job(`${org}-big`, 5900);
     await s.loop.kick();
-    expect(s.promoted).toEqual([ids[0]]);
-    expect(await s.queue.getJobState(ids[1])).toBe('delayed');
-    // The API's cancel (job-service.ts): the slot goes back, the capped lane wakes, the workers are asked.
-    expect(await s.api.cancel(ids[0])).toBe(true);
-    await s.queue.remove(ids[0]);
-    await vi.waitFor(async () => expect(await s.queue.getJobState(ids[1])).toBe('waiting'), { ...POLL, interval: 50 });
-    expect(s.kicks).toHaveLength(1);
-    // A cancel that takes a job out of its lane frees no slot: nothing to ask for.
-    const [third] = await s.add(org, 1);
-    expect(await s.api.cancel(third)).toBe(true);
-    expect(s.kicks).toHaveLength(1);
+    expect(s.promoted).toEqual([`${org}-big`]);
+    // ~100 tokens left: the next job needs 3,000 and its lane sleeps ~29 s for them; a small one waits behind it.
+    await job(`${org}-huge`, 3000);
+    await job(`${org}-small`, 50);
+    await s.loop.kick();
+    expect(await s.queue.getJobState(`${org}-small`)).toBe('delayed');
+    expect(await s.worker.why(`${org}-small`)).toMatchObject({ reason: 'rate_limited' });
+    expect(await s.api.cancel(`${org}-huge`)).toBe(true);
+    // Dispatched by the cancel's own call, not at the wake time the cancelled job set.
+    expect(await s.queue.getJobState(`${org}-small`)).toBe('waiting');
   });
 
   it('a lease made in a process without a loop (refused: the global bucket is empty) leaves its wake-up to the loops', async () => {

@@ -219,9 +219,9 @@ export function createJobService(deps: {
       await redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS).spublish(cancelChannel(prefix), id).exec();
       if (state !== 'active') {
         try {
-          // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. A slot it gives
-          // back (dispatched, not fetched) wakes the org's capped lanes, and the scheduler asks the workers for the
-          // dispatch they need (this process has no dispatch loop).
+          // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. What it gives
+          // back (a slot and charge: dispatched, not fetched) goes to the org's next job in the same script call,
+          // this job counted out of the wait list it is removed from below (a wake-up left goes to the workers).
           await deps.scheduler.cancel(id);
           // Else its request still goes into the next batch (billed), and its answer to a later job of this id.
           // Before the removal: the tombstone must follow the removal at once, since a long poll or a stream

@@ -76,7 +76,7 @@ export function createWorkerService(opts: {
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers'
   // asks; a moved ask rides on the worker's next claim (or a dispatch call of its own when none comes soon).
   const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => loop?.askMoved() }) : undefined;
-  const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, logger }) : undefined;
+  const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, safetyPollMs: cfg.FAIR_SAFETY_POLL_MS, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
   const features = opts.features ?? [];
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a

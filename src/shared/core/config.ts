@@ -302,6 +302,11 @@ export const configSchema = z.object({
   DISPATCH_BUFFER_MS: int(40),
   /** A dispatched job's slot is checked after this long without news (crashed worker, lost promote) and recovered. */
   FAIR_LEASE_MS: int(30_000, 1000),
+  /**
+   * A worker's dispatch loop runs a dispatch this often even when nothing woke it (a lost kick, a crashed worker's
+   * leases to sweep); every change that frees capacity wakes it at once. Tests set it long, so only a wake explains a dispatch.
+   */
+  FAIR_SAFETY_POLL_MS: int(10_000, 100),
   CACHE_TTL_S: int(3600, 1),
   CACHE_L1_MAX_ENTRIES: int(10_000, 1),
   CACHE_L1_TTL_MS: int(60_000, 1),

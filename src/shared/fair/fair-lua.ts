@@ -185,13 +185,15 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return { stage, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /**
-     * One script call for these ids. `taken`: how many were taken out; `due`: a slot given back left a dispatch work
-     * (capped lanes woke). `whole`: the ids are jobs one removal takes together: none is taken when any is locked.
+     * One script call for these ids. `taken`: how many were taken out; `due`: capacity given back (a slot, a refund, a
+     * sleeping lane's head) left a dispatch work, which ran in the same call (`dispatch`), the jobs given back counted
+     * out of BullMQ's wait list (the caller removes them). `whole`: the ids are jobs one removal takes together: none
+     * is taken when any is locked.
      */
-    async cancel(ids: string[], whole = false): Promise<{ taken: number; due: boolean }> {
+    async cancel(ids: string[], whole = false): Promise<{ taken: number; due: boolean } & WithDispatch> {
       if (ids.length === 0) return { taken: 0, due: false };
-      const [taken, due] = (await call('cancel', [whole ? 1 : 0, ...ids])) as [number, number];
-      return { taken, due: due === 1 };
+      const [taken, due, d] = (await call('cancel', [whole ? 1 : 0, ...ids])) as [number, number, unknown?];
+      return { taken, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** See FairScheduler.removed: one script call for these ids. */
     async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number }> {

@@ -111,7 +111,7 @@ export interface FairSchedulerOptions {
   /**
    * Asks the processes with a dispatch loop (the workers') for a dispatch: the fair kick channel. Sent after a
    * call made here without a loop to take its result (a `dispatch` without `takesWake`, a lease nothing here
-   * listens to, a cancel that woke capped lanes) left work or a wake-up for a loop; a lost kick leaves it to the
+   * listens to, an enqueue's or a cancel's dispatch) left work or a wake-up for a loop; a lost kick leaves it to the
    * loops' safety poll. Absent: nothing is sent (the caller hands the results to a loop itself).
    */
   kick?: () => Promise<unknown>;
@@ -188,8 +188,10 @@ export interface FairScheduler {
   /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
-   * fetched, running or ended, is left to that worker's release. False when there was nothing to take. A slot
-   * given back that woke the org's capped lanes asks the loops for a dispatch (`kick`).
+   * fetched, running or ended, is left to that worker's release. False when there was nothing to take. Capacity
+   * given back (the slot, the charge, a sleeping lane's head) is dispatched in the same script call, as a release's:
+   * the org's next job goes at once, the job given back counted out of BullMQ's wait list, since the caller removes
+   * it next (the API's cancel, Bull Board's remove). A wake-up that dispatch leaves goes to the loops (`kick`).
    */
   cancel(jobId: string): Promise<boolean>;
   /**
@@ -312,9 +314,11 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     };
   };
 
+  // Capacity a cancel gives back is dispatched in its own script call, as a release's is (no loop here takes its
+  // wake-up: what it leaves goes to the loops).
   const cancelMany = async (ids: string[], copts: { whole?: boolean } = {}) => {
     const r = await raw.cancel(ids, copts.whole === true);
-    if (r.due) await opts.kick?.().catch(() => undefined);
+    if (r.dispatch) await handOver(finish(r.dispatch));
     return r.taken;
   };
 

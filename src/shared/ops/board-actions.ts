@@ -65,9 +65,10 @@ export function createBoardActions(deps: {
 }): BoardActions {
   const { redis, prefix, scheduler } = deps;
   const reset = defineLua(redis, 'retry-reset-3.lua');
-  // Slots given back: the lanes that waited for one go at the next dispatch, which the workers' loops run on this
-  // message (this process, the API's, may have none), instead of at their next release or safety poll.
-  // A lost message only leaves them to those: the removal is done either way.
+  // Slots the removal freed (`removed`: a stalled job's, a finished child's): the lanes that waited for one go at the
+  // next dispatch, which the workers' loops run on this message (this process, the API's, may have none), instead of
+  // at their next release or safety poll. A lost message only leaves them to those: the removal is done either way.
+  // What the dispatcher's `cancel` gave back before the removal needs none: it was dispatched in the cancel's call.
   const kick = () => redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
   // A parent's children named by their job keys: this shard's agent jobs, by id (a child of another queue is
   // none of the dispatcher's).
@@ -89,7 +90,7 @@ export function createBoardActions(deps: {
       // unlocked: its charge goes back) from one that ran (its worker's release gives back what it did not spend).
       // A worker that fetches it between this and the removal finds no slot: its fair gate parks it and lanes it
       // again, and the removal then takes it from there, or fails as the board's remove of an active job does.
-      const cancelled = await scheduler.cancel(jobId);
+      await scheduler.cancel(jobId);
       let freed = 0;
       try {
         if (!(await remove())) throw new RemovalRefusedError(jobId);
@@ -97,7 +98,7 @@ export function createBoardActions(deps: {
         // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard.
         freed = (await scheduler.removed([jobId])).freed;
       } finally {
-        if (cancelled || freed > 0) await kick();
+        if (freed > 0) await kick();
       }
     },
     async removeChildren(parent, remove, opts = {}) {
@@ -110,7 +111,7 @@ export function createBoardActions(deps: {
       // that ran. One script call for them all, and all or none for the parent's remove: BullMQ refuses it while a
       // worker holds any child, and the others would then have lost their lanes and slots for nothing. Its
       // removeUnprocessedChildren leaves a held child and takes the others: each is taken here as it is there.
-      const cancelled = await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
+      await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
       let freed = 0;
       try {
         if (!(await remove())) throw await refusal(parent, pending);
@@ -119,7 +120,7 @@ export function createBoardActions(deps: {
         // Without a refund: none of these can be told from a child that ran. A child given back above is forgotten.
         freed = (await scheduler.removed([...pending, ...settled])).freed;
       } finally {
-        if (cancelled > 0 || freed > 0) await kick();
+        if (freed > 0) await kick();
       }
     },
     async removed(jobIds, opts) {

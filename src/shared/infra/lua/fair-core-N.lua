@@ -74,8 +74,9 @@
 --          add: enqueue's, then the number of jobs it stored (the others existed already);
 --          release: {slots freed, 1 if a dispatch now has anything to do (an active lane, a due timer,
 --          sleeper or lease) else 0[, dispatch result when asked and due]}; repark: 1 if done, 0 if the job is unknown, not parked or not the attempt's (see op repark);
---          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave back a slot and a dispatch now
---          has work (an org's capped lanes woke: the caller asks the workers for a dispatch) else 0};
+--          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave capacity back (a slot, a
+--          refund, a sleeping lane's head) and a dispatch had work, else 0[, then that dispatch's result: it runs in
+--          the same call, the jobs given back counted out of BullMQ's wait list, which the caller removes them from]};
 --          removed: {slots freed, jobs forgotten}; promote: {the job's stage before the call ('timer': made due
 --          now; 'lane' or 'lease': due already; '' when the dispatcher does not know it), dispatch result or 0};
 --          plan / wake / block: 1;
@@ -382,15 +383,23 @@ elseif op == 'cancel' then
       if rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
     end
   end
-  local taken, freed = 0, false
+  local taken, leaving, woke = 0, 0, false
   for i = 14, #ARGV do
-    local done, slot = cancelJob(ARGV[i])
+    local done, slot, wakes = cancelJob(ARGV[i])
     if done then taken = taken + 1 end
-    freed = freed or slot
+    if slot then leaving = leaving + 1 end
+    woke = woke or wakes
   end
-  -- A slot given back woke the org's capped lanes (freeSlot): a dispatch now has work, and the caller (the API,
-  -- with no dispatch loop) asks the workers for it. Left alone, they waited for a release or the safety poll.
-  return { taken, (freed and dueNow()) and 1 or 0 }
+  -- Capacity given back (a slot: the org's capped lanes woke, freeSlot; the charge refunded: lanes asleep on those
+  -- buckets woke, wakeRefunded; a sleeping lane's head taken out) is used in this call, as a release's is: the
+  -- dispatch runs here. Asked of the workers' loops instead (a kick, until 2026-12-06), it raced the caller's
+  -- removal that follows: a dispatch that came first found the cancelled jobs still filling BullMQ's wait list (a
+  -- worker's ask of one job, say), promoted nothing, and nothing came again until the loops' safety poll. Here
+  -- the jobs given back count as gone from the list (`leaving`): the caller removes them next.
+  if not woke then return { taken, 0 } end
+  local due = dueNow()
+  if not due then return { taken, 0 } end
+  return { taken, 1, dispatch(nil, due, bufferRoom(leaving)) }
 elseif op == 'removed' then
   -- Jobs removed in BullMQ alone (Bull Board's remove, clean, empty, obliterate; a parent's removal takes its
   -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of

@@ -47,9 +47,11 @@ local function roomFor(target, queued)
   if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
   return room
 end
-local function bufferRoom()
+-- `leaving`: jobs still in the list that its caller is taking out (a cancel's, removed next by the API or the board):
+-- counted, they kept the next job out of a buffer they filled, and no call came again once they were gone.
+local function bufferRoom(leaving)
   local fixed = BUFFER_ARG ~= 'w'
-  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO)
+  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO) - (leaving or 0)
   local room = roomFor(fixed and tonumber(BUFFER_ARG) or askSum(), queued)
   if room == 0 or fixed or not sweepWorkers() then return room end
   return roomFor(askSum(), queued)

@@ -96,15 +96,25 @@ end
 -- gone, but its slot waits for its worker's release (batched), which brings the attempt's own refund or usage
 -- correction: the lock alone (this script's test until 2026-12-06) took a job cancelled as it finished for one
 -- never fetched. Whatever gave the slot back first (a release, another cancel) dropped the lease: this one then
--- finds none and gives nothing back, so a job's slot and charge go back once. Returns whether it took the job, and
--- whether that gave back a slot.
+-- finds none and gives nothing back, so a job's slot and charge go back once. The head of a lane asleep on a
+-- bucket set its wake time (the tokens its estimate needs, the backlog a batched wake waits for): taken out, the
+-- lane gets a fresh look at this call's dispatch, and sleeps again, with a wake time for its new head, if it still
+-- lacks room. Returns whether it took the job, whether that gave back a slot (the job then leaves BullMQ's wait list
+-- or prioritized set with its caller's removal), and whether it woke a lane.
 local function cancelJob(id)
   local m = jobMeta(id)
   local org, st = m[1], m[5]
-  if not org then return false, false end
-  local done, freed = false, false
+  if not org then return false, false, false end
+  local done, freed, woke = false, false, false
   if st == 'lane' then
+    local lane = laneOf(org, m[2])
+    local asleepHead = rcall('ZSCORE', K_SLEEP, lane) and rcall('ZRANGE', P_LANE .. lane, 0, 0)[1] == id
     done = removeFromLane(id, org, m[2])
+    -- An emptied lane was forgotten (unsleep then finds nothing).
+    if done and asleepHead and unsleep(lane) then
+      activate(lane, org, true)
+      woke = true
+    end
   elseif st == 'timer' then
     done = removeTimer(id, org)
   elseif st == 'lease' and unfetched(id) then
@@ -113,5 +123,5 @@ local function cancelJob(id)
     if freed then refundDispatch(id, org, m[2]) end
   end
   if done then rcall('DEL', P_JOB .. id) end
-  return done, freed
+  return done, freed, woke or freed
 end
