@@ -90,6 +90,21 @@ describe('configuration', () => {
     }
   });
 
+  it('trims the blanks around a value (.env `KEY= value`, a pasted key with its newline): the value, never the padding', () => {
+    const padded = parseConfig({
+      QUEUE_PREFIX: ' {tenant} ',
+      GEMINI_API_KEY: 'k-123\n',
+      GEMINI_MODEL_FAST: '\tgemini-2.5-flash-lite ',
+      REDIS_URL: ' redis://10.0.0.5:6379 ',
+      LOG_LEVEL: ' debug',
+      DATA_DIR: '/var/lib/agentq ',
+    });
+    expect(padded).toMatchObject({ QUEUE_PREFIX: '{tenant}', GEMINI_API_KEY: 'k-123', GEMINI_MODEL_FAST: 'gemini-2.5-flash-lite', REDIS_URL: 'redis://10.0.0.5:6379', LOG_LEVEL: 'debug', DATA_DIR: '/var/lib/agentq' });
+    // The same prefix as the unpadded value: a producer and a worker whose templates differ only in padding share one queue.
+    expect(padded.QUEUE_PREFIX).toBe(parseConfig({ QUEUE_PREFIX: '{tenant}' }).QUEUE_PREFIX);
+    expect(geminiOptionsFromConfig(padded, createLogger({ level: 'silent' })).apiKey).toBe('k-123');
+  });
+
   it('reads a blank key as no key: production refuses to start, naming GEMINI_API_KEY; the other key is the one sent', () => {
     const refused = /^Missing environment variable GEMINI_API_KEY: /;
     for (const blank of ['', ' ']) {

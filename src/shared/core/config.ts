@@ -6,9 +6,11 @@ import { z } from 'zod';
  * it was worse than absent: a plain coercion made 0 of it (Number('') === 0: PORT='' served on a random port,
  * KEEP_FAILED_COUNT='' kept no failed job, ORG_RPM_PRO='' lifted the limit), and a text variable kept it
  * (GEMINI_MODEL_FAST=' ' named no model, DATA_DIR='' wrote into the working directory, GOOGLE_API_KEY=' '
- * was sent as the key instead of GEMINI_API_KEY's).
+ * was sent as the key instead of GEMINI_API_KEY's). A value's surrounding blanks go too (a .env `KEY= value`, a
+ * pasted key's newline): kept, QUEUE_PREFIX=' {agentq}' split the queue from the processes that read it unpadded,
+ * and a padded key or model name was sent as it was and refused by Gemini.
  */
-const unsetIfBlank = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const unsetIfBlank = (v: unknown) => (typeof v === 'string' ? v.trim() || undefined : v);
 /** A variable given a value: set and not blank (blank reads as unset, as the schema reads it). */
 export const isGiven = (v: string | undefined): v is string => unsetIfBlank(v) !== undefined;
 /** Any variable's schema: blank is unset, so `schema`'s default applies (or, for an optional one, none). */
