@@ -1,8 +1,5 @@
-import { Worker } from 'bullmq';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { QUEUE } from '../src/shared/core/queue-names.js';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { POLL } from './helpers/wait.js';
@@ -14,18 +11,11 @@ import { POLL } from './helpers/wait.js';
  */
 function stalledStack(concurrency: number) {
   let s!: Stack;
-  let connection: Redis;
-  let checker: Worker<AgentJobData, AgentResult>;
+  let checks: ReturnType<typeof createStalledCheck> | undefined;
   const hangs = () => s.emulator.calls().filter((c) => c.fault === 'hang');
 
   /** What another worker's stalled check does once the job's lock lapsed: the job goes back to BullMQ's wait list. */
-  async function stall(id: string) {
-    const { queue } = s.runtime.deps.cells[0];
-    await connection.del(`${queue.toKey(id)}:lock`);
-    await connection.sadd(queue.toKey('stalled'), id);
-    await connection.del(queue.toKey('stalled-check'));
-    await (checker as unknown as { moveStalledJobsToWait(): Promise<void> }).moveStalledJobsToWait();
-  }
+  const stall = (id: string) => checks!.stall(s.runtime.deps.cells[0].queue, id);
 
   const post = async (name: string) => {
     const input = { startup: { name, industry: 'robotics', stage: 'seed', description: 'A job the test cancels' } };
@@ -41,12 +31,10 @@ function stalledStack(concurrency: number) {
 
   beforeAll(async () => {
     s = await startStack({ WORKER_CONCURRENCY: String(concurrency) }, { worker: true });
-    connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
-    checker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+    checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX);
   });
   afterAll(async () => {
-    await checker?.close(true);
-    connection?.disconnect();
+    await checks?.close();
     await s?.close();
   });
   return { stack: () => s, hangs, stall, post, view, runs };

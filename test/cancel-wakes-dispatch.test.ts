@@ -1,10 +1,8 @@
-import { Worker } from 'bullmq';
-import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { QUEUE } from '../src/shared/core/queue-names.js';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { randomOrg } from './helpers/env.js';
 import { markedJob, postJob } from './helpers/fair.js';
+import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 
@@ -19,18 +17,15 @@ import { POLL } from './helpers/wait.js';
  */
 describe('a cancel that frees an org slot wakes the dispatcher', () => {
   let s: Stack;
-  let connection: Redis;
-  let checker: Worker<AgentJobData, AgentResult>;
+  let checks: ReturnType<typeof createStalledCheck> | undefined;
   const ADMIN_TOKEN = 'cancel-wakes-admin-0123456789';
 
   beforeAll(async () => {
     s = await startStack({ WORKER_CONCURRENCY: '1', FAIR_SAFETY_POLL_MS: '600000', ADMIN_TOKEN }, { worker: true });
-    connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
-    checker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+    checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX);
   });
   afterAll(async () => {
-    await checker?.close(true);
-    connection?.disconnect();
+    await checks?.close();
     await s?.close();
   });
 
@@ -56,13 +51,7 @@ describe('a cancel that frees an org slot wakes the dispatcher', () => {
   };
 
   /** What another worker's stalled check does once the job's lock lapsed: the job goes back to BullMQ's wait list. */
-  async function stall(id: string) {
-    const { queue } = cell();
-    await connection.del(`${queue.toKey(id)}:lock`);
-    await connection.sadd(queue.toKey('stalled'), id);
-    await connection.del(queue.toKey('stalled-check'));
-    await (checker as unknown as { moveStalledJobsToWait(): Promise<void> }).moveStalledJobsToWait();
-  }
+  const stall = (id: string) => checks!.stall(cell().queue, id);
 
   /**
    * The worker's one slot taken by another org's job that hangs, so what is dispatched stays in the wait list; an
