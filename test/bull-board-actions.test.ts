@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
-import { markedJob, postBulk, postJob } from './helpers/fair.js';
+import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
@@ -262,6 +262,39 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect(await stats(org)).toMatchObject({ inFlight: 1, waiting: 0 });
   });
 
+  it("the board's promote-all makes every job the dispatcher holds on a timer due now, and its one dispatch keeps each org to its concurrency cap", async () => {
+    // Org a: one slot, three jobs on a 60 s delay; org b: five slots, two.
+    const a = await newOrg({ concurrency: 1, rpm: 10, tpm: 100_000 });
+    const b = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
+    const delayed = (org: string, i: number) => ({ ...markedJob(`promote-all-${org}-${i}`, FLASH), options: { model: FLASH, delayMs: 60_000 } });
+    const aIds = [await postJob(s, a.key, delayed(a.org, 0)), await postJob(s, a.key, delayed(a.org, 1)), await postJob(s, a.key, delayed(a.org, 2))];
+    const bIds = [await postJob(s, b.key, delayed(b.org, 0)), await postJob(s, b.key, delayed(b.org, 1))];
+    const ids = [...aIds, ...bIds];
+    // A worker's dispatch (its ask leaves room in BullMQ's wait list): nothing of these is due.
+    expect((await dispatch()).promoted.filter((id) => ids.includes(id))).toEqual([]);
+    const timer = (id: string) => s.runtime.deps.redis.zscore(cell().scheduler.keys.named.timers, id);
+    for (const id of ids) expect(await timer(id)).not.toBeNull();
+    // A job BullMQ holds on a delay of its own (added past the dispatcher, not parked): BullMQ's promote is its.
+    const queue = openQueue(s);
+    const own = (await queue.add('own-delay', {}, { delay: 60_000 })).id!;
+    await queue.close();
+
+    // The board's "promote all" (BullMQ's queue.promoteAll).
+    expect((await boardAction(s, `${QUEUE.agent}/promote`)).statusCode).toBe(200);
+    for (const id of ids) expect(await timer(id)).toBeNull();
+    // Dispatched once, in the same request: both of b's jobs, and only one of a's; a's other two wait in its lane,
+    // still parked in BullMQ (not in its wait list past the cap).
+    expect(await Promise.all(bIds.map(state))).toEqual(['waiting', 'waiting']);
+    const aStates = await Promise.all(aIds.map(state));
+    expect(aStates.filter((st) => st === 'waiting')).toHaveLength(1);
+    expect(aStates.filter((st) => st === 'delayed')).toHaveLength(2);
+    expect(await stats(a.org)).toMatchObject({ inFlight: 1, waiting: 2 });
+    expect(await stats(b.org)).toMatchObject({ inFlight: 2, waiting: 0 });
+    for (const id of aIds.filter((_, i) => aStates[i] === 'delayed')) expect(await cell().scheduler.why(id)).toMatchObject({ reason: 'org_concurrency' });
+    expect((await dispatch()).promoted.filter((id) => ids.includes(id))).toEqual([]);
+    expect(await state(own)).toBe('waiting');
+  });
+
   it('obliterating the queue gives back every slot its jobs held', async () => {
     const { org, key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
     await postJob(s, key, markedJob(`obliterate-${org}`, FLASH));
@@ -347,6 +380,18 @@ describe('Bull Board retries and promotes, with a worker', () => {
     expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.timers, id)).toBeNull();
     await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('completed'), POLL);
     expect(await job(id)).toMatchObject({ state: 'completed', result: { success: true } });
+  });
+
+  it("the board's promote-all of delayed jobs of two orgs makes them due now: none stays on its timer, and all run", async () => {
+    const scheduler = s.runtime.deps.cells[0].scheduler;
+    const ids: string[] = [];
+    for (const key of [await s.newKey(), await s.newKey()]) {
+      for (const i of [0, 1]) ids.push(await postJob(s, key, { ...markedJob(`board-promote-all-${randomUUID().slice(0, 8)}-${i}`), options: { delayMs: 60_000 } }));
+    }
+    for (const id of ids) expect(await scheduler.why(id)).toMatchObject({ reason: 'delayed' });
+    expect((await boardAction(s, `${QUEUE.agent}/promote`)).statusCode).toBe(200);
+    for (const id of ids) expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.timers, id)).toBeNull();
+    await vi.waitFor(async () => expect(await Promise.all(ids.map((id) => s.runtime.queue.getJobState(id)))).toEqual(ids.map(() => 'completed')), POLL);
   });
 
   it('a completed job the board retries runs again: a cancel marker its last run left does not cancel it', async () => {

@@ -648,6 +648,39 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
   });
 
+  it('promoteAll makes every timer of the shard due in script calls of 500 ids at most, then dispatches once: an org at its cap gets only its cap', { timeout: 60_000 }, async () => {
+    const c = await setup();
+    const [a, b] = [randomOrg(), randomOrg()];
+    await c.scheduler.setPlan(a, { concurrency: 2 });
+    // 1,200 jobs on a 60 s delay, half of each org: more than two script calls' worth.
+    const jobs = Array.from({ length: 1200 }, (_, i) => ({ org: i % 2 ? b : a, id: `${i % 2 ? b : a}-timed-${i}` }));
+    for (let i = 0; i < jobs.length; i += 600) await c.queue.addBulk(jobs.slice(i, i + 600).map(({ id }) => ({ name: 'j', data: {}, opts: parkedJobOptions(id) })));
+    const r = await c.scheduler.enqueue(jobs.map(({ id, org }) => ({ jobId: id, orgId: org, model: FLASH, estTokens: 0, delayMs: 60_000 })));
+    expect(r).toMatchObject({ promoted: [], skipped: [] });
+    expect(await c.redis.zcard(c.scheduler.keys.named.timers)).toBe(1200);
+
+    const promoteCalls = vi.spyOn(c.scheduler.raw, 'promote');
+    const dispatchCalls = vi.spyOn(c.scheduler.raw, 'dispatch');
+    expect(await c.scheduler.promoteAll()).toBe(1200);
+    expect(await c.redis.zcard(c.scheduler.keys.named.timers)).toBe(0);
+    // Bounded calls, none dispatching: every id once (each on its timer when its call came).
+    expect(promoteCalls.mock.calls.length).toBeGreaterThanOrEqual(3);
+    for (const [chunk, thenDispatch] of promoteCalls.mock.calls) {
+      expect(chunk.length).toBeLessThanOrEqual(500);
+      expect(thenDispatch).toBe(false);
+    }
+    expect(new Set(promoteCalls.mock.calls.flatMap(([chunk]) => chunk)).size).toBe(1200);
+    // One dispatch after the last call, with both orgs laned: a's two slots, the rest of the batch b's.
+    expect(dispatchCalls).toHaveBeenCalledTimes(1);
+    const out = (await dispatchCalls.mock.results[0].value) as { ids: string[] };
+    expect(out.ids.filter((id) => id.startsWith(`${a}-`))).toHaveLength(2);
+    expect(out.ids.filter((id) => id.startsWith(`${b}-`)).length).toBeGreaterThan(100);
+    expect(await c.scheduler.orgStats(a)).toMatchObject({ inFlight: 2, waiting: 598, backoff: 0 });
+    expect(await c.scheduler.orgStats(b)).toMatchObject({ backoff: 0 });
+    // Nothing left on a timer: a second promote-all makes nothing due.
+    expect(await c.scheduler.promoteAll()).toBe(0);
+  });
+
   it('cancel removes a waiting job, and frees the slot (and the charge) of one dispatched but not started', async () => {
     const c = await setup();
     const org = randomOrg();

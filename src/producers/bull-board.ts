@@ -123,9 +123,9 @@ type AdapterOptions = ConstructorParameters<typeof BullMQAdapter>[1];
 /**
  * The board's adapter for a queue shard's agent queue (`agent`) or a queue of its jobs' parents: BullMQ's calls the
  * board makes (bullMQ.js in @bull-board/api: a job's remove, retry, promote and removeUnprocessedChildren, the
- * queue's clean, empty and obliterate) go through `actions`, so the fair dispatcher gives back what it holds for
- * removed jobs at once (their slots, and the charge of those no worker fetched), a promoted job it holds on a timer
- * is due now, and a retried job's new run starts with a stream of its own. The board's answers and what it removes or retries stay its own.
+ * queue's clean, empty, promote-all and obliterate) go through `actions`, so the fair dispatcher gives back what it
+ * holds for removed jobs at once (their slots, and the charge of those no worker fetched), a promoted job it holds
+ * on a timer is due now (each of them, for a promote-all), and a retried job's new run starts with a stream of its own. The board's answers and what it removes or retries stay its own.
  */
 class ShardQueueAdapter extends BullMQAdapter {
   constructor(
@@ -163,6 +163,20 @@ class ShardQueueAdapter extends BullMQAdapter {
     // name. BullMQ's clean of each takes the same jobs (those stamped up to now: a minute ahead, for another
     // process's clock) and names them.
     for (const status of ['wait', 'prioritized'] as const) await this.cleanStatus(status, -EMPTY_AHEAD_MS);
+  }
+
+  override async promoteAll(): Promise<void> {
+    if (!this.agent) return super.promoteAll();
+    // BullMQ's promote of the whole delayed set took every parked job (laned or on a timer) past the dispatcher.
+    await this.actions.promoteAll((id) => this.promoteOwn(id));
+  }
+
+  /** BullMQ's promote of a job it holds on a delay of its own; one no longer delayed (promoted or removed meanwhile) is left. */
+  private async promoteOwn(id: string): Promise<void> {
+    const job = await this.bullQueue.getJob(id);
+    await job?.promote().catch(async (err: unknown) => {
+      if ((await this.bullQueue.getJobState(id)) === 'delayed') throw err;
+    });
   }
 
   override async obliterate(...args: Parameters<BullMQAdapter['obliterate']>): Promise<void> {

@@ -21,7 +21,7 @@ const CORRECTION_MAX_DELAY_MS = 250;
 /**
  * The worker's side of fair dispatch. A job normally reaches a worker only after the dispatcher gave it a
  * slot; anything else (a retry BullMQ promoted after its backoff, a DLQ replay, a job promoted by hand in BullMQ,
- * not through the dispatcher as Bull Board's promote is) is parked again and handed to the dispatcher, so no path runs a job outside its org's limits.
+ * not through the dispatcher as Bull Board's promote and promote-all are) is parked again and handed to the dispatcher, so no path runs a job outside its org's limits.
  * Slots are released when BullMQ has recorded the outcome (completed / failed events), in batches; a claim
  * that comes before the batch is sent carries it (one script call for the finished job and the next one).
  */

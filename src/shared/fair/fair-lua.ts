@@ -177,12 +177,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       return (await call('repark', [id, Math.ceil(delayMs), reason, attempt ?? ''])) === 1;
     },
     /**
-     * See FairScheduler.promote. `stage`: where the job was ('timer': made due now; '' when the dispatcher does not
-     * know it); `dispatch`: the call's dispatch, after a job made due.
+     * See FairScheduler.promote and promoteAll: one script call for these ids. `stages`: where each job was, in the
+     * ids' order ('timer': made due now; '' when the dispatcher does not know it); `dispatch`: the call's dispatch
+     * (with `thenDispatch`, when it made a job due).
      */
-    async promote(id: string): Promise<{ stage: string; dispatch?: RawDispatch }> {
-      const [stage, d] = (await call('promote', [id])) as [string, unknown];
-      return { stage, ...(d ? { dispatch: toDispatch(d) } : {}) };
+    async promote(ids: string[], thenDispatch: boolean): Promise<{ stages: string[]; dispatch?: RawDispatch }> {
+      const [stages, d] = (await call('promote', [thenDispatch ? 1 : 0, ...ids])) as [string[], unknown];
+      return { stages, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /**
      * One script call for these ids. `taken`: how many were taken out; `due`: capacity given back (a slot, a refund, a

@@ -186,6 +186,15 @@ export interface FairScheduler {
    */
   promote(jobId: string): Promise<'timer' | 'lane' | 'lease' | 'unknown'>;
   /**
+   * An operator's promote of every job (Bull Board's "promote all"): each job the dispatcher holds on a timer of this
+   * queue shard is due now, laned as `promote` lanes it, in script calls of PROMOTE_CHUNK ids at most (the timers,
+   * read by ZSCAN pages: every job on a timer when the call starts and still on it is taken, however many there
+   * are); then one dispatch, so every org's jobs are in their lanes before any is chosen, and each org gets what
+   * its fair share, concurrency cap and rate limits allow (the others wait in their lanes). The loops are asked for
+   * what that dispatch leaves them (`kick`). How many jobs it made due.
+   */
+  promoteAll(): Promise<number>;
+  /**
    * Takes a job out of its lane or timer, or gives back the slot (and what its dispatch charged) of one
    * dispatched but not fetched: it still waits in BullMQ's wait list or prioritized set, unlocked. A job a worker
    * fetched, running or ended, is left to that worker's release. False when there was nothing to take. Capacity
@@ -253,6 +262,8 @@ const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_lim
 const ENTRY_ARGS = 10;
 /** Ids per `removed` script call. */
 const REMOVED_CHUNK = 500;
+/** Ids per `promote` script call of a promote-all (bounds the time one call holds Redis: a shard may hold 10^5 timers). */
+const PROMOTE_CHUNK = 500;
 /** The most jobs one enqueue call takes: its ZADDs unpack two values per job, and Redis's Lua unpacks 8000 at most. */
 const MAX_ENQUEUE_CHUNK = 2000;
 
@@ -399,10 +410,31 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     repark: (id, delayMs, reason, attempt) => raw.repark(id, delayMs, reason, attempt),
     async promote(id) {
-      const { stage, dispatch } = await raw.promote(id);
+      const { stages: [stage], dispatch } = await raw.promote([id], true);
       // Told, not taken, as an enqueue's dispatch: a wake-up it leaves (the lane asleep on a rate limit) goes to the loops.
       if (dispatch) await handOver(finish(dispatch));
       return stage === 'timer' || stage === 'lane' || stage === 'lease' ? stage : 'unknown';
+    },
+    async promoteAll() {
+      let made = 0;
+      // ZSCAN, not one ZRANGE of the whole set, nor a script that pops the timers until none is left: each read and
+      // each call is bounded, and the walk ends however many timers are added meanwhile (a retry's job made due
+      // here, run and put on a timer again may be taken again; new timers never keep it going). A job read twice,
+      // or no longer on its timer when its call comes, is left as it is.
+      let cursor = '0';
+      do {
+        const [next, flat] = await opts.redis.zscan(keys.named.timers, cursor, 'COUNT', PROMOTE_CHUNK);
+        cursor = next;
+        const ids = flat.filter((_, i) => i % 2 === 0);
+        for (let i = 0; i < ids.length; i += PROMOTE_CHUNK) {
+          const { stages } = await raw.promote(ids.slice(i, i + PROMOTE_CHUNK), false);
+          made += stages.filter((st) => st === 'timer').length;
+        }
+      } while (cursor !== '0');
+      // One dispatch for them all (told, not taken, as promote's): dispatched chunk by chunk, the first chunk's orgs
+      // would take the buffer before the others' jobs were laned.
+      if (made > 0) await handOver(finish(await raw.dispatch()));
+      return made;
     },
     cancel: async (id) => (await cancelMany([id])) > 0,
     cancelMany,

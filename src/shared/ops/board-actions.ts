@@ -2,14 +2,14 @@ import type { Job } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
-import type { FairScheduler } from '../fair/index.js';
+import { PARK_SCORE_MIN, type FairScheduler } from '../fair/index.js';
 import type { DlqStore } from './dlq-store.js';
 import { retryRefusalError } from './dlq-service.js';
 import { RemovalRefusedError } from '../core/errors.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
- * remove, clean, empty, obliterate, promote and retry are BullMQ's own calls, which know nothing of the fair dispatcher nor
+ * remove, clean, empty, obliterate, promote, promote-all and retry are BullMQ's own calls, which know nothing of the fair dispatcher nor
  * of a job's stream). The board's adapter (src/producers/bull-board.ts) routes those calls through here.
  */
 export interface BoardActions {
@@ -44,6 +44,15 @@ export interface BoardActions {
    */
   promote(jobId: string, promote: () => Promise<void>): Promise<void>;
   /**
+   * Promotes every delayed job of the shard (the board's "promote all"): every job the dispatcher holds on a timer is
+   * due now, laned and dispatched once as far as each org's fair share, concurrency cap and rate limits allow
+   * (FairScheduler.promoteAll, in bounded calls); a laned job is due already. A job BullMQ holds on a delay of its
+   * own (not parked: a runtime without the fair dispatcher) goes through `promote` (BullMQ's, by id). BullMQ's
+   * promote of the whole delayed set moved every parked job to its wait list: the gate parked each again, and the
+   * timed ones still waited for their timers.
+   */
+  promoteAll(promote: (jobId: string) => Promise<void>): Promise<void>;
+  /**
    * Retries a finished job. A failed one is a dead-letter entry: retried as the DLQ retries it (`dlq`: counted, and
    * refused, 409, for a flow child or pipeline step whose flow or run no longer waits for it, which would run and
    * bill a result nobody reads). A completed one with `retry` (BullMQ's), its last run's stream and cancel marker
@@ -53,13 +62,16 @@ export interface BoardActions {
   retry(jobId: string, state: 'failed' | 'completed', retry: () => Promise<void>, opts?: { bulk?: boolean }): Promise<void>;
 }
 
+/** BullMQ's own delayed jobs promoted at once by a promote-all (one round trip of BullMQ's promote each). */
+const OWN_DELAYED_PAGE = 100;
+
 export function createBoardActions(deps: {
   redis: RedisClient;
   /** The shard's queue prefix (its agentq keys': queue-keys.ts). */
   prefix: string;
   /** The shard's agent queue (BullMQ's keys of its sets; a refused removal's held children by their state). */
   queue: { toKey(type: string): string; getJobState(jobId: string): Promise<string> };
-  scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed' | 'promote'>;
+  scheduler: Pick<FairScheduler, 'cancel' | 'cancelMany' | 'removed' | 'promote' | 'promoteAll'>;
   /** The shard's dead-letter store: the board's retry of a failed job is a DLQ retry. */
   dlq?: Pick<DlqStore, 'get' | 'retry'>;
 }): BoardActions {
@@ -129,6 +141,20 @@ export function createBoardActions(deps: {
     },
     async promote(jobId, promote) {
       if ((await scheduler.promote(jobId)) === 'unknown') await promote();
+    },
+    async promoteAll(promote) {
+      await scheduler.promoteAll();
+      // BullMQ's own delayed jobs: scored below every parked one. Their count first, so the walk ends even where a
+      // promote leaves its job (one gone meanwhile); each page is what the promotes before it left.
+      const delayed = deps.queue.toKey('delayed');
+      const below = `(${PARK_SCORE_MIN}`;
+      let left = await redis.zcount(delayed, '-inf', below);
+      while (left > 0) {
+        const ids = await redis.zrangebyscore(delayed, '-inf', below, 'LIMIT', 0, Math.min(left, OWN_DELAYED_PAGE));
+        if (ids.length === 0) break;
+        await Promise.all(ids.map((id) => promote(id)));
+        left -= ids.length;
+      }
     },
     async retry(jobId, state, retry, opts = {}) {
       const entry = state === 'failed' ? await deps.dlq?.get(jobId) : undefined;

@@ -59,7 +59,8 @@
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
 --   repark: id, delayMs (from now by Redis TIME; see fromNow), reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
 --     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
---   promote: id (an operator's promote: a job on a timer is due now, then this call dispatches)
+--   promote: dispatch (0|1: this call dispatches when it made a job due), then ids (an operator's promote: each
+--     job on a timer is due now; a promote-all sends a shard's timers in bounded calls and dispatches once after)
 --   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then ids
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
@@ -77,8 +78,9 @@
 --          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave capacity back (a slot, a
 --          refund, a sleeping lane's head) and a dispatch had work, else 0[, then that dispatch's result: it runs in
 --          the same call, the jobs given back counted out of BullMQ's wait list, which the caller removes them from]};
---          removed: {slots freed, jobs forgotten}; promote: {the job's stage before the call ('timer': made due
---          now; 'lane' or 'lease': due already; '' when the dispatcher does not know it), dispatch result or 0};
+--          removed: {slots freed, jobs forgotten}; promote: {each job's stage before the call, in the ids' order
+--          ('timer': made due now; 'lane' or 'lease': due already; '' when the dispatcher does not know it),
+--          dispatch result or 0};
 --          plan / wake / block: 1;
 --          take: {allowed (0|1), ms before the longest-waiting bucket has room, its name ('' when allowed), now ms}
 --          (a give-back: 1)
@@ -366,12 +368,20 @@ elseif op == 'promote' then
   -- allow, and waits in its lane for them otherwise (never sent past them). BullMQ's own promote moved the parked job
   -- to its wait list instead: the worker that fetched it found no slot, its fair gate parked it again, and the
   -- dispatcher, which still held its timer, sent it at the delay's end. A job in its lane or dispatched is due already.
-  local id = ARGV[13]
-  local m = jobMeta(id)
-  if not m[1] then return { '', 0 } end
-  if m[5] ~= 'timer' then return { m[5] or '', 0 } end
-  timerDue(id, m)
-  return { 'timer', dispatch() }
+  -- Many ids (the board's promote-all: a shard's timers, sent in bounded calls by FairScheduler.promoteAll, which
+  -- dispatches once after the last, so every org's jobs are laned before any is chosen): each as one.
+  local stages, made = {}, false
+  for i = 14, #ARGV do
+    local id = ARGV[i]
+    local m = jobMeta(id)
+    local st = m[1] and m[5] or ''
+    if st == 'timer' then
+      timerDue(id, m)
+      made = true
+    end
+    stages[#stages + 1] = st
+  end
+  return { stages, (made and ARGV[13] == '1') and dispatch() or 0 }
 elseif op == 'cancel' then
   -- Each job as cancelJob decides it (includes/fair-release.lua), all in this one call. ARGV[13] = '1': the jobs one
   -- removal is about to take together (a parent's children, which BullMQ's remove of the parent takes all or none):
