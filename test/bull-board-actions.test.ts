@@ -295,6 +295,32 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect(await state(own)).toBe('waiting');
   });
 
+  it("the board's obliterate of a queue whose job a worker runs is refused: a 409 in the API's shape with its stable code, and nothing is removed", async () => {
+    const { key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
+    await postJob(s, key, markedJob(`obliterate-held-${randomUUID().slice(0, 8)}`, FLASH));
+    await dispatch();
+    // A worker fetches a job of BullMQ's wait list (this one, or one the tests before left there): it holds its lock.
+    const connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
+    const worker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+    const held = (await worker.getNextJob('board-obliterate-token', { block: false }))!;
+    try {
+      expect(await state(held.id!)).toBe('active');
+      // The board obliterates a paused queue only.
+      expect((await boardAction(s, `${QUEUE.agent}/pause`)).statusCode).toBe(200);
+      const refused = await boardAction(s, `${QUEUE.agent}/obliterate`, {});
+      expect(refused.statusCode).toBe(409);
+      expect(refused.json()).toEqual({ error: expect.stringMatching(/not obliterated: workers are running/), code: 'EQUEUEACTIVE', queue: QUEUE.agent });
+      expect(await state(held.id!)).toBe('active');
+      expect(await s.runtime.queue.getJobCounts('wait', 'delayed')).not.toEqual({ wait: 0, delayed: 0 });
+    } finally {
+      // Its run ends: the next test obliterates the queue.
+      await held.moveToFailed(new UnrecoverableError('board test: the held job fails'), 'board-obliterate-token', false);
+      await worker.close();
+      connection.disconnect();
+      expect((await boardAction(s, `${QUEUE.agent}/resume`)).statusCode).toBe(200);
+    }
+  });
+
   it('obliterating the queue gives back every slot its jobs held', async () => {
     const { org, key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
     await postJob(s, key, markedJob(`obliterate-${org}`, FLASH));

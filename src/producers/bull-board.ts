@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
 import { currentStored } from '../shared/core/job-stage.js';
-import { ConflictError, RemovalRefusedError } from '../shared/core/errors.js';
+import { ConflictError, ObliterateRefusedError, RemovalRefusedError } from '../shared/core/errors.js';
 import { conflictBody } from './http-errors.js';
 import type { BoardActions } from '../shared/ops/board-actions.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
@@ -207,20 +207,25 @@ class ShardQueueAdapter extends BullMQAdapter {
   }
 }
 
-/** Bull Board's route removing one job, and its own answer when a worker holds that job (cleanJob.js). */
-const BOARD_REMOVE_ROUTE = '/api/queues/:queueName/:jobId/clean';
-const BOARD_JOB_ACTIVE = 'ERRORS.JOB_IS_ACTIVE';
-
 /**
- * The board answers the removal of a job a worker holds itself (its cleanJob finds the job active after BullMQ
- * refused), before any error handler, in its own keyed shape: that answer is given as agentq's refusal instead
- * (RemovalRefusedError: 409, EJOBLOCKED), as one that reaches the error handler is. Undefined for any other result.
+ * Refusals the board answers itself, before any error handler, in its own keyed 409 (`{ error: { key }, message:
+ * { key } }`), by its route and key, with agentq's conflict for each: the removal of a job a worker holds (its
+ * cleanJob finds the job active after BullMQ refused: RemovalRefusedError, EJOBLOCKED) and the obliterate of a
+ * queue whose jobs workers are running (BullMQ's refusal, which its obliterateQueue catches: ObliterateRefusedError,
+ * EQUEUEACTIVE). Both are answered as a conflict that reaches the error handler is.
  */
-function refusedRemoval(context: HookContext, result: ControllerHandlerReturnType): ControllerHandlerReturnType | undefined {
-  if (context.route !== BOARD_REMOVE_ROUTE || result.status !== 409) return undefined;
+const BOARD_REFUSALS: Array<{ route: string; key: string; conflict(params: Record<string, string | undefined>): ConflictError }> = [
+  { route: '/api/queues/:queueName/:jobId/clean', key: 'ERRORS.JOB_IS_ACTIVE', conflict: (p) => new RemovalRefusedError(String(p.jobId)) },
+  { route: '/api/queues/:queueName/obliterate', key: 'ERRORS.QUEUE_HAS_ACTIVE_JOBS', conflict: (p) => new ObliterateRefusedError(String(p.queueName)) },
+];
+
+/** The board's own answer to one of BOARD_REFUSALS in the API's 409 shape; undefined for any other result. */
+function boardRefusal(context: HookContext, result: ControllerHandlerReturnType): ControllerHandlerReturnType | undefined {
+  if (result.status !== 409) return undefined;
   const error = typeof result.body === 'object' ? (result.body as { error?: { key?: unknown } }).error : undefined;
-  if (error?.key !== BOARD_JOB_ACTIVE) return undefined;
-  return { status: 409, body: conflictBody(new RemovalRefusedError(String(context.request.params.jobId))) };
+  const known = BOARD_REFUSALS.find((r) => r.route === context.route && r.key === error?.key);
+  if (!known) return undefined;
+  return { status: 409, body: conflictBody(known.conflict(context.request.params as Record<string, string | undefined>)) };
 }
 
 /** How far past this process's clock `empty` takes jobs (BullMQ's clean compares the time each job was stamped). */
@@ -256,7 +261,7 @@ export async function registerBullBoard(scope: FastifyInstance, opts: { queues: 
     }),
     // @bull-board/fastify pins its own copy of @bull-board/api, whose adapter type differs only nominally.
     serverAdapter: serverAdapter as never,
-    options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true }, handlerHooks: { after: (context, result) => refusedRemoval(context, result) ?? result } },
+    options: { uiConfig: { boardTitle: 'agentq', hideDocsLink: true }, handlerHooks: { after: (context, result) => boardRefusal(context, result) ?? result } },
   });
   // A conflict agentq's side of an action throws (a refused removal, a DLQ retry refused) is answered in the API's
   // shape, `{ error, code, ...}`, whose `error` the board's page shows as it is; the board's own handler answered

@@ -86,6 +86,17 @@ export class RemovalRefusedError extends ConflictError {
   }
 }
 
+/**
+ * BullMQ refused to obliterate a queue because workers are running some of its jobs (their locks), `EQUEUEACTIVE`:
+ * 409, with the queue's name (as the board names it). Nothing was removed; it can be obliterated once those runs
+ * have ended, or with `force`, which takes the running jobs too.
+ */
+export class ObliterateRefusedError extends ConflictError {
+  constructor(queue: string) {
+    super(`queue ${queue} was not obliterated: workers are running some of its jobs; obliterate it once they have ended, or with force`, { queue }, 'EQUEUEACTIVE');
+  }
+}
+
 /** Over the org's request rate plan or a durable quota: 429 with Retry-After; nothing was enqueued. */
 export class RateLimitedError extends AgentqError {
   constructor(
