@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { classifyFailure } from '../src/shared/core/dlq-classify.js';
 import { encodeReason } from '../src/shared/core/outcomes.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
+import { createPricing } from '../src/shared/infra/llm/pricing.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
@@ -147,6 +148,45 @@ describe('DLQ classification of real failures', () => {
       s.emulator.clearFaults();
       s.emulator.resetCalls();
     }
+  });
+
+  it("a stream cut before its last chunk: each attempt's row billed the prompt its chunks reported; a whole stream's row its last chunk's usage, not a sum", async () => {
+    const pricing = createPricing();
+    const m = marker();
+    s.emulator.script({ noFinishReason: true, times: -1, match: { kind: 'stream', promptIncludes: m } });
+    try {
+      s.emulator.resetCalls();
+      const id = await enqueue({ ...riskJob(m), options: { stream: true } });
+      const view = await finalState(id);
+      expect(view).toMatchObject({ state: 'failed', attempts: 2 });
+      expect(view.error).toMatch(/EPROVIDER/);
+      const calls = s.emulator.calls().filter((c) => c.fault === 'no-finish-reason');
+      expect(calls.map((c) => [c.kind, c.outputTokens])).toEqual([
+        ['stream', 0],
+        ['stream', 0],
+      ]);
+      await usageWritten(s);
+      const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
+      expect(rows).toMatchObject(calls.map((c) => ({ state: 'failed', input_tokens: c.promptTokens, output_tokens: 0 })));
+      for (const [i, r] of rows.entries()) {
+        expect(r.input_tokens).toBeGreaterThan(0);
+        expect(Number(r.cost_usd)).toBeCloseTo(pricing.cost(calls[i].model, { input: calls[i].promptTokens!, output: 0 }, 'standard').costUsd, 7);
+      }
+    } finally {
+      s.emulator.clearFaults();
+    }
+    // The same stream whole: every chunk carried the prompt's usage too, and the row is the last chunk's, once.
+    s.emulator.resetCalls();
+    const whole = await enqueue({ ...riskJob(marker()), options: { stream: true } });
+    expect(await finalState(whole)).toMatchObject({ state: 'completed' });
+    const [call] = s.emulator.calls();
+    expect(call).toMatchObject({ kind: 'stream', status: 200 });
+    await usageWritten(s);
+    const [row] = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1', [whole])).rows;
+    expect(row).toMatchObject({ state: 'completed', input_tokens: call.promptTokens, output_tokens: call.outputTokens });
+    expect(row.output_tokens).toBeGreaterThan(0);
+    expect(Number(row.cost_usd)).toBeCloseTo(pricing.cost(call.model, { input: call.promptTokens!, output: call.outputTokens! }, 'standard').costUsd, 7);
+    s.emulator.resetCalls();
   });
 
   it('invalid input is poison; a retry with corrected input is validated, then runs', async () => {

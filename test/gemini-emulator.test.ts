@@ -170,6 +170,42 @@ describe('gemini emulator through the real SDK', () => {
     expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
   });
 
+  it("every chunk of a stream carries usageMetadata, as Gemini's do: the prompt's (and the thinking) before the last, the whole usage on the last", async () => {
+    const prompt = 'Explain how a circuit breaker protects a flaky upstream service';
+    const sse = async (generationConfig?: object) => {
+      const res = await fetch(`${emu.url}/v1beta/models/${MODEL}:streamGenerateContent?alt=sse`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'x-goog-api-key': 'k' },
+        body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: prompt }] }], ...(generationConfig ? { generationConfig } : {}) }),
+      });
+      const events = (await res.text())
+        .trim()
+        .split('\n\n')
+        .map((e) => JSON.parse(e.replace(/^data: /, '')) as { candidates: Array<{ finishReason?: string }>; usageMetadata: Record<string, unknown> });
+      return { events, call: emu.calls().at(-1)! };
+    };
+    const n = countTokens(prompt);
+    const promptUsage = { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], serviceTier: 'standard' };
+    const plain = await sse();
+    expect(plain.events.length).toBeGreaterThanOrEqual(3);
+    // FirebaseExtended/vertexai-sdk-test-data googleai/streaming-success-basic-reply-*.txt: no candidatesTokenCount
+    // before the last chunk, which alone has the finishReason.
+    for (const e of plain.events.slice(0, -1)) {
+      expect(e.usageMetadata).toEqual(promptUsage);
+      expect(e.candidates[0].finishReason).toBeUndefined();
+    }
+    const out = plain.call.outputTokens!;
+    expect(plain.events.at(-1)!.candidates[0].finishReason).toBe('STOP');
+    expect(plain.events.at(-1)!.usageMetadata).toEqual({ ...promptUsage, candidatesTokenCount: out, totalTokenCount: n + out, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }] });
+    // A call that thinks (streaming-success-thinking-reply-thought-summary.txt): the thinking, done before the first
+    // text, is on every chunk and in its total.
+    const thinking = await sse({ thinkingConfig: { thinkingBudget: 40 } });
+    const t = thinking.call.thoughtsTokens!;
+    expect(t).toBeGreaterThan(0);
+    for (const e of thinking.events.slice(0, -1)) expect(e.usageMetadata).toEqual({ ...promptUsage, totalTokenCount: n + t, thoughtsTokenCount: t });
+    expect(thinking.events.at(-1)!.usageMetadata).toMatchObject({ candidatesTokenCount: thinking.call.outputTokens, thoughtsTokenCount: t, totalTokenCount: n + thinking.call.outputTokens! + t });
+  });
+
   it('embeds deterministically into unit vectors where paraphrases are close and unrelated texts far', async () => {
     const texts = [
       'How do I reset my password for the billing portal?',
@@ -317,6 +353,8 @@ describe('scripted faults', () => {
       expect(cut.err).toBeInstanceOf(Error);
       expect(cut.got).toEqual(whole.got.slice(0, Math.min(after, n - 1)));
       expect(emu.faults()).toEqual([]);
+      // Its last whole chunk told the client the prompt's usage alone.
+      expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'reset', outputTokens: 0 });
     }
     const refused = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reset: true, afterChunks: 1.5 }) });
     expect(refused.status).toBe(400);
@@ -356,7 +394,14 @@ describe('scripted faults', () => {
     emu.script({ noFinishReason: true, match: { kind: 'stream' } });
     const cut = await stream();
     expect(cut.map((c) => c.text)).toEqual(full.slice(0, -1).map((c) => c.text));
-    expect(cut.some((c) => c.candidates?.[0]?.finishReason !== undefined || c.usageMetadata !== undefined)).toBe(false);
+    // Each chunk it sent carries the usage Gemini puts on every chunk but its last: the prompt's, no output count.
+    expect(cut.some((c) => c.candidates?.[0]?.finishReason !== undefined)).toBe(false);
+    const promptUsage = full[0].usageMetadata;
+    expect(promptUsage).toMatchObject({ promptTokenCount: full.at(-1)!.usageMetadata!.promptTokenCount, totalTokenCount: full.at(-1)!.usageMetadata!.promptTokenCount });
+    expect(promptUsage?.candidatesTokenCount).toBeUndefined();
+    for (const c of cut) expect(c.usageMetadata).toEqual(promptUsage);
+    // The call log says what the client was told it cost: the prompt, no output.
+    expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', promptTokens: promptUsage!.promptTokenCount, outputTokens: 0 });
     const both = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ noFinishReason: true, malformed: true }) });
     expect(both.status).toBe(400);
     expect(JSON.stringify(await both.json())).toContain('noFinishReason');

@@ -193,7 +193,7 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
       });
 
-      it('a 200 without a finishReason -> EPROVIDER retryable, its usage billed; a stream ended before its last chunk too, nothing billed', async () => {
+      it("a 200 without a finishReason -> EPROVIDER retryable, its usage billed; a stream ended before its last chunk too, billed the prompt its chunks reported", async () => {
         emu.script([{ noFinishReason: true, match: { kind: 'generate' } }, { noFinishReason: true, match: { kind: 'stream' } }]);
         const plain = await failure(gen());
         expect(plain).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
@@ -207,8 +207,13 @@ for (const transport of ['fetch', 'node-http'] as const) {
         const streamed = await failure(gen({ onText: (t) => void seen.push(t) }));
         expect(streamed).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
         expect(streamed.message).toMatch(/the stream ended without a finishReason/);
-        expect(streamed.billed).toBeUndefined();
-        expect(seen.length).toBeGreaterThan(0);
+        expect(seen.length).toBeGreaterThan(1);
+        // Every chunk carried the prompt's usage: billed once (the last chunk's), never once per chunk, and no output.
+        const cut = emu.calls()[1];
+        expect(cut).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', outputTokens: 0 });
+        expect(streamed.billed).toMatchObject({ model: MODEL, tier: 'standard', usage: { input: cut.promptTokens, output: 0 } });
+        expect(streamed.billed!.costUsd).toBe(costUsd(MODEL, { input: cut.promptTokens!, output: 0 }));
+        expect(streamed.billed!.costUsd).toBeGreaterThan(0);
         // The same call without the fault is an answer.
         expect((await gen()).json).toBeDefined();
       });
@@ -250,9 +255,12 @@ for (const transport of ['fetch', 'node-http'] as const) {
             },
           }),
         );
-        expect(await pending).toMatchObject({ code: 'EABORTED' });
+        const aborted = await pending;
+        expect(aborted).toMatchObject({ code: 'EABORTED' });
         expect(seen).toHaveLength(1);
         await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
+        // The chunk it read reported the prompt's usage: the cancelled call is billed that, and no output.
+        expect(aborted.billed).toMatchObject({ model: MODEL, usage: { input: emu.calls()[0].promptTokens, output: 0 } });
       });
 
       it('an onText failure propagates unchanged and releases the stream', async () => {
@@ -265,12 +273,20 @@ for (const transport of ['fetch', 'node-http'] as const) {
 
       it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
         emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
-        expect(await failure(gen())).toMatchObject({ code: 'ENETWORK', retryable: true });
+        const early = await failure(gen());
+        expect(early).toMatchObject({ code: 'ENETWORK', retryable: true });
         const seen: string[] = [];
-        expect(await failure(gen({ onText: (t) => void seen.push(t) }))).toMatchObject({ code: 'ENETWORK', retryable: true });
+        const cut = await failure(gen({ onText: (t) => void seen.push(t) }));
+        expect(cut).toMatchObject({ code: 'ENETWORK', retryable: true });
         // The cut came after the first chunk reached onText: a reset during a stream, not before it.
         expect(seen).toHaveLength(1);
         expect(seen[0].length).toBeGreaterThan(0);
+        // That chunk reported the prompt's usage: the cut call is billed it; the one reset before any answer is not.
+        const during = emu.calls()[1];
+        expect(during).toMatchObject({ kind: 'stream', fault: 'reset' });
+        expect(cut.billed).toMatchObject({ model: MODEL, usage: { input: during.promptTokens, output: 0 } });
+        expect(cut.billed!.costUsd).toBeGreaterThan(0);
+        expect(early.billed).toBeUndefined();
         expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
       });
 
@@ -452,6 +468,22 @@ describe('a stream that ends cleanly without a finishReason', () => {
       const ok = await client.generate({ model: MODEL, prompt: 'q', onText: () => undefined });
       expect(ok).toMatchObject({ text: 'The whole answer.', usage: { input: 3, output: 4 } });
       expect(ok.costUsd).toBeGreaterThan(0);
+    });
+
+    it(`${transport}: as Gemini streams (usage on every chunk, the prompt's before the last), billed the last chunk's usage, never a sum`, async () => {
+      const client = createLlmClient({ apiKey: 'k', baseUrl: url, timeoutMs: 5000, ...(transport === 'node-http' ? { fetch: createNodeHttpFetch() } : {}) });
+      // FirebaseExtended/vertexai-sdk-test-data googleai/streaming-success-basic-reply-short.txt, shortened.
+      const prompt = { promptTokenCount: 7, totalTokenCount: 7, promptTokensDetails: [{ modality: 'TEXT', tokenCount: 7 }] };
+      const whole = { ...prompt, candidatesTokenCount: 10, totalTokenCount: 17, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: 10 }] };
+      chunks = [{ ...piece('The'), usageMetadata: prompt }, { ...piece(' capital of Wyoming'), usageMetadata: prompt }, { ...piece(' is **Cheyenne**.\n', { finishReason: 'STOP' }), usageMetadata: whole }];
+      const ok = await client.generate({ model: MODEL, prompt: 'q', onText: () => undefined });
+      expect(ok.usage).toEqual({ input: 7, output: 10 });
+      expect(ok.costUsd).toBe(costUsd(MODEL, { input: 7, output: 10 }));
+      // Cut before its last chunk: the prompt its chunks reported, once.
+      chunks = chunks.slice(0, 2);
+      const cut = await failure(client.generate({ model: MODEL, prompt: 'q', onText: () => undefined }));
+      expect(cut).toMatchObject({ code: 'EPROVIDER', retryable: true, billed: { model: MODEL, tier: 'standard', usage: { input: 7, output: 0 } } });
+      expect(cut.billed!.costUsd).toBe(costUsd(MODEL, { input: 7, output: 0 }));
     });
   }
 });

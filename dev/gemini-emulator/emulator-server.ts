@@ -6,7 +6,7 @@ import { embedText } from './embedder.js';
 import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type CallKind, type EmulatorFault } from './faults.js';
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
-import { createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
+import { chunkUsage, createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
 import { refusalBody, refusalCachedTokens, stoppedStream } from './refusal.js';
 
 export interface CallRecord {
@@ -386,9 +386,11 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     const responseId = `emu-${record.id}`;
     // A noFinishReason fault leaves it off the whole answer (a generate call's one body): all else is as sent.
     const finished = !fault?.noFinishReason;
+    // Every chunk carries usage, as Gemini's do: the last (with the finishReason) the whole of it, the others the
+    // prompt's (chunkUsage). A generate call's one body is its last chunk.
     const chunkBody = (text: string, last: boolean) => ({
       candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...(last && finished ? { finishReason: answer.finishReason } : {}) }],
-      ...(last ? { usageMetadata: answer.usage } : {}),
+      usageMetadata: last ? answer.usage : chunkUsage(answer.usage),
       modelVersion: model,
       responseId,
     });
@@ -425,6 +427,8 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     // A noFinishReason fault ends the stream cleanly before Gemini's last chunk, the one that says it finished.
     const pieces = finished ? splitForStream(answer.text) : splitForStream(answer.text).slice(0, -1);
     const cutAfter = fault?.reset ? (fault.afterChunks ?? 0) : undefined;
+    // A stream that never sends its last chunk told the client only the usage of the others: the log says that.
+    if (!finished || cutAfter !== undefined) record.outputTokens = 0;
     for (let i = 0; i < pieces.length; i++) {
       if (i > 0 && streamDelayMs > 0) await sleep(streamDelayMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || res.destroyed) return;

@@ -41,10 +41,11 @@ export interface FaultMatch {
  *   answer (all of them when it has fewer), then the stopped candidate, its usage billing the text streamed.
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
  *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
- *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the usage),
- *   then a clean end of the body, as when a proxy or the backend closes a stream early. A batch's create takes it
- *   for its inline responses, once the batch succeeds: each response whose request's text includes
- *   `match.promptIncludes` (every response without one) is whole but for its candidate's `finishReason`.
+ *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the whole
+ *   usage; the others carry the prompt's), then a clean end of the body, as when a proxy or the backend closes a
+ *   stream early. The call log's outputTokens is then 0, as for a stream cut by `reset`: what the client was told.
+ *   A batch's create takes it for its inline responses, once the batch succeeds: each response whose request's
+ *   text includes `match.promptIncludes` (every response without one) is whole but for its candidate's `finishReason`.
  * A batch's admin calls (`match.kind` batchGet, batchList, batchCancel, batchDelete) take status, hang, reset
  * and latencyMs faults, and only faults that name their kind.
  * `times` defaults to 1; -1 or Infinity keeps it until cleared.

@@ -1,5 +1,6 @@
 import type { WireUsage } from './gemini-wire.js';
 import { countTokens } from './tokenizer.js';
+import { chunkUsage, promptUsage } from './usage-model.js';
 
 /**
  * A scripted refusal (fault `refuse`). Exactly one of `finishReason`, `blockReason`, `noCandidate`;
@@ -135,18 +136,6 @@ export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; te
   return { candidates: [candidate], usageMetadata: o.streamedText ? streamedUsage(o.usage, o.streamedText) : usageMetadata, modelVersion: o.model, ...id };
 }
 
-/** The model read the prompt: the prompt's side of the usage (details, an implicit-cache hit), no output. */
-function promptUsage(usage: WireUsage): Record<string, unknown> {
-  const { promptTokenCount, cachedContentTokenCount, cacheTokensDetails, serviceTier } = usage;
-  return {
-    promptTokenCount,
-    totalTokenCount: promptTokenCount,
-    promptTokensDetails: usage.promptTokensDetails,
-    ...(cachedContentTokenCount ? { cachedContentTokenCount, cacheTokensDetails } : {}),
-    ...(serviceTier !== undefined ? { serviceTier } : {}),
-  };
-}
-
 /**
  * The usage of a stream stopped after some text: the prompt's, plus the text it streamed as candidates tokens and
  * the thinking that came before that text (Gemini bills what it generated, the text it then withheld included).
@@ -165,14 +154,14 @@ function streamedUsage(usage: WireUsage, text: string[]): Record<string, unknown
 
 /**
  * A stream Gemini stops after some text (fault `refuse` with `afterChunks`), as it streams one: the text chunks,
- * each with the usage of the prompt alone, as Gemini puts usageMetadata on every chunk of a stream
- * (FirebaseExtended/vertexai-sdk-test-data googleai streaming-failure-recitation-no-content.txt), then the stop:
+ * each with the usage of the prompt (and the thinking before the text) as on any stream's chunk but its last
+ * (`chunkUsage`; FirebaseExtended/vertexai-sdk-test-data googleai streaming-failure-recitation-no-content.txt), then the stop:
  * a candidate with no content (the FinishReason reference: "when streaming, the content field is empty if content
  * filters block the output"), its finishReason and ratings as in `refusalBody`, and the usage of the prompt and the
  * text streamed. The events' bodies, in order.
  */
 export function stoppedStream(r: Refusal, text: string[], o: { model: string; usage: WireUsage; text: string; responseId: string }): Record<string, unknown>[] {
-  const usageMetadata = promptUsage(o.usage);
+  const usageMetadata = chunkUsage(o.usage);
   const chunks = text.map((t) => ({ candidates: [{ content: { parts: [{ text: t }], role: 'model' }, index: 0 }], usageMetadata, modelVersion: o.model, responseId: o.responseId }));
   return [...chunks, refusalBody(r, { ...o, streamedText: text })];
 }

@@ -89,3 +89,29 @@ export function createUsageModel(opts: UsageModelOptions = {}) {
 }
 
 export type UsageModel = ReturnType<typeof createUsageModel>;
+
+/** The model read the prompt: the prompt's side of a usage (details, an implicit-cache hit, the tier), no output. */
+export function promptUsage(usage: WireUsage): Record<string, unknown> {
+  const { promptTokenCount, cachedContentTokenCount, cacheTokensDetails, serviceTier } = usage;
+  return {
+    promptTokenCount,
+    totalTokenCount: promptTokenCount,
+    promptTokensDetails: usage.promptTokensDetails,
+    ...(cachedContentTokenCount ? { cachedContentTokenCount, cacheTokensDetails } : {}),
+    ...(serviceTier !== undefined ? { serviceTier } : {}),
+  };
+}
+
+/**
+ * The usage on every chunk of a stream but its last, as Gemini streams it (FirebaseExtended/vertexai-sdk-test-data
+ * googleai streaming-success-basic-reply-*.txt, streaming-failure-recitation-no-content.txt): the prompt's, no
+ * candidatesTokenCount; and when the call thought, the thinking done so far (streaming-success-thinking-*.txt: each
+ * chunk's `thoughtsTokenCount`, in its `totalTokenCount`). The emulator thinks before its first text, so every text
+ * chunk carries all of it. The last chunk, with the finishReason, carries the whole usage. So a stream cut before its
+ * last chunk has told the client what the prompt (and the thinking) cost, and nothing of the text.
+ */
+export function chunkUsage(usage: WireUsage): Record<string, unknown> {
+  const thoughts = usage.thoughtsTokenCount ?? 0;
+  const prompt = promptUsage(usage);
+  return thoughts > 0 ? { ...prompt, totalTokenCount: usage.promptTokenCount + thoughts, thoughtsTokenCount: thoughts } : prompt;
+}

@@ -20,9 +20,9 @@ export type CacheLevel = 'l1' | 'l2' | 'semantic';
 
 /**
  * What a model call that answered was billed (from its `usageMetadata`). An error raised after the answer came
- * (not JSON, schema-invalid, a refusal) carries it as `billed`: the attempt's failed `agent_runs` row (or, when a
- * later call of the run delays the job, the run's `delayed` row), hence `/v1/usage` and the monthly USD quota, and
- * the TPM buckets count what Gemini charged.
+ * (not JSON, schema-invalid, a refusal, a stream cut after chunks that reported the prompt's usage) carries it as
+ * `billed`: the attempt's failed `agent_runs` row (or, when a later call of the run delays the job, the run's
+ * `delayed` row), hence `/v1/usage` and the monthly USD quota, and the TPM buckets count what Gemini charged.
  */
 export interface BilledCall {
   model: string;

@@ -1,6 +1,7 @@
 import { GoogleGenAI, ServiceTier as SdkServiceTier, type Fetch, type GenerateContentConfig, type GenerateContentResponse, type GoogleGenAIOptions } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
 import type { BilledCall, ServiceTier, TokenUsage } from '../../core/types.js';
+import { carryBilled } from '../../core/outcomes.js';
 import { answerEndOf, refusalOf, unfinishedOf, type AnswerEnd } from './answer-end.js';
 import { LlmError, toLlmError } from './llm-errors.js';
 import { createPricing, type Pricing } from './pricing.js';
@@ -104,6 +105,14 @@ export function servedTierOf(res: GenerateContentResponse | undefined, usage: Ge
   const v = said.toLowerCase().replace(/^service_tier_/, '');
   if (v === 'standard' || v === 'unspecified') return 'standard';
   return v === 'flex' || v === 'priority' ? v : asked;
+}
+
+/** What a call that reported `meta` (in `res`, its last response) is billed: its tokens at the tier Gemini says it served. */
+function billOf(pricing: Pricing, req: Pick<GenerateRequest, 'model' | 'tier'>, meta: GenerateContentResponse['usageMetadata'], res: GenerateContentResponse | undefined) {
+  const usage = usageOf(meta);
+  const tier = servedTierOf(res, meta, req.tier ?? 'standard');
+  const cost = pricing.cost(req.model, usage, tier);
+  return { usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
 }
 
 /** Gemini's batchEmbedContents takes at most 100 requests. */
@@ -238,6 +247,10 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       if (callbackFailed) throw err;
       const e = d.fail(err, what);
       e.model ??= req.model;
+      // A stream cut after chunks that carried usage (Gemini puts the prompt's on every one; the last chunk's is the
+      // call's, so the last seen is what it reported, never a sum): the model read the prompt and Gemini bills it,
+      // so the error carries it as a refusal's does, for the attempt's row and the TPM buckets.
+      if (usageSeen) carryBilled(e, billedCall(billOf(pricing, req, usageSeen, last)));
       // A caller's cancellation is routine (shutdown, job cancel), not worth a warning.
       log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
       throw e;
@@ -245,14 +258,13 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       d.end(finished);
     }
 
-    const usage = usageOf(usageSeen);
-    const tier: ServiceTier = servedTierOf(last, usageSeen, req.tier ?? 'standard');
-    const cost = pricing.cost(req.model, usage, tier);
-    const result: GenerateResult = { text, usage, model: req.model, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier };
+    const result: GenerateResult = { text, ...billOf(pricing, req, usageSeen, last) };
+    const { usage, tier } = result;
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = billedCall(result);
     // A stream that ended without a finishReason was cut short, though cleanly at the HTTP level (a proxy or the
-    // backend closing early): the text is partial and the usage unknown. A plain answer without one is as
+    // backend closing early): the text is partial, and the usage the last chunk carried is the prompt's (Gemini's
+    // chunks before its last carry no output count), which is what it is billed. A plain answer without one is as
     // incomplete, whatever its text. Either is no answer (see unfinishedOf).
     const ended = req.onText ? 'the stream ended' : 'the answer came';
     const unfinished = unfinishedOf(end, !!usageSeen, `${what}: ${ended} without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, billed });

@@ -15,7 +15,7 @@ export class LlmError extends Error {
   readonly quotaId?: string;
   /** The model the failed call asked for (set by the client), so a 429 can pause that model's lanes. */
   model?: string;
-  /** The model answered before this error (bad output, a refusal): what that answer was billed. */
+  /** The model answered before this error (bad output, a refusal, a stream cut after some chunks): what that answer was billed. */
   readonly billed?: BilledCall;
   /** The candidate's `finishReason` (Gemini's FinishReason enum) when it explains the error: EBLOCKED, EBADOUTPUT. */
   readonly finishReason?: string;
