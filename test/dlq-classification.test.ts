@@ -112,6 +112,38 @@ describe('DLQ classification of real failures', () => {
     s.emulator.resetCalls();
   });
 
+  it('a plain answer Gemini stopped for SAFETY after some text (its content, then the stop) fails at once as EBLOCKED, billed that text; the text is no result and is never cached', async () => {
+    const m = marker();
+    s.emulator.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2, match: { kind: 'generate', promptIncludes: m } });
+    s.emulator.resetCalls();
+    const id = await enqueue(riskJob(m));
+    const view = await finalState(id);
+    expect(view).toMatchObject({ state: 'failed', attempts: 1 });
+    expect(view.error).toMatch(/^\[EBLOCKED\] .*answer stopped \(finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT\)$/);
+    expect(view.result).toBeUndefined();
+    expect(await entry(id)).toMatchObject({ class: 'poison', type: 'blocked', attempts: 1 });
+    const [call] = s.emulator.calls();
+    expect(call).toMatchObject({ kind: 'generate', status: 200, fault: 'refuse:SAFETY@2' });
+    expect(call.outputTokens).toBeGreaterThan(0);
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd, cache_hit FROM agent_runs WHERE job_id = $1', [id])).rows;
+    expect(rows).toMatchObject([{ state: 'failed', input_tokens: call.promptTokens, output_tokens: call.outputTokens, cache_hit: null }]);
+    expect(Number(rows[0].cost_usd)).toBeGreaterThan(0);
+
+    // Nothing of it was cached: the same job again calls the model and completes with the whole answer, which is
+    // cached (a third is served from the cache), so the cache was there to take the first.
+    const again = await finalState(await enqueue(riskJob(m)));
+    expect(again).toMatchObject({ state: 'completed', attempts: 1, result: { success: true } });
+    expect(again.result.cacheHit).toBeUndefined();
+    const third = await finalState(await enqueue(riskJob(m)));
+    expect(third.result).toMatchObject({ success: true, cacheHit: expect.stringMatching(/^l[12]$/), data: again.result.data });
+    expect(s.emulator.calls().map((c) => [c.kind, c.status, c.fault])).toEqual([
+      ['generate', 200, 'refuse:SAFETY@2'],
+      ['generate', 200, undefined],
+    ]);
+    s.emulator.resetCalls();
+  });
+
   it('a persistent 500 is retryable once its attempts are used up', async () => {
     const m = marker();
     s.emulator.script({ status: 500, times: -1, match: { promptIncludes: m } });

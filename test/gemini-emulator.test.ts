@@ -487,9 +487,7 @@ describe('scripted faults', () => {
       const whole = await sse();
       expect(whole.length).toBeGreaterThanOrEqual(3);
       const textOf = (e: Record<string, any>) => e.candidates[0].content.parts[0].text as string;
-      // A generate call does not take it: only a stream sends text before a stop.
-      emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2 });
-      expect((await ai.models.generateContent({ model: MODEL, contents: prompt })).candidates?.[0]?.finishReason).toBe('STOP');
+      emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2, match: { kind: 'stream' } });
       emu.setStreamChunkDelay(5);
       const events = await sse();
       const sent = [textOf(whole[0]), textOf(whole[1])];
@@ -535,8 +533,55 @@ describe('scripted faults', () => {
       };
       expect(await post({ refuse: { blockReason: 'SAFETY' }, afterChunks: 1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks .* with a refuse that names a finishReason/) });
       expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: -1 })).toEqual({ status: 400, message: expect.stringMatching(/afterChunks must be a non-negative integer/) });
-      expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'generate' } })).toEqual({ status: 400, message: expect.stringMatching(/match\.kind must be stream/) });
+      expect(await post({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'batch' } })).toEqual({ status: 400, message: expect.stringMatching(/match\.kind must be stream or generate/) });
       expect(emu.faults()).toEqual([]);
+    });
+
+    it('a generate call stopped for SAFETY after some text: the candidate carries that text as its content, its finishReason and ratings, the text billed', async () => {
+      const n = await tokens();
+      // The text a stream of the same request sends in its first two chunks.
+      const chunks = (await (await raw('streamGenerateContent?alt=sse')).text())
+        .trim()
+        .split('\n\n')
+        .map((e) => (JSON.parse(e.replace(/^data: /, '')) as { candidates: Array<{ content: { parts: Array<{ text: string }> } }> }).candidates[0].content.parts[0].text);
+      expect(chunks.length).toBeGreaterThanOrEqual(3);
+      const sent = chunks.slice(0, 2).join('');
+      const out = countTokens(sent);
+      emu.resetCalls();
+      // No match.kind: the first call takes it, a generate call as a stream would.
+      emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2 });
+      const body = await (await raw('generateContent')).json();
+      const id = `emu-${emu.calls().at(-1)!.id}`;
+      const promptUsage = { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], serviceTier: 'standard' };
+      // FirebaseExtended/vertexai-sdk-test-data googleai/unary-failure-finish-reason-safety.txt: content, then the stop.
+      expect(body).toEqual({
+        candidates: [{ content: { parts: [{ text: sent }], role: 'model' }, finishReason: 'SAFETY', index: 0, safetyRatings: ratings('HARM_CATEGORY_HARASSMENT') }],
+        usageMetadata: { ...promptUsage, candidatesTokenCount: out, totalTokenCount: n + out, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }] },
+        modelVersion: MODEL,
+        responseId: id,
+      });
+      expect(out).toBeGreaterThan(0);
+      expect(emu.calls().at(-1)).toMatchObject({ kind: 'generate', status: 200, fault: 'refuse:SAFETY@2', promptTokens: n, outputTokens: out });
+
+      // Through the SDK; past the answer's chunk count, the whole text; RECITATION cites what follows the text (none).
+      emu.script([
+        { refuse: { finishReason: 'SAFETY' }, afterChunks: 1, match: { kind: 'generate' } },
+        { refuse: { finishReason: 'RECITATION' }, afterChunks: 99, match: { kind: 'generate' } },
+      ]);
+      const sdkChunks: string[] = [];
+      for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: prompt })) sdkChunks.push(c.text ?? '');
+      const one = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect([one.text, one.candidates?.[0]?.finishReason, one.candidates?.[0]?.safetyRatings?.find((r) => r.blocked)?.category]).toEqual([sdkChunks[0], 'SAFETY', 'HARM_CATEGORY_DANGEROUS_CONTENT']);
+      const all = await ai.models.generateContent({ model: MODEL, contents: prompt });
+      expect(all.text).toBe(sdkChunks.join(''));
+      expect(all.candidates?.[0]?.finishReason).toBe('RECITATION');
+      expect(all.usageMetadata?.candidatesTokenCount).toBe(countTokens(sdkChunks.join('')));
+      // A batch's create does not take it: its inline answers carry no text before a stop.
+      emu.script({ refuse: { finishReason: 'SAFETY' }, afterChunks: 1 });
+      await ai.batches.create({ model: MODEL, src: [{ contents: [{ role: 'user', parts: [{ text: prompt }] }] }] });
+      expect(emu.faults()).toHaveLength(1);
+      expect(emu.calls().at(-1)!.kind).toBe('batch');
+      expect(emu.calls().at(-1)!.fault).toBeUndefined();
     });
 
     it('a RECITATION stop carries citationMetadata.citationSources (the SDK reads them as citations): the withheld answer by default, or the scripted sources', async () => {

@@ -330,6 +330,38 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(e.billed!.costUsd).toBe(costUsd(MODEL, e.billed!.usage));
       });
 
+      it('a plain answer stopped for SAFETY after some text (its content, then the stop) -> EBLOCKED naming the category, its text never the result, its tokens billed', async () => {
+        // The text the answer's stream sends: the stopped answer's content is its first chunks.
+        const chunks: string[] = [];
+        const whole = await gen({ onText: (t) => void chunks.push(t) });
+        expect(chunks.length).toBeGreaterThanOrEqual(3);
+        emu.resetCalls();
+        emu.script([
+          { refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, afterChunks: 2, match: { kind: 'generate' } },
+          // All of it: whole, valid JSON, and still no answer, since Gemini stopped it.
+          { refuse: { finishReason: 'SAFETY' }, afterChunks: 99, match: { kind: 'generate' } },
+        ]);
+        const partial = await failure(gen());
+        expect(partial).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
+        expect(partial.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT)`);
+        const all = await failure(gen());
+        expect(all).toMatchObject({ code: 'EBLOCKED', finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT'] });
+        const [first, second] = emu.calls();
+        expect([first, second].map((c) => [c.kind, c.status, c.fault])).toEqual([
+          ['generate', 200, 'refuse:SAFETY@2'],
+          ['generate', 200, 'refuse:SAFETY@99'],
+        ]);
+        // Billed the prompt and the text Gemini sent; the text itself rides nowhere on the error.
+        expect(first.outputTokens).toBe(countTokens(chunks.slice(0, 2).join('')));
+        expect(partial.billed).toMatchObject({ model: MODEL, usage: { input: first.promptTokens, output: first.outputTokens } });
+        expect(all.billed).toMatchObject({ usage: { input: second.promptTokens, output: countTokens(whole.text) } });
+        for (const e of [partial, all]) {
+          expect(e.billed!.costUsd).toBe(costUsd(MODEL, e.billed!.usage));
+          expect(JSON.stringify({ ...e, message: e.message })).not.toContain(chunks[0]);
+          expect(e).not.toHaveProperty('json');
+        }
+      });
+
       it('a RECITATION stop -> EBLOCKED naming the reason; its citationMetadata is deliberately not carried (answer-end.ts says why)', async () => {
         const uri = 'https://www.example.org/recited-book';
         emu.script([

@@ -7,7 +7,7 @@ import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type 
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
 import { chunkUsage, createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
-import { refusalBody, refusalCachedTokens, stoppedStream } from './refusal.js';
+import { refusalBody, refusalCachedTokens, stoppedAnswer, stoppedStream } from './refusal.js';
 
 export interface CallRecord {
   id: number;
@@ -397,10 +397,11 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     if (fault?.refuse) {
       // Gemini bills the prompt of a refusal and sends its usage, but no text (refusal.ts has the shapes); a
       // stream's refusal is its one event, the first, which alone carries a prompt's feedback, unless the fault
-      // stops it after some text (afterChunks, a stream's only): those chunks, then the stop.
-      const streamed = kind === 'stream' && fault.afterChunks ? splitForStream(answer.text).slice(0, fault.afterChunks) : [];
+      // stops the answer after some text (afterChunks, a stream's or a generate call's): a stream sends those
+      // chunks, then the stop; a generate call answers the stopped candidate with that text as its content.
+      const sent = fault.afterChunks ? splitForStream(answer.text).slice(0, fault.afterChunks) : [];
       const o = { model, usage: answer.usage, text: answer.text, responseId };
-      const events = streamed.length > 0 ? stoppedStream(fault.refuse, streamed, o) : [refusalBody(fault.refuse, o)];
+      const events = sent.length === 0 ? [refusalBody(fault.refuse, o)] : kind === 'generate' ? [stoppedAnswer(fault.refuse, sent, o)] : stoppedStream(fault.refuse, sent, o);
       const refusal = events[events.length - 1];
       const cached = refusalCachedTokens(refusal);
       const billed = refusal.usageMetadata as { candidatesTokenCount?: number; thoughtsTokenCount?: number };

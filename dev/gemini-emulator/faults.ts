@@ -37,8 +37,10 @@ export interface FaultMatch {
  *   safety rating blocked (`blocked: true`; SAFETY defaults to HARM_CATEGORY_DANGEROUS_CONTENT), `finishMessage` the
  *   candidate's. A RECITATION stop carries `citationMetadata.citationSources`: one source over the answer it
  *   withheld by default, or `citations: [{ startIndex?, endIndex?, uri?, license? }]` (none when empty). A batch's create takes it for the inline answers of the requests it names (as `noFinishReason`).
- *   With `afterChunks` (a finishReason's, stream calls only) the stop comes mid-answer: that many text chunks of the
- *   answer (all of them when it has fewer), then the stopped candidate, its usage billing the text streamed.
+ *   With `afterChunks` (a finishReason's; stream and generate calls only, never a batch's) the stop comes
+ *   mid-answer, after the text of that many chunks of the answer's stream (all of them when it has fewer): a stream
+ *   sends those chunks, then the stopped candidate; a generate call answers the stopped candidate with that text
+ *   as its `content` (as Gemini's unary SAFETY stop does). Either usage bills the text sent.
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
  *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
  *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the whole
@@ -104,9 +106,10 @@ function validate(f: EmulatorFault): EmulatorFault {
   if (f.afterChunks !== undefined && !((f.reset === true || named(f.refuse?.finishReason)) && Number.isInteger(f.afterChunks) && f.afterChunks >= 0)) {
     throw new FaultScriptError('fault afterChunks must be a non-negative integer, with reset or with a refuse that names a finishReason');
   }
-  // Only a stream sends text before a stop: a generate or batch call must not consume a fault it cannot act out.
-  if (f.refuse !== undefined && f.afterChunks !== undefined && f.match?.kind !== undefined && f.match.kind !== 'stream') {
-    throw new FaultScriptError('a refuse fault with afterChunks is a stream\'s: match.kind must be stream');
+  // Text before a stop is a stream's or a generate call's: another call (a batch's) must not consume a fault it
+  // does not act out.
+  if (f.refuse !== undefined && f.afterChunks !== undefined && f.match?.kind !== undefined && f.match.kind !== 'stream' && f.match.kind !== 'generate') {
+    throw new FaultScriptError('a refuse fault with afterChunks is a stream\'s or a generate call\'s: match.kind must be stream or generate');
   }
   const kind = f.match?.kind;
   if (kind !== undefined && BATCH_ADMIN.has(kind) && (f.malformed || f.servedTier !== undefined || f.refuse !== undefined || f.noFinishReason || f.afterChunks !== undefined)) {
@@ -165,8 +168,8 @@ function appliesTo(f: EmulatorFault, kind: CallKind): boolean {
   // A batch admin call takes only a fault that names its kind: a collector polling in the background must not
   // consume the faults a test scripted for model calls.
   if (BATCH_ADMIN.has(kind)) return f.match?.kind === kind;
-  // A stop after some text is a stream's alone (validate).
-  if (f.refuse !== undefined && f.afterChunks !== undefined) return kind === 'stream';
+  // A stop after some text is a stream's or a generate call's (validate), never a batch's.
+  if (f.refuse !== undefined && f.afterChunks !== undefined) return kind === 'stream' || kind === 'generate';
   if (kind === 'batch' && (f.noFinishReason || f.refuse !== undefined)) return true;
   return (f.refuse === undefined && f.servedTier === undefined && !f.noFinishReason) || kind === 'generate' || kind === 'stream';
 }

@@ -116,8 +116,8 @@ function safetyRatings(category: string) {
  *   usage of `promptTokenCount` and `totalTokenCount` alone, and `modelVersion`; in a stream it is the one event;
  * - no candidate at all: the usage alone.
  * `usage` is the emulator's full usage of the call and `text` its answer, withheld (a default citation's offsets point
- * into it); `responseId` is left off for a batch's inline response; `streamedText`, the text a stream sent before
- * this stop, is billed as candidates tokens (`stoppedStream`).
+ * into it); `responseId` is left off for a batch's inline response; `streamedText`, the text sent before this stop
+ * (a stream's chunks, `stoppedStream`; a generate call's content, `stoppedAnswer`), is billed as candidates tokens.
  */
 export function refusalBody(r: Refusal, o: { model: string; usage: WireUsage; text: string; responseId?: string; streamedText?: string[] }): Record<string, unknown> {
   const prompt = o.usage.promptTokenCount;
@@ -164,6 +164,20 @@ export function stoppedStream(r: Refusal, text: string[], o: { model: string; us
   const usageMetadata = chunkUsage(o.usage);
   const chunks = text.map((t) => ({ candidates: [{ content: { parts: [{ text: t }], role: 'model' }, index: 0 }], usageMetadata, modelVersion: o.model, responseId: o.responseId }));
   return [...chunks, refusalBody(r, { ...o, streamedText: text })];
+}
+
+/**
+ * A generate call Gemini stops after some text (fault `refuse` with `afterChunks`), as it answers one: its one body
+ * is the stopped candidate of `refusalBody` with that text as its `content`, the usage counting it as
+ * candidatesTokenCount (FirebaseExtended/vertexai-sdk-test-data googleai unary-failure-finish-reason-safety.txt:
+ * `content: { parts: [{ text }], role: 'model' }`, `finishReason: 'SAFETY'`, the ratings, and a usage with
+ * candidatesTokenCount and candidatesTokensDetails). The text is what a stream of the same answer sends before its
+ * stop (its first chunks, `stoppedStream`), in one part.
+ */
+export function stoppedAnswer(r: Refusal, text: string[], o: { model: string; usage: WireUsage; text: string; responseId: string }): Record<string, unknown> {
+  const body = refusalBody(r, { ...o, streamedText: text });
+  const [candidate] = body.candidates as Record<string, unknown>[];
+  return { ...body, candidates: [{ content: { parts: [{ text: text.join('') }], role: 'model' }, ...candidate }] };
 }
 
 /** The implicit-cache hit a refusal body bills (0 for a blocked prompt), for the call log. */
