@@ -123,13 +123,16 @@ describe('emulator: Batch Mode through ai.batches on a clock the test moves', ()
     }
   });
 
+  /** The inline answers of a 3-request batch created now and run to its end (the emulator's clock moved past its run). */
+  const batchAnswers = async (displayName: string) => {
+    const job = await ai.batches.create({ model: MODEL, src: requests(3), config: { displayName } });
+    emu.advanceClock(60_000);
+    return (await ai.batches.get({ name: job.name! })).dest!.inlinedResponses!.map((r) => r.response!);
+  };
+
   it('noFinishReason at create: the answers of the requests it names come whole but for their finishReason; the others as always', async () => {
     emu.setBatchTiming({ pendingMs: 0, runMs: 60_000 });
-    const answers = async () => {
-      const job = await ai.batches.create({ model: MODEL, src: requests(3), config: { displayName: 'agentq-unfinished' } });
-      emu.advanceClock(60_000);
-      return (await ai.batches.get({ name: job.name! })).dest!.inlinedResponses!.map((r) => r.response!);
-    };
+    const answers = () => batchAnswers('agentq-unfinished');
     const whole = await answers();
     // A generate call does not take it: it waits for the batch's create.
     emu.script({ noFinishReason: true, match: { kind: 'batch', promptIncludes: 'plan 1' } });
@@ -144,11 +147,7 @@ describe('emulator: Batch Mode through ai.batches on a clock the test moves', ()
 
   it('refuse at create: the answers of the requests it names are refusals as a model call gets them, without a responseId', async () => {
     emu.setBatchTiming({ pendingMs: 0, runMs: 60_000 });
-    const answers = async () => {
-      const job = await ai.batches.create({ model: MODEL, src: requests(3), config: { displayName: 'agentq-refused' } });
-      emu.advanceClock(60_000);
-      return (await ai.batches.get({ name: job.name! })).dest!.inlinedResponses!.map((r) => r.response!);
-    };
+    const answers = () => batchAnswers('agentq-refused');
     const whole = await answers();
     emu.script({ refuse: { finishReason: 'SAFETY', category: 'HARM_CATEGORY_HARASSMENT' }, match: { kind: 'batch', promptIncludes: 'plan 1' } });
     const refused = await answers();
