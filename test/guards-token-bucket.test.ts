@@ -10,6 +10,7 @@ import { createTokenBuckets, type TokenBuckets } from '../src/shared/limits/toke
 import { DelayJobError } from '../src/workers/middleware.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
+import { nodeArgsFor } from './helpers/transpiled.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -23,7 +24,7 @@ interface Tally {
 
 /** Starts a bucket worker process and resolves once it is connected and waiting for `go`. */
 async function startWorker(env: Record<string, string>): Promise<{ child: ChildProcess; result: Promise<Tally> }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/guard-bucket-worker.ts'], {
+  const child = spawn(process.execPath, nodeArgsFor('test/fixtures/guard-bucket-worker.ts'), {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],

@@ -7,6 +7,7 @@ import { QUEUE } from '../src/shared/core/queue-names.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, within } from './helpers/wait.js';
 import { usageWritten } from './helpers/usage.js';
+import { nodeArgsFor } from './helpers/transpiled.js';
 
 /** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */
 const STEP_PROMPTS = { profile: 'Extract the profile.', risks: 'Analyse the risks of this startup.', tasks: 'Build the plan for this startup.' } as const;
@@ -37,7 +38,7 @@ describe('pipeline run survives a killed worker process', () => {
   afterAll(async () => s?.close());
 
   function startWorker(hangAt?: string): Worker {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/flows-worker-process.ts'], {
+    const child = spawn(process.execPath, nodeArgsFor('test/fixtures/flows-worker-process.ts'), {
       env: {
         ...process.env,
         NODE_ENV: 'test',

@@ -8,6 +8,7 @@ import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { until } from './helpers/wait.js';
+import { nodeArgsFor } from './helpers/transpiled.js';
 
 const clients: Redis[] = [];
 afterAll(() => clients.forEach((c) => c.disconnect()));
@@ -117,7 +118,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
   it('two OS processes: the other process stops serving its L1 copy once the bump reaches it; the staleness bound is reported', async () => {
     const prefix = randomPrefix();
     const a = await cacheProcess(prefix);
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/cache-process.ts'], {
+    const child = spawn(process.execPath, nodeArgsFor('test/fixtures/cache-process.ts'), {
       env: { ...process.env, REDIS_URL: redisUrl(), CACHE_PREFIX: prefix },
       stdio: ['pipe', 'pipe', 'inherit'],
     });

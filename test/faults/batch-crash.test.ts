@@ -7,6 +7,7 @@ import { processEnv, riskJob, runRows } from '../helpers/faults.js';
 import { recordEvents } from '../helpers/fair.js';
 import { stopProcess, watch, type AgentqProcess } from '../helpers/processes.js';
 import { startStack, type Stack } from '../helpers/stack.js';
+import { nodeArgsFor } from '../helpers/transpiled.js';
 
 /** Three requests make a batch (the age threshold far away), so which jobs share a batch is deterministic. */
 const JOBS = 3;
@@ -49,7 +50,7 @@ describe('batch tier: a worker SIGKILLed at each step of a collector run', () =>
   const batchOf = new Map<string, string[]>();
 
   const spawnWorker = (): BatchWorker => {
-    const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/batch-worker-process.ts'], { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    const child: ChildProcess = spawn(process.execPath, nodeArgsFor('test/fixtures/batch-worker-process.ts'), { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] });
     const p = { ...watch(child), send: (msg: object) => void child.stdin!.write(`${JSON.stringify(msg)}\n`) };
     children.push(p);
     return p;

@@ -11,6 +11,7 @@ import { createPool } from '../../src/shared/infra/db/pool.js';
 import { createRunAppender } from '../../src/shared/infra/db/run-stream.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from '../helpers/env.js';
 import { until, within } from '../helpers/wait.js';
+import { nodeArgsFor } from '../helpers/transpiled.js';
 
 const row = (orgId: string, jobId: string): AgentRun => ({
   jobId,
@@ -46,7 +47,7 @@ describe('usage rows under a killed sink', () => {
   });
 
   function startSink(key: string, killAt: string, claimIdleMs: number) {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'test/fixtures/usage-sink-process.ts'], {
+    const child = spawn(process.execPath, nodeArgsFor('test/fixtures/usage-sink-process.ts'), {
       env: { ...process.env, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), USAGE_KEY: key, USAGE_GROUP: usageSinkGroup, CONSUMER: `sink-${randomUUID().slice(0, 8)}`, CLAIM_IDLE_MS: String(claimIdleMs), KILL_AT: killAt },
       stdio: ['ignore', 'pipe', 'inherit'],
     });

@@ -4,11 +4,14 @@ import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
 import { startEmbeddedPostgres } from '../../src/shared/infra/db/embedded-postgres.js';
 import { startRedisServer } from '../../src/shared/infra/redis/redis-server.js';
+import { transpileForTests } from './transpiled.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
     redisUrl: string;
     databaseUrl: string;
+    /** The transpiled tree spawned processes run (`transpiled.ts`); unset with AGENTQ_TEST_TSX=1. */
+    transpiledRoot: string | undefined;
   }
 }
 
@@ -34,6 +37,14 @@ export default async function setup(project: TestProject) {
       rmSync(dir, { recursive: true, force: true });
     });
   }
+  // AGENTQ_TEST_TSX=1 runs the spawned processes through tsx instead, as `npm run worker` does.
+  let transpiledRoot: string | undefined;
+  if (process.env.AGENTQ_TEST_TSX !== '1') {
+    const dir = mkdtempSync(join(tmpdir(), 'agentq-transpiled-'));
+    transpiledRoot = transpileForTests(dir);
+    stops.push(async () => rmSync(dir, { recursive: true, force: true }));
+  }
+  project.provide('transpiledRoot', transpiledRoot);
   process.env.REDIS_URL = redisUrl;
   process.env.DATABASE_URL = databaseUrl;
   project.provide('redisUrl', redisUrl);

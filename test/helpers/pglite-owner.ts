@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stopProcess, watch, type AgentqProcess } from './processes.js';
+import { nodeArgsFor } from './transpiled.js';
 
 const FIXTURE = fileURLToPath(new URL('../fixtures/shared-db-process.ts', import.meta.url));
 
@@ -37,7 +38,7 @@ export function pgliteOwners() {
       // takeover (PGlite booting the data dir and recovering it after a SIGKILL), which a slow or loaded machine has
       // taken past 10 s (a quiet CI run, 2026-12-06: "count failed" on the first query after the kill).
       const env = { ...process.env, PG_CONNECT_TIMEOUT_MS: '120000', PG_QUERY_TIMEOUT_MS: '120000' };
-      const p = watch(spawn(process.execPath, ['--import', 'tsx', FIXTURE, dir, ...(openAtOnce ? ['open'] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env }));
+      const p = watch(spawn(process.execPath, [...nodeArgsFor(FIXTURE), dir, ...(openAtOnce ? ['open'] : [])], { stdio: ['pipe', 'pipe', 'pipe'], env }));
       procs.push(p);
       return p;
     },

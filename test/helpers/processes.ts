@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { transpiledTwin } from './transpiled.js';
 
 const MAIN = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -25,14 +26,20 @@ export interface AgentqProcess {
  */
 export function spawnAgentq(role: 'worker' | 'api' | 'all', env: Record<string, string>, compiled?: string, opts: { preload?: string } = {}): AgentqProcess {
   // `preload`: a test fixture module loaded before the entry point (e.g. one that makes a stray rejection on a signal).
-  const preload = opts.preload ? ['--import', opts.preload] : [];
-  const args = compiled ? [...preload, 'src/main.js', role] : ['--import', 'tsx', ...preload, MAIN, role];
+  const args = compiled ? [...(opts.preload ? ['--import', opts.preload] : []), 'src/main.js', role] : sourceArgs(role, opts.preload);
   const child = spawn(process.execPath, args, {
     ...(compiled ? { cwd: compiled } : {}),
     env: { ...process.env, LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   return watch(child);
+}
+
+/** `src/main.ts <role>` from the sources: transpiled (`nodeArgsFor`), the preload too, or both through tsx. */
+function sourceArgs(role: string, preload?: string): string[] {
+  const main = transpiledTwin(MAIN);
+  if (!main) return ['--import', 'tsx', ...(preload ? ['--import', preload] : []), MAIN, role];
+  return [...(preload ? ['--import', pathToFileURL(transpiledTwin(preload)!).href] : []), main, role];
 }
 
 /**
