@@ -12,7 +12,7 @@ import { captureLogs, marker, riskJob, type CapturedLogs } from './helpers/ops.j
 import { duplicateKeys } from './helpers/log-lines.js';
 import { until } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
-import { agentqPrefix, batchKeys, cancelRequestedKey } from '../src/shared/core/queue-keys.js';
+import { agentqPrefix, batchKeys, cancelRequestedKey, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 
 /**
  * The batch tier end to end: the real SDK's `ai.batches` against the emulator, whose batch clock the test
@@ -324,6 +324,8 @@ describe('batch tier through ai.batches and the emulator', () => {
       const old = await enqueue(s, `OLD-${c.key}`, { tier: 'batch', idempotencyKey: c.key });
       await until('the old job waiting for its batch', async () => (await view(s, old)).stage?.name === 'waiting_for_batch');
       await c.end(old);
+      // The key's record lapsed (IDEMPOTENCY_TTL_S): the key makes a new job under the id.
+      await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, old));
       const id = await enqueue(s, `NEW-${c.key}`, { tier: 'batch', idempotencyKey: c.key });
       expect(id).toBe(old);
       await until('the new job waiting for its batch', async () => (await view(s, id)).stage?.name === 'waiting_for_batch');

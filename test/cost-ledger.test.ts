@@ -1,6 +1,7 @@
 import { Job } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../src/shared/core/config.js';
+import { idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.js';
 import { chooseTier } from '../src/shared/queue/tier-choice.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -173,9 +174,11 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(Number(byJob[hit.id].cost_usd)).toBe(0);
   });
 
-  it('an idempotency key sent again after its job was removed makes a new job under the same id: its usage is recorded too', async () => {
+  it('an idempotency key sent again after its job and its record were removed makes a new job under the same id: its usage is recorded too', async () => {
     const first = await run('ledger-idem', { idempotencyKey: 'ledger-idem-key' });
     await (await Job.fromId(s.runtime.queue, first.id))!.remove();
+    // The key's record lapsed too (IDEMPOTENCY_TTL_S): within it the re-send would answer the removed job.
+    await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, first.id));
     const second = await run('ledger-idem', { idempotencyKey: 'ledger-idem-key' });
     expect(second.id).toBe(first.id);
     await usageWritten(s);

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { Job } from 'bullmq';
-import { jobStreamKey } from '../src/shared/core/queue-keys.js';
+import { idempotencyRecordKey, jobStreamKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { readSseBody } from './helpers/sse.js';
@@ -329,6 +329,8 @@ describe('SSE job streams', () => {
     expect((await fetch(`${base}/v1/jobs/${id}`, { method: 'DELETE', headers: s.auth })).status).toBe(200);
     // The cancel left its terminal entry in the job's stream (kept an hour for late readers).
     expect(await s.runtime.deps.redis.xlen(jobStreamKey(s.cfg.QUEUE_PREFIX, id))).toBe(1);
+    // The key's record lapsed (IDEMPOTENCY_TTL_S): the key makes a new job under the id.
+    await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
 
     const again = await readSse(`${base}/v1/stream`, { method: 'POST', headers: auth, body: JSON.stringify({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Second Go'), options: { idempotencyKey: key } }) });
     expect(again.headers.get('x-job-id')).toBe(id);

@@ -46,6 +46,7 @@ export function retentionOf(cfg: Config) {
     keepCompletedAgeS: cfg.KEEP_COMPLETED_AGE_S,
     keepFailedCount: cfg.KEEP_FAILED_COUNT,
     keepFailedAgeS: cfg.KEEP_FAILED_AGE_S,
+    idempotencyTtlS: cfg.IDEMPOTENCY_TTL_S,
   };
 }
 

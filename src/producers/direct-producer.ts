@@ -19,6 +19,7 @@ const DEFAULT_RETENTION: RetentionOptions = {
   keepCompletedAgeS: 24 * 3600,
   keepFailedCount: 50_000,
   keepFailedAgeS: 14 * 24 * 3600,
+  idempotencyTtlS: 24 * 3600,
 };
 
 /**

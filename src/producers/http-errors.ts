@@ -1,4 +1,4 @@
-import { AgentqError, type ConflictError } from '../shared/core/errors.js';
+import { AgentqError, IdempotencyConflictError, type ConflictError } from '../shared/core/errors.js';
 
 /** An error that maps to one HTTP status with a JSON body `{ error, ...extra }`. */
 export class HttpError extends AgentqError {
@@ -14,10 +14,11 @@ export class HttpError extends AgentqError {
 
 /**
  * A 409's body, wherever it is answered (the API's error handler, Bull Board's routes): the message naming why, the
- * conflict's stable code (`ECONFLICT`, or one of its own: RemovalRefusedError's) and the fields it adds.
+ * conflict's stable code (`ECONFLICT`, or one of its own: RemovalRefusedError's), the fields it adds, and for an idempotency
+ * key reused for another request `details` naming its field.
  */
-export function conflictBody(err: ConflictError): Record<string, string> {
-  return { error: err.message, code: err.code, ...err.extra };
+export function conflictBody(err: ConflictError): Record<string, unknown> {
+  return { error: err.message, code: err.code, ...err.extra, ...(err instanceof IdempotencyConflictError ? { details: err.details } : {}) };
 }
 
 const REDIS_DOWN = [/Stream isn't writeable/i, /Connection is closed/i, /ECONNREFUSED/, /max retries per request/i, /Command timed out/i, /ECONNRESET/, /Redis is down/];

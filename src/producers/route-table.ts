@@ -69,8 +69,9 @@ export const routeTable = {
       role: 'member',
       tags: ['jobs'],
       summary: 'Enqueue an agent job',
-      description: 'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org always returns the same job.',
-      schema: { body: jobRequestSchema, response: { 202: enqueuedJob, ...errors(400, 401, 413, 415, 429, 503) } },
+      description:
+        'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org returns the same job id for IDEMPOTENCY_TTL_S (a day) from its first use, and as long as the job is kept: once retention removed the job, `state` is `unknown` and no job is made again; another request under the key is a 409 naming `options.idempotencyKey` and the `jobId`.',
+      schema: { body: jobRequestSchema, response: { 202: enqueuedJob, ...errors(400, 401, 409, 413, 415, 429, 503) } },
       handler: enqueueJob,
     }),
     route({
@@ -79,7 +80,8 @@ export const routeTable = {
       role: 'member',
       tags: ['jobs'],
       summary: 'Enqueue up to 1000 jobs, all or nothing',
-      schema: { body: bulkBody, response: { 202: z.object({ jobs: z.array(enqueuedJob) }), ...errors(400, 401, 413, 415, 429, 503) } },
+      description: 'Each element as `POST /v1/jobs` (idempotency keys too: a reused key’s 409 names `jobs.N.options.idempotencyKey`).',
+      schema: { body: bulkBody, response: { 202: z.object({ jobs: z.array(enqueuedJob) }), ...errors(400, 401, 409, 413, 415, 429, 503) } },
       handler: enqueueBulk,
     }),
     route({

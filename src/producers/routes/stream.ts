@@ -139,7 +139,16 @@ export const enqueueAndStream =
       target = prepared.idempotent ? await targetOf(deps, orgId, job.id) : { orgId, id: job.id, stream: true };
     } catch (err) {
       await held.release().catch(() => undefined);
-      if (err instanceof NotFoundError) throw new HttpError(409, 'job was removed while being enqueued');
+      if (err instanceof NotFoundError) {
+        // An idempotency key whose job ran and was removed (its record still names it): nothing left to stream.
+        if (prepared.idempotent) {
+          throw new HttpError(409, `idempotencyKey names job ${prepared.opts.jobId}, which is no longer kept: its stream and result are gone`, {
+            jobId: prepared.opts.jobId,
+            details: [{ path: 'options.idempotencyKey', message: `names job ${prepared.opts.jobId}, no longer kept` }],
+          });
+        }
+        throw new HttpError(409, 'job was removed while being enqueued');
+      }
       throw err;
     }
     reply.header('x-job-id', target.id);

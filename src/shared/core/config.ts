@@ -265,6 +265,12 @@ export const configSchema = z.object({
   KEEP_COMPLETED_AGE_S: int(24 * 3600),
   KEEP_FAILED_COUNT: int(50_000),
   KEEP_FAILED_AGE_S: int(14 * 24 * 3600),
+  /**
+   * How long an idempotency key is remembered from its job's first add, whether or not retention still keeps the
+   * job (KEEP_COMPLETED_COUNT may remove a completed job seconds after it ran): a re-send inside it answers the
+   * same job id, never a new job. Past it (and once the job is gone) the key makes a new job.
+   */
+  IDEMPOTENCY_TTL_S: int(24 * 3600, 1),
 
   RATE_LIMIT_PLAN_DEFAULT: unlessBlank(z.enum(['ai_pro', 'ai_flash', 'general']).default('general')),
   /** Overrides of the API admission plans, e.g. {"general":{"points":1000,"durationS":1}}. */

@@ -70,6 +70,20 @@ export class ConflictError extends AgentqError {
 }
 
 /**
+ * An idempotency key already names another request (its record's or its job's fingerprint differs): 409 with the
+ * job the key names and `details` naming the key's field (`options.idempotencyKey`, `jobs.N.options.idempotencyKey`).
+ */
+export class IdempotencyConflictError extends ConflictError {
+  constructor(
+    message: string,
+    jobId: string,
+    readonly details: Array<{ path: string; message: string }>,
+  ) {
+    super(message, { jobId });
+  }
+}
+
+/**
  * BullMQ refused to remove a job because a worker holds it (its lock: it runs), `EJOBLOCKED`, or holds one of the
  * children its removal would take with it (a parent goes with its children, all or none), `ECHILDLOCKED`: 409, with
  * the job's id. Removable once that run has ended; a running job can be cancelled instead.

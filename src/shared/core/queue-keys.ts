@@ -65,6 +65,14 @@ export const cancelChannel = (prefix: string) => `${agentqPrefix(prefix)}:cancel
  */
 export const cancelRequestedKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancel:${id}`;
 
+/**
+ * HASH `{id, fp}`: an idempotency key's record (the job id it names and the request's fingerprint), kept
+ * IDEMPOTENCY_TTL_S from the job's first add, however soon retention removes the job. Keyed by that job id
+ * (`idempotentJobId(org, key)`), beside the job's hash under the queue's hash tag: the dispatcher's add script
+ * reads and writes both in one call.
+ */
+export const idempotencyRecordKey = (prefix: string, jobId: string) => `${agentqPrefix(prefix)}:idem:${jobId}`;
+
 /** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
 export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
 

@@ -1,4 +1,4 @@
-import { agentqPrefix, cancelRequestedKey, guardKeys, orgJobsKey } from '../core/queue-keys.js';
+import { agentqPrefix, cancelRequestedKey, guardKeys, idempotencyRecordKey, orgJobsKey } from '../core/queue-keys.js';
 /**
  * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. The fair Lua scripts take
  * four prefixes (`script`) as KEYS and build the same names from them (fair-core-N.lua, whose op `keys` returns
@@ -32,6 +32,7 @@ import { agentqPrefix, cancelRequestedKey, guardKeys, orgJobsKey } from '../core
  *   (with QUEUE_SHARDS > 1 the :tb:*:model: keys are the shard's reservoirs of the global buckets: model-leases.ts)
  *   <queuePrefix>:agentq:cancel:<jobId>    the API's cancel marker (queue-keys.ts): read by claim
  *   <queuePrefix>:agentq:org-jobs:<org>    the org's job index (queue-keys.ts): enqueue adds to it (ZADD NX)
+ *   <queuePrefix>:agentq:idem:<jobId>      an idempotency key's record (queue-keys.ts): add reads and writes it
  */
 
 /** The parts of a BullMQ Queue the keys need. */
@@ -82,6 +83,7 @@ export const FAIR_KEY_NAMES = [
   'queueMarker',
   'leaseReq',
   'leaseWaitPrefix',
+  'idemPrefix',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -122,7 +124,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
   const q = opts.queue;
   // Scripts touch all of these in one call: on Redis Cluster they must hash to one slot.
   const qp = q.opts.prefix ?? 'bull';
-  const tags = [p, b, q.toKey('wait'), cancelRequestedKey(qp, ''), orgJobsKey(qp, '')].map(hashTag);
+  const tags = [p, b, q.toKey('wait'), cancelRequestedKey(qp, ''), orgJobsKey(qp, ''), idempotencyRecordKey(qp, '')].map(hashTag);
   if (tags.some((t) => t !== tags[0])) {
     throw new Error(`keyPrefix, bucketPrefix and the queue prefix must share one hash tag: ${p}, ${b}, ${q.toKey('wait')}`);
   }
@@ -167,6 +169,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     queueMarker: q.toKey('marker'),
     leaseReq: `${p}:leasereq`,
     leaseWaitPrefix: `${p}:leasewait:`,
+    idemPrefix: idempotencyRecordKey(qp, ''),
   };
   return {
     named,

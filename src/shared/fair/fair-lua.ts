@@ -160,7 +160,8 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     /**
      * entries flattened as id, org, model, priority, est, model rpm, model tpm, not-before ms (0 = now), org rpm,
      * index score ('' = none); with `store`, each followed by its BullMQ job fields (ParkedJobFields order, name
-     * '' = not stored): the script stores the new jobs parked before laning them (op `add`).
+     * '' = not stored) and its idempotency record (fingerprint, '' = none, and ttl ms): the script stores the new
+     * jobs parked before laning them (op `add`).
      */
     async enqueue(flat: Array<string | number>, thenDispatch: boolean, store = false): Promise<RawDispatch> {
       return toDispatch(await call(store ? 'add' : 'enqueue', [thenDispatch ? 1 : 0, ...flat]));

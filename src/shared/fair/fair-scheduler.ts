@@ -33,6 +33,11 @@ export interface FairEntry {
    * the job was added to BullMQ already.
    */
   store?: ParkedJobFields;
+  /**
+   * With `store`: the job's idempotency key, recorded beside the job by the same call (queue-keys.ts
+   * idempotencyRecordKey) for `ttlMs`, and read first: a job gone while its record stands is not stored again.
+   */
+  idem?: { fingerprint: string; ttlMs: number };
 }
 
 export type WaitReason =
@@ -258,7 +263,7 @@ export interface FairScheduler {
 
 const WAIT_REASONS = new Set<string>(['fair_share', 'org_concurrency', 'rate_limited', 'model_blocked', 'retry_backoff']);
 
-/** Script arguments per enqueued job (fair-core-N.lua's enqueue op; one it also stores, op add, carries 6 more). */
+/** Script arguments per enqueued job (fair-core-N.lua's enqueue op; one it also stores, op add, carries 8 more). */
 const ENTRY_ARGS = 10;
 /** Ids per `removed` script call. */
 const REMOVED_CHUNK = 500;
@@ -342,7 +347,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     },
     async enqueue(entries, eopts = {}) {
       const limitsByModel = new Map<string, { rpm: number | ''; tpm: number | ''; orgRpm: number | '' }>();
-      /** ENTRY_ARGS (6 more when storing) script arguments per entry, one flat array (no array per entry). */
+      /** ENTRY_ARGS (8 more when storing) script arguments per entry, one flat array (no array per entry). */
       const args: Array<string | number> = [];
       const store = entries.some((e) => e.store);
       for (const e of entries) {
@@ -362,6 +367,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
           const f = e.store;
           if (f) args.push(f.name, f.data, f.opts, f.timestamp, f.delay, f.priority);
           else args.push('', '', '', '', '', '');
+          if (f && e.idem) args.push(e.idem.fingerprint, Math.max(1, Math.ceil(e.idem.ttlMs)));
+          else args.push('', '');
         }
       }
       const skipped: string[] = [];

@@ -10,6 +10,8 @@ export interface RetentionOptions {
   keepCompletedAgeS: number;
   keepFailedCount: number;
   keepFailedAgeS: number;
+  /** How long an idempotency key's record is kept (IDEMPOTENCY_TTL_S; default a day): see job-producer.ts. */
+  idempotencyTtlS?: number;
 }
 
 export type AgentQueue = Queue<AgentJobData, AgentResult>;

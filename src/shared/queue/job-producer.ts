@@ -4,7 +4,8 @@ import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
-import { ConflictError, ValidationError } from '../core/errors.js';
+import { IdempotencyConflictError, ValidationError } from '../core/errors.js';
+import { idempotencyRecordKey } from '../core/queue-keys.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
 import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
@@ -57,6 +58,8 @@ export interface PreparedJob {
   data: AgentJobData;
   opts: JobsOptions & { jobId: string };
   idempotent: boolean;
+  /** The idempotency key's field in the request (`options.idempotencyKey`, `jobs.3.options.idempotencyKey`): a 409 names it. */
+  keyPath?: string;
   /** What the fair dispatcher needs: the model the job will call and its token estimate. */
   lane: { model: string; estTokens: number; priority?: number; delayMs?: number };
 }
@@ -103,11 +106,14 @@ export function createJobProducer(deps: JobProducerDeps) {
   const { queue, agents } = deps;
   const allowed = new Set(deps.allowedModels);
   const jobDefaults = agentJobOptions(deps.retention);
+  // An idempotency key's record outlives its job (which retention may remove seconds after it ran): this long.
+  const idemTtlMs = (deps.retention.idempotencyTtlS ?? DEFAULT_IDEMPOTENCY_TTL_S) * 1000;
+  const prefix = queue.opts.prefix ?? 'bull';
   // Per-org index for `GET /v1/jobs`. With the fair dispatcher the lane's enqueue script adds the jobs to it
   // (`indexAt`: same hash tag, no round trip of its own) and only the amortised trim is sent from here; without
   // it, a ZADD alongside each add on the queue's own connection. A failed index write only hides the job from
   // listings, so it never fails the enqueue itself.
-  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<RedisClient>, prefix: queue.opts.prefix ?? 'bull' });
+  const index = createOrgJobIndexWriter({ client: () => queue.getBackend().client as unknown as Promise<RedisClient>, prefix });
   const indexed = (orgId: string, ps: PreparedJob[]) =>
     (deps.scheduler ? index.trim(orgId) : index.add(orgId, ps.map((p) => ({ id: p.opts.jobId, at: p.data.enqueuedAt })))).catch(() => undefined);
 
@@ -170,6 +176,7 @@ export function createJobProducer(deps: JobProducerDeps) {
           : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) }),
       },
       idempotent: Boolean(opts.idempotencyKey),
+      ...(opts.idempotencyKey ? { keyPath: `${pathPrefix}options.idempotencyKey` } : {}),
       lane,
     };
   }
@@ -206,7 +213,12 @@ export function createJobProducer(deps: JobProducerDeps) {
    * call per job) and then the lane's call, and no parked job left unlaned between the two.
    */
   const storedEntries = (prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): FairEntry[] =>
-    prepared.map((p) => ({ ...entryOf(p), store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts) }));
+    prepared.map((p) => ({
+      ...entryOf(p),
+      store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts),
+      // The key's record goes with the job, in the same script call, which reads it first (fair-store-parked.lua).
+      ...(p.idempotent ? { idem: { fingerprint: p.data.fingerprint!, ttlMs: idemTtlMs } } : {}),
+    }));
 
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
@@ -222,37 +234,62 @@ export function createJobProducer(deps: JobProducerDeps) {
 
   /**
    * An idempotency key names one request: the same key with another agent, action, input or options is a 409
-   * naming the job it already made. Read before the add (a bulk request is refused whole) and again after it
-   * (two different requests racing on one key: the loser's add was a no-op and it must not be told "202").
-   * Returns the ids of the idempotent jobs that exist already (the same request sent again): not new jobs.
+   * naming the job it already made and the key's field. Read before the add (a bulk request is refused whole) and
+   * again after it (two different requests racing on one key: the loser's add was a no-op and it must not be told
+   * "202"). What names the request: the key's record (kept IDEMPOTENCY_TTL_S, however soon the job is removed),
+   * else the job's own data (a job made before records were written, or kept longer than its record). Both reads
+   * leave in one tick: one round trip, on a cluster one node (one hash tag).
+   * Returns the ids of the idempotent jobs that exist already (the same request sent again), not new jobs, and of
+   * those `gone`: the record stands but retention removed the job; the re-send answers its id, makes no job.
    */
-  async function refuseReusedKeys(prepared: PreparedJob[]): Promise<Set<string>> {
+  async function refuseReusedKeys(prepared: PreparedJob[]): Promise<{ existing: Set<string>; gone: Set<string> }> {
     const existing = new Set<string>();
+    const gone = new Set<string>();
     const idem = prepared.filter((p) => p.idempotent);
-    if (idem.length === 0) return existing;
+    if (idem.length === 0) return { existing, gone };
+    const conflict = (p: PreparedJob, why: string) =>
+      new IdempotencyConflictError(`idempotencyKey ${why} (job ${p.opts.jobId})`, p.opts.jobId, [
+        { path: p.keyPath ?? 'options.idempotencyKey', message: `${why}: job ${p.opts.jobId}` },
+      ]);
     // Within the request too: two elements naming one key with different requests would both be stored (the
     // read below finds neither) before the read after the add refused the request.
     const first = new Map<string, PreparedJob>();
     for (const p of idem) {
       const seen = first.get(p.opts.jobId);
       if (!seen) first.set(p.opts.jobId, p);
-      else if (seen.data.fingerprint !== p.data.fingerprint) {
-        throw new ConflictError(`idempotencyKey used twice in this request for different requests (job ${p.opts.jobId})`, { jobId: p.opts.jobId });
-      }
+      else if (seen.data.fingerprint !== p.data.fingerprint) throw conflict(p, 'used twice in this request for different requests');
     }
     const client = (await queue.getBackend().client) as unknown as RedisClient;
-    const stored = await Promise.all(idem.map((p) => client.hget(queue.toKey(p.opts.jobId), 'data')));
+    const stored = await Promise.all(
+      idem.map((p) => Promise.all([client.hget(idempotencyRecordKey(prefix, p.opts.jobId), 'fp'), client.hget(queue.toKey(p.opts.jobId), 'data')])),
+    );
     idem.forEach((p, i) => {
-      const raw = stored[i];
-      if (!raw) return;
+      const [recorded, raw] = stored[i];
+      if (!recorded && !raw) return;
       existing.add(p.opts.jobId);
+      if (!raw) gone.add(p.opts.jobId);
       // A job made before fingerprints were stored cannot be compared: it keeps answering as before.
-      const fingerprint = (JSON.parse(raw) as Partial<AgentJobData>).fingerprint;
-      if (fingerprint && fingerprint !== p.data.fingerprint) {
-        throw new ConflictError(`idempotencyKey already used for a different request (job ${p.opts.jobId})`, { jobId: p.opts.jobId });
-      }
+      const fingerprint = recorded ?? (JSON.parse(raw!) as Partial<AgentJobData>).fingerprint;
+      if (fingerprint && fingerprint !== p.data.fingerprint) throw conflict(p, 'already used for a different request');
     });
-    return existing;
+    return { existing, gone };
+  }
+
+  /**
+   * Without the dispatcher's add (which records the keys in its own call): the records of the idempotent jobs of
+   * `prepared` this request made, once the read after the add confirmed they are this request's (a racing
+   * request's job under the same key is refused there, so no record names another request than its job's).
+   */
+  async function recordKeys(prepared: PreparedJob[], existing: Set<string>): Promise<void> {
+    const made = [...new Map(prepared.filter((p) => p.idempotent && !existing.has(p.opts.jobId)).map((p) => [p.opts.jobId, p])).values()];
+    if (made.length === 0) return;
+    const client = (await queue.getBackend().client) as unknown as RedisClient;
+    const tx = client.multi();
+    for (const p of made) {
+      const key = idempotencyRecordKey(prefix, p.opts.jobId);
+      tx.hset(key, { id: p.opts.jobId, fp: p.data.fingerprint! }).pexpire(key, idemTtlMs);
+    }
+    await tx.exec();
   }
 
   /** The jobs of `prepared` that would be new: one per job id, not counting those that exist already. */
@@ -264,21 +301,21 @@ export function createJobProducer(deps: JobProducerDeps) {
   /** Adds prepared jobs of one org (already validated), with an optional BullMQ parent (pipeline steps). */
   async function add(prepared: PreparedJob[], meta: EnqueueMeta, o: { parent?: ParentOptions; admitted?: boolean; ignoreDependencyOnFailure?: boolean } = {}): Promise<EnqueuedJob[]> {
     if (prepared.length === 0) return [];
-    const existing = await refuseReusedKeys(prepared);
+    const { existing, gone } = await refuseReusedKeys(prepared);
     return enqueueSpan(meta.orgId, prepared, async (withTrace) => {
-      // Only new jobs count against the org's daily job limit: an idempotent re-send of a job that exists does not.
+      // Only new jobs count against the org's daily job limit: an idempotent re-send of a job that exists (or whose
+      // key's record outlived it) does not.
       const reserved = o.admitted ? undefined : await admitOrThrow(deps.admission, meta.orgId, prepared.length, newJobCount(prepared, existing));
       // Whether the add was sent to Redis, and whether what it stored is known (the reservation settled).
       let sent = false;
       let settled = false;
       try {
-        let ids: string[];
+        const ids = prepared.map((p) => p.opts.jobId);
         if (deps.scheduler && !o.parent && !o.ignoreDependencyOnFailure) {
           const entries = storedEntries(prepared, withTrace);
           sent = true;
           const [stored] = await Promise.all([laneEntries(entries), indexed(meta.orgId, prepared)]);
           settled = true;
-          ids = prepared.map((p) => p.opts.jobId);
           // Jobs reserved as new that another request stored first (the same idempotency key, sent twice at once)
           // are given back. A failed refund only leaves the day's count high: the jobs are stored, so no error.
           if (reserved && stored < reserved.jobs) {
@@ -288,18 +325,21 @@ export function createJobProducer(deps: JobProducerDeps) {
           // add was a no-op, and so was its lane: the job the winner stored is laned once).
           await refuseReusedKeys(prepared);
         } else {
+          // A job whose key's record outlived it is not added again (the dispatcher's add script checks the same
+          // atomically; here a record that appears between the read and the add is BullMQ's no-op add by id).
+          const adding = gone.size ? prepared.filter((p) => !gone.has(p.opts.jobId)) : prepared;
           const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
-          const items = prepared.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }));
+          const items = adding.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }));
           sent = true;
-          const [jobs] = await Promise.all([
-            items.length === 1 ? queue.add(items[0].name, items[0].data, items[0].opts).then((j) => [j]) : queue.addBulk(items),
-            indexed(meta.orgId, prepared),
+          await Promise.all([
+            items.length === 0 ? undefined : items.length === 1 ? queue.add(items[0].name, items[0].data, items[0].opts) : queue.addBulk(items),
+            indexed(meta.orgId, adding),
           ]);
-          ids = jobs.map((j) => j.id!);
           await refuseReusedKeys(prepared);
-          await lane(prepared);
+          await Promise.all([recordKeys(adding, existing), lane(adding)]);
         }
-        // Only an idempotent job's state is read back (one request per job); the others' is known.
+        // Only an idempotent job's state is read back (one request per job); the others' is known. A job whose
+        // key's record outlived it reads BullMQ's "unknown" (no such job): its id stands, its result is gone.
         if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
         return await Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i]) })));
       } catch (err) {
@@ -381,6 +421,9 @@ export function requestFingerprint(agent: string, action: string, input: unknown
   const { idempotencyKey: _key, ...rest } = options;
   return createHash('sha256').update(canonicalJson({ agent, action, input, options: rest })).digest('hex').slice(0, 32);
 }
+
+/** How long an idempotency key is remembered when the retention options name no IDEMPOTENCY_TTL_S: a day, as Stripe's. */
+export const DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600;
 
 export function idempotentJobId(orgId: string, key: string): string {
   return `idem-${createHash('sha256').update(orgId).update('\0').update(key).digest('hex').slice(0, 40)}`;

@@ -18,7 +18,8 @@
 --   during an upgrade an older worker's registration reads as an ask of its whole concurrency),
 --   throttled HASH (org -> seconds its lanes slept on a limit), sleepstart HASH (lane -> sleep start ms),
 --   wake STRING (the next wake time one caller has armed a timer for), the cancel marker prefix (claim reads
---   <prefix><jobId>), the org job index prefix (enqueue adds to the ZSET <prefix><org>), BullMQ's meta,
+--   <prefix><jobId>), the org job index prefix (enqueue adds to the ZSET <prefix><org>), the idempotency records'
+--   prefix (add reads and writes the HASH <prefix><jobId>, queue-keys.ts idempotencyRecordKey), BullMQ's meta,
 --   active, priority counter, events stream and marker (a dispatch promotes the jobs it hands out, as BullMQ's
 --   promote does), leasereq HASH (model -> ms until which the shard's lease request for the model stands: in
 --   flight, or refused until then), leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease)
@@ -40,8 +41,10 @@
 --     (from now by Redis TIME, see fromNow; 0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
 --     score ('' = do not index; else ZADD NX into the org's index, known job or not)
 --   add: enqueue's arguments, each job's followed by its BullMQ job fields: name ('' = not stored here: the job
---     exists), data JSON, stored opts JSON, timestamp, delay, priority; stores the jobs parked, as BullMQ's add of
---     a delayed job does (includes/fair-store-parked.lua), then lanes them as enqueue does, in the same call
+--     exists), data JSON, stored opts JSON, timestamp, delay, priority, then its idempotency record: request
+--     fingerprint ('' = not idempotent), record ttl ms; stores the jobs parked, as BullMQ's add of a delayed job
+--     does (includes/fair-store-parked.lua), then lanes them as enqueue does, in the same call. An idempotent job
+--     whose record outlived it is neither stored again nor laned nor indexed (the key is remembered: no new job)
 --   claim: id, progress JSON ('' = none), refill (0|1), the worker's registration ('' = none, else '<ask> <ttl ms>
 --     <worker id>', as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
 --     own), the result-cache lookup's L1 tag, lock token, lock ttl
@@ -209,6 +212,7 @@ local K_THROTTLED, K_SLEEPSTART, K_LEASEREQ = FP .. 'throttled', FP .. 'sleepsta
 local P_LANE, P_OLANES, P_PLAN, P_LEASEWAIT = FP .. 'lane:', FP .. 'olanes:', FP .. 'plan:', FP .. 'leasewait:'
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = TB .. 'rpm:org:', TB .. 'tpm:org:', TB .. 'rpm:model:', TB .. 'tpm:model:'
 local P_ORGJOBS = AP .. 'org-jobs:'
+local P_IDEM = AP .. 'idem:'
 local Q_DELAYED, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = QK .. 'delayed', QK .. 'meta', QK .. 'active', QK .. 'pc', QK .. 'events', QK .. 'marker'
 
 -- Every key, in fair-keys.ts FAIR_KEY_NAMES order: what its test compares with the names TypeScript builds.
@@ -216,7 +220,7 @@ if op == 'keys' then
   return { K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS, K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ, K_MBLOCK,
     K_MBLOCKWHY, K_MLIMITS, P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN, P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL,
     P_TB_TPM_MODEL, Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB, K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART, K_WAKE,
-    P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT }
+    P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT, P_IDEM }
 end
 
 --- @include "fair-lanes"
@@ -239,12 +243,15 @@ if op == 'dispatch' then
 elseif op == 'enqueue' or op == 'add' then
   local skipped = {}
   local limitsStored = {}
-  -- `add` carries each job's BullMQ fields too and stores the new ones, parked, before laning them.
-  local stride = op == 'add' and 16 or 10
+  -- `add` carries each job's BullMQ fields and idempotency record too and stores the new ones, parked, before
+  -- laning them.
+  local stride = op == 'add' and 18 or 10
   -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
   local jobs = math.floor((#ARGV - 13) / stride)
   -- The delayed scores of the jobs stored here: known, not read back below.
-  local fresh = op == 'add' and storeParked(14, stride, jobs) or {}
+  -- `gone`: idempotent jobs whose key's record outlived the job (removed by retention): answered, never made again.
+  local fresh, gone = {}, {}
+  if op == 'add' then fresh, gone = storeParked(14, stride, jobs) end
   local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
   -- The ZADDs are sent once per org index and per lane, not once per job (from Lua a command costs about as
   -- much as the work it does here): about 9 % less script time for 100-job calls. The parked check stays one
@@ -262,11 +269,12 @@ elseif op == 'enqueue' or op == 'add' then
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
     -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.
-    if ARGV[i + 9] ~= '' then addMember(index, org, ARGV[i + 9], id) end
-    local known = rcall('EXISTS', P_JOB .. id) == 1
+    if ARGV[i + 9] ~= '' and not gone[id] then addMember(index, org, ARGV[i + 9], id) end
+    local known = gone[id] or rcall('EXISTS', P_JOB .. id) == 1
     local score = not known and (fresh[id] or tonumber(rcall('ZSCORE', Q_DELAYED, id)))
     if known then
-      -- Already known (an earlier call, or earlier in this one): enqueue is idempotent by job id.
+      -- Already known (an earlier call, or earlier in this one): enqueue is idempotent by job id. Or gone: its
+      -- idempotency record stands for a job retention removed, which is not made nor laned again.
     elseif not score or score < PARK_SCORE then
       -- Only parked BullMQ jobs may enter a lane; anything else would be run twice or never.
       skipped[#skipped + 1] = id

@@ -6,7 +6,8 @@
 -- bulk request instead of a BullMQ script call per job: Redis spent ~60 us per job in addDelayedJob's, ~17 us
 -- of it in its commands and the rest in its Lua work per call (msgpack arguments, JSON options, 25 helper
 -- functions made again), twice the plain add's whole cost.
--- Uses the locals the script defines before that line (rcall, Q_JOB, Q_DELAYED, Q_META, Q_EVENTS, Q_MARKER, QK).
+-- Uses the locals the script defines before that line (rcall, Q_JOB, Q_DELAYED, Q_META, Q_EVENTS, Q_MARKER, QK,
+-- P_IDEM).
 
 -- BullMQ's getOrSetMaxEvents: the events stream's MAXLEN, set to BullMQ's default where no queue set it yet.
 local function maxEventsOf()
@@ -20,7 +21,12 @@ end
 
 -- Stores the jobs of ARGV whose stored fields are given (ARGV[i + 10] the name, '' = the job exists already:
 -- lane only), BullMQ's way, in ARGV order. `stride`: arguments per job, `first`: the first job's index.
--- Returns the delayed score of each job it stored (id -> score), which enqueue would otherwise read back. Scores
+-- An idempotent job (ARGV[i + 16] its request fingerprint) gets its key's record with it (ARGV[i + 17] ms to live),
+-- and is not stored where the job is gone but the record stands: the key outlives its job (retention may remove a
+-- completed job seconds after it ran), and a re-send inside the record's life must not run the work again. Read
+-- and written here, in the call that stores the job, so racing sends of one key make one job.
+-- Returns the delayed score of each job it stored (id -> score), which enqueue would otherwise read back, and the
+-- set of those whose record stood without the job (id -> true). Scores
 -- within one delayed timestamp go up by one per job, as BullMQ's per-job ZREVRANGEBYSCORE would find them,
 -- without reading the set again for each job.
 local function storeParked(first, stride, jobs)
@@ -29,8 +35,8 @@ local function storeParked(first, stride, jobs)
   for k = 1, jobs do
     if ARGV[first + (k - 1) * stride + 10] ~= '' then named = named + 1 end
   end
-  local scores = {}
-  if named == 0 then return scores end
+  local scores, gone = {}, {}
+  if named == 0 then return scores, gone end
   rcall('INCRBY', QK .. 'id', named)
   local maxEvents = maxEventsOf()
   local stored = false
@@ -40,9 +46,16 @@ local function storeParked(first, stride, jobs)
     local id, name = ARGV[i], ARGV[i + 10]
     if name ~= '' then
       local jobKey = Q_JOB .. id
+      local fp = ARGV[i + 16]
       if rcall('EXISTS', jobKey) == 1 then
         rcall('XADD', Q_EVENTS, 'MAXLEN', '~', maxEvents, '*', 'event', 'duplicated', 'jobId', id)
+      elseif fp ~= '' and rcall('EXISTS', P_IDEM .. id) == 1 then
+        gone[id] = true
       else
+        if fp ~= '' then
+          rcall('HSET', P_IDEM .. id, 'id', id, 'fp', fp)
+          rcall('PEXPIRE', P_IDEM .. id, ARGV[i + 17])
+        end
         local timestamp, delay = tonumber(ARGV[i + 13]), tonumber(ARGV[i + 14])
         rcall('HMSET', jobKey, 'name', name, 'data', ARGV[i + 11], 'opts', ARGV[i + 12], 'timestamp', timestamp,
           'delay', delay, 'priority', tonumber(ARGV[i + 15]))
@@ -68,5 +81,5 @@ local function storeParked(first, stride, jobs)
     local nextScore = tonumber(rcall('ZRANGE', Q_DELAYED, 0, 0, 'WITHSCORES')[2])
     if nextScore then rcall('ZADD', Q_MARKER, nextScore / 0x1000, '1') end
   end
-  return scores
+  return scores, gone
 end

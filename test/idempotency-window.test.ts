@@ -1,0 +1,152 @@
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import { idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
+import { createOrgStore } from '../src/shared/infra/db/orgs.js';
+import { idempotentJobId } from '../src/shared/queue/job-producer.js';
+import { randomOrg } from './helpers/env.js';
+import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
+
+/**
+ * An idempotency key is remembered IDEMPOTENCY_TTL_S (a day) from its job's first add, not only while retention
+ * keeps the job: KEEP_COMPLETED_COUNT removes a completed job as soon as 10,000 others completed after it (ten
+ * seconds at 1,000 jobs/s), after which a re-send ran the work again, a second paid model call. The key's record
+ * (queue-keys.ts idempotencyRecordKey) is written by the add itself; a re-send within the window answers the
+ * same id with state "unknown" (the job is no longer kept), makes no job and takes nothing from the daily limit.
+ */
+
+const risk = (name: string, idempotencyKey?: string) => ({
+  agent: 'RiskAnalyzer',
+  action: 'analyze_risks',
+  input: { startup: { name, industry: 'edtech' } },
+  ...(idempotencyKey ? { options: { idempotencyKey } } : {}),
+});
+
+async function orgWithLimit(s: Stack, limit: number) {
+  const org = randomOrg();
+  await createOrgStore({ pool: s.infra.db.pool }).upsert({ id: org, dailyJobLimit: limit });
+  return { org, auth: { authorization: `Bearer ${await s.newKey(org)}` } };
+}
+
+const post = (s: Stack, auth: { authorization: string }, payload: object, url = '/v1/jobs') => s.app.inject({ method: 'POST', url, headers: auth, payload });
+
+/** The `added` events of one job id in the queue's event stream: how many times a job of that id was made. */
+async function addedCount(s: Stack, id: string): Promise<number> {
+  const entries = await s.runtime.deps.redis.xrange(s.runtime.queue.toKey('events'), '-', '+');
+  return entries.filter(([, f]) => f[1] === 'added' && f[3] === id).length;
+}
+
+describe.each([
+  { name: 'stored by the fair dispatcher', fairDispatch: true },
+  { name: 'added by BullMQ (the bench baseline, no dispatcher)', fairDispatch: false },
+])('an idempotency key outlives its job: $name', ({ fairDispatch }) => {
+  let s: Stack;
+  beforeAll(async () => {
+    // Retention at its tightest: a completed job is removed the moment it completes.
+    s = await startStack({ KEEP_COMPLETED_COUNT: '0' }, { worker: true, fairDispatch });
+  });
+  afterAll(async () => s?.close());
+
+  /** Sends one request with a key and waits until its job ran and retention removed it. */
+  async function ranAndRemoved(auth: { authorization: string }, name: string, key: string): Promise<string> {
+    const first = await post(s, auth, risk(name, key));
+    expect(first.statusCode).toBe(202);
+    const id = first.json().id as string;
+    await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('unknown'), POLL);
+    return id;
+  }
+
+  it('a re-send after the job was removed answers its id, state unknown: no new job, no model call, no charge', async () => {
+    const { org, auth } = await orgWithLimit(s, 2);
+    const calls = s.emulator.calls().length;
+    const id = await ranAndRemoved(auth, 'Window Co', 'window-1');
+    expect(id).toBe(idempotentJobId(org, 'window-1'));
+    expect(s.emulator.calls().length).toBe(calls + 1);
+    // The record lives the default day, whatever retention did to the job.
+    const record = idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id);
+    expect(await s.runtime.deps.redis.hgetall(record)).toMatchObject({ id });
+    expect(await s.runtime.deps.redis.pttl(record)).toBeGreaterThan(86_000_000);
+
+    for (let i = 0; i < 2; i++) {
+      const again = await post(s, auth, risk('Window Co', 'window-1'));
+      expect(again.statusCode).toBe(202);
+      expect(again.json()).toEqual({ id, state: 'unknown' });
+    }
+    // In a bulk beside a new job: only the new one is made (and charged).
+    const bulk = await post(s, auth, { jobs: [risk('Window Co', 'window-1'), risk('Fresh Co')] }, '/v1/jobs/bulk');
+    expect(bulk.statusCode).toBe(202);
+    expect(bulk.json().jobs[0]).toEqual({ id, state: 'unknown' });
+    expect(await s.runtime.queue.getJobState(id)).toBe('unknown');
+    expect(await addedCount(s, id)).toBe(1);
+    // The limit of 2 took the first job and the bulk's new one: the re-sends took nothing.
+    const full = await post(s, auth, risk('Third Co'));
+    expect(full.statusCode).toBe(429);
+    expect(full.json()).toMatchObject({ limit: 2, jobsToday: 2 });
+  });
+
+  it('concurrent re-sends of a removed job make no job; concurrent first sends of a key make one', async () => {
+    const { auth } = await orgWithLimit(s, 10);
+    const answers = await Promise.all(Array.from({ length: 6 }, () => post(s, auth, risk('Race Co', 'race-1'))));
+    const id = answers[0].json().id as string;
+    expect(answers.map((a) => [a.statusCode, a.json().id])).toEqual(answers.map(() => [202, id]));
+    await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('unknown'), POLL);
+    const again = await Promise.all(Array.from({ length: 6 }, () => post(s, auth, risk('Race Co', 'race-1'))));
+    expect(again.map((a) => [a.statusCode, a.json()])).toEqual(again.map(() => [202, { id, state: 'unknown' }]));
+    expect(await addedCount(s, id)).toBe(1);
+  });
+
+  it('another request under the key within the window is a 409 naming the field and the job, alone or in a bulk', async () => {
+    const { auth } = await orgWithLimit(s, 10);
+    const id = await ranAndRemoved(auth, 'Conflict Co', 'conflict-1');
+    const other = await post(s, auth, risk('Other Co', 'conflict-1'));
+    expect(other.statusCode).toBe(409);
+    expect(other.json()).toMatchObject({ code: 'ECONFLICT', jobId: id, details: [{ path: 'options.idempotencyKey' }] });
+    expect(other.json().error).toContain(id);
+    const bulk = await post(s, auth, { jobs: [risk('New Co'), risk('Other Co', 'conflict-1')] }, '/v1/jobs/bulk');
+    expect(bulk.statusCode).toBe(409);
+    expect(bulk.json()).toMatchObject({ jobId: id, details: [{ path: 'jobs.1.options.idempotencyKey' }] });
+    expect(await s.runtime.queue.getJobState(id)).toBe('unknown');
+    expect(await addedCount(s, id)).toBe(1);
+  });
+
+  it('POST /v1/stream of a key whose job was removed is a 409 naming the job: nothing left to stream, nothing run again', async () => {
+    const { auth } = await orgWithLimit(s, 10);
+    const body = risk('Streamed Co', 'stream-1');
+    const first = await post(s, auth, body, '/v1/stream');
+    expect(first.statusCode).toBe(200);
+    const id = first.headers['x-job-id'] as string;
+    await vi.waitFor(async () => expect(await s.runtime.queue.getJobState(id)).toBe('unknown'), POLL);
+    const again = await post(s, auth, body, '/v1/stream');
+    expect(again.statusCode).toBe(409);
+    expect(again.json()).toMatchObject({ jobId: id, details: [{ path: 'options.idempotencyKey' }] });
+    expect(await addedCount(s, id)).toBe(1);
+  });
+});
+
+describe('past IDEMPOTENCY_TTL_S the key is free', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ IDEMPOTENCY_TTL_S: '1' });
+  });
+  afterAll(async () => s?.close());
+
+  it('once the record lapsed, a re-send (even of another request) makes a new job under the id', async () => {
+    const first = await post(s, s.auth, risk('Lapse Co', 'lapse-1'));
+    expect(first.statusCode).toBe(202);
+    const id = first.json().id as string;
+    const record = idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id);
+    expect(await s.runtime.deps.redis.pttl(record)).toBeLessThanOrEqual(1000);
+    // Gone by retention (by hand here: no worker runs it).
+    const cell = s.runtime.deps.cells[0];
+    await cell.scheduler.cancel(id);
+    await (await cell.queue.getJob(id))!.remove();
+    await vi.waitFor(async () => expect(await s.runtime.deps.redis.exists(record)).toBe(0), POLL);
+
+    const again = await post(s, s.auth, risk('Lapse Co Again', 'lapse-1'));
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ id, state: 'waiting' });
+    expect((await cell.queue.getJob(id))?.data.input).toMatchObject({ startup: { name: 'Lapse Co Again' } });
+    expect(await addedCount(s, id)).toBe(2);
+    // And the new job is remembered in turn.
+    expect(await s.runtime.deps.redis.exists(record)).toBe(1);
+  });
+});
