@@ -21,8 +21,8 @@ RUN npm ci --omit=dev --no-audit --no-fund
 # otherwise stops start-up).
 COPY --from=build /app/dist ./
 COPY migrations ./migrations
-# The image's default mode (`all`, given a REDIS_URL, without DATABASE_URL) keeps the embedded PGlite and the
-# dev API key in DATA_DIR (`.data`, under /app). /app and all it holds are root's, so the user below could not
+# The image's default mode (`all`, given a REDIS_URL and DATABASE_URL=embedded: NODE_ENV=production refuses an
+# unset one, so no ENV sets it here) keeps the embedded PGlite and the dev API key in DATA_DIR (`.data`, under /app). /app and all it holds are root's, so the user below could not
 # create it (the start failed with EACCES): it is made here and given to that user. A named volume mounted on
 # /app/.data starts with this ownership.
 RUN mkdir -p /app/.data && chown node:node /app/.data

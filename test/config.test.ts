@@ -13,6 +13,9 @@ const listed = Object.fromEntries(
     .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
 );
 
+/** A production environment that names its Redis and database, as production must (the tests below vary the rest). */
+const PROD = { NODE_ENV: 'production', REDIS_URL: 'redis://redis:6379', DATABASE_URL: 'postgres://agentq:agentq@postgres:5432/agentq' };
+
 describe('configuration', () => {
   it('.env.example lists every variable, with the real defaults', () => {
     expect(Object.keys(listed).sort()).toEqual(Object.keys(configSchema.shape).sort());
@@ -108,7 +111,7 @@ describe('configuration', () => {
   it('reads a blank key as no key: production refuses to start, naming GEMINI_API_KEY; the other key is the one sent', () => {
     const refused = /^Missing environment variable GEMINI_API_KEY: /;
     for (const blank of ['', ' ']) {
-      const cfg = parseConfig({ NODE_ENV: 'production', GEMINI_API_KEY: blank, GOOGLE_API_KEY: blank });
+      const cfg = parseConfig({ ...PROD, GEMINI_API_KEY: blank, GOOGLE_API_KEY: blank });
       expect(() => assertGeminiConfigured(cfg), JSON.stringify(blank)).toThrow(refused);
       expect(() => geminiOptionsFromConfig(cfg, createLogger({ level: 'silent' }))).toThrow(refused);
     }
@@ -178,7 +181,7 @@ describe('configuration', () => {
 
   it('refuses to serve without a Gemini key in production unless GEMINI_EMULATOR=true asks for the emulator', () => {
     const refused = /^Missing environment variable GEMINI_API_KEY: .*GEMINI_EMULATOR=true/;
-    const prod = { NODE_ENV: 'production' };
+    const prod = PROD;
     expect(() => assertGeminiConfigured(parseConfig(prod))).toThrow(ConfigError);
     expect(() => assertGeminiConfigured(parseConfig(prod))).toThrow(refused);
     // compose's ${GEMINI_API_KEY:-}: empty is no key.
@@ -196,10 +199,36 @@ describe('configuration', () => {
   it('autostarts a local Redis by default except in production, where only REDIS_AUTOSTART=true does', () => {
     expect(parseConfig({}).REDIS_AUTOSTART).toBe(true);
     expect(parseConfig({ NODE_ENV: 'test' }).REDIS_AUTOSTART).toBe(true);
-    expect(parseConfig({ NODE_ENV: 'production' }).REDIS_AUTOSTART).toBe(false);
-    expect(parseConfig({ NODE_ENV: 'production', REDIS_AUTOSTART: '' }).REDIS_AUTOSTART).toBe(false);
-    expect(parseConfig({ NODE_ENV: 'production', REDIS_AUTOSTART: 'true' }).REDIS_AUTOSTART).toBe(true);
+    expect(parseConfig(PROD).REDIS_AUTOSTART).toBe(false);
+    expect(parseConfig({ ...PROD, REDIS_AUTOSTART: '' }).REDIS_AUTOSTART).toBe(false);
+    expect(parseConfig({ ...PROD, REDIS_AUTOSTART: 'true' }).REDIS_AUTOSTART).toBe(true);
     expect(parseConfig({ REDIS_AUTOSTART: 'false' }).REDIS_AUTOSTART).toBe(false);
+  });
+
+  it('in production, refuses to start without DATABASE_URL and REDIS_URL, naming the variable: no silent embedded database or loopback Redis', () => {
+    const { DATABASE_URL, REDIS_URL } = PROD;
+    const noDatabase = /^Missing environment variable DATABASE_URL: with NODE_ENV=production it must be set.*DATABASE_URL=embedded/;
+    const noRedis = /^Missing environment variable REDIS_URL: with NODE_ENV=production it must be set/;
+    // Unset, or blank as compose's ${DATABASE_URL:-} passes it: before, both ran on the embedded PGlite.
+    for (const blank of [undefined, '', ' ']) {
+      expect(() => parseConfig({ NODE_ENV: 'production', REDIS_URL, DATABASE_URL: blank }), JSON.stringify(blank)).toThrow(ConfigError);
+      expect(() => parseConfig({ NODE_ENV: 'production', REDIS_URL, DATABASE_URL: blank }), JSON.stringify(blank)).toThrow(noDatabase);
+      // Before, redis://127.0.0.1:6379.
+      expect(() => parseConfig({ NODE_ENV: 'production', DATABASE_URL, REDIS_URL: blank }), JSON.stringify(blank)).toThrow(noRedis);
+    }
+    // The embedded database asked for by name (the image run alone); a cluster names its Redis by its nodes.
+    const embedded = parseConfig({ NODE_ENV: 'production', REDIS_URL, DATABASE_URL: ' embedded ' });
+    expect(embedded.DATABASE_URL).toBeUndefined();
+    const cluster = parseConfig({ NODE_ENV: 'production', DATABASE_URL, REDIS_CLUSTER_NODES: '10.0.0.1:7000' });
+    expect(cluster.REDIS_CLUSTER_NODES).toHaveLength(1);
+    expect(parseConfig(PROD)).toMatchObject({ REDIS_URL, DATABASE_URL });
+    // Outside production the defaults stay: loopback Redis, the embedded database (unset or named).
+    for (const NODE_ENV of ['development', 'test']) {
+      expect(parseConfig({ NODE_ENV })).toMatchObject({ REDIS_URL: 'redis://127.0.0.1:6379', DATABASE_URL: undefined });
+      expect(parseConfig({ NODE_ENV, DATABASE_URL: 'embedded' }).DATABASE_URL).toBeUndefined();
+    }
+    // Any other value that is not a URL is refused, without showing it.
+    expect(() => parseConfig({ DATABASE_URL: 'pglite' })).toThrow(/^Invalid environment variable DATABASE_URL=\(hidden\): expected a URL, .* or embedded$/);
   });
 
   it('parses JSON-valued variables', () => {

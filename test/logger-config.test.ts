@@ -11,6 +11,9 @@ const logLines = (stdout: string) =>
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as { level: number; msg: string });
 
+/** Production refuses to start without its Redis and database named (config.ts): named, for the NODE_ENVs below. */
+const PLACES = { REDIS_URL: 'redis://redis:6379', DATABASE_URL: 'embedded' };
+
 describe('LOG_LEVEL', () => {
   afterEach(() => vi.unstubAllEnvs());
 
@@ -51,7 +54,7 @@ describe('LOG_LEVEL', () => {
 
 describe('LOG_FORMAT', () => {
   it('auto: pretty only at a terminal in development; JSON for pipes and files, and always in production and tests', () => {
-    const auto = (NODE_ENV: 'development' | 'production' | 'test', tty: boolean) => logFormat(parseConfig({ NODE_ENV }), tty);
+    const auto = (NODE_ENV: 'development' | 'production' | 'test', tty: boolean) => logFormat(parseConfig({ NODE_ENV, ...PLACES }), tty);
     expect(parseConfig({}).LOG_FORMAT).toBe('auto');
     expect(auto('development', true)).toBe('pretty');
     expect(auto('development', false)).toBe('json');
@@ -63,8 +66,8 @@ describe('LOG_FORMAT', () => {
   it('json / pretty override the terminal check both ways; anything else is the one-line config error', () => {
     for (const NODE_ENV of ['development', 'production'] as const) {
       for (const tty of [true, false]) {
-        expect(logFormat(parseConfig({ NODE_ENV, LOG_FORMAT: 'json' }), tty)).toBe('json');
-        expect(logFormat(parseConfig({ NODE_ENV, LOG_FORMAT: 'pretty' }), tty)).toBe('pretty');
+        expect(logFormat(parseConfig({ NODE_ENV, ...PLACES, LOG_FORMAT: 'json' }), tty)).toBe('json');
+        expect(logFormat(parseConfig({ NODE_ENV, ...PLACES, LOG_FORMAT: 'pretty' }), tty)).toBe('pretty');
       }
     }
     expect(() => parseConfig({ LOG_FORMAT: 'text' })).toThrow(/^Invalid environment variable LOG_FORMAT="text": /);

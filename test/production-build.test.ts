@@ -69,7 +69,7 @@ describe('the production build', () => {
 
     const redisPort = await freePort();
     const apiPort = await freePort();
-    const env = { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, REDIS_AUTOSTART: 'true', PORT: String(apiPort), DATABASE_URL: '', GEMINI_API_KEY: '', WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
+    const env = { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', DATA_DIR: dataDir, REDIS_URL: `redis://127.0.0.1:${redisPort}`, REDIS_AUTOSTART: 'true', PORT: String(apiPort), DATABASE_URL: 'embedded', GEMINI_API_KEY: '', WORKER_CONCURRENCY: '2', REDIS_COMMAND_TIMEOUT_MS: '20000' };
     // The image's command: node, the compiled entry point, a role; no --import.
     proc = spawnAgentq('all', env, app);
     // Starting redis-server, embedded Postgres and its migrations: minutes on a busy machine.

@@ -115,7 +115,7 @@ describe('production start-up refusals', () => {
 
   it('in production, exits naming GEMINI_API_KEY when no key is set, before it touches Redis or the database', async () => {
     // Nothing at REDIS_URL: a check made after Redis would fail there, or start a redis-server, instead.
-    const p = spawnAgentq('all', { NODE_ENV: 'production', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: '', DATA_DIR: dataDir, GEMINI_API_KEY: '', GOOGLE_API_KEY: '' });
+    const p = spawnAgentq('all', { NODE_ENV: 'production', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: 'embedded', DATA_DIR: dataDir, GEMINI_API_KEY: '', GOOGLE_API_KEY: '' });
     procs.push(p);
     expect(await p.exited).toBe(1);
     expect(p.stderr().trim()).toMatch(/^Missing environment variable GEMINI_API_KEY: .*Set GEMINI_API_KEY \(or GOOGLE_API_KEY\), or GEMINI_EMULATOR=true/);
@@ -123,9 +123,17 @@ describe('production start-up refusals', () => {
     expect(p.lines).toEqual([]);
   }, 180_000);
 
+  it('in production, exits naming DATABASE_URL when none is given, instead of running on a local embedded PGlite', async () => {
+    const p = spawnAgentq('all', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: '', DATA_DIR: dataDir });
+    procs.push(p);
+    expect(await p.exited).toBe(1);
+    expect(p.stderr().trim()).toMatch(/^Missing environment variable DATABASE_URL: .*DATABASE_URL=embedded to run on the embedded PGlite on purpose$/);
+    expect(p.lines).toEqual([]);
+  }, 180_000);
+
   it('in production, a Redis that does not answer at start stops start-up: agentq starts no empty Redis of its own on that port', async () => {
     const redisPort = await freePort();
-    const p = spawnAgentq('worker', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${redisPort}`, DATABASE_URL: '', DATA_DIR: dataDir });
+    const p = spawnAgentq('worker', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${redisPort}`, DATABASE_URL: 'embedded', DATA_DIR: dataDir });
     procs.push(p);
     const outcome = await Promise.race([
       p.exited.then((code) => ({ exit: code })),

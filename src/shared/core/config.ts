@@ -78,6 +78,10 @@ export const priceOverridesSchema = z
   .strict();
 export type PriceOverrides = z.infer<typeof priceOverridesSchema>;
 
+/** DATABASE_URL's value that asks for the embedded PGlite by name (production refuses an unset one). */
+export const EMBEDDED_DATABASE = 'embedded';
+const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
+
 /** Unset or blank: undefined. */
 const optionalString = unlessBlank(z.string().optional());
 
@@ -110,7 +114,11 @@ export const configSchema = z.object({
   ENQUEUE_DEADLINE_MS: int(5000, 100),
   BULL_BOARD_READ_ONLY: bool(false),
 
-  REDIS_URL: unlessBlank(z.string().url().default('redis://127.0.0.1:6379')),
+  /**
+   * Unset: redis://127.0.0.1:6379 (parseConfig), except with NODE_ENV=production, where it must be given (or
+   * REDIS_CLUSTER_NODES): a deployment that forgot it would otherwise look for Redis on its own loopback.
+   */
+  REDIS_URL: unlessBlank(z.string().url().optional()),
   /**
    * Start a local redis-server child when nothing answers at a loopback REDIS_URL. Unset: on, except with
    * NODE_ENV=production, where a Redis slow to answer at start (loading its AOF, restarting) must stop
@@ -146,7 +154,17 @@ export const configSchema = z.object({
   QUEUE_SHARDS: num(z.number().int().min(1).max(256), 1),
   DATA_DIR: unlessBlank(z.string().default('.data')),
 
-  DATABASE_URL: unlessBlank(z.string().url().optional()),
+  /**
+   * Postgres, or `embedded` (the same as unset outside production): the embedded PGlite under DATA_DIR. With
+   * NODE_ENV=production it must be given: a deployment that forgot it would otherwise run on a local embedded
+   * database, its data in the container, quietly apart from the Postgres its other processes use.
+   */
+  DATABASE_URL: unlessBlank(
+    z
+      .string()
+      .refine((v) => v === EMBEDDED_DATABASE || z.string().url().safeParse(v).success, `expected a URL, e.g. postgres://user:password@host:5432/agentq, or ${EMBEDDED_DATABASE}`)
+      .optional(),
+  ),
   /**
    * A new Postgres connection (TCP, TLS, startup, authentication) fails after this long, and so does a wait for a
    * free one while the pool is full: a server that takes the TCP connection and never answers is an error, not a
@@ -346,7 +364,7 @@ export const configSchema = z.object({
 
 type ParsedEnv = z.infer<typeof configSchema>;
 /** The parsed environment, with the defaults that depend on NODE_ENV resolved (parseConfig). */
-export type Config = Omit<ParsedEnv, 'REDIS_AUTOSTART' | 'GEMINI_EMULATOR'> & { REDIS_AUTOSTART: boolean; GEMINI_EMULATOR: boolean };
+export type Config = Omit<ParsedEnv, 'REDIS_URL' | 'REDIS_AUTOSTART' | 'GEMINI_EMULATOR'> & { REDIS_URL: string; REDIS_AUTOSTART: boolean; GEMINI_EMULATOR: boolean };
 
 /**
  * The models a job may name in `options.model`: the two tiers, every route's primary and fallback, the
@@ -383,7 +401,24 @@ export function parseConfig(env: NodeJS.ProcessEnv = process.env): Config {
       );
     }
     const production = result.data.NODE_ENV === 'production';
-    return { ...result.data, REDIS_AUTOSTART: result.data.REDIS_AUTOSTART ?? !production, GEMINI_EMULATOR: result.data.GEMINI_EMULATOR ?? !production };
+    if (production && result.data.DATABASE_URL === undefined) {
+      throw new ConfigError(
+        `Missing environment variable DATABASE_URL: with NODE_ENV=production it must be set, or a forgotten one would run on a local embedded PGlite instead of your Postgres. Set DATABASE_URL to the Postgres URL, or DATABASE_URL=${EMBEDDED_DATABASE} to run on the embedded PGlite on purpose`,
+      );
+    }
+    if (production && result.data.REDIS_URL === undefined && !result.data.REDIS_CLUSTER_NODES) {
+      throw new ConfigError(
+        `Missing environment variable REDIS_URL: with NODE_ENV=production it must be set (or REDIS_CLUSTER_NODES), or a forgotten one would look for Redis at ${DEFAULT_REDIS_URL}. Set REDIS_URL, e.g. redis://redis:6379`,
+      );
+    }
+    return {
+      ...result.data,
+      // Named or unset, the embedded database is `undefined` to every reader (shared-embedded.ts opens it then).
+      DATABASE_URL: result.data.DATABASE_URL === EMBEDDED_DATABASE ? undefined : result.data.DATABASE_URL,
+      REDIS_URL: result.data.REDIS_URL ?? DEFAULT_REDIS_URL,
+      REDIS_AUTOSTART: result.data.REDIS_AUTOSTART ?? !production,
+      GEMINI_EMULATOR: result.data.GEMINI_EMULATOR ?? !production,
+    };
   }
   const issue = result.error.issues[0];
   const name = String(issue.path[0]);
