@@ -4,6 +4,7 @@ import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
+import { queueShards } from '../src/shared/core/queue-shards.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
@@ -295,6 +296,18 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect(await state(own)).toBe('waiting');
   });
 
+  it("the board's obliterate of a queue that is not paused is refused: a 409 in the API's shape with its stable code, and nothing is removed", async () => {
+    const { key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
+    const id = await postJob(s, key, markedJob(`obliterate-running-${randomUUID().slice(0, 8)}`, FLASH));
+    await dispatch();
+    expect(await state(id)).toBe('waiting');
+    // Before, the board's own 400 {error: {key: 'ERRORS.QUEUE_NOT_PAUSED'}}: no message, no code.
+    const refused = await boardAction(s, `${QUEUE.agent}/obliterate`, {});
+    expect(refused.statusCode).toBe(409);
+    expect(refused.json()).toEqual({ error: expect.stringMatching(/^queue agent-jobs was not obliterated: it is not paused; pause it first/), code: 'EQUEUENOTPAUSED', queue: QUEUE.agent });
+    expect(await state(id)).toBe('waiting');
+  });
+
   it("the board's obliterate of a queue whose job a worker runs is refused: a 409 in the API's shape with its stable code, and nothing is removed", async () => {
     const { key } = await newOrg({ concurrency: 5, rpm: 10, tpm: 100_000 });
     await postJob(s, key, markedJob(`obliterate-held-${randomUUID().slice(0, 8)}`, FLASH));
@@ -429,5 +442,44 @@ describe('Bull Board retries and promotes, with a worker', () => {
     expect((await boardAction(s, `${QUEUE.agent}/${id}/retry`)).statusCode).toBe(204);
     expect(await job(id, 20_000)).toMatchObject({ state: 'completed' });
     expect(await s.runtime.deps.redis.exists(cancelRequestedKey(s.cfg.QUEUE_PREFIX, id))).toBe(0);
+  });
+});
+
+/** With queue shards the board names each shard's copy of a queue by its prefix: its refusals name it so. */
+describe('Bull Board obliterate refusals on queue shards', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ ADMIN_TOKEN, QUEUE_SHARDS: '2' });
+  });
+  afterAll(async () => s?.close());
+
+  it("name the queue as the board's URL and page do (the shard's copy, with its prefix)", async () => {
+    const org = `org_board_shard_${randomUUID().slice(0, 8)}`;
+    const prefix = queueShards(s.cfg.QUEUE_PREFIX, 2).prefixOf(org);
+    const boardName = `${prefix}:${QUEUE.agent}`;
+    const listed = (await s.app.inject({ method: 'GET', url: '/admin/queues/api/queues', headers })).json().queues.map((q: { name: string }) => q.name);
+    expect(listed).toContain(boardName);
+    const shardAction = (action: string) => boardAction(s, `${encodeURIComponent(boardName)}/${action}`, {});
+
+    const notPaused = await shardAction('obliterate');
+    expect(notPaused.statusCode).toBe(409);
+    expect(notPaused.json()).toEqual({ error: expect.stringContaining(`queue ${boardName} was not obliterated: it is not paused`), code: 'EQUEUENOTPAUSED', queue: boardName });
+
+    await postJob(s, await s.newKey(org), markedJob(`obliterate-shard-${org}`, FLASH));
+    for (const cell of s.runtime.deps.cells) await cell.scheduler.dispatch({ id: 'board-shard-worker', concurrency: 100, ask: 100, ttlMs: 60_000 });
+    const connection = new Redis(s.cfg.REDIS_URL, { maxRetriesPerRequest: null });
+    const worker = new Worker(QUEUE.agent, null, { connection, prefix, autorun: false });
+    const held = (await worker.getNextJob('board-shard-token', { block: false }))!;
+    try {
+      expect(held?.data.orgId).toBe(org);
+      expect((await shardAction('pause')).statusCode).toBe(200);
+      const active = await shardAction('obliterate');
+      expect(active.statusCode).toBe(409);
+      expect(active.json()).toEqual({ error: expect.stringContaining(`queue ${boardName} was not obliterated: workers are running`), code: 'EQUEUEACTIVE', queue: boardName });
+    } finally {
+      await held?.moveToFailed(new UnrecoverableError('board test: the held job fails'), 'board-shard-token', false);
+      await worker.close();
+      connection.disconnect();
+    }
   });
 });

@@ -11,7 +11,7 @@ import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
 import { currentStored } from '../shared/core/job-stage.js';
-import { ConflictError, ObliterateRefusedError, RemovalRefusedError } from '../shared/core/errors.js';
+import { ConflictError, ObliterateRefusedError, QueueNotPausedError, RemovalRefusedError } from '../shared/core/errors.js';
 import { conflictBody } from './http-errors.js';
 import type { BoardActions } from '../shared/ops/board-actions.js';
 import { MASK, maskSecrets } from './mask-secrets.js';
@@ -208,22 +208,24 @@ class ShardQueueAdapter extends BullMQAdapter {
 }
 
 /**
- * Refusals the board answers itself, before any error handler, in its own keyed 409 (`{ error: { key }, message:
- * { key } }`), by its route and key, with agentq's conflict for each: the removal of a job a worker holds (its
- * cleanJob finds the job active after BullMQ refused: RemovalRefusedError, EJOBLOCKED) and the obliterate of a
+ * Refusals the board answers itself, before any error handler, in its own keyed body (`{ error: { key }, message:
+ * { key } }`), by its route, status and key, with agentq's conflict for each: the removal of a job a worker holds
+ * (its cleanJob finds the job active after BullMQ refused: RemovalRefusedError, EJOBLOCKED), the obliterate of a
  * queue whose jobs workers are running (BullMQ's refusal, which its obliterateQueue catches: ObliterateRefusedError,
- * EQUEUEACTIVE). Both are answered as a conflict that reaches the error handler is.
+ * EQUEUEACTIVE) and the obliterate of a queue not paused (the board's own check, a 400 that named nothing:
+ * QueueNotPausedError, EQUEUENOTPAUSED). Each is answered as a conflict that reaches the error handler is: 409.
+ * A queue is named as in the board's URL (`:queueName`, a shard's copy with its prefix), the name its page shows.
  */
-const BOARD_REFUSALS: Array<{ route: string; key: string; conflict(params: Record<string, string | undefined>): ConflictError }> = [
-  { route: '/api/queues/:queueName/:jobId/clean', key: 'ERRORS.JOB_IS_ACTIVE', conflict: (p) => new RemovalRefusedError(String(p.jobId)) },
-  { route: '/api/queues/:queueName/obliterate', key: 'ERRORS.QUEUE_HAS_ACTIVE_JOBS', conflict: (p) => new ObliterateRefusedError(String(p.queueName)) },
+const BOARD_REFUSALS: Array<{ route: string; status: number; key: string; conflict(params: Record<string, string | undefined>): ConflictError }> = [
+  { route: '/api/queues/:queueName/:jobId/clean', status: 409, key: 'ERRORS.JOB_IS_ACTIVE', conflict: (p) => new RemovalRefusedError(String(p.jobId)) },
+  { route: '/api/queues/:queueName/obliterate', status: 409, key: 'ERRORS.QUEUE_HAS_ACTIVE_JOBS', conflict: (p) => new ObliterateRefusedError(String(p.queueName)) },
+  { route: '/api/queues/:queueName/obliterate', status: 400, key: 'ERRORS.QUEUE_NOT_PAUSED', conflict: (p) => new QueueNotPausedError(String(p.queueName)) },
 ];
 
 /** The board's own answer to one of BOARD_REFUSALS in the API's 409 shape; undefined for any other result. */
 function boardRefusal(context: HookContext, result: ControllerHandlerReturnType): ControllerHandlerReturnType | undefined {
-  if (result.status !== 409) return undefined;
-  const error = typeof result.body === 'object' ? (result.body as { error?: { key?: unknown } }).error : undefined;
-  const known = BOARD_REFUSALS.find((r) => r.route === context.route && r.key === error?.key);
+  const error = result.body !== null && typeof result.body === 'object' ? (result.body as { error?: { key?: unknown } }).error : undefined;
+  const known = BOARD_REFUSALS.find((r) => r.route === context.route && r.status === result.status && r.key === error?.key);
   if (!known) return undefined;
   return { status: 409, body: conflictBody(known.conflict(context.request.params as Record<string, string | undefined>)) };
 }

@@ -111,6 +111,16 @@ export class ObliterateRefusedError extends ConflictError {
   }
 }
 
+/**
+ * An obliterate of a queue that is not paused, `EQUEUENOTPAUSED`: 409, with the queue's name (as the board names it).
+ * Nothing was removed; pause it first, so workers stop taking its jobs while they are removed.
+ */
+export class QueueNotPausedError extends ConflictError {
+  constructor(queue: string) {
+    super(`queue ${queue} was not obliterated: it is not paused; pause it first, so no worker takes its jobs while they are removed`, { queue }, 'EQUEUENOTPAUSED');
+  }
+}
+
 /** Over the org's request rate plan or a durable quota: 429 with Retry-After; nothing was enqueued. */
 export class RateLimitedError extends AgentqError {
   constructor(
