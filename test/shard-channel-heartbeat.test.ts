@@ -2,7 +2,7 @@ import { Cluster, Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 
@@ -33,7 +33,7 @@ describe('subscriber heartbeat', () => {
     await until('a message after the new subscription', () => heard.includes('two'));
     expect(events.slice(0, 3)).toEqual(['live', 'lost', 'live']);
     expect(heard).toEqual(['one', 'two']);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, 10_000, POLL.timeout));
 });
 
 describe('subscriber heartbeat, Redis Cluster', () => {
@@ -73,5 +73,5 @@ describe('subscriber heartbeat, Redis Cluster', () => {
     expect(events[0]).toBe('live');
     expect(events[1]).toBe('lost');
     expect(heard).toEqual(['one', 'two']);
-  }, 60_000);
+  }, waitsTimeout(10_000, POLL.timeout, POLL.timeout, 15_000, POLL.timeout));
 });

@@ -13,7 +13,7 @@ import { createRunSink } from '../src/shared/infra/db/run-sink.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { until, within } from './helpers/wait.js';
+import { POLL, until, waitsTimeout, within } from './helpers/wait.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
 import { startRedisServer } from '../src/shared/infra/redis/redis-server.js';
 
@@ -100,7 +100,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     // The batch gather (100 ms) and the insert are the lag.
     console.log(`[figure] usage row appended while the sink blocks -> committed: ${ms} ms (the sink's own lag ${lags[0]} ms)`);
     expect(lags).toHaveLength(1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('writes appended rows in batches, with their own end time, and reports the lag of each', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -151,7 +151,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(Date.now() - appended).toBeLessThan(CLAIM_IDLE_MS / 2);
     await sink.close();
     proxy.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a stream lost with its group (a Redis that restarted empty): the sink creates the group again and writes what is appended after', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -168,7 +168,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(await redis.xinfo('GROUPS', key)).toHaveLength(1);
     // Closed with nothing pending: its consumer name left the group (a name per process start no longer piles up).
     expect(await redis.xinfo('CONSUMERS', key, usageSinkGroup)).toEqual([]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('an attempt appended twice (a re-delivered attempt) is one row: idempotent on (job_id, attempt)', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -217,7 +217,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const rows = await rowsOf(ids);
     expect(rows).toHaveLength(30);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a row Postgres refuses for its content is dropped alone, logged and counted: the rows around it are written, the sink goes on', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -240,7 +240,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(await rowsOf([bad.jobId])).toHaveLength(0);
     expect(refused.map((r) => r.jobId)).toEqual([bad.jobId]);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('tells a refusal for a row\'s content (SQLSTATE classes 22 and 23) from a Postgres that is down or busy', () => {
     expect(refusedForContent(Object.assign(new Error('integer out of range'), { code: '22003' }))).toBe(true);
@@ -283,7 +283,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('stream drained after the outage', async () => (await redis.xlen(key)) === 0);
     await sink.close();
     expect(await rowsOf(ids)).toHaveLength(8);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   /** A sink whose connection counts the commands it sends (every ioredis command goes through sendCommand). */
   function countedSink(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, gatherMs: number) {
@@ -338,7 +338,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(during.filter((c) => c === 'evalsha' || c === 'eval' || c === 'xreadgroup').length).toBeLessThanOrEqual(2);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
     console.log(`[figure] usage sink under ${ids.length} sequential appends: ${batchesDuring} batches committed, ${during.length} calls of its own (${during.join(' ') || 'none'})`);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a ride whose reply was lost loses nothing: what it read is re-read from the sink's history, its acknowledgements sent again", async () => {
     const key = usageStreamKey(randomPrefix());
@@ -365,7 +365,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('stream drained', async () => (await redis.xlen(key)) === 0);
     await sink.close();
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a ride whose reply was lost with its connection, the call sent again by ioredis, is a lost ride: its read is read again from the history', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -399,7 +399,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await sink.close();
     conn.disconnect();
     proxy.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a ride that never answers does not stall the sink: it reads on its own after waiting a second', async () => {
     const key = usageStreamKey(randomPrefix());
@@ -421,7 +421,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     await until('stream drained', async () => (await redis.xlen(key)) === 0);
     await sink.close();
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('closes at once while Redis is down, its blocked read held by the reconnecting connection (not waited on once disconnected)', async () => {
     const server = await startRedisServer();
@@ -445,5 +445,5 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
       conn.disconnect();
       await server.stop();
     }
-  });
+  }, waitsTimeout(POLL.timeout, 10_000, 30_000));
 });

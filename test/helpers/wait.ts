@@ -18,6 +18,17 @@ export async function within<T>(event: Promise<T>, ms: number, what: string): Pr
 /** Options for `vi.waitFor` on a state the test's own actions lead to: generous for a busy machine, within a unit test's 60 s. */
 export const POLL = { timeout: 45_000, interval: 20 } as const;
 
+/** What a test does besides its guarded waits (the unit test's 60 s less one POLL wait). */
+const TEST_WORK_MS = 15_000;
+
+/**
+ * A timeout for a test whose waits run one after another, given their hang guards (`POLL.timeout` for `until`'s
+ * default): their sum and TEST_WORK_MS for the rest. Each wait may take nearly all of its guard and pass, so only
+ * then does the one that never ends fail with its own message, naming what never happened, before the test's
+ * timeout ends it without one. One POLL wait: the unit test's 60 s.
+ */
+export const waitsTimeout = (...guardsMs: number[]): number => guardsMs.reduce((sum, ms) => sum + ms, TEST_WORK_MS);
+
 /**
  * `vi.waitFor` for a value: polls `check` until it returns something other than undefined / false and
  * returns it; the error names `what` if it never does.
