@@ -6,6 +6,7 @@ import { agentqPrefix, cancelRequestedKey, guardKeys, idempotencyRecordKey, orgJ
  * entries:
  *   <keyPrefix>:job:<jobId>            HASH  o org, m model, p priority, e est tokens, s seq, st lane|timer|lease, r reason
  *                                          pk: the attempt (BullMQ's ats) whose park a lease sweep has seen once
+ *                                          c: 1 once a worker's claim took the dispatch's charge (0 at dispatch)
  *   <keyPrefix>:lane:<org>|<model>     ZSET  ready line: jobId -> priority * 2^31 + seq
  *   <keyPrefix>:lanes                  ZSET  active lanes -> their org's virtual time
  *   <keyPrefix>:olanes:<org>           SET   the org's non-empty lanes (any state)

@@ -52,8 +52,8 @@
 --     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
---     lease is renewed, and unless cancelled the job hash's `progress` field set to the JSON: the attempt's
---     stage, at no extra command); cancelled 1 if the job's cancel marker names this job (its timestamp, or the
+--     lease is renewed, its record stamped claimed, `c`: the charge is the attempt's to settle, see refundDispatch,
+--     and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker names this job (its timestamp, or the
 --     '1' of markers written before; one naming an earlier job of the id is deleted); a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
 --     BullMQ's wait list is empty; with KEYS 5-9 a held, not cancelled claim also does the job's
@@ -423,7 +423,8 @@ elseif op == 'removed' then
   -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of
   -- at the lease sweep, and is forgotten. A job that exists again (its id enqueued anew) is not touched.
   -- ARGV[13] = '1': the removal itself took them from BullMQ's wait list or prioritized set (BullMQ's clean of
-  -- those), so no worker fetched them: what their dispatch charged goes back too. Otherwise the charge stays:
+  -- those), so no worker holds them: what their dispatch charged goes back too, unless a worker's claim took it (a
+  -- stalled job back in the wait list: refundDispatch). Otherwise the charge stays:
   -- a job that ran (a stalled one cleaned from active, one whose release is still on its way) may have
   -- called the model, and its worker gives back what it did not spend.
   local refund = ARGV[13] == '1'

@@ -62,6 +62,12 @@ local function claimOwn(id)
   local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', leaseDeadline(), id)
   if held == 0 and rcall('ZSCORE', K_LEASES, id) then held = 1 end
   if held == 1 then
+    -- The claim stamp (`c`, cleared by each dispatch): from here on this dispatch's charge is the attempt's to
+    -- settle (its worker gives back what it did not spend, or corrects it by the call's usage). A cancel or a
+    -- clean that later finds the job unlocked in BullMQ's wait list (its lock lapsed, the stalled check moved it
+    -- back) then frees the slot but refunds nothing: as a job never fetched it was refunded again by the attempt
+    -- (before its call) or for a call it made. The one command this adds to a claim that holds a slot.
+    rcall('HSET', P_JOB .. id, 'c', '1')
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
     local progress = ARGV[14]

@@ -70,20 +70,26 @@ local function applyCorrections(i)
   return i + 1 + n * 5
 end
 
--- True when the dispatched job `id` still waits in BullMQ's wait list or prioritized set, unlocked: no worker has
--- fetched it (BullMQ's fetch moves it to active and takes its lock in one script), so none will end it, release its
--- slot or correct its charge. LPOS walks the wait list, which the dispatcher keeps short (fair-buffer).
+-- True when the dispatched job `id` still waits in BullMQ's wait list or prioritized set, unlocked: no worker holds
+-- it (BullMQ's fetch moves it to active and takes its lock in one script), so none will end it or release its slot.
+-- Also a job fetched before whose lock lapsed (its worker died or its event loop stalled) and which BullMQ's stalled
+-- check moved back: its charge is then its claim's, if one came (refundDispatch). LPOS walks the wait list, which
+-- the dispatcher keeps short (fair-buffer).
 local function unfetched(id)
   if rcall('EXISTS', Q_JOB .. id .. ':lock') == 1 then return false end
   return rcall('ZSCORE', Q_PRIO, id) ~= false or rcall('LPOS', Q_WAIT, id) ~= false
 end
 
 -- Gives back what the dispatch of `id` (a job of `org` for `model` that never ran) charged: its request and its
--- token estimate, to the org's and the model's buckets (a batch lane was charged nothing). Reads the job's record:
--- call it before the record goes.
+-- token estimate, to the org's and the model's buckets (a batch lane was charged nothing). Nothing when a worker's
+-- claim took the charge (the claim stamp `c`, claimOwn): a job back in BullMQ's wait list after the stalled check
+-- (its lock lapsed) may have called the model, and an attempt that did not gives the charge back itself, so a
+-- refund here was one too many either way. Reads the job's record: call it before the record goes.
 local function refundDispatch(id, org, model)
   if string.sub(model, -#BATCH_LANE) == BATCH_LANE then return end
-  local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
+  local r = rcall('HMGET', P_JOB .. id, 'e', 'c')
+  if r[2] == '1' then return end
+  local est = tonumber(r[1]) or 0
   correctCharge(org, model, -est, -est, -1)
 end
 
@@ -99,7 +105,9 @@ end
 -- finds none and gives nothing back, so a job's slot and charge go back once. The head of a lane asleep on a
 -- bucket set its wake time (the tokens its estimate needs, the backlog a batched wake waits for): taken out, the
 -- lane gets a fresh look at this call's dispatch, and sleeps again, with a wake time for its new head, if it still
--- lacks room. Returns whether it took the job, whether that gave back a slot (the job then leaves BullMQ's wait list
+-- lacks room. A stalled job (unlocked, back in the wait list) gives its slot back here too (an attempt of it that
+-- still runs finds no lease at its release), and its charge only when no claim took it (refundDispatch): an attempt
+-- that claimed it settles it, once. Returns whether it took the job, whether that gave back a slot (the job then leaves BullMQ's wait list
 -- or prioritized set with its caller's removal), and whether it woke a lane.
 local function cancelJob(id)
   local m = jobMeta(id)

@@ -163,7 +163,8 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   leaseAdds[#leaseAdds + 1] = leaseDeadline()
   leaseAdds[#leaseAdds + 1] = id
   inflightAdded[org] = (inflightAdded[org] or 0) + 1
-  rcall('HSET', P_JOB .. id, 'st', 'lease')
+  -- A new charge, not claimed yet: an earlier attempt's claim stamp (a job reparked, then sent again) goes.
+  rcall('HSET', P_JOB .. id, 'st', 'lease', 'c', '0')
   -- Start-time fair queueing: the global virtual time is the start tag of the job just dispatched.
   if v > gvt() then
     gvtValue = v
