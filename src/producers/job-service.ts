@@ -3,7 +3,7 @@ import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
 import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
-import { fairKickChannel, jobStreamKey } from '../shared/core/queue-keys.js';
+import { jobStreamKey } from '../shared/core/queue-keys.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
@@ -243,11 +243,10 @@ export function createJobService(deps: {
           // deferral, a retry) still holds its slot, which scheduler.cancel leaves to the attempt's repark; that
           // repark now finds the job gone and moves nothing, so the slot would stay held until the lease sweep (the
           // org one job short of its cap). Freed here, as the board's remove does, without a refund (the attempt
-          // ran: its worker's refund or usage stands). The workers' loops are asked for the dispatch it allows (this
-          // process has none); a lost message leaves it to their safety poll, and a failure here to the lease sweep:
-          // the cancel itself is done.
-          const freed = await deps.scheduler.removed([id]).then((r) => r.freed, () => 0);
-          if (freed > 0) await redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
+          // ran: its worker's refund or usage stands). The slot goes to the org's next job in the same script call
+          // (a wake-up it leaves goes to the workers' loops); a failure here leaves it to the lease sweep: the cancel
+          // itself is done.
+          await deps.scheduler.removed([id]).catch(() => undefined);
           return view;
         } catch (err) {
           // It was picked up between getState and remove: cancel it as an active job instead (its claim may

@@ -197,10 +197,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       const [taken, due, d] = (await call('cancel', [whole ? 1 : 0, ...ids])) as [number, number, unknown?];
       return { taken, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
-    /** See FairScheduler.removed: one script call for these ids. */
-    async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number }> {
-      const [freed, forgotten] = (await call('removed', [refund ? 1 : 0, ...ids])) as [number, number];
-      return { freed, forgotten };
+    /** See FairScheduler.removed: one script call for these ids, which dispatches when it freed a slot and a dispatch had work. */
+    async removed(ids: string[], refund: boolean): Promise<{ freed: number; forgotten: number } & WithDispatch> {
+      const [freed, forgotten, d] = (await call('removed', [refund ? 1 : 0, ...ids])) as [number, number, unknown?];
+      return { freed, forgotten, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** See ClaimOptions; the cancel marker is read in the same script: one atomic round trip. */
     async claim(id: string, o: ClaimOptions = {}): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {

@@ -219,7 +219,8 @@ export interface FairScheduler {
    * removal takes its children): each whose BullMQ job is gone leaves its lane or timer, or gives its slot back
    * now (not at the lease sweep), and is forgotten. `refund`: the removal took them from BullMQ's wait list or
    * prioritized set, so none was fetched: what their dispatch charged goes back too. Without ids: every job
-   * holding a slot is looked at (for a removal that does not say which jobs it took).
+   * holding a slot is looked at (for a removal that does not say which jobs it took). A slot freed is dispatched in
+   * the same script call, as a cancel's (the org's next job goes at once; a wake-up it leaves goes to the loops).
    */
   removed(jobIds?: string[], opts?: { refund?: boolean }): Promise<{ freed: number; forgotten: number }>;
   /**
@@ -451,6 +452,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       // Bounded calls: one script call holds Redis for its ids (a clean may name thousands).
       for (let i = 0; i < all.length; i += REMOVED_CHUNK) {
         const r = await raw.removed(all.slice(i, i + REMOVED_CHUNK), ropts.refund === true);
+        if (r.dispatch) await handOver(finish(r.dispatch));
         total.freed += r.freed;
         total.forgotten += r.forgotten;
       }

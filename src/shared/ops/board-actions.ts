@@ -1,7 +1,7 @@
 import type { Job } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
-import { cancelRequestedKey, fairKickChannel, jobStreamKey } from '../core/queue-keys.js';
+import { cancelRequestedKey, jobStreamKey } from '../core/queue-keys.js';
 import { PARK_SCORE_MIN, type FairScheduler } from '../fair/index.js';
 import type { DlqStore } from './dlq-store.js';
 import { retryRefusalError } from './dlq-service.js';
@@ -77,11 +77,6 @@ export function createBoardActions(deps: {
 }): BoardActions {
   const { redis, prefix, scheduler } = deps;
   const reset = defineLua(redis, 'retry-reset-3.lua');
-  // Slots the removal freed (`removed`: a stalled job's, a finished child's): the lanes that waited for one go at the
-  // next dispatch, which the workers' loops run on this message (this process, the API's, may have none), instead of
-  // at their next release or safety poll. A lost message only leaves them to those: the removal is done either way.
-  // What the dispatcher's `cancel` gave back before the removal needs none: it was dispatched in the cancel's call.
-  const kick = () => redis.spublish(fairKickChannel(prefix), '1').catch(() => 0);
   // A parent's children named by their job keys: this shard's agent jobs, by id (a child of another queue is
   // none of the dispatcher's).
   const jobKeyPrefix = deps.queue.toKey('');
@@ -103,15 +98,11 @@ export function createBoardActions(deps: {
       // A worker that fetches it between this and the removal finds no slot: its fair gate parks it and lanes it
       // again, and the removal then takes it from there, or fails as the board's remove of an active job does.
       await scheduler.cancel(jobId);
-      let freed = 0;
-      try {
-        if (!(await remove())) throw new RemovalRefusedError(jobId);
-        // An agent job's removal takes that job alone (its parent is in the flows queue): its slot, if the
-        // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard.
-        freed = (await scheduler.removed([jobId])).freed;
-      } finally {
-        if (freed > 0) await kick();
-      }
+      if (!(await remove())) throw new RemovalRefusedError(jobId);
+      // An agent job's removal takes that job alone (its parent is in the flows queue): its slot, if the
+      // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard. A slot
+      // freed goes to the org's next job in the same script call (`removed` dispatches, as `cancel` does).
+      await scheduler.removed([jobId]);
     },
     async removeChildren(parent, remove, opts = {}) {
       // Read before the removal, which deletes the parent's sets with it. What BullMQ's removal of the parent takes
@@ -124,20 +115,14 @@ export function createBoardActions(deps: {
       // worker holds any child, and the others would then have lost their lanes and slots for nothing. Its
       // removeUnprocessedChildren leaves a held child and takes the others: each is taken here as it is there.
       await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
-      let freed = 0;
-      try {
-        if (!(await remove())) throw await refusal(parent, pending);
-        // A pending child fetched since (it found no slot: its fair gate parked it and laned it again) leaves that
-        // lane; a finished child's slot whose release has not come is freed, its charge left to that release.
-        // Without a refund: none of these can be told from a child that ran. A child given back above is forgotten.
-        freed = (await scheduler.removed([...pending, ...settled])).freed;
-      } finally {
-        if (freed > 0) await kick();
-      }
+      if (!(await remove())) throw await refusal(parent, pending);
+      // A pending child fetched since (it found no slot: its fair gate parked it and laned it again) leaves that
+      // lane; a finished child's slot whose release has not come is freed, its charge left to that release.
+      // Without a refund: none of these can be told from a child that ran. A child given back above is forgotten.
+      await scheduler.removed([...pending, ...settled]);
     },
     async removed(jobIds, opts) {
-      const { freed } = await scheduler.removed(jobIds, opts);
-      if (freed > 0) await kick();
+      await scheduler.removed(jobIds, opts);
     },
     async promote(jobId, promote) {
       if ((await scheduler.promote(jobId)) === 'unknown') await promote();

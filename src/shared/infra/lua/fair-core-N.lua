@@ -81,7 +81,8 @@
 --          cancel: {jobs taken out (0 also when `whole` found one locked), 1 if it gave capacity back (a slot, a
 --          refund, a sleeping lane's head) and a dispatch had work, else 0[, then that dispatch's result: it runs in
 --          the same call, the jobs given back counted out of BullMQ's wait list, which the caller removes them from]};
---          removed: {slots freed, jobs forgotten}; promote: {each job's stage before the call, in the ids' order
+--          removed: {slots freed, jobs forgotten[, dispatch result: when it freed a slot and a dispatch had work, it
+--          runs in the same call]}; promote: {each job's stage before the call, in the ids' order
 --          ('timer': made due now; 'lane' or 'lease': due already; '' when the dispatcher does not know it),
 --          dispatch result or 0};
 --          plan / wake / block: 1;
@@ -429,6 +430,10 @@ elseif op == 'removed' then
   -- called the model, and its worker gives back what it did not spend.
   local refund = ARGV[13] == '1'
   local freed, forgotten = 0, 0
+  -- A freed slot (and the charge given back with it) is used in this call, as a cancel's and a release's are: the
+  -- org's next job goes now. Asked of the workers' loops instead (a kick, until 2026-12-06), it waited for a message
+  -- that can be lost (then for their safety poll). The jobs are gone from BullMQ already: the wait list's room is
+  -- read as it is.
   for i = 14, #ARGV do
     local id = ARGV[i]
     if rcall('EXISTS', Q_JOB .. id) == 0 then
@@ -448,7 +453,10 @@ elseif op == 'removed' then
       end
     end
   end
-  return { freed, forgotten }
+  if freed == 0 then return { freed, forgotten } end
+  local due = dueNow()
+  if not due then return { freed, forgotten } end
+  return { freed, forgotten, dispatch(nil, due) }
 elseif op == 'claim' then
   local id = ARGV[13]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
