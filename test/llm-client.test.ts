@@ -271,6 +271,37 @@ for (const transport of ['fetch', 'node-http'] as const) {
         await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
       });
 
+      it("an onText failure mid-stream is billed what the chunks read reported, once, on the caller's own error", async () => {
+        const prompt = 'stream me, then drop the subscriber';
+        const whole: string[] = [];
+        await llm.generate({ model: MODEL, prompt, onText: (t) => void whole.push(t) });
+        expect(whole.length).toBeGreaterThanOrEqual(3);
+        emu.resetCalls();
+        // Thrown on the second piece: the chunks read carried the prompt's usage, so the call is billed that and no output.
+        const mid = new Error('the SSE write failed');
+        let n = 0;
+        const err = await llm.generate({ model: MODEL, prompt, onText: () => (++n === 2 ? Promise.reject(mid) : undefined) }).catch((e: unknown) => e);
+        expect(err).toBe(mid);
+        expect(err).not.toBeInstanceOf(LlmError);
+        const [call] = emu.calls();
+        expect(call.promptTokens).toBeGreaterThan(0);
+        expect(mid).toMatchObject({ billed: { model: MODEL, tier: 'standard', usage: { input: call.promptTokens, output: 0 } } });
+        expect((mid as LlmError).billed!.costUsd).toBe(costUsd(MODEL, { input: call.promptTokens!, output: 0 }));
+        expect((mid as LlmError).billed!.costUsd).toBeGreaterThan(0);
+        // Thrown on the last piece, the one with the finishReason: the whole usage, once.
+        emu.resetCalls();
+        const atEnd = new Error('the SSE write failed at the end');
+        n = 0;
+        expect(await llm.generate({ model: MODEL, prompt, onText: () => (++n === whole.length ? Promise.reject(atEnd) : undefined) }).catch((e: unknown) => e)).toBe(atEnd);
+        const [done] = emu.calls();
+        expect(done.outputTokens).toBe(countTokens(whole.join('')));
+        expect(atEnd).toMatchObject({ billed: { usage: { input: done.promptTokens, output: done.outputTokens } } });
+        // An error that cannot carry it goes on as it is.
+        const frozen = Object.freeze(new Error('frozen'));
+        expect(await llm.generate({ model: MODEL, prompt, onText: () => Promise.reject(frozen) }).catch((e: unknown) => e)).toBe(frozen);
+        expect(frozen).not.toHaveProperty('billed');
+      });
+
       it('socket reset -> ENETWORK retryable, before or during a stream', async () => {
         emu.script([{ reset: true }, { reset: true, afterChunks: 1, match: { kind: 'stream' } }, { reset: true, match: { kind: 'embed' } }]);
         const early = await failure(gen());

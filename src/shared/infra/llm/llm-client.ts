@@ -15,7 +15,10 @@ export interface GenerateRequest {
   signal?: AbortSignal;
   /** Overrides the client's timeout for this call. */
   timeoutMs?: number;
-  /** Streams: called with each piece of text as it arrives, awaited before the next. */
+  /**
+   * Streams: called with each piece of text as it arrives, awaited before the next. Its error ends the call and
+   * propagates as it is, carrying `billed` when the chunks read had reported usage.
+   */
   onText?: (text: string) => void | Promise<void>;
   maxOutputTokens?: number;
   temperature?: number;
@@ -219,6 +222,18 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     let end: AnswerEnd = { candidates: 0 };
     let callbackFailed = false;
     let finished = false;
+    /**
+     * The caller's onText threw (its consumer went away): its error propagates as it is (its class and code are the
+     * caller's to decide on), but the chunks read so far reported usage, as a cut stream's do, and Gemini bills it:
+     * the last chunk's, once, rides on the error as `billed` for the attempt's row. An error that cannot carry it (a
+     * primitive, a frozen object) is passed on as it is, and the log says that usage goes unrecorded.
+     */
+    const callerFailure = (err: unknown): unknown => {
+      if (!usageSeen) return err;
+      const billed = billedCall(billOf(pricing, req, usageSeen, last));
+      if (!carryBilled(err, billed)) log?.warn({ model: req.model, costUsd: billed.costUsd }, "llm: onText threw an error that cannot carry what the call was billed; that usage is not recorded");
+      return err;
+    };
     try {
       if (req.onText) {
         const stream = await ai.models.generateContentStream(params);
@@ -244,7 +259,7 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       }
       finished = true;
     } catch (err) {
-      if (callbackFailed) throw err;
+      if (callbackFailed) throw callerFailure(err);
       const e = d.fail(err, what);
       e.model ??= req.model;
       // A stream cut after chunks that carried usage (Gemini puts the prompt's on every one; the last chunk's is the
