@@ -339,6 +339,7 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(blocked).toMatchObject({ code: 'EBLOCKED', blockReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HATE_SPEECH'], billed: { usage: { input: countTokens(prompt), output: 0 } } });
         expect(blocked.message).toBe(`Gemini ${MODEL} generate: prompt blocked (SAFETY; blocked categories HARM_CATEGORY_HATE_SPEECH)`);
         expect(seen).toEqual([]);
+        expect(blocked.streamedChars).toBeUndefined();
         // A filter that rates no category (PROHIBITED_CONTENT) names none.
         const prohibited = await failure(gen({ prompt }));
         expect(prohibited).toMatchObject({ code: 'EBLOCKED', finishReason: 'PROHIBITED_CONTENT' });
@@ -352,8 +353,12 @@ for (const transport of ['fetch', 'node-http'] as const) {
         const seen: string[] = [];
         const e = await failure(gen({ onText: (t) => void seen.push(t) }));
         expect(e).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
-        expect(e.message).toMatch(/answer stopped \(finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT\)/);
         expect(seen).toHaveLength(2);
+        // The caller already had that text: the error says how much, for the failed reason, never the text itself.
+        const chars = seen.join('').length;
+        expect(e.streamedChars).toBe(chars);
+        expect(e.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT; ${chars} chars already streamed to the caller)`);
+        for (const piece of seen) expect(JSON.stringify({ ...e, message: e.message })).not.toContain(piece);
         const [call] = emu.calls();
         expect(call).toMatchObject({ kind: 'stream', status: 200, fault: 'refuse:SAFETY@2' });
         expect(call.outputTokens).toBe(countTokens(seen.join('')));
@@ -375,6 +380,8 @@ for (const transport of ['fetch', 'node-http'] as const) {
         const partial = await failure(gen());
         expect(partial).toMatchObject({ code: 'EBLOCKED', retryable: false, model: MODEL, finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_HARASSMENT'] });
         expect(partial.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason SAFETY; blocked categories HARM_CATEGORY_HARASSMENT)`);
+        // Nothing was streamed to the caller: a plain call's stopped content never reached it.
+        expect(partial.streamedChars).toBeUndefined();
         const all = await failure(gen());
         expect(all).toMatchObject({ code: 'EBLOCKED', finishReason: 'SAFETY', blockedCategories: ['HARM_CATEGORY_DANGEROUS_CONTENT'] });
         const [first, second] = emu.calls();
@@ -405,9 +412,13 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(seen).toHaveLength(1);
         for (const e of [plain, streamed]) {
           expect(e).toMatchObject({ code: 'EBLOCKED', retryable: false, finishReason: 'RECITATION' });
-          expect(e.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason RECITATION)`);
           expect(Object.keys(e)).not.toContain('citations');
         }
+        expect(plain.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason RECITATION)`);
+        expect(plain.streamedChars).toBeUndefined();
+        // The stream's first chunk reached the caller before the stop: said, as a count.
+        expect(streamed.streamedChars).toBe(seen[0].length);
+        expect(streamed.message).toBe(`Gemini ${MODEL} generate: answer stopped (finishReason RECITATION; ${seen[0].length} chars already streamed to the caller)`);
       });
 
       it("a candidate's finishMessage: sent by the emulator, dropped by @google/genai 2.32 on the Gemini API (when it starts passing it, the error carries it)", async () => {

@@ -60,7 +60,8 @@ export const EBADOUTPUT = 'EBADOUTPUT';
  * The model or its filters refused this prompt (`promptFeedback.blockReason`, a candidate stopped for SAFETY,
  * PROHIBITED_CONTENT, RECITATION, BLOCKLIST, SPII..., or no candidate): it would refuse it again, so the job fails
  * at once (each try is billed); the provider is up. The reason rides on the error as `finishReason` / `blockReason`,
- * with `blockedCategories` and `finishMessage`; its message (the failed reason, the DLQ entry's) names them.
+ * with `blockedCategories` and `finishMessage`, and `streamedChars` when a stream's caller already had some text;
+ * its message (the failed reason, the DLQ entry's) names them.
  */
 export const EBLOCKED = 'EBLOCKED';
 

@@ -84,22 +84,28 @@ export function unfinishedOf(end: AnswerEnd, usage: boolean, message: string, op
  * A refusal (EBLOCKED, not retryable, not the provider's failure): the prompt blocked, a candidate stopped by a
  * filter, or no candidate at all (Gemini returns none only for a prompt it would not answer). Undefined otherwise.
  * Its message is what the failed reason and the DLQ entry keep (BullMQ stores only the message), so it names the
- * blocked categories and Gemini's finishMessage for an operator; the prompt's text is never in it.
+ * blocked categories and Gemini's finishMessage for an operator; the prompt's text is never in it. `streamedChars`,
+ * the length of the text a stream already handed to its caller's onText before the stop, is said too (its count,
+ * never the text): the job's stream clients saw a partial answer that this error withdraws.
  */
-export function refusalOf(end: AnswerEnd, what: string, opts: { model: string; billed: BilledCall }): LlmError | undefined {
+export function refusalOf(end: AnswerEnd, what: string, opts: { model: string; billed: BilledCall; streamedChars?: number }): LlmError | undefined {
+  const { streamedChars, ...rest } = opts;
+  const streamed = streamedChars !== undefined && streamedChars > 0;
   const fields = {
-    ...opts,
+    ...rest,
+    ...(streamed ? { streamedChars } : {}),
     ...(end.finishReason ? { finishReason: end.finishReason } : {}),
     ...(end.blockReason ? { blockReason: end.blockReason } : {}),
     ...(end.blockedCategories ? { blockedCategories: end.blockedCategories } : {}),
     ...(end.finishMessage && !end.blockReason ? { finishMessage: end.finishMessage } : {}),
   };
   const categories = end.blockedCategories ? `; blocked categories ${end.blockedCategories.join(', ')}` : '';
-  if (end.blockReason) return new LlmError('EBLOCKED', `${what}: prompt blocked (${end.blockReason}${categories})`, fields);
+  const partial = streamed ? `; ${streamedChars} chars already streamed to the caller` : '';
+  if (end.blockReason) return new LlmError('EBLOCKED', `${what}: prompt blocked (${end.blockReason}${categories}${partial})`, fields);
   if (end.finishReason && REFUSALS.has(end.finishReason)) {
     const message = end.finishMessage ? `; finishMessage ${JSON.stringify(end.finishMessage)}` : '';
-    return new LlmError('EBLOCKED', `${what}: answer stopped (finishReason ${end.finishReason}${categories}${message})`, fields);
+    return new LlmError('EBLOCKED', `${what}: answer stopped (finishReason ${end.finishReason}${categories}${message}${partial})`, fields);
   }
-  if (end.candidates === 0) return new LlmError('EBLOCKED', `${what}: no candidate in the answer`, fields);
+  if (end.candidates === 0) return new LlmError('EBLOCKED', `${what}: no candidate in the answer${streamed ? ` (${streamedChars} chars already streamed to the caller)` : ''}`, fields);
   return undefined;
 }

@@ -287,7 +287,8 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       log?.warn({ model: req.model, chars: text.length, stream: !!req.onText, ms: Math.round(performance.now() - started) }, 'llm answer ended without a finishReason');
       throw unfinished;
     }
-    const refused = refusalOf(end, what, { model: req.model, billed });
+    // A stream's text already reached the caller: the refusal says how much (never what), for the failed reason.
+    const refused = refusalOf(end, what, { model: req.model, billed, ...(req.onText ? { streamedChars: text.length } : {}) });
     if (refused) throw refused;
     if (req.responseJsonSchema !== undefined) {
       try {

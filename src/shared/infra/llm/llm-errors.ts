@@ -25,11 +25,13 @@ export class LlmError extends Error {
   readonly blockedCategories?: readonly string[];
   /** EBLOCKED: the candidate's `finishMessage`, Gemini's own words on why it stopped (never the prompt's text). */
   readonly finishMessage?: string;
+  /** EBLOCKED of a stream: how many characters of text its onText had already been handed before the stop (never the text). */
+  readonly streamedChars?: number;
 
   constructor(
     code: LlmErrorCode,
     message: string,
-    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; finishReason?: string; blockReason?: string; blockedCategories?: readonly string[]; finishMessage?: string; cause?: unknown } = {},
+    opts: { retryable?: boolean; status?: number; retryAfterMs?: number; retryAtMs?: number; quotaId?: string; model?: string; billed?: BilledCall; finishReason?: string; blockReason?: string; blockedCategories?: readonly string[]; finishMessage?: string; streamedChars?: number; cause?: unknown } = {},
   ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.code = code;
@@ -44,6 +46,7 @@ export class LlmError extends Error {
     if (opts.blockReason !== undefined) this.blockReason = opts.blockReason;
     if (opts.blockedCategories !== undefined) this.blockedCategories = opts.blockedCategories;
     if (opts.finishMessage !== undefined) this.finishMessage = opts.finishMessage;
+    if (opts.streamedChars !== undefined) this.streamedChars = opts.streamedChars;
   }
 }
 
