@@ -182,7 +182,7 @@ describe('DLQ classification of real failures', () => {
     }
   });
 
-  it("a stream cut before its last chunk: each attempt's row billed the prompt its chunks reported; a whole stream's row its last chunk's usage, not a sum", async () => {
+  it("a stream cut before its last chunk: each attempt's row billed what its last chunk reported (the prompt, and on 2.5 the text so far); a whole stream's row its last chunk's usage, not a sum", async () => {
     const pricing = createPricing();
     const m = marker();
     s.emulator.script({ noFinishReason: true, times: -1, match: { kind: 'stream', promptIncludes: m } });
@@ -193,16 +193,15 @@ describe('DLQ classification of real failures', () => {
       expect(view).toMatchObject({ state: 'failed', attempts: 2 });
       expect(view.error).toMatch(/EPROVIDER/);
       const calls = s.emulator.calls().filter((c) => c.fault === 'no-finish-reason');
-      expect(calls.map((c) => [c.kind, c.outputTokens])).toEqual([
-        ['stream', 0],
-        ['stream', 0],
-      ]);
+      // A 2.5 model's chunks count the text so far: the cut stream's last chunk told the client that much output.
+      expect(calls.map((c) => c.kind)).toEqual(['stream', 'stream']);
+      for (const c of calls) expect(c.outputTokens).toBeGreaterThan(0);
       await usageWritten(s);
       const rows = (await s.infra.db.pool.query('SELECT state, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY attempt', [id])).rows;
-      expect(rows).toMatchObject(calls.map((c) => ({ state: 'failed', input_tokens: c.promptTokens, output_tokens: 0 })));
+      expect(rows).toMatchObject(calls.map((c) => ({ state: 'failed', input_tokens: c.promptTokens, output_tokens: c.outputTokens })));
       for (const [i, r] of rows.entries()) {
         expect(r.input_tokens).toBeGreaterThan(0);
-        expect(Number(r.cost_usd)).toBeCloseTo(pricing.cost(calls[i].model, { input: calls[i].promptTokens!, output: 0 }, 'standard').costUsd, 7);
+        expect(Number(r.cost_usd)).toBeCloseTo(pricing.cost(calls[i].model, { input: calls[i].promptTokens!, output: calls[i].outputTokens! }, 'standard').costUsd, 7);
       }
     } finally {
       s.emulator.clearFaults();

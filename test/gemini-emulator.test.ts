@@ -170,10 +170,10 @@ describe('gemini emulator through the real SDK', () => {
     expect(emu.calls().map((c) => c.kind)).toEqual(['generate', 'stream']);
   });
 
-  it("every chunk of a stream carries usageMetadata, as Gemini's do: the prompt's (and the thinking) before the last, the whole usage on the last", async () => {
+  it("every chunk of a stream carries usageMetadata, as Gemini's do: the prompt's (and the thinking, and on 2.5 the text's running count) before the last, the whole usage on the last", async () => {
     const prompt = 'Explain how a circuit breaker protects a flaky upstream service';
-    const sse = async (generationConfig?: object) => {
-      const res = await fetch(`${emu.url}/v1beta/models/${MODEL}:streamGenerateContent?alt=sse`, {
+    const sse = async (generationConfig?: object, model = MODEL) => {
+      const res = await fetch(`${emu.url}/v1beta/models/${model}:streamGenerateContent?alt=sse`, {
         method: 'POST',
         headers: { 'content-type': 'application/json', 'x-goog-api-key': 'k' },
         body: JSON.stringify({ contents: [{ role: 'user', parts: [{ text: prompt }] }], ...(generationConfig ? { generationConfig } : {}) }),
@@ -181,29 +181,48 @@ describe('gemini emulator through the real SDK', () => {
       const events = (await res.text())
         .trim()
         .split('\n\n')
-        .map((e) => JSON.parse(e.replace(/^data: /, '')) as { candidates: Array<{ finishReason?: string }>; usageMetadata: Record<string, unknown> });
+        .map((e) => JSON.parse(e.replace(/^data: /, '')) as { candidates: Array<{ finishReason?: string; content: { parts: Array<{ text: string }> } }>; usageMetadata: Record<string, unknown> });
       return { events, call: emu.calls().at(-1)! };
     };
+    /** The text of the events up to and with the i-th. */
+    const upTo = (events: Array<{ candidates: Array<{ content: { parts: Array<{ text: string }> } }> }>, i: number) => events.slice(0, i + 1).map((e) => e.candidates[0].content.parts[0].text).join('');
     const n = countTokens(prompt);
     const promptUsage = { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], serviceTier: 'standard' };
     const plain = await sse();
     expect(plain.events.length).toBeGreaterThanOrEqual(3);
-    // FirebaseExtended/vertexai-sdk-test-data googleai/streaming-success-basic-reply-*.txt: no candidatesTokenCount
-    // before the last chunk, which alone has the finishReason.
-    for (const e of plain.events.slice(0, -1)) {
-      expect(e.usageMetadata).toEqual(promptUsage);
+    // A 2.5 model (FirebaseExtended/vertexai-sdk-test-data googleai streaming-success-thinking-reply-thought-summary.txt
+    // and streaming-success-url-context.txt, gemini-2.5-flash): each text chunk counts the text so far, a running
+    // candidatesTokenCount in its total, without candidatesTokensDetails; only the last has the finishReason.
+    for (const [i, e] of plain.events.slice(0, -1).entries()) {
+      const so = countTokens(upTo(plain.events, i));
+      expect(so).toBeGreaterThan(0);
+      expect(e.usageMetadata).toEqual({ ...promptUsage, candidatesTokenCount: so, totalTokenCount: n + so });
       expect(e.candidates[0].finishReason).toBeUndefined();
     }
     const out = plain.call.outputTokens!;
+    expect(out).toBe(countTokens(upTo(plain.events, plain.events.length - 1)));
     expect(plain.events.at(-1)!.candidates[0].finishReason).toBe('STOP');
     expect(plain.events.at(-1)!.usageMetadata).toEqual({ ...promptUsage, candidatesTokenCount: out, totalTokenCount: n + out, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }] });
+    // Running, never per chunk: their sum is past the whole answer's count.
+    const counts = plain.events.map((e) => e.usageMetadata.candidatesTokenCount as number);
+    expect(counts).toEqual([...counts].sort((a, b) => a - b));
+    expect(counts.reduce((a, b) => a + b, 0)).toBeGreaterThan(out);
     // A call that thinks (streaming-success-thinking-reply-thought-summary.txt): the thinking, done before the first
     // text, is on every chunk and in its total.
     const thinking = await sse({ thinkingConfig: { thinkingBudget: 40 } });
     const t = thinking.call.thoughtsTokens!;
     expect(t).toBeGreaterThan(0);
-    for (const e of thinking.events.slice(0, -1)) expect(e.usageMetadata).toEqual({ ...promptUsage, totalTokenCount: n + t, thoughtsTokenCount: t });
+    for (const [i, e] of thinking.events.slice(0, -1).entries()) {
+      const so = countTokens(upTo(thinking.events, i));
+      expect(e.usageMetadata).toEqual({ ...promptUsage, candidatesTokenCount: so, totalTokenCount: n + so + t, thoughtsTokenCount: t });
+    }
     expect(thinking.events.at(-1)!.usageMetadata).toMatchObject({ candidatesTokenCount: thinking.call.outputTokens, thoughtsTokenCount: t, totalTokenCount: n + thinking.call.outputTokens! + t });
+    // A 2.0 model (streaming-success-basic-reply-*.txt, streaming-success-citations.txt, gemini-2.0-flash): no
+    // candidatesTokenCount before the last chunk.
+    const older = await sse(undefined, 'gemini-2.0-flash');
+    expect(older.events.length).toBeGreaterThanOrEqual(3);
+    for (const e of older.events.slice(0, -1)) expect(e.usageMetadata).toEqual(promptUsage);
+    expect(older.events.at(-1)!.usageMetadata).toMatchObject({ candidatesTokenCount: older.call.outputTokens });
   });
 
   it('embeds deterministically into unit vectors where paraphrases are close and unrelated texts far', async () => {
@@ -353,8 +372,8 @@ describe('scripted faults', () => {
       expect(cut.err).toBeInstanceOf(Error);
       expect(cut.got).toEqual(whole.got.slice(0, Math.min(after, n - 1)));
       expect(emu.faults()).toEqual([]);
-      // Its last whole chunk told the client the prompt's usage alone.
-      expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'reset', outputTokens: 0 });
+      // Its last whole chunk told the client the prompt's usage and, on 2.5, the text so far: the call log says that.
+      expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'reset', outputTokens: countTokens(cut.got.join('')) });
     }
     const refused = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ reset: true, afterChunks: 1.5 }) });
     expect(refused.status).toBe(400);
@@ -394,14 +413,18 @@ describe('scripted faults', () => {
     emu.script({ noFinishReason: true, match: { kind: 'stream' } });
     const cut = await stream();
     expect(cut.map((c) => c.text)).toEqual(full.slice(0, -1).map((c) => c.text));
-    // Each chunk it sent carries the usage Gemini puts on every chunk but its last: the prompt's, no output count.
+    // Each chunk it sent carries the usage Gemini puts on every chunk but its last: the prompt's, and (2.5) the text so far.
     expect(cut.some((c) => c.candidates?.[0]?.finishReason !== undefined)).toBe(false);
-    const promptUsage = full[0].usageMetadata;
-    expect(promptUsage).toMatchObject({ promptTokenCount: full.at(-1)!.usageMetadata!.promptTokenCount, totalTokenCount: full.at(-1)!.usageMetadata!.promptTokenCount });
-    expect(promptUsage?.candidatesTokenCount).toBeUndefined();
-    for (const c of cut) expect(c.usageMetadata).toEqual(promptUsage);
-    // The call log says what the client was told it cost: the prompt, no output.
-    expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', promptTokens: promptUsage!.promptTokenCount, outputTokens: 0 });
+    const prompted = full.at(-1)!.usageMetadata!.promptTokenCount!;
+    for (const [i, c] of cut.entries()) {
+      const so = countTokens(cut.slice(0, i + 1).map((x) => x.text).join(''));
+      expect(c.usageMetadata).toEqual(full[i].usageMetadata);
+      expect(c.usageMetadata).toMatchObject({ promptTokenCount: prompted, candidatesTokenCount: so, totalTokenCount: prompted + so });
+    }
+    // The call log says what the client was told it cost: the prompt and the text its last chunk counted.
+    const told = countTokens(cut.map((c) => c.text).join(''));
+    expect(told).toBeGreaterThan(0);
+    expect(emu.calls().at(-1)).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', promptTokens: prompted, outputTokens: told });
     const both = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ noFinishReason: true, malformed: true }) });
     expect(both.status).toBe(400);
     expect(JSON.stringify(await both.json())).toContain('noFinishReason');
@@ -477,7 +500,7 @@ describe('scripted faults', () => {
       ]);
     });
 
-    it('a stream stopped for SAFETY after some text: those chunks with the prompt\'s usage, then a candidate with no content, its ratings, the text billed', async () => {
+    it('a stream stopped for SAFETY after some text: those chunks with the prompt\'s usage and the running count of their text, then a candidate with no content, its ratings, the text billed', async () => {
       const n = await tokens();
       const sse = async () =>
         (await (await raw('streamGenerateContent?alt=sse')).text())
@@ -495,7 +518,10 @@ describe('scripted faults', () => {
       const promptUsage = { promptTokenCount: n, totalTokenCount: n, promptTokensDetails: [{ modality: 'TEXT', tokenCount: n }], serviceTier: 'standard' };
       const id = `emu-${emu.calls().at(-1)!.id}`;
       expect(events).toEqual([
-        ...sent.map((text) => ({ candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0 }], usageMetadata: promptUsage, modelVersion: MODEL, responseId: id })),
+        ...sent.map((text, i) => {
+          const so = countTokens(sent.slice(0, i + 1).join(''));
+          return { candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0 }], usageMetadata: { ...promptUsage, candidatesTokenCount: so, totalTokenCount: n + so }, modelVersion: MODEL, responseId: id };
+        }),
         {
           candidates: [{ finishReason: 'SAFETY', index: 0, safetyRatings: ratings('HARM_CATEGORY_HARASSMENT') }],
           usageMetadata: { ...promptUsage, candidatesTokenCount: out, totalTokenCount: n + out, candidatesTokensDetails: [{ modality: 'TEXT', tokenCount: out }] },
@@ -608,8 +634,26 @@ describe('scripted faults', () => {
       const events = await stream();
       const sent = Buffer.byteLength(events.slice(0, -1).map((e) => e.candidates[0].content.parts[0].text as string).join(''));
       expect(events).toHaveLength(3);
+      // The text chunk the recitation began in, the last sent, cites its own bytes (streaming-failure-recitation-
+      // no-content.txt: text chunks carry the citations of what they recite); the one before it cites nothing.
+      const first = Buffer.byteLength(events[0].candidates[0].content.parts[0].text as string);
       expect(events[0].candidates[0].citationMetadata).toBeUndefined();
+      expect(events[1].candidates[0].citationMetadata).toEqual({ citationSources: [{ startIndex: first, endIndex: sent, uri: CITED }] });
       expect(events.at(-1)!.candidates).toEqual([{ finishReason: 'RECITATION', index: 0, citationMetadata: { citationSources: [{ startIndex: sent, endIndex: bytes, uri: CITED }] } }]);
+      // The scripted sources: the chunk names the first (its uri and license), the stop all of them; none, neither.
+      emu.script([{ refuse: { finishReason: 'RECITATION', citations: sources }, afterChunks: 1 }, { refuse: { finishReason: 'RECITATION', citations: [] }, afterChunks: 1 }]);
+      const named = await stream();
+      expect(named[0].candidates[0].citationMetadata).toEqual({ citationSources: [{ startIndex: 0, endIndex: first, uri: sources[0].uri, license: sources[0].license }] });
+      expect(named[1].candidates[0].citationMetadata).toEqual({ citationSources: sources });
+      const unnamed = await stream();
+      expect(unnamed.map((e) => e.candidates[0].citationMetadata)).toEqual([undefined, undefined]);
+      // Through the SDK, the cited text chunk reads as any other: its text, its citations.
+      emu.script({ refuse: { finishReason: 'RECITATION' }, afterChunks: 2 });
+      const sdkChunks = [];
+      for await (const c of await ai.models.generateContentStream({ model: MODEL, contents: prompt })) sdkChunks.push(c);
+      const [a, b] = [sdkChunks[0].text!, sdkChunks[1].text!].map((t) => Buffer.byteLength(t));
+      expect(b).toBeGreaterThan(0);
+      expect(sdkChunks[1].candidates?.[0]?.citationMetadata).toEqual({ citations: [{ startIndex: a, endIndex: a + b, uri: CITED }] });
 
       const post = async (refuse: unknown) => {
         const res = await fetch(`${emu.url}/__emulator/faults`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ refuse }) });

@@ -193,7 +193,7 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(gen())).toMatchObject({ code: 'EBADOUTPUT', retryable: true });
       });
 
-      it("a 200 without a finishReason -> EPROVIDER retryable, its usage billed; a stream ended before its last chunk too, billed the prompt its chunks reported", async () => {
+      it("a 200 without a finishReason -> EPROVIDER retryable, its usage billed; a stream ended before its last chunk too, billed what its last chunk reported", async () => {
         emu.script([{ noFinishReason: true, match: { kind: 'generate' } }, { noFinishReason: true, match: { kind: 'stream' } }]);
         const plain = await failure(gen());
         expect(plain).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
@@ -208,11 +208,13 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(streamed).toMatchObject({ code: 'EPROVIDER', retryable: true, model: MODEL });
         expect(streamed.message).toMatch(/the stream ended without a finishReason/);
         expect(seen.length).toBeGreaterThan(1);
-        // Every chunk carried the prompt's usage: billed once (the last chunk's), never once per chunk, and no output.
+        // Every chunk carried the prompt's usage and (2.5) the running count of the text so far: billed once, the last
+        // chunk's, never a sum over chunks.
+        const out = countTokens(seen.join(''));
         const cut = emu.calls()[1];
-        expect(cut).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', outputTokens: 0 });
-        expect(streamed.billed).toMatchObject({ model: MODEL, tier: 'standard', usage: { input: cut.promptTokens, output: 0 } });
-        expect(streamed.billed!.costUsd).toBe(costUsd(MODEL, { input: cut.promptTokens!, output: 0 }));
+        expect(cut).toMatchObject({ kind: 'stream', fault: 'no-finish-reason', outputTokens: out });
+        expect(streamed.billed).toMatchObject({ model: MODEL, tier: 'standard', usage: { input: cut.promptTokens, output: out } });
+        expect(streamed.billed!.costUsd).toBe(costUsd(MODEL, { input: cut.promptTokens!, output: out }));
         expect(streamed.billed!.costUsd).toBeGreaterThan(0);
         // The same call without the fault is an answer.
         expect((await gen()).json).toBeDefined();
@@ -259,8 +261,8 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(aborted).toMatchObject({ code: 'EABORTED' });
         expect(seen).toHaveLength(1);
         await vi.waitFor(() => expect(emu.calls()[0]?.aborted).toBe(true), POLL);
-        // The chunk it read reported the prompt's usage: the cancelled call is billed that, and no output.
-        expect(aborted.billed).toMatchObject({ model: MODEL, usage: { input: emu.calls()[0].promptTokens, output: 0 } });
+        // The chunk it read reported the prompt's usage and its own text's count: the cancelled call is billed that.
+        expect(aborted.billed).toMatchObject({ model: MODEL, usage: { input: emu.calls()[0].promptTokens, output: countTokens(seen[0]) } });
       });
 
       it('an onText failure propagates unchanged and releases the stream', async () => {
@@ -277,7 +279,8 @@ for (const transport of ['fetch', 'node-http'] as const) {
         await llm.generate({ model: MODEL, prompt, onText: (t) => void whole.push(t) });
         expect(whole.length).toBeGreaterThanOrEqual(3);
         emu.resetCalls();
-        // Thrown on the second piece: the chunks read carried the prompt's usage, so the call is billed that and no output.
+        // Thrown on the second piece: the chunks read carried the prompt's usage and the running count of their text
+        // (a 2.5 model), so the call is billed the second chunk's, once.
         const mid = new Error('the SSE write failed');
         let n = 0;
         const err = await llm.generate({ model: MODEL, prompt, onText: () => (++n === 2 ? Promise.reject(mid) : undefined) }).catch((e: unknown) => e);
@@ -285,8 +288,9 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(err).not.toBeInstanceOf(LlmError);
         const [call] = emu.calls();
         expect(call.promptTokens).toBeGreaterThan(0);
-        expect(mid).toMatchObject({ billed: { model: MODEL, tier: 'standard', usage: { input: call.promptTokens, output: 0 } } });
-        expect((mid as LlmError).billed!.costUsd).toBe(costUsd(MODEL, { input: call.promptTokens!, output: 0 }));
+        const told = countTokens(whole.slice(0, 2).join(''));
+        expect(mid).toMatchObject({ billed: { model: MODEL, tier: 'standard', usage: { input: call.promptTokens, output: told } } });
+        expect((mid as LlmError).billed!.costUsd).toBe(costUsd(MODEL, { input: call.promptTokens!, output: told }));
         expect((mid as LlmError).billed!.costUsd).toBeGreaterThan(0);
         // Thrown on the last piece, the one with the finishReason: the whole usage, once.
         emu.resetCalls();
@@ -312,10 +316,11 @@ for (const transport of ['fetch', 'node-http'] as const) {
         // The cut came after the first chunk reached onText: a reset during a stream, not before it.
         expect(seen).toHaveLength(1);
         expect(seen[0].length).toBeGreaterThan(0);
-        // That chunk reported the prompt's usage: the cut call is billed it; the one reset before any answer is not.
+        // That chunk reported the prompt's usage and its text's count: the cut call is billed it; the one reset
+        // before any answer is not.
         const during = emu.calls()[1];
-        expect(during).toMatchObject({ kind: 'stream', fault: 'reset' });
-        expect(cut.billed).toMatchObject({ model: MODEL, usage: { input: during.promptTokens, output: 0 } });
+        expect(during).toMatchObject({ kind: 'stream', fault: 'reset', outputTokens: countTokens(seen[0]) });
+        expect(cut.billed).toMatchObject({ model: MODEL, usage: { input: during.promptTokens, output: during.outputTokens } });
         expect(cut.billed!.costUsd).toBeGreaterThan(0);
         expect(early.billed).toBeUndefined();
         expect(await failure(llm.embed(['some text']))).toMatchObject({ code: 'ENETWORK', retryable: true });
@@ -558,6 +563,35 @@ describe('a stream that ends cleanly without a finishReason', () => {
       const cut = await failure(client.generate({ model: MODEL, prompt: 'q', onText: () => undefined }));
       expect(cut).toMatchObject({ code: 'EPROVIDER', retryable: true, billed: { model: MODEL, tier: 'standard', usage: { input: 7, output: 0 } } });
       expect(cut.billed!.costUsd).toBe(costUsd(MODEL, { input: 7, output: 0 }));
+    });
+
+    it(`${transport}: as Gemini 2.5 streams (a running candidatesTokenCount on each text chunk, the thinking on every chunk), billed the last chunk's usage, never a sum`, async () => {
+      const client = createLlmClient({ apiKey: 'k', baseUrl: url, timeoutMs: 5000, ...(transport === 'node-http' ? { fetch: createNodeHttpFetch() } : {}) });
+      // FirebaseExtended/vertexai-sdk-test-data googleai/streaming-success-thinking-reply-thought-summary.txt (gemini-2.5-flash),
+      // its thought chunks and texts shortened: the counts as recorded.
+      const prompt = { promptTokenCount: 10, promptTokensDetails: [{ modality: 'TEXT', tokenCount: 10 }] };
+      const thought = { content: { parts: [{ text: '**Exploring Sky Color**', thought: true }], role: 'model' }, index: 0 };
+      chunks = [
+        { candidates: [thought], usageMetadata: { ...prompt, totalTokenCount: 80, thoughtsTokenCount: 70 } },
+        { candidates: [thought], usageMetadata: { ...prompt, totalTokenCount: 550, thoughtsTokenCount: 540 } },
+        { ...piece('The sky is blue because gas molecules scatter blue light more.'), usageMetadata: { ...prompt, candidatesTokenCount: 22, totalTokenCount: 572, thoughtsTokenCount: 540 } },
+        { ...piece(' Blue light has shorter wavelengths.', { finishReason: 'STOP' }), usageMetadata: { ...prompt, candidatesTokenCount: 48, totalTokenCount: 598, thoughtsTokenCount: 540 } },
+      ];
+      const seen: string[] = [];
+      const ok = await client.generate({ model: MODEL, prompt: 'q', onText: (t) => void seen.push(t) });
+      // The thought summaries are no text of the answer; the output is the last count (48) plus the thinking, once:
+      // a sum over chunks would bill 22 + 48 candidates tokens and the thinking four times.
+      expect(seen).toEqual(['The sky is blue because gas molecules scatter blue light more.', ' Blue light has shorter wavelengths.']);
+      expect(ok.usage).toEqual({ input: 10, output: 48 + 540, thoughts: 540 });
+      expect(ok.costUsd).toBe(costUsd(MODEL, { input: 10, output: 588, thoughts: 540 }));
+      // Cut after the first text chunk: what that chunk reported, the prompt, the thinking and 22 candidates tokens.
+      chunks = chunks.slice(0, 3);
+      const cut = await failure(client.generate({ model: MODEL, prompt: 'q', onText: () => undefined }));
+      expect(cut).toMatchObject({ code: 'EPROVIDER', billed: { usage: { input: 10, output: 22 + 540, thoughts: 540 } } });
+      // And a caller whose onText throws on that chunk: the same, on its own error.
+      const gone = new Error('subscriber gone');
+      expect(await client.generate({ model: MODEL, prompt: 'q', onText: () => Promise.reject(gone) }).catch((e: unknown) => e)).toBe(gone);
+      expect(gone).toMatchObject({ billed: { usage: { input: 10, output: 562, thoughts: 540 } } });
     });
   }
 });

@@ -6,7 +6,7 @@ import { embedText } from './embedder.js';
 import { describeFault, FaultQueue, FaultScriptError, type BatchAdminKind, type CallKind, type EmulatorFault } from './faults.js';
 import { errorPayload, type WireEmbedRequest, type WireGenerateRequest } from './gemini-wire.js';
 import { createBatchStore, createClock, type BatchTiming, type InlineRequest } from './batches.js';
-import { chunkUsage, createUsageModel, parseServiceTier, type UsageModelOptions } from './usage-model.js';
+import { chunkUsage, createUsageModel, parseServiceTier, reportedOutput, type UsageModelOptions } from './usage-model.js';
 import { refusalBody, refusalCachedTokens, stoppedAnswer, stoppedStream } from './refusal.js';
 
 export interface CallRecord {
@@ -387,10 +387,10 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     // A noFinishReason fault leaves it off the whole answer (a generate call's one body): all else is as sent.
     const finished = !fault?.noFinishReason;
     // Every chunk carries usage, as Gemini's do: the last (with the finishReason) the whole of it, the others the
-    // prompt's (chunkUsage). A generate call's one body is its last chunk.
-    const chunkBody = (text: string, last: boolean) => ({
+    // prompt's, and on 2.5 the text so far, `soFar` (chunkUsage). A generate call's one body is its last chunk.
+    const chunkBody = (text: string, last: boolean, soFar = text) => ({
       candidates: [{ content: { parts: [{ text }], role: 'model' }, index: 0, ...(last && finished ? { finishReason: answer.finishReason } : {}) }],
-      usageMetadata: last ? answer.usage : chunkUsage(answer.usage),
+      usageMetadata: last ? answer.usage : chunkUsage(answer.usage, model, soFar),
       modelVersion: model,
       responseId,
     });
@@ -428,12 +428,18 @@ export async function startGeminiEmulator(opts: GeminiEmulatorOptions = {}): Pro
     // A noFinishReason fault ends the stream cleanly before Gemini's last chunk, the one that says it finished.
     const pieces = finished ? splitForStream(answer.text) : splitForStream(answer.text).slice(0, -1);
     const cutAfter = fault?.reset ? (fault.afterChunks ?? 0) : undefined;
-    // A stream that never sends its last chunk told the client only the usage of the others: the log says that.
-    if (!finished || cutAfter !== undefined) record.outputTokens = 0;
+    // A stream that never sends its last chunk told the client only the usage of the others (the last whole one's
+    // running count on 2.5, else none of the text): the log says that.
+    const told = (sent: number) => reportedOutput(model, pieces.slice(0, sent).join(''));
+    if (!finished) record.outputTokens = told(pieces.length);
+    // A reset cuts after `cutAfter` whole chunks, or inside the answer's last one.
+    else if (cutAfter !== undefined) record.outputTokens = told(Math.min(cutAfter, pieces.length - 1));
+    let soFar = '';
     for (let i = 0; i < pieces.length; i++) {
       if (i > 0 && streamDelayMs > 0) await sleep(streamDelayMs, undefined, { signal }).catch(() => undefined);
       if (signal.aborted || res.destroyed) return;
-      const event = `data: ${JSON.stringify(chunkBody(pieces[i], finished && i === pieces.length - 1))}\n\n`;
+      soFar += pieces[i];
+      const event = `data: ${JSON.stringify(chunkBody(pieces[i], finished && i === pieces.length - 1, soFar))}\n\n`;
       // A cut past the answer's last chunk still cuts, inside that chunk: the client never gets a whole answer.
       const cutInside = cutAfter !== undefined && i === pieces.length - 1 && cutAfter >= pieces.length;
       if (!(i + 1 === cutAfter || cutInside)) {

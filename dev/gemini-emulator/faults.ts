@@ -44,8 +44,9 @@ export interface FaultMatch {
  * - `noFinishReason` (generate, stream and batch create calls only): a 200 that never says the answer finished. A
  *   generate call gets the whole answer (candidate, usage, model version, response id) with no `finishReason` on
  *   its candidate; a stream gets every chunk but Gemini's last (the one carrying the `finishReason` and the whole
- *   usage; the others carry the prompt's), then a clean end of the body, as when a proxy or the backend closes a
- *   stream early. The call log's outputTokens is then 0, as for a stream cut by `reset`: what the client was told.
+ *   usage; the others carry the prompt's and, on 2.5, the running count of the text), then a clean end of the body, as
+ *   when a proxy or the backend closes a stream early. The call log's outputTokens is then what the last chunk sent
+ *   counted (0 but on 2.5), as for a stream cut by `reset`: what the client was told.
  *   A batch's create takes it for its inline responses, once the batch succeeds: each response whose request's
  *   text includes `match.promptIncludes` (every response without one) is whole but for its candidate's `finishReason`.
  * A batch's admin calls (`match.kind` batchGet, batchList, batchCancel, batchDelete) take status, hang, reset

@@ -154,16 +154,31 @@ function streamedUsage(usage: WireUsage, text: string[]): Record<string, unknown
 
 /**
  * A stream Gemini stops after some text (fault `refuse` with `afterChunks`), as it streams one: the text chunks,
- * each with the usage of the prompt (and the thinking before the text) as on any stream's chunk but its last
- * (`chunkUsage`; FirebaseExtended/vertexai-sdk-test-data googleai streaming-failure-recitation-no-content.txt), then the stop:
- * a candidate with no content (the FinishReason reference: "when streaming, the content field is empty if content
- * filters block the output"), its finishReason and ratings as in `refusalBody`, and the usage of the prompt and the
- * text streamed. The events' bodies, in order.
+ * each with the usage of the prompt (and the thinking before the text) as on any stream's chunk but its last, and on
+ * a 2.5 model the running count of the text so far (`chunkUsage`; FirebaseExtended/vertexai-sdk-test-data googleai
+ * streaming-failure-recitation-no-content.txt), then the stop: a candidate with no content (the FinishReason
+ * reference: "when streaming, the content field is empty if content filters block the output"), its finishReason and
+ * ratings as in `refusalBody`, and the usage of the prompt and the text streamed. Before a RECITATION stop, the text
+ * chunk the recitation began in, the last one sent, cites its own bytes (that recording: the text chunks before the
+ * stop carry `citationMetadata` for the stretches they recite, the stop the withheld rest), naming the stop's first
+ * source (none when the fault names no source). The events' bodies, in order.
  */
 export function stoppedStream(r: Refusal, text: string[], o: { model: string; usage: WireUsage; text: string; responseId: string }): Record<string, unknown>[] {
-  const usageMetadata = chunkUsage(o.usage);
-  const chunks = text.map((t) => ({ candidates: [{ content: { parts: [{ text: t }], role: 'model' }, index: 0 }], usageMetadata, modelVersion: o.model, responseId: o.responseId }));
+  let soFar = '';
+  const chunks = text.map((t, i) => {
+    const from = Buffer.byteLength(soFar);
+    soFar += t;
+    const cites = r.finishReason === 'RECITATION' && i === text.length - 1 ? citedChunk(r, from, Buffer.byteLength(soFar)) : {};
+    return { candidates: [{ content: { parts: [{ text: t }], role: 'model' }, index: 0, ...cites }], usageMetadata: chunkUsage(o.usage, o.model, soFar), modelVersion: o.model, responseId: o.responseId };
+  });
   return [...chunks, refusalBody(r, { ...o, streamedText: text })];
+}
+
+/** A streamed text chunk's own citation (bytes `from` to `to` of the answer, end exclusive) of the stop's first source. */
+function citedChunk(r: Refusal, from: number, to: number): Record<string, unknown> {
+  const first = r.citations ? r.citations[0] : { uri: DEFAULT_CITATION_URI };
+  if (!first || from >= to) return {};
+  return { citationMetadata: { citationSources: [{ startIndex: from, endIndex: to, ...(first.uri ? { uri: first.uri } : {}), ...(first.license ? { license: first.license } : {}) }] } };
 }
 
 /**

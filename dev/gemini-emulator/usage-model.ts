@@ -1,6 +1,7 @@
 import { promptTokens } from './answer-builder.js';
 import type { WireGenerateRequest, WireUsage } from './gemini-wire.js';
 import { hash32 } from './seeded.js';
+import { countTokens } from './tokenizer.js';
 
 export interface UsageModelOptions {
   /**
@@ -103,15 +104,38 @@ export function promptUsage(usage: WireUsage): Record<string, unknown> {
 }
 
 /**
- * The usage on every chunk of a stream but its last, as Gemini streams it (FirebaseExtended/vertexai-sdk-test-data
- * googleai streaming-success-basic-reply-*.txt, streaming-failure-recitation-no-content.txt): the prompt's, no
- * candidatesTokenCount; and when the call thought, the thinking done so far (streaming-success-thinking-*.txt: each
- * chunk's `thoughtsTokenCount`, in its `totalTokenCount`). The emulator thinks before its first text, so every text
- * chunk carries all of it. The last chunk, with the finishReason, carries the whole usage. So a stream cut before its
- * last chunk has told the client what the prompt (and the thinking) cost, and nothing of the text.
+ * Models whose streams count the text as they go: Gemini 2.5's text chunks each carry a running (cumulative)
+ * `candidatesTokenCount` (FirebaseExtended/vertexai-sdk-test-data googleai streaming-success-thinking-reply-thought-summary.txt
+ * and streaming-success-url-context.txt, gemini-2.5-flash: 22 then 48, 13, 30, 76 then 81; pydantic/pydantic-ai#1577,
+ * gemini-2.5-pro: 625, 650, ...). Gemini 2.0's carry none before the last (streaming-success-basic-reply-*.txt,
+ * streaming-success-citations.txt, gemini-2.0-flash), nor does the one later recording (streaming-failure-recitation-
+ * no-content.txt); the other models here follow those.
  */
-export function chunkUsage(usage: WireUsage): Record<string, unknown> {
+const RUNNING_COUNT = /^gemini-2\.5-/;
+
+/**
+ * The usage on every chunk of a stream but its last, as Gemini streams it: the prompt's, and when the call thought,
+ * the thinking done so far (streaming-success-thinking-*.txt: each chunk's `thoughtsTokenCount`, in its
+ * `totalTokenCount`; the emulator thinks before its first text, so every text chunk carries all of it); on a 2.5
+ * model (`RUNNING_COUNT`) also the text streamed so far, `textSoFar` (this chunk's included), as a running
+ * `candidatesTokenCount`, in the total too, with no `candidatesTokensDetails` (as recorded). The last chunk, with
+ * the finishReason, carries the whole usage. So a stream cut before its last chunk has told the client what the
+ * prompt (and the thinking) cost, and on 2.5 the text it got: a client takes the last chunk's usage, never a sum.
+ */
+export function chunkUsage(usage: WireUsage, model: string, textSoFar: string): Record<string, unknown> {
   const thoughts = usage.thoughtsTokenCount ?? 0;
+  const out = reportedOutput(model, textSoFar);
   const prompt = promptUsage(usage);
-  return thoughts > 0 ? { ...prompt, totalTokenCount: usage.promptTokenCount + thoughts, thoughtsTokenCount: thoughts } : prompt;
+  return {
+    ...prompt,
+    // proto3 JSON leaves a zero count out.
+    ...(out > 0 ? { candidatesTokenCount: out } : {}),
+    totalTokenCount: usage.promptTokenCount + out + thoughts,
+    ...(thoughts > 0 ? { thoughtsTokenCount: thoughts } : {}),
+  };
+}
+
+/** The candidates tokens a stream's chunk reported (`chunkUsage`): what a client cut off after it was told the text cost. */
+export function reportedOutput(model: string, textSoFar: string): number {
+  return RUNNING_COUNT.test(model) ? countTokens(textSoFar) : 0;
 }

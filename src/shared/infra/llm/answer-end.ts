@@ -22,9 +22,9 @@ const REFUSALS: ReadonlySet<string> = new Set([
 
 /**
  * What an answer's candidates and prompt feedback say, gathered over a stream's chunks (the last ones carry it).
- * A RECITATION stop's `citationMetadata` (the sources its withheld text was attributed to) is deliberately not
- * read: its byte offsets point into an answer agentq never received, and its URIs, third-party addresses of any
- * number and length, would grow the failed reason BullMQ and the DLQ keep without telling an operator more than
+ * A RECITATION stop's `citationMetadata` (the sources its withheld text was attributed to), like the one a
+ * stream's text chunks carry for the stretches they recite, is deliberately not read: its byte offsets point into
+ * an answer agentq never received whole, and its URIs, third-party addresses of any number and length, would grow the failed reason BullMQ and the DLQ keep without telling an operator more than
  * the finishReason does (the model recited, the same prompt would again, no retry helps).
  */
 export interface AnswerEnd {

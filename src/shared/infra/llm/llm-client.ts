@@ -262,9 +262,10 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
       if (callbackFailed) throw callerFailure(err);
       const e = d.fail(err, what);
       e.model ??= req.model;
-      // A stream cut after chunks that carried usage (Gemini puts the prompt's on every one; the last chunk's is the
-      // call's, so the last seen is what it reported, never a sum): the model read the prompt and Gemini bills it,
-      // so the error carries it as a refusal's does, for the attempt's row and the TPM buckets.
+      // A stream cut after chunks that carried usage (Gemini puts the prompt's on every one, and 2.5 a running count of
+      // the text so far; the last chunk's is the call's, so the last seen is what it reported, never a sum): the model
+      // read the prompt (and wrote that text) and Gemini bills it, so the error carries it as a refusal's does, for the
+      // attempt's row and the TPM buckets.
       if (usageSeen) carryBilled(e, billedCall(billOf(pricing, req, usageSeen, last)));
       // A caller's cancellation is routine (shutdown, job cancel), not worth a warning.
       log?.[e.code === 'EABORTED' ? 'debug' : 'warn']({ model: req.model, code: e.code, status: e.status, ms: Math.round(performance.now() - started) }, 'llm call failed');
@@ -278,9 +279,9 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     // From here on the model answered: whatever goes wrong, its tokens were billed.
     const billed = billedCall(result);
     // A stream that ended without a finishReason was cut short, though cleanly at the HTTP level (a proxy or the
-    // backend closing early): the text is partial, and the usage the last chunk carried is the prompt's (Gemini's
-    // chunks before its last carry no output count), which is what it is billed. A plain answer without one is as
-    // incomplete, whatever its text. Either is no answer (see unfinishedOf).
+    // backend closing early): the text is partial, and the usage the last chunk carried is what it is billed: the
+    // prompt's, and the text so far (a 2.5 model's chunks count it as they go, 2.0's not before the last). A plain
+    // answer without one is as incomplete, whatever its text. Either is no answer (see unfinishedOf).
     const ended = req.onText ? 'the stream ended' : 'the answer came';
     const unfinished = unfinishedOf(end, !!usageSeen, `${what}: ${ended} without a finishReason after ${text.length} chars (an incomplete answer)`, { model: req.model, billed });
     if (unfinished) {
