@@ -10,7 +10,7 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { captureLogs, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
 import { duplicateKeys } from './helpers/log-lines.js';
-import { until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
 import { agentqPrefix, batchKeys, cancelRequestedKey, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 
@@ -275,6 +275,49 @@ describe('batch tier through ai.batches and the emulator', () => {
     expect(generateCalls(s)).toHaveLength(1);
     expect(batchCalls(s)).toHaveLength(1);
   });
+
+  it('an answer the batch still bills for a job that no longer waits for it (fell back near its deadline, or cancelled) is recorded for its org at the batch price', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 3600_000, expireMs: 48 * 3600_000 });
+    const orgB = randomOrg();
+    const authB = { authorization: `Bearer ${await s.newKey(orgB)}` };
+    const post = async (h: Record<string, string>, marker: string, options: Record<string, unknown>) => {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: h, payload: { ...riskJob(marker), options } });
+      expect(res.statusCode, res.body).toBe(202);
+      return res.json().id as string;
+    };
+    const b = await post(authB, 'drop-B', { tier: 'batch' });
+    const cancelled = await post(authB, 'drop-B-cancelled', { tier: 'batch' });
+    // Org A's job: inside the 1 h margin 2 s from now, so it runs standard while the batch keeps its request.
+    const a = await post(s.auth, 'drop-A-near', { tier: 'batch', deadline: 3602 });
+    await until('the batch submitted', () => batchCalls(s).length === 1 && batchCalls(s)[0].status === 200);
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${cancelled}`, headers: authB });
+    expect(del.statusCode, del.body).toBe(200);
+    expect((await view(s, a, 20_000)).state).toBe('completed');
+    s.emulator.advanceClock(3600_000);
+    expect((await (await s.app.inject({ method: 'GET', url: `/v1/jobs/${b}?waitMs=20000`, headers: authB })).json()).result?.tier).toBe('batch');
+    // Gemini answered, and bills, all three requests of the batch.
+    const batch = await createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }).get(batchCalls(s)[0].batch!);
+    expect(batch.state).toBe('JOB_STATE_SUCCEEDED');
+    expect(batch.responses!.filter((r) => r.response).map((r) => r.jobId).sort()).toEqual([a, b, cancelled].sort());
+    await usageWritten(s);
+    const orgA = (await s.infra.db.pool.query("SELECT org_id FROM agent_runs WHERE job_id = $1 AND state = 'completed'", [a])).rows[0].org_id;
+    const pricing = createPricing();
+    for (const [id, org] of [
+      [a, orgA],
+      [cancelled, orgB],
+    ] as const) {
+      const meta = batch.responses!.find((r) => r.jobId === id)!.response!.usageMetadata!;
+      const usage = { input: meta.promptTokenCount!, output: meta.candidatesTokenCount! };
+      const rows = await until(`the dropped batch answer of ${id} recorded`, async () => {
+        await usageWritten(s);
+        const r = (await s.infra.db.pool.query("SELECT org_id, tier, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 AND tier = 'batch'", [id])).rows;
+        return r.length > 0 && r;
+      });
+      expect(rows.map((r) => [r.org_id, r.input_tokens, r.output_tokens]), id).toEqual([[org, usage.input, usage.output]]);
+      expect(Number(rows[0].cost_usd)).toBeCloseTo(pricing.cost(s.cfg.GEMINI_MODEL_PRO, usage, 'batch').costUsd, 9);
+    }
+  }, waitsTimeout(POLL.timeout, 20_000, 20_000, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('an explicit batch tier with a deadline inside the batch margin is refused with a 400 naming options.deadline', async () => {
     const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob('too-near'), options: { tier: 'batch', deadline: 3599 } } });

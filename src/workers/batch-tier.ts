@@ -56,7 +56,10 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
       if (!rec || (await deps.store.move(jobId, rec.state, 'fallback'))) return standard();
       return generate(ctx, req, standard);
     }
-    if (!rec) await deps.store.add(jobId, jobTs, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now);
+    if (!rec) {
+      const owner = { orgId: ctx.orgId, agent: ctx.agentName, action: ctx.actionName, attempt: ctx.job.attemptsMade + 1, ...(ctx.job.data.requestId ? { requestId: ctx.job.data.requestId } : {}) };
+      await deps.store.add(jobId, jobTs, ctx.model, inlinedRequestOf(req, jobId), ctx.job.data.deadlineAt, now, owner);
+    }
     throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
   }
 

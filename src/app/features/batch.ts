@@ -1,6 +1,8 @@
 import type { Feature, FeatureDeps } from '../feature.js';
 import type { FeatureFactory } from '../runtime.js';
 import { createBatchCollector, type BatchPoint } from '../../workers/ops/batch-collector.js';
+import { createRunAppender } from '../../shared/infra/db/run-stream.js';
+import { usageStreamKey } from '../../shared/core/queue-keys.js';
 
 export interface BatchFeatureOptions {
   /** Fault tests only (test/fixtures/batch-worker-process.ts): runs at each point of a collector run. */
@@ -43,6 +45,8 @@ function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Featur
             if (await cell.scheduler.repark(id, 0, 'batch')) return;
             await (await cell.queue.getJob(id))?.promote().catch(() => undefined);
           },
+          // An answer a job no longer takes is still its usage: onto the shard's usage stream, as an attempt's row.
+          record: createRunAppender({ redis: deps.redis, key: usageStreamKey(cell.prefix) }).record,
           maxRequests: cfg.BATCH_MAX_REQUESTS,
           maxAgeMs: cfg.BATCH_MAX_AGE_MS,
           deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,

@@ -22,6 +22,18 @@ export interface BatchJobRecord {
   error?: string;
   /** The attempt (its attemptsMade) the answer was served to: a re-run of that attempt is served it again. */
   readBy?: number;
+  /** Whose request it is: an answer Gemini bills that the job no longer takes (it fell back, was cancelled) is billed to it. */
+  owner?: BatchOwner;
+}
+
+/** The job a batch request was made for, as its usage row names it. */
+export interface BatchOwner {
+  orgId: string;
+  agent: string;
+  action: string;
+  /** The attempt (attemptsMade + 1) that recorded the request. */
+  attempt: number;
+  requestId?: string;
 }
 
 /** One batch: recorded before `batches.create` (its intent), named once created or adopted. */
@@ -63,6 +75,7 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
           ...(h.result ? { result: h.result } : {}),
           ...(h.error ? { error: h.error } : {}),
           ...(h.readBy ? { readBy: Number(h.readBy) } : {}),
+          ...(h.owner ? { owner: JSON.parse(h.owner) as BatchOwner } : {}),
         }
       : undefined;
 
@@ -85,8 +98,8 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
      * Adds the job's request to its model's pending set unless this job (`jobTs`: its creation time) is known;
      * its state either way. A record of an earlier job under the same id is replaced.
      */
-    async add(jobId: string, jobTs: number, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now()): Promise<BatchJobState> {
-      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S, jobTs])) as BatchJobState;
+    async add(jobId: string, jobTs: number, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now(), owner?: BatchOwner): Promise<BatchJobState> {
+      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S, jobTs, owner ? JSON.stringify(owner) : ''])) as BatchJobState;
     },
     /** The job's record; with `jobTs`, none when the record is another job's (an earlier one under the same id). */
     async job(jobId: string, jobTs?: number): Promise<BatchJobRecord | undefined> {

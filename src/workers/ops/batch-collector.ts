@@ -1,7 +1,8 @@
 import type { InlinedRequest } from '@google/genai';
 import type { BatchIntent, BatchJobState, BatchStore } from '../../shared/batch/batch-store.js';
 import type { Logger } from '../../shared/core/logger.js';
-import type { BatchApi, BatchInfo } from '../../shared/infra/llm/batch-api.js';
+import type { BatchApi, BatchInfo, BatchResponse } from '../../shared/infra/llm/batch-api.js';
+import type { AgentRun } from '../../shared/infra/db/agent-runs.js';
 import { toLlmError } from '../../shared/infra/llm/llm-errors.js';
 
 /**
@@ -26,6 +27,11 @@ export interface BatchCollectorOptions {
   deadlineMarginMs: number;
   /** Prefix of every batch's displayName (the queue prefix keeps deployments apart). */
   displayPrefix: string;
+  /**
+   * Writes a usage row (the workers' usage stream): an answer the batch returned, and Gemini bills, for a job that
+   * no longer takes it (it fell back to the standard tier, or was cancelled) is recorded for that job.
+   */
+  record?: (row: AgentRun) => Promise<unknown>;
   /** Fault tests only: runs at each point before the collector goes on. */
   at?: (point: BatchPoint) => void | Promise<void>;
   logger: Logger;
@@ -111,6 +117,44 @@ export function createBatchCollector(o: BatchCollectorOptions) {
     if (n) log.warn({ batch: intent.name, why, jobs: n }, 'batch did not answer: its jobs run on the standard tier');
   }
 
+  /**
+   * An answer its job no longer takes (it ran standard near its deadline or when its own time ran out, or it was
+   * cancelled while the batch held its request): Gemini bills it all the same, at the batch price, so it is the
+   * job's usage, a part of the attempt that recorded the request (state `delayed`: that run waited for the
+   * batch). Its part id is the batch's intent: a later run's redelivery is the same row. A record since replaced
+   * by another job under the same id (another intent) says nothing of whose the answer was: left unbilled.
+   */
+  async function billDropped(r: BatchResponse, intent: BatchIntent): Promise<void> {
+    if (!o.record || !r.jobId || !r.response) return;
+    const rec = await o.store.job(r.jobId);
+    if (!rec?.owner || rec.intent !== intent.id || (rec.state !== 'fallback' && rec.state !== 'cancelled')) return;
+    const billed = o.batches.billOf(intent.model, r.response);
+    if (!billed) return;
+    const { owner } = rec;
+    await o.record({
+      jobId: r.jobId,
+      jobTs: rec.ts ?? 0,
+      attempt: owner.attempt,
+      part: `batch:${intent.id}`,
+      orgId: owner.orgId,
+      agent: owner.agent,
+      action: owner.action,
+      state: 'delayed',
+      error: `waiting_for_batch: answer not taken (job ${rec.state})`,
+      model: billed.model,
+      inputTokens: billed.usage.input,
+      outputTokens: billed.usage.output,
+      cachedTokens: billed.usage.cached ?? 0,
+      thoughtsTokens: billed.usage.thoughts ?? 0,
+      costUsd: billed.costUsd,
+      standardCostUsd: billed.standardCostUsd,
+      tier: billed.tier,
+      durationMs: 0,
+      cacheHit: null,
+      requestId: owner.requestId ?? null,
+    });
+  }
+
   async function deliver(intent: BatchIntent, b: BatchInfo): Promise<void> {
     const answered = new Set<string>();
     for (const r of b.responses ?? []) {
@@ -119,7 +163,10 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       const moved = r.response
         ? await handOver(r.jobId, intent, 'done', { field: 'result', value: JSON.stringify(r.response) })
         : await handOver(r.jobId, intent, 'failed', { field: 'error', value: JSON.stringify(r.error ?? {}) });
-      if (!moved) continue;
+      if (!moved) {
+        await billDropped(r, intent);
+        continue;
+      }
       await at('answer-stored');
       await o.wake(r.jobId);
     }

@@ -1,5 +1,6 @@
 import { GoogleGenAI, type Fetch, type GenerateContentResponse, type InlinedRequest } from '@google/genai';
 import type { Logger } from '../../core/logger.js';
+import type { BilledCall } from '../../core/types.js';
 import { LlmError } from './llm-errors.js';
 import { answerEndOf, refusalOf, unfinishedOf } from './answer-end.js';
 import { billedCall, sdkOptions, textOf, usageOf, withoutMetaSchema, type GenerateResult } from './llm-client.js';
@@ -30,6 +31,8 @@ export interface BatchApi {
   cancel(name: string): Promise<void>;
   /** One inline response as a model call's result, billed at the batch tier. */
   resultOf(model: string, response: GenerateContentResponse, json: boolean): GenerateResult;
+  /** What one inline response was billed (its usageMetadata at the batch tier); none when it reports no usage. */
+  billOf(model: string, response: GenerateContentResponse): BilledCall | undefined;
 }
 
 /** The job's model call as an inline request, with the job id as metadata for correlation. */
@@ -87,6 +90,12 @@ export function createBatchApi(opts: { apiKey: string; baseUrl?: string; pricing
     },
     async cancel(name) {
       await ai.batches.cancel({ name });
+    },
+    billOf(model, response) {
+      if (!response.usageMetadata) return undefined;
+      const usage = usageOf(response.usageMetadata);
+      const cost = pricing.cost(model, usage, 'batch');
+      return { model, usage, costUsd: cost.costUsd, standardCostUsd: cost.standardCostUsd, tier: 'batch' };
     },
     resultOf(model, response, json) {
       const text = textOf(response);

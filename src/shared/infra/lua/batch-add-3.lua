@@ -4,7 +4,8 @@
 -- cancelled job is replaced: its request, state and answer were the old job's.
 -- KEYS[1] the job's batch HASH, KEYS[2] the model's pending ZSET, KEYS[3] the SET of models with pending jobs
 -- ARGV[1] job id, ARGV[2] model, ARGV[3] inline request JSON, ARGV[4] deadline ms ('' = none), ARGV[5] now ms,
--- ARGV[6] ttl s of the job's record, ARGV[7] the job's creation time (its incarnation)
+-- ARGV[6] ttl s of the job's record, ARGV[7] the job's creation time (its incarnation), ARGV[8] whose request it is
+-- (JSON: org, agent, action, attempt; '' = unknown), so an answer the job no longer takes is still billed to it
 -- Returns the job's state ('pending' when this call added it).
 local state = redis.call('HGET', KEYS[1], 'state')
 if state then
@@ -15,6 +16,7 @@ if state then
 end
 redis.call('HSET', KEYS[1], 'state', 'pending', 'model', ARGV[2], 'req', ARGV[3], 'addedAt', ARGV[5], 'ts', ARGV[7])
 if ARGV[4] ~= '' then redis.call('HSET', KEYS[1], 'deadlineAt', ARGV[4]) end
+if ARGV[8] and ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'owner', ARGV[8]) end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
