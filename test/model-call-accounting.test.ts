@@ -31,6 +31,9 @@ import { randomPrefix, redisUrl } from './helpers/env.js';
  */
 let genBody: unknown = {};
 const HANG = Symbol('hang');
+/** A stream that sends these chunks (SSE, as Gemini's streamGenerateContent) and then nothing more, never ending. */
+const STREAM_THEN_HANG = Symbol('stream-then-hang');
+const streamThenHang = (...chunks: unknown[]) => ({ [STREAM_THEN_HANG]: chunks });
 const STATUS = Symbol('status');
 const status = (code: number, body: unknown) => ({ [STATUS]: code, body });
 /** A per-minute 429 with RetryInfo, as Gemini sends it. */
@@ -63,6 +66,11 @@ beforeAll(async () => {
       const embed = /embedContent|batchEmbedContents/.test(req.url ?? '');
       const body = typeof genBody === 'function' ? (genBody as (url: string) => unknown)(req.url ?? '') : genBody;
       if (body === HANG && !embed) return;
+      if (body !== null && typeof body === 'object' && STREAM_THEN_HANG in body && !embed) {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        for (const c of (body as { [STREAM_THEN_HANG]: unknown[] })[STREAM_THEN_HANG]) res.write(`data: ${JSON.stringify(c)}\r\n\r\n`);
+        return;
+      }
       const coded = body !== null && typeof body === 'object' && STATUS in body ? (body as { [STATUS]: number; body: unknown }) : undefined;
       res.writeHead(embed ? 429 : (coded?.[STATUS] ?? 200), { 'content-type': 'application/json' });
       res.end(JSON.stringify(embed ? embedDay429 : coded ? coded.body : body));
@@ -85,7 +93,7 @@ const searching = { ...plain, knowledge: ['chat_facts'], prompt: async (_i: unkn
 const llm = () => createLlmClient({ apiKey: 'k', baseUrl: base, timeoutMs: 5000 });
 
 /** A processor around `chain`, with a fair gate that records what it pauses and the usage rows it writes. */
-function harness(action: object, middlewares: Middleware[], searchFor?: () => (q: string) => Promise<unknown>) {
+function harness(action: object, middlewares: Middleware[], searchFor?: () => (q: string) => Promise<unknown>, onText?: () => (text: string) => Promise<void>) {
   const client = llm();
   const rows: AgentRun[] = [];
   const deferred: Array<{ reason: string; model?: string }> = [];
@@ -98,7 +106,7 @@ function harness(action: object, middlewares: Middleware[], searchFor?: () => (q
   };
   const proc = createAgentProcessor({
     agents: { resolve: () => ({ agent: {} as never, action: action as never }), validateInput: (_a, _b, i) => i },
-    chain: compose(middlewares, createAgentCall({ llm: client, ...(searchFor ? { searchFor: searchFor as never } : {}) })),
+    chain: compose(middlewares, createAgentCall({ llm: client, ...(searchFor ? { searchFor: searchFor as never } : {}), ...(onText ? { onText } : {}) })),
     runs: { record: async (r) => void rows.push(r) },
     models: { fast: MODEL, pro: 'gemini-2.5-pro' },
     logger: createLogger({ level: 'silent' }),
@@ -200,6 +208,20 @@ describe("an attempt's usage row carries every call it paid for", () => {
     const one = pricing.cost(MODEL, { input: 1000, output: 200 }, 'standard');
     expect(h.rows).toMatchObject([{ state: 'failed', inputTokens: 1000, outputTokens: 200 }]);
     expect(h.rows[0].costUsd).toBeCloseTo(one.costUsd, 12);
+  });
+
+  it("a stream the route's timeout cut after chunks that reported the prompt's usage: the failed row carries what Gemini billed", async () => {
+    // Gemini's chunks before the last carry the prompt's usage: the model read the prompt, and bills it.
+    const promptMeta = { promptTokenCount: 1000, totalTokenCount: 1000 };
+    genBody = streamThenHang({ candidates: [{ content: { parts: [{ text: '{"score"' }], role: 'model' }, index: 0 }], usageMetadata: promptMeta });
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL, timeoutMs: 300 }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const texts: string[] = [];
+    const h = harness(plain, [route], undefined, () => async (t) => void texts.push(t));
+    expect((await h.run())?.message).toMatch(/^\[ETIMEDOUT\] /);
+    expect(texts).toEqual(['{"score"']);
+    const prompt = pricing.cost(MODEL, { input: 1000, output: 0 }, 'standard');
+    expect(h.rows).toMatchObject([{ state: 'failed', model: MODEL, inputTokens: 1000, outputTokens: 0 }]);
+    expect(h.rows[0].costUsd).toBeCloseTo(prompt.costUsd, 12);
   });
 
   it("a prompt that cannot be built is not tried again on the route's fallback", async () => {

@@ -125,7 +125,14 @@ export function createRouteGuard(opts: {
       try {
         return await next();
       } catch (err) {
-        if (timedOut) throw new RouteTimeoutError(target, route.timeoutMs!);
+        if (timedOut) {
+          // The aborted call may have been paid for (a stream cut after chunks that reported the prompt's usage):
+          // the timeout carries what it was billed, as the call's own error did.
+          const timeout = new RouteTimeoutError(target, route.timeoutMs!);
+          const billed = billedOf(err);
+          if (billed) carryBilled(timeout, billed);
+          throw timeout;
+        }
         throw err;
       } finally {
         clearTimeout(timer);
