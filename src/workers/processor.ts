@@ -106,7 +106,10 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       } catch (err) {
         if (err instanceof DelayedError) span.setAttribute('agentq.outcome', 'delayed');
         else if (span.isRecording()) {
-          span.setAttribute('agentq.outcome', err instanceof UnrecoverableError ? 'failed' : 'retry');
+          // BullMQ's own test (Job.shouldRetryJob): a retryable failure of the last attempt (or of the one attempt a
+          // DLQ retry gives) is dead-lettered, no retry follows it.
+          const final = err instanceof UnrecoverableError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+          span.setAttribute('agentq.outcome', final ? 'failed' : 'retry');
           markError(span, err);
         }
         throw err;

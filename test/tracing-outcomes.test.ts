@@ -1,0 +1,88 @@
+import type { Job } from 'bullmq';
+import { context, propagation, trace } from '@opentelemetry/api';
+import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-node';
+import { z } from 'zod';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createLogger } from '../src/shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
+import type { JobContext } from '../src/workers/middleware.js';
+import { createAgentProcessor } from '../src/workers/processor.js';
+
+/**
+ * What the attempt's and the model call's spans say about how an attempt ended, read from an in-memory exporter:
+ * no Redis, no gate, the processor around a chain each test gives.
+ */
+const ERROR = 2;
+const exporter = new InMemorySpanExporter();
+let provider: NodeTracerProvider;
+beforeAll(() => {
+  provider = new NodeTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] });
+  provider.register();
+});
+afterEach(() => exporter.reset());
+afterAll(async () => {
+  await provider.shutdown();
+  // The files of a worker share the process: the API goes back to its no-op.
+  trace.disable();
+  context.disable();
+  propagation.disable();
+});
+
+const silent = createLogger({ level: 'silent' });
+const MODEL = 'gemini-fast';
+
+function job(o: { attemptsMade: number; attempts: number; tier?: 'batch' }): Job<AgentJobData, AgentResult> {
+  return {
+    id: 'job-1',
+    timestamp: Date.now(),
+    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now(), ...(o.tier ? { tier: o.tier } : {}) } as AgentJobData,
+    attemptsMade: o.attemptsMade,
+    opts: { attempts: o.attempts },
+    // No gate: a delay moves the job itself.
+    moveToDelayed: async () => undefined,
+  } as unknown as Job<AgentJobData, AgentResult>;
+}
+
+function processorWith(chain: (ctx: JobContext) => Promise<AgentResult>) {
+  return createAgentProcessor({
+    agents: { resolve: () => ({ agent: {} as never, action: { model: 'fast', output: z.object({ score: z.number() }), prompt: async () => ({ user: 'q' }) } as never }), validateInput: (_a, _b, input) => input },
+    chain,
+    runs: { record: async () => undefined },
+    models: { fast: MODEL, pro: 'gemini-pro' },
+    logger: silent,
+  });
+}
+
+const settle = (p: Promise<unknown>) => p.then(() => undefined, (e: unknown) => e);
+const attemptSpan = () => {
+  const spans = exporter.getFinishedSpans().filter((s) => s.name.startsWith('process '));
+  expect(spans).toHaveLength(1);
+  return spans[0];
+};
+
+describe("the attempt span's outcome", () => {
+  const provider500 = async (): Promise<AgentResult> => {
+    throw new LlmError('EPROVIDER', 'Gemini API 500: internal', { status: 500 });
+  };
+
+  it('is retry for a retryable failure with attempts left', async () => {
+    await settle(processorWith(provider500)(job({ attemptsMade: 0, attempts: 3 }), 't'));
+    const span = attemptSpan();
+    expect(span.attributes['agentq.outcome']).toBe('retry');
+    expect(span.status.code).toBe(ERROR);
+  });
+
+  it('is failed for a retryable failure of the last attempt: BullMQ dead-letters the job, no retry follows', async () => {
+    await settle(processorWith(provider500)(job({ attemptsMade: 2, attempts: 3 }), 't'));
+    const span = attemptSpan();
+    expect(span.attributes['agentq.outcome']).toBe('failed');
+    expect(span.attributes['error.type']).toBe('EPROVIDER');
+    expect(span.status.code).toBe(ERROR);
+  });
+
+  it('is failed for the one attempt a DLQ retry gives (attempts kept, none left after it)', async () => {
+    await settle(processorWith(provider500)(job({ attemptsMade: 3, attempts: 3 }), 't'));
+    expect(attemptSpan().attributes['agentq.outcome']).toBe('failed');
+  });
+});
