@@ -4,8 +4,10 @@ import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from '@
 import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger } from '../src/shared/core/logger.js';
+import { DelayJobError } from '../src/shared/core/outcomes.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
+import { createAgentCall } from '../src/workers/call-agent.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 
@@ -13,7 +15,9 @@ import { createAgentProcessor } from '../src/workers/processor.js';
  * What the attempt's and the model call's spans say about how an attempt ended, read from an in-memory exporter:
  * no Redis, no gate, the processor around a chain each test gives.
  */
+const OK = 1;
 const ERROR = 2;
+const UNSET = 0;
 const exporter = new InMemorySpanExporter();
 let provider: NodeTracerProvider;
 beforeAll(() => {
@@ -84,5 +88,27 @@ describe("the attempt span's outcome", () => {
   it('is failed for the one attempt a DLQ retry gives (attempts kept, none left after it)', async () => {
     await settle(processorWith(provider500)(job({ attemptsMade: 3, attempts: 3 }), 't'));
     expect(attemptSpan().attributes['agentq.outcome']).toBe('failed');
+  });
+});
+
+describe('a batch-tier job waiting for its batch', () => {
+  it('is no failed model call: the model call span records the wait, not an error, and the attempt is delayed', async () => {
+    const call = createAgentCall({
+      llm: { generate: async () => expect.unreachable('no standard call while the batch is pending') },
+      batch: {
+        generate: async () => {
+          throw new DelayJobError(60_000, 'waiting_for_batch');
+        },
+      },
+    });
+    const err = await settle(processorWith(call)(job({ attemptsMade: 0, attempts: 3, tier: 'batch' }), 't'));
+    expect((err as Error).name).toBe('DelayedError');
+    expect(attemptSpan().attributes['agentq.outcome']).toBe('delayed');
+    const calls = exporter.getFinishedSpans().filter((s) => s.attributes['gen_ai.operation.name']);
+    expect(calls).toHaveLength(1);
+    expect(calls[0].status.code).not.toBe(ERROR);
+    expect([UNSET, OK]).toContain(calls[0].status.code);
+    expect(calls[0].attributes['error.type']).toBeUndefined();
+    expect(calls[0].events.map((e) => [e.name, e.attributes?.['agentq.delay.ms']])).toEqual([['agentq.batch.waiting', 60_000]]);
   });
 });

@@ -87,7 +87,7 @@ export function createAgentCall(deps: {
     }
     const attributes = modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
     // GenAI semantic conventions: one CLIENT span per call, named "<operation> <model>", child of the attempt.
-    const { res, parsed } = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {
+    const call = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {
       const callStarted = performance.now();
       const seconds = () => (performance.now() - callStarted) / 1000;
       let res;
@@ -103,8 +103,11 @@ export function createAgentCall(deps: {
         if (ctx.tier === 'batch' && deps.batch) res = await deps.batch.generate(ctx, req, () => deps.llm.generate(req));
         else res = await deps.llm.generate({ ...req, ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}) });
       } catch (err) {
-        // Waiting for its batch: no model was called.
-        if (err instanceof DelayJobError) throw err;
+        // Waiting for its batch: no model was called, and nothing failed. Thrown past the span, so it is no error there.
+        if (err instanceof DelayJobError) {
+          span.addEvent('agentq.batch.waiting', { 'agentq.delay.ms': err.delayMs });
+          return { waiting: err };
+        }
         const e = err as { code?: unknown; status?: unknown };
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: typeof e.code === 'string' ? e.code : 'EUNKNOWN', ...(typeof e.status === 'number' ? { httpStatus: e.status } : {}) });
         throw err;
@@ -123,6 +126,8 @@ export function createAgentCall(deps: {
       deps.onModelCall?.({ model: ctx.model, seconds: seconds() });
       return { res, parsed };
     });
+    if ('waiting' in call) throw call.waiting;
+    const { res, parsed } = call;
     const data = ctx.action.finalize ? ctx.action.finalize(parsed.data, prompt.extras) : parsed.data;
     return {
       success: true,
