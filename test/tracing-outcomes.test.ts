@@ -112,3 +112,27 @@ describe('a batch-tier job waiting for its batch', () => {
     expect(calls[0].events.map((e) => [e.name, e.attributes?.['agentq.delay.ms']])).toEqual([['agentq.batch.waiting', 60_000]]);
   });
 });
+
+describe('a model call that answered and failed', () => {
+  it('carries what the answer was billed (tokens, cost, response model) on its error span', async () => {
+    const billed = { model: MODEL, usage: { input: 120, output: 7 }, costUsd: 0.00042, standardCostUsd: 0.00042, tier: 'standard' as const };
+    const call = createAgentCall({
+      llm: {
+        generate: async () => {
+          throw new LlmError('EBADOUTPUT', `Gemini ${MODEL} returned text that is not JSON (finishReason MAX_TOKENS, 7 chars)`, { model: MODEL, billed });
+        },
+      },
+    });
+    await settle(processorWith(call)(job({ attemptsMade: 0, attempts: 3 }), 't'));
+    const calls = exporter.getFinishedSpans().filter((s) => s.attributes['gen_ai.operation.name']);
+    expect(calls).toHaveLength(1);
+    expect(calls[0].status.code).toBe(ERROR);
+    expect(calls[0].attributes).toMatchObject({
+      'error.type': 'EBADOUTPUT',
+      'gen_ai.response.model': MODEL,
+      'gen_ai.usage.input_tokens': 120,
+      'gen_ai.usage.output_tokens': 7,
+      'agentq.cost_usd': 0.00042,
+    });
+  });
+});

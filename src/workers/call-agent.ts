@@ -2,6 +2,7 @@ import { z } from 'zod';
 import type { PromptContext } from '../shared/agents/define-agent.js';
 import type { AgentResult, BilledCall, ServiceTier, TokenUsage } from '../shared/core/types.js';
 import { PromptBuildError } from '../shared/core/errors.js';
+import { billedOf } from '../shared/core/outcomes.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 import type { BatchTier } from './batch-tier.js';
 import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
@@ -109,6 +110,9 @@ export function createAgentCall(deps: {
           return { waiting: err };
         }
         const e = err as { code?: unknown; status?: unknown };
+        // The model answered before failing (a refusal, text that is not JSON, a stream cut): billed all the same.
+        const billed = billedOf(err);
+        if (billed && span.isRecording()) span.setAttributes(modelCallUsage(billed));
         deps.onModelCall?.({ model: ctx.model, seconds: seconds(), code: typeof e.code === 'string' ? e.code : 'EUNKNOWN', ...(typeof e.status === 'number' ? { httpStatus: e.status } : {}) });
         throw err;
       }
