@@ -38,27 +38,26 @@ export function attachOpsListeners(worker: Worker<AgentJobData, AgentResult>, de
     const final = unrecoverable || job.attemptsMade >= (job.opts.attempts ?? 1);
     if (!final) return;
     metrics.deadLettered(job.data.agent, c.class);
+    // The same ids on both lines: whether or not Redis took the class, an operator finds the line by org or request.
+    const about = {
+      jobId: job.id,
+      orgId: job.data.orgId,
+      agent: job.data.agent,
+      action: job.data.action,
+      ...(job.data.requestId ? { requestId: job.data.requestId } : {}),
+      ...(job.data.userId ? { userId: job.data.userId } : {}),
+      class: c.class,
+      type: c.type,
+      reason: err.message.slice(0, 500),
+      attempts: job.attemptsMade,
+    };
     void store
       .recordFailure(job, c, err.message)
       .then((dlqRetries) => {
-        const line = {
-          jobId: job.id,
-          orgId: job.data.orgId,
-          agent: job.data.agent,
-          action: job.data.action,
-          ...(job.data.requestId ? { requestId: job.data.requestId } : {}),
-          ...(job.data.userId ? { userId: job.data.userId } : {}),
-          class: c.class,
-          type: c.type,
-          reason: err.message.slice(0, 500),
-          attempts: job.attemptsMade,
-          dlqRetries,
-        };
+        const line = { ...about, dlqRetries };
         if (c.class === 'cancelled') logger.info(line, 'job dead-lettered');
         else logger.error(line, 'job dead-lettered');
       })
-      .catch((recordErr: unknown) =>
-        logger.error({ jobId: job.id, agent: job.data.agent, class: c.class, reason: err.message.slice(0, 500), err: (recordErr as Error).message }, 'job dead-lettered (class not stored)'),
-      );
+      .catch((recordErr: unknown) => logger.error({ ...about, err: (recordErr as Error).message }, 'job dead-lettered (class not stored)'));
   });
 }
