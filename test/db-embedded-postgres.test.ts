@@ -1,10 +1,10 @@
 import { connect, type Socket } from 'node:net';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startEmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { databaseUrl } from './helpers/env.js';
 import { within } from './helpers/wait.js';
+import { freshEmbeddedPostgres } from './helpers/fresh-embedded.js';
 
 /** A raw wire-protocol connection, to misbehave in ways `pg` never does. */
 async function rawConnection(url: string): Promise<Socket> {
@@ -131,7 +131,7 @@ describe('embedded PGlite wire protocol', () => {
 
 describe('embedded Postgres start options', () => {
   it('sharedBuffers sets PGlite\'s shared_buffers and keeps its default start parameters', async () => {
-    const db = await startEmbeddedPostgres({ sharedBuffers: '256MB' });
+    const db = await freshEmbeddedPostgres({ sharedBuffers: '256MB' });
     try {
       const { rows } = await db.db.query<{ shared_buffers: string; search_path: string }>(
         "SELECT current_setting('shared_buffers') AS shared_buffers, current_setting('search_path') AS search_path",

@@ -3,9 +3,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { prewarmVectorIndexesAt } from '../src/shared/infra/db/embedded-prewarm.js';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
+import type { EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { toVectorSql } from '../src/shared/knowledge/embedding.js';
 import { hashEmbedOne } from './helpers/hash-embed.js';
+import { freshEmbeddedPostgres } from './helpers/fresh-embedded.js';
 
 const ROWS = 500;
 
@@ -26,7 +27,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('reads the HNSW indexes that fit into shared_buffers at start, an org\'s own first, so the first query reads no index page from disk', async () => {
-    const first = await startEmbeddedPostgres({ dataDir: dir });
+    const first = await freshEmbeddedPostgres({ dataDir: dir });
     try {
       await first.db.exec(`CREATE TABLE docs (id int PRIMARY KEY, org text NOT NULL, embedding vector(768) NOT NULL)`);
       for (let s = 0; s < ROWS; s += 250) {
@@ -42,7 +43,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
 
     const query = `SELECT id FROM docs ORDER BY embedding <=> '${toVectorSql(hashEmbedOne('document 7 about topic 7'))}' LIMIT 10`;
     // A restart without prewarm: the walk reads its index pages from disk.
-    const cold = await startEmbeddedPostgres({ dataDir: dir });
+    const cold = await freshEmbeddedPostgres({ dataDir: dir });
     let coldRead: number;
     try {
       const r = await blocksRead(cold, query);
@@ -53,7 +54,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
       await cold.stop();
     }
 
-    const warm = await startEmbeddedPostgres({ dataDir: dir, prewarm: true });
+    const warm = await freshEmbeddedPostgres({ dataDir: dir, prewarm: true });
     try {
       const report = await warm.prewarmed!;
       expect(report.read.map((r) => r.index)).toEqual(['docs_org_0123456789abcdef_hnsw', 'docs_embedding_idx']);
@@ -71,7 +72,7 @@ describe('embedded PGlite prewarm of vector indexes', () => {
 
   it('leaves out an index that would pass the budget, and says so', async () => {
     // 16MB of shared_buffers: a 0.75 budget of 1,536 pages; the two indexes above need more than a tiny share.
-    const db = await startEmbeddedPostgres({ dataDir: dir, sharedBuffers: '16MB' });
+    const db = await freshEmbeddedPostgres({ dataDir: dir, sharedBuffers: '16MB' });
     try {
       const report = await prewarmVectorIndexesAt(db.url, { budgetShare: 0.01 });
       expect(report.budgetPages).toBe(Math.floor(2048 * 0.01));

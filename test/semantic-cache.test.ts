@@ -5,13 +5,14 @@ import type { AgentAction } from '../src/shared/agents/define-agent.js';
 import { createSemanticCache } from '../src/shared/cache/semantic-cache.js';
 import { createSemanticCacheGuard } from '../src/workers/guards/semantic-cache-guard.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
+import type { EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { createHashEmbed } from './helpers/hash-embed.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
+import { freshEmbeddedPostgres } from './helpers/fresh-embedded.js';
 
 const scope = (orgId: string) => ({ orgId, agent: 'knowledge', action: 'ask', model: 'gemini-2.5-flash', promptVersion: 1 });
 
@@ -107,7 +108,7 @@ describe('semantic cache expiry', () => {
   let db: EmbeddedPostgres;
   let own: pg.Pool;
   beforeAll(async () => {
-    db = await startEmbeddedPostgres();
+    db = await freshEmbeddedPostgres();
     own = createPool(db.url, { max: 2 });
     await migrate(own);
   });

@@ -2,12 +2,13 @@ import pg from 'pg';
 import { describePhase, parseIngestArgs } from '../src/app/cli/ingest.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { purgeExpiredSemanticCache } from '../src/shared/cache/semantic-cache-purge.js';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
+import type { EmbeddedPostgres } from '../src/shared/infra/db/embedded-postgres.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createTenantIndex, tenantIndexName, withHnswRebuild, type IndexPhase } from '../src/shared/knowledge/hnsw-rebuild.js';
 import { toVectorSql } from '../src/shared/knowledge/embedding.js';
 import { hashEmbedOne } from './helpers/hash-embed.js';
+import { freshEmbeddedPostgres } from './helpers/fresh-embedded.js';
 
 // A private in-memory PGlite: this file drops and rebuilds an HNSW index, runs ANALYZE and purges every
 // expired row, none of which may touch the database the other test files share.
@@ -81,7 +82,7 @@ describe('vectors at scale', () => {
   }
 
   beforeAll(async () => {
-    db = await startEmbeddedPostgres();
+    db = await freshEmbeddedPostgres();
     pool = createPool(db.url, { max: 2 });
     await migrate(pool);
     await pool.query(`CREATE OR REPLACE FUNCTION vector_exact_scan_max() RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT ${EXACT_MAX}'`);

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestProject } from 'vitest/node';
@@ -10,6 +10,8 @@ declare module 'vitest' {
   export interface ProvidedContext {
     redisUrl: string;
     databaseUrl: string;
+    /** A dump of a fresh embedded data dir (vector extension created), for `freshEmbeddedPostgres`; unset with DATABASE_URL. */
+    pgDump: string | undefined;
     /** The transpiled tree spawned processes run (`transpiled.ts`); unset with AGENTQ_TEST_TSX=1. */
     transpiledRoot: string | undefined;
   }
@@ -28,13 +30,20 @@ export default async function setup(project: TestProject) {
     stops.push(redis.stop);
   }
   let databaseUrl = process.env.DATABASE_URL;
+  let pgDump: string | undefined;
   if (!databaseUrl) {
     const dir = mkdtempSync(join(tmpdir(), 'agentq-pg-'));
     const pg = await startEmbeddedPostgres({ dataDir: dir });
+    // Dumped while still fresh (nothing has connected): files that need a database of their own start from it
+    // instead of running initdb again (test/helpers/fresh-embedded.ts).
+    const dumpFile = `${dir}-fresh.tar`;
+    writeFileSync(dumpFile, Buffer.from(await (await pg.db.dumpDataDir('none')).arrayBuffer()));
+    pgDump = dumpFile;
     databaseUrl = pg.url;
     stops.push(async () => {
       await pg.stop();
       rmSync(dir, { recursive: true, force: true });
+      rmSync(dumpFile, { force: true });
     });
   }
   // AGENTQ_TEST_TSX=1 runs the spawned processes through tsx instead, as `npm run worker` does.
@@ -49,6 +58,7 @@ export default async function setup(project: TestProject) {
   process.env.DATABASE_URL = databaseUrl;
   project.provide('redisUrl', redisUrl);
   project.provide('databaseUrl', databaseUrl);
+  project.provide('pgDump', pgDump);
   return async () => {
     for (const stop of stops.reverse()) await stop();
   };

@@ -23,12 +23,24 @@ export interface EmbeddedPostgres {
  * inside one.
  */
 export async function startEmbeddedPostgres(
-  opts: { dataDir?: string; port?: number; maxConnections?: number; sharedBuffers?: string; prewarm?: boolean } = {},
+  opts: {
+    dataDir?: string;
+    port?: number;
+    maxConnections?: number;
+    sharedBuffers?: string;
+    prewarm?: boolean;
+    /** A dump of a data dir (PGlite's `dumpDataDir`) to start from instead of an empty one (initdb, seconds of CPU). */
+    loadDataDir?: Blob;
+  } = {},
 ): Promise<EmbeddedPostgres> {
   if (opts.dataDir) mkdirSync(opts.dataDir, { recursive: true });
   // shared_buffers is a startup setting: PGlite takes it among its backend's start parameters (the defaults kept).
   const startParams = opts.sharedBuffers ? { startParams: [...PGlite.defaultStartParams, '-c', `shared_buffers=${opts.sharedBuffers}`] } : {};
-  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, { extensions: { vector, pageinspect }, ...startParams });
+  const db = await PGlite.create(opts.dataDir ? `file://${opts.dataDir}` : undefined, {
+    extensions: { vector, pageinspect },
+    ...startParams,
+    ...(opts.loadDataDir ? { loadDataDir: opts.loadDataDir } : {}),
+  });
   await db.exec('CREATE EXTENSION IF NOT EXISTS vector');
   const server = new PGLiteSocketServer({ db, port: opts.port ?? 0, host: '127.0.0.1', maxConnections: opts.maxConnections ?? 64 });
   serialiseExtendedQueries(server);
