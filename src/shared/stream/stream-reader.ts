@@ -1,5 +1,6 @@
 import { ReplyError } from 'ioredis';
-import type { RedisClient } from '../infra/redis/connection.js';
+import type { Redis } from 'ioredis';
+import { connectionTo, nodeServing, type RedisClient } from '../infra/redis/connection.js';
 import type { Logger } from '../core/logger.js';
 import { AgentqError } from '../core/errors.js';
 import { compareStreamIds, isStreamId } from '../core/stream-event.js';
@@ -56,7 +57,13 @@ export interface StreamReaderOptions {
 export function createStreamReader(o: StreamReaderOptions) {
   const byKey = new Map<string, Set<Sub>>();
   let conn: RedisClient | undefined;
-  let readerId: number | undefined;
+  /**
+   * The reader's connection that carries the XREAD (on a cluster, the one to the primary serving the shard's slot)
+   * and its client id there, which CLIENT UNBLOCK names on that same node.
+   */
+  let blocking: { node: Redis; id: number } | undefined;
+  /** Nodes whose 'close' (a reconnect is a new client id) already forgets `blocking`. */
+  const watched = new WeakSet<Redis>();
   let loop: Promise<void> | undefined;
   let closed = false;
   /** Bumped whenever the set of streams to read grows; the read in flight knows which generation it serves. */
@@ -139,7 +146,7 @@ export function createStreamReader(o: StreamReaderOptions) {
         continue;
       }
       try {
-        readerId ??= (await c.client('ID')) as number;
+        await locate(c, keys[0]);
         const reply = (await c.xread('COUNT', o.count, 'BLOCK', o.blockMs, 'STREAMS', ...keys, ...ids)) as Array<[string, RawEntry[]]> | null;
         reading = undefined;
         if (reply) dispatch(reply);
@@ -153,6 +160,27 @@ export function createStreamReader(o: StreamReaderOptions) {
     }
   }
 
+  /**
+   * Finds the connection the XREAD of `key` goes out on, and its client id. CLIENT ID names no key: a cluster
+   * client would send it to a random primary, and the id of the reader's connection to another node is no use
+   * (or worse, names another client on the node UNBLOCK then reaches). Every stream of a reader shares one slot.
+   */
+  async function locate(c: RedisClient, key: string): Promise<void> {
+    let node = nodeServing(c, key);
+    // A cluster client without its slot map yet: a command on the key waits for it.
+    if (!node) await c.exists(key);
+    node = nodeServing(c, key);
+    if (!node) return void (blocking = undefined);
+    if (blocking?.node === node) return;
+    if (!watched.has(node)) {
+      watched.add(node);
+      node.on('close', () => {
+        if (blocking?.node === node) blocking = undefined;
+      });
+    }
+    blocking = { node, id: (await node.client('ID')) as number };
+  }
+
   /** Cuts the blocked read short so the next one includes the new stream. */
   async function wake(): Promise<void> {
     generation++;
@@ -160,7 +188,9 @@ export function createStreamReader(o: StreamReaderOptions) {
     const want = generation;
     // The read may not have reached Redis yet (UNBLOCK then finds nothing blocked): retry briefly.
     for (let i = 0; i < 50 && !closed && reading !== undefined && reading < want; i++) {
-      if (readerId !== undefined && (await o.control.client('UNBLOCK', readerId).catch(() => 0)) === 1) return;
+      // On the node the read blocks on: a cluster client would send UNBLOCK to a random primary.
+      const target = blocking && connectionTo(o.control, blocking.node);
+      if (blocking && target && (await target.client('UNBLOCK', blocking.id).catch(() => 0)) === 1) return;
       await new Promise((r) => setTimeout(r, 2));
     }
   }
@@ -169,8 +199,6 @@ export function createStreamReader(o: StreamReaderOptions) {
     if (conn) return;
     const c = o.connect();
     conn = c;
-    // A reconnect is a new client id.
-    c.on('close', () => (readerId = undefined));
     loop = run(c);
   }
 

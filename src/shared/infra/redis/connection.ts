@@ -1,6 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
+import calculateSlot from 'cluster-key-slot';
 import type { Config } from '../../core/config.js';
 import type { Logger } from '../../core/logger.js';
 import { pingRedis, startRedisServer, type RedisServerHandle } from './redis-server.js';
@@ -119,6 +120,23 @@ export function createRedis(target: RedisTarget, role: 'worker' | 'api' | 'subsc
 /** The primaries of a cluster (each checked on its own), or the one server. */
 export function primariesOf(client: RedisClient): Redis[] {
   return client instanceof Cluster ? client.nodes('master') : [client];
+}
+
+/**
+ * The connection of `client` to the primary that serves `key`'s slot (the server itself for a single Redis;
+ * undefined while a cluster client has no slot map yet). For commands that name no key but must reach that
+ * node, such as CLIENT ID of a connection that blocks on `key`: a Cluster client sends those to a random primary.
+ */
+export function nodeServing(client: RedisClient, key: string): Redis | undefined {
+  if (!(client instanceof Cluster)) return client;
+  const nodeKey = client.slots[calculateSlot(key)]?.[0];
+  return nodeKey === undefined ? undefined : client.nodes('all').find((n) => `${n.options.host}:${n.options.port}` === nodeKey);
+}
+
+/** `client`'s connection to the node `node` connects to (the server itself for a single Redis), if it has one. */
+export function connectionTo(client: RedisClient, node: Redis): Redis | undefined {
+  if (!(client instanceof Cluster)) return client;
+  return client.nodes('all').find((n) => n.options.host === node.options.host && n.options.port === node.options.port);
 }
 
 function hasRedisServerBinary(): boolean {
