@@ -31,7 +31,8 @@ import { createWorkerGuards } from '../workers/guards/index.js';
 import { combineWorkers, createWorkerConnections, createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { createConcurrencyPool } from '../workers/concurrency-pool.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
-import { agentqPrefix, readinessKey } from '../shared/core/queue-keys.js';
+import { agentqPrefix, readinessKey, usageStreamKey } from '../shared/core/queue-keys.js';
+import { createUsageBacklog } from '../workers/usage-backlog.js';
 import { tracingEnabled } from './tracing.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
 import { createBatchTier } from '../workers/batch-tier.js';
@@ -137,12 +138,21 @@ export async function startRuntime(opts: {
     // One command connection, subscriber and usage appender for every shard's worker (each BullMQ worker still
     // has its own blocking connection): 3 connections a process instead of 3 a shard.
     const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg)) : undefined;
+    // USAGE_BACKLOG_MAX_ROWS bounds the rows of every shard's usage stream together, and holds every shard's worker.
+    const backlog = shared
+      ? createUsageBacklog({
+          max: cfg.USAGE_BACKLOG_MAX_ROWS,
+          lengths: () => Promise.all(cells.map((c) => shared.connection.xlen(usageStreamKey(c.prefix)))),
+          onError: (err) => logger.warn({ err }, 'usage backlog: the usage streams\' lengths could not be read'),
+        })
+      : undefined;
+    if (backlog) workerResources.push({ name: 'usage backlog', close: async () => backlog.close() });
     if (shared) workerResources.push({ name: 'worker connections', close: async () => shared.close() });
     const services = cells.map((cell) => {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined;
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

@@ -24,6 +24,7 @@ import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
 import type { BatchTier } from './batch-tier.js';
 import { createConcurrencyPool, type ConcurrencyPool } from './concurrency-pool.js';
+import type { UsageBacklog } from './usage-backlog.js';
 
 export interface WorkerService {
   ready(): Promise<void>;
@@ -64,6 +65,11 @@ export function createWorkerService(opts: {
    * subscriber and the usage appender's. Absent: this worker opens and closes its own.
    */
   shared?: WorkerConnections;
+  /**
+   * The usage backlog of every queue shard's stream together (QUEUE_SHARDS > 1, one per process: usage-backlog.ts),
+   * which holds every shard's worker of the process. Absent: this worker's stream alone is judged.
+   */
+  backlog?: UsageBacklog;
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
@@ -92,8 +98,7 @@ export function createWorkerService(opts: {
     blockMs: cfg.USAGE_SINK_BLOCK_MS,
     onCommitted: (lags) => features.forEach((f) => f.onUsageCommitted?.(lags)),
     onRefused: (rows) => features.forEach((f) => f.onUsageRefused?.(rows.length)),
-    backlogMax: cfg.USAGE_BACKLOG_MAX_ROWS,
-    onBacklog: (over, rows) => backlogBrake(over, rows),
+    ...(opts.backlog ? { onLength: () => opts.backlog!.seen() } : { backlogMax: cfg.USAGE_BACKLOG_MAX_ROWS, onBacklog: (over: boolean, rows: number) => backlogBrake(over, rows) }),
     logger,
   });
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
@@ -145,7 +150,8 @@ export function createWorkerService(opts: {
   /**
    * Usage rows are not reaching Postgres and the stream holds USAGE_BACKLOG_MAX_ROWS of them: this process takes
    * no new job (jobs running finish; nothing is lost, jobs wait in their queue) until the sinks have written it
-   * back to 80 %. Every worker process sees the same stream, so the whole fleet stops and starts together.
+   * back to 80 %. Every worker process sees the same streams (with queue shards, their total: usage-backlog.ts), so
+   * the whole fleet stops and starts together.
    */
   function backlogBrake(over: boolean, rows: number): void {
     if (closing) return;
@@ -157,6 +163,7 @@ export function createWorkerService(opts: {
       worker.worker.resume();
     }
   }
+  const detachBacklog = opts.backlog?.attach((over, rows) => backlogBrake(over, rows));
   // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
   if (gate && bufferAsk) {
     worker.worker.on('completed', (job) => {
@@ -193,6 +200,7 @@ export function createWorkerService(opts: {
     takingJobs: () => !worker.worker.isPaused(),
     async close(graceMs) {
       closing = true;
+      detachBacklog?.();
       await worker.close(graceMs);
       slots.leave();
       subscriber.off('smessage', onKick);

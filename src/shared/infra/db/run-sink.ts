@@ -43,6 +43,11 @@ export interface RunSinkOptions {
   backlogMax?: number;
   /** The backlog crossed `backlogMax` (over), or fell back to 80 % of it (not over). */
   onBacklog?: (over: boolean, rows: number) => void;
+  /**
+   * Every length of the stream the sink sees (and, while rows are not written, an XLEN per retry), for a limit
+   * judged over several streams (workers/usage-backlog.ts: the queue shards' streams together).
+   */
+  onLength?: (rows: number) => void;
   /** Fault tests only: runs at each point before the sink goes on. */
   at?: (point: SinkPoint) => void | Promise<void>;
   logger: Logger;
@@ -106,6 +111,7 @@ export function createRunSink(opts: RunSinkOptions) {
 
   /** The stream's length as last seen: reported when it crosses the limit, and when it is back under 80 % of it. */
   function observe(rows: number): void {
+    opts.onLength?.(rows);
     if (backlogMax <= 0) return;
     if (!over && rows > backlogMax) {
       over = true;
@@ -116,7 +122,7 @@ export function createRunSink(opts: RunSinkOptions) {
     }
   }
   /** While rows are not written (Postgres down) no acknowledgement reports the length: asked for it then. */
-  const lookAtBacklog = () => (backlogMax > 0 ? redis.xlen(key).then(observe, () => {}) : undefined);
+  const lookAtBacklog = () => (backlogMax > 0 || opts.onLength ? redis.xlen(key).then(observe, () => {}) : undefined);
 
   /** The ids each ride handed out acknowledges: given back when its call failed. */
   const rideIds = new WeakMap<UsageRide, string[]>();
