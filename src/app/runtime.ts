@@ -148,11 +148,14 @@ export async function startRuntime(opts: {
       : undefined;
     if (backlog) workerResources.push({ name: 'usage backlog', close: async () => backlog.close() });
     if (shared) workerResources.push({ name: 'worker connections', close: async () => shared.close() });
-    const services = cells.map((cell) => {
+    const schedulers = cells.map((cell) => (fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined));
+    // A provider's 429 or an open breaker is the model's, not a shard's: its block goes to every shard's dispatcher.
+    const blockModel = cells.length > 1 && fairRedis ? async (model: string, delayMs: number, reason: string) => void (await Promise.all(schedulers.map((sc) => sc!.blockModel(model, delayMs, reason)))) : undefined;
+    const services = cells.map((cell, i) => {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
-      const scheduler = fairRedis ? createFairSchedulerFromConfig({ redis: fairRedis, queue: cell.queue, cfg, prefix: cell.prefix, shards: cells.length, onLeaseError: leaseError }) : undefined;
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(batch ? { batch } : {}) });
+      const scheduler = schedulers[i];
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(blockModel ? { blockModel } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

@@ -33,6 +33,11 @@ export function createFairGate(deps: {
   logger: Logger;
   /** How long charge corrections are summed before a claim or release carries them (default CORRECTION_BATCH_MS). */
   correctionBatchMs?: number;
+  /**
+   * Where a model-wide delay blocks the model (default: `scheduler.blockModel`, this queue shard's dispatcher). With
+   * queue shards, every shard's dispatcher: a provider's limit or an open breaker holds every org's lanes.
+   */
+  blockModel?: FairScheduler['blockModel'];
 }) {
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
@@ -189,7 +194,7 @@ export function createFairGate(deps: {
     /**
      * Waits a job without using an attempt (quota, open breaker, a limit only known at run time): parked and
      * back in its lane `delayMs` from now (by Redis's clock: this worker's may be off it). An open breaker or a provider 429 also pauses the model's lanes for
-     * every org (`MODEL_WIDE_DELAYS`): the fair dispatcher stops sending anyone's jobs into a wall.
+     * every org (`MODEL_WIDE_DELAYS`), in every queue shard: the fair dispatchers stop sending anyone's jobs into a wall.
      */
     async defer(job: AgentJob, token: string | undefined, delayMs: number, reason: string, model?: string): Promise<void> {
       running.delete(job.id!);
@@ -197,7 +202,7 @@ export function createFairGate(deps: {
       await parkActiveJob(job, token);
       // This attempt's job only: a repark late past the lease sweep's patience finds the job sent again, and leaves it.
       await deps.scheduler.repark(job.id!, delayMs, reason, job.attemptsStarted);
-      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await deps.scheduler.blockModel(model, delayMs, reason);
+      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await (deps.blockModel ? deps.blockModel(model, delayMs, reason) : deps.scheduler.blockModel(model, delayMs, reason));
       void deps.loop.kick();
     },
 

@@ -70,6 +70,8 @@ export function createWorkerService(opts: {
    * which holds every shard's worker of the process. Absent: this worker's stream alone is judged.
    */
   backlog?: UsageBacklog;
+  /** Blocks a model in every queue shard's dispatcher (QUEUE_SHARDS > 1, see fair-gate.ts); default: this shard's. */
+  blockModel?: FairScheduler['blockModel'];
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
@@ -83,7 +85,7 @@ export function createWorkerService(opts: {
   // asks; a moved ask rides on the worker's next claim (or a dispatch call of its own when none comes soon).
   const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => loop?.askMoved() }) : undefined;
   const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, safetyPollMs: cfg.FAIR_SAFETY_POLL_MS, logger }) : undefined;
-  const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models) }) : undefined;
+  const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models), ...(opts.blockModel ? { blockModel: opts.blockModel } : {}) }) : undefined;
   const features = opts.features ?? [];
   // Usage rows are written behind: appended to a Redis Stream on a worker connection (it waits out a
   // Redis outage instead of dropping the row), and moved to Postgres in batches by this process's sink.
