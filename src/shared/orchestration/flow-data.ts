@@ -42,6 +42,11 @@ export interface StepRecord {
   jobId?: string;
   /** The mapped input, persisted with `jobId` so a resumed run re-creates exactly the same job. */
   input?: unknown;
+  /**
+   * Set once the step's job was made: a run that then finds neither the job nor its outcome knows someone removed
+   * it before it finished, which is the step's failure, not a job never made (to be made now, and run and billed).
+   */
+  added?: boolean;
   error?: string;
   costUsd?: number;
   durationMs?: number;

@@ -32,6 +32,9 @@ export interface PipelineRunnerDeps {
 
 export const stepJobId = (runId: string, stepId: string) => `${runId}-${stepId}`;
 
+/** A step whose job was removed before it finished (a fan-out's child reads the same, fan-out.ts). */
+const REMOVED = 'step job was removed before it finished (cancelled)';
+
 const messageOf = (err: unknown) => {
   if (err instanceof ValidationError && err.details.length) return `${err.message}: ${err.details.map((d) => `${d.path}: ${d.message}`).join('; ')}`;
   return err instanceof Error ? err.message : String(err);
@@ -97,16 +100,28 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
     }));
   }
 
-  /** The step's outcome, or throws WaitingChildrenError after parking the run until the step job settles. */
-  async function settle(job: Job<PipelineRunData>, token: string, rec: StepRecord): Promise<ChildOutcome> {
+  /**
+   * The step's outcome, or throws WaitingChildrenError after parking the run until the step job settles.
+   * `markAdded` persists `added` once the step's job is known to exist.
+   */
+  async function settle(job: Job<PipelineRunData>, token: string, rec: StepRecord, markAdded: () => Promise<void>): Promise<ChildOutcome> {
     const jobId = rec.jobId!;
+    let added = rec.added === true;
     for (let round = 0; round < 3; round++) {
       // Existence first, outcome second: a job that did not exist and has no outcome was never created,
       // whereas the reverse order could miss a job that finished and was removed in between.
       const existed = (await deps.agentQueue.getJobState(jobId)) !== 'unknown';
       const outcome = (await childOutcomes(job, childQueue)).get(jobId) ?? (await cancelledOutcome(jobId));
       if (outcome) return outcome;
+      // Made, then gone unfinished: removed (Bull Board's or a script's remove, or the API's cancel before it wrote
+      // its tombstone; BullMQ's removal itself hands the run back). Made again, it would run and bill a step its
+      // remover took away.
+      if (!existed && added) return { state: 'failed', error: REMOVED };
       await addStep(job, rec);
+      if (!added) {
+        await markAdded();
+        added = true;
+      }
       if (!existed) await deps.onProgress?.({ runId: job.id!, stepId: rec.id, event: 'child-added' });
       if (await job.moveToWaitingChildren(token, { child: { id: jobId, queue: childQueue } })) throw new WaitingChildrenError();
       // Not parked: the step job settled in the meantime, so the next round reads its outcome.
@@ -144,7 +159,12 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
         Object.assign(next.steps[next.cursor], { state: 'running', jobId: stepJobId(job.id!, step.id), input, startedAt: Date.now() });
         await save(next);
       }
-      const outcome = await settle(job, token, data.steps[data.cursor]);
+      const markAdded = () => {
+        const next = structuredClone(data);
+        next.steps[next.cursor].added = true;
+        return save(next);
+      };
+      const outcome = await settle(job, token, data.steps[data.cursor], markAdded);
       await save(afterStep(data, step, outcome));
       const rec = data.steps.find((s) => s.id === step.id)!;
       logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');
