@@ -75,4 +75,56 @@ describe('pipeline steps that end while the run is not waiting on them', () => {
     expect(await state(stepId)).toBe('unknown');
     expect(s.emulator.calls().filter((c) => c.fault === 'latency:7')).toEqual([]);
   });
+
+  it('ends the run when its step fails just as the run, picked up again, attaches to it', async () => {
+    const key = s.apiKey;
+    const company = `Reattached ${randomUUID().slice(0, 8)}`;
+    const before = hangs();
+    s.emulator.script({ hang: true, match: { promptIncludes: company } });
+    let runId: string | undefined;
+    // The run's first attempt dies right after adding its step (as a crash or a Redis error there would): it is
+    // picked up again by its retry while the step's model call is held.
+    let died = false;
+    onProgress = (e) => {
+      if (e.stepId === 'profile' && e.event === 'child-added' && !died) {
+        died = true;
+        throw new Error('run attempt died after adding its step');
+      }
+    };
+    // What the picked-up run does to reach a step job that exists (whichever producer call that is) first waits
+    // for the step to fail: it is cancelled while it runs, which fails it for good.
+    const producer = s.runtime.deps.producer as unknown as Record<string, (...args: unknown[]) => Promise<unknown>>;
+    let failedFirst = false;
+    const failStepFirst = async (prepared: unknown) => {
+      const id = (prepared as Array<{ opts: { jobId: string } }>)[0]?.opts.jobId;
+      if (!runId || id !== `${runId}-profile` || failedFirst || (await state(id)) === 'unknown') return;
+      failedFirst = true;
+      // Running: its model call is held.
+      await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+      expect((await cancel(id, key)).statusCode).toBe(202);
+      await vi.waitFor(async () => expect(await state(id)).toBe('failed'), POLL);
+    };
+    const originals = new Map<string, (...args: unknown[]) => Promise<unknown>>();
+    for (const name of ['add', 'relane']) {
+      const original = producer[name];
+      if (!original) continue;
+      originals.set(name, original);
+      producer[name] = async (...args: unknown[]) => {
+        await failStepFirst(args[0]);
+        return original(...args);
+      };
+    }
+    try {
+      runId = await startRun(key, company);
+      await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+      const view = await settledRun(runId, key);
+      expect(failedFirst).toBe(true);
+      expect(view.state).toBe('failed');
+      expect(view.error).toMatch(/step "profile" failed: cancelled/);
+      expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['failed', 'skipped', 'skipped']);
+    } finally {
+      for (const [name, original] of originals) producer[name] = original;
+      if (runId && (await state(`${runId}-profile`)) === 'active') await cancel(`${runId}-profile`, key);
+    }
+  });
 });

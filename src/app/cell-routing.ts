@@ -13,6 +13,7 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
     prepare: (raw, meta, pathPrefix) => cellOf(meta.orgId).producer.prepare(raw, meta, pathPrefix),
     prepareChecked: (req, meta, pathPrefix) => cellOf(meta.orgId).producer.prepareChecked(req, meta, pathPrefix),
     add: (prepared, meta, o) => cellOf(meta.orgId).producer.add(prepared, meta, o),
+    relane: (prepared, meta) => cellOf(meta.orgId).producer.relane(prepared, meta),
     enqueue: (raw, meta) => cellOf(meta.orgId).producer.enqueue(raw, meta),
     enqueueBulk: (raw, meta) => cellOf(meta.orgId).producer.enqueueBulk(raw, meta),
     prepareBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.prepareBulkChecked(reqs, meta),

@@ -364,6 +364,14 @@ export function createJobProducer(deps: JobProducerDeps) {
     prepareChecked,
     add,
 
+    /**
+     * Hands jobs already stored to the dispatcher again, without BullMQ's add: idempotent by job id, and a job no
+     * longer parked (running, finished) is skipped. `meta` names the org (its queue shard, cell-routing.ts). A
+     * pipeline run picked up again reaches its existing step this way: BullMQ's add of a job that exists, with a
+     * parent, puts one that failed in the meantime back in the parent's dependencies, which then never empty.
+     */
+    relane: (prepared: PreparedJob[], _meta: EnqueueMeta) => lane(prepared),
+
     /** Spends the org's admission for `jobs` jobs that enter later with `admitted` (a pipeline run's steps). */
     admit: (orgId: string, jobs: number) => admitOrThrow(deps.admission, orgId, jobs),
 

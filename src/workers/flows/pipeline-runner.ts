@@ -21,7 +21,7 @@ export interface PipelineProgressEvent {
 export interface PipelineRunnerDeps {
   pipelines: PipelineRegistry;
   /** The one enqueue path: a step is an agent job of the run's org, listed and fairly dispatched like any other. */
-  producer: Pick<JobProducer, 'prepare' | 'add'>;
+  producer: Pick<JobProducer, 'prepare' | 'add' | 'relane'>;
   /** The agent queue on a blocking-safe connection, to read step jobs' states. */
   agentQueue: AgentQueue;
   redis: RedisClient;
@@ -84,14 +84,18 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
   }
 
   /**
-   * Adds the step job, or hands an existing one to the dispatcher again: both are idempotent by job id, so a
-   * run recovered after a crash between the add and the dispatcher's lane never strands its step.
+   * Adds the step job, or hands an existing one to the dispatcher again (idempotent by job id), so a run
+   * recovered after a crash between the add and the dispatcher's lane never strands its step. An existing job
+   * is never added again: BullMQ's add of it would put it back in the run's dependencies, also when it failed
+   * since the run read it (its failure already recorded, nothing would take it out: the run would wait forever).
    */
-  async function addStep(job: Job<PipelineRunData>, rec: StepRecord): Promise<void> {
+  async function addStep(job: Job<PipelineRunData>, rec: StepRecord, existed: boolean): Promise<void> {
     const meta = { orgId: job.data.orgId, ...(job.data.requestId ? { requestId: job.data.requestId } : {}) };
     const p = deps.producer.prepare({ agent: rec.agent, action: rec.action, input: rec.input }, meta);
+    const step = [{ ...p, opts: { ...p.opts, jobId: rec.jobId! } }];
+    if (existed) return deps.producer.relane(step, meta);
     // Under the trace of the request that started the run: each step's enqueue (and so its job) joins it.
-    await withContext(extractTrace(job.data.trace), () => deps.producer.add([{ ...p, opts: { ...p.opts, jobId: rec.jobId! } }], meta, {
+    await withContext(extractTrace(job.data.trace), () => deps.producer.add(step, meta, {
       parent: { id: job.id!, queue: job.queueQualifiedName },
       // The run was admitted as a whole when it started.
       admitted: true,
@@ -117,7 +121,7 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       // its tombstone; BullMQ's removal itself hands the run back). Made again, it would run and bill a step its
       // remover took away.
       if (!existed && added) return { state: 'failed', error: REMOVED };
-      await addStep(job, rec);
+      await addStep(job, rec, existed);
       if (!added) {
         await markAdded();
         added = true;
