@@ -129,11 +129,27 @@ describe('sequential pipelines', () => {
     const bad = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input: { answers: [] } } });
     expect(bad.statusCode).toBe(400);
     expect(bad.json().details.map((d: { path: string }) => d.path)).toContain('input.answers');
+    // Unknown input fields, at any depth, are refused as an agent's input's are: zod objects would drop them, and a
+    // typo (`companyNme`) would run the pipeline without the field. Nothing is started.
+    const runsBefore = await s.runtime.deps.redis.keys(`${s.cfg.QUEUE_PREFIX}:flows:run-*`);
+    const typo = await s.app.inject({
+      method: 'POST',
+      url: '/v1/pipelines/wizard_completion',
+      headers: s.auth,
+      payload: { input: { companyNme: 'Typo Inc', answers: [{ question: 'What?', answer: 'Robots.', extra: 1 }] } },
+    });
+    expect(typo.statusCode).toBe(400);
+    expect(typo.json().details.map((d: { path: string }) => d.path).sort()).toEqual(['input.answers.0.extra', 'input.companyNme']);
+    expect(await s.runtime.deps.redis.keys(`${s.cfg.QUEUE_PREFIX}:flows:run-*`)).toEqual(runsBefore);
     const unknown = await s.app.inject({ method: 'POST', url: '/v1/pipelines/nope', headers: s.auth, payload: { input: {} } });
     expect(unknown.statusCode).toBe(404);
 
     const list = (await s.app.inject({ method: 'GET', url: '/v1/pipelines', headers: s.auth })).json();
     expect(list.pipelines.map((p: { name: string }) => p.name)).toContain('wizard_completion');
+    // The published input schema says so too, as GET /v1/agents's does.
+    const wizard = list.pipelines.find((p: { name: string }) => p.name === 'wizard_completion');
+    expect(wizard.inputSchema.additionalProperties).toBe(false);
+    expect(wizard.inputSchema.properties.answers.items.additionalProperties).toBe(false);
 
     const post = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: s.auth, payload: { input: wizardInput() } });
     const { id } = post.json();

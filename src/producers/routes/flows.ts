@@ -1,12 +1,13 @@
 import { z } from 'zod';
 import { principalOf } from '../auth.js';
 import { withDeadline } from '../http-errors.js';
+import { closeInputSchema } from '../../shared/agents/closed-schema.js';
 import type { FlowService } from '../flow-service.js';
 import type { PipelineRegistry } from '../../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../../shared/orchestration/presets.js';
 import type { Handler } from '../route-spec.js';
 import type { idParam, waitQuery } from '../schemas/common.js';
-import type { parallelBody } from '../schemas/flows.js';
+import type { parallelBody, pipelineBody } from '../schemas/flows.js';
 
 export interface FlowRouteDeps {
   flows: FlowService;
@@ -57,7 +58,8 @@ export const listPipelines =
         name: p.name,
         description: p.description ?? '',
         steps: p.steps.map((s) => ({ id: s.id, agent: s.agent, action: s.action, outputKey: s.outputKey, continueOnError: Boolean(s.continueOnError) })),
-        inputSchema: z.toJSONSchema(p.input, { io: 'input' }),
+        // Closed as GET /v1/agents's input schemas are: the route refuses unknown fields.
+        inputSchema: closeInputSchema(z.toJSONSchema(p.input, { io: 'input' }) as Record<string, unknown>),
       })),
     };
   };
@@ -65,7 +67,7 @@ export const listPipelines =
 /** The handler of one pipeline's route; `input` was validated by the pipeline's own schema. */
 export const startPipelineRun =
   (name: string) =>
-  (deps: FlowRouteDeps): Handler<{ body: z.ZodObject<{ input: z.ZodType }> }> =>
+  (deps: FlowRouteDeps): Handler<{ body: ReturnType<typeof pipelineBody> }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
     const run = await withDeadline(deps.flows.startPipeline(name, req.body.input, { orgId, requestId: req.id }), deadlineOf(deps));

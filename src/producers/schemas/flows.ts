@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { jobRequestSchema } from '../../shared/queue/job-request.js';
+import { unknownFields } from '../../shared/agents/unknown-fields.js';
 
 export const MAX_FLOW_TASKS = 50;
 
@@ -9,8 +10,27 @@ export const flowTaskDefaults = jobRequestSchema.shape.options.unwrap().pick({ p
 /** Each task is a job request; its input is then checked against its agent (paths `tasks.N.input...`). */
 export const parallelBody = z.object({ tasks: z.array(jobRequestSchema).min(1).max(MAX_FLOW_TASKS), options: flowTaskDefaults.optional() }).strict();
 
-/** A pipeline's body wraps its own input schema, so input errors are named `input.answers`. */
-export const pipelineBody = (input: z.ZodType) => z.object({ input }).strict();
+/**
+ * A pipeline's body wraps its own input schema, so input errors are named `input.answers`. Unknown input fields, at
+ * any depth, are refused as an agent's input's are (unknown-fields.ts): zod objects drop them without a word, so a
+ * typo in an optional field (`companyNme`) ran the pipeline without it. Documented as the input schema itself (a
+ * preprocess is published as the schema it feeds).
+ */
+export const pipelineBody = (input: z.ZodType) =>
+  z.preprocess(
+    (raw, ctx) => {
+      const given = raw !== null && typeof raw === 'object' && !Array.isArray(raw) ? (raw as Record<string, unknown>).input : undefined;
+      const parsed = input.safeParse(given);
+      // A body that fails its schema gets the schema's own errors, below.
+      if (!parsed.success) return raw;
+      for (const path of unknownFields(given, parsed.data)) {
+        const at = path.split('.');
+        ctx.addIssue({ code: 'custom', path: ['input', ...at], message: `unknown field "${at[at.length - 1]}"`, input: given });
+      }
+      return raw;
+    },
+    z.object({ input }).strict(),
+  );
 
 export const flowStarted = z.looseObject({ id: z.string() });
 
