@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { streamingFeature } from '../src/app/features/streaming.js';
+import { orchestrationFeature } from '../src/app/features/orchestration.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { until } from './helpers/wait.js';
 
@@ -10,7 +11,7 @@ import { until } from './helpers/wait.js';
 describe('enqueue deadline', () => {
   let s: Stack;
   beforeAll(async () => {
-    s = await startStack({ ENQUEUE_DEADLINE_MS: '200' }, { worker: false, features: [streamingFeature({ heartbeatMs: 200 })] });
+    s = await startStack({ ENQUEUE_DEADLINE_MS: '200' }, { worker: false, features: [streamingFeature({ heartbeatMs: 200 }), orchestrationFeature] });
   });
   afterAll(async () => s?.close());
 
@@ -56,6 +57,49 @@ describe('enqueue deadline', () => {
         }
       } finally {
         held.restore();
+      }
+    });
+  }
+
+  /** Holds the producer's `method` (a run's admission, a flow's add) until `land()`; the start then lands, late. */
+  function holdProducer(method: 'admit' | 'enqueueFlow') {
+    const producer = s.runtime.deps.cells[0].producer as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>;
+    const orig = producer[method];
+    let land!: () => void;
+    const gate = new Promise<void>((resolve) => (land = resolve));
+    let landed = 0;
+    producer[method] = async (...a: unknown[]) => {
+      await gate;
+      try {
+        return await orig(...a);
+      } finally {
+        landed++;
+      }
+    };
+    return { land, landed: () => landed, restore: () => (producer[method] = orig) };
+  }
+
+  const wizard = { input: { companyName: 'Late Run Inc', answers: [{ question: 'What?', answer: 'Robots.' }] } };
+  for (const [route, payload, held, idKey, read] of [
+    ['/v1/pipelines/wizard_completion', wizard, 'admit', 'runId', '/v1/pipelines/runs/'],
+    ['/v1/flows/parallel', { tasks: [deal('late-flow')] }, 'enqueueFlow', 'flowId', '/v1/flows/'],
+    ['/v1/flows/dashboard', { startupId: 'late-preset' }, 'enqueueFlow', 'flowId', '/v1/flows/'],
+  ] as const) {
+    // A retry told only "unavailable" starts the whole run or flow again: its steps or children run and bill twice.
+    it(`${route}: a 503 past the deadline says the outcome is unknown and names the ${idKey}, which the late start then holds`, async () => {
+      const h = holdProducer(held);
+      try {
+        const res = await s.app.inject({ method: 'POST', url: route, headers: s.auth, payload });
+        expect(res.statusCode).toBe(503);
+        expect(res.headers['retry-after']).toBe('1');
+        const body = res.json();
+        expect(body).toMatchObject({ outcome: 'unknown', error: expect.stringMatching(/may still be started/) });
+        expect(body[idKey]).toEqual(expect.any(String));
+        h.land();
+        await until('the late start to land', () => h.landed() === 1);
+        await until('the late start to be stored', async () => (await s.app.inject({ method: 'GET', url: `${read}${body[idKey]}`, headers: s.auth })).statusCode === 200);
+      } finally {
+        h.restore();
       }
     });
   }

@@ -30,6 +30,10 @@ export function flowJobOptions(r: RetentionOptions): JobsOptions {
 
 export type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
 
+/** Ids of new flows and runs, made by the route before the start so a start past its deadline can name them. */
+export const newFlowId = () => `flow-${randomUUID()}`;
+export const newRunId = () => `run-${randomUUID()}`;
+
 export interface FlowServiceDeps {
   logger?: Logger;
   /** The API's fail-fast connection. */
@@ -87,7 +91,7 @@ export function createFlowService(deps: FlowServiceDeps) {
     return prepared.map((p) => p!);
   }
 
-  async function startFanOut(tasks: unknown[], defaults: Record<string, unknown> | undefined, meta: EnqueueMeta, preset?: string) {
+  async function startFanOut(tasks: unknown[], defaults: Record<string, unknown> | undefined, meta: EnqueueMeta, id: string, preset?: string) {
     const prepared = prepareTasks(tasks, defaults, meta);
     const keys = resultKeys(prepared.map((p) => p.name));
     const children: FlowChildRef[] = prepared.map((p, i) => ({
@@ -98,7 +102,6 @@ export function createFlowService(deps: FlowServiceDeps) {
       model: p.lane.model,
     }));
     const data: ParallelFlowData = { kind: 'parallel', orgId: meta.orgId, ...(meta.requestId ? { requestId: meta.requestId } : {}), ...(preset ? { preset } : {}), children };
-    const id = `flow-${randomUUID()}`;
     await deps.producer.enqueueFlow(
       { name: preset ?? 'parallel', queueName: QUEUE.flows, data, opts: { ...flowJobOptions(deps.retention), jobId: id } },
       prepared,
@@ -144,19 +147,19 @@ export function createFlowService(deps: FlowServiceDeps) {
      * The request shapes (body, preset input, pipeline input) are validated by the routes' schemas; each
      * task is then validated against its agent here, all of them before anything is added.
      */
-    async startParallel(body: { tasks: unknown[]; options?: Record<string, unknown> }, meta: EnqueueMeta) {
-      return startFanOut(body.tasks, body.options, meta);
+    async startParallel(body: { tasks: unknown[]; options?: Record<string, unknown> }, meta: EnqueueMeta, id = newFlowId()) {
+      return startFanOut(body.tasks, body.options, meta, id);
     },
 
     presetNames: () => [...presets.keys()],
 
-    async startPreset(name: string, input: unknown, meta: EnqueueMeta) {
+    async startPreset(name: string, input: unknown, meta: EnqueueMeta, id = newFlowId()) {
       const preset = presets.get(name);
       if (!preset) throw new NotFoundError(`unknown flow preset "${name}"`);
-      return startFanOut(preset.tasks(input), undefined, meta, preset.name);
+      return startFanOut(preset.tasks(input), undefined, meta, id, preset.name);
     },
 
-    async startPipeline(name: string, input: unknown, meta: EnqueueMeta) {
+    async startPipeline(name: string, input: unknown, meta: EnqueueMeta, id = newRunId()) {
       const def = deps.pipelines.get(name);
       if (!def) throw new NotFoundError(`unknown pipeline "${name}"; valid: ${deps.pipelines.list().map((p) => p.name).join(', ')}`);
       const trace = injectTrace();
@@ -172,7 +175,6 @@ export function createFlowService(deps: FlowServiceDeps) {
         outputs: {},
         errors: {},
       };
-      const id = `run-${randomUUID()}`;
       // Admitted here as one request for all its steps, whose jobs then enter without (pipeline-runner.ts).
       const reserved = await deps.producer.admit(meta.orgId, def.steps.length);
       try {

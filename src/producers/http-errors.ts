@@ -51,6 +51,18 @@ export async function withEnqueueDeadline<T>(promise: Promise<T>, ms: number, jo
   return raceDeadline(promise, ms, error);
 }
 
+/**
+ * `withEnqueueDeadline` for a fan-out flow or a pipeline run, whose id is known before it is added: the 503 names
+ * it (`flowId`, `runId`) and says the outcome is unknown, so a caller reads it before starting the work again
+ * (a flow or run has no idempotencyKey: a blind retry would run, and bill, every child or step twice).
+ */
+export async function withStartDeadline<T>(promise: Promise<T>, ms: number, started: { flowId: string } | { runId: string }): Promise<T> {
+  const read = 'runId' in started ? 'GET /v1/pipelines/runs/:id' : 'GET /v1/flows/:id';
+  const error = () =>
+    new HttpError(503, `queue did not confirm the start in time: it may still be started; read it (${read}) before retrying`, { outcome: 'unknown', ...started }, { 'retry-after': '1' });
+  return raceDeadline(promise, ms, error);
+}
+
 async function raceDeadline<T>(promise: Promise<T>, ms: number, error: () => HttpError): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {

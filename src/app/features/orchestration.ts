@@ -106,10 +106,10 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
 function routeFlowService(services: FlowService[], of: (orgId: string) => FlowService): FlowService {
   if (services.length === 1) return services[0];
   return {
-    startParallel: (body, meta) => of(meta.orgId).startParallel(body, meta),
+    startParallel: (body, meta, id) => of(meta.orgId).startParallel(body, meta, id),
     presetNames: () => services[0].presetNames(),
-    startPreset: (name, input, meta) => of(meta.orgId).startPreset(name, input, meta),
-    startPipeline: (name, input, meta) => of(meta.orgId).startPipeline(name, input, meta),
+    startPreset: (name, input, meta, id) => of(meta.orgId).startPreset(name, input, meta, id),
+    startPipeline: (name, input, meta, id) => of(meta.orgId).startPipeline(name, input, meta, id),
     getFlow: (orgId, id, waitMs) => of(orgId).getFlow(orgId, id, waitMs),
     getRun: (orgId, id, waitMs) => of(orgId).getRun(orgId, id, waitMs),
     endWaits: () => services.forEach((f) => f.endWaits()),

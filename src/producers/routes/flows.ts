@@ -1,8 +1,8 @@
 import { z } from 'zod';
 import { principalOf } from '../auth.js';
-import { withDeadline } from '../http-errors.js';
+import { withStartDeadline } from '../http-errors.js';
 import { closeInputSchema } from '../../shared/agents/closed-schema.js';
-import type { FlowService } from '../flow-service.js';
+import { newFlowId, newRunId, type FlowService } from '../flow-service.js';
 import type { PipelineRegistry } from '../../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../../shared/orchestration/presets.js';
 import type { Handler } from '../route-spec.js';
@@ -15,7 +15,7 @@ export interface FlowRouteDeps {
   /** Each preset gets its own route (`POST /v1/flows/<name>`) with its own input schema. */
   presets: FlowPreset[];
   longPollMaxMs: number;
-  /** Starting a flow answers 503 after this long instead of hanging while Redis is down. */
+  /** Starting a flow or run answers 503 after this long instead of hanging while Redis is down, naming its id. */
   enqueueDeadlineMs?: number;
 }
 
@@ -26,7 +26,8 @@ export const startParallelFlow =
   (deps: FlowRouteDeps): Handler<{ body: typeof parallelBody }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const flow = await withDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }), deadlineOf(deps));
+    const flowId = newFlowId();
+    const flow = await withStartDeadline(deps.flows.startParallel(req.body, { orgId, requestId: req.id }, flowId), deadlineOf(deps), { flowId });
     req.log.info({ flowId: flow.id }, 'parallel flow started');
     return reply.code(202).send(flow);
   };
@@ -37,7 +38,8 @@ export const startPresetFlow =
   (deps: FlowRouteDeps): Handler<{ body: z.ZodType }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const flow = await withDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }), deadlineOf(deps));
+    const flowId = newFlowId();
+    const flow = await withStartDeadline(deps.flows.startPreset(name, req.body, { orgId, requestId: req.id }, flowId), deadlineOf(deps), { flowId });
     req.log.info({ flowId: flow.id, preset: name }, 'preset flow started');
     return reply.code(202).send(flow);
   };
@@ -70,7 +72,8 @@ export const startPipelineRun =
   (deps: FlowRouteDeps): Handler<{ body: ReturnType<typeof pipelineBody> }> =>
   async (req, reply) => {
     const { orgId } = principalOf(req);
-    const run = await withDeadline(deps.flows.startPipeline(name, req.body.input, { orgId, requestId: req.id }), deadlineOf(deps));
+    const runId = newRunId();
+    const run = await withStartDeadline(deps.flows.startPipeline(name, req.body.input, { orgId, requestId: req.id }, runId), deadlineOf(deps), { runId });
     req.log.info({ runId: run.id, pipeline: name }, 'pipeline run started');
     return reply.code(202).send(run);
   };

@@ -15,7 +15,7 @@ const ERROR_TEXT: Record<number, string> = {
   413: 'Body larger than BODY_LIMIT_BYTES',
   415: 'Content-Type is not application/json',
   429: 'Over the org’s rate plan, quota or stream cap; see Retry-After',
-  503: 'Redis unavailable, or this instance is shutting down (Retry-After: 1; another instance answers); retry shortly. An enqueue past ENQUEUE_DEADLINE_MS adds `outcome: "unknown"` and `jobIds`: the add may still land, so read those ids before retrying (or retry with an idempotencyKey)',
+  503: 'Redis unavailable, or this instance is shutting down (Retry-After: 1; another instance answers); retry shortly. An enqueue past ENQUEUE_DEADLINE_MS adds `outcome: "unknown"` and `jobIds` (a flow\'s or pipeline run\'s start: `flowId` or `runId`): the add may still land, so read those ids before retrying (or retry with an idempotencyKey)',
 };
 
 /** Documented error responses, all in the error shape. */
