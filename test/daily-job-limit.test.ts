@@ -231,6 +231,23 @@ describe('daily job limit at run time: an admitted job is not a new job', () => 
     expect(done).toMatchObject({ state: 'completed', attempts: 2 });
   });
 
+  it('a pipeline run that stops early gives back the steps it never made', async () => {
+    // Its start reserved all three steps; the first fails for good (a 400), the other two are never made.
+    const { auth } = await orgWithLimit(s, 3);
+    const company = 'Stopped Early Co';
+    s.emulator.script({ status: 400, match: { promptIncludes: company }, times: 1 });
+    const input = { companyName: company, answers: [{ question: 'What do you build?', answer: 'Robots.' }] };
+    const post = await s.app.inject({ method: 'POST', url: '/v1/pipelines/wizard_completion', headers: auth, payload: { input } });
+    expect(post.statusCode).toBe(202);
+    const run = (await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${post.json().id}?waitMs=20000`, headers: auth })).json();
+    expect(run.steps.map((st: { state: string }) => st.state)).toEqual(['failed', 'skipped', 'skipped']);
+    // One job of the day (the first step); the two never made are the org's again.
+    for (const name of ['after-run-1', 'after-run-2']) expect((await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk(name) })).statusCode).toBe(202);
+    const over = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: risk('after-run-3') });
+    expect(over.statusCode).toBe(429);
+    expect(over.json()).toMatchObject({ limit: 3, jobsToday: 3 });
+  });
+
   it('a DLQ replay of a job that used the whole day runs', async () => {
     const { auth } = await orgWithLimit(s, 1, 'org-admin');
     s.emulator.script({ status: 400, match: { promptIncludes: 'replayed-at-limit' }, times: 1 });

@@ -19,6 +19,7 @@ export function routeProducer(cells: readonly Cell[], cellOf: (orgId: string) =>
     prepareBulkChecked: (reqs, meta) => cellOf(meta.orgId).producer.prepareBulkChecked(reqs, meta),
     enqueueFlow: (parent, children, meta) => cellOf(meta.orgId).producer.enqueueFlow(parent, children, meta),
     admit: (orgId, jobs) => cellOf(orgId).producer.admit(orgId, jobs),
+    giveBack: (orgId, reserved, jobs) => cellOf(orgId).producer.giveBack(orgId, reserved, jobs),
     refundFailedAdd: (orgId, reserved, err, o) => cellOf(orgId).producer.refundFailedAdd(orgId, reserved, err, o),
   };
 }

@@ -163,6 +163,9 @@ export function createFlowService(deps: FlowServiceDeps) {
       const def = deps.pipelines.get(name);
       if (!def) throw new NotFoundError(`unknown pipeline "${name}"; valid: ${deps.pipelines.list().map((p) => p.name).join(', ')}`);
       const trace = injectTrace();
+      // Admitted here as one request for all its steps, whose jobs then enter without (pipeline-runner.ts); the run
+      // gives back the steps it never makes (a stop, a failed input mapping) when it ends.
+      const reserved = await deps.producer.admit(meta.orgId, def.steps.length);
       const data: PipelineRunData = {
         kind: 'pipeline',
         orgId: meta.orgId,
@@ -174,9 +177,8 @@ export function createFlowService(deps: FlowServiceDeps) {
         steps: def.steps.map((s) => ({ id: s.id, agent: s.agent, action: s.action, outputKey: s.outputKey, state: 'pending' })),
         outputs: {},
         errors: {},
+        ...(reserved ? { reserved } : {}),
       };
-      // Admitted here as one request for all its steps, whose jobs then enter without (pipeline-runner.ts).
-      const reserved = await deps.producer.admit(meta.orgId, def.steps.length);
       try {
         await flows.add(`pipeline:${def.name}`, data, { ...flowJobOptions(deps.retention), jobId: id });
       } catch (err) {

@@ -1,4 +1,5 @@
 import type { AgentResult, TraceCarrier } from '../core/types.js';
+import type { DailyReservation } from '../queue/admission-check.js';
 
 /** One child agent job of a fan-out flow, in request order. */
 export interface FlowChildRef {
@@ -70,6 +71,10 @@ export interface PipelineRunData {
   outputs: Record<string, unknown>;
   /** Step id -> error, for every step that failed (continued past or not). */
   errors: Record<string, string>;
+  /** What the run's start reserved against the org's daily job limit: one job per step, made or not. */
+  reserved?: DailyReservation;
+  /** Set (before the refund is sent) once the steps never made were given back: at most once, whatever retries. */
+  refunded?: boolean;
 }
 
 export interface PipelineRunResult {

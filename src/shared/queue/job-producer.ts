@@ -375,6 +375,14 @@ export function createJobProducer(deps: JobProducerDeps) {
     /** Spends the org's admission for `jobs` jobs that enter later with `admitted` (a pipeline run's steps). */
     admit: (orgId: string, jobs: number) => admitOrThrow(deps.admission, orgId, jobs),
 
+    /**
+     * Gives back `jobs` of `admit`'s reservation that were never made (a pipeline run's steps it stopped before). A
+     * failed refund leaves the day's count high, never low: it is not an error of the caller's.
+     */
+    giveBack: async (orgId: string, reserved: DailyReservation, jobs: number): Promise<void> => {
+      await deps.admission?.refund?.(orgId, reserved, jobs).catch(() => undefined);
+    },
+
     /** Gives back `admit`'s reservation when what it was taken for failed to be added (see refundFailedAdd). */
     refundFailedAdd: (orgId: string, reserved: DailyReservation | undefined, err: unknown, o: { sent: boolean; unstored: () => Promise<number> }) =>
       refundFailedAdd(deps.admission, orgId, reserved, err, o),

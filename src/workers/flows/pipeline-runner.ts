@@ -21,7 +21,7 @@ export interface PipelineProgressEvent {
 export interface PipelineRunnerDeps {
   pipelines: PipelineRegistry;
   /** The one enqueue path: a step is an agent job of the run's org, listed and fairly dispatched like any other. */
-  producer: Pick<JobProducer, 'prepare' | 'add' | 'relane'>;
+  producer: Pick<JobProducer, 'prepare' | 'add' | 'relane' | 'giveBack'>;
   /** The agent queue on a blocking-safe connection, to read step jobs' states. */
   agentQueue: AgentQueue;
   redis: RedisClient;
@@ -173,6 +173,15 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       const rec = data.steps.find((s) => s.id === step.id)!;
       logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');
       await deps.onProgress?.({ runId: job.id!, stepId: step.id, event: 'step-finished', state: rec.state });
+    }
+
+    // The start reserved every step against the org's daily job limit; those never made (skipped after a stop, or
+    // whose input mapping failed) are no jobs of the day. Flagged first: a run picked up again after the flag and
+    // before the refund gives nothing back twice (a crash in between leaves the day's count high, never low).
+    const unmade = data.steps.filter((s) => !s.jobId).length;
+    if (data.reserved && !data.refunded && unmade > 0) {
+      await save({ ...structuredClone(data), refunded: true });
+      await deps.producer.giveBack(data.orgId, data.reserved, unmade);
     }
 
     // A step that failed without `continueOnError` stopped the run: the run failed, and says so in its state
