@@ -536,8 +536,9 @@ describe('batch creation survives a crash between the intent and the answer of c
       ['completed', 'batch'],
     ]);
     expect(failed.state).toBe('cancelled');
+    // Its answer, never read, left the record when the job failed for good (billed: its usage row).
     const stored = (await store.job(ids[0]))!;
-    expect([stored.state, stored.readBy]).toEqual(['done', undefined]);
+    expect([stored.state, stored.readBy]).toEqual(['cancelled', undefined]);
     const answerOf = async (batch: string) => {
       const r = (await api.get(batch)).responses!.find((x) => x.jobId === ids[0])!;
       return JSON.parse(r.response!.candidates![0].content!.parts![0].text!) as Record<string, unknown>;
@@ -571,6 +572,74 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(done.result.data).toMatchObject(newAnswer);
     expect(generateCalls(s)).toHaveLength(0);
   });
+
+  it('an answer the batch stored that no attempt read is billed once its job no longer takes it: cancelled, failed for good, or retried from the DLQ with new input', async () => {
+    s.emulator.resetCalls();
+    s.emulator.setBatchTiming({ pendingMs: 0, runMs: 60_000, expireMs: 48 * 3600_000 });
+    const cell = s.runtime.deps.cells[0];
+    const store = cell.batchStore;
+    const m = marker();
+    const [cancelled, failed, retried] = await Promise.all(['cancel', 'fail', 'retry'].map((x) => enqueue(s, `${m}-unread-${x}`, { tier: 'batch' })));
+    await until('three pending requests', async () => {
+      for (const model of await store.models()) if ((await store.pending(model, 10)).length === 3) return true;
+      return undefined;
+    });
+    const api = createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url });
+    // A collector that stores the answers and wakes no job: each answer waits, unread, for its job.
+    const quiet = createBatchCollector({ store, batches: api, wake: async () => undefined, maxRequests: 3, maxAgeMs: 600_000, deadlineMarginMs: 3600_000, displayPrefix: 'agentq-unread', logger: s.logger });
+    expect(await quiet.run()).toBe(true);
+    s.emulator.advanceClock(60_000);
+    await quiet.run();
+    expect((await Promise.all([cancelled, failed, retried].map((id) => store.job(id)))).map((r) => [r?.state, r?.readBy])).toEqual([
+      ['done', undefined],
+      ['done', undefined],
+      ['done', undefined],
+    ]);
+    const batch = await api.get(batchCalls(s)[0].batch!);
+    const intent = (await store.job(cancelled))!.intent!;
+
+    // Cancelled while it waited for its wake-up.
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${cancelled}`, headers: s.auth });
+    expect(del.statusCode, del.body).toBe(200);
+    // Failed for good before it read the answer (its input can never run), as are `retried`'s first attempts.
+    for (const id of [failed, retried]) {
+      const job = (await cell.queue.getJob(id))!;
+      await job.updateData({ ...job.data, input: { startup: 42 } });
+      await cell.scheduler.repark(id, 0, 'batch');
+      await cell.scheduler.dispatch();
+      expect((await view(s, id, 20_000)).state).toBe('failed');
+    }
+    // A record that still holds an unread answer when the job is retried from the DLQ with new input (a failure
+    // that never reached the worker's processor, BullMQ's stalled limit say): the retry drops it, billed.
+    const { owner, ts } = (await store.job(retried))!;
+    const leftBill = { jobId: retried, jobTs: ts, attempt: owner!.attempt, part: 'batch:left-unread', orgId: owner!.orgId, agent: owner!.agent, action: owner!.action, state: 'delayed', model: s.cfg.GEMINI_MODEL_PRO, inputTokens: 11, outputTokens: 7, costUsd: 0.000123, tier: 'batch', durationMs: 0 };
+    await s.runtime.deps.redis.hset(batchKeys(s.cfg.QUEUE_PREFIX).job(retried), { state: 'done', result: '{}', bill: JSON.stringify(leftBill) });
+    const admin = { authorization: `Bearer ${await s.newKey(s.orgId, 'org-admin')}` };
+    const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${retried}/retry`, headers: admin, payload: { input: riskJob(`${m}-new`).input } });
+    expect(retry.statusCode, retry.body).toBe(202);
+
+    const pricing = createPricing();
+    const rowsOf = async (id: string) =>
+      (await s.infra.db.pool.query("SELECT org_id, attempt, state, part, tier, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 AND part LIKE 'batch:%' ORDER BY part", [id])).rows;
+    for (const id of [cancelled, failed, retried]) {
+      const meta = batch.responses!.find((r) => r.jobId === id)!.response!.usageMetadata!;
+      const usage = { input: meta.promptTokenCount!, output: meta.candidatesTokenCount! };
+      const rows = await until(`the unread batch answer of ${id} recorded`, async () => {
+        await usageWritten(s);
+        const r = await rowsOf(id);
+        return r.some((x) => x.part === `batch:${intent}`) && r;
+      });
+      const own = rows.filter((r) => r.part === `batch:${intent}`);
+      expect(own.map((r) => [r.org_id, r.attempt, r.state, r.tier, r.input_tokens, r.output_tokens]), id).toEqual([[s.orgId, 1, 'delayed', 'batch', usage.input, usage.output]]);
+      expect(Number(own[0].cost_usd)).toBeCloseTo(pricing.cost(s.cfg.GEMINI_MODEL_PRO, usage, 'batch').costUsd, 9);
+    }
+    await until('the answer the DLQ retry dropped recorded', async () => {
+      await usageWritten(s);
+      return (await rowsOf(retried)).some((r) => r.part === 'batch:left-unread');
+    });
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage?groupBy=tier', headers: s.auth })).json();
+    expect(usage.groups.find((g: { key: string }) => g.key === 'batch').jobs).toBeGreaterThanOrEqual(3);
+  }, waitsTimeout(20_000, 20_000, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   /** A batch-tier job whose batch answered (stored, not read yet), the tier that serves it, and a standard call that counts. */
   async function answeredBatchJob(name: string) {

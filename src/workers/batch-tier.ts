@@ -63,7 +63,16 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
     throw new DelayJobError(Math.max(1, until - now), 'waiting_for_batch');
   }
 
-  return { generate };
+  /**
+   * The job failed for good: it takes no answer any more. Its request leaves the batch tier as a cancelled job's
+   * does, and an answer already stored that no attempt read is billed (batch-cancel-3.lua): Gemini charged for
+   * it. A DLQ retry then records its request anew.
+   */
+  async function settleFailed(job: { id?: string; timestamp: number }): Promise<void> {
+    if (job.id) await deps.store.cancel(job.id, job.timestamp);
+  }
+
+  return { generate, settleFailed };
 }
 
 export type BatchTier = ReturnType<typeof createBatchTier>;

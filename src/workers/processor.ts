@@ -57,6 +57,11 @@ export interface ProcessorDeps {
    * `firstMs` at its first deferral, doubled at each next one in a row, at most `maxMs` (db-deferrals.ts).
    */
   databaseDelay?: { firstMs: number; maxMs: number };
+  /**
+   * A batch-tier job failed for good (batch-tier.ts `settleFailed`): an answer its batch stored that no attempt
+   * read is billed, and its request leaves the batch tier.
+   */
+  batchFailed?: (job: Job<AgentJobData, AgentResult>) => Promise<void>;
 }
 
 /**
@@ -105,12 +110,18 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         return result;
       } catch (err) {
         if (err instanceof DelayedError) span.setAttribute('agentq.outcome', 'delayed');
-        else if (span.isRecording()) {
+        else {
           // BullMQ's own test (Job.shouldRetryJob): a retryable failure of the last attempt (or of the one attempt a
           // DLQ retry gives) is dead-lettered, no retry follows it.
           const final = err instanceof UnrecoverableError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-          span.setAttribute('agentq.outcome', final ? 'failed' : 'retry');
-          markError(span, err);
+          if (span.isRecording()) {
+            span.setAttribute('agentq.outcome', final ? 'failed' : 'retry');
+            markError(span, err);
+          }
+          // Before BullMQ records the failure: a batch answer stored and never read is in the usage stream by then.
+          if (final && data.tier === 'batch' && deps.batchFailed) {
+            await deps.batchFailed(job).catch((e: unknown) => deps.logger.warn({ err: e, jobId: job.id }, 'batch tier: a failed job\'s unread answer could not be settled'));
+          }
         }
         throw err;
       } finally {

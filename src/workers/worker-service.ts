@@ -133,6 +133,7 @@ export function createWorkerService(opts: {
     },
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
     databaseDelay: { firstMs: cfg.DB_UNAVAILABLE_DELAY_MS, maxMs: cfg.DB_UNAVAILABLE_MAX_DELAY_MS },
+    ...(opts.batch ? { batchFailed: (job) => opts.batch!.settleFailed(job) } : {}),
   });
   const worker = createAgentWorker({
     connection,

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { RedisClient } from '../infra/lua.js';
 import { defineLua } from '../infra/lua.js';
-import { batchKeys } from '../core/queue-keys.js';
+import { batchKeys, usageStreamKey } from '../core/queue-keys.js';
+import { RUN_FIELD } from '../infra/db/run-stream.js';
 
 /**
  * A batch-tier job: pending (waits for a batch), submitted, done / failed (its answer is here), fallback (runs
@@ -60,7 +61,8 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const addLua = defineLua(redis, 'batch-add-3.lua');
   const openLua = defineLua(redis, 'batch-open-N.lua');
   const moveLua = defineLua(redis, 'batch-move-1.lua');
-  const cancelLua = defineLua(redis, 'batch-cancel-2.lua');
+  const cancelLua = defineLua(redis, 'batch-cancel-3.lua');
+  const usageKey = usageStreamKey(deps.prefix);
   const releaseLua = defineLua(redis, 'lock-release-1.lua');
 
   const recordOf = (h: Record<string, string>): BatchJobRecord | undefined =>
@@ -107,13 +109,15 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
       return rec && jobTs !== undefined && rec.ts !== undefined && rec.ts !== jobTs ? undefined : rec;
     },
     /**
-     * The job was cancelled: out of the pending set and marked cancelled in one script (a batch that holds it
-     * already hands it nothing). False when there was nothing of that job to cancel.
+     * The job no longer takes an answer (cancelled, or failed for good): out of the pending set and marked
+     * cancelled in one script (a batch that holds it already hands it nothing). An answer stored that no attempt
+     * read is dropped too, and its usage row (`bill`) appended to the usage stream in the same script: Gemini
+     * billed it. False when there was nothing of that job to cancel.
      */
     async cancel(jobId: string, jobTs: number): Promise<boolean> {
       const model = await redis.hget(k.job(jobId), 'model');
       if (!model) return false;
-      return (await cancelLua([k.job(jobId), k.queue(model)], [jobId, jobTs, TTL_S])) === 1;
+      return (await cancelLua([k.job(jobId), k.queue(model), usageKey], [jobId, jobTs, TTL_S, RUN_FIELD])) === 1;
     },
     async models(): Promise<string[]> {
       return redis.smembers(k.models);
@@ -138,9 +142,12 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
       if (!jobs.length) return undefined;
       return intentOf(id, await redis.hgetall(k.intent(id)));
     },
-    /** Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in `from`. */
-    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error' | 'readBy'; value?: string } = {}): Promise<boolean> {
-      return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S])) === 1;
+    /**
+     * Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in
+     * `from`. `bill`: an answer's usage row (encoded), kept for whatever drops the answer unread.
+     */
+    async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error' | 'readBy'; value?: string; bill?: string } = {}): Promise<boolean> {
+      return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S, opts.bill ?? ''])) === 1;
     },
     /** The inline requests of jobs, in order (a job whose record expired or that was cancelled since has none). */
     async requests(jobs: string[]): Promise<Array<unknown | undefined>> {

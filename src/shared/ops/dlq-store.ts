@@ -4,7 +4,8 @@ import { defineLua } from '../infra/lua.js';
 import type { AgentQueue } from '../queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
-import { agentJobKey, batchKeys, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, waitingChildrenKey } from '../core/queue-keys.js';
+import { agentJobKey, batchKeys, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, usageStreamKey, waitingChildrenKey } from '../core/queue-keys.js';
+import { RUN_FIELD } from '../infra/db/run-stream.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -180,7 +181,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       // before the retry (only the job's own attempt records one).
       const model = data ? await redis.hget(batch.job(entry.id), 'model') : null;
       const keys = [metaKey(entry.id), failedKey, agentJobKey(deps.prefix, entry.id), cancelRequestedKey(deps.prefix, entry.id), jobStreamKey(deps.prefix, entry.id)];
-      keys.push(k.wait, k.meta, k.active, k.marker, k.prioritized, k.pc, k.events, batch.job(entry.id), batch.queue(model ?? ''));
+      keys.push(k.wait, k.meta, k.active, k.marker, k.prioritized, k.pc, k.events, batch.job(entry.id), batch.queue(model ?? ''), usageStreamKey(deps.prefix));
       const { parent, parentKey } = job;
       if (parent && parentKey) {
         const children = parentChildrenKeys(parentKey);
@@ -188,7 +189,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       }
       const push = job.opts.lifo ? 'RPUSH' : 'LPUSH';
       const res = Number(
-        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '', job.timestamp]),
+        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '', job.timestamp, RUN_FIELD]),
       );
       return res >= 0 ? res : REFUSALS[res];
     },

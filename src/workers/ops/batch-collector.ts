@@ -1,8 +1,9 @@
 import type { InlinedRequest } from '@google/genai';
-import type { BatchIntent, BatchJobState, BatchStore } from '../../shared/batch/batch-store.js';
+import type { BatchIntent, BatchJobRecord, BatchJobState, BatchStore } from '../../shared/batch/batch-store.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { BatchApi, BatchInfo, BatchResponse } from '../../shared/infra/llm/batch-api.js';
 import type { AgentRun } from '../../shared/infra/db/agent-runs.js';
+import { encodeRun } from '../../shared/infra/db/run-stream.js';
 import { toLlmError } from '../../shared/infra/llm/llm-errors.js';
 
 /**
@@ -56,7 +57,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
    * already there for this intent, i.e. a run that died between the move and the wake began the hand-over (`wake`
    * moves only a job still delayed).
    */
-  async function handOver(id: string, intent: BatchIntent, to: BatchJobState, field?: { field: 'result' | 'error'; value: string }): Promise<boolean> {
+  async function handOver(id: string, intent: BatchIntent, to: BatchJobState, field?: { field: 'result' | 'error'; value: string; bill?: string }): Promise<boolean> {
     if (await o.store.move(id, 'submitted', to, { intent: intent.id, ...field })) return true;
     const rec = await o.store.job(id);
     return rec?.state === to && rec.intent === intent.id;
@@ -118,20 +119,17 @@ export function createBatchCollector(o: BatchCollectorOptions) {
   }
 
   /**
-   * An answer its job no longer takes (it ran standard near its deadline or when its own time ran out, or it was
-   * cancelled while the batch held its request): Gemini bills it all the same, at the batch price, so it is the
-   * job's usage, a part of the attempt that recorded the request (state `delayed`: that run waited for the
-   * batch). Its part id is the batch's intent: a later run's redelivery is the same row. A record since replaced
-   * by another job under the same id (another intent) says nothing of whose the answer was: left unbilled.
+   * The usage row of an answer Gemini bills (at the batch price) that no attempt of its job takes: a part of the
+   * attempt that recorded the request (state `delayed`: that run waited for the batch), its part id the batch's
+   * intent, so any repeated write of it is the same row. None without usage, or for a record made before records
+   * named their owner.
    */
-  async function billDropped(r: BatchResponse, intent: BatchIntent): Promise<void> {
-    if (!o.record || !r.jobId || !r.response) return;
-    const rec = await o.store.job(r.jobId);
-    if (!rec?.owner || rec.intent !== intent.id || (rec.state !== 'fallback' && rec.state !== 'cancelled')) return;
+  function billOf(r: BatchResponse, intent: BatchIntent, rec: BatchJobRecord, why: string): AgentRun | undefined {
+    if (!rec.owner || !r.jobId || !r.response) return undefined;
     const billed = o.batches.billOf(intent.model, r.response);
-    if (!billed) return;
+    if (!billed) return undefined;
     const { owner } = rec;
-    await o.record({
+    return {
       jobId: r.jobId,
       jobTs: rec.ts ?? 0,
       attempt: owner.attempt,
@@ -140,7 +138,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       agent: owner.agent,
       action: owner.action,
       state: 'delayed',
-      error: `waiting_for_batch: answer not taken (job ${rec.state})`,
+      error: `waiting_for_batch: ${why}`,
       model: billed.model,
       inputTokens: billed.usage.input,
       outputTokens: billed.usage.output,
@@ -152,7 +150,34 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       durationMs: 0,
       cacheHit: null,
       requestId: owner.requestId ?? null,
-    });
+    };
+  }
+
+  /**
+   * An answer its job no longer takes (it ran standard near its deadline or when its own time ran out, or it was
+   * cancelled or failed for good while the batch held its request): Gemini bills it all the same, so it is the
+   * job's usage (`billOf`). A record since replaced by another job under the same id (another intent) says
+   * nothing of whose the answer was: left unbilled.
+   */
+  async function billDropped(r: BatchResponse, intent: BatchIntent): Promise<void> {
+    if (!o.record || !r.jobId || !r.response) return;
+    const rec = await o.store.job(r.jobId);
+    if (!rec || rec.intent !== intent.id || (rec.state !== 'fallback' && rec.state !== 'cancelled')) return;
+    const row = billOf(r, intent, rec, `answer not taken (job ${rec.state})`);
+    if (row) await o.record(row);
+  }
+
+  /**
+   * The row an answer stored for its job will be billed with if no attempt reads it (the job is cancelled or fails
+   * for good first, or a DLQ retry with new input drops it): kept beside the answer, appended by the script that
+   * drops it (batch-cancel-3.lua, dlq-retry-N.lua). An attempt that reads the answer bills it in its own row.
+   */
+  async function unreadBill(r: BatchResponse, intent: BatchIntent): Promise<string | undefined> {
+    if (!r.jobId || !r.response) return undefined;
+    const rec = await o.store.job(r.jobId);
+    if (!rec || rec.intent !== intent.id) return undefined;
+    const row = billOf(r, intent, rec, 'answer stored, never read');
+    return row ? encodeRun(row) : undefined;
   }
 
   async function deliver(intent: BatchIntent, b: BatchInfo): Promise<void> {
@@ -160,8 +185,9 @@ export function createBatchCollector(o: BatchCollectorOptions) {
     for (const r of b.responses ?? []) {
       if (!r.jobId || !intent.jobs.includes(r.jobId) || answered.has(r.jobId)) continue;
       answered.add(r.jobId);
+      const bill = r.response ? await unreadBill(r, intent) : undefined;
       const moved = r.response
-        ? await handOver(r.jobId, intent, 'done', { field: 'result', value: JSON.stringify(r.response) })
+        ? await handOver(r.jobId, intent, 'done', { field: 'result', value: JSON.stringify(r.response), ...(bill ? { bill } : {}) })
         : await handOver(r.jobId, intent, 'failed', { field: 'error', value: JSON.stringify(r.error ?? {}) });
       if (!moved) {
         await billDropped(r, intent);

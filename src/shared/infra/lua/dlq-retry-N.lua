@@ -28,8 +28,11 @@
 --   (batchKeys.queue). With new data, a record still holding the old input's request or answer is cancelled:
 --   a batch-tier job whose batch answered before it failed (or was cancelled) unread would be served that
 --   answer, computed for the old input; cancelled, the retry records its new request (batch-add-3.lua replaces
---   a cancelled record) and a batch that holds the old one hands it nothing (batch-cancel-2.lua's state).
--- KEYS[15..19] (a flow child or pipeline step only): its BullMQ parent's hash, the parent queue's
+--   a cancelled record) and a batch that holds the old one hands it nothing (batch-cancel-3.lua's state). An
+--   answer stored that no attempt read (`done`, no `readBy`) was billed by Gemini all the same: the usage row the
+--   collector priced for it (`bill`) is appended to KEYS[15] as it is dropped (batch-cancel-3.lua does the same).
+-- KEYS[15]: the usage stream (usageStreamKey)
+-- KEYS[16..20] (a flow child or pipeline step only): its BullMQ parent's hash, the parent queue's
 -- waiting-children set, and the parent's unsuccessful set, failed hash and dependencies set. BullMQ's retry
 -- puts a child back in its parent's dependencies but never moves a parent that has left waiting-children back:
 -- a retry then would run (and bill) a result nobody reads.
@@ -43,9 +46,10 @@
 -- ARGV[8]: TTL of the hash, seconds
 -- ARGV[9]: the job's new data (JSON), '' to keep it
 -- ARGV[10]: the wait list's push, 'LPUSH' or 'RPUSH' (a lifo job's)
--- ARGV[11]: the parent's id (with KEYS[15..19])
+-- ARGV[11]: the parent's id (with KEYS[16..20])
 -- ARGV[12]: the job's creation time as the caller read it (BullMQ's `timestamp`): a job removed and added again
 --   under the same id since is another job, which the caller's input (its read data with the new input) is not for
+-- ARGV[13]: the usage stream entry's field name (with KEYS[15])
 -- Returns the new retry count, or -1 not failed, -2 count moved on (or held by a previous version's claim, or
 -- the job is another incarnation than the one read),
 -- -3 limit reached, -4 other class, -5 its parent no longer waits for it.
@@ -80,12 +84,12 @@ end
 if ARGV[4] ~= '' and class ~= ARGV[4] then
   return -4
 end
-local child = #KEYS >= 19
-if child and (rcall('EXISTS', KEYS[15]) == 0 or not rcall('ZSCORE', KEYS[16], ARGV[11])) then
+local child = #KEYS >= 20
+if child and (rcall('EXISTS', KEYS[16]) == 0 or not rcall('ZSCORE', KEYS[17], ARGV[11])) then
   return -5
 end
 -- The parent the caller named is the one BullMQ's retry would put the child back under (the hash's).
-if rcall('HGET', jobKey, 'parentKey') ~= (child and KEYS[15] or false) then
+if rcall('HGET', jobKey, 'parentKey') ~= (child and KEYS[16] or false) then
   return -2
 end
 
@@ -97,6 +101,10 @@ if ARGV[9] ~= '' then
   -- A fallback record holds neither (the retry runs standard with the new input), a cancelled one is dropped.
   local batchState = rcall('HGET', KEYS[13], 'state')
   if batchState == 'pending' or batchState == 'submitted' or batchState == 'done' or batchState == 'failed' then
+    if batchState == 'done' and rcall('HEXISTS', KEYS[13], 'readBy') == 0 then
+      local bill = rcall('HGET', KEYS[13], 'bill')
+      if bill then rcall('XADD', KEYS[15], '*', ARGV[13], bill) end
+    end
     rcall('ZREM', KEYS[14], id)
     rcall('HSET', KEYS[13], 'state', 'cancelled')
   end
@@ -121,8 +129,8 @@ end
 if not pausedOrMaxed then
   rcall('ZADD', KEYS[9], 0, '0')
 end
-if child and (rcall('ZREM', KEYS[17], jobKey) == 1 or rcall('HDEL', KEYS[18], jobKey) == 1) then
-  rcall('SADD', KEYS[19], jobKey)
+if child and (rcall('ZREM', KEYS[18], jobKey) == 1 or rcall('HDEL', KEYS[19], jobKey) == 1) then
+  rcall('SADD', KEYS[20], jobKey)
 end
 local maxEvents = rcall('HGET', KEYS[7], 'opts.maxLenEvents')
 if not maxEvents then
