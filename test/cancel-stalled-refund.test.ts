@@ -103,6 +103,14 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
   const stall = (id: string) => checks.stall(cell().queue, id);
   const inFlight = async (org: string) => (await cell().scheduler.orgStats(org)).inFlight;
 
+  /** What the dispatch charged that came back to the org's buckets (net of refill), and the org's other two slots held. */
+  async function expectGivenBack(c: { org: string; givenBack(): Promise<{ requests: number; tokens: number }> }, want: { requests: number; tokens: number }) {
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(want.requests, 3);
+    expect(back.tokens).toBeCloseTo(want.tokens, 3);
+    expect(await inFlight(c.org)).toBe(2);
+  }
+
   /** The DELETE of the stalled job: it reads waiting, is taken from its lane's slot and removed. */
   async function cancelStalled(c: { id: string; org: string }) {
     await stall(c.id);
@@ -121,10 +129,7 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
     g.refundUnspent(c.job);
     // Sent with the gate's next call (a timer here: the job is gone, so no release follows its end).
     await g.close();
-    const back = await c.givenBack();
-    expect(back.requests).toBeCloseTo(1, 3);
-    expect(back.tokens).toBeCloseTo(c.est, 3);
-    expect(await inFlight(c.org)).toBe(2);
+    await expectGivenBack(c, { requests: 1, tokens: c.est });
   });
 
   it('claimed, stalled in its model call: the request stays spent and the tokens are corrected by the call\'s usage alone', async () => {
@@ -137,19 +142,13 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
     const used = Math.floor(c.est / 3);
     g.correct(c.org, c.model, { orgTokens: used - c.est, modelTokens: used - c.est, requests: 0 });
     await g.close();
-    const back = await c.givenBack();
-    expect(back.requests).toBeCloseTo(0, 3);
-    expect(back.tokens).toBeCloseTo(c.est - used, 3);
-    expect(await inFlight(c.org)).toBe(2);
+    await expectGivenBack(c, { requests: 0, tokens: c.est - used });
   });
 
   it('fetched, stalled before its claim (its worker died): the cancel gives the charge back, once', async () => {
     const c = await threeDispatched('no-claim');
     await cancelStalled(c);
-    const back = await c.givenBack();
-    expect(back.requests).toBeCloseTo(1, 3);
-    expect(back.tokens).toBeCloseTo(c.est, 3);
-    expect(await inFlight(c.org)).toBe(2);
+    await expectGivenBack(c, { requests: 1, tokens: c.est });
   });
 
   it('claimed, stalled, then cleaned from the wait list (Bull Board): the attempt\'s refund is the only one', async () => {
@@ -162,9 +161,6 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
     expect(await cell().scheduler.removed([c.id], { refund: true })).toEqual({ freed: 1, forgotten: 1 });
     g.refundUnspent(c.job);
     await g.close();
-    const back = await c.givenBack();
-    expect(back.requests).toBeCloseTo(1, 3);
-    expect(back.tokens).toBeCloseTo(c.est, 3);
-    expect(await inFlight(c.org)).toBe(2);
+    await expectGivenBack(c, { requests: 1, tokens: c.est });
   });
 });

@@ -4,7 +4,6 @@ import type pg from 'pg';
 import { usageStreamKey } from '../src/shared/core/queue-keys.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import { createRunAppender } from '../src/shared/infra/db/run-stream.js';
-import type { WorkerService } from '../src/workers/worker-service.js';
 import { redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { until } from './helpers/wait.js';
@@ -25,9 +24,27 @@ const flaky = (pool: pg.Pool) =>
     },
   });
 
+/**
+ * With Postgres refusing rows, a worker started over the backlog `ids` make is held (`held` names the wait); with
+ * Postgres back it takes jobs again, every row of `ids` is written, and a new job completes.
+ */
+async function heldThenResumed(s: Stack, ids: string[], held: string) {
+  down.now = true;
+  const worker = await s.startWorker();
+  await until(held, () => !worker.takingJobs());
+  down.now = false;
+  await until('the worker taking jobs again', () => worker.takingJobs());
+  const rows = await s.infra.db.pool.query<{ job_id: string }>('SELECT job_id FROM agent_runs WHERE job_id = ANY($1)', [ids]);
+  expect(rows.rows.map((r) => r.job_id).sort()).toEqual([...ids].sort());
+  // And it runs jobs again.
+  const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput } });
+  expect(post.statusCode).toBe(202);
+  const got = await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: s.auth });
+  expect(got.json().state).toBe('completed');
+}
+
 describe('usage backlog brake: workers stop taking jobs while usage rows cannot reach Postgres', () => {
   let s: Stack;
-  let worker: WorkerService;
   const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
   beforeAll(async () => {
     s = await startStack({ USAGE_BACKLOG_MAX_ROWS: '3' }, { pool: flaky });
@@ -45,18 +62,7 @@ describe('usage backlog brake: workers stop taking jobs while usage rows cannot 
     for (const id of ids) {
       await appender.record({ jobId: id, attempt: 1, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-pro', state: 'completed', inputTokens: 1, outputTokens: 1, costUsd: 0, durationMs: 1 });
     }
-    down.now = true;
-    worker = await s.startWorker();
-    await until('the worker held by the backlog', () => !worker.takingJobs());
-    down.now = false;
-    await until('the worker taking jobs again', () => worker.takingJobs());
-    const rows = await s.infra.db.pool.query<{ job_id: string }>('SELECT job_id FROM agent_runs WHERE job_id = ANY($1)', [ids]);
-    expect(rows.rows.map((r) => r.job_id).sort()).toEqual([...ids].sort());
-    // And it runs jobs again.
-    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput } });
-    expect(post.statusCode).toBe(202);
-    const got = await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: s.auth });
-    expect(got.json().state).toBe('completed');
+    await heldThenResumed(s, ids, 'the worker held by the backlog');
   });
 });
 
@@ -84,15 +90,6 @@ describe('usage backlog brake over queue shards: USAGE_BACKLOG_MAX_ROWS bounds e
         await appender.record({ jobId: id, attempt: 1, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-pro', state: 'completed', inputTokens: 1, outputTokens: 1, costUsd: 0, durationMs: 1 });
       }
     }
-    down.now = true;
-    const worker = await s.startWorker();
-    await until('the worker held by the backlog of both shards', () => !worker.takingJobs());
-    down.now = false;
-    await until('the worker taking jobs again', () => worker.takingJobs());
-    const rows = await s.infra.db.pool.query<{ job_id: string }>('SELECT job_id FROM agent_runs WHERE job_id = ANY($1)', [ids]);
-    expect(rows.rows.map((r) => r.job_id).sort()).toEqual([...ids].sort());
-    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput } });
-    expect(post.statusCode).toBe(202);
-    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: s.auth })).json().state).toBe('completed');
+    await heldThenResumed(s, ids, 'the worker held by the backlog of both shards');
   });
 });
