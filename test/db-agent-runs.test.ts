@@ -99,20 +99,6 @@ describe('agent_runs', () => {
     await expect(runs.record(run({ orgId, part: randomUUID() }))).rejects.toMatchObject({ code: '23514' });
   });
 
-  it('a run of an attempt fetched again after a stall is a row of its own (part run:<n>), re-delivered as one row', async () => {
-    const runs = createRunStore({ pool });
-    const orgId = randomOrg();
-    const jobId = randomUUID();
-    expect(await runs.record(run({ orgId, jobId, costUsd: 0.2 }))).toBe(true);
-    expect(await runs.record(run({ orgId, jobId, part: 'run:2', costUsd: 0.3 }))).toBe(true);
-    expect(await runs.recordMany([run({ orgId, jobId, part: 'run:2', costUsd: 0.3 })])).toBe(0);
-    const [total] = await runs.usage({ orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000), groupBy: 'total' });
-    expect(total).toMatchObject({ jobs: 1 });
-    expect(total.costUsd).toBeCloseTo(0.5, 8);
-    // Only a fetch number: an attempt row's part is never a delayed part's id.
-    await expect(runs.record(run({ orgId, part: 'run:x' }))).rejects.toMatchObject({ code: '23514' });
-  });
-
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {
     // Postgres keeps no NUL in text; an error message can carry one (an upstream body, a model's output quoted).
     const runs = createRunStore({ pool });

@@ -205,13 +205,6 @@ function attemptOf(deps: ProcessorDeps) {
       span,
     };
     const attempt = job.attemptsMade + 1;
-    /**
-     * The attempt row's part: a job that stalled (its lock lapsed: the stalled check put it back in the wait list)
-     * runs its attempt again under the same number, and Gemini bills each run. A run fetched after a stall keys its
-     * row by its fetch number (BullMQ's attemptsStarted, one per fetch), so it is not dropped as a duplicate of the
-     * run before it (migration 023); '' otherwise. Fixed for the run: each build of its row is the same row.
-     */
-    const runPart = job.stalledCounter > 0 && job.attemptsStarted > 0 ? `run:${job.attemptsStarted}` : '';
     /** When the attempt's work started (after its claim); 0 before (the row an answer from memory's claim carries). */
     let started = 0;
 
@@ -231,7 +224,6 @@ function attemptOf(deps: ProcessorDeps) {
       cacheHit: null,
       error: null,
       requestId: data.requestId ?? null,
-      ...(runPart ? { part: runPart } : {}),
       ...row,
     });
     /** A row's model, token and cost columns from what a call was billed. */

@@ -15,7 +15,6 @@ import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { WorkerService } from '../../src/workers/worker-service.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
 import { redisTargetOf } from '../../src/shared/infra/redis/connection.js';
-import { startModelGate, type ModelGate } from './model-gate.js';
 
 export interface Stack {
   cfg: Config;
@@ -23,8 +22,6 @@ export interface Stack {
   runtime: Runtime;
   app: FastifyInstance;
   emulator: GeminiEmulator;
-  /** With `modelGate: true`: the proxy between the SDK and the emulator that holds chosen model calls. */
-  gate?: ModelGate;
   orgId: string;
   apiKey: string;
   /** Authorization header for `app.inject`. */
@@ -67,9 +64,8 @@ export async function startStack(
   /**
    * `pool`: wraps the runtime's Postgres pool (a test makes it fail like a Postgres that is down). `fairDispatch:
    * false`: the runtime's bench baseline, workers without the fair gate (jobs straight to BullMQ's wait list).
-   * `modelGate: true`: model calls go through a model gate (helpers/model-gate.ts), `stack.gate`.
    */
-  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool; fairDispatch?: boolean; modelGate?: boolean } = {},
+  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool; fairDispatch?: boolean } = {},
 ): Promise<Stack> {
   const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), QUEUE_PREFIX: randomPrefix(), ...env });
   const logger = opts.logger ?? createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -82,8 +78,7 @@ export async function startStack(
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();
-  const gate = opts.modelGate ? await startModelGate(emulator.url) : undefined;
-  const gemini = await startGemini({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: gate?.url ?? emulator.url });
+  const gemini = await startGemini({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: emulator.url });
   const runtime = await startRuntime({
     cfg,
     infra,
@@ -106,7 +101,6 @@ export async function startStack(
     runtime,
     app: runtime.app!,
     emulator,
-    ...(gate ? { gate } : {}),
     orgId,
     apiKey: key,
     auth: { authorization: `Bearer ${key}` },
@@ -121,7 +115,6 @@ export async function startStack(
     async close() {
       await runtime.close(1000);
       await gemini.close();
-      await gate?.close();
       await emulator.close();
       await pool.end();
     },

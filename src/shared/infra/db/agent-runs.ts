@@ -18,9 +18,7 @@ export interface AgentRun {
   /**
    * '' (the default): the attempt's own row, written when it ends. A delayed part's row (state `delayed`) has an
    * id of its own, made once when the row is built and carried in the usage stream entry (migration 022): a
-   * redelivered entry is the same row, and the attempt's own row, written when it ends, is another. `run:<n>`: the
-   * attempt's own row of a run fetched after its job stalled (n: BullMQ's attemptsStarted; migration 023), which
-   * runs the attempt again under the same number: each run Gemini bills is a row.
+   * redelivered entry is the same row, and the attempt's own row, written when it ends, is another.
    */
   part?: string;
   orgId: string;
