@@ -39,6 +39,7 @@ export function createFairGate(deps: {
    */
   blockModel?: FairScheduler['blockModel'];
 }) {
+  const blockModel: FairScheduler['blockModel'] = deps.blockModel ?? ((model, delayMs, reason) => deps.scheduler.blockModel(model, delayMs, reason));
   let pending: string[] = [];
   let flushing: Promise<void> | undefined;
   /** Charge corrections waiting for the next claim or release, summed per org and model. */
@@ -202,7 +203,7 @@ export function createFairGate(deps: {
       await parkActiveJob(job, token);
       // This attempt's job only: a repark late past the lease sweep's patience finds the job sent again, and leaves it.
       await deps.scheduler.repark(job.id!, delayMs, reason, job.attemptsStarted);
-      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await (deps.blockModel ? deps.blockModel(model, delayMs, reason) : deps.scheduler.blockModel(model, delayMs, reason));
+      if (model && MODEL_WIDE_DELAYS.has(reason as DelayReason)) await blockModel(model, delayMs, reason);
       void deps.loop.kick();
     },
 

@@ -167,9 +167,11 @@ export function createStreamReader(o: StreamReaderOptions) {
    */
   async function locate(c: RedisClient, key: string): Promise<void> {
     let node = nodeServing(c, key);
-    // A cluster client without its slot map yet: a command on the key waits for it.
-    if (!node) await c.exists(key);
-    node = nodeServing(c, key);
+    if (!node) {
+      // A cluster client without its slot map yet: a command on the key waits for it.
+      await c.exists(key);
+      node = nodeServing(c, key);
+    }
     if (!node) return void (blocking = undefined);
     if (blocking?.node === node) return;
     if (!watched.has(node)) {
