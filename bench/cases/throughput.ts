@@ -9,6 +9,7 @@ import { RISK_REQUEST, startAgentq } from '../lib/agentq.js';
 import { BARE_JOB_NAME, bareJobData, bareLlm, bareQueue, bareWorker } from '../lib/bare.js';
 import type { BenchContext } from '../lib/context.js';
 import { commandCalls, diffCalls } from '../lib/infra.js';
+import { startScriptTimes, type ScriptTime } from '../lib/slowlog.js';
 import { median, round, sleep } from '../lib/stats.js';
 
 const ORG = 'bench-org';
@@ -71,6 +72,8 @@ export interface RunResult {
   /** Redis server time per completed job: INFO commandstats usec (upper bound, see commandCalls) and INFO cpu. */
   redisUsecPerJob: number;
   redisCpuUsPerJob: number;
+  /** BENCH_SLOWLOG only (diagnostic): Redis time by script over the window, from the slow log (bench/lib/slowlog.ts). */
+  scriptTimes?: ScriptTime[];
   /** Jobs the worker was running, the mean of samples every ~3 ms over the window (its own events: no Redis command). */
   meanRunning: number;
 }
@@ -204,6 +207,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   const stopProfile = await startWindowProfile();
   const mon = monitor ? await startMonitor(ctx.b.redis.url) : undefined;
   await ctx.windowEdge?.('start');
+  const scriptTimes = process.env.BENCH_SLOWLOG === '1' ? await startScriptTimes(ctx.b.control) : undefined;
   const c0 = counter.completed;
   const t0 = performance.now();
   const s0 = await commandCalls(ctx.b.control);
@@ -216,11 +220,12 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   const meanRunning = stopSampling();
   const m1 = mon?.counts();
   const s1 = await commandCalls(ctx.b.control);
+  const scripts = await scriptTimes?.(c1 - c0);
   await mon?.stop();
   await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning, scripts };
 }
 
 async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, total: number, monitor: boolean, windowMs: number) {
@@ -320,10 +325,12 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
     usecByCommand: Object.fromEntries(Object.entries(w.usecByCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
+    ...(w.scripts ? { scriptTimes: w.scripts } : {}),
     ...(w.split ? { sentPerJob: round(w.split.sent / Math.max(1, w.jobs), 2), inScriptsPerJob: round(w.split.inScripts / Math.max(1, w.jobs), 2) } : {}),
   };
   if (opts.quiet) return result;
   ctx.log(`  ${path} c=${concurrency}: ${result.jobsPerS} jobs/s (${w.jobs} jobs in ${result.seconds} s), ${result.commandsPerJob} Redis commands/job, ${result.redisUsecPerJob} us Redis command time/job, ${result.redisCpuUsPerJob} us Redis CPU/job, ${result.meanRunning} jobs running on average`);
+  for (const t of result.scriptTimes ?? []) ctx.log(`    ${t.script}: ${t.callsPerJob} calls/job, ${t.usPerCall} us/call, ${t.usPerJob} us/job (slow log, inflated)`);
   if (w.jobs < 100) ctx.log(`  warning: only ${w.jobs} jobs in the window`);
   return result;
 }
