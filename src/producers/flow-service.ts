@@ -4,9 +4,10 @@ import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import { injectTrace } from '../shared/telemetry/tracing.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
-import { finishedSinceRead } from './job-service.js';
+import { finishedSinceRead, type JobService } from './job-service.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { NotFoundError, ValidationError } from '../shared/core/errors.js';
+import { shownState } from '../shared/core/cancel.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whileReachable } from '../shared/infra/redis/connection.js';
@@ -48,6 +49,8 @@ export interface FlowServiceDeps {
   retention: RetentionOptions;
   pipelines: PipelineRegistry;
   presets: FlowPreset[];
+  /** The org's job service (the same shard's): a child it cancelled reads "cancelled" as its own GET says. */
+  jobs: Pick<JobService, 'tombstoned'>;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -194,9 +197,14 @@ export function createFlowService(deps: FlowServiceDeps) {
       const { job, state } = await loadSettled(orgId, id, 'flow', waitMs);
       const data = job.data as ParallelFlowData;
       const outcomes = await childOutcomes(job, agentJobs.qualifiedName);
-      const children = await Promise.all(
-        data.children.map(async (c) => ({ id: c.id, key: c.key, state: outcomes.get(c.id)?.state ?? (await agentJobs.getJobState(c.id)) })),
-      );
+      // Cancelled as `GET /v1/jobs/:id` says it: failed as cancelled while it ran, or removed with a tombstone.
+      const childState = async (childId: string) => {
+        const outcome = outcomes.get(childId);
+        if (outcome) return shownState(outcome.state, outcome.state === 'failed' ? outcome.error : undefined);
+        const now = await agentJobs.getJobState(childId);
+        return now === 'unknown' && (await deps.jobs.tombstoned(orgId, childId)) ? 'cancelled' : now;
+      };
+      const children = await Promise.all(data.children.map(async (c) => ({ id: c.id, key: c.key, state: await childState(c.id) })));
       return { id: job.id!, kind: data.preset ?? 'parallel', state, children, ...common(job) };
     },
 

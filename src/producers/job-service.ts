@@ -2,7 +2,7 @@ import { Job, type QueueEvents } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
-import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey } from '../shared/core/cancel.js';
+import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey, shownState } from '../shared/core/cancel.js';
 import { jobStreamKey } from '../shared/core/queue-keys.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
@@ -44,10 +44,9 @@ export const isFinished = (state: string) => FINISHED.has(state);
 export const finishedSinceRead = (job: { finishedOn?: number }, state: string) => (state === 'completed' || state === 'failed') && !job.finishedOn;
 
 export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string): JobView {
-  const cancelled = rawState === 'failed' && job.failedReason === CANCELLED_REASON;
   // A parked job waits for the fair dispatcher: to the caller it is waiting, not delayed.
   if (rawState === 'delayed' && isParked(job)) rawState = 'waiting';
-  const state = cancelled ? 'cancelled' : rawState;
+  const state = shownState(rawState, job.failedReason);
   return {
     id: job.id!,
     agent: job.data.agent,
@@ -162,6 +161,8 @@ export function createJobService(deps: {
 
   return {
     get,
+    /** Whether the org's job of this id was removed by a cancel (its tombstone is still kept): shown "cancelled". */
+    tombstoned: async (orgId: string, id: string) => (await tombstone(orgId, id)) !== undefined,
     /** The long polls in flight, and the QueueEvents they share (tests check its listeners stay bounded). */
     waiters,
     queueEvents: deps.queueEvents,

@@ -46,6 +46,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
         pipelines,
         presets,
         logger,
+        jobs: cell.jobs,
       }),
     );
     const flows = routeFlowService(services, (orgId) => services[deps.cellOf(orgId).index]);

@@ -2,3 +2,6 @@
 export const CANCELLED_REASON = 'cancelled';
 
 export { cancelChannel, cancelledKey, cancelRequestedKey } from './queue-keys.js';
+
+/** The state a reader is shown: a job (or flow) that failed because it was cancelled is "cancelled". */
+export const shownState = (state: string, failedReason: string | undefined) => (state === 'failed' && failedReason === CANCELLED_REASON ? 'cancelled' : state);
