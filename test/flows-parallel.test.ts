@@ -150,7 +150,7 @@ describe('parallel fan-out flows', () => {
     const other = { authorization: `Bearer ${await s.newKey()}` };
     const res = await s.app.inject({ method: 'GET', url: `/v1/flows/${id}`, headers: other });
     expect(res.statusCode).toBe(404);
-    expect(res.json()).toEqual({ error: 'flow not found' });
+    expect(res.json()).toEqual({ error: `flow "${id}" not found` });
     expect((await s.app.inject({ method: 'GET', url: `/v1/pipelines/runs/${id}`, headers: s.auth })).statusCode).toBe(404);
     expect((await s.app.inject({ method: 'GET', url: '/v1/flows/flow-missing', headers: s.auth })).statusCode).toBe(404);
     // Still the owner's to read.

@@ -90,12 +90,15 @@ const CASES: Record<string, Case> = {
   'POST /v1/flows/parallel': { role: 'member', request: () => ({ url: '/v1/flows/parallel', payload: { tasks: [job(marker())] } }) },
   'POST /v1/flows/dashboard': { role: 'member', request: () => ({ url: '/v1/flows/dashboard', payload: { startupId: marker() } }) },
   'GET /v1/flows/:id': { role: 'member', homeResource: true, request: (f) => ({ url: `/v1/flows/${f.flow}` }) },
+  // Idempotent: the home flow (finished or not) answers 2xx each time, and stays readable.
+  'POST /v1/flows/:id/cancel': { role: 'member', homeResource: true, request: (f) => ({ url: `/v1/flows/${f.flow}/cancel` }) },
   'GET /v1/pipelines': { role: 'member', request: () => ({ url: '/v1/pipelines' }) },
   'POST /v1/pipelines/wizard_completion': {
     role: 'member',
     request: () => ({ url: '/v1/pipelines/wizard_completion', payload: { input: { companyName: `Walk ${marker()}`, answers: [{ question: 'What do you build?', answer: 'robots' }] } } }),
   },
   'GET /v1/pipelines/runs/:id': { role: 'member', homeResource: true, request: (f) => ({ url: `/v1/pipelines/runs/${f.run}` }) },
+  'POST /v1/pipelines/runs/:id/cancel': { role: 'member', homeResource: true, request: (f) => ({ url: `/v1/pipelines/runs/${f.run}/cancel` }) },
   'GET /v1/usage': { role: 'member', request: () => ({ url: '/v1/usage' }) },
   'POST /v1/knowledge/search': { role: 'member', request: () => ({ url: '/v1/knowledge/search', payload: { query: 'walk', tables: ['chat_facts'] } }) },
 

@@ -6,18 +6,18 @@ import { injectTrace } from '../shared/telemetry/tracing.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
 import { finishedSinceRead, type JobService } from './job-service.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
-import { NotFoundError, ValidationError } from '../shared/core/errors.js';
-import { shownState } from '../shared/core/cancel.js';
+import { ConflictError, NotFoundError, ValidationError } from '../shared/core/errors.js';
+import { cancelRequestedKey, flowCancelledKey, shownState } from '../shared/core/cancel.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whileReachable } from '../shared/infra/redis/connection.js';
 import { childOutcomes } from '../shared/orchestration/child-outcomes.js';
 import { resultKeys } from '../shared/orchestration/fan-out.js';
-import type { FlowChildRef, FlowJobData, FlowJobResult, ParallelFlowData, PipelineRunData } from '../shared/orchestration/flow-data.js';
+import { stepJobId, type FlowChildRef, type FlowJobData, type FlowJobResult, type ParallelFlowData, type PipelineRunData } from '../shared/orchestration/flow-data.js';
 import type { PipelineRegistry } from '../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../shared/orchestration/presets.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
+import type { FlowCancelView, FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
 
 /** Flow parents and pipeline runs retry on their own (a Redis hiccup), kept and bounded like agent jobs. */
 export function flowJobOptions(r: RetentionOptions): JobsOptions {
@@ -29,7 +29,7 @@ export function flowJobOptions(r: RetentionOptions): JobsOptions {
   };
 }
 
-export type { FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
+export type { FlowCancelView, FlowView, PipelineRunView } from '../shared/orchestration/flow-views.js';
 
 /** Ids of new flows and runs, made by the route before the start so a start past its deadline can name them. */
 export const newFlowId = () => `flow-${randomUUID()}`;
@@ -49,8 +49,13 @@ export interface FlowServiceDeps {
   retention: RetentionOptions;
   pipelines: PipelineRegistry;
   presets: FlowPreset[];
-  /** The org's job service (the same shard's): a child it cancelled reads "cancelled" as its own GET says. */
-  jobs: Pick<JobService, 'tombstoned'>;
+  /**
+   * The org's job service (the same shard's): a flow's cancel cancels each child as `DELETE /v1/jobs/:id` does, and a
+   * child it cancelled reads "cancelled" as its own GET says.
+   */
+  jobs: Pick<JobService, 'cancel' | 'tombstoned'>;
+  /** How long a flow's cancel marker (and its not-yet-made steps' markers) is kept, as a job's. */
+  cancelledTtlS: number;
 }
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -116,7 +121,7 @@ export function createFlowService(deps: FlowServiceDeps) {
   async function load(orgId: string, id: string, kind: 'flow' | 'run'): Promise<Job<FlowJobData, FlowJobResult>> {
     const job = await Job.fromId<FlowJobData, FlowJobResult>(flows, id);
     const matches = job?.data?.orgId === orgId && (kind === 'run') === (job.data.kind === 'pipeline');
-    if (!job || !matches) throw new NotFoundError(kind === 'run' ? 'pipeline run not found' : 'flow not found');
+    if (!job || !matches) throw new NotFoundError(kind === 'run' ? `pipeline run "${id}" not found` : `flow "${id}" not found`);
     return job;
   }
 
@@ -136,6 +141,44 @@ export function createFlowService(deps: FlowServiceDeps) {
     // A finish or the timeout ends the wait; the state read below says which.
     await waiters.wait(id, waitMs, async () => FINISHED.has(await flows.getJobState(id)));
     return read();
+  }
+
+  /**
+   * Cancels what of a flow or run has not finished. The marker first: the flows worker reads it before it settles
+   * the flow or makes the run's next step, so whatever it does after this call ends the flow cancelled. Then each
+   * child or step job as `DELETE /v1/jobs/:id` cancels it (removed with its slot and dispatch charge given back, or
+   * aborted by its worker); a run's steps not made yet get the job cancel marker for any incarnation ('1', read by
+   * the claim): a step the runner makes after all, having read the flow's marker just before it was set, never
+   * calls the model. Idempotent: a child already finished or cancelled is skipped.
+   */
+  async function cancel(orgId: string, id: string, kind: 'flow' | 'run'): Promise<FlowCancelView> {
+    const job = await load(orgId, id, kind);
+    const state = await job.getState();
+    if (FINISHED.has(state)) return { id, state: shownState(state, job.failedReason), cancelled: [], cancelling: [] };
+    const marks = deps.redis.multi().set(flowCancelledKey(deps.prefix, id), '1', 'EX', deps.cancelledTtlS);
+    let ids: string[];
+    if (job.data.kind === 'pipeline') {
+      const steps = job.data.steps.filter((s) => s.state === 'pending' || s.state === 'running');
+      ids = steps.flatMap((s) => (s.jobId ? [s.jobId] : []));
+      for (const s of steps) if (!s.added) marks.set(cancelRequestedKey(deps.prefix, stepJobId(id, s.id)), '1', 'EX', deps.cancelledTtlS);
+    } else {
+      ids = job.data.children.map((c) => c.id);
+    }
+    await marks.exec();
+    const cancelled: string[] = [];
+    const cancelling: string[] = [];
+    await Promise.all(
+      ids.map(async (childId) => {
+        try {
+          const view = await deps.jobs.cancel(orgId, childId);
+          (view.state === 'cancelling' ? cancelling : cancelled).push(childId);
+        } catch (err) {
+          // Finished, already cancelled, or gone: nothing left of it to cancel.
+          if (!(err instanceof ConflictError || err instanceof NotFoundError)) throw err;
+        }
+      }),
+    );
+    return { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
   }
 
   const common = (job: Job<FlowJobData, FlowJobResult>) => ({
@@ -205,7 +248,7 @@ export function createFlowService(deps: FlowServiceDeps) {
         return now === 'unknown' && (await deps.jobs.tombstoned(orgId, childId)) ? 'cancelled' : now;
       };
       const children = await Promise.all(data.children.map(async (c) => ({ id: c.id, key: c.key, state: await childState(c.id) })));
-      return { id: job.id!, kind: data.preset ?? 'parallel', state, children, ...common(job) };
+      return { id: job.id!, kind: data.preset ?? 'parallel', state: shownState(state, job.failedReason), children, ...common(job) };
     },
 
     async getRun(orgId: string, id: string, waitMs = 0): Promise<PipelineRunView> {
@@ -225,8 +268,11 @@ export function createFlowService(deps: FlowServiceDeps) {
           ...(s.durationMs !== undefined ? { durationMs: s.durationMs } : {}),
         })),
       );
-      return { id: job.id!, pipeline: data.pipeline, state, steps, outputs: data.outputs, errors: data.errors, ...common(job) };
+      return { id: job.id!, pipeline: data.pipeline, state: shownState(state, job.failedReason), steps, outputs: data.outputs, errors: data.errors, ...common(job) };
     },
+
+    cancelFlow: (orgId: string, id: string) => cancel(orgId, id, 'flow'),
+    cancelRun: (orgId: string, id: string) => cancel(orgId, id, 'run'),
 
     /** Answers every long poll in flight now with the flow's or run's current view (the process is closing). */
     endWaits: () => waiters.endAll(),

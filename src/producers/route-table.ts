@@ -5,7 +5,7 @@ import { route, type RouteSpec } from './route-spec.js';
 import { prometheusMetrics, type AdminRouteDeps } from './routes/admin.js';
 import { listAgents, type AgentCatalog } from './routes/agents.js';
 import { deleteDeadLetter, getDeadLetter, listDeadLetters, retryDeadLetter, retryDeadLetters, type DlqRouteDeps } from './routes/dlq.js';
-import { getFlow, getPipelineRun, listPipelines, startParallelFlow, startPipelineRun, startPresetFlow, type FlowRouteDeps } from './routes/flows.js';
+import { cancelFlow, cancelPipelineRun, getFlow, getPipelineRun, listPipelines, startParallelFlow, startPipelineRun, startPresetFlow, type FlowRouteDeps } from './routes/flows.js';
 import { healthz, readyz, type ReadinessChecks } from './routes/health.js';
 import { listJobs, type JobListDeps } from './routes/job-list.js';
 import { cancelJob, enqueueBulk, enqueueJob, getJob, type JobRouteDeps } from './routes/jobs.js';
@@ -19,7 +19,7 @@ import { getOrgPlan, putOrgPlan, type OrgPlanRouteDeps } from './routes/org-plan
 import { orgParam, orgPlanView } from './schemas/org-plans.js';
 import { orgPlanChangeSchema } from '../shared/fair/org-plan-schema.js';
 import { errors, idParam, waitQuery } from './schemas/common.js';
-import { flowStarted, flowView, parallelBody, pipelineBody, pipelineList, runView } from './schemas/flows.js';
+import { flowCancelled, flowStarted, flowView, parallelBody, pipelineBody, pipelineList, runView } from './schemas/flows.js';
 import { bulkBody, enqueuedJob, jobRequestSchema, jobView, listQuery, sseResponse, streamHeaders, streamQuery } from './schemas/jobs.js';
 import { cacheInvalidated, cacheQuery, ingestBody, ingestResult, orgTableParam, searchBody, searchResult, sharedTableParam } from './schemas/knowledge.js';
 import { dlqBulkBody, dlqBulkRetried, dlqEntry, dlqListQuery, dlqPage, dlqRetried, dlqRetryBody, usageQuery, usageReport as usageReportBody, adminUsageQuery, adminUsageReport as adminUsageReportBody, usageAssetParam } from './schemas/ops.js';
@@ -172,6 +172,17 @@ export const routeTable = {
       handler: getFlow,
     }),
     route({
+      method: 'POST',
+      url: '/v1/flows/:id/cancel',
+      role: 'member',
+      tags: ['flows'],
+      summary: 'Cancel every job of a flow that has not finished',
+      description:
+        'Each child still waiting, delayed or parked is removed (its slot and dispatch charge given back), each running one is aborted by its worker, as `DELETE /v1/jobs/:id` does; the flow then ends `cancelled` (202, `cancelling`). A flow already finished or cancelled: 200, its state, nothing cancelled.',
+      schema: { params: idParam, response: { 200: flowCancelled, 202: flowCancelled, ...errors(400, 401, 404) } },
+      handler: cancelFlow,
+    }),
+    route({
       method: 'GET',
       url: '/v1/pipelines',
       role: 'member',
@@ -200,6 +211,17 @@ export const routeTable = {
       summary: 'A pipeline run’s steps, outputs and result; `?waitMs=` long-polls',
       schema: { params: idParam, querystring: waitQuery, response: { 200: runView, ...errors(400, 401, 404) } },
       handler: getPipelineRun,
+    }),
+    route({
+      method: 'POST',
+      url: '/v1/pipelines/runs/:id/cancel',
+      role: 'member',
+      tags: ['pipelines'],
+      summary: 'Cancel a pipeline run: its running step, and every step not made yet',
+      description:
+        'The running step’s job is cancelled as `DELETE /v1/jobs/:id` does, no later step is made, and the run ends `cancelled` (202, `cancelling`). A run already finished or cancelled: 200, its state, nothing cancelled.',
+      schema: { params: idParam, response: { 200: flowCancelled, 202: flowCancelled, ...errors(400, 401, 404) } },
+      handler: cancelPipelineRun,
     }),
   ],
 

@@ -128,7 +128,8 @@ export function createWorkerService(opts: {
     ...(opts.prepareClaim ? { prepareClaim: opts.prepareClaim } : {}),
     cancelRequested: async ({ id, timestamp }) => {
       const mark = await opts.redis.get(cancelRequestedKey(prefix, id));
-      // '1': a marker written before markers named the job they cancel.
+      // '1': any job of the id (a marker written before markers named the job they cancel, or a pipeline run's
+      // cancel for a step not made yet, whose id no other job takes).
       return mark === '1' || mark === String(timestamp);
     },
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),

@@ -47,6 +47,7 @@ export function createOrchestrationFeature(options: OrchestrationOptions = {}): 
         presets,
         logger,
         jobs: cell.jobs,
+        cancelledTtlS: cfg.KEEP_FAILED_AGE_S,
       }),
     );
     const flows = routeFlowService(services, (orgId) => services[deps.cellOf(orgId).index]);
@@ -113,6 +114,8 @@ function routeFlowService(services: FlowService[], of: (orgId: string) => FlowSe
     startPipeline: (name, input, meta, id) => of(meta.orgId).startPipeline(name, input, meta, id),
     getFlow: (orgId, id, waitMs) => of(orgId).getFlow(orgId, id, waitMs),
     getRun: (orgId, id, waitMs) => of(orgId).getRun(orgId, id, waitMs),
+    cancelFlow: (orgId, id) => of(orgId).cancelFlow(orgId, id),
+    cancelRun: (orgId, id) => of(orgId).cancelRun(orgId, id),
     endWaits: () => services.forEach((f) => f.endWaits()),
     close: async () => void (await Promise.all(services.map((f) => f.close()))),
   };

@@ -51,6 +51,16 @@ export const getFlow =
     return deps.flows.getFlow(orgId, req.params.id, waitOf(deps, req.query.waitMs));
   };
 
+/** 202 while the flow's cancel is under way (its worker ends it), 200 for a flow that had already finished. */
+export const cancelFlow =
+  (deps: FlowRouteDeps): Handler<{ params: typeof idParam }> =>
+  async (req, reply) => {
+    const { orgId } = principalOf(req);
+    const view = await deps.flows.cancelFlow(orgId, req.params.id);
+    req.log.info({ flowId: view.id, cancelled: view.cancelled.length, cancelling: view.cancelling.length }, 'flow cancel');
+    return reply.code(view.state === 'cancelling' ? 202 : 200).send(view);
+  };
+
 export const listPipelines =
   (deps: FlowRouteDeps): Handler<object> =>
   async (req) => {
@@ -83,4 +93,14 @@ export const getPipelineRun =
   async (req) => {
     const { orgId } = principalOf(req);
     return deps.flows.getRun(orgId, req.params.id, waitOf(deps, req.query.waitMs));
+  };
+
+/** As `cancelFlow`, for a pipeline run: its running step is cancelled and no later step is made. */
+export const cancelPipelineRun =
+  (deps: FlowRouteDeps): Handler<{ params: typeof idParam }> =>
+  async (req, reply) => {
+    const { orgId } = principalOf(req);
+    const view = await deps.flows.cancelRun(orgId, req.params.id);
+    req.log.info({ runId: view.id, cancelled: view.cancelled.length, cancelling: view.cancelling.length }, 'pipeline run cancel');
+    return reply.code(view.state === 'cancelling' ? 202 : 200).send(view);
   };

@@ -47,6 +47,13 @@ export const flowView = z.looseObject({
   finishedAt: z.string().optional(),
 });
 
+export const flowCancelled = z.object({
+  id: z.string(),
+  state: z.string().describe('`cancelling` while its jobs end (the flow then ends `cancelled`); a flow that had already finished: its state'),
+  cancelled: z.array(z.string()).describe('Child or step jobs removed before they ran'),
+  cancelling: z.array(z.string()).describe('Child or step jobs that were running: their workers abort them'),
+});
+
 export const runView = z.looseObject({
   id: z.string(),
   pipeline: z.string(),

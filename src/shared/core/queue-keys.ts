@@ -73,6 +73,12 @@ export const cancelRequestedKey = (prefix: string, id: string) => `${agentqPrefi
  */
 export const idempotencyRecordKey = (prefix: string, jobId: string) => `${agentqPrefix(prefix)}:idem:${jobId}`;
 
+/**
+ * Marker of a cancel asked for a whole fan-out flow or pipeline run (by its id in the flows queue): the flows
+ * worker reads it where it would settle the flow or make a run's next step, and ends it "cancelled" instead.
+ */
+export const flowCancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:flow-cancel:${id}`;
+
 /** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
 export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
 

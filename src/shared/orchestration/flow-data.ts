@@ -56,6 +56,9 @@ export interface StepRecord {
   finishedAt?: number;
 }
 
+/** The deterministic id of a run's step job, known before the job is made (its cancel is marked under it). */
+export const stepJobId = (runId: string, stepId: string) => `${runId}-${stepId}`;
+
 /** A pipeline run job, in the flows queue. */
 export interface PipelineRunData {
   kind: 'pipeline';

@@ -37,3 +37,14 @@ export interface PipelineRunView {
   createdAt: string;
   finishedAt?: string;
 }
+
+/** What `POST /v1/flows/:id/cancel` and `POST /v1/pipelines/runs/:id/cancel` answer. */
+export interface FlowCancelView {
+  id: string;
+  /** "cancelling" until the flows worker ends it "cancelled"; a flow that had already finished keeps its state. */
+  state: string;
+  /** Child or step jobs removed before they ran. */
+  cancelled: string[];
+  /** Child or step jobs that were running: their workers abort them. */
+  cancelling: string[];
+}

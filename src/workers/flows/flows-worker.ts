@@ -1,4 +1,5 @@
-import { Worker, type Job } from 'bullmq';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { CANCELLED_REASON, flowCancelledKey } from '../../shared/core/cancel.js';
 import { logConnectionErrors, type RedisClient } from '../../shared/infra/redis/connection.js';
 import { QUEUE } from '../../shared/core/queue-names.js';
 import { settleFanOut } from '../../shared/orchestration/fan-out.js';
@@ -33,6 +34,8 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
     (job, token) =>
       inFlight.run(job, async () => {
         if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
+        // Cancelled (`POST /v1/flows/:id/cancel`): its children were cancelled, and the flow ends so too.
+        if (await opts.connection.exists(flowCancelledKey(opts.prefix, job.id!))) throw new UnrecoverableError(CANCELLED_REASON);
         return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
       }),
     // A run that was active in a process that died is picked up again; its checkpoint makes that safe.

@@ -4,9 +4,9 @@ import type { JobProducer } from '../../shared/queue/job-producer.js';
 import { ValidationError } from '../../shared/core/errors.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
-import { CANCELLED_REASON, cancelledKey } from '../../shared/core/cancel.js';
+import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
 import { childOutcomes, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
-import type { PipelineRunData, PipelineRunResult, StepRecord } from '../../shared/orchestration/flow-data.js';
+import { stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
 
@@ -29,8 +29,6 @@ export interface PipelineRunnerDeps {
   logger: Logger;
   onProgress?: (e: PipelineProgressEvent) => void | Promise<void>;
 }
-
-export const stepJobId = (runId: string, stepId: string) => `${runId}-${stepId}`;
 
 /** A step whose job was removed before it finished (a fan-out's child reads the same, fan-out.ts). */
 const REMOVED = 'step job was removed before it finished (cancelled)';
@@ -143,10 +141,20 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
     };
     const logger = deps.logger.child({ runId: job.id, pipeline: def.name, orgId: data.orgId });
 
+    // `POST /v1/pipelines/runs/:id/cancel`: read before each step is made and at the end, so no step is made after it.
+    const cancelled = async () => (await deps.redis.exists(flowCancelledKey(deps.prefix, job.id!))) === 1;
+
     while (data.cursor < def.steps.length) {
       const step = def.steps[data.cursor];
       if (data.steps[data.cursor]?.id !== step.id) throw new UnrecoverableError(`pipeline "${def.name}" changed while run ${job.id} was in progress`);
       if (data.steps[data.cursor].state === 'pending') {
+        if (await cancelled()) {
+          const next = structuredClone(data);
+          for (const later of next.steps.slice(next.cursor)) later.state = 'skipped';
+          next.cursor = next.steps.length;
+          await save(next);
+          break;
+        }
         let input: unknown;
         try {
           input = step.inputMapper(structuredClone(data.outputs), structuredClone(data.input));
@@ -183,6 +191,9 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       await save({ ...structuredClone(data), refunded: true });
       await deps.producer.giveBack(data.orgId, data.reserved, unmade);
     }
+
+    // Cancelled: whatever its steps did, the run ends as a cancelled job does (shown "cancelled").
+    if (await cancelled()) throw new UnrecoverableError(CANCELLED_REASON);
 
     // A step that failed without `continueOnError` stopped the run: the run failed, and says so in its state
     // (a "completed" run with `success: false` reads as success to every poller). Steps, outputs and errors

@@ -50,8 +50,8 @@ local function claimOwn(id)
   -- The API's cancel marker, read with the claim (a cancel sent before this worker tracked the job): one round
   -- trip, and atomic with it. The claim still holds the slot: the job's failure releases it like any other.
   -- The marker holds the timestamp of the job it cancels: one a cancel left as an earlier job of this id
-  -- finished (the job then removed, and its idempotency key sent again) is not this job's, and goes. '1': a
-  -- marker written before markers carried it.
+  -- finished (the job then removed, and its idempotency key sent again) is not this job's, and goes. '1': any job
+  -- of the id (a marker written before markers carried it, or a pipeline run's cancel for a step not made yet).
   local cancelled = 0
   local mark = rcall('GET', P_CANCEL .. id)
   if mark then
