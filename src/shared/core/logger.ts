@@ -1,3 +1,4 @@
+import { context, isSpanContextValid, trace } from '@opentelemetry/api';
 import { pino, type Logger } from 'pino';
 import type { Config } from './config.js';
 
@@ -41,6 +42,25 @@ function prettyTransport(): pino.DestinationStream {
   }) as pino.DestinationStream;
 }
 
+/** What `traceFields` answers outside a span: never written to, so one object serves every line. */
+const NO_TRACE: Record<string, string> = Object.freeze({}) as Record<string, string>;
+
+/**
+ * The active span's ids under OpenTelemetry's log-correlation names (`trace_id`, `span_id`, `trace_flags`), so an
+ * operator goes from a line to its trace: a worker's line inside its attempt's span, an API line inside its
+ * request's span. Read when a line is written (a pino mixin), from the API's active context: with no SDK started
+ * that is the no-op context manager's root context, so an untraced process pays one lookup per line written and
+ * gets no fields.
+ */
+export function traceFields(): Record<string, string> {
+  const sc = trace.getSpanContext(context.active());
+  if (!sc || !isSpanContextValid(sc)) return NO_TRACE;
+  return { trace_id: sc.traceId, span_id: sc.spanId, trace_flags: `0${sc.traceFlags.toString(16)}`.slice(-2) };
+}
+
+/** The line's own fields win over the trace's; a line outside a span is written as given, not copied. */
+const mergeTrace = (line: object, fields: object): object => (fields === NO_TRACE ? line : Object.assign(fields, line));
+
 /** Never reads the environment: the level comes from the caller (the parsed config for the root logger). */
 export function createLogger(opts: { level?: string; destination?: pino.DestinationStream; format?: LogFormat } = {}): Logger {
   return pino(
@@ -49,6 +69,9 @@ export function createLogger(opts: { level?: string; destination?: pino.Destinat
       base: { service: 'agentq', pid: process.pid },
       redact: { paths: REDACT_PATHS, censor: '[redacted]' },
       timestamp: pino.stdTimeFunctions.isoTime,
+      // Children inherit both: every logger agentq builds (request, job, feature) correlates its lines.
+      mixin: traceFields,
+      mixinMergeStrategy: mergeTrace,
     },
     opts.destination ?? (opts.format === 'pretty' ? prettyTransport() : undefined),
   );
