@@ -1,4 +1,9 @@
+import { EventEmitter } from 'node:events';
+import type { Worker } from 'bullmq';
 import type { RedisClient } from '../src/shared/infra/redis/connection.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { DlqStore } from '../src/shared/ops/dlq-store.js';
+import { attachOpsListeners } from '../src/workers/ops/worker-listeners.js';
 import { metricsExchangeKey } from '../src/shared/core/queue-keys.js';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createMetricsExchange } from '../src/shared/ops/metrics-exchange.js';
@@ -90,6 +95,23 @@ describe('metrics across processes', () => {
     const series = parseProm(await m.registry.metrics()).filter((s) => s.name.startsWith('agentq_dispatch_latency_seconds'));
     expect(series.filter((s) => s.name === 'agentq_dispatch_latency_seconds_count')).toEqual([expect.objectContaining({ labels: {}, value: 3 })]);
     expect(series.every((s) => s.labels.org === undefined)).toBe(true);
+  });
+
+  it("measures start and dispatch latency from when a job became runnable: a caller's delayMs is not queue wait", async () => {
+    const m = createOpsMetrics();
+    // A worker stand-in emits BullMQ's `active` event, as the ops feature's listeners hear it.
+    const worker = new EventEmitter();
+    attachOpsListeners(worker as unknown as Worker<AgentJobData, AgentResult>, { store: {} as DlqStore, metrics: m, logger });
+    const data = { orgId: 'org-a', agent: 'A', action: 'a', input: {}, enqueuedAt: 1000 };
+    // Delayed 60 s, started 200 ms after the delay ran out; and an undelayed job started 300 ms after its enqueue.
+    worker.emit('active', { data: { ...data, delayMs: 60_000 }, processedOn: 61_200, attemptsStarted: 1, opts: { delay: 0 } });
+    worker.emit('active', { data, processedOn: 1300, attemptsStarted: 1, opts: {} });
+    const samples = parseProm(await m.registry.metrics());
+    for (const name of ['agentq_job_start_latency_seconds', 'agentq_dispatch_latency_seconds']) {
+      expect(sampleSum(samples, `${name}_count`), name).toBe(2);
+      expect(sampleSum(samples, `${name}_sum`), name).toBeCloseTo(0.5, 10);
+      expect(sampleSum(samples, `${name}_bucket`, { le: '0.5' }), name).toBe(2);
+    }
   });
 
   it('keeps the counts of a process that exits: $10 + $20, one exits, one more $1 job reads $31', async () => {

@@ -15,6 +15,8 @@ export interface JobFacts {
   orgId?: string;
   action: string;
   enqueuedAt?: number;
+  /** The caller's `options.delayMs` (the job's data): the job could not start before `enqueuedAt` + it. */
+  delayMs?: number;
   processedOn?: number;
   finishedOn?: number;
 }
@@ -56,7 +58,7 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   });
   const startLatency = new Histogram({
     name: 'agentq_job_start_latency_seconds',
-    help: 'Time from enqueue to the first start of a job',
+    help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start',
     labelNames: ['agent'] as const,
     buckets: LATENCY_BUCKETS,
     registers,
@@ -65,7 +67,7 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   // to the retired totals). Per org, the dispatcher's gauges read at scrape say who waits.
   const dispatchLatency = new Histogram({
     name: 'agentq_dispatch_latency_seconds',
-    help: 'Time from enqueue to the first start of a job, every org together: what the fair dispatcher made jobs wait',
+    help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start, every org together: what the fair dispatcher made jobs wait',
     buckets: LATENCY_BUCKETS,
     registers,
   });
@@ -109,8 +111,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     jobStarted(job: JobFacts & { attemptsStarted?: number }) {
       // Only the first start: a retry or a guard's delay would otherwise count the same job again.
       if (job.enqueuedAt && job.processedOn && (job.attemptsStarted ?? 1) <= 1) {
-        startLatency.observe({ agent: job.agent }, Math.max(0, job.processedOn - job.enqueuedAt) / 1000);
-        if (job.orgId) dispatchLatency.observe(Math.max(0, job.processedOn - job.enqueuedAt) / 1000);
+        // From when it could run: a job the caller delayed 60 s did not wait 60 s for the queue. Its data's delay,
+        // never BullMQ's `opts.delay` (a parked job's is the far-future park, park.ts).
+        const seconds = Math.max(0, job.processedOn - job.enqueuedAt - (job.delayMs ?? 0)) / 1000;
+        startLatency.observe({ agent: job.agent }, seconds);
+        if (job.orgId) dispatchLatency.observe(seconds);
       }
     },
 

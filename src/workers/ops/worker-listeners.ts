@@ -12,6 +12,7 @@ const facts = (job: AgentJob) => ({
   orgId: job.data.orgId,
   action: job.data.action,
   enqueuedAt: job.data.enqueuedAt,
+  delayMs: job.data.delayMs,
   processedOn: job.processedOn,
   finishedOn: job.finishedOn,
   attemptsStarted: job.attemptsStarted,
