@@ -6,6 +6,7 @@ import type { AgentJobData, AgentResult } from '../core/types.js';
 import { classifyFailedJob, type Classification, type DlqClass, type FailureType } from '../core/dlq-classify.js';
 import { agentJobKey, batchKeys, cancelRequestedKey, dlqMetaKey, jobStreamKey, parentChildrenKeys, usageStreamKey, waitingChildrenKey } from '../core/queue-keys.js';
 import { RUN_FIELD } from '../infra/db/run-stream.js';
+import { injectTrace } from '../telemetry/tracing.js';
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
@@ -172,10 +173,15 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
      * failed with a Redis error before the script ran, it changed nothing; there is no step after the claim
      * that could fail and leave it half done. With `input`, the job's batch-tier request or answer (the old
      * input's) is cancelled in the same step. Returns the new count or why it was refused.
+     * Asked inside a span (the API's or Bull Board's request), the retry's attempts continue that span's trace, as
+     * an enqueue's do: its context replaces the job's `data.trace`. Outside one (the scheduled reprocessor, or
+     * tracing unset) the job keeps the trace it had.
      */
     async retry(item: DlqItem, opts: { maxRetries?: number; requireClass?: DlqClass; input?: unknown }): Promise<number | RetryRefusal> {
       const { entry, job } = item;
-      const data = opts.input === undefined ? '' : JSON.stringify({ ...job.data, input: opts.input });
+      const trace = injectTrace();
+      const newInput = opts.input !== undefined;
+      const data = newInput || trace ? JSON.stringify({ ...job.data, ...(newInput ? { input: opts.input } : {}), ...(trace ? { trace } : {}) }) : '';
       const k = queue.keys;
       // The record's model names its pending set: a failed job runs nowhere, so nothing replaces the record
       // before the retry (only the job's own attempt records one).
@@ -189,7 +195,7 @@ export function createDlqStore(deps: { redis: RedisClient; queue: AgentQueue; pr
       }
       const push = job.opts.lifo ? 'RPUSH' : 'LPUSH';
       const res = Number(
-        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '', job.timestamp, RUN_FIELD]),
+        await retryLua(keys, [entry.id, entry.dlqRetries, opts.maxRetries ?? -1, opts.requireClass ?? '', entry.class, entry.reason.slice(0, 2000), Date.now(), deps.ttlS, data, push, parent?.id ?? '', job.timestamp, RUN_FIELD, newInput ? '' : '1']),
       );
       return res >= 0 ? res : REFUSALS[res];
     },

@@ -6,8 +6,8 @@
 -- The claim: the job must still sit in the failed set (its hash there too), its DLQ retry count must be the
 -- one the caller read (so two reprocessors racing retry it once: the second finds it gone, or, once it failed
 -- again, counted on) and under the limit, and it must still be of the required class. Then the retry is
--- counted, the error it is retried from recorded, and the caller's corrected data written: only the one
--- caller whose claim wins ever writes it.
+-- counted, the error it is retried from recorded, and the caller's data written (a corrected input, or the trace
+-- context of the request that retries it): only the one caller whose claim wins ever writes it.
 -- A hold (`claimOf` = the failed set's score, `claimUntil`) is what the previous version wrote between its
 -- claim and its move: still respected until it lapses, so a retry from a process of that version during a
 -- rolling update is not retried twice. This script writes none: nothing comes between its claim and move.
@@ -25,7 +25,7 @@
 -- KEYS[6..12]: the agent queue's wait list, meta hash, active list, marker, prioritized set, priority counter
 --   and events stream (BullMQ's)
 -- KEYS[13]: the job's batch-tier record (batchKeys.job)  KEYS[14]: the pending set of the record's model
---   (batchKeys.queue). With new data, a record still holding the old input's request or answer is cancelled:
+--   (batchKeys.queue). With a corrected input, a record still holding the old input's request or answer is cancelled:
 --   a batch-tier job whose batch answered before it failed (or was cancelled) unread would be served that
 --   answer, computed for the old input; cancelled, the retry records its new request (batch-add-3.lua replaces
 --   a cancelled record) and a batch that holds the old one hands it nothing (batch-cancel-3.lua's state). An
@@ -50,6 +50,8 @@
 -- ARGV[12]: the job's creation time as the caller read it (BullMQ's `timestamp`): a job removed and added again
 --   under the same id since is another job, which the caller's input (its read data with the new input) is not for
 -- ARGV[13]: the usage stream entry's field name (with KEYS[15])
+-- ARGV[14]: '1' when ARGV[9] keeps the job's input and only carries the retry's trace context (the job's batch-tier
+--   record, of that same input, stays); absent or anything else: ARGV[9] holds a corrected input
 -- Returns the new retry count, or -1 not failed, -2 count moved on (or held by a previous version's claim, or
 -- the job is another incarnation than the one read),
 -- -3 limit reached, -4 other class, -5 its parent no longer waits for it.
@@ -98,6 +100,8 @@ rcall('EXPIRE', KEYS[1], tonumber(ARGV[8]))
 rcall('DEL', KEYS[4], KEYS[5])
 if ARGV[9] ~= '' then
   rcall('HSET', jobKey, 'data', ARGV[9])
+end
+if ARGV[9] ~= '' and ARGV[14] ~= '1' then
   -- A fallback record holds neither (the retry runs standard with the new input), a cancelled one is dropped.
   local batchState = rcall('HGET', KEYS[13], 'state')
   if batchState == 'pending' or batchState == 'submitted' or batchState == 'done' or batchState == 'failed' then
