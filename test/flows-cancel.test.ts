@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { createAgentqClient } from '../src/producers/client/client.js';
 import { randomOrg } from './helpers/env.js';
 import { markedJob, postJob } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -185,5 +186,25 @@ describe('cancelling a whole flow or pipeline run', () => {
     } finally {
       producer.add = original;
     }
+  });
+  it('is reachable from the typed client: startFlow / cancelFlow / getFlow and startPipeline / cancelPipelineRun / getPipelineRun', async () => {
+    const key = await s.newKey();
+    const client = createAgentqClient({ baseUrl: await s.app.listen({ host: '127.0.0.1', port: 0 }), apiKey: key });
+    const tag = `Client Cancel ${randomUUID().slice(0, 8)}`;
+    const before = hangs();
+    s.emulator.script({ hang: true, match: { promptIncludes: tag }, times: -1 });
+    const { id } = await client.startFlow([markedJob(`${tag} flow`) as never]);
+    await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+    const [child] = (await client.getFlow(id)).children.map((c) => c.id);
+    expect(await client.cancelFlow(id)).toEqual({ id, state: 'cancelling', cancelled: [], cancelling: [child] });
+    await vi.waitFor(async () => expect((await client.getFlow(id)).state).toBe('cancelled'), POLL);
+    // An unknown id is the server's 404, thrown with its message.
+    await expect(client.cancelFlow('flow-missing')).rejects.toMatchObject({ status: 404, message: expect.stringContaining('flow-missing') });
+
+    const input = { companyName: `${tag} run`, answers: [{ question: 'What do you build?', answer: 'Bike couriers.' }] };
+    const run = await client.startPipeline('wizard_completion', input);
+    await vi.waitFor(() => expect(hangs()).toBe(before + 2), POLL);
+    expect(await client.cancelPipelineRun(run.id)).toEqual({ id: run.id, state: 'cancelling', cancelled: [], cancelling: [`${run.id}-profile`] });
+    await vi.waitFor(async () => expect((await client.getPipelineRun(run.id)).state).toBe('cancelled'), POLL);
   });
 });

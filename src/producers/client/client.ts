@@ -7,7 +7,7 @@ import type {
   AgentOutput,
   BuiltInAgents,
 } from '../../shared/agents/registry.js';
-import type { FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
+import type { FlowCancelView, FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import type { JobStage } from '../../shared/core/job-stage.js';
 import { AgentqHttpError, AgentqTimeoutError, createHttpTransport, type HttpTransport, type TransportOptions } from './transport.js';
@@ -16,7 +16,7 @@ import { sleep } from '../../shared/core/abortable-sleep.js';
 // Type-only imports above: the client pulls no agent code, zod or Redis into the service that uses it.
 export { AgentqHttpError, AgentqTimeoutError } from './transport.js';
 export type { ErrorBody, FetchLike, HttpTransport, RequestOptions } from './transport.js';
-export type { FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
+export type { FlowCancelView, FlowView, PipelineRunView } from '../../shared/orchestration/flow-views.js';
 // Streaming: the SSE parser and reconnecting reader are dependency-free as well.
 import { streamJob, type JobStreamEvent, type StreamOptions } from './stream-client.js';
 export { AgentqStreamError } from './stream-client.js';
@@ -120,6 +120,16 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
   const minPollIntervalMs = opts.minPollIntervalMs ?? 250;
   const overloadPauseFloorMs = Math.max(minPollIntervalMs, OVERLOAD_PAUSE_FLOOR_MS);
   const jobPath = (id: string) => `/v1/jobs/${encodeURIComponent(id)}`;
+  const flowPath = (id: string) => `/v1/flows/${encodeURIComponent(id)}`;
+  const runPath = (id: string) => `/v1/pipelines/runs/${encodeURIComponent(id)}`;
+  const startFlow = async (tasks: JobSpec<M>[], defaults?: EnqueueOptions): Promise<{ id: string }> => {
+    const { id } = await http.json<{ id: string }>('POST', '/v1/flows/parallel', { body: { tasks, ...(defaults ? { options: defaults } : {}) } });
+    return { id };
+  };
+  const startPipeline = async (name: string, input: unknown): Promise<{ id: string }> => {
+    const { id } = await http.json<{ id: string }>('POST', `/v1/pipelines/${encodeURIComponent(name)}`, { body: { input } });
+    return { id };
+  };
 
   const get = <T = unknown>(id: string, signal?: AbortSignal) => http.json<JobView<T>>('GET', jobPath(id), { signal });
 
@@ -202,20 +212,41 @@ export function createAgentqClient<M extends AgentMap = BuiltInAgents>(opts: Age
       return (await http.json<{ agents: AgentInfo[] }>('GET', '/v1/agents')).agents;
     },
 
+    /** Starts a fan-out (`POST /v1/flows/parallel`, 1..50 tasks) without waiting: its id, for `getFlow` / `cancelFlow`. */
+    startFlow,
+
+    /** A flow's view now (`GET /v1/flows/:id`). */
+    getFlow: (id: string) => http.json<FlowView>('GET', flowPath(id)),
+
+    /**
+     * Cancels every child of a flow that has not finished (`POST /v1/flows/:id/cancel`): waiting ones are removed,
+     * running ones aborted by their workers; the flow then ends `cancelled` (follow it with `getFlow` or `waitFor`).
+     */
+    cancelFlow: (id: string) => http.json<FlowCancelView>('POST', `${flowPath(id)}/cancel`),
+
     /**
      * Fan-out (`POST /v1/flows/parallel`, 1..50 tasks) and wait until every task has settled. A task that
      * failed for good is a `success: false` entry of `result.results`, not an error.
      */
     async runFlow(tasks: JobSpec<M>[], opts: RunFlowOptions = {}): Promise<FlowView> {
       const { defaults, ...wo } = opts;
-      const { id } = await http.json<{ id: string }>('POST', '/v1/flows/parallel', { body: { tasks, ...(defaults ? { options: defaults } : {}) } });
-      return poll<FlowView>(`/v1/flows/${encodeURIComponent(id)}`, `flow ${id}`, wo);
+      const { id } = await startFlow(tasks, defaults);
+      return poll<FlowView>(flowPath(id), `flow ${id}`, wo);
     },
+
+    /** Starts a named pipeline (`POST /v1/pipelines/:name`) without waiting: its run id. */
+    startPipeline,
+
+    /** A pipeline run's view now (`GET /v1/pipelines/runs/:id`). */
+    getPipelineRun: (id: string) => http.json<PipelineRunView>('GET', runPath(id)),
+
+    /** Cancels a run (`POST /v1/pipelines/runs/:id/cancel`): its running step is aborted and no later step is made. */
+    cancelPipelineRun: (id: string) => http.json<FlowCancelView>('POST', `${runPath(id)}/cancel`),
 
     /** Runs a named pipeline (`POST /v1/pipelines/:name`) and waits for its outcome (`result.success`, outputs, errors). */
     async runPipeline(name: string, input: unknown, wo: WaitOptions = {}): Promise<PipelineRunView> {
-      const { id } = await http.json<{ id: string }>('POST', `/v1/pipelines/${encodeURIComponent(name)}`, { body: { input } });
-      return poll<PipelineRunView>(`/v1/pipelines/runs/${encodeURIComponent(id)}`, `pipeline run ${id}`, wo);
+      const { id } = await startPipeline(name, input);
+      return poll<PipelineRunView>(runPath(id), `pipeline run ${id}`, wo);
     },
 
     /**
