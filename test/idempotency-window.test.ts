@@ -11,7 +11,8 @@ import { POLL } from './helpers/wait.js';
  * keeps the job: KEEP_COMPLETED_COUNT removes a completed job as soon as 10,000 others completed after it (ten
  * seconds at 1,000 jobs/s), after which a re-send ran the work again, a second paid model call. The key's record
  * (queue-keys.ts idempotencyRecordKey) is written by the add itself; a re-send within the window answers the
- * same id with state "unknown" (the job is no longer kept), makes no job and takes nothing from the daily limit.
+ * same id with state "unknown" (the job is no longer kept; "cancelled" for a cancelled one, as GET answers), makes no
+ * job and takes nothing from the daily limit.
  */
 
 const risk = (name: string, idempotencyKey?: string) => ({
@@ -148,5 +149,63 @@ describe('past IDEMPOTENCY_TTL_S the key is free', () => {
     expect(await addedCount(s, id)).toBe(2);
     // And the new job is remembered in turn.
     expect(await s.runtime.deps.redis.exists(record)).toBe(1);
+  });
+});
+
+/**
+ * A re-send of a cancelled job answers `cancelled`, as `GET /v1/jobs/:id` does: a job cancelled before it ran is
+ * removed (its key's record stands, so the re-send makes no job) and its tombstone tells GET; one cancelled while
+ * it ran is failed with the reason `cancelled`. The re-send answered BullMQ's `unknown` and `failed` for them.
+ */
+describe.each([
+  { name: 'stored by the fair dispatcher', fairDispatch: true },
+  { name: 'added by BullMQ (the bench baseline, no dispatcher)', fairDispatch: false },
+])('a re-send of a cancelled job answers cancelled: $name', ({ fairDispatch }) => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: true, fairDispatch });
+  });
+  afterAll(async () => s?.close());
+
+  const get = (id: string) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth });
+
+  it('cancelled before it ran (removed, tombstone): the re-send answers cancelled, makes no job', async () => {
+    // Delayed a minute: no worker takes it before the cancel.
+    const body = { ...risk('Cancelled Co'), options: { idempotencyKey: 'cancel-waiting-1', delayMs: 60_000 } };
+    const first = await post(s, s.auth, body);
+    expect(first.statusCode).toBe(202);
+    const id = first.json().id as string;
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
+    expect(del.json()).toMatchObject({ state: 'cancelled' });
+    expect((await get(id)).json()).toMatchObject({ id, state: 'cancelled' });
+
+    const again = await post(s, s.auth, body);
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ id, state: 'cancelled' });
+    expect(await s.runtime.queue.getJobState(id)).toBe('unknown');
+    expect(await addedCount(s, id)).toBe(1);
+    // Another org's key never names this job (the id hashes the org), so its tombstone is never read for it.
+    const other = await post(s, { authorization: `Bearer ${await s.newKey()}` }, body);
+    expect(other.statusCode).toBe(202);
+    expect(other.json().id).not.toBe(id);
+    expect(other.json().state).not.toBe('cancelled');
+  });
+
+  it('cancelled while it ran (failed, reason cancelled): the re-send answers cancelled', async () => {
+    const marker = 'Cancelled While Running Co';
+    s.emulator.script({ hang: true, match: { promptIncludes: marker } });
+    const body = risk(marker, 'cancel-active-1');
+    const first = await post(s, s.auth, body);
+    expect(first.statusCode).toBe(202);
+    const id = first.json().id as string;
+    await vi.waitFor(async () => expect((await get(id)).json().state).toBe('active'), POLL);
+    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth });
+    expect(del.json()).toMatchObject({ state: 'cancelling' });
+    await vi.waitFor(async () => expect((await get(id)).json().state).toBe('cancelled'), POLL);
+    expect(await s.runtime.queue.getJobState(id)).toBe('failed');
+
+    const again = await post(s, s.auth, body);
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ id, state: 'cancelled' });
   });
 });

@@ -8,6 +8,7 @@ import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
+import { readCancelTombstone } from '../shared/queue/cancel-tombstone.js';
 import { deriveStage, type JobStage } from '../shared/core/job-stage.js';
 
 export interface JobView {
@@ -91,13 +92,9 @@ export function createJobService(deps: {
   }
 
   async function tombstone(orgId: string, id: string): Promise<JobView | undefined> {
-    const raw = await redis.get(cancelledKey(prefix, id));
-    if (!raw) return undefined;
-    const view = JSON.parse(raw) as JobView & { orgId: string };
-    if (view.orgId !== orgId) return undefined;
-    const { orgId: _omit, ...rest } = view;
+    const view = (await readCancelTombstone(redis, prefix, orgId, id)) as JobView | undefined;
     // Tombstones written before the view had a stage lack one.
-    return { ...rest, stage: { name: 'done', outcome: 'cancelled' } };
+    return view && { ...view, stage: { name: 'done', outcome: 'cancelled' } };
   }
 
   /**

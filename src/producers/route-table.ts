@@ -70,7 +70,7 @@ export const routeTable = {
       tags: ['jobs'],
       summary: 'Enqueue an agent job',
       description:
-        'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org returns the same job id for IDEMPOTENCY_TTL_S (a day) from its first use, and as long as the job is kept: once retention removed the job, `state` is `unknown` and no job is made again; another request under the key is a 409 naming `options.idempotencyKey` and the `jobId`.',
+        'The input is validated against the agent action’s schema (400 naming `input.…` fields). The same `options.idempotencyKey` from one org returns the same job id for IDEMPOTENCY_TTL_S (a day) from its first use, and as long as the job is kept: once retention removed the job, `state` is `unknown` (`cancelled` for a cancelled job, as GET shows it) and no job is made again; another request under the key is a 409 naming `options.idempotencyKey` and the `jobId`.',
       schema: { body: jobRequestSchema, response: { 202: enqueuedJob, ...errors(400, 401, 409, 413, 415, 429, 503) } },
       handler: enqueueJob,
     }),

@@ -6,6 +6,8 @@ import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
 import { IdempotencyConflictError, ValidationError } from '../core/errors.js';
 import { idempotencyRecordKey } from '../core/queue-keys.js';
+import { shownState } from '../core/cancel.js';
+import { readCancelTombstone } from './cancel-tombstone.js';
 import type { AgentJobData } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
 import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
@@ -223,10 +225,19 @@ export function createJobProducer(deps: JobProducerDeps) {
   /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
 
-  /** An idempotent re-enqueue answers the existing job's state; parked for the dispatcher reads "waiting". */
+  /**
+   * An idempotent re-enqueue answers the existing job's state as `GET /v1/jobs/:id` shows it: parked for the
+   * dispatcher reads "waiting"; cancelled reads "cancelled", whether it failed with the cancel's reason (it ran)
+   * or was removed with a tombstone (it had not); any other job no longer kept reads BullMQ's "unknown".
+   */
   async function existingState(p: PreparedJob, id: string | undefined): Promise<string> {
     if (!p.idempotent || !id) return stateOf(p);
     const state = await queue.getJobState(id);
+    if (state === 'unknown') {
+      const client = (await queue.getBackend().client) as unknown as RedisClient;
+      return (await readCancelTombstone(client, prefix, p.data.orgId, id)) ? 'cancelled' : state;
+    }
+    if (state === 'failed') return shownState(state, (await queue.getJob(id))?.failedReason);
     if (state !== 'delayed') return state;
     const job = await queue.getJob(id);
     return job && isParked(job) ? 'waiting' : state;
