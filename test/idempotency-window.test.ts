@@ -5,6 +5,8 @@ import { idempotentJobId } from '../src/shared/queue/job-producer.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
+import { freezableProxy } from './helpers/freezable-proxy.js';
+import { redisUrl } from './helpers/env.js';
 
 /**
  * An idempotency key is remembered IDEMPOTENCY_TTL_S (a day) from its job's first add, not only while retention
@@ -207,5 +209,57 @@ describe.each([
     const again = await post(s, s.auth, body);
     expect(again.statusCode).toBe(202);
     expect(again.json()).toEqual({ id, state: 'cancelled' });
+  });
+});
+
+/**
+ * The key's record is stored with its job, never after it: without the dispatcher (the bench baseline) BullMQ's add
+ * was one call and the record's write another, after a read. An enqueue that failed between the two (its add's reply
+ * lost: a crash, a connection cut, a command timeout) left the job without its record, and the client's retry found
+ * the job and wrote none either: once retention removed the job, a re-send made and ran it again.
+ */
+describe.each([
+  { name: 'stored by the fair dispatcher', fairDispatch: true },
+  { name: 'added by BullMQ (the bench baseline, no dispatcher)', fairDispatch: false },
+])('an add whose reply is lost leaves its key recorded: $name', ({ fairDispatch }) => {
+  let s: Stack;
+  let proxy: Awaited<ReturnType<typeof freezableProxy>>;
+  beforeAll(async () => {
+    proxy = await freezableProxy(new URL(redisUrl()));
+    // Every connection of the stack goes through the proxy; a reply held there fails its command after this long.
+    s = await startStack({ REDIS_URL: `redis://127.0.0.1:${proxy.port}`, REDIS_COMMAND_TIMEOUT_MS: '1500' }, { worker: false, fairDispatch });
+  });
+  afterAll(async () => {
+    await s?.close();
+    proxy?.close();
+  });
+
+  it('the failed send, its retry, then retention: a re-send makes no second job', async () => {
+    const marker = `Lost Reply ${randomOrg()}`;
+    const body = risk(marker, 'lost-reply-1');
+    const id = idempotentJobId(s.orgId, 'lost-reply-1');
+    // The add (the only request carrying the input) reaches Redis; its reply, and every later one, waits in the proxy.
+    proxy.holdRepliesAfter(marker);
+    let failed;
+    try {
+      failed = await post(s, s.auth, body);
+    } finally {
+      proxy.passReplies();
+    }
+    expect(failed.statusCode).toBeGreaterThanOrEqual(500);
+    // Stored all the same: the client retries, as the 503 tells it to, and gets the job.
+    const retry = await post(s, s.auth, body);
+    expect(retry.statusCode).toBe(202);
+    expect(retry.json()).toMatchObject({ id });
+    // Gone by retention (by hand here: no worker runs it).
+    const cell = s.runtime.deps.cells[0];
+    if (fairDispatch) await cell.scheduler.cancel(id);
+    await (await cell.queue.getJob(id))!.remove();
+
+    const again = await post(s, s.auth, body);
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ id, state: 'unknown' });
+    expect(await addedCount(s, id)).toBe(1);
+    expect(await s.runtime.deps.redis.hgetall(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id))).toMatchObject({ id });
   });
 });

@@ -1,6 +1,6 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { chooseTier, type TierPolicy } from './tier-choice.js';
-import type { FlowJob, FlowProducer, JobsOptions, ParentOptions } from 'bullmq';
+import { Job, type FlowJob, type FlowProducer, type JobsOptions, type ParentOptions } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
@@ -8,7 +8,7 @@ import { IdempotencyConflictError, ValidationError } from '../core/errors.js';
 import { idempotencyRecordKey } from '../core/queue-keys.js';
 import { shownState } from '../core/cancel.js';
 import { readCancelTombstone } from './cancel-tombstone.js';
-import type { AgentJobData } from '../core/types.js';
+import type { AgentJobData, AgentResult } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
 import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
 import { admitOrThrow, refundFailedAdd, type AdmissionCheck, type DailyReservation } from './admission-check.js';
@@ -286,21 +286,41 @@ export function createJobProducer(deps: JobProducerDeps) {
     return { existing, gone };
   }
 
+  /** The idempotent jobs of `prepared` this request would make (one per job id): their keys' records go with them. */
+  const madeKeys = (prepared: PreparedJob[], existing: Set<string>): PreparedJob[] => [
+    ...new Map(prepared.filter((p) => p.idempotent && !existing.has(p.opts.jobId)).map((p) => [p.opts.jobId, p])).values(),
+  ];
+
   /**
-   * Without the dispatcher's add (which records the keys in its own call): the records of the idempotent jobs of
-   * `prepared` this request made, once the read after the add confirmed they are this request's (a racing
-   * request's job under the same key is refused there, so no record names another request than its job's).
+   * Without the dispatcher's add (which records the keys in its own call): BullMQ's add of `items` and the records
+   * of the keys of `made` in one MULTI. Written after the add, a record was lost to a crash or a failed reply in
+   * between (and never written by a retry, which finds the job), or came after retention had already removed a job
+   * that ran at once: either way a re-send then made and ran the job again. Each record field is written only where
+   * none stands (HSETNX, PEXPIRE NX): of racing requests under one key, the transaction that stored the job (BullMQ's
+   * add of the others is its no-op by id) is the one whose record stands, so no record names another request than
+   * its job's. The job keys and the records share the queue's hash tag (one slot on a cluster).
    */
-  async function recordKeys(prepared: PreparedJob[], existing: Set<string>): Promise<void> {
-    const made = [...new Map(prepared.filter((p) => p.idempotent && !existing.has(p.opts.jobId)).map((p) => [p.opts.jobId, p])).values()];
-    if (made.length === 0) return;
-    const client = (await queue.getBackend().client) as unknown as RedisClient;
+  async function addWithRecords(items: { name: string; data: AgentJobData; opts: JobsOptions & { jobId: string } }[], made: PreparedJob[]): Promise<void> {
+    const client = await queue.getBackend().client;
     const tx = client.multi();
+    const defaults = queue.defaultJobOptions;
+    for (const it of items) {
+      const job = new Job<AgentJobData, AgentResult>(queue, it.name, it.data, { ...defaults, ...it.opts }, it.opts.jobId);
+      // Queued on the transaction synchronously (BullMQ's own addBulk relies on it); its reply is read from exec.
+      void job.addJob(tx, { parentKey: job.parentKey, parentDependenciesKey: job.parentKey ? `${job.parentKey}:dependencies` : '' });
+    }
+    const cmd = tx as unknown as ReturnType<RedisClient['multi']>;
     for (const p of made) {
       const key = idempotencyRecordKey(prefix, p.opts.jobId);
-      tx.hset(key, { id: p.opts.jobId, fp: p.data.fingerprint! }).pexpire(key, idemTtlMs);
+      cmd.hsetnx(key, 'id', p.opts.jobId).hsetnx(key, 'fp', p.data.fingerprint!).pexpire(key, idemTtlMs, 'NX');
     }
-    await tx.exec();
+    const replies = await tx.exec();
+    if (!replies) throw new Error('enqueue transaction aborted');
+    replies.forEach(([err, reply], i) => {
+      if (err) throw err;
+      // BullMQ's add answers a negative code for a job it refused (a missing parent, ...), as its own add throws.
+      if (i < items.length && typeof reply === 'number' && reply < 0) throw new Error(`BullMQ refused the add of job ${items[i].opts.jobId} (code ${reply})`);
+    });
   }
 
   /** The jobs of `prepared` that would be new: one per job id, not counting those that exist already. */
@@ -337,17 +357,25 @@ export function createJobProducer(deps: JobProducerDeps) {
           await refuseReusedKeys(prepared);
         } else {
           // A job whose key's record outlived it is not added again (the dispatcher's add script checks the same
-          // atomically; here a record that appears between the read and the add is BullMQ's no-op add by id).
+          // atomically; here a record that appears between the read and the add came with its job, in one MULTI, and
+          // BullMQ's add by id is a no-op while that job is kept).
           const adding = gone.size ? prepared.filter((p) => !gone.has(p.opts.jobId)) : prepared;
           const extra: JobsOptions = { ...(o.parent ? { parent: o.parent } : {}), ...(o.ignoreDependencyOnFailure ? { ignoreDependencyOnFailure: true } : {}) };
           const items = adding.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }));
+          const made = madeKeys(adding, existing);
           sent = true;
           await Promise.all([
-            items.length === 0 ? undefined : items.length === 1 ? queue.add(items[0].name, items[0].data, items[0].opts) : queue.addBulk(items),
+            items.length === 0
+              ? undefined
+              : made.length > 0
+                ? addWithRecords(items, made)
+                : items.length === 1
+                  ? queue.add(items[0].name, items[0].data, items[0].opts)
+                  : queue.addBulk(items),
             indexed(meta.orgId, adding),
           ]);
           await refuseReusedKeys(prepared);
-          await Promise.all([recordKeys(adding, existing), lane(adding)]);
+          await lane(adding);
         }
         // Only an idempotent job's state is read back (one request per job); the others' is known. A job whose
         // key's record outlived it reads BullMQ's "unknown" (no such job): its id stands, its result is gone.
