@@ -4,6 +4,8 @@ import { createDirectProducer } from '../src/producers/direct-producer.js';
 import { defineAction, defineAgent } from '../src/shared/agents/define-agent.js';
 import { ConfigError } from '../src/shared/core/config.js';
 import { ValidationError } from '../src/shared/core/errors.js';
+import { idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
+import { idempotentJobId } from '../src/shared/queue/job-producer.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 describe('direct producer (services sharing Redis)', () => {
@@ -87,6 +89,48 @@ describe('direct producer (services sharing Redis)', () => {
     } finally {
       await open.close();
     }
+  });
+});
+
+describe("direct producer: an idempotency key is kept the deployment's IDEMPOTENCY_TTL_S", () => {
+  let s: Stack;
+  const hostTtl = process.env.IDEMPOTENCY_TTL_S;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+  });
+  afterAll(async () => {
+    if (hostTtl === undefined) delete process.env.IDEMPOTENCY_TTL_S;
+    else process.env.IDEMPOTENCY_TTL_S = hostTtl;
+    await s?.close();
+  });
+
+  /** The ms to live of the key's record the direct producer's enqueue under `key` wrote. */
+  async function recordTtl(opts: Partial<Parameters<typeof createDirectProducer>[0]>, key: string): Promise<number> {
+    const producer = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX, ...opts });
+    try {
+      const { id } = await producer.enqueue({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: key }, options: { idempotencyKey: key } }, { orgId: s.orgId });
+      expect(id).toBe(idempotentJobId(s.orgId, key));
+      return await s.runtime.deps.redis.pttl(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
+    } finally {
+      await producer.close();
+    }
+  }
+
+  it('takes IDEMPOTENCY_TTL_S from the environment, as the API does; retention.idempotencyTtlS overrides it; a bad value is refused naming it', async () => {
+    process.env.IDEMPOTENCY_TTL_S = '120';
+    const fromEnv = await recordTtl({}, 'ttl-env');
+    expect(fromEnv).toBeGreaterThan(0);
+    expect(fromEnv).toBeLessThanOrEqual(120_000);
+    const given = await recordTtl({ retention: { idempotencyTtlS: 30 } }, 'ttl-given');
+    expect(given).toBeGreaterThan(0);
+    expect(given).toBeLessThanOrEqual(30_000);
+    process.env.IDEMPOTENCY_TTL_S = 'soon';
+    const refused = createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX });
+    await expect(refused).rejects.toThrow(ConfigError);
+    await expect(refused).rejects.toThrow(/IDEMPOTENCY_TTL_S/);
+    // Unset: a day, as the API's default.
+    delete process.env.IDEMPOTENCY_TTL_S;
+    expect(await recordTtl({}, 'ttl-default')).toBeGreaterThan(86_000_000);
   });
 });
 

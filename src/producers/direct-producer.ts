@@ -11,15 +11,16 @@ import { firstBodyFault } from './body-faults.js';
 import { ValidationError } from '../shared/core/errors.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
-const LANE_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS)$/;
+/** The deployment's variables this process reads: what shapes a job's lane, its shard, its allowed models, and how long its idempotency key is kept. */
+const READ_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS|IDEMPOTENCY_TTL_S)$/;
 
-const DEFAULT_RETENTION: RetentionOptions = {
+/** The job options' defaults (the API's config defaults); the key's record lives IDEMPOTENCY_TTL_S unless `retention` names one. */
+const DEFAULT_RETENTION: Omit<RetentionOptions, 'idempotencyTtlS'> = {
   attempts: 3,
   keepCompletedCount: 10_000,
   keepCompletedAgeS: 24 * 3600,
   keepFailedCount: 50_000,
   keepFailedAgeS: 14 * 24 * 3600,
-  idempotencyTtlS: 24 * 3600,
 };
 
 /**
@@ -41,6 +42,7 @@ export async function createDirectProducer(opts: {
   redisTarget: RedisTarget;
   prefix?: string;
   agents?: InputValidator;
+  /** The job options' retention; `idempotencyTtlS` given here wins over the environment's IDEMPOTENCY_TTL_S. */
   retention?: Partial<RetentionOptions>;
   /**
    * Queue shards, as the deployment's `QUEUE_SHARDS` (default: that variable here, else the count the deployment
@@ -55,12 +57,16 @@ export async function createDirectProducer(opts: {
    */
   logger?: Logger;
 }) {
-  const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
   const prefix = opts.prefix ?? '{agentq}';
-  const retention = { ...DEFAULT_RETENTION, ...opts.retention };
-  // Only the variables that shape a job's lane, its shard and its allowed models: the host service's other variables are not agentq's to judge.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => LANE_VARIABLES.test(k)));
-  const given = opts.shards ?? (isGiven(env.QUEUE_SHARDS) ? parseConfig({ QUEUE_PREFIX: prefix, QUEUE_SHARDS: env.QUEUE_SHARDS }).QUEUE_SHARDS : undefined);
+  // Only the variables that shape a job's lane, its shard, its allowed models and its key's record: the host
+  // service's other variables are not agentq's to judge. Checked before connecting: a bad value is a ConfigError naming it.
+  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => READ_VARIABLES.test(k)));
+  const read = parseConfig({ ...env, QUEUE_PREFIX: prefix });
+  // The key is kept as long as the API keeps it (IDEMPOTENCY_TTL_S, a day unset): until 2026-12-06 a day here whatever
+  // the deployment set, so a key the API had let go still named the direct producer's job, or the other way round.
+  const retention: RetentionOptions = { ...DEFAULT_RETENTION, idempotencyTtlS: read.IDEMPOTENCY_TTL_S, ...opts.retention };
+  const given = opts.shards ?? (isGiven(env.QUEUE_SHARDS) ? read.QUEUE_SHARDS : undefined);
+  const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
   let inForce: number;
   try {
     await whenReady(connection);
