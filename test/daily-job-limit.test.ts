@@ -196,6 +196,55 @@ describe('daily job limit at admission', () => {
   });
 });
 
+describe('daily job limit without the fair dispatcher (the bench baseline)', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({ QUOTA_CACHE_MS: '5000' }, { fairDispatch: false });
+  });
+  afterAll(async () => s?.close());
+  const post = (url: string, auth: { authorization: string }, payload: object) => s.app.inject({ method: 'POST', url, headers: auth, payload });
+  const storedOf = async (auth: { authorization: string }) => (await s.app.inject({ method: 'GET', url: '/v1/jobs?limit=1000', headers: auth })).json().length as number;
+
+  it('two sends of one new idempotency key that race: one job, and the loser gives back what it reserved', async () => {
+    const { auth } = await orgWithLimit(s, 3);
+    // Both requests read the key (no job yet) and reserve before either stores: the transactions that add a job with
+    // its key's record (HSETNX) are held at their exec until both came.
+    const client = await s.runtime.deps.cells[0].queue.getBackend().client;
+    const multi = client.multi;
+    let arrived = 0;
+    let open!: () => void;
+    const bothThere = new Promise<void>((resolve) => (open = resolve));
+    client.multi = () => {
+      const tx = multi();
+      const ioTx = tx as unknown as { hsetnx: (...a: unknown[]) => unknown };
+      const hsetnx = ioTx.hsetnx.bind(tx);
+      const exec = tx.exec.bind(tx);
+      let recorded = false;
+      ioTx.hsetnx = (...a: unknown[]) => ((recorded = true), hsetnx(...a));
+      tx.exec = async () => {
+        if (recorded) {
+          if (++arrived === 2) open();
+          await bothThere;
+        }
+        return exec();
+      };
+      return tx;
+    };
+    try {
+      const [a, b] = await Promise.all([post('/v1/jobs', auth, risk('racer', 'key-r')), post('/v1/jobs', auth, risk('racer', 'key-r'))]);
+      expect([a.statusCode, b.statusCode]).toEqual([202, 202]);
+      expect(a.json().id).toBe(b.json().id);
+    } finally {
+      client.multi = multi;
+    }
+    expect(arrived).toBe(2);
+    // One job taken of three: two new ones fit, a third does not.
+    for (const name of ['after-1', 'after-2']) expect((await post('/v1/jobs', auth, risk(name))).statusCode).toBe(202);
+    expect((await post('/v1/jobs', auth, risk('after-3'))).statusCode).toBe(429);
+    expect(await storedOf(auth)).toBe(3);
+  });
+});
+
 describe('daily job limit at run time: an admitted job is not a new job', () => {
   let s: Stack;
   let queue: Queue;

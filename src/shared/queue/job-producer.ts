@@ -299,8 +299,10 @@ export function createJobProducer(deps: JobProducerDeps) {
    * none stands (HSETNX, PEXPIRE NX): of racing requests under one key, the transaction that stored the job (BullMQ's
    * add of the others is its no-op by id) is the one whose record stands, so no record names another request than
    * its job's. The job keys and the records share the queue's hash tag (one slot on a cluster).
+   * Returns how many of `made` this transaction stored (their records are its own): the others' jobs a racing
+   * request stored first.
    */
-  async function addWithRecords(items: { name: string; data: AgentJobData; opts: JobsOptions & { jobId: string } }[], made: PreparedJob[]): Promise<void> {
+  async function addWithRecords(items: { name: string; data: AgentJobData; opts: JobsOptions & { jobId: string } }[], made: PreparedJob[]): Promise<number> {
     const client = await queue.getBackend().client;
     const tx = client.multi();
     const defaults = queue.defaultJobOptions;
@@ -321,6 +323,8 @@ export function createJobProducer(deps: JobProducerDeps) {
       // BullMQ's add answers a negative code for a job it refused (a missing parent, ...), as its own add throws.
       if (i < items.length && typeof reply === 'number' && reply < 0) throw new Error(`BullMQ refused the add of job ${items[i].opts.jobId} (code ${reply})`);
     });
+    // Three replies a record: the HSETNX of its `id` answers 1 where this transaction wrote it.
+    return made.filter((_, k) => replies[items.length + 3 * k][1] === 1).length;
   }
 
   /** The jobs of `prepared` that would be new: one per job id, not counting those that exist already. */
@@ -364,7 +368,7 @@ export function createJobProducer(deps: JobProducerDeps) {
           const items = adding.map((p) => ({ name: p.name, data: withTrace(p.data), opts: { ...p.opts, ...extra } }));
           const made = madeKeys(adding, existing);
           sent = true;
-          await Promise.all([
+          const [keysStored] = await Promise.all([
             items.length === 0
               ? undefined
               : made.length > 0
@@ -374,6 +378,12 @@ export function createJobProducer(deps: JobProducerDeps) {
                   : queue.addBulk(items),
             indexed(meta.orgId, adding),
           ]);
+          // As the dispatcher's path: jobs reserved as new that a racing request under the same key stored first are
+          // given back (the jobs without a key are all new, each its own id).
+          if (reserved && typeof keysStored === 'number') {
+            const stored = new Set(adding.filter((p) => !p.idempotent).map((p) => p.opts.jobId)).size + keysStored;
+            if (stored < reserved.jobs) await deps.admission?.refund?.(meta.orgId, reserved, reserved.jobs - stored).catch(() => undefined);
+          }
           await refuseReusedKeys(prepared);
           await lane(adding);
         }
