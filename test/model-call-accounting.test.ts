@@ -93,13 +93,19 @@ const searching = { ...plain, knowledge: ['chat_facts'], prompt: async (_i: unkn
 const llm = () => createLlmClient({ apiKey: 'k', baseUrl: base, timeoutMs: 5000 });
 
 /** A processor around `chain`, with a fair gate that records what it pauses and the usage rows it writes. */
-function harness(action: object, middlewares: Middleware[], searchFor?: () => (q: string) => Promise<unknown>, onText?: () => (text: string) => Promise<void>) {
+function harness(
+  action: object,
+  middlewares: Middleware[],
+  searchFor?: () => (q: string) => Promise<unknown>,
+  onText?: () => (text: string) => Promise<void>,
+  admitted: 'run' | 'run_unpaid' = 'run',
+) {
   const client = llm();
   const rows: AgentRun[] = [];
   const deferred: Array<{ reason: string; model?: string }> = [];
   const corrections: Array<{ model: string; orgTokens?: number; modelTokens?: number }> = [];
   const gate = {
-    admit: async () => 'run' as const,
+    admit: async () => admitted,
     defer: async (_j: unknown, _t: unknown, _u: number, reason: string, model?: string) => void deferred.push({ reason, ...(model ? { model } : {}) }),
     correct: (_org: string, model: string, d: { orgTokens?: number; modelTokens?: number }) => void corrections.push({ model, orgTokens: d.orgTokens, modelTokens: d.modelTokens }),
     refundUnspent: () => undefined,
@@ -178,6 +184,15 @@ describe('an answer that fails is billed all the same', () => {
       expect(h.corrections).toEqual([{ model: MODEL, orgTokens: usage.input + usage.output - charged, modelTokens: usage.input + usage.output - charged }]);
     });
   }
+
+  it("an attempt whose claim found its dispatch's charge taken (a stalled job fetched again) is not prepaid: the rate-limit guard takes its call's request and the org is charged its whole usage", async () => {
+    genBody = { candidates: [{ content: { parts: [{ text: '{"score": 1}' }], role: 'model' }, finishReason: 'STOP' }], usageMetadata };
+    const rateLimit = createRateLimitGuard({ buckets: createTokenBuckets({ redis, prefix: randomPrefix() }) });
+    const h = harness(plain, [rateLimit], undefined, undefined, 'run_unpaid');
+    expect(await h.run()).toBeUndefined();
+    // The guard took the call's own requests and estimate (not prepaid); the org's TPM bucket gets what it used.
+    expect(h.corrections).toEqual([{ model: MODEL, orgTokens: usage.input + usage.output, modelTokens: 0 }]);
+  });
 });
 
 describe("an attempt's usage row carries every call it paid for", () => {

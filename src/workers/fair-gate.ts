@@ -129,8 +129,11 @@ export function createFairGate(deps: {
 
   const gate = {
     /**
-     * 'run' when the job holds a dispatcher slot and may run; 'parked' when it was parked again (throw
-     * DelayedError); 'cancelled' when the API's cancel marker is set (the claim script reads it, atomically
+     * 'run' when the job holds a dispatcher slot and may run; 'run_unpaid' when it holds the slot but an earlier
+     * claim of the same dispatch took its charge (the job fetched again after BullMQ's stalled check while its
+     * first attempt still runs: that attempt settles the charge, once), so this attempt's calls are not prepaid
+     * (`JobContext.prepaid` dropped: the rate-limit guard takes their requests itself); 'parked' when it was
+     * parked again (throw DelayedError); 'cancelled' when the API's cancel marker is set (the claim script reads it, atomically
      * with the claim: no command of its own): the job must fail as cancelled, and is not parked even if the
      * cancel already took its slot (a lost claim is then the cancel's doing). `stage` is written to the job's
      * progress by the claim script itself when the claim holds (no extra command). `lookup`: the job's
@@ -144,7 +147,7 @@ export function createFairGate(deps: {
       stage?: StoredStage,
       lookup?: ClaimLookup & { deliver(reply: unknown): void },
       append?: ClaimAppend & { appended(): void },
-    ): Promise<'run' | 'parked' | 'cancelled'> {
+    ): Promise<'run' | 'run_unpaid' | 'parked' | 'cancelled'> {
       // Slots waiting to be released go with the claim: BullMQ starts the next job right after it recorded
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
@@ -174,17 +177,22 @@ export function createFairGate(deps: {
         if (correct.length) deps.logger.warn({ err, corrections: correct.length }, 'fair: charge corrections carried by a failed claim may not be applied; the buckets refill anyway');
         throw err;
       }
-      const { held, cancelled, dispatched, lookupReply, appended } = claim;
+      const { held, cancelled, dispatched, lookupReply, appended, chargeTaken } = claim;
       if (dispatched) deps.loop.absorb(dispatched);
       if (lookup && lookupReply !== undefined) lookup.deliver(lookupReply);
       if (append && appended) append.appended();
-      if (held) charged.add(job);
+      // The dispatch's charge is this attempt's only when its claim came first: refunded or corrected once, by
+      // one attempt. A batch lane's dispatch charged nothing: every attempt of it runs as the first (prepaid
+      // nothing, its calls charged by their usage alone).
+      const unpaid = held && chargeTaken === true && !isBatchLane(deps.entryOf(job).model);
+      if (held && !unpaid) charged.add(job);
       if (held || cancelled || !token) running.add(job.id!);
       if (cancelled) {
-        // It never calls the model: what its dispatch charged goes back.
+        // It never calls the model: what its dispatch charged goes back (nothing when another claim took it).
         refundUnspent(job);
         return 'cancelled';
       }
+      if (unpaid) return 'run_unpaid';
       if (held || !token) return 'run';
       await parkActiveJob(job, token);
       await deps.scheduler.enqueue([deps.entryOf(job)]);

@@ -298,6 +298,9 @@ function attemptOf(deps: ProcessorDeps) {
       deps.onDelay?.(ctx, 'no_slot', 0);
       throw new DelayedError();
     }
+    // Fetched again after a stall while its first attempt still runs: that attempt's claim took the dispatch's
+    // charge, so this one's first call is charged as any call no dispatch paid for (the rate-limit guard takes it).
+    if (admitted === 'run_unpaid') ctx.prepaid = undefined;
     if (admitted === 'cancelled' || (!gate && (await deps.cancelRequested?.({ id: job.id!, timestamp: job.timestamp })))) {
       logger.info('job cancelled before it started');
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));

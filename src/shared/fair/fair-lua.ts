@@ -53,6 +53,12 @@ export interface ReleaseResult {
 export interface ClaimResult {
   held: boolean;
   cancelled: boolean;
+  /**
+   * Held, but an earlier claim of the same dispatch took its charge (present only then): the job was fetched again
+   * after BullMQ's stalled check while its first attempt still runs. That attempt settles the charge; this one's
+   * calls are not prepaid.
+   */
+  chargeTaken?: true;
 }
 
 /**
@@ -212,8 +218,10 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       const args = [id, o.progress ?? '', o.refill ? 1 : 0, registration, ...carried, ...flatCorrections(o.correct), ...(o.release ?? [])];
       const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
       return {
-        held: held === 1,
+        // 2: held, its dispatch's charge taken by an earlier claim (fair-claim.lua claimOwn).
+        held: held === 1 || held === 2,
         cancelled: cancelled === 1,
+        ...(held === 2 ? { chargeTaken: true as const } : {}),
         ...(d ? { dispatch: toDispatch(d) } : {}),
         ...(lookup && reply !== undefined ? { lookupReply: reply } : {}),
         ...(append && reply === 1 ? { appended: true } : {}),

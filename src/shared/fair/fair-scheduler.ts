@@ -148,7 +148,9 @@ export interface FairScheduler {
   /**
    * `held`: the job holds a dispatcher slot (its lease is renewed, and `progress`, when given, is written to
    * the job's progress field in the same script); false: it must be parked and laned. `cancelled`: the API's
-   * cancel marker for the job is set (read atomically with the claim; no progress is written then).
+   * cancel marker for the job is set (read atomically with the claim; no progress is written then). `chargeTaken`:
+   * held, but an earlier claim of the same dispatch took its charge (the job fetched again after a stall while its
+   * first attempt still runs): this attempt's calls are not prepaid.
    * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty; then
    * `dispatched` is what it dispatched (promoted in the same call); the caller must hand it to its dispatch
    * loop: it may carry the one armed wake-up time. `release`: finished

@@ -52,7 +52,8 @@
 --     then two unused), charge corrections (a count, then org, model, org tokens,
 --     model tokens, requests per entry: see applyCorrections), then ids of finished jobs whose slots this claim releases
 --     first: {held, cancelled, dispatch result or 0[, lookup result]}: held 1 if the job holds a slot (its
---     lease is renewed, its record stamped claimed, `c`: the charge is the attempt's to settle, see refundDispatch,
+--     lease is renewed, its record stamped claimed, `c`: the charge is the attempt's to settle, see refundDispatch;
+--     2 when an earlier claim of the same dispatch took that charge: a stalled job fetched again, see claimOwn,
 --     and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker names this job (its timestamp, or the
 --     '1' of markers written before; one naming an earlier job of the id is deleted); a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when

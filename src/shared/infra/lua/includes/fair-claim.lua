@@ -44,6 +44,9 @@ local function dueNow()
   return nil, firsts
 end
 
+-- Whether the claim in this call found its dispatch's charge taken by an earlier claim (claimOwn; claimReply says so).
+local chargeTaken = false
+
 -- A claim's own part: the API's cancel marker, and the job's slot (its lease renewed, its stage written).
 -- Returns held (0|1), cancelled (0|1).
 local function claimOwn(id)
@@ -62,12 +65,16 @@ local function claimOwn(id)
   local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', leaseDeadline(), id)
   if held == 0 and rcall('ZSCORE', K_LEASES, id) then held = 1 end
   if held == 1 then
-    -- The claim stamp (`c`, cleared by each dispatch): from here on this dispatch's charge is the attempt's to
-    -- settle (its worker gives back what it did not spend, or corrects it by the call's usage). A cancel or a
-    -- clean that later finds the job unlocked in BullMQ's wait list (its lock lapsed, the stalled check moved it
-    -- back) then frees the slot but refunds nothing: as a job never fetched it was refunded again by the attempt
-    -- (before its call) or for a call it made. The one command this adds to a claim that holds a slot.
-    rcall('HSET', P_JOB .. id, 'c', '1')
+    -- The claim stamp (`c`: the dispatch's claims so far, 0 from each dispatch): from here on this dispatch's
+    -- charge is the attempt's to settle (its worker gives back what it did not spend, or corrects it by the call's
+    -- usage). A cancel or a clean that later finds the job unlocked in BullMQ's wait list (its lock lapsed, the
+    -- stalled check moved it back) then frees the slot but refunds nothing: as a job never fetched it was refunded
+    -- again by the attempt (before its call) or for a call it made. Counted, not set: a second claim of the same
+    -- dispatch (the job fetched again after that stall while its first attempt still runs) finds the charge taken,
+    -- and its attempt is told so (claimReply): its calls are charged as any call no dispatch paid for. Both
+    -- attempts took the one charge as theirs until 2026-12-07: given back twice when neither called the model, and
+    -- one call left uncharged when both did. The one command this adds to a claim that holds a slot.
+    chargeTaken = rcall('HINCRBY', P_JOB .. id, 'c', 1) > 1
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
     local progress = ARGV[14]
@@ -84,15 +91,17 @@ end
 -- A claim's reply: held, cancelled, what it dispatched; and when the job runs, its result-cache lookup (and
 -- single-flight lock on a miss) rides here instead of costing a round trip before the model call, or, for an
 -- attempt already answered from memory, its usage row is appended here instead of in a round trip of its own.
--- A job that does not run takes no lock and records nothing.
+-- A job that does not run takes no lock and records nothing. Held is answered 2 when an earlier claim of the
+-- dispatch took its charge (chargeTaken): the slot is held, the attempt's calls are not prepaid.
 local function claimReply(held, cancelled, d)
+  local h = (held == 1 and chargeTaken) and 2 or held
   if held == 1 and cancelled == 0 then
     if #KEYS >= 9 then
-      return { held, cancelled, d, resultCacheLookup(KEYS, 5, ARGV[17], ARGV[18], ARGV[19], ARGV[20]) }
+      return { h, cancelled, d, resultCacheLookup(KEYS, 5, ARGV[17], ARGV[18], ARGV[19], ARGV[20]) }
     elseif #KEYS == 5 then
       rcall('XADD', KEYS[5], '*', ARGV[17], ARGV[18])
-      return { held, cancelled, d, 1 }
+      return { h, cancelled, d, 1 }
     end
   end
-  return { held, cancelled, d }
+  return { h, cancelled, d }
 end

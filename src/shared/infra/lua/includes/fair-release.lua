@@ -88,7 +88,7 @@ end
 local function refundDispatch(id, org, model)
   if string.sub(model, -#BATCH_LANE) == BATCH_LANE then return end
   local r = rcall('HMGET', P_JOB .. id, 'e', 'c')
-  if r[2] == '1' then return end
+  if (tonumber(r[2]) or 0) > 0 then return end
   local est = tonumber(r[1]) or 0
   correctCharge(org, model, -est, -est, -1)
 end

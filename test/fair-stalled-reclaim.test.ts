@@ -1,0 +1,244 @@
+import { Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultRegistry } from '../src/shared/agents/registry.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import type { Logger } from '../src/shared/core/logger.js';
+import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
+import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
+import { fairEntryOf } from '../src/shared/queue/fair-entry.js';
+import { createFairGate, type FairGate } from '../src/workers/fair-gate.js';
+import { randomOrg } from './helpers/env.js';
+import { createStalledCheck } from './helpers/stalled-check.js';
+import { startStack, type Stack } from './helpers/stack.js';
+
+/**
+ * A job fetched again while its first attempt still runs: worker A claimed it (its slot, its dispatch's charge on the
+ * org's buckets), A's lock lapsed (its event loop blocked, SIGSTOP) and BullMQ's stalled check moved it back to the
+ * wait list, and worker B fetched and claimed it. Both attempts then end, each through its own fair gate. One
+ * dispatch paid for one call: the attempt whose claim came first settles that charge (gives it back unspent, or
+ * corrects it by its call's usage), the other's calls are charged as any call no dispatch paid for ('run_unpaid':
+ * the rate-limit guard takes its request itself). The slot is one lease, freed once, by the attempt BullMQ lets
+ * finish; the other's completion is refused (it lost its lock), so its gate releases nothing. Each worker is a
+ * BullMQ worker that does not run its processor, with the real fair gate: each attempt does by hand what the
+ * processor and the rate-limit guard do at that point, so every order happens every time, without sleeps.
+ */
+const RPM = 4;
+const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
+const loop = { kick: async () => {}, absorb: () => {}, takeRegistration: () => undefined, registrationLost: () => {}, askMoved: () => {}, close: async () => {} } as unknown as DispatchLoop;
+
+type AgentJob = Job<AgentJobData, AgentResult>;
+
+describe('a stalled job fetched again: its slot and its dispatch charge are settled once', () => {
+  let s: Stack;
+  let checks: ReturnType<typeof createStalledCheck>;
+  let connection: Redis;
+  let worker: Worker<AgentJobData, AgentResult>;
+
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+    checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX);
+    connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
+    worker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+  });
+  afterAll(async () => {
+    await worker?.close(true);
+    connection?.disconnect();
+    await checks?.close();
+    await s?.close();
+  });
+
+  const cell = () => s.runtime.deps.cells[0];
+  const agents = defaultRegistry();
+  const models = () => ({ fast: s.cfg.GEMINI_MODEL_FAST, pro: s.cfg.GEMINI_MODEL_PRO });
+  const gate = () => createFairGate({ scheduler: cell().scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, agents, models()) });
+  const inFlight = async (org: string) => (await cell().scheduler.orgStats(org)).inFlight;
+  const stall = (id: string) => checks.stall(cell().queue, id);
+
+  /** The worker's fetch of `id` under `token` (jobs ahead of it in the wait list are fetched too, and left held). */
+  async function fetch(id: string, token: string): Promise<AgentJob> {
+    let job: AgentJob | undefined;
+    for (let i = 0; i < 10 && job?.id !== id; i++) job = await worker.getNextJob(token, { block: false });
+    expect(job?.id).toBe(id);
+    return job!;
+  }
+
+  /**
+   * A fresh org limited to RPM requests a minute and to six jobs' estimates of tokens, with three jobs dispatched:
+   * the one the test stalls, and two more that keep its buckets below their capacity even after two refunds (a
+   * refund into a full bucket would not show), and hold two slots.
+   */
+  async function threeDispatched(marker: string) {
+    const org = randomOrg();
+    const key = await s.newKey(org);
+    const input = { startup: { name: `${marker} Co`, industry: 'logistics', stage: 'seed', description: 'A job fetched twice' } };
+    const est = estimateTokens(input);
+    const { scheduler } = cell();
+    await scheduler.setPlan(org, { rpm: { pro: RPM, flash: RPM }, tpm: 6 * est });
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } });
+      expect(res.statusCode).toBe(202);
+      ids.push(res.json().id as string);
+    }
+    await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 4, ttlMs: 60_000 });
+    const record = await s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${ids[0]}`);
+    expect(record).toMatchObject({ o: org, st: 'lease', e: String(est) });
+    const model = record.m;
+    const rpmKey = `${scheduler.keys.named.tbRpmOrgPrefix}${org}:${model}`;
+    const tpmKey = `${scheduler.keys.named.tbTpmOrgPrefix}${org}:${model}`;
+    const read = async (k: string) => {
+      const [tokens, ts] = await s.runtime.deps.redis.hmget(k, 'tokens', 'ts');
+      return { tokens: Number(tokens), ts: Number(ts) };
+    };
+    const snapshot = async () => ({ rpm: await read(rpmKey), tpm: await read(tpmKey) });
+    const before = await snapshot();
+    /** What came back to the org's buckets since `before`, net of what they refilled meanwhile (negative: spent). */
+    const givenBack = async () => {
+      const after = await snapshot();
+      const net = (b: { tokens: number; ts: number }, a: { tokens: number; ts: number }, perMin: number) => a.tokens - b.tokens - ((a.ts - b.ts) * perMin) / 60_000;
+      return { requests: net(before.rpm, after.rpm, RPM), tokens: net(before.tpm, after.tpm, 6 * est) };
+    };
+    expect(await inFlight(org)).toBe(3);
+    return { org, id: ids[0], est, model, givenBack };
+  }
+
+  type Case = Awaited<ReturnType<typeof threeDispatched>>;
+
+  /** The attempt ends before a model call (a cache hit, a refusal): the processor's refund, a no-op when unpaid. */
+  const endsUnspent = (g: FairGate, job: AgentJob) => g.refundUnspent(job);
+
+  /**
+   * The attempt calls the model, billed `used` tokens, as the rate-limit guard charges it: prepaid ('run'), the
+   * dispatch's estimate is corrected by the usage; unpaid ('run_unpaid'), the org's request is taken for it and its
+   * usage charged in full.
+   */
+  async function callsModel(g: FairGate, c: Case, admitted: string, used: number) {
+    if (admitted === 'run_unpaid') {
+      expect(await g.orgRequests.take(c.org, c.model, [])).toMatchObject({ allowed: true });
+      g.correct(c.org, c.model, { orgTokens: used, modelTokens: 0 });
+    } else {
+      expect(admitted).toBe('run');
+      g.correct(c.org, c.model, { orgTokens: used - c.est, modelTokens: used - c.est, requests: 0 });
+    }
+  }
+
+  /** BullMQ records `job`'s outcome under `token` and the gate then frees its slot (worker-service's 'completed'). */
+  async function completes(g: FairGate, job: AgentJob, token: string) {
+    await job.moveToCompleted({} as AgentResult, token, false);
+    g.finished(job.id!, job.attemptsStarted);
+  }
+
+  /** The stalled attempt's completion is refused by BullMQ (its lock is gone): no 'completed' event, no release. */
+  async function refused(job: AgentJob, token: string) {
+    await expect(job.moveToCompleted({} as AgentResult, token, false)).rejects.toThrow();
+  }
+
+  /** Both gates send what they hold; then only the org's other two jobs hold slots, and no lease is left for the job. */
+  async function settled(c: Case, ...gates: FairGate[]) {
+    for (const g of gates) await g.close();
+    expect(await inFlight(c.org)).toBe(2);
+    expect(await s.runtime.deps.redis.zscore(cell().scheduler.keys.named.leases, c.id)).toBeNull();
+  }
+
+  it('A claimed, stalled; B fetched and claimed; both end before a model call: the charge comes back once, the slot is freed once', async () => {
+    const c = await threeDispatched('both-unspent');
+    const [a, b] = [gate(), gate()];
+    const jobA = await fetch(c.id, 'ta-1');
+    expect(await a.admit(jobA, 'ta-1')).toBe('run');
+    await stall(c.id);
+    const jobB = await fetch(c.id, 'tb-1');
+    // The one slot, held by the job whichever attempt runs: not counted twice, not given up.
+    expect(await b.admit(jobB, 'tb-1')).toBe('run_unpaid');
+    expect(await inFlight(c.org)).toBe(3);
+    endsUnspent(a, jobA);
+    endsUnspent(b, jobB);
+    await completes(b, jobB, 'tb-1');
+    await refused(jobA, 'ta-1');
+    await settled(c, a, b);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
+
+  it('both call the model: the first claim\'s call is the prepaid one, the second\'s request and tokens are charged in full', async () => {
+    const c = await threeDispatched('both-call');
+    const [a, b] = [gate(), gate()];
+    const jobA = await fetch(c.id, 'ta-2');
+    const first = await a.admit(jobA, 'ta-2');
+    await stall(c.id);
+    const jobB = await fetch(c.id, 'tb-2');
+    const second = await b.admit(jobB, 'tb-2');
+    expect([first, second]).toEqual(['run', 'run_unpaid']);
+    const [usedA, usedB] = [Math.floor(c.est / 3), Math.floor(c.est / 2)];
+    await callsModel(a, c, first, usedA);
+    await callsModel(b, c, second, usedB);
+    // B finished first this time: A's completion, after it, is refused all the same.
+    await completes(b, jobB, 'tb-2');
+    await refused(jobA, 'ta-2');
+    await settled(c, a, b);
+    // Two requests spent for one dispatched: the dispatch's and B's own; the tokens are what the two calls used.
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(-1, 3);
+    expect(back.tokens).toBeCloseTo(c.est - usedA - usedB, 3);
+  });
+
+  it('A fetched, stalled before its claim; B claimed first: B settles the charge, A\'s later claim is the unpaid one', async () => {
+    const c = await threeDispatched('late-claim');
+    const [a, b] = [gate(), gate()];
+    const jobA = await fetch(c.id, 'ta-3');
+    await stall(c.id);
+    const jobB = await fetch(c.id, 'tb-3');
+    expect(await b.admit(jobB, 'tb-3')).toBe('run');
+    expect(await a.admit(jobA, 'ta-3')).toBe('run_unpaid');
+    expect(await inFlight(c.org)).toBe(3);
+    endsUnspent(a, jobA);
+    endsUnspent(b, jobB);
+    await refused(jobA, 'ta-3');
+    await completes(b, jobB, 'tb-3');
+    await settled(c, a, b);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
+
+  it('A ended before B claimed (its completion refused: no release): the slot goes once, when B finishes', async () => {
+    const c = await threeDispatched('a-first');
+    const [a, b] = [gate(), gate()];
+    const jobA = await fetch(c.id, 'ta-4');
+    expect(await a.admit(jobA, 'ta-4')).toBe('run');
+    await stall(c.id);
+    endsUnspent(a, jobA);
+    // BullMQ refuses the completion of an attempt whose lock lapsed: no 'completed' or 'failed' event, so A's gate
+    // releases nothing, and the slot stays the job's for its next attempt.
+    await refused(jobA, 'ta-4');
+    await a.close();
+    const jobB = await fetch(c.id, 'tb-4');
+    expect(await b.admit(jobB, 'tb-4')).toBe('run_unpaid');
+    expect(await inFlight(c.org)).toBe(3);
+    endsUnspent(b, jobB);
+    await completes(b, jobB, 'tb-4');
+    await settled(c, a, b);
+    // A late release of the same id (a gate that released it twice) finds no lease: nothing more is freed.
+    expect((await cell().scheduler.release([c.id])).freed).toBe(0);
+    expect(await inFlight(c.org)).toBe(2);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
+
+  it('a job claimed once is unchanged: its one claim takes the charge and gives it back once', async () => {
+    const c = await threeDispatched('once');
+    const a = gate();
+    const job = await fetch(c.id, 'ta-5');
+    expect(await a.admit(job, 'ta-5')).toBe('run');
+    endsUnspent(a, job);
+    endsUnspent(a, job);
+    await completes(a, job, 'ta-5');
+    await settled(c, a);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
+});
