@@ -261,16 +261,45 @@ export async function whileReachable(client: RedisClient, work: Promise<unknown>
     work.catch(() => undefined);
     return false;
   }
-  let lost: (() => void) | undefined;
-  const unreachable = new Promise<false>((resolve) => {
-    lost = () => resolve(false);
-    client.once('reconnecting', lost);
-  });
+  let stopWatching: (() => void) | undefined;
+  const unreachable = new Promise<false>((resolve) => (stopWatching = watchLoss(client, () => resolve(false))));
   try {
     return await Promise.race([work.then(() => true as const), unreachable]);
   } finally {
-    client.off('reconnecting', lost!);
+    stopWatching!();
   }
+}
+
+/** The callers waiting for a client's connection to drop, and the one 'reconnecting' listener that tells them. */
+const lossWatchers = new WeakMap<RedisClient, { waiters: Set<() => void>; listener: () => void }>();
+
+/**
+ * Calls `onLost` when `client` starts reconnecting; returns what stops watching. One listener per client, however
+ * many wait at once: the queue shards' workers of a process share one connection and close together, and a
+ * listener each (twelve shards) set off Node's leak warning (MaxListenersExceededWarning) at every shutdown.
+ */
+function watchLoss(client: RedisClient, onLost: () => void): () => void {
+  let watch = lossWatchers.get(client);
+  if (!watch) {
+    const waiters = new Set<() => void>();
+    const listener = () => {
+      lossWatchers.delete(client);
+      client.off('reconnecting', listener);
+      for (const waiter of waiters) waiter();
+    };
+    watch = { waiters, listener };
+    lossWatchers.set(client, watch);
+    client.on('reconnecting', listener);
+  }
+  const { waiters, listener } = watch;
+  waiters.add(onLost);
+  return () => {
+    waiters.delete(onLost);
+    if (waiters.size === 0 && lossWatchers.get(client)?.waiters === waiters) {
+      lossWatchers.delete(client);
+      client.off('reconnecting', listener);
+    }
+  };
 }
 
 /** Distinct error messages whose repeats one emitter's log keeps count of (the oldest is forgotten past this). */
