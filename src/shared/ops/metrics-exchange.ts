@@ -16,7 +16,10 @@ const aggregate = (snapshots: Snapshot[]) => AggregatorRegistry.aggregate(snapsh
  * process sums its own live registry with every other field younger than `staleMs` using prom-client's
  * `AggregatorRegistry.aggregate` (counters and histograms add up; gauges add up too, so only gauges that
  * count something per process belong there). Fields are stamped with Redis time, so host clocks do not
- * matter.
+ * matter: the time of the node that holds the exchange, read where the field is written (`metrics-publish-2.lua`)
+ * and in the same MULTI as a scrape's read. A keyless TIME goes to any primary of a Redis Cluster, whose clocks
+ * may differ: a field stamped by one and judged by another's clock would look stale (folded while its process
+ * lives) or stay fresh past its process.
  * A process that leaves (it closes, or a scrape finds its field stale: it crashed) has its counters and histograms
  * folded into the retired totals (`<prefix>:agentq:metrics:retired`, a key of its own so a process of an earlier
  * version, which reads every field of the exchange as a snapshot, still can), which every scrape adds: a summed
@@ -46,10 +49,7 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
   let counted: Snapshot | undefined;
   let written: Snapshot | undefined;
 
-  const redisNow = async () => {
-    const [s, us] = await deps.redis.time();
-    return Number(s) * 1000 + Math.floor(Number(us) / 1000);
-  };
+  const timeMs = ([s, us]: [string | number, string | number]) => Number(s) * 1000 + Math.floor(Number(us) / 1000);
   const snapshot = async () => (await deps.registry.getMetricsAsJSON()) as unknown as Snapshot;
 
   /**
@@ -70,8 +70,8 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
       const base = counted;
       const wrote = written !== undefined;
       const full = await snapshot();
-      const at = await redisNow();
-      const ok = await publishLua(keys, [f, JSON.stringify({ at, metrics: minus(full, base) }), staleMs, wrote ? '1' : '0']);
+      // Stamped by the script with the exchange's node's time.
+      const ok = await publishLua(keys, [f, JSON.stringify(minus(full, base)), staleMs, wrote ? '1' : '0']);
       if (ok === 1) {
         // A copy: prom-client hands out its live value objects, which later increments would change.
         if (f === field) written = structuredClone(full);
@@ -88,11 +88,12 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
     return next;
   }
 
-  async function readBoth(): Promise<[Record<string, string>, { totals?: string; version?: string }]> {
-    const replies = await deps.redis.multi().hgetall(key).hgetall(retiredKey).exec();
+  /** Both keys, and the time of the node that holds them (TIME rides in the MULTI, so it goes where the keys are). */
+  async function readBoth(): Promise<[Record<string, string>, { totals?: string; version?: string }, number]> {
+    const replies = await deps.redis.multi().hgetall(key).hgetall(retiredKey).time().exec();
     if (!replies) throw new Error('metrics exchange read aborted');
     for (const [err] of replies) if (err) throw err;
-    return [replies[0][1] as Record<string, string>, replies[1][1] as { totals?: string; version?: string }];
+    return [replies[0][1] as Record<string, string>, replies[1][1] as { totals?: string; version?: string }, timeMs(replies[2][1] as [string, string])];
   }
 
   /** Folds `parts` into the retired totals read as `base` (version `version`) if `fields` still hold what was read. */
@@ -119,7 +120,7 @@ export function createMetricsExchange(deps: { redis: RedisClient; prefix: string
     async collect(): Promise<Registry> {
       // One MULTI: a fold between two separate reads would put a process in both, or in neither.
       const seen = field;
-      const [[fields, retired], now] = await Promise.all([readBoth(), redisNow()]);
+      const [fields, retired, now] = await readBoth();
       if (written && fields[seen] === undefined) adoptFolded(seen);
       const base = retired.totals ? (JSON.parse(retired.totals) as Snapshot) : undefined;
       const live: Snapshot[] = [minus(await snapshot(), counted)];
