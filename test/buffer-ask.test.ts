@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { BUFFER_RATE_WINDOW_MS, createBufferAsk, SMALL_WORKER_MAX_ASK } from '../src/shared/fair/buffer-ask.js';
+import { BUFFER_RATE_WINDOW_MS, createBufferAsk, createSharedBufferAsk, SMALL_WORKER_MAX_ASK, splitAsk } from '../src/shared/fair/buffer-ask.js';
 
 /** A worker's ask with a clock the test moves; `finish(n, overMs)` finishes n jobs evenly over overMs. */
 function askWith(o: { concurrency: number; ratio: number; floorMs: number }) {
@@ -90,5 +90,74 @@ describe('buffer ask', () => {
     off.idle(BUFFER_RATE_WINDOW_MS);
     expect(off.a.ask()).toBe(25);
     expect([...long.changes, ...off.changes]).toEqual([]);
+  });
+
+  it('splits a process ask over its shards: one job each, the rest by demand, summing to the ask', () => {
+    const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+    // No demand: even shares, the odd jobs to the lower shards.
+    expect(splitAsk(25, Array(12).fill(0))).toEqual([3, ...Array(11).fill(2)]);
+    // One shard with every job: the rest of the ask once each shard has its one.
+    expect(splitAsk(25, [50, ...Array(11).fill(0)])).toEqual([14, ...Array(11).fill(1)]);
+    expect(splitAsk(8, [3, 1, 0, 0])).toEqual([4, 2, 1, 1]);
+    // Fewer jobs than shards: one each (a shard asking none would never be dispatched to).
+    expect(splitAsk(5, Array(12).fill(7))).toEqual(Array(12).fill(1));
+    for (const demand of [[1, 2, 3], [7, 7, 7], [0.5, 9, 100]]) expect(sum(splitAsk(17, demand))).toBe(17);
+  });
+});
+
+/** The shared ask of `shards` workers with a clock the test moves, each member with a load the test sets. */
+function sharedWith(o: { concurrency: number; ratio: number; floorMs: number; shards: number }) {
+  let clock = 0;
+  const loads = Array(o.shards).fill(0) as number[];
+  const changes: Array<[number, number]> = [];
+  const shared = createSharedBufferAsk({ ...o, now: () => clock });
+  const members = loads.map((_, i) => shared.member({ load: () => loads[i], onChange: (n) => changes.push([i, n]) }));
+  return {
+    loads,
+    changes,
+    asks: () => members.map((m) => m.ask()),
+    /** One rate window in which member i finished finished[i] jobs (counted at its start), and the asks at its end. */
+    window(finished: number[]) {
+      finished.forEach((n, i) => {
+        for (let k = 0; k < n; k++) members[i].finished();
+      });
+      clock += BUFFER_RATE_WINDOW_MS;
+      return this.asks();
+    },
+  };
+}
+
+describe('buffer ask shared by the queue shards of a process', () => {
+  it('asks for the ratio of the whole concurrency once, split evenly while idle and by demand under load', () => {
+    const p = sharedWith({ concurrency: 16, ratio: 0.5, floorMs: 0, shards: 4 });
+    expect(p.asks()).toEqual([2, 2, 2, 2]);
+    // Long jobs of shard 0 fill the pool: its jobs there are the demand.
+    p.loads[0] = 16;
+    expect(p.window([1, 0, 0, 0])).toEqual([5, 1, 1, 1]);
+    expect(p.changes).toEqual([[0, 5], [1, 1], [2, 1], [3, 1]]);
+    // Everything idle again: the even split.
+    p.loads[0] = 0;
+    expect(p.window([0, 0, 0, 0])).toEqual([2, 2, 2, 2]);
+  });
+
+  it("grows with the whole process's rate, up to its concurrency in all, and the busy shard gets it", () => {
+    const p = sharedWith({ concurrency: 50, ratio: 0.5, floorMs: 40, shards: 12 });
+    expect(p.asks()).toEqual([3, ...Array(11).fill(2)]);
+    // 4,000 jobs/s of short jobs, all of shard 3: the process asks for its concurrency, 50, shard 3 for 39 of it.
+    const asks = p.window([0, 0, 0, 1000, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect(asks[3]).toBe(39);
+    expect(asks.reduce((a, b) => a + b, 0)).toBe(50);
+    // The same rate spread over two shards: split between them.
+    expect(p.window([0, 0, 0, 500, 500, 0, 0, 0, 0, 0, 0, 0]).slice(3, 5)).toEqual([20, 20]);
+  });
+
+  it('does not move for a wobble of the demand by one job', () => {
+    const p = sharedWith({ concurrency: 16, ratio: 0.5, floorMs: 0, shards: 4 });
+    p.loads.splice(0, 4, 4, 4, 4, 4);
+    expect(p.window([0, 0, 0, 0])).toEqual([2, 2, 2, 2]);
+    // 6/3/4/3 of 16: shares of 1.5/0.75/1/0.75 jobs beyond the one each, moves of one job at most.
+    p.loads.splice(0, 4, 6, 3, 4, 3);
+    expect(p.window([0, 0, 0, 0])).toEqual([2, 2, 2, 2]);
+    expect(p.changes).toEqual([]);
   });
 });

@@ -31,6 +31,7 @@ import { createWorkerGuards } from '../workers/guards/index.js';
 import { combineWorkers, createWorkerConnections, createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { createConcurrencyPool } from '../workers/concurrency-pool.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
+import { createSharedBufferAsk } from '../shared/fair/buffer-ask.js';
 import { agentqPrefix, readinessKey, usageStreamKey } from '../shared/core/queue-keys.js';
 import { createUsageBacklog } from '../workers/usage-backlog.js';
 import { tracingEnabled } from './tracing.js';
@@ -126,6 +127,9 @@ export async function startRuntime(opts: {
   /** One BullMQ worker per queue shard, all under this call's one WORKER_CONCURRENCY. */
   async function startWorker(): Promise<WorkerService> {
     const pool = createConcurrencyPool(cfg.WORKER_CONCURRENCY);
+    // One dispatch buffer for the process too, split over the shards by where the jobs are (buffer-ask.ts): an
+    // ask of the whole concurrency's share per shard held up to QUEUE_SHARDS times it dispatched and not running.
+    const buffer = cells.length > 1 ? createSharedBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, shards: cells.length }) : undefined;
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
@@ -155,7 +159,7 @@ export async function startRuntime(opts: {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = schedulers[i];
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(blockModel ? { blockModel } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(buffer ? { buffer } : {}), ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(blockModel ? { blockModel } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

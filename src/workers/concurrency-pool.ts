@@ -70,6 +70,8 @@ export function createConcurrencyPool(limit: number) {
             }
           };
         },
+        /** This member's jobs in the pool now: running, or fetched and waiting for a slot. */
+        load: () => member.inside,
         leave() {
           members.splice(members.indexOf(member), 1);
           member.left = true;

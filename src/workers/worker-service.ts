@@ -19,7 +19,7 @@ import type { WorkerHooks } from './worker-hooks.js';
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { cancelRequestedKey, fairKickChannel, usageSinkGroup, usageStreamKey } from '../shared/core/queue-keys.js';
-import { createBufferAsk, createDispatchLoop, type FairScheduler } from '../shared/fair/index.js';
+import { createBufferAsk, createDispatchLoop, type FairScheduler, type SharedBufferAsk } from '../shared/fair/index.js';
 import { fairEntryOf } from '../shared/queue/fair-entry.js';
 import { createFairGate } from './fair-gate.js';
 import type { BatchTier } from './batch-tier.js';
@@ -60,6 +60,11 @@ export function createWorkerService(opts: {
   /** The process-wide concurrency this worker shares with the other shards' workers (default: its own). */
   pool?: ConcurrencyPool;
   /**
+   * The process's dispatch buffer, shared with the other shards' workers as the pool is (QUEUE_SHARDS > 1,
+   * buffer-ask.ts `createSharedBufferAsk`). Absent: this worker asks for the whole process's share.
+   */
+  buffer?: SharedBufferAsk;
+  /**
    * Connections the queue shards' workers of one process share (app/runtime.ts), closed by their owner after
    * every worker: BullMQ's command connection (each worker still opens its own blocking one), the pub/sub
    * subscriber and the usage appender's. Absent: this worker opens and closes its own.
@@ -83,7 +88,13 @@ export function createWorkerService(opts: {
   const processId = `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`;
   // This process's share of the dispatch buffer: the dispatcher sizes BullMQ's wait list by live workers'
   // asks; a moved ask rides on the worker's next claim (or a dispatch call of its own when none comes soon).
-  const bufferAsk = scheduler ? createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: () => loop?.askMoved() }) : undefined;
+  // With queue shards, this shard's part of the one ask of the process (its pool's concurrency is shared too).
+  const onAskChange = () => loop?.askMoved();
+  const bufferAsk = !scheduler
+    ? undefined
+    : opts.buffer
+      ? opts.buffer.member({ load: () => slots.load(), onChange: onAskChange })
+      : createBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, onChange: onAskChange });
   const loop = scheduler && bufferAsk ? createDispatchLoop({ scheduler, worker: { id: processId, concurrency: cfg.WORKER_CONCURRENCY, ask: bufferAsk.ask }, safetyPollMs: cfg.FAIR_SAFETY_POLL_MS, logger }) : undefined;
   const gate = scheduler && loop ? createFairGate({ scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, opts.registry, models), ...(opts.blockModel ? { blockModel: opts.blockModel } : {}) }) : undefined;
   const features = opts.features ?? [];

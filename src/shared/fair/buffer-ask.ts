@@ -49,16 +49,10 @@ export function createBufferAsk(opts: {
   const roll = (at: number) => {
     const elapsed = at - windowStart;
     if (elapsed < BUFFER_RATE_WINDOW_MS) return;
-    const byTime = Math.min(Math.max(opts.concurrency, SMALL_WORKER_MAX_ASK), Math.floor((count * opts.floorMs) / elapsed));
+    const next = rolledAsk({ ...opts, fixed, current, count, elapsedMs: elapsed });
     windowStart = at;
     count = 0;
-    const next = Math.max(fixed, byTime);
-    // Moves only by more than an eighth and by two jobs or more, either way (back to the fixed share always):
-    // each new ask is a dispatcher call to register it, and a rate that wobbles around a boundary (a worker
-    // finishing 3 or 4 jobs in 40 ms, window after window) would register one every window. A list an eighth
-    // or one job short of the floor's time still holds most of it.
-    const moved = Math.abs(next - current);
-    if (moved === 0 || (next !== fixed && moved <= Math.max(1, current / 8))) return;
+    if (next === current) return;
     current = next;
     opts.onChange?.(next);
   };
@@ -73,4 +67,118 @@ export function createBufferAsk(opts: {
       return current;
     },
   };
+}
+
+/** The ask after a rate window of `elapsedMs` in which `count` jobs finished: `current` unless it moved enough. */
+function rolledAsk(o: { concurrency: number; floorMs: number; fixed: number; current: number; count: number; elapsedMs: number }): number {
+  const byTime = Math.min(Math.max(o.concurrency, SMALL_WORKER_MAX_ASK), Math.floor((o.count * o.floorMs) / o.elapsedMs));
+  const next = Math.max(o.fixed, byTime);
+  // Moves only by more than an eighth and by two jobs or more, either way (back to the fixed share always):
+  // each new ask is a dispatcher call to register it, and a rate that wobbles around a boundary (a worker
+  // finishing 3 or 4 jobs in 40 ms, window after window) would register one every window. A list an eighth
+  // or one job short of the floor's time still holds most of it.
+  const moved = Math.abs(next - o.current);
+  return moved === 0 || (next !== o.fixed && moved <= Math.max(1, o.current / 8)) ? o.current : next;
+}
+
+export interface SharedBufferAsk {
+  /**
+   * The ask of one shard's worker (call once per shard, up to `shards`). `load`: that worker's jobs in the process's
+   * pool now (running or waiting for a slot); `onChange` is told when its ask moves, as createBufferAsk's is.
+   */
+  member(opts: { load: () => number; onChange?: (ask: number) => void }): BufferAsk;
+}
+
+/**
+ * One process's dispatch buffer shared by its queue shards' workers (QUEUE_SHARDS > 1, one concurrency pool for
+ * all). Each shard has a dispatcher of its own, which keeps that shard's wait list at its workers' asks: a full
+ * createBufferAsk each let one process hold S times the documented ratio x concurrency dispatched and not running,
+ * each job charged to its org's caps while it waits. Here the process's ask is computed once, as createBufferAsk
+ * computes a worker's (the ratio's share of the whole concurrency, or what the whole process finishes in `floorMs`),
+ * and split over the shards: every shard one job (a shard asking for none would never be dispatched to: its wait
+ * list's target would be 0), the rest by demand, each shard's jobs in the pool plus those it finished in the last
+ * rate window (running jobs show long calls, finished ones short jobs). The asks sum to the process's ask (or to
+ * the shard count when that is more).
+ * Split by demand, not in even shares of ratio x concurrency / S: the pool lets one shard run every slot when its
+ * orgs carry the load, and an even share would leave that shard a list 1/S as deep as the documented one (a refill
+ * of one or two jobs per dispatch, so a dispatch's fixed cost per job or two) while the idle shards' shares hold
+ * nothing. The split moves only when a shard's ask moves by more than an eighth and by two jobs or more (or the
+ * process's ask moved, or everything idles), for the reason createBufferAsk's ask does: each move is a registration.
+ * A move is registered by each shard's worker on its own (its next claim, or a dispatch after ASK_MOVE_GRACE_MS),
+ * so while one is under way the registered asks may sum to a little more for that long.
+ */
+export function createSharedBufferAsk(opts: {
+  concurrency: number;
+  ratio: number;
+  /** 0: the fixed share only (still split by demand). */
+  floorMs: number;
+  /** The queue shards, one member each. */
+  shards: number;
+  now?: () => number;
+}): SharedBufferAsk {
+  if (!Number.isInteger(opts.shards) || opts.shards < 1) throw new RangeError(`shards must be a positive integer: ${opts.shards}`);
+  const clock = opts.now ?? Date.now;
+  const fixed = fixedShare(opts.ratio, opts.concurrency);
+  const zero = Array.from({ length: opts.shards }, () => 0);
+  const members: Array<{ count: number; load: () => number; onChange?: (ask: number) => void }> = [];
+  let total = fixed;
+  let asks = splitAsk(total, zero);
+  let windowStart = clock();
+
+  const roll = (at: number) => {
+    const elapsed = at - windowStart;
+    if (elapsed < BUFFER_RATE_WINDOW_MS) return;
+    const count = members.reduce((sum, m) => sum + m.count, 0);
+    const nextTotal = rolledAsk({ ...opts, fixed, current: total, count, elapsedMs: elapsed });
+    // A shard without a worker here yet (or any more) has no demand.
+    const demand = zero.map((_, i) => (members[i] ? members[i].count + members[i].load() : 0));
+    windowStart = at;
+    for (const m of members) m.count = 0;
+    const idle = demand.every((d) => d === 0);
+    const next = splitAsk(nextTotal, demand);
+    const moved = next.some((a, i) => Math.abs(a - asks[i]) > Math.max(1, asks[i] / 8));
+    if (nextTotal === total && !moved && !(idle && next.some((a, i) => a !== asks[i]))) return;
+    total = nextTotal;
+    const before = asks;
+    asks = next;
+    next.forEach((a, i) => a !== before[i] && members[i]?.onChange?.(a));
+  };
+
+  return {
+    member(m) {
+      const i = members.length;
+      if (i >= opts.shards) throw new RangeError(`a shared buffer ask for ${opts.shards} shards has no place for another`);
+      const member = { count: 0, load: m.load, ...(m.onChange ? { onChange: m.onChange } : {}) };
+      members.push(member);
+      return {
+        finished() {
+          member.count++;
+          roll(clock());
+        },
+        ask() {
+          roll(clock());
+          return asks[i];
+        },
+      };
+    },
+  };
+}
+
+/**
+ * `total` split over the shards by `demand`: one job each, the rest in proportion (evenly when no shard has any),
+ * whole jobs by largest remainder (ties to the lower shard), so the asks sum to `total`, or to the shards when more.
+ */
+export function splitAsk(total: number, demand: number[]): number[] {
+  const rest = Math.max(0, total - demand.length);
+  const sum = demand.reduce((a, b) => a + b, 0);
+  const quota = demand.map((d) => (sum > 0 ? (rest * d) / sum : rest / demand.length));
+  const asks = quota.map((q) => 1 + Math.floor(q));
+  let left = rest - quota.reduce((a, q) => a + Math.floor(q), 0);
+  const byRemainder = quota.map((q, i) => ({ i, r: q - Math.floor(q) })).sort((a, b) => b.r - a.r || a.i - b.i);
+  for (const { i } of byRemainder) {
+    if (left <= 0) break;
+    asks[i]++;
+    left--;
+  }
+  return asks;
 }
