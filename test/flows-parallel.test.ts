@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createAgentqClient } from '../src/producers/client/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 
 const startup = (name: string) => ({ name, industry: 'logistics', stage: 'seed', description: 'Route planning for regional couriers' });
 
@@ -64,6 +65,32 @@ describe('parallel fan-out flows', () => {
     expect(failedJob).toMatchObject({ state: 'failed', agent: 'RiskAnalyzer' });
     const dealJob = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${view.children[1].id}`, headers: s.auth })).json();
     expect(dealJob.result).toEqual(results['DealScorer:pipeline_summary']);
+  });
+
+  it('a child that fails for good after billed answers reports what its attempts cost, the sum of its ledger rows', async () => {
+    // Malformed JSON: the model answered (billed), the attempt fails retryably, and so do the others: failed for good.
+    s.emulator.script({ malformed: true, match: { promptIncludes: 'Analyse the risks of this startup.' }, times: -1 });
+    const tag = randomUUID().slice(0, 8);
+    const tasks = [
+      { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: startup(`Billed ${tag}`) } },
+      { agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: `billed-${tag}` } },
+    ];
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: s.auth, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const view = (await getFlow(post.json().id)).json();
+    expect(view.state).toBe('completed');
+    const { results, totalCostUsd } = view.result;
+    const failedId = view.children[0].id as string;
+    expect(view.children.map((c: { state: string }) => c.state)).toEqual(['failed', 'completed']);
+
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query<{ state: string; cost_usd: string }>('SELECT state, cost_usd FROM agent_runs WHERE job_id = $1', [failedId])).rows;
+    // Every attempt was billed for its malformed answer: 0 before, as if the child had cost nothing.
+    expect(rows.length).toBe(s.cfg.JOB_ATTEMPTS);
+    expect(rows.every((r) => r.state === 'failed' && Number(r.cost_usd) > 0)).toBe(true);
+    const ledger = rows.reduce((sum, r) => sum + Number(r.cost_usd), 0);
+    expect(results['RiskAnalyzer:analyze_risks']).toMatchObject({ success: false, costUsd: expect.closeTo(ledger, 8) });
+    expect(totalCostUsd).toBeCloseTo(ledger + results['DealScorer:pipeline_summary'].costUsd, 8);
   });
 
   it('validates every task before adding anything, naming tasks.N paths', async () => {

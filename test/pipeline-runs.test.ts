@@ -6,6 +6,7 @@ import { wizardCompletion } from '../src/shared/orchestration/pipelines/wizard-c
 import { orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { createAgentqClient } from '../src/producers/client/client.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { usageWritten } from './helpers/usage.js';
 
 const RISK_PROMPT = 'Analyse the risks of this startup.';
 
@@ -115,6 +116,21 @@ describe('sequential pipelines', () => {
     const tasksJob = await stepJob(`${view.id}-tasks`);
     expect(tasksJob!.data.input).toMatchObject({ startup: view.result.outputs.profile.startup });
     expect(tasksJob!.data.input).not.toHaveProperty('risks');
+  });
+
+  it('a failed step billed for its answers reports that cost, the sum of its ledger rows, in the step and the run\'s total', async () => {
+    // Malformed JSON on every attempt: each answer billed, the step failed for good, the run goes on past it.
+    s.emulator.script({ malformed: true, match: { promptIncludes: RISK_PROMPT }, times: -1 });
+    const view = await run('wizard_lenient', wizardInput());
+    expect(view.steps.map((st: { state: string }) => st.state)).toEqual(['completed', 'failed', 'completed']);
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query<{ cost_usd: string }>('SELECT cost_usd FROM agent_runs WHERE job_id = $1', [`${view.id}-risks`])).rows;
+    expect(rows.length).toBe(s.cfg.JOB_ATTEMPTS);
+    const ledger = rows.reduce((sum, r) => sum + Number(r.cost_usd), 0);
+    expect(ledger).toBeGreaterThan(0);
+    // Before, a failed step had no cost at all and the run's total left it out.
+    expect(view.steps[1].costUsd).toBeCloseTo(ledger, 8);
+    expect(view.result.totalCostUsd).toBeCloseTo(view.steps[0].costUsd + ledger + view.steps[2].costUsd, 8);
   });
 
   it('records a throwing input mapper as that step\'s error, without creating its job', async () => {

@@ -7,7 +7,8 @@ import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import { Cancellation } from './cancellation.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
-import type { UsageRider } from '../shared/infra/db/run-stream.js';
+import type { RunBillTo, UsageRider } from '../shared/infra/db/run-stream.js';
+import { jobHashKey } from '../shared/core/queue-keys.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
 import { billedOf, classify, DB_UNAVAILABLE_DELAY_MS, DB_UNAVAILABLE_MAX_DELAY_MS, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
@@ -23,7 +24,8 @@ export interface AgentResolver {
 }
 
 export interface RunRecorder {
-  record(row: AgentRun): Promise<unknown>;
+  /** `billTo`: the job's hash, also charged the row's cost (a flow child's row its result will not carry: run-stream.ts). */
+  record(row: AgentRun, billTo?: RunBillTo): Promise<unknown>;
   /**
    * The row as the recorder's stream entry (field, value) and its stream `key`: lets a script of the same hash
    * tag append it in a round trip the attempt makes anyway (the result cache's store, the fair claim).
@@ -268,9 +270,16 @@ function attemptOf(deps: ProcessorDeps) {
     const entry = deps.runs.entry;
     if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true), ...(entry.rider ? { rider: entry.rider } : {}) };
 
+    /**
+     * A flow child's (or pipeline step's) billed row its result will not carry (a failed attempt, a delayed run's
+     * calls) is also summed on its hash, in the same call: its parent adds that to the child's cost, since a failed
+     * child has no result to carry it (fan-out.ts, pipeline-runner.ts). A job without a parent has no reader for it.
+     */
+    const billTo = (row: AgentRun): RunBillTo | undefined =>
+      row.costUsd > 0 && job.parentKey ? { key: jobHashKey(job.queueQualifiedName, job.id!) } : undefined;
     const record = async (row: AgentRun) => {
       try {
-        await deps.runs.record(row);
+        await deps.runs.record(row, row.state === 'completed' ? undefined : billTo(row));
       } catch (err) {
         // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
         logger.error({ err }, 'could not record agent run');

@@ -11,6 +11,17 @@ import { QUEUE } from './queue-names.js';
 /** The hash BullMQ keeps one agent job in (`<prefix>:agent-jobs:<id>`): workers write its stage to `progress`. */
 export const agentJobKey = (prefix: string, jobId: string) => `${prefix}:${QUEUE.agent}:${jobId}`;
 
+/** The hash BullMQ keeps a job of any queue in, from the queue's qualified name (`<prefix>:<queue>`, a child's `parent.queueKey`). */
+export const jobHashKey = (queueKey: string, jobId: string) => `${queueKey}:${jobId}`;
+
+/**
+ * A field agentq adds to a flow child's (or pipeline step's) BullMQ hash: the USD of its rows that its result does
+ * not carry (failed attempts billed for an answer, a delayed run's paid calls), summed by the script that appends
+ * each such row to the usage stream (usage-bill-2.lua), so it equals those rows' sum in `agent_runs`. The parent
+ * adds it to the child's cost: a failed child's result has no cost of its own.
+ */
+export const JOB_BILLED_FIELD = 'agentqBilledUsd';
+
 /** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
 export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;
 

@@ -1,5 +1,7 @@
 import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
+import { JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
+import type { RedisClient } from '../infra/redis/connection.js';
 
 export type ChildOutcome = { state: 'completed'; result: AgentResult } | { state: 'failed'; error: string };
 
@@ -22,3 +24,17 @@ export async function childOutcomes(parent: Job, childQueueKey: string): Promise
   }
   return out;
 }
+
+/**
+ * What each child was billed beyond its result: the rows of its failed attempts and delayed runs, summed on its
+ * hash as each was appended to the usage stream (`JOB_BILLED_FIELD`, usage-bill-2.lua), so the same numbers as
+ * its `agent_runs` rows. A failed child's whole cost; a completed child's earlier attempts'. 0 for a child whose
+ * hash retention already removed (its rows are still in the ledger).
+ */
+export async function childrenBilledUsd(redis: Pick<RedisClient, 'hget'>, childQueueKey: string, ids: string[]): Promise<Map<string, number>> {
+  const values = await Promise.all(ids.map((id) => redis.hget(jobHashKey(childQueueKey, id), JOB_BILLED_FIELD)));
+  return new Map(ids.map((id, i) => [id, Number(values[i] ?? 0) || 0]));
+}
+
+/** A sum of USD amounts without the float noise of the additions (the ledger keeps 8 decimals). */
+export const sumUsd = (a: number, b: number) => Math.round((a + b) * 1e12) / 1e12;

@@ -1,6 +1,7 @@
 import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
-import { childOutcomes } from './child-outcomes.js';
+import { childOutcomes, childrenBilledUsd, sumUsd } from './child-outcomes.js';
+import type { RedisClient } from '../infra/redis/connection.js';
 import { failedChildResult, type FlowChildRef, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
 import type { FlowPreset } from './presets.js';
 
@@ -24,15 +25,19 @@ export async function settleFanOut(
   job: Job<ParallelFlowData>,
   childQueueKey: string,
   presets: Map<string, FlowPreset>,
+  redis: Pick<RedisClient, 'hget'>,
 ): Promise<ParallelFlowResult> {
-  const outcomes = await childOutcomes(job, childQueueKey);
+  const children = job.data.children as FlowChildRef[];
+  const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilledUsd(redis, childQueueKey, children.map((c) => c.id))]);
   const results: Record<string, AgentResult> = {};
   let totalCostUsd = 0;
-  for (const child of job.data.children as FlowChildRef[]) {
+  for (const child of children) {
     const outcome = outcomes.get(child.id);
-    const result = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model);
+    // Billed beyond the result: a failed child's attempts (its whole cost), a completed child's earlier attempts.
+    const extra = billed.get(child.id) ?? 0;
+    const result = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, extra);
     results[child.key] = result;
-    totalCostUsd += result.costUsd ?? 0;
+    totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? sumUsd(result.costUsd ?? 0, extra) : result.costUsd);
   }
   const preset = job.data.preset ? presets.get(job.data.preset) : undefined;
   return {

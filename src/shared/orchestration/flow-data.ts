@@ -26,6 +26,7 @@ export interface ParallelFlowResult {
   results: Record<string, AgentResult>;
   /** Wall-clock time from the flow's creation until every child had settled. */
   totalDurationMs: number;
+  /** Every child's billed attempts: a completed child's result and its earlier failed attempts, a failed child's attempts. */
   totalCostUsd: number;
   [presetField: string]: unknown;
 }
@@ -49,6 +50,7 @@ export interface StepRecord {
    */
   added?: boolean;
   error?: string;
+  /** What the step's job was billed: its result's cost plus its earlier attempts'; a failed step's billed attempts. */
   costUsd?: number;
   durationMs?: number;
   model?: string;
@@ -93,7 +95,10 @@ export interface PipelineRunResult {
 export type FlowJobData = ParallelFlowData | PipelineRunData;
 export type FlowJobResult = ParallelFlowResult | PipelineRunResult;
 
-/** What a child that failed for good contributes to a fan-out: `Promise.allSettled` semantics. */
-export function failedChildResult(error: string, model: string): AgentResult {
-  return { success: false, error, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs: 0, model };
+/**
+ * What a child that failed for good contributes to a fan-out: `Promise.allSettled` semantics. `costUsd`: what its
+ * attempts were billed (its failed rows in the ledger, `childrenBilledUsd`), 0 when none answered.
+ */
+export function failedChildResult(error: string, model: string, costUsd = 0): AgentResult {
+  return { success: false, error, tokensUsed: { input: 0, output: 0 }, costUsd, durationMs: 0, model };
 }

@@ -36,7 +36,7 @@ export function createFlowsWorker(opts: FlowsWorkerOptions) {
         if (job.data.kind === 'pipeline') return runPipeline(job as Job<PipelineRunData>, token!);
         // Cancelled (`POST /v1/flows/:id/cancel`): its children were cancelled, and the flow ends so too.
         if (await opts.connection.exists(flowCancelledKey(opts.prefix, job.id!))) throw new UnrecoverableError(CANCELLED_REASON);
-        return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets);
+        return settleFanOut(job as Job<ParallelFlowData>, childQueue, presets, opts.connection);
       }),
     // A run that was active in a process that died is picked up again; its checkpoint makes that safe.
     { ...workerOptions(opts), drainDelay: IDLE_DRAIN_DELAY_S },

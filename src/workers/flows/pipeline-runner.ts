@@ -5,7 +5,7 @@ import { ValidationError } from '../../shared/core/errors.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
-import { childOutcomes, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import { childOutcomes, childrenBilledUsd, sumUsd, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import { stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
@@ -38,14 +38,20 @@ const messageOf = (err: unknown) => {
   return err instanceof Error ? err.message : String(err);
 };
 
-/** The data after `step` ended with `outcome`: output or error recorded, cursor moved on (or to the end). */
-function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutcome): PipelineRunData {
+/**
+ * The data after `step` ended with `outcome`: output or error recorded, cursor moved on (or to the end). `billedUsd`:
+ * what the step's job was billed beyond its result (`childrenBilledUsd`): a failed step's whole cost, a completed
+ * one's earlier attempts.
+ */
+function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutcome, billedUsd = 0): PipelineRunData {
   const next: PipelineRunData = structuredClone(data);
   const rec = next.steps[next.cursor];
   rec.finishedAt = Date.now();
   const failed = outcome.state === 'failed' || outcome.result.success === false;
   if (outcome.state === 'completed') {
-    Object.assign(rec, { costUsd: outcome.result.costUsd, durationMs: outcome.result.durationMs, model: outcome.result.model });
+    Object.assign(rec, { costUsd: sumUsd(outcome.result.costUsd, billedUsd), durationMs: outcome.result.durationMs, model: outcome.result.model });
+  } else if (billedUsd > 0) {
+    rec.costUsd = billedUsd;
   }
   if (!failed && outcome.state === 'completed') {
     rec.state = 'completed';
@@ -177,7 +183,9 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
         return save(next);
       };
       const outcome = await settle(job, token, data.steps[data.cursor], markAdded);
-      await save(afterStep(data, step, outcome));
+      const stepJob = data.steps[data.cursor].jobId!;
+      const billed = (await childrenBilledUsd(deps.redis, childQueue, [stepJob])).get(stepJob);
+      await save(afterStep(data, step, outcome, billed));
       const rec = data.steps.find((s) => s.id === step.id)!;
       logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');
       await deps.onProgress?.({ runId: job.id!, stepId: step.id, event: 'step-finished', state: rec.state });
@@ -206,7 +214,7 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       outputs: data.outputs,
       errors: data.errors,
       totalDurationMs: Date.now() - job.timestamp,
-      totalCostUsd: data.steps.reduce((sum, s) => sum + (s.costUsd ?? 0), 0),
+      totalCostUsd: data.steps.reduce((sum, s) => sumUsd(sum, s.costUsd ?? 0), 0),
     };
   };
 }

@@ -2,6 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
+import { JOB_BILLED_FIELD } from '../../core/queue-keys.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
@@ -40,6 +41,11 @@ export interface UsageRider {
   done(ride: UsageRide, reply: unknown): void;
 }
 
+/** The BullMQ hash of the job a row bills (`jobHashKey`): see `createRunAppender`'s `record`. */
+export interface RunBillTo {
+  key: string;
+}
+
 /**
  * The worker's side of write-behind usage: an attempt's row is appended to a Redis Stream (one call) before
  * the attempt returns, so by the time BullMQ records the job as finished its row is durable in Redis; the run
@@ -48,23 +54,30 @@ export interface UsageRider {
  */
 export function createRunAppender({ redis, key, rider }: { redis: RedisClient; key: string; rider?: UsageRider }) {
   const appendLua = defineLua(redis, 'usage-append-1.lua');
+  const billLua = defineLua(redis, 'usage-bill-2.lua');
   const ridden = rider?.key === key ? rider : undefined;
   const closes = closesOf(redis);
   return {
-    async record(run: AgentRun): Promise<void> {
+    /**
+     * `billTo`: a flow child's row its result will not carry (a billed failed attempt, a delayed run's calls): its
+     * cost is also added to the job's hash (`JOB_BILLED_FIELD`) in the same call, for the parent's sum.
+     */
+    async record(run: AgentRun, billTo?: RunBillTo): Promise<void> {
       const json = encodeRun(run);
       const ride = ridden?.take();
-      if (!ride) {
+      if (!ride && !billTo) {
         await redis.xadd(key, '*', RUN_FIELD, json);
         return;
       }
       let reply: unknown;
       const seen = closes();
       try {
-        reply = await appendLua([key], [RUN_FIELD, json, ...ride.args]);
+        reply = billTo
+          ? await billLua([key, billTo.key], [RUN_FIELD, json, String(run.jobTs ?? 0), JOB_BILLED_FIELD, String(run.costUsd), ...(ride?.args ?? ['', '', 0])])
+          : await appendLua([key], [RUN_FIELD, json, ...ride!.args]);
       } finally {
         // Across a reconnect the reply may be a re-sent call's: what the first one read is unknown (lost).
-        ridden!.done(ride, closes() === seen ? reply : undefined);
+        if (ride) ridden!.done(ride, closes() === seen ? reply : undefined);
       }
     },
     /** For a script that appends the row to `key` in a round trip it makes anyway (the result cache's store, the fair claim). */
