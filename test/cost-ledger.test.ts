@@ -187,6 +187,29 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(Number(rows[0].job_ts)).toBeLessThan(Number(rows[1].job_ts));
   });
 
+  it('records a job\'s embedding calls (semantic cache lookup, knowledge search) on its row, estimated and said so, at the embedding price; /v1/usage shows them', async () => {
+    // An org of its own: its /v1/usage holds this one job.
+    const auth = { authorization: `Bearer ${await s.newKey()}` };
+    const question = `How should we measure ledger-embed churn among pilot customers ${Date.now()}?`;
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { agent: 'KnowledgeAssistant', action: 'answer', input: { question, includeChatFacts: true } } });
+    expect(post.statusCode).toBe(202);
+    const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: auth })).json();
+    expect(view.state).toBe('completed');
+    await usageWritten(s);
+    const [row] = (await s.infra.db.pool.query('SELECT cost_usd, embedding_tokens, embedding_cost_usd, embedding_estimated FROM agent_runs WHERE job_id = $1', [view.id])).rows;
+    // Two embeddings of the question: the semantic cache's lookup and the prompt's knowledge search (the store
+    // reuses the lookup's). Gemini reports no usage for them: estimated, ~4 characters a token.
+    const tokens = 2 * Math.ceil(question.length / 4);
+    expect(row.embedding_tokens).toBe(tokens);
+    expect(row.embedding_estimated).toBe(true);
+    expect(Number(row.embedding_cost_usd)).toBeCloseTo((tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6, 8);
+    // The model call's cost stays what Gemini billed for it.
+    expect(Number(row.cost_usd)).toBeCloseTo(view.result.costUsd, 8);
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(Number(row.embedding_cost_usd), 8), estimated: true });
+    expect(usage.groups).toEqual([expect.objectContaining({ key: 'KnowledgeAssistant', embedding: usage.total.embedding })]);
+  });
+
   it('refuses a deadline in the past, naming the field', async () => {
     const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: { ...riskJob('late'), options: { deadline: '2020-01-01T00:00:00Z' } } });
     expect(res.statusCode).toBe(400);

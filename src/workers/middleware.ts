@@ -63,6 +63,12 @@ export interface JobContext {
    */
   usage?: { field: string; entry(result: AgentResult): string; carried(): void; rider?: UsageRider };
   /**
+   * Tells the attempt an embedding call was made for it (its semantic cache lookup or store, its prompt's knowledge
+   * search) with these texts: Gemini reports no usage for embeddings, so the processor estimates their tokens and
+   * puts them, marked estimated, on the row the attempt writes anyway (no write of their own).
+   */
+  embedded?: (texts: readonly string[]) => void;
+  /**
    * The result-cache lookup the fair gate's claim already ran for this attempt (`ResultCache.prepare`): the
    * result cache guard starts from its reply instead of a round trip of its own.
    */

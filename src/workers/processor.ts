@@ -9,7 +9,7 @@ import { Cancellation } from './cancellation.js';
 import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { RunBillTo, UsageRider } from '../shared/infra/db/run-stream.js';
 import { jobHashKey } from '../shared/core/queue-keys.js';
-import { estimateTokens } from '../shared/queue/estimate-tokens.js';
+import { estimateTextTokens, estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
 import { billedOf, classify, DB_UNAVAILABLE_DELAY_MS, DB_UNAVAILABLE_MAX_DELAY_MS, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
@@ -64,6 +64,11 @@ export interface ProcessorDeps {
    * read is billed, and its request leaves the batch tier.
    */
   batchFailed?: (job: Job<AgentJobData, AgentResult>) => Promise<void>;
+  /**
+   * USD of `tokens` input tokens of the embedding model (its price in pricing.ts): the attempt's embedding calls
+   * (`JobContext.embedded`) go on its row, estimated. Absent: they are counted at no price.
+   */
+  embeddingCost?: (tokens: number) => number;
 }
 
 /**
@@ -164,6 +169,8 @@ function attemptOf(deps: ProcessorDeps) {
     const gate = deps.gate;
 
     let estimated: number | undefined;
+    // This run's embedding calls: Gemini reports no usage for them, so estimated here (see `embedded`).
+    let embeddingTokens = 0;
     // Read twice by the rate-limit guard's usage correction: one JSON.stringify of the input, not two.
     let prepaidEstimate: number | undefined;
     const ctx: JobContext = {
@@ -205,8 +212,14 @@ function attemptOf(deps: ProcessorDeps) {
           }
         : {}),
       span,
+      embedded: (texts) => {
+        for (const t of texts) embeddingTokens += estimateTextTokens(t);
+      },
     };
     const attempt = job.attemptsMade + 1;
+    /** The row's embedding columns: estimated, and said so (migration 023). */
+    const embeddingColumns = () =>
+      embeddingTokens > 0 ? { embeddingTokens, embeddingCostUsd: deps.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true } : {};
     /** When the attempt's work started (after its claim); 0 before (the row an answer from memory's claim carries). */
     let started = 0;
 
@@ -226,6 +239,7 @@ function attemptOf(deps: ProcessorDeps) {
       cacheHit: null,
       error: null,
       requestId: data.requestId ?? null,
+      ...embeddingColumns(),
       ...row,
     });
     /** A row's model, token and cost columns from what a call was billed. */

@@ -2,6 +2,7 @@ import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.
 import type { Config } from '../shared/core/config.js';
 import { createRunStore } from '../shared/infra/db/agent-runs.js';
 import { createRunAppender } from '../shared/infra/db/run-stream.js';
+import { createPricing } from '../shared/infra/llm/pricing.js';
 import { createRunSink } from '../shared/infra/db/run-sink.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -114,11 +115,15 @@ export function createWorkerService(opts: {
     ...(opts.backlog ? { onLength: () => opts.backlog!.seen() } : { backlogMax: cfg.USAGE_BACKLOG_MAX_ROWS, onBacklog: (over: boolean, rows: number) => backlogBrake(over, rows) }),
     logger,
   });
+  // The embedding model's price, for the attempts' estimated embedding usage (PRICES_JSON applies as to every call).
+  const pricing = createPricing(cfg.PRICES_JSON);
   const textSinks = features.flatMap((f) => (f.onText ? [f.onText] : []));
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
   const call = createAgentCall({
     llm: opts.llm,
-    searchFor: (orgId, declared, ctx) => declaredSearch((o) => search.search(o), orgId, declared, { agent: ctx.agentName, action: ctx.actionName }),
+    // The query's embedding call goes on the attempt's row (estimated: Gemini reports no usage for embeddings).
+    searchFor: (orgId, declared, ctx) =>
+      declaredSearch((o) => search.search(o).then((r) => (ctx.embedded?.([o.query]), r)), orgId, declared, { agent: ctx.agentName, action: ctx.actionName }),
     onText: (ctx) => {
       if (!ctx.job.data.stream) return undefined;
       const sinks = textSinks.map((make) => make(ctx)).filter((s) => s !== undefined);
@@ -146,6 +151,7 @@ export function createWorkerService(opts: {
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
     databaseDelay: { firstMs: cfg.DB_UNAVAILABLE_DELAY_MS, maxMs: cfg.DB_UNAVAILABLE_MAX_DELAY_MS },
     ...(opts.batch ? { batchFailed: (job) => opts.batch!.settleFailed(job) } : {}),
+    embeddingCost: (tokens) => pricing.cost(cfg.GEMINI_EMBEDDING_MODEL, { input: tokens, output: 0 }).costUsd,
   });
   const worker = createAgentWorker({
     connection,

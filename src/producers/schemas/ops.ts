@@ -78,6 +78,9 @@ const usageGroup = z.object({
   costUsd: z.number().describe('Every billed call: completed and failed attempts, and the calls a run paid for before it was delayed'),
   standardCostUsd: z.number().describe('The same tokens at the standard tier’s price'),
   savingsUsd: z.number().describe('standardCostUsd - costUsd: what flex / batch saved (negative for priority)'),
+  embedding: z
+    .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
+    .describe('Embedding calls of the attempts (semantic cache, knowledge search): Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd'),
   cacheHitRate: z.number(),
   durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none)'),
 });

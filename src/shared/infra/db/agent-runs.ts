@@ -38,6 +38,14 @@ export interface AgentRun {
   cachedTokens?: number;
   thoughtsTokens?: number;
   standardCostUsd?: number | null;
+  /**
+   * Embedding calls the attempt made (semantic cache, knowledge search; migration 023). Gemini reports no usage for
+   * them: `embeddingTokens` is estimated locally, `embeddingEstimated` says so, `embeddingCostUsd` is at the
+   * embedding model's input price. Not in `costUsd`, which is what Gemini billed the model calls.
+   */
+  embeddingTokens?: number;
+  embeddingCostUsd?: number;
+  embeddingEstimated?: boolean;
   /** Defaults to now(); set by backfills and tests. */
   createdAt?: Date;
 }
@@ -57,6 +65,9 @@ export interface UsageRow {
   thoughtsTokens: number;
   /** What the same tokens cost on the standard tier; `standardCostUsd - costUsd` is what the tiers saved. */
   standardCostUsd: number;
+  /** Embedding calls (semantic cache, knowledge search): tokens ESTIMATED locally, priced at the embedding model's price. */
+  embeddingTokens: number;
+  embeddingCostUsd: number;
   /** Share of completed attempts served from a cache. */
   cacheHitRate: number;
   /** Of the attempts' durations: a delayed part is no attempt. */
@@ -86,8 +97,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20, $21)
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part,
+                                 embedding_tokens, embedding_cost_usd, embedding_estimated)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20, $21, $22, $23, $24)
          ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           r.jobId,
@@ -111,6 +123,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           r.standardCostUsd ?? r.costUsd,
           Math.round(r.jobTs ?? 0),
           r.part ?? '',
+          Math.round(r.embeddingTokens ?? 0),
+          r.embeddingCostUsd ?? 0,
+          r.embeddingEstimated ?? false,
         ],
       );
       return res.rowCount === 1;
@@ -126,12 +141,14 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       const res = await pool.query(
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
-                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part)
-         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt, pt
+                                 tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part,
+                                 embedding_tokens, embedding_cost_usd, embedding_estimated)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt, pt, et, ec, ee
          FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
                      $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
-                     $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[], $21::text[])
-              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt, pt)
+                     $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[], $21::text[],
+                     $22::int[], $23::numeric[], $24::boolean[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt, pt, et, ec, ee)
          ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           col((r) => r.jobId),
@@ -155,6 +172,9 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
           col((r) => r.standardCostUsd ?? r.costUsd),
           col((r) => Math.round(r.jobTs ?? 0)),
           col((r) => r.part ?? ''),
+          col((r) => Math.round(r.embeddingTokens ?? 0)),
+          col((r) => r.embeddingCostUsd ?? 0),
+          col((r) => r.embeddingEstimated ?? false),
         ],
       );
       return res.rowCount ?? 0;
@@ -184,6 +204,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 COALESCE(sum(cached_tokens), 0) AS cached_tokens,
                 COALESCE(sum(thoughts_tokens), 0) AS thoughts_tokens,
                 COALESCE(sum(COALESCE(standard_cost_usd, cost_usd)), 0) AS standard_cost_usd,
+                COALESCE(sum(embedding_tokens), 0) AS embedding_tokens,
+                COALESCE(sum(embedding_cost_usd), 0) AS embedding_cost_usd,
                 COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed'), 0) AS cache_hit_rate,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p95
@@ -202,6 +224,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
         cachedTokens: Number(r.cached_tokens),
         thoughtsTokens: Number(r.thoughts_tokens),
         standardCostUsd: Number(r.standard_cost_usd),
+        embeddingTokens: Number(r.embedding_tokens),
+        embeddingCostUsd: Number(r.embedding_cost_usd),
         cacheHitRate: Number(r.cache_hit_rate),
         // No attempt in the window: no percentile (SQL NULL), shown as 0 like the other empty sums.
         p50Ms: Number(r.p50 ?? 0),

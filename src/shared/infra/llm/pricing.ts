@@ -37,6 +37,8 @@ export const DEFAULT_PRICES: PriceTable = {
     'gemini-2.0-flash-lite': { input: 0.075, output: 0.3 },
     'gemini-3-pro-preview': { input: 2, output: 12, cachedInput: 0.2, longContext: { aboveInputTokens: 200_000, input: 4, output: 18, cachedInput: 0.4 } },
     'gemini-3-flash-preview': { input: 0.5, output: 3, cachedInput: 0.05 },
+    // $0.15 per 1M input tokens (https://ai.google.dev/gemini-api/docs/pricing, gemini-embedding-001, paid tier); an
+    // embedding has no output. Its answers carry no usage metadata: agentq estimates its tokens (agent_runs, migration 023).
     'gemini-embedding-001': { input: 0.15, output: 0 },
   },
   tiers: { standard: 1, flex: 0.5, batch: 0.5, priority: 1.8 },
