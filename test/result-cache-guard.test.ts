@@ -11,10 +11,11 @@ describe('result cache guard', () => {
   let redis: Redis;
   let cache: ResultCache<AgentResult>;
   let guard: Middleware;
+  const prefix = randomPrefix();
 
   beforeAll(() => {
     redis = new Redis(redisUrl());
-    cache = createResultCache<AgentResult>({ redis, prefix: randomPrefix(), l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60 });
+    cache = createResultCache<AgentResult>({ redis, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60 });
     guard = createResultCacheGuard({ cache });
   });
   afterAll(async () => {
@@ -45,6 +46,22 @@ describe('result cache guard', () => {
     await guard(guardContext({ orgId, model: 'gemini-other' }), next);
     await guard(guardContext({ orgId, action: { promptVersion: 2 } as never }), next);
     expect(calls).toBe(4);
+  });
+
+  it('a hit carries no billed tier nor standard-tier cost: those were the storing job\'s call, not this one', async () => {
+    const orgId = randomOrg();
+    const billed: AgentResult = { ...okResult({ answer: 'flex' }, { input: 100, output: 50 }), costUsd: 0.001, tier: 'flex', standardCostUsd: 0.002 };
+    const call = async () => billed;
+    expect(await guard(guardContext({ orgId }), call)).toEqual(billed);
+    // Another process's guard on the same Redis (empty L1): its hit comes from L2.
+    const other = createResultCacheGuard({ cache: createResultCache<AgentResult>({ redis, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60 }) });
+    const hits = [await guard(guardContext({ orgId }), call), await other(guardContext({ orgId }), call)];
+    expect(hits.map((h) => h.cacheHit)).toEqual(['l1', 'l2']);
+    for (const hit of hits) {
+      expect(hit).toMatchObject({ data: { answer: 'flex' }, costUsd: 0, tokensUsed: { input: 0, output: 0 } });
+      expect(hit).not.toHaveProperty('tier');
+      expect(hit).not.toHaveProperty('standardCostUsd');
+    }
   });
 
   it('does not cache a fallback route\'s answer: the next identical job tries the primary again', async () => {

@@ -55,9 +55,13 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
   };
 }
 
-/** A cached answer as the attempt's result: marked a hit, no tokens, no cost. */
+/**
+ * A cached answer as the attempt's result: marked a hit, no tokens, no cost. Nothing was billed, so it carries no
+ * tier and no standard-tier cost: those of the job whose answer was stored described that job's call, not this one.
+ */
 function cachedResult(value: AgentResult, from: 'l1' | 'l2', durationMs: number): AgentResult {
-  return { ...value, cacheHit: from, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs };
+  const { tier: _billedTier, standardCostUsd: _billedStandard, ...answer } = value;
+  return { ...answer, cacheHit: from, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs };
 }
 
 /**
