@@ -167,17 +167,23 @@ export function createFlowService(deps: FlowServiceDeps) {
     await marks.exec();
     const cancelled: string[] = [];
     const cancelling: string[] = [];
-    await Promise.all(
-      ids.map(async (childId) => {
-        try {
-          const view = await deps.jobs.cancel(orgId, childId);
-          (view.state === 'cancelling' ? cancelling : cancelled).push(childId);
-        } catch (err) {
-          // Finished, already cancelled, or gone: nothing left of it to cancel.
-          if (!(err instanceof ConflictError || err instanceof NotFoundError)) throw err;
-        }
-      }),
-    );
+    const cancelEach = (childIds: string[]) =>
+      Promise.all(
+        childIds.map(async (childId) => {
+          try {
+            const view = await deps.jobs.cancel(orgId, childId);
+            (view.state === 'cancelling' ? cancelling : cancelled).push(childId);
+          } catch (err) {
+            // Finished, already cancelled, or gone: nothing left of it to cancel.
+            if (!(err instanceof ConflictError || err instanceof NotFoundError)) throw err;
+          }
+        }),
+      );
+    // The jobs not running first, then the running ones: an aborted child frees its worker's slot, and that worker
+    // would otherwise fetch a sibling still in the wait list (charged, about to be removed) and start it.
+    const active = new Set((await Promise.all(ids.map(async (c) => ((await agentJobs.getJobState(c)) === 'active' ? c : undefined)))).filter((c) => c !== undefined));
+    await cancelEach(ids.filter((c) => !active.has(c)));
+    await cancelEach(ids.filter((c) => active.has(c)));
     return { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
   }
 
