@@ -410,28 +410,58 @@ describe('fair gate', () => {
     const c10 = [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }];
     // A 60 s window: only "nothing else runs here" can send them with the release.
     const g = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
-    expect(await g.gate.admit(jobOf('a'), 'token')).toBe('run');
-    expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
+    const [a, b] = [jobOf('a'), jobOf('b')];
+    expect(await g.gate.admit(a, 'token')).toBe('run');
+    expect(await g.gate.admit(b, 'token')).toBe('run');
     g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
-    // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing.
+    // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing. Each attempt's
+    // processor ends (`ended`) before BullMQ records its outcome (`finished`).
+    g.gate.ended(a);
     g.gate.finished('a', 1);
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }]);
+    g.gate.ended(b);
     g.gate.finished('b', 1);
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     // A job deferred (parked) is no longer running either.
     const d = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
     const parked = { id: 'p', attemptsStarted: 2, moveToDelayed: async () => {} } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const q = jobOf('q');
     expect(await d.gate.admit(parked, 'token')).toBe('run');
-    expect(await d.gate.admit(jobOf('q'), 'token')).toBe('run');
+    expect(await d.gate.admit(q, 'token')).toBe('run');
     await d.gate.defer(parked, 'token', 1000, 'quota');
     // Its repark names the attempt that parked it.
     expect({ reparked: d.calls.reparked, attempts: d.calls.reparkAttempts }).toEqual({ reparked: ['p'], attempts: [2] });
     d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+    d.gate.ended(q);
     d.gate.finished('q', 1);
     await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]), POLL);
     await Promise.all([g.gate.close(), d.gate.close()]);
+  });
+  it("an attempt is forgotten when its processor ends, whatever BullMQ records: a second attempt of the same id (fetched again after a stall) still counts as running", async () => {
+    const jobOf = (id: string) => ({ id }) as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
+    const c10 = [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }];
+    const g = gateWith(async () => ({ freed: 1, due: false }), undefined, 60_000);
+    // Two fetches of 'x' run here at once (the first lost its lock), beside 'y'.
+    const [stalled, again, y] = [jobOf('x'), jobOf('x'), jobOf('y')];
+    for (const j of [stalled, again, y]) expect(await g.gate.admit(j, 'token')).toBe('run');
+    expect(g.gate.runningAttempts()).toBe(3);
+    // The stalled attempt ends; BullMQ refuses its outcome (no finished): it runs no more all the same.
+    g.gate.ended(stalled);
+    expect(g.gate.runningAttempts()).toBe(2);
+    g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
+    g.gate.ended(y);
+    g.gate.finished('y', 1);
+    // 'x' still runs here (its second attempt): its claim or its release is coming, the corrections keep summing.
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['y']]), POLL);
+    expect(g.calls.release).toEqual([{ dispatch: true }]);
+    g.gate.ended(again);
+    g.gate.finished('x', 2);
+    await vi.waitFor(() => expect(g.calls.released).toEqual([['y'], ['x']]), POLL);
+    expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
+    expect(g.gate.runningAttempts()).toBe(0);
+    await g.gate.close();
   });
   it('gives a dispatch\'s charge back once for a job that held a slot and called no model; nothing for one that held none, or a batch lane', async () => {
     type AgentJob = Parameters<ReturnType<typeof createFairGate>['admit']>[0];

@@ -1,17 +1,19 @@
 import { Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
-import type { Logger } from '../src/shared/core/logger.js';
+import { createLogger, type Logger } from '../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
 import { fairEntryOf } from '../src/shared/queue/fair-entry.js';
 import { createFairGate, type FairGate } from '../src/workers/fair-gate.js';
+import { createAgentProcessor } from '../src/workers/processor.js';
 import { randomOrg } from './helpers/env.js';
 import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { POLL } from './helpers/wait.js';
 
 /**
  * A job fetched again while its first attempt still runs: worker A claimed it (its slot, its dispatch's charge on the
@@ -101,7 +103,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
       return { requests: net(before.rpm, after.rpm, RPM), tokens: net(before.tpm, after.tpm, 6 * est) };
     };
     expect(await inFlight(org)).toBe(3);
-    return { org, id: ids[0], est, model, givenBack };
+    return { org, id: ids[0], others: ids.slice(1), est, model, givenBack };
   }
 
   type Case = Awaited<ReturnType<typeof threeDispatched>>;
@@ -240,5 +242,64 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     const back = await c.givenBack();
     expect(back.requests).toBeCloseTo(1, 3);
     expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
+  it("an attempt whose outcome BullMQ refused (its lock lost) is forgotten when its processor ends: the release of the process's last job carries its corrections at once", async () => {
+    const c = await threeDispatched('refused-run');
+    // Process A's gate, with the real processor around it, and what A's gate sends to the dispatcher. Corrections
+    // summed for a minute: only "no attempt runs here any more" sends them with a release.
+    const { scheduler } = cell();
+    const sent: Array<{ released: string[]; corrections: number }> = [];
+    const a = createFairGate({
+      scheduler: {
+        claim: (id, progress, o) => (sent.push({ released: o?.release ?? [], corrections: o?.correct?.length ?? 0 }), scheduler.claim(id, progress, o)),
+        release: (ids, o) => (sent.push({ released: ids, corrections: o?.correct?.length ?? 0 }), scheduler.release(ids, o)),
+        enqueue: (...args) => scheduler.enqueue(...args),
+        repark: (...args) => scheduler.repark(...args),
+        blockModel: (...args) => scheduler.blockModel(...args),
+        takeRequest: (...args) => scheduler.takeRequest(...args),
+        giveBackRequest: (...args) => scheduler.giveBackRequest(...args),
+      },
+      loop,
+      logger,
+      entryOf: (job) => fairEntryOf(job, agents, models()),
+      correctionBatchMs: 60_000,
+    });
+    // The chain answers at once (no model call: an attempt that ran 'run' gives its dispatch's charge back).
+    const answer = async (): Promise<AgentResult> => ({ success: true, data: {}, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs: 0, model: c.model });
+    const processA = createAgentProcessor({ agents, chain: answer, runs: { record: async () => undefined }, models: models(), logger: createLogger({ level: 'silent' }), gate: a });
+    const b = gate();
+
+    // A fetched the job and stalled before its claim; B fetched it again and claimed it first (the charge is B's).
+    const jobA = await fetch(c.id, 'ta-6');
+    await stall(c.id);
+    const jobB = await fetch(c.id, 'tb-6');
+    expect(await b.admit(jobB, 'tb-6')).toBe('run');
+    // A's attempt runs through the processor ('run_unpaid': it settles nothing), and ends; BullMQ refuses its
+    // completion (no 'completed' or 'failed' event: A's gate is told nothing more, and releases nothing).
+    await processA(jobA, 'ta-6');
+    await refused(jobA, 'ta-6');
+    expect(a.runningAttempts()).toBe(0);
+    endsUnspent(b, jobB);
+    await completes(b, jobB, 'tb-6');
+
+    // A's next job runs alone in A, gives its dispatch's charge back (a correction) and completes: nothing else runs
+    // in A, so its release carries the correction at once (the refused attempt counted as running until 2026-12-07,
+    // and the correction waited for a claim that never came, or went in a call of its own later).
+    const jobC = await fetch(c.others[0], 'ta-6c');
+    await processA(jobC, 'ta-6c');
+    await completes(a, jobC, 'ta-6c');
+    await vi.waitFor(() => expect(sent.findIndex((x) => x.released.includes(jobC.id!))).toBeGreaterThan(-1), POLL);
+    const upTo = sent.slice(0, sent.findIndex((x) => x.released.includes(jobC.id!)) + 1);
+    expect(upTo.reduce((n, x) => n + x.corrections, 0)).toBeGreaterThan(0);
+    expect(a.runningAttempts()).toBe(0);
+
+    await Promise.all([a.close(), b.close()]);
+    // The job's one slot went once (B's release), the next job's with A's: the org's third job holds the last one.
+    expect(await inFlight(c.org)).toBe(1);
+    expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.leases, c.id)).toBeNull();
+    // One dispatch charge each, given back once each (B's for the stalled job, A's for the next one).
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(2, 3);
+    expect(back.tokens).toBeCloseTo(2 * c.est, 3);
   });
 });

@@ -109,6 +109,7 @@ function harness(
     defer: async (_j: unknown, _t: unknown, _u: number, reason: string, model?: string) => void deferred.push({ reason, ...(model ? { model } : {}) }),
     correct: (_org: string, model: string, d: { orgTokens?: number; modelTokens?: number }) => void corrections.push({ model, orgTokens: d.orgTokens, modelTokens: d.modelTokens }),
     refundUnspent: () => undefined,
+    ended: () => undefined,
   };
   const proc = createAgentProcessor({
     agents: { resolve: () => ({ agent: {} as never, action: action as never }), validateInput: (_a, _b, i) => i },

@@ -106,6 +106,7 @@ describe('a job that reached the worker without a dispatcher slot', () => {
         defer: async () => undefined,
         correct: () => undefined,
         refundUnspent: () => undefined,
+        ended: () => undefined,
         orgRequests: { take: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }), giveBack: async () => undefined },
       },
       onDelay: (_ctx, reason, delayMs) => void delays.push([reason, delayMs]),

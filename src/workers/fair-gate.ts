@@ -60,11 +60,15 @@ export function createFairGate(deps: {
   }
   let forceCorrections = false;
   /**
-   * Jobs admitted here and not finished yet. While none is, no claim from this process will come to carry the
-   * corrections within the batch window (a throttled org, a quiet queue): a release sent then takes them all,
-   * instead of a call of their own CORRECTION_MAX_DELAY_MS later.
+   * Attempts admitted here whose processor has not ended yet (`ended`). While none is, no claim from this process
+   * will come to carry the corrections within the batch window (a throttled org, a quiet queue): a release sent then
+   * takes them all, instead of a call of their own CORRECTION_MAX_DELAY_MS later. Per attempt (BullMQ's Job object of
+   * each fetch), not per id: a job fetched again after a stall may run here twice at once. Forgotten when the
+   * attempt's processor ends, not when BullMQ records its outcome: an attempt that lost its lock gets no 'completed'
+   * or 'failed' event (BullMQ refuses its outcome and emits a worker 'error'), and was kept here for good until
+   * 2026-12-07 (a leak, and a release that never again carried the corrections at once).
    */
-  const running = new Set<string>();
+  const running = new Set<AgentJob>();
   /** Jobs this gate admitted on a dispatcher slot: their dispatch charged the org's and the model's buckets. */
   const charged = new WeakSet<AgentJob>();
   /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
@@ -186,7 +190,7 @@ export function createFairGate(deps: {
       // nothing, its calls charged by their usage alone).
       const unpaid = held && chargeTaken === true && !isBatchLane(deps.entryOf(job).model);
       if (held && !unpaid) charged.add(job);
-      if (held || cancelled || !token) running.add(job.id!);
+      if (held || cancelled || !token) running.add(job);
       if (cancelled) {
         // It never calls the model: what its dispatch charged goes back (nothing when another claim took it).
         refundUnspent(job);
@@ -206,7 +210,7 @@ export function createFairGate(deps: {
      * every org (`MODEL_WIDE_DELAYS`), in every queue shard: the fair dispatchers stop sending anyone's jobs into a wall.
      */
     async defer(job: AgentJob, token: string | undefined, delayMs: number, reason: string, model?: string): Promise<void> {
-      running.delete(job.id!);
+      running.delete(job);
       if (!token) throw new Error('cannot defer a job without its lock token');
       await parkActiveJob(job, token);
       // This attempt's job only: a repark late past the lease sweep's patience finds the job sent again, and leaves it.
@@ -262,11 +266,26 @@ export function createFairGate(deps: {
     } satisfies OrgRequests,
 
     /**
+     * The attempt's processor ended (the processor says so, whatever its outcome and whatever BullMQ then records):
+     * it makes no claim from here on. Only forgotten: nothing is released. Its slot goes back with `finished`, once
+     * BullMQ recorded the outcome; an attempt whose lock lapsed gets no such event, since the slot is the job's,
+     * held now by the attempt that fetched it again (one lease, freed once, by the attempt BullMQ lets finish).
+     */
+    ended(job: AgentJob): void {
+      running.delete(job);
+    },
+
+    /** Attempts admitted here whose processor has not ended yet (diagnostics; tests). */
+    runningAttempts(): number {
+      return running.size;
+    },
+
+    /**
      * The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry.
      * `attempt`: the attempt that ended (its `attemptsStarted`): a retry's repark moves only that attempt's job.
+     * The attempt itself was forgotten already (`ended`: its processor returned before BullMQ recorded this).
      */
     finished(jobId: string, attempt: number): void {
-      running.delete(jobId);
       const backoffMs = retries.get(jobId);
       if (backoffMs !== undefined) {
         retries.delete(jobId);

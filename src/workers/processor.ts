@@ -41,8 +41,11 @@ export interface ProcessorDeps {
   logger: Logger;
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
-  /** The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane. */
-  gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent' | 'orgRequests'>;
+  /**
+   * The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane; told when each
+   * run of the processor ends (`ended`).
+   */
+  gate?: Pick<FairGate, 'admit' | 'defer' | 'correct' | 'refundUnspent' | 'orgRequests' | 'ended'>;
   /**
    * What the gate's claim carries for the attempt's result cache guard (one script call for both): its first
    * lookup, or, for an L1 hit from memory, the answer itself, whose usage row the claim appends.
@@ -132,6 +135,9 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         }
         throw err;
       } finally {
+        // Here, not on BullMQ's completed / failed events: an attempt whose lock lapsed (the stalled check gave the
+        // job to another fetch) has its outcome refused, with neither event, and the gate would keep it as running.
+        deps.gate?.ended(job);
         span.end();
       }
     });
