@@ -302,4 +302,35 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     expect(back.requests).toBeCloseTo(2, 3);
     expect(back.tokens).toBeCloseTo(2 * c.est, 3);
   });
+  it("the claim stamp reads '1' after any number of claims: what processes from before the claims were told apart take for claimed", async () => {
+    const c = await threeDispatched('stamp');
+    const record = `${cell().scheduler.keys.named.jobPrefix}${c.id}`;
+    // An older process's cancel (fair-release.lua refundDispatch, 2026-12-06) gave the charge back unless `c` == '1':
+    // a '2' left by a second claim made it give back what the first claim's attempt settles too.
+    const stamp = () => s.runtime.deps.redis.hget(record, 'c');
+    expect(await stamp()).toBe('0');
+    const [a, b, d] = [gate(), gate(), gate()];
+    const jobA = await fetch(c.id, 'ta-7');
+    expect(await a.admit(jobA, 'ta-7')).toBe('run');
+    expect(await stamp()).toBe('1');
+    await stall(c.id);
+    const jobB = await fetch(c.id, 'tb-7');
+    expect(await b.admit(jobB, 'tb-7')).toBe('run_unpaid');
+    expect(await stamp()).toBe('1');
+    // Stalled once more, fetched a third time: still taken, still '1'.
+    await stall(c.id);
+    const jobD = await fetch(c.id, 'td-7');
+    expect(await d.admit(jobD, 'td-7')).toBe('run_unpaid');
+    expect(await stamp()).toBe('1');
+    endsUnspent(a, jobA);
+    endsUnspent(b, jobB);
+    endsUnspent(d, jobD);
+    await refused(jobA, 'ta-7');
+    await refused(jobB, 'tb-7');
+    await completes(d, jobD, 'td-7');
+    await settled(c, a, b, d);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+  });
 });

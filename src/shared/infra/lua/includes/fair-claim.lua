@@ -65,16 +65,21 @@ local function claimOwn(id)
   local held = rcall('ZADD', K_LEASES, 'XX', 'GT', 'CH', leaseDeadline(), id)
   if held == 0 and rcall('ZSCORE', K_LEASES, id) then held = 1 end
   if held == 1 then
-    -- The claim stamp (`c`: the dispatch's claims so far, 0 from each dispatch): from here on this dispatch's
-    -- charge is the attempt's to settle (its worker gives back what it did not spend, or corrects it by the call's
-    -- usage). A cancel or a clean that later finds the job unlocked in BullMQ's wait list (its lock lapsed, the
-    -- stalled check moved it back) then frees the slot but refunds nothing: as a job never fetched it was refunded
-    -- again by the attempt (before its call) or for a call it made. Counted, not set: a second claim of the same
-    -- dispatch (the job fetched again after that stall while its first attempt still runs) finds the charge taken,
-    -- and its attempt is told so (claimReply): its calls are charged as any call no dispatch paid for. Both
-    -- attempts took the one charge as theirs until 2026-12-07: given back twice when neither called the model, and
-    -- one call left uncharged when both did. The one command this adds to a claim that holds a slot.
+    -- The claim stamp (`c`: '1' once a claim of this dispatch came, '0' from each dispatch): from here on this
+    -- dispatch's charge is the attempt's to settle (its worker gives back what it did not spend, or corrects it by
+    -- the call's usage). A cancel or a clean that later finds the job unlocked in BullMQ's wait list (its lock
+    -- lapsed, the stalled check moved it back) then frees the slot but refunds nothing: as a job never fetched it
+    -- was refunded again by the attempt (before its call) or for a call it made. Incremented, not set: a second
+    -- claim of the same dispatch (the job fetched again after that stall while its first attempt still runs) finds
+    -- the charge taken, and its attempt is told so (claimReply): its calls are charged as any call no dispatch paid
+    -- for. Both attempts took the one charge as theirs until 2026-12-07: given back twice when neither called the
+    -- model, and one call left uncharged when both did. The one command this adds to a claim that holds a slot
+    -- (a second claim of a dispatch, rare, adds one more, below).
     chargeTaken = rcall('HINCRBY', P_JOB .. id, 'c', 1) > 1
+    -- Put back to '1' (only then: a second claim, after a stall): processes from before 2026-12-07 read only '1' as
+    -- claimed (refundDispatch), and during a rolling deploy an older API's cancel of the job would give the charge
+    -- back for a '2' as well, once more than the attempt that settles it.
+    if chargeTaken then rcall('HSET', P_JOB .. id, 'c', '1') end
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
     local progress = ARGV[14]

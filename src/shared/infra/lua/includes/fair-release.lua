@@ -88,6 +88,8 @@ end
 local function refundDispatch(id, org, model)
   if string.sub(model, -#BATCH_LANE) == BATCH_LANE then return end
   local r = rcall('HMGET', P_JOB .. id, 'e', 'c')
+  -- Any count: the claim keeps the stamp at '1' now, but for a while (2026-12-07) it counted, leaving '2' on a job
+  -- claimed twice.
   if (tonumber(r[2]) or 0) > 0 then return end
   local est = tonumber(r[1]) or 0
   correctCharge(org, model, -est, -est, -1)
