@@ -134,6 +134,65 @@ describe("direct producer: an idempotency key is kept the deployment's IDEMPOTEN
   });
 });
 
+describe("direct producer: a job's attempts and retention are the deployment's, as the API's", () => {
+  let s: Stack;
+  const vars = ['JOB_ATTEMPTS', 'KEEP_COMPLETED_COUNT', 'KEEP_COMPLETED_AGE_S', 'KEEP_FAILED_COUNT', 'KEEP_FAILED_AGE_S'] as const;
+  const host = Object.fromEntries(vars.map((v) => [v, process.env[v]]));
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+  });
+  afterAll(async () => {
+    for (const v of vars) {
+      if (host[v] === undefined) delete process.env[v];
+      else process.env[v] = host[v];
+    }
+    await s?.close();
+  });
+
+  /** The stored options of the job the direct producer made for `startupId`. */
+  async function storedOpts(opts: Partial<Parameters<typeof createDirectProducer>[0]>, startupId: string) {
+    const producer = await createDirectProducer({ redisTarget: s.cfg.REDIS_URL, prefix: s.cfg.QUEUE_PREFIX, ...opts });
+    try {
+      const { id } = await producer.enqueue({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId } }, { orgId: s.orgId });
+      const job = await producer.queue.getJob(id);
+      return { attempts: job?.opts.attempts, removeOnComplete: job?.opts.removeOnComplete, removeOnFail: job?.opts.removeOnFail };
+    } finally {
+      await producer.close();
+    }
+  }
+
+  it('reads JOB_ATTEMPTS and KEEP_COMPLETED_* / KEEP_FAILED_* from the environment; `retention` wins; a bad value is refused naming it, before connecting', async () => {
+    Object.assign(process.env, { JOB_ATTEMPTS: '5', KEEP_COMPLETED_COUNT: '7', KEEP_COMPLETED_AGE_S: '600', KEEP_FAILED_COUNT: '9', KEEP_FAILED_AGE_S: '900' });
+    expect(await storedOpts({}, 'env-retention')).toEqual({ attempts: 5, removeOnComplete: { count: 7, age: 600 }, removeOnFail: { count: 9, age: 900 } });
+    expect(await storedOpts({ retention: { attempts: 2, keepFailedAgeS: 60 } }, 'given-retention')).toEqual({
+      attempts: 2,
+      removeOnComplete: { count: 7, age: 600 },
+      removeOnFail: { count: 9, age: 60 },
+    });
+    // Refused before any connection: a Redis nobody listens on would otherwise fail it with a connection error.
+    const nowhere = 'redis://127.0.0.1:1';
+    for (const [name, bad] of [
+      ['JOB_ATTEMPTS', '0'],
+      ['KEEP_COMPLETED_COUNT', 'many'],
+      ['KEEP_FAILED_AGE_S', '-1'],
+    ] as const) {
+      const before = process.env[name];
+      process.env[name] = bad;
+      const err = await createDirectProducer({ redisTarget: nowhere, prefix: s.cfg.QUEUE_PREFIX, commandTimeoutMs: 500 }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as Error).message).toMatch(name);
+      process.env[name] = before;
+    }
+    // Unset: the config's defaults, as the API's.
+    for (const v of vars) delete process.env[v];
+    expect(await storedOpts({}, 'default-retention')).toEqual({
+      attempts: 3,
+      removeOnComplete: { count: 10_000, age: 24 * 3600 },
+      removeOnFail: { count: 50_000, age: 14 * 24 * 3600 },
+    });
+  });
+});
+
 describe('direct producer on a sharded deployment (the layout recorded in Redis)', () => {
   let s: Stack;
   const hostShards = process.env.QUEUE_SHARDS;

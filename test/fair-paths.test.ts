@@ -1,10 +1,9 @@
 import { Job, type Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomUUID } from 'node:crypto';
-import { retentionOf } from '../src/app/runtime.js';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { isParked, parkedJobOptions } from '../src/shared/fair/index.js';
-import { agentJobOptions } from '../src/shared/queue/agent-queue.js';
+import { agentJobOptions, retentionOf } from '../src/shared/queue/agent-queue.js';
 import { createFairOrphanSweep } from '../src/workers/ops/fair-orphans.js';
 import { UNTHROTTLED, figure, runRows } from './helpers/faults.js';
 import { until } from './helpers/wait.js';

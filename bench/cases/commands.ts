@@ -1,8 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
-import { retentionOf } from '../../src/app/runtime.js';
-import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { agentJobOptions, retentionOf } from '../../src/shared/queue/agent-queue.js';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
 import { RISK_REQUEST, riskInput, startAgentq } from '../lib/agentq.js';
 import type { BenchContext } from '../lib/context.js';

@@ -2,12 +2,11 @@ import { GoogleGenAI } from '@google/genai';
 import { Queue, Worker, type Job, type Processor } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { z } from 'zod';
-import { retentionOf } from '../../src/app/runtime.js';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
 import type { Config } from '../../src/shared/core/config.js';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
 import type { AgentJobData } from '../../src/shared/core/types.js';
-import { agentJobOptions } from '../../src/shared/queue/agent-queue.js';
+import { agentJobOptions, retentionOf } from '../../src/shared/queue/agent-queue.js';
 import { riskInput } from './agentq.js';
 
 /** The name and data of a RiskAnalyzer job as agentq stores it, for the bare baselines' own `add`. */

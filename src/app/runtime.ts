@@ -21,7 +21,7 @@ import { createDailyJobLedger } from '../shared/limits/daily-jobs.js';
 import type { Feature, FeatureDeps } from './feature.js';
 import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { AgentQueue } from '../shared/queue/agent-queue.js';
+import { retentionOf, type AgentQueue } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
 import { adoptShardLayout } from '../shared/queue/shard-layout.js';
 import { createCell } from './cell.js';
@@ -40,17 +40,6 @@ import { createBatchTier } from '../workers/batch-tier.js';
 import { createCloseSteps, type CloseSteps } from './shutdown.js';
 
 export type FeatureFactory = (deps: FeatureDeps) => Feature;
-
-export function retentionOf(cfg: Config) {
-  return {
-    attempts: cfg.JOB_ATTEMPTS,
-    keepCompletedCount: cfg.KEEP_COMPLETED_COUNT,
-    keepCompletedAgeS: cfg.KEEP_COMPLETED_AGE_S,
-    keepFailedCount: cfg.KEEP_FAILED_COUNT,
-    keepFailedAgeS: cfg.KEEP_FAILED_AGE_S,
-    idempotencyTtlS: cfg.IDEMPOTENCY_TTL_S,
-  };
-}
 
 export interface Runtime {
   deps: FeatureDeps;

@@ -2,7 +2,7 @@ import { defaultRegistry } from '../shared/agents/registry.js';
 import { configuredModels, isGiven, parseConfig } from '../shared/core/config.js';
 import { fairKickChannel } from '../shared/core/queue-keys.js';
 import { createFairSchedulerFromConfig } from '../shared/fair/from-config.js';
-import { createAgentQueue, type RetentionOptions } from '../shared/queue/agent-queue.js';
+import { createAgentQueue, retentionOf, type RetentionOptions } from '../shared/queue/agent-queue.js';
 import { queueShards } from '../shared/core/queue-shards.js';
 import { followShardLayout } from '../shared/queue/shard-layout.js';
 import { createRedis, logConnectionErrors, whenReady, type RedisTarget } from '../shared/infra/redis/connection.js';
@@ -11,17 +11,12 @@ import { firstBodyFault } from './body-faults.js';
 import { ValidationError } from '../shared/core/errors.js';
 import { createJobProducer, type EnqueueMeta, type EnqueuedJob, type InputValidator } from '../shared/queue/job-producer.js';
 
-/** The deployment's variables this process reads: what shapes a job's lane, its shard, its allowed models, and how long its idempotency key is kept. */
-const READ_VARIABLES = /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS|IDEMPOTENCY_TTL_S)$/;
-
-/** The job options' defaults (the API's config defaults); the key's record lives IDEMPOTENCY_TTL_S unless `retention` names one. */
-const DEFAULT_RETENTION: Omit<RetentionOptions, 'idempotencyTtlS'> = {
-  attempts: 3,
-  keepCompletedCount: 10_000,
-  keepCompletedAgeS: 24 * 3600,
-  keepFailedCount: 50_000,
-  keepFailedAgeS: 14 * 24 * 3600,
-};
+/**
+ * The deployment's variables this process reads: what shapes a job's lane, its shard, its allowed models, and the
+ * job options every job carries (its attempts, how long it is kept, how long its idempotency key is kept).
+ */
+const READ_VARIABLES =
+  /^(GEMINI_MODEL_(FAST|PRO)|MODEL_LIMITS|AGENT_ROUTES|ALLOWED_MODELS|ORG_[A-Z_]+|DISPATCH_BUFFER_RATIO|FAIR_LEASE_MS|QUEUE_SHARDS|IDEMPOTENCY_TTL_S|JOB_ATTEMPTS|KEEP_(COMPLETED|FAILED)_(COUNT|AGE_S))$/;
 
 /**
  * What the API refuses in a body (body-faults.ts) and what JSON has no form for (NaN, a Map, a cycle...): an
@@ -42,7 +37,10 @@ export async function createDirectProducer(opts: {
   redisTarget: RedisTarget;
   prefix?: string;
   agents?: InputValidator;
-  /** The job options' retention; `idempotencyTtlS` given here wins over the environment's IDEMPOTENCY_TTL_S. */
+  /**
+   * The job options (attempts, retention, the key's record); each one given here wins over the environment's variable
+   * (JOB_ATTEMPTS, KEEP_COMPLETED_COUNT / _AGE_S, KEEP_FAILED_COUNT / _AGE_S, IDEMPOTENCY_TTL_S).
+   */
   retention?: Partial<RetentionOptions>;
   /**
    * Queue shards, as the deployment's `QUEUE_SHARDS` (default: that variable here, else the count the deployment
@@ -58,13 +56,14 @@ export async function createDirectProducer(opts: {
   logger?: Logger;
 }) {
   const prefix = opts.prefix ?? '{agentq}';
-  // Only the variables that shape a job's lane, its shard, its allowed models and its key's record: the host
+  // Only the variables that shape a job's lane, its shard, its allowed models and its job options: the host
   // service's other variables are not agentq's to judge. Checked before connecting: a bad value is a ConfigError naming it.
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => READ_VARIABLES.test(k)));
   const read = parseConfig({ ...env, QUEUE_PREFIX: prefix });
-  // The key is kept as long as the API keeps it (IDEMPOTENCY_TTL_S, a day unset): until 2026-12-06 a day here whatever
-  // the deployment set, so a key the API had let go still named the direct producer's job, or the other way round.
-  const retention: RetentionOptions = { ...DEFAULT_RETENTION, idempotencyTtlS: read.IDEMPOTENCY_TTL_S, ...opts.retention };
+  // The job options the API gives its jobs (`retentionOf`, as runtime.ts), from the same variables: until 2026-12-07
+  // the attempts and retention were the config's defaults here whatever the deployment set (the key's record until
+  // 2026-12-06), so a job enqueued directly retried and was kept differently from the same job sent to the API.
+  const retention: RetentionOptions = { ...retentionOf(read), ...opts.retention };
   const given = opts.shards ?? (isGiven(env.QUEUE_SHARDS) ? read.QUEUE_SHARDS : undefined);
   const connection = createRedis(opts.redisTarget, 'api', opts.commandTimeoutMs ? { commandTimeout: opts.commandTimeoutMs } : {});
   let inForce: number;

@@ -1,6 +1,6 @@
-import { retentionOf, type FeatureFactory } from '../runtime.js';
+import type { FeatureFactory } from '../runtime.js';
 import type { Feature } from '../feature.js';
-import { createAgentQueue } from '../../shared/queue/agent-queue.js';
+import { createAgentQueue, retentionOf } from '../../shared/queue/agent-queue.js';
 import { createRedis, logConnectionErrors } from '../../shared/infra/redis/connection.js';
 import { createFlowService, type FlowService } from '../../producers/flow-service.js';
 import { createFlowsWorker, type FlowsWorker } from '../../workers/flows/flows-worker.js';
