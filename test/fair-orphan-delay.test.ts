@@ -43,7 +43,7 @@ describe('the orphan sweep and a caller\'s delay', () => {
       agents: defaultRegistry(),
       models,
       allowedModels: [models.fast, models.pro],
-      scheduler: { enqueue: () => Promise.reject(new Error('producer died between the add and the lane')) },
+      scheduler: { enqueue: () => Promise.reject(new Error('producer died between the add and the lane')), why: () => Promise.resolve(null) },
       retention,
       flows,
     });

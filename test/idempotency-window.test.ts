@@ -263,3 +263,39 @@ describe.each([
     expect(await s.runtime.deps.redis.hgetall(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id))).toMatchObject({ id });
   });
 });
+
+/**
+ * The state a POST answers is the one GET shows for the job, with or without an idempotency key. With the fair
+ * dispatcher a new job with a key read its state back, and a `delayMs` job, parked on its timer, answered
+ * `waiting` where the same job without a key answered `delayed`, as GET shows it.
+ */
+describe.each([
+  { name: 'stored by the fair dispatcher', fairDispatch: true },
+  { name: 'added by BullMQ (the bench baseline, no dispatcher)', fairDispatch: false },
+])('the enqueue answers the state GET shows: $name', ({ fairDispatch }) => {
+  let s: Stack;
+  beforeAll(async () => {
+    // No worker: nothing runs or is dispatched between the answer and the GET.
+    s = await startStack({}, { worker: false, fairDispatch });
+  });
+  afterAll(async () => s?.close());
+
+  const get = async (id: string) => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth })).json().state as string;
+
+  it.each([
+    { options: { delayMs: 60_000 }, shown: 'delayed' },
+    { options: {}, shown: 'waiting' },
+  ])('$options: a new job with or without a key, and a re-send, answer $shown', async ({ options, shown }) => {
+    const tag = `${JSON.stringify(options)}-${fairDispatch}`;
+    const plain = await post(s, s.auth, { ...risk(`Plain ${tag}`), options });
+    const keyed = { ...risk(`Keyed ${tag}`), options: { ...options, idempotencyKey: `state-${tag}` } };
+    const first = await post(s, s.auth, keyed);
+    const again = await post(s, s.auth, keyed);
+    for (const res of [plain, first, again]) {
+      expect(res.statusCode).toBe(202);
+      expect(res.json().state).toBe(shown);
+      expect(await get(res.json().id)).toBe(shown);
+    }
+    expect(again.json().id).toBe(first.json().id);
+  });
+});

@@ -10,7 +10,7 @@ import { shownState } from '../core/cancel.js';
 import { readCancelTombstone } from './cancel-tombstone.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
-import { isParked, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
+import { isParked, PARK_SCORE_MIN, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
 import { admitOrThrow, refundFailedAdd, type AdmissionCheck, type DailyReservation } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
@@ -73,7 +73,7 @@ export interface JobProducerDeps {
   /** The models `options.model` may name (`configuredModels(cfg)`); any other is a 400 before enqueue. */
   allowedModels: readonly string[];
   /** Absent only in the bench's baseline (runtime `fairDispatch: false`): jobs go straight to BullMQ's wait list. */
-  scheduler?: Pick<FairScheduler, 'enqueue'>;
+  scheduler?: Pick<FairScheduler, 'enqueue' | 'why'>;
   retention: RetentionOptions;
   /** Rate plan and quotas; absent for trusted callers (the direct producer, pipeline steps of an admitted run). */
   admission?: AdmissionCheck;
@@ -222,25 +222,32 @@ export function createJobProducer(deps: JobProducerDeps) {
       ...(p.idempotent ? { idem: { fingerprint: p.data.fingerprint!, ttlMs: idemTtlMs } } : {}),
     }));
 
-  /** The state a caller sees right after enqueue: parked jobs are "waiting" (or "delayed" until their time). */
+  /**
+   * The state a caller sees right after enqueue of a job it made: parked jobs are "waiting" (or "delayed" until
+   * their time, as GET shows a parked job whose own `delayMs` still runs). The same for a job made under an
+   * idempotency key: until 2026-12-07 that one's state was read back, and a parked `delayMs` job read "waiting".
+   */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
 
   /**
-   * An idempotent re-enqueue answers the existing job's state as `GET /v1/jobs/:id` shows it: parked for the
-   * dispatcher reads "waiting"; cancelled reads "cancelled", whether it failed with the cancel's reason (it ran)
-   * or was removed with a tombstone (it had not); any other job no longer kept reads BullMQ's "unknown".
+   * An idempotent re-enqueue answers the existing job's state as `GET /v1/jobs/:id` shows it (job-service.ts):
+   * parked for the dispatcher reads "waiting", or "delayed" while its own `delayMs` still runs; cancelled reads
+   * "cancelled", whether it failed with the cancel's reason (it ran) or was removed with a tombstone (it had not);
+   * any other job no longer kept reads BullMQ's "unknown". A job this request made answers `stateOf`, as one
+   * without a key: no read.
    */
-  async function existingState(p: PreparedJob, id: string | undefined): Promise<string> {
-    if (!p.idempotent || !id) return stateOf(p);
+  async function existingState(p: PreparedJob, id: string, existing: Set<string>): Promise<string> {
+    if (!p.idempotent || !existing.has(id)) return stateOf(p);
     const state = await queue.getJobState(id);
-    if (state === 'unknown') {
-      const client = (await queue.getBackend().client) as unknown as RedisClient;
-      return (await readCancelTombstone(client, prefix, p.data.orgId, id)) ? 'cancelled' : state;
-    }
+    const client = (await queue.getBackend().client) as unknown as RedisClient;
+    if (state === 'unknown') return (await readCancelTombstone(client, prefix, p.data.orgId, id)) ? 'cancelled' : state;
     if (state === 'failed') return shownState(state, (await queue.getJob(id))?.failedReason);
-    if (state !== 'delayed') return state;
+    if (state !== 'delayed' || !deps.scheduler) return state;
+    // Parked by its add, or again after it started (a retry, a deferral: the hash then misses it, the score does not).
     const job = await queue.getJob(id);
-    return job && isParked(job) ? 'waiting' : state;
+    const parked = (job && isParked(job)) || Number((await client.zscore(queue.toKey('delayed'), id)) ?? 0) >= PARK_SCORE_MIN;
+    if (!parked) return state;
+    return (await deps.scheduler.why(id))?.reason === 'delayed' ? 'delayed' : 'waiting';
   }
 
   /**
@@ -387,10 +394,10 @@ export function createJobProducer(deps: JobProducerDeps) {
           await refuseReusedKeys(prepared);
           await lane(adding);
         }
-        // Only an idempotent job's state is read back (one request per job); the others' is known. A job whose
-        // key's record outlived it reads BullMQ's "unknown" (no such job): its id stands, its result is gone.
-        if (!prepared.some((p) => p.idempotent)) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
-        return await Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i]) })));
+        // Only the state of a job sent again under its key is read back (one request per job); a new job's is
+        // known. A job whose key's record outlived it reads BullMQ's "unknown" (no such job): its id stands, its result is gone.
+        if (existing.size === 0) return prepared.map((p, i) => ({ id: ids[i], state: stateOf(p) }));
+        return await Promise.all(prepared.map(async (p, i) => ({ id: ids[i], state: await existingState(p, ids[i], existing) })));
       } catch (err) {
         // An add that failed for certain gives back what it reserved for jobs it did not store.
         if (!settled) await refundFailedAdd(deps.admission, meta.orgId, reserved, err, { sent, unstored: () => unstoredOf(prepared, existing) });
