@@ -210,6 +210,29 @@ describe.each([
     expect(again.statusCode).toBe(202);
     expect(again.json()).toEqual({ id, state: 'cancelled' });
   });
+
+  it("a later job of the id (the key's record lapsed) is shown, and once retention removed it, never the old job's cancel", async () => {
+    // The tombstone (KEEP_FAILED_AGE_S, 14 days) outlives the key's record (IDEMPOTENCY_TTL_S, a day).
+    const body = { ...risk('Tombstone Reuse Co'), options: { idempotencyKey: 'cancel-reused-1', delayMs: 60_000 } };
+    const id = (await post(s, s.auth, body)).json().id as string;
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).json()).toMatchObject({ state: 'cancelled' });
+    // The record lapses (by hand here, as its TTL would): the key makes a new job under the same id.
+    await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
+    const later = await post(s, s.auth, body);
+    expect(later.json()).toEqual({ id, state: 'delayed' });
+    expect(await addedCount(s, id)).toBe(2);
+    expect((await get(id)).json()).toMatchObject({ id, state: 'delayed' });
+
+    // Gone by retention (by hand here: it waits its delay), as a completed job past KEEP_COMPLETED_COUNT is.
+    const cell = s.runtime.deps.cells[0];
+    if (fairDispatch) await cell.scheduler.cancel(id);
+    await (await cell.queue.getJob(id))!.remove();
+    expect((await get(id)).statusCode).toBe(404);
+    const again = await post(s, s.auth, body);
+    expect(again.statusCode).toBe(202);
+    expect(again.json()).toEqual({ id, state: 'unknown' });
+    expect(await addedCount(s, id)).toBe(2);
+  });
 });
 
 /**

@@ -90,7 +90,7 @@ export const idempotencyRecordKey = (prefix: string, jobId: string) => `${agentq
  */
 export const flowCancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:flow-cancel:${id}`;
 
-/** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while. */
+/** Tombstone of a job removed before it ran, so GET still answers "cancelled" for a while; the add of a later job of its id deletes it. */
 export const cancelledKey = (prefix: string, id: string) => `${agentqPrefix(prefix)}:cancelled:${id}`;
 
 /** Per-entry DLQ metadata (class, retries, last error and retry time). */

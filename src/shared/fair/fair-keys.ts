@@ -1,4 +1,4 @@
-import { agentqPrefix, cancelRequestedKey, guardKeys, idempotencyRecordKey, orgJobsKey } from '../core/queue-keys.js';
+import { agentqPrefix, cancelledKey, cancelRequestedKey, guardKeys, idempotencyRecordKey, orgJobsKey } from '../core/queue-keys.js';
 /**
  * Every Redis key the fair dispatcher uses, built here and nowhere else in TypeScript. The fair Lua scripts take
  * four prefixes (`script`) as KEYS and build the same names from them (fair-core-N.lua, whose op `keys` returns
@@ -34,6 +34,7 @@ import { agentqPrefix, cancelRequestedKey, guardKeys, idempotencyRecordKey, orgJ
  *   <queuePrefix>:agentq:cancel:<jobId>    the API's cancel marker (queue-keys.ts): read by claim
  *   <queuePrefix>:agentq:org-jobs:<org>    the org's job index (queue-keys.ts): enqueue adds to it (ZADD NX)
  *   <queuePrefix>:agentq:idem:<jobId>      an idempotency key's record (queue-keys.ts): add reads and writes it
+ *   <queuePrefix>:agentq:cancelled:<jobId> the API's cancel tombstone (queue-keys.ts): add deletes an earlier job's
  */
 
 /** The parts of a BullMQ Queue the keys need. */
@@ -85,6 +86,7 @@ export const FAIR_KEY_NAMES = [
   'leaseReq',
   'leaseWaitPrefix',
   'idemPrefix',
+  'cancelledPrefix',
 ] as const;
 
 export type FairKeyName = (typeof FAIR_KEY_NAMES)[number];
@@ -125,7 +127,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
   const q = opts.queue;
   // Scripts touch all of these in one call: on Redis Cluster they must hash to one slot.
   const qp = q.opts.prefix ?? 'bull';
-  const tags = [p, b, q.toKey('wait'), cancelRequestedKey(qp, ''), orgJobsKey(qp, ''), idempotencyRecordKey(qp, '')].map(hashTag);
+  const tags = [p, b, q.toKey('wait'), cancelRequestedKey(qp, ''), orgJobsKey(qp, ''), idempotencyRecordKey(qp, ''), cancelledKey(qp, '')].map(hashTag);
   if (tags.some((t) => t !== tags[0])) {
     throw new Error(`keyPrefix, bucketPrefix and the queue prefix must share one hash tag: ${p}, ${b}, ${q.toKey('wait')}`);
   }
@@ -171,6 +173,7 @@ export function fairKeys(opts: { keyPrefix: string; bucketPrefix: string; queue:
     leaseReq: `${p}:leasereq`,
     leaseWaitPrefix: `${p}:leasewait:`,
     idemPrefix: idempotencyRecordKey(qp, ''),
+    cancelledPrefix: cancelledKey(qp, ''),
   };
   return {
     named,

@@ -5,7 +5,7 @@ import type { RedisClient } from '../infra/redis/connection.js';
 import type { ModelTier } from '../agents/define-agent.js';
 import { canonicalJson } from '../core/canonical-json.js';
 import { IdempotencyConflictError, ValidationError } from '../core/errors.js';
-import { idempotencyRecordKey } from '../core/queue-keys.js';
+import { cancelledKey, idempotencyRecordKey } from '../core/queue-keys.js';
 import { shownState } from '../core/cancel.js';
 import { readCancelTombstone } from './cancel-tombstone.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
@@ -322,6 +322,9 @@ export function createJobProducer(deps: JobProducerDeps) {
     for (const p of made) {
       const key = idempotencyRecordKey(prefix, p.opts.jobId);
       cmd.hsetnx(key, 'id', p.opts.jobId).hsetnx(key, 'fp', p.data.fingerprint!).pexpire(key, idemTtlMs, 'NX');
+      // A cancel tombstone of an earlier job of this id (its key's record lapsed first) describes that job, not this
+      // one: it goes with the add, as the dispatcher's add drops it (fair-store-parked.lua).
+      cmd.del(cancelledKey(prefix, p.opts.jobId));
     }
     const replies = await tx.exec();
     if (!replies) throw new Error('enqueue transaction aborted');
@@ -330,8 +333,8 @@ export function createJobProducer(deps: JobProducerDeps) {
       // BullMQ's add answers a negative code for a job it refused (a missing parent, ...), as its own add throws.
       if (i < items.length && typeof reply === 'number' && reply < 0) throw new Error(`BullMQ refused the add of job ${items[i].opts.jobId} (code ${reply})`);
     });
-    // Three replies a record: the HSETNX of its `id` answers 1 where this transaction wrote it.
-    return made.filter((_, k) => replies[items.length + 3 * k][1] === 1).length;
+    // Four replies a record: the HSETNX of its `id` answers 1 where this transaction wrote it.
+    return made.filter((_, k) => replies[items.length + 4 * k][1] === 1).length;
   }
 
   /** The jobs of `prepared` that would be new: one per job id, not counting those that exist already. */

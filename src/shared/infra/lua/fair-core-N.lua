@@ -19,7 +19,8 @@
 --   throttled HASH (org -> seconds its lanes slept on a limit), sleepstart HASH (lane -> sleep start ms),
 --   wake STRING (the next wake time one caller has armed a timer for), the cancel marker prefix (claim reads
 --   <prefix><jobId>), the org job index prefix (enqueue adds to the ZSET <prefix><org>), the idempotency records'
---   prefix (add reads and writes the HASH <prefix><jobId>, queue-keys.ts idempotencyRecordKey), BullMQ's meta,
+--   prefix (add reads and writes the HASH <prefix><jobId>, queue-keys.ts idempotencyRecordKey), the cancel
+--   tombstones' prefix (add deletes the STRING <prefix><jobId> of a job it stores under a key), BullMQ's meta,
 --   active, priority counter, events stream and marker (a dispatch promotes the jobs it hands out, as BullMQ's
 --   promote does), leasereq HASH (model -> ms until which the shard's lease request for the model stands: in
 --   flight, or refused until then), leasewait: prefix (SET <prefix><model>: lanes asleep for the model's lease)
@@ -44,7 +45,8 @@
 --     exists), data JSON, stored opts JSON, timestamp, delay, priority, then its idempotency record: request
 --     fingerprint ('' = not idempotent), record ttl ms; stores the jobs parked, as BullMQ's add of a delayed job
 --     does (includes/fair-store-parked.lua), then lanes them as enqueue does, in the same call. An idempotent job
---     whose record outlived it is neither stored again nor laned nor indexed (the key is remembered: no new job)
+--     whose record outlived it is neither stored again nor laned nor indexed (the key is remembered: no new job);
+--     one stored drops the cancel tombstone an earlier job of its id left (it describes that job, not this one)
 --   claim: id, progress JSON ('' = none), refill (0|1), the worker's registration ('' = none, else '<ask> <ttl ms>
 --     <worker id>', as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
 --     own), the result-cache lookup's L1 tag, lock token, lock ttl
@@ -214,7 +216,7 @@ local K_THROTTLED, K_SLEEPSTART, K_LEASEREQ = FP .. 'throttled', FP .. 'sleepsta
 local P_LANE, P_OLANES, P_PLAN, P_LEASEWAIT = FP .. 'lane:', FP .. 'olanes:', FP .. 'plan:', FP .. 'leasewait:'
 local P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL, P_TB_TPM_MODEL = TB .. 'rpm:org:', TB .. 'tpm:org:', TB .. 'rpm:model:', TB .. 'tpm:model:'
 local P_ORGJOBS = AP .. 'org-jobs:'
-local P_IDEM = AP .. 'idem:'
+local P_IDEM, P_CANCELLED = AP .. 'idem:', AP .. 'cancelled:'
 local Q_DELAYED, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER = QK .. 'delayed', QK .. 'meta', QK .. 'active', QK .. 'pc', QK .. 'events', QK .. 'marker'
 
 -- Every key, in fair-keys.ts FAIR_KEY_NAMES order: what its test compares with the names TypeScript builds.
@@ -222,7 +224,7 @@ if op == 'keys' then
   return { K_LANES, K_SLEEP, K_SLEEPWHY, K_TIMERS, K_OTIMERS, K_LEASES, K_INFLIGHT, K_VT, K_GVT, K_SEQ, K_MBLOCK,
     K_MBLOCKWHY, K_MLIMITS, P_JOB, P_LANE, P_OLANES, P_CAPBLK, P_PLAN, P_TB_RPM_ORG, P_TB_TPM_ORG, P_TB_RPM_MODEL,
     P_TB_TPM_MODEL, Q_WAIT, Q_PRIO, Q_DELAYED, Q_JOB, K_WORKERS, K_WORKERCONC, K_THROTTLED, K_SLEEPSTART, K_WAKE,
-    P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT, P_IDEM }
+    P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT, P_IDEM, P_CANCELLED }
 end
 
 --- @include "fair-lanes"

@@ -7,7 +7,7 @@
 -- of it in its commands and the rest in its Lua work per call (msgpack arguments, JSON options, 25 helper
 -- functions made again), twice the plain add's whole cost.
 -- Uses the locals the script defines before that line (rcall, Q_JOB, Q_DELAYED, Q_META, Q_EVENTS, Q_MARKER, QK,
--- P_IDEM).
+-- P_IDEM, P_CANCELLED).
 
 -- BullMQ's getOrSetMaxEvents: the events stream's MAXLEN, set to BullMQ's default where no queue set it yet.
 local function maxEventsOf()
@@ -24,7 +24,10 @@ end
 -- An idempotent job (ARGV[i + 16] its request fingerprint) gets its key's record with it (ARGV[i + 17] ms to live),
 -- and is not stored where the job is gone but the record stands: the key outlives its job (retention may remove a
 -- completed job seconds after it ran), and a re-send inside the record's life must not run the work again. Read
--- and written here, in the call that stores the job, so racing sends of one key make one job.
+-- and written here, in the call that stores the job, so racing sends of one key make one job. Its id may have named
+-- an earlier job (the key's record lapsed, IDEMPOTENCY_TTL_S, while the API's cancel tombstone of that job is kept
+-- KEEP_FAILED_AGE_S): the tombstone goes, or GET and a re-send would answer the old job's `cancelled` for this one
+-- once retention removed it.
 -- Returns the delayed score of each job it stored (id -> score), which enqueue would otherwise read back, and the
 -- set of those whose record stood without the job (id -> true). Scores
 -- within one delayed timestamp go up by one per job, as BullMQ's per-job ZREVRANGEBYSCORE would find them,
@@ -55,6 +58,8 @@ local function storeParked(first, stride, jobs)
         if fp ~= '' then
           rcall('HSET', P_IDEM .. id, 'id', id, 'fp', fp)
           rcall('PEXPIRE', P_IDEM .. id, ARGV[i + 17])
+          -- Only a key's id is ever made again (any other is a fresh UUID): no DEL for those.
+          rcall('DEL', P_CANCELLED .. id)
         end
         local timestamp, delay = tonumber(ARGV[i + 13]), tonumber(ARGV[i + 14])
         rcall('HMSET', jobKey, 'name', name, 'data', ARGV[i + 11], 'opts', ARGV[i + 12], 'timestamp', timestamp,
