@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createAgentqClient } from '../src/producers/client/client.js';
+import { flowCancelledKey } from '../src/shared/core/queue-keys.js';
 import { randomOrg } from './helpers/env.js';
 import { markedJob, postJob } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -120,6 +122,36 @@ describe('cancelling a whole flow or pipeline run', () => {
       expect(view.children).toEqual([{ id: flow.children[0], key: 'RiskAnalyzer:analyze_risks', state: 'cancelled' }]);
     } finally {
       await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${busy}`, headers: auth(key) });
+    }
+  });
+
+  it('a cancel that arrives as the flows worker settles a flow whose children all finished answers the state it ends in', async () => {
+    const key = await s.newKey();
+    const flow = await startFlow(key, [markedJob(`Settling ${randomUUID().slice(0, 8)}`)]);
+    const marker = flowCancelledKey(cell().prefix, flow.id);
+    // The flows worker's read of the flow's cancel marker (the last before it settles) found none; the cancel comes
+    // in before the worker goes on, and has set the marker when it does.
+    const proto = Redis.prototype as unknown as { exists: (...args: unknown[]) => Promise<number> };
+    const original = proto.exists;
+    let cancel: ReturnType<typeof cancelFlow> | undefined;
+    proto.exists = async function (this: Redis, ...args: unknown[]) {
+      const read = await original.apply(this, args);
+      if (!cancel && args[0] === marker && read === 0) {
+        cancel = cancelFlow(flow.id, key);
+        await vi.waitFor(async () => expect(await original.apply(s.runtime.deps.redis, [marker])).toBe(1), POLL);
+      }
+      return read;
+    };
+    try {
+      const view = await settledFlow(flow.id, key);
+      expect(view.state).toBe('completed');
+      expect(cancel).toBeDefined();
+      const res = await cancel!;
+      // Not `cancelling`: nothing was cancelled, and the flow completed.
+      expect(res.json()).toEqual({ id: flow.id, state: 'completed', cancelled: [], cancelling: [] });
+      expect(res.statusCode).toBe(200);
+    } finally {
+      proto.exists = original;
     }
   });
 

@@ -60,6 +60,8 @@ export interface FlowServiceDeps {
 
 const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 const FINISHED = new Set(['completed', 'failed']);
+/** How long a cancel that found nothing left to cancel waits for the flows worker settling the flow (a few reads). */
+const SETTLE_WAIT_MS = 5_000;
 
 /** Starts fan-out flows and pipeline runs, and reads them back for one org at a time. */
 export function createFlowService(deps: FlowServiceDeps) {
@@ -184,8 +186,22 @@ export function createFlowService(deps: FlowServiceDeps) {
     const active = new Set((await Promise.all(ids.map(async (c) => ((await agentJobs.getJobState(c)) === 'active' ? c : undefined)))).filter((c) => c !== undefined));
     await cancelEach(ids.filter((c) => !active.has(c)));
     await cancelEach(ids.filter((c) => active.has(c)));
-    return { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
+    const answer = { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
+    if (cancelled.length > 0 || cancelling.length > 0) return answer;
+    // Nothing of it was left to cancel: the flows worker may have read no marker and be settling it (a fan-out runs
+    // only once its children finished; a run whose steps all ended is finishing), or it finished since the read
+    // above. Until 2026-12-07 this answered `cancelling` and the flow then ended `completed`. A finished flow answers
+    // its state; a settling one is waited for (it takes the worker a few reads) and answers the state it ended in,
+    // `cancelled` too (the worker read the marker after all). One still settling after the wait, or not yet taken
+    // by the worker (which reads the marker, set above, first), stays `cancelling`.
+    const now = await loadSettled(orgId, id, kind, 0);
+    const { job: settled, state: ended } = now.state === 'active' && settling(now.job) ? await loadSettled(orgId, id, kind, SETTLE_WAIT_MS) : now;
+    return FINISHED.has(ended) ? { ...answer, state: shownState(ended, settled.failedReason) } : answer;
   }
+
+  /** Whether the flows worker, running the flow, only settles it: every child or step has ended. */
+  const settling = (job: Job<FlowJobData, FlowJobResult>) =>
+    job.data.kind !== 'pipeline' || !job.data.steps.some((s) => s.state === 'pending' || s.state === 'running');
 
   const common = (job: Job<FlowJobData, FlowJobResult>) => ({
     ...(job.returnvalue ? { result: job.returnvalue } : {}),

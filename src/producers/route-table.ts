@@ -178,7 +178,7 @@ export const routeTable = {
       tags: ['flows'],
       summary: 'Cancel every job of a flow that has not finished',
       description:
-        'Each child still waiting, delayed or parked is removed (its slot and dispatch charge given back), each running one is aborted by its worker, as `DELETE /v1/jobs/:id` does; the flow then ends `cancelled` (202, `cancelling`). A flow already finished or cancelled: 200, its state, nothing cancelled.',
+        'Each child still waiting, delayed or parked is removed (its slot and dispatch charge given back), each running one is aborted by its worker, as `DELETE /v1/jobs/:id` does; the flow then ends `cancelled` (202, `cancelling`). A flow already finished or cancelled: 200, its state, nothing cancelled; so is one with nothing left to cancel that the flows worker was settling (the answer waits for it, up to 5 s): `completed` when it completed.',
       schema: { params: idParam, response: { 200: flowCancelled, 202: flowCancelled, ...errors(400, 401, 404) } },
       handler: cancelFlow,
     }),
@@ -219,7 +219,7 @@ export const routeTable = {
       tags: ['pipelines'],
       summary: 'Cancel a pipeline run: its running step, and every step not made yet',
       description:
-        'The running step’s job is cancelled as `DELETE /v1/jobs/:id` does, no later step is made, and the run ends `cancelled` (202, `cancelling`). A run already finished or cancelled: 200, its state, nothing cancelled.',
+        'The running step’s job is cancelled as `DELETE /v1/jobs/:id` does, no later step is made, and the run ends `cancelled` (202, `cancelling`). A run already finished or cancelled: 200, its state, nothing cancelled; so is one with nothing left to cancel that the flows worker was finishing (the answer waits for it, up to 5 s).',
       schema: { params: idParam, response: { 200: flowCancelled, 202: flowCancelled, ...errors(400, 401, 404) } },
       handler: cancelPipelineRun,
     }),

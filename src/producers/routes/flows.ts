@@ -51,7 +51,7 @@ export const getFlow =
     return deps.flows.getFlow(orgId, req.params.id, waitOf(deps, req.query.waitMs));
   };
 
-/** 202 while the flow's cancel is under way (its worker ends it), 200 for a flow that had already finished. */
+/** 202 while the flow's cancel is under way (its worker ends it), 200 for a flow that had already finished or that settled as it came. */
 export const cancelFlow =
   (deps: FlowRouteDeps): Handler<{ params: typeof idParam }> =>
   async (req, reply) => {

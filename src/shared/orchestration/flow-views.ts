@@ -41,7 +41,10 @@ export interface PipelineRunView {
 /** What `POST /v1/flows/:id/cancel` and `POST /v1/pipelines/runs/:id/cancel` answer. */
 export interface FlowCancelView {
   id: string;
-  /** "cancelling" until the flows worker ends it "cancelled"; a flow that had already finished keeps its state. */
+  /**
+   * "cancelling" until the flows worker ends it "cancelled"; a flow that had already finished keeps its state, and
+   * so does one the worker was settling when nothing was left to cancel (the state it ended in).
+   */
   state: string;
   /** Child or step jobs removed before they ran. */
   cancelled: string[];
