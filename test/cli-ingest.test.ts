@@ -61,6 +61,15 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
       { external_id: 'f2', startup_id: null, dims: 768 },
       { external_id: 'f3', startup_id: null, dims: 768 },
     ]);
+    // The org paid for embedding its facts: a ledger row per written batch (2 + 1 + the second run's 1), tokens estimated.
+    const ledger = await pool.query("SELECT agent, action, kind, embedding_tokens, embedding_estimated FROM agent_runs WHERE org_id = $1 ORDER BY created_at, attempt", [org]);
+    const est = (texts: string[]) => texts.reduce((n, t) => n + Math.ceil(t.length / 4), 0);
+    const contents = ['Revenue grew 40% quarter over quarter', 'Churn is under 2% monthly', 'The team is hiring two engineers'];
+    expect(ledger.rows).toEqual([
+      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents.slice(0, 2)), embedding_estimated: true },
+      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents.slice(2)), embedding_estimated: true },
+      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents), embedding_estimated: true },
+    ]);
   });
 
   it('follows the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused before anything is loaded, naming both counts', async () => {

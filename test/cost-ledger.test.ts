@@ -206,8 +206,30 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     // The model call's cost stays what Gemini billed for it.
     expect(Number(row.cost_usd)).toBeCloseTo(view.result.costUsd, 8);
     const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
-    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(Number(row.embedding_cost_usd), 8), estimated: true });
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(Number(row.embedding_cost_usd), 8), estimated: true, ingest: { tokens: 0, costUsd: 0 } });
     expect(usage.groups).toEqual([expect.objectContaining({ key: 'KnowledgeAssistant', embedding: usage.total.embedding })]);
+  });
+
+  it("records an org's knowledge ingestion (POST /v1/knowledge/:table) in its ledger, estimated and flagged: its /v1/usage shows the embedding, another org's nothing", async () => {
+    const auth = { authorization: `Bearer ${await s.newKey(undefined, 'org-admin')}` };
+    const other = { authorization: `Bearer ${await s.newKey(undefined, 'org-admin')}` };
+    const documents = Array.from({ length: 12 }, (_, i) => ({ external_id: `ingest-ledger-${i}`, content: `Pilot customer ${i} renewed at ${100 + i}% net revenue retention` }));
+    const res = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: auth, payload: { documents } });
+    expect(res.statusCode).toBe(200);
+    expect(res.json()).toMatchObject({ inserted: 12 });
+    // Written with the documents (no usage stream): Gemini reports no usage for embeddings, ~4 characters a token.
+    const tokens = documents.reduce((n, d) => n + Math.ceil(d.content.length / 4), 0);
+    const costUsd = (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6;
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
+    expect(usage.total).toMatchObject({ jobs: 0, costUsd: 0, tokens: { input: 0, output: 0, total: 0 } });
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(costUsd, 8), estimated: true, ingest: { tokens, costUsd: expect.closeTo(costUsd, 8) } });
+    // One request, one row (its 12 documents are one batch), under agent `knowledge`.
+    expect(usage.groups).toEqual([expect.objectContaining({ key: 'knowledge', jobs: 0, embedding: usage.total.embedding })]);
+    const byModel = (await s.app.inject({ method: 'GET', url: '/v1/usage?groupBy=model', headers: auth })).json();
+    expect(byModel.groups).toEqual([expect.objectContaining({ key: 'gemini-embedding-001' })]);
+    const theirs = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: other })).json();
+    expect(theirs.groups).toEqual([]);
+    expect(theirs.total.embedding).toEqual({ tokens: 0, costUsd: 0, estimated: true, ingest: { tokens: 0, costUsd: 0 } });
   });
 
   it('refuses a deadline in the past, naming the field', async () => {

@@ -4,7 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { ValidationError } from '../src/shared/core/errors.js';
-import { createKnowledgeStore } from '../src/shared/knowledge/knowledge-store.js';
+import { createIngestLedger, createKnowledgeStore } from '../src/shared/knowledge/knowledge-store.js';
+import { createRunStore } from '../src/shared/infra/db/agent-runs.js';
 import { createVectorSearch } from '../src/shared/knowledge/vector-search.js';
 import { createHashEmbed } from './helpers/hash-embed.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
@@ -75,6 +76,56 @@ describe('knowledge store and vector search', () => {
       { org_id: b, title: `${tag} B v2` },
       { org_id: null, title: `${tag} shared v2` },
     ]);
+  });
+
+  it("records an org's ingestion in its ledger: a row per written batch, in the statement that writes it, tokens estimated and flagged, at the embedding price; shared rows nowhere", async () => {
+    const runs = createRunStore({ pool });
+    const ledger = createIngestLedger('gemini-embedding-001');
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed(), ledger });
+    const [orgId, other] = [randomOrg(), randomOrg()];
+    const docs = Array.from({ length: 5 }, (_, i) => ({ external_id: `${tag}-led-${i}`, content: `${tag} fact number ${i} about net revenue retention`.repeat(i + 1) }));
+    expect(await store.upsert('chat_facts', docs, { orgId, batchSize: 2, requestId: 'req-led-1' })).toMatchObject({ inserted: 5 });
+    // Gemini reports no usage for embeddings: ~4 characters a token, each batch its own texts.
+    const est = (ds: typeof docs) => ds.reduce((n, d) => n + Math.ceil(d.content.length / 4), 0);
+    const { rows } = await pool.query(
+      'SELECT job_id, job_ts, attempt, agent, action, model, state, kind, input_tokens, cost_usd, embedding_tokens, embedding_cost_usd, embedding_estimated, request_id FROM agent_runs WHERE org_id = $1 ORDER BY attempt',
+      [orgId],
+    );
+    expect(rows.map((r) => [r.attempt, r.embedding_tokens])).toEqual([
+      [1, est(docs.slice(0, 2))],
+      [2, est(docs.slice(2, 4))],
+      [3, est(docs.slice(4))],
+    ]);
+    // One ingest request: one id for its batches, no job of any day (job_ts 0), no model call billed.
+    expect(new Set(rows.map((r) => r.job_id)).size).toBe(1);
+    expect(rows[0].job_id).toMatch(/^ingest:[0-9a-f-]{36}$/);
+    for (const r of rows) {
+      expect(r).toMatchObject({ job_ts: '0', agent: 'knowledge', action: 'ingest:chat_facts', model: 'gemini-embedding-001', state: 'completed', kind: 'ingest', input_tokens: 0, embedding_estimated: true, request_id: 'req-led-1' });
+      expect(Number(r.cost_usd)).toBe(0);
+      expect(Number(r.embedding_cost_usd)).toBeCloseTo(ledger.costUsd(r.embedding_tokens), 8);
+    }
+    const window = { from: new Date(Date.now() - 3_600_000), to: new Date(Date.now() + 60_000) };
+    const [total] = await runs.usage({ orgId, ...window, groupBy: 'total' });
+    // An ingest is no job: it counts in the embedding sums only.
+    expect(total).toMatchObject({ jobs: 0, inputTokens: 0, costUsd: 0, embeddingTokens: est(docs), ingestEmbeddingTokens: est(docs), cacheHitRate: 0, p50Ms: 0 });
+    expect(total.embeddingCostUsd).toBeCloseTo(ledger.costUsd(est(docs)), 8);
+    expect(await runs.usage({ orgId: other, ...window, groupBy: 'total' })).toEqual([]);
+
+    // Shared rows (no org to bill) and packs (shared, whatever the org) record nothing.
+    const before = Number((await pool.query("SELECT count(*) AS n FROM agent_runs WHERE kind = 'ingest'")).rows[0].n);
+    await store.upsert('playbooks', [{ external_id: `${tag}-led-pb`, title: `${tag} shared playbook` }]);
+    await store.upsert('industry_packs', [{ external_id: `${tag}-led-pk`, industry: 'saas', display_name: `${tag} pack`, description: 'd' }], { orgId: other });
+    expect(Number((await pool.query("SELECT count(*) AS n FROM agent_runs WHERE kind = 'ingest'")).rows[0].n)).toBe(before);
+    expect(await runs.usage({ orgId: other, ...window, groupBy: 'total' })).toEqual([]);
+  });
+
+  it('writes a batch and its ledger row together: a row Postgres refuses writes none of the documents', async () => {
+    // A cost numeric(12, 8) cannot hold: the ledger's INSERT fails, and with it the batch's.
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed(), ledger: { model: 'gemini-embedding-001', costUsd: () => 1e9 } });
+    const orgId = randomOrg();
+    await expect(store.upsert('chat_facts', [{ external_id: `${tag}-atomic`, content: 'never half written' }], { orgId })).rejects.toMatchObject({ code: '22003' });
+    expect(await countExt('chat_facts', `${tag}-atomic`)).toBe(0);
+    expect((await pool.query('SELECT count(*) AS n FROM agent_runs WHERE org_id = $1', [orgId])).rows[0].n).toBe('0');
   });
 
   it('rejects invalid documents before embedding or writing anything, naming index and field', async () => {

@@ -17,7 +17,7 @@ import { geminiOptionsFromConfig, startGemini } from '../gemini.js';
 import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
-import { createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
+import { createIngestLedger, createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
 import { createCliLogger, runCliIfMain, shardsGiven } from './run-cli.js';
@@ -192,7 +192,8 @@ async function main(argv: string[]): Promise<number> {
     await migrate(db.longPool, { logger });
     runtime = await startGemini(geminiOptionsFromConfig(cfg, logger));
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
-    const store = createKnowledgeStore({ pool: db.pool, embed });
+    // --org: the org's rows record what embedding them cost in its ledger, as the API's ingest does.
+    const store = createKnowledgeStore({ pool: db.pool, embed, ledger: createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON) });
     const bar = progressBar();
     bar(0, total);
     const load = () => ingestJsonl(args, { store, total, onProgress: bar });

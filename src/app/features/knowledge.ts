@@ -1,6 +1,6 @@
 import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
-import { createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
+import { createIngestLedger, createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
 import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { knowledgeRoutes } from '../../producers/area-routes.js';
@@ -11,7 +11,12 @@ import { agentqPrefix } from '../../shared/core/queue-keys.js';
 export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const { infra, cfg, redis } = deps;
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
-  const store = createKnowledgeStore({ pool: infra.db.pool, embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }) });
+  // An org's ingest records what embedding its documents cost in its ledger (agent_runs: /v1/usage, its budget).
+  const store = createKnowledgeStore({
+    pool: infra.db.pool,
+    embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }),
+    ledger: createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON),
+  });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
   // Each queue shard caches its orgs' results (app/cell.ts): a version bump goes to the org's.
   const caches = deps.cells.map((c) => createResultCache({ redis, prefix: agentqPrefix(c.prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));

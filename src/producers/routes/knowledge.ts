@@ -20,9 +20,10 @@ export interface KnowledgeRouteDeps {
 }
 
 /** Upserts documents; the store names a bad document's field from the document down (`documents.N.field`). */
-async function ingest(store: KnowledgeStore, table: KnowledgeTable, documents: unknown[], orgId: string | undefined) {
+async function ingest(store: KnowledgeStore, table: KnowledgeTable, documents: unknown[], orgId: string | undefined, requestId: string) {
   try {
-    return await store.upsert(table, documents, { orgId });
+    // An org's rows record their embedding calls in its ledger (knowledge-store.ts), under this request's id.
+    return await store.upsert(table, documents, { orgId, requestId });
   } catch (err) {
     if (err instanceof ValidationError) {
       throw new ValidationError(err.message, err.details.map((d) => ({ ...d, path: d.path === 'table' ? 'table' : `documents.${d.path}` })));
@@ -36,7 +37,7 @@ export const ingestOrgDocuments =
   (deps: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
   async (req) => {
     const { orgId } = principalOf(req);
-    const result = await ingest(deps.store, req.params.table, req.body.documents, orgId);
+    const result = await ingest(deps.store, req.params.table, req.body.documents, orgId, req.id);
     await deps.afterIngest(req.params.table, orgId);
     return result;
   };
@@ -45,7 +46,7 @@ export const ingestOrgDocuments =
 export const ingestSharedDocuments =
   (deps: KnowledgeRouteDeps): Handler<{ params: typeof sharedTableParam; body: typeof ingestBody }> =>
   async (req) => {
-    const result = await ingest(deps.store, req.params.table, req.body.documents, undefined);
+    const result = await ingest(deps.store, req.params.table, req.body.documents, undefined, req.id);
     await deps.afterIngest(req.params.table, undefined);
     return result;
   };

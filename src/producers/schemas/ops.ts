@@ -67,7 +67,7 @@ export const usageQuery = z
 
 const usageGroup = z.object({
   key: z.string(),
-  jobs: z.number().describe('Distinct jobs with a recorded row in the group: a job once, however many attempts (and delayed runs) it had'),
+  jobs: z.number().describe('Distinct jobs with a recorded row in the group: a job once, however many attempts (and delayed runs) it had; knowledge ingestion is no job'),
   tokens: z.object({
     input: z.number(),
     output: z.number(),
@@ -79,10 +79,17 @@ const usageGroup = z.object({
   standardCostUsd: z.number().describe('The same tokens at the standard tier’s price'),
   savingsUsd: z.number().describe('standardCostUsd - costUsd: what flex / batch saved (negative for priority)'),
   embedding: z
-    .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
-    .describe('Embedding calls of the attempts (semantic cache, knowledge search): Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd'),
-  cacheHitRate: z.number(),
-  durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none)'),
+    .object({
+      tokens: z.number(),
+      costUsd: z.number(),
+      estimated: z.literal(true),
+      ingest: z
+        .object({ tokens: z.number(), costUsd: z.number() })
+        .describe('Of tokens and costUsd: the org’s knowledge ingestion (POST /v1/knowledge/:table, npm run ingest --org; agent `knowledge`, action `ingest:<table>`)'),
+    })
+    .describe('Embedding calls of the attempts (semantic cache, knowledge search) and of the org’s knowledge ingestion: Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd'),
+  cacheHitRate: z.number().describe('Of the completed attempts'),
+  durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none, nor an ingest)'),
 });
 
 export const usageReport = z.object({

@@ -1,5 +1,10 @@
+import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
+import type { PriceOverrides } from '../core/config.js';
 import { ValidationError } from '../core/errors.js';
+import { createPricing } from '../infra/llm/pricing.js';
+import { ingestRunInsert, type IngestRun } from '../infra/db/agent-runs.js';
+import { estimateTextTokens } from '../queue/estimate-tokens.js';
 import { embedChecked, toVectorParam, type EmbedFn } from './embedding.js';
 import { checkDoc, embeddingText, isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from './knowledge-schemas.js';
 
@@ -16,6 +21,23 @@ export interface UpsertOptions {
   orgId?: string;
   batchSize?: number;
   onProgress?: (p: { done: number; total: number }) => void;
+  /** The HTTP request that ingests (its ledger rows' request_id). */
+  requestId?: string;
+}
+
+/**
+ * Where an org's ingestion records the embedding calls it pays for (agent_runs, migration 024): the embedding model
+ * and its price. Gemini reports no usage for embeddings, so the tokens are estimated (~4 characters a token).
+ */
+export interface IngestLedger {
+  model: string;
+  costUsd(tokens: number): number;
+}
+
+/** The ingest ledger of the embedding `model` at its price (PRICES_JSON applies as to every call): the API's and the CLI's. */
+export function createIngestLedger(model: string, prices: PriceOverrides = {}): IngestLedger {
+  const pricing = createPricing(prices);
+  return { model, costUsd: (tokens) => pricing.cost(model, { input: tokens, output: 0 }).costUsd };
 }
 
 // Per table: the columns written besides embedding, and the conflict target. Fixed text, never input.
@@ -29,18 +51,32 @@ const TABLE_SQL: Record<KnowledgeTable, { columns: string[]; conflict: string }>
   },
 };
 
-/** Validates, embeds and upserts knowledge documents by their external id, in batches. */
-export function createKnowledgeStore({ pool, embed }: { pool: pg.Pool; embed: EmbedFn }) {
+/**
+ * Validates, embeds and upserts knowledge documents by their external id, in batches. With a `ledger`, each batch
+ * of an org's rows records its embedding calls in agent_runs in the same statement that writes it (the org pays
+ * for them: /v1/usage, the monthly budget). Shared rows (no org) are recorded nowhere: no org to bill.
+ */
+export function createKnowledgeStore({ pool, embed, ledger }: { pool: pg.Pool; embed: EmbedFn; ledger?: IngestLedger }) {
   return {
     async upsert(table: string, docs: unknown[], opts: UpsertOptions = {}): Promise<UpsertResult> {
       const valid = validateAll(table, docs, opts);
       const t = table as KnowledgeTable;
       const batchSize = Math.max(1, Math.floor(opts.batchSize ?? 100));
       const result: UpsertResult = { inserted: 0, updated: 0, skipped: 0, total: valid.length };
-      for (let start = 0; start < valid.length; start += batchSize) {
+      // The org whose rows these are (industry_packs have none, whatever orgId says).
+      const owner = TABLE_SQL[t].columns.includes('org_id') ? (opts.orgId ?? null) : null;
+      const ingestId = `ingest:${randomUUID()}`;
+      for (let start = 0, n = 1; start < valid.length; start += batchSize, n++) {
         const batch = valid.slice(start, start + batchSize);
-        const vectors = await embedChecked(embed, batch.map((d) => embeddingText(t, d)));
-        const counts = await writeBatch(pool, t, batch, vectors, opts.orgId ?? null);
+        const texts = batch.map((d) => embeddingText(t, d));
+        const began = performance.now();
+        const vectors = await embedChecked(embed, texts);
+        const tokens = texts.reduce((sum, text) => sum + estimateTextTokens(text), 0);
+        const run: IngestRun | undefined =
+          ledger && owner
+            ? { ingestId, batch: n, orgId: owner, table: t, model: ledger.model, embeddingTokens: tokens, embeddingCostUsd: ledger.costUsd(tokens), durationMs: performance.now() - began, requestId: opts.requestId ?? null }
+            : undefined;
+        const counts = await writeBatch(pool, t, batch, vectors, opts.orgId ?? null, run);
         result.inserted += counts.inserted;
         result.updated += counts.updated;
         result.skipped += counts.skipped;
@@ -83,7 +119,7 @@ function validateAll(table: string, docs: unknown[], opts: UpsertOptions): Knowl
   return valid;
 }
 
-async function writeBatch(pool: pg.Pool, table: KnowledgeTable, docs: KnowledgeDoc[], vectors: number[][], orgId: string | null) {
+async function writeBatch(pool: pg.Pool, table: KnowledgeTable, docs: KnowledgeDoc[], vectors: number[][], orgId: string | null, run?: IngestRun) {
   const { columns, conflict } = TABLE_SQL[table];
   const params: unknown[] = [];
   const tuples = docs.map((doc, i) => {
@@ -97,11 +133,15 @@ async function writeBatch(pool: pg.Pool, table: KnowledgeTable, docs: KnowledgeD
   });
   const all = [...columns, 'embedding'];
   const updates = all.filter((c) => c !== 'external_id' && c !== 'org_id');
-  // One statement per batch: it is atomic on its own, so no transaction is held across the embed call.
-  const sql = `INSERT INTO ${table} (${all.join(', ')}) VALUES ${tuples.join(', ')}
+  const upsert = `INSERT INTO ${table} (${all.join(', ')}) VALUES ${tuples.join(', ')}
     ON CONFLICT ${conflict} DO UPDATE SET ${updates.map((c) => `${c} = EXCLUDED.${c}`).join(', ')}, updated_at = now()
     RETURNING (xmax = 0) AS inserted`;
-  const { rows } = await pool.query<{ inserted: boolean }>(sql, params);
+  // One statement per batch: it is atomic on its own, so no transaction is held across the embed call. The batch's
+  // ledger row is a data-modifying CTE of that statement (Postgres runs it whether or not the query reads it): the
+  // documents and the record of what embedding them cost commit together, or neither does.
+  const ledger = run ? ingestRunInsert(run, params.length + 1) : undefined;
+  const sql = ledger ? `WITH written AS (${upsert}), ledger AS (${ledger.sql}) SELECT inserted FROM written` : upsert;
+  const { rows } = await pool.query<{ inserted: boolean }>(sql, ledger ? [...params, ...ledger.params] : params);
   const inserted = rows.filter((r) => r.inserted).length;
   return { inserted, updated: rows.length - inserted, skipped: docs.length - rows.length };
 }

@@ -65,14 +65,69 @@ export interface UsageRow {
   thoughtsTokens: number;
   /** What the same tokens cost on the standard tier; `standardCostUsd - costUsd` is what the tiers saved. */
   standardCostUsd: number;
-  /** Embedding calls (semantic cache, knowledge search): tokens ESTIMATED locally, priced at the embedding model's price. */
+  /**
+   * Embedding calls (semantic cache, knowledge search, and knowledge ingestion): tokens ESTIMATED locally, priced at
+   * the embedding model's price.
+   */
   embeddingTokens: number;
   embeddingCostUsd: number;
+  /** The part of `embeddingTokens` / `embeddingCostUsd` that knowledge ingestion made (rows of kind `ingest`, migration 024). */
+  ingestEmbeddingTokens: number;
+  ingestEmbeddingCostUsd: number;
   /** Share of completed attempts served from a cache. */
   cacheHitRate: number;
   /** Of the attempts' durations: a delayed part is no attempt. */
   p50Ms: number;
   p95Ms: number;
+}
+
+/**
+ * One written batch of an org's knowledge ingestion (migration 024): the embedding calls that embedded its documents,
+ * recorded as a row of kind `ingest`. Gemini reports no usage for embeddings: the tokens are estimated, like an
+ * attempt's (migration 023).
+ */
+export interface IngestRun {
+  /** One per ingest request (`ingest:<uuid>`): its batches are rows `batch` 1, 2, ... of it. */
+  ingestId: string;
+  batch: number;
+  orgId: string;
+  table: string;
+  /** The embedding model, as `model` of the row (`/v1/usage?groupBy=model` shows it). */
+  model: string;
+  embeddingTokens: number;
+  embeddingCostUsd: number;
+  durationMs: number;
+  requestId?: string | null;
+}
+
+/** The agent an ingest row is shown under (`/v1/usage` groups by agent); its action is `ingest:<table>`. */
+export const INGEST_AGENT = 'knowledge';
+
+/**
+ * The INSERT of an ingest batch's row, for a data-modifying CTE of the statement that writes the batch's documents
+ * (knowledge-store.ts), so both commit or neither does; its parameters are numbered from `$first`. A statement
+ * sent again (a retry after a lost answer) records the row once: the documents' upsert is idempotent, so is this.
+ */
+export function ingestRunInsert(r: IngestRun, first: number): { sql: string; params: unknown[] } {
+  const params: unknown[] = [
+    r.ingestId,
+    r.batch,
+    r.orgId,
+    INGEST_AGENT,
+    `ingest:${r.table}`,
+    r.model,
+    Math.round(r.durationMs),
+    storableText(r.requestId),
+    Math.round(r.embeddingTokens),
+    r.embeddingCostUsd,
+  ];
+  const $ = (i: number) => `$${first + i}`;
+  // cost_usd 0: Gemini billed these calls nothing it reported (no usage metadata); their estimate is beside it.
+  const sql = `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, duration_ms, request_id,
+                                       embedding_tokens, embedding_cost_usd, embedding_estimated, kind)
+     VALUES (${$(0)}, ${$(1)}, ${$(2)}, ${$(3)}, ${$(4)}, ${$(5)}, 'completed', ${$(6)}, ${$(7)}, ${$(8)}, ${$(9)}, true, 'ingest')
+     ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`;
+  return { sql, params };
 }
 
 // Fixed SQL per grouping: the caller's choice never reaches the query text.
@@ -197,7 +252,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
       if (!expr) throw new TypeError(`unknown groupBy ${String(groupBy)}`);
       const { rows } = await pool.query(
         `SELECT ${expr} AS key,
-                count(DISTINCT (job_id, job_ts)) AS jobs,
+                -- An ingest row (migration 024) is no job: it counts in the sums, not in what describes jobs.
+                count(DISTINCT (job_id, job_ts)) FILTER (WHERE kind = 'attempt') AS jobs,
                 COALESCE(sum(input_tokens), 0) AS input_tokens,
                 COALESCE(sum(output_tokens), 0) AS output_tokens,
                 COALESCE(sum(cost_usd), 0) AS cost_usd,
@@ -206,9 +262,11 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 COALESCE(sum(COALESCE(standard_cost_usd, cost_usd)), 0) AS standard_cost_usd,
                 COALESCE(sum(embedding_tokens), 0) AS embedding_tokens,
                 COALESCE(sum(embedding_cost_usd), 0) AS embedding_cost_usd,
-                COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed'), 0) AS cache_hit_rate,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed') AS p95
+                COALESCE(sum(embedding_tokens) FILTER (WHERE kind = 'ingest'), 0) AS ingest_embedding_tokens,
+                COALESCE(sum(embedding_cost_usd) FILTER (WHERE kind = 'ingest'), 0) AS ingest_embedding_cost_usd,
+                COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed' AND kind = 'attempt'), 0) AS cache_hit_rate,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p95
          FROM agent_runs
          WHERE ($1::text IS NULL OR org_id = $1) AND created_at >= $2 AND created_at < $3
          GROUP BY 1
@@ -226,6 +284,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
         standardCostUsd: Number(r.standard_cost_usd),
         embeddingTokens: Number(r.embedding_tokens),
         embeddingCostUsd: Number(r.embedding_cost_usd),
+        ingestEmbeddingTokens: Number(r.ingest_embedding_tokens),
+        ingestEmbeddingCostUsd: Number(r.ingest_embedding_cost_usd),
         cacheHitRate: Number(r.cache_hit_rate),
         // No attempt in the window: no percentile (SQL NULL), shown as 0 like the other empty sums.
         p50Ms: Number(r.p50 ?? 0),
