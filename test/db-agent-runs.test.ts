@@ -7,6 +7,8 @@ import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createQuotaChecker } from '../src/shared/infra/db/quotas.js';
 import { utcDayOf } from '../src/shared/limits/daily-jobs.js';
+import { createKnowledgeStore } from '../src/shared/knowledge/knowledge-store.js';
+import { createHashEmbed } from './helpers/hash-embed.js';
 import { databaseUrl, randomOrg } from './helpers/env.js';
 
 const run = (over: Partial<AgentRun> & Pick<AgentRun, 'orgId'>): AgentRun => ({
@@ -221,6 +223,22 @@ describe('quotas', () => {
       await client.query('ROLLBACK');
       client.release();
     }
+  });
+
+  it('counts the estimated cost of embedding calls (an attempt\'s, an ingest\'s) against the monthly budget: an org whose model calls cost nothing yet is refused', async () => {
+    const quotas = createQuotaChecker({ pool });
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    await createOrgStore({ pool }).upsert({ id: orgId, monthlyBudgetUsd: 1 });
+    // An attempt served from a cache: no model call billed, only its embedding calls (estimated, migration 023).
+    await runs.record(run({ orgId, costUsd: 0, inputTokens: 0, outputTokens: 0, cacheHit: 'semantic', embeddingTokens: 1000, embeddingCostUsd: 0.6, embeddingEstimated: true }));
+    expect(await quotas.check(orgId)).toEqual({ allowed: true });
+    // The org's knowledge ingestion (migration 024): priced here so that it takes the budget's last 0.4.
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed(), ledger: { model: 'gemini-embedding-001', costUsd: () => 0.4 } });
+    await store.upsert('chat_facts', [{ external_id: 'f1', content: 'Burn multiple is 1.4 this quarter' }], { orgId });
+    const { rows } = await pool.query('SELECT sum(cost_usd) AS billed FROM agent_runs WHERE org_id = $1', [orgId]);
+    expect(Number(rows[0].billed)).toBe(0);
+    expect(await quotas.check(orgId)).toMatchObject({ allowed: false, reason: expect.stringContaining('monthly budget') });
   });
 
   it('refuses once this month\'s spend reaches the budget, until the first of next month', async () => {

@@ -87,7 +87,7 @@ const usageGroup = z.object({
         .object({ tokens: z.number(), costUsd: z.number() })
         .describe('Of tokens and costUsd: the org’s knowledge ingestion (POST /v1/knowledge/:table, npm run ingest --org; agent `knowledge`, action `ingest:<table>`)'),
     })
-    .describe('Embedding calls of the attempts (semantic cache, knowledge search) and of the org’s knowledge ingestion: Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd'),
+    .describe('Embedding calls of the attempts (semantic cache, knowledge search) and of the org’s knowledge ingestion: Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd, but counted by the monthly budget'),
   cacheHitRate: z.number().describe('Of the completed attempts'),
   durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none, nor an ingest)'),
 });
