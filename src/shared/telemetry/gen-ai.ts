@@ -41,3 +41,28 @@ export function modelCallContent(c: { system?: string; user: string; output: str
     'gen_ai.output.messages': JSON.stringify([{ role: 'assistant', parts: [{ type: 'text', content: c.output }], finish_reason: 'stop' }]),
   };
 }
+
+const EMBEDDINGS = 'embeddings';
+
+export const embeddingCallName = (model: string) => `${EMBEDDINGS} ${model}`;
+
+/**
+ * One embedding request (a batch of texts). Gemini's embedContent answer carries no usage, so the conventions'
+ * `gen_ai.usage.input_tokens` is never set: a backend would sum it with the model calls' reported counts. The
+ * local estimate (about 4 characters a token, as the ledger's embedding_tokens) goes under agentq's own name,
+ * flagged. The texts themselves are never put on the span (the conventions define no content attribute for
+ * embeddings).
+ */
+export function embeddingCallAttributes(o: { model: string; texts: number; dims: number; estimatedInputTokens: number; taskType?: string }): Attributes {
+  return {
+    'gen_ai.operation.name': EMBEDDINGS,
+    'gen_ai.provider.name': GEN_AI_PROVIDER,
+    'gen_ai.system': GEN_AI_PROVIDER,
+    'gen_ai.request.model': o.model,
+    'gen_ai.embeddings.dimension.count': o.dims,
+    'agentq.embedding.texts': o.texts,
+    ...(o.taskType ? { 'agentq.embedding.task_type': o.taskType } : {}),
+    'agentq.usage.input_tokens': o.estimatedInputTokens,
+    'agentq.usage.estimated': true,
+  };
+}

@@ -5,6 +5,9 @@ import { carryBilled } from '../../core/outcomes.js';
 import { answerEndOf, refusalOf, unfinishedOf, type AnswerEnd } from './answer-end.js';
 import { LlmError, toLlmError } from './llm-errors.js';
 import { createPricing, type Pricing } from './pricing.js';
+import { estimateTextTokens } from '../../queue/estimate-tokens.js';
+import { embeddingCallAttributes, embeddingCallName } from '../../telemetry/gen-ai.js';
+import { inSpan, SpanKind } from '../../telemetry/tracing.js';
 
 export interface GenerateRequest {
   model: string;
@@ -311,6 +314,19 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
     const out: number[][] = [];
     for (let i = 0; i < texts.length; i += EMBED_BATCH) {
       const batch = texts.slice(i, i + EMBED_BATCH);
+      for (const v of await embedBatch(batch, model, what, eopts)) out.push(v);
+    }
+    return out;
+  }
+
+  /**
+   * One embedContent request, as one GenAI-convention CLIENT span, a child of whatever span is active (a job
+   * attempt's, an API request's; a root span for the ingest CLI). Tracing unset, the span is the API's no-op.
+   */
+  function embedBatch(batch: string[], model: string, what: string, eopts: EmbedOptions): Promise<number[][]> {
+    const estimatedInputTokens = batch.reduce((sum, text) => sum + estimateTextTokens(text), 0);
+    const attributes = embeddingCallAttributes({ model, texts: batch.length, dims: embeddingDims, estimatedInputTokens, ...(eopts.taskType ? { taskType: eopts.taskType } : {}) });
+    return inSpan(embeddingCallName(model), { kind: SpanKind.CLIENT, attributes }, async () => {
       const d = deadline(opts.timeoutMs, eopts.signal);
       let vectors: Array<number[] | undefined>;
       let finished = false;
@@ -335,9 +351,8 @@ export function createLlmClient(opts: LlmClientOptions): LlmClient {
         throw new LlmError('EBADOUTPUT', `${what} returned ${vectors.length} vectors for ${batch.length} texts (want ${embeddingDims} dims each)`);
       }
       // Gemini normalises only full-size (3072) vectors; truncated ones must be normalised by the caller.
-      for (const v of vectors) out.push(unitLength(v as number[]));
-    }
-    return out;
+      return vectors.map((v) => unitLength(v as number[]));
+    });
   }
 
   return { generate, embed, embeddingModel, embeddingDims };
