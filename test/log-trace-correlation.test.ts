@@ -6,6 +6,7 @@ import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
+import { buildApp } from '../src/producers/app.js';
 import { registerHttpTracing } from '../src/producers/http-tracing.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { captureLogs } from './helpers/ops.js';
@@ -96,6 +97,45 @@ describe('log lines and traces, tracing on', () => {
     });
     expect(lines.find((l) => l.msg === 'inside the handler')).toMatchObject({ trace_id: server!.spanContext().traceId, span_id: server!.spanContext().spanId });
     expect(Object.keys(lines.find((l) => l.msg === 'outside any span')!)).not.toContain('trace_id');
+  });
+
+  it("the API's request lines, incoming and completed, carry the request span's ids; a request fastify answers without hooks still logs its incoming line", async () => {
+    const logs = captureLogs('debug');
+    const app = await buildApp({
+      logger: logs.logger,
+      bodyLimit: 1024,
+      keys: { verify: async () => null },
+      agents: { list: () => [] } as never,
+      readiness: {},
+      producer: {} as never,
+      jobs: { endWaits: () => undefined } as never,
+      longPollMaxMs: 1000,
+      enqueueDeadlineMs: 1000,
+      tracing: true,
+      plugins: [(a) => void a.get('/v1/hello', { config: { access: { role: 'public' } } }, async () => ({ ok: true }))],
+    });
+    await app.ready();
+    try {
+      expect((await app.inject({ method: 'GET', url: '/v1/hello', headers: { 'x-request-id': 'req-traced' } })).statusCode).toBe(200);
+      // A badly encoded URL: answered by frameworkErrors, before any hook (and so without a span).
+      expect((await app.inject({ method: 'GET', url: '/v1/%zz', headers: { 'x-request-id': 'req-bad-url' } })).statusCode).toBe(400);
+    } finally {
+      await app.close();
+    }
+    const server = exporter.getFinishedSpans().find((s) => s.name === 'GET /v1/hello');
+    expect(server).toBeDefined();
+    const ids = { trace_id: server!.spanContext().traceId, span_id: server!.spanContext().spanId };
+    const lines = await vi.waitFor(() => {
+      const mine = logs.lines().filter((l) => l.requestId === 'req-traced');
+      expect(mine.map((l) => l.msg)).toEqual(expect.arrayContaining(['incoming request', 'request completed']));
+      return mine;
+    });
+    for (const msg of ['incoming request', 'request completed']) {
+      const found = lines.filter((l) => l.msg === msg);
+      expect(found, msg).toHaveLength(1);
+      expect(found[0], msg).toMatchObject(ids);
+    }
+    expect(logs.lines().filter((l) => l.requestId === 'req-bad-url' && l.msg === 'incoming request')).toHaveLength(1);
   });
 });
 

@@ -54,12 +54,14 @@ const DOCS_PAGE = /^\/docs(\/|$)/;
 
 /** Builds the HTTP API from injected dependencies; `server.ts` only listens. */
 export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
+  // Request log lines carry `requestId`, the same field the worker's job logs use. Traced, `incoming request`
+  // waits for the request's span (see the onRequest hook below), so it carries the span's ids as every other line.
+  const requestLog = new RequestLog({ requestIdLogLabel: 'requestId', deferIncoming: deps.tracing === true });
   // The pino logger's type is richer than fastify's base logger: the app is used as a plain FastifyInstance.
   const app = Fastify({
     loggerInstance: deps.logger,
     bodyLimit: deps.bodyLimit,
-    // Request log lines carry `requestId`, the same field the worker's job logs use.
-    logController: new RequestLog({ requestIdLogLabel: 'requestId' }),
+    logController: requestLog,
     // An incoming x-request-id is kept (so callers can trace a job end to end) only if it is a sane token.
     genReqId: (req) => {
       const header = req.headers['x-request-id'];
@@ -67,6 +69,8 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     },
     // Errors found before routing (a badly encoded URL, an over-long parameter) answer in the same shape.
     frameworkErrors: (err, req, reply) => {
+      // Answered without hooks, so without a span: its held-back `incoming request` line is written here.
+      requestLog.writeIncoming(req as FastifyRequest, reply as FastifyReply);
       reply.header('x-request-id', req.id);
       return (reply as FastifyReply).code(err.statusCode ?? 400).send({ error: frameworkMessage(err, deps.bodyLimit) });
     },
@@ -76,7 +80,14 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
 
-  if (deps.tracing) registerHttpTracing(app);
+  if (deps.tracing) {
+    registerHttpTracing(app);
+    // Registered right after the tracing hook, which runs the hooks after it inside the request's span.
+    app.addHook('onRequest', (req, reply, done) => {
+      requestLog.writeIncoming(req, reply);
+      done();
+    });
+  }
 
   app.addHook('onRequest', async (req, reply) => {
     reply.header('x-request-id', req.id);
