@@ -136,3 +136,20 @@ describe('a model call that answered and failed', () => {
     });
   });
 });
+
+describe("the attempt span's queue wait", () => {
+  const answered = async (): Promise<AgentResult> => ({ success: true, data: { score: 1 }, tokensUsed: { input: 0, output: 0 }, costUsd: 0, model: MODEL, durationMs: 1 }) as AgentResult;
+  const started = (o: { waitedMs: number; delayMs?: number }): Job<AgentJobData, AgentResult> => {
+    const j = job({ attemptsMade: 0, attempts: 3 });
+    const processedOn = Date.now();
+    return { ...j, processedOn, data: { ...j.data, enqueuedAt: processedOn - o.waitedMs, ...(o.delayMs ? { delayMs: o.delayMs } : {}) } } as Job<AgentJobData, AgentResult>;
+  };
+
+  it("counts from when the job became runnable: a caller's delayMs is no queue wait, as the start latency metrics count it", async () => {
+    await processorWith(answered)(started({ waitedMs: 60_500, delayMs: 60_000 }), 't');
+    expect(attemptSpan().attributes['agentq.queue_wait_ms']).toBe(500);
+    exporter.reset();
+    await processorWith(answered)(started({ waitedMs: 300 }), 't');
+    expect(attemptSpan().attributes['agentq.queue_wait_ms']).toBe(300);
+  });
+});

@@ -109,8 +109,11 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       'agentq.agent': data.agent,
       'agentq.action': data.action,
       'agentq.attempt': job.attemptsMade + 1,
-      // Since enqueue: for a first attempt this is its whole queue wait (fair share, rate limits, workers busy).
-      'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt),
+      // Since the job became runnable (its enqueue, or the end of the caller's delayMs), as the start latency
+      // metrics count it: a job delayed 60 s did not wait 60 s for the queue. For a first attempt this is its
+      // whole queue wait (fair share, rate limits, workers busy). The data's delay, never BullMQ's opts.delay
+      // (a parked job's is the far-future park).
+      'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt - (data.delayMs ?? 0)),
       ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
     };
     return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
