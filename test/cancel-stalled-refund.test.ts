@@ -1,17 +1,9 @@
-import { Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { defaultRegistry } from '../src/shared/agents/registry.js';
-import { QUEUE } from '../src/shared/core/queue-names.js';
-import type { Logger } from '../src/shared/core/logger.js';
+import type { Job } from 'bullmq';
+import { describe, expect, it } from 'vitest';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
-import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
-import { fairEntryOf } from '../src/shared/queue/fair-entry.js';
-import { createFairGate } from '../src/workers/fair-gate.js';
 import { randomOrg } from './helpers/env.js';
-import { createStalledCheck } from './helpers/stalled-check.js';
-import { startStack, type Stack } from './helpers/stack.js';
+import { useStalledGates } from './helpers/stalled-gates.js';
 
 /**
  * A cancel (or a clean of the wait list) of a job a worker had fetched and claimed, whose lock then lapsed (its
@@ -23,32 +15,10 @@ import { startStack, type Stack } from './helpers/stack.js';
  * attempt does by hand what the processor does at that point, so each case happens every time.
  */
 const RPM = 3;
-const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
-const loop = { kick: async () => {}, absorb: () => {}, takeRegistration: () => undefined, registrationLost: () => {}, askMoved: () => {}, close: async () => {} } as unknown as DispatchLoop;
 
 describe('cancelling a stalled job gives its dispatch charge back once', () => {
-  let s: Stack;
-  let checks: ReturnType<typeof createStalledCheck>;
-  let connection: Redis;
-  let worker: Worker<AgentJobData, AgentResult>;
-
-  beforeAll(async () => {
-    s = await startStack({}, { worker: false });
-    checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX);
-    connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
-    worker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
-  });
-  afterAll(async () => {
-    await worker?.close(true);
-    connection?.disconnect();
-    await checks?.close();
-    await s?.close();
-  });
-
-  const cell = () => s.runtime.deps.cells[0];
-  const agents = defaultRegistry();
-  const models = () => ({ fast: s.cfg.GEMINI_MODEL_FAST, pro: s.cfg.GEMINI_MODEL_PRO });
-  const gate = () => createFairGate({ scheduler: cell().scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, agents, models()) });
+  const h = useStalledGates();
+  const { cell, gate, stall } = h;
 
   /**
    * A fresh org limited to RPM requests a minute and to four jobs' estimates of tokens, with three jobs dispatched:
@@ -57,31 +27,31 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
    */
   async function threeDispatched(marker: string) {
     const org = randomOrg();
-    const key = await s.newKey(org);
+    const key = await h.s.newKey(org);
     const input = { startup: { name: `${marker} Co`, industry: 'logistics', stage: 'seed', description: 'A job whose worker stalls' } };
     const est = estimateTokens(input);
     const { scheduler } = cell();
     await scheduler.setPlan(org, { rpm: { pro: RPM, flash: RPM }, tpm: 4 * est });
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
-      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } });
+      const res = await h.s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } });
       expect(res.statusCode).toBe(202);
       ids.push(res.json().id as string);
     }
     // This process has no worker: a worker's dispatch, with room for the three.
     await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 4, ttlMs: 60_000 });
-    const records = await Promise.all(ids.map((id) => s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${id}`)));
+    const records = await Promise.all(ids.map((id) => h.s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${id}`)));
     for (const r of records) expect(r).toMatchObject({ o: org, st: 'lease', e: String(est) });
     const record = records[0];
     const model = record.m;
     // The worker's fetch of the job (an earlier test's jobs, older in the wait list, come first: left held).
     let job: Job<AgentJobData, AgentResult> | undefined;
-    for (let i = 0; i < 10 && job?.id !== ids[0]; i++) job = await worker.getNextJob(`t-${marker}`, { block: false });
+    for (let i = 0; i < 10 && job?.id !== ids[0]; i++) job = await h.worker.getNextJob(`t-${marker}`, { block: false });
     expect(job?.id).toBe(ids[0]);
     const rpmKey = `${scheduler.keys.named.tbRpmOrgPrefix}${org}:${model}`;
     const tpmKey = `${scheduler.keys.named.tbTpmOrgPrefix}${org}:${model}`;
     const read = async (k: string) => {
-      const [tokens, ts] = await s.runtime.deps.redis.hmget(k, 'tokens', 'ts');
+      const [tokens, ts] = await h.s.runtime.deps.redis.hmget(k, 'tokens', 'ts');
       return { tokens: Number(tokens), ts: Number(ts) };
     };
     const snapshot = async () => ({ rpm: await read(rpmKey), tpm: await read(tpmKey) });
@@ -100,7 +70,6 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
     return { org, id: ids[0], job: job!, token: `t-${marker}`, est, model, givenBack };
   }
 
-  const stall = (id: string) => checks.stall(cell().queue, id);
   const inFlight = async (org: string) => (await cell().scheduler.orgStats(org)).inFlight;
 
   /** What the dispatch charged that came back to the org's buckets (net of refill), and the org's other two slots held. */
@@ -115,7 +84,7 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
   async function cancelStalled(c: { id: string; org: string }) {
     await stall(c.id);
     expect(await cell().queue.getJobState(c.id)).toBe('waiting');
-    const del = await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${c.id}`, headers: { authorization: `Bearer ${await s.newKey(c.org)}` } });
+    const del = await h.s.app.inject({ method: 'DELETE', url: `/v1/jobs/${c.id}`, headers: { authorization: `Bearer ${await h.s.newKey(c.org)}` } });
     expect(del.statusCode).toBe(200);
     expect(del.json()).toMatchObject({ state: 'cancelled' });
   }

@@ -1,18 +1,13 @@
-import { Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
+import type { Job } from 'bullmq';
+import { describe, expect, it, vi } from 'vitest';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
-import { QUEUE } from '../src/shared/core/queue-names.js';
-import { createLogger, type Logger } from '../src/shared/core/logger.js';
+import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
-import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
-import { fairEntryOf } from '../src/shared/queue/fair-entry.js';
-import { createFairGate, type FairGate } from '../src/workers/fair-gate.js';
+import type { FairGate } from '../src/workers/fair-gate.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { randomOrg } from './helpers/env.js';
-import { createStalledCheck } from './helpers/stalled-check.js';
-import { startStack, type Stack } from './helpers/stack.js';
+import { useStalledGates } from './helpers/stalled-gates.js';
 import { POLL } from './helpers/wait.js';
 
 /**
@@ -27,41 +22,20 @@ import { POLL } from './helpers/wait.js';
  * processor and the rate-limit guard do at that point, so every order happens every time, without sleeps.
  */
 const RPM = 4;
-const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
-const loop = { kick: async () => {}, absorb: () => {}, takeRegistration: () => undefined, registrationLost: () => {}, askMoved: () => {}, close: async () => {} } as unknown as DispatchLoop;
 
 type AgentJob = Job<AgentJobData, AgentResult>;
 
 describe('a stalled job fetched again: its slot and its dispatch charge are settled once', () => {
-  let s: Stack;
-  let checks: ReturnType<typeof createStalledCheck>;
-  let connection: Redis;
-  let worker: Worker<AgentJobData, AgentResult>;
-
-  beforeAll(async () => {
-    s = await startStack({}, { worker: false });
-    checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX);
-    connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
-    worker = new Worker(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
-  });
-  afterAll(async () => {
-    await worker?.close(true);
-    connection?.disconnect();
-    await checks?.close();
-    await s?.close();
-  });
-
-  const cell = () => s.runtime.deps.cells[0];
+  const h = useStalledGates();
+  const { cell, gate, stall } = h;
   const agents = defaultRegistry();
-  const models = () => ({ fast: s.cfg.GEMINI_MODEL_FAST, pro: s.cfg.GEMINI_MODEL_PRO });
-  const gate = () => createFairGate({ scheduler: cell().scheduler, loop, logger, entryOf: (job) => fairEntryOf(job, agents, models()) });
+  const models = () => ({ fast: h.s.cfg.GEMINI_MODEL_FAST, pro: h.s.cfg.GEMINI_MODEL_PRO });
   const inFlight = async (org: string) => (await cell().scheduler.orgStats(org)).inFlight;
-  const stall = (id: string) => checks.stall(cell().queue, id);
 
   /** The worker's fetch of `id` under `token` (jobs ahead of it in the wait list are fetched too, and left held). */
   async function fetch(id: string, token: string): Promise<AgentJob> {
     let job: AgentJob | undefined;
-    for (let i = 0; i < 10 && job?.id !== id; i++) job = await worker.getNextJob(token, { block: false });
+    for (let i = 0; i < 10 && job?.id !== id; i++) job = await h.worker.getNextJob(token, { block: false });
     expect(job?.id).toBe(id);
     return job!;
   }
@@ -73,25 +47,25 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
    */
   async function threeDispatched(marker: string) {
     const org = randomOrg();
-    const key = await s.newKey(org);
+    const key = await h.s.newKey(org);
     const input = { startup: { name: `${marker} Co`, industry: 'logistics', stage: 'seed', description: 'A job fetched twice' } };
     const est = estimateTokens(input);
     const { scheduler } = cell();
     await scheduler.setPlan(org, { rpm: { pro: RPM, flash: RPM }, tpm: 6 * est });
     const ids: string[] = [];
     for (let i = 0; i < 3; i++) {
-      const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } });
+      const res = await h.s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input } });
       expect(res.statusCode).toBe(202);
       ids.push(res.json().id as string);
     }
     await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 4, ttlMs: 60_000 });
-    const record = await s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${ids[0]}`);
+    const record = await h.s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${ids[0]}`);
     expect(record).toMatchObject({ o: org, st: 'lease', e: String(est) });
     const model = record.m;
     const rpmKey = `${scheduler.keys.named.tbRpmOrgPrefix}${org}:${model}`;
     const tpmKey = `${scheduler.keys.named.tbTpmOrgPrefix}${org}:${model}`;
     const read = async (k: string) => {
-      const [tokens, ts] = await s.runtime.deps.redis.hmget(k, 'tokens', 'ts');
+      const [tokens, ts] = await h.s.runtime.deps.redis.hmget(k, 'tokens', 'ts');
       return { tokens: Number(tokens), ts: Number(ts) };
     };
     const snapshot = async () => ({ rpm: await read(rpmKey), tpm: await read(tpmKey) });
@@ -141,7 +115,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
   async function settled(c: Case, ...gates: FairGate[]) {
     for (const g of gates) await g.close();
     expect(await inFlight(c.org)).toBe(2);
-    expect(await s.runtime.deps.redis.zscore(cell().scheduler.keys.named.leases, c.id)).toBeNull();
+    expect(await h.s.runtime.deps.redis.zscore(cell().scheduler.keys.named.leases, c.id)).toBeNull();
   }
 
   it('A claimed, stalled; B fetched and claimed; both end before a model call: the charge comes back once, the slot is freed once', async () => {
@@ -249,7 +223,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     // summed for a minute: only "no attempt runs here any more" sends them with a release.
     const { scheduler } = cell();
     const sent: Array<{ released: string[]; corrections: number }> = [];
-    const a = createFairGate({
+    const a = gate({
       scheduler: {
         claim: (id, progress, o) => (sent.push({ released: o?.release ?? [], corrections: o?.correct?.length ?? 0 }), scheduler.claim(id, progress, o)),
         release: (ids, o) => (sent.push({ released: ids, corrections: o?.correct?.length ?? 0 }), scheduler.release(ids, o)),
@@ -259,9 +233,6 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
         takeRequest: (...args) => scheduler.takeRequest(...args),
         giveBackRequest: (...args) => scheduler.giveBackRequest(...args),
       },
-      loop,
-      logger,
-      entryOf: (job) => fairEntryOf(job, agents, models()),
       correctionBatchMs: 60_000,
     });
     // The chain answers at once (no model call: an attempt that ran 'run' gives its dispatch's charge back).
@@ -296,7 +267,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     await Promise.all([a.close(), b.close()]);
     // The job's one slot went once (B's release), the next job's with A's: the org's third job holds the last one.
     expect(await inFlight(c.org)).toBe(1);
-    expect(await s.runtime.deps.redis.zscore(scheduler.keys.named.leases, c.id)).toBeNull();
+    expect(await h.s.runtime.deps.redis.zscore(scheduler.keys.named.leases, c.id)).toBeNull();
     // One dispatch charge each, given back once each (B's for the stalled job, A's for the next one).
     const back = await c.givenBack();
     expect(back.requests).toBeCloseTo(2, 3);
@@ -307,7 +278,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     const record = `${cell().scheduler.keys.named.jobPrefix}${c.id}`;
     // An older process's cancel (fair-release.lua refundDispatch, 2026-12-06) gave the charge back unless `c` == '1':
     // a '2' left by a second claim made it give back what the first claim's attempt settles too.
-    const stamp = () => s.runtime.deps.redis.hget(record, 'c');
+    const stamp = () => h.s.runtime.deps.redis.hget(record, 'c');
     expect(await stamp()).toBe('0');
     const [a, b, d] = [gate(), gate(), gate()];
     const jobA = await fetch(c.id, 'ta-7');
