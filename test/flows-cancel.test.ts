@@ -4,7 +4,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest
 import { createAgentqClient } from '../src/producers/client/client.js';
 import { flowCancelledKey } from '../src/shared/core/queue-keys.js';
 import { randomOrg } from './helpers/env.js';
-import { markedJob, postJob } from './helpers/fair.js';
+import { markedJob, orgWithHeldSlot } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 
@@ -103,14 +103,7 @@ describe('cancelling a whole flow or pipeline run', () => {
 
   it('shows a child cancelled through the job API as cancelled in the flow', async () => {
     // An org capped at one job, its slot held by a job whose model call hangs: the flow's child waits in its lane.
-    const org = randomOrg();
-    await cell().scheduler.setPlan(org, { concurrency: 1 });
-    const key = await s.newKey(org);
-    const marker = `Slot Holder ${randomUUID().slice(0, 8)}`;
-    const before = hangs();
-    s.emulator.script({ hang: true, match: { promptIncludes: marker } });
-    const busy = await postJob(s, key, markedJob(marker));
-    await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+    const { key, busy } = await orgWithHeldSlot(s);
     try {
       const flow = await startFlow(key, [markedJob(`Child ${randomUUID().slice(0, 8)}`)]);
       await vi.waitFor(async () => expect(await state(flow.children[0])).toBe('delayed'), POLL);

@@ -4,8 +4,7 @@ import { defaultFeatures } from '../src/app/features.js';
 import { createOrchestrationFeature, orchestrationFeature } from '../src/app/features/orchestration.js';
 import type { PipelineProgressEvent } from '../src/workers/flows/pipeline-runner.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
-import { randomOrg } from './helpers/env.js';
-import { markedJob, postJob } from './helpers/fair.js';
+import { orgWithHeldSlot } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
 
@@ -44,14 +43,7 @@ describe('pipeline steps that end while the run is not waiting on them', () => {
 
   it('fails a step whose job was removed before it ran, and does not make that job again', async () => {
     // An org capped at one job, its slot held by a job whose model call hangs: the run's first step waits parked.
-    const org = randomOrg();
-    await cell().scheduler.setPlan(org, { concurrency: 1 });
-    const key = await s.newKey(org);
-    const marker = `Slot Holder ${randomUUID().slice(0, 8)}`;
-    const before = hangs();
-    s.emulator.script({ hang: true, match: { promptIncludes: marker } });
-    const busy = await postJob(s, key, markedJob(marker));
-    await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+    const { key, busy } = await orgWithHeldSlot(s);
 
     const company = `Removed Step ${randomUUID().slice(0, 8)}`;
     // Tags any model call of the run (a latency-only fault changes nothing else).

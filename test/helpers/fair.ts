@@ -1,4 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
+import { expect, vi } from 'vitest';
+import { POLL } from './wait.js';
 import { Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { QUEUE } from '../../src/shared/core/queue-names.js';
@@ -157,6 +160,23 @@ export async function postJob(s: Stack, key: string, job: object): Promise<strin
   const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { authorization: `Bearer ${key}` }, payload: job });
   if (res.statusCode !== 202) throw new Error(`enqueue answered ${res.statusCode}: ${res.body}`);
   return res.json().id as string;
+}
+
+/**
+ * A fresh org capped at one job, its slot held by a job whose model call hangs (until the test cancels `busy`): the
+ * org's next job waits parked in its lane. Resolves once the held call reached the emulator.
+ */
+export async function orgWithHeldSlot(s: Stack): Promise<{ org: string; key: string; busy: string }> {
+  const org = `org-held-${randomUUID().slice(0, 8)}`;
+  await s.runtime.deps.cells[0].scheduler.setPlan(org, { concurrency: 1 });
+  const key = await s.newKey(org);
+  const marker = `Slot Holder ${randomUUID().slice(0, 8)}`;
+  const hangs = () => s.emulator.calls().filter((c) => c.fault === 'hang').length;
+  const before = hangs();
+  s.emulator.script({ hang: true, match: { promptIncludes: marker } });
+  const busy = await postJob(s, key, markedJob(marker));
+  await vi.waitFor(() => expect(hangs()).toBe(before + 1), POLL);
+  return { org, key, busy };
 }
 
 /** PUT /admin/orgs/:org/plan with the operator token. */
