@@ -206,7 +206,7 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     // The model call's cost stays what Gemini billed for it.
     expect(Number(row.cost_usd)).toBeCloseTo(view.result.costUsd, 8);
     const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
-    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(Number(row.embedding_cost_usd), 8), estimated: true, ingest: { tokens: 0, costUsd: 0 } });
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(Number(row.embedding_cost_usd), 8), estimated: true, ingest: { tokens: 0, costUsd: 0 }, search: { tokens: 0, costUsd: 0 } });
     expect(usage.groups).toEqual([expect.objectContaining({ key: 'KnowledgeAssistant', embedding: usage.total.embedding })]);
   });
 
@@ -222,14 +222,44 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     const costUsd = (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6;
     const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
     expect(usage.total).toMatchObject({ jobs: 0, costUsd: 0, tokens: { input: 0, output: 0, total: 0 } });
-    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(costUsd, 8), estimated: true, ingest: { tokens, costUsd: expect.closeTo(costUsd, 8) } });
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(costUsd, 8), estimated: true, ingest: { tokens, costUsd: expect.closeTo(costUsd, 8) }, search: { tokens: 0, costUsd: 0 } });
     // One request, one row (its 12 documents are one batch), under agent `knowledge`.
     expect(usage.groups).toEqual([expect.objectContaining({ key: 'knowledge', jobs: 0, embedding: usage.total.embedding })]);
     const byModel = (await s.app.inject({ method: 'GET', url: '/v1/usage?groupBy=model', headers: auth })).json();
     expect(byModel.groups).toEqual([expect.objectContaining({ key: 'gemini-embedding-001' })]);
     const theirs = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: other })).json();
     expect(theirs.groups).toEqual([]);
-    expect(theirs.total.embedding).toEqual({ tokens: 0, costUsd: 0, estimated: true, ingest: { tokens: 0, costUsd: 0 } });
+    expect(theirs.total.embedding).toEqual({ tokens: 0, costUsd: 0, estimated: true, ingest: { tokens: 0, costUsd: 0 }, search: { tokens: 0, costUsd: 0 } });
+  });
+
+  it("records an org's POST /v1/knowledge/search query embedding in its ledger (kind search, estimated, flagged), once per search: its /v1/usage shows it, another org's nothing", async () => {
+    const auth = { authorization: `Bearer ${await s.newKey()}` };
+    const other = { authorization: `Bearer ${await s.newKey()}` };
+    const query = `How did search-ledger pilots renew their contracts ${Date.now()}?`;
+    const res = await s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: auth, payload: { query, tables: ['chat_facts', 'playbooks'] } });
+    expect(res.statusCode).toBe(200);
+    // Written before the answer (no usage stream): one embedding of the query, whatever the tables searched.
+    const tokens = Math.ceil(query.length / 4);
+    const costUsd = (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6;
+    const rows = (await s.infra.db.pool.query("SELECT job_id, attempt, job_ts, agent, action, model, state, kind, cost_usd, embedding_tokens, embedding_cost_usd, embedding_estimated, request_id FROM agent_runs WHERE kind = 'search' AND request_id = $1", [res.headers['x-request-id']])).rows;
+    expect(rows).toEqual([
+      expect.objectContaining({ attempt: 1, agent: 'knowledge', action: 'search', model: 'gemini-embedding-001', state: 'completed', kind: 'search', embedding_tokens: tokens, embedding_estimated: true }),
+    ]);
+    expect(rows[0].job_id).toMatch(/^search:/);
+    expect(Number(rows[0].job_ts)).toBe(0);
+    expect(Number(rows[0].cost_usd)).toBe(0);
+    expect(Number(rows[0].embedding_cost_usd)).toBeCloseTo(costUsd, 8);
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
+    expect(usage.total).toMatchObject({ jobs: 0, costUsd: 0, durationMs: { p50: 0, p95: 0 } });
+    expect(usage.total.embedding).toEqual({ tokens, costUsd: expect.closeTo(costUsd, 8), estimated: true, ingest: { tokens: 0, costUsd: 0 }, search: { tokens, costUsd: expect.closeTo(costUsd, 8) } });
+    expect(usage.groups).toEqual([expect.objectContaining({ key: 'knowledge', jobs: 0, embedding: usage.total.embedding })]);
+    // A refused search (bad input, before any embedding) records nothing.
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: auth, payload: { query, tables: ['nope'] } });
+    expect(bad.statusCode).toBe(400);
+    const after = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
+    expect(after.total.embedding.search.tokens).toBe(tokens);
+    const theirs = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: other })).json();
+    expect(theirs.groups).toEqual([]);
   });
 
   it('refuses a deadline in the past, naming the field', async () => {

@@ -93,7 +93,7 @@ describe('GET /admin/usage and its data API', () => {
     expect(total.durationMs.p95).toBeCloseTo(766, 6);
     const empty = (await get('/v1/usage?from=2037-01-01&to=2037-01-02', s.auth)).json();
     expect(empty.groups).toEqual([]);
-    expect(empty.total).toEqual({ key: 'total', jobs: 0, tokens: { input: 0, output: 0, total: 0, cached: 0, thoughts: 0 }, costUsd: 0, standardCostUsd: 0, savingsUsd: 0, embedding: { tokens: 0, costUsd: 0, estimated: true, ingest: { tokens: 0, costUsd: 0 } }, cacheHitRate: 0, durationMs: { p50: 0, p95: 0 } });
+    expect(empty.total).toEqual({ key: 'total', jobs: 0, tokens: { input: 0, output: 0, total: 0, cached: 0, thoughts: 0 }, costUsd: 0, standardCostUsd: 0, savingsUsd: 0, embedding: { tokens: 0, costUsd: 0, estimated: true, ingest: { tokens: 0, costUsd: 0 }, search: { tokens: 0, costUsd: 0 } }, cacheHitRate: 0, durationMs: { p50: 0, p95: 0 } });
   });
 
   it('gives the operator every org, per org, or one org of its choice', async () => {

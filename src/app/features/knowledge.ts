@@ -2,6 +2,7 @@ import { createResultCache } from '../../shared/cache/result-cache.js';
 import { createSemanticCache } from '../../shared/cache/semantic-cache.js';
 import { createIngestLedger, createKnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import { createVectorSearch } from '../../shared/knowledge/vector-search.js';
+import { createSearchLedger } from '../../shared/knowledge/search-ledger.js';
 import { createReaderInvalidation, shardedResults } from '../../shared/knowledge/reader-invalidation.js';
 import { knowledgeRoutes } from '../../producers/area-routes.js';
 import type { Feature, FeatureDeps } from '../feature.js';
@@ -12,11 +13,14 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const { infra, cfg, redis } = deps;
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
   // An org's ingest records what embedding its documents cost in its ledger (agent_runs: /v1/usage, its budget).
+  const price = createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON);
   const store = createKnowledgeStore({
     pool: infra.db.pool,
     embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }),
-    ledger: createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON),
+    ledger: price,
   });
+  // So does a search API call its query's embedding (kind `search`).
+  const searchLedger = createSearchLedger({ pool: infra.db.pool, price });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
   // Each queue shard caches its orgs' results (app/cell.ts): a version bump goes to the org's.
   const caches = deps.cells.map((c) => createResultCache({ redis, prefix: agentqPrefix(c.prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));
@@ -25,6 +29,6 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
 
   return {
     name: 'knowledge',
-    routes: (app) => knowledgeRoutes(app, { store, search, results, semantic, afterIngest: createReaderInvalidation({ readersOf: (table) => deps.registry.readersOf(table), results, semantic }) }),
+    routes: (app) => knowledgeRoutes(app, { store, search, searchLedger, results, semantic, afterIngest: createReaderInvalidation({ readersOf: (table) => deps.registry.readersOf(table), results, semantic }) }),
   };
 }

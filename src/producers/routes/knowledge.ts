@@ -4,7 +4,8 @@ import { ValidationError } from '../../shared/core/errors.js';
 import type { KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import type { KnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import type { AfterIngest } from '../../shared/knowledge/reader-invalidation.js';
-import type { VectorSearch } from '../../shared/knowledge/vector-search.js';
+import type { SearchLedger } from '../../shared/knowledge/search-ledger.js';
+import type { SearchEmbedded, VectorSearch } from '../../shared/knowledge/vector-search.js';
 import { principalOf } from '../auth.js';
 import type { Handler } from '../route-spec.js';
 import type { cacheQuery, ingestBody, orgTableParam, searchBody, sharedTableParam } from '../schemas/knowledge.js';
@@ -17,6 +18,8 @@ export interface KnowledgeRouteDeps {
   semantic: Pick<SemanticCache, 'invalidate'>;
   /** Invalidates the cached answers of the agents that search a table just written (reader-invalidation.ts). */
   afterIngest: AfterIngest;
+  /** Records a search's query embedding in the org's ledger (agent_runs, kind `search`); absent: not recorded. */
+  searchLedger?: Pick<SearchLedger, 'record'>;
 }
 
 /** Upserts documents; the store names a bad document's field from the document down (`documents.N.field`). */
@@ -51,11 +54,17 @@ export const ingestSharedDocuments =
     return result;
   };
 
+/**
+ * The query's embedding is a Gemini call the org pays for: its row is written beside the table reads (no round trip
+ * added to the answer) and before the answer, so an answered search is a recorded one; a row that cannot be written
+ * fails the search, as a failed read does.
+ */
 export const searchKnowledge =
-  ({ search }: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>
+  ({ search, searchLedger }: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>
   async (req) => {
     const { orgId } = principalOf(req);
-    return { results: await search.search({ ...req.body, orgId }) };
+    const hooks = searchLedger ? { onEmbedded: (e: SearchEmbedded) => searchLedger.record({ ...e, orgId, requestId: req.id }) } : {};
+    return { results: await search.search({ ...req.body, orgId }, hooks) };
   };
 
 /** Invalidates the org's result cache (and semantic cache) entries, all or one agent's, without KEYS. */

@@ -38,13 +38,20 @@ const view = (r: UsageRow) => ({
   standardCostUsd: r.standardCostUsd,
   savingsUsd: savings(r),
   // Gemini reports no usage for embedding calls: estimated, and apart from costUsd (what Gemini billed). `ingest`:
-  // the part of them the org's knowledge ingestion made (no job; agent `knowledge`, migration 024).
-  embedding: { tokens: r.embeddingTokens, costUsd: r.embeddingCostUsd, estimated: true as const, ingest: { tokens: r.ingestEmbeddingTokens, costUsd: r.ingestEmbeddingCostUsd } },
+  // the part of them the org's knowledge ingestion made (no job; agent `knowledge`, migration 024); `search`: the part
+  // POST /v1/knowledge/search made (no job either; migration 025).
+  embedding: {
+    tokens: r.embeddingTokens,
+    costUsd: r.embeddingCostUsd,
+    estimated: true as const,
+    ingest: { tokens: r.ingestEmbeddingTokens, costUsd: r.ingestEmbeddingCostUsd },
+    search: { tokens: r.searchEmbeddingTokens, costUsd: r.searchEmbeddingCostUsd },
+  },
   cacheHitRate: r.cacheHitRate,
   durationMs: { p50: r.p50Ms, p95: r.p95Ms },
 });
 
-const EMPTY: UsageRow = { key: 'total', jobs: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0, thoughtsTokens: 0, costUsd: 0, standardCostUsd: 0, embeddingTokens: 0, embeddingCostUsd: 0, ingestEmbeddingTokens: 0, ingestEmbeddingCostUsd: 0, cacheHitRate: 0, p50Ms: 0, p95Ms: 0 };
+const EMPTY: UsageRow = { key: 'total', jobs: 0, inputTokens: 0, outputTokens: 0, cachedTokens: 0, thoughtsTokens: 0, costUsd: 0, standardCostUsd: 0, embeddingTokens: 0, embeddingCostUsd: 0, ingestEmbeddingTokens: 0, ingestEmbeddingCostUsd: 0, searchEmbeddingTokens: 0, searchEmbeddingCostUsd: 0, cacheHitRate: 0, p50Ms: 0, p95Ms: 0 };
 
 /** The groups and the window's total: one read path for the API and the dashboard, so their numbers agree. */
 async function report<G extends UsageGroupBy>(deps: UsageRouteDeps, q: { orgId: string | null; from: Date; to: Date; groupBy: G }) {

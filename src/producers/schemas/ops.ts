@@ -67,7 +67,7 @@ export const usageQuery = z
 
 const usageGroup = z.object({
   key: z.string(),
-  jobs: z.number().describe('Distinct jobs with a recorded row in the group: a job once, however many attempts (and delayed runs) it had; knowledge ingestion is no job'),
+  jobs: z.number().describe('Distinct jobs with a recorded row in the group: a job once, however many attempts (and delayed runs) it had; knowledge ingestion and search are no job'),
   tokens: z.object({
     input: z.number(),
     output: z.number(),
@@ -86,10 +86,13 @@ const usageGroup = z.object({
       ingest: z
         .object({ tokens: z.number(), costUsd: z.number() })
         .describe('Of tokens and costUsd: the org’s knowledge ingestion (POST /v1/knowledge/:table, npm run ingest --org; agent `knowledge`, action `ingest:<table>`)'),
+      search: z
+        .object({ tokens: z.number(), costUsd: z.number() })
+        .describe('Of tokens and costUsd: the org’s POST /v1/knowledge/search queries (agent `knowledge`, action `search`)'),
     })
-    .describe('Embedding calls of the attempts (semantic cache, knowledge search) and of the org’s knowledge ingestion: Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd, but counted by the monthly budget'),
+    .describe('Embedding calls of the attempts (semantic cache, knowledge search), of the org’s knowledge ingestion and of its search API queries: Gemini reports no usage for them, so the tokens are ESTIMATED locally (~4 characters a token) and priced at the embedding model’s input price; not in costUsd, but counted by the monthly budget'),
   cacheHitRate: z.number().describe('Of the completed attempts'),
-  durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none, nor an ingest)'),
+  durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none, nor an ingest or a search)'),
 });
 
 export const usageReport = z.object({

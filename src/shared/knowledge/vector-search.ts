@@ -25,15 +25,28 @@ export interface SearchOptions {
 /** The minimum cosine similarity of a search that names none. */
 export const DEFAULT_SEARCH_THRESHOLD = 0.7;
 
-/** Embeds the query once and merges match_documents over the requested tables, best first. */
+/** The embedding call a search made, for its caller to record (the search API's ledger row). */
+export interface SearchEmbedded {
+  texts: string[];
+  durationMs: number;
+}
+
+/**
+ * Embeds the query once and merges match_documents over the requested tables, best first. `onEmbedded` (the
+ * search API's ledger) runs once the query is embedded, beside the table reads, and the search answers once it
+ * has settled too: its failure fails the search, as a read's does.
+ */
 export function createVectorSearch({ pool, embed }: { pool: pg.Pool; embed: EmbedFn }) {
   return {
-    async search(opts: SearchOptions): Promise<SearchResult[]> {
+    async search(opts: SearchOptions, hooks: { onEmbedded?: (e: SearchEmbedded) => Promise<unknown> } = {}): Promise<SearchResult[]> {
       const { tables, limit, threshold } = validate(opts);
+      const began = performance.now();
       const [vector] = await embedChecked(embed, [opts.query]);
+      const recorded = hooks.onEmbedded?.({ texts: [opts.query], durationMs: performance.now() - began });
       const qv = toVectorParam(vector);
       const filter = opts.filters && Object.keys(opts.filters).length ? JSON.stringify(opts.filters) : null;
-      const perTable = await Promise.all(
+      // The record beside the reads: it costs the answer no round trip of its own (one insert on another connection).
+      const reads = Promise.all(
         tables.map(async (table) => {
           const { rows } = await pool.query<{ id: string; content: string; similarity: number; metadata: Record<string, unknown> }>(
             'SELECT id, content, similarity, metadata FROM match_documents($1::vector, $2, $3, $4, $5, $6::jsonb)',
@@ -42,6 +55,7 @@ export function createVectorSearch({ pool, embed }: { pool: pg.Pool; embed: Embe
           return rows.map((r) => ({ table, id: r.id, content: r.content, similarity: Number(r.similarity), metadata: r.metadata }));
         }),
       );
+      const [perTable] = await Promise.all([reads, recorded]);
       return perTable
         .flat()
         .sort((a, b) => b.similarity - a.similarity)

@@ -66,7 +66,7 @@ export interface UsageRow {
   /** What the same tokens cost on the standard tier; `standardCostUsd - costUsd` is what the tiers saved. */
   standardCostUsd: number;
   /**
-   * Embedding calls (semantic cache, knowledge search, and knowledge ingestion): tokens ESTIMATED locally, priced at
+   * Embedding calls (semantic cache, knowledge search, knowledge ingestion and the search API): tokens ESTIMATED locally, priced at
    * the embedding model's price.
    */
   embeddingTokens: number;
@@ -74,6 +74,9 @@ export interface UsageRow {
   /** The part of `embeddingTokens` / `embeddingCostUsd` that knowledge ingestion made (rows of kind `ingest`, migration 024). */
   ingestEmbeddingTokens: number;
   ingestEmbeddingCostUsd: number;
+  /** The part that `POST /v1/knowledge/search` made (rows of kind `search`, migration 025). */
+  searchEmbeddingTokens: number;
+  searchEmbeddingCostUsd: number;
   /** Share of completed attempts served from a cache. */
   cacheHitRate: number;
   /** Of the attempts' durations: a delayed part is no attempt. */
@@ -126,6 +129,47 @@ export function ingestRunInsert(r: IngestRun, first: number): { sql: string; par
   const sql = `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, duration_ms, request_id,
                                        embedding_tokens, embedding_cost_usd, embedding_estimated, kind)
      VALUES (${$(0)}, ${$(1)}, ${$(2)}, ${$(3)}, ${$(4)}, ${$(5)}, 'completed', ${$(6)}, ${$(7)}, ${$(8)}, ${$(9)}, true, 'ingest')
+     ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`;
+  return { sql, params };
+}
+
+/**
+ * One `POST /v1/knowledge/search` of an org (migration 025): the embedding call that embedded its query, recorded as a
+ * row of kind `search`. Gemini reports no usage for embeddings: the tokens are estimated, like an ingest's.
+ */
+export interface SearchRun {
+  /** `search:<uuid>`, one per search. */
+  searchId: string;
+  orgId: string;
+  /** The embedding model, as `model` of the row. */
+  model: string;
+  embeddingTokens: number;
+  embeddingCostUsd: number;
+  /** The embedding call's. */
+  durationMs: number;
+  requestId?: string | null;
+}
+
+/** The action of a search row (agent `INGEST_AGENT`, `knowledge`, as an ingest's). */
+export const SEARCH_ACTION = 'search';
+
+/** The INSERT of a search's row (one statement; ON CONFLICT keeps a re-sent statement to one row). */
+export function searchRunInsert(r: SearchRun): { sql: string; params: unknown[] } {
+  const params: unknown[] = [
+    r.searchId,
+    r.orgId,
+    INGEST_AGENT,
+    SEARCH_ACTION,
+    r.model,
+    Math.round(r.durationMs),
+    storableText(r.requestId),
+    Math.round(r.embeddingTokens),
+    r.embeddingCostUsd,
+  ];
+  // cost_usd 0, as an ingest row's: Gemini reported nothing for the call; its estimate is beside it.
+  const sql = `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, duration_ms, request_id,
+                                       embedding_tokens, embedding_cost_usd, embedding_estimated, kind)
+     VALUES ($1, 1, $2, $3, $4, $5, 'completed', $6, $7, $8, $9, true, 'search')
      ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`;
   return { sql, params };
 }
@@ -264,6 +308,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
                 COALESCE(sum(embedding_cost_usd), 0) AS embedding_cost_usd,
                 COALESCE(sum(embedding_tokens) FILTER (WHERE kind = 'ingest'), 0) AS ingest_embedding_tokens,
                 COALESCE(sum(embedding_cost_usd) FILTER (WHERE kind = 'ingest'), 0) AS ingest_embedding_cost_usd,
+                COALESCE(sum(embedding_tokens) FILTER (WHERE kind = 'search'), 0) AS search_embedding_tokens,
+                COALESCE(sum(embedding_cost_usd) FILTER (WHERE kind = 'search'), 0) AS search_embedding_cost_usd,
                 COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed' AND kind = 'attempt'), 0) AS cache_hit_rate,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p95
@@ -286,6 +332,8 @@ export function createRunStore({ pool }: { pool: pg.Pool }) {
         embeddingCostUsd: Number(r.embedding_cost_usd),
         ingestEmbeddingTokens: Number(r.ingest_embedding_tokens),
         ingestEmbeddingCostUsd: Number(r.ingest_embedding_cost_usd),
+        searchEmbeddingTokens: Number(r.search_embedding_tokens),
+        searchEmbeddingCostUsd: Number(r.search_embedding_cost_usd),
         cacheHitRate: Number(r.cache_hit_rate),
         // No attempt in the window: no percentile (SQL NULL), shown as 0 like the other empty sums.
         p50Ms: Number(r.p50 ?? 0),

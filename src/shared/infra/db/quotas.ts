@@ -17,7 +17,7 @@ export interface OrgQuotas {
 
 /**
  * Per-org monthly spend (UTC calendar month, every attempt's cost, since each was billed, with the estimated cost of
- * its embedding calls and of the org's knowledge ingestion: migrations 023, 024) computed from
+ * its embedding calls, of the org's knowledge ingestion and of its search API queries: migrations 023-025) computed from
  * agent_runs, and the org's daily job limit with the jobs of a day agent_runs already records. The daily limit
  * counts new jobs, reserved at admission (producers/admission.ts): rows are written after an attempt ends, so
  * they can only be a floor, never the count.
@@ -43,7 +43,7 @@ export function createQuotaChecker({ pool }: { pool: pg.Pool }) {
                 (SELECT count(DISTINCT (r.job_id, r.job_ts)) FROM agent_runs r
                  WHERE r.org_id = o.id AND r.created_at >= to_timestamp($2::bigint / 1000.0)
                    AND r.job_ts >= $2::bigint AND r.job_ts < $2::bigint + ${DAY_MS}) END AS jobs_recorded,
-              -- Spend: what Gemini billed the model calls, and the embedding calls (an attempt's, an ingest's), whose
+              -- Spend: what Gemini billed the model calls, and the embedding calls (an attempt's, an ingest's, a search's), whose
               -- cost is ESTIMATED (Gemini reports no usage for them): a budget is a spend limit, so an estimate counts
               -- rather than nothing.
               CASE WHEN o.monthly_budget_usd IS NULL THEN 0 ELSE
