@@ -7,6 +7,7 @@ import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { marker, parseProm, riskJob, sampleSum, type Sample } from './helpers/ops.js';
 import { usageStreamKey } from '../src/shared/core/queue-keys.js';
+import { usageWritten } from './helpers/usage.js';
 
 const ADMIN_TOKEN = 'adm-metrics-5e8a1c77b0f3';
 
@@ -71,6 +72,35 @@ describe('GET /metrics', () => {
     expect(delta('agentq_job_start_latency_seconds_count', agent)).toBe(3);
     expect(delta('agentq_job_errors_total', { ...agent, type: 'bad_request' })).toBe(1);
     expect(delta('agentq_dlq_entries_total', { ...agent, class: 'poison' })).toBe(1);
+  });
+
+  it('counts the estimated embedding cost apart from the model cost, by source, as the ledger rows are made: an attempt, an ingest, a search', async () => {
+    const before = await scrape();
+    const auth = { authorization: `Bearer ${await s.newKey(randomOrg(), 'org-admin')}` };
+    const question = `How should we measure metrics-embed churn among pilot customers ${marker()}?`;
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { agent: 'KnowledgeAssistant', action: 'answer', input: { question, includeChatFacts: true } } });
+    expect(post.statusCode).toBe(202);
+    const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: auth })).json();
+    expect(view.state).toBe('completed');
+    const documents = [{ external_id: `metrics-embed-${marker()}`, content: 'Pilot customers renewed at 112% net revenue retention' }];
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: auth, payload: { documents } })).statusCode).toBe(200);
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: auth, payload: { query: question, tables: ['chat_facts'] } })).statusCode).toBe(200);
+    const after = await scrape();
+    await usageWritten(s);
+    // The same figures as the rows this org's ledger holds (estimated), each under the source that made it.
+    const { rows } = await s.infra.db.pool.query(
+      "SELECT kind, sum(embedding_cost_usd)::float8 AS usd FROM agent_runs WHERE org_id = (SELECT org_id FROM agent_runs WHERE job_id = $1 LIMIT 1) GROUP BY kind",
+      [view.id],
+    );
+    const spent = Object.fromEntries(rows.map((r) => [r.kind, Number(r.usd)]));
+    expect(Object.keys(spent).sort()).toEqual(['attempt', 'ingest', 'search']);
+    const delta = (source: string) => sampleSum(after, 'agentq_embedding_cost_usd_total', { source, estimated: 'true' }) - sampleSum(before, 'agentq_embedding_cost_usd_total', { source, estimated: 'true' });
+    for (const source of ['attempt', 'ingest', 'search']) {
+      expect(spent[source], source).toBeGreaterThan(0);
+      expect(delta(source), source).toBeCloseTo(spent[source], 10);
+    }
+    // Not in the model cost: agentq_cost_usd_total moved by what Gemini billed the job's call only.
+    expect(sampleSum(after, 'agentq_cost_usd_total', { agent: 'KnowledgeAssistant' }) - sampleSum(before, 'agentq_cost_usd_total', { agent: 'KnowledgeAssistant' })).toBeCloseTo(view.result.costUsd, 10);
   });
 
   it('reports queue depth per queue and state as BullMQ counts it, and the DLQ size', async () => {

@@ -72,6 +72,8 @@ export interface ProcessorDeps {
    * (`JobContext.embedded`) go on its row, estimated. Absent: they are counted at no price.
    */
   embeddingCost?: (tokens: number) => number;
+  /** A row with embedding calls was handed to the usage stream (for metrics): their estimated cost, USD. */
+  onEmbeddingRecorded?: (costUsd: number) => void;
 }
 
 /**
@@ -291,7 +293,23 @@ function attemptOf(deps: ProcessorDeps) {
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
-    if (entry) ctx.usage = { field: entry.field, entry: (result) => entry.encode(completedRow(result)), carried: () => (carried = true), ...(entry.rider ? { rider: entry.rider } : {}) };
+    /** Metrics see a row's embedding cost once the row is in the usage stream (never a row that failed to go in). */
+    const embeddingRecorded = (row: AgentRun) => {
+      if (row.embeddingCostUsd) deps.onEmbeddingRecorded?.(row.embeddingCostUsd);
+    };
+    // The row the result cache's store encodes: counted when the store says it appended it.
+    let entryRow: AgentRun | undefined;
+    if (entry) {
+      ctx.usage = {
+        field: entry.field,
+        entry: (result) => entry.encode((entryRow = completedRow(result))),
+        carried: () => {
+          carried = true;
+          if (entryRow) embeddingRecorded(entryRow);
+        },
+        ...(entry.rider ? { rider: entry.rider } : {}),
+      };
+    }
 
     /**
      * A flow child's (or pipeline step's) billed row its result will not carry (a failed attempt, a delayed run's
@@ -303,6 +321,7 @@ function attemptOf(deps: ProcessorDeps) {
     const record = async (row: AgentRun) => {
       try {
         await deps.runs.record(row, row.state === 'completed' ? undefined : billTo(row));
+        embeddingRecorded(row);
       } catch (err) {
         // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
         logger.error({ err }, 'could not record agent run');

@@ -98,6 +98,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
 
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
     onModelCall: (e) => metrics.modelCall(e),
+    onEmbeddingRecorded: (costUsd) => metrics.embeddingRecorded('attempt', costUsd),
     onUsageCommitted: (lagsMs) => metrics.usageCommitted(lagsMs),
     onUsageRefused: (rows) => metrics.usageRefused(rows),
 

@@ -32,6 +32,8 @@ export interface UpsertOptions {
 export interface IngestLedger {
   model: string;
   costUsd(tokens: number): number;
+  /** A batch's row committed with its documents (the API process's metrics count its estimated cost). */
+  recorded?(run: IngestRun): void;
 }
 
 /** The ingest ledger of the embedding `model` at its price (PRICES_JSON applies as to every call): the API's and the CLI's. */
@@ -77,6 +79,7 @@ export function createKnowledgeStore({ pool, embed, ledger }: { pool: pg.Pool; e
             ? { ingestId, batch: n, orgId: owner, table: t, model: ledger.model, embeddingTokens: tokens, embeddingCostUsd: ledger.costUsd(tokens), durationMs: performance.now() - began, requestId: opts.requestId ?? null }
             : undefined;
         const counts = await writeBatch(pool, t, batch, vectors, opts.orgId ?? null, run);
+        if (run) ledger?.recorded?.(run);
         result.inserted += counts.inserted;
         result.updated += counts.updated;
         result.skipped += counts.skipped;

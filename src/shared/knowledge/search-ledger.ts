@@ -14,9 +14,10 @@ export interface SearchRecord extends SearchEmbedded {
 /**
  * Where `POST /v1/knowledge/search` records the query embedding the org pays for (agent_runs, kind `search`,
  * migration 025), at the embedding model's price (`price`, the ingest ledger's). Gemini reports no usage for
- * embeddings: the tokens are estimated (~4 characters a token) and the row says so, as an ingest's.
+ * embeddings: the tokens are estimated (~4 characters a token) and the row says so, as an ingest's. `onRecorded`: the
+ * row committed (the API process's metrics).
  */
-export function createSearchLedger({ pool, price }: { pool: pg.Pool; price: IngestLedger }) {
+export function createSearchLedger({ pool, price, onRecorded }: { pool: pg.Pool; price: IngestLedger; onRecorded?: (run: SearchRun) => void }) {
   return {
     async record(e: SearchRecord): Promise<SearchRun> {
       const tokens = e.texts.reduce((sum, text) => sum + estimateTextTokens(text), 0);
@@ -31,6 +32,7 @@ export function createSearchLedger({ pool, price }: { pool: pg.Pool; price: Inge
       };
       const { sql, params } = searchRunInsert(run);
       await pool.query(sql, params);
+      onRecorded?.(run);
       return run;
     },
   };

@@ -21,6 +21,9 @@ export interface JobFacts {
   finishedOn?: number;
 }
 
+/** What made an embedding call's ledger row: a job attempt (its own row), an ingest batch, a search API call. */
+export type EmbeddingSource = 'attempt' | 'ingest' | 'search';
+
 /** How often the event-loop lag histogram samples: a lag spike shorter than this may go unseen. */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
@@ -76,6 +79,14 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     name: 'agentq_cost_savings_usd_total',
     help: 'What completed jobs would have cost more on the standard tier (flex / batch discounts), in USD',
     labelNames: ['agent', 'model', 'tier'] as const,
+    registers,
+  });
+  // Beside agentq_cost_usd_total, never in it: that counter is what Gemini billed; this one is an estimate (Gemini
+  // reports no usage for embeddings), counted where its agent_runs row is made, so the two can be told apart.
+  const embeddingCost = new Counter({
+    name: 'agentq_embedding_cost_usd_total',
+    help: 'ESTIMATED cost in USD of the embedding calls recorded in agent_runs (Gemini reports no usage for them), by what made them: a job attempt, an org knowledge ingest, a search API call',
+    labelNames: ['source', 'estimated'] as const,
     registers,
   });
   const tokens = new Counter({ name: 'agentq_tokens_total', help: 'Model tokens of completed jobs', labelNames: ['agent', 'model', 'direction'] as const, registers });
@@ -156,6 +167,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
 
     usageRefused(rows: number) {
       usageRefused.inc(rows);
+    },
+
+    /** An agent_runs row with embedding calls was made (its usage stream entry appended, its insert committed). */
+    embeddingRecorded(source: EmbeddingSource, costUsd: number) {
+      if (costUsd > 0) embeddingCost.inc({ source, estimated: 'true' }, costUsd);
     },
 
     admissionRejected(kind: 'rate_limit' | 'quota') {
