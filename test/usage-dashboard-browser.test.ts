@@ -4,6 +4,7 @@ import { randomOrg } from './helpers/env.js';
 import { artifactPath, launchChromium } from './helpers/chromium.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { seedUsage, USAGE_WINDOW } from './helpers/usage-seed.js';
+import { ingestRunInsert, searchRunInsert } from '../src/shared/infra/db/agent-runs.js';
 
 const ADMIN_TOKEN = 'usage-browser-adm-52d9c0e1f7';
 const DAYS = ['2037-05-10', '2037-05-11', '2037-05-12'];
@@ -15,6 +16,7 @@ interface Group {
   costUsd: number;
   cacheHitRate: number;
   durationMs: { p50: number; p95: number };
+  embedding: { tokens: number; costUsd: number; estimated: true; ingest: { tokens: number; costUsd: number }; search: { tokens: number; costUsd: number } };
 }
 
 // How the page writes numbers: the test expects the API's numbers in exactly this form.
@@ -37,6 +39,20 @@ describe('the usage dashboard in a real browser', () => {
     orgB = randomOrg();
     adminA = await s.newKey(s.orgId, 'org-admin');
     await seedUsage(s.infra.db.pool, { a: s.orgId, b: orgB }, s.cfg.QUEUE_PREFIX);
+    // Embedding calls in the window (estimated figures, apart from costUsd): an attempt's, an ingest's and a
+    // search's of org A, an ingest's of org B.
+    const pool = s.infra.db.pool;
+    const tag = s.cfg.QUEUE_PREFIX;
+    await pool.query("UPDATE agent_runs SET embedding_tokens = 1200, embedding_cost_usd = 0.00018, embedding_estimated = true WHERE job_id = $1", [`${tag}-3`]);
+    const model = 'gemini-embedding-001';
+    for (const q of [
+      ingestRunInsert({ ingestId: `ingest:${tag}-a`, batch: 1, orgId: s.orgId, table: 'chat_facts', model, embeddingTokens: 52_000, embeddingCostUsd: 0.0078, durationMs: 40 }, 1),
+      searchRunInsert({ searchId: `search:${tag}-a`, orgId: s.orgId, model, embeddingTokens: 14, embeddingCostUsd: 0.0000021, durationMs: 5 }),
+      ingestRunInsert({ ingestId: `ingest:${tag}-b`, batch: 1, orgId: orgB, table: 'playbooks', model, embeddingTokens: 3300, embeddingCostUsd: 0.000495, durationMs: 30 }, 1),
+    ]) {
+      await pool.query(q.sql, q.params);
+    }
+    await pool.query("UPDATE agent_runs SET created_at = '2037-05-11T16:00:00Z' WHERE job_id IN ($1, $2, $3)", [`ingest:${tag}-a`, `search:${tag}-a`, `ingest:${tag}-b`]);
     base = await s.app.listen({ port: 0, host: '127.0.0.1' });
     browser = await launchChromium();
   });
@@ -82,6 +98,17 @@ describe('the usage dashboard in a real browser', () => {
     expect(await tile(page, 'p50')).toBe(ms(total.durationMs.p50));
     expect(await tile(page, 'p95')).toBe(ms(total.durationMs.p95));
     expect(await tile(page, 'cacheHitRate')).toBe(pct(total.cacheHitRate));
+    // The embedding figures, estimated and said so on the page, apart from the cost Gemini billed.
+    const e = total.embedding;
+    expect(await tile(page, 'embeddingCostUsd')).toBe(usd(e.costUsd));
+    expect(await tile(page, 'embeddingCostParts')).toBe(`ingest ${usd(e.ingest.costUsd)} · search ${usd(e.search.costUsd)}`);
+    expect(await tile(page, 'embeddingTokens')).toBe(int(e.tokens));
+    expect(await tile(page, 'embeddingTokenParts')).toBe(`ingest ${int(e.ingest.tokens)} · search ${int(e.search.tokens)}`);
+    for (const field of ['embeddingCostUsd', 'embeddingTokens']) {
+      const label = page.locator(`#total .tile:has([data-field="${field}"]) .label`);
+      expect(await label.textContent()).toMatch(/estimated/i);
+      expect(await label.isVisible()).toBe(true);
+    }
   }
 
   it("shows an org admin its org's numbers, exactly as /v1/usage reports them, drawn by the bundled Chart.js", async () => {
@@ -89,6 +116,8 @@ describe('the usage dashboard in a real browser', () => {
     try {
       const [day, agent, model] = [await v1(s.apiKey, 'day'), await v1(s.apiKey, 'agent'), await v1(s.apiKey, 'model')];
       expect(day.total.jobs).toBe(4);
+      // The seeded embedding calls are in the report, so the page has non-zero figures to show.
+      expect(day.total.embedding).toEqual({ tokens: 1200 + 52_000 + 14, costUsd: expect.closeTo(0.00018 + 0.0078 + 0.0000021, 10), estimated: true, ingest: { tokens: 52_000, costUsd: expect.closeTo(0.0078, 10) }, search: { tokens: 14, costUsd: expect.closeTo(0.0000021, 10) } });
       expect(await page.locator('#scope').textContent()).toBe(`org ${s.orgId}`);
       await expectTotals(page, day.total);
       expect(await tableRows(page, 'by-day')).toEqual(day.groups.map(row));

@@ -45,6 +45,13 @@
     set('p50', fmt.ms(t.durationMs.p50));
     set('p95', fmt.ms(t.durationMs.p95));
     set('cacheHitRate', fmt.pct(t.cacheHitRate));
+    // Estimated (Gemini reports no usage for embeddings) and apart from costUsd: the attempts' calls, the org's
+    // knowledge ingestion and its search API queries, with the last two's parts.
+    const e = t.embedding;
+    set('embeddingCostUsd', fmt.usd(e.costUsd));
+    set('embeddingCostParts', 'ingest ' + fmt.usd(e.ingest.costUsd) + ' · search ' + fmt.usd(e.search.costUsd));
+    set('embeddingTokens', fmt.int(e.tokens));
+    set('embeddingTokenParts', 'ingest ' + fmt.int(e.ingest.tokens) + ' · search ' + fmt.int(e.search.tokens));
   }
 
   const COLUMNS = [
