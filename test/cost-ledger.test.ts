@@ -6,6 +6,8 @@ import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.j
 import { chooseTier } from '../src/shared/queue/tier-choice.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
+import { randomOrg } from './helpers/env.js';
+import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-ledger-7f1d2c9a4b3e';
@@ -260,6 +262,42 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(after.total.embedding.search.tokens).toBe(tokens);
     const theirs = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: other })).json();
     expect(theirs.groups).toEqual([]);
+  });
+
+  it("refuses an org's knowledge ingest once its monthly budget is spent (its embedding cost counted), as admission refuses its jobs: 429, same body, nothing embedded nor written", async () => {
+    const orgId = randomOrg();
+    const auth = { authorization: `Bearer ${await s.newKey(orgId, 'org-admin')}` };
+    // Less than one ingest's estimated embedding cost (the smallest budget the column holds, $0.0001; 12 documents of
+    // ~330 characters are ~1,000 tokens, ~$0.00015): the first ingest passes (nothing spent yet) and spends it.
+    await createOrgStore({ pool: s.infra.db.pool }).upsert({ id: orgId, monthlyBudgetUsd: 0.0001 });
+    const documents = (tag: string) =>
+      Array.from({ length: 12 }, (_, i) => ({ external_id: `budget-${tag}-${i}`, content: `Pilot customer ${i} renewed at ${100 + i}% net revenue retention. `.repeat(6) }));
+    const first = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: auth, payload: { documents: documents('a') } });
+    expect(first.statusCode).toBe(200);
+    const spent = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json().total.embedding.costUsd;
+    expect(spent).toBeGreaterThanOrEqual(0.0001);
+
+    const refused = await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: auth, payload: { documents: documents('b') } });
+    expect(refused.statusCode).toBe(429);
+    // What admission answers a job of the same org: the same status, Retry-After and body.
+    const job = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: riskJob('over-budget') });
+    expect(job.statusCode).toBe(429);
+    expect(refused.json()).toEqual({ error: 'monthly budget of $0.0001 reached', retryAfter: expect.any(Number) });
+    expect(Object.keys(refused.json()).sort()).toEqual(Object.keys(job.json()).sort());
+    expect(refused.json().error).toBe(job.json().error);
+    expect(Number(refused.headers['retry-after'])).toBe(refused.json().retryAfter);
+    expect(refused.json().retryAfter).toBeGreaterThan(0);
+    // Refused before any embedding: no document written, no ledger row added.
+    const written = await s.infra.db.pool.query("SELECT count(*)::int AS n FROM chat_facts WHERE org_id = $1 AND external_id LIKE 'budget-b-%'", [orgId]);
+    expect(written.rows[0].n).toBe(0);
+    const rows = await s.infra.db.pool.query("SELECT count(*)::int AS n FROM agent_runs WHERE org_id = $1 AND kind = 'ingest'", [orgId]);
+    expect(rows.rows[0].n).toBe(1);
+    // Counted as admission's quota refusals are.
+    const metrics = parseProm((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body);
+    expect(sampleSum(metrics, 'agentq_admission_rejections_total', { reason: 'quota' })).toBeGreaterThanOrEqual(2);
+    // An org with budget left ingests as before.
+    const other = { authorization: `Bearer ${await s.newKey(undefined, 'org-admin')}` };
+    expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: other, payload: { documents: documents('c') } })).statusCode).toBe(200);
   });
 
   it('refuses a deadline in the past, naming the field', async () => {

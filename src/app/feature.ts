@@ -11,6 +11,7 @@ import type { Logger } from '../shared/core/logger.js';
 import type { BatchApi } from '../shared/infra/llm/batch-api.js';
 import type { QueueShards } from '../shared/core/queue-shards.js';
 import type { Cell } from './cell.js';
+import type { QuotaDecision } from '../shared/infra/db/quotas.js';
 
 /** What a feature is built from. Connections here are shared: a feature that blocks (XREAD, SUBSCRIBE) makes its own. */
 export interface FeatureDeps {
@@ -29,6 +30,11 @@ export interface FeatureDeps {
   producer: JobProducer;
   /** Routes each call to the cell of the org it names. */
   jobs: JobService;
+  /**
+   * The org's monthly budget as admission and the worker's quota guard judge it (quotas.ts: the month's cost_usd +
+   * embedding_cost_usd), read now (not admission's short cache): for spends that are no job, e.g. a knowledge ingest.
+   */
+  budget(orgId: string): Promise<QuotaDecision>;
   /** This runtime's Prometheus metrics (its own registry; nothing goes on prom-client's global one). */
   metrics: OpsMetrics;
   /** Gemini Batch Mode (absent: batch-tier jobs run on the standard tier) and the batch tier's Redis state. */

@@ -108,7 +108,7 @@ export async function startRuntime(opts: {
   await syncOrgPlans({ plans: createOrgPlanStore({ pool: infra.db.pool }), scheduler: { setPlan: (orgId, plan) => cellOf(orgId).scheduler.setPlan(orgId, plan) } });
   const producer = routeProducer(cells, cellOf);
   const jobs = routeJobService(cells, cellOf);
-  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, producer, jobs, cells, shards, cellOf, metrics, llm: opts.llm, ...(opts.batches ? { batches: opts.batches } : {}) };
+  const deps: FeatureDeps = { cfg, infra, logger, registry, redis, producer, jobs, cells, shards, cellOf, metrics, budget: (orgId) => quotas.check(orgId), llm: opts.llm, ...(opts.batches ? { batches: opts.batches } : {}) };
   const features = (opts.features ?? []).map((make) => make(deps));
   const workers: WorkerService[] = [];
   const workerResources: Array<{ name: string; close(): Promise<void> }> = [];

@@ -242,8 +242,8 @@ export const routeTable = {
       role: 'org-admin',
       tags: ['knowledge'],
       summary: 'Ingest the org’s private documents (`playbooks`, `chat_facts`; embedded in batches, upserted by external_id)',
-      description: 'Shared tables are the operator’s: `POST /admin/knowledge/:table`. Each document is validated against its table’s schema (400 naming `documents.N.field`). The org’s cached answers (exact and semantic) of the agents that search the table are invalidated before the answer.',
-      schema: { params: orgTableParam, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415) } },
+      description: 'Shared tables are the operator’s: `POST /admin/knowledge/:table`. Each document is validated against its table’s schema (400 naming `documents.N.field`). The org’s cached answers (exact and semantic) of the agents that search the table are invalidated before the answer. An org whose monthly budget is spent (its embedding calls counted) is refused before any document is embedded: 429 with Retry-After, as its jobs are.',
+      schema: { params: orgTableParam, body: ingestBody, response: { 200: ingestResult, ...errors(400, 401, 403, 413, 415, 429) } },
       handler: ingestOrgDocuments,
     }),
     route({

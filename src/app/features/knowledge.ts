@@ -28,8 +28,15 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const results = shardedResults(caches, (orgId) => deps.cellOf(orgId).index);
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
+  // An org's ingest is refused once its monthly budget is spent, as its jobs are (counted as admission's quota refusals).
+  const budget = async (orgId: string) => {
+    const decision = await deps.budget(orgId);
+    if (!decision.allowed) deps.metrics.admissionRejected('quota');
+    return decision;
+  };
+
   return {
     name: 'knowledge',
-    routes: (app) => knowledgeRoutes(app, { store, search, searchLedger, results, semantic, afterIngest: createReaderInvalidation({ readersOf: (table) => deps.registry.readersOf(table), results, semantic }) }),
+    routes: (app) => knowledgeRoutes(app, { store, search, searchLedger, budget, results, semantic, afterIngest: createReaderInvalidation({ readersOf: (table) => deps.registry.readersOf(table), results, semantic }) }),
   };
 }

@@ -1,6 +1,7 @@
 import type { ResultCache } from '../../shared/cache/result-cache.js';
 import type { SemanticCache } from '../../shared/cache/semantic-cache.js';
-import { ValidationError } from '../../shared/core/errors.js';
+import { RateLimitedError, ValidationError } from '../../shared/core/errors.js';
+import type { QuotaDecision } from '../../shared/infra/db/quotas.js';
 import type { KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
 import type { KnowledgeStore } from '../../shared/knowledge/knowledge-store.js';
 import type { AfterIngest } from '../../shared/knowledge/reader-invalidation.js';
@@ -18,6 +19,11 @@ export interface KnowledgeRouteDeps {
   semantic: Pick<SemanticCache, 'invalidate'>;
   /** Invalidates the cached answers of the agents that search a table just written (reader-invalidation.ts). */
   afterIngest: AfterIngest;
+  /**
+   * The org's monthly budget (absent: not checked): an org whose budget is spent may not ingest, since every document
+   * it writes is an embedding call it pays for. Refused as admission refuses a job: 429, `RateLimitedError`.
+   */
+  budget?: (orgId: string) => Promise<QuotaDecision>;
   /** Records a search's query embedding in the org's ledger (agent_runs, kind `search`); absent: not recorded. */
   searchLedger?: Pick<SearchLedger, 'record'>;
 }
@@ -40,6 +46,11 @@ export const ingestOrgDocuments =
   (deps: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
   async (req) => {
     const { orgId } = principalOf(req);
+    // Before any embedding call: a refused ingest costs the org nothing.
+    if (orgId && deps.budget) {
+      const budget = await deps.budget(orgId);
+      if (!budget.allowed) throw new RateLimitedError(budget.reason, budget.retryAfterS);
+    }
     const result = await ingest(deps.store, req.params.table, req.body.documents, orgId, req.id);
     await deps.afterIngest(req.params.table, orgId);
     return result;
