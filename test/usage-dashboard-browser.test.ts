@@ -3,11 +3,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomOrg } from './helpers/env.js';
 import { artifactPath, launchChromium } from './helpers/chromium.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { seedUsage, USAGE_WINDOW } from './helpers/usage-seed.js';
+import { seedUsage, usageWindow } from './helpers/usage-seed.js';
+
+/** This file's own window: usage-dashboard.test.ts seeds 2037's beside it in the shared database. */
+const USAGE_WINDOW = usageWindow(2038);
 import { ingestRunInsert, searchRunInsert } from '../src/shared/infra/db/agent-runs.js';
 
 const ADMIN_TOKEN = 'usage-browser-adm-52d9c0e1f7';
-const DAYS = ['2037-05-10', '2037-05-11', '2037-05-12'];
+const DAYS = ['2038-05-10', '2038-05-11', '2038-05-12'];
 
 interface Group {
   key: string;
@@ -38,7 +41,7 @@ describe('the usage dashboard in a real browser', () => {
     s = await startStack({ ADMIN_TOKEN }, { worker: false });
     orgB = randomOrg();
     adminA = await s.newKey(s.orgId, 'org-admin');
-    await seedUsage(s.infra.db.pool, { a: s.orgId, b: orgB }, s.cfg.QUEUE_PREFIX);
+    await seedUsage(s.infra.db.pool, { a: s.orgId, b: orgB }, s.cfg.QUEUE_PREFIX, USAGE_WINDOW);
     // Embedding calls in the window (estimated figures, apart from costUsd): an attempt's, an ingest's and a
     // search's of org A, an ingest's of org B.
     const pool = s.infra.db.pool;
@@ -52,7 +55,7 @@ describe('the usage dashboard in a real browser', () => {
     ]) {
       await pool.query(q.sql, q.params);
     }
-    await pool.query("UPDATE agent_runs SET created_at = '2037-05-11T16:00:00Z' WHERE job_id IN ($1, $2, $3)", [`ingest:${tag}-a`, `search:${tag}-a`, `ingest:${tag}-b`]);
+    await pool.query("UPDATE agent_runs SET created_at = '2038-05-11T16:00:00Z' WHERE job_id IN ($1, $2, $3)", [`ingest:${tag}-a`, `search:${tag}-a`, `ingest:${tag}-b`]);
     base = await s.app.listen({ port: 0, host: '127.0.0.1' });
     browser = await launchChromium();
   });

@@ -1,16 +1,21 @@
 import type pg from 'pg';
 import { createRunStore, type AgentRun } from '../../src/shared/infra/db/agent-runs.js';
 
-/** A window no other test writes into, so the all-orgs view holds only what a dashboard test seeded. */
-export const USAGE_WINDOW = { from: '2037-05-10', to: '2037-05-12', toExclusive: '2037-05-13' } as const;
+/**
+ * A window no other test writes into, so the all-orgs view holds only what one dashboard test seeded: each file
+ * that seeds takes a year of its own (the test files share one database and run side by side; two seeding the same
+ * window made an all-orgs view read between the other's seeding and its own read differ from it).
+ */
+export const usageWindow = (year: number) => ({ year, from: `${year}-05-10`, to: `${year}-05-12`, toExclusive: `${year}-05-13` }) as const;
+export const USAGE_WINDOW = usageWindow(2037);
 
 /**
  * Attempts for two orgs over three days of USAGE_WINDOW (a failed attempt, a cache hit, two agents, two
  * models), plus one run the day after the window that must never show.
  */
-export async function seedUsage(pool: pg.Pool, orgs: { a: string; b: string }, tag: string): Promise<void> {
+export async function seedUsage(pool: pg.Pool, orgs: { a: string; b: string }, tag: string, window: { year: number } = USAGE_WINDOW): Promise<void> {
   const runs = createRunStore({ pool });
-  const at = (day: number, hour: number) => new Date(Date.UTC(2037, 4, day, hour));
+  const at = (day: number, hour: number) => new Date(Date.UTC(window.year, 4, day, hour));
   const base = { action: 'analyze_risks', state: 'completed' as const, error: null };
   const rows: AgentRun[] = [
     { ...base, orgId: orgs.a, jobId: `${tag}-1`, attempt: 1, agent: 'RiskAnalyzer', model: 'gemini-2.5-pro', state: 'failed', inputTokens: 0, outputTokens: 0, costUsd: 0, durationMs: 120, createdAt: at(10, 9) },
