@@ -12,6 +12,9 @@ import { captureLogs, marker, riskJob, type CapturedLogs } from './helpers/ops.j
 import { duplicateKeys } from './helpers/log-lines.js';
 import { POLL, until, waitsTimeout } from './helpers/wait.js';
 import { randomOrg } from './helpers/env.js';
+import { createStalledCheck } from './helpers/stalled-check.js';
+import { encodeRun } from '../src/shared/infra/db/run-stream.js';
+import { BULLMQ_STALLED_REASON } from '../src/shared/core/outcomes.js';
 import { agentqPrefix, batchKeys, cancelRequestedKey, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 
 /**
@@ -384,6 +387,54 @@ describe('batch tier through ai.batches and the emulator', () => {
     expect(batchCalls(s)).toHaveLength(1);
     expect(generateCalls(s)).toHaveLength(0);
   });
+
+  /**
+   * A batch-tier job parked for its batch whose answer the collector stored with its bill (as `deliver` does), never
+   * woken: the answer waits, unread. Its bill's part names this test, so its row is told from any other.
+   */
+  async function storedUnread(name: string) {
+    const cell = s.runtime.deps.cells[0];
+    const id = await enqueue(s, `${marker()}-${name}`, { tier: 'batch' });
+    const rec = await until(`${name}: its request recorded, the job parked`, async () => {
+      const [r, state] = await Promise.all([cell.batchStore.job(id), cell.queue.getJobState(id)]);
+      return r?.state === 'pending' && state === 'delayed' && r;
+    });
+    const part = `batch:${name}-${id}`;
+    const { owner } = rec;
+    const bill = encodeRun({ jobId: id, jobTs: rec.ts!, attempt: owner!.attempt, part, orgId: owner!.orgId, agent: owner!.agent, action: owner!.action, state: 'delayed', error: 'waiting_for_batch: answer stored, never read', model: s.cfg.GEMINI_MODEL_PRO, inputTokens: 13, outputTokens: 5, cachedTokens: 0, thoughtsTokens: 0, costUsd: 0.000042, tier: 'batch', durationMs: 0, cacheHit: null, requestId: null });
+    expect(await cell.batchStore.move(id, 'pending', 'done', { field: 'result', value: '{}', bill })).toBe(true);
+    const rows = async () => {
+      await usageWritten(s);
+      return (await s.infra.db.pool.query('SELECT org_id, attempt, state, tier, cost_usd FROM agent_runs WHERE job_id = $1 AND part = $2', [id, part])).rows;
+    };
+    return { cell, id, rec, rows };
+  }
+
+  it("an answer stored, never read, of a job BullMQ's stalled limit failed (no processor ran) is billed once", async () => {
+    const checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX, { maxStalledCount: 0 });
+    try {
+      const { cell, id, rows } = await storedUnread('stalled-limit');
+      // A worker fetched the job and died (its lock lapsed): the check finds it past the limit, and the worker that
+      // fetches it next fails it without running its processor, which would have read or settled the answer.
+      await s.runtime.deps.redis.multi().zrem(cell.queue.toKey('delayed'), id).lpush(cell.queue.toKey('active'), id).exec();
+      await checks.stall(cell.queue, id);
+      // Read once failed: a job read before holds no failedReason yet.
+      await until('the job failed by the stalled limit', async () => (await cell.queue.getJobState(id)) === 'failed');
+      const failed = (await cell.queue.getJob(id))!;
+      expect(failed.failedReason).toBe(BULLMQ_STALLED_REASON);
+      const billed = await until('its unread answer billed', async () => {
+        const r = await rows();
+        return r.length > 0 && r;
+      });
+      expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
+      expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
+      // Once: later sweeps find nothing left of it.
+      await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
+      expect(await rows()).toHaveLength(1);
+    } finally {
+      await checks.close();
+    }
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });
 
 describe('batch creation survives a crash between the intent and the answer of create', () => {

@@ -47,6 +47,10 @@ function batchFeatureOf(deps: FeatureDeps, options: BatchFeatureOptions): Featur
           },
           // An answer a job no longer takes is still its usage: onto the shard's usage stream, as an attempt's row.
           record: createRunAppender({ redis: deps.redis, key: usageStreamKey(cell.prefix) }).record,
+          jobOf: async (id) => {
+            const job = await cell.queue.getJob(id);
+            return job ? { state: await job.getState(), timestamp: job.timestamp } : undefined;
+          },
           maxRequests: cfg.BATCH_MAX_REQUESTS,
           maxAgeMs: cfg.BATCH_MAX_AGE_MS,
           deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS,

@@ -60,7 +60,8 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const k = batchKeys(deps.prefix);
   const addLua = defineLua(redis, 'batch-add-3.lua');
   const openLua = defineLua(redis, 'batch-open-N.lua');
-  const moveLua = defineLua(redis, 'batch-move-1.lua');
+  const moveLua = defineLua(redis, 'batch-move-2.lua');
+  const settleLua = defineLua(redis, 'batch-settle-3.lua');
   const cancelLua = defineLua(redis, 'batch-cancel-3.lua');
   const usageKey = usageStreamKey(deps.prefix);
   const releaseLua = defineLua(redis, 'lock-release-1.lua');
@@ -144,10 +145,31 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
     },
     /**
      * Moves a job from `from` (in `intent`, when given) to `to`, with an optional field; false if it was not in
-     * `from`. `bill`: an answer's usage row (encoded), kept for whatever drops the answer unread.
+     * `from`. `bill`: an answer's usage row (encoded), kept for whatever drops the answer unread; the answer joins
+     * the stored answers the collector's sweep reads (`storedAnswers`) in the same call.
      */
     async move(jobId: string, from: BatchJobState, to: BatchJobState, opts: { intent?: string; field?: 'result' | 'error' | 'readBy'; value?: string; bill?: string } = {}): Promise<boolean> {
-      return (await moveLua([k.job(jobId)], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S, opts.bill ?? ''])) === 1;
+      return (await moveLua([k.job(jobId), k.stored], [from, opts.intent ?? '', to, opts.field ?? '', opts.value ?? '', TTL_S, opts.bill ?? '', jobId, Date.now()])) === 1;
+    },
+    /** How long a record lives after its last change: an answer stored and never read lapses this long after. */
+    recordTtlMs: TTL_S * 1000,
+    /**
+     * Answers stored with their bill, oldest first (`max` at most), with the time each was stored: some since read
+     * or dropped (the sweep's `settle` takes those out), the rest still unread.
+     */
+    async storedAnswers(max: number): Promise<Array<{ id: string; storedAt: number }>> {
+      const flat = await redis.zrange(k.stored, 0, max - 1, 'WITHSCORES');
+      const out: Array<{ id: string; storedAt: number }> = [];
+      for (let i = 0; i < flat.length; i += 2) out.push({ id: flat[i], storedAt: Number(flat[i + 1]) });
+      return out;
+    },
+    /**
+     * The job of `jobTs` (undefined: a record without a creation time) will never read its stored answer: dropped
+     * and billed (batch-settle-3.lua), once. True when this call dropped an unread answer; an entry whose answer
+     * was read or dropped since leaves the stored answers either way.
+     */
+    async settle(jobId: string, jobTs: number | undefined): Promise<boolean> {
+      return (await settleLua([k.job(jobId), k.stored, usageKey], [jobId, jobTs ?? '', TTL_S, RUN_FIELD])) === 1;
     },
     /** The inline requests of jobs, in order (a job whose record expired or that was cancelled since has none). */
     async requests(jobs: string[]): Promise<Array<unknown | undefined>> {

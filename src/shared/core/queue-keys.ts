@@ -162,6 +162,8 @@ export const batchKeys = (prefix: string) => {
     models: `${p}:models`,
     intent: (id: string) => `${p}:intent:${id}`,
     open: `${p}:open`,
+    /** ZSET: job id -> ms its answer was stored (with its bill), read by the collector's sweep of unread answers. */
+    stored: `${p}:stored`,
     lock: `${p}:lock`,
   };
 };

@@ -33,6 +33,11 @@ export interface BatchCollectorOptions {
    * no longer takes it (it fell back to the standard tier, or was cancelled) is recorded for that job.
    */
   record?: (row: AgentRun) => Promise<unknown>;
+  /**
+   * The job's BullMQ state and creation time (undefined: no such job): the sweep of stored answers bills one whose
+   * job will never read it. Without it no sweep runs.
+   */
+  jobOf?: (jobId: string) => Promise<{ state: string; timestamp: number } | undefined>;
   /** Fault tests only: runs at each point before the collector goes on. */
   at?: (point: BatchPoint) => void | Promise<void>;
   logger: Logger;
@@ -46,7 +51,9 @@ export interface BatchCollectorOptions {
  *    waited `maxAgeMs`: the intent first, then `batches.create`, then its name;
  * 3. submitted batches are polled: a succeeded one hands each inline response to its job (by its metadata) and
  *    wakes it; a failed, expired or cancelled one sends its unfinished jobs to the standard tier; one still
- *    running near a job's deadline sends that job to the standard tier (and is cancelled once no job waits).
+ *    running near a job's deadline sends that job to the standard tier (and is cancelled once no job waits);
+ * 4. answers stored and never read are swept: one whose job ended where no script of ours ran (BullMQ's stalled
+ *    limit fails a job without its processor) is dropped and billed (`sweepStored`).
  */
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
@@ -246,6 +253,31 @@ export function createBatchCollector(o: BatchCollectorOptions) {
     await o.store.setMinDeadline(intent.id, deadlines.length ? Math.min(...deadlines) : undefined);
   }
 
+  /** Stored answers the sweep reads per run: the oldest first, so a backlog is worked off over runs. */
+  const SWEEP_MAX = 500;
+
+  /**
+   * An answer stored for a job that will never read it is billed (Gemini charged for it) and dropped, once
+   * (`store.settle`): its job failed or completed without reading it where neither the cancel nor the processor's
+   * failure path ran, e.g. BullMQ's stalled limit, which fails the job when a worker next fetches it, without its
+   * processor. A job still waiting, delayed or running will read it. Entries read or dropped since just leave.
+   */
+  async function sweepStored(): Promise<void> {
+    if (!o.jobOf) return;
+    let n = 0;
+    for (const { id } of await o.store.storedAnswers(SWEEP_MAX)) {
+      const rec = await o.store.job(id);
+      if (!rec || rec.state !== 'done' || rec.readBy !== undefined) {
+        await o.store.settle(id, rec?.ts);
+        continue;
+      }
+      const job = await o.jobOf(id);
+      const ended = job !== undefined && (job.state === 'failed' || job.state === 'completed');
+      if (ended && (await o.store.settle(id, rec.ts))) n += 1;
+    }
+    if (n) log.info({ answers: n }, 'batch answers never read billed: their jobs ended without reading them');
+  }
+
   return {
     /** One tick; false when another process's run holds the lock. */
     async run(lockMs = 60_000): Promise<boolean> {
@@ -262,6 +294,11 @@ export function createBatchCollector(o: BatchCollectorOptions) {
           }
         }
         await submitDue(now);
+        try {
+          await sweepStored();
+        } catch (err) {
+          log.warn({ err }, 'sweep of unread batch answers failed; retried next tick');
+        }
         return true;
       } finally {
         await unlock();
