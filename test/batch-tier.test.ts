@@ -435,6 +435,21 @@ describe('batch tier through ai.batches and the emulator', () => {
       await checks.close();
     }
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
+
+  it('an answer stored, never read, of a job removed while it waited (Bull Board, retention, obliterate) is billed once', async () => {
+    const { cell, id, rows } = await storedUnread('removed');
+    // As Bull Board's remove or clean, or BullMQ's retention, takes it: no cancel of ours runs.
+    await cell.queue.remove(id);
+    expect(await cell.queue.getJob(id)).toBeUndefined();
+    const billed = await until('its unread answer billed', async () => {
+      const r = await rows();
+      return r.length > 0 && r;
+    });
+    expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
+    expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
+    await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
+    expect(await rows()).toHaveLength(1);
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 });
 
 describe('batch creation survives a crash between the intent and the answer of create', () => {
@@ -708,6 +723,25 @@ describe('batch creation survives a crash between the intent and the answer of c
     };
     return { store, answer, tier, id, ts, standard, standardCalls: () => calls };
   }
+
+  it('a job re-created under the id of a removed one whose answer was stored, never read: the old answer is billed as its record is replaced', async () => {
+    const store = s.runtime.deps.cells[0].batchStore;
+    const id = `replaced-${Date.now()}`;
+    const ts = Date.now();
+    const owner = { orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', attempt: 1 };
+    await store.add(id, ts, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined, Date.now(), owner);
+    const part = `batch:replaced-${id}`;
+    const bill = encodeRun({ jobId: id, jobTs: ts, attempt: 1, part, orgId: s.orgId, agent: owner.agent, action: owner.action, state: 'delayed', model: s.cfg.GEMINI_MODEL_PRO, inputTokens: 3, outputTokens: 2, cachedTokens: 0, thoughtsTokens: 0, costUsd: 0.000031, tier: 'batch', durationMs: 0, cacheHit: null, requestId: null });
+    await store.move(id, 'pending', 'done', { field: 'result', value: '{}', bill });
+    // The job was removed (no sweep runs here), and a new one under its id (its idempotency key sent again) records its request.
+    expect(await store.add(id, ts + 1, s.cfg.GEMINI_MODEL_PRO, { contents: [] }, undefined, Date.now(), owner)).toBe('pending');
+    const rows = await until('the replaced answer billed', async () => {
+      await usageWritten(s);
+      const r = (await s.infra.db.pool.query('SELECT job_ts, state, tier, cost_usd FROM agent_runs WHERE job_id = $1 AND part = $2', [id, part])).rows;
+      return r.length > 0 && r;
+    });
+    expect(rows.map((r) => [Number(r.job_ts), r.state, r.tier, Number(r.cost_usd)])).toEqual([[ts, 'delayed', 'batch', 0.000031]]);
+  });
 
   it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {
     const { store, answer, tier, id, ts, standard, standardCalls } = await answeredBatchJob('crash-read');

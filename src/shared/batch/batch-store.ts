@@ -58,7 +58,7 @@ const TTL_S = 72 * 3600;
 export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   const { redis } = deps;
   const k = batchKeys(deps.prefix);
-  const addLua = defineLua(redis, 'batch-add-3.lua');
+  const addLua = defineLua(redis, 'batch-add-4.lua');
   const openLua = defineLua(redis, 'batch-open-N.lua');
   const moveLua = defineLua(redis, 'batch-move-2.lua');
   const settleLua = defineLua(redis, 'batch-settle-3.lua');
@@ -99,10 +99,11 @@ export function createBatchStore(deps: { redis: RedisClient; prefix: string }) {
   return {
     /**
      * Adds the job's request to its model's pending set unless this job (`jobTs`: its creation time) is known;
-     * its state either way. A record of an earlier job under the same id is replaced.
+     * its state either way. A record of an earlier job under the same id is replaced (an answer it never read is
+     * billed in the same script: that job was removed while the answer waited).
      */
     async add(jobId: string, jobTs: number, model: string, request: unknown, deadlineAt: number | undefined, now = Date.now(), owner?: BatchOwner): Promise<BatchJobState> {
-      return (await addLua([k.job(jobId), k.queue(model), k.models], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S, jobTs, owner ? JSON.stringify(owner) : ''])) as BatchJobState;
+      return (await addLua([k.job(jobId), k.queue(model), k.models, usageKey], [jobId, model, JSON.stringify(request), deadlineAt ?? '', now, TTL_S, jobTs, owner ? JSON.stringify(owner) : '', RUN_FIELD])) as BatchJobState;
     },
     /** The job's record; with `jobTs`, none when the record is another job's (an earlier one under the same id). */
     async job(jobId: string, jobTs?: number): Promise<BatchJobRecord | undefined> {

@@ -53,7 +53,7 @@ export interface BatchCollectorOptions {
  *    wakes it; a failed, expired or cancelled one sends its unfinished jobs to the standard tier; one still
  *    running near a job's deadline sends that job to the standard tier (and is cancelled once no job waits);
  * 4. answers stored and never read are swept: one whose job ended where no script of ours ran (BullMQ's stalled
- *    limit fails a job without its processor) is dropped and billed (`sweepStored`).
+ *    limit fails a job without its processor), or that was removed, is dropped and billed (`sweepStored`).
  */
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
@@ -259,8 +259,10 @@ export function createBatchCollector(o: BatchCollectorOptions) {
   /**
    * An answer stored for a job that will never read it is billed (Gemini charged for it) and dropped, once
    * (`store.settle`): its job failed or completed without reading it where neither the cancel nor the processor's
-   * failure path ran, e.g. BullMQ's stalled limit, which fails the job when a worker next fetches it, without its
-   * processor. A job still waiting, delayed or running will read it. Entries read or dropped since just leave.
+   * failure path ran (e.g. BullMQ's stalled limit, which fails the job when a worker next fetches it, without its
+   * processor), or was removed while the answer waited (a job re-created under its id first bills it as it replaces
+   * the record: batch-add-4.lua). A job still waiting, delayed or running will read it. Entries read or dropped
+   * since just leave.
    */
   async function sweepStored(): Promise<void> {
     if (!o.jobOf) return;
@@ -272,10 +274,12 @@ export function createBatchCollector(o: BatchCollectorOptions) {
         continue;
       }
       const job = await o.jobOf(id);
-      const ended = job !== undefined && (job.state === 'failed' || job.state === 'completed');
+      // Removed (Bull Board's clean or remove, retention, an obliterate), or another job now under its id.
+      const gone = job === undefined || (rec.ts !== undefined && job.timestamp !== rec.ts);
+      const ended = gone || job.state === 'failed' || job.state === 'completed';
       if (ended && (await o.store.settle(id, rec.ts))) n += 1;
     }
-    if (n) log.info({ answers: n }, 'batch answers never read billed: their jobs ended without reading them');
+    if (n) log.info({ answers: n }, 'batch answers never read billed: their jobs ended or were removed without reading them');
   }
 
   return {

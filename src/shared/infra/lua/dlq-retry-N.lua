@@ -27,7 +27,7 @@
 -- KEYS[13]: the job's batch-tier record (batchKeys.job)  KEYS[14]: the pending set of the record's model
 --   (batchKeys.queue). With a corrected input, a record still holding the old input's request or answer is cancelled:
 --   a batch-tier job whose batch answered before it failed (or was cancelled) unread would be served that
---   answer, computed for the old input; cancelled, the retry records its new request (batch-add-3.lua replaces
+--   answer, computed for the old input; cancelled, the retry records its new request (batch-add-4.lua replaces
 --   a cancelled record) and a batch that holds the old one hands it nothing (batch-cancel-3.lua's state). An
 --   answer stored that no attempt read (`done`, no `readBy`) was billed by Gemini all the same: the usage row the
 --   collector priced for it (`bill`) is appended to KEYS[15] as it is dropped (batch-cancel-3.lua does the same).
