@@ -450,6 +450,26 @@ describe('batch tier through ai.batches and the emulator', () => {
     await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
     expect(await rows()).toHaveLength(1);
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+
+  it('an answer still unread as its record nears expiry (its job parked all along) is billed once before the record lapses', async () => {
+    const { cell, id, rows } = await storedUnread('lapsing');
+    // Stored 71.5 h ago (the record lives 72 h after it): its job still parked, never woken to read it.
+    const storedAt = Date.now() - cell.batchStore.recordTtlMs + 1800_000;
+    await s.runtime.deps.redis.zadd(batchKeys(s.cfg.QUEUE_PREFIX).stored, 'XX', storedAt, id);
+    try {
+      const billed = await until('its unread answer billed', async () => {
+        const r = await rows();
+        return r.length > 0 && r;
+      });
+      expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
+      expect(await cell.queue.getJobState(id)).toBe('delayed');
+      expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
+      await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
+      expect(await rows()).toHaveLength(1);
+    } finally {
+      await cell.queue.remove(id);
+    }
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 });
 
 describe('batch creation survives a crash between the intent and the answer of create', () => {

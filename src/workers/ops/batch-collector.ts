@@ -53,7 +53,8 @@ export interface BatchCollectorOptions {
  *    wakes it; a failed, expired or cancelled one sends its unfinished jobs to the standard tier; one still
  *    running near a job's deadline sends that job to the standard tier (and is cancelled once no job waits);
  * 4. answers stored and never read are swept: one whose job ended where no script of ours ran (BullMQ's stalled
- *    limit fails a job without its processor), or that was removed, is dropped and billed (`sweepStored`).
+ *    limit fails a job without its processor), or that was removed, or whose record nears its expiry, is dropped
+ *    and billed (`sweepStored`).
  */
 export function createBatchCollector(o: BatchCollectorOptions) {
   const log = o.logger.child({ component: 'batch-collector' });
@@ -255,22 +256,34 @@ export function createBatchCollector(o: BatchCollectorOptions) {
 
   /** Stored answers the sweep reads per run: the oldest first, so a backlog is worked off over runs. */
   const SWEEP_MAX = 500;
+  /**
+   * An answer still unread this long before its record expires is billed and dropped even though its job lives
+   * (parked past its own fallback time, a paused queue, workers down for days): once the record lapses its bill is
+   * gone with it, and the job's next run asks anew anyway. An hour is many collector runs (BATCH_POLL_MS).
+   */
+  const LAPSE_MARGIN_MS = 3600_000;
 
   /**
    * An answer stored for a job that will never read it is billed (Gemini charged for it) and dropped, once
    * (`store.settle`): its job failed or completed without reading it where neither the cancel nor the processor's
    * failure path ran (e.g. BullMQ's stalled limit, which fails the job when a worker next fetches it, without its
    * processor), or was removed while the answer waited (a job re-created under its id first bills it as it replaces
-   * the record: batch-add-4.lua). A job still waiting, delayed or running will read it. Entries read or dropped
-   * since just leave.
+   * the record: batch-add-4.lua). A job still waiting, delayed or running will read it, unless its record is about
+   * to expire first (`LAPSE_MARGIN_MS`). Entries read or dropped since just leave.
    */
   async function sweepStored(): Promise<void> {
     if (!o.jobOf) return;
     let n = 0;
-    for (const { id } of await o.store.storedAnswers(SWEEP_MAX)) {
+    let lapsing = 0;
+    const now = Date.now();
+    for (const { id, storedAt } of await o.store.storedAnswers(SWEEP_MAX)) {
       const rec = await o.store.job(id);
       if (!rec || rec.state !== 'done' || rec.readBy !== undefined) {
         await o.store.settle(id, rec?.ts);
+        continue;
+      }
+      if (now >= storedAt + o.store.recordTtlMs - LAPSE_MARGIN_MS) {
+        if (await o.store.settle(id, rec.ts)) lapsing += 1;
         continue;
       }
       const job = await o.jobOf(id);
@@ -280,6 +293,7 @@ export function createBatchCollector(o: BatchCollectorOptions) {
       if (ended && (await o.store.settle(id, rec.ts))) n += 1;
     }
     if (n) log.info({ answers: n }, 'batch answers never read billed: their jobs ended or were removed without reading them');
+    if (lapsing) log.warn({ answers: lapsing }, 'batch answers still unread as their records near expiry billed and dropped: their jobs never ran to read them');
   }
 
   return {
