@@ -239,6 +239,8 @@ describe('fair dispatch loop: wake-ups and lost registrations', () => {
 });
 
 describe('fair gate', () => {
+  /** An attempt of job `id` as BullMQ's completed / failed events hand it over (a Job object of its own per fetch). */
+  const attemptOf = (id: string, attemptsStarted: number) => ({ id, attemptsStarted });
   const logger = { warn: () => {}, debug: () => {} } as unknown as Logger;
   const dispatched: DispatchResult = { promoted: ['next'], nowMs: 5, more: false, nextWakeMs: 90 };
   type Release = (ids: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }) => Promise<{ freed: number; due: boolean; dispatched?: DispatchResult }>;
@@ -270,32 +272,35 @@ describe('fair gate', () => {
 
   it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
     const idle = gateWith(async () => ({ freed: 1, due: false }));
-    idle.gate.finished('a', 1);
+    idle.gate.finished(attemptOf('a', 1));
     await idle.gate.close();
     expect(idle.calls.release).toEqual([{ dispatch: true }]);
     expect({ kicks: idle.kicks.n, absorbed: idle.absorbed }).toEqual({ kicks: 0, absorbed: [] });
     const busy = gateWith(async () => ({ freed: 1, due: true, dispatched }));
-    busy.gate.finished('a', 1);
+    busy.gate.finished(attemptOf('a', 1));
     await busy.gate.close();
     expect({ kicks: busy.kicks.n, absorbed: busy.absorbed }).toEqual({ kicks: 0, absorbed: [dispatched] });
     const failing = gateWith(async () => {
       throw new Error('redis down');
     });
-    failing.gate.finished('a', 1);
+    failing.gate.finished(attemptOf('a', 1));
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
   });
 
   it("a retry waits out its backoff parked; one noted for an attempt whose failure BullMQ never recorded does not turn the next attempt's completion into a retry", async () => {
     const g = gateWith(async () => ({ freed: 1, due: false }));
-    g.gate.retryDelay('r', 1000);
+    // The backoff strategy and the 'failed' event get the same Job object, the attempt's.
+    const r = attemptOf('r', 3);
+    g.gate.retryDelay(r, 1000);
     // The attempt that ended (its attemptsStarted) goes with the repark: only that attempt's parked job is moved.
-    g.gate.finished('r', 3);
+    g.gate.finished(r);
     // The backoff strategy ran for 's', then BullMQ could not record the failure (no 'failed' event); the lease
-    // sweep laned it again and its next attempt runs here.
-    g.gate.retryDelay('s', 1000);
-    expect(await g.gate.admit({ id: 's' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0], 'token')).toBe('run');
-    g.gate.finished('s', 1);
+    // sweep laned it again and its next attempt (a Job object of its own) runs here.
+    g.gate.retryDelay(attemptOf('s', 1), 1000);
+    const s2 = attemptOf('s', 2);
+    expect(await g.gate.admit(s2 as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0], 'token')).toBe('run');
+    g.gate.finished(s2);
     await g.gate.close();
     await vi.waitFor(() => expect(g.kicks.n).toBe(1), POLL);
     expect({ reparked: g.calls.reparked, attempts: g.calls.reparkAttempts, released: g.calls.released }).toEqual({ reparked: ['r'], attempts: [3], released: [['s']] });
@@ -316,8 +321,8 @@ describe('fair gate', () => {
   it('a claim that comes before the release batch is sent carries it; a failed claim leaves it to a release of its own', async () => {
     const job = { id: 'j1' } as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const carried = gateWith(async () => ({ freed: 0, due: false }));
-    carried.gate.finished('a', 1);
-    carried.gate.finished('b', 1);
+    carried.gate.finished(attemptOf('a', 1));
+    carried.gate.finished(attemptOf('b', 1));
     expect(await carried.gate.admit(job, 'token')).toBe('run');
     await carried.gate.close();
     expect(carried.calls.claim).toEqual([{ refill: true, release: ['a', 'b'] }]);
@@ -325,7 +330,7 @@ describe('fair gate', () => {
     const failing = gateWith(async () => ({ freed: 2, due: false }), async () => {
       throw new Error('redis down');
     });
-    failing.gate.finished('a', 1);
+    failing.gate.finished(attemptOf('a', 1));
     await expect(failing.gate.admit(job, 'token')).rejects.toThrow('redis down');
     await failing.gate.close();
     expect(failing.calls.released).toEqual([['a']]);
@@ -362,7 +367,7 @@ describe('fair gate', () => {
     // No claim comes: the job's own release carries them.
     const onRelease = gateWith(async () => ({ freed: 1, due: false }));
     onRelease.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
-    onRelease.gate.finished('a', 1);
+    onRelease.gate.finished(attemptOf('a', 1));
     await onRelease.gate.close();
     expect(onRelease.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]);
     expect(onRelease.calls.released).toEqual([['a']]);
@@ -388,7 +393,7 @@ describe('fair gate', () => {
       g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
       await vi.advanceTimersByTimeAsync(99);
       // 'a' finishes and the next job's claim takes its release: its corrections are 99 ms old, not due yet.
-      g.gate.finished('a', 1);
+      g.gate.finished(attemptOf('a', 1));
       expect(await g.gate.admit(jobOf('b'), 'token')).toBe('run');
       expect(g.calls.claim.at(-1)).toEqual({ refill: true, release: ['a'] });
       // The flush queued by the finish runs a moment later, when they are due: nothing left to release, so no
@@ -417,11 +422,11 @@ describe('fair gate', () => {
     // 'b' still runs: its own finish (or the next claim) is coming, so the corrections keep summing. Each attempt's
     // processor ends (`ended`) before BullMQ records its outcome (`finished`).
     g.gate.ended(a);
-    g.gate.finished('a', 1);
+    g.gate.finished(attemptOf('a', 1));
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }]);
     g.gate.ended(b);
-    g.gate.finished('b', 1);
+    g.gate.finished(attemptOf('b', 1));
     await vi.waitFor(() => expect(g.calls.released).toEqual([['a'], ['b']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     // A job deferred (parked) is no longer running either.
@@ -435,7 +440,7 @@ describe('fair gate', () => {
     expect({ reparked: d.calls.reparked, attempts: d.calls.reparkAttempts }).toEqual({ reparked: ['p'], attempts: [2] });
     d.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     d.gate.ended(q);
-    d.gate.finished('q', 1);
+    d.gate.finished(attemptOf('q', 1));
     await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]), POLL);
     await Promise.all([g.gate.close(), d.gate.close()]);
   });
@@ -452,12 +457,12 @@ describe('fair gate', () => {
     expect(g.gate.runningAttempts()).toBe(2);
     g.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     g.gate.ended(y);
-    g.gate.finished('y', 1);
+    g.gate.finished(attemptOf('y', 1));
     // 'x' still runs here (its second attempt): its claim or its release is coming, the corrections keep summing.
     await vi.waitFor(() => expect(g.calls.released).toEqual([['y']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }]);
     g.gate.ended(again);
-    g.gate.finished('x', 2);
+    g.gate.finished(attemptOf('x', 2));
     await vi.waitFor(() => expect(g.calls.released).toEqual([['y'], ['x']]), POLL);
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     expect(g.gate.runningAttempts()).toBe(0);

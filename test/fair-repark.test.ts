@@ -1,4 +1,4 @@
-import { Queue, Worker, type Job } from 'bullmq';
+import { Queue, Worker, type Job, type MinimalJob } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import type { DispatchLoop } from '../src/shared/fair/dispatch-loop.js';
@@ -38,13 +38,13 @@ async function setup() {
   const org = randomOrg();
   await scheduler.setPlan(org, { concurrency: 1 });
   // The retry's backoff, as the worker's strategy asks it of the gate (agent-worker.ts): BullMQ parks the job.
-  let retryDelay = (_id: string): number => PARK_AT_MS - Date.now();
+  let retryDelay = (_job: MinimalJob): number => PARK_AT_MS - Date.now();
   const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
   const worker = new Worker('fair', null, {
     connection: conn,
     prefix,
     autorun: false,
-    settings: { backoffStrategy: (_n: number, _t?: string, _e?: Error, job?: { id?: string }) => retryDelay(job!.id!) },
+    settings: { backoffStrategy: (_n: number, _t?: string, _e?: Error, job?: MinimalJob) => retryDelay(job!) },
   });
   cleanups.push(async () => {
     await worker.close();
@@ -57,7 +57,7 @@ async function setup() {
     scheduler,
     org,
     worker,
-    setRetryDelay: (f: (id: string) => number) => void (retryDelay = f),
+    setRetryDelay: (f: (job: MinimalJob) => number) => void (retryDelay = f),
     /** Adds `n` parked jobs of the org (3 attempts) and lanes them, dispatching unless told not to. */
     async add(n: number, dispatch = true, estTokens = 0) {
       const ids = Array.from({ length: n }, () => `${org}-${seq++}`);
@@ -102,7 +102,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     const loop = stubLoop();
     const gate = createFairGate({ scheduler: c.scheduler, loop, logger, entryOf: (job) => ({ jobId: job.id!, orgId: c.org, model: FLASH, estTokens: 0 }) });
     const backoffMs = 400;
-    c.setRetryDelay((id) => gate.retryDelay(id, backoffMs));
+    c.setRetryDelay((job) => gate.retryDelay(job, backoffMs));
     const { ids: [j], promoted } = await c.add(1);
     expect(promoted).toEqual([j]);
     const job = await c.fetchAndClaim('t1');
@@ -115,7 +115,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     expect(await c.leases()).toEqual([j]);
     // The repark from the 'failed' event.
     const reparkedAt = await redisNow(c.redis);
-    gate.finished(j, job.attemptsStarted);
+    gate.finished(job);
     await vi.waitFor(() => expect(loop.kicks).toBe(1), POLL);
     expect(await c.leases()).toEqual([]);
     expect(await c.scheduler.why(j)).toMatchObject({ reason: 'retry_backoff' });
@@ -274,7 +274,7 @@ describe('fair repark, model block and a job\'s delay: counted on Redis\'s clock
     const loop = stubLoop();
     const gate = createFairGate({ scheduler: c.scheduler, loop, logger, entryOf: (job) => ({ jobId: job.id!, orgId: c.org, model: FLASH, estTokens: 0 }) });
     const backoffMs = 2_000;
-    c.setRetryDelay((id) => gate.retryDelay(id, backoffMs));
+    c.setRetryDelay((job) => gate.retryDelay(job, backoffMs));
     const realNow = Date.now.bind(Date);
     /** Runs `f` with this process's clock 60 s behind (Redis's is the test's real one). */
     const skewed = async <T>(f: () => T | Promise<T>): Promise<T> => {
@@ -292,7 +292,7 @@ describe('fair repark, model block and a job\'s delay: counted on Redis\'s clock
     const job = await c.fetchAndClaim('t1');
     await job.moveToFailed(new Error('retryable'), 't1');
     const reparkedAt = await redisNow(c.redis);
-    await skewed(() => gate.finished(j, job.attemptsStarted));
+    await skewed(() => gate.finished(job));
     await vi.waitFor(() => expect(loop.kicks).toBe(1), POLL);
     expect(await c.record(j)).toMatchObject({ st: 'timer' });
     expect(await timerOf(j)).toBeGreaterThanOrEqual(reparkedAt + backoffMs);

@@ -1,4 +1,4 @@
-import type { Job } from 'bullmq';
+import type { Job, MinimalJob } from 'bullmq';
 import { describe, expect, it, vi } from 'vitest';
 import { defaultRegistry } from '../src/shared/agents/registry.js';
 import { createLogger } from '../src/shared/core/logger.js';
@@ -26,7 +26,10 @@ const RPM = 4;
 type AgentJob = Job<AgentJobData, AgentResult>;
 
 describe('a stalled job fetched again: its slot and its dispatch charge are settled once', () => {
-  const h = useStalledGates();
+  /** The gate whose backoff strategy a retryable failure runs (the process that fails the attempt). */
+  let retryingOn: FairGate | undefined;
+  // BullMQ's backoff strategy for a retryable failure, as the agent worker's: the gate the test names parks it.
+  const h = useStalledGates({ backoffStrategy: (_n: number, _t?: string, _e?: Error, job?: MinimalJob) => retryingOn!.retryDelay(job!, 1000) });
   const { cell, gate, stall } = h;
   const agents = defaultRegistry();
   const models = () => ({ fast: h.s.cfg.GEMINI_MODEL_FAST, pro: h.s.cfg.GEMINI_MODEL_PRO });
@@ -103,7 +106,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
   /** BullMQ records `job`'s outcome under `token` and the gate then frees its slot (worker-service's 'completed'). */
   async function completes(g: FairGate, job: AgentJob, token: string) {
     await job.moveToCompleted({} as AgentResult, token, false);
-    g.finished(job.id!, job.attemptsStarted);
+    g.finished(job);
   }
 
   /** The stalled attempt's completion is refused by BullMQ (its lock is gone): no 'completed' event, no release. */
@@ -272,6 +275,33 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     const back = await c.givenBack();
     expect(back.requests).toBeCloseTo(2, 3);
     expect(back.tokens).toBeCloseTo(2 * c.est, 3);
+  });
+  it("a stalled attempt's retryable failure, refused, noted nothing that outlives it: the attempt that fetched it again in the same process completes and frees the slot", async () => {
+    const c = await threeDispatched('refused-retry');
+    const a = gate();
+    retryingOn = a;
+    // Process A runs both attempts: the first stalled after its claim, and A fetched the job again.
+    const first = await fetch(c.id, 'ta-8');
+    expect(await a.admit(first, 'ta-8')).toBe('run');
+    await stall(c.id);
+    const again = await fetch(c.id, 'ta-8b');
+    expect(await a.admit(again, 'ta-8b')).toBe('run_unpaid');
+    // The first attempt fails with a retry: BullMQ's backoff strategy notes its backoff with A's gate, then refuses
+    // the failure (its lock is the second fetch's now): no 'failed' event.
+    endsUnspent(a, first);
+    a.ended(first);
+    await expect(first.moveToFailed(new Error('retryable'), 'ta-8')).rejects.toThrow(/Lock mismatch|Missing lock/);
+    // The second completes: its slot goes back (a retry noted by id until 2026-12-07 made this a repark into the
+    // retry's backoff, the job's record laned again and its slot held for a job BullMQ has completed).
+    endsUnspent(a, again);
+    a.ended(again);
+    await completes(a, again, 'ta-8b');
+    await settled(c, a);
+    expect(await h.s.runtime.deps.redis.exists(`${cell().scheduler.keys.named.jobPrefix}${c.id}`)).toBe(0);
+    const back = await c.givenBack();
+    expect(back.requests).toBeCloseTo(1, 3);
+    expect(back.tokens).toBeCloseTo(c.est, 3);
+    retryingOn = undefined;
   });
   it("the claim stamp reads '1' after any number of claims: what processes from before the claims were told apart take for claimed", async () => {
     const c = await threeDispatched('stamp');

@@ -1,4 +1,4 @@
-import { Worker, type Job } from 'bullmq';
+import { Worker, type Job, type MinimalJob } from 'bullmq';
 import { logConnectionErrors, type RedisClient } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -20,8 +20,11 @@ export interface AgentWorkerOptions {
   lockDurationMs: number;
   stalledIntervalMs: number;
   backoff: { baseMs: number; maxMs: number };
-  /** Turns a retry's backoff into the delay BullMQ applies (the fair gate parks it and times it itself). */
-  retryDelay?: (jobId: string, backoffMs: number) => number;
+  /**
+   * Turns a retry's backoff into the delay BullMQ applies (the fair gate parks it and times it itself). `job`: the
+   * attempt's Job object, the one BullMQ's 'failed' event hands over after it.
+   */
+  retryDelay?: (job: MinimalJob, backoffMs: number) => number;
   logger: Logger;
 }
 
@@ -38,7 +41,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
     settings: {
       backoffStrategy: (attemptsMade, _type, err, job) => {
         const ms = backoffDelay(attemptsMade, { ...opts.backoff, retryAfterMs: (err as { retryAfterMs?: number } | undefined)?.retryAfterMs });
-        return opts.retryDelay && job?.id ? opts.retryDelay(job.id, ms) : ms;
+        return opts.retryDelay && job?.id ? opts.retryDelay(job, ms) : ms;
       },
     },
   });

@@ -1,4 +1,4 @@
-import type { Job } from 'bullmq';
+import type { Job, MinimalJob } from 'bullmq';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import type { StoredStage } from '../shared/core/job-stage.js';
@@ -71,8 +71,16 @@ export function createFairGate(deps: {
   const running = new Set<AgentJob>();
   /** Jobs this gate admitted on a dispatcher slot: their dispatch charged the org's and the model's buckets. */
   const charged = new WeakSet<AgentJob>();
-  /** Backoffs of jobs BullMQ just parked for a retry (same process: the strategy runs before 'failed'). */
-  const retries = new Map<string, number>();
+  /**
+   * Backoffs of attempts BullMQ just parked for a retry (same process: the strategy runs before 'failed'), keyed by
+   * the attempt (BullMQ's Job object of its fetch: the strategy and the 'failed' event get the same one), not by id,
+   * and weakly. The strategy runs after the attempt's processor ended (`ended` comes too early to forget it), and an
+   * attempt that lost its lock gets no 'failed' event (BullMQ refuses its failure): its entry goes with the attempt,
+   * once BullMQ lets go of it. Keyed by id until 2026-12-07, such an entry stayed until this process admitted the
+   * same id again (a leak in a long-running worker), and one noted by a stalled attempt running here beside the
+   * attempt that fetched it again turned that attempt's completion into a retry.
+   */
+  const retries = new WeakMap<object, number>();
 
   async function flush(): Promise<void> {
     // The release dispatches in its own script call, and only if it would find work (an active lane,
@@ -156,9 +164,6 @@ export function createFairGate(deps: {
       // the last one's outcome, so one after another every release rides on a claim.
       const handed = pending;
       pending = [];
-      // A new attempt: a retry noted for an earlier one whose failure BullMQ never recorded (its moveToFailed
-      // failed: no 'failed' event came) is stale, and would turn this attempt's completion into a retry.
-      retries.delete(job.id!);
       const correct = takeCorrections();
       // A moved ask (or the registration's renewal) rides here too, instead of a dispatch call of its own.
       const register = deps.loop.takeRegistration();
@@ -223,8 +228,8 @@ export function createFairGate(deps: {
      * BullMQ's backoff strategy for fair jobs: the retry is parked (BullMQ never promotes it by itself) and
      * re-enters its lane once the real backoff is over, so it is dispatched like any other job, never bounced.
      */
-    retryDelay(jobId: string, backoffMs: number): number {
-      retries.set(jobId, backoffMs);
+    retryDelay(job: Pick<MinimalJob, 'id'>, backoffMs: number): number {
+      retries.set(job, backoffMs);
       return PARK_AT_MS - Date.now();
     },
 
@@ -281,14 +286,17 @@ export function createFairGate(deps: {
     },
 
     /**
-     * The job's outcome is recorded by BullMQ: its slot goes back (batched per tick), or it waits for its retry.
-     * `attempt`: the attempt that ended (its `attemptsStarted`): a retry's repark moves only that attempt's job.
-     * The attempt itself was forgotten already (`ended`: its processor returned before BullMQ recorded this).
+     * The attempt's outcome is recorded by BullMQ (its completed / failed event, which hands over the attempt's Job
+     * object): its slot goes back (batched per tick), or it waits for its retry. A retry's repark moves only that
+     * attempt's parked job (its `attemptsStarted`). The attempt itself was forgotten already (`ended`: its processor
+     * returned before BullMQ recorded this).
      */
-    finished(jobId: string, attempt: number): void {
-      const backoffMs = retries.get(jobId);
+    finished(job: Pick<AgentJob, 'id' | 'attemptsStarted'>): void {
+      const jobId = job.id!;
+      const attempt = job.attemptsStarted;
+      const backoffMs = retries.get(job);
       if (backoffMs !== undefined) {
-        retries.delete(jobId);
+        retries.delete(job);
         // A crash before this repark leaves the job parked with its lease: the lease sweep lanes it again (a lease
         // after it first finds it parked, the time it gives this repark to come).
         // The backoff itself, not a time by this worker's clock: the script counts it from Redis's.

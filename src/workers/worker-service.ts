@@ -163,7 +163,7 @@ export function createWorkerService(opts: {
     lockDurationMs: cfg.LOCK_DURATION_MS,
     stalledIntervalMs: cfg.STALLED_INTERVAL_MS,
     backoff: { baseMs: cfg.BACKOFF_BASE_MS, maxMs: cfg.BACKOFF_MAX_MS },
-    ...(gate ? { retryDelay: (jobId: string, backoffMs: number) => gate.retryDelay(jobId, backoffMs) } : {}),
+    ...(gate ? { retryDelay: (job, backoffMs) => gate.retryDelay(job, backoffMs) } : {}),
     logger,
   });
   slots.attach(worker.worker);
@@ -190,11 +190,11 @@ export function createWorkerService(opts: {
   if (gate && bufferAsk) {
     worker.worker.on('completed', (job) => {
       bufferAsk.finished();
-      gate.finished(job.id!, job.attemptsStarted);
+      gate.finished(job);
     });
     worker.worker.on('failed', (job) => {
       bufferAsk.finished();
-      if (job?.id) gate.finished(job.id, job.attemptsStarted);
+      if (job?.id) gate.finished(job);
     });
   }
   // A run that ended cancelled takes its cancel marker with it: left for its TTL, the marker would cancel the

@@ -1,4 +1,4 @@
-import { Worker } from 'bullmq';
+import { Worker, type WorkerOptions } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll } from 'vitest';
 import { defaultRegistry } from '../../src/shared/agents/registry.js';
@@ -17,10 +17,10 @@ const noLoop = { kick: async () => {}, absorb: () => {}, takeRegistration: () =>
 /**
  * For tests of jobs whose lock lapses (stalled-job accounting): a stack without a worker of its own, a BullMQ worker
  * that fetches but never runs a processor (the test does by hand what the processor does, so every order happens
- * every time), BullMQ's stalled check on demand, and real fair gates without a dispatch loop. Registers the suite's
+ * every time; `settings` are its BullMQ worker settings, e.g. a backoff strategy), BullMQ's stalled check on demand, and real fair gates without a dispatch loop. Registers the suite's
  * beforeAll / afterAll; read the fields inside tests.
  */
-export function useStalledGates() {
+export function useStalledGates(settings: WorkerOptions['settings'] = {}) {
   const h = {} as {
     s: Stack;
     checks: ReturnType<typeof createStalledCheck>;
@@ -31,7 +31,7 @@ export function useStalledGates() {
     h.s = await startStack({}, { worker: false });
     h.checks = createStalledCheck(h.s.cfg.REDIS_URL!, h.s.cfg.QUEUE_PREFIX);
     h.connection = new Redis(h.s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
-    h.worker = new Worker(QUEUE.agent, null, { connection: h.connection, prefix: h.s.cfg.QUEUE_PREFIX, autorun: false });
+    h.worker = new Worker(QUEUE.agent, null, { connection: h.connection, prefix: h.s.cfg.QUEUE_PREFIX, autorun: false, settings });
   });
   afterAll(async () => {
     await h.worker?.close(true);
