@@ -240,7 +240,9 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     });
     // The chain answers at once (no model call: an attempt that ran 'run' gives its dispatch's charge back).
     const answer = async (): Promise<AgentResult> => ({ success: true, data: {}, tokensUsed: { input: 0, output: 0 }, costUsd: 0, durationMs: 0, model: c.model });
-    const processA = createAgentProcessor({ agents, chain: answer, runs: { record: async () => undefined }, models: models(), logger: createLogger({ level: 'silent' }), gate: a });
+    // The runs A's buffer ask counts (worker-service's `onFinished`: the process's rate that sizes its dispatch buffer).
+    const finishedRuns: string[] = [];
+    const processA = createAgentProcessor({ agents, chain: answer, runs: { record: async () => undefined }, models: models(), logger: createLogger({ level: 'silent' }), gate: a, onFinished: (job) => void finishedRuns.push(job.id!) });
     const b = gate();
 
     // A fetched the job and stalled before its claim; B fetched it again and claimed it first (the charge is B's).
@@ -253,6 +255,9 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     await processA(jobA, 'ta-6');
     await refused(jobA, 'ta-6');
     expect(a.runningAttempts()).toBe(0);
+    // It took a job from A's wait list and ran it to its end: A's buffer counts it, once (BullMQ's completed and
+    // failed events, which counted runs until 2026-12-07, never come for it).
+    expect(finishedRuns).toEqual([c.id]);
     endsUnspent(b, jobB);
     await completes(b, jobB, 'tb-6');
 
@@ -262,6 +267,7 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
     const jobC = await fetch(c.others[0], 'ta-6c');
     await processA(jobC, 'ta-6c');
     await completes(a, jobC, 'ta-6c');
+    expect(finishedRuns).toEqual([c.id, jobC.id]);
     await vi.waitFor(() => expect(sent.findIndex((x) => x.released.includes(jobC.id!))).toBeGreaterThan(-1), POLL);
     const upTo = sent.slice(0, sent.findIndex((x) => x.released.includes(jobC.id!)) + 1);
     expect(upTo.reduce((n, x) => n + x.corrections, 0)).toBeGreaterThan(0);

@@ -95,6 +95,7 @@ describe('a job that reached the worker without a dispatcher slot', () => {
   it('is handed back as a delay: the hooks hear it (stream, metrics) and BullMQ gets a DelayedError', async () => {
     const delays: Array<[string, number]> = [];
     let chainRan = false;
+    let finished = 0;
     const processor = createAgentProcessor({
       agents: { resolve: () => ({ agent: {} as never, action: { model: 'fast' } as never }), validateInput: (_a, _b, input) => input },
       chain: async () => ((chainRan = true), RESULT),
@@ -110,10 +111,13 @@ describe('a job that reached the worker without a dispatcher slot', () => {
         orgRequests: { take: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }), giveBack: async () => undefined },
       },
       onDelay: (_ctx, reason, delayMs) => void delays.push([reason, delayMs]),
+      onFinished: () => void finished++,
     });
     const err = await failureOf(processor(job(), 'token', new Cancellation()));
     expect(err.name).toBe('DelayedError');
     expect(delays).toEqual([['no_slot', 0]]);
+    // Back in Redis with no outcome: not a run the dispatch buffer's rate counts.
+    expect(finished).toBe(0);
     expect(chainRan).toBe(false);
   });
 });

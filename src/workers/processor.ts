@@ -42,6 +42,13 @@ export interface ProcessorDeps {
   /** Called when a guard delays the job (rate limit, open breaker) — for metrics. */
   onDelay?: (ctx: JobContext, reason: string, delayMs: number) => void;
   /**
+   * The run ended with an outcome for BullMQ to record (a result, a failure; not a park or a delay), once per run,
+   * as it returns: whatever BullMQ then records of it. An attempt that lost its lock (the stalled check gave the job
+   * to another fetch) did its work here all the same, and BullMQ refuses its outcome with neither a completed nor a
+   * failed event. The dispatch buffer's rate (buffer-ask.ts) counts these.
+   */
+  onFinished?: (job: Job<AgentJobData, AgentResult>) => void;
+  /**
    * The fair dispatcher's gate: runs only jobs that hold a slot, and parks delayed ones in their lane; told when each
    * run of the processor ends (`ended`).
    */
@@ -119,12 +126,15 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
     };
     return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
+      // Parked or delayed: back in Redis without an outcome (BullMQ records none), not a finished run.
+      let delayed = false;
       try {
         const result = await attempt(job, token, cancel, span);
         span.setAttribute('agentq.outcome', 'completed');
         return result;
       } catch (err) {
-        if (err instanceof DelayedError) span.setAttribute('agentq.outcome', 'delayed');
+        delayed = err instanceof DelayedError;
+        if (delayed) span.setAttribute('agentq.outcome', 'delayed');
         else {
           // BullMQ's own test (Job.shouldRetryJob): a retryable failure of the last attempt (or of the one attempt a
           // DLQ retry gives) is dead-lettered, no retry follows it.
@@ -143,6 +153,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         // Here, not on BullMQ's completed / failed events: an attempt whose lock lapsed (the stalled check gave the
         // job to another fetch) has its outcome refused, with neither event, and the gate would keep it as running.
         deps.gate?.ended(job);
+        if (!delayed) deps.onFinished?.(job);
         span.end();
       }
     });

@@ -149,6 +149,9 @@ export function createWorkerService(opts: {
       return mark === '1' || mark === String(timestamp);
     },
     onDelay: (ctx, reason, delayMs) => features.forEach((f) => f.onDelay?.(ctx, reason, delayMs)),
+    // When the run ends, not on BullMQ's completed / failed events: an attempt that lost its lock gets neither, and
+    // its run took a job from the wait list all the same (it counted for nothing until 2026-12-07).
+    ...(bufferAsk ? { onFinished: () => bufferAsk.finished() } : {}),
     databaseDelay: { firstMs: cfg.DB_UNAVAILABLE_DELAY_MS, maxMs: cfg.DB_UNAVAILABLE_MAX_DELAY_MS },
     ...(opts.batch ? { batchFailed: (job) => opts.batch!.settleFailed(job) } : {}),
     embeddingCost: (tokens) => pricing.cost(cfg.GEMINI_EMBEDDING_MODEL, { input: tokens, output: 0 }).costUsd,
@@ -187,13 +190,9 @@ export function createWorkerService(opts: {
   }
   const detachBacklog = opts.backlog?.attach((over, rows) => backlogBrake(over, rows));
   // A slot goes back once BullMQ recorded the outcome; a retry is parked and re-laned after its backoff.
-  if (gate && bufferAsk) {
-    worker.worker.on('completed', (job) => {
-      bufferAsk.finished();
-      gate.finished(job);
-    });
+  if (gate) {
+    worker.worker.on('completed', (job) => gate.finished(job));
     worker.worker.on('failed', (job) => {
-      bufferAsk.finished();
       if (job?.id) gate.finished(job);
     });
   }

@@ -15,7 +15,11 @@ export function fixedShare(ratio: number, concurrency: number): number {
 }
 
 export interface BufferAsk {
-  /** One of this worker's jobs finished (completed or failed). */
+  /**
+   * One of this worker's runs ended with an outcome (a result or a failure; a park or a delay is none), as its
+   * processor returns: once per attempt, whatever BullMQ then records (an attempt that lost its lock gets no
+   * completed or failed event, and took a job from the wait list all the same).
+   */
   finished(): void;
   /** The jobs of BullMQ's wait list this worker asks the dispatcher to keep for it, now. */
   ask(): number;
