@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { idempotentJobId } from '../src/shared/queue/job-producer.js';
+import { createOrgJobIndexReader } from '../src/shared/queue/org-job-index.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL } from './helpers/wait.js';
@@ -308,6 +309,8 @@ describe.each([
   it.each([
     { options: { delayMs: 60_000 }, shown: 'delayed' },
     { options: {}, shown: 'waiting' },
+    // Parked with its priority: until 2026-12-07, with the dispatcher, the enqueue said `prioritized` and GET `waiting`.
+    { options: { priority: 5 }, shown: 'prioritized' },
   ])('$options: a new job with or without a key, and a re-send, answer $shown', async ({ options, shown }) => {
     const tag = `${JSON.stringify(options)}-${fairDispatch}`;
     const plain = await post(s, s.auth, { ...risk(`Plain ${tag}`), options });
@@ -320,5 +323,39 @@ describe.each([
       expect(await get(res.json().id)).toBe(shown);
     }
     expect(again.json().id).toBe(first.json().id);
+  });
+
+  it('a job with a priority reads prioritized from its enqueue until a worker takes it: GET, a re-send and the listing, before and after its dispatch', async () => {
+    const org = randomOrg();
+    const auth = { authorization: `Bearer ${await s.newKey(org)}` };
+    const cell = s.runtime.deps.cells[0];
+    const k = cell.queue.keys;
+    const listed = async (state: string) => {
+      const reader = createOrgJobIndexReader({ redis: s.runtime.deps.redis, prefix: cell.prefix, keys: { job: k[''], completed: k.completed, failed: k.failed, delayed: k.delayed, prioritized: k.prioritized, waitingChildren: k['waiting-children'], active: k.active } });
+      const ids: string[] = [];
+      for await (const page of reader.pages(org, { state }, 50)) ids.push(...page.map((r) => r.id));
+      return ids;
+    };
+    const keyed = { ...risk('Prioritized Co'), options: { priority: 3, idempotencyKey: `prio-${fairDispatch}` } };
+    const first = await post(s, auth, keyed);
+    expect(first.statusCode).toBe(202);
+    const { id, state } = first.json() as { id: string; state: string };
+    const shown = async () => ({
+      get: (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json().state as string,
+      again: (await post(s, auth, keyed)).json().state as string,
+      prioritized: await listed('prioritized'),
+      waiting: await listed('waiting'),
+    });
+    expect(state).toBe('prioritized');
+    const expected = { get: 'prioritized', again: 'prioritized', prioritized: [id], waiting: [] };
+    // Not dispatched yet (with the dispatcher: parked in its lane, no worker has asked for jobs).
+    expect(await shown()).toEqual(expected);
+    if (fairDispatch) {
+      expect(await cell.queue.getJobState(id)).toBe('delayed');
+      // A worker's dispatch puts it in BullMQ's prioritized set, where it waits for a fetch.
+      expect((await cell.scheduler.dispatch({ id: `w-prio`, concurrency: 4, ask: 4, ttlMs: 60_000 })).promoted).toContain(id);
+    }
+    expect(await cell.queue.getJobState(id)).toBe('prioritized');
+    expect(await shown()).toEqual(expected);
   });
 });

@@ -6,7 +6,7 @@ import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey, show
 import { jobStreamKey } from '../shared/core/queue-keys.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
-import { isParked, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
+import { isParked, parkedState, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
 import { readCancelTombstone } from '../shared/queue/cancel-tombstone.js';
 import { deriveStage, type JobStage } from '../shared/core/job-stage.js';
@@ -45,8 +45,8 @@ export const isFinished = (state: string) => FINISHED.has(state);
 export const finishedSinceRead = (job: { finishedOn?: number }, state: string) => (state === 'completed' || state === 'failed') && !job.finishedOn;
 
 export function toJobView(job: Job<AgentJobData, AgentResult>, rawState: string): JobView {
-  // A parked job waits for the fair dispatcher: to the caller it is waiting, not delayed.
-  if (rawState === 'delayed' && isParked(job)) rawState = 'waiting';
+  // A parked job waits for the fair dispatcher: to the caller it is waiting (prioritized with a priority), not delayed.
+  if (rawState === 'delayed' && isParked(job)) rawState = parkedState(job);
   const state = shownState(rawState, job.failedReason);
   return {
     id: job.id!,
@@ -115,7 +115,7 @@ export function createJobService(deps: {
       // The view never says "failed" without the reason (or "completed" without the result).
       if (finishedSinceRead(job, state)) job = await load(orgId, id);
       const isParkedNow = state === 'delayed' && (await parked(job));
-      const view = toJobView(job, isParkedNow ? 'waiting' : state);
+      const view = toJobView(job, isParkedNow ? parkedState(job) : state);
       if (isParkedNow) {
         const why = await deps.scheduler.why(id);
         if (why) {

@@ -29,6 +29,17 @@ export function isParked(job: Pick<Job, 'timestamp' | 'delay'>, now = Date.now()
 }
 
 /**
+ * The state the API shows for a job parked for the dispatcher (its own `delayMs` over, or none): `prioritized` for a
+ * job enqueued with a priority, as BullMQ shows it once the dispatch put it in its prioritized set and as its enqueue
+ * answered, `waiting` for any other. A caller sees one state from its enqueue until a worker takes the job: until
+ * 2026-12-07 a priority job's enqueue said `prioritized`, GET said `waiting` until its dispatch, then `prioritized`.
+ * `priority`: the job hash's field (a string when read from Redis). job-list-page-7.lua applies the same rule.
+ */
+export function parkedState(job: { priority?: number | string }): 'prioritized' | 'waiting' {
+  return Number(job.priority ?? 0) > 0 ? 'prioritized' : 'waiting';
+}
+
+/**
  * Moves an active job back to parked (e.g. a retry with backoff, or a run-time delay); the caller then
  * calls `scheduler.repark(jobId, delayMs, reason, job.attemptsStarted)` and throws BullMQ's `DelayedError`.
  */

@@ -10,7 +10,7 @@ import { shownState } from '../core/cancel.js';
 import { readCancelTombstone } from './cancel-tombstone.js';
 import type { AgentJobData, AgentResult } from '../core/types.js';
 import { zodDetails } from '../core/zod-details.js';
-import { isParked, PARK_SCORE_MIN, parkedJobFields, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
+import { isParked, PARK_SCORE_MIN, parkedJobFields, parkedState, parkedJobOptions, type FairEntry, type FairScheduler } from '../fair/index.js';
 import { admitOrThrow, refundFailedAdd, type AdmissionCheck, type DailyReservation } from './admission-check.js';
 import { agentJobOptions, type AgentQueue, type RetentionOptions } from './agent-queue.js';
 import { estimateTokens } from './estimate-tokens.js';
@@ -223,15 +223,17 @@ export function createJobProducer(deps: JobProducerDeps) {
     }));
 
   /**
-   * The state a caller sees right after enqueue of a job it made: parked jobs are "waiting" (or "delayed" until
-   * their time, as GET shows a parked job whose own `delayMs` still runs). The same for a job made under an
+   * The state a caller sees right after enqueue of a job it made: parked jobs are "waiting", "prioritized" with a
+   * priority (as GET shows them parked and once dispatched, `parkedState`), or "delayed" until their time (as GET
+   * shows a parked job whose own `delayMs` still runs). The same for a job made under an
    * idempotency key: until 2026-12-07 that one's state was read back, and a parked `delayMs` job read "waiting".
    */
   const stateOf = (p: PreparedJob) => (p.lane.delayMs ? 'delayed' : p.lane.priority ? 'prioritized' : 'waiting');
 
   /**
    * An idempotent re-enqueue answers the existing job's state as `GET /v1/jobs/:id` shows it (job-service.ts):
-   * parked for the dispatcher reads "waiting", or "delayed" while its own `delayMs` still runs; cancelled reads
+   * parked for the dispatcher reads "waiting" ("prioritized" with a priority, `parkedState`), or "delayed" while its
+   * own `delayMs` still runs; cancelled reads
    * "cancelled", whether it failed with the cancel's reason (it ran) or was removed with a tombstone (it had not);
    * any other job no longer kept reads BullMQ's "unknown". A job this request made answers `stateOf`, as one
    * without a key: no read.
@@ -247,7 +249,7 @@ export function createJobProducer(deps: JobProducerDeps) {
     const job = await queue.getJob(id);
     const parked = (job && isParked(job)) || Number((await client.zscore(queue.toKey('delayed'), id)) ?? 0) >= PARK_SCORE_MIN;
     if (!parked) return state;
-    return (await deps.scheduler.why(id))?.reason === 'delayed' ? 'delayed' : 'waiting';
+    return (await deps.scheduler.why(id))?.reason === 'delayed' ? 'delayed' : parkedState(job ?? {});
   }
 
   /**

@@ -5,8 +5,9 @@
 -- ARGV[3]: max score (inclusive; "+inf" for the first page), ARGV[4]: min score ("-inf" or the `since` ms)
 -- ARGV[5]: the last member read at the max score ("" for the first page), ARGV[6]: page size
 -- ARGV[7]: state filter ("" for any), ARGV[8]: job name prefix filter ("Agent:" or "")
--- ARGV[9]: lowest delayed score of a job parked for the fair dispatcher (listed as "waiting", or "delayed"
--- while its own `delayMs` runs), ARGV[10]: the fair dispatcher's job meta key prefix
+-- ARGV[9]: lowest delayed score of a job parked for the fair dispatcher (listed as "waiting", "prioritized" for a
+-- job with a priority as GET shows it (park.ts parkedState), or "delayed" while its own `delayMs` runs),
+-- ARGV[10]: the fair dispatcher's job meta key prefix
 -- Returns {next max score, last member read, members scanned, rows}; a row is
 -- {id, state, name, progress, returnvalue, failedReason, attemptsMade, timestamp, finishedOn, tombstone}.
 -- Ids whose job is gone (retention) and left no tombstone are removed from the index on the way.
@@ -53,7 +54,7 @@ for i = 1, #page, 2 do
   local score = page[i + 1]
   lastScore = score
   lastId = id
-  local h = rcall('HMGET', ARGV[1] .. id, 'name', 'progress', 'returnvalue', 'failedReason', 'attemptsMade', 'timestamp', 'finishedOn')
+  local h = rcall('HMGET', ARGV[1] .. id, 'name', 'progress', 'returnvalue', 'failedReason', 'attemptsMade', 'timestamp', 'finishedOn', 'priority')
   local state
   local tomb = false
   if not h[1] then
@@ -64,11 +65,14 @@ for i = 1, #page, 2 do
   elseif rcall('ZSCORE', KEYS[3], id) then
     if h[4] == 'cancelled' then state = 'cancelled' else state = 'failed' end
   elseif rcall('ZSCORE', KEYS[4], id) then
-    -- Parked jobs wait for the fair dispatcher: to the caller they are waiting, not delayed.
+    -- Parked jobs wait for the fair dispatcher: to the caller they are waiting (prioritized with a priority, as
+    -- BullMQ's prioritized set shows them once dispatched), not delayed.
     state = 'delayed'
     if tonumber(rcall('ZSCORE', KEYS[4], id)) >= tonumber(ARGV[9]) then
       local fm = rcall('HMGET', ARGV[10] .. id, 'st', 'r')
-      if not (fm[1] == 'timer' and fm[2] == 'delayed') then state = 'waiting' end
+      if not (fm[1] == 'timer' and fm[2] == 'delayed') then
+        if (tonumber(h[8]) or 0) > 0 then state = 'prioritized' else state = 'waiting' end
+      end
     end
   elseif rcall('ZSCORE', KEYS[5], id) then
     state = 'prioritized'
