@@ -233,8 +233,11 @@ describe('hostile input', () => {
     expect(usage.status).toBe(200);
     const after = await snapshot();
     // Every table is still there with the same rows (the job is in Redis, not yet run: parked for the fair
-    // dispatcher, which BullMQ counts as delayed, or already dispatched to its wait list).
-    expect(after.counts).toEqual(before.counts);
+    // dispatcher, which BullMQ counts as delayed, or already dispatched to its wait list), but for the search's
+    // ledger row: its query's embedding call, billed to the org (kind 'search').
+    expect(after.counts).toEqual({ ...before.counts, agent_runs: before.counts.agent_runs + 1 });
+    const searchRows = await s.infra.db.pool.query("SELECT count(*)::int AS n FROM agent_runs WHERE org_id = $1 AND kind = 'search'", [s.orgId]);
+    expect(searchRows.rows[0].n).toBe(1);
     const queued = (c: Record<string, number>) => (c.waiting ?? c.wait ?? 0) + (c.delayed ?? 0);
     expect(queued(after.jobs)).toBe(queued(before.jobs) + 1);
   }, 30_000);
