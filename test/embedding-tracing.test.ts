@@ -1,4 +1,3 @@
-import type { Job } from 'bullmq';
 import Fastify from 'fastify';
 import { context, propagation, SpanKind, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor, type ReadableSpan } from '@opentelemetry/sdk-trace-node';
@@ -6,10 +5,11 @@ import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startGeminiEmulator, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
 import { createLogger } from '../src/shared/core/logger.js';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 import { createLlmClient, type LlmClient } from '../src/shared/infra/llm/llm-client.js';
 import { registerHttpTracing } from '../src/producers/http-tracing.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
+import { fakeAgentJob } from './helpers/fake-job.js';
 
 /**
  * Every embedContent request (the semantic cache's lookup and store, a prompt's knowledge search, an ingestion's
@@ -43,15 +43,7 @@ afterAll(async () => {
 const embedSpans = () => exporter.getFinishedSpans().filter((s) => s.name === `embeddings ${MODEL}`);
 const parentOf = (s: ReadableSpan) => s.parentSpanContext?.spanId;
 
-function job(): Job<AgentJobData, AgentResult> {
-  return {
-    id: 'job-embed-1',
-    timestamp: Date.now(),
-    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now() } as AgentJobData,
-    attemptsMade: 0,
-    opts: { attempts: 1 },
-  } as unknown as Job<AgentJobData, AgentResult>;
-}
+const job = () => fakeAgentJob({ id: 'job-embed-1', attempts: 1 });
 
 describe('embedding spans', () => {
   it("one span per embedContent request (per batch of 100), children of the job attempt's span, GenAI attributes, estimated tokens under agentq's name", async () => {

@@ -1,15 +1,14 @@
-import type { Job } from 'bullmq';
 import Fastify from 'fastify';
 import { context, propagation, trace } from '@opentelemetry/api';
 import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from '@opentelemetry/sdk-trace-node';
 import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { buildApp } from '../src/producers/app.js';
 import { registerHttpTracing } from '../src/producers/http-tracing.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { captureLogs } from './helpers/ops.js';
+import { fakeAgentJob } from './helpers/fake-job.js';
 
 /**
  * Log lines carry the active span's ids under OpenTelemetry's log-correlation names, so an operator goes from a
@@ -32,15 +31,7 @@ const unregister = async () => {
 afterEach(() => exporter.reset());
 afterAll(unregister);
 
-function failingJob(): Job<AgentJobData, AgentResult> {
-  return {
-    id: 'job-log-1',
-    timestamp: Date.now(),
-    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now() } as AgentJobData,
-    attemptsMade: 0,
-    opts: { attempts: 3 },
-  } as unknown as Job<AgentJobData, AgentResult>;
-}
+const failingJob = () => fakeAgentJob({ id: 'job-log-1', attempts: 3 });
 
 function processorLogging(logger: ReturnType<typeof captureLogs>['logger']) {
   return createAgentProcessor({

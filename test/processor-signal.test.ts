@@ -1,22 +1,15 @@
-import type { Job } from 'bullmq';
 import { describe, expect, it } from 'vitest';
 import { createLogger } from '../src/shared/core/logger.js';
-import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { Cancellation } from '../src/workers/cancellation.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
+import { fakeAgentJob } from './helpers/fake-job.js';
 
 const silent = createLogger({ level: 'silent' });
 const RESULT = { success: true, data: {}, tokensUsed: { input: 1, output: 1 }, model: 'gemini-fast', costUsd: 0 } as unknown as AgentResult;
 
-function job(): Job<AgentJobData, AgentResult> {
-  return {
-    id: 'job-1',
-    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now() } as AgentJobData,
-    attemptsMade: 0,
-    opts: { attempts: 3 },
-  } as unknown as Job<AgentJobData, AgentResult>;
-}
+const job = () => fakeAgentJob();
 
 /** The processor with `chain` as its guard chain: no gate, no Redis. */
 function processorWith(chain: (ctx: JobContext) => Promise<AgentResult>) {

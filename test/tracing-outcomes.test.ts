@@ -10,6 +10,7 @@ import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
+import { fakeAgentJob } from './helpers/fake-job.js';
 
 /**
  * What the attempt's and the model call's spans say about how an attempt ended, read from an in-memory exporter:
@@ -36,17 +37,9 @@ afterAll(async () => {
 const silent = createLogger({ level: 'silent' });
 const MODEL = 'gemini-fast';
 
-function job(o: { attemptsMade: number; attempts: number; tier?: 'batch' }): Job<AgentJobData, AgentResult> {
-  return {
-    id: 'job-1',
-    timestamp: Date.now(),
-    data: { orgId: 'org-1', agent: 'RiskAnalyzer', action: 'analyze_risks', input: {}, enqueuedAt: Date.now(), ...(o.tier ? { tier: o.tier } : {}) } as AgentJobData,
-    attemptsMade: o.attemptsMade,
-    opts: { attempts: o.attempts },
-    // No gate: a delay moves the job itself.
-    moveToDelayed: async () => undefined,
-  } as unknown as Job<AgentJobData, AgentResult>;
-}
+const job = (o: { attemptsMade: number; attempts: number; tier?: 'batch' }) =>
+  // No gate: a delay moves the job itself.
+  fakeAgentJob({ attemptsMade: o.attemptsMade, attempts: o.attempts, data: o.tier ? { tier: o.tier } : {}, extra: { moveToDelayed: async () => undefined } });
 
 function processorWith(chain: (ctx: JobContext) => Promise<AgentResult>) {
   return createAgentProcessor({
