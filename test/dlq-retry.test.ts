@@ -97,6 +97,22 @@ async function failedEntry() {
 const corrected = { startup: { name: 'Acme (corrected)' } };
 
 describe('a DLQ retry is one step: no move can fail after its claim', () => {
+  it('answers the state GET then shows: prioritized for a job with a priority, waiting for one without', async () => {
+    const prefix = randomPrefix();
+    const redis = connect();
+    const queue = createAgentQueue({ connection: redis, prefix, retention });
+    closers.push(() => queue.close());
+    const service = createDlqService({ store: createDlqStore({ redis, queue, prefix, ttlS: 3600 }), validateInput: (_a, _b, input) => input });
+    const [prio, plain] = await failJobs(queue, redis, prefix, [
+      { data: { orgId: randomOrg() }, reason: OUTAGE, priority: 2 },
+      { data: { orgId: randomOrg() }, reason: OUTAGE },
+    ]);
+    expect(await service.retry({}, prio.id!)).toEqual({ id: prio.id, state: 'prioritized', dlqRetries: 1 });
+    expect(await queue.getJobState(prio.id!)).toBe('prioritized');
+    expect(await service.retry({}, plain.id!)).toEqual({ id: plain.id, state: 'waiting', dlqRetries: 1 });
+    expect(await queue.getJobState(plain.id!)).toBe('waiting');
+  });
+
   it('a job removed by someone else right after the claim: the retry was whole, never a counted, held entry that was not retried (404)', async () => {
     const e = await failedEntry();
     afterRetryScript(e.redis, e.store.metaKey(e.id), async () => {

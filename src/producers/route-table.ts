@@ -305,6 +305,7 @@ export const routeTable = {
       operatorSeesEveryOrg: true,
       tags: ['dlq'],
       summary: 'Retry one entry, optionally with a corrected input (edit-and-retry)',
+      description: 'The job goes back as BullMQ retries a job: 202 `{id, state, dlqRetries}`, `state` `prioritized` for a job with a priority, else `waiting`, as `GET /v1/jobs/:id` then shows it.',
       schema: { params: idParam, body: dlqRetryBody, response: { 202: dlqRetried, ...errors(400, 401, 404, 409, 415) } },
       handler: retryDeadLetter,
     }),

@@ -50,6 +50,8 @@ export interface FailSpec {
   data: Partial<AgentJobData> & { orgId: string };
   reason: string;
   unrecoverable?: boolean;
+  /** BullMQ priority (1 is the highest): the job waits in the priority set, not the wait list. */
+  priority?: number;
 }
 
 /**
@@ -61,7 +63,7 @@ export async function failJobs(queue: AgentQueue, connection: RedisClient, prefi
     specs.map((s) => ({
       name: 'RiskAnalyzer:analyze_risks',
       data: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Acme' } }, enqueuedAt: Date.now(), ...s.data } as AgentJobData,
-      opts: { attempts: 1, jobId: randomUUID() },
+      opts: { attempts: 1, jobId: randomUUID(), ...(s.priority ? { priority: s.priority } : {}) },
     })),
   );
   const byId = new Map(added.map((j, i) => [j.id!, specs[i]]));

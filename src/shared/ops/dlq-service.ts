@@ -62,12 +62,14 @@ export function createDlqService(deps: { store: DlqStore; validateInput: (agent:
     },
 
     /** `input`, when given, replaces the job's input (already validated by the caller). */
-    async retry(scope: DlqScope, id: string, input?: unknown): Promise<{ id: string; state: 'waiting'; dlqRetries: number }> {
+    async retry(scope: DlqScope, id: string, input?: unknown): Promise<{ id: string; state: 'waiting' | 'prioritized'; dlqRetries: number }> {
       const item = await find(scope, id);
       const parsed = input === undefined ? undefined : deps.validateInput(item.entry.agent, item.entry.action, input);
       const res = await retryItem(item, { input: parsed });
       if (typeof res !== 'number') throw retryRefusalError(res, item);
-      return { id, state: 'waiting', dlqRetries: res };
+      // As GET shows it: the retry moves the job back as BullMQ's own retry does, a job with a priority into the
+      // priority set.
+      return { id, state: item.job.opts.priority ? 'prioritized' : 'waiting', dlqRetries: res };
     },
 
     /** Retries up to `max` visible entries matching `filter`, oldest first; `more` when some were left. */
