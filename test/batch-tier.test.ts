@@ -407,13 +407,29 @@ describe('batch tier through ai.batches and the emulator', () => {
       await usageWritten(s);
       return (await s.infra.db.pool.query('SELECT org_id, attempt, state, tier, cost_usd FROM agent_runs WHERE job_id = $1 AND part = $2', [id, part])).rows;
     };
-    return { cell, id, rec, rows };
+    /**
+     * The sweep bills the unread answer once, as the row the collector stored with it, cancels the record and is done
+     * with it; `between` runs after the bill is seen (the job's own state, say).
+     */
+    const billedOnce = async (between?: () => Promise<void>) => {
+      const billed = await until('its unread answer billed', async () => {
+        const r = await rows();
+        return r.length > 0 && r;
+      });
+      expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
+      await between?.();
+      expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
+      // Once: later sweeps find nothing left of it.
+      await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
+      expect(await rows()).toHaveLength(1);
+    };
+    return { cell, id, rec, rows, billedOnce };
   }
 
   it("an answer stored, never read, of a job BullMQ's stalled limit failed (no processor ran) is billed once", async () => {
     const checks = createStalledCheck(s.cfg.REDIS_URL!, s.cfg.QUEUE_PREFIX, { maxStalledCount: 0 });
     try {
-      const { cell, id, rows } = await storedUnread('stalled-limit');
+      const { cell, id, billedOnce } = await storedUnread('stalled-limit');
       // A worker fetched the job and died (its lock lapsed): the check finds it past the limit, and the worker that
       // fetches it next fails it without running its processor, which would have read or settled the answer.
       await s.runtime.deps.redis.multi().zrem(cell.queue.toKey('delayed'), id).lpush(cell.queue.toKey('active'), id).exec();
@@ -422,50 +438,28 @@ describe('batch tier through ai.batches and the emulator', () => {
       await until('the job failed by the stalled limit', async () => (await cell.queue.getJobState(id)) === 'failed');
       const failed = (await cell.queue.getJob(id))!;
       expect(failed.failedReason).toBe(BULLMQ_STALLED_REASON);
-      const billed = await until('its unread answer billed', async () => {
-        const r = await rows();
-        return r.length > 0 && r;
-      });
-      expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
-      expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
-      // Once: later sweeps find nothing left of it.
-      await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
-      expect(await rows()).toHaveLength(1);
+      await billedOnce();
     } finally {
       await checks.close();
     }
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('an answer stored, never read, of a job removed while it waited (Bull Board, retention, obliterate) is billed once', async () => {
-    const { cell, id, rows } = await storedUnread('removed');
+    const { cell, id, billedOnce } = await storedUnread('removed');
     // As Bull Board's remove or clean, or BullMQ's retention, takes it: no cancel of ours runs.
     await cell.queue.remove(id);
     expect(await cell.queue.getJob(id)).toBeUndefined();
-    const billed = await until('its unread answer billed', async () => {
-      const r = await rows();
-      return r.length > 0 && r;
-    });
-    expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
-    expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
-    await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
-    expect(await rows()).toHaveLength(1);
+    await billedOnce();
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('an answer still unread as its record nears expiry (its job parked all along) is billed once before the record lapses', async () => {
-    const { cell, id, rows } = await storedUnread('lapsing');
+    const { cell, id, billedOnce } = await storedUnread('lapsing');
     // Stored 71.5 h ago (the record lives 72 h after it): its job still parked, never woken to read it.
     const storedAt = Date.now() - cell.batchStore.recordTtlMs + 1800_000;
     await s.runtime.deps.redis.zadd(batchKeys(s.cfg.QUEUE_PREFIX).stored, 'XX', storedAt, id);
     try {
-      const billed = await until('its unread answer billed', async () => {
-        const r = await rows();
-        return r.length > 0 && r;
-      });
-      expect(billed.map((r) => [r.org_id, r.attempt, r.state, r.tier, Number(r.cost_usd)])).toEqual([[s.orgId, 1, 'delayed', 'batch', 0.000042]]);
-      expect(await cell.queue.getJobState(id)).toBe('delayed');
-      expect((await cell.batchStore.job(id))?.state).toBe('cancelled');
-      await until('the sweep done with it', async () => (await s.runtime.deps.redis.zscore(batchKeys(s.cfg.QUEUE_PREFIX).stored, id)) === null);
-      expect(await rows()).toHaveLength(1);
+      // Its job still parked: billed whatever its state.
+      await billedOnce(async () => expect(await cell.queue.getJobState(id)).toBe('delayed'));
     } finally {
       await cell.queue.remove(id);
     }

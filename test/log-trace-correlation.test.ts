@@ -4,10 +4,10 @@ import { InMemorySpanExporter, NodeTracerProvider, SimpleSpanProcessor } from '@
 import { z } from 'zod';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
-import { buildApp } from '../src/producers/app.js';
 import { registerHttpTracing } from '../src/producers/http-tracing.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { captureLogs } from './helpers/ops.js';
+import { buildBareApp } from './helpers/bare-app.js';
 import { fakeAgentJob } from './helpers/fake-job.js';
 
 /**
@@ -92,16 +92,8 @@ describe('log lines and traces, tracing on', () => {
 
   it("the API's request lines, incoming and completed, carry the request span's ids; a request fastify answers without hooks still logs its incoming line", async () => {
     const logs = captureLogs('debug');
-    const app = await buildApp({
+    const app = await buildBareApp({
       logger: logs.logger,
-      bodyLimit: 1024,
-      keys: { verify: async () => null },
-      agents: { list: () => [] } as never,
-      readiness: {},
-      producer: {} as never,
-      jobs: { endWaits: () => undefined } as never,
-      longPollMaxMs: 1000,
-      enqueueDeadlineMs: 1000,
       tracing: true,
       plugins: [(a) => void a.get('/v1/hello', { config: { access: { role: 'public' } } }, async () => ({ ok: true }))],
     });

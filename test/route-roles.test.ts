@@ -320,21 +320,8 @@ describe('every route, every role', () => {
 
 describe('a route without a role', () => {
   it('stops the app from starting, naming the route', async () => {
-    const { buildApp } = await import('../src/producers/app.js');
-    const { createLogger } = await import('../src/shared/core/logger.js');
-    const build = (plugin: (app: import('fastify').FastifyInstance) => void) =>
-      buildApp({
-        logger: createLogger({ level: 'silent' }),
-        bodyLimit: 1024,
-        keys: { verify: async () => null },
-        agents: { list: () => [] } as never,
-        readiness: {},
-        producer: {} as never,
-        jobs: { endWaits: () => undefined } as never,
-        longPollMaxMs: 1000,
-        enqueueDeadlineMs: 1000,
-        plugins: [plugin],
-      });
+    const { buildBareApp } = await import('./helpers/bare-app.js');
+    const build = (plugin: (app: import('fastify').FastifyInstance) => void) => buildBareApp({ plugins: [plugin] });
     const rogue = await build((app) => app.get('/v1/rogue', async () => 'no role'));
     await expect(rogue.ready()).rejects.toThrow(/routes without a role.*GET \/v1\/rogue/);
     await rogue.close().catch(() => undefined);
