@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { createRunStore, stalledRunPart, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
@@ -99,6 +99,26 @@ describe('agent_runs', () => {
     // A delayed row is told from the attempt's by its part: one without, or an attempt's row with one, is refused.
     await expect(runs.record(run({ orgId, state: 'delayed' }))).rejects.toMatchObject({ code: '23514' });
     await expect(runs.record(run({ orgId, part: randomUUID() }))).rejects.toMatchObject({ code: '23514' });
+  });
+
+  it("a run the stalled check handed out again is a row beside the first run's (migration 026): both paid calls counted, each run's row written once", async () => {
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const jobId = randomUUID();
+    const jobTs = Date.now();
+    const first = run({ orgId, jobId, jobTs, attempt: 1, costUsd: 0.3 });
+    const rerun = run({ orgId, jobId, jobTs, attempt: 1, part: stalledRunPart(1), costUsd: 0.5 });
+    expect(stalledRunPart(0)).toBe('');
+    expect(stalledRunPart(undefined)).toBe('');
+    // Each entry delivered twice (a sink killed before its ack), in one batch and alone.
+    expect(await runs.recordMany([first, rerun, rerun, first])).toBe(2);
+    expect(await runs.record(rerun)).toBe(false);
+    const [total] = await runs.usage({ orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000), groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 1, inputTokens: 200 });
+    expect(total.costUsd).toBeCloseTo(0.8, 8);
+    // Only a stalled run's part beside '' for an attempt's row; a delayed part still needs an id.
+    await expect(runs.record(run({ orgId, part: 'rerun' }))).rejects.toMatchObject({ code: '23514' });
+    await expect(runs.record(run({ orgId, state: 'delayed', part: '' }))).rejects.toMatchObject({ code: '23514' });
   });
 
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {

@@ -6,7 +6,7 @@ import { storedStage } from '../shared/core/job-stage.js';
 import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import { Cancellation } from './cancellation.js';
-import type { AgentRun } from '../shared/infra/db/agent-runs.js';
+import { stalledRunPart, type AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { RunBillTo, UsageRider } from '../shared/infra/db/run-stream.js';
 import { jobHashKey } from '../shared/core/queue-keys.js';
 import { estimateTextTokens, estimateTokens } from '../shared/queue/estimate-tokens.js';
@@ -244,6 +244,14 @@ function attemptOf(deps: ProcessorDeps) {
       embeddingTokens > 0 ? { embeddingTokens, embeddingCostUsd: deps.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true } : {};
     /** When the attempt's work started (after its claim); 0 before (the row an answer from memory's claim carries). */
     let started = 0;
+    /**
+     * This run's own row beside another run's of the same attempt: a run the stalled check handed out again (the
+     * first one's lock lapsed, maybe mid-call) pays for its own calls, and its row under the first run's key was
+     * refused as a duplicate until 2026-12-07. A run served its batch's stored answer keeps the attempt's row: the
+     * answer was billed once, and every run of the attempt is served it again (batch-tier.ts, readBy).
+     */
+    const stalledPart = stalledRunPart(job.stalledCounter);
+    const ownPart = () => (stalledPart && !ctx.batchRead ? { part: stalledPart } : {});
 
     const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
       jobId: job.id!,
@@ -262,6 +270,7 @@ function attemptOf(deps: ProcessorDeps) {
       error: null,
       requestId: data.requestId ?? null,
       ...embeddingColumns(),
+      ...ownPart(),
       ...row,
     });
     /** A row's model, token and cost columns from what a call was billed. */

@@ -164,14 +164,15 @@ describe('Redis Cluster primary killed', () => {
       states[state] = (states[state] ?? 0) + 1;
       if (state !== 'completed') lost.push({ id, status: res.statusCode, body: res.body });
     }
-    // Run once: one agent_runs row per job, completed (a second completed row is a job run again after BullMQ
-    // lost its completion; a failed row, an attempt that reached the chain and was retried).
+    // Completed once: one completed attempt per job in agent_runs (a second: two attempts completed it; a failed
+    // one, an attempt that reached the chain and was retried).
     const rows = await runRows(s, accepted);
     const notOnce = [...rows.entries()].filter(([, row]) => row.completed !== 1 || row.failed !== 0);
     figure('cluster primary kill: accepted jobs by final state', states);
     figure('cluster primary kill: jobs accepted / completed once / not once', { accepted: accepted.length, completedOnce: accepted.length - notOnce.length, notOnce: notOnce.length });
-    // What agent_runs cannot show: a job the stalled check moved back to wait (its lock lapsed during the outage)
-    // runs again under the same attempt number, and its second row is a no-op. BullMQ counts those stalls.
+    // A job the stalled check moved back to wait (its lock lapsed during the outage) runs again under the same
+    // attempt number: its second run's row (part `stalled:<n>`) is counted with the first run's attempt above, and
+    // BullMQ counts those stalls.
     // No job needs a second attempt either: every command a worker sends for a job goes over a worker
     // connection, which waits out the election. (The fair gate's claim used to run on the API's fail-fast
     // connection: at the kill it could fail before the model was called, and the job was retried.)

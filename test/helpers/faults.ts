@@ -27,12 +27,17 @@ export function processEnv(s: Stack, extra: Record<string, string> = {}): Record
 /** A RiskAnalyzer request whose prompt contains `marker`, so emulator faults can target it. */
 export const riskJob = (marker: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: `${marker} Co`, industry: 'logistics' } } });
 
-/** Completed and failed agent_runs rows per job id, once every usage row appended so far is written. */
+/**
+ * Completed and failed attempts per job id in agent_runs, once every usage row appended so far is written. Counted by
+ * attempt, not by row: a run the stalled check handed out again (its lock lapsed in an outage, the first run still
+ * going) ends the same attempt with a row of its own (part `stalled:<n>`, migration 026), a second run, not a second
+ * completion.
+ */
 export async function runRows(s: Pick<Stack, 'cfg' | 'infra'>, ids: string[]): Promise<Map<string, { completed: number; failed: number }>> {
   await usageWritten(s);
   const pool: pg.Pool = s.infra.db.pool;
   const { rows } = await pool.query<{ job_id: string; completed: number; failed: number }>(
-    `SELECT job_id, count(*) FILTER (WHERE state = 'completed')::int AS completed, count(*) FILTER (WHERE state = 'failed')::int AS failed
+    `SELECT job_id, count(DISTINCT attempt) FILTER (WHERE state = 'completed')::int AS completed, count(DISTINCT attempt) FILTER (WHERE state = 'failed')::int AS failed
      FROM agent_runs WHERE job_id = ANY($1) GROUP BY job_id`,
     [ids],
   );

@@ -15,6 +15,7 @@ import { createLogger, type Logger } from '../../src/shared/core/logger.js';
 import type { WorkerService } from '../../src/workers/worker-service.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './env.js';
 import { redisTargetOf } from '../../src/shared/infra/redis/connection.js';
+import { startModelGate, type ModelGate } from './model-gate.js';
 
 export interface Stack {
   cfg: Config;
@@ -22,6 +23,8 @@ export interface Stack {
   runtime: Runtime;
   app: FastifyInstance;
   emulator: GeminiEmulator;
+  /** With `modelGate: true`: the proxy every model call goes through, which holds chosen calls open (model-gate.ts). */
+  modelGate?: ModelGate;
   orgId: string;
   apiKey: string;
   /** Authorization header for `app.inject`. */
@@ -64,8 +67,9 @@ export async function startStack(
   /**
    * `pool`: wraps the runtime's Postgres pool (a test makes it fail like a Postgres that is down). `fairDispatch:
    * false`: the runtime's bench baseline, workers without the fair gate (jobs straight to BullMQ's wait list).
+   * `modelGate: true`: the SDK reaches the emulator through a model gate, so a test holds calls in flight at will.
    */
-  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool; fairDispatch?: boolean } = {},
+  opts: { worker?: boolean; features?: FeatureFactory[]; logger?: Logger; pool?: (pool: pg.Pool) => pg.Pool; fairDispatch?: boolean; modelGate?: boolean } = {},
 ): Promise<Stack> {
   const cfg = parseConfig({ ...process.env, ...TEST_ENV, REDIS_URL: redisUrl(), DATABASE_URL: databaseUrl(), QUEUE_PREFIX: randomPrefix(), ...env });
   const logger = opts.logger ?? createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
@@ -78,7 +82,8 @@ export async function startStack(
     close: () => pool.end(),
   };
   const emulator = await startGeminiEmulator();
-  const gemini = await startGemini({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: emulator.url });
+  const modelGate = opts.modelGate ? await startModelGate(emulator.url) : undefined;
+  const gemini = await startGemini({ ...geminiOptionsFromConfig(cfg, logger), apiKey: 'emulator-key', baseUrl: modelGate?.url ?? emulator.url });
   const runtime = await startRuntime({
     cfg,
     infra,
@@ -101,6 +106,7 @@ export async function startStack(
     runtime,
     app: runtime.app!,
     emulator,
+    ...(modelGate ? { modelGate } : {}),
     orgId,
     apiKey: key,
     auth: { authorization: `Bearer ${key}` },
@@ -115,6 +121,7 @@ export async function startStack(
     async close() {
       await runtime.close(1000);
       await gemini.close();
+      await modelGate?.close();
       await emulator.close();
       await pool.end();
     },

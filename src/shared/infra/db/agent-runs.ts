@@ -18,7 +18,9 @@ export interface AgentRun {
   /**
    * '' (the default): the attempt's own row, written when it ends. A delayed part's row (state `delayed`) has an
    * id of its own, made once when the row is built and carried in the usage stream entry (migration 022): a
-   * redelivered entry is the same row, and the attempt's own row, written when it ends, is another.
+   * redelivered entry is the same row, and the attempt's own row, written when it ends, is another. A run that
+   * BullMQ's stalled check handed out again (the same attempt run, and paid, once more) ends it under
+   * `stalledRunPart` (migration 026): a row beside the first run's, not a duplicate of it.
    */
   part?: string;
   orgId: string;
@@ -48,6 +50,16 @@ export interface AgentRun {
   embeddingEstimated?: boolean;
   /** Defaults to now(); set by backfills and tests. */
   createdAt?: Date;
+}
+
+/**
+ * The part of the row a run writes when it ends its attempt: '' for a run fetched before any stall of the job, else
+ * `stalled:<n>`, n being BullMQ's count of the job's stalls (`stalledCounter`) at the run's fetch. Runs of one attempt
+ * that both end it are told apart by it: the later one was fetched after the stalled check moved the job back to the
+ * wait list, which counted one more stall (a delayed run ends nothing: it writes only its delayed part).
+ */
+export function stalledRunPart(stalledCounter: number | undefined): string {
+  return stalledCounter ? `stalled:${stalledCounter}` : '';
 }
 
 /** `org` and `total` (one row, key `total`) serve the operator's dashboard; `/v1/usage` offers the first three. */
