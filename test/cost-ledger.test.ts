@@ -7,6 +7,7 @@ import { chooseTier } from '../src/shared/queue/tier-choice.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { randomOrg } from './helpers/env.js';
+import { until } from './helpers/wait.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
 
@@ -262,6 +263,28 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     expect(after.total.embedding.search.tokens).toBe(tokens);
     const theirs = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: other })).json();
     expect(theirs.groups).toEqual([]);
+  });
+
+  it("records the embedding calls of a run parked for its batch (no model call paid) as a 'delayed' row of its own, which /v1/usage counts", async () => {
+    const auth = { authorization: `Bearer ${await s.newKey()}` };
+    const question = `How should we measure ledger-parked churn among pilot customers ${Date.now()}?`;
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: { agent: 'KnowledgeAssistant', action: 'answer', input: { question, includeChatFacts: true }, options: { tier: 'batch' } } });
+    expect(post.statusCode).toBe(202);
+    const id = post.json().id as string;
+    // Its semantic cache lookup and its prompt's knowledge search ran, then its call went to the batch tier: parked.
+    await until('the job parked for its batch', async () => (await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: auth })).json().waitingFor?.reason === 'waiting_for_batch');
+    await usageWritten(s);
+    const rows = (await s.infra.db.pool.query("SELECT attempt, part, state, error, cost_usd, input_tokens, embedding_tokens, embedding_cost_usd, embedding_estimated FROM agent_runs WHERE job_id = $1 AND state = 'delayed'", [id])).rows;
+    const tokens = 2 * Math.ceil(question.length / 4);
+    const costUsd = (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6;
+    expect(rows).toEqual([expect.objectContaining({ attempt: 1, state: 'delayed', error: 'waiting_for_batch', input_tokens: 0, embedding_tokens: tokens, embedding_estimated: true })]);
+    expect(rows[0].part).not.toBe('');
+    expect(Number(rows[0].cost_usd)).toBe(0);
+    expect(Number(rows[0].embedding_cost_usd)).toBeCloseTo(costUsd, 8);
+    const usage = (await s.app.inject({ method: 'GET', url: '/v1/usage', headers: auth })).json();
+    // At least these: the job's next run (its batch answered) may have added its own by now.
+    expect(usage.total.embedding).toMatchObject({ ingest: { tokens: 0 }, search: { tokens: 0 } });
+    expect(usage.total.embedding.tokens).toBeGreaterThanOrEqual(tokens);
   });
 
   it("refuses an org's knowledge ingest once its monthly budget is spent (its embedding cost counted), as admission refuses its jobs: 429, same body, nothing embedded nor written", async () => {

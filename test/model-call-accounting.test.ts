@@ -10,13 +10,13 @@ import { createBreakerGuard } from '../src/workers/guards/breaker-guard.js';
 import { createRouteGuard } from '../src/workers/guards/route-guard.js';
 import { compose, DelayJobError, type JobContext, type Middleware } from '../src/workers/middleware.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
-import { createAgentProcessor } from '../src/workers/processor.js';
+import { createAgentProcessor, type ProcessorDeps } from '../src/workers/processor.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import type { AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { createRateLimitGuard } from '../src/workers/guards/rate-limit-guard.js';
 import { createTokenBuckets } from '../src/shared/limits/token-bucket.js';
-import { createPricing } from '../src/shared/infra/llm/pricing.js';
+import { createPricing, DEFAULT_PRICES } from '../src/shared/infra/llm/pricing.js';
 import { estimateTokens } from '../src/shared/queue/estimate-tokens.js';
 import { LlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
@@ -99,6 +99,7 @@ function harness(
   searchFor?: () => (q: string) => Promise<unknown>,
   onText?: () => (text: string) => Promise<void>,
   admitted: 'run' | 'run_unpaid' = 'run',
+  deps: Pick<ProcessorDeps, 'embeddingCost' | 'onEmbeddingRecorded'> = {},
 ) {
   const client = llm();
   const rows: AgentRun[] = [];
@@ -118,6 +119,7 @@ function harness(
     models: { fast: MODEL, pro: 'gemini-2.5-pro' },
     logger: createLogger({ level: 'silent' }),
     gate: gate as never,
+    ...deps,
   });
   let n = 0;
   const run = () => {
@@ -321,6 +323,28 @@ describe('a run delayed after calls it paid for: those calls get a row of their 
     const h = harness(plain, [route]);
     expect((await h.run())?.name).toBe('DelayedError');
     expect(h.rows).toEqual([]);
+  });
+
+  it("a delay before any paid call, after the run's embedding calls (its knowledge search): those are a 'delayed' row of their own, model cost 0, once per run", async () => {
+    genBody = minute429;
+    const route = createRouteGuard({ routeFor: () => ({ primary: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
+    const query = 'How did the pilot customers renew their contracts this quarter?';
+    const recorded: number[] = [];
+    // As the worker binds the prompt's search (worker-service.ts): its query's embedding goes on the run's count.
+    const searchFor = (_org: string, _tables: readonly string[], ctx: JobContext) => async () => (ctx.embedded?.([query]), []);
+    const h = harness(searching, [route], searchFor as never, undefined, 'run', {
+      embeddingCost: (tokens) => (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6,
+      onEmbeddingRecorded: (usd) => void recorded.push(usd),
+    });
+    expect((await h.run())?.name).toBe('DelayedError');
+    expect(h.deferred).toEqual([{ reason: 'provider_rate_limited', model: MODEL }]);
+    const tokens = Math.ceil(query.length / 4);
+    expect(h.rows).toHaveLength(1);
+    expect(h.rows[0]).toMatchObject({ state: 'delayed', attempt: 1, model: MODEL, inputTokens: 0, outputTokens: 0, costUsd: 0, error: 'provider_rate_limited', embeddingTokens: tokens, embeddingEstimated: true });
+    expect(h.rows[0].part).toMatch(/^[0-9a-f-]{36}$/);
+    expect(h.rows[0].embeddingCostUsd).toBeCloseTo((tokens * 0.15) / 1e6, 12);
+    // Counted once, as the row went to the usage stream (agentq_embedding_cost_usd_total{source="attempt"}).
+    expect(recorded).toEqual([h.rows[0].embeddingCostUsd]);
   });
 
   describe('what the route guard hands on', () => {

@@ -304,12 +304,14 @@ function attemptOf(deps: ProcessorDeps) {
       return rowOf({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) });
     };
     /**
-     * A run delayed after calls it paid for (a route's try that answered unusably, then a 429 or an open breaker):
-     * the attempt runs again under the same number, and its own row will carry only that run's calls. These get a
-     * row of their own, told from the attempt's by its part id (migration 022), made here once: the sink's
-     * redelivery of the entry is the same row, and each delayed run of the attempt is a row of its own.
+     * A run delayed after calls it paid for (a route's try that answered unusably, then a 429 or an open breaker; or
+     * only embedding calls, `billed` absent: the row's model columns are then zero and its embedding columns say what
+     * it spent): the attempt runs again under the same number, and its own row will carry only that run's calls.
+     * These get a row of their own, told from the attempt's by its part id (migration 022), made here once: the
+     * sink's redelivery of the entry is the same row, and each delayed run of the attempt is a row of its own.
      */
-    const delayedRow = (billed: BilledCall, reason: string) => rowOf({ state: 'delayed', part: randomUUID(), error: reason, ...billedColumns(billed) });
+    const delayedRow = (billed: BilledCall | undefined, reason: string) =>
+      rowOf({ state: 'delayed', part: randomUUID(), error: reason, ...(billed ? billedColumns(billed) : {}) });
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
@@ -410,9 +412,11 @@ function attemptOf(deps: ProcessorDeps) {
         guardEvent(span, 'agentq.job.delayed', { 'agentq.delay.reason': outcome.reason, 'agentq.delay.ms': waitMs });
         const why = dbWait ? { deferral: dbWait.deferral, err: err instanceof Error ? err.message : String(err) } : {};
         logger.info({ reason: outcome.reason, delayMs: waitMs, ...why }, 'job delayed without using an attempt');
-        // Before the job is parked: the calls this run paid for are in the usage stream by the time it waits.
+        // Before the job is parked: the calls this run paid for are in the usage stream by the time it waits. Its
+        // embedding calls (a semantic cache lookup, a knowledge search) too, with no model call paid: the next run
+        // starts its count over, so a run that made them and wrote nothing would leave them out of the ledger.
         const billed = billedOf(err);
-        if (billed) await record(delayedRow(billed, outcome.reason));
+        if (billed || embeddingTokens > 0) await record(delayedRow(billed, outcome.reason));
         if (dbWait) await dbDeferrals.note(job, dbWait.deferral);
         const delayMs = Math.max(waitMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
