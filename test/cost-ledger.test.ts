@@ -9,6 +9,7 @@ import { usageWritten } from './helpers/usage.js';
 import { randomOrg } from './helpers/env.js';
 import { until } from './helpers/wait.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
+import { createRunStore } from '../src/shared/infra/db/agent-runs.js';
 import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-ledger-7f1d2c9a4b3e';
@@ -321,6 +322,31 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     // An org with budget left ingests as before.
     const other = { authorization: `Bearer ${await s.newKey(undefined, 'org-admin')}` };
     expect((await s.app.inject({ method: 'POST', url: '/v1/knowledge/chat_facts', headers: other, payload: { documents: documents('c') } })).statusCode).toBe(200);
+  });
+
+  it("refuses an org's POST /v1/knowledge/search once its monthly budget is spent, as its ingests and jobs: 429, same body, the query never embedded nor recorded", async () => {
+    const orgId = randomOrg();
+    const auth = { authorization: `Bearer ${await s.newKey(orgId)}` };
+    await createOrgStore({ pool: s.infra.db.pool }).upsert({ id: orgId, monthlyBudgetUsd: 0.0001 });
+    const search = () => s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: auth, payload: { query: `How did over-budget pilots renew ${Date.now()}?`, tables: ['chat_facts'] } });
+    // Budget left: the search answers (and records its query's embedding).
+    expect((await search()).statusCode).toBe(200);
+    // The month's spend past the budget (estimated embedding cost counts: an earlier ingest's, say).
+    await createRunStore({ pool: s.infra.db.pool }).record({ jobId: `ingest:${orgId}`, attempt: 1, orgId, agent: 'knowledge', action: 'ingest:chat_facts', model: 'gemini-embedding-001', state: 'completed', inputTokens: 0, outputTokens: 0, costUsd: 0, durationMs: 1, embeddingTokens: 700, embeddingCostUsd: 0.000105, embeddingEstimated: true });
+
+    const refused = await search();
+    expect(refused.statusCode).toBe(429);
+    const job = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: auth, payload: riskJob('search-over-budget') });
+    expect(job.statusCode).toBe(429);
+    expect(refused.json()).toEqual({ error: 'monthly budget of $0.0001 reached', retryAfter: expect.any(Number) });
+    expect(refused.json()).toEqual({ ...job.json(), retryAfter: expect.any(Number) });
+    expect(Number(refused.headers['retry-after'])).toBe(refused.json().retryAfter);
+    // Refused before the query was embedded: the one search row is the first search's.
+    const rows = await s.infra.db.pool.query("SELECT count(*)::int AS n FROM agent_runs WHERE org_id = $1 AND kind = 'search'", [orgId]);
+    expect(rows.rows[0].n).toBe(1);
+    // Bad input is still named first: the body is checked before the handler reads the budget.
+    const bad = await s.app.inject({ method: 'POST', url: '/v1/knowledge/search', headers: auth, payload: { query: '' } });
+    expect(bad.statusCode).toBe(400);
   });
 
   it('refuses a deadline in the past, naming the field', async () => {

@@ -233,7 +233,8 @@ export const routeTable = {
       role: 'member',
       tags: ['knowledge'],
       summary: 'Vector search over the knowledge tables (the org’s own rows and shared ones)',
-      schema: { body: searchBody, response: { 200: searchResult, ...errors(400, 401, 413, 415) } },
+      description: 'The query’s embedding call is recorded in the org’s ledger. An org whose monthly budget is spent (its embedding calls counted) is refused before the query is embedded: 429 with Retry-After, as its jobs and ingests are.',
+      schema: { body: searchBody, response: { 200: searchResult, ...errors(400, 401, 413, 415, 429) } },
       handler: searchKnowledge,
     }),
     route({

@@ -28,7 +28,8 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const results = shardedResults(caches, (orgId) => deps.cellOf(orgId).index);
   const semantic = createSemanticCache({ pool: infra.db.pool, embed, threshold: cfg.SEMANTIC_CACHE_THRESHOLD, ttlS: cfg.SEMANTIC_CACHE_TTL_S });
 
-  // An org's ingest is refused once its monthly budget is spent, as its jobs are (counted as admission's quota refusals).
+  // An org's ingest and search are refused once its monthly budget is spent, as its jobs are (counted as admission's
+  // quota refusals).
   const budget = async (orgId: string) => {
     const decision = await deps.budget(orgId);
     if (!decision.allowed) deps.metrics.admissionRejected('quota');

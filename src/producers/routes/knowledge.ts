@@ -20,8 +20,9 @@ export interface KnowledgeRouteDeps {
   /** Invalidates the cached answers of the agents that search a table just written (reader-invalidation.ts). */
   afterIngest: AfterIngest;
   /**
-   * The org's monthly budget (absent: not checked): an org whose budget is spent may not ingest, since every document
-   * it writes is an embedding call it pays for. Refused as admission refuses a job: 429, `RateLimitedError`.
+   * The org's monthly budget (absent: not checked): an org whose budget is spent may not ingest nor search, since every
+   * document it writes and every query it searches is an embedding call it pays for. Refused as admission refuses a
+   * job: 429, `RateLimitedError`.
    */
   budget?: (orgId: string) => Promise<QuotaDecision>;
   /** Records a search's query embedding in the org's ledger (agent_runs, kind `search`); absent: not recorded. */
@@ -41,16 +42,19 @@ async function ingest(store: KnowledgeStore, table: KnowledgeTable, documents: u
   }
 }
 
+/** Before any embedding call: a refused ingest or search costs the org nothing. */
+async function refuseOverBudget(deps: KnowledgeRouteDeps, orgId: string | undefined) {
+  if (!orgId || !deps.budget) return;
+  const budget = await deps.budget(orgId);
+  if (!budget.allowed) throw new RateLimitedError(budget.reason, budget.retryAfterS);
+}
+
 /** An org-admin writes its org's private rows (chat facts, its own playbooks): the org comes from the key. */
 export const ingestOrgDocuments =
   (deps: KnowledgeRouteDeps): Handler<{ params: typeof orgTableParam; body: typeof ingestBody }> =>
   async (req) => {
     const { orgId } = principalOf(req);
-    // Before any embedding call: a refused ingest costs the org nothing.
-    if (orgId && deps.budget) {
-      const budget = await deps.budget(orgId);
-      if (!budget.allowed) throw new RateLimitedError(budget.reason, budget.retryAfterS);
-    }
+    await refuseOverBudget(deps, orgId);
     const result = await ingest(deps.store, req.params.table, req.body.documents, orgId, req.id);
     await deps.afterIngest(req.params.table, orgId);
     return result;
@@ -71,9 +75,12 @@ export const ingestSharedDocuments =
  * fails the search, as a failed read does.
  */
 export const searchKnowledge =
-  ({ search, searchLedger }: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>
+  (deps: KnowledgeRouteDeps): Handler<{ body: typeof searchBody }> =>
   async (req) => {
+    const { search, searchLedger } = deps;
     const { orgId } = principalOf(req);
+    // The query's embedding is spend: an org over its monthly budget is refused before it, as its ingests are.
+    await refuseOverBudget(deps, orgId);
     const hooks = searchLedger ? { onEmbedded: (e: SearchEmbedded) => searchLedger.record({ ...e, orgId, requestId: req.id }) } : {};
     return { results: await search.search({ ...req.body, orgId }, hooks) };
   };
