@@ -74,7 +74,7 @@ describe('GET /metrics', () => {
     expect(delta('agentq_dlq_entries_total', { ...agent, class: 'poison' })).toBe(1);
   });
 
-  it('counts the estimated embedding cost apart from the model cost, by source, as the ledger rows are made: an attempt, an ingest, a search', async () => {
+  it('counts the estimated embedding cost and tokens apart from the model cost, by source, as the ledger rows are made: an attempt, an ingest, a search', async () => {
     const before = await scrape();
     const auth = { authorization: `Bearer ${await s.newKey(randomOrg(), 'org-admin')}` };
     const question = `How should we measure metrics-embed churn among pilot customers ${marker()}?`;
@@ -89,15 +89,19 @@ describe('GET /metrics', () => {
     await usageWritten(s);
     // The same figures as the rows this org's ledger holds (estimated), each under the source that made it.
     const { rows } = await s.infra.db.pool.query(
-      "SELECT kind, sum(embedding_cost_usd)::float8 AS usd FROM agent_runs WHERE org_id = (SELECT org_id FROM agent_runs WHERE job_id = $1 LIMIT 1) GROUP BY kind",
+      "SELECT kind, sum(embedding_cost_usd)::float8 AS usd, sum(embedding_tokens)::int AS tokens FROM agent_runs WHERE org_id = (SELECT org_id FROM agent_runs WHERE job_id = $1 LIMIT 1) GROUP BY kind",
       [view.id],
     );
     const spent = Object.fromEntries(rows.map((r) => [r.kind, Number(r.usd)]));
+    const tokens = Object.fromEntries(rows.map((r) => [r.kind, Number(r.tokens)]));
     expect(Object.keys(spent).sort()).toEqual(['attempt', 'ingest', 'search']);
-    const delta = (source: string) => sampleSum(after, 'agentq_embedding_cost_usd_total', { source, estimated: 'true' }) - sampleSum(before, 'agentq_embedding_cost_usd_total', { source, estimated: 'true' });
+    const delta = (source: string, name = 'agentq_embedding_cost_usd_total') => sampleSum(after, name, { source, estimated: 'true' }) - sampleSum(before, name, { source, estimated: 'true' });
     for (const source of ['attempt', 'ingest', 'search']) {
       expect(spent[source], source).toBeGreaterThan(0);
       expect(delta(source), source).toBeCloseTo(spent[source], 10);
+      // Their estimated tokens beside them, the rows' own.
+      expect(tokens[source], source).toBeGreaterThan(0);
+      expect(delta(source, 'agentq_embedding_tokens_total'), source).toBe(tokens[source]);
     }
     // Not in the model cost: agentq_cost_usd_total moved by what Gemini billed the job's call only.
     expect(sampleSum(after, 'agentq_cost_usd_total', { agent: 'KnowledgeAssistant' }) - sampleSum(before, 'agentq_cost_usd_total', { agent: 'KnowledgeAssistant' })).toBeCloseTo(view.result.costUsd, 10);

@@ -329,12 +329,12 @@ describe('a run delayed after calls it paid for: those calls get a row of their 
     genBody = minute429;
     const route = createRouteGuard({ routeFor: () => ({ primary: MODEL }), agents: { get: () => undefined }, backoffBaseMs: 1 });
     const query = 'How did the pilot customers renew their contracts this quarter?';
-    const recorded: number[] = [];
+    const recorded: Array<{ tokens: number; costUsd: number }> = [];
     // As the worker binds the prompt's search (worker-service.ts): its query's embedding goes on the run's count.
     const searchFor = (_org: string, _tables: readonly string[], ctx: JobContext) => async () => (ctx.embedded?.([query]), []);
     const h = harness(searching, [route], searchFor as never, undefined, 'run', {
       embeddingCost: (tokens) => (tokens * DEFAULT_PRICES.models['gemini-embedding-001'].input) / 1e6,
-      onEmbeddingRecorded: (usd) => void recorded.push(usd),
+      onEmbeddingRecorded: (spend) => void recorded.push(spend),
     });
     expect((await h.run())?.name).toBe('DelayedError');
     expect(h.deferred).toEqual([{ reason: 'provider_rate_limited', model: MODEL }]);
@@ -343,8 +343,8 @@ describe('a run delayed after calls it paid for: those calls get a row of their 
     expect(h.rows[0]).toMatchObject({ state: 'delayed', attempt: 1, model: MODEL, inputTokens: 0, outputTokens: 0, costUsd: 0, error: 'provider_rate_limited', embeddingTokens: tokens, embeddingEstimated: true });
     expect(h.rows[0].part).toMatch(/^[0-9a-f-]{36}$/);
     expect(h.rows[0].embeddingCostUsd).toBeCloseTo((tokens * 0.15) / 1e6, 12);
-    // Counted once, as the row went to the usage stream (agentq_embedding_cost_usd_total{source="attempt"}).
-    expect(recorded).toEqual([h.rows[0].embeddingCostUsd]);
+    // Counted once, as the row went to the usage stream (agentq_embedding_{tokens,cost_usd}_total{source="attempt"}).
+    expect(recorded).toEqual([{ tokens, costUsd: h.rows[0].embeddingCostUsd }]);
   });
 
   describe('what the route guard hands on', () => {

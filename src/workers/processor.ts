@@ -79,8 +79,8 @@ export interface ProcessorDeps {
    * (`JobContext.embedded`) go on its row, estimated. Absent: they are counted at no price.
    */
   embeddingCost?: (tokens: number) => number;
-  /** A row with embedding calls was handed to the usage stream (for metrics): their estimated cost, USD. */
-  onEmbeddingRecorded?: (costUsd: number) => void;
+  /** A row with embedding calls was handed to the usage stream (for metrics): their estimated tokens and cost, USD. */
+  onEmbeddingRecorded?: (spend: { tokens: number; costUsd: number }) => void;
 }
 
 /**
@@ -315,9 +315,9 @@ function attemptOf(deps: ProcessorDeps) {
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
-    /** Metrics see a row's embedding cost once the row is in the usage stream (never a row that failed to go in). */
+    /** Metrics see a row's embedding calls once the row is in the usage stream (never a row that failed to go in). */
     const embeddingRecorded = (row: AgentRun) => {
-      if (row.embeddingCostUsd) deps.onEmbeddingRecorded?.(row.embeddingCostUsd);
+      if (row.embeddingTokens) deps.onEmbeddingRecorded?.({ tokens: row.embeddingTokens, costUsd: row.embeddingCostUsd ?? 0 });
     };
     // The row the result cache's store encodes: counted when the store says it appended it.
     let entryRow: AgentRun | undefined;

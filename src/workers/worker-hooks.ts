@@ -15,8 +15,8 @@ export interface WorkerHooks {
   onModelCall?: (e: ModelCallEvent) => void;
   /** Sees the agent worker once it exists (to listen to completed/failed events). */
   attachWorker?: (worker: Worker<AgentJobData, AgentResult>) => void;
-  /** An attempt's usage row carrying embedding calls was handed to the usage stream: their ESTIMATED cost, USD. */
-  onEmbeddingRecorded?: (costUsd: number) => void;
+  /** An attempt's usage row carrying embedding calls was handed to the usage stream: their ESTIMATED tokens and cost, USD. */
+  onEmbeddingRecorded?: (spend: { tokens: number; costUsd: number }) => void;
   /** Usage rows this process's run sink committed to Postgres: ms from each attempt's end to its commit. */
   onUsageCommitted?: (lagsMs: number[]) => void;
   /** Usage rows Postgres refused for their content, dropped by this process's run sink (logged with their identity). */

@@ -13,15 +13,16 @@ export function createKnowledgeFeature(deps: FeatureDeps): Feature {
   const { infra, cfg, redis } = deps;
   const embed = (texts: string[]) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' });
   // An org's ingest records what embedding its documents cost in its ledger (agent_runs: /v1/usage, its budget).
-  // Each row made here is counted in this process's agentq_embedding_cost_usd_total (estimated, as the row is).
+  // Each row made here is counted in this process's agentq_embedding_cost_usd_total and agentq_embedding_tokens_total
+  // (estimated, as the row is).
   const price = createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON);
   const store = createKnowledgeStore({
     pool: infra.db.pool,
     embed: (texts) => deps.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' }),
-    ledger: { ...price, recorded: (run) => deps.metrics.embeddingRecorded('ingest', run.embeddingCostUsd) },
+    ledger: { ...price, recorded: (run) => deps.metrics.embeddingRecorded('ingest', { tokens: run.embeddingTokens, costUsd: run.embeddingCostUsd }) },
   });
   // So does a search API call its query's embedding (kind `search`).
-  const searchLedger = createSearchLedger({ pool: infra.db.pool, price, onRecorded: (run) => deps.metrics.embeddingRecorded('search', run.embeddingCostUsd) });
+  const searchLedger = createSearchLedger({ pool: infra.db.pool, price, onRecorded: (run) => deps.metrics.embeddingRecorded('search', { tokens: run.embeddingTokens, costUsd: run.embeddingCostUsd }) });
   const search = createVectorSearch({ pool: infra.db.pool, embed });
   // Each queue shard caches its orgs' results (app/cell.ts): a version bump goes to the org's.
   const caches = deps.cells.map((c) => createResultCache({ redis, prefix: agentqPrefix(c.prefix), l1Max: 1, l1TtlMs: 1, l2TtlS: cfg.CACHE_TTL_S }));

@@ -98,7 +98,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
 
     onDelay: (_ctx, reason, delayMs) => metrics.delayed(reason, delayMs),
     onModelCall: (e) => metrics.modelCall(e),
-    onEmbeddingRecorded: (costUsd) => metrics.embeddingRecorded('attempt', costUsd),
+    onEmbeddingRecorded: (spend) => metrics.embeddingRecorded('attempt', spend),
     onUsageCommitted: (lagsMs) => metrics.usageCommitted(lagsMs),
     onUsageRefused: (rows) => metrics.usageRefused(rows),
 

@@ -24,6 +24,12 @@ export interface JobFacts {
 /** What made an embedding call's ledger row: a job attempt (its own row), an ingest batch, a search API call. */
 export type EmbeddingSource = 'attempt' | 'ingest' | 'search';
 
+/** A ledger row's embedding calls: their ESTIMATED tokens (Gemini reports no usage for embeddings) and cost, USD. */
+export interface EmbeddingSpend {
+  tokens: number;
+  costUsd: number;
+}
+
 /** How often the event-loop lag histogram samples: a lag spike shorter than this may go unseen. */
 export const EVENT_LOOP_SAMPLE_MS = 100;
 
@@ -86,6 +92,14 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   const embeddingCost = new Counter({
     name: 'agentq_embedding_cost_usd_total',
     help: 'ESTIMATED cost in USD of the embedding calls recorded in agent_runs (Gemini reports no usage for them), by what made them: a job attempt, an org knowledge ingest, a search API call',
+    labelNames: ['source', 'estimated'] as const,
+    registers,
+  });
+  // Its tokens beside it: the same rows, the same estimate (~4 characters a token), so a price change is not
+  // read as a change of volume.
+  const embeddingTokens = new Counter({
+    name: 'agentq_embedding_tokens_total',
+    help: 'ESTIMATED tokens of the embedding calls recorded in agent_runs (Gemini reports no usage for them), by what made them: a job attempt, an org knowledge ingest, a search API call',
     labelNames: ['source', 'estimated'] as const,
     registers,
   });
@@ -170,8 +184,9 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     },
 
     /** An agent_runs row with embedding calls was made (its usage stream entry appended, its insert committed). */
-    embeddingRecorded(source: EmbeddingSource, costUsd: number) {
-      if (costUsd > 0) embeddingCost.inc({ source, estimated: 'true' }, costUsd);
+    embeddingRecorded(source: EmbeddingSource, spend: EmbeddingSpend) {
+      if (spend.tokens > 0) embeddingTokens.inc({ source, estimated: 'true' }, spend.tokens);
+      if (spend.costUsd > 0) embeddingCost.inc({ source, estimated: 'true' }, spend.costUsd);
     },
 
     admissionRejected(kind: 'rate_limit' | 'quota') {
