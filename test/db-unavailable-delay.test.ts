@@ -185,7 +185,7 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
   const generateCalls = (s: Stack) => s.emulator.calls().filter((c) => c.kind === 'generate' || c.kind === 'stream');
   const runs = async (s: Stack, id: string) => {
     await usageWritten(s);
-    return (await s.infra.db.pool.query('SELECT attempt, part, state, model, error, input_tokens, output_tokens, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY created_at', [id])).rows;
+    return (await s.infra.db.pool.query('SELECT attempt, part, state, model, error, input_tokens, output_tokens, cost_usd, embedding_tokens FROM agent_runs WHERE job_id = $1 ORDER BY created_at', [id])).rows;
   };
   /** What the worker told the job's stream at each deferral (a streaming job's `delayed` progress events). */
   async function deferrals(s: Stack, id: string): Promise<ProgressEvent[]> {
@@ -200,7 +200,8 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     const callsBefore = generateCalls(s).length;
     const scrape = async () => parseProm((await s.app.inject({ method: 'GET', url: '/metrics', headers: { authorization: `Bearer ${ADMIN_TOKEN}` } })).body);
     const delaysBefore = sampleSum(await scrape(), 'agentq_job_delays_total', { reason: 'database_unavailable' });
-    const id = await askThenDown(s, auth, org, () => outage.down(org, refused), `What did ${marker()} decide about pricing?`, { stream: true });
+    const question = `What did ${marker()} decide about pricing?`;
+    const id = await askThenDown(s, auth, org, () => outage.down(org, refused), question, { stream: true });
 
     const held = await once(s, auth, id, 'the job to wait for the database', (v) => v.waitingFor?.reason === 'database_unavailable');
     expect(held).toMatchObject({ state: 'waiting', attempts: 0, stage: { name: 'waiting', reason: 'database_unavailable' }, waitingFor: { reason: 'database_unavailable' } });
@@ -221,7 +222,16 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
 
     await completedOnceUp(s, auth, org, id);
     expect(generateCalls(s).length).toBe(callsBefore + 1);
-    expect((await runs(s, id)).map((r) => [r.attempt, r.state])).toEqual([[1, 'completed']]);
+    // Each deferred run embedded its prompt's search query before the table read failed: a call paid for, so a
+    // delayed row of its own (no model call, cost 0), one per deferral; then the attempt's own row.
+    const rows = await runs(s, id);
+    // (A start the fair gate parked for want of a slot, reason no_slot, ran no search: no row.)
+    const deferred = (await deferrals(s, id)).filter((d) => d.reason === 'database_unavailable');
+    expect(rows.map((r) => [r.attempt, r.state])).toEqual([...deferred.map(() => [1, 'delayed']), [1, 'completed']]);
+    for (const r of rows.slice(0, -1)) {
+      expect(r).toMatchObject({ error: 'database_unavailable', input_tokens: 0, embedding_tokens: Math.ceil(question.length / 4) });
+      expect(Number(r.cost_usd)).toBe(0);
+    }
     // Never the model's fault: its breaker (opened by one failure here) counted none.
     const breaker = createCircuitBreaker({ redis: s.runtime.deps.redis, prefix: `${s.cfg.QUEUE_PREFIX}:agentq` });
     expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
@@ -251,7 +261,14 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     const [unusable, served] = calls;
     const pricing = createPricing();
     const cost = (c: typeof served) => pricing.cost(MODEL, { input: c.promptTokens!, output: c.outputTokens! + (c.thoughtsTokens ?? 0), cached: c.cachedTokens ?? 0 }).costUsd;
-    const rows = await runs(s, id);
+    const all = await runs(s, id);
+    // The later deferred runs paid for no model call, only their search query's embedding: rows of their own.
+    for (const r of all.slice(1, -1)) {
+      expect(r).toMatchObject({ attempt: 1, state: 'delayed', error: 'database_unavailable', input_tokens: 0, embedding_tokens: expect.any(Number) });
+      expect(r.embedding_tokens).toBeGreaterThan(0);
+      expect(Number(r.cost_usd)).toBe(0);
+    }
+    const rows = [all[0], all[all.length - 1]];
     expect(rows).toMatchObject([
       { attempt: 1, state: 'delayed', error: 'database_unavailable', model: MODEL, input_tokens: unusable.promptTokens },
       { attempt: 1, part: '', state: 'completed', model: MODEL, input_tokens: served.promptTokens },
@@ -266,7 +283,8 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     const s = ungated;
     const { org, auth } = await newOrg(s);
     const refused = await downPool('refused');
-    const id = await askThenDown(s, auth, org, () => outage.down(org, refused), `What did ${marker()} decide about funding?`);
+    const question = `What did ${marker()} decide about funding?`;
+    const id = await askThenDown(s, auth, org, () => outage.down(org, refused), question);
 
     // Delayed at enqueue (delayMs) too: the deferral is the one after the first failed search.
     await until('a deferral', () => outage.failedSearches(org) >= 1);
@@ -274,6 +292,13 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     expect(held).toMatchObject({ state: 'delayed', attempts: 0 });
     await until('a second deferral', () => outage.failedSearches(org) >= 2);
     await completedOnceUp(s, auth, org, id);
-    expect((await runs(s, id)).map((r) => [r.attempt, r.state])).toEqual([[1, 'completed']]);
+    // Each deferred run's search query embedding (made before its table read failed) is a delayed row of its own.
+    const rows = await runs(s, id);
+    expect(rows.at(-1)).toMatchObject({ attempt: 1, state: 'completed' });
+    expect(rows.length).toBeGreaterThanOrEqual(2);
+    for (const r of rows.slice(0, -1)) {
+      expect(r).toMatchObject({ attempt: 1, state: 'delayed', error: 'database_unavailable', input_tokens: 0, embedding_tokens: Math.ceil(question.length / 4) });
+      expect(Number(r.cost_usd)).toBe(0);
+    }
   });
 });

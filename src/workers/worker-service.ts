@@ -121,9 +121,10 @@ export function createWorkerService(opts: {
   const search = createVectorSearch({ pool: infra.db.pool, embed: (texts) => opts.llm.embed(texts, { taskType: 'RETRIEVAL_QUERY' }) });
   const call = createAgentCall({
     llm: opts.llm,
-    // The query's embedding call goes on the attempt's row (estimated: Gemini reports no usage for embeddings).
+    // The query's embedding call goes on the attempt's row (estimated: Gemini reports no usage for embeddings), counted
+    // once it is made: a table read that then fails (Postgres down, the job deferred) does not undo the call.
     searchFor: (orgId, declared, ctx) =>
-      declaredSearch((o) => search.search(o).then((r) => (ctx.embedded?.([o.query]), r)), orgId, declared, { agent: ctx.agentName, action: ctx.actionName }),
+      declaredSearch((o) => search.search(o, { onEmbedded: async (e) => ctx.embedded?.(e.texts) }), orgId, declared, { agent: ctx.agentName, action: ctx.actionName }),
     onText: (ctx) => {
       if (!ctx.job.data.stream) return undefined;
       const sinks = textSinks.map((make) => make(ctx)).filter((s) => s !== undefined);
