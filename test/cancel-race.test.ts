@@ -6,6 +6,9 @@ import { QUEUE } from '../src/shared/core/queue-names.js';
 import { parkActiveJob } from '../src/shared/fair/park.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { startStack, type Stack } from './helpers/stack.js';
+import { cancelledKey, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
+import { NotFoundError } from '../src/shared/core/errors.js';
+import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 
 /**
  * DELETE of a job a worker fetches while the cancel runs: between the API reading the job's state
@@ -111,6 +114,139 @@ describe('cancelling a job between its attempt\'s park and its repark', () => {
     expect(await scheduler.repark(id, 1_000, 'provider_rate_limited', job!.attemptsStarted)).toBe(false);
     expect((await dispatch()).promoted).toEqual([]);
     expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(1);
+    await worker.close(true);
+    connection.disconnect();
+  });
+});
+
+/**
+ * DELETE of a job whose id an idempotency key makes again meanwhile (its record lapsed: job ids derive from keys).
+ * The removal and the tombstone were two calls: a new job added between them had its add delete an older tombstone
+ * (none yet), and the cancel's late tombstone then described the new job as cancelled (GET and a re-send answered
+ * `cancelled` for it once retention removed it). And a cancel whose job was replaced before its removal removed the
+ * new job (`job.remove()` by id).
+ */
+describe('cancelling a job while its idempotency key makes a new job of the id', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack({}, { worker: false });
+  });
+  afterAll(async () => {
+    await s?.close();
+  });
+
+  const body = (key: string) => ({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: { startup: { name: 'Reuse Co', industry: 'retail' } }, options: { idempotencyKey: key, delayMs: 60_000 } });
+  const send = (key: string) => s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload: body(key) });
+  const get = (id: string) => s.app.inject({ method: 'GET', url: `/v1/jobs/${id}`, headers: s.auth });
+  /** The key's record lapses (by hand here, as IDEMPOTENCY_TTL_S would) and the key is sent again: a new job, same id. */
+  async function sendAgainAfterLapse(key: string, id: string) {
+    await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
+    const again = await send(key);
+    expect(again.json()).toEqual({ id, state: 'delayed' });
+  }
+  const jobService = (redis: RedisClient, scheduler: Parameters<typeof createJobService>[0]['scheduler']) =>
+    createJobService({
+      queue: s.runtime.deps.cells[0].queue,
+      queueEvents: () => {
+        throw new Error('not used');
+      },
+      redis,
+      prefix: s.cfg.QUEUE_PREFIX,
+      cancelledTtlS: 60,
+      scheduler,
+    });
+
+  it("a new job added right after the removal is never described by the cancel's tombstone", async () => {
+    const { redis, cells: [{ queue, scheduler }] } = s.runtime.deps;
+    const key = 'cancel-gap-1';
+    const id = (await send(key)).json().id as string;
+    const oldTs = (await queue.getJob(id))!.timestamp;
+    // Every transaction the job service sends on its connection: the first one sent once the job is gone (the
+    // cancel's tombstone, when it is written after the removal) waits for the key's new job first.
+    let raced = false;
+    const hooked = new Proxy(redis, {
+      get(target, prop) {
+        if (prop === 'multi') {
+          return (...a: Parameters<RedisClient['multi']>) => {
+            const tx = target.multi(...a);
+            const exec = tx.exec.bind(tx);
+            tx.exec = (async () => {
+              if (!raced && !(await target.exists(queue.toKey(id)))) {
+                raced = true;
+                await sendAgainAfterLapse(key, id);
+              }
+              return exec();
+            }) as typeof tx.exec;
+            return tx;
+          };
+        }
+        const v = Reflect.get(target, prop, target) as unknown;
+        return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
+      },
+    }) as RedisClient;
+    const jobs = jobService(hooked, scheduler);
+    expect(await jobs.cancel(s.orgId, id)).toMatchObject({ id, state: 'cancelled' });
+    // Removal and tombstone are one step now: no transaction of the job service comes between them.
+    if (!raced) await sendAgainAfterLapse(key, id);
+    expect((await queue.getJob(id))!.timestamp).not.toBe(oldTs);
+
+    // The new job is not cancelled: no tombstone stands for it, GET and a re-send describe it.
+    expect(await redis.get(cancelledKey(s.cfg.QUEUE_PREFIX, id))).toBeNull();
+    expect((await get(id)).json()).toMatchObject({ id, state: 'delayed' });
+    expect((await send(key)).json()).toEqual({ id, state: 'delayed' });
+    // Gone by retention (by hand here: it waits its delay): 404 and `unknown`, never the old job's `cancelled`.
+    await scheduler.cancel(id);
+    await (await queue.getJob(id))!.remove();
+    expect((await get(id)).statusCode).toBe(404);
+    expect((await send(key)).json()).toEqual({ id, state: 'unknown' });
+  });
+
+  it('a cancel whose job was replaced before its removal leaves the new job, and writes no tombstone', async () => {
+    const { redis, cells: [{ queue, scheduler }] } = s.runtime.deps;
+    const key = 'cancel-replaced-1';
+    const id = (await send(key)).json().id as string;
+    const jobs = jobService(redis, {
+      why: (jobId) => scheduler.why(jobId),
+      // The window: another removal of the job read (a second cancel, a board removal), then the key's new job.
+      async cancel(jobId) {
+        const done = await scheduler.cancel(jobId);
+        await (await queue.getJob(jobId))!.remove();
+        await sendAgainAfterLapse(key, jobId);
+        return done;
+      },
+      removed: (ids) => scheduler.removed(ids),
+    });
+    await expect(jobs.cancel(s.orgId, id)).rejects.toBeInstanceOf(NotFoundError);
+    expect(await queue.getJobState(id)).toBe('delayed');
+    expect(await redis.get(cancelledKey(s.cfg.QUEUE_PREFIX, id))).toBeNull();
+    expect((await get(id)).json()).toMatchObject({ id, state: 'delayed' });
+    // BullMQ's lock key the removal held the new job with is let go of in the same step.
+    expect(await redis.exists(`${queue.toKey(id)}:lock`)).toBe(0);
+  });
+
+  it('a job that completed before its removal keeps its result: 409, not removed as cancelled', async () => {
+    const { redis, cells: [{ queue, scheduler }] } = s.runtime.deps;
+    const id = (await send('cancel-finished-1')).json().id as string;
+    const connection = new Redis(s.cfg.REDIS_URL!, { maxRetriesPerRequest: null });
+    const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, null, { connection, prefix: s.cfg.QUEUE_PREFIX, autorun: false });
+    const result = { output: { risks: [] } } as unknown as AgentResult;
+    const jobs = jobService(redis, {
+      why: (jobId) => scheduler.why(jobId),
+      // The window: a worker fetches the job and completes it before the API goes on.
+      async cancel(jobId) {
+        const done = await scheduler.cancel(jobId);
+        await (await Job.fromId(queue, jobId))!.promote();
+        const fetched = await worker.getNextJob('finish-token');
+        expect(fetched?.id).toBe(jobId);
+        await fetched!.moveToCompleted(result, 'finish-token', false);
+        return done;
+      },
+      removed: (ids) => scheduler.removed(ids),
+    });
+    await expect(jobs.cancel(s.orgId, id)).rejects.toThrow(/already completed/);
+    expect(await queue.getJobState(id)).toBe('completed');
+    expect((await queue.getJob(id))!.returnvalue).toEqual(result);
+    expect(await redis.get(cancelledKey(s.cfg.QUEUE_PREFIX, id))).toBeNull();
     await worker.close(true);
     connection.disconnect();
   });

@@ -136,6 +136,10 @@ describe('queue shards on a Redis Cluster', () => {
     expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${running.json().id}`, headers: o.auth })).json()).toMatchObject({ state: 'cancelling' });
     expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${running.json().id}?waitMs=20000`, headers: o.auth })).json()).toMatchObject({ state: 'cancelled' });
     cancelledId = running.json().id;
+    // One not run yet: removed with its tombstone in one MULTI (cancel-remove-7.lua and BullMQ's removeJob), in the shard's slot.
+    const parked = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: o.auth, payload: { agent: 'RiskAnalyzer', action: 'analyze_risks', input: startup(`Parked ${o.org}`), options: { delayMs: 60_000 } } });
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${parked.json().id}`, headers: o.auth })).json()).toMatchObject({ state: 'cancelled' });
+    expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${parked.json().id}`, headers: o.auth })).json()).toMatchObject({ state: 'cancelled' });
 
     const tasks = ['a', 'b'].map((k) => ({ agent: 'DealScorer', action: 'pipeline_summary', input: { startupId: `${k}-${o.org}` } }));
     const flow = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: o.auth, payload: { tasks } });

@@ -2,13 +2,12 @@ import { Job, type QueueEvents } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
-import { cancelChannel, CANCELLED_REASON, cancelledKey, cancelRequestedKey, shownState } from '../shared/core/cancel.js';
-import { jobStreamKey } from '../shared/core/queue-keys.js';
+import { cancelChannel, CANCELLED_REASON, cancelRequestedKey, shownState } from '../shared/core/cancel.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, parkedState, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
-import { readCancelTombstone } from '../shared/queue/cancel-tombstone.js';
+import { createCancelRemoval, readCancelTombstone } from '../shared/queue/cancel-tombstone.js';
 import { deriveStage, type JobStage } from '../shared/core/job-stage.js';
 
 export interface JobView {
@@ -84,6 +83,7 @@ export function createJobService(deps: {
   const { queue, redis, prefix } = deps;
   // One set of QueueEvents listeners for every long poll of this process, however many wait on one job.
   const waiters = createJobWaiters(deps.queueEvents);
+  const removal = createCancelRemoval({ queue, prefix });
 
   async function load(orgId: string, id: string): Promise<Job<AgentJobData, AgentResult>> {
     const job = await Job.fromId<AgentJobData, AgentResult>(queue, id);
@@ -225,19 +225,25 @@ export function createJobService(deps: {
           // Before the removal: the tombstone must follow the removal at once, since a long poll or a stream
           // woken by the removal reads it.
           await deps.batchCancel?.(id, job.timestamp);
-          await job.remove();
           const view = { ...toJobView(job, 'cancelled'), state: 'cancelled', stage: { name: 'done', outcome: 'cancelled' } as JobStage, finishedAt: new Date().toISOString() };
-          // Removed: no worker holds it (an attempt whose lock lapsed has had the message), and the marker must
-          // not cancel a later job of the same id (an idempotency key sent again).
-          const done = redis.multi().set(cancelledKey(prefix, id), JSON.stringify({ ...view, orgId }), 'EX', deps.cancelledTtlS).del(cancelRequestedKey(prefix, id));
-          // No worker will ever write this job's stream: its SSE readers get the end from here, at once,
-          // instead of noticing the tombstone at their next heartbeat.
-          if (job.data.stream) {
-            const key = jobStreamKey(prefix, id);
-            done.xadd(key, '*', ...encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' }, job.timestamp)).expire(key, CANCELLED_STREAM_TTL_S);
+          // Removed with its tombstone in one step: a long poll or a stream woken by the removal reads the tombstone,
+          // and one written later could land on a new job of the id (an idempotency key sent again once its record
+          // lapsed), whose add deletes an earlier job's tombstone. The same step drops the cancel marker (no worker
+          // holds the job: an attempt whose lock lapsed has had the message) and, for a streaming job, writes its
+          // stream's end, since no worker will: its SSE readers get it at once, not at their next heartbeat.
+          const outcome = await removal(job, {
+            tombstone: { ...view, orgId },
+            ttlS: deps.cancelledTtlS,
+            ...(job.data.stream ? { stream: { entry: encodeEvent({ kind: 'error', error: CANCELLED_REASON, state: 'cancelled' }, job.timestamp), ttlS: CANCELLED_STREAM_TTL_S } } : {}),
+          });
+          if (outcome === 'locked') throw new Error(`job ${id} could not be removed: a worker holds it`);
+          if (outcome === 'finished') throw new ConflictError(`job is already ${await job.getState()}`);
+          if (outcome !== 'removed') {
+            // The job read is gone (another cancel or a removal came first); a job made under the id since is another job.
+            if (await tombstone(orgId, id)) throw new ConflictError('job is already cancelled');
+            throw new NotFoundError('job not found');
           }
-          await done.exec();
-          // After the tombstone, which must follow the removal at once (above). A job its attempt parked (a
+          // After the removal and its tombstone (one step, above). A job its attempt parked (a
           // deferral, a retry) still holds its slot, which scheduler.cancel leaves to the attempt's repark; that
           // repark now finds the job gone and moves nothing, so the slot would stay held until the lease sweep (the
           // org one job short of its cap). Freed here, as the board's remove does, without a refund (the attempt
@@ -247,6 +253,7 @@ export function createJobService(deps: {
           await deps.scheduler.removed([id]).catch(() => undefined);
           return view;
         } catch (err) {
+          if (err instanceof ConflictError || err instanceof NotFoundError) throw err;
           // It was picked up between getState and remove: cancel it as an active job instead (its claim may
           // already have failed it on the marker).
           const now = await job.getState();
