@@ -335,11 +335,12 @@ function attemptOf(deps: ProcessorDeps) {
 
     /**
      * A flow child's (or pipeline step's) billed row its result will not carry (a failed attempt, a delayed run's
-     * calls) is also summed on its hash, in the same call: its parent adds that to the child's cost, since a failed
-     * child has no result to carry it (fan-out.ts, pipeline-runner.ts). A job without a parent has no reader for it.
+     * calls) is also summed on its hash and its parent's, in the same call: its parent adds that to the child's cost,
+     * since a failed child has no result to carry it (fan-out.ts, pipeline-runner.ts), also once retention removed
+     * the child's hash. A job without a parent has no reader for it.
      */
     const billTo = (row: AgentRun): RunBillTo | undefined =>
-      row.costUsd > 0 && job.parentKey ? { key: jobHashKey(job.queueQualifiedName, job.id!) } : undefined;
+      row.costUsd > 0 && job.parentKey ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey } : undefined;
     const record = async (row: AgentRun) => {
       try {
         await deps.runs.record(row, row.state === 'completed' ? undefined : billTo(row));

@@ -17,10 +17,16 @@ export const jobHashKey = (queueKey: string, jobId: string) => `${queueKey}:${jo
 /**
  * A field agentq adds to a flow child's (or pipeline step's) BullMQ hash: the USD of its rows that its result does
  * not carry (failed attempts billed for an answer, a delayed run's paid calls), summed by the script that appends
- * each such row to the usage stream (usage-bill-2.lua), so it equals those rows' sum in `agent_runs`. The parent
+ * each such row to the usage stream (usage-bill-3.lua), so it equals those rows' sum in `agent_runs`. The parent
  * adds it to the child's cost: a failed child's result has no cost of its own.
  */
 export const JOB_BILLED_FIELD = 'agentqBilledUsd';
+
+/**
+ * The same sum kept on the parent's hash (the fan-out flow's or pipeline run's), one field per child, by the same
+ * script call: it outlives the child's hash, which retention removes (a failed one past KEEP_FAILED_COUNT).
+ */
+export const childBilledField = (childId: string) => `${JOB_BILLED_FIELD}:${childId}`;
 
 /** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
 export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;

@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
-import { JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
+import { childBilledField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 
 export type ChildOutcome = { state: 'completed'; result: AgentResult } | { state: 'failed'; error: string };
@@ -26,14 +26,21 @@ export async function childOutcomes(parent: Job, childQueueKey: string): Promise
 }
 
 /**
- * What each child was billed beyond its result: the rows of its failed attempts and delayed runs, summed on its
- * hash as each was appended to the usage stream (`JOB_BILLED_FIELD`, usage-bill-2.lua), so the same numbers as
- * its `agent_runs` rows. A failed child's whole cost; a completed child's earlier attempts'. 0 for a child whose
- * hash retention already removed (its rows are still in the ledger).
+ * What each child was billed beyond its result: the rows of its failed attempts and delayed runs, summed as each
+ * was appended to the usage stream (usage-bill-3.lua), so the same numbers as its `agent_runs` rows. A failed
+ * child's whole cost; a completed child's earlier attempts'. Read from the parent's hash (`childBilledField`), which
+ * holds it after retention removed the child's (a failed child's, often before its parent settles: until 2026-12-07
+ * read as 0), and from the child's own (`JOB_BILLED_FIELD`) while it is kept: the larger, since a row billed by a
+ * worker of the version before the parent's field is on the child's only. All in one tick: one round trip.
  */
-export async function childrenBilledUsd(redis: Pick<RedisClient, 'hget'>, childQueueKey: string, ids: string[]): Promise<Map<string, number>> {
-  const values = await Promise.all(ids.map((id) => redis.hget(jobHashKey(childQueueKey, id), JOB_BILLED_FIELD)));
-  return new Map(ids.map((id, i) => [id, Number(values[i] ?? 0) || 0]));
+export async function childrenBilledUsd(redis: Pick<RedisClient, 'hget' | 'hmget'>, parentKey: string, childQueueKey: string, ids: string[]): Promise<Map<string, number>> {
+  if (ids.length === 0) return new Map();
+  const [onParent, onChildren] = await Promise.all([
+    redis.hmget(parentKey, ...ids.map(childBilledField)),
+    Promise.all(ids.map((id) => redis.hget(jobHashKey(childQueueKey, id), JOB_BILLED_FIELD))),
+  ]);
+  const usd = (v: string | null | undefined) => Number(v ?? 0) || 0;
+  return new Map(ids.map((id, i) => [id, Math.max(usd(onParent[i]), usd(onChildren[i]))]));
 }
 
 /** A sum of USD amounts without the float noise of the additions (the ledger keeps 8 decimals). */

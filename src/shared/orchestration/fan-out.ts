@@ -2,6 +2,7 @@ import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
 import { childOutcomes, childrenBilledUsd, sumUsd } from './child-outcomes.js';
 import type { RedisClient } from '../infra/redis/connection.js';
+import { jobHashKey } from '../core/queue-keys.js';
 import { failedChildResult, type FlowChildRef, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
 import type { FlowPreset } from './presets.js';
 
@@ -25,10 +26,10 @@ export async function settleFanOut(
   job: Job<ParallelFlowData>,
   childQueueKey: string,
   presets: Map<string, FlowPreset>,
-  redis: Pick<RedisClient, 'hget'>,
+  redis: Pick<RedisClient, 'hget' | 'hmget'>,
 ): Promise<ParallelFlowResult> {
   const children = job.data.children as FlowChildRef[];
-  const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilledUsd(redis, childQueueKey, children.map((c) => c.id))]);
+  const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilledUsd(redis, jobHashKey(job.queueQualifiedName, job.id!), childQueueKey, children.map((c) => c.id))]);
   const results: Record<string, AgentResult> = {};
   let totalCostUsd = 0;
   for (const child of children) {

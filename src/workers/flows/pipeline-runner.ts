@@ -5,6 +5,7 @@ import { ValidationError } from '../../shared/core/errors.js';
 import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
+import { jobHashKey } from '../../shared/core/queue-keys.js';
 import { childOutcomes, childrenBilledUsd, sumUsd, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import { stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
@@ -184,7 +185,7 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       };
       const outcome = await settle(job, token, data.steps[data.cursor], markAdded);
       const stepJob = data.steps[data.cursor].jobId!;
-      const billed = (await childrenBilledUsd(deps.redis, childQueue, [stepJob])).get(stepJob);
+      const billed = (await childrenBilledUsd(deps.redis, jobHashKey(job.queueQualifiedName, job.id!), childQueue, [stepJob])).get(stepJob);
       await save(afterStep(data, step, outcome, billed));
       const rec = data.steps.find((s) => s.id === step.id)!;
       logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');

@@ -2,7 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
-import { JOB_BILLED_FIELD } from '../../core/queue-keys.js';
+import { childBilledField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
@@ -41,9 +41,11 @@ export interface UsageRider {
   done(ride: UsageRide, reply: unknown): void;
 }
 
-/** The BullMQ hash of the job a row bills (`jobHashKey`): see `createRunAppender`'s `record`. */
+/** The BullMQ hash of the job a row bills (`jobHashKey`) and its parent's (`job.parentKey`): see `createRunAppender`'s `record`. */
 export interface RunBillTo {
   key: string;
+  jobId: string;
+  parentKey: string;
 }
 
 /**
@@ -54,13 +56,14 @@ export interface RunBillTo {
  */
 export function createRunAppender({ redis, key, rider }: { redis: RedisClient; key: string; rider?: UsageRider }) {
   const appendLua = defineLua(redis, 'usage-append-1.lua');
-  const billLua = defineLua(redis, 'usage-bill-2.lua');
+  const billLua = defineLua(redis, 'usage-bill-3.lua');
   const ridden = rider?.key === key ? rider : undefined;
   const closes = closesOf(redis);
   return {
     /**
      * `billTo`: a flow child's row its result will not carry (a billed failed attempt, a delayed run's calls): its
-     * cost is also added to the job's hash (`JOB_BILLED_FIELD`) in the same call, for the parent's sum.
+     * cost is also added to the job's hash (`JOB_BILLED_FIELD`) and its parent's (`childBilledField`) in the same
+     * call, for the parent's sum.
      */
     async record(run: AgentRun, billTo?: RunBillTo): Promise<void> {
       const json = encodeRun(run);
@@ -73,7 +76,7 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
       const seen = closes();
       try {
         reply = billTo
-          ? await billLua([key, billTo.key], [RUN_FIELD, json, String(run.jobTs ?? 0), JOB_BILLED_FIELD, String(run.costUsd), ...(ride?.args ?? ['', '', 0])])
+          ? await billLua([key, billTo.key, billTo.parentKey], [RUN_FIELD, json, String(run.jobTs ?? 0), JOB_BILLED_FIELD, String(run.costUsd), childBilledField(billTo.jobId), ...(ride?.args ?? ['', '', 0])])
           : await appendLua([key], [RUN_FIELD, json, ...ride!.args]);
       } finally {
         // Across a reconnect the reply may be a re-sent call's: what the first one read is unknown (lost).
