@@ -50,8 +50,10 @@ export function createCancelRemoval(o: { queue: Queue; prefix: string }) {
     const tx = (await backend.client).multi();
     const cmd = tx as unknown as ReturnType<RedisClient['multi']>;
     cmd.eval(lua, keys.length, ...keys, 'before', holdToken, id, String(job.timestamp), JSON.stringify(w.tombstone), w.ttlS, w.stream ? w.stream.ttlS : '', ...(w.stream?.entry ?? []));
-    // BullMQ's removeArgs (protected), as job.remove() sends them: children removed too (an agent job has none).
-    backend.execCommand(tx, 'removeJob', [jobKey, queue.toKey('repeat'), id, 1, queue.toKey('')]);
+    // BullMQ's own removeArgs (protected), as job.remove() sends them, so an upgrade that changes them is followed:
+    // children removed too (an agent job has none).
+    const removeArgs = (backend as unknown as { removeArgs(jobId: string, removeChildren: boolean): (string | number)[] }).removeArgs(id, true);
+    backend.execCommand(tx, 'removeJob', removeArgs);
     cmd.eval(lua, keys.length, ...keys, 'after', holdToken);
     const replies = await tx.exec();
     if (!replies) throw new Error(`cancel of job ${id}: transaction aborted`);
