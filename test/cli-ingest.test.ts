@@ -3,10 +3,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { parseIngestArgs, validateJsonl } from '../src/app/cli/ingest.js';
+import { ingestJsonl, parseIngestArgs, validateJsonl } from '../src/app/cli/ingest.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { JsonlLineError } from '../src/shared/knowledge/jsonl-docs.js';
+import { createIngestLedger, createKnowledgeStore } from '../src/shared/knowledge/knowledge-store.js';
+import { createHashEmbed } from './helpers/hash-embed.js';
 import { Redis } from 'ioredis';
 import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -61,15 +63,37 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
       { external_id: 'f2', startup_id: null, dims: 768 },
       { external_id: 'f3', startup_id: null, dims: 768 },
     ]);
-    // The org paid for embedding its facts: a ledger row per written batch (2 + 1 + the second run's 1), tokens estimated.
-    const ledger = await pool.query("SELECT agent, action, kind, embedding_tokens, embedding_estimated FROM agent_runs WHERE org_id = $1 ORDER BY created_at, attempt", [org]);
+    // The org paid for embedding its facts: a ledger row per written batch, tokens estimated. A run is one ingest: the
+    // first run's 2 batches are rows 1 and 2 of one ingest id, the second run's 1 batch an ingest of its own.
+    const ledger = await pool.query("SELECT job_id, attempt, agent, action, kind, embedding_tokens, embedding_estimated FROM agent_runs WHERE org_id = $1 ORDER BY created_at, attempt", [org]);
     const est = (texts: string[]) => texts.reduce((n, t) => n + Math.ceil(t.length / 4), 0);
     const contents = ['Revenue grew 40% quarter over quarter', 'Churn is under 2% monthly', 'The team is hiring two engineers'];
+    const row = { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_estimated: true };
+    const [run1, run2] = [ledger.rows[0]?.job_id, ledger.rows[2]?.job_id];
+    expect(run1).not.toBe(run2);
     expect(ledger.rows).toEqual([
-      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents.slice(0, 2)), embedding_estimated: true },
-      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents.slice(2)), embedding_estimated: true },
-      { agent: 'knowledge', action: 'ingest:chat_facts', kind: 'ingest', embedding_tokens: est(contents), embedding_estimated: true },
+      { ...row, job_id: run1, attempt: 1, embedding_tokens: est(contents.slice(0, 2)) },
+      { ...row, job_id: run1, attempt: 2, embedding_tokens: est(contents.slice(2)) },
+      { ...row, job_id: run2, attempt: 1, embedding_tokens: est(contents) },
     ]);
+  });
+
+  it('records a run over several batches as one ingest: one id, a row per batch numbered from 1; a batch written again is recorded once', async () => {
+    const org = randomOrg();
+    const texts = ['Seed round closed at 3M', 'Two pilots signed in March', 'Gross margin is 71%', 'Burn is 180k a month', 'Runway is 20 months'];
+    const path = file('batches.jsonl', texts.map((content, i) => JSON.stringify({ external_id: `b${i}`, content })));
+    const store = createKnowledgeStore({ pool, embed: createHashEmbed(), ledger: createIngestLedger('gemini-embedding-001') });
+    const args = parseIngestArgs([path, '--table', 'chat_facts', '--org', org, '--batch', '2']);
+    const r = await ingestJsonl(args, { store, total: texts.length });
+    expect(r).toMatchObject({ total: 5, inserted: 5, batches: 3, ingestId: expect.stringMatching(/^ingest:[0-9a-f-]{36}$/) });
+    const ledger = async () =>
+      (await pool.query("SELECT job_id, job_ts, attempt, part, embedding_tokens FROM agent_runs WHERE org_id = $1 AND kind = 'ingest' ORDER BY attempt", [org])).rows;
+    const est = (batch: string[]) => batch.reduce((n, t) => n + Math.ceil(t.length / 4), 0);
+    const rows = [texts.slice(0, 2), texts.slice(2, 4), texts.slice(4)].map((batch, i) => ({ job_id: r.ingestId, job_ts: '0', attempt: i + 1, part: '', embedding_tokens: est(batch) }));
+    expect(await ledger()).toEqual(rows);
+    // The second batch's statement sent again (a retry of the same run's batch): its documents are upserted, its row kept once.
+    await store.upsert('chat_facts', texts.slice(2, 4).map((content, i) => ({ external_id: `b${i + 2}`, content })), { orgId: org, ingest: { id: r.ingestId, firstBatch: 2 } });
+    expect(await ledger()).toEqual(rows);
   });
 
   it('follows the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused before anything is loaded, naming both counts', async () => {

@@ -17,7 +17,7 @@ import { geminiOptionsFromConfig, startGemini } from '../gemini.js';
 import type { EmbedFn } from '../../shared/knowledge/embedding.js';
 import { readJsonlDocs } from '../../shared/knowledge/jsonl-docs.js';
 import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTable } from '../../shared/knowledge/knowledge-schemas.js';
-import { createIngestLedger, createKnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
+import { createIngestLedger, createKnowledgeStore, newIngestId, type KnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
 import { createCliLogger, runCliIfMain, shardsGiven } from './run-cli.js';
@@ -90,19 +90,30 @@ export async function validateJsonl(file: string, table: KnowledgeTable): Promis
   return count;
 }
 
-/** Second pass: streams the (now known good) file into the knowledge store batch by batch. */
+/** What a run loaded, and the ingest its ledger rows are recorded under (`job_id` of its batches' rows). */
+export interface IngestJsonlResult extends UpsertResult {
+  ingestId: string;
+  batches: number;
+}
+
+/**
+ * Second pass: streams the (now known good) file into the knowledge store batch by batch. The run is one ingest, as
+ * an API request is: its batches are rows 1, 2, ... of one ingest id in the org's ledger, not an ingest each.
+ */
 export async function ingestJsonl(
   args: IngestArgs,
-  deps: { store: ReturnType<typeof createKnowledgeStore>; total: number; onProgress?: (done: number, total: number) => void },
-): Promise<UpsertResult> {
-  const sum: UpsertResult = { inserted: 0, updated: 0, skipped: 0, total: 0 };
+  deps: { store: KnowledgeStore; total: number; onProgress?: (done: number, total: number) => void },
+): Promise<IngestJsonlResult> {
+  const sum: IngestJsonlResult = { inserted: 0, updated: 0, skipped: 0, total: 0, ingestId: newIngestId(), batches: 0 };
   let batch: KnowledgeDoc[] = [];
   const flush = async () => {
-    const r = await deps.store.upsert(args.table, batch, { orgId: args.orgId, batchSize: args.batchSize });
+    const r = await deps.store.upsert(args.table, batch, { orgId: args.orgId, batchSize: args.batchSize, ingest: { id: sum.ingestId, firstBatch: sum.batches + 1 } });
     sum.inserted += r.inserted;
     sum.updated += r.updated;
     sum.skipped += r.skipped;
     sum.total += r.total;
+    // One batch per call (the batch is never above batchSize), counted as the store numbers them all the same.
+    sum.batches += Math.ceil(batch.length / args.batchSize);
     batch = [];
     deps.onProgress?.(sum.total, deps.total);
   };

@@ -23,7 +23,16 @@ export interface UpsertOptions {
   onProgress?: (p: { done: number; total: number }) => void;
   /** The HTTP request that ingests (its ledger rows' request_id). */
   requestId?: string;
+  /**
+   * The ingest these documents belong to, when one ingest writes them through several calls (the CLI streams its
+   * file a batch per call): its id (`newIngestId`) and the ordinal of this call's first batch, so its rows are
+   * batches of one ingest in the ledger. Unset: the call is an ingest of its own (an API request), batches from 1.
+   */
+  ingest?: { id: string; firstBatch: number };
 }
+
+/** A new ingest's id, the `job_id` of its ledger rows (one per API request, one per CLI run). */
+export const newIngestId = (): string => `ingest:${randomUUID()}`;
 
 /**
  * Where an org's ingestion records the embedding calls it pays for (agent_runs, migration 024): the embedding model
@@ -67,8 +76,9 @@ export function createKnowledgeStore({ pool, embed, ledger }: { pool: pg.Pool; e
       const result: UpsertResult = { inserted: 0, updated: 0, skipped: 0, total: valid.length };
       // The org whose rows these are (industry_packs have none, whatever orgId says).
       const owner = TABLE_SQL[t].columns.includes('org_id') ? (opts.orgId ?? null) : null;
-      const ingestId = `ingest:${randomUUID()}`;
-      for (let start = 0, n = 1; start < valid.length; start += batchSize, n++) {
+      // A batch is recorded under (ingest id, ordinal), ON CONFLICT DO NOTHING: a batch statement sent again records once.
+      const ingestId = opts.ingest?.id ?? newIngestId();
+      for (let start = 0, n = opts.ingest?.firstBatch ?? 1; start < valid.length; start += batchSize, n++) {
         const batch = valid.slice(start, start + batchSize);
         const texts = batch.map((d) => embeddingText(t, d));
         const began = performance.now();

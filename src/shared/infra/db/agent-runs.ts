@@ -102,7 +102,7 @@ export interface UsageRow {
  * attempt's (migration 023).
  */
 export interface IngestRun {
-  /** One per ingest request (`ingest:<uuid>`): its batches are rows `batch` 1, 2, ... of it. */
+  /** One per ingest (`ingest:<uuid>`: an API request, a CLI run): its batches are rows `batch` 1, 2, ... of it. */
   ingestId: string;
   batch: number;
   orgId: string;
