@@ -13,6 +13,7 @@ import { Redis } from 'ioredis';
 import { shardLayoutKey } from '../src/shared/core/queue-keys.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { runCli } from './helpers/run-cli.js';
+import { startOtlpReceiver } from './helpers/otlp-receiver.js';
 
 // Each test starts the CLI as a process (tsx, Postgres): minutes, not seconds, on a busy machine.
 describe('ingest CLI', { timeout: 240_000 }, () => {
@@ -94,6 +95,59 @@ describe('ingest CLI', { timeout: 240_000 }, () => {
     // The second batch's statement sent again (a retry of the same run's batch): its documents are upserted, its row kept once.
     await store.upsert('chat_facts', texts.slice(2, 4).map((content, i) => ({ external_id: `b${i + 2}`, content })), { orgId: org, ingest: { id: r.ingestId, firstBatch: 2 } });
     expect(await ledger()).toEqual(rows);
+  });
+
+  it('exports its spans over OTLP before it exits: a root span for the run, one embeddings span per batch under it', async () => {
+    const receiver = await startOtlpReceiver();
+    try {
+      const org = randomOrg();
+      const texts = ['Seed round closed at 3M', 'Two pilots signed in March', 'Gross margin is 71%', 'Burn is 180k a month', 'Runway is 20 months'];
+      const path = file('traced.jsonl', texts.map((content, i) => JSON.stringify({ external_id: `t${i}`, content })));
+      const res = await runCli('src/app/cli/ingest.ts', [path, '--table', 'chat_facts', '--org', org, '--batch', '2'], {
+        DATABASE_URL: databaseUrl(),
+        GEMINI_API_KEY: undefined,
+        OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint,
+        OTEL_SERVICE_NAME: 'agentq-ingest-test',
+      });
+      expect(res.code, res.stderr).toBe(0);
+      // No wait: the process exited, so whatever it exported was received (the exporter awaits each POST's answer).
+      const roots = receiver.spans.filter((s) => s.name === 'ingest chat_facts');
+      expect(roots).toHaveLength(1);
+      const root = roots[0];
+      expect(root.parentSpanId).toBeUndefined();
+      expect(root.resource).toMatchObject({ 'service.name': 'agentq-ingest-test', 'agentq.role': 'ingest' });
+      const ledger = await pool.query("SELECT DISTINCT job_id FROM agent_runs WHERE org_id = $1 AND kind = 'ingest'", [org]);
+      expect(ledger.rows).toHaveLength(1);
+      expect(root.attributes).toMatchObject({
+        'agentq.ingest.table': 'chat_facts',
+        'agentq.org_id': org,
+        'agentq.ingest.id': ledger.rows[0].job_id,
+        'agentq.ingest.documents': 5,
+        'agentq.ingest.batches': 3,
+        'agentq.ingest.inserted': 5,
+      });
+      expect(root.status?.code ?? 0).not.toBe(2);
+      const est = (batch: string[]) => batch.reduce((n, t) => n + Math.ceil(t.length / 4), 0);
+      const embeds = receiver.spans.filter((s) => s.attributes['gen_ai.operation.name'] === 'embeddings');
+      expect(embeds.map((s) => s.attributes['agentq.usage.input_tokens'])).toEqual([texts.slice(0, 2), texts.slice(2, 4), texts.slice(4)].map(est));
+      for (const span of embeds) {
+        expect(span).toMatchObject({ traceId: root.traceId, parentSpanId: root.spanId, kind: 3 });
+        expect(span.attributes).toMatchObject({ 'agentq.embedding.task_type': 'RETRIEVAL_DOCUMENT', 'agentq.usage.estimated': true });
+      }
+      // The documents' text is never exported.
+      expect(receiver.bodies.join('\n')).not.toContain('Runway');
+
+      // A run that fails (a bad line, before anything is loaded) exports its root span too, as an error.
+      const bad = file('traced-bad.jsonl', [JSON.stringify({ external_id: 'x', content: 'too sure', confidence: 7 })]);
+      const failed = await runCli('src/app/cli/ingest.ts', [bad, '--table', 'chat_facts', '--org', org], { DATABASE_URL: databaseUrl(), GEMINI_API_KEY: undefined, OTEL_EXPORTER_OTLP_ENDPOINT: receiver.endpoint });
+      expect(failed.code).toBe(1);
+      const failedRoot = receiver.spans.filter((s) => s.name === 'ingest chat_facts' && s.traceId !== root.traceId);
+      expect(failedRoot).toHaveLength(1);
+      expect(failedRoot[0].status?.code).toBe(2);
+      expect(failedRoot[0].attributes['error.type']).toBe('EVALIDATION');
+    } finally {
+      await receiver.close();
+    }
   });
 
   it('follows the shard layout recorded in Redis: a QUEUE_SHARDS that differs is refused before anything is loaded, naming both counts', async () => {

@@ -20,6 +20,9 @@ import { isKnowledgeTable, KNOWLEDGE_TABLES, type KnowledgeDoc, type KnowledgeTa
 import { createIngestLedger, createKnowledgeStore, newIngestId, type KnowledgeStore, type UpsertResult } from '../../shared/knowledge/knowledge-store.js';
 import { createTenantIndex, withHnswRebuild, type IndexPhase } from '../../shared/knowledge/hnsw-rebuild.js';
 import { followShardLayout } from '../../shared/queue/shard-layout.js';
+import type { Logger } from '../../shared/core/logger.js';
+import { inSpan, markError, type Span } from '../../shared/telemetry/tracing.js';
+import { startTracing } from '../tracing.js';
 import { createCliLogger, runCliIfMain, shardsGiven } from './run-cli.js';
 
 const USAGE = `usage: npm run ingest -- FILE.jsonl --table ${KNOWLEDGE_TABLES.join('|')} [--org ORG] [--batch N] [--rebuild-index] [--tenant-index]
@@ -102,9 +105,9 @@ export interface IngestJsonlResult extends UpsertResult {
  */
 export async function ingestJsonl(
   args: IngestArgs,
-  deps: { store: KnowledgeStore; total: number; onProgress?: (done: number, total: number) => void },
+  deps: { store: KnowledgeStore; total: number; onProgress?: (done: number, total: number) => void; ingestId?: string },
 ): Promise<IngestJsonlResult> {
-  const sum: IngestJsonlResult = { inserted: 0, updated: 0, skipped: 0, total: 0, ingestId: newIngestId(), batches: 0 };
+  const sum: IngestJsonlResult = { inserted: 0, updated: 0, skipped: 0, total: 0, ingestId: deps.ingestId ?? newIngestId(), batches: 0 };
   let batch: KnowledgeDoc[] = [];
   const flush = async () => {
     const r = await deps.store.upsert(args.table, batch, { orgId: args.orgId, batchSize: args.batchSize, ingest: { id: sum.ingestId, firstBatch: sum.batches + 1 } });
@@ -182,20 +185,38 @@ async function main(argv: string[]): Promise<number> {
   // Documents embedded by the emulator would be found by nothing a real model embeds: refused before any work.
   assertGeminiConfigured(cfg);
   const logger = createCliLogger(cfg);
+  // As the API and worker processes do: an OTLP exporter when OTEL_* name an endpoint, else no SDK (no-op spans).
+  const tracing = startTracing(cfg, logger, { role: 'ingest' });
+  try {
+    // The run's root span: each batch's embedding requests (llm-client.ts) are its children.
+    const attributes = { 'agentq.ingest.table': args.table, 'agentq.ingest.batch_size': args.batchSize, ...(args.orgId ? { 'agentq.org_id': args.orgId } : {}) };
+    return await inSpan(`ingest ${args.table}`, { attributes }, (span) => run(args, cfg, logger, span));
+  } finally {
+    // runCliIfMain exits as soon as main returns: the batch processor's buffered spans are exported first.
+    await tracing?.shutdown();
+  }
+}
+
+/** The run under its root span: a failure is written to stderr as an exit code, and marks the span as an error. */
+async function run(args: IngestArgs, cfg: Config, logger: Logger, span: Span): Promise<number> {
+  const fail = (err: unknown, message: string) => {
+    if (span.isRecording()) markError(span, err);
+    process.stderr.write(message);
+    return 1;
+  };
   let total: number;
   try {
     total = await validateJsonl(args.file, args.table);
   } catch (err) {
-    process.stderr.write(`${args.file}: ${(err as Error).message}\n`);
-    return 1;
+    return fail(err, `${args.file}: ${(err as Error).message}\n`);
   }
+  span.setAttribute('agentq.ingest.documents', total);
   const redis = createRedis(redisTargetOf(cfg), 'api', { commandTimeout: cfg.REDIS_COMMAND_TIMEOUT_MS });
   try {
     await checkShardLayout(cfg, redis);
   } catch (err) {
     redis.disconnect();
-    process.stderr.write(`ingest refused, nothing loaded: ${(err as Error).message}\n`);
-    return 1;
+    return fail(err, `ingest refused, nothing loaded: ${(err as Error).message}\n`);
   }
   const db = await openSharedDatabase({ databaseUrl: cfg.DATABASE_URL, dataDir: cfg.DATA_DIR, pglitePort: cfg.PGLITE_PORT, pgliteSharedBuffers: cfg.PGLITE_SHARED_BUFFERS, pglitePrewarm: false, logger, timeouts: dbTimeoutsOf(cfg) });
   let runtime: Awaited<ReturnType<typeof startGemini>> | undefined;
@@ -205,11 +226,18 @@ async function main(argv: string[]): Promise<number> {
     const embed: EmbedFn = (texts) => runtime!.llm.embed(texts, { taskType: 'RETRIEVAL_DOCUMENT' });
     // --org: the org's rows record what embedding them cost in its ledger, as the API's ingest does.
     const store = createKnowledgeStore({ pool: db.pool, embed, ledger: createIngestLedger(cfg.GEMINI_EMBEDDING_MODEL, cfg.PRICES_JSON) });
+    // Known before the load: a run that fails half-way names the ingest its written batches are recorded under.
+    const ingestId = newIngestId();
+    span.setAttribute('agentq.ingest.id', ingestId);
     const bar = progressBar();
     bar(0, total);
-    const load = () => ingestJsonl(args, { store, total, onProgress: bar });
-    const onPhase = (p: IndexPhase) => process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`);
+    const load = () => ingestJsonl(args, { store, total, onProgress: bar, ingestId });
+    const onPhase = (p: IndexPhase) => {
+      span.addEvent(`agentq.index.${p.phase}`, { 'agentq.index.name': p.index, ...(p.phase === 'built' ? { 'agentq.index.build_ms': Math.round(p.ms) } : {}) });
+      process.stderr.write(`${p.phase === 'build' ? '\n' : ''}${describePhase(p)}`);
+    };
     const r = args.rebuildIndex ? await withHnswRebuild(db.longPool, args.table, { memory: cfg.INDEX_BUILD_MEMORY, orgId: args.orgId, onPhase }, load) : await load();
+    span.setAttributes({ 'agentq.ingest.batches': r.batches, 'agentq.ingest.inserted': r.inserted, 'agentq.ingest.updated': r.updated });
     if (args.tenantIndex && args.orgId) await createTenantIndex(db.longPool, args.table, args.orgId, { memory: cfg.INDEX_BUILD_MEMORY, onPhase });
     process.stderr.write('\n');
     process.stdout.write(`${args.table}: ${r.total} documents, ${r.inserted} inserted, ${r.updated} updated, ${r.skipped} skipped\n`);
@@ -218,13 +246,11 @@ async function main(argv: string[]): Promise<number> {
       if (agents.length) process.stdout.write(`cached answers invalidated (${args.orgId ? `org ${args.orgId}` : 'every org'}): ${agents.join(', ')}\n`);
     } catch (err) {
       // The rows are in: only the answers cached before them may still be served, until CACHE_TTL_S.
-      process.stderr.write(`ingested, but the cached answers of the agents that search ${args.table} could not be invalidated: ${(err as Error).message} (DELETE /v1/cache, or wait CACHE_TTL_S)\n`);
-      return 1;
+      return fail(err, `ingested, but the cached answers of the agents that search ${args.table} could not be invalidated: ${(err as Error).message} (DELETE /v1/cache, or wait CACHE_TTL_S)\n`);
     }
     return 0;
   } catch (err) {
-    process.stderr.write(`\ningest failed: ${(err as Error).message}\n`);
-    return 1;
+    return fail(err, `\ningest failed: ${(err as Error).message}\n`);
   } finally {
     redis.disconnect();
     await runtime?.close();
