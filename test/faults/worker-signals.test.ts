@@ -29,7 +29,8 @@ describe('worker processes under signals', () => {
     env = processEnv(s, {
       LOCK_DURATION_MS: String(LOCK_MS),
       STALLED_INTERVAL_MS: String(STALLED_MS),
-      SHUTDOWN_GRACE_MS: '10000',
+      // The drain's grace is a deadline on the machine's speed: the default, ample for 4 released calls on a busy machine.
+      SHUTDOWN_GRACE_MS: '30000',
       WORKER_CONCURRENCY: '4',
       // Model calls go through the gate, which holds chosen ones open until the test releases them; a held
       // call must not time out in the worker meanwhile, however long a busy machine takes to start another.
@@ -128,26 +129,33 @@ describe('worker processes under signals', () => {
 
   it('SIGTERM under load: in-flight jobs finish, none stalls, the process exits 0', async () => {
     s.emulator.resetCalls();
-    s.emulator.script({ latencyMs: 600, match: { promptIncludes: 'sigterm-' }, times: 24 });
+    // The first 8 calls are held open: both live workers (4 each) are full, and stay so until the one to stop
+    // has begun shutting down, however slow the machine (a fixed call latency let jobs end before all 8 ran).
+    const held = gate.hold('sigterm-', 8);
     const markers = Array.from({ length: 24 }, (_, i) => `sigterm-${i}`);
     const linesBefore = victim.lines.length;
     const ids: string[] = [];
     for (const m of markers) ids.push(await enqueue(m));
-    // Both live workers (4 each) are busy; the one to stop is the rescuer of the previous test.
-    await vi.waitFor(async () => expect(await queue.getActiveCount()).toBe(8), { timeout: 60_000, interval: 20 });
+    await within(held.arrived, 60_000, '8 model calls in flight, 4 from each worker');
+    expect(await queue.getActiveCount()).toBe(8);
+    // The one to stop is the rescuer of the previous test.
     const termAt = Date.now();
     rescuer.kill('SIGTERM');
+    await rescuer.waitForLog((l) => l.msg === 'shutting down: no new jobs, finishing in-flight ones', 60_000);
+    expect(completedBy(rescuer, ids)).toBe(0);
+    expect(await queue.getActiveCount()).toBe(8);
+    held.release();
     const code = await rescuer.exited;
     figure('SIGTERM: time from signal to exit with 4 jobs in flight (ms)', Date.now() - termAt);
     expect(code).toBe(0);
     const drained = completedBy(rescuer, ids);
-    expect(drained).toBeGreaterThanOrEqual(4);
+    expect(drained).toBe(4);
     await vi.waitFor(async () => expect(await Promise.all(ids.map(stateOf))).toEqual(ids.map(() => 'completed')), { timeout: 60_000, interval: 100 });
     const rows = await runRows(s, ids);
     for (const id of ids) expect(rows.get(id)).toEqual({ completed: 1, failed: 0 });
     for (const id of ids) expect((await Job.fromId(queue, id))!.stalledCounter ?? 0).toBe(0);
     expect(generateCalls()).toBe(24);
-    figure('SIGTERM: jobs the stopping worker finished after the signal or before', drained);
+    figure('SIGTERM: jobs the stopping worker had in flight at the signal and finished', drained);
     victim.kill('SIGTERM');
     expect(await victim.exited).toBe(0);
     // With both processes' output read to the end: every job completed in one of them, and none stalled.
