@@ -5,7 +5,7 @@ import { createAgentWorker, type AgentWorkerOptions } from '../src/workers/agent
 import { createLogger } from '../src/shared/core/logger.js';
 import type { AgentJobData } from '../src/shared/core/types.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 describe('agent worker shutdown', () => {
   const connections: Redis[] = [];
@@ -75,7 +75,7 @@ describe('agent worker shutdown', () => {
     expect(stuck.worker.closing).toBeTruthy();
     await queue.obliterate({ force: true });
     await queue.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('does not wait at shutdown for a job its processor moved to delayed (BullMQ emits no completed or failed for it)', async () => {
     const { queue, warnings, workerOf } = setup();
@@ -121,5 +121,5 @@ describe('agent worker shutdown', () => {
     expect(warnings.filter((w) => 'graceMs' in w)).toEqual([]);
     await queue.obliterate({ force: true });
     await queue.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 });

@@ -6,7 +6,7 @@ import { openStreamsKey, orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { randomOrg, redisUrl } from './helpers/env.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL, until, within } from './helpers/wait.js';
+import { POLL, until, within, waitsTimeout } from './helpers/wait.js';
 
 describe('API shutdown', () => {
   let s: Stack | undefined;
@@ -123,6 +123,6 @@ describe('API shutdown: a stream that starts once the close began', () => {
         admin.disconnect();
         proxy.close();
       }
-    });
+    }, waitsTimeout(POLL.timeout, 20_000, POLL.timeout));
   }
 });

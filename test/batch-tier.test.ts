@@ -116,7 +116,7 @@ describe('batch tier through ai.batches and the emulator', () => {
       expect(duplicateKeys(line), line).toEqual([]);
       expect(JSON.parse(line)).toMatchObject({ component: 'batch-collector' });
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a batch answer without a finishReason is no answer: a retryable EPROVIDER billed at the batch price, and the retry runs standard; the batch\'s other answers complete', async () => {
     s.emulator.resetCalls();
@@ -149,7 +149,7 @@ describe('batch tier through ai.batches and the emulator', () => {
     } finally {
       s.emulator.clearFaults();
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('an expired batch sends its jobs to the standard tier, done before their deadline', async () => {
     s.emulator.resetCalls();
@@ -216,7 +216,7 @@ describe('batch tier through ai.batches and the emulator', () => {
     } finally {
       await scheduler.setPlan(org, {});
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a batch-tier job answered on the standard tier instead (its batch expired) is charged its online request after the call', async () => {
     s.emulator.resetCalls();
@@ -249,7 +249,7 @@ describe('batch tier through ai.batches and the emulator', () => {
     } finally {
       await scheduler.setPlan(org, {});
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('one org\'s job near its deadline falls back alone: the other orgs\' jobs stay in the batch and complete at the batch price', async () => {
     s.emulator.resetCalls();
@@ -346,7 +346,7 @@ describe('batch tier through ai.batches and the emulator', () => {
     expect((await createBatchApi({ apiKey: 'k', baseUrl: s.emulator.url }).get(batchCalls(s)[0].batch!)).responses!.map((r) => r.jobId).sort()).toEqual(ids.slice().sort());
     expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
     expect((await s.runtime.deps.cells[0].batchStore.job(cancelled))?.state).toBe('cancelled');
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a job re-created under the id of an earlier one (its idempotency key sent again) sends its own request, never the old one\'s', async () => {
     s.emulator.resetCalls();
@@ -386,7 +386,7 @@ describe('batch tier through ai.batches and the emulator', () => {
     expect(done.map((j) => [j.state, j.result?.tier])).toEqual(ids.map(() => ['completed', 'batch']));
     expect(batchCalls(s)).toHaveLength(1);
     expect(generateCalls(s)).toHaveLength(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   /**
    * A batch-tier job parked for its batch whose answer the collector stored with its bill (as `deliver` does), never
@@ -657,7 +657,7 @@ describe('batch creation survives a crash between the intent and the answer of c
     expect(newAnswer).not.toEqual(oldAnswer);
     expect(done.result.data).toMatchObject(newAnswer);
     expect(generateCalls(s)).toHaveLength(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('an answer the batch stored that no attempt read is billed once its job no longer takes it: cancelled, failed for good, or retried from the DLQ with new input', async () => {
     s.emulator.resetCalls();
@@ -761,7 +761,7 @@ describe('batch creation survives a crash between the intent and the answer of c
       return r.length > 0 && r;
     });
     expect(rows.map((r) => [Number(r.job_ts), r.state, r.tier, Number(r.cost_usd)])).toEqual([[ts, 'delayed', 'batch', 0.000031]]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a worker killed after its job read the batch answer: the re-run of that attempt is served the stored answer again, a retry runs standard', async () => {
     const { store, answer, tier, id, ts, standard, standardCalls } = await answeredBatchJob('crash-read');

@@ -3,7 +3,7 @@ import { streamingFeature } from '../src/app/features/streaming.js';
 import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { randomPrefix } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
 import { idempotentJobId } from '../src/shared/queue/job-producer.js';
 import { usageWritten } from './helpers/usage.js';
@@ -76,7 +76,7 @@ describe('cancelling an active job across processes', () => {
 
     const messages = createSseParser().feed(await sse);
     expect(messages.map((m) => m.data).slice(-2)).toEqual([JSON.stringify({ error: 'cancelled', state: 'cancelled' }), '[DONE]']);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a cancel the worker could not hear (it had fetched the job but not started it) still wins: the job never calls the model', async () => {
     // The API leaves a marker beside its pub/sub message; a worker that fetched the job before the message

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * DELETE of a job whose attempt still runs after BullMQ's stalled check took the job back (its lock lapsed while
@@ -72,7 +72,7 @@ describe('cancelling a job whose attempt stalled but still runs', () => {
     // No slot left held: the cancelled job's went back at the cancel (its attempt's refused outcome releases
     // nothing more), the next job's when it ended.
     await vi.waitFor(async () => expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(0), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });
 
 describe('cancelling a job its own worker fetched again while the stalled attempt still runs', () => {
@@ -98,5 +98,5 @@ describe('cancelling a job its own worker fetched again while the stalled attemp
     // Each attempt's run is recorded cancelled (none completed).
     expect([...new Set((await runs(id)).map((r: { state: string; error: string }) => `${r.state}: ${r.error}`))]).toEqual(['failed: cancelled']);
     await vi.waitFor(async () => expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(0), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });

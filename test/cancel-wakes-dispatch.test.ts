@@ -4,7 +4,7 @@ import { randomOrg } from './helpers/env.js';
 import { markedJob, postJob } from './helpers/fair.js';
 import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * A cancel that gives capacity back (the slot of an org at its cap, the request and tokens its dispatch charged)
@@ -94,7 +94,7 @@ describe('a cancel that frees an org slot wakes the dispatcher', () => {
       expect(del.statusCode).toBe(200);
       expect(del.json()).toMatchObject({ state: 'cancelled' });
     });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a dispatched job Bull Board removes before any worker fetched it: the org's next job is dispatched at once", async () => {
     await cancelUnfetched('Board Remove', async (id) => {
@@ -102,7 +102,7 @@ describe('a cancel that frees an org slot wakes the dispatcher', () => {
       expect(res.statusCode).toBe(204);
       expect(await state(id)).toBe('unknown');
     });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a job whose attempt stalled (back in the wait list) cancelled: the org's next job runs without a safety poll", async () => {
     const { org, key } = await cappedOrg();
@@ -119,7 +119,7 @@ describe('a cancel that frees an org slot wakes the dispatcher', () => {
     await vi.waitFor(async () => expect((await view(next, key)).state).toBe('completed'), POLL);
     expect((await view(first, key)).state).toBe('cancelled');
     await vi.waitFor(async () => expect((await cell().scheduler.orgStats(org)).inFlight).toBe(0), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a running job cancelled: its release lets the org's next job run without a safety poll", async () => {
     const { org, key } = await cappedOrg();
@@ -132,5 +132,5 @@ describe('a cancel that frees an org slot wakes the dispatcher', () => {
     await vi.waitFor(async () => expect((await view(next, key)).state).toBe('completed'), POLL);
     expect((await view(first, key)).state).toBe('cancelled');
     await vi.waitFor(async () => expect((await cell().scheduler.orgStats(org)).inFlight).toBe(0), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });

@@ -3,7 +3,7 @@ import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createCircuitBreaker, type BreakerOptions } from '../src/shared/limits/circuit-breaker.js';
 import { guardKeys } from '../src/shared/core/queue-keys.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL, until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 afterAll(() => clients.forEach((c) => c.disconnect()));
@@ -135,7 +135,7 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     expect(a.sent()).toBe(s0 + 2);
     await b.breaker.onFailure(key, false);
     expect(await a.breaker.acquire(key)).toMatchObject({ allowed: false, state: 'open' });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("markExhausted in B drops the key from A's view by its broadcast and A refuses it with state 'exhausted'", async () => {
     const prefix = randomPrefix();
@@ -162,7 +162,7 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     expect(refused.allowed === false && refused.msBeforeNext).toBeGreaterThan(600_000 - VIEW_TTL_MS);
     expect(a.sent()).toBe(s0 + 1);
     expect(performance.now() - learnedAt).toBeLessThan(VIEW_TTL_MS);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a process that lost its subscriber asks Redis on every acquire until it is subscribed again', async () => {
     const prefix = randomPrefix();
@@ -184,7 +184,7 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     await b.breaker.reset(key);
     await a.subscriber.connect();
     await viewInUse(a.breaker, a.sent, key);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a clean answer is served from memory for at most viewTtlMs', async () => {
     const viewTtlMs = 300;
@@ -205,5 +205,5 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     // Learned again: from memory until the next expiry.
     expect(await a.breaker.acquire(key)).toEqual(CLEAN);
     expect(a.sent()).toBe(s0 + 1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

@@ -5,7 +5,7 @@ import { createSseParser } from '../src/producers/client/sse-parser.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import { defineLua } from '../src/shared/infra/lua.js';
 import { createRedis, redisTargetOf } from '../src/shared/infra/redis/connection.js';
-import { POLL, until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 import { startLocalCluster, type LocalCluster } from './helpers/cluster.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -170,7 +170,7 @@ describe('queue shards on a Redis Cluster', () => {
 
     const orgAdmin = { authorization: `Bearer ${await s.newKey(o.org, 'org-admin')}` };
     expect((await s.app.inject({ method: 'DELETE', url: '/v1/cache', headers: orgAdmin })).statusCode).toBeLessThan(300);
-  });
+  }, waitsTimeout(POLL.timeout, 90_000));
 
   it('pages the dead-letter queue across shards oldest first, replays an entry, and sums the metrics', async () => {
     const failing = [orgs[3], orgs[4], orgs[5]];

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createSseParser } from '../src/producers/client/sse-parser.js';
-import { POLL, until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 import { parseConfig } from '../src/shared/core/config.js';
 import { agentqPrefix, cancelChannel, guardKeys } from '../src/shared/core/queue-keys.js';
 import { createResultCache } from '../src/shared/cache/result-cache.js';
@@ -110,7 +110,7 @@ describe('Redis Cluster mode', () => {
     const retry = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: admin, payload: {} });
     expect(retry.json()).toMatchObject({ id, dlqRetries: 1 });
     expect((await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: s.auth })).json().state).toBe('completed');
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('cancels and invalidates over sharded pub/sub: SPUBLISH on the owner, no message on the cluster bus', async () => {
     // A result cache as a worker process builds it, on cluster connections of its own: it hears invalidations.
@@ -155,7 +155,7 @@ describe('Redis Cluster mode', () => {
       redis.disconnect();
       subscriber.disconnect();
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('refuses a start when any primary could evict keys, naming that node', async () => {
     const victim = cluster.nodes.find((n) => n.port !== owner)!;

@@ -7,7 +7,7 @@ import { chooseTier } from '../src/shared/queue/tier-choice.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { randomOrg } from './helpers/env.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createRunStore } from '../src/shared/infra/db/agent-runs.js';
 import { parseProm, riskJob, sampleSum } from './helpers/ops.js';
@@ -286,7 +286,7 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     // At least these: the job's next run (its batch answered) may have added its own by now.
     expect(usage.total.embedding).toMatchObject({ ingest: { tokens: 0 }, search: { tokens: 0 } });
     expect(usage.total.embedding.tokens).toBeGreaterThanOrEqual(tokens);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it("refuses an org's knowledge ingest once its monthly budget is spent (its embedding cost counted), as admission refuses its jobs: 429, same body, nothing embedded nor written", async () => {
     const orgId = randomOrg();

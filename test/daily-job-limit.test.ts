@@ -5,7 +5,7 @@ import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 /**
  * An org's daily job limit (orgs.daily_job_limit) is at most that many new jobs admitted per UTC day, whatever
@@ -278,7 +278,7 @@ describe('daily job limit at run time: an admitted job is not a new job', () => 
     await scheduler.dispatch();
     const done = await view(auth, id, 20_000);
     expect(done).toMatchObject({ state: 'completed', attempts: 2 });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a pipeline run that stops early gives back the steps it never made', async () => {
     // Its start reserved all three steps; the first fails for good (a 400), the other two are never made.
@@ -310,5 +310,5 @@ describe('daily job limit at run time: an admitted job is not a new job', () => 
     const replay = await s.app.inject({ method: 'POST', url: `/v1/dlq/${id}/retry`, headers: auth, payload: {} });
     expect(replay.statusCode).toBe(202);
     expect(await view(auth, id, 20_000)).toMatchObject({ state: 'completed' });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

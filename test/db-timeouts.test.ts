@@ -10,7 +10,7 @@ import { guardContext, okResult } from './helpers/guard-context.js';
 import { createHashEmbed } from './helpers/hash-embed.js';
 import { hungPostgres } from './helpers/hung-postgres.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL, within } from './helpers/wait.js';
+import { POLL, within, waitsTimeout } from './helpers/wait.js';
 
 /** Short bounds, so each failure below comes in well under the `within` bound a hang would overrun. */
 const SHORT = { connectMs: 300, queryMs: 300 };
@@ -39,7 +39,7 @@ describe('a Postgres that never answers: failures bounded by PG_CONNECT_TIMEOUT_
         await server.close();
         await pool.end();
       }
-    });
+    }, waitsTimeout(BOUND_MS, POLL.timeout));
   }
 
   it('a query waiting for a connection of a full pool rejects within the bound too', async () => {
@@ -157,7 +157,7 @@ describe('the API over a Postgres that never answers', () => {
         expect(res.headers['retry-after']).toBe('1');
       }
       await recover(server);
-    });
+    }, waitsTimeout(BOUND_MS, BOUND_MS, POLL.timeout));
   }
 
   for (const mode of ['silent', 'stalled'] as const) {
@@ -178,6 +178,6 @@ describe('the API over a Postgres that never answers', () => {
       // A query that got its connection (the server answered the connect) is dropped by the probe's own bound.
       if (mode === 'stalled') await vi.waitFor(() => expect(pool.totalCount).toBe(0), POLL);
       await recover(server);
-    });
+    }, waitsTimeout(POLL.timeout, POLL.timeout));
   }
 });

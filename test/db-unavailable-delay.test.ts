@@ -19,7 +19,7 @@ import { marker, parseProm, sampleSum } from './helpers/ops.js';
 import { orgOutage, refusedPool } from './helpers/org-outage.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 const lost = () => new DatabaseUnavailableError(new Error('Connection terminated unexpectedly'));
 
@@ -235,7 +235,7 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     // Never the model's fault: its breaker (opened by one failure here) counted none.
     const breaker = createCircuitBreaker({ redis: s.runtime.deps.redis, prefix: `${s.cfg.QUEUE_PREFIX}:agentq` });
     expect(await breaker.state(`gemini:${MODEL}`)).toMatchObject({ state: 'closed', consecutiveFailures: 0 });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('Postgres hung after the first try paid for an unusable answer: that call is a delayed row of its own, the completed row bills only its own call', async () => {
     const s = gated;
@@ -277,7 +277,7 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     expect(Number(rows[0].cost_usd)).toBeGreaterThan(0);
     expect(Number(rows[0].cost_usd)).toBeCloseTo(cost(unusable), 7);
     expect(Number(rows[1].cost_usd)).toBeCloseTo(cost(served), 7);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('without the fair gate: the job is BullMQ-delayed without using an attempt, and completes once the database is back', async () => {
     const s = ungated;
@@ -300,5 +300,5 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
       expect(r).toMatchObject({ attempt: 1, state: 'delayed', error: 'database_unavailable', input_tokens: 0, embedding_tokens: Math.ceil(question.length / 4) });
       expect(Number(r.cost_usd)).toBe(0);
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });

@@ -2,7 +2,7 @@ import type { RedisClient } from '../src/shared/infra/redis/connection.js';
 import { randomUUID } from 'node:crypto';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { cancelRequestedKey } from '../src/shared/core/queue-keys.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { createDlqStore } from '../src/shared/ops/dlq-store.js';
 import { createDlqService } from '../src/shared/ops/dlq-service.js';
 import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
@@ -217,7 +217,7 @@ describe('DLQ retries with a worker', () => {
     expect(retry.statusCode).toBe(202);
     expect(await job(id, 20_000)).toMatchObject({ state: 'completed', attempts: 2 });
     expect(modelCalls()).toBe(calls + 1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a streaming job retried from the DLQ streams its new run, not the failure that ended the last one", async () => {
     const name = `Stream Retry ${randomUUID().slice(0, 8)}`;

@@ -6,6 +6,7 @@ import { createPricing } from '../src/shared/infra/llm/pricing.js';
 import { InvalidOutputError } from '../src/workers/call-agent.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 import { captureLogs, DEAD_LETTERED, marker, riskJob, type CapturedLogs } from './helpers/ops.js';
 
 const ADMIN_TOKEN = 'adm-classification-7c1f0e9b2d4a';
@@ -142,7 +143,7 @@ describe('DLQ classification of real failures', () => {
       ['generate', 200, undefined],
     ]);
     s.emulator.resetCalls();
-  });
+  }, waitsTimeout(20_000, POLL.timeout));
 
   it('a persistent 500 is retryable once its attempts are used up', async () => {
     const m = marker();
@@ -180,7 +181,7 @@ describe('DLQ classification of real failures', () => {
       s.emulator.clearFaults();
       s.emulator.resetCalls();
     }
-  });
+  }, waitsTimeout(20_000, POLL.timeout));
 
   it("a stream cut before its last chunk: each attempt's row billed what its last chunk reported (the prompt, and on 2.5 the text so far); a whole stream's row its last chunk's usage, not a sum", async () => {
     const pricing = createPricing();
@@ -218,7 +219,7 @@ describe('DLQ classification of real failures', () => {
     expect(row.output_tokens).toBeGreaterThan(0);
     expect(Number(row.cost_usd)).toBeCloseTo(pricing.cost(call.model, { input: call.promptTokens!, output: call.outputTokens! }, 'standard').costUsd, 7);
     s.emulator.resetCalls();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('invalid input is poison; a retry with corrected input is validated, then runs', async () => {
     // Written straight to the queue, as a buggy producer would; the API would have refused it.

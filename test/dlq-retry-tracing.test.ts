@@ -12,7 +12,7 @@ import { tracer } from '../src/shared/telemetry/tracing.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { failJobs, marker, riskJob } from './helpers/ops.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 /**
  * A DLQ retry asked over the API continues the request's trace into the retried job, as an enqueue does: the
@@ -81,7 +81,7 @@ describe('a DLQ retry over the API, tracing on', () => {
     const answered = attempts.find((sp) => sp.attributes['agentq.outcome'] === 'completed')!;
     const calls = exporter.getFinishedSpans().filter((sp) => sp.parentSpanContext?.spanId === answered.spanContext().spanId && sp.attributes['gen_ai.operation.name']);
     expect(calls.map(traceOf)).toEqual([traceOf(request)]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });
 
 describe('the DLQ store', () => {

@@ -12,7 +12,7 @@ import { createAgentQueue } from '../src/shared/queue/agent-queue.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { failJobs, failWaiting } from './helpers/ops.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 import { classifyFailedJob } from '../src/shared/core/dlq-classify.js';
 
 const retention = { attempts: 1, keepCompletedCount: 1000, keepCompletedAgeS: 3600, keepFailedCount: 1000, keepFailedAgeS: 3600 };
@@ -319,7 +319,7 @@ describe('a job id used again (an idempotency key sent after its job was removed
     expect(entry.dlqRetries).toBe(0);
     expect(entry.lastError).toBeUndefined();
     expect(entry.lastRetryAt).toBeUndefined();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it("a retry read before the id was used again is refused, never writing the removed job's data into the new one", async () => {
     const e = await failedEntry();
@@ -330,7 +330,7 @@ describe('a job id used again (an idempotency key sent after its job was removed
     expect(await e.queue.getJobState(e.id)).toBe('failed');
     expect((await e.queue.getJob(e.id))!.data).toEqual(job.data);
     expect(await e.redis.hget(e.store.metaKey(e.id), 'retries')).toBeNull();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });
 
 describe("a job id used again, its failure listener not run yet", () => {
@@ -352,5 +352,5 @@ describe("a job id used again, its failure listener not run yet", () => {
     const item = (await e.store.get(e.id))!;
     expect(item.entry.dlqRetries).toBe(0);
     expect(await e.store.retry(item, { maxRetries: 2 })).toBe(1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { orchestrationFeature } from '../src/app/features/orchestration.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 /**
  * An enqueue that outlives ENQUEUE_DEADLINE_MS answers 503, but the add already sent may still land: the answer
@@ -101,6 +101,6 @@ describe('enqueue deadline', () => {
       } finally {
         h.restore();
       }
-    });
+    }, waitsTimeout(POLL.timeout, POLL.timeout));
   }
 });

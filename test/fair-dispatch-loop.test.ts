@@ -4,7 +4,7 @@ import type { DispatchResult } from '../src/shared/fair/fair-scheduler.js';
 import type { ChargeCorrection, DispatchingWorker } from '../src/shared/fair/index.js';
 import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /** A scheduler stand-in whose dispatch calls finish only when the test says so. */
 function fakeScheduler(result: () => DispatchResult) {
@@ -63,7 +63,7 @@ describe('fair dispatch loop', () => {
     f.finishOne();
     await loop.close();
     expect(f.calls).toBe(3);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('absorb: a dispatch made elsewhere arms its wake-up here, and one that stopped with work left is continued', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
@@ -82,7 +82,7 @@ describe('fair dispatch loop', () => {
     f.finishOne();
     await loop.close();
     expect(seen[0]).toEqual(woken);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('renews the worker registration every half safety poll, not on every call', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
@@ -383,7 +383,7 @@ describe('fair gate', () => {
     alone.gate.correct('o1', 'm', { orgTokens: 10, modelTokens: 10 });
     await vi.waitFor(() => expect(alone.calls.release).toEqual([{ dispatch: true, correct: [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }] }]), POLL);
     expect(alone.calls.released).toEqual([[]]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
   it('a flush whose finished job a claim already carried sends no corrections on their own: the next claim takes them', async () => {
     vi.useFakeTimers();
     try {
@@ -443,7 +443,7 @@ describe('fair gate', () => {
     d.gate.finished(attemptOf('q', 1));
     await vi.waitFor(() => expect(d.calls.release).toEqual([{ dispatch: true, correct: c10 }]), POLL);
     await Promise.all([g.gate.close(), d.gate.close()]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
   it("an attempt is forgotten when its processor ends, whatever BullMQ records: a second attempt of the same id (fetched again after a stall) still counts as running", async () => {
     const jobOf = (id: string) => ({ id }) as unknown as Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const c10 = [{ org: 'o1', model: 'm', orgDelta: 10, modelDelta: 10, requests: 0 }];
@@ -467,7 +467,7 @@ describe('fair gate', () => {
     expect(g.calls.release).toEqual([{ dispatch: true }, { dispatch: true, correct: c10 }]);
     expect(g.gate.runningAttempts()).toBe(0);
     await g.gate.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
   it('gives a dispatch\'s charge back once for a job that held a slot and called no model; nothing for one that held none, or a batch lane', async () => {
     type AgentJob = Parameters<ReturnType<typeof createFairGate>['admit']>[0];
     const jobOf = (id: string) => ({ id }) as unknown as AgentJob;

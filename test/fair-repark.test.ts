@@ -10,7 +10,7 @@ import { createFairGate } from '../src/workers/fair-gate.js';
 import type { Logger } from '../src/shared/core/logger.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { redisNow, testScheduler } from './helpers/fair.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * A repark comes a round trip (or more) after the park it follows: a retry's (BullMQ's moveToFailed parks the job,
@@ -128,7 +128,7 @@ describe('fair repark: only the attempt\'s own parked job', () => {
     }, POLL);
     expect(sentAt).toBeGreaterThanOrEqual(reparkedAt + backoffMs - 5);
     await gate.close();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a retry\'s repark that comes after the lease sweep sent the job again frees no slot and moves nothing: the org stays at its cap, and the job leaves no lease when it completes', async () => {
     const c = await setup();

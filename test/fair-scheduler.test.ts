@@ -13,7 +13,7 @@ import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/s
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { monitorRedis, testScheduler } from './helpers/fair.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const FLASH = 'gemini-2.5-flash';
 const PRO = 'gemini-2.5-pro';
@@ -612,7 +612,7 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(3);
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
     expect((await c.scheduler.why(ids[4]))?.reason).toBe('org_concurrency');
-  });
+  }, waitsTimeout(POLL.timeout, 10_000, POLL.timeout));
 
   it('repark frees the slot and brings the job back after its backoff', { timeout: 30_000 }, async () => {
     const c = await setup();

@@ -14,7 +14,7 @@ import { subscribeShardChannel } from '../src/shared/infra/redis/shard-channel.j
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { testScheduler } from './helpers/fair.js';
 import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * A wake-up an enqueue's dispatch leaves (a delayed job's timer, a lane asleep on a limit) must reach a process
@@ -67,7 +67,7 @@ describe('fair dispatch: the wake-up an enqueue leaves goes to the workers', () 
       { timeout: 30_000, interval: 50 },
     );
     expect(view.result.data.startupId).toBe('wake-later');
-  });
+  }, waitsTimeout(15_000, 10_000, 10_000, 30_000));
 });
 
 /**

@@ -6,7 +6,7 @@ import { flowCancelledKey } from '../src/shared/core/queue-keys.js';
 import { randomOrg } from './helpers/env.js';
 import { markedJob, orgWithHeldSlot } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * `POST /v1/flows/:id/cancel` and `POST /v1/pipelines/runs/:id/cancel`: every job of the flow or run that has not
@@ -99,7 +99,7 @@ describe('cancelling a whole flow or pipeline run', () => {
     expect(again.json()).toEqual({ id: flow.id, state: 'cancelled', cancelled: [], cancelling: [] });
     expect(await givenBack()).toBeCloseTo(1, 3);
     expect(hangs()).toBe(before + 1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('shows a child cancelled through the job API as cancelled in the flow', async () => {
     // An org capped at one job, its slot held by a job whose model call hangs: the flow's child waits in its lane.
@@ -116,7 +116,7 @@ describe('cancelling a whole flow or pipeline run', () => {
     } finally {
       await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${busy}`, headers: auth(key) });
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a cancel that arrives as the flows worker settles a flow whose children all finished answers the state it ends in', async () => {
     const key = await s.newKey();
@@ -231,5 +231,5 @@ describe('cancelling a whole flow or pipeline run', () => {
     await vi.waitFor(() => expect(hangs()).toBe(before + 2), POLL);
     expect(await client.cancelPipelineRun(run.id)).toEqual({ id: run.id, state: 'cancelling', cancelled: [], cancelling: [`${run.id}-profile`] });
     await vi.waitFor(async () => expect((await client.getPipelineRun(run.id)).state).toBe('cancelled'), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 });

@@ -2,7 +2,7 @@ import { GoogleGenAI, Type } from '@google/genai';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
 import { cosine, countTokens, createEmulatorControl, startGeminiEmulator, tokenize, type GeminiEmulator } from '../dev/gemini-emulator/emulator.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
 /** The source the emulator's RECITATION stop names by default. */
@@ -334,7 +334,7 @@ describe('scripted faults', () => {
     expect(((await hung) as Error).name).toBe('AbortError');
     await vi.waitFor(() => expect(emu.calls()[0].aborted).toBe(true), POLL);
     expect(emu.calls()[0]).toMatchObject({ status: 499, fault: 'hang', aborted: true });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('ends hung requests when it closes', async () => {
     const other = await startGeminiEmulator();

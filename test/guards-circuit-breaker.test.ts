@@ -11,7 +11,7 @@ import { createRouteGuard } from '../src/workers/guards/route-guard.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 let n = 0;
@@ -175,7 +175,7 @@ describe('circuit breaker probe lease', () => {
       { ...POLL, interval: 10 },
     );
     expect(again).toEqual({ allowed: true, probe: true });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });
 
 describe('circuit breaker error rate window', () => {

@@ -5,7 +5,7 @@ import { idempotentJobId } from '../src/shared/queue/job-producer.js';
 import { createOrgJobIndexReader } from '../src/shared/queue/org-job-index.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { redisUrl } from './helpers/env.js';
 
@@ -210,7 +210,7 @@ describe.each([
     const again = await post(s, s.auth, body);
     expect(again.statusCode).toBe(202);
     expect(again.json()).toEqual({ id, state: 'cancelled' });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it("a later job of the id (the key's record lapsed) is shown, and once retention removed it, never the old job's cancel", async () => {
     // The tombstone (KEEP_FAILED_AGE_S, 14 days) outlives the key's record (IDEMPOTENCY_TTL_S, a day).

@@ -8,7 +8,7 @@ import { orgJobsKey } from '../src/shared/core/queue-keys.js';
 import { streamingFeature } from '../src/app/features/streaming.js';
 import { createOrgJobIndexReader, type JobRow } from '../src/shared/queue/org-job-index.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const TOTAL = 10_000;
 const NOTE = 'x'.repeat(5000);
@@ -191,7 +191,7 @@ describe('GET /v1/jobs (chunked listing)', () => {
 
     // Another org sees none of them.
     expect(await list('', await s.newKey())).toEqual([]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('rejects bad filters with 400 naming the field', async () => {
     for (const [qs, path] of [

@@ -11,7 +11,7 @@ import { agentJobKey } from '../src/shared/core/queue-keys.js';
 import { deriveStage, jobStageSchema, stageOfEvent } from '../src/shared/core/job-stage.js';
 import { LUA_DIR } from '../src/shared/infra/lua.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const ADMIN_TOKEN = 'stages-admin-token-0123456789';
 const admin = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -127,7 +127,7 @@ describe('job stages: the job view, SSE progress and Bull Board', () => {
     // A finished job's board title has no stage, though its stored progress still names the last one.
     expect((await boardJob('completed', second.id)).name).toMatch(/^RiskAnalyzer:analyze_risks · /);
     expect(writes.count(agentJobKey(s.cfg.QUEUE_PREFIX, second.id))).toBe(0);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a streaming job goes queued, calling_model, streaming, validating, done, in its SSE and its view', async () => {
     s.emulator.setStreamChunkDelay(400);
@@ -151,7 +151,7 @@ describe('job stages: the job view, SSE progress and Bull Board', () => {
     expect((await view(id, s.auth)).stage).toEqual({ name: 'done', outcome: 'completed' });
     // Its stage writes: streaming and validating, one script call each.
     expect(writes.count(agentJobKey(s.cfg.QUEUE_PREFIX, id))).toBe(2);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('derives the stages it does not store, and ignores a stored stage its attempt outlived', () => {
     expect(deriveStage({ state: 'waiting', attemptsMade: 0, progress: 0 })).toEqual({ name: 'queued' });

@@ -14,7 +14,7 @@ import { createNodeHttpFetch } from '../src/shared/infra/llm/node-http-fetch.js'
 import { LlmError, nextPacificMidnight, toLlmError } from '../src/shared/infra/llm/llm-errors.js';
 import { costUsd, DEFAULT_PRICE, priceOf } from '../src/shared/infra/llm/pricing.js';
 import { createLogger } from '../src/shared/core/logger.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const MODEL = 'gemini-2.5-flash';
 const Answer = z.object({ answer: z.string().min(1), sources: z.array(z.string()).max(3), confidence: z.number().min(0).max(1) });
@@ -240,7 +240,7 @@ for (const transport of ['fetch', 'node-http'] as const) {
         expect(await failure(gen({ signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
         expect(await failure(llm.embed(['x'], { signal: ac.signal }))).toMatchObject({ code: 'EABORTED' });
         expect(emu.calls()).toHaveLength(1);
-      });
+      }, waitsTimeout(POLL.timeout, POLL.timeout));
 
       it('abort in the middle of a stream cancels it', async () => {
         emu.setStreamChunkDelay(200);

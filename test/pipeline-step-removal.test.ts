@@ -6,7 +6,7 @@ import type { PipelineProgressEvent } from '../src/workers/flows/pipeline-runner
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { orgWithHeldSlot } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
  * A pipeline run's step job that goes away or fails while the run is not parked on it: removed before it ran
@@ -66,7 +66,7 @@ describe('pipeline steps that end while the run is not waiting on them', () => {
     // Not made again: nothing ran or was billed for it.
     expect(await state(stepId)).toBe('unknown');
     expect(s.emulator.calls().filter((c) => c.fault === 'latency:7')).toEqual([]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('ends the run when its step fails just as the run, picked up again, attaches to it', async () => {
     const key = s.apiKey;
@@ -118,5 +118,5 @@ describe('pipeline steps that end while the run is not waiting on them', () => {
       for (const [name, original] of originals) producer[name] = original;
       if (runId && (await state(`${runId}-profile`)) === 'active') await cancel(`${runId}-profile`, key);
     }
-  });
+  }, waitsTimeout(POLL.timeout, 20_000));
 });

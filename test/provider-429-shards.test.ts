@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { riskJob } from './helpers/ops.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 /**
  * With queue shards, a provider 429 (or an open breaker) pauses the model's lanes for every org, whatever its
@@ -38,5 +38,5 @@ describe('provider 429 with queue shards: the model pauses in every shard', () =
     const other = await post('shard-minute-other', auths[1]);
     await until('the other shard\'s org waits for the model', async () => (await reason(other, auths[1])) === 'provider_rate_limited');
     expect(s.emulator.calls().filter((c) => c.model === model)).toHaveLength(1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

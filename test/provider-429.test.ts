@@ -4,7 +4,7 @@ import { defaultErrorFilter } from '../src/shared/limits/circuit-breaker.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { usageWritten } from './helpers/usage.js';
 import { riskJob } from './helpers/ops.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { createPricing } from '../src/shared/infra/llm/pricing.js';
 
 /**
@@ -55,7 +55,7 @@ describe('provider 429: reschedule, never fail', () => {
     expect(calls.map((c) => c.status)).toEqual([429, 200]);
     // The retry came no sooner than the delay Gemini asked for.
     expect(calls[1].at - calls[0].at).toBeGreaterThanOrEqual(300);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('per-minute: the model pauses for every org until the delay is over, shown as provider_rate_limited', async () => {
     const model = 'gemini-2.0-flash';
@@ -77,7 +77,7 @@ describe('provider 429: reschedule, never fail', () => {
     expect(otherView.attempts).toBe(0);
     expect(s.emulator.calls().filter((c) => c.model === model)).toHaveLength(1);
     expect(await runs(s, first)).toEqual([]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('per-day without a fallback: parked until the quota resets (midnight Pacific), visible as provider_quota', async () => {
     const model = 'gemini-2.0-flash-lite';
@@ -99,7 +99,7 @@ describe('provider 429: reschedule, never fail', () => {
     expect(late).toBeLessThanOrEqual(after - before + 2);
     expect(held.attempts).toBe(0);
     expect(await runs(s, id)).toEqual([]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('a provider 429 is a quota, not an outage: the breaker ignores it (the model block does the waiting)', () => {
     expect(defaultErrorFilter(new LlmError('ERATELIMIT', 'x', { status: 429 }))).toBe(true);
@@ -148,7 +148,7 @@ describe('provider 429: reschedule, never fail', () => {
     expect(usage.total.costUsd).toBeCloseTo(all.reduce((n, r) => n + Number(r.cost_usd), 0), 7);
     expect(usage.total.tokens.input).toBe(all.reduce((n, r) => n + r.input_tokens, 0));
     expect(usage.total.jobs).toBe(new Set(all.map((r) => `${r.job_id}/${r.job_ts}`)).size);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('per-day with a fallback route: the fallback model serves the job at once', async () => {
     routed.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 30, match: { model: 'gemini-2.5-pro' }, times: -1 });

@@ -4,7 +4,7 @@ import { agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { redisUrl } from './helpers/env.js';
 import { riskJob } from './helpers/ops.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 const PRIMARY = 'gemini-2.5-pro';
 const FALLBACK = 'gemini-2.5-flash';
@@ -70,7 +70,7 @@ describe('provider quota mark: a spent model is skipped until its reset', () => 
     const third = await completed(await post(riskJob('mark-third')));
     expect(third.result).toMatchObject({ route: 'primary', model: PRIMARY });
     expect(generateCalls(PRIMARY).map((c) => c.status)).toEqual([429, 200]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, 10_000, POLL.timeout));
 
   it('without a fallback, a job on a spent model parks until the reset (provider_quota + eta), no attempt used, no call', async () => {
     s.emulator.script({ status: 429, quota: 'per_day', retryAfterS: 600, match: { model: LONE } });
@@ -90,5 +90,5 @@ describe('provider quota mark: a spent model is skipped until its reset', () => 
     expect(second.attempts).toBe(0);
     expect(Math.abs(Date.parse(second.waitingFor.eta) - (Date.now() + ttl))).toBeLessThan(10_000);
     expect(generateCalls(LONE)).toHaveLength(1);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 });

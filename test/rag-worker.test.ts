@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Redis } from 'ioredis';
 import { agentqPrefix, guardKeys } from '../src/shared/core/queue-keys.js';
 import { redisUrl } from './helpers/env.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 describe('RAG and the semantic cache through real jobs', () => {
@@ -155,5 +155,5 @@ describe('RAG and the semantic cache through real jobs', () => {
     await broadcast('\nKnowledgeAssistant');
     for (const auth of [s.auth, orgB]) expect(await cached(auth)).toBeUndefined();
     sub.disconnect();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 });

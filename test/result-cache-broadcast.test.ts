@@ -7,7 +7,7 @@ import { guardKeys } from '../src/shared/core/queue-keys.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
 
 const clients: Redis[] = [];
@@ -113,7 +113,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     // Stored again, under the new versions: a hit again.
     await a.cache.set(p, okResult('v2'));
     expect(await b.cache.get(p)).toMatchObject({ level: 'l2', value: { data: 'v2' } });
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('two OS processes: the other process stops serving its L1 copy once the bump reaches it; the staleness bound is reported', async () => {
     const prefix = randomPrefix();
@@ -189,7 +189,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     // Each call hands out its own copy.
     b.cache.fromMemory(p)!.data = 'changed by its caller';
     expect(b.cache.fromMemory(p)).toEqual(okResult('v2'));
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('the store of a computed value appends its usage entry in the same call; a cached value appends nothing', async () => {
     const prefix = randomPrefix();

@@ -4,7 +4,7 @@ import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, 
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 const client = () => {
@@ -142,7 +142,7 @@ describe('result cache', () => {
     await past(1100);
     expect(await y.get(p)).toBeNull();
     expect(await x.get(p)).toBeNull();
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('never stores a result computed before an invalidation', async () => {
     const p = parts();

@@ -9,7 +9,7 @@ import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
 import type { JobContext } from '../src/workers/middleware.js';
 import { createStreamPublisher } from '../src/workers/stream-publisher.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, waitsTimeout } from './helpers/wait.js';
 
 describe('the stream publisher', () => {
   const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
@@ -37,5 +37,5 @@ describe('the stream publisher', () => {
     expect(publisher.tracked()).toBe(1);
     worker.emit('completed', job, { data: {} });
     await vi.waitFor(() => expect(publisher.tracked()).toBe(0), POLL);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

@@ -7,7 +7,7 @@ import { streamingFeature } from '../src/app/features/streaming.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { randomOrg, randomPrefix } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL, until } from './helpers/wait.js';
+import { POLL, until, waitsTimeout } from './helpers/wait.js';
 
 /**
  * A stream slot's lease granted to a request that no longer waits for it (its deadline passed, its command
@@ -73,7 +73,7 @@ describe('stream slot leases nobody holds', () => {
         }
         // Its answer arrives now, after the 503: the lease is released at once, not in 3 heartbeats.
         await vi.waitFor(async () => expect(await admin.zcard(key)).toBe(0), POLL);
-      });
+      }, waitsTimeout(POLL.timeout, POLL.timeout));
     }
   });
 

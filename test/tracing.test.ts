@@ -5,7 +5,7 @@ import { parseProm, marker, riskJob, sampleSum } from './helpers/ops.js';
 import { randomPrefix } from './helpers/env.js';
 import { startOtlpReceiver, type OtlpReceiver, type ReceivedSpan } from './helpers/otlp-receiver.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 
 const ADMIN_TOKEN = 'adm-tracing-3c9d2e71';
@@ -166,7 +166,7 @@ describe('OpenTelemetry traces (OTLP/HTTP to a loopback receiver)', () => {
     const fanOut = one(fs, (s) => s.kind === PRODUCER, 'one enqueue for the flow');
     expect(fanOut.attributes['messaging.batch.message_count']).toBe(2);
     expect(fs.filter((s) => s.kind === CONSUMER).map((a) => a.parentSpanId)).toEqual([fanOut.spanId, fanOut.spanId]);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 
   it('GET /metrics: Node defaults per process, model call latency and errors per model and status, per-org depth, usage write lag', async () => {
     // The worker runtime's own registry is live in its process; the API's scrape of it would wait for the exchange.
@@ -200,5 +200,5 @@ describe('OpenTelemetry traces (OTLP/HTTP to a loopback receiver)', () => {
     });
     expect(sampleSum(now, 'agentq_org_jobs_waiting', { org: api.orgId })).toBe(1);
     expect(now.some((s) => s.name === 'agentq_org_jobs_in_flight')).toBe(true);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

@@ -6,7 +6,7 @@ import { queueShards } from '../src/shared/core/queue-shards.js';
 import { createRunAppender } from '../src/shared/infra/db/run-stream.js';
 import { redisUrl } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { until } from './helpers/wait.js';
+import { until, waitsTimeout, POLL } from './helpers/wait.js';
 
 const riskInput = { startup: { name: 'Acme Robotics', industry: 'robotics', stage: 'seed', description: 'Warehouse picking robots for mid-size retailers' } };
 
@@ -63,7 +63,7 @@ describe('usage backlog brake: workers stop taking jobs while usage rows cannot 
       await appender.record({ jobId: id, attempt: 1, orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-pro', state: 'completed', inputTokens: 1, outputTokens: 1, costUsd: 0, durationMs: 1 });
     }
     await heldThenResumed(s, ids, 'the worker held by the backlog');
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });
 
 describe('usage backlog brake over queue shards: USAGE_BACKLOG_MAX_ROWS bounds every shard\'s stream together', () => {
@@ -91,5 +91,5 @@ describe('usage backlog brake over queue shards: USAGE_BACKLOG_MAX_ROWS bounds e
       }
     }
     await heldThenResumed(s, ids, 'the worker held by the backlog of both shards');
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
 });
