@@ -221,4 +221,18 @@ describe('semantic cache guard', () => {
     const result = await guard(ctxFor(randomOrg(), 'anything'), async () => modelResult('fresh'));
     expect(result).toMatchObject({ success: true, data: { answer: 'fresh' } });
   });
+
+  it('counts each embedding call it made, also when the SQL after it failed and the job ran without the cache', async () => {
+    const embed = createHashEmbed();
+    // Postgres gone after the embedding calls: the lookup's match and the store's insert both fail.
+    const down = { query: async () => Promise.reject(Object.assign(new Error('connection refused'), { code: 'ECONNREFUSED' })) } as unknown as pg.Pool;
+    const guard = createSemanticCacheGuard({ cache: createSemanticCache({ pool: down, embed, ttlS: 60 }), logger });
+    const embedded: string[] = [];
+    const ctx = { ...ctxFor(randomOrg(), 'What runway does a seed startup need?'), embedded: (texts: readonly string[]) => embedded.push(...texts) } as JobContext;
+    const result = await guard(ctx, async () => modelResult('18 months'));
+    expect(result).toMatchObject({ success: true, data: { answer: '18 months' } });
+    // Two paid calls (the lookup's, then the store's own, the lookup having returned no embedding): both counted.
+    expect(embed.texts).toBe(2);
+    expect(embedded).toEqual(['What runway does a seed startup need?', 'What runway does a seed startup need?']);
+  });
 });

@@ -14,6 +14,14 @@ export interface SemanticScope {
   inputScope?: string;
 }
 
+/**
+ * Told once the text is embedded, before the SQL that follows: the embedding call is paid for even when that SQL
+ * then fails (Postgres unavailable) and the caller goes on without the cache (the attempt's ledger row counts it).
+ */
+export interface SemanticHooks {
+  onEmbedded?: (texts: string[]) => void;
+}
+
 export type SemanticLookup<R = unknown> =
   | { hit: true; response: R; similarity: number }
   /** `lookedAt`: the database's time of the lookup, for `store` to refuse an answer an invalidation has overtaken. */
@@ -37,8 +45,9 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
   return {
     threshold,
 
-    async lookup<R = unknown>(q: SemanticScope & { text: string }): Promise<SemanticLookup<R>> {
+    async lookup<R = unknown>(q: SemanticScope & { text: string }, hooks: SemanticHooks = {}): Promise<SemanticLookup<R>> {
       const [embedding] = await embedChecked(embed, [q.text]);
+      hooks.onEmbedded?.([q.text]);
       // One row always: the lookup's time beside the nearest entry, if any.
       const { rows } = await pool.query<{ looked_at: Date; response: R | null; similarity: number | null }>(
         `SELECT now() AS looked_at, n.response, n.similarity
@@ -53,10 +62,15 @@ export function createSemanticCache({ pool, embed, threshold = 0.95, ttlS }: { p
     /**
      * Pass the embedding a miss returned to avoid embedding the same text twice. False when Postgres cannot hold
      * the answer (jsonb takes no NUL and no lone surrogate): that answer is not cached, and nothing fails. The
-     * question is kept only to be read (lookups go by embedding), so a NUL in it is stored as U+FFFD.
+     * question is kept only to be read (lookups go by embedding), so a NUL in it is stored as U+FFFD. `onEmbedded`:
+     * only when the store embeds the text itself (no `embedding` given).
      */
-    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[]; lookedAt?: Date }): Promise<boolean> {
-      const [embedding] = e.embedding ? [e.embedding] : await embedChecked(embed, [e.text]);
+    async store(e: SemanticScope & { text: string; response: unknown; embedding?: number[]; lookedAt?: Date }, hooks: SemanticHooks = {}): Promise<boolean> {
+      let embedding = e.embedding;
+      if (!embedding) {
+        [embedding] = await embedChecked(embed, [e.text]);
+        hooks.onEmbedded?.([e.text]);
+      }
       try {
         // Refused (false) when the org's answers of the agent were invalidated after the miss's lookup.
         const res = await pool.query(

@@ -24,10 +24,11 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
     const started = Date.now();
     let embedding: number[] | undefined;
     let lookedAt: Date | undefined;
+    // Each embedding call, on the attempt's row (estimated: Gemini reports no usage for embeddings), counted once it
+    // is made: the SQL after it may fail (Postgres down), and the job then runs without the cache, the call paid.
+    const hooks = { onEmbedded: (texts: string[]) => ctx.embedded?.(texts) };
     try {
-      const found = await cache.lookup<CachedResult>({ ...scope, text });
-      // Its embedding call, on the attempt's row (estimated: Gemini reports no usage for embeddings).
-      ctx.embedded?.([text]);
+      const found = await cache.lookup<CachedResult>({ ...scope, text }, hooks);
       guardEvent(ctx.span, 'agentq.guard.semantic_cache', found.hit ? { 'agentq.cache.hit': 'semantic', 'agentq.cache.similarity': found.similarity } : { 'agentq.cache.hit': 'miss' });
       if (found.hit) {
         log.debug({ similarity: found.similarity }, 'semantic cache hit');
@@ -51,9 +52,8 @@ export function createSemanticCacheGuard({ cache, logger }: { cache: Pick<Semant
       const response: CachedResult = { success: true, data: result.data, tokensUsed: result.tokensUsed, costUsd: result.costUsd, model: result.model };
       try {
         // Refused too when the org's answers of the agent were invalidated since the lookup (an ingest, DELETE /v1/cache).
-        const stored = await cache.store({ ...scope, text, embedding, response, ...(lookedAt ? { lookedAt } : {}) });
-        // Without the lookup's embedding (its lookup failed), the store embedded the text itself.
-        if (!embedding) ctx.embedded?.([text]);
+        // Without the lookup's embedding (its lookup failed), the store embeds the text itself: counted by `hooks`.
+        const stored = await cache.store({ ...scope, text, embedding, response, ...(lookedAt ? { lookedAt } : {}) }, hooks);
         if (!stored) log.debug('semantic cache: answer not cached (invalidated since its lookup, or a NUL or lone surrogate Postgres cannot hold)');
       } catch (err) {
         log.warn({ err: (err as Error).message }, 'semantic cache store failed');
