@@ -14,7 +14,7 @@ afterAll(() => clients.forEach((c) => c.disconnect()));
  */
 describe('variable-key Lua on an auto-pipelined connection', () => {
   it('inlines includes of includes, each once: the lookup and the store build the namespace tag from one definition', () => {
-    for (const file of ['result-cache-lookup-5.lua', 'result-cache-set-6.lua', 'fair-core-N.lua']) {
+    for (const file of ['result-cache-lookup-5.lua', 'result-cache-set-8.lua', 'fair-core-N.lua']) {
       const source = readLua(file);
       expect(source).not.toMatch(/^--- @include/m);
       expect(source.match(/local function resultCacheTag\(/g)).toHaveLength(1);

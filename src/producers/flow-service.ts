@@ -287,6 +287,7 @@ export function createFlowService(deps: FlowServiceDeps) {
           ...(Object.hasOwn(data.outputs, s.outputKey) ? { output: data.outputs[s.outputKey] } : {}),
           ...(s.error ? { error: s.error } : {}),
           ...(s.costUsd !== undefined ? { costUsd: s.costUsd } : {}),
+          ...(s.embedding ? { embedding: s.embedding } : {}),
           ...(s.durationMs !== undefined ? { durationMs: s.durationMs } : {}),
         })),
       );

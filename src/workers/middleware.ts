@@ -4,7 +4,7 @@ import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
 import type { PreparedLookup } from '../shared/cache/result-cache.js';
-import type { UsageRider } from '../shared/infra/db/run-stream.js';
+import type { UsageBill, UsageRider } from '../shared/infra/db/run-stream.js';
 import type { BucketRequest, TakeResult } from '../shared/limits/token-bucket.js';
 
 /** Everything a guard needs to know about the job it wraps. Built once per attempt by the processor. */
@@ -59,9 +59,10 @@ export interface JobContext {
   /**
    * The attempt's usage row as a usage stream entry, for a guard whose own Redis write can carry it (the
    * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells
-   * the processor it was appended, so it does not append it again.
+   * the processor it was appended, so it does not append it again. `bill()`, asked after `entry`: that row's bill
+   * (a flow child's: run-stream.ts `usageBillOf`), for the same script to sum on the job's and its parent's hashes.
    */
-  usage?: { field: string; entry(result: AgentResult): string; carried(): void; rider?: UsageRider };
+  usage?: { field: string; entry(result: AgentResult): string; bill?(): UsageBill | undefined; carried(): void; rider?: UsageRider };
   /**
    * Tells the attempt an embedding call was made for it (its semantic cache lookup or store, its prompt's knowledge
    * search) with these texts: Gemini reports no usage for embeddings, so the processor estimates their tokens and

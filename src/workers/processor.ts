@@ -7,7 +7,7 @@ import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import { Cancellation } from './cancellation.js';
 import { stalledRunPart, type AgentRun } from '../shared/infra/db/agent-runs.js';
-import type { RunBillTo, UsageRider } from '../shared/infra/db/run-stream.js';
+import { usageBillOf, type RunBillTo, type UsageRider } from '../shared/infra/db/run-stream.js';
 import { jobHashKey } from '../shared/core/queue-keys.js';
 import { estimateTextTokens, estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
@@ -24,7 +24,7 @@ export interface AgentResolver {
 }
 
 export interface RunRecorder {
-  /** `billTo`: the job's hash, also charged the row's cost (a flow child's row its result will not carry: run-stream.ts). */
+  /** `billTo`: a flow child's hash and its parent's, also charged the row (run-stream.ts `usageBillOf`). */
   record(row: AgentRun, billTo?: RunBillTo): Promise<unknown>;
   /**
    * The row as the recorder's stream entry (field, value) and its stream `key`: lets a script of the same hash
@@ -319,12 +319,26 @@ function attemptOf(deps: ProcessorDeps) {
     const embeddingRecorded = (row: AgentRun) => {
       if (row.embeddingTokens) deps.onEmbeddingRecorded?.({ tokens: row.embeddingTokens, costUsd: row.embeddingCostUsd ?? 0 });
     };
+    /**
+     * A flow child's (or pipeline step's) row is also summed on its hash and its parent's, in the same call: a billed
+     * row its result will not carry (a failed attempt, a delayed run's calls), since a failed child has no result to
+     * carry it (fan-out.ts, pipeline-runner.ts), also once retention removed the child's hash; and any row's embedding
+     * calls, which no result carries. A job without a parent has no reader for it.
+     */
+    const billTo = (row: AgentRun): RunBillTo | undefined =>
+      job.parentKey && ((row.state !== 'completed' && row.costUsd > 0) || (row.embeddingTokens ?? 0) > 0)
+        ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey }
+        : undefined;
     // The row the result cache's store encodes: counted when the store says it appended it.
     let entryRow: AgentRun | undefined;
     if (entry) {
       ctx.usage = {
         field: entry.field,
         entry: (result) => entry.encode((entryRow = completedRow(result))),
+        bill: () => {
+          const to = entryRow && billTo(entryRow);
+          return to ? usageBillOf(entryRow!, to) : undefined;
+        },
         carried: () => {
           carried = true;
           if (entryRow) embeddingRecorded(entryRow);
@@ -333,17 +347,9 @@ function attemptOf(deps: ProcessorDeps) {
       };
     }
 
-    /**
-     * A flow child's (or pipeline step's) billed row its result will not carry (a failed attempt, a delayed run's
-     * calls) is also summed on its hash and its parent's, in the same call: its parent adds that to the child's cost,
-     * since a failed child has no result to carry it (fan-out.ts, pipeline-runner.ts), also once retention removed
-     * the child's hash. A job without a parent has no reader for it.
-     */
-    const billTo = (row: AgentRun): RunBillTo | undefined =>
-      row.costUsd > 0 && job.parentKey ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey } : undefined;
     const record = async (row: AgentRun) => {
       try {
-        await deps.runs.record(row, row.state === 'completed' ? undefined : billTo(row));
+        await deps.runs.record(row, billTo(row));
         embeddingRecorded(row);
       } catch (err) {
         // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
@@ -361,6 +367,7 @@ function attemptOf(deps: ProcessorDeps) {
     const cacheLookup = prep?.lookup;
     if (cacheLookup) ctx.cacheLookup = cacheLookup;
     const answer = prep?.answer;
+    // No bill with it: an answer from memory made no model call and no embedding call (the chain did not run).
     const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(completedRow(answer.result)), appended: () => (carried = true) } : undefined;
     // An attempt answered from memory calls no model: no stage is stored for it (its claim saves the check and
     // the write; for the moment it is active it reads as calling_model, the default of an active job).

@@ -69,6 +69,10 @@ export const runView = z.looseObject({
       output: z.unknown().optional(),
       error: z.string().optional(),
       costUsd: z.number().optional(),
+      embedding: z
+        .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
+        .optional()
+        .describe('The step job’s embedding calls (semantic cache, knowledge search), when it made any: tokens ESTIMATED, at the embedding model’s price; not in costUsd'),
       durationMs: z.number().optional(),
     }),
   ),

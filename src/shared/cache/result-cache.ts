@@ -8,7 +8,7 @@ import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
 import { canonicalJson } from '../core/canonical-json.js';
-import type { UsageRider } from '../infra/db/run-stream.js';
+import { NO_BILL_ARGS, type UsageBill, type UsageRider } from '../infra/db/run-stream.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -44,8 +44,9 @@ export interface SingleFlightOptions<T> {
   /**
    * The usage stream entry of a value this caller computes (the attempt's `agent_runs` row): appended by
    * the store script, so recording the attempt costs no round trip of its own. Not called for cached values.
+   * `bill`: the row's bill (a flow child's), asked after `of`, summed on the job's and its parent's hashes by the same call.
    */
-  usageEntry?: { field: string; of: (value: T) => string; rider?: UsageRider };
+  usageEntry?: { field: string; of: (value: T) => string; bill?: () => UsageBill | undefined; rider?: UsageRider };
   /** The first lookup, already run (`prepare`, delivered); ignored unless delivered for the same parts and owner. */
   prefetched?: PreparedLookup;
 }
@@ -140,7 +141,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
   const lookupLua = defineLua(redis, 'result-cache-lookup-5.lua');
-  const setLua = defineLua(redis, 'result-cache-set-6.lua');
+  const setLua = defineLua(redis, 'result-cache-set-8.lua');
   const usageKey = guardKeys.usageStream(prefix);
   const unlockLua = defineLua(redis, 'lock-release-1.lua');
   const renewLua = defineLua(redis, 'result-cache-renew-1.lua');
@@ -278,6 +279,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     const seen = epoch;
     const json = JSON.stringify(value);
     const entry = usage ? usage.of(value) : '';
+    const bill = usage?.bill?.();
     // The run sink's acknowledgements and reads go with the append (only to the stream it reads). Taken last,
     // right before the call: every ride taken is handed back.
     const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
@@ -285,7 +287,9 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     let reply: [number, string, unknown?] | undefined;
     const closesBefore = closes();
     try {
-      reply = (await setLua([...keys, usageKey], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(ride?.args ?? [])])) as [number, string, unknown?];
+      // Without a bill its two keys are the stream's (any key of the tag: never read).
+      const billKeys = bill?.keys ?? [usageKey, usageKey];
+      reply = (await setLua([...keys, usageKey, ...billKeys], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(bill?.args ?? NO_BILL_ARGS), ...(ride?.args ?? [])])) as [number, string, unknown?];
     } finally {
       // Across a reconnect the ride's part of the reply may be a re-sent call's: what the first one read is lost.
       if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[2] : undefined);

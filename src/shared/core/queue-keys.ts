@@ -28,6 +28,14 @@ export const JOB_BILLED_FIELD = 'agentqBilledUsd';
  */
 export const childBilledField = (childId: string) => `${JOB_BILLED_FIELD}:${childId}`;
 
+/**
+ * The parent's sums of one child's embedding calls, from every row of the child (completed, failed or delayed; their
+ * tokens estimated: Gemini reports none), by the script that appends each row (includes/usage-bill.lua): `costUsd`
+ * leaves them out, as `agent_runs.cost_usd` does, so the flow and the run report them beside it.
+ */
+export const childEmbeddingTokensField = (childId: string) => `agentqEmbeddingTokens:${childId}`;
+export const childEmbeddingUsdField = (childId: string) => `agentqEmbeddingUsd:${childId}`;
+
 /** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
 export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;
 

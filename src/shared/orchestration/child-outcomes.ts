@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
-import { childBilledField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
+import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 
 export type ChildOutcome = { state: 'completed'; result: AgentResult } | { state: 'failed'; error: string };
@@ -25,22 +25,42 @@ export async function childOutcomes(parent: Job, childQueueKey: string): Promise
   return out;
 }
 
+/** A child's embedding calls, from its rows (estimated tokens: Gemini reports none; `costUsd` at the embedding price). */
+export interface ChildEmbedding {
+  tokens: number;
+  costUsd: number;
+}
+
+/** What the parent's hash (and the child's) hold of a child's rows: see `childrenBilled`. */
+export interface ChildBilled {
+  /** Billed beyond its result: a failed child's whole cost, a completed child's earlier attempts'. */
+  usd: number;
+  /** Every row's embedding calls (no result carries them), completed ones included. */
+  embedding: ChildEmbedding;
+}
+
 /**
- * What each child was billed beyond its result: the rows of its failed attempts and delayed runs, summed as each
- * was appended to the usage stream (usage-bill-3.lua), so the same numbers as its `agent_runs` rows. A failed
- * child's whole cost; a completed child's earlier attempts'. Read from the parent's hash (`childBilledField`), which
- * holds it after retention removed the child's (a failed child's, often before its parent settles: until 2026-12-07
- * read as 0), and from the child's own (`JOB_BILLED_FIELD`) while it is kept: the larger, since a row billed by a
- * worker of the version before the parent's field is on the child's only. All in one tick: one round trip.
+ * What each child was billed that its result does not say: the cost of the rows of its failed attempts and delayed
+ * runs, and every row's embedding calls, summed as each was appended to the usage stream (includes/usage-bill.lua),
+ * so the same numbers as its `agent_runs` rows. Read from the parent's hash (`childBilledField`, the embedding
+ * fields), which holds them after retention removed the child's (a failed child's, often before its parent settles:
+ * until 2026-12-07 its cost read as 0), and the cost also from the child's own (`JOB_BILLED_FIELD`) while it is kept:
+ * the larger, since a row billed by a worker of the version before the parent's field is on the child's only. All in
+ * one tick: one round trip.
  */
-export async function childrenBilledUsd(redis: Pick<RedisClient, 'hget' | 'hmget'>, parentKey: string, childQueueKey: string, ids: string[]): Promise<Map<string, number>> {
+export async function childrenBilled(redis: Pick<RedisClient, 'hget' | 'hmget'>, parentKey: string, childQueueKey: string, ids: string[]): Promise<Map<string, ChildBilled>> {
   if (ids.length === 0) return new Map();
   const [onParent, onChildren] = await Promise.all([
-    redis.hmget(parentKey, ...ids.map(childBilledField)),
+    redis.hmget(parentKey, ...ids.flatMap((id) => [childBilledField(id), childEmbeddingTokensField(id), childEmbeddingUsdField(id)])),
     Promise.all(ids.map((id) => redis.hget(jobHashKey(childQueueKey, id), JOB_BILLED_FIELD))),
   ]);
-  const usd = (v: string | null | undefined) => Number(v ?? 0) || 0;
-  return new Map(ids.map((id, i) => [id, Math.max(usd(onParent[i]), usd(onChildren[i]))]));
+  const num = (v: string | null | undefined) => Number(v ?? 0) || 0;
+  return new Map(
+    ids.map((id, i) => {
+      const [usd, tokens, embeddingUsd] = onParent.slice(3 * i, 3 * i + 3).map(num);
+      return [id, { usd: Math.max(usd, num(onChildren[i])), embedding: { tokens, costUsd: sumUsd(embeddingUsd, 0) } }];
+    }),
+  );
 }
 
 /** A sum of USD amounts without the float noise of the additions (the ledger keeps 8 decimals). */

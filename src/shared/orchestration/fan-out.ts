@@ -1,9 +1,8 @@
 import type { Job } from 'bullmq';
-import type { AgentResult } from '../core/types.js';
-import { childOutcomes, childrenBilledUsd, sumUsd } from './child-outcomes.js';
+import { childOutcomes, childrenBilled, sumUsd } from './child-outcomes.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { jobHashKey } from '../core/queue-keys.js';
-import { failedChildResult, type FlowChildRef, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
+import { embeddingSpend, failedChildResult, type FlowChildRef, type FlowChildResult, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
 import type { FlowPreset } from './presets.js';
 
 /**
@@ -29,22 +28,28 @@ export async function settleFanOut(
   redis: Pick<RedisClient, 'hget' | 'hmget'>,
 ): Promise<ParallelFlowResult> {
   const children = job.data.children as FlowChildRef[];
-  const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilledUsd(redis, jobHashKey(job.queueQualifiedName, job.id!), childQueueKey, children.map((c) => c.id))]);
-  const results: Record<string, AgentResult> = {};
+  const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilled(redis, jobHashKey(job.queueQualifiedName, job.id!), childQueueKey, children.map((c) => c.id))]);
+  const results: Record<string, FlowChildResult> = {};
   let totalCostUsd = 0;
+  const embedding = { tokens: 0, costUsd: 0 };
   for (const child of children) {
     const outcome = outcomes.get(child.id);
+    const b = billed.get(child.id);
     // Billed beyond the result: a failed child's attempts (its whole cost), a completed child's earlier attempts.
-    const extra = billed.get(child.id) ?? 0;
-    const result = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, extra);
-    results[child.key] = result;
+    const extra = b?.usd ?? 0;
+    const result: FlowChildResult = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, extra);
+    // Its embedding calls, which neither its result nor its cost carries (every run's, from the parent's hash).
+    results[child.key] = b?.embedding.tokens ? { ...result, embedding: embeddingSpend(b.embedding.tokens, b.embedding.costUsd) } : result;
     totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? sumUsd(result.costUsd ?? 0, extra) : result.costUsd);
+    embedding.tokens += b?.embedding.tokens ?? 0;
+    embedding.costUsd = sumUsd(embedding.costUsd, b?.embedding.costUsd ?? 0);
   }
   const preset = job.data.preset ? presets.get(job.data.preset) : undefined;
   return {
     results,
     totalDurationMs: Date.now() - job.timestamp,
     totalCostUsd,
+    embedding: embeddingSpend(embedding.tokens, embedding.costUsd),
     ...(preset ? preset.mapResult(results) : {}),
   };
 }

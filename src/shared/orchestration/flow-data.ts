@@ -22,12 +22,31 @@ export interface ParallelFlowData {
   children: FlowChildRef[];
 }
 
+/**
+ * The embedding calls of a flow's children or a run's steps (their semantic cache lookups, their prompts' knowledge
+ * searches), as `/v1/usage`'s `embedding`: Gemini reports no usage for them, so the tokens are ESTIMATED (~4
+ * characters a token) and priced at the embedding model's input price; not in `costUsd`, which is what Gemini billed
+ * the model calls.
+ */
+export interface EmbeddingSpend {
+  tokens: number;
+  costUsd: number;
+  estimated: true;
+}
+
+export const embeddingSpend = (tokens: number, costUsd: number): EmbeddingSpend => ({ tokens, costUsd, estimated: true });
+
+/** A child's entry of a fan-out's `results`: its result, with its embedding calls when it made any. */
+export type FlowChildResult = AgentResult & { embedding?: EmbeddingSpend };
+
 export interface ParallelFlowResult {
-  results: Record<string, AgentResult>;
+  results: Record<string, FlowChildResult>;
   /** Wall-clock time from the flow's creation until every child had settled. */
   totalDurationMs: number;
   /** Every child's billed attempts: a completed child's result and its earlier failed attempts, a failed child's attempts. */
   totalCostUsd: number;
+  /** Every child's embedding calls, apart from `totalCostUsd`. */
+  embedding: EmbeddingSpend;
   [presetField: string]: unknown;
 }
 
@@ -52,6 +71,8 @@ export interface StepRecord {
   error?: string;
   /** What the step's job was billed: its result's cost plus its earlier attempts'; a failed step's billed attempts. */
   costUsd?: number;
+  /** The step job's embedding calls (every run's), when it made any; apart from `costUsd`. */
+  embedding?: EmbeddingSpend;
   durationMs?: number;
   model?: string;
   startedAt?: number;
@@ -90,6 +111,8 @@ export interface PipelineRunResult {
   /** Wall-clock time from the run's creation to its end. */
   totalDurationMs: number;
   totalCostUsd: number;
+  /** Every step's embedding calls, apart from `totalCostUsd`. */
+  embedding: EmbeddingSpend;
 }
 
 export type FlowJobData = ParallelFlowData | PipelineRunData;

@@ -1,4 +1,4 @@
-import type { FlowJobResult } from './flow-data.js';
+import type { EmbeddingSpend, FlowJobResult } from './flow-data.js';
 
 /** What `GET /v1/flows/:id` and `GET /v1/pipelines/runs/:id` answer (shared with the typed client). */
 export interface FlowView {
@@ -28,6 +28,8 @@ export interface PipelineRunView {
     output?: unknown;
     error?: string;
     costUsd?: number;
+    /** The step job's embedding calls, estimated (see `EmbeddingSpend`), when it made any. */
+    embedding?: EmbeddingSpend;
     durationMs?: number;
   }>;
   outputs: Record<string, unknown>;

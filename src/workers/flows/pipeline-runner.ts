@@ -6,8 +6,8 @@ import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
 import { jobHashKey } from '../../shared/core/queue-keys.js';
-import { childOutcomes, childrenBilledUsd, sumUsd, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
-import { stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
+import { childOutcomes, childrenBilled, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import { embeddingSpend, stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
 
@@ -40,14 +40,16 @@ const messageOf = (err: unknown) => {
 };
 
 /**
- * The data after `step` ended with `outcome`: output or error recorded, cursor moved on (or to the end). `billedUsd`:
- * what the step's job was billed beyond its result (`childrenBilledUsd`): a failed step's whole cost, a completed
- * one's earlier attempts.
+ * The data after `step` ended with `outcome`: output or error recorded, cursor moved on (or to the end). `billed`:
+ * what the step's job was billed that its result does not say (`childrenBilled`): beyond its result, a failed step's
+ * whole cost, a completed one's earlier attempts; and its embedding calls.
  */
-function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutcome, billedUsd = 0): PipelineRunData {
+function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutcome, billed?: ChildBilled): PipelineRunData {
   const next: PipelineRunData = structuredClone(data);
   const rec = next.steps[next.cursor];
   rec.finishedAt = Date.now();
+  const billedUsd = billed?.usd ?? 0;
+  if (billed?.embedding.tokens) rec.embedding = embeddingSpend(billed.embedding.tokens, billed.embedding.costUsd);
   const failed = outcome.state === 'failed' || outcome.result.success === false;
   if (outcome.state === 'completed') {
     Object.assign(rec, { costUsd: sumUsd(outcome.result.costUsd, billedUsd), durationMs: outcome.result.durationMs, model: outcome.result.model });
@@ -185,7 +187,7 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       };
       const outcome = await settle(job, token, data.steps[data.cursor], markAdded);
       const stepJob = data.steps[data.cursor].jobId!;
-      const billed = (await childrenBilledUsd(deps.redis, jobHashKey(job.queueQualifiedName, job.id!), childQueue, [stepJob])).get(stepJob);
+      const billed = (await childrenBilled(deps.redis, jobHashKey(job.queueQualifiedName, job.id!), childQueue, [stepJob])).get(stepJob);
       await save(afterStep(data, step, outcome, billed));
       const rec = data.steps.find((s) => s.id === step.id)!;
       logger.info({ step: step.id, state: rec.state, error: rec.error }, 'pipeline step finished');
@@ -216,6 +218,10 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       errors: data.errors,
       totalDurationMs: Date.now() - job.timestamp,
       totalCostUsd: data.steps.reduce((sum, s) => sumUsd(sum, s.costUsd ?? 0), 0),
+      embedding: embeddingSpend(
+        data.steps.reduce((sum, s) => sum + (s.embedding?.tokens ?? 0), 0),
+        data.steps.reduce((sum, s) => sumUsd(sum, s.embedding?.costUsd ?? 0), 0),
+      ),
     };
   };
 }

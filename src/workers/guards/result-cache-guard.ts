@@ -40,7 +40,7 @@ export function createResultCacheGuard(opts: { cache: ResultCache<AgentResult> }
         signal: ctx.signal,
         owner: ctx.job.id,
         ...(ctx.cacheLookup ? { prefetched: ctx.cacheLookup } : {}),
-        ...(ctx.usage ? { usageEntry: { field: ctx.usage.field, of: ctx.usage.entry, ...(ctx.usage.rider ? { rider: ctx.usage.rider } : {}) } } : {}),
+        ...(ctx.usage ? { usageEntry: { field: ctx.usage.field, of: ctx.usage.entry, ...(ctx.usage.bill ? { bill: ctx.usage.bill } : {}), ...(ctx.usage.rider ? { rider: ctx.usage.rider } : {}) } } : {}),
       });
     } catch (err) {
       if (called || ctx.signal.aborted) throw err;

@@ -2,7 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
-import { childBilledField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
+import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
@@ -48,6 +48,37 @@ export interface RunBillTo {
   parentKey: string;
 }
 
+/** A row's bill as a script that appends the row takes it (lua/includes/usage-bill.lua): its two keys and its arguments. */
+export interface UsageBill {
+  keys: [job: string, parent: string];
+  args: string[];
+}
+
+/** The arguments of no bill (result-cache-set-8.lua's, whose bill is optional). */
+export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0'];
+
+/**
+ * What `run` adds to its job's and its parent's hashes: a row its result will not carry (failed, delayed) its cost,
+ * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; any row its embedding calls, on the parent's
+ * embedding fields for the child (a completed child's result has no embedding figures of its own).
+ */
+export function usageBillOf(run: AgentRun, to: RunBillTo): UsageBill {
+  const carriedByResult = run.state === 'completed';
+  return {
+    keys: [to.key, to.parentKey],
+    args: [
+      String(run.jobTs ?? 0),
+      carriedByResult ? '' : JOB_BILLED_FIELD,
+      String(run.costUsd),
+      carriedByResult ? '' : childBilledField(to.jobId),
+      childEmbeddingTokensField(to.jobId),
+      String(run.embeddingTokens ?? 0),
+      childEmbeddingUsdField(to.jobId),
+      String(run.embeddingCostUsd ?? 0),
+    ],
+  };
+}
+
 /**
  * The worker's side of write-behind usage: an attempt's row is appended to a Redis Stream (one call) before
  * the attempt returns, so by the time BullMQ records the job as finished its row is durable in Redis; the run
@@ -61,9 +92,8 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
   const closes = closesOf(redis);
   return {
     /**
-     * `billTo`: a flow child's row its result will not carry (a billed failed attempt, a delayed run's calls): its
-     * cost is also added to the job's hash (`JOB_BILLED_FIELD`) and its parent's (`childBilledField`) in the same
-     * call, for the parent's sum.
+     * `billTo`: a flow child's row, also summed on the job's hash and its parent's in the same call, for the parent's
+     * sums (`usageBillOf`: what its result will not carry, and its embedding calls).
      */
     async record(run: AgentRun, billTo?: RunBillTo): Promise<void> {
       const json = encodeRun(run);
@@ -76,7 +106,7 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
       const seen = closes();
       try {
         reply = billTo
-          ? await billLua([key, billTo.key, billTo.parentKey], [RUN_FIELD, json, String(run.jobTs ?? 0), JOB_BILLED_FIELD, String(run.costUsd), childBilledField(billTo.jobId), ...(ride?.args ?? ['', '', 0])])
+          ? await billLua([key, billTo.key, billTo.parentKey], [RUN_FIELD, json, ...usageBillOf(run, billTo).args, ...(ride?.args ?? ['', '', 0])])
           : await appendLua([key], [RUN_FIELD, json, ...ride!.args]);
       } finally {
         // Across a reconnect the reply may be a re-sent call's: what the first one read is unknown (lost).

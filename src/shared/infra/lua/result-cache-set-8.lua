@@ -1,19 +1,23 @@
 -- Stores an entry unless the namespace was invalidated since the caller read it: a result computed
 -- before a bump must never be served after it. Releases the caller's single-flight lock in the same call,
 -- and appends the attempt's usage row to the usage stream when the caller passes one (with the run sink's
--- ride, includes/usage-ride.lua), so a computed miss costs one write round trip, not three.
+-- ride, includes/usage-ride.lua), so a computed miss costs one write round trip, not three. A flow child's row
+-- is also summed on its hashes as usage-bill-3.lua sums the rows the processor appends (includes/usage-bill.lua).
 -- KEYS[1]: org version counter, KEYS[2]: org+agent version counter, KEYS[3]: the agent's shared version counter,
--- KEYS[4]: entry, KEYS[5]: lock, KEYS[6]: usage stream (same hash tag as the rest; only written when ARGV[5] is set)
+-- KEYS[4]: entry, KEYS[5]: lock, KEYS[6]: usage stream (same hash tag as the rest; only written when ARGV[5] is set),
+-- KEYS[7]: the job's BullMQ hash, KEYS[8]: its parent's (only read with a bill; any key of the tag without one)
 -- ARGV[1]: tag the caller computed under ('' = whatever is current), ARGV[2]: json, ARGV[3]: ttl s,
 -- ARGV[4]: lock token to release ('' = none), ARGV[5]: usage entry ('' = none), ARGV[6]: its field name,
--- ARGV[7..]: the sink's ride (none: no ride)
+-- ARGV[7..14]: the row's bill (includes/usage-bill.lua; ARGV[7] '' = none), ARGV[15..]: the sink's ride (none: no ride)
 -- Returns {stored (0|1), current tag, the ride's reply (only with a ride)}
 --- @include "usage-ride"
+--- @include "usage-bill"
 --- @include "result-cache-tag"
 local ride = nil
 if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[6], '*', ARGV[6], ARGV[5])
-  if #ARGV >= 9 then ride = usageRide(KEYS[6], ARGV, 7) end
+  if ARGV[7] ~= '' then usageBill(KEYS[7], KEYS[8], ARGV, 7) end
+  if #ARGV >= 17 then ride = usageRide(KEYS[6], ARGV, 15) end
 end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[5]) == ARGV[4] then
   redis.call('DEL', KEYS[5])

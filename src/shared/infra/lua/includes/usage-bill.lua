@@ -1,0 +1,22 @@
+-- A flow child's (or pipeline step's) usage row, summed on its hashes as the row goes into the usage stream: the
+-- parent (the fan-out flow or pipeline run) reads a child's cost from these fields, which are so the sums of the
+-- child's rows in agent_runs. Included by usage-bill-3.lua (a row the processor appends) and result-cache-set-8.lua
+-- (the attempt's row its result cache store appends): no round trip of its own either way.
+-- Only the job incarnation that wrote the row is charged (the hash's BullMQ `timestamp`): a hash that is gone (the
+-- job removed while it ran) is not re-created as a stray hash holding these fields alone, nor is a parent's that is
+-- gone (removed: nothing reads it).
+-- jobKey: the job's BullMQ hash; parentKey: its parent's (`job.parentKey`); argv: the script's ARGV; at: index of
+--   the bill's first argument in it: the job's creation time, the job's own field ('' = none), the row's cost (USD),
+--   the parent's cost field for this child ('' = none), the parent's embedding tokens field for this child, the
+--   row's embedding tokens, the parent's embedding cost field for this child, the row's embedding cost (USD)
+local function usageBill(jobKey, parentKey, argv, at)
+  if redis.call('HGET', jobKey, 'timestamp') ~= argv[at] then return end
+  local cost = tonumber(argv[at + 2])
+  if argv[at + 1] ~= '' and cost ~= 0 then redis.call('HINCRBYFLOAT', jobKey, argv[at + 1], argv[at + 2]) end
+  if redis.call('EXISTS', parentKey) == 0 then return end
+  if argv[at + 3] ~= '' and cost ~= 0 then redis.call('HINCRBYFLOAT', parentKey, argv[at + 3], argv[at + 2]) end
+  if tonumber(argv[at + 5]) > 0 then
+    redis.call('HINCRBY', parentKey, argv[at + 4], argv[at + 5])
+    redis.call('HINCRBYFLOAT', parentKey, argv[at + 6], argv[at + 7])
+  end
+end
