@@ -322,12 +322,15 @@ function attemptOf(deps: ProcessorDeps) {
     /**
      * A flow child's (or pipeline step's) row is also summed on its hash and its parent's, in the same call: a billed
      * row its result will not carry (a failed attempt, a delayed run's calls), since a failed child has no result to
-     * carry it (fan-out.ts, pipeline-runner.ts), also once retention removed the child's hash; and any row's embedding
-     * calls, which no result carries. A job without a parent has no reader for it.
+     * carry it (fan-out.ts, pipeline-runner.ts), also once retention removed the child's hash; a completed row, since
+     * this run's completion may yet be refused (its lock lapsed and the stalled check ran the attempt again: the
+     * parent gets the other run's result) though its calls were paid; and any row's embedding calls, which no result
+     * carries. A job without a parent has no reader for it. A stored batch answer is billed once, in the row of
+     * whichever run reads it (the same row, part ''): only the result carries it.
      */
     const billTo = (row: AgentRun): RunBillTo | undefined =>
-      job.parentKey && ((row.state !== 'completed' && row.costUsd > 0) || (row.embeddingTokens ?? 0) > 0)
-        ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey }
+      job.parentKey && (row.costUsd > 0 || (row.embeddingTokens ?? 0) > 0)
+        ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey, ...(ctx.batchRead ? { resultOnly: true } : {}) }
         : undefined;
     // The row the result cache's store encodes: counted when the store says it appended it.
     let entryRow: AgentRun | undefined;

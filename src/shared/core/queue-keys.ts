@@ -29,6 +29,13 @@ export const JOB_BILLED_FIELD = 'agentqBilledUsd';
 export const childBilledField = (childId: string) => `${JOB_BILLED_FIELD}:${childId}`;
 
 /**
+ * The parent's sum of one child's completed rows' cost, by the same script call: the result BullMQ accepted carries
+ * one of them, and a run whose completion BullMQ refused (its lock lapsed: the stalled check ran the attempt again)
+ * paid for its calls all the same. The parent reads the larger of this and the result's cost.
+ */
+export const childRunsField = (childId: string) => `agentqRunsUsd:${childId}`;
+
+/**
  * The parent's sums of one child's embedding calls, from every row of the child (completed, failed or delayed; their
  * tokens estimated: Gemini reports none), by the script that appends each row (includes/usage-bill.lua): `costUsd`
  * leaves them out, as `agent_runs.cost_usd` does, so the flow and the run report them beside it.

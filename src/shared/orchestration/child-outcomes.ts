@@ -1,6 +1,6 @@
 import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
-import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
+import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, childRunsField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 
 export type ChildOutcome = { state: 'completed'; result: AgentResult } | { state: 'failed'; error: string };
@@ -35,13 +35,22 @@ export interface ChildEmbedding {
 export interface ChildBilled {
   /** Billed beyond its result: a failed child's whole cost, a completed child's earlier attempts'. */
   usd: number;
+  /**
+   * Its completed rows' cost: the accepted run's (its result's) and any run's whose completion BullMQ refused (a
+   * stalled run's re-run completed instead). 0 from a worker of the version before (the result's cost is then read).
+   */
+  completedUsd: number;
   /** Every row's embedding calls (no result carries them), completed ones included. */
   embedding: ChildEmbedding;
 }
 
+/** A completed child's cost: its completed rows' (its result's at least), plus what its earlier attempts were billed. */
+export const completedChildUsd = (resultUsd: number, billed: ChildBilled | undefined) =>
+  sumUsd(Math.max(resultUsd, billed?.completedUsd ?? 0), billed?.usd ?? 0);
+
 /**
  * What each child was billed that its result does not say: the cost of the rows of its failed attempts and delayed
- * runs, and every row's embedding calls, summed as each was appended to the usage stream (includes/usage-bill.lua),
+ * runs, its completed rows' (a run whose completion BullMQ refused is in no result), and every row's embedding calls, summed as each was appended to the usage stream (includes/usage-bill.lua),
  * so the same numbers as its `agent_runs` rows. Read from the parent's hash (`childBilledField`, the embedding
  * fields), which holds them after retention removed the child's (a failed child's, often before its parent settles:
  * until 2026-12-07 its cost read as 0), and the cost also from the child's own (`JOB_BILLED_FIELD`) while it is kept:
@@ -51,14 +60,14 @@ export interface ChildBilled {
 export async function childrenBilled(redis: Pick<RedisClient, 'hget' | 'hmget'>, parentKey: string, childQueueKey: string, ids: string[]): Promise<Map<string, ChildBilled>> {
   if (ids.length === 0) return new Map();
   const [onParent, onChildren] = await Promise.all([
-    redis.hmget(parentKey, ...ids.flatMap((id) => [childBilledField(id), childEmbeddingTokensField(id), childEmbeddingUsdField(id)])),
+    redis.hmget(parentKey, ...ids.flatMap((id) => [childBilledField(id), childRunsField(id), childEmbeddingTokensField(id), childEmbeddingUsdField(id)])),
     Promise.all(ids.map((id) => redis.hget(jobHashKey(childQueueKey, id), JOB_BILLED_FIELD))),
   ]);
   const num = (v: string | null | undefined) => Number(v ?? 0) || 0;
   return new Map(
     ids.map((id, i) => {
-      const [usd, tokens, embeddingUsd] = onParent.slice(3 * i, 3 * i + 3).map(num);
-      return [id, { usd: Math.max(usd, num(onChildren[i])), embedding: { tokens, costUsd: sumUsd(embeddingUsd, 0) } }];
+      const [usd, completedUsd, tokens, embeddingUsd] = onParent.slice(4 * i, 4 * i + 4).map(num);
+      return [id, { usd: Math.max(usd, num(onChildren[i])), completedUsd: sumUsd(completedUsd, 0), embedding: { tokens, costUsd: sumUsd(embeddingUsd, 0) } }];
     }),
   );
 }

@@ -1,5 +1,5 @@
 import type { Job } from 'bullmq';
-import { childOutcomes, childrenBilled, sumUsd } from './child-outcomes.js';
+import { childOutcomes, childrenBilled, completedChildUsd, sumUsd } from './child-outcomes.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { jobHashKey } from '../core/queue-keys.js';
 import { embeddingSpend, failedChildResult, type FlowChildRef, type FlowChildResult, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
@@ -40,7 +40,7 @@ export async function settleFanOut(
     const result: FlowChildResult = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, extra);
     // Its embedding calls, which neither its result nor its cost carries (every run's, from the parent's hash).
     results[child.key] = b?.embedding.tokens ? { ...result, embedding: embeddingSpend(b.embedding.tokens, b.embedding.costUsd) } : result;
-    totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? sumUsd(result.costUsd ?? 0, extra) : result.costUsd);
+    totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? completedChildUsd(result.costUsd ?? 0, b) : result.costUsd);
     embedding.tokens += b?.embedding.tokens ?? 0;
     embedding.costUsd = sumUsd(embedding.costUsd, b?.embedding.costUsd ?? 0);
   }

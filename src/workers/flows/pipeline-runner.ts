@@ -6,7 +6,7 @@ import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
 import { jobHashKey } from '../../shared/core/queue-keys.js';
-import { childOutcomes, childrenBilled, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import { childOutcomes, childrenBilled, completedChildUsd, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import { embeddingSpend, stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
@@ -52,7 +52,7 @@ function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutc
   if (billed?.embedding.tokens) rec.embedding = embeddingSpend(billed.embedding.tokens, billed.embedding.costUsd);
   const failed = outcome.state === 'failed' || outcome.result.success === false;
   if (outcome.state === 'completed') {
-    Object.assign(rec, { costUsd: sumUsd(outcome.result.costUsd, billedUsd), durationMs: outcome.result.durationMs, model: outcome.result.model });
+    Object.assign(rec, { costUsd: completedChildUsd(outcome.result.costUsd, billed), durationMs: outcome.result.durationMs, model: outcome.result.model });
   } else if (billedUsd > 0) {
     rec.costUsd = billedUsd;
   }

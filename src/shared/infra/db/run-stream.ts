@@ -2,7 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
-import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
+import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, childRunsField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
@@ -46,6 +46,8 @@ export interface RunBillTo {
   key: string;
   jobId: string;
   parentKey: string;
+  /** A completed row whose cost only the result may carry (a stored batch answer, billed once whichever run reads it). */
+  resultOnly?: boolean;
 }
 
 /** A row's bill as a script that appends the row takes it (lua/includes/usage-bill.lua): its two keys and its arguments. */
@@ -59,18 +61,20 @@ export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0
 
 /**
  * What `run` adds to its job's and its parent's hashes: a row its result will not carry (failed, delayed) its cost,
- * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; any row its embedding calls, on the parent's
- * embedding fields for the child (a completed child's result has no embedding figures of its own).
+ * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; a completed row its cost on the parent's
+ * `childRunsField` (the accepted run's result carries one such row, a run whose completion BullMQ refused none),
+ * unless `resultOnly`; any row its embedding calls, on the parent's embedding fields for the child (a completed
+ * child's result has no embedding figures of its own).
  */
 export function usageBillOf(run: AgentRun, to: RunBillTo): UsageBill {
-  const carriedByResult = run.state === 'completed';
+  const completed = run.state === 'completed';
   return {
     keys: [to.key, to.parentKey],
     args: [
       String(run.jobTs ?? 0),
-      carriedByResult ? '' : JOB_BILLED_FIELD,
+      completed ? '' : JOB_BILLED_FIELD,
       String(run.costUsd),
-      carriedByResult ? '' : childBilledField(to.jobId),
+      completed ? (to.resultOnly ? '' : childRunsField(to.jobId)) : childBilledField(to.jobId),
       childEmbeddingTokensField(to.jobId),
       String(run.embeddingTokens ?? 0),
       childEmbeddingUsdField(to.jobId),
