@@ -27,7 +27,8 @@ const usd = (n: number) => `$${n.toFixed(6)}`;
 const int = (n: number) => Math.round(n).toLocaleString('en-US');
 const pct = (n: number) => `${(n * 100).toFixed(1)}%`;
 const ms = (n: number) => `${n.toFixed(1)} ms`;
-const row = (g: Group) => [g.key, int(g.jobs), int(g.tokens.input), int(g.tokens.output), usd(g.costUsd), pct(g.cacheHitRate), ms(g.durationMs.p50), ms(g.durationMs.p95)];
+// Each table's embedding columns beside the cost Gemini billed (estimated, as the tiles: until 2026-12-07 only the tiles had them).
+const row = (g: Group) => [g.key, int(g.jobs), int(g.tokens.input), int(g.tokens.output), usd(g.costUsd), int(g.embedding.tokens), usd(g.embedding.costUsd), pct(g.cacheHitRate), ms(g.durationMs.p50), ms(g.durationMs.p95)];
 
 // A browser on a busy 2-core machine is slow to start and paint: each test gets 60 s (idle: a few seconds).
 describe('the usage dashboard in a real browser', () => {
@@ -87,6 +88,14 @@ describe('the usage dashboard in a real browser', () => {
   }
 
   const tableRows = (page: Page, id: string) => page.locator(`#${id} tbody tr`).evaluateAll((rows) => rows.map((r) => [...r.querySelectorAll('td')].map((td) => td.textContent)));
+  /** A table's embedding column headers: visible, and each says its figures are estimated. */
+  async function expectEstimatedColumns(page: Page, id: string) {
+    for (const field of ['embeddingTokens', 'embeddingCostUsd']) {
+      const th = page.locator(`#${id} thead th[data-field="${field}"]`);
+      expect(await th.textContent()).toMatch(/^Embedding .*estimated$/i);
+      expect(await th.isVisible()).toBe(true);
+    }
+  }
   const tile = (page: Page, field: string) => page.locator(`#total [data-field="${field}"]`).textContent();
   const chartData = (page: Page, id: string) =>
     page.evaluate((canvas) => {
@@ -126,6 +135,9 @@ describe('the usage dashboard in a real browser', () => {
       expect(await tableRows(page, 'by-day')).toEqual(day.groups.map(row));
       expect(await tableRows(page, 'by-agent')).toEqual(agent.groups.map(row));
       expect(await tableRows(page, 'by-model')).toEqual(model.groups.map(row));
+      // The agent's and the model's embedding calls have figures to show (the seeded attempt's, ingest's and search's).
+      expect(agent.groups.some((g) => g.embedding.tokens > 0) && model.groups.some((g) => g.embedding.tokens > 0)).toBe(true);
+      for (const id of ['by-day', 'by-agent', 'by-model']) await expectEstimatedColumns(page, id);
 
       const costPerDay = await chartData(page, 'chart-day-cost');
       expect(costPerDay.labels).toEqual(DAYS);

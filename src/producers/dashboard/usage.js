@@ -54,11 +54,15 @@
     set('embeddingTokenParts', 'ingest ' + fmt.int(e.ingest.tokens) + ' · search ' + fmt.int(e.search.tokens));
   }
 
+  // [field, header, cell, estimated]: the embedding columns, as the tiles, are agentq's estimates (Gemini reports no
+  // usage for embedding calls) apart from the cost Gemini billed, and their headers say so.
   const COLUMNS = [
     ['jobs', 'Jobs', (g) => fmt.int(g.jobs)],
     ['input', 'Input tokens', (g) => fmt.int(g.tokens.input)],
     ['output', 'Output tokens', (g) => fmt.int(g.tokens.output)],
     ['costUsd', 'Cost (USD)', (g) => fmt.usd(g.costUsd)],
+    ['embeddingTokens', 'Embedding tokens', (g) => fmt.int(g.embedding.tokens), true],
+    ['embeddingCostUsd', 'Embedding cost (USD)', (g) => fmt.usd(g.embedding.costUsd), true],
     ['cacheHitRate', 'Cache hits', (g) => fmt.pct(g.cacheHitRate)],
     ['p50', 'p50', (g) => fmt.ms(g.durationMs.p50)],
     ['p95', 'p95', (g) => fmt.ms(g.durationMs.p95)],
@@ -68,9 +72,18 @@
     const table = document.getElementById(id);
     table.replaceChildren();
     const head = table.createTHead().insertRow();
-    for (const text of [title, ...COLUMNS.map((c) => c[1])]) {
+    for (const [field, text, , estimated] of [['key', title], ...COLUMNS]) {
       const th = document.createElement('th');
+      th.dataset.field = field;
       th.textContent = text;
+      if (estimated) {
+        th.className = 'estimated';
+        th.title = "Estimated: Gemini reports no usage for embedding calls; ~4 characters a token at the embedding model's price. Not in Cost.";
+        const badge = document.createElement('span');
+        badge.className = 'badge';
+        badge.textContent = 'estimated';
+        th.append(' ', badge);
+      }
       head.appendChild(th);
     }
     const body = table.createTBody();
@@ -80,9 +93,10 @@
       const keyCell = row.insertCell();
       keyCell.textContent = g.key;
       keyCell.dataset.field = 'key';
-      for (const [field, , show] of COLUMNS) {
+      for (const [field, , show, estimated] of COLUMNS) {
         const cell = row.insertCell();
         cell.dataset.field = field;
+        if (estimated) cell.className = 'estimated';
         cell.textContent = show(g);
       }
     }
