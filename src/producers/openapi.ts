@@ -12,6 +12,9 @@ function packageVersion(): string {
   }
 }
 
+/** Where the browsable docs page (and its assets) is mounted: the docs plugin's routes, not the route table's. */
+export const DOCS_PATH = '/docs';
+
 /**
  * Collects every route registered after it (swagger's onRoute hook) into an OpenAPI 3.1 document, built
  * from the routes' zod schemas. Register before any route.
@@ -44,5 +47,5 @@ export async function registerOpenApi(app: FastifyInstance): Promise<void> {
 
 /** The docs page at /docs, served from the UI plugin's bundled assets (no network needed). */
 export async function registerDocsPage(app: FastifyInstance): Promise<void> {
-  await app.register(fastifySwaggerUi, { routePrefix: '/docs', uiConfig: { deepLinking: true } });
+  await app.register(fastifySwaggerUi, { routePrefix: DOCS_PATH, uiConfig: { deepLinking: true } });
 }
