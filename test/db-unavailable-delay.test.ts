@@ -222,14 +222,15 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
 
     await completedOnceUp(s, auth, org, id);
     expect(generateCalls(s).length).toBe(callsBefore + 1);
-    // Each deferred run embedded its prompt's search query before the table read failed: a call paid for, so a
-    // delayed row of its own (no model call, cost 0), one per deferral; then the attempt's own row.
+    // Each deferred run embedded the question twice before a table read failed, the semantic cache's lookup (its
+    // match failed, the guard went on without the cache) and the search's query: calls paid for, so a delayed row
+    // of its own (no model call, cost 0), one per deferral; then the attempt's own row.
     const rows = await runs(s, id);
     // (A start the fair gate parked for want of a slot, reason no_slot, ran no search: no row.)
     const deferred = (await deferrals(s, id)).filter((d) => d.reason === 'database_unavailable');
     expect(rows.map((r) => [r.attempt, r.state])).toEqual([...deferred.map(() => [1, 'delayed']), [1, 'completed']]);
     for (const r of rows.slice(0, -1)) {
-      expect(r).toMatchObject({ error: 'database_unavailable', input_tokens: 0, embedding_tokens: Math.ceil(question.length / 4) });
+      expect(r).toMatchObject({ error: 'database_unavailable', input_tokens: 0, embedding_tokens: 2 * Math.ceil(question.length / 4) });
       expect(Number(r.cost_usd)).toBe(0);
     }
     // Never the model's fault: its breaker (opened by one failure here) counted none.
@@ -292,12 +293,13 @@ describe('a Postgres outage on the attempt’s path: the job waits without using
     expect(held).toMatchObject({ state: 'delayed', attempts: 0 });
     await until('a second deferral', () => outage.failedSearches(org) >= 2);
     await completedOnceUp(s, auth, org, id);
-    // Each deferred run's search query embedding (made before its table read failed) is a delayed row of its own.
+    // Each deferred run's embeddings (the semantic cache's lookup and the search's query, each of the question, made
+    // before a table read failed) are a delayed row of its own.
     const rows = await runs(s, id);
     expect(rows.at(-1)).toMatchObject({ attempt: 1, state: 'completed' });
     expect(rows.length).toBeGreaterThanOrEqual(2);
     for (const r of rows.slice(0, -1)) {
-      expect(r).toMatchObject({ attempt: 1, state: 'delayed', error: 'database_unavailable', input_tokens: 0, embedding_tokens: Math.ceil(question.length / 4) });
+      expect(r).toMatchObject({ attempt: 1, state: 'delayed', error: 'database_unavailable', input_tokens: 0, embedding_tokens: 2 * Math.ceil(question.length / 4) });
       expect(Number(r.cost_usd)).toBe(0);
     }
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
