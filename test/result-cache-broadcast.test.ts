@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { Redis } from 'ioredis';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createResultCache, type CacheKeyParts } from '../src/shared/cache/result-cache.js';
 import { guardKeys } from '../src/shared/core/queue-keys.js';
 import type { AgentResult } from '../src/shared/core/types.js';
@@ -59,6 +59,29 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     expect((await a.cache.get(p))!.value.data).toEqual({ score: 1 });
     times.sort((x, y) => x - y);
     console.log(`[figure] L1 hit from memory, 2000 gets: p50 ${times[1000].toFixed(4)} ms, p99 ${times[1980].toFixed(4)} ms`);
+  });
+
+  it('L1 hits from memory arm no timer (lru-cache caches its clock behind a 1 ms timer unless told not to: one per job)', async () => {
+    const a = await cacheProcess(randomPrefix());
+    const p = parts();
+    await a.cache.set(p, okResult({ score: 1 }));
+    expect(a.cache.fromMemory(p)).toEqual(okResult({ score: 1 }));
+    const timers = vi.spyOn(globalThis, 'setTimeout');
+    try {
+      // Hits across turns of the event loop for a few milliseconds: a clock cached for 1 ms expires in between.
+      const t0 = performance.now();
+      let hits = 0;
+      while (performance.now() - t0 < 10 || hits < 20) {
+        expect(a.cache.prepare(p, `job-${hits}`)).toBeUndefined();
+        expect(a.cache.fromMemory(p)).toEqual(okResult({ score: 1 }));
+        expect((await a.cache.get(p))?.level).toBe('l1');
+        hits++;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+      }
+      expect(timers).not.toHaveBeenCalled();
+    } finally {
+      timers.mockRestore();
+    }
   });
 
   it('two caches on connections of their own: once the invalidation is observed, no stale hit; an agent bump spares the org\'s other agents', async () => {

@@ -149,7 +149,9 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const closes = closesOf(redis);
   // L1 keeps the value's JSON: each hit parses its own copy (a caller may change what it gets), which costs
   // less than structuredClone of the object and hands out exactly what an L2 hit would.
-  const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs });
+  // ttlResolution 0: each age check reads the clock (a fraction of a microsecond) instead of caching it for 1 ms
+  // behind a timer, which lru-cache arms again at the first check after each expiry: about one timer per job.
+  const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs, ttlResolution: 0 });
   const channel = guardKeys.resultInvalidations(prefix);
   /** L1 served from memory: only while the broadcast is subscribed, so no invalidation can pass unseen. */
   let l1Live = false;

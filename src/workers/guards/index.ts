@@ -49,7 +49,8 @@ const QUOTA_UNREADABLE_WARN_MS = 10_000;
  * USAGE_BACKLOG_MAX_ROWS, bounds how much runs unrecorded).
  */
 export function createQuotaGuard(check: (orgId: string) => Promise<QuotaDecision>, cacheMs: number, clock?: { now(): number }): Middleware {
-  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), fetchMethod: (orgId) => check(orgId), allowStaleOnFetchRejection: true, ...(clock ? { perf: clock } : {}) });
+  // ttlResolution 0: no 1 ms timer armed to cache the clock (one per job on a busy worker; see result-cache.ts).
+  const cache = new LRUCache<string, QuotaDecision>({ max: 10_000, ttl: Math.max(1, cacheMs), ttlResolution: 0, fetchMethod: (orgId) => check(orgId), allowStaleOnFetchRejection: true, ...(clock ? { perf: clock } : {}) });
   let warnedAt = 0;
   // Without caching (cacheMs 0) every job reads anew, and the cache still keeps each org's last decision.
   // A failed read with no earlier decision to fall back on resolves undefined (allowStaleOnFetchRejection).
