@@ -52,6 +52,29 @@ describe('concurrency pool: one process-wide concurrency over several BullMQ wor
     expect(wa.concurrency).toBe(3);
   });
 
+  it('a body given a free slot starts in the same tick (no wait for a slot that is there)', async () => {
+    const pool = createConcurrencyPool(1);
+    const m = pool.member();
+    m.attach({ concurrency: 0 });
+    const gate = gated();
+    let started = 0;
+    const run = m.wrap(async () => {
+      started++;
+      await gate.opened;
+      return 'ok';
+    });
+    const first = run('job');
+    expect(started).toBe(1);
+    // The pool is full: the next one waits until the first gives its slot back.
+    const second = run('job');
+    expect(started).toBe(1);
+    gate.open();
+    expect(await first).toBe('ok');
+    expect(await second).toBe('ok');
+    expect(started).toBe(2);
+    expect(pool.stats()).toEqual({ running: 0, waiting: 0 });
+  });
+
   it('a body that throws gives its slot back', async () => {
     const pool = createConcurrencyPool(1);
     const m = pool.member();

@@ -34,7 +34,8 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const inFlight = createInFlight();
   const attempts = createCancellations();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
-  const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> =>
+  // Not async: it hands back inFlight.run's own promise (an async arrow wrapped it in one more, and awaited it).
+  const processor = (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> =>
     inFlight.run(job, () => attempts.run(job.id!, (cancel) => opts.processor(job, token, cancel)));
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
@@ -47,6 +48,8 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   });
 
   worker.on('completed', (job, result) => {
+    // The line's fields are gathered only when it is written (a worker logging at warn makes none of it per job).
+    if (!opts.logger.isLevelEnabled('info')) return;
     const d = job.data;
     opts.logger.info(
       {
