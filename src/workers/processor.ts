@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { DelayedError, UnrecoverableError, type Job } from 'bullmq';
 import type { AgentAction, AgentDefinition, ModelTier } from '../shared/agents/define-agent.js';
 import { ValidationError } from '../shared/core/errors.js';
@@ -6,14 +5,14 @@ import { storedStage } from '../shared/core/job-stage.js';
 import { lazyChild, type Logger } from '../shared/core/logger.js';
 import { CANCELLED_REASON } from '../shared/core/cancel.js';
 import { Cancellation } from './cancellation.js';
-import { stalledRunPart, type AgentRun } from '../shared/infra/db/agent-runs.js';
+import type { AgentRun } from '../shared/infra/db/agent-runs.js';
 import { usageBillOf, type RunBillTo, type UsageRider } from '../shared/infra/db/run-stream.js';
-import { jobHashKey } from '../shared/core/queue-keys.js';
-import { estimateTextTokens, estimateTokens } from '../shared/queue/estimate-tokens.js';
-import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
+import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { billedOf, classify, DB_UNAVAILABLE_DELAY_MS, DB_UNAVAILABLE_MAX_DELAY_MS, ECANCELLED, encodeReason, RetryAfterError, type Outcome } from '../shared/core/outcomes.js';
 import type { FairGate } from './fair-gate.js';
 import { createDatabaseDeferrals } from './db-deferrals.js';
+import { AttemptContext, Prepaid } from './attempt-context.js';
+import { AttemptRows } from './attempt-rows.js';
 import type { ClaimPrep, JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
@@ -162,6 +161,20 @@ export function createAgentProcessor(deps: ProcessorDeps) {
 
 function attemptOf(deps: ProcessorDeps) {
   const dbDeferrals = createDatabaseDeferrals({ ...(deps.databaseDelay ?? { firstMs: DB_UNAVAILABLE_DELAY_MS, maxMs: DB_UNAVAILABLE_MAX_DELAY_MS }), logger: deps.logger });
+  /** Metrics see a row's embedding calls once the row is in the usage stream (never a row that failed to go in). */
+  const embeddingRecorded = (row: AgentRun) => {
+    if (row.embeddingTokens) deps.onEmbeddingRecorded?.({ tokens: row.embeddingTokens, costUsd: row.embeddingCostUsd ?? 0 });
+  };
+  /** `billTo`: a flow child's hash and its parent's, also charged the row (AttemptRows.billTo). */
+  const recordRow = async (row: AgentRun, billTo: RunBillTo | undefined, logger: Logger) => {
+    try {
+      await deps.runs.record(row, billTo);
+      embeddingRecorded(row);
+    } catch (err) {
+      // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
+      logger.error({ err }, 'could not record agent run');
+    }
+  };
   return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, cancel: Cancellation, span: Span): Promise<AgentResult> => {
     const data = job.data;
     const logger = lazyChild(deps.logger, {
@@ -183,182 +196,22 @@ function attemptOf(deps: ProcessorDeps) {
       throw err;
     }
     const model = data.model ?? deps.models[resolved.action.model];
-    // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
-    const stage = storedStage('calling_model', job.attemptsMade + 1, model);
-    // A guard's own signal for its inner links while it runs them (route-guard.ts); else the attempt's, which
-    // is made when first read (an attempt answered from memory never reads it).
-    let swapped: AbortSignal | undefined;
     const gate = deps.gate;
-
-    let estimated: number | undefined;
-    // This run's embedding calls: Gemini reports no usage for them, so estimated here (see `embedded`).
-    let embeddingTokens = 0;
-    // Read twice by the rate-limit guard's usage correction: one JSON.stringify of the input, not two.
-    let prepaidEstimate: number | undefined;
-    const ctx: JobContext = {
-      job,
-      token,
-      orgId: data.orgId,
-      agent: resolved.agent,
-      agentName: data.agent,
-      actionName: data.action,
-      action: resolved.action,
-      input,
-      model,
-      get signal() {
-        return swapped ?? cancel.signal;
-      },
-      // A guard may hand its inner links a signal of its own (route-guard.ts) and then put this one back.
-      set signal(s: AbortSignal) {
-        swapped = s;
-      },
-      logger,
-      // Read only when the rate limiter charges a call itself (not the dispatcher's prepaid first call).
-      get estimatedTokens() {
-        return (estimated ??= estimateTokens(input));
-      },
-      tier: data.tier ?? 'standard',
+    const ctx = new AttemptContext(job, token, resolved.agent, resolved.action, input, model, logger, span, cancel);
+    const rows = new AttemptRows(job, ctx, deps.embeddingCost);
+    const attempt = rows.attempt;
+    ctx.embedded = (texts) => rows.embedded(texts);
+    if (gate) {
       // Admitted by the fair dispatcher, which charged the first call to this model already (the job's
       // estimate, from its data as the producer computed it; nothing for a batch-tier job, whose lane no
       // online bucket limits), and keeps the org's TPM bucket.
-      ...(gate
-        ? {
-            prepaid: {
-              model,
-              get charged() {
-                return (prepaidEstimate ??= data.tier === 'batch' ? 0 : estimateTokens(data.input));
-              },
-            },
-            charge: (m: string, d: { orgTokens: number; modelTokens: number; requests?: number }) => gate.correct(data.orgId, m, d),
-            orgRequests: gate.orgRequests,
-          }
-        : {}),
-      span,
-      embedded: (texts) => {
-        for (const t of texts) embeddingTokens += estimateTextTokens(t);
-      },
-    };
-    const attempt = job.attemptsMade + 1;
-    /** The row's embedding columns: estimated, and said so (migration 023). */
-    const embeddingColumns = () =>
-      embeddingTokens > 0 ? { embeddingTokens, embeddingCostUsd: deps.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true } : {};
-    /** When the attempt's work started (after its claim); 0 before (the row an answer from memory's claim carries). */
-    let started = 0;
-    /**
-     * This run's own row beside another run's of the same attempt: a run the stalled check handed out again (the
-     * first one's lock lapsed, maybe mid-call) pays for its own calls, and its row under the first run's key was
-     * refused as a duplicate until 2026-12-07. A run served its batch's stored answer keeps the attempt's row: the
-     * answer was billed once, and every run of the attempt is served it again (batch-tier.ts, readBy).
-     */
-    const stalledPart = stalledRunPart(job.stalledCounter);
-    const ownPart = () => (stalledPart && !ctx.batchRead ? { part: stalledPart } : {});
-
-    const rowOf = (row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun => ({
-      jobId: job.id!,
-      jobTs: job.timestamp,
-      attempt,
-      orgId: data.orgId,
-      agent: data.agent,
-      action: data.action,
-      model: ctx.model,
-      inputTokens: 0,
-      outputTokens: 0,
-      costUsd: 0,
-      tier: ctx.tier ?? 'standard',
-      durationMs: started ? Math.round(performance.now() - started) : 0,
-      cacheHit: null,
-      error: null,
-      requestId: data.requestId ?? null,
-      ...embeddingColumns(),
-      ...ownPart(),
-      ...row,
-    });
-    /** A row's model, token and cost columns from what a call was billed. */
-    const billedColumns = (b: BilledCall) => ({
-      model: b.model,
-      inputTokens: b.usage.input,
-      outputTokens: b.usage.output,
-      costUsd: b.costUsd,
-      standardCostUsd: b.standardCostUsd,
-      tier: b.tier,
-      cachedTokens: b.usage.cached ?? 0,
-      thoughtsTokens: b.usage.thoughts ?? 0,
-    });
-    const completedRow = (result: AgentResult) =>
-      rowOf({
-        state: 'completed',
-        ...billedColumns({
-          model: result.model,
-          usage: result.tokensUsed,
-          costUsd: result.costUsd,
-          // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
-          // carries the tier this job asked for, not the one of the job whose answer it reuses.
-          standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
-          tier: result.cacheHit ? (ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
-        }),
-        cacheHit: result.cacheHit ?? null,
-      });
-    /** A failed attempt whose model answered (bad output, a refusal) is billed what Gemini charged for it. */
-    const failedRow = (err: unknown, error: string) => {
-      const billed = billedOf(err);
-      return rowOf({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) });
-    };
-    /**
-     * A run delayed after calls it paid for (a route's try that answered unusably, then a 429 or an open breaker; or
-     * only embedding calls, `billed` absent: the row's model columns are then zero and its embedding columns say what
-     * it spent): the attempt runs again under the same number, and its own row will carry only that run's calls.
-     * These get a row of their own, told from the attempt's by its part id (migration 022), made here once: the
-     * sink's redelivery of the entry is the same row, and each delayed run of the attempt is a row of its own.
-     */
-    const delayedRow = (billed: BilledCall | undefined, reason: string) =>
-      rowOf({ state: 'delayed', part: randomUUID(), error: reason, ...(billed ? billedColumns(billed) : {}) });
+      ctx.prepaid = new Prepaid(model, data);
+      ctx.charge = (m, d) => gate.correct(data.orgId, m, d);
+      ctx.orgRequests = gate.orgRequests;
+    }
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
     let carried = false;
     const entry = deps.runs.entry;
-    /** Metrics see a row's embedding calls once the row is in the usage stream (never a row that failed to go in). */
-    const embeddingRecorded = (row: AgentRun) => {
-      if (row.embeddingTokens) deps.onEmbeddingRecorded?.({ tokens: row.embeddingTokens, costUsd: row.embeddingCostUsd ?? 0 });
-    };
-    /**
-     * A flow child's (or pipeline step's) row is also summed on its hash and its parent's, in the same call: a billed
-     * row its result will not carry (a failed attempt, a delayed run's calls), since a failed child has no result to
-     * carry it (fan-out.ts, pipeline-runner.ts), also once retention removed the child's hash; a completed row, since
-     * this run's completion may yet be refused (its lock lapsed and the stalled check ran the attempt again: the
-     * parent gets the other run's result) though its calls were paid; and any row's embedding calls, which no result
-     * carries. A job without a parent has no reader for it. A stored batch answer is billed once, in the row of
-     * whichever run reads it (the same row, part ''): only the result carries it.
-     */
-    const billTo = (row: AgentRun): RunBillTo | undefined =>
-      job.parentKey && (row.costUsd > 0 || (row.embeddingTokens ?? 0) > 0)
-        ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey, ...(ctx.batchRead ? { resultOnly: true } : {}) }
-        : undefined;
-    // The row the result cache's store encodes: counted when the store says it appended it.
-    let entryRow: AgentRun | undefined;
-    if (entry) {
-      ctx.usage = {
-        field: entry.field,
-        entry: (result) => entry.encode((entryRow = completedRow(result))),
-        bill: () => {
-          const to = entryRow && billTo(entryRow);
-          return to ? usageBillOf(entryRow!, to) : undefined;
-        },
-        carried: () => {
-          carried = true;
-          if (entryRow) embeddingRecorded(entryRow);
-        },
-        ...(entry.rider ? { rider: entry.rider } : {}),
-      };
-    }
-
-    const record = async (row: AgentRun) => {
-      try {
-        await deps.runs.record(row, billTo(row));
-        embeddingRecorded(row);
-      } catch (err) {
-        // The result itself lives in Redis; a lost usage row must not turn a good answer into a retry.
-        logger.error({ err }, 'could not record agent run');
-      }
-    };
 
     // The claim comes after validation, so a job that can never run fails at once instead of waiting for a
     // slot first. With the fair gate the claim script reads the cancel marker itself (one atomic round trip),
@@ -371,10 +224,12 @@ function attemptOf(deps: ProcessorDeps) {
     if (cacheLookup) ctx.cacheLookup = cacheLookup;
     const answer = prep?.answer;
     // No bill with it: an answer from memory made no model call and no embedding call (the chain did not run).
-    const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(completedRow(answer.result)), appended: () => (carried = true) } : undefined;
+    const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(rows.completed(answer.result)), appended: () => (carried = true) } : undefined;
     // An attempt answered from memory calls no model: no stage is stored for it (its claim saves the check and
     // the write; for the moment it is active it reads as calling_model, the default of an active job).
-    const admitted = gate ? await gate.admit(job, token, answer ? undefined : stage, cacheLookup, append) : 'run';
+    // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
+    const stage = answer ? undefined : storedStage('calling_model', attempt, model);
+    const admitted = gate ? await gate.admit(job, token, stage, cacheLookup, append) : 'run';
     guardEvent(span, 'agentq.guard.fair_gate', { 'agentq.fair.decision': gate ? admitted : 'ungated' });
     if (admitted === 'parked') {
       // Back in its lane for the dispatcher (it reached this worker without a slot): to the hooks a delay of a
@@ -390,25 +245,46 @@ function attemptOf(deps: ProcessorDeps) {
       throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, new Error(CANCELLED_REASON));
     }
 
-    started = performance.now();
-    // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
-    const refundUnspent = () => {
-      if (gate && ctx.prepaid) gate.refundUnspent(job);
-    };
+    rows.started = performance.now();
+    const record = (row: AgentRun) => recordRow(row, rows.billTo(row), logger);
 
     try {
       logger.debug({ attempt, model }, 'job started');
       let result: AgentResult;
       if (answer) {
         // Answered from memory: the chain would give this same answer at its first link (see ClaimPrep).
-        refundUnspent();
+        // The call the dispatch paid for was never made: paid back.
+        if (gate && ctx.prepaid) gate.refundUnspent(job);
         result = answer.serve();
       } else {
-        result = await deps.chain(ctx).finally(refundUnspent);
+        // The row the result cache's store encodes: counted when the store says it appended it. Only the chain
+        // reads this (its result cache guard), so an attempt answered from memory makes none of it.
+        if (entry) {
+          let entryRow: AgentRun | undefined;
+          ctx.usage = {
+            field: entry.field,
+            entry: (r) => entry.encode((entryRow = rows.completed(r))),
+            bill: () => {
+              const to = entryRow && rows.billTo(entryRow);
+              return to ? usageBillOf(entryRow!, to) : undefined;
+            },
+            carried: () => {
+              carried = true;
+              if (entryRow) embeddingRecorded(entryRow);
+            },
+            ...(entry.rider ? { rider: entry.rider } : {}),
+          };
+        }
+        try {
+          result = await deps.chain(ctx);
+        } finally {
+          // The call the dispatch paid for was never made (a cache hit, a refusal before the call): paid back.
+          if (gate && ctx.prepaid) gate.refundUnspent(job);
+        }
       }
       // Already in the usage stream when the claim (an answer from memory) or the result cache's store (a
       // computed miss) carried it.
-      if (!carried) await record(completedRow(result));
+      if (!carried) await record(rows.completed(result));
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
@@ -427,7 +303,7 @@ function attemptOf(deps: ProcessorDeps) {
         // embedding calls (a semantic cache lookup, a knowledge search) too, with no model call paid: the next run
         // starts its count over, so a run that made them and wrote nothing would leave them out of the ledger.
         const billed = billedOf(err);
-        if (billed || embeddingTokens > 0) await record(delayedRow(billed, outcome.reason));
+        if (billed || rows.embeddingTokens > 0) await record(rows.delayed(billed, outcome.reason));
         if (dbWait) await dbDeferrals.note(job, dbWait.deferral);
         const delayMs = Math.max(waitMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
@@ -443,11 +319,11 @@ function attemptOf(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
       if (cancel.cancelled || outcome.kind === 'delay') {
-        await record(failedRow(err, CANCELLED_REASON));
+        await record(rows.failed(err, CANCELLED_REASON));
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      await record(failedRow(err, message.slice(0, 2000)));
+      await record(rows.failed(err, message.slice(0, 2000)));
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);
