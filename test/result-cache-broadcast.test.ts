@@ -7,7 +7,7 @@ import { guardKeys } from '../src/shared/core/queue-keys.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { until, waitsTimeout, POLL } from './helpers/wait.js';
+import { deadline, until, waitsTimeout, POLL } from './helpers/wait.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
 
 const clients: Redis[] = [];
@@ -89,6 +89,8 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     const a = await cacheProcess(prefix);
     const b = await cacheProcess(prefix);
     const delays: number[] = [];
+    // One guard for the 20 bumps' waits together: a POLL guard each would add up past the test's timeout.
+    const bumps = deadline(POLL.timeout, 'the 20 bumps');
     for (let i = 0; i < 20; i++) {
       const byAgent = i % 2 === 1;
       const p = parts();
@@ -101,7 +103,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
       const t0 = performance.now();
       if (byAgent) await a.cache.invalidateAgent(p.orgId, p.agent);
       else await a.cache.invalidateOrg(p.orgId);
-      await until('the broadcast seen by B', () => b.seen.length > n);
+      await until(`bump ${i}'s broadcast seen by B`, () => b.seen.length > n, bumps);
       delays.push(b.seen[n].at - t0);
       expect(b.seen[n]).toMatchObject({ orgId: p.orgId, agent: byAgent ? p.agent : undefined });
       expect(await b.cache.get(p)).toBeNull();
@@ -111,7 +113,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     }
     delays.sort((x, y) => x - y);
     console.log(`[figure] invalidation bump -> observed by the other cache (same process), 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('an agent bumped in every org (shared knowledge it reads changed): every org\'s copies of it go, other agents\' stay', async () => {
     const prefix = randomPrefix();
@@ -156,9 +158,12 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     });
     try {
       await until('the other process subscribed', () => lines.some((l) => l.ready));
+      // One guard for the 20 bumps' waits together (three answers and a bump seen in each): a POLL guard each
+      // would add up past the test's timeout.
+      const bumps = deadline(POLL.timeout, 'the 20 bumps');
       const get = async (id: string, p: CacheKeyParts) => {
         child.stdin!.write(`${JSON.stringify({ get: id, parts: p })}\n`);
-        return (await until(`answer ${id}`, () => lines.find((l) => l.got === id)))!.level;
+        return (await until(`answer ${id}`, () => lines.find((l) => l.got === id), bumps)).level;
       };
       const delays: number[] = [];
       for (let i = 0; i < 20; i++) {
@@ -168,7 +173,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
         expect(await get(`again${i}`, p)).toBe('l1');
         const t0 = performance.timeOrigin + performance.now();
         await a.cache.invalidateOrg(p.orgId);
-        const seen = await until('the bump seen by the other process', () => lines.find((l) => l.seen?.orgId === p.orgId));
+        const seen = await until(`bump ${i} seen by the other process`, () => lines.find((l) => l.seen?.orgId === p.orgId), bumps);
         delays.push(seen.at! - t0);
         expect(await get(`after${i}`, p)).toBeNull();
       }
@@ -178,7 +183,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
       child.stdin!.end();
       await exited;
     }
-  });
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it('a process that lost its subscriber drops L1 and checks Redis until it is subscribed again', async () => {
     const prefix = randomPrefix();
