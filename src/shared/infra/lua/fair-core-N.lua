@@ -108,13 +108,10 @@ local Q_WAIT, Q_PRIO, Q_JOB = QK .. 'wait', QK .. 'prioritized', QK
 local BATCH_LANE = '@batch'
 
 local op = ARGV[1]
-local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = tonumber(ARGV[4]),
-  rpmFlash = tonumber(ARGV[5]), tpm = tonumber(ARGV[6]) }
+-- The default plan, the parked score, the batch and sweep bounds are parsed below, after the common claim and
+-- release have answered: they use none of them, and each tonumber of a string is ~1,000 Redis instructions.
 local LEASE_MS = tonumber(ARGV[7])
-local PARK_SCORE = tonumber(ARGV[8])
 local BUFFER_ARG = ARGV[9]
-local MAX_BATCH = tonumber(ARGV[10])
-local SWEEP_MAX = tonumber(ARGV[11])
 local LEASED = ARGV[12] == '1'
 -- Whether the caller arms a timer for the wake-up it is handed (nextWake): a worker's claim and release (its
 -- dispatch loop takes in what they dispatched), and a dispatch or lease that says so (ARGV 16 / 17). No Redis
@@ -176,7 +173,9 @@ end
 local early = nil
 -- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
 -- even the few functions the others need.
-if op == 'claim' and tonumber(ARGV[21]) == 0 and #ARGV == 21 then
+-- A claim handing over no charge corrections (their count, ARGV[21]), read once for both paths below.
+local claimUncorrected = op == 'claim' and tonumber(ARGV[21]) == 0
+if claimUncorrected and #ARGV == 21 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
   if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
@@ -189,7 +188,7 @@ end
 
 -- Releases handed over without charge corrections are done here; the call answers unless it must dispatch or wake
 -- an org's capped lanes, and hands what it did on in `early` otherwise.
-if op == 'claim' and tonumber(ARGV[21]) == 0 and #ARGV > 21 then
+if claimUncorrected and #ARGV > 21 then
   early = { released = releaseSlots(22) }
   if not early.released.anyCapped then
     local held, cancelled = claimOwn(ARGV[13])
@@ -208,6 +207,12 @@ elseif op == 'release' and tonumber(ARGV[14]) == 0 then
     early.due = due
   end
 end
+
+local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = tonumber(ARGV[4]),
+  rpmFlash = tonumber(ARGV[5]), tpm = tonumber(ARGV[6]) }
+local PARK_SCORE = tonumber(ARGV[8])
+local MAX_BATCH = tonumber(ARGV[10])
+local SWEEP_MAX = tonumber(ARGV[11])
 
 -- The rest of the keys (see the header).
 local K_SLEEPWHY, K_OTIMERS, K_VT, K_GVT, K_SEQ = FP .. 'sleepwhy', FP .. 'otimers', FP .. 'vt', FP .. 'gvt', FP .. 'seq'
