@@ -94,7 +94,7 @@ local function bestLaneOf(org, fallback)
   local best, bestScore = fallback, nil
   for _, l in ipairs(members) do
     if rcall('ZSCORE', K_LANES, l) then
-      local h = rcall('ZRANGE', P_LANE .. l, 0, 0, 'WITHSCORES')
+      local h = rcall('ZRANGE', P_LANE .. l, '0', '0', 'WITHSCORES')
       if #h > 0 and (bestScore == nil or tonumber(h[2]) < bestScore) then
         best, bestScore = l, tonumber(h[2])
       end
@@ -121,7 +121,7 @@ local function flushDispatched()
   for org, n in pairs(inflightAdded) do rcall('HINCRBY', K_INFLIGHT, org, n) end
   -- LPUSH a b c pushes a, then b, then c: the order promote's one LPUSH per job gave.
   if #waitPushes > 0 then rcall('LPUSH', Q_WAIT, unpack(waitPushes)) end
-  if markerDue then rcall('ZADD', Q_MARKER, 0, '0') end
+  if markerDue then rcall('ZADD', Q_MARKER, '0', '0') end
   leaseAdds, inflightAdded, inflightRead, waitPushes, markerDue = {}, {}, {}, {}, false
 end
 

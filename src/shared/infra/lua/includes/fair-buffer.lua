@@ -5,9 +5,9 @@
 -- is promoted, so jobs keep waiting fairly instead of piling up in BullMQ's FIFO for the first worker back.
 -- Forgets the workers whose registration lapsed; true when there were any.
 local function sweepWorkers()
-  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', now)
+  local gone = rcall('ZRANGEBYSCORE', K_WORKERS, '-inf', nowArg())
   if #gone == 0 then return false end
-  rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', now)
+  rcall('ZREMRANGEBYSCORE', K_WORKERS, '-inf', nowArg())
   rcall('HDEL', K_WORKERCONC, unpack(gone))
   return true
 end
@@ -59,7 +59,7 @@ end
 
 -- Takes `n` off `org`'s count in the HASH `counts`; the field goes at 0.
 local function uncount(counts, org, n)
-  if rcall('HINCRBY', counts, org, -n) <= 0 then rcall('HDEL', counts, org) end
+  if rcall('HINCRBY', counts, org, n == 1 and '-1' or -n) <= 0 then rcall('HDEL', counts, org) end
 end
 
 -- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts`:

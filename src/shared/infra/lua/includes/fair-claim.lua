@@ -2,7 +2,7 @@
 -- functions the common claim needs before it answers.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
 local function firstScore(key)
-  local r = rcall('ZRANGE', key, 0, 0, 'WITHSCORES')
+  local r = rcall('ZRANGE', key, '0', '0', 'WITHSCORES')
   if #r == 0 then return nil end
   return tonumber(r[2])
 end
@@ -75,7 +75,7 @@ local function claimOwn(id)
     -- for. Both attempts took the one charge as theirs until 2026-12-07: given back twice when neither called the
     -- model, and one call left uncharged when both did. The one command this adds to a claim that holds a slot
     -- (a second claim of a dispatch, rare, adds one more, below).
-    chargeTaken = rcall('HINCRBY', P_JOB .. id, 'c', 1) > 1
+    chargeTaken = rcall('HINCRBY', P_JOB .. id, 'c', '1') > 1
     -- Put back to '1' (only then: a second claim, after a stall): processes from before 2026-12-07 read only '1' as
     -- claimed (refundDispatch), and during a rolling deploy an older API's cancel of the job would give the charge
     -- back for a '2' as well, once more than the attempt that settles it.

@@ -19,7 +19,7 @@ local function promoteParked(id)
   -- Once per call: after this call's first push the head is a job it promoted.
   if not markerChecked then
     markerChecked = true
-    local marker = rcall('LINDEX', Q_WAIT, 0)
+    local marker = rcall('LINDEX', Q_WAIT, '0')
     if marker and string.sub(marker, 1, 2) == '0:' then rcall('LPOP', Q_WAIT) end
   end
   -- The wait list's LPUSH goes out with the call's others (flushDispatched).
@@ -30,7 +30,7 @@ local function promoteParked(id)
   end
   if not pausedOrMaxed then markerDue = true end
   rcall('XADD', Q_EVENTS, '*', 'event', 'waiting', 'jobId', id, 'prev', 'delayed')
-  rcall('HSET', jobKey, 'delay', 0)
+  rcall('HSET', jobKey, 'delay', '0')
 end
 
 local function jobMeta(id)
@@ -48,7 +48,7 @@ local function timerDue(id, m)
 end
 
 local function moveDueTimers()
-  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
     local m = jobMeta(id)
     if m[1] then
       timerDue(id, m)
@@ -59,7 +59,7 @@ local function moveDueTimers()
 end
 
 local function wakeSleepers()
-  for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+  for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
     unsleep(lane)
     local org = splitLane(lane)
     if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org, true) else dropLaneIfEmpty(lane, org) end
@@ -76,7 +76,7 @@ end
 -- worker for dead (a crash between the park and the repark, or a lease left by a version that promoted in a call
 -- of its own).
 local function sweepLeases()
-  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, SWEEP_MAX)) do
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
     local m = jobMeta(id)
     local org = m[1]
     if not org then
@@ -137,7 +137,7 @@ local function dispatch(skipped, knownDue, knownRoom)
   while #out < limit do
     if not inRun then
       flushHeads(heads)
-      local top = rcall('ZRANGE', K_LANES, 0, 1, 'WITHSCORES')
+      local top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
       if #top == 0 then break end
       org = splitLane(top[1])
       lane = bestLaneOf(org, top[1])

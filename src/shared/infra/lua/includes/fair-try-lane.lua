@@ -17,7 +17,7 @@ local function headOf(h, lane, want)
   if h.lane ~= lane or (h.ids[h.pos] == nil and #h.ids == h.want) then
     flushHeads(h)
     h.lane, h.want = lane, math.max(2, want)
-    h.ids = rcall('ZRANGE', P_LANE .. lane, 0, h.want - 1)
+    h.ids = rcall('ZRANGE', P_LANE .. lane, '0', h.want - 1)
   end
   local id = h.ids[h.pos]
   return id, h.ids[h.pos + 1] ~= nil or (id ~= nil and #h.ids == h.want)
