@@ -92,7 +92,6 @@
 --          take: {allowed (0|1), ms before the longest-waiting bucket has room, its name ('' when allowed), now ms}
 --          (a give-back: 1)
 --- @include "result-cache-lookup"
---- @include "token-bucket-adjust"
 local rcall = redis.call
 local t = rcall('TIME')
 local nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -128,16 +127,6 @@ local RESERVOIR_TTL_MS = 60000
 -- or a rate under one request in this long, still wakes at the first request. The jobs' pace over a minute is the
 -- plan's either way.
 local WAKE_BATCH_MS = 5000
-
--- A caller's delay (ms from now) as a Redis-clock time: a worker's or producer's own clock may be off Redis's, and
--- an absolute time from it moved a backoff, a model block or a delayed job's start by the skew (a clock 60 s behind
--- dropped a 20 s block). A value over a year is already an absolute time, as processes before 2026-12-06 sent (a
--- rolling upgrade's older worker or producer).
-local YEAR_MS = 365 * 86400000
-local function fromNow(ms)
-  if ms > YEAR_MS then return ms end
-  return now + ms
-end
 
 -- Numbers handed to redis.call are strings where that costs nothing (literals, ARGV, nowArg): Redis turns a Lua
 -- number into its argument with a `%.17g` format, ~2,400 Redis instructions each (a claim's -1 and 1, a dispatch's
@@ -223,6 +212,16 @@ local PARK_SCORE = tonumber(ARGV[8])
 local MAX_BATCH = tonumber(ARGV[10])
 local SWEEP_MAX = tonumber(ARGV[11])
 
+-- A caller's delay (ms from now) as a Redis-clock time: a worker's or producer's own clock may be off Redis's, and
+-- an absolute time from it moved a backoff, a model block or a delayed job's start by the skew (a clock 60 s behind
+-- dropped a 20 s block). A value over a year is already an absolute time, as processes before 2026-12-06 sent (a
+-- rolling upgrade's older worker or producer).
+local YEAR_MS = 365 * 86400000
+local function fromNow(ms)
+  if ms > YEAR_MS then return ms end
+  return now + ms
+end
+
 -- The rest of the keys (see the header).
 local K_SLEEPWHY, K_OTIMERS, K_VT, K_GVT, K_SEQ = FP .. 'sleepwhy', FP .. 'otimers', FP .. 'vt', FP .. 'gvt', FP .. 'seq'
 local K_MBLOCK, K_MBLOCKWHY, K_MLIMITS = FP .. 'mblock', FP .. 'mblockwhy', FP .. 'mlimits'
@@ -248,6 +247,7 @@ end
 
 --- @include "fair-dispatch"
 
+--- @include "token-bucket-adjust"
 --- @include "fair-release"
 
 --- @include "fair-store-parked"

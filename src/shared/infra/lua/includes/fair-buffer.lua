@@ -19,12 +19,6 @@ local function askSum()
   return math.ceil(total)
 end
 
-local function bufferTarget()
-  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
-  sweepWorkers()
-  return askSum()
-end
-
 -- Keep BullMQ's wait short: fairness is decided as late as possible. How many jobs the wait list lacks.
 -- Only what a worker can still fetch counts: a job fetched and not yet started (claimed) already has a
 -- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
@@ -61,19 +55,6 @@ end
 local function uncount(counts, org, n)
   if rcall('HINCRBY', counts, org, n == 1 and '-1' or -n) <= 0 then rcall('HDEL', counts, org) end
 end
-
--- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts`:
--- leases and in-flight slots, timers and an org's timed jobs. True when it was there.
-local function zremCounted(key, counts, id, org)
-  if rcall('ZREM', key, id) == 0 then return false end
-  uncount(counts, org, 1)
-  return true
-end
-
--- Drops a finished job's slot: its lease and its org's in-flight count; true when it held one. Slots are keyed by
--- job id (the lease), so freeing twice or after a sweep never double counts. Waking the org's lanes that wait for
--- a slot is left to the caller (freeSlot, wakeReleased below): it needs the functions created after this point.
-local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, org) end
 
 -- Frees the slots of the finished jobs ARGV[from..] and forgets them (a laned or timed job keeps its record): what
 -- every release does, a claim's or a release op's, early (no charge corrections handed over) or on the long way.

@@ -105,6 +105,13 @@ local function sweepLeases()
   end
 end
 
+-- The buffer's target (see bufferRoom in fair-buffer): here, with its one user, not created by the common claim.
+local function bufferTarget()
+  if BUFFER_ARG ~= 'w' then return tonumber(BUFFER_ARG) end
+  sweepWorkers()
+  return askSum()
+end
+
 -- bufferTarget() when nothing is queued, else nil: a claim refills only then, and under load the wait list
 -- is seldom empty, so the first non-empty read ends it (one command, not two).
 local function roomIfEmpty()

@@ -1,5 +1,20 @@
 -- Part of fair-core-N.lua, pasted where it says `--- @include "fair-lanes"` (lua.ts readLua): lanes ("<org>|<model>"), the orgs' plans and virtual times, activation, sleep, cap blocks, timers and slots.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
+
+-- Removes `id` from the ZSET `key` and, when it was there, takes it off `org`'s count in the HASH `counts`:
+-- leases and in-flight slots, timers and an org's timed jobs. True when it was there.
+local function zremCounted(key, counts, id, org)
+  if rcall('ZREM', key, id) == 0 then return false end
+  uncount(counts, org, 1)
+  return true
+end
+
+-- Drops a finished job's slot: its lease and its org's in-flight count; true when it held one. Slots are keyed by
+-- job id (the lease), so freeing twice or after a sweep never double counts. Waking the org's lanes that wait for
+-- a slot is left to the caller (freeSlot, wakeReleased below). Here, not in fair-buffer, as zremCounted: the common
+-- claim and release answer before these parts (each function created costs Redis time in every call that gets that far).
+local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, org) end
+
 -- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
 local function splitLane(lane) return string.match(lane, '^(.*)|([^|]*)$') end
 local function laneOf(org, model) return org .. '|' .. model end
