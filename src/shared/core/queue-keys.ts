@@ -43,6 +43,15 @@ export const childRunsField = (childId: string) => `agentqRunsUsd:${childId}`;
 export const childEmbeddingTokensField = (childId: string) => `agentqEmbeddingTokens:${childId}`;
 export const childEmbeddingUsdField = (childId: string) => `agentqEmbeddingUsd:${childId}`;
 
+/**
+ * A field of a flow child's own BullMQ hash, one per billed row (the row's attempt and part: with the hash's
+ * incarnation, the key `agent_runs` keeps it under), set by the script that sums the row (includes/usage-bill.lua)
+ * in the same call: ioredis sends a script again when its connection dropped before the reply, though Redis may
+ * have run it, and the row's second run then finds it and sums nothing (the ledger keeps one row either way). It
+ * lives as long as the hash the script checks before summing anything: a call that finds neither adds nothing.
+ */
+export const billedRowField = (attempt: number, part: string) => `agentqBilledRow:${attempt}:${part}`;
+
 /** BullMQ's set of a queue's parents waiting for their children, from a job's `parent.queueKey` (`<prefix>:<queue>`). */
 export const waitingChildrenKey = (queueKey: string) => `${queueKey}:waiting-children`;
 

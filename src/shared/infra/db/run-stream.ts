@@ -2,7 +2,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { defineLua } from '../lua.js';
 import { closesOf } from '../redis/connection-closes.js';
 import type { AgentRun } from './agent-runs.js';
-import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, childRunsField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
+import { billedRowField, childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, childRunsField, JOB_BILLED_FIELD } from '../../core/queue-keys.js';
 
 /** The one field of a usage stream entry: the whole row as JSON, so a new `agent_runs` column needs no change here. */
 export const RUN_FIELD = 'r';
@@ -57,14 +57,15 @@ export interface UsageBill {
 }
 
 /** The arguments of no bill (result-cache-set-8.lua's, whose bill is optional). */
-export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0'];
+export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0', ''];
 
 /**
  * What `run` adds to its job's and its parent's hashes: a row its result will not carry (failed, delayed) its cost,
  * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; a completed row its cost on the parent's
  * `childRunsField` (the accepted run's result carries one such row, a run whose completion BullMQ refused none),
  * unless `resultOnly`; any row its embedding calls, on the parent's embedding fields for the child (a completed
- * child's result has no embedding figures of its own).
+ * child's result has no embedding figures of its own). Once per row (`billedRowField`): a call ioredis sends again
+ * after a lost reply adds nothing.
  */
 export function usageBillOf(run: AgentRun, to: RunBillTo): UsageBill {
   const completed = run.state === 'completed';
@@ -79,6 +80,7 @@ export function usageBillOf(run: AgentRun, to: RunBillTo): UsageBill {
       String(run.embeddingTokens ?? 0),
       childEmbeddingUsdField(to.jobId),
       String(run.embeddingCostUsd ?? 0),
+      billedRowField(run.attempt, run.part ?? ''),
     ],
   };
 }

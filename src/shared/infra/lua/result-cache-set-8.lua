@@ -8,7 +8,7 @@
 -- KEYS[7]: the job's BullMQ hash, KEYS[8]: its parent's (only read with a bill; any key of the tag without one)
 -- ARGV[1]: tag the caller computed under ('' = whatever is current), ARGV[2]: json, ARGV[3]: ttl s,
 -- ARGV[4]: lock token to release ('' = none), ARGV[5]: usage entry ('' = none), ARGV[6]: its field name,
--- ARGV[7..14]: the row's bill (includes/usage-bill.lua; ARGV[7] '' = none), ARGV[15..]: the sink's ride (none: no ride)
+-- ARGV[7..15]: the row's bill (includes/usage-bill.lua; ARGV[7] '' = none), ARGV[16..]: the sink's ride (none: no ride)
 -- Returns {stored (0|1), current tag, the ride's reply (only with a ride)}
 --- @include "usage-ride"
 --- @include "usage-bill"
@@ -17,7 +17,7 @@ local ride = nil
 if ARGV[5] ~= '' then
   redis.call('XADD', KEYS[6], '*', ARGV[6], ARGV[5])
   if ARGV[7] ~= '' then usageBill(KEYS[7], KEYS[8], ARGV, 7) end
-  if #ARGV >= 17 then ride = usageRide(KEYS[6], ARGV, 15) end
+  if #ARGV >= 18 then ride = usageRide(KEYS[6], ARGV, 16) end
 end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[5]) == ARGV[4] then
   redis.call('DEL', KEYS[5])
