@@ -2,6 +2,7 @@ import type { Job } from 'bullmq';
 import type { AgentResult } from '../core/types.js';
 import { childBilledField, childEmbeddingTokensField, childEmbeddingUsdField, childRunsField, JOB_BILLED_FIELD, jobHashKey } from '../core/queue-keys.js';
 import type { RedisClient } from '../infra/redis/connection.js';
+import { embeddingSpend, type EmbeddingSpend } from './flow-data.js';
 
 export type ChildOutcome = { state: 'completed'; result: AgentResult } | { state: 'failed'; error: string };
 
@@ -67,10 +68,27 @@ export async function childrenBilled(redis: Pick<RedisClient, 'hget' | 'hmget'>,
   return new Map(
     ids.map((id, i) => {
       const [usd, completedUsd, tokens, embeddingUsd] = onParent.slice(4 * i, 4 * i + 4).map(num);
-      return [id, { usd: Math.max(usd, num(onChildren[i])), completedUsd: sumUsd(completedUsd, 0), embedding: { tokens, costUsd: sumUsd(embeddingUsd, 0) } }];
+      return [id, { usd: Math.max(usd, num(onChildren[i])), completedUsd: roundUsd(completedUsd), embedding: { tokens, costUsd: roundUsd(embeddingUsd) } }];
     }),
   );
 }
 
-/** A sum of USD amounts without the float noise of the additions (the ledger keeps 8 decimals). */
-export const sumUsd = (a: number, b: number) => Math.round((a + b) * 1e12) / 1e12;
+/** A USD amount without float noise (a float sum read back from Redis's HINCRBYFLOAT; the ledger keeps 8 decimals). */
+export const roundUsd = (usd: number) => Math.round(usd * 1e12) / 1e12;
+
+/** A sum of USD amounts without the float noise of the additions. */
+export const sumUsd = (a: number, b: number) => roundUsd(a + b);
+
+/**
+ * The embedding calls of a flow's children or a run's steps, in order (none: a child that made none): the flow's
+ * and the run's `embedding` block.
+ */
+export const sumEmbedding = (children: Iterable<ChildEmbedding | undefined>): EmbeddingSpend => {
+  let tokens = 0;
+  let costUsd = 0;
+  for (const c of children) {
+    tokens += c?.tokens ?? 0;
+    costUsd = sumUsd(costUsd, c?.costUsd ?? 0);
+  }
+  return embeddingSpend(tokens, costUsd);
+};

@@ -1,5 +1,5 @@
 import type { Job } from 'bullmq';
-import { childOutcomes, childrenBilled, completedChildUsd, sumUsd } from './child-outcomes.js';
+import { childOutcomes, childrenBilled, completedChildUsd, sumEmbedding, sumUsd } from './child-outcomes.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { jobHashKey } from '../core/queue-keys.js';
 import { embeddingSpend, failedChildResult, type FlowChildRef, type FlowChildResult, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
@@ -31,7 +31,6 @@ export async function settleFanOut(
   const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilled(redis, jobHashKey(job.queueQualifiedName, job.id!), childQueueKey, children.map((c) => c.id))]);
   const results: Record<string, FlowChildResult> = {};
   let totalCostUsd = 0;
-  const embedding = { tokens: 0, costUsd: 0 };
   for (const child of children) {
     const outcome = outcomes.get(child.id);
     const b = billed.get(child.id);
@@ -41,15 +40,13 @@ export async function settleFanOut(
     // Its embedding calls, which neither its result nor its cost carries (every run's, from the parent's hash).
     results[child.key] = b?.embedding.tokens ? { ...result, embedding: embeddingSpend(b.embedding.tokens, b.embedding.costUsd) } : result;
     totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? completedChildUsd(result.costUsd ?? 0, b) : result.costUsd);
-    embedding.tokens += b?.embedding.tokens ?? 0;
-    embedding.costUsd = sumUsd(embedding.costUsd, b?.embedding.costUsd ?? 0);
   }
   const preset = job.data.preset ? presets.get(job.data.preset) : undefined;
   return {
     results,
     totalDurationMs: Date.now() - job.timestamp,
     totalCostUsd,
-    embedding: embeddingSpend(embedding.tokens, embedding.costUsd),
+    embedding: sumEmbedding(children.map((c) => billed.get(c.id)?.embedding)),
     ...(preset ? preset.mapResult(results) : {}),
   };
 }

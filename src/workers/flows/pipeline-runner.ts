@@ -6,7 +6,7 @@ import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
 import { jobHashKey } from '../../shared/core/queue-keys.js';
-import { childOutcomes, childrenBilled, completedChildUsd, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import { childOutcomes, childrenBilled, completedChildUsd, sumEmbedding, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
 import { embeddingSpend, stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
@@ -218,10 +218,7 @@ export function createPipelineRunner(deps: PipelineRunnerDeps) {
       errors: data.errors,
       totalDurationMs: Date.now() - job.timestamp,
       totalCostUsd: data.steps.reduce((sum, s) => sumUsd(sum, s.costUsd ?? 0), 0),
-      embedding: embeddingSpend(
-        data.steps.reduce((sum, s) => sum + (s.embedding?.tokens ?? 0), 0),
-        data.steps.reduce((sum, s) => sumUsd(sum, s.embedding?.costUsd ?? 0), 0),
-      ),
+      embedding: sumEmbedding(data.steps.map((s) => s.embedding)),
     };
   };
 }
