@@ -8,12 +8,13 @@ import { finishedSinceRead, type JobService } from './job-service.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { ConflictError, NotFoundError, ValidationError } from '../shared/core/errors.js';
 import { cancelRequestedKey, flowCancelledKey, shownState } from '../shared/core/cancel.js';
+import { jobHashKey } from '../shared/core/queue-keys.js';
 import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whileReachable } from '../shared/infra/redis/connection.js';
-import { childOutcomes } from '../shared/orchestration/child-outcomes.js';
-import { resultKeys } from '../shared/orchestration/fan-out.js';
-import { stepJobId, type FlowChildRef, type FlowJobData, type FlowJobResult, type ParallelFlowData, type PipelineRunData } from '../shared/orchestration/flow-data.js';
+import { childOutcomes, childrenBilled, childSpend, sumEmbedding, sumUsd } from '../shared/orchestration/child-outcomes.js';
+import { fanOutSpend, resultKeys } from '../shared/orchestration/fan-out.js';
+import { stepJobId, type FlowChildRef, type FlowJobData, type FlowJobResult, type ParallelFlowData, type ParallelFlowResult, type PipelineRunData } from '../shared/orchestration/flow-data.js';
 import type { PipelineRegistry } from '../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../shared/orchestration/presets.js';
 import type { Logger } from '../shared/core/logger.js';
@@ -203,6 +204,24 @@ export function createFlowService(deps: FlowServiceDeps) {
   const settling = (job: Job<FlowJobData, FlowJobResult>) =>
     job.data.kind !== 'pipeline' || !job.data.steps.some((s) => s.state === 'pending' || s.state === 'running');
 
+  /**
+   * What the flow's or run's children were billed, read now (one round trip): a child's row can be summed after the
+   * parent recorded the child's cost (a stalled child's run whose completion BullMQ refused may end after the re-run
+   * that completed it, the flow settled or the run moved on), so a view reads the sums again rather than that record.
+   */
+  const billedOf = (job: Job<FlowJobData, FlowJobResult>, ids: string[]) => childrenBilled(deps.redis, jobHashKey(flows.qualifiedName, job.id!), agentJobs.qualifiedName, ids);
+
+  /**
+   * A settled flow's result with its costs read again (`fanOutSpend` over `billedOf`), never below the settle's: the
+   * sums only grow, but a row a worker of the version before billed on the child's hash alone is gone with that hash.
+   */
+  const readAgain = (settled: ParallelFlowResult, now: ReturnType<typeof fanOutSpend>): ParallelFlowResult => {
+    const results = Object.fromEntries(
+      Object.entries(now.results).map(([key, r]) => [key, r.success === false && settled.results[key] ? { ...r, costUsd: Math.max(r.costUsd ?? 0, settled.results[key].costUsd ?? 0) } : r]),
+    );
+    return { ...settled, results, totalCostUsd: Math.max(now.totalCostUsd, settled.totalCostUsd), embedding: now.embedding };
+  };
+
   const common = (job: Job<FlowJobData, FlowJobResult>) => ({
     ...(job.returnvalue ? { result: job.returnvalue } : {}),
     ...(job.failedReason ? { error: job.failedReason } : {}),
@@ -261,7 +280,8 @@ export function createFlowService(deps: FlowServiceDeps) {
     async getFlow(orgId: string, id: string, waitMs = 0): Promise<FlowView> {
       const { job, state } = await loadSettled(orgId, id, 'flow', waitMs);
       const data = job.data as ParallelFlowData;
-      const outcomes = await childOutcomes(job, agentJobs.qualifiedName);
+      // A settled flow's costs are read again from its children's sums (`billedOf`), not only as it settled.
+      const [outcomes, billed] = await Promise.all([childOutcomes(job, agentJobs.qualifiedName), job.returnvalue ? billedOf(job, data.children.map((c) => c.id)) : undefined]);
       // Cancelled as `GET /v1/jobs/:id` says it: failed as cancelled while it ran, or removed with a tombstone.
       const childState = async (childId: string) => {
         const outcome = outcomes.get(childId);
@@ -270,14 +290,27 @@ export function createFlowService(deps: FlowServiceDeps) {
         return now === 'unknown' && (await deps.jobs.tombstoned(orgId, childId)) ? 'cancelled' : now;
       };
       const children = await Promise.all(data.children.map(async (c) => ({ id: c.id, key: c.key, state: await childState(c.id) })));
-      return { id: job.id!, kind: data.preset ?? 'parallel', state: shownState(state, job.failedReason), children, ...common(job) };
+      const result = billed ? { result: readAgain(job.returnvalue as ParallelFlowResult, fanOutSpend(data.children, outcomes, billed)) } : {};
+      return { id: job.id!, kind: data.preset ?? 'parallel', state: shownState(state, job.failedReason), children, ...common(job), ...result };
     },
 
     async getRun(orgId: string, id: string, waitMs = 0): Promise<PipelineRunView> {
       const { job, state } = await loadSettled(orgId, id, 'run', waitMs);
       const data = job.data as PipelineRunData;
+      // A finished step's cost and embedding calls are read again from its job's sums (`billedOf`), not only as the
+      // step ended; the run's totals with them once it settled.
+      const ended = data.steps.flatMap((s) => (s.jobId && (s.state === 'completed' || s.state === 'failed') ? [s.jobId] : []));
+      const [outcomes, billed] = ended.length ? await Promise.all([childOutcomes(job, agentJobs.qualifiedName), billedOf(job, ended)]) : [new Map(), new Map()];
+      const spent = data.steps.map((s) => {
+        const outcome = s.jobId ? outcomes.get(s.jobId) : undefined;
+        if (!outcome) return { costUsd: s.costUsd, embedding: s.embedding };
+        const now = childSpend(outcome, billed.get(s.jobId!));
+        // Never below the record (see `readAgain`).
+        const costUsd = s.costUsd === undefined || now.costUsd === undefined ? (now.costUsd ?? s.costUsd) : Math.max(now.costUsd, s.costUsd);
+        return { ...now, ...(costUsd !== undefined ? { costUsd } : {}) };
+      });
       const steps = await Promise.all(
-        data.steps.map(async (s) => ({
+        data.steps.map(async (s, i) => ({
           id: s.id,
           agent: s.agent,
           action: s.action,
@@ -286,12 +319,15 @@ export function createFlowService(deps: FlowServiceDeps) {
           ...(s.state === 'running' && s.jobId ? { jobState: await agentJobs.getJobState(s.jobId) } : {}),
           ...(Object.hasOwn(data.outputs, s.outputKey) ? { output: data.outputs[s.outputKey] } : {}),
           ...(s.error ? { error: s.error } : {}),
-          ...(s.costUsd !== undefined ? { costUsd: s.costUsd } : {}),
-          ...(s.embedding ? { embedding: s.embedding } : {}),
+          ...(spent[i].costUsd !== undefined ? { costUsd: spent[i].costUsd } : {}),
+          ...(spent[i].embedding ? { embedding: spent[i].embedding } : {}),
           ...(s.durationMs !== undefined ? { durationMs: s.durationMs } : {}),
         })),
       );
-      return { id: job.id!, pipeline: data.pipeline, state: shownState(state, job.failedReason), steps, outputs: data.outputs, errors: data.errors, ...common(job) };
+      const result = job.returnvalue
+        ? { result: { ...job.returnvalue, totalCostUsd: spent.reduce((sum, s) => sumUsd(sum, s.costUsd ?? 0), 0), embedding: sumEmbedding(spent.map((s) => s.embedding)) } }
+        : {};
+      return { id: job.id!, pipeline: data.pipeline, state: shownState(state, job.failedReason), steps, outputs: data.outputs, errors: data.errors, ...common(job), ...result };
     },
 
     cancelFlow: (orgId: string, id: string) => cancel(orgId, id, 'flow'),

@@ -50,6 +50,16 @@ export const completedChildUsd = (resultUsd: number, billed: ChildBilled | undef
   sumUsd(Math.max(resultUsd, billed?.completedUsd ?? 0), billed?.usd ?? 0);
 
 /**
+ * A child's (or step's) cost and embedding calls from how it ended and what its rows billed: a completed one's
+ * `completedChildUsd`, a failed one's billed attempts (none: no cost), its embedding calls when it made any.
+ */
+export function childSpend(outcome: ChildOutcome | undefined, billed: ChildBilled | undefined): { costUsd?: number; embedding?: EmbeddingSpend } {
+  const usd = billed?.usd ?? 0;
+  const costUsd = outcome?.state === 'completed' ? completedChildUsd(outcome.result.costUsd ?? 0, billed) : usd > 0 ? usd : undefined;
+  return { ...(costUsd !== undefined ? { costUsd } : {}), ...(billed?.embedding.tokens ? { embedding: embeddingSpend(billed.embedding.tokens, billed.embedding.costUsd) } : {}) };
+}
+
+/**
  * What each child was billed that its result does not say: the cost of the rows of its failed attempts and delayed
  * runs, its completed rows' (a run whose completion BullMQ refused is in no result), and every row's embedding calls, summed as each was appended to the usage stream (includes/usage-bill.lua),
  * so the same numbers as its `agent_runs` rows. Read from the parent's hash (`childBilledField`, the embedding

@@ -1,8 +1,8 @@
 import type { Job } from 'bullmq';
-import { childOutcomes, childrenBilled, completedChildUsd, sumEmbedding, sumUsd } from './child-outcomes.js';
+import { childOutcomes, childrenBilled, childSpend, sumEmbedding, sumUsd, type ChildBilled, type ChildOutcome } from './child-outcomes.js';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { jobHashKey } from '../core/queue-keys.js';
-import { embeddingSpend, failedChildResult, type FlowChildRef, type FlowChildResult, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
+import { failedChildResult, type FlowChildRef, type FlowChildResult, type ParallelFlowData, type ParallelFlowResult } from './flow-data.js';
 import type { FlowPreset } from './presets.js';
 
 /**
@@ -29,24 +29,37 @@ export async function settleFanOut(
 ): Promise<ParallelFlowResult> {
   const children = job.data.children as FlowChildRef[];
   const [outcomes, billed] = await Promise.all([childOutcomes(job, childQueueKey), childrenBilled(redis, jobHashKey(job.queueQualifiedName, job.id!), childQueueKey, children.map((c) => c.id))]);
+  const spend = fanOutSpend(children, outcomes, billed);
+  const preset = job.data.preset ? presets.get(job.data.preset) : undefined;
+  return {
+    ...spend,
+    totalDurationMs: Date.now() - job.timestamp,
+    ...(preset ? preset.mapResult(spend.results) : {}),
+  };
+}
+
+/**
+ * The children's results and what they cost, from how each ended and what its rows billed (`childrenBilled`): at the
+ * settle, and again at each read of a settled flow (flow-service.ts), whose children's sums may have grown since (a
+ * stalled child's run whose completion BullMQ refused can end, and bill its row, after the flow settled).
+ */
+export function fanOutSpend(
+  children: FlowChildRef[],
+  outcomes: Map<string, ChildOutcome>,
+  billed: Map<string, ChildBilled>,
+): Pick<ParallelFlowResult, 'results' | 'totalCostUsd' | 'embedding'> {
   const results: Record<string, FlowChildResult> = {};
   let totalCostUsd = 0;
   for (const child of children) {
     const outcome = outcomes.get(child.id);
     const b = billed.get(child.id);
-    // Billed beyond the result: a failed child's attempts (its whole cost), a completed child's earlier attempts.
-    const extra = b?.usd ?? 0;
-    const result: FlowChildResult = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, extra);
+    const spend = childSpend(outcome, b);
+    // A failed child's cost is what its attempts were billed; a completed child's result keeps its own cost, and
+    // `totalCostUsd` adds its earlier attempts' and its refused runs' (`completedChildUsd`).
+    const result: FlowChildResult = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, spend.costUsd ?? 0);
     // Its embedding calls, which neither its result nor its cost carries (every run's, from the parent's hash).
-    results[child.key] = b?.embedding.tokens ? { ...result, embedding: embeddingSpend(b.embedding.tokens, b.embedding.costUsd) } : result;
-    totalCostUsd = sumUsd(totalCostUsd, outcome?.state === 'completed' ? completedChildUsd(result.costUsd ?? 0, b) : result.costUsd);
+    results[child.key] = spend.embedding ? { ...result, embedding: spend.embedding } : result;
+    totalCostUsd = sumUsd(totalCostUsd, spend.costUsd ?? 0);
   }
-  const preset = job.data.preset ? presets.get(job.data.preset) : undefined;
-  return {
-    results,
-    totalDurationMs: Date.now() - job.timestamp,
-    totalCostUsd,
-    embedding: sumEmbedding(children.map((c) => billed.get(c.id)?.embedding)),
-    ...(preset ? preset.mapResult(results) : {}),
-  };
+  return { results, totalCostUsd, embedding: sumEmbedding(children.map((c) => billed.get(c.id)?.embedding)) };
 }

@@ -6,8 +6,8 @@ import type { Logger } from '../../shared/core/logger.js';
 import type { AgentQueue } from '../../shared/queue/agent-queue.js';
 import { CANCELLED_REASON, cancelledKey, flowCancelledKey } from '../../shared/core/cancel.js';
 import { jobHashKey } from '../../shared/core/queue-keys.js';
-import { childOutcomes, childrenBilled, completedChildUsd, sumEmbedding, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
-import { embeddingSpend, stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
+import { childOutcomes, childrenBilled, childSpend, sumEmbedding, sumUsd, type ChildBilled, type ChildOutcome } from '../../shared/orchestration/child-outcomes.js';
+import { stepJobId, type PipelineRunData, type PipelineRunResult, type StepRecord } from '../../shared/orchestration/flow-data.js';
 import type { PipelineRegistry, PipelineStep } from '../../shared/orchestration/pipeline.js';
 import { extractTrace, withContext } from '../../shared/telemetry/tracing.js';
 
@@ -48,14 +48,9 @@ function afterStep(data: PipelineRunData, step: PipelineStep, outcome: ChildOutc
   const next: PipelineRunData = structuredClone(data);
   const rec = next.steps[next.cursor];
   rec.finishedAt = Date.now();
-  const billedUsd = billed?.usd ?? 0;
-  if (billed?.embedding.tokens) rec.embedding = embeddingSpend(billed.embedding.tokens, billed.embedding.costUsd);
+  Object.assign(rec, childSpend(outcome, billed));
   const failed = outcome.state === 'failed' || outcome.result.success === false;
-  if (outcome.state === 'completed') {
-    Object.assign(rec, { costUsd: completedChildUsd(outcome.result.costUsd, billed), durationMs: outcome.result.durationMs, model: outcome.result.model });
-  } else if (billedUsd > 0) {
-    rec.costUsd = billedUsd;
-  }
+  if (outcome.state === 'completed') Object.assign(rec, { durationMs: outcome.result.durationMs, model: outcome.result.model });
   if (!failed && outcome.state === 'completed') {
     rec.state = 'completed';
     next.outputs[step.outputKey] = outcome.result.data;
