@@ -44,8 +44,8 @@ describe('cancelling a job a worker fetches meanwhile', () => {
         why: (jobId) => scheduler.why(jobId),
         // The window: the job leaves its lane, then a worker fetches it (locked: it can no longer be removed)
         // and claims it before the API goes on.
-        async cancel(jobId) {
-          const done = await scheduler.cancel(jobId);
+        async cancel(jobId, jobTs) {
+          const done = await scheduler.cancel(jobId, jobTs);
           await (await Job.fromId(queue, jobId))!.promote();
           const fetched = await worker.getNextJob('race-token');
           expect(fetched?.id).toBe(jobId);
@@ -208,8 +208,8 @@ describe('cancelling a job while its idempotency key makes a new job of the id',
     const jobs = jobService(redis, {
       why: (jobId) => scheduler.why(jobId),
       // The window: another removal of the job read (a second cancel, a board removal), then the key's new job.
-      async cancel(jobId) {
-        const done = await scheduler.cancel(jobId);
+      async cancel(jobId, jobTs) {
+        const done = await scheduler.cancel(jobId, jobTs);
         await (await queue.getJob(jobId))!.remove();
         await sendAgainAfterLapse(key, jobId);
         return done;
@@ -224,6 +224,81 @@ describe('cancelling a job while its idempotency key makes a new job of the id',
     expect(await redis.exists(`${queue.toKey(id)}:lock`)).toBe(0);
   });
 
+  /**
+   * The cancel held between its read and its removal (the hook: the job service's call to the dispatcher, which comes
+   * first): the job read is removed there (Bull Board's remove, a second cancel) and the key makes a new job of the id,
+   * then the cancel goes on. The dispatcher's cancel took whatever job held the id (until 2026-12-07): the new job's
+   * timer, lane, or slot and dispatch charge, while the guarded removal then left that job in BullMQ, out of the
+   * dispatcher's hands (parked until the orphan sweep; or waiting with no slot, its org one job over its cap).
+   */
+  const heldCancel = (sendAgain: (id: string) => Promise<void>, onReplaced: (id: string) => Promise<void>) => {
+    const { cells: [{ queue, scheduler }] } = s.runtime.deps;
+    let taken: boolean | undefined;
+    const jobs = jobService(s.runtime.deps.redis, {
+      why: (jobId) => scheduler.why(jobId),
+      async cancel(jobId, jobTs) {
+        await scheduler.cancel(jobId);
+        await (await queue.getJob(jobId))!.remove();
+        await scheduler.removed([jobId]);
+        await sendAgain(jobId);
+        await onReplaced(jobId);
+        taken = await scheduler.cancel(jobId, jobTs);
+        return taken;
+      },
+      removed: (ids) => scheduler.removed(ids),
+    });
+    return { jobs, taken: () => taken };
+  };
+
+  it("a cancel held past its job's replacement leaves the new job's timer and batch request alone", async () => {
+    const { cells: [{ queue, scheduler, batchStore }] } = s.runtime.deps;
+    const key = 'cancel-held-timer-1';
+    const id = (await send(key)).json().id as string;
+    const oldTs = (await queue.getJob(id))!.timestamp;
+    let newTs = 0;
+    // The new job's batch-tier request is recorded before the held cancel goes on.
+    const held = heldCancel((jobId) => sendAgainAfterLapse(key, jobId), async (jobId) => {
+      newTs = (await queue.getJob(jobId))!.timestamp;
+      expect(await batchStore.add(jobId, newTs, 'gemini-2.5-flash', { contents: [] }, undefined)).toBe('pending');
+    });
+    await expect(held.jobs.cancel(s.orgId, id)).rejects.toBeInstanceOf(NotFoundError);
+    expect(newTs).not.toBe(oldTs);
+    // The dispatcher's cancel took nothing: the job read was gone, and the new one is not its to take.
+    expect(held.taken()).toBe(false);
+    expect(await queue.getJobState(id)).toBe('delayed');
+    expect(await scheduler.why(id)).toMatchObject({ reason: 'delayed' });
+    expect((await get(id)).json()).toMatchObject({ id, state: 'delayed', waitingFor: { reason: 'delayed' } });
+    expect(await batchStore.job(id, newTs)).toMatchObject({ state: 'pending', ts: newTs });
+    await scheduler.cancel(id);
+    await (await queue.getJob(id))!.remove();
+  });
+
+  it("a cancel held past its job's replacement leaves the new job's slot and dispatch charge alone", async () => {
+    const { cells: [{ queue, scheduler }] } = s.runtime.deps;
+    await scheduler.setPlan(s.orgId, { concurrency: 1 });
+    const key = 'cancel-held-slot-1';
+    const payload = { ...body(key), options: { idempotencyKey: key } };
+    const res = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload });
+    const id = res.json().id as string;
+    const dispatch = () => scheduler.dispatch({ id: 'held-worker', concurrency: 4, ask: 4, ttlMs: 60_000 });
+    const sendAgain = async (jobId: string) => {
+      await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, jobId));
+      expect((await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: s.auth, payload })).json()).toMatchObject({ id: jobId });
+    };
+    // The new job is dispatched (a slot, its charge taken), not fetched yet, before the held cancel goes on.
+    const held = heldCancel(sendAgain, async (jobId) => {
+      expect((await dispatch()).promoted).toEqual([jobId]);
+      expect(await queue.getJobState(jobId)).toBe('waiting');
+    });
+    await expect(held.jobs.cancel(s.orgId, id)).rejects.toBeInstanceOf(NotFoundError);
+    expect(held.taken()).toBe(false);
+    expect(await queue.getJobState(id)).toBe('waiting');
+    // Its slot is still held (the org at its cap of 1), and it is the new job's own cancel's to give back.
+    expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(1);
+    expect((await s.app.inject({ method: 'DELETE', url: `/v1/jobs/${id}`, headers: s.auth })).json()).toMatchObject({ id, state: 'cancelled' });
+    expect((await scheduler.orgStats(s.orgId)).inFlight).toBe(0);
+  });
+
   it('a job that completed before its removal keeps its result: 409, not removed as cancelled', async () => {
     const { redis, cells: [{ queue, scheduler }] } = s.runtime.deps;
     const id = (await send('cancel-finished-1')).json().id as string;
@@ -233,8 +308,8 @@ describe('cancelling a job while its idempotency key makes a new job of the id',
     const jobs = jobService(redis, {
       why: (jobId) => scheduler.why(jobId),
       // The window: a worker fetches the job and completes it before the API goes on.
-      async cancel(jobId) {
-        const done = await scheduler.cancel(jobId);
+      async cancel(jobId, jobTs) {
+        const done = await scheduler.cancel(jobId, jobTs);
         await (await Job.fromId(queue, jobId))!.promote();
         const fetched = await worker.getNextJob('finish-token');
         expect(fetched?.id).toBe(jobId);

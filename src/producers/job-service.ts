@@ -220,7 +220,9 @@ export function createJobService(deps: {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. What it gives
           // back (a slot and charge: dispatched, not fetched) goes to the org's next job in the same script call,
           // this job counted out of the wait list it is removed from below (a wake-up left goes to the workers).
-          await deps.scheduler.cancel(id);
+          // Only the job read (its creation time): a job made under the id since (the one read removed meanwhile,
+          // its idempotency key sent again) keeps its lane, slot and charge, as it keeps its life below.
+          await deps.scheduler.cancel(id, job.timestamp);
           // Else its request still goes into the next batch (billed), and its answer to a later job of this id.
           // Before the removal: the tombstone must follow the removal at once, since a long poll or a stream
           // woken by the removal reads it.

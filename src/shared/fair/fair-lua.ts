@@ -49,6 +49,12 @@ export interface ReleaseResult {
   due: boolean;
 }
 
+/**
+ * A job a cancel takes out: its id (whichever job holds it), or the id and the creation time (BullMQ's `timestamp`)
+ * of the job the caller read, so a job made under the id since is left alone.
+ */
+export type CancelTarget = string | { id: string; ts: number };
+
 /** A claim's answer: whether the job holds its slot, and whether the API asked to cancel it (its marker). */
 export interface ClaimResult {
   held: boolean;
@@ -196,11 +202,14 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * One script call for these ids. `taken`: how many were taken out; `due`: capacity given back (a slot, a refund, a
      * sleeping lane's head) left a dispatch work, which ran in the same call (`dispatch`), the jobs given back counted
      * out of BullMQ's wait list (the caller removes them). `whole`: the ids are jobs one removal takes together: none
-     * is taken when any is locked.
+     * is taken when any is locked. A job given with its creation time (`ts`, as read) is taken only while it is the
+     * job under its id (not one made under the id since).
      */
-    async cancel(ids: string[], whole = false): Promise<{ taken: number; due: boolean } & WithDispatch> {
-      if (ids.length === 0) return { taken: 0, due: false };
-      const [taken, due, d] = (await call('cancel', [whole ? 1 : 0, ...ids])) as [number, number, unknown?];
+    async cancel(jobs: CancelTarget[], whole = false): Promise<{ taken: number; due: boolean } & WithDispatch> {
+      if (jobs.length === 0) return { taken: 0, due: false };
+      const args: Array<string | number> = [whole ? 1 : 0];
+      for (const j of jobs) args.push(...(typeof j === 'string' ? [j, ''] : [j.id, j.ts]));
+      const [taken, due, d] = (await call('cancel', args)) as [number, number, unknown?];
       return { taken, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** See FairScheduler.removed: one script call for these ids, which dispatches when it freed a slot and a dispatch had work. */

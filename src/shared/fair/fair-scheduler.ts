@@ -1,7 +1,7 @@
 import type { RedisClient } from '../infra/lua.js';
 import { fixedShare } from './buffer-ask.js';
 import { fairKeys, type FairKeys, type QueueKeySource } from './fair-keys.js';
-import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
+import { createFairLua, type ClaimAppend, type ClaimLookup, type ClaimResult, type CancelTarget, type ChargeCorrection, type FairLua, type RawDispatch, type ReleaseResult } from './fair-lua.js';
 import { effectivePlan, isBatchLane, planFields, planFromHash, type FairDefaults, type FairPlan } from './fair-plan.js';
 import { guardKeys } from '../core/queue-keys.js';
 import { DELAY_REASONS } from '../core/outcomes.js';
@@ -208,14 +208,17 @@ export interface FairScheduler {
    * given back (the slot, the charge, a sleeping lane's head) is dispatched in the same script call, as a release's:
    * the org's next job goes at once, the job given back counted out of BullMQ's wait list, since the caller removes
    * it next (the API's cancel, Bull Board's remove). A wake-up that dispatch leaves goes to the loops (`kick`).
+   * `jobTs`: the creation time of the job the caller read (the API's cancel): only that job is taken, never one
+   * made under its id since (its removal and a re-send of its idempotency key between the read and this call).
    */
-  cancel(jobId: string): Promise<boolean>;
+  cancel(jobId: string, jobTs?: number): Promise<boolean>;
   /**
    * `cancel` of each job, in one script call (the jobs of one removal: a parent's children, at most a flow's
    * tasks). `whole`: they are jobs one removal takes together (BullMQ's remove of their parent, which it refuses
-   * while a worker holds any of them): then none is taken when one is locked. How many it took out.
+   * while a worker holds any of them): then none is taken when one is locked. A job given with its creation time
+   * is taken only while it is the job under its id, as `cancel`'s `jobTs`. How many it took out.
    */
-  cancelMany(jobIds: string[], opts?: { whole?: boolean }): Promise<number>;
+  cancelMany(jobs: CancelTarget[], opts?: { whole?: boolean }): Promise<number>;
   /**
    * Jobs BullMQ removed without the dispatcher (Bull Board's remove, clean, empty, obliterate; a parent's
    * removal takes its children): each whose BullMQ job is gone leaves its lane or timer, or gives its slot back
@@ -335,8 +338,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
 
   // Capacity a cancel gives back is dispatched in its own script call, as a release's is (no loop here takes its
   // wake-up: what it leaves goes to the loops).
-  const cancelMany = async (ids: string[], copts: { whole?: boolean } = {}) => {
-    const r = await raw.cancel(ids, copts.whole === true);
+  const cancelMany = async (jobs: CancelTarget[], copts: { whole?: boolean } = {}) => {
+    const r = await raw.cancel(jobs, copts.whole === true);
     if (r.dispatch) await handOver(finish(r.dispatch));
     return r.taken;
   };
@@ -446,7 +449,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       if (made > 0) await handOver(finish(await raw.dispatch()));
       return made;
     },
-    cancel: async (id) => (await cancelMany([id])) > 0,
+    cancel: async (id, jobTs) => (await cancelMany([jobTs === undefined ? id : { id, ts: jobTs }])) > 0,
     cancelMany,
     async removed(ids, ropts = {}) {
       const all = ids ?? (await opts.redis.zrange(keys.leases, 0, -1));

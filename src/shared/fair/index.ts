@@ -4,4 +4,4 @@ export { createBufferAsk, createSharedBufferAsk, type BufferAsk, type SharedBuff
 export { PARK_AT_MS, PARK_SCORE_MIN, isParked, parkedState, parkedJobFields, parkedJobOptions, parkActiveJob, type ParkedJobFields } from './park.js';
 export { batchLane, isBatchLane, tierOf, type FairPlan, type FairDefaults } from './fair-plan.js';
 export { fairKeys, type FairKeys } from './fair-keys.js';
-export type { ClaimAppend, ClaimLookup, ChargeCorrection } from './fair-lua.js';
+export type { CancelTarget, ClaimAppend, ClaimLookup, ChargeCorrection } from './fair-lua.js';

@@ -67,7 +67,8 @@
 --     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
 --   promote: dispatch (0|1: this call dispatches when it made a job due), then ids (an operator's promote: each
 --     job on a timer is due now; a promote-all sends a shard's timers in bounded calls and dispatches once after)
---   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then ids
+--   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then per
+--     job: id, the creation time (BullMQ's `timestamp`) of the job the caller read ('' = whichever job holds the id)
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
 --     and this one is kept)
@@ -415,16 +416,24 @@ elseif op == 'cancel' then
   -- first, the others' lanes and slots would be gone while their jobs stay (an orphan sweep later, or a fetch that
   -- finds no slot and parks the job again).
   if ARGV[13] == '1' then
-    for i = 14, #ARGV do
+    for i = 14, #ARGV, 2 do
       if rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
     end
   end
   local taken, leaving, woke = 0, 0, false
-  for i = 14, #ARGV do
-    local done, slot, wakes = cancelJob(ARGV[i])
-    if done then taken = taken + 1 end
-    if slot then leaving = leaving + 1 end
-    woke = woke or wakes
+  for i = 14, #ARGV, 2 do
+    -- Only the job the caller read (its creation time): between the caller's read and this call that job may have
+    -- been removed and a new one made under its id (an idempotency key sent again once its record lapsed); the
+    -- record here is then the new job's, whose lane, timer or slot and charge are not the cancel's to take (until
+    -- 2026-12-07 they were: the new job stayed in BullMQ, out of its lane, until the orphan sweep). No job under
+    -- the id: the one read is gone, and what is left of it is `removed`'s (or tryLane's) to drop.
+    local ts = ARGV[i + 1]
+    if ts == '' or rcall('HGET', Q_JOB .. ARGV[i], 'timestamp') == ts then
+      local done, slot, wakes = cancelJob(ARGV[i])
+      if done then taken = taken + 1 end
+      if slot then leaving = leaving + 1 end
+      woke = woke or wakes
+    end
   end
   -- Capacity given back (a slot: the org's capped lanes woke, freeSlot; the charge refunded: lanes asleep on those
   -- buckets woke, wakeRefunded; a sleeping lane's head taken out) is used in this call, as a release's is: the
