@@ -7,8 +7,12 @@ import { guardKeys } from '../src/shared/core/queue-keys.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
-import { deadline, until, waitsTimeout, POLL } from './helpers/wait.js';
+import { deadline, until, waitsTimeout, within, POLL } from './helpers/wait.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
+
+/** How long the cache process is given to exit once its stdin ended, then once killed. */
+const CHILD_EXIT_MS = 10_000;
+const CHILD_KILL_MS = 5_000;
 
 const clients: Redis[] = [];
 afterAll(() => clients.forEach((c) => c.disconnect()));
@@ -180,10 +184,16 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
       delays.sort((x, y) => x - y);
       console.log(`[figure] invalidation bump -> observed by another OS process, 20 bumps: p50 ${delays[10].toFixed(2)} ms, max ${delays[19].toFixed(2)} ms`);
     } finally {
+      // Its stdin's end closes its connections and it exits. One that does not (a connect still retrying, a
+      // fixture stuck before `ready`) is killed: an unguarded wait here ended in the bare test timeout, the child
+      // left running.
       child.stdin!.end();
-      await exited;
+      await within(exited, CHILD_EXIT_MS, 'the cache process to exit once its stdin ended').catch(async () => {
+        child.kill('SIGKILL');
+        await within(exited, CHILD_KILL_MS, 'the cache process to exit on SIGKILL');
+      });
     }
-  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, CHILD_EXIT_MS, CHILD_KILL_MS));
 
   it('a process that lost its subscriber drops L1 and checks Redis until it is subscribed again', async () => {
     const prefix = randomPrefix();
