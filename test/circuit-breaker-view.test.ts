@@ -24,15 +24,41 @@ async function breakerProcess(prefix: string, opts: Omit<BreakerOptions, 'redis'
   const redis = new Redis(redisUrl());
   const subscriber = new Redis(redisUrl());
   clients.push(redis, subscriber);
+  const subscribed = firstSubscription(subscriber);
   const dropped: Array<{ key: string; at: number }> = [];
   const breaker = createCircuitBreaker({ redis, subscriber, prefix, ...opts, onInvalidation: (key) => dropped.push({ key, at: performance.now() }) });
   const sent = counted(redis);
-  await viewInUse(breaker, sent, 'probe');
+  await within(subscribed, POLL.timeout, "the breaker's subscription to its invalidations");
+  await servedFromMemory(breaker, sent, 'probe');
   const droppedAt = (key: string, after = 0) => dropped.find((d) => d.key === key && d.at >= after)?.at;
   return { prefix, breaker, redis, subscriber, sent, dropped, droppedAt };
 }
 
-/** Waits until an acquire of `key` is answered clean without a Redis command: the view is live. */
+/**
+ * The reply to the first SSUBSCRIBE sent on `subscriber` (the breaker's, sent as it is built). The breaker's view
+ * goes live in its own callback on that reply, attached before this one's: once this settles, the view is live.
+ * Waited for as an event: polling acquires for it put a 45 s guard (POLL) on the set-up of every test.
+ */
+function firstSubscription(subscriber: Redis): Promise<unknown> {
+  return new Promise((resolve) => {
+    const ssubscribe = subscriber.ssubscribe.bind(subscriber) as (...a: unknown[]) => Promise<unknown>;
+    subscriber.ssubscribe = ((...a: unknown[]) => {
+      const reply = ssubscribe(...a);
+      resolve(reply);
+      return reply;
+    }) as Redis['ssubscribe'];
+  });
+}
+
+/** A second acquire of `key` is answered clean without a Redis command: the view is live. */
+async function servedFromMemory(breaker: ReturnType<typeof createCircuitBreaker>, sent: () => number, key: string) {
+  expect(await breaker.acquire(key)).toEqual(CLEAN);
+  const before = sent();
+  expect(await breaker.acquire(key)).toEqual(CLEAN);
+  expect(sent()).toBe(before);
+}
+
+/** Waits until an acquire of `key` is answered clean without a Redis command: the view is live again (a reconnect). */
 async function viewInUse(breaker: ReturnType<typeof createCircuitBreaker>, sent: () => number, key: string) {
   await until('a clean acquire from memory', async () => {
     await breaker.acquire(key);
@@ -67,7 +93,8 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     expect(a.sent()).toBe(s0 + 1);
     times.sort((x, y) => x - y);
     console.log(`[figure] breaker acquire from the view, 500 calls: p50 ${times[250].toFixed(4)} ms, p99 ${times[495].toFixed(4)} ms`);
-  });
+    // One guarded wait (the set-up's subscription), as breakerProcess makes it.
+  }, waitsTimeout(POLL.timeout));
 
   it('an answer whose call was in flight across an invalidation is not remembered', async () => {
     const a = await breakerProcess(randomPrefix());
@@ -82,7 +109,7 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     // Nothing in flight this time: remembered.
     expect(await a.breaker.acquire(key)).toEqual(CLEAN);
     expect(a.sent()).toBe(s0 + 1);
-  });
+  }, waitsTimeout(POLL.timeout));
 
   it("two processes: B's open drops the key from A's view by its broadcast, A's other keys stay, and A is refused", async () => {
     const prefix = randomPrefix();
