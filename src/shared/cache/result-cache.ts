@@ -58,7 +58,7 @@ export interface SingleFlightOptions<T> {
  * the lock the reply took when the value is not computed after all (the job did not reach its cache guard).
  */
 export interface PreparedLookup {
-  keys: string[];
+  keys: readonly string[];
   args: Array<string | number>;
   deliver(reply: unknown): void;
   discard(): Promise<void>;
@@ -115,6 +115,8 @@ export { canonicalJson };
 
 /** Index of the single-flight lock among a lookup's keys (keysFor): the lock scripts take it alone. */
 const LOCK_KEY = 4;
+/** Distinct parts whose hash and keys one cache remembers (`keysFor`). */
+const KEY_MEMO_MAX = 1024;
 
 /** sha256 of everything that determines an agent result. */
 export function resultCacheHash(p: CacheKeyParts): string {
@@ -202,13 +204,24 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const orgVersionKey = (org: string) => guardKeys.resultOrgVersion(prefix, enc(org));
   const agentVersionKey = (org: string, agent: string) => guardKeys.resultAgentVersion(prefix, enc(org), enc(agent));
   const sharedVersionKey = (agent: string) => guardKeys.resultSharedVersion(prefix, enc(agent));
+  /**
+   * Hash and keys by the parts' plain JSON, for parts seen lately: a cached job's input recurs by definition, and
+   * one native stringify costs a fraction of canonicalising the input and hashing it (the larger part of an L1
+   * hit's own CPU). Equal JSON is an equal canonical form for the JSON data inputs are (parsed job data, its schema's
+   * output). Emptied whole when full: it holds what recurs now, and the next inputs refill it.
+   */
+  const keyMemo = new Map<string, { hash: string; keys: readonly string[] }>();
   // In the order the lookup and set scripts take them: the three version counters, the entry, the lock (LOCK_KEY).
-  const keysFor = (p: CacheKeyParts) => {
+  const keysFor = (p: CacheKeyParts): { hash: string; keys: readonly string[] } => {
+    const plain = JSON.stringify([p.orgId, p.agent, p.action, p.model, p.promptVersion, p.input]);
+    const known = keyMemo.get(plain);
+    if (known) return known;
     const hash = resultCacheHash(p);
-    return {
-      hash,
-      keys: [orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)],
-    };
+    // Frozen: one array is handed to every job with these parts (callers copy it into their script calls).
+    const k = { hash, keys: Object.freeze([orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)]) };
+    if (keyMemo.size >= KEY_MEMO_MAX) keyMemo.clear();
+    keyMemo.set(plain, k);
+    return k;
   };
 
   /** A prepared lookup's state: what it was prepared for, the epoch before it was sent, the reply once delivered. */
@@ -230,10 +243,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
    * at its claim and in its guard. Kept whether or not `prepare` returned a lookup (an L1 hit returns none).
    * Anything else hashes.
    */
-  const preparedKeys = new WeakMap<object, { parts: CacheKeyParts; hash: string; keys: string[] }>();
+  const preparedKeys = new WeakMap<object, { parts: CacheKeyParts; hash: string; keys: readonly string[] }>();
   const isObject = (v: unknown): v is object => typeof v === 'object' && v !== null;
 
-  function takePreparedKeys(p: CacheKeyParts): { hash: string; keys: string[] } | undefined {
+  function takePreparedKeys(p: CacheKeyParts): { hash: string; keys: readonly string[] } | undefined {
     if (!isObject(p.input)) return undefined;
     const k = preparedKeys.get(p.input);
     const q = k?.parts;
@@ -277,7 +290,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   }
 
   /** Writes the entry (and releases `lockToken`'s lock, and appends `usage`, in the same call). */
-  async function store(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+  async function store(p: CacheKeyParts, keys: readonly string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const seen = epoch;
     const json = JSON.stringify(value);
     const entry = usage ? usage.of(value) : '';
@@ -305,7 +318,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
    * The value was paid for: failing to cache it must not fail the caller. False when the write failed (then
    * nothing of it happened: the lock is still held and `usage` was not appended).
    */
-  async function storeQuietly(p: CacheKeyParts, keys: string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+  async function storeQuietly(p: CacheKeyParts, keys: readonly string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     return store(p, keys, hash, tag, value, lockToken, usage).then(
       () => true,
       (err: unknown) => {

@@ -72,7 +72,7 @@ export interface ClaimResult {
  * result-cache-lookup-5.lua takes them. The claim runs it only when the job holds its slot and is not cancelled.
  */
 export interface ClaimLookup {
-  keys: string[];
+  keys: readonly string[];
   args: Array<string | number>;
 }
 
@@ -150,7 +150,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const gauges = defineLua(redis, 'fair-gauges-N.lua');
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
-  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: string[] = []) =>
+  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: readonly string[] = []) =>
     core(extraKeys.length ? [...keys.script, ...extraKeys] : keys.script, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
   const toDispatch = (r: unknown): RawDispatch => {
     const [ids, wake, now, more, skipped, flatWants = [], stored] = r as [string[], string, number, number, string[], string[]?, number?];

@@ -4,7 +4,7 @@ import type { Cluster, Redis } from 'ioredis';
 export type RedisClient = Redis | Cluster;
 
 /** A Lua script registered on one client with `defineCommand` (EVALSHA, falling back to EVAL on NOSCRIPT). */
-export type LuaCall = (keys: string[], args: Array<string | number>) => Promise<unknown>;
+export type LuaCall = (keys: readonly string[], args: Array<string | number>) => Promise<unknown>;
 
 /**
  * Reads `<name>-<numKeys>.lua` from the one Lua folder and defines it as a command on `redis`.
