@@ -65,6 +65,31 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     console.log(`[figure] L1 hit from memory, 2000 gets: p50 ${times[1000].toFixed(4)} ms, p99 ${times[1980].toFixed(4)} ms`);
   });
 
+  it('fromMemory with a view derives it once per L1 entry and hands each caller its own copy of it', async () => {
+    const a = await cacheProcess(randomPrefix());
+    const p = parts();
+    await a.cache.set(p, okResult({ score: 1 }));
+    let derived = 0;
+    const view = (v: AgentResult): AgentResult => {
+      derived++;
+      return { ...v, cacheHit: 'l1', durationMs: 0 };
+    };
+    const first = a.cache.fromMemory(p, view)!;
+    expect(first).toEqual({ ...okResult({ score: 1 }), cacheHit: 'l1', durationMs: 0 });
+    (first.data as { score: number }).score = 99;
+    for (let i = 0; i < 5; i++) expect(a.cache.fromMemory({ ...p, input: { name: 'acme' } }, view)).toEqual({ ...okResult({ score: 1 }), cacheHit: 'l1', durationMs: 0 });
+    expect(derived).toBe(1);
+    // Without a view: the value as stored.
+    expect(a.cache.fromMemory(p)).toEqual(okResult({ score: 1 }));
+    // A new value (a new L1 entry): derived again from it.
+    await a.cache.invalidateOrg(p.orgId);
+    await until('the invalidation applied', () => a.cache.fromMemory(p) === undefined);
+    await a.cache.set(p, okResult({ score: 2 }));
+    expect(a.cache.fromMemory(p, view)).toEqual({ ...okResult({ score: 2 }), cacheHit: 'l1', durationMs: 0 });
+    expect(a.cache.fromMemory(p, view)).toEqual({ ...okResult({ score: 2 }), cacheHit: 'l1', durationMs: 0 });
+    expect(derived).toBe(2);
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
+
   it('L1 hits from memory arm no timer (lru-cache caches its clock behind a 1 ms timer unless told not to: one per job)', async () => {
     const a = await cacheProcess(randomPrefix());
     const p = parts();

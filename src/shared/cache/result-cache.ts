@@ -74,9 +74,11 @@ export interface ResultCache<T = AgentResult> {
   /**
    * The value L1 holds for `parts`, from memory (no Redis call), when an L1 hit of `singleFlight` would serve
    * it (the invalidation broadcast is live); undefined otherwise. Each call parses its own copy. Takes the key
-   * `prepare` computed for the same parts, as `singleFlight` does.
+   * `prepare` computed for the same parts, as `singleFlight` does. `view`: the value as this caller hands it out
+   * (a pure function of the value, JSON in and out, the same function each call): derived once per L1 entry and
+   * kept beside it as JSON, so each later hit parses the view, with no derivation of its own.
    */
-  fromMemory(parts: CacheKeyParts): T | undefined;
+  fromMemory(parts: CacheKeyParts, view?: (value: T) => T): T | undefined;
   /** Stores under the namespace versions current at the time of the write (`singleFlight` uses the versions read before the call instead). */
   set(parts: CacheKeyParts, value: T): Promise<boolean>;
   invalidateOrg(orgId: string): Promise<void>;
@@ -153,7 +155,8 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   // less than structuredClone of the object and hands out exactly what an L2 hit would.
   // ttlResolution 0: each age check reads the clock (a fraction of a microsecond) instead of caching it for 1 ms
   // behind a timer, which lru-cache arms again at the first check after each expiry: about one timer per job.
-  const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string }>({ max: opts.l1Max, ttl: opts.l1TtlMs, ttlResolution: 0 });
+  // `view`: fromMemory's view of the value, as JSON, for the function that derived it (written on first use).
+  const l1 = new LRUCache<string, { tag: string; json: string; org: string; agent: string; view?: { of: (value: T) => T; json: string } }>({ max: opts.l1Max, ttl: opts.l1TtlMs, ttlResolution: 0 });
   const channel = guardKeys.resultInvalidations(prefix);
   /** L1 served from memory: only while the broadcast is subscribed, so no invalidation can pass unseen. */
   let l1Live = false;
@@ -353,10 +356,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       prefetches.set(prepared, pre);
       return prepared;
     },
-    fromMemory(p) {
+    fromMemory(p, view) {
       if (!l1Live) return undefined;
       const local = l1.get((takePreparedKeys(p) ?? keysFor(p)).hash);
-      return local ? (JSON.parse(local.json) as T) : undefined;
+      if (!local) return undefined;
+      if (!view) return JSON.parse(local.json) as T;
+      if (local.view?.of === view) return JSON.parse(local.view.json) as T;
+      const seen = view(JSON.parse(local.json) as T);
+      local.view = { of: view, json: JSON.stringify(seen) };
+      return seen;
     },
     async set(p, value) {
       const { hash, keys } = keysFor(p);

@@ -65,6 +65,12 @@ function cachedResult(value: AgentResult, from: 'l1' | 'l2', durationMs: number)
 }
 
 /**
+ * An L1 hit answered before the claim, as `cachedResult` makes it (its duration 0: no lookup was timed). One
+ * function for every call: the cache keeps its output beside the entry, so a hit does not copy the value again.
+ */
+const l1Answer = (value: AgentResult): AgentResult => cachedResult(value, 'l1', 0);
+
+/**
  * The attempt's answer when L1 holds it (from memory, no Redis call), known before the fair claim so the
  * claim can carry its usage row (`ClaimPrep.answer`); `serve` records the guard's decision on the span. The
  * same answer this guard gives an L1 hit: it is the chain's first link, and a hit calls nothing after it.
@@ -72,9 +78,8 @@ function cachedResult(value: AgentResult, from: 'l1' | 'l2', durationMs: number)
  * as one arriving just after an L1 hit would not (the broadcast's bound is 100 ms; a round trip is ~1).
  */
 export function answerFromMemory(cache: ResultCache<AgentResult>, ctx: JobContext): ClaimAnswer | undefined {
-  const value = cache.fromMemory(cacheKeyPartsOf(ctx));
-  if (!value) return undefined;
-  const result = cachedResult(value, 'l1', 0);
+  const result = cache.fromMemory(cacheKeyPartsOf(ctx), l1Answer);
+  if (!result) return undefined;
   return {
     result,
     serve() {
