@@ -1,6 +1,6 @@
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { canonicalJson, createResultCache, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
+import { canonicalJson, createResultCache, KEY_MEMO_MAX_CHARS, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
@@ -271,6 +271,17 @@ describe('single flight', () => {
     // Other parts with an equal input: their own key.
     a.prepare({ ...p, model: 'gemini-2.5-pro', input: { name: 'acme', sector: 'fintech' } }, 'job-4');
     expect(hashes() - h0).toBe(3);
+  });
+
+  it('does not remember parts whose JSON is longer than KEY_MEMO_MAX_CHARS: the memo stays small whatever the inputs', async () => {
+    const [a] = pair();
+    const big = { name: 'acme', notes: 'x'.repeat(KEY_MEMO_MAX_CHARS) };
+    const p = parts({ input: big });
+    const h0 = hashes();
+    const first = a.prepare(p, 'job-1')!.keys;
+    expect(a.prepare({ ...p, input: { ...big } }, 'job-2')!.keys).toEqual(first);
+    // Hashed again: a large input is not kept.
+    expect(hashes() - h0).toBe(2);
   });
 
   it('a waiter stops waiting after waitTimeoutMs and calls through itself', async () => {

@@ -119,6 +119,11 @@ export { canonicalJson };
 const LOCK_KEY = 4;
 /** Distinct parts whose hash and keys one cache remembers (`keysFor`). */
 const KEY_MEMO_MAX = 1024;
+/**
+ * Longest plain JSON of parts the memo keeps (UTF-16 units): the memo holds at most KEY_MEMO_MAX x this (~4 MB) however
+ * large the inputs are; a larger input is hashed per job, as before the memo (its hashing is small beside its call).
+ */
+export const KEY_MEMO_MAX_CHARS = 4096;
 
 /** sha256 of everything that determines an agent result. */
 export function resultCacheHash(p: CacheKeyParts): string {
@@ -222,6 +227,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     const hash = resultCacheHash(p);
     // Frozen: one array is handed to every job with these parts (callers copy it into their script calls).
     const k = { hash, keys: Object.freeze([orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)]) };
+    if (plain.length > KEY_MEMO_MAX_CHARS) return k;
     if (keyMemo.size >= KEY_MEMO_MAX) keyMemo.clear();
     keyMemo.set(plain, k);
     return k;
