@@ -120,7 +120,7 @@ const LOCK_KEY = 4;
 /** Distinct parts whose hash and keys one cache remembers (`keysFor`). */
 const KEY_MEMO_MAX = 1024;
 /**
- * Longest plain JSON of parts the memo keeps (UTF-16 units): the memo holds at most KEY_MEMO_MAX x this (~4 MB) however
+ * Longest plain JSON of parts the memo keeps (UTF-16 units): the memo holds at most KEY_MEMO_MAX x this (4-8 MB) however
  * large the inputs are; a larger input is hashed per job, as before the memo (its hashing is small beside its call).
  */
 export const KEY_MEMO_MAX_CHARS = 4096;
