@@ -173,6 +173,32 @@ describe('agent_runs', () => {
       ['2031-03-02', 4],
     ]);
   });
+
+  it("groupBy=model shows an attempt's embedding calls under the embedding model: a run delayed after a semantic-cache lookup with no model call is no spend of the job's chat model", async () => {
+    const runs = createRunStore({ pool, embeddingModel: 'gemini-embedding-001' });
+    const orgId = randomOrg();
+    const at = new Date('2031-05-01T10:00:00Z');
+    const jobId = randomUUID();
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    // The run delayed after its lookup (model columns 0, migration 022), then the attempt that called the model.
+    await runs.record(run({ orgId, jobId, state: 'delayed', part: randomUUID(), inputTokens: 0, outputTokens: 0, costUsd: 0, createdAt: at, ...embedding }));
+    await runs.record(run({ orgId, jobId, createdAt: at, ...embedding }));
+    // Another job of the model, with no embedding call.
+    await runs.record(run({ orgId, createdAt: at }));
+    const window = { orgId, from: new Date('2031-05-01T00:00:00Z'), to: new Date('2031-05-02T00:00:00Z') };
+    const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    expect(byModel.map((r) => [r.key, r.jobs, r.inputTokens, r.costUsd, r.embeddingTokens])).toEqual([
+      ['gemini-2.5-flash', 2, 200, 0.002, 0],
+      ['gemini-embedding-001', 0, 0, 0, 80],
+    ]);
+    expect(byModel[1].embeddingCostUsd).toBeCloseTo(0.000012, 10);
+    expect(byModel[1]).toMatchObject({ cacheHitRate: 0, p50Ms: 0, p95Ms: 0 });
+    // The other groupings and the total keep each row whole.
+    const [total] = await runs.usage({ ...window, groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 2, inputTokens: 200, embeddingTokens: 80 });
+    expect(total.costUsd).toBeCloseTo(0.002, 8);
+    expect((await runs.usage({ ...window, groupBy: 'agent' })).map((r) => [r.key, r.embeddingTokens])).toEqual([['knowledge', 80]]);
+  });
 });
 
 describe('quotas', () => {

@@ -87,7 +87,7 @@ export function opsFeature(deps: FeatureDeps): Feature {
         breakerKeys: async () => [...new Set([...configuredModels.map((m) => `gemini:${m}`), ...(await breakerKeysIn(deps.redis, agentqPrefix(prefix)))])],
       });
       dlqRoutes(app, { dlq });
-      const runs = createRunStore({ pool: deps.infra.db.pool });
+      const runs = createRunStore({ pool: deps.infra.db.pool, embeddingModel: cfg.GEMINI_EMBEDDING_MODEL });
       usageRoutes(app, { runs });
       usageDashboardRoutes(app, { runs });
       keyRoutes(app, { keys: createApiKeyStore({ pool: deps.infra.db.pool }) });
