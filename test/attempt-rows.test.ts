@@ -37,9 +37,9 @@ describe('AttemptRows: the usage rows of one attempt', () => {
     expect(b.part).not.toBe(a.part);
   });
 
-  it("a flow child's billed or embedding row is summed on its hash and its parent's; a read batch answer only through its result", () => {
+  it("a flow child's billed or embedding row is summed on its hash and its parent's; a read batch answer only through its result, the run's calls after it as any row", () => {
     const child = fakeAgentJob({ id: 'c1', extra: { parentKey: 'bull:parent:p1', queueQualifiedName: 'bull:agent' } });
-    const ctx: { model: string; batchRead?: boolean } = { model: 'm' };
+    const ctx: { model: string; batchRead?: boolean; batchBilled?: BilledCall } = { model: 'm' };
     const rows = new AttemptRows(child, ctx);
     const failed = rows.failed(Object.assign(new Error('x'), { billed }), 'x');
     expect(rows.billTo(failed)).toEqual({ key: expect.stringContaining('c1'), jobId: 'c1', parentKey: 'bull:parent:p1' });
@@ -48,7 +48,11 @@ describe('AttemptRows: the usage rows of one attempt', () => {
     // Its completion may yet be refused (a stalled re-run's result wins) though its calls were paid.
     expect(rows.billTo(rows.completed(answer()))).toEqual({ key: expect.stringContaining('c1'), jobId: 'c1', parentKey: 'bull:parent:p1' });
     ctx.batchRead = true;
-    expect(rows.billTo(rows.completed(answer()))).toMatchObject({ resultOnly: true });
+    ctx.batchBilled = { ...billed, tier: 'batch', costUsd: 0.0005 };
+    const [own, after] = rows.completedRows(answer({ costUsd: 0.0025, tokensUsed: { input: 130, output: 60 } }));
+    expect(rows.billTo(own)).toMatchObject({ resultOnly: true });
+    expect(after).toMatchObject({ part: 'standard:0', costUsd: 0.002, inputTokens: 30, outputTokens: 10 });
+    expect(rows.billTo(after)).toEqual({ key: expect.stringContaining('c1'), jobId: 'c1', parentKey: 'bull:parent:p1' });
     const orphan = new AttemptRows(fakeAgentJob(), { model: 'm' });
     expect(orphan.billTo(orphan.failed(Object.assign(new Error('x'), { billed }), 'x'))).toBeUndefined();
   });

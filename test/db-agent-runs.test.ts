@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, stalledRunPart, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { afterBatchPart, createRunStore, stalledRunPart, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
@@ -119,6 +119,25 @@ describe('agent_runs', () => {
     // Only a stalled run's part beside '' for an attempt's row; a delayed part still needs an id.
     await expect(runs.record(run({ orgId, part: 'rerun' }))).rejects.toMatchObject({ code: '23514' });
     await expect(runs.record(run({ orgId, state: 'delayed', part: '' }))).rejects.toMatchObject({ code: '23514' });
+  });
+
+  it("the standard-tier calls a run made after its batch answer are a row beside the answer's (migration 027): counted in the sums, never as an attempt's duration or cache decision", async () => {
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const jobId = randomUUID();
+    const jobTs = Date.now();
+    const answer = run({ orgId, jobId, jobTs, tier: 'batch', costUsd: 0.1, durationMs: 400, cacheHit: null });
+    const after = (n: number) => run({ orgId, jobId, jobTs, part: afterBatchPart(n), tier: 'standard', costUsd: 0.3, durationMs: 0, cacheHit: null });
+    expect(afterBatchPart(undefined)).toBe('standard:0');
+    // The answer's row sent by both runs (once kept), each run's own standard row, each delivered twice.
+    expect(await runs.recordMany([answer, after(0), answer, after(1), after(0)])).toBe(3);
+    expect(await runs.recordMany([{ ...answer, state: 'failed', error: 'x', part: afterBatchPart(2) }])).toBe(1);
+    const window = { orgId, from: new Date(Date.now() - 86_400_000), to: new Date(Date.now() + 60_000) };
+    const [total] = await runs.usage({ ...window, groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 1, p50Ms: 400, p95Ms: 400, cacheHitRate: 0 });
+    expect(total.costUsd).toBeCloseTo(0.8, 8);
+    const byTier = await runs.usage({ ...window, groupBy: 'tier' });
+    expect(byTier.map((r) => [r.key, Number(r.costUsd.toFixed(8))])).toEqual([['batch', 0.2], ['standard', 0.6]]);
   });
 
   it('stores an attempt whose error text holds a NUL, alone and in a batch: one such row never blocks the usage sink', async () => {

@@ -163,6 +163,8 @@ describe('the part of the row each run of an attempt writes', () => {
   it("a re-run served its batch's stored answer keeps the attempt's row: that answer was billed once, whichever run is served it", async () => {
     const { process, rows } = processorWith(async (ctx) => {
       ctx.batchRead = true;
+      // The answer's own bill (batch-tier.ts): the run made no call after it, so it has no `standard:<n>` row.
+      ctx.batchBilled = { model: PAID.model, usage: PAID.tokensUsed, costUsd: PAID.costUsd, standardCostUsd: PAID.costUsd, tier: 'batch' };
       return PAID;
     });
     await process(fakeAgentJob({ extra: { stalledCounter: 1 } }), 't5');

@@ -1,7 +1,7 @@
 import type { Job } from 'bullmq';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
+import type { AgentJobData, AgentResult, BilledCall, ServiceTier } from '../shared/core/types.js';
 import type { PreparedLookup } from '../shared/cache/result-cache.js';
 import { estimateTokens } from '../shared/queue/estimate-tokens.js';
 import type { Span } from '../shared/telemetry/tracing.js';
@@ -38,6 +38,7 @@ export class AttemptContext implements JobContext {
   charge?: JobContext['charge'];
   orgRequests?: OrgRequests;
   batchRead?: boolean;
+  batchBilled?: BilledCall;
   usage?: JobContext['usage'];
   embedded?: (texts: readonly string[]) => void;
   cacheLookup?: PreparedLookup;

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { Job } from 'bullmq';
-import { stalledRunPart, type AgentRun } from '../shared/infra/db/agent-runs.js';
+import { afterBatchPart, stalledRunPart, type AgentRun } from '../shared/infra/db/agent-runs.js';
 import type { RunBillTo } from '../shared/infra/db/run-stream.js';
 import { jobHashKey } from '../shared/core/queue-keys.js';
 import { estimateTextTokens } from '../shared/queue/estimate-tokens.js';
 import { billedOf } from '../shared/core/outcomes.js';
 import type { AgentJobData, AgentResult, BilledCall } from '../shared/core/types.js';
+import { roundUsd } from '../shared/orchestration/child-outcomes.js';
 import type { JobContext } from './middleware.js';
 
 /** A row's model, token and cost columns from what a call was billed. */
@@ -21,6 +22,9 @@ function billedColumns(b: BilledCall) {
     thoughtsTokens: b.usage.thoughts ?? 0,
   };
 }
+
+/** A row's model columns that no call was billed. */
+const NOTHING_BILLED = { inputTokens: 0, outputTokens: 0, costUsd: 0, standardCostUsd: 0, cachedTokens: 0, thoughtsTokens: 0 };
 
 /**
  * The `agent_runs` rows of one attempt (processor.ts): its own row when it ends, a delayed run's billed calls.
@@ -39,16 +43,19 @@ export class AttemptRows {
    * answer was billed once, and every run of the attempt is served it again (batch-tier.ts, readBy).
    */
   private readonly stalledPart: string;
+  /** The part of the row of a run's calls after its batch answer (`afterBatchPart`): one per run, as `stalledPart`. */
+  private readonly afterBatch: string;
 
   constructor(
     private readonly job: Job<AgentJobData, AgentResult>,
     /** The attempt's context: its model, tier and batch read as they are when a row is made (routing may switch the model). */
-    private readonly ctx: Pick<JobContext, 'model' | 'tier' | 'batchRead'>,
+    private readonly ctx: Pick<JobContext, 'model' | 'tier' | 'batchRead' | 'batchBilled'>,
     /** USD of `tokens` embedding input tokens (ProcessorDeps.embeddingCost). */
     private readonly embeddingCost?: (tokens: number) => number,
   ) {
     this.attempt = job.attemptsMade + 1;
     this.stalledPart = stalledRunPart(job.stalledCounter);
+    this.afterBatch = afterBatchPart(job.stalledCounter);
   }
 
   /** Counts the estimated tokens of an embedding call's texts. */
@@ -87,7 +94,17 @@ export class AttemptRows {
     };
   }
 
+  /** The rows of a completed attempt: its own (`completed`), then its calls after a batch answer (`splitBatch`). */
+  completedRows(result: AgentResult): AgentRun[] {
+    return this.splitBatch(this.completedRow(result));
+  }
+
+  /** The attempt's own row of a completed attempt: of a run served its batch answer, that answer's bill only. */
   completed(result: AgentResult): AgentRun {
+    return this.splitBatch(this.completedRow(result))[0];
+  }
+
+  private completedRow(result: AgentResult): AgentRun {
     return this.row({
       state: 'completed',
       ...billedColumns({
@@ -103,10 +120,44 @@ export class AttemptRows {
     });
   }
 
-  /** A failed attempt whose model answered (bad output, a refusal) is billed what Gemini charged for it. */
-  failed(err: unknown, error: string): AgentRun {
+  /**
+   * A failed attempt whose model answered (bad output, a refusal) is billed what Gemini charged for it: its own row,
+   * then its calls after a batch answer (`splitBatch`).
+   */
+  failedRows(err: unknown, error: string): AgentRun[] {
     const billed = billedOf(err);
-    return this.row({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) });
+    return this.splitBatch(this.row({ state: 'failed', error, ...(billed ? billedColumns(billed) : {}) }));
+  }
+
+  /** The attempt's own row of a failed attempt (`failedRows`' first). */
+  failed(err: unknown, error: string): AgentRun {
+    return this.failedRows(err, error)[0];
+  }
+
+  /**
+   * A run served its batch's stored answer bills that answer in the attempt's own row, part '' whichever run reads
+   * it (Gemini billed it once; each run of the attempt is served it again), at the batch tier. The calls the run made
+   * after it (a route's retry or fallback, on the standard tier: batch-tier.ts) were summed into the attempt's
+   * figures by the route guard; they are this run's own and go in a row of their own, part `standard:<n>`, at their
+   * tier and price. Until 2026-12-07 they were folded into the '' row under the last call's tier, and a stalled
+   * re-run's were lost with its duplicate '' row. That row describes no attempt of its own (no duration, no cache
+   * decision: `usage()` leaves it out of those); its embedding calls stay on the attempt's row.
+   */
+  private splitBatch(row: AgentRun): AgentRun[] {
+    if (!this.ctx.batchRead) return [row];
+    const b = this.ctx.batchBilled;
+    const own: AgentRun = { ...row, ...NOTHING_BILLED, tier: 'batch', ...(b ? billedColumns(b) : {}) };
+    const after = {
+      inputTokens: row.inputTokens - own.inputTokens,
+      outputTokens: row.outputTokens - own.outputTokens,
+      costUsd: roundUsd(row.costUsd - own.costUsd),
+      standardCostUsd: roundUsd((row.standardCostUsd ?? row.costUsd) - (own.standardCostUsd ?? own.costUsd)),
+      cachedTokens: (row.cachedTokens ?? 0) - (own.cachedTokens ?? 0),
+      thoughtsTokens: (row.thoughtsTokens ?? 0) - (own.thoughtsTokens ?? 0),
+    };
+    if (after.inputTokens <= 0 && after.outputTokens <= 0 && after.costUsd <= 0) return [own];
+    const { embeddingTokens: _t, embeddingCostUsd: _c, embeddingEstimated: _e, ...rest } = row;
+    return [own, { ...rest, ...after, part: this.afterBatch, durationMs: 0, cacheHit: null }];
   }
 
   /**
@@ -131,8 +182,10 @@ export class AttemptRows {
    */
   billTo(row: AgentRun): RunBillTo | undefined {
     const job = this.job;
+    // Only the attempt's own row holds the batch answer; a run's calls after it are that run's, as any row's.
+    const batchAnswer = this.ctx.batchRead && !row.part;
     return job.parentKey && (row.costUsd > 0 || (row.embeddingTokens ?? 0) > 0)
-      ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey, ...(this.ctx.batchRead ? { resultOnly: true } : {}) }
+      ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey, ...(batchAnswer ? { resultOnly: true } : {}) }
       : undefined;
   }
 }

@@ -1,8 +1,8 @@
 import type { BatchStore } from '../shared/batch/batch-store.js';
-import { DelayJobError } from '../shared/core/outcomes.js';
+import { billedOf, DelayJobError } from '../shared/core/outcomes.js';
 import { inlinedRequestOf, type BatchApi } from '../shared/infra/llm/batch-api.js';
 import { batchRequestError } from '../shared/infra/llm/llm-errors.js';
-import type { GenerateResult } from '../shared/infra/llm/llm-client.js';
+import { billedCall, type GenerateResult } from '../shared/infra/llm/llm-client.js';
 import type { JobContext } from './middleware.js';
 
 /** Gemini expires a batch after 48 h: a job without a deadline waits this long at most, then runs standard. */
@@ -45,7 +45,17 @@ export function createBatchTier(deps: { store: BatchStore; batches: Pick<BatchAp
       }
       if (rec.readBy === undefined && !(await deps.store.move(jobId, rec.state, rec.state, { field: 'readBy', value: String(attempt) }))) return generate(ctx, req, standard);
       ctx.batchRead = true;
-      if (rec.state === 'done') return deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
+      if (rec.state === 'done') {
+        // Its bill, apart from any call the run makes after it (attempt-rows.ts): billed once, whichever run reads it.
+        try {
+          const res = deps.batches.resultOf(rec.model, JSON.parse(rec.result!), req.responseJsonSchema !== undefined);
+          ctx.batchBilled = billedCall(res);
+          return res;
+        } catch (err) {
+          ctx.batchBilled = billedOf(err);
+          throw err;
+        }
+      }
       throw batchRequestError(rec.model, JSON.parse(rec.error ?? '{}') as { code?: number; message?: string });
     }
     if (rec?.state === 'fallback') return standard();

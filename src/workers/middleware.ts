@@ -2,7 +2,7 @@ import type { Job } from 'bullmq';
 import type { Span } from '../shared/telemetry/tracing.js';
 import type { AgentAction, AgentDefinition } from '../shared/agents/define-agent.js';
 import type { Logger } from '../shared/core/logger.js';
-import type { AgentJobData, AgentResult, ServiceTier } from '../shared/core/types.js';
+import type { AgentJobData, AgentResult, BilledCall, ServiceTier } from '../shared/core/types.js';
 import type { PreparedLookup } from '../shared/cache/result-cache.js';
 import type { UsageBill, UsageRider } from '../shared/infra/db/run-stream.js';
 import type { BucketRequest, TakeResult } from '../shared/limits/token-bucket.js';
@@ -56,6 +56,12 @@ export interface JobContext {
    * in the same attempt (a route's retry or fallback) runs on the standard tier, never that answer again.
    */
   batchRead?: boolean;
+  /**
+   * What the batch answer served to this run was billed (tier batch; absent for a batch error answer, billed
+   * nothing): its row is the attempt's, '' whichever run reads it, and the calls the run made after it are a row
+   * of their own (attempt-rows.ts).
+   */
+  batchBilled?: BilledCall;
   /**
    * The attempt's usage row as a usage stream entry, for a guard whose own Redis write can carry it (the
    * result cache's store script): `entry(result)` encodes the row of a completed attempt, `carried()` tells

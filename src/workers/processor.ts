@@ -283,8 +283,10 @@ function attemptOf(deps: ProcessorDeps) {
         }
       }
       // Already in the usage stream when the claim (an answer from memory) or the result cache's store (a
-      // computed miss) carried it.
-      if (!carried) await record(rows.completed(result));
+      // computed miss) carried it; a run's calls after its batch answer are a row beside it (AttemptRows.splitBatch).
+      const [own, ...afterBatch] = rows.completedRows(result);
+      if (!carried) await record(own);
+      for (const r of afterBatch) await record(r);
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
@@ -319,11 +321,11 @@ function attemptOf(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
       if (cancel.cancelled || outcome.kind === 'delay') {
-        await record(rows.failed(err, CANCELLED_REASON));
+        for (const r of rows.failedRows(err, CANCELLED_REASON)) await record(r);
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      await record(rows.failed(err, message.slice(0, 2000)));
+      for (const r of rows.failedRows(err, message.slice(0, 2000))) await record(r);
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);

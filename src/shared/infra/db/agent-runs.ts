@@ -62,6 +62,17 @@ export function stalledRunPart(stalledCounter: number | undefined): string {
   return stalledCounter ? `stalled:${stalledCounter}` : '';
 }
 
+/**
+ * The part of the row of the calls a run served its batch's stored answer made after it (a route's retry or
+ * fallback, on the standard tier; migration 027): `standard:<n>`, n being the job's `stalledCounter` at the run's
+ * fetch (0 for a run fetched before any stall), so each run that ends the attempt has its own such row while the
+ * answer itself stays in the attempt's row, ''. Such a row is no attempt: `usage()` leaves it out of durations and
+ * the cache hit rate.
+ */
+export function afterBatchPart(stalledCounter: number | undefined): string {
+  return `standard:${stalledCounter ?? 0}`;
+}
+
 /** `org` and `total` (one row, key `total`) serve the operator's dashboard; `/v1/usage` offers the first three. */
 export type UsageGroupBy = 'agent' | 'model' | 'day' | 'tier' | 'org' | 'total';
 
@@ -205,13 +216,13 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
  * read, so rows written before it are read the same way.
  */
 const MODEL_SPLIT_SOURCE = `(
-  SELECT model, org_id, created_at, job_id, job_ts, kind, state, cache_hit, duration_ms, input_tokens, output_tokens,
+  SELECT model, org_id, created_at, job_id, job_ts, kind, part, state, cache_hit, duration_ms, input_tokens, output_tokens,
          cost_usd, cached_tokens, thoughts_tokens, standard_cost_usd,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_tokens END AS embedding_tokens,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_cost_usd END AS embedding_cost_usd
   FROM agent_runs
   UNION ALL
-  SELECT $4::text, org_id, created_at, job_id, job_ts, 'embedding', state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
+  SELECT $4::text, org_id, created_at, job_id, job_ts, 'embedding', part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
   FROM agent_runs WHERE kind = 'attempt' AND embedding_tokens > 0
 ) AS agent_runs`;
 
@@ -346,9 +357,9 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
                 COALESCE(sum(embedding_cost_usd) FILTER (WHERE kind = 'ingest'), 0) AS ingest_embedding_cost_usd,
                 COALESCE(sum(embedding_tokens) FILTER (WHERE kind = 'search'), 0) AS search_embedding_tokens,
                 COALESCE(sum(embedding_cost_usd) FILTER (WHERE kind = 'search'), 0) AS search_embedding_cost_usd,
-                COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed' AND kind = 'attempt'), 0) AS cache_hit_rate,
-                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p50,
-                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt') AS p95
+                COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed' AND kind = 'attempt' AND part NOT LIKE 'standard:%'), 0) AS cache_hit_rate,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt' AND part NOT LIKE 'standard:%') AS p50,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt' AND part NOT LIKE 'standard:%') AS p95
          FROM ${byModel ? MODEL_SPLIT_SOURCE : 'agent_runs'}
          WHERE ($1::text IS NULL OR org_id = $1) AND created_at >= $2 AND created_at < $3
          GROUP BY 1
