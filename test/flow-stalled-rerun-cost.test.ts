@@ -64,6 +64,8 @@ describe("a flow child's stalled re-run: the refused run's cost is in its parent
     expect(view.state).toBe('completed');
     expect(view.result.results['RiskAnalyzer:analyze_risks']).toMatchObject({ success: true });
     expect(view.result.totalCostUsd).toBeCloseTo(ledger, 8);
+    // The child's own costUsd counts both runs too (until 2026-12-07: the accepted run's alone, below the total).
+    expect(view.result.results['RiskAnalyzer:analyze_risks'].costUsd).toBeCloseTo(ledger, 8);
   });
 
   it("a pipeline step: the step's costUsd and the run's totalCostUsd count both runs", async () => {

@@ -217,7 +217,7 @@ export function createFlowService(deps: FlowServiceDeps) {
    */
   const readAgain = (settled: ParallelFlowResult, now: ReturnType<typeof fanOutSpend>): ParallelFlowResult => {
     const results = Object.fromEntries(
-      Object.entries(now.results).map(([key, r]) => [key, r.success === false && settled.results[key] ? { ...r, costUsd: Math.max(r.costUsd ?? 0, settled.results[key].costUsd ?? 0) } : r]),
+      Object.entries(now.results).map(([key, r]) => [key, settled.results[key] ? { ...r, costUsd: Math.max(r.costUsd ?? 0, settled.results[key].costUsd ?? 0) } : r]),
     );
     return { ...settled, results, totalCostUsd: Math.max(now.totalCostUsd, settled.totalCostUsd), embedding: now.embedding };
   };

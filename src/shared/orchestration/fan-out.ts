@@ -54,9 +54,12 @@ export function fanOutSpend(
     const outcome = outcomes.get(child.id);
     const b = billed.get(child.id);
     const spend = childSpend(outcome, b);
-    // A failed child's cost is what its attempts were billed; a completed child's result keeps its own cost, and
-    // `totalCostUsd` adds its earlier attempts' and its refused runs' (`completedChildUsd`).
-    const result: FlowChildResult = outcome?.state === 'completed' ? outcome.result : failedChildResult(outcome?.error ?? MISSING, child.model, spend.costUsd ?? 0);
+    // A child's `costUsd` is what it cost, as `totalCostUsd` counts it, so the results add up to the total: a failed
+    // child's attempts, a completed child's completed rows (a stalled run whose completion BullMQ refused, too) and
+    // its earlier attempts (`completedChildUsd`), as a pipeline's step reports it. Until 2026-12-07 a completed child
+    // showed its accepted run's cost alone; `tokensUsed` stays that run's (its result's).
+    const result: FlowChildResult =
+      outcome?.state === 'completed' ? { ...outcome.result, costUsd: spend.costUsd ?? 0 } : failedChildResult(outcome?.error ?? MISSING, child.model, spend.costUsd ?? 0);
     // Its embedding calls, which neither its result nor its cost carries (every run's, from the parent's hash).
     results[child.key] = spend.embedding ? { ...result, embedding: spend.embedding } : result;
     totalCostUsd = sumUsd(totalCostUsd, spend.costUsd ?? 0);

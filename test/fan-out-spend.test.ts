@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import { fanOutSpend } from '../src/shared/orchestration/fan-out.js';
+import type { ChildBilled, ChildOutcome } from '../src/shared/orchestration/child-outcomes.js';
+import type { AgentResult } from '../src/shared/core/types.js';
+import type { FlowChildRef } from '../src/shared/orchestration/flow-data.js';
+
+const child = (id: string, key: string) => ({ id, key, model: 'gemini-2.5-flash' }) as FlowChildRef;
+const result = (costUsd: number) => ({ success: true, data: {}, model: 'gemini-2.5-flash', tokensUsed: { input: 10, output: 5 }, costUsd, durationMs: 1 }) as AgentResult;
+const billed = (usd: number, completedUsd: number): ChildBilled => ({ usd, completedUsd, embedding: { tokens: 0, costUsd: 0 } });
+
+describe("a fan-out's results and total: each child's costUsd is what the total counts for it", () => {
+  it("a completed child's costUsd counts a stalled run whose completion BullMQ refused and its earlier attempts, so the results add up to totalCostUsd", () => {
+    const children = [child('a', 'RiskAnalyzer:analyze_risks'), child('b', 'DealScorer:pipeline_summary'), child('c', 'TaskGenerator:suggest_next_actions')];
+    const outcomes = new Map<string, ChildOutcome>([
+      // Run twice under one attempt (its first run's completion refused): two completed rows, 0.002 + 0.003, the
+      // accepted result the re-run's 0.003; and an earlier attempt that failed billed 0.001.
+      ['a', { state: 'completed', result: result(0.003) }],
+      // A plain child: its one row is its result.
+      ['b', { state: 'completed', result: result(0.004) }],
+      ['c', { state: 'failed', error: 'bad output' }],
+    ]);
+    const spend = fanOutSpend(children, outcomes, new Map([['a', billed(0.001, 0.005)], ['b', billed(0, 0.004)], ['c', billed(0.0007, 0)]]));
+    expect(spend.results['RiskAnalyzer:analyze_risks']).toMatchObject({ success: true, costUsd: 0.006, tokensUsed: { input: 10, output: 5 } });
+    expect(spend.results['DealScorer:pipeline_summary'].costUsd).toBe(0.004);
+    expect(spend.results['TaskGenerator:suggest_next_actions']).toMatchObject({ success: false, costUsd: 0.0007 });
+    expect(spend.totalCostUsd).toBe(0.0107);
+    expect(Object.values(spend.results).reduce((n, r) => n + r.costUsd, 0)).toBeCloseTo(spend.totalCostUsd, 12);
+    // A row summed on the parent by a worker of the version before (no completed sum): the result's own cost.
+    expect(fanOutSpend([children[1]], outcomes, new Map()).results['DealScorer:pipeline_summary'].costUsd).toBe(0.004);
+  });
+});
