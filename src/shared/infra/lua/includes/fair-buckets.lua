@@ -18,7 +18,9 @@ end
 
 local function chargeBucket(key, cap, rate, lv)
   bucketLevels[key] = lv
-  bucketsDirty[key] = { cap, rate }
+  -- Kept from the run's earlier charge when the same: one table per bucket and call, not per job.
+  local d = bucketsDirty[key]
+  if not d or d[1] ~= cap or d[2] ~= rate then bucketsDirty[key] = { cap, rate } end
 end
 
 -- The buckets' write time, formatted once per call for all of them (a number format costs a few us of Redis time).
@@ -135,4 +137,35 @@ local function laneBucketKeys(lane, org, model)
     bucketKeysOf[lane] = k
   end
   return k
+end
+
+-- The buckets a lane's jobs are charged to, built once per call for the lane's plan and model limits (a run
+-- dispatches many jobs of one lane; building them per job, with the org's RPM resolved by a string.lower of the
+-- model, was a tenth of a dispatched job's Redis time): {key, capacity, refill per ms, request-count bucket (its
+-- cost is 1, else the job's token estimate), leased reservoir (ARGV[12]), where its shortfall is reported, the
+-- org's own request rate (a backlogged lane sleeps on it for a batch, WAKE_BATCH_MS)}, only those with a limit.
+-- A batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
+local laneCandidatesOf = {}
+local function laneCandidates(lane, org, model, p, mi)
+  local c = laneCandidatesOf[lane]
+  -- Built from this plan and these limits (each read once per call, re-read only after enqueue changed them).
+  if c and c.p == p and c.mi == mi then return c end
+  c = { p = p, mi = mi }
+  if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
+    local k = laneBucketKeys(lane, org, model)
+    local all = {
+      { k[1], orgRpmOf(p, mi, model), 0, true, false, nil, true },
+      { k[2], p.tpm, 0, false, false },
+      { k[3], mi.rpm, 0, true, LEASED, 2 },
+      { k[4], mi.tpm, 0, false, LEASED, 3 },
+    }
+    for _, b in ipairs(all) do
+      if b[2] and b[2] > 0 then
+        b[3] = b[2] / 60000
+        c[#c + 1] = b
+      end
+    end
+  end
+  laneCandidatesOf[lane] = c
+  return c
 end

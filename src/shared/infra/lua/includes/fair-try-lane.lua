@@ -62,50 +62,36 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     return nil
   end
   local est = tonumber(rcall('HGET', P_JOB .. id, 'e')) or 0
-  local orgRpm = orgRpmOf(p, mi, model)
-  -- The 4th field marks request-count buckets: their cost for the lane's next job is known (1) now. A
-  -- batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
-  local candidates = {}
-  if string.sub(model, -#BATCH_LANE) ~= BATCH_LANE then
-    -- The 5th field marks a leased reservoir (ARGV[12]); the 6th is where its shortfall is reported; the 7th, the
-    -- org's own request rate, which a backlogged lane sleeps on for a batch (WAKE_BATCH_MS): only its lanes spend it.
-    local k = laneBucketKeys(lane, org, model)
-    candidates = {
-      { k[1], orgRpm, 1, true, false, nil, true },
-      { k[2], p.tpm, est, false, false },
-      { k[3], mi.rpm, 1, true, LEASED, 2 },
-      { k[4], mi.tpm, est, false, LEASED, 3 },
-    }
-  end
-  -- All or nothing: check every bucket before charging any.
-  local buckets, wait, limiting = {}, 0, nil
-  local short, reservoirShort = { model, 0, 0 }, false
-  for _, c in ipairs(candidates) do
-    local cap = c[2]
-    if cap and cap > 0 then
-      local rate = cap / 60000
-      -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
-      local need = math.min(c[3], cap)
-      local lv
-      if c[5] then
-        lv = reservoirLevel(c[1])
-        if lv < need then
-          short[c[6]] = need - lv
-          reservoirShort = true
-          -- The lane waits for the lease already asked for (or refused until then), else for the one it asks for.
-          local pending = leasePending(model)
-          local w = pending > now and pending - now or LEASE_WAIT_MS
-          if w > wait then wait, limiting = w, c[1] end
-        end
-      else
-        lv = level(c[1], cap, rate)
-        if lv < need then
-          local w = math.ceil((wakeNeed(c[7], need, cap, rate, lane, heads) - lv) / rate)
-          if w > wait then wait, limiting = w, c[1] end
-        end
+  -- All or nothing: check every bucket before charging any. `lvs[i]`: bucket i's level after this job's cost.
+  local cands = laneCandidates(lane, org, model, p, mi)
+  local lvs, wait, limiting = {}, 0, nil
+  local short, reservoirShort = nil, false
+  for i = 1, #cands do
+    local c = cands[i]
+    local cap, rate = c[2], c[3]
+    local cost = c[4] and 1 or est
+    -- A cost above capacity is admitted on a full bucket and leaves a debt (as token-bucket-take does).
+    local need = cost < cap and cost or cap
+    local lv
+    if c[5] then
+      lv = reservoirLevel(c[1])
+      if lv < need then
+        short = short or { model, 0, 0 }
+        short[c[6]] = need - lv
+        reservoirShort = true
+        -- The lane waits for the lease already asked for (or refused until then), else for the one it asks for.
+        local pending = leasePending(model)
+        local w = pending > now and pending - now or LEASE_WAIT_MS
+        if w > wait then wait, limiting = w, c[1] end
       end
-      buckets[#buckets + 1] = { c[1], cap, rate, lv - c[3], c[4], c[5], c[7] }
+    else
+      lv = level(c[1], cap, rate)
+      if lv < need then
+        local w = math.ceil((wakeNeed(c[7], need, cap, rate, lane, heads) - lv) / rate)
+        if w > wait then wait, limiting = w, c[1] end
+      end
     end
+    lvs[i] = lv - cost
   end
   if limiting then
     sleepLane(lane, math.ceil(nowF + wait), limiting)
@@ -150,11 +136,12 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     if heads.gone >= SWEEP_MAX then return nil, nil, nil, nil, true end
     return tryLane(lane, org, model, v, deferVt, heads, want)
   end
-  for _, b in ipairs(buckets) do
-    if b[6] then
-      setReservoir(b[1], b[4])
+  for i = 1, #cands do
+    local c = cands[i]
+    if c[5] then
+      setReservoir(c[1], lvs[i])
     else
-      chargeBucket(b[1], b[2], b[3], b[4])
+      chargeBucket(c[1], c[2], c[3], lvs[i])
     end
   end
   -- Out of the lane: with the run's others, in one ZREM (flushHeads).
@@ -176,12 +163,13 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- now, as the next try would make it (same wake time or earlier; the wake-up checks every bucket again),
   -- instead of being read again by this call and woken again for the same answer.
   local nextWait, nextLimit = 0, nil
-  for _, b in ipairs(buckets) do
-    local need = math.min(1, b[2])
+  for i = 1, #cands do
+    local c = cands[i]
+    local need = math.min(1, c[2])
     -- (A reservoir does not refill: the lane's next try asks for a lease instead.)
-    if b[5] and not b[6] and b[4] < need then
-      local w = math.ceil((wakeNeed(b[7], need, b[2], b[3], lane, heads) - b[4]) / b[3])
-      if w > nextWait then nextWait, nextLimit = w, b[1] end
+    if c[4] and not c[5] and lvs[i] < need then
+      local w = math.ceil((wakeNeed(c[7], need, c[2], c[3], lane, heads) - lvs[i]) / c[3])
+      if w > nextWait then nextWait, nextLimit = w, c[1] end
     end
   end
   local emptied = false
