@@ -32,7 +32,8 @@ local function writeBucket(key)
   local lv = bucketLevels[key]
   bucketStamp = bucketStamp or string.format('%.3f', nowF)
   rcall('HSET', key, 'tokens', fmt(lv), 'ts', bucketStamp)
-  rcall('PEXPIRE', key, math.ceil((b[1] - lv) / b[2]) + 1000)
+  -- An integer formatted here (`%d`), not by redis.call's `%.17g` of a Lua number: a fraction of its cost.
+  rcall('PEXPIRE', key, string.format('%d', math.ceil((b[1] - lv) / b[2]) + 1000))
   bucketsDirty[key] = nil
 end
 

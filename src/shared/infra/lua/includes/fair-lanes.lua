@@ -71,9 +71,11 @@ local orgLanes, olanesCache = readOnce(function(org) return rcall('SMEMBERS', P_
 -- Sets an org's virtual time and moves all of its active lanes with it (they share one vt). `lanes`: the ones to
 -- move when the caller knows them (a dispatch's run, below: its one lane, or none once it left the race).
 local function setVt(org, v, lanes)
-  rcall('HSET', K_VT, org, fmt(v))
+  -- Formatted once for the HSET and every lane's ZADD (a `%.17g` format is ~5,000 Redis instructions).
+  local s = fmt(v)
+  rcall('HSET', K_VT, org, s)
   for _, l in ipairs(lanes or orgLanes(org)) do
-    rcall('ZADD', K_LANES, 'XX', fmt(v), l)
+    rcall('ZADD', K_LANES, 'XX', s, l)
   end
 end
 
