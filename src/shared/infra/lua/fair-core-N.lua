@@ -248,18 +248,61 @@ end
 
 --- @include "fair-dispatch"
 
---- @include "token-bucket-adjust"
---- @include "fair-release"
-
---- @include "fair-store-parked"
-
+-- A dispatch, and a claim or release that handed over no charge corrections (`early`: the refill, and a release's
+-- fill of the slots it freed) answer here, before the parts only the other ops use (charge corrections, refunds,
+-- cancels, the parked store) are created: ~15 functions whose creation cost the refill ~35k Redis instructions.
 if op == 'dispatch' then
   if ARGV[13] and ARGV[13] ~= '' then
     rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13])
     rcall('HSET', K_WORKERCONC, ARGV[13], ARGV[14])
   end
   return dispatch()
-elseif op == 'enqueue' or op == 'add' then
+elseif op == 'claim' and early then
+  -- Released above (`early.released`) when the claim handed slots over: capped lanes are woken here.
+  if early.released then wakeReleased(early.released) end
+  -- The claim's own part, done above unless the releases woke capped lanes first.
+  local held, cancelled = early.held, early.cancelled
+  if not held then held, cancelled = claimOwn(ARGV[13]) end
+  -- Handed releases (the ids after the corrections, none here: ARGV[21] = 0): as release with dispatch, freed
+  -- slots are filled now when anything is due and the wait list lacks enough for a batch (bufferRoom).
+  -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
+  -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
+  -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
+  -- load: a blocking marker wait and a second fetch per job. Only when the list is empty (the early check found
+  -- nothing queued, in this same call): a list that still holds jobs is refilled by the releases, in batches, at
+  -- one dispatch's fixed cost per batch, not per job.
+  local d = 0
+  if #ARGV >= 22 then
+    -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
+    local room, due = early.room, early.due
+    if not room then
+      room = bufferRoom()
+      due = room > 0 and dueNow()
+    end
+    if due then d = dispatch(nil, due, room) end
+  elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
+    local room = bufferTarget()
+    if room and room > 0 then d = dispatch(nil, early.due, room) end
+  end
+  return claimReply(held, cancelled, d)
+elseif op == 'release' and early then
+  -- Released above (no corrections), here to wake capped lanes or to dispatch what it found due. Whether a dispatch
+  -- now could do anything: skipped otherwise (a throttled org's finished job would only find its lane asleep; the
+  -- armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the dispatch runs here, in the
+  -- release's round trip.
+  local freed = wakeReleased(early.released)
+  local due = early.due or dueNow()
+  if not due then return { freed, 0 } end
+  if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
+  return { freed, 1 }
+end
+
+--- @include "token-bucket-adjust"
+--- @include "fair-release"
+
+--- @include "fair-store-parked"
+
+if op == 'enqueue' or op == 'add' then
   local skipped = {}
   local limitsStored = {}
   -- `add` carries each job's BullMQ fields and idempotency record too and stores the new ones, parked, before
@@ -350,13 +393,9 @@ elseif op == 'enqueue' or op == 'add' then
   end
   return r
 elseif op == 'release' then
-  -- `early`: released above (no corrections), here to wake capped lanes or to dispatch what it found due.
-  local freed
-  if early then freed = wakeReleased(early.released) else freed = releaseFrom(applyCorrections(14)) end
-  -- Whether a dispatch now could do anything: skipped otherwise (a throttled org's finished job would only
-  -- find its lane asleep; the armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the
-  -- dispatch runs here, in the release's round trip.
-  local due = (early and early.due) or dueNow()
+  -- With charge corrections (without, it answered above): as there.
+  local freed = releaseFrom(applyCorrections(14))
+  local due = dueNow()
   if not due then return { freed, 0 } end
   if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
@@ -484,37 +523,22 @@ elseif op == 'removed' then
   if not due then return { freed, forgotten } end
   return { freed, forgotten, dispatch(nil, due) }
 elseif op == 'claim' then
+  -- With charge corrections (without, it answered above: see there for the refill and the handed releases).
   local id = ARGV[13]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
   local from = applyCorrections(21)
   local handed = #ARGV >= from
-  -- Released above when they came without corrections (`early.released`): capped lanes are woken here.
-  if early and early.released then wakeReleased(early.released) elseif handed then releaseFrom(from) end
-  -- The claim's own part, done above when `early` came this far to dispatch.
-  local held, cancelled
-  if early and early.held then held, cancelled = early.held, early.cancelled else held, cancelled = claimOwn(id) end
-  -- Handed releases: as release with dispatch, freed slots are filled now when anything is due and the wait
-  -- list lacks enough for a batch (bufferRoom).
-  -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
-  -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
-  -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
-  -- load: a blocking marker wait and a second fetch per job. Only when the list is empty: a list that still
-  -- holds jobs is refilled by the releases, in batches, at one dispatch's fixed cost per batch, not per job.
+  if handed then releaseFrom(from) end
+  local held, cancelled = claimOwn(id)
   local d = 0
   if handed then
-    -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
-    local room, due = early and early.room, early and early.due
-    if not room then
-      room = bufferRoom()
-      due = room > 0 and dueNow()
-    end
+    local room = bufferRoom()
+    local due = room > 0 and dueNow()
     if due then d = dispatch(nil, due, room) end
   elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
-    -- `early`: the check above found nothing queued, in this same call.
-    local room
-    if early then room = bufferTarget() else room = roomIfEmpty() end
-    if room and room > 0 then d = dispatch(nil, early and early.due, room) end
+    local room = roomIfEmpty()
+    if room and room > 0 then d = dispatch(nil, nil, room) end
   end
   return claimReply(held, cancelled, d)
 elseif op == 'orphans' then
