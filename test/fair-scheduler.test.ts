@@ -381,6 +381,13 @@ describe('fair scheduler round trips', () => {
     expect(count('ZADD', leases)).toBe(1);
     expect(count('HINCRBY', inflight)).toBe(2);
     expect(count('LPUSH', wait)).toBe(1);
+    // Each org's lane is read once and its jobs leave it in one ZREM, though the orgs took turns (a lane set aside
+    // when its org's turn ended was written and read again: a ZREM and a ZRANGE per job).
+    for (const org of [a, b]) {
+      const lane = `${c.scheduler.keys.named.lanePrefix}${org}|${FLASH}`;
+      expect([count('ZRANGE', lane), count('ZREM', lane)]).toEqual([1, 1]);
+    }
+    expect(await c.redis.zrange(`${c.scheduler.keys.named.lanePrefix}${a}|${FLASH}`, 0, -1)).toEqual(ids.slice(3, 5));
     // The same state as a command per job: every slot leased, counted per org, and the list in dispatch order.
     expect(await c.redis.zcard(leases)).toBe(8);
     expect(await c.redis.hgetall(inflight)).toEqual({ [a]: '3', [b]: '5' });

@@ -139,14 +139,15 @@ local function dispatch(skipped, knownDue, knownRoom)
   -- (ZRANGE) meanwhile, and the vt (`v`, the next try's) is written once when the run ends, not per job (HSET + ZADD).
   local lane, org, model, v, bound, single
   local inRun = false
-  -- The lane's head is read once for a run, and the run's jobs leave the lane in one ZREM (flushHeads).
+  -- A lane's head is read once per dispatch, and the jobs it took leave the lane in one ZREM (flushHeads).
   local heads = newHeads()
   while #out < limit do
     if not inRun then
-      flushHeads(heads)
       local top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
       if #top == 0 then break end
       org = splitLane(top[1])
+      -- An org of several lanes: its best lane is chosen by their heads as stored, so the jobs taken leave first.
+      if #orgLanes(org) > 1 then flushAllHeads(heads) end
       lane = bestLaneOf(org, top[1])
       model = select(2, splitLane(lane))
       v, bound, single = tonumber(top[2]), tonumber(top[4]), #orgLanes(org) < 2
@@ -178,7 +179,7 @@ local function dispatch(skipped, knownDue, knownRoom)
       out[#out + 1] = id
     end
   end
-  flushHeads(heads)
+  flushAllHeads(heads)
   if inRun then setVt(org, v, { lane }) end
   if #out >= MAX_BATCH then more = 1 end
   flushDispatched()

@@ -1,20 +1,39 @@
 -- Part of fair-core-N.lua, pasted where it says `--- @include "fair-try-lane"` (lua.ts readLua): one lane's head job tried against its org's share, slots and buckets.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
--- The head of the lane a dispatch is trying, read once for a run of tries on it (see dispatch): `ids` the lane's
--- first jobs as read, `pos` the next one to try, `taken` those dispatched but still in the lane's ZSET, removed in
--- one ZREM by flushHeads. Only tryLane reads it, and only flushHeads writes the lane from it: dispatch flushes
--- it whenever a run ends, before anything else reads a lane (bestLaneOf, an emptied lane's check).
--- `gone`: jobs found removed from BullMQ and dropped in this dispatch (see tryLane).
-local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0, gone = 0 } end
+-- The head of the lane a dispatch is trying, read once per dispatch (see dispatch): `ids` the lane's first jobs as
+-- read, `pos` the next one to try, `taken` those dispatched but still in the lane's ZSET, removed in one ZREM by
+-- flushHeads. Only tryLane reads it, and only flushHeads writes the lane from it. A lane the dispatch turns from
+-- (its org's run ended: orgs of equal share take turns, one job each) is set aside in `saved`, not written and read
+-- again: a dispatch of k jobs across orgs cost a ZRANGE and a ZREM per job. Nothing else in a dispatch's loop reads
+-- a lane's jobs but bestLaneOf (dispatch flushes every lane first, flushAllHeads) and the emptied lane's check
+-- (after its own flush, in tryLane). `gone`: jobs found removed from BullMQ and dropped in this dispatch (see tryLane).
+local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0, gone = 0, saved = {} } end
 local function flushHeads(h)
   if #h.taken > 0 then rcall('ZREM', P_LANE .. h.lane, unpack(h.taken)) end
   h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
+end
+local function flushAllHeads(h)
+  flushHeads(h)
+  for lane, s in pairs(h.saved) do
+    if #s.taken > 0 then rcall('ZREM', P_LANE .. lane, unpack(s.taken)) end
+  end
+  h.saved = {}
 end
 
 -- The lane's next job to try and whether another follows it (true also when that is not known yet: the rest
 -- was not read); nil when the lane holds none. `want`: how many to read when the lane is not read yet.
 local function headOf(h, lane, want)
-  if h.lane ~= lane or (h.ids[h.pos] == nil and #h.ids == h.want) then
+  if h.lane ~= lane then
+    if h.lane then h.saved[h.lane] = { ids = h.ids, pos = h.pos, taken = h.taken, want = h.want } end
+    local s = h.saved[lane]
+    if s then
+      h.saved[lane] = nil
+      h.lane, h.ids, h.pos, h.taken, h.want = lane, s.ids, s.pos, s.taken, s.want
+    else
+      h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
+    end
+  end
+  if h.lane == nil or (h.ids[h.pos] == nil and #h.ids == h.want) then
     flushHeads(h)
     h.lane, h.want = lane, math.max(2, want)
     h.ids = rcall('ZRANGE', P_LANE .. lane, '0', h.want - 1)
