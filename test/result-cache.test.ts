@@ -5,14 +5,14 @@ import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { POLL, waitsTimeout } from './helpers/wait.js';
-import { canonicalJson as canonicalised } from '../src/shared/core/canonical-json.js';
-
-// Counted, not changed: each call is one hash of a key's parts (resultCacheHash canonicalises the input).
-vi.mock('../src/shared/core/canonical-json.js', async (importOriginal) => {
-  const real = await importOriginal<typeof import('../src/shared/core/canonical-json.js')>();
-  return { canonicalJson: vi.fn(real.canonicalJson) };
-});
-const hashes = () => vi.mocked(canonicalised).mock.calls.length;
+// Counted, not changed: each call is one hash of a key's parts. Injected, not vi.mock'ed: test files share a
+// worker's module graph (isolate: false), so a module mocked here may already be loaded unmocked.
+let hashCount = 0;
+const hashes = () => hashCount;
+const countingHash = (p: CacheKeyParts) => {
+  hashCount++;
+  return resultCacheHash(p);
+};
 
 const clients: Redis[] = [];
 const client = () => {
@@ -28,7 +28,7 @@ afterAll(async () => {
 function pair(over: Partial<Parameters<typeof createResultCache>[0]> = {}) {
   const prefix = randomPrefix();
   const redises = [client(), client()];
-  const make = (redis: Redis) => createResultCache<AgentResult>({ redis, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, ...over });
+  const make = (redis: Redis) => createResultCache<AgentResult>({ redis, prefix, l1Max: 100, l1TtlMs: 60_000, l2TtlS: 60, hashParts: countingHash, ...over });
   return [make(redises[0]), make(redises[1]), prefix, redises] as const;
 }
 

@@ -111,6 +111,8 @@ export interface ResultCacheOptions {
   /** Called when this process has applied an invalidation broadcast (tests, metrics); `orgId` '' is every org. */
   onInvalidation?: (orgId: string, agent: string | undefined) => void;
   logger?: Logger;
+  /** The hash of a key's parts (default `resultCacheHash`): injected by tests that count how often parts are hashed. */
+  hashParts?: (p: CacheKeyParts) => string;
 }
 
 export { canonicalJson };
@@ -146,6 +148,7 @@ export function resultCacheHash(p: CacheKeyParts): string {
  */
 export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): ResultCache<T> {
   const { redis, prefix } = opts;
+  const hashParts = opts.hashParts ?? resultCacheHash;
   const lockTtlMs = opts.lockTtlMs ?? 15_000;
   const waitTimeoutMs = opts.waitTimeoutMs ?? 120_000;
   const maxPollMs = opts.maxPollMs ?? 200;
@@ -224,7 +227,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     const plain = JSON.stringify([p.orgId, p.agent, p.action, p.model, p.promptVersion, p.input]);
     const known = keyMemo.get(plain);
     if (known) return known;
-    const hash = resultCacheHash(p);
+    const hash = hashParts(p);
     // Frozen: one array is handed to every job with these parts (callers copy it into their script calls).
     const k = { hash, keys: Object.freeze([orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)]) };
     if (plain.length > KEY_MEMO_MAX_CHARS) return k;
