@@ -214,6 +214,37 @@ describe('SSE job streams', () => {
     }
   });
 
+  it('the shared reader gives a subscriber that joins behind a read in flight the entries it read past, not only what came after', async () => {
+    // The join's wake-up cannot cut the blocked read short (UNBLOCK answers 0, as when the read has not reached Redis
+    // yet): the read then answers from the first subscriber's position, which the joiner is behind.
+    const control = new Proxy(s.runtime.deps.redis, {
+      get(target, prop, receiver) {
+        if (prop === 'client') return async () => 0;
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const reader = createStreamReader({ connect: () => createRedis(redisUrl(), 'worker'), control, blockMs: 60_000, count: 10, logger: s.logger });
+    const key = jobStreamKey(s.cfg.QUEUE_PREFIX, `joiner-${Date.now()}`);
+    const redis = s.runtime.deps.redis;
+    const ids: string[] = [];
+    for (let i = 0; i < 3; i++) ids.push((await redis.xadd(key, '*', 'n', String(i)))!);
+    const first: string[] = [];
+    const joiner: string[] = [];
+    try {
+      reader.subscribe(key, '0-0', (es) => first.push(...es.map(([id]) => id)), () => {});
+      await vi.waitFor(() => expect(first).toEqual(ids), POLL);
+      // The reader now blocks from the last id; the joiner starts from the beginning.
+      reader.subscribe(key, '0-0', (es) => joiner.push(...es.map(([id]) => id)), () => {});
+      ids.push((await redis.xadd(key, '*', 'n', '3'))!);
+      await vi.waitFor(() => expect(first).toEqual(ids), POLL);
+      await vi.waitFor(() => expect(joiner).toEqual(ids), POLL);
+    } finally {
+      await reader.close();
+      await redis.del(key);
+    }
+  });
+
   it('answers another org exactly like a missing job', async () => {
     const id = await enqueue({ agent: 'RiskAnalyzer', action: 'analyze_risks', input: riskInput('Private'), options: { stream: true } });
     const stranger = { authorization: `Bearer ${await s.newKey()}` };

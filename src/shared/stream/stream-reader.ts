@@ -86,10 +86,17 @@ export function createStreamReader(o: StreamReaderOptions) {
     return { keys, ids };
   }
 
-  function dispatch(reply: Array<[string, RawEntry[]]>): void {
+  /**
+   * `from`: the id each stream was read from. A read holds only the entries past it, so a subscriber further back
+   * (one that joined, or resumed, while the read was in flight and its wake-up did not cut it short) gets none of
+   * them: delivering them would move its position past the entries between, never to be read. The next read starts
+   * from its position and serves it.
+   */
+  function dispatch(reply: Array<[string, RawEntry[]]>, from: Map<string, string>): void {
     for (const [key, entries] of reply) {
+      const start = from.get(key);
       for (const sub of [...(byKey.get(key) ?? [])]) {
-        if (!sub.active) continue;
+        if (!sub.active || start === undefined || compareStreamIds(sub.last, start) < 0) continue;
         const fresh = entries.filter(([id]) => compareStreamIds(id, sub.last) > 0);
         if (fresh.length === 0) continue;
         sub.last = fresh[fresh.length - 1][0];
@@ -149,7 +156,7 @@ export function createStreamReader(o: StreamReaderOptions) {
         await locate(c, keys[0]);
         const reply = (await c.xread('COUNT', o.count, 'BLOCK', o.blockMs, 'STREAMS', ...keys, ...ids)) as Array<[string, RawEntry[]]> | null;
         reading = undefined;
-        if (reply) dispatch(reply);
+        if (reply) dispatch(reply, new Map(keys.map((k, i) => [k, ids[i]])));
       } catch (err) {
         reading = undefined;
         if (closed) return;
