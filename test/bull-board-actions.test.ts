@@ -2,14 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys } from '../src/shared/core/queue-keys.js';
+import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { POLL } from './helpers/wait.js';
+import { POLL, until } from './helpers/wait.js';
 
 const ADMIN_TOKEN = 'board-actions-admin-0123456789';
 const headers = { authorization: `Bearer ${ADMIN_TOKEN}` };
@@ -73,6 +73,61 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect(await level(`rpm:org:${org}:${FLASH}`, 1)).toBeLessThan(0.1);
     expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeLessThan(100_000 - 10);
     expect((await dispatch()).promoted).toEqual([]);
+  });
+
+  /**
+   * The board read the job (its page, then the click), and before its remove went on that job was removed (another
+   * removal, a cancel) and its idempotency key made a new job of the id, which the dispatcher dispatched. The board's
+   * remove called the dispatcher's cancel by id (until 2026-12-07): it took the new job's slot and dispatch charge,
+   * and BullMQ's removal by id then removed the new job the operator never saw.
+   */
+  it("the board's remove of a job replaced since the board read it leaves the new job, its slot and its dispatch charge", async () => {
+    const { org, key } = await newOrg({ concurrency: 1, rpm: 10, tpm: 100_000 });
+    const idem = `board-replaced-${org}`;
+    const job = { ...markedJob(`replaced-${org}`, FLASH), options: { model: FLASH, idempotencyKey: idem } };
+    const id = await postJob(s, key, job);
+    const oldTs = (await s.runtime.queue.getJob(id))!.timestamp;
+    await dispatch();
+    expect(await state(id)).toBe('waiting');
+    const { scheduler, queue } = cell();
+    const cancel = scheduler.cancel.bind(scheduler);
+    let newTs = 0;
+    // The window, held where the board's remove reaches the dispatcher: the job read is removed, the key (its record
+    // lapsed, by hand here as IDEMPOTENCY_TTL_S would) makes a new job of the id, and that job is dispatched.
+    const spy = vi.spyOn(scheduler, 'cancel').mockImplementationOnce(async (jobId, jobTs) => {
+      await cancel(jobId);
+      await queue.remove(jobId);
+      await scheduler.removed([jobId]);
+      await until('a clock past the job read', () => Date.now() > oldTs);
+      await s.runtime.deps.redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, jobId));
+      expect(await postJob(s, key, job)).toBe(jobId);
+      newTs = (await queue.getJob(jobId))!.timestamp;
+      // Dispatched: by its add (the wait list has room for the test's worker's ask), else here.
+      await dispatch();
+      expect(await state(jobId)).toBe('waiting');
+      expect(await leased()).toContain(jobId);
+      return cancel(jobId, jobTs);
+    });
+    try {
+      // The job the board read is gone: its remove answers as BullMQ's remove of a missing job does.
+      const res = await boardAction(s, `${QUEUE.agent}/${id}/clean`);
+      expect(res.statusCode, res.body).toBe(204);
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+    }
+    expect(newTs).toBeGreaterThan(oldTs);
+    // The new job is still there, dispatched: its slot (the org at its cap of 1) and its charge stand.
+    expect(await state(id)).toBe('waiting');
+    expect((await s.runtime.queue.getJob(id))!.timestamp).toBe(newTs);
+    expect(await leased()).toContain(id);
+    expect(await stats(org)).toMatchObject({ inFlight: 1 });
+    expect(await level(`tpm:org:${org}:${FLASH}`, 100_000)).toBeLessThan(100_000 - 10);
+    // No hold left on it: the board's own remove of it goes through, giving both back.
+    expect(await s.runtime.deps.redis.exists(`${queue.toKey(id)}:lock`)).toBe(0);
+    expect((await boardAction(s, `${QUEUE.agent}/${id}/clean`)).statusCode).toBe(204);
+    expect(await state(id)).toBe('unknown');
+    expect(await stats(org)).toMatchObject({ inFlight: 0 });
   });
 
   it('the board\'s clean of waiting jobs gives back their slots and charges, and the org\'s parked job goes in the same call', async () => {

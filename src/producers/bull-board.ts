@@ -10,6 +10,7 @@ import type { Job, Queue } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { z } from 'zod';
 import { isParked } from '../shared/fair/park.js';
+import { createIncarnationRemoval } from '../shared/queue/incarnation-removal.js';
 import { currentStored } from '../shared/core/job-stage.js';
 import { ConflictError, ObliterateRefusedError, QueueNotPausedError, RemovalRefusedError } from '../shared/core/errors.js';
 import { conflictBody } from './http-errors.js';
@@ -128,6 +129,9 @@ type AdapterOptions = ConstructorParameters<typeof BullMQAdapter>[1];
  * on a timer is due now (each of them, for a promote-all), and a retried job's new run starts with a stream of its own. The board's answers and what it removes or retries stay its own.
  */
 class ShardQueueAdapter extends BullMQAdapter {
+  /** BullMQ's removal of an agent job, for the job the board read only. */
+  private readonly removal: ReturnType<typeof createIncarnationRemoval>;
+
   constructor(
     private readonly bullQueue: Queue,
     options: AdapterOptions,
@@ -135,6 +139,7 @@ class ShardQueueAdapter extends BullMQAdapter {
     private readonly agent: boolean,
   ) {
     super(bullQueue, options);
+    this.removal = createIncarnationRemoval(bullQueue);
   }
 
   override async getJob(id: string): Promise<Job | undefined> {
@@ -192,12 +197,17 @@ class ShardQueueAdapter extends BullMQAdapter {
     // BullMQ's remove, answering whether it removed the job: false when it refused (the job or a child it would take
     // is locked), which `actions` answers as a 409 naming why (job.remove threw a bare Error for it, a 500).
     const removeOrRefuse = (o?: { removeChildren?: boolean }) => this.bullQueue.remove(id, o).then((n) => n === 1);
+    // An agent job's: of the job read only (its creation time). A job made under the id since (the one read removed,
+    // its idempotency key sent again) is kept, with its lane, slot and charge: the job the operator saw is gone, as
+    // BullMQ's remove of a missing job answers. A worker holding the job read refuses it, as BullMQ's does.
+    const timestamp = job.timestamp;
+    const removeRead = (o?: { removeChildren?: boolean }) => this.removal(id, timestamp, o).then((r) => r !== 'locked');
     const removeChildren = job.removeUnprocessedChildren.bind(job);
     const retry = job.retry.bind(job);
     const promote = job.promote.bind(job);
     // A parent's remove takes its children with it (BullMQ's default), unless told not to.
     job.remove = this.agent
-      ? (o) => actions.remove(id, () => removeOrRefuse(o))
+      ? (o) => actions.remove(id, timestamp, () => removeRead(o))
       : (o) => (o?.removeChildren === false ? remove(o) : actions.removeChildren(job, () => removeOrRefuse(o)));
     // It leaves the children a worker holds and takes the others: never refused.
     job.removeUnprocessedChildren = () => actions.removeChildren(job, () => removeChildren().then(() => true), { unprocessed: true });

@@ -17,9 +17,12 @@ export interface BoardActions {
    * Removes one job with `remove` (BullMQ's; false when BullMQ refused, the job being locked), the dispatcher
    * following: a job dispatched and not fetched gives back its slot and its dispatch's charge, a laned one leaves its
    * lane, and any other slot whose job the removal took (a parent's children, a stalled job) is freed at once instead
-   * of at the lease sweep. Refused: RemovalRefusedError (409, EJOBLOCKED: a worker is running it).
+   * of at the lease sweep. Refused: RemovalRefusedError (409, EJOBLOCKED: a worker is running it). `jobTs`: the
+   * creation time of the job the board read: the dispatcher's cancel takes that job only, never one made under its
+   * id since (the one read removed, its idempotency key sent again), whose lane, slot and charge stay its own, as
+   * its life does (`remove` is the guarded removal, incarnation-removal.ts).
    */
-  remove(jobId: string, remove: () => Promise<boolean>): Promise<void>;
+  remove(jobId: string, jobTs: number, remove: () => Promise<boolean>): Promise<void>;
   /**
    * Removes a parent's children with `remove` (BullMQ's: the parent's remove, which takes them all with it, or with
    * `unprocessed` its removeUnprocessedChildren, which takes the pending ones no worker holds), the dispatcher
@@ -92,12 +95,14 @@ export function createBoardActions(deps: {
   };
 
   return {
-    async remove(jobId, remove) {
+    async remove(jobId, jobTs, remove) {
       // Before the removal: only then can the dispatcher tell a job no worker fetched (still in BullMQ's wait list,
       // unlocked: its charge goes back) from one that ran (its worker's release gives back what it did not spend).
       // A worker that fetches it between this and the removal finds no slot: its fair gate parks it and lanes it
       // again, and the removal then takes it from there, or fails as the board's remove of an active job does.
-      await scheduler.cancel(jobId);
+      // Only the job read: by id alone (until 2026-12-07) it took the lane, or the slot and charge, of a job made
+      // under the id since, which the removal then removed too (BullMQ's, by id), or, guarded, kept without them.
+      await scheduler.cancel(jobId, jobTs);
       if (!(await remove())) throw new RemovalRefusedError(jobId);
       // An agent job's removal takes that job alone (its parent is in the flows queue): its slot, if the
       // dispatcher still holds one (the job was fetched meanwhile), without walking every lease of the shard. A slot
