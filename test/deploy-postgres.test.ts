@@ -5,6 +5,20 @@ import { join } from 'node:path';
 import pg from 'pg';
 import { freePort } from '../src/shared/infra/redis/redis-server.js';
 import { afterAll, describe, expect, it } from 'vitest';
+import { exitGuard, exitWithin } from './helpers/processes.js';
+import { waitsTimeout } from './helpers/wait.js';
+
+/** How long a postgres told SIGINT (a fast shutdown) is given to stop; then its postmaster is SIGKILLed. */
+const PG_STOP_MS = 30_000;
+/** How long a postgres started is given to say it accepts connections. */
+const PG_READY_MS = 30_000;
+const killQuietly = (pid: number) => {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // gone already
+  }
+};
 
 // No Docker engine here, but the machine's own PostgreSQL (Debian's, contrib included like the pgvector
 // image's) can run the compose file's postgres command, so its settings are checked by a real server.
@@ -29,15 +43,21 @@ describe('docker-compose.yml postgres service, run by a real PostgreSQL', () => 
   const data = join(dir, 'data');
   let server: ReturnType<typeof spawn> | undefined;
   afterAll(async () => {
+    try {
+      await stopServer();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+  const stopServer = async () => {
     if (server && server.exitCode === null) {
       const exited = new Promise((r) => server!.once('exit', r));
       // The postmaster itself (runuser passes SIGTERM on, not SIGINT): a fast shutdown.
       const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
       process.kill(pid, 'SIGINT');
-      await exited;
+      await exitWithin({ child: server, exited }, PG_STOP_MS, 'the compose postgres to stop on SIGINT', { kill: () => killQuietly(pid) });
     }
-    rmSync(dir, { recursive: true, force: true });
-  });
+  };
 
   it('starts with its shared_buffers and pg_prewarm\'s autoprewarm, which dumps the cached blocks a restart reloads', async () => {
     const cmd = composePostgresCommand();
@@ -55,7 +75,7 @@ describe('docker-compose.yml postgres service, run by a real PostgreSQL', () => 
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     // Connect once the server says it is ready (an earlier attempt would be refused with a FATAL line).
-    await expect.poll(() => stderr, { timeout: 30_000, interval: 100 }).toMatch(/database system is ready to accept connections/);
+    await expect.poll(() => stderr, { timeout: PG_READY_MS, interval: 100 }).toMatch(/database system is ready to accept connections/);
     const client = new pg.Client({ host: dir, port, user: 'agentq', database: 'postgres' });
     await client.connect();
     try {
@@ -91,12 +111,16 @@ describe('docker-compose.yml postgres healthcheck, run against a real PostgreSQL
   const stop = async () => {
     if (!server || server.exitCode !== null) return;
     const exited = new Promise((r) => server!.once('exit', r));
-    process.kill(Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]), 'SIGINT');
-    await exited;
+    const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    process.kill(pid, 'SIGINT');
+    await exitWithin({ child: server, exited }, PG_STOP_MS, 'the healthcheck postgres to stop on SIGINT', { kill: () => killQuietly(pid) });
   };
   afterAll(async () => {
-    await stop();
-    rmSync(dir, { recursive: true, force: true });
+    try {
+      await stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
   /** Starts the server listening on `listen` (TCP addresses; '' = the unix socket in `dir` only) and waits until it is ready. */
   const start = async (port: number, listen: string) => {
@@ -104,7 +128,7 @@ describe('docker-compose.yml postgres healthcheck, run against a real PostgreSQL
     server = spawn(asPostgres[0] ?? args[0], [...asPostgres.slice(1), ...(asPostgres.length ? args : args.slice(1))], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    await expect.poll(() => stderr, { timeout: 30_000, interval: 100 }).toMatch(/database system is ready to accept connections/);
+    await expect.poll(() => stderr, { timeout: PG_READY_MS, interval: 100 }).toMatch(/database system is ready to accept connections/);
   };
   /** The healthcheck's exit code; PGHOST (the socket dir) stands for the image's default socket, PGPORT for 5432. */
   const check = (command: string, port: number) => spawnSync('sh', ['-c', command], { env: { ...process.env, PGHOST: dir, PGPORT: String(port) }, encoding: 'utf8' }).status;
@@ -124,5 +148,5 @@ describe('docker-compose.yml postgres healthcheck, run against a real PostgreSQL
     // The server the entrypoint execs once init is done listens on TCP too.
     await start(port, '127.0.0.1');
     expect(check(healthcheck, port), `"${healthcheck}" once TCP is open`).toBe(0);
-  });
+  }, waitsTimeout(PG_READY_MS, exitGuard(PG_STOP_MS), PG_READY_MS));
 });

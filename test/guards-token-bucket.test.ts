@@ -11,6 +11,10 @@ import { DelayJobError } from '../src/workers/middleware.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
+import { exitGuard, exitWithin } from './helpers/processes.js';
+
+/** How long a bucket process is given, once told to go, for its 2 s of takes, its tally and its exit. */
+const TALLY_MS = 60_000;
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 
@@ -55,13 +59,14 @@ describe('token buckets', () => {
     await redis.quit();
   });
 
-  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 180_000 }, async () => {
+  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 180_000 + exitGuard(TALLY_MS) }, async () => {
     const capacity = 20;
     const refillPerSec = 40;
     const env = { REDIS_URL: redisUrl(), PREFIX: randomPrefix(), BUCKET: 'shared', CAPACITY: String(capacity), REFILL_PER_SEC: String(refillPerSec), DURATION_MS: '2000' };
     const workers = await Promise.all(Array.from({ length: 4 }, () => startWorker(env)));
     for (const w of workers) w.child.stdin!.end('go\n');
-    const tallies = await Promise.all(workers.map((w) => w.result));
+    // Each one's tally once its 2 s are up, and its exit: bounded, a process that hangs is killed and named.
+    const tallies = await Promise.all(workers.map((w, i) => exitWithin({ child: w.child, exited: w.result }, TALLY_MS, `bucket process ${i + 1}'s tally and exit`)));
 
     const admitted = tallies.reduce((n, t) => n + t.admitted, 0);
     const first = Math.min(...tallies.map((t) => t.firstMs));

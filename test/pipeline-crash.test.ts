@@ -8,6 +8,10 @@ import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, within } from './helpers/wait.js';
 import { usageWritten } from './helpers/usage.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS } from './helpers/processes.js';
+
+/** How long the second worker process is given to close its worker and connections and exit once told SIGTERM. */
+const TERM_EXIT_MS = 30_000;
 
 /** One latency-only fault per step prompt tags each step's model calls (`fault: "latency:N"`) without changing them. */
 const STEP_PROMPTS = { profile: 'Extract the profile.', risks: 'Analyse the risks of this startup.', tasks: 'Build the plan for this startup.' } as const;
@@ -116,7 +120,7 @@ describe('pipeline run survives a killed worker process', () => {
     expect(before.state).toBe('active');
     expect(before.steps[0].state).toBe('completed');
     first.child.kill('SIGKILL');
-    await first.closed;
+    await exitWithin({ child: first.child, exited: first.closed }, KILLED_EXIT_MS, 'the first worker process to close once SIGKILLed');
 
     const second = startWorker();
     await second.line((l) => l.ready === true);
@@ -139,7 +143,7 @@ describe('pipeline run survives a killed worker process', () => {
     expect(rows.map((r) => [r.job_id, r.state])).toEqual(STEPS.map((st) => [`${runId}-${st}`, 'completed']).sort());
 
     second.child.kill('SIGTERM');
-    await second.closed;
+    await exitWithin({ child: second.child, exited: second.closed }, TERM_EXIT_MS, 'the second worker process to exit on SIGTERM');
     expect(second.child.exitCode).toBe(0);
-  }, 90_000);
+  }, 90_000 + exitGuard(KILLED_EXIT_MS) + exitGuard(TERM_EXIT_MS));
 });

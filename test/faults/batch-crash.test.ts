@@ -5,7 +5,10 @@ import { createBatchApi } from '../../src/shared/infra/llm/batch-api.js';
 import type { BatchPoint } from '../../src/workers/ops/batch-collector.js';
 import { processEnv, riskJob, runRows } from '../helpers/faults.js';
 import { recordEvents } from '../helpers/fair.js';
-import { stopProcess, watch, type AgentqProcess } from '../helpers/processes.js';
+import { exitGuard, exitWithin, stopProcess, watch, type AgentqProcess } from '../helpers/processes.js';
+
+/** How long the victim is given to reach its kill point and kill itself once the jobs are enqueued. */
+const SELF_KILL_MS = 60_000;
 import { startStack, type Stack } from '../helpers/stack.js';
 import { nodeArgsFor } from '../helpers/transpiled.js';
 
@@ -96,7 +99,7 @@ describe('batch tier: a worker SIGKILLed at each step of a collector run', () =>
         ids.push(res.json().id as string);
       }
 
-      expect(await victim.exited).toBeNull();
+      expect(await exitWithin(victim, SELF_KILL_MS, `the victim killing itself at ${point}`)).toBeNull();
       expect(victim.child.signalCode).toBe('SIGKILL');
       expect(victim.lines.filter((l) => l.at).at(-1)).toEqual({ at: point });
       expect(batchCalls()).toHaveLength(created);
@@ -131,5 +134,5 @@ describe('batch tier: a worker SIGKILLed at each step of a collector run', () =>
     } finally {
       await events.close();
     }
-  }, 60_000);
+  }, 60_000 + exitGuard(SELF_KILL_MS));
 });

@@ -1,6 +1,6 @@
 import type { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS, spawnAgentq, type AgentqProcess } from '../helpers/processes.js';
 import { UNTHROTTLED, figure, processEnv, runRows } from '../helpers/faults.js';
 import { until } from '../helpers/wait.js';
 import { activeByOrg, markedJob, openQueue, postBulk, putPlan, recordEvents, sampler } from '../helpers/fair.js';
@@ -31,7 +31,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
   }, 60_000);
   afterAll(async () => {
     for (const c of children) if (c.child.exitCode === null && c.child.signalCode === null) c.kill('SIGKILL');
-    await Promise.all(children.map((c) => c.exited));
+    await Promise.all(children.map((c) => exitWithin(c, KILLED_EXIT_MS, 'a worker to close once SIGKILLed')));
     await queue?.close();
     await s?.close();
   });
@@ -69,7 +69,7 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       await Promise.all([start(), start()]);
       const killedAt = log.events.length;
       victim.kill('SIGKILL');
-      expect(await victim.exited).toBeNull();
+      expect(await exitWithin(victim, KILLED_EXIT_MS, 'the victim worker to close once SIGKILLed')).toBeNull();
 
       // BullMQ's stalled check gives the victim's jobs to the others, which run them with the slots they hold.
       for (const id of held) await log.waitFor((e) => e.jobId === id && e.event === 'completed', { from: killedAt, timeoutMs: 60_000 });
@@ -106,5 +106,5 @@ describe('fair dispatch: org concurrency cap across worker processes, and a work
       await slots.stop();
       await log.close();
     }
-  }, 240_000);
+  }, 240_000 + exitGuard(KILLED_EXIT_MS));
 });

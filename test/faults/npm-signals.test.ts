@@ -1,10 +1,15 @@
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnNpmScript, stopProcess, type AgentqProcess } from '../helpers/processes.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS, spawnNpmScript, stopProcess, type AgentqProcess } from '../helpers/processes.js';
+import { SHUTDOWN_MARGIN_MS } from '../../src/app/shutdown.js';
 import { processEnv, riskJob } from '../helpers/faults.js';
 import { startStack, type Stack } from '../helpers/stack.js';
 import { freePort } from '../../src/shared/infra/redis/redis-server.js';
 import { until } from '../helpers/wait.js';
+
+/** The drain's grace (SHUTDOWN_GRACE_MS); told to stop, agentq exits by it and the shutdown margin, then npm closes. */
+const GRACE_MS = 20_000;
+const DRAIN_EXIT_MS = GRACE_MS + SHUTDOWN_MARGIN_MS + KILLED_EXIT_MS;
 
 const alive = (pid: number) => {
   try {
@@ -29,7 +34,7 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
   beforeAll(async () => {
     s = await startStack();
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
-    env = processEnv(s, { SHUTDOWN_GRACE_MS: '20000', WORKER_CONCURRENCY: '2' });
+    env = processEnv(s, { SHUTDOWN_GRACE_MS: String(GRACE_MS), WORKER_CONCURRENCY: '2' });
   });
   afterAll(async () => {
     await Promise.all(children.map((c) => stopProcess(c, 5000)));
@@ -57,14 +62,14 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
     const id = res.json().id as string;
     await until('the job to be mid-call in the worker', async () => s.emulator.calls().some((c) => c.kind === 'generate'), 30_000);
     worker.kill('SIGTERM');
-    expect(await worker.exited).toBe(0);
+    expect(await exitWithin(worker, DRAIN_EXIT_MS, 'npm run worker to exit after SIGTERM')).toBe(0);
     const msgs = worker.lines.map((l) => l.msg);
     expect(worker.lines.find((l) => String(l.msg).startsWith('shutting down'))).toMatchObject({ signal: 'SIGTERM', pid });
     expect(msgs.indexOf('job completed')).toBeGreaterThan(msgs.findIndex((m) => String(m).startsWith('shutting down')));
     expect(msgs.at(-1)).toBe('stopped');
     expect(await (await Job.fromId(queue, id))!.getState()).toBe('completed');
     expect(alive(pid)).toBe(false);
-  }, 120_000);
+  }, 120_000 + exitGuard(DRAIN_EXIT_MS));
 
   it('npm start + SIGINT and npm run api + SIGTERM: both drain and exit 0, no orphan', async () => {
     // PORT is 1..65535: each API listens on a port of its own.
@@ -77,11 +82,11 @@ describe('npm scripts forward SIGTERM / SIGINT to agentq', () => {
         await p.waitForLog((l) => l.msg === ready, 60_000);
         const pid = appPid(p);
         p.kill(signal);
-        expect(await p.exited).toBe(0);
+        expect(await exitWithin(p, DRAIN_EXIT_MS, `npm (${ready}) to exit after ${signal}`)).toBe(0);
         expect(p.lines.find((l) => String(l.msg).startsWith('shutting down'))).toMatchObject({ signal, pid });
         expect(p.lines.at(-1)!.msg).toBe('stopped');
         expect(alive(pid)).toBe(false);
       }),
     );
-  }, 120_000);
+  }, 120_000 + exitGuard(DRAIN_EXIT_MS));
 });

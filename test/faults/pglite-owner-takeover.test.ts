@@ -1,6 +1,12 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, describe, expect, it } from 'vitest';
 import { answerOf, firstCountAfterKill, lockFile, ownerFile, pgliteOwners, pidOf, send, TOOK_OVER, USING_OTHER } from '../helpers/pglite-owner.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS } from '../helpers/processes.js';
+
+/** How long a fixture is given to exit once told `exit` (its PGlite closed already). */
+const FIXTURE_EXIT_MS = 30_000;
+/** Each test's exit waits, at most: a SIGKILLed owner's close, then the two fixtures' exits (side by side). */
+const EXIT_WAITS_MS = exitGuard(KILLED_EXIT_MS) + exitGuard(FIXTURE_EXIT_MS);
 
 /**
  * Embedded PGlite after its owner is SIGKILLed under a process connected through its socket: that process's next
@@ -20,7 +26,7 @@ describe('embedded PGlite: a process connected through an owner that was SIGKILL
     const survivor = spawnFixture(dir, true);
     expect((await survivor.waitForLog((l) => l.msg === 'ready', 240_000)).owner).toBe(false);
     first.kill('SIGKILL');
-    expect(await first.exited).toBeNull();
+    expect(await exitWithin(first, KILLED_EXIT_MS, 'the owner to close once SIGKILLed')).toBeNull();
     return { dir, first, survivor };
   }
 
@@ -46,8 +52,8 @@ describe('embedded PGlite: a process connected through an owner that was SIGKILL
     }
     expect(existsSync(lockFile(dir))).toBe(false);
     for (const p of [survivor, next]) send(p, 'exit');
-    expect(await Promise.all([survivor.exited, next.exited])).toEqual([0, 0]);
-  }, 600_000);
+    expect(await Promise.all([survivor, next].map((p) => exitWithin(p, FIXTURE_EXIT_MS, `fixture ${pidOf(p)} to exit once told`)))).toEqual([0, 0]);
+  }, 600_000 + EXIT_WAITS_MS);
 
   it('a process connected through a SIGKILLed owner takes the data dir over itself at its next query when no other process has', async () => {
     const { dir, first, survivor } = await survivorOfKilledOwner();
@@ -70,6 +76,6 @@ describe('embedded PGlite: a process connected through an owner that was SIGKILL
     expect(existsSync(lockFile(dir))).toBe(false);
     expect(existsSync(ownerFile(dir))).toBe(false);
     for (const p of [later, survivor]) send(p, 'exit');
-    expect(await Promise.all([later.exited, survivor.exited])).toEqual([0, 0]);
-  }, 600_000);
+    expect(await Promise.all([later, survivor].map((p) => exitWithin(p, FIXTURE_EXIT_MS, `fixture ${pidOf(p)} to exit once told`)))).toEqual([0, 0]);
+  }, 600_000 + EXIT_WAITS_MS);
 });

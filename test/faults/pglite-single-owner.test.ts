@@ -2,6 +2,12 @@ import { existsSync, readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { figure } from '../helpers/faults.js';
 import { lockFile, ownerFile, pgliteOwners, pidOf, send, TOOK_OVER, USING_OTHER } from '../helpers/pglite-owner.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS } from '../helpers/processes.js';
+
+/** How long a fixture is given to exit once told `exit` (its PGlite closed already). */
+const FIXTURE_EXIT_MS = 30_000;
+/** Each test's exit waits, at most: a SIGKILLed owner's close, then the two fixtures' exits (side by side). */
+const EXIT_WAITS_MS = exitGuard(KILLED_EXIT_MS) + exitGuard(FIXTURE_EXIT_MS);
 
 const ROUNDS = 12;
 
@@ -53,14 +59,14 @@ describe('embedded PGlite: exactly one owning process per data dir', () => {
     }
     figure('PGlite owner races: won by process 1 / process 2', wins);
     for (const p of both) send(p, 'exit');
-    expect(await Promise.all(both.map((p) => p.exited))).toEqual([0, 0]);
-  }, 600_000);
+    expect(await Promise.all(both.map((p) => exitWithin(p, FIXTURE_EXIT_MS, `fixture ${pidOf(p)} to exit once told`)))).toEqual([0, 0]);
+  }, 600_000 + EXIT_WAITS_MS);
 
   it('a SIGKILLed owner\'s lock is taken over by one of two processes started together; its data is kept', async () => {
     const first = spawnFixture(dir, true);
     expect((await first.waitForLog((l) => l.msg === 'ready', 240_000)).owner).toBe(true);
     first.kill('SIGKILL');
-    expect(await first.exited).toBeNull();
+    expect(await exitWithin(first, KILLED_EXIT_MS, 'the owner to close once SIGKILLed')).toBeNull();
     // The dead owner left its lock and its socket file behind.
     expect(readFileSync(lockFile(dir), 'utf8').trim()).toBe(String(pidOf(first)));
     expect(existsSync(ownerFile(dir))).toBe(true);
@@ -81,6 +87,6 @@ describe('embedded PGlite: exactly one owning process per data dir', () => {
     }
     expect(existsSync(lockFile(dir))).toBe(false);
     for (const p of both) send(p, 'exit');
-    expect(await Promise.all(both.map((p) => p.exited))).toEqual([0, 0]);
-  }, 600_000);
+    expect(await Promise.all(both.map((p) => exitWithin(p, FIXTURE_EXIT_MS, `fixture ${pidOf(p)} to exit once told`)))).toEqual([0, 0]);
+  }, 600_000 + EXIT_WAITS_MS);
 });

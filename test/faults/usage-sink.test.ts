@@ -10,8 +10,14 @@ import { migrate } from '../../src/shared/infra/db/migrate.js';
 import { createPool } from '../../src/shared/infra/db/pool.js';
 import { createRunAppender } from '../../src/shared/infra/db/run-stream.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from '../helpers/env.js';
-import { until, within } from '../helpers/wait.js';
+import { until, waitsTimeout } from '../helpers/wait.js';
+import { exitGuard, exitWithin } from '../helpers/processes.js';
 import { nodeArgsFor } from '../helpers/transpiled.js';
+
+/** The victim's run to its kill point; the rescuer's close on SIGTERM; the stream's emptying. Past each, the wait fails naming it. */
+const SELF_KILL_MS = 60_000;
+const RESCUER_EXIT_MS = 30_000;
+const POLL_MS = 60_000;
 
 const row = (orgId: string, jobId: string): AgentRun => ({
   jobId,
@@ -77,7 +83,7 @@ describe('usage rows under a killed sink', () => {
       for (const id of ids) await appender.record(row(org, id));
 
       const victim = startSink(key, killAt, 60_000);
-      expect(await within(victim.exited, 60_000, 'the victim sink killing itself')).toBe('SIGKILL');
+      expect(await exitWithin(victim, SELF_KILL_MS, 'the victim sink killing itself')).toBe('SIGKILL');
       expect(victim.points.at(-1)).toBe(killAt);
       // Every entry is still pending under the dead consumer; the rows are in Postgres only if it committed.
       const [pendingCount] = (await redis.xpending(key, usageSinkGroup)) as [number];
@@ -86,13 +92,13 @@ describe('usage rows under a killed sink', () => {
 
       // A sink that takes over entries idle for 1 ms: the dead consumer's are all older than that.
       const rescuer = startSink(key, '', 1);
-      await until('the stream emptied by the rescuer', async () => (await redis.xlen(key)) === 0, 60_000);
+      await until('the stream emptied by the rescuer', async () => (await redis.xlen(key)) === 0, POLL_MS);
       const rows = await rowsOf(ids);
       expect(rows.length).toBe(ids.length);
       expect(rows.every((r) => r.n === 1)).toBe(true);
       expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
       rescuer.child.kill('SIGTERM');
-      expect(await within(rescuer.exited, 30_000, 'the rescuer closing on SIGTERM')).toBeNull();
-    }, 120_000);
+      expect(await exitWithin(rescuer, RESCUER_EXIT_MS, 'the rescuer closing on SIGTERM')).toBeNull();
+    }, waitsTimeout(exitGuard(SELF_KILL_MS), POLL_MS, exitGuard(RESCUER_EXIT_MS)));
   }
 });

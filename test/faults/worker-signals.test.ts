@@ -1,6 +1,7 @@
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
+import { exitGuard, exitWithin, KILLED_EXIT_MS, spawnAgentq, stopProcess, type AgentqProcess } from '../helpers/processes.js';
+import { SHUTDOWN_MARGIN_MS } from '../../src/app/shutdown.js';
 import { UNTHROTTLED, figure, processEnv, riskJob, runRows } from '../helpers/faults.js';
 import { startModelGate, type ModelGate } from '../helpers/model-gate.js';
 import { DEAD_LETTERED } from '../helpers/ops.js';
@@ -9,6 +10,9 @@ import { within } from '../helpers/wait.js';
 
 const LOCK_MS = 2000;
 const STALLED_MS = 1000;
+/** The drain's grace (SHUTDOWN_GRACE_MS); a worker told SIGTERM exits by it and the shutdown margin, then closes. */
+const GRACE_MS = 30_000;
+const DRAIN_EXIT_MS = GRACE_MS + SHUTDOWN_MARGIN_MS + KILLED_EXIT_MS;
 
 /**
  * Workers as real OS processes (`src/main.ts worker`) receiving real signals, with a stack in this
@@ -30,7 +34,7 @@ describe('worker processes under signals', () => {
       LOCK_DURATION_MS: String(LOCK_MS),
       STALLED_INTERVAL_MS: String(STALLED_MS),
       // The drain's grace is a deadline on the machine's speed: the default, ample for 4 released calls on a busy machine.
-      SHUTDOWN_GRACE_MS: '30000',
+      SHUTDOWN_GRACE_MS: String(GRACE_MS),
       WORKER_CONCURRENCY: '4',
       // Model calls go through the gate, which holds chosen ones open until the test releases them; a held
       // call must not time out in the worker meanwhile, however long a busy machine takes to start another.
@@ -73,7 +77,7 @@ describe('worker processes under signals', () => {
     rescuer = await start();
     const killedAt = Date.now();
     victim.kill('SIGKILL');
-    expect(await victim.exited).toBeNull();
+    expect(await exitWithin(victim, KILLED_EXIT_MS, 'the victim worker to close once SIGKILLed')).toBeNull();
     await Promise.all(ids.map((id) => rescuer.waitForLog((l) => l.msg === 'job completed' && l.jobId === id, 60_000)));
     const done = Date.now();
     figure('SIGKILL: time from kill to the last of 4 jobs completed by the other worker (ms)', done - killedAt);
@@ -85,7 +89,7 @@ describe('worker processes under signals', () => {
     expect(held.count()).toBe(4);
     expect(generateCalls()).toBe(4);
     figure('SIGKILL: LLM calls for 4 jobs (killed calls are repeated)', held.count() + generateCalls());
-  }, 180_000);
+  }, 180_000 + exitGuard(KILLED_EXIT_MS));
 
   it('SIGSTOP past the lock duration, then SIGCONT: the job completes once; the resumed worker cannot complete it again', async () => {
     s.emulator.resetCalls();
@@ -145,7 +149,7 @@ describe('worker processes under signals', () => {
     expect(completedBy(rescuer, ids)).toBe(0);
     expect(await queue.getActiveCount()).toBe(8);
     held.release();
-    const code = await rescuer.exited;
+    const code = await exitWithin(rescuer, DRAIN_EXIT_MS, 'the stopping worker to drain its 4 jobs and exit after SIGTERM');
     figure('SIGTERM: time from signal to exit with 4 jobs in flight (ms)', Date.now() - termAt);
     expect(code).toBe(0);
     const drained = completedBy(rescuer, ids);
@@ -157,9 +161,9 @@ describe('worker processes under signals', () => {
     expect(generateCalls()).toBe(24);
     figure('SIGTERM: jobs the stopping worker had in flight at the signal and finished', drained);
     victim.kill('SIGTERM');
-    expect(await victim.exited).toBe(0);
+    expect(await exitWithin(victim, DRAIN_EXIT_MS, 'the other worker to exit after SIGTERM')).toBe(0);
     // With both processes' output read to the end: every job completed in one of them, and none stalled.
     expect(completedBy(rescuer, ids) + completedBy(victim, ids)).toBe(24);
     for (const p of [victim, rescuer]) expect(p.lines.slice(p === victim ? linesBefore : 0).filter((l) => l.msg === 'stalled job moved back to wait' && ids.includes(l.jobId as string))).toEqual([]);
-  }, 180_000);
+  }, 180_000 + exitGuard(DRAIN_EXIT_MS) * 2);
 });

@@ -4,6 +4,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, vi } from 'vitest';
 import { freePort } from '../../src/shared/infra/redis/redis-server.js';
+import { exitWithin } from './processes.js';
+
+/** How long the server told SIGINT (a fast shutdown) is given to stop; then its postmaster is SIGKILLed. */
+const PG_STOP_MS = 30_000;
 
 export interface MachinePostgres {
   /** The socket directory (`host` for pg). */
@@ -35,14 +39,28 @@ export async function startMachinePostgres(): Promise<MachinePostgres> {
   let stderr = '';
   server.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
   const stop = async () => {
+    try {
+      await stopServer();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+  const stopServer = async () => {
     if (server.exitCode === null && server.signalCode === null) {
       const exited = new Promise((r) => server.once('exit', r));
-      // The postmaster itself (runuser passes SIGTERM on, not SIGINT): a fast shutdown.
+      // The postmaster itself (runuser passes SIGTERM on, not SIGINT): a fast shutdown; SIGKILLed if it hangs.
       const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
       process.kill(pid, 'SIGINT');
-      await exited;
+      await exitWithin({ child: server, exited }, PG_STOP_MS, 'the machine postgres to stop on SIGINT', {
+        kill: () => {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // gone already
+          }
+        },
+      });
     }
-    rmSync(dir, { recursive: true, force: true });
   };
   try {
     // Connected to once it says it is ready (an earlier attempt would be refused with a FATAL line).

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { transpiledTwin } from './transpiled.js';
+import { within } from './wait.js';
 
 const MAIN = fileURLToPath(new URL('../../src/main.ts', import.meta.url));
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -114,7 +115,38 @@ export function watch(child: ChildProcess): AgentqProcess {
   };
 }
 
-const running = (p: AgentqProcess) => p.child.exitCode === null && p.child.signalCode === null;
+const running = (p: Pick<AgentqProcess, 'child'>) => p.child.exitCode === null && p.child.signalCode === null;
+
+/** How long a child SIGKILLed is given to close (its end, and its stdout and stderr read to their end). */
+export const KILLED_EXIT_MS = 10_000;
+/** How long a child is given to close once `exitWithin` SIGKILLed it, its own bound passed. */
+export const CHILD_KILL_MS = 5_000;
+/** What one `exitWithin(p, ms, ...)` may take: `ms`, then the kill's. Count it in the test's timeout. */
+export const exitGuard = (ms: number): number => ms + CHILD_KILL_MS;
+
+/**
+ * The child's end (`exited`) within `ms`, else it is continued (in case it was stopped) and SIGKILLed, given
+ * CHILD_KILL_MS more to close, and the wait fails naming `what`. An unbounded `await p.exited` on a child that
+ * never ended (a drain stuck, a connect still retrying, a fixture stuck before its exit) ran into the bare test
+ * timeout, naming nothing, and left the child running past the run.
+ */
+export async function exitWithin<T>(p: { child: ChildProcess; exited: Promise<T> }, ms: number, what: string, opts: { kill?: () => void } = {}): Promise<T> {
+  try {
+    return await within(p.exited, ms, what);
+  } catch (err) {
+    // `kill`: where the process to end is not the child itself (a server the child runs as another user).
+    if (opts.kill) opts.kill();
+    else if (running(p)) {
+      p.child.kill('SIGCONT');
+      p.child.kill('SIGKILL');
+    }
+    const closed = await within(p.exited, CHILD_KILL_MS, 'its close once SIGKILLed').then(
+      () => 'killed',
+      () => `still not closed ${CHILD_KILL_MS} ms after SIGKILL`,
+    );
+    throw new Error(`${(err as Error).message} (pid ${p.child.pid}: ${closed})`, { cause: err });
+  }
+}
 
 /**
  * Ends a process for good (for afterAll): SIGTERM and up to `graceMs` for it to close, then SIGKILL. A
@@ -130,6 +162,6 @@ export async function stopProcess(p: AgentqProcess | undefined, graceMs = 15_000
   clearTimeout(timer);
   if (outcome === 'late' && running(p)) {
     p.kill('SIGKILL');
-    await p.exited;
+    await within(p.exited, KILLED_EXIT_MS, `process ${p.child.pid} to close once SIGKILLed`);
   }
 }
