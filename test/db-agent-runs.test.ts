@@ -218,6 +218,33 @@ describe('agent_runs', () => {
     expect(total.costUsd).toBeCloseTo(0.002, 8);
     expect((await runs.usage({ ...window, groupBy: 'agent' })).map((r) => [r.key, r.embeddingTokens])).toEqual([['knowledge', 80]]);
   });
+
+  it("groupBy=tier shows an attempt's embedding calls under the standard tier, the price they were billed at, whatever its chat call's tier", async () => {
+    const runs = createRunStore({ pool, embeddingModel: 'gemini-embedding-001' });
+    const orgId = randomOrg();
+    const at = new Date('2031-06-01T10:00:00Z');
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    // A batch-tier attempt and a flex one that made embedding calls, and a standard one that made none.
+    await runs.record(run({ orgId, tier: 'batch', costUsd: 0.0005, standardCostUsd: 0.001, createdAt: at, ...embedding }));
+    await runs.record(run({ orgId, tier: 'flex', costUsd: 0.0005, standardCostUsd: 0.001, createdAt: at, ...embedding }));
+    await runs.record(run({ orgId, createdAt: at }));
+    const window = { orgId, from: new Date('2031-06-01T00:00:00Z'), to: new Date('2031-06-02T00:00:00Z') };
+    const byTier = await runs.usage({ ...window, groupBy: 'tier' });
+    expect(byTier.map((r) => [r.key, r.jobs, r.inputTokens, Number(r.costUsd.toFixed(8)), Number(r.standardCostUsd.toFixed(8)), r.embeddingTokens])).toEqual([
+      ['batch', 1, 100, 0.0005, 0.001, 0],
+      ['flex', 1, 100, 0.0005, 0.001, 0],
+      ['standard', 1, 100, 0.001, 0.001, 80],
+    ]);
+    expect(byTier[2].embeddingCostUsd).toBeCloseTo(0.000012, 10);
+    expect(byTier[0]).toMatchObject({ embeddingCostUsd: 0, p50Ms: 100 });
+    // The standard group's attempt figures are its one attempt's: the embedding halves are no attempt.
+    expect(byTier[2]).toMatchObject({ cacheHitRate: 0, p50Ms: 100, p95Ms: 100 });
+    // The total keeps each row whole, and the tiers add up to it.
+    const [total] = await runs.usage({ ...window, groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 3, inputTokens: 300, embeddingTokens: 80 });
+    expect(total.costUsd).toBeCloseTo(byTier.reduce((n, r) => n + r.costUsd, 0), 10);
+    expect(total.embeddingCostUsd).toBeCloseTo(byTier.reduce((n, r) => n + r.embeddingCostUsd, 0), 10);
+  });
 });
 
 describe('quotas', () => {

@@ -208,23 +208,28 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
 };
 
 /**
- * The rows `groupBy: 'model'` reads: an attempt's row split in two. Its model calls stay under its model; its
- * embedding calls (semantic cache, knowledge search; migration 023) go under the embedding model (`$4`), as an
- * ingest's and a search's rows are, so a model's group holds what was paid to that model. Before, a run delayed
- * after a semantic-cache lookup with no model call showed its embedding as the job's chat model's spend. The
- * embedding half is no job (kind 'embedding': no job count, cache hit rate or duration); the split is made when
- * read, so rows written before it are read the same way.
+ * The rows `groupBy: 'model'` and `groupBy: 'tier'` read: an attempt's row split in two. Its model calls stay under
+ * its model and tier; its embedding calls (semantic cache, knowledge search; migration 023) go under the embedding
+ * model (`$4`) at the standard tier, as an ingest's and a search's rows are: they are priced at the embedding
+ * model's standard online price (`embeddingCost` in worker-service.ts), whatever tier the chat call used. So a
+ * model's group holds what was paid to that model, and a tier's what was paid at that tier. Before, a run delayed
+ * after a semantic-cache lookup with no model call showed its embedding as the job's chat model's spend, and a
+ * batch-tier attempt's embedding calls as batch spend. The embedding half is no job (kind 'embedding': no job count,
+ * cache hit rate or duration); the split is made when read, so rows written before it are read the same way.
  */
-const MODEL_SPLIT_SOURCE = `(
-  SELECT model, org_id, created_at, job_id, job_ts, kind, part, state, cache_hit, duration_ms, input_tokens, output_tokens,
+const EMBEDDING_SPLIT_SOURCE = `(
+  SELECT model, tier, org_id, created_at, job_id, job_ts, kind, part, state, cache_hit, duration_ms, input_tokens, output_tokens,
          cost_usd, cached_tokens, thoughts_tokens, standard_cost_usd,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_tokens END AS embedding_tokens,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_cost_usd END AS embedding_cost_usd
   FROM agent_runs
   UNION ALL
-  SELECT $4::text, org_id, created_at, job_id, job_ts, 'embedding', part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
+  SELECT $4::text, 'standard', org_id, created_at, job_id, job_ts, 'embedding', part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
   FROM agent_runs WHERE kind = 'attempt' AND embedding_tokens > 0
 ) AS agent_runs`;
+
+/** The groupings that read `EMBEDDING_SPLIT_SOURCE`; the others keep each row whole (the same sums either way). */
+const SPLIT_GROUPINGS: ReadonlySet<UsageGroupBy> = new Set<UsageGroupBy>(['model', 'tier']);
 
 /** `GEMINI_EMBEDDING_MODEL`'s default (config.ts): the model an attempt's embedding calls are shown under. */
 const DEFAULT_EMBEDDING_MODEL = 'gemini-embedding-001';
@@ -233,7 +238,7 @@ const DEFAULT_EMBEDDING_MODEL = 'gemini-embedding-001';
  * The `agent_runs` store. An attempt's error message may carry a NUL (an upstream body, a quoted model output):
  * stored as U+FFFD (storableText), since a row Postgres refuses would fail its whole usage-sink batch and hold
  * back every org's rows. `embeddingModel`: the model `usage({ groupBy: 'model' })` shows attempts' embedding calls
- * under (a row names only its model call's model).
+ * under (a row names only its model call's model and tier).
  */
 export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL }: { pool: pg.Pool; embeddingModel?: string }) {
   return {
@@ -340,7 +345,7 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
     async usage({ orgId, from, to, groupBy }: { orgId: string | null; from: Date; to: Date; groupBy: UsageGroupBy }): Promise<UsageRow[]> {
       const expr = GROUP_EXPR[groupBy];
       if (!expr) throw new TypeError(`unknown groupBy ${String(groupBy)}`);
-      const byModel = groupBy === 'model';
+      const split = SPLIT_GROUPINGS.has(groupBy);
       const { rows } = await pool.query(
         `SELECT ${expr} AS key,
                 -- An ingest row (migration 024) is no job: it counts in the sums, not in what describes jobs.
@@ -360,11 +365,11 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
                 COALESCE(avg((cache_hit IS NOT NULL)::int) FILTER (WHERE state = 'completed' AND kind = 'attempt' AND part NOT LIKE 'standard:%'), 0) AS cache_hit_rate,
                 percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt' AND part NOT LIKE 'standard:%') AS p50,
                 percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) FILTER (WHERE state <> 'delayed' AND kind = 'attempt' AND part NOT LIKE 'standard:%') AS p95
-         FROM ${byModel ? MODEL_SPLIT_SOURCE : 'agent_runs'}
+         FROM ${split ? EMBEDDING_SPLIT_SOURCE : 'agent_runs'}
          WHERE ($1::text IS NULL OR org_id = $1) AND created_at >= $2 AND created_at < $3
          GROUP BY 1
          ORDER BY 1`,
-        byModel ? [orgId, from, to, embeddingModel] : [orgId, from, to],
+        split ? [orgId, from, to, embeddingModel] : [orgId, from, to],
       );
       return rows.map((r) => ({
         key: String(r.key),
