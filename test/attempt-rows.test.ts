@@ -37,7 +37,7 @@ describe('AttemptRows: the usage rows of one attempt', () => {
     expect(b.part).not.toBe(a.part);
   });
 
-  it("a flow child's billed or embedding row is summed on its hash and its parent's; a read batch answer only through its result, the run's calls after it as any row", () => {
+  it("a flow child's billed or embedding row is summed on its hash and its parent's; a read batch answer and the run's calls after it as any row (the answer's row is summed once by its marker)", () => {
     const child = fakeAgentJob({ id: 'c1', extra: { parentKey: 'bull:parent:p1', queueQualifiedName: 'bull:agent' } });
     const ctx: { model: string; batchRead?: boolean; batchBilled?: BilledCall } = { model: 'm' };
     const rows = new AttemptRows(child, ctx);
@@ -50,7 +50,7 @@ describe('AttemptRows: the usage rows of one attempt', () => {
     ctx.batchRead = true;
     ctx.batchBilled = { ...billed, tier: 'batch', costUsd: 0.0005 };
     const [own, after] = rows.completedRows(answer({ costUsd: 0.0025, tokensUsed: { input: 130, output: 60 } }));
-    expect(rows.billTo(own)).toMatchObject({ resultOnly: true });
+    expect(rows.billTo(own)).toEqual({ key: expect.stringContaining('c1'), jobId: 'c1', parentKey: 'bull:parent:p1' });
     expect(after).toMatchObject({ part: 'standard:0', costUsd: 0.002, inputTokens: 30, outputTokens: 10 });
     expect(rows.billTo(after)).toEqual({ key: expect.stringContaining('c1'), jobId: 'c1', parentKey: 'bull:parent:p1' });
     const orphan = new AttemptRows(fakeAgentJob(), { model: 'm' });

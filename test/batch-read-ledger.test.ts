@@ -1,5 +1,7 @@
+import { randomUUID } from 'node:crypto';
+import { Redis } from 'ioredis';
 import { z } from 'zod';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { createAgentProcessor } from '../src/workers/processor.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { createBatchTier } from '../src/workers/batch-tier.js';
@@ -8,8 +10,15 @@ import { compose } from '../src/workers/middleware.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { BatchStore } from '../src/shared/batch/batch-store.js';
 import type { AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { createRunAppender, type RunBillTo } from '../src/shared/infra/db/run-stream.js';
+import { jobHashKey, usageStreamKey } from '../src/shared/core/queue-keys.js';
+import { QUEUE } from '../src/shared/core/queue-names.js';
+import { childrenBilled, type ChildOutcome } from '../src/shared/orchestration/child-outcomes.js';
+import { fanOutSpend } from '../src/shared/orchestration/fan-out.js';
+import type { AgentResult } from '../src/shared/core/types.js';
 import type { GenerateResult } from '../src/shared/infra/llm/llm-client.js';
 import { fakeAgentJob } from './helpers/fake-job.js';
+import { randomPrefix, redisUrl } from './helpers/env.js';
 
 const MODEL = 'gemini-2.5-pro';
 const Out = z.object({ score: z.number() });
@@ -24,7 +33,7 @@ const standardAnswer = (): GenerateResult => ({ text: '{"score":1}', json: { sco
  * The processor with the real route guard, agent call and batch tier; a batch store whose record says its answer is
  * stored (every read of it marks it read by the attempt), the model a fake that answers `standardAnswer`.
  */
-function harness() {
+function harness(bill?: (row: AgentRun, billTo?: RunBillTo) => Promise<unknown>) {
   const rows: AgentRun[] = [];
   const store = {
     job: async () => ({ state: 'done', model: MODEL, result: '{}', readBy: undefined }),
@@ -36,7 +45,7 @@ function harness() {
   const proc = createAgentProcessor({
     agents: { resolve: () => ({ agent: {} as never, action: action as never }), validateInput: (_a, _b, i) => i },
     chain: compose([createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 })], createAgentCall({ llm, batch })),
-    runs: { record: async (r) => void rows.push(r) },
+    runs: { record: async (r, billTo) => (rows.push(r), await bill?.(r, billTo)) },
     models: { fast: 'gemini-2.5-flash', pro: MODEL },
     logger: createLogger({ level: 'silent' }),
   });
@@ -67,5 +76,47 @@ describe("a run served its batch answer that then calls the standard tier: that 
     expect([...kept.values()].reduce((n, r) => n + r.costUsd, 0)).toBeCloseTo(0.0011, 10);
     // The standard row is no attempt of its own: no duration, no cache decision.
     expect(kept.get('standard:0')).toMatchObject({ durationMs: 0, cacheHit: null });
+  });
+});
+
+/**
+ * A flow child whose batch answer is read by a run and by its stalled re-run, each then calling the standard tier:
+ * the ledger holds the answer once (part '') and each run's standard call (standard:0, standard:1). The answer's row
+ * was left to the result (a "result-only" bill) so the parent would not count it twice, but the result BullMQ accepts is one
+ * run's (the answer and that run's call): the child's and the flow's cost was the larger of that result and the
+ * summed standard rows, a run's call or the answer short of the ledger. The row's marker (`billedRowField`) already
+ * sums the '' row once, whichever runs append it: it is now summed as any completed row.
+ */
+describe("a flow child's batch answer read by a stalled re-run: the child's and the flow's cost are its ledger rows'", () => {
+  const redis = new Redis(redisUrl(), { maxRetriesPerRequest: null });
+  afterAll(() => redis.disconnect());
+
+  it("counts the answer once and each run's standard call", async () => {
+    const prefix = randomPrefix();
+    const childQueue = `${prefix}:${QUEUE.agent}`;
+    const parentKey = jobHashKey(`${prefix}:${QUEUE.flows}`, `flow-${randomUUID().slice(0, 8)}`);
+    const id = `child-${randomUUID().slice(0, 8)}`;
+    const timestamp = Date.now();
+    await redis.hset(parentKey, 'timestamp', String(timestamp - 1));
+    await redis.hset(jobHashKey(childQueue, id), 'timestamp', String(timestamp));
+    const appender = createRunAppender({ redis, key: usageStreamKey(prefix) });
+    const h = harness((r, billTo) => appender.record(r, billTo));
+    const child = (stalledCounter: number) =>
+      fakeAgentJob({ id, data: { tier: 'batch' }, extra: { timestamp, stalledCounter, parentKey, queueQualifiedName: childQueue } });
+    await h.proc(child(0), 't');
+    // The re-run's result is the one BullMQ accepts (the first run's completion refused: its lock is the re-run's).
+    const accepted = await h.proc(child(1), 't');
+    expect(h.standardCalls()).toBe(2);
+    // The ledger: one row per part (the '' row sent by both runs is kept once, ON CONFLICT).
+    const kept = new Map(h.rows.map((r) => [r.part ?? '', r]));
+    expect([...kept.keys()]).toEqual(['', 'standard:0', 'standard:1']);
+    const ledger = [...kept.values()].reduce((n, r) => n + r.costUsd, 0);
+    expect(ledger).toBeCloseTo(0.0011, 10);
+
+    const billed = await childrenBilled(redis, parentKey, childQueue, [id]);
+    const outcomes = new Map<string, ChildOutcome>([[id, { state: 'completed', result: accepted as AgentResult }]]);
+    const spend = fanOutSpend([{ id, key: 'RiskAnalyzer:analyze_risks', agent: 'RiskAnalyzer', action: 'analyze_risks', model: MODEL }], outcomes, billed);
+    expect(spend.results['RiskAnalyzer:analyze_risks'].costUsd).toBeCloseTo(ledger, 10);
+    expect(spend.totalCostUsd).toBeCloseTo(ledger, 10);
   });
 });

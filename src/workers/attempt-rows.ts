@@ -178,14 +178,14 @@ export class AttemptRows {
    * this run's completion may yet be refused (its lock lapsed and the stalled check ran the attempt again: the
    * parent gets the other run's result) though its calls were paid; and any row's embedding calls, which no result
    * carries. A job without a parent has no reader for it. A stored batch answer is billed once, in the row of
-   * whichever run reads it (the same row, part ''): only the result carries it.
+   * whichever run reads it (the same row, part ''): summed as any completed row, once, by its marker
+   * (`billedRowField`), whichever runs append it. Until 2026-12-07 it was left to the result, which is one run's:
+   * a stalled re-run's child was short of the ledger by the other run's call after the answer (or the answer).
    */
   billTo(row: AgentRun): RunBillTo | undefined {
     const job = this.job;
-    // Only the attempt's own row holds the batch answer; a run's calls after it are that run's, as any row's.
-    const batchAnswer = this.ctx.batchRead && !row.part;
     return job.parentKey && (row.costUsd > 0 || (row.embeddingTokens ?? 0) > 0)
-      ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey, ...(batchAnswer ? { resultOnly: true } : {}) }
+      ? { key: jobHashKey(job.queueQualifiedName, job.id!), jobId: job.id!, parentKey: job.parentKey }
       : undefined;
   }
 }

@@ -46,8 +46,6 @@ export interface RunBillTo {
   key: string;
   jobId: string;
   parentKey: string;
-  /** A completed row whose cost only the result may carry (a stored batch answer, billed once whichever run reads it). */
-  resultOnly?: boolean;
 }
 
 /** A row's bill as a script that appends the row takes it (lua/includes/usage-bill.lua): its two keys and its arguments. */
@@ -62,8 +60,8 @@ export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0
 /**
  * What `run` adds to its job's and its parent's hashes: a row its result will not carry (failed, delayed) its cost,
  * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; a completed row its cost on the parent's
- * `childRunsField` (the accepted run's result carries one such row, a run whose completion BullMQ refused none),
- * unless `resultOnly`; any row its embedding calls, on the parent's embedding fields for the child (a completed
+ * `childRunsField` (the accepted run's result carries one such row, a run whose completion BullMQ refused none, and a
+ * stored batch answer's row, part '' whichever run reads it, is one row); any row its embedding calls, on the parent's embedding fields for the child (a completed
  * child's result has no embedding figures of its own). Once per row (`billedRowField`): a call ioredis sends again
  * after a lost reply adds nothing.
  */
@@ -75,7 +73,7 @@ export function usageBillOf(run: AgentRun, to: RunBillTo): UsageBill {
       String(run.jobTs ?? 0),
       completed ? '' : JOB_BILLED_FIELD,
       String(run.costUsd),
-      completed ? (to.resultOnly ? '' : childRunsField(to.jobId)) : childBilledField(to.jobId),
+      completed ? childRunsField(to.jobId) : childBilledField(to.jobId),
       childEmbeddingTokensField(to.jobId),
       String(run.embeddingTokens ?? 0),
       childEmbeddingUsdField(to.jobId),
