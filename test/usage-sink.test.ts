@@ -423,6 +423,42 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
+  it('gathers longer while rows keep coming: after a batch of `busyRows` rows the next read waits `busyGatherMs`, after a small one `gatherMs`', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    const batches: Array<{ rows: number; at: number; done: number }> = [];
+    const counted = {
+      async recordMany(rows: AgentRun[]) {
+        const b = { rows: rows.length, at: performance.now(), done: 0 };
+        batches.push(b);
+        const n = await store.recordMany(rows);
+        b.done = performance.now();
+        return n;
+      },
+    };
+    const appender = createRunAppender({ redis, key });
+    // Ten rows waiting before the sink starts: its first batch is a busy one (>= busyRows).
+    const first = Array.from({ length: 10 }, (_, i) => `busy-${org}-${i}`);
+    for (const id of first) await appender.record(run(org, id));
+    const sink = sinkFor(key, counted, undefined, 200, undefined, { gatherMs: 20, busyGatherMs: 1500, busyRows: 5 });
+    sink.start();
+    await until('the busy batch written', () => batches.length === 1 && batches[0].done > 0);
+    expect(batches[0].rows).toBe(10);
+    // One row right after the busy batch: read no sooner than 1500 ms after the busy batch's read began.
+    await appender.record(run(org, `small-${org}`));
+    await until('the row after the busy batch written', () => batches.length === 2 && batches[1].done > 0);
+    expect(batches[1].rows).toBe(1);
+    expect(batches[1].at - batches[0].at).toBeGreaterThanOrEqual(1100);
+    // After a small batch the pause is `gatherMs` again: a row appended now is written long before 1500 ms.
+    const lastAt = performance.now();
+    await appender.record(run(org, `after-small-${org}`));
+    await until('the row after the small batch written', () => batches.length === 3 && batches[2].done > 0);
+    await sink.close();
+    expect(batches[2].at - lastAt).toBeLessThan(1000);
+    expect(await rowsOf([...first, `small-${org}`, `after-small-${org}`])).toHaveLength(12);
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+
   it('closes at once while Redis is down, its blocked read held by the reconnecting connection (not waited on once disconnected)', async () => {
     const server = await startRedisServer();
     const conn = createRedis(server.url, 'worker');
