@@ -111,9 +111,10 @@ describe('embedded PGlite wire protocol', () => {
     inTx.destroy();
 
     const midSequence = await rawConnection(databaseUrl());
-    // A Parse that fails puts the session into "skip until Sync"; then vanish without sending Sync.
+    // A Parse that fails puts the session into "skip until Sync"; then vanish without sending Sync. The Flush
+    // makes the server run it (a Parse alone is held until what ends its sequence comes).
     const refused = reply(midSequence, 'E');
-    midSequence.write(message('P', Buffer.from('\0SELEC broken\0\0\0')));
+    midSequence.write(Buffer.concat([message('P', Buffer.from('\0SELEC broken\0\0\0')), message('H', Buffer.alloc(0))]));
     await within(refused, 20_000, 'the bad Parse to be refused');
     midSequence.destroy();
 
@@ -125,6 +126,42 @@ describe('embedded PGlite wire protocol', () => {
       expect(tx[0].fresh).toBe(true); // not stuck inside the abandoned transaction
     } finally {
       client.release();
+    }
+  });
+});
+
+describe('embedded PGlite wire protocol, one call per sequence', () => {
+  it("runs pg's Parse/Bind/Describe/Execute/Sync as one call into PGlite, and a sequence cut short by a disconnect never", async () => {
+    const db = await freshEmbeddedPostgres();
+    const calls: number[] = [];
+    const run = db.db.execProtocolRawStream.bind(db.db);
+    db.db.execProtocolRawStream = ((m: Uint8Array, o: Parameters<typeof run>[1]) => (calls.push(m[0]), run(m, o))) as typeof run;
+    const pool = createPool(db.url, { max: 2 });
+    try {
+      await pool.query('SELECT 1');
+      calls.length = 0;
+      const { rows } = await pool.query('SELECT $1::int AS v, $2::text AS t', [7, 'seven']);
+      expect(rows).toEqual([{ v: 7, t: 'seven' }]);
+      // One call for the five messages (it starts with the Parse), where each was a call of its own.
+      expect(calls).toEqual([0x50]);
+      // A failing statement among them: its error, then the connection serves the next query.
+      await expect(pool.query('SELECT $1::int / 0 AS v', [1])).rejects.toThrow(/division by zero/);
+      expect((await pool.query('SELECT $1::int AS v', [3])).rows[0].v).toBe(3);
+      // Parse/Bind/Execute of an INSERT held, then the connection gone before its Sync: never run.
+      await pool.query('CREATE TABLE held_probe (v int)');
+      const raw = await rawConnection(db.url);
+      const insert = Buffer.from('\0INSERT INTO held_probe VALUES (1)\0\0\0');
+      const bind = Buffer.from('\0\0\0\0\0\0\0\0');
+      raw.write(Buffer.concat([message('P', insert), message('B', bind), message('E', Buffer.from('\0\0\0\0\0'))]));
+      calls.length = 0;
+      const closed = new Promise<void>((resolve) => raw.once('close', () => resolve()));
+      raw.end();
+      await within(closed, 20_000, 'the raw connection to close');
+      expect((await pool.query('SELECT count(*)::int AS n FROM held_probe')).rows[0].n).toBe(0);
+      expect(calls.filter((c) => c === 0x50)).toEqual([]);
+    } finally {
+      await pool.end();
+      await db.stop();
     }
   });
 });

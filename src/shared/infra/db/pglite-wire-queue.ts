@@ -7,6 +7,13 @@ const QUERY = 0x51; // 'Q'
 const TERMINATE = 0x58; // 'X'
 /** Messages of an extended-query sequence; the sequence only ends at Sync. */
 const EXTENDED = new Set([0x50 /* P */, 0x42 /* B */, 0x44 /* D */, 0x45 /* E */, 0x43 /* C */, 0x48 /* H */]);
+/**
+ * Those of them a server need not answer before a Sync or Flush (H): held, and run with the message that ends
+ * them, so `pg`'s Parse/Bind/Describe/Execute/Sync is one call into PGlite and one socket write instead of five
+ * (each call costs PGlite ~0.05 ms warm, ~0.25 ms with its caches cold: a scratch run of SELECT $1 at 20 a second,
+ * 2.5-3.3 ms of PGlite CPU per query, 1.5-2 ms for a one-message SELECT 1).
+ */
+const HELD = new Set([0x50 /* P */, 0x42 /* B */, 0x44 /* D */, 0x45 /* E */, 0x43 /* C */]);
 const SYNC_MESSAGE = new Uint8Array([SYNC, 0, 0, 0, 4]);
 
 interface QueuedMessage {
@@ -42,6 +49,23 @@ export function serialiseExtendedQueries(server: PGLiteSocketServer): void {
     throw new Error('pglite-socket internals changed: review src/shared/infra/db/pglite-wire-queue.ts');
   }
   let midSequence = false;
+  /** Per connection, the held messages of a sequence not yet run: never seen by PGlite until what ends them comes. */
+  const held = new Map<number, Uint8Array[]>();
+  const withHeld = (item: QueuedMessage): Uint8Array => {
+    const parts = held.get(item.handlerId);
+    if (!parts) return item.message;
+    held.delete(item.handlerId);
+    // Terminate is recognised by PGlite only as a message alone; a sequence it cuts short was never run.
+    if (item.message[0] === TERMINATE) return item.message;
+    parts.push(item.message);
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  };
 
   const pinned = () => q.lastHandlerId !== null && (midSequence || q.db.isInTransaction());
 
@@ -59,11 +83,20 @@ export function serialiseExtendedQueries(server: PGLiteSocketServer): void {
           item = this.queue.shift()!;
         }
         const type = item.message[0];
+        if (HELD.has(type)) {
+          // Answered at once (the connection's reader goes on to its next message); run with the Sync or Flush.
+          const parts = held.get(item.handlerId);
+          if (parts) parts.push(item.message);
+          else held.set(item.handlerId, [item.message]);
+          item.resolve(0);
+          continue;
+        }
+        const message = withHeld(item);
         let bytes = 0;
         let failed: unknown;
         try {
           await this.db.runExclusive(() =>
-            this.db.execProtocolRawStream(item.message, {
+            this.db.execProtocolRawStream(message, {
               onRawData: (data) => {
                 bytes += data.length;
                 item.onData(data);
@@ -74,7 +107,7 @@ export function serialiseExtendedQueries(server: PGLiteSocketServer): void {
           failed = err;
         }
         if (type === SYNC || type === QUERY || type === TERMINATE) midSequence = false;
-        else if (EXTENDED.has(type)) midSequence = true;
+        else if (EXTENDED.has(type) || message !== item.message) midSequence = true;
         this.lastHandlerId = item.handlerId;
         if (failed === undefined) item.resolve(bytes);
         else item.reject(failed);
@@ -85,6 +118,8 @@ export function serialiseExtendedQueries(server: PGLiteSocketServer): void {
   };
 
   q.clearTransactionIfNeeded = async function clearTransactionIfNeeded(this: QueryQueue, handlerId: number) {
+    // A sequence held and never ended: never run, nothing to undo.
+    held.delete(handlerId);
     if (this.lastHandlerId !== handlerId) return;
     if (midSequence) {
       await this.db.runExclusive(() => this.db.execProtocolRaw(SYNC_MESSAGE));
