@@ -26,17 +26,11 @@
 local rcall = redis.call
 local jobKey, lockKey = KEYS[1], KEYS[2]
 
-if ARGV[1] == 'after' then
-  if rcall('GET', lockKey) == ARGV[2] then
-    rcall('DEL', lockKey)
-    return 1
-  end
-  return 0
-end
+--- @include "removal-hold"
 
-local function hold()
-  rcall('SET', lockKey, ARGV[2], 'PX', 60000, 'NX')
-end
+if ARGV[1] == 'after' then return letGoOfHold(lockKey, ARGV[2]) end
+
+local function hold() holdForRemoval(lockKey, ARGV[2]) end
 
 local ts = rcall('HGET', jobKey, 'timestamp')
 if not ts then return 'gone' end
