@@ -284,9 +284,12 @@ function attemptOf(deps: ProcessorDeps) {
       }
       // Already in the usage stream when the claim (an answer from memory) or the result cache's store (a
       // computed miss) carried it; a run's calls after its batch answer are a row beside it (AttemptRows.splitBatch).
-      const [own, ...afterBatch] = rows.completedRows(result);
-      if (!carried) await record(own);
-      for (const r of afterBatch) await record(r);
+      // A carried row of a run that read no batch answer has nothing beside it: no row is built (an L1 hit's case).
+      if (!carried || ctx.batchRead) {
+        const [own, ...afterBatch] = rows.completedRows(result);
+        if (!carried) await record(own);
+        for (const r of afterBatch) await record(r);
+      }
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
       logger.debug({ attempt, model: result.model }, 'attempt succeeded');
