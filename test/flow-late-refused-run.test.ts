@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { usageWritten } from './helpers/usage.js';
+import { ledgerRowsOf } from './helpers/usage.js';
 import { POLL, waitsTimeout } from './helpers/wait.js';
 
 /**
@@ -23,10 +23,7 @@ describe("a flow child's refused run that ends after its parent settled", () => 
     await s?.close();
   });
 
-  const rowsOf = async (jobId: string) => {
-    await usageWritten(s);
-    return (await s.infra.db.pool.query<{ part: string; state: string; cost_usd: string }>('SELECT part, state, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY part', [jobId])).rows;
-  };
+  const rowsOf = (jobId: string) => ledgerRowsOf(s, jobId);
   const parts = async (jobId: string) => (await rowsOf(jobId)).map((r) => [r.part, r.state]);
 
   /**

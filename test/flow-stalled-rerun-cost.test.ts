@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createStalledCheck } from './helpers/stalled-check.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { usageWritten } from './helpers/usage.js';
+import { ledgerRowsOf } from './helpers/usage.js';
 import { POLL } from './helpers/wait.js';
 
 /**
@@ -24,10 +24,7 @@ describe("a flow child's stalled re-run: the refused run's cost is in its parent
     await s?.close();
   });
 
-  const rowsOf = async (jobId: string) => {
-    await usageWritten(s);
-    return (await s.infra.db.pool.query<{ part: string; state: string; cost_usd: string }>('SELECT part, state, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY part', [jobId])).rows;
-  };
+  const rowsOf = (jobId: string) => ledgerRowsOf(s, jobId);
 
   /**
    * Runs `childId`'s attempt twice: the first run's call is held, the job stalled and fetched again, the first run

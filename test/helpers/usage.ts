@@ -1,3 +1,4 @@
+import type { Pool } from 'pg';
 import type { Config } from '../../src/shared/core/config.js';
 import { usageStreamKey } from '../../src/shared/core/queue-keys.js';
 import { queueShards } from '../../src/shared/core/queue-shards.js';
@@ -19,4 +20,10 @@ export async function usageWritten(s: { cfg: Config }, timeoutMs?: number): Prom
   } finally {
     redis.disconnect();
   }
+}
+
+/** A job's `agent_runs` rows (part, state, cost), by part, once every usage row appended so far is written. */
+export async function ledgerRowsOf(s: { cfg: Config; infra: { db: { pool: Pool } } }, jobId: string): Promise<Array<{ part: string; state: string; cost_usd: string }>> {
+  await usageWritten(s);
+  return (await s.infra.db.pool.query<{ part: string; state: string; cost_usd: string }>('SELECT part, state, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY part', [jobId])).rows;
 }
