@@ -15,7 +15,7 @@ import { AttemptContext, Prepaid } from './attempt-context.js';
 import { AttemptRows } from './attempt-rows.js';
 import type { ClaimPrep, JobContext } from './middleware.js';
 import { QUEUE } from '../shared/core/queue-names.js';
-import { extractTrace, guardEvent, markError, SpanKind, tracer, type Span } from '../shared/telemetry/tracing.js';
+import { extractTrace, guardEvent, markError, SpanKind, startActiveSpan, type Span } from '../shared/telemetry/tracing.js';
 
 export interface AgentResolver {
   resolve(agent: string, action: string): { agent: AgentDefinition; action: AgentAction };
@@ -124,7 +124,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
       'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt - (data.delayMs ?? 0)),
       ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
     };
-    return tracer().startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
+    return startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
       // Parked or delayed: back in Redis without an outcome (BullMQ records none), not a finished run.
       let delayed = false;
       try {

@@ -1,4 +1,17 @@
-import { context, propagation, SpanKind, SpanStatusCode, trace, type Attributes, type Context, type Span, type SpanOptions } from '@opentelemetry/api';
+import {
+  context,
+  INVALID_SPAN_CONTEXT,
+  isSpanContextValid,
+  propagation,
+  ProxyTracerProvider,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+  type SpanOptions,
+} from '@opentelemetry/api';
 import type { TraceCarrier } from '../core/types.js';
 
 /**
@@ -35,8 +48,10 @@ export const withContext = <T>(ctx: Context, fn: () => T): T => context.with(ctx
  * `error.type` (the stable code when the error has one). The message is kept: agentq's error messages
  * name codes, models and limits, never prompt text.
  */
-export async function inSpan<T>(name: string, { parent, ...opts }: SpanOptions & { parent?: Context }, fn: (span: Span) => Promise<T>): Promise<T> {
-  return tracer().startActiveSpan(name, opts, parent ?? context.active(), async (span) => {
+export function inSpan<T>(name: string, opts: SpanOptions & { parent?: Context }, fn: (span: Span) => Promise<T>): Promise<T> {
+  const parent = opts.parent ?? context.active();
+  if (untraced(parent)) return fn(NO_SPAN);
+  return tracer().startActiveSpan(name, withoutParent(opts), parent, async (span) => {
     try {
       return await fn(span);
     } catch (err) {
@@ -46,6 +61,34 @@ export async function inSpan<T>(name: string, { parent, ...opts }: SpanOptions &
       span.end();
     }
   });
+}
+
+/**
+ * Starts an active span for `fn` the way `tracer().startActiveSpan` does, but with no SDK and no trace to carry
+ * it calls `fn` straight away: the API's no-op tracer would make a proxy tracer, a span and a context only to
+ * run `fn` unchanged, which is most of what tracing costs a job while it is off (the bench's tracing case).
+ */
+export function startActiveSpan<T>(name: string, opts: SpanOptions, parent: Context, fn: (span: Span) => T): T {
+  return untraced(parent) ? fn(NO_SPAN) : tracer().startActiveSpan(name, opts, parent, fn);
+}
+
+/** The span handed to traced code when nothing is traced: non-recording and invalid, as the no-op tracer's own. */
+const NO_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+
+/**
+ * True when a span started now would be a no-op that carries nothing: no SDK has registered a tracer provider
+ * (the global proxy has no delegate) and the parent holds no valid span context a no-op span would pass on to
+ * the code it runs (possible only where a propagator or context manager is registered without an SDK).
+ */
+function untraced(parent: Context): boolean {
+  const provider = trace.getTracerProvider();
+  if (!(provider instanceof ProxyTracerProvider) || provider.getDelegateTracer('agentq') !== undefined) return false;
+  const parentSpan = trace.getSpanContext(parent);
+  return parentSpan === undefined || !isSpanContextValid(parentSpan);
+}
+
+function withoutParent({ parent: _parent, ...opts }: SpanOptions & { parent?: Context }): SpanOptions {
+  return opts;
 }
 
 export function markError(span: Span, err: unknown): void {
