@@ -4,7 +4,7 @@ import { assertGeminiConfigured, ConfigError, parseConfig, type Config } from '.
 import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { createRootLogger } from './shared/core/logger.js';
-import { createShutdown } from './app/shutdown.js';
+import { createShutdown, type CloseSteps } from './app/shutdown.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 
@@ -34,7 +34,39 @@ async function main(role: Role) {
   const startRejection = failedStart('unhandledRejection');
   process.on('uncaughtException', startException);
   process.on('unhandledRejection', startRejection);
-  const infra = await openInfra(cfg, logger);
+
+  // The one shutdown, from the first step: a signal during start-up lets the step in progress end (a migration is
+  // never cut short), starts nothing more, and closes what was opened, newest first; the shutdown's deadline bounds
+  // a step that hangs. Without it the signal's default action killed the process mid-step.
+  const opened: Array<{ name: string; close: (steps: CloseSteps) => unknown }> = [];
+  let step: Promise<unknown> = Promise.resolve();
+  let serving = false;
+  let stopping = false;
+  const stop = createShutdown({
+    logger,
+    graceMs: cfg.SHUTDOWN_GRACE_MS,
+    exit: (code) => process.exit(code),
+    async close(steps) {
+      stopping = true;
+      if (!serving) {
+        logger.info('stopping during start-up: once the step in progress ends, nothing more starts');
+        await steps.run('start-up step', () => step.catch(() => undefined));
+      }
+      for (const part of [...opened].reverse()) await steps.run(part.name, () => part.close(steps));
+    },
+  });
+  process.on('SIGTERM', () => stop.signal('SIGTERM'));
+  process.on('SIGINT', () => stop.signal('SIGINT'));
+  /** Awaits one start-up step; once a stop began, start-up goes no further (the shutdown exits the process). */
+  const startStep = async <T>(run: Promise<T>): Promise<T> => {
+    step = run;
+    const value = await run;
+    if (stopping) await new Promise<never>(() => undefined);
+    return value;
+  };
+
+  const infra = await startStep(openInfra(cfg, logger));
+  opened.push({ name: 'infrastructure', close: () => infra.close() });
   if (role === 'migrate') {
     logger.info('migrations up to date');
     await infra.close();
@@ -42,53 +74,46 @@ async function main(role: Role) {
   }
   // Loaded only to serve: `migrate` (a deploy step, an init container) starts in about half the time
   // without the SDKs, fastify and the features.
-  const [{ startTracing }, { geminiOptionsFromConfig, startGemini }, { startRuntime }, { defaultFeatures }, { defaultRegistry }, { listen }] = await Promise.all([
-    import('./app/tracing.js'),
-    import('./app/gemini.js'),
-    import('./app/runtime.js'),
-    import('./app/features.js'),
-    import('./shared/agents/registry.js'),
-    import('./producers/server.js'),
-  ]);
+  const [{ startTracing }, { geminiOptionsFromConfig, startGemini }, { startRuntime }, { defaultFeatures }, { defaultRegistry }, { listen }] = await startStep(
+    Promise.all([
+      import('./app/tracing.js'),
+      import('./app/gemini.js'),
+      import('./app/runtime.js'),
+      import('./app/features.js'),
+      import('./shared/agents/registry.js'),
+      import('./producers/server.js'),
+    ]),
+  );
   // Before anything opens a span; undefined (nothing started, no-op tracer) unless an OTLP endpoint is set.
   const tracing = startTracing(cfg, logger, { role });
-  const gemini = await startGemini(geminiOptionsFromConfig(cfg, logger));
-  const runtime = await startRuntime({
-    cfg,
-    infra,
-    logger,
-    registry: defaultRegistry(),
-    llm: gemini.llm,
-    batches: gemini.batches,
-    api: role !== 'worker',
-    worker: role !== 'api',
-    features: defaultFeatures,
-  });
+  // After the runtime's close: the spans of the jobs that finished during the grace period are exported too.
+  opened.push({ name: 'tracing', close: () => tracing?.shutdown() });
+  const gemini = await startStep(startGemini(geminiOptionsFromConfig(cfg, logger)));
+  opened.push({ name: 'gemini', close: () => gemini.close() });
+  const runtime = await startStep(
+    startRuntime({
+      cfg,
+      infra,
+      logger,
+      registry: defaultRegistry(),
+      llm: gemini.llm,
+      batches: gemini.batches,
+      api: role !== 'worker',
+      worker: role !== 'api',
+      features: defaultFeatures,
+    }),
+  );
+  // The drain gets SHUTDOWN_GRACE_MS, the whole shutdown a deadline a margin past it (app/shutdown.ts). Its parts'
+  // failures are logged and counted in `steps` already.
+  opened.push({ name: 'runtime', close: (steps) => runtime.close(cfg.SHUTDOWN_GRACE_MS, steps).catch(() => undefined) });
   if (runtime.app) {
-    await ensureDevKey(cfg, infra);
-    logger.info({ address: await listen(runtime.app, cfg.HOST, cfg.PORT) }, 'API listening');
+    await startStep(ensureDevKey(cfg, infra));
+    logger.info({ address: await startStep(listen(runtime.app, cfg.HOST, cfg.PORT)) }, 'API listening');
   }
   if (role !== 'api') logger.info({ concurrency: cfg.WORKER_CONCURRENCY }, 'worker started');
-
-  // The drain gets SHUTDOWN_GRACE_MS, the whole shutdown a deadline a margin past it (app/shutdown.ts); a second
-  // signal exits at once.
-  const stop = createShutdown({
-    logger,
-    graceMs: cfg.SHUTDOWN_GRACE_MS,
-    exit: (code) => process.exit(code),
-    async close(steps) {
-      // Its parts' failures are logged and counted in `steps` already.
-      await runtime.close(cfg.SHUTDOWN_GRACE_MS, steps).catch(() => undefined);
-      await steps.run('gemini', () => gemini.close());
-      // After the runtime: the spans of the jobs that finished during the grace period are exported too.
-      await steps.run('tracing', () => tracing?.shutdown());
-      await steps.run('infrastructure', () => infra.close());
-    },
-  });
+  serving = true;
   process.off('uncaughtException', startException).on('uncaughtException', (err) => stop.fatal('uncaughtException', err));
   process.off('unhandledRejection', startRejection).on('unhandledRejection', (err) => stop.fatal('unhandledRejection', err));
-  process.on('SIGTERM', () => stop.signal('SIGTERM'));
-  process.on('SIGINT', () => stop.signal('SIGINT'));
 }
 
 const role = (process.argv[2] ?? 'all') as Role;
