@@ -17,7 +17,11 @@ export interface StreamOptions {
   signal?: AbortSignal;
   /** Start after this SSE id (a previous `event.id`) instead of from the beginning. */
   lastEventId?: string;
-  /** Reconnections (with Last-Event-ID) allowed in a row without receiving anything. Default 5. */
+  /**
+   * Reconnections (with Last-Event-ID) allowed in a row without receiving an event. Heartbeat comments do not count
+   * as one: a server that answers each reconnection with heartbeats only and drops it again still uses them up.
+   * Default 5.
+   */
   maxReconnects?: number;
   /** Pause before the n-th reconnection in a row: n times this. Default 500 ms. */
   reconnectDelayMs?: number;
