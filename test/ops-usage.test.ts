@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
+import { createRunStore, searchRunInsert, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
@@ -49,6 +49,29 @@ describe('GET /v1/usage', () => {
     ]);
     const models = (await get(`${window}&groupBy=model`)).json().groups;
     expect(models.map((g: { key: string }) => g.key)).toEqual(['flash', 'pro']);
+  });
+
+  it("byTier shows each tier's embedding calls, as groupBy=tier files them: the tiers add up to the total", async () => {
+    const runs = createRunStore({ pool: s.infra.db.pool });
+    const at = new Date('2030-02-01T10:00:00Z');
+    const base = { orgId: s.orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'flash', state: 'completed' as const, attempt: 1, durationMs: 100, createdAt: at };
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    // A batch-tier attempt that made embedding calls, a flex one with none, and a search API query (no job).
+    await runs.record({ ...base, jobId: 'u-tier-1', tier: 'batch', inputTokens: 100, outputTokens: 50, costUsd: 0.25, standardCostUsd: 0.5, ...embedding });
+    await runs.record({ ...base, jobId: 'u-tier-2', tier: 'flex', inputTokens: 10, outputTokens: 5, costUsd: 0.01, standardCostUsd: 0.02 });
+    const search = searchRunInsert({ searchId: 'search:u-tier', orgId: s.orgId, model: 'gemini-embedding-001', embeddingTokens: 8, embeddingCostUsd: 0.0000012, durationMs: 5 });
+    await s.infra.db.pool.query(search.sql, search.params);
+    await s.infra.db.pool.query('UPDATE agent_runs SET created_at = $2 WHERE job_id = $1', ['search:u-tier', at]); // into the window
+    const body = (await get('from=2030-02-01&to=2030-02-02&groupBy=agent')).json();
+    const tiers = Object.fromEntries(body.byTier.map((t: { tier: string }) => [t.tier, t]));
+    expect(Object.keys(tiers).sort()).toEqual(['batch', 'flex', 'standard']);
+    expect(tiers.batch.embedding).toEqual({ tokens: 0, costUsd: 0, estimated: true });
+    expect(tiers.standard).toMatchObject({ jobs: 0, costUsd: 0, embedding: { tokens: 48, estimated: true } });
+    expect(tiers.standard.embedding.costUsd).toBeCloseTo(0.0000072, 10);
+    const sum = (f: (t: { costUsd: number; embedding: { costUsd: number } }) => number) => body.byTier.reduce((n: number, t: never) => n + f(t), 0);
+    expect(sum((t) => t.costUsd)).toBeCloseTo(body.total.costUsd, 10);
+    expect(sum((t) => t.embedding.costUsd)).toBeCloseTo(body.total.embedding.costUsd, 10);
+    expect(body.total.embedding.tokens).toBe(48);
   });
 
   it("shows only the caller's org", async () => {

@@ -66,7 +66,16 @@ async function report<G extends UsageGroupBy>(deps: UsageRouteDeps, q: { orgId: 
     groupBy: q.groupBy,
     groups: rows.map(view),
     total: view(total ?? EMPTY),
-    byTier: (tiers ?? rows).map((r) => ({ tier: r.key, jobs: r.jobs, costUsd: r.costUsd, standardCostUsd: r.standardCostUsd, savingsUsd: savings(r) })),
+    // A tier's embedding calls too (groupBy=tier files an attempt's under `standard`, the price they were billed at):
+    // the tiers' `costUsd` and `embedding.costUsd` each add up to the total's. Until 2026-12-07 they were left out.
+    byTier: (tiers ?? rows).map((r) => ({
+      tier: r.key,
+      jobs: r.jobs,
+      costUsd: r.costUsd,
+      standardCostUsd: r.standardCostUsd,
+      savingsUsd: savings(r),
+      embedding: { tokens: r.embeddingTokens, costUsd: r.embeddingCostUsd, estimated: true as const },
+    })),
   };
 }
 

@@ -102,8 +102,19 @@ export const usageReport = z.object({
   groups: z.array(usageGroup),
   total: usageGroup.describe('The whole window (key `total`): percentiles over every attempt, not summed from groups'),
   byTier: z
-    .array(z.object({ tier: z.string(), jobs: z.number(), costUsd: z.number(), standardCostUsd: z.number(), savingsUsd: z.number() }))
-    .describe('The same window split by service tier, with the savings against the standard tier'),
+    .array(
+      z.object({
+        tier: z.string(),
+        jobs: z.number(),
+        costUsd: z.number(),
+        standardCostUsd: z.number(),
+        savingsUsd: z.number(),
+        embedding: z
+          .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
+          .describe('The embedding calls billed at this tier (all at `standard`, the embedding model’s online price): ESTIMATED, as a group’s'),
+      }),
+    )
+    .describe('The same window split by service tier, with the savings against the standard tier; the tiers’ costUsd and embedding.costUsd add up to the total’s'),
 });
 
 /** The dashboard's counterpart of `/v1/usage`: an operator may pick one org or see all, and group by org. */
