@@ -206,9 +206,10 @@ describe('agent_runs', () => {
     await runs.record(run({ orgId, createdAt: at }));
     const window = { orgId, from: new Date('2031-05-01T00:00:00Z'), to: new Date('2031-05-02T00:00:00Z') };
     const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    // The delayed run paid the embedding model alone: its job counts there too (EMBEDDING_ONLY).
     expect(byModel.map((r) => [r.key, r.jobs, r.inputTokens, r.costUsd, r.embeddingTokens])).toEqual([
       ['gemini-2.5-flash', 2, 200, 0.002, 0],
-      ['gemini-embedding-001', 0, 0, 0, 80],
+      ['gemini-embedding-001', 1, 0, 0, 80],
     ]);
     expect(byModel[1].embeddingCostUsd).toBeCloseTo(0.000012, 10);
     expect(byModel[1]).toMatchObject({ cacheHitRate: 0, p50Ms: 0, p95Ms: 0 });
@@ -244,6 +245,28 @@ describe('agent_runs', () => {
     expect(total).toMatchObject({ jobs: 3, inputTokens: 300, embeddingTokens: 80 });
     expect(total.costUsd).toBeCloseTo(byTier.reduce((n, r) => n + r.costUsd, 0), 10);
     expect(total.embeddingCostUsd).toBeCloseTo(byTier.reduce((n, r) => n + r.embeddingCostUsd, 0), 10);
+  });
+  it("a delayed row that holds only embedding calls counts its job under the embedding model and the standard tier, not its chat call's model and tier", async () => {
+    const runs = createRunStore({ pool, embeddingModel: 'gemini-embedding-001' });
+    const orgId = randomOrg();
+    const at = new Date('2031-07-01T10:00:00Z');
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    // A batch-tier job delayed after its semantic-cache lookup, its re-run not yet made; a job of the model that ran.
+    const delayed = { state: 'delayed' as const, part: randomUUID(), tier: 'batch' as const, inputTokens: 0, outputTokens: 0, costUsd: 0, standardCostUsd: 0 };
+    await runs.record(run({ orgId, createdAt: at, ...delayed, ...embedding }));
+    await runs.record(run({ orgId, createdAt: at }));
+    const window = { orgId, from: new Date('2031-07-01T00:00:00Z'), to: new Date('2031-07-02T00:00:00Z') };
+    const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    expect(byModel.map((r) => [r.key, r.jobs, r.inputTokens, r.embeddingTokens])).toEqual([
+      ['gemini-2.5-flash', 1, 100, 0],
+      ['gemini-embedding-001', 1, 0, 40],
+    ]);
+    const byTier = await runs.usage({ ...window, groupBy: 'tier' });
+    expect(byTier.map((r) => [r.key, r.jobs, r.inputTokens, r.embeddingTokens])).toEqual([['standard', 2, 100, 40]]);
+    // Still no attempt: the standard tier's duration and cache hit rate are the other job's attempt's.
+    expect(byTier[0]).toMatchObject({ cacheHitRate: 0, p50Ms: 100, p95Ms: 100 });
+    const [total] = await runs.usage({ ...window, groupBy: 'total' });
+    expect(total).toMatchObject({ jobs: 2, embeddingTokens: 40 });
   });
 });
 

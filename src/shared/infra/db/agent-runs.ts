@@ -208,6 +208,13 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
 };
 
 /**
+ * An attempt's row that holds its run's embedding calls and nothing else, and describes no attempt of its own: a run
+ * delayed after a semantic-cache lookup or a knowledge search with no model call paid (its model columns 0). Its
+ * job is then the embedding model's and the standard tier's in `EMBEDDING_SPLIT_SOURCE`, the only spend the row has.
+ */
+const EMBEDDING_ONLY = `(state = 'delayed' AND input_tokens = 0 AND output_tokens = 0 AND cost_usd = 0 AND embedding_tokens > 0)`;
+
+/**
  * The rows `groupBy: 'model'` and `groupBy: 'tier'` read: an attempt's row split in two. Its model calls stay under
  * its model and tier; its embedding calls (semantic cache, knowledge search; migration 023) go under the embedding
  * model (`$4`) at the standard tier, as an ingest's and a search's rows are: they are priced at the embedding
@@ -215,16 +222,20 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
  * model's group holds what was paid to that model, and a tier's what was paid at that tier. Before, a run delayed
  * after a semantic-cache lookup with no model call showed its embedding as the job's chat model's spend, and a
  * batch-tier attempt's embedding calls as batch spend. The embedding half is no job (kind 'embedding': no job count,
- * cache hit rate or duration); the split is made when read, so rows written before it are read the same way.
+ * cache hit rate or duration), except the half of a row that holds nothing else (`EMBEDDING_ONLY`): such a row
+ * has no model half (it paid its chat model nothing), and its job counts in the embedding model's group and the
+ * standard tier's, as a job counts in each group it has spend in (until 2026-12-07 it counted under the chat model
+ * and tier it paid nothing). The split is made when read, so rows written before it are read the same way.
  */
 const EMBEDDING_SPLIT_SOURCE = `(
   SELECT model, tier, org_id, created_at, job_id, job_ts, kind, part, state, cache_hit, duration_ms, input_tokens, output_tokens,
          cost_usd, cached_tokens, thoughts_tokens, standard_cost_usd,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_tokens END AS embedding_tokens,
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_cost_usd END AS embedding_cost_usd
-  FROM agent_runs
+  FROM agent_runs WHERE NOT (kind = 'attempt' AND ${EMBEDDING_ONLY})
   UNION ALL
-  SELECT $4::text, 'standard', org_id, created_at, job_id, job_ts, 'embedding', part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
+  SELECT $4::text, 'standard', org_id, created_at, job_id, job_ts, CASE WHEN ${EMBEDDING_ONLY} THEN 'attempt' ELSE 'embedding' END,
+         part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
   FROM agent_runs WHERE kind = 'attempt' AND embedding_tokens > 0
 ) AS agent_runs`;
 
