@@ -26,6 +26,14 @@ describe('AttemptRows: the usage rows of one attempt', () => {
     expect(rows.failed(new Error('boom'), 'boom')).toMatchObject({ state: 'failed', error: 'boom', model: 'b', tier: 'standard', costUsd: 0, embeddingTokens: 12, embeddingCostUsd: 0.012, embeddingEstimated: true });
   });
 
+  it('a row with embedding calls names the embedding model they were made with (migration 028); a row with none names none', () => {
+    const rows = new AttemptRows(fakeAgentJob(), { model: 'a' }, (t) => t * 0.001, 'gemini-embedding-001');
+    expect(rows.completed(answer()).embeddingModel).toBeUndefined();
+    rows.embedded(['x'.repeat(40)]);
+    expect(rows.completed(answer())).toMatchObject({ model: 'gemini-2.5-flash', embeddingTokens: 10, embeddingModel: 'gemini-embedding-001' });
+    expect(rows.delayed(undefined, 'database_unavailable')).toMatchObject({ embeddingModel: 'gemini-embedding-001' });
+  });
+
   it('a failed attempt is billed what its error carries; a delayed run gets a part id of its own each time', () => {
     const rows = new AttemptRows(fakeAgentJob(), { model: 'gemini-2.5-flash' });
     const err = Object.assign(new Error('bad output'), { billed });

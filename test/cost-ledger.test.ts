@@ -200,7 +200,9 @@ describe('the cost ledger through the real SDK and the emulator', () => {
     const view = (await s.app.inject({ method: 'GET', url: `/v1/jobs/${post.json().id}?waitMs=20000`, headers: auth })).json();
     expect(view.state).toBe('completed');
     await usageWritten(s);
-    const [row] = (await s.infra.db.pool.query('SELECT cost_usd, embedding_tokens, embedding_cost_usd, embedding_estimated FROM agent_runs WHERE job_id = $1', [view.id])).rows;
+    const [row] = (await s.infra.db.pool.query('SELECT cost_usd, embedding_tokens, embedding_cost_usd, embedding_estimated, embedding_model FROM agent_runs WHERE job_id = $1', [view.id])).rows;
+    // The model they were made with (migration 028): the ledger's model split reads it, not whichever is configured then.
+    expect(row.embedding_model).toBe(s.cfg.GEMINI_EMBEDDING_MODEL);
     // Two embeddings of the question: the semantic cache's lookup and the prompt's knowledge search (the store
     // reuses the lookup's). Gemini reports no usage for them: estimated, ~4 characters a token.
     const tokens = 2 * Math.ceil(question.length / 4);

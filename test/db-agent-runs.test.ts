@@ -268,6 +268,27 @@ describe('agent_runs', () => {
     const [total] = await runs.usage({ ...window, groupBy: 'total' });
     expect(total).toMatchObject({ jobs: 2, embeddingTokens: 40 });
   });
+
+  it("groupBy=model splits an attempt's embedding calls by the embedding model its row names, not the one configured now; a row that names none falls back to it", async () => {
+    // Configured now: a newer model than the one the first job embedded with.
+    const runs = createRunStore({ pool, embeddingModel: 'gemini-embedding-002' });
+    const orgId = randomOrg();
+    const at = new Date('2031-08-01T10:00:00Z');
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    await runs.record(run({ orgId, createdAt: at, ...embedding, embeddingModel: 'gemini-embedding-001' }));
+    await runs.recordMany([run({ orgId, createdAt: at, state: 'delayed', part: randomUUID(), inputTokens: 0, outputTokens: 0, costUsd: 0, ...embedding, embeddingModel: 'gemini-embedding-001' })]);
+    // Written before migration 028: no model named.
+    await runs.record(run({ orgId, createdAt: at, ...embedding }));
+    const window = { orgId, from: new Date('2031-08-01T00:00:00Z'), to: new Date('2031-08-02T00:00:00Z') };
+    const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    expect(byModel.map((r) => [r.key, r.jobs, r.embeddingTokens])).toEqual([
+      ['gemini-2.5-flash', 2, 0],
+      ['gemini-embedding-001', 1, 80],
+      ['gemini-embedding-002', 0, 40],
+    ]);
+    const { rows } = await pool.query('SELECT embedding_model FROM agent_runs WHERE org_id = $1 ORDER BY embedding_model', [orgId]);
+    expect(rows.map((r) => r.embedding_model)).toEqual(['gemini-embedding-001', 'gemini-embedding-001', null]);
+  });
 });
 
 describe('quotas', () => {

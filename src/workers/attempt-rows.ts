@@ -52,6 +52,8 @@ export class AttemptRows {
     private readonly ctx: Pick<JobContext, 'model' | 'tier' | 'batchRead' | 'batchBilled'>,
     /** USD of `tokens` embedding input tokens (ProcessorDeps.embeddingCost). */
     private readonly embeddingCost?: (tokens: number) => number,
+    /** The model the embedding calls are made with (ProcessorDeps.embeddingModel), named on the row (migration 028). */
+    private readonly embeddingModel?: string,
   ) {
     this.attempt = job.attemptsMade + 1;
     this.stalledPart = stalledRunPart(job.stalledCounter);
@@ -63,10 +65,15 @@ export class AttemptRows {
     for (const t of texts) this.embeddingTokens += estimateTextTokens(t);
   }
 
-  /** The row's embedding columns: estimated, and said so (migration 023). */
+  /**
+   * The row's embedding columns: estimated, and said so (migration 023), with the model they were made with
+   * (migration 028: the ledger splits by it, not by whichever model is configured when it reads them).
+   */
   private embeddingColumns() {
     const embeddingTokens = this.embeddingTokens;
-    return embeddingTokens > 0 ? { embeddingTokens, embeddingCostUsd: this.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true } : {};
+    if (embeddingTokens <= 0) return {};
+    // embeddingModel undefined (no model given) is left out of the row's JSON and stored NULL: the configured one.
+    return { embeddingTokens, embeddingCostUsd: this.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true, embeddingModel: this.embeddingModel };
   }
 
   row(row: Partial<AgentRun> & Pick<AgentRun, 'state'>): AgentRun {
@@ -156,7 +163,7 @@ export class AttemptRows {
       thoughtsTokens: (row.thoughtsTokens ?? 0) - (own.thoughtsTokens ?? 0),
     };
     if (after.inputTokens <= 0 && after.outputTokens <= 0 && after.costUsd <= 0) return [own];
-    const { embeddingTokens: _t, embeddingCostUsd: _c, embeddingEstimated: _e, ...rest } = row;
+    const { embeddingTokens: _t, embeddingCostUsd: _c, embeddingEstimated: _e, embeddingModel: _m, ...rest } = row;
     return [own, { ...rest, ...after, part: this.afterBatch, durationMs: 0, cacheHit: null }];
   }
 

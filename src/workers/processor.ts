@@ -78,6 +78,8 @@ export interface ProcessorDeps {
    * (`JobContext.embedded`) go on its row, estimated. Absent: they are counted at no price.
    */
   embeddingCost?: (tokens: number) => number;
+  /** GEMINI_EMBEDDING_MODEL: named on a row with embedding calls (migration 028), which the ledger's model split reads. */
+  embeddingModel?: string;
   /** A row with embedding calls was handed to the usage stream (for metrics): their estimated tokens and cost, USD. */
   onEmbeddingRecorded?: (spend: { tokens: number; costUsd: number }) => void;
 }
@@ -198,7 +200,7 @@ function attemptOf(deps: ProcessorDeps) {
     const model = data.model ?? deps.models[resolved.action.model];
     const gate = deps.gate;
     const ctx = new AttemptContext(job, token, resolved.agent, resolved.action, input, model, logger, span, cancel);
-    const rows = new AttemptRows(job, ctx, deps.embeddingCost);
+    const rows = new AttemptRows(job, ctx, deps.embeddingCost, deps.embeddingModel);
     const attempt = rows.attempt;
     ctx.embedded = (texts) => rows.embedded(texts);
     if (gate) {

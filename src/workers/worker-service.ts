@@ -156,6 +156,7 @@ export function createWorkerService(opts: {
     databaseDelay: { firstMs: cfg.DB_UNAVAILABLE_DELAY_MS, maxMs: cfg.DB_UNAVAILABLE_MAX_DELAY_MS },
     ...(opts.batch ? { batchFailed: (job) => opts.batch!.settleFailed(job) } : {}),
     embeddingCost: (tokens) => pricing.cost(cfg.GEMINI_EMBEDDING_MODEL, { input: tokens, output: 0 }).costUsd,
+    embeddingModel: cfg.GEMINI_EMBEDDING_MODEL,
     onEmbeddingRecorded: (spend) => features.forEach((f) => f.onEmbeddingRecorded?.(spend)),
   });
   const worker = createAgentWorker({

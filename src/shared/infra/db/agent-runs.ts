@@ -48,6 +48,11 @@ export interface AgentRun {
   embeddingTokens?: number;
   embeddingCostUsd?: number;
   embeddingEstimated?: boolean;
+  /**
+   * The model the embedding calls were made with (migration 028), so the ledger's model split keeps it when
+   * GEMINI_EMBEDDING_MODEL changes. Absent (rows written before, rows with no embedding call): the configured one.
+   */
+  embeddingModel?: string;
   /** Defaults to now(); set by backfills and tests. */
   createdAt?: Date;
 }
@@ -217,7 +222,7 @@ const EMBEDDING_ONLY = `(state = 'delayed' AND input_tokens = 0 AND output_token
 /**
  * The rows `groupBy: 'model'` and `groupBy: 'tier'` read: an attempt's row split in two. Its model calls stay under
  * its model and tier; its embedding calls (semantic cache, knowledge search; migration 023) go under the embedding
- * model (`$4`) at the standard tier, as an ingest's and a search's rows are: they are priced at the embedding
+ * model the row names (migration 028; `$4`, the configured one, for a row written before) at the standard tier, as an ingest's and a search's rows are: they are priced at the embedding
  * model's standard online price (`embeddingCost` in worker-service.ts), whatever tier the chat call used. So a
  * model's group holds what was paid to that model, and a tier's what was paid at that tier. Before, a run delayed
  * after a semantic-cache lookup with no model call showed its embedding as the job's chat model's spend, and a
@@ -234,7 +239,7 @@ const EMBEDDING_SPLIT_SOURCE = `(
          CASE WHEN kind = 'attempt' THEN 0 ELSE embedding_cost_usd END AS embedding_cost_usd
   FROM agent_runs WHERE NOT (kind = 'attempt' AND ${EMBEDDING_ONLY})
   UNION ALL
-  SELECT $4::text, 'standard', org_id, created_at, job_id, job_ts, CASE WHEN ${EMBEDDING_ONLY} THEN 'attempt' ELSE 'embedding' END,
+  SELECT COALESCE(embedding_model, $4::text), 'standard', org_id, created_at, job_id, job_ts, CASE WHEN ${EMBEDDING_ONLY} THEN 'attempt' ELSE 'embedding' END,
          part, state, NULL, 0, 0, 0, 0, 0, 0, 0, embedding_tokens, embedding_cost_usd
   FROM agent_runs WHERE kind = 'attempt' AND embedding_tokens > 0
 ) AS agent_runs`;
@@ -242,14 +247,17 @@ const EMBEDDING_SPLIT_SOURCE = `(
 /** The groupings that read `EMBEDDING_SPLIT_SOURCE`; the others keep each row whole (the same sums either way). */
 const SPLIT_GROUPINGS: ReadonlySet<UsageGroupBy> = new Set<UsageGroupBy>(['model', 'tier']);
 
-/** `GEMINI_EMBEDDING_MODEL`'s default (config.ts): the model an attempt's embedding calls are shown under. */
+/**
+ * `GEMINI_EMBEDDING_MODEL`'s default (config.ts): the model an attempt's embedding calls are shown under when its
+ * row names none (written before migration 028).
+ */
 const DEFAULT_EMBEDDING_MODEL = 'gemini-embedding-001';
 
 /**
  * The `agent_runs` store. An attempt's error message may carry a NUL (an upstream body, a quoted model output):
  * stored as U+FFFD (storableText), since a row Postgres refuses would fail its whole usage-sink batch and hold
  * back every org's rows. `embeddingModel`: the model `usage({ groupBy: 'model' })` shows attempts' embedding calls
- * under (a row names only its model call's model and tier).
+ * under when their row names none (`AgentRun.embeddingModel`: rows written before migration 028).
  */
 export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL }: { pool: pg.Pool; embeddingModel?: string }) {
   return {
@@ -259,8 +267,8 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
                                  tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part,
-                                 embedding_tokens, embedding_cost_usd, embedding_estimated)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20, $21, $22, $23, $24)
+                                 embedding_tokens, embedding_cost_usd, embedding_estimated, embedding_model)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, COALESCE($15, now()), $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)
          ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           r.jobId,
@@ -287,6 +295,7 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
           Math.round(r.embeddingTokens ?? 0),
           r.embeddingCostUsd ?? 0,
           r.embeddingEstimated ?? false,
+          r.embeddingModel ?? null,
         ],
       );
       return res.rowCount === 1;
@@ -303,13 +312,13 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
         `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
                                  tier, cached_tokens, thoughts_tokens, standard_cost_usd, job_ts, part,
-                                 embedding_tokens, embedding_cost_usd, embedding_estimated)
-         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt, pt, et, ec, ee
+                                 embedding_tokens, embedding_cost_usd, embedding_estimated, embedding_model)
+         SELECT j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, COALESCE(ca, now()), ti, ct, tt, sc, jt, pt, et, ec, ee, em
          FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::int[],
                      $9::int[], $10::numeric[], $11::int[], $12::text[], $13::text[], $14::text[], $15::timestamptz[],
                      $16::text[], $17::int[], $18::int[], $19::numeric[], $20::bigint[], $21::text[],
-                     $22::int[], $23::numeric[], $24::boolean[])
-              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt, pt, et, ec, ee)
+                     $22::int[], $23::numeric[], $24::boolean[], $25::text[])
+              AS t(j, a, o, ag, ac, m, st, it, ot, c, d, ch, e, rq, ca, ti, ct, tt, sc, jt, pt, et, ec, ee, em)
          ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING`,
         [
           col((r) => r.jobId),
@@ -336,6 +345,7 @@ export function createRunStore({ pool, embeddingModel = DEFAULT_EMBEDDING_MODEL 
           col((r) => Math.round(r.embeddingTokens ?? 0)),
           col((r) => r.embeddingCostUsd ?? 0),
           col((r) => r.embeddingEstimated ?? false),
+          col((r) => r.embeddingModel ?? null),
         ],
       );
       return res.rowCount ?? 0;
