@@ -6,7 +6,7 @@ import { createAgentProcessor } from '../src/workers/processor.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { createBatchTier } from '../src/workers/batch-tier.js';
 import { createRouteGuard } from '../src/workers/guards/route-guard.js';
-import { compose } from '../src/workers/middleware.js';
+import { compose, type Middleware } from '../src/workers/middleware.js';
 import { createLogger } from '../src/shared/core/logger.js';
 import type { BatchStore } from '../src/shared/batch/batch-store.js';
 import type { AgentRun } from '../src/shared/infra/db/agent-runs.js';
@@ -29,23 +29,34 @@ const batchAnswer = (): GenerateResult => ({ text: '{}', json: {}, model: MODEL,
 /** The retry's call on the standard tier: a usable answer. */
 const standardAnswer = (): GenerateResult => ({ text: '{"score":1}', json: { score: 1 }, model: MODEL, usage: { input: 100, output: 30 }, costUsd: 0.0005, standardCostUsd: 0.0005, tier: 'standard' });
 
+/** What a run's semantic-cache lookup counts before the model call (semantic-cache-guard.ts): 10 estimated tokens. */
+const LOOKUP = 'q'.repeat(40);
+const embeds: Middleware = (ctx, next) => (ctx.embedded?.([LOOKUP]), next());
+
 /**
  * The processor with the real route guard, agent call and batch tier; a batch store whose record says its answer is
  * stored (every read of it marks it read by the attempt), the model a fake that answers `standardAnswer`.
+ * `opts.embeds`: each run makes an embedding call first; `opts.usable`: the batch answer is the action's output.
  */
-function harness(bill?: (row: AgentRun, billTo?: RunBillTo) => Promise<unknown>) {
+function harness(bill?: (row: AgentRun, billTo?: RunBillTo) => Promise<unknown>, opts: { embeds?: boolean; usable?: boolean } = {}) {
   const rows: AgentRun[] = [];
   const store = {
     job: async () => ({ state: 'done', model: MODEL, result: '{}', readBy: undefined }),
     move: async () => true,
   } as unknown as BatchStore;
-  const batch = createBatchTier({ store, batches: { resultOf: () => batchAnswer() }, deadlineMarginMs: 1000 });
+  const stored = () => (opts.usable ? { ...batchAnswer(), text: '{"score":2}', json: { score: 2 } } : batchAnswer());
+  const batch = createBatchTier({ store, batches: { resultOf: stored }, deadlineMarginMs: 1000 });
   let standardCalls = 0;
   const llm = { generate: async () => (standardCalls++, standardAnswer()) };
   const proc = createAgentProcessor({
     agents: { resolve: () => ({ agent: {} as never, action: action as never }), validateInput: (_a, _b, i) => i },
-    chain: compose([createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 })], createAgentCall({ llm, batch })),
+    chain: compose(
+      [...(opts.embeds ? [embeds] : []), createRouteGuard({ routeFor: () => ({ primary: MODEL, retries: 1 }), agents: { get: () => undefined }, backoffBaseMs: 1 })],
+      createAgentCall({ llm, batch }),
+    ),
     runs: { record: async (r, billTo) => (rows.push(r), await bill?.(r, billTo)) },
+    embeddingCost: (tokens) => tokens * 1e-7,
+    embeddingModel: 'gemini-embedding-001',
     models: { fast: 'gemini-2.5-flash', pro: MODEL },
     logger: createLogger({ level: 'silent' }),
   });
@@ -77,6 +88,29 @@ describe("a run served its batch answer that then calls the standard tier: that 
     // The standard row is no attempt of its own: no duration, no cache decision.
     expect(kept.get('standard:0')).toMatchObject({ durationMs: 0, cacheHit: null });
   });
+
+  it("each run's embedding calls are in its own standard:<n> row, not on the answer's '' row a stalled re-run's duplicate of is refused; alone when the run called no model after the answer", async () => {
+    const view = (r: AgentRun) => [r.part ?? '', r.tier, r.inputTokens, r.costUsd, r.embeddingTokens ?? 0];
+    for (const usable of [false, true]) {
+      const h = harness(undefined, { embeds: true, usable });
+      const data = { tier: 'batch' as const };
+      await h.proc(fakeAgentJob({ id: 'e1', data }), 't');
+      await h.proc(fakeAgentJob({ id: 'e1', data, extra: { stalledCounter: 1 } }), 't');
+      expect(h.standardCalls()).toBe(usable ? 0 : 2);
+      // A usable answer: the standard rows hold the run's embedding calls alone, at the standard tier, no model call.
+      const after = usable ? ['standard', 0, 0] : ['standard', 100, 0.0005];
+      expect(h.rows.map(view), `usable: ${usable}`).toEqual([
+        ['', 'batch', 100, 0.0001, 0],
+        ['standard:0', ...after, 10],
+        ['', 'batch', 100, 0.0001, 0],
+        ['standard:1', ...after, 10],
+      ]);
+      // In agent_runs (the '' row kept once): both runs' embedding calls, each priced, naming its model.
+      const kept = new Map(h.rows.map((r) => [r.part ?? '', r]));
+      expect([...kept.values()].reduce((n, r) => n + (r.embeddingTokens ?? 0), 0)).toBe(20);
+      expect(kept.get('standard:1')).toMatchObject({ embeddingCostUsd: 10 * 1e-7, embeddingEstimated: true, embeddingModel: 'gemini-embedding-001', durationMs: 0, cacheHit: null });
+    }
+  });
 });
 
 /**
@@ -100,7 +134,7 @@ describe("a flow child's batch answer read by a stalled re-run: the child's and 
     await redis.hset(parentKey, 'timestamp', String(timestamp - 1));
     await redis.hset(jobHashKey(childQueue, id), 'timestamp', String(timestamp));
     const appender = createRunAppender({ redis, key: usageStreamKey(prefix) });
-    const h = harness((r, billTo) => appender.record(r, billTo));
+    const h = harness((r, billTo) => appender.record(r, billTo), { embeds: true });
     const child = (stalledCounter: number) =>
       fakeAgentJob({ id, data: { tier: 'batch' }, extra: { timestamp, stalledCounter, parentKey, queueQualifiedName: childQueue } });
     await h.proc(child(0), 't');
@@ -118,5 +152,7 @@ describe("a flow child's batch answer read by a stalled re-run: the child's and 
     const spend = fanOutSpend([{ id, key: 'RiskAnalyzer:analyze_risks', agent: 'RiskAnalyzer', action: 'analyze_risks', model: MODEL }], outcomes, billed);
     expect(spend.results['RiskAnalyzer:analyze_risks'].costUsd).toBeCloseTo(ledger, 10);
     expect(spend.totalCostUsd).toBeCloseTo(ledger, 10);
+    // Each run's embedding calls too (its standard:<n> row's), where the '' row carried one run's, summed once.
+    expect(spend.embedding).toMatchObject({ tokens: 20, costUsd: expect.closeTo(20 * 1e-7, 12) });
   });
 });

@@ -289,6 +289,32 @@ describe('agent_runs', () => {
     const { rows } = await pool.query('SELECT embedding_model FROM agent_runs WHERE org_id = $1 ORDER BY embedding_model', [orgId]);
     expect(rows.map((r) => r.embedding_model)).toEqual(['gemini-embedding-001', 'gemini-embedding-001', null]);
   });
+
+  it("a batch-read run's standard:<n> row that holds only its embedding calls counts its job under the embedding model, as an embedding-only delayed row does", async () => {
+    const runs = createRunStore({ pool, embeddingModel: 'gemini-embedding-001' });
+    const orgId = randomOrg();
+    const at = new Date('2031-09-01T10:00:00Z');
+    const jobId = randomUUID();
+    const embedding = { embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true };
+    // The batch answer's row, then the run's own embedding calls (no model call after the answer: model columns 0).
+    await runs.record(run({ orgId, jobId, createdAt: at, tier: 'batch', costUsd: 0.0005, standardCostUsd: 0.001 }));
+    const calls = { inputTokens: 0, outputTokens: 0, costUsd: 0, standardCostUsd: 0, durationMs: 0 };
+    await runs.record(run({ orgId, jobId, createdAt: at, part: afterBatchPart(0), tier: 'standard', ...calls, ...embedding }));
+    const window = { orgId, from: new Date('2031-09-01T00:00:00Z'), to: new Date('2031-09-02T00:00:00Z') };
+    const byModel = await runs.usage({ ...window, groupBy: 'model' });
+    expect(byModel.map((r) => [r.key, r.jobs, r.inputTokens, r.embeddingTokens])).toEqual([
+      ['gemini-2.5-flash', 1, 100, 0],
+      ['gemini-embedding-001', 1, 0, 40],
+    ]);
+    const byTier = await runs.usage({ ...window, groupBy: 'tier' });
+    expect(byTier.map((r) => [r.key, r.jobs, r.inputTokens, r.embeddingTokens])).toEqual([
+      ['batch', 1, 100, 0],
+      ['standard', 1, 0, 40],
+    ]);
+    // The batch tier's attempt figures are the answer's row's alone.
+    expect(byTier[0]).toMatchObject({ cacheHitRate: 0, p50Ms: 100 });
+    expect(byTier[1]).toMatchObject({ p50Ms: 0 });
+  });
 });
 
 describe('quotas', () => {

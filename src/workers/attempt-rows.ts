@@ -148,12 +148,16 @@ export class AttemptRows {
    * figures by the route guard; they are this run's own and go in a row of their own, part `standard:<n>`, at their
    * tier and price. Until 2026-12-07 they were folded into the '' row under the last call's tier, and a stalled
    * re-run's were lost with its duplicate '' row. That row describes no attempt of its own (no duration, no cache
-   * decision: `usage()` leaves it out of those); its embedding calls stay on the attempt's row.
+   * decision: `usage()` leaves it out of those). The run's embedding calls (its semantic-cache lookup, its knowledge
+   * search: each run makes its own, at the standard price) go in that row too, made for them alone when the run
+   * called no model after the answer (its model columns 0, tier standard). Until 2026-12-07 they rode on the '' row,
+   * so a stalled re-run's were lost with its duplicate, from the ledger and from a flow child's parent.
    */
   private splitBatch(row: AgentRun): AgentRun[] {
     if (!this.ctx.batchRead) return [row];
     const b = this.ctx.batchBilled;
-    const own: AgentRun = { ...row, ...NOTHING_BILLED, tier: 'batch', ...(b ? billedColumns(b) : {}) };
+    const { embeddingTokens, embeddingCostUsd, embeddingEstimated, embeddingModel, ...answer } = row;
+    const own: AgentRun = { ...answer, ...NOTHING_BILLED, tier: 'batch', ...(b ? billedColumns(b) : {}) };
     const after = {
       inputTokens: row.inputTokens - own.inputTokens,
       outputTokens: row.outputTokens - own.outputTokens,
@@ -162,9 +166,10 @@ export class AttemptRows {
       cachedTokens: (row.cachedTokens ?? 0) - (own.cachedTokens ?? 0),
       thoughtsTokens: (row.thoughtsTokens ?? 0) - (own.thoughtsTokens ?? 0),
     };
-    if (after.inputTokens <= 0 && after.outputTokens <= 0 && after.costUsd <= 0) return [own];
-    const { embeddingTokens: _t, embeddingCostUsd: _c, embeddingEstimated: _e, embeddingModel: _m, ...rest } = row;
-    return [own, { ...rest, ...after, part: this.afterBatch, durationMs: 0, cacheHit: null }];
+    const called = after.inputTokens > 0 || after.outputTokens > 0 || after.costUsd > 0;
+    if (!called && !embeddingTokens) return [own];
+    const embedding = embeddingTokens ? { embeddingTokens, embeddingCostUsd, embeddingEstimated, embeddingModel } : {};
+    return [own, { ...answer, ...after, ...(called ? {} : { tier: 'standard' as const }), ...embedding, part: this.afterBatch, durationMs: 0, cacheHit: null }];
   }
 
   /**

@@ -214,10 +214,12 @@ const GROUP_EXPR: Record<UsageGroupBy, string> = {
 
 /**
  * An attempt's row that holds its run's embedding calls and nothing else, and describes no attempt of its own: a run
- * delayed after a semantic-cache lookup or a knowledge search with no model call paid (its model columns 0). Its
- * job is then the embedding model's and the standard tier's in `EMBEDDING_SPLIT_SOURCE`, the only spend the row has.
+ * delayed after a semantic-cache lookup or a knowledge search with no model call paid, or a run served its batch
+ * answer that called no model after it (its `standard:<n>` row then holds its embedding calls alone); model
+ * columns 0. Its job is then the embedding model's and the standard tier's in `EMBEDDING_SPLIT_SOURCE`, the only
+ * spend the row has.
  */
-const EMBEDDING_ONLY = `(state = 'delayed' AND input_tokens = 0 AND output_tokens = 0 AND cost_usd = 0 AND embedding_tokens > 0)`;
+const EMBEDDING_ONLY = `((state = 'delayed' OR part LIKE 'standard:%') AND input_tokens = 0 AND output_tokens = 0 AND cost_usd = 0 AND embedding_tokens > 0)`;
 
 /**
  * The rows `groupBy: 'model'` and `groupBy: 'tier'` read: an attempt's row split in two. Its model calls stay under
