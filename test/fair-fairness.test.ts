@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+import { KILLED_EXIT_MS, spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+import { within } from './helpers/wait.js';
 import { UNTHROTTLED, figure, processEnv } from './helpers/faults.js';
 import { jain, markedJob, postBulk, postJob, putPlan, recordEvents } from './helpers/fair.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -29,7 +30,7 @@ describe('fair dispatch across orgs (2 worker processes)', () => {
   afterAll(async () => {
     await log?.close();
     for (const w of workers) if (w.child.exitCode === null && w.child.signalCode === null) w.kill('SIGKILL');
-    await Promise.all(workers.map((w) => w.exited));
+    await within(Promise.all(workers.map((w) => w.exited)), KILLED_EXIT_MS, 'the worker processes to close once SIGKILLed');
     await s?.close();
   });
 

@@ -11,8 +11,11 @@ import { DelayJobError } from '../src/workers/middleware.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { nodeArgsFor } from './helpers/transpiled.js';
-import { exitGuard, exitWithin } from './helpers/processes.js';
+import { exitGuard, exitWithin, lineWithin } from './helpers/processes.js';
+import { waitsTimeout } from './helpers/wait.js';
 
+/** How long a bucket process is given to start and connect (four at once, on a busy machine) and say `ready`. */
+const READY_MS = 120_000;
 /** How long a bucket process is given, once told to go, for its 2 s of takes, its tally and its exit. */
 const TALLY_MS = 60_000;
 
@@ -26,19 +29,24 @@ interface Tally {
   lastAdmittedMs: number;
 }
 
+/** Every bucket process started, for afterAll: one whose siblings failed to start still waits for its `go`. */
+const started: ChildProcess[] = [];
+
 /** Starts a bucket worker process and resolves once it is connected and waiting for `go`. */
-async function startWorker(env: Record<string, string>): Promise<{ child: ChildProcess; result: Promise<Tally> }> {
+async function startWorker(env: Record<string, string>, name: string): Promise<{ child: ChildProcess; result: Promise<Tally> }> {
   const child = spawn(process.execPath, nodeArgsFor('test/fixtures/guard-bucket-worker.ts'), {
     cwd: root,
     env: { ...process.env, ...env },
     stdio: ['pipe', 'pipe', 'inherit'],
   });
+  started.push(child);
   // 'close': the process has ended and its whole output has been read.
   const closed = once(child, 'close');
   const lines = createInterface({ input: child.stdout! });
   const it = lines[Symbol.asyncIterator]();
-  const first = await it.next();
-  if (first.value !== 'ready') throw new Error(`worker did not start: ${String(first.value)}`);
+  // Bounded: a process stuck before its line (Redis not answering, a start that hangs) is killed and named.
+  const first = await lineWithin({ child, exited: closed }, it, READY_MS, `${name}'s ready line`);
+  if (first !== 'ready') throw new Error(`${name} did not start: ${first}`);
   const result = (async () => {
     const next = await it.next();
     await closed;
@@ -56,14 +64,15 @@ describe('token buckets', () => {
     buckets = createTokenBuckets({ redis, prefix: randomPrefix() });
   });
   afterAll(async () => {
+    for (const c of started) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     await redis.quit();
   });
 
-  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: 180_000 + exitGuard(TALLY_MS) }, async () => {
+  it('admits at most C + r*T over four processes, and nearly that much while saturated', { timeout: waitsTimeout(exitGuard(READY_MS), exitGuard(TALLY_MS)) }, async () => {
     const capacity = 20;
     const refillPerSec = 40;
     const env = { REDIS_URL: redisUrl(), PREFIX: randomPrefix(), BUCKET: 'shared', CAPACITY: String(capacity), REFILL_PER_SEC: String(refillPerSec), DURATION_MS: '2000' };
-    const workers = await Promise.all(Array.from({ length: 4 }, () => startWorker(env)));
+    const workers = await Promise.all(Array.from({ length: 4 }, (_, i) => startWorker(env, `bucket process ${i + 1}`)));
     for (const w of workers) w.child.stdin!.end('go\n');
     // Each one's tally once its 2 s are up, and its exit: bounded, a process that hangs is killed and named.
     const tallies = await Promise.all(workers.map((w, i) => exitWithin({ child: w.child, exited: w.result }, TALLY_MS, `bucket process ${i + 1}'s tally and exit`)));

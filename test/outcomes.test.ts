@@ -29,7 +29,7 @@ import { createDlqReprocessor } from '../src/workers/ops/dlq-reprocessor.js';
 import { attachOpsListeners } from '../src/workers/ops/worker-listeners.js';
 import { Cancellation } from '../src/workers/cancellation.js';
 import { createAgentProcessor } from '../src/workers/processor.js';
-import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
 import { processEnv } from './helpers/faults.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { marker, riskJob } from './helpers/ops.js';
@@ -285,10 +285,8 @@ describe('outcomes across processes', () => {
     await worker.waitForLog((l) => l.msg === 'worker started', 180_000);
   }, 60_000);
   afterAll(async () => {
-    if (worker && worker.child.exitCode === null) {
-      worker.kill('SIGTERM');
-      await worker.exited;
-    }
+    // Bounded: SIGTERM, then SIGKILL if it does not close in time.
+    await stopProcess(worker);
     await s?.close();
   });
 

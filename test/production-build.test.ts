@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { buildDist, buildSources, isAsset } from '../dev/build/build-dist.js';
 import { freePort } from '../src/shared/infra/redis/redis-server.js';
-import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
+import { DEFAULT_GRACE_MS, exitWithin, spawnAgentq, stopProcess, termExitMs, type AgentqProcess } from './helpers/processes.js';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 
@@ -86,6 +86,6 @@ describe('the production build', () => {
     expect(view.result.success).toBe(true);
 
     proc.kill('SIGTERM');
-    expect(await proc.exited).toBe(0);
+    expect(await exitWithin(proc, termExitMs(DEFAULT_GRACE_MS), 'the built process to drain and exit on SIGTERM')).toBe(0);
   }, 480_000);
 });

@@ -5,7 +5,13 @@ import { Redis } from 'ioredis';
 import { afterAll, describe, expect, it } from 'vitest';
 import { assertNoEviction, RedisSetupError } from '../src/shared/infra/redis/connection.js';
 import { freePort, startRedisServer } from '../src/shared/infra/redis/redis-server.js';
-import { spawnAgentq, type AgentqProcess } from './helpers/processes.js';
+import { DEFAULT_GRACE_MS, exitGuard, exitWithin, spawnAgentq, termExitMs, type AgentqProcess } from './helpers/processes.js';
+import { waitsTimeout } from './helpers/wait.js';
+
+/** How long a process refused at start-up is given to say why and exit (its Redis checks, on a busy machine). */
+const REFUSAL_EXIT_MS = 150_000;
+/** The quick start's drain on SIGTERM: the default grace, nothing set. */
+const TERM_EXIT_MS = termExitMs(DEFAULT_GRACE_MS);
 
 /**
  * `npm start` on embedded defaults, as a new user runs it: nothing given but a data dir and ports. It must
@@ -63,7 +69,7 @@ describe('quick start on embedded defaults', () => {
     expect((await fetch(`${base}/readyz`)).status).toBe(200);
 
     first.kill('SIGTERM');
-    expect(await first.exited).toBe(0);
+    expect(await exitWithin(first, TERM_EXIT_MS, 'the first run to drain and exit on SIGTERM')).toBe(0);
     // Every line the first run wrote has been read by now (its output is closed): none carries the key.
     expect(first.lines.length).toBeGreaterThan(migrations);
     expect(first.lines.filter((l) => JSON.stringify(l).includes(key))).toEqual([]);
@@ -75,7 +81,7 @@ describe('quick start on embedded defaults', () => {
     const again = (await (await fetch(`${base}/v1/jobs/${id}`, { headers })).json()) as { state: string };
     expect(again.state).toBe('completed');
     second.kill('SIGTERM');
-    expect(await second.exited).toBe(0);
+    expect(await exitWithin(second, TERM_EXIT_MS, 'the restarted run to drain and exit on SIGTERM')).toBe(0);
   }, 480_000);
 });
 
@@ -98,10 +104,10 @@ describe('Redis setup checks', () => {
 
   it('exits with one line saying how to start Redis when none answers and autostart is off', async () => {
     const p = spawnAgentq('worker', { REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'false', DATABASE_URL: '' });
-    expect(await p.exited).toBe(1);
+    expect(await exitWithin(p, REFUSAL_EXIT_MS, 'the worker to exit, no Redis answering')).toBe(1);
     expect(p.stderr().trim()).toMatch(/^agentq failed to start: Nothing answers at REDIS_URL .*Start Redis 7/);
     expect(p.stderr().trim().split('\n')).toHaveLength(1);
-  }, 180_000);
+  }, waitsTimeout(exitGuard(REFUSAL_EXIT_MS)));
 });
 
 /** What a production process (NODE_ENV=production) refuses at start that a developer's `npm start` does. */
@@ -117,34 +123,36 @@ describe('production start-up refusals', () => {
     // Nothing at REDIS_URL: a check made after Redis would fail there, or start a redis-server, instead.
     const p = spawnAgentq('all', { NODE_ENV: 'production', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: 'embedded', DATA_DIR: dataDir, GEMINI_API_KEY: '', GOOGLE_API_KEY: '' });
     procs.push(p);
-    expect(await p.exited).toBe(1);
+    expect(await exitWithin(p, REFUSAL_EXIT_MS, 'the process to exit, no GEMINI_API_KEY in production')).toBe(1);
     expect(p.stderr().trim()).toMatch(/^Missing environment variable GEMINI_API_KEY: .*Set GEMINI_API_KEY \(or GOOGLE_API_KEY\), or GEMINI_EMULATOR=true/);
     expect(p.stderr().trim().split('\n')).toHaveLength(1);
     expect(p.lines).toEqual([]);
-  }, 180_000);
+  }, waitsTimeout(exitGuard(REFUSAL_EXIT_MS)));
 
   it('in production, exits naming DATABASE_URL when none is given, instead of running on a local embedded PGlite', async () => {
     const p = spawnAgentq('all', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${await freePort()}`, REDIS_AUTOSTART: 'true', DATABASE_URL: '', DATA_DIR: dataDir });
     procs.push(p);
-    expect(await p.exited).toBe(1);
+    expect(await exitWithin(p, REFUSAL_EXIT_MS, 'the process to exit, no DATABASE_URL in production')).toBe(1);
     expect(p.stderr().trim()).toMatch(/^Missing environment variable DATABASE_URL: .*DATABASE_URL=embedded to run on the embedded PGlite on purpose$/);
     expect(p.lines).toEqual([]);
-  }, 180_000);
+  }, waitsTimeout(exitGuard(REFUSAL_EXIT_MS)));
 
   it('in production, a Redis that does not answer at start stops start-up: agentq starts no empty Redis of its own on that port', async () => {
     const redisPort = await freePort();
     const p = spawnAgentq('worker', { NODE_ENV: 'production', GEMINI_EMULATOR: 'true', REDIS_URL: `redis://127.0.0.1:${redisPort}`, DATABASE_URL: 'embedded', DATA_DIR: dataDir });
     procs.push(p);
-    const outcome = await Promise.race([
+    // Its exit, or its log of a redis-server of its own, whichever comes first; neither within the bound: killed, named.
+    const first = Promise.race([
       p.exited.then((code) => ({ exit: code })),
-      // Its exit rejects this wait: the exit above answers then.
-      p.waitForLog((l) => /starting a local redis-server/.test(String(l.msg)), 180_000).then(
+      // Its exit rejects this wait (the exit above answers then), as does the bound's end (exitWithin's, then).
+      p.waitForLog((l) => /starting a local redis-server/.test(String(l.msg)), REFUSAL_EXIT_MS + exitGuard(0)).then(
         () => ({ autostarted: true }),
         () => new Promise<never>(() => {}),
       ),
     ]);
+    const outcome = await exitWithin({ child: p.child, exited: first }, REFUSAL_EXIT_MS, 'the worker to exit, or to start a redis-server of its own, no Redis answering');
     if ('autostarted' in outcome) p.kill('SIGTERM');
     expect(outcome).toEqual({ exit: 1 });
     expect(p.stderr().trim()).toMatch(/^agentq failed to start: Nothing answers at REDIS_URL /);
-  }, 180_000);
+  }, waitsTimeout(exitGuard(REFUSAL_EXIT_MS)));
 });

@@ -1,10 +1,14 @@
 import { Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startStack, TEST_ENV, type Stack } from './helpers/stack.js';
-import { spawnAgentq, stopProcess, type AgentqProcess } from './helpers/processes.js';
+import { exitWithin, KILLED_EXIT_MS, spawnAgentq, stopProcess, termExitMs, type AgentqProcess } from './helpers/processes.js';
 import { startModelGate, type ModelGate } from './helpers/model-gate.js';
 import { within } from './helpers/wait.js';
 import { usageWritten } from './helpers/usage.js';
+
+/** The workers' drain grace (SHUTDOWN_GRACE_MS); told to stop, each exits within it and the shutdown margin. */
+const GRACE_MS = 10_000;
+const TERM_EXIT_MS = termExitMs(GRACE_MS);
 
 /**
  * Workers as separate OS processes (the real `src/main.ts worker`), sharing the test's Redis, PGlite
@@ -31,7 +35,7 @@ describe('worker processes', () => {
       GOOGLE_GEMINI_BASE_URL: gate.url,
       LOCK_DURATION_MS: '2000',
       STALLED_INTERVAL_MS: '1000',
-      SHUTDOWN_GRACE_MS: '10000',
+      SHUTDOWN_GRACE_MS: String(GRACE_MS),
       WORKER_CONCURRENCY: '4',
     };
   });
@@ -69,7 +73,7 @@ describe('worker processes', () => {
     await within(held.arrived, 60_000, 'the model call of the first worker');
     expect(await queue.getActiveCount()).toBe(1);
     first.kill('SIGKILL');
-    expect(await first.exited).toBeNull();
+    expect(await exitWithin(first, KILLED_EXIT_MS, 'the first worker to close once SIGKILLed')).toBeNull();
     const second = await start();
     const view = await waitDone(id);
     expect(view.state).toBe('completed');
@@ -79,7 +83,7 @@ describe('worker processes', () => {
     expect(rows[0].n).toBe(1);
     expect(second.lines.some((l) => l.jobId === id && l.msg === 'job completed')).toBe(true);
     second.kill('SIGTERM');
-    expect(await second.exited).toBe(0);
+    expect(await exitWithin(second, TERM_EXIT_MS, 'the second worker to drain and exit on SIGTERM')).toBe(0);
     expect(held.count()).toBe(1);
   }, 120_000);
 
@@ -94,7 +98,7 @@ describe('worker processes', () => {
     await worker.waitForLog((l) => l.msg === 'shutting down: no new jobs, finishing in-flight ones', 30_000);
     for (const id of ids) expect(await (await queue.getJob(id))!.getState()).toBe('active');
     held.release();
-    expect(await worker.exited).toBe(0);
+    expect(await exitWithin(worker, TERM_EXIT_MS, 'the worker to finish its 3 jobs and exit after SIGTERM')).toBe(0);
     for (const id of ids) {
       const job = await queue.getJob(id);
       expect(await job!.getState()).toBe('completed');

@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { SHUTDOWN_MARGIN_MS } from '../../src/app/shutdown.js';
 import { transpiledTwin } from './transpiled.js';
 import { within } from './wait.js';
 
@@ -115,10 +116,27 @@ export function watch(child: ChildProcess): AgentqProcess {
   };
 }
 
-const running = (p: Pick<AgentqProcess, 'child'>) => p.child.exitCode === null && p.child.signalCode === null;
+/** A child a bounded wait may have to end. */
+type Killable = { child: ChildProcess; exited: Promise<unknown> };
+
+const running = (p: Pick<Killable, 'child'>): boolean => p.child.exitCode === null && p.child.signalCode === null;
+
+/** SIGKILL for the child; continued first (SIGCONT) in case it was stopped. */
+function hardKill(p: Pick<Killable, 'child'>): void {
+  if (!running(p)) return;
+  p.child.kill('SIGCONT');
+  p.child.kill('SIGKILL');
+}
 
 /** How long a child SIGKILLed is given to close (its end, and its stdout and stderr read to their end). */
 export const KILLED_EXIT_MS = 10_000;
+/** SHUTDOWN_GRACE_MS's default (config.ts): the drain's grace of a process started without it. */
+export const DEFAULT_GRACE_MS = 30_000;
+/**
+ * What a process told to stop (SIGTERM, SIGINT) may take to close: its drain's grace (`graceMs`, its
+ * SHUTDOWN_GRACE_MS), the margin its own shutdown deadline allows past it, and the reading of its output to the end.
+ */
+export const termExitMs = (graceMs: number): number => graceMs + SHUTDOWN_MARGIN_MS + KILLED_EXIT_MS;
 /** How long a child is given to close once `exitWithin` SIGKILLed it, its own bound passed. */
 export const CHILD_KILL_MS = 5_000;
 /** What one `exitWithin(p, ms, ...)` may take: `ms`, then the kill's. Count it in the test's timeout. */
@@ -130,22 +148,40 @@ export const exitGuard = (ms: number): number => ms + CHILD_KILL_MS;
  * never ended (a drain stuck, a connect still retrying, a fixture stuck before its exit) ran into the bare test
  * timeout, naming nothing, and left the child running past the run.
  */
-export async function exitWithin<T>(p: { child: ChildProcess; exited: Promise<T> }, ms: number, what: string, opts: { kill?: () => void } = {}): Promise<T> {
+export async function exitWithin<T>(p: Killable & { exited: Promise<T> }, ms: number, what: string, opts: { kill?: () => void } = {}): Promise<T> {
   try {
     return await within(p.exited, ms, what);
   } catch (err) {
-    // `kill`: where the process to end is not the child itself (a server the child runs as another user).
-    if (opts.kill) opts.kill();
-    else if (running(p)) {
-      p.child.kill('SIGCONT');
-      p.child.kill('SIGKILL');
-    }
-    const closed = await within(p.exited, CHILD_KILL_MS, 'its close once SIGKILLed').then(
-      () => 'killed',
-      () => `still not closed ${CHILD_KILL_MS} ms after SIGKILL`,
-    );
-    throw new Error(`${(err as Error).message} (pid ${p.child.pid}: ${closed})`, { cause: err });
+    throw await killedFor(p, err as Error, opts);
   }
+}
+
+/**
+ * The next line a child writes (`lines`: a readline iterator over its stdout) within `ms`, else the child is
+ * killed as `exitWithin` kills it and the wait fails naming `what`; so does a stdout that ends first (the child
+ * exited or closed it). An unbounded `await lines.next()` on a child stuck before its line (a connect retrying, a
+ * fixture that never got going) ran into the bare test timeout, naming nothing, and left the child running.
+ */
+export async function lineWithin(p: Killable, lines: AsyncIterator<string>, ms: number, what: string): Promise<string> {
+  try {
+    const next = await within(lines.next(), ms, what);
+    if (next.done) throw new Error(`${what}: the process closed its output first`);
+    return next.value;
+  } catch (err) {
+    throw await killedFor(p, err as Error);
+  }
+}
+
+/** Ends a child whose bounded wait failed (continued, then SIGKILLed), waits CHILD_KILL_MS for its close, and says how that went in the error. */
+async function killedFor(p: Killable, err: Error, opts: { kill?: () => void } = {}): Promise<Error> {
+  // `kill`: where the process to end is not the child itself (a server the child runs as another user).
+  if (opts.kill) opts.kill();
+  else hardKill(p);
+  const closed = await within(p.exited, CHILD_KILL_MS, 'its close once SIGKILLed').then(
+    () => 'killed',
+    () => `still not closed ${CHILD_KILL_MS} ms after SIGKILL`,
+  );
+  return new Error(`${err.message} (pid ${p.child.pid}: ${closed})`, { cause: err });
 }
 
 /**
@@ -161,7 +197,7 @@ export async function stopProcess(p: AgentqProcess | undefined, graceMs = 15_000
   const outcome = await Promise.race([p.exited, late]);
   clearTimeout(timer);
   if (outcome === 'late' && running(p)) {
-    p.kill('SIGKILL');
+    hardKill(p);
     await within(p.exited, KILLED_EXIT_MS, `process ${p.child.pid} to close once SIGKILLed`);
   }
 }
