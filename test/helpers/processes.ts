@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { SHUTDOWN_MARGIN_MS } from '../../src/app/shutdown.js';
 import { transpiledTwin } from './transpiled.js';
@@ -19,6 +19,11 @@ export interface AgentqProcess {
   /** What the process wrote to stderr so far (start-up failures are one line there). */
   stderr(): string;
   kill(signal: NodeJS.Signals): void;
+  /**
+   * The child leads a process group of its own (`spawnGroup`): what it started (npm's shell and agentq) is in it,
+   * and a kill for good (`exitWithin`'s, `stopProcess`'s) ends the whole group. `kill` still signals the child alone.
+   */
+  group?: boolean;
 }
 
 /**
@@ -46,15 +51,21 @@ function sourceArgs(role: string, preload?: string): string[] {
 
 /**
  * Runs an npm script of the repo (`npm start`, `npm run worker`, ...) exactly as a user types it: the
- * returned process is npm itself, so `kill()` signals npm, not agentq.
+ * returned process is npm itself, so `kill()` signals npm, not agentq. In a process group of its own
+ * (`spawnGroup`): a bounded wait that gives up on it kills agentq too, not npm alone.
  */
 export function spawnNpmScript(script: string, env: Record<string, string>): AgentqProcess {
-  const child = spawn('npm', ['run', '--silent', script], {
-    cwd: ROOT,
-    env: { ...process.env, LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  return watch(child);
+  return spawnGroup('npm', ['run', '--silent', script], { cwd: ROOT, env: { ...process.env, LOG_LEVEL: 'info', ...env } });
+}
+
+/**
+ * A child that starts processes of its own (npm: a shell, then agentq), as the leader of a new process group
+ * (`detached`: setsid), stdout and stderr piped. Killing the child alone (npm) left what it started running past
+ * the test (agentq, its drain and connections), and holding the child's stdout open: its `exited` never came.
+ */
+export function spawnGroup(command: string, args: string[], opts: Pick<SpawnOptions, 'cwd' | 'env'>): AgentqProcess {
+  const child = spawn(command, args, { ...opts, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
+  return { ...watch(child), group: true };
 }
 
 /** Collects a child's JSON log lines and exit. */
@@ -116,14 +127,38 @@ export function watch(child: ChildProcess): AgentqProcess {
   };
 }
 
-/** A child a bounded wait may have to end. */
-type Killable = { child: ChildProcess; exited: Promise<unknown> };
+/** A child a bounded wait may have to end: `group`, it leads a process group (`spawnGroup`), which is ended whole. */
+type Killable = { child: ChildProcess; exited: Promise<unknown>; group?: boolean };
 
-const running = (p: Pick<Killable, 'child'>): boolean => p.child.exitCode === null && p.child.signalCode === null;
+/**
+ * Whether anything of the child is left: the child itself, or, for a group's leader, any process of its group (npm
+ * may be gone while agentq, which it started, still runs).
+ */
+const running = (p: Pick<Killable, 'child' | 'group'>): boolean => {
+  if (p.child.exitCode === null && p.child.signalCode === null) return true;
+  if (!p.group || p.child.pid === undefined) return false;
+  return signalGroup(p.child.pid, 0);
+};
 
-/** SIGKILL for the child; continued first (SIGCONT) in case it was stopped. */
-function hardKill(p: Pick<Killable, 'child'>): void {
+/** Signals every process of the group `pgid` leads; false when none is left (ESRCH). */
+function signalGroup(pgid: number, signal: NodeJS.Signals | 0): boolean {
+  try {
+    process.kill(-pgid, signal);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ESRCH') return false;
+    throw err;
+  }
+}
+
+/** SIGKILL for the child, or for its whole group; continued first (SIGCONT) in case it was stopped. */
+function hardKill(p: Pick<Killable, 'child' | 'group'>): void {
   if (!running(p)) return;
+  if (p.group && p.child.pid !== undefined) {
+    signalGroup(p.child.pid, 'SIGCONT');
+    signalGroup(p.child.pid, 'SIGKILL');
+    return;
+  }
   p.child.kill('SIGCONT');
   p.child.kill('SIGKILL');
 }
