@@ -11,7 +11,7 @@ import { createRouteGuard } from '../src/workers/guards/route-guard.js';
 import { createAgentCall } from '../src/workers/call-agent.js';
 import { guardContext, okResult } from './helpers/guard-context.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
-import { POLL, waitsTimeout } from './helpers/wait.js';
+import { waitsTimeout } from './helpers/wait.js';
 
 const clients: Redis[] = [];
 let n = 0;
@@ -26,10 +26,31 @@ function breakers(count: number, opts: Omit<BreakerOptions, 'redis' | 'prefix'>,
   });
 }
 
-/** Waits (without asserting on timing) until the breaker has passed its open timeout. */
-async function waitUntilProbeable(b: CircuitBreaker, key: string) {
-  await vi.waitFor(async () => expect((await b.state(key)).state).not.toBe('open'), { ...POLL, interval: 5 });
+/**
+ * How long past its open timeout a breaker opened a moment ago may still read open: Redis round trips on a busy
+ * machine. Its open timeout (100 ms here) is by Redis's clock (TIME), which the test cannot move; the bound is.
+ */
+const HALF_OPEN_SLACK_MS = 5_000;
+
+/**
+ * Waits for the breaker, opened for `openMs`, to pass its open timeout (it reads halfOpen: the acquire's probe is
+ * due), without asserting on timing: within `openMs` and HALF_OPEN_SLACK_MS, else it fails naming the key and what
+ * it read. A POLL wait (45 s) let a breaker that never left open run a 100 ms test for most of its timeout.
+ */
+async function waitUntilProbeable(b: CircuitBreaker, key: string, openMs: number) {
+  const bound = openMs + HALF_OPEN_SLACK_MS;
+  await vi.waitFor(
+    async () => {
+      const read = await b.state(key);
+      // vi.waitFor fails with the last error thrown: this one, naming the breaker and what it read.
+      if (read.state === 'open') throw new Error(`breaker ${key}, opened for ${openMs} ms, still reads open after ${bound} ms: ${JSON.stringify(read)}`);
+    },
+    { timeout: bound, interval: 5 },
+  );
 }
+
+/** The open timeout of the breakers the half-open tests open (`quick`). */
+const QUICK_OPEN_MS = 100;
 
 const badRequest = () => Object.assign(new Error('400 invalid argument'), { retryable: false, status: 400 });
 
@@ -41,7 +62,7 @@ describe('circuit breaker', () => {
   let a: CircuitBreaker;
   let b: CircuitBreaker;
   let c: CircuitBreaker;
-  /** Same breakers, but one that opens them for 100 ms only: the way to reach halfOpen quickly. */
+  /** Same breakers, but one that opens them for QUICK_OPEN_MS only: the way to reach halfOpen quickly. */
   let quick: CircuitBreaker;
 
   beforeAll(() => {
@@ -49,12 +70,12 @@ describe('circuit breaker', () => {
     const opts = { failureThreshold: 4, successThreshold: 2, probeLeaseMs: 60_000 };
     // The open timeout is fixed by whoever records the opening failure; 60 s keeps "open" stable under load.
     [a, b, c] = breakers(3, { ...opts, timeoutMs: 60_000 }, prefix);
-    [quick] = breakers(1, { ...opts, timeoutMs: 100 }, prefix);
+    [quick] = breakers(1, { ...opts, timeoutMs: QUICK_OPEN_MS }, prefix);
   });
 
   async function openBriefly(key: string) {
     for (let i = 0; i < 4; i++) await quick.onFailure(key, false);
-    await waitUntilProbeable(quick, key);
+    await waitUntilProbeable(quick, key, QUICK_OPEN_MS);
   }
 
   it('opens after consecutive failures summed across clients, then rejects with retryAtMs', async () => {
@@ -153,11 +174,13 @@ describe('circuit breaker', () => {
 });
 
 describe('circuit breaker probe lease', () => {
+  /** The silent prober's lease: another caller's probe is due once it lapses. */
+  const LEASE_MS = 1000;
   it('lets another probe start once a silent prober lease expires', async () => {
-    const [a, b] = breakers(2, { failureThreshold: 1, timeoutMs: 50, probeLeaseMs: 1000, halfOpenRetryMs: 100 });
+    const [a, b] = breakers(2, { failureThreshold: 1, timeoutMs: 50, probeLeaseMs: LEASE_MS, halfOpenRetryMs: 100 });
     const key = uniqueKey();
     await a.onFailure(key, false);
-    await waitUntilProbeable(a, key);
+    await waitUntilProbeable(a, key, 50);
     expect(await a.acquire(key)).toEqual({ allowed: true, probe: true });
     // The prober "crashes": it never reports.
     const refused = await b.acquire(key);
@@ -165,17 +188,17 @@ describe('circuit breaker probe lease', () => {
     if (refused.allowed) return;
     // Refused callers are told to come back soon, not at lease expiry.
     expect(refused.msBeforeNext).toBeLessThanOrEqual(100);
-    // Another caller gets the probe once the silent prober's lease has lapsed.
+    // Another caller gets the probe once the silent prober's lease has lapsed (by Redis's clock, as the open timeout).
     const again = await vi.waitFor(
       async () => {
         const r = await b.acquire(key);
-        expect(r.allowed).toBe(true);
+        if (!r.allowed) throw new Error(`breaker ${key}: no probe for another caller ${LEASE_MS + HALF_OPEN_SLACK_MS} ms after its silent prober took its ${LEASE_MS} ms lease: ${JSON.stringify(r)}`);
         return r;
       },
-      { ...POLL, interval: 10 },
+      { timeout: LEASE_MS + HALF_OPEN_SLACK_MS, interval: 10 },
     );
     expect(again).toEqual({ allowed: true, probe: true });
-  }, waitsTimeout(POLL.timeout, POLL.timeout));
+  }, waitsTimeout(50 + HALF_OPEN_SLACK_MS, LEASE_MS + HALF_OPEN_SLACK_MS));
 });
 
 describe('circuit breaker error rate window', () => {
@@ -308,7 +331,7 @@ describe('circuit breaker quota mark', () => {
     expect(await breaker.state('m')).toMatchObject({ state: 'closed', probeInFlight: false });
     // A short mark lapses by itself: the key is called again.
     await breaker.markExhausted('m', 1);
-    await vi.waitFor(async () => expect(await breaker.acquire('m')).toMatchObject({ allowed: true }), { ...POLL, interval: 5 });
+    await vi.waitFor(async () => expect(await breaker.acquire('m'), 'a 1 ms quota mark lapsed').toMatchObject({ allowed: true }), { timeout: 1 + HALF_OPEN_SLACK_MS, interval: 5 });
     await redis.quit();
   });
 });
