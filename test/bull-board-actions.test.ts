@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
-import { UnrecoverableError, Worker } from 'bullmq';
+import { Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
+import { parkedJobOptions } from '../src/shared/fair/index.js';
 import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -176,6 +177,131 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
     expect(await Promise.all(children.map(state))).toEqual(['unknown', 'unknown']);
     expect((await stats(org)).inFlight).toBe(0);
+  });
+
+  /**
+   * A flow's child removed (another removal, a cancel) and a new job made under its id (a pipeline step's id is its
+   * run's and step's), which is no child of the flow, dispatched: it holds a slot and its dispatch's charge.
+   */
+  async function replaceChild(org: string, id: string): Promise<number> {
+    const { scheduler, queue } = cell();
+    const old = (await queue.getJob(id))!;
+    await scheduler.cancel(id);
+    await queue.remove(id);
+    await scheduler.removed([id]);
+    await until('a clock past the child read', () => Date.now() > old.timestamp);
+    await queue.add(old.name, old.data, parkedJobOptions(id));
+    await scheduler.enqueue([{ jobId: id, orgId: org, model: FLASH, estTokens: 100 }], { dispatch: false });
+    await dispatch();
+    expect(await state(id)).toBe('waiting');
+    expect(await leased()).toContain(id);
+    return (await queue.getJob(id))!.timestamp;
+  }
+
+  /** A flow of two children, both dispatched (a slot each), and its children's ids. */
+  async function dispatchedFlow(org: string, key: string, name: string) {
+    const tasks = [0, 1].map((i) => markedJob(`${name}-${org}-${i}`, FLASH));
+    const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: { authorization: `Bearer ${key}` }, payload: { tasks } });
+    expect(post.statusCode).toBe(202);
+    const flowId = post.json().id as string;
+    await dispatch();
+    const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: { authorization: `Bearer ${key}` } })).json().children.map((c: { id: string }) => c.id) as string[];
+    expect(await Promise.all(children.map(state))).toEqual(['waiting', 'waiting']);
+    return { flowId, children };
+  }
+
+  /** The flow's removal is done: its other child is gone with its slot; the new job under the replaced child's id is there, with its slot and charge. */
+  async function expectReplacementKept(org: string, children: string[], newTs: number) {
+    expect(await state(children[1])).toBe('unknown');
+    expect(await state(children[0])).toBe('waiting');
+    expect((await s.runtime.queue.getJob(children[0]))!.timestamp).toBe(newTs);
+    expect(await leased()).toContain(children[0]);
+    expect(await leased()).not.toContain(children[1]);
+    expect(await stats(org)).toMatchObject({ inFlight: 1 });
+    // Its own removal still gives both back.
+    expect((await boardAction(s, `${QUEUE.agent}/${children[0]}/clean`)).statusCode).toBe(204);
+    expect(await stats(org)).toMatchObject({ inFlight: 0 });
+  }
+
+  /**
+   * The board's removal of a flow read its children, and before the dispatcher's cancel of them came, a child was
+   * removed and a new job made under its id, which the dispatcher dispatched. The cancel took the children by id
+   * (until 2026-12-07): the new job's slot and dispatch charge went back while BullMQ's removal of the flow, which
+   * no longer names that id among its children, left the job in BullMQ, one job over its org's cap.
+   */
+  it("removing a flow whose child was replaced before the dispatcher's cancel leaves the new job its slot and charge", async () => {
+    const { org, key } = await newOrg({ concurrency: 2, rpm: 10, tpm: 100_000 });
+    const { flowId, children } = await dispatchedFlow(org, key, 'flow-replaced');
+    const { scheduler } = cell();
+    const cancelMany = scheduler.cancelMany.bind(scheduler);
+    let newTs = 0;
+    // The window, held where the removal reaches the dispatcher.
+    const spy = vi.spyOn(scheduler, 'cancelMany').mockImplementationOnce(async (jobs, opts) => {
+      newTs = await replaceChild(org, children[0]);
+      return cancelMany(jobs, opts);
+    });
+    try {
+      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+    }
+    await expectReplacementKept(org, children, newTs);
+  });
+
+  it("removing a flow whose child was replaced just after the removal read the children leaves the new job its slot and charge", async () => {
+    const { org, key } = await newOrg({ concurrency: 2, rpm: 10, tpm: 100_000 });
+    const { flowId, children } = await dispatchedFlow(org, key, 'flow-replaced-read');
+    const getDependencies = Job.prototype.getDependencies;
+    let newTs = 0;
+    // The window, held right after the removal read the flow's children: the job under the id is then no child of it.
+    const spy = vi.spyOn(Job.prototype, 'getDependencies').mockImplementationOnce(async function (this: Job, ...args: Parameters<Job['getDependencies']>) {
+      const read = await getDependencies.apply(this, args);
+      newTs = await replaceChild(org, children[0]);
+      return read;
+    });
+    try {
+      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+    }
+    await expectReplacementKept(org, children, newTs);
+  });
+
+  /**
+   * As above, the new job under the replaced child's id fetched by a worker (locked). The removal's cancel is all or
+   * none for the flow's children (BullMQ refuses the flow's removal while a worker holds one): the new job's lock
+   * made it none (until 2026-12-07), and the other child, removed with the flow, lost its slot without its charge back.
+   */
+  it("removing a flow whose replaced child's new job a worker holds gives back the other child's slot and charge", async () => {
+    const { org, key } = await newOrg({ concurrency: 2, rpm: 10, tpm: 100_000 });
+    const { flowId, children } = await dispatchedFlow(org, key, 'flow-replaced-held');
+    const { scheduler, queue } = cell();
+    const cancelMany = scheduler.cancelMany.bind(scheduler);
+    const lock = `${queue.toKey(children[0])}:lock`;
+    let newTs = 0;
+    let taken: number | undefined;
+    const spy = vi.spyOn(scheduler, 'cancelMany').mockImplementationOnce(async (jobs, opts) => {
+      newTs = await replaceChild(org, children[0]);
+      // A worker's fetch takes this lock (the wait list hands out the other child first: set here as it would be).
+      await s.runtime.deps.redis.set(lock, 'replacement-worker-token', 'PX', 60_000);
+      taken = await cancelMany(jobs, opts);
+      return taken;
+    });
+    try {
+      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
+      expect(spy).toHaveBeenCalledTimes(1);
+    } finally {
+      spy.mockRestore();
+      await s.runtime.deps.redis.del(lock);
+    }
+    // The other child was taken by the cancel: its slot and its request back (the new job's request still charged).
+    expect(taken).toBe(1);
+    const rpm = await level(`rpm:org:${org}:${FLASH}`, 10);
+    expect(rpm).toBeGreaterThan(8.99);
+    expect(rpm).toBeLessThan(9.5);
+    await expectReplacementKept(org, children, newTs);
   });
 
   it("removing a flow gives back each child's slot and dispatch charge once, and its laned child leaves the lane", async () => {

@@ -216,7 +216,8 @@ export interface FairScheduler {
    * `cancel` of each job, in one script call (the jobs of one removal: a parent's children, at most a flow's
    * tasks). `whole`: they are jobs one removal takes together (BullMQ's remove of their parent, which it refuses
    * while a worker holds any of them): then none is taken when one is locked. A job given with its creation time
-   * is taken only while it is the job under its id, as `cancel`'s `jobTs`. How many it took out.
+   * is taken only while it is the job under its id, as `cancel`'s `jobTs`, and a new job under its id, locked, stops
+   * none of the others (it is no job of that removal). How many it took out.
    */
   cancelMany(jobs: CancelTarget[], opts?: { whole?: boolean }): Promise<number>;
   /**

@@ -2,7 +2,7 @@ import type { Job } from 'bullmq';
 import type { RedisClient } from '../infra/redis/connection.js';
 import { defineLua } from '../infra/lua.js';
 import { cancelRequestedKey, jobStreamKey } from '../core/queue-keys.js';
-import { PARK_SCORE_MIN, type FairScheduler } from '../fair/index.js';
+import { PARK_SCORE_MIN, type CancelTarget, type FairScheduler } from '../fair/index.js';
 import type { DlqStore } from './dlq-store.js';
 import { retryRefusalError } from './dlq-service.js';
 import { RemovalRefusedError } from '../core/errors.js';
@@ -30,9 +30,11 @@ export interface BoardActions {
    * dispatched and not fetched gives back its slot and its dispatch's charge, a laned or timed one leaves its lane or
    * timer, and a finished one's slot a release has not given back yet is freed (its charge is that release's).
    * `remove` resolves false when BullMQ refused (a worker holds the parent or one of its children): then
-   * RemovalRefusedError, 409, naming the held children (ECHILDLOCKED) or the parent itself (EJOBLOCKED).
+   * RemovalRefusedError, 409, naming the held children (ECHILDLOCKED) or the parent itself (EJOBLOCKED). Each child
+   * as read with the parent's children (its creation time, and still this parent's child): the dispatcher's cancel
+   * never takes a job made under a child's id since (the child removed meanwhile), which the removal leaves.
    */
-  removeChildren(parent: Pick<Job, 'id' | 'getDependencies' | 'getState'>, remove: () => Promise<boolean>, opts?: { unprocessed?: boolean }): Promise<void>;
+  removeChildren(parent: Pick<Job, 'id' | 'queueQualifiedName' | 'getDependencies' | 'getState'>, remove: () => Promise<boolean>, opts?: { unprocessed?: boolean }): Promise<void>;
   /**
    * After BullMQ removed jobs by itself (a clean, an obliterate): see
    * FairScheduler.removed (`refund` only for jobs the removal took from the wait list or prioritized set).
@@ -84,6 +86,26 @@ export function createBoardActions(deps: {
   // none of the dispatcher's).
   const jobKeyPrefix = deps.queue.toKey('');
   const agentIds = (keys: string[]) => keys.filter((k) => k.startsWith(jobKeyPrefix)).map((k) => k.slice(jobKeyPrefix.length));
+  /**
+   * The parent's pending children as the dispatcher's cancel takes them: each by the job under its id now, its
+   * creation time, if that job is a child of this parent (BullMQ's `parentKey`). A job under the id that is not
+   * (the child removed since and a new job made under its id: a pipeline step's id is its run's and step's) is no
+   * job of this removal: BullMQ's removal of the parent leaves it, and so does the cancel, with its lane, or slot and
+   * charge. Taken by id alone (until 2026-12-07), they were given back while that job stayed in BullMQ.
+   */
+  const incarnations = async (parent: Pick<Job, 'id' | 'queueQualifiedName'>, ids: string[]): Promise<CancelTarget[]> => {
+    if (ids.length === 0) return [];
+    const parentKey = `${parent.queueQualifiedName}:${parent.id}`;
+    const read = redis.multi();
+    for (const id of ids) read.hmget(jobKeyPrefix + id, 'timestamp', 'parentKey');
+    const replies = (await read.exec()) ?? [];
+    return ids.flatMap((id, i) => {
+      const [err, fields] = replies[i] ?? [new Error('no reply')];
+      if (err) throw err;
+      const [ts, of] = fields as [string | null, string | null];
+      return ts !== null && of === parentKey ? [{ id, ts: Number(ts) }] : [];
+    });
+  };
 
   // Why BullMQ refused a parent's removal: a worker holds one of its children (its agent ones named, those running
   // now), or the parent itself (a pipeline run its worker runs).
@@ -119,7 +141,8 @@ export function createBoardActions(deps: {
       // that ran. One script call for them all, and all or none for the parent's remove: BullMQ refuses it while a
       // worker holds any child, and the others would then have lost their lanes and slots for nothing. Its
       // removeUnprocessedChildren leaves a held child and takes the others: each is taken here as it is there.
-      await scheduler.cancelMany(pending, { whole: !opts.unprocessed });
+      // Each as the job read now (`incarnations`): one replaced since the children were read is left to its own.
+      await scheduler.cancelMany(await incarnations(parent, pending), { whole: !opts.unprocessed });
       if (!(await remove())) throw await refusal(parent, pending);
       // A pending child fetched since (it found no slot: its fair gate parked it and laned it again) leaves that
       // lane; a finished child's slot whose release has not come is freed, its charge left to that release.

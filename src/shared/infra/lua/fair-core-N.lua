@@ -67,7 +67,7 @@
 --     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
 --   promote: dispatch (0|1: this call dispatches when it made a job due), then ids (an operator's promote: each
 --     job on a timer is due now; a promote-all sends a shard's timers in bounded calls and dispatches once after)
---   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any is locked), then per
+--   cancel: whole (0|1: the ids are jobs one removal takes together; none is taken when any of those read is locked), then per
 --     job: id, the creation time (BullMQ's `timestamp`) of the job the caller read ('' = whichever job holds the id)
 --   plan: org, weight, concurrency, rpmPro, rpmFlash, tpm ('' = use the default)
 --   wake: org;  block: model, delayMs (from now by Redis TIME; see fromNow), reason (the later of the standing block
@@ -454,20 +454,24 @@ elseif op == 'cancel' then
   -- when a worker holds (locks) any of them, BullMQ refuses that removal, so none is touched here either. Taken
   -- first, the others' lanes and slots would be gone while their jobs stay (an orphan sweep later, or a fetch that
   -- finds no slot and parks the job again).
+  -- Only the job the caller read (its creation time): between the caller's read and this call that job may have
+  -- been removed and a new one made under its id (an idempotency key sent again once its record lapsed, a parent's
+  -- child replaced); the record here is then the new job's, whose lane, timer or slot and charge are not the
+  -- cancel's to take (until 2026-12-07 they were: the new job stayed in BullMQ, out of its lane, until the orphan
+  -- sweep). No job under the id: the one read is gone, and what is left of it is `removed`'s (or tryLane's) to drop.
+  local function isRead(i)
+    local ts = ARGV[i + 1]
+    return ts == '' or rcall('HGET', Q_JOB .. ARGV[i], 'timestamp') == ts
+  end
   if ARGV[13] == '1' then
+    -- A new job under a child's id is no job of the removal: its lock does not stop the others being taken.
     for i = 14, #ARGV, 2 do
-      if rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
+      if isRead(i) and rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
     end
   end
   local taken, leaving, woke = 0, 0, false
   for i = 14, #ARGV, 2 do
-    -- Only the job the caller read (its creation time): between the caller's read and this call that job may have
-    -- been removed and a new one made under its id (an idempotency key sent again once its record lapsed); the
-    -- record here is then the new job's, whose lane, timer or slot and charge are not the cancel's to take (until
-    -- 2026-12-07 they were: the new job stayed in BullMQ, out of its lane, until the orphan sweep). No job under
-    -- the id: the one read is gone, and what is left of it is `removed`'s (or tryLane's) to drop.
-    local ts = ARGV[i + 1]
-    if ts == '' or rcall('HGET', Q_JOB .. ARGV[i], 'timestamp') == ts then
+    if isRead(i) then
       local done, slot, wakes = cancelJob(ARGV[i])
       if done then taken = taken + 1 end
       if slot then leaving = leaving + 1 end
