@@ -150,8 +150,13 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const gauges = defineLua(redis, 'fair-gauges-N.lua');
   const d = cfg.defaults;
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
-  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: readonly string[] = []) =>
-    core(extraKeys.length ? [...keys.script, ...extraKeys] : keys.script, [op, ...common.slice(0, 8), Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0, ...args]);
+  // ARGV 2-9 of every call, the same each time: made once, not sliced from `common` per call.
+  const head = common.slice(0, 8);
+  const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: readonly string[] = []) => {
+    const argv: Array<string | number> = [op, ...head, Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0];
+    for (const a of args) argv.push(a);
+    return core(extraKeys.length ? keys.script.concat(extraKeys) : keys.script, argv);
+  };
   const toDispatch = (r: unknown): RawDispatch => {
     const [ids, wake, now, more, skipped, flatWants = [], stored] = r as [string[], string, number, number, string[], string[]?, number?];
     const w = Number(wake);
