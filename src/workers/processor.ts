@@ -109,24 +109,27 @@ export function createAgentProcessor(deps: ProcessorDeps) {
   return (job: Job<AgentJobData, AgentResult>, token?: string, cancel: Cancellation = new Cancellation()): Promise<AgentResult> => {
     const data = job.data;
     const startedAt = job.processedOn ?? Date.now();
-    const attributes = {
-      'messaging.system': 'bullmq',
-      'messaging.operation.type': 'process',
-      'messaging.destination.name': QUEUE.agent,
-      'messaging.message.id': job.id,
-      'agentq.job.id': job.id,
-      'agentq.org_id': data.orgId,
-      'agentq.agent': data.agent,
-      'agentq.action': data.action,
-      'agentq.attempt': job.attemptsMade + 1,
-      // Since the job became runnable (its enqueue, or the end of the caller's delayMs), as the start latency
-      // metrics count it: a job delayed 60 s did not wait 60 s for the queue. For a first attempt this is its
-      // whole queue wait (fair share, rate limits, workers busy). The data's delay, never BullMQ's opts.delay
-      // (a parked job's is the far-future park).
-      'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt - (data.delayMs ?? 0)),
-      ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
-    };
-    return startActiveSpan(`process ${data.agent}:${data.action}`, { kind: SpanKind.CONSUMER, attributes }, extractTrace(data.trace), async (span) => {
+    const spanOptions = () => ({
+      kind: SpanKind.CONSUMER,
+      attributes: {
+        'messaging.system': 'bullmq',
+        'messaging.operation.type': 'process',
+        'messaging.destination.name': QUEUE.agent,
+        'messaging.message.id': job.id,
+        'agentq.job.id': job.id,
+        'agentq.org_id': data.orgId,
+        'agentq.agent': data.agent,
+        'agentq.action': data.action,
+        'agentq.attempt': job.attemptsMade + 1,
+        // Since the job became runnable (its enqueue, or the end of the caller's delayMs), as the start latency
+        // metrics count it: a job delayed 60 s did not wait 60 s for the queue. For a first attempt this is its
+        // whole queue wait (fair share, rate limits, workers busy). The data's delay, never BullMQ's opts.delay
+        // (a parked job's is the far-future park).
+        'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt - (data.delayMs ?? 0)),
+        ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
+      },
+    });
+    return startActiveSpan(`process ${data.agent}:${data.action}`, spanOptions, extractTrace(data.trace), async (span) => {
       // Parked or delayed: back in Redis without an outcome (BullMQ records none), not a finished run.
       let delayed = false;
       try {

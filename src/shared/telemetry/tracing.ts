@@ -68,8 +68,10 @@ export function inSpan<T>(name: string, opts: SpanOptions & { parent?: Context }
  * it calls `fn` straight away: the API's no-op tracer would make a proxy tracer, a span and a context only to
  * run `fn` unchanged, which is most of what tracing costs a job while it is off (the bench's tracing case).
  */
-export function startActiveSpan<T>(name: string, opts: SpanOptions, parent: Context, fn: (span: Span) => T): T {
-  return untraced(parent) ? fn(NO_SPAN) : tracer().startActiveSpan(name, opts, parent, fn);
+export function startActiveSpan<T>(name: string, opts: SpanOptions | (() => SpanOptions), parent: Context, fn: (span: Span) => T): T {
+  if (untraced(parent)) return fn(NO_SPAN);
+  // Options given as a function are built only for a span that records: a job's attributes are a dozen fields.
+  return tracer().startActiveSpan(name, typeof opts === 'function' ? opts() : opts, parent, fn);
 }
 
 /** The span handed to traced code when nothing is traced: non-recording and invalid, as the no-op tracer's own. */
