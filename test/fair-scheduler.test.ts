@@ -535,6 +535,30 @@ describe('fair scheduler limits', () => {
     expect(commands).toBeLessThanOrEqual(6);
   });
 
+  it('wakes a lane with a minute of its rate waiting for 10 s of tokens, a shallower one for 5 s', async () => {
+    const c = await setup({ bufferTarget: 1000 });
+    const etaOf = async (waiting: number) => {
+      const org = randomOrg();
+      await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+      // The bucket's 60 go at once; `waiting` stay in the lane, asleep on the org's 60 RPM (one request a second).
+      const ids = await c.add(org, 60 + waiting);
+      expect((await c.scheduler.raw.dispatch()).ids).toHaveLength(60);
+      const why = await c.scheduler.why(ids[60]);
+      expect(why).toMatchObject({ reason: 'rate_limited', limit: `rpm:org:${org}:${FLASH}`, position: 0 });
+      return why!.etaMs! - (await c.redisNow());
+    };
+    // 59 waiting, under a minute of the rate: the wake-up comes when the bucket holds 5 requests.
+    const shallow = await etaOf(59);
+    expect(shallow).toBeGreaterThan(3_900);
+    expect(shallow).toBeLessThanOrEqual(5_100);
+    // 60 and more: when it holds 10, so a deep backlog's lane costs half the wake-ups (dispatch, fetches) per job.
+    for (const waiting of [60, 200]) {
+      const deep = await etaOf(waiting);
+      expect(deep).toBeGreaterThan(8_900);
+      expect(deep).toBeLessThanOrEqual(10_100);
+    }
+  });
+
   it('tells an enqueue the wake-up its dispatch left without handing it over: the next dispatch (a worker\'s) takes it', async () => {
     const c = await setup({ bufferTarget: 1000 });
     const org = randomOrg();

@@ -222,7 +222,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
       `${throttled.jobs > 0 ? '' : 'not judged: no job of the org completed in the window, which should hold one a second. '}` +
       `${round(throttled.seconds, 1)} s window after the first bucket-full (${CHURN_RPM} jobs) ran: ${throttled.jobs} jobs completed in it, ${throttled.waitingAtEnd} still waiting. ` +
       `Redis 7 counts commands run inside Lua scripts in total_commands_processed (here equal to the commandstats sum). ` +
-      `${round(dispatchPerS, 1)} dispatch script calls/s at one token a second (a backlogged lane wakes for 5 s of tokens); beyond the window's jobs at the unthrottled price per job: ${round(overheadPerS, 1)} cmds/s. ` +
+      `${round(dispatchPerS, 1)} dispatch script calls/s at one token a second (a lane with a minute of its rate waiting wakes for 10 s of tokens); beyond the window's jobs at the unthrottled price per job: ${round(overheadPerS, 1)} cmds/s. ` +
       `The same ${WORKERS} worker processes idle (no job at all): ${round(idlePerS, 1)} cmds/s`,
   });
   ctx.add({

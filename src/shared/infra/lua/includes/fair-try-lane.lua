@@ -43,13 +43,15 @@ local function headOf(h, lane, want)
 end
 
 -- What a lane asleep on a bucket waits for: `need`, or on its org's request rate (`batched`) the requests the
--- bucket refills in WAKE_BATCH_MS, at most its size and the lane's backlog (its jobs not taken in this run).
+-- bucket refills in WAKE_BATCH.ms (WAKE_BATCH.deepMs when WAKE_BATCH.deepBacklogMs of them wait), at most its size
+-- and the lane's backlog (its jobs not taken in this run).
 local function wakeNeed(batched, need, cap, rate, lane, heads)
   if not batched then return need end
-  local batch = math.min(cap, math.floor(rate * WAKE_BATCH_MS))
+  local batch = math.min(cap, math.floor(rate * WAKE_BATCH.ms))
   if batch <= need then return need end
   -- tryLane read the lane's head into `heads` first: its taken jobs are this lane's, still in its ZSET.
   local backlog = rcall('ZCARD', P_LANE .. lane) - #heads.taken
+  if backlog >= rate * WAKE_BATCH.deepBacklogMs then batch = math.min(cap, math.floor(rate * WAKE_BATCH.deepMs)) end
   return math.max(need, math.min(batch, backlog))
 end
 
