@@ -969,6 +969,45 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.dispatch()).promoted).toEqual([ids[2]]);
   });
 
+  it('a refund to a full bucket writes nothing and looks for no lane to wake (a throttled org\'s release)', async () => {
+    const c = await setup({ modelLimits: () => ({ tpm: 6000 }) });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { tpm: 1000 });
+    const ids = await c.add(org, 1, { est: 400 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids);
+    const orgTpm = `${c.prefix}:tb:tpm:org:${org}:${FLASH}`;
+    const modelTpm = `${c.prefix}:tb:tpm:model:${FLASH}`;
+    // The model's bucket refilled the 400 since (a full one has no key); the org's still lacks most of them.
+    await c.redis.del(modelTpm);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    // The job used 100 of its 400: 300 back to both buckets, as a worker's release carries it.
+    expect(await c.scheduler.release(ids, { dispatch: true, correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: -300, requests: 0 }] })).toMatchObject({ freed: 1 });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.get(done);
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    // The org's bucket took the 300 back; the full model bucket was not written (it was deleted before, one by one).
+    expect(seen.filter((l) => l.includes(`"${orgTpm}"`) && l.includes('"HSET"'))).toHaveLength(1);
+    expect(seen.filter((l) => l.includes(`"${modelTpm}"`) && !l.includes('"HMGET"'))).toEqual([]);
+    expect(await c.redis.exists(modelTpm)).toBe(0);
+    // The org's lanes were looked at once, for its own refunded bucket: not again for the model's.
+    expect(seen.filter((l) => l.includes('"SMEMBERS"'))).toHaveLength(1);
+    // With nothing refunded but to full buckets, none at all.
+    seen.length = 0;
+    await c.redis.del(orgTpm);
+    const monitor2 = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    await c.scheduler.release([], { dispatch: true, correct: [{ org, model: FLASH, orgDelta: -50, modelDelta: -50, requests: 0 }] });
+    await c.redis.get(done);
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor2.close();
+    expect(seen.filter((l) => /"(DEL|HSET|PEXPIRE|SMEMBERS)"/.test(l))).toEqual([]);
+  });
+
   it('gives back the request and estimate a dispatch charged for a job that called no model, and wakes the org\'s lane asleep on that bucket', async () => {
     const c = await setup({ modelLimits: () => ({ rpm: 100 }) });
     const org = randomOrg();

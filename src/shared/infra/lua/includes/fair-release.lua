@@ -22,18 +22,20 @@ local function wakeRefunded(org, refunded)
 end
 
 -- True when it gave tokens back to a limited bucket (a lane may be asleep on it). A leased reservoir is
--- corrected in place (clamped as a bucket: a debt the next lease pays first).
+-- corrected in place (clamped as a bucket: a debt the next lease pays first). A bucket already full took nothing
+-- back: no lane sleeps on it past its wake time (when it held what the lane waits for, at most its size), so
+-- none is looked for (the org's lanes and their sleep reasons, two commands a release of a throttled org's job).
 local function adjustBucket(key, cap, delta, reservoir)
   if delta == 0 or not cap or cap <= 0 then return false end
   if reservoir then
     setReservoir(key, math.max(-cap, math.min(cap, reservoirLevel(key) - delta)))
-  else
-    -- The include reads and writes the bucket itself: what this call charged is written first, and read again.
-    writeBucket(key)
-    bucketLevels[key] = nil
-    tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+    return delta < 0
   end
-  return delta < 0
+  -- The include reads and writes the bucket itself: what this call charged is written first, and read again.
+  writeBucket(key)
+  bucketLevels[key] = nil
+  local _, changed = tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
+  return delta < 0 and changed
 end
 
 -- Corrects what was charged for calls of `org` to `model`: tokens to the org's and the model's TPM buckets

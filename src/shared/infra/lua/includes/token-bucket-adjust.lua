@@ -2,13 +2,17 @@
 -- charges more, delta < 0 refunds. Clamped to [-cap, cap]: a refund never overfills, and one misestimate
 -- never blocks the bucket for more than one refill period. Included by token-bucket-adjust-1.lua (the rate
 -- limiter's own correction) and fair-core-N.lua (the dispatcher's TPM buckets, corrected with what a call
--- really used). cap: capacity; rate: refill per ms; nowMs: Redis time in ms (fractional). Returns the level.
+-- really used). cap: capacity; rate: refill per ms; nowMs: Redis time in ms (fractional). Returns the level, and
+-- whether it changed: a refund to a bucket already full (refilled since its last charge, or no key) writes nothing,
+-- as the level it would write is the one it reads (the key, if any, expires full by itself). A throttled org's
+-- usage corrections, each carried by a release seconds after the refill, deleted such a key one by one.
 local function tokenBucketAdjust(key, cap, rate, delta, nowMs)
   local s = redis.call('HMGET', key, 'tokens', 'ts')
   local level = cap
   if s[1] then
     level = math.min(cap, tonumber(s[1]) + math.max(0, nowMs - tonumber(s[2])) * rate)
   end
+  if level >= cap and delta <= 0 then return level, false end
   level = math.max(-cap, math.min(cap, level - delta))
   if level >= cap then
     redis.call('DEL', key)
@@ -16,5 +20,5 @@ local function tokenBucketAdjust(key, cap, rate, delta, nowMs)
     redis.call('HSET', key, 'tokens', string.format('%.17g', level), 'ts', string.format('%.3f', nowMs))
     redis.call('PEXPIRE', key, math.ceil((cap - level) / rate) + 1000)
   end
-  return level
+  return level, true
 end
