@@ -104,6 +104,44 @@ describe('fair dispatch loop', () => {
     expect(f.registrations).toEqual([reg, undefined, reg, undefined]);
   });
 
+  it("skips a safety poll a release of this process made redundant (it swept within the interval), unless the registration would age past two", async () => {
+    vi.useFakeTimers();
+    try {
+      const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+      const loop = createDispatchLoop({ scheduler: f.scheduler, worker: { id: 'w1', concurrency: 10, ask: () => 5 }, safetyPollMs: 10_000 });
+      const reg = { id: 'w1', concurrency: 10, ttlMs: 30_000, ask: 5 };
+      // Each poll that runs dispatches; the fake answers at once.
+      const tick = async (ms: number) => {
+        await vi.advanceTimersByTimeAsync(ms);
+        f.finishOne();
+        await vi.advanceTimersByTimeAsync(0);
+      };
+      // t=10 s: the first poll registers the worker.
+      await tick(10_000);
+      expect(f.calls).toBe(1);
+      // t=16 s: a throttled org's job finished here; its claim renewed the registration, its release swept. The poll
+      // at t=20 s is skipped: it would find nothing that release did not, and the registration is 4 s old.
+      await vi.advanceTimersByTimeAsync(6_000);
+      expect(loop.takeRegistration()).toEqual(reg);
+      loop.swept();
+      await tick(4_000);
+      expect(f.calls).toBe(1);
+      // t=25 s: another release sweeps; the poll at t=30 s still runs: the registration (t=16 s) would be 24 s old
+      // at the poll after it, near its 30 s ttl.
+      await vi.advanceTimersByTimeAsync(5_000);
+      loop.swept();
+      await tick(5_000);
+      expect(f.calls).toBe(2);
+      // No release since: the poll at t=40 s runs (its own last dispatch, at t=30 s, is a whole interval ago).
+      await tick(10_000);
+      expect(f.calls).toBe(3);
+      expect(f.registrations).toEqual([reg, reg, reg]);
+      await loop.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+
   it('registers again as soon as the ask moved, and not while it stands', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
     let ask = 5;
@@ -248,6 +286,7 @@ describe('fair gate', () => {
   type EntryOf = Parameters<typeof createFairGate>[0]['entryOf'];
   const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0, entryOf: EntryOf = () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 })) => {
     const kicks = { n: 0 };
+    const swept = { n: 0 };
     const absorbed: DispatchResult[] = [];
     // The loop's registration due (taken once) and the registrations given back.
     const registration: { due?: DispatchingWorker; lost: number } = { lost: 0 };
@@ -262,12 +301,12 @@ describe('fair gate', () => {
         takeRequest: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }),
         giveBackRequest: async () => {},
       },
-      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, close: async () => {} },
+      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, swept: () => void swept.n++, close: async () => {} },
       entryOf,
       logger,
       correctionBatchMs,
     });
-    return { gate, kicks, absorbed, calls, registration };
+    return { gate, kicks, swept, absorbed, calls, registration };
   };
 
   it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
@@ -276,6 +315,8 @@ describe('fair gate', () => {
     await idle.gate.close();
     expect(idle.calls.release).toEqual([{ dispatch: true }]);
     expect({ kicks: idle.kicks.n, absorbed: idle.absorbed }).toEqual({ kicks: 0, absorbed: [] });
+    // It swept what was due, as the loop's safety poll would: the loop is told (a failed one tells nothing, below).
+    expect(idle.swept.n).toBe(1);
     const busy = gateWith(async () => ({ freed: 1, due: true, dispatched }));
     busy.gate.finished(attemptOf('a', 1));
     await busy.gate.close();
@@ -286,6 +327,7 @@ describe('fair gate', () => {
     failing.gate.finished(attemptOf('a', 1));
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
+    expect(failing.swept.n).toBe(0);
   });
 
   it("a retry waits out its backoff parked; one noted for an attempt whose failure BullMQ never recorded does not turn the next attempt's completion into a retry", async () => {

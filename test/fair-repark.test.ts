@@ -91,6 +91,7 @@ function stubLoop(): DispatchLoop & { kicks: number } {
     takeRegistration: () => undefined,
     registrationLost: () => {},
     askMoved: () => {},
+    swept: () => {},
     close: async () => {},
   };
   return loop as unknown as DispatchLoop & { kicks: number };

@@ -99,6 +99,8 @@ export function createFairGate(deps: {
       pending = [];
       try {
         const r = await deps.scheduler.release(ids, { dispatch: true, ...(correct.length ? { correct } : {}) });
+        // It swept what was due, as the loop's safety poll does: the next poll may be skipped.
+        deps.loop.swept();
         if (r.dispatched) deps.loop.absorb(r.dispatched);
       } catch (err) {
         failed = true;

@@ -28,6 +28,12 @@ export interface DispatchLoop {
   registrationLost(): void;
   /** The worker's ask moved: the next claim registers it, or a dispatch of its own after ASK_MOVE_GRACE_MS. */
   askMoved(): void;
+  /**
+   * A call of this process just did what the safety poll's dispatch does: a release with `dispatch` sweeps what is
+   * due (expired leases, timers, sleepers) and dispatches it. The next poll is skipped if it comes within a poll
+   * interval and the worker's registration needs no renewal by it (see the poll).
+   */
+  swept(): void;
   close(): Promise<void>;
 }
 
@@ -126,6 +132,7 @@ export function createDispatchLoop(opts: {
       try {
         // This loop arms the wake-up it is handed: it takes it (a caller without a loop is only told it).
         const r = await opts.scheduler.dispatch(register, { takesWake: true });
+        sweptAt = clock();
         arm(r);
         opts.onDispatch?.(r);
       } catch (err) {
@@ -147,7 +154,20 @@ export function createDispatchLoop(opts: {
     return running;
   }
 
-  const poll = setInterval(() => void kick(), safetyPollMs);
+  /**
+   * When a call of this process last swept (this loop's dispatch, or a release's: `swept`). A throttled deployment's
+   * workers release their jobs after every wake-up, each release sweeping as the poll would: the poll, one dispatch
+   * call per worker per interval (4 workers: ~3 Redis commands a second), found nothing they had not. Skipped only
+   * while the registration is younger than a poll interval and its ask unchanged: renewed by a claim, or by the next
+   * poll, it never gets older than two intervals, within its ttl of three.
+   */
+  let sweptAt = -Infinity;
+  const poll = setInterval(() => {
+    const at = clock();
+    const fresh = !opts.worker || (at - registeredAt < safetyPollMs && opts.worker.ask?.() === registeredAsk);
+    if (at - sweptAt < safetyPollMs && fresh) return;
+    void kick();
+  }, safetyPollMs);
   poll.unref();
 
   const absorb = (r: DispatchResult) => {
@@ -178,6 +198,9 @@ export function createDispatchLoop(opts: {
     takeRegistration,
     registrationLost,
     askMoved,
+    swept() {
+      sweptAt = clock();
+    },
     async close() {
       closed = true;
       unsubscribe?.();
