@@ -34,7 +34,7 @@ export function routeJobService(cells: readonly Cell[], cellOf: (orgId: string) 
     ...cells[0].jobs,
     get: (orgId, id) => cellOf(orgId).jobs.get(orgId, id),
     wait: (orgId, id, waitMs) => cellOf(orgId).jobs.wait(orgId, id, waitMs),
-    cancel: (orgId, id) => cellOf(orgId).jobs.cancel(orgId, id),
+    cancel: (orgId, id, read) => cellOf(orgId).jobs.cancel(orgId, id, read),
     endWaits: () => cells.forEach((c) => c.jobs.endWaits()),
   };
 }

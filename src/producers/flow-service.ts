@@ -4,6 +4,7 @@ import type { RedisClient, RedisTarget } from '../shared/infra/redis/connection.
 import type { EnqueueMeta, JobProducer } from '../shared/queue/job-producer.js';
 import { injectTrace } from '../shared/telemetry/tracing.js';
 import { createJobWaiters } from '../shared/queue/job-waiters.js';
+import { childIncarnations } from '../shared/queue/child-incarnations.js';
 import { finishedSinceRead, type JobService } from './job-service.js';
 import type { ModelTier } from '../shared/agents/define-agent.js';
 import { ConflictError, NotFoundError, ValidationError } from '../shared/core/errors.js';
@@ -149,8 +150,9 @@ export function createFlowService(deps: FlowServiceDeps) {
   /**
    * Cancels what of a flow or run has not finished. The marker first: the flows worker reads it before it settles
    * the flow or makes the run's next step, so whatever it does after this call ends the flow cancelled. Then each
-   * child or step job as `DELETE /v1/jobs/:id` cancels it (removed with its slot and dispatch charge given back, or
-   * aborted by its worker); a run's steps not made yet get the job cancel marker for any incarnation ('1', read by
+   * child or step job still its child (the job read under the id after the marker: its parent and creation time) as
+   * `DELETE /v1/jobs/:id` cancels it (removed with its slot and dispatch charge given back, or aborted by its
+   * worker); a run's steps not made yet get the job cancel marker for any incarnation ('1', read by
    * the claim): a step the runner makes after all, having read the flow's marker just before it was set, never
    * calls the model. Idempotent: a child already finished or cancelled is skipped.
    */
@@ -168,13 +170,18 @@ export function createFlowService(deps: FlowServiceDeps) {
       ids = job.data.children.map((c) => c.id);
     }
     await marks.exec();
+    // Each child as the job under its id now that is still this flow's child, by its creation time: one removed
+    // since and a new job made under its id (a step's id is its run's and step's; an idempotency key sent again) is
+    // no job of this flow, left alone also when the replacement comes after this read (the job service's cancel
+    // takes the time read). Cancelled by id (until 2026-12-07), that job was removed or aborted as the flow's.
+    const children = new Map((await childIncarnations(deps.redis, { jobKeyPrefix: agentJobs.toKey(''), parent: { id, queueQualifiedName: flows.qualifiedName } }, ids)).map((c) => [c.id, c.ts]));
     const cancelled: string[] = [];
     const cancelling: string[] = [];
     const cancelEach = (childIds: string[]) =>
       Promise.all(
         childIds.map(async (childId) => {
           try {
-            const view = await deps.jobs.cancel(orgId, childId);
+            const view = await deps.jobs.cancel(orgId, childId, { ts: children.get(childId)! });
             (view.state === 'cancelling' ? cancelling : cancelled).push(childId);
           } catch (err) {
             // Finished, already cancelled, or gone: nothing left of it to cancel.
@@ -184,9 +191,10 @@ export function createFlowService(deps: FlowServiceDeps) {
       );
     // The jobs not running first, then the running ones: an aborted child frees its worker's slot, and that worker
     // would otherwise fetch a sibling still in the wait list (charged, about to be removed) and start it.
-    const active = new Set((await Promise.all(ids.map(async (c) => ((await agentJobs.getJobState(c)) === 'active' ? c : undefined)))).filter((c) => c !== undefined));
-    await cancelEach(ids.filter((c) => !active.has(c)));
-    await cancelEach(ids.filter((c) => active.has(c)));
+    const ours = ids.filter((c) => children.has(c));
+    const active = new Set((await Promise.all(ours.map(async (c) => ((await agentJobs.getJobState(c)) === 'active' ? c : undefined)))).filter((c) => c !== undefined));
+    await cancelEach(ours.filter((c) => !active.has(c)));
+    await cancelEach(ours.filter((c) => active.has(c)));
     const answer = { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
     if (cancelled.length > 0 || cancelling.length > 0) return answer;
     // Nothing of it was left to cancel: the flows worker may have read no marker and be settling it (a fan-out runs

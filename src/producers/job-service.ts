@@ -197,13 +197,17 @@ export function createJobService(deps: {
 
     /**
      * Waiting or delayed jobs are removed and leave a "cancelled" tombstone; an active job is aborted by the
-     * worker that holds it (it ends failed with reason "cancelled" and is not retried).
+     * worker that holds it (it ends failed with reason "cancelled" and is not retried). `read`: the job's creation
+     * time as its caller read it (a flow's cancel of its children, `childIncarnations`): another job under the id (the
+     * one read removed since and a new one made under its id) is not found, and left alone.
      */
-    async cancel(orgId: string, id: string): Promise<JobView> {
+    async cancel(orgId: string, id: string, read?: { ts: number }): Promise<JobView> {
       const job = await load(orgId, id).catch(async (err) => {
         if (err instanceof NotFoundError && (await tombstone(orgId, id))) throw new ConflictError('job is already cancelled');
         throw err;
       });
+      // From here on the cancel acts for the job loaded (its creation time: marker, dispatcher, removal).
+      if (read && job.timestamp !== read.ts) throw new NotFoundError('job not found');
       const state = await job.getState();
       if (isFinished(state) || job.failedReason === CANCELLED_REASON) throw new ConflictError(`job is already ${state}`);
       // The marker and the message, in one round trip, whatever the state read. The marker (its value names the

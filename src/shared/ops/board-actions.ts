@@ -6,6 +6,7 @@ import { PARK_SCORE_MIN, type CancelTarget, type FairScheduler } from '../fair/i
 import type { DlqStore } from './dlq-store.js';
 import { retryRefusalError } from './dlq-service.js';
 import { RemovalRefusedError } from '../core/errors.js';
+import { childIncarnations } from '../queue/child-incarnations.js';
 
 /**
  * agentq's side of what an operator does to one queue shard's agent jobs in BullMQ directly (Bull Board: its
@@ -93,19 +94,7 @@ export function createBoardActions(deps: {
    * job of this removal: BullMQ's removal of the parent leaves it, and so does the cancel, with its lane, or slot and
    * charge. Taken by id alone (until 2026-12-07), they were given back while that job stayed in BullMQ.
    */
-  const incarnations = async (parent: Pick<Job, 'id' | 'queueQualifiedName'>, ids: string[]): Promise<CancelTarget[]> => {
-    if (ids.length === 0) return [];
-    const parentKey = `${parent.queueQualifiedName}:${parent.id}`;
-    const read = redis.multi();
-    for (const id of ids) read.hmget(jobKeyPrefix + id, 'timestamp', 'parentKey');
-    const replies = (await read.exec()) ?? [];
-    return ids.flatMap((id, i) => {
-      const [err, fields] = replies[i] ?? [new Error('no reply')];
-      if (err) throw err;
-      const [ts, of] = fields as [string | null, string | null];
-      return ts !== null && of === parentKey ? [{ id, ts: Number(ts) }] : [];
-    });
-  };
+  const incarnations = (parent: Pick<Job, 'id' | 'queueQualifiedName'>, ids: string[]): Promise<CancelTarget[]> => childIncarnations(redis, { jobKeyPrefix, parent }, ids);
 
   // Why BullMQ refused a parent's removal: a worker holds one of its children (its agent ones named, those running
   // now), or the parent itself (a pipeline run its worker runs).
