@@ -16,7 +16,8 @@ const LATENCY_MS = 100;
 const CHURN_JOBS = 10_000;
 const CHURN_RPM = 60;
 const IDLE_WINDOW_MS = 5_000;
-const CHURN_WINDOW_MS = 10_000;
+/** Two of a deep backlog's 10 s wake-ups: a window of one could hold one or two of them, by its phase. */
+const CHURN_WINDOW_MS = 20_000;
 const UNTHROTTLED_WINDOW_MS = 5_000;
 const STARVE_A_JOBS = 10_000;
 const STARVE_B_JOBS = 10;
