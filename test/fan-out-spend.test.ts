@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { fanOutSpend } from '../src/shared/orchestration/fan-out.js';
+import { fanOutSpend, spendReadAgain } from '../src/shared/orchestration/fan-out.js';
 import type { ChildBilled, ChildOutcome } from '../src/shared/orchestration/child-outcomes.js';
 import type { AgentResult } from '../src/shared/core/types.js';
-import type { FlowChildRef } from '../src/shared/orchestration/flow-data.js';
+import type { FlowChildRef, ParallelFlowResult } from '../src/shared/orchestration/flow-data.js';
 
 const child = (id: string, key: string) => ({ id, key, model: 'gemini-2.5-flash' }) as FlowChildRef;
 const result = (costUsd: number) => ({ success: true, data: {}, model: 'gemini-2.5-flash', tokensUsed: { input: 10, output: 5 }, costUsd, durationMs: 1 }) as AgentResult;
@@ -27,5 +27,27 @@ describe("a fan-out's results and total: each child's costUsd is what the total 
     expect(Object.values(spend.results).reduce((n, r) => n + r.costUsd, 0)).toBeCloseTo(spend.totalCostUsd, 12);
     // A row summed on the parent by a worker of the version before (no completed sum): the result's own cost.
     expect(fanOutSpend([children[1]], outcomes, new Map()).results['DealScorer:pipeline_summary'].costUsd).toBe(0.004);
+  });
+});
+
+describe("a settled flow's costs read again (GET): the total is the children's figures added", () => {
+  it('one child reads less than the settle (old rows on its removed hash), another more (a late row): the total counts both', () => {
+    const children = [child('a', 'RiskAnalyzer:analyze_risks'), child('b', 'DealScorer:pipeline_summary')];
+    const outcomes = new Map<string, ChildOutcome>([
+      ['a', { state: 'failed', error: 'bad output' }],
+      ['b', { state: 'completed', result: result(0.003) }],
+    ]);
+    // At the settle: a's failed attempts (0.0007) were summed by a worker of the version before, on its own hash
+    // alone (childrenBilled reads it there); b's accepted run 0.003.
+    const atSettle = fanOutSpend(children, outcomes, new Map([['a', billed(0.0007, 0)], ['b', billed(0, 0.003)]]));
+    const settled: ParallelFlowResult = { ...atSettle, totalDurationMs: 1 };
+    // Later: retention removed a's hash (its old rows' sum with it), and b's refused stalled run ended, 0.002.
+    const now = fanOutSpend(children, outcomes, new Map([['a', billed(0, 0)], ['b', billed(0, 0.005)]]));
+    const view = spendReadAgain(settled, now);
+    expect(view.results['RiskAnalyzer:analyze_risks'].costUsd).toBe(0.0007);
+    expect(view.results['DealScorer:pipeline_summary'].costUsd).toBe(0.005);
+    // The ledger's rows: 0.0007 + 0.003 + 0.002 (the larger of the two totals was 0.005).
+    expect(view.totalCostUsd).toBe(0.0057);
+    expect(view.totalDurationMs).toBe(1);
   });
 });

@@ -14,7 +14,7 @@ import type { RetentionOptions } from '../shared/queue/agent-queue.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import { createRedis, logConnectionErrors, whileReachable } from '../shared/infra/redis/connection.js';
 import { childOutcomes, childrenBilled, childSpend, sumEmbedding, sumUsd } from '../shared/orchestration/child-outcomes.js';
-import { fanOutSpend, resultKeys } from '../shared/orchestration/fan-out.js';
+import { fanOutSpend, resultKeys, spendReadAgain } from '../shared/orchestration/fan-out.js';
 import { stepJobId, type FlowChildRef, type FlowJobData, type FlowJobResult, type ParallelFlowData, type ParallelFlowResult, type PipelineRunData } from '../shared/orchestration/flow-data.js';
 import type { PipelineRegistry } from '../shared/orchestration/pipeline.js';
 import type { FlowPreset } from '../shared/orchestration/presets.js';
@@ -219,17 +219,6 @@ export function createFlowService(deps: FlowServiceDeps) {
    */
   const billedOf = (job: Job<FlowJobData, FlowJobResult>, ids: string[]) => childrenBilled(deps.redis, jobHashKey(flows.qualifiedName, job.id!), agentJobs.qualifiedName, ids);
 
-  /**
-   * A settled flow's result with its costs read again (`fanOutSpend` over `billedOf`), never below the settle's: the
-   * sums only grow, but a row a worker of the version before billed on the child's hash alone is gone with that hash.
-   */
-  const readAgain = (settled: ParallelFlowResult, now: ReturnType<typeof fanOutSpend>): ParallelFlowResult => {
-    const results = Object.fromEntries(
-      Object.entries(now.results).map(([key, r]) => [key, settled.results[key] ? { ...r, costUsd: Math.max(r.costUsd ?? 0, settled.results[key].costUsd ?? 0) } : r]),
-    );
-    return { ...settled, results, totalCostUsd: Math.max(now.totalCostUsd, settled.totalCostUsd), embedding: now.embedding };
-  };
-
   const common = (job: Job<FlowJobData, FlowJobResult>) => ({
     ...(job.returnvalue ? { result: job.returnvalue } : {}),
     ...(job.failedReason ? { error: job.failedReason } : {}),
@@ -298,7 +287,7 @@ export function createFlowService(deps: FlowServiceDeps) {
         return now === 'unknown' && (await deps.jobs.tombstoned(orgId, childId)) ? 'cancelled' : now;
       };
       const children = await Promise.all(data.children.map(async (c) => ({ id: c.id, key: c.key, state: await childState(c.id) })));
-      const result = billed ? { result: readAgain(job.returnvalue as ParallelFlowResult, fanOutSpend(data.children, outcomes, billed)) } : {};
+      const result = billed ? { result: spendReadAgain(job.returnvalue as ParallelFlowResult, fanOutSpend(data.children, outcomes, billed)) } : {};
       return { id: job.id!, kind: data.preset ?? 'parallel', state: shownState(state, job.failedReason), children, ...common(job), ...result };
     },
 
@@ -313,7 +302,7 @@ export function createFlowService(deps: FlowServiceDeps) {
         const outcome = s.jobId ? outcomes.get(s.jobId) : undefined;
         if (!outcome) return { costUsd: s.costUsd, embedding: s.embedding };
         const now = childSpend(outcome, billed.get(s.jobId!));
-        // Never below the record (see `readAgain`).
+        // Never below the record (see `spendReadAgain`); the run's total is the steps' sum, as the flow's.
         const costUsd = s.costUsd === undefined || now.costUsd === undefined ? (now.costUsd ?? s.costUsd) : Math.max(now.costUsd, s.costUsd);
         return { ...now, ...(costUsd !== undefined ? { costUsd } : {}) };
       });

@@ -66,3 +66,27 @@ export function fanOutSpend(
   }
   return { results, totalCostUsd, embedding: sumEmbedding(children.map((c) => billed.get(c.id)?.embedding)) };
 }
+
+/**
+ * A settled flow's result with its costs read again (`fanOutSpend` now): each child's cost never below the settle's,
+ * and the total the sum of those. The parent's sums only grow, but a child's rows billed by a worker of the version
+ * that summed them on the child's hash alone (before 2026-12-07 03:14) are gone with that hash (retention), so a
+ * child reads less now than the settle recorded. Until 2026-12-07 the total was the larger of the two totals: with
+ * one child reading less (its hash gone) and another more (a refused stalled run that ended after the settle), that
+ * is below both children's figures added, and the results no longer added up to it.
+ * One child with both (old rows on its removed hash and a late row) still reads low: the settle recorded one figure
+ * for it, so the old rows' part of it cannot be told from the sums that grew since: with O its old rows and G what
+ * its sums grew after the settle, it reads the larger of (settle) and (settle - O + G), short of the ledger by the
+ * smaller of O and G.
+ */
+export function spendReadAgain(settled: ParallelFlowResult, now: ReturnType<typeof fanOutSpend>): ParallelFlowResult {
+  const results: Record<string, FlowChildResult> = {};
+  let totalCostUsd = 0;
+  for (const [key, r] of Object.entries(now.results)) {
+    const was = settled.results[key];
+    const costUsd = was ? Math.max(r.costUsd ?? 0, was.costUsd ?? 0) : (r.costUsd ?? 0);
+    results[key] = was ? { ...r, costUsd } : r;
+    totalCostUsd = sumUsd(totalCostUsd, costUsd);
+  }
+  return { ...settled, results, totalCostUsd, embedding: now.embedding };
+}
