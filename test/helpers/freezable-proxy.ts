@@ -8,11 +8,27 @@ import { connect, createServer, type AddressInfo, type Server, type Socket } fro
 export async function freezableProxy(target: URL) {
   type Pair = { client: Socket; upstream: Socket; requests: boolean; replies: boolean; held?: Buffer[]; holdAfter?: Buffer; tail: Buffer };
   const pairs: Pair[] = [];
+  // Markers whose requests are counted (`sentOn`): the connections, open or ended, whose requests held each.
+  const watched = new Map<string, { marker: Buffer; on: WeakSet<Pair>; count: number }>();
+  const recent = new WeakMap<Pair, Buffer>();
   const server: Server = createServer((client) => {
     const upstream = connect(Number(target.port), target.hostname);
     const pair: Pair = { client, upstream, requests: true, replies: true, tail: Buffer.alloc(0) };
     pairs.push(pair);
     client.on('data', (d: Buffer) => {
+      if (watched.size > 0) {
+        // As `holdAfter`: a marker may straddle two chunks.
+        const seen = Buffer.concat([recent.get(pair) ?? Buffer.alloc(0), d]);
+        let keep = 0;
+        for (const w of watched.values()) {
+          keep = Math.max(keep, w.marker.length - 1);
+          if (!w.on.has(pair) && seen.includes(w.marker)) {
+            w.on.add(pair);
+            w.count++;
+          }
+        }
+        recent.set(pair, seen.subarray(Math.max(0, seen.length - keep)));
+      }
       if (pair.holdAfter && !pair.held) {
         // The marker may straddle two chunks: the end of the previous one is searched with this one.
         const seen = Buffer.concat([pair.tail, d]);
@@ -56,6 +72,10 @@ export async function freezableProxy(target: URL) {
         p.holdAfter = undefined;
         for (const d of held) p.client.write(d);
       }),
+    /** Counts from now on the connections whose requests hold `marker` (`sentOn`). */
+    watch: (marker: string) => void watched.set(marker, { marker: Buffer.from(marker), on: new WeakSet(), count: 0 }),
+    /** How many connections, open or ended, sent a request holding a watched `marker`: 2 for a call sent again. */
+    sentOn: (marker: string) => watched.get(marker)?.count ?? 0,
     /** Ends every open connection (both sockets), as a network reset does. */
     reset: () => pairs.splice(0).forEach((p) => (p.client.destroy(), p.upstream.destroy())),
     close: () => {

@@ -15,8 +15,8 @@
 --- @include "result-cache-tag"
 local ride = nil
 if ARGV[5] ~= '' then
-  redis.call('XADD', KEYS[6], '*', ARGV[6], ARGV[5])
-  if ARGV[7] ~= '' then usageBill(KEYS[7], KEYS[8], ARGV, 7) end
+  -- A billed row appended already (its marker found: a call sent again) is not appended twice.
+  if ARGV[7] == '' or usageBill(KEYS[7], KEYS[8], ARGV, 7) then redis.call('XADD', KEYS[6], '*', ARGV[6], ARGV[5]) end
   if #ARGV >= 18 then ride = usageRide(KEYS[6], ARGV, 16) end
 end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[5]) == ARGV[4] then
