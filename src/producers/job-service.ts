@@ -2,7 +2,7 @@ import { Job, type QueueEvents } from 'bullmq';
 import type { RedisClient } from '../shared/infra/redis/connection.js';
 import { ConflictError, NotFoundError } from '../shared/core/errors.js';
 import type { AgentQueue } from '../shared/queue/agent-queue.js';
-import { cancelChannel, CANCELLED_REASON, cancelRequestedKey, shownState } from '../shared/core/cancel.js';
+import { cancelChannel, CANCELLED_REASON, cancelMessage, cancelRequestedKey, shownState } from '../shared/core/cancel.js';
 import { encodeEvent } from '../shared/core/stream-event.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { isParked, parkedState, PARK_SCORE_MIN, type FairScheduler } from '../shared/fair/index.js';
@@ -217,8 +217,10 @@ export function createJobService(deps: {
       // it would otherwise park it again for its lane (its slot taken back below) and run it later. The message
       // reaches every attempt that runs, also one BullMQ reads as waiting: its lock lapsed while its worker's
       // event loop was blocked, the stalled check moved the job back to wait, and the attempt runs on. Told only
-      // when the job read active, it called the model outside its org's cap once the slot was freed below.
-      await redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS).spublish(cancelChannel(prefix), id).exec();
+      // when the job read active, it called the model outside its org's cap once the slot was freed below. The
+      // message names the job's timestamp as the marker does: a worker aborts an attempt of the job read only, not
+      // one of a job made under the id since this load (the one read removed, its idempotency key sent again).
+      await redis.multi().set(cancelRequestedKey(prefix, id), String(job.timestamp), 'EX', deps.cancelledTtlS).spublish(cancelChannel(prefix), cancelMessage(id, job.timestamp)).exec();
       if (state !== 'active') {
         try {
           // Out of its org's line first, so the dispatcher never hands out a slot for a removed job. What it gives

@@ -3,7 +3,7 @@ import { logConnectionErrors, type RedisClient } from '../shared/infra/redis/con
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import type { Logger } from '../shared/core/logger.js';
 import { backoffDelay } from '../shared/core/backoff.js';
-import { cancelChannel } from '../shared/core/cancel.js';
+import { cancelChannel, parseCancelMessage } from '../shared/core/cancel.js';
 import { QUEUE } from '../shared/core/queue-names.js';
 import type { AgentJobData, AgentResult } from '../shared/core/types.js';
 import { createCancellations, type Cancellation } from './cancellation.js';
@@ -36,7 +36,7 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
   // Not async: it hands back inFlight.run's own promise (an async arrow wrapped it in one more, and awaited it).
   const processor = (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> =>
-    inFlight.run(job, () => attempts.run(job.id!, (cancel) => opts.processor(job, token, cancel)));
+    inFlight.run(job, () => attempts.run(job.id!, job.timestamp, (cancel) => opts.processor(job, token, cancel)));
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
     settings: {
@@ -74,9 +74,13 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
 
   const channel = cancelChannel(opts.prefix);
   // The API sends it whatever state it read for the job: one whose stalled attempt still runs here reads
-  // "waiting" (or "active", fetched again) to BullMQ.
-  const onMessage = (ch: string, jobId: string) => {
-    const cancelled = ch === channel ? attempts.cancel(jobId) : 0;
+  // "waiting" (or "active", fetched again) to BullMQ. It names the job's timestamp: an attempt of a job made under
+  // the id after the API read the one it cancels runs on. An older API's message (the id alone, a rolling upgrade)
+  // cancels every attempt of the id, as it did.
+  const onMessage = (ch: string, message: string) => {
+    if (ch !== channel) return;
+    const { id: jobId, ts } = parseCancelMessage(message);
+    const cancelled = attempts.cancel(jobId, ts);
     if (cancelled > 0) opts.logger.info({ jobId, attempts: cancelled }, 'cancelling active job');
   };
   // A sharded channel (SSUBSCRIBE): on a cluster the cancel reaches the data's shard only, not every node.

@@ -37,13 +37,14 @@ export class Cancellation {
  * outcome will be refused, but until it ends it calls the model). Kept for as long as each attempt's processor runs.
  */
 export function createCancellations() {
-  const running = new Map<string, Set<Cancellation>>();
+  // Each attempt with its job's creation time (BullMQ's `timestamp`): which job of the id it runs.
+  const running = new Map<string, Map<Cancellation, number>>();
   return {
-    async run<R>(jobId: string, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
+    async run<R>(jobId: string, jobTs: number, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
       const cancel = new Cancellation();
       let attempts = running.get(jobId);
-      if (!attempts) running.set(jobId, (attempts = new Set()));
-      attempts.add(cancel);
+      if (!attempts) running.set(jobId, (attempts = new Map()));
+      attempts.set(cancel, jobTs);
       try {
         return await attempt(cancel);
       } finally {
@@ -51,11 +52,16 @@ export function createCancellations() {
         if (attempts.size === 0 && running.get(jobId) === attempts) running.delete(jobId);
       }
     },
-    /** Cancels every attempt of the job running here; how many it cancelled (not cancelled before). */
-    cancel(jobId: string): number {
+    /**
+     * Cancels every attempt of the job running here; how many it cancelled (not cancelled before). `jobTs`: the
+     * job's creation time as the API read it: an attempt of another job of the id (the one cancelled removed and a
+     * new one made under its id before the message went out) runs on. Without it (an older API's message, the id
+     * alone, during a rolling upgrade) every attempt of the id, as before.
+     */
+    cancel(jobId: string, jobTs?: number): number {
       let n = 0;
-      for (const cancel of running.get(jobId) ?? []) {
-        if (cancel.cancelled) continue;
+      for (const [cancel, ts] of running.get(jobId) ?? []) {
+        if (cancel.cancelled || (jobTs !== undefined && ts !== jobTs)) continue;
         cancel.cancel();
         n++;
       }
