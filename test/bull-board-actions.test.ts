@@ -6,9 +6,9 @@ import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys, i
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
-import { parkedJobOptions } from '../src/shared/fair/index.js';
 import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
 import { readSseBody } from './helpers/sse.js';
+import { replaceChild as replaceChildOf } from './helpers/replaced-child.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, until } from './helpers/wait.js';
 
@@ -179,24 +179,7 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
     expect((await stats(org)).inFlight).toBe(0);
   });
 
-  /**
-   * A flow's child removed (another removal, a cancel) and a new job made under its id (a pipeline step's id is its
-   * run's and step's), which is no child of the flow, dispatched: it holds a slot and its dispatch's charge.
-   */
-  async function replaceChild(org: string, id: string): Promise<number> {
-    const { scheduler, queue } = cell();
-    const old = (await queue.getJob(id))!;
-    await scheduler.cancel(id);
-    await queue.remove(id);
-    await scheduler.removed([id]);
-    await until('a clock past the child read', () => Date.now() > old.timestamp);
-    await queue.add(old.name, old.data, parkedJobOptions(id));
-    await scheduler.enqueue([{ jobId: id, orgId: org, model: FLASH, estTokens: 100 }], { dispatch: false });
-    await dispatch();
-    expect(await state(id)).toBe('waiting');
-    expect(await leased()).toContain(id);
-    return (await queue.getJob(id))!.timestamp;
-  }
+  const replaceChild = (org: string, id: string) => replaceChildOf(s, org, id, dispatch);
 
   /** A flow of two children, both dispatched (a slot each), and its children's ids. */
   async function dispatchedFlow(org: string, key: string, name: string) {

@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createJobService } from '../src/producers/job-service.js';
 import { NotFoundError } from '../src/shared/core/errors.js';
 import { cancelChannel, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
-import type { RedisClient } from '../src/shared/infra/redis/connection.js';
+import { hookExec } from './helpers/exec-hook.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { POLL, waitsTimeout } from './helpers/wait.js';
 
@@ -46,31 +46,17 @@ describe('a cancel message for an earlier job of the id', () => {
     // The window, between the cancel's read of the job and its message (the marker and the message's transaction):
     // the job read is removed, its key's record lapses, the key is sent again, and the new job's attempt calls the model.
     let replaced = false;
-    const hooked = new Proxy(redis, {
-      get(target, prop) {
-        if (prop === 'multi') {
-          return (...a: Parameters<RedisClient['multi']>) => {
-            const tx = target.multi(...a);
-            const exec = tx.exec.bind(tx);
-            tx.exec = (async () => {
-              if (!replaced) {
-                replaced = true;
-                await scheduler.cancel(id);
-                await (await queue.getJob(id))!.remove();
-                await scheduler.removed([id]);
-                await target.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
-                expect(await post(reused)).toBe(id);
-                await newCall.arrived;
-              }
-              return exec();
-            }) as typeof tx.exec;
-            return tx;
-          };
-        }
-        const v = Reflect.get(target, prop, target) as unknown;
-        return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
-      },
-    }) as RedisClient;
+    const hooked = hookExec(redis, async () => {
+      if (!replaced) {
+        replaced = true;
+        await scheduler.cancel(id);
+        await (await queue.getJob(id))!.remove();
+        await scheduler.removed([id]);
+        await redis.del(idempotencyRecordKey(s.cfg.QUEUE_PREFIX, id));
+        expect(await post(reused)).toBe(id);
+        await newCall.arrived;
+      }
+    });
     const jobs = createJobService({
       queue,
       queueEvents: () => {

@@ -5,6 +5,7 @@ import { createJobService } from '../src/producers/job-service.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { parkActiveJob } from '../src/shared/fair/park.js';
 import type { AgentJobData, AgentResult } from '../src/shared/core/types.js';
+import { hookExec } from './helpers/exec-hook.js';
 import { startStack, type Stack } from './helpers/stack.js';
 import { cancelledKey, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { NotFoundError } from '../src/shared/core/errors.js';
@@ -164,26 +165,12 @@ describe('cancelling a job while its idempotency key makes a new job of the id',
     // Every transaction the job service sends on its connection: the first one sent once the job is gone (the
     // cancel's tombstone, when it is written after the removal) waits for the key's new job first.
     let raced = false;
-    const hooked = new Proxy(redis, {
-      get(target, prop) {
-        if (prop === 'multi') {
-          return (...a: Parameters<RedisClient['multi']>) => {
-            const tx = target.multi(...a);
-            const exec = tx.exec.bind(tx);
-            tx.exec = (async () => {
-              if (!raced && !(await target.exists(queue.toKey(id)))) {
-                raced = true;
-                await sendAgainAfterLapse(key, id);
-              }
-              return exec();
-            }) as typeof tx.exec;
-            return tx;
-          };
-        }
-        const v = Reflect.get(target, prop, target) as unknown;
-        return typeof v === 'function' ? (v as (...x: unknown[]) => unknown).bind(target) : v;
-      },
-    }) as RedisClient;
+    const hooked = hookExec(redis, async () => {
+      if (!raced && !(await redis.exists(queue.toKey(id)))) {
+        raced = true;
+        await sendAgainAfterLapse(key, id);
+      }
+    });
     const jobs = jobService(hooked, scheduler);
     expect(await jobs.cancel(s.orgId, id)).toMatchObject({ id, state: 'cancelled' });
     // Removal and tombstone are one step now: no transaction of the job service comes between them.

@@ -1,9 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { parkedJobOptions } from '../src/shared/fair/index.js';
 import { markedJob } from './helpers/fair.js';
+import { replaceChild as replaceChildOf } from './helpers/replaced-child.js';
 import { startStack, type Stack } from './helpers/stack.js';
-import { until } from './helpers/wait.js';
 
 const FLASH = 'gemini-2.5-flash';
 
@@ -42,21 +41,7 @@ describe("a flow's cancel and a child's id that holds another job", () => {
     return { org, key, flowId, children };
   }
 
-  /** The child removed and a new job of the org made under its id (no child of the flow), dispatched: its creation time. */
-  async function replaceChild(org: string, id: string): Promise<number> {
-    const { scheduler, queue } = cell();
-    const old = (await queue.getJob(id))!;
-    await scheduler.cancel(id);
-    await queue.remove(id);
-    await scheduler.removed([id]);
-    await until('a clock past the child read', () => Date.now() > old.timestamp);
-    await queue.add(old.name, old.data, parkedJobOptions(id));
-    await scheduler.enqueue([{ jobId: id, orgId: org, model: FLASH, estTokens: 100 }], { dispatch: false });
-    await dispatch();
-    expect(await state(id)).toBe('waiting');
-    expect(await leased()).toContain(id);
-    return (await queue.getJob(id))!.timestamp;
-  }
+  const replaceChild = (org: string, id: string) => replaceChildOf(s, org, id, dispatch);
 
   /** The flow's cancel took its other child only: the new job under the replaced child's id is there, with its slot. */
   async function expectReplacementKept(f: { org: string; key: string; children: string[] }, newTs: number) {
