@@ -4,6 +4,26 @@ import type { DlqClass, FailureType } from '../core/dlq-classify.js';
 
 /** Cache levels in lookup order: a hit at one level means a miss at every level before it. */
 const CACHE_LEVELS: CacheLevel[] = ['l1', 'l2', 'semantic'];
+/** Each level's label set, made once: prom-client only reads the labels it is handed (and keeps the first it sees). */
+const LEVEL_LABELS = CACHE_LEVELS.map((level) => Object.freeze({ level }));
+
+/**
+ * A label set made once per distinct value of its key and reused: the per-job metrics otherwise made several label
+ * objects for every job (~0.5 KB of garbage a job on the cache-hit path). It holds one entry per series the metric
+ * itself keeps, so it grows no further than prom-client's own map of them.
+ */
+function labelCache<L extends object>(make: (a: string, b: string, c: string) => L) {
+  const byA = new Map<string, Map<string, Map<string, Readonly<L>>>>();
+  return (a: string, b = '', c = ''): Readonly<L> => {
+    let byB = byA.get(a);
+    if (!byB) byA.set(a, (byB = new Map()));
+    let byC = byB.get(b);
+    if (!byC) byB.set(b, (byC = new Map()));
+    let labels = byC.get(c);
+    if (!labels) byC.set(c, (labels = Object.freeze(make(a, b, c))));
+    return labels;
+  };
+}
 
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -123,6 +143,10 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     registers,
   });
   const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
+  const agentLabels = labelCache((agent) => ({ agent }));
+  const completedLabels = labelCache((agent, action) => ({ agent, action, outcome: 'completed' }));
+  const spendLabels = labelCache((agent, model, tier) => ({ agent, model, tier }));
+  const tokenLabels = labelCache((agent, model, direction) => ({ agent, model, direction }));
 
   return {
     registry,
@@ -139,26 +163,26 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
         // From when it could run: a job the caller delayed 60 s did not wait 60 s for the queue. Its data's delay,
         // never BullMQ's `opts.delay` (a parked job's is the far-future park, park.ts).
         const seconds = Math.max(0, job.processedOn - job.enqueuedAt - (job.delayMs ?? 0)) / 1000;
-        startLatency.observe({ agent: job.agent }, seconds);
+        startLatency.observe(agentLabels(job.agent), seconds);
         if (job.orgId) dispatchLatency.observe(seconds);
       }
     },
 
     jobCompleted(job: JobFacts, result: AgentResult) {
       const seconds = job.processedOn ? ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000 : result.durationMs / 1000;
-      duration.observe({ agent: job.agent, action: job.action, outcome: 'completed' }, Math.max(0, seconds));
-      const tier = result.tier ?? 'standard';
-      cost.inc({ agent: job.agent, model: result.model, tier }, result.costUsd || 0);
+      duration.observe(completedLabels(job.agent, job.action), Math.max(0, seconds));
+      const spend = spendLabels(job.agent, result.model, result.tier ?? 'standard');
+      cost.inc(spend, result.costUsd || 0);
       // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
       const saved = result.cacheHit ? 0 : (result.standardCostUsd ?? result.costUsd) - (result.costUsd || 0);
-      if (saved > 0) savings.inc({ agent: job.agent, model: result.model, tier }, saved);
-      tokens.inc({ agent: job.agent, model: result.model, direction: 'input' }, result.tokensUsed?.input ?? 0);
-      tokens.inc({ agent: job.agent, model: result.model, direction: 'output' }, result.tokensUsed?.output ?? 0);
+      if (saved > 0) savings.inc(spend, saved);
+      tokens.inc(tokenLabels(job.agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
+      tokens.inc(tokenLabels(job.agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
       const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;
-      CACHE_LEVELS.forEach((level, i) => {
-        if (i < hitAt) cacheMisses.inc({ level });
-        else if (i === hitAt) cacheHits.inc({ level });
-      });
+      for (let i = 0; i < LEVEL_LABELS.length && i <= hitAt; i++) {
+        if (i < hitAt) cacheMisses.inc(LEVEL_LABELS[i]);
+        else cacheHits.inc(LEVEL_LABELS[i]);
+      }
     },
 
     /** Every failed attempt, retried or final. */
