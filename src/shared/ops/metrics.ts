@@ -1,5 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AgentResult, CacheLevel } from '../core/types.js';
+import { labelCache, pendingIncs } from './metric-cells.js';
 import type { DlqClass, FailureType } from '../core/dlq-classify.js';
 
 /** Cache levels in lookup order: a hit at one level means a miss at every level before it. */
@@ -7,23 +8,6 @@ const CACHE_LEVELS: CacheLevel[] = ['l1', 'l2', 'semantic'];
 /** Each level's label set, made once: prom-client only reads the labels it is handed (and keeps the first it sees). */
 const LEVEL_LABELS = CACHE_LEVELS.map((level) => Object.freeze({ level }));
 
-/**
- * A label set made once per distinct value of its key and reused: the per-job metrics otherwise made several label
- * objects for every job (~0.5 KB of garbage a job on the cache-hit path). It holds one entry per series the metric
- * itself keeps, so it grows no further than prom-client's own map of them.
- */
-function labelCache<L extends object>(make: (a: string, b: string, c: string) => L) {
-  const byA = new Map<string, Map<string, Map<string, Readonly<L>>>>();
-  return (a: string, b = '', c = ''): Readonly<L> => {
-    let byB = byA.get(a);
-    if (!byB) byA.set(a, (byB = new Map()));
-    let byC = byB.get(b);
-    if (!byC) byB.set(b, (byC = new Map()));
-    let labels = byC.get(c);
-    if (!labels) byC.set(c, (labels = Object.freeze(make(a, b, c))));
-    return labels;
-  };
-}
 
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -123,10 +107,38 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     labelNames: ['source', 'estimated'] as const,
     registers,
   });
-  const tokens = new Counter({ name: 'agentq_tokens_total', help: 'Model tokens of completed jobs', labelNames: ['agent', 'model', 'direction'] as const, registers });
+  // Counted per job, handed to prom-client when read (metric-cells.ts `pendingIncs`): no handle on these counters.
+  const tokenIncs = pendingIncs();
+  const hitIncs = pendingIncs();
+  const missIncs = pendingIncs();
+  new Counter({
+    name: 'agentq_tokens_total',
+    help: 'Model tokens of completed jobs',
+    labelNames: ['agent', 'model', 'direction'] as const,
+    registers,
+    collect() {
+      tokenIncs.flush(this);
+    },
+  });
   const errors = new Counter({ name: 'agentq_job_errors_total', help: 'Failed job attempts by error type', labelNames: ['agent', 'type'] as const, registers });
-  const cacheHits = new Counter({ name: 'agentq_cache_hits_total', help: 'Completed jobs served by a cache level', labelNames: ['level'] as const, registers });
-  const cacheMisses = new Counter({ name: 'agentq_cache_misses_total', help: 'Completed jobs a cache level could not serve', labelNames: ['level'] as const, registers });
+  new Counter({
+    name: 'agentq_cache_hits_total',
+    help: 'Completed jobs served by a cache level',
+    labelNames: ['level'] as const,
+    registers,
+    collect() {
+      hitIncs.flush(this);
+    },
+  });
+  new Counter({
+    name: 'agentq_cache_misses_total',
+    help: 'Completed jobs a cache level could not serve',
+    labelNames: ['level'] as const,
+    registers,
+    collect() {
+      missIncs.flush(this);
+    },
+  });
   const delays = new Counter({ name: 'agentq_job_delays_total', help: 'Jobs delayed without using an attempt, by a guard or for want of a dispatcher slot (reason no_slot)', labelNames: ['reason'] as const, registers });
   const delaySeconds = new Counter({ name: 'agentq_job_delay_seconds_total', help: 'Delay imposed by guards, summed', labelNames: ['reason'] as const, registers });
   const admission = new Counter({ name: 'agentq_admission_rejections_total', help: 'API requests refused by admission (rate plan or quota)', labelNames: ['reason'] as const, registers });
@@ -176,12 +188,12 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
       // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
       const saved = result.cacheHit ? 0 : (result.standardCostUsd ?? result.costUsd) - (result.costUsd || 0);
       if (saved > 0) savings.inc(spend, saved);
-      tokens.inc(tokenLabels(job.agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
-      tokens.inc(tokenLabels(job.agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
+      tokenIncs.add(tokenLabels(job.agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
+      tokenIncs.add(tokenLabels(job.agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
       const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;
       for (let i = 0; i < LEVEL_LABELS.length && i <= hitAt; i++) {
-        if (i < hitAt) cacheMisses.inc(LEVEL_LABELS[i]);
-        else cacheHits.inc(LEVEL_LABELS[i]);
+        if (i < hitAt) missIncs.add(LEVEL_LABELS[i], 1);
+        else hitIncs.add(LEVEL_LABELS[i], 1);
       }
     },
 
