@@ -23,6 +23,9 @@ function billedColumns(b: BilledCall) {
   };
 }
 
+/** What a row with no such columns spreads into itself: one object for every row, not an empty one each. */
+const NO_COLUMNS = Object.freeze({});
+
 /** A row's model columns that no call was billed. */
 const NOTHING_BILLED = { inputTokens: 0, outputTokens: 0, costUsd: 0, standardCostUsd: 0, cachedTokens: 0, thoughtsTokens: 0 };
 
@@ -71,7 +74,7 @@ export class AttemptRows {
    */
   private embeddingColumns() {
     const embeddingTokens = this.embeddingTokens;
-    if (embeddingTokens <= 0) return {};
+    if (embeddingTokens <= 0) return NO_COLUMNS;
     // embeddingModel undefined (no model given) is left out of the row's JSON and stored NULL: the configured one.
     return { embeddingTokens, embeddingCostUsd: this.embeddingCost?.(embeddingTokens) ?? 0, embeddingEstimated: true, embeddingModel: this.embeddingModel };
   }
@@ -96,7 +99,7 @@ export class AttemptRows {
       error: null,
       requestId: data.requestId ?? null,
       ...this.embeddingColumns(),
-      ...(this.stalledPart && !ctx.batchRead ? { part: this.stalledPart } : {}),
+      ...(this.stalledPart && !ctx.batchRead ? { part: this.stalledPart } : NO_COLUMNS),
       ...row,
     };
   }
@@ -112,17 +115,20 @@ export class AttemptRows {
   }
 
   private completedRow(result: AgentResult): AgentRun {
+    const usage = result.tokensUsed;
+    // billedColumns' columns written out, in its order: no BilledCall and no columns object made to be spread here.
     return this.row({
       state: 'completed',
-      ...billedColumns({
-        model: result.model,
-        usage: result.tokensUsed,
-        costUsd: result.costUsd,
-        // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
-        // carries the tier this job asked for, not the one of the job whose answer it reuses.
-        standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
-        tier: result.cacheHit ? (this.ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
-      }),
+      model: result.model,
+      inputTokens: usage.input,
+      outputTokens: usage.output,
+      costUsd: result.costUsd,
+      // A cache hit calls no model: it costs nothing and saves nothing against the standard tier, and its row
+      // carries the tier this job asked for, not the one of the job whose answer it reuses.
+      standardCostUsd: result.cacheHit ? result.costUsd : (result.standardCostUsd ?? result.costUsd),
+      tier: result.cacheHit ? (this.ctx.tier ?? 'standard') : (result.tier ?? 'standard'),
+      cachedTokens: usage.cached ?? 0,
+      thoughtsTokens: usage.thoughts ?? 0,
       cacheHit: result.cacheHit ?? null,
     });
   }
