@@ -11,6 +11,9 @@ export class Cancellation {
   private controller: AbortController | undefined;
   private requested = false;
 
+  /** `jobTs`: the creation time (BullMQ's `timestamp`) of the job whose attempt this is: which job of the id. */
+  constructor(readonly jobTs?: number) {}
+
   get cancelled(): boolean {
     return this.requested;
   }
@@ -37,19 +40,25 @@ export class Cancellation {
  * outcome will be refused, but until it ends it calls the model). Kept for as long as each attempt's processor runs.
  */
 export function createCancellations() {
-  // Each attempt with its job's creation time (BullMQ's `timestamp`): which job of the id it runs.
-  const running = new Map<string, Map<Cancellation, number>>();
+  // The one attempt of a job as it is (the usual case), a Set only once a second attempt of it runs here: a Set
+  // per job was most of what this allocated per job.
+  const running = new Map<string, Cancellation | Set<Cancellation>>();
+  const remove = (jobId: string, cancel: Cancellation) => {
+    const held = running.get(jobId);
+    if (held === cancel) running.delete(jobId);
+    else if (held instanceof Set && held.delete(cancel) && held.size === 0) running.delete(jobId);
+  };
   return {
     async run<R>(jobId: string, jobTs: number, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
-      const cancel = new Cancellation();
-      let attempts = running.get(jobId);
-      if (!attempts) running.set(jobId, (attempts = new Map()));
-      attempts.set(cancel, jobTs);
+      const cancel = new Cancellation(jobTs);
+      const held = running.get(jobId);
+      if (!held) running.set(jobId, cancel);
+      else if (held instanceof Set) held.add(cancel);
+      else running.set(jobId, new Set([held, cancel]));
       try {
         return await attempt(cancel);
       } finally {
-        attempts.delete(cancel);
-        if (attempts.size === 0 && running.get(jobId) === attempts) running.delete(jobId);
+        remove(jobId, cancel);
       }
     },
     /**
@@ -59,9 +68,10 @@ export function createCancellations() {
      * alone, during a rolling upgrade) every attempt of the id, as before.
      */
     cancel(jobId: string, jobTs?: number): number {
+      const held = running.get(jobId);
       let n = 0;
-      for (const [cancel, ts] of running.get(jobId) ?? []) {
-        if (cancel.cancelled || (jobTs !== undefined && ts !== jobTs)) continue;
+      for (const cancel of held instanceof Set ? held : held ? [held] : []) {
+        if (cancel.cancelled || (jobTs !== undefined && cancel.jobTs !== jobTs)) continue;
         cancel.cancel();
         n++;
       }
