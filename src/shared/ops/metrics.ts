@@ -8,7 +8,6 @@ const CACHE_LEVELS: CacheLevel[] = ['l1', 'l2', 'semantic'];
 /** Each level's label set, made once: prom-client only reads the labels it is handed (and keeps the first it sees). */
 const LEVEL_LABELS = CACHE_LEVELS.map((level) => Object.freeze({ level }));
 
-
 const DURATION_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
 const MODEL_CALL_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120];
