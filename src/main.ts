@@ -24,11 +24,21 @@ async function main(role: Role) {
   // Before Redis and the migrations: a serving process without a key it needs stops at once.
   if (role !== 'migrate') assertGeminiConfigured(cfg);
   const logger = createRootLogger(cfg);
+  // pino writes asynchronously: a process.exit right after a line could cut it (the shutdown's last, `stopped`, was
+  // lost once beside two CPU hogs with the exit code 0). The exit waits for the lines written so far, up to 1 s.
+  const exit = (code: number) => {
+    process.exitCode = code;
+    const cut = setTimeout(() => process.exit(code), 1000);
+    logger.flush(() => {
+      clearTimeout(cut);
+      process.exit(code);
+    });
+  };
   // Until the process serves, an uncaught exception or a stray rejection fails the start as a start-up error does
   // (logged, JSON and redacted, then exit 1); once it serves, it drains through the one shutdown (below).
   const failedStart = (kind: 'uncaughtException' | 'unhandledRejection') => (err: unknown) => {
     logger.fatal({ err, kind }, `${kind} during start-up`);
-    process.exit(1);
+    exit(1);
   };
   const startException = failedStart('uncaughtException');
   const startRejection = failedStart('unhandledRejection');
@@ -45,7 +55,7 @@ async function main(role: Role) {
   const stop = createShutdown({
     logger,
     graceMs: cfg.SHUTDOWN_GRACE_MS,
-    exit: (code) => process.exit(code),
+    exit,
     async close(steps) {
       stopping = true;
       if (!serving) {
