@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { markedJob } from './helpers/fair.js';
 import { replaceChild as replaceChildOf } from './helpers/replaced-child.js';
+import { countRoundTrips, naming } from './helpers/round-trips.js';
 import { startStack, type Stack } from './helpers/stack.js';
 
 const FLASH = 'gemini-2.5-flash';
@@ -88,5 +89,41 @@ describe("a flow's cancel and a child's id that holds another job", () => {
     expect(res.statusCode).toBe(202);
     expect(res.json()).toEqual({ id: f.flowId, state: 'cancelling', cancelled: [f.children[1]], cancelling: [] });
     await expectReplacementKept(f, newTs);
+  });
+
+  it("reads its children (each one's creation time, and whether a worker runs it) in one round trip, however many there are", async () => {
+    const reads: number[] = [];
+    for (const n of [1, 6]) {
+      const org = `org_flowrt_${randomUUID().slice(0, 8)}`;
+      await cell().scheduler.setPlan(org, { concurrency: 2, rpm: { flash: 10, pro: 10 }, tpm: 100_000 });
+      const key = await s.newKey(org);
+      const tasks = Array.from({ length: n }, (_, i) => markedJob(`flow-cancel-rt-${org}-${i}`, FLASH));
+      const post = await s.app.inject({ method: 'POST', url: '/v1/flows/parallel', headers: auth(key), payload: { tasks } });
+      expect(post.statusCode).toBe(202);
+      const flowId = post.json().id as string;
+      await dispatch();
+      const children = (await s.app.inject({ method: 'GET', url: `/v1/flows/${flowId}`, headers: auth(key) })).json().children.map((c: { id: string }) => c.id) as string[];
+      // The round trips that name a child, until the cancel of the first child begins: the read of them all.
+      const trips = countRoundTrips(s.runtime.deps.redis, naming(children));
+      const jobs = cell().jobs;
+      const cancel = jobs.cancel.bind(jobs);
+      let before: number | undefined;
+      const spy = vi.spyOn(jobs, 'cancel').mockImplementation(async (...args: Parameters<typeof jobs.cancel>) => {
+        before ??= trips.count;
+        return cancel(...args);
+      });
+      let res;
+      try {
+        res = await s.app.inject({ method: 'POST', url: `/v1/flows/${flowId}/cancel`, headers: auth(key) });
+      } finally {
+        spy.mockRestore();
+        trips.stop();
+      }
+      expect(res.statusCode).toBe(202);
+      expect(res.json()).toEqual({ id: flowId, state: 'cancelling', cancelled: children, cancelling: [] });
+      reads.push(before!);
+    }
+    // One each (until 2026-12-07: 1 + a getJobState per child, 2 and 7).
+    expect(reads).toEqual([1, 1]);
   });
 });

@@ -173,8 +173,10 @@ export function createFlowService(deps: FlowServiceDeps) {
     // Each child as the job under its id now that is still this flow's child, by its creation time: one removed
     // since and a new job made under its id (a step's id is its run's and step's; an idempotency key sent again) is
     // no job of this flow, left alone also when the replacement comes after this read (the job service's cancel
-    // takes the time read). Cancelled by id (until 2026-12-07), that job was removed or aborted as the flow's.
-    const children = new Map((await childIncarnations(deps.redis, { jobKeyPrefix: agentJobs.toKey(''), parent: { id, queueQualifiedName: flows.qualifiedName } }, ids)).map((c) => [c.id, c.ts]));
+    // takes the time read). Cancelled by id (until 2026-12-07), that job was removed or aborted as the flow's. Whether
+    // a worker runs each is read in the same round trip (it took one per child, BullMQ's getJobState, until 2026-12-07).
+    const read = await childIncarnations(deps.redis, { jobKeyPrefix: agentJobs.toKey(''), activeKey: agentJobs.toKey('active'), parent: { id, queueQualifiedName: flows.qualifiedName } }, ids);
+    const children = new Map(read.map((c) => [c.id, c.ts]));
     const cancelled: string[] = [];
     const cancelling: string[] = [];
     const cancelEach = (childIds: string[]) =>
@@ -192,7 +194,7 @@ export function createFlowService(deps: FlowServiceDeps) {
     // The jobs not running first, then the running ones: an aborted child frees its worker's slot, and that worker
     // would otherwise fetch a sibling still in the wait list (charged, about to be removed) and start it.
     const ours = ids.filter((c) => children.has(c));
-    const active = new Set((await Promise.all(ours.map(async (c) => ((await agentJobs.getJobState(c)) === 'active' ? c : undefined)))).filter((c) => c !== undefined));
+    const active = new Set(read.filter((c) => c.active).map((c) => c.id));
     await cancelEach(ours.filter((c) => !active.has(c)));
     await cancelEach(ours.filter((c) => active.has(c)));
     const answer = { id, state: 'cancelling', cancelled: ids.filter((c) => cancelled.includes(c)), cancelling: ids.filter((c) => cancelling.includes(c)) };
