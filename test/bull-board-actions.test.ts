@@ -7,6 +7,7 @@ import { QUEUE } from '../src/shared/core/queue-names.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
 import type { SseMessage } from '../src/producers/client/sse-parser.js';
 import { markedJob, openQueue, postBulk, postJob } from './helpers/fair.js';
+import { countRoundTrips, naming } from './helpers/round-trips.js';
 import { readSseBody } from './helpers/sse.js';
 import { replaceChild as replaceChildOf } from './helpers/replaced-child.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -575,6 +576,39 @@ describe('Bull Board retries and promotes, with a worker', () => {
     expect(await s.runtime.deps.redis.hget(dlqMetaKey(s.cfg.QUEUE_PREFIX, alone), 'retries')).toBe('1');
     // One model call since: the job alone's run; the child was never run.
     expect(modelCalls() - calls).toBe(1);
+  });
+
+  it("the board's retry of a failed job reads its DLQ entry in one round trip: its place in the failed set and meta hash beside BullMQ's read of its hash", async () => {
+    const name = `Board Retry Trips ${randomUUID().slice(0, 8)}`;
+    s.emulator.script({ status: 400, message: 'scripted bad request', match: { promptIncludes: name }, times: -1 });
+    const input = { startup: { name, industry: 'robotics', stage: 'seed', description: 'fails, is retried by the board' } };
+    const id = await postJob(s, s.apiKey, { agent: 'RiskAnalyzer', action: 'analyze_risks', input });
+    expect(await job(id, 20_000)).toMatchObject({ state: 'failed' });
+    const meta = dlqMetaKey(s.cfg.QUEUE_PREFIX, id);
+    await vi.waitFor(async () => expect(await s.runtime.deps.redis.hget(meta, 'class')).not.toBeNull(), POLL);
+    s.emulator.clearFaults();
+    // What names the job up to the DLQ's retry script (the one call naming its meta key), the script included: the
+    // retried job's run by the worker comes after it.
+    let scripted = false;
+    const trips = countRoundTrips(s.runtime.deps.redis, (cmd) => {
+      if (scripted || !naming([id])(cmd)) return false;
+      scripted = /^eval(sha)?$/i.test(cmd.name) && cmd.args.includes(meta);
+      return true;
+    });
+    let res;
+    try {
+      res = await boardAction(s, `${QUEUE.agent}/${id}/retry`);
+    } finally {
+      trips.stop();
+    }
+    expect(res.statusCode).toBe(204);
+    expect(scripted).toBe(true);
+    expect(await s.runtime.deps.redis.hget(meta, 'retries')).toBe('1');
+    // The board's own reads of the job (its hash, its state); the entry's, sent side by side (its place in the failed
+    // set and its meta hash in one pipeline, and BullMQ's read of the job's hash); the retry script. Until 2026-12-07
+    // the failed set's check went first, in a round trip of its own: 6, three of them agentq's one after another.
+    expect(trips.count).toBe(5);
+    expect(await job(id, 20_000)).toMatchObject({ state: 'completed' });
   });
 
   it("a job the board promotes while the dispatcher holds it on its delay's timer is due now: dispatched and run", async () => {
