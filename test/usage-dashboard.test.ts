@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Principal } from '../src/producers/auth.js';
+import { createRunStore } from '../src/shared/infra/db/agent-runs.js';
 import { orgInScope, usageScopeOf } from '../src/producers/usage-scope.js';
 import { randomOrg } from './helpers/env.js';
 import { startStack, type Stack } from './helpers/stack.js';
@@ -76,6 +77,7 @@ describe('GET /admin/usage and its data API', () => {
       expect(dash.org).toBe(s.orgId);
       expect(dash.groups).toEqual(v1.groups);
       expect(dash.total).toEqual(v1.total);
+      expect(dash.byTier).toEqual(v1.byTier);
     }
     const forbidden = await get(`/admin/usage/api?${window}&org=${orgB}`, { authorization: `Bearer ${adminA}` });
     expect(forbidden.statusCode).toBe(403);
@@ -111,6 +113,39 @@ describe('GET /admin/usage and its data API', () => {
     const v1B = (await get(`/v1/usage?${window}&groupBy=agent`, { authorization: `Bearer ${adminB}` })).json();
     expect(oneB.groups).toEqual(v1B.groups);
     expect(oneB.total).toEqual(v1B.total);
+  });
+
+  it("splits the window by tier as /v1/usage does: each org's tiers, and every org's, add up to the total", async () => {
+    // A window of this test's own (no other file writes into 2039): batch, flex and standard attempts of two orgs,
+    // one with embedding calls.
+    const runs = createRunStore({ pool: s.infra.db.pool });
+    const at = new Date('2039-05-10T10:00:00Z');
+    const base = { agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-flash', state: 'completed' as const, attempt: 1, durationMs: 100, createdAt: at };
+    const tag = `${s.cfg.QUEUE_PREFIX}-tier`;
+    await runs.recordMany([
+      { ...base, orgId: s.orgId, jobId: `${tag}-1`, tier: 'batch', inputTokens: 100, outputTokens: 50, costUsd: 0.25, standardCostUsd: 0.5, embeddingTokens: 40, embeddingCostUsd: 0.000006, embeddingEstimated: true },
+      { ...base, orgId: s.orgId, jobId: `${tag}-2`, tier: 'flex', inputTokens: 10, outputTokens: 5, costUsd: 0.01, standardCostUsd: 0.02 },
+      { ...base, orgId: orgB, jobId: `${tag}-3`, inputTokens: 20, outputTokens: 10, costUsd: 0.03, standardCostUsd: 0.03 },
+    ]);
+    const tierWindow = 'from=2039-05-10&to=2039-05-11';
+    const sum = (body: { byTier: Array<{ costUsd: number; embedding: { costUsd: number } }> }, f: (t: { costUsd: number; embedding: { costUsd: number } }) => number) => body.byTier.reduce((n, t) => n + f(t), 0);
+    const addsUp = (body: { byTier: Array<{ costUsd: number; embedding: { costUsd: number } }>; total: { costUsd: number; embedding: { costUsd: number } } }) => {
+      expect(sum(body, (t) => t.costUsd)).toBeCloseTo(body.total.costUsd, 10);
+      expect(sum(body, (t) => t.embedding.costUsd)).toBeCloseTo(body.total.embedding.costUsd, 10);
+    };
+    const all = (await get(`/admin/usage/api?${tierWindow}&groupBy=org`, operator)).json();
+    expect(all.byTier.map((t: { tier: string }) => t.tier)).toEqual(expect.arrayContaining(['batch', 'flex', 'standard']));
+    expect(all.total.costUsd).toBeGreaterThanOrEqual(0.29);
+    addsUp(all);
+    const orgA = (await get(`/admin/usage/api?${tierWindow}&groupBy=agent`, { authorization: `Bearer ${adminA}` })).json();
+    const v1 = (await get(`/v1/usage?${tierWindow}&groupBy=agent`, { authorization: `Bearer ${adminA}` })).json();
+    expect(orgA.byTier).toEqual(v1.byTier);
+    const tiers = Object.fromEntries(orgA.byTier.map((t: { tier: string }) => [t.tier, t]));
+    expect(Object.keys(tiers).sort()).toEqual(['batch', 'flex', 'standard']);
+    // The batch attempt's embedding calls are billed at `standard` (the embedding model's online price), as /v1/usage files them.
+    expect(tiers.batch).toMatchObject({ jobs: 1, costUsd: 0.25, standardCostUsd: 0.5, savingsUsd: 0.25, embedding: { tokens: 0, costUsd: 0, estimated: true } });
+    expect(tiers.standard).toMatchObject({ jobs: 0, costUsd: 0, embedding: { tokens: 40, estimated: true } });
+    addsUp(orgA);
   });
 
   it('answers 400 naming the bad field', async () => {

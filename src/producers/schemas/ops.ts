@@ -95,26 +95,29 @@ const usageGroup = z.object({
   durationMs: z.object({ p50: z.number(), p95: z.number() }).describe('Of the attempts (a delayed run is none, nor an ingest or a search)'),
 });
 
+/** The window split by service tier: `/v1/usage` and the dashboard's API answer it from the same read (routes/usage.ts). */
+const usageByTier = z
+  .array(
+    z.object({
+      tier: z.string(),
+      jobs: z.number(),
+      costUsd: z.number(),
+      standardCostUsd: z.number(),
+      savingsUsd: z.number(),
+      embedding: z
+        .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
+        .describe('The embedding calls billed at this tier (all at `standard`, the embedding model’s online price): ESTIMATED, as a group’s'),
+    }),
+  )
+  .describe('The same window split by service tier, with the savings against the standard tier; the tiers’ costUsd and embedding.costUsd add up to the total’s');
+
 export const usageReport = z.object({
   from: z.string(),
   to: z.string(),
   groupBy: z.enum(['agent', 'model', 'day', 'tier']),
   groups: z.array(usageGroup),
   total: usageGroup.describe('The whole window (key `total`): percentiles over every attempt, not summed from groups'),
-  byTier: z
-    .array(
-      z.object({
-        tier: z.string(),
-        jobs: z.number(),
-        costUsd: z.number(),
-        standardCostUsd: z.number(),
-        savingsUsd: z.number(),
-        embedding: z
-          .object({ tokens: z.number(), costUsd: z.number(), estimated: z.literal(true) })
-          .describe('The embedding calls billed at this tier (all at `standard`, the embedding model’s online price): ESTIMATED, as a group’s'),
-      }),
-    )
-    .describe('The same window split by service tier, with the savings against the standard tier; the tiers’ costUsd and embedding.costUsd add up to the total’s'),
+  byTier: usageByTier,
 });
 
 /** The dashboard's counterpart of `/v1/usage`: an operator may pick one org or see all, and group by org. */
@@ -135,6 +138,7 @@ export const adminUsageReport = z.object({
   org: z.string().nullable().describe('The org shown, or null for every org'),
   groups: z.array(usageGroup),
   total: usageGroup,
+  byTier: usageByTier,
 });
 
 export const usageAssetParam = z.object({ file: z.enum(['usage.js', 'chart.umd.min.js']) });
