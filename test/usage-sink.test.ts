@@ -43,7 +43,7 @@ const run = (orgId: string, jobId: string, attempt = 1, over: Partial<AgentRun> 
 /** A sink on its own connection, over a store that can be made to fail like a Postgres that is down. */
 function sinkFor(
   key: string,
-  store: { recordMany(runs: AgentRun[]): Promise<number> },
+  store: { recordEncoded(rows: string[]): Promise<number> },
   onCommitted?: (lags: number[]) => void,
   blockMs = 200,
   backlog?: { backlogMax: number; onBacklog(over: boolean, rows: number): void },
@@ -108,7 +108,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const store = createRunStore({ pool });
     let inserts = 0;
     const lags: number[] = [];
-    const sink = sinkFor(key, { recordMany: (r) => (inserts++, store.recordMany(r)) }, (l) => lags.push(...l));
+    const sink = sinkFor(key, { recordEncoded: (r) => (inserts++, store.recordEncoded(r)) }, (l) => lags.push(...l));
     const appender = createRunAppender({ redis, key });
     const ended = new Date(Date.now() - 60_000);
     // Appended before the sink starts: the consumer group reads the stream from its start.
@@ -195,8 +195,8 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     let failures = 0;
     // A pool that errors like one whose server is gone (connection refused), until the outage ends.
     const sink = sinkFor(key, {
-      recordMany: (r) => {
-        if (!down) return store.recordMany(r);
+      recordEncoded: (r) => {
+        if (!down) return store.recordEncoded(r);
         failures++;
         return Promise.reject(Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:5432'), { code: 'ECONNREFUSED' }));
       },
@@ -242,6 +242,35 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
   }, waitsTimeout(POLL.timeout, POLL.timeout));
 
+  it('an entry that holds no row (not JSON, cut short, no object) is dropped and logged as unreadable, never counted as refused: the rows around it are written', async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const store = createRunStore({ pool });
+    const good = Array.from({ length: 4 }, (_, i) => run(org, `beside-${org}-${i}`));
+    const refused: AgentRun[] = [];
+    const logged: string[] = [];
+    const sink = sinkFor(key, store, undefined, 200, undefined, {
+      gatherMs: 300,
+      onRefused: (rows) => refused.push(...rows),
+      logger: Object.assign(Object.create(logger) as typeof logger, { error: (_o: unknown, msg: string) => logged.push(msg) }),
+    });
+    // The sink sends its rows' JSON to Postgres undecoded, in one array: a cut-short entry must not spoil the others'.
+    const junk = ['not json', '42', encodeRun(run(org, `cut-${org}`)).slice(0, -5) + '}'];
+    await redis.xadd(key, '*', RUN_FIELD, encodeRun(good[0]));
+    for (const [i, j] of junk.entries()) {
+      await redis.xadd(key, '*', RUN_FIELD, j);
+      await redis.xadd(key, '*', RUN_FIELD, encodeRun(good[i + 1]));
+    }
+    sink.start();
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    expect(await rowsOf(good.map((r) => r.jobId))).toHaveLength(4);
+    expect(await rowsOf([`cut-${org}`])).toHaveLength(0);
+    expect(refused).toEqual([]);
+    expect(logged.filter((m) => m === 'usage sink: unreadable usage entry dropped')).toHaveLength(3);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+  }, waitsTimeout(POLL.timeout));
+
   it('tells a refusal for a row\'s content (SQLSTATE classes 22 and 23) from a Postgres that is down or busy', () => {
     expect(refusedForContent(Object.assign(new Error('integer out of range'), { code: '22003' }))).toBe(true);
     expect(refusedForContent(Object.assign(new Error('invalid byte sequence'), { code: '22021' }))).toBe(true);
@@ -258,7 +287,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const store = createRunStore({ pool });
     let down = true;
     const reports: Array<[boolean, number]> = [];
-    const sink = sinkFor(key, { recordMany: (r) => (down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : store.recordMany(r)) }, undefined, 200, {
+    const sink = sinkFor(key, { recordEncoded: (r) => (down ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:5432')) : store.recordEncoded(r)) }, undefined, 200, {
       backlogMax: 5,
       onBacklog: (over, rows) => reports.push([over, rows]),
     });
@@ -286,7 +315,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   /** A sink whose connection counts the commands it sends (every ioredis command goes through sendCommand). */
-  function countedSink(key: string, store: { recordMany(runs: AgentRun[]): Promise<number> }, gatherMs: number) {
+  function countedSink(key: string, store: { recordEncoded(rows: string[]): Promise<number> }, gatherMs: number) {
     const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
     const sent: string[] = [];
     const send = conn.sendCommand.bind(conn);
@@ -314,7 +343,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const org = randomOrg();
     const store = createRunStore({ pool });
     let batches = 0;
-    const { sink, sent } = countedSink(key, { recordMany: (r) => (batches++, store.recordMany(r)) }, 20);
+    const { sink, sent } = countedSink(key, { recordEncoded: (r) => (batches++, store.recordEncoded(r)) }, 20);
     const appender = createRunAppender({ redis, key, rider: sink.rider });
     sink.start();
     // Blocked in its first read of new entries: the sink's start-up calls are behind it.
@@ -429,10 +458,10 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     const store = createRunStore({ pool });
     const batches: Array<{ rows: number; at: number; done: number }> = [];
     const counted = {
-      async recordMany(rows: AgentRun[]) {
+      async recordEncoded(rows: string[]) {
         const b = { rows: rows.length, at: performance.now(), done: 0 };
         batches.push(b);
-        const n = await store.recordMany(rows);
+        const n = await store.recordEncoded(rows);
         b.done = performance.now();
         return n;
       },

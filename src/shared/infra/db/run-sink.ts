@@ -18,7 +18,8 @@ export interface RunSinkOptions {
   group: string;
   /** Unique per process: a restarted process is a new consumer, and takes the old one's entries by XAUTOCLAIM. */
   consumer: string;
-  store: { recordMany(runs: AgentRun[]): Promise<number> };
+  /** Takes the rows as the stream holds them (JSON, `encodeRun`'s): the sink decodes only a row Postgres refuses. */
+  store: { recordEncoded(rows: string[]): Promise<number> };
   /** Entries a consumer has read but not acknowledged for this long are taken over (its process died). */
   claimIdleMs: number;
   batch?: number;
@@ -206,7 +207,8 @@ export function createRunSink(opts: RunSinkOptions) {
   }
 
   async function write(entries: Entry[]): Promise<void> {
-    const rows: AgentRun[] = [];
+    const rows: string[] = [];
+    const rowIds: string[] = [];
     const ids: string[] = [];
     for (const [id, fields] of entries) {
       ids.push(id);
@@ -214,39 +216,61 @@ export function createRunSink(opts: RunSinkOptions) {
       if (!fields) continue;
       const i = fields.indexOf(RUN_FIELD);
       if (i < 0 || i + 1 >= fields.length) continue;
-      try {
-        rows.push(decodeRun(fields[i + 1]));
-      } catch (err) {
-        logger.error({ err, id }, 'usage sink: unreadable usage entry dropped');
-      }
+      const json = fields[i + 1];
+      // The rows are joined into one JSON array (agent-runs.ts `recordEncoded`): an entry whose text is no `{...}`
+      // could join with its neighbours into rows of neither, so it goes no further.
+      if (json.startsWith('{') && json.endsWith('}')) {
+        rows.push(json);
+        rowIds.push(id);
+      } else unreadable(id, json);
     }
     await opts.at?.('read');
-    if (rows.length) await record(rows);
+    if (rows.length) await record(rows, rowIds);
     await opts.at?.('committed');
     unacked.push(...ids);
     const now = Date.now();
     opts.onCommitted?.(ids.map((id) => Math.max(0, now - idMs(id))));
   }
 
+  /** An entry that holds no row: logged and dropped (acknowledged with its batch). */
+  function unreadable(id: string, json: string): void {
+    let err: unknown;
+    try {
+      JSON.parse(json);
+      err = new Error('not a usage row');
+    } catch (e) {
+      err = e;
+    }
+    logger.error({ err, id }, 'usage sink: unreadable usage entry dropped');
+  }
+
   /**
    * One INSERT for the batch. A batch Postgres refuses for a row's content is written again row by row, so the
    * rows it takes are kept; a row it still refuses is logged (its identity, not its text) and dropped, never
    * retried: one row is lost instead of the sink stopping for every org. Any other error (Postgres down) is
-   * thrown, and the batch retried whole.
+   * thrown, and the batch retried whole. A refused entry that is no JSON at all is logged as unreadable, as
+   * before the rows went to Postgres undecoded.
    */
-  async function record(rows: AgentRun[]): Promise<void> {
+  async function record(rows: string[], ids: string[]): Promise<void> {
     try {
-      await store.recordMany(rows);
+      await store.recordEncoded(rows);
       return;
     } catch (err) {
       if (!refusedForContent(err)) throw err;
     }
     const refused: AgentRun[] = [];
-    for (const row of rows) {
+    for (const [n, json] of rows.entries()) {
       try {
-        await store.recordMany([row]);
+        await store.recordEncoded([json]);
       } catch (err) {
         if (!refusedForContent(err)) throw err;
+        let row: AgentRun;
+        try {
+          row = decodeRun(json);
+        } catch {
+          unreadable(ids[n], json);
+          continue;
+        }
         refused.push(row);
         const code = (err as { code?: string }).code;
         logger.error({ code, jobId: row.jobId, attempt: row.attempt, orgId: row.orgId, err: (err as Error).message }, 'usage sink: Postgres refused a usage row; dropped');
