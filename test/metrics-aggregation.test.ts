@@ -43,7 +43,7 @@ describe('metrics across processes', () => {
     const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger });
     expect(new Set([x1.processId, x2.processId, xa.processId]).size).toBe(3);
 
-    const job = { agent: 'RiskAnalyzer', action: 'analyze_risks', processedOn: 1000, finishedOn: 1500, enqueuedAt: 900 };
+    const job = { data: { agent: 'RiskAnalyzer', action: 'analyze_risks', enqueuedAt: 900 }, processedOn: 1000, finishedOn: 1500 };
     w1.jobCompleted(job, result('m-pro', 100, 50, 0.25));
     w1.jobCompleted(job, result('m-pro', 10, 5, 0, 'l1'));
     w2.jobCompleted(job, result('m-pro', 200, 70, 0.5));
@@ -91,7 +91,7 @@ describe('metrics across processes', () => {
 
   it('records dispatch latency without an org label, so orgs add no series', async () => {
     const m = createOpsMetrics();
-    for (const orgId of ['org-a', 'org-b', 'org-c']) m.jobStarted({ agent: 'A', action: 'a', orgId, enqueuedAt: 1000, processedOn: 1200, attemptsStarted: 1 });
+    for (const orgId of ['org-a', 'org-b', 'org-c']) m.jobStarted({ data: { agent: 'A', action: 'a', orgId, enqueuedAt: 1000 }, processedOn: 1200, attemptsStarted: 1 });
     const series = parseProm(await m.registry.metrics()).filter((s) => s.name.startsWith('agentq_dispatch_latency_seconds'));
     expect(series.filter((s) => s.name === 'agentq_dispatch_latency_seconds_count')).toEqual([expect.objectContaining({ labels: {}, value: 3 })]);
     expect(series.every((s) => s.labels.org === undefined)).toBe(true);
@@ -120,7 +120,7 @@ describe('metrics across processes', () => {
     const x1 = createMetricsExchange({ redis: connect(), prefix, registry: w1.registry, logger });
     const x2 = createMetricsExchange({ redis: connect(), prefix, registry: w2.registry, logger });
     const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger });
-    const job = { agent: 'A', action: 'a', processedOn: 1, finishedOn: 2 };
+    const job = { data: { agent: 'A', action: 'a' }, processedOn: 1, finishedOn: 2 };
     for (let i = 0; i < 10; i++) w1.jobCompleted(job, result('m', 1, 1, 1));
     for (let i = 0; i < 20; i++) w2.jobCompleted(job, result('m', 1, 1, 1));
     w2.sseStreams.set(4);
@@ -151,7 +151,7 @@ describe('metrics across processes', () => {
     const [slow, api] = [createOpsMetrics(), createOpsMetrics()];
     const xs = createMetricsExchange({ redis: connect(), prefix, registry: slow.registry, logger, everyMs: 60_000 });
     const xa = createMetricsExchange({ redis: connect(), prefix, registry: api.registry, logger, everyMs: 60_000 });
-    slow.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    slow.jobFailed({ data: { agent: 'A', action: 'b' } }, 'timeout');
     await xs.publish();
     // Its snapshot ages past the stale limit (as if its event loop had been blocked): the scrape folds it.
     const key = metricsExchangeKey(prefix);
@@ -160,7 +160,7 @@ describe('metrics across processes', () => {
     const errors = async () => sampleSum(parseProm(await (await xa.collect()).metrics()), 'agentq_job_errors_total');
     expect(await errors()).toBe(1);
     expect(await redis.hexists(key, xs.processId)).toBe(0);
-    slow.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    slow.jobFailed({ data: { agent: 'A', action: 'b' } }, 'timeout');
     await xs.publish();
     expect(await errors()).toBe(2);
     await xs.close();
@@ -172,11 +172,11 @@ describe('metrics across processes', () => {
     const prefix = randomPrefix();
     const redis = connect();
     const dead = createOpsMetrics();
-    dead.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    dead.jobFailed({ data: { agent: 'A', action: 'b' } }, 'timeout');
     dead.sseStreams.set(3);
     await redis.hset(metricsExchangeKey(prefix), 'crashed-host:1:abc', JSON.stringify({ at: 1, metrics: await dead.registry.getMetricsAsJSON() }));
     const live = createOpsMetrics();
-    live.jobFailed({ agent: 'A', action: 'b' }, 'timeout');
+    live.jobFailed({ data: { agent: 'A', action: 'b' } }, 'timeout');
     const x = createMetricsExchange({ redis, prefix, registry: live.registry, logger, everyMs: 1000 });
     // Two API processes scrape at once and both find the crashed field stale: its counts are kept, once.
     const y = createMetricsExchange({ redis: connect(), prefix, registry: createOpsMetrics().registry, logger, everyMs: 1000 });

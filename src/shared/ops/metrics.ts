@@ -13,15 +13,22 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 const MODEL_CALL_BUCKETS = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120];
 const WRITE_LAG_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+/**
+ * What the per-job metrics read of a job: BullMQ's Job has this shape, so a listener hands its job over as it is
+ * (no copy of these fields per event).
+ */
 export interface JobFacts {
-  agent: string;
-  orgId?: string;
-  action: string;
-  enqueuedAt?: number;
-  /** The caller's `options.delayMs` (the job's data): the job could not start before `enqueuedAt` + it. */
-  delayMs?: number;
+  data: {
+    agent: string;
+    orgId?: string;
+    action: string;
+    enqueuedAt?: number;
+    /** The caller's `options.delayMs` (the job's data): the job could not start before `enqueuedAt` + it. */
+    delayMs?: number;
+  };
   processedOn?: number;
   finishedOn?: number;
+  attemptsStarted?: number;
 }
 
 /** What made an embedding call's ledger row: a job attempt (its own row), an ingest batch, a search API call. */
@@ -168,27 +175,29 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
       if (e.code) modelErrors.inc({ model: e.model, code: e.code, http_status: e.httpStatus ? String(e.httpStatus) : 'none' });
     },
 
-    jobStarted(job: JobFacts & { attemptsStarted?: number }) {
+    jobStarted(job: JobFacts) {
+      const d = job.data;
       // Only the first start: a retry or a guard's delay would otherwise count the same job again.
-      if (job.enqueuedAt && job.processedOn && (job.attemptsStarted ?? 1) <= 1) {
+      if (d.enqueuedAt && job.processedOn && (job.attemptsStarted ?? 1) <= 1) {
         // From when it could run: a job the caller delayed 60 s did not wait 60 s for the queue. Its data's delay,
         // never BullMQ's `opts.delay` (a parked job's is the far-future park, park.ts).
-        const seconds = Math.max(0, job.processedOn - job.enqueuedAt - (job.delayMs ?? 0)) / 1000;
-        startLatency.observe(agentLabels(job.agent), seconds);
-        if (job.orgId) dispatchLatency.observe(seconds);
+        const seconds = Math.max(0, job.processedOn - d.enqueuedAt - (d.delayMs ?? 0)) / 1000;
+        startLatency.observe(agentLabels(d.agent), seconds);
+        if (d.orgId) dispatchLatency.observe(seconds);
       }
     },
 
     jobCompleted(job: JobFacts, result: AgentResult) {
       const seconds = job.processedOn ? ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000 : result.durationMs / 1000;
-      duration.observe(completedLabels(job.agent, job.action), Math.max(0, seconds));
-      const spend = spendLabels(job.agent, result.model, result.tier ?? 'standard');
+      const { agent } = job.data;
+      duration.observe(completedLabels(agent, job.data.action), Math.max(0, seconds));
+      const spend = spendLabels(agent, result.model, result.tier ?? 'standard');
       cost.inc(spend, result.costUsd || 0);
       // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
       const saved = result.cacheHit ? 0 : (result.standardCostUsd ?? result.costUsd) - (result.costUsd || 0);
       if (saved > 0) savings.inc(spend, saved);
-      tokenIncs.add(tokenLabels(job.agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
-      tokenIncs.add(tokenLabels(job.agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
+      tokenIncs.add(tokenLabels(agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
+      tokenIncs.add(tokenLabels(agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
       const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;
       for (let i = 0; i < LEVEL_LABELS.length && i <= hitAt; i++) {
         if (i < hitAt) missIncs.add(LEVEL_LABELS[i], 1);
@@ -200,9 +209,9 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     jobFailed(job: JobFacts, type: FailureType) {
       // finishedOn is only set when the attempt was the last one; a retried attempt ends now.
       if (job.processedOn) {
-        duration.observe({ agent: job.agent, action: job.action, outcome: 'failed' }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
+        duration.observe({ agent: job.data.agent, action: job.data.action, outcome: 'failed' }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
       }
-      errors.inc({ agent: job.agent, type });
+      errors.inc({ agent: job.data.agent, type });
     },
 
     delayed(reason: string, delayMs: number) {

@@ -1,22 +1,10 @@
-import { UnrecoverableError, type Job, type Worker } from 'bullmq';
+import { UnrecoverableError, type Worker } from 'bullmq';
 import type { Logger } from '../../shared/core/logger.js';
 import type { AgentJobData, AgentResult } from '../../shared/core/types.js';
 import { classifyFailure, isUnrecoverable } from '../../shared/core/dlq-classify.js';
 import type { DlqStore } from '../../shared/ops/dlq-store.js';
 import type { OpsMetrics } from '../../shared/ops/metrics.js';
 
-type AgentJob = Job<AgentJobData, AgentResult>;
-
-const facts = (job: AgentJob) => ({
-  agent: job.data.agent,
-  orgId: job.data.orgId,
-  action: job.data.action,
-  enqueuedAt: job.data.enqueuedAt,
-  delayMs: job.data.delayMs,
-  processedOn: job.processedOn,
-  finishedOn: job.finishedOn,
-  attemptsStarted: job.attemptsStarted,
-});
 
 /**
  * Listens to one agent worker: metrics for every start, completion and failed attempt, and for a job
@@ -25,16 +13,17 @@ const facts = (job: AgentJob) => ({
  */
 export function attachOpsListeners(worker: Worker<AgentJobData, AgentResult>, deps: { store: DlqStore; metrics: OpsMetrics; logger: Logger }) {
   const { metrics, store, logger } = deps;
+  // The job itself is the metrics' JobFacts (its data and its times, read where they are): no copy per event.
 
-  worker.on('active', (job) => metrics.jobStarted(facts(job)));
+  worker.on('active', (job) => metrics.jobStarted(job));
   worker.on('completed', (job, result) => {
-    if (result) metrics.jobCompleted(facts(job), result);
+    if (result) metrics.jobCompleted(job, result);
   });
   worker.on('failed', (job, err) => {
     if (!job) return;
     const unrecoverable = err instanceof UnrecoverableError || isUnrecoverable(err);
     const c = classifyFailure(err as Error & { code?: unknown }, { unrecoverable });
-    metrics.jobFailed(facts(job), c.type);
+    metrics.jobFailed(job, c.type);
     // The same test BullMQ applies before retrying (see Job.shouldRetryJob).
     const final = unrecoverable || job.attemptsMade >= (job.opts.attempts ?? 1);
     if (!final) return;
