@@ -1,6 +1,6 @@
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { AgentResult, CacheLevel } from '../core/types.js';
-import { labelCache, pendingIncs } from './metric-cells.js';
+import { labelCache, NO_LABELS, pendingIncs, pendingObservations } from './metric-cells.js';
 import type { DlqClass, FailureType } from '../core/dlq-classify.js';
 
 /** Cache levels in lookup order: a hit at one level means a miss at every level before it. */
@@ -61,7 +61,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     labelNames: ['model', 'status'] as const,
     buckets: MODEL_CALL_BUCKETS,
     registers,
+    collect() {
+      modelCallObs.flush();
+    },
   });
+  const modelCallObs = pendingObservations<{ model: string; status: string }>(modelCall);
   const modelErrors = new Counter({
     name: 'agentq_model_call_errors_total',
     help: 'Failed model calls by model, error code and provider HTTP status ("none" when no answer came)',
@@ -74,14 +78,22 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     labelNames: ['agent', 'action', 'outcome'] as const,
     buckets: DURATION_BUCKETS,
     registers,
+    collect() {
+      durationObs.flush();
+    },
   });
+  const durationObs = pendingObservations<{ agent: string; action: string; outcome: string }>(duration);
   const startLatency = new Histogram({
     name: 'agentq_job_start_latency_seconds',
     help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start',
     labelNames: ['agent'] as const,
     buckets: LATENCY_BUCKETS,
     registers,
+    collect() {
+      startLatencyObs.flush();
+    },
   });
+  const startLatencyObs = pendingObservations<{ agent: string }>(startLatency);
   // No org label: every org ever seen would add 16 series to every process for good (and, summed across processes,
   // to the retired totals). Per org, the dispatcher's gauges read at scrape say who waits.
   const dispatchLatency = new Histogram({
@@ -89,7 +101,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start, every org together: what the fair dispatcher made jobs wait',
     buckets: LATENCY_BUCKETS,
     registers,
+    collect() {
+      dispatchLatencyObs.flush();
+    },
   });
+  const dispatchLatencyObs = pendingObservations(dispatchLatency);
   const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model', 'tier'] as const, registers });
   const savings = new Counter({
     name: 'agentq_cost_savings_usd_total',
@@ -114,6 +130,7 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     registers,
   });
   // Counted per job, handed to prom-client when read (metric-cells.ts `pendingIncs`): no handle on these counters.
+  // The per-job histograms likewise (`pendingObservations`): observed through their `...Obs`, never directly.
   const tokenIncs = pendingIncs();
   const hitIncs = pendingIncs();
   const missIncs = pendingIncs();
@@ -154,7 +171,11 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     help: 'Time from an attempt ending (its usage row in the Redis Stream) to the row committed in agent_runs',
     buckets: WRITE_LAG_BUCKETS,
     registers,
+    collect() {
+      usageLagObs.flush();
+    },
   });
+  const usageLagObs = pendingObservations(usageLag);
   const usageRefused = new Counter({
     name: 'agentq_usage_rows_refused_total',
     help: 'Usage rows Postgres refused for what they held (a data or integrity error), dropped by the run sink so the rows behind them are written',
@@ -163,15 +184,17 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   const sse = new Gauge({ name: 'agentq_sse_streams_open', help: 'Server-sent event streams currently open', registers });
   const agentLabels = labelCache((agent) => ({ agent }));
   const completedLabels = labelCache((agent, action) => ({ agent, action, outcome: 'completed' }));
+  const failedLabels = labelCache((agent, action) => ({ agent, action, outcome: 'failed' }));
   const spendLabels = labelCache((agent, model, tier) => ({ agent, model, tier }));
   const tokenLabels = labelCache((agent, model, direction) => ({ agent, model, direction }));
+  const modelCallLabels = labelCache((model, status) => ({ model, status }));
 
   return {
     registry,
     processId: opts.processId,
 
     modelCall(e: { model: string; seconds: number; code?: string; httpStatus?: number }) {
-      modelCall.observe({ model: e.model, status: e.code ?? 'ok' }, Math.max(0, e.seconds));
+      modelCallObs.observe(modelCallLabels(e.model, e.code ?? 'ok'), Math.max(0, e.seconds));
       if (e.code) modelErrors.inc({ model: e.model, code: e.code, http_status: e.httpStatus ? String(e.httpStatus) : 'none' });
     },
 
@@ -182,15 +205,15 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
         // From when it could run: a job the caller delayed 60 s did not wait 60 s for the queue. Its data's delay,
         // never BullMQ's `opts.delay` (a parked job's is the far-future park, park.ts).
         const seconds = Math.max(0, job.processedOn - d.enqueuedAt - (d.delayMs ?? 0)) / 1000;
-        startLatency.observe(agentLabels(d.agent), seconds);
-        if (d.orgId) dispatchLatency.observe(seconds);
+        startLatencyObs.observe(agentLabels(d.agent), seconds);
+        if (d.orgId) dispatchLatencyObs.observe(NO_LABELS, seconds);
       }
     },
 
     jobCompleted(job: JobFacts, result: AgentResult) {
       const seconds = job.processedOn ? ((job.finishedOn ?? Date.now()) - job.processedOn) / 1000 : result.durationMs / 1000;
       const { agent } = job.data;
-      duration.observe(completedLabels(agent, job.data.action), Math.max(0, seconds));
+      durationObs.observe(completedLabels(agent, job.data.action), Math.max(0, seconds));
       const spend = spendLabels(agent, result.model, result.tier ?? 'standard');
       cost.inc(spend, result.costUsd || 0);
       // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
@@ -209,7 +232,7 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     jobFailed(job: JobFacts, type: FailureType) {
       // finishedOn is only set when the attempt was the last one; a retried attempt ends now.
       if (job.processedOn) {
-        duration.observe({ agent: job.data.agent, action: job.data.action, outcome: 'failed' }, Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
+        durationObs.observe(failedLabels(job.data.agent, job.data.action), Math.max(0, (job.finishedOn ?? Date.now()) - job.processedOn) / 1000);
       }
       errors.inc({ agent: job.data.agent, type });
     },
@@ -220,7 +243,7 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     },
 
     usageCommitted(lagsMs: number[]) {
-      for (const ms of lagsMs) usageLag.observe(Math.max(0, ms) / 1000);
+      for (const ms of lagsMs) usageLagObs.observe(NO_LABELS, Math.max(0, ms) / 1000);
     },
 
     usageRefused(rows: number) {
