@@ -7,6 +7,9 @@ import { isBatchLane, PARK_AT_MS, parkActiveJob, type ClaimAppend, type ClaimLoo
 import type { BucketRequest } from '../shared/limits/token-bucket.js';
 import type { OrgRequests } from './middleware.js';
 
+/** What a claim carries besides the job's id and stage (FairScheduler.claim). */
+type ClaimCarried = NonNullable<Parameters<FairScheduler['claim']>[2]>;
+
 type AgentJob = Job<AgentJobData, AgentResult>;
 
 /**
@@ -164,26 +167,27 @@ export function createFairGate(deps: {
     ): Promise<'run' | 'run_unpaid' | 'parked' | 'cancelled'> {
       // Slots waiting to be released go with the claim: BullMQ starts the next job right after it recorded
       // the last one's outcome, so one after another every release rides on a claim.
-      const handed = pending;
-      pending = [];
+      // A new list only when there is one to hand (most claims have none: the release rode on the previous claim).
+      const handed = pending.length ? pending : undefined;
+      if (handed) pending = [];
       const correct = takeCorrections();
       // A moved ask (or the registration's renewal) rides here too, instead of a dispatch call of its own.
       const register = deps.loop.takeRegistration();
       let claim;
       try {
-        // Refill: the claim dispatches (and promotes) the next job while this one runs.
-        claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, {
-          refill: true,
-          ...(handed.length ? { release: handed } : {}),
-          ...(correct.length ? { correct } : {}),
-          ...(lookup ? { lookup: { keys: lookup.keys, args: lookup.args } } : {}),
-          ...(append ? { append: { key: append.key, field: append.field, entry: append.entry } } : {}),
-          ...(register ? { register } : {}),
-        });
+        // Refill: the claim dispatches (and promotes) the next job while this one runs. The lookup and the row go as
+        // they are (the script call reads their keys and arguments only), in one object built without spreads.
+        const carried: ClaimCarried = { refill: true };
+        if (handed) carried.release = handed;
+        if (correct.length) carried.correct = correct;
+        if (lookup) carried.lookup = lookup;
+        if (append) carried.append = append;
+        if (register) carried.register = register;
+        claim = await deps.scheduler.claim(job.id!, stage ? JSON.stringify(stage) : undefined, carried);
       } catch (err) {
         if (register) deps.loop.registrationLost();
         // Not known to be released: released again on their own (a second release of a slot is a no-op).
-        if (handed.length) queueRelease(...handed);
+        if (handed) queueRelease(...handed);
         // Not sent again, as a failed release's (whether they were applied is unknown); said, not silent.
         if (correct.length) deps.logger.warn({ err, corrections: correct.length }, 'fair: charge corrections carried by a failed claim may not be applied; the buckets refill anyway');
         throw err;

@@ -226,20 +226,26 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     async claim(id: string, o: ClaimOptions = {}): Promise<ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean }> {
       const { lookup, append, register } = o;
       if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
+      // Built in one array, as `call` builds it (one a job: no arrays of parts spread into it, no copy of them).
+      const argv: Array<string | number> = ['claim', ...head, cfg.maxBatch, cfg.sweepMax, cfg.leased ? 1 : 0];
+      argv.push(id, o.progress ?? '', o.refill ? 1 : 0, register ? `${Math.ceil(register.ask)} ${Math.ceil(register.ttlMs)} ${register.id}` : '');
       // ARGV 17-20: the lookup's arguments, or the row's field and entry (then two unused), or none.
-      const carried = lookup ? lookup.args : append ? [append.field, append.entry, '', ''] : ['', '', 0, ''];
-      const registration = register ? `${Math.ceil(register.ask)} ${Math.ceil(register.ttlMs)} ${register.id}` : '';
-      const args = [id, o.progress ?? '', o.refill ? 1 : 0, registration, ...carried, ...flatCorrections(o.correct), ...(o.release ?? [])];
-      const [held, cancelled, d, reply] = (await call('claim', args, cfg.maxBatch, lookup?.keys ?? (append ? [append.key] : undefined))) as [number, number, unknown, unknown?];
-      return {
-        // 2: held, its dispatch's charge taken by an earlier claim (fair-claim.lua claimOwn).
-        held: held === 1 || held === 2,
-        cancelled: cancelled === 1,
-        ...(held === 2 ? { chargeTaken: true as const } : {}),
-        ...(d ? { dispatch: toDispatch(d) } : {}),
-        ...(lookup && reply !== undefined ? { lookupReply: reply } : {}),
-        ...(append && reply === 1 ? { appended: true } : {}),
-      };
+      if (lookup) for (const a of lookup.args) argv.push(a);
+      else if (append) argv.push(append.field, append.entry, '', '');
+      else argv.push('', '', 0, '');
+      const correct = o.correct ?? [];
+      argv.push(correct.length);
+      for (const c of correct) argv.push(c.org, c.model, c.orgDelta, c.modelDelta, c.requests);
+      if (o.release) for (const r of o.release) argv.push(r);
+      const extraKeys = lookup?.keys ?? (append ? [append.key] : undefined);
+      const [held, cancelled, d, reply] = (await core(extraKeys ? keys.script.concat(extraKeys) : keys.script, argv)) as [number, number, unknown, unknown?];
+      // 2: held, its dispatch's charge taken by an earlier claim (fair-claim.lua claimOwn).
+      const out: ClaimResult & WithDispatch & { lookupReply?: unknown; appended?: boolean } = { held: held === 1 || held === 2, cancelled: cancelled === 1 };
+      if (held === 2) out.chargeTaken = true;
+      if (d) out.dispatch = toDispatch(d);
+      if (lookup && reply !== undefined) out.lookupReply = reply;
+      if (append && reply === 1) out.appended = true;
+      return out;
     },
     /** Parked jobs (from `offset` among them, `count` at most) the dispatcher does not know; `scanned` read. */
     async orphans(offset: number, count: number): Promise<{ ids: string[]; scanned: number }> {

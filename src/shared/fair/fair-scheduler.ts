@@ -405,7 +405,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
       return d;
     },
     async claim(id, progress, copts = {}) {
-      const { dispatch, ...r } = await raw.claim(id, {
+      const r = await raw.claim(id, {
         progress,
         refill: copts.refill,
         release: copts.release,
@@ -414,7 +414,10 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
         append: copts.append,
         register: registration(copts.register),
       });
-      return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
+      if (!r.dispatch) return r;
+      // Handed on as `dispatched`, once finished; a claim that dispatched nothing (most) is handed on as it came.
+      const { dispatch, ...rest } = r;
+      return { ...rest, dispatched: finish(dispatch) };
     },
     gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
