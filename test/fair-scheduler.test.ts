@@ -1188,6 +1188,39 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });
   });
 
+  it('a refill claim that finds no active lane while a wake-up is armed reads neither the timers, the sleepers nor the leases', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    // 2 a minute: two jobs go, the lane then sleeps ~30 s on the bucket, and the loop's dispatch arms its wake-up.
+    await c.scheduler.setPlan(org, { rpm: { flash: 2 } });
+    const ids = await c.add(org, 3);
+    const first = await c.scheduler.raw.dispatch(undefined, undefined, true);
+    expect(first.ids).toEqual(ids.slice(0, 2));
+    const { timers, sleep, leases, wake } = c.scheduler.keys.named;
+    const wakeAt = Number(await c.redis.zscore(sleep, `${org}|${FLASH}`));
+    expect(Number(await c.redis.get(wake))).toBe(wakeAt);
+    // A worker fetched both (BullMQ's wait list is empty): each claim asks for a refill.
+    await c.queue.remove(ids[0]);
+    await c.queue.remove(ids[1]);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    const claim = await c.scheduler.claim(ids[0], undefined, { refill: true });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, '1');
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    expect(claim).toMatchObject({ held: true, cancelled: false });
+    expect(claim.dispatched).toMatchObject({ promoted: [], more: false });
+    expect(claim.dispatched?.nextWakeMs).toBeUndefined();
+    // The wake-up armed covers them: two reads (the active lanes, the wake key), not five.
+    for (const key of [timers, sleep, leases, wake]) expect(seen.filter((l) => l.includes(`"ZRANGE" "${key}"`) || l.includes(`"GET" "${key}"`))).toEqual([]);
+    // Nothing moved: the lane sleeps until the wake-up armed, the third job waits in it.
+    expect(await c.redis.zscore(sleep, `${org}|${FLASH}`)).toBe(String(wakeAt));
+    expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });
+  });
+
   it('a claim carries the releases of jobs that finished before it: their slots are freed and due work dispatched in the same call', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();

@@ -151,7 +151,8 @@ export interface FairScheduler {
    * cancel marker for the job is set (read atomically with the claim; no progress is written then). `chargeTaken`:
    * held, but an earlier claim of the same dispatch took its charge (the job fetched again after a stall while its
    * first attempt still runs): this attempt's calls are not prepaid.
-   * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty; then
+   * `refill`: a held claim dispatches in the same call when BullMQ's wait list is empty (and something is due: with no
+   * active lane while a wake-up is armed, it reads no timer, sleeper or lease, which that wake-up comes for); then
    * `dispatched` is what it dispatched (promoted in the same call); the caller must hand it to its dispatch
    * loop: it may carry the one armed wake-up time. `release`: finished
    * jobs whose slots the same call frees first (then it dispatches when due, as `release` with `dispatch`).

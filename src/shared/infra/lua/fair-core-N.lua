@@ -59,7 +59,7 @@
 --     and unless cancelled the job hash's `progress` field set to the JSON: the attempt's stage, at no extra command); cancelled 1 if the job's cancel marker names this job (its timestamp, or the
 --     '1' of markers written before; one naming an earlier job of the id is deleted); a claim that released slots
 --     dispatches when due and the wait list lacks a batch (bufferRoom), else with refill a held claim dispatches when
---     BullMQ's wait list is empty; with KEYS 5-9 a held, not cancelled claim also does the job's
+--     BullMQ's wait list is empty (with no active lane and a wake-up armed, the wake key set, it reads nothing more); with KEYS 5-9 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
 --   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
@@ -183,8 +183,20 @@ if claimUncorrected and #ARGV == 21 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
   if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
-  local due, firsts = dueNow()
-  if not due then return claimReply(held, cancelled, { {}, nextWake(firsts), now, 0, {} }) end
+  -- No active lane and a wake-up armed (the wake key lives until its time): the refill finds nothing to dispatch
+  -- unless a timer, sleeper or lease came due before that wake-up without anyone told (a lost kick), which the
+  -- armed wake-up's dispatch, a release's sweep or the safety poll still catch. The timers', sleepers' and leases'
+  -- first scores are not read then: every claim of a throttled org's wake-up found its list empty and read them
+  -- (5 commands, now 2).
+  local due, firsts
+  if rcall('ZCARD', K_LANES) > 0 then
+    due = { true, true, true }
+  elseif rcall('EXISTS', K_WAKE) == 1 then
+    return claimReply(held, cancelled, { {}, '0', now, 0, {} })
+  else
+    due, firsts = dueNow(true)
+    if not due then return claimReply(held, cancelled, { {}, nextWake(firsts, true), now, 0, {} }) end
+  end
   early = { held = held, cancelled = cancelled, due = due }
 end
 

@@ -15,7 +15,8 @@ end
 -- the batch collector's, a lease in an API process) is told the wake-up without taking it: it asks the workers
 -- for a dispatch (the fair kick channel), and the first to call takes it. Taken by such a caller, it was lost
 -- until a worker's safety poll, up to 10 s after it was due.
-local function nextWake(firsts)
+-- `unarmed`: the caller read the wake key in this call and found none (no GET again).
+local function nextWake(firsts, unarmed)
   local wake = nil
   for i, key in ipairs({ K_TIMERS, K_SLEEP }) do
     local s
@@ -23,7 +24,7 @@ local function nextWake(firsts)
     if s and (wake == nil or s < wake) then wake = s end
   end
   if not wake then return '0' end
-  if tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
+  if not unarmed and tonumber(rcall('GET', K_WAKE)) == wake then return '0' end
   if not TAKES_WAKE then return fmt(wake) end
   rcall('SET', K_WAKE, fmt(wake), 'PX', math.max(1, math.ceil(wake - now)))
   return fmt(wake)
@@ -32,8 +33,9 @@ end
 -- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
 -- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
 -- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
-local function dueNow()
-  if rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+-- `lanesIdle`: the caller read the active lanes' count in this call and found none (no ZCARD again).
+local function dueNow(lanesIdle)
+  if not lanesIdle and rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
   local due, firsts, any = {}, {}, false
   for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
     firsts[i] = firstScore(key)
