@@ -142,6 +142,30 @@ describe('fair dispatch loop', () => {
     }
   });
 
+  it("wants a release to sweep only once this process's last sweep is half a safety poll old", async () => {
+    const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
+    let clock = 1_000_000;
+    const loop = createDispatchLoop({ scheduler: f.scheduler, safetyPollMs: 10_000, now: () => clock });
+    // Nothing swept yet.
+    expect(loop.sweepDue()).toBe(true);
+    // A release swept: the releases of the same wake-up's other jobs, milliseconds later, do not.
+    loop.swept();
+    clock += 20;
+    expect(loop.sweepDue()).toBe(false);
+    clock += 4_979;
+    expect(loop.sweepDue()).toBe(false);
+    // Half a poll on: the next one sweeps, so a poll still finds a sweep within its interval and a lost wake-up waits
+    // no longer than before.
+    clock += 1;
+    expect(loop.sweepDue()).toBe(true);
+    // The loop's own dispatch sweeps too.
+    const k = loop.kick();
+    f.finishOne();
+    await k;
+    expect(loop.sweepDue()).toBe(false);
+    await loop.close();
+  });
+
   it('registers again as soon as the ask moved, and not while it stands', async () => {
     const f = fakeScheduler(() => ({ promoted: [], nowMs: Date.now(), more: false }));
     let ask = 5;
@@ -287,6 +311,8 @@ describe('fair gate', () => {
   const gateWith = (release: Release, claim: Claim = async () => ({ held: true, cancelled: false }), correctionBatchMs = 0, entryOf: EntryOf = () => ({ jobId: 'x', orgId: 'o', model: 'm', estTokens: 0 })) => {
     const kicks = { n: 0 };
     const swept = { n: 0 };
+    // Whether the loop wants this process's next release to sweep (its last sweep half a poll old).
+    const sweepDue = { value: true };
     const absorbed: DispatchResult[] = [];
     // The loop's registration due (taken once) and the registrations given back.
     const registration: { due?: DispatchingWorker; lost: number } = { lost: 0 };
@@ -301,12 +327,12 @@ describe('fair gate', () => {
         takeRequest: async () => ({ allowed: true, msBeforeNext: 0, redisTimeMs: 0 }),
         giveBackRequest: async () => {},
       },
-      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, swept: () => void swept.n++, close: async () => {} },
+      loop: { kick: async () => void kicks.n++, absorb: (r) => void absorbed.push(r), takeRegistration: () => { const r = registration.due; registration.due = undefined; return r; }, registrationLost: () => void registration.lost++, askMoved: () => {}, swept: () => void swept.n++, sweepDue: () => sweepDue.value, close: async () => {} },
       entryOf,
       logger,
       correctionBatchMs,
     });
-    return { gate, kicks, swept, absorbed, calls, registration };
+    return { gate, kicks, swept, sweepDue, absorbed, calls, registration };
   };
 
   it('a release dispatches in its own call when due: the loop takes in its result (wake-up), no extra dispatch', async () => {
@@ -328,6 +354,16 @@ describe('fair gate', () => {
     await failing.gate.close();
     expect(failing.kicks.n).toBe(1);
     expect(failing.swept.n).toBe(0);
+  });
+
+  it("a release within half a poll of this process's last sweep looks only for an active lane, and does not count as a sweep", async () => {
+    const g = gateWith(async () => ({ freed: 1, due: false }));
+    g.sweepDue.value = false;
+    g.gate.finished(attemptOf('a', 1));
+    await g.gate.close();
+    expect(g.calls.release).toEqual([{ dispatch: true, sweep: false }]);
+    // The loop's poll is not skipped on its account.
+    expect(g.swept.n).toBe(0);
   });
 
   it("a retry waits out its backoff parked; one noted for an attempt whose failure BullMQ never recorded does not turn the next attempt's completion into a retry", async () => {

@@ -92,6 +92,7 @@ function stubLoop(): DispatchLoop & { kicks: number } {
     registrationLost: () => {},
     askMoved: () => {},
     swept: () => {},
+    sweepDue: () => true,
     close: async () => {},
   };
   return loop as unknown as DispatchLoop & { kicks: number };

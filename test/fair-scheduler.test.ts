@@ -1221,6 +1221,42 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });
   });
 
+  it('a release asked not to sweep reads neither the timers, the sleepers nor the leases: only an active lane makes it dispatch', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 2 } });
+    const ids = await c.add(org, 4);
+    expect((await c.scheduler.raw.dispatch(undefined, undefined, true)).ids).toEqual(ids.slice(0, 2));
+    await c.queue.remove(ids[0]);
+    await c.queue.remove(ids[1]);
+    const { timers, sleep, leases } = c.scheduler.keys.named;
+    const lane = `${org}|${FLASH}`;
+    // The lane's wake-up is lost (its time passed, nobody dispatched): a sweep would find it due.
+    await c.redis.zadd(sleep, String((await c.redisNow()) - 1000), lane);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    expect(await c.scheduler.release([ids[0]], { dispatch: true, sweep: false })).toEqual({ freed: 1, due: false });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, '1');
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    for (const key of [timers, sleep, leases]) expect(seen.filter((l) => l.includes(`"ZRANGE" "${key}"`))).toEqual([]);
+    // Left for the next sweep: this process's next release once its last sweep is half a poll old, or its poll.
+    expect(await c.redis.zscore(sleep, lane)).not.toBeNull();
+    const swept = await c.scheduler.release([ids[1]], { dispatch: true });
+    expect(swept).toMatchObject({ freed: 1, due: true });
+    expect(swept.dispatched?.promoted).toEqual([]);
+    expect(await c.redis.zscore(sleep, lane)).not.toBeNull();
+    // An active lane still makes such a release dispatch.
+    const other = randomOrg();
+    const laned = await c.add(other, 1);
+    const r = await c.scheduler.release(['gone'], { dispatch: true, sweep: false });
+    expect(r).toMatchObject({ freed: 0, due: true });
+    expect(r.dispatched?.promoted).toEqual(laned);
+  });
+
   it('a claim carries the releases of jobs that finished before it: their slots are freed and due work dispatched in the same call', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();

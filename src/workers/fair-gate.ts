@@ -100,10 +100,13 @@ export function createFairGate(deps: {
       if (pending.length === 0 && correct.length === 0) break;
       const ids = pending;
       pending = [];
+      // Swept lately by this process (the releases of one wake-up's jobs come milliseconds apart): only an active lane
+      // is looked for.
+      const sweep = deps.loop.sweepDue();
       try {
-        const r = await deps.scheduler.release(ids, { dispatch: true, ...(correct.length ? { correct } : {}) });
+        const r = await deps.scheduler.release(ids, { dispatch: true, ...(sweep ? {} : { sweep: false }), ...(correct.length ? { correct } : {}) });
         // It swept what was due, as the loop's safety poll does: the next poll may be skipped.
-        deps.loop.swept();
+        if (sweep) deps.loop.swept();
         if (r.dispatched) deps.loop.absorb(r.dispatched);
       } catch (err) {
         failed = true;

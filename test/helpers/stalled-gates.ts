@@ -12,7 +12,7 @@ import { createStalledCheck } from './stalled-check.js';
 import { startStack, type Stack } from './stack.js';
 
 const quiet = { warn: () => {}, debug: () => {} } as unknown as Logger;
-const noLoop = { kick: async () => {}, absorb: () => {}, takeRegistration: () => undefined, registrationLost: () => {}, askMoved: () => {}, swept: () => {}, close: async () => {} } as unknown as DispatchLoop;
+const noLoop = { kick: async () => {}, absorb: () => {}, takeRegistration: () => undefined, registrationLost: () => {}, askMoved: () => {}, swept: () => {}, sweepDue: () => true, close: async () => {} } as unknown as DispatchLoop;
 
 /**
  * For tests of jobs whose lock lapses (stalled-job accounting): a stack without a worker of its own, a BullMQ worker

@@ -34,6 +34,13 @@ export interface DispatchLoop {
    * interval and the worker's registration needs no renewal by it (see the poll).
    */
   swept(): void;
+  /**
+   * Whether a release sent now should sweep (read the timers, sleepers and leases): only once this process's last
+   * sweep is half a safety poll old. The other releases of a wake-up's jobs, milliseconds apart, look only for an
+   * active lane; the next poll still finds a sweep within its interval, so it stays skipped (and a lost wake-up is
+   * caught within one, as before).
+   */
+  sweepDue(): boolean;
   close(): Promise<void>;
 }
 
@@ -201,6 +208,7 @@ export function createDispatchLoop(opts: {
     swept() {
       sweptAt = clock();
     },
+    sweepDue: () => clock() - sweptAt >= safetyPollMs / 2,
     async close() {
       closed = true;
       unsubscribe?.();

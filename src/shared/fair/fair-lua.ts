@@ -185,9 +185,11 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
     },
     /** `due`: a dispatch now has something to do (an active lane, or a timer, sleeper or lease due). */
     /** `corrections` are applied first, in the same call. */
-    async release(ids: string[], thenDispatch = false, corrections: ChargeCorrection[] = []): Promise<ReleaseResult & WithDispatch> {
+    /** `sweep` false: only an active lane makes a dispatch due (the timers, sleepers and leases are not read). */
+    async release(ids: string[], thenDispatch = false, corrections: ChargeCorrection[] = [], sweep = true): Promise<ReleaseResult & WithDispatch> {
       if (ids.length === 0 && corrections.length === 0) return { freed: 0, due: false };
-      const [freed, due, d] = (await call('release', [thenDispatch ? 1 : 0, ...flatCorrections(corrections), ...ids])) as [number, number, unknown?];
+      const mode = !thenDispatch ? 0 : sweep ? 1 : 2;
+      const [freed, due, d] = (await call('release', [mode, ...flatCorrections(corrections), ...ids])) as [number, number, unknown?];
       return { freed, due: due === 1, ...(d ? { dispatch: toDispatch(d) } : {}) };
     },
     /** See FairScheduler.repark. */

@@ -171,9 +171,10 @@ export interface FairScheduler {
    * With `dispatch: true` that dispatch (promotion included) runs in the same script call; `dispatched` is its result.
    * `correct`: charge corrections (`ChargeCorrection`: finished calls' real token usage against the estimate
    * their dispatch charged, requests given back or charged), applied to the org's and the model's buckets
-   * first, in the same call.
+   * first, in the same call. `sweep: false` (with `dispatch`): the caller's process swept the timers, sleepers and
+   * leases lately (`DispatchLoop.sweepDue`), so they are not read: only an active lane makes the dispatch due.
    */
-  release(jobIds: string[], opts?: { dispatch?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
+  release(jobIds: string[], opts?: { dispatch?: boolean; sweep?: boolean; correct?: ChargeCorrection[] }): Promise<ReleaseResult & { dispatched?: DispatchResult }>;
   /**
    * Frees the slot of a parked job and puts it on a timer for `delayMs` from now (`reason`: what `why` reports), or
    * in its lane when that is 0 or less. The delay, not a time: the script adds it to Redis's clock, so a worker
@@ -423,7 +424,7 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
     gauges: (limit = 1000) => raw.gauges(limit),
     orphans: (offset, count) => raw.orphans(offset, count),
     async release(ids, ropts = {}) {
-      const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true, ropts.correct);
+      const { dispatch, ...r } = await raw.release(ids, ropts.dispatch === true, ropts.correct, ropts.sweep !== false);
       return dispatch ? { ...r, dispatched: finish(dispatch) } : r;
     },
     repark: (id, delayMs, reason, attempt) => raw.repark(id, delayMs, reason, attempt),

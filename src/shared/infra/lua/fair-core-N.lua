@@ -62,7 +62,8 @@
 --     BullMQ's wait list is empty (with no active lane and a wake-up armed, the wake key set, it reads nothing more); with KEYS 5-9 a held, not cancelled claim also does the job's
 --     result-cache lookup (its reply as result-cache-lookup-5.lua's); with KEY 5 alone it appends the
 --     attempt's usage row (XADD) instead, only then: a job that does not run records nothing;  orphans: offset, count
---   release: dispatch (0|1: dispatch in this call when due), charge corrections (as claim's), then job ids;
+--   release: dispatch (0|1|2: dispatch in this call when due; 2: due only for an active lane, the timers, sleepers and
+--     leases not read, as the caller's process swept them lately), charge corrections (as claim's), then job ids;
 --   repark: id, delayMs (from now by Redis TIME; see fromNow), reason, attempt (BullMQ's attemptsStarted of the attempt that parked the job; '' =
 --     none: only a job waiting in its lane or on its timer is moved);  removed: refund (0|1), then ids of jobs BullMQ removed
 --   promote: dispatch (0|1: this call dispatches when it made a job due), then ids (an operator's promote: each
@@ -194,7 +195,7 @@ if claimUncorrected and #ARGV == 21 then
   elseif rcall('EXISTS', K_WAKE) == 1 then
     return claimReply(held, cancelled, { {}, '0', now, 0, {} })
   else
-    due, firsts = dueNow(true)
+    due, firsts = dueNow('idle')
     if not due then return claimReply(held, cancelled, { {}, nextWake(firsts, true), now, 0, {} }) end
   end
   early = { held = held, cancelled = cancelled, due = due }
@@ -217,9 +218,9 @@ if claimUncorrected and #ARGV > 21 then
 elseif op == 'release' and tonumber(ARGV[14]) == 0 then
   early = { released = releaseSlots(15) }
   if not early.released.anyCapped then
-    local freed, due = early.released.freed, dueNow()
+    local freed, due = early.released.freed, dueNow(ARGV[13] == '2' and 'lanes' or nil)
     if not due then return { freed, 0 } end
-    if ARGV[13] ~= '1' then return { freed, 1 } end
+    if ARGV[13] == '0' then return { freed, 1 } end
     early.due = due
   end
 end
@@ -308,9 +309,9 @@ elseif op == 'release' and early then
   -- armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the dispatch runs here, in the
   -- release's round trip.
   local freed = wakeReleased(early.released)
-  local due = early.due or dueNow()
+  local due = early.due or dueNow(ARGV[13] == '2' and 'lanes' or nil)
   if not due then return { freed, 0 } end
-  if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
+  if ARGV[13] ~= '0' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 end
 
@@ -412,9 +413,9 @@ if op == 'enqueue' or op == 'add' then
 elseif op == 'release' then
   -- With charge corrections (without, it answered above): as there.
   local freed = releaseFrom(applyCorrections(14))
-  local due = dueNow()
+  local due = dueNow(ARGV[13] == '2' and 'lanes' or nil)
   if not due then return { freed, 0 } end
-  if ARGV[13] == '1' then return { freed, 1, dispatch(nil, due) } end
+  if ARGV[13] ~= '0' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
   local id, notBefore, attempt = ARGV[13], fromNow(tonumber(ARGV[14])), ARGV[16]

@@ -33,9 +33,14 @@ end
 -- What is due now: {timers, sleepers, leases}, or nil when nothing is and no lane is active (the common
 -- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
 -- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
--- `lanesIdle`: the caller read the active lanes' count in this call and found none (no ZCARD again).
-local function dueNow(lanesIdle)
-  if not lanesIdle and rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+-- `only`: 'idle' when the caller read the active lanes' count in this call and found none (no ZCARD again); 'lanes'
+-- for a release whose process swept the timers, sleepers and leases lately (ARGV[13] '2', dispatch-loop.ts
+-- `sweepDue`): only an active lane makes a dispatch due, they are not read. The jobs of one wake-up finish in a few
+-- releases per worker, milliseconds apart, and each read them again (3 of a lone release's ~11 commands); a lost
+-- wake-up is still caught within a safety poll, the process's next sweep being at most that far.
+local function dueNow(only)
+  if only ~= 'idle' and rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+  if only == 'lanes' then return nil end
   local due, firsts, any = {}, {}, false
   for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do
     firsts[i] = firstScore(key)
