@@ -138,13 +138,17 @@ async function scenario<T>(
   }
 }
 
+/** The churn's windows MONITOR can record (`BENCH_FAIRNESS_MONITOR_WINDOW`). */
+type ChurnWindow = 'idle' | 'throttled' | 'unthrottled';
+
 /**
- * Diagnostic only (`BENCH_FAIRNESS_MONITOR=<file>`): redis-cli MONITOR into a file over the churn's throttled
- * window, to attribute its commands to callers and scripts. Never on in a measured run (MONITOR costs Redis).
+ * Diagnostic only (`BENCH_FAIRNESS_MONITOR=<file>`): redis-cli MONITOR into a file over one of the churn's windows
+ * (`BENCH_FAIRNESS_MONITOR_WINDOW`: throttled, the default, idle or unthrottled), to attribute its commands to
+ * callers and scripts. Never on in a measured run (MONITOR costs Redis).
  */
-function startMonitor(ctx: BenchContext): (() => void) | undefined {
+function startMonitor(ctx: BenchContext, window: ChurnWindow): (() => void) | undefined {
   const file = process.env.BENCH_FAIRNESS_MONITOR;
-  if (!file) return undefined;
+  if (!file || (process.env.BENCH_FAIRNESS_MONITOR_WINDOW ?? 'throttled') !== window) return undefined;
   const child = spawn('redis-cli', ['-u', ctx.b.redis.url, 'monitor'], { stdio: ['ignore', openSync(file, 'w'), 'ignore'] });
   return () => child.kill();
 }
@@ -165,7 +169,9 @@ async function churn(ctx: BenchContext, pool: Pool) {
     const i0 = await redisCounters(ctx);
     const icpu0 = await cpuUs(pool);
     const it0 = performance.now();
+    const stopIdleMonitor = startMonitor(ctx, 'idle');
     await sleep(IDLE_WINDOW_MS);
+    stopIdleMonitor?.();
     const icpu1 = await cpuUs(pool);
     const iseconds = (performance.now() - it0) / 1000;
     const idle = { seconds: iseconds, cmds: commandsBetween(i0, await redisCounters(ctx)), cpuPct: cpuPctBetween(icpu0, icpu1, iseconds) };
@@ -177,7 +183,7 @@ async function churn(ctx: BenchContext, pool: Pool) {
     const cpu0 = await cpuUs(pool);
     let d0 = pool.done.length;
     let t0 = performance.now();
-    const stopMonitor = startMonitor(ctx);
+    const stopMonitor = startMonitor(ctx, 'throttled');
     await sleep(CHURN_WINDOW_MS);
     stopMonitor?.();
     let c1 = await redisCounters(ctx);
@@ -192,7 +198,9 @@ async function churn(ctx: BenchContext, pool: Pool) {
     c0 = await redisCounters(ctx);
     d0 = pool.done.length;
     t0 = performance.now();
+    const stopFreeMonitor = startMonitor(ctx, 'unthrottled');
     await sleep(UNTHROTTLED_WINDOW_MS);
+    stopFreeMonitor?.();
     c1 = await redisCounters(ctx);
     seconds = (performance.now() - t0) / 1000;
     const free = { seconds, jobs: pool.done.length - d0, cmds: commandsBetween(c0, c1) };
