@@ -1188,7 +1188,7 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });
   });
 
-  it('a refill claim that finds no active lane while a wake-up is armed reads neither the timers, the sleepers nor the leases', async () => {
+  it('a refill claim that finds no active lane while a wake-up is armed reads neither the timers, the sleepers, the leases nor BullMQ\'s prioritized set', async () => {
     const c = await setup({ bufferTarget: 5 });
     const org = randomOrg();
     // 2 a minute: two jobs go, the lane then sleeps ~30 s on the bucket, and the loop's dispatch arms its wake-up.
@@ -1214,8 +1214,10 @@ describe('fair scheduler limits', () => {
     expect(claim).toMatchObject({ held: true, cancelled: false });
     expect(claim.dispatched).toMatchObject({ promoted: [], more: false });
     expect(claim.dispatched?.nextWakeMs).toBeUndefined();
-    // The wake-up armed covers them: two reads (the active lanes, the wake key), not five.
+    // The wake-up armed covers them: three reads (the wait list, the active lanes, the wake key), not six. BullMQ's
+    // prioritized set is not read either: with nothing to dispatch, whether it holds jobs changes nothing.
     for (const key of [timers, sleep, leases, wake]) expect(seen.filter((l) => l.includes(`"ZRANGE" "${key}"`) || l.includes(`"GET" "${key}"`))).toEqual([]);
+    expect(seen.filter((l) => l.includes(`"ZCARD" "${c.queue.toKey('prioritized')}"`))).toEqual([]);
     // Nothing moved: the lane sleeps until the wake-up armed, the third job waits in it.
     expect(await c.redis.zscore(sleep, `${org}|${FLASH}`)).toBe(String(wakeAt));
     expect(await c.scheduler.why(ids[2])).toMatchObject({ reason: 'rate_limited', etaMs: wakeAt });

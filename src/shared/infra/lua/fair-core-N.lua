@@ -183,17 +183,22 @@ local claimUncorrected = op == 'claim' and tonumber(ARGV[21]) == 0
 if claimUncorrected and #ARGV == 21 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
-  if not (runs and ARGV[15] == '1' and nothingQueued()) then return claimReply(held, cancelled, 0) end
+  -- The wait list first: under load it holds jobs, and that one read ends the refill. BullMQ's prioritized set only
+  -- once the refill could dispatch anything.
+  if not (runs and ARGV[15] == '1' and rcall('LLEN', Q_WAIT) == 0) then return claimReply(held, cancelled, 0) end
   -- No active lane and a wake-up armed (the wake key lives until its time): the refill finds nothing to dispatch
   -- unless a timer, sleeper or lease came due before that wake-up without anyone told (a lost kick), which the
-  -- armed wake-up's dispatch, a release's sweep or the safety poll still catch. The timers', sleepers' and leases'
-  -- first scores are not read then: every claim of a throttled org's wake-up found its list empty and read them
-  -- (5 commands, now 2).
+  -- armed wake-up's dispatch, a release's sweep or the safety poll still catch. Neither those sets' first scores
+  -- nor the prioritized set are read then: every claim of a throttled org's wake-up found its list empty and read
+  -- them (6 commands, now 3).
   local due, firsts
   if rcall('ZCARD', K_LANES) > 0 then
+    if rcall('ZCARD', Q_PRIO) > 0 then return claimReply(held, cancelled, 0) end
     due = { true, true, true }
   elseif rcall('EXISTS', K_WAKE) == 1 then
     return claimReply(held, cancelled, { {}, '0', now, 0, {} })
+  elseif rcall('ZCARD', Q_PRIO) > 0 then
+    return claimReply(held, cancelled, 0)
   else
     due, firsts = dueNow('idle')
     if not due then return claimReply(held, cancelled, { {}, nextWake(firsts, true), now, 0, {} }) end
