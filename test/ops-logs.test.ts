@@ -42,6 +42,23 @@ describe('logs', () => {
     expect(workerLines.every((l) => l.requestId === requestId)).toBe(true);
   });
 
+  it("binds the caller's org to the request's lines after auth (once, after requestId), as a child of fastify's request logger did", async () => {
+    const requestId = `req-${randomUUID()}`;
+    const post = await s.app.inject({ method: 'POST', url: '/v1/jobs', headers: { ...s.auth, 'x-request-id': requestId }, payload: riskJob(marker()) });
+    expect(post.statusCode).toBe(202);
+    const id = post.json().id as string;
+    const enqueued = logs.raw().find((l) => l.includes(`"jobId":"${id}"`) && l.includes('"msg":"job enqueued"'));
+    expect(enqueued, 'the handler line').toBeDefined();
+    // Each binding once, in the order fastify's child and then the auth hook's child wrote them.
+    expect(enqueued!.match(/"requestId":/g)).toHaveLength(1);
+    expect(enqueued!.match(/"orgId":/g)).toHaveLength(1);
+    expect(enqueued!.indexOf(`"requestId":"${requestId}","orgId":"${s.orgId}"`)).toBeGreaterThan(0);
+    // fastify's own lines go through the reply's logger, made before auth: they carry the request id alone.
+    const completed = logs.lines().find((l) => l.requestId === requestId && l.msg === 'request completed');
+    expect(completed).toBeDefined();
+    expect(completed!.orgId).toBeUndefined();
+  });
+
   it('never writes an API key or the admin token, whichever way they were sent, nor a key made through the API', async () => {
     const basic = (user: string, pass: string) => ({ authorization: `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}` });
     const calls = [

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { symbols as pinoSymbols } from 'pino';
 import { RequestLog } from './request-log.js';
 import { hasZodFastifySchemaValidationErrors, serializerCompiler, validatorCompiler } from 'fastify-type-provider-zod';
 import { ConflictError, EDBUNAVAILABLE, RateLimitedError, ValidationError, NotFoundError } from '../shared/core/errors.js';
@@ -48,6 +49,8 @@ const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 function accessOf(req: FastifyRequest): RouteAccess | 'any-credential' {
   return req.routeOptions.config?.access ?? (req.url.startsWith('/v1/') ? 'any-credential' : { role: 'public' });
 }
+
+const serializersOf = (l: Logger) => (l as unknown as Record<symbol, unknown>)[pinoSymbols.serializersSym];
 
 /** Framework routes that are public by nature: the docs page's own (its plugin registers them). */
 const DOCS_PAGE = /^\/docs(\/|$)/;
@@ -144,6 +147,22 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
     done();
   });
 
+  /**
+   * The request's logger bound to its caller: the same lines as `req.log.child(bindings)`, built as one child of the
+   * app's logger holding the request's own binding (what fastify's per-request child holds) and `bindings`. pino's
+   * child is `Object.create(parent)`: a child of the request's child makes that short-lived object a prototype, which
+   * V8 re-shapes at a cost (~5 µs a request, against <1 µs for another child of the long-lived app logger). A route
+   * whose child fastify made with its own level or serializers (`logLevel`, `logSerializers`) keeps a child of it.
+   */
+  const callerLog = (req: FastifyRequest, bindings: Record<string, string>): FastifyRequest['log'] => {
+    const parent = app.log as Logger;
+    const own = req.log as Logger;
+    if (Object.getPrototypeOf(own) !== parent || own.level !== parent.level || serializersOf(own) !== serializersOf(parent)) {
+      return req.log.child(bindings);
+    }
+    return parent.child({ [requestLog.requestIdLogLabel]: req.id, ...bindings });
+  };
+
   const credentials = createCredentials({ adminToken: deps.adminToken, keys: deps.keys });
   /**
    * Authenticates and authorises every route from its row's role, after the body is parsed and before it is
@@ -174,7 +193,7 @@ export async function buildApp(deps: AppDeps): Promise<FastifyInstance> {
       return reply.code(403).send({ error });
     }
     req.principal = who;
-    if (who) req.log = req.log.child(who.role === 'operator' ? { operator: who.keyId ?? 'token' } : { orgId: who.orgId });
+    if (who) req.log = callerLog(req, who.role === 'operator' ? { operator: who.keyId ?? 'token' } : { orgId: who.orgId });
   });
 
   app.setErrorHandler(async (err: FastifyError, req: FastifyRequest, reply: FastifyReply) => {
