@@ -171,12 +171,16 @@ export function createJobProducer(deps: JobProducerDeps) {
       name: `${req.agent}:${req.action}`,
       data,
       // The job's createdAt is its enqueue time, the same instant the org index (and `since`) sorts by.
-      opts: {
-        ...jobDefaults,
-        ...(deps.scheduler
+      // Object.assign, not `{ ...jobDefaults, ...more }`: V8 (Node 20) copies an object literal that starts with a
+      // spread fast, but adds each later property through a slow path (~2 us here, 0.15 us with assign; both
+      // copy the same own properties in the same order, and neither source has a `__proto__` key).
+      opts: Object.assign(
+        {},
+        jobDefaults,
+        deps.scheduler
           ? parkedJobOptions(jobId, opts.priority, now)
-          : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) }),
-      },
+          : { jobId, ...(opts.priority ? { priority: opts.priority } : {}), ...(opts.delayMs ? { delay: opts.delayMs } : {}) },
+      ),
       idempotent: Boolean(opts.idempotencyKey),
       ...(opts.idempotencyKey ? { keyPath: `${pathPrefix}options.idempotencyKey` } : {}),
       lane,
@@ -215,12 +219,15 @@ export function createJobProducer(deps: JobProducerDeps) {
    * call per job) and then the lane's call, and no parked job left unlaned between the two.
    */
   const storedEntries = (prepared: PreparedJob[], withTrace: (d: AgentJobData) => AgentJobData): FairEntry[] =>
-    prepared.map((p) => ({
-      ...entryOf(p),
-      store: parkedJobFields(queue, p.name, withTrace(p.data), p.opts),
+    prepared.map((p) => {
+      // Added to entryOf's fresh object rather than spread into another (`{ ...entryOf(p), store }` takes V8's slow
+      // path for each property after the spread: see prepareChecked's options).
+      const entry = entryOf(p);
+      entry.store = parkedJobFields(queue, p.name, withTrace(p.data), p.opts);
       // The key's record goes with the job, in the same script call, which reads it first (fair-store-parked.lua).
-      ...(p.idempotent ? { idem: { fingerprint: p.data.fingerprint!, ttlMs: idemTtlMs } } : {}),
-    }));
+      if (p.idempotent) entry.idem = { fingerprint: p.data.fingerprint!, ttlMs: idemTtlMs };
+      return entry;
+    });
 
   /**
    * The state a caller sees right after enqueue of a job it made: parked jobs are "waiting", "prioritized" with a
