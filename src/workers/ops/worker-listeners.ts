@@ -5,7 +5,6 @@ import { classifyFailure, isUnrecoverable } from '../../shared/core/dlq-classify
 import type { DlqStore } from '../../shared/ops/dlq-store.js';
 import type { OpsMetrics } from '../../shared/ops/metrics.js';
 
-
 /**
  * Listens to one agent worker: metrics for every start, completion and failed attempt, and for a job
  * that failed for good, its DLQ class in Redis, one log line and a metric. That log line is the dead-letter
