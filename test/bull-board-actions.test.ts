@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { Job, UnrecoverableError, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
-import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi, type MockInstance } from 'vitest';
 import { agentJobKey, agentqPrefix, cancelRequestedKey, dlqMetaKey, guardKeys, idempotencyRecordKey } from '../src/shared/core/queue-keys.js';
 import { QUEUE } from '../src/shared/core/queue-names.js';
 import { queueShards } from '../src/shared/core/queue-shards.js';
@@ -20,6 +20,21 @@ const FLASH = 'gemini-2.5-flash';
 /** One of Bull Board's actions, through its JSON API (what its page's buttons call). */
 const boardAction = (s: Stack, path: string, payload?: object) =>
   s.app.inject({ method: 'PUT', url: `/admin/queues/api/queues/${path}`, headers, ...(payload ? { payload } : {}) });
+
+/**
+ * The board's clean of `target` while `spy` holds a window open in it (its one call): answered 204, the window
+ * reached once, and the spy restored however it ends (`after` too, e.g. a lock the window set).
+ */
+async function cleanHolding(s: Stack, target: string, spy: MockInstance, after?: () => Promise<unknown>) {
+  try {
+    const res = await boardAction(s, `${target}/clean`);
+    expect(res.statusCode, res.body).toBe(204);
+    expect(spy).toHaveBeenCalledTimes(1);
+  } finally {
+    spy.mockRestore();
+    await after?.();
+  }
+}
 
 /**
  * Bull Board's actions are BullMQ's own calls: what the fair dispatcher holds for the jobs they remove (a slot, the
@@ -110,14 +125,8 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
       expect(await leased()).toContain(jobId);
       return cancel(jobId, jobTs);
     });
-    try {
-      // The job the board read is gone: its remove answers as BullMQ's remove of a missing job does.
-      const res = await boardAction(s, `${QUEUE.agent}/${id}/clean`);
-      expect(res.statusCode, res.body).toBe(204);
-      expect(spy).toHaveBeenCalledTimes(1);
-    } finally {
-      spy.mockRestore();
-    }
+    // The job the board read is gone: its remove answers as BullMQ's remove of a missing job does.
+    await cleanHolding(s, `${QUEUE.agent}/${id}`, spy);
     expect(newTs).toBeGreaterThan(oldTs);
     // The new job is still there, dispatched: its slot (the org at its cap of 1) and its charge stand.
     expect(await state(id)).toBe('waiting');
@@ -224,12 +233,7 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
       newTs = await replaceChild(org, children[0]);
       return cancelMany(jobs, opts);
     });
-    try {
-      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
-      expect(spy).toHaveBeenCalledTimes(1);
-    } finally {
-      spy.mockRestore();
-    }
+    await cleanHolding(s, `${QUEUE.flows}/${flowId}`, spy);
     await expectReplacementKept(org, children, newTs);
   });
 
@@ -244,12 +248,7 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
       newTs = await replaceChild(org, children[0]);
       return read;
     });
-    try {
-      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
-      expect(spy).toHaveBeenCalledTimes(1);
-    } finally {
-      spy.mockRestore();
-    }
+    await cleanHolding(s, `${QUEUE.flows}/${flowId}`, spy);
     await expectReplacementKept(org, children, newTs);
   });
 
@@ -273,13 +272,7 @@ describe('Bull Board removals, promotes and the fair dispatcher', () => {
       taken = await cancelMany(jobs, opts);
       return taken;
     });
-    try {
-      expect((await boardAction(s, `${QUEUE.flows}/${flowId}/clean`)).statusCode).toBe(204);
-      expect(spy).toHaveBeenCalledTimes(1);
-    } finally {
-      spy.mockRestore();
-      await s.runtime.deps.redis.del(lock);
-    }
+    await cleanHolding(s, `${QUEUE.flows}/${flowId}`, spy, () => s.runtime.deps.redis.del(lock));
     // The other child was taken by the cancel: its slot and its request back (the new job's request still charged).
     expect(taken).toBe(1);
     const rpm = await level(`rpm:org:${org}:${FLASH}`, 10);

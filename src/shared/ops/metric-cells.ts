@@ -1,5 +1,5 @@
 import { format } from 'node:util';
-import type { Counter, Histogram } from 'prom-client';
+import { Counter, Histogram, type CounterConfiguration, type HistogramConfiguration } from 'prom-client';
 
 /**
  * A label set made once per distinct value of its key and reused: the per-job metrics otherwise made several label
@@ -121,3 +121,31 @@ export function pendingObservations<L extends Partial<Record<string, string | nu
 
 /** The label set of a histogram without labels, for `pendingObservations`. */
 export const NO_LABELS: Readonly<Record<string, never>> = Object.freeze({});
+
+/**
+ * A histogram registered with its pending values flushed on every read: the one place its `collect` is written.
+ * The histogram itself is not handed out, so every value goes through `observe` here.
+ */
+export function pendingHistogram<L extends Partial<Record<string, string | number>>>(config: Omit<HistogramConfiguration<string>, 'collect'>) {
+  const obs: ReturnType<typeof pendingObservations<L>> = pendingObservations<L>(
+    new Histogram({
+      ...config,
+      collect() {
+        obs.flush();
+      },
+    }),
+  );
+  return obs;
+}
+
+/** A counter of whole numbers registered with its pending sums flushed on every read (see `pendingIncs`). */
+export function pendingCounter<L extends Partial<Record<string, string | number>>>(config: Omit<CounterConfiguration<string>, 'collect'>) {
+  const incs = pendingIncs<L>();
+  new Counter({
+    ...config,
+    collect() {
+      incs.flush(this);
+    },
+  });
+  return incs;
+}

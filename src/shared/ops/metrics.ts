@@ -1,6 +1,6 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { AgentResult, CacheLevel } from '../core/types.js';
-import { labelCache, NO_LABELS, pendingIncs, pendingObservations } from './metric-cells.js';
+import { labelCache, NO_LABELS, pendingCounter, pendingHistogram } from './metric-cells.js';
 import type { DlqClass, FailureType } from '../core/dlq-classify.js';
 
 /** Cache levels in lookup order: a hit at one level means a miss at every level before it. */
@@ -55,57 +55,41 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
   // lag is sampled every EVENT_LOOP_SAMPLE_MS, not prom-client's default 10 ms: that timer alone kept an idle
   // process at ~1 % of a core (0.96 % vs 0.24 % without the default metrics, 0.32 % at 100 ms; 10 s each).
   if (opts.processId) collectDefaultMetrics({ register: registry, labels: { process: opts.processId }, eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
-  const modelCall = new Histogram({
+  const modelCallObs = pendingHistogram<{ model: string; status: string }>({
     name: 'agentq_model_call_duration_seconds',
     help: 'Model call latency (request to parsed answer), by model and status: ok or the error code',
     labelNames: ['model', 'status'] as const,
     buckets: MODEL_CALL_BUCKETS,
     registers,
-    collect() {
-      modelCallObs.flush();
-    },
   });
-  const modelCallObs = pendingObservations<{ model: string; status: string }>(modelCall);
   const modelErrors = new Counter({
     name: 'agentq_model_call_errors_total',
     help: 'Failed model calls by model, error code and provider HTTP status ("none" when no answer came)',
     labelNames: ['model', 'code', 'http_status'] as const,
     registers,
   });
-  const duration = new Histogram({
+  const durationObs = pendingHistogram<{ agent: string; action: string; outcome: string }>({
     name: 'agentq_job_duration_seconds',
     help: 'Time from a job attempt starting to it ending, by outcome',
     labelNames: ['agent', 'action', 'outcome'] as const,
     buckets: DURATION_BUCKETS,
     registers,
-    collect() {
-      durationObs.flush();
-    },
   });
-  const durationObs = pendingObservations<{ agent: string; action: string; outcome: string }>(duration);
-  const startLatency = new Histogram({
+  const startLatencyObs = pendingHistogram<{ agent: string }>({
     name: 'agentq_job_start_latency_seconds',
     help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start',
     labelNames: ['agent'] as const,
     buckets: LATENCY_BUCKETS,
     registers,
-    collect() {
-      startLatencyObs.flush();
-    },
   });
-  const startLatencyObs = pendingObservations<{ agent: string }>(startLatency);
   // No org label: every org ever seen would add 16 series to every process for good (and, summed across processes,
   // to the retired totals). Per org, the dispatcher's gauges read at scrape say who waits.
-  const dispatchLatency = new Histogram({
+  const dispatchLatencyObs = pendingHistogram({
     name: 'agentq_dispatch_latency_seconds',
     help: 'Time from a job becoming runnable (its enqueue, or the end of its delayMs) to its first start, every org together: what the fair dispatcher made jobs wait',
     buckets: LATENCY_BUCKETS,
     registers,
-    collect() {
-      dispatchLatencyObs.flush();
-    },
   });
-  const dispatchLatencyObs = pendingObservations(dispatchLatency);
   const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model', 'tier'] as const, registers });
   const savings = new Counter({
     name: 'agentq_cost_savings_usd_total',
@@ -129,53 +113,37 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     labelNames: ['source', 'estimated'] as const,
     registers,
   });
-  // Counted per job, handed to prom-client when read (metric-cells.ts `pendingIncs`): no handle on these counters.
-  // The per-job histograms likewise (`pendingObservations`): observed through their `...Obs`, never directly.
-  const tokenIncs = pendingIncs();
-  const hitIncs = pendingIncs();
-  const missIncs = pendingIncs();
-  new Counter({
+  // Counted per job, handed to prom-client when read (metric-cells.ts `pendingCounter`, as the per-job histograms'
+  // `pendingHistogram`): no handle on these metrics but their pending cells.
+  const tokenIncs = pendingCounter({
     name: 'agentq_tokens_total',
     help: 'Model tokens of completed jobs',
     labelNames: ['agent', 'model', 'direction'] as const,
     registers,
-    collect() {
-      tokenIncs.flush(this);
-    },
   });
   const errors = new Counter({ name: 'agentq_job_errors_total', help: 'Failed job attempts by error type', labelNames: ['agent', 'type'] as const, registers });
-  new Counter({
+  const hitIncs = pendingCounter({
     name: 'agentq_cache_hits_total',
     help: 'Completed jobs served by a cache level',
     labelNames: ['level'] as const,
     registers,
-    collect() {
-      hitIncs.flush(this);
-    },
   });
-  new Counter({
+  const missIncs = pendingCounter({
     name: 'agentq_cache_misses_total',
     help: 'Completed jobs a cache level could not serve',
     labelNames: ['level'] as const,
     registers,
-    collect() {
-      missIncs.flush(this);
-    },
   });
   const delays = new Counter({ name: 'agentq_job_delays_total', help: 'Jobs delayed without using an attempt, by a guard or for want of a dispatcher slot (reason no_slot)', labelNames: ['reason'] as const, registers });
   const delaySeconds = new Counter({ name: 'agentq_job_delay_seconds_total', help: 'Delay imposed by guards, summed', labelNames: ['reason'] as const, registers });
   const admission = new Counter({ name: 'agentq_admission_rejections_total', help: 'API requests refused by admission (rate plan or quota)', labelNames: ['reason'] as const, registers });
   const deadLetters = new Counter({ name: 'agentq_dlq_entries_total', help: 'Jobs that entered the dead-letter queue', labelNames: ['agent', 'class'] as const, registers });
-  const usageLag = new Histogram({
+  const usageLagObs = pendingHistogram({
     name: 'agentq_usage_write_lag_seconds',
     help: 'Time from an attempt ending (its usage row in the Redis Stream) to the row committed in agent_runs',
     buckets: WRITE_LAG_BUCKETS,
     registers,
-    collect() {
-      usageLagObs.flush();
-    },
   });
-  const usageLagObs = pendingObservations(usageLag);
   const usageRefused = new Counter({
     name: 'agentq_usage_rows_refused_total',
     help: 'Usage rows Postgres refused for what they held (a data or integrity error), dropped by the run sink so the rows behind them are written',
