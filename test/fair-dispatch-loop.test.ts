@@ -101,7 +101,8 @@ describe('fair dispatch loop', () => {
     await call();
     await call();
     await loop.close();
-    expect(f.registrations).toEqual([reg, undefined, reg, undefined]);
+    // The second registration renews the first one's ask (the script then writes only its expiry).
+    expect(f.registrations).toEqual([reg, undefined, { ...reg, renewal: true }, undefined]);
   });
 
   it("skips a safety poll a release of this process made redundant (it swept within the interval), unless the registration would age past two", async () => {
@@ -122,7 +123,8 @@ describe('fair dispatch loop', () => {
       // t=16 s: a throttled org's job finished here; its claim renewed the registration, its release swept. The poll
       // at t=20 s is skipped: it would find nothing that release did not, and the registration is 4 s old.
       await vi.advanceTimersByTimeAsync(6_000);
-      expect(loop.takeRegistration()).toEqual(reg);
+      const renewal = { ...reg, renewal: true };
+      expect(loop.takeRegistration()).toEqual(renewal);
       loop.swept();
       await tick(4_000);
       expect(f.calls).toBe(1);
@@ -135,7 +137,7 @@ describe('fair dispatch loop', () => {
       // No release since: the poll at t=40 s runs (its own last dispatch, at t=30 s, is a whole interval ago).
       await tick(10_000);
       expect(f.calls).toBe(3);
-      expect(f.registrations).toEqual([reg, reg, reg]);
+      expect(f.registrations).toEqual([reg, renewal, renewal]);
       await loop.close();
     } finally {
       vi.useRealTimers();
@@ -202,9 +204,10 @@ describe('fair dispatch loop: registrations carried by claims', () => {
     state.ask = 9;
     expect(loop.takeRegistration()).toEqual(reg(9));
     expect(loop.takeRegistration()).toBeUndefined();
+    // The renewal of the same ask says so (the script then writes only its expiry).
     state.clock += 30_000;
-    expect(loop.takeRegistration()).toEqual(reg(9));
-    // A claim that failed gives it back: the next call carries it again.
+    expect(loop.takeRegistration()).toEqual({ ...reg(9), renewal: true });
+    // A claim that failed gives it back: the next call carries it again, whole (whether it ran is unknown).
     loop.registrationLost();
     expect(loop.takeRegistration()).toEqual(reg(9));
     await loop.close();

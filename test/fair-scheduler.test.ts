@@ -164,6 +164,35 @@ describe('fair scheduler', () => {
     expect(await c.redis.hget(c.scheduler.keys.named.workerConc, 'w2')).toBe('2');
   });
 
+  it("a registration's renewal (the same ask) moves only its expiry, unless the worker was swept meanwhile", async () => {
+    const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
+    const { workers, workerConc } = c.scheduler.keys.named;
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 6 });
+    const first = Number(await c.redis.zscore(workers, 'w1'));
+    // Renewed by a dispatch and by a claim: the expiry moves, the ask is not written again.
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 90_000, ask: 6, renewal: true });
+    expect(Number(await c.redis.zscore(workers, 'w1'))).toBeGreaterThan(first + 20_000);
+    const second = Number(await c.redis.zscore(workers, 'w1'));
+    await c.scheduler.claim('no-such-job', undefined, { register: { id: 'w1', concurrency: 10, ttlMs: 120_000, ask: 6, renewal: true } });
+    expect(Number(await c.redis.zscore(workers, 'w1'))).toBeGreaterThan(second + 20_000);
+    // A renewal of a worker the registry no longer holds (swept after it lapsed, or never there) writes its ask.
+    await c.scheduler.dispatch({ id: 'w2', concurrency: 10, ttlMs: 60_000, ask: 3, renewal: true });
+    await c.scheduler.claim('no-such-job', undefined, { register: { id: 'w3', concurrency: 10, ttlMs: 60_000, ask: 4, renewal: true } });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, '1');
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    const asks = seen.filter((l) => l.includes(`"HSET" "${workerConc}"`));
+    expect(asks).toHaveLength(3);
+    expect(asks.map((l) => l.split(' ').slice(-2).join(' '))).toEqual(['"w1" "6"', '"w2" "3"', '"w3" "4"']);
+    expect(await c.redis.hgetall(workerConc)).toEqual({ w1: '6', w2: '3', w3: '4' });
+    expect(await c.redis.zrange(workers, 0, -1)).toEqual(['w2', 'w3', 'w1']);
+  });
+
   it('sweeps lapsed workers only once the list lacks a batch, then fills it to the live asks alone', async () => {
     const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
     const org = randomOrg();

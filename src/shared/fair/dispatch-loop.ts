@@ -122,9 +122,11 @@ export function createDispatchLoop(opts: {
     const at = clock();
     const ask = w.ask?.();
     if (at - registeredAt < renewEveryMs && ask === registeredAsk) return undefined;
+    // The ask the last registration (not given back as failed) wrote: a renewal moves the expiry alone.
+    const renewal = registeredAt !== -Infinity && ask === registeredAsk;
     registeredAt = at;
     registeredAsk = ask;
-    return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}) };
+    return { id: w.id, concurrency: w.concurrency, ttlMs, ...(ask !== undefined ? { ask } : {}), ...(renewal ? { renewal } : {}) };
   };
   /** Nothing is known registered: the next call carries the registration (NaN equals no ask). */
   const forgetRegistration = () => {

@@ -126,7 +126,15 @@ export interface WorkerRegistration {
   id: string;
   ask: number;
   ttlMs: number;
+  /**
+   * The same ask as this worker's last registration, which succeeded: only its expiry is moved while the registry
+   * still holds the worker (the ask is written again when it was swept meanwhile). Sent as '=<ask>'.
+   */
+  renewal?: boolean;
 }
+
+/** The ask as the script reads it: '=<ask>' for a renewal (fair-core-N.lua, the claim's registration). */
+const askArg = (w: WorkerRegistration, ask: number | string = w.ask) => (w.renewal ? `=${ask}` : ask);
 
 const flatCorrections = (c: ChargeCorrection[] = []) => [c.length, ...c.flatMap((x) => [x.org, x.model, x.orgDelta, x.modelDelta, x.requests])];
 
@@ -171,7 +179,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
      * `nextWakeMs` is told, not taken, and a dispatch loop's next call takes it.
      */
     async dispatch(maxJobs?: number, worker?: WorkerRegistration, takesWake = false): Promise<RawDispatch> {
-      const registration = worker ? [worker.id, worker.ask, worker.ttlMs] : ['', '', ''];
+      const registration = worker ? [worker.id, askArg(worker), worker.ttlMs] : ['', '', ''];
       return toDispatch(await call('dispatch', [...registration, takesWake ? 1 : 0], maxJobs));
     },
     /**
@@ -230,7 +238,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
       // Built in one array, as `call` builds it (one a job: no arrays of parts spread into it, no copy of them).
       const argv: Array<string | number> = ['claim', ...head, cfg.maxBatch, cfg.sweepMax, cfg.leased ? 1 : 0];
-      argv.push(id, o.progress ?? '', o.refill ? 1 : 0, register ? `${Math.ceil(register.ask)} ${Math.ceil(register.ttlMs)} ${register.id}` : '');
+      argv.push(id, o.progress ?? '', o.refill ? 1 : 0, register ? `${askArg(register, Math.ceil(register.ask))} ${Math.ceil(register.ttlMs)} ${register.id}` : '');
       // ARGV 17-20: the lookup's arguments, or the row's field and entry (then two unused), or none.
       if (lookup) for (const a of lookup.args) argv.push(a);
       else if (append) argv.push(append.field, append.entry, '', '');

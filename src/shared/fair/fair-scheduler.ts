@@ -128,6 +128,8 @@ export interface DispatchingWorker {
   concurrency: number;
   ttlMs: number;
   ask?: number;
+  /** A renewal: the same ask as the worker's last registration, which succeeded (only the expiry is written). */
+  renewal?: boolean;
 }
 
 export interface FairScheduler {
@@ -328,7 +330,8 @@ export function createFairScheduler(opts: FairSchedulerOptions): FairScheduler {
 
   // The script promoted the ids it returns (fair-core-N.lua `promoteParked`): what is left is to lease for the
   // lanes that now wait on their shard's reservoir, without holding up the caller.
-  const registration = (w?: DispatchingWorker) => w && { id: w.id, ask: w.ask ?? fixedShare(opts.bufferRatio ?? 0, w.concurrency), ttlMs: w.ttlMs };
+  const registration = (w?: DispatchingWorker) =>
+    w && { id: w.id, ask: w.ask ?? fixedShare(opts.bufferRatio ?? 0, w.concurrency), ttlMs: w.ttlMs, ...(w.renewal ? { renewal: true } : {}) };
   const finish = (r: RawDispatch): DispatchResult => {
     for (const w of r.wants) void lease(w);
     return {

@@ -36,7 +36,8 @@
 --   global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not refill; a lane they cannot serve
 --   sleeps, and the dispatch asks its caller (`wants`) to lease more from the global bucket (op lease)
 -- ARGV[13..] op arguments:
---   dispatch: worker id ('' = not a worker), its ask, registration ttl ms (registers the worker), takes the
+--   dispatch: worker id ('' = not a worker), its ask ('=<ask>': a renewal of the same ask, see the claim's
+--     registration below), registration ttl ms (registers the worker), takes the
 --     wake-up (1: the caller is a dispatch loop, which arms a timer for it; else it is told, not taken: nextWake)
 --   enqueue: dispatch (0|1), then per job: id, org, model, priority, est tokens, model rpm, model tpm, delay ms
 --     (from now by Redis TIME, see fromNow; 0 = now), per-org rpm of the model ('' = the org's plan / default for the model's tier), org job index
@@ -48,7 +49,7 @@
 --     whose record outlived it is neither stored again nor laned nor indexed (the key is remembered: no new job);
 --     one stored drops the cancel tombstone an earlier job of its id left (it describes that job, not this one)
 --   claim: id, progress JSON ('' = none), refill (0|1), the worker's registration ('' = none, else '<ask> <ttl ms>
---     <worker id>', as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
+--     <worker id>', '=<ask> ...' for a renewal of the same ask, as dispatch's: a moved ask rides on the worker's next claim instead of a dispatch call of its
 --     own), the result-cache lookup's L1 tag, lock token, lock ttl
 --     ms and owner (read only with KEYS 5-9; with KEY 5 alone: the usage row's field name and the row,
 --     then two unused), charge corrections (a count, then org, model, org tokens,
@@ -149,11 +150,14 @@ local function fmt(x) return string.format('%.17g', x) end
 
 -- A claim carrying its worker's registration (the ask moved, or its renewal is due) registers it first, as
 -- dispatch does: the ask sizes the buffer this claim's own refill and releases fill.
+-- An ask written '=<ask>' is a renewal: the worker's last registration, which succeeded, had this ask. Its HSET is
+-- skipped while the registry still holds the worker (ZADD answers 0: only the expiry moved; 1 when it was swept
+-- after lapsing, its ask gone with it): the hash holds that ask already. A throttled deployment renews every
+-- worker at each wake-up, one command a worker less each time (dispatch does the same).
 if op == 'claim' and ARGV[16] ~= '' then
-  local ask, ttlMs, id = string.match(ARGV[16], '^(%d+) (%d+) (.+)$')
+  local renewal, ask, ttlMs, id = string.match(ARGV[16], '^(=?)(%d+) (%d+) (.+)$')
   if not id then return redis.error_reply('fair claim: bad worker registration ' .. ARGV[16]) end
-  rcall('ZADD', K_WORKERS, now + tonumber(ttlMs), id)
-  rcall('HSET', K_WORKERCONC, id, ask)
+  if rcall('ZADD', K_WORKERS, now + tonumber(ttlMs), id) == 1 or renewal == '' then rcall('HSET', K_WORKERCONC, id, ask) end
 end
 
 -- The lease deadline of a job claimed or dispatched in this call: formatted once per call, not per job (a
@@ -276,8 +280,11 @@ end
 -- cancels, the parked store) are created: ~15 functions whose creation cost the refill ~35k Redis instructions.
 if op == 'dispatch' then
   if ARGV[13] and ARGV[13] ~= '' then
-    rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13])
-    rcall('HSET', K_WORKERCONC, ARGV[13], ARGV[14])
+    -- A renewal ('=<ask>', as a claim's: see there) writes the ask only when the worker was not registered.
+    local renewal = string.sub(ARGV[14], 1, 1) == '='
+    if rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13]) == 1 or not renewal then
+      rcall('HSET', K_WORKERCONC, ARGV[13], renewal and string.sub(ARGV[14], 2) or ARGV[14])
+    end
   end
   return dispatch()
 elseif op == 'claim' and early then
