@@ -15,6 +15,7 @@ import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
 import { databaseUrl, randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { POLL, until, waitsTimeout, within } from './helpers/wait.js';
 import { createRedis } from '../src/shared/infra/redis/connection.js';
+import { monitorRedis } from './helpers/fair.js';
 import { startRedisServer } from '../src/shared/infra/redis/redis-server.js';
 
 const pool = createPool(databaseUrl(), { max: 4 });
@@ -367,6 +368,34 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(during.filter((c) => c === 'evalsha' || c === 'eval' || c === 'xreadgroup').length).toBeLessThanOrEqual(2);
     expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
     console.log(`[figure] usage sink under ${ids.length} sequential appends: ${batchesDuring} batches committed, ${during.length} calls of its own (${during.join(' ') || 'none'})`);
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+
+  it("a lone batch's acknowledgement (no append carried it) reads nothing in its call: the blocking read after it does", async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    const { sink, sent } = countedSink(key, createRunStore({ pool }), 20);
+    sink.start();
+    await until('the sink to block', () => sent.filter((c) => c === 'xreadgroup').length >= 2);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(key)) seen.push(line);
+    });
+    const before = sent.length;
+    const id = `lone-${org}`;
+    // One row, as a throttled org's job appends it: its append ends the blocked read, nothing else comes.
+    await createRunAppender({ redis, key }).record(run(org, id));
+    await until('the row acknowledged', async () => (await redis.xlen(key)) === 0);
+    // Blocked again: the acknowledgement's call came before this read.
+    await until('the sink to block again', () => sent.slice(before).includes('xreadgroup'));
+    await sink.close();
+    monitor.close();
+    expect(await rowsOf([id])).toHaveLength(1);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+    // Its own calls: the read that took the row, the acknowledgement (XACK, XDEL, XLEN in the script), the next
+    // blocking read. The script read nothing: that read found nothing and cost an XREADGROUP each batch.
+    expect(sent.slice(before).filter((c) => c !== 'xautoclaim').slice(0, 2)).toEqual(['evalsha', 'xreadgroup']);
+    const inScript = seen.filter((l) => l.includes('[0 lua]')).map((l) => /\] "(\w+)"/.exec(l)?.[1]);
+    expect(inScript).toEqual(['XACK', 'XDEL', 'XLEN']);
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
   it("a ride whose reply was lost loses nothing: what it read is re-read from the sink's history, its acknowledgements sent again", async () => {

@@ -115,6 +115,11 @@ export function createRunSink(opts: RunSinkOptions) {
   /** Rides sent and not yet answered: the sink waits for them instead of reading on its own. */
   let riding = 0;
   let rideSettled: (() => void) | undefined;
+  /**
+   * The batch in hand ended a blocking read (the stream had nothing for this sink until then), and nothing came
+   * since from a ride or a read of its own: a batch of a quiet stream.
+   */
+  let quiet = false;
   /** A ride that may have read entries failed: they are pending under this consumer, re-read from its history. */
   let lostRead = false;
   const backlogMax = opts.backlogMax ?? 0;
@@ -317,7 +322,10 @@ export function createRunSink(opts: RunSinkOptions) {
     let waited = false;
     for (;;) {
       if (!running) return [];
-      if (inbox.length) return inbox.splice(0, batch);
+      if (inbox.length) {
+        quiet = false;
+        return inbox.splice(0, batch);
+      }
       if (riding > 0 && !waited) {
         waited = true;
         await rideOrAfter(RIDE_WAIT_MS);
@@ -331,11 +339,19 @@ export function createRunSink(opts: RunSinkOptions) {
         continue;
       }
       if (unacked.length || riding > 0) {
-        const entries = await acknowledge(true);
-        if (entries.length || riding > 0) return entries;
+        // After a quiet stream's batch (see `quiet`) the acknowledgement reads nothing: the blocking read after it
+        // answers at once if entries came meanwhile (the same commands, one round trip more), and a read here that
+        // found none cost an XREADGROUP (every worker process's batch of a throttled org's wake-up did). A ride that
+        // has not answered, or a stream that kept bringing rows, is read in the same call.
+        const entries = await acknowledge(riding > 0 || !quiet);
+        if (entries.length || riding > 0) {
+          quiet = false;
+          return entries;
+        }
         continue;
       }
       // Nothing came: block. No ride is offered while blocked; the next append ends this read.
+      quiet = true;
       return read(false);
     }
   }
