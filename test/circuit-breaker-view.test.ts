@@ -111,6 +111,24 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     expect(a.sent()).toBe(s0 + 1);
   }, waitsTimeout(POLL.timeout));
 
+  it('acquires of a key the view lacks, made while its call is out, wait for that call: one command, unless its answer was not clean', async () => {
+    const prefix = randomPrefix();
+    const a = await breakerProcess(prefix, { failureThreshold: 2, timeoutMs: 60_000 });
+    const b = await breakerProcess(prefix, { failureThreshold: 2, timeoutMs: 60_000 });
+    const key = uniqueKey();
+    // The jobs of one wake-up start together with the key's view lapsed: one script call answers them all.
+    const s0 = a.sent();
+    expect(await Promise.all([1, 2, 3, 4].map(() => a.breaker.acquire(key)))).toEqual([CLEAN, CLEAN, CLEAN, CLEAN]);
+    expect(a.sent()).toBe(s0 + 1);
+    // Not clean (a failure counted): no answer is shared, each asks Redis (a probe or a refusal is its caller's alone).
+    const t0 = performance.now();
+    await b.breaker.onFailure(key, false);
+    await until('the drop seen by A', () => a.droppedAt(key, t0) !== undefined);
+    const s1 = a.sent();
+    expect(await Promise.all([1, 2, 3].map(() => a.breaker.acquire(key)))).toEqual([1, 2, 3].map(() => ({ allowed: true, probe: false })));
+    expect(a.sent()).toBe(s1 + 3);
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+
   it("two processes: B's open drops the key from A's view by its broadcast, A's other keys stay, and A is refused", async () => {
     const prefix = randomPrefix();
     const a = await breakerProcess(prefix, { failureThreshold: 1, timeoutMs: 60_000, viewTtlMs: VIEW_TTL_MS });

@@ -150,6 +150,15 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
   let viewLive = false;
   /** Bumped on every invalidation seen (and on losing the broadcast): an answer read before it is not remembered. */
   let epoch = 0;
+  /**
+   * Breaker hash key -> the acquire call in flight that may put it back in the view (sent while the view was live
+   * and did not hold the key). Acquires of the key meanwhile wait for it and are served from the view it leaves, as
+   * they would have been had they come after its reply; only when it left none (an answer that was not clean, or an
+   * invalidation seen meanwhile) does each ask Redis itself, so a probe or a refusal is never shared. The jobs of a
+   * throttled org's wake-up start together, after the view (`viewTtlMs`) lapsed since the last wake-up: each
+   * asked Redis, one call a job instead of one a process.
+   */
+  const refreshing = new Map<string, Promise<AcquireResult>>();
 
   function invalidateLocal(hashKey: string | undefined): void {
     epoch++;
@@ -195,34 +204,56 @@ export function createCircuitBreaker(opts: BreakerOptions): CircuitBreaker {
     else if (event === 'close') emitter.emit('close', key);
   };
 
+  /** The key's clean answer, if the view holds one still young enough to serve. */
+  const fromView = (hashKey: string) => {
+    const until = viewLive ? view.get(hashKey) : undefined;
+    return until !== undefined && performance.now() < until;
+  };
+
+  /** The acquire script's answer; a clean one is remembered in the view (unless an invalidation came meanwhile). */
+  const ask = async (key: string, hashKey: string): Promise<AcquireResult> => {
+    const seen = epoch;
+    // Taken before the call: the answer may be this old by the time it arrives.
+    const sentAt = performance.now();
+    const [allowed, probe, state, retryAtMs, now, event, failures] = (await acquireLua(
+      [hashKey, markKey(key)],
+      [probeLeaseMs, halfOpenRetryMs, ttlMs],
+    )) as [number, number, BreakerState | 'exhausted', number, number, string, number?];
+    if (event === 'halfOpen') emitter.emit('halfOpen', key);
+    // Without a rolling failure-rate window, a success on a clean closed breaker changes nothing.
+    if (allowed === 1 && state === 'closed' && failures === 0 && pct === 0) {
+      if (viewLive && epoch === seen) view.set(hashKey, sentAt + viewTtlMs);
+      return { allowed: true, probe: false, clean: true };
+    }
+    view.delete(hashKey);
+    if (allowed === 1) return { allowed: true, probe: probe === 1 };
+    const msBeforeNext = Math.max(0, retryAtMs - now);
+    if (state === 'exhausted') return { allowed: false, state, retryAtMs, msBeforeNext };
+    const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext };
+    emitter.emit('reject', key, result);
+    return result;
+  };
+
   return Object.assign(emitter, {
     errorFilter: opts.errorFilter ?? defaultErrorFilter,
     async acquire(key: string): Promise<AcquireResult> {
       const hashKey = fullKey(key);
+      if (fromView(hashKey)) return { allowed: true, probe: false, clean: true };
+      const inFlight = viewLive ? refreshing.get(hashKey) : undefined;
+      if (inFlight) {
+        await inFlight.catch(() => undefined);
+        if (fromView(hashKey)) return { allowed: true, probe: false, clean: true };
+        return ask(key, hashKey);
+      }
+      const asked = ask(key, hashKey);
       if (viewLive) {
-        const until = view.get(hashKey);
-        if (until !== undefined && performance.now() < until) return { allowed: true, probe: false, clean: true };
+        refreshing.set(hashKey, asked);
+        const done = () => {
+          if (refreshing.get(hashKey) === asked) refreshing.delete(hashKey);
+        };
+        asked.then(done, done);
       }
-      const seen = epoch;
-      // Taken before the call: the answer may be this old by the time it arrives.
-      const sentAt = performance.now();
-      const [allowed, probe, state, retryAtMs, now, event, failures] = (await acquireLua(
-        [hashKey, markKey(key)],
-        [probeLeaseMs, halfOpenRetryMs, ttlMs],
-      )) as [number, number, BreakerState | 'exhausted', number, number, string, number?];
-      if (event === 'halfOpen') emitter.emit('halfOpen', key);
-      // Without a rolling failure-rate window, a success on a clean closed breaker changes nothing.
-      if (allowed === 1 && state === 'closed' && failures === 0 && pct === 0) {
-        if (viewLive && epoch === seen) view.set(hashKey, sentAt + viewTtlMs);
-        return { allowed: true, probe: false, clean: true };
-      }
-      view.delete(hashKey);
-      if (allowed === 1) return { allowed: true, probe: probe === 1 };
-      const msBeforeNext = Math.max(0, retryAtMs - now);
-      if (state === 'exhausted') return { allowed: false, state, retryAtMs, msBeforeNext };
-      const result = { allowed: false as const, state: state as 'open' | 'halfOpen', retryAtMs, msBeforeNext };
-      emitter.emit('reject', key, result);
-      return result;
+      return asked;
     },
     onSuccess: (key: string, probe: boolean) => record(key, 'success', probe),
     onFailure: (key: string, probe: boolean) => record(key, 'failure', probe),
