@@ -149,6 +149,23 @@ describe('token buckets', () => {
     expect(ttl).toBeLessThanOrEqual(6_000);
   });
 
+  it('stores a level exactly: a whole one as an integer, a fractional one to full precision', async () => {
+    // The take writes a whole level with `%d` and any other with `%.17g`; every reader parses the same digits.
+    const prefix = randomPrefix();
+    const own = createTokenBuckets({ redis, prefix });
+    const bucket = { capacity: 10, refillPerSec: 1 };
+    await own.take([{ ...bucket, key: 'whole', cost: 1 }, { ...bucket, key: 'half', cost: 0.5 }, { ...bucket, key: 'third', cost: 1 / 3 }]);
+    const read = (key: string) => redis.hmget(`${prefix}:tb:${key}`, 'tokens', 'ts');
+    const [whole, half, third] = await Promise.all([read('whole'), read('half'), read('third')]);
+    expect(whole[0]).toBe('9');
+    expect(half[0]).toBe('9.5');
+    // 14 digits (tostring) would read back as 9.6666666666667, not this double.
+    expect(Number(third[0])).toBe(10 - 1 / 3);
+    // One write time for the three, in ms to the microsecond.
+    expect(whole[1]).toMatch(/^\d+\.\d{3}$/);
+    expect(new Set([whole[1], half[1], third[1]]).size).toBe(1);
+  });
+
   it('rejects malformed requests before touching Redis', async () => {
     await expect(buckets.take([])).rejects.toThrow(RangeError);
     await expect(buckets.take([{ key: 'x', capacity: 0, refillPerSec: 1, cost: 1 }])).rejects.toThrow(RangeError);
