@@ -165,9 +165,11 @@ export function createWorkerGuards(opts: {
       // The result cache guard comes first: an answer from memory (`prepareClaim`) stands for the whole chain.
       const middlewares: Middleware[] = [createResultCacheGuard({ cache: resultCache }), semanticGuard, quotaGuard, routeGuard, rateLimit, breakerGuard];
       const prepareClaim = (ctx: JobContext): ClaimPrep => {
-        const lookup = resultCache.prepare(cacheKeyPartsOf(ctx), ctx.job.id);
+        // One parts object for both: `fromMemory` finds the key `prepare` computed by these parts' input.
+        const parts = cacheKeyPartsOf(ctx);
+        const lookup = resultCache.prepare(parts, ctx.job.id);
         if (lookup) return { lookup };
-        const answer = answerFromMemory(resultCache, ctx);
+        const answer = answerFromMemory(resultCache, ctx, parts);
         return answer ? { answer } : {};
       };
       return [queuePrefix, { middlewares, prepareClaim, flush: () => rateLimit.flush() }];

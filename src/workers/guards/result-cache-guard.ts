@@ -76,9 +76,10 @@ const l1Answer = (value: AgentResult): AgentResult => cachedResult(value, 'l1', 
  * same answer this guard gives an L1 hit: it is the chain's first link, and a hit calls nothing after it.
  * Decided before the claim's round trip: an invalidation arriving during it does not change this answer,
  * as one arriving just after an L1 hit would not (the broadcast's bound is 100 ms; a round trip is ~1).
+ * `parts`: the job's key parts when the caller built them already (`prepareClaim`, for its `prepare` just before).
  */
-export function answerFromMemory(cache: ResultCache<AgentResult>, ctx: JobContext): ClaimAnswer | undefined {
-  const result = cache.fromMemory(cacheKeyPartsOf(ctx), l1Answer);
+export function answerFromMemory(cache: ResultCache<AgentResult>, ctx: JobContext, parts: CacheKeyParts = cacheKeyPartsOf(ctx)): ClaimAnswer | undefined {
+  const result = cache.fromMemory(parts, l1Answer);
   if (!result) return undefined;
   return {
     result,
