@@ -8,10 +8,32 @@
  * fields the action accepts: they are kept in the parsed input, not reported.
  */
 export function unknownFields(raw: unknown, parsed: unknown, passthrough: readonly string[] = []): string[] {
-  const patterns = passthrough.map((p) => p.split('.').filter(Boolean));
   const found: string[] = [];
-  walk(raw, parsed, [], patterns, found);
+  walk(raw, parsed, [], patternsOf(passthrough), found);
   return found;
+}
+
+const NO_PATTERNS: string[][] = [];
+
+/**
+ * Split once per list: an action's `passthrough` is the same array for every job it validates (the worker checks
+ * every attempt's input), and splitting it made arrays and strings per attempt (an empty list, the usual one, still
+ * made an array). Kept with the entries it was split from, so a list changed in place is split again.
+ */
+const splitPatterns = new WeakMap<readonly string[], { from: string[]; patterns: string[][] }>();
+function patternsOf(passthrough: readonly string[]): string[][] {
+  if (passthrough.length === 0) return NO_PATTERNS;
+  const known = splitPatterns.get(passthrough);
+  if (known && sameEntries(known.from, passthrough)) return known.patterns;
+  const patterns = passthrough.map((p) => p.split('.').filter(Boolean));
+  splitPatterns.set(passthrough, { from: [...passthrough], patterns });
+  return patterns;
+}
+
+function sameEntries(a: readonly string[], b: readonly string[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
