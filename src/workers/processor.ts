@@ -109,7 +109,9 @@ export function createAgentProcessor(deps: ProcessorDeps) {
   return (job: Job<AgentJobData, AgentResult>, token?: string, cancel: Cancellation = new Cancellation()): Promise<AgentResult> => {
     const data = job.data;
     const startedAt = job.processedOn ?? Date.now();
-    const spanOptions = () => ({
+    // The options inline, as an unnamed arrow: a named one (`const spanOptions = ...`) is given its name at run time
+    // under tsx (esbuild's keepNames: a defineProperty per job, `npm start` and the bench run it so).
+    return startActiveSpan(`process ${data.agent}:${data.action}`, () => ({
       kind: SpanKind.CONSUMER,
       attributes: {
         'messaging.system': 'bullmq',
@@ -128,8 +130,7 @@ export function createAgentProcessor(deps: ProcessorDeps) {
         'agentq.queue_wait_ms': Math.max(0, startedAt - data.enqueuedAt - (data.delayMs ?? 0)),
         ...(data.requestId ? { 'agentq.request_id': data.requestId } : {}),
       },
-    });
-    return startActiveSpan(`process ${data.agent}:${data.action}`, spanOptions, extractTrace(data.trace), async (span) => {
+    }), extractTrace(data.trace), async (span) => {
       // Parked or delayed: back in Redis without an outcome (BullMQ records none), not a finished run.
       let delayed = false;
       try {
@@ -170,8 +171,9 @@ function attemptOf(deps: ProcessorDeps) {
   const embeddingRecorded = (row: AgentRun) => {
     if (row.embeddingTokens) deps.onEmbeddingRecorded?.({ tokens: row.embeddingTokens, costUsd: row.embeddingCostUsd ?? 0 });
   };
-  /** `billTo`: a flow child's hash and its parent's, also charged the row (AttemptRows.billTo). */
-  const recordRow = async (row: AgentRun, billTo: RunBillTo | undefined, logger: Logger) => {
+  /** Billed to `rows.billTo(row)`: a flow child's hash and its parent's, also charged the row. */
+  const recordRow = async (row: AgentRun, rows: AttemptRows, logger: Logger) => {
+    const billTo = rows.billTo(row);
     try {
       await deps.runs.record(row, billTo);
       embeddingRecorded(row);
@@ -182,14 +184,11 @@ function attemptOf(deps: ProcessorDeps) {
   };
   return async (job: Job<AgentJobData, AgentResult>, token: string | undefined, cancel: Cancellation, span: Span): Promise<AgentResult> => {
     const data = job.data;
-    const logger = lazyChild(deps.logger, {
-      jobId: job.id,
-      orgId: data.orgId,
-      agent: data.agent,
-      action: data.action,
-      ...(data.requestId ? { requestId: data.requestId } : {}),
-      ...(data.userId ? { userId: data.userId } : {}),
-    });
+    // The optional fields assigned, not spread in: each spread made an object and copied it through V8's slow path.
+    const bindings: Record<string, unknown> = { jobId: job.id, orgId: data.orgId, agent: data.agent, action: data.action };
+    if (data.requestId) bindings.requestId = data.requestId;
+    if (data.userId) bindings.userId = data.userId;
+    const logger = lazyChild(deps.logger, bindings);
     let resolved: { agent: AgentDefinition; action: AgentAction };
     let input: unknown;
     try {
@@ -229,7 +228,8 @@ function attemptOf(deps: ProcessorDeps) {
     if (cacheLookup) ctx.cacheLookup = cacheLookup;
     const answer = prep?.answer;
     // No bill with it: an answer from memory made no model call and no embedding call (the chain did not run).
-    const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(rows.completed(answer.result)), appended: () => (carried = true) } : undefined;
+    // `appended` a method: an arrow under a property name is named at run time under tsx (see the span's options).
+    const append = answer && entry ? { key: entry.key, field: entry.field, entry: entry.encode(rows.completed(answer.result)), appended() { carried = true; } } : undefined;
     // An attempt answered from memory calls no model: no stage is stored for it (its claim saves the check and
     // the write; for the moment it is active it reads as calling_model, the default of an active job).
     // The claim script stores the attempt's stage (job view, Bull Board) in the same call: no extra command.
@@ -251,7 +251,6 @@ function attemptOf(deps: ProcessorDeps) {
     }
 
     rows.started = performance.now();
-    const record = (row: AgentRun) => recordRow(row, rows.billTo(row), logger);
 
     try {
       logger.debug({ attempt, model }, 'job started');
@@ -292,8 +291,8 @@ function attemptOf(deps: ProcessorDeps) {
       // A carried row of a run that read no batch answer has nothing beside it: no row is built (an L1 hit's case).
       if (!carried || ctx.batchRead) {
         const [own, ...afterBatch] = rows.completedRows(result);
-        if (!carried) await record(own);
-        for (const r of afterBatch) await record(r);
+        if (!carried) await recordRow(own, rows, logger);
+        for (const r of afterBatch) await recordRow(r, rows, logger);
       }
       // 'job completed' is logged by the worker once BullMQ has accepted the result (a worker that lost its
       // lock gets here too, but its completion is refused).
@@ -313,7 +312,7 @@ function attemptOf(deps: ProcessorDeps) {
         // embedding calls (a semantic cache lookup, a knowledge search) too, with no model call paid: the next run
         // starts its count over, so a run that made them and wrote nothing would leave them out of the ledger.
         const billed = billedOf(err);
-        if (billed || rows.embeddingTokens > 0) await record(rows.delayed(billed, outcome.reason));
+        if (billed || rows.embeddingTokens > 0) await recordRow(rows.delayed(billed, outcome.reason), rows, logger);
         if (dbWait) await dbDeferrals.note(job, dbWait.deferral);
         const delayMs = Math.max(waitMs, 1);
         // A provider 429 names the model that refused (the fallback's, when routing switched; the embedding
@@ -329,11 +328,11 @@ function attemptOf(deps: ProcessorDeps) {
       // Cancelled whatever the abort made the chain throw (an aborted call, a refused guard...); a delay only
       // gets here when the job was cancelled, since the attempt's signal aborts on cancellation only.
       if (cancel.cancelled || outcome.kind === 'delay') {
-        for (const r of rows.failedRows(err, CANCELLED_REASON)) await record(r);
+        for (const r of rows.failedRows(err, CANCELLED_REASON)) await recordRow(r, rows, logger);
         logger.info('job cancelled while running');
         throw toBullmqError({ kind: 'fail', code: ECANCELLED }, CANCELLED_REASON, err);
       }
-      for (const r of rows.failedRows(err, message.slice(0, 2000))) await record(r);
+      for (const r of rows.failedRows(err, message.slice(0, 2000))) await recordRow(r, rows, logger);
       const retryable = outcome.kind === 'retry';
       logger.warn({ attempt, err: message, code: outcome.code, retryable }, 'job attempt failed');
       throw toBullmqError(outcome, message, err);
