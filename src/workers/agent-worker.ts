@@ -34,9 +34,23 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const inFlight = createInFlight();
   const attempts = createCancellations();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
-  // Not async: it hands back inFlight.run's own promise (an async arrow wrapped it in one more, and awaited it).
-  const processor = (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> =>
-    inFlight.run(job, () => attempts.run(job.id!, job.timestamp, (cancel) => opts.processor(job, token, cancel)));
+  // One async function for both trackings (inFlight.run and attempts.run in halves): nested, they were three
+  // async frames and two closures per job.
+  const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
+    const taken = inFlight.begin(job);
+    const cancel = attempts.start(job.id!, job.timestamp);
+    let failure: { err: unknown } | undefined;
+    try {
+      return await opts.processor(job, token, cancel);
+    } catch (err) {
+      failure = { err };
+      throw err;
+    } finally {
+      // In the order the nested runs ended in: the attempt's cancellation first, then the job in flight.
+      attempts.end(job.id!, cancel);
+      inFlight.end(job, taken, failure);
+    }
+  };
   const worker = new Worker<AgentJobData, AgentResult>(QUEUE.agent, processor, {
     ...workerOptions(opts),
     settings: {

@@ -48,19 +48,30 @@ export function createCancellations() {
     if (held === cancel) running.delete(jobId);
     else if (held instanceof Set && held.delete(cancel) && held.size === 0) running.delete(jobId);
   };
+  /** An attempt of the job starts: its cancellation, tracked until `end`. */
+  const start = (jobId: string, jobTs: number): Cancellation => {
+    const cancel = new Cancellation(jobTs);
+    const held = running.get(jobId);
+    if (!held) running.set(jobId, cancel);
+    else if (held instanceof Set) held.add(cancel);
+    else running.set(jobId, new Set([held, cancel]));
+    return cancel;
+  };
   return {
     async run<R>(jobId: string, jobTs: number, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
-      const cancel = new Cancellation(jobTs);
-      const held = running.get(jobId);
-      if (!held) running.set(jobId, cancel);
-      else if (held instanceof Set) held.add(cancel);
-      else running.set(jobId, new Set([held, cancel]));
+      const cancel = start(jobId, jobTs);
       try {
         return await attempt(cancel);
       } finally {
         remove(jobId, cancel);
       }
     },
+    /**
+     * `run` in two halves, for a caller that wraps the attempt in an async function of its own anyway (the agent
+     * worker): `start` as the attempt begins, `end` once it has settled, however.
+     */
+    start,
+    end: remove,
     /**
      * Cancels every attempt of the job running here; how many it cancelled (not cancelled before). `jobTs`: the
      * job's creation time as the API read it: an attempt of another job of the id (the one cancelled removed and a

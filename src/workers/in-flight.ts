@@ -4,7 +4,7 @@ import type { Logger } from '../shared/core/logger.js';
 /** A job its processor left with one of these is in Redis already (delayed, waiting): BullMQ emits neither completed nor failed for it. */
 const leftInRedis = (err: unknown) => err instanceof DelayedError || err instanceof WaitingChildrenError || err instanceof WaitingError;
 
-interface Taken {
+export interface Taken {
   running: boolean;
   lockLost: boolean;
 }
@@ -22,24 +22,38 @@ export function createInFlight() {
   const settled = (id: string | undefined) => {
     if (id && jobs.delete(id) && jobs.size === 0) idle.splice(0).forEach((resolve) => resolve());
   };
+  const begin = (job: Job): Taken => {
+    const taken: Taken = { running: true, lockLost: false };
+    jobs.set(job.id!, taken);
+    return taken;
+  };
+  const end = (job: Job, taken: Taken, failure?: { err: unknown }): void => {
+    const id = job.id!;
+    taken.running = false;
+    if ((taken.lockLost || (failure !== undefined && leftInRedis(failure.err))) && jobs.get(id) === taken) settled(id);
+  };
   return {
     size: () => jobs.size,
     /** Runs one attempt's processor as a job in flight until BullMQ records its outcome. */
     async run<R>(job: Job, processor: () => Promise<R>): Promise<R> {
-      const id = job.id!;
-      const taken: Taken = { running: true, lockLost: false };
-      jobs.set(id, taken);
-      let left = false;
+      const taken = begin(job);
+      let failure: { err: unknown } | undefined;
       try {
         return await processor();
       } catch (err) {
-        left = leftInRedis(err);
+        failure = { err };
         throw err;
       } finally {
-        taken.running = false;
-        if ((taken.lockLost || left) && jobs.get(id) === taken) settled(id);
+        end(job, taken, failure);
       }
     },
+    /**
+     * `run` in two halves, for a caller that wraps the processor in an async function of its own anyway (the agent
+     * worker): one async frame and closure per job fewer. `begin` before the processor starts; `end` once it has
+     * settled, with what it threw (`failure`) if it threw.
+     */
+    begin,
+    end,
     /** Settles jobs on `worker`'s events (call once, before it runs jobs). */
     attach(worker: Worker): void {
       worker.on('completed', (job) => settled(job.id));
