@@ -90,8 +90,10 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
     buckets: LATENCY_BUCKETS,
     registers,
   });
-  const cost = new Counter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model', 'tier'] as const, registers });
-  const savings = new Counter({
+  // Counted per job as the token counter below is (`pendingCounter`): prom-client's own inc hashed the labels of
+  // every completed job, a cache hit's $0 too (~0.3 us and ~350 bytes a job).
+  const cost = pendingCounter({ name: 'agentq_cost_usd_total', help: 'Model cost of completed jobs in USD', labelNames: ['agent', 'model', 'tier'] as const, registers });
+  const savings = pendingCounter({
     name: 'agentq_cost_savings_usd_total',
     help: 'What completed jobs would have cost more on the standard tier (flex / batch discounts), in USD',
     labelNames: ['agent', 'model', 'tier'] as const,
@@ -183,10 +185,10 @@ export function createOpsMetrics(registry: Registry = new Registry(), opts: { pr
       const { agent } = job.data;
       durationObs.observe(completedLabels(agent, job.data.action), Math.max(0, seconds));
       const spend = spendLabels(agent, result.model, result.tier ?? 'standard');
-      cost.inc(spend, result.costUsd || 0);
+      cost.add(spend, result.costUsd || 0);
       // A premium tier (priority) costs more than standard: a counter only grows, so only savings are counted.
       const saved = result.cacheHit ? 0 : (result.standardCostUsd ?? result.costUsd) - (result.costUsd || 0);
-      if (saved > 0) savings.inc(spend, saved);
+      if (saved > 0) savings.add(spend, saved);
       tokenIncs.add(tokenLabels(agent, result.model, 'input'), result.tokensUsed?.input ?? 0);
       tokenIncs.add(tokenLabels(agent, result.model, 'output'), result.tokensUsed?.output ?? 0);
       const hitAt = result.cacheHit ? CACHE_LEVELS.indexOf(result.cacheHit) : CACHE_LEVELS.length;
