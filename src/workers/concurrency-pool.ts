@@ -41,6 +41,29 @@ export function createConcurrencyPool(limit: number) {
     member() {
       const member: { worker?: PooledWorker; inside: number; left?: boolean } = { inside: 0 };
       members.push(member);
+      /**
+       * A job enters this member's processor: undefined when it took a free slot at once (the body starts in this
+       * tick, with no promise or turn of the microtask queue spent on waiting for nothing: most jobs, whenever the
+       * pool is not full), else a promise that resolves once a slot was passed on to it.
+       */
+      const enter = (): Promise<void> | undefined => {
+        member.inside++;
+        inside++;
+        rebalance();
+        if (running < limit) {
+          running++;
+          return undefined;
+        }
+        return slot();
+      };
+      /** The job that entered has settled: its slot goes back (to the next waiter, if any). */
+      const exit = (): void => {
+        release();
+        member.inside--;
+        // A member that left took its jobs out of the count already.
+        if (!member.left) inside--;
+        rebalance();
+      };
       return {
         attach(worker: PooledWorker) {
           member.worker = worker;
@@ -49,27 +72,21 @@ export function createConcurrencyPool(limit: number) {
         /** The processor, run in one of the pool's slots; its third parameter (the attempt's cancellation) passed on. */
         wrap<J, T, C, R>(processor: (job: J, token?: T, cancel?: C) => Promise<R>): (job: J, token?: T, cancel?: C) => Promise<R> {
           return async (job, token, cancel) => {
-            member.inside++;
-            inside++;
-            rebalance();
+            const wait = enter();
             try {
-              // A free slot is taken at once: the body starts in this tick, with no promise or turn of the
-              // microtask queue spent on waiting for nothing (most jobs, whenever the pool is not full).
-              if (running < limit) running++;
-              else await slot();
-              try {
-                return await processor(job, token, cancel);
-              } finally {
-                release();
-              }
+              if (wait) await wait;
+              return await processor(job, token, cancel);
             } finally {
-              member.inside--;
-              // A member that left took its jobs out of the count already.
-              if (!member.left) inside--;
-              rebalance();
+              exit();
             }
           };
         },
+        /**
+         * `wrap` in two halves, for a caller that runs the processor in an async function of its own anyway (the
+         * agent worker): `enter` before it (await what it returns, if anything), `exit` once it has settled, however.
+         */
+        enter,
+        exit,
         /** This member's jobs in the pool now: running, or fetched and waiting for a slot. */
         load: () => member.inside,
         leave() {
