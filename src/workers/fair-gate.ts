@@ -44,7 +44,10 @@ export function createFairGate(deps: {
 }) {
   const blockModel: FairScheduler['blockModel'] = deps.blockModel ?? ((model, delayMs, reason) => deps.scheduler.blockModel(model, delayMs, reason));
   let pending: string[] = [];
+  /** The flush under way (sending), if any. */
   let flushing: Promise<void> | undefined;
+  /** A flush is armed for the next turn of the event loop (`scheduleFlush`) and has not looked yet. */
+  let armed = false;
   /** Charge corrections waiting for the next claim or release, summed per org and model. */
   const batchMs = deps.correctionBatchMs ?? CORRECTION_BATCH_MS;
   const corrections = new Map<string, ChargeCorrection>();
@@ -129,7 +132,21 @@ export function createFairGate(deps: {
   }
 
   function scheduleFlush(): void {
-    flushing ??= new Promise<void>((resolve) => setImmediate(resolve)).then(flush);
+    if (armed || flushing) return;
+    armed = true;
+    setImmediate(flushIfAny);
+  }
+
+  /**
+   * The armed flush: started only when there is something to send. At one job after another the next claim took the
+   * finished job's release before this turn came (the usual case), and a flush with nothing to send did nothing: a
+   * promise, its callback and an async call per job were made for it until 2026-12-07.
+   */
+  function flushIfAny(): void {
+    armed = false;
+    if (flushing || (pending.length === 0 && !forceCorrections)) return;
+    // Started a microtask later, as before: flush clears `flushing` when it ends, which must come after this assignment.
+    flushing = Promise.resolve().then(flush);
   }
 
   /**
@@ -315,7 +332,9 @@ export function createFairGate(deps: {
         );
         return;
       }
-      queueRelease(jobId);
+      // Not through queueRelease: its rest parameter and spread made an array per job.
+      pending.push(jobId);
+      scheduleFlush();
     },
 
     async close(): Promise<void> {
@@ -323,6 +342,9 @@ export function createFairGate(deps: {
         forceCorrections = true;
         scheduleFlush();
       }
+      // An armed flush has not started yet: the turn after it (immediates run in order) finds it started, if it had
+      // anything to send.
+      if (armed) await new Promise<void>((resolve) => setImmediate(resolve));
       await flushing;
       clearTimeout(correctionTimer);
     },
