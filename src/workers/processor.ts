@@ -204,13 +204,11 @@ function attemptOf(deps: ProcessorDeps) {
     const ctx = new AttemptContext(job, token, resolved.agent, resolved.action, input, model, logger, span, cancel);
     const rows = new AttemptRows(job, ctx, deps.embeddingCost, deps.embeddingModel);
     const attempt = rows.attempt;
-    ctx.embedded = (texts) => rows.embedded(texts);
     if (gate) {
       // Admitted by the fair dispatcher, which charged the first call to this model already (the job's
       // estimate, from its data as the producer computed it; nothing for a batch-tier job, whose lane no
       // online bucket limits), and keeps the org's TPM bucket.
       ctx.prepaid = new Prepaid(model, data);
-      ctx.charge = (m, d) => gate.correct(data.orgId, m, d);
       ctx.orgRequests = gate.orgRequests;
     }
     /** The attempt's usage row is in the usage stream already: appended by its claim or by its cache store. */
@@ -261,6 +259,10 @@ function attemptOf(deps: ProcessorDeps) {
         if (gate && ctx.prepaid) gate.refundUnspent(job);
         result = answer.serve();
       } else {
+        // Read by the chain alone (its semantic cache and knowledge search; its rate limiter, which charges the
+        // call's real usage through the gate): an attempt answered from memory makes neither closure.
+        ctx.embedded = (texts) => rows.embedded(texts);
+        if (gate) ctx.charge = (m, d) => gate.correct(data.orgId, m, d);
         // The row the result cache's store encodes: counted when the store says it appended it. Only the chain
         // reads this (its result cache guard), so an attempt answered from memory makes none of it.
         if (entry) {
