@@ -1358,6 +1358,43 @@ describe('fair scheduler limits', () => {
     expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(50, 58));
   });
 
+  it('a claim carrying a release reads BullMQ\'s prioritized set only when the wait list alone lacks a batch', async () => {
+    const c = await setup({ bufferTarget: 16 });
+    const org = randomOrg();
+    const ids = await c.add(org, 30);
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
+    // Two of them in BullMQ's prioritized set instead (as a priority moves them): they count against the buffer as
+    // the wait list's jobs do.
+    const prio = c.queue.toKey('prioritized');
+    for (const [k, id] of ids.slice(14, 16).entries()) {
+      await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+      await c.redis.zadd(prio, k + 1, id);
+    }
+    /** One claim of a job BullMQ handed over (it leaves the wait list), carrying the last one's release, under MONITOR. */
+    const claimSeen = async (i: number) => {
+      await c.redis.lrem(c.queue.toKey('wait'), 0, ids[i]);
+      const seen: string[] = [];
+      const monitor = await monitorRedis(redisUrl(), (line) => {
+        if (line.includes(c.prefix)) seen.push(line);
+      });
+      const r = await c.scheduler.claim(ids[i], undefined, { refill: true, release: [i > 0 ? ids[i - 1] : 'gone'] });
+      const done = `${c.prefix}:monitor-done`;
+      await c.redis.set(done, String(i));
+      await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+      monitor.close();
+      expect(r).toMatchObject({ held: true, cancelled: false });
+      return { promoted: r.dispatched?.promoted ?? [], prioReads: seen.filter((l) => l.includes(`"ZCARD" "${prio}"`)).length };
+    };
+    // 14 waiting; each claim's job leaves the list: 13, 12, ..., 9. The list alone lacks no batch (8 of 16) until it
+    // holds 8, so the prioritized set is not read.
+    for (let i = 0; i < 5; i++) expect(await claimSeen(i)).toEqual({ promoted: [], prioReads: 0 });
+    // 8 in the list: with the prioritized set's 2 the buffer lacks 6, no batch (read now: it decides).
+    expect(await claimSeen(5)).toEqual({ promoted: [], prioReads: 1 });
+    // 7 + 2 queued: 7 lacking, still no batch; 6 + 2: 8 lacking, a batch of 8 goes.
+    expect(await claimSeen(6)).toEqual({ promoted: [], prioReads: 1 });
+    expect(await claimSeen(7)).toEqual({ promoted: ids.slice(16, 24), prioReads: 1 });
+  });
+
   it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {
     const c = await setup({ modelLimits: () => ({ rpm: 100, tpm: 1000, orgRpm: 5 }) });
     const limitsKey = c.scheduler.keys.named.modelLimits;

@@ -43,10 +43,16 @@ local function roomFor(target, queued)
 end
 -- `leaving`: jobs still in the list that its caller is taking out (a cancel's, removed next by the API or the board):
 -- counted, they kept the next job out of a buffer they filled, and no call came again once they were gone.
+-- BullMQ's prioritized set is read only when the wait list alone leaves a batch lacking: its jobs can only shrink the
+-- room, and under load (a claim carrying releases, the list full enough) the list's length settles it (one command
+-- of a non-dispatching release claim's ~16; the list holds nearly every queued job unless priorities are used).
 local function bufferRoom(leaving)
   local fixed = BUFFER_ARG ~= 'w'
-  local queued = rcall('LLEN', Q_WAIT) + rcall('ZCARD', Q_PRIO) - (leaving or 0)
-  local room = roomFor(fixed and tonumber(BUFFER_ARG) or askSum(), queued)
+  local queued = rcall('LLEN', Q_WAIT) - (leaving or 0)
+  local target = fixed and tonumber(BUFFER_ARG) or askSum()
+  if roomFor(target, queued) == 0 then return 0 end
+  queued = queued + rcall('ZCARD', Q_PRIO)
+  local room = roomFor(target, queued)
   if room == 0 or fixed or not sweepWorkers() then return room end
   return roomFor(askSum(), queued)
 end
