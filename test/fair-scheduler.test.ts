@@ -1395,6 +1395,48 @@ describe('fair scheduler limits', () => {
     expect(await claimSeen(7)).toEqual({ promoted: ids.slice(16, 24), prioReads: 1 });
   });
 
+  it('a dispatch reads the timers and the sleepers once each: their first scores settle both the sweeps and the next wake-up', async () => {
+    const c = await setup({ bufferTarget: 50 });
+    const { timers, sleep, wake } = c.scheduler.keys.named;
+    // A lane asleep ~30 s on its org's rate (2 a minute: two jobs go), and jobs on timers 60 s out.
+    const slow = randomOrg();
+    await c.scheduler.setPlan(slow, { rpm: { flash: 2 } });
+    const slowIds = await c.add(slow, 3);
+    expect((await c.scheduler.raw.dispatch(undefined, undefined, true)).ids).toEqual(slowIds.slice(0, 2));
+    const sleepsUntil = Number(await c.redis.zscore(sleep, `${slow}|${FLASH}`));
+    const later = randomOrg();
+    const timed = [`${later}-t1`, `${later}-t2`];
+    await c.queue.addBulk(timed.map((id) => ({ name: 'j', data: { org: later }, opts: parkedJobOptions(id) })));
+    await c.scheduler.enqueue(timed.map((jobId) => ({ jobId, orgId: later, model: FLASH, estTokens: 0, delayMs: 60_000 })), { dispatch: false });
+    const timerAt = Number(await c.redis.zscore(timers, timed[1]));
+    expect(timerAt).toBeGreaterThan(sleepsUntil);
+    /** One dispatch taking the wake-up (the wake key dropped first: handed again), under MONITOR: its reads of the two sets. */
+    const dispatchSeen = async () => {
+      await c.redis.del(wake);
+      const seen: string[] = [];
+      const monitor = await monitorRedis(redisUrl(), (line) => {
+        if (line.includes(c.prefix)) seen.push(line);
+      });
+      const r = await c.scheduler.raw.dispatch(undefined, undefined, true);
+      const done = `${c.prefix}:monitor-done`;
+      await c.redis.set(done, String(Math.random()));
+      await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+      monitor.close();
+      const reads = (key: string) => seen.filter((l) => l.includes(`"ZRANGE" "${key}"`) || l.includes(`"ZRANGEBYSCORE" "${key}"`)).length;
+      return { ids: r.ids, nextWakeMs: r.nextWakeMs, timerReads: reads(timers), sleepReads: reads(sleep) };
+    };
+    // An active lane and nothing due: each set read once (its first score), not swept and then read again.
+    const busy = await c.add(randomOrg(), 3);
+    expect(await dispatchSeen()).toEqual({ ids: busy, nextWakeMs: sleepsUntil, timerReads: 1, sleepReads: 1 });
+    // A timer due (its time passed with nobody dispatching): swept into its lane and dispatched; the next wake-up is read
+    // again after the sweep moved it (the sleeper's, not the moved timer's time).
+    await c.redis.zadd(timers, String((await c.redisNow()) - 1000), timed[0]);
+    const busy2 = await c.add(randomOrg(), 1);
+    const swept = await dispatchSeen();
+    expect(swept.ids.sort()).toEqual([timed[0], ...busy2].sort());
+    expect(swept).toMatchObject({ nextWakeMs: sleepsUntil, timerReads: 3, sleepReads: 1 });
+  });
+
   it('enqueue writes a model\'s limits only when they differ (the last writer\'s change wins) and indexes the job in the same call', async () => {
     const c = await setup({ modelLimits: () => ({ rpm: 100, tpm: 1000, orgRpm: 5 }) });
     const limitsKey = c.scheduler.keys.named.modelLimits;

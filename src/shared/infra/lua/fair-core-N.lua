@@ -244,8 +244,9 @@ local SWEEP_MAX = tonumber(ARGV[11])
 -- an absolute time from it moved a backoff, a model block or a delayed job's start by the skew (a clock 60 s behind
 -- dropped a 20 s block). A value over a year is already an absolute time, as processes before 2026-12-06 sent (a
 -- rolling upgrade's older worker or producer).
-local YEAR_MS = 365 * 86400000
+-- YEAR_MS is the function's own local: the script's main function is at Lua's limit of 200 locals.
 local function fromNow(ms)
+  local YEAR_MS = 365 * 86400000
   if ms > YEAR_MS then return ms end
   return now + ms
 end
@@ -629,6 +630,7 @@ elseif op == 'lease' then
         if rcall('EXISTS', P_LANE .. l) == 1 then activate(l, org, true) else dropLaneIfEmpty(l, org) end
       else
         rcall('ZADD', K_SLEEP, 'XX', fmt(retryAt), l)
+        firstSeen[K_SLEEP] = nil
       end
     elseif not granted then
       rcall('SREM', waiting, l)

@@ -47,18 +47,28 @@ local function timerDue(id, m)
   pushJob(id, m[1], m[2], tonumber(m[3]), seq)
 end
 
+-- The sweeps of the timers and the sleepers read their set's due members only when its first score (read unless this
+-- call knows it: firstSeen) is due: most dispatches find none due, and that first score is the one their nextWake
+-- needs (a ZRANGEBYSCORE finding none told it nothing). Not a function of its own: the script is at Lua's 200 locals.
 local function moveDueTimers()
+  local first = firstSeen[K_TIMERS]
+  if first == nil then first = firstScore(K_TIMERS) end
+  if not first or first > now then return end
   for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
     local m = jobMeta(id)
     if m[1] then
       timerDue(id, m)
     else
       rcall('ZREM', K_TIMERS, id)
+      firstSeen[K_TIMERS] = nil
     end
   end
 end
 
 local function wakeSleepers()
+  local first = firstSeen[K_SLEEP]
+  if first == nil then first = firstScore(K_SLEEP) end
+  if not first or first > now then return end
   for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
     unsleep(lane)
     local org = splitLane(lane)

@@ -107,6 +107,7 @@ end
 -- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
 local function unsleep(lane)
   if rcall('ZREM', K_SLEEP, lane) == 0 then return false end
+  firstSeen[K_SLEEP] = nil
   rcall('HDEL', K_SLEEPWHY, lane)
   local since = tonumber(rcall('HGET', K_SLEEPSTART, lane))
   if since then
@@ -170,10 +171,14 @@ end
 
 local function addTimer(id, org, at, reason)
   if rcall('ZADD', K_TIMERS, fmt(at), id) == 1 then rcall('HINCRBY', K_OTIMERS, org, 1) end
+  firstSeen[K_TIMERS] = nil
   rcall('HSET', P_JOB .. id, 'st', 'timer', 'r', reason)
 end
 
-local function removeTimer(id, org) return zremCounted(K_TIMERS, K_OTIMERS, id, org) end
+local function removeTimer(id, org)
+  firstSeen[K_TIMERS] = nil
+  return zremCounted(K_TIMERS, K_OTIMERS, id, org)
+end
 
 local function removeFromLane(id, org, model)
   local lane = laneOf(org, model)
@@ -185,6 +190,7 @@ end
 local function sleepLane(lane, untilMs, why)
   rcall('ZREM', K_LANES, lane)
   rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
+  firstSeen[K_SLEEP] = nil
   rcall('HSET', K_SLEEPWHY, lane, why)
   rcall('HSETNX', K_SLEEPSTART, lane, now)
 end
