@@ -1395,6 +1395,32 @@ describe('fair scheduler limits', () => {
     expect(await claimSeen(7)).toEqual({ promoted: ids.slice(16, 24), prioReads: 1 });
   });
 
+  it('a claim carrying a release that dispatches reads the race once: the read that finds a lane active is its first pick', async () => {
+    const c = await setup({ bufferTarget: 16 });
+    const { lanes } = c.scheduler.keys.named;
+    const org = randomOrg();
+    const ids = await c.add(org, 30);
+    expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
+    // A worker fetched 9 of them (they left the wait list) and ran 8: the 9th's claim carries the 8th's release.
+    for (const id of ids.slice(0, 9)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    const r = await c.scheduler.claim(ids[8], undefined, { refill: true, release: [ids[7]] });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, '1');
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    expect(r).toMatchObject({ held: true, cancelled: false });
+    // 7 left of 16: a batch of 9 goes, the lane's next jobs in order, in one run of the one lane.
+    expect(r.dispatched?.promoted).toEqual(ids.slice(16, 25));
+    const count = (cmd: string) => seen.filter((l) => l.includes(`"${cmd}" "${lanes}"`)).length;
+    // One read of the race: the one that tells a lane is active hands the dispatch its first pick (a ZCARD, then a
+    // ZRANGE, before).
+    expect({ zcard: count('ZCARD'), zrange: count('ZRANGE') }).toEqual({ zcard: 0, zrange: 1 });
+  });
+
   it('a dispatch reads the timers and the sleepers once each: their first scores settle both the sweeps and the next wake-up', async () => {
     const c = await setup({ bufferTarget: 50 });
     const { timers, sleep, wake } = c.scheduler.keys.named;

@@ -3,7 +3,10 @@
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
 -- The first scores of the timers and the sleepers (false: empty) read in this call and not written since, by key:
 -- a dispatch's sweeps read them to know whether anything is due, and its nextWake then takes them from here instead
--- of reading both sets again (2 of a dispatch's ~45 commands). Every write to either set forgets its entry.
+-- of reading both sets again (2 of a dispatch's ~45 commands). Every write to either set forgets its entry. Under
+-- K_LANES: the race's top two lanes with their scores (ZRANGE 0 1 WITHSCORES), read by dueNow to tell whether a lane
+-- is active, taken by the dispatch that follows as its first pick (the ZCARD before it was one read more); every
+-- write to the race forgets it too.
 local firstSeen = {}
 local function firstScore(key)
   local r = rcall('ZRANGE', key, '0', '0', 'WITHSCORES')
@@ -44,7 +47,11 @@ end
 -- releases per worker, milliseconds apart, and each read them again (3 of a lone release's ~11 commands); a lost
 -- wake-up is still caught within a safety poll, the process's next sweep being at most that far.
 local function dueNow(only)
-  if only ~= 'idle' and rcall('ZCARD', K_LANES) > 0 then return { true, true, true } end
+  if only ~= 'idle' then
+    local top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
+    firstSeen[K_LANES] = top
+    if #top > 0 then return { true, true, true } end
+  end
   if only == 'lanes' then return nil end
   local due, firsts, any = {}, {}, false
   for i, key in ipairs({ K_TIMERS, K_SLEEP, K_LEASES }) do

@@ -153,7 +153,10 @@ local function dispatch(skipped, knownDue, knownRoom)
   local heads = newHeads()
   while #out < limit do
     if not inRun then
-      local top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
+      -- The race as dueNow read it in this call, when nothing wrote to it since (firstSeen): the first pick only.
+      local top = firstSeen[K_LANES]
+      firstSeen[K_LANES] = nil
+      if not top then top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES') end
       if #top == 0 then break end
       org = splitLane(top[1])
       -- An org of several lanes: its best lane is chosen by their heads as stored, so the jobs taken leave first.

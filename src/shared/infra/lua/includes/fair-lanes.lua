@@ -76,6 +76,7 @@ local function setVt(org, v, lanes)
   rcall('HSET', K_VT, org, s)
   for _, l in ipairs(lanes or orgLanes(org)) do
     rcall('ZADD', K_LANES, 'XX', s, l)
+    firstSeen[K_LANES] = nil
   end
 end
 
@@ -102,6 +103,7 @@ local function activate(lane, org, woken)
   end
   local v = catchUpVt(org)
   rcall('ZADD', K_LANES, fmt(v), lane)
+  firstSeen[K_LANES] = nil
 end
 
 -- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
@@ -121,6 +123,7 @@ end
 local function dropLaneIfEmpty(lane, org)
   if rcall('EXISTS', P_LANE .. lane) == 0 then
     rcall('ZREM', K_LANES, lane)
+    firstSeen[K_LANES] = nil
     unsleep(lane)
     rcall('SREM', P_CAPBLK .. org, lane)
     rcall('SREM', P_OLANES .. org, lane)
@@ -189,6 +192,7 @@ end
 
 local function sleepLane(lane, untilMs, why)
   rcall('ZREM', K_LANES, lane)
+  firstSeen[K_LANES] = nil
   rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
   firstSeen[K_SLEEP] = nil
   rcall('HSET', K_SLEEPWHY, lane, why)

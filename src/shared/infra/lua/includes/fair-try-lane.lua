@@ -78,6 +78,7 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   local p = plan(org)
   if p.conc > 0 and inflightOf(org) >= p.conc then
     rcall('ZREM', K_LANES, lane)
+    firstSeen[K_LANES] = nil
     rcall('SADD', P_CAPBLK .. org, lane)
     capblkEmpty[org] = nil
     return nil
