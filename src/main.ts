@@ -5,6 +5,7 @@ import { createApiKeyStore } from './shared/infra/db/api-keys.js';
 import { openInfra, type Infra } from './shared/infra/infra.js';
 import { createRootLogger } from './shared/core/logger.js';
 import { createShutdown, type CloseSteps } from './app/shutdown.js';
+import { createExitAfterLogs } from './app/exit-after-logs.js';
 
 type Role = 'all' | 'api' | 'worker' | 'migrate';
 
@@ -24,16 +25,8 @@ async function main(role: Role) {
   // Before Redis and the migrations: a serving process without a key it needs stops at once.
   if (role !== 'migrate') assertGeminiConfigured(cfg);
   const logger = createRootLogger(cfg);
-  // pino writes asynchronously: a process.exit right after a line could cut it (the shutdown's last, `stopped`, was
-  // lost once beside two CPU hogs with the exit code 0). The exit waits for the lines written so far, up to 1 s.
-  const exit = (code: number) => {
-    process.exitCode = code;
-    const cut = setTimeout(() => process.exit(code), 1000);
-    logger.flush(() => {
-      clearTimeout(cut);
-      process.exit(code);
-    });
-  };
+  // Every exit waits for the log lines written so far to come out in order (pino writes asynchronously), up to 1 s.
+  const exit = createExitAfterLogs();
   // Until the process serves, an uncaught exception or a stray rejection fails the start as a start-up error does
   // (logged, JSON and redacted, then exit 1); once it serves, it drains through the one shutdown (below).
   const failedStart = (kind: 'uncaughtException' | 'unhandledRejection') => (err: unknown) => {
