@@ -91,7 +91,10 @@ describe('malformed requests on every route', () => {
   let s: Stack;
   let queue: Queue;
   beforeAll(async () => {
-    s = await startStack();
+    // The three callers' keys are verified once, not in Postgres on every probe (the suite's TTL of 0): the probes
+    // are about what a route does with what it is sent, their keys never change, and the thousands of key lookups were
+    // half of this file's time, all through the suite's one PGlite the other worker's files wait on too.
+    s = await startStack({ AUTH_CACHE_TTL_MS: '600000' });
     queue = new Queue('agent-jobs', { connection: { url: s.cfg.REDIS_URL }, prefix: s.cfg.QUEUE_PREFIX });
   });
   afterAll(async () => {
