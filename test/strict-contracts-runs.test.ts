@@ -19,6 +19,9 @@ describe('strict contracts while jobs run', () => {
         BREAKER_FAILURE_THRESHOLD: '2',
         BREAKER_TIMEOUT_MS: '60000',
         JOB_ATTEMPTS: '3',
+        // The 2,000-odd long polls and enqueues of the long-poll test verify their one key once, not in Postgres
+        // each (the suite's TTL of 0): no test here revokes a key, and the suite's one PGlite is shared.
+        AUTH_CACHE_TTL_MS: '600000',
       },
       // A heartbeat far beyond the test: a stream that ends did not wait for one.
       { worker: true, features: [createKnowledgeFeature, orchestrationFeature, opsFeature, streamingFeature({ heartbeatMs: 600_000 })] },
