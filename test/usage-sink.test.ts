@@ -316,12 +316,12 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout, POLL.timeout));
 
   /** A sink whose connection counts the commands it sends (every ioredis command goes through sendCommand). */
-  function countedSink(key: string, store: { recordEncoded(rows: string[]): Promise<number> }, gatherMs: number) {
+  function countedSink(key: string, store: { recordEncoded(rows: string[]): Promise<number> }, gatherMs: number, blockMs = 5000) {
     const conn = new Redis(redisUrl(), { maxRetriesPerRequest: null });
     const sent: string[] = [];
     const send = conn.sendCommand.bind(conn);
     conn.sendCommand = ((cmd: { name: string }) => (sent.push(cmd.name), send(cmd as never))) as typeof conn.sendCommand;
-    const sink = createRunSink({ redis: conn, key, group: usageSinkGroup, consumer: `c-${randomUUID().slice(0, 8)}`, store, claimIdleMs: CLAIM_IDLE_MS, blockMs: 5000, gatherMs, logger });
+    const sink = createRunSink({ redis: conn, key, group: usageSinkGroup, consumer: `c-${randomUUID().slice(0, 8)}`, store, claimIdleMs: CLAIM_IDLE_MS, blockMs, gatherMs, logger });
     return { sink, sent };
   }
 
@@ -428,7 +428,9 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
   it('a ride whose reply was lost with its connection, the call sent again by ioredis, is a lost ride: its read is read again from the history', async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();
-    const { sink } = countedSink(key, createRunStore({ pool }), 20);
+    // The production block (1 s), not the 5 s of the other rides' tests: the history is read again once a block
+    // ends, and this test waited out the whole block. Still far below the XAUTOCLAIM bound checked below.
+    const { sink } = countedSink(key, createRunStore({ pool }), 20, 1000);
     const plain = createRunAppender({ redis, key });
     sink.start();
     const ride = await takeRide(sink, plain, org);
@@ -449,7 +451,7 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     proxy.reset();
     await appended;
     // The second run appended the row again and read that copy; the first copy, read by the lost run, is pending
-    // under the sink: read again from its history once its own blocking read (5 s here) returns, and acknowledged,
+    // under the sink: read again from its history once its own blocking read (1 s here) returns, and acknowledged,
     // long before XAUTOCLAIM would take it.
     await until('the row written', async () => (await rowsOf([id])).length === 1);
     await until('nothing left pending', async () => ((await redis.xpending(key, usageSinkGroup)) as [number])[0] === 0);
