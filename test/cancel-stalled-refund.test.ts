@@ -38,8 +38,11 @@ describe('cancelling a stalled job gives its dispatch charge back once', () => {
       expect(res.statusCode).toBe(202);
       ids.push(res.json().id as string);
     }
-    // This process has no worker: a worker's dispatch, with room for the three.
-    await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 4, ttlMs: 60_000 });
+    // This process has no worker: a worker's dispatch, with room for the three. An ask of 16: the wait list then
+    // lacks a batch (8) whatever the earlier tests left in it (their other jobs, dispatched, never fetched); at 4,
+    // beside the last test's worker still registered at 4, a list holding two lacked 6 of 8: no batch once a target
+    // under 9 is refilled at all but one job.
+    await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 16, ttlMs: 60_000 });
     const records = await Promise.all(ids.map((id) => h.s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${id}`)));
     for (const r of records) expect(r).toMatchObject({ o: org, st: 'lease', e: String(est) });
     const record = records[0];

@@ -130,10 +130,11 @@ describe('fair scheduler', () => {
     await fetch(1);
     await c.scheduler.dispatch();
     expect(await waiting()).toBe(18);
-    // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask.
+    // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask (2 of 18
+    // left: it lacks 8 of w1's 10, a batch).
     await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1 });
     await lapsed(c, 'w2');
-    const ids = (await c.queue.getWaiting()).slice(0, 15).map((j) => j.id!);
+    const ids = (await c.queue.getWaiting()).slice(0, 16).map((j) => j.id!);
     for (const id of ids) await c.queue.remove(id);
     await c.scheduler.release(ids);
     await c.scheduler.dispatch();
@@ -1149,13 +1150,36 @@ describe('fair scheduler limits', () => {
     // Their claims change nothing about the buffer: still full.
     for (const id of ids.slice(0, 5)) expect(await c.scheduler.claim(id)).toEqual({ held: true, cancelled: false });
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    // Refilled once it lacks half this small target (3 of 5) or more, not for each job fetched: one dispatch
-    // per batch, and the list never runs dry.
-    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[5]);
-    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[6]);
+    // Refilled once it lacks all but one of this small target (4 of 5), not for each job fetched: one dispatch
+    // per batch, and the list never runs dry (the one left feeds a fetch made meanwhile).
+    for (const id of ids.slice(5, 8)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
     expect((await c.scheduler.raw.dispatch()).ids).toEqual([]);
-    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[7]);
-    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(10, 13));
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[8]);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(10, 14));
+  });
+
+  it('one job after another (concurrency 1), a small ask is refilled once all but one of its jobs are taken: one dispatch per ask less one', async () => {
+    // A cache miss at concurrency 1 asks for 6 to 10 jobs by time (40 ms at 150-250 jobs/s). Refilled at half of
+    // it (until 2026-12-07), 3 of every 6 claims dispatched, each dispatch's ~32 fixed commands shared by 3 jobs.
+    const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
+    const org = randomOrg();
+    const ids = await c.add(org, 40);
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 1, ttlMs: 60_000, ask: 6 });
+    expect((await c.queue.getWaiting()).map((j) => j.id!).sort()).toEqual(ids.slice(0, 6).sort());
+    const order = ids.slice(0, 6);
+    const dispatched: number[] = [];
+    // Each claim's job was fetched (it left the list) and carries the last one's release, as the worker's gate sends it.
+    for (let i = 0; i < 17; i++) {
+      await c.redis.lrem(c.queue.toKey('wait'), 0, order[i]);
+      const r = await c.scheduler.claim(order[i], undefined, { refill: true, ...(i > 0 ? { release: [order[i - 1]] } : {}) });
+      expect(r).toMatchObject({ held: true, cancelled: false });
+      const promoted = r.dispatched?.promoted ?? [];
+      dispatched.push(promoted.length);
+      order.push(...promoted);
+    }
+    // The 5th claim leaves one job of 6: 5 go; then every 5th claim again. The list never runs dry.
+    expect(dispatched).toEqual([0, 0, 0, 0, 5, 0, 0, 0, 0, 5, 0, 0, 0, 0, 5, 0, 0]);
+    expect(order.slice(0, 21)).toEqual(ids.slice(0, 21));
   });
 
   it('a claim with refill dispatches (and promotes) only when BullMQ\'s wait list is empty; a release can dispatch in its own call', async () => {

@@ -61,7 +61,10 @@ describe('a stalled job fetched again: its slot and its dispatch charge are sett
       expect(res.statusCode).toBe(202);
       ids.push(res.json().id as string);
     }
-    await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 4, ttlMs: 60_000 });
+    // An ask of 16: the wait list then lacks a batch (8) whatever the earlier tests left in it (their other two jobs,
+    // dispatched, never fetched), so the three are dispatched now. At 4, with the last test's worker still registered
+    // at 4, a list holding its two lacked 6 of 8: no batch once a target under 9 is refilled at all but one job.
+    await scheduler.dispatch({ id: `w-${marker}`, concurrency: 4, ask: 16, ttlMs: 60_000 });
     const record = await h.s.runtime.deps.redis.hgetall(`${scheduler.keys.named.jobPrefix}${ids[0]}`);
     expect(record).toMatchObject({ o: org, st: 'lease', e: String(est) });
     const model = record.m;

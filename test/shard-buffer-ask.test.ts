@@ -68,7 +68,7 @@ describe('dispatch buffer of a process with queue shards', () => {
       throw new Error(`${err.message} (registered: ${registered.join(', ')})`);
     });
 
-    // Backlogs on the other shards too: each list is kept at its shard's ask (refilled once it lacks half of it, as
+    // Backlogs on the other shards too: each list is kept at its shard's ask (refilled once it lacks all but one of it, as
     // fair-core's bufferRoom refills), so the lists together hold the process's ask at most. (Each idle shard's
     // worker also fetches one job that waits for a slot: BullMQ takes no concurrency below 1, concurrency-pool.ts.)
     for (let shard = 1; shard < SHARDS; shard++) {

@@ -3,9 +3,9 @@ export const BUFFER_RATE_WINDOW_MS = 250;
 
 /**
  * Most jobs a worker of lower concurrency asks for by time. The dispatcher refills the wait list in batches of
- * at least 8 jobs, or half a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1) made
- * every claim dispatch the one job replacing it; asked for 16, short jobs are dispatched 8 at a time (at 8, 4 at
- * a time: each job's share of a dispatch's fixed part twice as large).
+ * at least 8 jobs, or all but one of a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1)
+ * made every claim dispatch the one job replacing it; asked for 16, short jobs are dispatched 8 at a time (at 8, 7 at
+ * a time; at half a smaller target, until 2026-12-07, 4: each job's share of a dispatch's fixed part twice as large).
  */
 export const SMALL_WORKER_MAX_ASK = 16;
 

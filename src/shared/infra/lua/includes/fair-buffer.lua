@@ -24,12 +24,18 @@ end
 -- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
 -- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
 -- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
--- Refilled once it lacks REFILL_MIN jobs, or half a smaller target (0 until then): jobs finishing one at a time
--- would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
--- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~30 commands and the script's
+-- Refilled once it lacks REFILL_MIN jobs, or all but one of a smaller target (0 until then): jobs finishing one at a
+-- time would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
+-- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~32 commands and the script's
 -- function setup) is then shared by 8 jobs: at 4 (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more
--- commands and ~10 % more Redis time; each job dispatched costs ~8 commands of its own. A list refilled only at
+-- commands and ~10 % more Redis time; each job dispatched costs ~6 commands of its own. A list refilled only at
 -- half of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy, not 50).
+-- A smaller target (a worker's ask by time at a slower rate: a cache miss at concurrency 1 asks for 6 to 10 jobs)
+-- was refilled at half of it until 2026-12-07: 3 to 5 jobs a dispatch, a dispatch in a third of that worker's
+-- claims. It waits for all but one now: the one left feeds a fetch made before the refilling call (another slot's,
+-- another worker's), and at concurrency 1 the claim that takes the next-to-last job refills the list in its own
+-- call, long before the running job ends. Fairness gains as well: the list holds (target + 1) / 2 jobs on average,
+-- not three quarters of the target, each a job holding its org's slot while it waits in BullMQ's FIFO.
 -- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
 -- Lapsed workers are swept only once the list lacks a batch counting their asks: most calls (a claim that finds
 -- the list full enough) skip that read. Their asks only add to the room and raise the batch at most as much,
@@ -38,7 +44,7 @@ local REFILL_MIN = 8
 -- The room when `queued` jobs leave a batch's worth of `target` lacking, else 0.
 local function roomFor(target, queued)
   local room = target - queued
-  if room < math.min(REFILL_MIN, math.ceil(target / 2)) then return 0 end
+  if room < math.min(REFILL_MIN, math.max(1, target - 1)) then return 0 end
   return room
 end
 -- `leaving`: jobs still in the list that its caller is taking out (a cancel's, removed next by the API or the board):
