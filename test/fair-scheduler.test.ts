@@ -1267,9 +1267,13 @@ describe('fair scheduler limits', () => {
     expect(claim).toMatchObject({ held: true, cancelled: false });
     expect(claim.dispatched).toMatchObject({ promoted: [], more: false });
     expect(claim.dispatched?.nextWakeMs).toBeUndefined();
-    // The wake-up armed covers them: three reads (the wait list, the active lanes, the wake key), not six. BullMQ's
-    // prioritized set is not read either: with nothing to dispatch, whether it holds jobs changes nothing.
+    // The wake-up armed covers them: two reads (the wait list; the active lanes and the wake key, in one EXISTS that
+    // names the wake key twice), not six. BullMQ's prioritized set is not read either: with nothing to dispatch,
+    // whether it holds jobs changes nothing.
     for (const key of [timers, sleep, leases, wake]) expect(seen.filter((l) => l.includes(`"ZRANGE" "${key}"`) || l.includes(`"GET" "${key}"`))).toEqual([]);
+    const { lanes } = c.scheduler.keys.named;
+    const reads = seen.filter((l) => l.includes(`"${lanes}"`) || l.includes(`"${wake}"`)).map((l) => l.slice(l.indexOf('"')));
+    expect(reads).toEqual([`"EXISTS" "${lanes}" "${wake}" "${wake}"`]);
     expect(seen.filter((l) => l.includes(`"ZCARD" "${c.queue.toKey('prioritized')}"`))).toEqual([]);
     // Nothing moved: the lane sleeps until the wake-up armed, the third job waits in it.
     expect(await c.redis.zscore(sleep, `${org}|${FLASH}`)).toBe(String(wakeAt));

@@ -194,12 +194,15 @@ if claimUncorrected and #ARGV == 21 then
   -- unless a timer, sleeper or lease came due before that wake-up without anyone told (a lost kick), which the
   -- armed wake-up's dispatch, a release's sweep or the safety poll still catch. Neither those sets' first scores
   -- nor the prioritized set are read then: every claim of a throttled org's wake-up found its list empty and read
-  -- them (6 commands, now 3).
+  -- them (6 commands, now 3). The active lanes and the wake key in one read (2 with a ZCARD and an EXISTS until
+  -- 2026-12-07, each such claim of a throttled org's wake-up): EXISTS counts a key named twice twice, so its answer's
+  -- odd part says the race holds a lane (a sorted set exists only while it holds a member), 2 or 3 a wake-up armed.
   local due, firsts
-  if rcall('ZCARD', K_LANES) > 0 then
+  local seen = rcall('EXISTS', K_LANES, K_WAKE, K_WAKE)
+  if seen % 2 == 1 then
     if rcall('ZCARD', Q_PRIO) > 0 then return claimReply(held, cancelled, 0) end
     due = { true, true, true }
-  elseif rcall('EXISTS', K_WAKE) == 1 then
+  elseif seen == 2 then
     return claimReply(held, cancelled, { {}, '0', now, 0, {} })
   elseif rcall('ZCARD', Q_PRIO) > 0 then
     return claimReply(held, cancelled, 0)
