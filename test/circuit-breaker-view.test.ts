@@ -4,6 +4,7 @@ import { createCircuitBreaker, type BreakerOptions } from '../src/shared/limits/
 import { guardKeys } from '../src/shared/core/queue-keys.js';
 import { randomPrefix, redisUrl } from './helpers/env.js';
 import { deadline, POLL, until, waitsTimeout, within } from './helpers/wait.js';
+import { monitorRedis } from './helpers/fair.js';
 
 const clients: Redis[] = [];
 afterAll(() => clients.forEach((c) => c.disconnect()));
@@ -251,5 +252,41 @@ describe('circuit breaker clean view served from memory, invalidated by broadcas
     // Learned again: from memory until the next expiry.
     expect(await a.breaker.acquire(key)).toEqual(CLEAN);
     expect(a.sent()).toBe(s0 + 1);
+  }, waitsTimeout(POLL.timeout, POLL.timeout));
+
+  it("an acquire of a closed breaker reads the quota mark and the breaker only, not Redis's clock; a refusal still tells when", async () => {
+    const prefix = randomPrefix();
+    const redis = new Redis(redisUrl());
+    clients.push(redis);
+    // No subscriber: every acquire runs the script.
+    const breaker = createCircuitBreaker({ redis, prefix, failureThreshold: 1, timeoutMs: 60_000 });
+    const key = uniqueKey();
+    /** The commands the acquire script ran: the lines Redis logs right after its EVALSHA (a script runs alone). */
+    const scriptCommands = async (acquire: () => Promise<unknown>) => {
+      const lines: string[] = [];
+      const monitor = await monitorRedis(redisUrl(), (line) => lines.push(line));
+      const reply = await acquire();
+      const done = `${prefix}:monitor-done`;
+      await redis.set(done, '1');
+      await vi.waitFor(() => expect(lines.some((l) => l.includes(done))).toBe(true), POLL);
+      monitor.close();
+      // The last call: an EVALSHA Redis did not know yet is sent again as EVAL.
+      let at = -1;
+      lines.forEach((l, i) => {
+        if (/"eval(sha)?"/i.test(l) && l.includes(prefix)) at = i;
+      });
+      const own: string[] = [];
+      for (let i = at + 1; i < lines.length && / lua\] /.test(lines[i]); i++) own.push(/ lua\] "([A-Za-z]+)"/.exec(lines[i])![1].toUpperCase());
+      return { reply, own };
+    };
+    expect(await scriptCommands(() => breaker.acquire(key))).toEqual({ reply: CLEAN, own: ['PTTL', 'HMGET'] });
+    // Open: refused until its timeout, counted on Redis's clock.
+    await breaker.onFailure(key, false);
+    const { reply, own } = await scriptCommands(() => breaker.acquire(key));
+    expect(own).toEqual(['PTTL', 'HMGET', 'TIME']);
+    expect(reply).toMatchObject({ allowed: false, state: 'open' });
+    const wait = (reply as { msBeforeNext: number }).msBeforeNext;
+    expect(wait).toBeGreaterThan(50_000);
+    expect(wait).toBeLessThanOrEqual(60_000);
   }, waitsTimeout(POLL.timeout, POLL.timeout));
 });

@@ -8,19 +8,28 @@
 -- ARGV[1]: probe lease ms, ARGV[2]: how long a caller refused during a probe should wait at most,
 -- ARGV[3]: key ttl ms
 -- Returns {allowed (0|1), probe (0|1), state ('closed' | 'open' | 'halfOpen' | 'exhausted'), retryAtMs (0 if allowed),
---          now ms, event ('' | 'halfOpen' | 'reject'),
+--          now ms (0 for a closed breaker: its caller reads the time only to tell a refused call how long to wait),
+--          event ('' | 'halfOpen' | 'reject'),
 --          consecutive failures (closed only; 0 lets a success skip recording: it would change nothing)}
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+-- Redis's clock, read only where an answer needs it: a closed breaker's answer, the common one, reads the quota mark
+-- and the breaker alone (a TIME each was a quarter of the script's commands: every worker process's first job of a
+-- throttled org's wake-up asks, its clean view having lapsed since the last one).
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
 local qx = redis.call('PTTL', KEYS[2])
 if qx > 0 then
+  local now = clock()
   return {0, 0, 'exhausted', now + qx, now, 'reject'}
 end
 local s = redis.call('HMGET', KEYS[1], 'st', 'ou', 'pl', 'cf')
 local st = s[1] or 'closed'
 if st == 'closed' then
-  return {1, 0, 'closed', 0, now, '', tonumber(s[4]) or 0}
+  return {1, 0, 'closed', 0, 0, '', tonumber(s[4]) or 0}
 end
+local now = clock()
 local event = ''
 local pl = tonumber(s[3]) or 0
 if st == 'open' then
