@@ -1025,6 +1025,10 @@ describe('fair scheduler limits', () => {
     expect(await c.redis.exists(modelTpm)).toBe(0);
     // The org's lanes were looked at once, for its own refunded bucket: not again for the model's.
     expect(seen.filter((l) => l.includes('"SMEMBERS"'))).toHaveLength(1);
+    // The model's limits were read for the correction, not its block: no lane of the model was tried.
+    const { modelLimits, modelBlock } = c.scheduler.keys.named;
+    expect(seen.filter((l) => l.includes(`"${modelLimits}"`))).toHaveLength(1);
+    expect(seen.filter((l) => l.includes(`"${modelBlock}"`))).toEqual([]);
     // With nothing refunded but to full buckets, none at all.
     seen.length = 0;
     await c.redis.del(orgTpm);

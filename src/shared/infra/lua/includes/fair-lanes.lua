@@ -57,12 +57,13 @@ local storedLimits = readOnce(function(model)
   return rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
 end)
 
--- A model's stored limits and block, read once per script call (dispatch tries many lanes of one model);
--- `modelCache`: enqueue forgets a model whose limits it changed.
+-- A model's stored limits, read once per script call (dispatch tries many lanes of one model); its block
+-- (`blockedUntil`) is added by the first lane that tries the model (tryLane): a charge correction or an org's
+-- request taken reads the limits alone (the block's HGET was one of a throttled org's release corrections' four
+-- commands until 2026-12-07). `modelCache`: enqueue forgets a model whose limits it changed.
 local modelInfo, modelCache = readOnce(function(model)
   local h = storedLimits(model)
-  return { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0,
-    blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 }
+  return { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0 }
 end)
 
 -- An org's lanes, read once per call until this call adds or drops one of them.

@@ -70,6 +70,8 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
     return nil
   end
   local mi = modelInfo(model)
+  -- The model's block, read once per call with its limits (modelInfo), by the first lane of the model tried.
+  if mi.blockedUntil == nil then mi.blockedUntil = tonumber(rcall('HGET', K_MBLOCK, model)) or 0 end
   local blockedUntil = mi.blockedUntil
   if blockedUntil > now then
     sleepLane(lane, blockedUntil, 'model:' .. model)
