@@ -1296,16 +1296,20 @@ describe('fair scheduler limits', () => {
     const lane = `${org}|${FLASH}`;
     // The lane's wake-up is lost (its time passed, nobody dispatched): a sweep would find it due.
     await c.redis.zadd(sleep, String((await c.redisNow()) - 1000), lane);
-    const seen: string[] = [];
-    const monitor = await monitorRedis(redisUrl(), (line) => {
-      if (line.includes(c.prefix)) seen.push(line);
-    });
+    const all: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => all.push(line));
     expect(await c.scheduler.release([ids[0]], { dispatch: true, sweep: false })).toEqual({ freed: 1, due: false });
     const done = `${c.prefix}:monitor-done`;
     await c.redis.set(done, '1');
-    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    await vi.waitFor(() => expect(all.some((l) => l.includes(done))).toBe(true), POLL);
     monitor.close();
+    const seen = all.filter((l) => l.includes(c.prefix));
     for (const key of [timers, sleep, leases]) expect(seen.filter((l) => l.includes(`"ZRANGE" "${key}"`))).toEqual([]);
+    // Nor Redis's clock: the lines Redis logs right after the script's EVALSHA (a script runs alone) are its commands.
+    const at = all.findIndex((l) => l.includes(c.prefix) && l.includes('"release"'));
+    const own: string[] = [];
+    for (let i = at + 1; i < all.length && / lua\] /.test(all[i]); i++) own.push(/ lua\] "([A-Za-z]+)"/.exec(all[i])![1]);
+    expect(own).toEqual(['HMGET', 'ZREM', 'EXISTS', 'HINCRBY', 'DEL', 'ZRANGE']);
     // Left for the next sweep: this process's next release once its last sweep is half a poll old, or its poll.
     expect(await c.redis.zscore(sleep, lane)).not.toBeNull();
     const swept = await c.scheduler.release([ids[1]], { dispatch: true });
