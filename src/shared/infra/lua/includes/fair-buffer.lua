@@ -86,7 +86,17 @@ local function releaseSlots(from)
       if rcall('ZREM', K_LEASES, id) == 1 then
         r.freed = r.freed + 1
         if r.capped[org] == nil then
-          r.capped[org] = rcall('EXISTS', P_CAPBLK .. org) == 1
+          if firstSeen[K_LANES] == nil then
+            -- The first org's read also tells whether the race holds a lane (EXISTS counts a key named twice twice; a
+            -- sorted set exists only while it holds a member): an empty race is known read (dueNow, the dispatch's
+            -- first pick) at no command of its own. A throttled org's release read it in a ZRANGE of its own, one of
+            -- its 6-8 commands, until 2026-12-07.
+            local n = rcall('EXISTS', P_CAPBLK .. org, K_LANES, K_LANES)
+            r.capped[org] = n % 2 == 1
+            if n < 2 then firstSeen[K_LANES] = {} end
+          else
+            r.capped[org] = rcall('EXISTS', P_CAPBLK .. org) == 1
+          end
           r.anyCapped = r.anyCapped or r.capped[org]
           r.orgs[#r.orgs + 1] = org
           freedOf[org] = 0

@@ -48,8 +48,12 @@ end
 -- wake-up is still caught within a safety poll, the process's next sweep being at most that far.
 local function dueNow(only)
   if only ~= 'idle' then
-    local top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
-    firstSeen[K_LANES] = top
+    -- Read already in this call when nothing wrote the race since (a release's slots found it empty: releaseSlots).
+    local top = firstSeen[K_LANES]
+    if top == nil then
+      top = rcall('ZRANGE', K_LANES, '0', '1', 'WITHSCORES')
+      firstSeen[K_LANES] = top
+    end
     if #top > 0 then return { true, true, true } end
   end
   if only == 'lanes' then return nil end
