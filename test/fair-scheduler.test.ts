@@ -742,6 +742,24 @@ describe('fair scheduler limits', () => {
     expect(await c.scheduler.promoteAll()).toBe(0);
   });
 
+  it("a dispatch's charge stores a whole level as an integer, as the rate limiter's take does", async () => {
+    // The dispatch parses the buckets by arithmetic and writes a whole level with `%d`: the digits `%.17g` gave it.
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 5, rpm: { flash: 10 }, tpm: 1000 });
+    const ids = await c.add(org, 2, { est: 300 });
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids);
+    const [rpm, tpm] = await Promise.all(['rpm', 'tpm'].map((b) => c.redis.hmget(`${c.prefix}:tb:${b}:org:${org}:${FLASH}`, 'tokens', 'ts')));
+    expect(rpm[0]).toBe('8');
+    expect(tpm[0]).toBe('400');
+    expect(rpm[1]).toMatch(/^\d+\.\d{3}$/);
+    expect(tpm[1]).toBe(rpm[1]);
+    // 600 tokens at 1000 a minute refill in 36 s, plus the 1 s margin.
+    const ttl = await c.redis.pttl(`${c.prefix}:tb:tpm:org:${org}:${FLASH}`);
+    expect(ttl).toBeGreaterThan(36_000);
+    expect(ttl).toBeLessThanOrEqual(37_000);
+  });
+
   it('cancel removes a waiting job, and frees the slot (and the charge) of one dispatched but not started', async () => {
     const c = await setup();
     const org = randomOrg();

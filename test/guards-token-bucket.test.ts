@@ -166,6 +166,27 @@ describe('token buckets', () => {
     expect(new Set([whole[1], half[1], third[1]]).size).toBe(1);
   });
 
+  it('adjust stores a whole level as an integer and its expiry in whole ms, as the take does', async () => {
+    // The adjust parses by arithmetic and formats a whole level with `%d`: the digits `%.17g` gave it before.
+    const prefix = randomPrefix();
+    const own = createTokenBuckets({ redis, prefix });
+    // A charge on a missing (full) bucket: 10 - 3, whole.
+    expect(await own.adjust('whole', 10, 1, 3)).toBe(7);
+    const [tokens, ts] = await redis.hmget(`${prefix}:tb:whole`, 'tokens', 'ts');
+    expect(tokens).toBe('7');
+    expect(ts).toMatch(/^\d+\.\d{3}$/);
+    // 3 tokens at 1/s refill in 3 s, plus the 1 s margin.
+    const ttl = await redis.pttl(`${prefix}:tb:whole`);
+    expect(ttl).toBeGreaterThan(3_000);
+    expect(ttl).toBeLessThanOrEqual(4_000);
+    // A second charge reads that level back (its refill since is fractional): to full precision, never rounded.
+    expect(await own.adjust('whole', 10, 1, 1 / 3)).toBe(6);
+    const level = Number(await redis.hget(`${prefix}:tb:whole`, 'tokens'));
+    expect(level).toBeGreaterThan(6.66);
+    expect(level).toBeLessThan(6.8);
+    expect(level % 1).not.toBe(0);
+  });
+
   it('rejects malformed requests before touching Redis', async () => {
     await expect(buckets.take([])).rejects.toThrow(RangeError);
     await expect(buckets.take([{ key: 'x', capacity: 0, refillPerSec: 1, cost: 1 }])).rejects.toThrow(RangeError);

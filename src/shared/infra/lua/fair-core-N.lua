@@ -100,10 +100,12 @@ local rcall = redis.call
 -- dueNow) and hands over no charge corrections (ARGV[14] '0') frees its slots and, the common case, answers without
 -- the time; it reads it below, before anything that uses it, only when it goes on (a lane to dispatch, capped lanes
 -- to wake). A throttled org's jobs end in such releases, each a few commands (TIME was one of 7-8).
+-- Numbers parsed by arithmetic (`s + 0`), not tonumber, on the common claim's and release's path: Lua 5.1's tonumber
+-- runs strtod twice on a string (lua_isnumber, then lua_tonumber), as token-bucket-take-N.lua says.
 local nowF, now
 if ARGV[1] ~= 'release' or ARGV[13] ~= '2' or ARGV[14] ~= '0' then
   local t = rcall('TIME')
-  nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  nowF = t[1] * 1000 + t[2] / 1000
   now = math.floor(nowF)
 end
 
@@ -119,7 +121,7 @@ local BATCH_LANE = '@batch'
 local op = ARGV[1]
 -- The default plan, the parked score, the batch and sweep bounds are parsed below, after the common claim and
 -- release have answered: they use none of them, and each tonumber of a string is ~1,000 Redis instructions.
-local LEASE_MS = tonumber(ARGV[7])
+local LEASE_MS = ARGV[7] + 0
 local BUFFER_ARG = ARGV[9]
 local LEASED = ARGV[12] == '1'
 -- Whether the caller arms a timer for the wake-up it is handed (nextWake): a worker's claim and release (its
@@ -189,8 +191,10 @@ end
 local early = nil
 -- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
 -- even the few functions the others need.
--- A claim handing over no charge corrections (their count, ARGV[21]), read once for both paths below.
-local claimUncorrected = op == 'claim' and tonumber(ARGV[21]) == 0
+-- A claim handing over no charge corrections (their count, ARGV[21]), read once for both paths below. Compared as
+-- the string fair-lua.ts sends ('0'), not parsed: any other spelling of none only takes the long way, which applies
+-- none the same.
+local claimUncorrected = op == 'claim' and ARGV[21] == '0'
 if claimUncorrected and #ARGV == 21 then
   local held, cancelled = claimOwn(ARGV[13])
   local runs = held == 1 and cancelled == 0
@@ -234,7 +238,7 @@ if claimUncorrected and #ARGV > 21 then
     if not due then return claimReply(held, cancelled, 0) end
     early.held, early.cancelled, early.room, early.due = held, cancelled, room, due
   end
-elseif op == 'release' and tonumber(ARGV[14]) == 0 then
+elseif op == 'release' and ARGV[14] == '0' then
   early = { released = releaseSlots(15) }
   if not early.released.anyCapped then
     local freed, due = early.released.freed, dueNow(ARGV[13] == '2' and 'lanes' or nil)
@@ -247,7 +251,7 @@ end
 -- The release that answered above without the clock goes on: the time now (see the script's first lines).
 if not now then
   local t = rcall('TIME')
-  nowF = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+  nowF = t[1] * 1000 + t[2] / 1000
   now = math.floor(nowF)
 end
 

@@ -6,12 +6,13 @@
 -- times. Written by flushBuckets before the dispatch returns.
 local bucketLevels, bucketsDirty = {}, {}
 
--- Bucket level now, in the {tokens, ts} format of guards/lua/token-bucket-take-N.lua (missing = full).
+-- Bucket level now, in the {tokens, ts} format of token-bucket-take-N.lua (missing = full). Parsed by arithmetic
+-- (`s + 0`) as there, not tonumber (two strtod per string in Lua 5.1); a malformed value fails the call either way.
 local function level(key, cap, rate)
   local lv = bucketLevels[key]
   if lv then return lv end
   local s = rcall('HMGET', key, 'tokens', 'ts')
-  if not s[1] then lv = cap else lv = math.min(cap, tonumber(s[1]) + math.max(0, nowF - tonumber(s[2])) * rate) end
+  if not s[1] then lv = cap else lv = math.min(cap, s[1] + math.max(0, nowF - s[2]) * rate) end
   bucketLevels[key] = lv
   return lv
 end
@@ -31,7 +32,11 @@ local function writeBucket(key)
   if not b then return end
   local lv = bucketLevels[key]
   bucketStamp = bucketStamp or string.format('%.3f', nowF)
-  rcall('HSET', key, 'tokens', fmt(lv), 'ts', bucketStamp)
+  -- A whole level (a full bucket less a whole charge, the unthrottled case) as `%d`: the digits `%.17g` gives it, at
+  -- a fraction of the cost (token-bucket-take-N.lua does the same).
+  local tokens
+  if lv % 1 == 0 and lv > -1e15 and lv < 1e15 then tokens = string.format('%d', lv) else tokens = fmt(lv) end
+  rcall('HSET', key, 'tokens', tokens, 'ts', bucketStamp)
   -- An integer formatted here (`%d`), not by redis.call's `%.17g` of a Lua number: a fraction of its cost.
   rcall('PEXPIRE', key, string.format('%d', math.ceil((b[1] - lv) / b[2]) + 1000))
   bucketsDirty[key] = nil

@@ -12,10 +12,11 @@ local function sweepWorkers()
   return true
 end
 
--- The sum of the registered workers' asks (lapsed ones included until swept).
+-- The sum of the registered workers' asks (lapsed ones included until swept). Each parsed by the addition itself,
+-- not tonumber (which parses a string twice in Lua 5.1): a claim carrying a release reads it every job.
 local function askSum()
   local total = 0
-  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + tonumber(a) end
+  for _, a in ipairs(rcall('HVALS', K_WORKERCONC)) do total = total + a end
   return math.ceil(total)
 end
 
