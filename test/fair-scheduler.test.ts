@@ -165,6 +165,34 @@ describe('fair scheduler', () => {
     expect(await c.redis.hget(c.scheduler.keys.named.workerConc, 'w2')).toBe('2');
   });
 
+  it("a claim's arguments are the script header's, as strings: the config, the refill flag and the corrections' count '0'", async () => {
+    // The claim sends its fixed arguments prebuilt as strings, and the count the script compares with '0' (its
+    // common path, claimUncorrected): the same text ioredis made of the numbers before.
+    const c = await setup();
+    const [id] = await c.add(randomOrg(), 1);
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    await c.scheduler.claim(id, '{"stage":"x"}', { refill: true, release: ['gone-1'] });
+    await c.scheduler.claim(id, undefined, { correct: [{ org: 'o', model: FLASH, orgDelta: 0, modelDelta: -3, requests: -1 }] });
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, '1');
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    const argvOf = (line: string) => {
+      const args = [...line.matchAll(/"((?:[^"\\]|\\.)*)"/g)].map((m) => m[1]);
+      return args.slice(args.indexOf('claim'));
+    };
+    const claims = seen.filter((l) => l.includes('"claim"')).map(argvOf);
+    expect(claims).toHaveLength(2);
+    // ARGV 1-12: op, default plan (weight, concurrency, rpm pro, rpm flash, tpm), lease ms, parked score, buffer
+    // target, max batch, sweep max, leased.
+    const head = ['claim', '1', '0', '0', '0', '0', '60000', String(PARK_SCORE_MIN), '100000', '500', '100', '0'];
+    expect(claims[0]).toEqual([...head, id, '{\\"stage\\":\\"x\\"}', '1', '', '', '', '0', '', '0', 'gone-1']);
+    expect(claims[1]).toEqual([...head, id, '', '0', '', '', '', '0', '', '1', 'o', FLASH, '0', '-3', '-1']);
+  });
+
   it("a registration's renewal (the same ask) moves only its expiry, unless the worker was swept meanwhile", async () => {
     const c = await setup({ bufferRatio: 0.5, bufferTarget: undefined });
     const { workers, workerConc } = c.scheduler.keys.named;

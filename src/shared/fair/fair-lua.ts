@@ -160,6 +160,12 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
   const common = [d.weight, d.concurrency, d.rpm.pro, d.rpm.flash, d.tpm, cfg.leaseMs, PARK_SCORE_MIN, cfg.bufferTarget, cfg.maxBatch, cfg.sweepMax];
   // ARGV 2-9 of every call, the same each time: made once, not sliced from `common` per call.
   const head = common.slice(0, 8);
+  /**
+   * ARGV 1-12 of a claim (the op, the config, the batch and sweep bounds, the leased flag), the same every call: made
+   * once, as strings. Each claim copies them (one `slice`) where it spread `head` into a new literal, and ioredis no
+   * longer turns their 11 numbers into strings per call (the same text: its `toArg` is `String`).
+   */
+  const claimHead: string[] = ['claim', ...head, cfg.maxBatch, cfg.sweepMax, cfg.leased ? 1 : 0].map(String);
   const call = (op: string, args: Array<string | number>, maxBatch = cfg.maxBatch, extraKeys: readonly string[] = []) => {
     const argv: Array<string | number> = [op, ...head, Math.min(maxBatch, cfg.maxBatch), cfg.sweepMax, cfg.leased ? 1 : 0];
     for (const a of args) argv.push(a);
@@ -237,14 +243,16 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       const { lookup, append, register } = o;
       if (lookup && append) throw new Error('a claim carries a result-cache lookup or a usage row, not both');
       // Built in one array, as `call` builds it (one a job: no arrays of parts spread into it, no copy of them).
-      const argv: Array<string | number> = ['claim', ...head, cfg.maxBatch, cfg.sweepMax, cfg.leased ? 1 : 0];
-      argv.push(id, o.progress ?? '', o.refill ? 1 : 0, register ? `${askArg(register, Math.ceil(register.ask))} ${Math.ceil(register.ttlMs)} ${register.id}` : '');
+      // The per-call numbers sent as the strings ioredis would make of them (its `toArg` is `String`).
+      const argv: Array<string | number> = claimHead.slice();
+      argv.push(id, o.progress ?? '', o.refill ? '1' : '0', register ? `${askArg(register, Math.ceil(register.ask))} ${Math.ceil(register.ttlMs)} ${register.id}` : '');
       // ARGV 17-20: the lookup's arguments, or the row's field and entry (then two unused), or none.
       if (lookup) for (const a of lookup.args) argv.push(a);
       else if (append) argv.push(append.field, append.entry, '', '');
-      else argv.push('', '', 0, '');
+      else argv.push('', '', '0', '');
       const correct = o.correct ?? [];
-      argv.push(correct.length);
+      // The count as a string: the script compares it with '0' (fair-core-N.lua, claimUncorrected).
+      argv.push(correct.length === 0 ? '0' : String(correct.length));
       for (const c of correct) argv.push(c.org, c.model, c.orgDelta, c.modelDelta, c.requests);
       if (o.release) for (const r of o.release) argv.push(r);
       const extraKeys = lookup?.keys ?? (append ? [append.key] : undefined);
