@@ -165,6 +165,24 @@ describe('fair scheduler', () => {
     expect(await c.redis.hget(c.scheduler.keys.named.workerConc, 'w2')).toBe('2');
   });
 
+  it('stores whole times as integers: a model block, a claimed lease', async () => {
+    // The scripts format a whole number with `%d` (fmt): the digits `%.17g` gave it, stored alike.
+    const c = await setup();
+    const [id] = await c.add(randomOrg(), 1);
+    await c.scheduler.raw.dispatch();
+    const before = await c.redisNow();
+    expect(await c.scheduler.claim(id, undefined, {})).toMatchObject({ held: true });
+    await c.scheduler.blockModel(FLASH, 5_000, 'breaker_open');
+    const { modelBlock, leases } = c.scheduler.keys.named;
+    const until = await c.redis.hget(modelBlock, FLASH);
+    expect(until).toMatch(/^\d+$/);
+    expect(Number(until) - before).toBeGreaterThanOrEqual(5_000);
+    // The lease: the claim's time in whole ms plus the lease (60 s here), a whole score.
+    const lease = Number(await c.redis.zscore(leases, id));
+    expect(lease % 1).toBe(0);
+    expect(lease - before).toBeGreaterThanOrEqual(60_000);
+  });
+
   it("a claim's arguments are the script header's, as strings: the config, the refill flag and the corrections' count '0'", async () => {
     // The claim sends its fixed arguments prebuilt as strings, and the count the script compares with '0' (its
     // common path, claimUncorrected): the same text ioredis made of the numbers before.

@@ -32,11 +32,8 @@ local function writeBucket(key)
   if not b then return end
   local lv = bucketLevels[key]
   bucketStamp = bucketStamp or string.format('%.3f', nowF)
-  -- A whole level (a full bucket less a whole charge, the unthrottled case) as `%d`: the digits `%.17g` gives it, at
-  -- a fraction of the cost (token-bucket-take-N.lua does the same).
-  local tokens
-  if lv % 1 == 0 and lv > -1e15 and lv < 1e15 then tokens = string.format('%d', lv) else tokens = fmt(lv) end
-  rcall('HSET', key, 'tokens', tokens, 'ts', bucketStamp)
+  -- A whole level (a full bucket less a whole charge, the unthrottled case) goes as `%d` (fmt).
+  rcall('HSET', key, 'tokens', fmt(lv), 'ts', bucketStamp)
   -- An integer formatted here (`%d`), not by redis.call's `%.17g` of a Lua number: a fraction of its cost.
   rcall('PEXPIRE', key, string.format('%d', math.ceil((b[1] - lv) / b[2]) + 1000))
   bucketsDirty[key] = nil
