@@ -7,7 +7,7 @@
 -- of it in its commands and the rest in its Lua work per call (msgpack arguments, JSON options, 25 helper
 -- functions made again), twice the plain add's whole cost.
 -- Uses the locals the script defines before that line (rcall, Q_JOB, Q_DELAYED, Q_META, Q_EVENTS, Q_MARKER, QK,
--- P_IDEM, P_CANCELLED).
+-- P_IDEM, P_CANCELLED, PARK_SCORE).
 
 -- BullMQ's getOrSetMaxEvents: the events stream's MAXLEN, set to BullMQ's default where no queue set it yet.
 local function maxEventsOf()
@@ -81,10 +81,14 @@ local function storeParked(first, stride, jobs)
       end
     end
   end
-  -- addDelayMarkerIfNeeded, once: the marker's score is what BullMQ's last add would have left.
+  -- addDelayMarkerIfNeeded, once: the marker's score is what BullMQ's last add would have left. Not when the first
+  -- delayed job is parked: that marker names a time years away, and every worker blocked on the marker wakes for it
+  -- only to find nothing to fetch (a BZPOPMIN and a moveToActive per enqueue at low load, where a job is dispatched
+  -- in its own add). A parked job only ever leaves through a dispatch, whose push to the wait list adds the marker
+  -- that wakes a worker for it.
   if stored then
     local nextScore = tonumber(rcall('ZRANGE', Q_DELAYED, 0, 0, 'WITHSCORES')[2])
-    if nextScore then rcall('ZADD', Q_MARKER, nextScore / 0x1000, '1') end
+    if nextScore and nextScore < PARK_SCORE then rcall('ZADD', Q_MARKER, nextScore / 0x1000, '1') end
   end
   return scores, gone
 end
