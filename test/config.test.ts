@@ -3,7 +3,6 @@ import { describe, expect, it } from 'vitest';
 import { assertGeminiConfigured, ConfigError, configSchema, configuredModels, parseConfig } from '../src/shared/core/config.js';
 import { geminiOptionsFromConfig } from '../src/app/gemini.js';
 import { createLogger } from '../src/shared/core/logger.js';
-import { AUTO_PIPELINING_FROM_CONCURRENCY, workerAutoPipelining } from '../src/shared/infra/redis/connection.js';
 
 const example = readFileSync(new URL('../.env.example', import.meta.url), 'utf8');
 const listed = Object.fromEntries(
@@ -46,14 +45,10 @@ describe('configuration', () => {
     }
   });
 
-  it('auto-pipelines a worker from 16 concurrent jobs unless told otherwise', () => {
-    const at = (env: Record<string, string>) => workerAutoPipelining(parseConfig(env));
-    expect(AUTO_PIPELINING_FROM_CONCURRENCY).toBe(16);
-    expect(at({})).toBe(false); // the default concurrency, 10
-    expect(at({ WORKER_CONCURRENCY: '15' })).toBe(false);
-    expect(at({ WORKER_CONCURRENCY: '16' })).toBe(true);
-    expect(at({ WORKER_CONCURRENCY: '2', REDIS_AUTO_PIPELINING: 'on' })).toBe(true);
-    expect(at({ WORKER_CONCURRENCY: '100', REDIS_AUTO_PIPELINING: 'off' })).toBe(false);
+  it('takes REDIS_AUTO_PIPELINING auto (the default), on or off (test/auto-pipelining.test.ts: what each does)', () => {
+    expect(parseConfig({}).REDIS_AUTO_PIPELINING).toBe('auto');
+    expect(parseConfig({ REDIS_AUTO_PIPELINING: 'on' }).REDIS_AUTO_PIPELINING).toBe('on');
+    expect(parseConfig({ REDIS_AUTO_PIPELINING: 'off' }).REDIS_AUTO_PIPELINING).toBe('off');
     expect(() => parseConfig({ REDIS_AUTO_PIPELINING: 'yes' })).toThrow(/^Invalid environment variable REDIS_AUTO_PIPELINING="yes": /);
   });
 

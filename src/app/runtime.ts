@@ -26,7 +26,8 @@ import { queueShards } from '../shared/core/queue-shards.js';
 import { adoptShardLayout } from '../shared/queue/shard-layout.js';
 import { createCell } from './cell.js';
 import { routeJobService, routeProducer } from './cell-routing.js';
-import { createRedis, whenReady, workerAutoPipelining } from '../shared/infra/redis/connection.js';
+import { createAutoPipelining } from '../shared/infra/redis/auto-pipelining.js';
+import { createRedis, whenReady } from '../shared/infra/redis/connection.js';
 import { createWorkerGuards } from '../workers/guards/index.js';
 import { combineWorkers, createWorkerConnections, createWorkerService, type WorkerService } from '../workers/worker-service.js';
 import { createConcurrencyPool } from '../workers/concurrency-pool.js';
@@ -115,22 +116,24 @@ export async function startRuntime(opts: {
 
   /** One BullMQ worker per queue shard, all under this call's one WORKER_CONCURRENCY. */
   async function startWorker(): Promise<WorkerService> {
-    const pool = createConcurrencyPool(cfg.WORKER_CONCURRENCY);
+    // The worker's command connections auto-pipeline by the jobs in flight in the process (REDIS_AUTO_PIPELINING).
+    const pipelining = createAutoPipelining(cfg.REDIS_AUTO_PIPELINING);
+    const pool = createConcurrencyPool(cfg.WORKER_CONCURRENCY, pipelining.inFlight);
     // One dispatch buffer for the process too, split over the shards by where the jobs are (buffer-ask.ts): an
     // ask of the whole concurrency's share per shard held up to QUEUE_SHARDS times it dispatched and not running.
     const buffer = cells.length > 1 ? createSharedBufferAsk({ concurrency: cfg.WORKER_CONCURRENCY, ratio: cfg.DISPATCH_BUFFER_RATIO, floorMs: cfg.DISPATCH_BUFFER_MS, shards: cells.length }) : undefined;
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
-    const fairRedis = fair ? createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: workerAutoPipelining(cfg) }) : undefined;
+    const fairRedis = fair ? pipelining.follow(createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: pipelining.enabled })) : undefined;
     if (fairRedis) workerResources.push({ name: 'fair dispatch connection', close: async () => fairRedis.disconnect() });
     // One set of guards for the process (one breaker, shared connections), a chain per shard.
-    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix) });
+    const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix), pipelining });
     workerResources.push({ name: 'worker guards', close: () => guards.close() });
     const leaseError = (err: unknown, model: string) => logger.warn({ err, model }, 'fair dispatch: lease from the global model buckets failed');
     // One command connection, subscriber and usage appender for every shard's worker (each BullMQ worker still
     // has its own blocking connection): 3 connections a process instead of 3 a shard.
-    const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg)) : undefined;
+    const shared = cells.length > 1 ? createWorkerConnections(infra.redisTarget, pipelining) : undefined;
     // USAGE_BACKLOG_MAX_ROWS bounds the rows of every shard's usage stream together, and holds every shard's worker.
     const backlog = shared
       ? createUsageBacklog({
@@ -148,7 +151,7 @@ export async function startRuntime(opts: {
       const shardGuards = guards.forShard(cell.prefix);
       const batch = opts.batches ? createBatchTier({ store: cell.batchStore, batches: opts.batches, deadlineMarginMs: cfg.BATCH_DEADLINE_MARGIN_MS }) : undefined;
       const scheduler = schedulers[i];
-      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, ...(buffer ? { buffer } : {}), ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(blockModel ? { blockModel } : {}), ...(batch ? { batch } : {}) });
+      return createWorkerService({ cfg, infra, logger, registry, redis, llm: opts.llm, guards: shardGuards.middlewares, prepareClaim: shardGuards.prepareClaim, features, prefix: cell.prefix, pool, pipelining, ...(buffer ? { buffer } : {}), ...(shared ? { shared } : {}), ...(backlog ? { backlog } : {}), ...(scheduler ? { scheduler } : {}), ...(blockModel ? { blockModel } : {}), ...(batch ? { batch } : {}) });
     });
     const worker = combineWorkers(services);
     await worker.ready();

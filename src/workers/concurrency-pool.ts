@@ -10,7 +10,7 @@ export interface PooledWorker {
  * as jobs enter, so a worker whose fetches were under way when the slots filled may hold a few jobs more than
  * it runs: those wait here for a slot (their locks kept alive by BullMQ), and never run beyond the limit.
  */
-export function createConcurrencyPool(limit: number) {
+export function createConcurrencyPool(limit: number, onInFlight?: (jobs: number) => void) {
   if (!Number.isInteger(limit) || limit < 1) throw new RangeError(`concurrency must be a positive integer: ${limit}`);
   const members: Array<{ worker?: PooledWorker; inside: number }> = [];
   let running = 0;
@@ -18,8 +18,9 @@ export function createConcurrencyPool(limit: number) {
   let inside = 0;
   const queued: Array<() => void> = [];
 
-  // BullMQ takes a concurrency of at least 1.
+  // BullMQ takes a concurrency of at least 1. Called whenever `inside` moved: `onInFlight` hears it too.
   function rebalance(): void {
+    onInFlight?.(inside);
     const free = Math.max(0, limit - inside);
     for (const m of members) if (m.worker) m.worker.concurrency = Math.max(1, m.inside + free);
   }

@@ -8,7 +8,8 @@ import type { Infra } from '../shared/infra/infra.js';
 import type { Logger } from '../shared/core/logger.js';
 import type { AgentRegistry } from '../shared/agents/registry.js';
 import { createVectorSearch } from '../shared/knowledge/vector-search.js';
-import { createRedis, whileReachable, workerAutoPipelining } from '../shared/infra/redis/connection.js';
+import { createAutoPipelining, type AutoPipelining } from '../shared/infra/redis/auto-pipelining.js';
+import { createRedis, whileReachable } from '../shared/infra/redis/connection.js';
 import { subscribeShardChannel } from '../shared/infra/redis/shard-channel.js';
 import { createAgentWorker } from './agent-worker.js';
 import { declaredSearch } from './declared-search.js';
@@ -60,6 +61,8 @@ export function createWorkerService(opts: {
   prefix?: string;
   /** The process-wide concurrency this worker shares with the other shards' workers (default: its own). */
   pool?: ConcurrencyPool;
+  /** The process's auto-pipelining switch, fed by `pool` (runtime.ts); default: one fed by this worker's own pool. */
+  pipelining?: AutoPipelining;
   /**
    * The process's dispatch buffer, shared with the other shards' workers as the pool is (QUEUE_SHARDS > 1,
    * buffer-ask.ts `createSharedBufferAsk`). Absent: this worker asks for the whole process's share.
@@ -81,8 +84,9 @@ export function createWorkerService(opts: {
 }): WorkerService {
   const { cfg, infra, logger } = opts;
   const prefix = opts.prefix ?? cfg.QUEUE_PREFIX;
-  const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY)).member();
-  const own = opts.shared ? undefined : createWorkerConnections(infra.redisTarget, workerAutoPipelining(cfg));
+  const pipelining = opts.pipelining ?? createAutoPipelining(cfg.REDIS_AUTO_PIPELINING);
+  const slots = (opts.pool ?? createConcurrencyPool(cfg.WORKER_CONCURRENCY, pipelining.inFlight)).member();
+  const own = opts.shared ? undefined : createWorkerConnections(infra.redisTarget, pipelining);
   const { connection, subscriber, usageRedis } = opts.shared ?? own!;
   const models = { fast: cfg.GEMINI_MODEL_FAST, pro: cfg.GEMINI_MODEL_PRO };
   const scheduler = opts.scheduler;
@@ -248,12 +252,12 @@ export interface WorkerConnections {
 }
 
 /** The connections a worker needs beside its blocking ones (one set per process, shared by its shards' workers). */
-export function createWorkerConnections(target: RedisTarget, autoPipelining: boolean): WorkerConnections {
+export function createWorkerConnections(target: RedisTarget, pipelining: AutoPipelining): WorkerConnections {
   const connection = createRedis(target, 'worker');
   const subscriber = createRedis(target, 'subscriber');
-  // Auto-pipelined when the process runs enough jobs at once (workerAutoPipelining): the rows that concurrent
+  // Auto-pipelined while the process has enough jobs in flight (auto-pipelining.ts): the rows that concurrent
   // jobs append in one tick leave in one socket write (BullMQ's own connection is left as BullMQ configures it).
-  const usageRedis = createRedis(target, 'worker', { enableAutoPipelining: autoPipelining });
+  const usageRedis = pipelining.follow(createRedis(target, 'worker', { enableAutoPipelining: pipelining.enabled }));
   return {
     connection,
     subscriber,

@@ -12,7 +12,8 @@ import { modelLimitsFromConfig } from '../../shared/limits/model-limits.js';
 import { createTokenBuckets } from '../../shared/limits/token-bucket.js';
 import type { Infra } from '../../shared/infra/infra.js';
 import type { Logger } from '../../shared/core/logger.js';
-import { createRedis, whileReachable, workerAutoPipelining } from '../../shared/infra/redis/connection.js';
+import { createAutoPipelining, type AutoPipelining } from '../../shared/infra/redis/auto-pipelining.js';
+import { createRedis, whileReachable } from '../../shared/infra/redis/connection.js';
 import type { AgentResult } from '../../shared/core/types.js';
 import { DelayJobError, type ClaimPrep, type JobContext, type Middleware } from '../middleware.js';
 import { createRouteGuard } from './route-guard.js';
@@ -94,12 +95,15 @@ export function createWorkerGuards(opts: {
    * that is down is down for every shard. Connections are shared too.
    */
   queuePrefixes?: readonly string[];
+  /** The process's auto-pipelining switch (runtime.ts: fed by its jobs in flight); default: one of its own, never fed. */
+  pipelining?: AutoPipelining;
 }): WorkerGuards {
   const { cfg, infra } = opts;
-  // Auto-pipelined from 16 concurrent jobs: the lookups, stores and breaker records of concurrent jobs issued
-  // in one tick go out in one socket write instead of one write each (no blocking command ever runs on this
-  // connection); below, each command would pay for a pipeline of its own.
-  const redis = createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: workerAutoPipelining(cfg) });
+  // Auto-pipelined while the process has enough jobs in flight (auto-pipelining.ts): the lookups, stores and
+  // breaker records of concurrent jobs issued in one tick go out in one socket write instead of one write each (no
+  // blocking command ever runs on this connection); with fewer, each command would pay for a pipeline of its own.
+  const pipelining = opts.pipelining ?? createAutoPipelining(cfg.REDIS_AUTO_PIPELINING);
+  const redis = pipelining.follow(createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: pipelining.enabled }));
   const queuePrefixes = opts.queuePrefixes ?? [cfg.QUEUE_PREFIX];
   const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own

@@ -18,22 +18,6 @@ export type RedisTarget =
   | string
   | { cluster: Array<{ host: string; port: number }>; password?: string; username?: string; tls?: boolean; natMap?: Record<string, { host: string; port: number }> };
 
-/**
- * From this many concurrent jobs in a worker process, its commands are auto-pipelined (REDIS_AUTO_PIPELINING
- * `auto`). ioredis then defers every command to the loop's next check phase and sends it in a pipeline it
- * builds for that tick (copying every script defined on the client into it): with several jobs' commands in
- * one tick that is one write for all; with one it is pure overhead. Measured (scratch, sequential callers of a
- * 2-key script, 25 scripts defined, per call): 1 caller 73.7 us of CPU with it, 30.9 without; 8 callers 25.4
- * vs 14.7; 16 callers 16.8 vs 23.2; 50 callers 8.8 vs 17.7.
- */
-export const AUTO_PIPELINING_FROM_CONCURRENCY = 16;
-
-/** Whether a worker process's command connections auto-pipeline (see AUTO_PIPELINING_FROM_CONCURRENCY). */
-export function workerAutoPipelining(cfg: Pick<Config, 'REDIS_AUTO_PIPELINING' | 'WORKER_CONCURRENCY'>): boolean {
-  if (cfg.REDIS_AUTO_PIPELINING !== 'auto') return cfg.REDIS_AUTO_PIPELINING === 'on';
-  return cfg.WORKER_CONCURRENCY >= AUTO_PIPELINING_FROM_CONCURRENCY;
-}
-
 /** The target the config names: REDIS_CLUSTER_NODES wins over REDIS_URL (which still lends user/password). */
 export function redisTargetOf(cfg: Pick<Config, 'REDIS_URL' | 'REDIS_CLUSTER_NODES' | 'REDIS_PASSWORD' | 'REDIS_TLS' | 'REDIS_NAT_MAP'>): RedisTarget {
   if (!cfg.REDIS_CLUSTER_NODES) return cfg.REDIS_URL;
