@@ -41,10 +41,10 @@ describe('buffer ask', () => {
 
   it('shrinks only by more than an eighth, and back to the fixed share once the worker idles', () => {
     const w = askWith({ concurrency: 50, ratio: 0.5, floorMs: 40 });
-    // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s (40, more than
-    // an eighth lower: shrinks).
-    expect(w.windows([1000, 300, 250])).toEqual([50, 50, 40]);
-    // Nothing finishes for a second: the window that ends saw no jobs.
+    // 4,000 jobs/s (50); 1,200 jobs/s (48 in 40 ms, within an eighth of 50: stays); 1,000 jobs/s, twice (a fall
+    // is sized by the last two windows: 1,100 jobs/s (44) is within an eighth, then 1,000 (40) is not: shrinks).
+    expect(w.windows([1000, 300, 250, 250])).toEqual([50, 50, 50, 40]);
+    // Nothing finishes for a second: the window that ends saw no jobs (with the 250 ms before it, 8 in 40 ms).
     w.idle(1_000);
     expect(w.a.ask()).toBe(25);
     expect(w.changes).toEqual([50, 40, 25]);
@@ -64,6 +64,25 @@ describe('buffer ask', () => {
     const big = askWith({ concurrency: 100, ratio: 0.5, floorMs: 40 });
     expect(big.windows([400, 440, 460])).toEqual([64, 64, 73]);
     expect(big.changes).toEqual([64, 73]);
+  });
+
+  it('falls by the rate of its last two windows: a one-window dip (a stalled host) keeps a batch, slower jobs fall at once', () => {
+    const one = askWith({ concurrency: 1, ratio: 0.5, floorMs: 40 });
+    // 180 jobs/s (7 in 40 ms); then a window in which the process was halted for most of it (40 jobs/s: 1 in 40
+    // ms, the fixed share, which refills the list one job per claim): with the window before, 110 jobs/s, 4.
+    expect(one.windows([45, 10])).toEqual([7, 4]);
+    // Short jobs again: the window's own rate rises at once. A slowdown that lasts falls to the fixed share a
+    // window later.
+    expect(one.windows([45, 10, 10])).toEqual([7, 4, 1]);
+    // Short jobs, then one long job (a model call of 2 s): its window outweighs the 250 ms before, the fixed share.
+    expect(one.windows([45])).toEqual([7]);
+    one.finish(1, 2_000);
+    expect(one.a.ask()).toBe(1);
+    // An idle second after short jobs: the fixed share too.
+    expect(one.windows([45])).toEqual([7]);
+    one.idle(1_000);
+    expect(one.a.ask()).toBe(1);
+    expect(one.changes).toEqual([7, 4, 7, 4, 1, 7, 1, 7, 1]);
   });
 
   it('lets a worker of low concurrency ask for up to SMALL_WORKER_MAX_ASK short jobs, so the dispatcher refills in batches', () => {

@@ -33,6 +33,7 @@ export interface BufferAsk {
  * refills a free slot one fetch at a time. Sized by time, the wait list holds about `floorMs` of work whatever the
  * jobs' length, so a job dispatched into it waits about that long at most, and long jobs keep the fixed share (a
  * worker finishing 100 jobs/s asks 4 at 40 ms: the fixed share of concurrency 10 at 0.5, 5, stands).
+ * A rise follows the window just ended; a fall, the rate over it and the one before (`rateOf`).
  * `onChange` is told when the ask moves, so the worker registers it again without waiting for its renewal.
  */
 export function createBufferAsk(opts: {
@@ -48,12 +49,15 @@ export function createBufferAsk(opts: {
   let windowStart = clock();
   let count = 0;
   let current = fixed;
+  let last: RateSample = { count: 0, elapsedMs: 0 };
 
-  // Rolls the sample once it has run a window: the rate of the window just ended decides the ask.
+  // Rolls the sample once it has run a window: the window just ended (with the one before, for a fall) decides the ask.
   const roll = (at: number) => {
     const elapsed = at - windowStart;
     if (elapsed < BUFFER_RATE_WINDOW_MS) return;
-    const next = rolledAsk({ ...opts, fixed, current, count, elapsedMs: elapsed });
+    const sample = { count, elapsedMs: elapsed };
+    const next = rolledAsk({ ...opts, fixed, current, ...rateOf(sample, last) });
+    last = sample;
     windowStart = at;
     count = 0;
     if (next === current) return;
@@ -73,8 +77,34 @@ export function createBufferAsk(opts: {
   };
 }
 
-/** The ask after a rate window of `elapsedMs` in which `count` jobs finished: `current` unless it moved enough. */
-function rolledAsk(o: { concurrency: number; floorMs: number; fixed: number; current: number; count: number; elapsedMs: number }): number {
+/** Jobs finished in one rate window, and its length. */
+interface RateSample {
+  count: number;
+  elapsedMs: number;
+}
+
+/**
+ * The rate an ask is sized by (jobs in a time) when the window `now` has just ended: its own when that is higher (a rise
+ * follows one window), else the rate over it and the window before, `last`, weighted by their lengths. A single window
+ * of a slower rate is mostly a stall, not slower jobs: a loaded host or a GC pause that halted the process for 80 ms
+ * made the jobs after it (5 ms each again) a window at the fixed share, 1 at concurrency 1, and each of its claims
+ * dispatched the one job it took (~51 Redis commands a job instead of ~24-30; the commands case's MONITOR, 26 of 114
+ * dispatches). Jobs that did get longer fall at once all the same: a window of long jobs (model calls) lasts as long
+ * as they do and outweighs the 250 ms before it (after 45 short jobs, one of 2 s: 20 jobs/s, the fixed share), and
+ * an idle second does too. A slower rate that lasts is the ask a window later, so a list sized by a rate that fell
+ * holds at most one window's worth of the old rate's jobs more, each waiting about `floorMs` at the two windows' rate.
+ * A rise is not taken early from a part of a window either: jobs started together (a bulk enqueue at concurrency 50)
+ * finish in a burst, a rate many times the window's.
+ */
+function rateOf(now: RateSample, last: RateSample): RateSample {
+  const both = { count: now.count + last.count, elapsedMs: now.elapsedMs + last.elapsedMs };
+  // Compared and divided as counts over times (not a rate in jobs/ms): the ask of a whole number of jobs in a window
+  // (25 in 250 ms: 4 in 40) stays whole, not a float a hair below it.
+  return now.count * both.elapsedMs >= both.count * now.elapsedMs ? now : both;
+}
+
+/** The ask after a rate window, `count` jobs finished in `elapsedMs` (rateOf): `current` unless it moved enough. */
+function rolledAsk(o: { concurrency: number; floorMs: number; fixed: number; current: number } & RateSample): number {
   const byTime = Math.min(Math.max(o.concurrency, SMALL_WORKER_MAX_ASK), Math.floor((o.count * o.floorMs) / o.elapsedMs));
   const next = Math.max(o.fixed, byTime);
   // Moves only by more than an eighth and by two jobs or more, either way (back to the fixed share always):
@@ -128,12 +158,14 @@ export function createSharedBufferAsk(opts: {
   let total = fixed;
   let asks = splitAsk(total, zero);
   let windowStart = clock();
+  let last: RateSample = { count: 0, elapsedMs: 0 };
 
   const roll = (at: number) => {
     const elapsed = at - windowStart;
     if (elapsed < BUFFER_RATE_WINDOW_MS) return;
-    const count = members.reduce((sum, m) => sum + m.count, 0);
-    const nextTotal = rolledAsk({ ...opts, fixed, current: total, count, elapsedMs: elapsed });
+    const sample = { count: members.reduce((sum, m) => sum + m.count, 0), elapsedMs: elapsed };
+    const nextTotal = rolledAsk({ ...opts, fixed, current: total, ...rateOf(sample, last) });
+    last = sample;
     // A shard without a worker here yet (or any more) has no demand.
     const demand = zero.map((_, i) => (members[i] ? members[i].count + members[i].load() : 0));
     windowStart = at;
