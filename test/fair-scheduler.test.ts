@@ -183,6 +183,46 @@ describe('fair scheduler', () => {
     expect(lease - before).toBeGreaterThanOrEqual(60_000);
   });
 
+  it("a dispatch of a batch from one lane takes its jobs out of BullMQ's delayed set in one ZREM, after one ZMSCORE; a one-job refill in its own ZREM", async () => {
+    // A throttled lane's wake-up sends a batch (10 at 60 RPM): one ZREM of the delayed set per job was 8 commands more
+    // than the head's ZMSCORE and one ZREM. Jobs not parked keep their meaning: one removed behind the dispatcher's back
+    // is dropped, one promoted by hand (in the wait list, not parked) is leased as it is.
+    const c = await setup();
+    const org = randomOrg();
+    const ids = await c.add(org, 10);
+    const delayed = `${c.prefix}:fair:delayed`;
+    await c.redis.zrem(delayed, ids[3]);
+    await c.redis.del(`${c.prefix}:fair:${ids[3]}`);
+    await c.redis.zrem(delayed, ids[6]);
+    await c.redis.lpush(`${c.prefix}:fair:wait`, ids[6]);
+    /** One dispatch under MONITOR: what it promoted, its ZREMs and ZMSCOREs of the delayed set. */
+    const dispatchSeen = async (over: Partial<FairSchedulerOptions> = {}) => {
+      const s = testScheduler(c.redis, c.queue, c.prefix, over);
+      const seen: string[] = [];
+      const monitor = await monitorRedis(redisUrl(), (line) => {
+        if (line.includes(c.prefix)) seen.push(line);
+      });
+      const r = await s.dispatch();
+      const done = `${c.prefix}:monitor-done`;
+      await c.redis.set(done, String(Math.random()));
+      await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+      monitor.close();
+      const on = (cmd: string) => seen.filter((l) => l.includes(`"${cmd}" "${delayed}"`)).length;
+      return { ids: r.promoted, zrem: on('ZREM'), zmscore: on('ZMSCORE') };
+    };
+    const first = await dispatchSeen();
+    // The job promoted by hand holds a slot (its lease lets it run) but is not promoted again.
+    expect(first).toEqual({ ids: ids.filter((id) => id !== ids[3] && id !== ids[6]), zrem: 1, zmscore: 1 });
+    expect(await c.redis.zscore(c.scheduler.keys.named.leases, ids[6])).not.toBeNull();
+    expect(await c.redis.zcard(delayed)).toBe(0);
+    expect(await c.redis.exists(`${c.prefix}:fq:job:${ids[3]}`)).toBe(0);
+    // A refill's room of one job (the wait list emptied by workers, here by hand): its own ZREM, no read before it.
+    const more = await c.add(org, 3);
+    await c.redis.del(`${c.prefix}:fair:wait`);
+    expect(await dispatchSeen({ bufferTarget: 1 })).toEqual({ ids: [more[0]], zrem: 1, zmscore: 0 });
+    expect((await c.redis.zrange(delayed, 0, -1)).sort()).toEqual(more.slice(1).sort());
+  });
+
   it("a claim's arguments are the script header's, as strings: the config, the refill flag and the corrections' count '0'", async () => {
     // The claim sends its fixed arguments prebuilt as strings, and the count the script compares with '0' (its
     // common path, claimUncorrected): the same text ioredis made of the numbers before.

@@ -7,13 +7,21 @@
 -- again: a dispatch of k jobs across orgs cost a ZRANGE and a ZREM per job. Nothing else in a dispatch's loop reads
 -- a lane's jobs but bestLaneOf (dispatch flushes every lane first, flushAllHeads) and the emptied lane's check
 -- (after its own flush, in tryLane). `gone`: jobs found removed from BullMQ and dropped in this dispatch (see tryLane).
-local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0, gone = 0, saved = {} } end
+-- `parked`: whether each job of `ids` sits in BullMQ's delayed set (id -> true | false), read in one ZMSCORE with
+-- a head of 3 jobs or more read for a dispatch with room for 3 or more (headOf); nil otherwise (tryLane's ZREM
+-- tells, one job at a time). `unparked`: the jobs the dispatch took out of the delayed set on that knowledge, removed
+-- in one ZREM with the lanes' (flushAllHeads).
+local function newHeads() return { lane = nil, ids = nil, pos = 1, taken = {}, want = 0, gone = 0, saved = {}, parked = nil, unparked = {} } end
 local function flushHeads(h)
   if #h.taken > 0 then rcall('ZREM', P_LANE .. h.lane, unpack(h.taken)) end
-  h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
+  h.lane, h.ids, h.pos, h.taken, h.parked = nil, nil, 1, {}, nil
 end
 local function flushAllHeads(h)
   flushHeads(h)
+  if #h.unparked > 0 then
+    rcall('ZREM', Q_DELAYED, unpack(h.unparked))
+    h.unparked = {}
+  end
   for lane, s in pairs(h.saved) do
     if #s.taken > 0 then rcall('ZREM', P_LANE .. lane, unpack(s.taken)) end
   end
@@ -24,19 +32,29 @@ end
 -- was not read); nil when the lane holds none. `want`: how many to read when the lane is not read yet.
 local function headOf(h, lane, want)
   if h.lane ~= lane then
-    if h.lane then h.saved[h.lane] = { ids = h.ids, pos = h.pos, taken = h.taken, want = h.want } end
+    if h.lane then h.saved[h.lane] = { ids = h.ids, pos = h.pos, taken = h.taken, want = h.want, parked = h.parked } end
     local s = h.saved[lane]
     if s then
       h.saved[lane] = nil
-      h.lane, h.ids, h.pos, h.taken, h.want = lane, s.ids, s.pos, s.taken, s.want
+      h.lane, h.ids, h.pos, h.taken, h.want, h.parked = lane, s.ids, s.pos, s.taken, s.want, s.parked
     else
-      h.lane, h.ids, h.pos, h.taken = nil, nil, 1, {}
+      h.lane, h.ids, h.pos, h.taken, h.parked = nil, nil, 1, {}, nil
     end
   end
   if h.lane == nil or (h.ids[h.pos] == nil and #h.ids == h.want) then
     flushHeads(h)
     h.lane, h.want = lane, math.max(2, want)
     h.ids = rcall('ZRANGE', P_LANE .. lane, '0', h.want - 1)
+    -- A head that may give 3 jobs or more (`want` is the room plus one; a throttled lane's wake-up sends a batch):
+    -- whether each is parked is read in one ZMSCORE, and the jobs taken leave the delayed set in one ZREM, not one
+    -- ZREM each (a 10-job wake-up: 2 commands, not 10). A smaller room (an unthrottled worker's refill takes one or
+    -- two jobs) keeps the ZREM per job: the read would cost as much or a command more. Not a local of its own for
+    -- the 3: the script's main function is at Lua's 200 locals.
+    if want >= 4 and #h.ids >= 3 then
+      local scores = rcall('ZMSCORE', Q_DELAYED, unpack(h.ids))
+      h.parked = {}
+      for k, id in ipairs(h.ids) do h.parked[id] = scores[k] ~= false end
+    end
   end
   local id = h.ids[h.pos]
   return id, h.ids[h.pos + 1] ~= nil or (id ~= nil and #h.ids == h.want)
@@ -145,7 +163,14 @@ local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- cap waited for until the lease sweep. A dispatched job costs no command more; a removed or finished one the
   -- HMGET (its `timestamp`, which every BullMQ job has, and `finishedOn`) and the DEL. A job that exists, not
   -- finished, but is not parked (promoted by hand) is dispatched as before: its lease lets the fair gate run it.
-  local parked = rcall('ZREM', Q_DELAYED, id) == 1
+  -- Known from the head's ZMSCORE (headOf): nothing in this call but its own ZREMs moves a job of it out of the delayed
+  -- set, and each id is tried once; the ZREM then goes with the dispatch's others (flushAllHeads).
+  local parked = heads.parked and heads.parked[id]
+  if parked == nil then
+    parked = rcall('ZREM', Q_DELAYED, id) == 1
+  elseif parked then
+    heads.unparked[#heads.unparked + 1] = id
+  end
   local ended = false
   if not parked then
     local h = rcall('HMGET', Q_JOB .. id, 'timestamp', 'finishedOn')
