@@ -651,6 +651,56 @@ describe('fair scheduler limits', () => {
     expect(commands).toBeLessThanOrEqual(6);
   });
 
+  it("a lane a dispatch wakes and puts back to sleep keeps its sleep entry, reason and start in place: no ZREM or HDEL of them", async () => {
+    // A throttled lane's every wake-up sends its batch and sleeps again in the same call: taking it out of the
+    // sleepers (a ZREM and two HDELs) only for the ZADD and HSETs that follow was 3 commands of each wake-up.
+    const c = await setup({ bufferTarget: 1000 });
+    const { sleep, sleepWhy, sleepStart, throttled, tbRpmOrgPrefix } = c.scheduler.keys.named;
+    const org = randomOrg();
+    const lane = `${org}|${FLASH}`;
+    await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+    await c.add(org, 100);
+    expect((await c.scheduler.raw.dispatch()).ids).toHaveLength(60);
+    const slept = Number(await c.redis.zscore(sleep, lane));
+    // Its wake time moved to the past (a wake-up before the bucket holds what it waits for): woken, it finds the
+    // bucket short and sleeps again.
+    const due = (await c.redisNow()) - 1000;
+    await c.redis.zadd(sleep, String(due), lane);
+    await c.redis.hset(sleepStart, lane, String(due - 2000));
+    /** One dispatch under MONITOR: what it promoted and its writes to the sleepers, their reasons and starts. */
+    const dispatchSeen = async () => {
+      const seen: string[] = [];
+      const monitor = await monitorRedis(redisUrl(), (line) => {
+        if (line.includes(c.prefix)) seen.push(line);
+      });
+      const before = await c.redisNow();
+      const r = await c.scheduler.raw.dispatch();
+      const done = `${c.prefix}:monitor-done`;
+      await c.redis.set(done, String(Math.random()));
+      await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+      monitor.close();
+      const on = (cmd: string, key: string) => seen.filter((l) => l.includes(`"${cmd}" "${key}"`)).length;
+      return { before, ids: r.ids, removed: on('ZREM', sleep) + on('HDEL', sleepWhy) + on('HDEL', sleepStart) };
+    };
+    const again = await dispatchSeen();
+    expect(again).toMatchObject({ ids: [], removed: 0 });
+    // As before: asleep until the bucket holds its batch, on the org's rate, since this dispatch; its last sleep counted.
+    expect(Number(await c.redis.zscore(sleep, lane))).toBeGreaterThanOrEqual(slept - 1000);
+    expect(await c.redis.hget(sleepWhy, lane)).toBe(`${tbRpmOrgPrefix}${org}:${FLASH}`);
+    const start = Number(await c.redis.hget(sleepStart, lane));
+    expect(start).toBeGreaterThanOrEqual(again.before);
+    expect(start).toBeLessThanOrEqual(await c.redisNow());
+    expect(Number(await c.redis.hget(throttled, org))).toBeGreaterThanOrEqual(3);
+    // Woken with its bucket full (the bucket dropped): its 40 jobs go, the emptied lane leaves the sleepers for good.
+    await c.redis.zadd(sleep, String((await c.redisNow()) - 1000), lane);
+    await c.redis.del(`${tbRpmOrgPrefix}${org}:${FLASH}`);
+    const emptied = await dispatchSeen();
+    expect(emptied.ids).toHaveLength(40);
+    expect(await c.redis.zscore(sleep, lane)).toBeNull();
+    expect(await c.redis.hget(sleepWhy, lane)).toBeNull();
+    expect(await c.redis.hget(sleepStart, lane)).toBeNull();
+  });
+
   it('wakes a lane with a minute of its rate waiting for 10 s of tokens, a shallower one for 5 s', async () => {
     const c = await setup({ bufferTarget: 1000 });
     const etaOf = async (waiting: number) => {

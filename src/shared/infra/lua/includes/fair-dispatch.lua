@@ -70,7 +70,7 @@ local function wakeSleepers()
   if first == nil then first = firstScore(K_SLEEP) end
   if not first or first > now then return end
   for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
-    unsleep(lane)
+    unsleep(lane, true)
     local org = splitLane(lane)
     if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org, true) else dropLaneIfEmpty(lane, org) end
   end
@@ -205,5 +205,18 @@ local function dispatch(skipped, knownDue, knownRoom)
     wants[#wants + 1] = fmt(w[3])
   end
   flushBuckets()
+  -- The lanes wakeSleepers woke and this call did not put back to sleep leave the sleepers (sleepsWoken), before
+  -- nextWake reads them.
+  local left = {}
+  for _, l in ipairs(sleepsWoken) do
+    if sleepsWoken[l] then left[#left + 1] = l end
+  end
+  if #left > 0 then
+    rcall('ZREM', K_SLEEP, unpack(left))
+    rcall('HDEL', K_SLEEPWHY, unpack(left))
+    rcall('HDEL', K_SLEEPSTART, unpack(left))
+    firstSeen[K_SLEEP] = nil
+  end
+  sleepsWoken = {}
   return { out, nextWake(), now, more, skipped or {}, wants }
 end

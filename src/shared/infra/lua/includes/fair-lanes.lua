@@ -96,10 +96,18 @@ end
 -- of many jobs of one org reads it once.
 local capblkEmpty = {}
 
+-- Lanes a dispatch's wakeSleepers took out of the sleepers (lane -> true, and listed in order): left in the sleep set
+-- with their reason and start until the dispatch's end, where those it did not put back to sleep (sleepLane) leave
+-- in one ZREM and two HDELs (dispatch). A throttled lane's wake-up puts it back to sleep in the same call, and its
+-- ZREM and two HDELs were 3 of the wake-up's ~110 commands for nothing: the ZADD and two HSETs that follow write the
+-- same fields. Within the dispatch nothing else reads them for such a lane but activate and unsleep (told by this
+-- table) and the next wake-up's read (nextWake, after they left).
+local sleepsWoken = {}
+
 -- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
 -- `woken`: the caller just took it out of the sleepers (no need to ask).
 local function activate(lane, org, woken)
-  if rcall('ZSCORE', K_LANES, lane) or (not woken and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
+  if rcall('ZSCORE', K_LANES, lane) or (not woken and not sleepsWoken[lane] and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
     return
   end
   local v = catchUpVt(org)
@@ -108,13 +116,20 @@ local function activate(lane, org, woken)
 end
 
 -- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
-local function unsleep(lane)
-  if rcall('ZREM', K_SLEEP, lane) == 0 then return false end
+-- `deferred`: a member of the sleep set the caller just read (wakeSleepers): its removal waits (sleepsWoken).
+local function unsleep(lane, deferred)
+  if sleepsWoken[lane] then return false end
+  if deferred then
+    sleepsWoken[lane] = true
+    sleepsWoken[#sleepsWoken + 1] = lane
+  elseif rcall('ZREM', K_SLEEP, lane) == 0 then
+    return false
+  end
   firstSeen[K_SLEEP] = nil
-  rcall('HDEL', K_SLEEPWHY, lane)
+  if not deferred then rcall('HDEL', K_SLEEPWHY, lane) end
   local since = tonumber(rcall('HGET', K_SLEEPSTART, lane))
   if since then
-    rcall('HDEL', K_SLEEPSTART, lane)
+    if not deferred then rcall('HDEL', K_SLEEPSTART, lane) end
     rcall('HINCRBYFLOAT', K_THROTTLED, splitLane(lane), string.format('%.3f', math.max(0, now - since) / 1000))
   end
   return true
@@ -197,5 +212,11 @@ local function sleepLane(lane, untilMs, why)
   rcall('ZADD', K_SLEEP, fmt(untilMs), lane)
   firstSeen[K_SLEEP] = nil
   rcall('HSET', K_SLEEPWHY, lane, why)
-  rcall('HSETNX', K_SLEEPSTART, lane, now)
+  if sleepsWoken[lane] then
+    -- Woken in this call (unsleep): that sleep ended there, this one starts now (its start is still stored).
+    sleepsWoken[lane] = nil
+    rcall('HSET', K_SLEEPSTART, lane, now)
+  else
+    rcall('HSETNX', K_SLEEPSTART, lane, now)
+  end
 end
