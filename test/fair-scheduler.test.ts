@@ -701,6 +701,36 @@ describe('fair scheduler limits', () => {
     expect(await c.redis.hget(sleepStart, lane)).toBeNull();
   });
 
+  it("a dispatch waking a lane into an empty race knows the race: no ZSCORE of it, no read for its first pick", async () => {
+    // A throttled lane's wake-up: the race read empty (nothing active), the lane woken into it, its batch sent, asleep
+    // again. The ZSCORE asking whether the race held the lane and the first pick's read of the race it just wrote were
+    // 2 of its commands; the race is read for the pick after the lane slept again, and by the first look.
+    const c = await setup({ bufferTarget: 1000 });
+    const { sleep, lanes, tbRpmOrgPrefix } = c.scheduler.keys.named;
+    const org = randomOrg();
+    const lane = `${org}|${FLASH}`;
+    await c.scheduler.setPlan(org, { rpm: { flash: 60 } });
+    const ids = await c.add(org, 100);
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids.slice(0, 60));
+    // Due now with 10 tokens in its bucket (refilled by hand): 10 go, and it sleeps again.
+    await c.redis.zadd(sleep, String((await c.redisNow()) - 1000), lane);
+    await c.redis.hset(`${tbRpmOrgPrefix}${org}:${FLASH}`, 'tokens', '10', 'ts', String(await c.redisNow()));
+    const seen: string[] = [];
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (line.includes(c.prefix)) seen.push(line);
+    });
+    const r = await c.scheduler.raw.dispatch();
+    const done = `${c.prefix}:monitor-done`;
+    await c.redis.set(done, String(Math.random()));
+    await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
+    monitor.close();
+    expect(r.ids).toEqual(ids.slice(60, 70));
+    const on = (cmd: string) => seen.filter((l) => l.includes(`"${cmd}" "${lanes}"`)).length;
+    expect({ zscore: on('ZSCORE'), zrange: on('ZRANGE') }).toEqual({ zscore: 0, zrange: 2 });
+    expect(await c.redis.zscore(lanes, lane)).toBeNull();
+    expect(Number(await c.redis.zscore(sleep, lane))).toBeGreaterThan(await c.redisNow());
+  });
+
   it('wakes a lane with a minute of its rate waiting for 10 s of tokens, a shallower one for 5 s', async () => {
     const c = await setup({ bufferTarget: 1000 });
     const etaOf = async (waiting: number) => {

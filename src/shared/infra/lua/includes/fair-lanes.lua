@@ -106,13 +106,31 @@ local sleepsWoken = {}
 
 -- Makes a non-empty lane a candidate unless it already is one, or sleeps, or waits for an org slot.
 -- `woken`: the caller just took it out of the sleepers (no need to ask).
+-- The race's top two as this call read them (firstSeen), when nothing wrote to it since and it held fewer than two
+-- lanes, are the whole race: whether it holds the lane needs no ZSCORE, and its top two after the ZADD are known
+-- (a dispatch's first pick then reads nothing). A throttled lane's wake-up read both (2 of its commands). A tie of
+-- scores is ordered by the members' bytes in Redis: the top is then read again.
 local function activate(lane, org, woken)
-  if rcall('ZSCORE', K_LANES, lane) or (not woken and not sleepsWoken[lane] and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
+  local whole = firstSeen[K_LANES]
+  if whole and #whole >= 4 then whole = nil end
+  local raced
+  if whole then raced = whole[1] == lane else raced = rcall('ZSCORE', K_LANES, lane) end
+  if raced or (not woken and not sleepsWoken[lane] and rcall('ZSCORE', K_SLEEP, lane)) or (not capblkEmpty[org] and rcall('SISMEMBER', P_CAPBLK .. org, lane) == 1) then
     return
   end
   local v = catchUpVt(org)
-  rcall('ZADD', K_LANES, fmt(v), lane)
+  -- catchUpVt moved the org's lanes in the race, if any: not known any more (setVt forgot it).
+  if firstSeen[K_LANES] == nil then whole = nil end
+  local s = fmt(v)
+  rcall('ZADD', K_LANES, s, lane)
   firstSeen[K_LANES] = nil
+  if whole and #whole == 0 then
+    firstSeen[K_LANES] = { lane, s }
+  elseif whole then
+    local other = tonumber(whole[2])
+    if v < other then firstSeen[K_LANES] = { lane, s, whole[1], whole[2] } end
+    if v > other then firstSeen[K_LANES] = { whole[1], whole[2], lane, s } end
+  end
 end
 
 -- Takes a lane out of the sleepers, adding the time it slept to its org's throttled seconds (a metric).
