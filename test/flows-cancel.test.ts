@@ -120,22 +120,32 @@ describe('cancelling a whole flow or pipeline run', () => {
 
   it('a cancel that arrives as the flows worker settles a flow whose children all finished answers the state it ends in', async () => {
     const key = await s.newKey();
-    const flow = await startFlow(key, [markedJob(`Settling ${randomUUID().slice(0, 8)}`)]);
-    const marker = flowCancelledKey(cell().prefix, flow.id);
     // The flows worker's read of the flow's cancel marker (the last before it settles) found none; the cancel comes
-    // in before the worker goes on, and has set the marker when it does.
+    // in before the worker goes on, and has set the marker when it does. The read is caught from before the flow is
+    // made: on a quick host the child ran and the flow settled while startFlow still read the flow's children (the
+    // catch, put in after it, then saw no read at all). A read of a marker made before the flow's id is known waits
+    // for it; one of another flow's marker goes on untouched.
+    const markerOf = (id: string) => flowCancelledKey(cell().prefix, id);
+    const markers = markerOf('');
+    let flowKnown!: (id: string | undefined) => void;
+    const flowId = new Promise<string | undefined>((resolve) => (flowKnown = resolve));
     const proto = Redis.prototype as unknown as { exists: (...args: unknown[]) => Promise<number> };
     const original = proto.exists;
     let cancel: ReturnType<typeof cancelFlow> | undefined;
     proto.exists = async function (this: Redis, ...args: unknown[]) {
       const read = await original.apply(this, args);
-      if (!cancel && args[0] === marker && read === 0) {
-        cancel = cancelFlow(flow.id, key);
-        await vi.waitFor(async () => expect(await original.apply(s.runtime.deps.redis, [marker])).toBe(1), POLL);
+      if (!cancel && read === 0 && typeof args[0] === 'string' && args[0].startsWith(markers)) {
+        const id = await flowId;
+        if (!cancel && id && args[0] === markerOf(id)) {
+          cancel = cancelFlow(id, key);
+          await vi.waitFor(async () => expect(await original.apply(s.runtime.deps.redis, [markerOf(id)])).toBe(1), POLL);
+        }
       }
       return read;
     };
     try {
+      const flow = await startFlow(key, [markedJob(`Settling ${randomUUID().slice(0, 8)}`)]);
+      flowKnown(flow.id);
       const view = await settledFlow(flow.id, key);
       expect(view.state).toBe('completed');
       expect(cancel).toBeDefined();
@@ -144,6 +154,7 @@ describe('cancelling a whole flow or pipeline run', () => {
       expect(res.json()).toEqual({ id: flow.id, state: 'completed', cancelled: [], cancelling: [] });
       expect(res.statusCode).toBe(200);
     } finally {
+      flowKnown(undefined);
       proto.exists = original;
     }
   });
