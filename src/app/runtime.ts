@@ -125,7 +125,7 @@ export async function startRuntime(opts: {
     // The worker's claims, releases and dispatches run on a worker connection: they wait out a Redis restart
     // or a cluster failover as BullMQ's own worker commands do, where the API connection's command timeout
     // would fail a claim (the job retried on a second attempt) or a release (a slot held until its lease lapses).
-    const fairRedis = fair ? pipelining.follow(createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: pipelining.enabled })) : undefined;
+    const fairRedis = fair ? pipelining.follow(createRedis(infra.redisTarget, 'worker')) : undefined;
     if (fairRedis) workerResources.push({ name: 'fair dispatch connection', close: async () => fairRedis.disconnect() });
     // One set of guards for the process (one breaker, shared connections), a chain per shard.
     const guards = createWorkerGuards({ cfg, infra, logger, llm: opts.llm, agents: registry, queuePrefixes: cells.map((c) => c.prefix), pipelining });

@@ -39,8 +39,8 @@ export function createAgentWorker(opts: AgentWorkerOptions) {
   const inFlight = createInFlight();
   const attempts = createCancellations();
   // Two parameters: BullMQ then makes no AbortController per job (it does for a processor that takes a third).
-  // One async function for the trackings and the pool's slot (inFlight.run, attempts.run and the pool's wrap in
-  // halves): nested, they were four async frames and two closures per job.
+  // One async function for the trackings and the pool's slot (the in-flight job, the attempt's cancellation and the
+  // slot, each in halves): nested runs of them were four async frames and two closures per job.
   const slots = opts.slots;
   const processor = async (job: Job<AgentJobData, AgentResult>, token?: string): Promise<AgentResult> => {
     const taken = inFlight.begin(job);

@@ -58,17 +58,9 @@ export function createCancellations() {
     return cancel;
   };
   return {
-    async run<R>(jobId: string, jobTs: number, attempt: (cancel: Cancellation) => Promise<R>): Promise<R> {
-      const cancel = start(jobId, jobTs);
-      try {
-        return await attempt(cancel);
-      } finally {
-        remove(jobId, cancel);
-      }
-    },
     /**
-     * `run` in two halves, for a caller that wraps the attempt in an async function of its own anyway (the agent
-     * worker): `start` as the attempt begins, `end` once it has settled, however.
+     * An attempt's tracking in two halves, for the caller's own async function around the attempt (the agent worker):
+     * `start` as the attempt begins, `end` once it has settled, however.
      */
     start,
     end: remove,

@@ -257,7 +257,7 @@ export function createWorkerConnections(target: RedisTarget, pipelining: AutoPip
   const subscriber = createRedis(target, 'subscriber');
   // Auto-pipelined while the process has enough jobs in flight (auto-pipelining.ts): the rows that concurrent
   // jobs append in one tick leave in one socket write (BullMQ's own connection is left as BullMQ configures it).
-  const usageRedis = pipelining.follow(createRedis(target, 'worker', { enableAutoPipelining: pipelining.enabled }));
+  const usageRedis = pipelining.follow(createRedis(target, 'worker'));
   return {
     connection,
     subscriber,

@@ -252,7 +252,7 @@ export function createFairLua(redis: RedisClient, keys: FairKeys, cfg: FairLuaCo
       else argv.push('', '', '0', '');
       const correct = o.correct ?? [];
       // The count as a string: the script compares it with '0' (fair-core-N.lua, claimUncorrected).
-      argv.push(correct.length === 0 ? '0' : String(correct.length));
+      argv.push(String(correct.length));
       for (const c of correct) argv.push(c.org, c.model, c.orgDelta, c.modelDelta, c.requests);
       if (o.release) for (const r of o.release) argv.push(r);
       const extraKeys = lookup?.keys ?? (append ? [append.key] : undefined);

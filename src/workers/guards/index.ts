@@ -103,7 +103,7 @@ export function createWorkerGuards(opts: {
   // breaker records of concurrent jobs issued in one tick go out in one socket write instead of one write each (no
   // blocking command ever runs on this connection); with fewer, each command would pay for a pipeline of its own.
   const pipelining = opts.pipelining ?? createAutoPipelining(cfg.REDIS_AUTO_PIPELINING);
-  const redis = pipelining.follow(createRedis(infra.redisTarget, 'worker', { enableAutoPipelining: pipelining.enabled }));
+  const redis = pipelining.follow(createRedis(infra.redisTarget, 'worker'));
   const queuePrefixes = opts.queuePrefixes ?? [cfg.QUEUE_PREFIX];
   const breakerPrefix = agentqPrefix(cfg.QUEUE_PREFIX);
   // One subscribed connection hears both broadcasts (breaker and result-cache invalidations, each on its own
