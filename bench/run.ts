@@ -1,7 +1,8 @@
 /**
  * `npm run bench`: every case in one run against one private redis-server, PGlite and emulator, so the
  * figures are ratios that hold on a noisy machine. Writes bench/results/latest.{json,md}. A missed target
- * is reported, not an error; only a crash exits non-zero. `BENCH_ONLY=throughput,guards` runs a subset;
+ * is reported, not an error; only a crash exits non-zero. `BENCH_ONLY=throughput,guards` runs a subset (written to
+ * bench/results/only-throughput-guards.{json,md});
  * `BENCH_BUDGET_S` raises the 600 s budget the vector case sizes itself against.
  */
 import { loadavg } from 'node:os';
@@ -110,7 +111,7 @@ async function main(): Promise<number> {
     errors,
     ...({ details: ctx.details } as object),
   };
-  const files = writeReport(report);
+  const files = writeReport(report, only);
   const missed = figures.filter((f) => f.met === false).length;
   log(`wrote ${files.md} and ${files.json}: ${figures.length} figures, ${missed} targets missed, ${errors.length} cases crashed`);
   return errors.length ? 1 : 0;

@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Registry } from 'prom-client';
 import { describe, expect, it } from 'vitest';
+import { README_TABLE_END, README_TABLE_START, toTargetsMarkdown, type BenchReport } from '../bench/lib/report.js';
 import { defaultPipelines } from '../src/app/features/orchestration.js';
 import { BULL_BOARD_PATH } from '../src/producers/bull-board.js';
 import { DOCS_PATH } from '../src/producers/openapi.js';
@@ -193,5 +194,26 @@ describe('files named in README.md, ARCHITECTURE.md and the ops README', () => {
 
   it('names only files that exist', () => {
     expect(named.filter((n) => !exists(n.path))).toEqual([]);
+  });
+});
+
+describe('README benchmark table and the last full run', () => {
+  // The table is written from bench/results/latest.json by `npm run bench:readme`; a figure typed into it by hand,
+  // or a new full run not carried into it, differs here.
+  it('is the targets table bench/results/latest.json renders', () => {
+    const report = JSON.parse(read('bench/results/latest.json')) as BenchReport;
+    const start = README.indexOf(README_TABLE_START);
+    const end = README.indexOf(README_TABLE_END);
+    expect(start, 'the README bench-targets start marker').toBeGreaterThan(-1);
+    expect(end, 'the README bench-targets end marker').toBeGreaterThan(start);
+    expect(README.slice(start + README_TABLE_START.length + 1, end)).toBe(toTargetsMarkdown(report));
+  });
+
+  it('quotes a full run: every case of the default run has a figure', () => {
+    const report = JSON.parse(read('bench/results/latest.json')) as BenchReport;
+    const cases = new Set(report.figures.map((f) => f.case.split(' ')[0]));
+    // One figure of each default case (their case labels' leading number or word), so a partial run copied over
+    // latest.json by hand is caught too.
+    for (const c of ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10', 'cluster', 'tiers']) expect(cases, `case ${c}`).toContain(c);
   });
 });
