@@ -926,6 +926,17 @@ describe('fair scheduler limits', () => {
     expect(ttl).toBeLessThanOrEqual(37_000);
   });
 
+  it("a dispatch's charge that empties a bucket stores its level as 0, the text `%.17g` gave it", async () => {
+    // fmt (includes/number-format.lua) writes zero with `%d` now, fair-core's own fmt wrote it with `%.17g`: both "0".
+    const c = await setup();
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 5, rpm: { flash: 2 }, tpm: 600 });
+    const ids = await c.add(org, 2, { est: 300 });
+    expect((await c.scheduler.raw.dispatch()).ids).toEqual(ids);
+    const levels = await Promise.all(['rpm', 'tpm'].map((b) => c.redis.hget(`${c.prefix}:tb:${b}:org:${org}:${FLASH}`, 'tokens')));
+    expect(levels).toEqual(['0', '0']);
+  });
+
   it('cancel removes a waiting job, and frees the slot (and the charge) of one dispatched but not started', async () => {
     const c = await setup();
     const org = randomOrg();

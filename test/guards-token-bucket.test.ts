@@ -187,6 +187,38 @@ describe('token buckets', () => {
     expect(level % 1).not.toBe(0);
   });
 
+  it("take and adjust store an empty bucket, a debt and levels past 1e15 in the digits `%.17g` gives them", async () => {
+    // Both write a level with fmt (includes/number-format.lua): `%d` only where it writes what `%.17g` does. Each
+    // bucket is missing (full), so its level is its capacity less the cost or delta, to the bit.
+    const prefix = randomPrefix();
+    const own = createTokenBuckets({ redis, prefix });
+    const read = async (key: string) => (await redis.hget(`${prefix}:tb:${key}`, 'tokens')) as string;
+    const fast = 1e12; // a refill that keeps the TTL of the largest debt below 1e15 ms
+    const takes: [key: string, capacity: number, cost: number, stored: string][] = [
+      ['empty', 10, 10, '0'],
+      ['debt', 10, 15, '-5'],
+      ['debtFraction', 10, 15.5, '-5.5'],
+      ['below1e15', 999_999_999_999_999, 0, '999999999999999'],
+      ['at1e15', 1e15, 0, '1000000000000000'],
+      ['past2p53', 2 ** 55, 1, '36028797018963968'], // 2^55 - 1 rounds to 2^55
+      ['bigDebt', 1, 2e15, '-1999999999999999'],
+    ];
+    await own.take(takes.map(([key, capacity, cost]) => ({ key, capacity, refillPerSec: fast, cost })));
+    for (const [key, , , stored] of takes) expect([key, await read(key)]).toEqual([key, stored]);
+    const adjusts: [key: string, capacity: number, delta: number, stored: string][] = [
+      ['aEmpty', 10, 10, '0'],
+      ['aDebt', 10, 15, '-5'],
+      ['aFloor', 10, 25, '-10'],
+      ['aDebtFraction', 10, 12.5, '-2.5'],
+      ['aThird', 10, 1 / 3, '9.6666666666666661'],
+      ['aAt1e15', 2e15, 1e15, '1000000000000000'],
+      ['aAtMinus1e15', 2e15, 3e15, '-1000000000000000'],
+      ['aPast2p53', 2 ** 55, 8, '36028797018963960'],
+    ];
+    for (const [key, capacity, delta] of adjusts) await own.adjust(key, capacity, fast, delta);
+    for (const [key, , , stored] of adjusts) expect([key, await read(key)]).toEqual([key, stored]);
+  });
+
   it('rejects malformed requests before touching Redis', async () => {
     await expect(buckets.take([])).rejects.toThrow(RangeError);
     await expect(buckets.take([{ key: 'x', capacity: 0, refillPerSec: 1, cost: 1 }])).rejects.toThrow(RangeError);

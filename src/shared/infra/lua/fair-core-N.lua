@@ -154,13 +154,9 @@ local function nowArg()
   return nowStr
 end
 
--- Full precision: redis.call formats plain numbers with 14 digits, which would corrupt scores and vt. A whole number
--- (a lease deadline, every claim's; a lane score; a timer) as `%d`: the digits `%.17g` gives it, at a fraction of the
--- cost (token-bucket-take-N.lua does the same). Zero keeps `%.17g`, which writes -0 as "-0".
-local function fmt(x)
-  if x % 1 == 0 and x ~= 0 and x > -1e15 and x < 1e15 then return string.format('%d', x) end
-  return string.format('%.17g', x)
-end
+-- fmt: full precision (redis.call formats plain numbers with 14 digits, which would corrupt scores and vt), a whole
+-- number (a lease deadline, every claim's; a lane score; a timer) as `%d`, the digits `%.17g` gives it.
+--- @include "number-format"
 
 -- A claim carrying its worker's registration (the ask moved, or its renewal is due) registers it first, as
 -- dispatch does: the ask sizes the buffer this claim's own refill and releases fill.

@@ -11,7 +11,7 @@
 local t = redis.call('TIME')
 local now = t[1] * 1000 + t[2] / 1000
 local n = #KEYS
-local min, max, ceil, fmt = math.min, math.max, math.ceil, string.format
+local min, max, ceil, format = math.min, math.max, math.ceil, string.format
 -- Per bucket: capacity, refill per ms, level left after the take.
 local st = {}
 local wait, limiting = 0, 0
@@ -34,20 +34,20 @@ end
 if limiting > 0 then
   return {0, wait, limiting, math.floor(now)}
 end
+-- fmt, the levels' format: created here, after a refused take has answered (a function is Redis work to create).
+--- @include "number-format"
 -- Formatted once for every bucket: a number format is a large share of this script's Redis time.
-local ts = fmt('%.3f', now)
+local ts = format('%.3f', now)
 for i = 1, n do
   local cap, rate, left = st[3 * i - 2], st[3 * i - 1], st[3 * i]
-  -- A whole level (a full bucket less a whole cost) as `%d`, the same digits `%.17g` gives it at a fraction of
-  -- the cost; doubles are exact integers well past 1e15.
-  local tokens
-  if left % 1 == 0 and left > -1e15 and left < 1e15 then tokens = fmt('%d', left) else tokens = fmt('%.17g', left) end
-  redis.call('HSET', KEYS[i], 'tokens', tokens, 'ts', ts)
+  -- A whole level (a full bucket less a whole cost) as `%d` (fmt, number-format.lua), the same digits `%.17g`
+  -- gives it at a fraction of the cost.
+  redis.call('HSET', KEYS[i], 'tokens', fmt(left), 'ts', ts)
   -- Once refilled the bucket is full, which is exactly what a missing key means. The TTL as `%d`: a Lua number
   -- would be formatted by redis.call with `%.17g`, at several times the cost (one past 1e15 ms, from an absurdly
   -- slow refill, is left to that: `%d` of it could overflow).
   local ttl = ceil((cap - left) / rate) + 1000
-  if ttl < 1e15 then ttl = fmt('%d', ttl) end
+  if ttl < 1e15 then ttl = format('%d', ttl) end
   redis.call('PEXPIRE', KEYS[i], ttl)
 end
 return {1, 0, 0, math.floor(now)}

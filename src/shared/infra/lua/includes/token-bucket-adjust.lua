@@ -6,6 +6,7 @@
 -- whether it changed: a refund to a bucket already full (refilled since its last charge, or no key) writes nothing,
 -- as the level it would write is the one it reads (the key, if any, expires full by itself). A throttled org's
 -- usage corrections, each carried by a release seconds after the refill, deleted such a key one by one.
+--- @include "number-format"
 local function tokenBucketAdjust(key, cap, rate, delta, nowMs)
   local s = redis.call('HMGET', key, 'tokens', 'ts')
   local level = cap
@@ -18,11 +19,9 @@ local function tokenBucketAdjust(key, cap, rate, delta, nowMs)
   if level >= cap then
     redis.call('DEL', key)
   else
-    -- A whole level as `%d` and the TTL formatted here: the digits `%.17g` (ours, and redis.call's of a Lua number)
-    -- gives them, at a fraction of the cost (token-bucket-take-N.lua).
-    local tokens
-    if level % 1 == 0 and level > -1e15 and level < 1e15 then tokens = string.format('%d', level) else tokens = string.format('%.17g', level) end
-    redis.call('HSET', key, 'tokens', tokens, 'ts', string.format('%.3f', nowMs))
+    -- The level as fmt writes it (number-format.lua) and the TTL formatted here: the digits `%.17g` (fmt's, and
+    -- redis.call's of a Lua number) gives them, at a fraction of the cost (token-bucket-take-N.lua).
+    redis.call('HSET', key, 'tokens', fmt(level), 'ts', string.format('%.3f', nowMs))
     local ttl = math.ceil((cap - level) / rate) + 1000
     if ttl < 1e15 then ttl = string.format('%d', ttl) end
     redis.call('PEXPIRE', key, ttl)
