@@ -255,8 +255,9 @@ describe('fair dispatch on every path', () => {
       const res = await s.app.inject({ method: 'GET', url: `/v1/jobs/${id}?waitMs=20000`, headers: auth });
       return res.json() as { state: string; result?: { cacheHit?: string } };
     };
-    // Computed once: the store fills this process's L1 (the worker's).
+    // Computed once, then read back from L2, which fills this process's L1 (the worker's).
     expect((await answer(await postJob(s, key, request))).result?.cacheHit).toBeFalsy();
+    expect((await answer(await postJob(s, key, request))).result?.cacheHit).toBe('l2');
     const usage = usageStreamKey(s.cfg.QUEUE_PREFIX);
     const lines: string[] = [];
     const monitor = await monitorRedis(s.cfg.REDIS_URL, (line) => lines.push(line));

@@ -50,6 +50,8 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     const a = await cacheProcess(randomPrefix());
     const p = parts();
     await a.cache.set(p, okResult({ score: 1 }));
+    // A stored value enters L1 when read back (see result-cache.test.ts).
+    expect((await a.cache.get(p))?.level).toBe('l2');
     const before = a.sent();
     const times: number[] = [];
     for (let i = 0; i < 2000; i++) {
@@ -69,6 +71,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     const a = await cacheProcess(randomPrefix());
     const p = parts();
     await a.cache.set(p, okResult({ score: 1 }));
+    await a.cache.get(p);
     let derived = 0;
     const view = (v: AgentResult): AgentResult => {
       derived++;
@@ -85,6 +88,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     await a.cache.invalidateOrg(p.orgId);
     await until('the invalidation applied', () => a.cache.fromMemory(p) === undefined);
     await a.cache.set(p, okResult({ score: 2 }));
+    await a.cache.get(p);
     expect(a.cache.fromMemory(p, view)).toEqual({ ...okResult({ score: 2 }), cacheHit: 'l1', durationMs: 0 });
     expect(a.cache.fromMemory(p, view)).toEqual({ ...okResult({ score: 2 }), cacheHit: 'l1', durationMs: 0 });
     expect(derived).toBe(2);
@@ -94,6 +98,7 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     const a = await cacheProcess(randomPrefix());
     const p = parts();
     await a.cache.set(p, okResult({ score: 1 }));
+    await a.cache.get(p);
     expect(a.cache.fromMemory(p)).toEqual(okResult({ score: 1 }));
     const timers = vi.spyOn(globalThis, 'setTimeout');
     try {
@@ -266,8 +271,11 @@ describe('result cache L1 served from memory, invalidated by broadcast', () => {
     expect(a.sent() - before).toBe(2);
     expect(first).toMatchObject({ from: 'call', usageAppended: true });
     const second = await a.cache.singleFlight(p, async () => okResult('never'), { usageEntry });
-    expect(second).toMatchObject({ from: 'l1' });
+    expect(second).toMatchObject({ from: 'l2' });
     expect(second.usageAppended).toBeUndefined();
+    const third = await a.cache.singleFlight(p, async () => okResult('never'), { usageEntry });
+    expect(third).toMatchObject({ from: 'l1' });
+    expect(third.usageAppended).toBeUndefined();
     const entries = await a.redis.xrange(stream, '-', '+');
     expect(entries.map(([, f]) => f)).toEqual([['r', JSON.stringify({ data: 'computed' })]]);
   });

@@ -91,13 +91,23 @@ describe('result cache', () => {
     [a, b] = pair();
   });
 
-  it('serves from L1 in the process that wrote, from L2 in another, then from its L1', async () => {
+  it('serves from L2 first in every process, the one that wrote too, then from its L1', async () => {
     const p = parts();
     expect(await a.get(p)).toBeNull();
     await a.set(p, okResult({ score: 7 }));
+    // A value is kept in a process's memory only once asked for again (most miss jobs' inputs never recur).
+    expect(await a.get(p)).toEqual({ level: 'l2', value: okResult({ score: 7 }) });
     expect(await a.get(p)).toEqual({ level: 'l1', value: okResult({ score: 7 }) });
     expect(await b.get(p)).toEqual({ level: 'l2', value: okResult({ score: 7 }) });
     expect(await b.get(p)).toMatchObject({ level: 'l1' });
+  });
+
+  it('a computed value goes to L2 alone: the next identical call reads it from Redis, the one after from memory', async () => {
+    const [c] = pair();
+    const p = parts();
+    expect(await c.singleFlight(p, async () => okResult('computed'))).toMatchObject({ from: 'call' });
+    expect(await c.singleFlight(p, async () => okResult('not called'))).toMatchObject({ from: 'l2', value: { data: 'computed' } });
+    expect(await c.singleFlight(p, async () => okResult('not called'))).toMatchObject({ from: 'l1', value: { data: 'computed' } });
   });
 
   it('hands out copies, so a caller mutating a hit cannot change the cache', async () => {
@@ -113,6 +123,7 @@ describe('result cache', () => {
     const sameOrgOtherAgent = { ...p, agent: 'other' };
     await a.set(p, okResult('v1'));
     await a.set(sameOrgOtherAgent, okResult('v1'));
+    expect(await a.get(p)).toMatchObject({ level: 'l2' });
     expect(await a.get(p)).toMatchObject({ level: 'l1' });
     await b.invalidateOrg(p.orgId);
     expect(await a.get(p)).toBeNull();
@@ -127,7 +138,10 @@ describe('result cache', () => {
     const p = parts();
     const otherAgent = { ...p, agent: 'other' };
     const otherOrg = { ...p, orgId: randomOrg() };
-    for (const x of [p, otherAgent, otherOrg]) await a.set(x, okResult('v1'));
+    for (const x of [p, otherAgent, otherOrg]) {
+      await a.set(x, okResult('v1'));
+      expect(await a.get(x)).toMatchObject({ level: 'l2' });
+    }
     await b.invalidateAgent(p.orgId, p.agent);
     expect(await a.get(p)).toBeNull();
     expect(await a.get(otherAgent)).toMatchObject({ level: 'l1' });
@@ -227,50 +241,55 @@ describe('single flight', () => {
     const first = await a.singleFlight({ ...p }, async () => okResult('computed'), { owner: 'job-1', prefetched: prepared });
     expect(first).toMatchObject({ from: 'call', value: { data: 'computed' } });
     expect(hashed()).toBe(1);
-    // An equal input in another object finds the entry written under the prepared key (its key remembered: no hash).
+    // An equal input in another object finds the entry written under the prepared key (in L2: a computed value is kept
+    // in memory, and its parts' key remembered, once found cached; so this one hashes).
     const again = await a.singleFlight({ ...p, input: { name: 'acme' } }, async () => okResult('not called'), { owner: 'job-2', prefetched: prepared });
-    expect(again).toMatchObject({ from: 'l1', value: { data: 'computed' } });
-    expect(hashed()).toBe(1);
+    expect(again).toMatchObject({ from: 'l2', value: { data: 'computed' } });
+    expect(hashed()).toBe(2);
     // Another input, or other parts with the same input object: their own key, not the prepared one.
     const otherInput = await a.singleFlight({ ...p, input: { name: 'other' } }, async () => okResult('other input'), { owner: 'job-4', prefetched: prepared });
     expect(otherInput).toMatchObject({ from: 'call', value: { data: 'other input' } });
     const other = await a.singleFlight({ ...p, action: 'summarize' }, async () => okResult('other'), { owner: 'job-3', prefetched: prepared });
     expect(other).toMatchObject({ from: 'call', value: { data: 'other' } });
-    expect(hashed()).toBe(3);
+    expect(hashed()).toBe(4);
     // A job whose claim carried no lookup (prepare returns none on an L1 hit): its singleFlight still reuses the key.
     // Other parts with that input object in between get their own key and leave the prepared one.
     a.prepare(p, 'job-5');
-    expect(hashed()).toBe(3);
+    expect(hashed()).toBe(4);
     expect(await a.singleFlight({ ...p, action: 'translate' }, async () => okResult('translated'), { owner: 'job-6' })).toMatchObject({ from: 'call', value: { data: 'translated' } });
-    expect(hashed()).toBe(4);
+    expect(hashed()).toBe(5);
     expect(await a.singleFlight({ ...p }, async () => okResult('not called'), { owner: 'job-5' })).toMatchObject({ value: { data: 'computed' } });
-    expect(hashed()).toBe(4);
+    expect(hashed()).toBe(5);
     // Taken once: a later call keys the input again (an input written after its job's lookup is not served a stale key).
     name = 'renamed';
     expect(await a.singleFlight({ ...p }, async () => okResult('renamed'), { owner: 'job-7' })).toMatchObject({ from: 'call', value: { data: 'renamed' } });
-    expect(hashed()).toBe(5);
+    expect(hashed()).toBe(6);
   });
 
-  it('hashes recurring parts once: the next job\'s equal input (another object) takes the remembered key', async () => {
+  it('remembers the key of parts found cached: a later job\'s equal input (another object) takes it unhashed', async () => {
     const [a] = pair();
     const p = parts();
     const h0 = hashes();
     const firstKeys = a.prepare(p, 'job-1')!.keys;
     expect(hashes() - h0).toBe(1);
-    // Each job's input is its own parsed object; key order differs as a producer may send it.
-    const next = a.prepare({ ...p, input: { sector: 'fintech', name: 'acme' } }, 'job-2')!;
-    const same = a.prepare({ ...p, input: { name: 'acme', sector: 'fintech' } }, 'job-3')!;
-    expect(same.keys).toEqual(firstKeys);
-    expect(next.keys).toEqual(firstKeys);
-    // Key order makes other JSON (hashed once more, to the same key); the same JSON again is not hashed.
+    // Not found cached, not remembered (most miss jobs' inputs never recur): the next equal input hashes again.
+    expect(a.prepare({ ...p, input: { name: 'acme', sector: 'fintech' } }, 'job-2')!.keys).toEqual(firstKeys);
     expect(hashes() - h0).toBe(2);
-    // A hit of the same parts: no hash either.
     await a.singleFlight(p, async () => okResult('computed'), { owner: 'job-1' });
-    expect(await a.get({ ...p, input: { name: 'acme', sector: 'fintech' } })).toMatchObject({ value: { data: 'computed' } });
     expect(hashes() - h0).toBe(2);
+    // Found cached (read back from L2): remembered from then on, for each job's own parsed object.
+    expect(await a.get({ ...p, input: { name: 'acme', sector: 'fintech' } })).toMatchObject({ level: 'l2', value: { data: 'computed' } });
+    expect(hashes() - h0).toBe(3);
+    a.prepare({ ...p, input: { name: 'acme', sector: 'fintech' } }, 'job-3');
+    expect(await a.get({ ...p, input: { name: 'acme', sector: 'fintech' } })).toMatchObject({ level: 'l1', value: { data: 'computed' } });
+    expect(hashes() - h0).toBe(3);
+    // Key order makes other JSON: hashed once more, to the same key (then remembered too).
+    expect(await a.get({ ...p, input: { sector: 'fintech', name: 'acme' } })).toMatchObject({ level: 'l1' });
+    expect(await a.get({ ...p, input: { sector: 'fintech', name: 'acme' } })).toMatchObject({ level: 'l1' });
+    expect(hashes() - h0).toBe(4);
     // Other parts with an equal input: their own key.
     a.prepare({ ...p, model: 'gemini-2.5-pro', input: { name: 'acme', sector: 'fintech' } }, 'job-4');
-    expect(hashes() - h0).toBe(3);
+    expect(hashes() - h0).toBe(5);
   });
 
   it('does not remember parts whose JSON is longer than KEY_MEMO_MAX_CHARS: the memo stays small whatever the inputs', async () => {
@@ -278,10 +297,12 @@ describe('single flight', () => {
     const big = { name: 'acme', notes: 'x'.repeat(KEY_MEMO_MAX_CHARS) };
     const p = parts({ input: big });
     const h0 = hashes();
-    const first = a.prepare(p, 'job-1')!.keys;
-    expect(a.prepare({ ...p, input: { ...big } }, 'job-2')!.keys).toEqual(first);
-    // Hashed again: a large input is not kept.
-    expect(hashes() - h0).toBe(2);
+    await a.set(p, okResult('big'));
+    // Found cached, yet hashed every time: a large input is not kept.
+    expect(await a.get({ ...p, input: { ...big } })).toMatchObject({ level: 'l2' });
+    expect(await a.get({ ...p, input: { ...big } })).toMatchObject({ level: 'l1' });
+    a.prepare({ ...p, input: { ...big } }, 'job-2');
+    expect(hashes() - h0).toBe(4);
   });
 
   it('a waiter stops waiting after waitTimeoutMs and calls through itself', async () => {

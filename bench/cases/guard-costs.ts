@@ -58,6 +58,9 @@ export async function guardCostsCase(ctx: BenchContext): Promise<void> {
   });
   await cache.set(warmKey, RESULT);
   await polling.set(warmKey, RESULT);
+  // A stored value enters L1 once read back from L2.
+  await cache.get(warmKey);
+  await polling.get(warmKey);
   const pure = new LRUCache<string, { tag: string; json: string }>({ max: 10_000, ttl: 600_000 });
   pure.set('k', { tag: '0.0', json: JSON.stringify(RESULT) });
 

@@ -127,6 +127,13 @@ const KEY_MEMO_MAX = 1024;
  */
 export const KEY_MEMO_MAX_CHARS = 4096;
 
+/** A key's hash and the keys of its scripts; `plain`: the parts' JSON it may be remembered by (keyMemo). */
+interface Keys {
+  hash: string;
+  keys: readonly string[];
+  plain?: string;
+}
+
 /** sha256 of everything that determines an agent result. */
 export function resultCacheHash(p: CacheKeyParts): string {
   const material = JSON.stringify([p.orgId, p.agent, p.action, p.model, p.promptVersion, canonicalJson(p.input)]);
@@ -135,7 +142,8 @@ export function resultCacheHash(p: CacheKeyParts): string {
 
 
 /**
- * Two-level result cache. L1 is an in-process LRU; L2 is Redis with a TTL. Invalidation bumps a
+ * Two-level result cache. L1 is an in-process LRU of values read from L2 (a stored value enters it once a lookup
+ * here reads it back: the input recurred); L2 is Redis with a TTL. Invalidation bumps a
  * version counter per org, per org+agent, or per agent in every org (shared knowledge it reads changed); every
  * entry records the versions ("tag") it was written under, and a read whose tag is not the current one is a miss. No KEYS/SCAN: stale L2 entries are
  * overwritten or expire.
@@ -216,24 +224,30 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
   const agentVersionKey = (org: string, agent: string) => guardKeys.resultAgentVersion(prefix, enc(org), enc(agent));
   const sharedVersionKey = (agent: string) => guardKeys.resultSharedVersion(prefix, enc(agent));
   /**
-   * Hash and keys by the parts' plain JSON, for parts seen lately: a cached job's input recurs by definition, and
-   * one native stringify costs a fraction of canonicalising the input and hashing it (the larger part of an L1
+   * Hash and keys by the parts' plain JSON, for parts found cached lately: a cached job's input recurs by definition,
+   * and one native stringify costs a fraction of canonicalising the input and hashing it (the larger part of an L1
    * hit's own CPU). Equal JSON is an equal canonical form for the JSON data inputs are (parsed job data, its schema's
-   * output). Emptied whole when full: it holds what recurs now, and the next inputs refill it.
+   * output). Emptied whole when full: it holds what recurs now, and the next inputs refill it. Only parts whose
+   * lookup found a value (`admitKeys`) go in, not every part seen: a first-seen input (every miss job's) would sit
+   * here for the next 1024 jobs' time, ~1 KB each, long enough to be promoted to old space at a few hundred jobs a
+   * second, and most never recur; so the second job of an input hashes too, and the third on does not.
    */
-  const keyMemo = new Map<string, { hash: string; keys: readonly string[] }>();
+  const keyMemo = new Map<string, Keys>();
   // In the order the lookup and set scripts take them: the three version counters, the entry, the lock (LOCK_KEY).
-  const keysFor = (p: CacheKeyParts): { hash: string; keys: readonly string[] } => {
+  const keysFor = (p: CacheKeyParts): Keys => {
     const plain = JSON.stringify([p.orgId, p.agent, p.action, p.model, p.promptVersion, p.input]);
     const known = keyMemo.get(plain);
     if (known) return known;
     const hash = hashParts(p);
     // Frozen: one array is handed to every job with these parts (callers copy it into their script calls).
-    const k = { hash, keys: Object.freeze([orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)]) };
-    if (plain.length > KEY_MEMO_MAX_CHARS) return k;
+    const keys = Object.freeze([orgVersionKey(p.orgId), agentVersionKey(p.orgId, p.agent), sharedVersionKey(p.agent), guardKeys.resultEntry(prefix, hash), guardKeys.resultLock(prefix, hash)]);
+    return plain.length > KEY_MEMO_MAX_CHARS ? { hash, keys } : { hash, keys, plain };
+  };
+  /** Remembers the keys of parts a lookup found cached (a recurring input): see keyMemo. */
+  const admitKeys = (k: Keys): void => {
+    if (k.plain === undefined || keyMemo.has(k.plain)) return;
     if (keyMemo.size >= KEY_MEMO_MAX) keyMemo.clear();
-    keyMemo.set(plain, k);
-    return k;
+    keyMemo.set(k.plain, k);
   };
 
   /** A prepared lookup's state: what it was prepared for, the epoch before it was sent, the reply once delivered. */
@@ -255,16 +269,16 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
    * at its claim and in its guard. Kept whether or not `prepare` returned a lookup (an L1 hit returns none).
    * Anything else hashes.
    */
-  const preparedKeys = new WeakMap<object, { parts: CacheKeyParts; hash: string; keys: readonly string[] }>();
+  const preparedKeys = new WeakMap<object, { parts: CacheKeyParts; k: Keys }>();
   const isObject = (v: unknown): v is object => typeof v === 'object' && v !== null;
 
-  function takePreparedKeys(p: CacheKeyParts): { hash: string; keys: readonly string[] } | undefined {
+  function takePreparedKeys(p: CacheKeyParts): Keys | undefined {
     if (!isObject(p.input)) return undefined;
-    const k = preparedKeys.get(p.input);
-    const q = k?.parts;
+    const prepared = preparedKeys.get(p.input);
+    const q = prepared?.parts;
     if (!q || q.orgId !== p.orgId || q.agent !== p.agent || q.action !== p.action || q.model !== p.model || q.promptVersion !== p.promptVersion) return undefined;
     preparedKeys.delete(p.input);
-    return k;
+    return prepared!.k;
   }
 
   /** The prepared lookup's delivered reply for these keys, taken once (a second `singleFlight` looks again). */
@@ -279,9 +293,13 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
    * `lock` is a token to try to take the single-flight lock on a miss, or '' to only look. `pre`: the reply
    * of this lookup, already run inside the claim (sent with no L1 tag, so it reads as a miss or an entry).
    */
-  async function lookup(p: CacheKeyParts, lock: string, owner = '', pre?: Prefetch, { hash, keys } = keysFor(p)) {
+  async function lookup(p: CacheKeyParts, lock: string, owner = '', pre?: Prefetch, k = keysFor(p)) {
+    const { hash, keys } = k;
     const local = pre ? undefined : l1.get(hash);
-    if (local && l1Live) return { hash, keys, tag: local.tag, found: { level: 'l1', value: JSON.parse(local.json) as T } as CacheHit<T>, lockState: 0 };
+    if (local && l1Live) {
+      admitKeys(k);
+      return { hash, keys, tag: local.tag, found: { level: 'l1', value: JSON.parse(local.json) as T } as CacheHit<T>, lockState: 0 };
+    }
     const seen = pre ? pre.seen : epoch;
     const [tag, hit, lockState, json] = pre?.reply ?? ((await lookupLua(keys, [local?.tag ?? '', lock, lockTtlMs, owner])) as LookupReply);
     let found: CacheHit<T> | null = null;
@@ -293,17 +311,23 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     } else if (local) {
       l1.delete(hash);
     }
+    if (found) admitKeys(k);
     return { hash, keys, tag, found, lockState };
   }
 
-  /** Fills L1 unless an invalidation was seen since the Redis read that produced `tag` was sent. */
+  /**
+   * Fills L1 unless an invalidation was seen since the Redis read that produced `tag` was sent. Called for a value
+   * read from L2 only: one this process stored (computed) goes to L2 alone, and enters L1 when a later lookup here
+   * reads it back (the input recurred). Kept for 60 s among 10,000 entries, every miss job's answer outlived
+   * several scavenges and was promoted (~0.7 KB a job), to be freed by a major collection, which is what makes the
+   * tail at a moderate load; most never recur.
+   */
   function remember(hash: string, p: CacheKeyParts, tag: string, json: string, seenEpoch: number): void {
     if (epoch === seenEpoch) l1.set(hash, { tag, json, org: enc(p.orgId), agent: enc(p.agent) });
   }
 
   /** Writes the entry (and releases `lockToken`'s lock, and appends `usage`, in the same call). */
-  async function store(p: CacheKeyParts, keys: readonly string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
-    const seen = epoch;
+  async function store(keys: readonly string[], tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
     const json = JSON.stringify(value);
     const entry = usage ? usage.of(value) : '';
     const bill = usage?.bill?.();
@@ -321,17 +345,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       // Across a reconnect the ride's part of the reply may be a re-sent call's: what the first one read is lost.
       if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[2] : undefined);
     }
-    const [stored, current] = reply;
-    if (stored === 1) remember(hash, p, current, json, seen);
-    return stored === 1;
+    return reply[0] === 1;
   }
 
   /**
    * The value was paid for: failing to cache it must not fail the caller. False when the write failed (then
    * nothing of it happened: the lock is still held and `usage` was not appended).
    */
-  async function storeQuietly(p: CacheKeyParts, keys: readonly string[], hash: string, tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
-    return store(p, keys, hash, tag, value, lockToken, usage).then(
+  async function storeQuietly(keys: readonly string[], tag: string, value: T, lockToken = '', usage?: SingleFlightOptions<T>['usageEntry']): Promise<boolean> {
+    return store(keys, tag, value, lockToken, usage).then(
       () => true,
       (err: unknown) => {
         opts.logger?.warn({ err }, 'result cache: store failed');
@@ -345,9 +367,13 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       return (await lookup(p, '')).found;
     },
     prepare(p, owner = '') {
-      const { hash, keys } = keysFor(p);
-      if (isObject(p.input)) preparedKeys.set(p.input, { parts: p, hash, keys });
-      if (l1Live && l1.has(hash)) return undefined;
+      const k = keysFor(p);
+      const { hash, keys } = k;
+      if (isObject(p.input)) preparedKeys.set(p.input, { parts: p, k });
+      if (l1Live && l1.has(hash)) {
+        admitKeys(k);
+        return undefined;
+      }
       const pre: Prefetch = { hash, owner, token: `${owner}#${randomUUID()}`, seen: epoch, consumed: false };
       const prepared: PreparedLookup = {
         keys,
@@ -367,8 +393,10 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     },
     fromMemory(p, view) {
       if (!l1Live) return undefined;
-      const local = l1.get((takePreparedKeys(p) ?? keysFor(p)).hash);
+      const k = takePreparedKeys(p) ?? keysFor(p);
+      const local = l1.get(k.hash);
       if (!local) return undefined;
+      admitKeys(k);
       if (!view) return JSON.parse(local.json) as T;
       if (local.view?.of === view) return JSON.parse(local.view.json) as T;
       const seen = view(JSON.parse(local.json) as T);
@@ -376,8 +404,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
       return seen;
     },
     async set(p, value) {
-      const { hash, keys } = keysFor(p);
-      return store(p, keys, hash, '', value);
+      return store(keysFor(p).keys, '', value);
     },
     async invalidateOrg(orgId) {
       await bumpLua([orgVersionKey(orgId)], [channel, enc(orgId)]);
@@ -403,7 +430,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           if (pre?.reply?.[2] === 2) await unlockLua([k.keys[LOCK_KEY]], [token]).catch((err: unknown) => opts.logger?.warn({ err }, 'result cache: unlock failed'));
           sfOpts.signal.throwIfAborted();
         }
-        const { hash, keys, tag, found, lockState } = await lookup(p, token, owner, pre, k);
+        const { keys, tag, found, lockState } = await lookup(p, token, owner, pre, k);
         pre = undefined;
         if (found) return { value: found.value, from: found.level };
         if (lockState === 2) {
@@ -413,7 +440,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
           let released = false;
           try {
             const value = await fn();
-            if (shouldCache(value)) released = await storeQuietly(p, keys, hash, tag, value, token, sfOpts.usageEntry);
+            if (shouldCache(value)) released = await storeQuietly(keys, tag, value, token, sfOpts.usageEntry);
             return { value, from: 'call', usageAppended: released && sfOpts.usageEntry !== undefined };
           } finally {
             clearInterval(renew);
@@ -423,7 +450,7 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
         }
         if (Date.now() >= deadline) {
           const value = await fn();
-          const appended = shouldCache(value) && (await storeQuietly(p, keys, hash, tag, value, '', sfOpts.usageEntry));
+          const appended = shouldCache(value) && (await storeQuietly(keys, tag, value, '', sfOpts.usageEntry));
           return { value, from: 'call', usageAppended: appended && sfOpts.usageEntry !== undefined };
         }
         // Another caller holds the lock: poll with backoff (jittered so waiters do not move in step).
