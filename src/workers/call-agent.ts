@@ -5,7 +5,7 @@ import { PromptBuildError } from '../shared/core/errors.js';
 import { billedOf } from '../shared/core/outcomes.js';
 import { DelayJobError, type JobContext } from './middleware.js';
 import type { BatchTier } from './batch-tier.js';
-import { inSpan, SpanKind, withParent } from '../shared/telemetry/tracing.js';
+import { inSpan, SpanKind } from '../shared/telemetry/tracing.js';
 import { modelCallAttributes, modelCallContent, modelCallName, modelCallUsage } from '../shared/telemetry/gen-ai.js';
 import { billedCall } from '../shared/infra/llm/llm-client.js';
 
@@ -86,9 +86,10 @@ export function createAgentCall(deps: {
       // No model was asked anything yet: the retrieval's failure (or the agent's) is never the model's.
       throw err instanceof DelayJobError ? err : new PromptBuildError(err);
     }
-    const attributes = modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
+    // Built only when a span is started (tracing off: never), as the job span's are.
+    const attributes = () => modelCallAttributes({ model: ctx.model, orgId: ctx.orgId, jobId: ctx.job.id, agent: ctx.agentName, action: ctx.actionName, stream: Boolean(ctx.job.data.stream) });
     // GenAI semantic conventions: one CLIENT span per call, named "<operation> <model>", child of the attempt.
-    const call = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parent: withParent(ctx.span) }, async (span) => {
+    const call = await inSpan(modelCallName(ctx.model), { kind: SpanKind.CLIENT, attributes, parentSpan: ctx.span }, async (span) => {
       const callStarted = performance.now();
       const seconds = () => (performance.now() - callStarted) / 1000;
       let res;

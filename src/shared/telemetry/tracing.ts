@@ -10,6 +10,7 @@ import {
   type Attributes,
   type Context,
   type Span,
+  type SpanContext,
   type SpanOptions,
 } from '@opentelemetry/api';
 import type { TraceCarrier } from '../core/types.js';
@@ -37,21 +38,21 @@ export function extractTrace(carrier: TraceCarrier | Record<string, unknown> | u
   return carrier ? propagation.extract(active, carrier) : active;
 }
 
-/** The active context with `span` as its current span (a parent handed over explicitly), or undefined. */
-export const withParent = (span: Span | undefined): Context | undefined => (span ? trace.setSpan(context.active(), span) : undefined);
-
 /** Runs `fn` in context `ctx`. */
 export const withContext = <T>(ctx: Context, fn: () => T): T => context.with(ctx, fn);
 
 /**
  * Runs `fn` inside a new active span that ends when it settles; a throw marks the span as an error with
  * `error.type` (the stable code when the error has one). The message is kept: agentq's error messages
- * name codes, models and limits, never prompt text.
+ * name codes, models and limits, never prompt text. `attributes` given as a function are built only when a
+ * span is started (tracing off, a model call's dozen fields were built for nothing on every job). `parentSpan`: a
+ * parent handed over as a span (the active context with it set), made a context only when a span is started.
  */
-export function inSpan<T>(name: string, opts: SpanOptions & { parent?: Context }, fn: (span: Span) => Promise<T>): Promise<T> {
-  const parent = opts.parent ?? context.active();
-  if (untraced(parent)) return fn(NO_SPAN);
-  return tracer().startActiveSpan(name, withoutParent(opts), parent, async (span) => {
+export function inSpan<T>(name: string, opts: InSpanOptions, fn: (span: Span) => Promise<T>): Promise<T> {
+  const { parentSpan } = opts;
+  if (parentSpan ? untracedSpan(parentSpan) : untraced(opts.parent ?? context.active())) return fn(NO_SPAN);
+  const parent = parentSpan ? trace.setSpan(context.active(), parentSpan) : (opts.parent ?? context.active());
+  return tracer().startActiveSpan(name, spanOptionsOf(opts), parent, async (span) => {
     try {
       return await fn(span);
     } catch (err) {
@@ -83,14 +84,23 @@ const NO_SPAN: Span = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
  * the code it runs (possible only where a propagator or context manager is registered without an SDK).
  */
 function untraced(parent: Context): boolean {
-  const provider = trace.getTracerProvider();
-  if (!(provider instanceof ProxyTracerProvider) || provider.getDelegateTracer('agentq') !== undefined) return false;
-  const parentSpan = trace.getSpanContext(parent);
-  return parentSpan === undefined || !isSpanContextValid(parentSpan);
+  return noTracer() && noValidSpan(trace.getSpanContext(parent));
 }
 
-function withoutParent({ parent: _parent, ...opts }: SpanOptions & { parent?: Context }): SpanOptions {
-  return opts;
+/** `untraced` of the active context with `span` set on it, without making that context. */
+const untracedSpan = (span: Span): boolean => noTracer() && noValidSpan(span.spanContext());
+
+function noTracer(): boolean {
+  const provider = trace.getTracerProvider();
+  return provider instanceof ProxyTracerProvider && provider.getDelegateTracer('agentq') === undefined;
+}
+
+const noValidSpan = (parent: SpanContext | undefined): boolean => parent === undefined || !isSpanContextValid(parent);
+
+export type InSpanOptions = Omit<SpanOptions, 'attributes'> & { parent?: Context; parentSpan?: Span; attributes?: Attributes | (() => Attributes) };
+
+function spanOptionsOf({ parent: _parent, parentSpan: _parentSpan, attributes, ...opts }: InSpanOptions): SpanOptions {
+  return attributes === undefined ? opts : { ...opts, attributes: typeof attributes === 'function' ? attributes() : attributes };
 }
 
 export function markError(span: Span, err: unknown): void {
