@@ -93,7 +93,7 @@ export function createAgentCall(deps: {
       const callStarted = performance.now();
       const seconds = () => (performance.now() - callStarted) / 1000;
       let res;
-      const req = {
+      const req: Parameters<GenerateFn['generate']>[0] = {
         model: ctx.model,
         system: prompt.system,
         prompt: prompt.user,
@@ -101,9 +101,12 @@ export function createAgentCall(deps: {
         signal: ctx.signal,
         onText: deps.onText?.(ctx),
       };
+      // Only an online tier other than standard is sent; set on the request itself, not on a copy of it per call
+      // (a batch-tier job's, 'batch', never is: its fallback to the standard tier sends none).
+      if (ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch') req.tier = ctx.tier;
       try {
         if (ctx.tier === 'batch' && deps.batch) res = await deps.batch.generate(ctx, req, () => deps.llm.generate(req));
-        else res = await deps.llm.generate({ ...req, ...(ctx.tier && ctx.tier !== 'standard' && ctx.tier !== 'batch' ? { tier: ctx.tier } : {}) });
+        else res = await deps.llm.generate(req);
       } catch (err) {
         // Waiting for its batch: no model was called, and nothing failed. Thrown past the span, so it is no error there.
         if (err instanceof DelayJobError) {
