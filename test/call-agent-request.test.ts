@@ -33,9 +33,9 @@ describe("the model call's request", () => {
     for (const tier of [undefined, 'standard', 'batch'] as const) expect('tier' in (await requestFor(tier)).req).toBe(false);
   });
 
-  it("aborts on the attempt's Cancellation itself, not a signal made of it", async () => {
+  it("aborts on the attempt's cancellation signal and carries the prompt", async () => {
     const { req, cancel } = await requestFor(undefined);
-    expect(req.signal).toBe(cancel);
+    expect(req.signal).toBe(cancel.signal);
     expect(req).toMatchObject({ model: 'gemini-2.5-flash', system: 'be brief', prompt: 'hi' });
   });
 });
