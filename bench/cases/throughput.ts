@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { connect } from 'node:net';
-import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
+import { createWriteStream, writeFileSync } from 'node:fs';
 import { Session } from 'node:inspector';
 import type { Job, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -79,32 +79,7 @@ export interface RunResult {
   scriptTimes?: ScriptTime[];
   /** Jobs the worker was running, the mean of samples every ~3 ms over the window (its own events: no Redis command). */
   meanRunning: number;
-  /**
-   * CPU per completed job over the window (user + system, us): this process (the worker under test, and the bench's own
-   * sampling) and the PGlite process (the usage sink's INSERTs). Linux only (/proc); absent elsewhere.
-   */
-  workerCpuUsPerJob?: number;
-  pgCpuUsPerJob?: number;
 }
-
-/** A process's CPU so far (user + system, us) from /proc, or undefined where there is none. */
-function procCpuUs(pid: number | undefined): number | undefined {
-  if (!pid) return undefined;
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th, in clock ticks.
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(f[11]) + Number(f[12])) * 1e6) / CLOCK_TICKS;
-  } catch {
-    return undefined;
-  }
-}
-/** USER_HZ, 100 on every Linux the bench runs on. */
-const CLOCK_TICKS = 100;
-const selfCpuUs = () => {
-  const u = process.cpuUsage();
-  return u.user + u.system;
-};
 
 /** A measurement window over a running worker: completions and Redis commands between two instants. */
 export function createCounter() {
@@ -238,7 +213,6 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   const scriptTimes = process.env.BENCH_SLOWLOG === '1' ? await startScriptTimes(ctx.b.control) : undefined;
   const c0 = counter.completed;
   const t0 = performance.now();
-  const cpu0 = { self: selfCpuUs(), pg: procCpuUs(ctx.b.pg.child.pid) };
   const s0 = await commandCalls(ctx.b.control);
   const m0 = mon?.counts();
   const stopSampling = counter.sampleRunning();
@@ -246,7 +220,6 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await ctx.windowEdge?.('end');
   const c1 = counter.completed;
   const t1 = performance.now();
-  const cpu1 = { self: selfCpuUs(), pg: procCpuUs(ctx.b.pg.child.pid) };
   const meanRunning = stopSampling();
   const m1 = mon?.counts();
   const s1 = await commandCalls(ctx.b.control);
@@ -255,8 +228,7 @@ async function window(ctx: BenchContext, counter: ReturnType<typeof createCounte
   await stopProfile?.();
   const jobs = c1 - c0;
   const split = m0 && m1 ? { sent: m1.sent - m0.sent, inScripts: m1.inScripts - m0.inScripts } : undefined;
-  const cpu = { self: cpu1.self - cpu0.self, pg: cpu0.pg === undefined || cpu1.pg === undefined ? undefined : cpu1.pg - cpu0.pg };
-  return { cpu, jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning, scripts };
+  return { jobs, seconds: (t1 - t0) / 1000, commands: s1.total - s0.total, byCommand: diffCalls(s0, s1), usecByCommand: diffCalls({ byCommand: s0.usecByCommand }, { byCommand: s1.usecByCommand }), split, usec: s1.usec - s0.usec, cpuUs: s1.cpuUs - s0.cpuUs, meanRunning, scripts };
 }
 
 async function runBare(ctx: BenchContext, path: BarePath, concurrency: number, total: number, monitor: boolean, windowMs: number) {
@@ -354,8 +326,6 @@ export async function measurePath(ctx: BenchContext, path: Path, concurrency: nu
     redisUsecPerJob: round(w.usec / Math.max(1, w.jobs), 1),
     redisCpuUsPerJob: round(w.cpuUs / Math.max(1, w.jobs), 1),
     meanRunning: round(w.meanRunning, 1),
-    workerCpuUsPerJob: round(w.cpu.self / Math.max(1, w.jobs), 1),
-    ...(w.cpu.pg === undefined ? {} : { pgCpuUsPerJob: round(w.cpu.pg / Math.max(1, w.jobs), 1) }),
     llmCalls,
     byCommand: Object.fromEntries(Object.entries(w.byCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
     usecByCommand: Object.fromEntries(Object.entries(w.usecByCommand).map(([k, v]) => [k, round(v / Math.max(1, w.jobs), 2)])),
@@ -405,10 +375,8 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
     }
   };
   await measureRounds(1, [...paths, ...floors], (p) => guess[p]);
-  // The opt-in transport in the same rounds as the main paths: its ratio to (b) is as comparable as theirs. So is the
-  // miss path without its agent_runs INSERT: one window of it after the rounds (until 2026-12-07) read 0.79x (b) against
-  // the rounds' 0.72x, though those rounds alone spread from 0.68x to 0.79x.
-  await measureRounds(50, [...paths, 'agentq-miss-nodehttp', 'agentq-miss-norows'], (p) => Math.max(guess[p], (results[`${p}@1`] ?? results['agentq-miss@1']).jobsPerS * 8));
+  // The opt-in transport in the same rounds as the main paths: its ratio to (b) is as comparable as theirs.
+  await measureRounds(50, [...paths, 'agentq-miss-nodehttp'], (p) => Math.max(guess[p], (results[`${p}@1`] ?? results['agentq-miss@1']).jobsPerS * 8));
   /** A ratio of two paths: the median of the rounds' ratios (`rounds` lists them). */
   const ratioOf = (c: number, p: Path, ref: Path, by: (r: RunResult) => number = (r) => r.jobsPerS) => {
     const each = rounds[c].map((r) => round(by(r[p]!) / by(r[ref]!), 2));
@@ -416,7 +384,7 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
   };
   // Ablation, for the record: the same full path without the per-attempt agent_runs INSERT.
   // And with the wait list at the fixed share alone (half the concurrency), not also sized by the worker's rate.
-  for (const path of ['agentq-hit-norows', 'agentq-miss-fixed', 'agentq-hit-fixed'] as Path[]) {
+  for (const path of ['agentq-miss-norows', 'agentq-hit-norows', 'agentq-miss-fixed', 'agentq-hit-fixed'] as Path[]) {
     const base = results[`${path.replace(/-(norows|fixed)$/, '')}@50`].jobsPerS;
     results[`${path}@50`] = await measurePath(ctx, path, 50, path.endsWith('-fixed') ? base : base * 1.5, { windowMs: C50_WINDOW_MS });
   }
@@ -452,16 +420,7 @@ export async function throughputCase(ctx: BenchContext): Promise<void> {
 
   const tcA = '1 throughput (c=50), ablation';
   const norows = (p: Path) => results[`${p}-norows@50`]?.jobsPerS;
-  const noRowsB = ratioOf(50, 'agentq-miss-norows', 'bare-llm');
-  const withRows = ratioOf(50, 'agentq-miss', 'agentq-miss-norows');
-  const cpuOf = (p: Path, k: 'workerCpuUsPerJob' | 'pgCpuUsPerJob') => rounds[50].map((r) => r[p]![k] ?? '?').join(' / ');
-  ctx.add({
-    case: tcA,
-    name: 'agentq miss, agent_runs INSERT skipped',
-    value: norows('agentq-miss'),
-    unit: 'jobs/s',
-    note: `median round; ${noRowsB.value}x (b) (${noRowsB.rounds}); with the INSERT / without it ${withRows.value}x (${withRows.rounds}), what the per-job Postgres write costs; CPU per job, per round, with / without it: PGlite ${cpuOf('agentq-miss', 'pgCpuUsPerJob')} us vs ${cpuOf('agentq-miss-norows', 'pgCpuUsPerJob')} us, this process (the worker) ${cpuOf('agentq-miss', 'workerCpuUsPerJob')} us vs ${cpuOf('agentq-miss-norows', 'workerCpuUsPerJob')} us`,
-  });
+  ctx.add({ case: tcA, name: 'agentq miss, agent_runs INSERT skipped', value: norows('agentq-miss'), unit: 'jobs/s', note: `${round(norows('agentq-miss') / results['bare-llm@50'].jobsPerS, 2)}x (b): what the per-job Postgres write costs` });
   ctx.add({ case: tcA, name: 'agentq hit, agent_runs INSERT skipped', value: norows('agentq-hit'), unit: 'jobs/s', note: `${round(norows('agentq-hit') / results['bare-noop@50'].jobsPerS, 2)}x (a)` });
   const fixed = (p: 'agentq-miss' | 'agentq-hit') => results[`${p}-fixed@50`];
   for (const p of ['agentq-miss', 'agentq-hit'] as const) {
