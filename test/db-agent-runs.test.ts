@@ -1,8 +1,10 @@
 import { randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { afterBatchPart, createRunStore, stalledRunPart, type AgentRun } from '../src/shared/infra/db/agent-runs.js';
-import { migrate } from '../src/shared/infra/db/migrate.js';
+import { migrate, MIGRATIONS_DIR } from '../src/shared/infra/db/migrate.js';
 import { createOrgStore } from '../src/shared/infra/db/orgs.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createQuotaChecker } from '../src/shared/infra/db/quotas.js';
@@ -314,6 +316,67 @@ describe('agent_runs', () => {
     // The batch tier's attempt figures are the answer's row's alone.
     expect(byTier[0]).toMatchObject({ cacheHitRate: 0, p50Ms: 100 });
     expect(byTier[1]).toMatchObject({ p50Ms: 0 });
+  });
+
+  it('migration 029: a row is keyed by (job_id, job_ts, attempt, part), its primary key, and has no id column; a key written twice is one row', async () => {
+    const columns = (await pool.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'agent_runs'")).rows.map((r) => r.column_name);
+    expect(columns).toEqual(expect.arrayContaining(['job_id', 'job_ts', 'attempt', 'part']));
+    expect(columns).not.toContain('id');
+    const keys = await pool.query("SELECT contype, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'agent_runs'::regclass AND contype IN ('p', 'u')");
+    expect(keys.rows).toEqual([{ contype: 'p', def: 'PRIMARY KEY (job_id, job_ts, attempt, part)' }]);
+    expect((await pool.query("SELECT to_regclass('agent_runs_id_seq') AS s")).rows[0].s).toBeNull();
+
+    const runs = createRunStore({ pool });
+    const orgId = randomOrg();
+    const jobId = randomUUID();
+    const row = run({ orgId, jobId, jobTs: 1765100000000, attempt: 2, state: 'delayed', part: 'p-1' });
+    expect(await runs.record(row)).toBe(true);
+    expect(await runs.record({ ...row, costUsd: 9 })).toBe(false);
+    expect(await runs.recordMany([{ ...row, costUsd: 9 }, { ...row, part: 'p-2' }])).toBe(1);
+    // Without ON CONFLICT the key refuses it.
+    const again = pool.query("INSERT INTO agent_runs (job_id, job_ts, attempt, part, org_id, agent, action, model, state) VALUES ($1, 1765100000000, 2, 'p-1', $2, 'a', 'b', 'm', 'delayed')", [jobId, orgId]);
+    await expect(again).rejects.toMatchObject({ code: '23505' });
+    const { rows } = await pool.query('SELECT part, cost_usd FROM agent_runs WHERE job_id = $1 ORDER BY part', [jobId]);
+    expect(rows.map((r) => [r.part, Number(r.cost_usd)])).toEqual([
+      ['p-1', 0.001],
+      ['p-2', 0.001],
+    ]);
+  });
+
+  it('migration 029 on a table with rows: they are kept as they were, the table is not rewritten, id and its sequence are gone', async () => {
+    // The agent_runs migrations replayed in a schema of their own, in a transaction rolled back at the end.
+    const files = readdirSync(MIGRATIONS_DIR).filter((f) => f.endsWith('.sql') && readFileSync(join(MIGRATIONS_DIR, f), 'utf8').includes('agent_runs')).sort();
+    expect(files.at(-1)).toBe('029_agent_runs_key_as_primary_key.sql');
+    const sql = (f: string) => readFileSync(join(MIGRATIONS_DIR, f), 'utf8');
+    const schema = `m029_${randomUUID().slice(0, 8)}`;
+    const client = await pool.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query(`CREATE SCHEMA ${schema}`);
+      await client.query(`SET LOCAL search_path = ${schema}, public`);
+      for (const f of files.slice(0, -1)) await client.query(sql(f));
+      await client.query(`INSERT INTO agent_runs (job_id, job_ts, attempt, part, org_id, agent, action, model, state, cost_usd)
+        VALUES ('j1', 5, 1, '', 'o', 'a', 'b', 'm', 'completed', 0.5), ('j1', 5, 2, 'd-1', 'o', 'a', 'b', 'm', 'delayed', 0.25), ('j2', 0, 1, '', 'o', 'a', 'b', 'm', 'failed', 0)`);
+      const file = async () => (await client.query("SELECT relfilenode FROM pg_class WHERE oid = 'agent_runs'::regclass")).rows[0].relfilenode;
+      const before = await file();
+      await client.query(sql(files.at(-1)!));
+      expect(await file()).toBe(before);
+      const { rows } = await client.query('SELECT * FROM agent_runs ORDER BY job_id, attempt');
+      expect(rows.map((r) => [r.job_id, Number(r.job_ts), r.attempt, r.part, r.state, Number(r.cost_usd)])).toEqual([
+        ['j1', 5, 1, '', 'completed', 0.5],
+        ['j1', 5, 2, 'd-1', 'delayed', 0.25],
+        ['j2', 0, 1, '', 'failed', 0],
+      ]);
+      expect(rows[0]).not.toHaveProperty('id');
+      expect((await client.query(`SELECT to_regclass('${schema}.agent_runs_id_seq') AS s`)).rows[0].s).toBeNull();
+      const keys = await client.query("SELECT contype, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'agent_runs'::regclass AND contype IN ('p', 'u')");
+      expect(keys.rows).toEqual([{ contype: 'p', def: 'PRIMARY KEY (job_id, job_ts, attempt, part)' }]);
+      const dup = await client.query("INSERT INTO agent_runs (job_id, job_ts, attempt, part, org_id, agent, action, model, state) VALUES ('j1', 5, 1, '', 'o', 'a', 'b', 'm', 'completed') ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING");
+      expect(dup.rowCount).toBe(0);
+    } finally {
+      await client.query('ROLLBACK');
+      client.release();
+    }
   });
 });
 
