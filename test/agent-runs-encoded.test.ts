@@ -120,6 +120,46 @@ describe('agent_runs rows sent as their JSON (the usage sink)', () => {
     expect(old[5]).toMatchObject({ agent: 'ag\uFFFDent', error: 'bad\uFFFDbyte \uFFFD \u0001\u001f\t\n \\u0000 done', request_id: 'r\uFFFDq' });
   });
 
+  it("a row's fields that hold their column's default are left out of its JSON and stored as the row sent whole stores them; any other value is kept", async () => {
+    const orgId = randomOrg();
+    const at = new Date('2031-05-06T07:08:09.123Z');
+    const tag = randomUUID().slice(0, 8);
+    const common = { attempt: 1, orgId, agent: 'RiskAnalyzer', action: 'analyze_risks', model: 'gemini-2.5-flash', createdAt: at };
+    // Every field that has a default, at it (a cache hit's row, whole).
+    const defaults = {
+      inputTokens: 0, outputTokens: 0, durationMs: 0, jobTs: 0, part: '', cacheHit: null, error: null, requestId: null, tier: 'standard' as const,
+      cachedTokens: 0, thoughtsTokens: 0, standardCostUsd: null, embeddingTokens: 0, embeddingCostUsd: 0, embeddingEstimated: false, embeddingModel: null as unknown as string,
+    };
+    const rows: Array<Omit<AgentRun, 'jobId'>> = [
+      { ...common, state: 'completed', costUsd: 0, ...defaults },
+      // standardCostUsd equal to costUsd (its default), at a cost that is no round number.
+      { ...common, state: 'completed', costUsd: 0.00081225, ...defaults, standardCostUsd: 0.00081225, inputTokens: 812, outputTokens: 230, durationMs: 44 },
+      // Each field one step off its default: kept.
+      {
+        ...common, state: 'delayed', part: 'd-1', jobTs: 1, inputTokens: 1, outputTokens: 1, durationMs: 1, costUsd: 0, cacheHit: 'l1', error: '', requestId: '',
+        tier: 'flex', cachedTokens: 1, thoughtsTokens: 1, standardCostUsd: 0.000001, embeddingTokens: 1, embeddingCostUsd: 1e-8, embeddingEstimated: true, embeddingModel: '',
+      },
+      { ...common, state: 'failed', costUsd: 0.5, ...defaults, standardCostUsd: 0, part: 'stalled:1', tier: 'priority', error: 'x' },
+    ];
+    const named = (path: string) => rows.map((r, i) => ({ ...r, jobId: `${tag}-${path}-${i}` }) as AgentRun);
+    const json = named('json').map(encodeRun);
+    expect(Object.keys(JSON.parse(json[0])).sort()).toEqual(['action', 'agent', 'attempt', 'costUsd', 'createdAt', 'durationMs', 'inputTokens', 'jobId', 'model', 'orgId', 'outputTokens', 'state']);
+    expect(JSON.parse(json[1])).not.toHaveProperty('standardCostUsd');
+    expect(Object.keys(JSON.parse(json[2])).length).toBe(Object.keys(rows[2]).length + 1);
+    expect(JSON.parse(json[3])).toMatchObject({ standardCostUsd: 0, part: 'stalled:1', tier: 'priority', error: 'x' });
+    // The same rows through `record` (each field sent as a parameter, its default applied in JS) and through their JSON.
+    const runs = createRunStore({ pool });
+    for (const r of named('record')) expect(await runs.record(r)).toBe(true);
+    expect(await runs.recordEncoded(json)).toBe(rows.length);
+    const whole = await stored(pool, named('record').map((r) => r.jobId));
+    expect(whole).toHaveLength(rows.length);
+    expect(await stored(pool, named('json').map((r) => r.jobId))).toEqual(whole);
+    expect(whole[0]).toMatchObject({ tier: 'standard', cache_hit: null, error: null, standard_cost_usd: '0.00000000', part: '', job_ts: '0', embedding_estimated: 'false', embedding_model: null, created_at: '2031-05-06 07:08:09.123000' });
+    expect(whole[1]).toMatchObject({ standard_cost_usd: '0.00081225', input_tokens: '812' });
+    expect(whole[2]).toMatchObject({ cache_hit: 'l1', error: '', request_id: '', tier: 'flex', embedding_model: '', embedding_estimated: 'true', job_ts: '1' });
+    expect(whole[3]).toMatchObject({ standard_cost_usd: '0.00000000', cost_usd: '0.50000000' });
+  });
+
   it("recordMany (rows as objects) stores what the stream's JSON of the same rows stores; created_at defaults to the insert's now()", async () => {
     const orgId = randomOrg();
     const runs = createRunStore({ pool });

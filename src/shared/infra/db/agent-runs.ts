@@ -264,7 +264,9 @@ const COUNT_FIELDS = ['inputTokens', 'outputTokens', 'durationMs', 'cachedTokens
  * made it; so is an absent one, which JSON's reading here cannot tell from null (an absent `inputTokens`,
  * `outputTokens` or `durationMs`, which the type forbids, was NaN and its row refused). A key the row lacks is NULL, so the ON CONFLICT key's `job_ts` and `part` get their defaults as
  * before; keys the statement does not name are ignored. Counts are read as integers: a fraction is rounded in JS
- * first (`storableRowJson`), as rounding every count in SQL (numeric) cost Postgres more than the arrays did.
+ * first (`storableRowJson`), as rounding every count in SQL (numeric) cost Postgres more than the arrays did. The
+ * worker leaves out of a row's JSON the optional fields that hold the default given here (`STORED_WHEN_ABSENT` in
+ * run-stream.ts): a default changed here changes there too (`test/agent-runs-encoded.test.ts` compares the two).
  */
 const ENCODED_ROWS_INSERT = `INSERT INTO agent_runs (job_id, attempt, org_id, agent, action, model, state, input_tokens, output_tokens,
                                  cost_usd, duration_ms, cache_hit, error, request_id, created_at,
