@@ -318,13 +318,15 @@ describe('agent_runs', () => {
     expect(byTier[1]).toMatchObject({ p50Ms: 0 });
   });
 
-  it('migration 029: a row is keyed by (job_id, job_ts, attempt, part), its primary key, and has no id column; a key written twice is one row', async () => {
+  it('migration 029: a row is keyed by (job_id, job_ts, attempt, part), its unique key and replica identity, and has no id column; a key written twice is one row', async () => {
     const columns = (await pool.query("SELECT column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = 'agent_runs'")).rows.map((r) => r.column_name);
     expect(columns).toEqual(expect.arrayContaining(['job_id', 'job_ts', 'attempt', 'part']));
     expect(columns).not.toContain('id');
     const keys = await pool.query("SELECT contype, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'agent_runs'::regclass AND contype IN ('p', 'u')");
-    expect(keys.rows).toEqual([{ contype: 'p', def: 'PRIMARY KEY (job_id, job_ts, attempt, part)' }]);
+    expect(keys.rows).toEqual([{ contype: 'u', def: 'UNIQUE (job_id, job_ts, attempt, part)' }]);
     expect((await pool.query("SELECT to_regclass('agent_runs_id_seq') AS s")).rows[0].s).toBeNull();
+    const identity = await pool.query("SELECT c.relreplident, i.indexrelid::regclass::text AS idx FROM pg_class c JOIN pg_index i ON i.indrelid = c.oid AND i.indisreplident WHERE c.oid = 'agent_runs'::regclass");
+    expect(identity.rows).toEqual([{ relreplident: 'i', idx: 'agent_runs_job_attempt_part_key' }]);
 
     const runs = createRunStore({ pool });
     const orgId = randomOrg();
@@ -343,10 +345,10 @@ describe('agent_runs', () => {
     ]);
   });
 
-  it('migration 029 on a table with rows: they are kept as they were, the table is not rewritten, id and its sequence are gone', async () => {
+  it('migration 029 on a table with rows: they are kept as they were, neither the table nor the key\'s index is rebuilt, id and its sequence are gone', async () => {
     // The agent_runs migrations replayed in a schema of their own, in a transaction rolled back at the end.
     const files = readdirSync(MIGRATIONS_DIR).filter((f) => f.endsWith('.sql') && readFileSync(join(MIGRATIONS_DIR, f), 'utf8').includes('agent_runs')).sort();
-    expect(files.at(-1)).toBe('029_agent_runs_key_as_primary_key.sql');
+    expect(files.at(-1)).toBe('029_agent_runs_drop_id.sql');
     const sql = (f: string) => readFileSync(join(MIGRATIONS_DIR, f), 'utf8');
     const schema = `m029_${randomUUID().slice(0, 8)}`;
     const client = await pool.connect();
@@ -357,10 +359,12 @@ describe('agent_runs', () => {
       for (const f of files.slice(0, -1)) await client.query(sql(f));
       await client.query(`INSERT INTO agent_runs (job_id, job_ts, attempt, part, org_id, agent, action, model, state, cost_usd)
         VALUES ('j1', 5, 1, '', 'o', 'a', 'b', 'm', 'completed', 0.5), ('j1', 5, 2, 'd-1', 'o', 'a', 'b', 'm', 'delayed', 0.25), ('j2', 0, 1, '', 'o', 'a', 'b', 'm', 'failed', 0)`);
-      const file = async () => (await client.query("SELECT relfilenode FROM pg_class WHERE oid = 'agent_runs'::regclass")).rows[0].relfilenode;
-      const before = await file();
+      // The table's file and the key's index file: the same after 029 (no rewrite, no index build under its lock).
+      const fileNodes = async () => (await client.query("SELECT relname, relfilenode FROM pg_class WHERE oid IN ('agent_runs'::regclass, 'agent_runs_job_attempt_part_key'::regclass) ORDER BY relname")).rows;
+      const before = await fileNodes();
+      expect(before).toHaveLength(2);
       await client.query(sql(files.at(-1)!));
-      expect(await file()).toBe(before);
+      expect(await fileNodes()).toEqual(before);
       const { rows } = await client.query('SELECT * FROM agent_runs ORDER BY job_id, attempt');
       expect(rows.map((r) => [r.job_id, Number(r.job_ts), r.attempt, r.part, r.state, Number(r.cost_usd)])).toEqual([
         ['j1', 5, 1, '', 'completed', 0.5],
@@ -370,7 +374,7 @@ describe('agent_runs', () => {
       expect(rows[0]).not.toHaveProperty('id');
       expect((await client.query(`SELECT to_regclass('${schema}.agent_runs_id_seq') AS s`)).rows[0].s).toBeNull();
       const keys = await client.query("SELECT contype, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = 'agent_runs'::regclass AND contype IN ('p', 'u')");
-      expect(keys.rows).toEqual([{ contype: 'p', def: 'PRIMARY KEY (job_id, job_ts, attempt, part)' }]);
+      expect(keys.rows).toEqual([{ contype: 'u', def: 'UNIQUE (job_id, job_ts, attempt, part)' }]);
       const dup = await client.query("INSERT INTO agent_runs (job_id, job_ts, attempt, part, org_id, agent, action, model, state) VALUES ('j1', 5, 1, '', 'o', 'a', 'b', 'm', 'completed') ON CONFLICT (job_id, job_ts, attempt, part) DO NOTHING");
       expect(dup.rowCount).toBe(0);
     } finally {
