@@ -1267,6 +1267,47 @@ describe('fair scheduler limits', () => {
     expect(await level(`tpm:org:${org}:${FLASH}`, 1000)).toBeLessThan(600 + 5);
   });
 
+  it('a claim carrying charge corrections with its releases applies them first: a refund wakes the lane asleep on its bucket, and the freed slot goes out in the same call', async () => {
+    const c = await setup({ modelLimits: () => ({ rpm: 100 }), bufferTarget: 5 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { rpm: { flash: 1 }, tpm: 1000 });
+    const ids = await c.add(org, 3, { est: 400 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[0]]);
+    const orgRpm = `${c.prefix}:tb:rpm:org:${org}:${FLASH}`;
+    expect(await c.redis.hget(`${c.prefix}:fq:sleepwhy`, `${org}|${FLASH}`)).toBe(orgRpm);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[0]);
+    // ids[0] was answered from the cache: a claim of another job (its slot lost) carries its release and refund.
+    const r = await c.scheduler.claim('no-such-job', undefined, { release: [ids[0]], correct: [{ org, model: FLASH, orgDelta: -400, modelDelta: -400, requests: -1 }] });
+    expect(r).toMatchObject({ held: false, cancelled: false });
+    // The request given back goes to ids[1] (one a minute: not ids[2] as well).
+    expect(await r.dispatched).toMatchObject({ promoted: [ids[1]] });
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(1);
+  });
+
+  it('a claim carrying charge corrections that wake no lane frees the slots it hands over and fills them, or answers with nothing due', async () => {
+    const c = await setup({ bufferTarget: 5 });
+    const org = randomOrg();
+    await c.scheduler.setPlan(org, { concurrency: 1, tpm: 1000 });
+    const ids = await c.add(org, 2, { est: 400 });
+    expect((await c.scheduler.dispatch()).promoted).toEqual([ids[0]]);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[0]);
+    const level = async () => {
+      const [tokens, ts] = await c.redis.hmget(`${c.prefix}:tb:tpm:org:${org}:${FLASH}`, 'tokens', 'ts');
+      return tokens === null ? 1000 : Math.min(1000, Number(tokens) + ((await c.redisNow()) - Number(ts)) * (1000 / 60_000));
+    };
+    // ids[0] used 100 of its 400: 300 back, and its slot (the org's cap) goes to ids[1], charged its 400.
+    const r = await c.scheduler.claim('no-such-job', undefined, { release: [ids[0]], correct: [{ org, model: FLASH, orgDelta: -300, modelDelta: -300, requests: 0 }] });
+    expect(await r.dispatched).toMatchObject({ promoted: [ids[1]] });
+    expect(await level()).toBeGreaterThanOrEqual(500 - 1);
+    expect(await level()).toBeLessThan(500 + 20);
+    await c.redis.lrem(c.queue.toKey('wait'), 0, ids[1]);
+    // Nothing left to dispatch: the release and the correction are done and the claim answers as it came.
+    const last = await c.scheduler.claim('no-such-job-2', undefined, { release: [ids[1]], correct: [{ org, model: FLASH, orgDelta: -400, modelDelta: -400, requests: 0 }] });
+    expect(last).toEqual({ held: false, cancelled: false });
+    expect((await c.scheduler.orgStats(org)).inFlight).toBe(0);
+    expect(await level()).toBeGreaterThanOrEqual(900 - 1);
+  });
+
   it('charges TPM in the token-bucket format, so the guards adjust() refund is seen by the next dispatch', async () => {
     const c = await setup();
     const org = randomOrg();

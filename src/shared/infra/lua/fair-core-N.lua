@@ -128,9 +128,6 @@ local LEASED = ARGV[12] == '1'
 -- dispatch loop takes in what they dispatched), and a dispatch or lease that says so (ARGV 16 / 17). No Redis
 -- command: the claim's and release's cost is unchanged.
 local TAKES_WAKE = op == 'claim' or op == 'release' or (op == 'dispatch' and ARGV[16] == '1') or (op == 'lease' and ARGV[17] == '1')
--- A lane waits this long for a lease asked for (the caller's take from the global bucket and its lease op);
--- when no lease comes (the caller died), the lane wakes and asks again.
-local LEASE_WAIT_MS = 2000
 -- Leased tokens unused this long lapse (a shard whose demand moved elsewhere strands at most one chunk, for a while).
 local RESERVOIR_TTL_MS = 60000
 -- A lane with a backlog asleep on its org's request rate (org RPM) wakes when the bucket holds what it refills in
@@ -291,6 +288,39 @@ if op == 'keys' then
     P_CANCEL, P_ORGJOBS, Q_META, Q_ACTIVE, Q_PC, Q_EVENTS, Q_MARKER, K_LEASEREQ, P_LEASEWAIT, P_IDEM, P_CANCELLED }
 end
 
+--- @include "fair-corrections"
+
+-- A claim or release handing over charge corrections applies them here and, unless a refund wakes a lane asleep on
+-- its bucket, goes on as one without (above): the releases done, the claim's own part, and an answer unless capped
+-- lanes wake or a dispatch is due, `early` carrying the work done on to the long way otherwise. Only a claim that
+-- also hands releases over (the usual: the worker's corrections ride with its releases) or a release; the others,
+-- and those whose refunds wake lanes (`corrected.wakes`), take the long way with the corrections applied.
+local corrected = nil
+if (op == 'claim' and not claimUncorrected) or (op == 'release' and ARGV[14] ~= '0') then
+  local from, wakes = applyCorrections(op == 'claim' and 21 or 14)
+  corrected = { from = from, wakes = wakes }
+  if wakes then
+    -- The long way (below).
+  elseif op == 'release' then
+    early = { released = releaseSlots(from) }
+    if not early.released.anyCapped then
+      local freed, due = early.released.freed, dueNow(ARGV[13] == '2' and 'lanes' or nil)
+      if not due then return { freed, 0 } end
+      if ARGV[13] == '0' then return { freed, 1 } end
+      early.due = due
+    end
+  elseif #ARGV >= from then
+    early = { released = releaseSlots(from) }
+    if not early.released.anyCapped then
+      local held, cancelled = claimOwn(ARGV[13])
+      local room = bufferRoom()
+      local due = room > 0 and dueNow()
+      if not due then return claimReply(held, cancelled, 0) end
+      early.held, early.cancelled, early.room, early.due = held, cancelled, room, due
+    end
+  end
+end
+
 --- @include "fair-lanes"
 
 --- @include "fair-buckets"
@@ -298,9 +328,9 @@ end
 
 --- @include "fair-dispatch"
 
--- A dispatch, and a claim or release that handed over no charge corrections (`early`: the refill, and a release's
--- fill of the slots it freed) answer here, before the parts only the other ops use (charge corrections, refunds,
--- cancels, the parked store) are created: ~15 functions whose creation cost the refill ~35k Redis instructions.
+-- A dispatch, and a claim or release that went the early way (`early`: the refill, and a release's fill of the slots
+-- it freed; its charge corrections, if any, applied above) answer here, before the parts only the other ops use
+-- (refunds, cancels, the parked store) are created: ~15 functions whose creation cost the refill ~35k Redis instructions.
 if op == 'dispatch' then
   if ARGV[13] and ARGV[13] ~= '' then
     -- A renewal ('=<ask>', as a claim's: see there) writes the ask only when the worker was not registered.
@@ -350,7 +380,6 @@ elseif op == 'release' and early then
   return { freed, 1 }
 end
 
---- @include "token-bucket-adjust"
 --- @include "fair-release"
 
 --- @include "fair-store-parked"
@@ -446,8 +475,9 @@ if op == 'enqueue' or op == 'add' then
   end
   return r
 elseif op == 'release' then
-  -- With charge corrections (without, it answered above): as there.
-  local freed = releaseFrom(applyCorrections(14))
+  -- With charge corrections whose refunds wake lanes (applied above, `corrected`): those lanes first, as there.
+  for _, w in ipairs(corrected.wakes or {}) do wakeRefunded(w[1], w[2]) end
+  local freed = releaseFrom(corrected.from)
   local due = dueNow(ARGV[13] == '2' and 'lanes' or nil)
   if not due then return { freed, 0 } end
   if ARGV[13] ~= '0' then return { freed, 1, dispatch(nil, due) } end
@@ -584,7 +614,9 @@ elseif op == 'claim' then
   local id = ARGV[13]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
-  local from = applyCorrections(21)
+  -- Applied above (`corrected`); the lanes their refunds wake, first.
+  local from = corrected.from
+  for _, w in ipairs(corrected.wakes or {}) do wakeRefunded(w[1], w[2]) end
   local handed = #ARGV >= from
   if handed then releaseFrom(from) end
   local held, cancelled = claimOwn(id)

@@ -1,10 +1,6 @@
 -- Part of fair-core-N.lua, pasted where it says `--- @include "fair-buckets"` (lua.ts readLua): the token buckets a dispatch charges (read and written once per call), the shard's reservoirs and lease
 -- requests, an org's RPM and best lane, the dispatch's batched writes and a lane's bucket names.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
--- Bucket levels this call read or charged (key -> level at nowF), and the charged ones not written yet (key ->
--- {cap, rate}): a dispatch of k jobs of one lane reads each of its buckets once and writes it once, not k
--- times. Written by flushBuckets before the dispatch returns.
-local bucketLevels, bucketsDirty = {}, {}
 
 -- Bucket level now, in the {tokens, ts} format of token-bucket-take-N.lua (missing = full). Parsed by arithmetic
 -- (`s + 0`) as there, not tonumber (two strtod per string in Lua 5.1); a malformed value fails the call either way.
@@ -24,34 +20,11 @@ local function chargeBucket(key, cap, rate, lv)
   if not d or d[1] ~= cap or d[2] ~= rate then bucketsDirty[key] = { cap, rate } end
 end
 
--- The buckets' write time, formatted once per call for all of them (a number format costs a few us of Redis time).
-local bucketStamp
--- Writes a bucket this call charged (one HSET and PEXPIRE); nothing when it charged none.
-local function writeBucket(key)
-  local b = bucketsDirty[key]
-  if not b then return end
-  local lv = bucketLevels[key]
-  bucketStamp = bucketStamp or string.format('%.3f', nowF)
-  -- A whole level (a full bucket less a whole charge, the unthrottled case) goes as `%d` (fmt).
-  rcall('HSET', key, 'tokens', fmt(lv), 'ts', bucketStamp)
-  -- An integer formatted here (`%d`), not by redis.call's `%.17g` of a Lua number: a fraction of its cost.
-  rcall('PEXPIRE', key, string.format('%d', math.ceil((b[1] - lv) / b[2]) + 1000))
-  bucketsDirty[key] = nil
-end
 
 local function flushBuckets()
   for key in pairs(bucketsDirty) do writeBucket(key) end
 end
 
--- A reservoir's level (leased mode): what the shard holds of the model's global bucket; missing = nothing.
-local function reservoirLevel(key)
-  return tonumber(rcall('HGET', key, 'tokens')) or 0
-end
-
-local function setReservoir(key, lv)
-  rcall('HSET', key, 'tokens', fmt(lv))
-  rcall('PEXPIRE', key, RESERVOIR_TTL_MS)
-end
 
 -- Lease requests this call made (model -> {model, requests short, tokens short}), returned with its dispatch.
 local leaseWants = {}
@@ -74,23 +47,6 @@ local function leasePending(model)
   return hashNumberOnce(leaseReqCache, K_LEASEREQ, model)
 end
 
--- The org's per-model RPM: the org's own plan wins, then the model's configured per-org rpm (as the producers
--- stored it; else `configured`, the caller's configuration: a worker's fallback model may never have been enqueued,
--- so no producer stored its limits), then the default for the model's tier. The one resolution for every take of
--- the org's RPM bucket: a dispatch, a correction, and a worker's call no dispatch charged (op take).
--- The tier: "pro" anywhere in the name, in any case (`gemini-2.5-Pro` too), as the TS rule (model-limits.ts
--- isProModel): case-sensitive here, such a model got pro model limits from the producers and the flash org RPM.
-local function orgRpmOf(p, mi, model, configured)
-  local pro = string.find(string.lower(model), 'pro', 1, true) ~= nil
-  local r
-  if pro then r = p.ownRpmPro else r = p.ownRpmFlash end
-  if r == nil then r = mi.orgRpm end
-  if r == nil then r = configured end
-  if r == nil then
-    if pro then r = p.rpmPro else r = p.rpmFlash end
-  end
-  return r
-end
 
 -- The org's lane whose head job comes first (priority, then arrival), among its active lanes.
 local function bestLaneOf(org, fallback)
@@ -130,17 +86,6 @@ local function flushDispatched()
   leaseAdds, inflightAdded, inflightRead, waitPushes, markerDue = {}, {}, {}, {}, false
 end
 
--- A lane's bucket names (org RPM, org TPM, model RPM, model TPM), built once per call: a run dispatches many jobs
--- of one lane.
-local bucketKeysOf = {}
-local function laneBucketKeys(lane, org, model)
-  local k = bucketKeysOf[lane]
-  if not k then
-    k = { P_TB_RPM_ORG .. org .. ':' .. model, P_TB_TPM_ORG .. org .. ':' .. model, P_TB_RPM_MODEL .. model, P_TB_TPM_MODEL .. model }
-    bucketKeysOf[lane] = k
-  end
-  return k
-end
 
 -- The buckets a lane's jobs are charged to, built once per call for the lane's plan and model limits (a run
 -- dispatches many jobs of one lane; building them per job, with the org's RPM resolved by a string.lower of the

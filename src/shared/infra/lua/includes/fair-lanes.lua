@@ -17,7 +17,6 @@ local function dropLease(id, org) return zremCounted(K_LEASES, K_INFLIGHT, id, o
 
 -- Lane id is "<org>|<model>"; model names never contain '|' (checked in TS), org ids may.
 local function splitLane(lane) return string.match(lane, '^(.*)|([^|]*)$') end
-local function laneOf(org, model) return org .. '|' .. model end
 
 -- Read on first use: most calls (claim, release, a dispatch with nothing due) never need it.
 local gvtValue = nil
@@ -27,47 +26,6 @@ local function gvt()
   return gvtValue
 end
 
--- `read(key)` once per script call: the memoised function and its table (a caller that changes what was
--- read forgets the key there). Each value is a table, never nil. (A count read once and then added to, whose
--- table a flush replaces, is `hashNumberOnce` in fair-buckets.)
-local function readOnce(read)
-  local cache = {}
-  return function(key)
-    local v = cache[key]
-    if v == nil then
-      v = read(key)
-      cache[key] = v
-    end
-    return v
-  end, cache
-end
-
--- An org's plan (weight, cap, its own limits over the defaults), read once per script call.
-local plan = readOnce(function(org)
-  local h = rcall('HMGET', P_PLAN .. org, 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm')
-  local p = { weight = tonumber(h[1]) or DEF.weight, conc = tonumber(h[2]) or DEF.conc, ownRpmPro = tonumber(h[3]), ownRpmFlash = tonumber(h[4]),
-    rpmPro = tonumber(h[3]) or DEF.rpmPro, rpmFlash = tonumber(h[4]) or DEF.rpmFlash, tpm = tonumber(h[5]) or DEF.tpm }
-  if not (p.weight > 0) then p.weight = DEF.weight end
-  return p
-end)
-
--- A model's stored limits (raw strings; false = unset), read once per script call: enqueue compares them with
--- the producer's before writing, and the dispatch that follows reads them from here.
-local storedLimits = readOnce(function(model)
-  return rcall('HMGET', K_MLIMITS, 'orgrpm:' .. model, 'rpm:' .. model, 'tpm:' .. model)
-end)
-
--- A model's stored limits, read once per script call (dispatch tries many lanes of one model); its block
--- (`blockedUntil`) is added by the first lane that tries the model (tryLane): a charge correction or an org's
--- request taken reads the limits alone (the block's HGET was one of a throttled org's release corrections' four
--- commands until 2026-12-07). `modelCache`: enqueue forgets a model whose limits it changed.
-local modelInfo, modelCache = readOnce(function(model)
-  local h = storedLimits(model)
-  return { orgRpm = tonumber(h[1]), rpm = tonumber(h[2]) or 0, tpm = tonumber(h[3]) or 0 }
-end)
-
--- An org's lanes, read once per call until this call adds or drops one of them.
-local orgLanes, olanesCache = readOnce(function(org) return rcall('SMEMBERS', P_OLANES .. org) end)
 
 -- Sets an org's virtual time and moves all of its active lanes with it (they share one vt). `lanes`: the ones to
 -- move when the caller knows them (a dispatch's run, below: its one lane, or none once it left the race).

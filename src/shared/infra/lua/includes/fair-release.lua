@@ -21,57 +21,6 @@ local function wakeRefunded(org, refunded)
   end
 end
 
--- True when it gave tokens back to a limited bucket (a lane may be asleep on it). A leased reservoir is
--- corrected in place (clamped as a bucket: a debt the next lease pays first). A bucket already full took nothing
--- back: no lane sleeps on it past its wake time (when it held what the lane waits for, at most its size), so
--- none is looked for (the org's lanes and their sleep reasons, two commands a release of a throttled org's job).
-local function adjustBucket(key, cap, delta, reservoir)
-  if delta == 0 or not cap or cap <= 0 then return false end
-  if reservoir then
-    setReservoir(key, math.max(-cap, math.min(cap, reservoirLevel(key) - delta)))
-    return delta < 0
-  end
-  -- The include reads and writes the bucket itself: what this call charged is written first, and read again.
-  writeBucket(key)
-  bucketLevels[key] = nil
-  local _, changed = tokenBucketAdjust(key, cap, cap / 60000, delta, nowF)
-  return delta < 0 and changed
-end
-
--- Corrects what was charged for calls of `org` to `model`: tokens to the org's and the model's TPM buckets
--- (the dispatch charged the estimate), requests to the org's and the model's RPM buckets (-1 gives back the
--- request a dispatch charged for a job that called no model: a cache hit, a job cancelled or refused before
--- its call). Each only where that limit is set, corrected as the rate limiter corrects its own.
-local function correctCharge(org, model, orgTokens, modelTokens, requests)
-  local p, mi = plan(org), modelInfo(model)
-  local names = laneBucketKeys(laneOf(org, model), org, model)
-  local keys = { names[2], names[4], names[1], names[3] }
-  local caps = { p.tpm, mi.tpm, 0, 0 }
-  local deltas = { orgTokens, modelTokens, requests, requests }
-  if requests ~= 0 then caps[3], caps[4] = orgRpmOf(p, mi, model), mi.rpm end
-  -- Only a lane asleep on a bucket that got tokens back is woken: one asleep on another bucket (say the org's
-  -- RPM, while a call's TPM is corrected down) would only go back to sleep. Unlimited buckets are not kept.
-  local refunded, any = {}, false
-  for k = 1, 4 do
-    if adjustBucket(keys[k], caps[k], deltas[k], LEASED and (k == 2 or k == 4)) then
-      refunded[keys[k]] = true
-      any = true
-    end
-  end
-  if any then wakeRefunded(org, refunded) end
-end
-
--- Charge corrections handed over from ARGV[i] (see correctCharge): their count, then per entry org, model,
--- org tokens, model tokens, requests. Returns the index of the first argument after them.
-local function applyCorrections(i)
-  local n = tonumber(ARGV[i]) or 0
-  for k = 0, n - 1 do
-    local j = i + 1 + k * 5
-    correctCharge(ARGV[j], ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
-  end
-  return i + 1 + n * 5
-end
-
 -- True when the dispatched job `id` still waits in BullMQ's wait list or prioritized set, unlocked: no worker holds
 -- it (BullMQ's fetch moves it to active and takes its lock in one script), so none will end it or release its slot.
 -- Also a job fetched before whose lock lapsed (its worker died or its event loop stalled) and which BullMQ's stalled
@@ -94,7 +43,8 @@ local function refundDispatch(id, org, model)
   -- claimed twice.
   if (tonumber(r[2]) or 0) > 0 then return end
   local est = tonumber(r[1]) or 0
-  correctCharge(org, model, -est, -est, -1)
+  local refunded = correctCharge(org, model, -est, -est, -1)
+  if refunded then wakeRefunded(org, refunded) end
 end
 
 -- Takes the job `id` out of its lane or timer, or gives back the slot, and what its dispatch charged, of one

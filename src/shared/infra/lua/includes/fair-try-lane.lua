@@ -80,6 +80,10 @@ end
 -- one lane, see dispatch), not this call. `heads` (newHeads): the lane's head as read for the run; `want`: how
 -- many jobs the dispatch may still take.
 local function tryLane(lane, org, model, v, deferVt, heads, want)
+  -- A lane waits this long for a lease asked for (the caller's take from the global bucket and its lease op);
+  -- when no lease comes (the caller died), the lane wakes and asks again. The function's own local: the script's
+  -- main function is at Lua's limit of 200 locals.
+  local LEASE_WAIT_MS = 2000
   -- Whether another job follows only tells whether the lane still holds one after the head leaves.
   local id, more = headOf(heads, lane, want + 1)
   if id == nil then
