@@ -23,13 +23,15 @@ local function resultCacheLookup(keys, from, l1Tag, token, lockTtlMs, owner)
     return {tag, 2, 0, string.sub(e, #tag + 2)}
   end
   if token ~= '' then
-    if redis.call('SET', kLock, token, 'PX', tonumber(lockTtlMs), 'NX') then
+    -- The TTL as the caller sent it (a number's digits): as a Lua number (tonumber, until 2026-12-07) redis.call
+    -- formatted it back with `%.17g`, ~2,400 Redis instructions a miss's claim.
+    if redis.call('SET', kLock, token, 'PX', lockTtlMs, 'NX') then
       return {tag, 0, 2}
     end
     if owner ~= '' then
       local holder = redis.call('GET', kLock)
       if holder and string.sub(holder, 1, #owner + 1) == owner .. '#' then
-        redis.call('SET', kLock, token, 'PX', tonumber(lockTtlMs))
+        redis.call('SET', kLock, token, 'PX', lockTtlMs)
         return {tag, 0, 2}
       end
     end

@@ -17,7 +17,7 @@ local function usageRide(key, argv, at)
   end
   local read = {}
   if argv[at + 1] ~= '' then
-    local r = redis.call('XREADGROUP', 'GROUP', argv[at], argv[at + 1], 'COUNT', tonumber(argv[at + 2]), 'STREAMS', key, '>')
+    local r = redis.call('XREADGROUP', 'GROUP', argv[at], argv[at + 1], 'COUNT', argv[at + 2], 'STREAMS', key, '>')
     if r then read = r[1][2] end
   end
   return {read, redis.call('XLEN', key), acked}
