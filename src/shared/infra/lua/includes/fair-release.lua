@@ -1,4 +1,4 @@
--- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake, the charge corrections claims and releases carry, what a dispatched job that never ran gives back, and a cancel's taking of a job.
+-- Part of fair-core-N.lua, pasted where it says `--- @include "fair-release"` (lua.ts readLua): a release's slots and the lanes they wake (a refund's among them: the charge corrections themselves are in fair-corrections), what a dispatched job that never ran gives back, and a cancel's taking of a job.
 -- Uses the locals the script defines before that line (rcall, now, the keys, and the parts included earlier).
 -- Frees the slots of the finished jobs ARGV[from..]; how many it freed.
 local function releaseFrom(from)
