@@ -13,6 +13,7 @@ import { createResultCache, resultCacheHash, type CacheKeyParts } from '../src/s
 import type { AgentResult } from '../src/shared/core/types.js';
 import { okResult } from './helpers/guard-context.js';
 import { monitorRedis, testScheduler } from './helpers/fair.js';
+import { readLua } from '../src/shared/infra/lua.js';
 import { POLL, waitsTimeout } from './helpers/wait.js';
 
 const FLASH = 'gemini-2.5-flash';
@@ -249,6 +250,37 @@ describe('fair scheduler', () => {
     const head = ['claim', '1', '0', '0', '0', '0', '60000', String(PARK_SCORE_MIN), '100000', '500', '100', '0'];
     expect(claims[0]).toEqual([...head, id, '{\\"stage\\":\\"x\\"}', '1', '', '', '', '0', '', '0', 'gone-1']);
     expect(claims[1]).toEqual([...head, id, '', '0', '', '', '', '0', '', '1', 'o', FLASH, '0', '-3', '-1']);
+  });
+
+  it('answers each way past the early answers (fair-core-N.lua longWay) as the main chunk did: corrected claims, a refill, an unknown op', async () => {
+    // The long way runs in a function of its own, its closures binding the main chunk's locals through it: each of
+    // its exits is pinned here, the one of a claim with corrections and handed releases (before the lanes' functions),
+    // the end of a claim with corrections alone, the early claim's refill, and the unknown op's error.
+    // A buffer of one job: each refill dispatches one.
+    const c = await setup({ bufferTarget: 1 });
+    const org = randomOrg();
+    const ids = await c.add(org, 4);
+    const { leases } = c.scheduler.keys.named;
+    const fetch = (id: string) => c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    const correct = [{ org, model: FLASH, orgDelta: 0, modelDelta: -3, requests: 0 }];
+    expect((await c.scheduler.raw.dispatch(1)).ids).toEqual([ids[0]]);
+    await fetch(ids[0]);
+    // Corrections alone, with the refill: the long way's own claim, which dispatches the next job (the list is empty).
+    const first = await c.scheduler.claim(ids[0], undefined, { refill: true, correct });
+    expect(first).toMatchObject({ held: true, cancelled: false });
+    expect(first.dispatched?.promoted).toEqual([ids[1]]);
+    await fetch(ids[1]);
+    // No corrections, the refill: the early claim's way on, dispatching the next.
+    const second = await c.scheduler.claim(ids[1], undefined, { refill: true });
+    expect(second).toMatchObject({ held: true, cancelled: false });
+    expect(second.dispatched?.promoted).toEqual([ids[2]]);
+    // Corrections and a handed release, the list holding a job: answered before the lanes' functions, the slot freed.
+    const third = await c.scheduler.claim(ids[2], undefined, { correct, release: [ids[0]] });
+    expect(third).toEqual({ held: true, cancelled: false });
+    expect(await c.redis.zscore(leases, ids[0])).toBeNull();
+    expect(await c.redis.zscore(leases, ids[2])).not.toBeNull();
+    const head = ['1', '0', '0', '0', '0', '60000', String(PARK_SCORE_MIN), '1', '1', '1', '0'];
+    await expect(c.redis.eval(readLua('fair-core-N.lua'), 4, ...c.scheduler.keys.script, 'no-such-op', ...head)).rejects.toThrow('unknown fair op no-such-op');
   });
 
   it("a registration's renewal (the same ask) moves only its expiry, unless the worker was swept meanwhile", async () => {

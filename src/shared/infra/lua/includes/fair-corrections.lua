@@ -176,7 +176,8 @@ if op ~= 'dispatch' and not early then
       local org = ARGV[j]
       local refunded = correctCharge(org, ARGV[j + 1], tonumber(ARGV[j + 2]), tonumber(ARGV[j + 3]), tonumber(ARGV[j + 4]))
       -- Whether one of the org's lanes sleeps on a bucket given tokens back: wakeRefunded's own test, and its reads
-      -- (the org's lanes, read once per call; their sleep reasons). Inline: the main function is at Lua's 200 locals.
+      -- (the org's lanes, read once per call; their sleep reasons). Inline: the main function was at Lua's 200
+      -- locals (before longWay).
       local lanes = refunded and orgLanes(org) or {}
       if #lanes > 0 then
         for _, why in ipairs(rcall('HMGET', K_SLEEPWHY, unpack(lanes))) do

@@ -49,7 +49,8 @@ end
 
 -- The sweeps of the timers and the sleepers read their set's due members only when its first score (read unless this
 -- call knows it: firstSeen) is due: most dispatches find none due, and that first score is the one their nextWake
--- needs (a ZRANGEBYSCORE finding none told it nothing). Not a function of its own: the script is at Lua's 200 locals.
+-- needs (a ZRANGEBYSCORE finding none told it nothing). Not a function of its own: the script was at Lua's 200
+-- locals (before longWay).
 local function moveDueTimers()
   local first = firstSeen[K_TIMERS]
   if first == nil then first = firstScore(K_TIMERS) end

@@ -49,7 +49,7 @@ local function headOf(h, lane, want)
     -- whether each is parked is read in one ZMSCORE, and the jobs taken leave the delayed set in one ZREM, not one
     -- ZREM each (a 10-job wake-up: 2 commands, not 10). A smaller room (an unthrottled worker's refill takes one or
     -- two jobs) keeps the ZREM per job: the read would cost as much or a command more. Not a local of its own for
-    -- the 3: the script's main function is at Lua's 200 locals.
+    -- the 3: the script's main function was at Lua's 200 locals (before longWay).
     if want >= 4 and #h.ids >= 3 then
       local scores = rcall('ZMSCORE', Q_DELAYED, unpack(h.ids))
       h.parked = {}
@@ -82,7 +82,7 @@ end
 local function tryLane(lane, org, model, v, deferVt, heads, want)
   -- A lane waits this long for a lease asked for (the caller's take from the global bucket and its lease op);
   -- when no lease comes (the caller died), the lane wakes and asks again. The function's own local: the script's
-  -- main function is at Lua's limit of 200 locals.
+  -- main function was at Lua's 200 locals (before longWay).
   local LEASE_WAIT_MS = 2000
   -- Whether another job follows only tells whether the lane still holds one after the head leaves.
   local id, more = headOf(heads, lane, want + 1)
