@@ -245,9 +245,9 @@ describe('fair scheduler', () => {
     };
     const claims = seen.filter((l) => l.includes('"claim"')).map(argvOf);
     expect(claims).toHaveLength(2);
-    // ARGV 1-12: op, default plan (weight, concurrency, rpm pro, rpm flash, tpm), lease ms, parked score, buffer
-    // target, max batch, sweep max, leased.
-    const head = ['claim', '1', '0', '0', '0', '0', '60000', String(PARK_SCORE_MIN), '100000', '500', '100', '0'];
+    // ARGV 1-4: op, lease ms, buffer target, and the rest of the config in one argument: default plan (weight,
+    // concurrency, rpm pro, rpm flash, tpm), parked score, max batch, sweep max, leased.
+    const head = ['claim', '60000', '100000', `1 0 0 0 0 ${PARK_SCORE_MIN} 500 100 0`];
     expect(claims[0]).toEqual([...head, id, '{\\"stage\\":\\"x\\"}', '1', '', '', '', '0', '', '0', 'gone-1']);
     expect(claims[1]).toEqual([...head, id, '', '0', '', '', '', '0', '', '1', 'o', FLASH, '0', '-3', '-1']);
   });
@@ -279,7 +279,7 @@ describe('fair scheduler', () => {
     expect(third).toEqual({ held: true, cancelled: false });
     expect(await c.redis.zscore(leases, ids[0])).toBeNull();
     expect(await c.redis.zscore(leases, ids[2])).not.toBeNull();
-    const head = ['1', '0', '0', '0', '0', '60000', String(PARK_SCORE_MIN), '1', '1', '1', '0'];
+    const head = ['60000', '1', `1 0 0 0 0 ${PARK_SCORE_MIN} 1 1 0`];
     await expect(c.redis.eval(readLua('fair-core-N.lua'), 4, ...c.scheduler.keys.script, 'no-such-op', ...head)).rejects.toThrow('unknown fair op no-such-op');
   });
 

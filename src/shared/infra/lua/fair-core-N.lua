@@ -29,14 +29,16 @@
 --   shared version, entry, single-flight lock (includes/result-cache-lookup.lua); or 5 alone: the usage stream, for an attempt
 --   answered before its claim (an L1 hit from memory), whose usage row the claim appends
 -- ARGV[1] op: enqueue | add | dispatch | release | repark | promote | cancel | removed | plan | wake | block | claim | orphans | lease | take | keys
--- ARGV[2..6] default plan: weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited)
--- ARGV[7] lease ms, ARGV[8] lowest delayed score of a parked job, ARGV[9] buffer target: a number of jobs,
---   or 'w' for the sum of the live workers' asks,
--- ARGV[10] max jobs per dispatch, ARGV[11] max timers / sleepers / leases handled per dispatch
--- ARGV[12] leased (0|1): the model buckets (KEYS 21, 22) are this queue shard's reservoirs of the model's
---   global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not refill; a lane they cannot serve
---   sleeps, and the dispatch asks its caller (`wants`) to lease more from the global bucket (op lease)
--- ARGV[13..] op arguments:
+-- ARGV[2] lease ms, ARGV[3] buffer target: a number of jobs, or 'w' for the sum of the live workers' asks
+-- ARGV[4] the rest of the configuration, which only the long way reads, in one argument, space-separated: the default
+--   plan's weight, concurrency, rpm pro, rpm flash, tpm (<= 0 = unlimited), the lowest delayed score of a parked job,
+--   max jobs per dispatch, max timers / sleepers / leases handled per dispatch, leased (0|1): the model buckets are
+--   this queue shard's reservoirs of the model's global buckets (QUEUE_SHARDS > 1, fair/model-leases.ts): they do not
+--   refill; a lane they cannot serve sleeps, and the dispatch asks its caller (`wants`) to lease more from the global
+--   bucket (op lease). Nine arguments of their own until 2026-12-08: Redis parses every argument of every call and
+--   the script gets each in its ARGV table (~1,000 Redis instructions each, callgrind), and the common claim and
+--   release read none of them.
+-- ARGV[5..] op arguments:
 --   dispatch: worker id ('' = not a worker), its ask ('=<ask>': a renewal of the same ask, see the claim's
 --     registration below), registration ttl ms (registers the worker), takes the
 --     wake-up (1: the caller is a dispatch loop, which arms a timer for it; else it is told, not taken: nextWake)
@@ -97,14 +99,14 @@
 --          (a give-back: 1)
 --- @include "result-cache-lookup"
 local rcall = redis.call
--- Redis's clock, read first by every call but one: a release that only looks for an active lane (ARGV[13] '2', see
--- dueNow) and hands over no charge corrections (ARGV[14] '0') frees its slots and, the common case, answers without
+-- Redis's clock, read first by every call but one: a release that only looks for an active lane (ARGV[5] '2', see
+-- dueNow) and hands over no charge corrections (ARGV[6] '0') frees its slots and, the common case, answers without
 -- the time; it reads it below, before anything that uses it, only when it goes on (a lane to dispatch, capped lanes
 -- to wake). A throttled org's jobs end in such releases, each a few commands (TIME was one of 7-8).
 -- Numbers parsed by arithmetic (`s + 0`), not tonumber, on the common claim's and release's path: Lua 5.1's tonumber
 -- runs strtod twice on a string (lua_isnumber, then lua_tonumber), as token-bucket-take-N.lua says.
 local nowF, now
-if ARGV[1] ~= 'release' or ARGV[13] ~= '2' or ARGV[14] ~= '0' then
+if ARGV[1] ~= 'release' or ARGV[5] ~= '2' or ARGV[6] ~= '0' then
   local t = rcall('TIME')
   nowF = t[1] * 1000 + t[2] / 1000
   now = math.floor(nowF)
@@ -122,13 +124,12 @@ local BATCH_LANE = '@batch'
 local op = ARGV[1]
 -- The default plan, the parked score, the batch and sweep bounds are parsed below, after the common claim and
 -- release have answered: they use none of them, and each tonumber of a string is ~1,000 Redis instructions.
-local LEASE_MS = ARGV[7] + 0
-local BUFFER_ARG = ARGV[9]
-local LEASED = ARGV[12] == '1'
+local LEASE_MS = ARGV[2] + 0
+local BUFFER_ARG = ARGV[3]
 -- Whether the caller arms a timer for the wake-up it is handed (nextWake): a worker's claim and release (its
--- dispatch loop takes in what they dispatched), and a dispatch or lease that says so (ARGV 16 / 17). No Redis
+-- dispatch loop takes in what they dispatched), and a dispatch or lease that says so (ARGV 8 / 9). No Redis
 -- command: the claim's and release's cost is unchanged.
-local TAKES_WAKE = op == 'claim' or op == 'release' or (op == 'dispatch' and ARGV[16] == '1') or (op == 'lease' and ARGV[17] == '1')
+local TAKES_WAKE = op == 'claim' or op == 'release' or (op == 'dispatch' and ARGV[8] == '1') or (op == 'lease' and ARGV[9] == '1')
 -- Leased tokens unused this long lapse (a shard whose demand moved elsewhere strands at most one chunk, for a while).
 local RESERVOIR_TTL_MS = 60000
 -- A lane with a backlog asleep on its org's request rate (org RPM) wakes when the bucket holds what it refills in
@@ -162,9 +163,9 @@ end
 -- skipped while the registry still holds the worker (ZADD answers 0: only the expiry moved; 1 when it was swept
 -- after lapsing, its ask gone with it): the hash holds that ask already. A throttled deployment renews every
 -- worker at each wake-up, one command a worker less each time (dispatch does the same).
-if op == 'claim' and ARGV[16] ~= '' then
-  local renewal, ask, ttlMs, id = string.match(ARGV[16], '^(=?)(%d+) (%d+) (.+)$')
-  if not id then return redis.error_reply('fair claim: bad worker registration ' .. ARGV[16]) end
+if op == 'claim' and ARGV[8] ~= '' then
+  local renewal, ask, ttlMs, id = string.match(ARGV[8], '^(=?)(%d+) (%d+) (.+)$')
+  if not id then return redis.error_reply('fair claim: bad worker registration ' .. ARGV[8]) end
   if rcall('ZADD', K_WORKERS, now + tonumber(ttlMs), id) == 1 or renewal == '' then rcall('HSET', K_WORKERCONC, id, ask) end
 end
 
@@ -181,7 +182,7 @@ end
 -- The common claim and release answer here, before the ~60 functions below are created: their creation alone
 -- cost ~15 us of Redis time per call (measured with EVALSHA: a claim of a job without a slot 23-27 us, the same
 -- script cut off before those functions 6.6 us), more than such a call's own commands. Common: no charge
--- corrections handed over (ARGV[21] = 0 for a claim, ARGV[14] = 0 for a release), releases done early (see
+-- corrections handed over (ARGV[13] = 0 for a claim, ARGV[6] = 0 for a release), releases done early (see
 -- releaseSlots), no org's capped lanes to wake, and then nothing to dispatch: no refill due (the job does not run,
 -- refill not asked, or BullMQ's wait list still holds jobs), the wait list lacking less than a batch, or nothing due
 -- (no active lane, no due timer, sleeper or lease: a queue that is not backed up, whose jobs were dispatched when
@@ -190,16 +191,16 @@ end
 local early = nil
 -- A claim handing nothing over (most claims under load: releases ride on one claim in a batch) answers before
 -- even the few functions the others need.
--- A claim handing over no charge corrections (their count, ARGV[21]), read once for both paths below. Compared as
+-- A claim handing over no charge corrections (their count, ARGV[13]), read once for both paths below. Compared as
 -- the string fair-lua.ts sends ('0'), not parsed: any other spelling of none only takes the long way, which applies
 -- none the same.
-local claimUncorrected = op == 'claim' and ARGV[21] == '0'
-if claimUncorrected and #ARGV == 21 then
-  local held, cancelled = claimOwn(ARGV[13])
+local claimUncorrected = op == 'claim' and ARGV[13] == '0'
+if claimUncorrected and #ARGV == 13 then
+  local held, cancelled = claimOwn(ARGV[5])
   local runs = held == 1 and cancelled == 0
   -- The wait list first: under load it holds jobs, and that one read ends the refill. BullMQ's prioritized set only
   -- once the refill could dispatch anything.
-  if not (runs and ARGV[15] == '1' and rcall('LLEN', Q_WAIT) == 0) then return claimReply(held, cancelled, 0) end
+  if not (runs and ARGV[7] == '1' and rcall('LLEN', Q_WAIT) == 0) then return claimReply(held, cancelled, 0) end
   -- No active lane and a wake-up armed (the wake key lives until its time): the refill finds nothing to dispatch
   -- unless a timer, sleeper or lease came due before that wake-up without anyone told (a lost kick), which the
   -- armed wake-up's dispatch, a release's sweep or the safety poll still catch. Neither those sets' first scores
@@ -227,22 +228,22 @@ end
 
 -- Releases handed over without charge corrections are done here; the call answers unless it must dispatch or wake
 -- an org's capped lanes, and hands what it did on in `early` otherwise.
-if claimUncorrected and #ARGV > 21 then
-  early = { released = releaseSlots(22) }
+if claimUncorrected and #ARGV > 13 then
+  early = { released = releaseSlots(14) }
   if not early.released.anyCapped then
-    local held, cancelled = claimOwn(ARGV[13])
+    local held, cancelled = claimOwn(ARGV[5])
     -- As the handed path below: the room first, the sweeps only when the list lacks a batch.
     local room = bufferRoom()
     local due = room > 0 and dueNow()
     if not due then return claimReply(held, cancelled, 0) end
     early.held, early.cancelled, early.room, early.due = held, cancelled, room, due
   end
-elseif op == 'release' and ARGV[14] == '0' then
-  early = { released = releaseSlots(15) }
+elseif op == 'release' and ARGV[6] == '0' then
+  early = { released = releaseSlots(7) }
   if not early.released.anyCapped then
-    local freed, due = early.released.freed, dueNow(ARGV[13] == '2' and 'lanes' or nil)
+    local freed, due = early.released.freed, dueNow(ARGV[5] == '2' and 'lanes' or nil)
     if not due then return { freed, 0 } end
-    if ARGV[13] == '0' then return { freed, 1 } end
+    if ARGV[5] == '0' then return { freed, 1 } end
     early.due = due
   end
 end
@@ -264,14 +265,18 @@ end
 -- before -> after): a dispatching claim ~728k -> ~659k, an add of one job ~549k -> ~461k, an idle dispatch ~336k ->
 -- ~277k; a claim or release answered above is unchanged, and one whose charge corrections are applied below and
 -- which answers before the lanes pays longWay's creation, ~+11.5k (~277k -> ~288k). longWay's upvalues are the
--- main-chunk locals it uses (44 of the 53 defined above; Lua 5.1 allows a function 60, and 200 locals): a local only
+-- main-chunk locals it uses (43 of the 52 defined above; Lua 5.1 allows a function 60, and 200 locals): a local only
 -- the long way uses belongs below.
 local function longWay()
-local DEF = { weight = tonumber(ARGV[2]), conc = tonumber(ARGV[3]), rpmPro = tonumber(ARGV[4]),
-  rpmFlash = tonumber(ARGV[5]), tpm = tonumber(ARGV[6]) }
-local PARK_SCORE = tonumber(ARGV[8])
-local MAX_BATCH = tonumber(ARGV[10])
-local SWEEP_MAX = tonumber(ARGV[11])
+-- The configuration only the long way reads (ARGV[4], see the header): one argument, not nine. SWEEP_ARG is the
+-- sweep bound as sent, for the sweeps' LIMIT (a Lua number handed to redis.call is formatted, see nowArg).
+local DEF, PARK_SCORE, PARK_ARG, MAX_BATCH, SWEEP_MAX, SWEEP_ARG, LEASED
+do
+  local w, conc, rpmPro, rpmFlash, tpm, park, batch, sweep, leased = string.match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  if not leased then return redis.error_reply('fair: bad configuration argument ' .. tostring(ARGV[4])) end
+  DEF = { weight = tonumber(w), conc = tonumber(conc), rpmPro = tonumber(rpmPro), rpmFlash = tonumber(rpmFlash), tpm = tonumber(tpm) }
+  PARK_ARG, PARK_SCORE, MAX_BATCH, SWEEP_ARG, SWEEP_MAX, LEASED = park, tonumber(park), tonumber(batch), sweep, tonumber(sweep), leased == '1'
+end
 
 -- A caller's delay (ms from now) as a Redis-clock time: a worker's or producer's own clock may be off Redis's, and
 -- an absolute time from it moved a backoff, a model block or a delayed job's start by the skew (a clock 60 s behind
@@ -310,23 +315,23 @@ end
 -- also hands releases over (the usual: the worker's corrections ride with its releases) or a release; the others,
 -- and those whose refunds wake lanes (`corrected.wakes`), take the long way with the corrections applied.
 local corrected = nil
-if (op == 'claim' and not claimUncorrected) or (op == 'release' and ARGV[14] ~= '0') then
-  local from, wakes = applyCorrections(op == 'claim' and 21 or 14)
+if (op == 'claim' and not claimUncorrected) or (op == 'release' and ARGV[6] ~= '0') then
+  local from, wakes = applyCorrections(op == 'claim' and 13 or 6)
   corrected = { from = from, wakes = wakes }
   if wakes then
     -- The long way (below).
   elseif op == 'release' then
     early = { released = releaseSlots(from) }
     if not early.released.anyCapped then
-      local freed, due = early.released.freed, dueNow(ARGV[13] == '2' and 'lanes' or nil)
+      local freed, due = early.released.freed, dueNow(ARGV[5] == '2' and 'lanes' or nil)
       if not due then return { freed, 0 } end
-      if ARGV[13] == '0' then return { freed, 1 } end
+      if ARGV[5] == '0' then return { freed, 1 } end
       early.due = due
     end
   elseif #ARGV >= from then
     early = { released = releaseSlots(from) }
     if not early.released.anyCapped then
-      local held, cancelled = claimOwn(ARGV[13])
+      local held, cancelled = claimOwn(ARGV[5])
       local room = bufferRoom()
       local due = room > 0 and dueNow()
       if not due then return claimReply(held, cancelled, 0) end
@@ -346,11 +351,11 @@ end
 -- it freed; its charge corrections, if any, applied above) answer here, before the parts only the other ops use
 -- (refunds, cancels, the parked store) are created: ~15 functions whose creation cost the refill ~35k Redis instructions.
 if op == 'dispatch' then
-  if ARGV[13] and ARGV[13] ~= '' then
+  if ARGV[5] and ARGV[5] ~= '' then
     -- A renewal ('=<ask>', as a claim's: see there) writes the ask only when the worker was not registered.
-    local renewal = string.sub(ARGV[14], 1, 1) == '='
-    if rcall('ZADD', K_WORKERS, now + tonumber(ARGV[15]), ARGV[13]) == 1 or not renewal then
-      rcall('HSET', K_WORKERCONC, ARGV[13], renewal and string.sub(ARGV[14], 2) or ARGV[14])
+    local renewal = string.sub(ARGV[6], 1, 1) == '='
+    if rcall('ZADD', K_WORKERS, now + tonumber(ARGV[7]), ARGV[5]) == 1 or not renewal then
+      rcall('HSET', K_WORKERCONC, ARGV[5], renewal and string.sub(ARGV[6], 2) or ARGV[6])
     end
   end
   return dispatch()
@@ -359,17 +364,17 @@ elseif op == 'claim' and early then
   if early.released then wakeReleased(early.released) end
   -- The claim's own part, done above unless the releases woke capped lanes first.
   local held, cancelled = early.held, early.cancelled
-  if not held then held, cancelled = claimOwn(ARGV[13]) end
-  -- Handed releases (the ids after the corrections, none here: ARGV[21] = 0): as release with dispatch, freed
+  if not held then held, cancelled = claimOwn(ARGV[5]) end
+  -- Handed releases (the ids after the corrections, none here: ARGV[13] = 0): as release with dispatch, freed
   -- slots are filled now when anything is due and the wait list lacks enough for a batch (bufferRoom).
-  -- Refill (ARGV[15] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
+  -- Refill (ARGV[7] = '1'): the job just took the last one from BullMQ's wait list, so the next one is
   -- dispatched now, while this one runs, and is there when it finishes (BullMQ's moveToFinished then fetches
   -- it in the same call). Dispatching only on release would leave the list empty at every finish at low
   -- load: a blocking marker wait and a second fetch per job. Only when the list is empty (the early check found
   -- nothing queued, in this same call): a list that still holds jobs is refilled by the releases, in batches, at
   -- one dispatch's fixed cost per batch, not per job.
   local d = 0
-  if #ARGV >= 22 then
+  if #ARGV >= 14 then
     -- The room first: while the list lacks less than a batch, the sweeps wait for the next dispatch too.
     local room, due = early.room, early.due
     if not room then
@@ -377,7 +382,7 @@ elseif op == 'claim' and early then
       due = room > 0 and dueNow()
     end
     if due then d = dispatch(nil, due, room) end
-  elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
+  elseif held == 1 and cancelled == 0 and ARGV[7] == '1' then
     local room = bufferTarget()
     if room and room > 0 then d = dispatch(nil, early.due, room) end
   end
@@ -385,12 +390,12 @@ elseif op == 'claim' and early then
 elseif op == 'release' and early then
   -- Released above (no corrections), here to wake capped lanes or to dispatch what it found due. Whether a dispatch
   -- now could do anything: skipped otherwise (a throttled org's finished job would only find its lane asleep; the
-  -- armed wake-up or the safety poll comes back for it). With ARGV[13] = '1' the dispatch runs here, in the
+  -- armed wake-up or the safety poll comes back for it). With ARGV[5] = '1' the dispatch runs here, in the
   -- release's round trip.
   local freed = wakeReleased(early.released)
-  local due = early.due or dueNow(ARGV[13] == '2' and 'lanes' or nil)
+  local due = early.due or dueNow(ARGV[5] == '2' and 'lanes' or nil)
   if not due then return { freed, 0 } end
-  if ARGV[13] ~= '0' then return { freed, 1, dispatch(nil, due) } end
+  if ARGV[5] ~= '0' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 end
 
@@ -405,11 +410,11 @@ if op == 'enqueue' or op == 'add' then
   -- laning them.
   local stride = op == 'add' and 18 or 10
   -- One INCRBY for the whole call's sequence numbers (a job already known or skipped leaves a gap: they only order).
-  local jobs = math.floor((#ARGV - 13) / stride)
+  local jobs = math.floor((#ARGV - 5) / stride)
   -- The delayed scores of the jobs stored here: known, not read back below.
   -- `gone`: idempotent jobs whose key's record outlived the job (removed by retention): answered, never made again.
   local fresh, gone = {}, {}
-  if op == 'add' then fresh, gone = storeParked(14, stride, jobs) end
+  if op == 'add' then fresh, gone = storeParked(6, stride, jobs) end
   local seq = jobs > 0 and rcall('INCRBY', K_SEQ, jobs) - jobs or 0
   -- The ZADDs are sent once per org index and per lane, not once per job (from Lua a command costs about as
   -- much as the work it does here): about 9 % less script time for 100-job calls. The parked check stays one
@@ -423,7 +428,7 @@ if op == 'enqueue' or op == 'add' then
   end
   local index, laneAdds, laneOrg = {}, {}, {}
   for k = 1, jobs do
-    local i = 14 + (k - 1) * stride
+    local i = 6 + (k - 1) * stride
     local id, org, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     -- The org's job index (GET /v1/jobs), in this call instead of a round trip of its own; NX keeps the first
     -- enqueue time of an idempotent re-enqueue. Whatever the lane decides below: the BullMQ job exists.
@@ -482,7 +487,7 @@ if op == 'enqueue' or op == 'add' then
   -- producer gives back what admission reserved for them against the org's daily job limit.
   local stored = 0
   for _ in pairs(fresh) do stored = stored + 1 end
-  local r = ARGV[13] == '1' and dispatch(skipped) or { {}, '0', now, 0, skipped }
+  local r = ARGV[5] == '1' and dispatch(skipped) or { {}, '0', now, 0, skipped }
   if op == 'add' then
     r[6] = r[6] or {}
     r[7] = stored
@@ -492,12 +497,12 @@ elseif op == 'release' then
   -- With charge corrections whose refunds wake lanes (applied above, `corrected`): those lanes first, as there.
   for _, w in ipairs(corrected.wakes or {}) do wakeRefunded(w[1], w[2]) end
   local freed = releaseFrom(corrected.from)
-  local due = dueNow(ARGV[13] == '2' and 'lanes' or nil)
+  local due = dueNow(ARGV[5] == '2' and 'lanes' or nil)
   if not due then return { freed, 0 } end
-  if ARGV[13] ~= '0' then return { freed, 1, dispatch(nil, due) } end
+  if ARGV[5] ~= '0' then return { freed, 1, dispatch(nil, due) } end
   return { freed, 1 }
 elseif op == 'repark' then
-  local id, notBefore, attempt = ARGV[13], fromNow(tonumber(ARGV[14])), ARGV[16]
+  local id, notBefore, attempt = ARGV[5], fromNow(tonumber(ARGV[6])), ARGV[8]
   local m = jobMeta(id)
   local org, model = m[1], m[2]
   if not org then return 0 end
@@ -518,7 +523,7 @@ elseif op == 'repark' then
   freeSlot(id, org)
   if m[5] == 'lane' then removeFromLane(id, org, model) end
   if notBefore > now then
-    addTimer(id, org, notBefore, ARGV[15])
+    addTimer(id, org, notBefore, ARGV[7])
   else
     removeTimer(id, org)
     pushJob(id, org, model, tonumber(m[3]), tonumber(m[4]))
@@ -534,7 +539,7 @@ elseif op == 'promote' then
   -- Many ids (the board's promote-all: a shard's timers, sent in bounded calls by FairScheduler.promoteAll, which
   -- dispatches once after the last, so every org's jobs are laned before any is chosen): each as one.
   local stages, made = {}, false
-  for i = 14, #ARGV do
+  for i = 6, #ARGV do
     local id = ARGV[i]
     local m = jobMeta(id)
     local st = m[1] and m[5] or ''
@@ -544,9 +549,9 @@ elseif op == 'promote' then
     end
     stages[#stages + 1] = st
   end
-  return { stages, (made and ARGV[13] == '1') and dispatch() or 0 }
+  return { stages, (made and ARGV[5] == '1') and dispatch() or 0 }
 elseif op == 'cancel' then
-  -- Each job as cancelJob decides it (includes/fair-release.lua), all in this one call. ARGV[13] = '1': the jobs one
+  -- Each job as cancelJob decides it (includes/fair-release.lua), all in this one call. ARGV[5] = '1': the jobs one
   -- removal is about to take together (a parent's children, which BullMQ's remove of the parent takes all or none):
   -- when a worker holds (locks) any of them, BullMQ refuses that removal, so none is touched here either. Taken
   -- first, the others' lanes and slots would be gone while their jobs stay (an orphan sweep later, or a fetch that
@@ -560,14 +565,14 @@ elseif op == 'cancel' then
     local ts = ARGV[i + 1]
     return ts == '' or rcall('HGET', Q_JOB .. ARGV[i], 'timestamp') == ts
   end
-  if ARGV[13] == '1' then
+  if ARGV[5] == '1' then
     -- A new job under a child's id is no job of the removal: its lock does not stop the others being taken.
-    for i = 14, #ARGV, 2 do
+    for i = 6, #ARGV, 2 do
       if isRead(i) and rcall('EXISTS', Q_JOB .. ARGV[i] .. ':lock') == 1 then return { 0, 0 } end
     end
   end
   local taken, leaving, woke = 0, 0, false
-  for i = 14, #ARGV, 2 do
+  for i = 6, #ARGV, 2 do
     if isRead(i) then
       local done, slot, wakes = cancelJob(ARGV[i])
       if done then taken = taken + 1 end
@@ -589,18 +594,18 @@ elseif op == 'removed' then
   -- Jobs removed in BullMQ alone (Bull Board's remove, clean, empty, obliterate; a parent's removal takes its
   -- children): each one whose BullMQ job is gone leaves its lane or timer, or gives its slot back now instead of
   -- at the lease sweep, and is forgotten. A job that exists again (its id enqueued anew) is not touched.
-  -- ARGV[13] = '1': the removal itself took them from BullMQ's wait list or prioritized set (BullMQ's clean of
+  -- ARGV[5] = '1': the removal itself took them from BullMQ's wait list or prioritized set (BullMQ's clean of
   -- those), so no worker holds them: what their dispatch charged goes back too, unless a worker's claim took it (a
   -- stalled job back in the wait list: refundDispatch). Otherwise the charge stays:
   -- a job that ran (a stalled one cleaned from active, one whose release is still on its way) may have
   -- called the model, and its worker gives back what it did not spend.
-  local refund = ARGV[13] == '1'
+  local refund = ARGV[5] == '1'
   local freed, forgotten = 0, 0
   -- A freed slot (and the charge given back with it) is used in this call, as a cancel's and a release's are: the
   -- org's next job goes now. Asked of the workers' loops instead (a kick, until 2026-12-06), it waited for a message
   -- that can be lost (then for their safety poll). The jobs are gone from BullMQ already: the wait list's room is
   -- read as it is.
-  for i = 14, #ARGV do
+  for i = 6, #ARGV do
     local id = ARGV[i]
     if rcall('EXISTS', Q_JOB .. id) == 0 then
       local m = jobMeta(id)
@@ -625,7 +630,7 @@ elseif op == 'removed' then
   return { freed, forgotten, dispatch(nil, due) }
 elseif op == 'claim' then
   -- With charge corrections (without, it answered above: see there for the refill and the handed releases).
-  local id = ARGV[13]
+  local id = ARGV[5]
   -- Releases handed over (the ids after the corrections): the worker's jobs that finished just before this one
   -- started. At one job after another that is every release, and it costs no round trip of its own here.
   -- Applied above (`corrected`); the lanes their refunds wake, first.
@@ -639,7 +644,7 @@ elseif op == 'claim' then
     local room = bufferRoom()
     local due = room > 0 and dueNow()
     if due then d = dispatch(nil, due, room) end
-  elseif held == 1 and cancelled == 0 and ARGV[15] == '1' then
+  elseif held == 1 and cancelled == 0 and ARGV[7] == '1' then
     local room = roomIfEmpty()
     if room and room > 0 then d = dispatch(nil, nil, room) end
   end
@@ -647,20 +652,20 @@ elseif op == 'claim' then
 elseif op == 'orphans' then
   -- Parked jobs the dispatcher does not know (a producer died between the BullMQ add and the lane): the
   -- caller lanes them again. Pages by rank among parked jobs (their scores repeat: BullMQ's counter wraps).
-  local base = rcall('ZCOUNT', Q_DELAYED, '-inf', '(' .. ARGV[8])
-  local from = base + tonumber(ARGV[13])
-  local page = rcall('ZRANGE', Q_DELAYED, from, from + tonumber(ARGV[14]) - 1)
+  local base = rcall('ZCOUNT', Q_DELAYED, '-inf', '(' .. PARK_ARG)
+  local from = base + tonumber(ARGV[5])
+  local page = rcall('ZRANGE', Q_DELAYED, from, from + tonumber(ARGV[6]) - 1)
   local out = {}
   for _, id in ipairs(page) do
     if rcall('EXISTS', P_JOB .. id) == 0 then out[#out + 1] = id end
   end
   return { out, #page }
 elseif op == 'plan' or op == 'wake' then
-  local org = ARGV[13]
+  local org = ARGV[5]
   if op == 'plan' then
     local fields = { 'weight', 'concurrency', 'rpmPro', 'rpmFlash', 'tpm' }
     for k, f in ipairs(fields) do
-      local v = ARGV[13 + k]
+      local v = ARGV[5 + k]
       if v == '' then rcall('HDEL', P_PLAN .. org, f) else rcall('HSET', P_PLAN .. org, f, v) end
     end
   end
@@ -674,8 +679,8 @@ elseif op == 'plan' or op == 'wake' then
 elseif op == 'lease' then
   -- What the caller took from the model's global buckets (model-lease-2.lua) goes into this shard's reservoirs,
   -- and the lanes asleep for it get a look in this call's dispatch. Nothing granted: the global bucket has
-  -- no room until ARGV[16], so the lanes sleep until then and the next lease is asked for then.
-  local model, requests, tokens, retryAt = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
+  -- no room until ARGV[8], so the lanes sleep until then and the next lease is asked for then.
+  local model, requests, tokens, retryAt = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   local rkey, tkey = P_TB_RPM_MODEL .. model, P_TB_TPM_MODEL .. model
   if requests > 0 then setReservoir(rkey, reservoirLevel(rkey) + requests) end
   if tokens > 0 then setReservoir(tkey, reservoirLevel(tkey) + tokens) end
@@ -712,8 +717,8 @@ elseif op == 'take' then
   -- model's per-org rpm, the tier's default), here rather than by the worker's own limiter, whose MODEL_LIMITS caps
   -- ignore the plan and whose writes would refill the shared bucket at its own rate. The caller's other buckets
   -- (the model's, under the same prefix) go in the same call: all or none, as token-bucket-take-N.lua answers.
-  local org, model, cost = ARGV[13], ARGV[14], tonumber(ARGV[16])
-  local cap = orgRpmOf(plan(org), modelInfo(model), model, tonumber(ARGV[15]))
+  local org, model, cost = ARGV[5], ARGV[6], tonumber(ARGV[8])
+  local cap = orgRpmOf(plan(org), modelInfo(model), model, tonumber(ARGV[7]))
   local orgName = 'rpm:org:' .. org .. ':' .. model
   local orgKey = P_TB_RPM_ORG .. org .. ':' .. model
   if cost < 0 then
@@ -725,7 +730,7 @@ elseif op == 'take' then
   -- {key, capacity, rate per ms, cost, name}; an org without an RPM limit has no bucket to take from.
   local takes = {}
   if cap and cap > 0 then takes[1] = { orgKey, cap, cap / 60000, cost, orgName } end
-  for i = 17, #ARGV, 4 do
+  for i = 9, #ARGV, 4 do
     local name = ARGV[i]
     -- A leased shard's model buckets are its reservoirs: a call takes from the models' global buckets instead.
     local prefix = string.sub(name, 1, 10)
@@ -754,11 +759,11 @@ elseif op == 'block' then
   -- the reset) is not cut short by a per-minute 429 or an open breaker of a call that was already in flight, and
   -- a delay of 0 or less (or an older worker's absolute until already past) never lifts a block that stands: it
   -- lapses at its own time. Before, the last block won (the quota's block became 20 s) and a past until deleted it.
-  local model, untilMs = ARGV[13], fromNow(tonumber(ARGV[14]))
+  local model, untilMs = ARGV[5], fromNow(tonumber(ARGV[6]))
   local standing = tonumber(rcall('HGET', K_MBLOCK, model)) or 0
   if untilMs > now and untilMs > standing then
     rcall('HSET', K_MBLOCK, model, fmt(untilMs))
-    rcall('HSET', K_MBLOCKWHY, model, ARGV[15])
+    rcall('HSET', K_MBLOCKWHY, model, ARGV[7])
   elseif standing > 0 and standing <= now then
     -- A block that has lapsed is only tidied away.
     rcall('HDEL', K_MBLOCK, model)

@@ -90,7 +90,7 @@ end
 -- The buckets a lane's jobs are charged to, built once per call for the lane's plan and model limits (a run
 -- dispatches many jobs of one lane; building them per job, with the org's RPM resolved by a string.lower of the
 -- model, was a tenth of a dispatched job's Redis time): {key, capacity, refill per ms, request-count bucket (its
--- cost is 1, else the job's token estimate), leased reservoir (ARGV[12]), where its shortfall is reported, the
+-- cost is 1, else the job's token estimate), leased reservoir (LEASED, ARGV[4]), where its shortfall is reported, the
 -- org's own request rate (a backlogged lane sleeps on it for a batch, WAKE_BATCH)}, only those with a limit.
 -- A batch lane (batch-tier jobs, fair-plan.ts BATCH_LANE_SUFFIX) is limited by no online bucket.
 local laneCandidatesOf = {}

@@ -42,7 +42,7 @@ end
 -- call of a throttled or idle deployment, kept cheap). With active lanes every sweep runs.
 -- When nothing is due, the second result holds the first scores read (timers, sleepers), for nextWake.
 -- `only`: 'idle' when the caller read the active lanes' count in this call and found none (no ZCARD again); 'lanes'
--- for a release whose process swept the timers, sleepers and leases lately (ARGV[13] '2', dispatch-loop.ts
+-- for a release whose process swept the timers, sleepers and leases lately (ARGV[5] '2', dispatch-loop.ts
 -- `sweepDue`): only an active lane makes a dispatch due, they are not read. The jobs of one wake-up finish in a few
 -- releases per worker, milliseconds apart, and each read them again (3 of a lone release's ~11 commands); a lost
 -- wake-up is still caught within a safety poll, the process's next sweep being at most that far.
@@ -105,7 +105,7 @@ local function claimOwn(id)
     if chargeTaken then rcall('HSET', P_JOB .. id, 'c', '1') end
     -- Only on an existing hash: a write to a removed job would leave a hash BullMQ cannot read as a job. A
     -- cancelled job never calls the model: its stage is not "calling_model".
-    local progress = ARGV[14]
+    local progress = ARGV[6]
     if cancelled == 0 and progress and progress ~= '' and rcall('EXISTS', Q_JOB .. id) == 1 then rcall('HSET', Q_JOB .. id, 'progress', progress) end
   end
   return held, cancelled
@@ -125,9 +125,9 @@ local function claimReply(held, cancelled, d)
   local h = (held == 1 and chargeTaken) and 2 or held
   if held == 1 and cancelled == 0 then
     if #KEYS >= 9 then
-      return { h, cancelled, d, resultCacheLookup(KEYS, 5, ARGV[17], ARGV[18], ARGV[19], ARGV[20]) }
+      return { h, cancelled, d, resultCacheLookup(KEYS, 5, ARGV[9], ARGV[10], ARGV[11], ARGV[12]) }
     elseif #KEYS == 5 then
-      rcall('XADD', KEYS[5], '*', ARGV[17], ARGV[18])
+      rcall('XADD', KEYS[5], '*', ARGV[9], ARGV[10])
       return { h, cancelled, d, 1 }
     end
   end

@@ -55,7 +55,7 @@ local function moveDueTimers()
   local first = firstSeen[K_TIMERS]
   if first == nil then first = firstScore(K_TIMERS) end
   if not first or first > now then return end
-  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_TIMERS, '-inf', nowArg(), 'LIMIT', '0', SWEEP_ARG)) do
     local m = jobMeta(id)
     if m[1] then
       timerDue(id, m)
@@ -70,7 +70,7 @@ local function wakeSleepers()
   local first = firstSeen[K_SLEEP]
   if first == nil then first = firstScore(K_SLEEP) end
   if not first or first > now then return end
-  for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
+  for _, lane in ipairs(rcall('ZRANGEBYSCORE', K_SLEEP, '-inf', nowArg(), 'LIMIT', '0', SWEEP_ARG)) do
     unsleep(lane, true)
     local org = splitLane(lane)
     if rcall('EXISTS', P_LANE .. lane) == 1 then activate(lane, org, true) else dropLaneIfEmpty(lane, org) end
@@ -87,7 +87,7 @@ end
 -- worker for dead (a crash between the park and the repark, or a lease left by a version that promoted in a call
 -- of its own).
 local function sweepLeases()
-  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', nowArg(), 'LIMIT', '0', ARGV[11])) do
+  for _, id in ipairs(rcall('ZRANGEBYSCORE', K_LEASES, '-inf', nowArg(), 'LIMIT', '0', SWEEP_ARG)) do
     local m = jobMeta(id)
     local org = m[1]
     if not org then
