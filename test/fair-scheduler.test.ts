@@ -112,34 +112,34 @@ describe('fair scheduler', () => {
     const waiting = () => c.queue.getJobCountByTypes('waiting', 'prioritized');
     // No worker alive: nothing is promoted, jobs keep waiting fairly.
     expect((await c.scheduler.dispatch()).promoted).toEqual([]);
-    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 7 });
-    expect(await waiting()).toBe(7);
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
+    expect(await waiting()).toBe(10);
     /** A worker's fetch: `n` jobs leave BullMQ's wait list. */
     const fetch = async (n: number) => {
       for (const j of (await c.queue.getWaiting()).slice(0, n)) await c.redis.lrem(c.queue.toKey('wait'), 0, j.id!);
     };
     // A worker registering no ask counts for the ratio of its concurrency: ceil(0.5 x 16) = 8.
     await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 60_000 });
-    expect(await waiting()).toBe(15);
-    // A worker's new ask replaces its old one: 18. The list is refilled in batches of 8 or more, or half a
-    // smaller target: 15 of 18 lacks 3, not yet; four fetched, it lacks 7, not yet; five, it lacks 8.
-    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 10 });
-    expect(await waiting()).toBe(15);
-    await fetch(4);
+    expect(await waiting()).toBe(18);
+    // A worker's new ask replaces its old one: 20. A target over 16 is refilled in batches of 8 or more: 18 of 20
+    // lacks 2, not yet; five fetched, it lacks 7, not yet; six, it lacks 8.
+    await c.scheduler.dispatch({ id: 'w1', concurrency: 10, ttlMs: 60_000, ask: 12 });
+    expect(await waiting()).toBe(18);
+    await fetch(5);
     await c.scheduler.dispatch();
-    expect(await waiting()).toBe(11);
+    expect(await waiting()).toBe(13);
     await fetch(1);
     await c.scheduler.dispatch();
-    expect(await waiting()).toBe(18);
-    // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask (2 of 18
-    // left: it lacks 8 of w1's 10, a batch).
+    expect(await waiting()).toBe(20);
+    // An expired registration no longer counts: w2 lapses, the list is not refilled beyond w1's ask (1 of 20
+    // left: it lacks all but one of w1's 12, a target of 16 or less).
     await c.scheduler.dispatch({ id: 'w2', concurrency: 16, ttlMs: 1 });
     await lapsed(c, 'w2');
-    const ids = (await c.queue.getWaiting()).slice(0, 16).map((j) => j.id!);
+    const ids = (await c.queue.getWaiting()).slice(0, 19).map((j) => j.id!);
     for (const id of ids) await c.queue.remove(id);
     await c.scheduler.release(ids);
     await c.scheduler.dispatch();
-    expect(await waiting()).toBe(10);
+    expect(await waiting()).toBe(12);
     expect(await c.redis.zrange(c.scheduler.keys.named.workers, 0, -1)).toEqual(['w1']);
   });
 
@@ -1627,31 +1627,32 @@ describe('fair scheduler limits', () => {
     expect((await quiet.scheduler.orgStats(orgOf(lone[0]))).inFlight).toBe(1);
   });
 
-  it('one job after another (a worker of concurrency 1), claims carrying the last release dispatch in batches of 8', async () => {
+  it('one job after another (a worker of concurrency 1), claims carrying the last release dispatch in batches of 15', async () => {
     // What a worker of concurrency 1 running short jobs asks for (SMALL_WORKER_MAX_ASK).
     const c = await setup({ bufferTarget: 16 });
     const org = randomOrg();
-    const ids = await c.add(org, 40);
+    const ids = await c.add(org, 50);
     expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
     // BullMQ hands the worker the next job (it leaves the wait list), whose claim carries the last one's release.
     const batches: string[][] = [];
-    for (let i = 0; i < 20; i++) {
+    for (let i = 0; i < 30; i++) {
       await c.redis.lrem(c.queue.toKey('wait'), 0, ids[i]);
       const r = await c.scheduler.claim(ids[i], undefined, { refill: true, ...(i > 0 ? { release: [ids[i - 1]] } : {}) });
       expect(r).toMatchObject({ held: true, cancelled: false });
       const promoted = (await r.dispatched)?.promoted ?? [];
       if (promoted.length) batches.push(promoted);
     }
-    // Refilled each time 8 of 16 are lacking: 8 jobs per dispatch, in FIFO order, never a dispatch per job.
-    // (A target of 50 is refilled at 8 lacking too, not at half: see 'refills a large buffer in batches of 8'.)
-    expect(batches).toEqual([ids.slice(16, 24), ids.slice(24, 32)]);
-    expect(await c.queue.getWaitingCount()).toBeGreaterThanOrEqual(8);
+    // Refilled each time all but one of 16 are lacking (the claim that takes the next-to-last job): 15 jobs per
+    // dispatch, in FIFO order, never a dispatch per job (8 until 2026-12-08: a dispatch's fixed part per 8 jobs).
+    // (A target of 50 is refilled at 8 lacking, not at half: see 'refills a large buffer in batches of 8'.)
+    expect(batches).toEqual([ids.slice(16, 31), ids.slice(31, 46)]);
+    expect(await c.queue.getWaitingCount()).toBe(16);
     expect((await c.scheduler.orgStats(org)).inFlight).toBe(await c.queue.getWaitingCount() + 1);
     // Every release carried was done whole (most by the claim's early path, which skips the sweeps): the
     // finished jobs' dispatcher records are gone, the running one's kept.
     const record = (id: string) => c.redis.exists(`${fairJobPrefix(`${c.prefix}:fq`)}${id}`);
-    expect(await Promise.all(ids.slice(0, 19).map(record))).toEqual(Array(19).fill(0));
-    expect(await record(ids[19])).toBe(1);
+    expect(await Promise.all(ids.slice(0, 29).map(record))).toEqual(Array(29).fill(0));
+    expect(await record(ids[29])).toBe(1);
   });
 
   it('refills a large buffer in batches of 8, not only once half of it is gone', async () => {
@@ -1668,7 +1669,7 @@ describe('fair scheduler limits', () => {
   it('a claim carrying a release reads BullMQ\'s prioritized set only when the wait list alone lacks a batch', async () => {
     const c = await setup({ bufferTarget: 16 });
     const org = randomOrg();
-    const ids = await c.add(org, 30);
+    const ids = await c.add(org, 40);
     expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
     // Two of them in BullMQ's prioritized set instead (as a priority moves them): they count against the buffer as
     // the wait list's jobs do.
@@ -1680,6 +1681,7 @@ describe('fair scheduler limits', () => {
     /** One claim of a job BullMQ handed over (it leaves the wait list), carrying the last one's release, under MONITOR. */
     const claimSeen = async (i: number) => {
       await c.redis.lrem(c.queue.toKey('wait'), 0, ids[i]);
+      await c.redis.zrem(prio, ids[i]);
       const seen: string[] = [];
       const monitor = await monitorRedis(redisUrl(), (line) => {
         if (line.includes(c.prefix)) seen.push(line);
@@ -1692,36 +1694,36 @@ describe('fair scheduler limits', () => {
       expect(r).toMatchObject({ held: true, cancelled: false });
       return { promoted: r.dispatched?.promoted ?? [], prioReads: seen.filter((l) => l.includes(`"ZCARD" "${prio}"`)).length };
     };
-    // 14 waiting; each claim's job leaves the list: 13, 12, ..., 9. The list alone lacks no batch (8 of 16) until it
-    // holds 8, so the prioritized set is not read.
-    for (let i = 0; i < 5; i++) expect(await claimSeen(i)).toEqual({ promoted: [], prioReads: 0 });
-    // 8 in the list: with the prioritized set's 2 the buffer lacks 6, no batch (read now: it decides).
-    expect(await claimSeen(5)).toEqual({ promoted: [], prioReads: 1 });
-    // 7 + 2 queued: 7 lacking, still no batch; 6 + 2: 8 lacking, a batch of 8 goes.
-    expect(await claimSeen(6)).toEqual({ promoted: [], prioReads: 1 });
-    expect(await claimSeen(7)).toEqual({ promoted: ids.slice(16, 24), prioReads: 1 });
+    // 14 waiting; each claim's job leaves the list: 13, 12, ..., 2. The list alone lacks no batch (all but one of 16)
+    // until it holds 1, so the prioritized set is not read.
+    for (let i = 0; i < 12; i++) expect(await claimSeen(i)).toEqual({ promoted: [], prioReads: 0 });
+    // 1 in the list: with the prioritized set's 2 the buffer lacks 13, no batch (read now: it decides).
+    expect(await claimSeen(12)).toEqual({ promoted: [], prioReads: 1 });
+    // 0 + 2 queued: 14 lacking, still no batch; 0 + 1 (a prioritized job fetched): 15 lacking, a batch of 15 goes.
+    expect(await claimSeen(13)).toEqual({ promoted: [], prioReads: 1 });
+    expect(await claimSeen(14)).toEqual({ promoted: ids.slice(16, 31), prioReads: 1 });
   });
 
   it('a claim carrying a release that dispatches reads the race once: the read that finds a lane active is its first pick', async () => {
     const c = await setup({ bufferTarget: 16 });
     const { lanes } = c.scheduler.keys.named;
     const org = randomOrg();
-    const ids = await c.add(org, 30);
+    const ids = await c.add(org, 40);
     expect((await c.scheduler.dispatch()).promoted).toEqual(ids.slice(0, 16));
-    // A worker fetched 9 of them (they left the wait list) and ran 8: the 9th's claim carries the 8th's release.
-    for (const id of ids.slice(0, 9)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
+    // A worker fetched 15 of them (they left the wait list) and ran 14: the 15th's claim carries the 14th's release.
+    for (const id of ids.slice(0, 15)) await c.redis.lrem(c.queue.toKey('wait'), 0, id);
     const seen: string[] = [];
     const monitor = await monitorRedis(redisUrl(), (line) => {
       if (line.includes(c.prefix)) seen.push(line);
     });
-    const r = await c.scheduler.claim(ids[8], undefined, { refill: true, release: [ids[7]] });
+    const r = await c.scheduler.claim(ids[14], undefined, { refill: true, release: [ids[13]] });
     const done = `${c.prefix}:monitor-done`;
     await c.redis.set(done, '1');
     await vi.waitFor(() => expect(seen.some((l) => l.includes(done))).toBe(true), POLL);
     monitor.close();
     expect(r).toMatchObject({ held: true, cancelled: false });
-    // 7 left of 16: a batch of 9 goes, the lane's next jobs in order, in one run of the one lane.
-    expect(r.dispatched?.promoted).toEqual(ids.slice(16, 25));
+    // 1 left of 16: a batch of 15 goes, the lane's next jobs in order, in one run of the one lane.
+    expect(r.dispatched?.promoted).toEqual(ids.slice(16, 31));
     const count = (cmd: string) => seen.filter((l) => l.includes(`"${cmd}" "${lanes}"`)).length;
     // One read of the race: the one that tells a lane is active hands the dispatch its first pick (a ZCARD, then a
     // ZRANGE, before).

@@ -2,10 +2,11 @@
 export const BUFFER_RATE_WINDOW_MS = 250;
 
 /**
- * Most jobs a worker of lower concurrency asks for by time. The dispatcher refills the wait list in batches of
- * at least 8 jobs, or all but one of a smaller target (fair-core-N.lua, bufferRoom): an ask of one job (concurrency 1)
- * made every claim dispatch the one job replacing it; asked for 16, short jobs are dispatched 8 at a time (at 8, 7 at
- * a time; at half a smaller target, until 2026-12-07, 4: each job's share of a dispatch's fixed part twice as large).
+ * Most jobs a worker of lower concurrency asks for by time. The dispatcher refills the wait list once it lacks all
+ * but one of a target of 16 or less, in batches of at least 8 above (fair-core-N.lua, bufferRoom): an ask of one job
+ * (concurrency 1) made every claim dispatch the one job replacing it; asked for 16, short jobs are dispatched 15 at a
+ * time (8 until 2026-12-08; at 8, 7 at a time; at half a smaller target, until 2026-12-07, 4: each job's share of a
+ * dispatch's fixed part twice as large).
  */
 export const SMALL_WORKER_MAX_ASK = 16;
 

@@ -25,7 +25,7 @@ end
 -- worker's slot, and is committed whatever is dispatched after it. Counting it too (this script did) shrank
 -- the buffer exactly when the workers were busy, when fetch and claim lie furthest apart: measured on a
 -- backlog at concurrency 50, the worker then ran ~27 jobs at a time, with the wait list empty a fifth of the time.
--- Refilled once it lacks REFILL_MIN jobs, or all but one of a smaller target (0 until then): jobs finishing one at a
+-- Refilled once it lacks REFILL_MIN jobs, or all but one of a target of SMALL_TARGET or less (0 until then): jobs finishing one at a
 -- time would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
 -- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~32 commands and the script's
 -- function setup) is then shared by 8 jobs: at 4 (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more
@@ -38,14 +38,22 @@ end
 -- call, long before the running job ends. Fairness gains as well: the list holds (target + 1) / 2 jobs on average,
 -- not three quarters of the target, each a job holding its org's slot while it waits in BullMQ's FIFO.
 -- A job dispatched meanwhile waits no longer: it joins the list's tail either way, behind the same jobs.
+-- All but one up to SMALL_TARGET jobs (a worker of concurrency under 16 asks for 16 at most, fair/buffer-ask.ts
+-- SMALL_WORKER_MAX_ASK), REFILL_MIN above: until 2026-12-08 a target of 10 to 16 was refilled once it lacked 8, so
+-- the ask of 16 of a worker of concurrency 1 running short jobs (cache hits and misses alike) was refilled 8 jobs at
+-- a time, each job carrying an eighth of a dispatch's fixed part (~500k Redis instructions, callgrind: sweeps, lane
+-- choice, bucket writes, the long way's functions). Refilled at 15 it carries a fifteenth (case 2b, medians of 3
+-- alternated rounds: hit 859.7k -> 802.2k, miss 1,061.8k -> 1,018.7k Redis instructions a job), and the list holds
+-- ~8.5 jobs on average instead of ~12 (its most, 16, unchanged).
 -- Lapsed workers are swept only once the list lacks a batch counting their asks: most calls (a claim that finds
 -- the list full enough) skip that read. Their asks only add to the room and raise the batch at most as much,
 -- so a list that lacks a batch without them lacks one with them too, and the room is taken again after the sweep.
-local REFILL_MIN = 8
--- The room when `queued` jobs leave a batch's worth of `target` lacking, else 0.
+local REFILL_MIN, SMALL_TARGET = 8, 16
+-- The room when `queued` jobs leave a batch's worth of `target` lacking, else 0. The batch grows with the target
+-- by at most as much (then drops to REFILL_MIN), as the lapsed workers' sweep above needs.
 local function roomFor(target, queued)
   local room = target - queued
-  if room < math.min(REFILL_MIN, math.max(1, target - 1)) then return 0 end
+  if room < (target <= SMALL_TARGET and math.max(1, target - 1) or REFILL_MIN) then return 0 end
   return room
 end
 -- `leaving`: jobs still in the list that its caller is taking out (a cancel's, removed next by the API or the board):
