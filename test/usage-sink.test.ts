@@ -1,4 +1,4 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -8,7 +8,7 @@ import { createRunStore, type AgentRun } from '../src/shared/infra/db/agent-runs
 import { migrate } from '../src/shared/infra/db/migrate.js';
 import { createPool } from '../src/shared/infra/db/pool.js';
 import { createRunAppender, encodeRun, RUN_FIELD } from '../src/shared/infra/db/run-stream.js';
-import { defineLua } from '../src/shared/infra/lua.js';
+import { defineLua, readLua } from '../src/shared/infra/lua.js';
 import { createRunSink } from '../src/shared/infra/db/run-sink.js';
 import { freezableProxy } from './helpers/freezable-proxy.js';
 import { refusedForContent } from '../src/shared/infra/db/pg-content.js';
@@ -398,6 +398,49 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     expect(inScript).toEqual(['XACK', 'XDEL', 'XLEN']);
   }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
 
+  it("rows appended without a ride (an L1 hit's, in its claim) are read by the sink's own XREADGROUP, never inside its acknowledgement's script", async () => {
+    const key = usageStreamKey(randomPrefix());
+    const org = randomOrg();
+    let batches = 0;
+    const store = createRunStore({ pool });
+    const { sink, sent } = countedSink(key, { recordEncoded: (r) => (batches++, store.recordEncoded(r)) }, 20);
+    const ackSha = createHash('sha1').update(readLua('usage-ack-1.lua')).digest('hex');
+    // The commands run inside the sink's own acknowledgements (usage-ack-1.lua), told from a ride's by the script.
+    const inAck: string[] = [];
+    let parent = '';
+    const monitor = await monitorRedis(redisUrl(), (line) => {
+      if (!line.includes('[0 lua]')) parent = line.includes('"evalsha"') && line.includes(ackSha) ? 'ack' : '';
+      else if (parent === 'ack' && line.includes(key)) inAck.push(/\] "(\w+)"/.exec(line)?.[1] ?? line);
+    });
+    sink.start();
+    await until('the sink to block', () => sent.filter((c) => c === 'xreadgroup').length >= 2);
+    // Rows one after another, as a worker completing jobs appends them: first with rides (a miss's store carries
+    // them), then without (an L1 hit's row is appended by its claim, which carries none), rows still coming while
+    // the sink writes: its acknowledgements find more waiting each time.
+    const ridden = createRunAppender({ redis, key, rider: sink.rider });
+    const plain = createRunAppender({ redis, key });
+    const ids: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      ids.push(`ridden-${org}-${i}`);
+      await ridden.record(run(org, ids.at(-1)!));
+    }
+    const batchesBefore = batches;
+    for (let i = 0; i < 300 || (batches < batchesBefore + 4 && i < 20_000); i++) {
+      ids.push(`plain-${org}-${i}`);
+      await plain.record(run(org, ids.at(-1)!));
+    }
+    await until('every row written', async () => (await rowsOf(ids)).length === ids.length);
+    await until('stream drained', async () => (await redis.xlen(key)) === 0);
+    await sink.close();
+    monitor.close();
+    expect(batches - batchesBefore).toBeGreaterThanOrEqual(4);
+    expect((await redis.xpending(key, usageSinkGroup))[0]).toBe(0);
+    // Its acknowledgements ran (XACK, XDEL, XLEN) and read nothing: a read in there costs Redis ~20k instructions
+    // a row more than its own XREADGROUP (the reply turned into Lua tables and back).
+    expect(inAck).toContain('XACK');
+    expect(inAck).not.toContain('XREADGROUP');
+  }, waitsTimeout(POLL.timeout, POLL.timeout, POLL.timeout));
+
   it("a ride whose reply was lost loses nothing: what it read is re-read from the sink's history, its acknowledgements sent again", async () => {
     const key = usageStreamKey(randomPrefix());
     const org = randomOrg();
@@ -473,10 +516,12 @@ describe('usage rows written behind (Redis Stream -> run sink -> agent_runs)', (
     // has nothing to ask of a ride: rows appended without one wake it until there is.
     const plain = createRunAppender({ redis, key });
     const stuck = await takeRide(sink, plain, org);
+    const before = sent.length;
     const ids = Array.from({ length: 20 }, (_, i) => `stuck-${org}-${i}`);
     for (const id of ids) await plain.record(run(org, id));
     await until('rows written past the stuck ride', async () => (await rowsOf(ids)).length === 20);
-    expect(sent).toContain('evalsha');
+    // Read by its own XREADGROUP (its acknowledgements, its own calls too, read nothing).
+    expect(sent.slice(before)).toContain('xreadgroup');
     sink.rider.done(stuck, undefined);
     await until('stream drained', async () => (await redis.xlen(key)) === 0);
     await sink.close();
