@@ -2,6 +2,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { canonicalJson, createResultCache, KEY_MEMO_MAX_CHARS, resultCacheHash, type CacheKeyParts, type ResultCache } from '../src/shared/cache/result-cache.js';
 import type { AgentResult } from '../src/shared/core/types.js';
+import { guardKeys } from '../src/shared/core/queue-keys.js';
 import { okResult } from './helpers/guard-context.js';
 import { randomOrg, randomPrefix, redisUrl } from './helpers/env.js';
 import { POLL, waitsTimeout } from './helpers/wait.js';
@@ -108,6 +109,27 @@ describe('result cache', () => {
     expect(await c.singleFlight(p, async () => okResult('computed'))).toMatchObject({ from: 'call' });
     expect(await c.singleFlight(p, async () => okResult('not called'))).toMatchObject({ from: 'l2', value: { data: 'computed' } });
     expect(await c.singleFlight(p, async () => okResult('not called'))).toMatchObject({ from: 'l1', value: { data: 'computed' } });
+  });
+
+  it("a computed value's store without a bill sends one '' for it, not a bill's 9 arguments: the row appended, the ride's reply handed back", async () => {
+    const [c, , prefix, [redis]] = pair();
+    const usageKey = guardKeys.usageStream(prefix);
+    const sent: string[][] = [];
+    const send = redis.sendCommand.bind(redis);
+    redis.sendCommand = ((cmd: Parameters<Redis['sendCommand']>[0], ...rest: unknown[]) => {
+      if (/^eval/i.test(cmd.name) && cmd.args.some((a) => String(a) === usageKey)) sent.push(cmd.args.map(String));
+      return (send as (...a: unknown[]) => ReturnType<Redis['sendCommand']>)(cmd, ...rest);
+    }) as Redis['sendCommand'];
+    const replies: unknown[] = [];
+    // A ride that reads nothing (no consumer) and acknowledges nothing: its reply is the stream's length.
+    const rider = { key: usageKey, take: () => ({ args: ['g', '', 500] }), done: (_: unknown, reply: unknown) => replies.push(reply) };
+    const out = await c.singleFlight(parts(), async () => okResult('computed'), { usageEntry: { field: 'r', of: () => 'the row', rider } });
+    expect(out).toMatchObject({ from: 'call', usageAppended: true });
+    // sha, key count, 8 keys, then tag, json, ttl, lock token, entry, field, the bill's '' and the ride's 3.
+    expect(sent).toHaveLength(1);
+    expect(sent[0].slice(10)).toEqual([expect.any(String), expect.any(String), '60', expect.any(String), 'the row', 'r', '', 'g', '', '500']);
+    expect(replies).toEqual([[[], 1, 0]]);
+    expect((await redis.xrange(usageKey, '-', '+')).map(([, f]) => f)).toEqual([['r', 'the row']]);
   });
 
   it('hands out copies, so a caller mutating a hit cannot change the cache', async () => {

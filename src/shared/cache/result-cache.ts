@@ -8,7 +8,7 @@ import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
 import { canonicalJson } from '../core/canonical-json.js';
-import { NO_BILL_ARGS, type UsageBill, type UsageRider } from '../infra/db/run-stream.js';
+import type { UsageBill, UsageRider } from '../infra/db/run-stream.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -119,6 +119,8 @@ export { canonicalJson };
 
 /** Index of the single-flight lock among a lookup's keys (keysFor): the lock scripts take it alone. */
 const LOCK_KEY = 4;
+/** result-cache-set-8.lua's arguments for no bill: one '' where a bill's 9 arguments go (the script reads no more). */
+const NO_BILL: readonly string[] = [''];
 /** Distinct parts whose hash and keys one cache remembers (`keysFor`). */
 const KEY_MEMO_MAX = 1024;
 /**
@@ -335,15 +337,15 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     // right before the call: every ride taken is handed back.
     const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
     const ride = rider?.take();
-    let reply: [number, string, unknown?] | undefined;
+    let reply: [number, unknown?] | undefined;
     const closesBefore = closes();
     try {
-      // Without a bill its two keys are the stream's (any key of the tag: never read).
+      // Without a bill its two keys are the stream's (any key of the tag: never read), and its arguments one ''.
       const billKeys = bill?.keys ?? [usageKey, usageKey];
-      reply = (await setLua([...keys, usageKey, ...billKeys], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(bill?.args ?? NO_BILL_ARGS), ...(ride?.args ?? [])])) as [number, string, unknown?];
+      reply = (await setLua([...keys, usageKey, ...billKeys], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(bill?.args ?? NO_BILL), ...(ride?.args ?? [])])) as [number, unknown?];
     } finally {
       // Across a reconnect the ride's part of the reply may be a re-sent call's: what the first one read is lost.
-      if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[2] : undefined);
+      if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[1] : undefined);
     }
     return reply[0] === 1;
   }

@@ -109,9 +109,6 @@ export interface UsageBill {
   args: string[];
 }
 
-/** The arguments of no bill (result-cache-set-8.lua's, whose bill is optional). */
-export const NO_BILL_ARGS: readonly string[] = ['', '', '0', '', '', '0', '', '0', ''];
-
 /**
  * What `run` adds to its job's and its parent's hashes: a row its result will not carry (failed, delayed) its cost,
  * on the job's `JOB_BILLED_FIELD` and the parent's `childBilledField`; a completed row its cost on the parent's
