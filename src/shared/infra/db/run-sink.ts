@@ -145,7 +145,8 @@ export function createRunSink(opts: RunSinkOptions) {
       const ids = unacked;
       unacked = [];
       riding++;
-      const ride: UsageRide = { args: [group, consumer, batch, ...ids] };
+      // The script acknowledges (no consumer: it reads nothing); the read goes as a command of its own behind it.
+      const ride: UsageRide = { args: [group, '', batch, ...ids], read: ['GROUP', group, consumer, 'COUNT', batch, 'STREAMS', key, '>'] };
       rideIds.set(ride, ids);
       return ride;
     },
