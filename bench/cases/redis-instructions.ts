@@ -78,7 +78,7 @@ export async function redisInstructionsCase(ctx: BenchContext): Promise<void> {
       },
     };
     const perJob: Partial<Record<Path, number>> = {};
-    for (const [path, expected] of PATHS.filter(([p]) => !process.env.ZZ_PATHS || process.env.ZZ_PATHS.split(',').includes(p))) {
+    for (const [path, expected] of PATHS.filter(([p]) => !process.env.BENCH_INSTRUCTIONS_PATHS || process.env.BENCH_INSTRUCTIONS_PATHS.split(',').includes(p))) {
       const r = await measurePath(sub, path, 1, expected, { quiet: true, windowMs: WINDOW_MS });
       perJob[path] = Math.round(windowIr / Math.max(1, r.jobs));
       ctx.log(`  ${path} c=1 under callgrind: ${r.jobs} jobs, ${perJob[path]} Redis instructions/job, ${r.commandsPerJob} commands/job`);
@@ -91,7 +91,7 @@ export async function redisInstructionsCase(ctx: BenchContext): Promise<void> {
   } finally {
     control.disconnect();
     await redis.stop();
-    if (process.env.ZZ_KEEP) execFileSync('cp', ['-r', dir, process.env.ZZ_KEEP]);
+    if (process.env.BENCH_INSTRUCTIONS_KEEP) execFileSync('cp', ['-r', dir, process.env.BENCH_INSTRUCTIONS_KEEP]);
     rmSync(dir, { recursive: true, force: true });
   }
 }
