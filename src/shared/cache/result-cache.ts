@@ -8,7 +8,7 @@ import type { Logger } from '../core/logger.js';
 import type { AgentResult } from '../core/types.js';
 import { guardKeys } from '../core/queue-keys.js';
 import { canonicalJson } from '../core/canonical-json.js';
-import { readAlong, rideReply, type UsageBill, type UsageRider } from '../infra/db/run-stream.js';
+import type { UsageBill, UsageRider } from '../infra/db/run-stream.js';
 
 export interface CacheKeyParts {
   orgId: string;
@@ -338,18 +338,14 @@ export function createResultCache<T = AgentResult>(opts: ResultCacheOptions): Re
     const rider = usage?.rider?.key === usageKey ? usage.rider : undefined;
     const ride = rider?.take();
     let reply: [number, unknown?] | undefined;
-    let read: unknown;
     const closesBefore = closes();
     try {
       // Without a bill its two keys are the stream's (any key of the tag: never read), and its arguments one ''.
       const billKeys = bill?.keys ?? [usageKey, usageKey];
-      const sent = setLua([...keys, usageKey, ...billKeys], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(bill?.args ?? NO_BILL), ...(ride?.args ?? [])]);
-      const along = readAlong(redis, ride);
-      reply = (await sent) as [number, unknown?];
-      read = await along;
+      reply = (await setLua([...keys, usageKey, ...billKeys], [tag, json, opts.l2TtlS, lockToken, entry, usage?.field ?? '', ...(bill?.args ?? NO_BILL), ...(ride?.args ?? [])])) as [number, unknown?];
     } finally {
       // Across a reconnect the ride's part of the reply may be a re-sent call's: what the first one read is lost.
-      if (ride) rider!.done(ride, closes() === closesBefore ? rideReply(ride, reply?.[1], read) : undefined);
+      if (ride) rider!.done(ride, closes() === closesBefore ? reply?.[1] : undefined);
     }
     return reply[0] === 1;
   }

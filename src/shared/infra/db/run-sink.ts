@@ -145,8 +145,7 @@ export function createRunSink(opts: RunSinkOptions) {
       const ids = unacked;
       unacked = [];
       riding++;
-      // The script acknowledges (no consumer: it reads nothing); the read goes as a command of its own behind it.
-      const ride: UsageRide = { args: [group, '', batch, ...ids], read: ['GROUP', group, consumer, 'COUNT', batch, 'STREAMS', key, '>'] };
+      const ride: UsageRide = { args: [group, consumer, batch, ...ids] };
       rideIds.set(ride, ids);
       return ride;
     },

@@ -82,31 +82,6 @@ export function decodeRun(json: string): AgentRun {
 export interface UsageRide {
   /** The ride's script arguments: group, consumer ('' = no read), count, ids to acknowledge. */
   args: Array<string | number>;
-  /**
-   * The ride's read, a plain XREADGROUP (no BLOCK) sent right behind the script on the same connection
-   * (`readAlong`): one round trip for both, and ~20k Redis instructions a row less than the same read inside the
-   * script, whose reply Redis turns into Lua tables and back. Absent: the script's own read (`args`), if any.
-   */
-  read?: Array<string | number>;
-}
-
-/** Sends the ride's read behind the call just sent on `redis` that carries the ride; resolves undefined if it failed. */
-export function readAlong(redis: RedisClient, ride: UsageRide | undefined): Promise<unknown> | undefined {
-  if (!ride?.read) return undefined;
-  return (redis.xreadgroup as (...a: unknown[]) => Promise<unknown>)(...ride.read).then(
-    (r) => r ?? [],
-    () => undefined,
-  );
-}
-
-/**
- * The ride's reply as `UsageRider.done` takes it: the script's ride part ({entries, length, acked}), its entries
- * those of the read sent along (`readAlong`); undefined (a lost ride) when either is missing.
- */
-export function rideReply(ride: UsageRide, scriptRide: unknown, read: unknown): unknown {
-  if (!ride.read) return scriptRide;
-  if (!Array.isArray(scriptRide) || read === undefined) return undefined;
-  return [(read as Array<[string, unknown[]]>)[0]?.[1] ?? [], scriptRide[1], scriptRide[2]];
 }
 
 /**
@@ -184,18 +159,14 @@ export function createRunAppender({ redis, key, rider }: { redis: RedisClient; k
         return;
       }
       let reply: unknown;
-      let read: unknown;
       const seen = closes();
       try {
-        const sent = billTo
-          ? billLua([key, billTo.key, billTo.parentKey], [RUN_FIELD, json, ...usageBillOf(run, billTo).args, ...(ride?.args ?? ['', '', 0])])
-          : appendLua([key], [RUN_FIELD, json, ...ride!.args]);
-        const along = readAlong(redis, ride);
-        reply = await sent;
-        read = await along;
+        reply = billTo
+          ? await billLua([key, billTo.key, billTo.parentKey], [RUN_FIELD, json, ...usageBillOf(run, billTo).args, ...(ride?.args ?? ['', '', 0])])
+          : await appendLua([key], [RUN_FIELD, json, ...ride!.args]);
       } finally {
         // Across a reconnect the reply may be a re-sent call's: what the first one read is unknown (lost).
-        if (ride) ridden!.done(ride, closes() === seen ? rideReply(ride, reply, read) : undefined);
+        if (ride) ridden!.done(ride, closes() === seen ? reply : undefined);
       }
     },
     /** For a script that appends the row to `key` in a round trip it makes anyway (the result cache's store, the fair claim). */

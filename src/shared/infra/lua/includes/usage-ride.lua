@@ -1,8 +1,6 @@
 -- The run sink's half of a call that touches the usage stream anyway: acknowledges (XACK + XDEL) the entries
 -- the sink has committed to agent_runs and, when asked, reads the sink's next entries (XREADGROUP without
--- BLOCK, which scripts may not use). The sink asks for no read here: its read goes as a plain XREADGROUP beside
--- the call (run-stream.ts `UsageRide.read`), ~20k Redis instructions a row less than a read whose reply is
--- turned into Lua tables and back. Included by usage-ack-1.lua (the sink's own call), usage-append-1.lua
+-- BLOCK, which scripts may not use). Included by usage-ack-1.lua (the sink's own call), usage-append-1.lua
 -- and result-cache-set-8.lua (a worker's append of an attempt's row, which carries the sink's call under
 -- load: the sink then makes no round trip of its own).
 -- key: the usage stream; argv: the script's ARGV; at: index of the ride's first argument in it:
