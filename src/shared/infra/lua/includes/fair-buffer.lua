@@ -28,8 +28,8 @@ end
 -- Refilled once it lacks REFILL_MIN jobs, or all but one of a target of SMALL_TARGET or less (0 until then): jobs finishing one at a
 -- time would each pay a dispatch for the one job replacing them (at concurrency 1 every claim did: ~20 of a job's ~80
 -- Redis commands). A dispatch's fixed part (sweeps, lane choice, bucket writes, ~32 commands and the script's
--- function setup) is then shared by 8 jobs: at 4 (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more
--- commands and ~10 % more Redis time; each job dispatched costs ~6 commands of its own. A list refilled only at
+-- function setup) is then shared by a batch (8 jobs or more above SMALL_TARGET; up to it, all but one: below): at 4
+-- (until 2026-12-05) a cache hit at concurrency 1 cost 3.8 more commands and ~10 % more Redis time; each job dispatched costs ~6 commands of its own. A list refilled only at
 -- half of a large target ran nearly dry under load (concurrency 50 of cache hits: 45 of 50 slots busy, not 50).
 -- A smaller target (a worker's ask by time at a slower rate: a cache miss at concurrency 1 asks for 6 to 10 jobs)
 -- was refilled at half of it until 2026-12-07: 3 to 5 jobs a dispatch, a dispatch in a third of that worker's
